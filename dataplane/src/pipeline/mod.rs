@@ -1,0 +1,1 @@
+//! The batch pipeline (to be written).

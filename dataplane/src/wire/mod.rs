@@ -1,0 +1,46 @@
+//! Wire formats, in the style of smoltcp's `wire` module.
+//!
+//! Every protocol has two levels:
+//! - a zero-copy view `Packet<T: AsRef<[u8]>>` (getters), writable when `T: AsMut<[u8]>`
+//!   (setters). `new_checked` validates lengths once; after it succeeds no accessor can panic.
+//! - a small `Repr` with `parse()` from a checked view and `emit()` into a view.
+//!
+//! Field offsets are data (`mod field`), unknown protocol numbers are values (`Unknown(u8)`),
+//! and all checksum arithmetic lives in [`checksum`].
+
+pub mod arp;
+pub mod checksum;
+pub mod ethernet;
+pub mod geneve;
+pub mod icmpv4;
+pub mod icmpv6;
+pub mod ipv4;
+pub mod ipv6;
+pub mod tcp;
+pub mod udp;
+pub mod vxlan;
+
+/// A byte range inside a header.
+pub type Field = core::ops::Range<usize>;
+/// A field from a byte offset to the end of the header.
+pub type Rest = core::ops::RangeFrom<usize>;
+
+/// Why a header could not be parsed. Kept small and `Copy` so the fast path can map it to a
+/// drop reason without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The buffer ends before the header (or a length field) says it does.
+    #[error("truncated header")]
+    Truncated,
+    /// A field holds a value the protocol forbids (bad version, header length, flags...).
+    #[error("malformed header")]
+    Malformed,
+    /// A checksum does not verify.
+    #[error("bad checksum")]
+    Checksum,
+    /// Well-formed but not something this implementation handles.
+    #[error("unsupported")]
+    Unsupported,
+}
+
+pub type Result<T> = core::result::Result<T, Error>;
