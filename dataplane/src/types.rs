@@ -173,7 +173,7 @@ impl Prefix {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -278,7 +278,7 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Prefix>().is_err());
         assert!("fd00::/129".parse::<Prefix>().is_err());
         assert!("nonsense".parse::<Prefix>().is_err());
-        assert_eq!("0.0.0.0/0".parse::<Prefix>().unwrap().len(), 0);
+        assert_eq!("0.0.0.0/0".parse::<Prefix>().unwrap().prefix_len(), 0);
     }
 
     #[test]
