@@ -1,0 +1,196 @@
+//! Drop reasons: why the pipeline refused a frame.
+//!
+//! One numbered `#[repr(u8)]` enum, modelled on Cilium's `bpf/lib/drop_reasons.h`. **Numbers are
+//! stable and never reused**: metrics, `flagella monitor` and saved captures refer to them. A
+//! retired reason keeps its number (comment it out, do not renumber). Numbers are grouped by the
+//! stage that usually raises them; the `name()` is the label used in metrics.
+
+/// Why a frame was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    // --- parse (1..=19) ---
+    /// Shorter than an Ethernet header (or its 802.1Q tag).
+    EthernetTruncated = 1,
+    /// On a pod interface: neither IPv4, IPv6 nor ARP (Cilium's DROP_UNKNOWN_L3).
+    UnsupportedEtherType = 2,
+    /// ARP that is not Ethernet/IPv4 or is cut short.
+    ArpMalformed = 3,
+    /// ARP the dataplane does not answer (a reply, or a request for the pod's own address).
+    ArpIgnored = 4,
+    /// IPv4 header cut short.
+    Ipv4Truncated = 5,
+    /// IPv4 version, header length or total length invalid.
+    Ipv4Malformed = 6,
+    /// IPv4 header checksum does not verify.
+    Ipv4BadChecksum = 7,
+    /// IPv4 options malformed (length < 2, running past the header).
+    Ipv4BadOptions = 8,
+    /// IPv6 header cut short or payload length past the frame.
+    Ipv6Truncated = 9,
+    /// IPv6 extension headers malformed, truncated or too many.
+    Ipv6BadExtensionHeaders = 10,
+    /// IP fragments are not supported (Cilium's DROP_FRAG_NOSUPPORT).
+    FragmentUnsupported = 11,
+    /// TCP, UDP or ICMP header cut short.
+    L4Truncated = 12,
+    /// TCP data offset, UDP length or ICMP message invalid.
+    L4Malformed = 13,
+    // --- decapsulation (20..=29) ---
+    /// VXLAN or Geneve header (or the frame inside it) malformed.
+    TunnelMalformed = 20,
+    /// Tunnel packet whose outer source is not a known node.
+    TunnelUnknownNode = 21,
+    /// Geneve option marked critical that the dataplane does not know (RFC 8926 section 3.5).
+    TunnelCriticalOption = 22,
+    // --- source identity (30..=39) ---
+    /// Source MAC is not the sending endpoint's (Cilium's DROP_INVALID_SMAC).
+    InvalidSourceMac = 30,
+    /// Source IP is not the sending endpoint's (Cilium's DROP_INVALID_SIP).
+    InvalidSourceIp = 31,
+    /// Frame from an interface no endpoint or uplink is configured for.
+    UnknownInterface = 32,
+    // --- service load balancing (40..=49) ---
+    /// Service frontend without a selectable backend (Cilium's DROP_NO_SERVICE).
+    NoServiceBackend = 40,
+    /// DSR option malformed.
+    DsrOptionMalformed = 41,
+    // --- policy (50..=59) ---
+    /// Egress policy of the sender: no entry allows (default deny).
+    PolicyDeniedEgress = 50,
+    /// Ingress policy of the receiver: no entry allows (default deny).
+    PolicyDeniedIngress = 51,
+    /// Egress policy of the sender: a deny entry matched.
+    PolicyDenyRuleEgress = 52,
+    /// Ingress policy of the receiver: a deny entry matched.
+    PolicyDenyRuleIngress = 53,
+    // --- routing and encapsulation (60..=69) ---
+    /// TTL or hop limit would reach zero.
+    TtlExceeded = 60,
+    /// No endpoint, node or uplink to send the frame to.
+    NoRoute = 61,
+    /// Not enough headroom to encapsulate or to insert the DSR option.
+    HeadroomExhausted = 62,
+    /// Larger than the uplink MTU after encapsulation.
+    FrameTooLong = 63,
+}
+
+impl DropReason {
+    /// Every reason, in number order (for metrics registration and docs).
+    pub const ALL: [DropReason; 29] = [
+        DropReason::EthernetTruncated,
+        DropReason::UnsupportedEtherType,
+        DropReason::ArpMalformed,
+        DropReason::ArpIgnored,
+        DropReason::Ipv4Truncated,
+        DropReason::Ipv4Malformed,
+        DropReason::Ipv4BadChecksum,
+        DropReason::Ipv4BadOptions,
+        DropReason::Ipv6Truncated,
+        DropReason::Ipv6BadExtensionHeaders,
+        DropReason::FragmentUnsupported,
+        DropReason::L4Truncated,
+        DropReason::L4Malformed,
+        DropReason::TunnelMalformed,
+        DropReason::TunnelUnknownNode,
+        DropReason::TunnelCriticalOption,
+        DropReason::InvalidSourceMac,
+        DropReason::InvalidSourceIp,
+        DropReason::UnknownInterface,
+        DropReason::NoServiceBackend,
+        DropReason::DsrOptionMalformed,
+        DropReason::PolicyDeniedEgress,
+        DropReason::PolicyDeniedIngress,
+        DropReason::PolicyDenyRuleEgress,
+        DropReason::PolicyDenyRuleIngress,
+        DropReason::TtlExceeded,
+        DropReason::NoRoute,
+        DropReason::HeadroomExhausted,
+        DropReason::FrameTooLong,
+    ];
+
+    /// The stable number.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The reason with number `code`, if any.
+    pub fn from_code(code: u8) -> Option<DropReason> {
+        Self::ALL.iter().copied().find(|r| r.code() == code)
+    }
+
+    /// The snake_case name used as the `reason` label in metrics and in monitor output.
+    pub fn name(self) -> &'static str {
+        use DropReason::*;
+        match self {
+            EthernetTruncated => "ethernet_truncated",
+            UnsupportedEtherType => "unsupported_ethertype",
+            ArpMalformed => "arp_malformed",
+            ArpIgnored => "arp_ignored",
+            Ipv4Truncated => "ipv4_truncated",
+            Ipv4Malformed => "ipv4_malformed",
+            Ipv4BadChecksum => "ipv4_bad_checksum",
+            Ipv4BadOptions => "ipv4_bad_options",
+            Ipv6Truncated => "ipv6_truncated",
+            Ipv6BadExtensionHeaders => "ipv6_bad_extension_headers",
+            FragmentUnsupported => "fragment_unsupported",
+            L4Truncated => "l4_truncated",
+            L4Malformed => "l4_malformed",
+            TunnelMalformed => "tunnel_malformed",
+            TunnelUnknownNode => "tunnel_unknown_node",
+            TunnelCriticalOption => "tunnel_critical_option",
+            InvalidSourceMac => "invalid_source_mac",
+            InvalidSourceIp => "invalid_source_ip",
+            UnknownInterface => "unknown_interface",
+            NoServiceBackend => "no_service_backend",
+            DsrOptionMalformed => "dsr_option_malformed",
+            PolicyDeniedEgress => "policy_denied_egress",
+            PolicyDeniedIngress => "policy_denied_ingress",
+            PolicyDenyRuleEgress => "policy_deny_rule_egress",
+            PolicyDenyRuleIngress => "policy_deny_rule_ingress",
+            TtlExceeded => "ttl_exceeded",
+            NoRoute => "no_route",
+            HeadroomExhausted => "headroom_exhausted",
+            FrameTooLong => "frame_too_long",
+        }
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_sorted_and_round_trip() {
+        let mut last = 0u8;
+        for r in DropReason::ALL {
+            assert!(r.code() > last, "{r:?} out of order or duplicated");
+            last = r.code();
+            assert_eq!(DropReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(DropReason::from_code(0), None);
+    }
+
+    #[test]
+    fn numbers_are_stable() {
+        // Changing any of these breaks dashboards and saved monitor output: add, never renumber.
+        assert_eq!(DropReason::EthernetTruncated as u8, 1);
+        assert_eq!(DropReason::InvalidSourceMac as u8, 30);
+        assert_eq!(DropReason::PolicyDeniedIngress as u8, 51);
+        assert_eq!(DropReason::FrameTooLong as u8, 63);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::ALL.len());
+    }
+}
