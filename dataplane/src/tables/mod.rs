@@ -9,6 +9,7 @@
 pub mod conntrack;
 pub mod endpoints;
 pub mod ipcache;
+pub mod lpm;
 pub mod maglev;
 pub mod nodes;
 pub mod policy;
