@@ -15,7 +15,9 @@
 //! - Reserved bits are ignored on receive and zero on emit. The VNI is 24 bits (larger values
 //!   are truncated and trip a debug assertion).
 //! - Emitting is two steps: [`GeneveRepr::emit`] writes the fixed header (with `opt_len`), then
-//!   [`GenevePacket::write_option`] / [`DsrOption::emit`] fill the options area in order.
+//!   [`write_option`] (or [`GenevePacket::write_option`]) and [`DsrOption::emit`] fill the
+//!   options area in order, each returning the offset of the next option. They take the options
+//!   area as its own slice, so an encapsulation path may split the header buffer in two.
 
 use std::net::Ipv4Addr;
 
@@ -24,7 +26,7 @@ use super::{Error, Result};
 /// IANA-assigned UDP destination port.
 pub const UDP_PORT: u16 = 6081;
 /// Protocol type of an inner Ethernet frame (Transparent Ethernet Bridging).
-pub const PROTOCOL_TRANSPARENT_ETHERNET: u16 = 0x6558;
+pub const PROTOCOL_ETHERNET: u16 = 0x6558;
 
 /// Byte offsets of the fixed header fields.
 pub mod field {
@@ -61,12 +63,15 @@ pub const VERSION: u8 = 0;
 const FLAG_OAM: u8 = 0x80;
 const FLAG_CRITICAL: u8 = 0x40;
 
-/// Option class of the DSR option: Cilium's IANA-registered class (0x014B, as in Cilium's
-/// `bpf/lib/tunnel.h`), so that a capture reads the same as a Cilium one.
+/// Option class of the DSR option: Cilium's IANA-registered class, 0x014B (Cilium's
+/// `bpf/lib/tunnel.h`, `DSR_GENEVE_OPT_CLASS`).
 pub const DSR_OPTION_CLASS: u16 = 0x014b;
-/// Option type of the DSR option: 0x01 with the critical bit set, as Cilium sends it. A node
-/// that does not understand it must drop the packet rather than answer from the wrong address.
-pub const DSR_OPTION_TYPE: u8 = OPTION_TYPE_CRITICAL | 0x01;
+/// Option type of the DSR option, without the critical bit. Flagella emits it as is
+/// (non-critical); Cilium sends it with the critical bit set (0x81). [`DsrOption::matches`]
+/// recognises both, so a `known` filter for
+/// [`has_unknown_critical_option`](GenevePacket::has_unknown_critical_option) should compare
+/// `type_ & !OPTION_TYPE_CRITICAL` with this value.
+pub const DSR_OPTION_TYPE: u8 = 0x01;
 /// DSR option data: IPv4 address, port, 2 bytes of padding.
 pub const DSR_OPTION_DATA_LEN: usize = 8;
 
@@ -225,7 +230,7 @@ impl<T: AsRef<[u8]>> GenevePacket<T> {
         self.buffer.as_ref()[field::FLAGS.start] & FLAG_CRITICAL != 0
     }
 
-    /// EtherType of the payload ([`PROTOCOL_TRANSPARENT_ETHERNET`] for an Ethernet frame).
+    /// EtherType of the payload ([`PROTOCOL_ETHERNET`] for an Ethernet frame).
     #[inline]
     pub fn protocol(&self) -> u16 {
         get_u16(self.buffer.as_ref(), field::PROTOCOL)
@@ -337,10 +342,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GenevePacket<T> {
         &mut self.buffer.as_mut()[start..]
     }
 
-    /// Writes one option at `offset` bytes into the options area (whose length `opt_len`
-    /// already says) and returns the offset just past it. `Malformed` when `data` is not a
-    /// whole number of words or longer than 124 bytes; `Truncated` when the option does not fit
-    /// in the options area or the buffer. Nothing is written on error.
+    /// Writes one option at `offset` bytes into the view's options area (whose length
+    /// `opt_len` already says); see [`write_option`] for the result and the errors.
     pub fn write_option(
         &mut self,
         offset: usize,
@@ -348,26 +351,40 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GenevePacket<T> {
         type_: u8,
         data: &[u8],
     ) -> Result<usize> {
-        if data.len() % 4 != 0 || data.len() > MAX_OPTION_DATA_LEN {
-            return Err(Error::Malformed);
-        }
-        let end = offset
-            .checked_add(OPTION_HEADER_LEN + data.len())
-            .ok_or(Error::Truncated)?;
         let header_len = self.header_len();
-        let slot = self
+        let options = self
             .buffer
             .as_mut()
             .get_mut(HEADER_LEN..header_len)
-            .and_then(|options| options.get_mut(offset..end))
             .ok_or(Error::Truncated)?;
-        let (header, body) = slot.split_at_mut(OPTION_HEADER_LEN);
-        header[field::OPTION_CLASS].copy_from_slice(&class.to_be_bytes());
-        header[field::OPTION_TYPE.start] = type_;
-        header[field::OPTION_LEN.start] = (data.len() / 4) as u8; // <= 31, reserved bits zero
-        body.copy_from_slice(data);
-        Ok(end)
+        write_option(options, offset, class, type_, data)
     }
+}
+
+/// Writes one option at `offset` bytes into an options area and returns the offset just past
+/// it, so that calls chain. `Malformed` when `data` is not a whole number of words or is longer
+/// than 124 bytes; `Truncated` when the option does not fit in `options`. Nothing is written on
+/// error.
+pub fn write_option(
+    options: &mut [u8],
+    offset: usize,
+    class: u16,
+    type_: u8,
+    data: &[u8],
+) -> Result<usize> {
+    if data.len() % 4 != 0 || data.len() > MAX_OPTION_DATA_LEN {
+        return Err(Error::Malformed);
+    }
+    let end = offset
+        .checked_add(OPTION_HEADER_LEN + data.len())
+        .ok_or(Error::Truncated)?;
+    let slot = options.get_mut(offset..end).ok_or(Error::Truncated)?;
+    let (header, body) = slot.split_at_mut(OPTION_HEADER_LEN);
+    header[field::OPTION_CLASS].copy_from_slice(&class.to_be_bytes());
+    header[field::OPTION_TYPE.start] = type_;
+    header[field::OPTION_LEN.start] = (data.len() / 4) as u8; // <= 31, reserved bits zero
+    body.copy_from_slice(data);
+    Ok(end)
 }
 
 /// A Geneve fixed header in plain fields. Options are written separately; the `Repr` knows
@@ -445,10 +462,10 @@ impl DsrOption {
     /// Length on the wire: option header and 8 bytes of data (length field 2).
     pub const OPTION_LEN: usize = OPTION_HEADER_LEN + DSR_OPTION_DATA_LEN;
 
-    /// True when `option` is a DSR option by class and type.
+    /// True when `option` is a DSR option by class and type, critical bit or not.
     #[inline]
     pub fn matches(option: &GeneveOption<'_>) -> bool {
-        option.class == DSR_OPTION_CLASS && option.type_ == DSR_OPTION_TYPE
+        option.class == DSR_OPTION_CLASS && option.type_ & !OPTION_TYPE_CRITICAL == DSR_OPTION_TYPE
     }
 
     /// Reads a DSR option: `Unsupported` for another class/type, `Malformed` when the data is
@@ -472,14 +489,16 @@ impl DsrOption {
         [a, b, c, d, p0, p1, 0, 0]
     }
 
-    /// Writes the option at `offset` into the options area; returns the offset past it (see
-    /// [`GenevePacket::write_option`]).
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
-        &self,
-        packet: &mut GenevePacket<T>,
-        offset: usize,
-    ) -> Result<usize> {
-        packet.write_option(offset, DSR_OPTION_CLASS, DSR_OPTION_TYPE, &self.data())
+    /// Writes the option at `offset` into an options area (for a view:
+    /// [`GenevePacket::options_mut`]); returns the offset past it (see [`write_option`]).
+    pub fn emit(&self, options: &mut [u8], offset: usize) -> Result<usize> {
+        write_option(
+            options,
+            offset,
+            DSR_OPTION_CLASS,
+            DSR_OPTION_TYPE,
+            &self.data(),
+        )
     }
 }
 
@@ -496,18 +515,21 @@ pub fn find_dsr_option<T: AsRef<[u8]>>(packet: &GenevePacket<T>) -> Result<Optio
     Ok(found)
 }
 
+/// Short name, for `geneve::Repr` at call sites.
+pub type Repr = GeneveRepr;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     // Geneve header: version 0, opt_len 5 (20 bytes), C set, protocol 0x6558, VNI 0x123456;
-    // option 1: DSR (class 0x014b, type 0x81, length 2) for 10.96.0.10:80;
+    // option 1: DSR (class 0x014b, type 0x01, length 2) for 10.96.0.10:80;
     // option 2: class 0x0102 (OVN), type 0x80 (critical), length 1, data de ad be ef;
     // then the first bytes of the inner frame.
     const GENEVE_TWO_OPTIONS: [u8; 32] = [
         0x05, 0x40, 0x65, 0x58, 0x12, 0x34, 0x56, 0x00, // fixed header
-        0x01, 0x4b, 0x81, 0x02, 0x0a, 0x60, 0x00, 0x0a, 0x00, 0x50, 0x00, 0x00, // DSR
+        0x01, 0x4b, 0x01, 0x02, 0x0a, 0x60, 0x00, 0x0a, 0x00, 0x50, 0x00, 0x00, // DSR
         0x01, 0x02, 0x80, 0x01, 0xde, 0xad, 0xbe, 0xef, // OVN critical
         0xff, 0xff, 0xff, 0xff, // inner frame
     ];
@@ -516,7 +538,7 @@ mod tests {
     fn golden_repr() -> GeneveRepr {
         GeneveRepr {
             vni: 0x12_3456,
-            protocol: PROTOCOL_TRANSPARENT_ETHERNET,
+            protocol: PROTOCOL_ETHERNET,
             options_len: 20,
             oam: false,
             critical: true,
@@ -531,7 +553,7 @@ mod tests {
         assert_eq!(p.header_len(), 28);
         assert!(!p.oam());
         assert!(p.critical());
-        assert_eq!(p.protocol(), PROTOCOL_TRANSPARENT_ETHERNET);
+        assert_eq!(p.protocol(), PROTOCOL_ETHERNET);
         assert_eq!(p.vni(), 0x12_3456);
         assert_eq!(p.payload(), &[0xff; 4]);
         let options: Vec<_> = p.iter_options().map(Result::unwrap).collect();
@@ -550,7 +572,8 @@ mod tests {
                 },
             ]
         );
-        assert!(options.iter().all(GeneveOption::is_critical));
+        assert!(!options[0].is_critical());
+        assert!(options[1].is_critical());
         assert_eq!(options[0].wire_len(), DsrOption::OPTION_LEN);
         assert_eq!(GeneveRepr::parse(&p), Ok(golden_repr()));
         assert_eq!(
@@ -571,7 +594,7 @@ mod tests {
         out[28..].copy_from_slice(&GENEVE_TWO_OPTIONS[28..]);
         let mut q = GenevePacket::new_unchecked(&mut out[..]);
         repr.emit(&mut q);
-        let next = dsr.emit(&mut q, 0).unwrap();
+        let next = dsr.emit(q.options_mut(), 0).unwrap();
         assert_eq!(next, 12);
         let next = q
             .write_option(next, 0x0102, 0x80, &[0xde, 0xad, 0xbe, 0xef])
@@ -642,8 +665,9 @@ mod tests {
     #[test]
     fn unknown_critical_options() {
         let p = GenevePacket::new_checked(&GENEVE_TWO_OPTIONS[..]).unwrap();
-        let only_dsr =
-            |class: u16, type_: u8| class == DSR_OPTION_CLASS && type_ == DSR_OPTION_TYPE;
+        let only_dsr = |class: u16, type_: u8| {
+            class == DSR_OPTION_CLASS && type_ & !OPTION_TYPE_CRITICAL == DSR_OPTION_TYPE
+        };
         assert_eq!(p.has_unknown_critical_option(only_dsr), Ok(true));
         let dsr_and_ovn = |class: u16, type_: u8| only_dsr(class, type_) || class == 0x0102;
         assert_eq!(p.has_unknown_critical_option(dsr_and_ovn), Ok(false));
@@ -675,6 +699,48 @@ mod tests {
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
         assert!(GeneveRepr::parse(&p).is_ok());
         assert_eq!(find_dsr_option(&p), Err(Error::Malformed));
+    }
+
+    #[test]
+    fn cilium_critical_dsr_option_is_recognised() {
+        // Cilium sends the DSR option with the critical bit (type 0x81).
+        let mut bytes = GENEVE_TWO_OPTIONS;
+        bytes[10] = 0x81;
+        let p = GenevePacket::new_checked(&bytes[..]).unwrap();
+        assert_eq!(
+            find_dsr_option(&p),
+            Ok(Some(DsrOption {
+                addr: VIP,
+                port: 80
+            }))
+        );
+        let dsr_and_ovn = |class: u16, type_: u8| {
+            (class == DSR_OPTION_CLASS && type_ & !OPTION_TYPE_CRITICAL == DSR_OPTION_TYPE)
+                || class == 0x0102
+        };
+        assert_eq!(p.has_unknown_critical_option(dsr_and_ovn), Ok(false));
+        assert_eq!(p.has_unknown_critical_option(|c, _| c == 0x0102), Ok(true));
+    }
+
+    #[test]
+    fn write_option_on_a_separate_options_slice() {
+        // The encapsulation path writes the fixed header and the options area as two slices.
+        let mut bytes = [0u8; 28];
+        let (fixed, options) = bytes.split_at_mut(HEADER_LEN);
+        golden_repr().emit(&mut GenevePacket::new_unchecked(fixed));
+        let next = DsrOption {
+            addr: VIP,
+            port: 80,
+        }
+        .emit(options, 0)
+        .unwrap();
+        let next = write_option(options, next, 0x0102, 0x80, &[0xde, 0xad, 0xbe, 0xef]).unwrap();
+        assert_eq!(next, options.len());
+        assert_eq!(bytes, GENEVE_TWO_OPTIONS[..28]);
+        assert_eq!(
+            write_option(&mut [0u8; 4], 1, 1, 1, &[]),
+            Err(Error::Truncated)
+        );
     }
 
     #[test]
@@ -738,7 +804,7 @@ mod tests {
             let dsr = DsrOption { addr: Ipv4Addr::from(addr), port };
             let repr = GeneveRepr {
                 vni,
-                protocol: PROTOCOL_TRANSPARENT_ETHERNET,
+                protocol: PROTOCOL_ETHERNET,
                 options_len: DsrOption::OPTION_LEN,
                 oam: false,
                 critical: true,
@@ -746,10 +812,10 @@ mod tests {
             let mut buf = vec![0; repr.buffer_len()];
             let mut p = GenevePacket::new_unchecked(&mut buf[..]);
             repr.emit(&mut p);
-            prop_assert_eq!(dsr.emit(&mut p, 0), Ok(DsrOption::OPTION_LEN));
+            prop_assert_eq!(dsr.emit(p.options_mut(), 0), Ok(DsrOption::OPTION_LEN));
             let p = GenevePacket::new_checked(&buf[..]).unwrap();
             prop_assert_eq!(find_dsr_option(&p), Ok(Some(dsr)));
-            prop_assert_eq!(p.has_unknown_critical_option(|c, t| c == DSR_OPTION_CLASS && t == DSR_OPTION_TYPE), Ok(false));
+            prop_assert_eq!(p.has_unknown_critical_option(|_, _| false), Ok(false));
         }
 
         #[test]

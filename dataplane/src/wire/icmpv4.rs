@@ -241,6 +241,12 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
         self.buffer.as_ref()[field::CODE.start]
     }
 
+    /// True for an error message (it quotes an offending packet, see [`quoted`](Self::quoted)).
+    #[inline]
+    pub fn is_error(&self) -> bool {
+        self.msg_type().is_error()
+    }
+
     #[inline]
     pub fn checksum(&self) -> u16 {
         get_u16(self.buffer.as_ref(), field::CHECKSUM)
@@ -584,6 +590,9 @@ impl Icmpv4Repr {
         packet.fill_checksum();
     }
 }
+
+/// Short name, for `icmpv4::Repr` at call sites.
+pub type Repr = Icmpv4Repr;
 
 #[cfg(test)]
 mod tests {

@@ -300,6 +300,12 @@ impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
         self.buffer.as_ref()[field::CODE.start]
     }
 
+    /// True for an error message (it quotes an offending packet, see [`quoted`](Self::quoted)).
+    #[inline]
+    pub fn is_error(&self) -> bool {
+        self.msg_type().is_error()
+    }
+
     #[inline]
     pub fn checksum(&self) -> u16 {
         get_u16(self.buffer.as_ref(), field::CHECKSUM)
@@ -792,6 +798,9 @@ impl Icmpv6Repr {
         packet.fill_checksum(src, dst);
     }
 }
+
+/// Short name, for `icmpv6::Repr` at call sites.
+pub type Repr = Icmpv6Repr;
 
 #[cfg(test)]
 mod tests {

@@ -579,6 +579,9 @@ impl TcpRepr {
     }
 }
 
+/// Short name, for `tcp::Repr` at call sites.
+pub type Repr = TcpRepr;
+
 #[cfg(test)]
 mod tests {
     use super::*;

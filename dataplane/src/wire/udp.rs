@@ -311,6 +311,9 @@ impl UdpRepr {
     }
 }
 
+/// Short name, for `udp::Repr` at call sites.
+pub type Repr = UdpRepr;
+
 #[cfg(test)]
 mod tests {
     use super::*;

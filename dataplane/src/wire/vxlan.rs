@@ -152,6 +152,9 @@ impl VxlanRepr {
     }
 }
 
+/// Short name, for `vxlan::Repr` at call sites.
+pub type Repr = VxlanRepr;
+
 #[cfg(test)]
 mod tests {
     use super::*;
