@@ -14,6 +14,7 @@
 pub mod frame;
 pub mod pipeline;
 pub mod tables;
+pub mod testutil;
 pub mod types;
 pub mod wire;
 

@@ -14,3 +14,70 @@ pub mod maglev;
 pub mod nodes;
 pub mod policy;
 pub mod services;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::types::MacAddr;
+
+/// This node's own network facts: what the pods see as their gateway and how the node reaches
+/// the underlay. Set by the control process; read by every stage.
+#[derive(Clone, Debug)]
+pub struct LocalNode {
+    /// Node name, as in the nodes table.
+    pub name: String,
+    /// Underlay address: the outer source of tunnel packets, the destination of decap.
+    pub underlay_ipv4: Option<Ipv4Addr>,
+    /// The MAC address pods resolve their gateway to (the router MAC).
+    pub router_mac: MacAddr,
+    /// The pods' gateway addresses (answered by ARP; the next hop of their default route).
+    pub gateway_ipv4: Option<Ipv4Addr>,
+    pub gateway_ipv6: Option<Ipv6Addr>,
+    /// The uplink interface (underlay), if any.
+    pub uplink_ifindex: Option<u32>,
+    /// The uplink's own MAC (outer source MAC).
+    pub uplink_mac: MacAddr,
+    /// Default next hop on the underlay, for nodes without their own `next_hop_mac` and for
+    /// traffic to the world. `None`: world traffic goes to the kernel instead.
+    pub uplink_gateway_mac: Option<MacAddr>,
+    /// MTU of the uplink: an encapsulated frame's outer IP packet must fit.
+    pub uplink_mtu: u16,
+    /// Encapsulation used for nodes reached through the ipcache's tunnel endpoint only.
+    pub default_encap: nodes::Encap,
+}
+
+impl LocalNode {
+    /// True when `addr` is one of this node's own addresses (traffic to the host).
+    pub fn is_local_addr(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.underlay_ipv4 == Some(a) || self.gateway_ipv4 == Some(a),
+            IpAddr::V6(a) => self.gateway_ipv6 == Some(a),
+        }
+    }
+}
+
+impl Default for LocalNode {
+    fn default() -> Self {
+        LocalNode {
+            name: String::new(),
+            underlay_ipv4: None,
+            router_mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
+            gateway_ipv4: None,
+            gateway_ipv6: None,
+            uplink_ifindex: None,
+            uplink_mac: MacAddr::ZERO,
+            uplink_gateway_mac: None,
+            uplink_mtu: 1500,
+            default_encap: nodes::Encap::Vxlan,
+        }
+    }
+}
+
+/// Everything the stages read, published as one immutable snapshot.
+#[derive(Debug)]
+pub struct Tables {
+    pub node: LocalNode,
+    pub ipcache: ipcache::IpCache,
+    pub endpoints: endpoints::Endpoints,
+    pub services: services::Services,
+    pub nodes: nodes::Nodes,
+}

@@ -1,0 +1,66 @@
+//! Conntrack stage: one lookup per IP frame on the canonical 5-tuple (after DNAT), in two
+//! phases: hash the whole batch and prefetch its buckets, then look up.
+//!
+//! A hit advances the entry's state machine and counters. Replies of flows that carry reverse
+//! NAT information get their source rewritten back to the service frontend. An ICMP error whose
+//! quoted packet belongs to a tracked flow is "related" and follows that flow.
+
+use super::meta::{CtMark, Family, IcmpClass, PacketMeta, Verdict};
+use super::{Ctx, Stage};
+use crate::frame::Frame;
+use crate::tables::conntrack::{Direction, FlowKey};
+
+pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
+    frames: &mut [Frame<B>],
+    meta: &mut [PacketMeta],
+    ctx: &mut Ctx<'_>,
+) {
+    // Phase 1: keys, hashes, prefetch.
+    for m in meta.iter_mut() {
+        if m.verdict != Verdict::Pending || !matches!(m.family, Family::Ipv4 | Family::Ipv6) {
+            m.ct_key = None;
+            continue;
+        }
+        let t = if m.icmp == IcmpClass::Error {
+            &m.inner
+        } else {
+            &m.tuple
+        };
+        let key = FlowKey::new(t.src, t.dst, t.sport, t.dport, t.proto);
+        m.ct_hash = ctx.ct.hash_key(&key);
+        ctx.ct.prefetch(m.ct_hash);
+        m.ct_key = Some(key);
+    }
+    // Phase 2: lookups and state updates.
+    for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
+        let Some(key) = m.ct_key else { continue };
+        ctx.c.stage_in[Stage::Conntrack as usize] += 1;
+        let Some((h, dir)) = ctx.ct.lookup(&key, m.ct_hash, ctx.now) else {
+            m.ct = CtMark::New;
+            continue;
+        };
+        if m.icmp == IcmpClass::Error {
+            m.ct = CtMark::Related;
+            ctx.c.ct_related += 1;
+            continue;
+        }
+        let update = ctx.ct.update(h, dir, m.tcp_flags, f.len() as u32, ctx.now);
+        if update.dir != dir {
+            // A SYN from the reply side reopened a closed flow: it is a new connection, and
+            // policy decides it like any other.
+            m.ct = CtMark::New;
+            continue;
+        }
+        ctx.c.ct_established += 1;
+        match dir {
+            Direction::Original => m.ct = CtMark::Established,
+            Direction::Reply => {
+                m.ct = CtMark::Reply;
+                if let Some(rev) = ctx.ct.entry(h).rev_nat {
+                    super::service::reverse_nat(f, m, rev.addr(), rev.port());
+                    ctx.c.reverse_nat += 1;
+                }
+            }
+        }
+    }
+}

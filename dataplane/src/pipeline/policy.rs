@@ -1,0 +1,83 @@
+//! Policy stage: new flows are checked against the egress map of the sending endpoint and the
+//! ingress map of the receiving endpoint; an allowed new flow gets a conntrack entry.
+//!
+//! Established flows, replies and related ICMP errors skip the lookup (conntrack decided them).
+//! Traffic that neither starts nor ends at a local endpoint is not subject to policy here.
+
+use super::meta::{CtMark, Family, PacketMeta, Verdict};
+use super::{Ctx, DropReason, Stage};
+use crate::frame::Frame;
+use crate::tables::conntrack::{CtCreate, CtFlags, Direction, RevNat};
+use crate::tables::policy::Decision;
+
+pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
+    frames: &mut [Frame<B>],
+    meta: &mut [PacketMeta],
+    ctx: &mut Ctx<'_>,
+) {
+    for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
+        if m.verdict != Verdict::Pending || m.ct != CtMark::New {
+            continue;
+        }
+        ctx.c.stage_in[Stage::Policy as usize] += 1;
+        if let Some(reason) = check(m, ctx) {
+            ctx.drop(m, Stage::Policy, reason);
+            continue;
+        }
+        commit_flow(m, f.len() as u32, ctx);
+    }
+}
+
+/// The drop reason if either direction's policy refuses the flow.
+fn check(m: &PacketMeta, ctx: &mut Ctx<'_>) -> Option<DropReason> {
+    let t = &m.tuple;
+    let port = t.dport;
+    if let Some(ep) = m.src_ep.and_then(|id| ctx.t.endpoints.get(id)) {
+        ctx.c.policy_lookups += 1;
+        match ep.policy.egress.lookup(m.dst_identity, t.proto, port) {
+            Decision::DeniedByDefault => return Some(DropReason::PolicyDeniedEgress),
+            Decision::DeniedByRule { .. } => return Some(DropReason::PolicyDenyRuleEgress),
+            Decision::NotEnforced | Decision::Allowed { .. } => {}
+        }
+    }
+    if let Some(ep) = m.dst_ep.and_then(|id| ctx.t.endpoints.get(id)) {
+        ctx.c.policy_lookups += 1;
+        match ep.policy.ingress.lookup(m.src_identity, t.proto, port) {
+            Decision::DeniedByDefault => return Some(DropReason::PolicyDeniedIngress),
+            Decision::DeniedByRule { .. } => return Some(DropReason::PolicyDenyRuleIngress),
+            Decision::NotEnforced | Decision::Allowed { .. } => {}
+        }
+    }
+    None
+}
+
+/// Creates the conntrack entry of an allowed new flow, with the NAT information its replies
+/// need: the frontend to restore as their source (SNAT-mode DNAT on this node, or a DSR option
+/// consumed here). The DSR load-balancing node keeps no reverse NAT: replies bypass it.
+fn commit_flow(m: &mut PacketMeta, bytes: u32, ctx: &mut Ctx<'_>) {
+    if !matches!(m.family, Family::Ipv4 | Family::Ipv6) {
+        return;
+    }
+    let Some(key) = m.ct_key else { return };
+    let rev_nat = match m.frontend {
+        Some(fe) if !m.dsr_out => Some(RevNat::new(fe.addr, fe.port)),
+        _ => None,
+    };
+    let info = CtCreate {
+        src_identity: m.src_identity,
+        established: false,
+        flags: if m.dsr_in {
+            CtFlags::DSR
+        } else {
+            CtFlags::EMPTY
+        },
+        rev_nat,
+        backend: 0,
+    };
+    let h = ctx
+        .ct
+        .create(&key, m.ct_hash, Direction::Original, info, ctx.now);
+    ctx.ct
+        .update(h, Direction::Original, m.tcp_flags, bytes, ctx.now);
+    ctx.c.ct_created += 1;
+}

@@ -1,0 +1,306 @@
+//! Route stage: where the frame goes, and the header work that takes it there.
+//!
+//! In order: a local endpoint (MACs rewritten, TTL/hop limit decremented, sent on the pod's
+//! interface); this node itself (to the kernel); a pod on another node, found through the
+//! ipcache's tunnel endpoint or the nodes' pod CIDRs (VXLAN or Geneve with the source identity
+//! in the VNI, or native routing through the uplink); anything else leaves through the uplink
+//! when a default next hop is configured, else goes to the kernel.
+//!
+//! DSR: a frame DNATed to a DSR backend on another node carries the frontend in a Geneve option
+//! (Geneve tunnels) or in an IPv4 option (native routing and VXLAN, where the option rides in
+//! the inner header). Both grow the frame at the front; the payload never moves.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::meta::{FrontendAddr, PacketMeta, Verdict};
+use super::{Ctx, DropReason, Ingress, Stage};
+use crate::frame::Frame;
+use crate::tables::nodes::Encap;
+use crate::types::{Identity, MacAddr};
+use crate::wire::ethernet::{self, EtherType, EthernetFrame};
+use crate::wire::geneve::{self, GenevePacket};
+use crate::wire::ipv4::{self, DsrOption, Ipv4Packet, Protocol};
+use crate::wire::ipv6::Ipv6Packet;
+use crate::wire::udp::{self, UdpPacket};
+use crate::wire::vxlan::{self, VxlanPacket};
+
+pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
+    frames: &mut [Frame<B>],
+    meta: &mut [PacketMeta],
+    ctx: &mut Ctx<'_>,
+) {
+    for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
+        if m.verdict != Verdict::Pending {
+            continue;
+        }
+        ctx.c.stage_in[Stage::Route as usize] += 1;
+        match route(f, m, ctx) {
+            Ok(v) => m.verdict = v,
+            Err(reason) => ctx.drop(m, Stage::Route, reason),
+        }
+    }
+}
+
+fn route<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+) -> Result<Verdict, DropReason> {
+    let t = ctx.t;
+    if let Some(ep) = m.dst_ep.and_then(|id| t.endpoints.get(id)) {
+        decrement_ttl(f, m)?;
+        set_macs(f, t.node.router_mac, ep.spec.mac);
+        return Ok(Verdict::Tx {
+            ifindex: ep.spec.ifindex,
+        });
+    }
+    if t.node.is_local_addr(m.tuple.dst) {
+        return Ok(Verdict::Pass);
+    }
+    let peer = m
+        .tunnel_endpoint
+        .or_else(|| t.nodes.by_pod_ip(m.tuple.dst).map(|n| n.underlay));
+    if let Some(peer) = peer {
+        return to_remote_node(f, m, ctx, peer);
+    }
+    if ctx.ingress == Ingress::Uplink {
+        return Ok(Verdict::Pass); // Not ours: the node's own traffic.
+    }
+    match (t.node.uplink_ifindex, t.node.uplink_gateway_mac) {
+        (Some(uplink), Some(gw)) => {
+            decrement_ttl(f, m)?;
+            set_macs(f, t.node.uplink_mac, gw);
+            Ok(Verdict::Tx { ifindex: uplink })
+        }
+        _ => Ok(Verdict::Pass),
+    }
+}
+
+/// A pod on another node: tunnel or native routing, per the node's encapsulation mode.
+fn to_remote_node<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+    peer: IpAddr,
+) -> Result<Verdict, DropReason> {
+    let t = ctx.t;
+    let uplink = t.node.uplink_ifindex.ok_or(DropReason::NoRoute)?;
+    let node = t.nodes.by_underlay(peer);
+    let encap = node.map_or(t.node.default_encap, |n| n.encap);
+    let next_hop = node
+        .and_then(|n| n.next_hop_mac)
+        .or(t.node.uplink_gateway_mac)
+        .ok_or(DropReason::NoRoute)?;
+    decrement_ttl(f, m)?;
+    let dsr = m.frontend.filter(|_| m.dsr_out);
+    if dsr.is_some() && encap != Encap::Geneve {
+        insert_dsr_option(f, m, t.node.uplink_mtu)?;
+        ctx.c.dsr_option_written += 1;
+    }
+    if encap == Encap::Native {
+        set_macs(f, t.node.uplink_mac, next_hop);
+        return Ok(Verdict::Tx { ifindex: uplink });
+    }
+    let (IpAddr::V4(peer), Some(local)) = (peer, t.node.underlay_ipv4) else {
+        return Err(DropReason::NoRoute); // Tunnels run over an IPv4 underlay.
+    };
+    let geneve_dsr = if encap == Encap::Geneve { dsr } else { None };
+    let outer = OuterHeader {
+        src_mac: t.node.uplink_mac,
+        dst_mac: next_hop,
+        src: local,
+        dst: peer,
+        mtu: t.node.uplink_mtu,
+        entropy: m.ct_hash,
+        vni: vni_of(m.src_identity),
+    };
+    encapsulate(f, &outer, encap, geneve_dsr)?;
+    if geneve_dsr.is_some() {
+        ctx.c.dsr_option_written += 1;
+    }
+    ctx.c.encapsulated += 1;
+    Ok(Verdict::Tx { ifindex: uplink })
+}
+
+/// The VNI carries the source identity; identities outside 24 bits (node-local CIDR
+/// identities) never name a pod, so they travel as `world`.
+fn vni_of(identity: Identity) -> u32 {
+    if identity.0 > 0x00ff_ffff {
+        Identity::WORLD.0
+    } else {
+        identity.0
+    }
+}
+
+fn set_macs<B: AsRef<[u8]> + AsMut<[u8]>>(f: &mut Frame<B>, src: MacAddr, dst: MacAddr) {
+    let mut eth = EthernetFrame::new_unchecked(f.data_mut());
+    eth.set_src_addr(src);
+    eth.set_dst_addr(dst);
+}
+
+/// Routed packets lose one TTL / hop limit; one that would reach zero is dropped.
+fn decrement_ttl<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &PacketMeta,
+) -> Result<(), DropReason> {
+    let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+    let hdr = f.data_mut().get_mut(l3..l4).ok_or(DropReason::NoRoute)?;
+    let left = match m.tuple.dst {
+        IpAddr::V4(_) => Ipv4Packet::new_unchecked(hdr).decrement_ttl_incremental(),
+        IpAddr::V6(_) => Ipv6Packet::new_unchecked(hdr).decrement_hop_limit(),
+    };
+    left.map(|_| ()).ok_or(DropReason::TtlExceeded)
+}
+
+/// Inserts the DSR IPv4 option (frontend VIP:port) at the end of the IPv4 header: the
+/// Ethernet and IP headers move forward into the headroom, the payload stays put. IPv4
+/// options are not covered by the TCP/UDP checksum, so only the IP header checksum changes.
+fn insert_dsr_option<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    mtu: u16,
+) -> Result<(), DropReason> {
+    let Some(FrontendAddr {
+        addr: IpAddr::V4(addr),
+        port,
+    }) = m.frontend
+    else {
+        return Ok(()); // IPv6 frontends: no DSR option (see docs/architecture.md).
+    };
+    let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+    let header_len = l4 - l3;
+    if header_len + DsrOption::LEN > ipv4::MAX_HEADER_LEN {
+        return Err(DropReason::Ipv4BadOptions);
+    }
+    let ip_len = usize::from(m.l4_end) - l3;
+    if ip_len + DsrOption::LEN > usize::from(mtu) {
+        return Err(DropReason::FrameTooLong);
+    }
+    let gap = f
+        .insert_gap(l4, DsrOption::LEN)
+        .ok_or(DropReason::HeadroomExhausted)?;
+    DsrOption { addr, port }.emit(gap);
+    let hdr = f
+        .data_mut()
+        .get_mut(l3..l4 + DsrOption::LEN)
+        .ok_or(DropReason::NoRoute)?;
+    let mut ip = Ipv4Packet::new_unchecked(hdr);
+    ip.set_header_len(header_len + DsrOption::LEN);
+    ip.set_total_len((ip_len + DsrOption::LEN) as u16);
+    ip.fill_checksum();
+    m.l4 += DsrOption::LEN as u16;
+    m.l4_end += DsrOption::LEN as u16;
+    Ok(())
+}
+
+/// The outer headers of a tunnel packet.
+struct OuterHeader {
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    mtu: u16,
+    /// Flow hash: spreads flows over UDP source ports (RFC 7348 section 5).
+    entropy: u64,
+    vni: u32,
+}
+
+/// Bytes of a Geneve DSR option: option header + data.
+const GENEVE_DSR_OPTION_LEN: usize = geneve::OPTION_HEADER_LEN + geneve::DSR_OPTION_DATA_LEN;
+
+/// Prepends Ethernet + IPv4 + UDP + VXLAN/Geneve headers to the frame, without moving it.
+fn encapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    o: &OuterHeader,
+    encap: Encap,
+    dsr: Option<FrontendAddr>,
+) -> Result<(), DropReason> {
+    let (tunnel_len, port) = match encap {
+        Encap::Geneve if dsr.is_some() => {
+            (geneve::HEADER_LEN + GENEVE_DSR_OPTION_LEN, geneve::UDP_PORT)
+        }
+        Encap::Geneve => (geneve::HEADER_LEN, geneve::UDP_PORT),
+        _ => (vxlan::HEADER_LEN, vxlan::UDP_PORT),
+    };
+    let udp_len = udp::HEADER_LEN + tunnel_len + f.len();
+    let ip_len = ipv4::HEADER_LEN + udp_len;
+    if ip_len > usize::from(o.mtu) {
+        return Err(DropReason::FrameTooLong);
+    }
+    let outer_len = ethernet::HEADER_LEN + ip_len - f.len();
+    let hdr = f
+        .push_front(outer_len)
+        .ok_or(DropReason::HeadroomExhausted)?;
+    let (eth_hdr, rest) = hdr.split_at_mut(ethernet::HEADER_LEN);
+    let (ip_hdr, rest) = rest.split_at_mut(ipv4::HEADER_LEN);
+    let (udp_hdr, tunnel_hdr) = rest.split_at_mut(udp::HEADER_LEN);
+
+    let mut eth = EthernetFrame::new_unchecked(eth_hdr);
+    eth.set_dst_addr(o.dst_mac);
+    eth.set_src_addr(o.src_mac);
+    eth.set_ethertype(EtherType::Ipv4);
+
+    let mut ip = Ipv4Packet::new_unchecked(ip_hdr);
+    ip.set_version(4);
+    ip.set_header_len(ipv4::HEADER_LEN);
+    ip.set_dscp(0);
+    ip.set_ecn(0);
+    ip.set_total_len(ip_len as u16);
+    ip.set_ident(0);
+    ip.clear_flags();
+    ip.set_dont_frag(true);
+    ip.set_frag_offset(0);
+    ip.set_ttl(ipv4::DEFAULT_TTL);
+    ip.set_protocol(Protocol::Udp);
+    ip.set_src_addr(o.src);
+    ip.set_dst_addr(o.dst);
+    ip.fill_checksum();
+
+    // RFC 7348: source port from a hash of the inner flow, in the dynamic range.
+    let sport = 49152 + (o.entropy % 16384) as u16;
+    let mut u = UdpPacket::new_unchecked(udp_hdr);
+    u.set_src_port(sport);
+    u.set_dst_port(port);
+    u.set_len(udp_len as u16);
+    u.set_checksum(0); // Zero is allowed for IPv4 tunnels (RFC 7348 section 5, RFC 8926 3.3).
+
+    match encap {
+        Encap::Geneve => write_geneve(tunnel_hdr, o.vni, dsr),
+        _ => {
+            write_vxlan(tunnel_hdr, o.vni);
+            Ok(())
+        }
+    }
+}
+
+fn write_vxlan(hdr: &mut [u8], vni: u32) {
+    vxlan::Repr { vni }.emit(&mut VxlanPacket::new_unchecked(hdr));
+}
+
+fn write_geneve(hdr: &mut [u8], vni: u32, dsr: Option<FrontendAddr>) -> Result<(), DropReason> {
+    let options_len = if dsr.is_some() {
+        GENEVE_DSR_OPTION_LEN
+    } else {
+        0
+    };
+    let repr = geneve::Repr {
+        vni,
+        protocol: geneve::PROTOCOL_ETHERNET,
+        options_len,
+        oam: false,
+        critical: false,
+    };
+    let (fixed, options) = hdr.split_at_mut(geneve::HEADER_LEN);
+    repr.emit(&mut GenevePacket::new_unchecked(fixed));
+    if let Some(FrontendAddr {
+        addr: IpAddr::V4(addr),
+        port,
+    }) = dsr
+    {
+        // The option area was sized for exactly this option, so writing cannot fail.
+        geneve::DsrOption { addr, port }
+            .emit(options, 0)
+            .map_err(|_| DropReason::HeadroomExhausted)?;
+    }
+    Ok(())
+}
