@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // Tests: a failed setup should stop the test loudly.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use dataplane::frame::Frame;
 use dataplane::pipeline::{DropReason, Pipeline, PipelineConfig, Verdict};
@@ -167,7 +168,7 @@ fn node_tables(n: u8, uplink_mac: MacAddr, pods: &[&Pod]) -> Tables {
         ipcache.upsert(Prefix::host(p.ip6()), entry);
     }
     Tables {
-        node: LocalNode {
+        node: Arc::new(LocalNode {
             name: format!("node-{n}"),
             underlay_ipv4: Some(underlay(n)),
             router_mac: ROUTER_MAC,
@@ -178,11 +179,11 @@ fn node_tables(n: u8, uplink_mac: MacAddr, pods: &[&Pod]) -> Tables {
             uplink_gateway_mac: Some(WORLD_GW_MAC),
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
-        },
-        ipcache,
-        endpoints,
-        services: services(),
-        nodes: remote_nodes(),
+        }),
+        ipcache: Arc::new(ipcache),
+        endpoints: Arc::new(endpoints),
+        services: Arc::new(services()),
+        nodes: Arc::new(remote_nodes()),
     }
 }
 
@@ -248,7 +249,9 @@ fn delivered(b: &PacketBuilder, to: &Pod) -> PacketBuilder {
 }
 
 fn allow_ingress(t: &mut Tables, pod: &Pod, from: Identity, port: u16) {
-    let pol = t.endpoints.policy_mut(EndpointId(pod.id)).unwrap();
+    let pol = Arc::make_mut(&mut t.endpoints)
+        .policy_mut(EndpointId(pod.id))
+        .unwrap();
     pol.ingress.enforced = true;
     pol.ingress
         .map
@@ -260,7 +263,7 @@ fn allow_ingress(t: &mut Tables, pod: &Pod, from: Identity, port: u16) {
 }
 
 fn enforce_ingress(t: &mut Tables, pod: &Pod) {
-    t.endpoints
+    Arc::make_mut(&mut t.endpoints)
         .policy_mut(EndpointId(pod.id))
         .unwrap()
         .ingress
@@ -329,7 +332,9 @@ fn denied_by_ingress_policy_and_allowed_by_identity() {
 #[test]
 fn denied_by_egress_policy() {
     let mut t = node_a();
-    let pol = t.endpoints.policy_mut(EndpointId(POD1.id)).unwrap();
+    let pol = Arc::make_mut(&mut t.endpoints)
+        .policy_mut(EndpointId(POD1.id))
+        .unwrap();
     pol.egress.enforced = true;
     pol.egress
         .map
@@ -662,7 +667,7 @@ fn dsr_ipv4_option(vip: Ipv4Addr, port: u16) -> Vec<u8> {
 fn dsr_native_option_written_on_lb_node_and_consumed_on_backend_node() {
     let a = node_a();
     let mut d = node_tables(4, UPLINK_MAC_D, &[&POD_D]);
-    d.node.uplink_gateway_mac = Some(WORLD_GW_MAC);
+    Arc::make_mut(&mut d.node).uplink_gateway_mac = Some(WORLD_GW_MAC);
     let (mut pa, mut pd) = (pipeline(), pipeline());
 
     // A client outside the cluster reaches the VIP through node A's uplink.

@@ -20,6 +20,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
@@ -63,7 +64,9 @@ impl EndpointSpec {
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub spec: EndpointSpec,
-    pub policy: EndpointPolicy,
+    /// Shared between table versions: publishing a new version of the endpoints table copies
+    /// the pointer, and editing one endpoint's policy copies only that policy.
+    pub policy: Arc<EndpointPolicy>,
 }
 
 impl Endpoint {
@@ -164,7 +167,7 @@ impl Endpoints {
     pub fn policy_mut(&mut self, id: EndpointId) -> Option<&mut EndpointPolicy> {
         let slot = *self.by_id.get(&id)?;
         let endpoint = self.slots.get_mut(slot)?.as_mut()?;
-        Some(&mut endpoint.policy)
+        Some(Arc::make_mut(&mut endpoint.policy))
     }
 
     /// Fast path: the endpoint whose interface received a frame.
@@ -281,7 +284,7 @@ impl Endpoints {
     fn add(&mut self, spec: EndpointSpec) {
         let endpoint = Some(Endpoint {
             spec,
-            policy: EndpointPolicy::default(),
+            policy: Arc::default(),
         });
         let slot = match self.free.pop() {
             Some(slot) if slot < self.slots.len() => {

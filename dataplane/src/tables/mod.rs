@@ -16,6 +16,7 @@ pub mod policy;
 pub mod services;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crate::types::MacAddr;
 
@@ -73,11 +74,28 @@ impl Default for LocalNode {
 }
 
 /// Everything the stages read, published as one immutable snapshot.
-#[derive(Debug)]
+///
+/// Each table sits behind its own `Arc`, so the control path builds the next version by
+/// cloning the `Tables` (five pointer copies) and then `Arc::make_mut` on only the tables a
+/// request changes; workers keep reading the old version until the new one is swapped in.
+#[derive(Clone, Debug)]
 pub struct Tables {
-    pub node: LocalNode,
-    pub ipcache: ipcache::IpCache,
-    pub endpoints: endpoints::Endpoints,
-    pub services: services::Services,
-    pub nodes: nodes::Nodes,
+    pub node: Arc<LocalNode>,
+    pub ipcache: Arc<ipcache::IpCache>,
+    pub endpoints: Arc<endpoints::Endpoints>,
+    pub services: Arc<services::Services>,
+    pub nodes: Arc<nodes::Nodes>,
+}
+
+impl Tables {
+    /// Tables with no endpoints, prefixes, services or nodes.
+    pub fn empty(node: LocalNode, services: services::Services) -> Self {
+        Tables {
+            node: Arc::new(node),
+            ipcache: Arc::default(),
+            endpoints: Arc::default(),
+            services: Arc::new(services),
+            nodes: Arc::default(),
+        }
+    }
 }
