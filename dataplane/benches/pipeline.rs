@@ -33,9 +33,11 @@
 //! conntrack clean-up of scenario b, its set-up closure has no access to the pipeline the
 //! routine borrows). Two baselines are measured in the same run: `baseline_empty` (the same
 //! timed loop with no work: the harness's floor) and `baseline_copy` (the cost of copying a
-//! batch, which the figures do NOT include). One criterion iteration is one batch of 64
-//! frames, so `Throughput::Elements(64)` makes criterion print packets/s; the summary at the
-//! end prints ns/packet (the median over criterion's samples of this run).
+//! batch, which the figures do NOT include); `part_ct_gc` times alone the conntrack GC step
+//! (64 slots) that `process` runs after every batch and that every figure includes. One
+//! criterion iteration is one batch of 64 frames, so `Throughput::Elements(64)` makes criterion
+//! print packets/s; the summary at the end prints ns/packet (the median over criterion's
+//! samples of this run, warm-up calls included).
 //!
 //! Per-stage cost: `Pipeline::process_until(.., last)` runs the same code up to `last`; the
 //! summary gives the cumulative cost after each stage and the differences.
@@ -93,6 +95,8 @@ const SERVICE_FLOWS_PER_CLIENT: u32 = 20;
 const REMOTE_FLOWS_PER_CLIENT: u32 = 20;
 const DECAP_FLOWS: u32 = 2_000;
 const NEW_FLOW_BATCHES: u32 = 1_000;
+/// Conntrack slots the GC examines after each batch (`PipelineConfig`'s default).
+const GC_SLOTS_PER_BATCH: usize = 64;
 /// A fixed conntrack hash seed, so that runs are comparable (a daemon draws a random one).
 const BENCH_CT_SEED: u64 = 0x0123_4567_89ab_cdef;
 
@@ -692,6 +696,7 @@ impl World {
                 hash_seed: BENCH_CT_SEED,
                 ..CtConfig::default()
             },
+            ct_gc_slots_per_batch: GC_SLOTS_PER_BATCH,
             ..PipelineConfig::default()
         })
         .unwrap();
@@ -834,6 +839,8 @@ enum Work {
     Empty,
     /// Times the copying of the batches instead (not part of any other figure).
     Copy,
+    /// Only the conntrack GC step `process` runs after each batch (part of every figure).
+    Gc,
 }
 
 /// ns/packet of each call criterion made, per benchmark id.
@@ -873,6 +880,11 @@ fn run(
             Work::Empty => {
                 for (ifindex, frames) in copies.iter_mut() {
                     black_box((ifindex, frames));
+                }
+            }
+            Work::Gc => {
+                for _ in 0..n {
+                    black_box(p.conntrack_mut().gc(NOW, GC_SLOTS_PER_BATCH));
                 }
             }
             Work::Copy => {}
@@ -982,6 +994,7 @@ fn main() {
     let w = &mut world;
     bench(&mut c, w, "pipeline", "baseline_empty", 0, Work::Empty);
     bench(&mut c, w, "pipeline", "baseline_copy", 0, Work::Copy);
+    bench(&mut c, w, "pipeline", "part_ct_gc", 0, Work::Gc);
     for (i, name) in w
         .scenarios
         .iter()
