@@ -36,8 +36,11 @@
 //! batch, which the figures do NOT include); `part_ct_gc` times alone the conntrack GC step
 //! (64 slots) that `process` runs after every batch and that every figure includes. One
 //! criterion iteration is one batch of 64 frames, so `Throughput::Elements(64)` makes criterion
-//! print packets/s; the summary at the end prints ns/packet (the median over criterion's
-//! samples of this run, warm-up calls included).
+//! print packets/s. The summary at the end prints ns/packet as the median over every timed
+//! chunk of this run (warm-up included): on a shared machine a criterion sample (many chunks)
+//! often includes time slices given to other processes, which inflates criterion's estimates;
+//! a chunk lasts tens of microseconds, so the few chunks hit by a context switch are outliers
+//! that the median ignores. The 10th and 90th percentiles show the spread.
 //!
 //! Per-stage cost: `Pipeline::process_until(.., last)` runs the same code up to `last`; the
 //! summary gives the cumulative cost after each stage and the differences.
@@ -843,11 +846,11 @@ enum Work {
     Gc,
 }
 
-/// ns/packet of each call criterion made, per benchmark id.
+/// ns/packet of each timed chunk of [`CHUNK`] batches, per benchmark id.
 static SAMPLES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
 /// Runs `iters` batches from `scenario`'s pool, starting at `*cursor`, and returns the time of
-/// the timed part only.
+/// the timed part only. Pushes each chunk's ns/packet onto `chunks`.
 fn run(
     p: &mut Pipeline,
     t: &Tables,
@@ -855,6 +858,7 @@ fn run(
     cursor: &mut usize,
     iters: u64,
     work: Work,
+    chunks: &mut Vec<f64>,
 ) -> Duration {
     let pool = &scenario.pool;
     let mut total = Duration::ZERO;
@@ -889,10 +893,12 @@ fn run(
             }
             Work::Copy => {}
         }
-        total += match work {
+        let elapsed = match work {
             Work::Copy => copy_time,
             _ => start.elapsed(),
         };
+        total += elapsed;
+        chunks.push(elapsed.as_nanos() as f64 / (n * BATCH) as f64);
         if scenario.flows == Flows::New {
             for k in 0..n {
                 remove_flows(p, &pool[(first + k) % pool.len()]);
@@ -917,33 +923,34 @@ fn bench(c: &mut Criterion, world: &mut World, group: &str, id: &str, scenario: 
     let mut cursor = 0;
     g.bench_function(id, |b| {
         b.iter_custom(|iters| {
-            let d = run(pipeline, tables, scenario, &mut cursor, iters, work);
-            let ns = d.as_nanos() as f64 / (iters as f64 * BATCH as f64);
-            SAMPLES
-                .lock()
-                .unwrap()
-                .entry(full_id.clone())
-                .or_default()
-                .push(ns);
-            d
+            let mut samples = SAMPLES.lock().unwrap();
+            let chunks = samples.entry(full_id.clone()).or_default();
+            run(pipeline, tables, scenario, &mut cursor, iters, work, chunks)
         })
     });
     g.finish();
 }
 
-fn median(v: &[f64]) -> f64 {
+/// The `q` quantile (0..=1) of `v`.
+fn quantile(v: &[f64], q: f64) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v[((v.len() - 1) as f64 * q) as usize]
+}
+
+fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
 }
 
 fn summary() {
     let samples = SAMPLES.lock().unwrap();
     let get = |id: &str| samples.get(id).map(|v| median(v));
-    println!("\n== summary: ns/packet (median of this run's samples), batch {BATCH}, one core ==");
     println!(
-        "{:<44} {:>10} {:>8}  target",
-        "benchmark", "ns/packet", "Mpps"
+        "\n== summary: ns/packet (median of this run's timed chunks), batch {BATCH}, one core =="
+    );
+    println!(
+        "{:<44} {:>10} {:>8} {:>8} {:>8}  target",
+        "benchmark", "ns/packet", "Mpps", "p10", "p90"
     );
     for (id, v) in samples.iter().filter(|(id, _)| id.starts_with("pipeline/")) {
         let ns = median(v);
@@ -954,7 +961,12 @@ fn summary() {
         } else {
             ""
         };
-        println!("{id:<44} {ns:>10.1} {:>8.2}  {target}", 1e3 / ns);
+        println!(
+            "{id:<44} {ns:>10.1} {:>8.2} {:>8.1} {:>8.1}  {target}",
+            1e3 / ns,
+            quantile(v, 0.1),
+            quantile(v, 0.9)
+        );
     }
     for scenario in ["a_established_pod_to_pod", "b_new_flow_pod_to_pod"] {
         let group = format!("stages_{scenario}");
