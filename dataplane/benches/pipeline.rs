@@ -961,9 +961,13 @@ fn summary() {
         } else {
             ""
         };
+        let mpps = if ns >= 0.5 {
+            format!("{:.2}", 1e3 / ns)
+        } else {
+            "-".to_string()
+        };
         println!(
-            "{id:<44} {ns:>10.1} {:>8.2} {:>8.1} {:>8.1}  {target}",
-            1e3 / ns,
+            "{id:<44} {ns:>10.1} {mpps:>8} {:>8.1} {:>8.1}  {target}",
             quantile(v, 0.1),
             quantile(v, 0.9)
         );
