@@ -9,7 +9,7 @@
 //!   own full maps, ingress and egress, of 10,001 entries (1,000 identities x 10 L4 ports, plus
 //!   one wildcard deny): 400 distinct maps, 4M entries. The other 9,800 endpoints hold small
 //!   enforced maps (10 wildcard L4 entries): the traffic never reads them, and 9,800 full maps
-//!   would cost ~10 GB of RAM on a shared machine. The bench says so when it starts.
+//!   would cost ~8 GiB of RAM on a shared machine. The bench says so when it starts.
 //! - conntrack: 2^18 slots, 100,000 entries: 16,000 flows opened through the pipeline (full
 //!   TCP handshake, or UDP request + reply) plus 84,000 established filler entries created
 //!   directly with `Conntrack::create`.
