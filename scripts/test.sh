@@ -20,4 +20,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+# fuzz/ is its own workspace (see fuzz/README.md). On stable, without cargo-fuzz: the targets
+# compile as replay tools and tests/seeds.rs runs every seed plus pseudo-random inputs through
+# both fuzz bodies.
+step "fuzz targets: fmt, clippy, seeds and random inputs"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+cargo test --manifest-path fuzz/Cargo.toml --locked
+
 step "done"

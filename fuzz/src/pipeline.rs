@@ -5,6 +5,9 @@
 //!   pod, the uplink, an interface nothing is configured for); bit 2 turns on
 //!   `complete_l4_checksums`; bit 3 gives the frames only [`SMALL_HEADROOM`] bytes of headroom
 //!   and bit 4 no tailroom, so the encapsulation and DSR-option paths meet full buffers;
+//!   bit 5 leaves IPv4 header checksums as they are: when it is clear, the harness recomputes
+//!   them (outer, and inner for a VXLAN/Geneve packet) before the batch, because a mutated
+//!   header would otherwise almost always stop at the checksum check of the parse stage;
 //! - then up to [`MAX_FRAMES`] frames, each a 2-byte big-endian length (masked to
 //!   [`MAX_FRAME_LEN`]) and that many bytes (fewer when the input ends first).
 //!
@@ -320,6 +323,8 @@ pub struct Batch<'a> {
     pub complete_l4_checksums: bool,
     pub headroom: usize,
     pub tailroom: usize,
+    /// Recompute IPv4 header checksums before processing (selector bit 5 clear).
+    pub repair_checksums: bool,
     pub frames: Vec<&'a [u8]>,
 }
 
@@ -349,6 +354,7 @@ pub fn decode_batch(data: &[u8]) -> Option<Batch<'_>> {
         } else {
             DEFAULT_TAILROOM
         },
+        repair_checksums: selector & 0x20 == 0,
         frames,
     })
 }
@@ -394,6 +400,11 @@ pub fn pipeline(data: &[u8]) {
             .iter()
             .map(|f| Frame::from_packet(f, batch.headroom, batch.tailroom))
             .collect();
+        if batch.repair_checksums {
+            frames
+                .iter_mut()
+                .for_each(|f| repair_ipv4_checksums(f.data_mut()));
+        }
         let before = pipeline.counters().clone();
         let verdicts = pipeline
             .process(
@@ -406,6 +417,45 @@ pub fn pipeline(data: &[u8]) {
         check_batch(&frames, &verdicts);
         check_counters(&before, pipeline.counters(), &verdicts);
     }
+}
+
+/// Recomputes the IPv4 header checksum of an Ethernet frame, and of the frame inside it when
+/// it is a VXLAN or Geneve packet. Anything that does not parse is left alone.
+pub fn repair_ipv4_checksums(frame: &mut [u8]) {
+    let Some(l3) = ipv4_offset(frame) else {
+        return;
+    };
+    let Some(packet) = frame.get_mut(l3..) else {
+        return;
+    };
+    if Ipv4Packet::new_checked(&*packet).is_err() {
+        return;
+    }
+    Ipv4Packet::new_unchecked(&mut *packet).fill_checksum();
+    // Where the inner frame lies in `packet` (it need not end where `packet` ends).
+    let Some(inner) = tunnel_payload(packet).map(|inner| {
+        let start = inner.as_ptr().addr() - packet.as_ptr().addr();
+        start..start + inner.len()
+    }) else {
+        return;
+    };
+    let Some(inner_frame) = packet.get_mut(inner) else {
+        return;
+    };
+    let Some(inner_l3) = ipv4_offset(inner_frame) else {
+        return;
+    };
+    if let Some(inner_packet) = inner_frame.get_mut(inner_l3..) {
+        if Ipv4Packet::new_checked(&*inner_packet).is_ok() {
+            Ipv4Packet::new_unchecked(inner_packet).fill_checksum();
+        }
+    }
+}
+
+/// Offset of the IPv4 header in an Ethernet frame carrying IPv4.
+fn ipv4_offset(frame: &[u8]) -> Option<usize> {
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    (ethernet.inner_ethertype() == EtherType::Ipv4).then(|| ethernet.header_len())
 }
 
 /// Per-frame invariants.

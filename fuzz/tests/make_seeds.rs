@@ -29,6 +29,7 @@ const FROM_UNKNOWN: u8 = 3;
 const COMPLETE_CHECKSUMS: u8 = 0x04;
 const SMALL_HEADROOM: u8 = 0x08;
 const NO_TAILROOM: u8 = 0x10;
+const RAW_CHECKSUMS: u8 = 0x20;
 
 fn v4(pod: Pod) -> IpAddr {
     IpAddr::V4(pod.v4)
@@ -129,6 +130,13 @@ fn first_fragment(frame: &[u8]) -> Vec<u8> {
     let ihl = usize::from(out[14] & 0x0f) * 4;
     let c = checksum::checksum(&out[14..14 + ihl]);
     out[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+/// `frame` (Ethernet + IPv4) with its IPv4 header checksum broken.
+fn bad_ipv4_checksum(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[14 + 10] ^= 0x5a;
     out
 }
 
@@ -292,6 +300,11 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
             "ipv4-first-fragment",
             FROM_POD1,
             vec![first_fragment(&syn.build())],
+        ),
+        (
+            "ipv4-bad-header-checksum",
+            FROM_POD1 | RAW_CHECKSUMS,
+            vec![bad_ipv4_checksum(&syn.build())],
         ),
         (
             "vlan-tagged-tcp4",

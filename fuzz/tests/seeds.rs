@@ -103,4 +103,31 @@ fn batch_encoding_round_trips() {
     assert!(batch.complete_l4_checksums);
     assert_eq!(batch.headroom, flagella_fuzz::pipeline::SMALL_HEADROOM);
     assert_eq!(batch.tailroom, 0);
+    assert!(batch.repair_checksums);
+}
+
+/// The harness repairs a broken IPv4 header checksum, outer and inner, unless told not to.
+#[test]
+fn repair_fixes_outer_and_inner_ipv4_checksums() {
+    use dataplane::wire::ethernet::EthernetFrame;
+    use dataplane::wire::ipv4::Ipv4Packet;
+    let tunnel = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus/seed-wire_parsers/uplink-vxlan-from-node-b"),
+    )
+    .unwrap();
+    let inner_ip = 14 + 20 + 8 + 8 + 14;
+    let mut broken = tunnel.clone();
+    broken[14 + 10] ^= 0xff; // outer checksum
+    broken[inner_ip + 10] ^= 0xff; // inner checksum
+    let verifies = |frame: &[u8], at: usize| {
+        Ipv4Packet::new_checked(&frame[at..])
+            .unwrap()
+            .verify_checksum()
+    };
+    assert!(!verifies(&broken, 14) && !verifies(&broken, inner_ip));
+    flagella_fuzz::pipeline::repair_ipv4_checksums(&mut broken);
+    assert!(verifies(&broken, 14) && verifies(&broken, inner_ip));
+    assert_eq!(broken, tunnel);
+    assert!(EthernetFrame::new_checked(&broken[..]).is_ok());
 }
