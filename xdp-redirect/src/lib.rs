@@ -364,7 +364,7 @@ impl XdpProgram {
         let fd = u32::try_from(xsk_fd).map_err(|_| XdpError::RegisterSocket {
             queue,
             fd: xsk_fd,
-            source: libbpf_rs::Error::from_raw_os_error(errno::EBADF),
+            source: libbpf_rs::Error::from_raw_os_error(libc::EBADF),
         })?;
         self.map(XSKS_MAP)?
             .update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
@@ -521,20 +521,14 @@ fn detach_link(link: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// The Linux errno values the error mapping distinguishes.
-mod errno {
-    pub const EPERM: i32 = 1;
-    pub const EBADF: i32 = 9;
-    pub const EBUSY: i32 = 16;
-    pub const EEXIST: i32 = 17;
-    pub const ENODEV: i32 = 19;
-    pub const EOPNOTSUPP: i32 = 95;
-}
-
+/// Maps the errno of a failed XDP link creation to the error that says what to do.
 fn attach_error(ifindex: u32, mode: AttachMode, source: io::Error) -> XdpError {
-    use errno::{EBUSY, EEXIST, ENODEV, EOPNOTSUPP, EPERM};
+    use libc::{EBUSY, EEXIST, EINVAL, ENODEV, EOPNOTSUPP, EPERM};
     match source.raw_os_error() {
-        Some(ENODEV) => XdpError::NoSuchInterface { ifindex },
+        // Link-based attach reports an unknown ifindex as EINVAL, like several other mistakes.
+        Some(ENODEV | EINVAL) if !interface_exists(ifindex) => {
+            XdpError::NoSuchInterface { ifindex }
+        }
         Some(EBUSY | EEXIST) => XdpError::InterfaceBusy { ifindex, mode },
         Some(EOPNOTSUPP) if mode == AttachMode::Native => XdpError::NativeUnsupported { ifindex },
         Some(EPERM) => XdpError::PermissionDenied {
@@ -547,6 +541,15 @@ fn attach_error(ifindex: u32, mode: AttachMode, source: io::Error) -> XdpError {
             source,
         },
     }
+}
+
+/// Whether `ifindex` names an interface in the calling thread's network namespace.
+fn interface_exists(ifindex: u32) -> bool {
+    let mut name: [libc::c_char; libc::IF_NAMESIZE] = [0; libc::IF_NAMESIZE];
+    // SAFETY: `name` is IF_NAMESIZE bytes, the size if_indextoname writes at most; the returned
+    // pointer is only compared with null.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    !found.is_null()
 }
 
 fn check_queue(queue: u32) -> Result<(), XdpError> {
@@ -710,24 +713,30 @@ mod tests {
 
     #[test]
     fn attach_errors_are_classified_by_errno() {
-        let err = |code, mode| attach_error(3, mode, io::Error::from_raw_os_error(code));
+        // An index no namespace uses, so that the existence check agrees with the errno.
+        let missing = u32::MAX - 7;
+        let err = |code, mode| attach_error(missing, mode, io::Error::from_raw_os_error(code));
         assert!(matches!(
-            err(errno::ENODEV, AttachMode::Native),
-            XdpError::NoSuchInterface { ifindex: 3 }
+            err(libc::ENODEV, AttachMode::Native),
+            XdpError::NoSuchInterface { ifindex } if ifindex == missing
         ));
         assert!(matches!(
-            err(errno::EBUSY, AttachMode::Native),
-            XdpError::InterfaceBusy { ifindex: 3, .. }
+            err(libc::EINVAL, AttachMode::Native),
+            XdpError::NoSuchInterface { .. }
         ));
         assert!(matches!(
-            err(errno::EOPNOTSUPP, AttachMode::Native),
-            XdpError::NativeUnsupported { ifindex: 3 }
+            err(libc::EBUSY, AttachMode::Native),
+            XdpError::InterfaceBusy { .. }
         ));
         assert!(matches!(
-            err(errno::EOPNOTSUPP, AttachMode::Generic),
-            XdpError::Attach { ifindex: 3, .. }
+            err(libc::EOPNOTSUPP, AttachMode::Native),
+            XdpError::NativeUnsupported { .. }
         ));
-        let native = err(errno::EOPNOTSUPP, AttachMode::Native).to_string();
+        assert!(matches!(
+            err(libc::EOPNOTSUPP, AttachMode::Generic),
+            XdpError::Attach { .. }
+        ));
+        let native = err(libc::EOPNOTSUPP, AttachMode::Native).to_string();
         assert!(native.contains("AttachMode::Generic"), "{native}");
     }
 
