@@ -416,11 +416,11 @@ impl XdpProgram {
         data.extend_from_slice(frame);
         let mut context = xdp_md_bytes(meta_len, data.len());
 
-        let mut input = libbpf_rs::ProgramInput::default();
-        input.data_in = Some(&data);
-        if meta_len > 0 {
-            input.context_in = Some(&mut context);
-        }
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(&data),
+            context_in: (meta_len > 0).then_some(&mut context[..]),
+            ..Default::default()
+        };
         let output = program
             .test_run(input)
             .map_err(|source| XdpError::TestRun {
@@ -580,17 +580,11 @@ mod tests {
     use std::mem::offset_of;
     use std::os::fd::FromRawFd;
 
-    /// The skeleton libbpf-cargo generated from the compiled object: its `types` module is the
-    /// C structs as BTF describes them, the reference for the hand-written twins.
-    #[allow(
-        dead_code,
-        unused_imports,
-        non_camel_case_types,
-        non_snake_case,
-        clippy::all
-    )]
+    /// The `types` module of the skeleton libbpf-cargo generated from the compiled object (see
+    /// build.rs): the C structs as BTF describes them, the reference for the hand-written twins.
+    #[allow(dead_code, non_camel_case_types, non_snake_case, clippy::all)]
     mod skel {
-        include!(concat!(env!("OUT_DIR"), "/xdp_redirect.skel.rs"));
+        include!(concat!(env!("OUT_DIR"), "/xdp_redirect_types.rs"));
     }
     use skel::types;
 
@@ -886,7 +880,7 @@ mod tests {
                 redirect_non_ip: true,
             })
             .expect("set_config");
-        assert_eq!(program.config().redirect_non_ip, true);
+        assert!(program.config().redirect_non_ip);
         assert_eq!(run(&program, &lldp), XdpAction::Pass);
         assert_eq!(run(&program, &arp_frame()), XdpAction::Pass);
         let after = counters(&program);
