@@ -167,10 +167,15 @@ impl fmt::Display for AttachMode {
 /// The verdict of one program run, as returned by [`XdpProgram::test_run`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpAction {
+    /// XDP_ABORTED: dropped, with a tracepoint (a program error).
     Aborted,
+    /// XDP_DROP.
     Drop,
+    /// XDP_PASS: to the kernel stack.
     Pass,
+    /// XDP_TX: back out of the receiving interface.
     Tx,
+    /// XDP_REDIRECT: to the target bpf_redirect_map chose (here an AF_XDP socket).
     Redirect,
     /// A value the kernel does not define; the program never returns one.
     Unknown(u32),
@@ -811,6 +816,15 @@ mod tests {
 
     fn counters(program: &XdpProgram) -> RedirectCounters {
         program.counters().expect("reading counters")
+    }
+
+    #[test]
+    fn xskmap_size_matches_its_twin() {
+        let Some(program) = load_or_skip(RedirectConfig::default()) else {
+            return;
+        };
+        let xsks = program.map(XSKS_MAP).expect("xsks_map");
+        assert_eq!(xsks.max_entries(), XSKMAP_MAX_ENTRIES);
     }
 
     #[test]
