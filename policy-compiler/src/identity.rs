@@ -201,7 +201,8 @@ impl IdentityTable {
         self.slots.is_empty()
     }
 
-    /// A short description for traces: `reserved:world`, `cidr:10.0.0.0/8`, or the labels.
+    /// A short description for traces: `reserved:world`, `cidr:10.0.0.0/8`, or the labels
+    /// (without the folded-in namespace labels).
     pub fn describe(&self, id: Identity) -> String {
         if id == Identity::ANY {
             return "any".into();
@@ -211,7 +212,13 @@ impl IdentityTable {
                 format!("reserved:{}", id.reserved_name().unwrap_or("unknown"))
             }
             Some(IdentityKind::Cidr(p)) => format!("cidr:{p}"),
-            Some(IdentityKind::Endpoint(l)) => l.to_string(),
+            // The folded-in namespace labels are implied by the namespace: leave them out.
+            Some(IdentityKind::Endpoint(l)) => l
+                .iter()
+                .filter(|(k, _)| !k.starts_with(crate::labels::NAMESPACE_LABELS_PREFIX))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
             None => "unknown".into(),
         }
     }
