@@ -362,3 +362,143 @@ fn parse_port_protocol(n: Node<'_>) -> Result<PortSpec, Error> {
     };
     Ok(PortSpec { protocol, port })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::labels::NAMESPACE_LABEL;
+    use crate::model::{Entity, Peer, Peers, PortSel, Protocol, Verdict};
+    use crate::parse::{parse_policies, ParsedPolicies};
+
+    fn cnp(spec: &str) -> Result<ParsedPolicies, crate::Error> {
+        let text = format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec:\n  endpointSelector: {{}}\n{spec}"
+        );
+        parse_policies("p.yaml", &text)
+    }
+
+    #[test]
+    fn empty_rule_selects_nothing_empty_list_does_not_apply() {
+        let p = cnp("  ingress: [{}]\n").unwrap();
+        let s = &p.policies[0].sections[0];
+        assert!(s.ingress.applies && s.ingress.default_deny);
+        assert_eq!(s.ingress.rules[0].peers, Peers::Only(vec![]));
+        let p = cnp("  ingress: []\n").unwrap();
+        assert!(!p.policies[0].sections[0].ingress.applies);
+    }
+
+    #[test]
+    fn ports_only_rule_applies_to_every_peer() {
+        let p = cnp("  ingress:\n  - toPorts: [{ports: [{port: '80'}]}]\n").unwrap();
+        let r = &p.policies[0].sections[0].ingress.rules[0];
+        assert_eq!(r.peers, Peers::All);
+        assert_eq!(r.ports[0].protocol, Protocol::Any);
+        assert!(matches!(r.ports[0].port, PortSel::Range(p) if p.lo == 80));
+    }
+
+    #[test]
+    fn namespace_scoping() {
+        let p = cnp(
+            "  ingress:\n  - fromEndpoints:\n    - {}\n    - matchLabels: {'k8s:io.kubernetes.pod.namespace': y}\n",
+        )
+        .unwrap();
+        let s = &p.policies[0].sections[0];
+        assert_eq!(s.subject.to_string(), format!("{NAMESPACE_LABEL}=x"));
+        let Peers::Only(peers) = &s.ingress.rules[0].peers else {
+            panic!()
+        };
+        let names: Vec<String> = peers
+            .iter()
+            .map(|p| match p {
+                Peer::Endpoints(s) => s.to_string(),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                format!("{NAMESPACE_LABEL}=x"),
+                format!("{NAMESPACE_LABEL}=y")
+            ]
+        );
+        // Cluster-wide policies are not scoped.
+        let ccnp = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: c}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEndpoints: [{}]\n";
+        let p = parse_policies("c.yaml", ccnp).unwrap();
+        let s = &p.policies[0].sections[0];
+        assert!(s.subject.is_everything());
+        assert_eq!(
+            s.egress.rules[0].peers,
+            Peers::Only(vec![Peer::Endpoints(Default::default())])
+        );
+    }
+
+    #[test]
+    fn enable_default_deny_and_deny_rules() {
+        let p = cnp(
+            "  enableDefaultDeny: {ingress: false}\n  ingressDeny:\n  - fromEntities: [world]\n",
+        )
+        .unwrap();
+        let s = &p.policies[0].sections[0];
+        assert!(s.ingress.applies && !s.ingress.default_deny);
+        assert_eq!(s.ingress.rules[0].verdict, Verdict::Deny);
+        assert_eq!(
+            s.ingress.rules[0].peers,
+            Peers::Only(vec![Peer::Entity(Entity::World)])
+        );
+    }
+
+    #[test]
+    fn unsupported_fields_warn_and_drop_the_allow_rule() {
+        let p = cnp(
+            "  egress:\n  - toFQDNs: [{matchName: example.com}]\n    toPorts: [{ports: [{port: '443'}]}]\n  - toEntities: [world]\n",
+        )
+        .unwrap();
+        assert_eq!(p.warnings.len(), 1);
+        assert_eq!(p.warnings[0].path, "spec.egress[0].toFQDNs");
+        let rules = &p.policies[0].sections[0].egress.rules;
+        assert_eq!(rules.len(), 1, "the FQDN rule is dropped, the other kept");
+        assert_eq!(rules[0].path, "spec.egress[1]");
+        let p = cnp("  ingress:\n  - toPorts: [{ports: [{port: '80'}], rules: {http: [{}]}}]\n")
+            .unwrap();
+        assert_eq!(p.warnings[0].path, "spec.ingress[0].toPorts[0].rules");
+        assert!(p.policies[0].sections[0].ingress.applies);
+        assert!(p.policies[0].sections[0].ingress.rules.is_empty());
+    }
+
+    #[test]
+    fn unsupported_fields_in_deny_rules_are_errors() {
+        let e = cnp("  egressDeny:\n  - toEntities: [kube-apiserver]\n").unwrap_err();
+        assert!(
+            e.to_string().contains("spec.egressDeny[0].toEntities[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_input_errors() {
+        let e = cnp("  ingress:\n  - fromEntities: [moon]\n").unwrap_err();
+        assert!(e.to_string().contains("unknown entity"), "{e}");
+        let e = cnp("  ingress:\n  - fromEndpoint: [{}]\n").unwrap_err();
+        assert!(
+            e.to_string().contains("spec.ingress[0].fromEndpoint")
+                && e.to_string().contains("unknown field"),
+            "{e}"
+        );
+        let e =
+            cnp("  ingress:\n  - toPorts: [{ports: [{port: '80', endPort: 70}]}]\n").unwrap_err();
+        assert!(e.to_string().contains("endPort 70 is below"), "{e}");
+        let e = parse_policies("c.yaml", "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: c, namespace: x}\nspec: {endpointSelector: {}}\n").unwrap_err();
+        assert!(e.to_string().contains("metadata.namespace"), "{e}");
+    }
+
+    #[test]
+    fn specs_list_gives_sections_with_paths() {
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: x}\nspecs:\n- endpointSelector: {}\n  ingress: [{}]\n- endpointSelector: {matchLabels: {a: b}}\n  egress: [{}]\n";
+        let p = parse_policies("p.yaml", text).unwrap();
+        let paths: Vec<&str> = p.policies[0]
+            .sections
+            .iter()
+            .map(|s| s.path.as_str())
+            .collect();
+        assert_eq!(paths, vec!["specs[0]", "specs[1]"]);
+    }
+}

@@ -266,7 +266,8 @@ impl PolicyEngine {
                     pod: key.clone(),
                     namespace: pod.namespace.clone(),
                 })?;
-        if let Some(owner) = self.address_owner(pod.ip).filter(|o| *o != key) {
+        let me = format!("pod {key}");
+        if let Some(owner) = self.address_owner(pod.ip).filter(|o| *o != me) {
             return Err(EngineError::AddressInUse {
                 what: format!("pod {key}"),
                 addr: pod.ip,
@@ -956,4 +957,423 @@ fn default_deny_path(section: &str, d: Direction) -> String {
         Direction::Egress => "egress",
     };
     format!("{section}.enableDefaultDeny.{dir}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{parse_cluster, ContainerPort};
+    use crate::parse::parse_policies;
+    use crate::trace::{parse_port_proto, trace, Probe};
+
+    const CLUSTER: &str = r#"
+namespaces: {x: {ns: x}, y: {ns: y}}
+pods:
+- {namespace: x, name: a, labels: {app: a}, ip: 10.1.0.1}
+- {namespace: y, name: a, labels: {app: web}, ip: 10.2.0.1, ports: [{name: web, containerPort: 8080}]}
+- {namespace: y, name: b, labels: {app: web, v: "2"}, ip: 10.2.0.2, ports: [{name: web, containerPort: 9090}]}
+- {namespace: y, name: c, labels: {app: web}, ip: 10.2.0.3}
+nodes: [{name: n1, ip: 192.168.0.1}]
+"#;
+
+    fn engine(policies: &str) -> PolicyEngine {
+        let cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let parsed = parse_policies("p.yaml", policies).unwrap();
+        PolicyEngine::build(&cluster, &parsed.policies).unwrap()
+    }
+
+    fn allowed(e: &PolicyEngine, from: &str, to: &str, port: &str) -> bool {
+        let (port, protocol) = parse_port_proto(port).unwrap();
+        let probe = Probe {
+            from: from.into(),
+            to: to.into(),
+            port,
+            protocol,
+        };
+        trace(e, &probe).unwrap().allowed()
+    }
+
+    fn np(ns: &str, name: &str, spec: &str) -> String {
+        format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+    }
+
+    fn cnp(ns: &str, name: &str, spec: &str) -> String {
+        format!("---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+    }
+
+    #[test]
+    fn no_policy_allows_everything() {
+        let e = engine("");
+        assert!(allowed(&e, "x/a", "y/a", "1/UDP"));
+        assert!(!e.endpoint("x/a").unwrap().ingress.enforced);
+    }
+
+    #[test]
+    fn named_ports_resolve_per_destination_pod() {
+        // Egress: the name resolves against each destination pod.
+        let e = engine(&np(
+            "x",
+            "to-web",
+            "  podSelector: {}\n  egress:\n  - ports: [{port: web}]\n",
+        ));
+        assert!(allowed(&e, "x/a", "y/a", "8080/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "9090/TCP"));
+        assert!(allowed(&e, "x/a", "y/b", "9090/TCP"));
+        assert!(!allowed(&e, "x/a", "y/b", "8080/TCP"));
+        // y/c shares y/a's identity: the egress map cannot tell them apart, so y/a's port is
+        // open towards y/c as well (documented over-approximation, as in Cilium).
+        assert!(allowed(&e, "x/a", "y/c", "8080/TCP"));
+        // Ingress: against the selected pod itself.
+        let e = engine(&np(
+            "y",
+            "web",
+            "  podSelector: {}\n  ingress:\n  - ports: [{port: web}]\n",
+        ));
+        assert!(allowed(&e, "x/a", "y/a", "8080/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "9090/TCP"));
+        assert!(allowed(&e, "x/a", "y/b", "9090/TCP"));
+        assert!(
+            !allowed(&e, "x/a", "y/b", "8080/UDP"),
+            "protocol must match too"
+        );
+    }
+
+    #[test]
+    fn end_port_range_is_inclusive() {
+        let e = engine(&np(
+            "y",
+            "range",
+            "  podSelector: {}\n  ingress:\n  - ports: [{port: 100, endPort: 200}]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "y/a", "99/TCP"));
+        assert!(allowed(&e, "x/a", "y/a", "100/TCP"));
+        assert!(allowed(&e, "x/a", "y/a", "200/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "201/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "150/UDP"));
+    }
+
+    #[test]
+    fn deny_beats_a_more_specific_allow() {
+        let e = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': x}}]\n    toPorts: [{ports: [{port: '80', protocol: TCP}]}]\n  ingressDeny:\n  - fromEntities: [cluster]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        let e2 = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': x}}]\n    toPorts: [{ports: [{port: '80', protocol: TCP}]}]\n",
+        ));
+        assert!(allowed(&e2, "x/a", "y/a", "80/TCP"));
+    }
+
+    #[test]
+    fn default_deny_off_only_matters_when_no_other_policy_wants_it() {
+        let deny_world =
+            "  endpointSelector: {}\n  enableDefaultDeny: {ingress: false}\n  ingressDeny:\n  - fromEntities: [world]\n";
+        let e = engine(&cnp("y", "p", deny_world));
+        assert!(allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(!allowed(&e, "8.8.8.8", "y/a", "80/TCP"));
+        let both = format!(
+            "{}{}",
+            cnp("y", "p", deny_world),
+            np("y", "deny", "  podSelector: {}\n  policyTypes: [Ingress]\n")
+        );
+        let e = engine(&both);
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+    }
+
+    #[test]
+    fn except_blocks_and_cilium_cidrs() {
+        let e = engine(&cnp(
+            "x",
+            "p",
+            "  endpointSelector: {}\n  egress:\n  - toCIDRSet: [{cidr: 8.0.0.0/8, except: [8.8.0.0/16]}]\n  - toCIDR: [10.2.0.0/16]\n",
+        ));
+        assert!(allowed(&e, "x/a", "8.1.2.3", "53/UDP"));
+        assert!(!allowed(&e, "x/a", "8.8.8.8", "53/UDP"));
+        assert!(!allowed(&e, "x/a", "9.9.9.9", "53/UDP"));
+        // Cilium CIDR rules do not select pods, even when the prefix covers their addresses.
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(allowed(&e, "x/a", "10.2.9.9", "80/TCP"));
+        let ipcache = e.ipcache();
+        assert!(ipcache.contains(&(
+            "8.8.0.0/16".parse().unwrap(),
+            Identity(crate::identity::FIRST_CIDR_IDENTITY + 1)
+        )));
+    }
+
+    #[test]
+    fn ip_block_cannot_split_an_identity() {
+        // y/a and y/c share one identity; a block that covers only y/a selects neither.
+        let e = engine(&np(
+            "x",
+            "p",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.2.0.1/32}}]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        let e = engine(&np(
+            "x",
+            "p",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.2.0.0/30}}]\n",
+        ));
+        assert!(allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(allowed(&e, "x/a", "y/c", "80/TCP"));
+    }
+
+    #[test]
+    fn entities() {
+        let e = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEntities: [remote-node]\n",
+        ));
+        assert!(allowed(&e, "192.168.0.1", "y/a", "80/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(!allowed(&e, "1.1.1.1", "y/a", "80/TCP"));
+        let e = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEntities: [cluster]\n",
+        ));
+        assert!(allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(allowed(&e, "192.168.0.1", "y/a", "80/TCP"));
+        assert!(!allowed(&e, "1.1.1.1", "y/a", "80/TCP"));
+        let e = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEntities: [world]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(allowed(&e, "1.1.1.1", "y/a", "80/TCP"));
+    }
+
+    #[test]
+    fn cookies_name_every_rule_behind_an_entry() {
+        let e = engine(&format!(
+            "{}{}",
+            np(
+                "y",
+                "one",
+                "  podSelector: {}\n  ingress:\n  - ports: [{port: 80}]\n"
+            ),
+            np(
+                "y",
+                "two",
+                "  podSelector: {}\n  ingress:\n  - {}\n  - ports: [{port: 80}]\n"
+            )
+        ));
+        let probe = Probe {
+            from: "x/a".into(),
+            to: "y/a".into(),
+            port: 80,
+            protocol: 6,
+        };
+        let r = trace(&e, &probe).unwrap();
+        let names: Vec<String> = r
+            .ingress
+            .rules
+            .iter()
+            .map(|r| format!("{} {}", r.policy, r.rule))
+            .collect();
+        assert_eq!(
+            names,
+            vec!["y/one spec.ingress[0]", "y/two spec.ingress[1]"]
+        );
+        assert_eq!(r.ingress.match_kind, Some("l4-only"));
+    }
+
+    /// Endpoint maps as comparable data: cookies replaced by the rules they name.
+    type Snapshot =
+        BTreeMap<String, Vec<(bool, Vec<(String, u8, PortRange, Action, Vec<RuleOrigin>)>)>>;
+
+    /// Identities are named by their labels or prefix, so two histories that numbered them
+    /// differently still compare equal.
+    fn snapshot(e: &PolicyEngine) -> Snapshot {
+        e.endpoints()
+            .map(|(k, ep)| {
+                let dirs = [&ep.ingress, &ep.egress]
+                    .iter()
+                    .map(|d| {
+                        let mut entries: Vec<_> = d
+                            .map
+                            .iter()
+                            .map(|(key, entry)| {
+                                (
+                                    e.identities().describe(key.identity),
+                                    key.proto,
+                                    key.ports,
+                                    entry.action,
+                                    e.cookie_origins(entry.cookie).to_vec(),
+                                )
+                            })
+                            .collect();
+                        entries.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+                        (d.enforced, entries)
+                    })
+                    .collect();
+                (k.to_string(), dirs)
+            })
+            .collect()
+    }
+
+    const POLICIES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: y}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: blue}}}]
+    ports: [{port: web}]
+  - from: [{ipBlock: {cidr: 10.1.0.0/16, except: [10.1.9.0/24]}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: x-egress, namespace: x}
+spec:
+  endpointSelector: {}
+  egress:
+  - toEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': y}}]
+    toPorts: [{ports: [{port: web}]}]
+  egressDeny:
+  - toCIDR: [10.1.9.0/24]
+"#;
+
+    #[test]
+    fn deltas_match_a_full_rebuild() {
+        let parsed = parse_policies("p.yaml", POLICIES).unwrap();
+        let mut cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let mut e = PolicyEngine::build(&cluster, &[]).unwrap();
+        for p in &parsed.policies {
+            e.upsert_policy(p.clone()).unwrap();
+        }
+        e.commit();
+        assert_eq!(
+            snapshot(&e),
+            snapshot(&PolicyEngine::build(&cluster, &parsed.policies).unwrap())
+        );
+
+        // A new pod in x with a named port: only maps that can see it change.
+        let pod = Pod {
+            namespace: "x".into(),
+            name: "n".into(),
+            labels: [("app", "new")].into_iter().collect(),
+            ip: "10.1.9.7".parse().unwrap(),
+            ports: vec![ContainerPort {
+                name: Some("web".into()),
+                port: 7000,
+                protocol: 6,
+            }],
+        };
+        e.upsert_pod(pod.clone()).unwrap();
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::IpcacheUpsert {
+            prefix: "10.1.9.7/32".parse().unwrap(),
+            identity: e.pod_identity("x/n").unwrap()
+        }));
+        cluster.pods.push(pod);
+        assert_eq!(
+            snapshot(&e),
+            snapshot(&PolicyEngine::build(&cluster, &parsed.policies).unwrap())
+        );
+
+        // Namespace labels change: x's pods get new identities; y's web policy now selects them.
+        let blue: Labels = [("ns", "x"), ("team", "blue")].into_iter().collect();
+        e.upsert_namespace("x", blue.clone()).unwrap();
+        let deltas = e.commit();
+        assert!(deltas
+            .iter()
+            .any(|d| matches!(d, Delta::Upsert { endpoint, .. } if endpoint == "y/a")));
+        let mut blue_full = blue;
+        blue_full.insert(NAMESPACE_NAME_LABEL, "x");
+        cluster.namespaces.insert("x".into(), blue_full);
+        let full = PolicyEngine::build(&cluster, &parsed.policies).unwrap();
+        assert_eq!(snapshot(&e), snapshot(&full));
+        assert!(allowed(&e, "x/a", "y/a", "8080/TCP"));
+
+        // Removing a policy empties the maps of its subjects and releases its CIDR identities.
+        let id = parsed.policies[1].id.clone();
+        assert!(e.delete_policy(&id));
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::Enforce {
+            endpoint: "x/a".into(),
+            direction: Direction::Egress,
+            enforced: false
+        }));
+        // 10.1.9.0/24 is still the `except` of policy y/web: its CIDR identity stays.
+        assert!(e
+            .ipcache()
+            .iter()
+            .any(|(p, _)| p.to_string() == "10.1.9.0/24"));
+        assert!(e.delete_policy(&parsed.policies[0].id));
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::IpcacheRemove {
+            prefix: "10.1.9.0/24".parse().unwrap()
+        }));
+        assert!(!e.endpoint("y/a").unwrap().ingress.enforced);
+        assert!(e.endpoint("x/a").unwrap().egress.map.is_empty());
+
+        // Deleting a pod removes its endpoint and its ipcache entry.
+        assert!(e.delete_pod("x", "n"));
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::EndpointRemoved {
+            endpoint: "x/n".into()
+        }));
+        assert!(deltas.contains(&Delta::IpcacheRemove {
+            prefix: "10.1.9.7/32".parse().unwrap()
+        }));
+        // Nothing changed: nothing to send.
+        assert!(e.commit().is_empty());
+    }
+
+    #[test]
+    fn adding_a_pod_touches_only_affected_endpoints() {
+        let parsed = parse_policies("p.yaml", POLICIES).unwrap();
+        let cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let mut e = PolicyEngine::build(&cluster, &parsed.policies).unwrap();
+        // A pod in y with a `web` port: x's egress (to y, port web) must now include it; y's
+        // web policy does not select it and nobody else can see it.
+        e.upsert_pod(Pod {
+            namespace: "y".into(),
+            name: "other".into(),
+            labels: [("app", "other")].into_iter().collect(),
+            ip: "10.2.0.9".parse().unwrap(),
+            ports: vec![ContainerPort {
+                name: Some("web".into()),
+                port: 7070,
+                protocol: 6,
+            }],
+        })
+        .unwrap();
+        let deltas = e.commit();
+        let touched: BTreeSet<&str> = deltas
+            .iter()
+            .filter_map(|d| match d {
+                Delta::Upsert { endpoint, .. }
+                | Delta::Remove { endpoint, .. }
+                | Delta::Enforce { endpoint, .. } => Some(endpoint.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(touched, ["x/a"].into_iter().collect(), "{deltas:?}");
+    }
+
+    #[test]
+    fn engine_refuses_bad_changes() {
+        let cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let mut e = PolicyEngine::build(&cluster, &[]).unwrap();
+        let mut pod = cluster.pods[0].clone();
+        pod.name = "dup".into();
+        assert!(matches!(
+            e.upsert_pod(pod.clone()),
+            Err(EngineError::AddressInUse { .. })
+        ));
+        pod.namespace = "nope".into();
+        assert!(matches!(
+            e.upsert_pod(pod),
+            Err(EngineError::UnknownNamespace { .. })
+        ));
+    }
 }

@@ -200,3 +200,101 @@ fn parse_port(port: Node<'_>) -> Result<PortSpec, Error> {
         port: sel,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Peer, Peers, PortSel, Protocol};
+    use crate::parse::parse_policies;
+
+    fn one(spec: &str) -> Result<crate::model::Policy, crate::Error> {
+        let text = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec:\n{spec}"
+        );
+        parse_policies("p.yaml", &text).map(|mut p| p.policies.remove(0))
+    }
+
+    #[test]
+    fn policy_types_default_from_rules() {
+        let p = one("  podSelector: {}\n").unwrap();
+        let s = &p.sections[0];
+        assert!(s.ingress.applies && !s.egress.applies);
+        let p = one("  podSelector: {}\n  egress: [{}]\n").unwrap();
+        assert!(p.sections[0].ingress.applies && p.sections[0].egress.applies);
+        // An empty egress list does not add Egress (the API server's defaulting).
+        let p = one("  podSelector: {}\n  egress: []\n").unwrap();
+        assert!(!p.sections[0].egress.applies);
+        let p = one("  podSelector: {}\n  policyTypes: [Egress]\n  ingress: [{}]\n").unwrap();
+        assert!(!p.sections[0].ingress.applies);
+        assert!(p.sections[0].ingress.rules.is_empty());
+    }
+
+    #[test]
+    fn empty_versus_absent_peers_and_ports() {
+        let p = one("  podSelector: {}\n  ingress:\n  - from: []\n    ports: []\n").unwrap();
+        let r = &p.sections[0].ingress.rules[0];
+        assert_eq!(r.peers, Peers::All);
+        assert!(r.ports.is_empty());
+    }
+
+    #[test]
+    fn peers_combine_selectors() {
+        let p = one(
+            "  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {a: b}}\n      namespaceSelector: {matchLabels: {team: t}}\n",
+        )
+        .unwrap();
+        let Peers::Only(peers) = &p.sections[0].ingress.rules[0].peers else {
+            panic!()
+        };
+        let Peer::Endpoints(sel) = &peers[0] else {
+            panic!()
+        };
+        assert_eq!(sel.to_string(), "a=b,io.cilium.k8s.namespace.labels.team=t");
+    }
+
+    #[test]
+    fn ports_named_numeric_ranges() {
+        let p = one(
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: http}\n    - {port: 53, protocol: UDP}\n    - {port: 1000, endPort: 2000, protocol: SCTP}\n    - {protocol: UDP}\n",
+        )
+        .unwrap();
+        let ports = &p.sections[0].ingress.rules[0].ports;
+        assert_eq!(ports[0].port, PortSel::Named("http".into()));
+        assert_eq!(ports[0].protocol, Protocol::Tcp);
+        assert_eq!(ports[1].protocol, Protocol::Udp);
+        assert!(matches!(ports[2].port, PortSel::Range(r) if r.lo == 1000 && r.hi == 2000));
+        assert_eq!(ports[3].port, PortSel::All);
+    }
+
+    #[test]
+    fn errors_name_document_and_path() {
+        let e = one("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p.yaml, document 1 (NetworkPolicy x/p)"), "{e}");
+        assert!(e.contains("spec.ingress[0].from[0].ipBlock"), "{e}");
+        assert!(e.contains("not inside"), "{e}");
+        let e = one("  podSelector: {}\n  ingress:\n  - ports: [{port: http, endPort: 90}]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("spec.ingress[0].ports[0]"), "{e}");
+        let e = one("  podSelector: {}\n  ingress:\n  - from: [{}]\n").unwrap_err();
+        assert!(e.to_string().contains("a peer needs"), "{e}");
+        let e = one("  ingress: []\n").unwrap_err();
+        assert!(e.to_string().contains("spec.podSelector"), "{e}");
+        let e = one("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.1}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("no prefix length"), "{e}");
+        let e = one("  podSelector: {}\n  ingress:\n  - ports: [{port: 80, protocol: ICMP}]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown protocol"), "{e}");
+    }
+
+    #[test]
+    fn other_kinds_and_duplicates_are_refused() {
+        let e = parse_policies("f.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("not a policy Flagella reads"), "{e}");
+        let doc = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
+        let e = parse_policies("f.yaml", &format!("{doc}---\n{doc}")).unwrap_err();
+        assert!(e.to_string().contains("defined twice"), "{e}");
+    }
+}
