@@ -61,7 +61,7 @@ pub enum Error {
     Duplicate {
         doc: DocRef,
         what: String,
-        first: DocRef,
+        first: Box<DocRef>,
     },
 }
 

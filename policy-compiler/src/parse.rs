@@ -30,7 +30,7 @@ pub fn parse_policies(source: &str, text: &str) -> Result<ParsedPolicies, Error>
             return Err(Error::Duplicate {
                 doc: document.doc.clone(),
                 what: policy.id.to_string(),
-                first: first.clone(),
+                first: Box::new(first.clone()),
             });
         }
         seen.insert(policy.id.clone(), document.doc.clone());

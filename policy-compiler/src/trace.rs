@@ -155,7 +155,7 @@ struct Side {
 fn resolve(engine: &PolicyEngine, who: &str) -> Result<Side, TraceError> {
     if let Ok(addr) = who.parse::<IpAddr>() {
         if let Some(pod) = engine.pod_by_ip(addr) {
-            return resolve(engine, &pod.to_string());
+            return resolve(engine, pod);
         }
         let (identity, _) = engine.resolve(addr);
         return Ok(Side {

@@ -2,6 +2,8 @@
 //! every pod pair is traced on 80/TCP, 81/TCP, 80/UDP and 81/UDP through the compiled maps;
 //! the verdicts must equal the hand-written truth tables (see `tests/conformance/README.md`).
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -8,6 +8,8 @@
 //! number is a function of the pod's labels (pods sharing an identity agree on it). Both limits
 //! are documented in docs/policy-semantics.md and tested on their own in the unit tests.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -226,8 +228,7 @@ impl Cluster {
         remote: &End,
         ingress: bool,
         dst: &End,
-        port: u16,
-        udp: bool,
+        (port, udp): (u16, bool),
     ) -> bool {
         let End::Pod(i) = local else {
             return true; // not a pod: no policy applies
@@ -256,8 +257,8 @@ impl Cluster {
     }
 
     fn allowed(&self, policies: &[Policy], src: &End, dst: &End, port: u16, udp: bool) -> bool {
-        self.direction_allows(policies, src, dst, false, dst, port, udp)
-            && self.direction_allows(policies, dst, src, true, dst, port, udp)
+        self.direction_allows(policies, src, dst, false, dst, (port, udp))
+            && self.direction_allows(policies, dst, src, true, dst, (port, udp))
     }
 }
 
