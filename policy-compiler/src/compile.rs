@@ -196,7 +196,8 @@ pub struct PolicyEngine {
     ipcache: Ipcache,
     repo: Repository,
     cache: SelectorCache,
-    subjects: HashMap<Selector, BTreeSet<SectionRef>>,
+    /// Subject selectors (as `Peer::Endpoints`, the selector cache's key) -> their sections.
+    subjects: HashMap<Peer, BTreeSet<SectionRef>>,
     peer_users: HashMap<Peer, BTreeSet<SectionRef>>,
     named_egress: BTreeSet<SectionRef>,
     cookies: CookieTable,
@@ -464,7 +465,7 @@ impl PolicyEngine {
                 },
             );
             self.subjects
-                .entry(section.subject.clone())
+                .entry(subject)
                 .or_default()
                 .insert(sref.clone());
             for peer in section_peers(section) {
@@ -495,15 +496,14 @@ impl PolicyEngine {
         for (i, section) in policy.sections.iter().enumerate() {
             let sref = (policy.id.clone(), i);
             self.mark_subject(&section.subject);
-            if let Some(set) = self.subjects.get_mut(&section.subject) {
+            let subject = Peer::Endpoints(section.subject.clone());
+            if let Some(set) = self.subjects.get_mut(&subject) {
                 set.remove(&sref);
                 if set.is_empty() {
-                    self.subjects.remove(&section.subject);
+                    self.subjects.remove(&subject);
                 }
             }
-            released
-                .peers
-                .push(Peer::Endpoints(section.subject.clone()));
+            released.peers.push(subject);
             for peer in section_peers(section) {
                 if let Some(set) = self.peer_users.get_mut(&peer) {
                     set.remove(&sref);
@@ -621,11 +621,7 @@ impl PolicyEngine {
         let mut default_deny = false;
         let mut default_allow_origins = BTreeSet::new();
         for (subject, refs) in &self.subjects {
-            if !self
-                .cache
-                .selection(&Peer::Endpoints(subject.clone()))
-                .contains(&id)
-            {
+            if !self.cache.selection(subject).contains(&id) {
                 continue;
             }
             for (pid, idx) in refs {
