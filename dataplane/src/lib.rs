@@ -11,6 +11,7 @@
 //! - [`pipeline`]: the stages over a batch, their counters and drop reasons;
 //! - [`frame`]: the frame buffer abstraction shared by UMEM and tests.
 
+pub mod daemon;
 pub mod frame;
 pub mod pipeline;
 pub mod tables;
