@@ -225,7 +225,7 @@ fn service_error(m: &ServiceMsg, e: ServiceError) -> RequestError {
             .filter(|(_, b)| b.addr == key.addr && b.port == key.port)
             .map(|(i, _)| i);
         let index = if last {
-            matching.last()
+            matching.next_back()
         } else {
             matching.next()
         };
@@ -330,7 +330,12 @@ mod tests {
         run(&h, r#"{"op":"policy.update","endpoint":1,"direction":"egress","enforced":true,"add":[{"identity":1002,"action":"allow"}]}"#).unwrap();
         run(&h, r#"{"op":"policy.replace","endpoint":1,"direction":"egress","entries":[{"identity":1003,"action":"deny"}]}"#).unwrap();
         let t = h.snapshot();
-        let p = t.endpoints.get(EndpointId(1)).unwrap().policy.direction(Direction::Egress);
+        let p = t
+            .endpoints
+            .get(EndpointId(1))
+            .unwrap()
+            .policy
+            .direction(Direction::Egress);
         assert_eq!(p.map.len(), 1);
         assert!(!p.lookup(Identity(1002), 6, 1).is_allowed());
     }
@@ -339,16 +344,46 @@ mod tests {
     fn table_errors_name_fields() {
         let h = handle();
         let cases = [
-            (r#"{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:03","ipv4":"10.0.0.1","identity":1003}"#, "ipv4"),
-            (r#"{"op":"endpoint.upsert","id":3,"ifindex":11,"mac":"02:00:00:00:00:03","ipv4":"10.0.0.3","identity":1003}"#, "ifindex"),
-            (r#"{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.3","identity":1003}"#, "mac"),
-            (r#"{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:03","identity":1003}"#, "ipv4"),
-            (r#"{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:03","ipv4":"10.0.0.3","identity":0}"#, "identity"),
-            (r#"{"op":"policy.update","endpoint":99,"direction":"ingress"}"#, "endpoint"),
-            (r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.1","port":0,"proto":"tcp"},"backends":[]}"#, "frontend.port"),
-            (r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.1","port":80,"proto":"tcp"},"backends":[{"addr":"10.0.0.1","port":80},{"addr":"fd00::1","port":80}]}"#, "backends[1].addr"),
-            (r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.1","port":80,"proto":"tcp"},"backends":[{"addr":"10.0.0.1","port":80},{"addr":"10.0.0.1","port":80}]}"#, "backends[1]"),
-            (r#"{"op":"ipcache.upsert","prefix":"10.0.0.0/8","identity":5,"tunnel_endpoint":"0.0.0.0"}"#, "tunnel_endpoint"),
+            (
+                r#"{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:03","ipv4":"10.0.0.1","identity":1003}"#,
+                "ipv4",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":3,"ifindex":11,"mac":"02:00:00:00:00:03","ipv4":"10.0.0.3","identity":1003}"#,
+                "ifindex",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.3","identity":1003}"#,
+                "mac",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:03","identity":1003}"#,
+                "ipv4",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:03","ipv4":"10.0.0.3","identity":0}"#,
+                "identity",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":99,"direction":"ingress"}"#,
+                "endpoint",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.1","port":0,"proto":"tcp"},"backends":[]}"#,
+                "frontend.port",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.1","port":80,"proto":"tcp"},"backends":[{"addr":"10.0.0.1","port":80},{"addr":"fd00::1","port":80}]}"#,
+                "backends[1].addr",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.1","port":80,"proto":"tcp"},"backends":[{"addr":"10.0.0.1","port":80},{"addr":"10.0.0.1","port":80}]}"#,
+                "backends[1]",
+            ),
+            (
+                r#"{"op":"ipcache.upsert","prefix":"10.0.0.0/8","identity":5,"tunnel_endpoint":"0.0.0.0"}"#,
+                "tunnel_endpoint",
+            ),
             (r#"{"op":"local_node.set","uplink_mtu":500}"#, "uplink_mtu"),
         ];
         let before = h.snapshot();

@@ -446,7 +446,10 @@ mod tests {
     fn dumps_replay_as_upserts() {
         let mut c = control();
         reply(&mut c, EP1);
-        reply(&mut c, r#"{"op":"policy.update","endpoint":1,"direction":"ingress","enforced":true,"add":[{"identity":1002,"proto":"tcp","port":80,"action":"allow","cookie":3}]}"#);
+        reply(
+            &mut c,
+            r#"{"op":"policy.update","endpoint":1,"direction":"ingress","enforced":true,"add":[{"identity":1002,"proto":"tcp","port":80,"action":"allow","cookie":3}]}"#,
+        );
         let d = reply(&mut c, r#"{"op":"dump","table":"endpoints"}"#);
         let mut line = d["entries"][0].as_object().unwrap().clone();
         line.insert("op".into(), Value::from("endpoint.upsert"));
@@ -484,7 +487,10 @@ mod tests {
     fn conntrack_dump_waits_for_workers_and_times_out() {
         let mut c = control();
         // No worker: answered at once.
-        assert_eq!(reply(&mut c, r#"{"op":"dump","table":"conntrack"}"#)["ok"], true);
+        assert_eq!(
+            reply(&mut c, r#"{"op":"dump","table":"conntrack"}"#)["ok"],
+            true
+        );
         let mut w = c.stats.register("worker-0", 1);
         let out = c.handle_line(br#"{"op":"dump","table":"conntrack","limit":5,"seq":3}"#);
         let pending = out.pending_ct.unwrap();
@@ -499,7 +505,10 @@ mod tests {
         assert_eq!(r["ok"], true);
         assert_eq!(r["seq"], 3);
         assert_eq!(r["workers"][0]["entries"], json!([]));
-        let too_many = reply(&mut c, r#"{"op":"dump","table":"conntrack","limit":1000000}"#);
+        let too_many = reply(
+            &mut c,
+            r#"{"op":"dump","table":"conntrack","limit":1000000}"#,
+        );
         assert_eq!(too_many["field"], "limit");
     }
 }

@@ -890,7 +890,10 @@ pub fn parse_request(line: &[u8]) -> Result<Envelope, Refusal> {
         Some(_) => {
             return Err(refuse(
                 None,
-                RequestError::at("seq", "`seq` must be a number or a string: it is echoed back in the reply"),
+                RequestError::at(
+                    "seq",
+                    "`seq` must be a number or a string: it is echoed back in the reply",
+                ),
             ))
         }
     };
@@ -899,7 +902,13 @@ pub fn parse_request(line: &[u8]) -> Result<Envelope, Refusal> {
         Some(_) => {
             return Err(refuse(
                 seq,
-                RequestError::at("op", format!("`op` must be a string naming the request: one of {}", OPS.join(", "))),
+                RequestError::at(
+                    "op",
+                    format!(
+                        "`op` must be a string naming the request: one of {}",
+                        OPS.join(", ")
+                    ),
+                ),
             ))
         }
         None => {
@@ -1038,23 +1047,68 @@ mod tests {
             (r#"{"seq":1}"#, "op"),
             (r#"{"op":7}"#, "op"),
             (r#"{"op":"endpoint.frobnicate"}"#, "op"),
-            (r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"zz","identity":1}"#, "mac"),
-            (r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"identity":1}"#, "mac"),
-            (r#"{"op":"endpoint.upsert","id":-1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1}"#, "id"),
-            (r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1,"ipv4":"10.0.0.300"}"#, "ipv4"),
-            (r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1,"identiy":2}"#, "identiy"),
-            (r#"{"op":"ipcache.upsert","prefix":"10.0.0.0/33","identity":5}"#, "prefix"),
-            (r#"{"op":"policy.update","endpoint":1,"direction":"sideways"}"#, "direction"),
-            (r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"action":"allow"},{"proto":"tcp","port":70000,"action":"allow"}]}"#, "add[1].port"),
-            (r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"proto":"bogus","action":"allow"}]}"#, "add[0].proto"),
-            (r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"proto":"tcp"}]}"#, "add[0].action"),
-            (r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80},"backends":[]}"#, "frontend.proto"),
-            (r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"x","port":1}]}"#, "backends[0].addr"),
-            (r#"{"op":"node.upsert","name":"b","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24","nope"]}"#, "pod_cidrs[1]"),
+            (
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"zz","identity":1}"#,
+                "mac",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"identity":1}"#,
+                "mac",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":-1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1}"#,
+                "id",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1,"ipv4":"10.0.0.300"}"#,
+                "ipv4",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1,"identiy":2}"#,
+                "identiy",
+            ),
+            (
+                r#"{"op":"ipcache.upsert","prefix":"10.0.0.0/33","identity":5}"#,
+                "prefix",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":1,"direction":"sideways"}"#,
+                "direction",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"action":"allow"},{"proto":"tcp","port":70000,"action":"allow"}]}"#,
+                "add[1].port",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"proto":"bogus","action":"allow"}]}"#,
+                "add[0].proto",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"proto":"tcp"}]}"#,
+                "add[0].action",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80},"backends":[]}"#,
+                "frontend.proto",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"x","port":1}]}"#,
+                "backends[0].addr",
+            ),
+            (
+                r#"{"op":"node.upsert","name":"b","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24","nope"]}"#,
+                "pod_cidrs[1]",
+            ),
             (r#"{"op":"dump","table":"everything"}"#, "table"),
             (r#"{"op":"status","verbose":true}"#, "verbose"),
-            (r#"{"op":"service.delete","frontend":{"addr":"10.96.0.10","port":80,"proto":6,"vip":1}}"#, "frontend.vip"),
-            (r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","proto":6}}"#, "frontend.port"),
+            (
+                r#"{"op":"service.delete","frontend":{"addr":"10.96.0.10","port":80,"proto":6,"vip":1}}"#,
+                "frontend.vip",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","proto":6}}"#,
+                "frontend.port",
+            ),
             (r#"{"op":"ping","seq":[1]}"#, "seq"),
         ];
         for (line, field) in cases {
@@ -1068,7 +1122,9 @@ mod tests {
     fn whole_request_errors_have_no_field() {
         assert_eq!(field_of("not json"), None);
         assert_eq!(field_of("[1,2]"), None);
-        assert!(refused("{\"op\":").message.contains("one JSON object per line"));
+        assert!(refused("{\"op\":")
+            .message
+            .contains("one JSON object per line"));
     }
 
     #[test]
@@ -1080,14 +1136,35 @@ mod tests {
             PolicyKey::l3(Identity::ANY)
         );
         assert_eq!(
-            key(PolicyKeyMsg { identity: 5, proto: tcp, port: Some(80), end_port: Some(90) }).unwrap(),
+            key(PolicyKeyMsg {
+                identity: 5,
+                proto: tcp,
+                port: Some(80),
+                end_port: Some(90)
+            })
+            .unwrap(),
             PolicyKey::l4(Identity(5), 6, PortRange::new(80, 90).unwrap())
         );
-        let e = key(PolicyKeyMsg { port: Some(80), ..Default::default() }).unwrap_err();
+        let e = key(PolicyKeyMsg {
+            port: Some(80),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("add[3].port"));
-        let e = key(PolicyKeyMsg { proto: tcp, end_port: Some(80), ..Default::default() }).unwrap_err();
+        let e = key(PolicyKeyMsg {
+            proto: tcp,
+            end_port: Some(80),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("add[3].end_port"));
-        let e = key(PolicyKeyMsg { proto: tcp, port: Some(90), end_port: Some(80), ..Default::default() }).unwrap_err();
+        let e = key(PolicyKeyMsg {
+            proto: tcp,
+            port: Some(90),
+            end_port: Some(80),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("add[3].end_port"));
     }
 
@@ -1102,8 +1179,14 @@ mod tests {
             cookie: 3,
         };
         let json = serde_json::to_string(&entry).unwrap();
-        assert_eq!(json, r#"{"identity":7,"proto":"udp","port":53,"action":"deny","cookie":3}"#);
-        assert_eq!(serde_json::from_str::<PolicyEntryMsg>(&json).unwrap(), entry);
+        assert_eq!(
+            json,
+            r#"{"identity":7,"proto":"udp","port":53,"action":"deny","cookie":3}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<PolicyEntryMsg>(&json).unwrap(),
+            entry
+        );
         let node = LocalNodeMsg::default();
         let back: LocalNodeMsg =
             serde_json::from_str(&serde_json::to_string(&node).unwrap()).unwrap();
@@ -1113,9 +1196,21 @@ mod tests {
 
     #[test]
     fn local_node_validation_names_fields() {
-        let bad_mtu = LocalNodeMsg { uplink_mtu: 100, ..Default::default() };
-        assert_eq!(bad_mtu.to_local_node().unwrap_err().field.as_deref(), Some("uplink_mtu"));
-        let bad_mac = LocalNodeMsg { router_mac: Text(MacAddr::BROADCAST), ..Default::default() };
-        assert_eq!(bad_mac.to_local_node().unwrap_err().field.as_deref(), Some("router_mac"));
+        let bad_mtu = LocalNodeMsg {
+            uplink_mtu: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad_mtu.to_local_node().unwrap_err().field.as_deref(),
+            Some("uplink_mtu")
+        );
+        let bad_mac = LocalNodeMsg {
+            router_mac: Text(MacAddr::BROADCAST),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad_mac.to_local_node().unwrap_err().field.as_deref(),
+            Some("router_mac")
+        );
     }
 }

@@ -96,6 +96,8 @@ struct Conn {
     stream: UnixStream,
     /// Received bytes not yet consumed as lines.
     inbuf: Vec<u8>,
+    /// Leading bytes of `inbuf` known to hold no newline (so a long line is scanned once).
+    scanned: usize,
     /// Skipping the rest of an over-long line, up to its newline.
     discarding: bool,
     /// The peer closed its writing side: process what is left, flush, close.
@@ -149,7 +151,8 @@ impl Conn {
             match self.stream.read(&mut chunk) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    self.inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    self.inbuf
+                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
                     got += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -299,6 +302,7 @@ impl ControlServer {
                         Conn {
                             stream,
                             inbuf: Vec::new(),
+                            scanned: 0,
                             discarding: false,
                             eof: false,
                             out: Vec::new(),
@@ -393,24 +397,29 @@ fn handle_lines(control: &mut Control, conn: &mut Conn, events: &mut Vec<Value>)
     // Taken out so that replies can be queued on `conn` while lines borrow the buffer.
     let mut inbuf = std::mem::take(&mut conn.inbuf);
     let mut start = 0;
+    let mut scan_from = conn.scanned;
     while !conn.paused() && start < inbuf.len() {
-        let rest = inbuf.get(start..).unwrap_or_default();
+        let from = start.max(scan_from);
+        let rest = inbuf.get(from..).unwrap_or_default();
         let (line_end, next) = match rest.iter().position(|b| *b == b'\n') {
-            Some(i) => (start + i, start + i + 1),
+            Some(i) => (from + i, from + i + 1),
             None if conn.eof => (inbuf.len(), inbuf.len()),
-            None => break,
+            None => {
+                scan_from = inbuf.len();
+                break;
+            }
         };
         let line = inbuf.get(start..line_end).unwrap_or_default();
         start = next;
         if std::mem::take(&mut conn.discarding) {
             continue; // the tail of an over-long line, already answered
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
         if line.len() > MAX_LINE {
             conn.push_line(&too_long());
+            continue;
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let outcome = control.handle_line(line);
@@ -423,11 +432,14 @@ fn handle_lines(control: &mut Control, conn: &mut Conn, events: &mut Vec<Value>)
         conn.pending_ct = outcome.pending_ct;
         events.extend(outcome.event);
     }
-    inbuf.drain(..start.min(inbuf.len()));
+    let start = start.min(inbuf.len());
+    inbuf.drain(..start);
+    conn.scanned = scan_from.saturating_sub(start).min(inbuf.len());
     // An unterminated line already longer than the limit: answer now, drop what we have and
     // skip the rest of it as it arrives.
     if inbuf.len() > MAX_LINE && !conn.paused() {
         inbuf.clear();
+        conn.scanned = 0;
         if !std::mem::replace(&mut conn.discarding, true) {
             conn.push_line(&too_long());
         }
