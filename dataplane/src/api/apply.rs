@@ -62,9 +62,10 @@ pub fn apply(t: &mut Tables, change: &Change) -> Result<Applied, RequestError> {
     match change {
         Change::EndpointUpsert(m) => endpoint_upsert(t, m),
         Change::EndpointDelete(m) => {
-            let existed = Arc::make_mut(&mut t.endpoints)
-                .remove(EndpointId(m.id))
-                .is_some();
+            let id = EndpointId(m.id);
+            // Checked first so that a no-op copies no table.
+            let existed = t.endpoints.get(id).is_some()
+                && Arc::make_mut(&mut t.endpoints).remove(id).is_some();
             Ok(Applied::deleted(existed))
         }
         Change::IpcacheUpsert(m) => {
@@ -73,7 +74,8 @@ pub fn apply(t: &mut Tables, change: &Change) -> Result<Applied, RequestError> {
             Ok(Applied::changed())
         }
         Change::IpcacheDelete(m) => {
-            let existed = Arc::make_mut(&mut t.ipcache).remove(&m.prefix.0).is_some();
+            let existed = t.ipcache.get(&m.prefix.0).is_some()
+                && Arc::make_mut(&mut t.ipcache).remove(&m.prefix.0).is_some();
             Ok(Applied::deleted(existed))
         }
         Change::PolicyUpdate(m) => {
@@ -113,7 +115,11 @@ pub fn apply(t: &mut Tables, change: &Change) -> Result<Applied, RequestError> {
         }
         Change::ServiceDelete(m) => {
             let frontend = Frontend::from(m.frontend);
-            let existed = Arc::make_mut(&mut t.services).remove(&frontend).is_some();
+            let existed = t
+                .services
+                .lookup(frontend.addr, frontend.port, frontend.proto)
+                .is_some()
+                && Arc::make_mut(&mut t.services).remove(&frontend).is_some();
             Ok(Applied::deleted(existed))
         }
         Change::NodeUpsert(m) => {
@@ -123,7 +129,8 @@ pub fn apply(t: &mut Tables, change: &Change) -> Result<Applied, RequestError> {
             Ok(Applied::changed())
         }
         Change::NodeDelete(m) => {
-            let existed = Arc::make_mut(&mut t.nodes).remove(&m.name).is_some();
+            let existed = t.nodes.get(&m.name).is_some()
+                && Arc::make_mut(&mut t.nodes).remove(&m.name).is_some();
             Ok(Applied::deleted(existed))
         }
         Change::LocalNodeSet(m) => {
@@ -409,9 +416,12 @@ mod tests {
         ] {
             assert!(!run(&h, line).unwrap().changed, "{line}");
         }
-        // `update` publishes a copy even for a no-op; the tables it holds are the same ones.
+        // `update` publishes a new `Tables` even for a no-op, but it shares every table.
         let after = h.snapshot();
-        assert!(Arc::ptr_eq(&before.node, &after.node));
+        assert!(Arc::ptr_eq(&before.endpoints, &after.endpoints));
+        assert!(Arc::ptr_eq(&before.ipcache, &after.ipcache));
+        assert!(Arc::ptr_eq(&before.nodes, &after.nodes));
+        assert!(Arc::ptr_eq(&before.services, &after.services));
         assert_eq!(after.endpoints.len(), 2);
     }
 
