@@ -9,8 +9,12 @@
 //! - [`wire`]: zero-copy views and `Repr`s for every header the dataplane touches;
 //! - [`tables`]: ipcache, endpoints, policy maps, conntrack, services (Maglev), nodes;
 //! - [`pipeline`]: the stages over a batch, their counters and drop reasons;
-//! - [`frame`]: the frame buffer abstraction shared by UMEM and tests.
+//! - [`frame`]: the frame buffer abstraction shared by UMEM and tests;
+//! - [`api`]: the control socket, and how tables and counters are published between threads;
+//! - [`daemon`]: the daemon's configuration and preflight checks.
 
+pub mod api;
+pub mod daemon;
 pub mod frame;
 pub mod pipeline;
 pub mod tables;
