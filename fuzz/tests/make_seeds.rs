@@ -331,6 +331,19 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
                     .build(),
             ],
         ),
+        (
+            "uplink-ssh-to-this-node",
+            FROM_UPLINK,
+            vec![PacketBuilder::tcp(
+                IpAddr::V4(underlay(2)),
+                50022,
+                IpAddr::V4(underlay(1)),
+                22,
+                TCP_SYN,
+            )
+            .macs(MacAddr([0x02, 0, 0, 0, 0xac, 0x01]), UPLINK_MAC)
+            .build()],
+        ),
         ("unknown-interface", FROM_UNKNOWN, vec![syn.build()]),
     ]
 }
