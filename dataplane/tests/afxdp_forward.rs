@@ -6,20 +6,25 @@
 //!  fio-<pid>-p1                  fio-<pid> ("node")                     fio-<pid>-p2
 //!  eth0 10.77.0.11/32 <-veth-> fioh1 [XDP + AF_XDP]   [XDP + AF_XDP] fioh2 <-veth-> eth0 10.77.0.12/32
 //!  default via 10.77.0.1 onlink          worker thread: Pipeline          default via 10.77.0.1 onlink
+//!                                        fiou [XDP + AF_XDP] <-veth-> eth0 192.168.77.2/24
+//!                                                                     fio-<pid>-u ("node b")
 //! ```
 //!
 //! The worker runs on a thread that entered the node namespace; the XDP redirect program is
 //! attached natively to both node-side veths with ARP redirected too, so the dataplane answers
 //! the pods' ARP for their gateway. A kernel TCP connection from pod 1 to pod 2 must carry
 //! 1 MiB both ways intact; after an ingress policy on pod 2 that admits nobody is published, a
-//! new connection must fail and the drop must be counted as `policy_denied_ingress`.
+//! new connection must fail and the drop must be counted as `policy_denied_ingress`. In
+//! between, UDP from pod 1 to a pod of node b (10.78.0.21) must leave on the uplink as VXLAN:
+//! encapsulation grows the frame at the front, so this exercises the headroom and the move
+//! back to the receive offset before TX.
 //!
 //! Needs root; skips with a message when not root, or when `ip`, namespaces, BPF or AF_XDP
 //! are unavailable. Never touches the root namespace's interfaces.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -31,6 +36,7 @@ use dataplane::pipeline::{Counters, DropReason, PipelineConfig};
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec};
 use dataplane::tables::ipcache::IpCacheEntry;
 use dataplane::tables::maglev::DEFAULT_M;
+use dataplane::tables::nodes::{Encap, Node};
 use dataplane::tables::services::Services;
 use dataplane::tables::{LocalNode, Tables};
 use dataplane::{Identity, MacAddr, Prefix};
@@ -41,6 +47,10 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const ROUTER_MAC: MacAddr = MacAddr([0x02, 0x77, 0, 0, 0, 0x01]);
 const PORT: u16 = 7777;
 const PAYLOAD: usize = 1 << 20;
+const NODE_UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+const NODE_B_UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 21);
+const VXLAN_PORT: u16 = 4789;
 
 /// A pod: its namespace, the node-side veth, its address and what the node learned about it.
 #[derive(Clone, Debug)]
@@ -53,6 +63,25 @@ struct Pod {
     ifindex: u32,
     /// MAC of the pod's `eth0`.
     mac: MacAddr,
+}
+
+/// The uplink: node side `fiou`, and node b's `eth0` in its own namespace.
+#[derive(Clone, Debug)]
+struct Uplink {
+    ns: String,
+    host_if: String,
+    ifindex: u32,
+    mac: MacAddr,
+    /// Node b's MAC: the next hop of tunnel packets.
+    peer_mac: MacAddr,
+}
+
+/// Everything built for one run; dropping it removes every namespace.
+struct Topology {
+    node: String,
+    pods: [Pod; 2],
+    uplink: Uplink,
+    _guard: NetNsGuard,
 }
 
 /// The namespaces of one run; deleting them deletes the veth pairs.
@@ -140,8 +169,8 @@ fn preflight() -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the node and two pods; returns the guard (first, so it drops last) and the pods.
-fn build_topology() -> Result<(NetNsGuard, String, [Pod; 2]), String> {
+/// Builds the node, two pods and node b behind the uplink.
+fn build_topology() -> Result<Topology, String> {
     let mut guard = NetNsGuard { names: Vec::new() };
     let node = format!("fio-{}", std::process::id());
     guard.add(&node)?;
@@ -152,16 +181,7 @@ fn build_topology() -> Result<(NetNsGuard, String, [Pod; 2]), String> {
         guard.add(&ns)?;
         let host_if = format!("fioh{i}");
         let ip = Ipv4Addr::new(10, 77, 0, host);
-        ip_in(
-            &node,
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        );
-        ip_in(&node, &["link", "set", &host_if, "up"]);
-        ip_in(&ns, &["link", "set", "lo", "up"]);
-        ip_in(&ns, &["link", "set", "eth0", "up"]);
-        ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        add_veth(&node, &host_if, &ns, &format!("{ip}/32"));
         ip_in(
             &ns,
             &[
@@ -187,19 +207,58 @@ fn build_topology() -> Result<(NetNsGuard, String, [Pod; 2]), String> {
         });
     }
     let pods: [Pod; 2] = pods.try_into().expect("two pods");
-    Ok((guard, node, pods))
+
+    let ns = format!("{node}-u");
+    guard.add(&ns)?;
+    let host_if = "fiou".to_string();
+    add_veth(&node, &host_if, &ns, &format!("{NODE_B_UNDERLAY}/24"));
+    let (ifindex, mac) = link_facts(&node, &host_if);
+    let (_, peer_mac) = link_facts(&ns, "eth0");
+    let uplink = Uplink {
+        ns,
+        host_if,
+        ifindex,
+        mac,
+        peer_mac,
+    };
+    Ok(Topology {
+        node,
+        pods,
+        uplink,
+        _guard: guard,
+    })
 }
 
-fn tables(pods: &[Pod; 2], deny_into_pod2: bool) -> Tables {
+/// A veth pair `host_if` (in `node`, up, no address) <-> `eth0` (in `peer_ns`, up, `addr`).
+fn add_veth(node: &str, host_if: &str, peer_ns: &str, addr: &str) {
+    ip_in(
+        node,
+        &[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", peer_ns,
+        ],
+    );
+    ip_in(node, &["link", "set", host_if, "up"]);
+    ip_in(peer_ns, &["link", "set", "lo", "up"]);
+    ip_in(peer_ns, &["link", "set", "eth0", "up"]);
+    ip_in(peer_ns, &["addr", "add", addr, "dev", "eth0"]);
+}
+
+fn tables(topo: &Topology, deny_into_pod2: bool) -> Tables {
+    let pods = &topo.pods;
     let node = LocalNode {
         name: "fio-node".into(),
+        underlay_ipv4: Some(NODE_UNDERLAY),
         router_mac: ROUTER_MAC,
         gateway_ipv4: Some(GATEWAY),
+        uplink_ifindex: Some(topo.uplink.ifindex),
+        uplink_mac: topo.uplink.mac,
         ..LocalNode::default()
     };
     let mut t = Tables::empty(node, Services::new(DEFAULT_M, 7).expect("services"));
-    let endpoints = Arc::make_mut(&mut t.endpoints);
-    let ipcache = Arc::make_mut(&mut t.ipcache);
+    let (endpoints, ipcache) = (
+        Arc::make_mut(&mut t.endpoints),
+        Arc::make_mut(&mut t.ipcache),
+    );
     for (i, pod) in pods.iter().enumerate() {
         endpoints
             .upsert(EndpointSpec {
@@ -216,6 +275,19 @@ fn tables(pods: &[Pod; 2], deny_into_pod2: bool) -> Tables {
             IpCacheEntry::local(pod.identity),
         );
     }
+    ipcache.upsert(
+        Prefix::host(IpAddr::V4(REMOTE_POD)),
+        IpCacheEntry::remote(Identity(2001), IpAddr::V4(NODE_B_UNDERLAY)),
+    );
+    Arc::make_mut(&mut t.nodes)
+        .upsert(Node {
+            name: "fio-node-b".into(),
+            underlay: IpAddr::V4(NODE_B_UNDERLAY),
+            pod_cidrs: vec!["10.78.0.0/24".parse().expect("CIDR")],
+            encap: Encap::Vxlan,
+            next_hop_mac: Some(topo.uplink.peer_mac),
+        })
+        .expect("node b");
     if deny_into_pod2 {
         // Selected by a policy that admits nobody: default deny on ingress.
         let policy = endpoints.policy_mut(EndpointId(2)).expect("pod 2");
@@ -242,37 +314,50 @@ type WorkerReport = (IoCounters, Counters, Vec<SocketStats>);
 
 /// Starts the worker in the node namespace; returns once its sockets are registered.
 fn start_worker(
-    node: &str,
-    pods: &[Pod; 2],
+    topo: &Topology,
     source: Arc<Mutex<Arc<Tables>>>,
     shutdown: Arc<AtomicBool>,
 ) -> thread::JoinHandle<Result<WorkerReport, String>> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    let pods = pods.clone();
-    let handle = spawn_in(node, move || {
+    // (interface, its index, what its program redirects): pods' ARP is the dataplane's to
+    // answer; the uplink's ARP is the kernel's.
+    let pod_redirect = RedirectConfig {
+        redirect_arp: true,
+        redirect_non_ip: false,
+    };
+    let mut ports: Vec<(String, u32, RedirectConfig)> = topo
+        .pods
+        .iter()
+        .map(|p| (p.host_if.clone(), p.ifindex, pod_redirect))
+        .collect();
+    ports.push((
+        topo.uplink.host_if.clone(),
+        topo.uplink.ifindex,
+        RedirectConfig::default(),
+    ));
+    let handle = spawn_in(&topo.node, move || {
         let fail = |tx: &mpsc::Sender<Result<(), String>>, e: String| {
             let _ = tx.send(Err(e.clone()));
             Err(e)
         };
-        let redirect = RedirectConfig {
-            redirect_arp: true,
-            redirect_non_ip: false,
-        };
         let mut programs = Vec::new();
         let mut attachments = Vec::new();
-        for pod in &pods {
-            let program = match XdpProgram::load(redirect) {
+        for (ifname, ifindex, redirect) in &ports {
+            let program = match XdpProgram::load(*redirect) {
                 Ok(p) => p,
                 Err(e) => return fail(&ready_tx, format!("load: {e}")),
             };
-            match program.attach(pod.ifindex, AttachMode::Native) {
+            match program.attach(*ifindex, AttachMode::Native) {
                 Ok(a) => attachments.push(a),
-                Err(e) => return fail(&ready_tx, format!("attach {}: {e}", pod.host_if)),
+                Err(e) => return fail(&ready_tx, format!("attach {ifname}: {e}")),
             }
             programs.push(program);
         }
         let config = WorkerConfig {
-            ports: pods.iter().map(|p| PortSpec::new(&p.host_if, 0)).collect(),
+            ports: ports
+                .iter()
+                .map(|(ifname, _, _)| PortSpec::new(ifname, 0))
+                .collect(),
             core: None,
             pipeline: PipelineConfig {
                 complete_l4_checksums: true,
@@ -378,16 +463,77 @@ fn echo_from(pod: &Pod, dst: Ipv4Addr, timeout: Duration) -> Result<(), String> 
     .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
+/// From pod 1: UDP datagrams to a pod of node b; node b (a plain UDP socket on the VXLAN port
+/// of its underlay address) must receive one VXLAN packet whose VNI is pod 1's identity and
+/// whose inner frame carries the datagram, from pod 1 to that pod.
+fn udp_to_remote_pod(pod: &Pod, uplink: &Uplink) -> Result<(), String> {
+    const MESSAGE: &[u8] = b"to a pod on node b";
+    let receiver = spawn_in(&uplink.ns, move || {
+        let socket = UdpSocket::bind((NODE_B_UNDERLAY, VXLAN_PORT)).map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 2048];
+        let (n, from) = socket
+            .recv_from(&mut buf)
+            .map_err(|e| format!("nothing arrived on the uplink: {e}"))?;
+        Ok::<_, String>((buf[..n].to_vec(), from))
+    });
+    thread::sleep(Duration::from_millis(100)); // let node b bind first
+    let identity = pod.identity;
+    spawn_in(&pod.ns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("udp in pod 1");
+        for _ in 0..3 {
+            socket
+                .send_to(MESSAGE, (REMOTE_POD, 9999))
+                .expect("send from pod 1");
+            thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .join()
+    .expect("sender");
+    let (vxlan, from) = receiver.join().expect("receiver")?;
+    if from.ip() != IpAddr::V4(NODE_UNDERLAY) {
+        return Err(format!("outer source {from}, expected {NODE_UNDERLAY}"));
+    }
+    // VXLAN header (8) + inner Ethernet (14) + IPv4 (20) + UDP (8) + message.
+    let inner_ip = 8 + 14;
+    if vxlan.len() != inner_ip + 28 + MESSAGE.len() {
+        return Err(format!("{} bytes of VXLAN payload", vxlan.len()));
+    }
+    let vni = u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]);
+    if vxlan[0] != 0x08 || vni != identity.0 {
+        return Err(format!("VXLAN flags {:#x}, VNI {vni}", vxlan[0]));
+    }
+    let inner_src = Ipv4Addr::new(
+        vxlan[inner_ip + 12],
+        vxlan[inner_ip + 13],
+        vxlan[inner_ip + 14],
+        vxlan[inner_ip + 15],
+    );
+    let inner_dst = Ipv4Addr::new(
+        vxlan[inner_ip + 16],
+        vxlan[inner_ip + 17],
+        vxlan[inner_ip + 18],
+        vxlan[inner_ip + 19],
+    );
+    if (inner_src, inner_dst) != (pod.ip, REMOTE_POD) || !vxlan.ends_with(MESSAGE) {
+        return Err(format!("inner packet {inner_src} -> {inner_dst}"));
+    }
+    Ok(())
+}
+
 #[test]
 fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
     if let Err(why) = preflight() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let (_guard, node, pods) = build_topology().unwrap_or_else(|e| panic!("topology: {e}"));
-    let source = Arc::new(Mutex::new(Arc::new(tables(&pods, false))));
+    let topo = build_topology().unwrap_or_else(|e| panic!("topology: {e}"));
+    let pods = &topo.pods;
+    let source = Arc::new(Mutex::new(Arc::new(tables(&topo, false))));
     let shutdown = Arc::new(AtomicBool::new(false));
-    let worker = start_worker(&node, &pods, Arc::clone(&source), Arc::clone(&shutdown));
+    let worker = start_worker(&topo, Arc::clone(&source), Arc::clone(&shutdown));
     let stop_server = Arc::new(AtomicBool::new(false));
     let server = start_server(&pods[1], Arc::clone(&stop_server));
 
@@ -395,7 +541,9 @@ fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
     let allowed = echo_from(&pods[0], pods[1].ip, Duration::from_secs(5));
     let allowed_took = started.elapsed();
 
-    *source.lock().expect("tables lock") = Arc::new(tables(&pods, true));
+    let tunnelled = udp_to_remote_pod(&pods[0], &topo.uplink);
+
+    *source.lock().expect("tables lock") = Arc::new(tables(&topo, true));
     let denied = echo_from(&pods[0], pods[1].ip, Duration::from_secs(2));
 
     stop_server.store(true, Ordering::Relaxed);
@@ -406,14 +554,17 @@ fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
         .expect("worker thread")
         .unwrap_or_else(|e| panic!("worker: {e}"));
     eprintln!("allowed connection: {allowed:?} in {allowed_took:?}; denied: {denied:?}");
+    eprintln!("UDP to node b's pod, as seen by node b: {tunnelled:?}");
     eprintln!("io: {io:#?}");
     eprintln!(
-        "pipeline: rx {} tx {} drop {} arp_replies {} ct_created {} l4_checksum_completed {}",
+        "pipeline: rx {} tx {} drop {} arp_replies {} ct_created {} encapsulated {} \
+         l4_checksum_completed {}",
         counters.rx_packets,
         counters.tx_packets,
         counters.drop_packets,
         counters.arp_replies,
         counters.ct_created,
+        counters.encapsulated,
         counters.l4_checksum_completed
     );
     for (reason, n) in counters.nonzero_drops() {
@@ -429,6 +580,12 @@ fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
     );
     assert!(counters.l4_checksum_completed > 0);
     assert!(io.tx_frames > 0 && io.tx_completed > 0);
+    assert_eq!(
+        tunnelled,
+        Ok(()),
+        "pod 1 -> pod on node b, VXLAN on the uplink"
+    );
+    assert!(counters.encapsulated > 0 && io.realigned > 0);
     assert!(denied.is_err(), "the denied connection must fail");
     assert!(
         counters.drops(DropReason::PolicyDeniedIngress) > 0,
