@@ -370,6 +370,10 @@ fn start_worker(
             Err(e) => return fail(&ready_tx, format!("worker: {e}")),
         };
         for (socket, program) in worker.sockets().iter().zip(&programs) {
+            eprintln!(
+                "socket {} queue {} (ifindex {}): fd {}, copy-mode TX budget {:?}",
+                socket.spec.ifname, socket.spec.queue, socket.ifindex, socket.fd, socket.tx_budget
+            );
             if let Err(e) = program.register_socket(socket.spec.queue, socket.fd) {
                 return fail(&ready_tx, format!("register {:?}: {e}", socket.spec));
             }

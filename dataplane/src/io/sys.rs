@@ -105,6 +105,29 @@ mod tests {
     }
 
     #[test]
+    fn pinning_to_the_current_cpu_leaves_only_that_cpu() {
+        std::thread::spawn(|| {
+            // SAFETY: no arguments; returns the CPU the thread runs on, or -1.
+            let cpu = unsafe { libc::sched_getcpu() };
+            let cpu = usize::try_from(cpu).expect("sched_getcpu");
+            pin_current_thread(cpu).expect("pin to the CPU the thread is on");
+            // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+            let rc = unsafe {
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
+            };
+            assert_eq!(rc, 0);
+            // SAFETY: `set` is an initialised cpu_set_t.
+            assert_eq!(unsafe { libc::CPU_COUNT(&set) }, 1);
+            // SAFETY: `cpu` is below the set size (the kernel reported it).
+            assert!(unsafe { libc::CPU_ISSET(cpu, &set) });
+        })
+        .join()
+        .expect("pinned thread");
+    }
+
+    #[test]
     fn tx_budget_on_a_non_xdp_socket_fails() {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
         use std::os::fd::AsRawFd;

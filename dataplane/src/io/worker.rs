@@ -327,6 +327,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_worker_can_move_to_its_thread() {
+        fn send<T: Send>() {}
+        send::<Worker>();
+    }
+
+    #[test]
     fn a_closure_is_a_tables_source() {
         let tables = Arc::new(Tables::empty(
             Default::default(),
