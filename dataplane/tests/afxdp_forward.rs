@@ -27,10 +27,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use dataplane::api::{StatsRegistry, TablesHandle};
 use dataplane::io::{IoCounters, PortSpec, SocketStats, Worker, WorkerConfig, XskConfig};
 use dataplane::pipeline::{Counters, DropReason, PipelineConfig};
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec};
@@ -315,7 +316,8 @@ type WorkerReport = (IoCounters, Counters, Vec<SocketStats>);
 /// Starts the worker in the node namespace; returns once its sockets are registered.
 fn start_worker(
     topo: &Topology,
-    source: Arc<Mutex<Arc<Tables>>>,
+    tables: TablesHandle,
+    registry: Arc<StatsRegistry>,
     shutdown: Arc<AtomicBool>,
 ) -> thread::JoinHandle<Result<WorkerReport, String>> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -379,9 +381,9 @@ fn start_worker(
             }
         }
         let _ = ready_tx.send(Ok(()));
-        let load = move || Arc::clone(&source.lock().expect("tables lock"));
+        worker.publish_to(registry.register("worker-0", 1024));
         worker
-            .run(&load, &shutdown)
+            .run(&tables, &shutdown)
             .map_err(|e| format!("run: {e}"))?;
         let report = (
             worker.io_counters().clone(),
@@ -535,9 +537,16 @@ fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
     }
     let topo = build_topology().unwrap_or_else(|e| panic!("topology: {e}"));
     let pods = &topo.pods;
-    let source = Arc::new(Mutex::new(Arc::new(tables(&topo, false))));
+    // Published the way the control socket publishes: read-copy-update through a handle.
+    let handle = TablesHandle::new(tables(&topo, false));
+    let registry = StatsRegistry::new();
     let shutdown = Arc::new(AtomicBool::new(false));
-    let worker = start_worker(&topo, Arc::clone(&source), Arc::clone(&shutdown));
+    let worker = start_worker(
+        &topo,
+        handle.clone(),
+        Arc::clone(&registry),
+        Arc::clone(&shutdown),
+    );
     let stop_server = Arc::new(AtomicBool::new(false));
     let server = start_server(&pods[1], Arc::clone(&stop_server));
 
@@ -547,7 +556,7 @@ fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
 
     let tunnelled = udp_to_remote_pod(&pods[0], &topo.uplink);
 
-    *source.lock().expect("tables lock") = Arc::new(tables(&topo, true));
+    handle.store(tables(&topo, true));
     let denied = echo_from(&pods[0], pods[1].ip, Duration::from_secs(2));
 
     stop_server.store(true, Ordering::Relaxed);
@@ -594,6 +603,11 @@ fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
     assert!(
         counters.drops(DropReason::PolicyDeniedIngress) > 0,
         "the denied SYN is counted as policy_denied_ingress"
+    );
+    assert_eq!(
+        registry.total().drops(DropReason::PolicyDeniedIngress),
+        counters.drops(DropReason::PolicyDeniedIngress),
+        "the control socket's registry sees the worker's final counters"
     );
     assert_eq!(io.rx_invalid + io.view_mismatch + io.realign_too_long, 0);
 }

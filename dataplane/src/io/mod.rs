@@ -45,7 +45,7 @@ mod worker;
 pub use umem::SocketInfo;
 pub use worker::{
     BindMode, IoCounters, SocketStats, StatsHandle, TablesSource, Worker, WorkerConfig,
-    WorkerStats, XskConfig,
+    WorkerSnapshot, XskConfig,
 };
 
 use crate::pipeline::PipelineError;

@@ -11,6 +11,10 @@
 //!
 //! The tables are loaded from the [`TablesSource`] at most once per pass, and only when a batch
 //! arrived; a new snapshot published by the control path is therefore seen by the next batch.
+//! The control socket's [`TablesHandle`] is a source; so is any `Fn() -> Arc<Tables>`.
+//! Counters are published two ways, both off the packet path and without waiting: a
+//! [`StatsHandle`] (I/O, pipeline and socket counters, about every 100 ms) and, when
+//! [`Worker::publish_to`] was called, the control socket's registry (ticked once per pass).
 //!
 //! Invariants: the loop allocates nothing, takes no lock (the stats snapshot uses `try_lock`
 //! about every 100 ms and skips when it is busy) and logs nothing.
@@ -20,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::umem::{SocketInfo, Xsk};
 use super::{sys, IoError, PortSpec};
+use crate::api::{TablesHandle, WorkerStats as ApiPublisher};
 use crate::frame::DEFAULT_HEADROOM;
 use crate::pipeline::{Counters, Pipeline, PipelineConfig};
 use crate::tables::Tables;
@@ -36,6 +41,14 @@ impl<F: Fn() -> Arc<Tables>> TablesSource for F {
     #[inline]
     fn load(&self) -> Arc<Tables> {
         self()
+    }
+}
+
+/// The control socket's read-copy-update handle: one `Arc` clone per batch.
+impl TablesSource for TablesHandle {
+    #[inline]
+    fn load(&self) -> Arc<Tables> {
+        self.snapshot()
     }
 }
 
@@ -156,7 +169,7 @@ pub struct SocketStats {
 
 /// A snapshot of a worker's counters.
 #[derive(Clone, Debug, Default)]
-pub struct WorkerStats {
+pub struct WorkerSnapshot {
     pub io: IoCounters,
     pub pipeline: Counters,
     /// Per socket, in port order.
@@ -166,10 +179,10 @@ pub struct WorkerStats {
 /// Read side of a worker's published counters (refreshed about every 100 ms while it runs,
 /// and when it stops).
 #[derive(Clone, Debug, Default)]
-pub struct StatsHandle(Arc<Mutex<WorkerStats>>);
+pub struct StatsHandle(Arc<Mutex<WorkerSnapshot>>);
 
 impl StatsHandle {
-    pub fn snapshot(&self) -> WorkerStats {
+    pub fn snapshot(&self) -> WorkerSnapshot {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -193,6 +206,8 @@ pub struct Worker {
     stats: StatsHandle,
     /// Reused by each publication, so publishing does not allocate.
     sockets_scratch: Vec<SocketStats>,
+    /// The control socket's per-worker slot (`status`, conntrack dumps), if registered.
+    api: Option<ApiPublisher>,
 }
 
 impl Worker {
@@ -211,7 +226,14 @@ impl Worker {
             io: IoCounters::default(),
             stats: StatsHandle::default(),
             sockets_scratch,
+            api: None,
         })
+    }
+
+    /// Also publish the pipeline counters (and answer conntrack dumps) through the control
+    /// socket's registry: [`Worker::run`] ticks it once per pass.
+    pub fn publish_to(&mut self, publisher: ApiPublisher) {
+        self.api = Some(publisher);
     }
 
     /// The worker's sockets, in port order: register each fd under its queue in the XSKMAP of
@@ -234,6 +256,9 @@ impl Worker {
         while !shutdown.load(Ordering::Relaxed) {
             let now = sys::monotonic_ns();
             self.poll_once(tables, now);
+            if let Some(api) = self.api.as_mut() {
+                api.tick(&self.pipeline, now);
+            }
             if self.io.polls % PUBLISH_CHECK_EVERY == 0
                 && now.saturating_sub(last_publish) >= PUBLISH_INTERVAL_NS
             {
@@ -242,6 +267,9 @@ impl Worker {
             }
         }
         self.publish();
+        if let Some(api) = self.api.as_mut() {
+            api.publish(&self.pipeline, sys::monotonic_ns());
+        }
         Ok(())
     }
 
@@ -311,7 +339,7 @@ impl Worker {
 }
 
 fn fill_stats(
-    out: &mut WorkerStats,
+    out: &mut WorkerSnapshot,
     io: &IoCounters,
     pipeline: &Pipeline,
     sockets: &[SocketStats],
@@ -345,6 +373,25 @@ mod tests {
         };
         let dynamic: &dyn TablesSource = &source;
         assert!(Arc::ptr_eq(&dynamic.load(), &tables));
+    }
+
+    #[test]
+    fn the_control_socket_handle_is_a_tables_source() {
+        let empty = || {
+            Tables::empty(
+                Default::default(),
+                crate::tables::services::Services::new(crate::tables::maglev::DEFAULT_M, 1)
+                    .expect("services"),
+            )
+        };
+        let handle = TablesHandle::new(empty());
+        let before = TablesSource::load(&handle);
+        handle.store(empty());
+        let after = TablesSource::load(&handle);
+        assert!(
+            !Arc::ptr_eq(&before, &after),
+            "a store is seen by the next load"
+        );
     }
 
     #[test]
