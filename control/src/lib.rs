@@ -11,4 +11,7 @@
 //!
 //! `docs/etcd-schema.md` documents the keys and the allocation protocols.
 
+pub mod identity;
+pub mod ipam;
 pub mod schema;
+pub mod store;
