@@ -11,7 +11,9 @@
 //!
 //! `docs/etcd-schema.md` documents the keys and the allocation protocols.
 
+pub mod dataplane_client;
 pub mod identity;
 pub mod ipam;
 pub mod schema;
 pub mod store;
+pub mod sync;
