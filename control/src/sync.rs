@@ -879,7 +879,7 @@ mod tests {
         );
         assert!(out.iter().any(|c| matches!(c, Change::IpcacheUpsert { prefix, identity, tunnel_endpoint: Some(t) } if prefix == "10.2.0.9/32" && *identity == b_id && t.to_string() == "192.168.0.2")), "{out:?}");
         assert!(out.iter().any(|c| matches!(c, Change::PolicyUpdate { endpoint: 5, enforced: Some(true), add, .. } if add.iter().any(|e| e.key.identity == b_id))), "{out:?}");
-        assert!(out
+        assert!(before
             .iter()
             .any(|c| matches!(c, Change::NodeUpsert { name, .. } if name == "n2")));
         // Deleting the policy removes the entry, with the cluster number.
