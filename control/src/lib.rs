@@ -11,6 +11,7 @@
 //!
 //! `docs/etcd-schema.md` documents the keys and the allocation protocols.
 
+pub mod agent;
 pub mod dataplane_client;
 pub mod identity;
 pub mod ipam;
