@@ -140,6 +140,7 @@ impl Agent {
         let end = Instant::now() + d;
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(250).min(d)).await;
+            self.check_dataplane().await;
             self.connect_dataplane().await;
         }
     }
@@ -160,6 +161,18 @@ impl Agent {
             }
             Err(_) => {
                 self.set_status(|_| {});
+            }
+        }
+    }
+
+    /// Pings the dataplane so that a restart is noticed even when nothing changes.
+    async fn check_dataplane(&mut self) {
+        if let Some(dp) = self.dataplane.as_mut() {
+            if let Err(e) = dp.request(serde_json::json!({"op": "ping"})).await {
+                log(format!(
+                    "dataplane connection lost ({e}); will resync on reconnection"
+                ));
+                self.dataplane = None;
             }
         }
     }
@@ -240,6 +253,7 @@ impl Agent {
                     }
                 },
                 _ = tick.tick() => {
+                    self.check_dataplane().await;
                     self.connect_dataplane().await;
                     if !alloc.lease_alive() {
                         return Err(SessionError::LeaseLost);
