@@ -9,7 +9,8 @@ start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 step "install dependencies"
-scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4
+scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 \
+  protobuf-compiler libprotobuf-dev etcd-server
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

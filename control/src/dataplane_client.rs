@@ -288,6 +288,7 @@ impl DataplaneClient {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use dataplane::tables::policy::PortRange;

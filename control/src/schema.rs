@@ -615,6 +615,7 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Object, SchemaError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 

@@ -812,6 +812,7 @@ fn service_upsert(f: &schema::FrontendSpec, s: &ServiceSpec) -> Change {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 

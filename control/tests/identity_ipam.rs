@@ -1,4 +1,5 @@
 //! Identity allocation and IPAM against a real etcd.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 mod common;
 

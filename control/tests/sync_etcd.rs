@@ -1,6 +1,7 @@
 //! The sync against a real etcd: list-then-watch, compaction, malformed keys, and the agent
 //! pushing to a stand-in dataplane socket (a Unix listener that records requests and answers
 //! `{"ok":true}`), including a resync after the dataplane restarts.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! instant between, in which case etcd fails to start and the test says so.
 
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helper: a failure is a failed test
 
 use std::net::TcpListener;
 use std::path::PathBuf;
