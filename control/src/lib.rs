@@ -1,4 +1,20 @@
 //! The node agent (`flagella-control`) and the `flagella` CLI.
 //!
-//! Not built yet: the control-process issue fills this crate (etcd sync, identity allocation,
-//! IPAM, policy compilation, pushing deltas to the dataplane's control socket).
+//! - [`schema`]: the etcd key schema under `/flagella/v1/` and the validation of its values;
+//! - [`store`]: the etcd client (list with revision, watch from a revision, compaction);
+//! - [`identity`]: cluster-wide identity allocation with etcd transactions;
+//! - [`ipam`]: host-scope IPAM from the node's pod CIDR, persisted in etcd;
+//! - [`sync`]: the in-memory cluster model built from etcd, fed to the policy compiler, and
+//!   the dataplane changes it implies;
+//! - [`dataplane_client`]: the dataplane control-socket client;
+//! - [`agent`]: the `flagella-control` main loop (sync, push, resync, fail static).
+//!
+//! `docs/etcd-schema.md` documents the keys and the allocation protocols.
+
+pub mod agent;
+pub mod dataplane_client;
+pub mod identity;
+pub mod ipam;
+pub mod schema;
+pub mod store;
+pub mod sync;

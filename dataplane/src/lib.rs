@@ -1,17 +1,24 @@
 //! Flagella's dataplane as a library: wire formats, the tables the fast path reads, and the
 //! batch pipeline that turns received frames into verdicts.
 //!
-//! Nothing in this crate talks to the kernel: frames are plain byte buffers with headroom
-//! ([`frame::Frame`]), so every stage can be unit-tested, fuzzed and benchmarked anywhere. The
-//! AF_XDP daemon plugs UMEM frames into the same types.
+//! The pipeline never talks to the kernel: frames are plain byte buffers with headroom
+//! ([`frame::Frame`]), so every stage can be unit-tested, fuzzed and benchmarked anywhere.
+//! `io` (feature `afxdp`) plugs AF_XDP UMEM frames into the same types.
 //!
 //! Layout:
 //! - [`wire`]: zero-copy views and `Repr`s for every header the dataplane touches;
 //! - [`tables`]: ipcache, endpoints, policy maps, conntrack, services (Maglev), nodes;
 //! - [`pipeline`]: the stages over a batch, their counters and drop reasons;
-//! - [`frame`]: the frame buffer abstraction shared by UMEM and tests.
+//! - [`frame`]: the frame buffer abstraction shared by UMEM and tests;
+//! - [`api`]: the control socket, and how tables and counters are published between threads;
+//! - [`daemon`]: the daemon's configuration and preflight checks;
+//! - `io` (feature `afxdp`): AF_XDP sockets, UMEM and busy-polling workers.
 
+pub mod api;
+pub mod daemon;
 pub mod frame;
+#[cfg(feature = "afxdp")]
+pub mod io;
 pub mod pipeline;
 pub mod tables;
 pub mod testutil;

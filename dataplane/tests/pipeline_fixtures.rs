@@ -1041,3 +1041,102 @@ fn a_batch_mixes_verdicts_in_order() {
         ]
     );
 }
+
+/// An ICMPv4 error of `ty`/`code` from `from` to `to`, quoting the first 28 bytes of `quoted`'s
+/// IP packet (its IP header and 8 transport bytes).
+fn icmp_error(from: &Pod, to: IpAddr, ty: u8, code: u8, quoted: &[u8]) -> PacketBuilder {
+    let mut msg = vec![ty, code, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&quoted[14..14 + 28]);
+    let c = dataplane::wire::checksum::checksum(&msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    PacketBuilder::new(
+        from.mac,
+        ROUTER_MAC,
+        from.ip(),
+        to,
+        testutil::L4::Raw { proto: 1 },
+    )
+    .payload(&msg)
+}
+
+#[test]
+fn icmp_error_about_a_tracked_flow_follows_it() {
+    let mut t = node_a();
+    enforce_ingress(&mut t, &POD1); // pod1 admits nothing new
+    let mut p = pipeline();
+    let query = PacketBuilder::udp(POD1.ip(), 5353, POD2.ip(), 53).macs(POD1.mac, ROUTER_MAC);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "client -> server:53/udp",
+            ingress: POD1.ifindex,
+            input: query.build(),
+            expect: Expect::Tx(POD2.ifindex, delivered(&query, &POD2).build()),
+        },
+    );
+    let unreachable = icmp_error(&POD2, POD1.ip(), 3, 3, &query.build());
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "port unreachable about that flow: related, passes client's ingress",
+            ingress: POD2.ifindex,
+            input: unreachable.build(),
+            expect: Expect::Tx(POD1.ifindex, delivered(&unreachable, &POD1).build()),
+        },
+    );
+    assert_eq!(p.counters().ct_related, 1);
+    let other = PacketBuilder::udp(POD1.ip(), 5353, POD3.ip(), 53).macs(POD1.mac, ROUTER_MAC);
+    let unrelated = icmp_error(&POD2, POD1.ip(), 3, 3, &other.build());
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "an error quoting a flow that never existed is policy-checked",
+            ingress: POD2.ifindex,
+            input: unrelated.build(),
+            expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+        },
+    );
+}
+
+#[test]
+fn icmp_error_from_a_service_backend_is_reverse_nated() {
+    let t = node_a();
+    let mut p = pipeline();
+    let to_vip = from_pod(&POD1, IpAddr::V4(VIP_SNAT), 40000, 80, TCP_SYN);
+    let mut at_backend = delivered(&to_vip, &POD2);
+    at_backend.dst = POD2.ip();
+    at_backend.l4 = testutil::L4::Tcp {
+        sport: 40000,
+        dport: 8080,
+        flags: TCP_SYN,
+        seq: 1000,
+        ack: 0,
+    };
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "client -> VIP, DNATed",
+            ingress: POD1.ifindex,
+            input: to_vip.build(),
+            expect: Expect::Tx(POD2.ifindex, at_backend.build()),
+        },
+    );
+    let unreachable = icmp_error(&POD2, POD1.ip(), 3, 3, &at_backend.build());
+    // What the client must see: from the VIP, quoting the packet it sent to the VIP.
+    let mut expected = icmp_error(&POD2, POD1.ip(), 3, 3, &to_vip.clone().ttl(63).build());
+    expected.src = IpAddr::V4(VIP_SNAT);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "backend's port unreachable reaches the client from VIP, about VIP:80",
+            ingress: POD2.ifindex,
+            input: unreachable.build(),
+            expect: Expect::Tx(POD1.ifindex, delivered(&expected, &POD1).build()),
+        },
+    );
+}

@@ -1,2 +1,38 @@
-//! Compiles Kubernetes NetworkPolicy and CiliumNetworkPolicy into identity-based policy-map
-//! entries (to be written).
+//! Compiles Kubernetes NetworkPolicy and CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy
+//! into Flagella's identity-based policy maps, and explains verdicts (`policy trace`).
+//!
+//! A library without I/O: callers hand it text and get typed results.
+//!
+//! Pipeline:
+//! 1. [`parse::parse_policies`] reads YAML/JSON (single object, multi-document, `kind: List`)
+//!    into the [`model`] (Kubernetes in [`k8s`], Cilium in [`cilium`]), reporting unsupported
+//!    fields as [`error::Warning`]s and anything invalid as an [`error::Error`] with the
+//!    document, field path and reason;
+//! 2. [`cluster::parse_cluster`] reads the namespaces, pods and nodes;
+//! 3. [`compile::PolicyEngine`] derives identities ([`identity`], from [`labels`]), keeps the
+//!    [`repository`] and the [`selector_cache`], and compiles per-endpoint maps in the
+//!    dataplane's format (`dataplane::tables::policy`), incrementally ([`compile::Delta`]);
+//! 4. [`trace`] answers "is this flow allowed, and why" by looking up those same maps with the
+//!    dataplane's own lookup function.
+//!
+//! Semantic decisions are written down in `docs/policy-semantics.md`.
+
+pub mod cilium;
+pub mod cluster;
+pub mod compile;
+pub mod doc;
+pub mod error;
+pub mod identity;
+pub mod k8s;
+pub mod labels;
+pub mod model;
+pub mod parse;
+pub mod repository;
+pub mod selector;
+pub mod selector_cache;
+pub mod trace;
+
+pub use cluster::{parse_cluster, Cluster};
+pub use compile::{Delta, EngineError, PolicyEngine, RuleOrigin};
+pub use error::{Error, Warning};
+pub use parse::{parse_policies, ParsedPolicies};

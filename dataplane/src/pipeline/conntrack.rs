@@ -42,6 +42,15 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         if m.icmp == IcmpClass::Error {
             m.ct = CtMark::Related;
             ctx.c.ct_related += 1;
+            // An error from the backend about a NATed flow: the client must see it come from
+            // the frontend, about a packet it sent to the frontend.
+            if let (Direction::Original, Some(rev)) = (dir, ctx.ct.entry(h).rev_nat) {
+                if m.inner.src != m.tuple.src
+                    && super::service::reverse_nat_icmp_error(f, m, rev.addr(), rev.port())
+                {
+                    ctx.c.reverse_nat += 1;
+                }
+            }
             continue;
         }
         let update = ctx.ct.update(h, dir, m.tcp_flags, f.len() as u32, ctx.now);

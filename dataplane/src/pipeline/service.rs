@@ -19,7 +19,7 @@ use super::meta::{FrontendAddr, PacketMeta, Verdict};
 use super::{identity, Ctx, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::services::{flow_hash, LbMode};
-use crate::wire::ipv4::{Ipv4Packet, Protocol};
+use crate::wire::ipv4::{self, Ipv4Packet, Protocol};
 use crate::wire::ipv6::Ipv6Packet;
 use crate::wire::{tcp::TcpPacket, udp::UdpPacket};
 
@@ -141,6 +141,56 @@ pub(crate) fn reverse_nat<B: AsRef<[u8]> + AsMut<[u8]>>(
         m.tuple.src = addr;
         m.tuple.sport = port;
     }
+}
+
+/// Reverse NAT of an ICMPv4 error sent by a backend about a flow that was DNATed to it: the
+/// outer source becomes the frontend, and so do the destination address and port of the quoted
+/// packet (with the quoted IP header's checksum). Every change to the quoted bytes patches the
+/// ICMP checksum incrementally. The quoted transport checksum is left alone: it covers bytes
+/// the quote does not hold, and receivers do not check it. Returns false (nothing changed)
+/// for IPv6 or a quote too short to rewrite.
+pub(crate) fn reverse_nat_icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    addr: IpAddr,
+    port: u16,
+) -> bool {
+    use crate::wire::icmpv4::Icmpv4Packet;
+    let (IpAddr::V4(frontend), IpAddr::V4(backend)) = (addr, m.inner.dst) else {
+        return false;
+    };
+    let (l3, l4, end) = (usize::from(m.l3), usize::from(m.l4), usize::from(m.l4_end));
+    let data = f.data_mut();
+    let Some(msg) = data.get_mut(l4..end) else {
+        return false;
+    };
+    let mut icmp = Icmpv4Packet::new_unchecked(msg);
+    let quoted = icmp.quoted();
+    let ihl = usize::from(quoted.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if ihl < ipv4::HEADER_LEN || quoted.len() < ihl + 4 {
+        return false;
+    }
+    let inner_check = u16::from_be_bytes([quoted[10], quoted[11]]);
+    let inner_check =
+        crate::wire::checksum::update32(inner_check, u32::from(backend), u32::from(frontend));
+    let rewrites: [(usize, &[u8]); 3] = [
+        (16, &frontend.octets()),
+        (10, &inner_check.to_be_bytes()),
+        (ihl + 2, &port.to_be_bytes()),
+    ];
+    for (offset, bytes) in rewrites {
+        if icmp.rewrite_payload_incremental(offset, bytes).is_err() {
+            return false;
+        }
+    }
+    let Some(hdr) = data.get_mut(l3..l4) else {
+        return false;
+    };
+    Ipv4Packet::new_unchecked(hdr).set_src_addr_incremental(frontend);
+    m.tuple.src = addr;
+    m.inner.dst = addr;
+    m.inner.dport = port;
+    true
 }
 
 /// Rewrites the source (`src = true`) or destination IP address, fixing the IPv4 header

@@ -1,0 +1,335 @@
+//! The `flagella-control` main loop: list-then-watch etcd, keep the [`ClusterState`], resolve
+//! identities, push the changes to the dataplane.
+//!
+//! Behaviour:
+//! - etcd: list `/flagella/v1/` at revision `R`, watch from `R + 1`; on compaction list again
+//!   and reconcile; on any etcd error the session ends, the dataplane is left as it is (fail
+//!   static), and the agent reconnects with exponential backoff (0.5 s doubling to 30 s),
+//!   logging each attempt and showing `etcd_reachable: false` in its status;
+//! - dataplane: connected on start and re-tried every second while down; on every
+//!   (re)connection the whole state is pushed ([`ClusterState::snapshot`]) so a restarted
+//!   dataplane converges; while it is down, changes accumulate in the model only;
+//! - identities: local label sets are acquired (referenced), remote ones looked up or allocated;
+//!   references no longer needed are released; a garbage-collection pass runs every
+//!   `gc_interval`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::dataplane_client::{Change, ClientError, DataplaneClient};
+use crate::identity::IdentityAllocator;
+use crate::schema::ROOT;
+use crate::store::{Event, Store, StoreError, WatchBatch};
+use crate::sync::{log, ClusterState};
+
+/// The agent's settings.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub etcd: Vec<String>,
+    pub node: String,
+    pub dataplane_socket: PathBuf,
+    /// etcd request timeout.
+    pub etcd_timeout: Duration,
+    /// TTL of the node's identity-reference lease.
+    pub lease_ttl: Duration,
+    /// How long an identity stays unreferenced before it is deleted.
+    pub identity_grace: Duration,
+    pub gc_interval: Duration,
+    /// Where the status is written as JSON (optional).
+    pub status_file: Option<PathBuf>,
+}
+
+/// What `flagella status` and the log report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub etcd_reachable: bool,
+    pub dataplane_connected: bool,
+    /// Last etcd revision applied.
+    pub revision: i64,
+    pub endpoints: usize,
+    pub policies: usize,
+    pub services: usize,
+    pub nodes: usize,
+    pub malformed_total: u64,
+    pub rejected_keys: Vec<String>,
+    pub dataplane_refusals: u64,
+    pub last_error: Option<String>,
+}
+
+/// The agent.
+#[derive(Debug)]
+pub struct Agent {
+    cfg: AgentConfig,
+    state: ClusterState,
+    dataplane: Option<DataplaneClient>,
+    pub status: Arc<Mutex<Status>>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Agent {
+        let status = Status {
+            node: cfg.node.clone(),
+            ..Status::default()
+        };
+        Agent {
+            state: ClusterState::new(&cfg.node),
+            cfg,
+            dataplane: None,
+            status: Arc::new(Mutex::new(status)),
+        }
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        let snapshot = {
+            let Ok(mut s) = self.status.lock() else {
+                return;
+            };
+            f(&mut s);
+            s.endpoints = self.state.endpoints().len();
+            s.policies = self.state.policies().len();
+            s.services = self.state.services().len();
+            s.nodes = self.state.nodes().len();
+            s.malformed_total = self.state.malformed_total();
+            s.rejected_keys = self.state.rejected().keys().cloned().collect();
+            s.dataplane_connected = self.dataplane.is_some();
+            s.clone()
+        };
+        if let Some(path) = &self.cfg.status_file {
+            if let Ok(text) = serde_json::to_vec_pretty(&snapshot) {
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, path);
+                }
+            }
+        }
+    }
+
+    /// Runs forever (until the task is dropped).
+    pub async fn run(&mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut allocator: Option<IdentityAllocator> = None;
+        loop {
+            self.connect_dataplane().await;
+            match self.session(&mut allocator).await {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(e) => {
+                    self.set_status(|s| {
+                        s.etcd_reachable = false;
+                        s.last_error = Some(e.to_string());
+                    });
+                    log(format!(
+                        "etcd unreachable ({e}); the dataplane keeps its last state (fail static); retrying in {:.1}s",
+                        backoff.as_secs_f64()
+                    ));
+                    self.sleep_keeping_dataplane(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Sleeps, reconnecting (and resyncing) the dataplane meanwhile if it comes back.
+    async fn sleep_keeping_dataplane(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(250).min(d)).await;
+            self.check_dataplane().await;
+            self.connect_dataplane().await;
+        }
+    }
+
+    async fn connect_dataplane(&mut self) {
+        if self.dataplane.is_some() {
+            return;
+        }
+        match DataplaneClient::connect(&self.cfg.dataplane_socket).await {
+            Ok(c) => {
+                log(format!(
+                    "dataplane connected at {}; pushing the whole state",
+                    self.cfg.dataplane_socket.display()
+                ));
+                self.dataplane = Some(c);
+                let snapshot = self.state.snapshot();
+                self.push(snapshot).await;
+            }
+            Err(_) => {
+                self.set_status(|_| {});
+            }
+        }
+    }
+
+    /// Pings the dataplane so that a restart is noticed even when nothing changes.
+    async fn check_dataplane(&mut self) {
+        if let Some(dp) = self.dataplane.as_mut() {
+            if let Err(e) = dp.request(serde_json::json!({"op": "ping"})).await {
+                log(format!(
+                    "dataplane connection lost ({e}); will resync on reconnection"
+                ));
+                self.dataplane = None;
+            }
+        }
+    }
+
+    /// Sends changes; a lost connection drops them (the snapshot at reconnection covers them).
+    async fn push(&mut self, changes: Vec<Change>) {
+        let mut refusals = 0;
+        for c in changes {
+            let Some(dp) = self.dataplane.as_mut() else {
+                break;
+            };
+            match dp.send(&c).await {
+                Ok(()) => {}
+                Err(ClientError::Refused { op, message }) => {
+                    refusals += 1;
+                    log(format!("dataplane refused {op}: {message}"));
+                }
+                Err(e) => {
+                    log(format!(
+                        "dataplane connection lost ({e}); will resync on reconnection"
+                    ));
+                    self.dataplane = None;
+                }
+            }
+        }
+        self.set_status(|s| s.dataplane_refusals += refusals);
+    }
+
+    /// One etcd session: connect, list, watch until an error.
+    async fn session(
+        &mut self,
+        allocator: &mut Option<IdentityAllocator>,
+    ) -> Result<(), SessionError> {
+        let store = Store::connect(&self.cfg.etcd, self.cfg.etcd_timeout).await?;
+        match allocator {
+            Some(a) => {
+                let changed = a.reassert().await?;
+                for (old, new) in changed {
+                    log(format!(
+                        "identity {old} was collected while etcd was away; now {new}"
+                    ));
+                }
+            }
+            None => {
+                *allocator = Some(
+                    IdentityAllocator::new(store.clone(), &self.cfg.node, self.cfg.lease_ttl)
+                        .await?,
+                );
+            }
+        }
+        let Some(alloc) = allocator.as_mut() else {
+            return Ok(());
+        };
+        let mut revision = self.list_and_reconcile(&store, alloc).await?;
+        log(format!(
+            "etcd connected; state listed at revision {revision}"
+        ));
+        let mut watch = store.watch(ROOT, revision + 1).await?;
+        let mut last_gc = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                batch = watch.next() => match batch? {
+                    WatchBatch::Events { events, revision: r } => {
+                        for e in events {
+                            match e {
+                                Event::Put(kv) => { let _ = self.state.put(&kv.key, &kv.value); }
+                                Event::Delete { key, .. } => self.state.delete(&key),
+                            }
+                        }
+                        revision = revision.max(r);
+                        self.converge(alloc, revision).await?;
+                    }
+                    WatchBatch::Compacted { compact_revision } => {
+                        log(format!("watch history compacted at {compact_revision}; listing again"));
+                        revision = self.list_and_reconcile(&store, alloc).await?;
+                        watch = store.watch(ROOT, revision + 1).await?;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.check_dataplane().await;
+                    self.connect_dataplane().await;
+                    if !alloc.lease_alive() {
+                        return Err(SessionError::LeaseLost);
+                    }
+                    if last_gc.elapsed() >= self.cfg.gc_interval {
+                        last_gc = Instant::now();
+                        let gone = alloc.collect_garbage(self.cfg.identity_grace).await?;
+                        if !gone.is_empty() {
+                            log(format!("released unused identities {gone:?}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn list_and_reconcile(
+        &mut self,
+        store: &Store,
+        alloc: &mut IdentityAllocator,
+    ) -> Result<i64, SessionError> {
+        let (kvs, revision) = store.list(ROOT).await?;
+        let listing: Vec<(String, Vec<u8>)> =
+            kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        self.state.reconcile(&listing);
+        self.converge(alloc, revision).await?;
+        Ok(revision)
+    }
+
+    /// Resolves identities, commits and pushes.
+    async fn converge(
+        &mut self,
+        alloc: &mut IdentityAllocator,
+        revision: i64,
+    ) -> Result<(), SessionError> {
+        for (labels, local) in self.state.needed_identities() {
+            let id = if local {
+                alloc.acquire(&labels).await?
+            } else {
+                alloc.lookup_or_allocate(&labels).await?
+            };
+            self.state.set_identity(labels, id);
+        }
+        // Local label sets that became local after their number was known need a reference.
+        let local = self.state.local_label_sets();
+        let held: Vec<(u32, crate::identity::LabelSet)> =
+            alloc.held().map(|(i, l)| (i, l.clone())).collect();
+        for labels in &local {
+            if !held.iter().any(|(_, l)| l == labels) {
+                let id = alloc.acquire(labels).await?;
+                self.state.set_identity(labels.clone(), id);
+            }
+        }
+        for (id, labels) in held {
+            if !local.contains(&labels) {
+                alloc.release(id).await?;
+            }
+        }
+        let changes = self.state.commit();
+        self.push(changes).await;
+        self.set_status(|s| {
+            s.etcd_reachable = true;
+            s.revision = revision;
+            s.last_error = None;
+        });
+        Ok(())
+    }
+}
+
+/// Why an etcd session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("the identity lease could not be renewed")]
+    LeaseLost,
+}

@@ -1,0 +1,78 @@
+//! `flagella-control`: the node agent. Syncs the cluster state from etcd into this node's
+//! dataplane (see `control::agent`). Exit codes: 0 never (runs until stopped), 2 bad arguments
+//! (clap), 1 start-up failure.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use control::agent::{Agent, AgentConfig};
+
+/// Flagella node agent: watches etcd (/flagella/v1/), allocates identities cluster-wide,
+/// compiles network policies and pushes the changes to this node's dataplane.
+///
+/// While etcd is unreachable the dataplane keeps its last state (fail static) and the agent
+/// retries with backoff; when the dataplane restarts the agent pushes the whole state again.
+#[derive(Debug, Parser)]
+#[command(name = "flagella-control", version)]
+struct Args {
+    /// etcd endpoints, comma-separated (e.g. http://10.0.0.1:2379,http://10.0.0.2:2379).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required = true,
+        value_name = "URL[,URL...]"
+    )]
+    etcd: Vec<String>,
+    /// This node's name: the key under /flagella/v1/nodes/ that describes it.
+    #[arg(long, value_name = "NAME")]
+    node: String,
+    /// The dataplane's control socket.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/flagella/dataplane.sock"
+    )]
+    dataplane_socket: PathBuf,
+    /// Write the agent's status (etcd reachable, dataplane connected, revision, counts) here as JSON.
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<PathBuf>,
+    /// etcd request timeout, in seconds.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    etcd_timeout: u64,
+    /// TTL of this node's identity references: they vanish this long after the agent dies.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    lease_ttl: u64,
+    /// How long an unreferenced identity lives before it is deleted.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    identity_grace: u64,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flagella-control: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let cfg = AgentConfig {
+        etcd: args.etcd,
+        node: args.node,
+        dataplane_socket: args.dataplane_socket,
+        etcd_timeout: Duration::from_secs(args.etcd_timeout.max(1)),
+        lease_ttl: Duration::from_secs(args.lease_ttl.max(2)),
+        identity_grace: Duration::from_secs(args.identity_grace),
+        gc_interval: Duration::from_secs(args.identity_grace.clamp(1, 60)),
+        status_file: args.status_file,
+    };
+    runtime.block_on(async move {
+        let mut agent = Agent::new(cfg);
+        agent.run().await;
+    });
+}

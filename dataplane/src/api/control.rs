@@ -1,0 +1,514 @@
+//! The control thread's request handler, without I/O: one request line in, one reply (and
+//! maybe one event) out. [`super::server`] feeds it lines from the socket; tests call it
+//! directly.
+//!
+//! Contract:
+//! - A change request is parsed, applied to a copy of the tables and published in one
+//!   [`TablesHandle::update`]; on any error the reply is `{"ok":false,...}` and the published
+//!   tables are untouched. Each change that did something bumps the `revision` and produces an
+//!   event `{"event":"change","revision":N,"op":...,<the request's fields>}` for subscribers.
+//! - Replies are JSON objects with `ok`; the request's `seq`, if any, is echoed.
+//! - A conntrack dump cannot be answered at once (the workers own conntrack): the handler
+//!   returns [`Outcome::pending_ct`] and the server polls [`Control::finish_ct_dump`] until the
+//!   workers answered or the deadline passed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::apply::{apply, sorted_entries};
+use super::protocol::{
+    parse_request, Change, DumpRequest, DumpTable, EndpointMsg, IpcacheMsg, LocalNodeMsg, NodeMsg,
+    Refusal, Request, RequestError, ServiceMsg, Text, CT_DUMP_DEFAULT_LIMIT, CT_DUMP_MAX_LIMIT,
+};
+use super::publish::{StatsRegistry, TablesHandle};
+use crate::pipeline::{Counters, Stage};
+use crate::tables::endpoints::EndpointId;
+use crate::tables::Tables;
+
+/// How long the workers have to answer a conntrack dump.
+pub const CT_DUMP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A conntrack dump waiting for the workers.
+#[derive(Clone, Debug)]
+pub struct PendingCtDump {
+    pub generation: u64,
+    pub seq: Option<Value>,
+    pub deadline: Instant,
+}
+
+/// What handling one line produced.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The reply line (absent only while a conntrack dump is pending).
+    pub reply: Option<Value>,
+    /// An event for every subscriber.
+    pub event: Option<Value>,
+    /// `Some(true)` after `subscribe`, `Some(false)` after `unsubscribe`.
+    pub subscribe: Option<bool>,
+    pub pending_ct: Option<PendingCtDump>,
+}
+
+impl Outcome {
+    fn reply(v: Value) -> Self {
+        Outcome {
+            reply: Some(v),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// The control state: the published tables, the workers' statistics, the revision.
+#[derive(Debug)]
+pub struct Control {
+    tables: TablesHandle,
+    stats: Arc<StatsRegistry>,
+    revision: u64,
+    started: Instant,
+}
+
+impl Control {
+    pub fn new(tables: TablesHandle, stats: Arc<StatsRegistry>) -> Self {
+        Control {
+            tables,
+            stats,
+            revision: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Number of changes applied since start.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn tables(&self) -> &TablesHandle {
+        &self.tables
+    }
+
+    /// Handles one request line (without its newline).
+    pub fn handle_line(&mut self, line: &[u8]) -> Outcome {
+        match parse_request(line) {
+            Err(Refusal { seq, error }) => Outcome::reply(error_reply(seq.as_ref(), &error)),
+            Ok(env) => self.handle(env.request, env.seq),
+        }
+    }
+
+    fn handle(&mut self, request: Request, seq: Option<Value>) -> Outcome {
+        let seq_ref = seq.as_ref();
+        match request {
+            Request::Ping => Outcome::reply(ok_reply(seq_ref, Map::new())),
+            Request::Status => Outcome::reply(ok_reply(seq_ref, self.status())),
+            Request::Subscribe | Request::Unsubscribe => {
+                let on = request == Request::Subscribe;
+                let mut body = Map::new();
+                body.insert("subscribed".into(), Value::from(on));
+                body.insert("revision".into(), Value::from(self.revision));
+                Outcome {
+                    reply: Some(ok_reply(seq_ref, body)),
+                    subscribe: Some(on),
+                    ..Outcome::default()
+                }
+            }
+            Request::Dump(d) if d.table == DumpTable::Conntrack => self.start_ct_dump(&d, seq),
+            Request::Dump(d) => Outcome::reply(match self.dump(&d) {
+                Ok(body) => ok_reply(seq_ref, body),
+                Err(e) => error_reply(seq_ref, &e),
+            }),
+            Request::Change(change) => self.change(&change, seq_ref),
+        }
+    }
+
+    fn change(&mut self, change: &Change, seq: Option<&Value>) -> Outcome {
+        let applied = match self.tables.update(|t| apply(t, change)) {
+            Ok(a) => a,
+            Err(e) => return Outcome::reply(error_reply(seq, &e)),
+        };
+        let mut body = applied.detail;
+        body.insert("changed".into(), Value::from(applied.changed));
+        let mut event = None;
+        if applied.changed {
+            self.revision += 1;
+            let mut e = Map::new();
+            e.insert("event".into(), Value::from("change"));
+            e.insert("revision".into(), Value::from(self.revision));
+            e.extend(change.to_json());
+            event = Some(Value::Object(e));
+        }
+        body.insert("revision".into(), Value::from(self.revision));
+        Outcome {
+            reply: Some(ok_reply(seq, body)),
+            event,
+            ..Outcome::default()
+        }
+    }
+
+    fn status(&self) -> Map<String, Value> {
+        let t = self.tables.load();
+        let policy_entries: usize = t
+            .endpoints
+            .iter()
+            .map(|e| e.policy.ingress.map.len() + e.policy.egress.map.len())
+            .sum();
+        let workers: Vec<Value> = self
+            .stats
+            .per_worker()
+            .iter()
+            .map(|w| {
+                json!({
+                    "name": w.name,
+                    "publications": w.publications,
+                    "rx_packets": w.counters.rx_packets,
+                    "tx_packets": w.counters.tx_packets,
+                    "drop_packets": w.counters.drop_packets,
+                })
+            })
+            .collect();
+        let mut body = Map::new();
+        body.insert("revision".into(), Value::from(self.revision));
+        body.insert(
+            "uptime_s".into(),
+            Value::from(self.started.elapsed().as_secs()),
+        );
+        body.insert("node".into(), Value::from(t.node.name.clone()));
+        body.insert(
+            "tables".into(),
+            json!({
+                "endpoints": t.endpoints.len(),
+                "ipcache": t.ipcache.len(),
+                "policy_entries": policy_entries,
+                "services": t.services.len(),
+                "nodes": t.nodes.len(),
+            }),
+        );
+        body.insert("workers".into(), Value::Array(workers));
+        body.insert("counters".into(), counters_json(&self.stats.total()));
+        body
+    }
+
+    fn dump(&self, d: &DumpRequest) -> Result<Map<String, Value>, RequestError> {
+        let t = self.tables.load();
+        let mut body = Map::new();
+        body.insert("table".into(), to_value(&d.table));
+        body.insert("revision".into(), Value::from(self.revision));
+        let entries = match d.table {
+            DumpTable::Endpoints => {
+                let mut v: Vec<EndpointMsg> =
+                    t.endpoints.iter().map(|e| (&e.spec).into()).collect();
+                v.sort_by_key(|e| e.id);
+                to_value(&v)
+            }
+            DumpTable::Ipcache => {
+                let mut v: Vec<_> = t.ipcache.iter().collect();
+                v.sort_by_key(|(p, _)| *p);
+                let v: Vec<IpcacheMsg> = v
+                    .into_iter()
+                    .map(|(p, e)| IpcacheMsg {
+                        prefix: Text(p),
+                        identity: e.identity.0,
+                        tunnel_endpoint: e.tunnel_endpoint,
+                    })
+                    .collect();
+                to_value(&v)
+            }
+            DumpTable::Policy => return dump_policy(&t, d.endpoint, body),
+            DumpTable::Services => {
+                let mut v: Vec<ServiceMsg> = t.services.iter().map(ServiceMsg::from).collect();
+                v.sort_by_key(|s| s.id);
+                to_value(&v)
+            }
+            DumpTable::Nodes => {
+                let mut v: Vec<NodeMsg> = t.nodes.iter().map(NodeMsg::from).collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                to_value(&v)
+            }
+            DumpTable::LocalNode => {
+                body.insert(
+                    "local_node".into(),
+                    to_value(&LocalNodeMsg::from(t.node.as_ref())),
+                );
+                return Ok(body);
+            }
+            // Answered by the workers: see `start_ct_dump`.
+            DumpTable::Conntrack => Value::Array(Vec::new()),
+        };
+        body.insert("entries".into(), entries);
+        Ok(body)
+    }
+
+    fn start_ct_dump(&mut self, d: &DumpRequest, seq: Option<Value>) -> Outcome {
+        let limit = d.limit.unwrap_or(CT_DUMP_DEFAULT_LIMIT);
+        if limit > CT_DUMP_MAX_LIMIT {
+            let e = RequestError::at(
+                "limit",
+                format!(
+                    "limit {limit} is above {CT_DUMP_MAX_LIMIT} entries per worker: ask for \
+                     fewer (the workers copy them between batches)"
+                ),
+            );
+            return Outcome::reply(error_reply(seq.as_ref(), &e));
+        }
+        let pending = PendingCtDump {
+            generation: self.stats.request_ct_dump(limit),
+            seq,
+            deadline: Instant::now() + CT_DUMP_TIMEOUT,
+        };
+        match self.finish_ct_dump(&pending, Instant::now()) {
+            Some(reply) => Outcome::reply(reply),
+            None => Outcome {
+                pending_ct: Some(pending),
+                ..Outcome::default()
+            },
+        }
+    }
+
+    /// The reply to a pending conntrack dump once every worker has answered, or an error reply
+    /// once `now` is past its deadline; `None` while it is still worth waiting.
+    pub fn finish_ct_dump(&self, p: &PendingCtDump, now: Instant) -> Option<Value> {
+        match self.stats.collect_ct_dump(p.generation) {
+            Some(answers) => {
+                let workers: Vec<Value> = answers
+                    .into_iter()
+                    .map(|(name, s)| {
+                        json!({
+                            "name": name,
+                            "occupied": s.occupied,
+                            "truncated": s.truncated,
+                            "entries": s.entries,
+                        })
+                    })
+                    .collect();
+                let mut body = Map::new();
+                body.insert("table".into(), Value::from("conntrack"));
+                body.insert("workers".into(), Value::Array(workers));
+                Some(ok_reply(p.seq.as_ref(), body))
+            }
+            None if now >= p.deadline => Some(error_reply(
+                p.seq.as_ref(),
+                &RequestError::whole(format!(
+                    "the workers did not answer the conntrack dump within {} s: check that \
+                     they are running (status shows their publication counts rising), then retry",
+                    CT_DUMP_TIMEOUT.as_secs()
+                )),
+            )),
+            None => None,
+        }
+    }
+}
+
+fn dump_policy(
+    t: &Tables,
+    endpoint: Option<u32>,
+    mut body: Map<String, Value>,
+) -> Result<Map<String, Value>, RequestError> {
+    let id = endpoint.ok_or_else(|| {
+        RequestError::at(
+            "endpoint",
+            "a policy dump needs `endpoint`: give the endpoint id (dump endpoints lists them)",
+        )
+    })?;
+    let ep = t.endpoints.get(EndpointId(id)).ok_or_else(|| {
+        RequestError::at(
+            "endpoint",
+            format!("endpoint {id} does not exist: dump endpoints lists the known ones"),
+        )
+    })?;
+    body.insert("endpoint".into(), Value::from(id));
+    for (name, p) in [
+        ("ingress", &ep.policy.ingress),
+        ("egress", &ep.policy.egress),
+    ] {
+        body.insert(
+            name.into(),
+            json!({ "enforced": p.enforced, "entries": sorted_entries(p) }),
+        );
+    }
+    Ok(body)
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    // Every type serialized here is plain data with string keys, which cannot fail.
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// `{"ok":true, "seq":..., ...body}`.
+pub fn ok_reply(seq: Option<&Value>, body: Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("ok".into(), Value::from(true));
+    if let Some(s) = seq {
+        m.insert("seq".into(), s.clone());
+    }
+    m.extend(body);
+    Value::Object(m)
+}
+
+/// `{"ok":false, "error":..., "field":..., "seq":...}`.
+pub fn error_reply(seq: Option<&Value>, e: &RequestError) -> Value {
+    let mut m = Map::new();
+    m.insert("ok".into(), Value::from(false));
+    if let Some(s) = seq {
+        m.insert("seq".into(), s.clone());
+    }
+    m.insert("error".into(), Value::from(e.message.clone()));
+    if let Some(f) = &e.field {
+        m.insert("field".into(), Value::from(f.clone()));
+    }
+    Value::Object(m)
+}
+
+/// Counters as `status` reports them: totals, non-zero drops by reason name, per-stage counts.
+pub fn counters_json(c: &Counters) -> Value {
+    let drops: Map<String, Value> = c
+        .nonzero_drops()
+        .map(|(r, n)| (r.name().to_string(), Value::from(n)))
+        .collect();
+    let stages: Map<String, Value> = Stage::ALL
+        .iter()
+        .map(|s| {
+            let i = *s as usize;
+            (
+                s.name().to_string(),
+                json!({ "in": c.stage_in.get(i), "drops": c.stage_drops.get(i) }),
+            )
+        })
+        .collect();
+    json!({
+        "rx_packets": c.rx_packets,
+        "rx_bytes": c.rx_bytes,
+        "tx_packets": c.tx_packets,
+        "tx_bytes": c.tx_bytes,
+        "pass_packets": c.pass_packets,
+        "drop_packets": c.drop_packets,
+        "drops": drops,
+        "stages": stages,
+        "arp_replies": c.arp_replies,
+        "decapsulated": c.decapsulated,
+        "encapsulated": c.encapsulated,
+        "dnat": c.dnat,
+        "reverse_nat": c.reverse_nat,
+        "ct_created": c.ct_created,
+        "ct_established": c.ct_established,
+        "ct_related": c.ct_related,
+        "policy_lookups": c.policy_lookups,
+        "l4_checksum_completed": c.l4_checksum_completed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{Pipeline, PipelineConfig};
+    use crate::tables::services::Services;
+    use crate::tables::LocalNode;
+
+    fn control() -> Control {
+        let t = Tables::empty(LocalNode::default(), Services::new(251, 1).unwrap());
+        Control::new(TablesHandle::new(t), StatsRegistry::new())
+    }
+
+    fn reply(c: &mut Control, line: &str) -> Value {
+        c.handle_line(line.as_bytes()).reply.unwrap()
+    }
+
+    const EP1: &str = r#"{"op":"endpoint.upsert","seq":1,"id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.1","identity":1001}"#;
+
+    #[test]
+    fn change_bumps_revision_and_emits_an_event() {
+        let mut c = control();
+        let out = c.handle_line(EP1.as_bytes());
+        let r = out.reply.unwrap();
+        assert_eq!(r["ok"], true);
+        assert_eq!(r["seq"], 1);
+        assert_eq!(r["revision"], 1);
+        let e = out.event.unwrap();
+        assert_eq!(e["event"], "change");
+        assert_eq!(e["op"], "endpoint.upsert");
+        assert_eq!(e["mac"], "02:00:00:00:00:01");
+        // A no-op delete: no event, no new revision.
+        let out = c.handle_line(br#"{"op":"endpoint.delete","id":9}"#);
+        assert!(out.event.is_none());
+        assert_eq!(out.reply.unwrap()["revision"], 1);
+    }
+
+    #[test]
+    fn errors_carry_field_and_seq() {
+        let mut c = control();
+        let r = reply(&mut c, r#"{"op":"endpoint.upsert","seq":"x","id":1}"#);
+        assert_eq!(r["ok"], false);
+        assert_eq!(r["seq"], "x");
+        assert_eq!(r["field"], "ifindex");
+        assert!(r["error"].as_str().unwrap().contains("ifindex"));
+    }
+
+    #[test]
+    fn dumps_replay_as_upserts() {
+        let mut c = control();
+        reply(&mut c, EP1);
+        reply(
+            &mut c,
+            r#"{"op":"policy.update","endpoint":1,"direction":"ingress","enforced":true,"add":[{"identity":1002,"proto":"tcp","port":80,"action":"allow","cookie":3}]}"#,
+        );
+        let d = reply(&mut c, r#"{"op":"dump","table":"endpoints"}"#);
+        let mut line = d["entries"][0].as_object().unwrap().clone();
+        line.insert("op".into(), Value::from("endpoint.upsert"));
+        let again = reply(&mut c, &Value::Object(line).to_string());
+        assert_eq!(again["ok"], true, "{again}");
+        let p = reply(&mut c, r#"{"op":"dump","table":"policy","endpoint":1}"#);
+        assert_eq!(p["ingress"]["enforced"], true);
+        assert_eq!(
+            p["ingress"]["entries"][0],
+            json!({"identity":1002,"proto":"tcp","port":80,"action":"allow","cookie":3})
+        );
+        let missing = reply(&mut c, r#"{"op":"dump","table":"policy"}"#);
+        assert_eq!(missing["field"], "endpoint");
+        for table in ["ipcache", "services", "nodes", "local_node"] {
+            let r = reply(&mut c, &format!(r#"{{"op":"dump","table":"{table}"}}"#));
+            assert_eq!(r["ok"], true, "{r}");
+        }
+    }
+
+    #[test]
+    fn status_sums_published_counters() {
+        let mut c = control();
+        let mut w = c.stats.register("worker-0", 1);
+        let mut p = Pipeline::new(PipelineConfig::default()).unwrap();
+        let mut frames = [crate::testutil::frame(&[0u8; 6])];
+        p.process(&c.tables.load(), 1, &mut frames, 0);
+        w.tick(&p, 0);
+        let s = reply(&mut c, r#"{"op":"status"}"#);
+        assert_eq!(s["counters"]["rx_packets"], 1);
+        assert_eq!(s["counters"]["drop_packets"], 1);
+        assert_eq!(s["workers"][0]["name"], "worker-0");
+    }
+
+    #[test]
+    fn conntrack_dump_waits_for_workers_and_times_out() {
+        let mut c = control();
+        // No worker: answered at once.
+        assert_eq!(
+            reply(&mut c, r#"{"op":"dump","table":"conntrack"}"#)["ok"],
+            true
+        );
+        let mut w = c.stats.register("worker-0", 1);
+        let out = c.handle_line(br#"{"op":"dump","table":"conntrack","limit":5,"seq":3}"#);
+        let pending = out.pending_ct.unwrap();
+        assert!(c.finish_ct_dump(&pending, Instant::now()).is_none());
+        let late = c
+            .finish_ct_dump(&pending, pending.deadline + Duration::from_millis(1))
+            .unwrap();
+        assert_eq!(late["ok"], false);
+        let p = Pipeline::new(PipelineConfig::default()).unwrap();
+        w.tick(&p, 0);
+        let r = c.finish_ct_dump(&pending, Instant::now()).unwrap();
+        assert_eq!(r["ok"], true);
+        assert_eq!(r["seq"], 3);
+        assert_eq!(r["workers"][0]["entries"], json!([]));
+        let too_many = reply(
+            &mut c,
+            r#"{"op":"dump","table":"conntrack","limit":1000000}"#,
+        );
+        assert_eq!(too_many["field"], "limit");
+    }
+}

@@ -1,0 +1,318 @@
+//! The daemon's configuration: a TOML file (`/etc/flagella/dataplane.toml`) that command-line
+//! flags can override.
+//!
+//! ```toml
+//! socket = "/run/flagella/dataplane.sock"   # control socket (mode 0600)
+//! batch_size = 64                            # frames per batch, 1..=256
+//! conntrack_entries = 131072                 # per worker
+//! xdp_mode = "native"                        # or "generic" (slow; for drivers without XDP)
+//!
+//! [[interface]]
+//! name = "eth1"
+//! role = "uplink"
+//!
+//! [[interface]]
+//! name = "lxc-pod1"
+//! role = "pod"
+//!
+//! [[worker]]
+//! core = 1                                   # pin to CPU 1
+//! interfaces = ["eth1", "lxc-pod1"]           # default: one worker for every interface
+//! ```
+//!
+//! Validation happens once, here: every error names the field and says what to write instead.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::pipeline::MAX_BATCH;
+
+/// Where the configuration file lives unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/flagella/dataplane.toml";
+/// Where the control socket lives unless the configuration says otherwise.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/flagella/dataplane.sock";
+
+/// What an interface is to the dataplane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The host side of a pod's veth pair.
+    Pod,
+    /// The node's link to the underlay (other nodes, the world).
+    Uplink,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver: the fast path. The default.
+    #[default]
+    Native,
+    /// After the kernel built an skb: works everywhere, slowly. Only when asked.
+    Generic,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub role: Role,
+    /// Receive queues to open a socket on (default 1: queue 0).
+    #[serde(default = "one")]
+    pub queues: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// CPU to pin the busy-polling thread to.
+    pub core: Option<usize>,
+    /// Interfaces this worker serves (all of their queues).
+    pub interfaces: Vec<String>,
+}
+
+/// The whole configuration, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_conntrack")]
+    pub conntrack_entries: usize,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<InterfaceConfig>,
+    #[serde(default, rename = "worker")]
+    pub workers: Vec<WorkerConfig>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET_PATH)
+}
+fn default_batch() -> usize {
+    crate::pipeline::DEFAULT_BATCH
+}
+fn default_conntrack() -> usize {
+    1 << 17
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: default_socket(),
+            batch_size: default_batch(),
+            conntrack_entries: default_conntrack(),
+            xdp_mode: XdpMode::Native,
+            interfaces: Vec::new(),
+            workers: Vec::new(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}; pass --config with the right path or create the file")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl DaemonConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates TOML text (`path` only names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let cfg: DaemonConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: ranges, references between sections, duplicates.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH {
+            return Err(invalid(
+                "batch_size",
+                format!(
+                    "{} is out of range: use 1 to {MAX_BATCH} (64 is a good default)",
+                    self.batch_size
+                ),
+            ));
+        }
+        if self.conntrack_entries < 1024 {
+            return Err(invalid(
+                "conntrack_entries",
+                "use at least 1024 (131072 is the default)",
+            ));
+        }
+        let mut uplinks = 0;
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            let field = format!("interface[{i}]");
+            if iface.name.is_empty() || iface.name.len() > 15 {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    "an interface name has 1 to 15 characters (see `ip link`)",
+                ));
+            }
+            if iface.queues == 0 {
+                return Err(invalid(format!("{field}.queues"), "use at least 1"));
+            }
+            if self.interfaces[..i].iter().any(|o| o.name == iface.name) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("`{}` is listed twice", iface.name),
+                ));
+            }
+            uplinks += usize::from(iface.role == Role::Uplink);
+        }
+        if uplinks > 1 {
+            return Err(invalid(
+                "interface",
+                "at most one interface can have role = \"uplink\"",
+            ));
+        }
+        for (i, w) in self.workers.iter().enumerate() {
+            for name in &w.interfaces {
+                if !self.interfaces.iter().any(|x| &x.name == name) {
+                    return Err(invalid(
+                        format!("worker[{i}].interfaces"),
+                        format!("`{name}` is not declared in an [[interface]] section"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The workers to run: as configured, or one unpinned worker for every interface.
+    pub fn effective_workers(&self) -> Vec<WorkerConfig> {
+        if self.workers.is_empty() {
+            vec![WorkerConfig {
+                core: None,
+                interfaces: self.interfaces.iter().map(|i| i.name.clone()).collect(),
+            }]
+        } else {
+            self.workers.clone()
+        }
+    }
+
+    /// The uplink, if one is configured.
+    pub fn uplink(&self) -> Option<&InterfaceConfig> {
+        self.interfaces.iter().find(|i| i.role == Role::Uplink)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<DaemonConfig, ConfigError> {
+        DaemonConfig::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn defaults_and_full_example() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg, DaemonConfig::default());
+        let cfg = parse(
+            r#"
+            socket = "/tmp/x.sock"
+            batch_size = 128
+            xdp_mode = "generic"
+            [[interface]]
+            name = "eth1"
+            role = "uplink"
+            [[interface]]
+            name = "lxc1"
+            role = "pod"
+            queues = 2
+            [[worker]]
+            core = 1
+            interfaces = ["eth1", "lxc1"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.batch_size, 128);
+        assert_eq!(cfg.xdp_mode, XdpMode::Generic);
+        assert_eq!(cfg.uplink().map(|i| i.name.as_str()), Some("eth1"));
+        assert_eq!(cfg.interfaces[1].queues, 2);
+        assert_eq!(cfg.effective_workers()[0].core, Some(1));
+    }
+
+    #[test]
+    fn one_default_worker_serves_every_interface() {
+        let cfg = parse("[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"b\"\nrole = \"pod\"\n").unwrap();
+        let w = cfg.effective_workers();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].interfaces, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("batch_size = 0", "batch_size"),
+            ("batch_size = 300", "batch_size"),
+            ("conntrack_entries = 10", "conntrack_entries"),
+            ("[[interface]]\nname = \"\"\nrole = \"pod\"", "interface[0].name"),
+            ("[[interface]]\nname = \"a\"\nrole = \"pod\"\nqueues = 0", "interface[0].queues"),
+            ("[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"a\"\nrole = \"pod\"", "interface[1].name"),
+            ("[[interface]]\nname = \"a\"\nrole = \"uplink\"\n[[interface]]\nname = \"b\"\nrole = \"uplink\"", "interface"),
+            ("[[worker]]\ninterfaces = [\"nope\"]", "worker[0].interfaces"),
+        ];
+        for (text, field) in cases {
+            match parse(text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected an error on {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_fields_are_refused() {
+        assert!(matches!(
+            parse("batch_size = "),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            parse("batch = 64"),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            parse("[[interface]]\nname = \"a\"\nrole = \"router\""),
+            Err(ConfigError::Syntax { .. })
+        ));
+        let err = DaemonConfig::load(Path::new("/nonexistent/flagella.toml")).unwrap_err();
+        assert!(err.to_string().contains("--config"), "{err}");
+    }
+}

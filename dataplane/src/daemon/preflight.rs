@@ -1,0 +1,124 @@
+//! Checks made before the daemon touches anything, each failing with a message that says what
+//! to do: root (or the capabilities), AF_XDP in the kernel, the configured interfaces, and a
+//! memlock limit high enough for the UMEM and BPF maps (raised when allowed).
+
+use crate::daemon::config::DaemonConfig;
+
+/// Why the daemon refuses to start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreflightError {
+    #[error("flagella-dataplane must run as root (it attaches XDP programs and opens AF_XDP sockets): run it with sudo or from its systemd unit")]
+    NotRoot,
+    #[error("this kernel has no AF_XDP sockets ({0}): use a kernel built with CONFIG_XDP_SOCKETS=y (Linux 4.18 or later)")]
+    NoAfXdp(String),
+    #[error("interface `{0}` does not exist: check the [[interface]] names in the configuration against `ip link`")]
+    NoInterface(String),
+    #[error("the locked-memory limit is {have} bytes and the dataplane needs {need}: raise it (systemd: LimitMEMLOCK=infinity; shell: ulimit -l unlimited)")]
+    Memlock { have: u64, need: u64 },
+}
+
+/// Runs every check against `cfg`; `need_memlock` is what the UMEMs and maps will pin.
+pub fn check(cfg: &DaemonConfig, need_memlock: u64) -> Result<(), PreflightError> {
+    check_root()?;
+    check_af_xdp()?;
+    for iface in &cfg.interfaces {
+        ifindex(&iface.name)?;
+    }
+    ensure_memlock(need_memlock)
+}
+
+/// Effective user id 0.
+pub fn check_root() -> Result<(), PreflightError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        Ok(())
+    } else {
+        Err(PreflightError::NotRoot)
+    }
+}
+
+/// Opens (and closes) an AF_XDP socket to see whether the kernel has them.
+pub fn check_af_xdp() -> Result<(), PreflightError> {
+    // SAFETY: socket() takes plain integers; the returned descriptor is closed right below.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(PreflightError::NoAfXdp(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    // SAFETY: fd is a descriptor this function owns and closes once.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// The index of interface `name`.
+pub fn ifindex(name: &str) -> Result<u32, PreflightError> {
+    let c =
+        std::ffi::CString::new(name).map_err(|_| PreflightError::NoInterface(name.to_string()))?;
+    // SAFETY: c is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        Err(PreflightError::NoInterface(name.to_string()))
+    } else {
+        Ok(index)
+    }
+}
+
+/// Raises RLIMIT_MEMLOCK to at least `need` bytes when the hard limit allows; errors otherwise.
+pub fn ensure_memlock(need: u64) -> Result<(), PreflightError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Ok(()); // Cannot tell: let the kernel be the judge later.
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= need {
+        return Ok(());
+    }
+    let want = if lim.rlim_max == libc::RLIM_INFINITY || lim.rlim_max >= need {
+        libc::rlimit {
+            rlim_cur: need.max(lim.rlim_cur),
+            rlim_max: lim.rlim_max,
+        }
+    } else {
+        return Err(PreflightError::Memlock {
+            have: lim.rlim_max,
+            need,
+        });
+    };
+    // SAFETY: want is a valid rlimit; setrlimit only reads it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &want) } != 0 {
+        return Err(PreflightError::Memlock {
+            have: lim.rlim_cur,
+            need,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_exists_and_nonsense_does_not() {
+        assert!(ifindex("lo").is_ok());
+        let err = ifindex("flagella-nope0").unwrap_err();
+        assert!(err.to_string().contains("ip link"), "{err}");
+        assert!(ifindex("bad\0name").is_err());
+    }
+
+    #[test]
+    fn memlock_within_the_current_limit_is_fine() {
+        assert_eq!(ensure_memlock(0), Ok(()));
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        assert!(PreflightError::NotRoot.to_string().contains("sudo"));
+        let m = PreflightError::Memlock { have: 1, need: 2 }.to_string();
+        assert!(m.contains("LimitMEMLOCK"), "{m}");
+    }
+}

@@ -1,0 +1,667 @@
+//! The one owner of a worker's UMEM frames: the UMEM, its sockets' rings and the free list.
+//!
+//! Safety contract (xsk-rs's, made structural here): **a frame handed to a ring is not touched
+//! until it comes back.** Every descriptor of the UMEM is at any time in exactly one of:
+//! - the free list (`Xsk::free`), owned by this struct;
+//! - a fill, RX, TX or completion ring, owned by the kernel;
+//! - the batch being processed (`Xsk::rx`), owned by [`Xsk::rx_batch`] for the duration of
+//!   the call.
+//!
+//! Descriptors move between those places only inside this file: a ring's `produce` is always
+//! followed by removing exactly the produced descriptors from the Rust side, and a ring's
+//! `consume` is the only way one comes back. The pipeline sees the batch as
+//! `Frame<UmemBuf>` views, which exist only while its closure runs and are dropped before any
+//! descriptor of the batch is produced to a ring. Every `unsafe` block below relies on this
+//! contract and says which part.
+//!
+//! Fast path (everything called per poll iteration) allocates nothing: all vectors are sized
+//! at construction (`free` holds every frame; `rx`, `views`, `plans` and each `staged` hold a
+//! batch).
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+use std::ptr::NonNull;
+
+use hashbrown::HashMap;
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use super::worker::{BindMode, IoCounters, SocketStats, XskConfig};
+use super::{sys, IoError, PortSpec};
+use crate::frame::Frame;
+use crate::pipeline::Verdict;
+
+/// A window onto one whole UMEM chunk (headroom included), lent to the pipeline for one batch.
+///
+/// Created only by [`Region::view`] for a chunk whose descriptor the batch owns, and dropped
+/// (with the `views` vector being cleared) before that descriptor goes back to any ring. Not
+/// `Clone`, `Send` or `Sync`, so it cannot be duplicated or leave the worker thread.
+#[derive(Debug)]
+pub(crate) struct UmemBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for UmemBuf {
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr + len` is one chunk inside the UMEM mapping, which the `Xsk` that
+        // made this view keeps mapped; the batch owns the chunk (no ring holds it, so the
+        // kernel does not write it) and this is the only view of it (each descriptor appears
+        // once in a batch). See the module contract.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsMut<[u8]> for UmemBuf {
+    #[inline]
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `as_ref`; `&mut self` makes this the only live access to the chunk.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+/// The UMEM mapping, as plain geometry: where chunk `i` lives.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    base: NonNull<u8>,
+    frame_size: usize,
+    frame_count: usize,
+}
+
+impl Region {
+    /// Finds the mapping's first byte from a descriptor `Umem::new` returned.
+    fn locate(
+        umem: &Umem,
+        first: &mut FrameDesc,
+        frame_size: usize,
+        frame_count: usize,
+    ) -> Option<Self> {
+        let addr = first.addr();
+        // SAFETY: `first` is a descriptor of this UMEM that no ring has seen yet, so nothing
+        // else accesses its frame; the view is dropped at the end of this statement.
+        let data_start = unsafe { umem.data_mut(first) }.contents_mut().as_mut_ptr();
+        // AF_XDP addresses are offsets into the UMEM and xsk-rs maps descriptor `addr` at
+        // `mapping start + addr`, so stepping back `addr` bytes lands on the first byte.
+        let base = data_start.wrapping_sub(addr);
+        Some(Region {
+            base: NonNull::new(base)?,
+            frame_size,
+            frame_count,
+        })
+    }
+
+    /// Chunk index and offset inside it of a descriptor, if it lies inside the UMEM.
+    #[inline]
+    fn locate_desc(&self, desc: &FrameDesc) -> Option<(usize, usize)> {
+        let addr = desc.addr();
+        let chunk = addr / self.frame_size;
+        (chunk < self.frame_count).then_some((chunk, addr % self.frame_size))
+    }
+
+    /// A view of the chunk of `desc`, with the frame window at the descriptor's offset and
+    /// length. `None` for a descriptor outside the UMEM or running past its chunk.
+    #[inline]
+    fn view(&self, desc: &FrameDesc) -> Option<Frame<UmemBuf>> {
+        let (chunk, offset) = self.locate_desc(desc)?;
+        let ptr = self.base.as_ptr().wrapping_add(chunk * self.frame_size);
+        let buf = UmemBuf {
+            ptr: NonNull::new(ptr)?,
+            len: self.frame_size,
+        };
+        Frame::new(buf, offset, desc.lengths().data())
+    }
+
+    /// The whole chunk of `desc`, writable.
+    ///
+    /// # Safety
+    /// The caller owns `desc` (it is in no ring) and no [`UmemBuf`] of that chunk is alive.
+    #[inline]
+    unsafe fn chunk_mut(&mut self, chunk: usize) -> &mut [u8] {
+        debug_assert!(chunk < self.frame_count);
+        let ptr = self.base.as_ptr().wrapping_add(chunk * self.frame_size);
+        // SAFETY: `chunk < frame_count` (checked by `locate_desc`), so the slice lies in the
+        // mapping; exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(ptr, self.frame_size) }
+    }
+}
+
+/// What happens to a frame of the batch once the pipeline has decided.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// Out of port `port`'s TX ring; the packet is at `head..head + len` of its chunk.
+    Tx {
+        port: usize,
+        head: usize,
+        len: usize,
+    },
+    /// Back to the free list, counted under the reason.
+    Recycle(Recycle),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Recycle {
+    Dropped,
+    Pass,
+    NoTxPort,
+    ViewMismatch,
+}
+
+/// One socket: an (interface, queue) with its RX/TX rings and its own fill/completion rings.
+#[derive(Debug)]
+struct Port {
+    spec: PortSpec,
+    ifindex: u32,
+    tx: TxQueue,
+    rx: RxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    tx_size: u32,
+    fill_size: u32,
+    comp_size: u32,
+    /// The copy-mode TX budget the kernel accepted, if any.
+    tx_budget: Option<u32>,
+}
+
+/// A socket as the caller sees it: enough to register it in the XDP program's XSKMAP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub spec: PortSpec,
+    pub ifindex: u32,
+    pub fd: RawFd,
+    /// The copy-mode TX budget (`XDP_MAX_TX_SKB_BUDGET`) in force, `None` when the kernel
+    /// lacks the option (it then sends at most 32 frames per `sendto`).
+    pub tx_budget: Option<u32>,
+}
+
+/// A worker's UMEM, sockets and free list: see the module contract.
+#[derive(Debug)]
+pub(crate) struct Xsk {
+    /// Keeps the mapping behind `region` alive (the sockets hold clones too).
+    umem: Umem,
+    region: Region,
+    /// Frames owned by no ring and no batch. Capacity: every frame of the UMEM.
+    free: Vec<FrameDesc>,
+    ports: Vec<Port>,
+    /// TX port by interface index (the first socket of that interface in this worker).
+    by_ifindex: HashMap<u32, usize>,
+    /// The batch being processed.
+    rx: Vec<FrameDesc>,
+    views: Vec<Frame<UmemBuf>>,
+    plans: Vec<Plan>,
+    /// Per port: descriptors of this batch bound for its TX ring.
+    staged: Vec<Vec<FrameDesc>>,
+    refill_batch: usize,
+}
+
+// SAFETY: `region.base` points into the mapping owned (through `umem`) by this value, which
+// moves with it; nothing else holds that pointer (views never outlive a call), so moving the
+// whole `Xsk` to another thread moves every access with it. All other fields are `Send`.
+unsafe impl Send for Xsk {}
+
+impl Xsk {
+    /// Creates the UMEM, one socket per port (each with its own fill and completion rings),
+    /// and fills every fill ring. Must run in the network namespace of the interfaces.
+    pub(crate) fn new(cfg: &XskConfig, ports: &[PortSpec], batch: usize) -> Result<Self, IoError> {
+        if ports.is_empty() {
+            return Err(IoError::NoPorts);
+        }
+        for (i, p) in ports.iter().enumerate() {
+            if ports[..i].contains(p) {
+                return Err(IoError::DuplicatePort {
+                    ifname: p.ifname.clone(),
+                    queue: p.queue,
+                });
+            }
+        }
+        let ifindexes = ports
+            .iter()
+            .map(|p| {
+                sys::ifindex(&p.ifname).ok_or_else(|| IoError::NoSuchInterface {
+                    ifname: p.ifname.clone(),
+                })
+            })
+            .collect::<Result<Vec<u32>, IoError>>()?;
+        let umem_config = umem_config(cfg)?;
+        let frame_count = frame_count(cfg, ports.len())?;
+        let socket_config = socket_config(cfg)?;
+        let (umem, mut descs) =
+            Umem::new(umem_config, frame_count, false).map_err(|source| IoError::Umem {
+                frames: frame_count.get(),
+                frame_size: cfg.frame_size,
+                source,
+            })?;
+        let count = descs.len();
+        let first = descs.first_mut().ok_or(IoError::Config {
+            field: "frames_per_port",
+            reason: "the UMEM has no frames".into(),
+        })?;
+        let region = Region::locate(&umem, first, cfg.frame_size as usize, count).ok_or(
+            IoError::Config {
+                field: "frame_size",
+                reason: "the UMEM mapping could not be located".into(),
+            },
+        )?;
+
+        let mut free = Vec::with_capacity(descs.len());
+        free.extend(descs);
+        let mut xsk = Xsk {
+            umem,
+            region,
+            free,
+            ports: Vec::with_capacity(ports.len()),
+            by_ifindex: HashMap::new(),
+            rx: vec![FrameDesc::default(); batch],
+            views: Vec::with_capacity(batch),
+            plans: Vec::with_capacity(batch),
+            staged: Vec::new(),
+            refill_batch: cfg.refill_batch.max(1) as usize,
+        };
+        for (spec, &ifindex) in ports.iter().zip(&ifindexes) {
+            let port = open_port(&xsk.umem, socket_config, cfg, spec, ifindex)?;
+            xsk.by_ifindex
+                .entry(port.ifindex)
+                .or_insert(xsk.ports.len());
+            xsk.ports.push(port);
+            xsk.staged.push(Vec::with_capacity(batch));
+        }
+        let mut counters = IoCounters::default();
+        for p in 0..xsk.ports.len() {
+            xsk.refill(p, 1, &mut counters);
+        }
+        Ok(xsk)
+    }
+
+    pub(crate) fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub(crate) fn sockets(&self) -> impl Iterator<Item = SocketInfo> + '_ {
+        self.ports.iter().map(|p| SocketInfo {
+            spec: p.spec.clone(),
+            ifindex: p.ifindex,
+            fd: p.rx.fd().as_raw_fd(),
+            tx_budget: p.tx_budget,
+        })
+    }
+
+    /// Frames on the free list (tests and diagnostics).
+    pub(crate) fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The kernel's drop counters of each socket (`XDP_STATISTICS`), in port order, written
+    /// into `out` (resized only if its length differs).
+    pub(crate) fn socket_stats(&self, out: &mut Vec<SocketStats>) {
+        out.resize(self.ports.len(), SocketStats::default());
+        for (port, slot) in self.ports.iter().zip(out.iter_mut()) {
+            if let Ok(s) = port.rx.fd().xdp_statistics() {
+                *slot = SocketStats {
+                    rx_dropped: s.rx_dropped(),
+                    rx_invalid_descs: s.rx_invalid_descs(),
+                    tx_invalid_descs: s.tx_invalid_descs(),
+                    rx_ring_full: s.rx_ring_full(),
+                    rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs(),
+                    tx_ring_empty_descs: s.tx_ring_empty_descs(),
+                };
+            }
+        }
+    }
+
+    /// Housekeeping of port `p` between batches: recycle TX completions, refill the fill ring
+    /// (in batches of at least `refill_batch`), and kick TX descriptors the kernel has not
+    /// consumed yet (copy mode sends at most its budget per `sendto`).
+    #[inline]
+    pub(crate) fn service(&mut self, p: usize, c: &mut IoCounters) {
+        self.reap_completions(p, c);
+        self.refill(p, self.refill_batch, c);
+        if let Some(port) = self.ports.get_mut(p) {
+            if port.tx.needs_wakeup() && port.tx.nb_free_exact() < port.tx_size {
+                kick_tx(port, c);
+            }
+        }
+    }
+
+    /// Moves completed TX frames of port `p` to the free list.
+    #[inline]
+    fn reap_completions(&mut self, p: usize, c: &mut IoCounters) {
+        let Some(port) = self.ports.get_mut(p) else {
+            return;
+        };
+        let room = self.free.capacity() - self.free.len();
+        let ready = port.comp.nb_avail(port.comp_size) as usize;
+        let n = ready.min(room);
+        if n == 0 {
+            return;
+        }
+        let old = self.free.len();
+        // Within capacity (frames are conserved), so no allocation.
+        self.free.resize(old + n, FrameDesc::default());
+        // SAFETY: the completion ring returns frames of this UMEM that this worker put on the
+        // TX ring of the same socket; once consumed the kernel is done with them and the free
+        // list is their only owner.
+        let got = unsafe { port.comp.consume(&mut self.free[old..]) };
+        self.free.truncate(old + got);
+        c.tx_completed += got as u64;
+    }
+
+    /// Tops up port `p`'s fill ring from the free list when at least `min_batch` slots are
+    /// free, as far as the free list allows.
+    #[inline]
+    fn refill(&mut self, p: usize, min_batch: usize, c: &mut IoCounters) {
+        let Some(port) = self.ports.get_mut(p) else {
+            return;
+        };
+        let slots = port.fill.nb_free(port.fill_size) as usize;
+        if slots < min_batch {
+            return;
+        }
+        let n = slots.min(self.free.len());
+        if n == 0 {
+            c.fill_starved += 1;
+            return;
+        }
+        let start = self.free.len() - n;
+        // SAFETY: these descriptors are frames of this UMEM on the free list, owned by no ring
+        // and no view. The ring takes the first `got` of them and they are removed from the
+        // free list right below, so nothing touches them until the RX ring returns them.
+        let got = unsafe { port.fill.produce(&self.free[start..]) };
+        self.free.drain(start..start + got);
+        c.filled += got as u64;
+        if port.fill.needs_wakeup() {
+            c.fill_wakeups += 1;
+            if port.fill.wakeup(port.rx.fd_mut(), 0).is_err() {
+                c.wakeup_errors += 1;
+            }
+        }
+    }
+
+    /// Receives up to `max` frames on port `p`, hands them to `process` as frame views (with
+    /// the port's interface index) and disposes of each by its verdict: to the TX ring of the
+    /// socket on the verdict's interface (same UMEM: no copy), or back to the free list.
+    /// Returns the number of frames received.
+    #[inline]
+    pub(crate) fn rx_batch<'v, F>(
+        &mut self,
+        p: usize,
+        max: usize,
+        c: &mut IoCounters,
+        process: F,
+    ) -> usize
+    where
+        F: FnOnce(u32, &mut [Frame<UmemBuf>]) -> &'v [Verdict],
+    {
+        let Some(port) = self.ports.get_mut(p) else {
+            return 0;
+        };
+        let max = max.min(self.rx.len());
+        // SAFETY: the RX ring returns frames of this UMEM that this worker put on the same
+        // socket's fill ring; consuming them ends the kernel's use and makes this batch their
+        // only owner.
+        let received = unsafe { port.rx.consume(&mut self.rx[..max]) };
+        if received == 0 {
+            if port.fill.needs_wakeup() {
+                c.fill_wakeups += 1;
+                if port.fill.wakeup(port.rx.fd_mut(), 0).is_err() {
+                    c.wakeup_errors += 1;
+                }
+            }
+            return 0;
+        }
+        let ifindex = port.ifindex;
+        c.rx_frames += received as u64;
+        c.rx_batches += 1;
+
+        let kept = self.make_views(received, c);
+        let verdicts = process(ifindex, &mut self.views);
+        self.plan(verdicts);
+        // From here on no view of any chunk of the batch exists.
+        self.views.clear();
+        for i in 0..kept {
+            let (Some(&desc), Some(&plan)) = (self.rx.get(i), self.plans.get(i)) else {
+                break;
+            };
+            self.dispose(desc, plan, c);
+        }
+        for q in 0..self.ports.len() {
+            self.flush_tx(q, c);
+        }
+        received
+    }
+
+    /// Builds the views of the first `received` descriptors of `rx`, compacting away any the
+    /// kernel should never return (outside the UMEM): those are counted and never reused.
+    fn make_views(&mut self, received: usize, c: &mut IoCounters) -> usize {
+        self.views.clear();
+        let mut kept = 0;
+        for i in 0..received {
+            let Some(&desc) = self.rx.get(i) else { break };
+            match self.region.view(&desc) {
+                Some(frame) => {
+                    self.rx[kept] = desc;
+                    kept += 1;
+                    self.views.push(frame);
+                }
+                None => c.rx_invalid += 1,
+            }
+        }
+        kept
+    }
+
+    /// Decides each viewed frame's fate from its verdict, while the views still exist.
+    fn plan(&mut self, verdicts: &[Verdict]) {
+        self.plans.clear();
+        for (i, frame) in self.views.iter().enumerate() {
+            let chunk_matches = self
+                .rx
+                .get(i)
+                .and_then(|d| self.region.locate_desc(d))
+                .is_some_and(|(chunk, _)| {
+                    frame.buffer().ptr.as_ptr()
+                        == self
+                            .region
+                            .base
+                            .as_ptr()
+                            .wrapping_add(chunk * self.region.frame_size)
+                });
+            let plan = match verdicts.get(i) {
+                _ if !chunk_matches => Plan::Recycle(Recycle::ViewMismatch),
+                Some(Verdict::Tx { ifindex }) => match self.by_ifindex.get(ifindex) {
+                    Some(&port) => Plan::Tx {
+                        port,
+                        head: frame.offset(),
+                        len: frame.len(),
+                    },
+                    None => Plan::Recycle(Recycle::NoTxPort),
+                },
+                Some(Verdict::Pass) => Plan::Recycle(Recycle::Pass),
+                Some(Verdict::Drop(_) | Verdict::Pending) | None => Plan::Recycle(Recycle::Dropped),
+            };
+            self.plans.push(plan);
+        }
+    }
+
+    /// Stages `desc` for TX (moving the packet back to the receive offset if it moved, and
+    /// setting the descriptor's length) or returns it to the free list.
+    #[inline]
+    fn dispose(&mut self, mut desc: FrameDesc, plan: Plan, c: &mut IoCounters) {
+        let (port, head, len) = match plan {
+            Plan::Tx { port, head, len } => (port, head, len),
+            Plan::Recycle(why) => {
+                match why {
+                    Recycle::Dropped => c.dropped += 1,
+                    Recycle::Pass => c.pass_dropped += 1,
+                    Recycle::NoTxPort => c.tx_no_port += 1,
+                    Recycle::ViewMismatch => c.view_mismatch += 1,
+                }
+                self.free.push(desc);
+                return;
+            }
+        };
+        let Some((chunk, rx_offset)) = self.region.locate_desc(&desc) else {
+            return; // cannot happen: views exist only for descriptors inside the UMEM
+        };
+        if head != rx_offset {
+            if rx_offset + len > self.region.frame_size {
+                c.realign_too_long += 1;
+                self.free.push(desc);
+                return;
+            }
+            // SAFETY: the batch owns `desc` and the views were dropped before disposal.
+            let bytes = unsafe { self.region.chunk_mut(chunk) };
+            bytes.copy_within(head..head + len, rx_offset);
+            c.realigned += 1;
+        }
+        // SAFETY: `desc` is a frame of this UMEM owned by the batch (no ring, no view).
+        unsafe { self.umem.data_mut(&mut desc) }
+            .cursor()
+            .set_pos(len);
+        match self.staged.get_mut(port) {
+            Some(staged) => staged.push(desc),
+            None => self.free.push(desc),
+        }
+    }
+
+    /// Produces port `q`'s staged descriptors to its TX ring (as many as fit; the rest are
+    /// recycled and counted) and wakes the kernel if it asks to be.
+    #[inline]
+    fn flush_tx(&mut self, q: usize, c: &mut IoCounters) {
+        let (Some(port), Some(staged)) = (self.ports.get_mut(q), self.staged.get_mut(q)) else {
+            return;
+        };
+        if staged.is_empty() {
+            return;
+        }
+        let fits = (port.tx.nb_free(staged.len() as u32) as usize).min(staged.len());
+        // SAFETY: every staged descriptor is a frame of this UMEM owned by this batch (no
+        // ring, no view), with its length set. The ring takes the first `sent`; all staged
+        // descriptors leave `staged` below (the rest to the free list), so the sent ones are
+        // not touched until the completion ring returns them.
+        let sent = unsafe { port.tx.produce(&staged[..fits]) };
+        c.tx_frames += sent as u64;
+        c.tx_ring_full += (staged.len() - sent) as u64;
+        self.free.extend(staged.drain(..).skip(sent));
+        if sent > 0 && port.tx.needs_wakeup() {
+            kick_tx(port, c);
+        }
+    }
+}
+
+/// `sendto` on the socket: in copy mode this is what transmits (up to the TX budget).
+#[inline]
+fn kick_tx(port: &mut Port, c: &mut IoCounters) {
+    c.tx_wakeups += 1;
+    if port.tx.wakeup().is_err() {
+        c.wakeup_errors += 1;
+    }
+}
+
+fn umem_config(cfg: &XskConfig) -> Result<UmemConfig, IoError> {
+    let bad = |field, reason: String| IoError::Config { field, reason };
+    let frame_size = FrameSize::new(cfg.frame_size).map_err(|e| {
+        bad(
+            "frame_size",
+            format!("{e}: use a power of two of at least 2048 (4096 is the usual)"),
+        )
+    })?;
+    let fill = queue_size("fill_size", cfg.fill_size)?;
+    let comp = queue_size("comp_size", cfg.comp_size)?;
+    UmemConfig::builder()
+        .frame_size(frame_size)
+        .fill_queue_size(fill)
+        .comp_queue_size(comp)
+        .frame_headroom(cfg.frame_headroom)
+        .build()
+        .map_err(|e| {
+            bad(
+                "frame_headroom",
+                format!(
+                    "{e}: the headroom plus the kernel's 256 bytes must leave room for a frame"
+                ),
+            )
+        })
+}
+
+fn queue_size(field: &'static str, size: u32) -> Result<QueueSize, IoError> {
+    QueueSize::new(size).map_err(|e| IoError::Config {
+        field,
+        reason: format!("{e}: ring sizes must be powers of two (2048 or 4096 are usual)"),
+    })
+}
+
+fn frame_count(cfg: &XskConfig, ports: usize) -> Result<NonZeroU32, IoError> {
+    u32::try_from(ports)
+        .ok()
+        .and_then(|p| cfg.frames_per_port.checked_mul(p))
+        .and_then(NonZeroU32::new)
+        .ok_or(IoError::Config {
+            field: "frames_per_port",
+            reason: format!(
+                "{} frames per port times {ports} ports is zero or overflows: use 1..=65536",
+                cfg.frames_per_port
+            ),
+        })
+}
+
+fn socket_config(cfg: &XskConfig) -> Result<SocketConfig, IoError> {
+    let mut bind = BindFlags::XDP_USE_NEED_WAKEUP;
+    match cfg.mode {
+        BindMode::Auto => {}
+        BindMode::Copy => bind |= BindFlags::XDP_COPY,
+        BindMode::ZeroCopy => bind |= BindFlags::XDP_ZEROCOPY,
+    }
+    Ok(SocketConfig::builder()
+        .rx_queue_size(queue_size("rx_size", cfg.rx_size)?)
+        .tx_queue_size(queue_size("tx_size", cfg.tx_size)?)
+        // The XDP program is xdp-redirect's, attached by the caller: libxdp must not load its
+        // own (nor detach anything when the socket closes).
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(bind)
+        .build())
+}
+
+/// Opens the socket of one port on the shared UMEM, with its own fill and completion rings.
+fn open_port(
+    umem: &Umem,
+    config: SocketConfig,
+    cfg: &XskConfig,
+    spec: &PortSpec,
+    ifindex: u32,
+) -> Result<Port, IoError> {
+    let name = CString::new(spec.ifname.as_str()).map_err(|_| IoError::NoSuchInterface {
+        ifname: spec.ifname.clone(),
+    })?;
+    let socket_error = |source| IoError::Socket {
+        ifname: spec.ifname.clone(),
+        queue: spec.queue,
+        source,
+    };
+    // SAFETY: xsk-rs requires XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD when the (interface, queue)
+    // pair is already bound from this UMEM; it is always set here (and duplicates are
+    // rejected before any socket is opened).
+    let (tx, rx, rings) = unsafe { Socket::new(config, umem, &Interface::new(name), spec.queue) }
+        .map_err(socket_error)?;
+    let (fill, comp) = rings.ok_or_else(|| IoError::SharedContext {
+        ifname: spec.ifname.clone(),
+        queue: spec.queue,
+    })?;
+    let tx_budget = cfg
+        .tx_budget
+        .map(|budget| budget.min(cfg.tx_size))
+        .filter(|&budget| sys::set_tx_budget(rx.fd().as_raw_fd(), budget).is_ok());
+    Ok(Port {
+        spec: spec.clone(),
+        ifindex,
+        tx,
+        rx,
+        fill,
+        comp,
+        tx_size: cfg.tx_size,
+        fill_size: cfg.fill_size,
+        comp_size: cfg.comp_size,
+        tx_budget,
+    })
+}

@@ -1,0 +1,514 @@
+//! A busy-polling worker: its sockets, its UMEM, its pipeline, pinned to one core.
+//!
+//! [`Worker::run`] spins until `shutdown` is set. Each pass over the worker's ports
+//! ([`Worker::poll_once`]):
+//! 1. reads the monotonic clock once (the pipeline's `now`, and the busy-time accounting);
+//! 2. per port: recycles TX completions, refills the fill ring (in batches, early), kicks TX
+//!    descriptors the kernel has not taken yet;
+//! 3. per port: receives up to one pipeline batch and runs [`Pipeline::process`] on it once,
+//!    with that port's interface index; each frame then goes to the TX ring of the socket on
+//!    its verdict's interface (same UMEM, no copy) or back to the free list.
+//!
+//! The tables are loaded from the [`TablesSource`] at most once per pass, and only when a batch
+//! arrived; a new snapshot published by the control path is therefore seen by the next batch.
+//! The control socket's [`TablesHandle`] is a source; so is any `Fn() -> Arc<Tables>`.
+//! Counters are published two ways, both off the packet path and without waiting: a
+//! [`StatsHandle`] (I/O, pipeline and socket counters, about every 100 ms) and, when
+//! [`Worker::publish_to`] was called, the control socket's registry (ticked once per pass).
+//!
+//! Invariants: the loop allocates nothing, takes no lock (the stats snapshot uses `try_lock`
+//! about every 100 ms and skips when it is busy) and logs nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::umem::{SocketInfo, Xsk};
+use super::{sys, IoError, PortSpec};
+use crate::api::{TablesHandle, WorkerStats as ApiPublisher};
+use crate::frame::DEFAULT_HEADROOM;
+use crate::pipeline::{Counters, Pipeline, PipelineConfig};
+use crate::tables::Tables;
+
+/// Where a worker gets the current tables: loaded once per pass that received frames.
+///
+/// Implemented for every `Fn() -> Arc<Tables>`, so an `ArcSwap` (`|| swap.load_full()`) or any
+/// other publication scheme plugs in without this module knowing it.
+pub trait TablesSource {
+    fn load(&self) -> Arc<Tables>;
+}
+
+impl<F: Fn() -> Arc<Tables>> TablesSource for F {
+    #[inline]
+    fn load(&self) -> Arc<Tables> {
+        self()
+    }
+}
+
+/// The control socket's read-copy-update handle: one `Arc` clone per batch.
+impl TablesSource for TablesHandle {
+    #[inline]
+    fn load(&self) -> Arc<Tables> {
+        self.snapshot()
+    }
+}
+
+/// How sockets bind: the kernel's choice, or forced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy where the driver supports it, else copy (veth: copy).
+    #[default]
+    Auto,
+    /// `XDP_COPY`.
+    Copy,
+    /// `XDP_ZEROCOPY`: binding fails on drivers without it.
+    ZeroCopy,
+}
+
+/// UMEM and ring geometry. Ring sizes are powers of two; the defaults keep the fill ring deep
+/// (frames lost to an empty fill ring were ~8% with 2048 frames per direction).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XskConfig {
+    /// Bytes per UMEM chunk (power of two, >= 2048).
+    pub frame_size: u32,
+    /// Headroom reserved in each chunk for the pipeline, on top of the kernel's 256 bytes.
+    pub frame_headroom: u32,
+    /// UMEM chunks per port; the UMEM has `ports * frames_per_port`.
+    pub frames_per_port: u32,
+    pub fill_size: u32,
+    pub comp_size: u32,
+    pub rx_size: u32,
+    pub tx_size: u32,
+    pub mode: BindMode,
+    /// Copy-mode descriptors per `sendto` (`XDP_MAX_TX_SKB_BUDGET`, kernel 6.17+; capped at
+    /// `tx_size`); `None` keeps the kernel's 32. Ignored where the kernel lacks the option.
+    pub tx_budget: Option<u32>,
+    /// Refill a fill ring once at least this many slots are free.
+    pub refill_batch: u32,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            frame_size: 4096,
+            frame_headroom: DEFAULT_HEADROOM as u32,
+            frames_per_port: 8192,
+            fill_size: 4096,
+            comp_size: 4096,
+            rx_size: 2048,
+            tx_size: 2048,
+            mode: BindMode::Auto,
+            tx_budget: Some(256),
+            refill_batch: 32,
+        }
+    }
+}
+
+/// Everything a worker needs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The sockets of this worker; all share one UMEM.
+    pub ports: Vec<PortSpec>,
+    /// Pin the thread calling [`Worker::run`] to this CPU.
+    pub core: Option<usize>,
+    pub pipeline: PipelineConfig,
+    pub xsk: XskConfig,
+}
+
+/// What the I/O layer of one worker did. Plain counters written by the worker thread only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    /// Passes over the ports.
+    pub polls: u64,
+    /// Batches (non-empty receives) and the frames in them.
+    pub rx_batches: u64,
+    pub rx_frames: u64,
+    /// Descriptors the kernel returned outside the UMEM (never reused; a kernel bug).
+    pub rx_invalid: u64,
+    /// Frames placed on TX rings, and TX completions recycled.
+    pub tx_frames: u64,
+    pub tx_completed: u64,
+    /// Frames recycled because their TX ring was full.
+    pub tx_ring_full: u64,
+    /// `Verdict::Tx` to an interface this worker has no socket on.
+    pub tx_no_port: u64,
+    /// `Verdict::Drop` frames recycled.
+    pub dropped: u64,
+    /// `Verdict::Pass` frames: user space cannot hand a frame back to the kernel's stack
+    /// without a TAP device, so they are counted and recycled (the XDP program passes what
+    /// the kernel must see before it reaches AF_XDP).
+    pub pass_dropped: u64,
+    /// Frames moved back to their receive offset before TX because their start moved.
+    pub realigned: u64,
+    /// Frames that grew too much to move back inside their chunk (dropped).
+    pub realign_too_long: u64,
+    /// A frame view that no longer matched its descriptor (a pipeline bug; dropped).
+    pub view_mismatch: u64,
+    /// Descriptors given to fill rings, and refills that found the free list empty.
+    pub filled: u64,
+    pub fill_starved: u64,
+    /// Wakeups: `poll` for the fill ring, `sendto` for TX; and those that failed.
+    pub fill_wakeups: u64,
+    pub tx_wakeups: u64,
+    pub wakeup_errors: u64,
+    /// Nanoseconds spent in passes that received frames (busy-loop time): divided by
+    /// `rx_frames` it is the worker's cost per packet at saturation.
+    pub busy_ns: u64,
+}
+
+/// The kernel's counters of one socket (`XDP_STATISTICS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    /// Frames the kernel could not deliver because the fill ring was empty.
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+/// A snapshot of a worker's counters.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerSnapshot {
+    pub io: IoCounters,
+    pub pipeline: Counters,
+    /// Per socket, in port order.
+    pub sockets: Vec<SocketStats>,
+}
+
+/// Read side of a worker's published counters (refreshed about every 100 ms while it runs,
+/// and when it stops).
+#[derive(Clone, Debug, Default)]
+pub struct StatsHandle(Arc<Mutex<WorkerSnapshot>>);
+
+impl StatsHandle {
+    pub fn snapshot(&self) -> WorkerSnapshot {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// How often a running worker publishes its counters.
+const PUBLISH_INTERVAL_NS: u64 = 100_000_000;
+/// Passes between two looks at the publication clock.
+const PUBLISH_CHECK_EVERY: u64 = 1024;
+
+/// One busy-polling worker. Build it in the network namespace of its interfaces.
+#[derive(Debug)]
+pub struct Worker {
+    xsk: Xsk,
+    pipeline: Pipeline,
+    batch: usize,
+    core: Option<usize>,
+    io: IoCounters,
+    stats: StatsHandle,
+    /// Reused by each publication, so publishing does not allocate.
+    sockets_scratch: Vec<SocketStats>,
+    /// The control socket's per-worker slot (`status`, conntrack dumps), if registered.
+    api: Option<ApiPublisher>,
+}
+
+impl Worker {
+    /// Creates the UMEM and the sockets (filling their fill rings) and the pipeline. The
+    /// caller then registers [`Worker::sockets`] in the XSKMAP of each interface's program.
+    pub fn new(cfg: WorkerConfig) -> Result<Self, IoError> {
+        let pipeline = Pipeline::new(cfg.pipeline)?;
+        let batch = pipeline.batch_size();
+        let xsk = Xsk::new(&cfg.xsk, &cfg.ports, batch)?;
+        let sockets_scratch = Vec::with_capacity(xsk.port_count());
+        Ok(Worker {
+            xsk,
+            pipeline,
+            batch,
+            core: cfg.core,
+            io: IoCounters::default(),
+            stats: StatsHandle::default(),
+            sockets_scratch,
+            api: None,
+        })
+    }
+
+    /// Also publish the pipeline counters (and answer conntrack dumps) through the control
+    /// socket's registry: [`Worker::run`] ticks it once per pass.
+    pub fn publish_to(&mut self, publisher: ApiPublisher) {
+        self.api = Some(publisher);
+    }
+
+    /// The worker's sockets, in port order: register each fd under its queue in the XSKMAP of
+    /// the XDP program attached to its interface.
+    pub fn sockets(&self) -> Vec<SocketInfo> {
+        self.xsk.sockets().collect()
+    }
+
+    /// Spins over the ports until `shutdown` is set (pinned to the configured core first),
+    /// then publishes its counters a last time.
+    pub fn run<S: TablesSource + ?Sized>(
+        &mut self,
+        tables: &S,
+        shutdown: &AtomicBool,
+    ) -> Result<(), IoError> {
+        if let Some(core) = self.core {
+            sys::pin_current_thread(core).map_err(|source| IoError::Pin { core, source })?;
+        }
+        let mut last_publish = sys::monotonic_ns();
+        while !shutdown.load(Ordering::Relaxed) {
+            let now = sys::monotonic_ns();
+            self.poll_once(tables, now);
+            if let Some(api) = self.api.as_mut() {
+                api.tick(&self.pipeline, now);
+            }
+            if self.io.polls % PUBLISH_CHECK_EVERY == 0
+                && now.saturating_sub(last_publish) >= PUBLISH_INTERVAL_NS
+            {
+                self.try_publish();
+                last_publish = now;
+            }
+        }
+        self.publish();
+        if let Some(api) = self.api.as_mut() {
+            api.publish(&self.pipeline, sys::monotonic_ns());
+        }
+        Ok(())
+    }
+
+    /// One pass over all ports at time `now` (monotonic nanoseconds); returns the frames
+    /// received. [`Worker::run`] calls it in a loop; tests and custom loops may call it.
+    #[inline]
+    pub fn poll_once<S: TablesSource + ?Sized>(&mut self, tables: &S, now: u64) -> usize {
+        self.io.polls += 1;
+        let mut snapshot: Option<Arc<Tables>> = None;
+        let mut received = 0;
+        for p in 0..self.xsk.port_count() {
+            self.xsk.service(p, &mut self.io);
+            let pipeline = &mut self.pipeline;
+            let snapshot = &mut snapshot;
+            received += self
+                .xsk
+                .rx_batch(p, self.batch, &mut self.io, move |ifindex, frames| {
+                    let t = snapshot.get_or_insert_with(|| tables.load());
+                    pipeline.process(t, ifindex, frames, now)
+                });
+        }
+        if received > 0 {
+            // Busy time: from this pass's clock reading to the end of its work.
+            self.io.busy_ns += sys::monotonic_ns().saturating_sub(now);
+        }
+        received
+    }
+
+    pub fn io_counters(&self) -> &IoCounters {
+        &self.io
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Frames currently on the free list (neither in a ring nor in a batch).
+    pub fn free_frames(&self) -> usize {
+        self.xsk.free_frames()
+    }
+
+    /// A handle other threads read the published counters through.
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats.clone()
+    }
+
+    /// The kernel's counters of each socket, in port order.
+    pub fn socket_stats(&self) -> Vec<SocketStats> {
+        let mut out = Vec::new();
+        self.xsk.socket_stats(&mut out);
+        out
+    }
+
+    /// Publishes unless a reader holds the lock (the worker never waits).
+    fn try_publish(&mut self) {
+        self.xsk.socket_stats(&mut self.sockets_scratch);
+        if let Ok(mut stats) = self.stats.0.try_lock() {
+            fill_stats(&mut stats, &self.io, &self.pipeline, &self.sockets_scratch);
+        }
+    }
+
+    fn publish(&mut self) {
+        self.xsk.socket_stats(&mut self.sockets_scratch);
+        let mut stats = self.stats.0.lock().unwrap_or_else(PoisonError::into_inner);
+        fill_stats(&mut stats, &self.io, &self.pipeline, &self.sockets_scratch);
+    }
+}
+
+fn fill_stats(
+    out: &mut WorkerSnapshot,
+    io: &IoCounters,
+    pipeline: &Pipeline,
+    sockets: &[SocketStats],
+) {
+    out.io.clone_from(io);
+    out.pipeline.clone_from(pipeline.counters());
+    out.sockets.clear();
+    out.sockets.extend_from_slice(sockets);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_can_move_to_its_thread() {
+        fn send<T: Send>() {}
+        send::<Worker>();
+    }
+
+    #[test]
+    fn a_closure_is_a_tables_source() {
+        let tables = Arc::new(Tables::empty(
+            Default::default(),
+            crate::tables::services::Services::new(crate::tables::maglev::DEFAULT_M, 1)
+                .expect("services"),
+        ));
+        let source = {
+            let tables = Arc::clone(&tables);
+            move || Arc::clone(&tables)
+        };
+        let dynamic: &dyn TablesSource = &source;
+        assert!(Arc::ptr_eq(&dynamic.load(), &tables));
+    }
+
+    #[test]
+    fn the_control_socket_handle_is_a_tables_source() {
+        let empty = || {
+            Tables::empty(
+                Default::default(),
+                crate::tables::services::Services::new(crate::tables::maglev::DEFAULT_M, 1)
+                    .expect("services"),
+            )
+        };
+        let handle = TablesHandle::new(empty());
+        let before = TablesSource::load(&handle);
+        handle.store(empty());
+        let after = TablesSource::load(&handle);
+        assert!(
+            !Arc::ptr_eq(&before, &after),
+            "a store is seen by the next load"
+        );
+    }
+
+    #[test]
+    fn default_geometry_is_valid_and_generous() {
+        let cfg = XskConfig::default();
+        for size in [
+            cfg.frame_size,
+            cfg.fill_size,
+            cfg.comp_size,
+            cfg.rx_size,
+            cfg.tx_size,
+        ] {
+            assert!(size.is_power_of_two(), "{size}");
+        }
+        assert_eq!(cfg.frame_headroom as usize, DEFAULT_HEADROOM);
+        // Enough frames to keep the fill ring full while the RX and TX rings are full too.
+        assert!(cfg.frames_per_port >= cfg.fill_size + cfg.rx_size + cfg.tx_size);
+    }
+
+    #[test]
+    fn a_worker_without_ports_is_refused() {
+        let err = Worker::new(WorkerConfig {
+            ports: Vec::new(),
+            core: None,
+            pipeline: PipelineConfig::default(),
+            xsk: XskConfig::default(),
+        })
+        .unwrap_err();
+        assert!(matches!(err, IoError::NoPorts), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ports_and_bad_geometry_are_refused_before_any_socket() {
+        let cfg = |ports: Vec<PortSpec>, xsk: XskConfig| WorkerConfig {
+            ports,
+            core: None,
+            pipeline: PipelineConfig::default(),
+            xsk,
+        };
+        let lo = || PortSpec::new("lo", 0);
+        let err = Worker::new(cfg(vec![lo(), lo()], XskConfig::default())).unwrap_err();
+        assert!(matches!(err, IoError::DuplicatePort { .. }), "{err}");
+
+        let odd = XskConfig {
+            fill_size: 1000,
+            ..XskConfig::default()
+        };
+        let err = Worker::new(cfg(vec![lo()], odd)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IoError::Config {
+                    field: "fill_size",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let tiny = XskConfig {
+            frame_size: 1024,
+            ..XskConfig::default()
+        };
+        let err = Worker::new(cfg(vec![lo()], tiny)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IoError::Config {
+                    field: "frame_size",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let no_frames = XskConfig {
+            frames_per_port: 0,
+            ..XskConfig::default()
+        };
+        let err = Worker::new(cfg(vec![lo()], no_frames)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IoError::Config {
+                    field: "frames_per_port",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let batch = PipelineConfig {
+            batch_size: 0,
+            ..PipelineConfig::default()
+        };
+        let err = Worker::new(WorkerConfig {
+            pipeline: batch,
+            ..cfg(vec![lo()], XskConfig::default())
+        })
+        .unwrap_err();
+        assert!(matches!(err, IoError::Pipeline(_)), "{err}");
+    }
+
+    #[test]
+    fn a_missing_interface_is_named() {
+        let err = Worker::new(WorkerConfig {
+            ports: vec![PortSpec::new("fio-missing0", 0)],
+            core: None,
+            pipeline: PipelineConfig::default(),
+            xsk: XskConfig::default(),
+        })
+        .unwrap_err();
+        match err {
+            IoError::NoSuchInterface { ifname } => assert_eq!(ifname, "fio-missing0"),
+            // Without the privilege to lock the UMEM the error comes first from there.
+            IoError::Umem { .. } => {}
+            other => panic!("{other}"),
+        }
+    }
+}

@@ -1,0 +1,1375 @@
+//! The policy engine: cluster state + rule repository + selector cache -> per-endpoint policy
+//! maps in the dataplane's own format ([`EndpointPolicy`]), changed by add/delete deltas.
+//!
+//! Layers (as Cilium's pkg/policy): the [`Repository`] holds policies; every subject and peer
+//! selector they use lives in the [`SelectorCache`] with the identities it selects; each
+//! endpoint's map state is computed from the sections whose subject selects its identity.
+//!
+//! Incremental contract: mutators ([`PolicyEngine::upsert_policy`], [`PolicyEngine::upsert_pod`],
+//! ...) update identities, the ipcache and the selector cache at once and mark the endpoints
+//! whose maps may change as dirty: the subjects of a changed policy; the subjects of every
+//! section using a selector whose selection changed; the pod itself; and, for pods with named
+//! ports, the subjects of sections with egress named ports. [`PolicyEngine::commit`] recompiles
+//! only the dirty endpoints, applies the difference to their maps in place and returns it as
+//! [`Delta`]s (with the ipcache changes), in a deterministic order.
+//!
+//! Map state of one endpoint in one direction:
+//! - no section selecting it applies in that direction: not enforced, empty map;
+//! - otherwise enforced; if none of those sections asks for default deny (Cilium
+//!   `enableDefaultDeny: false`), an allow-all `(ANY, ANY)` entry is added so that deny rules
+//!   still apply while everything else passes (what Cilium does);
+//! - each rule adds keys `peer identity x protocol x port range`: no ports gives an L3 key per
+//!   identity; `Peers::All` gives the identity wildcard; protocol ANY expands to TCP, UDP, SCTP;
+//!   a named port resolves against the destination pod (ingress: this endpoint; egress: every
+//!   pod of the peer identity). When an allow and a deny produce the same key, the deny wins.
+//!   The entry's cookie names every (policy, rule) that produced the key with that action.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use hashbrown::HashMap;
+
+use dataplane::tables::policy::{
+    Action, Direction, DirectionalPolicy, EndpointPolicy, PolicyEntry, PolicyKey, PortRange,
+};
+use dataplane::{Identity, Prefix};
+
+use crate::cluster::{Cluster, Pod};
+use crate::identity::{IdentityError, IdentityTable};
+use crate::labels::{Labels, NAMESPACE_NAME_LABEL};
+use crate::model::{Peer, Peers, Policy, PolicyId, PortSel, Rule, Verdict};
+use crate::repository::Repository;
+use crate::selector::Selector;
+use crate::selector_cache::{SelectionContext, SelectorCache};
+
+/// A section of a policy: (policy, index in `Policy::sections`).
+type SectionRef = (PolicyId, usize);
+
+/// The rule an entry came from: its policy and the rule's field path (`spec.ingress[0]`); for
+/// the allow-all entry of `enableDefaultDeny: false`, the path of that setting.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleOrigin {
+    pub policy: PolicyId,
+    pub rule: String,
+}
+
+/// One change to the dataplane's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delta {
+    /// The ipcache maps `prefix` to `identity` (new or changed).
+    IpcacheUpsert {
+        prefix: Prefix,
+        identity: Identity,
+    },
+    IpcacheRemove {
+        prefix: Prefix,
+    },
+    /// A direction of an endpoint became enforced (default deny) or not.
+    Enforce {
+        endpoint: String,
+        direction: Direction,
+        enforced: bool,
+    },
+    Upsert {
+        endpoint: String,
+        direction: Direction,
+        key: PolicyKey,
+        entry: PolicyEntry,
+    },
+    Remove {
+        endpoint: String,
+        direction: Direction,
+        key: PolicyKey,
+    },
+    /// The endpoint is gone with its maps.
+    EndpointRemoved {
+        endpoint: String,
+    },
+}
+
+/// Why a change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("pod {pod}: namespace `{namespace}` does not exist; create the namespace first")]
+    UnknownNamespace { pod: String, namespace: String },
+    #[error("{what}: address {addr} is already used by {owner}; addresses must be unique")]
+    AddressInUse {
+        what: String,
+        addr: IpAddr,
+        owner: String,
+    },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+#[derive(Clone, Debug)]
+struct PodState {
+    pod: Pod,
+    identity: Identity,
+}
+
+/// Interned sets of rule origins; the cookie is the index + 1 (0 means "no rule").
+#[derive(Clone, Debug, Default)]
+struct CookieTable {
+    by_set: HashMap<Vec<RuleOrigin>, u32>,
+    sets: Vec<Vec<RuleOrigin>>,
+}
+
+impl CookieTable {
+    fn intern(&mut self, origins: Vec<RuleOrigin>) -> u32 {
+        if let Some(c) = self.by_set.get(&origins) {
+            return *c;
+        }
+        self.sets.push(origins.clone());
+        let cookie = u32::try_from(self.sets.len()).unwrap_or(u32::MAX);
+        self.by_set.insert(origins, cookie);
+        cookie
+    }
+
+    fn get(&self, cookie: u32) -> &[RuleOrigin] {
+        cookie
+            .checked_sub(1)
+            .and_then(|i| self.sets.get(i as usize))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// An IP -> identity table with longest-prefix-match lookups (the ipcache the dataplane gets).
+#[derive(Clone, Debug, Default)]
+struct Ipcache {
+    map: HashMap<Prefix, Identity>,
+    /// How many prefixes of each (family is IPv4, length) exist, to skip empty lengths.
+    lengths: BTreeMap<(bool, u8), u32>,
+}
+
+impl Ipcache {
+    fn upsert(&mut self, prefix: Prefix, identity: Identity) {
+        if self.map.insert(prefix, identity).is_none() {
+            *self
+                .lengths
+                .entry((prefix.is_ipv4(), prefix.prefix_len()))
+                .or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, prefix: &Prefix) -> bool {
+        if self.map.remove(prefix).is_none() {
+            return false;
+        }
+        let k = (prefix.is_ipv4(), prefix.prefix_len());
+        if let Some(n) = self.lengths.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.lengths.remove(&k);
+            }
+        }
+        true
+    }
+
+    /// Longest-prefix match; addresses in no prefix are `world`.
+    fn resolve(&self, addr: IpAddr) -> (Identity, Option<Prefix>) {
+        for &(v4, len) in self.lengths.keys().rev() {
+            if v4 != addr.is_ipv4() {
+                continue;
+            }
+            let Ok(p) = Prefix::new(addr, len) else {
+                continue;
+            };
+            if let Some(id) = self.map.get(&p) {
+                return (*id, Some(p));
+            }
+        }
+        (Identity::WORLD, None)
+    }
+}
+
+/// The whole compiler state. See the module doc.
+#[derive(Debug, Default)]
+pub struct PolicyEngine {
+    namespaces: BTreeMap<String, Labels>,
+    pods: BTreeMap<String, PodState>,
+    pod_by_ip: HashMap<IpAddr, String>,
+    nodes: BTreeMap<String, IpAddr>,
+    identities: IdentityTable,
+    addresses: HashMap<Identity, Vec<IpAddr>>,
+    pods_by_identity: HashMap<Identity, BTreeSet<String>>,
+    ipcache: Ipcache,
+    repo: Repository,
+    cache: SelectorCache,
+    /// Subject selectors (as `Peer::Endpoints`, the selector cache's key) -> their sections.
+    subjects: HashMap<Peer, BTreeSet<SectionRef>>,
+    peer_users: HashMap<Peer, BTreeSet<SectionRef>>,
+    named_egress: BTreeSet<SectionRef>,
+    cookies: CookieTable,
+    endpoints: BTreeMap<String, EndpointPolicy>,
+    dirty: BTreeSet<String>,
+    pending: Vec<Delta>,
+}
+
+impl PolicyEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds an engine from a whole cluster and policy set, compiled. Pods are added in
+    /// `namespace/name` order, so identity numbers do not depend on the input order.
+    pub fn build(cluster: &Cluster, policies: &[Policy]) -> Result<PolicyEngine, EngineError> {
+        let mut e = PolicyEngine::new();
+        for (name, labels) in &cluster.namespaces {
+            e.upsert_namespace(name, labels.clone())?;
+        }
+        for node in &cluster.nodes {
+            e.upsert_node(&node.name, node.ip)?;
+        }
+        let mut pods: Vec<&Pod> = cluster.pods.iter().collect();
+        pods.sort_by_key(|p| (p.namespace.clone(), p.name.clone()));
+        for pod in pods {
+            e.upsert_pod(pod.clone())?;
+        }
+        for p in policies {
+            e.upsert_policy(p.clone())?;
+        }
+        e.commit();
+        Ok(e)
+    }
+
+    // ---- namespaces, pods, nodes -------------------------------------------------------
+
+    /// Creates a namespace or changes its labels (which changes the identity of its pods).
+    pub fn upsert_namespace(&mut self, name: &str, mut labels: Labels) -> Result<(), EngineError> {
+        if !labels.contains_key(NAMESPACE_NAME_LABEL) {
+            labels.insert(NAMESPACE_NAME_LABEL, name);
+        }
+        if self.namespaces.get(name) == Some(&labels) {
+            return Ok(());
+        }
+        self.namespaces.insert(name.to_string(), labels);
+        let prefix = format!("{name}/");
+        let in_ns: Vec<Pod> = self
+            .pods
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, s)| s.pod.clone())
+            .collect();
+        for pod in in_ns {
+            self.upsert_pod(pod)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a pod, or changes its labels, address or ports.
+    pub fn upsert_pod(&mut self, pod: Pod) -> Result<(), EngineError> {
+        let key = pod.key();
+        let ns_labels =
+            self.namespaces
+                .get(&pod.namespace)
+                .ok_or_else(|| EngineError::UnknownNamespace {
+                    pod: key.clone(),
+                    namespace: pod.namespace.clone(),
+                })?;
+        let me = format!("pod {key}");
+        if let Some(owner) = self.address_owner(pod.ip).filter(|o| *o != me) {
+            return Err(EngineError::AddressInUse {
+                what: format!("pod {key}"),
+                addr: pod.ip,
+                owner,
+            });
+        }
+        let labels = Labels::for_pod(&pod.labels, &pod.namespace, ns_labels);
+        let (id, _) = self.identities.acquire_labels(&labels)?;
+        let named = !pod.ports.iter().all(|p| p.name.is_none());
+        let ip = pod.ip;
+        let old = self
+            .pods
+            .insert(key.clone(), PodState { pod, identity: id });
+        let mut touched = vec![id];
+        let mut old_named = false;
+        if let Some(old) = &old {
+            old_named = old.pod.ports.iter().any(|p| p.name.is_some());
+            self.forget_pod_address(&key, old.identity, old.pod.ip);
+            touched.push(old.identity);
+        }
+        self.addresses.entry(id).or_default().push(ip);
+        self.pods_by_identity
+            .entry(id)
+            .or_default()
+            .insert(key.clone());
+        self.pod_by_ip.insert(ip, key.clone());
+        self.set_ipcache(Prefix::host(ip), id);
+        if let Some(old) = old {
+            self.identities.release(old.identity);
+        }
+        touched.dedup();
+        for t in touched {
+            self.identity_changed(t);
+        }
+        if named || old_named {
+            self.mark_named_egress_users();
+        }
+        self.dirty.insert(key);
+        Ok(())
+    }
+
+    /// Removes a pod; returns whether it existed.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> bool {
+        let key = format!("{namespace}/{name}");
+        let Some(old) = self.pods.remove(&key) else {
+            return false;
+        };
+        self.forget_pod_address(&key, old.identity, old.pod.ip);
+        self.identities.release(old.identity);
+        self.identity_changed(old.identity);
+        if old.pod.ports.iter().any(|p| p.name.is_some()) {
+            self.mark_named_egress_users();
+        }
+        self.dirty.remove(&key);
+        if self.endpoints.remove(&key).is_some() {
+            self.pending.push(Delta::EndpointRemoved { endpoint: key });
+        }
+        true
+    }
+
+    fn forget_pod_address(&mut self, key: &str, identity: Identity, ip: IpAddr) {
+        if let Some(addrs) = self.addresses.get_mut(&identity) {
+            if let Some(i) = addrs.iter().position(|a| *a == ip) {
+                addrs.swap_remove(i);
+            }
+            if addrs.is_empty() {
+                self.addresses.remove(&identity);
+            }
+        }
+        if let Some(set) = self.pods_by_identity.get_mut(&identity) {
+            set.remove(key);
+            if set.is_empty() {
+                self.pods_by_identity.remove(&identity);
+            }
+        }
+        if self.pod_by_ip.get(&ip).is_some_and(|k| k == key) {
+            self.pod_by_ip.remove(&ip);
+            self.remove_ipcache(&Prefix::host(ip));
+        }
+    }
+
+    /// Adds or moves a node (its address has the `remote-node` identity).
+    pub fn upsert_node(&mut self, name: &str, ip: IpAddr) -> Result<(), EngineError> {
+        if let Some(owner) = self
+            .address_owner(ip)
+            .filter(|o| *o != format!("node {name}"))
+        {
+            return Err(EngineError::AddressInUse {
+                what: format!("node {name}"),
+                addr: ip,
+                owner,
+            });
+        }
+        self.delete_node_address(name);
+        self.nodes.insert(name.to_string(), ip);
+        self.addresses
+            .entry(Identity::REMOTE_NODE)
+            .or_default()
+            .push(ip);
+        self.set_ipcache(Prefix::host(ip), Identity::REMOTE_NODE);
+        self.identity_changed(Identity::REMOTE_NODE);
+        Ok(())
+    }
+
+    pub fn delete_node(&mut self, name: &str) -> bool {
+        let existed = self.delete_node_address(name);
+        if existed {
+            self.nodes.remove(name);
+            self.identity_changed(Identity::REMOTE_NODE);
+        }
+        existed
+    }
+
+    fn delete_node_address(&mut self, name: &str) -> bool {
+        let Some(ip) = self.nodes.get(name).copied() else {
+            return false;
+        };
+        if let Some(addrs) = self.addresses.get_mut(&Identity::REMOTE_NODE) {
+            addrs.retain(|a| *a != ip);
+        }
+        self.remove_ipcache(&Prefix::host(ip));
+        true
+    }
+
+    fn address_owner(&self, ip: IpAddr) -> Option<String> {
+        if let Some(k) = self.pod_by_ip.get(&ip) {
+            return Some(format!("pod {k}"));
+        }
+        self.nodes
+            .iter()
+            .find(|(_, a)| **a == ip)
+            .map(|(n, _)| format!("node {n}"))
+    }
+
+    fn set_ipcache(&mut self, prefix: Prefix, identity: Identity) {
+        if self.ipcache.map.get(&prefix) != Some(&identity) {
+            self.ipcache.upsert(prefix, identity);
+            self.pending.push(Delta::IpcacheUpsert { prefix, identity });
+        }
+    }
+
+    fn remove_ipcache(&mut self, prefix: &Prefix) {
+        if self.ipcache.remove(prefix) {
+            self.pending.push(Delta::IpcacheRemove { prefix: *prefix });
+        }
+    }
+
+    // ---- policies ----------------------------------------------------------------------
+
+    /// Adds or replaces a policy.
+    pub fn upsert_policy(&mut self, policy: Policy) -> Result<(), EngineError> {
+        let old = self.repo.get(&policy.id).cloned();
+        if old.as_ref() == Some(&policy) {
+            return Ok(());
+        }
+        // Register the new version before releasing the old one so shared selectors and CIDR
+        // identities are kept (same numbers, no churn).
+        let released = old.as_ref().map(|o| self.unindex(o));
+        self.register(&policy)?;
+        if let Some(released) = released {
+            self.release(released);
+        }
+        self.repo.upsert(policy);
+        Ok(())
+    }
+
+    /// Removes a policy; returns whether it existed.
+    pub fn delete_policy(&mut self, id: &PolicyId) -> bool {
+        let Some(old) = self.repo.delete(id) else {
+            return false;
+        };
+        let released = self.unindex(&old);
+        self.release(released);
+        true
+    }
+
+    /// Indexes `policy`'s selectors and CIDRs and marks its subjects dirty.
+    fn register(&mut self, policy: &Policy) -> Result<(), EngineError> {
+        for prefix in policy_prefixes(policy) {
+            let (id, created) = self.identities.acquire_prefix(prefix)?;
+            if created {
+                self.set_ipcache(prefix, id);
+                self.identity_changed(id);
+            }
+        }
+        for (i, section) in policy.sections.iter().enumerate() {
+            let sref = (policy.id.clone(), i);
+            let subject = Peer::Endpoints(section.subject.clone());
+            self.cache.add_user(
+                &subject,
+                SelectionContext {
+                    identities: &self.identities,
+                    addresses: &self.addresses,
+                },
+            );
+            self.subjects
+                .entry(subject)
+                .or_default()
+                .insert(sref.clone());
+            for peer in section_peers(section) {
+                self.cache.add_user(
+                    &peer,
+                    SelectionContext {
+                        identities: &self.identities,
+                        addresses: &self.addresses,
+                    },
+                );
+                self.peer_users
+                    .entry(peer)
+                    .or_default()
+                    .insert(sref.clone());
+            }
+            if section.egress.rules.iter().any(rule_has_named_port) {
+                self.named_egress.insert(sref.clone());
+            }
+            self.mark_subject(&section.subject);
+        }
+        Ok(())
+    }
+
+    /// Removes `policy` from the indexes and marks its subjects dirty; returns what must be
+    /// released once the replacement (if any) is registered.
+    fn unindex(&mut self, policy: &Policy) -> Released {
+        let mut released = Released::default();
+        for (i, section) in policy.sections.iter().enumerate() {
+            let sref = (policy.id.clone(), i);
+            self.mark_subject(&section.subject);
+            let subject = Peer::Endpoints(section.subject.clone());
+            if let Some(set) = self.subjects.get_mut(&subject) {
+                set.remove(&sref);
+                if set.is_empty() {
+                    self.subjects.remove(&subject);
+                }
+            }
+            released.peers.push(subject);
+            for peer in section_peers(section) {
+                if let Some(set) = self.peer_users.get_mut(&peer) {
+                    set.remove(&sref);
+                    if set.is_empty() {
+                        self.peer_users.remove(&peer);
+                    }
+                }
+                released.peers.push(peer);
+            }
+            self.named_egress.remove(&sref);
+        }
+        released.prefixes = policy_prefixes(policy);
+        released
+    }
+
+    fn release(&mut self, released: Released) {
+        for peer in &released.peers {
+            self.cache.remove_user(peer);
+        }
+        for prefix in released.prefixes {
+            let Some(id) = self.identities.by_prefix(&prefix) else {
+                continue;
+            };
+            if self.identities.release(id) == Some(true) {
+                self.remove_ipcache(&prefix);
+                self.identity_changed(id);
+            }
+        }
+    }
+
+    // ---- dirty tracking ----------------------------------------------------------------
+
+    /// Re-tests `id` in the selector cache and marks the users of changed selectors dirty.
+    fn identity_changed(&mut self, id: Identity) {
+        let cx = SelectionContext {
+            identities: &self.identities,
+            addresses: &self.addresses,
+        };
+        let changed = self.cache.identity_changed(id, cx);
+        for peer in changed {
+            let users: Vec<SectionRef> = self
+                .peer_users
+                .get(&peer)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            for sref in users {
+                self.mark_section(&sref);
+            }
+        }
+    }
+
+    fn mark_section(&mut self, sref: &SectionRef) {
+        let subject = self
+            .repo
+            .get(&sref.0)
+            .and_then(|p| p.sections.get(sref.1))
+            .map(|s| s.subject.clone());
+        if let Some(subject) = subject {
+            self.mark_subject(&subject);
+        }
+    }
+
+    fn mark_subject(&mut self, subject: &Selector) {
+        let selection = self.cache.selection(&Peer::Endpoints(subject.clone()));
+        for id in selection {
+            if let Some(pods) = self.pods_by_identity.get(id) {
+                self.dirty.extend(pods.iter().cloned());
+            }
+        }
+    }
+
+    fn mark_named_egress_users(&mut self) {
+        let users: Vec<SectionRef> = self.named_egress.iter().cloned().collect();
+        for sref in users {
+            self.mark_section(&sref);
+        }
+    }
+
+    // ---- compilation -------------------------------------------------------------------
+
+    /// Recompiles every dirty endpoint, applies the changes to its maps and returns all the
+    /// changes since the last commit (ipcache first, then endpoints by name).
+    pub fn commit(&mut self) -> Vec<Delta> {
+        let mut deltas = std::mem::take(&mut self.pending);
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in dirty {
+            let Some(state) = self.pods.get(&key) else {
+                continue;
+            };
+            let desired = [Direction::Egress, Direction::Ingress]
+                .map(|d| (d, self.desired(&state.pod, state.identity, d)));
+            let mut desired_entries = Vec::with_capacity(2);
+            for (d, (enforced, map)) in desired {
+                let entries: Vec<(PolicyKey, PolicyEntry)> = map
+                    .into_iter()
+                    .map(|(k, (action, origins))| {
+                        let cookie = self.cookies.intern(origins.into_iter().collect());
+                        (k, PolicyEntry { action, cookie })
+                    })
+                    .collect();
+                desired_entries.push((d, enforced, entries));
+            }
+            let ep = self.endpoints.entry(key.clone()).or_default();
+            for (d, enforced, entries) in desired_entries {
+                apply(&key, d, ep.direction_mut(d), enforced, entries, &mut deltas);
+            }
+        }
+        deltas
+    }
+
+    /// The map state endpoint `pod` (identity `id`) should have in direction `d`.
+    fn desired(&self, pod: &Pod, id: Identity, d: Direction) -> (bool, DesiredMap) {
+        let mut map = DesiredMap::new();
+        let mut applies = false;
+        let mut default_deny = false;
+        let mut default_allow_origins = BTreeSet::new();
+        for (subject, refs) in &self.subjects {
+            if !self.cache.selection(subject).contains(&id) {
+                continue;
+            }
+            for (pid, idx) in refs {
+                let Some(policy) = self.repo.get(pid) else {
+                    continue;
+                };
+                let Some(section) = policy.sections.get(*idx) else {
+                    continue;
+                };
+                let rules = section.direction(d);
+                if !rules.applies {
+                    continue;
+                }
+                applies = true;
+                default_deny |= rules.default_deny;
+                if !rules.default_deny {
+                    default_allow_origins.insert(RuleOrigin {
+                        policy: pid.clone(),
+                        rule: default_deny_path(&section.path, d),
+                    });
+                }
+                for rule in &rules.rules {
+                    let origin = RuleOrigin {
+                        policy: pid.clone(),
+                        rule: rule.path.clone(),
+                    };
+                    self.expand_rule(pod, d, rule, &origin, &mut map);
+                }
+            }
+        }
+        if !applies {
+            return (false, DesiredMap::new());
+        }
+        if !default_deny {
+            for o in default_allow_origins {
+                merge(&mut map, PolicyKey::l3(Identity::ANY), Action::Allow, o);
+            }
+        }
+        (true, map)
+    }
+
+    fn expand_rule(
+        &self,
+        pod: &Pod,
+        d: Direction,
+        rule: &Rule,
+        origin: &RuleOrigin,
+        map: &mut DesiredMap,
+    ) {
+        let action = match rule.verdict {
+            Verdict::Allow => Action::Allow,
+            Verdict::Deny => Action::Deny,
+        };
+        let mut peers: BTreeSet<Identity> = BTreeSet::new();
+        match &rule.peers {
+            Peers::All => {
+                peers.insert(Identity::ANY);
+            }
+            Peers::Only(list) => {
+                for p in list {
+                    peers.extend(self.cache.selection(p).iter().copied());
+                }
+            }
+        }
+        if peers.is_empty() {
+            return;
+        }
+        if rule.ports.is_empty() {
+            for id in &peers {
+                merge(map, PolicyKey::l3(*id), action, origin.clone());
+            }
+            return;
+        }
+        for spec in &rule.ports {
+            for &proto in spec.protocol.numbers() {
+                match &spec.port {
+                    PortSel::All => {
+                        for id in &peers {
+                            merge(
+                                map,
+                                PolicyKey::l4(*id, proto, PortRange::ANY),
+                                action,
+                                origin.clone(),
+                            );
+                        }
+                    }
+                    PortSel::Range(r) => {
+                        for id in &peers {
+                            merge(map, PolicyKey::l4(*id, proto, *r), action, origin.clone());
+                        }
+                    }
+                    PortSel::Named(name) => match d {
+                        Direction::Ingress => {
+                            for port in named_ports(pod, name, proto) {
+                                for id in &peers {
+                                    let key = PolicyKey::l4(*id, proto, PortRange::single(port));
+                                    merge(map, key, action, origin.clone());
+                                }
+                            }
+                        }
+                        Direction::Egress => {
+                            self.expand_named_egress(&peers, name, proto, action, origin, map)
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Egress to a named port: the port of each destination pod, per destination identity (the
+    /// wildcard expands to every pod identity that has such a port).
+    fn expand_named_egress(
+        &self,
+        peers: &BTreeSet<Identity>,
+        name: &str,
+        proto: u8,
+        action: Action,
+        origin: &RuleOrigin,
+        map: &mut DesiredMap,
+    ) {
+        let mut add = |id: Identity, pods: &BTreeSet<String>| {
+            for key in pods {
+                if let Some(state) = self.pods.get(key) {
+                    for port in named_ports(&state.pod, name, proto) {
+                        let k = PolicyKey::l4(id, proto, PortRange::single(port));
+                        merge(map, k, action, origin.clone());
+                    }
+                }
+            }
+        };
+        if peers.contains(&Identity::ANY) {
+            for (id, pods) in &self.pods_by_identity {
+                add(*id, pods);
+            }
+        } else {
+            for id in peers {
+                if let Some(pods) = self.pods_by_identity.get(id) {
+                    add(*id, pods);
+                }
+            }
+        }
+    }
+
+    // ---- queries -----------------------------------------------------------------------
+
+    /// The compiled maps of endpoint `namespace/name` (as of the last commit).
+    pub fn endpoint(&self, key: &str) -> Option<&EndpointPolicy> {
+        self.endpoints.get(key)
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = (&str, &EndpointPolicy)> {
+        self.endpoints.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn pod(&self, key: &str) -> Option<&Pod> {
+        self.pods.get(key).map(|s| &s.pod)
+    }
+
+    pub fn pod_identity(&self, key: &str) -> Option<Identity> {
+        self.pods.get(key).map(|s| s.identity)
+    }
+
+    /// The pod that owns `addr`, if any.
+    pub fn pod_by_ip(&self, addr: IpAddr) -> Option<&str> {
+        self.pod_by_ip.get(&addr).map(String::as_str)
+    }
+
+    /// The node that owns `addr`, if any.
+    pub fn node_by_ip(&self, addr: IpAddr) -> Option<&str> {
+        self.nodes
+            .iter()
+            .find(|(_, a)| **a == addr)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The identity the dataplane gives `addr` (ipcache longest-prefix match, else world),
+    /// with the prefix that matched.
+    pub fn resolve(&self, addr: IpAddr) -> (Identity, Option<Prefix>) {
+        self.ipcache.resolve(addr)
+    }
+
+    /// Every ipcache entry, sorted.
+    pub fn ipcache(&self) -> Vec<(Prefix, Identity)> {
+        let mut v: Vec<_> = self.ipcache.map.iter().map(|(p, i)| (*p, *i)).collect();
+        v.sort();
+        v
+    }
+
+    /// The rules a policy-map cookie stands for.
+    pub fn cookie_origins(&self, cookie: u32) -> &[RuleOrigin] {
+        self.cookies.get(cookie)
+    }
+
+    pub fn identities(&self) -> &IdentityTable {
+        &self.identities
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+}
+
+/// What to release after a policy is replaced or removed.
+#[derive(Debug, Default)]
+struct Released {
+    peers: Vec<Peer>,
+    prefixes: Vec<Prefix>,
+}
+
+type DesiredMap = BTreeMap<PolicyKey, (Action, BTreeSet<RuleOrigin>)>;
+
+/// Adds `origin`'s `action` for `key`: a deny replaces allows, an allow never replaces a deny.
+fn merge(map: &mut DesiredMap, key: PolicyKey, action: Action, origin: RuleOrigin) {
+    match map.get_mut(&key) {
+        None => {
+            map.insert(key, (action, [origin].into_iter().collect()));
+        }
+        Some((existing, origins)) if *existing == action => {
+            origins.insert(origin);
+        }
+        Some((existing, origins)) if action == Action::Deny => {
+            *existing = Action::Deny;
+            origins.clear();
+            origins.insert(origin);
+        }
+        Some(_) => {}
+    }
+}
+
+/// Makes `current` equal to (`enforced`, `entries`), recording every change.
+fn apply(
+    endpoint: &str,
+    d: Direction,
+    current: &mut DirectionalPolicy,
+    enforced: bool,
+    entries: Vec<(PolicyKey, PolicyEntry)>,
+    deltas: &mut Vec<Delta>,
+) {
+    if current.enforced != enforced {
+        current.enforced = enforced;
+        deltas.push(Delta::Enforce {
+            endpoint: endpoint.to_string(),
+            direction: d,
+            enforced,
+        });
+    }
+    let wanted: BTreeMap<PolicyKey, PolicyEntry> = entries.into_iter().collect();
+    let mut stale: Vec<PolicyKey> = current
+        .map
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    stale.sort();
+    for key in stale {
+        current.map.remove(&key);
+        deltas.push(Delta::Remove {
+            endpoint: endpoint.to_string(),
+            direction: d,
+            key,
+        });
+    }
+    for (key, entry) in wanted {
+        if current.map.get(&key) == Some(entry) {
+            continue;
+        }
+        // Keys are built by `PolicyKey::l3`/`l4` with a protocol whenever ports are narrowed,
+        // so the map cannot refuse them; a refusal would be a compiler bug, reported by the
+        // map's entry staying absent (and the trace showing it).
+        if current.map.insert(key, entry).is_ok() {
+            deltas.push(Delta::Upsert {
+                endpoint: endpoint.to_string(),
+                direction: d,
+                key,
+                entry,
+            });
+        }
+    }
+}
+
+fn named_ports<'a>(pod: &'a Pod, name: &'a str, proto: u8) -> impl Iterator<Item = u16> + 'a {
+    pod.ports
+        .iter()
+        .filter(move |p| p.protocol == proto && p.name.as_deref() == Some(name))
+        .map(|p| p.port)
+}
+
+fn rule_has_named_port(rule: &Rule) -> bool {
+    rule.ports
+        .iter()
+        .any(|p| matches!(p.port, PortSel::Named(_)))
+}
+
+/// Every peer selector a section's rules use.
+fn section_peers(section: &crate::model::Section) -> Vec<Peer> {
+    let mut out = Vec::new();
+    for rules in [&section.ingress, &section.egress] {
+        for rule in &rules.rules {
+            if let Peers::Only(list) = &rule.peers {
+                out.extend(list.iter().cloned());
+            }
+        }
+    }
+    out
+}
+
+/// Every prefix a policy needs a CIDR identity for: CIDRs and excepts, but not /0 (the whole
+/// address space beyond the known prefixes is `world`).
+fn policy_prefixes(policy: &Policy) -> Vec<Prefix> {
+    let mut out = Vec::new();
+    for section in &policy.sections {
+        for peer in section_peers(section) {
+            if let Peer::Cidr(c) = peer {
+                out.extend(
+                    std::iter::once(c.cidr)
+                        .chain(c.except.iter().copied())
+                        .filter(|p| !p.is_default()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Where the "no default deny" of a section is written, for the trace.
+fn default_deny_path(section: &str, d: Direction) -> String {
+    let dir = match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    };
+    format!("{section}.enableDefaultDeny.{dir}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{parse_cluster, ContainerPort};
+    use crate::parse::parse_policies;
+    use crate::trace::{parse_port_proto, trace, Probe};
+
+    const CLUSTER: &str = r#"
+namespaces: {x: {ns: x}, y: {ns: y}}
+pods:
+- {namespace: x, name: a, labels: {app: a}, ip: 10.1.0.1}
+- {namespace: y, name: a, labels: {app: web}, ip: 10.2.0.1, ports: [{name: web, containerPort: 8080}]}
+- {namespace: y, name: b, labels: {app: web, v: "2"}, ip: 10.2.0.2, ports: [{name: web, containerPort: 9090}]}
+- {namespace: y, name: c, labels: {app: web}, ip: 10.2.0.3}
+nodes: [{name: n1, ip: 192.168.0.1}]
+"#;
+
+    fn engine(policies: &str) -> PolicyEngine {
+        let cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let parsed = parse_policies("p.yaml", policies).unwrap();
+        PolicyEngine::build(&cluster, &parsed.policies).unwrap()
+    }
+
+    fn allowed(e: &PolicyEngine, from: &str, to: &str, port: &str) -> bool {
+        let (port, protocol) = parse_port_proto(port).unwrap();
+        let probe = Probe {
+            from: from.into(),
+            to: to.into(),
+            port,
+            protocol,
+        };
+        trace(e, &probe).unwrap().allowed()
+    }
+
+    fn np(ns: &str, name: &str, spec: &str) -> String {
+        format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+    }
+
+    fn cnp(ns: &str, name: &str, spec: &str) -> String {
+        format!("---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+    }
+
+    #[test]
+    fn no_policy_allows_everything() {
+        let e = engine("");
+        assert!(allowed(&e, "x/a", "y/a", "1/UDP"));
+        assert!(!e.endpoint("x/a").unwrap().ingress.enforced);
+    }
+
+    #[test]
+    fn named_ports_resolve_per_destination_pod() {
+        // Egress: the name resolves against each destination pod.
+        let e = engine(&np(
+            "x",
+            "to-web",
+            "  podSelector: {}\n  egress:\n  - ports: [{port: web}]\n",
+        ));
+        assert!(allowed(&e, "x/a", "y/a", "8080/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "9090/TCP"));
+        assert!(allowed(&e, "x/a", "y/b", "9090/TCP"));
+        assert!(!allowed(&e, "x/a", "y/b", "8080/TCP"));
+        // y/c shares y/a's identity: the egress map cannot tell them apart, so y/a's port is
+        // open towards y/c as well (documented over-approximation, as in Cilium).
+        assert!(allowed(&e, "x/a", "y/c", "8080/TCP"));
+        // Ingress: against the selected pod itself.
+        let e = engine(&np(
+            "y",
+            "web",
+            "  podSelector: {}\n  ingress:\n  - ports: [{port: web}]\n",
+        ));
+        assert!(allowed(&e, "x/a", "y/a", "8080/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "9090/TCP"));
+        assert!(allowed(&e, "x/a", "y/b", "9090/TCP"));
+        assert!(
+            !allowed(&e, "x/a", "y/b", "8080/UDP"),
+            "protocol must match too"
+        );
+    }
+
+    #[test]
+    fn end_port_range_is_inclusive() {
+        let e = engine(&np(
+            "y",
+            "range",
+            "  podSelector: {}\n  ingress:\n  - ports: [{port: 100, endPort: 200}]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "y/a", "99/TCP"));
+        assert!(allowed(&e, "x/a", "y/a", "100/TCP"));
+        assert!(allowed(&e, "x/a", "y/a", "200/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "201/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "150/UDP"));
+    }
+
+    #[test]
+    fn deny_beats_a_more_specific_allow() {
+        let e = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': x}}]\n    toPorts: [{ports: [{port: '80', protocol: TCP}]}]\n  ingressDeny:\n  - fromEntities: [cluster]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        let e2 = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': x}}]\n    toPorts: [{ports: [{port: '80', protocol: TCP}]}]\n",
+        ));
+        assert!(allowed(&e2, "x/a", "y/a", "80/TCP"));
+    }
+
+    #[test]
+    fn default_deny_off_only_matters_when_no_other_policy_wants_it() {
+        let deny_world =
+            "  endpointSelector: {}\n  enableDefaultDeny: {ingress: false}\n  ingressDeny:\n  - fromEntities: [world]\n";
+        let e = engine(&cnp("y", "p", deny_world));
+        assert!(allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(!allowed(&e, "8.8.8.8", "y/a", "80/TCP"));
+        let both = format!(
+            "{}{}",
+            cnp("y", "p", deny_world),
+            np("y", "deny", "  podSelector: {}\n  policyTypes: [Ingress]\n")
+        );
+        let e = engine(&both);
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+    }
+
+    #[test]
+    fn except_blocks_and_cilium_cidrs() {
+        let e = engine(&cnp(
+            "x",
+            "p",
+            "  endpointSelector: {}\n  egress:\n  - toCIDRSet: [{cidr: 8.0.0.0/8, except: [8.8.0.0/16]}]\n  - toCIDR: [10.2.0.0/16]\n",
+        ));
+        assert!(allowed(&e, "x/a", "8.1.2.3", "53/UDP"));
+        assert!(!allowed(&e, "x/a", "8.8.8.8", "53/UDP"));
+        assert!(!allowed(&e, "x/a", "9.9.9.9", "53/UDP"));
+        // Cilium CIDR rules do not select pods, even when the prefix covers their addresses.
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(allowed(&e, "x/a", "10.2.9.9", "80/TCP"));
+        let ipcache = e.ipcache();
+        assert!(ipcache.contains(&(
+            "8.8.0.0/16".parse().unwrap(),
+            Identity(crate::identity::FIRST_CIDR_IDENTITY + 1)
+        )));
+    }
+
+    #[test]
+    fn ip_block_cannot_split_an_identity() {
+        // y/a and y/c share one identity; a block that covers only y/a selects neither.
+        let e = engine(&np(
+            "x",
+            "p",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.2.0.1/32}}]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        let e = engine(&np(
+            "x",
+            "p",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.2.0.0/30}}]\n",
+        ));
+        assert!(allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(allowed(&e, "x/a", "y/c", "80/TCP"));
+    }
+
+    #[test]
+    fn entities() {
+        let e = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEntities: [remote-node]\n",
+        ));
+        assert!(allowed(&e, "192.168.0.1", "y/a", "80/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(!allowed(&e, "1.1.1.1", "y/a", "80/TCP"));
+        let e = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEntities: [cluster]\n",
+        ));
+        assert!(allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(allowed(&e, "192.168.0.1", "y/a", "80/TCP"));
+        assert!(!allowed(&e, "1.1.1.1", "y/a", "80/TCP"));
+        let e = engine(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEntities: [world]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "y/a", "80/TCP"));
+        assert!(allowed(&e, "1.1.1.1", "y/a", "80/TCP"));
+    }
+
+    #[test]
+    fn cookies_name_every_rule_behind_an_entry() {
+        let e = engine(&format!(
+            "{}{}",
+            np(
+                "y",
+                "one",
+                "  podSelector: {}\n  ingress:\n  - ports: [{port: 80}]\n"
+            ),
+            np(
+                "y",
+                "two",
+                "  podSelector: {}\n  ingress:\n  - {}\n  - ports: [{port: 80}]\n"
+            )
+        ));
+        let probe = Probe {
+            from: "x/a".into(),
+            to: "y/a".into(),
+            port: 80,
+            protocol: 6,
+        };
+        let r = trace(&e, &probe).unwrap();
+        let names: Vec<String> = r
+            .ingress
+            .rules
+            .iter()
+            .map(|r| format!("{} {}", r.policy, r.rule))
+            .collect();
+        assert_eq!(
+            names,
+            vec!["y/one spec.ingress[0]", "y/two spec.ingress[1]"]
+        );
+        assert_eq!(r.ingress.match_kind, Some("l4-only"));
+    }
+
+    /// Endpoint maps as comparable data: cookies replaced by the rules they name.
+    type Snapshot =
+        BTreeMap<String, Vec<(bool, Vec<(String, u8, PortRange, Action, Vec<RuleOrigin>)>)>>;
+
+    /// Identities are named by their labels or prefix, so two histories that numbered them
+    /// differently still compare equal.
+    fn snapshot(e: &PolicyEngine) -> Snapshot {
+        e.endpoints()
+            .map(|(k, ep)| {
+                let dirs = [&ep.ingress, &ep.egress]
+                    .iter()
+                    .map(|d| {
+                        let mut entries: Vec<_> = d
+                            .map
+                            .iter()
+                            .map(|(key, entry)| {
+                                (
+                                    e.identities().describe(key.identity),
+                                    key.proto,
+                                    key.ports,
+                                    entry.action,
+                                    e.cookie_origins(entry.cookie).to_vec(),
+                                )
+                            })
+                            .collect();
+                        entries.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+                        (d.enforced, entries)
+                    })
+                    .collect();
+                (k.to_string(), dirs)
+            })
+            .collect()
+    }
+
+    const POLICIES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: y}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: blue}}}]
+    ports: [{port: web}]
+  - from: [{ipBlock: {cidr: 10.1.0.0/16, except: [10.1.9.0/24]}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: x-egress, namespace: x}
+spec:
+  endpointSelector: {}
+  egress:
+  - toEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': y}}]
+    toPorts: [{ports: [{port: web}]}]
+  egressDeny:
+  - toCIDR: [10.1.9.0/24]
+"#;
+
+    #[test]
+    fn deltas_match_a_full_rebuild() {
+        let parsed = parse_policies("p.yaml", POLICIES).unwrap();
+        let mut cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let mut e = PolicyEngine::build(&cluster, &[]).unwrap();
+        for p in &parsed.policies {
+            e.upsert_policy(p.clone()).unwrap();
+        }
+        e.commit();
+        assert_eq!(
+            snapshot(&e),
+            snapshot(&PolicyEngine::build(&cluster, &parsed.policies).unwrap())
+        );
+
+        // A new pod in x with a named port: only maps that can see it change.
+        let pod = Pod {
+            namespace: "x".into(),
+            name: "n".into(),
+            labels: [("app", "new")].into_iter().collect(),
+            ip: "10.1.9.7".parse().unwrap(),
+            ports: vec![ContainerPort {
+                name: Some("web".into()),
+                port: 7000,
+                protocol: 6,
+            }],
+        };
+        e.upsert_pod(pod.clone()).unwrap();
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::IpcacheUpsert {
+            prefix: "10.1.9.7/32".parse().unwrap(),
+            identity: e.pod_identity("x/n").unwrap()
+        }));
+        cluster.pods.push(pod);
+        assert_eq!(
+            snapshot(&e),
+            snapshot(&PolicyEngine::build(&cluster, &parsed.policies).unwrap())
+        );
+
+        // Namespace labels change: x's pods get new identities; y's web policy now selects them.
+        let blue: Labels = [("ns", "x"), ("team", "blue")].into_iter().collect();
+        e.upsert_namespace("x", blue.clone()).unwrap();
+        let deltas = e.commit();
+        assert!(deltas
+            .iter()
+            .any(|d| matches!(d, Delta::Upsert { endpoint, .. } if endpoint == "y/a")));
+        let mut blue_full = blue;
+        blue_full.insert(NAMESPACE_NAME_LABEL, "x");
+        cluster.namespaces.insert("x".into(), blue_full);
+        let full = PolicyEngine::build(&cluster, &parsed.policies).unwrap();
+        assert_eq!(snapshot(&e), snapshot(&full));
+        assert!(allowed(&e, "x/a", "y/a", "8080/TCP"));
+
+        // Removing a policy empties the maps of its subjects and releases its CIDR identities.
+        let id = parsed.policies[1].id.clone();
+        assert!(e.delete_policy(&id));
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::Enforce {
+            endpoint: "x/a".into(),
+            direction: Direction::Egress,
+            enforced: false
+        }));
+        // 10.1.9.0/24 is still the `except` of policy y/web: its CIDR identity stays.
+        assert!(e
+            .ipcache()
+            .iter()
+            .any(|(p, _)| p.to_string() == "10.1.9.0/24"));
+        assert!(e.delete_policy(&parsed.policies[0].id));
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::IpcacheRemove {
+            prefix: "10.1.9.0/24".parse().unwrap()
+        }));
+        assert!(!e.endpoint("y/a").unwrap().ingress.enforced);
+        assert!(e.endpoint("x/a").unwrap().egress.map.is_empty());
+
+        // Deleting a pod removes its endpoint and its ipcache entry.
+        assert!(e.delete_pod("x", "n"));
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::EndpointRemoved {
+            endpoint: "x/n".into()
+        }));
+        assert!(deltas.contains(&Delta::IpcacheRemove {
+            prefix: "10.1.9.7/32".parse().unwrap()
+        }));
+        // Nothing changed: nothing to send.
+        assert!(e.commit().is_empty());
+    }
+
+    #[test]
+    fn adding_a_pod_touches_only_affected_endpoints() {
+        let parsed = parse_policies("p.yaml", POLICIES).unwrap();
+        let cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let mut e = PolicyEngine::build(&cluster, &parsed.policies).unwrap();
+        // A pod in y with a `web` port: x's egress (to y, port web) must now include it; y's
+        // web policy does not select it and nobody else can see it.
+        e.upsert_pod(Pod {
+            namespace: "y".into(),
+            name: "other".into(),
+            labels: [("app", "other")].into_iter().collect(),
+            ip: "10.2.0.9".parse().unwrap(),
+            ports: vec![ContainerPort {
+                name: Some("web".into()),
+                port: 7070,
+                protocol: 6,
+            }],
+        })
+        .unwrap();
+        let deltas = e.commit();
+        let touched: BTreeSet<&str> = deltas
+            .iter()
+            .filter_map(|d| match d {
+                Delta::Upsert { endpoint, .. }
+                | Delta::Remove { endpoint, .. }
+                | Delta::Enforce { endpoint, .. } => Some(endpoint.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(touched, ["x/a"].into_iter().collect(), "{deltas:?}");
+    }
+
+    #[test]
+    fn engine_refuses_bad_changes() {
+        let cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let mut e = PolicyEngine::build(&cluster, &[]).unwrap();
+        let mut pod = cluster.pods[0].clone();
+        pod.name = "dup".into();
+        assert!(matches!(
+            e.upsert_pod(pod.clone()),
+            Err(EngineError::AddressInUse { .. })
+        ));
+        pod.namespace = "nope".into();
+        assert!(matches!(
+            e.upsert_pod(pod),
+            Err(EngineError::UnknownNamespace { .. })
+        ));
+    }
+}

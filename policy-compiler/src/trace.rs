@@ -1,0 +1,326 @@
+//! `policy trace`: is a flow allowed, and which policies and rules decided.
+//!
+//! The trace resolves both ends to identities the way the dataplane does (a pod is its
+//! endpoint; any other address goes through the ipcache, longest prefix first, else `world`),
+//! then asks the sender's egress map and the receiver's ingress map through
+//! [`DirectionalPolicy::lookup`](dataplane::tables::policy::DirectionalPolicy::lookup) — the
+//! dataplane's own function, over the compiled maps — so the answer is what the dataplane does.
+//! The cookie of the deciding entry names the rules. A side that is not a pod of the cluster
+//! has no map: that direction is not enforced.
+//!
+//! The flow is allowed when both directions allow it.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use dataplane::tables::policy::{Decision, Direction, MatchKind};
+use dataplane::Identity;
+
+use crate::compile::PolicyEngine;
+use crate::doc::{split_documents, Node};
+use crate::error::Error;
+use crate::model::Protocol;
+
+/// One flow to explain, as written by the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// `namespace/pod` or an IP address.
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    /// IP protocol number (6, 17, 132).
+    pub protocol: u8,
+}
+
+/// Why a probe could not be traced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceError {
+    #[error("`{0}` is neither a pod of the cluster file (namespace/name) nor an IP address; check the spelling or add the pod to the cluster file")]
+    UnknownEndpoint(String),
+    #[error("`{0}` is not PORT/PROTO; write e.g. 80/TCP, 53/UDP or 3868/SCTP")]
+    BadPort(String),
+}
+
+/// Parses `80/TCP` (protocol TCP, UDP or SCTP, any case; `80` alone means TCP).
+pub fn parse_port_proto(s: &str) -> Result<(u16, u8), TraceError> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+    let port = port
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| TraceError::BadPort(s.to_string()))?;
+    let proto =
+        Protocol::parse(proto.trim(), false).ok_or_else(|| TraceError::BadPort(s.to_string()))?;
+    Ok((port, proto.numbers()[0]))
+}
+
+/// Parses a probes file: a list of `{"from", "to", "port", "protocol"}` (protocol defaults to
+/// TCP).
+pub fn parse_probes(source: &str, text: &str) -> Result<Vec<Probe>, Error> {
+    let docs = split_documents(source, text)?;
+    let mut out = Vec::with_capacity(docs.len());
+    for doc in &docs {
+        let n = Node::root(doc);
+        n.fields(&["from", "to", "port", "protocol"], &[])?;
+        let from = n.required("from", "the source (namespace/pod or IP)", |v| {
+            v.str().map(str::to_string)
+        })?;
+        let to = n.required("to", "the destination (namespace/pod or IP)", |v| {
+            v.str().map(str::to_string)
+        })?;
+        let port = n.required("port", "the destination port", |v| v.u16())?;
+        let protocol = n
+            .with_field("protocol", |v| {
+                let s = v.str()?;
+                Protocol::parse(s, false)
+                    .map(|p| p.numbers()[0])
+                    .ok_or_else(|| v.error(format!("unknown protocol `{s}`; use TCP, UDP or SCTP")))
+            })?
+            .unwrap_or(Protocol::TCP);
+        out.push(Probe {
+            from,
+            to,
+            port,
+            protocol,
+        });
+    }
+    Ok(out)
+}
+
+/// A rule that decided, for output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub kind: &'static str,
+    /// `namespace/name`, or `name` for cluster-wide policies.
+    pub policy: String,
+    /// Field path of the rule in the policy (`spec.ingress[0]`).
+    pub rule: String,
+}
+
+/// The remote side as the deciding map sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Remote {
+    pub identity: u32,
+    /// Labels, `reserved:world`, `cidr:10.0.0.0/8`, ...
+    pub description: String,
+}
+
+/// One direction's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectionTrace {
+    /// The endpoint whose map was consulted (`namespace/pod`); `None` when that side is not a
+    /// pod of the cluster.
+    pub endpoint: Option<String>,
+    pub enforced: bool,
+    /// `allowed` or `denied`.
+    pub decision: &'static str,
+    /// `not-enforced`, `allow-rule`, `deny-rule` or `default-deny`.
+    pub reason: &'static str,
+    /// Which lookup class matched: `l3-l4`, `l4-only`, `l3-only`, `allow-all`.
+    #[serde(rename = "match")]
+    pub match_kind: Option<&'static str>,
+    pub remote: Remote,
+    /// The policies and rules behind the deciding entry (empty for default deny and not
+    /// enforced).
+    pub rules: Vec<RuleRef>,
+}
+
+/// The answer for one probe (the `-o json` element).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceResult {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: String,
+    /// `allowed` or `denied`.
+    pub verdict: &'static str,
+    pub egress: DirectionTrace,
+    pub ingress: DirectionTrace,
+}
+
+impl TraceResult {
+    pub fn allowed(&self) -> bool {
+        self.verdict == "allowed"
+    }
+}
+
+/// One end of a flow, resolved.
+struct Side {
+    /// The pod, when the end is a pod of the cluster.
+    pod: Option<String>,
+    identity: Identity,
+}
+
+fn resolve(engine: &PolicyEngine, who: &str) -> Result<Side, TraceError> {
+    if let Ok(addr) = who.parse::<IpAddr>() {
+        if let Some(pod) = engine.pod_by_ip(addr) {
+            return resolve(engine, pod);
+        }
+        let (identity, _) = engine.resolve(addr);
+        return Ok(Side {
+            pod: None,
+            identity,
+        });
+    }
+    let identity = engine
+        .pod_identity(who)
+        .ok_or_else(|| TraceError::UnknownEndpoint(who.to_string()))?;
+    Ok(Side {
+        pod: Some(who.to_string()),
+        identity,
+    })
+}
+
+/// Traces one probe through the compiled maps.
+pub fn trace(engine: &PolicyEngine, probe: &Probe) -> Result<TraceResult, TraceError> {
+    let src = resolve(engine, &probe.from)?;
+    let dst = resolve(engine, &probe.to)?;
+    let egress = direction(engine, &src, &dst, Direction::Egress, probe);
+    let ingress = direction(engine, &dst, &src, Direction::Ingress, probe);
+    let allowed = egress.decision == "allowed" && ingress.decision == "allowed";
+    Ok(TraceResult {
+        from: probe.from.clone(),
+        to: probe.to.clone(),
+        port: probe.port,
+        protocol: Protocol::name_of(probe.protocol),
+        verdict: if allowed { "allowed" } else { "denied" },
+        egress,
+        ingress,
+    })
+}
+
+/// Looks up `local`'s map in direction `d` for traffic with `remote`.
+fn direction(
+    engine: &PolicyEngine,
+    local: &Side,
+    remote: &Side,
+    d: Direction,
+    probe: &Probe,
+) -> DirectionTrace {
+    let policy = local
+        .pod
+        .as_deref()
+        .and_then(|p| engine.endpoint(p))
+        .map(|ep| ep.direction(d));
+    let decision = match policy {
+        Some(p) => p.lookup(remote.identity, probe.protocol, probe.port),
+        None => Decision::NotEnforced,
+    };
+    let (verdict, reason, match_kind, cookie) = match decision {
+        Decision::NotEnforced => ("allowed", "not-enforced", None, None),
+        Decision::Allowed { cookie, by } => ("allowed", "allow-rule", Some(by), Some(cookie)),
+        Decision::DeniedByRule { cookie, by } => ("denied", "deny-rule", Some(by), Some(cookie)),
+        Decision::DeniedByDefault => ("denied", "default-deny", None, None),
+    };
+    let rules = cookie
+        .map(|c| {
+            engine
+                .cookie_origins(c)
+                .iter()
+                .map(|o| RuleRef {
+                    kind: o.policy.kind.as_str(),
+                    policy: o.policy.qualified_name(),
+                    rule: o.rule.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    DirectionTrace {
+        endpoint: local.pod.clone(),
+        enforced: policy.is_some_and(|p| p.enforced),
+        decision: verdict,
+        reason,
+        match_kind: match_kind.map(match_name),
+        remote: Remote {
+            identity: remote.identity.0,
+            description: engine.identities().describe(remote.identity),
+        },
+        rules,
+    }
+}
+
+fn match_name(m: MatchKind) -> &'static str {
+    match m {
+        MatchKind::L3L4 => "l3-l4",
+        MatchKind::L4Only => "l4-only",
+        MatchKind::L3Only => "l3-only",
+        MatchKind::AllowAll => "allow-all",
+    }
+}
+
+/// A readable explanation of one result (several lines, no trailing newline).
+pub fn explain(r: &TraceResult) -> String {
+    let mut out = format!(
+        "{} -> {} {}/{}: {}",
+        r.from,
+        r.to,
+        r.port,
+        r.protocol,
+        r.verdict.to_uppercase()
+    );
+    for (name, d) in [("egress ", &r.egress), ("ingress", &r.ingress)] {
+        out.push_str(&format!("\n  {name} {}", explain_direction(name.trim(), d)));
+    }
+    out
+}
+
+fn explain_direction(dir: &str, d: &DirectionTrace) -> String {
+    let at = d.endpoint.as_deref().unwrap_or("-");
+    let remote = format!(
+        "remote identity {} ({})",
+        d.remote.identity, d.remote.description
+    );
+    let rules = d
+        .rules
+        .iter()
+        .map(|r| format!("{} {} {}", r.kind, r.policy, r.rule))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let how = d.match_kind.unwrap_or("");
+    match (d.reason, &d.endpoint) {
+        ("not-enforced", None) => {
+            format!("allowed: not a pod of the cluster, no {dir} policy applies")
+        }
+        ("not-enforced", Some(_)) => {
+            format!("allowed at {at}: no policy selects {at} for {dir}")
+        }
+        ("allow-rule", _) => format!("allowed at {at} by {rules} [{how} entry, {remote}]"),
+        ("deny-rule", _) => format!("DENIED at {at} by {rules} [{how} entry, {remote}]"),
+        _ => format!(
+            "DENIED at {at}: {dir} is default-deny and no rule allows {remote} on this port"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_proto_parsing() {
+        assert_eq!(parse_port_proto("80/TCP").unwrap(), (80, 6));
+        assert_eq!(parse_port_proto("53/udp").unwrap(), (53, 17));
+        assert_eq!(parse_port_proto("81").unwrap(), (81, 6));
+        assert_eq!(parse_port_proto("3868/SCTP").unwrap(), (3868, 132));
+        assert!(parse_port_proto("80/ICMP").is_err());
+        assert!(parse_port_proto("http/TCP").is_err());
+    }
+
+    #[test]
+    fn probes_file() {
+        let p = parse_probes(
+            "p.json",
+            r#"[{"from":"x/a","to":"10.0.0.1","port":80,"protocol":"UDP"},{"from":"x/a","to":"y/b","port":81}]"#,
+        )
+        .unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].protocol, 17);
+        assert_eq!(p[1].protocol, 6);
+        let e = parse_probes("p.json", r#"[{"from":"x/a","to":"y/b"}]"#).unwrap_err();
+        assert!(
+            e.to_string().contains("document 1") && e.to_string().contains("`port`"),
+            "{e}"
+        );
+    }
+}
