@@ -409,8 +409,13 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     Ok(cfg)
 }
 
-/// Bytes the UMEMs will pin, plus room for the BPF maps.
+/// Bytes the locked-memory limit must allow: room for the BPF maps, plus the UMEMs unless the
+/// kernel does not charge them to this process (`CAP_IPC_LOCK`).
 fn memlock_needed(cfg: &DaemonConfig, workers: &[WorkerSection]) -> u64 {
+    let maps = (1 << 20) * cfg.interfaces.len() as u64;
+    if !preflight::umem_counts_against_memlock() {
+        return maps;
+    }
     let xsk = XskConfig::default();
     let per_port = u64::from(xsk.frames_per_port) * u64::from(xsk.frame_size);
     let ports: u64 = workers
@@ -419,8 +424,7 @@ fn memlock_needed(cfg: &DaemonConfig, workers: &[WorkerSection]) -> u64 {
         .filter_map(|name| cfg.interfaces.iter().find(|i| &i.name == name))
         .map(|i| u64::from(i.queues))
         .sum();
-    let maps = 1 << 20;
-    ports * per_port + maps * cfg.interfaces.len() as u64
+    ports * per_port + maps
 }
 
 /// Empty tables; the uplink's index, MAC and MTU come from the interface itself.
@@ -588,6 +592,9 @@ fn install_signal_handlers() -> io::Result<()> {
 fn wait(running: &Running) -> Result<(), DaemonError> {
     while !SHUTDOWN.load(Ordering::Relaxed) {
         thread::sleep(WAIT_INTERVAL);
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            break; // The threads may already have seen the flag and returned: that is fine.
+        }
         let stopped_worker = running
             .workers
             .iter()
