@@ -250,7 +250,7 @@ fn log(message: &str) {
     eprintln!("flagella-dataplane: {message}");
 }
 
-/// Everything that runs; dropping it in field order detaches the XDP programs last.
+/// Everything started so far; [`stop`] takes it down in reverse order.
 struct Running {
     workers: Vec<(String, JoinHandle<Result<(), IoError>>)>,
     server: Option<JoinHandle<Result<(), ServerError>>>,
@@ -667,5 +667,133 @@ fn stop(running: Running) -> Result<(), DaemonError> {
     match first {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("flagella-dataplane").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    /// A configuration file for one test, removed when dropped.
+    struct TempConfig(PathBuf);
+
+    impl TempConfig {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "flagella-dataplane-{}-{name}.toml",
+                std::process::id()
+            ));
+            fs::write(&path, text).unwrap();
+            TempConfig(path)
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn interface_flags_parse_and_bad_ones_are_explained() {
+        assert_eq!(parse_interface("lxc1=pod"), Ok(("lxc1".into(), Role::Pod)));
+        assert_eq!(
+            parse_interface("eth1=uplink"),
+            Ok(("eth1".into(), Role::Uplink))
+        );
+        assert!(parse_interface("eth1").unwrap_err().contains("NAME=pod"));
+        assert!(parse_interface("eth1=router")
+            .unwrap_err()
+            .contains("uplink"));
+        assert!(parse_interface("=pod").is_err());
+    }
+
+    #[test]
+    fn flags_add_to_and_override_the_file() {
+        let file = TempConfig::new(
+            "merge",
+            "batch_size = 32\n[[interface]]\nname = \"eth1\"\nrole = \"pod\"\n",
+        );
+        let path = file.0.to_str().unwrap();
+        let cfg = effective_config(&cli(&[
+            "--config",
+            path,
+            "--interface",
+            "eth1=uplink",
+            "--interface",
+            "lxc1=pod",
+            "--socket",
+            "/tmp/s.sock",
+            "--xdp-mode",
+            "generic",
+            "--core",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.batch_size, 32, "kept from the file");
+        assert_eq!(cfg.uplink().map(|i| i.name.as_str()), Some("eth1"));
+        assert_eq!(cfg.interfaces.len(), 2);
+        assert_eq!(cfg.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(cfg.xdp_mode, XdpMode::Generic);
+        let workers = cfg.effective_workers();
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers[0].core, Some(1));
+        assert_eq!(workers[0].interfaces, vec!["eth1", "lxc1"]);
+    }
+
+    #[test]
+    fn usage_and_configuration_errors_exit_with_2() {
+        let empty = TempConfig::new("empty", "");
+        let path = empty.0.to_str().unwrap();
+        let none = effective_config(&cli(&["--config", path])).unwrap_err();
+        assert!(none.to_string().contains("--interface"), "{none}");
+        assert_eq!(none.exit_code(), 2);
+
+        let bad = effective_config(&cli(&[
+            "--config",
+            path,
+            "--interface",
+            "a=pod",
+            "--batch-size",
+            "0",
+        ]))
+        .unwrap_err();
+        assert!(bad.to_string().contains("batch_size"), "{bad}");
+        assert_eq!(bad.exit_code(), 2);
+
+        let two = TempConfig::new(
+            "two-workers",
+            "[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"b\"\nrole = \"pod\"\n\
+             [[worker]]\ninterfaces = [\"a\"]\n[[worker]]\ninterfaces = [\"b\"]\n",
+        );
+        let err = effective_config(&cli(&["--config", two.0.to_str().unwrap(), "--core", "0"]))
+            .unwrap_err();
+        assert!(err.to_string().contains("core"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+
+        let missing =
+            effective_config(&cli(&["--config", "/nonexistent/flagella.toml"])).unwrap_err();
+        assert_eq!(missing.exit_code(), 2);
+        assert!(Cli::try_parse_from(["flagella-dataplane", "--xdp-mode", "fast"]).is_err());
+    }
+
+    #[test]
+    fn runtime_errors_exit_with_1() {
+        let err = DaemonError::ThreadFailed {
+            name: "worker-0".into(),
+            reason: "x".into(),
+        };
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn checksum_completion_is_on_unless_turned_off() {
+        assert!(cli(&[]).complete_l4_checksums);
+        assert!(!cli(&["--complete-l4-checksums", "false"]).complete_l4_checksums);
     }
 }
