@@ -64,6 +64,24 @@ pub fn ifindex(name: &str) -> Result<u32, PreflightError> {
     }
 }
 
+/// `CAP_IPC_LOCK`'s bit in the capability sets.
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Whether AF_XDP UMEMs count against RLIMIT_MEMLOCK for this process: the kernel skips the
+/// accounting for a process with `CAP_IPC_LOCK` in its effective set (root usually has it;
+/// a container's root may lack `CAP_SYS_RESOURCE` and so be unable to raise the limit, which
+/// then does not matter). Reads `/proc/self/status`; when it cannot tell, answers `true`.
+pub fn umem_counts_against_memlock() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_IPC_LOCK) == 0)
+}
+
 /// Raises RLIMIT_MEMLOCK to at least `need` bytes when the hard limit allows; errors otherwise.
 pub fn ensure_memlock(need: u64) -> Result<(), PreflightError> {
     let mut lim = libc::rlimit {
@@ -113,6 +131,14 @@ mod tests {
     #[test]
     fn memlock_within_the_current_limit_is_fine() {
         assert_eq!(ensure_memlock(0), Ok(()));
+    }
+
+    #[test]
+    fn root_with_ipc_lock_is_not_charged_for_umems() {
+        // Root in a test container normally has CAP_IPC_LOCK; a plain user does not.
+        if check_root().is_err() {
+            assert!(umem_counts_against_memlock());
+        }
     }
 
     #[test]

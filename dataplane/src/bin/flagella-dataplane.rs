@@ -1,0 +1,799 @@
+//! `flagella-dataplane`: the node's packet path as a process.
+//!
+//! Start order (each step only after the previous one succeeded; a failure undoes what was
+//! done, in reverse, by dropping it):
+//! 1. configuration: the TOML file (optional when flags name the interfaces), then the flags;
+//! 2. preflight: root, AF_XDP, the interfaces, the memlock limit;
+//! 3. tables: empty, with the uplink's index, MAC and MTU read from the interface;
+//! 4. one XDP program per interface, attached through a `bpf_link` this process owns, so the
+//!    kernel detaches it when the process dies, even on `kill -9`;
+//! 5. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
+//!    interface's program, then one busy-polling thread per worker;
+//! 6. the control socket, served on its own thread;
+//! 7. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
+//!
+//! Stop order: the shared shutdown flag stops the workers and the control server; the
+//! threads are joined; the server removes its socket file; the XDP programs are detached.
+//!
+//! Exit codes (systemd reads them): 0 clean stop, 1 runtime error, 2 usage, configuration or
+//! preflight error (restarting will not help until something is changed).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+use dataplane::api::{ControlServer, ServerError, StatsRegistry, TablesHandle};
+use dataplane::daemon::config::{
+    ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerConfig as WorkerSection, XdpMode,
+    DEFAULT_CONFIG_PATH,
+};
+use dataplane::daemon::preflight::{self, PreflightError};
+use dataplane::io::{IoError, PortSpec, Worker, WorkerConfig, XskConfig};
+use dataplane::pipeline::PipelineConfig;
+use dataplane::tables::conntrack::CtConfig;
+use dataplane::tables::maglev::DEFAULT_M;
+use dataplane::tables::services::{ServiceError, Services};
+use dataplane::tables::{LocalNode, Tables};
+use dataplane::MacAddr;
+use xdp_redirect::{AttachMode, RedirectConfig, XdpAttachment, XdpError, XdpProgram};
+
+/// Set by SIGTERM/SIGINT (and by the main thread when a thread fails); every thread polls it.
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+/// The Maglev seed: it must be the same on every node so that a flow picks the same backend
+/// wherever it lands. A constant until the control process distributes one.
+const MAGLEV_SEED: u64 = 0x666c_6167_656c_6c61; // "flagella"
+
+/// How often the main thread looks at the flag and at its threads.
+const WAIT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Counter publication to the control socket's `status`: every this many worker passes.
+const PUBLISH_EVERY: u32 = 1024;
+
+const ABOUT: &str = "Flagella's dataplane: pod traffic through AF_XDP and a user-space pipeline";
+
+const LONG_ABOUT: &str = "\
+Flagella's dataplane: attaches a small XDP program to each configured interface, receives the
+traffic of pods (and of the uplink) in AF_XDP sockets, and runs it through the Flagella pipeline
+(identity, conntrack, network policy, service load balancing, routing, VXLAN/Geneve) in
+busy-polling worker threads. It starts with empty tables: the node agent (or you) fills them over
+the control socket (newline-delimited JSON; see docs/control-socket.md):
+
+    echo '{\"op\":\"status\"}' | socat - UNIX-CONNECT:/run/flagella/dataplane.sock
+
+Configuration comes from a TOML file (see --config) and these flags, which win over the file.
+Example /etc/flagella/dataplane.toml:
+
+    socket = \"/run/flagella/dataplane.sock\"
+    batch_size = 64
+    xdp_mode = \"native\"
+    [[interface]]
+    name = \"eth1\"
+    role = \"uplink\"
+    [[interface]]
+    name = \"lxc-pod1\"
+    role = \"pod\"
+    [[worker]]
+    core = 1
+    interfaces = [\"eth1\", \"lxc-pod1\"]
+
+Runs as root. Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
+process is killed (the kernel owns their links through this process's file descriptors).";
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  stopped cleanly (SIGTERM or SIGINT)
+  1  runtime error (attaching XDP, opening sockets, a worker or the control socket failed)
+  2  usage, configuration or preflight error (not root, no AF_XDP, a missing interface, memlock
+     too low): fix what the message says before starting again
+
+Example (two pods and an uplink, no configuration file):
+  flagella-dataplane --interface eth1=uplink --interface lxc1=pod --interface lxc2=pod \\
+      --socket /run/flagella/dataplane.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flagella-dataplane",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// Configuration file (TOML). Without this flag, /etc/flagella/dataplane.toml is read when it
+    /// exists; a missing default file is fine when --interface flags name the interfaces.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// An interface and its role, repeatable: `pod` for the host side of a pod's veth (the
+    /// dataplane answers the pod's ARP for its gateway), `uplink` for the node's link to other
+    /// nodes (ARP stays with the kernel). Adds to the file's interfaces, or changes the role of
+    /// one the file lists.
+    #[arg(long = "interface", value_name = "NAME=pod|uplink", value_parser = parse_interface)]
+    interfaces: Vec<(String, Role)>,
+
+    /// Control socket path (mode 0600); default from the file, else /run/flagella/dataplane.sock.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Frames per batch, 1 to 256 (default 64): larger batches cost less per packet and add
+    /// latency under load.
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+
+    /// Pin the worker thread to this CPU (when the file declares several [[worker]] sections,
+    /// set `core` in each instead). Default: not pinned.
+    #[arg(long, value_name = "N")]
+    core: Option<usize>,
+
+    /// How XDP is attached: `native` (in the driver, fast; the default) or `generic` (works on
+    /// any interface, much slower; prints a warning).
+    #[arg(long, value_enum, value_name = "MODE")]
+    xdp_mode: Option<XdpModeArg>,
+
+    /// Complete the TCP/UDP checksums of frames sent by pods. Pods on veth hand the kernel
+    /// "checksum partial" frames (only the pseudo-header sum is filled in) and AF_XDP does not
+    /// say so, so without this the receiving pod drops them as corrupt unless every pod turns
+    /// checksum offload off (`ethtool -K eth0 tx off`). Only frames from pod interfaces are
+    /// touched.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    complete_l4_checksums: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum XdpModeArg {
+    Native,
+    Generic,
+}
+
+/// `NAME=pod|uplink`.
+fn parse_interface(arg: &str) -> Result<(String, Role), String> {
+    let (name, role) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("`{arg}`: write NAME=pod or NAME=uplink, e.g. lxc1=pod"))?;
+    let role = match role {
+        "pod" => Role::Pod,
+        "uplink" => Role::Uplink,
+        other => return Err(format!("role `{other}`: use `pod` or `uplink`")),
+    };
+    if name.is_empty() {
+        return Err(format!("`{arg}`: the interface name is empty"));
+    }
+    Ok((name.to_string(), role))
+}
+
+/// Why the daemon did not start, or stopped on an error. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+enum DaemonError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Preflight(#[from] PreflightError),
+    #[error("cannot read {what} of interface `{ifname}` from {path}: {source}: check the interface still exists")]
+    InterfaceFacts {
+        ifname: String,
+        what: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the service table: {0}")]
+    Services(#[from] ServiceError),
+    #[error("XDP on `{ifname}`: {source}")]
+    Xdp {
+        ifname: String,
+        #[source]
+        source: XdpError,
+    },
+    #[error("worker {index}: {source}")]
+    Worker {
+        index: usize,
+        #[source]
+        source: IoError,
+    },
+    #[error("cannot create the control socket's directory {path}: {source}: create it (mode 0700) or choose another --socket")]
+    SocketDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control socket: {0}")]
+    Server(#[from] ServerError),
+    #[error("cannot start the {name} thread: {source}: the system is out of threads or memory")]
+    Spawn {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("installing the SIGTERM/SIGINT handler failed: {0}")]
+    Signal(io::Error),
+    #[error(
+        "the {name} thread stopped: {reason}; see the messages above, then restart the dataplane"
+    )]
+    ThreadFailed { name: String, reason: String },
+}
+
+impl DaemonError {
+    /// 2 when the operator must change something before starting again, 1 otherwise.
+    fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Usage(_) | DaemonError::Config(_) | DaemonError::Preflight(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // Usage errors exit with 2 here, as clap does.
+    match run(cli) {
+        Ok(()) => {
+            log("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flagella-dataplane: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn log(message: &str) {
+    eprintln!("flagella-dataplane: {message}");
+}
+
+/// Everything started so far; [`stop`] takes it down in reverse order.
+struct Running {
+    workers: Vec<(String, JoinHandle<Result<(), IoError>>)>,
+    server: Option<JoinHandle<Result<(), ServerError>>>,
+    /// The control socket, once this process created it (and only then removes it).
+    socket: Option<PathBuf>,
+    /// One program per interface, with its attachment (dropping it detaches).
+    xdp: Vec<InterfaceXdp>,
+}
+
+struct InterfaceXdp {
+    ifname: String,
+    program: XdpProgram,
+    attachment: XdpAttachment,
+}
+
+fn run(cli: Cli) -> Result<(), DaemonError> {
+    let cfg = effective_config(&cli)?;
+    let mode = match cfg.xdp_mode {
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Generic => AttachMode::Generic,
+    };
+    let workers = cfg.effective_workers();
+    preflight::check(&cfg, memlock_needed(&cfg, &workers))?;
+    install_signal_handlers().map_err(DaemonError::Signal)?;
+
+    let tables = TablesHandle::new(initial_tables(&cfg)?);
+    let stats = StatsRegistry::new();
+
+    let xdp = attach_all(&cfg, mode)?;
+    let mut running = Running {
+        workers: Vec::new(),
+        server: None,
+        socket: None,
+        xdp,
+    };
+    let started = start(&cfg, &cli, &workers, &tables, &stats, &mut running);
+    let result = started.and_then(|()| {
+        log(&format!(
+            "ready: {} interface(s), {} worker(s), control socket {}",
+            running.xdp.len(),
+            running.workers.len(),
+            cfg.socket.display()
+        ));
+        wait(&running)
+    });
+    let stopped = stop(running);
+    result.and(stopped)
+}
+
+/// The workers and the control server, in that order.
+fn start(
+    cfg: &DaemonConfig,
+    cli: &Cli,
+    workers: &[WorkerSection],
+    tables: &TablesHandle,
+    stats: &Arc<StatsRegistry>,
+    running: &mut Running,
+) -> Result<(), DaemonError> {
+    for (index, section) in workers.iter().enumerate() {
+        let mut worker = build_worker(cfg, cli, section)
+            .map_err(|source| DaemonError::Worker { index, source })?;
+        register_sockets(&worker, &running.xdp)?;
+        let name = format!("worker-{index}");
+        worker.publish_to(stats.register(&name, PUBLISH_EVERY));
+        let source = tables.clone();
+        let handle = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || worker.run(&source, &SHUTDOWN))
+            .map_err(|source| DaemonError::Spawn {
+                name: name.clone(),
+                source,
+            })?;
+        log(&format!(
+            "{name}: interfaces {}{}",
+            section.interfaces.join(", "),
+            section
+                .core
+                .map(|c| format!(", pinned to CPU {c}"))
+                .unwrap_or_default()
+        ));
+        running.workers.push((name, handle));
+    }
+
+    create_socket_dir(&cfg.socket)?;
+    let mut server = ControlServer::bind(&cfg.socket, tables.clone(), Arc::clone(stats))?;
+    running.socket = Some(cfg.socket.clone());
+    let handle = thread::Builder::new()
+        .name("control".into())
+        .spawn(move || server.run(&SHUTDOWN))
+        .map_err(|source| DaemonError::Spawn {
+            name: "control".into(),
+            source,
+        })?;
+    running.server = Some(handle);
+    Ok(())
+}
+
+/// The file (when there is one), then the flags on top; validated once more after merging.
+fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
+    let mut cfg = match &cli.config {
+        Some(path) => DaemonConfig::load(path)?,
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            DaemonConfig::load(Path::new(DEFAULT_CONFIG_PATH))?
+        }
+        None => DaemonConfig::default(),
+    };
+    for (name, role) in &cli.interfaces {
+        match cfg.interfaces.iter_mut().find(|i| &i.name == name) {
+            Some(existing) => existing.role = *role,
+            None => cfg.interfaces.push(InterfaceConfig {
+                name: name.clone(),
+                role: *role,
+                queues: 1,
+            }),
+        }
+    }
+    if let Some(socket) = &cli.socket {
+        cfg.socket = socket.clone();
+    }
+    if let Some(batch) = cli.batch_size {
+        cfg.batch_size = batch;
+    }
+    if let Some(mode) = cli.xdp_mode {
+        cfg.xdp_mode = match mode {
+            XdpModeArg::Native => XdpMode::Native,
+            XdpModeArg::Generic => XdpMode::Generic,
+        };
+    }
+    if let Some(core) = cli.core {
+        match cfg.workers.len() {
+            0 => {
+                cfg.workers.push(WorkerSection {
+                    core: Some(core),
+                    interfaces: cfg.interfaces.iter().map(|i| i.name.clone()).collect(),
+                });
+            }
+            1 => {
+                if let Some(w) = cfg.workers.first_mut() {
+                    w.core = Some(core);
+                }
+            }
+            n => {
+                return Err(DaemonError::Usage(format!(
+                    "--core pins the only worker, but the configuration declares {n} [[worker]] sections: set `core` in each of them instead"
+                )))
+            }
+        }
+    }
+    cfg.validate()?;
+    if cfg.interfaces.is_empty() {
+        return Err(DaemonError::Usage(format!(
+            "no interfaces to serve: pass --interface NAME=pod|uplink, or list [[interface]] sections in {} (or the file given with --config)",
+            DEFAULT_CONFIG_PATH
+        )));
+    }
+    Ok(cfg)
+}
+
+/// Bytes the locked-memory limit must allow: room for the BPF maps, plus the UMEMs unless the
+/// kernel does not charge them to this process (`CAP_IPC_LOCK`).
+fn memlock_needed(cfg: &DaemonConfig, workers: &[WorkerSection]) -> u64 {
+    let maps = (1 << 20) * cfg.interfaces.len() as u64;
+    if !preflight::umem_counts_against_memlock() {
+        return maps;
+    }
+    let xsk = XskConfig::default();
+    let per_port = u64::from(xsk.frames_per_port) * u64::from(xsk.frame_size);
+    let ports: u64 = workers
+        .iter()
+        .flat_map(|w| &w.interfaces)
+        .filter_map(|name| cfg.interfaces.iter().find(|i| &i.name == name))
+        .map(|i| u64::from(i.queues))
+        .sum();
+    ports * per_port + maps
+}
+
+/// Empty tables; the uplink's index, MAC and MTU come from the interface itself.
+fn initial_tables(cfg: &DaemonConfig) -> Result<Tables, DaemonError> {
+    let mut node = LocalNode {
+        name: hostname(),
+        ..LocalNode::default()
+    };
+    if let Some(uplink) = cfg.uplink() {
+        node.uplink_ifindex = Some(preflight::ifindex(&uplink.name)?);
+        node.uplink_mac = interface_mac(&uplink.name)?;
+        if let Some(mtu) = interface_mtu(&uplink.name)? {
+            node.uplink_mtu = mtu;
+        }
+    }
+    Ok(Tables::empty(node, Services::new(DEFAULT_M, MAGLEV_SEED)?))
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn sysfs(ifname: &str, what: &'static str, file: &str) -> Result<String, DaemonError> {
+    let path = format!("/sys/class/net/{ifname}/{file}");
+    fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| DaemonError::InterfaceFacts {
+            ifname: ifname.to_string(),
+            what,
+            path,
+            source,
+        })
+}
+
+fn interface_mac(ifname: &str) -> Result<MacAddr, DaemonError> {
+    let text = sysfs(ifname, "the MAC address", "address")?;
+    text.parse().map_err(|_| DaemonError::InterfaceFacts {
+        ifname: ifname.to_string(),
+        what: "the MAC address",
+        path: format!("/sys/class/net/{ifname}/address (`{text}`)"),
+        source: io::ErrorKind::InvalidData.into(),
+    })
+}
+
+/// The MTU, when it fits the table's field (it always does on Ethernet).
+fn interface_mtu(ifname: &str) -> Result<Option<u16>, DaemonError> {
+    Ok(sysfs(ifname, "the MTU", "mtu")?.parse().ok())
+}
+
+/// One program per interface: the XSKMAP is keyed by receive queue, so two interfaces sharing
+/// a program would fight over its slots. Pods' ARP is the dataplane's (it answers for their
+/// gateway); the uplink's ARP stays with the kernel.
+fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>, DaemonError> {
+    if let Some(warning) = mode.warning() {
+        log(&format!("WARNING: {warning}"));
+    }
+    let mut out = Vec::with_capacity(cfg.interfaces.len());
+    for iface in &cfg.interfaces {
+        let xdp_err = |source| DaemonError::Xdp {
+            ifname: iface.name.clone(),
+            source,
+        };
+        let redirect = RedirectConfig {
+            redirect_arp: iface.role == Role::Pod,
+            redirect_non_ip: false,
+        };
+        let ifindex = preflight::ifindex(&iface.name)?;
+        let program = XdpProgram::load(redirect).map_err(xdp_err)?;
+        let attachment = program.attach(ifindex, mode).map_err(xdp_err)?;
+        log(&format!(
+            "{}: XDP attached ({mode} mode, {:?} role, ifindex {ifindex})",
+            iface.name, iface.role
+        ));
+        out.push(InterfaceXdp {
+            ifname: iface.name.clone(),
+            program,
+            attachment,
+        });
+    }
+    Ok(out)
+}
+
+fn build_worker(cfg: &DaemonConfig, cli: &Cli, section: &WorkerSection) -> Result<Worker, IoError> {
+    let ports = section
+        .interfaces
+        .iter()
+        .filter_map(|name| cfg.interfaces.iter().find(|i| &i.name == name))
+        .flat_map(|i| (0..i.queues).map(|q| PortSpec::new(&i.name, q)))
+        .collect();
+    Worker::new(WorkerConfig {
+        ports,
+        core: section.core,
+        pipeline: PipelineConfig {
+            batch_size: cfg.batch_size,
+            conntrack: CtConfig {
+                capacity: cfg.conntrack_entries,
+                hash_seed: CtConfig::random_seed(),
+                ..CtConfig::default()
+            },
+            complete_l4_checksums: cli.complete_l4_checksums,
+            ..PipelineConfig::default()
+        },
+        xsk: XskConfig::default(),
+    })
+}
+
+/// Each socket under its queue, in the XSKMAP of its own interface's program.
+fn register_sockets(worker: &Worker, xdp: &[InterfaceXdp]) -> Result<(), DaemonError> {
+    for socket in worker.sockets() {
+        let Some(iface) = xdp.iter().find(|x| x.ifname == socket.spec.ifname) else {
+            continue; // Every port comes from a configured interface: cannot happen.
+        };
+        iface
+            .program
+            .register_socket(socket.spec.queue, socket.fd)
+            .map_err(|source| DaemonError::Xdp {
+                ifname: iface.ifname.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// The socket's directory, root-only, when it does not exist yet.
+fn create_socket_dir(socket: &Path) -> Result<(), DaemonError> {
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| DaemonError::SocketDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+extern "C" fn on_signal(_signal: libc::c_int) {
+    // An atomic store is async-signal-safe; everything else happens on the threads.
+    SHUTDOWN.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() -> io::Result<()> {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags) that is then
+        // filled in; the handler only performs an atomic store, which is async-signal-safe.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: `action` is initialized and outlives the call; no old action is requested.
+        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Until a signal, or until a thread stops on its own (which is an error: they only stop when
+/// asked).
+fn wait(running: &Running) -> Result<(), DaemonError> {
+    while !SHUTDOWN.load(Ordering::Relaxed) {
+        thread::sleep(WAIT_INTERVAL);
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            break; // The threads may already have seen the flag and returned: that is fine.
+        }
+        let stopped_worker = running
+            .workers
+            .iter()
+            .find(|(_, h)| h.is_finished())
+            .map(|(name, _)| name.clone());
+        let stopped_server = running.server.as_ref().is_some_and(|h| h.is_finished());
+        if let Some(name) = stopped_worker.or(stopped_server.then(|| "control".to_string())) {
+            SHUTDOWN.store(true, Ordering::Relaxed);
+            return Err(DaemonError::ThreadFailed {
+                name,
+                reason: "it stopped without being asked".into(),
+            });
+        }
+    }
+    log("stopping (signal received)");
+    Ok(())
+}
+
+/// Stops the threads, removes the socket file, detaches the programs. Returns the first error.
+fn stop(running: Running) -> Result<(), DaemonError> {
+    SHUTDOWN.store(true, Ordering::Relaxed);
+    let mut first: Option<DaemonError> = None;
+    let mut note = |e: DaemonError| {
+        eprintln!("flagella-dataplane: error: {e}");
+        first.get_or_insert(e);
+    };
+    for (name, handle) in running.workers {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => note(DaemonError::ThreadFailed {
+                name,
+                reason: e.to_string(),
+            }),
+            Err(_) => note(DaemonError::ThreadFailed {
+                name,
+                reason: "it panicked".into(),
+            }),
+        }
+    }
+    if let Some(handle) = running.server {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => note(DaemonError::Server(e)),
+            Err(_) => note(DaemonError::ThreadFailed {
+                name: "control".into(),
+                reason: "it panicked".into(),
+            }),
+        }
+    }
+    // The server removes its socket when dropped; this covers a server thread that panicked.
+    if let Some(socket) = &running.socket {
+        match fs::remove_file(socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log(&format!(
+                "could not remove {}: {e}; remove it by hand",
+                socket.display()
+            )),
+        }
+    }
+    for iface in running.xdp {
+        if let Err(source) = iface.attachment.detach() {
+            note(DaemonError::Xdp {
+                ifname: iface.ifname.clone(),
+                source,
+            });
+        }
+        drop(iface.program);
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("flagella-dataplane").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    /// A configuration file for one test, removed when dropped.
+    struct TempConfig(PathBuf);
+
+    impl TempConfig {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "flagella-dataplane-{}-{name}.toml",
+                std::process::id()
+            ));
+            fs::write(&path, text).unwrap();
+            TempConfig(path)
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn interface_flags_parse_and_bad_ones_are_explained() {
+        assert_eq!(parse_interface("lxc1=pod"), Ok(("lxc1".into(), Role::Pod)));
+        assert_eq!(
+            parse_interface("eth1=uplink"),
+            Ok(("eth1".into(), Role::Uplink))
+        );
+        assert!(parse_interface("eth1").unwrap_err().contains("NAME=pod"));
+        assert!(parse_interface("eth1=router")
+            .unwrap_err()
+            .contains("uplink"));
+        assert!(parse_interface("=pod").is_err());
+    }
+
+    #[test]
+    fn flags_add_to_and_override_the_file() {
+        let file = TempConfig::new(
+            "merge",
+            "batch_size = 32\n[[interface]]\nname = \"eth1\"\nrole = \"pod\"\n",
+        );
+        let path = file.0.to_str().unwrap();
+        let cfg = effective_config(&cli(&[
+            "--config",
+            path,
+            "--interface",
+            "eth1=uplink",
+            "--interface",
+            "lxc1=pod",
+            "--socket",
+            "/tmp/s.sock",
+            "--xdp-mode",
+            "generic",
+            "--core",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.batch_size, 32, "kept from the file");
+        assert_eq!(cfg.uplink().map(|i| i.name.as_str()), Some("eth1"));
+        assert_eq!(cfg.interfaces.len(), 2);
+        assert_eq!(cfg.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(cfg.xdp_mode, XdpMode::Generic);
+        let workers = cfg.effective_workers();
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers[0].core, Some(1));
+        assert_eq!(workers[0].interfaces, vec!["eth1", "lxc1"]);
+    }
+
+    #[test]
+    fn usage_and_configuration_errors_exit_with_2() {
+        let empty = TempConfig::new("empty", "");
+        let path = empty.0.to_str().unwrap();
+        let none = effective_config(&cli(&["--config", path])).unwrap_err();
+        assert!(none.to_string().contains("--interface"), "{none}");
+        assert_eq!(none.exit_code(), 2);
+
+        let bad = effective_config(&cli(&[
+            "--config",
+            path,
+            "--interface",
+            "a=pod",
+            "--batch-size",
+            "0",
+        ]))
+        .unwrap_err();
+        assert!(bad.to_string().contains("batch_size"), "{bad}");
+        assert_eq!(bad.exit_code(), 2);
+
+        let two = TempConfig::new(
+            "two-workers",
+            "[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"b\"\nrole = \"pod\"\n\
+             [[worker]]\ninterfaces = [\"a\"]\n[[worker]]\ninterfaces = [\"b\"]\n",
+        );
+        let err = effective_config(&cli(&["--config", two.0.to_str().unwrap(), "--core", "0"]))
+            .unwrap_err();
+        assert!(err.to_string().contains("core"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+
+        let missing =
+            effective_config(&cli(&["--config", "/nonexistent/flagella.toml"])).unwrap_err();
+        assert_eq!(missing.exit_code(), 2);
+        assert!(Cli::try_parse_from(["flagella-dataplane", "--xdp-mode", "fast"]).is_err());
+    }
+
+    #[test]
+    fn runtime_errors_exit_with_1() {
+        let err = DaemonError::ThreadFailed {
+            name: "worker-0".into(),
+            reason: "x".into(),
+        };
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn checksum_completion_is_on_unless_turned_off() {
+        assert!(cli(&[]).complete_l4_checksums);
+        assert!(!cli(&["--complete-l4-checksums", "false"]).complete_l4_checksums);
+    }
+}
