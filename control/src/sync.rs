@@ -80,6 +80,8 @@ pub struct ClusterState {
     sent_endpoints: BTreeMap<String, u32>,
     /// Secondary (IPv6 next to IPv4) addresses in the ipcache, by pod key.
     sent_secondary: BTreeMap<String, (IpAddr, u32)>,
+    /// Do not log refused keys (the CLI reports them itself).
+    quiet: bool,
 }
 
 fn to_label_set(l: &Labels) -> LabelSet {
@@ -112,7 +114,13 @@ impl ClusterState {
             dirty_endpoints: BTreeSet::new(),
             sent_endpoints: BTreeMap::new(),
             sent_secondary: BTreeMap::new(),
+            quiet: false,
         }
+    }
+
+    /// Stops logging refused keys (they are still counted and listed in [`Self::rejected`]).
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     // ---- queries ---------------------------------------------------------------------------
@@ -203,6 +211,12 @@ impl ClusterState {
         self.cluster_ids.retain(|_, v| *v != id);
     }
 
+    /// The cluster-wide number of an engine identity (reserved and CIDR identities are the
+    /// same number in both); `None` while its label set has no cluster number.
+    pub fn cluster_identity(&self, local: Identity) -> Option<u32> {
+        self.translate(local)
+    }
+
     fn translate(&self, local: Identity) -> Option<u32> {
         if local.0 < Identity::FIRST_CLUSTER_LOCAL || local.0 >= END_IDENTITY {
             return Some(local.0); // wildcard, reserved, CIDR: node-local, same numbers
@@ -216,7 +230,9 @@ impl ClusterState {
     fn refuse(&mut self, e: &SchemaError) {
         self.malformed_total += 1;
         self.rejected.insert(e.key().to_string(), e.to_string());
-        log(format!("skipped malformed key: {e}"));
+        if !self.quiet {
+            log(format!("skipped malformed key: {e}"));
+        }
     }
 
     /// Applies a put. A refused value is logged, counted and skipped (returned as the error).
