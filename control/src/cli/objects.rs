@@ -18,8 +18,7 @@ use serde::Serialize;
 use super::{list_decoded, CliError, Skipped};
 use crate::identity::FIRST_IDENTITY;
 use crate::schema::{
-    self, BackendSpec, FrontendSpec, NodeSpec, Object, ObjectKey, PortSpec, ServiceSpec,
-    TunnelMode,
+    self, BackendSpec, FrontendSpec, NodeSpec, Object, ObjectKey, PortSpec, ServiceSpec, TunnelMode,
 };
 use crate::store::Store;
 use crate::sync::ClusterState;
@@ -66,7 +65,11 @@ pub fn endpoints(state: &ClusterState, node: Option<&str>) -> Vec<EndpointInfo> 
 }
 
 /// `endpoint get NAMESPACE/POD`.
-pub fn endpoint(state: &ClusterState, namespace: &str, name: &str) -> Result<EndpointInfo, CliError> {
+pub fn endpoint(
+    state: &ClusterState,
+    namespace: &str,
+    name: &str,
+) -> Result<EndpointInfo, CliError> {
     endpoints(state, None)
         .into_iter()
         .find(|e| e.namespace == namespace && e.name == name)
@@ -245,7 +248,11 @@ pub async fn services(store: &Store) -> Result<(Vec<ServiceInfo>, Vec<Skipped>),
 }
 
 /// `service delete NAMESPACE/NAME`.
-pub async fn delete_service(store: &Store, namespace: &str, name: &str) -> Result<String, CliError> {
+pub async fn delete_service(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+) -> Result<String, CliError> {
     let key = ObjectKey::Service {
         namespace: namespace.to_string(),
         name: name.to_string(),
@@ -304,7 +311,11 @@ pub fn nodes(state: &ClusterState) -> Vec<NodeInfo> {
             underlay_ip: n.underlay_ip,
             pod_cidrs: n.pod_cidrs.clone(),
             tunnel: n.tunnel,
-            endpoints: state.endpoints().values().filter(|e| e.node == *name).count(),
+            endpoints: state
+                .endpoints()
+                .values()
+                .filter(|e| e.node == *name)
+                .count(),
         })
         .collect()
 }
@@ -317,12 +328,23 @@ mod tests {
     #[test]
     fn frontend_and_backend_flags() {
         let f = parse_frontend("10.96.0.10:80/tcp").unwrap();
-        assert_eq!((f.ip.to_string(), f.port, f.protocol.as_str()), ("10.96.0.10".into(), 80, "TCP"));
+        assert_eq!(
+            (f.ip.to_string(), f.port, f.protocol.as_str()),
+            ("10.96.0.10".into(), 80, "TCP")
+        );
         let f = parse_frontend("[fd00::10]:53/UDP").unwrap();
-        assert_eq!((f.ip.to_string(), f.port, f.protocol.as_str()), ("fd00::10".into(), 53, "UDP"));
+        assert_eq!(
+            (f.ip.to_string(), f.port, f.protocol.as_str()),
+            ("fd00::10".into(), 53, "UDP")
+        );
         assert_eq!(parse_frontend("10.96.0.10:80").unwrap().protocol, "TCP");
         assert_eq!(frontend_text(&f), "[fd00::10]:53/udp");
-        for bad in ["10.96.0.10", "10.96.0.10:80/icmp", "x:80", "10.96.0.10:99999/tcp"] {
+        for bad in [
+            "10.96.0.10",
+            "10.96.0.10:80/icmp",
+            "x:80",
+            "10.96.0.10:99999/tcp",
+        ] {
             assert!(parse_frontend(bad).is_err(), "{bad}");
         }
         let b = parse_backend("10.1.0.12:8080,3").unwrap();
@@ -337,7 +359,9 @@ mod tests {
     #[test]
     fn reserved_identities_are_listed() {
         let r = reserved_identities();
-        assert!(r.iter().any(|i| i.id == 2 && i.labels.contains_key("reserved:world")));
+        assert!(r
+            .iter()
+            .any(|i| i.id == 2 && i.labels.contains_key("reserved:world")));
         assert!(r.iter().all(|i| i.reserved && i.id < FIRST_IDENTITY));
     }
 }

@@ -237,6 +237,9 @@ pub async fn live_state(store: &Store) -> Result<(ClusterState, Vec<Skipped>), C
     state.set_quiet(true);
     let listing: Vec<(String, Vec<u8>)> = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
     state.put_all(&listing);
+    // The engine computes the per-endpoint maps at commit; the changes meant for a dataplane
+    // are not needed here.
+    let _ = state.commit();
     let skipped = state
         .rejected()
         .iter()

@@ -195,7 +195,8 @@ pub fn text(r: &StatusReport) -> String {
                     n(&c["pass_packets"])
                 ));
                 if let Some(drops) = c["drops"].as_object().filter(|d| !d.is_empty()) {
-                    let d: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {}", n(v))).collect();
+                    let d: Vec<String> =
+                        drops.iter().map(|(k, v)| format!("{k} {}", n(v))).collect();
                     out.push_str(&format!("  drops:     {}\n", d.join(", ")));
                 }
             }
@@ -227,6 +228,9 @@ mod tests {
         };
         assert!(!r.healthy());
         let t = text(&r);
-        assert!(t.contains("unreachable") && t.contains("connection refused"), "{t}");
+        assert!(
+            t.contains("unreachable") && t.contains("connection refused"),
+            "{t}"
+        );
     }
 }
