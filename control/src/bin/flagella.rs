@@ -93,8 +93,9 @@ enum Noun {
     Status(StatusArgs),
 }
 
-/// The policy kinds `--kind` accepts (Cilium's short names too).
+/// The policy kinds `--kind` accepts (Cilium's short names too). Named as the API kinds are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(clippy::enum_variant_names)]
 enum KindArg {
     #[value(name = "NetworkPolicy", alias = "networkpolicy", alias = "np")]
     NetworkPolicy,
