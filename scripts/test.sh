@@ -22,6 +22,9 @@ step "cargo clippy (warnings are errors)"
 # --all-features: dataplane's `afxdp` (AF_XDP I/O and its root-only integration test) too.
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+step "systemd units (systemd-analyze verify)"
+scripts/systemd/verify.sh
+
 step "cargo test"
 cargo test --workspace --all-features --locked
 

@@ -1,29 +1,33 @@
 //! Client of the dataplane's control socket: newline-delimited JSON over a Unix socket, one
 //! request per line, one reply (`{"ok":true,...}` or `{"ok":false,"error":...}`) per line.
 //!
-//! The request types here are the subset of the protocol the agent sends, written to match
-//! `dataplane::api::protocol` (branch `api`, `docs/control-socket.md`): same op names, same
-//! field names, same defaults. They live here, in one file, until that module is on main; then
-//! this file should use those types instead (a JSON round-trip test pins the shapes meanwhile).
+//! The request types are the dataplane's own ([`dataplane::api::protocol`], documented in
+//! `docs/control-socket.md`), re-exported here; [`policy_entry`] and [`policy_key`] build the
+//! policy-map items with a translated (cluster-wide) identity.
 //!
 //! Contract: [`DataplaneClient::send`] writes one request and reads its reply; an `ok:false`
 //! reply is [`ClientError::Refused`] (the request changed nothing); an I/O error means the
 //! dataplane went away (the agent reconnects and resyncs everything).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use dataplane::tables::policy::{Action, Direction, PolicyEntry, PolicyKey};
+use dataplane::tables::policy::{PolicyEntry, PolicyKey};
+use dataplane::Identity;
+
+pub use dataplane::api::protocol::{
+    BackendMsg, Change, DumpRequest, DumpTable, EndpointMsg, EndpointRef, FrontendMsg, IpcacheMsg,
+    NodeMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate, PrefixRef, Proto,
+    ServiceMsg, ServiceRef, Text, WireDirection, WireEncap, WireLbMode,
+};
 
 /// A dataplane client failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("dataplane socket {path}: {source}; is flagella-dataplane running?")]
+    #[error("dataplane socket {path}: {source}; is flagella-dataplane running, and may this user open its socket?")]
     Io {
         path: PathBuf,
         #[source]
@@ -37,158 +41,28 @@ pub enum ClientError {
     BadReply(String),
 }
 
-/// Policy direction, as the protocol spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WireDirection {
-    Ingress,
-    Egress,
+/// The policy-map key `k` with its identity replaced by `identity` (the cluster-wide number).
+pub fn policy_key(k: &PolicyKey, identity: u32) -> PolicyKeyMsg {
+    PolicyKeyMsg::from(PolicyKey {
+        identity: Identity(identity),
+        ..*k
+    })
 }
 
-impl From<Direction> for WireDirection {
-    fn from(d: Direction) -> Self {
-        match d {
-            Direction::Ingress => WireDirection::Ingress,
-            Direction::Egress => WireDirection::Egress,
-        }
-    }
+/// The policy-map entry `(k, e)` with its identity replaced by `identity`.
+pub fn policy_entry(k: &PolicyKey, identity: u32, e: &PolicyEntry) -> PolicyEntryMsg {
+    PolicyEntryMsg::from((
+        PolicyKey {
+            identity: Identity(identity),
+            ..*k
+        },
+        *e,
+    ))
 }
 
-/// A policy-map key (`identity` 0 = any, `proto` 0 = any, no port = any).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyMsg {
-    pub identity: u32,
-    pub proto: u8,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_port: Option<u16>,
-}
-
-impl KeyMsg {
-    /// The wire key of `k`, with its identity replaced by `identity`.
-    pub fn new(k: &PolicyKey, identity: u32) -> KeyMsg {
-        let (port, end_port) = if k.ports.is_any() {
-            (None, None)
-        } else if k.ports.lo == k.ports.hi {
-            (Some(k.ports.lo), None)
-        } else {
-            (Some(k.ports.lo), Some(k.ports.hi))
-        };
-        KeyMsg {
-            identity,
-            proto: k.proto,
-            port,
-            end_port,
-        }
-    }
-}
-
-/// A policy-map entry: key fields, action, cookie.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryMsg {
-    #[serde(flatten)]
-    pub key: KeyMsg,
-    pub action: String,
-    pub cookie: u32,
-}
-
-impl EntryMsg {
-    pub fn new(k: &PolicyKey, identity: u32, e: &PolicyEntry) -> EntryMsg {
-        EntryMsg {
-            key: KeyMsg::new(k, identity),
-            action: match e.action {
-                Action::Allow => "allow".into(),
-                Action::Deny => "deny".into(),
-            },
-            cookie: e.cookie,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FrontendMsg {
-    pub addr: IpAddr,
-    pub port: u16,
-    pub proto: u8,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendMsg {
-    pub addr: IpAddr,
-    pub port: u16,
-    pub weight: u16,
-}
-
-/// One change request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op")]
-pub enum Change {
-    #[serde(rename = "endpoint.upsert")]
-    EndpointUpsert {
-        id: u32,
-        ifindex: u32,
-        mac: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        ipv4: Option<Ipv4Addr>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        ipv6: Option<Ipv6Addr>,
-        identity: u32,
-    },
-    #[serde(rename = "endpoint.delete")]
-    EndpointDelete { id: u32 },
-    #[serde(rename = "ipcache.upsert")]
-    IpcacheUpsert {
-        prefix: String,
-        identity: u32,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        tunnel_endpoint: Option<IpAddr>,
-    },
-    #[serde(rename = "ipcache.delete")]
-    IpcacheDelete { prefix: String },
-    #[serde(rename = "policy.update")]
-    PolicyUpdate {
-        endpoint: u32,
-        direction: WireDirection,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        enforced: Option<bool>,
-        add: Vec<EntryMsg>,
-        delete: Vec<KeyMsg>,
-    },
-    #[serde(rename = "policy.replace")]
-    PolicyReplace {
-        endpoint: u32,
-        direction: WireDirection,
-        enforced: bool,
-        entries: Vec<EntryMsg>,
-    },
-    #[serde(rename = "service.upsert")]
-    ServiceUpsert {
-        frontend: FrontendMsg,
-        backends: Vec<BackendMsg>,
-        mode: String,
-    },
-    #[serde(rename = "service.delete")]
-    ServiceDelete { frontend: FrontendMsg },
-    #[serde(rename = "node.upsert")]
-    NodeUpsert {
-        name: String,
-        underlay: IpAddr,
-        pod_cidrs: Vec<String>,
-        encap: String,
-    },
-    #[serde(rename = "node.delete")]
-    NodeDelete { name: String },
-}
-
-impl Change {
-    /// The op name.
-    pub fn op(&self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.get("op").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_default()
-    }
+/// The JSON request line body of a change (its `op` included).
+pub fn change_json(change: &Change) -> Value {
+    Value::Object(change.to_json())
 }
 
 /// A connection to the dataplane.
@@ -270,9 +144,7 @@ impl DataplaneClient {
 
     /// Sends one change.
     pub async fn send(&mut self, change: &Change) -> Result<(), ClientError> {
-        let body =
-            serde_json::to_value(change).map_err(|e| ClientError::BadReply(e.to_string()))?;
-        self.request(body).await.map(|_| ())
+        self.request(change_json(change)).await.map(|_| ())
     }
 
     /// `status`: the dataplane's own report.
@@ -280,8 +152,8 @@ impl DataplaneClient {
         self.request(serde_json::json!({"op": "status"})).await
     }
 
-    /// `dump` of one table (`endpoints`, `ipcache`, `services`, `nodes`).
-    pub async fn dump(&mut self, table: &str) -> Result<Value, ClientError> {
+    /// `dump` of one table.
+    pub async fn dump(&mut self, table: DumpTable) -> Result<Value, ClientError> {
         self.request(serde_json::json!({"op": "dump", "table": table}))
             .await
     }
@@ -291,33 +163,69 @@ impl DataplaneClient {
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use dataplane::api::protocol::{parse_request, Request};
     use dataplane::tables::policy::PortRange;
-    use dataplane::Identity;
 
-    /// The JSON shapes of docs/control-socket.md (api branch).
+    /// What the client writes is what the dataplane parses, field for field.
+    fn round_trip(c: Change) -> String {
+        let line = change_json(&c).to_string();
+        let env = parse_request(line.as_bytes()).unwrap_or_else(|r| panic!("{line}: {r:?}"));
+        assert_eq!(env.request, Request::Change(c), "{line}");
+        line
+    }
+
     #[test]
-    fn requests_have_the_protocol_shapes() {
+    fn requests_parse_as_the_dataplane_protocol() {
         let k = PolicyKey::l4(Identity(0), 6, PortRange::new(80, 90).unwrap());
-        let c = Change::PolicyUpdate {
+        let line = round_trip(Change::PolicyUpdate(PolicyUpdate {
             endpoint: 3,
-            direction: Direction::Ingress.into(),
+            direction: WireDirection::Ingress,
             enforced: Some(true),
-            add: vec![EntryMsg::new(&k, 300, &PolicyEntry::allow(7))],
-            delete: vec![KeyMsg::new(&PolicyKey::l3(Identity(2)), 2)],
-        };
+            add: vec![policy_entry(&k, 300, &PolicyEntry::allow(7))],
+            delete: vec![policy_key(&PolicyKey::l3(Identity(2)), 2)],
+        }));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["op"], "policy.update");
         assert_eq!(
-            serde_json::to_string(&c).unwrap(),
-            r#"{"op":"policy.update","endpoint":3,"direction":"ingress","enforced":true,"add":[{"identity":300,"proto":6,"port":80,"end_port":90,"action":"allow","cookie":7}],"delete":[{"identity":2,"proto":0}]}"#
+            v["add"][0],
+            serde_json::json!({"identity":300,"proto":"tcp","port":80,"end_port":90,"action":"allow","cookie":7})
         );
-        let c = Change::IpcacheUpsert {
-            prefix: "10.1.0.5/32".into(),
+        assert_eq!(v["delete"][0]["identity"], 2);
+        let line = round_trip(Change::IpcacheUpsert(IpcacheMsg {
+            prefix: Text("10.1.0.5/32".parse().unwrap()),
             identity: 300,
             tunnel_endpoint: Some("192.168.0.2".parse().unwrap()),
-        };
-        assert_eq!(
-            serde_json::to_string(&c).unwrap(),
-            r#"{"op":"ipcache.upsert","prefix":"10.1.0.5/32","identity":300,"tunnel_endpoint":"192.168.0.2"}"#
-        );
-        assert_eq!(c.op(), "ipcache.upsert");
+        }));
+        assert!(line.contains(r#""prefix":"10.1.0.5/32""#), "{line}");
+        round_trip(Change::EndpointUpsert(EndpointMsg {
+            id: 5,
+            ifindex: 7,
+            mac: Text("02:00:00:00:00:05".parse().unwrap()),
+            ipv4: Some("10.1.0.5".parse().unwrap()),
+            ipv6: None,
+            identity: 1000,
+        }));
+        round_trip(Change::ServiceUpsert(ServiceMsg {
+            frontend: FrontendMsg {
+                addr: "10.96.0.10".parse().unwrap(),
+                port: 80,
+                proto: Proto(6),
+            },
+            backends: vec![BackendMsg {
+                addr: "10.1.0.12".parse().unwrap(),
+                port: 8080,
+                weight: 2,
+            }],
+            mode: WireLbMode::Dsr,
+            id: None,
+        }));
+        round_trip(Change::NodeUpsert(NodeMsg {
+            name: "n2".into(),
+            underlay: "192.168.0.2".parse().unwrap(),
+            pod_cidrs: vec![Text("10.2.0.0/24".parse().unwrap())],
+            encap: WireEncap::Geneve,
+            next_hop_mac: None,
+        }));
+        round_trip(Change::EndpointDelete(EndpointRef { id: 5 }));
     }
 }

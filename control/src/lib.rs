@@ -7,11 +7,13 @@
 //! - [`sync`]: the in-memory cluster model built from etcd, fed to the policy compiler, and
 //!   the dataplane changes it implies;
 //! - [`dataplane_client`]: the dataplane control-socket client;
-//! - [`agent`]: the `flagella-control` main loop (sync, push, resync, fail static).
+//! - [`agent`]: the `flagella-control` main loop (sync, push, resync, fail static);
+//! - [`cli`]: the commands of the `flagella` CLI (the binary parses the flags and prints).
 //!
 //! `docs/etcd-schema.md` documents the keys and the allocation protocols.
 
 pub mod agent;
+pub mod cli;
 pub mod dataplane_client;
 pub mod identity;
 pub mod ipam;

@@ -31,10 +31,15 @@ use policy_compiler::labels::Labels;
 use policy_compiler::model::{PolicyId, Protocol};
 use policy_compiler::{Delta, EngineError, PolicyEngine};
 
-use crate::dataplane_client::{BackendMsg, Change, EntryMsg, FrontendMsg, KeyMsg};
+use crate::dataplane_client::{
+    policy_entry, policy_key, BackendMsg, Change, EndpointMsg, EndpointRef, FrontendMsg,
+    IpcacheMsg, NodeMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate,
+    PrefixRef, Proto, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap, WireLbMode,
+};
 use crate::identity::{LabelSet, END_IDENTITY};
 use crate::schema::{
     self, EndpointSpec, NodeSpec, Object, ObjectKey, SchemaError, ServiceMode, ServiceSpec,
+    TunnelMode,
 };
 
 /// A timestamped line on stderr (the agent's log).
@@ -75,6 +80,8 @@ pub struct ClusterState {
     sent_endpoints: BTreeMap<String, u32>,
     /// Secondary (IPv6 next to IPv4) addresses in the ipcache, by pod key.
     sent_secondary: BTreeMap<String, (IpAddr, u32)>,
+    /// Do not log refused keys (the CLI reports them itself).
+    quiet: bool,
 }
 
 fn to_label_set(l: &Labels) -> LabelSet {
@@ -107,7 +114,13 @@ impl ClusterState {
             dirty_endpoints: BTreeSet::new(),
             sent_endpoints: BTreeMap::new(),
             sent_secondary: BTreeMap::new(),
+            quiet: false,
         }
+    }
+
+    /// Stops logging refused keys (they are still counted and listed in [`Self::rejected`]).
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     // ---- queries ---------------------------------------------------------------------------
@@ -198,6 +211,12 @@ impl ClusterState {
         self.cluster_ids.retain(|_, v| *v != id);
     }
 
+    /// The cluster-wide number of an engine identity (reserved and CIDR identities are the
+    /// same number in both); `None` while its label set has no cluster number.
+    pub fn cluster_identity(&self, local: Identity) -> Option<u32> {
+        self.translate(local)
+    }
+
     fn translate(&self, local: Identity) -> Option<u32> {
         if local.0 < Identity::FIRST_CLUSTER_LOCAL || local.0 >= END_IDENTITY {
             return Some(local.0); // wildcard, reserved, CIDR: node-local, same numbers
@@ -211,7 +230,9 @@ impl ClusterState {
     fn refuse(&mut self, e: &SchemaError) {
         self.malformed_total += 1;
         self.rejected.insert(e.key().to_string(), e.to_string());
-        log(format!("skipped malformed key: {e}"));
+        if !self.quiet {
+            log(format!("skipped malformed key: {e}"));
+        }
     }
 
     /// Applies a put. A refused value is logged, counted and skipped (returned as the error).
@@ -257,9 +278,9 @@ impl ClusterState {
             ObjectKey::Service { namespace, name } => {
                 if let Some(old) = self.services.remove(&format!("{namespace}/{name}")) {
                     for f in &old.frontends {
-                        self.pending.push(Change::ServiceDelete {
+                        self.pending.push(Change::ServiceDelete(ServiceRef {
                             frontend: frontend_msg(f),
-                        });
+                        }));
                     }
                 }
             }
@@ -267,7 +288,7 @@ impl ClusterState {
                 if self.nodes.remove(&n).is_some() {
                     self.engine.delete_node(&n);
                     if n != self.node {
-                        self.pending.push(Change::NodeDelete { name: n });
+                        self.pending.push(Change::NodeDelete(NodeRef { name: n }));
                     }
                 }
             }
@@ -345,12 +366,7 @@ impl ClusterState {
                     .upsert_node(&name, spec.underlay_ip)
                     .map_err(invalid)?;
                 if name != self.node {
-                    self.pending.push(Change::NodeUpsert {
-                        name: name.clone(),
-                        underlay: spec.underlay_ip,
-                        pod_cidrs: spec.pod_cidrs.clone(),
-                        encap: spec.tunnel.as_str().to_string(),
-                    });
+                    self.pending.push(node_upsert(&name, &spec));
                 }
                 self.nodes.insert(name, spec);
                 self.retry_deferred();
@@ -373,9 +389,9 @@ impl ClusterState {
                 let k = format!("{namespace}/{name}");
                 if let Some(old) = self.services.get(&k) {
                     for f in old.frontends.iter().filter(|f| !spec.frontends.contains(f)) {
-                        self.pending.push(Change::ServiceDelete {
+                        self.pending.push(Change::ServiceDelete(ServiceRef {
                             frontend: frontend_msg(f),
-                        });
+                        }));
                     }
                 }
                 for f in &spec.frontends {
@@ -490,7 +506,8 @@ impl ClusterState {
         if let Some(old) = self.endpoints.get(&pod_key) {
             if old.node == self.node && spec.node != self.node {
                 if let Some(id) = self.sent_endpoints.remove(&pod_key) {
-                    self.pending.push(Change::EndpointDelete { id });
+                    self.pending
+                        .push(Change::EndpointDelete(EndpointRef { id }));
                 }
             }
         }
@@ -515,12 +532,13 @@ impl ClusterState {
         }
         self.engine.delete_pod(namespace, name);
         if let Some(id) = self.sent_endpoints.remove(&key) {
-            self.pending.push(Change::EndpointDelete { id });
+            self.pending
+                .push(Change::EndpointDelete(EndpointRef { id }));
         }
         if let Some((ip, _)) = self.sent_secondary.remove(&key) {
-            self.pending.push(Change::IpcacheDelete {
-                prefix: Prefix::host(ip).to_string(),
-            });
+            self.pending.push(Change::IpcacheDelete(PrefixRef {
+                prefix: Text(Prefix::host(ip)),
+            }));
         }
         self.dirty_endpoints.remove(&key);
     }
@@ -547,13 +565,13 @@ impl ClusterState {
             }
         }
         for ((endpoint, dir), batch) in policy {
-            out.push(Change::PolicyUpdate {
+            out.push(Change::PolicyUpdate(PolicyUpdate {
                 endpoint,
-                direction: dir.0.into(),
+                direction: wire_direction(dir.0),
                 enforced: batch.enforced,
                 add: batch.add,
                 delete: batch.delete,
-            });
+            }));
         }
         out
     }
@@ -571,11 +589,11 @@ impl ClusterState {
             let _ = v4;
             let v6 = IpAddr::V6(v6);
             if self.sent_secondary.get(key) != Some(&(v6, identity)) {
-                out.push(Change::IpcacheUpsert {
-                    prefix: Prefix::host(v6).to_string(),
+                out.push(Change::IpcacheUpsert(IpcacheMsg {
+                    prefix: Text(Prefix::host(v6)),
                     identity,
                     tunnel_endpoint: self.tunnel_endpoint(&spec.node),
-                });
+                }));
                 self.sent_secondary.insert(key.to_string(), (v6, identity));
             }
         }
@@ -583,18 +601,18 @@ impl ClusterState {
             return true;
         }
         let (Some(id), Some(ifindex), Some(mac)) =
-            (self.endpoint_id(spec), spec.ifindex, spec.mac.clone())
+            (self.endpoint_id(spec), spec.ifindex, spec.mac_addr())
         else {
             return true;
         };
-        out.push(Change::EndpointUpsert {
+        out.push(Change::EndpointUpsert(EndpointMsg {
             id,
             ifindex,
-            mac,
+            mac: Text(mac),
             ipv4: spec.ipv4,
             ipv6: spec.ipv6,
             identity,
-        });
+        }));
         self.sent_endpoints.insert(key.to_string(), id);
         true
     }
@@ -635,15 +653,15 @@ impl ClusterState {
                     .pod_by_ip(prefix.addr())
                     .and_then(|k| self.endpoints.get(k))
                     .map(|e| e.node.clone());
-                out.push(Change::IpcacheUpsert {
-                    prefix: prefix.to_string(),
+                out.push(Change::IpcacheUpsert(IpcacheMsg {
+                    prefix: Text(*prefix),
                     identity: id,
                     tunnel_endpoint: node.and_then(|n| self.tunnel_endpoint(&n)),
-                });
+                }));
             }
-            Delta::IpcacheRemove { prefix } => out.push(Change::IpcacheDelete {
-                prefix: prefix.to_string(),
-            }),
+            Delta::IpcacheRemove { prefix } => out.push(Change::IpcacheDelete(PrefixRef {
+                prefix: Text(*prefix),
+            })),
             Delta::Enforce {
                 endpoint,
                 direction,
@@ -673,7 +691,7 @@ impl ClusterState {
                         .entry((ep, DirKey(*direction)))
                         .or_default()
                         .add
-                        .push(EntryMsg::new(key, id, entry));
+                        .push(policy_entry(key, id, entry));
                 }
             }
             Delta::Remove {
@@ -692,7 +710,7 @@ impl ClusterState {
                         .entry((ep, DirKey(*direction)))
                         .or_default()
                         .delete
-                        .push(KeyMsg::new(key, id));
+                        .push(policy_key(key, id));
                 }
             }
             // The endpoint.delete was sent by delete_endpoint (policy goes with it).
@@ -709,12 +727,7 @@ impl ClusterState {
         let mut out = Vec::new();
         for (name, n) in &self.nodes {
             if *name != self.node {
-                out.push(Change::NodeUpsert {
-                    name: name.clone(),
-                    underlay: n.underlay_ip,
-                    pod_cidrs: n.pod_cidrs.clone(),
-                    encap: n.tunnel.as_str().to_string(),
-                });
+                out.push(node_upsert(name, n));
             }
         }
         for s in self.services.values() {
@@ -746,14 +759,14 @@ impl ClusterState {
                 let entries = dp
                     .map
                     .iter()
-                    .filter_map(|(k, e)| Some(EntryMsg::new(&k, self.translate(k.identity)?, &e)))
+                    .filter_map(|(k, e)| Some(policy_entry(&k, self.translate(k.identity)?, &e)))
                     .collect();
-                out.push(Change::PolicyReplace {
+                out.push(Change::PolicyReplace(PolicyReplace {
                     endpoint: ep,
-                    direction: d.into(),
+                    direction: wire_direction(d),
                     enforced: dp.enforced,
                     entries,
-                });
+                }));
             }
         }
         out
@@ -780,20 +793,41 @@ impl Ord for DirKey {
 #[derive(Debug, Default)]
 struct PolicyBatch {
     enforced: Option<bool>,
-    add: Vec<EntryMsg>,
-    delete: Vec<KeyMsg>,
+    add: Vec<PolicyEntryMsg>,
+    delete: Vec<PolicyKeyMsg>,
+}
+
+fn wire_direction(d: Direction) -> WireDirection {
+    match d {
+        Direction::Ingress => WireDirection::Ingress,
+        Direction::Egress => WireDirection::Egress,
+    }
+}
+
+fn node_upsert(name: &str, n: &NodeSpec) -> Change {
+    Change::NodeUpsert(NodeMsg {
+        name: name.to_string(),
+        underlay: n.underlay_ip,
+        pod_cidrs: n.prefixes().into_iter().map(Text).collect(),
+        encap: match n.tunnel {
+            TunnelMode::Vxlan => WireEncap::Vxlan,
+            TunnelMode::Geneve => WireEncap::Geneve,
+            TunnelMode::Native => WireEncap::Native,
+        },
+        next_hop_mac: None,
+    })
 }
 
 fn frontend_msg(f: &schema::FrontendSpec) -> FrontendMsg {
     FrontendMsg {
         addr: f.ip,
         port: f.port,
-        proto: protocol_number(&f.protocol),
+        proto: Proto(protocol_number(&f.protocol)),
     }
 }
 
 fn service_upsert(f: &schema::FrontendSpec, s: &ServiceSpec) -> Change {
-    Change::ServiceUpsert {
+    Change::ServiceUpsert(ServiceMsg {
         frontend: frontend_msg(f),
         backends: s
             .backends
@@ -805,10 +839,11 @@ fn service_upsert(f: &schema::FrontendSpec, s: &ServiceSpec) -> Change {
             })
             .collect(),
         mode: match s.mode {
-            ServiceMode::Snat => "snat".into(),
-            ServiceMode::Dsr => "dsr".into(),
+            ServiceMode::Snat => WireLbMode::Snat,
+            ServiceMode::Dsr => WireLbMode::Dsr,
         },
-    }
+        id: None,
+    })
 }
 
 #[cfg(test)]
@@ -856,10 +891,9 @@ mod tests {
         // Nothing identity-bearing goes out before the numbers are known.
         let before = s.commit();
         assert!(
-            before.iter().all(|c| !matches!(
-                c,
-                Change::EndpointUpsert { .. } | Change::PolicyUpdate { .. }
-            )),
+            before
+                .iter()
+                .all(|c| !matches!(c, Change::EndpointUpsert(_) | Change::PolicyUpdate(_))),
             "{before:?}"
         );
         let mut next = 1000;
@@ -870,31 +904,31 @@ mod tests {
         assert!(
             out.iter().any(|c| matches!(
                 c,
-                Change::EndpointUpsert {
+                Change::EndpointUpsert(EndpointMsg {
                     id: 5,
                     ifindex: 7,
                     ..
-                }
+                })
             )),
             "{out:?}"
         );
-        assert!(out.iter().any(|c| matches!(c, Change::IpcacheUpsert { prefix, identity, tunnel_endpoint: Some(t) } if prefix == "10.2.0.9/32" && *identity == b_id && t.to_string() == "192.168.0.2")), "{out:?}");
-        assert!(out.iter().any(|c| matches!(c, Change::PolicyUpdate { endpoint: 5, enforced: Some(true), add, .. } if add.iter().any(|e| e.key.identity == b_id))), "{out:?}");
+        assert!(out.iter().any(|c| matches!(c, Change::IpcacheUpsert(IpcacheMsg { prefix, identity, tunnel_endpoint: Some(t) }) if prefix.0.to_string() == "10.2.0.9/32" && *identity == b_id && t.to_string() == "192.168.0.2")), "{out:?}");
+        assert!(out.iter().any(|c| matches!(c, Change::PolicyUpdate(PolicyUpdate { endpoint: 5, enforced: Some(true), add, .. }) if add.iter().any(|e| e.identity == b_id))), "{out:?}");
         assert!(before
             .iter()
-            .any(|c| matches!(c, Change::NodeUpsert { name, .. } if name == "n2")));
+            .any(|c| matches!(c, Change::NodeUpsert(NodeMsg { name, .. }) if name == "n2")));
         // Deleting the policy removes the entry, with the cluster number.
         s.delete(&k("policies/NetworkPolicy/default/p"));
         let out = s.commit();
-        assert!(out.iter().any(|c| matches!(c, Change::PolicyUpdate { endpoint: 5, delete, .. } if delete.iter().any(|d| d.identity == b_id))), "{out:?}");
+        assert!(out.iter().any(|c| matches!(c, Change::PolicyUpdate(PolicyUpdate { endpoint: 5, delete, .. }) if delete.iter().any(|d| d.identity == b_id))), "{out:?}");
         // The snapshot has everything again.
         let snap = s.snapshot();
         assert!(snap
             .iter()
-            .any(|c| matches!(c, Change::PolicyReplace { endpoint: 5, .. })));
+            .any(|c| matches!(c, Change::PolicyReplace(PolicyReplace { endpoint: 5, .. }))));
         assert!(snap
             .iter()
-            .any(|c| matches!(c, Change::EndpointUpsert { id: 5, .. })));
+            .any(|c| matches!(c, Change::EndpointUpsert(EndpointMsg { id: 5, .. }))));
     }
 
     #[test]

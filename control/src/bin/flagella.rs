@@ -1,18 +1,29 @@
-//! `flagella`: the command-line tool, organised as `flagella <noun> <verb>`.
+//! `flagella`: the command-line tool, organised as `flagella <noun> <verb>` as Cilium's is.
 //!
-//! Only `flagella policy trace` exists so far; it works offline from files. Exit status: 0 when
-//! the command ran (whatever the verdicts), 1 when an input is bad (unreadable file, invalid
-//! policy, unknown pod), 2 for a command-line usage error.
+//! This file parses the command line (clap) and prints; the commands themselves are
+//! `control::cli`. Global flags: `--etcd URL[,URL...]` (default `http://127.0.0.1:2379`) and
+//! `-o text|json` (aligned tables for people, JSON for scripts). Exit status: 0 when the
+//! command ran (whatever the verdicts of a trace), 1 when something failed (bad input, etcd or
+//! the dataplane unreachable, object not found; the message says what to do), 2 for a
+//! command-line usage error.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
-use policy_compiler::model::PolicyId;
-use policy_compiler::trace::{explain, parse_port_proto, parse_probes, trace, Probe};
+use control::cli::objects::{self, backend_text, frontend_text, parse_backend, parse_frontend};
+use control::cli::policy::{self as cli_policy, as_list};
+use control::cli::status;
+use control::cli::table::Table;
+use control::cli::{connect, labels_text, split_namespaced, CliError, Skipped};
+use control::schema::{BackendSpec, FrontendSpec, ServiceMode, ServiceSpec};
+use dataplane::Identity;
+use policy_compiler::model::{PolicyId, PolicyKind};
+use policy_compiler::trace::{explain, parse_port_proto, parse_probes, trace, Probe, TraceResult};
 use policy_compiler::{parse_cluster, parse_policies, PolicyEngine};
 
 #[derive(Debug, Parser)]
@@ -21,11 +32,34 @@ use policy_compiler::{parse_cluster, parse_policies, PolicyEngine};
     version,
     about = "Flagella command-line tool",
     long_about = "Flagella command-line tool.\n\nCommands are `flagella <noun> <verb>`, e.g. \
-                  `flagella policy trace`. Run `flagella <noun> --help` to see the verbs."
+                  `flagella policy import -f policies.yaml`. Run `flagella <noun> --help` to see \
+                  the verbs.",
+    after_help = "EXIT STATUS: 0 ok; 1 the command failed (the message says what to do); \
+                  2 the command line is wrong."
 )]
 struct Cli {
+    /// etcd client URLs, comma-separated
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd: Vec<String>,
+
+    /// Output format: `text` (aligned tables) for people, `json` for scripts
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+
     #[command(subcommand)]
     noun: Noun,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,17 +69,112 @@ enum Noun {
         #[command(subcommand)]
         verb: PolicyVerb,
     },
+    /// Endpoints (pod interfaces) known to the cluster
+    Endpoint {
+        #[command(subcommand)]
+        verb: EndpointVerb,
+    },
+    /// Security identities (reserved and allocated from label sets)
+    Identity {
+        #[command(subcommand)]
+        verb: IdentityVerb,
+    },
+    /// Load-balanced services (frontends, weighted backends, SNAT or DSR)
+    Service {
+        #[command(subcommand)]
+        verb: ServiceVerb,
+    },
+    /// Nodes of the cluster
+    Node {
+        #[command(subcommand)]
+        verb: NodeVerb,
+    },
+    /// Is etcd reachable, what it holds; with --dataplane-socket, the dataplane's status
+    Status(StatusArgs),
+}
+
+/// The policy kinds `--kind` accepts (Cilium's short names too). Named as the API kinds are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(clippy::enum_variant_names)]
+enum KindArg {
+    #[value(name = "NetworkPolicy", alias = "networkpolicy", alias = "np")]
+    NetworkPolicy,
+    #[value(
+        name = "CiliumNetworkPolicy",
+        alias = "ciliumnetworkpolicy",
+        alias = "cnp"
+    )]
+    CiliumNetworkPolicy,
+    #[value(
+        name = "CiliumClusterwideNetworkPolicy",
+        alias = "ciliumclusterwidenetworkpolicy",
+        alias = "ccnp"
+    )]
+    CiliumClusterwideNetworkPolicy,
+}
+
+impl From<KindArg> for PolicyKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::NetworkPolicy => PolicyKind::NetworkPolicy,
+            KindArg::CiliumNetworkPolicy => PolicyKind::CiliumNetworkPolicy,
+            KindArg::CiliumClusterwideNetworkPolicy => PolicyKind::CiliumClusterwideNetworkPolicy,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum PolicyVerb {
-    /// Explain whether a flow is allowed, and by which policy rules (offline, from files)
+    /// Store policies in etcd, from a file or stdin (what `kubectl get networkpolicies -A -o yaml` prints)
+    #[command(
+        long_about = "Store policies in etcd; every node's agent then enforces them.\n\n\
+Reads exactly what `kubectl get networkpolicies -A -o yaml` (or `-o json`) prints, a \
+CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy manifest, or several `---` documents. \
+Every policy is validated first; if any is invalid, nothing is written and the error names the \
+document and the field. An existing policy of the same kind, namespace and name is replaced.",
+        after_long_help = "EXAMPLES:\n  \
+kubectl get networkpolicies -A -o yaml | flagella policy import -f -\n  \
+kubectl get ciliumnetworkpolicies -A -o json | flagella policy import -f -\n  \
+flagella policy import -f allow-web.yaml --dry-run"
+    )]
+    Import {
+        /// The file to read, or `-` for stdin
+        #[arg(short = 'f', long = "file", value_name = "FILE|-")]
+        file: String,
+        /// Validate only; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show stored policies: all as a table, or one (NAMESPACE/NAME, or NAME for cluster-wide)
+    #[command(
+        long_about = "Show stored policies.\n\nWithout an argument, a table of every policy; \
+with NAMESPACE/NAME (or NAME for a cluster-wide policy), the object itself. `-o json` prints \
+the objects as a kubectl `List`, which `flagella policy import -f -` reads back."
+    )]
+    Get {
+        /// NAMESPACE/NAME, or NAME for a CiliumClusterwideNetworkPolicy
+        selector: Option<String>,
+        /// Only policies of this kind
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+    },
+    /// Delete a stored policy (NAMESPACE/NAME, or NAME for cluster-wide)
+    Delete {
+        /// NAMESPACE/NAME, or NAME for a CiliumClusterwideNetworkPolicy
+        selector: String,
+        /// Needed when several kinds have a policy of that name
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+    },
+    /// Explain whether a flow is allowed, and by which policy rules (live from etcd, or offline from files)
     #[command(
         long_about = "Explain whether flows are allowed, and which policies and rules decided.\n\n\
-Works offline: it reads the policies and a cluster description, compiles them into the same \
-per-pod policy maps the dataplane uses and looks each flow up in them with the dataplane's own \
-lookup function. A flow is allowed when the sender's egress policy and the receiver's ingress \
-policy both allow it.",
+Live (without --policies/--cluster): reads the policies, namespaces, endpoints and nodes from \
+etcd, builds the same model the node agents build, and traces against it. Offline (with \
+--policies and --cluster): reads the policies and a cluster description from files. Either way \
+the policies are compiled into the same per-pod policy maps the dataplane uses and each flow is \
+looked up in them with the dataplane's own lookup function. A flow is allowed when the \
+sender's egress policy and the receiver's ingress policy both allow it.",
         after_long_help = "\
 CLUSTER FILE (YAML or JSON):
   namespaces:                      # namespace name -> its labels
@@ -62,13 +191,14 @@ is outside the cluster (identity `world`, or the CIDR identity of the longest ma
 PROBES FILE (JSON): [{\"from\": \"x/a\", \"to\": \"y/b\", \"port\": 80, \"protocol\": \"TCP\"}, ...]
 
 EXAMPLES:
+  flagella policy trace --from x/a --to y/b --port 80/TCP          # live, from etcd
   flagella policy trace --policies deny-all.yaml --policies allow-web.yaml \\
       --cluster cluster.yaml --from x/a --to y/b --port 80/TCP
   flagella policy trace --policies policies.yaml --cluster cluster.yaml --probes probes.json -o json
 
 EXIT STATUS:
   0 the trace ran (whatever the verdicts); 1 an input is bad (the message names the file, the \
-field and what to fix); 2 the command line is wrong."
+field and what to fix) or etcd is unreachable; 2 the command line is wrong."
     )]
     Trace(TraceArgs),
 }
@@ -76,14 +206,15 @@ field and what to fix); 2 the command line is wrong."
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("flows").required(true).args(["from", "probes"])))]
 struct TraceArgs {
-    /// A file of policies (YAML or JSON; one object, several `---` documents or `kind: List`).
-    /// Repeat the flag for several files.
-    #[arg(long = "policies", value_name = "FILE", required = true)]
+    /// Offline: a file of policies (YAML or JSON; one object, several `---` documents or
+    /// `kind: List`). Repeat the flag for several files. Requires --cluster.
+    #[arg(long = "policies", value_name = "FILE", requires = "cluster")]
     policies: Vec<PathBuf>,
 
-    /// The cluster description: namespaces with labels, pods, nodes (see below)
-    #[arg(long, value_name = "FILE")]
-    cluster: PathBuf,
+    /// Offline: the cluster description: namespaces with labels, pods, nodes (see below).
+    /// Requires --policies.
+    #[arg(long, value_name = "FILE", requires = "policies")]
+    cluster: Option<PathBuf>,
 
     /// Source of the flow: `namespace/pod` or an IP address
     #[arg(long, value_name = "SRC", requires_all = ["to", "port"], conflicts_with = "probes")]
@@ -100,107 +231,542 @@ struct TraceArgs {
     /// A JSON list of flows to trace instead of --from/--to/--port
     #[arg(long, value_name = "FILE")]
     probes: Option<PathBuf>,
+}
 
-    /// Output format: `text` for people, `json` for scripts
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
-    output: Output,
+#[derive(Debug, Subcommand)]
+enum EndpointVerb {
+    /// List endpoints: pod, node, identity, addresses, labels
+    List {
+        /// Only the endpoints of this node
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+    },
+    /// Show one endpoint
+    Get {
+        /// NAMESPACE/POD
+        pod: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityVerb {
+    /// List identities: the reserved ones and those allocated for label sets
+    List,
+    /// Show one identity's labels
+    Get {
+        /// The identity number
+        id: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Text,
-    Json,
+enum ModeArg {
+    /// The frontend node translates both ways
+    Snat,
+    /// Direct server return: the backend answers the client directly
+    Dsr,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceVerb {
+    /// Create or replace a service
+    #[command(after_long_help = "EXAMPLES:\n  \
+flagella service upsert default/dns --frontend 10.96.0.10:53/udp \\\n      \
+--backend 10.1.0.12:53 --backend 10.2.0.7:53,2\n  \
+flagella service upsert default/web --frontend 10.96.0.20:80/tcp --backend 10.1.0.5:8080 --mode dsr")]
+    Upsert {
+        /// NAMESPACE/NAME
+        name: String,
+        /// IP:PORT[/PROTO] (protocol tcp, udp or sctp; default tcp). Repeat for several.
+        #[arg(long, value_name = "IP:PORT[/PROTO]", required = true, value_parser = parse_frontend)]
+        frontend: Vec<FrontendSpec>,
+        /// IP:PORT[,WEIGHT] (weight default 1; 0 drains). Repeat for several.
+        #[arg(long, value_name = "IP:PORT[,WEIGHT]", value_parser = parse_backend)]
+        backend: Vec<BackendSpec>,
+        /// Forwarding mode
+        #[arg(long, value_enum, default_value_t = ModeArg::Snat)]
+        mode: ModeArg,
+    },
+    /// List services
+    List,
+    /// Delete a service
+    Delete {
+        /// NAMESPACE/NAME
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeVerb {
+    /// List nodes: underlay address, pod CIDRs, tunnel mode, endpoints
+    List,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Also ask the dataplane at this control socket for its status
+    #[arg(long, value_name = "PATH")]
+    dataplane_socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.noun {
-        Noun::Policy {
-            verb: PolicyVerb::Trace(args),
-        } => policy_trace(&args),
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }
 }
 
-fn read(path: &Path, flag: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read the {flag} file {}: {e}; check the path and permissions",
-            path.display()
-        )
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let out = cli.output;
+    let etcd = &cli.etcd;
+    match cli.noun {
+        Noun::Policy { verb } => policy(verb, etcd, out).await?,
+        Noun::Endpoint { verb } => endpoint(verb, etcd, out).await?,
+        Noun::Identity { verb } => identity(verb, etcd, out).await?,
+        Noun::Service { verb } => service(verb, etcd, out).await?,
+        Noun::Node {
+            verb: NodeVerb::List,
+        } => {
+            let store = connect(etcd).await?;
+            let (state, skipped) = cli_policy::live_state(&store).await?;
+            warn(&skipped);
+            let nodes = objects::nodes(&state);
+            emit(out, &nodes, || {
+                let mut t = Table::new(&["NAME", "UNDERLAY", "POD CIDRS", "TUNNEL", "ENDPOINTS"]);
+                for n in &nodes {
+                    t.row(vec![
+                        n.name.clone(),
+                        n.underlay_ip.to_string(),
+                        n.pod_cidrs.join(","),
+                        n.tunnel.as_str().to_string(),
+                        n.endpoints.to_string(),
+                    ]);
+                }
+                t.render()
+            })?;
+        }
+        Noun::Status(args) => {
+            let report = status::status(etcd, args.dataplane_socket.as_deref()).await;
+            emit(out, &report, || status::text(&report))?;
+            if !report.healthy() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `value` as JSON, or `text()` for people.
+fn emit<T: Serialize>(
+    out: Output,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let written = match out {
+        Output::Json => serde_json::to_writer_pretty(&mut w, value)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(w)),
+        Output::Text => w.write_all(text().as_bytes()),
+    };
+    written
+        .and_then(|()| w.flush())
+        .map_err(|e| CliError::Other(format!("cannot write the output: {e}")))
+}
+
+/// Keys skipped because their value does not decode (the agents skip them too).
+fn warn(skipped: &[Skipped]) {
+    for s in skipped {
+        let reason = s
+            .reason
+            .strip_prefix(&format!("{}: ", s.key))
+            .unwrap_or(&s.reason);
+        eprintln!("warning: skipped {}: {reason}", s.key);
+    }
+}
+
+fn read_input(file: &str) -> Result<(String, String), CliError> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| CliError::Read {
+                path: "stdin".into(),
+                source,
+            })?;
+        return Ok(("stdin".into(), text));
+    }
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
+        path: file.to_string(),
+        source,
+    })?;
+    Ok((file.to_string(), text))
+}
+
+fn policy_table(refs: impl IntoIterator<Item = PolicyId>) -> String {
+    let mut t = Table::new(&["KIND", "NAMESPACE", "NAME"]);
+    for id in refs {
+        t.row(vec![
+            id.kind.as_str().to_string(),
+            id.namespace.unwrap_or_else(|| "-".into()),
+            id.name,
+        ]);
+    }
+    t.render()
+}
+
+async fn policy(verb: PolicyVerb, etcd: &[String], out: Output) -> Result<(), CliError> {
+    match verb {
+        PolicyVerb::Import { file, dry_run } => {
+            let (source, text) = read_input(&file)?;
+            let mut prepared = cli_policy::prepare_import(&source, &text)?;
+            prepared.report.dry_run = dry_run;
+            if !dry_run {
+                let store = connect(etcd).await?;
+                cli_policy::write_all(&store, &prepared.writes).await?;
+            }
+            let report = &prepared.report;
+            if out == Output::Text {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            emit(out, report, || {
+                let mut t = Table::new(&["KIND", "NAMESPACE", "NAME", "KEY"]);
+                for p in &report.imported {
+                    t.row(vec![
+                        p.kind.clone(),
+                        p.namespace.clone().unwrap_or_else(|| "-".into()),
+                        p.name.clone(),
+                        p.key.clone(),
+                    ]);
+                }
+                let verb = if dry_run { "would import" } else { "imported" };
+                format!(
+                    "{}{verb} {} policies from {source}\n",
+                    t.render(),
+                    report.imported.len()
+                )
+            })
+        }
+        PolicyVerb::Get { selector, kind } => {
+            let store = connect(etcd).await?;
+            let (found, skipped) =
+                cli_policy::get(&store, selector.as_deref(), kind.map(Into::into)).await?;
+            warn(&skipped);
+            match (&selector, found.as_slice()) {
+                (Some(_), [one]) => emit(out, &one.object, || {
+                    format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&one.object).unwrap_or_default()
+                    )
+                }),
+                (Some(_), several) if out == Output::Text && !several.is_empty() => {
+                    let text: Vec<String> = several
+                        .iter()
+                        .map(|p| serde_json::to_string_pretty(&p.object).unwrap_or_default())
+                        .collect();
+                    emit(out, &(), || format!("{}\n", text.join("\n---\n")))
+                }
+                _ => emit(out, &as_list(&found), || {
+                    policy_table(found.iter().map(|p| p.id.clone()))
+                }),
+            }
+        }
+        PolicyVerb::Delete { selector, kind } => {
+            let store = connect(etcd).await?;
+            let deleted = cli_policy::delete(&store, &selector, kind.map(Into::into)).await?;
+            emit(out, &deleted, || {
+                format!("deleted {} ({})\n", deleted.name, deleted.key)
+            })
+        }
+        PolicyVerb::Trace(args) => {
+            let results = if args.policies.is_empty() {
+                trace_live(&args, etcd).await?
+            } else {
+                trace_offline(&args)?
+            };
+            emit(out, &results, || {
+                results
+                    .iter()
+                    .map(|r| format!("{}\n", explain(r)))
+                    .collect::<String>()
+            })
+        }
+    }
+}
+
+fn read(path: &Path, flag: &str) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: format!("the {flag} file {}", path.display()),
+        source,
     })
 }
 
-fn policy_trace(args: &TraceArgs) -> Result<(), String> {
+/// The flows asked for: --probes FILE, or --from/--to/--port.
+fn probes(args: &TraceArgs) -> Result<Vec<Probe>, CliError> {
+    match (&args.probes, &args.from, &args.to, &args.port) {
+        (Some(path), _, _, _) => {
+            parse_probes(&path.display().to_string(), &read(path, "--probes")?)
+                .map_err(|e| CliError::Other(e.to_string()))
+        }
+        (None, Some(from), Some(to), Some(port)) => {
+            let (port, protocol) =
+                parse_port_proto(port).map_err(|e| CliError::Other(format!("--port: {e}")))?;
+            Ok(vec![Probe {
+                from: from.clone(),
+                to: to.clone(),
+                port,
+                protocol,
+            }])
+        }
+        _ => Err(CliError::Other(
+            "give --from, --to and --port, or --probes FILE".into(),
+        )),
+    }
+}
+
+fn run_probes(engine: &PolicyEngine, args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
+    let probes = probes(args)?;
+    let mut results = Vec::with_capacity(probes.len());
+    for (i, probe) in probes.iter().enumerate() {
+        let r = trace(engine, probe).map_err(|e| {
+            CliError::Other(match &args.probes {
+                Some(path) => format!("{}, probe {}: {e}", path.display(), i + 1),
+                None => e.to_string(),
+            })
+        })?;
+        results.push(r);
+    }
+    Ok(results)
+}
+
+fn trace_offline(args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
     let mut policies = Vec::new();
     let mut seen: HashMap<PolicyId, String> = HashMap::new();
     for path in &args.policies {
         let name = path.display().to_string();
-        let parsed =
-            parse_policies(&name, &read(path, "--policies")?).map_err(|e| e.to_string())?;
+        let parsed = parse_policies(&name, &read(path, "--policies")?)
+            .map_err(|e| CliError::Other(e.to_string()))?;
         for w in &parsed.warnings {
             eprintln!("warning: {w}");
         }
         for p in parsed.policies {
             if let Some(first) = seen.insert(p.id.clone(), name.clone()) {
-                return Err(format!(
+                return Err(CliError::Other(format!(
                     "{name}: {} is also defined in {first}; remove one of them",
                     p.id
-                ));
+                )));
             }
             policies.push(p);
         }
     }
-    let cluster_name = args.cluster.display().to_string();
-    let cluster = parse_cluster(&cluster_name, &read(&args.cluster, "--cluster")?)
-        .map_err(|e| e.to_string())?;
-    let engine =
-        PolicyEngine::build(&cluster, &policies).map_err(|e| format!("{cluster_name}: {e}"))?;
-
-    let probes = match (&args.probes, &args.from, &args.to, &args.port) {
-        (Some(path), _, _, _) => {
-            parse_probes(&path.display().to_string(), &read(path, "--probes")?)
-                .map_err(|e| e.to_string())?
-        }
-        (None, Some(from), Some(to), Some(port)) => {
-            let (port, protocol) = parse_port_proto(port).map_err(|e| format!("--port: {e}"))?;
-            vec![Probe {
-                from: from.clone(),
-                to: to.clone(),
-                port,
-                protocol,
-            }]
-        }
-        _ => return Err("give --from, --to and --port, or --probes FILE".into()),
+    let Some(cluster_path) = &args.cluster else {
+        return Err(CliError::Other(
+            "--policies needs --cluster FILE (or give neither to trace against etcd)".into(),
+        ));
     };
+    let cluster_name = cluster_path.display().to_string();
+    let cluster = parse_cluster(&cluster_name, &read(cluster_path, "--cluster")?)
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let engine = PolicyEngine::build(&cluster, &policies)
+        .map_err(|e| CliError::Other(format!("{cluster_name}: {e}")))?;
+    run_probes(&engine, args)
+}
 
-    let mut results = Vec::with_capacity(probes.len());
-    for (i, probe) in probes.iter().enumerate() {
-        let r = trace(&engine, probe).map_err(|e| match &args.probes {
-            Some(path) => format!("{}, probe {}: {e}", path.display(), i + 1),
-            None => e.to_string(),
-        })?;
-        results.push(r);
+/// Traces against the state in etcd, reporting cluster-wide identity numbers.
+async fn trace_live(args: &TraceArgs, etcd: &[String]) -> Result<Vec<TraceResult>, CliError> {
+    let store = connect(etcd).await?;
+    let (state, skipped) = cli_policy::live_state(&store).await?;
+    warn(&skipped);
+    // Name a pod missing from etcd in etcd's terms (the compiler speaks of a cluster file).
+    for probe in probes(args)? {
+        for side in [&probe.from, &probe.to] {
+            if side.contains('/') && !state.endpoints().contains_key(side.as_str()) {
+                return Err(CliError::NotFound {
+                    what: format!("endpoint {side}"),
+                    hint: "`flagella endpoint list` lists the endpoints in etcd (a refused one \
+                           is printed as a warning with its reason)"
+                        .into(),
+                });
+            }
+        }
     }
+    let mut results = run_probes(state.engine(), args)?;
+    for r in &mut results {
+        for remote in [&mut r.egress.remote, &mut r.ingress.remote] {
+            match state.cluster_identity(Identity(remote.identity)) {
+                Some(id) => remote.identity = id,
+                None => remote
+                    .description
+                    .push_str(" (no cluster-wide identity allocated yet; number is local)"),
+            }
+        }
+    }
+    Ok(results)
+}
 
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = match args.output {
-        Output::Json => serde_json::to_writer_pretty(&mut out, &results)
-            .map_err(|e| e.to_string())
-            .and_then(|()| writeln!(out).map_err(|e| e.to_string())),
-        Output::Text => results
-            .iter()
-            .try_for_each(|r| writeln!(out, "{}", explain(r)))
-            .map_err(|e| e.to_string()),
+async fn endpoint(verb: EndpointVerb, etcd: &[String], out: Output) -> Result<(), CliError> {
+    let store = connect(etcd).await?;
+    let (state, skipped) = cli_policy::live_state(&store).await?;
+    warn(&skipped);
+    let id_text = |id: Option<u32>| id.map_or_else(|| "(pending)".into(), |i| i.to_string());
+    let ip_text = |ip: Option<String>| ip.unwrap_or_else(|| "-".into());
+    match verb {
+        EndpointVerb::List { node } => {
+            let eps = objects::endpoints(&state, node.as_deref());
+            emit(out, &eps, || {
+                let mut t = Table::new(&[
+                    "ENDPOINT",
+                    "NODE",
+                    "IDENTITY",
+                    "IPV4",
+                    "IPV6",
+                    "INTERFACE",
+                    "LABELS",
+                ]);
+                for e in &eps {
+                    t.row(vec![
+                        format!("{}/{}", e.namespace, e.name),
+                        e.node.clone(),
+                        id_text(e.identity),
+                        ip_text(e.ipv4.map(|a| a.to_string())),
+                        ip_text(e.ipv6.map(|a| a.to_string())),
+                        e.interface.clone(),
+                        labels_text(&e.labels),
+                    ]);
+                }
+                t.render()
+            })
+        }
+        EndpointVerb::Get { pod } => {
+            let (ns, name) = split_namespaced("endpoint", &pod)?;
+            let e = objects::endpoint(&state, ns, name)?;
+            emit(out, &e, || {
+                let ports: Vec<String> = e
+                    .ports
+                    .iter()
+                    .map(|p| match &p.name {
+                        Some(n) => format!("{n}={}/{}", p.port, p.protocol),
+                        None => format!("{}/{}", p.port, p.protocol),
+                    })
+                    .collect();
+                let mut t = Table::new(&["FIELD", "VALUE"]);
+                for (k, v) in [
+                    ("endpoint", format!("{}/{}", e.namespace, e.name)),
+                    ("node", e.node.clone()),
+                    ("identity", id_text(e.identity)),
+                    ("ipv4", ip_text(e.ipv4.map(|a| a.to_string()))),
+                    ("ipv6", ip_text(e.ipv6.map(|a| a.to_string()))),
+                    ("interface", e.interface.clone()),
+                    ("labels", labels_text(&e.labels)),
+                    ("ports", ports.join(",")),
+                ] {
+                    t.row(vec![k.to_string(), v]);
+                }
+                t.render()
+            })
+        }
+    }
+}
+
+async fn identity(verb: IdentityVerb, etcd: &[String], out: Output) -> Result<(), CliError> {
+    let store = connect(etcd).await?;
+    let ids = match verb {
+        IdentityVerb::List => {
+            let (ids, skipped) = objects::identities(&store).await?;
+            warn(&skipped);
+            ids
+        }
+        IdentityVerb::Get { id } => vec![objects::identity(&store, id).await?],
     };
-    written
-        .and_then(|()| out.flush().map_err(|e| e.to_string()))
-        .map_err(|e| format!("cannot write the output: {e}"))
+    let text = || {
+        let mut t = Table::new(&["ID", "LABELS"]);
+        for i in &ids {
+            let labels = if i.reserved {
+                i.labels.keys().cloned().collect::<Vec<_>>().join(",")
+            } else {
+                labels_text(&i.labels)
+            };
+            t.row(vec![i.id.to_string(), labels]);
+        }
+        t.render()
+    };
+    match ids.as_slice() {
+        [one] if out == Output::Json => emit(out, one, text),
+        _ => emit(out, &ids, text),
+    }
+}
+
+async fn service(verb: ServiceVerb, etcd: &[String], out: Output) -> Result<(), CliError> {
+    let store = connect(etcd).await?;
+    match verb {
+        ServiceVerb::Upsert {
+            name,
+            frontend,
+            backend,
+            mode,
+        } => {
+            let (ns, n) = split_namespaced("service", &name)?;
+            let spec = ServiceSpec {
+                frontends: frontend,
+                backends: backend,
+                mode: match mode {
+                    ModeArg::Snat => ServiceMode::Snat,
+                    ModeArg::Dsr => ServiceMode::Dsr,
+                },
+            };
+            let s = objects::upsert_service(&store, ns, n, spec).await?;
+            emit(out, &s, || format!("service {ns}/{n} written\n"))
+        }
+        ServiceVerb::List => {
+            let (services, skipped) = objects::services(&store).await?;
+            warn(&skipped);
+            emit(out, &services, || {
+                let mut t = Table::new(&["SERVICE", "MODE", "FRONTENDS", "BACKENDS"]);
+                for s in &services {
+                    let f: Vec<String> = s.spec.frontends.iter().map(frontend_text).collect();
+                    let b: Vec<String> = s.spec.backends.iter().map(backend_text).collect();
+                    t.row(vec![
+                        format!("{}/{}", s.namespace, s.name),
+                        match s.spec.mode {
+                            ServiceMode::Snat => "snat".into(),
+                            ServiceMode::Dsr => "dsr".into(),
+                        },
+                        f.join(","),
+                        if b.is_empty() {
+                            "-".into()
+                        } else {
+                            b.join(" ")
+                        },
+                    ]);
+                }
+                t.render()
+            })
+        }
+        ServiceVerb::Delete { name } => {
+            let (ns, n) = split_namespaced("service", &name)?;
+            let key = objects::delete_service(&store, ns, n).await?;
+            emit(
+                out,
+                &serde_json::json!({"deleted": format!("{ns}/{n}"), "key": key}),
+                || format!("deleted service {ns}/{n}\n"),
+            )
+        }
+    }
 }

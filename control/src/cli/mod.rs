@@ -1,0 +1,162 @@
+//! The commands of the `flagella` CLI, as library code: each reads or writes etcd (or asks the
+//! dataplane's socket) and returns a report that the binary prints as an aligned table for
+//! people or as JSON for scripts (`-o json`). Argument parsing lives in the binary.
+//!
+//! Contract:
+//! - nothing here panics on etcd contents, files or flags; a value in etcd that does not decode
+//!   ([`crate::schema::decode`]) is skipped and returned as a warning naming its key, as the
+//!   agent does;
+//! - every write is validated with the same decoder the agent uses *before* anything is written,
+//!   so what the CLI writes is never a malformed key for the agents;
+//! - errors are [`CliError`], whose messages say what to do; the binary maps them to exit
+//!   status 1 (usage errors are clap's, status 2).
+//!
+//! Modules: [`table`] (aligned text tables), [`policy`] (`policy import|get|delete` and the live
+//! state `policy trace` reads), [`objects`] (`endpoint`, `identity`, `service`, `node`),
+//! [`status`].
+
+pub mod objects;
+pub mod policy;
+pub mod status;
+pub mod table;
+
+use std::time::Duration;
+
+use crate::dataplane_client::ClientError;
+use crate::schema::{self, Object, SchemaError};
+use crate::store::{Kv, Store, StoreError};
+
+/// How long one etcd request may take before the CLI gives up.
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A command failure (exit status 1). Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dataplane(#[from] ClientError),
+    /// An input (file, flag value) is refused; nothing was written.
+    #[error("{0}; nothing was written")]
+    Input(String),
+    /// The object asked for does not exist.
+    #[error("{what} not found; {hint}")]
+    NotFound { what: String, hint: String },
+    /// The name given matches several objects.
+    #[error("{what} is ambiguous: {candidates}; say which with --kind")]
+    Ambiguous { what: String, candidates: String },
+    #[error("cannot read {path}: {source}; check the path and permissions")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A key whose value was skipped because it does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    pub key: String,
+    pub reason: String,
+}
+
+impl From<&SchemaError> for Skipped {
+    fn from(e: &SchemaError) -> Self {
+        Skipped {
+            key: e.key().to_string(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Connects to etcd (any of `endpoints`).
+pub async fn connect(endpoints: &[String]) -> Result<Store, CliError> {
+    Ok(Store::connect(endpoints, ETCD_TIMEOUT).await?)
+}
+
+/// Every decodable object under `prefix` (a path below [`schema::ROOT`], e.g. `services/`),
+/// with the keys skipped because they do not decode.
+pub async fn list_decoded(
+    store: &Store,
+    prefix: &str,
+) -> Result<(Vec<(Kv, Object)>, Vec<Skipped>), CliError> {
+    let (kvs, _) = store.list(&format!("{}{prefix}", schema::ROOT)).await?;
+    Ok(decode_all(kvs))
+}
+
+/// Decodes a listing, splitting it into objects and skipped keys.
+pub fn decode_all(kvs: Vec<Kv>) -> (Vec<(Kv, Object)>, Vec<Skipped>) {
+    let mut objects = Vec::with_capacity(kvs.len());
+    let mut skipped = Vec::new();
+    for kv in kvs {
+        match schema::decode(&kv.key, &kv.value) {
+            Ok(o) => objects.push((kv, o)),
+            Err(e) => skipped.push(Skipped::from(&e)),
+        }
+    }
+    (objects, skipped)
+}
+
+/// Splits `namespace/name`; `what` names the argument in the error.
+pub fn split_namespaced<'a>(what: &str, arg: &'a str) -> Result<(&'a str, &'a str), CliError> {
+    match arg.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns, name))
+        }
+        _ => Err(CliError::Input(format!(
+            "{what} `{arg}` must be NAMESPACE/NAME, e.g. default/web"
+        ))),
+    }
+}
+
+/// Checks that `key` is a well-formed schema key (names without `/`, not empty, ...).
+pub fn check_key(key: &str) -> Result<(), CliError> {
+    schema::parse_key(key)
+        .map(|_| ())
+        .map_err(|e| CliError::Input(e.to_string()))
+}
+
+/// `k=v,k=v` of a label map, sorted (for tables).
+pub fn labels_text<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    labels
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaced_names() {
+        assert!(matches!(split_namespaced("pod", "a/b"), Ok(("a", "b"))));
+        for bad in ["a", "/b", "a/", "a/b/c", ""] {
+            let e = split_namespaced("pod", bad);
+            assert!(
+                matches!(&e, Err(CliError::Input(m)) if m.contains("NAMESPACE/NAME")),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_all_splits_good_and_bad() {
+        let kv = |k: &str, v: &str| Kv {
+            key: format!("{}{k}", schema::ROOT),
+            value: v.as_bytes().to_vec(),
+            mod_revision: 1,
+        };
+        let (ok, bad) = decode_all(vec![
+            kv("namespaces/a", "{}"),
+            kv("namespaces/b", "{oops"),
+            kv("gadgets/x", "{}"),
+        ]);
+        assert_eq!(ok.len(), 1);
+        assert_eq!(bad.len(), 2);
+        assert!(bad[0].key.ends_with("namespaces/b"), "{bad:?}");
+    }
+}
