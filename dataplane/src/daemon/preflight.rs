@@ -7,7 +7,7 @@ use crate::daemon::config::DaemonConfig;
 /// Why the daemon refuses to start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreflightError {
-    #[error("flagella-dataplane must run as root (it attaches XDP programs and opens AF_XDP sockets): run it with sudo or from its systemd unit")]
+    #[error("flagella-dataplane must run as root or with CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF (it attaches XDP programs and opens AF_XDP sockets): run it with sudo or from its systemd unit")]
     NotRoot,
     #[error("this kernel has no AF_XDP sockets ({0}): use a kernel built with CONFIG_XDP_SOCKETS=y (Linux 4.18 or later)")]
     NoAfXdp(String),
@@ -30,11 +30,25 @@ pub fn check(cfg: &DaemonConfig, need_memlock: u64) -> Result<(), PreflightError
 /// Effective user id 0.
 pub fn check_root() -> Result<(), PreflightError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    if root || effective_caps().is_some_and(|caps| caps & NEEDED_CAPS == NEEDED_CAPS) {
         Ok(())
     } else {
         Err(PreflightError::NotRoot)
     }
+}
+
+/// CAP_NET_ADMIN (12), CAP_NET_RAW (13) and CAP_BPF (39): what an unprivileged service user
+/// needs to attach XDP and open AF_XDP sockets (scripts/systemd/flagella-dataplane.service).
+const NEEDED_CAPS: u64 = (1 << 12) | (1 << 13) | (1 << 39);
+
+/// The effective capability set of this process, from /proc/self/status.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// Opens (and closes) an AF_XDP socket to see whether the kernel has them.
@@ -72,14 +86,7 @@ const CAP_IPC_LOCK: u32 = 14;
 /// a container's root may lack `CAP_SYS_RESOURCE` and so be unable to raise the limit, which
 /// then does not matter). Reads `/proc/self/status`; when it cannot tell, answers `true`.
 pub fn umem_counts_against_memlock() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return true;
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_none_or(|caps| caps & (1 << CAP_IPC_LOCK) == 0)
+    effective_caps().is_none_or(|caps| caps & (1 << CAP_IPC_LOCK) == 0)
 }
 
 /// Raises RLIMIT_MEMLOCK to at least `need` bytes when the hard limit allows; errors otherwise.
