@@ -467,6 +467,47 @@ fn spoofed_source_ip_and_mac_dropped() {
 }
 
 #[test]
+fn ipv6_link_scoped_sources_are_not_counted_as_spoofing() {
+    // Regression: a pod's own neighbor discovery and MLD (from fe80::/10 or ::) used to be
+    // counted `invalid_source_ip`, burying real spoofing under the noise every IPv6 interface
+    // makes when it comes up.
+    let t = node_a();
+    let mut p = pipeline();
+    let link_local: IpAddr = "fe80::1".parse().unwrap();
+    let unspecified = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    let all_routers: IpAddr = "ff02::2".parse().unwrap();
+    for (description, src) in [
+        ("pod1 sends from its link-local address", link_local),
+        ("pod1 sends from the unspecified address", unspecified),
+    ] {
+        let frame = PacketBuilder::echo(src, all_routers, true, 1).macs(POD1.mac, ROUTER_MAC);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description,
+                ingress: POD1.ifindex,
+                input: frame.build(),
+                expect: Expect::Drop(DropReason::Ipv6LinkScopedSource),
+            },
+        );
+    }
+    let spoof_v6 = PacketBuilder::udp(POD3.ip6(), 1, POD2.ip6(), 53).macs(POD1.mac, ROUTER_MAC);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "pod1 sends with pod3's IPv6",
+            ingress: POD1.ifindex,
+            input: spoof_v6.build(),
+            expect: Expect::Drop(DropReason::InvalidSourceIp),
+        },
+    );
+    assert_eq!(p.counters().drops(DropReason::Ipv6LinkScopedSource), 2);
+    assert_eq!(p.counters().drops(DropReason::InvalidSourceIp), 1);
+}
+
+#[test]
 fn service_vip_dnat_and_reverse_nat_of_reply() {
     let t = node_a();
     let mut p = pipeline();
