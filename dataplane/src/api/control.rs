@@ -384,6 +384,7 @@ pub fn counters_json(c: &Counters) -> Value {
         "drops": drops,
         "stages": stages,
         "arp_replies": c.arp_replies,
+        "ndp_replies": c.ndp_replies,
         "decapsulated": c.decapsulated,
         "encapsulated": c.encapsulated,
         "dnat": c.dnat,

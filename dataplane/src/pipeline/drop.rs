@@ -36,6 +36,9 @@ pub enum DropReason {
     L4Truncated = 12,
     /// TCP data offset, UDP length or ICMP message invalid.
     L4Malformed = 13,
+    /// IPv6 neighbor discovery the dataplane does not answer (duplicate address detection, a
+    /// solicitation for the pod's own address, an advertisement, a hop limit other than 255).
+    NdpIgnored = 14,
     // --- decapsulation (20..=29) ---
     /// VXLAN or Geneve header (or the frame inside it) malformed.
     TunnelMalformed = 20,
@@ -81,7 +84,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in number order (for metrics registration and docs).
-    pub const ALL: [DropReason; 30] = [
+    pub const ALL: [DropReason; 31] = [
         DropReason::EthernetTruncated,
         DropReason::UnsupportedEtherType,
         DropReason::ArpMalformed,
@@ -95,6 +98,7 @@ impl DropReason {
         DropReason::FragmentUnsupported,
         DropReason::L4Truncated,
         DropReason::L4Malformed,
+        DropReason::NdpIgnored,
         DropReason::TunnelMalformed,
         DropReason::TunnelUnknownNode,
         DropReason::TunnelCriticalOption,
@@ -141,6 +145,7 @@ impl DropReason {
             FragmentUnsupported => "fragment_unsupported",
             L4Truncated => "l4_truncated",
             L4Malformed => "l4_malformed",
+            NdpIgnored => "ndp_ignored",
             TunnelMalformed => "tunnel_malformed",
             TunnelUnknownNode => "tunnel_unknown_node",
             TunnelCriticalOption => "tunnel_critical_option",
