@@ -114,6 +114,13 @@ pub fn forward(
     if args.generator == Generator::Pktgen {
         crate::pktgen::available()?;
     }
+    for tool in ["ip", "ethtool"] {
+        if crate::topo::run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
+            return Err(BenchError::Unavailable(format!(
+                "`{tool}` is missing: apt-get install -y iproute2 ethtool"
+            )));
+        }
+    }
     let pid = std::process::id();
     let prefix = format!("fbn-{pid}-{run_index}");
     let short = format!("fbn{pid}r{run_index}");

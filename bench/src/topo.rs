@@ -10,7 +10,8 @@
 //! Every name carries the run's unique prefix (`fbn-<pid>-<run>`; interfaces `fbn<pid>r<run>a`),
 //! addresses are inside 10.81.0.0/24 in namespaces this module made, and dropping the
 //! [`Topology`] deletes every namespace it created (which deletes the veth pairs), pass or
-//! fail. The pods' gateway neighbour is static so no ARP happens during a measurement and all
+//! fail. The pods compute their own checksums (`ethtool -K eth0 tx off`, see `add_pod`). The
+//! pods' gateway neighbour is static so no ARP happens during a measurement and all
 //! targets see exactly the same frames.
 
 use std::net::Ipv4Addr;
@@ -170,6 +171,10 @@ impl Topology {
                 "permanent",
             ],
         )?;
+        // Checksums in software in the pods: OVS's AF_XDP ports forward a veth's
+        // checksum-partial frames unfixed and the receiving pod drops them; the same setting
+        // for every target keeps the generator's cost equal.
+        exec_in(ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
         let (host_ifindex, _) = link_facts(&node, host_if)?;
         let (_, mac) = link_facts(ns, "eth0")?;
         Ok(Pod {
