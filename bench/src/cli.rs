@@ -152,6 +152,12 @@ pub struct RunArgs {
     /// CPU of the forwarding thread (flagella's worker, OVS's PMD thread).
     #[arg(long, default_value_t = 1)]
     pub worker_core: usize,
+    /// Nice value (-20..=19) for the generator, the sink and the forwarder's threads, so a
+    /// busy shared machine disturbs the measurement less (negative values take CPU from
+    /// everything else; 0 changes nothing).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
     /// The flagella-dataplane binary (default: next to this one).
     #[arg(long, value_name = "PATH")]
     pub dataplane: Option<PathBuf>,

@@ -159,6 +159,7 @@ fn start_target(
                 &binary,
                 dir,
                 args.worker_core,
+                args.nice,
             )?))
         }
         Target::Ovs | Target::OvsCt => Running::Ovs(Box::new(Ovs::start(
@@ -166,6 +167,7 @@ fn start_target(
             dir,
             args.worker_core,
             target == Target::OvsCt,
+            args.nice,
         )?)),
     })
 }
@@ -219,6 +221,7 @@ fn measure(
     .map(String::from)
     .to_vec();
     let (mut sink, sink_out) = spawn_self("sink", &topo.b.ns, &sink_args)?;
+    sink.renice(args.nice)?;
     crate::signals::sleep(Duration::from_millis(300))?;
     let mut gen_args: Vec<String> = vec![
         "gen".into(),
@@ -247,6 +250,7 @@ fn measure(
         );
     }
     let (mut gen, gen_out) = spawn_self("gen", &topo.a.ns, &gen_args)?;
+    gen.renice(args.nice)?;
 
     crate::signals::sleep(WARMUP)?;
     let opened = open_window(topo, running)?;

@@ -45,6 +45,25 @@ impl ChildGuard {
         })
     }
 
+    /// Sets the nice value of every thread the process has now (nice is per thread on Linux;
+    /// threads created later inherit their creator's). 0 leaves it alone.
+    pub fn renice(&self, nice: i32) -> Result<(), BenchError> {
+        if nice == 0 {
+            return Ok(());
+        }
+        let dir = format!("/proc/{}/task", self.child.id());
+        let tasks =
+            std::fs::read_dir(&dir).map_err(|e| BenchError::io(format!("listing {dir}"), e))?;
+        for tid in tasks
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+        {
+            // SAFETY: setpriority takes plain integers; a vanished thread is an error we ignore.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+        }
+        Ok(())
+    }
+
     /// `Err` with `log`'s text if the process already exited.
     pub fn check_alive(&mut self, log: &Path) -> Result<(), BenchError> {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -128,6 +147,7 @@ impl Flagella {
         binary: &Path,
         dir: &Path,
         core: usize,
+        nice: i32,
     ) -> Result<Flagella, BenchError> {
         let socket = dir.join("dataplane.sock");
         let log = dir.join("dataplane.log");
@@ -156,6 +176,7 @@ impl Flagella {
                 Ok(UnixStream::connect(&socket).is_ok())
             },
         )?;
+        daemon.renice(nice)?;
         let writer = UnixStream::connect(&socket)
             .map_err(|e| BenchError::io(socket.display().to_string(), e))?;
         writer
@@ -284,6 +305,7 @@ impl Ovs {
         dir: &Path,
         core: usize,
         conntrack: bool,
+        nice: i32,
     ) -> Result<Ovs, BenchError> {
         ovs_installed()?;
         let dir = dir.join("ovs");
@@ -308,7 +330,6 @@ impl Ovs {
             || Ok(db_sock.exists()),
         )?;
         let mut ovs = OvsPartial {
-            dir: dir.clone(),
             remote,
             ovsdb: Some(ovsdb),
         };
@@ -351,6 +372,8 @@ impl Ovs {
                 tail(&log, 15)
             ))
         })?;
+        // After the ports exist, so the PMD thread is among the threads reniced.
+        ovs._vswitchd.renice(nice)?;
         Ok(ovs)
     }
 
@@ -446,7 +469,6 @@ impl Ovs {
 
 /// ovsdb-server until ovs-vswitchd is up (so a failure in between still stops it).
 struct OvsPartial {
-    dir: PathBuf,
     remote: String,
     ovsdb: Option<ChildGuard>,
 }
@@ -456,7 +478,6 @@ impl OvsPartial {
         let db = format!("--db={}", self.remote);
         let mut all = vec![db.as_str(), "--timeout=20"];
         all.extend_from_slice(args);
-        let _ = &self.dir;
         run("ovs-vsctl", &all)
     }
 }

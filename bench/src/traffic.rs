@@ -106,20 +106,18 @@ fn raise_fd_limit(needed: u64) -> Result<(), BenchError> {
         rlim_max: 0,
     };
     // SAFETY: `lim` is a valid rlimit the call writes into.
-    check(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) },
-        || "getrlimit".into(),
-    )?;
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    check(rc, || "getrlimit".into())?;
     if lim.rlim_cur >= needed {
         return Ok(());
     }
     lim.rlim_cur = lim.rlim_max.max(needed);
     lim.rlim_max = lim.rlim_cur;
     // SAFETY: `lim` is a valid rlimit the call reads.
-    check(
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) },
-        || format!("raising the open-file limit to {needed} (run as root or `ulimit -n {needed}`)"),
-    )
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    check(rc, || {
+        format!("raising the open-file limit to {needed} (run as root or `ulimit -n {needed}`)")
+    })
 }
 
 /// One connected UDP socket per flow, source ports `src_port..src_port+flows`.
@@ -140,27 +138,23 @@ fn flow_sockets(args: &GenArgs) -> Result<Vec<OwnedFd>, BenchError> {
         let fd = udp_socket()?;
         let src = sockaddr(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
         // SAFETY: `src` is a valid sockaddr_in of length `len`.
-        check(
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&src as *const libc::sockaddr_in).cast(),
-                    len,
-                )
-            },
-            || format!("bind to source port {port}"),
-        )?;
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&src as *const libc::sockaddr_in).cast(),
+                len,
+            )
+        };
+        check(rc, || format!("bind to source port {port}"))?;
         // SAFETY: `dst` is a valid sockaddr_in of length `len`.
-        check(
-            unsafe {
-                libc::connect(
-                    fd.as_raw_fd(),
-                    (&dst as *const libc::sockaddr_in).cast(),
-                    len,
-                )
-            },
-            || format!("connect to {}", args.dst),
-        )?;
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&dst as *const libc::sockaddr_in).cast(),
+                len,
+            )
+        };
+        check(rc, || format!("connect to {}", args.dst))?;
         out.push(fd);
     }
     Ok(out)
@@ -251,31 +245,29 @@ fn sink_socket(port: u16) -> Result<OwnedFd, BenchError> {
         tv_usec: 100_000,
     };
     // SAFETY: `tv` is a live timeval and its size is passed; the kernel only reads it.
-    check(
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        },
-        || "SO_RCVTIMEO".into(),
-    )?;
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    check(rc, || "SO_RCVTIMEO".into())?;
     let addr = sockaddr(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: `addr` is a valid sockaddr_in of length `len`.
-    check(
-        unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_in).cast(),
-                len,
-            )
-        },
-        || format!("bind to UDP port {port} (is another sink running?)"),
-    )?;
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    };
+    check(rc, || {
+        format!("bind to UDP port {port} (is another sink running?)")
+    })?;
     Ok(fd)
 }
 
