@@ -52,6 +52,9 @@ pub enum Generator {
     Socket,
     /// The kernel's pktgen (/proc/net/pktgen); refused with a message where it is absent.
     Pktgen,
+    /// Prebuilt Ethernet frames on an AF_PACKET socket (sendmmsg, qdisc bypassed): no UDP/IP
+    /// stack per packet, so a cheaper generator than `socket`; needs --dev, --dst-mac, --src.
+    Packet,
 }
 
 /// What forwards between the pods.
@@ -106,12 +109,15 @@ pub struct GenArgs {
     /// `socket` (sendmmsg) or `pktgen` (kernel; needs --dev and --dst-mac).
     #[arg(long, value_enum, default_value_t = Generator::Socket)]
     pub generator: Generator,
-    /// pktgen only: the interface to send on.
+    /// pktgen and packet: the interface to send on.
     #[arg(long)]
     pub dev: Option<String>,
-    /// pktgen only: the destination MAC (the gateway's).
+    /// pktgen and packet: the destination MAC (the gateway's).
     #[arg(long)]
     pub dst_mac: Option<String>,
+    /// packet only: the source IPv4 address (the pod's).
+    #[arg(long)]
+    pub src: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -252,6 +258,20 @@ mod tests {
         assert_eq!((g.size, g.flows, g.batch), (64, 10000, 64));
         assert_eq!(g.duration, 10.0);
         assert_eq!(g.generator, Generator::Socket);
+        let cli = parse(&[
+            "gen",
+            "--dst",
+            "10.0.0.1:9",
+            "--generator",
+            "packet",
+            "--src",
+            "10.0.0.2",
+        ]);
+        let Command::Gen(g) = cli.unwrap().command else {
+            panic!("not gen")
+        };
+        assert_eq!(g.generator, Generator::Packet);
+        assert_eq!(g.src, Some("10.0.0.2".parse().unwrap()));
     }
 
     #[test]

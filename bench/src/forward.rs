@@ -236,18 +236,18 @@ fn measure(
         "--core".into(),
         args.gen_core.to_string(),
     ];
-    if args.generator == Generator::Pktgen {
-        gen_args.extend(
-            [
-                "--generator",
-                "pktgen",
-                "--dev",
-                "eth0",
-                "--dst-mac",
-                ROUTER_MAC,
-            ]
-            .map(String::from),
-        );
+    let l2 = ["--dev", "eth0", "--dst-mac", ROUTER_MAC].map(String::from);
+    match args.generator {
+        Generator::Socket => {}
+        Generator::Pktgen => {
+            gen_args.extend(["--generator".into(), "pktgen".into()]);
+            gen_args.extend(l2);
+        }
+        Generator::Packet => {
+            gen_args.extend(["--generator".into(), "packet".into()]);
+            gen_args.extend(l2);
+            gen_args.extend(["--src".into(), topo.a.ip.to_string()]);
+        }
     }
     let (mut gen, gen_out) = spawn_self("gen", &topo.a.ns, &gen_args)?;
     gen.renice(args.nice)?;

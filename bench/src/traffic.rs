@@ -170,8 +170,10 @@ pub struct GenResult {
 
 /// `flagella-bench gen`.
 pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
-    if args.generator == crate::cli::Generator::Pktgen {
-        return crate::pktgen::generate(args);
+    match args.generator {
+        crate::cli::Generator::Pktgen => return crate::pktgen::generate(args),
+        crate::cli::Generator::Packet => return generate_packets(args),
+        crate::cli::Generator::Socket => {}
     }
     if let Some(core) = args.core {
         pin(core)?;
@@ -210,6 +212,146 @@ pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
         };
         // SAFETY: `msgs` holds `msgs.len()` initialised headers whose iovec and payload live
         // until after the call; the kernel only reads them (and writes msg_len).
+        let n = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                0,
+            )
+        };
+        if n > 0 {
+            result.sent += n as u64;
+        } else {
+            result.send_errors += 1;
+        }
+    }
+    result.seconds = start.elapsed().as_secs_f64();
+    Ok(result)
+}
+
+/// The frames of `--generator packet`: one per flow, source port `src_port + i`.
+pub fn flow_frames(
+    args: &GenArgs,
+    src: std::net::Ipv4Addr,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<Vec<u8>> {
+    use dataplane::testutil::PacketBuilder;
+    use dataplane::types::MacAddr;
+    let payload = vec![0u8; args.size - MIN_FRAME];
+    (0..args.flows)
+        .map(|i| {
+            let sport = args.src_port.wrapping_add(i as u16);
+            PacketBuilder::udp(src.into(), sport, (*args.dst.ip()).into(), args.dst.port())
+                .macs(MacAddr(src_mac), MacAddr(dst_mac))
+                .ttl(64)
+                .payload(&payload)
+                .build()
+        })
+        .collect()
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.trim().split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// `--generator packet`: prebuilt frames on an AF_PACKET socket bound to `--dev`, sendmmsg in
+/// batches, consecutive messages taking consecutive flows.
+fn generate_packets(args: &GenArgs) -> Result<GenResult, BenchError> {
+    let need = |what: &str| BenchError::Failed(format!("--generator packet needs {what}"));
+    let dev = args.dev.as_deref().ok_or_else(|| need("--dev"))?;
+    let dst_mac = args
+        .dst_mac
+        .as_deref()
+        .and_then(parse_mac)
+        .ok_or_else(|| need("--dst-mac aa:bb:cc:dd:ee:ff"))?;
+    let src = args
+        .src
+        .ok_or_else(|| need("--src (the source IPv4 address)"))?;
+    let mac_path = format!("/sys/class/net/{dev}/address");
+    let src_mac = std::fs::read_to_string(&mac_path)
+        .ok()
+        .and_then(|m| parse_mac(&m))
+        .ok_or_else(|| BenchError::Failed(format!("cannot read the MAC of {dev} ({mac_path})")))?;
+    let ifindex = std::ffi::CString::new(dev)
+        .ok()
+        // SAFETY: `name` is a valid NUL-terminated string that lives across the call.
+        .map(|name| unsafe { libc::if_nametoindex(name.as_ptr()) })
+        .filter(|&i| i != 0)
+        .ok_or_else(|| BenchError::Failed(format!("no interface {dev} here")))?;
+    if let Some(core) = args.core {
+        pin(core)?;
+    }
+    let proto = (libc::ETH_P_IP as u16).to_be();
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(BenchError::io(
+            "AF_PACKET socket (needs root)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_opt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
+    // SAFETY: sockaddr_ll is plain old data; all-zero is valid before the fields are set.
+    let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_protocol = proto;
+    ll.sll_ifindex = ifindex as i32;
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: `ll` is a valid sockaddr_ll of length `len`.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&ll as *const libc::sockaddr_ll).cast(),
+            len,
+        )
+    };
+    check(rc, || format!("binding an AF_PACKET socket to {dev}"))?;
+
+    let frames = flow_frames(args, src, src_mac, dst_mac);
+    let mut iovs: Vec<libc::iovec> = frames
+        .iter()
+        .map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
+    let mut msgs: Vec<libc::mmsghdr> = (0..args.batch)
+        .map(|_| unsafe { std::mem::zeroed::<libc::mmsghdr>() })
+        .collect();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(args.duration);
+    let mut result = GenResult::default();
+    let mut next_flow = 0usize;
+    let mut calls = 0u32;
+    loop {
+        calls = calls.wrapping_add(1);
+        if calls % 64 == 0 && (Instant::now() >= end || crate::signals::stopping()) {
+            break;
+        }
+        for m in &mut msgs {
+            let Some(iov) = iovs.get_mut(next_flow) else {
+                break;
+            };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            next_flow = if next_flow + 1 == frames.len() {
+                0
+            } else {
+                next_flow + 1
+            };
+        }
+        // SAFETY: every header points at one live iovec over a live frame; the kernel reads
+        // them (and writes msg_len) during the call only.
         let n = unsafe {
             libc::sendmmsg(
                 fd.as_raw_fd(),
@@ -391,6 +533,47 @@ pub fn format_sent(r: &GenResult) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(
+            parse_mac("02:81:00:00:00:0a\n"),
+            Some([2, 0x81, 0, 0, 0, 10])
+        );
+        assert_eq!(parse_mac("02:81:00:00:00"), None);
+        assert_eq!(parse_mac("02:81:00:00:00:00:01"), None);
+        assert_eq!(parse_mac("zz:81:00:00:00:00"), None);
+    }
+
+    #[test]
+    fn flow_frames_are_valid_udp_with_one_port_per_flow() {
+        use crate::cli::Generator;
+        let args = GenArgs {
+            dst: "10.81.0.12:9000".parse().unwrap(),
+            size: 64,
+            flows: 3,
+            src_port: 20000,
+            duration: 1.0,
+            batch: 64,
+            core: None,
+            generator: Generator::Packet,
+            dev: None,
+            dst_mac: None,
+            src: None,
+        };
+        let frames = flow_frames(&args, "10.81.0.11".parse().unwrap(), [2; 6], [4; 6]);
+        assert_eq!(frames.len(), 3);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.len(), 64);
+            assert_eq!(&f[0..6], &[4; 6]);
+            assert_eq!(u16::from_be_bytes([f[34], f[35]]), 20000 + i as u16);
+            assert_eq!(u16::from_be_bytes([f[36], f[37]]), 9000);
+            assert!(
+                dataplane::wire::checksum::verify(&f[14..34]),
+                "IPv4 header checksum"
+            );
+        }
+    }
 
     #[test]
     fn sample_lines() {
