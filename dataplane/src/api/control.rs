@@ -160,6 +160,7 @@ impl Control {
                 json!({
                     "name": w.name,
                     "publications": w.publications,
+                    "busy_ns": w.busy_ns,
                     "rx_packets": w.counters.rx_packets,
                     "tx_packets": w.counters.tx_packets,
                     "drop_packets": w.counters.drop_packets,
