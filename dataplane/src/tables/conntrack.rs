@@ -10,7 +10,10 @@
 //! [`WAYS`] (8) slots. A flow hashes to exactly one bucket. Each bucket starts with a cache line
 //! of 8 tags (32 bits of the flow's hash, never 0; 0 marks a free slot), followed by the slots.
 //! A lookup reads the tag line, then compares the full key only in slots whose tag matches, so a
-//! hit costs one tag line plus one slot line, and a miss usually costs the tag line alone.
+//! hit costs one tag line plus one slot line, and a miss usually costs the tag line alone. A
+//! batch hides those misses in three passes: [`Conntrack::prefetch`] (tag line) for every
+//! packet, then [`Conntrack::prefetch_match`] (both lines of the slot whose tag matches), then
+//! lookups and updates.
 //! Each slot is two cache lines: the key and the fields a lookup needs (expiry) in the first,
 //! counters, creation time and NAT info in the second.
 //!
@@ -1019,6 +1022,34 @@ impl Conntrack {
         let _ = hash;
     }
 
+    /// Phase two of a three-phase batch lookup, after [`prefetch`](Self::prefetch) of every
+    /// packet: reads the (by now loading) tag line of `hash` and starts loading both cache lines
+    /// of the first slot whose tag matches, the one [`lookup`](Self::lookup) and
+    /// [`update`](Self::update) will most likely read and write. Does nothing on a tag miss.
+    /// A no-op off x86_64.
+    #[inline]
+    pub fn prefetch_match(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let bucket = &self.buckets[self.bucket_index(hash)];
+            let candidates = bucket.matching(tag_of(hash));
+            if candidates == 0 {
+                return;
+            }
+            let way = candidates.trailing_zeros() as usize % WAYS;
+            let slot: *const Slot = &bucket.slots[way];
+            // SAFETY: as in `prefetch`: hints that never fault, on addresses inside a live slot
+            // (a `Slot` is 128 bytes, so `slot + 64` is its second line).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>().add(64));
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
     /// Bucket index and way of the slot holding `key`, expired or not.
     #[inline]
     fn find(&self, key: &FlowKey, hash: u64) -> Option<(usize, usize)> {
@@ -1826,10 +1857,15 @@ mod tests {
 
     #[test]
     fn prefetch_is_harmless() {
-        let ct = table(64);
-        for hash in [0, 1, u64::MAX, 0xdead_beef] {
+        let mut ct = table(64);
+        let key = client_key(IPPROTO_TCP);
+        let h = ct.hash_key(&key);
+        create(&mut ct, &key, SEC);
+        for hash in [0, 1, u64::MAX, 0xdead_beef, h] {
             ct.prefetch(hash);
+            ct.prefetch_match(hash);
         }
+        assert!(look(&ct, &key, SEC).is_some());
     }
 
     #[test]
