@@ -5,7 +5,8 @@
 //! (symmetric RSS); a reply handled by another worker would not find the entry.
 //!
 //! # Layout
-//! All memory is allocated once, in [`Conntrack::new`], and never again. The table is
+//! All memory is allocated once, in [`Conntrack::new`], and never again; a table of 2 MiB or
+//! more is 2 MiB aligned and advised into transparent huge pages (fewer TLB misses). The table is
 //! set-associative: `capacity` slots rounded up to a power of two, grouped in buckets of
 //! [`WAYS`] (8) slots. A flow hashes to exactly one bucket. Each bucket starts with a cache line
 //! of 8 tags (32 bits of the flow's hash, never 0; 0 marks a free slot), followed by the slots.
