@@ -184,13 +184,12 @@ struct Segment {
 }
 
 /// All entries of one (identity, protocol) pair: the ranges as inserted (the truth, for dumps and
-/// deletes), their flattening, and the flattening's segments wider than one port (what lookups
-/// read after the map's exact-port entries).
+/// deletes) and the segments of their flattening wider than one port (what lookups read after
+/// the map's exact-port entries, which hold the single-port segments).
 #[derive(Clone, Debug, Default)]
 struct Group {
     ranges: Vec<(PortRange, PolicyEntry)>,
-    segments: Vec<Segment>,
-    /// The segments with `lo < hi`, sorted; the single-port ones live in `PolicyMap::exact`.
+    /// The flattening's segments with `lo < hi`, sorted and disjoint.
     wide: Vec<Segment>,
 }
 
@@ -201,15 +200,11 @@ impl Group {
         self.wide.get(i).filter(|s| s.lo <= port).map(|s| s.entry)
     }
 
-    fn single_ports(&self) -> impl Iterator<Item = &Segment> + '_ {
-        self.segments.iter().filter(|s| s.lo == s.hi)
-    }
-
-    /// Recomputes the disjoint segments: every boundary splits, and a segment's entry is a deny
-    /// if any covering range denies, else the narrowest covering allow (the most specific rule
-    /// is the one reported).
-    fn rebuild(&mut self) {
-        self.segments.clear();
+    /// The disjoint segments of the ranges, sorted: every boundary splits, and a segment's
+    /// entry is a deny if any covering range denies, else the narrowest covering allow (the
+    /// most specific rule is the one reported). Control path: allocates.
+    fn flatten(&self) -> Vec<Segment> {
+        let mut segments: Vec<Segment> = Vec::new();
         let mut cuts: Vec<u32> = Vec::with_capacity(self.ranges.len() * 2);
         for (r, _) in &self.ranges {
             cuts.push(u32::from(r.lo));
@@ -226,13 +221,13 @@ impl Group {
                 .min_by_key(|(r, e)| (e.action == Action::Allow, r.hi - r.lo));
             if let Some((_, entry)) = best {
                 let (lo, hi) = (lo as u16, hi as u16);
-                match self.segments.last_mut() {
+                match segments.last_mut() {
                     Some(last)
                         if last.entry == *entry && u32::from(last.hi) + 1 == u32::from(lo) =>
                     {
                         last.hi = hi
                     }
-                    _ => self.segments.push(Segment {
+                    _ => segments.push(Segment {
                         lo,
                         hi,
                         entry: *entry,
@@ -240,9 +235,7 @@ impl Group {
                 }
             }
         }
-        self.wide.clear();
-        self.wide
-            .extend(self.segments.iter().filter(|s| s.lo < s.hi).copied());
+        segments
     }
 }
 
@@ -295,6 +288,7 @@ impl PolicyMap {
             return Err(PolicyMapError::PortsWithoutProtocol { key });
         }
         let group = self.groups.entry((key.identity, key.proto)).or_default();
+        let before = group.flatten();
         let previous = match group.ranges.iter_mut().find(|(r, _)| *r == key.ports) {
             Some((_, e)) => Some(std::mem::replace(e, entry)),
             None => {
@@ -302,7 +296,7 @@ impl PolicyMap {
                 None
             }
         };
-        self.rebuild_group(key.identity, key.proto);
+        self.rebuild_group(key.identity, key.proto, &before);
         if previous.is_none() {
             self.entries += 1;
             self.class_counts[Self::class_of(&key)] += 1;
@@ -314,28 +308,31 @@ impl PolicyMap {
     pub fn remove(&mut self, key: &PolicyKey) -> Option<PolicyEntry> {
         let group = self.groups.get_mut(&(key.identity, key.proto))?;
         let pos = group.ranges.iter().position(|(r, _)| *r == key.ports)?;
+        let before = group.flatten();
         let (_, removed) = group.ranges.swap_remove(pos);
-        self.rebuild_group(key.identity, key.proto);
+        self.rebuild_group(key.identity, key.proto, &before);
         self.entries -= 1;
         self.class_counts[Self::class_of(key)] -= 1;
         Some(removed)
     }
 
-    /// Re-flattens the group of `(identity, proto)` after its ranges changed, and brings the
-    /// exact-port map and the wide-group counts in line; drops the group once it has no range.
-    fn rebuild_group(&mut self, identity: Identity, proto: u8) {
+    /// Re-flattens the group of `(identity, proto)` after its ranges changed (`before`: the
+    /// flattening of its ranges before the change), and brings the exact-port map and the
+    /// wide-group counts in line; drops the group once it has no range.
+    fn rebuild_group(&mut self, identity: Identity, proto: u8, before: &[Segment]) {
         let class = Self::class_of_group(identity, proto);
         let Some(group) = self.groups.get_mut(&(identity, proto)) else {
             return;
         };
         let had_wide = !group.wide.is_empty();
-        for s in group.single_ports() {
+        for s in before.iter().filter(|s| s.lo == s.hi) {
             self.exact.remove(&exact_key(identity, proto, s.lo));
         }
-        group.rebuild();
-        for s in group.single_ports() {
+        let after = group.flatten();
+        for s in after.iter().filter(|s| s.lo == s.hi) {
             self.exact.insert(exact_key(identity, proto, s.lo), s.entry);
         }
+        group.wide = after.into_iter().filter(|s| s.lo < s.hi).collect();
         let has_wide = !group.wide.is_empty();
         if group.ranges.is_empty() {
             self.groups.remove(&(identity, proto));
@@ -450,7 +447,7 @@ impl PolicyMap {
             .values()
             .map(|g| {
                 g.ranges.capacity() * std::mem::size_of::<(PortRange, PolicyEntry)>()
-                    + (g.segments.capacity() + g.wide.capacity()) * std::mem::size_of::<Segment>()
+                    + g.wide.capacity() * std::mem::size_of::<Segment>()
             })
             .sum();
         group_bytes + exact_bytes + vec_bytes
