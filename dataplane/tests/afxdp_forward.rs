@@ -22,10 +22,9 @@
 //! Needs root; skips with a message when not root, or when `ip`, namespaces, BPF or AF_XDP
 //! are unavailable. Never touches the root namespace's interfaces.
 
-use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -41,13 +40,19 @@ use dataplane::tables::nodes::{Encap, Node};
 use dataplane::tables::services::Services;
 use dataplane::tables::{LocalNode, Tables};
 use dataplane::{Identity, MacAddr, Prefix};
-use nix::sched::{setns, CloneFlags};
-use xdp_redirect::{AttachMode, RedirectConfig, XdpError, XdpProgram};
+use support::{
+    add_default_route, add_veth, ip_in, link_facts, preflight, spawn_in, Echo, NetNsGuard,
+};
+use xdp_redirect::{AttachMode, RedirectConfig, XdpProgram};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const ROUTER_MAC: MacAddr = MacAddr([0x02, 0x77, 0, 0, 0, 0x01]);
-const PORT: u16 = 7777;
-const PAYLOAD: usize = 1 << 20;
+/// Pod 2's server and pod 1's connections: 1 MiB both ways.
+const ECHO: Echo = Echo {
+    port: 7777,
+    payload: 1 << 20,
+    read_timeout: Duration::from_secs(20),
+};
 const NODE_UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const NODE_B_UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 21);
@@ -85,94 +90,9 @@ struct Topology {
     _guard: NetNsGuard,
 }
 
-/// The namespaces of one run; deleting them deletes the veth pairs.
-struct NetNsGuard {
-    names: Vec<String>,
-}
-
-impl NetNsGuard {
-    fn add(&mut self, name: &str) -> Result<(), String> {
-        run_ip(&["netns", "add", name])?;
-        self.names.push(name.to_string());
-        Ok(())
-    }
-}
-
-impl Drop for NetNsGuard {
-    fn drop(&mut self) {
-        for name in self.names.iter().rev() {
-            if run_ip(&["netns", "del", name]).is_err() {
-                eprintln!("WARNING: could not delete namespace {name}: run `ip netns del {name}`");
-            }
-        }
-    }
-}
-
-fn run_ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn ip_in(ns: &str, args: &[&str]) -> String {
-    let mut all = vec!["-n", ns];
-    all.extend_from_slice(args);
-    run_ip(&all).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// `(ifindex, MAC)` of `dev` in namespace `ns`, from `ip -j link show`.
-fn link_facts(ns: &str, dev: &str) -> (u32, MacAddr) {
-    let json = ip_in(ns, &["-j", "link", "show", "dev", dev]);
-    let links: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
-    let link = &links[0];
-    let ifindex = link["ifindex"].as_u64().expect("ifindex") as u32;
-    let mac = link["address"]
-        .as_str()
-        .expect("address")
-        .parse()
-        .expect("MAC");
-    (ifindex, mac)
-}
-
-/// Root, `ip netns`, BPF and AF_XDP, or the reason to skip.
-fn preflight() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("needs root (run `sudo cargo test -p dataplane --features afxdp`)".into());
-    }
-    run_ip(&["netns", "list"])?;
-    match XdpProgram::load(RedirectConfig::default()) {
-        Ok(_) => {}
-        Err(e @ (XdpError::PermissionDenied { .. } | XdpError::BpfUnavailable { .. })) => {
-            return Err(format!("BPF unavailable: {e}"));
-        }
-        Err(e) => panic!("loading the XDP program failed: {e}"),
-    }
-    // SAFETY: plain syscall with constant arguments; the result is checked below.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "no AF_XDP sockets here: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just opened here and is not used afterwards.
-    unsafe { libc::close(fd) };
-    Ok(())
-}
-
 /// Builds the node, two pods and node b behind the uplink.
 fn build_topology() -> Result<Topology, String> {
-    let mut guard = NetNsGuard { names: Vec::new() };
+    let mut guard = NetNsGuard::default();
     let node = format!("fio-{}", std::process::id());
     guard.add(&node)?;
     ip_in(&node, &["link", "set", "lo", "up"]);
@@ -183,19 +103,7 @@ fn build_topology() -> Result<Topology, String> {
         let host_if = format!("fioh{i}");
         let ip = Ipv4Addr::new(10, 77, 0, host);
         add_veth(&node, &host_if, &ns, &format!("{ip}/32"));
-        ip_in(
-            &ns,
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                &GATEWAY.to_string(),
-                "dev",
-                "eth0",
-                "onlink",
-            ],
-        );
+        add_default_route(&ns, GATEWAY);
         let (ifindex, _) = link_facts(&node, &host_if);
         let (_, mac) = link_facts(&ns, "eth0");
         pods.push(Pod {
@@ -228,20 +136,6 @@ fn build_topology() -> Result<Topology, String> {
         uplink,
         _guard: guard,
     })
-}
-
-/// A veth pair `host_if` (in `node`, up, no address) <-> `eth0` (in `peer_ns`, up, `addr`).
-fn add_veth(node: &str, host_if: &str, peer_ns: &str, addr: &str) {
-    ip_in(
-        node,
-        &[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", peer_ns,
-        ],
-    );
-    ip_in(node, &["link", "set", host_if, "up"]);
-    ip_in(peer_ns, &["link", "set", "lo", "up"]);
-    ip_in(peer_ns, &["link", "set", "eth0", "up"]);
-    ip_in(peer_ns, &["addr", "add", addr, "dev", "eth0"]);
 }
 
 fn tables(topo: &Topology, deny_into_pod2: bool) -> Tables {
@@ -295,19 +189,6 @@ fn tables(topo: &Topology, deny_into_pod2: bool) -> Tables {
         policy.ingress.enforced = true;
     }
     t
-}
-
-/// Runs `f` on a thread that entered network namespace `ns`.
-fn spawn_in<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).expect("open namespace");
-        setns(file, CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
 }
 
 /// What the worker thread reports when it stops.
@@ -401,74 +282,6 @@ fn start_worker(
     handle
 }
 
-/// A server in pod 2: for each connection, reads until EOF and sends the bytes back.
-fn start_server(pod: &Pod, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let addr = SocketAddr::new(IpAddr::V4(pod.ip), PORT);
-    let handle = spawn_in(&pod.ns, move || {
-        let listener = TcpListener::bind(addr).expect("bind in pod 2");
-        listener.set_nonblocking(true).expect("nonblocking");
-        ready_tx.send(()).expect("ready");
-        let mut served = 0;
-        while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream.set_nonblocking(false).expect("blocking");
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(20)))
-                        .expect("timeout");
-                    let mut data = Vec::new();
-                    if stream.read_to_end(&mut data).is_ok() && stream.write_all(&data).is_ok() {
-                        served += 1;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
-        served
-    });
-    ready_rx.recv().expect("server ready");
-    handle
-}
-
-/// From pod 1: connects to pod 2, sends `PAYLOAD` bytes, reads them back.
-fn echo_from(pod: &Pod, dst: Ipv4Addr, timeout: Duration) -> Result<(), String> {
-    let addr = SocketAddr::new(IpAddr::V4(dst), PORT);
-    spawn_in(&pod.ns, move || {
-        let mut stream =
-            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .map_err(|e| e.to_string())?;
-        let sent: Vec<u8> = (0..PAYLOAD).map(|i| (i * 7 + i / 251) as u8).collect();
-        let writer = {
-            let mut stream = stream.try_clone().map_err(|e| e.to_string())?;
-            let sent = sent.clone();
-            thread::spawn(move || {
-                stream.write_all(&sent)?;
-                stream.shutdown(Shutdown::Write)
-            })
-        };
-        let mut got = Vec::with_capacity(PAYLOAD);
-        stream
-            .read_to_end(&mut got)
-            .map_err(|e| format!("read back: {e}"))?;
-        writer
-            .join()
-            .map_err(|_| "writer panicked".to_string())?
-            .map_err(|e| format!("write: {e}"))?;
-        if got != sent {
-            return Err(format!("echo differs: {} bytes back", got.len()));
-        }
-        Ok(())
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
 /// From pod 1: UDP datagrams to a pod of node b; node b (a plain UDP socket on the VXLAN port
 /// of its underlay address) must receive one VXLAN packet whose VNI is pod 1's identity and
 /// whose inner frame carries the datagram, from pod 1 to that pod.
@@ -548,16 +361,16 @@ fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
         Arc::clone(&shutdown),
     );
     let stop_server = Arc::new(AtomicBool::new(false));
-    let server = start_server(&pods[1], Arc::clone(&stop_server));
+    let server = ECHO.serve(&pods[1].ns, pods[1].ip, Arc::clone(&stop_server));
 
     let started = Instant::now();
-    let allowed = echo_from(&pods[0], pods[1].ip, Duration::from_secs(5));
+    let allowed = ECHO.exchange(&pods[0].ns, pods[1].ip, Duration::from_secs(5));
     let allowed_took = started.elapsed();
 
     let tunnelled = udp_to_remote_pod(&pods[0], &topo.uplink);
 
     handle.store(tables(&topo, true));
-    let denied = echo_from(&pods[0], pods[1].ip, Duration::from_secs(2));
+    let denied = ECHO.exchange(&pods[0].ns, pods[1].ip, Duration::from_secs(2));
 
     stop_server.store(true, Ordering::Relaxed);
     shutdown.store(true, Ordering::Relaxed);

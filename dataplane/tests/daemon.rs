@@ -38,6 +38,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed setup should stop the test loudly.
 
+mod support;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -49,15 +51,22 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
+use dataplane::MacAddr;
 use serde_json::{json, Value};
-use xdp_redirect::{RedirectConfig, XdpError, XdpProgram};
+use support::{
+    add_default_route, add_veth, ip_in, link_facts, preflight, spawn_in, Echo, NetNsGuard,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flagella-dataplane");
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
 const ROUTER_MAC: &str = "02:79:00:00:00:01";
 const PORT: u16 = 7979;
-const PAYLOAD: usize = 64 << 10;
+/// The TCP echo servers in pods 1 and 2, and every connection to them: 64 KiB both ways.
+const ECHO: Echo = Echo {
+    port: PORT,
+    payload: 64 << 10,
+    read_timeout: Duration::from_secs(10),
+};
 /// The UDP echo in pod 2.
 const UDP_PORT: u16 = 7980;
 /// The bulk-transfer sink in pod 2.
@@ -77,32 +86,9 @@ struct Pod {
     ip: Ipv4Addr,
     identity: u32,
     /// Index of `host_if` in the node namespace.
-    ifindex: u64,
+    ifindex: u32,
     /// MAC of the pod's `eth0`.
-    mac: String,
-}
-
-/// The namespaces of one run; deleting them deletes the veth pairs.
-struct NetNsGuard {
-    names: Vec<String>,
-}
-
-impl NetNsGuard {
-    fn add(&mut self, name: &str) -> Result<(), String> {
-        run_ip(&["netns", "add", name])?;
-        self.names.push(name.to_string());
-        Ok(())
-    }
-}
-
-impl Drop for NetNsGuard {
-    fn drop(&mut self) {
-        for name in self.names.iter().rev() {
-            if run_ip(&["netns", "del", name]).is_err() {
-                eprintln!("WARNING: could not delete namespace {name}: run `ip netns del {name}`");
-            }
-        }
-    }
+    mac: MacAddr,
 }
 
 /// Everything built for one run; dropping it removes every namespace.
@@ -120,66 +106,9 @@ impl Drop for Topology {
     }
 }
 
-fn run_ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn ip_in(ns: &str, args: &[&str]) -> String {
-    let mut all = vec!["-n", ns];
-    all.extend_from_slice(args);
-    run_ip(&all).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// `(ifindex, MAC)` of `dev` in namespace `ns`, from `ip -j link show`.
-fn link_facts(ns: &str, dev: &str) -> (u64, String) {
-    let json = ip_in(ns, &["-j", "link", "show", "dev", dev]);
-    let links: Value = serde_json::from_str(&json).expect("ip -j output");
-    let ifindex = links[0]["ifindex"].as_u64().expect("ifindex");
-    let mac = links[0]["address"].as_str().expect("address").to_string();
-    (ifindex, mac)
-}
-
-/// Root, `ip netns`, BPF and AF_XDP, or the reason to skip.
-fn preflight() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("needs root (run `sudo cargo test -p dataplane --features afxdp`)".into());
-    }
-    run_ip(&["netns", "list"])?;
-    match XdpProgram::load(RedirectConfig::default()) {
-        Ok(_) => {}
-        Err(e @ (XdpError::PermissionDenied { .. } | XdpError::BpfUnavailable { .. })) => {
-            return Err(format!("BPF unavailable: {e}"));
-        }
-        Err(e) => panic!("loading the XDP program failed: {e}"),
-    }
-    // SAFETY: plain syscall with constant arguments; the result is checked below.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "no AF_XDP sockets here: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just opened here and is not used afterwards.
-    unsafe { libc::close(fd) };
-    Ok(())
-}
-
 fn build_topology() -> Result<Topology, String> {
     let pid = std::process::id();
-    let mut guard = NetNsGuard { names: Vec::new() };
+    let mut guard = NetNsGuard::default();
     let node = format!("fdm-{pid}");
     guard.add(&node)?;
     ip_in(&node, &["link", "set", "lo", "up"]);
@@ -189,23 +118,8 @@ fn build_topology() -> Result<Topology, String> {
         guard.add(&ns)?;
         let host_if = format!("fdm{pid}h{i}");
         let ip = Ipv4Addr::new(10, 79, 0, 10 + i);
-        ip_in(
-            &node,
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        );
-        ip_in(&node, &["link", "set", &host_if, "up"]);
-        ip_in(&ns, &["link", "set", "lo", "up"]);
-        ip_in(&ns, &["link", "set", "eth0", "up"]);
-        ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        let gateway = GATEWAY.to_string();
-        ip_in(
-            &ns,
-            &[
-                "route", "add", "default", "via", &gateway, "dev", "eth0", "onlink",
-            ],
-        );
+        add_veth(&node, &host_if, &ns, &format!("{ip}/32"));
+        add_default_route(&ns, GATEWAY);
         let (ifindex, _) = link_facts(&node, &host_if);
         let (_, mac) = link_facts(&ns, "eth0");
         pods.push(Pod {
@@ -392,86 +306,14 @@ fn configure(client: &mut Client, pods: &[Pod]) {
     }));
     for pod in pods {
         client.ok(json!({
-            "op": "endpoint.upsert", "id": pod.id, "ifindex": pod.ifindex, "mac": pod.mac,
+            "op": "endpoint.upsert", "id": pod.id, "ifindex": pod.ifindex,
+            "mac": pod.mac.to_string(),
             "ipv4": pod.ip.to_string(), "identity": pod.identity,
         }));
         client.ok(json!({
             "op": "ipcache.upsert", "prefix": format!("{}/32", pod.ip), "identity": pod.identity,
         }));
     }
-}
-
-/// Runs `f` on a thread that entered network namespace `ns`.
-fn spawn_in<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).expect("open namespace");
-        setns(file, CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
-
-/// An echo server in `pod`: for each connection, reads until EOF and sends the bytes back.
-fn start_server(pod: &Pod, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let addr = SocketAddr::new(IpAddr::V4(pod.ip), PORT);
-    let handle = spawn_in(&pod.ns, move || {
-        let listener = TcpListener::bind(addr).expect("bind in the server pod");
-        listener.set_nonblocking(true).expect("nonblocking");
-        ready_tx.send(()).expect("ready");
-        let mut served = 0;
-        while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream.set_nonblocking(false).expect("blocking");
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(10)))
-                        .expect("timeout");
-                    let mut data = Vec::new();
-                    if stream.read_to_end(&mut data).is_ok() && stream.write_all(&data).is_ok() {
-                        served += 1;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
-        served
-    });
-    ready_rx.recv().expect("server ready");
-    handle
-}
-
-/// From `pod`: connects to `dst`, sends `PAYLOAD` bytes, reads them back intact.
-fn echo_from(pod: &Pod, dst: Ipv4Addr, timeout: Duration) -> Result<(), String> {
-    let addr = SocketAddr::new(IpAddr::V4(dst), PORT);
-    spawn_in(&pod.ns, move || {
-        let mut stream =
-            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        let sent: Vec<u8> = (0..PAYLOAD).map(|i| (i * 7 + i / 251) as u8).collect();
-        stream.write_all(&sent).map_err(|e| format!("write: {e}"))?;
-        stream
-            .shutdown(Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))?;
-        let mut got = Vec::with_capacity(PAYLOAD);
-        stream
-            .read_to_end(&mut got)
-            .map_err(|e| format!("read back: {e}"))?;
-        if got != sent {
-            return Err(format!("echo differs: {} bytes back", got.len()));
-        }
-        Ok(())
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// From `pod`: one ICMP echo to `dst` with the system's `ping`.
@@ -738,13 +580,13 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     let mut checks = Checks::default();
 
     let stop_servers = Arc::new(AtomicBool::new(false));
-    let server_b = start_server(b, Arc::clone(&stop_servers));
-    let server_a = start_server(a, Arc::clone(&stop_servers));
+    let server_b = ECHO.serve(&b.ns, b.ip, Arc::clone(&stop_servers));
+    let server_a = ECHO.serve(&a.ns, a.ip, Arc::clone(&stop_servers));
     let udp_b = start_udp_echo(b, Arc::clone(&stop_servers));
     let sink_b = start_bulk_sink(b);
 
     // No policy: TCP, ICMP and UDP from A to B.
-    checks.pass("tcp echo A -> B", echo_from(a, b.ip, long));
+    checks.pass("tcp echo A -> B", ECHO.exchange(&a.ns, b.ip, long));
     checks.pass("ping A -> B", ping_from(a, b.ip));
     checks.pass("udp request/response A -> B", udp_request_from(a, b.ip));
 
@@ -793,7 +635,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     let before = client.drops("policy_denied_ingress");
     checks.fail(
         "tcp C -> B under B's ingress policy",
-        echo_from(c, b.ip, short),
+        ECHO.exchange(&c.ns, b.ip, short),
     );
     let after = client.wait_drops("policy_denied_ingress", before + 1);
     checks.that(
@@ -803,7 +645,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     );
     checks.pass(
         "tcp A -> B under B's ingress policy",
-        echo_from(a, b.ip, long),
+        ECHO.exchange(&a.ns, b.ip, long),
     );
 
     // Egress of B: nothing new may leave B. The replies of A's connection pass (conntrack),
@@ -814,12 +656,12 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     }));
     checks.pass(
         "tcp A -> B: replies pass B's egress policy",
-        echo_from(a, b.ip, long),
+        ECHO.exchange(&a.ns, b.ip, long),
     );
     let before = client.drops("policy_denied_egress");
     checks.fail(
         "tcp B -> A under B's egress policy",
-        echo_from(b, a.ip, short),
+        ECHO.exchange(&b.ns, a.ip, short),
     );
     let after = client.wait_drops("policy_denied_egress", before + 1);
     checks.that(
@@ -833,7 +675,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     }));
     checks.pass(
         "tcp B -> A once B's egress policy is removed",
-        echo_from(b, a.ip, long),
+        ECHO.exchange(&b.ns, a.ip, long),
     );
 
     // Removing B's ingress policy, as a user would: C connects again.
@@ -843,7 +685,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     }));
     checks.pass(
         "tcp C -> B once B's ingress policy is removed",
-        echo_from(c, b.ip, long),
+        ECHO.exchange(&c.ns, b.ip, long),
     );
 
     // Malformed requests get an error reply; the socket and the traffic carry on.
@@ -867,7 +709,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     );
     checks.pass(
         "tcp A -> B after the malformed requests",
-        echo_from(a, b.ip, long),
+        ECHO.exchange(&a.ns, b.ip, long),
     );
 
     stop_servers.store(true, Ordering::Relaxed);

@@ -1,0 +1,243 @@
+//! Network-namespace helpers shared by the root-only integration tests (`afxdp_forward.rs`,
+//! `daemon.rs`; feature `afxdp`). A test file says `mod support;` to use them; Cargo does not
+//! build this directory as a test of its own.
+//!
+//! Contract: every namespace a test creates goes through a [`NetNsGuard`], which deletes them
+//! all (newest first) when dropped, pass or fail, so veth pairs go with them. Nothing here
+//! touches the root namespace's interfaces. Setup failures panic: these are tests, and a broken
+//! topology should stop them loudly; [`preflight`] is the one place that turns a missing
+//! capability (root, `ip`, BPF, AF_XDP) into a reason to skip instead.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use dataplane::MacAddr;
+use nix::sched::{setns, CloneFlags};
+use xdp_redirect::{RedirectConfig, XdpError, XdpProgram};
+
+/// The namespaces of one run; deleting them deletes the veth pairs.
+#[derive(Debug, Default)]
+pub struct NetNsGuard {
+    names: Vec<String>,
+}
+
+impl NetNsGuard {
+    /// Creates namespace `name`; it is deleted when the guard drops.
+    pub fn add(&mut self, name: &str) -> Result<(), String> {
+        run_ip(&["netns", "add", name])?;
+        self.names.push(name.to_string());
+        Ok(())
+    }
+}
+
+impl Drop for NetNsGuard {
+    fn drop(&mut self) {
+        for name in self.names.iter().rev() {
+            if run_ip(&["netns", "del", name]).is_err() {
+                eprintln!("WARNING: could not delete namespace {name}: run `ip netns del {name}`");
+            }
+        }
+    }
+}
+
+/// Runs `ip args..`; its stdout, or an error naming the command and what `ip` said.
+pub fn run_ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip -n ns args..`, which must succeed; its stdout.
+pub fn ip_in(ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run_ip(&all).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `(ifindex, MAC)` of `dev` in namespace `ns`, from `ip -j link show`.
+pub fn link_facts(ns: &str, dev: &str) -> (u32, MacAddr) {
+    let json = ip_in(ns, &["-j", "link", "show", "dev", dev]);
+    let links: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
+    let link = &links[0];
+    let ifindex = link["ifindex"].as_u64().expect("ifindex");
+    let ifindex = u32::try_from(ifindex).expect("ifindex fits in u32");
+    let mac = link["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("MAC");
+    (ifindex, mac)
+}
+
+/// Root, `ip netns`, BPF and AF_XDP, or the reason to skip.
+pub fn preflight() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root (run `sudo cargo test -p dataplane --features afxdp`)".into());
+    }
+    run_ip(&["netns", "list"])?;
+    match XdpProgram::load(RedirectConfig::default()) {
+        Ok(_) => {}
+        Err(e @ (XdpError::PermissionDenied { .. } | XdpError::BpfUnavailable { .. })) => {
+            return Err(format!("BPF unavailable: {e}"));
+        }
+        Err(e) => panic!("loading the XDP program failed: {e}"),
+    }
+    // SAFETY: plain syscall with constant arguments; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "no AF_XDP sockets here: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` was just opened here and is not used afterwards.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// A veth pair `host_if` (in `node`, up, no address) <-> `eth0` (in `peer_ns`, up, `addr`),
+/// with `lo` up in `peer_ns`.
+pub fn add_veth(node: &str, host_if: &str, peer_ns: &str, addr: &str) {
+    ip_in(
+        node,
+        &[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", peer_ns,
+        ],
+    );
+    ip_in(node, &["link", "set", host_if, "up"]);
+    ip_in(peer_ns, &["link", "set", "lo", "up"]);
+    ip_in(peer_ns, &["link", "set", "eth0", "up"]);
+    ip_in(peer_ns, &["addr", "add", addr, "dev", "eth0"]);
+}
+
+/// A pod's default route: via `gateway` on `eth0`, `onlink` because the pod's own address is
+/// a /32 and no subnet contains the gateway.
+pub fn add_default_route(ns: &str, gateway: Ipv4Addr) {
+    let gateway = gateway.to_string();
+    ip_in(
+        ns,
+        &[
+            "route", "add", "default", "via", &gateway, "dev", "eth0", "onlink",
+        ],
+    );
+}
+
+/// Runs `f` on a thread that entered network namespace `ns`.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).expect("open namespace");
+        setns(file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// A kernel-TCP echo between pods: the server reads each connection to EOF and sends the
+/// bytes back; the client sends `payload` pseudo-random bytes and checks it gets them back.
+#[derive(Clone, Copy, Debug)]
+pub struct Echo {
+    pub port: u16,
+    /// Bytes the client sends (and must get back).
+    pub payload: usize,
+    /// How long a read may stall, on either side, before the exchange counts as failed.
+    pub read_timeout: Duration,
+}
+
+impl Echo {
+    /// Starts the server in namespace `ns` on `ip:port`; returns once it listens. The thread
+    /// returns how many exchanges it completed once `stop` is set.
+    pub fn serve(self, ns: &str, ip: Ipv4Addr, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let addr = SocketAddr::new(IpAddr::V4(ip), self.port);
+        let handle = spawn_in(ns, move || {
+            let listener = TcpListener::bind(addr).expect("bind the echo server");
+            listener.set_nonblocking(true).expect("nonblocking");
+            ready_tx.send(()).expect("ready");
+            let mut served = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).expect("blocking");
+                        stream
+                            .set_read_timeout(Some(self.read_timeout))
+                            .expect("timeout");
+                        let mut data = Vec::new();
+                        if stream.read_to_end(&mut data).is_ok() && stream.write_all(&data).is_ok()
+                        {
+                            served += 1;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+            served
+        });
+        ready_rx.recv().expect("server ready");
+        handle
+    }
+
+    /// From namespace `ns`: connects to `dst:port` (giving up after `connect_timeout`), sends
+    /// the payload while reading the echo on this thread, and checks the echo is intact.
+    pub fn exchange(
+        self,
+        ns: &str,
+        dst: Ipv4Addr,
+        connect_timeout: Duration,
+    ) -> Result<(), String> {
+        let addr = SocketAddr::new(IpAddr::V4(dst), self.port);
+        spawn_in(ns, move || {
+            let mut stream = TcpStream::connect_timeout(&addr, connect_timeout)
+                .map_err(|e| format!("connect: {e}"))?;
+            stream
+                .set_read_timeout(Some(self.read_timeout))
+                .map_err(|e| e.to_string())?;
+            let sent: Vec<u8> = (0..self.payload).map(|i| (i * 7 + i / 251) as u8).collect();
+            // Writing on its own thread: nothing can deadlock on full socket buffers, whatever
+            // the payload and however the server interleaves its reads and writes.
+            let writer = {
+                let mut stream = stream.try_clone().map_err(|e| e.to_string())?;
+                let sent = sent.clone();
+                thread::spawn(move || {
+                    stream.write_all(&sent)?;
+                    stream.shutdown(Shutdown::Write)
+                })
+            };
+            let mut got = Vec::with_capacity(self.payload);
+            stream
+                .read_to_end(&mut got)
+                .map_err(|e| format!("read back: {e}"))?;
+            writer
+                .join()
+                .map_err(|_| "writer panicked".to_string())?
+                .map_err(|e| format!("write: {e}"))?;
+            if got != sent {
+                return Err(format!("echo differs: {} bytes back", got.len()));
+            }
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}
