@@ -227,7 +227,8 @@ struct Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // Captured by the test harness unless the test fails (or runs with --nocapture).
+        {
             eprintln!(
                 "---- flagella-control log ----\n{}\n---- flagella-dataplane log ----\n{}",
                 self.control.log_text(),
@@ -829,6 +830,8 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
     assert_no_duplicate_identity(&ids_before);
     let endpoints_before = h.dp_endpoints();
     assert_eq!(endpoints_before.len(), 3);
+    let status = h.status();
+    assert_eq!(status["dataplane_refusals"], 0, "{status}");
     h.control.kill9();
     connect(&a, &b, Duration::from_secs(3)).expect("A -> B with the agent dead");
     connect(&c, &b, Duration::from_secs(3)).expect("C -> B with the agent dead");
@@ -913,6 +916,7 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
     assert!(rejected.contains(&bad_endpoint.as_str()), "{status}");
     assert!(rejected.contains(&bad_kind.as_str()), "{status}");
     assert_eq!(status["endpoints"], 3, "{status}");
+    assert_eq!(status["dataplane_refusals"], 0, "{status}");
     let log = h.control.log_text();
     assert!(log.contains(&bad_endpoint), "the log names {bad_endpoint}");
     assert!(log.contains(&bad_kind), "the log names {bad_kind}");
