@@ -11,8 +11,9 @@ step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 step "install dependencies"
 # clang/llvm/libelf/zlib/pkg-config/m4: the XDP program and libxdp-sys (xsk-rs); libpcap-dev:
 # libxdp's configure script refuses to run without pcap headers; protobuf: etcd-client's build;
-# etcd-server: the real etcd the control tests start on loopback.
-scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev \
+# etcd-server: the real etcd the control tests start on loopback; iputils-ping: `ping` between
+# pods in dataplane/tests/daemon.rs.
+scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iputils-ping \
   protobuf-compiler libprotobuf-dev etcd-server
 
 step "cargo fmt --check"

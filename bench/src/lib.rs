@@ -1,2 +1,50 @@
-//! `flagella-bench`: topology, traffic generators and baselines (filled by the bench issue).
+//! `flagella-bench`: pod -> pod forwarding benchmarks in network namespaces.
+//!
+//! - [`traffic`]: a UDP generator (`sendmmsg`, one socket per flow) and sink (`recvmmsg`), run
+//!   inside pod namespaces; [`pktgen`] drives the kernel's pktgen where this kernel has it.
+//! - [`topo`]: a node namespace and two pod namespaces joined by veth pairs, removed on drop.
+//! - [`targets`]: what forwards between the pods: flagella-dataplane, the kernel, Open vSwitch
+//!   (userspace datapath, AF_XDP ports), each torn down on drop.
+//! - [`forward`]: one measurement; [`report`]: the arithmetic and the table.
+//! - [`signals`]: SIGINT/SIGTERM become a flag the waits poll, so the guards' `Drop` runs.
+//!
 //! The pipeline's own micro-benchmarks live in `dataplane/benches/`.
+
+pub mod cli;
+pub mod forward;
+pub mod pktgen;
+pub mod report;
+pub mod signals;
+pub mod targets;
+pub mod topo;
+pub mod traffic;
+
+/// Why a benchmark step failed; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("flagella-bench {what} needs root (namespaces, XDP, AF_XDP): run it with sudo")]
+    NotRoot { what: &'static str },
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interrupted by a signal; everything this run created has been removed")]
+    Interrupted,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl BenchError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        BenchError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

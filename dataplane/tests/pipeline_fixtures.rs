@@ -467,6 +467,47 @@ fn spoofed_source_ip_and_mac_dropped() {
 }
 
 #[test]
+fn ipv6_link_scoped_sources_are_not_counted_as_spoofing() {
+    // Regression: a pod's own neighbor discovery and MLD (from fe80::/10 or ::) used to be
+    // counted `invalid_source_ip`, burying real spoofing under the noise every IPv6 interface
+    // makes when it comes up.
+    let t = node_a();
+    let mut p = pipeline();
+    let link_local: IpAddr = "fe80::1".parse().unwrap();
+    let unspecified = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    let all_routers: IpAddr = "ff02::2".parse().unwrap();
+    for (description, src) in [
+        ("pod1 sends from its link-local address", link_local),
+        ("pod1 sends from the unspecified address", unspecified),
+    ] {
+        let frame = PacketBuilder::echo(src, all_routers, true, 1).macs(POD1.mac, ROUTER_MAC);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description,
+                ingress: POD1.ifindex,
+                input: frame.build(),
+                expect: Expect::Drop(DropReason::Ipv6LinkScopedSource),
+            },
+        );
+    }
+    let spoof_v6 = PacketBuilder::udp(POD3.ip6(), 1, POD2.ip6(), 53).macs(POD1.mac, ROUTER_MAC);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "pod1 sends with pod3's IPv6",
+            ingress: POD1.ifindex,
+            input: spoof_v6.build(),
+            expect: Expect::Drop(DropReason::InvalidSourceIp),
+        },
+    );
+    assert_eq!(p.counters().drops(DropReason::Ipv6LinkScopedSource), 2);
+    assert_eq!(p.counters().drops(DropReason::InvalidSourceIp), 1);
+}
+
+#[test]
 fn service_vip_dnat_and_reverse_nat_of_reply() {
     let t = node_a();
     let mut p = pipeline();
@@ -1137,6 +1178,97 @@ fn icmp_error_from_a_service_backend_is_reverse_nated() {
             ingress: POD2.ifindex,
             input: unreachable.build(),
             expect: Expect::Tx(POD1.ifindex, delivered(&expected, &POD1).build()),
+        },
+    );
+}
+
+/// An Ethernet + IPv6 frame carrying the ICMPv6 message `msg` (checksum filled by the wire code).
+fn icmpv6_frame(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    msg: dataplane::wire::icmpv6::Icmpv6Repr,
+) -> Vec<u8> {
+    use dataplane::wire::icmpv6::Icmpv6Packet;
+    let mut b = Vec::new();
+    b.extend_from_slice(dst_mac.as_bytes());
+    b.extend_from_slice(src_mac.as_bytes());
+    b.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    b.extend_from_slice(&(msg.buffer_len() as u16).to_be_bytes());
+    b.extend_from_slice(&[58, hop_limit]);
+    b.extend_from_slice(&src.octets());
+    b.extend_from_slice(&dst.octets());
+    let mut icmp = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut Icmpv6Packet::new_unchecked(&mut icmp[..]), src, dst);
+    b.extend_from_slice(&icmp);
+    b
+}
+
+#[test]
+fn neighbor_solicitation_for_gateway_answered_with_router_mac() {
+    use dataplane::wire::icmpv6::{Icmpv6Repr, NeighborFlags};
+    let t = node_a();
+    let gateway: Ipv6Addr = "fe80::1".parse().unwrap();
+    let solicited_node: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+    let ns = Icmpv6Repr::NeighborSolicit {
+        target: gateway,
+        lladdr: Some(POD1.mac),
+    };
+    let multicast_mac = MacAddr([0x33, 0x33, 0xff, 0, 0, 1]);
+    let request = icmpv6_frame(POD1.mac, multicast_mac, POD1.v6, solicited_node, 255, ns);
+    let na = Icmpv6Repr::NeighborAdvert {
+        flags: NeighborFlags::ROUTER | NeighborFlags::SOLICITED | NeighborFlags::OVERRIDE,
+        target: gateway,
+        lladdr: Some(ROUTER_MAC),
+    };
+    let mut p = pipeline();
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "who has fe80::1 (the gateway)?",
+            ingress: POD1.ifindex,
+            input: request,
+            expect: Expect::Tx(
+                POD1.ifindex,
+                icmpv6_frame(ROUTER_MAC, POD1.mac, gateway, POD1.v6, 255, na),
+            ),
+        },
+    );
+    assert_eq!(p.counters().ndp_replies, 1);
+
+    let dad = Icmpv6Repr::NeighborSolicit {
+        target: POD1.v6,
+        lladdr: None,
+    };
+    let unspecified = Ipv6Addr::UNSPECIFIED;
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "duplicate address detection is not answered",
+            ingress: POD1.ifindex,
+            input: icmpv6_frame(
+                POD1.mac,
+                multicast_mac,
+                unspecified,
+                solicited_node,
+                255,
+                dad,
+            ),
+            expect: Expect::Drop(DropReason::NdpIgnored),
+        },
+    );
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "a solicitation with hop limit 254 is discarded (RFC 4861 7.1.1)",
+            ingress: POD1.ifindex,
+            input: icmpv6_frame(POD1.mac, multicast_mac, POD1.v6, solicited_node, 254, ns),
+            expect: Expect::Drop(DropReason::NdpIgnored),
         },
     );
 }

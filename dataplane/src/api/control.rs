@@ -160,6 +160,7 @@ impl Control {
                 json!({
                     "name": w.name,
                     "publications": w.publications,
+                    "busy_ns": w.busy_ns,
                     "rx_packets": w.counters.rx_packets,
                     "tx_packets": w.counters.tx_packets,
                     "drop_packets": w.counters.drop_packets,
@@ -384,6 +385,7 @@ pub fn counters_json(c: &Counters) -> Value {
         "drops": drops,
         "stages": stages,
         "arp_replies": c.arp_replies,
+        "ndp_replies": c.ndp_replies,
         "decapsulated": c.decapsulated,
         "encapsulated": c.encapsulated,
         "dnat": c.dnat,

@@ -134,6 +134,8 @@ struct WorkerSlot {
     counters: Mutex<Counters>,
     /// Number of publications so far (a liveness hint for `status`).
     publications: AtomicU64,
+    /// The worker's busy-loop nanoseconds at its last publication (0 when it does not say).
+    busy_ns: AtomicU64,
     ct_answer: Mutex<CtSnapshot>,
 }
 
@@ -153,6 +155,9 @@ pub struct StatsRegistry {
 pub struct WorkerCounters {
     pub name: String,
     pub publications: u64,
+    /// Nanoseconds the worker spent in passes that received frames (see
+    /// [`WorkerStats::set_busy_ns`]); divided by `counters.rx_packets` it is the cost per packet.
+    pub busy_ns: u64,
     pub counters: Counters,
 }
 
@@ -168,6 +173,7 @@ impl StatsRegistry {
             name: name.to_string(),
             counters: Mutex::new(Counters::default()),
             publications: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
             ct_answer: Mutex::new(CtSnapshot::default()),
         });
         lock(&self.slots).push(Arc::clone(&slot));
@@ -177,6 +183,7 @@ impl StatsRegistry {
             every: publish_every.max(1),
             ticks: 0,
             answered: 0,
+            busy_ns: 0,
         }
     }
 
@@ -192,6 +199,7 @@ impl StatsRegistry {
             .map(|s| WorkerCounters {
                 name: s.name.clone(),
                 publications: s.publications.load(Ordering::Relaxed),
+                busy_ns: s.busy_ns.load(Ordering::Relaxed),
                 counters: lock(&s.counters).clone(),
             })
             .collect()
@@ -239,9 +247,18 @@ pub struct WorkerStats {
     ticks: u32,
     /// Latest conntrack request generation this worker answered.
     answered: u64,
+    /// Busy-loop time to publish with the counters (kept locally: setting it shares nothing).
+    busy_ns: u64,
 }
 
 impl WorkerStats {
+    /// Records the worker's busy-loop nanoseconds so far; published with the next counters.
+    /// A plain store into the publisher, cheap enough for every pass.
+    #[inline]
+    pub fn set_busy_ns(&mut self, busy_ns: u64) {
+        self.busy_ns = busy_ns;
+    }
+
     /// Call once per worker loop iteration (after the batch, or after an empty poll). Costs an
     /// increment and a compare, except every `publish_every`-th call, which publishes.
     #[inline]
@@ -258,6 +275,7 @@ impl WorkerStats {
     pub fn publish(&mut self, pipeline: &Pipeline, now: u64) {
         if let Ok(mut slot) = self.slot.counters.try_lock() {
             slot.clone_from(pipeline.counters());
+            self.slot.busy_ns.store(self.busy_ns, Ordering::Relaxed);
             self.slot.publications.fetch_add(1, Ordering::Relaxed);
         }
         let wanted = self.registry.ct_request.load(Ordering::Acquire);
@@ -378,6 +396,17 @@ mod tests {
         w1.publish(&p, 0);
         assert_eq!(registry.total().rx_packets, 2 * p.counters().rx_packets);
         assert!(p.counters().rx_packets > 0);
+    }
+
+    #[test]
+    fn busy_time_is_published_with_the_counters_not_before() {
+        let registry = StatsRegistry::new();
+        let mut w = registry.register("worker-0", 1);
+        let p = Pipeline::new(PipelineConfig::default()).unwrap();
+        w.set_busy_ns(1234);
+        assert_eq!(registry.per_worker()[0].busy_ns, 0);
+        w.publish(&p, 0);
+        assert_eq!(registry.per_worker()[0].busy_ns, 1234);
     }
 
     #[test]

@@ -257,6 +257,7 @@ impl Worker {
             let now = sys::monotonic_ns();
             self.poll_once(tables, now);
             if let Some(api) = self.api.as_mut() {
+                api.set_busy_ns(self.io.busy_ns);
                 api.tick(&self.pipeline, now);
             }
             if self.io.polls % PUBLISH_CHECK_EVERY == 0
@@ -268,6 +269,7 @@ impl Worker {
         }
         self.publish();
         if let Some(api) = self.api.as_mut() {
+            api.set_busy_ns(self.io.busy_ns);
             api.publish(&self.pipeline, sys::monotonic_ns());
         }
         Ok(())

@@ -1,5 +1,6 @@
-//! Conntrack stage: one lookup per IP frame on the canonical 5-tuple (after DNAT), in two
-//! phases: hash the whole batch and prefetch its buckets, then look up.
+//! Conntrack stage: one lookup per IP frame on the canonical 5-tuple (after DNAT), in three
+//! phases over the batch: hash every packet and prefetch its bucket's tag line; match the tags
+//! and prefetch the matching slot; then look up and update.
 //!
 //! A hit advances the entry's state machine and counters. Replies of flows that carry reverse
 //! NAT information get their source rewritten back to the service frontend. An ICMP error whose
@@ -31,7 +32,14 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         ctx.ct.prefetch(m.ct_hash);
         m.ct_key = Some(key);
     }
-    // Phase 2: lookups and state updates.
+    // Phase 2: with the tag lines on their way, start loading each packet's matching slot,
+    // which phase 3 compares and updates.
+    for m in meta.iter() {
+        if m.ct_key.is_some() {
+            ctx.ct.prefetch_match(m.ct_hash);
+        }
+    }
+    // Phase 3: lookups and state updates.
     for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
         let Some(key) = m.ct_key else { continue };
         ctx.c.stage_in[Stage::Conntrack as usize] += 1;

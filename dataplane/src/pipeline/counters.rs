@@ -61,6 +61,8 @@ pub struct Counters {
     /// Indexed by `Stage as u8`: frames the stage dropped.
     pub stage_drops: [u64; Stage::COUNT],
     pub arp_replies: u64,
+    /// IPv6 Neighbor Advertisements sent for the pods' gateway.
+    pub ndp_replies: u64,
     pub decapsulated: u64,
     pub encapsulated: u64,
     pub dnat: u64,
@@ -90,6 +92,7 @@ impl Default for Counters {
             stage_in: [0; Stage::COUNT],
             stage_drops: [0; Stage::COUNT],
             arp_replies: 0,
+            ndp_replies: 0,
             decapsulated: 0,
             encapsulated: 0,
             dnat: 0,
@@ -140,6 +143,7 @@ impl Counters {
             *a += b;
         }
         self.arp_replies += o.arp_replies;
+        self.ndp_replies += o.ndp_replies;
         self.decapsulated += o.decapsulated;
         self.encapsulated += o.encapsulated;
         self.dnat += o.dnat;

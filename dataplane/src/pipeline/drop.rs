@@ -36,6 +36,9 @@ pub enum DropReason {
     L4Truncated = 12,
     /// TCP data offset, UDP length or ICMP message invalid.
     L4Malformed = 13,
+    /// IPv6 neighbor discovery the dataplane does not answer (duplicate address detection, a
+    /// solicitation for the pod's own address, an advertisement, a hop limit other than 255).
+    NdpIgnored = 14,
     // --- decapsulation (20..=29) ---
     /// VXLAN or Geneve header (or the frame inside it) malformed.
     TunnelMalformed = 20,
@@ -50,6 +53,10 @@ pub enum DropReason {
     InvalidSourceIp = 31,
     /// Frame from an interface no endpoint or uplink is configured for.
     UnknownInterface = 32,
+    /// From a pod: IPv6 from the link-local or the unspecified address (router solicitation,
+    /// MLD report, duplicate address detection). Link-scoped, so never forwarded; not spoofing
+    /// either, hence not `InvalidSourceIp`. The dataplane answers no neighbor discovery.
+    Ipv6LinkScopedSource = 33,
     // --- service load balancing (40..=49) ---
     /// Service frontend without a selectable backend (Cilium's DROP_NO_SERVICE).
     NoServiceBackend = 40,
@@ -77,7 +84,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in number order (for metrics registration and docs).
-    pub const ALL: [DropReason; 29] = [
+    pub const ALL: [DropReason; 31] = [
         DropReason::EthernetTruncated,
         DropReason::UnsupportedEtherType,
         DropReason::ArpMalformed,
@@ -91,12 +98,14 @@ impl DropReason {
         DropReason::FragmentUnsupported,
         DropReason::L4Truncated,
         DropReason::L4Malformed,
+        DropReason::NdpIgnored,
         DropReason::TunnelMalformed,
         DropReason::TunnelUnknownNode,
         DropReason::TunnelCriticalOption,
         DropReason::InvalidSourceMac,
         DropReason::InvalidSourceIp,
         DropReason::UnknownInterface,
+        DropReason::Ipv6LinkScopedSource,
         DropReason::NoServiceBackend,
         DropReason::DsrOptionMalformed,
         DropReason::PolicyDeniedEgress,
@@ -136,12 +145,14 @@ impl DropReason {
             FragmentUnsupported => "fragment_unsupported",
             L4Truncated => "l4_truncated",
             L4Malformed => "l4_malformed",
+            NdpIgnored => "ndp_ignored",
             TunnelMalformed => "tunnel_malformed",
             TunnelUnknownNode => "tunnel_unknown_node",
             TunnelCriticalOption => "tunnel_critical_option",
             InvalidSourceMac => "invalid_source_mac",
             InvalidSourceIp => "invalid_source_ip",
             UnknownInterface => "unknown_interface",
+            Ipv6LinkScopedSource => "ipv6_link_scoped_source",
             NoServiceBackend => "no_service_backend",
             DsrOptionMalformed => "dsr_option_malformed",
             PolicyDeniedEgress => "policy_denied_egress",
@@ -182,6 +193,7 @@ mod tests {
         // Changing any of these breaks dashboards and saved monitor output: add, never renumber.
         assert_eq!(DropReason::EthernetTruncated as u8, 1);
         assert_eq!(DropReason::InvalidSourceMac as u8, 30);
+        assert_eq!(DropReason::Ipv6LinkScopedSource as u8, 33);
         assert_eq!(DropReason::PolicyDeniedIngress as u8, 51);
         assert_eq!(DropReason::FrameTooLong as u8, 63);
     }

@@ -1,7 +1,9 @@
 //! Identity stage: who sent the frame and who receives it.
 //!
 //! - From a pod: the frame must carry its endpoint's MAC and IP (anti-spoofing, Cilium's
-//!   DROP_INVALID_SMAC / DROP_INVALID_SIP); the source identity is the endpoint's.
+//!   DROP_INVALID_SMAC / DROP_INVALID_SIP); the source identity is the endpoint's. IPv6 from
+//!   the pod's link-local or unspecified address (neighbor discovery, MLD) is dropped under its
+//!   own reason, not counted as spoofing.
 //! - From a tunnel: the VNI already gave the source identity (decap stage).
 //! - From the uplink otherwise: the ipcache gives it (`world` when no prefix matches).
 //!
@@ -9,7 +11,7 @@
 //! names the tunnel endpoint of a remote pod. Frames from pods get their L4 checksum completed
 //! here when the pipeline is configured to (before any incremental rewrite).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use super::meta::{Family, PacketMeta, Verdict};
 use super::{Ctx, DropReason, Ingress, Stage};
@@ -55,14 +57,20 @@ fn check_sender(data: &[u8], m: &PacketMeta, ep: &Endpoint) -> Result<(), DropRe
     if EthernetFrame::new_unchecked(data).src_addr() != ep.spec.mac {
         return Err(DropReason::InvalidSourceMac);
     }
-    let own = match m.tuple.src {
-        IpAddr::V4(a) => ep.spec.ipv4 == Some(a),
-        IpAddr::V6(a) => ep.spec.ipv6 == Some(a),
-    };
-    if !own {
-        return Err(DropReason::InvalidSourceIp);
+    match m.tuple.src {
+        IpAddr::V4(a) if ep.spec.ipv4 == Some(a) => Ok(()),
+        IpAddr::V6(a) if ep.spec.ipv6 == Some(a) => Ok(()),
+        // Every IPv6 interface sends neighbor discovery and MLD from these on its own: counting
+        // them as spoofing would bury real spoofing under noise.
+        IpAddr::V6(a) if is_link_scoped(a) => Err(DropReason::Ipv6LinkScopedSource),
+        _ => Err(DropReason::InvalidSourceIp),
     }
-    Ok(())
+}
+
+/// The unspecified address `::` or a link-local unicast address (`fe80::/10`, RFC 4291
+/// section 2.5.6): valid only on the link, never forwarded.
+fn is_link_scoped(a: Ipv6Addr) -> bool {
+    a.is_unspecified() || a.is_unicast_link_local()
 }
 
 /// Sets the destination endpoint, identity and tunnel endpoint from the destination address.
@@ -115,5 +123,22 @@ fn complete_l4_checksum<B: AsRef<[u8]> + AsMut<[u8]>>(f: &mut Frame<B>, m: &Pack
             true
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_scoped_sources() {
+        let scoped = ["::", "fe80::1", "febf:ffff::1"];
+        let routed = ["fd00::1:11", "2001:db8::1", "fec0::1", "::1", "ff02::2"];
+        for a in scoped {
+            assert!(is_link_scoped(a.parse().unwrap()), "{a}");
+        }
+        for a in routed {
+            assert!(!is_link_scoped(a.parse().unwrap()), "{a}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::tables::LocalNode;
 use crate::wire::arp::{ArpPacket, Repr as ArpRepr};
 use crate::wire::ethernet::{EtherType, EthernetFrame};
 use crate::wire::icmpv4::Icmpv4Packet;
-use crate::wire::icmpv6::Icmpv6Packet;
+use crate::wire::icmpv6::{Icmpv6Packet, Icmpv6Repr, Message as Icmpv6Message, NeighborFlags};
 use crate::wire::ipv4::{self, Ipv4Packet, Protocol};
 use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::tcp::TcpPacket;
@@ -41,6 +41,9 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         }
         match (m.family, ctx.ingress) {
             (Family::Arp, Ingress::Pod(_)) => answer_arp(f, m, ctx),
+            (Family::Ipv6, Ingress::Pod(_)) if is_neighbor_solicitation(m) => {
+                answer_neighbor_solicitation(f, m, ctx)
+            }
             (Family::Other, Ingress::Pod(_)) => {
                 ctx.drop(m, Stage::Parse, DropReason::UnsupportedEtherType)
             }
@@ -273,6 +276,76 @@ fn answer_arp<B: AsRef<[u8]> + AsMut<[u8]>>(
         reply.emit(&mut ArpPacket::new_unchecked(arp));
     }
     ctx.c.arp_replies += 1;
+    m.verdict = Verdict::Tx {
+        ifindex: ctx.ingress_ifindex,
+    };
+}
+
+/// ICMPv6 type 135 (the parse stage keeps the type of non-echo ICMP in `dport`).
+fn is_neighbor_solicitation(m: &PacketMeta) -> bool {
+    m.icmp == IcmpClass::Other
+        && m.tuple.proto == u8::from(Protocol::Icmpv6)
+        && m.tuple.dport == u16::from(u8::from(Icmpv6Message::NeighborSolicit))
+}
+
+/// Answers a pod's IPv6 Neighbor Solicitation with the router MAC, in place, back out of the
+/// pod's interface: IPv6's twin of [`answer_arp`], so a pod resolves its gateway. Duplicate
+/// address detection (unspecified source) and solicitations for the pod's own address get no
+/// answer; RFC 4861 section 7.1.1 says to discard NS whose hop limit is not 255.
+fn answer_neighbor_solicitation<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+) {
+    let (IpAddr::V6(src), l3) = (m.tuple.src, usize::from(m.l3)) else {
+        return;
+    };
+    let hop_limit = f.data().get(l3 + 7).copied().unwrap_or(0);
+    let seg = f
+        .data()
+        .get(usize::from(m.l4)..usize::from(m.l4_end))
+        .unwrap_or_default();
+    let request = Icmpv6Packet::new_checked(seg).and_then(|p| Icmpv6Repr::parse(&p));
+    let Ok(Icmpv6Repr::NeighborSolicit { target, .. }) = request else {
+        ctx.drop(m, Stage::Parse, DropReason::L4Malformed);
+        return;
+    };
+    if hop_limit != 255 || src.is_unspecified() || target == src {
+        ctx.drop(m, Stage::Parse, DropReason::NdpIgnored);
+        return;
+    }
+    let router_mac = ctx.t.node.router_mac;
+    let answer = Icmpv6Repr::NeighborAdvert {
+        flags: NeighborFlags::ROUTER | NeighborFlags::SOLICITED | NeighborFlags::OVERRIDE,
+        target,
+        lladdr: Some(router_mac),
+    };
+    let icmp_len = answer.buffer_len();
+    if !f.set_len(l3 + ipv6::HEADER_LEN + icmp_len) {
+        ctx.drop(m, Stage::Parse, DropReason::HeadroomExhausted);
+        return;
+    }
+    let requester = EthernetFrame::new_unchecked(f.data()).src_addr();
+    let data = f.data_mut();
+    let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
+    eth.set_dst_addr(requester);
+    eth.set_src_addr(router_mac);
+    let ip = ipv6::Repr {
+        src_addr: target,
+        dst_addr: src,
+        next_header: Protocol::Icmpv6,
+        payload_len: icmp_len,
+        hop_limit: 255,
+        traffic_class: 0,
+        flow_label: 0,
+    };
+    if let Some(hdr) = data.get_mut(l3..) {
+        ip.emit(&mut Ipv6Packet::new_unchecked(hdr));
+    }
+    if let Some(icmp) = data.get_mut(l3 + ipv6::HEADER_LEN..) {
+        answer.emit(&mut Icmpv6Packet::new_unchecked(icmp), target, src);
+    }
+    ctx.c.ndp_replies += 1;
     m.verdict = Verdict::Tx {
         ifindex: ctx.ingress_ifindex,
     };

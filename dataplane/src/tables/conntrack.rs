@@ -5,12 +5,16 @@
 //! (symmetric RSS); a reply handled by another worker would not find the entry.
 //!
 //! # Layout
-//! All memory is allocated once, in [`Conntrack::new`], and never again. The table is
+//! All memory is allocated once, in [`Conntrack::new`], and never again; a table of 2 MiB or
+//! more is 2 MiB aligned and advised into transparent huge pages (fewer TLB misses). The table is
 //! set-associative: `capacity` slots rounded up to a power of two, grouped in buckets of
 //! [`WAYS`] (8) slots. A flow hashes to exactly one bucket. Each bucket starts with a cache line
 //! of 8 tags (32 bits of the flow's hash, never 0; 0 marks a free slot), followed by the slots.
 //! A lookup reads the tag line, then compares the full key only in slots whose tag matches, so a
-//! hit costs one tag line plus one slot line, and a miss usually costs the tag line alone.
+//! hit costs one tag line plus one slot line, and a miss usually costs the tag line alone. A
+//! batch hides those misses in three passes: [`Conntrack::prefetch`] (tag line) for every
+//! packet, then [`Conntrack::prefetch_match`] (both lines of the slot whose tag matches), then
+//! lookups and updates.
 //! Each slot is two cache lines: the key and the fields a lookup needs (expiry) in the first,
 //! counters, creation time and NAT info in the second.
 //!
@@ -846,6 +850,95 @@ fn tag_of(hash: u64) -> u32 {
     ((hash >> 32) as u32) | 1
 }
 
+/// Tables at least this large are aligned to, and advised into, 2 MiB pages.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// The table's buckets: one allocation made, filled with empty buckets and touched once.
+///
+/// Not a `Box<[Bucket]>` because of its alignment: a table of 2 MiB or more is aligned to
+/// 2 MiB and advised (`madvise(MADV_HUGEPAGE)`) into transparent huge pages where the kernel
+/// offers them, so that a lookup's random bucket needs no page walk of its own (a 34 MiB table
+/// in 4 KiB pages misses the TLB on nearly every packet, and each walk is nested under a
+/// hypervisor). Smaller tables, and kernels without THP, get ordinary pages: the advice is a
+/// hint and its failure is ignored.
+struct BucketArray {
+    ptr: std::ptr::NonNull<Bucket>,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: `BucketArray` owns its allocation exclusively (like a `Box<[Bucket]>`, and `Bucket`
+// is plain data), so moving it to another thread or sharing `&BucketArray` is as safe as for
+// the box.
+unsafe impl Send for BucketArray {}
+// SAFETY: as above; `&BucketArray` only gives out `&[Bucket]`.
+unsafe impl Sync for BucketArray {}
+
+impl BucketArray {
+    /// `len` (> 0) empty buckets; `Err` carries the layout that could not be allocated.
+    fn new(len: usize) -> Result<BucketArray, std::alloc::Layout> {
+        let size = len.saturating_mul(std::mem::size_of::<Bucket>());
+        let align = if size >= HUGE_PAGE {
+            HUGE_PAGE
+        } else {
+            std::mem::align_of::<Bucket>()
+        };
+        let layout = std::alloc::Layout::from_size_align(size, align)
+            .map_err(|_| std::alloc::Layout::new::<Bucket>())?;
+        assert!(len > 0 && size > 0, "a table has at least one bucket");
+        // SAFETY: `layout` has a non-zero size (asserted above).
+        let raw = unsafe { std::alloc::alloc(layout) }.cast::<Bucket>();
+        let ptr = std::ptr::NonNull::new(raw).ok_or(layout)?;
+        if align == HUGE_PAGE {
+            advise_huge_pages(ptr.as_ptr().cast(), size);
+        }
+        for i in 0..len {
+            // SAFETY: `i < len`, so the write stays inside the allocation of `len` buckets,
+            // which is aligned for `Bucket`; the memory is uninitialised, so nothing is dropped.
+            unsafe { ptr.as_ptr().add(i).write(Bucket::EMPTY) };
+        }
+        Ok(BucketArray { ptr, len, layout })
+    }
+}
+
+impl std::ops::Deref for BucketArray {
+    type Target = [Bucket];
+    fn deref(&self) -> &[Bucket] {
+        // SAFETY: `ptr` points to `len` initialised buckets that `self` owns and that live as
+        // long as `self`; shared access follows from `&self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for BucketArray {
+    fn deref_mut(&mut self) -> &mut [Bucket] {
+        // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for BucketArray {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly `self.layout`, and freed only here. `Bucket`
+        // has no destructor, so there is nothing to drop in place first.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) };
+    }
+}
+
+/// Asks the kernel to back `len` bytes at `addr` (2 MiB aligned) with transparent huge pages.
+/// Best effort: the table works the same without them.
+fn advise_huge_pages(addr: *mut libc::c_void, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `addr..addr + len` is one live allocation of ours, page aligned (2 MiB);
+        // MADV_HUGEPAGE changes only how the kernel backs it, never its contents, and an error
+        // (no THP support) leaves the mapping as it was.
+        let _ = unsafe { libc::madvise(addr, len, libc::MADV_HUGEPAGE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (addr, len);
+}
+
 /// How `create` got its slot.
 enum Claim {
     Existing,
@@ -887,7 +980,7 @@ enum Claim {
 /// assert_eq!(ct.lookup(&answer, ct.hash_key(&answer), now), Some((h, Direction::Reply)));
 /// ```
 pub struct Conntrack {
-    buckets: Box<[Bucket]>,
+    buckets: BucketArray,
     /// `buckets.len() - 1`; `buckets.len()` is a power of two.
     bucket_mask: usize,
     seed: u64,
@@ -919,9 +1012,11 @@ impl Conntrack {
             capacity: cfg.capacity.min(MAX_CAPACITY),
             ..cfg
         };
-        let buckets = (0..Self::slots_for(cfg.capacity) / WAYS)
-            .map(|_| Bucket::EMPTY)
-            .collect();
+        let slots = Self::slots_for(cfg.capacity);
+        let buckets = match BucketArray::new(slots / WAYS) {
+            Ok(buckets) => buckets,
+            Err(layout) => std::alloc::handle_alloc_error(layout),
+        };
         Self::with_buckets(buckets, &cfg)
     }
 
@@ -935,15 +1030,11 @@ impl Conntrack {
         }
         let slots = Self::slots_for(cfg.capacity);
         let n = slots / WAYS;
-        let mut buckets = Vec::new();
-        buckets
-            .try_reserve_exact(n)
-            .map_err(|_| CtError::OutOfMemory {
-                slots,
-                bytes: n.saturating_mul(std::mem::size_of::<Bucket>()),
-            })?;
-        buckets.extend((0..n).map(|_| Bucket::EMPTY));
-        Ok(Self::with_buckets(buckets.into_boxed_slice(), &cfg))
+        let buckets = BucketArray::new(n).map_err(|_| CtError::OutOfMemory {
+            slots,
+            bytes: n.saturating_mul(std::mem::size_of::<Bucket>()),
+        })?;
+        Ok(Self::with_buckets(buckets, &cfg))
     }
 
     /// Slots for a requested capacity: a power of two, at least one bucket.
@@ -951,7 +1042,7 @@ impl Conntrack {
         capacity.max(WAYS).next_power_of_two()
     }
 
-    fn with_buckets(buckets: Box<[Bucket]>, cfg: &CtConfig) -> Self {
+    fn with_buckets(buckets: BucketArray, cfg: &CtConfig) -> Self {
         Conntrack {
             bucket_mask: buckets.len() - 1,
             buckets,
@@ -970,7 +1061,7 @@ impl Conntrack {
 
     /// Total memory of the table's slots and tags.
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val::<[Bucket]>(&self.buckets)
+        std::mem::size_of_val::<[Bucket]>(&self.buckets[..])
     }
 
     /// Number of slots (the configured capacity rounded up to a power of two).
@@ -1014,6 +1105,34 @@ impl Conntrack {
             // the pointer comes from a live reference anyway. SSE is part of the x86_64 baseline,
             // so the `sse` target feature the intrinsic requires is always present.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(bucket.cast::<i8>()) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
+    /// Phase two of a three-phase batch lookup, after [`prefetch`](Self::prefetch) of every
+    /// packet: reads the (by now loading) tag line of `hash` and starts loading both cache lines
+    /// of the first slot whose tag matches, the one [`lookup`](Self::lookup) and
+    /// [`update`](Self::update) will most likely read and write. Does nothing on a tag miss.
+    /// A no-op off x86_64.
+    #[inline]
+    pub fn prefetch_match(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let bucket = &self.buckets[self.bucket_index(hash)];
+            let candidates = bucket.matching(tag_of(hash));
+            if candidates == 0 {
+                return;
+            }
+            let way = candidates.trailing_zeros() as usize % WAYS;
+            let slot: *const Slot = &bucket.slots[way];
+            // SAFETY: as in `prefetch`: hints that never fault, on addresses inside a live slot
+            // (a `Slot` is 128 bytes, so `slot + 64` is its second line).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>().add(64));
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = hash;
@@ -1348,6 +1467,17 @@ mod tests {
         assert_eq!(Conntrack::bytes_per_entry(), 136);
         let ct = table(1024);
         assert_eq!(ct.memory_bytes(), 1024 * Conntrack::bytes_per_entry());
+    }
+
+    #[test]
+    fn large_tables_are_aligned_for_huge_pages() {
+        // 2^14 slots = 2^11 buckets of 1088 bytes: over 2 MiB.
+        let big = table(1 << 14);
+        assert_eq!(big.buckets.as_ptr() as usize % HUGE_PAGE, 0);
+        assert_eq!(big.buckets.len(), (1 << 14) / WAYS);
+        let small = table(64);
+        assert_eq!(small.buckets.as_ptr() as usize % 64, 0);
+        assert!(small.buckets.iter().all(|b| b.tags == [0; WAYS]));
     }
 
     #[test]
@@ -1826,10 +1956,15 @@ mod tests {
 
     #[test]
     fn prefetch_is_harmless() {
-        let ct = table(64);
-        for hash in [0, 1, u64::MAX, 0xdead_beef] {
+        let mut ct = table(64);
+        let key = client_key(IPPROTO_TCP);
+        let h = ct.hash_key(&key);
+        create(&mut ct, &key, SEC);
+        for hash in [0, 1, u64::MAX, 0xdead_beef, h] {
             ct.prefetch(hash);
+            ct.prefetch_match(hash);
         }
+        assert!(look(&ct, &key, SEC).is_some());
     }
 
     #[test]

@@ -18,9 +18,13 @@
 //! 3. No matching entry: denied when the direction is enforced.
 //!
 //! Within one (identity, protocol) group, overlapping port ranges are flattened on insert into
-//! disjoint segments that already carry the resolved action, so a lookup is at most four hash
-//! probes plus a binary search each, and allocates nothing. Inserts and removals rebuild only
-//! the affected group.
+//! disjoint segments that already carry the resolved action. Segments of a single port (the
+//! common case: `port: 80`) go into one map keyed by (identity, protocol, port) for the whole
+//! policy map; only wider segments stay in the group, for a binary search. Since a group's
+//! segments are disjoint, a class's answer is its exact-port entry if there is one, else its
+//! wide segment covering the port: a lookup is at most four classes of one hash probe each
+//! (two where the class has wide segments: the group probe and its binary search), and
+//! allocates nothing. Inserts and removals rebuild only the affected group.
 
 use hashbrown::HashMap;
 
@@ -180,27 +184,27 @@ struct Segment {
 }
 
 /// All entries of one (identity, protocol) pair: the ranges as inserted (the truth, for dumps and
-/// deletes) and their flattening (what lookups read).
+/// deletes) and the segments of their flattening wider than one port (what lookups read after
+/// the map's exact-port entries, which hold the single-port segments).
 #[derive(Clone, Debug, Default)]
 struct Group {
     ranges: Vec<(PortRange, PolicyEntry)>,
-    segments: Vec<Segment>,
+    /// The flattening's segments with `lo < hi`, sorted and disjoint.
+    wide: Vec<Segment>,
 }
 
 impl Group {
-    fn lookup(&self, port: u16) -> Option<PolicyEntry> {
-        let i = self.segments.partition_point(|s| s.hi < port);
-        self.segments
-            .get(i)
-            .filter(|s| s.lo <= port)
-            .map(|s| s.entry)
+    /// The wide segment covering `port`.
+    fn lookup_wide(&self, port: u16) -> Option<PolicyEntry> {
+        let i = self.wide.partition_point(|s| s.hi < port);
+        self.wide.get(i).filter(|s| s.lo <= port).map(|s| s.entry)
     }
 
-    /// Recomputes the disjoint segments: every boundary splits, and a segment's entry is a deny
-    /// if any covering range denies, else the narrowest covering allow (the most specific rule
-    /// is the one reported).
-    fn rebuild(&mut self) {
-        self.segments.clear();
+    /// The disjoint segments of the ranges, sorted: every boundary splits, and a segment's
+    /// entry is a deny if any covering range denies, else the narrowest covering allow (the
+    /// most specific rule is the one reported). Control path: allocates.
+    fn flatten(&self) -> Vec<Segment> {
+        let mut segments: Vec<Segment> = Vec::new();
         let mut cuts: Vec<u32> = Vec::with_capacity(self.ranges.len() * 2);
         for (r, _) in &self.ranges {
             cuts.push(u32::from(r.lo));
@@ -217,13 +221,13 @@ impl Group {
                 .min_by_key(|(r, e)| (e.action == Action::Allow, r.hi - r.lo));
             if let Some((_, entry)) = best {
                 let (lo, hi) = (lo as u16, hi as u16);
-                match self.segments.last_mut() {
+                match segments.last_mut() {
                     Some(last)
                         if last.entry == *entry && u32::from(last.hi) + 1 == u32::from(lo) =>
                     {
                         last.hi = hi
                     }
-                    _ => self.segments.push(Segment {
+                    _ => segments.push(Segment {
                         lo,
                         hi,
                         entry: *entry,
@@ -231,16 +235,29 @@ impl Group {
                 }
             }
         }
+        segments
     }
+}
+
+/// The key of `PolicyMap::exact`: identity, protocol and port packed in one word (one cheap
+/// hash).
+#[inline]
+fn exact_key(identity: Identity, proto: u8, port: u16) -> u64 {
+    u64::from(identity.0) << 24 | u64::from(proto) << 16 | u64::from(port)
 }
 
 /// The policy map of one endpoint in one direction.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyMap {
     groups: HashMap<(Identity, u8), Group>,
+    /// Every group's single-port segments, by [`exact_key`]: the first probe of each class.
+    exact: HashMap<u64, PolicyEntry>,
     entries: usize,
     /// Counts of entries per lookup class, so lookups skip classes that are empty.
     class_counts: [u32; 4],
+    /// Counts of groups with wide segments per lookup class, so lookups skip the group probe
+    /// where no group of the class has any.
+    wide_counts: [u32; 4],
 }
 
 impl PolicyMap {
@@ -249,7 +266,11 @@ impl PolicyMap {
     }
 
     fn class_of(key: &PolicyKey) -> usize {
-        match (key.identity == Identity::ANY, key.proto == PROTO_ANY) {
+        Self::class_of_group(key.identity, key.proto)
+    }
+
+    fn class_of_group(identity: Identity, proto: u8) -> usize {
+        match (identity == Identity::ANY, proto == PROTO_ANY) {
             (false, false) => 0,
             (true, false) => 1,
             (false, true) => 2,
@@ -267,6 +288,7 @@ impl PolicyMap {
             return Err(PolicyMapError::PortsWithoutProtocol { key });
         }
         let group = self.groups.entry((key.identity, key.proto)).or_default();
+        let before = group.flatten();
         let previous = match group.ranges.iter_mut().find(|(r, _)| *r == key.ports) {
             Some((_, e)) => Some(std::mem::replace(e, entry)),
             None => {
@@ -274,7 +296,7 @@ impl PolicyMap {
                 None
             }
         };
-        group.rebuild();
+        self.rebuild_group(key.identity, key.proto, &before);
         if previous.is_none() {
             self.entries += 1;
             self.class_counts[Self::class_of(&key)] += 1;
@@ -286,15 +308,40 @@ impl PolicyMap {
     pub fn remove(&mut self, key: &PolicyKey) -> Option<PolicyEntry> {
         let group = self.groups.get_mut(&(key.identity, key.proto))?;
         let pos = group.ranges.iter().position(|(r, _)| *r == key.ports)?;
+        let before = group.flatten();
         let (_, removed) = group.ranges.swap_remove(pos);
-        if group.ranges.is_empty() {
-            self.groups.remove(&(key.identity, key.proto));
-        } else {
-            group.rebuild();
-        }
+        self.rebuild_group(key.identity, key.proto, &before);
         self.entries -= 1;
         self.class_counts[Self::class_of(key)] -= 1;
         Some(removed)
+    }
+
+    /// Re-flattens the group of `(identity, proto)` after its ranges changed (`before`: the
+    /// flattening of its ranges before the change), and brings the exact-port map and the
+    /// wide-group counts in line; drops the group once it has no range.
+    fn rebuild_group(&mut self, identity: Identity, proto: u8, before: &[Segment]) {
+        let class = Self::class_of_group(identity, proto);
+        let Some(group) = self.groups.get_mut(&(identity, proto)) else {
+            return;
+        };
+        let had_wide = !group.wide.is_empty();
+        for s in before.iter().filter(|s| s.lo == s.hi) {
+            self.exact.remove(&exact_key(identity, proto, s.lo));
+        }
+        let after = group.flatten();
+        for s in after.iter().filter(|s| s.lo == s.hi) {
+            self.exact.insert(exact_key(identity, proto, s.lo), s.entry);
+        }
+        group.wide = after.into_iter().filter(|s| s.lo < s.hi).collect();
+        let has_wide = !group.wide.is_empty();
+        if group.ranges.is_empty() {
+            self.groups.remove(&(identity, proto));
+        }
+        match (had_wide, has_wide) {
+            (false, true) => self.wide_counts[class] += 1,
+            (true, false) => self.wide_counts[class] -= 1,
+            _ => {}
+        }
     }
 
     /// The entry stored under exactly `key`.
@@ -362,7 +409,7 @@ impl PolicyMap {
                 2 => (identity, PROTO_ANY),
                 _ => (Identity::ANY, PROTO_ANY),
             };
-            let Some(entry) = self.groups.get(&(id, p)).and_then(|g| g.lookup(port)) else {
+            let Some(entry) = self.class_lookup(class, id, p, port) else {
                 continue;
             };
             match entry.action {
@@ -375,19 +422,35 @@ impl PolicyMap {
         best_allow
     }
 
+    /// The entry of group `(id, p)` (of lookup class `class`) for `port`: its exact-port entry,
+    /// else the wide segment covering the port. The group's segments are disjoint, so at most
+    /// one of the two exists.
+    #[inline]
+    fn class_lookup(&self, class: usize, id: Identity, p: u8, port: u16) -> Option<PolicyEntry> {
+        if let Some(entry) = self.exact.get(&exact_key(id, p, port)) {
+            return Some(*entry);
+        }
+        if self.wide_counts[class] == 0 {
+            return None;
+        }
+        self.groups.get(&(id, p)).and_then(|g| g.lookup_wide(port))
+    }
+
     /// Approximate heap bytes per entry (for the benchmark's memory report).
     pub fn approx_bytes(&self) -> usize {
         let group_bytes = self.groups.capacity()
             * (std::mem::size_of::<(Identity, u8)>() + std::mem::size_of::<Group>() + 1);
+        let exact_bytes = self.exact.capacity()
+            * (std::mem::size_of::<u64>() + std::mem::size_of::<PolicyEntry>() + 1);
         let vec_bytes: usize = self
             .groups
             .values()
             .map(|g| {
                 g.ranges.capacity() * std::mem::size_of::<(PortRange, PolicyEntry)>()
-                    + g.segments.capacity() * std::mem::size_of::<Segment>()
+                    + g.wide.capacity() * std::mem::size_of::<Segment>()
             })
             .sum();
-        group_bytes + vec_bytes
+        group_bytes + exact_bytes + vec_bytes
     }
 }
 
@@ -585,6 +648,33 @@ mod tests {
         );
         assert_eq!(p.lookup(A, TCP, 9001), Decision::DeniedByDefault);
         assert_eq!(p.lookup(A, UDP, 8080), Decision::DeniedByDefault);
+    }
+
+    #[test]
+    fn exact_and_wide_segments_stay_in_step() {
+        let mut m = PolicyMap::new();
+        let single = PolicyKey::l4(A, TCP, PortRange::single(80));
+        let wide = PolicyKey::l4(A, TCP, PortRange::new(70, 90).unwrap());
+        m.insert(single, PolicyEntry::allow(1)).unwrap();
+        m.insert(wide, PolicyEntry::deny(2)).unwrap();
+        // The deny covers 80 too: the single-port segment became part of a wide one.
+        assert_eq!(
+            m.lookup(A, TCP, 80).map(|(e, _)| e),
+            Some(PolicyEntry::deny(2))
+        );
+        assert!(m.exact.is_empty());
+        assert_eq!(m.wide_counts, [1, 0, 0, 0]);
+        m.remove(&wide);
+        assert_eq!(
+            m.lookup(A, TCP, 80).map(|(e, _)| e),
+            Some(PolicyEntry::allow(1))
+        );
+        assert_eq!(m.lookup(A, TCP, 81), None);
+        assert_eq!(m.exact.len(), 1);
+        assert_eq!(m.wide_counts, [0; 4]);
+        m.remove(&single);
+        assert!(m.exact.is_empty() && m.groups.is_empty());
+        assert_eq!(m.lookup(A, TCP, 80), None);
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! Command-line interface: `gen`, `sink`, `forward`, `report`. Parsing only; the subcommands
+//! live in their modules. Every value a user types is validated here (sizes, flow counts,
+//! durations), so the rest of the crate can rely on the ranges stated below.
+
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Ethernet (14) + IPv4 (20) + UDP (8): the smallest frame `--size` may ask for.
+pub const MIN_FRAME: usize = 42;
+/// Largest frame on a 1500-byte MTU.
+pub const MAX_FRAME: usize = 1514;
+
+const ABOUT: &str = "Pod -> pod UDP forwarding benchmarks: flagella-dataplane vs the kernel vs Open vSwitch (AF_XDP)";
+
+const AFTER_HELP: &str = "\
+Typical use (as root, from the workspace):
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p bench
+  sudo target/release/flagella-bench report --duration 10
+  sudo target/release/flagella-bench forward --target flagella --flows 10000
+
+`gen` and `sink` are the traffic ends `forward` starts inside the pod namespaces
+(`ip netns exec POD flagella-bench sink --port 9000`); they also work on their own.
+Everything `forward` creates carries the prefix fbn-<pid> and is removed on exit, pass or fail.";
+
+#[derive(Debug, Parser)]
+#[command(name = "flagella-bench", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send UDP as fast as possible: sendmmsg in batches, one socket (source port) per flow.
+    Gen(GenArgs),
+    /// Receive UDP with recvmmsg and count; prints packets per second.
+    Sink(SinkArgs),
+    /// Build a node with two pods, forward A -> B through one target, measure at the sink.
+    Forward(ForwardArgs),
+    /// Run every target over each flow count in one run; print a table with ratios to kernel
+    /// forwarding measured in the same run.
+    Report(ReportArgs),
+}
+
+/// How packets are generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Generator {
+    /// UDP sockets and sendmmsg (works everywhere).
+    Socket,
+    /// The kernel's pktgen (/proc/net/pktgen); refused with a message where it is absent.
+    Pktgen,
+    /// Prebuilt Ethernet frames on an AF_PACKET socket (sendmmsg, qdisc bypassed): no UDP/IP
+    /// stack per packet, so a cheaper generator than `socket`; needs --dev, --dst-mac, --src.
+    Packet,
+}
+
+/// What forwards between the pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Target {
+    /// flagella-dataplane (AF_XDP), with an ingress and an egress policy and conntrack.
+    Flagella,
+    /// The kernel's IPv4 forwarding in the node namespace.
+    Kernel,
+    /// Open vSwitch userspace datapath, AF_XDP ports, one plain forwarding rule each way.
+    Ovs,
+    /// Open vSwitch as `ovs`, with a conntrack pipeline (ct, ct(commit), +new/+est).
+    OvsCt,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [Target::Kernel, Target::Flagella, Target::Ovs, Target::OvsCt];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Flagella => "flagella",
+            Target::Kernel => "kernel",
+            Target::Ovs => "ovs",
+            Target::OvsCt => "ovs-ct",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct GenArgs {
+    /// Destination address and port.
+    #[arg(long, value_name = "IP:PORT")]
+    pub dst: SocketAddrV4,
+    /// Ethernet frame size in bytes, without FCS (42..=1514); the UDP payload is size - 42.
+    #[arg(long, default_value_t = 64, value_parser = parse_frame_size)]
+    pub size: usize,
+    /// Number of flows: one socket, hence one source port, per flow.
+    #[arg(long, default_value_t = 64, value_parser = parse_flows)]
+    pub flows: u32,
+    /// First source port; flows use src-port .. src-port + flows - 1.
+    #[arg(long, default_value_t = 20000)]
+    pub src_port: u16,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub duration: f64,
+    /// Datagrams per sendmmsg call (1..=1024).
+    #[arg(long, default_value_t = 64, value_parser = parse_batch)]
+    pub batch: usize,
+    /// Pin to this CPU.
+    #[arg(long, value_name = "N")]
+    pub core: Option<usize>,
+    /// `socket` (sendmmsg) or `pktgen` (kernel; needs --dev and --dst-mac).
+    #[arg(long, value_enum, default_value_t = Generator::Socket)]
+    pub generator: Generator,
+    /// pktgen and packet: the interface to send on.
+    #[arg(long)]
+    pub dev: Option<String>,
+    /// pktgen and packet: the destination MAC (the gateway's).
+    #[arg(long)]
+    pub dst_mac: Option<String>,
+    /// packet only: the source IPv4 address (the pod's).
+    #[arg(long)]
+    pub src: Option<std::net::Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct SinkArgs {
+    /// UDP port to receive on (all addresses).
+    #[arg(long)]
+    pub port: u16,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub duration: f64,
+    /// Datagrams per recvmmsg call (1..=1024).
+    #[arg(long, default_value_t = 64, value_parser = parse_batch)]
+    pub batch: usize,
+    /// Pin to this CPU.
+    #[arg(long, value_name = "N")]
+    pub core: Option<usize>,
+    /// Print `sample <monotonic ns> <packets>` every 100 ms instead of a line per second
+    /// (what `forward` reads).
+    #[arg(long)]
+    pub samples: bool,
+}
+
+/// Options shared by `forward` and `report`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Seconds measured per run (after one second of warm-up).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// Frame size, as for `gen`.
+    #[arg(long, default_value_t = 64, value_parser = parse_frame_size)]
+    pub size: usize,
+    /// How pod A generates traffic.
+    #[arg(long, value_enum, default_value_t = Generator::Socket)]
+    pub generator: Generator,
+    /// CPU of the generator (it also carries the kernel's veth receive work).
+    #[arg(long, default_value_t = 0)]
+    pub gen_core: usize,
+    /// CPU of the forwarding thread (flagella's worker, OVS's PMD thread).
+    #[arg(long, default_value_t = 1)]
+    pub worker_core: usize,
+    /// Nice value (-20..=19) for the generator, the sink and the forwarder's threads, so a
+    /// busy shared machine disturbs the measurement less (negative values take CPU from
+    /// everything else; 0 changes nothing).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
+    /// The flagella-dataplane binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub dataplane: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ForwardArgs {
+    #[arg(long, value_enum)]
+    pub target: Target,
+    /// Number of flows (source ports).
+    #[arg(long, default_value_t = 64, value_parser = parse_flows)]
+    pub flows: u32,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ReportArgs {
+    /// Flow counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,10000", value_parser = parse_flows)]
+    pub flows: Vec<u32>,
+    /// Targets, comma-separated (kernel is always measured: the ratios need it).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kernel,flagella,ovs,ovs-ct"
+    )]
+    pub targets: Vec<Target>,
+    /// Print the table as Markdown.
+    #[arg(long)]
+    pub markdown: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn parse_frame_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if (MIN_FRAME..=MAX_FRAME).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} bytes: a UDP/IPv4 frame is {MIN_FRAME}..={MAX_FRAME} bytes (without FCS)"
+        ))
+    }
+}
+
+/// 1..=60000 flows: one socket each, and source ports must stay below 65536.
+fn parse_flows(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if (1..=60_000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} flows: use 1..=60000 (one source port each)"))
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if x.is_finite() && x > 0.0 && x <= 86_400.0 {
+        Ok(x)
+    } else {
+        Err(format!("{s} seconds: use a number in (0, 86400]"))
+    }
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if (1..=1024).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("batch {n}: use 1..=1024"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("flagella-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn gen_defaults_and_values() {
+        let cli = parse(&["gen", "--dst", "10.81.0.12:9000", "--flows", "10000"]).unwrap();
+        let Command::Gen(g) = cli.command else {
+            panic!("not gen")
+        };
+        assert_eq!(g.dst, "10.81.0.12:9000".parse().unwrap());
+        assert_eq!((g.size, g.flows, g.batch), (64, 10000, 64));
+        assert_eq!(g.duration, 10.0);
+        assert_eq!(g.generator, Generator::Socket);
+        let cli = parse(&[
+            "gen",
+            "--dst",
+            "10.0.0.1:9",
+            "--generator",
+            "packet",
+            "--src",
+            "10.0.0.2",
+        ]);
+        let Command::Gen(g) = cli.unwrap().command else {
+            panic!("not gen")
+        };
+        assert_eq!(g.generator, Generator::Packet);
+        assert_eq!(g.src, Some("10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn gen_rejects_bad_values() {
+        assert!(parse(&["gen", "--dst", "10.0.0.1:1", "--size", "41"]).is_err());
+        assert!(parse(&["gen", "--dst", "10.0.0.1:1", "--size", "1515"]).is_err());
+        assert!(parse(&["gen", "--dst", "10.0.0.1:1", "--flows", "0"]).is_err());
+        assert!(parse(&["gen", "--dst", "10.0.0.1:1", "--flows", "60001"]).is_err());
+        assert!(parse(&["gen", "--dst", "10.0.0.1:1", "--duration", "-1"]).is_err());
+        assert!(parse(&["gen", "--dst", "10.0.0.1:1", "--duration", "NaN"]).is_err());
+        assert!(
+            parse(&["gen", "--dst", "10.0.0.1"]).is_err(),
+            "port missing"
+        );
+        assert!(parse(&["gen"]).is_err(), "--dst is required");
+    }
+
+    #[test]
+    fn sink_parses() {
+        let cli = parse(&["sink", "--port", "9000", "--duration", "2.5", "--samples"]).unwrap();
+        let Command::Sink(s) = cli.command else {
+            panic!("not sink")
+        };
+        assert_eq!((s.port, s.duration, s.samples), (9000, 2.5, true));
+    }
+
+    #[test]
+    fn forward_targets_and_defaults() {
+        let cli = parse(&["forward", "--target", "ovs-ct", "--flows", "10000"]).unwrap();
+        let Command::Forward(f) = cli.command else {
+            panic!("not forward")
+        };
+        assert_eq!(f.target, Target::OvsCt);
+        assert_eq!(f.flows, 10000);
+        assert_eq!(
+            (f.run.duration, f.run.gen_core, f.run.worker_core),
+            (10, 0, 1)
+        );
+        assert!(parse(&["forward", "--target", "vpp"]).is_err());
+        assert!(parse(&["forward", "--target", "kernel", "--duration", "0"]).is_err());
+    }
+
+    #[test]
+    fn report_lists() {
+        let cli = parse(&["report"]).unwrap();
+        let Command::Report(r) = cli.command else {
+            panic!("not report")
+        };
+        assert_eq!(r.flows, vec![64, 10000]);
+        assert_eq!(r.targets, Target::ALL.to_vec());
+        let cli = parse(&["report", "--flows", "1,2", "--targets", "flagella"]).unwrap();
+        let Command::Report(r) = cli.command else {
+            panic!("not report")
+        };
+        assert_eq!((r.flows, r.targets), (vec![1, 2], vec![Target::Flagella]));
+    }
+}

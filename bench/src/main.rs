@@ -1,0 +1,82 @@
+//! `flagella-bench`: see `flagella-bench --help` and the crate documentation (`bench/src/lib.rs`).
+//! Exit codes: 0 success, 1 a failed run, 2 usage (clap), 69 unavailable (pktgen, OVS, root),
+//! 130 interrupted.
+
+use std::process::ExitCode;
+
+use bench::cli::{Cli, Command, ReportArgs, Target};
+use bench::report::{render, Row};
+use bench::traffic::{format_sent, generate, sink};
+use bench::{forward, signals, BenchError};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    signals::install();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flagella-bench: {e}");
+            ExitCode::from(match e {
+                BenchError::Interrupted => 130,
+                BenchError::Unavailable(_) | BenchError::NotRoot { .. } => 69,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), BenchError> {
+    match cli.command {
+        Command::Gen(args) => {
+            let r = generate(&args)?;
+            println!("{}", format_sent(&r));
+            Ok(())
+        }
+        Command::Sink(args) => sink(&args, &mut std::io::stdout().lock()).map(|_| ()),
+        Command::Forward(args) => {
+            let m = forward::forward(args.target, args.flows, &args.run, 0)?;
+            let rows = [Row {
+                target: args.target,
+                flows: args.flows,
+                result: Ok(m),
+            }];
+            print!("{}", render(&rows, false));
+            Ok(())
+        }
+        Command::Report(args) => report(&args),
+    }
+}
+
+fn report(args: &ReportArgs) -> Result<(), BenchError> {
+    let mut targets = vec![Target::Kernel];
+    targets.extend(args.targets.iter().filter(|t| **t != Target::Kernel));
+    let mut rows = Vec::new();
+    let mut index = 0;
+    for &flows in &args.flows {
+        for &target in &targets {
+            index += 1;
+            eprintln!(
+                "== {} over {flows} flows ({} s)",
+                target.name(),
+                args.run.duration
+            );
+            let result = match forward::forward(target, flows, &args.run, index) {
+                Err(BenchError::Interrupted) => return Err(BenchError::Interrupted),
+                Err(e @ BenchError::NotRoot { .. }) => return Err(e),
+                r => r.map_err(|e| e.to_string()),
+            };
+            match &result {
+                Ok(m) => eprintln!("   {:.3} Mpps at the sink", m.sink_pps / 1e6),
+                Err(e) => eprintln!("   failed: {e}"),
+            }
+            rows.push(Row {
+                target,
+                flows,
+                result,
+            });
+        }
+    }
+    print!("{}", render(&rows, args.markdown));
+    Ok(())
+}

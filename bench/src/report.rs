@@ -1,0 +1,236 @@
+//! `report`: every target over every flow count in one run, then a table with each target's
+//! Mpps as a ratio of kernel forwarding measured in the same run and with the same flows, and
+//! the verdict on the issue's target (flagella at least OVS-with-conntrack's throughput at no
+//! more than half its cycles per packet). The arithmetic is pure and tested; a run that failed
+//! is a row with its reason, never a missing row.
+
+use std::fmt::Write as _;
+
+use crate::cli::Target;
+use crate::forward::Measurement;
+
+/// One cell of the report: a target over a flow count, measured or failed.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub target: Target,
+    pub flows: u32,
+    pub result: Result<Measurement, String>,
+}
+
+/// `x / base` when both are measured and `base` is positive.
+pub fn ratio(x: f64, base: f64) -> Option<f64> {
+    (base > 0.0 && x.is_finite()).then(|| x / base)
+}
+
+fn find(rows: &[Row], target: Target, flows: u32) -> Option<&Measurement> {
+    rows.iter()
+        .find(|r| r.target == target && r.flows == flows)
+        .and_then(|r| r.result.as_ref().ok())
+}
+
+/// The issue's target over one flow count: (throughput ratio flagella / ovs-ct, cycle ratio
+/// flagella / ovs-ct, met).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Verdict {
+    pub throughput_ratio: f64,
+    pub cycles_ratio: Option<f64>,
+    pub met: bool,
+}
+
+/// `None` when flagella or ovs-ct was not measured at `flows`.
+pub fn verdict(rows: &[Row], flows: u32) -> Option<Verdict> {
+    let f = find(rows, Target::Flagella, flows)?;
+    let o = find(rows, Target::OvsCt, flows)?;
+    let throughput_ratio = ratio(f.sink_pps, o.sink_pps)?;
+    let cycles_ratio = match (f.worker_cycles_per_packet, o.worker_cycles_per_packet) {
+        (Some(fc), Some(oc)) => ratio(fc, oc),
+        _ => None,
+    };
+    let met = throughput_ratio >= 1.0 && cycles_ratio.is_some_and(|c| c <= 0.5);
+    Some(Verdict {
+        throughput_ratio,
+        cycles_ratio,
+        met,
+    })
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.decimals$}"))
+}
+
+/// The table (plain text aligned, or Markdown), then notes and failures, then the verdicts.
+pub fn render(rows: &[Row], markdown: bool) -> String {
+    let header = [
+        "flows",
+        "target",
+        "sink Mpps",
+        "x kernel",
+        "pod B eth0 Mpps",
+        "sent Mpps",
+        "worker ns/pkt",
+        "worker cycles/pkt",
+    ];
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    let mut notes = Vec::new();
+    for r in rows {
+        let mut cells = vec![r.flows.to_string(), r.target.name().to_string()];
+        match &r.result {
+            Ok(m) => {
+                let kernel = find(rows, Target::Kernel, r.flows).map(|k| k.sink_pps);
+                cells.extend([
+                    format!("{:.3}", m.sink_pps / 1e6),
+                    opt(kernel.and_then(|k| ratio(m.sink_pps, k)), 2),
+                    format!("{:.3}", m.iface_pps / 1e6),
+                    format!("{:.3}", m.gen_pps / 1e6),
+                    opt(m.worker_ns_per_packet, 0),
+                    opt(m.worker_cycles_per_packet, 0),
+                ]);
+                for n in &m.notes {
+                    notes.push(format!("{} / {} flows: {n}", r.target.name(), r.flows));
+                }
+            }
+            Err(e) => {
+                cells.extend(["failed".to_string()]);
+                cells.extend(std::iter::repeat_n("-".to_string(), 5));
+                notes.push(format!(
+                    "{} / {} flows FAILED: {e}",
+                    r.target.name(),
+                    r.flows
+                ));
+            }
+        }
+        lines.push(cells);
+    }
+    let mut out = String::new();
+    if markdown {
+        let _ = writeln!(out, "| {} |", header.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
+        for l in &lines {
+            let _ = writeln!(out, "| {} |", l.join(" | "));
+        }
+    } else {
+        let widths: Vec<usize> = (0..header.len())
+            .map(|i| {
+                lines
+                    .iter()
+                    .filter_map(|l| l.get(i).map(String::len))
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let fmt = |cells: &[String]| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:>w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+        let _ = writeln!(out, "{}", fmt(&head));
+        for l in &lines {
+            let _ = writeln!(out, "{}", fmt(l));
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\nNotes:");
+        for n in &notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    let mut flows: Vec<u32> = rows.iter().map(|r| r.flows).collect();
+    flows.dedup();
+    let _ = writeln!(
+        out,
+        "\nTarget (issue 3): flagella >= ovs-ct throughput at <= 0.5x ovs-ct cycles/packet:"
+    );
+    for f in flows {
+        match verdict(rows, f) {
+            Some(v) => {
+                let _ = writeln!(
+                    out,
+                    "- {f} flows: throughput {:.2}x ovs-ct, cycles/packet {}x ovs-ct: {}",
+                    v.throughput_ratio,
+                    opt(v.cycles_ratio, 2),
+                    if v.met { "MET" } else { "NOT MET" }
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "- {f} flows: not decidable (flagella or ovs-ct not measured)"
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(target: Target, flows: u32, mpps: f64, cycles: Option<f64>) -> Row {
+        Row {
+            target,
+            flows,
+            result: Ok(Measurement {
+                target: Some(target),
+                flows,
+                sink_pps: mpps * 1e6,
+                worker_cycles_per_packet: cycles,
+                ..Measurement::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn ratio_guards_zero_and_nan() {
+        assert_eq!(ratio(2.0, 1.0), Some(2.0));
+        assert_eq!(ratio(1.0, 0.0), None);
+        assert_eq!(ratio(f64::NAN, 1.0), None);
+    }
+
+    #[test]
+    fn verdict_needs_both_throughput_and_half_the_cycles() {
+        let rows = vec![
+            m(Target::Flagella, 64, 1.6, Some(700.0)),
+            m(Target::OvsCt, 64, 1.5, Some(1500.0)),
+            m(Target::Flagella, 10000, 1.6, Some(800.0)),
+            m(Target::OvsCt, 10000, 1.25, Some(1500.0)),
+            m(Target::Flagella, 1, 1.0, Some(100.0)),
+            m(Target::OvsCt, 1, 1.5, Some(1500.0)),
+        ];
+        let v = verdict(&rows, 64).unwrap();
+        assert!(v.met);
+        assert!((v.throughput_ratio - 1.6 / 1.5).abs() < 1e-9);
+        assert!((v.cycles_ratio.unwrap() - 700.0 / 1500.0).abs() < 1e-9);
+        assert!(!verdict(&rows, 10000).unwrap().met, "800/1500 > 0.5");
+        assert!(!verdict(&rows, 1).unwrap().met, "slower than OVS");
+        assert_eq!(verdict(&rows, 7), None);
+    }
+
+    #[test]
+    fn table_has_kernel_ratios_and_failures() {
+        let rows = vec![
+            m(Target::Kernel, 64, 2.0, None),
+            m(Target::Flagella, 64, 1.0, Some(500.0)),
+            Row {
+                target: Target::Ovs,
+                flows: 64,
+                result: Err("AF_XDP port did not come up".into()),
+            },
+        ];
+        let text = render(&rows, true);
+        assert!(text.contains("| 64 | flagella | 1.000 | 0.50 |"), "{text}");
+        assert!(text.contains("| 64 | kernel | 2.000 | 1.00 |"), "{text}");
+        assert!(
+            text.contains("ovs / 64 flows FAILED: AF_XDP port did not come up"),
+            "{text}"
+        );
+        assert!(text.contains("64 flows: not decidable"), "{text}");
+        let plain = render(&rows, false);
+        assert!(plain.lines().next().unwrap().contains("sink Mpps"));
+    }
+}
