@@ -9,6 +9,11 @@
 //! - dataplane: connected on start and re-tried every second while down; on every
 //!   (re)connection the whole state is pushed ([`ClusterState::snapshot`]) so a restarted
 //!   dataplane converges; while it is down, changes accumulate in the model only;
+//! - this node's own facts: whenever its `nodes/<name>` entry changes, and after every
+//!   (re)connection, the agent reads the dataplane's `local_node`, writes the etcd facts over
+//!   it ([`crate::sync::local_node_facts`]: name, underlay, the pods' gateways, encapsulation)
+//!   and sends `local_node.set`, so the uplink facts the dataplane read from its interfaces
+//!   survive;
 //! - identities: local label sets are acquired (referenced), remote ones looked up or allocated;
 //!   references no longer needed are released; a garbage-collection pass runs every
 //!   `gc_interval`.
@@ -20,10 +25,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::dataplane_client::{Change, ClientError, DataplaneClient};
+use crate::dataplane_client::{DumpTable, LocalNodeMsg};
 use crate::identity::IdentityAllocator;
 use crate::schema::ROOT;
 use crate::store::{Event, Store, StoreError, WatchBatch};
-use crate::sync::{log, ClusterState};
+use crate::sync::{local_node_facts, log, ClusterState};
 
 /// The agent's settings.
 #[derive(Clone, Debug)]
@@ -158,6 +164,7 @@ impl Agent {
                 self.dataplane = Some(c);
                 let snapshot = self.state.snapshot();
                 self.push(snapshot).await;
+                self.push_local_node().await;
             }
             Err(_) => {
                 self.set_status(|_| {});
@@ -199,6 +206,43 @@ impl Agent {
             }
         }
         self.set_status(|s| s.dataplane_refusals += refusals);
+    }
+
+    /// Sends `local_node.set` when this node's facts are due (see the module doc). A lost
+    /// connection makes them due again at the reconnection (the snapshot marks them).
+    async fn push_local_node(&mut self) {
+        if self.dataplane.is_none() || !self.state.take_local_node_due() {
+            return;
+        }
+        let Some(spec) = self.state.own_node().cloned() else {
+            return;
+        };
+        let Some(dp) = self.dataplane.as_mut() else {
+            return;
+        };
+        let current = match dp.dump(DumpTable::LocalNode).await {
+            Ok(reply) => serde_json::from_value::<LocalNodeMsg>(reply["local_node"].clone()),
+            Err(e) => {
+                log(format!(
+                    "dataplane: cannot read local_node ({e}); will retry on reconnection"
+                ));
+                self.dataplane = None;
+                return;
+            }
+        };
+        let current = match current {
+            Ok(c) => c,
+            Err(e) => {
+                log(format!(
+                    "dataplane sent a local_node this agent does not understand: {e}"
+                ));
+                return;
+            }
+        };
+        let facts = local_node_facts(&current, &self.cfg.node, &spec);
+        if facts != current {
+            self.push(vec![Change::LocalNodeSet(facts)]).await;
+        }
     }
 
     /// One etcd session: connect, list, watch until an error.
@@ -314,6 +358,7 @@ impl Agent {
         }
         let changes = self.state.commit();
         self.push(changes).await;
+        self.push_local_node().await;
         self.set_status(|s| {
             s.etcd_reachable = true;
             s.revision = revision;

@@ -20,8 +20,8 @@ use dataplane::Identity;
 
 pub use dataplane::api::protocol::{
     BackendMsg, Change, DumpRequest, DumpTable, EndpointMsg, EndpointRef, FrontendMsg, IpcacheMsg,
-    NodeMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate, PrefixRef, Proto,
-    ServiceMsg, ServiceRef, Text, WireDirection, WireEncap, WireLbMode,
+    LocalNodeMsg, NodeMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate,
+    PrefixRef, Proto, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap, WireLbMode,
 };
 
 /// A dataplane client failure.

@@ -33,8 +33,9 @@ use policy_compiler::{Delta, EngineError, PolicyEngine};
 
 use crate::dataplane_client::{
     policy_entry, policy_key, BackendMsg, Change, EndpointMsg, EndpointRef, FrontendMsg,
-    IpcacheMsg, NodeMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate,
-    PrefixRef, Proto, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap, WireLbMode,
+    IpcacheMsg, LocalNodeMsg, NodeMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace,
+    PolicyUpdate, PrefixRef, Proto, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap,
+    WireLbMode,
 };
 use crate::identity::{LabelSet, END_IDENTITY};
 use crate::schema::{
@@ -82,6 +83,8 @@ pub struct ClusterState {
     sent_secondary: BTreeMap<String, (IpAddr, u32)>,
     /// Do not log refused keys (the CLI reports them itself).
     quiet: bool,
+    /// This node's own entry changed (or the dataplane restarted): `local_node.set` is due.
+    local_node_dirty: bool,
 }
 
 fn to_label_set(l: &Labels) -> LabelSet {
@@ -115,6 +118,7 @@ impl ClusterState {
             sent_endpoints: BTreeMap::new(),
             sent_secondary: BTreeMap::new(),
             quiet: false,
+            local_node_dirty: false,
         }
     }
 
@@ -367,6 +371,8 @@ impl ClusterState {
                     .map_err(invalid)?;
                 if name != self.node {
                     self.pending.push(node_upsert(&name, &spec));
+                } else if self.nodes.get(&name) != Some(&spec) {
+                    self.local_node_dirty = true;
                 }
                 self.nodes.insert(name, spec);
                 self.retry_deferred();
@@ -725,6 +731,7 @@ impl ClusterState {
     /// commit).
     pub fn snapshot(&mut self) -> Vec<Change> {
         let mut out = Vec::new();
+        self.local_node_dirty = self.nodes.contains_key(&self.node);
         for (name, n) in &self.nodes {
             if *name != self.node {
                 out.push(node_upsert(name, n));
@@ -773,6 +780,62 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    /// True once after this node's own etcd entry changed (or after [`Self::snapshot`]): the
+    /// agent must then send `local_node.set` built by [`local_node_facts`].
+    pub fn take_local_node_due(&mut self) -> bool {
+        std::mem::take(&mut self.local_node_dirty)
+    }
+
+    /// This node's own etcd entry, once known.
+    pub fn own_node(&self) -> Option<&NodeSpec> {
+        self.nodes.get(&self.node)
+    }
+}
+
+/// The dataplane's `local_node` with this node's etcd facts written over it: the name, the
+/// underlay IPv4 address, the pods' gateways (the first host address of the first pod CIDR of
+/// each family: the address IPAM never hands out) and the default encapsulation. Everything
+/// else (the router MAC, the uplink's index, MAC, MTU and gateway MAC, which the dataplane read
+/// from its interfaces at start) is kept from `current`, because `local_node.set` replaces the
+/// whole record.
+pub fn local_node_facts(current: &LocalNodeMsg, name: &str, spec: &NodeSpec) -> LocalNodeMsg {
+    let first_host = |v4: bool| {
+        spec.prefixes()
+            .into_iter()
+            .find(|p| p.is_ipv4() == v4 && p.prefix_len() < if v4 { 32 } else { 128 })
+            .map(|p| match p.addr() {
+                IpAddr::V4(a) => IpAddr::V4(u32::from(a).wrapping_add(1).into()),
+                IpAddr::V6(a) => IpAddr::V6(u128::from(a).wrapping_add(1).into()),
+            })
+    };
+    LocalNodeMsg {
+        name: name.to_string(),
+        underlay_ipv4: match spec.underlay_ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => current.underlay_ipv4,
+        },
+        gateway_ipv4: match first_host(true) {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        },
+        gateway_ipv6: match first_host(false) {
+            Some(IpAddr::V6(a)) => Some(a),
+            _ => None,
+        },
+        default_encap: wire_encap(spec.tunnel),
+        ..current.clone()
+    }
+}
+
+fn wire_encap(t: TunnelMode) -> WireEncap {
+    match t {
+        TunnelMode::Vxlan => WireEncap::Vxlan,
+        TunnelMode::Geneve => WireEncap::Geneve,
+        TunnelMode::Native => WireEncap::Native,
+    }
+}
+
 /// `Direction` ordered, as a map key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct DirKey(Direction);
@@ -809,11 +872,7 @@ fn node_upsert(name: &str, n: &NodeSpec) -> Change {
         name: name.to_string(),
         underlay: n.underlay_ip,
         pod_cidrs: n.prefixes().into_iter().map(Text).collect(),
-        encap: match n.tunnel {
-            TunnelMode::Vxlan => WireEncap::Vxlan,
-            TunnelMode::Geneve => WireEncap::Geneve,
-            TunnelMode::Native => WireEncap::Native,
-        },
+        encap: wire_encap(n.tunnel),
         next_hop_mac: None,
     })
 }
@@ -971,5 +1030,56 @@ mod tests {
         assert!(s.endpoints().contains_key("default/c"));
         assert!(!s.rejected().contains_key(&k("endpoints/default/c")));
         assert_eq!(s.malformed_total(), 4);
+    }
+
+    /// Regression: the agent never sent `local_node.set`, so a dataplane fed only by the agent
+    /// had no gateway address and pods could not resolve their default route's next hop.
+    #[test]
+    fn own_node_entry_makes_local_node_due_and_keeps_the_uplink_facts() {
+        let mut s = ClusterState::new("n1");
+        assert!(!s.take_local_node_due());
+        base(&mut s);
+        assert!(s.take_local_node_due(), "own node written");
+        assert!(!s.take_local_node_due(), "once");
+        // Another node, or the same own value again: nothing due.
+        s.put(
+            &k("nodes/n2"),
+            br#"{"underlay_ip":"192.168.0.9","pod_cidrs":["10.2.0.0/24"]}"#,
+        )
+        .unwrap();
+        s.put(
+            &k("nodes/n1"),
+            br#"{"underlay_ip":"192.168.0.1","pod_cidrs":["10.1.0.0/24"]}"#,
+        )
+        .unwrap();
+        assert!(!s.take_local_node_due());
+        s.put(
+            &k("nodes/n1"),
+            br#"{"underlay_ip":"192.168.0.1","pod_cidrs":["10.1.0.0/24","fd00:1::/64"],"tunnel":"geneve"}"#,
+        )
+        .unwrap();
+        assert!(s.take_local_node_due(), "own node changed");
+        let _ = s.snapshot();
+        assert!(s.take_local_node_due(), "after a dataplane (re)connection");
+
+        let current = LocalNodeMsg {
+            router_mac: Text("02:aa:00:00:00:01".parse().unwrap()),
+            uplink_ifindex: Some(4),
+            uplink_mac: Text("02:bb:00:00:00:02".parse().unwrap()),
+            uplink_mtu: 9000,
+            ..LocalNodeMsg::default()
+        };
+        let facts = local_node_facts(&current, "n1", s.own_node().unwrap());
+        assert_eq!(facts.name, "n1");
+        assert_eq!(facts.underlay_ipv4, Some("192.168.0.1".parse().unwrap()));
+        assert_eq!(facts.gateway_ipv4, Some("10.1.0.1".parse().unwrap()));
+        assert_eq!(facts.gateway_ipv6, Some("fd00:1::1".parse().unwrap()));
+        assert_eq!(facts.default_encap, WireEncap::Geneve);
+        assert_eq!(facts.router_mac, current.router_mac);
+        assert_eq!(facts.uplink_ifindex, Some(4));
+        assert_eq!(facts.uplink_mac, current.uplink_mac);
+        assert_eq!(facts.uplink_mtu, 9000);
+        // What the dataplane accepts.
+        facts.to_local_node().unwrap();
     }
 }

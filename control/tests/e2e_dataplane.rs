@@ -1,0 +1,936 @@
+//! End to end: a real etcd, the real `flagella-dataplane` in a node namespace with three pods,
+//! the real `flagella-control` for that node, and the `flagella` CLI; kernel TCP connections
+//! between the pods decide.
+//!
+//! ```text
+//!  fe2e-<pid>-a  eth0 10.78.0.11/32 <-veth-> fe2e<pid>a ┐
+//!  fe2e-<pid>-b  eth0 10.78.0.12/32 <-veth-> fe2e<pid>b ├ fe2e-<pid> ("node"): flagella-dataplane
+//!  fe2e-<pid>-c  eth0 10.78.0.13/32 <-veth-> fe2e<pid>c ┘
+//!  each pod: default via 10.78.0.1 onlink (the gateway: the first host of the node's pod CIDR)
+//!
+//!  root namespace: etcd (loopback ports), flagella-control (etcd + the dataplane's socket file)
+//! ```
+//!
+//! The test writes what the CNI plugin and the cluster would write (the node, the namespace, the
+//! three endpoints with their host-side ifindex and pod MAC) into etcd, and nothing to the
+//! dataplane: everything it has, including this node's gateway (`local_node.set`), comes from
+//! the agent. Then, in order:
+//! 1. all pods reach each other;
+//! 2. `flagella policy import -f FILE` of a NetworkPolicy that admits only pod A into pod B:
+//!    C -> B is refused, A -> B works; `flagella policy delete` restores C -> B;
+//! 3. kill -9 of `flagella-control` and a restart: no identity number is duplicated
+//!    (`flagella identity list -o json`), the dataplane's endpoints are the same, and a
+//!    long-lived connection A -> B plus new connections keep working throughout (fail static);
+//! 4. etcd stopped for 10 s (killed, restarted on the same data and ports): the long-lived
+//!    connection and a new allowed connection work during the outage, the agent's status says
+//!    etcd is unreachable, and a policy written after etcd returns is enforced;
+//! 5. malformed keys (bad JSON over an existing endpoint, an unknown kind) are logged, counted
+//!    in the status file and skipped: the endpoint keeps its last good value and a policy
+//!    change written after them converges.
+//!
+//! The dataplane binary: Cargo gives tests the paths of their own package's binaries only, so
+//! this test looks for `flagella-dataplane` next to its own binary's profile directory
+//! (`target/<profile>/`), or at `$FLAGELLA_DATAPLANE_BIN`. `cargo test --workspace
+//! --all-features` (scripts/test.sh) builds it; alone, build it first with
+//! `cargo build -p dataplane --features afxdp --bin flagella-dataplane`.
+//!
+//! Skips, with the reason, when not root or when etcd, `ip netns`, AF_XDP or the dataplane
+//! binary are missing. Stops only the processes it started (by their PID, on drop too) and
+//! deletes its namespaces and files, pass or fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Etcd;
+use control::store::Store;
+use serde_json::{json, Value};
+
+const FLAGELLA: &str = env!("CARGO_BIN_EXE_flagella");
+const CONTROL: &str = env!("CARGO_BIN_EXE_flagella-control");
+const ROOT: &str = "/flagella/v1/";
+const POD_CIDR: &str = "10.78.0.0/24";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
+const UNDERLAY: &str = "192.168.78.1";
+const PORT: u16 = 7878;
+/// How long a connection that should work may take to show it (ARP, a publication).
+const CONVERGE: Duration = Duration::from_secs(10);
+
+// ---- processes and namespaces --------------------------------------------------------------
+
+/// A child process of this test: SIGKILL by its PID and reaped on drop.
+struct Proc {
+    child: Option<Child>,
+    what: &'static str,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// kill -9 (only this child, by its PID) and reap it.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            eprintln!("stopping {} (pid {:?})", self.what, self.pid());
+        }
+        self.kill9();
+    }
+}
+
+/// The namespaces of this run; deleting them deletes the veth pairs.
+struct NetNs {
+    names: Vec<String>,
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for name in self.names.iter().rev() {
+            if run_ip(&["netns", "del", name]).is_err() {
+                eprintln!("WARNING: could not delete namespace {name}: run `ip netns del {name}`");
+            }
+        }
+    }
+}
+
+fn run_ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn ip_in(ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run_ip(&all).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `(ifindex, MAC)` of `dev` in namespace `ns`.
+fn link_facts(ns: &str, dev: &str) -> (u64, String) {
+    let links: Value = serde_json::from_str(&ip_in(ns, &["-j", "link", "show", "dev", dev]))
+        .expect("ip -j output");
+    (
+        links[0]["ifindex"].as_u64().expect("ifindex"),
+        links[0]["address"].as_str().expect("address").to_string(),
+    )
+}
+
+/// The dataplane binary, next to this test's profile directory or from the environment.
+fn dataplane_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FLAGELLA_DATAPLANE_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    // target/<profile>/deps/e2e_dataplane-<hash> -> target/<profile>/flagella-dataplane
+    let exe = std::env::current_exe().ok()?;
+    let profile = exe.parent()?.parent()?;
+    let bin = profile.join("flagella-dataplane");
+    bin.exists().then_some(bin)
+}
+
+/// Root, etcd, `ip netns`, AF_XDP and the dataplane binary; or the reason to skip.
+fn preflight() -> Result<PathBuf, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (namespaces, XDP, AF_XDP)".into());
+    }
+    if !Path::new(common::ETCD).exists() {
+        return Err(format!(
+            "{} is missing; install Debian's etcd-server",
+            common::ETCD
+        ));
+    }
+    run_ip(&["netns", "list"])?;
+    // SAFETY: plain syscall with constant arguments; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "no AF_XDP sockets here: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` was just opened here and is not used afterwards.
+    unsafe { libc::close(fd) };
+    dataplane_binary().ok_or_else(|| {
+        "the flagella-dataplane binary is not built next to this test: run `cargo build -p \
+         dataplane --features afxdp --bin flagella-dataplane` (or set FLAGELLA_DATAPLANE_BIN)"
+            .to_string()
+    })
+}
+
+/// A pod as the CNI plugin would record it.
+#[derive(Clone, Debug)]
+struct Pod {
+    name: String,
+    netns: String,
+    host_if: String,
+    ip: Ipv4Addr,
+    ifindex: u64,
+    mac: String,
+}
+
+/// One run: everything it started, dropped in field order (agent, dataplane, namespaces,
+/// etcd, files).
+struct Harness {
+    control: Proc,
+    dataplane: Proc,
+    _netns: NetNs,
+    etcd: Etcd,
+    dir: PathBuf,
+    node: String,
+    namespace: String,
+    pods: Vec<Pod>,
+    socket: PathBuf,
+    status_file: PathBuf,
+    rt: tokio::runtime::Runtime,
+    store: Store,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // Captured by the test harness unless the test fails (or runs with --nocapture).
+        {
+            eprintln!(
+                "---- flagella-control log ----\n{}\n---- flagella-dataplane log ----\n{}",
+                self.control.log_text(),
+                self.dataplane.log_text()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn build_topology(node: &str, netns: &mut NetNs) -> Vec<Pod> {
+    let pid = std::process::id();
+    let add = |netns: &mut NetNs, name: &str| {
+        run_ip(&["netns", "add", name]).unwrap_or_else(|e| panic!("{e}"));
+        netns.names.push(name.to_string());
+    };
+    add(netns, node);
+    ip_in(node, &["link", "set", "lo", "up"]);
+    let mut pods = Vec::new();
+    for (i, letter) in ["a", "b", "c"].into_iter().enumerate() {
+        let ns = format!("{node}-{letter}");
+        add(netns, &ns);
+        let host_if = format!("fe2e{pid}{letter}");
+        let ip = Ipv4Addr::new(10, 78, 0, 11 + i as u8);
+        ip_in(
+            node,
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        );
+        ip_in(node, &["link", "set", &host_if, "up"]);
+        ip_in(&ns, &["link", "set", "lo", "up"]);
+        ip_in(&ns, &["link", "set", "eth0", "up"]);
+        ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        let gw = GATEWAY.to_string();
+        ip_in(
+            &ns,
+            &[
+                "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
+            ],
+        );
+        let (ifindex, _) = link_facts(node, &host_if);
+        let (_, mac) = link_facts(&ns, "eth0");
+        pods.push(Pod {
+            name: letter.to_string(),
+            netns: ns,
+            host_if,
+            ip,
+            ifindex,
+            mac,
+        });
+    }
+    pods
+}
+
+impl Harness {
+    fn start(dataplane_bin: &Path) -> Harness {
+        let pid = std::process::id();
+        let node = format!("fe2e-{pid}");
+        let dir = std::env::temp_dir().join(format!("fe2e-{pid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let etcd = Etcd::start().expect("etcd (checked by preflight)");
+        let mut netns = NetNs { names: Vec::new() };
+        let pods = build_topology(&node, &mut netns);
+        let rt = common::runtime();
+        let store = rt
+            .block_on(Store::connect(&etcd.urls(), Duration::from_secs(2)))
+            .unwrap();
+        let mut h = Harness {
+            control: Proc {
+                child: None,
+                what: "flagella-control",
+                log: dir.join("control.log"),
+            },
+            dataplane: Proc {
+                child: None,
+                what: "flagella-dataplane",
+                log: dir.join("dataplane.log"),
+            },
+            _netns: netns,
+            etcd,
+            socket: dir.join("dataplane.sock"),
+            status_file: dir.join("control-status.json"),
+            dir,
+            namespace: node.clone(),
+            node,
+            pods,
+            rt,
+            store,
+        };
+        h.start_dataplane(dataplane_bin);
+        h.write_cluster();
+        h.start_control();
+        h
+    }
+
+    fn start_dataplane(&mut self, bin: &Path) {
+        let config = self.dir.join("dataplane.toml");
+        std::fs::write(&config, "").unwrap(); // the flags say everything
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node])
+            .arg(bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&self.socket);
+        for pod in &self.pods {
+            cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&self.dataplane.log).unwrap())
+            .spawn()
+            .expect("spawn ip netns exec flagella-dataplane");
+        self.dataplane.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                self.dataplane.running(),
+                "the dataplane exited before it was ready:\n{}",
+                self.dataplane.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the dataplane's socket did not appear:\n{}",
+                self.dataplane.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_control(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.control.log)
+            .unwrap();
+        let _ = std::fs::remove_file(&self.status_file);
+        let child = Command::new(CONTROL)
+            .arg("--etcd")
+            .arg(&self.etcd.url)
+            .args(["--node", &self.node])
+            .arg("--dataplane-socket")
+            .arg(&self.socket)
+            .arg("--status-file")
+            .arg(&self.status_file)
+            .args(["--etcd-timeout", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn flagella-control");
+        self.control.child = Some(child);
+    }
+
+    fn put(&self, key: &str, value: impl Into<Vec<u8>>) {
+        let key = format!("{ROOT}{key}");
+        self.rt.block_on(self.store.put(&key, value)).unwrap();
+    }
+
+    /// What the cluster (the node, the namespace) and the CNI plugin (the endpoints) write.
+    fn write_cluster(&self) {
+        self.put(
+            &format!("nodes/{}", self.node),
+            json!({"underlay_ip": UNDERLAY, "pod_cidrs": [POD_CIDR], "tunnel": "vxlan"})
+                .to_string(),
+        );
+        self.put(
+            &format!("namespaces/{}", self.namespace),
+            json!({"labels": {"team": "e2e"}}).to_string(),
+        );
+        for pod in &self.pods {
+            self.put(
+                &format!("ipam/{}/{}", self.node, pod.ip),
+                json!({"owner": format!("{}/{}", self.namespace, pod.name)}).to_string(),
+            );
+            self.put(&self.endpoint_key(pod), self.endpoint_value(pod));
+        }
+    }
+
+    fn endpoint_key(&self, pod: &Pod) -> String {
+        format!("endpoints/{}/{}", self.namespace, pod.name)
+    }
+
+    fn endpoint_value(&self, pod: &Pod) -> String {
+        json!({
+            "node": self.node, "labels": {"app": pod.name}, "ipv4": pod.ip.to_string(),
+            "interface": pod.host_if, "ifindex": pod.ifindex, "mac": pod.mac,
+        })
+        .to_string()
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap()
+    }
+
+    // ---- the dataplane, the agent, the CLI -------------------------------------------------
+
+    /// One request to the dataplane's control socket; the reply must be ok.
+    fn dataplane(&self, request: Value) -> Value {
+        let stream = UnixStream::connect(&self.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut line = request.to_string();
+        line.push('\n');
+        (&stream).write_all(line.as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(&stream).read_line(&mut reply).unwrap();
+        let v: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("`{reply}`: {e}"));
+        assert_eq!(v["ok"], true, "{request} -> {v}");
+        v
+    }
+
+    /// The dataplane's endpoints, by IPv4 address.
+    fn dp_endpoints(&self) -> Vec<Value> {
+        let v = self.dataplane(json!({"op": "dump", "table": "endpoints"}));
+        v["entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn dp_endpoint_id(&self, pod: &Pod) -> u64 {
+        self.dp_endpoints()
+            .iter()
+            .find(|e| e["ipv4"] == pod.ip.to_string())
+            .and_then(|e| e["id"].as_u64())
+            .unwrap_or_else(|| panic!("pod {} is not a dataplane endpoint", pod.name))
+    }
+
+    /// `dump policy` of a pod's endpoint: its ingress section.
+    fn dp_ingress(&self, pod: &Pod) -> Value {
+        let id = self.dp_endpoint_id(pod);
+        self.dataplane(json!({"op": "dump", "table": "policy", "endpoint": id}))["ingress"].clone()
+    }
+
+    /// The agent's status file (empty object until written).
+    fn status(&self) -> Value {
+        std::fs::read(&self.status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| json!({}))
+    }
+
+    fn flagella(&self, args: &[&str]) -> Output {
+        let out = Command::new(FLAGELLA)
+            .arg("--etcd")
+            .arg(&self.etcd.url)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run flagella");
+        assert!(
+            out.status.success(),
+            "flagella {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn flagella_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_slice(&self.flagella(&all).stdout).expect("flagella -o json")
+    }
+
+    /// `flagella policy import -f FILE` of a NetworkPolicy: pods labelled `app: to` admit
+    /// pods labelled `app: from` only.
+    fn import_policy(&self, name: &str, to: &str, from: &str) {
+        let policy = json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": to}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": from}}}]}],
+            },
+        });
+        let file = self.dir.join(format!("{name}.json"));
+        std::fs::write(&file, policy.to_string()).unwrap();
+        self.flagella(&["policy", "import", "-f", file.to_str().unwrap()]);
+    }
+
+    fn delete_policy(&self, name: &str) {
+        self.flagella(&["policy", "delete", &format!("{}/{name}", self.namespace)]);
+    }
+
+    /// Waits until `pod`'s ingress is enforced and admits exactly `from`'s identity.
+    fn wait_ingress_admits_only(&self, pod: &Pod, from: &Pod) {
+        let from_id = self.identity_of(from);
+        wait_for(
+            &format!("pod {}'s ingress admits only pod {}", pod.name, from.name),
+            || {
+                let ing = self.dp_ingress(pod);
+                let ids: Vec<u64> = ing["entries"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|e| e["identity"].as_u64()).collect())
+                    .unwrap_or_default();
+                ing["enforced"] == true && ids == [from_id]
+            },
+        );
+    }
+
+    fn wait_ingress_open(&self, pod: &Pod) {
+        wait_for(
+            &format!("pod {}'s ingress is not enforced", pod.name),
+            || self.dp_ingress(pod)["enforced"] == false,
+        );
+    }
+
+    fn identity_of(&self, pod: &Pod) -> u64 {
+        self.dp_endpoints()
+            .iter()
+            .find(|e| e["ipv4"] == pod.ip.to_string())
+            .and_then(|e| e["identity"].as_u64())
+            .unwrap()
+    }
+
+    /// Waits until the agent says it is connected to etcd and the dataplane at a revision at
+    /// least `revision`.
+    fn wait_agent_synced(&self, revision: i64) {
+        self.wait_agent_synced_within(revision, CONVERGE);
+    }
+
+    fn wait_agent_synced_within(&self, revision: i64, timeout: Duration) {
+        wait_for_within(
+            "the agent's status: etcd reachable, dataplane connected",
+            timeout,
+            || {
+                let s = self.status();
+                s["etcd_reachable"] == true
+                    && s["dataplane_connected"] == true
+                    && s["revision"].as_i64().unwrap_or(0) >= revision
+            },
+        );
+    }
+
+    fn etcd_revision(&self) -> i64 {
+        self.rt.block_on(self.store.revision()).unwrap()
+    }
+}
+
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    wait_for_within(what, CONVERGE, done);
+}
+
+fn wait_for_within(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---- traffic -------------------------------------------------------------------------------
+
+/// Runs `f` on a thread that entered network namespace `ns`.
+fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).expect("open namespace");
+        // SAFETY: setns on this thread only, with a namespace file descriptor we own.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// An echo server in `pod` on `PORT`: every connection gets its bytes back as they come.
+fn start_server(pod: &Pod, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let addr = SocketAddr::new(IpAddr::V4(pod.ip), PORT);
+    let handle = spawn_in(&pod.netns, move || {
+        let listener = TcpListener::bind(addr).expect("bind in the server pod");
+        listener.set_nonblocking(true).expect("nonblocking");
+        ready_tx.send(()).expect("ready");
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    thread::spawn(move || echo(stream));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+    ready_rx.recv().expect("server ready");
+    handle
+}
+
+fn echo(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// From `from`: a new connection to `to`, 16 KiB sent and read back intact.
+fn connect(from: &Pod, to: &Pod, timeout: Duration) -> Result<(), String> {
+    let addr = SocketAddr::new(IpAddr::V4(to.ip), PORT);
+    spawn_in(&from.netns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let sent: Vec<u8> = (0..16 << 10)
+            .map(|i: usize| (i * 7 + i / 251) as u8)
+            .collect();
+        s.write_all(&sent).map_err(|e| format!("write: {e}"))?;
+        s.shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .map_err(|e| format!("read back: {e}"))?;
+        if got != sent {
+            return Err(format!("echo differs: {} bytes back", got.len()));
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A connection that must work: retried (short timeouts) until `CONVERGE`, for the first
+/// packets' ARP and the last publication.
+fn must_connect(from: &Pod, to: &Pod) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        match connect(from, to, Duration::from_millis(1500)) {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{} -> {} does not work: {e}", from.name, to.name)
+            }
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A connection that is established once and then exchanges a message every 50 ms; every
+/// round trip must succeed. `stop` ends it and returns `(round trips, first failure)`.
+struct LongLived {
+    stop: Arc<AtomicBool>,
+    trips: Arc<AtomicU64>,
+    failure: Arc<Mutex<Option<String>>>,
+    handle: thread::JoinHandle<()>,
+}
+
+impl LongLived {
+    fn open(from: &Pod, to: &Pod) -> LongLived {
+        let addr = SocketAddr::new(IpAddr::V4(to.ip), PORT);
+        let stop = Arc::new(AtomicBool::new(false));
+        let trips = Arc::new(AtomicU64::new(0));
+        let failure = Arc::new(Mutex::new(None));
+        let (s, t, f) = (Arc::clone(&stop), Arc::clone(&trips), Arc::clone(&failure));
+        let handle = spawn_in(&from.netns, move || {
+            let fail = |e: String| *f.lock().unwrap() = Some(e);
+            let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+                Ok(s) => s,
+                Err(e) => return fail(format!("connect: {e}")),
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let msg = format!("ping {n:08}\n");
+                let mut back = vec![0u8; msg.len()];
+                if let Err(e) = stream.write_all(msg.as_bytes()) {
+                    return fail(format!("round trip {n}: write: {e}"));
+                }
+                if let Err(e) = stream.read_exact(&mut back) {
+                    return fail(format!("round trip {n}: read: {e}"));
+                }
+                if back != msg.as_bytes() {
+                    return fail(format!("round trip {n}: echo differs"));
+                }
+                n += 1;
+                t.store(n, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let ll = LongLived {
+            stop,
+            trips,
+            failure,
+            handle,
+        };
+        wait_for("the long-lived connection's first round trip", || {
+            ll.trips.load(Ordering::Relaxed) > 0 || ll.failure.lock().unwrap().is_some()
+        });
+        ll
+    }
+
+    /// Round trips so far; panics at the first failure.
+    fn check(&self, when: &str) -> u64 {
+        if let Some(e) = self.failure.lock().unwrap().clone() {
+            panic!("the long-lived connection broke ({when}): {e}");
+        }
+        self.trips.load(Ordering::Relaxed)
+    }
+
+    fn close(self, when: &str) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let LongLived {
+            trips,
+            failure,
+            handle,
+            ..
+        } = self;
+        handle.join().unwrap();
+        if let Some(e) = failure.lock().unwrap().clone() {
+            panic!("the long-lived connection broke ({when}): {e}");
+        }
+        trips.load(Ordering::Relaxed)
+    }
+}
+
+// ---- the test ------------------------------------------------------------------------------
+
+/// Non-reserved identities from `flagella identity list -o json`: `(id, labels)`.
+fn cluster_identities(h: &Harness) -> Vec<(u64, Value)> {
+    h.flagella_json(&["identity", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["reserved"] != true)
+        .map(|i| (i["id"].as_u64().unwrap(), i["labels"].clone()))
+        .collect()
+}
+
+fn assert_no_duplicate_identity(ids: &[(u64, Value)]) {
+    for (i, (id, labels)) in ids.iter().enumerate() {
+        for (other_id, other_labels) in &ids[i + 1..] {
+            assert_ne!(id, other_id, "identity number listed twice: {ids:?}");
+            assert_ne!(labels, other_labels, "one label set, two numbers: {ids:?}");
+        }
+    }
+}
+
+#[test]
+fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
+    let dataplane_bin = match preflight() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let mut h = Harness::start(&dataplane_bin);
+    let (a, b, c) = (h.pod("a").clone(), h.pod("b").clone(), h.pod("c").clone());
+
+    // 0. The agent alone fills the dataplane: three endpoints with cluster identities, and
+    //    this node's gateway (from its etcd entry).
+    h.wait_agent_synced(h.etcd_revision());
+    wait_for("three endpoints in the dataplane", || {
+        h.dp_endpoints().len() == 3
+    });
+    let local = h.dataplane(json!({"op": "dump", "table": "local_node"}))["local_node"].clone();
+    assert_eq!(local["gateway_ipv4"], GATEWAY.to_string(), "{local}");
+    assert_eq!(local["name"], h.node.as_str(), "{local}");
+    assert_eq!(local["underlay_ipv4"], UNDERLAY, "{local}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers: Vec<_> = h
+        .pods
+        .iter()
+        .map(|p| start_server(p, Arc::clone(&stop)))
+        .collect();
+    for (from, to) in [(&a, &b), (&c, &b), (&b, &a), (&c, &a)] {
+        must_connect(from, to);
+    }
+
+    // 1-2. A policy imported with the CLI reaches the dataplane: only A may connect to B.
+    h.import_policy("b-from-a", "b", "a");
+    h.wait_ingress_admits_only(&b, &a);
+    let denied = connect(&c, &b, Duration::from_millis(1500));
+    assert!(denied.is_err(), "C -> B must be refused by b-from-a");
+    connect(&a, &b, Duration::from_secs(3)).expect("A -> B is admitted by b-from-a");
+    h.delete_policy("b-from-a");
+    h.wait_ingress_open(&b);
+    must_connect(&c, &b);
+    eprintln!("policy import/delete: ok ({:?})", started.elapsed());
+
+    // 3. kill -9 of the agent and a restart: fail static, same identities and endpoints.
+    let long = LongLived::open(&a, &b);
+    let ids_before = cluster_identities(&h);
+    assert_no_duplicate_identity(&ids_before);
+    let endpoints_before = h.dp_endpoints();
+    assert_eq!(endpoints_before.len(), 3);
+    let status = h.status();
+    assert_eq!(status["dataplane_refusals"], 0, "{status}");
+    h.control.kill9();
+    connect(&a, &b, Duration::from_secs(3)).expect("A -> B with the agent dead");
+    connect(&c, &b, Duration::from_secs(3)).expect("C -> B with the agent dead");
+    h.start_control();
+    h.wait_agent_synced(h.etcd_revision());
+    let ids_after = cluster_identities(&h);
+    assert_no_duplicate_identity(&ids_after);
+    assert_eq!(ids_after, ids_before, "the restart changed the identities");
+    assert_eq!(
+        h.dp_endpoints(),
+        endpoints_before,
+        "the restart lost or changed an endpoint"
+    );
+    connect(&a, &b, Duration::from_secs(3)).expect("A -> B after the agent's restart");
+    long.check("agent killed and restarted");
+    eprintln!("agent kill -9 and restart: ok ({:?})", started.elapsed());
+
+    // 4. etcd away for 10 s: the dataplane keeps its state, the agent says so.
+    h.etcd.stop();
+    let outage = Instant::now();
+    let mut said_unreachable = false;
+    let mut new_connections = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        connect(&a, &b, Duration::from_secs(3)).expect("a new A -> B during the etcd outage");
+        new_connections += 1;
+        said_unreachable |= h.status()["etcd_reachable"] == false;
+        long.check("etcd down");
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        new_connections >= 5,
+        "only {new_connections} new connections"
+    );
+    assert!(
+        said_unreachable,
+        "the agent's status never said etcd was unreachable: {}",
+        h.status()
+    );
+    h.etcd.restart();
+    h.store =
+        h.rt.block_on(Store::connect(&h.etcd.urls(), Duration::from_secs(2)))
+            .unwrap();
+    // The agent's backoff (0.5 s doubling) was at its 8 s step when etcd returned.
+    h.wait_agent_synced_within(h.etcd_revision(), Duration::from_secs(30));
+    eprintln!("the agent is back on etcd ({:?})", outage.elapsed());
+    h.import_policy("a-from-b", "a", "b");
+    h.wait_ingress_admits_only(&a, &b);
+    let denied = connect(&c, &a, Duration::from_millis(1500));
+    assert!(
+        denied.is_err(),
+        "C -> A must be refused by a-from-b, written after etcd returned"
+    );
+    connect(&b, &a, Duration::from_secs(3)).expect("B -> A is admitted by a-from-b");
+    let trips = long.close("etcd outage and return");
+    assert!(
+        trips > 20,
+        "the long-lived connection made only {trips} round trips"
+    );
+    eprintln!("etcd outage: ok ({:?})", started.elapsed());
+
+    // 5. Malformed keys: logged, counted, skipped; the rest converges.
+    let malformed_before = h.status()["malformed_total"].as_u64().unwrap();
+    let bad_endpoint = format!("{ROOT}{}", h.endpoint_key(&c));
+    let bad_kind = format!("{ROOT}gadgets/{}/x", h.namespace);
+    h.put(&h.endpoint_key(&c), "{oops");
+    h.put(&format!("gadgets/{}/x", h.namespace), "{}");
+    h.delete_policy("a-from-b");
+    h.wait_ingress_open(&a);
+    h.wait_agent_synced(h.etcd_revision());
+    let status = h.status();
+    assert_eq!(
+        status["malformed_total"].as_u64().unwrap(),
+        malformed_before + 2,
+        "{status}"
+    );
+    let rejected: Vec<&str> = status["rejected_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(rejected.contains(&bad_endpoint.as_str()), "{status}");
+    assert!(rejected.contains(&bad_kind.as_str()), "{status}");
+    assert_eq!(status["endpoints"], 3, "{status}");
+    assert_eq!(status["dataplane_refusals"], 0, "{status}");
+    let log = h.control.log_text();
+    assert!(log.contains(&bad_endpoint), "the log names {bad_endpoint}");
+    assert!(log.contains(&bad_kind), "the log names {bad_kind}");
+    // Pod C keeps its last good endpoint, and everyone is reachable again.
+    assert_eq!(h.dp_endpoints(), endpoints_before);
+    must_connect(&c, &a);
+    must_connect(&c, &b);
+    must_connect(&a, &c);
+    eprintln!("malformed keys: ok ({:?})", started.elapsed());
+
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().unwrap();
+    }
+    assert!(h.control.running(), "the agent is still running");
+    assert!(h.dataplane.running(), "the dataplane is still running");
+}
