@@ -124,6 +124,9 @@ fn agent_converges_skips_malformed_and_resyncs() {
         return;
     };
     let sock = etcd.dir.with_extension("sock");
+    // The socket and the status file sit next to etcd's data directory: remove them too, pass
+    // or fail.
+    let _cleanup = RemoveOnDrop(vec![sock.clone(), etcd.dir.with_extension("status.json")]);
     common::runtime().block_on(async {
         let s = Store::connect(&etcd.urls(), Duration::from_secs(5)).await.unwrap();
         s.put(&k("nodes/n1"), r#"{"underlay_ip":"192.168.0.1","pod_cidrs":["10.1.0.0/24"]}"#).await.unwrap();
@@ -196,5 +199,15 @@ fn agent_converges_skips_malformed_and_resyncs() {
         eventually("policy deletion after etcd returns", || dp2.has(|r| r["op"] == "policy.update" && r["endpoint"] == 5 && r["enforced"] == false)).await;
         task.abort();
     });
-    let _ = std::fs::remove_file(&sock);
+}
+
+/// Removes files when dropped.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
