@@ -32,7 +32,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
 fn check(m: &PacketMeta, ctx: &mut Ctx<'_>) -> Option<DropReason> {
     let t = &m.tuple;
     let port = t.dport;
-    if let Some(ep) = m.src_ep.and_then(|id| ctx.t.endpoints.get(id)) {
+    if let Some(ep) = m.src_slot.and_then(|s| ctx.t.endpoints.by_slot(s)) {
         ctx.c.policy_lookups += 1;
         match ep.policy.egress.lookup(m.dst_identity, t.proto, port) {
             Decision::DeniedByDefault => return Some(DropReason::PolicyDeniedEgress),
@@ -40,7 +40,7 @@ fn check(m: &PacketMeta, ctx: &mut Ctx<'_>) -> Option<DropReason> {
             Decision::NotEnforced | Decision::Allowed { .. } => {}
         }
     }
-    if let Some(ep) = m.dst_ep.and_then(|id| ctx.t.endpoints.get(id)) {
+    if let Some(ep) = m.dst_slot.and_then(|s| ctx.t.endpoints.by_slot(s)) {
         ctx.c.policy_lookups += 1;
         match ep.policy.ingress.lookup(m.src_identity, t.proto, port) {
             Decision::DeniedByDefault => return Some(DropReason::PolicyDeniedIngress),
