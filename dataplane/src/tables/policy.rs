@@ -250,7 +250,8 @@ fn exact_key(identity: Identity, proto: u8, port: u16) -> u64 {
 /// [`exact_key`] to the entry. Unlike a hashbrown map it can name the slot a key hashes to, so
 /// a batch can prefetch the slots of all its lookups before doing any.
 ///
-/// Invariants: the slab is empty or a power of two of at least 8 slots, at most half full;
+/// Invariants: the slab is empty or a power of two of at least 8 slots, at most three quarters
+/// full (4 slots share a cache line, so most probes stay in their home line);
 /// [`EXACT_EMPTY`] marks a vacant slot and is never a key (keys use at most 56 bits); there are
 /// no tombstones: a removal shifts the rest of its cluster back, so a lookup stops at the first
 /// vacant slot.
@@ -321,7 +322,7 @@ impl ExactPorts {
     }
 
     fn insert(&mut self, key: u64, entry: PolicyEntry) -> Option<PolicyEntry> {
-        if (self.len + 1) * 2 > self.slots.len() {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
         let mut i = self.home(key);
@@ -336,7 +337,7 @@ impl ExactPorts {
             }
             i = (i + 1) & self.mask();
         }
-        None // Unreachable: the slab is at most half full, so the probe finds a vacant slot.
+        None // Unreachable: the slab is never full, so the probe finds a vacant slot.
     }
 
     fn remove(&mut self, key: u64) -> Option<PolicyEntry> {
@@ -838,7 +839,7 @@ mod tests {
             assert_eq!(table.len(), reference.len());
             table.prefetch(key);
         }
-        assert!(table.capacity() >= 2 * table.len());
+        assert!(3 * table.capacity() >= 4 * table.len());
         for id in 0..300 {
             for port in 0..4 {
                 let key = exact_key(Identity(id), 6, port);
