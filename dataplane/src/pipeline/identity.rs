@@ -27,7 +27,8 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     ctx: &mut Ctx<'_>,
 ) {
     let sender = match ctx.ingress {
-        Ingress::Pod(id) => ctx.t.endpoints.get(id),
+        // The slot comes with the endpoint: policy reaches the sender without a hash probe.
+        Ingress::Pod(_) => ctx.t.endpoints.slot_by_ifindex(ctx.ingress_ifindex),
         _ => None,
     };
     for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
@@ -35,13 +36,14 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             continue;
         }
         ctx.c.stage_in[Stage::Identity as usize] += 1;
-        if let Some(ep) = sender {
+        if let Some((slot, ep)) = sender {
             if let Err(reason) = check_sender(f.data(), m, ep) {
                 ctx.drop(m, Stage::Identity, reason);
                 continue;
             }
             m.src_identity = ep.identity();
             m.src_ep = Some(ep.id());
+            m.src_slot = Some(slot);
             if ctx.complete_l4_checksums && complete_l4_checksum(f, m) {
                 ctx.c.l4_checksum_completed += 1;
             }
@@ -75,13 +77,15 @@ fn is_link_scoped(a: Ipv6Addr) -> bool {
 
 /// Sets the destination endpoint, identity and tunnel endpoint from the destination address.
 pub(crate) fn resolve_destination(m: &mut PacketMeta, ctx: &Ctx<'_>) {
-    if let Some(ep) = ctx.t.endpoints.by_ip(m.tuple.dst) {
+    if let Some((slot, ep)) = ctx.t.endpoints.slot_by_ip(m.tuple.dst) {
         m.dst_ep = Some(ep.id());
+        m.dst_slot = Some(slot);
         m.dst_identity = ep.identity();
         m.tunnel_endpoint = None;
         return;
     }
     m.dst_ep = None;
+    m.dst_slot = None;
     match ctx.t.ipcache.lookup(m.tuple.dst) {
         Some(e) => {
             m.dst_identity = e.identity;

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::pipeline::DropReason;
 use crate::tables::conntrack::FlowKey;
-use crate::tables::endpoints::EndpointId;
+use crate::tables::endpoints::{EndpointId, EndpointSlot};
 use crate::types::Identity;
 
 /// What happens to a frame.
@@ -119,6 +119,10 @@ pub struct PacketMeta {
     pub dst_identity: Identity,
     pub src_ep: Option<EndpointId>,
     pub dst_ep: Option<EndpointId>,
+    /// Slab slots of `src_ep` and `dst_ep` in the batch's endpoints table: later stages reach
+    /// the endpoint with one indexed load instead of a hash probe by id.
+    pub src_slot: Option<EndpointSlot>,
+    pub dst_slot: Option<EndpointSlot>,
     /// The destination's tunnel endpoint from the ipcache (remote pods).
     pub tunnel_endpoint: Option<IpAddr>,
     /// The frontend this flow was addressed to: set by DNAT on the load-balancing node, or by

@@ -1,6 +1,11 @@
 //! Policy stage: new flows are checked against the egress map of the sending endpoint and the
 //! ingress map of the receiving endpoint; an allowed new flow gets a conntrack entry.
 //!
+//! The lookups run in three passes over the batch, so that the cache misses of different
+//! packets overlap instead of queueing one behind the other: start loading the endpoints of
+//! every new flow; then the policy maps' headers behind them; then the map slots the lookups
+//! will probe first; then look up and commit.
+//!
 //! Established flows, replies and related ICMP errors skip the lookup (conntrack decided them).
 //! Traffic that neither starts nor ends at a local endpoint is not subject to policy here.
 
@@ -9,14 +14,38 @@ use super::{Ctx, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::conntrack::{CtCreate, CtFlags, Direction, RevNat};
 use crate::tables::policy::Decision;
+use crate::tables::prefetch;
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     frames: &mut [Frame<B>],
     meta: &mut [PacketMeta],
     ctx: &mut Ctx<'_>,
 ) {
+    let endpoints = &ctx.t.endpoints;
+    for m in meta.iter().filter(|m| needs_policy(m)) {
+        for slot in [m.src_slot, m.dst_slot].into_iter().flatten() {
+            endpoints.prefetch_slot(slot);
+        }
+    }
+    for m in meta.iter().filter(|m| needs_policy(m)) {
+        if let Some(ep) = m.src_slot.and_then(|s| endpoints.by_slot(s)) {
+            prefetch(&ep.policy.egress);
+        }
+        if let Some(ep) = m.dst_slot.and_then(|s| endpoints.by_slot(s)) {
+            prefetch(&ep.policy.ingress);
+        }
+    }
+    for m in meta.iter().filter(|m| needs_policy(m)) {
+        let t = &m.tuple;
+        if let Some(ep) = m.src_slot.and_then(|s| endpoints.by_slot(s)) {
+            ep.policy.egress.prefetch(m.dst_identity, t.proto, t.dport);
+        }
+        if let Some(ep) = m.dst_slot.and_then(|s| endpoints.by_slot(s)) {
+            ep.policy.ingress.prefetch(m.src_identity, t.proto, t.dport);
+        }
+    }
     for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
-        if m.verdict != Verdict::Pending || m.ct != CtMark::New {
+        if !needs_policy(m) {
             continue;
         }
         ctx.c.stage_in[Stage::Policy as usize] += 1;
@@ -28,11 +57,17 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
 }
 
+/// A new flow not decided yet: the only kind policy looks at.
+#[inline]
+fn needs_policy(m: &PacketMeta) -> bool {
+    m.verdict == Verdict::Pending && m.ct == CtMark::New
+}
+
 /// The drop reason if either direction's policy refuses the flow.
 fn check(m: &PacketMeta, ctx: &mut Ctx<'_>) -> Option<DropReason> {
     let t = &m.tuple;
     let port = t.dport;
-    if let Some(ep) = m.src_ep.and_then(|id| ctx.t.endpoints.get(id)) {
+    if let Some(ep) = m.src_slot.and_then(|s| ctx.t.endpoints.by_slot(s)) {
         ctx.c.policy_lookups += 1;
         match ep.policy.egress.lookup(m.dst_identity, t.proto, port) {
             Decision::DeniedByDefault => return Some(DropReason::PolicyDeniedEgress),
@@ -40,7 +75,7 @@ fn check(m: &PacketMeta, ctx: &mut Ctx<'_>) -> Option<DropReason> {
             Decision::NotEnforced | Decision::Allowed { .. } => {}
         }
     }
-    if let Some(ep) = m.dst_ep.and_then(|id| ctx.t.endpoints.get(id)) {
+    if let Some(ep) = m.dst_slot.and_then(|s| ctx.t.endpoints.by_slot(s)) {
         ctx.c.policy_lookups += 1;
         match ep.policy.ingress.lookup(m.src_identity, t.proto, port) {
             Decision::DeniedByDefault => return Some(DropReason::PolicyDeniedIngress),

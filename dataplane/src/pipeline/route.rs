@@ -47,7 +47,7 @@ fn route<B: AsRef<[u8]> + AsMut<[u8]>>(
     ctx: &mut Ctx<'_>,
 ) -> Result<Verdict, DropReason> {
     let t = ctx.t;
-    if let Some(ep) = m.dst_ep.and_then(|id| t.endpoints.get(id)) {
+    if let Some(ep) = m.dst_slot.and_then(|s| t.endpoints.by_slot(s)) {
         decrement_ttl(f, m)?;
         set_macs(f, t.node.router_mac, ep.spec.mac);
         return Ok(Verdict::Tx {

@@ -37,6 +37,14 @@ impl fmt::Display for EndpointId {
     }
 }
 
+/// Where an endpoint lives in its table's slab: a lookup by slot is one indexed load, no hash.
+///
+/// Valid only for the [`Endpoints`] table (version) that returned it: the pipeline takes a
+/// slot from one table and uses it only while processing the same batch against that table.
+/// A slot of another version may name another endpoint or none, never memory out of bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointSlot(u32);
+
 /// What the control process says about an endpoint (everything but its policy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EndpointSpec {
@@ -170,6 +178,38 @@ impl Endpoints {
         Some(Arc::make_mut(&mut endpoint.policy))
     }
 
+    /// Fast path: the endpoint in `slot` (from [`slot_by_ip`](Self::slot_by_ip) or
+    /// [`slot_by_ifindex`](Self::slot_by_ifindex) on this same table).
+    #[inline]
+    pub fn by_slot(&self, slot: EndpointSlot) -> Option<&Endpoint> {
+        self.slots.get(slot.0 as usize)?.as_ref()
+    }
+
+    /// Starts loading the endpoint in `slot` into the cache, without reading it: phase one of
+    /// a batch that will look up several endpoints. A no-op off x86_64 or for a slot outside
+    /// the slab.
+    #[inline]
+    pub fn prefetch_slot(&self, slot: EndpointSlot) {
+        if let Some(entry) = self.slots.get(slot.0 as usize) {
+            crate::tables::prefetch(entry);
+        }
+    }
+
+    /// Fast path: [`by_ifindex`](Self::by_ifindex), with the endpoint's slot.
+    #[inline]
+    pub fn slot_by_ifindex(&self, ifindex: u32) -> Option<(EndpointSlot, &Endpoint)> {
+        self.at_slot(self.by_ifindex.get(&ifindex))
+    }
+
+    /// Fast path: [`by_ip`](Self::by_ip), with the endpoint's slot.
+    #[inline]
+    pub fn slot_by_ip(&self, addr: IpAddr) -> Option<(EndpointSlot, &Endpoint)> {
+        match addr {
+            IpAddr::V4(a) => self.at_slot(self.by_ipv4.get(&u32::from(a))),
+            IpAddr::V6(a) => self.at_slot(self.by_ipv6.get(&u128::from(a))),
+        }
+    }
+
     /// Fast path: the endpoint whose interface received a frame.
     #[inline]
     pub fn by_ifindex(&self, ifindex: u32) -> Option<&Endpoint> {
@@ -235,6 +275,14 @@ impl Endpoints {
     #[inline]
     fn at(&self, slot: Option<&usize>) -> Option<&Endpoint> {
         self.slots.get(*slot?)?.as_ref()
+    }
+
+    #[inline]
+    fn at_slot(&self, slot: Option<&usize>) -> Option<(EndpointSlot, &Endpoint)> {
+        let slot = *slot?;
+        let endpoint = self.slots.get(slot)?.as_ref()?;
+        // Slots are created by `add` one at a time; a table never holds 2^32 endpoints.
+        Some((EndpointSlot(u32::try_from(slot).ok()?), endpoint))
     }
 
     /// The endpoint other than `id` that an index entry points to, if any.
@@ -366,8 +414,11 @@ mod tests {
         assert_eq!(t.get(s.id).map(|e| e.spec), Some(*s));
         assert_eq!(t.by_ifindex(s.ifindex).map(Endpoint::id), id);
         assert_eq!(t.by_mac(s.mac).map(Endpoint::id), id);
+        let (slot, _) = t.slot_by_ifindex(s.ifindex).unwrap();
+        assert_eq!(t.by_slot(slot).map(Endpoint::id), id);
         for addr in s.ips() {
             assert_eq!(t.by_ip(addr).map(Endpoint::id), id);
+            assert_eq!(t.slot_by_ip(addr).map(|(s, _)| s), Some(slot));
         }
     }
 
@@ -584,8 +635,16 @@ mod tests {
     fn remove_frees_values_and_slot_is_reused() {
         let mut t = table(&[1, 2, 3]);
         t.policy_mut(EndpointId(2)).unwrap().egress.enforced = true;
+        let (vacated, _) = t.slot_by_ifindex(spec(2).ifindex).unwrap();
         let removed = t.remove(EndpointId(2)).unwrap();
         assert_eq!(removed.spec, spec(2));
+        assert!(
+            t.by_slot(vacated).is_none(),
+            "a vacant slot names no endpoint"
+        );
+        t.prefetch_slot(vacated);
+        t.prefetch_slot(EndpointSlot(u32::MAX)); // Outside the slab: a no-op.
+        assert!(t.by_slot(EndpointSlot(u32::MAX)).is_none());
         assert!(removed.policy.egress.enforced);
         assert!(t.remove(EndpointId(2)).is_none());
         assert!(t.policy_mut(EndpointId(2)).is_none());

@@ -19,8 +19,8 @@
 //!
 //! Within one (identity, protocol) group, overlapping port ranges are flattened on insert into
 //! disjoint segments that already carry the resolved action. Segments of a single port (the
-//! common case: `port: 80`) go into one map keyed by (identity, protocol, port) for the whole
-//! policy map; only wider segments stay in the group, for a binary search. Since a group's
+//! common case: `port: 80`) go into one open-addressing table keyed by (identity, protocol,
+//! port) for the whole policy map (whose slots a batch can prefetch); only wider segments stay in the group, for a binary search. Since a group's
 //! segments are disjoint, a class's answer is its exact-port entry if there is one, else its
 //! wide segment covering the port: a lookup is at most four classes of one hash probe each
 //! (two where the class has wide segments: the group probe and its binary search), and
@@ -246,12 +246,158 @@ fn exact_key(identity: Identity, proto: u8, port: u16) -> u64 {
     u64::from(identity.0) << 24 | u64::from(proto) << 16 | u64::from(port)
 }
 
+/// The exact-port entries of a policy map: an open-addressing table (linear probing) from
+/// [`exact_key`] to the entry. Unlike a hashbrown map it can name the slot a key hashes to, so
+/// a batch can prefetch the slots of all its lookups before doing any.
+///
+/// Invariants: the slab is empty or a power of two of at least 8 slots, at most three quarters
+/// full (4 slots share a cache line, so most probes stay in their home line);
+/// [`EXACT_EMPTY`] marks a vacant slot and is never a key (keys use at most 56 bits); there are
+/// no tombstones: a removal shifts the rest of its cluster back, so a lookup stops at the first
+/// vacant slot.
+#[derive(Clone, Debug, Default)]
+struct ExactPorts {
+    slots: Vec<(u64, PolicyEntry)>,
+    len: usize,
+    /// 64 - log2(slots.len()): the home slot is the top bits of the mixed key.
+    shift: u32,
+}
+
+/// The key of a vacant [`ExactPorts`] slot.
+const EXACT_EMPTY: u64 = u64::MAX;
+
+impl ExactPorts {
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot a key's probe starts at (the slab must not be empty).
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        // The key packs identity, protocol and port: fold the high bits down, then take the
+        // top bits of a multiplicative hash, which depend on every bit of the key.
+        let mixed = (key ^ (key >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> self.shift) as usize
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    #[inline]
+    fn get(&self, key: u64) -> Option<PolicyEntry> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut i = self.home(key);
+        loop {
+            let (k, entry) = *self.slots.get(i)?;
+            if k == key {
+                return Some(entry);
+            }
+            if k == EXACT_EMPTY {
+                return None;
+            }
+            i = (i + 1) & self.mask();
+        }
+    }
+
+    /// Starts loading the home slot of `key`.
+    #[inline]
+    fn prefetch(&self, key: u64) {
+        if let Some(slot) = self.slots.get(self.home(key) & self.mask()) {
+            super::prefetch(slot);
+        }
+    }
+
+    fn insert(&mut self, key: u64, entry: PolicyEntry) -> Option<PolicyEntry> {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mut i = self.home(key);
+        while let Some(slot) = self.slots.get_mut(i) {
+            if slot.0 == key {
+                return Some(std::mem::replace(&mut slot.1, entry));
+            }
+            if slot.0 == EXACT_EMPTY {
+                *slot = (key, entry);
+                self.len += 1;
+                return None;
+            }
+            i = (i + 1) & self.mask();
+        }
+        None // Unreachable: the slab is never full, so the probe finds a vacant slot.
+    }
+
+    fn remove(&mut self, key: u64) -> Option<PolicyEntry> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut hole = self.home(key);
+        loop {
+            let k = self.slots.get(hole)?.0;
+            if k == key {
+                break;
+            }
+            if k == EXACT_EMPTY {
+                return None;
+            }
+            hole = (hole + 1) & mask;
+        }
+        let removed = self.slots.get(hole)?.1;
+        // Backward shift: an entry further along the cluster moves into the hole when the hole
+        // lies between its home and its slot, so that no probe path crosses a vacant slot.
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let (k, entry) = *self.slots.get(j)?;
+            if k == EXACT_EMPTY {
+                break;
+            }
+            let home = self.home(k);
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.slots[hole] = (k, entry);
+                hole = j;
+            }
+        }
+        self.slots[hole] = (EXACT_EMPTY, removed);
+        self.len -= 1;
+        Some(removed)
+    }
+
+    /// Doubles the slab (8 slots at first) and re-inserts every entry.
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(8);
+        let old = std::mem::replace(
+            &mut self.slots,
+            vec![(EXACT_EMPTY, PolicyEntry::allow(0)); capacity],
+        );
+        self.shift = 64 - capacity.trailing_zeros();
+        self.len = 0;
+        for (k, entry) in old.into_iter().filter(|(k, _)| *k != EXACT_EMPTY) {
+            self.insert(k, entry);
+        }
+    }
+}
+
 /// The policy map of one endpoint in one direction.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyMap {
     groups: HashMap<(Identity, u8), Group>,
     /// Every group's single-port segments, by [`exact_key`]: the first probe of each class.
-    exact: HashMap<u64, PolicyEntry>,
+    exact: ExactPorts,
     entries: usize,
     /// Counts of entries per lookup class, so lookups skip classes that are empty.
     class_counts: [u32; 4],
@@ -326,7 +472,7 @@ impl PolicyMap {
         };
         let had_wide = !group.wide.is_empty();
         for s in before.iter().filter(|s| s.lo == s.hi) {
-            self.exact.remove(&exact_key(identity, proto, s.lo));
+            self.exact.remove(exact_key(identity, proto, s.lo));
         }
         let after = group.flatten();
         for s in after.iter().filter(|s| s.lo == s.hi) {
@@ -422,13 +568,25 @@ impl PolicyMap {
         best_allow
     }
 
+    /// Starts loading the exact-port slots a [`lookup`](Self::lookup) of the same arguments
+    /// reads first (its L3+L4 and L4-only probes), without reading them: for batch lookups.
+    #[inline]
+    pub fn prefetch(&self, identity: Identity, proto: u8, port: u16) {
+        if self.class_counts[0] != 0 {
+            self.exact.prefetch(exact_key(identity, proto, port));
+        }
+        if self.class_counts[1] != 0 {
+            self.exact.prefetch(exact_key(Identity::ANY, proto, port));
+        }
+    }
+
     /// The entry of group `(id, p)` (of lookup class `class`) for `port`: its exact-port entry,
     /// else the wide segment covering the port. The group's segments are disjoint, so at most
     /// one of the two exists.
     #[inline]
     fn class_lookup(&self, class: usize, id: Identity, p: u8, port: u16) -> Option<PolicyEntry> {
-        if let Some(entry) = self.exact.get(&exact_key(id, p, port)) {
-            return Some(*entry);
+        if let Some(entry) = self.exact.get(exact_key(id, p, port)) {
+            return Some(entry);
         }
         if self.wide_counts[class] == 0 {
             return None;
@@ -440,8 +598,7 @@ impl PolicyMap {
     pub fn approx_bytes(&self) -> usize {
         let group_bytes = self.groups.capacity()
             * (std::mem::size_of::<(Identity, u8)>() + std::mem::size_of::<Group>() + 1);
-        let exact_bytes = self.exact.capacity()
-            * (std::mem::size_of::<u64>() + std::mem::size_of::<PolicyEntry>() + 1);
+        let exact_bytes = self.exact.capacity() * std::mem::size_of::<(u64, PolicyEntry)>();
         let vec_bytes: usize = self
             .groups
             .values()
@@ -463,6 +620,14 @@ pub struct DirectionalPolicy {
 }
 
 impl DirectionalPolicy {
+    /// Starts loading what a [`lookup`](Self::lookup) of the same arguments reads first.
+    #[inline]
+    pub fn prefetch(&self, identity: Identity, proto: u8, port: u16) {
+        if self.enforced {
+            self.map.prefetch(identity, proto, port);
+        }
+    }
+
     /// The verdict for a packet from/to `identity`, `proto`, destination `port`.
     #[inline]
     pub fn lookup(&self, identity: Identity, proto: u8, port: u16) -> Decision {
@@ -648,6 +813,40 @@ mod tests {
         );
         assert_eq!(p.lookup(A, TCP, 9001), Decision::DeniedByDefault);
         assert_eq!(p.lookup(A, UDP, 8080), Decision::DeniedByDefault);
+    }
+
+    /// The open-addressing table agrees with a hash map through inserts, replacements and
+    /// removals that grow it and shift clusters back (keys from a small range collide often).
+    #[test]
+    fn exact_ports_agree_with_a_hash_map() {
+        let mut table = ExactPorts::default();
+        let mut reference = HashMap::new();
+        assert_eq!(table.get(7), None);
+        assert_eq!(table.remove(7), None);
+        table.prefetch(7); // Empty slab: a no-op.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = exact_key(Identity((x % 300) as u32), 6, (x >> 20) as u16 % 4);
+            if x & 0x300 == 0 {
+                assert_eq!(table.remove(key), reference.remove(&key), "step {step}");
+            } else {
+                let entry = PolicyEntry::allow(step);
+                assert_eq!(table.insert(key, entry), reference.insert(key, entry));
+            }
+            assert_eq!(table.len(), reference.len());
+            table.prefetch(key);
+        }
+        assert!(3 * table.capacity() >= 4 * table.len());
+        for id in 0..300 {
+            for port in 0..4 {
+                let key = exact_key(Identity(id), 6, port);
+                assert_eq!(table.get(key), reference.get(&key).copied());
+            }
+        }
+        assert_eq!(table.get(exact_key(Identity(1), 17, 0)), None);
     }
 
     #[test]
