@@ -169,6 +169,28 @@ pub struct GenResult {
 }
 
 /// `flagella-bench gen`.
+/// One `sendmmsg` of the whole batch, counted in `result`.
+///
+/// Every header in `msgs` must point at live iovecs over live payloads (both generators build
+/// them once and keep them alive for the whole run).
+fn send_batch(fd: &OwnedFd, msgs: &mut [libc::mmsghdr], result: &mut GenResult) {
+    // SAFETY: `msgs` holds `msgs.len()` initialised headers whose iovecs and payloads outlive
+    // the call (the caller's contract above); the kernel only reads them and writes msg_len.
+    let n = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            0,
+        )
+    };
+    if n > 0 {
+        result.sent += n as u64;
+    } else {
+        result.send_errors += 1;
+    }
+}
+
 pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
     match args.generator {
         crate::cli::Generator::Pktgen => return crate::pktgen::generate(args),
@@ -210,21 +232,7 @@ pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
         } else {
             turn + 1
         };
-        // SAFETY: `msgs` holds `msgs.len()` initialised headers whose iovec and payload live
-        // until after the call; the kernel only reads them (and writes msg_len).
-        let n = unsafe {
-            libc::sendmmsg(
-                fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                msgs.len() as libc::c_uint,
-                0,
-            )
-        };
-        if n > 0 {
-            result.sent += n as u64;
-        } else {
-            result.send_errors += 1;
-        }
+        send_batch(fd, &mut msgs, &mut result);
     }
     result.seconds = start.elapsed().as_secs_f64();
     Ok(result)
@@ -350,21 +358,7 @@ fn generate_packets(args: &GenArgs) -> Result<GenResult, BenchError> {
                 next_flow + 1
             };
         }
-        // SAFETY: every header points at one live iovec over a live frame; the kernel reads
-        // them (and writes msg_len) during the call only.
-        let n = unsafe {
-            libc::sendmmsg(
-                fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                msgs.len() as libc::c_uint,
-                0,
-            )
-        };
-        if n > 0 {
-            result.sent += n as u64;
-        } else {
-            result.send_errors += 1;
-        }
+        send_batch(&fd, &mut msgs, &mut result);
     }
     result.seconds = start.elapsed().as_secs_f64();
     Ok(result)
