@@ -149,17 +149,16 @@ impl EndpointIpam {
             Ok(ObjectKey::Endpoint { namespace, name }) => {
                 let owner = format!("{namespace}/{name}");
                 self.revisions.insert(owner.clone(), mod_revision);
-                match schema::decode(key, value) {
-                    Ok(Object::Endpoint { spec, .. } | Object::PendingEndpoint { spec, .. }) => {
-                        if spec.node == self.node {
-                            self.local.insert(owner, Local { spec, mod_revision });
-                        } else {
-                            self.local.remove(&owner);
-                        }
+                // Malformed: the last good view stays (a pending one is not written back
+                // over it: its mod_revision no longer matches).
+                if let Ok(Object::Endpoint { spec, .. } | Object::PendingEndpoint { spec, .. }) =
+                    schema::decode(key, value)
+                {
+                    if spec.node == self.node {
+                        self.local.insert(owner, Local { spec, mod_revision });
+                    } else {
+                        self.local.remove(&owner);
                     }
-                    // Malformed: the last good view stays (a pending one is not written back
-                    // over it: its mod_revision no longer matches).
-                    _ => {}
                 }
             }
             _ => {}
