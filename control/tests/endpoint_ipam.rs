@@ -483,6 +483,31 @@ fn agents_killed_and_restarted_never_hand_out_an_address_twice() {
     ]);
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let missing = h.flagella(&["endpoint", "delete", "ipam-a/no-such-pod"]);
+    assert_eq!(
+        missing.status.code(),
+        Some(1),
+        "deleting a missing endpoint fails"
+    );
+    let bad = h.flagella(&[
+        "endpoint",
+        "create",
+        "--node",
+        "ipam-n1",
+        "--namespace",
+        "ipam-a",
+        "--name",
+        "bad",
+        "--labels",
+        "novalue",
+        "--interface",
+        "lxcb",
+    ]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a malformed --labels is a usage error"
+    );
     wait_until("the waited endpoint", &h, Duration::from_secs(20), || {
         converged(&h, &expected)
     });
