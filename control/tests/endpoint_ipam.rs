@@ -402,6 +402,30 @@ fn agents_killed_and_restarted_never_hand_out_an_address_twice() {
         create(&h, i);
         expected.insert(owner(i));
         match i {
+            // Node 1's agent is down: its new endpoint is listed, waiting for an address.
+            30 => {
+                let e: Value = serde_json::from_str(&h.flagella_ok(&[
+                    "-o",
+                    "json",
+                    "endpoint",
+                    "get",
+                    &owner(30),
+                ]))
+                .unwrap();
+                assert!(e["ipv4"].is_null() && e["identity"].is_null(), "{e}");
+                let listed: Value = serde_json::from_str(
+                    &h.flagella_ok(&["-o", "json", "endpoint", "list", "--node", NODES[0].0]),
+                )
+                .unwrap();
+                assert!(
+                    listed
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|e| e["name"] == "pod-30"),
+                    "{listed}"
+                );
+            }
             36 => h.start(0),
             // Node 2's agent, once, right after a creation; down for a few creations.
             33 => h.agent(1).kill9(),

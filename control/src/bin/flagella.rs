@@ -240,7 +240,7 @@ struct TraceArgs {
 
 #[derive(Debug, Subcommand)]
 enum EndpointVerb {
-    /// List endpoints: pod, node, identity, addresses, labels
+    /// List endpoints: pod, node, identity, addresses, labels (an endpoint still waiting for its address shows `-`)
     List {
         /// Only the endpoints of this node
         #[arg(long, value_name = "NAME")]
@@ -763,7 +763,9 @@ async fn endpoint(verb: EndpointVerb, etcd: &[String], out: Output) -> Result<()
     let ip_text = |ip: Option<String>| ip.unwrap_or_else(|| "-".into());
     match verb {
         EndpointVerb::List { node } => {
-            let eps = objects::endpoints(&state, node.as_deref());
+            let mut eps = objects::endpoints(&state, node.as_deref());
+            eps.extend(objects::pending_endpoints(&store, node.as_deref()).await?);
+            eps.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             emit(out, &eps, || {
                 let mut t = Table::new(&[
                     "ENDPOINT",
@@ -790,7 +792,14 @@ async fn endpoint(verb: EndpointVerb, etcd: &[String], out: Output) -> Result<()
         }
         EndpointVerb::Get { pod } => {
             let (ns, name) = split_namespaced("endpoint", &pod)?;
-            let e = objects::endpoint(&state, ns, name)?;
+            let e = match objects::endpoint(&state, ns, name) {
+                Ok(e) => e,
+                Err(not_found) => objects::pending_endpoints(&store, None)
+                    .await?
+                    .into_iter()
+                    .find(|e| e.namespace == ns && e.name == name)
+                    .ok_or(not_found)?,
+            };
             emit(out, &e, || {
                 let ports: Vec<String> = e
                     .ports

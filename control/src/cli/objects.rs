@@ -147,6 +147,28 @@ fn endpoint_info(namespace: &str, name: &str, spec: EndpointSpec) -> EndpointInf
     }
 }
 
+/// Endpoints written without addresses that their node's agent has not served yet (not in the
+/// agents' model, so not in [`endpoints`]), sorted by `namespace/name`, optionally of one node.
+pub async fn pending_endpoints(
+    store: &Store,
+    node: Option<&str>,
+) -> Result<Vec<EndpointInfo>, CliError> {
+    let (objects, _) = list_decoded(store, "endpoints/").await?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            Object::PendingEndpoint {
+                namespace,
+                name,
+                spec,
+            } if node.is_none_or(|n| spec.node == n) => {
+                Some(endpoint_info(&namespace, &name, spec))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
 /// `endpoint create`: validates `spec` (which must carry no address: the node's agent
 /// allocates them) as the agents will, then creates the key; refused if it exists.
 pub async fn create_endpoint(
