@@ -468,6 +468,47 @@ mod tests {
         assert_eq!(plan.release.len(), 1);
     }
 
+    /// The sync's side of a pending endpoint: not in the model, not malformed; once written
+    /// back it is an ordinary local endpoint; if its addresses are taken away again, it leaves
+    /// the dataplane.
+    #[test]
+    fn the_sync_leaves_pending_endpoints_out_of_the_model() {
+        use crate::dataplane_client::{Change, EndpointMsg, EndpointRef};
+        use crate::sync::ClusterState;
+        let mut s = ClusterState::new(NODE);
+        s.set_quiet(true);
+        s.put(
+            &node(r#""10.1.0.0/24""#).key,
+            &node(r#""10.1.0.0/24""#).value,
+        )
+        .unwrap();
+        s.put(&format!("{ROOT}namespaces/ns"), b"{}").unwrap();
+        let p = pending("ns/a", NODE, 3);
+        s.put(&p.key, &p.value).unwrap();
+        assert!(s.endpoints().is_empty());
+        assert_eq!(s.malformed_total(), 0);
+        let a = addressed("ns/a", "10.1.0.2", 4);
+        s.put(&a.key, &a.value).unwrap();
+        for (labels, _) in s.needed_identities() {
+            s.set_identity(labels, 1000);
+        }
+        let out = s.commit();
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Change::EndpointUpsert(EndpointMsg { id: 2, .. }))),
+            "{out:?}"
+        );
+        s.put(&p.key, &p.value).unwrap();
+        assert!(s.endpoints().is_empty());
+        let out = s.commit();
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Change::EndpointDelete(EndpointRef { id: 2 }))),
+            "{out:?}"
+        );
+        assert_eq!(s.malformed_total(), 0);
+    }
+
     #[test]
     fn write_back_value_decodes_as_an_addressed_endpoint() {
         let Object::PendingEndpoint { spec, .. } = schema::decode(

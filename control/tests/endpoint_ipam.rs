@@ -15,6 +15,10 @@
 //! - identities: one number per label set in etcd, and endpoints with the same label set carry
 //!   the same number, different sets different numbers (`flagella endpoint list -o json`).
 //!
+//! Also, against the same etcd: the two guarded writes IPAM relies on, and the library
+//! (`EndpointIpam`) step by step — dual stack, a write-back refused because the endpoint changed
+//! after it was read, idempotence, release only once the key is gone.
+//!
 //! The agents run with a dataplane socket that does not exist: the agent keeps retrying it
 //! every second and does everything else. Skips (with a message) when /usr/bin/etcd is missing.
 //! Stops only the processes it started, by PID, pass or fail.
@@ -657,5 +661,88 @@ fn guarded_writes_refuse_a_changed_key() {
             "owner gone"
         );
         assert!(s.get(alloc).await.unwrap().is_none());
+    });
+}
+
+/// [`EndpointIpam`] itself against etcd, step by step: dual stack (one address per family),
+/// idempotence per owner, the write-back refused when the endpoint changed after the agent
+/// read it, and the release only once the endpoint's key is gone.
+#[test]
+fn library_dual_stack_conflict_and_release() {
+    use control::endpoint_ipam::EndpointIpam;
+    use control::store::Event;
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    common::runtime().block_on(async {
+        let s = Store::connect(&etcd.urls(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let node_key = format!("{ROOT}nodes/n1");
+        s.put(
+            &node_key,
+            r#"{"underlay_ip":"192.168.0.1","pod_cidrs":["10.7.0.0/24","fd00:7::/64"]}"#,
+        )
+        .await
+        .unwrap();
+        let ep = format!("{ROOT}endpoints/ns/a");
+        let pending = r#"{"node":"n1","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:07"}"#;
+        s.put(&ep, pending).await.unwrap();
+        let listing = |s: Store| async move { s.list(ROOT).await.unwrap().0 };
+
+        let mut ipam = EndpointIpam::new("n1");
+        ipam.reset(&listing(s.clone()).await);
+        assert_eq!(ipam.pending(), 1);
+        // The agent read the pending value; someone rewrites it (labels) before the write-back.
+        let rewritten = r#"{"node":"n1","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:07","labels":{"app":"x"}}"#;
+        s.put(&ep, rewritten).await.unwrap();
+        let out = ipam.converge(&s).await.unwrap();
+        assert!(out.assigned.is_empty(), "{out:?}");
+        assert_eq!(out.conflicts, 1, "{out:?}");
+        assert_eq!(s.get(&ep).await.unwrap().unwrap().value, rewritten.as_bytes());
+        // The allocations it made stay with the owner, and are reused once the watch shows
+        // the new value.
+        let held: Vec<String> = s
+            .list(&format!("{ROOT}ipam/n1/"))
+            .await
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(held.len(), 2, "{held:?}");
+        let kv = s.get(&ep).await.unwrap().unwrap();
+        ipam.observe(&Event::Put(kv));
+        let out = ipam.converge(&s).await.unwrap();
+        assert_eq!(out.assigned.len(), 1, "{out:?}");
+        let addrs = &out.assigned[0].1;
+        assert_eq!(addrs.len(), 2, "one address per family: {addrs:?}");
+        assert_eq!(addrs[0], "10.7.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(addrs[1], "fd00:7::2".parse::<IpAddr>().unwrap());
+        let value: Value = serde_json::from_slice(&s.get(&ep).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(value["ipv4"], "10.7.0.2");
+        assert_eq!(value["ipv6"], "fd00:7::2");
+        assert_eq!(value["labels"]["app"], "x", "the rewrite is kept");
+        // A fresh agent (a restart) sees nothing to do.
+        let mut again = EndpointIpam::new("n1");
+        again.reset(&listing(s.clone()).await);
+        let out = again.converge(&s).await.unwrap();
+        assert_eq!(out, Default::default());
+        // Deleted: released only once the key is gone (the view still has it: kept).
+        s.delete(&ep).await.unwrap();
+        let out = again.converge(&s).await.unwrap();
+        assert!(out.released.is_empty(), "{out:?}");
+        again.observe(&Event::Delete {
+            key: ep.clone(),
+            mod_revision: 0,
+        });
+        let out = again.converge(&s).await.unwrap();
+        assert_eq!(out.released.len(), 2, "{out:?}");
+        assert!(s
+            .list(&format!("{ROOT}ipam/n1/"))
+            .await
+            .unwrap()
+            .0
+            .is_empty());
     });
 }
