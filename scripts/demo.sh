@@ -214,7 +214,9 @@ stop_pid() { # PID: SIGTERM, SIGKILL after 5 s; only that process
 cleanup3() {
   local status=$?
   set +e
-  if [ "$status" -ne 0 ]; then
+  if [ "$status" -eq 130 ]; then
+    echo "interrupted: stopping what part 3 started and removing its namespaces" >&2
+  elif [ "$status" -ne 0 ]; then
     echo "part 3 failed (exit $status); the daemons' last log lines:" >&2
     for log in "$TMP"/*.log; do
       [ -s "$log" ] && { echo "--- $log" >&2; tail -n 15 "$log" >&2; }
