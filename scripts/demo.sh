@@ -196,9 +196,9 @@ K8S_NS=shop                  # the Kubernetes namespace of the pods
 POD_CIDR=10.81.0.0/24
 GATEWAY3=10.81.0.1           # the first host address of the pod CIDR: the agent's gateway
 UNDERLAY=192.168.81.1        # the node's address for other nodes (there is none here)
-TMP="$(mktemp -d /tmp/flg-demo.XXXXXX)"
-SOCK="$TMP/dataplane.sock"
+TMP=""                       # its temporary directory: daemon logs, etcd data, the socket
 PIDS=()                      # processes this part started, stopped by PID in reverse order
+declare -A WHAT=()           # PID -> what it is, for messages
 NAMESPACES=()
 FLAGELLA_BIN="$PWD/target/release/flagella"
 ETCD_URL=""
@@ -217,6 +217,9 @@ cleanup3() {
   if [ "$status" -eq 130 ]; then
     echo "interrupted: stopping what part 3 started and removing its namespaces" >&2
   elif [ "$status" -ne 0 ]; then
+    for pid in "${PIDS[@]}"; do
+      kill -0 "$pid" 2>/dev/null || echo "${WHAT[$pid]} (PID $pid) is not running any more" >&2
+    done
     echo "part 3 failed (exit $status); the daemons' last log lines:" >&2
     for log in "$TMP"/*.log; do
       [ -s "$log" ] && { echo "--- $log" >&2; tail -n 15 "$log" >&2; }
@@ -224,9 +227,11 @@ cleanup3() {
   fi
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
   for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
-  rm -rf "$TMP"
+  [ -n "$TMP" ] && rm -rf "$TMP"
 }
 trap cleanup3 EXIT
+TMP="$(mktemp -d /tmp/flg-demo.XXXXXX)"
+SOCK="$TMP/dataplane.sock"
 
 fail() { echo "demo.sh: $*" >&2; exit 1; }
 
@@ -259,8 +264,9 @@ PEER_URL="http://127.0.0.1:$PEER_PORT"
 /usr/bin/etcd --name=flg-demo --data-dir="$TMP/etcd" \
   --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
   --listen-peer-urls="$PEER_URL" --initial-advertise-peer-urls="$PEER_URL" \
-  --initial-cluster="flg-demo=$PEER_URL" >"$TMP/etcd.log" 2>&1 &
+  --initial-cluster="flg-demo=$PEER_URL" --logger=zap --log-level=warn >"$TMP/etcd.log" 2>&1 &
 PIDS+=($!)
+WHAT[$!]=etcd
 etcd_healthy() {
   python3 -c '
 import sys, urllib.request
@@ -297,11 +303,13 @@ ip netns exec "$NODE3" target/release/flagella-dataplane --config "$TMP/empty.to
   --socket "$SOCK" --interface "${VETH3}a=pod" --interface "${VETH3}b=pod" \
   --interface "${VETH3}c=pod" 2>"$TMP/dataplane.log" &
 PIDS+=($!)
+WHAT[$!]=flagella-dataplane
 wait_until 300 test -S "$SOCK" || fail "the dataplane's control socket did not appear"
 say "flagella-dataplane (PID ${PIDS[-1]}): empty tables, control socket $SOCK"
 target/release/flagella-control --etcd "$ETCD_URL" --node "$NODE_NAME" \
   --dataplane-socket "$SOCK" --status-file "$TMP/control-status.json" 2>"$TMP/control.log" &
 PIDS+=($!)
+WHAT[$!]=flagella-control
 agent_synced() {
   python3 -c '
 import json, sys
@@ -393,6 +401,7 @@ while True:
     c, peer = s.accept(); c.sendall(f'hello {peer[0]}, this is backend\n'.encode()); c.close()
 " &
 PIDS+=($!)
+WHAT[$!]="backend's TCP server"
 sleep 0.5
 say "backend listens on ${PODIP[backend]}:$PORT"
 connect3 --retry reports backend || fail "reports -> backend should connect before any policy"
