@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine: install what is needed, build, then
-#   1. push a node's worth of traffic through the Flagella pipeline in memory (node_demo), and
+#   1. push a node's worth of traffic through the Flagella pipeline in memory (node_demo);
 #   2. run flagella-dataplane for real: a node namespace with three pod namespaces joined by veth
 #      pairs, the daemon attached to the pods' veths, configured over its control socket; show a
 #      TCP connection allowed, then denied live by a policy with the drop counted, and the ARP
