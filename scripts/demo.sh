@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine: install what is needed, build, then
-#   1. push a node's worth of traffic through the Flagella pipeline in memory (node_demo), and
+#   1. push a node's worth of traffic through the Flagella pipeline in memory (node_demo);
 #   2. run flagella-dataplane for real: a node namespace with three pod namespaces joined by veth
 #      pairs, the daemon attached to the pods' veths, configured over its control socket; show a
 #      TCP connection allowed, then denied live by a policy with the drop counted, and the ARP
-#      reply for the pods' gateway; then remove everything.
+#      reply for the pods' gateway; then remove everything;
+#   3. run the node from etcd as a cluster would: its own etcd, flagella-dataplane and the node
+#      agent flagella-control; pods created with the `flagella` CLI get their addresses from the
+#      agent's IPAM; a Kubernetes NetworkPolicy imported with the CLI refuses one pod live while
+#      another still connects, `policy trace` explains the verdict, deleting the policy opens the
+#      way again; then remove everything.
 # Runs as root (namespaces, XDP, AF_XDP). Leaves nothing behind, even when interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,16 +24,20 @@ header() { printf '\n==== %s\n' "$*"; }
 say() { printf '  %s\n' "$*"; }
 
 header "installing what the build needs"
-# Same list as scripts/test.sh: the XDP program (clang, llvm, libelf, zlib) and libxdp (m4,
-# pkg-config, pcap headers) for AF_XDP.
-scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev
+# As scripts/test.sh: the XDP program (clang, llvm, libelf, zlib) and libxdp (m4, pkg-config,
+# pcap headers) for AF_XDP; protobuf for etcd-client's build (flagella-control, flagella);
+# etcd-server for part 3.
+scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev \
+  protobuf-compiler libprotobuf-dev etcd-server
 for tool in ip python3; do
   command -v "$tool" >/dev/null || { echo "demo.sh needs \`$tool\` (apt-get install iproute2 python3)" >&2; exit 1; }
 done
 
 header "building (release)"
-cargo build --release --locked -p dataplane --features afxdp \
-  --example node_demo --bin flagella-dataplane
+# Everything the demo runs: node_demo (part 1), flagella-dataplane (parts 2 and 3), the node
+# agent flagella-control and the flagella CLI (part 3).
+cargo build --release --locked -p dataplane --features dataplane/afxdp -p control \
+  --example node_demo --bin flagella-dataplane --bin flagella-control --bin flagella
 
 header "part 1: the pipeline as a library, on frames built in memory"
 target/release/examples/node_demo
@@ -174,4 +183,288 @@ cleanup
 NAMESPACES=()
 trap - EXIT
 say "namespaces removed"
+
+# ---------------------------------------------------------------------------------------------
+header "part 3: the node, run from etcd as a cluster would"
+say "etcd holds the cluster; flagella-control (the node agent) turns it into dataplane state;"
+say "the flagella CLI writes and reads etcd. Nothing is configured on the dataplane by hand."
+
+NODE3="flg-etcd-$$"          # the node's network namespace; pods are $NODE3-<pod>
+VETH3="flge$$"               # host-side veths: ${VETH3}a, ${VETH3}b, ${VETH3}c
+NODE_NAME=node-1             # the node's name in etcd (this etcd is private to the demo)
+K8S_NS=shop                  # the Kubernetes namespace of the pods
+POD_CIDR=10.81.0.0/24
+GATEWAY3=10.81.0.1           # the first host address of the pod CIDR: the agent's gateway
+UNDERLAY=192.168.81.1        # the node's address for other nodes (there is none here)
+TMP=""                       # its temporary directory: daemon logs, etcd data, the socket
+PIDS=()                      # processes this part started, stopped by PID in reverse order
+declare -A WHAT=()           # PID -> what it is, for messages
+NAMESPACES=()
+FLAGELLA_BIN="$PWD/target/release/flagella"
+ETCD_URL=""
+
+stop_pid() { # PID: SIGTERM, SIGKILL after 5 s; only that process
+  kill -0 "$1" 2>/dev/null || return 0
+  kill -TERM "$1" 2>/dev/null
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null
+  wait "$1" 2>/dev/null
+}
+
+cleanup3() {
+  local status=$?
+  set +e
+  if [ "$status" -eq 130 ]; then
+    echo "interrupted: stopping what part 3 started and removing its namespaces" >&2
+  elif [ "$status" -ne 0 ]; then
+    for pid in "${PIDS[@]}"; do
+      kill -0 "$pid" 2>/dev/null || echo "${WHAT[$pid]} (PID $pid) is not running any more" >&2
+    done
+    echo "part 3 failed (exit $status); the daemons' last log lines:" >&2
+    for log in "$TMP"/*.log; do
+      [ -s "$log" ] && { echo "--- $log" >&2; tail -n 15 "$log" >&2; }
+    done
+  fi
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+  for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
+  [ -n "$TMP" ] && rm -rf "$TMP"
+}
+trap cleanup3 EXIT
+TMP="$(mktemp -d /tmp/flg-demo.XXXXXX)"
+SOCK="$TMP/dataplane.sock"
+
+fail() { echo "demo.sh: $*" >&2; exit 1; }
+
+# `flagella ARGS`: shows the command as a user types it, then its output, indented.
+flagella() {
+  printf '  $ flagella %s\n' "$*"
+  "$FLAGELLA_BIN" --etcd "$ETCD_URL" "$@" 2>&1 | sed 's/^/    /'
+  return "${PIPESTATUS[0]}"
+}
+
+# Waits until `ARGS...` succeeds, at most TENTHS tenths of a second.
+wait_until() { # TENTHS ARGS...
+  local tries=$1
+  shift
+  for _ in $(seq "$tries"); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+header "starting etcd (loopback, free ports, data in $TMP/etcd)"
+read -r CLIENT_PORT PEER_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+ETCD_URL="http://127.0.0.1:$CLIENT_PORT"
+PEER_URL="http://127.0.0.1:$PEER_PORT"
+/usr/bin/etcd --name=flg-demo --data-dir="$TMP/etcd" \
+  --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
+  --listen-peer-urls="$PEER_URL" --initial-advertise-peer-urls="$PEER_URL" \
+  --initial-cluster="flg-demo=$PEER_URL" --logger=zap --log-level=warn >"$TMP/etcd.log" 2>&1 &
+PIDS+=($!)
+WHAT[$!]=etcd
+etcd_healthy() {
+  python3 -c '
+import sys, urllib.request
+body = urllib.request.urlopen(sys.argv[1] + "/health", timeout=1).read()
+sys.exit(0 if b"\"health\":\"true\"" in body else 1)' "$ETCD_URL"
+}
+wait_until 200 etcd_healthy || fail "etcd did not become healthy within 20 s"
+say "etcd $(/usr/bin/etcd --version | awk 'NR == 1 {print $3}') answers on $ETCD_URL (PID ${PIDS[-1]})"
+
+header "the cluster's objects: a namespace, and this node with its pod CIDR"
+flagella namespace upsert "$K8S_NS" --labels team=shop
+flagella node upsert "$NODE_NAME" --underlay-ip "$UNDERLAY" --pod-cidr "$POD_CIDR"
+
+header "the node: namespace $NODE3 and three pod namespaces, veths without addresses yet"
+ip netns add "$NODE3"
+NAMESPACES+=("$NODE3")
+ip -n "$NODE3" link set lo up
+PODS=(frontend backend reports)
+declare -A VETH=([frontend]="${VETH3}a" [backend]="${VETH3}b" [reports]="${VETH3}c") PODIP
+for pod in "${PODS[@]}"; do
+  ns="$NODE3-$pod"
+  ip netns add "$ns"
+  NAMESPACES+=("$ns")
+  ip -n "$NODE3" link add "${VETH[$pod]}" type veth peer name eth0 netns "$ns"
+  ip -n "$NODE3" link set "${VETH[$pod]}" up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set eth0 up
+  say "pod $pod: namespace $ns, eth0 <-> ${VETH[$pod]} in $NODE3"
+done
+
+header "starting flagella-dataplane on the three veths, and flagella-control for $NODE_NAME"
+echo "" >"$TMP/empty.toml"
+ip netns exec "$NODE3" target/release/flagella-dataplane --config "$TMP/empty.toml" \
+  --socket "$SOCK" --interface "${VETH3}a=pod" --interface "${VETH3}b=pod" \
+  --interface "${VETH3}c=pod" 2>"$TMP/dataplane.log" &
+PIDS+=($!)
+WHAT[$!]=flagella-dataplane
+wait_until 300 test -S "$SOCK" || fail "the dataplane's control socket did not appear"
+say "flagella-dataplane (PID ${PIDS[-1]}): empty tables, control socket $SOCK"
+target/release/flagella-control --etcd "$ETCD_URL" --node "$NODE_NAME" \
+  --dataplane-socket "$SOCK" --status-file "$TMP/control-status.json" 2>"$TMP/control.log" &
+PIDS+=($!)
+WHAT[$!]=flagella-control
+agent_synced() {
+  python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))
+sys.exit(0 if s.get("etcd_reachable") and s.get("dataplane_connected") else 1)' \
+    "$TMP/control-status.json"
+}
+wait_until 200 agent_synced || fail "flagella-control did not connect to etcd and the dataplane"
+say "flagella-control (PID ${PIDS[-1]}): watches etcd, pushes to the dataplane"
+say "daemon logs go to $TMP/{etcd,dataplane,control}.log (shown only on failure)"
+
+header "creating the pods the CNI way: no address given, the agent's IPAM allocates one"
+for pod in "${PODS[@]}"; do
+  ns="$NODE3-$pod"
+  ifindex=$(ip netns exec "$NODE3" cat "/sys/class/net/${VETH[$pod]}/ifindex")
+  mac=$(ip netns exec "$ns" cat /sys/class/net/eth0/address)
+  out=$(flagella endpoint create --node "$NODE_NAME" --namespace "$K8S_NS" --name "$pod" \
+    --labels "app=$pod" --interface "${VETH[$pod]}" --ifindex "$ifindex" --mac "$mac" \
+    --wait 10) || { echo "$out"; fail "flagella endpoint create $pod failed"; }
+  echo "$out"
+  PODIP[$pod]=$(echo "$out" | awk 'END {print $NF}')
+  [[ "${PODIP[$pod]}" == 10.81.0.* ]] || fail "no address from IPAM for $pod"
+  ip -n "$ns" addr add "${PODIP[$pod]}/32" dev eth0
+  ip -n "$ns" route add default via "$GATEWAY3" dev eth0 onlink
+  say "  eth0 of $ns: ${PODIP[$pod]}/32, default via $GATEWAY3 (onlink)"
+done
+
+# Asks the dataplane over its control socket: `drops REASON` prints that drop counter;
+# `present|enforced|open IP`: exit 0 when the endpoint with IPv4 address IP exists, when its
+# ingress policy is enforced, when it is not.
+cat >"$TMP/dp.py" <<'PY'
+import json, socket, sys
+sock, what, arg = sys.argv[1], sys.argv[2], sys.argv[3]
+def ask(req):
+    s = socket.socket(socket.AF_UNIX); s.connect(sock); f = s.makefile("rw")
+    f.write(json.dumps(req) + "\n"); f.flush()
+    return json.loads(f.readline())
+if what == "drops":
+    print(ask({"op": "status"})["counters"]["drops"].get(arg, 0))
+    sys.exit(0)
+eps = ask({"op": "dump", "table": "endpoints"}).get("entries", [])
+ep = next((e for e in eps if e.get("ipv4") == arg), None)
+if ep is None:
+    sys.exit(1)
+if what == "present":
+    sys.exit(0)
+enforced = ask({"op": "dump", "table": "policy", "endpoint": ep["id"]})["ingress"]["enforced"]
+sys.exit(0 if enforced == (what == "enforced") else 1)
+PY
+dp() { python3 "$TMP/dp.py" "$SOCK" "$@"; }
+for pod in "${PODS[@]}"; do
+  wait_until 100 dp present "${PODIP[$pod]}" || fail "pod $pod never reached the dataplane"
+done
+say "the agent pushed the three endpoints, with their identities, to the dataplane"
+
+header "what the cluster knows: endpoints and their security identities"
+flagella endpoint list
+flagella identity list
+
+# A TCP client in a pod: one line saying what happened. `--retry`: a connection that must work
+# (its first SYN may wait for ARP or the agent's last push) is retried for up to 10 s.
+connect3() { # [--retry] FROM-POD TO-POD
+  local tries=1
+  if [ "$1" = "--retry" ]; then tries=15; shift; fi
+  ip netns exec "$NODE3-$1" python3 - "$1 -> $2" "${PODIP[$2]}" "$PORT" "$tries" <<'PY'
+import socket, sys, time
+label, dst, port, tries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for attempt in range(tries):
+    try:
+        s = socket.create_connection((dst, port), timeout=2 if tries == 1 else 0.5)
+        print(f"  {label}: connected, server said: {s.recv(100).decode().strip()!r}")
+        sys.exit(0)
+    except socket.timeout:
+        error = "no answer within 2 s (the SYN was dropped)"
+    except OSError as e:
+        error = f"failed: {e}"
+    time.sleep(0.2)
+print(f"  {label}: {error}")
+sys.exit(1)
+PY
+}
+
+header "reports -> backend TCP, no policy: allowed"
+ip netns exec "$NODE3-backend" python3 -c "
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('${PODIP[backend]}', $PORT)); s.listen()
+while True:
+    c, peer = s.accept(); c.sendall(f'hello {peer[0]}, this is backend\n'.encode()); c.close()
+" &
+PIDS+=($!)
+WHAT[$!]="backend's TCP server"
+sleep 0.5
+say "backend listens on ${PODIP[backend]}:$PORT"
+connect3 --retry reports backend || fail "reports -> backend should connect before any policy"
+
+header "policy: a Kubernetes NetworkPolicy as kubectl prints it, imported with the CLI"
+say "backend admits pods labelled app=frontend on tcp/$PORT, and nothing else"
+POLICY=backend-allow-frontend
+cat >"$TMP/policy.yaml" <<YAML
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  creationTimestamp: "2024-05-01T10:00:00Z"
+  generation: 1
+  name: $POLICY
+  namespace: $K8S_NS
+  resourceVersion: "4711"
+  uid: 3f6c1a2e-8d4b-4c1d-9a2b-0123456789ab
+spec:
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: frontend
+    ports:
+    - port: $PORT
+      protocol: TCP
+  podSelector:
+    matchLabels:
+      app: backend
+  policyTypes:
+  - Ingress
+YAML
+printf '  $ flagella policy import -f - <<EOF\n'
+sed 's/^/    /' "$TMP/policy.yaml"
+printf '    EOF\n'
+"$FLAGELLA_BIN" --etcd "$ETCD_URL" policy import -f - <"$TMP/policy.yaml" 2>&1 | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "policy import failed"
+wait_until 100 dp enforced "${PODIP[backend]}" || fail "the policy never reached the dataplane"
+say "the agent compiled it and pushed backend's ingress policy to the dataplane"
+drops_before=$(dp drops policy_denied_ingress)
+if connect3 reports backend; then fail "reports -> backend should be refused by $POLICY"; fi
+connect3 --retry frontend backend || fail "frontend -> backend should be admitted by $POLICY"
+sleep 0.3 # status lags the workers by one counter publication
+drops_after=$(dp drops policy_denied_ingress)
+say "the dataplane counted $((drops_after - drops_before)) drop(s) as policy_denied_ingress"
+
+header "why is reports -> backend denied? flagella policy trace (live, from etcd)"
+flagella policy trace --from "$K8S_NS/reports" --to "$K8S_NS/backend" --port "$PORT/TCP"
+
+header "deleting the policy: reports -> backend connects again"
+flagella policy delete "$K8S_NS/$POLICY"
+wait_until 100 dp open "${PODIP[backend]}" || fail "the deletion never reached the dataplane"
+connect3 --retry reports backend || fail "reports -> backend should connect once $POLICY is gone"
+
+header "flagella status: etcd, the objects it holds, the dataplane's counters"
+flagella status --dataplane-socket "$SOCK"
+
+header "stopping the server, flagella-control, flagella-dataplane and etcd (by PID)"
+trap - EXIT
+cleanup3
+left_ns=$(ip netns list | grep -c "^$NODE3" || true)
+left_links=$(ip -o link show | grep -c "$VETH3" || true)
+left_pids=0
+for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left_pids=$((left_pids + 1)); done
+say "left behind: $left_ns namespaces, $left_links veths, $left_pids processes, temp dir removed"
 header "done"

@@ -644,3 +644,167 @@ fn status_endpoints_nodes_identities_and_live_trace() {
     );
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn node_and_namespace_upsert() {
+    let Some(etcd) = common::Etcd::start() else {
+        return;
+    };
+    let rt = common::runtime();
+    let url = etcd.url.as_str();
+    const NODES: &str = "/flagella/v1/nodes/";
+
+    let out = ok(&flagella(
+        url,
+        &[
+            "node",
+            "upsert",
+            "n1",
+            "--underlay-ip",
+            "192.168.0.1",
+            "--pod-cidr",
+            "10.1.0.0/24",
+        ],
+        None,
+    ));
+    assert!(out.contains("node n1 written"), "{out}");
+    let nodes = json(&flagella(url, &["node", "list", "-o", "json"], None));
+    assert_eq!(nodes[0]["name"], "n1");
+    assert_eq!(nodes[0]["underlay_ip"], "192.168.0.1");
+    assert_eq!(nodes[0]["pod_cidrs"], serde_json::json!(["10.1.0.0/24"]));
+    assert_eq!(nodes[0]["tunnel"], "vxlan");
+
+    // Upsert replaces the whole node.
+    let written = json(&flagella(
+        url,
+        &[
+            "node",
+            "upsert",
+            "n1",
+            "--underlay-ip",
+            "192.168.0.9",
+            "--pod-cidr",
+            "10.9.0.0/24",
+            "--pod-cidr",
+            "fd00:9::/64",
+            "--tunnel",
+            "geneve",
+            "-o",
+            "json",
+        ],
+        None,
+    ));
+    assert_eq!(written["underlay_ip"], "192.168.0.9");
+    let nodes = json(&flagella(url, &["node", "list", "-o", "json"], None));
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    assert_eq!(nodes[0]["underlay_ip"], "192.168.0.9");
+    assert_eq!(
+        nodes[0]["pod_cidrs"],
+        serde_json::json!(["10.9.0.0/24", "fd00:9::/64"])
+    );
+    assert_eq!(nodes[0]["tunnel"], "geneve");
+
+    // Refused as the agents would refuse them (exit 1), nothing written.
+    for (args, says) in [
+        (
+            &[
+                "n1",
+                "--underlay-ip",
+                "192.168.0.1",
+                "--pod-cidr",
+                "10.1.0.1/24",
+            ][..],
+            "pod_cidrs[0]",
+        ),
+        (
+            &[
+                "n1",
+                "--underlay-ip",
+                "0.0.0.0",
+                "--pod-cidr",
+                "10.1.0.0/24",
+            ][..],
+            "unicast",
+        ),
+        (
+            &[
+                "a/b",
+                "--underlay-ip",
+                "192.168.0.1",
+                "--pod-cidr",
+                "10.1.0.0/24",
+            ][..],
+            "a/b",
+        ),
+    ] {
+        let mut all = vec!["node", "upsert"];
+        all.extend_from_slice(args);
+        let o = flagella(url, &all, None);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("nothing was written"), "{}", stderr(&o));
+    }
+    let nodes = json(&flagella(url, &["node", "list", "-o", "json"], None));
+    assert_eq!(nodes[0]["underlay_ip"], "192.168.0.9");
+    assert_eq!(
+        rt.block_on(keys(url, NODES)),
+        vec![format!("{NODES}n1")],
+        "only n1 was written"
+    );
+    // Usage errors (exit 2): no pod CIDR, a bad address, an unknown tunnel mode.
+    for args in [
+        &["n2", "--underlay-ip", "192.168.0.2"][..],
+        &["n2", "--underlay-ip", "x", "--pod-cidr", "10.2.0.0/24"][..],
+        &[
+            "n2",
+            "--underlay-ip",
+            "192.168.0.2",
+            "--pod-cidr",
+            "10.2.0.0/24",
+            "--tunnel",
+            "gre",
+        ][..],
+    ] {
+        let mut all = vec!["node", "upsert"];
+        all.extend_from_slice(args);
+        let o = flagella(url, &all, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+
+    // An endpoint in a namespace that does not exist is refused by the agents (a warning)
+    // until `namespace upsert` writes the namespace.
+    rt.block_on(put(
+        url,
+        "/flagella/v1/endpoints/prod/web",
+        r#"{"node":"n1","labels":{"app":"web"},"ipv4":"10.9.0.5","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:05"}"#,
+    ));
+    let o = flagella(url, &["endpoint", "list", "-o", "json"], None);
+    assert_eq!(json(&o).as_array().unwrap().len(), 0);
+    assert!(stderr(&o).contains("endpoints/prod/web"), "{}", stderr(&o));
+    let out = ok(&flagella(
+        url,
+        &["namespace", "upsert", "prod", "--labels", "team=a,tier=1"],
+        None,
+    ));
+    assert!(out.contains("namespace prod written"), "{out}");
+    let eps = json(&flagella(url, &["endpoint", "list", "-o", "json"], None));
+    assert_eq!(eps[0]["name"], "web");
+    let list = json(&flagella(url, &["namespace", "list", "-o", "json"], None));
+    assert_eq!(list[0]["name"], "prod");
+    assert_eq!(list[0]["labels"]["team"], "a");
+    assert_eq!(list[0]["labels"]["tier"], "1");
+    let table = ok(&flagella(url, &["namespace", "list"], None));
+    assert!(table.contains("prod   team=a,tier=1"), "{table}");
+    // Upsert replaces the labels.
+    ok(&flagella(url, &["namespace", "upsert", "prod"], None));
+    let list = json(&flagella(url, &["namespace", "list", "-o", "json"], None));
+    assert_eq!(list[0]["labels"], serde_json::json!({}));
+    let o = flagella(
+        url,
+        &["namespace", "upsert", "prod", "--labels", "team"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = flagella(url, &["namespace", "upsert", "a/b"], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}

@@ -24,7 +24,8 @@ use control::cli::status;
 use control::cli::table::Table;
 use control::cli::{connect, labels_text, split_namespaced, CliError, Skipped};
 use control::schema::{
-    BackendSpec, EndpointSpec, FrontendSpec, PortSpec, ServiceMode, ServiceSpec,
+    BackendSpec, EndpointSpec, FrontendSpec, NodeSpec, PortSpec, ServiceMode, ServiceSpec,
+    TunnelMode,
 };
 use dataplane::Identity;
 use policy_compiler::model::{PolicyId, PolicyKind};
@@ -93,6 +94,11 @@ enum Noun {
     Node {
         #[command(subcommand)]
         verb: NodeVerb,
+    },
+    /// Namespaces (their labels are part of their pods' identities)
+    Namespace {
+        #[command(subcommand)]
+        verb: NamespaceVerb,
     },
     /// Is etcd reachable, what it holds; with --dataplane-socket, the dataplane's status
     Status(StatusArgs),
@@ -347,10 +353,59 @@ flagella service upsert default/web --frontend 10.96.0.20:80/tcp --backend 10.1.
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TunnelArg {
+    /// VXLAN to the other nodes (the source identity in the VNI)
+    Vxlan,
+    /// Geneve to the other nodes
+    Geneve,
+    /// No encapsulation: the underlay routes the pod CIDRs
+    Native,
+}
+
 #[derive(Debug, Subcommand)]
 enum NodeVerb {
     /// List nodes: underlay address, pod CIDRs, tunnel mode, endpoints
     List,
+    /// Create or replace a node: its underlay address and the pod CIDRs its agent allocates from
+    #[command(
+        long_about = "Create or replace a node (what registering a node with the cluster \
+writes).\n\nIts agent (flagella-control --node NAME) allocates its pods' addresses from the \
+first IPv4 (and first IPv6) --pod-cidr, and gives its dataplane the pods' gateway: the first \
+host address of that CIDR. Other nodes reach its pods through --underlay-ip.",
+        after_long_help = "EXAMPLES:\n  \
+flagella node upsert node-1 --underlay-ip 192.168.0.1 --pod-cidr 10.1.0.0/24\n  \
+flagella node upsert node-2 --underlay-ip 192.168.0.2 --pod-cidr 10.2.0.0/24 \\\n      \
+--pod-cidr fd00:2::/64 --tunnel geneve"
+    )]
+    Upsert {
+        /// The node's name (what its agent's --node says)
+        name: String,
+        /// The node's address on the underlay network
+        #[arg(long, value_name = "IP")]
+        underlay_ip: std::net::IpAddr,
+        /// A CIDR its pods take addresses from, without host bits. Repeat for several.
+        #[arg(long = "pod-cidr", value_name = "CIDR", required = true)]
+        pod_cidrs: Vec<String>,
+        /// How traffic reaches its pods from other nodes
+        #[arg(long, value_enum, default_value_t = TunnelArg::Vxlan)]
+        tunnel: TunnelArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NamespaceVerb {
+    /// List namespaces and their labels
+    List,
+    /// Create or replace a namespace (endpoints need theirs to exist)
+    #[command(after_long_help = "EXAMPLES:\n  flagella namespace upsert shop --labels team=web")]
+    Upsert {
+        /// The namespace's name
+        name: String,
+        /// Its labels (namespaceSelector matches them)
+        #[arg(long, value_name = "K=V[,K=V...]", default_value = "", value_parser = parse_labels)]
+        labels: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -390,6 +445,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Noun::Identity { verb } => identity(verb, etcd, out).await?,
         Noun::Service { verb } => service(verb, etcd, out).await?,
         Noun::Node {
+            verb: upsert @ NodeVerb::Upsert { .. },
+        } => node_upsert(upsert, etcd, out).await?,
+        Noun::Namespace { verb } => namespace(verb, etcd, out).await?,
+        Noun::Node {
             verb: NodeVerb::List,
         } => {
             let store = connect(etcd).await?;
@@ -419,6 +478,63 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn node_upsert(verb: NodeVerb, etcd: &[String], out: Output) -> Result<(), CliError> {
+    let NodeVerb::Upsert {
+        name,
+        underlay_ip,
+        pod_cidrs,
+        tunnel,
+    } = verb
+    else {
+        return Ok(());
+    };
+    let store = connect(etcd).await?;
+    let spec = NodeSpec {
+        underlay_ip,
+        pod_cidrs,
+        tunnel: match tunnel {
+            TunnelArg::Vxlan => TunnelMode::Vxlan,
+            TunnelArg::Geneve => TunnelMode::Geneve,
+            TunnelArg::Native => TunnelMode::Native,
+        },
+    };
+    let spec = objects::upsert_node(&store, &name, spec).await?;
+    emit(
+        out,
+        &serde_json::json!({"name": name, "underlay_ip": spec.underlay_ip,
+                            "pod_cidrs": spec.pod_cidrs, "tunnel": spec.tunnel}),
+        || {
+            format!(
+                "node {name} written: underlay {}, pod CIDRs {}, {}\n",
+                spec.underlay_ip,
+                spec.pod_cidrs.join(","),
+                spec.tunnel.as_str()
+            )
+        },
+    )
+}
+
+async fn namespace(verb: NamespaceVerb, etcd: &[String], out: Output) -> Result<(), CliError> {
+    let store = connect(etcd).await?;
+    match verb {
+        NamespaceVerb::Upsert { name, labels } => {
+            let ns = objects::upsert_namespace(&store, &name, labels).await?;
+            emit(out, &ns, || format!("namespace {} written\n", ns.name))
+        }
+        NamespaceVerb::List => {
+            let (list, skipped) = objects::namespaces(&store).await?;
+            warn(&skipped);
+            emit(out, &list, || {
+                let mut t = Table::new(&["NAME", "LABELS"]);
+                for ns in &list {
+                    t.row(vec![ns.name.clone(), labels_text(&ns.labels)]);
+                }
+                t.render()
+            })
+        }
+    }
 }
 
 /// Prints `value` as JSON, or `text()` for people.

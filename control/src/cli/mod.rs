@@ -12,8 +12,8 @@
 //!   status 1 (usage errors are clap's, status 2).
 //!
 //! Modules: [`table`] (aligned text tables), [`policy`] (`policy import|get|delete` and the live
-//! state `policy trace` reads), [`objects`] (`endpoint`, `identity`, `service`, `node`),
-//! [`status`].
+//! state `policy trace` reads), [`objects`] (`endpoint`, `identity`, `service`, `node`,
+//! `namespace`), [`status`].
 
 pub mod objects;
 pub mod policy;

@@ -1,5 +1,6 @@
-//! `flagella endpoint|identity|service|node`: reports read from etcd, `endpoint create|delete`,
-//! and the flag syntax of `endpoint create` and `service upsert`.
+//! `flagella endpoint|identity|service|node|namespace`: reports read from etcd, `endpoint
+//! create|delete`, `node upsert`, `namespace upsert`, and the flag syntax of `endpoint create`
+//! and `service upsert`.
 //!
 //! Endpoints are reported through the agent's own model ([`ClusterState`]), so the identity
 //! shown is the cluster-wide number the dataplanes use, and an endpoint the agents refuse (its
@@ -25,8 +26,8 @@ use serde::Serialize;
 use super::{list_decoded, CliError, Skipped};
 use crate::identity::FIRST_IDENTITY;
 use crate::schema::{
-    self, BackendSpec, EndpointSpec, FrontendSpec, NodeSpec, Object, ObjectKey, PortSpec,
-    ServiceSpec, TunnelMode,
+    self, BackendSpec, EndpointSpec, FrontendSpec, NamespaceSpec, NodeSpec, Object, ObjectKey,
+    PortSpec, ServiceSpec, TunnelMode,
 };
 use crate::store::Store;
 use crate::sync::ClusterState;
@@ -386,9 +387,7 @@ pub async fn upsert_service(
         name: name.to_string(),
     }
     .to_key();
-    let value = serde_json::to_vec(&spec).map_err(|e| CliError::Other(e.to_string()))?;
-    schema::decode(&key, &value).map_err(|e| CliError::Input(e.to_string()))?;
-    store.put(&key, value).await?;
+    put_validated(store, &key, &spec).await?;
     Ok(ServiceInfo {
         namespace: namespace.to_string(),
         name: name.to_string(),
@@ -458,7 +457,26 @@ pub fn backend_text(b: &BackendSpec) -> String {
     }
 }
 
+/// Writes `spec` under `key` (creating or replacing it) after validating it with the decoder
+/// the agents use, so the agents never see it as a malformed key.
+async fn put_validated<T: Serialize>(store: &Store, key: &str, spec: &T) -> Result<(), CliError> {
+    let value = serde_json::to_vec(spec).map_err(|e| CliError::Other(e.to_string()))?;
+    schema::decode(key, &value).map_err(|e| CliError::Input(e.to_string()))?;
+    store.put(key, value).await?;
+    Ok(())
+}
+
 // ---- nodes ---------------------------------------------------------------------------------
+
+/// `node upsert NAME`: validates the node as the agents will (a unicast underlay address, pod
+/// CIDRs without host bits), then writes it. The node's agent allocates its pods' addresses
+/// from the first pod CIDR of each family and gives its dataplane the gateway (the first host
+/// address).
+pub async fn upsert_node(store: &Store, name: &str, spec: NodeSpec) -> Result<NodeSpec, CliError> {
+    let key = ObjectKey::Node(name.to_string()).to_key();
+    put_validated(store, &key, &spec).await?;
+    Ok(spec)
+}
 
 /// One node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -488,6 +506,48 @@ pub fn nodes(state: &ClusterState) -> Vec<NodeInfo> {
                 .count(),
         })
         .collect()
+}
+
+// ---- namespaces ----------------------------------------------------------------------------
+
+/// One namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `namespace upsert NAME`: writes the namespace (its labels are part of its pods' identities,
+/// `io.cilium.k8s.namespace.labels.*`). Endpoints of a namespace that does not exist are
+/// refused by the agents until it is written.
+pub async fn upsert_namespace(
+    store: &Store,
+    name: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<NamespaceInfo, CliError> {
+    let key = ObjectKey::Namespace(name.to_string()).to_key();
+    let spec = NamespaceSpec { labels };
+    put_validated(store, &key, &spec).await?;
+    Ok(NamespaceInfo {
+        name: name.to_string(),
+        labels: spec.labels,
+    })
+}
+
+/// Every namespace, sorted by name.
+pub async fn namespaces(store: &Store) -> Result<(Vec<NamespaceInfo>, Vec<Skipped>), CliError> {
+    let (objects, skipped) = list_decoded(store, "namespaces/").await?;
+    let out = objects
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            Object::Namespace(name, spec) => Some(NamespaceInfo {
+                name,
+                labels: spec.labels,
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok((out, skipped))
 }
 
 #[cfg(test)]
