@@ -856,17 +856,22 @@ enum Work {
 /// ns/packet of each timed chunk of [`CHUNK`] batches, per benchmark id.
 static SAMPLES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
-/// Runs `iters` batches from `scenario`'s pool, starting at `*cursor`, and returns the time of
+/// Where a benchmark is in its scenario's pool of batches, and its virtual clock.
+struct Position {
+    cursor: usize,
+    clock: u64,
+}
+
+/// Runs `iters` batches from `scenario`'s pool, starting at `at.cursor`, and returns the time of
 /// the timed part only. Pushes each chunk's ns/packet onto `chunks`.
 fn run(
     p: &mut Pipeline,
     t: &Tables,
     scenario: &Scenario,
-    cursor: &mut usize,
+    at: &mut Position,
     iters: u64,
     work: Work,
     chunks: &mut Vec<f64>,
-    clock: &mut u64,
 ) -> Duration {
     let pool = &scenario.pool;
     let mut total = Duration::ZERO;
@@ -874,7 +879,7 @@ fn run(
     let mut copies: Vec<(u32, Vec<Frame<Vec<u8>>>)> = Vec::with_capacity(CHUNK);
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
-        let first = *cursor;
+        let first = at.cursor;
         copies.clear();
         let copy_start = Instant::now();
         for k in 0..n {
@@ -886,8 +891,8 @@ fn run(
         match work {
             Work::Process(last) => {
                 for (ifindex, frames) in copies.iter_mut() {
-                    black_box(p.process_until(t, *ifindex, frames, *clock, last));
-                    *clock += BATCH_INTERVAL_NS;
+                    black_box(p.process_until(t, *ifindex, frames, at.clock, last));
+                    at.clock += BATCH_INTERVAL_NS;
                 }
             }
             Work::Empty => {
@@ -913,7 +918,7 @@ fn run(
                 remove_flows(p, &pool[(first + k) % pool.len()]);
             }
         }
-        *cursor = (first + n) % pool.len();
+        at.cursor = (first + n) % pool.len();
         left -= n as u64;
     }
     total
@@ -929,22 +934,15 @@ fn bench(c: &mut Criterion, world: &mut World, group: &str, id: &str, scenario: 
     let full_id = format!("{group}/{id}");
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(BATCH as u64));
-    let mut cursor = 0;
-    let mut clock = NOW;
+    let mut at = Position {
+        cursor: 0,
+        clock: NOW,
+    };
     g.bench_function(id, |b| {
         b.iter_custom(|iters| {
             let mut samples = SAMPLES.lock().unwrap();
             let chunks = samples.entry(full_id.clone()).or_default();
-            run(
-                pipeline,
-                tables,
-                scenario,
-                &mut cursor,
-                iters,
-                work,
-                chunks,
-                &mut clock,
-            )
+            run(pipeline, tables, scenario, &mut at, iters, work, chunks)
         })
     });
     g.finish();
