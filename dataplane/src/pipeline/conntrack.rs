@@ -1,5 +1,5 @@
 //! Conntrack stage: one lookup per IP frame on the canonical 5-tuple (after DNAT), in three
-//! phases over the batch: hash every packet and prefetch its bucket's tag line; match the tags
+//! phases over the batch: hash every packet and prefetch its bucket's tags; match the tags
 //! and prefetch the matching slot; then look up and update.
 //!
 //! A hit advances the entry's state machine and counters. Replies of flows that carry reverse

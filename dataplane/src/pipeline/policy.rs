@@ -109,10 +109,14 @@ fn commit_flow(m: &mut PacketMeta, bytes: u32, ctx: &mut Ctx<'_>) {
         rev_nat,
         backend: 0,
     };
-    let h = ctx
-        .ct
-        .create(&key, m.ct_hash, Direction::Original, info, ctx.now);
-    ctx.ct
-        .update(h, Direction::Original, m.tcp_flags, bytes, ctx.now);
+    ctx.ct.create_counted(
+        &key,
+        m.ct_hash,
+        Direction::Original,
+        info,
+        ctx.now,
+        m.tcp_flags,
+        bytes,
+    );
     ctx.c.ct_created += 1;
 }
