@@ -45,6 +45,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         ctx.c.stage_in[Stage::Conntrack as usize] += 1;
         let Some((h, dir)) = ctx.ct.lookup(&key, m.ct_hash, ctx.now) else {
             m.ct = CtMark::New;
+            super::policy::prefetch_for_new_flow(m, ctx);
             continue;
         };
         if m.icmp == IcmpClass::Error {
