@@ -33,8 +33,10 @@
 //! conntrack clean-up of scenario b, its set-up closure has no access to the pipeline the
 //! routine borrows). Two baselines are measured in the same run: `baseline_empty` (the same
 //! timed loop with no work: the harness's floor) and `baseline_copy` (the cost of copying a
-//! batch, which the figures do NOT include); `part_ct_gc` times alone the conntrack GC step
-//! (64 slots) that `process` runs after every batch and that every figure includes. One
+//! batch, which the figures do NOT include); `part_ct_gc` times a conntrack GC step of 64
+//! slots (per packet of a batch), the GC's cost per slot examined. The figures include the GC
+//! work `process` does at the pace of a virtual clock that advances 6.4 us per batch (10 Mpps):
+//! the GC is paced by time, a full sweep per 10 s, about 0.17 slot per batch here. One
 //! criterion iteration is one batch of 64 frames, so `Throughput::Elements(64)` makes criterion
 //! print packets/s. The summary at the end prints ns/packet as the median over every timed
 //! chunk of this run (warm-up included): on a shared machine a criterion sample (many chunks)
@@ -75,6 +77,12 @@ const BATCH: usize = 64;
 const CHUNK: usize = 16;
 /// The clock the pipeline sees (ns); fixed, so nothing expires during the run.
 const NOW: u64 = 1_000 * 1_000_000_000;
+/// The clock advances this much per timed batch: 64 packets at 10 Mpps, the rate a pipeline
+/// within its targets runs at. The conntrack GC is paced by this clock
+/// (`PipelineConfig::ct_gc_sweep_ns`), so the figures include the GC work due at that rate.
+/// Each benchmark restarts the clock at `NOW`, so within one benchmark (a few seconds of
+/// virtual time) nothing the scenarios rely on expires.
+const BATCH_INTERVAL_NS: u64 = 6_400;
 /// How long before `NOW` the filler conntrack entries were last seen (ns).
 const FILLER_AGE: u64 = 10 * 1_000_000_000;
 
@@ -98,7 +106,7 @@ const SERVICE_FLOWS_PER_CLIENT: u32 = 20;
 const REMOTE_FLOWS_PER_CLIENT: u32 = 20;
 const DECAP_FLOWS: u32 = 2_000;
 const NEW_FLOW_BATCHES: u32 = 1_000;
-/// Conntrack slots the GC examines after each batch (`PipelineConfig`'s default).
+/// Conntrack slots per step of the `part_ct_gc` measurement (the GC's cost per slot examined).
 const GC_SLOTS_PER_BATCH: usize = 64;
 /// A fixed conntrack hash seed, so that runs are comparable (a daemon draws a random one).
 const BENCH_CT_SEED: u64 = 0x0123_4567_89ab_cdef;
@@ -699,7 +707,6 @@ impl World {
                 hash_seed: BENCH_CT_SEED,
                 ..CtConfig::default()
             },
-            ct_gc_slots_per_batch: GC_SLOTS_PER_BATCH,
             ..PipelineConfig::default()
         })
         .unwrap();
@@ -842,20 +849,26 @@ enum Work {
     Empty,
     /// Times the copying of the batches instead (not part of any other figure).
     Copy,
-    /// Only the conntrack GC step `process` runs after each batch (part of every figure).
+    /// Only a conntrack GC step of `GC_SLOTS_PER_BATCH` slots (its cost per slot).
     Gc,
 }
 
 /// ns/packet of each timed chunk of [`CHUNK`] batches, per benchmark id.
 static SAMPLES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
-/// Runs `iters` batches from `scenario`'s pool, starting at `*cursor`, and returns the time of
+/// Where a benchmark is in its scenario's pool of batches, and its virtual clock.
+struct Position {
+    cursor: usize,
+    clock: u64,
+}
+
+/// Runs `iters` batches from `scenario`'s pool, starting at `at.cursor`, and returns the time of
 /// the timed part only. Pushes each chunk's ns/packet onto `chunks`.
 fn run(
     p: &mut Pipeline,
     t: &Tables,
     scenario: &Scenario,
-    cursor: &mut usize,
+    at: &mut Position,
     iters: u64,
     work: Work,
     chunks: &mut Vec<f64>,
@@ -866,7 +879,7 @@ fn run(
     let mut copies: Vec<(u32, Vec<Frame<Vec<u8>>>)> = Vec::with_capacity(CHUNK);
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
-        let first = *cursor;
+        let first = at.cursor;
         copies.clear();
         let copy_start = Instant::now();
         for k in 0..n {
@@ -878,7 +891,8 @@ fn run(
         match work {
             Work::Process(last) => {
                 for (ifindex, frames) in copies.iter_mut() {
-                    black_box(p.process_until(t, *ifindex, frames, NOW, last));
+                    black_box(p.process_until(t, *ifindex, frames, at.clock, last));
+                    at.clock += BATCH_INTERVAL_NS;
                 }
             }
             Work::Empty => {
@@ -904,7 +918,7 @@ fn run(
                 remove_flows(p, &pool[(first + k) % pool.len()]);
             }
         }
-        *cursor = (first + n) % pool.len();
+        at.cursor = (first + n) % pool.len();
         left -= n as u64;
     }
     total
@@ -920,12 +934,15 @@ fn bench(c: &mut Criterion, world: &mut World, group: &str, id: &str, scenario: 
     let full_id = format!("{group}/{id}");
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(BATCH as u64));
-    let mut cursor = 0;
+    let mut at = Position {
+        cursor: 0,
+        clock: NOW,
+    };
     g.bench_function(id, |b| {
         b.iter_custom(|iters| {
             let mut samples = SAMPLES.lock().unwrap();
             let chunks = samples.entry(full_id.clone()).or_default();
-            run(pipeline, tables, scenario, &mut cursor, iters, work, chunks)
+            run(pipeline, tables, scenario, &mut at, iters, work, chunks)
         })
     });
     g.finish();

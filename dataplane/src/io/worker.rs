@@ -296,6 +296,9 @@ impl Worker {
         if received > 0 {
             // Busy time: from this pass's clock reading to the end of its work.
             self.io.busy_ns += sys::monotonic_ns().saturating_sub(now);
+        } else {
+            // `process` paces the conntrack GC after each batch; an idle worker does it here.
+            self.pipeline.maintain(now);
         }
         received
     }

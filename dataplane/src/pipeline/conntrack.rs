@@ -1,5 +1,5 @@
 //! Conntrack stage: one lookup per IP frame on the canonical 5-tuple (after DNAT), in three
-//! phases over the batch: hash every packet and prefetch its bucket's tag line; match the tags
+//! phases over the batch: hash every packet and prefetch its bucket's tags; match the tags
 //! and prefetch the matching slot; then look up and update.
 //!
 //! A hit advances the entry's state machine and counters. Replies of flows that carry reverse
@@ -45,6 +45,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         ctx.c.stage_in[Stage::Conntrack as usize] += 1;
         let Some((h, dir)) = ctx.ct.lookup(&key, m.ct_hash, ctx.now) else {
             m.ct = CtMark::New;
+            super::policy::prefetch_for_new_flow(m, ctx);
             continue;
         };
         if m.icmp == IcmpClass::Error {

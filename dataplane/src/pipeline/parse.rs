@@ -27,7 +27,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     ctx: &mut Ctx<'_>,
 ) {
     for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
-        *m = PacketMeta::default();
+        *m = PacketMeta::EMPTY;
         ctx.c.rx_packets += 1;
         ctx.c.rx_bytes += f.len() as u64;
         ctx.c.stage_in[Stage::Parse as usize] += 1;

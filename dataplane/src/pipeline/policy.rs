@@ -1,10 +1,9 @@
 //! Policy stage: new flows are checked against the egress map of the sending endpoint and the
 //! ingress map of the receiving endpoint; an allowed new flow gets a conntrack entry.
 //!
-//! The lookups run in three passes over the batch, so that the cache misses of different
-//! packets overlap instead of queueing one behind the other: start loading the endpoints of
-//! every new flow; then the policy maps' headers behind them; then the map slots the lookups
-//! will probe first; then look up and commit.
+//! The map slots a lookup probes first are prefetched by the conntrack stage, the moment it
+//! finds a packet has no entry ([`prefetch_for_new_flow`]): by the time this stage runs, the
+//! misses of the batch's new flows have overlapped each other and the rest of conntrack.
 //!
 //! Established flows, replies and related ICMP errors skip the lookup (conntrack decided them).
 //! Traffic that neither starts nor ends at a local endpoint is not subject to policy here.
@@ -14,36 +13,14 @@ use super::{Ctx, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::conntrack::{CtCreate, CtFlags, Direction, RevNat};
 use crate::tables::policy::Decision;
-use crate::tables::prefetch;
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     frames: &mut [Frame<B>],
     meta: &mut [PacketMeta],
     ctx: &mut Ctx<'_>,
 ) {
-    let endpoints = &ctx.t.endpoints;
-    for m in meta.iter().filter(|m| needs_policy(m)) {
-        for slot in [m.src_slot, m.dst_slot].into_iter().flatten() {
-            endpoints.prefetch_slot(slot);
-        }
-    }
-    for m in meta.iter().filter(|m| needs_policy(m)) {
-        if let Some(ep) = m.src_slot.and_then(|s| endpoints.by_slot(s)) {
-            prefetch(&ep.policy.egress);
-        }
-        if let Some(ep) = m.dst_slot.and_then(|s| endpoints.by_slot(s)) {
-            prefetch(&ep.policy.ingress);
-        }
-    }
-    for m in meta.iter().filter(|m| needs_policy(m)) {
-        let t = &m.tuple;
-        if let Some(ep) = m.src_slot.and_then(|s| endpoints.by_slot(s)) {
-            ep.policy.egress.prefetch(m.dst_identity, t.proto, t.dport);
-        }
-        if let Some(ep) = m.dst_slot.and_then(|s| endpoints.by_slot(s)) {
-            ep.policy.ingress.prefetch(m.src_identity, t.proto, t.dport);
-        }
-    }
+    // The conntrack stage started loading what these lookups read (`prefetch_for_new_flow`)
+    // as each of them missed: a whole stage ago.
     for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
         if !needs_policy(m) {
             continue;
@@ -54,6 +31,21 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             continue;
         }
         commit_flow(m, f.len() as u32, ctx);
+    }
+}
+
+/// Starts loading the policy-map slots a new flow's lookups will probe: the egress map of its
+/// sender and the ingress map of its receiver. The conntrack stage calls it when a lookup
+/// misses, so the loads overlap the rest of that stage instead of stalling this one.
+#[inline]
+pub(crate) fn prefetch_for_new_flow(m: &PacketMeta, ctx: &Ctx<'_>) {
+    let endpoints = &ctx.t.endpoints;
+    let t = &m.tuple;
+    if let Some(ep) = m.src_slot.and_then(|s| endpoints.by_slot(s)) {
+        ep.policy.egress.prefetch(m.dst_identity, t.proto, t.dport);
+    }
+    if let Some(ep) = m.dst_slot.and_then(|s| endpoints.by_slot(s)) {
+        ep.policy.ingress.prefetch(m.src_identity, t.proto, t.dport);
     }
 }
 
@@ -109,10 +101,14 @@ fn commit_flow(m: &mut PacketMeta, bytes: u32, ctx: &mut Ctx<'_>) {
         rev_nat,
         backend: 0,
     };
-    let h = ctx
-        .ct
-        .create(&key, m.ct_hash, Direction::Original, info, ctx.now);
-    ctx.ct
-        .update(h, Direction::Original, m.tcp_flags, bytes, ctx.now);
+    ctx.ct.create_counted(
+        &key,
+        m.ct_hash,
+        Direction::Original,
+        info,
+        ctx.now,
+        m.tcp_flags,
+        bytes,
+    );
     ctx.c.ct_created += 1;
 }

@@ -8,13 +8,15 @@
 //! All memory is allocated once, in [`Conntrack::new`], and never again; a table of 2 MiB or
 //! more is 2 MiB aligned and advised into transparent huge pages (fewer TLB misses). The table is
 //! set-associative: `capacity` slots rounded up to a power of two, grouped in buckets of
-//! [`WAYS`] (8) slots. A flow hashes to exactly one bucket. Each bucket starts with a cache line
-//! of 8 tags (32 bits of the flow's hash, never 0; 0 marks a free slot), followed by the slots.
-//! A lookup reads the tag line, then compares the full key only in slots whose tag matches, so a
-//! hit costs one tag line plus one slot line, and a miss usually costs the tag line alone. A
-//! batch hides those misses in three passes: [`Conntrack::prefetch`] (tag line) for every
-//! packet, then [`Conntrack::prefetch_match`] (both lines of the slot whose tag matches), then
-//! lookups and updates.
+//! [`WAYS`] (8) slots. A flow hashes to exactly one bucket. Each bucket has 8 tags (16 bits of
+//! the flow's hash, never 0; 0 marks a free slot) kept apart from the slots, in one dense array
+//! of 16 bytes per bucket: 512 KiB for a million slots, small enough to stay in the caches, so a
+//! lookup's first step rarely goes to memory. A lookup reads the bucket's tags, then compares the
+//! full key only in slots whose tag matches, so a hit costs one slot's lines, and a miss usually
+//! costs no memory access at all. A batch hides the remaining misses in three passes:
+//! [`Conntrack::prefetch`] (the tags) for every packet, then [`Conntrack::prefetch_match`] (both
+//! lines of the slot whose tag matches), then lookups and updates. (The tags used to share a
+//! cache line at the head of each bucket: a third line from memory per packet.)
 //! Each slot is two cache lines: the key and the fields a lookup needs (expiry) in the first,
 //! counters, creation time and NAT info in the second.
 //!
@@ -123,10 +125,13 @@ impl FlowKey {
     ///
     /// When both endpoints are identical (a host talking to itself on one port), every packet
     /// looks like it comes from the originator: the two directions cannot be told apart.
+    #[inline]
     pub fn new(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> FlowKey {
         let ipv6 = src.is_ipv6() || dst.is_ipv6();
-        let src_ep = (mapped_octets(src), sport);
-        let dst_ep = (mapped_octets(dst), dport);
+        // Compared as integers (big-endian, so the order is the octets' order): comparing
+        // byte arrays built on the stack cost a store-forwarding stall per packet.
+        let src_ep = (mapped_bits(src), sport);
+        let dst_ep = (mapped_bits(dst), dport);
         let src_is_hi = src_ep > dst_ep;
         let (lo, hi) = if src_is_hi {
             (dst_ep, src_ep)
@@ -134,8 +139,8 @@ impl FlowKey {
             (src_ep, dst_ep)
         };
         FlowKey {
-            lo_addr: lo.0,
-            hi_addr: hi.0,
+            lo_addr: lo.0.to_be_bytes(),
+            hi_addr: hi.0.to_be_bytes(),
             lo_port: lo.1,
             hi_port: hi.1,
             proto,
@@ -239,6 +244,16 @@ const MIX: [u64; 4] = [
 fn fold_mul(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// The address as an IPv6 address (IPv4 mapped into `::ffff:0:0/96`), as an integer whose
+/// big-endian bytes are [`mapped_octets`].
+#[inline]
+fn mapped_bits(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(v4) => 0xffff_u128 << 32 | u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 fn mapped_octets(addr: IpAddr) -> [u8; 16] {
@@ -802,6 +817,49 @@ struct Slot {
 }
 
 impl Slot {
+    /// [`Conntrack::update`] on this slot: one packet of `bytes` in `dir`, with its TCP flags.
+    #[inline]
+    fn account(
+        &mut self,
+        timeouts: &TimeoutsNs,
+        dir: Direction,
+        tcp_flags: u8,
+        bytes: u32,
+        now: u64,
+    ) -> CtUpdate {
+        let proto = self.key.proto;
+        let mut dir = dir;
+        if proto == IPPROTO_TCP {
+            let step = tcp_step(self.entry.state, self.entry.fin_seen, dir, tcp_flags);
+            if step.restart {
+                self.entry.flags.0 &= !CtFlags::SEEN_REPLY.0;
+                if dir == Direction::Reply {
+                    // The reply side opens a new connection: it becomes the originator, and the
+                    // counters follow their endpoints.
+                    self.key = self.key.reversed();
+                    self.entry.packets.swap(0, 1);
+                    self.entry.bytes.swap(0, 1);
+                    dir = Direction::Original;
+                }
+            }
+            self.entry.state = step.state;
+            self.entry.fin_seen = step.fin_seen;
+        } else if dir == Direction::Reply {
+            self.entry.state = CtState::Established;
+        }
+        let entry = &mut self.entry;
+        if dir == Direction::Reply {
+            entry.flags.0 |= CtFlags::SEEN_REPLY.0;
+        }
+        entry.account(dir, bytes);
+        entry.last_seen = now;
+        entry.expires = now.saturating_add(timeouts.for_state(proto, entry.state));
+        CtUpdate {
+            state: entry.state,
+            dir,
+        }
+    }
+
     const EMPTY: Slot = Slot {
         key: FlowKey {
             lo_addr: [0; 16],
@@ -816,110 +874,120 @@ impl Slot {
     };
 }
 
-/// One tag line, then the slots. `tags[w] == 0` iff slot `w` is free.
+/// A bucket's slots; its tags live in [`Conntrack`]'s tag array.
+#[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Bucket {
-    tags: [u32; WAYS],
     slots: [Slot; WAYS],
 }
 
 impl Bucket {
     const EMPTY: Bucket = Bucket {
-        tags: [0; WAYS],
         slots: [Slot::EMPTY; WAYS],
     };
+}
+
+/// A bucket's tags: `tags[w] == 0` iff slot `w` is free. Four buckets' tags per cache line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(C, align(16))]
+struct Tags([u16; WAYS]);
+
+impl Tags {
+    const EMPTY: Tags = Tags([0; WAYS]);
 
     /// Bit `w` set when `tags[w] == tag`. Branch-free so the compiler can vectorise it.
     #[inline]
-    fn matching(&self, tag: u32) -> u32 {
+    fn matching(&self, tag: u16) -> u32 {
         let mut mask = 0;
-        for (w, &t) in self.tags.iter().enumerate() {
+        for (w, &t) in self.0.iter().enumerate() {
             mask |= u32::from(t == tag) << w;
         }
         mask
     }
 
     fn free_way(&self) -> Option<usize> {
-        self.tags.iter().position(|&t| t == 0)
+        self.0.iter().position(|&t| t == 0)
     }
 }
 
-/// The tag of a hash: its high 32 bits, never 0 (0 marks a free slot).
+/// The tag of a hash: its high 16 bits, never 0 (0 marks a free slot). The low bits pick the
+/// bucket, so the tag adds 15 independent bits: a lookup compares a key it does not hold about
+/// once in 4,000 buckets searched.
 #[inline]
-fn tag_of(hash: u64) -> u32 {
-    ((hash >> 32) as u32) | 1
+fn tag_of(hash: u64) -> u16 {
+    ((hash >> 48) as u16) | 1
 }
 
 /// Tables at least this large are aligned to, and advised into, 2 MiB pages.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// The table's buckets: one allocation made, filled with empty buckets and touched once.
+/// One of the table's arrays (buckets, tags): one allocation made, filled and touched once.
 ///
-/// Not a `Box<[Bucket]>` because of its alignment: a table of 2 MiB or more is aligned to
+/// Not a `Box<[T]>` because of its alignment: a table of 2 MiB or more is aligned to
 /// 2 MiB and advised (`madvise(MADV_HUGEPAGE)`) into transparent huge pages where the kernel
 /// offers them, so that a lookup's random bucket needs no page walk of its own (a 34 MiB table
 /// in 4 KiB pages misses the TLB on nearly every packet, and each walk is nested under a
 /// hypervisor). Smaller tables, and kernels without THP, get ordinary pages: the advice is a
 /// hint and its failure is ignored.
-struct BucketArray {
-    ptr: std::ptr::NonNull<Bucket>,
+struct HugeArray<T: Copy> {
+    ptr: std::ptr::NonNull<T>,
     len: usize,
     layout: std::alloc::Layout,
 }
 
-// SAFETY: `BucketArray` owns its allocation exclusively (like a `Box<[Bucket]>`, and `Bucket`
-// is plain data), so moving it to another thread or sharing `&BucketArray` is as safe as for
-// the box.
-unsafe impl Send for BucketArray {}
-// SAFETY: as above; `&BucketArray` only gives out `&[Bucket]`.
-unsafe impl Sync for BucketArray {}
+// SAFETY: `HugeArray` owns its allocation exclusively (like a `Box<[T]>`, and `T: Copy` is
+// plain data with no destructor), so moving it to another thread or sharing `&HugeArray` is as
+// safe as for the box of a `Send + Sync` element.
+unsafe impl<T: Copy + Send> Send for HugeArray<T> {}
+// SAFETY: as above; `&HugeArray` only gives out `&[T]`.
+unsafe impl<T: Copy + Sync> Sync for HugeArray<T> {}
 
-impl BucketArray {
-    /// `len` (> 0) empty buckets; `Err` carries the layout that could not be allocated.
-    fn new(len: usize) -> Result<BucketArray, std::alloc::Layout> {
-        let size = len.saturating_mul(std::mem::size_of::<Bucket>());
+impl<T: Copy> HugeArray<T> {
+    /// `len` (> 0) copies of `fill`; `Err` carries the layout that could not be allocated.
+    fn new(len: usize, fill: T) -> Result<HugeArray<T>, std::alloc::Layout> {
+        let size = len.saturating_mul(std::mem::size_of::<T>());
         let align = if size >= HUGE_PAGE {
             HUGE_PAGE
         } else {
-            std::mem::align_of::<Bucket>()
+            std::mem::align_of::<T>()
         };
         let layout = std::alloc::Layout::from_size_align(size, align)
-            .map_err(|_| std::alloc::Layout::new::<Bucket>())?;
+            .map_err(|_| std::alloc::Layout::new::<T>())?;
         assert!(len > 0 && size > 0, "a table has at least one bucket");
         // SAFETY: `layout` has a non-zero size (asserted above).
-        let raw = unsafe { std::alloc::alloc(layout) }.cast::<Bucket>();
+        let raw = unsafe { std::alloc::alloc(layout) }.cast::<T>();
         let ptr = std::ptr::NonNull::new(raw).ok_or(layout)?;
         if align == HUGE_PAGE {
             advise_huge_pages(ptr.as_ptr().cast(), size);
         }
         for i in 0..len {
-            // SAFETY: `i < len`, so the write stays inside the allocation of `len` buckets,
-            // which is aligned for `Bucket`; the memory is uninitialised, so nothing is dropped.
-            unsafe { ptr.as_ptr().add(i).write(Bucket::EMPTY) };
+            // SAFETY: `i < len`, so the write stays inside the allocation of `len` elements,
+            // which is aligned for `T`; the memory is uninitialised, so nothing is dropped.
+            unsafe { ptr.as_ptr().add(i).write(fill) };
         }
-        Ok(BucketArray { ptr, len, layout })
+        Ok(HugeArray { ptr, len, layout })
     }
 }
 
-impl std::ops::Deref for BucketArray {
-    type Target = [Bucket];
-    fn deref(&self) -> &[Bucket] {
-        // SAFETY: `ptr` points to `len` initialised buckets that `self` owns and that live as
+impl<T: Copy> std::ops::Deref for HugeArray<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` points to `len` initialised elements that `self` owns and that live as
         // long as `self`; shared access follows from `&self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl std::ops::DerefMut for BucketArray {
-    fn deref_mut(&mut self) -> &mut [Bucket] {
+impl<T: Copy> std::ops::DerefMut for HugeArray<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl Drop for BucketArray {
+impl<T: Copy> Drop for HugeArray<T> {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with exactly `self.layout`, and freed only here. `Bucket`
+        // SAFETY: allocated in `new` with exactly `self.layout`, and freed only here. `T: Copy`
         // has no destructor, so there is nothing to drop in place first.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) };
     }
@@ -980,7 +1048,9 @@ enum Claim {
 /// assert_eq!(ct.lookup(&answer, ct.hash_key(&answer), now), Some((h, Direction::Reply)));
 /// ```
 pub struct Conntrack {
-    buckets: BucketArray,
+    buckets: HugeArray<Bucket>,
+    /// The buckets' tags, indexed like `buckets`.
+    tags: HugeArray<Tags>,
     /// `buckets.len() - 1`; `buckets.len()` is a power of two.
     bucket_mask: usize,
     seed: u64,
@@ -1013,11 +1083,13 @@ impl Conntrack {
             ..cfg
         };
         let slots = Self::slots_for(cfg.capacity);
-        let buckets = match BucketArray::new(slots / WAYS) {
-            Ok(buckets) => buckets,
+        let n = slots / WAYS;
+        let arrays = HugeArray::new(n, Bucket::EMPTY)
+            .and_then(|buckets| Ok((buckets, HugeArray::new(n, Tags::EMPTY)?)));
+        match arrays {
+            Ok((buckets, tags)) => Self::with_arrays(buckets, tags, &cfg),
             Err(layout) => std::alloc::handle_alloc_error(layout),
-        };
-        Self::with_buckets(buckets, &cfg)
+        }
     }
 
     /// Like [`Conntrack::new`], but reports a capacity that is too large or cannot be allocated.
@@ -1030,11 +1102,13 @@ impl Conntrack {
         }
         let slots = Self::slots_for(cfg.capacity);
         let n = slots / WAYS;
-        let buckets = BucketArray::new(n).map_err(|_| CtError::OutOfMemory {
+        let out_of_memory = |_| CtError::OutOfMemory {
             slots,
-            bytes: n.saturating_mul(std::mem::size_of::<Bucket>()),
-        })?;
-        Ok(Self::with_buckets(buckets, &cfg))
+            bytes: n.saturating_mul(std::mem::size_of::<Bucket>() + std::mem::size_of::<Tags>()),
+        };
+        let buckets = HugeArray::new(n, Bucket::EMPTY).map_err(out_of_memory)?;
+        let tags = HugeArray::new(n, Tags::EMPTY).map_err(out_of_memory)?;
+        Ok(Self::with_arrays(buckets, tags, &cfg))
     }
 
     /// Slots for a requested capacity: a power of two, at least one bucket.
@@ -1042,10 +1116,12 @@ impl Conntrack {
         capacity.max(WAYS).next_power_of_two()
     }
 
-    fn with_buckets(buckets: BucketArray, cfg: &CtConfig) -> Self {
+    fn with_arrays(buckets: HugeArray<Bucket>, tags: HugeArray<Tags>, cfg: &CtConfig) -> Self {
+        debug_assert_eq!(buckets.len(), tags.len());
         Conntrack {
             bucket_mask: buckets.len() - 1,
             buckets,
+            tags,
             seed: cfg.hash_seed,
             timeouts: TimeoutsNs::new(&cfg.timeouts),
             used: 0,
@@ -1054,14 +1130,15 @@ impl Conntrack {
         }
     }
 
-    /// Memory per entry, in bytes (the slot plus its share of the tag line).
+    /// Memory per entry, in bytes (the slot plus its tag).
     pub const fn bytes_per_entry() -> usize {
-        std::mem::size_of::<Bucket>() / WAYS
+        (std::mem::size_of::<Bucket>() + std::mem::size_of::<Tags>()) / WAYS
     }
 
     /// Total memory of the table's slots and tags.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of_val::<[Bucket]>(&self.buckets[..])
+            + std::mem::size_of_val::<[Tags]>(&self.tags[..])
     }
 
     /// Number of slots (the configured capacity rounded up to a power of two).
@@ -1093,14 +1170,14 @@ impl Conntrack {
         (hash as usize) & self.bucket_mask
     }
 
-    /// Starts loading the bucket of `hash` into the cache: phase one of a two-phase batch lookup
+    /// Starts loading the tags of `hash`'s bucket into the cache: phase one of a batch lookup
     /// (hash and prefetch every packet, then look them up). A no-op off x86_64.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let bucket: *const Bucket = &self.buckets[self.bucket_index(hash)];
+            let bucket: *const Tags = &self.tags[self.bucket_index(hash)];
             // SAFETY: a prefetch is a hint that never faults and has no effect on program state;
             // the pointer comes from a live reference anyway. SSE is part of the x86_64 baseline,
             // so the `sse` target feature the intrinsic requires is always present.
@@ -1111,22 +1188,30 @@ impl Conntrack {
     }
 
     /// Phase two of a three-phase batch lookup, after [`prefetch`](Self::prefetch) of every
-    /// packet: reads the (by now loading) tag line of `hash` and starts loading both cache lines
+    /// packet: reads the (by now loading) tags of `hash` and starts loading both cache lines
     /// of the first slot whose tag matches, the one [`lookup`](Self::lookup) and
-    /// [`update`](Self::update) will most likely read and write. Does nothing on a tag miss.
+    /// [`update`](Self::update) will most likely read and write; on a tag miss, of the free slot
+    /// a [`create`](Self::create) would take.
     /// A no-op off x86_64.
     #[inline]
     pub fn prefetch_match(&self, hash: u64) {
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let bucket = &self.buckets[self.bucket_index(hash)];
-            let candidates = bucket.matching(tag_of(hash));
-            if candidates == 0 {
-                return;
-            }
-            let way = candidates.trailing_zeros() as usize % WAYS;
-            let slot: *const Slot = &bucket.slots[way];
+            let b = self.bucket_index(hash);
+            let tags = &self.tags[b];
+            let candidates = tags.matching(tag_of(hash));
+            // No tag matches: most likely a new flow, which `create` will store in the
+            // bucket's first free slot if it is allowed. Start that slot's load too, so the
+            // store does not wait for it (a full bucket evicts: no guess then).
+            let way = match candidates {
+                0 => match tags.free_way() {
+                    Some(way) => way,
+                    None => return,
+                },
+                _ => candidates.trailing_zeros() as usize % WAYS,
+            };
+            let slot: *const Slot = &self.buckets[b].slots[way];
             // SAFETY: as in `prefetch`: hints that never fault, on addresses inside a live slot
             // (a `Slot` is 128 bytes, so `slot + 64` is its second line).
             unsafe {
@@ -1142,10 +1227,13 @@ impl Conntrack {
     #[inline]
     fn find(&self, key: &FlowKey, hash: u64) -> Option<(usize, usize)> {
         let b = self.bucket_index(hash);
+        let mut candidates = self.tags[b].matching(tag_of(hash));
+        if candidates == 0 {
+            return None;
+        }
         let bucket = &self.buckets[b];
-        let mut candidates = bucket.matching(tag_of(hash));
         while candidates != 0 {
-            let way = candidates.trailing_zeros() as usize;
+            let way = candidates.trailing_zeros() as usize % WAYS;
             candidates &= candidates - 1;
             if bucket.slots[way].key == *key {
                 return Some((b, way));
@@ -1180,7 +1268,8 @@ impl Conntrack {
     /// An existing entry of the same flow, live or expired, is overwritten in place. Otherwise a
     /// free slot of the bucket is taken, else a victim is evicted (module documentation, 4.).
     /// The new entry is `New` (or `Established` with `info.established`) and has not counted
-    /// any packet: pass the creating packet to [`update`](Self::update) as well.
+    /// any packet: pass the creating packet to [`update`](Self::update) as well, or create with
+    /// [`create_counted`](Self::create_counted).
     pub fn create(
         &mut self,
         key: &FlowKey,
@@ -1189,6 +1278,41 @@ impl Conntrack {
         info: CtCreate,
         now: u64,
     ) -> CtHandle {
+        let (b, way, slot) = self.prepare(key, hash, dir, info, now);
+        self.store(b, way, hash, slot)
+    }
+
+    /// [`create`](Self::create), then [`update`](Self::update) with the creating packet (its
+    /// TCP flags and length, travelling in `dir`), in a single write of the slot. The fast path
+    /// uses this: the entry is built and stepped before it is stored, so nothing reads back a
+    /// slot just written, a read that waited for the write's cache miss and was most of a new
+    /// flow's cost.
+    #[allow(clippy::too_many_arguments)] // create's five and update's packet.
+    pub fn create_counted(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        dir: Direction,
+        info: CtCreate,
+        now: u64,
+        tcp_flags: u8,
+        bytes: u32,
+    ) -> (CtHandle, CtUpdate) {
+        let (b, way, mut slot) = self.prepare(key, hash, dir, info, now);
+        let update = slot.account(&self.timeouts, dir, tcp_flags, bytes, now);
+        (self.store(b, way, hash, slot), update)
+    }
+
+    /// Claims the slot of a new entry (counting how) and builds the entry, without storing it.
+    #[inline]
+    fn prepare(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        dir: Direction,
+        info: CtCreate,
+        now: u64,
+    ) -> (usize, usize, Slot) {
         debug_assert_eq!(hash, self.hash_key(key), "create with a foreign hash");
         let (b, way, claim) = self.claim_slot(key, hash, now);
         match claim {
@@ -1204,12 +1328,17 @@ impl Conntrack {
         };
         let mut entry = CtEntry::fresh(&info, now);
         entry.expires = now.saturating_add(self.timeouts.for_state(key.proto, entry.state));
-        let bucket = &mut self.buckets[b];
-        bucket.tags[way] = tag_of(hash);
-        bucket.slots[way] = Slot {
+        let slot = Slot {
             key: stored_key,
             entry,
         };
+        (b, way, slot)
+    }
+
+    #[inline]
+    fn store(&mut self, b: usize, way: usize, hash: u64, slot: Slot) -> CtHandle {
+        self.tags[b].0[way] = tag_of(hash);
+        self.buckets[b].slots[way] = slot;
         handle(b, way)
     }
 
@@ -1219,11 +1348,10 @@ impl Conntrack {
             return (b, way, Claim::Existing);
         }
         let b = self.bucket_index(hash);
-        let bucket = &self.buckets[b];
-        if let Some(way) = bucket.free_way() {
+        if let Some(way) = self.tags[b].free_way() {
             return (b, way, Claim::Free);
         }
-        let (way, rank) = bucket
+        let (way, rank) = self.buckets[b]
             .slots
             .iter()
             .map(|s| s.entry.eviction_rank(now))
@@ -1253,37 +1381,7 @@ impl Conntrack {
         let (b, way) = self.locate(h);
         let timeouts = self.timeouts;
         let slot = &mut self.buckets[b].slots[way];
-        let proto = slot.key.proto;
-        let mut dir = dir;
-        if proto == IPPROTO_TCP {
-            let step = tcp_step(slot.entry.state, slot.entry.fin_seen, dir, tcp_flags);
-            if step.restart {
-                slot.entry.flags.0 &= !CtFlags::SEEN_REPLY.0;
-                if dir == Direction::Reply {
-                    // The reply side opens a new connection: it becomes the originator, and the
-                    // counters follow their endpoints.
-                    slot.key = slot.key.reversed();
-                    slot.entry.packets.swap(0, 1);
-                    slot.entry.bytes.swap(0, 1);
-                    dir = Direction::Original;
-                }
-            }
-            slot.entry.state = step.state;
-            slot.entry.fin_seen = step.fin_seen;
-        } else if dir == Direction::Reply {
-            slot.entry.state = CtState::Established;
-        }
-        let entry = &mut slot.entry;
-        if dir == Direction::Reply {
-            entry.flags.0 |= CtFlags::SEEN_REPLY.0;
-        }
-        entry.account(dir, bytes);
-        entry.last_seen = now;
-        entry.expires = now.saturating_add(timeouts.for_state(proto, entry.state));
-        CtUpdate {
-            state: entry.state,
-            dir,
-        }
+        slot.account(&timeouts, dir, tcp_flags, bytes, now)
     }
 
     /// Bucket and way of a handle; masked so a stale or foreign handle stays in bounds.
@@ -1321,7 +1419,7 @@ impl Conntrack {
     }
 
     fn free(&mut self, b: usize, way: usize) {
-        self.buckets[b].tags[way] = 0;
+        self.tags[b].0[way] = 0;
         self.used -= 1;
     }
 
@@ -1335,8 +1433,7 @@ impl Conntrack {
             let i = self.gc_cursor;
             self.gc_cursor = (i + 1) & (slots - 1);
             let (b, way) = (i / WAYS, i % WAYS);
-            let bucket = &self.buckets[b];
-            if bucket.tags[way] != 0 && bucket.slots[way].entry.is_expired(now) {
+            if self.tags[b].0[way] != 0 && self.buckets[b].slots[way].entry.is_expired(now) {
                 self.free(b, way);
                 freed += 1;
             }
@@ -1348,14 +1445,16 @@ impl Conntrack {
     /// Every occupied slot, expired entries included (check [`CtEntry::is_expired`]). Keys are
     /// oriented originator -> responder.
     pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &CtEntry)> + '_ {
-        self.buckets.iter().flat_map(|bucket| {
-            bucket
-                .tags
-                .iter()
-                .zip(bucket.slots.iter())
-                .filter(|(&tag, _)| tag != 0)
-                .map(|(_, slot)| (&slot.key, &slot.entry))
-        })
+        self.buckets
+            .iter()
+            .zip(self.tags.iter())
+            .flat_map(|(bucket, tags)| {
+                tags.0
+                    .iter()
+                    .zip(bucket.slots.iter())
+                    .filter(|(&tag, _)| tag != 0)
+                    .map(|(_, slot)| (&slot.key, &slot.entry))
+            })
     }
 }
 
@@ -1384,6 +1483,50 @@ mod tests {
         // 20k flows in 64k slots (8-way buckets): a uniform hash evicts nothing or nearly so.
         assert!(ct.stats().evictions < 10, "{:?}", ct.stats());
     }
+    proptest! {
+        /// `create_counted` is `create` then `update` with the same packet, in one write.
+        #[test]
+        fn create_counted_is_create_then_update(
+            proto in prop_oneof![Just(6u8), Just(17u8), Just(1u8)],
+            flags in any::<u8>(),
+            bytes in any::<u32>(),
+            reply in any::<bool>(),
+            established in any::<bool>(),
+            sport in any::<u16>(),
+        ) {
+            let dir = if reply { Direction::Reply } else { Direction::Original };
+            let info = CtCreate { established, ..CtCreate::default() };
+            let key = FlowKey::new(v4(10, 0, 0, 1), v4(10, 0, 0, 2), sport, 80, proto);
+            let mut a = table(64);
+            let hash = a.hash_key(&key);
+            let ha = a.create(&key, hash, dir, info, SEC);
+            let ua = a.update(ha, dir, flags, bytes, SEC);
+            let mut b = table(64);
+            let (hb, ub) = b.create_counted(&key, hash, dir, info, SEC, flags, bytes);
+            prop_assert_eq!(ha, hb);
+            prop_assert_eq!(ua, ub);
+            prop_assert_eq!(a.key(ha), b.key(hb));
+            prop_assert_eq!(a.key(ha).src(), b.key(hb).src());
+            prop_assert_eq!(a.entry(ha), b.entry(hb));
+            prop_assert_eq!(a.len(), b.len());
+        }
+    }
+
+    #[test]
+    fn mapped_bits_are_the_mapped_octets() {
+        for a in [
+            "10.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "::1",
+            "fd00::1:2",
+            "::ffff:10.0.0.1",
+        ] {
+            let addr: IpAddr = a.parse().unwrap();
+            assert_eq!(mapped_bits(addr).to_be_bytes(), mapped_octets(addr), "{a}");
+        }
+    }
+
     use proptest::prelude::*;
     use std::collections::HashMap;
     use std::net::{Ipv4Addr, Ipv6Addr};
@@ -1430,8 +1573,8 @@ mod tests {
         fn check_invariants(&self) {
             let mut occupied = 0;
             let mut seen: HashMap<FlowKey, usize> = HashMap::new();
-            for (b, bucket) in self.buckets.iter().enumerate() {
-                for (way, (&tag, slot)) in bucket.tags.iter().zip(&bucket.slots).enumerate() {
+            for (b, (bucket, tags)) in self.buckets.iter().zip(self.tags.iter()).enumerate() {
+                for (way, (&tag, slot)) in tags.0.iter().zip(&bucket.slots).enumerate() {
                     if tag == 0 {
                         continue;
                     }
@@ -1463,21 +1606,22 @@ mod tests {
         // Two cache lines per slot; the key and the expiry time share the first.
         assert_eq!(std::mem::size_of::<Slot>(), 128);
         assert!(std::mem::offset_of!(Slot, entry) + std::mem::offset_of!(CtEntry, expires) < 64);
-        assert_eq!(std::mem::size_of::<Bucket>(), 64 + WAYS * 128);
-        assert_eq!(Conntrack::bytes_per_entry(), 136);
+        assert_eq!(std::mem::size_of::<Bucket>(), WAYS * 128);
+        assert_eq!(std::mem::size_of::<Tags>(), 16);
+        assert_eq!(Conntrack::bytes_per_entry(), 130);
         let ct = table(1024);
         assert_eq!(ct.memory_bytes(), 1024 * Conntrack::bytes_per_entry());
     }
 
     #[test]
     fn large_tables_are_aligned_for_huge_pages() {
-        // 2^14 slots = 2^11 buckets of 1088 bytes: over 2 MiB.
+        // 2^14 slots = 2^11 buckets of 1024 bytes: 2 MiB.
         let big = table(1 << 14);
         assert_eq!(big.buckets.as_ptr() as usize % HUGE_PAGE, 0);
         assert_eq!(big.buckets.len(), (1 << 14) / WAYS);
         let small = table(64);
         assert_eq!(small.buckets.as_ptr() as usize % 64, 0);
-        assert!(small.buckets.iter().all(|b| b.tags == [0; WAYS]));
+        assert!(small.tags.iter().all(|t| *t == Tags::EMPTY));
     }
 
     #[test]
