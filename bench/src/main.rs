@@ -46,8 +46,11 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         }
         Command::Report(args) => report(&args),
         Command::Converge(args) => {
+            let before = converge::machine_notes();
+            eprintln!("start: {before}");
             let results = converge::converge(&args)?;
             print!("{}", converge::render(&results, args.markdown));
+            println!("\nstart: {before}\nend:   {}", converge::machine_notes());
             if let Some(path) = &args.json {
                 let text = serde_json::to_string_pretty(&results)
                     .map_err(|e| BenchError::Failed(format!("results as JSON: {e}")))?;
