@@ -16,7 +16,10 @@
 //!   survive;
 //! - identities: local label sets are acquired (referenced), remote ones looked up or allocated;
 //!   references no longer needed are released; a garbage-collection pass runs every
-//!   `gc_interval`.
+//!   `gc_interval`;
+//! - addresses: after every listing and watch batch, [`EndpointIpam`] gives this node's
+//!   endpoints written without addresses one from the node's pod CIDR and writes it back, and
+//!   releases allocations no endpoint holds (`crate::endpoint_ipam`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,7 @@ use serde::Serialize;
 
 use crate::dataplane_client::{Change, ClientError, DataplaneClient};
 use crate::dataplane_client::{DumpTable, LocalNodeMsg};
+use crate::endpoint_ipam::EndpointIpam;
 use crate::identity::IdentityAllocator;
 use crate::schema::ROOT;
 use crate::store::{Event, Store, StoreError, WatchBatch};
@@ -273,7 +277,8 @@ impl Agent {
         let Some(alloc) = allocator.as_mut() else {
             return Ok(());
         };
-        let mut revision = self.list_and_reconcile(&store, alloc).await?;
+        let mut ipam = EndpointIpam::new(&self.cfg.node);
+        let mut revision = self.list_and_reconcile(&store, alloc, &mut ipam).await?;
         log(format!(
             "etcd connected; state listed at revision {revision}"
         ));
@@ -285,6 +290,7 @@ impl Agent {
                 batch = watch.next() => match batch? {
                     WatchBatch::Events { events, revision: r } => {
                         for e in events {
+                            ipam.observe(&e);
                             match e {
                                 Event::Put(kv) => { let _ = self.state.put(&kv.key, &kv.value); }
                                 Event::Delete { key, .. } => self.state.delete(&key),
@@ -292,10 +298,11 @@ impl Agent {
                         }
                         revision = revision.max(r);
                         self.converge(alloc, revision).await?;
+                        ipam.converge_and_log(&store).await?;
                     }
                     WatchBatch::Compacted { compact_revision } => {
                         log(format!("watch history compacted at {compact_revision}; listing again"));
-                        revision = self.list_and_reconcile(&store, alloc).await?;
+                        revision = self.list_and_reconcile(&store, alloc, &mut ipam).await?;
                         watch = store.watch(ROOT, revision + 1).await?;
                     }
                 },
@@ -321,12 +328,16 @@ impl Agent {
         &mut self,
         store: &Store,
         alloc: &mut IdentityAllocator,
+        ipam: &mut EndpointIpam,
     ) -> Result<i64, SessionError> {
         let (kvs, revision) = store.list(ROOT).await?;
+        ipam.reset(&kvs);
         let listing: Vec<(String, Vec<u8>)> =
             kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
         self.state.reconcile(&listing);
         self.converge(alloc, revision).await?;
+        // Also the reconciliation on start: allocations whose owner is gone are released.
+        ipam.converge_and_log(store).await?;
         Ok(revision)
     }
 

@@ -12,6 +12,7 @@
 //! - never handed out: the network address, the first host address (the pods' gateway) and, in
 //!   IPv4, the broadcast address.
 
+use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -38,6 +39,8 @@ pub enum IpamError {
         address: IpAddr,
         cidr: Prefix,
     },
+    #[error("the addresses of endpoint {owner} cannot be written back: {reason}; fix or rewrite the endpoint's value")]
+    WriteBack { owner: String, reason: String },
 }
 
 /// The value of an allocation key.
@@ -67,6 +70,34 @@ fn offset_addr(base: IpAddr, offset: u128) -> Option<IpAddr> {
     }
 }
 
+/// The prefix of node `node`'s allocation keys: `/flagella/v1/ipam/<node>/`.
+pub fn node_prefix(node: &str) -> String {
+    format!("{ROOT}ipam/{node}/")
+}
+
+/// The allocation key of `addr` on node `node`.
+pub fn allocation_key(node: &str, addr: IpAddr) -> String {
+    format!("{}{addr}", node_prefix(node))
+}
+
+/// Every allocation of node `node`, of every pod CIDR: (address, owner). Keys or values that
+/// do not decode are left out (their transaction-created keys still keep their addresses from
+/// being handed out again).
+pub async fn list_allocations(
+    store: &Store,
+    node: &str,
+) -> Result<Vec<(IpAddr, String)>, StoreError> {
+    let (kvs, _) = store.list(&node_prefix(node)).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|kv| {
+            let addr: IpAddr = kv.key.rsplit('/').next()?.parse().ok()?;
+            let a: Allocation = serde_json::from_slice(&kv.value).ok()?;
+            Some((addr, a.owner))
+        })
+        .collect())
+}
+
 /// Number of addresses in `cidr`, capped at [`MAX_SCAN`].
 fn size(cidr: &Prefix) -> u128 {
     let width: u32 = if cidr.is_ipv4() { 32 } else { 128 };
@@ -87,12 +118,8 @@ impl Ipam {
         }
     }
 
-    fn prefix(&self) -> String {
-        format!("{ROOT}ipam/{}/", self.node)
-    }
-
     fn key(&self, addr: IpAddr) -> String {
-        format!("{}{addr}", self.prefix())
+        allocation_key(&self.node, addr)
     }
 
     /// The candidates in order: skip the network address and the gateway; in IPv4 the last
@@ -109,33 +136,42 @@ impl Ipam {
 
     /// Every allocation of this node: (address, owner).
     pub async fn allocations(&self) -> Result<Vec<(IpAddr, String)>, IpamError> {
-        let (kvs, _) = self.store.list(&self.prefix()).await?;
-        Ok(kvs
-            .into_iter()
-            .filter_map(|kv| {
-                let addr: IpAddr = kv.key.rsplit('/').next()?.parse().ok()?;
-                let a: Allocation = serde_json::from_slice(&kv.value).ok()?;
-                Some((addr, a.owner))
-            })
-            .collect())
+        Ok(list_allocations(&self.store, &self.node).await?)
     }
 
     /// An address for `owner` (`namespace/pod`): the one it already holds, else a free one.
     pub async fn allocate(&self, owner: &str) -> Result<IpAddr, IpamError> {
         let taken = self.allocations().await?;
+        self.allocate_from(owner, &taken, &BTreeSet::new()).await
+    }
+
+    /// [`Ipam::allocate`] with this node's allocations already listed (`taken`, as
+    /// [`Ipam::allocations`] returns them, plus any made since), never handing out an address
+    /// of `in_use` (addresses endpoints hold without an allocation key: written by hand).
+    /// `taken` only saves transactions: an address is still handed out only after the
+    /// transaction that created its key succeeded.
+    pub async fn allocate_from(
+        &self,
+        owner: &str,
+        taken: &[(IpAddr, String)],
+        in_use: &BTreeSet<IpAddr>,
+    ) -> Result<IpAddr, IpamError> {
         if let Some((addr, _)) = taken
             .iter()
             .find(|(a, o)| o == owner && self.cidr.contains(*a))
         {
             return Ok(*addr);
         }
-        let used: std::collections::HashSet<IpAddr> = taken.into_iter().map(|(a, _)| a).collect();
+        let used: HashSet<IpAddr> = taken.iter().map(|(a, _)| *a).collect();
         let value = serde_json::to_vec(&Allocation {
             owner: owner.to_string(),
         })
         .unwrap_or_default();
         let mut client = self.store.client();
-        for addr in self.candidates().filter(|a| !used.contains(a)) {
+        for addr in self
+            .candidates()
+            .filter(|a| !used.contains(a) && !in_use.contains(a))
+        {
             let key = self.key(addr);
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])

@@ -4,6 +4,8 @@
 //! - [`store`]: the etcd client (list with revision, watch from a revision, compaction);
 //! - [`identity`]: cluster-wide identity allocation with etcd transactions;
 //! - [`ipam`]: host-scope IPAM from the node's pod CIDR, persisted in etcd;
+//! - [`endpoint_ipam`]: IPAM's caller: the agent gives addresses to its node's endpoints
+//!   written without any, and releases those no endpoint holds;
 //! - [`sync`]: the in-memory cluster model built from etcd, fed to the policy compiler, and
 //!   the dataplane changes it implies;
 //! - [`dataplane_client`]: the dataplane control-socket client;
@@ -15,6 +17,7 @@
 pub mod agent;
 pub mod cli;
 pub mod dataplane_client;
+pub mod endpoint_ipam;
 pub mod identity;
 pub mod ipam;
 pub mod schema;

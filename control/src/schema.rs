@@ -7,7 +7,9 @@
 //!
 //! Keys (one object per key; values are JSON; `docs/etcd-schema.md` is the reference):
 //! - `namespaces/<name>` -> [`NamespaceSpec`]
-//! - `endpoints/<namespace>/<pod>` -> [`EndpointSpec`]
+//! - `endpoints/<namespace>/<pod>` -> [`EndpointSpec`]; one without any address decodes as
+//!   [`Object::PendingEndpoint`]: it waits for its node's agent to give it one
+//!   ([`crate::endpoint_ipam`])
 //! - `policies/<kind>/<namespace>/<name>` and `policies/CiliumClusterwideNetworkPolicy/<name>`
 //!   -> the Kubernetes/Cilium object itself, as `kubectl get -o json` prints it
 //! - `services/<namespace>/<name>` -> [`ServiceSpec`]
@@ -397,6 +399,14 @@ pub enum Object {
         name: String,
         spec: EndpointSpec,
     },
+    /// An endpoint written without addresses (`flagella endpoint create`, the CNI plugin):
+    /// its node's agent allocates them and writes them back ([`crate::endpoint_ipam`]). Until
+    /// then it is not part of the cluster model.
+    PendingEndpoint {
+        namespace: String,
+        name: String,
+        spec: EndpointSpec,
+    },
     Policy(Box<Policy>),
     Service {
         namespace: String,
@@ -482,9 +492,6 @@ fn check_labels(key: &str, labels: &BTreeMap<String, String>) -> Result<(), Sche
 fn check_endpoint(key: &str, spec: &EndpointSpec) -> Result<(), SchemaError> {
     check_name(key, "node", &spec.node)?;
     check_labels(key, &spec.labels)?;
-    if spec.ipv4.is_none() && spec.ipv6.is_none() {
-        return Err(invalid(key, "an endpoint needs ipv4, ipv6 or both"));
-    }
     if spec
         .ips()
         .any(|ip| ip.is_unspecified() || ip.is_multicast())
@@ -588,6 +595,13 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Object, SchemaError> {
         ObjectKey::Endpoint { namespace, name } => {
             let spec: EndpointSpec = json(key, value)?;
             check_endpoint(key, &spec)?;
+            if spec.primary_ip().is_none() {
+                return Ok(Object::PendingEndpoint {
+                    namespace,
+                    name,
+                    spec,
+                });
+            }
             Ok(Object::Endpoint {
                 namespace,
                 name,
@@ -683,13 +697,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("pod_cidrs[0]"), "{e}");
+        // Without addresses: valid, and waiting for the node's IPAM.
+        assert!(matches!(
+            decode(
+                &k("endpoints/default/a"),
+                br#"{"node":"n1","interface":"lxc1"}"#,
+            ),
+            Ok(Object::PendingEndpoint { namespace, name, spec })
+                if namespace == "default" && name == "a" && spec.node == "n1"
+        ));
         let e = decode(
             &k("endpoints/default/a"),
-            br#"{"node":"n1","interface":"lxc1"}"#,
+            br#"{"node":"n1","interface":"lxc1","ipv4":"0.0.0.0"}"#,
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("ipv4, ipv6"), "{e}");
+        assert!(e.contains("unicast"), "{e}");
         let e = decode(
             &k("endpoints/default/a"),
             br#"{"node":"n1","interface":"lxc1","ipv4":"10.0.0.1","colour":"red"}"#,

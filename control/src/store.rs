@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchStream};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
 
 /// An etcd failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,47 @@ impl Store {
             .await
             .map_err(StoreError::etcd("delete"))?;
         Ok(())
+    }
+
+    /// Writes `key` only if its `mod_revision` is still `expected` (0: only if it is absent),
+    /// so that a concurrent change is never overwritten. The revision of the write, or `None`
+    /// when the key had changed (nothing was written).
+    pub async fn put_if_unchanged(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        expected: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = self
+            .client()
+            .txn(txn)
+            .await
+            .map_err(StoreError::etcd("conditional put"))?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Deletes `key` only if `guard`'s `mod_revision` is still `expected` (0: only if `guard`
+    /// is absent). False when `guard` had changed (nothing was deleted).
+    pub async fn delete_if_unchanged(
+        &self,
+        key: &str,
+        guard: &str,
+        expected: i64,
+    ) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(guard, CompareOp::Equal, expected)])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self
+            .client()
+            .txn(txn)
+            .await
+            .map_err(StoreError::etcd("conditional delete"))?;
+        Ok(resp.succeeded())
     }
 
     /// The current store revision (a cheap liveness check too).

@@ -412,6 +412,10 @@ impl ClusterState {
                 name,
                 spec,
             } => self.upsert_endpoint(key, namespace, name, spec)?,
+            // No address yet (its node's IPAM gives one): not in the model until then.
+            Object::PendingEndpoint {
+                namespace, name, ..
+            } => self.delete_endpoint(&namespace, &name),
             Object::Policy(policy) => {
                 let id = policy.id.clone();
                 self.engine.upsert_policy(*policy).map_err(invalid)?;

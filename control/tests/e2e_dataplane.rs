@@ -26,7 +26,12 @@
 //!    etcd is unreachable, and a policy written after etcd returns is enforced;
 //! 5. malformed keys (bad JSON over an existing endpoint, an unknown kind) are logged, counted
 //!    in the status file and skipped: the endpoint keeps its last good value and a policy
-//!    change written after them converges.
+//!    change written after them converges;
+//! 6. a fourth pod, D, the CNI way: its veth is served from the start but has no address;
+//!    `flagella endpoint create --wait` writes its endpoint without one, the agent allocates it
+//!    from the node's pod CIDR (IPAM) and writes it back, the test gives D's `eth0` that
+//!    address, the endpoint reaches the dataplane and A -> D connects; `flagella endpoint
+//!    delete` removes it from the dataplane and releases the address.
 //!
 //! The dataplane binary: Cargo gives tests the paths of their own package's binaries only, so
 //! this test looks for `flagella-dataplane` next to its own binary's profile directory
@@ -219,6 +224,8 @@ struct Harness {
     node: String,
     namespace: String,
     pods: Vec<Pod>,
+    /// Pod D: no address until IPAM gives it one (step 6).
+    cni_pod: Pod,
     socket: PathBuf,
     status_file: PathBuf,
     rt: tokio::runtime::Runtime,
@@ -239,7 +246,7 @@ impl Drop for Harness {
     }
 }
 
-fn build_topology(node: &str, netns: &mut NetNs) -> Vec<Pod> {
+fn build_topology(node: &str, netns: &mut NetNs) -> (Vec<Pod>, Pod) {
     let pid = std::process::id();
     let add = |netns: &mut NetNs, name: &str| {
         run_ip(&["netns", "add", name]).unwrap_or_else(|e| panic!("{e}"));
@@ -281,7 +288,30 @@ fn build_topology(node: &str, netns: &mut NetNs) -> Vec<Pod> {
             mac,
         });
     }
-    pods
+    // Pod D: a veth the dataplane serves from the start, without an address yet.
+    let ns = format!("{node}-d");
+    add(netns, &ns);
+    let host_if = format!("fe2e{pid}d");
+    ip_in(
+        node,
+        &[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ],
+    );
+    ip_in(node, &["link", "set", &host_if, "up"]);
+    ip_in(&ns, &["link", "set", "lo", "up"]);
+    ip_in(&ns, &["link", "set", "eth0", "up"]);
+    let (ifindex, _) = link_facts(node, &host_if);
+    let (_, mac) = link_facts(&ns, "eth0");
+    let cni_pod = Pod {
+        name: "d".into(),
+        netns: ns,
+        host_if,
+        ip: Ipv4Addr::UNSPECIFIED,
+        ifindex,
+        mac,
+    };
+    (pods, cni_pod)
 }
 
 impl Harness {
@@ -292,7 +322,7 @@ impl Harness {
         std::fs::create_dir_all(&dir).unwrap();
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
         let mut netns = NetNs { names: Vec::new() };
-        let pods = build_topology(&node, &mut netns);
+        let (pods, cni_pod) = build_topology(&node, &mut netns);
         let rt = common::runtime();
         let store = rt
             .block_on(Store::connect(&etcd.urls(), Duration::from_secs(2)))
@@ -316,6 +346,7 @@ impl Harness {
             namespace: node.clone(),
             node,
             pods,
+            cni_pod,
             rt,
             store,
         };
@@ -335,7 +366,7 @@ impl Harness {
             .arg(&config)
             .arg("--socket")
             .arg(&self.socket);
-        for pod in &self.pods {
+        for pod in self.pods.iter().chain([&self.cni_pod]) {
             cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
         }
         let child = cmd
@@ -927,7 +958,79 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
     must_connect(&a, &c);
     eprintln!("malformed keys: ok ({:?})", started.elapsed());
 
+    // 6. Pod D the CNI way: created without an address, IPAM's address written back by the
+    //    agent, then in the dataplane.
+    let mut d = h.cni_pod.clone();
+    let (ifindex, node, namespace) = (d.ifindex.to_string(), h.node.clone(), h.namespace.clone());
+    let created = h.flagella_json(&[
+        "endpoint",
+        "create",
+        "--node",
+        &node,
+        "--namespace",
+        &namespace,
+        "--name",
+        "d",
+        "--labels",
+        "app=d",
+        "--interface",
+        &d.host_if,
+        "--ifindex",
+        &ifindex,
+        "--mac",
+        &d.mac,
+        "--wait",
+        "10",
+    ]);
+    d.ip = created["ipv4"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv4 address written back: {created}"));
+    let net = u32::from(Ipv4Addr::new(10, 78, 0, 0));
+    let offset = u32::from(d.ip).wrapping_sub(net);
+    assert!(
+        (2..255).contains(&offset) && h.pods.iter().all(|p| p.ip != d.ip),
+        "IPAM gave D {}: outside {POD_CIDR}, reserved, or another pod's",
+        d.ip
+    );
+    let allocation =
+        h.rt.block_on(h.store.get(&format!("{ROOT}ipam/{node}/{}", d.ip)))
+            .unwrap()
+            .expect("the allocation key");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&allocation.value).unwrap()["owner"],
+        format!("{namespace}/d")
+    );
+    ip_in(
+        &d.netns,
+        &["addr", "add", &format!("{}/32", d.ip), "dev", "eth0"],
+    );
+    let gw = GATEWAY.to_string();
+    ip_in(
+        &d.netns,
+        &[
+            "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
+        ],
+    );
+    wait_for("D in the dataplane", || {
+        h.dp_endpoints()
+            .iter()
+            .any(|e| e["ipv4"] == d.ip.to_string())
+    });
+    let server_d = start_server(&d, Arc::clone(&stop));
+    must_connect(&a, &d);
+    must_connect(&d, &b);
+    h.flagella(&["endpoint", "delete", &format!("{namespace}/d")]);
+    wait_for("D gone from the dataplane", || h.dp_endpoints().len() == 3);
+    wait_for("D's address released", || {
+        h.rt.block_on(h.store.get(&format!("{ROOT}ipam/{node}/{}", d.ip)))
+            .unwrap()
+            .is_none()
+    });
+    eprintln!("pod created the CNI way: ok ({:?})", started.elapsed());
+
     stop.store(true, Ordering::Relaxed);
+    server_d.join().unwrap();
     for s in servers {
         s.join().unwrap();
     }

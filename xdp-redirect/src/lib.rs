@@ -198,7 +198,7 @@ impl XdpAction {
 /// ends with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
-    #[error("permission denied to {operation}: run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON); on kernels before 5.11 also raise the memlock limit (ulimit -l unlimited)")]
+    #[error("permission denied to {operation}: run as root (or with CAP_BPF and CAP_NET_ADMIN, as the systemd unit grants); on kernels before 5.11 also raise the memlock limit (ulimit -l unlimited)")]
     PermissionDenied {
         operation: &'static str,
         #[source]

@@ -15,12 +15,17 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use control::cli::objects::{self, backend_text, frontend_text, parse_backend, parse_frontend};
+use control::cli::objects::{
+    self, backend_text, frontend_text, parse_backend, parse_frontend, parse_labels, parse_port,
+    EndpointInfo,
+};
 use control::cli::policy::{self as cli_policy, as_list};
 use control::cli::status;
 use control::cli::table::Table;
 use control::cli::{connect, labels_text, split_namespaced, CliError, Skipped};
-use control::schema::{BackendSpec, FrontendSpec, ServiceMode, ServiceSpec};
+use control::schema::{
+    BackendSpec, EndpointSpec, FrontendSpec, PortSpec, ServiceMode, ServiceSpec,
+};
 use dataplane::Identity;
 use policy_compiler::model::{PolicyId, PolicyKind};
 use policy_compiler::trace::{explain, parse_port_proto, parse_probes, trace, Probe, TraceResult};
@@ -235,7 +240,7 @@ struct TraceArgs {
 
 #[derive(Debug, Subcommand)]
 enum EndpointVerb {
-    /// List endpoints: pod, node, identity, addresses, labels
+    /// List endpoints: pod, node, identity, addresses, labels (an endpoint still waiting for its address shows `-`)
     List {
         /// Only the endpoints of this node
         #[arg(long, value_name = "NAME")]
@@ -243,6 +248,52 @@ enum EndpointVerb {
     },
     /// Show one endpoint
     Get {
+        /// NAMESPACE/POD
+        pod: String,
+    },
+    /// Create an endpoint without addresses; the agent of its node allocates them (as a CNI plugin does)
+    #[command(
+        long_about = "Create an endpoint (a pod interface) without addresses, as a CNI plugin \
+does.\n\nThe agent (flagella-control) of node --node allocates one address from the node's \
+first IPv4 pod CIDR (and one from its first IPv6 pod CIDR, if it has one), writes them into the \
+endpoint, and then pushes the endpoint to its dataplane. With --wait the command waits for the \
+addresses and prints them. Refused if the endpoint exists. The dataplane needs --ifindex (the \
+host-side interface's index) and --mac (the pod interface's MAC); the node's agent refuses an \
+endpoint of its own node without them.",
+        after_long_help = "EXAMPLES:\n  \
+flagella endpoint create --node node-1 --namespace default --name web-1 --labels app=web \\\n      \
+--interface lxc1 --ifindex 12 --mac 02:00:00:00:00:05 --port http=80/tcp --wait 10"
+    )]
+    Create {
+        /// The node hosting the pod (its agent allocates the addresses)
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        #[arg(long, value_name = "NS")]
+        namespace: String,
+        /// The pod's name
+        #[arg(long, value_name = "POD")]
+        name: String,
+        /// The pod's labels
+        #[arg(long, value_name = "K=V[,K=V...]", default_value = "", value_parser = parse_labels)]
+        labels: std::collections::BTreeMap<String, String>,
+        /// Host-side interface name of the pod's veth
+        #[arg(long, value_name = "IF")]
+        interface: String,
+        /// Host-side interface index
+        #[arg(long, value_name = "N")]
+        ifindex: Option<u32>,
+        /// The pod interface's MAC address
+        #[arg(long, value_name = "MAC")]
+        mac: Option<String>,
+        /// A named container port, [NAME=]PORT[/PROTO]. Repeat for several.
+        #[arg(long = "port", value_name = "[NAME=]PORT[/PROTO]", value_parser = parse_port)]
+        ports: Vec<PortSpec>,
+        /// Wait this many seconds for the addresses and print them
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+    /// Delete an endpoint; the agent of its node releases its addresses
+    Delete {
         /// NAMESPACE/POD
         pod: String,
     },
@@ -621,7 +672,90 @@ async fn trace_live(args: &TraceArgs, etcd: &[String]) -> Result<Vec<TraceResult
     Ok(results)
 }
 
+/// `endpoint create|delete`: writes; `None` for the read verbs.
+async fn endpoint_write(
+    verb: EndpointVerb,
+    etcd: &[String],
+    out: Output,
+) -> Result<Option<EndpointVerb>, CliError> {
+    match verb {
+        EndpointVerb::Create {
+            node,
+            namespace,
+            name,
+            labels,
+            interface,
+            ifindex,
+            mac,
+            ports,
+            wait,
+        } => {
+            let store = connect(etcd).await?;
+            let spec = EndpointSpec {
+                node,
+                labels,
+                ipv4: None,
+                ipv6: None,
+                interface,
+                ifindex,
+                mac,
+                ports,
+            };
+            let mut e = objects::create_endpoint(&store, &namespace, &name, spec).await?;
+            if let Some(secs) = wait {
+                e = objects::wait_for_address(
+                    &store,
+                    &namespace,
+                    &name,
+                    std::time::Duration::from_secs(secs),
+                )
+                .await?;
+            }
+            emit(out, &e, || created_text(&e))?;
+            Ok(None)
+        }
+        EndpointVerb::Delete { pod } => {
+            let store = connect(etcd).await?;
+            let (ns, n) = split_namespaced("endpoint", &pod)?;
+            let key = objects::delete_endpoint(&store, ns, n).await?;
+            emit(
+                out,
+                &serde_json::json!({"deleted": format!("{ns}/{n}"), "key": key}),
+                || format!("deleted endpoint {ns}/{n}; its node's agent releases its addresses\n"),
+            )?;
+            Ok(None)
+        }
+        read => Ok(Some(read)),
+    }
+}
+
+fn created_text(e: &EndpointInfo) -> String {
+    let addrs: Vec<String> = e
+        .ipv4
+        .map(|a| a.to_string())
+        .into_iter()
+        .chain(e.ipv6.map(|a| a.to_string()))
+        .collect();
+    if addrs.is_empty() {
+        format!(
+            "endpoint {}/{} created; the agent of node {} allocates its address\n",
+            e.namespace, e.name, e.node
+        )
+    } else {
+        format!(
+            "endpoint {}/{} created on node {}: {}\n",
+            e.namespace,
+            e.name,
+            e.node,
+            addrs.join(" ")
+        )
+    }
+}
+
 async fn endpoint(verb: EndpointVerb, etcd: &[String], out: Output) -> Result<(), CliError> {
+    let Some(verb) = endpoint_write(verb, etcd, out).await? else {
+        return Ok(());
+    };
     let store = connect(etcd).await?;
     let (state, skipped) = cli_policy::live_state(&store).await?;
     warn(&skipped);
@@ -629,7 +763,9 @@ async fn endpoint(verb: EndpointVerb, etcd: &[String], out: Output) -> Result<()
     let ip_text = |ip: Option<String>| ip.unwrap_or_else(|| "-".into());
     match verb {
         EndpointVerb::List { node } => {
-            let eps = objects::endpoints(&state, node.as_deref());
+            let mut eps = objects::endpoints(&state, node.as_deref());
+            eps.extend(objects::pending_endpoints(&store, node.as_deref()).await?);
+            eps.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             emit(out, &eps, || {
                 let mut t = Table::new(&[
                     "ENDPOINT",
@@ -656,7 +792,14 @@ async fn endpoint(verb: EndpointVerb, etcd: &[String], out: Output) -> Result<()
         }
         EndpointVerb::Get { pod } => {
             let (ns, name) = split_namespaced("endpoint", &pod)?;
-            let e = objects::endpoint(&state, ns, name)?;
+            let e = match objects::endpoint(&state, ns, name) {
+                Ok(e) => e,
+                Err(not_found) => objects::pending_endpoints(&store, None)
+                    .await?
+                    .into_iter()
+                    .find(|e| e.namespace == ns && e.name == name)
+                    .ok_or(not_found)?,
+            };
             emit(out, &e, || {
                 let ports: Vec<String> = e
                     .ports
@@ -682,6 +825,7 @@ async fn endpoint(verb: EndpointVerb, etcd: &[String], out: Output) -> Result<()
                 t.render()
             })
         }
+        EndpointVerb::Create { .. } | EndpointVerb::Delete { .. } => Ok(()),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `flagella endpoint|identity|service|node`: reports read from etcd, and `service upsert`'s
-//! flag syntax.
+//! `flagella endpoint|identity|service|node`: reports read from etcd, `endpoint create|delete`,
+//! and the flag syntax of `endpoint create` and `service upsert`.
 //!
 //! Endpoints are reported through the agent's own model ([`ClusterState`]), so the identity
 //! shown is the cluster-wide number the dataplanes use, and an endpoint the agents refuse (its
@@ -8,9 +8,16 @@
 //! Flag syntax of `service upsert` (parsed by [`parse_frontend`] and [`parse_backend`]):
 //! `--frontend IP:PORT[/PROTO]` (`10.96.0.10:80/tcp`, `[fd00::10]:53/udp`; protocol `tcp`
 //! by default, or `udp`, `sctp`), `--backend IP:PORT[,WEIGHT]` (weight 1 by default, 0 drains).
+//! `endpoint create` ([`parse_labels`], [`parse_port`]): `--labels k=v,k=v`,
+//! `--port [NAME=]PORT[/PROTO]`.
+//!
+//! `endpoint create` writes an endpoint *without* addresses, as a CNI plugin does: the agent of
+//! its node allocates them from the node's pod CIDR and writes them back
+//! ([`crate::endpoint_ipam`]); [`wait_for_address`] waits for that.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use dataplane::Identity;
 use serde::Serialize;
@@ -18,7 +25,8 @@ use serde::Serialize;
 use super::{list_decoded, CliError, Skipped};
 use crate::identity::FIRST_IDENTITY;
 use crate::schema::{
-    self, BackendSpec, FrontendSpec, NodeSpec, Object, ObjectKey, PortSpec, ServiceSpec, TunnelMode,
+    self, BackendSpec, EndpointSpec, FrontendSpec, NodeSpec, Object, ObjectKey, PortSpec,
+    ServiceSpec, TunnelMode,
 };
 use crate::store::Store;
 use crate::sync::ClusterState;
@@ -79,6 +87,168 @@ pub fn endpoint(
                    is printed as a warning with its reason"
                 .into(),
         })
+}
+
+/// Parses `k=v,k=v` (an empty string is no label).
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| format!("label `{pair}` is not KEY=VALUE; e.g. app=web,tier=front"))?;
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(format!("label key `{k}` is given twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `[NAME=]PORT[/PROTO]` (`http=80/tcp`, `53/udp`, `8080`; protocol TCP by default).
+pub fn parse_port(s: &str) -> Result<PortSpec, String> {
+    let (name, rest) = match s.split_once('=') {
+        Some((n, r)) if !n.is_empty() => (Some(n.to_string()), r),
+        Some(_) => return Err(format!("port `{s}`: the name before `=` is empty")),
+        None => (None, s),
+    };
+    let (port, protocol) = match rest.split_once('/') {
+        Some((p, proto)) => (p, protocol_name(proto)?),
+        None => (rest, "TCP"),
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+        format!("port `{s}` is not [NAME=]PORT[/PROTO] with PORT 1..=65535; e.g. http=80/tcp")
+    })?;
+    Ok(PortSpec {
+        name,
+        port,
+        protocol: protocol.to_string(),
+    })
+}
+
+fn endpoint_key(namespace: &str, name: &str) -> String {
+    ObjectKey::Endpoint {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+    .to_key()
+}
+
+fn endpoint_info(namespace: &str, name: &str, spec: EndpointSpec) -> EndpointInfo {
+    EndpointInfo {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        node: spec.node,
+        identity: None,
+        ipv4: spec.ipv4,
+        ipv6: spec.ipv6,
+        interface: spec.interface,
+        labels: spec.labels,
+        ports: spec.ports,
+    }
+}
+
+/// Endpoints written without addresses that their node's agent has not served yet (not in the
+/// agents' model, so not in [`endpoints`]), sorted by `namespace/name`, optionally of one node.
+pub async fn pending_endpoints(
+    store: &Store,
+    node: Option<&str>,
+) -> Result<Vec<EndpointInfo>, CliError> {
+    let (objects, _) = list_decoded(store, "endpoints/").await?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            Object::PendingEndpoint {
+                namespace,
+                name,
+                spec,
+            } if node.is_none_or(|n| spec.node == n) => {
+                Some(endpoint_info(&namespace, &name, spec))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// `endpoint create`: validates `spec` (which must carry no address: the node's agent
+/// allocates them) as the agents will, then creates the key; refused if it exists.
+pub async fn create_endpoint(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    spec: EndpointSpec,
+) -> Result<EndpointInfo, CliError> {
+    let key = endpoint_key(namespace, name);
+    let value = serde_json::to_vec(&spec).map_err(|e| CliError::Other(e.to_string()))?;
+    match schema::decode(&key, &value) {
+        Ok(Object::PendingEndpoint { .. }) => {}
+        Ok(_) => {
+            return Err(CliError::Input(format!(
+                "endpoint {namespace}/{name}: `endpoint create` writes no address (the agent of node {} allocates it)",
+                spec.node
+            )))
+        }
+        Err(e) => return Err(CliError::Input(e.to_string())),
+    }
+    if store.put_if_unchanged(&key, value, 0).await?.is_none() {
+        return Err(CliError::Input(format!(
+            "endpoint {namespace}/{name} already exists; delete it first with `flagella endpoint delete {namespace}/{name}`"
+        )));
+    }
+    Ok(endpoint_info(namespace, name, spec))
+}
+
+/// Waits until the agent of the endpoint's node has written its addresses back (polling
+/// every 100 ms), at most `timeout`.
+pub async fn wait_for_address(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<EndpointInfo, CliError> {
+    let key = endpoint_key(namespace, name);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let Some(kv) = store.get(&key).await? else {
+            return Err(CliError::NotFound {
+                what: format!("endpoint {namespace}/{name}"),
+                hint: "it was deleted while waiting for its address".into(),
+            });
+        };
+        let node = match schema::decode(&key, &kv.value) {
+            Ok(Object::Endpoint { spec, .. }) => return Ok(endpoint_info(namespace, name, spec)),
+            Ok(Object::PendingEndpoint { spec, .. }) => spec.node,
+            Ok(_) => String::new(),
+            Err(e) => return Err(CliError::Other(e.to_string())),
+        };
+        if Instant::now() >= deadline {
+            return Err(CliError::Other(format!(
+                "endpoint {namespace}/{name} has no address after {:.0} s: is flagella-control \
+                 running for node `{node}`, and does the node have a pod CIDR (`flagella node \
+                 list`)? The endpoint stays and gets its address when the agent runs",
+                timeout.as_secs_f64()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `endpoint delete NAMESPACE/POD`: deletes the key; the node's agent then releases its
+/// addresses.
+pub async fn delete_endpoint(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+) -> Result<String, CliError> {
+    let key = endpoint_key(namespace, name);
+    super::check_key(&key)?;
+    if store.get(&key).await?.is_none() {
+        return Err(CliError::NotFound {
+            what: format!("endpoint {namespace}/{name}"),
+            hint: "`flagella endpoint list` lists the endpoints".into(),
+        });
+    }
+    store.delete(&key).await?;
+    Ok(key)
 }
 
 // ---- identities ----------------------------------------------------------------------------
@@ -354,6 +524,29 @@ mod tests {
         let e = parse_backend("10.1.0.12:8080,heavy").unwrap_err();
         assert!(e.contains("weight"), "{e}");
         assert!(parse_backend("10.1.0.12").is_err());
+    }
+
+    #[test]
+    fn label_and_port_flags() {
+        let l = parse_labels("app=web,tier=front,empty=").unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!(l["app"], "web");
+        assert_eq!(l["empty"], "");
+        assert!(parse_labels("").unwrap().is_empty());
+        for bad in ["app", "=web", "a=1,a=2"] {
+            assert!(parse_labels(bad).is_err(), "{bad}");
+        }
+        let p = parse_port("http=80/tcp").unwrap();
+        assert_eq!(
+            (p.name.as_deref(), p.port, p.protocol.as_str()),
+            (Some("http"), 80, "TCP")
+        );
+        let p = parse_port("53/udp").unwrap();
+        assert_eq!((p.name, p.port, p.protocol.as_str()), (None, 53, "UDP"));
+        assert_eq!(parse_port("8080").unwrap().protocol, "TCP");
+        for bad in ["0", "=80", "http=", "80/icmp", "70000", "x"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

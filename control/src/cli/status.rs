@@ -67,7 +67,7 @@ fn kind_of(o: &Object) -> Option<&'static str> {
     Some(match o {
         Object::Namespace(..) => "namespaces",
         Object::Node(..) => "nodes",
-        Object::Endpoint { .. } => "endpoints",
+        Object::Endpoint { .. } | Object::PendingEndpoint { .. } => "endpoints",
         Object::Policy(_) => "policies",
         Object::Service { .. } => "services",
         Object::Identity(..) => "identities",

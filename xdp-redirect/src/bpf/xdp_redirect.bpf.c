@@ -58,13 +58,25 @@ struct {
 	__type(value, struct xdp_redirect_counters);
 } counters_map SEC(".maps");
 
+/*
+ * Both fields are loaded before any branch, on purpose. Written as "ARP ? cfg->redirect_arp :
+ * cfg->redirect_non_ip", clang emits one load from cfg + (0 or 4), an offset that depends on
+ * the path; without CAP_PERFMON the verifier keeps its Spectre v1 mitigations and refuses that
+ * pointer arithmetic ("tried to add from different maps, paths or scalars ... prohibited for
+ * !root"), so the program would not load under the systemd unit's CAP_BPF + CAP_NET_ADMIN.
+ * The empty asm keeps the two loads where they are.
+ */
 static __always_inline int owned_by_dataplane(__be16 proto, const struct xdp_redirect_config *cfg)
 {
+	__u32 arp = cfg->redirect_arp;
+	__u32 non_ip = cfg->redirect_non_ip;
+	asm volatile("" : "+r"(arp), "+r"(non_ip));
+
 	if (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6))
 		return 1;
 	if (proto == bpf_htons(ETH_P_ARP))
-		return cfg->redirect_arp != 0;
-	return cfg->redirect_non_ip != 0;
+		return arp != 0;
+	return non_ip != 0;
 }
 
 SEC("xdp")

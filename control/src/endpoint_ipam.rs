@@ -1,0 +1,532 @@
+//! Endpoint IPAM: the node's agent gives addresses to its endpoints written without any
+//! (`flagella endpoint create`, a CNI plugin), as Cilium's agent answers its CNI plugin.
+//!
+//! Flow (one agent per node; `docs/etcd-schema.md`, "IPAM"):
+//! 1. an endpoint `endpoints/<ns>/<pod>` of this node with neither `ipv4` nor `ipv6` is
+//!    pending ([`Object::PendingEndpoint`]); the sync leaves it out of the model;
+//! 2. the agent allocates one address per pool — the node's first IPv4 and first IPv6 pod
+//!    CIDR — with [`Ipam`], owner `<ns>/<pod>`: the allocation key is created first;
+//! 3. it writes the addresses into the endpoint's value with a transaction that requires the
+//!    value's `mod_revision` to be the one it read, so a concurrent change (a rewrite, a
+//!    delete) is never overwritten: the newer value arrives through the watch and is handled
+//!    then;
+//! 4. the endpoint, now with addresses, flows to the dataplane as any other.
+//!
+//! Release and reconciliation ([`EndpointIpam::converge`], after every listing — so on every
+//! start — and every watch batch): an allocation is kept while its owner is an endpoint of
+//! this node that is pending or holds that address. Any other is deleted by a transaction that
+//! requires the owner key's `mod_revision` to be the one last seen (0: absent), so the address
+//! of a deleted endpoint is released only once its key is gone, and an endpoint created or
+//! rewritten meanwhile keeps its address until the watch shows it.
+//!
+//! Invariants:
+//! - idempotent per owner: an agent killed between 2 and 3 finds its allocation on restart
+//!   (the owner's existing allocation is reused), so no endpoint ever holds two;
+//! - an address is handed out only by the transaction that created its key, and addresses
+//!   this node's endpoints hold without a key (written by hand) are never handed out;
+//! - an endpoint's value is written only from a value that decoded, and what is written is
+//!   checked with [`schema::decode`] first: the agent never writes a malformed endpoint;
+//! - nothing here panics on etcd contents; an endpoint value that does not decode is left to
+//!   the sync (which logs and counts it) and the last good view of it stays here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use dataplane::Prefix;
+
+use crate::ipam::{allocation_key, list_allocations, Ipam, IpamError};
+use crate::schema::{self, EndpointSpec, NodeSpec, Object, ObjectKey, ROOT};
+use crate::store::{Event, Kv, Store, StoreError};
+use crate::sync::log;
+
+/// One endpoint of this node, as last seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Local {
+    spec: EndpointSpec,
+    mod_revision: i64,
+}
+
+/// The endpoint IPAM of one node. See the module doc.
+#[derive(Debug)]
+pub struct EndpointIpam {
+    node: String,
+    /// This node's pod CIDRs addresses come from: the first IPv4 one, the first IPv6 one.
+    pools: Vec<Prefix>,
+    /// This node's endpoints (pending or with addresses), by owner `namespace/pod`.
+    local: BTreeMap<String, Local>,
+    /// The `mod_revision` of every endpoint key seen, by owner (the release guard).
+    revisions: BTreeMap<String, i64>,
+    /// Failures already reported, by owner (reported again only when the reason changes).
+    failing: BTreeMap<String, String>,
+}
+
+/// What one pass must do, computed from the view alone ([`EndpointIpam::plan`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Pending endpoints of this node (owners), to give addresses; empty while the node has
+    /// no pod CIDR.
+    pub assign: Vec<String>,
+    /// Allocations to release: `(address, owner, the owner key's mod_revision as last seen)`
+    /// (0: the key is absent).
+    pub release: Vec<(IpAddr, String, i64)>,
+    /// Addresses this node's endpoints hold: never handed out.
+    pub in_use: BTreeSet<IpAddr>,
+}
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Endpoints given addresses (written back), with the addresses.
+    pub assigned: Vec<(String, Vec<IpAddr>)>,
+    /// Allocations released: `(address, owner)`.
+    pub released: Vec<(IpAddr, String)>,
+    /// Write-backs or releases refused because the key changed meanwhile; the watch brings
+    /// the change and the next pass acts on it.
+    pub conflicts: usize,
+    /// Endpoints left pending, with the reason (only failures not reported before).
+    pub failed: Vec<(String, String)>,
+}
+
+/// The pools of a node: its first IPv4 and its first IPv6 pod CIDR.
+pub fn pools_of(spec: &NodeSpec) -> Vec<Prefix> {
+    let prefixes = spec.prefixes();
+    let v4 = prefixes.iter().find(|p| p.is_ipv4()).copied();
+    let v6 = prefixes.iter().find(|p| !p.is_ipv4()).copied();
+    v4.into_iter().chain(v6).collect()
+}
+
+/// The endpoint key of an owner `namespace/pod`.
+fn endpoint_key(owner: &str) -> String {
+    format!("{ROOT}endpoints/{owner}")
+}
+
+/// `spec` with `addr` as its address of that family.
+fn with_address(mut spec: EndpointSpec, addr: IpAddr) -> EndpointSpec {
+    match addr {
+        IpAddr::V4(a) => spec.ipv4 = Some(a),
+        IpAddr::V6(a) => spec.ipv6 = Some(a),
+    }
+    spec
+}
+
+impl EndpointIpam {
+    pub fn new(node: &str) -> EndpointIpam {
+        EndpointIpam {
+            node: node.to_string(),
+            pools: Vec::new(),
+            local: BTreeMap::new(),
+            revisions: BTreeMap::new(),
+            failing: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces the view with a full listing (session start, compaction).
+    pub fn reset(&mut self, listing: &[Kv]) {
+        self.pools.clear();
+        self.local.clear();
+        self.revisions.clear();
+        for kv in listing {
+            self.observe_put(&kv.key, &kv.value, kv.mod_revision);
+        }
+    }
+
+    /// Applies one watched change to the view.
+    pub fn observe(&mut self, event: &Event) {
+        match event {
+            Event::Put(kv) => self.observe_put(&kv.key, &kv.value, kv.mod_revision),
+            Event::Delete { key, .. } => self.observe_delete(key),
+        }
+    }
+
+    fn observe_put(&mut self, key: &str, value: &[u8], mod_revision: i64) {
+        match schema::parse_key(key) {
+            Ok(ObjectKey::Node(name)) if name == self.node => {
+                // A malformed entry keeps the last good pools (as the sync keeps its value).
+                if let Ok(Object::Node(_, spec)) = schema::decode(key, value) {
+                    self.pools = pools_of(&spec);
+                }
+            }
+            Ok(ObjectKey::Endpoint { namespace, name }) => {
+                let owner = format!("{namespace}/{name}");
+                self.revisions.insert(owner.clone(), mod_revision);
+                // Malformed: the last good view stays (a pending one is not written back
+                // over it: its mod_revision no longer matches).
+                if let Ok(Object::Endpoint { spec, .. } | Object::PendingEndpoint { spec, .. }) =
+                    schema::decode(key, value)
+                {
+                    if spec.node == self.node {
+                        self.local.insert(owner, Local { spec, mod_revision });
+                    } else {
+                        self.local.remove(&owner);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn observe_delete(&mut self, key: &str) {
+        match schema::parse_key(key) {
+            Ok(ObjectKey::Node(name)) if name == self.node => self.pools.clear(),
+            Ok(ObjectKey::Endpoint { namespace, name }) => {
+                let owner = format!("{namespace}/{name}");
+                self.local.remove(&owner);
+                self.revisions.remove(&owner);
+                self.failing.remove(&owner);
+            }
+            _ => {}
+        }
+    }
+
+    /// Endpoints of this node still waiting for an address.
+    pub fn pending(&self) -> usize {
+        self.local
+            .values()
+            .filter(|l| l.spec.primary_ip().is_none())
+            .count()
+    }
+
+    /// What a pass must do, given this node's allocations `(address, owner)`. Pure.
+    pub fn plan(&self, allocations: &[(IpAddr, String)]) -> Plan {
+        let in_use: BTreeSet<IpAddr> = self.local.values().flat_map(|l| l.spec.ips()).collect();
+        let assign = if self.pools.is_empty() {
+            Vec::new()
+        } else {
+            self.local
+                .iter()
+                .filter(|(_, l)| l.spec.primary_ip().is_none())
+                .map(|(owner, _)| owner.clone())
+                .collect()
+        };
+        let keeps = |addr: IpAddr, owner: &str| match self.local.get(owner) {
+            Some(l) => l.spec.primary_ip().is_none() || l.spec.ips().any(|a| a == addr),
+            None => false,
+        };
+        let release = allocations
+            .iter()
+            .filter(|(addr, owner)| !keeps(*addr, owner))
+            .map(|(addr, owner)| {
+                let seen = self.revisions.get(owner).copied().unwrap_or(0);
+                (*addr, owner.clone(), seen)
+            })
+            .collect();
+        Plan {
+            assign,
+            release,
+            in_use,
+        }
+    }
+
+    /// One pass: release what no endpoint holds, give pending endpoints addresses and write
+    /// them back. An etcd failure ends the pass (the agent's session restarts and lists
+    /// again); a pool that is full leaves the endpoint pending and is reported.
+    pub async fn converge(&mut self, store: &Store) -> Result<Outcome, StoreError> {
+        let mut out = Outcome::default();
+        let mut taken = list_allocations(store, &self.node).await?;
+        let plan = self.plan(&taken);
+        for (addr, owner, seen) in &plan.release {
+            let key = allocation_key(&self.node, *addr);
+            if store
+                .delete_if_unchanged(&key, &endpoint_key(owner), *seen)
+                .await?
+            {
+                taken.retain(|(a, _)| a != addr);
+                out.released.push((*addr, owner.clone()));
+            } else {
+                out.conflicts += 1;
+            }
+        }
+        for owner in &plan.assign {
+            match self.assign(store, owner, &mut taken, &plan.in_use).await {
+                Ok(Some(addrs)) => {
+                    self.failing.remove(owner);
+                    out.assigned.push((owner.clone(), addrs));
+                }
+                Ok(None) => out.conflicts += 1,
+                Err(IpamError::Store(e)) => return Err(e),
+                Err(e) => {
+                    let reason = e.to_string();
+                    if self.failing.get(owner) != Some(&reason) {
+                        self.failing.insert(owner.clone(), reason.clone());
+                        out.failed.push((owner.clone(), reason));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Allocates `owner`'s addresses and writes them back; `None` when its value changed
+    /// meanwhile (nothing written; the allocations stay with the owner for the next pass).
+    async fn assign(
+        &mut self,
+        store: &Store,
+        owner: &str,
+        taken: &mut Vec<(IpAddr, String)>,
+        in_use: &BTreeSet<IpAddr>,
+    ) -> Result<Option<Vec<IpAddr>>, IpamError> {
+        let Some(local) = self.local.get(owner).cloned() else {
+            return Ok(None);
+        };
+        let mut spec = local.spec;
+        let mut addrs = Vec::new();
+        for pool in &self.pools {
+            let ipam = Ipam::new(store.clone(), &self.node, *pool);
+            let addr = ipam.allocate_from(owner, taken, in_use).await?;
+            if !taken.iter().any(|(a, _)| *a == addr) {
+                taken.push((addr, owner.to_string()));
+            }
+            spec = with_address(spec, addr);
+            addrs.push(addr);
+        }
+        let key = endpoint_key(owner);
+        let value = serde_json::to_vec(&spec).map_err(|e| IpamError::WriteBack {
+            owner: owner.to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Err(e) = schema::decode(&key, &value) {
+            return Err(IpamError::WriteBack {
+                owner: owner.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let Some(revision) = store
+            .put_if_unchanged(&key, value, local.mod_revision)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.revisions.insert(owner.to_string(), revision);
+        self.local.insert(
+            owner.to_string(),
+            Local {
+                spec,
+                mod_revision: revision,
+            },
+        );
+        Ok(Some(addrs))
+    }
+
+    /// [`EndpointIpam::converge`], logging what it did.
+    pub async fn converge_and_log(&mut self, store: &Store) -> Result<(), StoreError> {
+        let out = self.converge(store).await?;
+        for (owner, addrs) in &out.assigned {
+            log(format!("ipam: endpoint {owner} got {addrs:?}"));
+        }
+        for (addr, owner) in &out.released {
+            log(format!(
+                "ipam: released {addr} (its owner {owner} is gone or holds another address)"
+            ));
+        }
+        for (owner, reason) in &out.failed {
+            log(format!(
+                "ipam: endpoint {owner} stays without an address: {reason}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    const NODE: &str = "n1";
+
+    fn kv(key: &str, value: &str, rev: i64) -> Kv {
+        Kv {
+            key: format!("{ROOT}{key}"),
+            value: value.as_bytes().to_vec(),
+            mod_revision: rev,
+        }
+    }
+
+    fn node(cidrs: &str) -> Kv {
+        kv(
+            &format!("nodes/{NODE}"),
+            &format!(r#"{{"underlay_ip":"192.168.0.1","pod_cidrs":[{cidrs}]}}"#),
+            1,
+        )
+    }
+
+    fn pending(owner: &str, node: &str, rev: i64) -> Kv {
+        kv(
+            &format!("endpoints/{owner}"),
+            &format!(
+                r#"{{"node":"{node}","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:07"}}"#
+            ),
+            rev,
+        )
+    }
+
+    fn addressed(owner: &str, ip: &str, rev: i64) -> Kv {
+        kv(
+            &format!("endpoints/{owner}"),
+            &format!(
+                r#"{{"node":"{NODE}","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:07","ipv4":"{ip}"}}"#
+            ),
+            rev,
+        )
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn alloc(a: &str, owner: &str) -> (IpAddr, String) {
+        (ip(a), owner.to_string())
+    }
+
+    #[test]
+    fn pools_are_the_first_cidr_of_each_family() {
+        let spec = NodeSpec {
+            underlay_ip: ip("192.168.0.1"),
+            pod_cidrs: vec![
+                "fd00:1::/64".into(),
+                "10.1.0.0/24".into(),
+                "10.2.0.0/24".into(),
+                "fd00:2::/64".into(),
+            ],
+            tunnel: schema::TunnelMode::Vxlan,
+        };
+        let pools: Vec<String> = pools_of(&spec).iter().map(|p| p.to_string()).collect();
+        assert_eq!(pools, ["10.1.0.0/24", "fd00:1::/64"]);
+    }
+
+    #[test]
+    fn pending_local_endpoints_are_assigned_once_the_node_has_a_cidr() {
+        let mut e = EndpointIpam::new(NODE);
+        e.reset(&[
+            pending("default/a", NODE, 5),
+            pending("default/b", "n2", 6), // another node's: its own agent's business
+            addressed("default/c", "10.1.0.9", 7),
+        ]);
+        assert_eq!(e.plan(&[]).assign, Vec::<String>::new(), "no pod CIDR yet");
+        e.observe(&Event::Put(node(r#""10.1.0.0/24""#)));
+        let plan = e.plan(&[]);
+        assert_eq!(plan.assign, ["default/a"]);
+        assert_eq!(plan.in_use, BTreeSet::from([ip("10.1.0.9")]));
+        assert_eq!(e.pending(), 1);
+        e.observe(&Event::Delete {
+            key: format!("{ROOT}nodes/{NODE}"),
+            mod_revision: 9,
+        });
+        assert!(e.plan(&[]).assign.is_empty());
+    }
+
+    #[test]
+    fn releases_exactly_the_allocations_no_endpoint_holds() {
+        let mut e = EndpointIpam::new(NODE);
+        e.reset(&[
+            node(r#""10.1.0.0/24""#),
+            pending("ns/waiting", NODE, 10),
+            addressed("ns/holder", "10.1.0.3", 11),
+            addressed("ns/moved-address", "10.1.0.20", 12),
+            pending("ns/elsewhere", "n2", 13),
+        ]);
+        let allocations = [
+            alloc("10.1.0.2", "ns/waiting"), // allocated, not yet written back: kept
+            alloc("10.1.0.3", "ns/holder"),  // held: kept
+            alloc("10.1.0.4", "ns/moved-address"), // the endpoint holds another one
+            alloc("10.1.0.5", "ns/gone"),    // the endpoint is deleted
+            alloc("10.1.0.6", "ns/elsewhere"), // the endpoint moved to another node
+        ];
+        let plan = e.plan(&allocations);
+        assert_eq!(
+            plan.release,
+            vec![
+                (ip("10.1.0.4"), "ns/moved-address".to_string(), 12),
+                (ip("10.1.0.5"), "ns/gone".to_string(), 0),
+                (ip("10.1.0.6"), "ns/elsewhere".to_string(), 13),
+            ]
+        );
+        assert_eq!(plan.assign, ["ns/waiting"]);
+        // The holder is deleted: its address goes, guarded by "the key is absent".
+        e.observe(&Event::Delete {
+            key: format!("{ROOT}endpoints/ns/holder"),
+            mod_revision: 20,
+        });
+        let plan = e.plan(&allocations);
+        assert!(plan
+            .release
+            .contains(&(ip("10.1.0.3"), "ns/holder".to_string(), 0)));
+    }
+
+    #[test]
+    fn a_malformed_value_keeps_the_last_good_view() {
+        let mut e = EndpointIpam::new(NODE);
+        e.reset(&[node(r#""10.1.0.0/24""#), addressed("ns/a", "10.1.0.3", 5)]);
+        e.observe(&Event::Put(kv("endpoints/ns/a", "{not json", 6)));
+        e.observe(&Event::Put(kv(&format!("nodes/{NODE}"), "[]", 7)));
+        let plan = e.plan(&[alloc("10.1.0.3", "ns/a")]);
+        assert!(plan.release.is_empty(), "{plan:?}");
+        assert_eq!(plan.in_use, BTreeSet::from([ip("10.1.0.3")]));
+        assert_eq!(e.pools.len(), 1);
+        // A garbage owner in an allocation is released, never panics.
+        let plan = e.plan(&[alloc("10.1.0.7", "no/such/\u{0}owner")]);
+        assert_eq!(plan.release.len(), 1);
+    }
+
+    /// The sync's side of a pending endpoint: not in the model, not malformed; once written
+    /// back it is an ordinary local endpoint; if its addresses are taken away again, it leaves
+    /// the dataplane.
+    #[test]
+    fn the_sync_leaves_pending_endpoints_out_of_the_model() {
+        use crate::dataplane_client::{Change, EndpointMsg, EndpointRef};
+        use crate::sync::ClusterState;
+        let mut s = ClusterState::new(NODE);
+        s.set_quiet(true);
+        s.put(
+            &node(r#""10.1.0.0/24""#).key,
+            &node(r#""10.1.0.0/24""#).value,
+        )
+        .unwrap();
+        s.put(&format!("{ROOT}namespaces/ns"), b"{}").unwrap();
+        let p = pending("ns/a", NODE, 3);
+        s.put(&p.key, &p.value).unwrap();
+        assert!(s.endpoints().is_empty());
+        assert_eq!(s.malformed_total(), 0);
+        let a = addressed("ns/a", "10.1.0.2", 4);
+        s.put(&a.key, &a.value).unwrap();
+        for (labels, _) in s.needed_identities() {
+            s.set_identity(labels, 1000);
+        }
+        let out = s.commit();
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Change::EndpointUpsert(EndpointMsg { id: 2, .. }))),
+            "{out:?}"
+        );
+        s.put(&p.key, &p.value).unwrap();
+        assert!(s.endpoints().is_empty());
+        let out = s.commit();
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Change::EndpointDelete(EndpointRef { id: 2 }))),
+            "{out:?}"
+        );
+        assert_eq!(s.malformed_total(), 0);
+    }
+
+    #[test]
+    fn write_back_value_decodes_as_an_addressed_endpoint() {
+        let Object::PendingEndpoint { spec, .. } = schema::decode(
+            &pending("ns/a", NODE, 1).key,
+            &pending("ns/a", NODE, 1).value,
+        )
+        .unwrap() else {
+            panic!("not pending");
+        };
+        let spec = with_address(with_address(spec, ip("10.1.0.2")), ip("fd00::2"));
+        let value = serde_json::to_vec(&spec).unwrap();
+        match schema::decode(&endpoint_key("ns/a"), &value).unwrap() {
+            Object::Endpoint { spec, .. } => {
+                assert_eq!(spec.ipv4, Some("10.1.0.2".parse().unwrap()));
+                assert_eq!(spec.ipv6, Some("fd00::2".parse().unwrap()));
+                assert_eq!(spec.ifindex, Some(7));
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+}
