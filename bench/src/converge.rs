@@ -802,6 +802,7 @@ fn with_etcd(ctx: &SizeContext, etcd: &mut Etcd, r: &mut SizeResult) -> Result<(
     }
     let quiet_ns = (200 * u64::try_from(interval.as_nanos()).unwrap_or(100_000)).max(20_000_000);
     let (mut e2e, mut put_ack, mut dp_pub, mut revoke) = (vec![], vec![], vec![], vec![]);
+    let mut ack_to_dp = Vec::new();
     let mut timeouts = 0;
     for i in 0..to_usize(args.iterations) {
         crate::signals::sleep(Duration::ZERO)?;
@@ -833,6 +834,8 @@ fn with_etcd(ctx: &SizeContext, etcd: &mut Etcd, r: &mut SizeResult) -> Result<(
                 }
                 if t_dp >= t0 {
                     dp_pub.push(ms(t_dp - t0));
+                    // Signed: etcd may notify the watch before the put's reply arrives here.
+                    ack_to_dp.push((t_dp as f64 - t_put as f64) / 1e6);
                 }
             }
             None => timeouts += 1,
@@ -871,6 +874,10 @@ fn with_etcd(ctx: &SizeContext, etcd: &mut Etcd, r: &mut SizeResult) -> Result<(
     r.push(E2E, &e2e);
     r.push("  of which: etcd put acknowledged", &put_ack);
     r.push("  of which: dataplane published B's new ingress", &dp_pub);
+    r.push(
+        "  put acknowledged -> dataplane published (watch, agent, socket)",
+        &ack_to_dp,
+    );
     r.push(REVOKE, &revoke);
     agent.check_alive(&log)?;
     drop(agent);
