@@ -12,7 +12,9 @@ pub const MIN_FRAME: usize = 42;
 /// Largest frame on a 1500-byte MTU.
 pub const MAX_FRAME: usize = 1514;
 
-const ABOUT: &str = "Pod -> pod UDP forwarding benchmarks: flagella-dataplane vs the kernel vs Open vSwitch (AF_XDP)";
+const ABOUT: &str =
+    "Pod -> pod UDP forwarding benchmarks (flagella-dataplane vs the kernel vs Open vSwitch \
+(AF_XDP)) and policy convergence (vs iptables-restore and nft)";
 
 const AFTER_HELP: &str = "\
 Typical use (as root, from the workspace):
@@ -20,6 +22,9 @@ Typical use (as root, from the workspace):
   cargo build --release -p bench
   sudo target/release/flagella-bench report --duration 10
   sudo target/release/flagella-bench forward --target flagella --flows 10000
+
+`converge` measures policy convergence (etcd write -> first packet decided by it) against
+iptables-restore and nft: see `flagella-bench converge --help`.
 
 `gen` and `sink` are the traffic ends `forward` starts inside the pod namespaces
 (`ip netns exec POD flagella-bench sink --port 9000`); they also work on their own.

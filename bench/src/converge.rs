@@ -819,6 +819,9 @@ fn with_etcd(ctx: &SizeContext, etcd: &mut Etcd, r: &mut SizeResult) -> Result<(
             if Instant::now() > deadline {
                 break None;
             }
+            if crate::signals::stopping() {
+                return Err(BenchError::Interrupted);
+            }
             std::thread::sleep(Duration::from_micros(200));
         };
         match first {
@@ -858,6 +861,9 @@ fn with_etcd(ctx: &SizeContext, etcd: &mut Etcd, r: &mut SizeResult) -> Result<(
                      deletion did not converge (see the agent's log)"
                         .into(),
                 ));
+            }
+            if crate::signals::stopping() {
+                return Err(BenchError::Interrupted);
             }
             std::thread::sleep(Duration::from_millis(1));
         }
