@@ -1,4 +1,4 @@
-//! Command-line interface: `gen`, `sink`, `forward`, `report`. Parsing only; the subcommands
+//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`. Parsing only; the subcommands
 //! live in their modules. Every value a user types is validated here (sizes, flow counts,
 //! durations), so the rest of the crate can rely on the ranges stated below.
 
@@ -12,7 +12,9 @@ pub const MIN_FRAME: usize = 42;
 /// Largest frame on a 1500-byte MTU.
 pub const MAX_FRAME: usize = 1514;
 
-const ABOUT: &str = "Pod -> pod UDP forwarding benchmarks: flagella-dataplane vs the kernel vs Open vSwitch (AF_XDP)";
+const ABOUT: &str =
+    "Pod -> pod UDP forwarding benchmarks (flagella-dataplane vs the kernel vs Open vSwitch \
+(AF_XDP)) and policy convergence (vs iptables-restore and nft)";
 
 const AFTER_HELP: &str = "\
 Typical use (as root, from the workspace):
@@ -20,6 +22,9 @@ Typical use (as root, from the workspace):
   cargo build --release -p bench
   sudo target/release/flagella-bench report --duration 10
   sudo target/release/flagella-bench forward --target flagella --flows 10000
+
+`converge` measures policy convergence (etcd write -> first packet decided by it) against
+iptables-restore and nft: see `flagella-bench converge --help`.
 
 `gen` and `sink` are the traffic ends `forward` starts inside the pod namespaces
 (`ip netns exec POD flagella-bench sink --port 9000`); they also work on their own.
@@ -43,7 +48,37 @@ pub enum Command {
     /// Run every target over each flow count in one run; print a table with ratios to kernel
     /// forwarding measured in the same run.
     Report(ReportArgs),
+    /// Policy convergence: time from the etcd write of a policy to the first packet the
+    /// dataplane admits by it, at each endpoint count, next to iptables-restore and nft
+    /// loading the same state. Needs root.
+    #[command(after_help = CONVERGE_HELP)]
+    Converge(ConvergeArgs),
 }
+
+const CONVERGE_HELP: &str = "\
+What it does, per --endpoints value (everything it creates carries the prefix fcv-<pid>-<n> and
+is removed on exit, pass or fail):
+  1. a node namespace with two real pods A and B (veth pairs), flagella-dataplane on them, an
+     etcd of its own on loopback (unless --etcd), a synthetic cluster written to etcd (N
+     endpoints: A, B, up to 98 more on this node, the rest on --nodes remote nodes; ~1,000
+     identities; --policies background policies; B under a default-deny ingress policy), then
+     flagella-control for the node, and a wait until it has converged;
+  2. A sends a UDP probe to B every --probe-interval-us, each a new flow (new ports), so each is
+     decided by policy;
+  3. --iterations times: put a policy allowing A -> B, time until the first probe reaches B;
+     delete it, wait until probes stop;
+  4. iptables-restore (full state and one policy's rules) and nft (a set of N addresses, one
+     element added) in a scratch namespace: the same state, the same run.
+
+Typical use (as root, from the workspace):
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p control --bin flagella-control
+  cargo build --release -p bench
+  scripts/install-deps.sh etcd-server iptables nftables
+  sudo target/release/flagella-bench converge --endpoints 1000,10000 --markdown
+
+flagella-dataplane and flagella-control are taken from next to this binary unless --dataplane /
+--control say otherwise.";
 
 /// How packets are generated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -200,6 +235,63 @@ pub struct ReportArgs {
     pub run: RunArgs,
 }
 
+#[derive(Clone, Debug, Args)]
+pub struct ConvergeArgs {
+    /// Endpoint counts (pods in the cluster, A and B included), comma-separated; 2..=25100.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000", value_parser = parse_endpoints)]
+    pub endpoints: Vec<usize>,
+    /// Measured policy put/delete cycles per endpoint count.
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub iterations: u64,
+    /// Microseconds between two probes from A to B (the measurement's resolution); 10..=100000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+    pub probe_interval_us: u64,
+    /// Use this etcd (URL[,URL...]) instead of starting one; it must have no keys under
+    /// /flagella/v1/. The keys the run writes are deleted at the end (identities stay until the
+    /// agents' identity collection removes them).
+    #[arg(long, value_name = "URL")]
+    pub etcd: Option<String>,
+    /// Remote nodes the non-local endpoints are spread over.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub nodes: u64,
+    /// Background policies (one "allow from the same namespace" per namespace, then per-app
+    /// policies).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub policies: u64,
+    /// Repetitions of each iptables / nft measurement.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub baseline_reps: u64,
+    /// Skip the iptables and nftables baselines.
+    #[arg(long)]
+    pub skip_baselines: bool,
+    /// CPU of the dataplane's worker.
+    #[arg(long, default_value_t = 1)]
+    pub worker_core: usize,
+    /// The flagella-dataplane binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub dataplane: Option<PathBuf>,
+    /// The flagella-control binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Print the table as Markdown.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_endpoints(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if (2..=25_100).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} endpoints: use 2..=25100 (A and B, 98 more local pods, 250 per remote node)"
+        ))
+    }
+}
+
 fn parse_frame_size(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
     if (MIN_FRAME..=MAX_FRAME).contains(&n) {
@@ -312,6 +404,37 @@ mod tests {
         );
         assert!(parse(&["forward", "--target", "vpp"]).is_err());
         assert!(parse(&["forward", "--target", "kernel", "--duration", "0"]).is_err());
+    }
+
+    #[test]
+    fn converge_defaults_and_limits() {
+        let Command::Converge(c) = parse(&["converge"]).unwrap().command else {
+            panic!("not converge")
+        };
+        assert_eq!(c.endpoints, vec![1000, 10000]);
+        assert_eq!(
+            (c.iterations, c.probe_interval_us, c.nodes),
+            (150, 100, 100)
+        );
+        assert!(c.etcd.is_none() && !c.skip_baselines && !c.markdown);
+        let Command::Converge(c) = parse(&[
+            "converge",
+            "--endpoints",
+            "2,500",
+            "--etcd",
+            "http://127.0.0.1:1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not converge")
+        };
+        assert_eq!(c.endpoints, vec![2, 500]);
+        assert_eq!(c.etcd.as_deref(), Some("http://127.0.0.1:1"));
+        assert!(parse(&["converge", "--endpoints", "1"]).is_err());
+        assert!(parse(&["converge", "--endpoints", "30000"]).is_err());
+        assert!(parse(&["converge", "--probe-interval-us", "5"]).is_err());
+        assert!(parse(&["converge", "--iterations", "0"]).is_err());
     }
 
     #[test]

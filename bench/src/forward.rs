@@ -66,7 +66,7 @@ pub fn window_rate(samples: &[(u64, u64)], t0: u64, t1: u64) -> Option<f64> {
 }
 
 /// The scratch directory of a run, removed on drop.
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(pub(crate) PathBuf);
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
@@ -96,7 +96,7 @@ pub fn default_dataplane() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("flagella-dataplane"))
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

@@ -6,15 +6,22 @@
 //! - [`targets`]: what forwards between the pods: flagella-dataplane, the kernel, Open vSwitch
 //!   (userspace datapath, AF_XDP ports), each torn down on drop.
 //! - [`forward`]: one measurement; [`report`]: the arithmetic and the table.
+//! - [`converge`]: policy convergence (etcd write -> first packet decided by it) against
+//!   iptables-restore and nftables; [`synth`] the synthetic cluster and the baselines' rule
+//!   text, [`etcd`] the etcd server and client, [`probe`] the probe sender and receiver.
 //! - [`signals`]: SIGINT/SIGTERM become a flag the waits poll, so the guards' `Drop` runs.
 //!
 //! The pipeline's own micro-benchmarks live in `dataplane/benches/`.
 
 pub mod cli;
+pub mod converge;
+pub mod etcd;
 pub mod forward;
 pub mod pktgen;
+pub mod probe;
 pub mod report;
 pub mod signals;
+pub mod synth;
 pub mod targets;
 pub mod topo;
 pub mod traffic;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, generate, sink};
-use bench::{forward, signals, BenchError};
+use bench::{converge, forward, signals, BenchError};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -45,6 +45,25 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             Ok(())
         }
         Command::Report(args) => report(&args),
+        Command::Converge(args) => {
+            let before = converge::machine_notes();
+            eprintln!("start: {before}");
+            let results = converge::converge(&args)?;
+            print!("{}", converge::render(&results, args.markdown));
+            println!("\nstart: {before}\nend:   {}", converge::machine_notes());
+            if let Some(path) = &args.json {
+                let text = serde_json::to_string_pretty(&results)
+                    .map_err(|e| BenchError::Failed(format!("results as JSON: {e}")))?;
+                std::fs::write(path, text)
+                    .map_err(|e| BenchError::io(path.display().to_string(), e))?;
+            }
+            if results.iter().any(|r| r.lines.is_empty()) {
+                return Err(BenchError::Failed(
+                    "at least one endpoint count failed (see its note above)".into(),
+                ));
+            }
+            Ok(())
+        }
     }
 }
 

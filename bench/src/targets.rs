@@ -107,7 +107,7 @@ pub fn tail(text: &str, n: usize) -> String {
 }
 
 /// Polls `ready` every 50 ms for up to `timeout`; fails with `what`.
-fn wait_for(
+pub(crate) fn wait_for(
     what: &str,
     timeout: Duration,
     mut ready: impl FnMut() -> Result<bool, BenchError>,
@@ -141,6 +141,47 @@ pub struct WorkerSample {
     pub rx_packets: u64,
 }
 
+/// Starts `flagella-dataplane --interface A=pod --interface B=pod --core W` in the node
+/// namespace with its socket and log in `dir`, unconfigured; returns once the control socket
+/// accepts connections.
+pub fn start_dataplane(
+    topo: &Topology,
+    binary: &Path,
+    dir: &Path,
+    core: usize,
+    nice: i32,
+) -> Result<(ChildGuard, PathBuf), BenchError> {
+    let socket = dir.join("dataplane.sock");
+    let log = dir.join("dataplane.log");
+    let config = dir.join("dataplane.toml");
+    std::fs::write(&config, "").map_err(|e| BenchError::io(config.display().to_string(), e))?;
+    let logf = File::create(&log).map_err(|e| BenchError::io(log.display().to_string(), e))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &topo.node])
+        .arg(binary)
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--interface", &format!("{}=pod", topo.a.host_if)])
+        .args(["--interface", &format!("{}=pod", topo.b.host_if)])
+        .args(["--core", &core.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf);
+    let mut daemon = ChildGuard::spawn("flagella-dataplane", &mut cmd)?;
+    wait_for(
+        "flagella-dataplane's control socket to appear",
+        Duration::from_secs(30),
+        || {
+            daemon.check_alive(&log)?;
+            Ok(UnixStream::connect(&socket).is_ok())
+        },
+    )?;
+    daemon.renice(nice)?;
+    Ok((daemon, socket))
+}
+
 impl Flagella {
     pub fn start(
         topo: &Topology,
@@ -149,34 +190,7 @@ impl Flagella {
         core: usize,
         nice: i32,
     ) -> Result<Flagella, BenchError> {
-        let socket = dir.join("dataplane.sock");
-        let log = dir.join("dataplane.log");
-        let config = dir.join("dataplane.toml");
-        std::fs::write(&config, "").map_err(|e| BenchError::io(config.display().to_string(), e))?;
-        let logf = File::create(&log).map_err(|e| BenchError::io(log.display().to_string(), e))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &topo.node])
-            .arg(binary)
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--interface", &format!("{}=pod", topo.a.host_if)])
-            .args(["--interface", &format!("{}=pod", topo.b.host_if)])
-            .args(["--core", &core.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(logf);
-        let mut daemon = ChildGuard::spawn("flagella-dataplane", &mut cmd)?;
-        wait_for(
-            "flagella-dataplane's control socket to appear",
-            Duration::from_secs(30),
-            || {
-                daemon.check_alive(&log)?;
-                Ok(UnixStream::connect(&socket).is_ok())
-            },
-        )?;
-        daemon.renice(nice)?;
+        let (daemon, socket) = start_dataplane(topo, binary, dir, core, nice)?;
         let writer = UnixStream::connect(&socket)
             .map_err(|e| BenchError::io(socket.display().to_string(), e))?;
         writer

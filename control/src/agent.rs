@@ -88,8 +88,11 @@ impl Agent {
             node: cfg.node.clone(),
             ..Status::default()
         };
+        let mut state = ClusterState::new(&cfg.node);
+        // Only this node's endpoints need maps: O(local pods) per change, not O(cluster).
+        state.set_local_only(true);
         Agent {
-            state: ClusterState::new(&cfg.node),
+            state,
             cfg,
             dataplane: None,
             status: Arc::new(Mutex::new(status)),

@@ -13,6 +13,12 @@
 //! only the dirty endpoints, applies the difference to their maps in place and returns it as
 //! [`Delta`]s (with the ipcache changes), in a deterministic order.
 //!
+//! Compiled pods: a node agent only needs the maps of its own node's pods, but every pod of
+//! the cluster is an input (identities, selector selections, the ipcache, named ports).
+//! [`PolicyEngine::upsert_pod_with`] with `compile: false` adds such an input-only pod: it is
+//! never marked dirty and has no [`EndpointPolicy`], so a change costs O(this node's affected
+//! pods), not O(the cluster's).
+//!
 //! Map state of one endpoint in one direction:
 //! - no section selecting it applies in that direction: not enforced, empty map;
 //! - otherwise enforced; if none of those sections asks for default deny (Cilium
@@ -106,6 +112,8 @@ pub enum EngineError {
 struct PodState {
     pod: Pod,
     identity: Identity,
+    /// Its maps are computed (false: an input only, see the module doc).
+    compiled: bool,
 }
 
 /// Interned sets of rule origins; the cookie is the index + 1 (0 means "no rule").
@@ -193,6 +201,8 @@ pub struct PolicyEngine {
     identities: IdentityTable,
     addresses: HashMap<Identity, Vec<IpAddr>>,
     pods_by_identity: HashMap<Identity, BTreeSet<String>>,
+    /// The compiled pods among `pods_by_identity` (what [`Self::mark_subject`] marks dirty).
+    compiled_by_identity: HashMap<Identity, BTreeSet<String>>,
     ipcache: Ipcache,
     repo: Repository,
     cache: SelectorCache,
@@ -245,20 +255,27 @@ impl PolicyEngine {
         }
         self.namespaces.insert(name.to_string(), labels);
         let prefix = format!("{name}/");
-        let in_ns: Vec<Pod> = self
+        let in_ns: Vec<(Pod, bool)> = self
             .pods
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, s)| s.pod.clone())
+            .map(|(_, s)| (s.pod.clone(), s.compiled))
             .collect();
-        for pod in in_ns {
-            self.upsert_pod(pod)?;
+        for (pod, compiled) in in_ns {
+            self.upsert_pod_with(pod, compiled)?;
         }
         Ok(())
     }
 
-    /// Adds a pod, or changes its labels, address or ports.
+    /// Adds a pod, or changes its labels, address or ports; its maps are compiled.
     pub fn upsert_pod(&mut self, pod: Pod) -> Result<(), EngineError> {
+        self.upsert_pod_with(pod, true)
+    }
+
+    /// As [`Self::upsert_pod`]; with `compile` false the pod is an input only (a pod of
+    /// another node): no maps are computed for it, and maps it had are dropped
+    /// ([`Delta::EndpointRemoved`]).
+    pub fn upsert_pod_with(&mut self, pod: Pod, compile: bool) -> Result<(), EngineError> {
         let key = pod.key();
         let ns_labels =
             self.namespaces
@@ -279,9 +296,14 @@ impl PolicyEngine {
         let (id, _) = self.identities.acquire_labels(&labels)?;
         let named = !pod.ports.iter().all(|p| p.name.is_none());
         let ip = pod.ip;
-        let old = self
-            .pods
-            .insert(key.clone(), PodState { pod, identity: id });
+        let old = self.pods.insert(
+            key.clone(),
+            PodState {
+                pod,
+                identity: id,
+                compiled: compile,
+            },
+        );
         let mut touched = vec![id];
         let mut old_named = false;
         if let Some(old) = &old {
@@ -294,6 +316,12 @@ impl PolicyEngine {
             .entry(id)
             .or_default()
             .insert(key.clone());
+        if compile {
+            self.compiled_by_identity
+                .entry(id)
+                .or_default()
+                .insert(key.clone());
+        }
         self.pod_by_ip.insert(ip, key.clone());
         self.set_ipcache(Prefix::host(ip), id);
         if let Some(old) = old {
@@ -306,7 +334,14 @@ impl PolicyEngine {
         if named || old_named {
             self.mark_named_egress_users();
         }
-        self.dirty.insert(key);
+        if compile {
+            self.dirty.insert(key);
+        } else {
+            self.dirty.remove(&key);
+            if self.endpoints.remove(&key).is_some() {
+                self.pending.push(Delta::EndpointRemoved { endpoint: key });
+            }
+        }
         Ok(())
     }
 
@@ -338,10 +373,12 @@ impl PolicyEngine {
                 self.addresses.remove(&identity);
             }
         }
-        if let Some(set) = self.pods_by_identity.get_mut(&identity) {
-            set.remove(key);
-            if set.is_empty() {
-                self.pods_by_identity.remove(&identity);
+        for index in [&mut self.pods_by_identity, &mut self.compiled_by_identity] {
+            if let Some(set) = index.get_mut(&identity) {
+                set.remove(key);
+                if set.is_empty() {
+                    index.remove(&identity);
+                }
             }
         }
         if self.pod_by_ip.get(&ip).is_some_and(|k| k == key) {
@@ -569,7 +606,7 @@ impl PolicyEngine {
     fn mark_subject(&mut self, subject: &Selector) {
         let selection = self.cache.selection(&Peer::Endpoints(subject.clone()));
         for id in selection {
-            if let Some(pods) = self.pods_by_identity.get(id) {
+            if let Some(pods) = self.compiled_by_identity.get(id) {
                 self.dirty.extend(pods.iter().cloned());
             }
         }
@@ -590,7 +627,7 @@ impl PolicyEngine {
         let mut deltas = std::mem::take(&mut self.pending);
         let dirty = std::mem::take(&mut self.dirty);
         for key in dirty {
-            let Some(state) = self.pods.get(&key) else {
+            let Some(state) = self.pods.get(&key).filter(|s| s.compiled) else {
                 continue;
             };
             let desired = [Direction::Egress, Direction::Ingress]
@@ -1354,6 +1391,51 @@ spec:
             })
             .collect();
         assert_eq!(touched, ["x/a"].into_iter().collect(), "{deltas:?}");
+    }
+
+    /// A node agent compiles only its own pods; the others are inputs (peers, named ports).
+    #[test]
+    fn input_only_pods_have_no_maps_but_are_peers() {
+        let parsed = parse_policies("p.yaml", POLICIES).unwrap();
+        let cluster = parse_cluster("c.yaml", CLUSTER).unwrap();
+        let full = PolicyEngine::build(&cluster, &parsed.policies).unwrap();
+        let local = "y/a";
+        let mut e = PolicyEngine::new();
+        for (name, labels) in &cluster.namespaces {
+            e.upsert_namespace(name, labels.clone()).unwrap();
+        }
+        for pod in &cluster.pods {
+            e.upsert_pod_with(pod.clone(), pod.key() == local).unwrap();
+        }
+        for p in &parsed.policies {
+            e.upsert_policy(p.clone()).unwrap();
+        }
+        e.commit();
+        // Only the local pod has maps, and they equal the full compilation's.
+        let keys: Vec<&str> = e.endpoints().map(|(k, _)| k).collect();
+        assert_eq!(keys, [local]);
+        let only = |s: Snapshot| {
+            s.into_iter()
+                .filter(|(k, _)| k == local)
+                .collect::<Snapshot>()
+        };
+        assert_eq!(snapshot(&e), only(snapshot(&full)));
+        // A namespace relabel keeps every pod's compile setting.
+        let blue: Labels = [("team", "blue")].into_iter().collect();
+        e.upsert_namespace("x", blue).unwrap();
+        e.commit();
+        assert_eq!(e.endpoints().map(|(k, _)| k).collect::<Vec<_>>(), [local]);
+        // Turning the local pod into an input drops its maps; back again compiles them.
+        let pod = e.pod(local).unwrap().clone();
+        e.upsert_pod_with(pod.clone(), false).unwrap();
+        let deltas = e.commit();
+        assert!(deltas.contains(&Delta::EndpointRemoved {
+            endpoint: local.into()
+        }));
+        assert!(e.endpoint(local).is_none());
+        e.upsert_pod_with(pod, true).unwrap();
+        e.commit();
+        assert!(e.endpoint(local).is_some_and(|ep| ep.ingress.enforced));
     }
 
     #[test]
