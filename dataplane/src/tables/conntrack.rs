@@ -486,8 +486,9 @@ pub struct CtCreate {
     pub backend: u32,
 }
 
-/// One tracked flow. Fields the table maintains are read through getters; the NAT and identity
-/// fields may be rewritten by the pipeline through [`Conntrack::entry_mut`].
+/// One tracked flow. Fields the table maintains are read through getters; the identity (a
+/// field) and the NAT fields (setters) may be rewritten by the pipeline through
+/// [`Conntrack::entry_mut`].
 ///
 /// `repr(C)` so the fields a lookup reads (`expires`) share the slot's first cache line with
 /// the key; the layout is checked by a test.
