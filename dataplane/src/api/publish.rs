@@ -310,7 +310,7 @@ fn snapshot_conntrack(ct: &Conntrack, now: u64, limit: usize, generation: u64) -
                 bytes_reply: e.bytes(Direction::Reply),
                 expires_in_ms: e.expires().saturating_sub(now) / 1_000_000,
                 rev_nat: e
-                    .rev_nat
+                    .rev_nat()
                     .map(|r| std::net::SocketAddr::new(r.addr(), r.port()).to_string()),
             }
         })

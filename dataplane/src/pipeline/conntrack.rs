@@ -53,7 +53,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             ctx.c.ct_related += 1;
             // An error from the backend about a NATed flow: the client must see it come from
             // the frontend, about a packet it sent to the frontend.
-            if let (Direction::Original, Some(rev)) = (dir, ctx.ct.entry(h).rev_nat) {
+            if let (Direction::Original, Some(rev)) = (dir, ctx.ct.entry(h).rev_nat()) {
                 if m.inner.src != m.tuple.src
                     && super::service::reverse_nat_icmp_error(f, m, rev.addr(), rev.port())
                 {
@@ -74,7 +74,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             Direction::Original => m.ct = CtMark::Established,
             Direction::Reply => {
                 m.ct = CtMark::Reply;
-                if let Some(rev) = ctx.ct.entry(h).rev_nat {
+                if let Some(rev) = ctx.ct.entry(h).rev_nat() {
                     super::service::reverse_nat(f, m, rev.addr(), rev.port());
                     ctx.c.reverse_nat += 1;
                 }

@@ -18,7 +18,10 @@
 //! lines of the slot whose tag matches), then lookups and updates. (The tags used to share a
 //! cache line at the head of each bucket: a third line from memory per packet.)
 //! Each slot is two cache lines: the key and the fields a lookup needs (expiry) in the first,
-//! counters, creation time and NAT info in the second.
+//! counters, creation time and NAT info (the *tail*) in the second. A created entry whose tail
+//! holds nothing its first line cannot imply (no NAT information, at most the creating packet
+//! counted) is stored *compact*, writing only the first line: a new flow then costs one slot
+//! line from memory instead of two (see [`CtEntry`], "The tail").
 //!
 //! # Keys
 //! [`FlowKey`] is canonical: the two `(address, port)` endpoints are stored smaller first, so both
@@ -41,6 +44,8 @@
 //!    same flow (live or expired) instead of adding a second one.
 //! 4. Insertion never fails: with no free slot it evicts, in order, an expired entry, else the
 //!    least valuable entry (not yet established, or closing), else the one idle the longest.
+//! 5. An entry's tail is read only when its first line says it is written (`CtFlags::TAIL`);
+//!    whatever writes a compact entry's tail writes all of it first (`CtEntry::expand`).
 //!
 //! # Handles
 //! A [`CtHandle`] names a slot. It stays valid until the next `create`, `remove` or `gc` on the
@@ -86,7 +91,7 @@ mod tcp_flag {
     pub const ACK: u8 = 0x10;
 }
 
-/// Bits of `CtEntry::fin_seen`: which side has sent a FIN.
+/// `FIN_FROM_*` bits of an entry (kept in its flags): which side has sent a FIN.
 const FIN_FROM_ORIGINAL: u8 = 0b01;
 const FIN_FROM_REPLY: u8 = 0b10;
 const FIN_FROM_BOTH: u8 = FIN_FROM_ORIGINAL | FIN_FROM_REPLY;
@@ -403,6 +408,25 @@ impl CtFlags {
     pub const PROXY: CtFlags = CtFlags(1 << 2);
     /// The bits a caller may set; the others belong to the table.
     const CALLER_BITS: u8 = Self::DSR.0 | Self::PROXY.0;
+    /// The bits [`CtEntry::flags`] shows.
+    const PUBLIC_BITS: u8 = Self::SEEN_REPLY.0 | Self::CALLER_BITS;
+    /// Private: the entry's `FIN_FROM_*` bits, shifted by `FIN_SHIFT`.
+    const FIN_SHIFT: u32 = 3;
+    const FIN_BITS: u8 = FIN_FROM_BOTH << Self::FIN_SHIFT;
+    /// Private: the entry's tail is written (see [`CtEntry`], "The tail").
+    const TAIL: CtFlags = CtFlags(1 << 5);
+    /// Private, compact entries only: the creating packet travelled in this direction.
+    const FIRST_ORIGINAL: CtFlags = CtFlags(1 << 6);
+    const FIRST_REPLY: CtFlags = CtFlags(1 << 7);
+    const FIRST_BITS: u8 = Self::FIRST_ORIGINAL.0 | Self::FIRST_REPLY.0;
+
+    #[inline]
+    fn first(dir: Direction) -> CtFlags {
+        match dir {
+            Direction::Original => Self::FIRST_ORIGINAL,
+            Direction::Reply => Self::FIRST_REPLY,
+        }
+    }
 
     pub fn bits(self) -> u8 {
         self.0
@@ -462,38 +486,94 @@ pub struct CtCreate {
     pub backend: u32,
 }
 
-/// One tracked flow. Fields the table maintains are read through getters; the NAT and identity
-/// fields may be rewritten by the pipeline through [`Conntrack::entry_mut`].
+/// One tracked flow. Fields the table maintains are read through getters; the identity (a
+/// field) and the NAT fields (setters) may be rewritten by the pipeline through
+/// [`Conntrack::entry_mut`].
 ///
 /// `repr(C)` so the fields a lookup reads (`expires`) share the slot's first cache line with
 /// the key; the layout is checked by a test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// # The tail
+/// The fields from `created` on (the *tail*) fill the slot's second cache line. A new flow's
+/// entry usually has nothing there worth a memory write: `created` equals `last_seen`, no NAT
+/// information, and the counters hold at most the creating packet. Such an entry is stored
+/// *compact*: the tail is not written (it holds whatever an earlier occupant left) and its
+/// values are implied by the head: `created = last_seen`, `backend = 0`, `rev_nat = None`,
+/// counters zero except one packet of `first_bytes` bytes in the direction a `FIRST_*` bit
+/// names. [`CtFlags::TAIL`] says the tail is written; the getters honour both forms, and
+/// anything that writes the tail (an update, a setter) first *expands* a compact entry.
+#[derive(Clone, Copy)]
 #[repr(C)]
 pub struct CtEntry {
     expires: u64,
     last_seen: u64,
     state: CtState,
+    /// Caller flags, `SEEN_REPLY`, and the table's private bits (FIN, tail form).
     flags: CtFlags,
-    /// `FIN_FROM_*` bits.
-    fin_seen: u8,
+    /// A compact entry's creating packet's length (see "The tail").
+    first_bytes: u16,
     /// Security identity of the originator.
     pub src_identity: Identity,
+    // ---- the tail: valid only with `CtFlags::TAIL` ----
     created: u64,
     packets: [u64; 2],
     bytes: [u64; 2],
     /// Backend (service-scope entries) or service id; 0 when none.
-    pub backend: u32,
+    backend: u32,
     /// Service frontend to restore as the source of replies.
-    pub rev_nat: Option<RevNat>,
+    rev_nat: Option<RevNat>,
+}
+
+impl PartialEq for CtEntry {
+    /// The same flow state, whether either side is stored compact or not.
+    fn eq(&self, other: &Self) -> bool {
+        self.expires == other.expires
+            && self.last_seen == other.last_seen
+            && self.state == other.state
+            && self.flags() == other.flags()
+            && self.fin_seen() == other.fin_seen()
+            && self.src_identity == other.src_identity
+            && self.created() == other.created()
+            && [Direction::Original, Direction::Reply]
+                .iter()
+                .all(|&d| self.packets(d) == other.packets(d) && self.bytes(d) == other.bytes(d))
+            && self.backend() == other.backend()
+            && self.rev_nat() == other.rev_nat()
+    }
+}
+
+impl Eq for CtEntry {}
+
+impl fmt::Debug for CtEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let both = |get: fn(&CtEntry, Direction) -> u64| {
+            [get(self, Direction::Original), get(self, Direction::Reply)]
+        };
+        f.debug_struct("CtEntry")
+            .field("expires", &self.expires)
+            .field("last_seen", &self.last_seen)
+            .field("state", &self.state)
+            .field("flags", &self.flags())
+            .field("fin_seen", &self.fin_seen())
+            .field("src_identity", &self.src_identity)
+            .field("created", &self.created())
+            .field("packets", &both(CtEntry::packets))
+            .field("bytes", &both(CtEntry::bytes))
+            .field("backend", &self.backend())
+            .field("rev_nat", &self.rev_nat())
+            .field("compact", &!self.flags.contains(CtFlags::TAIL))
+            .finish()
+    }
 }
 
 impl CtEntry {
+    /// A compact entry that has counted nothing.
     const EMPTY: CtEntry = CtEntry {
         expires: 0,
         last_seen: 0,
         state: CtState::New,
         flags: CtFlags::EMPTY,
-        fin_seen: 0,
+        first_bytes: 0,
         src_identity: Identity(0),
         created: 0,
         packets: [0; 2],
@@ -506,8 +586,110 @@ impl CtEntry {
         self.state
     }
 
+    /// The caller flags and [`CtFlags::SEEN_REPLY`] (not the table's private bits).
     pub fn flags(&self) -> CtFlags {
-        self.flags
+        CtFlags(self.flags.0 & CtFlags::PUBLIC_BITS)
+    }
+
+    /// `FIN_FROM_*` bits.
+    #[inline]
+    fn fin_seen(&self) -> u8 {
+        (self.flags.0 & CtFlags::FIN_BITS) >> CtFlags::FIN_SHIFT
+    }
+
+    #[inline]
+    fn set_fin_seen(&mut self, fin_seen: u8) {
+        self.flags.0 = (self.flags.0 & !CtFlags::FIN_BITS)
+            | ((fin_seen << CtFlags::FIN_SHIFT) & CtFlags::FIN_BITS);
+    }
+
+    /// True when the tail is written (see "The tail").
+    #[inline]
+    fn has_tail(&self) -> bool {
+        self.flags.contains(CtFlags::TAIL)
+    }
+
+    /// Writes the implied tail of a compact entry, so that it can be updated in place; a no-op
+    /// when the tail is written already.
+    #[inline]
+    fn expand(&mut self) {
+        if self.has_tail() {
+            return;
+        }
+        let mut packets = [0; 2];
+        let mut bytes = [0; 2];
+        for dir in [Direction::Original, Direction::Reply] {
+            if self.flags.contains(CtFlags::first(dir)) {
+                packets[dir.index()] = 1;
+                bytes[dir.index()] = u64::from(self.first_bytes);
+            }
+        }
+        self.created = self.last_seen;
+        self.packets = packets;
+        self.bytes = bytes;
+        self.backend = 0;
+        self.rev_nat = None;
+        self.flags.0 = (self.flags.0 & !CtFlags::FIRST_BITS) | CtFlags::TAIL.0;
+        self.first_bytes = 0;
+    }
+
+    /// Stores an expanded entry compact when its tail holds nothing the head cannot imply (see
+    /// "The tail"); otherwise leaves it as it is. The table calls it on a created entry just
+    /// before the store, which then skips the tail.
+    #[inline]
+    fn compact(&mut self) {
+        if !self.has_tail()
+            || self.created != self.last_seen
+            || self.backend != 0
+            || self.rev_nat.is_some()
+        {
+            return;
+        }
+        let (mut first, mut first_bytes) = (0, 0u64);
+        for dir in [Direction::Original, Direction::Reply] {
+            match (self.packets[dir.index()], self.bytes[dir.index()]) {
+                (0, 0) => {}
+                (1, b) if first == 0 => {
+                    first = CtFlags::first(dir).0;
+                    first_bytes = b;
+                }
+                _ => return,
+            }
+        }
+        let Ok(first_bytes) = u16::try_from(first_bytes) else {
+            return;
+        };
+        self.flags.0 = (self.flags.0 & !(CtFlags::TAIL.0 | CtFlags::FIRST_BITS)) | first;
+        self.first_bytes = first_bytes;
+    }
+
+    /// Backend (service-scope entries) or service id; 0 when none.
+    pub fn backend(&self) -> u32 {
+        if self.has_tail() {
+            self.backend
+        } else {
+            0
+        }
+    }
+
+    pub fn set_backend(&mut self, backend: u32) {
+        self.expand();
+        self.backend = backend;
+    }
+
+    /// Service frontend to restore as the source of replies.
+    #[inline]
+    pub fn rev_nat(&self) -> Option<RevNat> {
+        if self.has_tail() {
+            self.rev_nat
+        } else {
+            None
+        }
+    }
+
+    pub fn set_rev_nat(&mut self, rev_nat: Option<RevNat>) {
+        self.expand();
+        self.rev_nat = rev_nat;
     }
 
     /// Sets or clears caller flags ([`CtFlags::DSR`], [`CtFlags::PROXY`]); other bits are left
@@ -523,7 +705,11 @@ impl CtEntry {
 
     /// Monotonic nanoseconds when the entry was created.
     pub fn created(&self) -> u64 {
-        self.created
+        if self.has_tail() {
+            self.created
+        } else {
+            self.last_seen
+        }
     }
 
     /// Monotonic nanoseconds of the last packet.
@@ -541,11 +727,21 @@ impl CtEntry {
     }
 
     pub fn packets(&self, dir: Direction) -> u64 {
-        self.packets[dir.index()]
+        if self.has_tail() {
+            self.packets[dir.index()]
+        } else {
+            u64::from(self.flags.contains(CtFlags::first(dir)))
+        }
     }
 
     pub fn bytes(&self, dir: Direction) -> u64 {
-        self.bytes[dir.index()]
+        if self.has_tail() {
+            self.bytes[dir.index()]
+        } else if self.flags.contains(CtFlags::first(dir)) {
+            u64::from(self.first_bytes)
+        } else {
+            0
+        }
     }
 
     fn fresh(info: &CtCreate, now: u64) -> CtEntry {
@@ -555,7 +751,8 @@ impl CtEntry {
             } else {
                 CtState::New
             },
-            flags: CtFlags(info.flags.0 & CtFlags::CALLER_BITS),
+            // Built expanded; `compact` decides how it is stored.
+            flags: CtFlags((info.flags.0 & CtFlags::CALLER_BITS) | CtFlags::TAIL.0),
             src_identity: info.src_identity,
             created: now,
             last_seen: now,
@@ -829,8 +1026,9 @@ impl Slot {
     ) -> CtUpdate {
         let proto = self.key.proto;
         let mut dir = dir;
+        self.entry.expand();
         if proto == IPPROTO_TCP {
-            let step = tcp_step(self.entry.state, self.entry.fin_seen, dir, tcp_flags);
+            let step = tcp_step(self.entry.state, self.entry.fin_seen(), dir, tcp_flags);
             if step.restart {
                 self.entry.flags.0 &= !CtFlags::SEEN_REPLY.0;
                 if dir == Direction::Reply {
@@ -843,7 +1041,7 @@ impl Slot {
                 }
             }
             self.entry.state = step.state;
-            self.entry.fin_seen = step.fin_seen;
+            self.entry.set_fin_seen(step.fin_seen);
         } else if dir == Direction::Reply {
             self.entry.state = CtState::Established;
         }
@@ -1202,15 +1400,18 @@ impl Conntrack {
             let tags = &self.tags[b];
             let candidates = tags.matching(tag_of(hash));
             // No tag matches: most likely a new flow, which `create` will store in the
-            // bucket's first free slot if it is allowed. Start that slot's load too, so the
-            // store does not wait for it (a full bucket evicts: no guess then).
-            let way = match candidates {
-                0 => match tags.free_way() {
-                    Some(way) => way,
-                    None => return,
-                },
-                _ => candidates.trailing_zeros() as usize % WAYS,
-            };
+            // bucket's first free slot if it is allowed. Start that slot's first line too, so
+            // the store does not wait for it (a full bucket evicts: no guess then); a new
+            // entry is usually compact and leaves the second line alone.
+            if candidates == 0 {
+                if let Some(way) = tags.free_way() {
+                    let slot: *const Slot = &self.buckets[b].slots[way];
+                    // SAFETY: as in `prefetch`: a hint that never faults, on a live slot.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>()) };
+                }
+                return;
+            }
+            let way = candidates.trailing_zeros() as usize % WAYS;
             let slot: *const Slot = &self.buckets[b].slots[way];
             // SAFETY: as in `prefetch`: hints that never fault, on addresses inside a live slot
             // (a `Slot` is 128 bytes, so `slot + 64` is its second line).
@@ -1335,10 +1536,25 @@ impl Conntrack {
         (b, way, slot)
     }
 
+    /// Stores a created entry: compact when it can be (then only the slot's first cache line
+    /// is written, see [`CtEntry`], "The tail"), else whole.
     #[inline]
-    fn store(&mut self, b: usize, way: usize, hash: u64, slot: Slot) -> CtHandle {
+    fn store(&mut self, b: usize, way: usize, hash: u64, mut slot: Slot) -> CtHandle {
         self.tags[b].0[way] = tag_of(hash);
-        self.buckets[b].slots[way] = slot;
+        slot.entry.compact();
+        let dst = &mut self.buckets[b].slots[way];
+        if slot.entry.has_tail() {
+            *dst = slot;
+        } else {
+            dst.key = slot.key;
+            let (e, d) = (&slot.entry, &mut dst.entry);
+            d.expires = e.expires;
+            d.last_seen = e.last_seen;
+            d.state = e.state;
+            d.flags = e.flags;
+            d.first_bytes = e.first_bytes;
+            d.src_identity = e.src_identity;
+        }
         handle(b, way)
     }
 
@@ -1512,6 +1728,74 @@ mod tests {
         }
     }
 
+    /// The tail of the slot `h` names, as stored (not as the getters imply it).
+    fn raw_tail(ct: &Conntrack, h: CtHandle) -> (u64, [u64; 2], u32, Option<RevNat>) {
+        let (b, way) = ct.locate(h);
+        let e = &ct.buckets[b].slots[way].entry;
+        (e.created, e.packets, e.backend, e.rev_nat)
+    }
+
+    #[test]
+    fn a_plain_new_flow_is_stored_without_its_tail() {
+        let mut ct = table(8);
+        // A first occupant with a full tail, removed: its tail stays in the slot.
+        let old = FlowKey::new(v4(10, 0, 0, 9), v4(10, 0, 0, 2), 1, 80, IPPROTO_TCP);
+        let info = CtCreate {
+            rev_nat: Some(RevNat::new(v4(172, 20, 0, 1), 80)),
+            backend: 9,
+            ..CtCreate::default()
+        };
+        let hash = ct.hash_key(&old);
+        let (h_old, _) = ct.create_counted(&old, hash, Direction::Original, info, SEC, SYN, 2000);
+        let stale = raw_tail(&ct, h_old);
+        assert_eq!(stale.2, 9, "a flow with NAT information writes its tail");
+        assert!(ct.remove(&old));
+        // A plain flow takes the same (first free) slot and leaves that tail alone...
+        let key = FlowKey::new(v4(10, 0, 0, 9), v4(10, 0, 0, 2), 1, 80, IPPROTO_UDP);
+        let hash = ct.hash_key(&key);
+        let info = CtCreate::default();
+        let (h, _) = ct.create_counted(&key, hash, Direction::Reply, info, 2 * SEC, 0, 74);
+        assert_eq!(h, h_old);
+        assert_eq!(raw_tail(&ct, h), stale);
+        // ...yet reads as if it were written.
+        let e = *ct.entry(h);
+        assert_eq!((e.created(), e.backend(), e.rev_nat()), (2 * SEC, 0, None));
+        assert_eq!(
+            (e.packets(Direction::Reply), e.bytes(Direction::Reply)),
+            (1, 74)
+        );
+        assert_eq!(
+            (e.packets(Direction::Original), e.bytes(Direction::Original)),
+            (0, 0)
+        );
+        // The next packet writes the whole tail, then counts.
+        ct.update(h, Direction::Original, 0, 60, 3 * SEC);
+        let tail = raw_tail(&ct, h);
+        assert_eq!((tail.0, tail.1, tail.2, tail.3), (2 * SEC, [1, 1], 0, None));
+        assert_eq!(ct.entry(h).bytes(Direction::Reply), 74);
+        assert_eq!(ct.entry(h).bytes(Direction::Original), 60);
+        assert_eq!(ct.entry(h).created(), 2 * SEC);
+        // A setter writes the implied tail before its field.
+        let h2 = create(
+            &mut ct,
+            &FlowKey::new(v4(1, 1, 1, 1), v4(2, 2, 2, 2), 5, 6, 17),
+            4,
+        );
+        ct.entry_mut(h2).set_backend(5);
+        assert_eq!(raw_tail(&ct, h2), (4, [0, 0], 5, None));
+    }
+
+    #[test]
+    fn a_first_packet_too_long_for_the_head_writes_the_tail() {
+        let mut ct = table(8);
+        let key = client_key(IPPROTO_UDP);
+        let hash = ct.hash_key(&key);
+        let info = CtCreate::default();
+        let (h, _) = ct.create_counted(&key, hash, Direction::Original, info, SEC, 0, 70_000);
+        assert_eq!(raw_tail(&ct, h), (SEC, [1, 0], 0, None));
+        assert_eq!(ct.entry(h).bytes(Direction::Original), 70_000);
+    }
+
     #[test]
     fn mapped_bits_are_the_mapped_octets() {
         for a in [
@@ -1606,6 +1890,13 @@ mod tests {
         // Two cache lines per slot; the key and the expiry time share the first.
         assert_eq!(std::mem::size_of::<Slot>(), 128);
         assert!(std::mem::offset_of!(Slot, entry) + std::mem::offset_of!(CtEntry, expires) < 64);
+        // A compact entry is its first line: everything up to the tail (`created` on).
+        let head_end = std::mem::offset_of!(CtEntry, src_identity) + 4;
+        assert!(std::mem::offset_of!(Slot, entry) + head_end <= 64);
+        assert_eq!(
+            std::mem::offset_of!(Slot, entry) + std::mem::offset_of!(CtEntry, created),
+            64
+        );
         assert_eq!(std::mem::size_of::<Bucket>(), WAYS * 128);
         assert_eq!(std::mem::size_of::<Tags>(), 16);
         assert_eq!(Conntrack::bytes_per_entry(), 130);
@@ -1924,8 +2215,8 @@ mod tests {
         let h = ct.create(&key, hash, Direction::Original, info, 0);
         let e = ct.entry(h);
         assert_eq!(e.src_identity, Identity(1234));
-        assert_eq!(e.backend, 7);
-        assert_eq!(e.rev_nat, Some(frontend));
+        assert_eq!(e.backend(), 7);
+        assert_eq!(e.rev_nat(), Some(frontend));
         assert_eq!(frontend.addr(), v4(172, 20, 0, 10));
         assert_eq!(frontend.port(), 443);
         // The caller cannot claim a reply was seen.
@@ -2095,7 +2386,7 @@ mod tests {
         small.entry(h);
         small.entry(far);
         small.update(far, Direction::Reply, SYN, 1, 0);
-        small.entry_mut(h).backend = 3;
+        small.entry_mut(h).set_backend(3);
     }
 
     #[test]
