@@ -1,6 +1,7 @@
 //! `--generator xdp`: prebuilt frames transmitted from an AF_XDP socket (copy mode), the
-//! cheapest generator this machine has (no skb per packet is built by a socket layer; the
-//! kernel copies each frame from the UMEM straight to the device's transmit).
+//! cheapest generator this machine has: no socket layer and no syscall per frame; the kernel
+//! copies each frame from the UMEM into an skb and hands it to the device's transmit directly
+//! (no qdisc), up to its TX budget per `sendto`.
 //!
 //! Contract:
 //! - Runs in the calling thread's network namespace (`ip netns exec POD`, or a thread that
@@ -316,7 +317,8 @@ pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
         result.sent += sender.reap() as u64;
     }
     result.seconds = start.elapsed().as_secs_f64();
-    // Frames already handed over still go out: count them, briefly, without adding time.
+    // Frames handed over before the end still go out: count them (briefly), as the start's
+    // first completions lagged behind their sends.
     let drain_end = Instant::now() + DRAIN;
     while sender.in_flight() > 0 && Instant::now() < drain_end {
         sender.kick();
