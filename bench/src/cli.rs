@@ -22,6 +22,7 @@ Typical use (as root, from the workspace):
   cargo build --release -p bench
   sudo target/release/flagella-bench report --duration 10
   sudo target/release/flagella-bench forward --target flagella --flows 10000
+  sudo target/release/flagella-bench forward --target flagella --generator xdp
 
 `converge` measures policy convergence (etcd write -> first packet decided by it) against
 iptables-restore and nft: see `flagella-bench converge --help`.
@@ -39,7 +40,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Send UDP as fast as possible: sendmmsg in batches, one socket (source port) per flow.
+    /// Send UDP as fast as possible: sendmmsg in batches, one socket (source port) per flow
+    /// (or prebuilt frames: --generator packet / xdp).
     Gen(GenArgs),
     /// Receive UDP with recvmmsg and count; prints packets per second.
     Sink(SinkArgs),
@@ -90,6 +92,9 @@ pub enum Generator {
     /// Prebuilt Ethernet frames on an AF_PACKET socket (sendmmsg, qdisc bypassed): no UDP/IP
     /// stack per packet, so a cheaper generator than `socket`; needs --dev, --dst-mac, --src.
     Packet,
+    /// The same frames from an AF_XDP socket (copy mode, TX only, no XDP program) on --dev
+    /// queue 0: the fastest generator here; needs root, --dev, --dst-mac, --src.
+    Xdp,
 }
 
 /// What forwards between the pods.
@@ -141,16 +146,17 @@ pub struct GenArgs {
     /// Pin to this CPU.
     #[arg(long, value_name = "N")]
     pub core: Option<usize>,
-    /// `socket` (sendmmsg) or `pktgen` (kernel; needs --dev and --dst-mac).
+    /// `socket` (sendmmsg), `pktgen` (kernel; needs --dev and --dst-mac), `packet` or `xdp`
+    /// (prebuilt frames on AF_PACKET or AF_XDP; need --dev, --dst-mac and --src).
     #[arg(long, value_enum, default_value_t = Generator::Socket)]
     pub generator: Generator,
-    /// pktgen and packet: the interface to send on.
+    /// pktgen, packet and xdp: the interface to send on.
     #[arg(long)]
     pub dev: Option<String>,
-    /// pktgen and packet: the destination MAC (the gateway's).
+    /// pktgen, packet and xdp: the destination MAC (the gateway's).
     #[arg(long)]
     pub dst_mac: Option<String>,
-    /// packet only: the source IPv4 address (the pod's).
+    /// packet and xdp: the source IPv4 address (the pod's).
     #[arg(long)]
     pub src: Option<std::net::Ipv4Addr>,
 }
@@ -184,7 +190,8 @@ pub struct RunArgs {
     /// Frame size, as for `gen`.
     #[arg(long, default_value_t = 64, value_parser = parse_frame_size)]
     pub size: usize,
-    /// How pod A generates traffic.
+    /// How pod A generates traffic (`xdp` is the only one here fast enough to load a
+    /// forwarder; `packet` and `xdp` send to the node's gateway MAC).
     #[arg(long, value_enum, default_value_t = Generator::Socket)]
     pub generator: Generator,
     /// CPU of the generator (it also carries the kernel's veth receive work).

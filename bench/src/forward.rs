@@ -243,8 +243,13 @@ fn measure(
             gen_args.extend(["--generator".into(), "pktgen".into()]);
             gen_args.extend(l2);
         }
-        Generator::Packet => {
-            gen_args.extend(["--generator".into(), "packet".into()]);
+        Generator::Packet | Generator::Xdp => {
+            let name = if args.generator == Generator::Xdp {
+                "xdp"
+            } else {
+                "packet"
+            };
+            gen_args.extend(["--generator".into(), name.into()]);
             gen_args.extend(l2);
             gen_args.extend(["--src".into(), topo.a.ip.to_string()]);
         }
@@ -278,10 +283,8 @@ fn measure(
     if let Some(sent) = gen_lines.iter().rev().find_map(|l| parse_sent(l)) {
         m.gen_pps = sent.sent as f64 / sent.seconds.max(1e-9);
         if sent.send_errors > 0 {
-            m.notes.push(format!(
-                "{} sendmmsg calls failed (ENOBUFS)",
-                sent.send_errors
-            ));
+            m.notes
+                .push(format!("{} generator send calls failed", sent.send_errors));
         }
     }
     let samples: Vec<(u64, u64)> = sink_lines.iter().filter_map(|l| parse_sample(l)).collect();

@@ -1,7 +1,8 @@
 //! `flagella-bench`: pod -> pod forwarding benchmarks in network namespaces.
 //!
 //! - [`traffic`]: a UDP generator (`sendmmsg`, one socket per flow) and sink (`recvmmsg`), run
-//!   inside pod namespaces; [`pktgen`] drives the kernel's pktgen where this kernel has it.
+//!   inside pod namespaces; [`pktgen`] drives the kernel's pktgen where this kernel has it,
+//!   [`xdpgen`] sends prebuilt frames from an AF_XDP socket (`--generator xdp`).
 //! - [`topo`]: a node namespace and two pod namespaces joined by veth pairs, removed on drop.
 //! - [`targets`]: what forwards between the pods: flagella-dataplane, the kernel, Open vSwitch
 //!   (userspace datapath, AF_XDP ports), each torn down on drop.
@@ -25,6 +26,7 @@ pub mod synth;
 pub mod targets;
 pub mod topo;
 pub mod traffic;
+pub mod xdpgen;
 
 /// Why a benchmark step failed; each message says what to do.
 #[derive(Debug, thiserror::Error)]

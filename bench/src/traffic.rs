@@ -195,6 +195,7 @@ pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
     match args.generator {
         crate::cli::Generator::Pktgen => return crate::pktgen::generate(args),
         crate::cli::Generator::Packet => return generate_packets(args),
+        crate::cli::Generator::Xdp => return crate::xdpgen::generate(args),
         crate::cli::Generator::Socket => {}
     }
     if let Some(core) = args.core {
@@ -238,7 +239,7 @@ pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
     Ok(result)
 }
 
-/// The frames of `--generator packet`: one per flow, source port `src_port + i`.
+/// The frames of `--generator packet` and `xdp`: one per flow, source port `src_port + i`.
 pub fn flow_frames(
     args: &GenArgs,
     src: std::net::Ipv4Addr,
@@ -260,7 +261,7 @@ pub fn flow_frames(
         .collect()
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut out = [0u8; 6];
     let mut parts = s.trim().split(':');
     for b in &mut out {
