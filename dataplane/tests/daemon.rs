@@ -51,11 +51,8 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use dataplane::MacAddr;
 use serde_json::{json, Value};
-use support::{
-    add_default_route, add_veth, ip_in, link_facts, preflight, spawn_in, Echo, NetNsGuard,
-};
+use support::{build_pods, ip_in, preflight, spawn_in, Echo, NetNsGuard, Pod, PodNamespaces};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flagella-dataplane");
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
@@ -77,20 +74,6 @@ const BULK_BYTES: u64 = 100 << 20;
 const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 99);
 const SPOOFED_DATAGRAMS: u64 = 20;
 
-/// A pod: its namespace, the node-side veth, and what the node must learn about it.
-#[derive(Clone, Debug)]
-struct Pod {
-    id: u32,
-    ns: String,
-    host_if: String,
-    ip: Ipv4Addr,
-    identity: u32,
-    /// Index of `host_if` in the node namespace.
-    ifindex: u32,
-    /// MAC of the pod's `eth0`.
-    mac: MacAddr,
-}
-
 /// Everything built for one run; dropping it removes every namespace.
 struct Topology {
     node: String,
@@ -108,30 +91,7 @@ impl Drop for Topology {
 
 fn build_topology() -> Result<Topology, String> {
     let pid = std::process::id();
-    let mut guard = NetNsGuard::default();
-    let node = format!("fdm-{pid}");
-    guard.add(&node)?;
-    ip_in(&node, &["link", "set", "lo", "up"]);
-    let mut pods = Vec::new();
-    for i in 1..=3u8 {
-        let ns = format!("{node}-p{i}");
-        guard.add(&ns)?;
-        let host_if = format!("fdm{pid}h{i}");
-        let ip = Ipv4Addr::new(10, 79, 0, 10 + i);
-        add_veth(&node, &host_if, &ns, &format!("{ip}/32"));
-        add_default_route(&ns, GATEWAY);
-        let (ifindex, _) = link_facts(&node, &host_if);
-        let (_, mac) = link_facts(&ns, "eth0");
-        pods.push(Pod {
-            id: u32::from(i),
-            ns,
-            host_if,
-            ip,
-            identity: 1000 + u32::from(i),
-            ifindex,
-            mac,
-        });
-    }
+    let PodNamespaces { node, pods, guard } = build_pods("fdm", [10, 79, 0], GATEWAY, 3)?;
     let dir = std::env::temp_dir().join(format!("fdm-{pid}"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // An empty configuration: the flags say everything, and a file in /etc cannot interfere.
@@ -142,6 +102,11 @@ fn build_topology() -> Result<Topology, String> {
         dir,
         _guard: guard,
     })
+}
+
+/// The security identity the tests give a pod.
+fn identity_of(pod: &Pod) -> u32 {
+    1000 + pod.id
 }
 
 /// A running daemon; dropping it kills it (if still running) so no test leaves one behind.
@@ -308,10 +273,10 @@ fn configure(client: &mut Client, pods: &[Pod]) {
         client.ok(json!({
             "op": "endpoint.upsert", "id": pod.id, "ifindex": pod.ifindex,
             "mac": pod.mac.to_string(),
-            "ipv4": pod.ip.to_string(), "identity": pod.identity,
+            "ipv4": pod.ip.to_string(), "identity": identity_of(pod),
         }));
         client.ok(json!({
-            "op": "ipcache.upsert", "prefix": format!("{}/32", pod.ip), "identity": pod.identity,
+            "op": "ipcache.upsert", "prefix": format!("{}/32", pod.ip), "identity": identity_of(pod),
         }));
     }
 }
@@ -630,7 +595,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     // Ingress of B: A may connect on the port, nobody else.
     client.ok(json!({
         "op": "policy.update", "endpoint": b.id, "direction": "ingress", "enforced": true,
-        "add": [{"identity": a.identity, "proto": "tcp", "port": PORT, "action": "allow"}],
+        "add": [{"identity": identity_of(a), "proto": "tcp", "port": PORT, "action": "allow"}],
     }));
     let before = client.drops("policy_denied_ingress");
     checks.fail(

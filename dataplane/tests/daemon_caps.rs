@@ -46,9 +46,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use dataplane::MacAddr;
 use serde_json::{json, Value};
-use support::{add_default_route, add_veth, ip_in, link_facts, preflight, Echo, NetNsGuard};
+use support::{build_pods, ip_in, preflight, Echo, NetNsGuard, Pod, PodNamespaces};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flagella-dataplane");
 const UNIT: &str = include_str!("../../scripts/systemd/flagella-dataplane.service");
@@ -129,16 +128,6 @@ fn ids_of(user: &str) -> Option<(u32, u32)> {
     Some((id("-u")?, id("-g")?))
 }
 
-#[derive(Clone, Debug)]
-struct Pod {
-    id: u32,
-    ns: String,
-    host_if: String,
-    ip: Ipv4Addr,
-    ifindex: u32,
-    mac: MacAddr,
-}
-
 /// The namespaces and the scratch directory of one run.
 struct Topology {
     node: String,
@@ -158,29 +147,7 @@ impl Drop for Topology {
 
 fn build_topology(uid: u32, gid: u32) -> Result<Topology, String> {
     let pid = std::process::id();
-    let mut guard = NetNsGuard::default();
-    let node = format!("fdc-{pid}");
-    guard.add(&node)?;
-    ip_in(&node, &["link", "set", "lo", "up"]);
-    let mut pods = Vec::new();
-    for i in 1..=2u8 {
-        let ns = format!("{node}-p{i}");
-        guard.add(&ns)?;
-        let host_if = format!("fdc{pid}h{i}");
-        let ip = Ipv4Addr::new(10, 81, 0, 10 + i);
-        add_veth(&node, &host_if, &ns, &format!("{ip}/32"));
-        add_default_route(&ns, GATEWAY);
-        let (ifindex, _) = link_facts(&node, &host_if);
-        let (_, mac) = link_facts(&ns, "eth0");
-        pods.push(Pod {
-            id: u32::from(i),
-            ns,
-            host_if,
-            ip,
-            ifindex,
-            mac,
-        });
-    }
+    let PodNamespaces { node, pods, guard } = build_pods("fdc", [10, 81, 0], GATEWAY, 2)?;
     let dir = std::env::temp_dir().join(format!("fdc-{pid}"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))

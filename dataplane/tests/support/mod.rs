@@ -138,6 +138,65 @@ pub fn add_default_route(ns: &str, gateway: Ipv4Addr) {
     );
 }
 
+/// A pod: its namespace, the node-side veth, and what the node must learn about it.
+#[allow(dead_code)] // Each test file uses a subset of these helpers.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub id: u32,
+    pub ns: String,
+    pub host_if: String,
+    pub ip: Ipv4Addr,
+    /// Index of `host_if` in the node namespace.
+    pub ifindex: u32,
+    /// MAC of the pod's `eth0`.
+    pub mac: MacAddr,
+}
+
+/// A node namespace and its pods; the guard deletes every namespace when dropped.
+#[allow(dead_code)]
+pub struct PodNamespaces {
+    pub node: String,
+    pub pods: Vec<Pod>,
+    pub guard: NetNsGuard,
+}
+
+/// Node namespace `{prefix}-{pid}` with `count` pods `{node}-p{i}`, each joined by a veth
+/// (`{prefix}{pid}h{i}` on the node side), addressed `{net}.{10 + i}/32` with a default route via
+/// `gateway`.
+#[allow(dead_code)]
+pub fn build_pods(
+    prefix: &str,
+    net: [u8; 3],
+    gateway: Ipv4Addr,
+    count: u8,
+) -> Result<PodNamespaces, String> {
+    let pid = std::process::id();
+    let mut guard = NetNsGuard::default();
+    let node = format!("{prefix}-{pid}");
+    guard.add(&node)?;
+    ip_in(&node, &["link", "set", "lo", "up"]);
+    let mut pods = Vec::new();
+    for i in 1..=count {
+        let ns = format!("{node}-p{i}");
+        guard.add(&ns)?;
+        let host_if = format!("{prefix}{pid}h{i}");
+        let ip = Ipv4Addr::new(net[0], net[1], net[2], 10 + i);
+        add_veth(&node, &host_if, &ns, &format!("{ip}/32"));
+        add_default_route(&ns, gateway);
+        let (ifindex, _) = link_facts(&node, &host_if);
+        let (_, mac) = link_facts(&ns, "eth0");
+        pods.push(Pod {
+            id: u32::from(i),
+            ns,
+            host_if,
+            ip,
+            ifindex,
+            mac,
+        });
+    }
+    Ok(PodNamespaces { node, pods, guard })
+}
+
 /// Runs `f` on a thread that entered network namespace `ns`.
 pub fn spawn_in<T: Send + 'static>(
     ns: &str,
