@@ -270,10 +270,13 @@ pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// `--generator packet`: prebuilt frames on an AF_PACKET socket bound to `--dev`, sendmmsg in
-/// batches, consecutive messages taking consecutive flows.
-fn generate_packets(args: &GenArgs) -> Result<GenResult, BenchError> {
-    let need = |what: &str| BenchError::Failed(format!("--generator packet needs {what}"));
+/// What the generators of prebuilt frames (`packet`, `xdp`) need: `--dev`, `--dst-mac` and
+/// `--src`, or an error naming the missing one.
+pub(crate) fn frame_generator_args<'a>(
+    args: &'a GenArgs,
+    generator: &str,
+) -> Result<(&'a str, [u8; 6], std::net::Ipv4Addr), BenchError> {
+    let need = |what: &str| BenchError::Failed(format!("--generator {generator} needs {what}"));
     let dev = args.dev.as_deref().ok_or_else(|| need("--dev"))?;
     let dst_mac = args
         .dst_mac
@@ -283,6 +286,13 @@ fn generate_packets(args: &GenArgs) -> Result<GenResult, BenchError> {
     let src = args
         .src
         .ok_or_else(|| need("--src (the source IPv4 address)"))?;
+    Ok((dev, dst_mac, src))
+}
+
+/// `--generator packet`: prebuilt frames on an AF_PACKET socket bound to `--dev`, sendmmsg in
+/// batches, consecutive messages taking consecutive flows.
+fn generate_packets(args: &GenArgs) -> Result<GenResult, BenchError> {
+    let (dev, dst_mac, src) = frame_generator_args(args, "packet")?;
     let mac_path = format!("/sys/class/net/{dev}/address");
     let src_mac = std::fs::read_to_string(&mac_path)
         .ok()

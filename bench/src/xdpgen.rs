@@ -38,7 +38,7 @@ use xsk_rs::config::{
 use xsk_rs::{CompQueue, FrameDesc, Socket, TxQueue, Umem};
 
 use crate::cli::GenArgs;
-use crate::traffic::{flow_frames, parse_mac, pin, GenResult};
+use crate::traffic::{flow_frames, frame_generator_args, pin, GenResult};
 use crate::BenchError;
 
 /// Bytes per UMEM chunk (the smallest xsk-rs accepts; frames are at most 1514 bytes).
@@ -280,16 +280,7 @@ fn set_tx_budget(tx: &TxQueue, budget: libc::c_uint) -> bool {
 
 /// `gen --generator xdp`: needs `--dev`, `--dst-mac` and `--src`, like `packet`.
 pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
-    let need = |what: &str| BenchError::Failed(format!("--generator xdp needs {what}"));
-    let dev = args.dev.as_deref().ok_or_else(|| need("--dev"))?;
-    let dst_mac = args
-        .dst_mac
-        .as_deref()
-        .and_then(parse_mac)
-        .ok_or_else(|| need("--dst-mac aa:bb:cc:dd:ee:ff"))?;
-    let src = args
-        .src
-        .ok_or_else(|| need("--src (the source IPv4 address)"))?;
+    let (dev, dst_mac, src) = frame_generator_args(args, "xdp")?;
     let src_mac = interface_mac(dev)?;
     let frames = flow_frames(args, src, src_mac, dst_mac);
     let mut sender = Sender::open(dev, &frames, frame_count(args.flows))?;
