@@ -200,6 +200,10 @@ pub struct RunArgs {
     /// CPU of the forwarding thread (flagella's worker, OVS's PMD thread).
     #[arg(long, default_value_t = 1)]
     pub worker_core: usize,
+    /// CPU of the sink in pod B (default: unpinned, wherever the scheduler puts it; it then
+    /// often shares the forwarder's core, which makes runs less repeatable).
+    #[arg(long, value_name = "N")]
+    pub sink_core: Option<usize>,
     /// Nice value (-20..=19) for the generator, the sink and the forwarder's threads, so a
     /// busy shared machine disturbs the measurement less (negative values take CPU from
     /// everything else; 0 changes nothing).

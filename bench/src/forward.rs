@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::cli::{Generator, RunArgs, Target};
+use crate::cputime::CpuTime;
 use crate::targets::{parse_pmd_stats, ChildGuard, Flagella, Ovs};
 use crate::topo::{rx_packets, Topology, POD_B_IP, ROUTER_MAC, SINK_PORT};
 use crate::traffic::{monotonic_ns, parse_sample, parse_sent};
@@ -41,6 +42,12 @@ pub struct Measurement {
     pub worker_ns_per_packet: Option<f64>,
     /// The same in cycles (flagella: ns times the CPU clock; OVS: as it reports).
     pub worker_cycles_per_packet: Option<f64>,
+    /// The forwarding threads' user-mode CPU time per packet over the window (both targets
+    /// read from /proc the same way, see [`crate::cputime`]).
+    pub worker_user_ns_per_packet: Option<f64>,
+    /// Their kernel-mode CPU time per packet: for AF_XDP on veth, mostly the copy-mode
+    /// transmit and the receiving pod's stack that `sendto` runs.
+    pub worker_kernel_ns_per_packet: Option<f64>,
     pub notes: Vec<String>,
 }
 
@@ -86,6 +93,7 @@ struct Opened {
     t: u64,
     iface_rx: u64,
     worker: Option<crate::targets::WorkerSample>,
+    cpu: Option<CpuTime>,
 }
 
 /// The default flagella-dataplane: next to this binary.
@@ -210,7 +218,7 @@ fn measure(
 ) -> Result<Measurement, BenchError> {
     let window = Duration::from_secs(args.duration);
     let gen_secs = (WARMUP + window + TAIL).as_secs_f64();
-    let sink_args: Vec<String> = [
+    let mut sink_args: Vec<String> = [
         "sink",
         "--port",
         &SINK_PORT.to_string(),
@@ -220,6 +228,9 @@ fn measure(
     ]
     .map(String::from)
     .to_vec();
+    if let Some(core) = args.sink_core {
+        sink_args.extend(["--core".into(), core.to_string()]);
+    }
     let (mut sink, sink_out) = spawn_self("sink", &topo.b.ns, &sink_args)?;
     sink.renice(args.nice)?;
     crate::signals::sleep(Duration::from_millis(300))?;
@@ -304,8 +315,14 @@ fn open_window(topo: &Topology, running: &mut Running) -> Result<Opened, BenchEr
     let mut opened = Opened::default();
     match running {
         Running::Kernel => {}
-        Running::Flagella(f) => opened.worker = Some(f.sample()?),
-        Running::Ovs(o) => o.clear_pmd_stats()?,
+        Running::Flagella(f) => {
+            opened.worker = Some(f.sample()?);
+            opened.cpu = Some(f.cpu_time()?);
+        }
+        Running::Ovs(o) => {
+            o.clear_pmd_stats()?;
+            opened.cpu = Some(o.cpu_time()?);
+        }
     }
     opened.t = monotonic_ns();
     opened.iface_rx = rx_packets(&topo.b.ns, "eth0")?;
@@ -329,6 +346,7 @@ fn close_window(
                 m.worker_ns_per_packet = Some(ns);
                 m.worker_cycles_per_packet = mhz.map(|mhz| ns * mhz / 1000.0);
             }
+            split_cpu_time(m, opened.cpu, f.cpu_time()?, packets);
             if end.busy_ns == 0 {
                 m.notes
                     .push("the dataplane reports no busy_ns (older binary?)".into());
@@ -339,10 +357,12 @@ fn close_window(
             }
         }
         Running::Ovs(o) => {
+            let cpu = o.cpu_time()?;
             let stats = o.pmd_stats()?;
-            if let Some((_, cycles)) = parse_pmd_stats(&stats) {
+            if let Some((packets, cycles)) = parse_pmd_stats(&stats) {
                 m.worker_cycles_per_packet = Some(cycles);
                 m.worker_ns_per_packet = mhz.map(|mhz| cycles * 1000.0 / mhz);
+                split_cpu_time(m, opened.cpu, cpu, packets);
             } else {
                 m.notes
                     .push(format!("no PMD statistics: {}", stats.replace('\n', "; ")));
@@ -350,6 +370,15 @@ fn close_window(
         }
     }
     Ok(())
+}
+
+/// The forwarding threads' user and kernel time per packet between `start` and `end`.
+fn split_cpu_time(m: &mut Measurement, start: Option<CpuTime>, end: CpuTime, packets: u64) {
+    if let (Some(start), true) = (start, packets > 0) {
+        let d = end.since(&start);
+        m.worker_user_ns_per_packet = Some(d.user_ns as f64 / packets as f64);
+        m.worker_kernel_ns_per_packet = Some(d.kernel_ns as f64 / packets as f64);
+    }
 }
 
 /// Waits for a child up to `timeout`; true when it exited successfully.

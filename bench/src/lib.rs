@@ -6,6 +6,7 @@
 //! - [`topo`]: a node namespace and two pod namespaces joined by veth pairs, removed on drop.
 //! - [`targets`]: what forwards between the pods: flagella-dataplane, the kernel, Open vSwitch
 //!   (userspace datapath, AF_XDP ports), each torn down on drop.
+//! - [`cputime`]: a forwarder thread's user and kernel CPU time, from /proc.
 //! - [`forward`]: one measurement; [`report`]: the arithmetic and the table.
 //! - [`converge`]: policy convergence (etcd write -> first packet decided by it) against
 //!   iptables-restore and nftables; [`synth`] the synthetic cluster and the baselines' rule
@@ -16,6 +17,7 @@
 
 pub mod cli;
 pub mod converge;
+pub mod cputime;
 pub mod etcd;
 pub mod forward;
 pub mod pktgen;

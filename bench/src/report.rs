@@ -34,6 +34,9 @@ fn find(rows: &[Row], target: Target, flows: u32) -> Option<&Measurement> {
 pub struct Verdict {
     pub throughput_ratio: f64,
     pub cycles_ratio: Option<f64>,
+    /// Flagella's user-mode CPU time per packet over OVS-with-conntrack's: the forwarders'
+    /// own code, without the kernel transmit path they share (not part of `met`).
+    pub user_time_ratio: Option<f64>,
     pub met: bool,
 }
 
@@ -46,10 +49,15 @@ pub fn verdict(rows: &[Row], flows: u32) -> Option<Verdict> {
         (Some(fc), Some(oc)) => ratio(fc, oc),
         _ => None,
     };
+    let user_time_ratio = match (f.worker_user_ns_per_packet, o.worker_user_ns_per_packet) {
+        (Some(fu), Some(ou)) => ratio(fu, ou),
+        _ => None,
+    };
     let met = throughput_ratio >= 1.0 && cycles_ratio.is_some_and(|c| c <= 0.5);
     Some(Verdict {
         throughput_ratio,
         cycles_ratio,
+        user_time_ratio,
         met,
     })
 }
@@ -69,6 +77,8 @@ pub fn render(rows: &[Row], markdown: bool) -> String {
         "sent Mpps",
         "worker ns/pkt",
         "worker cycles/pkt",
+        "user ns/pkt",
+        "kernel ns/pkt",
     ];
     let mut lines: Vec<Vec<String>> = Vec::new();
     let mut notes = Vec::new();
@@ -84,6 +94,8 @@ pub fn render(rows: &[Row], markdown: bool) -> String {
                     format!("{:.3}", m.gen_pps / 1e6),
                     opt(m.worker_ns_per_packet, 0),
                     opt(m.worker_cycles_per_packet, 0),
+                    opt(m.worker_user_ns_per_packet, 0),
+                    opt(m.worker_kernel_ns_per_packet, 0),
                 ]);
                 for n in &m.notes {
                     notes.push(format!("{} / {} flows: {n}", r.target.name(), r.flows));
@@ -91,7 +103,7 @@ pub fn render(rows: &[Row], markdown: bool) -> String {
             }
             Err(e) => {
                 cells.extend(["failed".to_string()]);
-                cells.extend(std::iter::repeat_n("-".to_string(), 5));
+                cells.extend(std::iter::repeat_n("-".to_string(), header.len() - 3));
                 notes.push(format!(
                     "{} / {} flows FAILED: {e}",
                     r.target.name(),
@@ -150,10 +162,12 @@ pub fn render(rows: &[Row], markdown: bool) -> String {
             Some(v) => {
                 let _ = writeln!(
                     out,
-                    "- {f} flows: throughput {:.2}x ovs-ct, cycles/packet {}x ovs-ct: {}",
+                    "- {f} flows: throughput {:.2}x ovs-ct, cycles/packet {}x ovs-ct: {} \
+                     (user-mode time/packet {}x ovs-ct)",
                     v.throughput_ratio,
                     opt(v.cycles_ratio, 2),
-                    if v.met { "MET" } else { "NOT MET" }
+                    if v.met { "MET" } else { "NOT MET" },
+                    opt(v.user_time_ratio, 2),
                 );
             }
             None => {

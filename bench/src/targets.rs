@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::cputime::{threads_cpu_time, CpuTime};
 use crate::topo::{exec_in, run, Topology, GATEWAY, ROUTER_MAC, SINK_PORT};
 use crate::BenchError;
 
@@ -62,6 +63,11 @@ impl ChildGuard {
             unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
         }
         Ok(())
+    }
+
+    /// The process's PID (`ip netns exec` execs in place, so it is the program's own).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `Err` with `log`'s text if the process already exited.
@@ -260,6 +266,11 @@ impl Flagella {
         Ok(())
     }
 
+    /// The packet threads' CPU time (the workers, `worker-N`).
+    pub fn cpu_time(&self) -> Result<CpuTime, BenchError> {
+        threads_cpu_time(self._daemon.pid(), "worker-")
+    }
+
     /// The (only) worker's busy time and received packets, from `status`.
     pub fn sample(&mut self) -> Result<WorkerSample, BenchError> {
         let status = self.call(json!({"op": "status"}))?;
@@ -389,6 +400,11 @@ impl Ovs {
         // After the ports exist, so the PMD thread is among the threads reniced.
         ovs._vswitchd.renice(nice)?;
         Ok(ovs)
+    }
+
+    /// The PMD threads' CPU time (`pmd-cNN/id:M`).
+    pub fn cpu_time(&self) -> Result<CpuTime, BenchError> {
+        threads_cpu_time(self._vswitchd.pid(), "pmd")
     }
 
     fn remote(&self) -> String {

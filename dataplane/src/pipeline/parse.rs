@@ -21,11 +21,21 @@ use crate::wire::tcp::TcpPacket;
 use crate::wire::udp::UdpPacket;
 use crate::wire::Error;
 
+/// Bytes of each frame's front the parse stage prefetches: Ethernet with a VLAN tag, IPv6 and
+/// TCP fit in two cache lines; tunnelled frames' inner headers are read later, by decap.
+const HEADER_PREFETCH_BYTES: usize = 128;
+
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     frames: &mut [Frame<B>],
     meta: &mut [PacketMeta],
     ctx: &mut Ctx<'_>,
 ) {
+    // A received frame was written by another core (the kernel's copy into the UMEM runs on
+    // the sender's core), so its first read is a cross-core cache miss; asking for the whole
+    // batch's headers up front overlaps those misses instead of paying them one by one.
+    for f in frames.iter() {
+        crate::tables::prefetch_bytes(f.data(), HEADER_PREFETCH_BYTES);
+    }
     for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
         *m = PacketMeta::EMPTY;
         ctx.c.rx_packets += 1;

@@ -44,6 +44,26 @@ pub(crate) fn prefetch<T>(value: &T) {
     let _ = value;
 }
 
+/// Starts loading the cache lines that hold the first `max` bytes of `bytes` (a frame's
+/// headers). Same hint semantics as [`prefetch`].
+#[inline]
+pub(crate) fn prefetch_bytes(bytes: &[u8], max: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = bytes.as_ptr().cast::<i8>();
+        let mut line = start.wrapping_sub(start as usize & 63);
+        let end = start.wrapping_add(bytes.len().min(max).max(1));
+        while line < end {
+            // SAFETY: as in `prefetch`: a hint, never a fault, no state change.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
+            line = line.wrapping_add(64);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, max);
+}
+
 /// This node's own network facts: what the pods see as their gateway and how the node reaches
 /// the underlay. Set by the control process; read by every stage.
 #[derive(Clone, Debug)]
