@@ -1,5 +1,7 @@
-//! Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and Reliable Software Network
-//! Load Balancer", NSDI 2016), weighted the way Cilium weights it.
+//! Maglev-style lookup table for service load balancing: a table of `M` entries, each naming a
+//! backend, looked up with `table[flow_hash % M]` as in Maglev (Eisenbud et al., NSDI 2016),
+//! but filled by a capacitated rendezvous assignment instead of Maglev's permutation turns, so
+//! that a backend-set change disturbs fewer flows.
 //!
 //! A [`MaglevTable`] has `M` entries (`M` prime); each entry is the index of a backend in the
 //! list the caller passed to [`build`]. A flow picks its backend with
@@ -7,35 +9,54 @@
 //!
 //! Contract and invariants:
 //! - **Same table on every node.** The table depends only on the *set* of `(key, weight)`
-//!   pairs, `M` and the cluster-wide `seed`: not on the order of the list, the process, the node
-//!   or the Rust version. Permutations come from [`hash_bytes`], a hash defined in this file
-//!   (never std's `DefaultHasher`/`RandomState`, whose output may change), and backends take
-//!   turns in the order of their [`BackendKey::to_bytes`] encoding. So a flow that enters the
-//!   cluster through any node lands on the same backend.
-//! - **Weights.** A backend of weight `w` owns about `w / Σw` of the entries: fewer than one
-//!   entry above its exact share `M·w/Σw` (a backend claims only while under its share), hence
-//!   fewer than `N - 1` below (the others' excess is what it lacks); in practice within one or
-//!   two. Weight 0 means "not selectable" (e.g. terminating): such a backend
-//!   owns no entry. When every weight is 0 (or the list is empty) the table is empty and every
-//!   lookup returns `None`.
-//! - **Equal weights are classic Maglev**: each of `N` backends owns `⌊M/N⌋` or `⌈M/N⌉` entries.
-//! - **Minimal disruption, not zero.** Removing a backend moves its own entries plus a small
-//!   fraction of the others. Measured at `M` = 16381 (test `disruption_survey`): a mean of
-//!   ~0.5 % of the table for N = 10, ~1.0 % for N = 50, ~1.3 % for N = 100, with rare cases
-//!   up to ~2.6 %. Cilium's "M > 100·N keeps changes near 1 %" is a rule of thumb for the mean;
-//!   a larger prime `M` lowers it.
-//! - **Validation.** `M` must be prime (so every skip is coprime with `M` and each permutation
-//!   visits every entry), at most [`MAX_M`], and larger than the number of backends; keys must
-//!   be distinct. Anything else is a [`MaglevError`], never a panic.
+//!   pairs, `M` and the cluster-wide `seed`: not on the order of the list, the process, the node,
+//!   the history of updates or the Rust version. Affinities come from [`hash_bytes`], a hash
+//!   defined in this file (never std's `DefaultHasher`/`RandomState`, whose output may change),
+//!   and the rare ties are broken by the [`BackendKey::to_bytes`] encoding. So a flow that
+//!   enters the cluster through any node lands on the same backend.
+//! - **Weights.** A backend of weight `w` owns exactly its share `M·w/Σw` rounded down or up
+//!   (largest-remainder rounding), so less than one entry from it. Weight 0 means "not
+//!   selectable" (e.g. terminating): such a backend owns no entry. When every weight is 0 (or
+//!   the list is empty) the table is empty and every lookup returns `None`.
+//! - **Equal weights share evenly**: each of `N` backends owns `⌊M/N⌋` or `⌈M/N⌉` entries, as
+//!   in classic Maglev.
+//! - **Small disruption, not zero.** Removing a backend moves its own entries plus a small
+//!   fraction of the others; adding one moves the entries it takes plus a small fraction.
+//!   Measured at `M` = 16381 over 200 random cases per `N` (test `disruption_survey_wide`), the
+//!   entries that move between *surviving* backends on a removal are a mean of 0.34 % of the
+//!   table for N = 5, 0.48 % for N = 10, 0.61 % for N = 50 and 0.69 % for N = 100, and at
+//!   most 0.92 % in about 8,000 cases (N = 2 to 100); adding a backend measures the same. Classic Maglev, which
+//!   this module used before, measured 0.5 %, 1.0 % and 1.3 % means for N = 10, 50 and 100 with
+//!   cases up to 2.6-3.5 %.
+//! - **Validation.** `M` must be prime (kept from Maglev, where it made every permutation visit
+//!   every entry, so existing configurations stay valid), at most [`MAX_M`], and larger than
+//!   the number of backends; keys must be distinct. Anything else is a [`MaglevError`], never a
+//!   panic.
 //!
-//! Algorithm: backend `i` has the permutation `p_i(j) = (offset_i + j · skip_i) mod M` with
-//! `offset = h1 % M`, `skip = h2 % (M - 1) + 1`, where `h1`, `h2` are two seeded hashes of the
-//! backend's key. Backends take turns in key order; on its turn a backend claims the first entry
-//! of its permutation that is still free. With weights, a backend whose claimed share is already
-//! at or above its weighted share sits its turn out. Building is O(M log M) probes for equal
-//! weights (the coupon-collector tail of the permutations), plus O(N) per entry at worst for the
-//! weighted turn search; it runs once per service update, on the control path.
+//! Algorithm. Every (entry, backend) pair has an *affinity*: a seeded pseudo-random function of
+//! the backend's key and the entry number. Every backend has a *capacity*: its weighted share
+//! of `M`, rounded as above. The table is the one assignment of entries to backends, within the
+//! capacities, that is *stable*: no entry and backend both prefer each other (by affinity) to
+//! what they got. Because both sides rank by the same number, there is exactly one stable
+//! assignment, the one a greedy pass over all pairs by decreasing affinity produces; it is
+//! computed by deferred acceptance (Gale-Shapley) with entries proposing, which gives the same
+//! result whatever the order of the proposals.
+//!
+//! Why: without capacities this is rendezvous (highest-random-weight) hashing, where removing
+//! a backend moves only its own entries but the shares are only binomially balanced (a standard deviation of 8 % at
+//! N = 100). The capacities make the shares exact; the price is that a change of the set shifts
+//! every capacity by an entry or two, and those small shifts, not a reshuffle, are what move
+//! the other backends' entries. Maglev's turn-taking, by contrast, lets one removal change the
+//! order in which every later entry is claimed.
+//!
+//! Cost: `M·N` affinities (one 64-bit mix each) to find each entry's favourite backend, plus
+//! `N` per rejected proposal (about 0.2·M of them at N = 100) and a heap operation per
+//! proposal. About 1 ms for N = 10 and 5 ms for N = 100 at `M` = 16381 in a release build; it
+//! grows with `M·N` (for N in the thousands use `M` near 100·N and expect tens of ms to
+//! seconds), and runs once per service update, on the control path.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -52,11 +73,11 @@ pub const MAX_BACKENDS: usize = u16::MAX as usize;
 /// Marks an entry not yet claimed while building. Never present in a finished table.
 const EMPTY: u16 = u16::MAX;
 
-/// Salt mixed into the seed for the second (skip) hash, so `h1` and `h2` are independent.
-const SKIP_SEED_SALT: u64 = 0x5bd1_e995_7f4a_7c15;
+/// Salt mixed into the seed for the tie-breaking hash, so it is independent of the affinities.
+const TIE_SEED_SALT: u64 = 0x5bd1_e995_7f4a_7c15;
 
 /// The identity of a backend for Maglev: its address and port. Two nodes that know the same
-/// backend derive the same key, hence the same permutation.
+/// backend derive the same key, hence the same affinities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BackendKey {
     pub addr: IpAddr,
@@ -71,7 +92,7 @@ impl BackendKey {
         BackendKey { addr, port }
     }
 
-    /// Canonical encoding, hashed for the permutation and compared for the turn order:
+    /// Canonical encoding, hashed for the affinities and compared to break ties:
     /// `[family (4 or 6)] [address octets, IPv4 zero-padded to 16] [port, big endian]`.
     /// Part of the cross-node agreement: changing it changes every table.
     pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
@@ -231,15 +252,16 @@ pub fn build(
             max,
         });
     }
-    let turn_order = selectable_in_key_order(backends)?;
-    if turn_order.is_empty() {
+    let selectable = selectable_in_key_order(backends)?;
+    if selectable.is_empty() {
         return Ok(MaglevTable::empty());
     }
-    let mut players: Vec<Player> = turn_order
+    let mut bidders: Vec<Bidder> = selectable
         .iter()
-        .map(|&(index, key, weight)| Player::new(index, &key, weight, m, seed))
+        .map(|&(index, key, weight)| Bidder::new(index, &key, weight, seed))
         .collect();
-    let entries = fill(&mut players, m);
+    apportion(&mut bidders, m);
+    let entries = assign(&bidders, m);
     Ok(MaglevTable { entries })
 }
 
@@ -266,94 +288,186 @@ fn selectable_in_key_order(
         .collect())
 }
 
-/// One backend while the table is being filled: where it is in its permutation, and how many
-/// entries it has claimed.
-struct Player {
+/// One selectable backend while the table is being built.
+struct Bidder {
+    /// Index into the caller's list: the value its entries hold.
     index: u16,
     weight: u64,
-    /// Current position in the permutation, always `< M`.
-    position: usize,
-    /// `skip_i`, in `1..M`.
-    skip: usize,
-    claimed: u64,
+    /// Seeded hash of the key: the backend's affinity for every entry derives from it.
+    key_hash: u64,
+    /// Second seeded hash of the key: breaks ties when handing out the rounding remainder.
+    tie_hash: u64,
+    /// Entries this backend owns in the finished table (set by [`apportion`]).
+    capacity: usize,
 }
 
-impl Player {
-    fn new(index: u16, key: &BackendKey, weight: u16, m: usize, seed: u64) -> Player {
+impl Bidder {
+    fn new(index: u16, key: &BackendKey, weight: u16, seed: u64) -> Bidder {
         let bytes = key.to_bytes();
-        let h1 = hash_bytes(&bytes, seed);
-        let h2 = hash_bytes(&bytes, seed ^ SKIP_SEED_SALT);
-        let m64 = m as u64;
-        Player {
+        Bidder {
             index,
             weight: u64::from(weight),
-            position: (h1 % m64) as usize,
-            skip: (h2 % (m64 - 1) + 1) as usize,
-            claimed: 0,
-        }
-    }
-
-    /// True when this backend's share after `filled + 1` entries would still be at most its
-    /// weighted share: `claimed / (filled + 1) < weight / total`.
-    fn may_claim(&self, filled: u64, total_weight: u64) -> bool {
-        // claimed ≤ M ≤ 2^24, total ≤ 2^16 · 2^16: the products stay below 2^56.
-        self.claimed * total_weight < (filled + 1) * self.weight
-    }
-
-    /// Walks the permutation to the first free entry and claims it. The permutation visits every
-    /// entry once (skip is coprime with the prime M) and a free entry exists whenever this is
-    /// called, so the walk ends within `M` steps.
-    fn claim_next_free(&mut self, entries: &mut [u16]) {
-        let m = entries.len();
-        for _ in 0..m {
-            let slot = self.position;
-            self.position += self.skip;
-            if self.position >= m {
-                self.position -= m;
-            }
-            if let Some(entry) = entries.get_mut(slot) {
-                if *entry == EMPTY {
-                    *entry = self.index;
-                    self.claimed += 1;
-                    return;
-                }
-            }
+            key_hash: hash_bytes(&bytes, seed),
+            tie_hash: hash_bytes(&bytes, seed ^ TIE_SEED_SALT),
+            capacity: 0,
         }
     }
 }
 
-/// Fills all `m` entries; `players` is non-empty, in key order, every weight > 0.
-fn fill(players: &mut [Player], m: usize) -> Box<[u16]> {
-    let mut entries = vec![EMPTY; m].into_boxed_slice();
-    let total_weight: u64 = players.iter().map(|p| p.weight).sum();
-    let n = players.len();
-    let mut turn = 0usize;
-    for filled in 0..m as u64 {
-        let chosen = next_eligible(players, turn, filled, total_weight);
-        if let Some(player) = players.get_mut(chosen) {
-            player.claim_next_free(&mut entries);
+/// How strongly `slot` and the backend whose key hashes to `key_hash` attract each other;
+/// higher wins. A fixed pseudo-random function of the pair, the same on every node.
+#[inline]
+fn affinity(key_hash: u64, slot: usize) -> u64 {
+    avalanche(key_hash ^ (slot as u64 + 1).wrapping_mul(GOLDEN))
+}
+
+/// An entry's claim on a backend. Entries rank backends by `affinity`; the two-in-2^64 chance
+/// of equal affinities goes to the backend later in key order, a rule that, like the affinity,
+/// does not depend on the list (`bidder` is the position in key order).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Offer {
+    affinity: u64,
+    bidder: usize,
+}
+
+/// The best offer `slot` can make among the backends it ranks strictly below `below` (all of
+/// them when `below` is `None`); `None` when there is none left.
+fn best_offer(bidders: &[Bidder], slot: usize, below: Option<Offer>) -> Option<Offer> {
+    // Plain loops on plain integers: this runs M·N times per build (debug-build tests wait on
+    // it too). `>=` hands ties to the later bidder, as `Offer`'s order does.
+    let (limit_affinity, limit_bidder) =
+        below.map_or((u64::MAX, usize::MAX), |o| (o.affinity, o.bidder));
+    let mut best: Option<Offer> = None;
+    let mut best_affinity = 0u64;
+    for (bidder, b) in bidders.iter().enumerate() {
+        let affinity = affinity(b.key_hash, slot);
+        let under_limit = affinity < limit_affinity
+            || (affinity == limit_affinity && bidder < limit_bidder)
+            || below.is_none();
+        if under_limit && (best.is_none() || affinity >= best_affinity) {
+            best_affinity = affinity;
+            best = Some(Offer { affinity, bidder });
         }
-        turn = (chosen + 1) % n;
+    }
+    best
+}
+
+/// Sets every capacity to the backend's weighted share of `m`, rounded by largest remainder
+/// (Hamilton): `⌊m·w/W⌋`, plus one for the `m - Σ⌊m·w/W⌋ < N` backends with the largest
+/// remainders `m·w mod W`, ties by `tie_hash` then key order. So each capacity is within one
+/// entry of `m·w/W`, and they sum to `m`. `bidders` is non-empty, every weight > 0.
+fn apportion(bidders: &mut [Bidder], m: usize) {
+    let total: u64 = bidders.iter().map(|b| b.weight).sum();
+    let m64 = m as u64;
+    // m ≤ 2^24 and w ≤ 2^16: m·w < 2^40, no overflow; the quotient is at most m.
+    let mut assigned = 0usize;
+    for bidder in bidders.iter_mut() {
+        bidder.capacity = (m64 * bidder.weight / total) as usize;
+        assigned += bidder.capacity;
+    }
+    let mut by_remainder: Vec<(u64, u64, usize)> = bidders
+        .iter()
+        .enumerate()
+        .map(|(position, b)| (m64 * b.weight % total, b.tie_hash, position))
+        .collect();
+    by_remainder.sort_unstable_by(|a, b| b.cmp(a));
+    for &(_, _, position) in by_remainder.iter().take(m.saturating_sub(assigned)) {
+        if let Some(bidder) = bidders.get_mut(position) {
+            bidder.capacity += 1;
+        }
+    }
+}
+
+/// The entries a backend holds while the table is being built, weakest on top.
+struct Holding {
+    capacity: usize,
+    /// `(affinity, slot)`; a backend prefers higher affinity, then the higher slot.
+    slots: BinaryHeap<Reverse<(u64, u32)>>,
+}
+
+/// A backend's answer to an offer.
+enum Reply {
+    Accepted,
+    /// Accepted in place of this (weaker) slot, which must now offer elsewhere.
+    Displaced(u32),
+    Rejected,
+}
+
+impl Holding {
+    fn new(capacity: usize) -> Holding {
+        Holding {
+            capacity,
+            slots: BinaryHeap::with_capacity(capacity),
+        }
+    }
+
+    /// Keeps the `capacity` strongest offers seen so far.
+    fn offer(&mut self, affinity: u64, slot: u32) -> Reply {
+        if self.slots.len() < self.capacity {
+            self.slots.push(Reverse((affinity, slot)));
+            return Reply::Accepted;
+        }
+        match self.slots.peek_mut() {
+            Some(mut weakest) if weakest.0 < (affinity, slot) => {
+                let displaced = weakest.0 .1;
+                *weakest = Reverse((affinity, slot));
+                Reply::Displaced(displaced)
+            }
+            _ => Reply::Rejected,
+        }
+    }
+}
+
+/// Builds the entries: the stable assignment of the `m` slots to `bidders` (non-empty, in key
+/// order, capacities summing to `m`), computed by deferred acceptance with slots proposing.
+///
+/// Each slot offers itself to the backends in decreasing affinity; a backend keeps its
+/// `capacity` strongest offers and sends the weakest away, which then offers itself to its
+/// next backend. Both sides rank by the same affinity, so the stable assignment is unique: it
+/// is what a greedy pass over all (slot, backend) pairs by decreasing affinity would produce,
+/// whatever the order in which slots make their offers.
+fn assign(bidders: &[Bidder], m: usize) -> Box<[u16]> {
+    let mut holdings: Vec<Holding> = bidders.iter().map(|b| Holding::new(b.capacity)).collect();
+    // The offer each slot made last (the one that placed it, once it is placed).
+    let mut last_offer = vec![None::<Offer>; m];
+    for first in 0..m {
+        let mut slot = first;
+        let mut below = None;
+        // A slot is rejected only by a full backend. Were it rejected by all of them, the
+        // other slots would fill every capacity: `m` slots besides itself, but there are only
+        // `m - 1`. So `best_offer` finds a backend for every slot, and each slot makes at most
+        // N offers: the loop ends.
+        while let Some(offer) = best_offer(bidders, slot, below) {
+            if let Some(entry) = last_offer.get_mut(slot) {
+                *entry = Some(offer);
+            }
+            // m ≤ MAX_M = 2^24: every slot number fits a u32.
+            let reply = holdings
+                .get_mut(offer.bidder)
+                .map_or(Reply::Rejected, |h| h.offer(offer.affinity, slot as u32));
+            match reply {
+                Reply::Accepted => break,
+                Reply::Displaced(weaker) => {
+                    slot = weaker as usize;
+                    below = last_offer.get(slot).copied().flatten();
+                }
+                Reply::Rejected => below = Some(offer),
+            }
+        }
+    }
+    let mut entries = vec![EMPTY; m].into_boxed_slice();
+    for (bidder, holding) in bidders.iter().zip(&holdings) {
+        for &Reverse((_, slot)) in holding.slots.iter() {
+            if let Some(entry) = entries.get_mut(slot as usize) {
+                *entry = bidder.index;
+            }
+        }
     }
     entries
 }
 
-/// The first player from `turn` on (round robin) that may claim another entry. One always
-/// exists: if none could, `Σ claimed · W ≥ (filled + 1) · Σ w` would give `filled ≥ filled + 1`.
-fn next_eligible(players: &[Player], turn: usize, filled: u64, total_weight: u64) -> usize {
-    let n = players.len();
-    (0..n)
-        .map(|step| (turn + step) % n)
-        .find(|&i| {
-            players
-                .get(i)
-                .is_some_and(|p| p.may_claim(filled, total_weight))
-        })
-        .unwrap_or(turn)
-}
-
 /// A seeded 64-bit hash of `bytes`, defined here so that its output is the same on every node,
-/// build and Rust version. Not cryptographic; for Maglev permutations and flow hashes.
+/// build and Rust version. Not cryptographic; for table affinities and flow hashes.
 ///
 /// Words of 8 bytes (little endian, the tail zero-padded; the length is folded into the initial
 /// state so padding cannot collide) are absorbed into a state that starts from the seed; each
@@ -386,6 +500,7 @@ fn absorb(state: u64, word: u64) -> u64 {
 }
 
 /// The 64-bit finalizer from MurmurHash3: every input bit affects every output bit.
+#[inline]
 fn avalanche(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -473,15 +588,24 @@ mod tests {
 
     #[test]
     fn small_table_golden() {
-        // A table small enough to read: guards the permutation, the turn order and the hash.
-        // Cross-checked against an independent (Python) model of the paper's pseudocode.
+        // A table small enough to read: guards the affinity, the rounding and the hash.
+        // Cross-checked against an independent (Python) model that runs the greedy over all
+        // (slot, backend) pairs sorted by affinity.
         let backends = equal(&[1, 2, 3]);
         let table = build(&backends, 13, SEED).unwrap();
-        assert_eq!(table.entries(), &[1, 2, 0, 1, 0, 1, 2, 0, 0, 2, 2, 1, 0]);
+        assert_eq!(table.entries(), &[1, 0, 2, 0, 2, 1, 0, 2, 1, 0, 0, 2, 1]);
         // The same set listed in another order names the same keys.
         let reversed: Vec<_> = backends.iter().rev().copied().collect();
         let table = build(&reversed, 13, SEED).unwrap();
-        assert_eq!(table.entries(), &[1, 0, 2, 1, 2, 1, 0, 2, 2, 0, 0, 1, 2]);
+        assert_eq!(table.entries(), &[1, 2, 0, 2, 0, 1, 2, 0, 1, 2, 2, 0, 1]);
+        // Weights 1:2:3 of 13 entries: 2.17, 4.33, 6.5 round to 2, 4, 7 (largest remainder).
+        let weighted: Vec<_> = backends
+            .iter()
+            .zip(1..)
+            .map(|(&(k, _), w)| (k, w))
+            .collect();
+        let table = build(&weighted, 13, SEED).unwrap();
+        assert_eq!(table.entries(), &[1, 2, 2, 2, 2, 1, 0, 2, 1, 2, 0, 2, 1]);
     }
 
     #[test]
@@ -579,6 +703,14 @@ mod tests {
             "maglev build: {per:?} per table (M={DEFAULT_M}, 10 backends); 1000 services ~ {:?}",
             per * 1000
         );
+        let ids: Vec<u32> = (0..100).collect();
+        let start = std::time::Instant::now();
+        let t = build(&equal(&ids), DEFAULT_M, SEED).unwrap();
+        assert_eq!(t.len(), DEFAULT_M);
+        println!(
+            "maglev build: {:?} for one table of 100 backends",
+            start.elapsed()
+        );
     }
 
     /// How many entries of backends other than `before[gone]` change owner when it is removed.
@@ -593,31 +725,113 @@ mod tests {
             .count()
     }
 
+    /// How many entries change owner, other than those the new backend takes, when `added` joins.
+    fn collateral_after_adding(
+        before: &[(BackendKey, u16)],
+        added: BackendKey,
+        seed: u64,
+    ) -> usize {
+        let mut after = before.to_vec();
+        after.push((added, 1));
+        let old = as_keys(&build(before, DEFAULT_M, seed).unwrap(), before);
+        let new = as_keys(&build(&after, DEFAULT_M, seed).unwrap(), &after);
+        old.iter()
+            .zip(&new)
+            .filter(|(o, n)| **n != added && o != n)
+            .count()
+    }
+
+    /// Mean and worst collateral, in % of `DEFAULT_M`, of removing one of `n` equal backends and
+    /// of adding an `n + 1`th, over `trials` deterministic pseudo-random cases.
+    fn survey(n: usize, trials: u64) -> ((f64, f64), (f64, f64)) {
+        let pct = |x: f64| 100.0 * x / DEFAULT_M as f64;
+        let (mut removal, mut adding) = ((0usize, 0usize), (0usize, 0usize));
+        for t in 0..trials {
+            let draw = |i: u64| avalanche(t.wrapping_mul(GOLDEN) ^ avalanche(i + 1));
+            let mut ids: Vec<u32> = Vec::with_capacity(n);
+            let mut i = 0;
+            while ids.len() < n {
+                let id = (draw(i) % 0x00ff_ffff) as u32;
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+                i += 1;
+            }
+            let seed = draw(u64::MAX - 1);
+            let before = equal(&ids);
+            let gone = (draw(u64::MAX - 2) % n as u64) as usize;
+            let c = collateral_after_removal(&before, gone, seed);
+            removal = (removal.0 + c, removal.1.max(c));
+            let mut newcomer = (draw(u64::MAX - 3) % 0x00ff_ffff) as u32;
+            while ids.contains(&newcomer) {
+                newcomer += 1;
+            }
+            let c = collateral_after_adding(&before, v4_key(newcomer, 8080), seed);
+            adding = (adding.0 + c, adding.1.max(c));
+        }
+        let mean_worst =
+            |(total, worst): (usize, usize)| (pct(total as f64 / trials as f64), pct(worst as f64));
+        (mean_worst(removal), mean_worst(adding))
+    }
+
     #[test]
     fn disruption_survey() {
-        // Deterministic inputs, so this cannot flake. Measured: removing one of N equal backends
-        // moves, besides its own entries, a mean of about 0.5 % (N=10), 1.0 % (N=50) and 1.3 %
-        // (N=100) of a 16381-entry table. Cilium's "M > 100 N keeps changes under 1 %" is a rule
-        // of thumb for the mean, not a bound: single cases reach 2-2.6 %.
-        for (n, mean_limit) in [(10u32, 0.8), (50, 1.3), (100, 1.6)] {
-            let trials = 8u32;
-            let mut total = 0usize;
-            let mut worst = 0usize;
-            for t in 0..trials {
-                let ids: Vec<u32> = (0..n).map(|i| i * 7919 + t * 104_729).collect();
-                let c = collateral_after_removal(&equal(&ids), (t * 13 % n) as usize, u64::from(t));
-                total += c;
-                worst = worst.max(c);
-            }
-            let pct = |x: f64| 100.0 * x / DEFAULT_M as f64;
-            let mean = pct(total as f64 / f64::from(trials));
+        // Deterministic inputs, so this cannot flake. Measured over 200 cases per N by
+        // `disruption_survey_wide`: removing one of N equal backends moves, besides its own
+        // entries, a mean of 0.35 % (N=5), 0.48 % (N=10), 0.61 % (N=50) and 0.69 % (N=100) of
+        // a 16381-entry table, at most 0.91 % (0.92 % in a longer survey).
+        for (n, mean_limit) in [(5usize, 0.5), (10, 0.6), (50, 0.75), (100, 0.8)] {
+            let ((mean, worst), (add_mean, add_worst)) = survey(n, 3);
             println!(
-                "maglev removal of 1 of {n}: collateral mean {mean:.2} %, worst {:.2} %",
-                pct(worst as f64)
+                "removal of 1 of {n}: collateral mean {mean:.2} %, worst {worst:.2} %; \
+                 adding it back: mean {add_mean:.2} %, worst {add_worst:.2} %"
             );
             assert!(mean <= mean_limit, "N={n}: mean collateral {mean:.2} %");
-            assert!(pct(worst as f64) <= 3.0, "N={n}: worst collateral");
+            assert!(worst <= 1.0 && add_worst <= 1.0, "N={n}: worst collateral");
         }
+    }
+
+    #[test]
+    #[ignore = "a survey of 1600 cases; minutes in a debug build (run with --release)"]
+    fn disruption_survey_wide() {
+        for n in [2usize, 5, 10, 20, 30, 50, 70, 100] {
+            let ((mean, worst), (add_mean, add_worst)) = survey(n, 200);
+            println!(
+                "N={n:3}: removal mean {mean:.2} % worst {worst:.2} %; \
+                 adding mean {add_mean:.2} % worst {add_worst:.2} %"
+            );
+            assert!(worst <= 1.0 && add_worst <= 1.0, "N={n}");
+        }
+    }
+
+    /// The assignment by brute force: every (slot, backend) pair by decreasing (affinity, key
+    /// order, slot), each taken when its slot is free and its backend has room left.
+    fn greedy_reference(backends: &[(BackendKey, u16)], m: usize, seed: u64) -> Vec<u16> {
+        let mut bidders: Vec<Bidder> = selectable_in_key_order(backends)
+            .unwrap()
+            .iter()
+            .map(|&(index, key, weight)| Bidder::new(index, &key, weight, seed))
+            .collect();
+        if bidders.is_empty() {
+            return Vec::new();
+        }
+        apportion(&mut bidders, m);
+        let mut pairs: Vec<(u64, usize, usize)> = Vec::new();
+        for (position, bidder) in bidders.iter().enumerate() {
+            for slot in 0..m {
+                pairs.push((affinity(bidder.key_hash, slot), position, slot));
+            }
+        }
+        pairs.sort_unstable_by(|a, b| b.cmp(a));
+        let mut room: Vec<usize> = bidders.iter().map(|b| b.capacity).collect();
+        let mut entries = vec![EMPTY; m];
+        for (_, position, slot) in pairs {
+            if entries[slot] == EMPTY && room[position] > 0 {
+                entries[slot] = bidders[position].index;
+                room[position] -= 1;
+            }
+        }
+        entries
     }
 
     /// `n` distinct backend numbers.
@@ -641,24 +855,6 @@ mod tests {
                 // Classic Maglev: floor or ceil exactly.
                 prop_assert!(c == DEFAULT_M / n || c == DEFAULT_M.div_ceil(n));
             }
-        }
-
-        #[test]
-        fn removing_a_backend_moves_little(
-            ids in distinct_ids(2..=100),
-            pick in any::<prop::sample::Index>(),
-            seed in any::<u64>(),
-        ) {
-            let before = equal(&ids);
-            let gone = pick.index(before.len());
-            let collateral = collateral_after_removal(&before, gone, seed);
-            // Classic Maglev's collateral is ~1 % of M on average here, with a tail near 2.6 %
-            // over thousands of trials (see `disruption_survey`); 4 % is beyond that tail yet
-            // far below what an order- or index-dependent permutation would cause (tens of %).
-            prop_assert!(
-                collateral * 100 <= 4 * DEFAULT_M,
-                "{} of {} entries of surviving backends moved", collateral, DEFAULT_M
-            );
         }
 
         #[test]
@@ -686,12 +882,24 @@ mod tests {
             prop_assume!(total > 0);
             for (i, &c) in counts(&t, backends.len()).iter().enumerate() {
                 let exact = DEFAULT_M as f64 * f64::from(backends[i].1) / total as f64;
-                // Proven bounds (module doc): under one entry above, under N - 1 below.
-                let c = c as f64;
-                let n = backends.len() as f64;
-                prop_assert!(c < exact + 1.0, "backend {}: {} entries, exact share {}", i, c, exact);
-                prop_assert!(c > exact - (n - 1.0).max(1.0), "backend {}: {} entries, exact share {}", i, c, exact);
+                // Largest-remainder rounding: less than one entry from the exact share.
+                prop_assert!((c as f64 - exact).abs() < 1.0, "backend {}: {} entries, exact share {}", i, c, exact);
             }
+        }
+
+        #[test]
+        fn assignment_is_the_greedy_by_affinity(
+            ids in distinct_ids(1..=20),
+            weights in prop::collection::vec(0u16..4, 20),
+            m in prop::sample::select(vec![13usize, 31, 251, 1021]),
+            seed in any::<u64>(),
+        ) {
+            let backends: Vec<(BackendKey, u16)> =
+                ids.iter().zip(&weights).map(|(&n, &w)| (v4_key(n, 80), w)).collect();
+            prop_assume!(backends.len() < m);
+            let t = build(&backends, m, seed).unwrap();
+            let reference = greedy_reference(&backends, m, seed);
+            prop_assert_eq!(t.entries(), reference.as_slice());
         }
 
         #[test]
@@ -728,6 +936,41 @@ mod tests {
             } else {
                 prop_assert_eq!(as_keys(&a, &backends), as_keys(&b, &shuffled));
             }
+        }
+    }
+
+    proptest! {
+        // The disruption bound is the point of this table's algorithm: more cases than above.
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn removing_a_backend_moves_little(
+            ids in distinct_ids(2..=100),
+            pick in any::<prop::sample::Index>(),
+            seed in any::<u64>(),
+        ) {
+            let before = equal(&ids);
+            let gone = pick.index(before.len());
+            let collateral = collateral_after_removal(&before, gone, seed);
+            // Measured (module doc): a mean of 0.3-0.7 % of M, at most 0.92 % in thousands
+            // of cases; classic Maglev's tail reached 2.6-3.5 %.
+            prop_assert!(
+                collateral * 100 <= DEFAULT_M,
+                "{} of {} entries of surviving backends moved", collateral, DEFAULT_M
+            );
+        }
+
+        #[test]
+        fn adding_a_backend_moves_little(
+            ids in distinct_ids(2..=100),
+            seed in any::<u64>(),
+        ) {
+            let (newcomer, before) = ids.split_first().unwrap();
+            let collateral = collateral_after_adding(&equal(before), v4_key(*newcomer, 8080), seed);
+            prop_assert!(
+                collateral * 100 <= DEFAULT_M,
+                "{} of {} entries moved between old backends", collateral, DEFAULT_M
+            );
         }
     }
 }
