@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::cli::{Generator, RunArgs, Target};
 use crate::cputime::CpuTime;
-use crate::targets::{parse_pmd_stats, ChildGuard, Flagella, Ovs};
+use crate::targets::{parse_pmd_stats, ChildGuard, Flagella, Ovs, WorkerSample};
 use crate::topo::{rx_packets, Topology, POD_B_IP, ROUTER_MAC, SINK_PORT};
 use crate::traffic::{monotonic_ns, parse_sample, parse_sent};
 use crate::BenchError;
@@ -347,6 +347,9 @@ fn close_window(
                 m.worker_cycles_per_packet = mhz.map(|mhz| ns * mhz / 1000.0);
             }
             split_cpu_time(m, opened.cpu, f.cpu_time()?, packets);
+            if let Some(note) = io_note(&start, &end) {
+                m.notes.push(note);
+            }
             if end.busy_ns == 0 {
                 m.notes
                     .push("the dataplane reports no busy_ns (older binary?)".into());
@@ -370,6 +373,24 @@ fn close_window(
         }
     }
     Ok(())
+}
+
+/// What flagella's AF_XDP layer did over the window: the mean batch, `sendto` kicks per
+/// packet, and frames the kernel dropped before the worker saw them, by cause. `None` when the
+/// binary does not report I/O counters.
+fn io_note(start: &WorkerSample, end: &WorkerSample) -> Option<String> {
+    let d = |f: fn(&WorkerSample) -> u64| f(end).saturating_sub(f(start));
+    let (packets, batches) = (d(|s| s.rx_packets), d(|s| s.rx_batches));
+    if batches == 0 {
+        return None;
+    }
+    Some(format!(
+        "flagella I/O: mean batch {:.1}, {:.3} sendto per packet, socket drops: {} for a full RX ring, {} for an empty fill ring",
+        packets as f64 / batches as f64,
+        d(|s| s.tx_wakeups) as f64 / packets.max(1) as f64,
+        d(|s| s.sock_rx_ring_full),
+        d(|s| s.sock_fill_ring_empty),
+    ))
 }
 
 /// The forwarding threads' user and kernel time per packet between `start` and `end`.

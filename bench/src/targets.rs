@@ -145,6 +145,11 @@ pub struct Flagella {
 pub struct WorkerSample {
     pub busy_ns: u64,
     pub rx_packets: u64,
+    /// From the workers' `io` counters (zero from a binary that does not report them).
+    pub rx_batches: u64,
+    pub tx_wakeups: u64,
+    pub sock_rx_ring_full: u64,
+    pub sock_fill_ring_empty: u64,
 }
 
 /// Starts `flagella-dataplane --interface A=pod --interface B=pod --core W` in the node
@@ -276,9 +281,19 @@ impl Flagella {
         let status = self.call(json!({"op": "status"}))?;
         let workers = status["workers"].as_array().cloned().unwrap_or_default();
         let sum = |key: &str| workers.iter().filter_map(|w| w[key].as_u64()).sum::<u64>();
+        let io = |key: &str| {
+            workers
+                .iter()
+                .filter_map(|w| w["io"][key].as_u64())
+                .sum::<u64>()
+        };
         Ok(WorkerSample {
             busy_ns: sum("busy_ns"),
             rx_packets: sum("rx_packets"),
+            rx_batches: io("rx_batches"),
+            tx_wakeups: io("tx_wakeups"),
+            sock_rx_ring_full: io("sock_rx_ring_full"),
+            sock_fill_ring_empty: io("sock_fill_ring_empty"),
         })
     }
 

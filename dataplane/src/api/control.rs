@@ -161,6 +161,7 @@ impl Control {
                     "name": w.name,
                     "publications": w.publications,
                     "busy_ns": w.busy_ns,
+                    "io": w.io,
                     "rx_packets": w.counters.rx_packets,
                     "tx_packets": w.counters.tx_packets,
                     "drop_packets": w.counters.drop_packets,
@@ -483,6 +484,8 @@ mod tests {
         assert_eq!(s["counters"]["rx_packets"], 1);
         assert_eq!(s["counters"]["drop_packets"], 1);
         assert_eq!(s["workers"][0]["name"], "worker-0");
+        assert_eq!(s["workers"][0]["io"]["polls"], 0);
+        assert_eq!(s["workers"][0]["io"]["sock_fill_ring_empty"], 0);
     }
 
     #[test]

@@ -34,5 +34,5 @@ pub mod server;
 
 pub use control::Control;
 pub use protocol::{Request, RequestError};
-pub use publish::{StatsRegistry, TablesHandle, WorkerStats};
+pub use publish::{IoSummary, StatsRegistry, TablesHandle, WorkerStats};
 pub use server::{ControlServer, ServerError};

@@ -127,6 +127,28 @@ pub struct CtSnapshot {
     pub truncated: bool,
 }
 
+/// What a worker's AF_XDP layer did, as `status` reports it per worker: the I/O counters
+/// that explain a throughput figure (how full the batches are, how often the kernel is woken,
+/// where frames were lost). The worker sets it about every 100 ms (reading the sockets'
+/// counters costs a system call, so never per pass); all zero for a worker without sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IoSummary {
+    /// Passes over the ports, and those that received something (batches).
+    pub polls: u64,
+    pub rx_batches: u64,
+    /// `sendto` kicks of the TX rings and `poll` wakeups of the fill rings.
+    pub tx_wakeups: u64,
+    pub fill_wakeups: u64,
+    /// Refills that found no free frame; frames recycled because a TX ring was full.
+    pub fill_starved: u64,
+    pub tx_ring_full: u64,
+    /// The kernel's socket counters (`XDP_STATISTICS`), summed over the worker's sockets:
+    /// frames it dropped, of which for a full RX ring and for an empty fill ring.
+    pub sock_rx_dropped: u64,
+    pub sock_rx_ring_full: u64,
+    pub sock_fill_ring_empty: u64,
+}
+
 /// What one worker publishes.
 #[derive(Debug)]
 struct WorkerSlot {
@@ -136,6 +158,7 @@ struct WorkerSlot {
     publications: AtomicU64,
     /// The worker's busy-loop nanoseconds at its last publication (0 when it does not say).
     busy_ns: AtomicU64,
+    io: Mutex<IoSummary>,
     ct_answer: Mutex<CtSnapshot>,
 }
 
@@ -158,6 +181,7 @@ pub struct WorkerCounters {
     /// Nanoseconds the worker spent in passes that received frames (see
     /// [`WorkerStats::set_busy_ns`]); divided by `counters.rx_packets` it is the cost per packet.
     pub busy_ns: u64,
+    pub io: IoSummary,
     pub counters: Counters,
 }
 
@@ -174,6 +198,7 @@ impl StatsRegistry {
             counters: Mutex::new(Counters::default()),
             publications: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            io: Mutex::new(IoSummary::default()),
             ct_answer: Mutex::new(CtSnapshot::default()),
         });
         lock(&self.slots).push(Arc::clone(&slot));
@@ -184,6 +209,7 @@ impl StatsRegistry {
             ticks: 0,
             answered: 0,
             busy_ns: 0,
+            io: IoSummary::default(),
         }
     }
 
@@ -200,6 +226,7 @@ impl StatsRegistry {
                 name: s.name.clone(),
                 publications: s.publications.load(Ordering::Relaxed),
                 busy_ns: s.busy_ns.load(Ordering::Relaxed),
+                io: *lock(&s.io),
                 counters: lock(&s.counters).clone(),
             })
             .collect()
@@ -249,6 +276,8 @@ pub struct WorkerStats {
     answered: u64,
     /// Busy-loop time to publish with the counters (kept locally: setting it shares nothing).
     busy_ns: u64,
+    /// The I/O counters to publish with them (likewise).
+    io: IoSummary,
 }
 
 impl WorkerStats {
@@ -257,6 +286,11 @@ impl WorkerStats {
     #[inline]
     pub fn set_busy_ns(&mut self, busy_ns: u64) {
         self.busy_ns = busy_ns;
+    }
+
+    /// Records the worker's I/O counters; published with the next counters.
+    pub fn set_io(&mut self, io: IoSummary) {
+        self.io = io;
     }
 
     /// Call once per worker loop iteration (after the batch, or after an empty poll). Costs an
@@ -277,6 +311,9 @@ impl WorkerStats {
             slot.clone_from(pipeline.counters());
             self.slot.busy_ns.store(self.busy_ns, Ordering::Relaxed);
             self.slot.publications.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut io) = self.slot.io.try_lock() {
+            *io = self.io;
         }
         let wanted = self.registry.ct_request.load(Ordering::Acquire);
         if wanted != self.answered {
@@ -404,9 +441,17 @@ mod tests {
         let mut w = registry.register("worker-0", 1);
         let p = Pipeline::new(PipelineConfig::default()).unwrap();
         w.set_busy_ns(1234);
+        let io = IoSummary {
+            polls: 9,
+            sock_fill_ring_empty: 3,
+            ..IoSummary::default()
+        };
+        w.set_io(io);
         assert_eq!(registry.per_worker()[0].busy_ns, 0);
+        assert_eq!(registry.per_worker()[0].io, IoSummary::default());
         w.publish(&p, 0);
         assert_eq!(registry.per_worker()[0].busy_ns, 1234);
+        assert_eq!(registry.per_worker()[0].io, io);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::umem::{SocketInfo, Xsk};
 use super::{sys, IoError, PortSpec};
-use crate::api::{TablesHandle, WorkerStats as ApiPublisher};
+use crate::api::{IoSummary, TablesHandle, WorkerStats as ApiPublisher};
 use crate::frame::DEFAULT_HEADROOM;
 use crate::pipeline::{Counters, Pipeline, PipelineConfig};
 use crate::tables::Tables;
@@ -331,6 +331,7 @@ impl Worker {
     /// Publishes unless a reader holds the lock (the worker never waits).
     fn try_publish(&mut self) {
         self.xsk.socket_stats(&mut self.sockets_scratch);
+        self.publish_io_summary();
         if let Ok(mut stats) = self.stats.0.try_lock() {
             fill_stats(&mut stats, &self.io, &self.pipeline, &self.sockets_scratch);
         }
@@ -338,8 +339,34 @@ impl Worker {
 
     fn publish(&mut self) {
         self.xsk.socket_stats(&mut self.sockets_scratch);
+        self.publish_io_summary();
         let mut stats = self.stats.0.lock().unwrap_or_else(PoisonError::into_inner);
         fill_stats(&mut stats, &self.io, &self.pipeline, &self.sockets_scratch);
+    }
+}
+
+impl Worker {
+    /// Hands the I/O counters and the sockets' counters (just read into `sockets_scratch`)
+    /// to the control socket's publisher.
+    fn publish_io_summary(&mut self) {
+        if let Some(api) = self.api.as_mut() {
+            api.set_io(io_summary(&self.io, &self.sockets_scratch));
+        }
+    }
+}
+
+fn io_summary(io: &IoCounters, sockets: &[SocketStats]) -> IoSummary {
+    let sum = |f: fn(&SocketStats) -> u64| sockets.iter().map(f).sum::<u64>();
+    IoSummary {
+        polls: io.polls,
+        rx_batches: io.rx_batches,
+        tx_wakeups: io.tx_wakeups,
+        fill_wakeups: io.fill_wakeups,
+        fill_starved: io.fill_starved,
+        tx_ring_full: io.tx_ring_full,
+        sock_rx_dropped: sum(|s| s.rx_dropped),
+        sock_rx_ring_full: sum(|s| s.rx_ring_full),
+        sock_fill_ring_empty: sum(|s| s.rx_fill_ring_empty_descs),
     }
 }
 
@@ -358,6 +385,27 @@ fn fill_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_io_summary_sums_the_sockets() {
+        let io = IoCounters {
+            polls: 10,
+            rx_batches: 4,
+            tx_wakeups: 3,
+            ..IoCounters::default()
+        };
+        let socket = |full, empty| SocketStats {
+            rx_dropped: full + empty,
+            rx_ring_full: full,
+            rx_fill_ring_empty_descs: empty,
+            ..SocketStats::default()
+        };
+        let s = io_summary(&io, &[socket(5, 1), socket(2, 0)]);
+        assert_eq!((s.polls, s.rx_batches, s.tx_wakeups), (10, 4, 3));
+        assert_eq!(s.sock_rx_ring_full, 7);
+        assert_eq!(s.sock_fill_ring_empty, 1);
+        assert_eq!(s.sock_rx_dropped, 8);
+    }
 
     #[test]
     fn a_worker_can_move_to_its_thread() {
