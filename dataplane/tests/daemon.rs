@@ -570,6 +570,21 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
         format!("sent (bytes, fnv) {sent:?}, received {received:?}"),
     );
 
+    // The worker's I/O counters reach `status` (published about every 100 ms).
+    thread::sleep(Duration::from_millis(300));
+    let status = client.ok(json!({"op": "status"}));
+    let io = &status["workers"][0]["io"];
+    let (polls, batches, kicks) = (
+        io["polls"].as_u64().unwrap_or(0),
+        io["rx_batches"].as_u64().unwrap_or(0),
+        io["tx_wakeups"].as_u64().unwrap_or(0),
+    );
+    checks.that(
+        "status reports the worker's I/O: batches received, TX kicks, socket drops",
+        batches > 0 && polls >= batches && kicks > 0 && io["sock_rx_ring_full"].is_u64(),
+        format!("io {io}"),
+    );
+
     // Spoofing: A sends from an address it holds but the dataplane does not know as A's.
     let spoofed = format!("{SPOOFED}/32");
     ip_in(&a.ns, &["addr", "add", &spoofed, "dev", "eth0"]);
