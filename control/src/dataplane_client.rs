@@ -224,7 +224,6 @@ mod tests {
             underlay: "192.168.0.2".parse().unwrap(),
             pod_cidrs: vec![Text("10.2.0.0/24".parse().unwrap())],
             encap: WireEncap::Geneve,
-            next_hop_mac: None,
         }));
         round_trip(Change::EndpointDelete(EndpointRef { id: 5 }));
     }

@@ -913,7 +913,6 @@ fn node_upsert(name: &str, n: &NodeSpec) -> Change {
         underlay: n.underlay_ip,
         pod_cidrs: n.prefixes().into_iter().map(Text).collect(),
         encap: wire_encap(n.tunnel),
-        next_hop_mac: None,
     })
 }
 

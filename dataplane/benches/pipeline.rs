@@ -63,6 +63,7 @@ use dataplane::tables::conntrack::{Conntrack, CtConfig, CtCreate, CtFlags, Direc
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec, Endpoints};
 use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
 use dataplane::tables::maglev::DEFAULT_M;
+use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{EndpointPolicy, PolicyEntry, PolicyKey, PolicyMap, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
@@ -334,7 +335,10 @@ fn build_tables() -> Tables {
         ipcache.upsert(prefix, IpCacheEntry::local(identity(i)));
     }
     let mut nodes = Nodes::new();
+    let mut next_hops = NextHops::new();
+    next_hops.set_default_v4(Some(WORLD_GW_MAC));
     for n in 0..REMOTE_NODES {
+        next_hops.set_peer(IpAddr::V4(node_underlay(n)), Some(node_mac(n)));
         let cidr = format!("10.{}.0.0/16", n + 1);
         nodes
             .upsert(Node {
@@ -342,7 +346,6 @@ fn build_tables() -> Tables {
                 underlay: IpAddr::V4(node_underlay(n)),
                 pod_cidrs: vec![cidr.parse().unwrap()],
                 encap: Encap::Vxlan,
-                next_hop_mac: Some(node_mac(n)),
             })
             .unwrap();
         for pod in 0..PODS_PER_REMOTE_NODE {
@@ -389,7 +392,6 @@ fn build_tables() -> Tables {
             gateway_ipv6: None,
             uplink_ifindex: Some(UPLINK),
             uplink_mac: UPLINK_MAC,
-            uplink_gateway_mac: Some(WORLD_GW_MAC),
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
         }),
@@ -397,6 +399,7 @@ fn build_tables() -> Tables {
         endpoints: Arc::new(endpoints),
         services: Arc::new(services),
         nodes: Arc::new(nodes),
+        next_hops: Arc::new(next_hops),
     }
 }
 

@@ -235,7 +235,8 @@ fn node_tables() -> Result<Tables, Box<dyn std::error::Error>> {
         underlay: node_b,
         pod_cidrs: vec!["10.2.0.0/24".parse()?],
         encap: Encap::Vxlan,
-        next_hop_mac: Some(MacAddr([0x02, 0, 0, 0, 0xbb, 0x01])),
     })?;
+    // In the daemon the next-hop resolver learns this from the kernel's neighbour table.
+    Arc::make_mut(&mut t.next_hops).set_peer(node_b, Some(MacAddr([0x02, 0, 0, 0, 0xbb, 0x01])));
     Ok(t)
 }

@@ -12,6 +12,7 @@
 //! - [`frame`]: the frame buffer abstraction shared by UMEM and tests;
 //! - [`api`]: the control socket, and how tables and counters are published between threads;
 //! - [`daemon`]: the daemon's configuration and preflight checks;
+//! - [`nexthop`]: the underlay next hops, resolved from the kernel's routes and neighbours;
 //! - `io` (feature `afxdp`): AF_XDP sockets, UMEM and busy-polling workers.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod frame;
 #[cfg(feature = "afxdp")]
 pub mod io;
+pub mod nexthop;
 pub mod pipeline;
 pub mod tables;
 pub mod testutil;

@@ -180,9 +180,11 @@ fn tables(topo: &Topology, deny_into_pod2: bool) -> Tables {
             underlay: IpAddr::V4(NODE_B_UNDERLAY),
             pod_cidrs: vec!["10.78.0.0/24".parse().expect("CIDR")],
             encap: Encap::Vxlan,
-            next_hop_mac: Some(topo.uplink.peer_mac),
         })
         .expect("node b");
+    // What the daemon's next-hop resolver would find: node B on-link.
+    Arc::make_mut(&mut t.next_hops)
+        .set_peer(IpAddr::V4(NODE_B_UNDERLAY), Some(topo.uplink.peer_mac));
     if deny_into_pod2 {
         // Selected by a policy that admits nobody: default deny on ingress.
         let policy = endpoints.policy_mut(EndpointId(2)).expect("pod 2");

@@ -18,6 +18,7 @@ use dataplane::pipeline::{Pipeline, PipelineConfig, Verdict};
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec, Endpoints};
 use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
 use dataplane::tables::maglev::DEFAULT_M;
+use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{EndpointPolicy, PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
@@ -149,9 +150,10 @@ fn tables() -> Tables {
             underlay: IpAddr::V4(REMOTE_NODE),
             pod_cidrs: vec!["10.2.0.0/24".parse().unwrap()],
             encap: Encap::Vxlan,
-            next_hop_mac: Some(REMOTE_MAC),
         })
         .unwrap();
+    let mut next_hops = NextHops::new();
+    next_hops.set_peer(IpAddr::V4(REMOTE_NODE), Some(REMOTE_MAC));
     let mut services = Services::new(DEFAULT_M, 42).unwrap();
     for (proto, port) in [(6, 80), (17, 53)] {
         services
@@ -181,7 +183,6 @@ fn tables() -> Tables {
             gateway_ipv6: None,
             uplink_ifindex: Some(UPLINK),
             uplink_mac: UPLINK_MAC,
-            uplink_gateway_mac: None,
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
         }),
@@ -189,6 +190,7 @@ fn tables() -> Tables {
         endpoints: Arc::new(endpoints),
         services: Arc::new(services),
         nodes: Arc::new(nodes),
+        next_hops: Arc::new(next_hops),
     }
 }
 

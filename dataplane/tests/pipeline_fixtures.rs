@@ -13,6 +13,7 @@ use dataplane::pipeline::{DropReason, Pipeline, PipelineConfig, Verdict};
 use dataplane::tables::conntrack::FlowKey;
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec, Endpoints};
 use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
+use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
@@ -95,26 +96,36 @@ const VIP_DSR_NATIVE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
 const CLIENT_WORLD: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 5);
 
+const REMOTE_NODES: [(&str, u8, &str, Encap, MacAddr); 4] = [
+    ("node-a", 1, "10.1.0.0/24", Encap::Vxlan, UPLINK_MAC_A),
+    ("node-b", 2, "10.2.0.0/24", Encap::Vxlan, UPLINK_MAC_B),
+    ("node-c", 3, "10.3.0.0/24", Encap::Geneve, UPLINK_MAC_C),
+    ("node-d", 4, "10.4.0.0/24", Encap::Native, UPLINK_MAC_D),
+];
+
 fn remote_nodes() -> Nodes {
     let mut nodes = Nodes::new();
-    let specs = [
-        ("node-a", 1, "10.1.0.0/24", Encap::Vxlan, UPLINK_MAC_A),
-        ("node-b", 2, "10.2.0.0/24", Encap::Vxlan, UPLINK_MAC_B),
-        ("node-c", 3, "10.3.0.0/24", Encap::Geneve, UPLINK_MAC_C),
-        ("node-d", 4, "10.4.0.0/24", Encap::Native, UPLINK_MAC_D),
-    ];
-    for (name, n, cidr, encap, mac) in specs {
+    for (name, n, cidr, encap, _) in REMOTE_NODES {
         nodes
             .upsert(Node {
                 name: name.to_string(),
                 underlay: IpAddr::V4(underlay(n)),
                 pod_cidrs: vec![cidr.parse().unwrap()],
                 encap,
-                next_hop_mac: Some(mac),
             })
             .unwrap();
     }
     nodes
+}
+
+/// What the next-hop resolver would find: every node on-link, the world behind a gateway.
+fn next_hops() -> NextHops {
+    let mut hops = NextHops::new();
+    for (_, n, _, _, mac) in REMOTE_NODES {
+        hops.set_peer(IpAddr::V4(underlay(n)), Some(mac));
+    }
+    hops.set_default_v4(Some(WORLD_GW_MAC));
+    hops
 }
 
 fn services() -> Services {
@@ -176,7 +187,6 @@ fn node_tables(n: u8, uplink_mac: MacAddr, pods: &[&Pod]) -> Tables {
             gateway_ipv6: None,
             uplink_ifindex: Some(UPLINK),
             uplink_mac,
-            uplink_gateway_mac: Some(WORLD_GW_MAC),
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
         }),
@@ -184,6 +194,7 @@ fn node_tables(n: u8, uplink_mac: MacAddr, pods: &[&Pod]) -> Tables {
         endpoints: Arc::new(endpoints),
         services: Arc::new(services()),
         nodes: Arc::new(remote_nodes()),
+        next_hops: Arc::new(next_hops()),
     }
 }
 
@@ -707,8 +718,7 @@ fn dsr_ipv4_option(vip: Ipv4Addr, port: u16) -> Vec<u8> {
 #[test]
 fn dsr_native_option_written_on_lb_node_and_consumed_on_backend_node() {
     let a = node_a();
-    let mut d = node_tables(4, UPLINK_MAC_D, &[&POD_D]);
-    Arc::make_mut(&mut d.node).uplink_gateway_mac = Some(WORLD_GW_MAC);
+    let d = node_tables(4, UPLINK_MAC_D, &[&POD_D]);
     let (mut pa, mut pd) = (pipeline(), pipeline());
 
     // A client outside the cluster reaches the VIP through node A's uplink.

@@ -36,6 +36,7 @@ use dataplane::pipeline::{Counters, Pipeline, PipelineConfig, Stage, Verdict};
 use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec, Endpoints};
 use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
+use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
@@ -189,7 +190,6 @@ fn build_tables() -> Tables {
             gateway_ipv6: Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, 1)),
             uplink_ifindex: Some(UPLINK),
             uplink_mac: UPLINK_MAC,
-            uplink_gateway_mac: Some(WORLD_GW_MAC),
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
         }),
@@ -197,6 +197,7 @@ fn build_tables() -> Tables {
         endpoints: Arc::new(endpoints),
         services: Arc::new(services()),
         nodes: Arc::new(nodes()),
+        next_hops: Arc::new(next_hops()),
     }
 }
 
@@ -307,11 +308,23 @@ fn nodes() -> Nodes {
                 underlay: IpAddr::V4(underlay(n)),
                 pod_cidrs: vec![cidr.parse().expect("a valid prefix")],
                 encap,
-                next_hop_mac: Some(MacAddr([0x02, 0, 0, 0, 0xaa + n, 0x01])),
             })
             .expect("valid node");
     }
     nodes
+}
+
+/// What the next-hop resolver would find: every node on-link, the world behind a gateway.
+fn next_hops() -> NextHops {
+    let mut hops = NextHops::new();
+    for n in 1..=4u8 {
+        hops.set_peer(
+            IpAddr::V4(underlay(n)),
+            Some(MacAddr([0x02, 0, 0, 0, 0xaa + n, 0x01])),
+        );
+    }
+    hops.set_default_v4(Some(WORLD_GW_MAC));
+    hops
 }
 
 // ---- the input format --------------------------------------------------------------------------

@@ -20,8 +20,9 @@ use serde_json::{json, Map, Value};
 
 use super::apply::{apply, sorted_entries};
 use super::protocol::{
-    parse_request, Change, DumpRequest, DumpTable, EndpointMsg, IpcacheMsg, LocalNodeMsg, NodeMsg,
-    Refusal, Request, RequestError, ServiceMsg, Text, CT_DUMP_DEFAULT_LIMIT, CT_DUMP_MAX_LIMIT,
+    parse_request, Change, DumpRequest, DumpTable, EndpointMsg, IpcacheMsg, LocalNodeMsg,
+    NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, Text, CT_DUMP_DEFAULT_LIMIT,
+    CT_DUMP_MAX_LIMIT,
 };
 use super::publish::{StatsRegistry, TablesHandle};
 use crate::pipeline::{Counters, Stage};
@@ -225,6 +226,13 @@ impl Control {
                 let mut v: Vec<NodeMsg> = t.nodes.iter().map(NodeMsg::from).collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 to_value(&v)
+            }
+            DumpTable::NextHops => {
+                body.insert(
+                    "next_hops".into(),
+                    to_value(&NextHopsMsg::from(t.next_hops.as_ref())),
+                );
+                return Ok(body);
             }
             DumpTable::LocalNode => {
                 body.insert(

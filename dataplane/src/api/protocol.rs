@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::tables::endpoints::{EndpointId, EndpointSpec};
 use crate::tables::ipcache::IpCacheEntry;
+use crate::tables::next_hops::NextHops;
 use crate::tables::nodes::{Encap, Node};
 use crate::tables::policy::{self, Action, PolicyEntry, PolicyKey, PortRange, PROTO_ANY};
 use crate::tables::services::{Backend, Frontend, LbMode, Service, ServiceSpec};
@@ -631,8 +632,6 @@ pub struct NodeMsg {
     pub pod_cidrs: Vec<Text<Prefix>>,
     #[serde(default)]
     pub encap: WireEncap,
-    #[serde(default)]
-    pub next_hop_mac: Option<Text<MacAddr>>,
 }
 
 impl NodeMsg {
@@ -642,7 +641,6 @@ impl NodeMsg {
             underlay: self.underlay,
             pod_cidrs: self.pod_cidrs.iter().map(|p| p.0).collect(),
             encap: self.encap.into(),
-            next_hop_mac: self.next_hop_mac.map(|m| m.0),
         }
     }
 }
@@ -654,7 +652,6 @@ impl From<&Node> for NodeMsg {
             underlay: n.underlay,
             pod_cidrs: n.pod_cidrs.iter().copied().map(Text).collect(),
             encap: n.encap.into(),
-            next_hop_mac: n.next_hop_mac.map(Text),
         }
     }
 }
@@ -678,7 +675,6 @@ pub struct LocalNodeMsg {
     pub gateway_ipv6: Option<Ipv6Addr>,
     pub uplink_ifindex: Option<u32>,
     pub uplink_mac: Text<MacAddr>,
-    pub uplink_gateway_mac: Option<Text<MacAddr>>,
     pub uplink_mtu: u16,
     pub default_encap: WireEncap,
 }
@@ -718,7 +714,6 @@ impl LocalNodeMsg {
             gateway_ipv6: self.gateway_ipv6,
             uplink_ifindex: self.uplink_ifindex,
             uplink_mac: self.uplink_mac.0,
-            uplink_gateway_mac: self.uplink_gateway_mac.map(|m| m.0),
             uplink_mtu: self.uplink_mtu,
             default_encap: self.default_encap.into(),
         })
@@ -735,9 +730,43 @@ impl From<&LocalNode> for LocalNodeMsg {
             gateway_ipv6: n.gateway_ipv6,
             uplink_ifindex: n.uplink_ifindex,
             uplink_mac: Text(n.uplink_mac),
-            uplink_gateway_mac: n.uplink_gateway_mac.map(Text),
             uplink_mtu: n.uplink_mtu,
             default_encap: n.default_encap.into(),
+        }
+    }
+}
+
+/// `dump` of `next_hops`: the underlay next hops the dataplane resolved from the kernel (read
+/// only: there is no request that sets them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopsMsg {
+    pub default_v4: Option<Text<MacAddr>>,
+    pub default_v6: Option<Text<MacAddr>>,
+    /// Sorted by underlay address.
+    pub peers: Vec<NextHopMsg>,
+}
+
+/// One resolved peer of [`NextHopsMsg`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopMsg {
+    pub underlay: IpAddr,
+    pub mac: Text<MacAddr>,
+}
+
+impl From<&NextHops> for NextHopsMsg {
+    fn from(n: &NextHops) -> Self {
+        let mut peers: Vec<NextHopMsg> = n
+            .peers()
+            .map(|(underlay, mac)| NextHopMsg {
+                underlay,
+                mac: Text(mac),
+            })
+            .collect();
+        peers.sort_by_key(|p| p.underlay);
+        NextHopsMsg {
+            default_v4: n.default_v4().map(Text),
+            default_v6: n.default_v6().map(Text),
+            peers,
         }
     }
 }
@@ -753,6 +782,7 @@ pub enum DumpTable {
     Services,
     Nodes,
     LocalNode,
+    NextHops,
     Conntrack,
 }
 

@@ -10,7 +10,9 @@
 //! 5. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
 //!    interface's program, then one busy-polling thread per worker;
 //! 6. the control socket, served on its own thread;
-//! 7. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
+//! 7. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
+//!    peer nodes' and the default route's next hops, from the kernel's routes and neighbours;
+//! 8. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
 //!
 //! Stop order: the shared shutdown flag stops the workers and the control server; the
 //! threads are joined; the server removes its socket file; the XDP programs are detached.
@@ -36,6 +38,7 @@ use dataplane::daemon::config::{
 };
 use dataplane::daemon::preflight::{self, PreflightError};
 use dataplane::io::{IoError, PortSpec, Worker, WorkerConfig, XskConfig};
+use dataplane::nexthop;
 use dataplane::pipeline::PipelineConfig;
 use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::maglev::DEFAULT_M;
@@ -254,6 +257,9 @@ fn log(message: &str) {
 struct Running {
     workers: Vec<(String, JoinHandle<Result<(), IoError>>)>,
     server: Option<JoinHandle<Result<(), ServerError>>>,
+    /// Threads beside the packet path (the next-hop resolver): stopped by the same flag; their
+    /// error is a message.
+    aux: Vec<(String, JoinHandle<Result<(), String>>)>,
     /// The control socket, once this process created it (and only then removes it).
     socket: Option<PathBuf>,
     /// One program per interface, with its attachment (dropping it detaches).
@@ -283,6 +289,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     let mut running = Running {
         workers: Vec::new(),
         server: None,
+        aux: Vec::new(),
         socket: None,
         xdp,
     };
@@ -345,6 +352,19 @@ fn start(
             source,
         })?;
     running.server = Some(handle);
+
+    if let Some(uplink) = tables.snapshot().node.uplink_ifindex {
+        let source = tables.clone();
+        let name = "next-hops".to_string();
+        let handle = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || nexthop::run(&source, uplink, &SHUTDOWN).map_err(|e| e.to_string()))
+            .map_err(|source| DaemonError::Spawn {
+                name: name.clone(),
+                source,
+            })?;
+        running.aux.push((name, handle));
+    }
     Ok(())
 }
 
@@ -600,8 +620,16 @@ fn wait(running: &Running) -> Result<(), DaemonError> {
             .iter()
             .find(|(_, h)| h.is_finished())
             .map(|(name, _)| name.clone());
+        let stopped_aux = running
+            .aux
+            .iter()
+            .find(|(_, h)| h.is_finished())
+            .map(|(name, _)| name.clone());
         let stopped_server = running.server.as_ref().is_some_and(|h| h.is_finished());
-        if let Some(name) = stopped_worker.or(stopped_server.then(|| "control".to_string())) {
+        let stopped = stopped_worker
+            .or(stopped_aux)
+            .or(stopped_server.then(|| "control".to_string()));
+        if let Some(name) = stopped {
             SHUTDOWN.store(true, Ordering::Relaxed);
             return Err(DaemonError::ThreadFailed {
                 name,
@@ -628,6 +656,16 @@ fn stop(running: Running) -> Result<(), DaemonError> {
                 name,
                 reason: e.to_string(),
             }),
+            Err(_) => note(DaemonError::ThreadFailed {
+                name,
+                reason: "it panicked".into(),
+            }),
+        }
+    }
+    for (name, handle) in running.aux {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => note(DaemonError::ThreadFailed { name, reason }),
             Err(_) => note(DaemonError::ThreadFailed {
                 name,
                 reason: "it panicked".into(),

@@ -80,11 +80,14 @@ pub enum DropReason {
     HeadroomExhausted = 62,
     /// Larger than the uplink MTU after encapsulation.
     FrameTooLong = 63,
+    /// The peer node's (or the default gateway's) MAC is not resolved yet, or the kernel
+    /// routes it out of another interface: never sent to a guessed MAC.
+    NoNextHop = 64,
 }
 
 impl DropReason {
     /// Every reason, in number order (for metrics registration and docs).
-    pub const ALL: [DropReason; 31] = [
+    pub const ALL: [DropReason; 32] = [
         DropReason::EthernetTruncated,
         DropReason::UnsupportedEtherType,
         DropReason::ArpMalformed,
@@ -116,6 +119,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::HeadroomExhausted,
         DropReason::FrameTooLong,
+        DropReason::NoNextHop,
     ];
 
     /// The stable number.
@@ -163,6 +167,7 @@ impl DropReason {
             NoRoute => "no_route",
             HeadroomExhausted => "headroom_exhausted",
             FrameTooLong => "frame_too_long",
+            NoNextHop => "no_next_hop",
         }
     }
 }

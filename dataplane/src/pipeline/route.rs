@@ -4,7 +4,10 @@
 //! interface); this node itself (to the kernel); a pod on another node, found through the
 //! ipcache's tunnel endpoint or the nodes' pod CIDRs (VXLAN or Geneve with the source identity
 //! in the VNI, or native routing through the uplink); anything else leaves through the uplink
-//! when a default next hop is configured, else goes to the kernel.
+//! when the kernel has a default route there, else goes to the kernel.
+//!
+//! Next hops on the underlay are the kernel's (`tables::next_hops`, resolved by the daemon from
+//! the node's routes and neighbour table): a peer without one is dropped as `no_next_hop`.
 //!
 //! DSR: a frame DNATed to a DSR backend on another node carries the frontend in a Geneve option
 //! (Geneve tunnels) or in an IPv4 option (native routing and VXLAN, where the option rides in
@@ -66,7 +69,7 @@ fn route<B: AsRef<[u8]> + AsMut<[u8]>>(
     if ctx.ingress == Ingress::Uplink {
         return Ok(Verdict::Pass); // Not ours: the node's own traffic.
     }
-    match (t.node.uplink_ifindex, t.node.uplink_gateway_mac) {
+    match (t.node.uplink_ifindex, t.next_hops.default_for(m.tuple.dst)) {
         (Some(uplink), Some(gw)) => {
             decrement_ttl(f, m)?;
             set_macs(f, t.node.uplink_mac, gw);
@@ -87,10 +90,9 @@ fn to_remote_node<B: AsRef<[u8]> + AsMut<[u8]>>(
     let uplink = t.node.uplink_ifindex.ok_or(DropReason::NoRoute)?;
     let node = t.nodes.by_underlay(peer);
     let encap = node.map_or(t.node.default_encap, |n| n.encap);
-    let next_hop = node
-        .and_then(|n| n.next_hop_mac)
-        .or(t.node.uplink_gateway_mac)
-        .ok_or(DropReason::NoRoute)?;
+    // The kernel's next hop for this peer (its own MAC on-link, a router's otherwise); a
+    // peer not resolved yet is dropped, never sent to a guessed MAC.
+    let next_hop = t.next_hops.peer(peer).ok_or(DropReason::NoNextHop)?;
     decrement_ttl(f, m)?;
     let dsr = m.frontend.filter(|_| m.dsr_out);
     if dsr.is_some() && encap != Encap::Geneve {

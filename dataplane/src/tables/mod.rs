@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod ipcache;
 pub mod lpm;
 pub mod maglev;
+pub mod next_hops;
 pub mod nodes;
 pub mod policy;
 pub mod services;
@@ -81,9 +82,6 @@ pub struct LocalNode {
     pub uplink_ifindex: Option<u32>,
     /// The uplink's own MAC (outer source MAC).
     pub uplink_mac: MacAddr,
-    /// Default next hop on the underlay, for nodes without their own `next_hop_mac` and for
-    /// traffic to the world. `None`: world traffic goes to the kernel instead.
-    pub uplink_gateway_mac: Option<MacAddr>,
     /// MTU of the uplink: an encapsulated frame's outer IP packet must fit.
     pub uplink_mtu: u16,
     /// Encapsulation used for nodes reached through the ipcache's tunnel endpoint only.
@@ -110,7 +108,6 @@ impl Default for LocalNode {
             gateway_ipv6: None,
             uplink_ifindex: None,
             uplink_mac: MacAddr::ZERO,
-            uplink_gateway_mac: None,
             uplink_mtu: 1500,
             default_encap: nodes::Encap::Vxlan,
         }
@@ -120,7 +117,7 @@ impl Default for LocalNode {
 /// Everything the stages read, published as one immutable snapshot.
 ///
 /// Each table sits behind its own `Arc`, so the control path builds the next version by
-/// cloning the `Tables` (five pointer copies) and then `Arc::make_mut` on only the tables a
+/// cloning the `Tables` (six pointer copies) and then `Arc::make_mut` on only the tables a
 /// request changes; workers keep reading the old version until the new one is swapped in.
 #[derive(Clone, Debug)]
 pub struct Tables {
@@ -129,6 +126,8 @@ pub struct Tables {
     pub endpoints: Arc<endpoints::Endpoints>,
     pub services: Arc<services::Services>,
     pub nodes: Arc<nodes::Nodes>,
+    /// The kernel's next hops on the underlay; written only by the next-hop resolver.
+    pub next_hops: Arc<next_hops::NextHops>,
 }
 
 impl Tables {
@@ -140,6 +139,7 @@ impl Tables {
             endpoints: Arc::default(),
             services: Arc::new(services),
             nodes: Arc::default(),
+            next_hops: Arc::default(),
         }
     }
 }

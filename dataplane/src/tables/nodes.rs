@@ -24,7 +24,7 @@ use std::str::FromStr;
 use hashbrown::HashMap;
 
 use crate::tables::lpm::Lpm;
-use crate::types::{MacAddr, Prefix};
+use crate::types::Prefix;
 
 /// How traffic to a node's pods is carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,8 +88,6 @@ pub struct Node {
     /// The prefixes the node allocates pod addresses from.
     pub pod_cidrs: Vec<Prefix>,
     pub encap: Encap,
-    /// The Ethernet next hop towards the node, when the dataplane writes the outer MAC itself.
-    pub next_hop_mac: Option<MacAddr>,
 }
 
 /// Why an upsert was refused. Nothing was changed.
@@ -286,7 +284,6 @@ mod tests {
             underlay: ip(underlay),
             pod_cidrs: cidrs.iter().map(|c| p(c)).collect(),
             encap: Encap::Vxlan,
-            next_hop_mac: None,
         }
     }
 
@@ -359,7 +356,6 @@ mod tests {
         let mut n = cluster();
         let moved = Node {
             encap: Encap::Geneve,
-            next_hop_mac: Some(MacAddr([0x02, 0, 0, 0, 0, 9])),
             ..node("a", "192.168.0.11", &["10.0.11.0/24"])
         };
         n.upsert(moved.clone()).unwrap();
