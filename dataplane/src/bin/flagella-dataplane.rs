@@ -148,6 +148,13 @@ struct Cli {
     /// touched.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     complete_l4_checksums: bool,
+
+    /// Let idle workers sleep this many microseconds between passes once about 4096 passes in a
+    /// row found no frame (0, the default: spin, for the lowest latency). Use it where a
+    /// worker must not hold a whole core while the node is idle (small nodes, test clusters);
+    /// the first frame after an idle spell waits up to this long.
+    #[arg(long, value_name = "MICROSECONDS")]
+    idle_sleep_us: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -320,6 +327,7 @@ fn start(
         let mut worker = build_worker(cfg, cli, section)
             .map_err(|source| DaemonError::Worker { index, source })?;
         register_sockets(&worker, &running.xdp)?;
+        worker.set_idle_sleep(Some(Duration::from_micros(cfg.idle_sleep_us)));
         let name = format!("worker-{index}");
         worker.publish_to(stats.register(&name, PUBLISH_EVERY));
         let source = tables.clone();
@@ -392,6 +400,9 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     }
     if let Some(batch) = cli.batch_size {
         cfg.batch_size = batch;
+    }
+    if let Some(us) = cli.idle_sleep_us {
+        cfg.idle_sleep_us = us;
     }
     if let Some(mode) = cli.xdp_mode {
         cfg.xdp_mode = match mode {

@@ -73,6 +73,9 @@ pub struct WorkerConfig {
     pub interfaces: Vec<String>,
 }
 
+/// The longest idle sleep accepted: beyond it, the first frame after a pause waits too long.
+pub const MAX_IDLE_SLEEP_US: u64 = 10_000;
+
 /// The whole configuration, validated.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +88,9 @@ pub struct DaemonConfig {
     pub conntrack_entries: usize,
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    /// Microseconds an idle worker sleeps between passes (0: spin; see `Worker::set_idle_sleep`).
+    #[serde(default)]
+    pub idle_sleep_us: u64,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "worker")]
@@ -111,6 +117,7 @@ impl Default for DaemonConfig {
             batch_size: default_batch(),
             conntrack_entries: default_conntrack(),
             xdp_mode: XdpMode::Native,
+            idle_sleep_us: 0,
             interfaces: Vec::new(),
             workers: Vec::new(),
         }
@@ -174,6 +181,12 @@ impl DaemonConfig {
             return Err(invalid(
                 "conntrack_entries",
                 "use at least 1024 (131072 is the default)",
+            ));
+        }
+        if self.idle_sleep_us > MAX_IDLE_SLEEP_US {
+            return Err(invalid(
+                "idle_sleep_us",
+                format!("use 0 (spin) to {MAX_IDLE_SLEEP_US}; 50 to 200 keeps latency low"),
             ));
         }
         let mut uplinks = 0;

@@ -21,6 +21,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::umem::{SocketInfo, Xsk};
 use super::{sys, IoError, PortSpec};
@@ -208,7 +209,14 @@ pub struct Worker {
     sockets_scratch: Vec<SocketStats>,
     /// The control socket's per-worker slot (`status`, conntrack dumps), if registered.
     api: Option<ApiPublisher>,
+    /// Sleep this long between passes once [`IDLE_PASSES`] passes in a row received nothing
+    /// (`None`: spin, the default).
+    idle_sleep: Option<Duration>,
 }
+
+/// Empty passes in a row before an idle worker starts sleeping between passes (when
+/// configured): about a millisecond of spinning, so a busy worker never sleeps.
+pub const IDLE_PASSES: u32 = 4096;
 
 impl Worker {
     /// Creates the UMEM and the sockets (filling their fill rings) and the pipeline. The
@@ -227,7 +235,17 @@ impl Worker {
             stats: StatsHandle::default(),
             sockets_scratch,
             api: None,
+            idle_sleep: None,
         })
+    }
+
+    /// Trade latency for CPU while idle: after [`IDLE_PASSES`] empty passes in a row, sleep
+    /// `sleep` between passes until a frame arrives. For nodes (and test clusters) where a
+    /// worker must not hold a whole core while there is no traffic; `None` spins (the
+    /// default, lowest latency). The sleep is on the idle path only: no packet waits for it
+    /// once a batch was received.
+    pub fn set_idle_sleep(&mut self, sleep: Option<Duration>) {
+        self.idle_sleep = sleep.filter(|d| !d.is_zero());
     }
 
     /// Also publish the pipeline counters (and answer conntrack dumps) through the control
@@ -253,9 +271,17 @@ impl Worker {
             sys::pin_current_thread(core).map_err(|source| IoError::Pin { core, source })?;
         }
         let mut last_publish = sys::monotonic_ns();
+        let mut empty_passes = 0u32;
         while !shutdown.load(Ordering::Relaxed) {
             let now = sys::monotonic_ns();
-            self.poll_once(tables, now);
+            if self.poll_once(tables, now) > 0 {
+                empty_passes = 0;
+            } else {
+                empty_passes = empty_passes.saturating_add(1);
+                if let Some(sleep) = self.idle_sleep.filter(|_| empty_passes >= IDLE_PASSES) {
+                    std::thread::sleep(sleep);
+                }
+            }
             if let Some(api) = self.api.as_mut() {
                 api.set_busy_ns(self.io.busy_ns);
                 api.tick(&self.pipeline, now);
