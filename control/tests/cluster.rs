@@ -1,0 +1,1039 @@
+//! A cluster from etcd alone: three nodes on a bridged underlay, each with its own
+//! `flagella-dataplane` (in the node's namespace) and `flagella-control`, two dual-stack pods per
+//! node, and nothing pushed to a dataplane or configured by hand: the nodes, the pods (the CNI
+//! way: an endpoint without addresses, which the node's agent allocates) and the policies are
+//! written to a real etcd; next hops come from the kernel.
+//!
+//! ```text
+//!                      fcl-<pid>-<m>-u: bridge br0 (underlay 10.77.<m>.0/24)
+//!               ┌─────────────────────────┼─────────────────────────┐
+//!  fcl-<pid>-<m>-n1 eth0 .1      fcl-<pid>-<m>-n2 eth0 .2      fcl-<pid>-<m>-n3 eth0 .3
+//!   flagella-dataplane            flagella-dataplane            flagella-dataplane
+//!   pods a, b (10.81.<m>.0/24,    pods a, b (10.82.<m>.0/24,    pods a, b (10.83.<m>.0/24,
+//!              fd81:<m>::/64)                fd82:<m>::/64)                fd83:<m>::/64)
+//!  root namespace: etcd (loopback), one flagella-control per node (Unix sockets)
+//! ```
+//!
+//! For VXLAN, Geneve and native routing in turn (one test each, run one at a time):
+//! - every dataplane resolves its peers' next hops from the kernel (`dump next_hops`);
+//! - the hosts keep their network: ping and a TCP connection between underlay addresses work
+//!   before and after pod traffic (the uplink's XDP program takes only what the dataplane owns);
+//! - pod -> pod on other nodes and on the same node: ping, TCP echo, UDP request/response, over
+//!   IPv4 and (tunnels) IPv6; a 100 MB TCP transfer across nodes with its checksum compared;
+//! - a service VIP with backends on the two other nodes, SNAT then DSR: both answer;
+//! - a NetworkPolicy on a node-2 pod admitting one node-1 pod: that pod connects, the other
+//!   node-1 pod is refused, decided on node 2 (from the VNI in tunnels, the ipcache natively).
+//!
+//! VXLAN also checks next-hop recovery: node 3's uplink is recreated with a new MAC (its
+//! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
+//! again.
+//!
+//! Skips, with the reason, when not root or when etcd, `ip netns`, AF_XDP or the dataplane binary
+//! are missing (a failure under CI). Stops only the processes it started and deletes its
+//! namespaces and files, pass or fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::net::{ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNs, Proc};
+use common::Etcd;
+use control::store::Store;
+use serde_json::{json, Value};
+
+const FLAGELLA: &str = env!("CARGO_BIN_EXE_flagella");
+const CONTROL: &str = env!("CARGO_BIN_EXE_flagella-control");
+const ROOT: &str = "/flagella/v1/";
+const NAMESPACE: &str = "cl";
+const ECHO_PORT: u16 = 7001;
+const UDP_PORT: u16 = 7002;
+const BULK_PORT: u16 = 7003;
+const NAME_PORT: u16 = 8080;
+const BULK_BYTES: usize = 100 << 20;
+/// How long something that should work may take to show it (ARP, a publication).
+const CONVERGE: Duration = Duration::from_secs(20);
+const NODES: u8 = 3;
+const PODS: [&str; 2] = ["a", "b"];
+
+/// One cluster at a time: three busy dataplanes already share this machine's cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Vxlan,
+    Geneve,
+    Native,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Vxlan => "vxlan",
+            Mode::Geneve => "geneve",
+            Mode::Native => "native",
+        }
+    }
+
+    /// Distinguishes the runs' addresses and names.
+    fn index(self) -> u8 {
+        match self {
+            Mode::Vxlan => 1,
+            Mode::Geneve => 2,
+            Mode::Native => 3,
+        }
+    }
+
+    /// Tunnels carry IPv6 pods over the IPv4 underlay; native routing of IPv6 would need an
+    /// IPv6 underlay, which this topology does not have.
+    fn ipv6(self) -> bool {
+        self != Mode::Native
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Pod {
+    /// `n1a`: node 1, pod a; also its `app` label.
+    name: String,
+    node: u8,
+    netns: String,
+    host_if: String,
+    ifindex: u64,
+    mac: String,
+    v4: Ipv4Addr,
+    v6: Option<Ipv6Addr>,
+}
+
+impl Pod {
+    fn addrs(&self, v6: bool) -> Vec<IpAddr> {
+        let mut v = vec![IpAddr::V4(self.v4)];
+        if v6 {
+            v.extend(self.v6.map(IpAddr::V6));
+        }
+        v
+    }
+}
+
+struct Node {
+    n: u8,
+    name: String,
+    netns: String,
+    underlay: Ipv4Addr,
+    socket: PathBuf,
+    status_file: PathBuf,
+    dataplane: Proc,
+    control: Proc,
+}
+
+/// One cluster; dropped in field order: servers stop, processes, namespaces, etcd, files.
+struct Cluster {
+    stop_servers: Arc<AtomicBool>,
+    servers: Vec<thread::JoinHandle<()>>,
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    netns: NetNs,
+    etcd: Etcd,
+    dir: PathBuf,
+    mode: Mode,
+    prefix: String,
+    bin: PathBuf,
+    rt: tokio::runtime::Runtime,
+    store: Store,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_servers.store(true, Ordering::Relaxed);
+        for h in self.servers.drain(..) {
+            let _ = h.join();
+        }
+        for node in &self.nodes {
+            eprintln!(
+                "---- {} flagella-control ----\n{}\n---- {} flagella-dataplane ----\n{}",
+                node.name,
+                node.control.log_text(),
+                node.name,
+                node.dataplane.log_text()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn underlay_of(mode: Mode, n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, mode.index(), n)
+}
+
+fn pod_cidr_v4(mode: Mode, n: u8) -> String {
+    format!("10.{}.{}.0/24", 80 + n, mode.index())
+}
+
+fn pod_cidr_v6(mode: Mode, n: u8) -> String {
+    format!("fd{}:{}::/64", 80 + n, mode.index())
+}
+
+impl Cluster {
+    fn start(mode: Mode, bin: &Path) -> Cluster {
+        let pid = std::process::id();
+        let prefix = format!("fcl-{pid}-{}", mode.index());
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let etcd = Etcd::start().expect("etcd (checked by preflight)");
+        let rt = common::runtime();
+        let store = rt
+            .block_on(Store::connect(&etcd.urls(), Duration::from_secs(2)))
+            .unwrap();
+        let mut c = Cluster {
+            stop_servers: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            netns: NetNs { names: Vec::new() },
+            etcd,
+            dir,
+            mode,
+            prefix,
+            bin: bin.to_path_buf(),
+            rt,
+            store,
+        };
+        c.build_underlay();
+        for n in 1..=NODES {
+            c.build_node(n);
+        }
+        for n in 1..=NODES {
+            c.start_dataplane(n);
+        }
+        c.write_cluster();
+        for n in 1..=NODES {
+            c.start_control(n);
+        }
+        c.wait_pods_addressed();
+        c
+    }
+
+    fn add_netns(&mut self, name: &str) {
+        run_ip(&["netns", "add", name]).unwrap_or_else(|e| panic!("{e}"));
+        self.netns.names.push(name.to_string());
+        ip_in(name, &["link", "set", "lo", "up"]);
+    }
+
+    fn underlay_ns(&self) -> String {
+        format!("{}-u", self.prefix)
+    }
+
+    fn build_underlay(&mut self) {
+        let u = self.underlay_ns();
+        self.add_netns(&u);
+        ip_in(&u, &["link", "add", "br0", "type", "bridge"]);
+        ip_in(&u, &["link", "set", "br0", "up"]);
+    }
+
+    /// The node's namespace and its uplink `eth0` on the underlay bridge, and its pods' veths.
+    fn build_node(&mut self, n: u8) {
+        let netns = format!("{}-n{n}", self.prefix);
+        self.add_netns(&netns);
+        self.plug_uplink(n, &netns);
+        for pod in PODS {
+            let name = format!("n{n}{pod}");
+            let pod_ns = format!("{netns}-{pod}");
+            self.add_netns(&pod_ns);
+            let host_if = format!(
+                "c{}{}{n}{pod}",
+                std::process::id() % 10_000_000,
+                self.mode.index()
+            );
+            ip_in(
+                &netns,
+                &[
+                    "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+                    &pod_ns,
+                ],
+            );
+            ip_in(&netns, &["link", "set", &host_if, "up"]);
+            ip_in(&pod_ns, &["link", "set", "eth0", "up"]);
+            let (ifindex, _) = link_facts(&netns, &host_if);
+            let (_, mac) = link_facts(&pod_ns, "eth0");
+            self.pods.push(Pod {
+                name,
+                node: n,
+                netns: pod_ns,
+                host_if,
+                ifindex,
+                mac,
+                v4: Ipv4Addr::UNSPECIFIED,
+                v6: None,
+            });
+        }
+        let dir = &self.dir;
+        self.nodes.push(Node {
+            n,
+            name: format!("node-{n}"),
+            netns,
+            underlay: underlay_of(self.mode, n),
+            socket: dir.join(format!("n{n}.sock")),
+            status_file: dir.join(format!("n{n}-status.json")),
+            dataplane: Proc {
+                child: None,
+                what: "flagella-dataplane",
+                log: dir.join(format!("n{n}-dataplane.log")),
+            },
+            control: Proc {
+                child: None,
+                what: "flagella-control",
+                log: dir.join(format!("n{n}-control.log")),
+            },
+        });
+    }
+
+    /// A veth from the underlay bridge to the node's `eth0`, with the node's underlay address
+    /// (also used to recreate the link, which gives it a new MAC).
+    fn plug_uplink(&self, n: u8, netns: &str) {
+        let u = self.underlay_ns();
+        let port = format!("u{n}");
+        ip_in(
+            &u,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns,
+            ],
+        );
+        ip_in(&u, &["link", "set", &port, "master", "br0"]);
+        ip_in(&u, &["link", "set", &port, "up"]);
+        let addr = format!("{}/24", underlay_of(self.mode, n));
+        ip_in(netns, &["addr", "add", &addr, "dev", "eth0"]);
+        ip_in(netns, &["link", "set", "eth0", "up"]);
+    }
+
+    fn node(&self, n: u8) -> &Node {
+        &self.nodes[usize::from(n - 1)]
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap()
+    }
+
+    fn start_dataplane(&mut self, n: u8) {
+        let config = self.dir.join("dataplane.toml");
+        std::fs::write(&config, "").unwrap(); // the flags say everything
+        let node = self.node(n);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.netns])
+            .arg(&self.bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&node.socket)
+            .args(["--interface", "eth0=uplink"])
+            // Three nodes share two cores: idle workers must not spin.
+            .args(["--idle-sleep-us", "200"]);
+        for pod in self.pods.iter().filter(|p| p.node == n) {
+            cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.dataplane.log)
+            .unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ip netns exec flagella-dataplane");
+        let socket = node.socket.clone();
+        let node = &mut self.nodes[usize::from(n - 1)];
+        node.dataplane.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                node.dataplane.running(),
+                "node {n}'s dataplane exited before it was ready:\n{}",
+                node.dataplane.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "node {n}'s dataplane socket did not appear:\n{}",
+                node.dataplane.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_control(&mut self, n: u8) {
+        let url = self.etcd.url.clone();
+        let node = &mut self.nodes[usize::from(n - 1)];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.control.log)
+            .unwrap();
+        let child = Command::new(CONTROL)
+            .arg("--etcd")
+            .arg(&url)
+            .args(["--node", &node.name])
+            .arg("--dataplane-socket")
+            .arg(&node.socket)
+            .arg("--status-file")
+            .arg(&node.status_file)
+            .args(["--etcd-timeout", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn flagella-control");
+        node.control.child = Some(child);
+    }
+
+    fn put(&self, key: &str, value: Value) {
+        let key = format!("{ROOT}{key}");
+        self.rt
+            .block_on(self.store.put(&key, value.to_string()))
+            .unwrap();
+    }
+
+    fn delete(&self, key: &str) {
+        let key = format!("{ROOT}{key}");
+        self.rt.block_on(self.store.delete(&key)).unwrap();
+    }
+
+    fn get(&self, key: &str) -> Option<Value> {
+        let key = format!("{ROOT}{key}");
+        let kv = self.rt.block_on(self.store.get(&key)).unwrap()?;
+        serde_json::from_slice(&kv.value).ok()
+    }
+
+    /// What the cluster writes (nodes, the namespace) and what the CNI plugin writes: each pod's
+    /// endpoint without addresses, for its node's agent to allocate.
+    fn write_cluster(&self) {
+        for node in &self.nodes {
+            let mut cidrs = vec![pod_cidr_v4(self.mode, node.n)];
+            if self.mode.ipv6() {
+                cidrs.push(pod_cidr_v6(self.mode, node.n));
+            }
+            self.put(
+                &format!("nodes/{}", node.name),
+                json!({"underlay_ip": node.underlay.to_string(), "pod_cidrs": cidrs,
+                       "tunnel": self.mode.name()}),
+            );
+        }
+        self.put(
+            &format!("namespaces/{NAMESPACE}"),
+            json!({"labels": {"team": "cluster"}}),
+        );
+        for pod in &self.pods {
+            self.put(
+                &format!("endpoints/{NAMESPACE}/{}", pod.name),
+                json!({"node": format!("node-{}", pod.node), "labels": {"app": pod.name},
+                       "interface": pod.host_if, "ifindex": pod.ifindex, "mac": pod.mac}),
+            );
+        }
+    }
+
+    /// Waits for every agent's IPAM to fill its pods' addresses in, then configures each pod
+    /// as the CNI plugin would: the addresses, the MTU the agent chose, routes via the gateway.
+    fn wait_pods_addressed(&mut self) {
+        let v6 = self.mode.ipv6();
+        let mut records = Vec::new();
+        for pod in &self.pods {
+            let key = format!("endpoints/{NAMESPACE}/{}", pod.name);
+            let mut record = Value::Null;
+            wait_for(&format!("an address for pod {}", pod.name), || {
+                record = self.get(&key).unwrap_or(Value::Null);
+                record["ipv4"].is_string() && (!v6 || record["ipv6"].is_string())
+            });
+            records.push(record);
+        }
+        for (pod, record) in self.pods.iter_mut().zip(records) {
+            pod.v4 = record["ipv4"].as_str().unwrap().parse().unwrap();
+            pod.v6 = record["ipv6"].as_str().map(|a| a.parse().unwrap());
+            let mtu = record["mtu"].as_u64().unwrap_or(1400);
+            configure_pod(pod, self.mode, mtu);
+        }
+    }
+
+    /// One request to node `n`'s dataplane; the reply must be ok.
+    fn dataplane(&self, n: u8, request: Value) -> Value {
+        let stream = UnixStream::connect(&self.node(n).socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut line = request.to_string();
+        line.push('\n');
+        (&stream).write_all(line.as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(&stream).read_line(&mut reply).unwrap();
+        let v: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("`{reply}`: {e}"));
+        assert_eq!(v["ok"], true, "{request} -> {v}");
+        v
+    }
+
+    fn next_hops(&self, n: u8) -> Value {
+        self.dataplane(n, json!({"op": "dump", "table": "next_hops"}))["next_hops"].clone()
+    }
+
+    /// Waits until every dataplane resolved both of its peers, from the kernel.
+    fn wait_next_hops(&self) {
+        for node in &self.nodes {
+            wait_for(&format!("{}'s next hops to both peers", node.name), || {
+                self.next_hops(node.n)["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == usize::from(NODES - 1))
+            });
+        }
+    }
+
+    /// The MAC of node `n`'s uplink.
+    fn uplink_mac(&self, n: u8) -> String {
+        link_facts(&self.node(n).netns, "eth0").1
+    }
+
+    fn counters(&self, n: u8) -> Value {
+        self.dataplane(n, json!({"op": "status"}))
+    }
+
+    fn flagella(&self, args: &[&str]) {
+        let out = Command::new(FLAGELLA)
+            .arg("--etcd")
+            .arg(&self.etcd.url)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run flagella");
+        assert!(
+            out.status.success(),
+            "flagella {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Servers in every pod: TCP echo, UDP echo, a bulk sink that answers with a checksum, and a
+    /// name server (answers the pod's name) for services.
+    fn start_servers(&mut self) {
+        let stop = Arc::clone(&self.stop_servers);
+        let v6 = self.mode.ipv6();
+        for pod in &self.pods {
+            for addr in pod.addrs(v6) {
+                self.servers
+                    .push(tcp_server(pod, addr, ECHO_PORT, &stop, echo));
+                self.servers
+                    .push(tcp_server(pod, addr, BULK_PORT, &stop, bulk_sink));
+                self.servers.push(udp_echo(pod, addr, &stop));
+            }
+            let name = pod.name.clone();
+            self.servers.push(tcp_server(
+                pod,
+                IpAddr::V4(pod.v4),
+                NAME_PORT,
+                &stop,
+                move |mut s| {
+                    let _ = s.write_all(name.as_bytes());
+                },
+            ));
+        }
+    }
+}
+
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    wait_for_within(what, CONVERGE, done);
+}
+
+/// The pod's side of the CNI plugin's work: addresses, MTU, routes through the gateway (the
+/// first host of the node's pod CIDR, answered by the dataplane).
+fn configure_pod(pod: &Pod, mode: Mode, mtu: u64) {
+    let ns = &pod.netns;
+    ip_in(ns, &["link", "set", "eth0", "mtu", &mtu.to_string()]);
+    ip_in(
+        ns,
+        &["addr", "add", &format!("{}/32", pod.v4), "dev", "eth0"],
+    );
+    let gw4 = format!("10.{}.{}.1", 80 + pod.node, mode.index());
+    ip_in(
+        ns,
+        &[
+            "route", "add", "default", "via", &gw4, "dev", "eth0", "onlink",
+        ],
+    );
+    if let Some(v6) = pod.v6 {
+        ip_in(
+            ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        let gw6 = format!("fd{}:{}::1", 80 + pod.node, mode.index());
+        ip_in(
+            ns,
+            &[
+                "-6", "route", "add", "default", "via", &gw6, "dev", "eth0", "onlink",
+            ],
+        );
+    }
+}
+
+// ---- servers and clients in pods ---------------------------------------------------------------
+
+fn tcp_server(
+    pod: &Pod,
+    addr: IpAddr,
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    serve: impl Fn(TcpStream) + Clone + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = Arc::clone(stop);
+    let handle = spawn_in(&pod.netns, move || {
+        let listener = TcpListener::bind(SocketAddr::new(addr, port)).expect("bind in the pod");
+        listener.set_nonblocking(true).expect("nonblocking");
+        ready_tx.send(()).expect("ready");
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let serve = serve.clone();
+                    thread::spawn(move || serve(stream));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+    ready_rx.recv().expect("server ready");
+    handle
+}
+
+fn echo(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// FNV-1a over a byte stream, 64 bits.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Reads everything, then answers `<bytes> <fnv64>`.
+fn bulk_sink(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut total, mut hash) = (0usize, Fnv::new());
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n;
+                hash.update(&buf[..n]);
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = stream.write_all(format!("{total} {:016x}", hash.0).as_bytes());
+}
+
+fn udp_echo(pod: &Pod, addr: IpAddr, stop: &Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = Arc::clone(stop);
+    let handle = spawn_in(&pod.netns, move || {
+        let sock = UdpSocket::bind(SocketAddr::new(addr, UDP_PORT)).expect("bind udp");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        ready_tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    ready_rx.recv().expect("udp server ready");
+    handle
+}
+
+fn in_pod<T: Send + 'static>(pod: &Pod, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in(&pod.netns, f)
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A TCP echo of 16 KiB from `from` to `to:ECHO_PORT`.
+fn tcp_echo(from: &Pod, to: IpAddr, timeout: Duration) -> Result<(), String> {
+    in_pod(from, move || {
+        let addr = SocketAddr::new(to, ECHO_PORT);
+        let mut s =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let sent: Vec<u8> = (0..16usize << 10)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        s.write_all(&sent).map_err(|e| format!("write: {e}"))?;
+        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map_err(|e| format!("read: {e}"))?;
+        (got == sent)
+            .then_some(())
+            .ok_or_else(|| format!("echo differs: {} bytes back", got.len()))
+    })
+}
+
+fn udp_request(from: &Pod, to: IpAddr) -> Result<(), String> {
+    in_pod(from, move || {
+        let any: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let sock = UdpSocket::bind(any).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .map_err(|e| e.to_string())?;
+        let msg = b"flagella udp request";
+        for _ in 0..6 {
+            sock.send_to(msg, SocketAddr::new(to, UDP_PORT))
+                .map_err(|e| format!("send: {e}"))?;
+            let mut buf = [0u8; 64];
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if &buf[..n] == msg {
+                    return Ok(());
+                }
+            }
+        }
+        Err("no UDP answer".into())
+    })
+}
+
+/// `ping -c 2` from a namespace.
+fn ping(netns: &str, to: IpAddr) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", netns, "ping", "-c", "2", "-i", "0.2", "-W", "2",
+        ])
+        .arg(to.to_string())
+        .output()
+        .map_err(|e| format!("ping: {e} (install iputils-ping)"))?;
+    out.status
+        .success()
+        .then_some(())
+        .ok_or_else(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Retries `f` until it succeeds or [`CONVERGE`] passes (first packets: ARP, publications).
+fn must(what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("{what} does not work: {e}"),
+            Err(_) => thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `BULK_BYTES` from `from` to `to:BULK_PORT`; the sink's count and checksum must match.
+fn bulk_transfer(from: &Pod, to: IpAddr) -> Result<Duration, String> {
+    in_pod(from, move || {
+        let started = Instant::now();
+        let addr = SocketAddr::new(to, BULK_PORT);
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_write_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut hash = Fnv::new();
+        let mut x: u32 = 0x9e37_79b9;
+        for sent in (0..BULK_BYTES).step_by(chunk.len()) {
+            for b in chunk.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                *b = x as u8;
+            }
+            let n = chunk.len().min(BULK_BYTES - sent);
+            hash.update(&chunk[..n]);
+            s.write_all(&chunk[..n])
+                .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+        }
+        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)
+            .map_err(|e| format!("read the sink's answer: {e}"))?;
+        let want = format!("{BULK_BYTES} {:016x}", hash.0);
+        (answer == want)
+            .then(|| started.elapsed())
+            .ok_or_else(|| format!("sink says `{answer}`, sent `{want}`"))
+    })
+}
+
+/// Connects to `vip:80` `times` times from `from`; returns the backends' names that answered.
+fn service_answers(from: &Pod, vip: Ipv4Addr, times: usize) -> Vec<String> {
+    in_pod(from, move || {
+        let mut names = Vec::new();
+        for _ in 0..times {
+            let addr = SocketAddr::new(IpAddr::V4(vip), 80);
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+                continue;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut name = String::new();
+            if s.read_to_string(&mut name).is_ok() && !name.is_empty() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    })
+}
+
+/// The hosts' own traffic between underlay addresses: ping, and a TCP connection from node 1's
+/// namespace to a listener in node 2's.
+fn check_host_traffic(c: &Cluster, when: &str) {
+    let (n1, n2) = (c.node(1), c.node(2));
+    ping(&n1.netns, IpAddr::V4(n2.underlay))
+        .unwrap_or_else(|e| panic!("host ping node-1 -> node-2 ({when}): {e}"));
+    let addr = SocketAddr::new(IpAddr::V4(n2.underlay), 7999);
+    let listener = spawn_in(&n2.netns, move || {
+        let l = TcpListener::bind(addr).expect("bind on node-2's underlay address");
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok((mut s, _)) = l.accept() {
+                let _ = s.set_nonblocking(false);
+                let _ = s.write_all(b"host");
+                return true;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    thread::sleep(Duration::from_millis(100));
+    let got = in_netns(&n1.netns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    });
+    assert!(
+        listener.join().unwrap(),
+        "node-2 accepted no host connection ({when})"
+    );
+    assert_eq!(
+        got.as_deref(),
+        Some("host"),
+        "host TCP node-1 -> node-2 ({when})"
+    );
+}
+
+fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in(netns, f)
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+// ---- the scenario ------------------------------------------------------------------------------
+
+fn pod_to_pod(c: &Cluster) {
+    let v6 = c.mode.ipv6();
+    let pairs = [
+        ("n1a", "n2a"),
+        ("n1a", "n3b"),
+        ("n2b", "n3a"),
+        ("n1a", "n1b"),
+    ];
+    for (from, to) in pairs {
+        let (from, to) = (c.pod(from), c.pod(to));
+        for addr in to.addrs(v6) {
+            let what = format!("{} -> {} ({addr})", from.name, to.name);
+            must(&format!("ping {what}"), || ping(&from.netns, addr));
+            must(&format!("TCP {what}"), || {
+                tcp_echo(from, addr, Duration::from_secs(2))
+            });
+            must(&format!("UDP {what}"), || udp_request(from, addr));
+        }
+    }
+}
+
+fn bulk(c: &Cluster) {
+    let (from, to) = (c.pod("n1a"), c.pod("n2a"));
+    for addr in to.addrs(c.mode.ipv6()) {
+        let took = bulk_transfer(from, addr)
+            .unwrap_or_else(|e| panic!("100 MB n1a -> n2a ({addr}) in {}: {e}", c.mode.name()));
+        eprintln!(
+            "{}: 100 MB n1a -> n2a ({addr}) in {:.2} s",
+            c.mode.name(),
+            took.as_secs_f64()
+        );
+    }
+}
+
+fn services(c: &Cluster) {
+    let vip = Ipv4Addr::new(10, 96, c.mode.index(), 10);
+    let client = c.pod("n1a");
+    for mode in ["snat", "dsr"] {
+        c.put(
+            &format!("services/{NAMESPACE}/web"),
+            json!({"frontends": [{"ip": vip.to_string(), "port": 80, "protocol": "TCP"}],
+                   "backends": [{"ip": c.pod("n2b").v4.to_string(), "port": NAME_PORT},
+                                {"ip": c.pod("n3b").v4.to_string(), "port": NAME_PORT}],
+                   "mode": mode}),
+        );
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let names = service_answers(client, vip, 24);
+            if names == ["n2b", "n3b"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service {vip}:80 ({mode}) from n1a: answered by {names:?}, want n2b and n3b"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    c.delete(&format!("services/{NAMESPACE}/web"));
+}
+
+/// n2a admits only n1a: n1a connects, n1b is refused, on node 2.
+fn policy(c: &Cluster) {
+    let policy = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "only-n1a", "namespace": NAMESPACE},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "n2a"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "n1a"}}}]}],
+        },
+    });
+    let file = c.dir.join("only-n1a.json");
+    std::fs::write(&file, policy.to_string()).unwrap();
+    c.flagella(&["policy", "import", "-f", file.to_str().unwrap()]);
+    let (n1a, n1b, n2a) = (c.pod("n1a"), c.pod("n1b"), c.pod("n2a"));
+    let denied_before = policy_drops(c, 2);
+    let to = IpAddr::V4(n2a.v4);
+    wait_for("n1b is refused by n2a's ingress policy", || {
+        tcp_echo(n1b, to, Duration::from_millis(700)).is_err()
+    });
+    must("n1a -> n2a under the policy", || {
+        tcp_echo(n1a, to, Duration::from_secs(2))
+    });
+    wait_for(
+        "node 2 counts n1b's refused attempts as ingress policy drops",
+        || policy_drops(c, 2) > denied_before,
+    );
+    c.flagella(&["policy", "delete", &format!("{NAMESPACE}/only-n1a")]);
+    must("n1b -> n2a after the policy is deleted", || {
+        tcp_echo(n1b, to, Duration::from_secs(2))
+    });
+}
+
+fn policy_drops(c: &Cluster, n: u8) -> u64 {
+    // Only reasons that happened are listed.
+    c.counters(n)["counters"]["drops"]["policy_denied_ingress"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Node 3's uplink is recreated (a new MAC); its dataplane restarts on the new interface, and
+/// node 1, untouched, learns the new MAC from its kernel and reaches node 3's pods again.
+fn peer_mac_change(c: &mut Cluster) {
+    let old_mac = c.uplink_mac(3);
+    let netns = c.node(3).netns.clone();
+    c.nodes[2].dataplane.kill9();
+    run_ip(&["-n", &c.underlay_ns(), "link", "del", "u3"]).unwrap();
+    c.plug_uplink(3, &netns);
+    let new_mac = c.uplink_mac(3);
+    assert_ne!(old_mac, new_mac, "a recreated veth has a new MAC");
+    c.start_dataplane(3);
+    let underlay3 = c.node(3).underlay.to_string();
+    wait_for("node 1's next hop to node 3 is the new MAC", || {
+        c.next_hops(1)["peers"].as_array().is_some_and(|peers| {
+            peers
+                .iter()
+                .any(|p| p["underlay"] == underlay3.as_str() && p["mac"] == new_mac.as_str())
+        })
+    });
+    let (from, to) = (c.pod("n1a"), c.pod("n3a"));
+    must("n1a -> n3a after node 3's uplink was recreated", || {
+        tcp_echo(from, IpAddr::V4(to.v4), Duration::from_secs(2))
+    });
+}
+
+fn run(mode: Mode) {
+    let bin = match preflight() {
+        Ok(bin) => bin,
+        Err(reason) if std::env::var_os("CI").is_some() => panic!("cannot run under CI: {reason}"),
+        Err(reason) => return eprintln!("SKIPPED: {reason}"),
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start(mode, &bin);
+    c.wait_next_hops();
+    check_host_traffic(&c, "dataplanes running, no pod traffic yet");
+    c.start_servers();
+    pod_to_pod(&c);
+    bulk(&c);
+    services(&c);
+    policy(&c);
+    check_host_traffic(&c, "after pod traffic");
+    if mode == Mode::Vxlan {
+        peer_mac_change(&mut c);
+        check_host_traffic(&c, "after node 3's uplink was recreated");
+    }
+}
+
+#[test]
+fn cluster_over_vxlan() {
+    run(Mode::Vxlan);
+}
+
+#[test]
+fn cluster_over_geneve() {
+    run(Mode::Geneve);
+}
+
+#[test]
+fn cluster_natively_routed() {
+    run(Mode::Native);
+}

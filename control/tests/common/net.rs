@@ -1,0 +1,167 @@
+//! Namespaces, child processes and the dataplane binary, for the tests that run real
+//! dataplanes and agents in network namespaces (`e2e_dataplane.rs`, `cluster.rs`).
+//!
+//! Everything here removes what it made on drop (namespaces, processes by their PID), pass or
+//! fail.
+
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helper: a failure is a failed test
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A child process of this test: SIGKILL by its PID and reaped on drop.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub what: &'static str,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// kill -9 (only this child, by its PID) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            eprintln!("stopping {} (pid {:?})", self.what, self.pid());
+        }
+        self.kill9();
+    }
+}
+
+/// The namespaces of this run; deleting them deletes the veth pairs.
+pub struct NetNs {
+    pub names: Vec<String>,
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for name in self.names.iter().rev() {
+            if run_ip(&["netns", "del", name]).is_err() {
+                eprintln!("WARNING: could not delete namespace {name}: run `ip netns del {name}`");
+            }
+        }
+    }
+}
+
+pub fn run_ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+pub fn ip_in(ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run_ip(&all).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `(ifindex, MAC)` of `dev` in namespace `ns`.
+pub fn link_facts(ns: &str, dev: &str) -> (u64, String) {
+    let links: Value = serde_json::from_str(&ip_in(ns, &["-j", "link", "show", "dev", dev]))
+        .expect("ip -j output");
+    (
+        links[0]["ifindex"].as_u64().expect("ifindex"),
+        links[0]["address"].as_str().expect("address").to_string(),
+    )
+}
+
+/// The dataplane binary, next to this test's profile directory or from the environment.
+pub fn dataplane_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FLAGELLA_DATAPLANE_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    // target/<profile>/deps/e2e_dataplane-<hash> -> target/<profile>/flagella-dataplane
+    let exe = std::env::current_exe().ok()?;
+    let profile = exe.parent()?.parent()?;
+    let bin = profile.join("flagella-dataplane");
+    bin.exists().then_some(bin)
+}
+
+/// Root, etcd, `ip netns`, AF_XDP and the dataplane binary; or the reason to skip.
+pub fn preflight() -> Result<PathBuf, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (namespaces, XDP, AF_XDP)".into());
+    }
+    if !Path::new(super::ETCD).exists() {
+        return Err(format!(
+            "{} is missing; install Debian's etcd-server",
+            super::ETCD
+        ));
+    }
+    run_ip(&["netns", "list"])?;
+    // SAFETY: plain syscall with constant arguments; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "no AF_XDP sockets here: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` was just opened here and is not used afterwards.
+    unsafe { libc::close(fd) };
+    dataplane_binary().ok_or_else(|| {
+        "the flagella-dataplane binary is not built next to this test: run `cargo build -p \
+         dataplane --features afxdp --bin flagella-dataplane` (or set FLAGELLA_DATAPLANE_BIN)"
+            .to_string()
+    })
+}
+
+pub fn wait_for_within(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `f` on a thread that entered network namespace `ns`.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).expect("open namespace");
+        // SAFETY: setns on this thread only, with a namespace file descriptor we own.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
