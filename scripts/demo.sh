@@ -9,7 +9,11 @@
 #      agent flagella-control; pods created with the `flagella` CLI get their addresses from the
 #      agent's IPAM; a Kubernetes NetworkPolicy imported with the CLI refuses one pod live while
 #      another still connects, `policy trace` explains the verdict, deleting the policy opens the
-#      way again; then remove everything.
+#      way again; then remove everything;
+#   4. two nodes from etcd on an underlay bridge, each with its dataplane and agent: next hops
+#      from each node's kernel, pods created the CNI way on both, a cross-node connection over
+#      VXLAN, a policy on node 2 that refuses one node-1 pod (decided from the VNI's identity)
+#      while another connects, and the hosts' own ping between the nodes working throughout.
 # Runs as root (namespaces, XDP, AF_XDP). Leaves nothing behind, even when interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -360,6 +364,7 @@ enforced = ask({"op": "dump", "table": "policy", "endpoint": ep["id"]})["ingress
 sys.exit(0 if enforced == (what == "enforced") else 1)
 PY
 dp() { python3 "$TMP/dp.py" "$SOCK" "$@"; }
+DP_PY_TEXT=$(<"$TMP/dp.py") # part 4 asks its dataplanes the same way
 for pod in "${PODS[@]}"; do
   wait_until 100 dp present "${PODIP[$pod]}" || fail "pod $pod never reached the dataplane"
 done
@@ -467,4 +472,218 @@ left_links=$(ip -o link show | grep -c "$VETH3" || true)
 left_pids=0
 for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left_pids=$((left_pids + 1)); done
 say "left behind: $left_ns namespaces, $left_links veths, $left_pids processes, temp dir removed"
+
+# ---------------------------------------------------------------------------------------------
+header "part 4: two nodes from etcd, joined by an underlay bridge (VXLAN)"
+say "each node runs its own flagella-dataplane and flagella-control; the nodes, pods and policy"
+say "come from etcd, the next hops from each node's kernel: no MAC is configured anywhere."
+
+C4="flg-c4-$$"               # namespaces: $C4-u (underlay bridge), $C4-n1, $C4-n2, $C4-n1-<pod>...
+VETH4="flgc$$"               # host-side pod veths: ${VETH4}f (frontend), ${VETH4}r, ${VETH4}b
+K8S_NS4=shop
+PORT4=8080
+declare -A NODE_OF=([frontend]=1 [reports]=1 [backend]=2) PODVETH=([frontend]="${VETH4}f" [reports]="${VETH4}r" [backend]="${VETH4}b") PODIP4 PODMTU4
+SOCK4=()                     # control socket of node N at index N
+
+trap cleanup3 EXIT
+PIDS=()
+NAMESPACES=()
+TMP="$(mktemp -d /tmp/flg-demo.XXXXXX)"
+
+header "starting a fresh etcd for the cluster (loopback)"
+read -r CLIENT_PORT PEER_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+ETCD_URL="http://127.0.0.1:$CLIENT_PORT"
+PEER_URL="http://127.0.0.1:$PEER_PORT"
+/usr/bin/etcd --name=flg-demo4 --data-dir="$TMP/etcd" \
+  --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
+  --listen-peer-urls="$PEER_URL" --initial-advertise-peer-urls="$PEER_URL" \
+  --initial-cluster="flg-demo4=$PEER_URL" --logger=zap --log-level=warn >"$TMP/etcd.log" 2>&1 &
+PIDS+=($!)
+WHAT[$!]=etcd
+wait_until 200 etcd_healthy || fail "etcd did not become healthy within 20 s"
+say "etcd answers on $ETCD_URL (PID ${PIDS[-1]})"
+
+header "the underlay: a bridge in $C4-u; node-1 is 10.84.0.1, node-2 is 10.84.0.2 (eth0 each)"
+ip netns add "$C4-u"; NAMESPACES+=("$C4-u")
+ip -n "$C4-u" link add br0 type bridge
+ip -n "$C4-u" link set br0 up
+for n in 1 2; do
+  ns="$C4-n$n"
+  ip netns add "$ns"; NAMESPACES+=("$ns")
+  ip -n "$ns" link set lo up
+  ip -n "$C4-u" link add "u$n" type veth peer name eth0 netns "$ns"
+  ip -n "$C4-u" link set "u$n" master br0
+  ip -n "$C4-u" link set "u$n" up
+  ip -n "$ns" addr add "10.84.0.$n/24" dev eth0
+  ip -n "$ns" link set eth0 up
+done
+flagella node upsert node-1 --underlay-ip 10.84.0.1 --pod-cidr 10.85.1.0/24 --tunnel vxlan
+flagella node upsert node-2 --underlay-ip 10.84.0.2 --pod-cidr 10.85.2.0/24 --tunnel vxlan
+flagella namespace upsert "$K8S_NS4" --labels team=shop
+
+header "pods: frontend and reports on node-1, backend on node-2 (veths, no address yet)"
+for pod in frontend reports backend; do
+  node="$C4-n${NODE_OF[$pod]}"
+  ns="$node-$pod"
+  ip netns add "$ns"; NAMESPACES+=("$ns")
+  ip -n "$node" link add "${PODVETH[$pod]}" type veth peer name eth0 netns "$ns"
+  ip -n "$node" link set "${PODVETH[$pod]}" up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set eth0 up
+done
+
+header "starting flagella-dataplane and flagella-control on each node"
+echo "" >"$TMP/empty.toml"
+for n in 1 2; do
+  SOCK4[$n]="$TMP/node-$n.sock"
+  args=(--interface eth0=uplink)
+  for pod in frontend reports backend; do
+    [ "${NODE_OF[$pod]}" = "$n" ] && args+=(--interface "${PODVETH[$pod]}=pod")
+  done
+  # --idle-sleep-us: two busy-polling nodes share this machine's cores.
+  ip netns exec "$C4-n$n" target/release/flagella-dataplane --config "$TMP/empty.toml" \
+    --socket "${SOCK4[$n]}" --idle-sleep-us 200 "${args[@]}" 2>"$TMP/dataplane-$n.log" &
+  PIDS+=($!)
+  WHAT[$!]="node-$n flagella-dataplane"
+  wait_until 300 test -S "${SOCK4[$n]}" || fail "node-$n's dataplane socket did not appear"
+  target/release/flagella-control --etcd "$ETCD_URL" --node "node-$n" \
+    --dataplane-socket "${SOCK4[$n]}" --status-file "$TMP/control-$n.json" \
+    2>"$TMP/control-$n.log" &
+  PIDS+=($!)
+  WHAT[$!]="node-$n flagella-control"
+  say "node-$n: flagella-dataplane on eth0 (uplink) and its pods' veths; flagella-control"
+done
+
+header "creating the pods the CNI way: each node's agent allocates the address"
+for pod in frontend reports backend; do
+  n=${NODE_OF[$pod]}
+  node="$C4-n$n"
+  ns="$node-$pod"
+  ifindex=$(ip netns exec "$node" cat "/sys/class/net/${PODVETH[$pod]}/ifindex")
+  mac=$(ip netns exec "$ns" cat /sys/class/net/eth0/address)
+  printf '  $ flagella endpoint create --node node-%s --namespace %s --name %s --labels app=%s ... --wait 10 -o json\n' \
+    "$n" "$K8S_NS4" "$pod" "$pod"
+  out=$("$FLAGELLA_BIN" --etcd "$ETCD_URL" endpoint create --node "node-$n" --namespace "$K8S_NS4" \
+    --name "$pod" --labels "app=$pod" --interface "${PODVETH[$pod]}" --ifindex "$ifindex" \
+    --mac "$mac" --wait 10 -o json) || { echo "$out"; fail "flagella endpoint create $pod failed"; }
+  read -r PODIP4[$pod] PODMTU4[$pod] < <(echo "$out" | python3 -c '
+import json, sys
+e = json.load(sys.stdin)
+print(e["ipv4"], e.get("mtu") or "")')
+  [ -n "${PODMTU4[$pod]}" ] || fail "the agent gave pod $pod no MTU"
+  ip -n "$ns" link set eth0 mtu "${PODMTU4[$pod]}"
+  ip -n "$ns" addr add "${PODIP4[$pod]}/32" dev eth0
+  ip -n "$ns" route add default via "10.85.$n.1" dev eth0 onlink
+  say "pod $pod on node-$n: ${PODIP4[$pod]}, MTU ${PODMTU4[$pod]} (room for the VXLAN header)"
+done
+
+# `nexthops N`: node N's next hops as the dataplane resolved them from the kernel.
+nexthops() {
+  python3 - "${SOCK4[$1]}" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+f.write(json.dumps({"op": "dump", "table": "next_hops"}) + "\n"); f.flush()
+peers = json.loads(f.readline())["next_hops"]["peers"]
+if not peers:
+    sys.exit(1)
+for p in peers:
+    print(f"    peer {p['underlay']} -> next hop MAC {p['mac']}")
+PY
+}
+header "next hops: each dataplane asked its node's kernel (routes, neighbours), not etcd"
+for n in 1 2; do
+  wait_until 100 nexthops "$n" || fail "node-$n resolved no next hop"
+  say "node-$n (its uplink is $(ip netns exec "$C4-n$n" cat /sys/class/net/eth0/address)):"
+  nexthops "$n"
+done
+
+host_ping() {
+  ip netns exec "$C4-n1" ping -c 2 -i 0.2 -W 2 10.84.0.2 >/dev/null \
+    || fail "the hosts lost their network: node-1 cannot ping node-2's underlay address"
+  say "node-1 -> node-2 host ping (underlay 10.84.0.2): ok ($1)"
+}
+header "the hosts keep their own network: the uplink's XDP program takes only tunnel traffic"
+host_ping "dataplanes running"
+
+ip netns exec "$C4-n2-backend" python3 -c "
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('${PODIP4[backend]}', $PORT4)); s.listen()
+while True:
+    c, peer = s.accept(); c.sendall(f'hello {peer[0]}, this is backend on node-2\n'.encode()); c.close()
+" &
+PIDS+=($!)
+WHAT[$!]="backend's TCP server"
+sleep 0.5
+
+connect4() { # [--retry] FROM-POD TO-POD
+  local tries=1
+  if [ "$1" = "--retry" ]; then tries=15; shift; fi
+  ip netns exec "$C4-n${NODE_OF[$1]}-$1" python3 - "$1 -> $2" "${PODIP4[$2]}" "$PORT4" "$tries" <<'PY'
+import socket, sys, time
+label, dst, port, tries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for attempt in range(tries):
+    try:
+        s = socket.create_connection((dst, port), timeout=2 if tries == 1 else 0.5)
+        print(f"  {label}: connected, server said: {s.recv(100).decode().strip()!r}")
+        sys.exit(0)
+    except socket.timeout:
+        error = "no answer within 2 s (the SYN was dropped)"
+    except OSError as e:
+        error = f"failed: {e}"
+    time.sleep(0.2)
+print(f"  {label}: {error}")
+sys.exit(1)
+PY
+}
+header "cross-node TCP: frontend and reports (node-1) -> backend (node-2), over VXLAN"
+connect4 --retry frontend backend || fail "frontend -> backend across nodes should connect"
+connect4 --retry reports backend || fail "reports -> backend across nodes should connect"
+
+header "policy: backend admits only app=frontend; node-2 decides, from the VNI's identity"
+cat >"$TMP/policy4.yaml" <<YAML
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: backend-allow-frontend
+  namespace: $K8S_NS4
+spec:
+  podSelector:
+    matchLabels:
+      app: backend
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: frontend
+YAML
+"$FLAGELLA_BIN" --etcd "$ETCD_URL" policy import -f "$TMP/policy4.yaml" 2>&1 | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "policy import failed"
+printf '%s\n' "$DP_PY_TEXT" >"$TMP/dp.py"
+drops_before=$(python3 "$TMP/dp.py" "${SOCK4[2]}" drops policy_denied_ingress)
+refused=0
+for _ in $(seq 50); do
+  if ! connect4 reports backend >/dev/null; then refused=1; break; fi
+  sleep 0.2
+done
+[ "$refused" = 1 ] || fail "reports -> backend should be refused by the policy"
+connect4 reports backend || true
+connect4 --retry frontend backend || fail "frontend -> backend should still connect"
+sleep 0.3
+drops_after=$(python3 "$TMP/dp.py" "${SOCK4[2]}" drops policy_denied_ingress)
+say "node-2's dataplane counted $((drops_after - drops_before)) policy_denied_ingress drop(s)"
+host_ping "after pod traffic and the policy"
+
+header "stopping everything part 4 started (by PID) and removing its namespaces"
+trap - EXIT
+cleanup3
+left_ns=$(ip netns list | grep -c "^$C4" || true)
+left_pids=0
+for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left_pids=$((left_pids + 1)); done
+say "left behind: $left_ns namespaces, $left_pids processes, temp dir removed"
 header "done"
