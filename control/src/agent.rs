@@ -19,7 +19,10 @@
 //!   `gc_interval`;
 //! - addresses: after every listing and watch batch, [`EndpointIpam`] gives this node's
 //!   endpoints written without addresses one from the node's pod CIDR and writes it back, and
-//!   releases allocations no endpoint holds (`crate::endpoint_ipam`).
+//!   releases allocations no endpoint holds (`crate::endpoint_ipam`);
+//! - pod MTU: the uplink MTU read with the dataplane's `local_node` is handed to the IPAM,
+//!   which writes the pod MTU (uplink MTU minus the tunnel's overhead) with the addresses; when
+//!   it becomes known or changes, a pass runs at the next tick.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -68,6 +71,10 @@ pub struct Status {
     pub rejected_keys: Vec<String>,
     pub dataplane_refusals: u64,
     pub last_error: Option<String>,
+    /// The uplink's MTU, as the dataplane last reported it.
+    pub uplink_mtu: Option<u16>,
+    /// The MTU this node's pods get (the uplink's minus the tunnel's overhead).
+    pub pod_mtu: Option<u16>,
 }
 
 /// The agent.
@@ -76,6 +83,8 @@ pub struct Agent {
     cfg: AgentConfig,
     state: ClusterState,
     dataplane: Option<DataplaneClient>,
+    /// The uplink's MTU from the dataplane's `local_node`, once read.
+    uplink_mtu: Option<u16>,
     pub status: Arc<Mutex<Status>>,
 }
 
@@ -95,6 +104,7 @@ impl Agent {
             state,
             cfg,
             dataplane: None,
+            uplink_mtu: None,
             status: Arc::new(Mutex::new(status)),
         }
     }
@@ -112,6 +122,12 @@ impl Agent {
             s.malformed_total = self.state.malformed_total();
             s.rejected_keys = self.state.rejected().keys().cloned().collect();
             s.dataplane_connected = self.dataplane.is_some();
+            s.uplink_mtu = self.uplink_mtu;
+            s.pod_mtu = self
+                .state
+                .own_node()
+                .zip(self.uplink_mtu)
+                .map(|(n, mtu)| n.tunnel.pod_mtu(mtu));
             s.clone()
         };
         if let Some(path) = &self.cfg.status_file {
@@ -246,6 +262,7 @@ impl Agent {
                 return;
             }
         };
+        self.uplink_mtu = Some(current.uplink_mtu);
         let facts = local_node_facts(&current, &self.cfg.node, &spec);
         if facts != current {
             self.push(vec![Change::LocalNodeSet(facts)]).await;
@@ -298,6 +315,7 @@ impl Agent {
                         }
                         revision = revision.max(r);
                         self.converge(alloc, revision).await?;
+                        ipam.set_uplink_mtu(self.uplink_mtu);
                         ipam.converge_and_log(&store).await?;
                     }
                     WatchBatch::Compacted { compact_revision } => {
@@ -309,6 +327,9 @@ impl Agent {
                 _ = tick.tick() => {
                     self.check_dataplane().await;
                     self.connect_dataplane().await;
+                    if ipam.set_uplink_mtu(self.uplink_mtu) {
+                        ipam.converge_and_log(&store).await?;
+                    }
                     if !alloc.lease_alive() {
                         return Err(SessionError::LeaseLost);
                     }
@@ -336,6 +357,7 @@ impl Agent {
             kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
         self.state.reconcile(&listing);
         self.converge(alloc, revision).await?;
+        ipam.set_uplink_mtu(self.uplink_mtu);
         // Also the reconciliation on start: allocations whose owner is gone are released.
         ipam.converge_and_log(store).await?;
         Ok(revision)

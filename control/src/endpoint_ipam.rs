@@ -12,6 +12,14 @@
 //!    then;
 //! 4. the endpoint, now with addresses, flows to the dataplane as any other.
 //!
+//! The pod's MTU is written with the addresses (`mtu`): the node's uplink MTU, which the agent
+//! reads from its dataplane's `local_node` and hands over with [`EndpointIpam::set_uplink_mtu`],
+//! minus the overhead of the node's tunnel mode ([`TunnelMode::pod_mtu`], the dataplane's own
+//! number). While the uplink's MTU is unknown (no dataplane reached yet) addresses are written
+//! without it, and once it is known each pass gives the node's addressed endpoints without an
+//! `mtu` theirs, with the same guarded write. An `mtu` already written is never changed: the
+//! pod's interface was made with it.
+//!
 //! Release and reconciliation ([`EndpointIpam::converge`], after every listing — so on every
 //! start — and every watch batch): an allocation is kept while its owner is an endpoint of
 //! this node that is pending or holds that address. Any other is deleted by a transaction that
@@ -35,7 +43,7 @@ use std::net::IpAddr;
 use dataplane::Prefix;
 
 use crate::ipam::{allocation_key, list_allocations, Ipam, IpamError};
-use crate::schema::{self, EndpointSpec, NodeSpec, Object, ObjectKey, ROOT};
+use crate::schema::{self, EndpointSpec, NodeSpec, Object, ObjectKey, TunnelMode, ROOT};
 use crate::store::{Event, Kv, Store, StoreError};
 use crate::sync::log;
 
@@ -52,6 +60,10 @@ pub struct EndpointIpam {
     node: String,
     /// This node's pod CIDRs addresses come from: the first IPv4 one, the first IPv6 one.
     pools: Vec<Prefix>,
+    /// This node's tunnel mode, once its entry is known.
+    tunnel: Option<TunnelMode>,
+    /// The uplink's MTU, from the dataplane ([`EndpointIpam::set_uplink_mtu`]).
+    uplink_mtu: Option<u16>,
     /// This node's endpoints (pending or with addresses), by owner `namespace/pod`.
     local: BTreeMap<String, Local>,
     /// The `mod_revision` of every endpoint key seen, by owner (the release guard).
@@ -71,6 +83,9 @@ pub struct Plan {
     pub release: Vec<(IpAddr, String, i64)>,
     /// Addresses this node's endpoints hold: never handed out.
     pub in_use: BTreeSet<IpAddr>,
+    /// Addressed endpoints of this node without an `mtu` (owners), to give the pod MTU; empty
+    /// while it is unknown.
+    pub fill_mtu: Vec<String>,
 }
 
 /// What one pass did.
@@ -78,6 +93,8 @@ pub struct Plan {
 pub struct Outcome {
     /// Endpoints given addresses (written back), with the addresses.
     pub assigned: Vec<(String, Vec<IpAddr>)>,
+    /// Addressed endpoints given their missing `mtu`, with it.
+    pub mtu_filled: Vec<(String, u16)>,
     /// Allocations released: `(address, owner)`.
     pub released: Vec<(IpAddr, String)>,
     /// Write-backs or releases refused because the key changed meanwhile; the watch brings
@@ -114,15 +131,30 @@ impl EndpointIpam {
         EndpointIpam {
             node: node.to_string(),
             pools: Vec::new(),
+            tunnel: None,
+            uplink_mtu: None,
             local: BTreeMap::new(),
             revisions: BTreeMap::new(),
             failing: BTreeMap::new(),
         }
     }
 
+    /// Sets the uplink's MTU as the dataplane reports it (`local_node.uplink_mtu`); true when
+    /// it changed, so that the caller runs a pass to give endpoints the new pod MTU.
+    pub fn set_uplink_mtu(&mut self, mtu: Option<u16>) -> bool {
+        std::mem::replace(&mut self.uplink_mtu, mtu) != mtu
+    }
+
+    /// The MTU this node's pods get: `None` until both the node's entry and the uplink's MTU
+    /// are known.
+    pub fn pod_mtu(&self) -> Option<u16> {
+        Some(self.tunnel?.pod_mtu(self.uplink_mtu?))
+    }
+
     /// Replaces the view with a full listing (session start, compaction).
     pub fn reset(&mut self, listing: &[Kv]) {
         self.pools.clear();
+        self.tunnel = None;
         self.local.clear();
         self.revisions.clear();
         for kv in listing {
@@ -144,6 +176,7 @@ impl EndpointIpam {
                 // A malformed entry keeps the last good pools (as the sync keeps its value).
                 if let Ok(Object::Node(_, spec)) = schema::decode(key, value) {
                     self.pools = pools_of(&spec);
+                    self.tunnel = Some(spec.tunnel);
                 }
             }
             Ok(ObjectKey::Endpoint { namespace, name }) => {
@@ -167,7 +200,10 @@ impl EndpointIpam {
 
     fn observe_delete(&mut self, key: &str) {
         match schema::parse_key(key) {
-            Ok(ObjectKey::Node(name)) if name == self.node => self.pools.clear(),
+            Ok(ObjectKey::Node(name)) if name == self.node => {
+                self.pools.clear();
+                self.tunnel = None;
+            }
             Ok(ObjectKey::Endpoint { namespace, name }) => {
                 let owner = format!("{namespace}/{name}");
                 self.local.remove(&owner);
@@ -210,10 +246,25 @@ impl EndpointIpam {
                 (*addr, owner.clone(), seen)
             })
             .collect();
+        // Only values whose last version decoded (the view is current): a malformed one is
+        // the sync's to report, and a guarded write from the last good view would fail anyway.
+        let current = |owner: &str, l: &Local| self.revisions.get(owner) == Some(&l.mod_revision);
+        let fill_mtu = match self.pod_mtu() {
+            Some(_) => self
+                .local
+                .iter()
+                .filter(|(owner, l)| {
+                    l.spec.primary_ip().is_some() && l.spec.mtu.is_none() && current(owner, l)
+                })
+                .map(|(owner, _)| owner.clone())
+                .collect(),
+            None => Vec::new(),
+        };
         Plan {
             assign,
             release,
             in_use,
+            fill_mtu,
         }
     }
 
@@ -253,7 +304,65 @@ impl EndpointIpam {
                 }
             }
         }
+        for owner in &plan.fill_mtu {
+            match self.fill_mtu(store, owner).await {
+                Ok(Some(mtu)) => out.mtu_filled.push((owner.clone(), mtu)),
+                Ok(None) => out.conflicts += 1,
+                Err(IpamError::Store(e)) => return Err(e),
+                Err(e) => out.failed.push((owner.clone(), e.to_string())),
+            }
+        }
         Ok(out)
+    }
+
+    /// Writes the pod MTU into `owner`'s addressed value that has none; `None` when the value
+    /// changed meanwhile (nothing written) or the MTU is not known.
+    async fn fill_mtu(&mut self, store: &Store, owner: &str) -> Result<Option<u16>, IpamError> {
+        let (Some(local), Some(mtu)) = (self.local.get(owner).cloned(), self.pod_mtu()) else {
+            return Ok(None);
+        };
+        let spec = EndpointSpec {
+            mtu: Some(mtu),
+            ..local.spec
+        };
+        Ok(self
+            .write_back(store, owner, spec, local.mod_revision)
+            .await?
+            .map(|_| mtu))
+    }
+
+    /// Writes `spec` as `owner`'s value if its `mod_revision` is still `seen`, after checking
+    /// that it decodes; `Some(new revision)` when written, and the view follows.
+    async fn write_back(
+        &mut self,
+        store: &Store,
+        owner: &str,
+        spec: EndpointSpec,
+        seen: i64,
+    ) -> Result<Option<i64>, IpamError> {
+        let key = endpoint_key(owner);
+        let value = serde_json::to_vec(&spec).map_err(|e| IpamError::WriteBack {
+            owner: owner.to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Err(e) = schema::decode(&key, &value) {
+            return Err(IpamError::WriteBack {
+                owner: owner.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let Some(revision) = store.put_if_unchanged(&key, value, seen).await? else {
+            return Ok(None);
+        };
+        self.revisions.insert(owner.to_string(), revision);
+        self.local.insert(
+            owner.to_string(),
+            Local {
+                spec,
+                mod_revision: revision,
+            },
+        );
+        Ok(Some(revision))
     }
 
     /// Allocates `owner`'s addresses and writes them back; `None` when its value changed
@@ -279,39 +388,28 @@ impl EndpointIpam {
             spec = with_address(spec, addr);
             addrs.push(addr);
         }
-        let key = endpoint_key(owner);
-        let value = serde_json::to_vec(&spec).map_err(|e| IpamError::WriteBack {
-            owner: owner.to_string(),
-            reason: e.to_string(),
-        })?;
-        if let Err(e) = schema::decode(&key, &value) {
-            return Err(IpamError::WriteBack {
-                owner: owner.to_string(),
-                reason: e.to_string(),
-            });
-        }
-        let Some(revision) = store
-            .put_if_unchanged(&key, value, local.mod_revision)
+        // Written with the addresses when known; the one in a pending value, if any, is the
+        // writer's guess, and the agent knows better.
+        spec.mtu = self.pod_mtu().or(spec.mtu);
+        Ok(self
+            .write_back(store, owner, spec, local.mod_revision)
             .await?
-        else {
-            return Ok(None);
-        };
-        self.revisions.insert(owner.to_string(), revision);
-        self.local.insert(
-            owner.to_string(),
-            Local {
-                spec,
-                mod_revision: revision,
-            },
-        );
-        Ok(Some(addrs))
+            .map(|_| addrs))
     }
 
     /// [`EndpointIpam::converge`], logging what it did.
     pub async fn converge_and_log(&mut self, store: &Store) -> Result<(), StoreError> {
         let out = self.converge(store).await?;
         for (owner, addrs) in &out.assigned {
-            log(format!("ipam: endpoint {owner} got {addrs:?}"));
+            match self.pod_mtu() {
+                Some(mtu) => log(format!("ipam: endpoint {owner} got {addrs:?}, mtu {mtu}")),
+                None => log(format!(
+                    "ipam: endpoint {owner} got {addrs:?}, no mtu yet (the dataplane's uplink MTU is not known)"
+                )),
+            }
+        }
+        for (owner, mtu) in &out.mtu_filled {
+            log(format!("ipam: endpoint {owner} got its mtu {mtu}"));
         }
         for (addr, owner) in &out.released {
             log(format!(
@@ -451,6 +549,52 @@ mod tests {
         assert!(plan
             .release
             .contains(&(ip("10.1.0.3"), "ns/holder".to_string(), 0)));
+    }
+
+    #[test]
+    fn pod_mtu_needs_the_node_and_the_uplink_and_follows_the_tunnel() {
+        let mut e = EndpointIpam::new(NODE);
+        e.reset(&[
+            addressed("ns/old", "10.1.0.3", 5),
+            pending("ns/new", NODE, 6),
+        ]);
+        assert!(e.set_uplink_mtu(Some(1500)));
+        assert!(!e.set_uplink_mtu(Some(1500)), "unchanged");
+        assert_eq!(e.pod_mtu(), None, "no node entry yet");
+        assert!(e.plan(&[]).fill_mtu.is_empty());
+        e.observe(&Event::Put(node(r#""10.1.0.0/24""#))); // VXLAN by default
+        assert_eq!(e.pod_mtu(), Some(1442));
+        let plan = e.plan(&[]);
+        assert_eq!(
+            plan.fill_mtu,
+            ["ns/old"],
+            "only addressed endpoints without one"
+        );
+        assert_eq!(plan.assign, ["ns/new"]);
+        e.observe(&Event::Put(kv(
+            &format!("nodes/{NODE}"),
+            r#"{"underlay_ip":"192.168.0.1","pod_cidrs":["10.1.0.0/24"],"tunnel":"geneve"}"#,
+            8,
+        )));
+        assert_eq!(e.pod_mtu(), Some(1438));
+        assert!(e.set_uplink_mtu(None));
+        assert_eq!(e.pod_mtu(), None);
+        assert!(e.plan(&[]).fill_mtu.is_empty(), "unknown: nothing to fill");
+        // A value that no longer decodes is not written over.
+        e.set_uplink_mtu(Some(1500));
+        e.observe(&Event::Put(kv("endpoints/ns/old", "{not json", 8)));
+        assert!(e.plan(&[]).fill_mtu.is_empty());
+        e.set_uplink_mtu(None);
+        // An endpoint that has one keeps it.
+        e.set_uplink_mtu(Some(9000));
+        e.observe(&Event::Put(kv(
+            "endpoints/ns/old",
+            &format!(
+                r#"{{"node":"{NODE}","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:07","ipv4":"10.1.0.3","mtu":1442}}"#
+            ),
+            9,
+        )));
+        assert!(e.plan(&[]).fill_mtu.is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use dataplane::tables::nodes::Encap;
 use dataplane::{MacAddr, Prefix};
 use policy_compiler::model::{Policy, PolicyId, PolicyKind};
 use serde::{Deserialize, Serialize};
@@ -107,7 +108,15 @@ pub struct EndpointSpec {
     pub mac: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
+    /// The MTU the pod's interface must have: written by the node's agent with the addresses
+    /// (the node's uplink MTU minus its tunnel's overhead, [`TunnelMode::pod_mtu`]); absent
+    /// while the agent has not yet read the uplink's MTU from its dataplane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
+
+/// The smallest MTU an endpoint may have: IPv4's minimum (RFC 791).
+pub const MIN_ENDPOINT_MTU: u16 = 68;
 
 impl EndpointSpec {
     /// The address the policy engine keys the pod by (IPv4 first).
@@ -194,6 +203,22 @@ impl TunnelMode {
             TunnelMode::Geneve => "geneve",
             TunnelMode::Native => "native",
         }
+    }
+
+    /// The dataplane's encapsulation for this mode.
+    pub fn encap(self) -> Encap {
+        match self {
+            TunnelMode::Vxlan => Encap::Vxlan,
+            TunnelMode::Geneve => Encap::Geneve,
+            TunnelMode::Native => Encap::Native,
+        }
+    }
+
+    /// The MTU of a pod on a node of this mode whose uplink has MTU `uplink_mtu`: the
+    /// dataplane's own number ([`Encap::pod_mtu`]), the one its route stage checks frames
+    /// against, so what a pod is told and what the dataplane forwards cannot drift.
+    pub fn pod_mtu(self, uplink_mtu: u16) -> u16 {
+        self.encap().pod_mtu(uplink_mtu)
     }
 }
 
@@ -515,6 +540,12 @@ fn check_endpoint(key: &str, spec: &EndpointSpec) -> Result<(), SchemaError> {
     for (i, p) in spec.ports.iter().enumerate() {
         check_protocol(key, &format!("ports[{i}].protocol"), &p.protocol)?;
     }
+    if let Some(mtu) = spec.mtu.filter(|m| *m < MIN_ENDPOINT_MTU) {
+        return Err(invalid(
+            key,
+            format!("mtu: {mtu} is below IPv4's minimum of {MIN_ENDPOINT_MTU}; leave it out and the node's agent writes the pod MTU"),
+        ));
+    }
     Ok(())
 }
 
@@ -720,6 +751,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unknown field"), "{e}");
+        let e = decode(
+            &k("endpoints/default/a"),
+            br#"{"node":"n1","interface":"lxc1","ipv4":"10.0.0.1","mtu":67}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mtu: 67"), "{e}");
         let np = br#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"other","namespace":"default"},"spec":{"podSelector":{}}}"#;
         let e = decode(&k("policies/NetworkPolicy/default/deny"), np)
             .unwrap_err()
@@ -740,6 +778,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(">= 256"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_mtu_is_optional_and_round_trips() {
+        let key = k("endpoints/default/a");
+        let with = br#"{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2","mtu":1442}"#;
+        let Ok(Object::Endpoint { spec, .. }) = decode(&key, with) else {
+            panic!("not an endpoint");
+        };
+        assert_eq!(spec.mtu, Some(1442));
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains(r#""mtu":1442"#), "{text}");
+        // Absent: nothing written (values written before the field existed stay the same).
+        let without = br#"{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2"}"#;
+        let Ok(Object::Endpoint { spec, .. }) = decode(&key, without) else {
+            panic!("not an endpoint");
+        };
+        assert_eq!(spec.mtu, None);
+        assert!(!serde_json::to_string(&spec).unwrap().contains("mtu"));
+        // A pending endpoint may carry one too; it stays pending.
+        let pending = br#"{"node":"n1","interface":"lxc1","mtu":1500}"#;
+        assert!(matches!(
+            decode(&key, pending),
+            Ok(Object::PendingEndpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn pod_mtu_per_tunnel_mode_is_the_dataplanes() {
+        assert_eq!(TunnelMode::Vxlan.pod_mtu(1500), 1442);
+        assert_eq!(TunnelMode::Geneve.pod_mtu(1500), 1438);
+        assert_eq!(TunnelMode::Native.pod_mtu(9000), 8992);
+        for t in [TunnelMode::Vxlan, TunnelMode::Geneve, TunnelMode::Native] {
+            assert_eq!(t.pod_mtu(1500), t.encap().pod_mtu(1500));
+            assert_eq!(t.encap().as_str(), t.as_str());
+        }
     }
 
     #[test]

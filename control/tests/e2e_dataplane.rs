@@ -29,8 +29,9 @@
 //!    change written after them converges;
 //! 6. a fourth pod, D, the CNI way: its veth is served from the start but has no address;
 //!    `flagella endpoint create --wait` writes its endpoint without one, the agent allocates it
-//!    from the node's pod CIDR (IPAM) and writes it back, the test gives D's `eth0` that
-//!    address, the endpoint reaches the dataplane and A -> D connects; `flagella endpoint
+//!    from the node's pod CIDR (IPAM) and writes it back with the pod MTU (the dataplane's
+//!    uplink MTU minus the VXLAN overhead), the test gives D's `eth0` that address and that
+//!    MTU, the endpoint reaches the dataplane and A -> D connects; `flagella endpoint
 //!    delete` removes it from the dataplane and releases the address.
 //!
 //! The dataplane binary: Cargo gives tests the paths of their own package's binaries only, so
@@ -836,6 +837,11 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
         .as_str()
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no IPv4 address written back: {created}"));
+    // The pod MTU comes with the address: the dataplane's uplink MTU (no uplink here: the
+    // default) minus the overhead of the node's tunnel (VXLAN).
+    let uplink_mtu = local["uplink_mtu"].as_u64().expect("uplink_mtu") as u16;
+    let pod_mtu = control::schema::TunnelMode::Vxlan.pod_mtu(uplink_mtu);
+    assert_eq!(created["mtu"], pod_mtu, "{created}");
     let net = u32::from(Ipv4Addr::new(10, 78, 0, 0));
     let offset = u32::from(d.ip).wrapping_sub(net);
     assert!(
@@ -850,6 +856,10 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
     assert_eq!(
         serde_json::from_slice::<Value>(&allocation.value).unwrap()["owner"],
         format!("{namespace}/d")
+    );
+    ip_in(
+        &d.netns,
+        &["link", "set", "dev", "eth0", "mtu", &pod_mtu.to_string()],
     );
     ip_in(
         &d.netns,

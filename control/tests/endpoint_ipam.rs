@@ -746,3 +746,88 @@ fn library_dual_stack_conflict_and_release() {
             .is_empty());
     });
 }
+
+/// The pod MTU in the write-back, against etcd: an agent that knows its dataplane's uplink MTU
+/// writes it with the addresses (the uplink's minus the node's tunnel overhead); one that does
+/// not yet writes the addresses alone and fills the MTU in once it knows; an MTU already
+/// written is left as it is.
+#[test]
+fn library_writes_the_pod_mtu_with_the_address() {
+    use control::endpoint_ipam::EndpointIpam;
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    common::runtime().block_on(async {
+        let s = Store::connect(&etcd.urls(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        s.put(
+            &format!("{ROOT}nodes/n1"),
+            r#"{"underlay_ip":"192.168.0.1","pod_cidrs":["10.8.0.0/24"],"tunnel":"geneve"}"#,
+        )
+        .await
+        .unwrap();
+        let pending = r#"{"node":"n1","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:07"}"#;
+        let (a, b) = (
+            format!("{ROOT}endpoints/ns/a"),
+            format!("{ROOT}endpoints/ns/b"),
+        );
+        let value = |s: Store, key: String| async move {
+            serde_json::from_slice::<Value>(&s.get(&key).await.unwrap().unwrap().value).unwrap()
+        };
+        s.put(&a, pending).await.unwrap();
+        let hand_written = r#"{"node":"n1","interface":"lxc3","ipv4":"10.8.0.200","mtu":1300}"#;
+        let c = format!("{ROOT}endpoints/ns/c");
+        s.put(&c, hand_written).await.unwrap();
+
+        // No dataplane reached yet: the address alone.
+        let mut ipam = EndpointIpam::new("n1");
+        ipam.reset(&s.list(ROOT).await.unwrap().0);
+        assert_eq!(ipam.pod_mtu(), None);
+        let out = ipam.converge(&s).await.unwrap();
+        assert_eq!(out.assigned.len(), 1, "{out:?}");
+        let va = value(s.clone(), a.clone()).await;
+        assert_eq!(va["ipv4"], "10.8.0.2");
+        assert!(va.get("mtu").is_none(), "{va}");
+
+        // The dataplane says 1500: B gets it with its address, A gets it filled in.
+        s.put(&b, pending).await.unwrap();
+        ipam.observe(&control::store::Event::Put(
+            s.get(&b).await.unwrap().unwrap(),
+        ));
+        assert!(ipam.set_uplink_mtu(Some(1500)));
+        assert_eq!(
+            ipam.pod_mtu(),
+            Some(1500 - 62),
+            "Geneve with its DSR option"
+        );
+        let out = ipam.converge(&s).await.unwrap();
+        assert_eq!(out.assigned.len(), 1, "{out:?}");
+        assert_eq!(out.mtu_filled, vec![("ns/a".to_string(), 1438)], "{out:?}");
+        let vb = value(s.clone(), b.clone()).await;
+        assert_eq!(
+            (vb["ipv4"].as_str(), vb["mtu"].as_u64()),
+            (Some("10.8.0.3"), Some(1438))
+        );
+        let va = value(s.clone(), a.clone()).await;
+        assert_eq!(
+            (va["ipv4"].as_str(), va["mtu"].as_u64()),
+            (Some("10.8.0.2"), Some(1438))
+        );
+        assert!(matches!(
+            schema::decode(&a, &s.get(&a).await.unwrap().unwrap().value),
+            Ok(Object::Endpoint { spec, .. }) if spec.mtu == Some(1438)
+        ));
+        assert_eq!(
+            s.get(&c).await.unwrap().unwrap().value,
+            hand_written.as_bytes(),
+            "an MTU already written is kept"
+        );
+        // Nothing more to do, now or for a restarted agent.
+        assert_eq!(ipam.converge(&s).await.unwrap(), Default::default());
+        let mut again = EndpointIpam::new("n1");
+        again.reset(&s.list(ROOT).await.unwrap().0);
+        again.set_uplink_mtu(Some(1500));
+        assert_eq!(again.converge(&s).await.unwrap(), Default::default());
+    });
+}

@@ -1,6 +1,7 @@
 //! The fast path allocates nothing: a counting global allocator watches `Pipeline::process` on
 //! batches of established flows, new flows (policy lookups and conntrack creates), service
-//! traffic (DNAT and reverse NAT), VXLAN encapsulation and decapsulation.
+//! traffic (DNAT and reverse NAT), VXLAN encapsulation and decapsulation, and frames too big
+//! for the tunnel, answered with ICMP errors built in place.
 //!
 //! The counter is per thread, so the test harness's own threads do not disturb it; frames are
 //! copied before the counted region, and each kind of traffic is run once beforehand (warm-up),
@@ -196,6 +197,18 @@ fn tables() -> Tables {
 
 /// 64 frames from pod `c` to `dst`, over 16 flows, TCP with `flags` (3 of 4) and UDP.
 fn batch_from_pod(c: u32, dst: impl Fn(u32) -> Ipv4Addr, sport_base: u16, flags: u8) -> Batch {
+    sized_batch_from_pod(c, dst, sport_base, flags, 0)
+}
+
+/// [`batch_from_pod`] with `payload` bytes of payload in every frame.
+fn sized_batch_from_pod(
+    c: u32,
+    dst: impl Fn(u32) -> Ipv4Addr,
+    sport_base: u16,
+    flags: u8,
+    payload: usize,
+) -> Batch {
+    let payload = vec![0x5a; payload];
     let frames = (0..64u32)
         .map(|i| {
             let j = i % 16;
@@ -206,7 +219,7 @@ fn batch_from_pod(c: u32, dst: impl Fn(u32) -> Ipv4Addr, sport_base: u16, flags:
             } else {
                 PacketBuilder::tcp(s, sport, d, 80, flags)
             };
-            b.macs(pod_mac(c), ROUTER_MAC).frame()
+            b.macs(pod_mac(c), ROUTER_MAC).payload(&payload).frame()
         })
         .collect();
     Batch {
@@ -303,6 +316,10 @@ fn process_allocates_nothing_after_warm_up() {
                 "established encap",
                 batch_from_pod(2, to_remote, base + 200, TCP_ACK),
             ),
+            (
+                "too big for the tunnel: ICMP errors back",
+                sized_batch_from_pod(3, to_remote, base + 400, TCP_ACK, 1460),
+            ),
             ("new from tunnel", batch_from_tunnel(base + 300, TCP_SYN)),
             ("established decap", batch_from_tunnel(base + 300, TCP_ACK)),
         ]
@@ -314,6 +331,11 @@ fn process_allocates_nothing_after_warm_up() {
     for (name, batch) in &cases(40_000) {
         assert_eq!(allocations_during_process(&mut p, &t, batch), 0, "{name}");
     }
+    assert_eq!(
+        p.counters().icmp_too_big_sent,
+        2 * 64,
+        "the oversized frames were answered, not forwarded"
+    );
     // Replies (pod 4 answers the flows pod 0 opened to it: j = 0, 4, 8, 12).
     let reply = Batch {
         ifindex: pod_ifindex(4),

@@ -1282,3 +1282,314 @@ fn neighbor_solicitation_for_gateway_answered_with_router_mac() {
         },
     );
 }
+
+// ---- MTU: frames that do not fit their path --------------------------------------------------
+
+/// Node A's pods' IPv6 gateway, for the tests that need one (`node_tables` sets none).
+const GATEWAY_V6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+
+/// What node A sends back to `pod` about its frame `original` that does not fit a path of MTU
+/// `mtu`: ICMPv4 "fragmentation needed" or ICMPv6 "packet too big" from `gateway`, quoting the
+/// original IP packet up to the 576- / 1280-byte limit of an error. Built byte by byte, with
+/// checksums computed from scratch.
+fn too_big_error(pod: &Pod, gateway: IpAddr, mtu: u16, original: &[u8]) -> Vec<u8> {
+    use dataplane::wire::checksum;
+    let ip = &original[14..];
+    let mut b = Vec::new();
+    b.extend_from_slice(pod.mac.as_bytes());
+    b.extend_from_slice(ROUTER_MAC.as_bytes());
+    match gateway {
+        IpAddr::V4(gw) => {
+            let quote = &ip[..ip.len().min(576 - 20 - 8)];
+            let mut icmp = vec![3, 4, 0, 0, 0, 0];
+            icmp.extend_from_slice(&mtu.to_be_bytes());
+            icmp.extend_from_slice(quote);
+            let c = checksum::checksum(&icmp);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut hdr = vec![0x45, 0];
+            hdr.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            hdr.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+            hdr.extend_from_slice(&gw.octets());
+            hdr.extend_from_slice(&pod.v4.octets());
+            let c = checksum::checksum(&hdr);
+            hdr[10..12].copy_from_slice(&c.to_be_bytes());
+            b.extend_from_slice(&[0x08, 0x00]);
+            b.extend_from_slice(&hdr);
+            b.extend_from_slice(&icmp);
+        }
+        IpAddr::V6(gw) => {
+            let quote = &ip[..ip.len().min(1280 - 40 - 8)];
+            let mut icmp = vec![2, 0, 0, 0];
+            icmp.extend_from_slice(&u32::from(mtu).to_be_bytes());
+            icmp.extend_from_slice(quote);
+            let pseudo = checksum::pseudo_header_v6(gw, pod.v6, 58, icmp.len() as u32);
+            let c = checksum::finish(checksum::sum(&icmp, pseudo));
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            b.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            b.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            b.extend_from_slice(&[58, 64]);
+            b.extend_from_slice(&gw.octets());
+            b.extend_from_slice(&pod.v6.octets());
+            b.extend_from_slice(&icmp);
+        }
+    }
+    b
+}
+
+/// A TCP segment from `src` pod to `dst` whose IP packet is `ip_len` bytes long.
+fn sized_from_pod(src: &Pod, dst: IpAddr, sport: u16, dport: u16, ip_len: usize) -> PacketBuilder {
+    let headers = if dst.is_ipv4() { 20 + 20 } else { 40 + 20 };
+    from_pod(src, dst, sport, dport, TCP_ACK).payload(&vec![0x61; ip_len - headers])
+}
+
+#[test]
+fn full_size_ipv4_to_a_vxlan_node_gets_fragmentation_needed_back() {
+    use dataplane::wire::icmpv4::{DstUnreachable, Icmpv4Packet, Icmpv4Repr};
+    use dataplane::wire::ipv4::{Ipv4Packet, Repr as Ipv4Repr};
+    let t = node_a();
+    let mut p = pipeline();
+    let mtu = Encap::Vxlan.pod_mtu(1500);
+    assert_eq!(
+        mtu,
+        1500 - 50 - 8,
+        "VXLAN + the DSR option of the inner header"
+    );
+    let input = sized_from_pod(&POD1, POD_B.ip(), 40000, 80, 1500).build();
+    assert_eq!(input.len(), 1514);
+    let gateway = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
+    let out = check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "1500-byte DF TCP to a pod behind VXLAN: frag needed, MTU 1442, to pod1",
+            ingress: POD1.ifindex,
+            input: input.clone(),
+            expect: Expect::Tx(POD1.ifindex, too_big_error(&POD1, gateway, mtu, &input)),
+        },
+    );
+    // What the pod's stack checks, through the wire views.
+    assert_eq!(out.len(), 14 + 576);
+    let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+    let ip_repr = Ipv4Repr::parse(&ip).unwrap(); // Verifies the header checksum.
+    assert_eq!(
+        (ip_repr.src_addr, ip_repr.dst_addr),
+        (Ipv4Addr::new(10, 1, 0, 1), POD1.v4)
+    );
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(
+        Icmpv4Repr::parse(&icmp).unwrap(),
+        Icmpv4Repr::DstUnreachable {
+            reason: DstUnreachable::FragRequired,
+            next_hop_mtu: 1442,
+            quoted_len: 576 - 28,
+        }
+    );
+    assert_eq!(icmp.quoted(), &input[14..14 + 548]);
+    assert_eq!(p.counters().icmp_too_big_sent, 1);
+    assert_eq!(p.counters().encapsulated, 0);
+    assert_eq!(p.counters().drops(DropReason::FrameTooLong), 0);
+
+    // A packet of exactly the pod MTU goes through the tunnel.
+    let fits = sized_from_pod(&POD1, POD_B.ip(), 40001, 80, 1442).build();
+    let mut frames = [testutil::frame(&fits)];
+    assert_eq!(
+        p.process(&t, POD1.ifindex, &mut frames, 1)[0],
+        Verdict::Tx { ifindex: UPLINK }
+    );
+    assert_eq!(p.counters().encapsulated, 1);
+}
+
+#[test]
+fn the_worst_case_of_each_mode_fills_the_uplink_mtu_exactly() {
+    // A DSR service with its backend behind each mode is the worst case the pod MTU reserves
+    // for: a packet of exactly the pod MTU leaves as a 1500-byte IP packet, and one byte more
+    // is answered with the pod MTU, quoting the packet as sent (to the VIP, not the backend).
+    let t = node_a();
+    let gateway = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
+    for (vip, encap) in [
+        (VIP_DSR, Encap::Vxlan),
+        (VIP_DSR_GENEVE, Encap::Geneve),
+        (VIP_DSR_NATIVE, Encap::Native),
+    ] {
+        let mut p = pipeline();
+        let mtu = encap.pod_mtu(1500);
+        let fits = sized_from_pod(&POD1, IpAddr::V4(vip), 40000, 80, usize::from(mtu)).build();
+        let mut frames = [testutil::frame(&fits)];
+        let v = p.process(&t, POD1.ifindex, &mut frames, 1)[0];
+        assert_eq!(v, Verdict::Tx { ifindex: UPLINK }, "{encap}");
+        let out = frames[0].data();
+        assert_eq!(out.len(), 14 + 1500, "{encap}: outer frame");
+        assert_eq!(
+            &out[16..18],
+            &1500u16.to_be_bytes(),
+            "{encap}: outer IP length"
+        );
+        assert_eq!(p.counters().dsr_option_written, 1, "{encap}");
+
+        let input = sized_from_pod(&POD1, IpAddr::V4(vip), 40001, 80, usize::from(mtu) + 1).build();
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: "one byte over the pod MTU, to a DSR VIP: error quoting the VIP",
+                ingress: POD1.ifindex,
+                input: input.clone(),
+                expect: Expect::Tx(POD1.ifindex, too_big_error(&POD1, gateway, mtu, &input)),
+            },
+        );
+        assert_eq!(p.counters().icmp_too_big_sent, 1, "{encap}");
+    }
+}
+
+#[test]
+fn full_size_ipv6_gets_packet_too_big_back() {
+    use dataplane::wire::icmpv6::{Icmpv6Packet, Icmpv6Repr};
+    let mut t = node_a();
+    let input = sized_from_pod(&POD1, POD_B.ip6(), 40000, 80, 1500).build();
+    check(
+        &mut pipeline(),
+        &t,
+        Fixture {
+            description: "IPv6 without a gateway address to answer from: dropped",
+            ingress: POD1.ifindex,
+            input: input.clone(),
+            expect: Expect::Drop(DropReason::TooBigNoGateway),
+        },
+    );
+    Arc::make_mut(&mut t.node).gateway_ipv6 = Some(GATEWAY_V6_A);
+    let mut p = pipeline();
+    let out = check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "1500-byte IPv6 TCP to a pod behind VXLAN: packet too big, MTU 1442",
+            ingress: POD1.ifindex,
+            input: input.clone(),
+            expect: Expect::Tx(
+                POD1.ifindex,
+                too_big_error(&POD1, IpAddr::V6(GATEWAY_V6_A), 1442, &input),
+            ),
+        },
+    );
+    assert_eq!(out.len(), 14 + 1280);
+    let icmp = Icmpv6Packet::new_checked(&out[14 + 40..]).unwrap();
+    assert!(icmp.verify_checksum(GATEWAY_V6_A, POD1.v6));
+    assert_eq!(
+        Icmpv6Repr::parse(&icmp).unwrap(),
+        Icmpv6Repr::PktTooBig {
+            mtu: 1442,
+            quoted_len: 1280 - 48,
+        }
+    );
+    assert_eq!(p.counters().icmp_too_big_sent, 1);
+}
+
+#[test]
+fn too_big_without_an_error_back_is_dropped() {
+    let t = node_a();
+    let mut p = pipeline();
+
+    // IPv4 without Don't Fragment: a router would fragment it; the dataplane does not.
+    let mut no_df = sized_from_pod(&POD1, POD_B.ip(), 40000, 80, 1500).build();
+    no_df[14 + 6] = 0;
+    fix_ipv4_checksum(&mut no_df);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "1500-byte IPv4 without DF to a pod behind VXLAN: dropped",
+            ingress: POD1.ifindex,
+            input: no_df,
+            expect: Expect::Drop(DropReason::FrameTooLong),
+        },
+    );
+
+    // An ICMP error is never answered with an ICMP error (RFC 1122 section 3.2.2).
+    let quoted = PacketBuilder::udp(POD_B.ip(), 5000, POD1.ip(), 9)
+        .macs(ROUTER_MAC, POD1.mac)
+        .payload(&[0x62; 1444])
+        .build();
+    let mut msg = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&quoted[14..]);
+    let c = dataplane::wire::checksum::checksum(&msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let error = PacketBuilder::new(
+        POD1.mac,
+        ROUTER_MAC,
+        POD1.ip(),
+        POD_B.ip(),
+        testutil::L4::Raw { proto: 1 },
+    )
+    .payload(&msg)
+    .build();
+    assert_eq!(error.len(), 14 + 20 + 8 + 1472);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "a 1500-byte port unreachable from pod1 to a pod behind VXLAN: dropped",
+            ingress: POD1.ifindex,
+            input: error,
+            expect: Expect::Drop(DropReason::FrameTooLong),
+        },
+    );
+
+    // Frames from the uplink get no error: the sender is not ours to tell.
+    let from_world = PacketBuilder::tcp(IpAddr::V4(CLIENT_WORLD), 40000, POD_B.ip(), 80, TCP_ACK)
+        .macs(WORLD_GW_MAC, UPLINK_MAC_A)
+        .payload(&[0x63; 1460]);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "1500 bytes from the world through node A to a pod behind VXLAN",
+            ingress: UPLINK,
+            input: from_world.build(),
+            expect: Expect::Drop(DropReason::FrameTooLong),
+        },
+    );
+    assert_eq!(p.counters().icmp_too_big_sent, 0);
+    assert_eq!(p.counters().drops(DropReason::FrameTooLong), 3);
+}
+
+#[test]
+fn too_big_for_the_uplink_quotes_a_backend_reply_as_the_backend_sent_it() {
+    // A world client reaches the SNAT service's backend, pod2, through node A's uplink; pod2's
+    // reply is reverse-NATed to the VIP and leaves through the uplink. One byte over the
+    // uplink's MTU: the error goes back to pod2 and quotes its reply from its own address and
+    // port, not the VIP's (the NAT is undone), or its stack would not find the socket.
+    let t = node_a();
+    let mut p = pipeline();
+    let syn = PacketBuilder::tcp(
+        IpAddr::V4(CLIENT_WORLD),
+        40000,
+        IpAddr::V4(VIP_SNAT),
+        80,
+        TCP_SYN,
+    )
+    .macs(WORLD_GW_MAC, UPLINK_MAC_A);
+    let mut frames = [syn.frame()];
+    assert_eq!(
+        p.process(&t, UPLINK, &mut frames, 1)[0],
+        Verdict::Tx {
+            ifindex: POD2.ifindex
+        }
+    );
+    let reply = from_pod(&POD2, IpAddr::V4(CLIENT_WORLD), 8080, 40000, TCP_SYN_ACK)
+        .payload(&[0x64; 1501 - 40])
+        .build();
+    let gateway = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "pod2's 1501-byte reply to the world: frag needed, MTU 1500, to pod2",
+            ingress: POD2.ifindex,
+            input: reply.clone(),
+            expect: Expect::Tx(POD2.ifindex, too_big_error(&POD2, gateway, 1500, &reply)),
+        },
+    );
+    assert_eq!(p.counters().reverse_nat, 1);
+    assert_eq!(p.counters().icmp_too_big_sent, 1);
+}

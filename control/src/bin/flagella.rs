@@ -262,8 +262,9 @@ enum EndpointVerb {
         long_about = "Create an endpoint (a pod interface) without addresses, as a CNI plugin \
 does.\n\nThe agent (flagella-control) of node --node allocates one address from the node's \
 first IPv4 pod CIDR (and one from its first IPv6 pod CIDR, if it has one), writes them into the \
-endpoint, and then pushes the endpoint to its dataplane. With --wait the command waits for the \
-addresses and prints them. Refused if the endpoint exists. The dataplane needs --ifindex (the \
+endpoint with the pod's MTU (the node's uplink MTU minus its tunnel's overhead; the pod's \
+interface must be given it), and then pushes the endpoint to its dataplane. With --wait the \
+command waits for the addresses and prints them with the MTU. Refused if the endpoint exists. The dataplane needs --ifindex (the \
 host-side interface's index) and --mac (the pod interface's MAC); the node's agent refuses an \
 endpoint of its own node without them.",
         after_long_help = "EXAMPLES:\n  \
@@ -294,7 +295,7 @@ flagella endpoint create --node node-1 --namespace default --name web-1 --labels
         /// A named container port, [NAME=]PORT[/PROTO]. Repeat for several.
         #[arg(long = "port", value_name = "[NAME=]PORT[/PROTO]", value_parser = parse_port)]
         ports: Vec<PortSpec>,
-        /// Wait this many seconds for the addresses and print them
+        /// Wait this many seconds for the addresses and print them, with the pod's MTU
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
     },
@@ -816,6 +817,7 @@ async fn endpoint_write(
                 ifindex,
                 mac,
                 ports,
+                mtu: None,
             };
             let mut e = objects::create_endpoint(&store, &namespace, &name, spec).await?;
             if let Some(secs) = wait {
@@ -859,12 +861,23 @@ fn created_text(e: &EndpointInfo) -> String {
         )
     } else {
         format!(
-            "endpoint {}/{} created on node {}: {}\n",
+            "endpoint {}/{} created on node {}: {} {}\n",
             e.namespace,
             e.name,
             e.node,
-            addrs.join(" ")
+            addrs.join(" "),
+            mtu_text(e.mtu)
         )
+    }
+}
+
+/// `mtu 1442`, or why there is none yet.
+fn mtu_text(mtu: Option<u16>) -> String {
+    match mtu {
+        Some(m) => format!("mtu {m}"),
+        None => {
+            "(mtu not known yet: the node's agent has not read its dataplane's uplink MTU)".into()
+        }
     }
 }
 
@@ -935,6 +948,7 @@ async fn endpoint(verb: EndpointVerb, etcd: &[String], out: Output) -> Result<()
                     ("interface", e.interface.clone()),
                     ("labels", labels_text(&e.labels)),
                     ("ports", ports.join(",")),
+                    ("mtu", e.mtu.map_or_else(|| "-".into(), |m| m.to_string())),
                 ] {
                     t.row(vec![k.to_string(), v]);
                 }

@@ -48,6 +48,9 @@ pub struct EndpointInfo {
     pub labels: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
+    /// The MTU the pod's interface must have, written by the node's agent with the addresses;
+    /// `None` until then (or while the agent has not read its dataplane's uplink MTU).
+    pub mtu: Option<u16>,
 }
 
 /// Every endpoint the agents accept, sorted by `namespace/name`, optionally of one node.
@@ -68,6 +71,7 @@ pub fn endpoints(state: &ClusterState, node: Option<&str>) -> Vec<EndpointInfo> 
                 interface: e.interface.clone(),
                 labels: e.labels.clone(),
                 ports: e.ports.clone(),
+                mtu: e.mtu,
             })
         })
         .collect()
@@ -145,6 +149,7 @@ fn endpoint_info(namespace: &str, name: &str, spec: EndpointSpec) -> EndpointInf
         interface: spec.interface,
         labels: spec.labels,
         ports: spec.ports,
+        mtu: spec.mtu,
     }
 }
 
@@ -199,7 +204,8 @@ pub async fn create_endpoint(
 }
 
 /// Waits until the agent of the endpoint's node has written its addresses back (polling
-/// every 100 ms), at most `timeout`.
+/// every 100 ms), at most `timeout`. The pod MTU comes in the same write when the agent knows
+/// it; an agent that has not reached its dataplane yet writes the addresses without it.
 pub async fn wait_for_address(
     store: &Store,
     namespace: &str,

@@ -404,6 +404,7 @@ pub fn counters_json(c: &Counters) -> Value {
         "ct_related": c.ct_related,
         "policy_lookups": c.policy_lookups,
         "l4_checksum_completed": c.l4_checksum_completed,
+        "icmp_too_big_sent": c.icmp_too_big_sent,
     })
 }
 

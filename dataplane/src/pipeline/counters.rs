@@ -77,6 +77,9 @@ pub struct Counters {
     pub policy_lookups: u64,
     /// L4 checksums completed for frames from pods (AF_XDP carries no CHECKSUM_PARTIAL flag).
     pub l4_checksum_completed: u64,
+    /// ICMP "fragmentation needed" / "packet too big" errors sent back to pods whose packet
+    /// did not fit its path.
+    pub icmp_too_big_sent: u64,
 }
 
 impl Default for Counters {
@@ -104,6 +107,7 @@ impl Default for Counters {
             ct_related: 0,
             policy_lookups: 0,
             l4_checksum_completed: 0,
+            icmp_too_big_sent: 0,
         }
     }
 }
@@ -155,6 +159,7 @@ impl Counters {
         self.ct_related += o.ct_related;
         self.policy_lookups += o.policy_lookups;
         self.l4_checksum_completed += o.l4_checksum_completed;
+        self.icmp_too_big_sent += o.icmp_too_big_sent;
     }
 
     /// Non-zero drop counters, for logs and tests.

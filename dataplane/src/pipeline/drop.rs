@@ -78,16 +78,22 @@ pub enum DropReason {
     NoRoute = 61,
     /// Not enough headroom to encapsulate or to insert the DSR option.
     HeadroomExhausted = 62,
-    /// Larger than the uplink MTU after encapsulation.
+    /// Longer than its path's MTU (the uplink's MTU minus the encapsulation overhead, see
+    /// `Encap::overhead`) and not answered with an ICMP error: IPv4 without Don't Fragment
+    /// (the dataplane does not fragment), an ICMP error itself, or a frame from the uplink.
     FrameTooLong = 63,
     /// The peer node's (or the default gateway's) MAC is not resolved yet, or the kernel
     /// routes it out of another interface: never sent to a guessed MAC.
     NoNextHop = 64,
+    /// Longer than its path's MTU, from a pod, but the ICMP "too big" error could not be sent:
+    /// the node has no pod gateway address of the packet's family (`gateway_ipv4` /
+    /// `gateway_ipv6` of `local_node`) to send it from.
+    TooBigNoGateway = 65,
 }
 
 impl DropReason {
     /// Every reason, in number order (for metrics registration and docs).
-    pub const ALL: [DropReason; 32] = [
+    pub const ALL: [DropReason; 33] = [
         DropReason::EthernetTruncated,
         DropReason::UnsupportedEtherType,
         DropReason::ArpMalformed,
@@ -120,6 +126,7 @@ impl DropReason {
         DropReason::HeadroomExhausted,
         DropReason::FrameTooLong,
         DropReason::NoNextHop,
+        DropReason::TooBigNoGateway,
     ];
 
     /// The stable number.
@@ -168,6 +175,7 @@ impl DropReason {
             HeadroomExhausted => "headroom_exhausted",
             FrameTooLong => "frame_too_long",
             NoNextHop => "no_next_hop",
+            TooBigNoGateway => "too_big_no_gateway",
         }
     }
 }
@@ -201,6 +209,7 @@ mod tests {
         assert_eq!(DropReason::Ipv6LinkScopedSource as u8, 33);
         assert_eq!(DropReason::PolicyDeniedIngress as u8, 51);
         assert_eq!(DropReason::FrameTooLong as u8, 63);
+        assert_eq!(DropReason::TooBigNoGateway as u8, 64);
     }
 
     #[test]

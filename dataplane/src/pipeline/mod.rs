@@ -12,6 +12,7 @@ pub mod meta;
 
 mod conntrack;
 mod decap;
+mod icmp_error;
 mod identity;
 mod parse;
 mod policy;

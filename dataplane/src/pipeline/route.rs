@@ -12,11 +12,18 @@
 //! DSR: a frame DNATed to a DSR backend on another node carries the frontend in a Geneve option
 //! (Geneve tunnels) or in an IPv4 option (native routing and VXLAN, where the option rides in
 //! the inner header). Both grow the frame at the front; the payload never moves.
+//!
+//! MTU: a frame leaving through the uplink must fit its path: its IP packet may be at most
+//! `Encap::pod_mtu` of the uplink's MTU for a remote pod (the overhead of the encapsulation,
+//! DSR option included, taken off: the same number the agent gives pods as their MTU), the
+//! uplink's MTU for the world. The check comes before any header work, so a frame that does not
+//! fit is still as the pod sent it, and a pod gets an ICMP "fragmentation needed" / "packet too
+//! big" back instead (`icmp_error`); what gets no error is dropped as `FrameTooLong`.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::meta::{FrontendAddr, PacketMeta, Verdict};
-use super::{Ctx, DropReason, Ingress, Stage};
+use super::{icmp_error, Ctx, DropReason, Ingress, Stage};
 use crate::frame::Frame;
 use crate::tables::nodes::Encap;
 use crate::types::{Identity, MacAddr};
@@ -71,6 +78,9 @@ fn route<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
     match (t.node.uplink_ifindex, t.next_hops.default_for(m.tuple.dst)) {
         (Some(uplink), Some(gw)) => {
+            if ip_len(m) > usize::from(t.node.uplink_mtu) {
+                return icmp_error::too_big(f, m, ctx, t.node.uplink_mtu);
+            }
             decrement_ttl(f, m)?;
             set_macs(f, t.node.uplink_mac, gw);
             Ok(Verdict::Tx { ifindex: uplink })
@@ -90,13 +100,17 @@ fn to_remote_node<B: AsRef<[u8]> + AsMut<[u8]>>(
     let uplink = t.node.uplink_ifindex.ok_or(DropReason::NoRoute)?;
     let node = t.nodes.by_underlay(peer);
     let encap = node.map_or(t.node.default_encap, |n| n.encap);
+    let path_mtu = encap.pod_mtu(t.node.uplink_mtu);
+    if ip_len(m) > usize::from(path_mtu) {
+        return icmp_error::too_big(f, m, ctx, path_mtu);
+    }
     // The kernel's next hop for this peer (its own MAC on-link, a router's otherwise); a
     // peer not resolved yet is dropped, never sent to a guessed MAC.
     let next_hop = t.next_hops.peer(peer).ok_or(DropReason::NoNextHop)?;
     decrement_ttl(f, m)?;
     let dsr = m.frontend.filter(|_| m.dsr_out);
     if dsr.is_some() && encap != Encap::Geneve {
-        insert_dsr_option(f, m, t.node.uplink_mtu)?;
+        insert_dsr_option(f, m)?;
         ctx.c.dsr_option_written += 1;
     }
     if encap == Encap::Native {
@@ -122,6 +136,11 @@ fn to_remote_node<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
     ctx.c.encapsulated += 1;
     Ok(Verdict::Tx { ifindex: uplink })
+}
+
+/// Length of the frame's IP packet (what an MTU limits).
+fn ip_len(m: &PacketMeta) -> usize {
+    usize::from(m.l4_end).saturating_sub(usize::from(m.l3))
 }
 
 /// The VNI carries the source identity; identities outside 24 bits (node-local CIDR
@@ -157,10 +176,10 @@ fn decrement_ttl<B: AsRef<[u8]> + AsMut<[u8]>>(
 /// Inserts the DSR IPv4 option (frontend VIP:port) at the end of the IPv4 header: the
 /// Ethernet and IP headers move forward into the headroom, the payload stays put. IPv4
 /// options are not covered by the TCP/UDP checksum, so only the IP header checksum changes.
+/// The caller checked the fit: `Encap::overhead` counts the option.
 fn insert_dsr_option<B: AsRef<[u8]> + AsMut<[u8]>>(
     f: &mut Frame<B>,
     m: &mut PacketMeta,
-    mtu: u16,
 ) -> Result<(), DropReason> {
     let Some(FrontendAddr {
         addr: IpAddr::V4(addr),
@@ -175,9 +194,6 @@ fn insert_dsr_option<B: AsRef<[u8]> + AsMut<[u8]>>(
         return Err(DropReason::Ipv4BadOptions);
     }
     let ip_len = usize::from(m.l4_end) - l3;
-    if ip_len + DsrOption::LEN > usize::from(mtu) {
-        return Err(DropReason::FrameTooLong);
-    }
     let gap = f
         .insert_gap(l4, DsrOption::LEN)
         .ok_or(DropReason::HeadroomExhausted)?;
@@ -226,6 +242,8 @@ fn encapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
     };
     let udp_len = udp::HEADER_LEN + tunnel_len + f.len();
     let ip_len = ipv4::HEADER_LEN + udp_len;
+    // The caller's fit check covers an inner frame with a plain Ethernet header; this one also
+    // catches a VLAN-tagged or padded one.
     if ip_len > usize::from(o.mtu) {
         return Err(DropReason::FrameTooLong);
     }

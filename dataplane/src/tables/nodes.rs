@@ -25,6 +25,7 @@ use hashbrown::HashMap;
 
 use crate::tables::lpm::Lpm;
 use crate::types::Prefix;
+use crate::wire::{ethernet, geneve, ipv4, udp, vxlan};
 
 /// How traffic to a node's pods is carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,6 +46,44 @@ impl Encap {
             Encap::Geneve => Some(6081),
             Encap::Native => None,
         }
+    }
+
+    /// Bytes the route stage may add, in the worst case, to a pod's IP packet sent to a node
+    /// reached this way; the outer Ethernet header is not counted, as no MTU counts its own
+    /// link header. The one definition of the tunnel overhead: the route stage's fit check
+    /// and the pod MTU the agent hands out ([`Encap::pod_mtu`]) both come from here.
+    ///
+    /// - VXLAN: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14 = 50, plus the 8-byte DSR
+    ///   IPv4 option inserted in the inner header for a DSR service: 58.
+    /// - Geneve: outer IPv4 20 + UDP 8 + Geneve 8 + inner Ethernet 14 = 50, plus the 12-byte
+    ///   Geneve DSR option: 62 (the inner header gets no IPv4 option).
+    /// - Native: the 8-byte DSR IPv4 option.
+    ///
+    /// The DSR share is reserved whether or not the packet belongs to a DSR service (and for
+    /// IPv6, which never carries it): a pod has one MTU for every destination, and a flow's
+    /// packets must not start failing when a service turns DSR on.
+    pub const fn overhead(self) -> u16 {
+        const TUNNEL_BASE: usize =
+            ipv4::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN + ethernet::HEADER_LEN;
+        let bytes = match self {
+            Encap::Vxlan => TUNNEL_BASE + ipv4::DsrOption::LEN,
+            Encap::Geneve => {
+                ipv4::HEADER_LEN
+                    + udp::HEADER_LEN
+                    + geneve::HEADER_LEN
+                    + ethernet::HEADER_LEN
+                    + geneve::DsrOption::OPTION_LEN
+            }
+            Encap::Native => ipv4::DsrOption::LEN,
+        };
+        bytes as u16
+    }
+
+    /// The largest IP packet a pod may send to a node reached this way when the uplink's MTU
+    /// is `uplink_mtu`: the pods' interface MTU, and the next-hop MTU the dataplane reports in
+    /// ICMP "fragmentation needed" / "packet too big" errors.
+    pub const fn pod_mtu(self, uplink_mtu: u16) -> u16 {
+        uplink_mtu.saturating_sub(self.overhead())
     }
 
     pub fn as_str(self) -> &'static str {
@@ -322,6 +361,19 @@ mod tests {
         assert_eq!(Encap::Vxlan.udp_port(), Some(4789));
         assert_eq!(Encap::Geneve.udp_port(), Some(6081));
         assert_eq!(Encap::Native.udp_port(), None);
+    }
+
+    #[test]
+    fn overhead_covers_what_the_route_stage_adds() {
+        // Spelled out once more by hand: outer IPv4 + UDP + tunnel header + inner Ethernet,
+        // plus the DSR option of each mode.
+        assert_eq!(Encap::Vxlan.overhead(), 20 + 8 + 8 + 14 + 8);
+        assert_eq!(Encap::Geneve.overhead(), 20 + 8 + 8 + 14 + 12);
+        assert_eq!(Encap::Native.overhead(), 8);
+        assert_eq!(Encap::Vxlan.pod_mtu(1500), 1442);
+        assert_eq!(Encap::Geneve.pod_mtu(1500), 1438);
+        assert_eq!(Encap::Native.pod_mtu(9000), 8992);
+        assert_eq!(Encap::Geneve.pod_mtu(40), 0);
     }
 
     #[test]
