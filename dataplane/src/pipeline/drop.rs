@@ -209,7 +209,8 @@ mod tests {
         assert_eq!(DropReason::Ipv6LinkScopedSource as u8, 33);
         assert_eq!(DropReason::PolicyDeniedIngress as u8, 51);
         assert_eq!(DropReason::FrameTooLong as u8, 63);
-        assert_eq!(DropReason::TooBigNoGateway as u8, 64);
+        assert_eq!(DropReason::NoNextHop as u8, 64);
+        assert_eq!(DropReason::TooBigNoGateway as u8, 65);
     }
 
     #[test]
