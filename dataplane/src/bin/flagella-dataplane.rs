@@ -491,7 +491,7 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
         };
         let redirect = RedirectConfig {
             redirect_arp: iface.role == Role::Pod,
-            redirect_non_ip: false,
+            ..RedirectConfig::default()
         };
         let ifindex = preflight::ifindex(&iface.name)?;
         let program = XdpProgram::load(redirect).map_err(xdp_err)?;
