@@ -208,7 +208,7 @@ fn start_worker(
     // answer; the uplink's ARP is the kernel's.
     let pod_redirect = RedirectConfig {
         redirect_arp: true,
-        redirect_non_ip: false,
+        ..RedirectConfig::default()
     };
     let mut ports: Vec<(String, u32, RedirectConfig)> = topo
         .pods

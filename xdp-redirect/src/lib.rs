@@ -1,10 +1,13 @@
-//! The tiny XDP program that hands pod traffic to the dataplane's AF_XDP sockets, and its loader.
+//! The tiny XDP program that hands the dataplane its frames, and its loader.
 //!
-//! The program (`src/bpf/xdp_redirect.bpf.c`, compiled by `build.rs`) looks at the Ethernet
-//! header only. IPv4 and IPv6 always belong to the dataplane; ARP and other EtherTypes belong to
-//! it only when [`RedirectConfig`] says so, otherwise they go to the kernel. A frame the
-//! dataplane owns is redirected to the AF_XDP socket registered for its receive queue
-//! (`xsks_map[rx_queue_index]`); a queue without a socket falls back to `XDP_PASS`, so the
+//! The program (`src/bpf/xdp_redirect.bpf.c`, compiled by `build.rs`) decides per frame whether
+//! the dataplane owns it ([`RedirectConfig`]). On a pod interface every IPv4 and IPv6 frame is
+//! the dataplane's. On the uplink (the uplink filter on) only what the dataplane owns is: tunnel
+//! traffic to the node's underlay address (UDP to the VXLAN or Geneve port) and destinations in
+//! the owned prefixes ([`XdpProgram::add_owned_prefix`]); the host's own traffic stays with the
+//! kernel. ARP and other EtherTypes belong to the dataplane only when the configuration says
+//! so. A frame the dataplane owns is redirected to the AF_XDP socket registered for its receive
+//! queue (`xsks_map[rx_queue_index]`); a queue without a socket falls back to `XDP_PASS`, so the
 //! kernel keeps working while the dataplane starts or restarts.
 //!
 //! Contract and invariants:
@@ -14,10 +17,19 @@
 //!   returned [`XdpAttachment`] (or the process) lives. Nothing is left behind when the process
 //!   is killed. Native mode is the default; generic mode is used only when asked for, and
 //!   [`AttachMode::warning`] gives the text the caller must show then.
-//! - The `#[repr(C)]` twins of the C structs below name their C counterparts; a test checks
-//!   their sizes and field offsets against the types libbpf-cargo generates from the object.
+//! - The `#[repr(C)]` twins of the C structs (here and in `config.rs`, `owned.rs`) name their C
+//!   counterparts; tests check their sizes and field offsets against the types libbpf-cargo
+//!   generates from the object.
+//! - The program must load with CAP_BPF and CAP_NET_ADMIN alone (the systemd unit's set): no
+//!   variable offsets on packet or map-value pointers (see the comments in the C file).
 //! - Everything here is control path (syscalls, may allocate); the per-packet work is the C
 //!   program's.
+
+mod config;
+mod owned;
+
+pub use config::{RedirectConfig, GENEVE_PORT, VXLAN_PORT};
+pub use owned::{OwnedPrefix, PrefixLengthError, OWNED_MAX_ENTRIES};
 
 use std::fmt;
 use std::io;
@@ -26,6 +38,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, Object, ObjectBuilder};
+
+use config::RawRedirectConfig;
 
 /// The XSKMAP is indexed by the receive queue of the frame (`ctx->rx_queue_index`); a queue with
 /// no registered socket falls back to `XDP_PASS`, so the kernel keeps working.
@@ -42,49 +56,14 @@ const PROGRAM_NAME: &str = "xdp_redirect_prog";
 const XSKS_MAP: &str = "xsks_map";
 const CONFIG_MAP: &str = "config_map";
 const COUNTERS_MAP: &str = "counters_map";
+const OWNED_V4_MAP: &str = "owned_v4";
+const OWNED_V6_MAP: &str = "owned_v6";
 
 /// The single key of the one-entry config and counters arrays.
 const ONLY_KEY: [u8; 4] = 0u32.to_ne_bytes();
 
 /// Shortest frame the kernel's BPF_PROG_TEST_RUN accepts as packet data (an Ethernet header).
 const TEST_RUN_MIN_DATA: usize = 14;
-
-/// What the dataplane owns besides IP (IPv4 and IPv6 are always its own). Everything it does not
-/// own is passed to the kernel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RedirectConfig {
-    /// `false` (default): ARP goes to the kernel. `true`: ARP goes to the dataplane, which then
-    /// must answer it (the pod-facing gateway does).
-    pub redirect_arp: bool,
-    /// `false` (default): EtherTypes other than IPv4, IPv6 and ARP (LLDP, VLAN tags, ...) go to
-    /// the kernel. `true`: they go to the dataplane.
-    pub redirect_non_ip: bool,
-}
-
-/// The value of `config_map`, as the kernel sees it.
-/// Twin: `struct xdp_redirect_config` in `src/bpf/xdp_redirect.bpf.c`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct RawRedirectConfig {
-    redirect_arp: u32,
-    redirect_non_ip: u32,
-}
-
-impl RawRedirectConfig {
-    fn from_config(config: RedirectConfig) -> Self {
-        Self {
-            redirect_arp: u32::from(config.redirect_arp),
-            redirect_non_ip: u32::from(config.redirect_non_ip),
-        }
-    }
-
-    fn to_ne_bytes(self) -> [u8; size_of::<Self>()] {
-        let mut bytes = [0u8; size_of::<Self>()];
-        bytes[..4].copy_from_slice(&self.redirect_arp.to_ne_bytes());
-        bytes[4..].copy_from_slice(&self.redirect_non_ip.to_ne_bytes());
-        bytes
-    }
-}
 
 /// Where frames went, summed over all CPUs since the program was loaded.
 /// Twin: `struct xdp_redirect_counters` in `src/bpf/xdp_redirect.bpf.c` (one per CPU there).
@@ -95,9 +74,11 @@ pub struct RedirectCounters {
     pub redirected: u64,
     /// Owned by the dataplane, but no socket is registered for its queue: passed to the kernel.
     pub no_socket: u64,
-    /// Not owned by the dataplane under the current [`RedirectConfig`]: passed to the kernel.
+    /// Not owned by the dataplane under the current [`RedirectConfig`] and owned prefixes:
+    /// passed to the kernel (on the uplink: the host's own traffic).
     pub not_owned: u64,
-    /// Shorter than an Ethernet header: passed to the kernel (which drops it).
+    /// Shorter than an Ethernet header, or (uplink filter on) an IP frame too short or with an
+    /// IHL too small for the headers the decision needs: passed to the kernel (which drops it).
     pub truncated: u64,
 }
 
@@ -263,6 +244,26 @@ pub enum XdpError {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("reading the redirect configuration failed: check the program is still loaded and the process still has CAP_BPF")]
+    ReadConfig {
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("cannot {operation} owned prefix {prefix}: the map holds at most {max} prefixes per family; remove stale ones, or raise OWNED_MAX_ENTRIES in both xdp_redirect.bpf.c and owned.rs")]
+    OwnedPrefixesFull {
+        operation: &'static str,
+        prefix: OwnedPrefix,
+        max: u32,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("cannot {operation} owned prefix {prefix}: check the program is still loaded and the process still has CAP_BPF")]
+    OwnedPrefix {
+        operation: &'static str,
+        prefix: OwnedPrefix,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("reading the redirect counters failed: check the program is still loaded and the process still has CAP_BPF")]
     Counters {
         #[source]
@@ -277,14 +278,18 @@ pub enum XdpError {
 }
 
 /// One loaded copy of the redirect program and its maps, not yet attached anywhere.
+///
+/// Every method takes `&self`: the maps are the only state, and the kernel serializes updates
+/// to each map entry, so one thread may attach and register sockets while another keeps the
+/// configuration and the owned prefixes in step.
 #[derive(Debug)]
 pub struct XdpProgram {
     object: Object,
-    config: RedirectConfig,
 }
 
 impl XdpProgram {
-    /// Loads the program into the kernel and writes `config` into its config map.
+    /// Loads the program into the kernel and writes `config` into its config map. The owned
+    /// prefixes start empty.
     pub fn load(config: RedirectConfig) -> Result<Self, XdpError> {
         let open = ObjectBuilder::default()
             .open_memory(BPF_OBJECT)
@@ -297,26 +302,68 @@ impl XdpProgram {
             ErrorKind::Unsupported => XdpError::BpfUnavailable { source },
             _ => XdpError::Load { source },
         })?;
-        let mut program = Self { object, config };
+        let program = Self { object };
         program.check_object()?;
         program.set_config(config)?;
         Ok(program)
     }
 
-    /// The configuration the program currently applies.
-    pub fn config(&self) -> RedirectConfig {
-        self.config
+    /// The configuration the program currently applies, read back from its config map.
+    pub fn config(&self) -> Result<RedirectConfig, XdpError> {
+        let bytes = self
+            .map(CONFIG_MAP)?
+            .lookup(&ONLY_KEY, MapFlags::ANY)
+            .map_err(|source| XdpError::ReadConfig { source })?
+            .unwrap_or_default();
+        RawRedirectConfig::from_ne_bytes(&bytes)
+            .map(RawRedirectConfig::to_config)
+            .ok_or(XdpError::ObjectMismatch {
+                kind: "config value layout",
+                name: CONFIG_MAP,
+            })
     }
 
     /// Changes what the dataplane owns. Takes effect for the next frame, also while attached
     /// (the config map entry is replaced whole, so no frame sees half of it).
-    pub fn set_config(&mut self, config: RedirectConfig) -> Result<(), XdpError> {
+    pub fn set_config(&self, config: RedirectConfig) -> Result<(), XdpError> {
         let value = RawRedirectConfig::from_config(config).to_ne_bytes();
         self.map(CONFIG_MAP)?
             .update(&ONLY_KEY, &value, MapFlags::ANY)
-            .map_err(|source| XdpError::Config { source })?;
-        self.config = config;
-        Ok(())
+            .map_err(|source| XdpError::Config { source })
+    }
+
+    /// Makes every destination in `prefix` owned by the dataplane on an uplink (a program with
+    /// [`RedirectConfig::uplink_filter`] on); the next frame sees it. Adding a prefix that is
+    /// already there is not an error.
+    pub fn add_owned_prefix(&self, prefix: OwnedPrefix) -> Result<(), XdpError> {
+        self.owned_map(prefix)?
+            .update(&prefix.key(), &owned::OWNED_VALUE, MapFlags::ANY)
+            .map_err(|source| owned_prefix_error(prefix, "add", source))
+    }
+
+    /// Gives the destinations of `prefix` back to the kernel (unless a shorter owned prefix
+    /// still covers them). Removing a prefix that is not there is not an error.
+    pub fn remove_owned_prefix(&self, prefix: OwnedPrefix) -> Result<(), XdpError> {
+        match self.owned_map(prefix)?.delete(&prefix.key()) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(owned_prefix_error(prefix, "remove", source)),
+        }
+    }
+
+    /// Every owned prefix, IPv4 first, each family in the trie's iteration order.
+    pub fn owned_prefixes(&self) -> Result<Vec<OwnedPrefix>, XdpError> {
+        let mut out = Vec::new();
+        for name in [OWNED_V4_MAP, OWNED_V6_MAP] {
+            for key in self.map(name)?.keys() {
+                let prefix = OwnedPrefix::from_key(&key).ok_or(XdpError::ObjectMismatch {
+                    kind: "owned-prefix key layout",
+                    name,
+                })?;
+                out.push(prefix);
+            }
+        }
+        Ok(out)
     }
 
     /// Attaches the program to interface `ifindex` (resolved in the calling thread's network
@@ -437,7 +484,13 @@ impl XdpProgram {
 
     fn check_object(&self) -> Result<(), XdpError> {
         self.program()?;
-        for name in [XSKS_MAP, CONFIG_MAP, COUNTERS_MAP] {
+        for name in [
+            XSKS_MAP,
+            CONFIG_MAP,
+            COUNTERS_MAP,
+            OWNED_V4_MAP,
+            OWNED_V6_MAP,
+        ] {
             self.map(name)?;
         }
         Ok(())
@@ -463,6 +516,15 @@ impl XdpProgram {
                 kind: "program",
                 name: PROGRAM_NAME,
             })
+    }
+
+    /// The trie that holds `prefix`'s family.
+    fn owned_map(&self, prefix: OwnedPrefix) -> Result<libbpf_rs::Map<'_>, XdpError> {
+        self.map(if prefix.is_ipv4() {
+            OWNED_V4_MAP
+        } else {
+            OWNED_V6_MAP
+        })
     }
 
     fn map(&self, name: &'static str) -> Result<libbpf_rs::Map<'_>, XdpError> {
@@ -557,6 +619,36 @@ fn interface_exists(ifindex: u32) -> bool {
     !found.is_null()
 }
 
+/// Names a failed update of an owned-prefix trie; a full trie (ENOSPC) says so.
+fn owned_prefix_error(
+    prefix: OwnedPrefix,
+    operation: &'static str,
+    source: libbpf_rs::Error,
+) -> XdpError {
+    if has_errno(&source, libc::ENOSPC) {
+        XdpError::OwnedPrefixesFull {
+            operation,
+            prefix,
+            max: OWNED_MAX_ENTRIES,
+            source,
+        }
+    } else {
+        XdpError::OwnedPrefix {
+            operation,
+            prefix,
+            source,
+        }
+    }
+}
+
+/// Whether a libbpf-rs error carries OS error `code`. libbpf-rs 0.25 exposes no errno, only a
+/// rough `ErrorKind` (ENOSPC is `Other`), so this compares with the text the OS error prints,
+/// which its `Display` includes ("... (os error 28)").
+fn has_errno(err: &libbpf_rs::Error, code: i32) -> bool {
+    err.to_string()
+        .contains(&io::Error::from_raw_os_error(code).to_string())
+}
+
 fn check_queue(queue: u32) -> Result<(), XdpError> {
     if queue < XSKMAP_MAX_ENTRIES {
         Ok(())
@@ -579,37 +671,23 @@ fn xdp_md_bytes(meta_len: usize, total: usize) -> [u8; 24] {
     ctx
 }
 
+/// The `types` module of the skeleton libbpf-cargo generated from the compiled object (see
+/// build.rs): the C structs as BTF describes them, the reference for the hand-written twins.
+#[cfg(test)]
+#[allow(dead_code, non_camel_case_types, non_snake_case, clippy::all)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/xdp_redirect_types.rs"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::mem::offset_of;
     use std::os::fd::FromRawFd;
 
-    /// The `types` module of the skeleton libbpf-cargo generated from the compiled object (see
-    /// build.rs): the C structs as BTF describes them, the reference for the hand-written twins.
-    #[allow(dead_code, non_camel_case_types, non_snake_case, clippy::all)]
-    mod skel {
-        include!(concat!(env!("OUT_DIR"), "/xdp_redirect_types.rs"));
-    }
-    use skel::types;
+    use crate::skel::types;
 
     // ---- layout of the C/Rust twins (no privileges needed) ----
-
-    #[test]
-    fn config_twin_matches_the_c_struct() {
-        assert_eq!(
-            size_of::<RawRedirectConfig>(),
-            size_of::<types::xdp_redirect_config>()
-        );
-        assert_eq!(
-            offset_of!(RawRedirectConfig, redirect_arp),
-            offset_of!(types::xdp_redirect_config, redirect_arp)
-        );
-        assert_eq!(
-            offset_of!(RawRedirectConfig, redirect_non_ip),
-            offset_of!(types::xdp_redirect_config, redirect_non_ip)
-        );
-    }
 
     #[test]
     fn counters_twin_matches_the_c_struct() {
@@ -647,37 +725,6 @@ mod tests {
         let data_end = offset_of!(types::xdp_md, data_end);
         assert_eq!(ctx[data..data + 4], 8u32.to_ne_bytes());
         assert_eq!(ctx[data_end..data_end + 4], 14u32.to_ne_bytes());
-    }
-
-    #[test]
-    fn config_bytes_are_two_native_u32() {
-        let cases = [
-            (RedirectConfig::default(), [0u32, 0]),
-            (
-                RedirectConfig {
-                    redirect_arp: true,
-                    redirect_non_ip: false,
-                },
-                [1, 0],
-            ),
-            (
-                RedirectConfig {
-                    redirect_arp: false,
-                    redirect_non_ip: true,
-                },
-                [0, 1],
-            ),
-        ];
-        for (config, [arp, non_ip]) in cases {
-            let mut expected = [0u8; 8];
-            expected[..4].copy_from_slice(&arp.to_ne_bytes());
-            expected[4..].copy_from_slice(&non_ip.to_ne_bytes());
-            assert_eq!(
-                RawRedirectConfig::from_config(config).to_ne_bytes(),
-                expected,
-                "{config:?}"
-            );
-        }
     }
 
     #[test]
@@ -737,6 +784,43 @@ mod tests {
         ));
         let native = err(libc::EOPNOTSUPP, AttachMode::Native).to_string();
         assert!(native.contains("AttachMode::Generic"), "{native}");
+    }
+
+    #[test]
+    fn a_full_owned_trie_says_so() {
+        let prefix = OwnedPrefix::host(std::net::Ipv4Addr::new(10, 0, 0, 1).into());
+        let full = owned_prefix_error(
+            prefix,
+            "add",
+            libbpf_rs::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(
+            matches!(
+                full,
+                XdpError::OwnedPrefixesFull {
+                    max: OWNED_MAX_ENTRIES,
+                    ..
+                }
+            ),
+            "{full:?}"
+        );
+        assert!(full.to_string().contains("OWNED_MAX_ENTRIES"), "{full}");
+        let other = owned_prefix_error(
+            prefix,
+            "remove",
+            libbpf_rs::Error::from_raw_os_error(libc::EPERM),
+        );
+        assert!(
+            matches!(
+                other,
+                XdpError::OwnedPrefix {
+                    operation: "remove",
+                    ..
+                }
+            ),
+            "{other:?}"
+        );
+        assert!(other.to_string().contains("10.0.0.1/32"), "{other}");
     }
 
     #[test]
@@ -846,7 +930,7 @@ mod tests {
 
     #[test]
     fn arp_goes_to_the_kernel_unless_configured() {
-        let Some(mut program) = load_or_skip(RedirectConfig::default()) else {
+        let Some(program) = load_or_skip(RedirectConfig::default()) else {
             return;
         };
         assert_eq!(run(&program, &arp_frame()), XdpAction::Pass);
@@ -861,7 +945,7 @@ mod tests {
         program
             .set_config(RedirectConfig {
                 redirect_arp: true,
-                redirect_non_ip: false,
+                ..RedirectConfig::default()
             })
             .expect("set_config");
         assert_eq!(run(&program, &arp_frame()), XdpAction::Pass);
@@ -879,9 +963,9 @@ mod tests {
     #[test]
     fn non_ip_follows_its_own_switch() {
         let lldp = frame(ETH_P_LLDP, &[0; 32]);
-        let Some(mut program) = load_or_skip(RedirectConfig {
+        let Some(program) = load_or_skip(RedirectConfig {
             redirect_arp: true,
-            redirect_non_ip: false,
+            ..RedirectConfig::default()
         }) else {
             return;
         };
@@ -890,11 +974,11 @@ mod tests {
 
         program
             .set_config(RedirectConfig {
-                redirect_arp: false,
                 redirect_non_ip: true,
+                ..RedirectConfig::default()
             })
             .expect("set_config");
-        assert!(program.config().redirect_non_ip);
+        assert!(program.config().expect("read back").redirect_non_ip);
         assert_eq!(run(&program, &lldp), XdpAction::Pass);
         assert_eq!(run(&program, &arp_frame()), XdpAction::Pass);
         let after = counters(&program);
@@ -916,6 +1000,7 @@ mod tests {
         let Some(program) = load_or_skip(RedirectConfig {
             redirect_arp: true,
             redirect_non_ip: true,
+            ..RedirectConfig::default()
         }) else {
             return;
         };

@@ -5,6 +5,9 @@
 //! and removes the namespace in a guard's `Drop`, pass or fail: deleting the namespace deletes
 //! the veth pair with it. Nothing is created in, or attached to, the root namespace.
 //!
+//! The `uplink` module below needs no namespace: it drives the uplink filter (what the program
+//! owns on the node's uplink) through BPF_PROG_TEST_RUN with hand-built frames.
+//!
 //! Skips, saying why, when not root, when `ip` or network namespaces are unavailable, or when
 //! the kernel refuses BPF.
 
@@ -243,4 +246,463 @@ fn a_missing_interface_is_named_as_such() {
             "{err:?}"
         );
     });
+}
+
+// ---- the uplink filter, through BPF_PROG_TEST_RUN ----
+//
+// These need no namespace: test_run executes the loaded program on a frame given here (receive
+// queue 0, no interface). Which counter moved tells the decision apart, since a frame the
+// dataplane owns also ends as XDP_PASS when no AF_XDP socket is registered: `no_socket` is
+// "owned", `not_owned` is "the kernel's", `truncated` is "too short or malformed to decide".
+
+mod uplink {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use xdp_redirect::{
+        OwnedPrefix, RedirectConfig, RedirectCounters, XdpAction, XdpError, XdpProgram,
+        GENEVE_PORT, VXLAN_PORT,
+    };
+
+    const UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    const POD_V4: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 7);
+    const POD_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 7);
+    const HOST_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 1);
+
+    const ETH_P_IP: u16 = 0x0800;
+    const ETH_P_ARP: u16 = 0x0806;
+    const ETH_P_IPV6: u16 = 0x86dd;
+    const ICMP: u8 = 1;
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    const ICMPV6: u8 = 58;
+    /// iphdr.frag_off bits, host order.
+    const MORE_FRAGMENTS: u16 = 0x2000;
+
+    /// Which counter a frame moved: the program's decision.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Decision {
+        Redirected,
+        /// Owned, but no socket on the queue: passed to the kernel.
+        NoSocket,
+        NotOwned,
+        Truncated,
+    }
+
+    fn load_or_skip(config: RedirectConfig) -> Option<XdpProgram> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: BPF tests need root (run `sudo cargo test -p xdp-redirect`)");
+            return None;
+        }
+        match XdpProgram::load(config) {
+            Ok(program) => Some(program),
+            Err(err @ (XdpError::PermissionDenied { .. } | XdpError::BpfUnavailable { .. })) => {
+                eprintln!("SKIPPED: BPF unavailable here: {err}");
+                None
+            }
+            Err(err) => panic!("loading the XDP program failed: {err} ({err:?})"),
+        }
+    }
+
+    fn uplink_or_skip() -> Option<XdpProgram> {
+        load_or_skip(RedirectConfig::uplink(Some(UNDERLAY)))
+    }
+
+    /// Runs `frame` once; the decision from the counters, checked against the verdict.
+    fn decide(program: &XdpProgram, frame: &[u8]) -> Decision {
+        let before = program.counters().expect("counters");
+        let action = program.test_run(frame).expect("BPF_PROG_TEST_RUN");
+        let after = program.counters().expect("counters");
+        let delta = |f: fn(&RedirectCounters) -> u64| f(&after) - f(&before);
+        let moved = [
+            (delta(|c| c.redirected), Decision::Redirected),
+            (delta(|c| c.no_socket), Decision::NoSocket),
+            (delta(|c| c.not_owned), Decision::NotOwned),
+            (delta(|c| c.truncated), Decision::Truncated),
+        ];
+        let mut moved: Vec<Decision> = moved
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, d)| {
+                assert_eq!(n, 1, "{d:?} moved by {n}");
+                d
+            })
+            .collect();
+        assert_eq!(moved.len(), 1, "exactly one counter moves: {moved:?}");
+        let decision = moved.remove(0);
+        let expected = if decision == Decision::Redirected {
+            XdpAction::Redirect
+        } else {
+            XdpAction::Pass
+        };
+        assert_eq!(action, expected, "{decision:?}");
+        decision
+    }
+
+    fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+        bytes.extend_from_slice(&ethertype.to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    /// An IPv4 packet from PEER to `dst`: `options` (a multiple of 4 bytes) after the fixed
+    /// header, `frag_off` as in the header (host order), a valid header checksum.
+    fn ipv4_packet(dst: Ipv4Addr, proto: u8, options: &[u8], frag_off: u16, l4: &[u8]) -> Vec<u8> {
+        assert_eq!(options.len() % 4, 0);
+        let header_len = 20 + options.len();
+        let total = u16::try_from(header_len + l4.len()).expect("small packet");
+        let ihl = u8::try_from(header_len / 4).expect("at most 15 words");
+        let mut ip = vec![0x40 | ihl, 0];
+        ip.extend_from_slice(&total.to_be_bytes());
+        ip.extend_from_slice(&[0, 1]); // identification
+        ip.extend_from_slice(&frag_off.to_be_bytes());
+        ip.extend_from_slice(&[64, proto, 0, 0]);
+        ip.extend_from_slice(&PEER.octets());
+        ip.extend_from_slice(&dst.octets());
+        ip.extend_from_slice(options);
+        let checksum = internet_checksum(&ip);
+        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+        ip.extend_from_slice(l4);
+        ip
+    }
+
+    fn ipv4(dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+        ethernet(ETH_P_IP, &ipv4_packet(dst, proto, &[], 0, l4))
+    }
+
+    fn ipv6(dst: Ipv6Addr, next_header: u8, l4: &[u8]) -> Vec<u8> {
+        let mut ip = vec![0x60, 0, 0, 0];
+        let len = u16::try_from(l4.len()).expect("small packet");
+        ip.extend_from_slice(&len.to_be_bytes());
+        ip.extend_from_slice(&[next_header, 64]);
+        ip.extend_from_slice(&HOST_V6.octets());
+        ip.extend_from_slice(&dst.octets());
+        ip.extend_from_slice(l4);
+        ethernet(ETH_P_IPV6, &ip)
+    }
+
+    /// A UDP header to `port` and an 8-byte VXLAN header (VNI 1) behind it.
+    fn udp(port: u16) -> Vec<u8> {
+        let mut l4 = 49152u16.to_be_bytes().to_vec();
+        l4.extend_from_slice(&port.to_be_bytes());
+        l4.extend_from_slice(&16u16.to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+        l4.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        l4
+    }
+
+    /// A TCP SYN to `port` (no options).
+    fn tcp_syn(port: u16) -> Vec<u8> {
+        let mut l4 = 49152u16.to_be_bytes().to_vec();
+        l4.extend_from_slice(&port.to_be_bytes());
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        l4
+    }
+
+    fn icmp_echo() -> Vec<u8> {
+        vec![8, 0, 0xf7, 0xfe, 0, 1, 0, 1]
+    }
+
+    fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+        let mut arp = vec![0, 1, 0x08, 0, 6, 4, 0, 1, 0x02, 0, 0, 0, 0, 0x02];
+        arp.extend_from_slice(&PEER.octets());
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&target.octets());
+        ethernet(ETH_P_ARP, &arp)
+    }
+
+    fn internet_checksum(bytes: &[u8]) -> u16 {
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    fn host(addr: impl Into<IpAddr>) -> OwnedPrefix {
+        OwnedPrefix::host(addr.into())
+    }
+
+    #[test]
+    fn tunnel_traffic_to_the_underlay_address_is_owned() {
+        let Some(p) = uplink_or_skip() else { return };
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(VXLAN_PORT))),
+            Decision::NoSocket
+        );
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(GENEVE_PORT))),
+            Decision::NoSocket
+        );
+        // The same to another address is not this node's tunnel traffic.
+        assert_eq!(
+            decide(&p, &ipv4(PEER, UDP, &udp(VXLAN_PORT))),
+            Decision::NotOwned
+        );
+    }
+
+    #[test]
+    fn the_hosts_own_traffic_stays_with_the_kernel() {
+        let Some(p) = uplink_or_skip() else { return };
+        let cases = [
+            ("ping", ipv4(UNDERLAY, ICMP, &icmp_echo())),
+            ("ssh", ipv4(UNDERLAY, TCP, &tcp_syn(22))),
+            ("etcd", ipv4(UNDERLAY, TCP, &tcp_syn(2379))),
+            (
+                "tcp to the vxlan port",
+                ipv4(UNDERLAY, TCP, &tcp_syn(VXLAN_PORT)),
+            ),
+            ("dns", ipv4(UNDERLAY, UDP, &udp(53))),
+            ("arp", arp_request(UNDERLAY)),
+            (
+                "ipv6 ping",
+                ipv6(HOST_V6, ICMPV6, &[128, 0, 0, 0, 0, 1, 0, 1]),
+            ),
+        ];
+        for (name, frame) in cases {
+            assert_eq!(decide(&p, &frame), Decision::NotOwned, "{name}");
+        }
+    }
+
+    #[test]
+    fn ip_options_are_skipped_to_find_the_udp_port() {
+        let Some(p) = uplink_or_skip() else { return };
+        for words in 1..=10 {
+            let options = vec![1u8; 4 * words]; // NOPs
+            let packet = ipv4_packet(UNDERLAY, UDP, &options, 0, &udp(VXLAN_PORT));
+            assert_eq!(
+                decide(&p, &ethernet(ETH_P_IP, &packet)),
+                Decision::NoSocket,
+                "{words} option words"
+            );
+            let packet = ipv4_packet(UNDERLAY, UDP, &options, 0, &udp(53));
+            assert_eq!(
+                decide(&p, &ethernet(ETH_P_IP, &packet)),
+                Decision::NotOwned,
+                "{words} option words, port 53"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_first_fragment_has_a_port() {
+        let Some(p) = uplink_or_skip() else { return };
+        let first = ipv4_packet(UNDERLAY, UDP, &[], MORE_FRAGMENTS, &udp(VXLAN_PORT));
+        assert_eq!(decide(&p, &ethernet(ETH_P_IP, &first)), Decision::NoSocket);
+        // A later fragment whose first payload bytes happen to look like port 4789.
+        for frag_off in [MORE_FRAGMENTS | 1, 185] {
+            let later = ipv4_packet(UNDERLAY, UDP, &[], frag_off, &udp(VXLAN_PORT));
+            assert_eq!(
+                decide(&p, &ethernet(ETH_P_IP, &later)),
+                Decision::NotOwned,
+                "frag_off {frag_off:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn owned_prefixes_decide_for_pod_addresses_and_can_be_removed() {
+        let Some(p) = uplink_or_skip() else { return };
+        let to_pod_v4 = ipv4(POD_V4, TCP, &tcp_syn(80));
+        let to_pod_v6 = ipv6(POD_V6, TCP, &tcp_syn(80));
+        assert_eq!(decide(&p, &to_pod_v4), Decision::NotOwned);
+        assert_eq!(decide(&p, &to_pod_v6), Decision::NotOwned);
+
+        p.add_owned_prefix(host(POD_V4)).expect("add /32");
+        p.add_owned_prefix(host(POD_V6)).expect("add /128");
+        p.add_owned_prefix(host(POD_V4))
+            .expect("adding twice is fine");
+        assert_eq!(decide(&p, &to_pod_v4), Decision::NoSocket);
+        assert_eq!(decide(&p, &to_pod_v6), Decision::NoSocket);
+        assert_eq!(
+            decide(&p, &ipv4(Ipv4Addr::new(10, 1, 0, 8), TCP, &tcp_syn(80))),
+            Decision::NotOwned,
+            "the neighbour of an owned /32"
+        );
+        let mut listed = p.owned_prefixes().expect("list");
+        listed.sort();
+        assert_eq!(listed, vec![host(POD_V4), host(POD_V6)]);
+
+        p.remove_owned_prefix(host(POD_V4)).expect("remove /32");
+        p.remove_owned_prefix(host(POD_V6)).expect("remove /128");
+        p.remove_owned_prefix(host(POD_V6))
+            .expect("removing twice is fine");
+        assert_eq!(decide(&p, &to_pod_v4), Decision::NotOwned);
+        assert_eq!(decide(&p, &to_pod_v6), Decision::NotOwned);
+        assert_eq!(p.owned_prefixes().expect("list"), vec![]);
+    }
+
+    #[test]
+    fn a_shorter_prefix_owns_every_address_inside_it() {
+        let Some(p) = uplink_or_skip() else { return };
+        let cidr = OwnedPrefix::new(IpAddr::V4(Ipv4Addr::new(10, 1, 0, 99)), 24).expect("/24");
+        p.add_owned_prefix(cidr).expect("add /24");
+        assert_eq!(
+            p.owned_prefixes().expect("list")[0].to_string(),
+            "10.1.0.0/24"
+        );
+        assert_eq!(decide(&p, &ipv4(POD_V4, UDP, &udp(53))), Decision::NoSocket);
+        assert_eq!(
+            decide(&p, &ipv4(Ipv4Addr::new(10, 1, 1, 7), UDP, &udp(53))),
+            Decision::NotOwned
+        );
+    }
+
+    #[test]
+    fn without_an_underlay_address_no_tunnel_traffic_is_owned() {
+        let Some(p) = load_or_skip(RedirectConfig::uplink(None)) else {
+            return;
+        };
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(VXLAN_PORT))),
+            Decision::NotOwned
+        );
+        // Learning the address later (as the dataplane does) takes effect at once.
+        p.set_config(RedirectConfig::uplink(Some(UNDERLAY)))
+            .expect("set_config");
+        assert_eq!(p.config().expect("read back").underlay_ipv4, Some(UNDERLAY));
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(VXLAN_PORT))),
+            Decision::NoSocket
+        );
+    }
+
+    #[test]
+    fn tunnel_ports_are_configurable() {
+        let Some(p) = load_or_skip(RedirectConfig {
+            vxlan_port: 8472, // Linux's historical VXLAN port
+            geneve_port: 0,   // no Geneve
+            ..RedirectConfig::uplink(Some(UNDERLAY))
+        }) else {
+            return;
+        };
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(8472))),
+            Decision::NoSocket
+        );
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(VXLAN_PORT))),
+            Decision::NotOwned
+        );
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(GENEVE_PORT))),
+            Decision::NotOwned
+        );
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(0))),
+            Decision::NotOwned,
+            "port 0"
+        );
+    }
+
+    #[test]
+    fn odd_and_truncated_headers_are_passed_safely() {
+        let Some(p) = uplink_or_skip() else { return };
+        p.add_owned_prefix(host(POD_V6)).expect("add /128");
+        let vxlan = ipv4_packet(UNDERLAY, UDP, &[], 0, &udp(VXLAN_PORT));
+
+        // IHL below 5: the header claims to be shorter than its fixed part.
+        for ihl in 0..5u8 {
+            let mut bad = vxlan.clone();
+            bad[0] = 0x40 | ihl;
+            assert_eq!(
+                decide(&p, &ethernet(ETH_P_IP, &bad)),
+                Decision::Truncated,
+                "ihl {ihl}"
+            );
+        }
+        // Cut inside the IPv4 header, and inside the UDP header.
+        for len in [0, 1, 19, 20 + 3] {
+            assert_eq!(
+                decide(&p, &ethernet(ETH_P_IP, &vxlan[..len])),
+                Decision::Truncated,
+                "{len} bytes of IPv4"
+            );
+        }
+        // IHL 15 claims 40 bytes of options that are not there.
+        let mut long = vxlan.clone();
+        long[0] = 0x4f;
+        assert_eq!(decide(&p, &ethernet(ETH_P_IP, &long)), Decision::Truncated);
+        // IPv6 without its full 40-byte header, to an owned address.
+        let to_pod = ipv6(POD_V6, UDP, &udp(53));
+        for len in [14, 14 + 1, 14 + 39] {
+            assert_eq!(
+                decide(&p, &to_pod[..len]),
+                Decision::Truncated,
+                "{len} bytes"
+            );
+        }
+        assert_eq!(
+            decide(&p, &to_pod[..14 + 40]),
+            Decision::NoSocket,
+            "header complete"
+        );
+    }
+
+    #[test]
+    fn pod_interfaces_still_own_all_ip() {
+        let Some(p) = load_or_skip(RedirectConfig::default()) else {
+            return;
+        };
+        // Even with the fields of an uplink filled in: the filter flag is what decides.
+        p.set_config(RedirectConfig {
+            underlay_ipv4: Some(UNDERLAY),
+            ..RedirectConfig::default()
+        })
+        .expect("set_config");
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, TCP, &tcp_syn(22))),
+            Decision::NoSocket
+        );
+        assert_eq!(
+            decide(&p, &ipv6(HOST_V6, TCP, &tcp_syn(22))),
+            Decision::NoSocket
+        );
+        let mut short = ipv4(UNDERLAY, TCP, &tcp_syn(22));
+        short.truncate(14 + 3);
+        assert_eq!(
+            decide(&p, &short),
+            Decision::NoSocket,
+            "the dataplane parses"
+        );
+        assert_eq!(decide(&p, &arp_request(UNDERLAY)), Decision::NotOwned);
+    }
+
+    #[test]
+    fn owned_frames_reach_a_registered_socket() {
+        let Some(p) = uplink_or_skip() else { return };
+        // SAFETY: plain syscall with constant arguments; the result is checked below.
+        let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            eprintln!("SKIPPED: no AF_XDP socket here");
+            return;
+        }
+        // SAFETY: `socket` returned a new fd that nothing else owns.
+        let xsk = unsafe { OwnedFd::from_raw_fd(fd) };
+        p.register_socket(0, xsk.as_raw_fd()).expect("register");
+        p.add_owned_prefix(host(POD_V4)).expect("add /32");
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(VXLAN_PORT))),
+            Decision::Redirected
+        );
+        assert_eq!(
+            decide(&p, &ipv4(POD_V4, TCP, &tcp_syn(80))),
+            Decision::Redirected
+        );
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, TCP, &tcp_syn(22))),
+            Decision::NotOwned
+        );
+    }
+
+    #[test]
+    fn prefix_lengths_beyond_the_address_are_refused() {
+        let err = OwnedPrefix::new(IpAddr::V4(POD_V4), 33).unwrap_err();
+        assert!(err.to_string().contains("at most 32"), "{err}");
+    }
 }

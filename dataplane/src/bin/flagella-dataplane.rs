@@ -6,22 +6,29 @@
 //! 2. preflight: root, AF_XDP, the interfaces, the memlock limit;
 //! 3. tables: empty, with the uplink's index, MAC and MTU read from the interface;
 //! 4. one XDP program per interface, attached through a `bpf_link` this process owns, so the
-//!    kernel detaches it when the process dies, even on `kill -9`;
+//!    kernel detaches it when the process dies, even on `kill -9`. The uplink's program
+//!    starts with the uplink filter on (unless configured off): it hands the dataplane only
+//!    tunnel traffic to the node and the destinations it owns, none yet;
 //! 5. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
 //!    interface's program, then one busy-polling thread per worker;
-//! 6. the control socket, served on its own thread;
-//! 7. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
+//! 6. the uplink-sync thread (with an uplink and its filter on), which keeps the uplink
+//!    program's underlay address and owned prefixes in step with the published tables
+//!    (`dataplane::daemon::host_path`);
+//! 7. the control socket, served on its own thread;
+//! 8. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
 //!    peer nodes' and the default route's next hops, from the kernel's routes and neighbours;
-//! 8. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
+//! 9. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
 //!
-//! Stop order: the shared shutdown flag stops the workers and the control server; the
-//! threads are joined; the server removes its socket file; the XDP programs are detached.
+//! Stop order: the shared shutdown flag stops the workers, the uplink-sync thread and the
+//! control server; the threads are joined; the server removes its socket file; the XDP programs
+//! are detached.
 //!
 //! Exit codes (systemd reads them): 0 clean stop, 1 runtime error, 2 usage, configuration or
 //! preflight error (restarting will not help until something is changed).
 
 use std::fs;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +43,7 @@ use dataplane::daemon::config::{
     ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerConfig as WorkerSection, XdpMode,
     DEFAULT_CONFIG_PATH,
 };
+use dataplane::daemon::host_path::{self, OwnershipMaps};
 use dataplane::daemon::preflight::{self, PreflightError};
 use dataplane::io::{IoError, PortSpec, Worker, WorkerConfig, XskConfig};
 use dataplane::nexthop;
@@ -44,8 +52,10 @@ use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::maglev::DEFAULT_M;
 use dataplane::tables::services::{ServiceError, Services};
 use dataplane::tables::{LocalNode, Tables};
-use dataplane::MacAddr;
-use xdp_redirect::{AttachMode, RedirectConfig, XdpAttachment, XdpError, XdpProgram};
+use dataplane::{wire, MacAddr, Prefix};
+use xdp_redirect::{
+    AttachMode, OwnedPrefix, PrefixLengthError, RedirectConfig, XdpAttachment, XdpError, XdpProgram,
+};
 
 /// Set by SIGTERM/SIGINT (and by the main thread when a thread fails); every thread polls it.
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
@@ -117,8 +127,8 @@ struct Cli {
 
     /// An interface and its role, repeatable: `pod` for the host side of a pod's veth (the
     /// dataplane answers the pod's ARP for its gateway), `uplink` for the node's link to other
-    /// nodes (ARP stays with the kernel). Adds to the file's interfaces, or changes the role of
-    /// one the file lists.
+    /// nodes (ARP and the host's own traffic stay with the kernel). Adds to the file's
+    /// interfaces, or changes the role of one the file lists.
     #[arg(long = "interface", value_name = "NAME=pod|uplink", value_parser = parse_interface)]
     interfaces: Vec<(String, Role)>,
 
@@ -155,6 +165,14 @@ struct Cli {
     /// the first frame after an idle spell waits up to this long.
     #[arg(long, value_name = "MICROSECONDS")]
     idle_sleep_us: Option<u64>,
+
+    /// On the uplink, hand the dataplane only what it owns (tunnel traffic to the node's
+    /// underlay address, local pod addresses) and leave everything else — the host's SSH, etcd,
+    /// pings — to the kernel. On by default; `false` sends every IP frame of the uplink to the
+    /// dataplane, which drops the host's traffic (for a dedicated uplink only). Overrides
+    /// `uplink_filter` in the file.
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set)]
+    uplink_filter: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -271,11 +289,17 @@ struct Running {
     socket: Option<PathBuf>,
     /// One program per interface, with its attachment (dropping it detaches).
     xdp: Vec<InterfaceXdp>,
+    /// Keeps the uplink program's ownership in step with the tables (uplink filter on).
+    uplink_sync: Option<JoinHandle<()>>,
 }
 
 struct InterfaceXdp {
     ifname: String,
-    program: XdpProgram,
+    role: Role,
+    /// Shared with the uplink-sync thread (the uplink's program only).
+    program: Arc<XdpProgram>,
+    /// The configuration the program was loaded with.
+    redirect: RedirectConfig,
     attachment: XdpAttachment,
 }
 
@@ -299,6 +323,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
         aux: Vec::new(),
         socket: None,
         xdp,
+        uplink_sync: None,
     };
     let started = start(&cfg, &cli, &workers, &tables, &stats, &mut running);
     let result = started.and_then(|()| {
@@ -348,6 +373,8 @@ fn start(
         ));
         running.workers.push((name, handle));
     }
+
+    running.uplink_sync = start_uplink_sync(tables, &running.xdp)?;
 
     create_socket_dir(&cfg.socket)?;
     let mut server = ControlServer::bind(&cfg.socket, tables.clone(), Arc::clone(stats))?;
@@ -409,6 +436,9 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
             XdpModeArg::Native => XdpMode::Native,
             XdpModeArg::Generic => XdpMode::Generic,
         };
+    }
+    if let Some(filter) = cli.uplink_filter {
+        cfg.uplink_filter = filter;
     }
     if let Some(core) = cli.core {
         match cfg.workers.len() {
@@ -507,9 +537,27 @@ fn interface_mtu(ifname: &str) -> Result<Option<u16>, DaemonError> {
     Ok(sysfs(ifname, "the MTU", "mtu")?.parse().ok())
 }
 
+/// What an interface's program hands the dataplane. Pods: all IP, and ARP (the dataplane answers
+/// for their gateway). The uplink: with the filter on, tunnel traffic to the node (on the ports
+/// the pipeline decapsulates) and the owned destinations, none until the uplink-sync thread
+/// learns them; ARP and everything else stay with the kernel.
+fn redirect_config(role: Role, uplink_filter: bool) -> RedirectConfig {
+    match role {
+        Role::Pod => RedirectConfig {
+            redirect_arp: true,
+            ..RedirectConfig::default()
+        },
+        Role::Uplink if uplink_filter => RedirectConfig {
+            vxlan_port: wire::vxlan::UDP_PORT,
+            geneve_port: wire::geneve::UDP_PORT,
+            ..RedirectConfig::uplink(None)
+        },
+        Role::Uplink => RedirectConfig::default(),
+    }
+}
+
 /// One program per interface: the XSKMAP is keyed by receive queue, so two interfaces sharing
-/// a program would fight over its slots. Pods' ARP is the dataplane's (it answers for their
-/// gateway); the uplink's ARP stays with the kernel.
+/// a program would fight over its slots; each also has its own [`redirect_config`].
 fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>, DaemonError> {
     if let Some(warning) = mode.warning() {
         log(&format!("WARNING: {warning}"));
@@ -520,20 +568,27 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
             ifname: iface.name.clone(),
             source,
         };
-        let redirect = RedirectConfig {
-            redirect_arp: iface.role == Role::Pod,
-            redirect_non_ip: false,
-        };
+        let redirect = redirect_config(iface.role, cfg.uplink_filter);
         let ifindex = preflight::ifindex(&iface.name)?;
         let program = XdpProgram::load(redirect).map_err(xdp_err)?;
         let attachment = program.attach(ifindex, mode).map_err(xdp_err)?;
         log(&format!(
-            "{}: XDP attached ({mode} mode, {:?} role, ifindex {ifindex})",
-            iface.name, iface.role
+            "{}: XDP attached ({mode} mode, {:?} role, ifindex {ifindex}{})",
+            iface.name,
+            iface.role,
+            if redirect.uplink_filter {
+                ", uplink filter on: the host keeps its own traffic"
+            } else if iface.role == Role::Uplink {
+                ", uplink filter OFF: every IP frame goes to the dataplane, the host's own traffic is dropped"
+            } else {
+                ""
+            }
         ));
         out.push(InterfaceXdp {
             ifname: iface.name.clone(),
-            program,
+            role: iface.role,
+            program: Arc::new(program),
+            redirect,
             attachment,
         });
     }
@@ -562,6 +617,81 @@ fn build_worker(cfg: &DaemonConfig, cli: &Cli, section: &WorkerSection) -> Resul
         },
         xsk: XskConfig::default(),
     })
+}
+
+/// The uplink program's maps as [`host_path::sync_uplink`] drives them.
+struct UplinkMaps {
+    program: Arc<XdpProgram>,
+    /// The whole configuration, of which only the underlay address changes.
+    config: RedirectConfig,
+}
+
+/// Why an update of the uplink program's maps failed.
+#[derive(Debug, thiserror::Error)]
+enum UplinkMapError {
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    #[error(transparent)]
+    Prefix(#[from] PrefixLengthError),
+}
+
+impl OwnershipMaps for UplinkMaps {
+    type Error = UplinkMapError;
+
+    fn set_underlay(&mut self, underlay: Option<Ipv4Addr>) -> Result<(), UplinkMapError> {
+        let config = RedirectConfig {
+            underlay_ipv4: underlay,
+            ..self.config
+        };
+        self.program.set_config(config)?;
+        self.config = config;
+        Ok(())
+    }
+
+    fn add_prefix(&mut self, prefix: Prefix) -> Result<(), UplinkMapError> {
+        Ok(self.program.add_owned_prefix(owned_prefix(prefix)?)?)
+    }
+
+    fn remove_prefix(&mut self, prefix: Prefix) -> Result<(), UplinkMapError> {
+        Ok(self.program.remove_owned_prefix(owned_prefix(prefix)?)?)
+    }
+}
+
+fn owned_prefix(prefix: Prefix) -> Result<OwnedPrefix, PrefixLengthError> {
+    OwnedPrefix::new(prefix.addr(), prefix.prefix_len())
+}
+
+/// Starts the thread that keeps the uplink program in step with the tables, when there is an
+/// uplink whose program filters.
+fn start_uplink_sync(
+    tables: &TablesHandle,
+    xdp: &[InterfaceXdp],
+) -> Result<Option<JoinHandle<()>>, DaemonError> {
+    let Some(uplink) = xdp
+        .iter()
+        .find(|x| x.role == Role::Uplink && x.redirect.uplink_filter)
+    else {
+        return Ok(None);
+    };
+    let mut maps = UplinkMaps {
+        program: Arc::clone(&uplink.program),
+        config: uplink.redirect,
+    };
+    let tables = tables.clone();
+    let name = "uplink-sync".to_string();
+    let handle = thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            host_path::sync_uplink(
+                &tables,
+                &mut maps,
+                &SHUTDOWN,
+                host_path::SYNC_INTERVAL,
+                |report, applied| log(&host_path::describe(report, applied)),
+            );
+        })
+        .map_err(|source| DaemonError::Spawn { name, source })?;
+    Ok(Some(handle))
 }
 
 /// Each socket under its queue, in the XSKMAP of its own interface's program.
@@ -637,9 +767,14 @@ fn wait(running: &Running) -> Result<(), DaemonError> {
             .find(|(_, h)| h.is_finished())
             .map(|(name, _)| name.clone());
         let stopped_server = running.server.as_ref().is_some_and(|h| h.is_finished());
+        let stopped_sync = running
+            .uplink_sync
+            .as_ref()
+            .is_some_and(|h| h.is_finished());
         let stopped = stopped_worker
             .or(stopped_aux)
-            .or(stopped_server.then(|| "control".to_string()));
+            .or(stopped_server.then(|| "control".to_string()))
+            .or(stopped_sync.then(|| "uplink-sync".to_string()));
         if let Some(name) = stopped {
             SHUTDOWN.store(true, Ordering::Relaxed);
             return Err(DaemonError::ThreadFailed {
@@ -681,6 +816,14 @@ fn stop(running: Running) -> Result<(), DaemonError> {
                 name,
                 reason: "it panicked".into(),
             }),
+        }
+    }
+    if let Some(handle) = running.uplink_sync {
+        if handle.join().is_err() {
+            note(DaemonError::ThreadFailed {
+                name: "uplink-sync".into(),
+                reason: "it panicked".into(),
+            });
         }
     }
     if let Some(handle) = running.server {
@@ -838,6 +981,35 @@ mod tests {
             reason: "x".into(),
         };
         assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn the_uplink_filters_unless_turned_off_and_pods_do_not() {
+        let pod = redirect_config(Role::Pod, true);
+        assert!(pod.redirect_arp && !pod.uplink_filter, "{pod:?}");
+        assert_eq!(redirect_config(Role::Pod, false), pod);
+        let uplink = redirect_config(Role::Uplink, true);
+        assert!(uplink.uplink_filter && !uplink.redirect_arp, "{uplink:?}");
+        assert_eq!(uplink.underlay_ipv4, None, "learnt from the tables later");
+        assert_eq!(
+            (uplink.vxlan_port, uplink.geneve_port),
+            (wire::vxlan::UDP_PORT, wire::geneve::UDP_PORT),
+            "the ports the pipeline decapsulates"
+        );
+        assert!(!redirect_config(Role::Uplink, false).uplink_filter);
+
+        let file = TempConfig::new(
+            "filter",
+            "[[interface]]\nname = \"eth1\"\nrole = \"uplink\"\n",
+        );
+        let path = file.0.to_str().unwrap();
+        assert!(
+            effective_config(&cli(&["--config", path]))
+                .unwrap()
+                .uplink_filter
+        );
+        let off = cli(&["--config", path, "--uplink-filter", "false"]);
+        assert!(!effective_config(&off).unwrap().uplink_filter);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! batch_size = 64                            # frames per batch, 1..=256
 //! conntrack_entries = 131072                 # per worker
 //! xdp_mode = "native"                        # or "generic" (slow; for drivers without XDP)
+//! uplink_filter = true                       # the uplink hands the dataplane only what it owns
 //!
 //! [[interface]]
 //! name = "eth1"
@@ -91,6 +92,12 @@ pub struct DaemonConfig {
     /// Microseconds an idle worker sleeps between passes (0: spin; see `Worker::set_idle_sleep`).
     #[serde(default)]
     pub idle_sleep_us: u64,
+    /// `true` (default): the uplink's XDP program hands the dataplane only what it owns (tunnel
+    /// traffic to the node, local pod addresses) and leaves the host's own traffic to the
+    /// kernel (`daemon::host_path`). `false`: every IP frame of the uplink goes to the
+    /// dataplane, which cannot give the host's traffic back (for a dedicated uplink only).
+    #[serde(default = "yes")]
+    pub uplink_filter: bool,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "worker")]
@@ -99,6 +106,9 @@ pub struct DaemonConfig {
 
 fn one() -> u32 {
     1
+}
+fn yes() -> bool {
+    true
 }
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET_PATH)
@@ -118,6 +128,7 @@ impl Default for DaemonConfig {
             conntrack_entries: default_conntrack(),
             xdp_mode: XdpMode::Native,
             idle_sleep_us: 0,
+            uplink_filter: true,
             interfaces: Vec::new(),
             workers: Vec::new(),
         }
@@ -278,9 +289,20 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.batch_size, 128);
         assert_eq!(cfg.xdp_mode, XdpMode::Generic);
+        assert!(cfg.uplink_filter, "on unless turned off");
         assert_eq!(cfg.uplink().map(|i| i.name.as_str()), Some("eth1"));
         assert_eq!(cfg.interfaces[1].queues, 2);
         assert_eq!(cfg.effective_workers()[0].core, Some(1));
+    }
+
+    #[test]
+    fn the_uplink_filter_can_be_turned_off() {
+        assert!(DaemonConfig::default().uplink_filter);
+        assert!(!parse("uplink_filter = false").unwrap().uplink_filter);
+        assert!(matches!(
+            parse("uplink_filter = 1"),
+            Err(ConfigError::Syntax { .. })
+        ));
     }
 
     #[test]

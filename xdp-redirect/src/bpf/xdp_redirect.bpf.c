@@ -3,38 +3,76 @@
  * xdp_redirect: hand the frames the Flagella dataplane owns to its AF_XDP socket, pass the rest
  * to the kernel.
  *
- * One decision per frame, from the Ethernet header only:
- *   IPv4, IPv6            -> owned by the dataplane
+ * One decision per frame:
+ *   shorter than Ethernet -> never owned (passed to the kernel, which drops it)
+ *   IPv4, IPv6            -> pod interfaces (config.uplink_filter == 0): owned
+ *                            the uplink (config.uplink_filter == 1): owned only when
+ *                              (a) IPv4 to config.underlay_ipv4, UDP, destination port
+ *                                  config.vxlan_port or config.geneve_port, not a non-first
+ *                                  fragment (tunnel traffic from other nodes), or
+ *                              (b) the destination is in owned_v4 / owned_v6 (destinations the
+ *                                  dataplane owns: local pods today);
+ *                            everything else (the host's own SSH, etcd, pings, ...) is the
+ *                            kernel's, so the host's network never depends on the dataplane
  *   ARP                   -> owned only if config.redirect_arp
  *   any other EtherType   -> owned only if config.redirect_non_ip
- *   shorter than Ethernet -> never owned (passed to the kernel, which drops it)
+ * On the uplink, an IP frame too short (or with an IHL too small) for the headers the decision
+ * needs is passed to the kernel and counted as truncated.
+ *
  * An owned frame goes to the AF_XDP socket registered for its receive queue
  * (xsks_map[rx_queue_index]); when that slot is empty bpf_redirect_map returns its fallback,
  * XDP_PASS, so a queue without a socket keeps working through the kernel.
  *
- * Rust twins of the shared structs: xdp-redirect/src/lib.rs (RedirectConfig, RedirectCounters);
- * a test there checks their sizes and field offsets against the generated skeleton types.
+ * Rust twins of the shared structs and constants: xdp-redirect/src/lib.rs (RawRedirectConfig,
+ * RedirectCounters, OWNED_MAX_ENTRIES, XSKMAP_MAX_ENTRIES); a test there checks the structs'
+ * sizes and field offsets against the generated skeleton types.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 /* Queues per interface the XSKMAP can hold. Rust twin: XSKMAP_MAX_ENTRIES in lib.rs. */
 #define XSKMAP_MAX_ENTRIES 64
 
-/* What the dataplane owns besides IP. Rust twin: RedirectConfig in lib.rs. */
+/* Prefixes per family in owned_v4 / owned_v6. Rust twin: OWNED_MAX_ENTRIES in lib.rs. */
+#define OWNED_MAX_ENTRIES 65536
+
+/* The fragment offset bits of iphdr.frag_off (linux/ip.h has them only in the kernel's copy). */
+#define IP_FRAG_OFFSET 0x1fff
+
+/* What the dataplane owns. Rust twin: RawRedirectConfig in lib.rs. */
 struct xdp_redirect_config {
 	__u32 redirect_arp;    /* 0: ARP goes to the kernel; 1: to the dataplane */
 	__u32 redirect_non_ip; /* 0: other EtherTypes go to the kernel; 1: to the dataplane */
+	__u32 uplink_filter;   /* 0: all IPv4/IPv6 is owned; 1: only tunnel traffic and owned_v4/v6 */
+	__be32 underlay_ipv4;  /* network byte order; 0: none (no tunnel traffic is owned) */
+	__be16 vxlan_port;     /* UDP destination ports of tunnel traffic, network byte order; */
+	__be16 geneve_port;    /* 0: that encapsulation is not owned */
 };
 
 /* Where frames went, per CPU. Rust twin: RedirectCounters in lib.rs. */
 struct xdp_redirect_counters {
 	__u64 redirected; /* owned, and a socket took it */
 	__u64 no_socket;  /* owned, but no socket on this queue: passed to the kernel */
-	__u64 not_owned;  /* the configuration gives it to the kernel */
-	__u64 truncated;  /* shorter than an Ethernet header: passed to the kernel */
+	__u64 not_owned;  /* the configuration or the owned maps give it to the kernel */
+	__u64 truncated;  /* too short (or malformed) for the headers the decision needs: passed */
+};
+
+/* Keys of the owned-destination tries (BPF_MAP_TYPE_LPM_TRIE: prefix length, then the address
+ * in network byte order). */
+struct owned_v4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct owned_v6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
 
 struct {
@@ -59,24 +97,152 @@ struct {
 } counters_map SEC(".maps");
 
 /*
- * Both fields are loaded before any branch, on purpose. Written as "ARP ? cfg->redirect_arp :
- * cfg->redirect_non_ip", clang emits one load from cfg + (0 or 4), an offset that depends on
- * the path; without CAP_PERFMON the verifier keeps its Spectre v1 mitigations and refuses that
- * pointer arithmetic ("tried to add from different maps, paths or scalars ... prohibited for
- * !root"), so the program would not load under the systemd unit's CAP_BPF + CAP_NET_ADMIN.
- * The empty asm keeps the two loads where they are.
+ * Destinations the dataplane owns on the uplink (only read when uplink_filter is 1): local pod
+ * addresses today; service frontends, NodePort addresses and masquerade replies later. The
+ * value is 1 (reserved: it may say why the destination is owned one day). LPM tries must be
+ * created without preallocation.
  */
-static __always_inline int owned_by_dataplane(__be16 proto, const struct xdp_redirect_config *cfg)
-{
-	__u32 arp = cfg->redirect_arp;
-	__u32 non_ip = cfg->redirect_non_ip;
-	asm volatile("" : "+r"(arp), "+r"(non_ip));
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, OWNED_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct owned_v4_key);
+	__type(value, __u32);
+} owned_v4 SEC(".maps");
 
-	if (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6))
-		return 1;
-	if (proto == bpf_htons(ETH_P_ARP))
-		return arp != 0;
-	return non_ip != 0;
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, OWNED_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct owned_v6_key);
+	__type(value, __u32);
+} owned_v6 SEC(".maps");
+
+enum decision {
+	NOT_OWNED,
+	OWNED,
+	TRUNCATED,
+};
+
+/*
+ * The config, read into registers at fixed offsets before any branch, on purpose. Reading a
+ * field only on the path that needs it lets clang merge two such reads into one load from
+ * cfg + (an offset that depends on the path); without CAP_PERFMON the verifier keeps its
+ * Spectre v1 mitigations and refuses that pointer arithmetic ("tried to add from different
+ * maps, paths or scalars ... prohibited for !root"), so the program would not load under the
+ * systemd unit's CAP_BPF + CAP_NET_ADMIN. The empty asm statements keep the loads where they are.
+ */
+struct config_regs {
+	__u32 redirect_arp;
+	__u32 redirect_non_ip;
+	__u32 uplink_filter;
+	__u32 underlay_ipv4;
+	__u32 vxlan_port;
+	__u32 geneve_port;
+};
+
+static __always_inline struct config_regs read_config(const struct xdp_redirect_config *cfg)
+{
+	struct config_regs c = {
+		.redirect_arp = cfg->redirect_arp,
+		.redirect_non_ip = cfg->redirect_non_ip,
+		.uplink_filter = cfg->uplink_filter,
+		.underlay_ipv4 = cfg->underlay_ipv4,
+		.vxlan_port = cfg->vxlan_port,
+		.geneve_port = cfg->geneve_port,
+	};
+	asm volatile("" : "+r"(c.redirect_arp), "+r"(c.redirect_non_ip), "+r"(c.uplink_filter));
+	asm volatile("" : "+r"(c.underlay_ipv4), "+r"(c.vxlan_port), "+r"(c.geneve_port));
+	return c;
+}
+
+/*
+ * The first byte after the IPv4 options, reached in constant 4-byte steps. Adding ihl * 4 to
+ * the packet pointer in one go is what the verifier refuses without CAP_PERFMON ("pointer
+ * arithmetic with it prohibited for !root": a variable offset on a packet pointer), so the
+ * program steps over the option words one by one; the empty asm keeps clang from folding the
+ * steps back into that one variable addition.
+ *
+ * Nested, not a loop or a flat chain of ifs: once ihl is known to be small, no further
+ * comparison is made. Without CAP_PERFMON the verifier also walks the mispredicted side of
+ * every branch whose outcome it already knows (Spectre v1), and a chain of such branches
+ * multiplies those walks past its 1M-instruction limit.
+ */
+#define OPTION_WORD(words, more)                                                              \
+	if (ihl > (words)) {                                                                  \
+		end += 4;                                                                     \
+		asm volatile("" : "+r"(end));                                                 \
+		more                                                                          \
+	}
+
+static __always_inline const void *after_options(const struct iphdr *ip)
+{
+	const __u8 *end = (const void *)(ip + 1);
+	__u32 ihl = ip->ihl;
+	/* ihl 5 (no options) to 15 (40 bytes of options): one level per option word. */
+	OPTION_WORD(5, OPTION_WORD(6, OPTION_WORD(7, OPTION_WORD(8, OPTION_WORD(9,
+	OPTION_WORD(10, OPTION_WORD(11, OPTION_WORD(12, OPTION_WORD(13, OPTION_WORD(14,
+	))))))))))
+	return end;
+}
+
+/* Tunnel traffic for this node: UDP to one of the tunnel ports, the UDP header complete. */
+static __always_inline enum decision tunnel_to_underlay(const struct iphdr *ip,
+							 const void *data_end,
+							 const struct config_regs *c)
+{
+	if (ip->protocol != IPPROTO_UDP)
+		return NOT_OWNED;
+	if (ip->frag_off & bpf_htons(IP_FRAG_OFFSET))
+		return NOT_OWNED; /* a non-first fragment carries no UDP header */
+	const struct udphdr *udp = after_options(ip);
+	if ((const void *)(udp + 1) > data_end)
+		return TRUNCATED;
+	__u16 port = udp->dest;
+	if (port != 0 && (port == c->vxlan_port || port == c->geneve_port))
+		return OWNED;
+	return NOT_OWNED;
+}
+
+static __always_inline enum decision uplink_ipv4(const void *l3, const void *data_end,
+						 const struct config_regs *c)
+{
+	const struct iphdr *ip = l3;
+	if ((const void *)(ip + 1) > data_end || ip->ihl < 5)
+		return TRUNCATED;
+	if (c->underlay_ipv4 != 0 && ip->daddr == c->underlay_ipv4) {
+		enum decision tunnel = tunnel_to_underlay(ip, data_end, c);
+		if (tunnel != NOT_OWNED)
+			return tunnel;
+	}
+
+	struct owned_v4_key key = { .prefixlen = 32 };
+	__builtin_memcpy(key.addr, &ip->daddr, sizeof(key.addr));
+	return bpf_map_lookup_elem(&owned_v4, &key) ? OWNED : NOT_OWNED;
+}
+
+static __always_inline enum decision uplink_ipv6(const void *l3, const void *data_end)
+{
+	const struct ipv6hdr *ip6 = l3;
+	if ((const void *)(ip6 + 1) > data_end)
+		return TRUNCATED;
+
+	struct owned_v6_key key = { .prefixlen = 128 };
+	__builtin_memcpy(key.addr, &ip6->daddr, sizeof(key.addr));
+	return bpf_map_lookup_elem(&owned_v6, &key) ? OWNED : NOT_OWNED;
+}
+
+static __always_inline enum decision decide(const struct ethhdr *eth, const void *data_end,
+					    const struct config_regs *c)
+{
+	const void *l3 = eth + 1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return c->uplink_filter ? uplink_ipv4(l3, data_end, c) : OWNED;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return c->uplink_filter ? uplink_ipv6(l3, data_end) : OWNED;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return c->redirect_arp ? OWNED : NOT_OWNED;
+	return c->redirect_non_ip ? OWNED : NOT_OWNED;
 }
 
 SEC("xdp")
@@ -91,16 +257,23 @@ int xdp_redirect_prog(struct xdp_md *ctx)
 	struct xdp_redirect_counters *cnt = bpf_map_lookup_elem(&counters_map, &zero);
 	if (!cfg || !cnt) /* cannot happen for one-entry arrays; the verifier wants the check */
 		return XDP_PASS;
+	struct config_regs c = read_config(cfg);
 
 	if ((const void *)(eth + 1) > data_end) {
 		cnt->truncated++;
 		return XDP_PASS;
 	}
-	if (!owned_by_dataplane(eth->h_proto, cfg)) {
+	/* Per-CPU values: plain increments are enough, no other CPU writes this copy. */
+	switch (decide(eth, data_end, &c)) {
+	case OWNED:
+		break;
+	case TRUNCATED:
+		cnt->truncated++;
+		return XDP_PASS;
+	default:
 		cnt->not_owned++;
 		return XDP_PASS;
 	}
-	/* Per-CPU values: plain increments are enough, no other CPU writes this copy. */
 	int action = bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
 	if (action == XDP_REDIRECT)
 		cnt->redirected++;

@@ -1,0 +1,553 @@
+//! The host keeps its uplink: what the uplink's XDP program must hand the dataplane, computed
+//! from the published tables and kept in step with them.
+//!
+//! On the uplink the XDP program (crate `xdp-redirect`, uplink filter on) redirects only what the
+//! dataplane owns and passes everything else to the kernel: the host's SSH, etcd and pings never
+//! depend on the dataplane, which could not hand them back anyway (a `Pass` verdict in user space
+//! is dropped). What the dataplane owns ([`UplinkOwnership`]):
+//! - tunnel traffic to the node's underlay address (`tables.node.underlay_ipv4`; the program
+//!   matches the VXLAN and Geneve UDP ports itself);
+//! - destinations it owns: today the local endpoints' addresses, as /32 and /128 (native routing
+//!   delivers pod traffic from other nodes on the uplink). Service frontends, NodePort addresses
+//!   and masquerade replies will join this set.
+//!
+//! Contract:
+//! - [`UplinkOwnership::from_tables`] is a pure function of one snapshot.
+//! - [`Reconciler`] remembers what it applied to the program and applies only the difference
+//!   (removals before additions, so a full map makes room first). Every operation that fails is
+//!   left out of the applied state, so the next [`Reconciler::reconcile`] retries it; nothing
+//!   else is redone.
+//! - [`sync_uplink`] watches a [`TablesHandle`] (polling, lock-free: one snapshot load per
+//!   interval), reconciles when the node or the endpoints table changed (or a retry is due),
+//!   reports through a callback and never panics; it returns once `shutdown` is set.
+//!
+//! Kept free of AF_XDP types: the program is reached through [`OwnershipMaps`], which the daemon
+//! binary implements over `xdp_redirect::XdpProgram` and the tests over a fake.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::api::TablesHandle;
+use crate::tables::endpoints::Endpoints;
+use crate::tables::{LocalNode, Tables};
+use crate::types::Prefix;
+
+/// How often [`sync_uplink`] looks at the published tables.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+/// First wait before retrying failed operations; doubled after each failed attempt.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between retries.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What the uplink's program must own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UplinkOwnership {
+    /// Tunnel traffic to this address is the dataplane's. `None` until the node learns it.
+    pub underlay_ipv4: Option<Ipv4Addr>,
+    /// Destinations the dataplane owns.
+    pub prefixes: BTreeSet<Prefix>,
+}
+
+impl UplinkOwnership {
+    /// What `tables` says the uplink must hand the dataplane: the underlay address, and every
+    /// local endpoint's addresses as host prefixes.
+    pub fn from_tables(tables: &Tables) -> Self {
+        UplinkOwnership {
+            underlay_ipv4: tables.node.underlay_ipv4,
+            prefixes: tables
+                .endpoints
+                .iter()
+                .flat_map(|ep| ep.spec.ips())
+                .map(Prefix::host)
+                .collect(),
+        }
+    }
+}
+
+/// The uplink program's maps, as the reconciler drives them.
+pub trait OwnershipMaps {
+    type Error: fmt::Display;
+    /// Makes tunnel traffic to `underlay` owned (`None`: no tunnel traffic is).
+    fn set_underlay(&mut self, underlay: Option<Ipv4Addr>) -> Result<(), Self::Error>;
+    /// Owns the destinations of `prefix`; adding one already there must succeed.
+    fn add_prefix(&mut self, prefix: Prefix) -> Result<(), Self::Error>;
+    /// Gives `prefix` back to the kernel; removing one that is absent must succeed.
+    fn remove_prefix(&mut self, prefix: Prefix) -> Result<(), Self::Error>;
+}
+
+/// What one reconciliation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// The underlay address now applied, when it changed.
+    pub underlay_changed: Option<Option<Ipv4Addr>>,
+    pub added: usize,
+    pub removed: usize,
+    /// One message per failed operation, naming it (retried by the next reconciliation).
+    pub failures: Vec<String>,
+}
+
+impl ReconcileReport {
+    /// True when nothing was changed and nothing failed.
+    pub fn is_empty(&self) -> bool {
+        self.underlay_changed.is_none()
+            && self.added == 0
+            && self.removed == 0
+            && self.failures.is_empty()
+    }
+}
+
+/// Applies [`UplinkOwnership`]s to the maps by difference (see the module doc).
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    applied: UplinkOwnership,
+}
+
+impl Reconciler {
+    /// A reconciler for maps that hold `applied` now (a freshly loaded program: the default,
+    /// no underlay address and no prefixes).
+    pub fn new(applied: UplinkOwnership) -> Self {
+        Reconciler { applied }
+    }
+
+    /// What the maps hold, as far as this reconciler knows.
+    pub fn applied(&self) -> &UplinkOwnership {
+        &self.applied
+    }
+
+    /// True when the maps already hold `want`.
+    pub fn is_in_step(&self, want: &UplinkOwnership) -> bool {
+        self.applied == *want
+    }
+
+    /// Brings the maps from what was applied to `want`, one operation per difference.
+    pub fn reconcile<M: OwnershipMaps>(
+        &mut self,
+        want: &UplinkOwnership,
+        maps: &mut M,
+    ) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let stale: Vec<Prefix> = self
+            .applied
+            .prefixes
+            .difference(&want.prefixes)
+            .copied()
+            .collect();
+        for prefix in stale {
+            match maps.remove_prefix(prefix) {
+                Ok(()) => {
+                    self.applied.prefixes.remove(&prefix);
+                    report.removed += 1;
+                }
+                Err(e) => report
+                    .failures
+                    .push(format!("removing owned prefix {prefix}: {e}")),
+            }
+        }
+        let missing: Vec<Prefix> = want
+            .prefixes
+            .difference(&self.applied.prefixes)
+            .copied()
+            .collect();
+        for prefix in missing {
+            match maps.add_prefix(prefix) {
+                Ok(()) => {
+                    self.applied.prefixes.insert(prefix);
+                    report.added += 1;
+                }
+                Err(e) => report
+                    .failures
+                    .push(format!("adding owned prefix {prefix}: {e}")),
+            }
+        }
+        if want.underlay_ipv4 != self.applied.underlay_ipv4 {
+            match maps.set_underlay(want.underlay_ipv4) {
+                Ok(()) => {
+                    self.applied.underlay_ipv4 = want.underlay_ipv4;
+                    report.underlay_changed = Some(want.underlay_ipv4);
+                }
+                Err(e) => report.failures.push(format!(
+                    "setting the underlay address to {}: {e}",
+                    display_underlay(want.underlay_ipv4)
+                )),
+            }
+        }
+        report
+    }
+}
+
+fn display_underlay(addr: Option<Ipv4Addr>) -> String {
+    addr.map_or_else(|| "none".to_string(), |a| a.to_string())
+}
+
+/// The parts of a snapshot the ownership depends on, held to notice a change by pointer.
+struct Seen {
+    node: Arc<LocalNode>,
+    endpoints: Arc<Endpoints>,
+}
+
+impl Seen {
+    fn of(tables: &Tables) -> Self {
+        Seen {
+            node: Arc::clone(&tables.node),
+            endpoints: Arc::clone(&tables.endpoints),
+        }
+    }
+
+    /// True when `tables` holds other node facts or another endpoints table. A request that
+    /// touched neither (ipcache, services, nodes) shares both `Arc`s with the last snapshot.
+    fn differs(&self, tables: &Tables) -> bool {
+        !Arc::ptr_eq(&self.node, &tables.node) || !Arc::ptr_eq(&self.endpoints, &tables.endpoints)
+    }
+}
+
+/// Keeps `maps` (of a freshly loaded program: no underlay address, no prefixes) in step with the
+/// tables published in `tables` until `shutdown` is set: every `interval`, reconciles when the
+/// node facts or the endpoints changed, or when a retry of failed operations is due (after 1 s,
+/// doubling up to 60 s). `report` receives every non-empty reconciliation, failures included,
+/// with what the maps hold afterwards.
+pub fn sync_uplink<M: OwnershipMaps>(
+    tables: &TablesHandle,
+    maps: &mut M,
+    shutdown: &AtomicBool,
+    interval: Duration,
+    mut report: impl FnMut(&ReconcileReport, &UplinkOwnership),
+) {
+    let mut reconciler = Reconciler::default();
+    let mut seen: Option<Seen> = None;
+    let mut retry: Option<(Instant, Duration)> = None;
+    while !shutdown.load(Ordering::Relaxed) {
+        let snapshot = tables.load();
+        let changed = seen.as_ref().is_none_or(|s| s.differs(&snapshot));
+        let retry_due = retry.is_some_and(|(at, _)| Instant::now() >= at);
+        if changed || retry_due {
+            seen = Some(Seen::of(&snapshot));
+            let want = UplinkOwnership::from_tables(&snapshot);
+            drop(snapshot); // Do not hold the tables across the syscalls.
+            let done = reconciler.reconcile(&want, maps);
+            retry = if done.failures.is_empty() {
+                None
+            } else {
+                let wait = retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+                Some((Instant::now() + wait, wait))
+            };
+            if !done.is_empty() {
+                report(&done, reconciler.applied());
+            }
+        } else {
+            drop(snapshot);
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// One line for the daemon's log describing `report`.
+pub fn describe(report: &ReconcileReport, applied: &UplinkOwnership) -> String {
+    let mut line = String::from("uplink ownership:");
+    if let Some(underlay) = report.underlay_changed {
+        line.push_str(&format!(
+            " tunnel traffic to {} is the dataplane's;",
+            display_underlay(underlay)
+        ));
+    }
+    line.push_str(&format!(
+        " {} owned prefixes (+{} -{})",
+        applied.prefixes.len(),
+        report.added,
+        report.removed
+    ));
+    if !report.failures.is_empty() {
+        line.push_str(&format!(
+            "; {} operations failed and will be retried (the affected destinations stay with \
+             the kernel until then): {}",
+            report.failures.len(),
+            report.failures.join("; ")
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::endpoints::{EndpointId, EndpointSpec};
+    use crate::tables::services::Services;
+    use crate::types::{Identity, MacAddr};
+    use std::net::{IpAddr, Ipv6Addr};
+    use std::sync::Mutex;
+
+    fn tables() -> Tables {
+        Tables::empty(LocalNode::default(), Services::new(251, 1).unwrap())
+    }
+
+    fn endpoint(id: u32, ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> EndpointSpec {
+        EndpointSpec {
+            id: EndpointId(id),
+            ifindex: 10 + id,
+            mac: MacAddr([2, 0, 0, 0, 0, id as u8]),
+            ipv4,
+            ipv6,
+            identity: Identity(1000 + id),
+        }
+    }
+
+    fn v4(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 1, 0, last)
+    }
+
+    fn v6(last: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, last)
+    }
+
+    fn host(addr: impl Into<IpAddr>) -> Prefix {
+        Prefix::host(addr.into())
+    }
+
+    /// Records the maps' contents; operations on `fail` prefixes (or the underlay, when
+    /// `fail_underlay`) fail.
+    #[derive(Debug, Default)]
+    struct FakeMaps {
+        underlay: Option<Ipv4Addr>,
+        prefixes: BTreeSet<Prefix>,
+        calls: usize,
+        fail: BTreeSet<Prefix>,
+        fail_underlay: bool,
+    }
+
+    impl OwnershipMaps for FakeMaps {
+        type Error = String;
+
+        fn set_underlay(&mut self, underlay: Option<Ipv4Addr>) -> Result<(), String> {
+            self.calls += 1;
+            if self.fail_underlay {
+                return Err("refused".into());
+            }
+            self.underlay = underlay;
+            Ok(())
+        }
+
+        fn add_prefix(&mut self, prefix: Prefix) -> Result<(), String> {
+            self.calls += 1;
+            if self.fail.contains(&prefix) {
+                return Err("map full".into());
+            }
+            self.prefixes.insert(prefix);
+            Ok(())
+        }
+
+        fn remove_prefix(&mut self, prefix: Prefix) -> Result<(), String> {
+            self.calls += 1;
+            if self.fail.contains(&prefix) {
+                return Err("refused".into());
+            }
+            self.prefixes.remove(&prefix);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn ownership_is_the_underlay_and_every_local_endpoint_address() {
+        let mut t = tables();
+        assert_eq!(UplinkOwnership::from_tables(&t), UplinkOwnership::default());
+
+        Arc::make_mut(&mut t.node).underlay_ipv4 = Some(Ipv4Addr::new(192, 0, 2, 1));
+        let eps = Arc::make_mut(&mut t.endpoints);
+        eps.upsert(endpoint(1, Some(v4(11)), None)).unwrap();
+        eps.upsert(endpoint(2, Some(v4(12)), Some(v6(12)))).unwrap();
+        eps.upsert(endpoint(3, None, Some(v6(13)))).unwrap();
+        let own = UplinkOwnership::from_tables(&t);
+        assert_eq!(own.underlay_ipv4, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        let expected: BTreeSet<Prefix> = [host(v4(11)), host(v4(12)), host(v6(12)), host(v6(13))]
+            .into_iter()
+            .collect();
+        assert_eq!(own.prefixes, expected);
+        assert!(own
+            .prefixes
+            .iter()
+            .all(|p| p.prefix_len() == 32 || p.prefix_len() == 128));
+    }
+
+    #[test]
+    fn reconciling_applies_only_the_difference() {
+        let mut maps = FakeMaps::default();
+        let mut r = Reconciler::default();
+        let mut want = UplinkOwnership {
+            underlay_ipv4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            prefixes: [host(v4(1)), host(v4(2)), host(v6(1))]
+                .into_iter()
+                .collect(),
+        };
+        let report = r.reconcile(&want, &mut maps);
+        assert_eq!(report.added, 3);
+        assert_eq!(report.underlay_changed, Some(want.underlay_ipv4));
+        assert_eq!(maps.calls, 4);
+        assert_eq!(maps.prefixes, want.prefixes);
+        assert!(r.is_in_step(&want));
+
+        // The same again: no call at all.
+        assert!(r.reconcile(&want, &mut maps).is_empty());
+        assert_eq!(maps.calls, 4);
+
+        // One pod gone, one new: exactly two calls; the underlay is untouched.
+        want.prefixes.remove(&host(v4(2)));
+        want.prefixes.insert(host(v4(3)));
+        let report = r.reconcile(&want, &mut maps);
+        assert_eq!((report.added, report.removed), (1, 1));
+        assert_eq!(report.underlay_changed, None);
+        assert_eq!(maps.calls, 6);
+        assert_eq!(maps.prefixes, want.prefixes);
+
+        // Back to nothing.
+        let report = r.reconcile(&UplinkOwnership::default(), &mut maps);
+        assert_eq!(report.removed, 3);
+        assert_eq!(report.underlay_changed, Some(None));
+        assert!(maps.prefixes.is_empty() && maps.underlay.is_none());
+    }
+
+    #[test]
+    fn failed_operations_are_retried_and_nothing_else() {
+        let mut maps = FakeMaps {
+            fail: [host(v4(2))].into_iter().collect(),
+            fail_underlay: true,
+            ..FakeMaps::default()
+        };
+        let mut r = Reconciler::default();
+        let want = UplinkOwnership {
+            underlay_ipv4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            prefixes: [host(v4(1)), host(v4(2))].into_iter().collect(),
+        };
+        let report = r.reconcile(&want, &mut maps);
+        assert_eq!(report.added, 1);
+        assert_eq!(report.failures.len(), 2, "{:?}", report.failures);
+        assert!(
+            report.failures[0].contains("10.1.0.2/32"),
+            "{:?}",
+            report.failures
+        );
+        assert!(
+            report.failures[1].contains("192.0.2.1"),
+            "{:?}",
+            report.failures
+        );
+        assert!(!r.is_in_step(&want));
+        assert_eq!(r.applied().prefixes.len(), 1);
+
+        maps.fail.clear();
+        maps.fail_underlay = false;
+        let calls = maps.calls;
+        let report = r.reconcile(&want, &mut maps);
+        assert!(report.failures.is_empty());
+        assert_eq!(report.added, 1);
+        assert_eq!(
+            maps.calls - calls,
+            2,
+            "only the two failed operations again"
+        );
+        assert!(r.is_in_step(&want));
+        assert_eq!(maps.prefixes, want.prefixes);
+    }
+
+    #[test]
+    fn a_failed_removal_stays_applied_and_is_retried() {
+        let mut maps = FakeMaps::default();
+        let mut r = Reconciler::default();
+        let one = UplinkOwnership {
+            underlay_ipv4: None,
+            prefixes: [host(v4(1))].into_iter().collect(),
+        };
+        r.reconcile(&one, &mut maps);
+        maps.fail.insert(host(v4(1)));
+        let report = r.reconcile(&UplinkOwnership::default(), &mut maps);
+        assert_eq!(report.removed, 0);
+        assert_eq!(report.failures.len(), 1);
+        assert!(r.applied().prefixes.contains(&host(v4(1))));
+        maps.fail.clear();
+        assert_eq!(
+            r.reconcile(&UplinkOwnership::default(), &mut maps).removed,
+            1
+        );
+        assert!(maps.prefixes.is_empty());
+    }
+
+    #[test]
+    fn the_description_says_what_changed_and_what_failed() {
+        let applied = UplinkOwnership {
+            underlay_ipv4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            prefixes: [host(v4(1))].into_iter().collect(),
+        };
+        let report = ReconcileReport {
+            underlay_changed: Some(applied.underlay_ipv4),
+            added: 1,
+            removed: 0,
+            failures: vec!["adding owned prefix 10.1.0.2/32: map full".into()],
+        };
+        let line = describe(&report, &applied);
+        assert!(line.contains("192.0.2.1"), "{line}");
+        assert!(line.contains("1 owned prefixes (+1 -0)"), "{line}");
+        assert!(line.contains("retried"), "{line}");
+        assert!(line.contains("map full"), "{line}");
+    }
+
+    /// The watcher with fake maps: it follows endpoint and node changes, ignores unrelated
+    /// publications, and stops on the flag.
+    #[test]
+    fn the_watcher_follows_published_tables_and_stops_on_shutdown() {
+        let handle = TablesHandle::new(tables());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let maps = Arc::new(Mutex::new((FakeMaps::default(), 0usize)));
+        let watcher = {
+            let (handle, shutdown, maps) =
+                (handle.clone(), Arc::clone(&shutdown), Arc::clone(&maps));
+            std::thread::spawn(move || {
+                let mut fake = FakeMaps::default();
+                sync_uplink(
+                    &handle,
+                    &mut fake,
+                    &shutdown,
+                    Duration::from_millis(1),
+                    |_, _| {},
+                );
+                let calls = fake.calls;
+                *maps.lock().unwrap() = (fake, calls);
+            })
+        };
+        handle
+            .update(|t| {
+                Arc::make_mut(&mut t.node).underlay_ipv4 = Some(Ipv4Addr::new(192, 0, 2, 1));
+                Arc::make_mut(&mut t.endpoints).upsert(endpoint(1, Some(v4(11)), Some(v6(11))))
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // An unrelated publication (the ipcache) reconciles nothing.
+        handle
+            .update(|t| {
+                Arc::make_mut(&mut t.ipcache).upsert(
+                    Prefix::host(IpAddr::V4(v4(99))),
+                    crate::tables::ipcache::IpCacheEntry::local(Identity(7)),
+                );
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        handle
+            .update(|t| {
+                Arc::make_mut(&mut t.endpoints).remove(EndpointId(1));
+                Arc::make_mut(&mut t.endpoints).upsert(endpoint(2, Some(v4(12)), None))
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        shutdown.store(true, Ordering::Relaxed);
+        watcher.join().unwrap();
+        let (fake, calls) = &*maps.lock().unwrap();
+        assert_eq!(fake.underlay, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(fake.prefixes, [host(v4(12))].into_iter().collect());
+        assert_eq!(
+            *calls,
+            1 + 2 + 2 + 1,
+            "underlay, +2, then -2 +1: nothing more"
+        );
+    }
+}
