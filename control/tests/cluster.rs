@@ -20,6 +20,9 @@
 //!   before and after pod traffic (the uplink's XDP program takes only what the dataplane owns);
 //! - pod -> pod on other nodes and on the same node: ping, TCP echo, UDP request/response, over
 //!   IPv4 and (tunnels) IPv6; a 100 MB TCP transfer across nodes with its checksum compared;
+//! - MTU: pods get an MTU with room for the encapsulation (from their agent, in etcd); a pod
+//!   whose interface claims more sends a full-size datagram with DF and its kernel learns the
+//!   path MTU from the dataplane's ICMP "too big" error;
 //! - a service VIP with backends on the two other nodes, SNAT then DSR: both answer;
 //! - a NetworkPolicy on a node-2 pod admitting one node-1 pod: that pod connects, the other
 //!   node-1 pod is refused, decided on node 2 (from the VNI in tunnels, the ipcache natively).
@@ -458,7 +461,9 @@ impl Cluster {
         for (pod, record) in self.pods.iter_mut().zip(records) {
             pod.v4 = record["ipv4"].as_str().unwrap().parse().unwrap();
             pod.v6 = record["ipv6"].as_str().map(|a| a.parse().unwrap());
-            let mtu = record["mtu"].as_u64().unwrap_or(1400);
+            let mtu = record["mtu"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("the agent wrote no mtu for pod {}: {record}", pod.name));
             configure_pod(pod, self.mode, mtu);
         }
     }
@@ -873,6 +878,67 @@ fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'stat
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
+/// A UDP datagram of `len` bytes of payload with DF set (path MTU discovery "do"), sent twice
+/// from `from` to `to` 300 ms apart; returns the second send's error (EMSGSIZE once an ICMP
+/// "too big" lowered the route's path MTU) and the socket's `IP_MTU` / `IPV6_MTU` then.
+fn udp_df_twice(from: &Pod, to: IpAddr, len: usize) -> (Option<i32>, i32) {
+    in_pod(from, move || {
+        use std::os::fd::AsRawFd;
+        let any: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let sock = UdpSocket::bind(any).unwrap();
+        sock.connect(SocketAddr::new(to, UDP_PORT)).unwrap();
+        let (level, opt, val, mtu_opt) = if to.is_ipv4() {
+            (
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DO,
+                libc::IP_MTU,
+            )
+        } else {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DO,
+                libc::IPV6_MTU,
+            )
+        };
+        let fd = sock.as_raw_fd();
+        // SAFETY: setsockopt on a socket we own with an int option value that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt PMTUDISC_DO");
+        let payload = vec![0x5au8; len];
+        sock.send(&payload)
+            .expect("the first oversized send leaves the pod");
+        thread::sleep(Duration::from_millis(300));
+        let second = sock.send(&payload).err().and_then(|e| e.raw_os_error());
+        let mut mtu: libc::c_int = 0;
+        let mut mtu_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into an int we own, with its size.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                mtu_opt,
+                (&mut mtu as *mut libc::c_int).cast(),
+                &mut mtu_len,
+            )
+        };
+        (second, mtu)
+    })
+}
+
 // ---- the scenario ------------------------------------------------------------------------------
 
 fn pod_to_pod(c: &Cluster) {
@@ -894,6 +960,43 @@ fn pod_to_pod(c: &Cluster) {
             must(&format!("UDP {what}"), || udp_request(from, addr));
         }
     }
+}
+
+/// A pod whose interface says 1500 (more than the tunnel leaves) sends a full-size datagram
+/// with DF to a pod on another node: the dataplane answers ICMP "fragmentation needed" /
+/// "packet too big" with the pod MTU, and the pod's kernel lowers the route's path MTU.
+fn too_big_gets_icmp(c: &Cluster) {
+    let (from, to) = (c.pod("n1b"), c.pod("n2b"));
+    let want = c
+        .get(&format!("endpoints/{NAMESPACE}/{}", from.name))
+        .and_then(|r| r["mtu"].as_i64())
+        .unwrap();
+    ip_in(&from.netns, &["link", "set", "eth0", "mtu", "1500"]);
+    for addr in to.addrs(c.mode.ipv6()) {
+        let header = if addr.is_ipv4() { 28 } else { 48 };
+        let sent_before = c.counters(1)["counters"]["icmp_too_big_sent"]
+            .as_u64()
+            .unwrap_or(0);
+        let (second, mtu) = udp_df_twice(from, addr, 1500 - header);
+        assert_eq!(
+            second,
+            Some(libc::EMSGSIZE),
+            "{addr}: the second oversized send should fail with EMSGSIZE once the ICMP error \
+             lowered the path MTU (socket MTU now {mtu})"
+        );
+        assert_eq!(i64::from(mtu), want, "{addr}: the path MTU the pod learnt");
+        let sent_after = c.counters(1)["counters"]["icmp_too_big_sent"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            sent_after > sent_before,
+            "node 1 counted no ICMP too-big error"
+        );
+    }
+    ip_in(
+        &from.netns,
+        &["link", "set", "eth0", "mtu", &want.to_string()],
+    );
 }
 
 fn bulk(c: &Cluster) {
@@ -1013,6 +1116,7 @@ fn run(mode: Mode) {
     check_host_traffic(&c, "dataplanes running, no pod traffic yet");
     c.start_servers();
     pod_to_pod(&c);
+    too_big_gets_icmp(&c);
     bulk(&c);
     services(&c);
     policy(&c);
