@@ -12,9 +12,10 @@ step "install dependencies"
 # clang/llvm/libelf/zlib/pkg-config/m4: the XDP program and libxdp-sys (xsk-rs); libpcap-dev:
 # libxdp's configure script refuses to run without pcap headers; protobuf: etcd-client's build;
 # etcd-server: the real etcd the control tests start on loopback; iputils-ping: `ping` between
-# pods in dataplane/tests/daemon.rs.
+# pods in dataplane/tests/daemon.rs; tshark (dumpcap) and ethtool: control/tests/cluster.rs decodes
+# the tunnel frames and sets up a Linux VXLAN/Geneve device as a fourth node.
 scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iputils-ping \
-  protobuf-compiler libprotobuf-dev etcd-server
+  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
