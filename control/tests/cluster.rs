@@ -1,5 +1,5 @@
 //! A cluster from etcd alone: three nodes on a bridged underlay, each with its own
-//! `flagella-dataplane` (in the node's namespace) and `flagella-control`, two dual-stack pods per
+//! `flagella-dataplane` (in the node's namespace) and `flagella-control`, three dual-stack pods per
 //! node, and nothing pushed to a dataplane or configured by hand: the nodes, the pods (the CNI
 //! way: an endpoint without addresses, which the node's agent allocates) and the policies are
 //! written to a real etcd; next hops come from the kernel.
@@ -9,7 +9,7 @@
 //!               ┌─────────────────────────┼─────────────────────────┐
 //!  fcl-<pid>-<m>-n1 eth0 .1      fcl-<pid>-<m>-n2 eth0 .2      fcl-<pid>-<m>-n3 eth0 .3
 //!   flagella-dataplane            flagella-dataplane            flagella-dataplane
-//!   pods a, b (10.81.<m>.0/24,    pods a, b (10.82.<m>.0/24,    pods a, b (10.83.<m>.0/24,
+//!   pods a-c (10.81.<m>.0/24,    pods a-c (10.82.<m>.0/24,    pods a-c (10.83.<m>.0/24,
 //!              fd81:<m>::/64)                fd82:<m>::/64)                fd83:<m>::/64)
 //!  root namespace: etcd (loopback), one flagella-control per node (Unix sockets)
 //! ```
@@ -74,7 +74,7 @@ const BULK_BYTES: usize = 100 << 20;
 /// How long something that should work may take to show it (ARP, a publication).
 const CONVERGE: Duration = Duration::from_secs(20);
 const NODES: u8 = 3;
-const PODS: [&str; 2] = ["a", "b"];
+const PODS: [&str; 3] = ["a", "b", "c"];
 
 /// One cluster at a time: three busy dataplanes already share this machine's cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -1354,6 +1354,7 @@ fn run(mode: Mode) {
         Err(reason) => return eprintln!("SKIPPED: {reason}"),
     };
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let prefix = format!("fcl-{}-{}", std::process::id(), mode.index());
     let mut c = Cluster::start(mode, &bin);
     c.wait_next_hops();
     check_host_traffic(&c, "dataplanes running, no pod traffic yet");
@@ -1374,6 +1375,28 @@ fn run(mode: Mode) {
     if mode == Mode::Vxlan {
         peer_mac_change(&mut c);
         check_host_traffic(&c, "after node 3's uplink was recreated");
+    }
+    let pids: Vec<u32> = c
+        .nodes
+        .iter()
+        .flat_map(|n| [n.dataplane.pid(), n.control.pid()])
+        .flatten()
+        .collect();
+    drop(c);
+    assert_torn_down(&prefix, &pids);
+}
+
+/// Nothing of the run is left: no namespace with its prefix, no process it started.
+fn assert_torn_down(prefix: &str, pids: &[u32]) {
+    let left = run_ip(&["netns", "list"]).unwrap_or_default();
+    let ours: Vec<&str> = left.lines().filter(|l| l.starts_with(prefix)).collect();
+    assert!(ours.is_empty(), "namespaces left behind: {ours:?}");
+    for pid in pids {
+        let alive = Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
+        assert!(!alive, "process {pid} is still running");
     }
 }
 
