@@ -952,6 +952,7 @@ fn pod_to_pod(c: &Cluster) {
         ("n1a", "n2a"),
         ("n1a", "n3b"),
         ("n2b", "n3a"),
+        ("n3c", "n2c"),
         ("n1a", "n1b"),
     ];
     for (from, to) in pairs {
