@@ -334,11 +334,14 @@ for pod in "${PODS[@]}"; do
     --labels "app=$pod" --interface "${VETH[$pod]}" --ifindex "$ifindex" --mac "$mac" \
     --wait 10) || { echo "$out"; fail "flagella endpoint create $pod failed"; }
   echo "$out"
-  PODIP[$pod]=$(echo "$out" | awk 'END {print $NF}')
+  PODIP[$pod]=$(echo "$out" | grep -oE '10\.81\.0\.[0-9]+' | tail -n 1)
+  mtu=$(echo "$out" | grep -oE 'mtu [0-9]+' | awk '{print $2}')
   [[ "${PODIP[$pod]}" == 10.81.0.* ]] || fail "no address from IPAM for $pod"
+  [ -n "$mtu" ] || fail "no MTU from the agent for $pod"
+  ip -n "$ns" link set eth0 mtu "$mtu"
   ip -n "$ns" addr add "${PODIP[$pod]}/32" dev eth0
   ip -n "$ns" route add default via "$GATEWAY3" dev eth0 onlink
-  say "  eth0 of $ns: ${PODIP[$pod]}/32, default via $GATEWAY3 (onlink)"
+  say "  eth0 of $ns: ${PODIP[$pod]}/32, MTU $mtu, default via $GATEWAY3 (onlink)"
 done
 
 # Asks the dataplane over its control socket: `drops REASON` prints that drop counter;
