@@ -26,6 +26,7 @@ fi
 
 header() { printf '\n==== %s\n' "$*"; }
 say() { printf '  %s\n' "$*"; }
+fail() { echo "demo.sh: $*" >&2; exit 1; }
 
 header "installing what the build needs"
 # As scripts/test.sh: the XDP program (clang, llvm, libelf, zlib) and libxdp (m4, pkg-config,
@@ -42,6 +43,40 @@ header "building (release)"
 # agent flagella-control and the flagella CLI (part 3).
 cargo build --release --locked -p dataplane --features dataplane/afxdp -p control \
   --example node_demo --bin flagella-dataplane --bin flagella-control --bin flagella
+
+# A TCP client in namespace NS: one line saying what happened. `--retry`: a connection that must
+# work (its first SYN may wait for ARP or the agent's last push) is retried for up to 10 s.
+tcp_connect() { # [--retry] NS LABEL DST-IP PORT
+  local tries=1
+  if [ "$1" = "--retry" ]; then tries=15; shift; fi
+  ip netns exec "$1" python3 - "$2" "$3" "$4" "$tries" <<'PY'
+import socket, sys, time
+label, dst, port, tries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for attempt in range(tries):
+    try:
+        s = socket.create_connection((dst, port), timeout=2 if tries == 1 else 0.5)
+        print(f"  {label}: connected, server said: {s.recv(100).decode().strip()!r}")
+        sys.exit(0)
+    except socket.timeout:
+        error = "no answer within 2 s (the SYN was dropped)"
+    except OSError as e:
+        error = f"failed: {e}"
+    time.sleep(0.2)
+print(f"  {label}: {error}")
+sys.exit(1)
+PY
+}
+# A TCP server in namespace NS on IP:PORT that greets each client with NAME, in the background
+# ($! is its PID).
+tcp_hello_server() { # NS IP PORT NAME
+  ip netns exec "$1" python3 -c "
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()
+while True:
+    c, peer = s.accept(); c.sendall(f'hello {peer[0]}, this is {sys.argv[3]}\\n'.encode()); c.close()
+" "$2" "$3" "$4" &
+}
 
 header "part 1: the pipeline as a library, on frames built in memory"
 target/release/examples/node_demo
@@ -97,21 +132,6 @@ sys.exit(0 if ok else 1)
 PY
 ctl() { python3 "$TMP/ctl.py" "$SOCK" "$@"; }
 
-# A TCP client in a pod: prints what happened in one line.
-connect_from() { # pod-namespace label destination
-  ip netns exec "$1" python3 - "$2" "$3" "$PORT" <<'PY'
-import socket, sys
-label, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-try:
-    s = socket.create_connection((dst, port), timeout=2)
-    print(f"  {label}: connected, server said: {s.recv(100).decode().strip()!r}")
-except socket.timeout:
-    print(f"  {label}: no answer within 2 s (the SYN was dropped)")
-except OSError as e:
-    print(f"  {label}: failed: {e}")
-PY
-}
-
 header "building the node: namespace $NODE and three pods"
 ip netns add "$NODE"; NAMESPACES+=("$NODE")
 ip -n "$NODE" link set lo up
@@ -153,22 +173,16 @@ for i in 1 2 3; do
 done
 
 header "pod1 -> pod2 TCP, no policy: allowed"
-ip netns exec "$NODE-p2" python3 -c "
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('${IP[2]}', $PORT)); s.listen()
-while True:
-    c, peer = s.accept(); c.sendall(f'hello {peer[0]}, this is pod2\n'.encode()); c.close()
-" &
+tcp_hello_server "$NODE-p2" "${IP[2]}" "$PORT" pod2
 SERVER_PID=$!
 sleep 0.5
 say "pod2 listens on ${IP[2]}:$PORT"
-connect_from "$NODE-p1" "pod1 -> pod2" "${IP[2]}"
+tcp_connect --retry "$NODE-p1" "pod1 -> pod2" "${IP[2]}" "$PORT" || fail "pod1 -> pod2 should connect"
 
 header "policy: pod2 admits pod3 on tcp/$PORT and nothing else (pod1 is now denied)"
 ctl "{\"op\":\"policy.update\",\"endpoint\":2,\"direction\":\"ingress\",\"enforced\":true,\"add\":[{\"identity\":1003,\"proto\":\"tcp\",\"port\":$PORT,\"action\":\"allow\"}]}"
-connect_from "$NODE-p1" "pod1 -> pod2" "${IP[2]}"
-connect_from "$NODE-p3" "pod3 -> pod2" "${IP[2]}"
+tcp_connect "$NODE-p1" "pod1 -> pod2" "${IP[2]}" "$PORT" && fail "pod1 -> pod2 should be refused"
+tcp_connect --retry "$NODE-p3" "pod3 -> pod2" "${IP[2]}" "$PORT" || fail "pod3 -> pod2 should connect"
 sleep 0.3 # status lags the workers by one counter publication
 say "drops counted as policy_denied_ingress: $(ctl --get counters.drops.policy_denied_ingress '{"op":"status"}')"
 
@@ -237,7 +251,6 @@ trap cleanup3 EXIT
 TMP="$(mktemp -d /tmp/flg-demo.XXXXXX)"
 SOCK="$TMP/dataplane.sock"
 
-fail() { echo "demo.sh: $*" >&2; exit 1; }
 
 # `flagella ARGS`: shows the command as a user types it, then its output, indented.
 flagella() {
@@ -257,27 +270,34 @@ wait_until() { # TENTHS ARGS...
   return 1
 }
 
-header "starting etcd (loopback, free ports, data in $TMP/etcd)"
-read -r CLIENT_PORT PEER_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])')
-ETCD_URL="http://127.0.0.1:$CLIENT_PORT"
-PEER_URL="http://127.0.0.1:$PEER_PORT"
-/usr/bin/etcd --name=flg-demo --data-dir="$TMP/etcd" \
-  --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
-  --listen-peer-urls="$PEER_URL" --initial-advertise-peer-urls="$PEER_URL" \
-  --initial-cluster="flg-demo=$PEER_URL" --logger=zap --log-level=warn >"$TMP/etcd.log" 2>&1 &
-PIDS+=($!)
-WHAT[$!]=etcd
 etcd_healthy() {
   python3 -c '
 import sys, urllib.request
 body = urllib.request.urlopen(sys.argv[1] + "/health", timeout=1).read()
 sys.exit(0 if b"\"health\":\"true\"" in body else 1)' "$ETCD_URL"
 }
-wait_until 200 etcd_healthy || fail "etcd did not become healthy within 20 s"
+
+# A private etcd (parts 3 and 4): free loopback ports, data in $TMP/etcd; sets ETCD_URL.
+start_etcd() { # NAME
+  local client_port peer_port peer_url
+  read -r client_port peer_port < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+  ETCD_URL="http://127.0.0.1:$client_port"
+  peer_url="http://127.0.0.1:$peer_port"
+  /usr/bin/etcd --name="$1" --data-dir="$TMP/etcd" \
+    --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
+    --listen-peer-urls="$peer_url" --initial-advertise-peer-urls="$peer_url" \
+    --initial-cluster="$1=$peer_url" --logger=zap --log-level=warn >"$TMP/etcd.log" 2>&1 &
+  PIDS+=($!)
+  WHAT[$!]=etcd
+  wait_until 200 etcd_healthy || fail "etcd did not become healthy within 20 s"
+}
+
+header "starting etcd (loopback, free ports, data in $TMP/etcd)"
+start_etcd flg-demo
 say "etcd $(/usr/bin/etcd --version | awk 'NR == 1 {print $3}') answers on $ETCD_URL (PID ${PIDS[-1]})"
 
 header "the cluster's objects: a namespace, and this node with its pod CIDR"
@@ -377,37 +397,14 @@ header "what the cluster knows: endpoints and their security identities"
 flagella endpoint list
 flagella identity list
 
-# A TCP client in a pod: one line saying what happened. `--retry`: a connection that must work
-# (its first SYN may wait for ARP or the agent's last push) is retried for up to 10 s.
 connect3() { # [--retry] FROM-POD TO-POD
-  local tries=1
-  if [ "$1" = "--retry" ]; then tries=15; shift; fi
-  ip netns exec "$NODE3-$1" python3 - "$1 -> $2" "${PODIP[$2]}" "$PORT" "$tries" <<'PY'
-import socket, sys, time
-label, dst, port, tries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for attempt in range(tries):
-    try:
-        s = socket.create_connection((dst, port), timeout=2 if tries == 1 else 0.5)
-        print(f"  {label}: connected, server said: {s.recv(100).decode().strip()!r}")
-        sys.exit(0)
-    except socket.timeout:
-        error = "no answer within 2 s (the SYN was dropped)"
-    except OSError as e:
-        error = f"failed: {e}"
-    time.sleep(0.2)
-print(f"  {label}: {error}")
-sys.exit(1)
-PY
+  local retry=()
+  if [ "$1" = "--retry" ]; then retry=(--retry); shift; fi
+  tcp_connect "${retry[@]}" "$NODE3-$1" "$1 -> $2" "${PODIP[$2]}" "$PORT"
 }
 
 header "reports -> backend TCP, no policy: allowed"
-ip netns exec "$NODE3-backend" python3 -c "
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('${PODIP[backend]}', $PORT)); s.listen()
-while True:
-    c, peer = s.accept(); c.sendall(f'hello {peer[0]}, this is backend\n'.encode()); c.close()
-" &
+tcp_hello_server "$NODE3-backend" "${PODIP[backend]}" "$PORT" backend
 PIDS+=($!)
 WHAT[$!]="backend's TCP server"
 sleep 0.5
@@ -494,20 +491,7 @@ NAMESPACES=()
 TMP="$(mktemp -d /tmp/flg-demo.XXXXXX)"
 
 header "starting a fresh etcd for the cluster (loopback)"
-read -r CLIENT_PORT PEER_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])')
-ETCD_URL="http://127.0.0.1:$CLIENT_PORT"
-PEER_URL="http://127.0.0.1:$PEER_PORT"
-/usr/bin/etcd --name=flg-demo4 --data-dir="$TMP/etcd" \
-  --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
-  --listen-peer-urls="$PEER_URL" --initial-advertise-peer-urls="$PEER_URL" \
-  --initial-cluster="flg-demo4=$PEER_URL" --logger=zap --log-level=warn >"$TMP/etcd.log" 2>&1 &
-PIDS+=($!)
-WHAT[$!]=etcd
-wait_until 200 etcd_healthy || fail "etcd did not become healthy within 20 s"
+start_etcd flg-demo4
 say "etcd answers on $ETCD_URL (PID ${PIDS[-1]})"
 
 header "the underlay: a bridge in $C4-u; node-1 is 10.84.0.1, node-2 is 10.84.0.2 (eth0 each)"
@@ -612,36 +596,15 @@ host_ping() {
 header "the hosts keep their own network: the uplink's XDP program takes only tunnel traffic"
 host_ping "dataplanes running"
 
-ip netns exec "$C4-n2-backend" python3 -c "
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('${PODIP4[backend]}', $PORT4)); s.listen()
-while True:
-    c, peer = s.accept(); c.sendall(f'hello {peer[0]}, this is backend on node-2\n'.encode()); c.close()
-" &
+tcp_hello_server "$C4-n2-backend" "${PODIP4[backend]}" "$PORT4" "backend on node-2"
 PIDS+=($!)
 WHAT[$!]="backend's TCP server"
 sleep 0.5
 
 connect4() { # [--retry] FROM-POD TO-POD
-  local tries=1
-  if [ "$1" = "--retry" ]; then tries=15; shift; fi
-  ip netns exec "$C4-n${NODE_OF[$1]}-$1" python3 - "$1 -> $2" "${PODIP4[$2]}" "$PORT4" "$tries" <<'PY'
-import socket, sys, time
-label, dst, port, tries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for attempt in range(tries):
-    try:
-        s = socket.create_connection((dst, port), timeout=2 if tries == 1 else 0.5)
-        print(f"  {label}: connected, server said: {s.recv(100).decode().strip()!r}")
-        sys.exit(0)
-    except socket.timeout:
-        error = "no answer within 2 s (the SYN was dropped)"
-    except OSError as e:
-        error = f"failed: {e}"
-    time.sleep(0.2)
-print(f"  {label}: {error}")
-sys.exit(1)
-PY
+  local retry=()
+  if [ "$1" = "--retry" ]; then retry=(--retry); shift; fi
+  tcp_connect "${retry[@]}" "$C4-n${NODE_OF[$1]}-$1" "$1 -> $2" "${PODIP4[$2]}" "$PORT4"
 }
 header "cross-node TCP: frontend and reports (node-1) -> backend (node-2), over VXLAN"
 connect4 --retry frontend backend || fail "frontend -> backend across nodes should connect"
