@@ -45,7 +45,7 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
 };
@@ -58,6 +58,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::net::{ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNs, Proc};
+use common::traffic::{self, dataplane_request, echo, tcp_server};
 use common::Etcd;
 use control::store::Store;
 use serde_json::{json, Value};
@@ -475,18 +476,7 @@ impl Cluster {
 
     /// One request to node `n`'s dataplane; the reply must be ok.
     fn dataplane(&self, n: u8, request: Value) -> Value {
-        let stream = UnixStream::connect(&self.node(n).socket).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut line = request.to_string();
-        line.push('\n');
-        (&stream).write_all(line.as_bytes()).unwrap();
-        let mut reply = String::new();
-        BufReader::new(&stream).read_line(&mut reply).unwrap();
-        let v: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("`{reply}`: {e}"));
-        assert_eq!(v["ok"], true, "{request} -> {v}");
-        v
+        dataplane_request(&self.node(n).socket, &request)
     }
 
     fn next_hops(&self, n: u8) -> Value {
@@ -536,17 +526,24 @@ impl Cluster {
         let v6 = self.mode.ipv6();
         for pod in &self.pods {
             for addr in pod.addrs(v6) {
-                self.servers
-                    .push(tcp_server(pod, addr, ECHO_PORT, &stop, echo));
-                self.servers
-                    .push(tcp_server(pod, addr, BULK_PORT, &stop, bulk_sink));
+                self.servers.push(tcp_server(
+                    &pod.netns,
+                    SocketAddr::new(addr, ECHO_PORT),
+                    &stop,
+                    echo,
+                ));
+                self.servers.push(tcp_server(
+                    &pod.netns,
+                    SocketAddr::new(addr, BULK_PORT),
+                    &stop,
+                    bulk_sink,
+                ));
                 self.servers.push(udp_echo(pod, addr, &stop));
             }
             let name = pod.name.clone();
             self.servers.push(tcp_server(
-                pod,
-                IpAddr::V4(pod.v4),
-                NAME_PORT,
+                &pod.netns,
+                SocketAddr::new(IpAddr::V4(pod.v4), NAME_PORT),
                 &stop,
                 move |mut s| {
                     let _ = s.write_all(name.as_bytes());
@@ -600,52 +597,6 @@ fn configure_pod(pod: &Pod, mode: Mode, mtu: u64) {
 }
 
 // ---- servers and clients in pods ---------------------------------------------------------------
-
-fn tcp_server(
-    pod: &Pod,
-    addr: IpAddr,
-    port: u16,
-    stop: &Arc<AtomicBool>,
-    serve: impl Fn(TcpStream) + Clone + Send + 'static,
-) -> thread::JoinHandle<()> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let stop = Arc::clone(stop);
-    let handle = spawn_in(&pod.netns, move || {
-        let listener = TcpListener::bind(SocketAddr::new(addr, port)).expect("bind in the pod");
-        listener.set_nonblocking(true).expect("nonblocking");
-        ready_tx.send(()).expect("ready");
-        while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nonblocking(false);
-                    let serve = serve.clone();
-                    thread::spawn(move || serve(stream));
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
-    });
-    ready_rx.recv().expect("server ready");
-    handle
-}
-
-fn echo(mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
 
 /// FNV-1a over a byte stream, 64 bits.
 #[derive(Clone, Copy)]
@@ -708,23 +659,7 @@ fn in_pod<T: Send + 'static>(pod: &Pod, f: impl FnOnce() -> T + Send + 'static) 
 
 /// A TCP echo of 16 KiB from `from` to `to:ECHO_PORT`.
 fn tcp_echo(from: &Pod, to: IpAddr, timeout: Duration) -> Result<(), String> {
-    in_pod(from, move || {
-        let addr = SocketAddr::new(to, ECHO_PORT);
-        let mut s =
-            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        let sent: Vec<u8> = (0..16usize << 10)
-            .map(|i| (i * 7 + i / 251) as u8)
-            .collect();
-        s.write_all(&sent).map_err(|e| format!("write: {e}"))?;
-        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).map_err(|e| format!("read: {e}"))?;
-        (got == sent)
-            .then_some(())
-            .ok_or_else(|| format!("echo differs: {} bytes back", got.len()))
-    })
+    traffic::tcp_echo(&from.netns, SocketAddr::new(to, ECHO_PORT), timeout)
 }
 
 fn udp_request(from: &Pod, to: IpAddr) -> Result<(), String> {

@@ -49,17 +49,18 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::net::{ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNs, Proc};
+use common::traffic::{dataplane_request, echo, tcp_echo, tcp_server};
 use common::Etcd;
 use control::store::Store;
 use serde_json::{json, Value};
@@ -335,18 +336,7 @@ impl Harness {
 
     /// One request to the dataplane's control socket; the reply must be ok.
     fn dataplane(&self, request: Value) -> Value {
-        let stream = UnixStream::connect(&self.socket).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut line = request.to_string();
-        line.push('\n');
-        (&stream).write_all(line.as_bytes()).unwrap();
-        let mut reply = String::new();
-        BufReader::new(&stream).read_line(&mut reply).unwrap();
-        let v: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("`{reply}`: {e}"));
-        assert_eq!(v["ok"], true, "{request} -> {v}");
-        v
+        dataplane_request(&self.socket, &request)
     }
 
     /// The dataplane's endpoints, by IPv4 address.
@@ -484,68 +474,17 @@ fn wait_for(what: &str, done: impl FnMut() -> bool) {
 
 /// An echo server in `pod` on `PORT`: every connection gets its bytes back as they come.
 fn start_server(pod: &Pod, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
-    let (ready_tx, ready_rx) = mpsc::channel();
     let addr = SocketAddr::new(IpAddr::V4(pod.ip), PORT);
-    let handle = spawn_in(&pod.netns, move || {
-        let listener = TcpListener::bind(addr).expect("bind in the server pod");
-        listener.set_nonblocking(true).expect("nonblocking");
-        ready_tx.send(()).expect("ready");
-        while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    thread::spawn(move || echo(stream));
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
-    });
-    ready_rx.recv().expect("server ready");
-    handle
-}
-
-fn echo(mut stream: TcpStream) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    tcp_server(&pod.netns, addr, &stop, echo)
 }
 
 /// From `from`: a new connection to `to`, 16 KiB sent and read back intact.
 fn connect(from: &Pod, to: &Pod, timeout: Duration) -> Result<(), String> {
-    let addr = SocketAddr::new(IpAddr::V4(to.ip), PORT);
-    spawn_in(&from.netns, move || {
-        let mut s =
-            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        let sent: Vec<u8> = (0..16 << 10)
-            .map(|i: usize| (i * 7 + i / 251) as u8)
-            .collect();
-        s.write_all(&sent).map_err(|e| format!("write: {e}"))?;
-        s.shutdown(Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))?;
-        let mut got = Vec::new();
-        s.read_to_end(&mut got)
-            .map_err(|e| format!("read back: {e}"))?;
-        if got != sent {
-            return Err(format!("echo differs: {} bytes back", got.len()));
-        }
-        Ok(())
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    tcp_echo(
+        &from.netns,
+        SocketAddr::new(IpAddr::V4(to.ip), PORT),
+        timeout,
+    )
 }
 
 /// A connection that must work: retried (short timeouts) until `CONVERGE`, for the first
