@@ -40,18 +40,18 @@
 
 mod support;
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::daemon::Daemon;
 use support::{build_pods, ip_in, preflight, spawn_in, Echo, NetNsGuard, Pod, PodNamespaces};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flagella-dataplane");
@@ -109,98 +109,20 @@ fn identity_of(pod: &Pod) -> u32 {
     1000 + pod.id
 }
 
-/// A running daemon; dropping it kills it (if still running) so no test leaves one behind.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts the binary inside the node namespace and waits for its control socket.
-    fn start(topo: &Topology, run: &str) -> Daemon {
-        let socket = topo.dir.join(format!("{run}.sock"));
-        let log = topo.dir.join(format!("{run}.log"));
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &topo.node, DAEMON, "--config"])
-            .arg(topo.dir.join("dataplane.toml"))
-            .arg("--socket")
-            .arg(&socket);
-        for pod in &topo.pods {
-            cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn ip netns exec flagella-dataplane");
-        let mut daemon = Daemon { child, socket, log };
-        daemon.wait_ready();
-        daemon
+/// Starts the binary inside the node namespace on the pods' veths and waits for its control
+/// socket.
+fn start_daemon(topo: &Topology, run: &str) -> Daemon {
+    let socket = topo.dir.join(format!("{run}.sock"));
+    let log = topo.dir.join(format!("{run}.log"));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &topo.node, DAEMON, "--config"])
+        .arg(topo.dir.join("dataplane.toml"))
+        .arg("--socket")
+        .arg(&socket);
+    for pod in &topo.pods {
+        cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
     }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the daemon exited ({status}) before it was ready:\n{}",
-                    self.log_text()
-                );
-            }
-            if UnixStream::connect(&self.socket).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon's control socket did not appear:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        // `ip netns exec` execs the daemon in place, so the child's PID is the daemon's: the
-        // signals below reach it and not a wrapper.
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid())).unwrap();
-        assert!(comm.starts_with("flagella-datap"), "the child is `{comm}`");
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill takes plain integers; the PID is our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not stop in {timeout:?}:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    Daemon::start(cmd, socket, log)
 }
 
 /// A control-socket client: one request line, one reply line.
@@ -534,7 +456,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     let short = Duration::from_secs(2);
 
     // First instance: the cases in order, then SIGTERM.
-    let mut daemon = Daemon::start(&topo, "first");
+    let mut daemon = start_daemon(&topo, "first");
     assert_eq!(
         veths_with_xdp(&topo).len(),
         pods.len(),
@@ -737,7 +659,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
 
     // Second instance: SIGKILL. The kernel detaches the programs when the links' last fd
     // closes with the process.
-    let mut daemon = Daemon::start(&topo, "second");
+    let mut daemon = start_daemon(&topo, "second");
     assert_eq!(veths_with_xdp(&topo).len(), pods.len());
     daemon.signal(libc::SIGKILL);
     let status = daemon.wait_exit(Duration::from_secs(10));

@@ -34,19 +34,17 @@
 
 mod support;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{chown, PermissionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::daemon::{call, Daemon};
 use support::{build_pods, ip_in, preflight, Echo, NetNsGuard, Pod, PodNamespaces};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flagella-dataplane");
@@ -193,133 +191,39 @@ fn raise_memlock() -> Result<(), String> {
     ))
 }
 
-/// The daemon, started through `ip netns exec` and `setpriv`, both of which exec in place:
-/// the child's PID is the daemon's.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
+/// The daemon under the unit's credentials: `ip netns exec` and `setpriv`, both of which exec
+/// in place (the child's PID is the daemon's). Not waited for.
+fn spawn_daemon(topo: &Topology, uid: u32, gid: u32, caps: &[String], run: &str) -> Daemon {
+    let socket = topo.run_dir.join("dataplane.sock");
+    let log = topo.dir.join(format!("{run}.log"));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &topo.node, "setpriv"])
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg(format!("--inh-caps=-all,{}", setpriv_caps(caps, '+')))
+        .arg(format!("--ambient-caps={}", setpriv_caps(caps, '+')))
+        .arg(format!("--bounding-set=-all,{}", setpriv_caps(caps, '+')))
+        .arg("--no-new-privs")
+        .arg(DAEMON)
+        .arg("--config")
+        .arg(topo.dir.join("dataplane.toml"))
+        .arg("--socket")
+        .arg(&socket);
+    for pod in &topo.pods {
+        cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
+    }
+    Daemon::spawn(cmd, socket, log)
 }
 
-impl Daemon {
-    fn start(topo: &Topology, uid: u32, gid: u32, caps: &[String]) -> Daemon {
-        let mut daemon = Daemon::spawn(topo, uid, gid, caps, "daemon");
-        daemon.wait_ready();
-        daemon
-    }
-
-    fn spawn(topo: &Topology, uid: u32, gid: u32, caps: &[String], run: &str) -> Daemon {
-        let socket = topo.run_dir.join("dataplane.sock");
-        let log = topo.dir.join(format!("{run}.log"));
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &topo.node, "setpriv"])
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={gid}"))
-            .arg("--clear-groups")
-            .arg(format!("--inh-caps=-all,{}", setpriv_caps(caps, '+')))
-            .arg(format!("--ambient-caps={}", setpriv_caps(caps, '+')))
-            .arg(format!("--bounding-set=-all,{}", setpriv_caps(caps, '+')))
-            .arg("--no-new-privs")
-            .arg(DAEMON)
-            .arg("--config")
-            .arg(topo.dir.join("dataplane.toml"))
-            .arg("--socket")
-            .arg(&socket);
-        for pod in &topo.pods {
-            cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn ip netns exec setpriv flagella-dataplane");
-        Daemon { child, socket, log }
-    }
-
-    /// Waits for the exit (at most `timeout`).
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit within {timeout:?}:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&self.socket).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the daemon exited ({status}) under the unit's credentials:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon's control socket did not appear:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid())).unwrap();
-        assert!(comm.starts_with("flagella-datap"), "the child is `{comm}`");
-    }
-
-    /// One `Name:` line of `/proc/<pid>/status`.
-    fn proc_status(&self, field: &str) -> String {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
-            .trim()
-            .to_string()
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill takes plain integers; the PID is our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// One control request (root may open the daemon's 0600 socket), its reply.
-fn call(socket: &Path, request: Value) -> Value {
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut line = serde_json::to_vec(&request).unwrap();
-    line.push(b'\n');
-    stream.write_all(&line).unwrap();
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).unwrap();
-    let reply: Value = serde_json::from_str(&reply).unwrap();
-    assert_eq!(reply["ok"], true, "{request} -> {reply}");
-    reply
+/// One `Name:` line of `/proc/<pid>/status`.
+fn proc_status(pid: i32, field: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
+        .trim()
+        .to_string()
 }
 
 fn configure(socket: &Path, pods: &[Pod]) {
@@ -384,7 +288,7 @@ fn the_daemon_runs_with_exactly_the_units_capabilities() {
         Ok(()) => true,
         Err(why) => {
             // With exactly the unit's capabilities, the only refusal is the memlock limit.
-            let mut exact = Daemon::spawn(&topo, uid, gid, &caps, "exact-caps");
+            let mut exact = spawn_daemon(&topo, uid, gid, &caps, "exact-caps");
             let status = exact.wait_exit(Duration::from_secs(20));
             let log = exact.log_text();
             assert_eq!(status.code(), Some(2), "a preflight refusal:\n{log}");
@@ -405,26 +309,30 @@ fn the_daemon_runs_with_exactly_the_units_capabilities() {
     let mask: u64 = caps.iter().map(|c| 1u64 << cap_bit(c)).sum();
     let (a, b) = (&topo.pods[0], &topo.pods[1]);
 
-    let mut daemon = Daemon::start(&topo, uid, gid, &caps);
+    let mut daemon = spawn_daemon(&topo, uid, gid, &caps, "daemon");
+    daemon.wait_ready();
     // The credentials it really runs with.
     let hex = |v: u64| format!("{v:016x}");
     assert_eq!(
-        daemon
-            .proc_status("Uid:")
+        proc_status(daemon.pid(), "Uid:")
             .split_whitespace()
             .collect::<Vec<_>>(),
         vec![uid.to_string(); 4],
         "real, effective, saved and fs uid are {USER}'s"
     );
-    assert_eq!(daemon.proc_status("Groups:"), "", "no supplementary group");
+    assert_eq!(
+        proc_status(daemon.pid(), "Groups:"),
+        "",
+        "no supplementary group"
+    );
     for set in ["CapEff:", "CapPrm:", "CapAmb:", "CapBnd:"] {
         assert_eq!(
-            daemon.proc_status(set),
+            proc_status(daemon.pid(), set),
             hex(mask),
             "{set} is the unit's set {caps:?}"
         );
     }
-    assert_eq!(daemon.proc_status("NoNewPrivs:"), "1");
+    assert_eq!(proc_status(daemon.pid(), "NoNewPrivs:"), "1");
     let memlock = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
     assert!(
         !memlock_lifted
@@ -472,18 +380,7 @@ fn the_daemon_runs_with_exactly_the_units_capabilities() {
     );
 
     daemon.signal(libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no exit after SIGTERM:\n{}",
-            daemon.log_text()
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = daemon.wait_exit(Duration::from_secs(10));
     let log = daemon.log_text();
     eprintln!("daemon log:\n{log}");
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");

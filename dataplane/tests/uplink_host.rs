@@ -31,18 +31,16 @@
 
 mod support;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
+use support::daemon::{call, Daemon};
 use support::{add_veth, ip_in, link_facts, preflight, spawn_in, Echo, NetNsGuard};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flagella-dataplane");
@@ -106,122 +104,19 @@ fn build_topology() -> Result<Topology, String> {
     })
 }
 
-/// A running daemon; dropping it kills it (if still running) so no test leaves one behind.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts the binary inside the node namespace on the uplink, with `extra` flags, and
-    /// waits for its control socket.
-    fn start(topo: &Topology, run: &str, extra: &[&str]) -> Daemon {
-        let socket = topo.dir.join(format!("{run}.sock"));
-        let log = topo.dir.join(format!("{run}.log"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &topo.node, DAEMON, "--config"])
-            .arg(topo.dir.join("dataplane.toml"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--interface", &format!("{}=uplink", topo.uplink)])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn ip netns exec flagella-dataplane");
-        let mut daemon = Daemon { child, socket, log };
-        daemon.wait_ready();
-        daemon
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&self.socket).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the daemon exited ({status}) before it was ready:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon's control socket did not appear:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        // `ip netns exec` execs the daemon in place: the child's PID is the daemon's.
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid())).unwrap();
-        assert!(comm.starts_with("flagella-datap"), "the child is `{comm}`");
-    }
-
-    /// Waits until the daemon's log contains `text` (the uplink-sync thread logs what it
-    /// applied).
-    fn wait_log(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.log_text().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon never logged `{text}`:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> ExitStatus {
-        // SAFETY: kill takes plain integers; the PID is our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0, "kill");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not stop:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// One request line, one reply line, on a fresh connection; the reply must say `ok`.
-fn call(socket: &Path, request: Value) -> Value {
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut line = serde_json::to_vec(&request).unwrap();
-    line.push(b'\n');
-    stream.write_all(&line).unwrap();
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).unwrap();
-    let reply: Value =
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply `{reply}`: {e}"));
-    assert_eq!(reply["ok"], true, "{request} -> {reply}");
-    reply
+/// Starts the binary inside the node namespace on the uplink, with `extra` flags, and waits for
+/// its control socket.
+fn start_daemon(topo: &Topology, run: &str, extra: &[&str]) -> Daemon {
+    let socket = topo.dir.join(format!("{run}.sock"));
+    let log = topo.dir.join(format!("{run}.log"));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &topo.node, DAEMON, "--config"])
+        .arg(topo.dir.join("dataplane.toml"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--interface", &format!("{}=uplink", topo.uplink)])
+        .args(extra);
+    Daemon::start(cmd, socket, log)
 }
 
 /// Frames the dataplane's pipeline received (`status`; lags the workers by one publication).
@@ -282,7 +177,7 @@ fn has_xdp(ns: &str, dev: &str) -> bool {
 
 /// Run 1: the uplink filter on (default).
 fn filter_on(topo: &Topology) {
-    let daemon = Daemon::start(topo, "filter-on", &[]);
+    let daemon = start_daemon(topo, "filter-on", &[]);
     daemon.wait_log("uplink filter on");
     let (uplink_ifindex, uplink_mac) = link_facts(&topo.node, &topo.uplink);
     call(
@@ -343,7 +238,7 @@ fn filter_on(topo: &Topology) {
 
 /// Run 2: the uplink filter off, every IP frame to the dataplane: the host loses its traffic.
 fn filter_off(topo: &Topology) {
-    let daemon = Daemon::start(topo, "filter-off", &["--uplink-filter", "false"]);
+    let daemon = start_daemon(topo, "filter-off", &["--uplink-filter", "false"]);
     daemon.wait_log("uplink filter OFF");
     assert!(
         ping(&topo.peer, NODE_IP).is_err(),

@@ -8,6 +8,8 @@
 //! topology should stop them loudly; [`preflight`] is the one place that turns a missing
 //! capability (root, `ip`, BPF, AF_XDP) into a reason to skip instead.
 
+pub mod daemon;
+
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
