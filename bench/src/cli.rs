@@ -1,6 +1,7 @@
-//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`. Parsing only; the subcommands
-//! live in their modules. Every value a user types is validated here (sizes, flow counts,
-//! durations), so the rest of the crate can rely on the ranges stated below.
+//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`. Parsing only;
+//! the subcommands live in their modules. Every value a user types is validated here
+//! (sizes, flow counts, durations), so the rest of the crate can rely on the ranges stated
+//! below.
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -213,6 +214,10 @@ pub struct RunArgs {
     /// The flagella-dataplane binary (default: next to this one).
     #[arg(long, value_name = "PATH")]
     pub dataplane: Option<PathBuf>,
+    /// flagella-dataplane's `--idle-sleep-us`: idle workers sleep this long between passes
+    /// (0, the default: they spin, as measurements should).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub idle_sleep_us: u64,
 }
 
 #[derive(Clone, Debug, Args)]

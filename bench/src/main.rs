@@ -37,7 +37,7 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         Command::Forward(args) => {
             let m = forward::forward(args.target, args.flows, &args.run, 0)?;
             let rows = [Row {
-                target: args.target,
+                target: args.target.name(),
                 flows: args.flows,
                 result: Ok(m),
             }];
@@ -90,7 +90,7 @@ fn report(args: &ReportArgs) -> Result<(), BenchError> {
                 Err(e) => eprintln!("   failed: {e}"),
             }
             rows.push(Row {
-                target,
+                target: target.name(),
                 flows,
                 result,
             });
