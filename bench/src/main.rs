@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, generate, sink};
-use bench::{converge, forward, signals, BenchError};
+use bench::{converge, forward, signals, xnode, BenchError};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -45,6 +45,11 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             Ok(())
         }
         Command::Report(args) => report(&args),
+        Command::Xnode(args) => {
+            let text = xnode::report(&args)?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Converge(args) => {
             let before = converge::machine_notes();
             eprintln!("start: {before}");
