@@ -535,6 +535,47 @@ mod tests {
     }
 
     #[test]
+    fn xnode_defaults_and_target_alias() {
+        let Command::Xnode(x) = parse(&["xnode"]).unwrap().command else {
+            panic!("not xnode")
+        };
+        assert_eq!(x.targets, XnodeTarget::ALL.to_vec());
+        assert_eq!((x.flows, x.rounds), (vec![64], 1));
+        assert_eq!((x.node2_worker_core, x.run.idle_sleep_us), (None, 0));
+        let Command::Xnode(x) = parse(&[
+            "xnode",
+            "--target",
+            "flagella-geneve",
+            "--flows",
+            "10000",
+            "--rounds",
+            "3",
+            "--node2-worker-core",
+            "0",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not xnode")
+        };
+        assert_eq!(x.targets, vec![XnodeTarget::FlagellaGeneve]);
+        assert_eq!((x.flows, x.rounds), (vec![10000], 3));
+        assert_eq!(x.node2_worker_core, Some(0));
+        assert!(parse(&["xnode", "--target", "kernel"]).is_err());
+        assert!(parse(&["xnode", "--rounds", "0"]).is_err());
+        let names: Vec<&str> = XnodeTarget::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "kernel-vxlan",
+                "flagella-vxlan",
+                "flagella-geneve",
+                "flagella-native"
+            ]
+        );
+    }
+
+    #[test]
     fn report_lists() {
         let cli = parse(&["report"]).unwrap();
         let Command::Report(r) = cli.command else {
