@@ -1,6 +1,7 @@
-//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`. Parsing only; the subcommands
-//! live in their modules. Every value a user types is validated here (sizes, flow counts,
-//! durations), so the rest of the crate can rely on the ranges stated below.
+//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`, `xnode`. Parsing
+//! only; the subcommands live in their modules. Every value a user types is validated here
+//! (sizes, flow counts, durations), so the rest of the crate can rely on the ranges stated
+//! below.
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -55,7 +56,29 @@ pub enum Command {
     /// loading the same state. Needs root.
     #[command(after_help = CONVERGE_HELP)]
     Converge(ConvergeArgs),
+    /// Across nodes: pod A on node 1 -> pod B on node 2 over an underlay veth, through
+    /// flagella-dataplane in each node (VXLAN, Geneve, native routing) and through the
+    /// kernel's own VXLAN device, in the same run; a table per round with ratios to
+    /// kernel-vxlan.
+    #[command(after_help = XNODE_HELP)]
+    Xnode(XnodeArgs),
 }
+
+const XNODE_HELP: &str = "\
+Topology (everything carries the prefix fxn-<pid>-<n> and is removed on exit, pass or fail):
+  fxn-<pid>-<n>-a  eth0 10.81.0.11 <-veth-> node 1 (fxn-<pid>-<n>-n1) eth0 10.80.0.1/24
+                                              | underlay veth
+  fxn-<pid>-<n>-b  eth0 10.82.0.12 <-veth-> node 2 (fxn-<pid>-<n>-n2) eth0 10.80.0.2/24
+The generator runs in pod A, the sink in pod B, as for `forward`. The flagella targets run
+flagella-dataplane in each node (--interface eth0=uplink and the pod's veth) and configure it
+over its control socket (local_node with underlay_ipv4, the pod's endpoint, ipcache, the peer
+node, an egress policy on A and an ingress policy on B); next hops come from the kernel.
+
+Typical use (as root, from the workspace):
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p bench
+  sudo target/release/flagella-bench xnode --generator xdp --duration 10 --rounds 3 --markdown
+  sudo target/release/flagella-bench xnode --target flagella-geneve --flows 10000";
 
 const CONVERGE_HELP: &str = "\
 What it does, per --endpoints value (everything it creates carries the prefix fcv-<pid>-<n> and
@@ -213,6 +236,10 @@ pub struct RunArgs {
     /// The flagella-dataplane binary (default: next to this one).
     #[arg(long, value_name = "PATH")]
     pub dataplane: Option<PathBuf>,
+    /// flagella-dataplane's `--idle-sleep-us`: idle workers sleep this long between passes
+    /// (0, the default: they spin, as measurements should).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub idle_sleep_us: u64,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -240,6 +267,65 @@ pub struct ReportArgs {
     )]
     pub targets: Vec<Target>,
     /// Print the table as Markdown.
+    #[arg(long)]
+    pub markdown: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What carries pod A's traffic to pod B on the other node (`xnode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum XnodeTarget {
+    /// The kernel routes the pods' traffic through a Linux VXLAN device in each node.
+    KernelVxlan,
+    /// flagella-dataplane in each node, VXLAN between them (egress policy on A, ingress on B).
+    FlagellaVxlan,
+    /// The same over Geneve.
+    FlagellaGeneve,
+    /// The same, natively routed on the underlay (no tunnel).
+    FlagellaNative,
+}
+
+impl XnodeTarget {
+    pub const ALL: [XnodeTarget; 4] = [
+        XnodeTarget::KernelVxlan,
+        XnodeTarget::FlagellaVxlan,
+        XnodeTarget::FlagellaGeneve,
+        XnodeTarget::FlagellaNative,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            XnodeTarget::KernelVxlan => "kernel-vxlan",
+            XnodeTarget::FlagellaVxlan => "flagella-vxlan",
+            XnodeTarget::FlagellaGeneve => "flagella-geneve",
+            XnodeTarget::FlagellaNative => "flagella-native",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct XnodeArgs {
+    /// Targets, comma-separated (kernel-vxlan is always measured: the ratios need it).
+    #[arg(
+        long,
+        alias = "target",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kernel-vxlan,flagella-vxlan,flagella-geneve,flagella-native"
+    )]
+    pub targets: Vec<XnodeTarget>,
+    /// Flow counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64", value_parser = parse_flows)]
+    pub flows: Vec<u32>,
+    /// Rounds: every target once per round, in the same order, so repeated runs interleave
+    /// and each round's ratios compare runs minutes apart at most.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// CPU of node 2's dataplane worker (node 1's is --worker-core; default: the same core).
+    #[arg(long, value_name = "N")]
+    pub node2_worker_core: Option<usize>,
+    /// Print the tables as Markdown.
     #[arg(long)]
     pub markdown: bool,
     #[command(flatten)]
@@ -446,6 +532,47 @@ mod tests {
         assert!(parse(&["converge", "--endpoints", "30000"]).is_err());
         assert!(parse(&["converge", "--probe-interval-us", "5"]).is_err());
         assert!(parse(&["converge", "--iterations", "0"]).is_err());
+    }
+
+    #[test]
+    fn xnode_defaults_and_target_alias() {
+        let Command::Xnode(x) = parse(&["xnode"]).unwrap().command else {
+            panic!("not xnode")
+        };
+        assert_eq!(x.targets, XnodeTarget::ALL.to_vec());
+        assert_eq!((x.flows, x.rounds), (vec![64], 1));
+        assert_eq!((x.node2_worker_core, x.run.idle_sleep_us), (None, 0));
+        let Command::Xnode(x) = parse(&[
+            "xnode",
+            "--target",
+            "flagella-geneve",
+            "--flows",
+            "10000",
+            "--rounds",
+            "3",
+            "--node2-worker-core",
+            "0",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not xnode")
+        };
+        assert_eq!(x.targets, vec![XnodeTarget::FlagellaGeneve]);
+        assert_eq!((x.flows, x.rounds), (vec![10000], 3));
+        assert_eq!(x.node2_worker_core, Some(0));
+        assert!(parse(&["xnode", "--target", "kernel"]).is_err());
+        assert!(parse(&["xnode", "--rounds", "0"]).is_err());
+        let names: Vec<&str> = XnodeTarget::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "kernel-vxlan",
+                "flagella-vxlan",
+                "flagella-geneve",
+                "flagella-native"
+            ]
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ use crate::etcd::{Etcd, EtcdServer};
 use crate::forward::{default_dataplane, is_root, ScratchDir};
 use crate::probe::{now_ns, Probes};
 use crate::synth::{self, Cluster, ClusterSpec, IngressRules, PeerRule, RealPod};
-use crate::targets::{start_dataplane, tail, ChildGuard};
+use crate::targets::{pod_interfaces, start_dataplane, tail, ChildGuard, DataplaneLaunch};
 use crate::topo::{ip_in, run, Topology, GATEWAY, POD_A_IP, POD_B_IP};
 use crate::BenchError;
 
@@ -459,19 +459,10 @@ impl Drop for NetnsGuard {
 
 /// Where and when: UTC time, load average, CPUs, and the versions of the tools measured.
 pub fn machine_notes() -> String {
-    let first_line = |program: &str, args: &[&str]| {
-        run(program, args)
-            .ok()
-            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
-            .unwrap_or_else(|| format!("{program}: not found"))
-    };
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    use crate::machine::first_line;
     format!(
-        "{}; load average {}; nproc {}; {}; {}; {}",
-        first_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
-        load.join(" "),
-        first_line("nproc", &[]),
+        "{}; {}; {}; {}",
+        crate::machine::describe(),
         first_line("iptables", &["-V"]),
         first_line("nft", &["-v"]),
         first_line("etcd", &["--version"]),
@@ -751,7 +742,13 @@ fn with_etcd(ctx: &SizeContext, etcd: &mut Etcd, r: &mut SizeResult) -> Result<(
         control,
         ..
     } = *ctx;
-    let (_dp, socket) = start_dataplane(topo, dataplane, dir, args.worker_core, 0)?;
+    let launch = DataplaneLaunch {
+        binary: dataplane.to_path_buf(),
+        core: args.worker_core,
+        nice: 0,
+        idle_sleep_us: 0,
+    };
+    let (_dp, socket) = start_dataplane(&topo.node, &pod_interfaces(topo), &launch, dir)?;
     let t = Instant::now();
     etcd.put_many(objects)?;
     eprintln!(

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use crate::cli::{Generator, RunArgs, Target};
 use crate::cputime::CpuTime;
-use crate::targets::{parse_pmd_stats, ChildGuard, Flagella, Ovs, WorkerSample};
-use crate::topo::{rx_packets, Topology, POD_B_IP, ROUTER_MAC, SINK_PORT};
+use crate::targets::{parse_pmd_stats, ChildGuard, DataplaneLaunch, Flagella, Ovs, WorkerSample};
+use crate::topo::{exec_in, rx_packets, Pod, Topology, ROUTER_MAC, SINK_PORT};
 use crate::traffic::{monotonic_ns, parse_sample, parse_sent};
 use crate::BenchError;
 
@@ -29,7 +29,6 @@ pub const TAIL: Duration = Duration::from_millis(1000);
 /// What one run measured.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Measurement {
-    pub target: Option<Target>,
     pub flows: u32,
     /// Packets per second delivered to the sink's socket in pod B, over the window.
     pub sink_pps: f64,
@@ -38,7 +37,9 @@ pub struct Measurement {
     /// Packets per second the generator sent, over its whole run.
     pub gen_pps: f64,
     /// The forwarding thread's own time per packet over the window (flagella: busy_ns /
-    /// rx_packets; OVS: processing cycles / packet converted with the CPU clock).
+    /// rx_packets; OVS: processing cycles / packet converted with the CPU clock). With a
+    /// dataplane in each of two nodes (`xnode`): the sum of both workers' figures, the time the
+    /// path costs per packet (each worker's own is in the notes).
     pub worker_ns_per_packet: Option<f64>,
     /// The same in cycles (flagella: ns times the CPU clock; OVS: as it reports).
     pub worker_cycles_per_packet: Option<f64>,
@@ -81,10 +82,23 @@ impl Drop for ScratchDir {
     }
 }
 
-enum Running {
+/// What forwards, as far as the measurement is concerned.
+#[derive(Debug)]
+pub enum Running {
+    /// The kernel (nothing to sample).
     Kernel,
-    Flagella(Box<Flagella>),
+    /// One dataplane (`forward`), or one per node (`xnode`, node 1 first).
+    Flagella(Vec<Flagella>),
     Ovs(Box<Ovs>),
+}
+
+/// The measured path: the generator's pod, the sink's pod, and the namespaces whose links a
+/// run that delivered almost nothing describes in its notes.
+#[derive(Debug)]
+pub struct Ends<'a> {
+    pub src: &'a Pod,
+    pub dst: &'a Pod,
+    pub nodes: Vec<&'a str>,
 }
 
 /// The window's start: whatever each target needs to compare against at the end.
@@ -92,8 +106,10 @@ enum Running {
 struct Opened {
     t: u64,
     iface_rx: u64,
-    worker: Option<crate::targets::WorkerSample>,
-    cpu: Option<CpuTime>,
+    /// One per dataplane, in [`Running::Flagella`]'s order.
+    workers: Vec<WorkerSample>,
+    /// One per dataplane, or OVS's.
+    cpu: Vec<CpuTime>,
 }
 
 /// The default flagella-dataplane: next to this binary.
@@ -109,15 +125,24 @@ pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `target` over `flows` flows; `run_index` makes names unique within a report.
-pub fn forward(
-    target: Target,
-    flows: u32,
+/// Names and scratch directory of one run: namespaces `<tag>-<pid>-<run>...`, interfaces
+/// `<tag><pid>r<run>...`, files in `$TMPDIR/<prefix>` (removed on drop).
+pub(crate) struct RunNames {
+    pub prefix: String,
+    pub short: String,
+    pub dir: ScratchDir,
+}
+
+/// What every measurement needs before it builds anything: root, the generator (pktgen), `ip`
+/// and `ethtool`; then the run's names and its scratch directory.
+pub(crate) fn prepare(
+    what: &'static str,
+    tag: &str,
     args: &RunArgs,
     run_index: u32,
-) -> Result<Measurement, BenchError> {
+) -> Result<RunNames, BenchError> {
     if !is_root() {
-        return Err(BenchError::NotRoot { what: "forward" });
+        return Err(BenchError::NotRoot { what });
     }
     if args.generator == Generator::Pktgen {
         crate::pktgen::available()?;
@@ -130,14 +155,32 @@ pub fn forward(
         }
     }
     let pid = std::process::id();
-    let prefix = format!("fbn-{pid}-{run_index}");
-    let short = format!("fbn{pid}r{run_index}");
+    let prefix = format!("{tag}-{pid}-{run_index}");
     let dir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::io(dir.display().to_string(), e))?;
-    let _scratch = ScratchDir(dir.clone());
-    let topo = Topology::build(&prefix, &short)?;
-    let mut running = start_target(target, &topo, args, &dir)?;
-    let result = measure(&topo, &mut running, target, flows, args);
+    Ok(RunNames {
+        short: format!("{tag}{pid}r{run_index}"),
+        prefix,
+        dir: ScratchDir(dir),
+    })
+}
+
+/// Runs `target` over `flows` flows; `run_index` makes names unique within a report.
+pub fn forward(
+    target: Target,
+    flows: u32,
+    args: &RunArgs,
+    run_index: u32,
+) -> Result<Measurement, BenchError> {
+    let names = prepare("forward", "fbn", args, run_index)?;
+    let topo = Topology::build(&names.prefix, &names.short)?;
+    let mut running = start_target(target, &topo, args, &names.dir.0)?;
+    let ends = Ends {
+        src: &topo.a,
+        dst: &topo.b,
+        nodes: vec![&topo.node],
+    };
+    let result = measure(&ends, &mut running, flows, args);
     drop(running);
     drop(topo);
     result
@@ -154,22 +197,11 @@ fn start_target(
             topo.enable_kernel_forwarding()?;
             Running::Kernel
         }
-        Target::Flagella => {
-            let binary = args.dataplane.clone().unwrap_or_else(default_dataplane);
-            if !binary.exists() {
-                return Err(BenchError::Unavailable(format!(
-                    "{} not found: cargo build --release -p dataplane --features afxdp --bin flagella-dataplane (or pass --dataplane)",
-                    binary.display()
-                )));
-            }
-            Running::Flagella(Box::new(Flagella::start(
-                topo,
-                &binary,
-                dir,
-                args.worker_core,
-                args.nice,
-            )?))
-        }
+        Target::Flagella => Running::Flagella(vec![Flagella::start(
+            topo,
+            &DataplaneLaunch::from_run(args)?,
+            dir,
+        )?]),
         Target::Ovs | Target::OvsCt => Running::Ovs(Box::new(Ovs::start(
             topo,
             dir,
@@ -209,10 +241,11 @@ fn spawn_self(
     Ok((guard, reader))
 }
 
-fn measure(
-    topo: &Topology,
+/// Sink in `ends.dst`, generator in `ends.src` towards it (through the gateway, MAC
+/// [`ROUTER_MAC`]), the window, the forwarder's counters over it.
+pub(crate) fn measure(
+    ends: &Ends,
     running: &mut Running,
-    target: Target,
     flows: u32,
     args: &RunArgs,
 ) -> Result<Measurement, BenchError> {
@@ -231,13 +264,13 @@ fn measure(
     if let Some(core) = args.sink_core {
         sink_args.extend(["--core".into(), core.to_string()]);
     }
-    let (mut sink, sink_out) = spawn_self("sink", &topo.b.ns, &sink_args)?;
+    let (mut sink, sink_out) = spawn_self("sink", &ends.dst.ns, &sink_args)?;
     sink.renice(args.nice)?;
     crate::signals::sleep(Duration::from_millis(300))?;
     let mut gen_args: Vec<String> = vec![
         "gen".into(),
         "--dst".into(),
-        format!("{POD_B_IP}:{SINK_PORT}"),
+        format!("{}:{SINK_PORT}", ends.dst.ip),
         "--size".into(),
         args.size.to_string(),
         "--flows".into(),
@@ -262,19 +295,18 @@ fn measure(
             };
             gen_args.extend(["--generator".into(), name.into()]);
             gen_args.extend(l2);
-            gen_args.extend(["--src".into(), topo.a.ip.to_string()]);
+            gen_args.extend(["--src".into(), ends.src.ip.to_string()]);
         }
     }
-    let (mut gen, gen_out) = spawn_self("gen", &topo.a.ns, &gen_args)?;
+    let (mut gen, gen_out) = spawn_self("gen", &ends.src.ns, &gen_args)?;
     gen.renice(args.nice)?;
 
     crate::signals::sleep(WARMUP)?;
-    let opened = open_window(topo, running)?;
+    let opened = open_window(&ends.dst.ns, running)?;
     crate::signals::sleep(window)?;
     let t1 = monotonic_ns();
-    let iface_rx1 = rx_packets(&topo.b.ns, "eth0")?;
+    let iface_rx1 = rx_packets(&ends.dst.ns, "eth0")?;
     let mut m = Measurement {
-        target: Some(target),
         flows,
         iface_pps: iface_rx1.saturating_sub(opened.iface_rx) as f64
             / ((t1 - opened.t) as f64 / 1e9),
@@ -303,29 +335,34 @@ fn measure(
         BenchError::Failed("the sink reported no samples inside the window".into())
     })?;
     if m.sink_pps < 1000.0 {
-        m.notes.push(format!(
-            "almost nothing arrived; links: {}",
-            crate::targets::node_links(topo).replace('\n', "; ")
-        ));
+        for ns in &ends.nodes {
+            let links = exec_in(ns, "ip", &["-br", "link"]).unwrap_or_default();
+            m.notes.push(format!(
+                "almost nothing arrived; links in {ns}: {}",
+                links.trim().replace('\n', "; ")
+            ));
+        }
     }
     Ok(m)
 }
 
-fn open_window(topo: &Topology, running: &mut Running) -> Result<Opened, BenchError> {
+fn open_window(sink_ns: &str, running: &mut Running) -> Result<Opened, BenchError> {
     let mut opened = Opened::default();
     match running {
         Running::Kernel => {}
-        Running::Flagella(f) => {
-            opened.worker = Some(f.sample()?);
-            opened.cpu = Some(f.cpu_time()?);
+        Running::Flagella(dataplanes) => {
+            for f in dataplanes.iter_mut() {
+                opened.workers.push(f.sample()?);
+                opened.cpu.push(f.cpu_time()?);
+            }
         }
         Running::Ovs(o) => {
             o.clear_pmd_stats()?;
-            opened.cpu = Some(o.cpu_time()?);
+            opened.cpu.push(o.cpu_time()?);
         }
     }
     opened.t = monotonic_ns();
-    opened.iface_rx = rx_packets(&topo.b.ns, "eth0")?;
+    opened.iface_rx = rx_packets(sink_ns, "eth0")?;
     Ok(opened)
 }
 
@@ -337,27 +374,46 @@ fn close_window(
     let mhz = cpu_mhz();
     match running {
         Running::Kernel => {}
-        Running::Flagella(f) => {
-            let end = f.sample()?;
-            let start = opened.worker.unwrap_or_default();
-            let packets = end.rx_packets.saturating_sub(start.rx_packets);
-            if packets > 0 {
-                let ns = end.busy_ns.saturating_sub(start.busy_ns) as f64 / packets as f64;
-                m.worker_ns_per_packet = Some(ns);
-                m.worker_cycles_per_packet = mhz.map(|mhz| ns * mhz / 1000.0);
+        Running::Flagella(dataplanes) => {
+            let several = dataplanes.len() > 1;
+            let (mut busy, mut user, mut kernel) = (None::<f64>, None::<f64>, None::<f64>);
+            for (i, f) in dataplanes.iter_mut().enumerate() {
+                let label = if several {
+                    format!("node {}: ", i + 1)
+                } else {
+                    String::new()
+                };
+                let end = f.sample()?;
+                let start = opened.workers.get(i).copied().unwrap_or_default();
+                let packets = end.rx_packets.saturating_sub(start.rx_packets);
+                if packets > 0 {
+                    let ns = end.busy_ns.saturating_sub(start.busy_ns) as f64 / packets as f64;
+                    *busy.get_or_insert(0.0) += ns;
+                    if several {
+                        m.notes.push(format!("{label}worker {ns:.0} ns/pkt busy"));
+                    }
+                }
+                if let Some((u, k)) = cpu_per_packet(opened.cpu.get(i), f.cpu_time()?, packets) {
+                    *user.get_or_insert(0.0) += u;
+                    *kernel.get_or_insert(0.0) += k;
+                }
+                if let Some(note) = io_note(&start, &end) {
+                    m.notes.push(format!("{label}{note}"));
+                }
+                if end.busy_ns == 0 {
+                    m.notes.push(format!(
+                        "{label}the dataplane reports no busy_ns (older binary?)"
+                    ));
+                }
+                let drops = f.drops()?;
+                if drops != "{}" && drops != "null" {
+                    m.notes.push(format!("{label}flagella drops: {drops}"));
+                }
             }
-            split_cpu_time(m, opened.cpu, f.cpu_time()?, packets);
-            if let Some(note) = io_note(&start, &end) {
-                m.notes.push(note);
-            }
-            if end.busy_ns == 0 {
-                m.notes
-                    .push("the dataplane reports no busy_ns (older binary?)".into());
-            }
-            let drops = f.drops()?;
-            if drops != "{}" && drops != "null" {
-                m.notes.push(format!("flagella drops: {drops}"));
-            }
+            m.worker_ns_per_packet = busy;
+            m.worker_cycles_per_packet = busy.and_then(|ns| mhz.map(|mhz| ns * mhz / 1000.0));
+            m.worker_user_ns_per_packet = user;
+            m.worker_kernel_ns_per_packet = kernel;
         }
         Running::Ovs(o) => {
             let cpu = o.cpu_time()?;
@@ -365,7 +421,10 @@ fn close_window(
             if let Some((packets, cycles)) = parse_pmd_stats(&stats) {
                 m.worker_cycles_per_packet = Some(cycles);
                 m.worker_ns_per_packet = mhz.map(|mhz| cycles * 1000.0 / mhz);
-                split_cpu_time(m, opened.cpu, cpu, packets);
+                if let Some((u, k)) = cpu_per_packet(opened.cpu.first(), cpu, packets) {
+                    m.worker_user_ns_per_packet = Some(u);
+                    m.worker_kernel_ns_per_packet = Some(k);
+                }
             } else {
                 m.notes
                     .push(format!("no PMD statistics: {}", stats.replace('\n', "; ")));
@@ -393,13 +452,14 @@ fn io_note(start: &WorkerSample, end: &WorkerSample) -> Option<String> {
     ))
 }
 
-/// The forwarding threads' user and kernel time per packet between `start` and `end`.
-fn split_cpu_time(m: &mut Measurement, start: Option<CpuTime>, end: CpuTime, packets: u64) {
-    if let (Some(start), true) = (start, packets > 0) {
-        let d = end.since(&start);
-        m.worker_user_ns_per_packet = Some(d.user_ns as f64 / packets as f64);
-        m.worker_kernel_ns_per_packet = Some(d.kernel_ns as f64 / packets as f64);
-    }
+/// The forwarding threads' (user, kernel) time per packet between `start` and `end`.
+fn cpu_per_packet(start: Option<&CpuTime>, end: CpuTime, packets: u64) -> Option<(f64, f64)> {
+    let start = start.filter(|_| packets > 0)?;
+    let d = end.since(start);
+    Some((
+        d.user_ns as f64 / packets as f64,
+        d.kernel_ns as f64 / packets as f64,
+    ))
 }
 
 /// Waits for a child up to `timeout`; true when it exited successfully.

@@ -8,6 +8,9 @@
 //!   (userspace datapath, AF_XDP ports), each torn down on drop.
 //! - [`cputime`]: a forwarder thread's user and kernel CPU time, from /proc.
 //! - [`forward`]: one measurement; [`report`]: the arithmetic and the table.
+//! - [`xnode`]: pod -> pod across two nodes (flagella-dataplane over VXLAN, Geneve, native
+//!   routing, against the kernel's VXLAN device), measured as `forward` measures.
+//! - [`machine`]: when and on what a result was measured.
 //! - [`converge`]: policy convergence (etcd write -> first packet decided by it) against
 //!   iptables-restore and nftables; [`synth`] the synthetic cluster and the baselines' rule
 //!   text, [`etcd`] the etcd server and client, [`probe`] the probe sender and receiver.
@@ -20,6 +23,7 @@ pub mod converge;
 pub mod cputime;
 pub mod etcd;
 pub mod forward;
+pub mod machine;
 pub mod pktgen;
 pub mod probe;
 pub mod report;
@@ -29,6 +33,7 @@ pub mod targets;
 pub mod topo;
 pub mod traffic;
 pub mod xdpgen;
+pub mod xnode;
 
 /// Why a benchmark step failed; each message says what to do.
 #[derive(Debug, thiserror::Error)]

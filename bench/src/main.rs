@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, generate, sink};
-use bench::{converge, forward, signals, BenchError};
+use bench::{converge, forward, signals, xnode, BenchError};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -37,7 +37,7 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         Command::Forward(args) => {
             let m = forward::forward(args.target, args.flows, &args.run, 0)?;
             let rows = [Row {
-                target: args.target,
+                target: args.target.name(),
                 flows: args.flows,
                 result: Ok(m),
             }];
@@ -45,6 +45,11 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             Ok(())
         }
         Command::Report(args) => report(&args),
+        Command::Xnode(args) => {
+            let text = xnode::report(&args)?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Converge(args) => {
             let before = converge::machine_notes();
             eprintln!("start: {before}");
@@ -90,7 +95,7 @@ fn report(args: &ReportArgs) -> Result<(), BenchError> {
                 Err(e) => eprintln!("   failed: {e}"),
             }
             rows.push(Row {
-                target,
+                target: target.name(),
                 flows,
                 result,
             });

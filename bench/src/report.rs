@@ -2,7 +2,8 @@
 //! Mpps as a ratio of kernel forwarding measured in the same run and with the same flows, and
 //! the verdict on the issue's target (flagella at least OVS-with-conntrack's throughput at no
 //! more than half its cycles per packet). The arithmetic is pure and tested; a run that failed
-//! is a row with its reason, never a missing row.
+//! is a row with its reason, never a missing row. [`render_table`] is the table alone, with
+//! the ratios to any baseline (`xnode` uses it with kernel-vxlan).
 
 use std::fmt::Write as _;
 
@@ -12,7 +13,8 @@ use crate::forward::Measurement;
 /// One cell of the report: a target over a flow count, measured or failed.
 #[derive(Clone, Debug)]
 pub struct Row {
-    pub target: Target,
+    /// The target's name (`Target::name`, `XnodeTarget::name`).
+    pub target: &'static str,
     pub flows: u32,
     pub result: Result<Measurement, String>,
 }
@@ -22,7 +24,7 @@ pub fn ratio(x: f64, base: f64) -> Option<f64> {
     (base > 0.0 && x.is_finite()).then(|| x / base)
 }
 
-fn find(rows: &[Row], target: Target, flows: u32) -> Option<&Measurement> {
+pub fn find<'a>(rows: &'a [Row], target: &str, flows: u32) -> Option<&'a Measurement> {
     rows.iter()
         .find(|r| r.target == target && r.flows == flows)
         .and_then(|r| r.result.as_ref().ok())
@@ -42,8 +44,8 @@ pub struct Verdict {
 
 /// `None` when flagella or ovs-ct was not measured at `flows`.
 pub fn verdict(rows: &[Row], flows: u32) -> Option<Verdict> {
-    let f = find(rows, Target::Flagella, flows)?;
-    let o = find(rows, Target::OvsCt, flows)?;
+    let f = find(rows, Target::Flagella.name(), flows)?;
+    let o = find(rows, Target::OvsCt.name(), flows)?;
     let throughput_ratio = ratio(f.sink_pps, o.sink_pps)?;
     let cycles_ratio = match (f.worker_cycles_per_packet, o.worker_cycles_per_packet) {
         (Some(fc), Some(oc)) => ratio(fc, oc),
@@ -68,11 +70,46 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 
 /// The table (plain text aligned, or Markdown), then notes and failures, then the verdicts.
 pub fn render(rows: &[Row], markdown: bool) -> String {
+    let mut out = render_table(rows, Target::Kernel.name(), markdown);
+    let mut flows: Vec<u32> = rows.iter().map(|r| r.flows).collect();
+    flows.dedup();
+    let _ = writeln!(
+        out,
+        "\nTarget (issue 3): flagella >= ovs-ct throughput at <= 0.5x ovs-ct cycles/packet:"
+    );
+    for f in flows {
+        match verdict(rows, f) {
+            Some(v) => {
+                let _ = writeln!(
+                    out,
+                    "- {f} flows: throughput {:.2}x ovs-ct, cycles/packet {}x ovs-ct: {} \
+                     (user-mode time/packet {}x ovs-ct)",
+                    v.throughput_ratio,
+                    opt(v.cycles_ratio, 2),
+                    if v.met { "MET" } else { "NOT MET" },
+                    opt(v.user_time_ratio, 2),
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "- {f} flows: not decidable (flagella or ovs-ct not measured)"
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The table (plain text aligned, or Markdown) with each row's sink Mpps as a ratio of
+/// `baseline`'s at the same flow count, then notes and failures.
+pub fn render_table(rows: &[Row], baseline: &str, markdown: bool) -> String {
+    let ratio_header = format!("x {baseline}");
     let header = [
         "flows",
         "target",
         "sink Mpps",
-        "x kernel",
+        ratio_header.as_str(),
         "pod B eth0 Mpps",
         "sent Mpps",
         "worker ns/pkt",
@@ -83,10 +120,10 @@ pub fn render(rows: &[Row], markdown: bool) -> String {
     let mut lines: Vec<Vec<String>> = Vec::new();
     let mut notes = Vec::new();
     for r in rows {
-        let mut cells = vec![r.flows.to_string(), r.target.name().to_string()];
+        let mut cells = vec![r.flows.to_string(), r.target.to_string()];
         match &r.result {
             Ok(m) => {
-                let kernel = find(rows, Target::Kernel, r.flows).map(|k| k.sink_pps);
+                let kernel = find(rows, baseline, r.flows).map(|k| k.sink_pps);
                 cells.extend([
                     format!("{:.3}", m.sink_pps / 1e6),
                     opt(kernel.and_then(|k| ratio(m.sink_pps, k)), 2),
@@ -98,17 +135,13 @@ pub fn render(rows: &[Row], markdown: bool) -> String {
                     opt(m.worker_kernel_ns_per_packet, 0),
                 ]);
                 for n in &m.notes {
-                    notes.push(format!("{} / {} flows: {n}", r.target.name(), r.flows));
+                    notes.push(format!("{} / {} flows: {n}", r.target, r.flows));
                 }
             }
             Err(e) => {
                 cells.extend(["failed".to_string()]);
                 cells.extend(std::iter::repeat_n("-".to_string(), header.len() - 3));
-                notes.push(format!(
-                    "{} / {} flows FAILED: {e}",
-                    r.target.name(),
-                    r.flows
-                ));
+                notes.push(format!("{} / {} flows FAILED: {e}", r.target, r.flows));
             }
         }
         lines.push(cells);
@@ -151,33 +184,6 @@ pub fn render(rows: &[Row], markdown: bool) -> String {
             let _ = writeln!(out, "- {n}");
         }
     }
-    let mut flows: Vec<u32> = rows.iter().map(|r| r.flows).collect();
-    flows.dedup();
-    let _ = writeln!(
-        out,
-        "\nTarget (issue 3): flagella >= ovs-ct throughput at <= 0.5x ovs-ct cycles/packet:"
-    );
-    for f in flows {
-        match verdict(rows, f) {
-            Some(v) => {
-                let _ = writeln!(
-                    out,
-                    "- {f} flows: throughput {:.2}x ovs-ct, cycles/packet {}x ovs-ct: {} \
-                     (user-mode time/packet {}x ovs-ct)",
-                    v.throughput_ratio,
-                    opt(v.cycles_ratio, 2),
-                    if v.met { "MET" } else { "NOT MET" },
-                    opt(v.user_time_ratio, 2),
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "- {f} flows: not decidable (flagella or ovs-ct not measured)"
-                );
-            }
-        }
-    }
     out
 }
 
@@ -187,10 +193,9 @@ mod tests {
 
     fn m(target: Target, flows: u32, mpps: f64, cycles: Option<f64>) -> Row {
         Row {
-            target,
+            target: target.name(),
             flows,
             result: Ok(Measurement {
-                target: Some(target),
                 flows,
                 sink_pps: mpps * 1e6,
                 worker_cycles_per_packet: cycles,
@@ -231,7 +236,7 @@ mod tests {
             m(Target::Kernel, 64, 2.0, None),
             m(Target::Flagella, 64, 1.0, Some(500.0)),
             Row {
-                target: Target::Ovs,
+                target: Target::Ovs.name(),
                 flows: 64,
                 result: Err("AF_XDP port did not come up".into()),
             },

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::cli::RunArgs;
 use crate::cputime::{threads_cpu_time, CpuTime};
+use crate::forward::default_dataplane;
 use crate::topo::{exec_in, run, Topology, GATEWAY, ROUTER_MAC, SINK_PORT};
 use crate::BenchError;
 
@@ -137,7 +139,7 @@ pub struct Flagella {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     // Dropped last: the daemon outlives the connection.
-    _daemon: ChildGuard,
+    daemon: ChildGuard,
 }
 
 /// The worker's counters at one instant.
@@ -152,15 +154,45 @@ pub struct WorkerSample {
     pub sock_fill_ring_empty: u64,
 }
 
-/// Starts `flagella-dataplane --interface A=pod --interface B=pod --core W` in the node
-/// namespace with its socket and log in `dir`, unconfigured; returns once the control socket
-/// accepts connections.
+/// How `flagella-dataplane` is started: which binary, its worker's core, nice value and idle
+/// sleep.
+#[derive(Clone, Debug)]
+pub struct DataplaneLaunch {
+    pub binary: PathBuf,
+    pub core: usize,
+    pub nice: i32,
+    /// `--idle-sleep-us` (0: the worker spins, the daemon's default and what measurements use).
+    pub idle_sleep_us: u64,
+}
+
+impl DataplaneLaunch {
+    /// From `forward`'s options: `--dataplane` (default: next to this binary), `--worker-core`,
+    /// `--nice`, `--idle-sleep-us`; fails with what to build when the binary is missing.
+    pub fn from_run(args: &RunArgs) -> Result<DataplaneLaunch, BenchError> {
+        let binary = args.dataplane.clone().unwrap_or_else(default_dataplane);
+        if !binary.exists() {
+            return Err(BenchError::Unavailable(format!(
+                "{} not found: cargo build --release -p dataplane --features afxdp --bin flagella-dataplane (or pass --dataplane)",
+                binary.display()
+            )));
+        }
+        Ok(DataplaneLaunch {
+            binary,
+            core: args.worker_core,
+            nice: args.nice,
+            idle_sleep_us: args.idle_sleep_us,
+        })
+    }
+}
+
+/// Starts `flagella-dataplane` in namespace `ns` on `interfaces` (`NAME=pod|uplink`) with its
+/// socket, log and (empty) configuration file in `dir`, unconfigured; returns once the control
+/// socket accepts connections.
 pub fn start_dataplane(
-    topo: &Topology,
-    binary: &Path,
+    ns: &str,
+    interfaces: &[String],
+    launch: &DataplaneLaunch,
     dir: &Path,
-    core: usize,
-    nice: i32,
 ) -> Result<(ChildGuard, PathBuf), BenchError> {
     let socket = dir.join("dataplane.sock");
     let log = dir.join("dataplane.log");
@@ -168,18 +200,20 @@ pub fn start_dataplane(
     std::fs::write(&config, "").map_err(|e| BenchError::io(config.display().to_string(), e))?;
     let logf = File::create(&log).map_err(|e| BenchError::io(log.display().to_string(), e))?;
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &topo.node])
-        .arg(binary)
+    cmd.args(["netns", "exec", ns])
+        .arg(&launch.binary)
         .arg("--config")
         .arg(&config)
         .arg("--socket")
-        .arg(&socket)
-        .args(["--interface", &format!("{}=pod", topo.a.host_if)])
-        .args(["--interface", &format!("{}=pod", topo.b.host_if)])
-        .args(["--core", &core.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf);
+        .arg(&socket);
+    for interface in interfaces {
+        cmd.args(["--interface", interface]);
+    }
+    cmd.args(["--core", &launch.core.to_string()]);
+    if launch.idle_sleep_us > 0 {
+        cmd.args(["--idle-sleep-us", &launch.idle_sleep_us.to_string()]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
     let mut daemon = ChildGuard::spawn("flagella-dataplane", &mut cmd)?;
     wait_for(
         "flagella-dataplane's control socket to appear",
@@ -189,19 +223,27 @@ pub fn start_dataplane(
             Ok(UnixStream::connect(&socket).is_ok())
         },
     )?;
-    daemon.renice(nice)?;
+    daemon.renice(launch.nice)?;
     Ok((daemon, socket))
 }
 
+/// `--interface` values for the two pods' host veths of the single-node topology.
+pub fn pod_interfaces(topo: &Topology) -> Vec<String> {
+    [&topo.a, &topo.b]
+        .map(|p| format!("{}=pod", p.host_if))
+        .to_vec()
+}
+
 impl Flagella {
-    pub fn start(
-        topo: &Topology,
-        binary: &Path,
+    /// Starts the dataplane (see [`start_dataplane`]) and connects to its control socket; the
+    /// tables are still empty.
+    pub fn launch(
+        ns: &str,
+        interfaces: &[String],
+        launch: &DataplaneLaunch,
         dir: &Path,
-        core: usize,
-        nice: i32,
     ) -> Result<Flagella, BenchError> {
-        let (daemon, socket) = start_dataplane(topo, binary, dir, core, nice)?;
+        let (daemon, socket) = start_dataplane(ns, interfaces, launch, dir)?;
         let writer = UnixStream::connect(&socket)
             .map_err(|e| BenchError::io(socket.display().to_string(), e))?;
         writer
@@ -212,16 +254,31 @@ impl Flagella {
                 .try_clone()
                 .map_err(|e| BenchError::io("control socket", e))?,
         );
-        let mut f = Flagella {
+        Ok(Flagella {
             reader,
             writer,
-            _daemon: daemon,
-        };
+            daemon,
+        })
+    }
+
+    /// The `flagella` target: the dataplane on the two pods' host veths, configured.
+    pub fn start(
+        topo: &Topology,
+        launch: &DataplaneLaunch,
+        dir: &Path,
+    ) -> Result<Flagella, BenchError> {
+        let mut f = Flagella::launch(&topo.node, &pod_interfaces(topo), launch, dir)?;
         f.configure(topo)?;
         Ok(f)
     }
 
-    fn call(&mut self, request: Value) -> Result<Value, BenchError> {
+    /// The daemon's PID.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// One request; `Err` unless the reply says `ok`.
+    pub(crate) fn call(&mut self, request: Value) -> Result<Value, BenchError> {
         let mut line = request.to_string();
         line.push('\n');
         self.writer
@@ -273,7 +330,7 @@ impl Flagella {
 
     /// The packet threads' CPU time (the workers, `worker-N`).
     pub fn cpu_time(&self) -> Result<CpuTime, BenchError> {
-        threads_cpu_time(self._daemon.pid(), "worker-")
+        threads_cpu_time(self.daemon.pid(), "worker-")
     }
 
     /// The (only) worker's busy time and received packets, from `status`.

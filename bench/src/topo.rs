@@ -13,6 +13,9 @@
 //! fail. The pods compute their own checksums (`ethtool -K eth0 tx off`, see `add_pod`). The
 //! pods' gateway neighbour is static so no ARP happens during a measurement and all
 //! targets see exactly the same frames.
+//!
+//! The pieces ([`Namespaces`], [`add_pod`], [`route_pods`]) also build the two-node topology of
+//! `xnode` (`crate::xnode`).
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -67,6 +70,36 @@ pub struct Pod {
     pub mac: String,
 }
 
+/// Network namespaces this run created, deleted on drop in reverse order of creation (which
+/// deletes the veth pairs in them), pass or fail.
+#[derive(Debug, Default)]
+pub struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    /// `ip netns add name`; the namespace is deleted when `self` is dropped.
+    pub fn add(&mut self, name: &str) -> Result<(), BenchError> {
+        run("ip", &["netns", "add", name])?;
+        self.0.push(name.to_string());
+        ip_in(name, &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// The namespaces created so far, in order.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in self.0.iter().rev() {
+            if run("ip", &["netns", "del", ns]).is_err() {
+                eprintln!("WARNING: could not delete namespace {ns}: run `ip netns del {ns}`");
+            }
+        }
+    }
+}
+
 /// The namespaces of one run, deleted on drop.
 #[derive(Debug)]
 pub struct Topology {
@@ -74,17 +107,7 @@ pub struct Topology {
     pub node: String,
     pub a: Pod,
     pub b: Pod,
-    created: Vec<String>,
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.created.iter().rev() {
-            if run("ip", &["netns", "del", ns]).is_err() {
-                eprintln!("WARNING: could not delete namespace {ns}: run `ip netns del {ns}`");
-            }
-        }
-    }
+    namespaces: Namespaces,
 }
 
 /// `(ifindex, MAC)` of `dev` in `ns`.
@@ -117,118 +140,133 @@ impl Topology {
     /// Builds the node and the two pods under `prefix` (`fbn-<pid>-<run>`), with `short` the
     /// interface-name prefix (`fbn<pid>r<run>`, at most 14 characters).
     pub fn build(prefix: &str, short: &str) -> Result<Topology, BenchError> {
-        let mut topo = Topology {
+        let mut namespaces = Namespaces::default();
+        namespaces.add(prefix)?;
+        let a = add_pod(
+            &mut namespaces,
+            prefix,
+            &format!("{prefix}-a"),
+            &format!("{short}a"),
+            POD_A_IP,
+            GATEWAY,
+        )?;
+        let b = add_pod(
+            &mut namespaces,
+            prefix,
+            &format!("{prefix}-b"),
+            &format!("{short}b"),
+            POD_B_IP,
+            GATEWAY,
+        )?;
+        Ok(Topology {
             prefix: prefix.to_string(),
             node: prefix.to_string(),
-            a: placeholder(),
-            b: placeholder(),
-            created: Vec::new(),
-        };
-        topo.add_ns(prefix)?;
-        ip_in(prefix, &["link", "set", "lo", "up"])?;
-        topo.a = topo.add_pod(&format!("{prefix}-a"), &format!("{short}a"), POD_A_IP)?;
-        topo.b = topo.add_pod(&format!("{prefix}-b"), &format!("{short}b"), POD_B_IP)?;
-        Ok(topo)
+            a,
+            b,
+            namespaces,
+        })
     }
 
-    fn add_ns(&mut self, name: &str) -> Result<(), BenchError> {
-        run("ip", &["netns", "add", name])?;
-        self.created.push(name.to_string());
-        Ok(())
+    /// The namespaces of this topology (node first).
+    pub fn namespaces(&self) -> &[String] {
+        self.namespaces.names()
     }
 
-    fn add_pod(&mut self, ns: &str, host_if: &str, ip: Ipv4Addr) -> Result<Pod, BenchError> {
-        self.add_ns(ns)?;
-        let node = self.node.clone();
-        ip_in(
-            &node,
-            &[
-                "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
-            ],
+    /// Makes the node namespace an IPv4 router between the pods (the `kernel` target).
+    pub fn enable_kernel_forwarding(&self) -> Result<(), BenchError> {
+        route_pods(&self.node, &[&self.a, &self.b], GATEWAY)
+    }
+}
+
+/// A pod namespace `ns` joined to namespace `node` by a veth pair (`host_if` in the node,
+/// `eth0` in the pod) with `ip`/32 and a default route via `gateway` (onlink, static
+/// neighbour [`ROUTER_MAC`]); the pod computes its own checksums.
+pub fn add_pod(
+    namespaces: &mut Namespaces,
+    node: &str,
+    ns: &str,
+    host_if: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> Result<Pod, BenchError> {
+    namespaces.add(ns)?;
+    ip_in(
+        node,
+        &[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    ip_in(node, &["link", "set", host_if, "up"])?;
+    ip_in(ns, &["link", "set", "eth0", "up"])?;
+    ip_in(ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+    let gw = gateway.to_string();
+    ip_in(
+        ns,
+        &[
+            "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
+        ],
+    )?;
+    ip_in(
+        ns,
+        &[
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            ROUTER_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )?;
+    // Checksums in software in the pods: OVS's AF_XDP ports forward a veth's
+    // checksum-partial frames unfixed and the receiving pod drops them; the same setting
+    // for every target keeps the generator's cost equal.
+    exec_in(ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
+    let (host_ifindex, _) = link_facts(node, host_if)?;
+    let (_, mac) = link_facts(ns, "eth0")?;
+    Ok(Pod {
+        ns: ns.to_string(),
+        host_if: host_if.to_string(),
+        ip,
+        host_ifindex,
+        mac,
+    })
+}
+
+/// Makes namespace `node` an IPv4 router for `pods` (the kernel targets): forwarding on,
+/// rp_filter off, each pod's host veth takes the gateway's MAC and address, pod routes and
+/// neighbours are static.
+pub fn route_pods(node: &str, pods: &[&Pod], gateway: Ipv4Addr) -> Result<(), BenchError> {
+    exec_in(node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    for key in ["all", "default"] {
+        exec_in(
+            node,
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")],
         )?;
-        ip_in(&node, &["link", "set", host_if, "up"])?;
-        ip_in(ns, &["link", "set", "lo", "up"])?;
-        ip_in(ns, &["link", "set", "eth0", "up"])?;
-        ip_in(ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        let gw = GATEWAY.to_string();
+    }
+    for pod in pods {
+        let dev = pod.host_if.as_str();
+        ip_in(node, &["link", "set", dev, "address", ROUTER_MAC])?;
+        ip_in(node, &["addr", "add", &format!("{gateway}/32"), "dev", dev])?;
+        let ip = pod.ip.to_string();
+        ip_in(node, &["route", "add", &format!("{ip}/32"), "dev", dev])?;
         ip_in(
-            ns,
-            &[
-                "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
-            ],
-        )?;
-        ip_in(
-            ns,
+            node,
             &[
                 "neigh",
                 "replace",
-                &gw,
+                &ip,
                 "lladdr",
-                ROUTER_MAC,
+                &pod.mac,
                 "dev",
-                "eth0",
+                dev,
                 "nud",
                 "permanent",
             ],
         )?;
-        // Checksums in software in the pods: OVS's AF_XDP ports forward a veth's
-        // checksum-partial frames unfixed and the receiving pod drops them; the same setting
-        // for every target keeps the generator's cost equal.
-        exec_in(ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
-        let (host_ifindex, _) = link_facts(&node, host_if)?;
-        let (_, mac) = link_facts(ns, "eth0")?;
-        Ok(Pod {
-            ns: ns.to_string(),
-            host_if: host_if.to_string(),
-            ip,
-            host_ifindex,
-            mac,
-        })
     }
-
-    /// Makes the node namespace an IPv4 router between the pods (the `kernel` target): the
-    /// host veths take the gateway's MAC and address, pod routes and neighbours are static.
-    pub fn enable_kernel_forwarding(&self) -> Result<(), BenchError> {
-        let node = &self.node;
-        exec_in(node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        for key in ["all", "default"] {
-            exec_in(
-                node,
-                "sysctl",
-                &["-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")],
-            )?;
-        }
-        for pod in [&self.a, &self.b] {
-            let dev = pod.host_if.as_str();
-            ip_in(node, &["link", "set", dev, "address", ROUTER_MAC])?;
-            ip_in(node, &["addr", "add", &format!("{GATEWAY}/32"), "dev", dev])?;
-            let ip = pod.ip.to_string();
-            ip_in(node, &["route", "add", &format!("{ip}/32"), "dev", dev])?;
-            ip_in(
-                node,
-                &[
-                    "neigh",
-                    "replace",
-                    &ip,
-                    "lladdr",
-                    &pod.mac,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-        }
-        Ok(())
-    }
-}
-
-fn placeholder() -> Pod {
-    Pod {
-        ns: String::new(),
-        host_if: String::new(),
-        ip: Ipv4Addr::UNSPECIFIED,
-        host_ifindex: 0,
-        mac: String::new(),
-    }
+    Ok(())
 }
