@@ -23,7 +23,7 @@ use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{EndpointPolicy, PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
-use dataplane::tables::{LocalNode, Tables};
+use dataplane::tables::{LocalNode, Tables, TunnelPorts};
 use dataplane::testutil::{self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_SYN, TCP_SYN_ACK};
 use dataplane::{Identity, MacAddr, Prefix};
 
@@ -186,6 +186,7 @@ fn tables() -> Tables {
             uplink_mac: UPLINK_MAC,
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
+            tunnel_ports: TunnelPorts::default(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),

@@ -40,7 +40,7 @@ use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
-use dataplane::tables::{LocalNode, Tables};
+use dataplane::tables::{LocalNode, Tables, TunnelPorts};
 use dataplane::wire::ethernet::{EtherType, EthernetFrame};
 use dataplane::wire::ipv4::{Ipv4Packet, Protocol};
 use dataplane::wire::udp::UdpPacket;
@@ -192,6 +192,7 @@ fn build_tables() -> Tables {
             uplink_mac: UPLINK_MAC,
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
+            tunnel_ports: TunnelPorts::default(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),

@@ -134,7 +134,9 @@ pub fn apply(t: &mut Tables, change: &Change) -> Result<Applied, RequestError> {
             Ok(Applied::deleted(existed))
         }
         Change::LocalNodeSet(m) => {
-            t.node = Arc::new(m.to_local_node()?);
+            let mut node = m.to_local_node()?;
+            node.tunnel_ports = m.kept_tunnel_ports(t.node.tunnel_ports)?;
+            t.node = Arc::new(node);
             Ok(Applied::changed())
         }
     }

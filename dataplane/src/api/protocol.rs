@@ -31,7 +31,7 @@ use crate::tables::next_hops::NextHops;
 use crate::tables::nodes::{Encap, Node};
 use crate::tables::policy::{self, Action, PolicyEntry, PolicyKey, PortRange, PROTO_ANY};
 use crate::tables::services::{Backend, Frontend, LbMode, Service, ServiceSpec};
-use crate::tables::LocalNode;
+use crate::tables::{LocalNode, TunnelPorts};
 use crate::types::{Identity, MacAddr, Prefix};
 
 /// Every op, as the `op` field spells it.
@@ -677,11 +677,21 @@ pub struct LocalNodeMsg {
     pub uplink_mac: Text<MacAddr>,
     pub uplink_mtu: u16,
     pub default_encap: WireEncap,
+    /// The tunnels' UDP ports: the daemon's configuration (`--vxlan-port`, `--geneve-port`),
+    /// shown by `dump`; a `local_node.set` may repeat them but not change them (the uplink's
+    /// XDP program was set up with them).
+    pub vxlan_port: Option<u16>,
+    pub geneve_port: Option<u16>,
 }
 
 impl Default for LocalNodeMsg {
+    /// [`LocalNode::default`]'s facts; the tunnel ports left out (absent: keep the daemon's).
     fn default() -> Self {
-        (&LocalNode::default()).into()
+        LocalNodeMsg {
+            vxlan_port: None,
+            geneve_port: None,
+            ..(&LocalNode::default()).into()
+        }
     }
 }
 
@@ -716,7 +726,30 @@ impl LocalNodeMsg {
             uplink_mac: self.uplink_mac.0,
             uplink_mtu: self.uplink_mtu,
             default_encap: self.default_encap.into(),
+            // The daemon's own: `apply` keeps the current ones (see `kept_tunnel_ports`).
+            tunnel_ports: TunnelPorts::default(),
         })
+    }
+
+    /// `current` (the daemon's configured ports) when this message repeats them or leaves them
+    /// out; an error naming the field when it asks for others.
+    pub fn kept_tunnel_ports(&self, current: TunnelPorts) -> Result<TunnelPorts, RequestError> {
+        for (field, asked, have) in [
+            ("vxlan_port", self.vxlan_port, current.vxlan),
+            ("geneve_port", self.geneve_port, current.geneve),
+        ] {
+            if let Some(asked) = asked.filter(|p| *p != have) {
+                return Err(RequestError::at(
+                    field,
+                    format!(
+                        "the dataplane uses port {have}, not {asked}: the tunnel ports are its \
+                         configuration (--vxlan-port, --geneve-port); restart it with the \
+                         cluster's ports"
+                    ),
+                ));
+            }
+        }
+        Ok(current)
     }
 }
 
@@ -732,6 +765,8 @@ impl From<&LocalNode> for LocalNodeMsg {
             uplink_mac: Text(n.uplink_mac),
             uplink_mtu: n.uplink_mtu,
             default_encap: n.default_encap.into(),
+            vxlan_port: Some(n.tunnel_ports.vxlan),
+            geneve_port: Some(n.tunnel_ports.geneve),
         }
     }
 }
@@ -1226,6 +1261,31 @@ mod tests {
 
     #[test]
     fn local_node_validation_names_fields() {
+        let ports = TunnelPorts {
+            vxlan: 8472,
+            geneve: 6081,
+        };
+        assert_eq!(
+            LocalNodeMsg::default().kept_tunnel_ports(ports).unwrap(),
+            ports
+        );
+        let repeated = LocalNodeMsg {
+            vxlan_port: Some(8472),
+            ..LocalNodeMsg::default()
+        };
+        assert_eq!(repeated.kept_tunnel_ports(ports).unwrap(), ports);
+        let changed = LocalNodeMsg {
+            vxlan_port: Some(4789),
+            ..LocalNodeMsg::default()
+        };
+        assert_eq!(
+            changed
+                .kept_tunnel_ports(ports)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("vxlan_port")
+        );
         let bad_mtu = LocalNodeMsg {
             uplink_mtu: 100,
             ..Default::default()

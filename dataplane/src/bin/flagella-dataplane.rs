@@ -51,8 +51,8 @@ use dataplane::pipeline::PipelineConfig;
 use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::maglev::DEFAULT_M;
 use dataplane::tables::services::{ServiceError, Services};
-use dataplane::tables::{LocalNode, Tables};
-use dataplane::{wire, MacAddr, Prefix};
+use dataplane::tables::{LocalNode, Tables, TunnelPorts};
+use dataplane::{MacAddr, Prefix};
 use xdp_redirect::{
     AttachMode, OwnedPrefix, PrefixLengthError, RedirectConfig, XdpAttachment, XdpError, XdpProgram,
 };
@@ -165,6 +165,15 @@ struct Cli {
     /// the first frame after an idle spell waits up to this long.
     #[arg(long, value_name = "MICROSECONDS")]
     idle_sleep_us: Option<u64>,
+
+    /// UDP port of VXLAN (default 4789), the same on every node of the cluster: what this node
+    /// sends tunnel traffic to, decapsulates, and its uplink hands the dataplane.
+    #[arg(long, value_name = "PORT")]
+    vxlan_port: Option<u16>,
+
+    /// UDP port of Geneve (default 6081), the same on every node of the cluster.
+    #[arg(long, value_name = "PORT")]
+    geneve_port: Option<u16>,
 
     /// On the uplink, hand the dataplane only what it owns (tunnel traffic to the node's
     /// underlay address, local pod addresses) and leave everything else — the host's SSH, etcd,
@@ -431,6 +440,12 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     if let Some(us) = cli.idle_sleep_us {
         cfg.idle_sleep_us = us;
     }
+    if let Some(port) = cli.vxlan_port {
+        cfg.vxlan_port = port;
+    }
+    if let Some(port) = cli.geneve_port {
+        cfg.geneve_port = port;
+    }
     if let Some(mode) = cli.xdp_mode {
         cfg.xdp_mode = match mode {
             XdpModeArg::Native => XdpMode::Native,
@@ -492,6 +507,10 @@ fn memlock_needed(cfg: &DaemonConfig, workers: &[WorkerSection]) -> u64 {
 fn initial_tables(cfg: &DaemonConfig) -> Result<Tables, DaemonError> {
     let mut node = LocalNode {
         name: hostname(),
+        tunnel_ports: TunnelPorts {
+            vxlan: cfg.vxlan_port,
+            geneve: cfg.geneve_port,
+        },
         ..LocalNode::default()
     };
     if let Some(uplink) = cfg.uplink() {
@@ -541,15 +560,15 @@ fn interface_mtu(ifname: &str) -> Result<Option<u16>, DaemonError> {
 /// for their gateway). The uplink: with the filter on, tunnel traffic to the node (on the ports
 /// the pipeline decapsulates) and the owned destinations, none until the uplink-sync thread
 /// learns them; ARP and everything else stay with the kernel.
-fn redirect_config(role: Role, uplink_filter: bool) -> RedirectConfig {
+fn redirect_config(role: Role, uplink_filter: bool, ports: TunnelPorts) -> RedirectConfig {
     match role {
         Role::Pod => RedirectConfig {
             redirect_arp: true,
             ..RedirectConfig::default()
         },
         Role::Uplink if uplink_filter => RedirectConfig {
-            vxlan_port: wire::vxlan::UDP_PORT,
-            geneve_port: wire::geneve::UDP_PORT,
+            vxlan_port: ports.vxlan,
+            geneve_port: ports.geneve,
             ..RedirectConfig::uplink(None)
         },
         Role::Uplink => RedirectConfig::default(),
@@ -568,7 +587,11 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
             ifname: iface.name.clone(),
             source,
         };
-        let redirect = redirect_config(iface.role, cfg.uplink_filter);
+        let ports = TunnelPorts {
+            vxlan: cfg.vxlan_port,
+            geneve: cfg.geneve_port,
+        };
+        let redirect = redirect_config(iface.role, cfg.uplink_filter, ports);
         let ifindex = preflight::ifindex(&iface.name)?;
         let program = XdpProgram::load(redirect).map_err(xdp_err)?;
         let attachment = program.attach(ifindex, mode).map_err(xdp_err)?;
@@ -985,18 +1008,27 @@ mod tests {
 
     #[test]
     fn the_uplink_filters_unless_turned_off_and_pods_do_not() {
-        let pod = redirect_config(Role::Pod, true);
+        let pod = redirect_config(Role::Pod, true, TunnelPorts::default());
         assert!(pod.redirect_arp && !pod.uplink_filter, "{pod:?}");
-        assert_eq!(redirect_config(Role::Pod, false), pod);
-        let uplink = redirect_config(Role::Uplink, true);
+        assert_eq!(
+            redirect_config(Role::Pod, false, TunnelPorts::default()),
+            pod
+        );
+        let uplink = redirect_config(Role::Uplink, true, TunnelPorts::default());
         assert!(uplink.uplink_filter && !uplink.redirect_arp, "{uplink:?}");
         assert_eq!(uplink.underlay_ipv4, None, "learnt from the tables later");
         assert_eq!(
             (uplink.vxlan_port, uplink.geneve_port),
-            (wire::vxlan::UDP_PORT, wire::geneve::UDP_PORT),
-            "the ports the pipeline decapsulates"
+            (4789, 6081),
+            "the ports the pipeline decapsulates by default"
         );
-        assert!(!redirect_config(Role::Uplink, false).uplink_filter);
+        let ports = TunnelPorts {
+            vxlan: 8472,
+            geneve: 6082,
+        };
+        let moved = redirect_config(Role::Uplink, true, ports);
+        assert_eq!((moved.vxlan_port, moved.geneve_port), (8472, 6082));
+        assert!(!redirect_config(Role::Uplink, false, TunnelPorts::default()).uplink_filter);
 
         let file = TempConfig::new(
             "filter",

@@ -7,6 +7,8 @@
 //! conntrack_entries = 131072                 # per worker
 //! xdp_mode = "native"                        # or "generic" (slow; for drivers without XDP)
 //! uplink_filter = true                       # the uplink hands the dataplane only what it owns
+//! vxlan_port = 4789                          # tunnel ports, the same on every node
+//! geneve_port = 6081
 //!
 //! [[interface]]
 //! name = "eth1"
@@ -98,6 +100,12 @@ pub struct DaemonConfig {
     /// dataplane, which cannot give the host's traffic back (for a dedicated uplink only).
     #[serde(default = "yes")]
     pub uplink_filter: bool,
+    /// The tunnels' UDP ports, the same on every node of the cluster (as Cilium's
+    /// `tunnel-port`): what this node sends to, decapsulates and its uplink program takes.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+    #[serde(default = "default_geneve_port")]
+    pub geneve_port: u16,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "worker")]
@@ -119,6 +127,12 @@ fn default_batch() -> usize {
 fn default_conntrack() -> usize {
     1 << 17
 }
+fn default_vxlan_port() -> u16 {
+    crate::wire::vxlan::UDP_PORT
+}
+fn default_geneve_port() -> u16 {
+    crate::wire::geneve::UDP_PORT
+}
 
 impl Default for DaemonConfig {
     fn default() -> Self {
@@ -129,6 +143,8 @@ impl Default for DaemonConfig {
             xdp_mode: XdpMode::Native,
             idle_sleep_us: 0,
             uplink_filter: true,
+            vxlan_port: default_vxlan_port(),
+            geneve_port: default_geneve_port(),
             interfaces: Vec::new(),
             workers: Vec::new(),
         }
@@ -198,6 +214,16 @@ impl DaemonConfig {
             return Err(invalid(
                 "idle_sleep_us",
                 format!("use 0 (spin) to {MAX_IDLE_SLEEP_US}; 50 to 200 keeps latency low"),
+            ));
+        }
+        if self.vxlan_port == 0 || self.geneve_port == 0 || self.vxlan_port == self.geneve_port {
+            return Err(invalid(
+                "vxlan_port",
+                format!(
+                    "the tunnel ports ({} for VXLAN, {} for Geneve) must be distinct and non-zero: \
+                     use the cluster's (default 4789 and 6081)",
+                    self.vxlan_port, self.geneve_port
+                ),
             ));
         }
         let mut uplinks = 0;

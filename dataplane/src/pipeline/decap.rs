@@ -34,7 +34,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             && m.family == Family::Ipv4
             && t.proto == u8::from(Protocol::Udp)
             && t.dst == IpAddr::V4(underlay)
-            && (t.dport == vxlan::UDP_PORT || t.dport == geneve::UDP_PORT);
+            && ctx.t.node.tunnel_ports.is_tunnel(t.dport);
         if !is_tunnel {
             continue;
         }
@@ -66,7 +66,7 @@ fn decapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
         .data()
         .get(tunnel_start..)
         .ok_or(DropReason::TunnelMalformed)?;
-    let info = if m.tuple.dport == vxlan::UDP_PORT {
+    let info = if m.tuple.dport == ctx.t.node.tunnel_ports.vxlan {
         read_vxlan(hdr)?
     } else {
         read_geneve(hdr)?

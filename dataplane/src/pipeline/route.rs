@@ -129,6 +129,7 @@ fn to_remote_node<B: AsRef<[u8]> + AsMut<[u8]>>(
         mtu: t.node.uplink_mtu,
         entropy: m.ct_hash,
         vni: vni_of(m.src_identity),
+        port: t.node.tunnel_ports.of(encap).ok_or(DropReason::NoRoute)?,
     };
     encapsulate(f, &outer, encap, geneve_dsr)?;
     if geneve_dsr.is_some() {
@@ -221,6 +222,8 @@ struct OuterHeader {
     /// Flow hash: spreads flows over UDP source ports (RFC 7348 section 5).
     entropy: u64,
     vni: u32,
+    /// The tunnel's UDP destination port.
+    port: u16,
 }
 
 /// Bytes of a Geneve DSR option: option header + data.
@@ -233,12 +236,10 @@ fn encapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
     encap: Encap,
     dsr: Option<FrontendAddr>,
 ) -> Result<(), DropReason> {
-    let (tunnel_len, port) = match encap {
-        Encap::Geneve if dsr.is_some() => {
-            (geneve::HEADER_LEN + GENEVE_DSR_OPTION_LEN, geneve::UDP_PORT)
-        }
-        Encap::Geneve => (geneve::HEADER_LEN, geneve::UDP_PORT),
-        _ => (vxlan::HEADER_LEN, vxlan::UDP_PORT),
+    let tunnel_len = match encap {
+        Encap::Geneve if dsr.is_some() => geneve::HEADER_LEN + GENEVE_DSR_OPTION_LEN,
+        Encap::Geneve => geneve::HEADER_LEN,
+        _ => vxlan::HEADER_LEN,
     };
     let udp_len = udp::HEADER_LEN + tunnel_len + f.len();
     let ip_len = ipv4::HEADER_LEN + udp_len;
@@ -280,7 +281,7 @@ fn encapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
     let sport = 49152 + (o.entropy % 16384) as u16;
     let mut u = UdpPacket::new_unchecked(udp_hdr);
     u.set_src_port(sport);
-    u.set_dst_port(port);
+    u.set_dst_port(o.port);
     u.set_len(udp_len as u16);
     u.set_checksum(0); // Zero is allowed for IPv4 tunnels (RFC 7348 section 5, RFC 8926 3.3).
 

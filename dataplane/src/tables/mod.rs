@@ -86,6 +86,43 @@ pub struct LocalNode {
     pub uplink_mtu: u16,
     /// Encapsulation used for nodes reached through the ipcache's tunnel endpoint only.
     pub default_encap: nodes::Encap,
+    /// The UDP ports of the tunnels, the same on every node of a cluster.
+    pub tunnel_ports: TunnelPorts,
+}
+
+/// The UDP destination ports of VXLAN and Geneve: what the node sends to and decapsulates.
+/// Defaults: the IANA ports (4789, 6081), as Cilium's `tunnel-port` defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelPorts {
+    pub vxlan: u16,
+    pub geneve: u16,
+}
+
+impl Default for TunnelPorts {
+    fn default() -> Self {
+        TunnelPorts {
+            vxlan: crate::wire::vxlan::UDP_PORT,
+            geneve: crate::wire::geneve::UDP_PORT,
+        }
+    }
+}
+
+impl TunnelPorts {
+    /// True for either tunnel's port.
+    #[inline]
+    pub fn is_tunnel(self, port: u16) -> bool {
+        port == self.vxlan || port == self.geneve
+    }
+
+    /// The destination port of `encap`'s tunnel (`None` for native routing).
+    #[inline]
+    pub fn of(self, encap: nodes::Encap) -> Option<u16> {
+        match encap {
+            nodes::Encap::Vxlan => Some(self.vxlan),
+            nodes::Encap::Geneve => Some(self.geneve),
+            nodes::Encap::Native => None,
+        }
+    }
 }
 
 impl LocalNode {
@@ -110,6 +147,7 @@ impl Default for LocalNode {
             uplink_mac: MacAddr::ZERO,
             uplink_mtu: 1500,
             default_encap: nodes::Encap::Vxlan,
+            tunnel_ports: TunnelPorts::default(),
         }
     }
 }
