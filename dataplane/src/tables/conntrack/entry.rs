@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::key::{mapped_octets, Direction};
+use super::key::{mapped_octets, FlowDirection};
 use super::tcp::FIN_FROM_BOTH;
 use crate::types::Identity;
 
@@ -82,10 +82,10 @@ impl CtFlags {
     const FIRST_BITS: u8 = Self::FIRST_ORIGINAL.0 | Self::FIRST_REPLY.0;
 
     #[inline]
-    fn first(dir: Direction) -> CtFlags {
+    fn first(dir: FlowDirection) -> CtFlags {
         match dir {
-            Direction::Original => Self::FIRST_ORIGINAL,
-            Direction::Reply => Self::FIRST_REPLY,
+            FlowDirection::Original => Self::FIRST_ORIGINAL,
+            FlowDirection::Reply => Self::FIRST_REPLY,
         }
     }
 
@@ -195,7 +195,7 @@ impl PartialEq for CtEntry {
             && self.fin_seen() == other.fin_seen()
             && self.src_identity == other.src_identity
             && self.created() == other.created()
-            && [Direction::Original, Direction::Reply]
+            && [FlowDirection::Original, FlowDirection::Reply]
                 .iter()
                 .all(|&d| self.packets(d) == other.packets(d) && self.bytes(d) == other.bytes(d))
             && self.backend() == other.backend()
@@ -207,8 +207,11 @@ impl Eq for CtEntry {}
 
 impl fmt::Debug for CtEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let both = |get: fn(&CtEntry, Direction) -> u64| {
-            [get(self, Direction::Original), get(self, Direction::Reply)]
+        let both = |get: fn(&CtEntry, FlowDirection) -> u64| {
+            [
+                get(self, FlowDirection::Original),
+                get(self, FlowDirection::Reply),
+            ]
         };
         f.debug_struct("CtEntry")
             .field("expires", &self.expires)
@@ -279,7 +282,7 @@ impl CtEntry {
         }
         let mut packets = [0; 2];
         let mut bytes = [0; 2];
-        for dir in [Direction::Original, Direction::Reply] {
+        for dir in [FlowDirection::Original, FlowDirection::Reply] {
             if self.flags.contains(CtFlags::first(dir)) {
                 packets[dir.index()] = 1;
                 bytes[dir.index()] = u64::from(self.first_bytes);
@@ -307,7 +310,7 @@ impl CtEntry {
             return;
         }
         let (mut first, mut first_bytes) = (0, 0u64);
-        for dir in [Direction::Original, Direction::Reply] {
+        for dir in [FlowDirection::Original, FlowDirection::Reply] {
             match (self.packets[dir.index()], self.bytes[dir.index()]) {
                 (0, 0) => {}
                 (1, b) if first == 0 => {
@@ -387,7 +390,7 @@ impl CtEntry {
         self.expires <= now
     }
 
-    pub fn packets(&self, dir: Direction) -> u64 {
+    pub fn packets(&self, dir: FlowDirection) -> u64 {
         if self.has_tail() {
             self.packets[dir.index()]
         } else {
@@ -395,7 +398,7 @@ impl CtEntry {
         }
     }
 
-    pub fn bytes(&self, dir: Direction) -> u64 {
+    pub fn bytes(&self, dir: FlowDirection) -> u64 {
         if self.has_tail() {
             self.bytes[dir.index()]
         } else if self.flags.contains(CtFlags::first(dir)) {
@@ -423,7 +426,7 @@ impl CtEntry {
         }
     }
 
-    pub(super) fn account(&mut self, dir: Direction, bytes: u32) {
+    pub(super) fn account(&mut self, dir: FlowDirection, bytes: u32) {
         let d = dir.index();
         self.packets[d] = self.packets[d].wrapping_add(1);
         self.bytes[d] = self.bytes[d].wrapping_add(u64::from(bytes));
@@ -467,7 +470,8 @@ mod tests {
             ..CtCreate::default()
         };
         let hash = ct.hash_key(&old);
-        let (h_old, _) = ct.create_counted(&old, hash, Direction::Original, info, SEC, SYN, 2000);
+        let (h_old, _) =
+            ct.create_counted(&old, hash, FlowDirection::Original, info, SEC, SYN, 2000);
         let stale = raw_tail(&ct, h_old);
         assert_eq!(stale.2, 9, "a flow with NAT information writes its tail");
         assert!(ct.remove(&old));
@@ -475,26 +479,32 @@ mod tests {
         let key = FlowKey::new(v4(10, 0, 0, 9), v4(10, 0, 0, 2), 1, 80, IPPROTO_UDP);
         let hash = ct.hash_key(&key);
         let info = CtCreate::default();
-        let (h, _) = ct.create_counted(&key, hash, Direction::Reply, info, 2 * SEC, 0, 74);
+        let (h, _) = ct.create_counted(&key, hash, FlowDirection::Reply, info, 2 * SEC, 0, 74);
         assert_eq!(h, h_old);
         assert_eq!(raw_tail(&ct, h), stale);
         // ...yet reads as if it were written.
         let e = *ct.entry(h);
         assert_eq!((e.created(), e.backend(), e.rev_nat()), (2 * SEC, 0, None));
         assert_eq!(
-            (e.packets(Direction::Reply), e.bytes(Direction::Reply)),
+            (
+                e.packets(FlowDirection::Reply),
+                e.bytes(FlowDirection::Reply)
+            ),
             (1, 74)
         );
         assert_eq!(
-            (e.packets(Direction::Original), e.bytes(Direction::Original)),
+            (
+                e.packets(FlowDirection::Original),
+                e.bytes(FlowDirection::Original)
+            ),
             (0, 0)
         );
         // The next packet writes the whole tail, then counts.
-        ct.update(h, Direction::Original, 0, 60, 3 * SEC);
+        ct.update(h, FlowDirection::Original, 0, 60, 3 * SEC);
         let tail = raw_tail(&ct, h);
         assert_eq!((tail.0, tail.1, tail.2, tail.3), (2 * SEC, [1, 1], 0, None));
-        assert_eq!(ct.entry(h).bytes(Direction::Reply), 74);
-        assert_eq!(ct.entry(h).bytes(Direction::Original), 60);
+        assert_eq!(ct.entry(h).bytes(FlowDirection::Reply), 74);
+        assert_eq!(ct.entry(h).bytes(FlowDirection::Original), 60);
         assert_eq!(ct.entry(h).created(), 2 * SEC);
         // A setter writes the implied tail before its field.
         let h2 = create(
@@ -512,9 +522,9 @@ mod tests {
         let key = client_key(IPPROTO_UDP);
         let hash = ct.hash_key(&key);
         let info = CtCreate::default();
-        let (h, _) = ct.create_counted(&key, hash, Direction::Original, info, SEC, 0, 70_000);
+        let (h, _) = ct.create_counted(&key, hash, FlowDirection::Original, info, SEC, 0, 70_000);
         assert_eq!(raw_tail(&ct, h), (SEC, [1, 0], 0, None));
-        assert_eq!(ct.entry(h).bytes(Direction::Original), 70_000);
+        assert_eq!(ct.entry(h).bytes(FlowDirection::Original), 70_000);
     }
 
     #[test]
@@ -529,10 +539,10 @@ mod tests {
         let (h2, dir) = look(&ct, &key.reversed(), 0).unwrap();
         ct.update(h2, dir, 0, 1500, 0);
         let e = ct.entry(h);
-        assert_eq!(e.packets(Direction::Original), 3);
-        assert_eq!(e.bytes(Direction::Original), 300);
-        assert_eq!(e.packets(Direction::Reply), 1);
-        assert_eq!(e.bytes(Direction::Reply), 1500);
+        assert_eq!(e.packets(FlowDirection::Original), 3);
+        assert_eq!(e.bytes(FlowDirection::Original), 300);
+        assert_eq!(e.packets(FlowDirection::Reply), 1);
+        assert_eq!(e.bytes(FlowDirection::Reply), 1500);
     }
 
     #[test]
@@ -548,7 +558,7 @@ mod tests {
             backend: 7,
             ..CtCreate::default()
         };
-        let h = ct.create(&key, hash, Direction::Original, info, 0);
+        let h = ct.create(&key, hash, FlowDirection::Original, info, 0);
         let e = ct.entry(h);
         assert_eq!(e.src_identity, Identity(1234));
         assert_eq!(e.backend(), 7);

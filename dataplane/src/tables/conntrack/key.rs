@@ -254,21 +254,23 @@ fn proto_name(proto: u8) -> Option<&'static str> {
     })
 }
 
-/// Which way a packet travels relative to the flow's originator.
+/// Which way a packet travels relative to the flow's originator (Linux conntrack's
+/// `IP_CT_DIR_ORIGINAL` / `IP_CT_DIR_REPLY`). Not to be confused with a policy's direction
+/// ([`crate::tables::policy::Direction`]: ingress or egress of an endpoint).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum Direction {
+pub enum FlowDirection {
     /// From the endpoint that opened the flow.
     Original = 0,
     /// Towards the endpoint that opened the flow.
     Reply = 1,
 }
 
-impl Direction {
-    pub fn reverse(self) -> Direction {
+impl FlowDirection {
+    pub fn reverse(self) -> FlowDirection {
         match self {
-            Direction::Original => Direction::Reply,
-            Direction::Reply => Direction::Original,
+            FlowDirection::Original => FlowDirection::Reply,
+            FlowDirection::Reply => FlowDirection::Original,
         }
     }
 
@@ -365,11 +367,11 @@ mod tests {
                 prop_assert_eq!(rev.src(), (b, pb));
             }
             let mut ct = Conntrack::new(CtConfig { capacity: 8, timeouts: CtTimeouts::default(), hash_seed: seed });
-            let h = ct.create(&fwd, ct.hash_key(&fwd), Direction::Original, CtCreate::default(), 0);
+            let h = ct.create(&fwd, ct.hash_key(&fwd), FlowDirection::Original, CtCreate::default(), 0);
             let same_endpoint = (a, pa) == (b, pb);
-            let expected = if same_endpoint { Direction::Original } else { Direction::Reply };
+            let expected = if same_endpoint { FlowDirection::Original } else { FlowDirection::Reply };
             prop_assert_eq!(ct.lookup(&rev, ct.hash_key(&rev), 0), Some((h, expected)));
-            prop_assert_eq!(ct.lookup(&fwd, ct.hash_key(&fwd), 0), Some((h, Direction::Original)));
+            prop_assert_eq!(ct.lookup(&fwd, ct.hash_key(&fwd), 0), Some((h, FlowDirection::Original)));
         }
     }
 }

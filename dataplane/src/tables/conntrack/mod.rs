@@ -6,11 +6,11 @@
 //!
 //! # Files
 //! This file holds the table and its API (lookup, create, update, remove, GC); the rest is split
-//! by concern: `key.rs` (the canonical [`FlowKey`], its hash, a packet's [`Direction`] in its
-//! flow), `entry.rs` ([`CtEntry`]: layout, compact form, state, flags, NAT/DSR information),
-//! `tcp.rs` (the TCP state machine), `slot.rs` (slots, buckets and tags: the layout in memory,
-//! and a slot's update by one packet), `config.rs` ([`CtConfig`], [`CtTimeouts`]) and
-//! `memory.rs` (the once-allocated, huge-page-aligned arrays).
+//! by concern: `key.rs` (the canonical [`FlowKey`], its hash, a packet's [`FlowDirection`] in
+//! its flow), `entry.rs` ([`CtEntry`]: layout, compact form, state, flags, NAT/DSR
+//! information), `tcp.rs` (the TCP state machine), `slot.rs` (slots, buckets and tags: the
+//! layout in memory, and a slot's update by one packet), `config.rs` ([`CtConfig`],
+//! [`CtTimeouts`]) and `memory.rs` (the once-allocated, huge-page-aligned arrays).
 //!
 //! # Layout
 //! All memory is allocated once, in [`Conntrack::new`], and never again; a table of 2 MiB or
@@ -36,7 +36,7 @@
 //! directions of a flow produce equal keys and equal hashes, and one bucket scan finds the single
 //! entry. The key also remembers which endpoint sent the packet it was built from (not part of
 //! its equality or hash); the stored key remembers which endpoint *originated* the flow, and
-//! comparing the two gives the packet's [`Direction`].
+//! comparing the two gives the packet's [`FlowDirection`].
 //!
 //! # Time
 //! Time is a `u64` of nanoseconds from a monotonic clock, passed in by the caller (the pipeline
@@ -84,7 +84,7 @@ use std::fmt;
 
 pub use config::{CtConfig, CtTimeouts};
 pub use entry::{CtCreate, CtEntry, CtFlags, CtState, RevNat};
-pub use key::{Direction, FlowKey};
+pub use key::{FlowDirection, FlowKey};
 
 use config::TimeoutsNs;
 use memory::HugeArray;
@@ -149,11 +149,11 @@ impl CtHandle {
 pub struct CtUpdate {
     /// State after this packet.
     pub state: CtState,
-    /// Direction of this packet after this packet. It differs from the direction passed in only
+    /// FlowDirection of this packet after this packet. It differs from the direction passed in only
     /// when a pure SYN from the reply side restarted a closed TCP flow: the SYN's sender is then
     /// the originator, and the packet must be treated as a new connection's first packet (not a
     /// reply that skips policy).
-    pub dir: Direction,
+    pub dir: FlowDirection,
 }
 
 /// How `create` got its slot.
@@ -169,7 +169,7 @@ enum Claim {
 /// How the pipeline uses it:
 /// ```
 /// use std::net::IpAddr;
-/// use dataplane::tables::conntrack::{Conntrack, CtConfig, CtCreate, CtState, Direction, FlowKey};
+/// use dataplane::tables::conntrack::{Conntrack, CtConfig, CtCreate, CtState, FlowDirection, FlowKey};
 ///
 /// let mut ct = Conntrack::new(CtConfig { hash_seed: CtConfig::random_seed(), ..CtConfig::default() });
 /// let client: IpAddr = "10.0.0.1".parse().unwrap();
@@ -185,8 +185,8 @@ enum Claim {
 /// let (h, dir) = match ct.lookup(&key, hash, now) {
 ///     Some(found) => found,
 ///     None => {
-///         let h = ct.create(&key, hash, Direction::Original, CtCreate::default(), now);
-///         (h, Direction::Original)
+///         let h = ct.create(&key, hash, FlowDirection::Original, CtCreate::default(), now);
+///         (h, FlowDirection::Original)
 ///     }
 /// };
 /// let up = ct.update(h, dir, 0x02 /* SYN */, 74, now);
@@ -194,7 +194,7 @@ enum Claim {
 ///
 /// // The server's answer finds the same entry, as a reply.
 /// let answer = FlowKey::new(server, client, 80, 40000, 6);
-/// assert_eq!(ct.lookup(&answer, ct.hash_key(&answer), now), Some((h, Direction::Reply)));
+/// assert_eq!(ct.lookup(&answer, ct.hash_key(&answer), now), Some((h, FlowDirection::Reply)));
 /// ```
 pub struct Conntrack {
     buckets: HugeArray<Bucket>,
@@ -397,7 +397,7 @@ impl Conntrack {
     /// The live entry of `key`'s flow and the direction of `key`'s packet in it. `hash` must be
     /// [`hash_key(key)`](Self::hash_key). Expired entries count as absent.
     #[inline]
-    pub fn lookup(&self, key: &FlowKey, hash: u64, now: u64) -> Option<(CtHandle, Direction)> {
+    pub fn lookup(&self, key: &FlowKey, hash: u64, now: u64) -> Option<(CtHandle, FlowDirection)> {
         debug_assert_eq!(hash, self.hash_key(key), "lookup with a foreign hash");
         let (b, way) = self.find(key, hash)?;
         let slot = &self.buckets[b].slots[way];
@@ -405,9 +405,9 @@ impl Conntrack {
             return None;
         }
         let dir = if slot.key.src_is_hi() == key.src_is_hi() {
-            Direction::Original
+            FlowDirection::Original
         } else {
-            Direction::Reply
+            FlowDirection::Reply
         };
         Some((handle(b, way), dir))
     }
@@ -426,7 +426,7 @@ impl Conntrack {
         &mut self,
         key: &FlowKey,
         hash: u64,
-        dir: Direction,
+        dir: FlowDirection,
         info: CtCreate,
         now: u64,
     ) -> CtHandle {
@@ -444,7 +444,7 @@ impl Conntrack {
         &mut self,
         key: &FlowKey,
         hash: u64,
-        dir: Direction,
+        dir: FlowDirection,
         info: CtCreate,
         now: u64,
         tcp_flags: u8,
@@ -461,7 +461,7 @@ impl Conntrack {
         &mut self,
         key: &FlowKey,
         hash: u64,
-        dir: Direction,
+        dir: FlowDirection,
         info: CtCreate,
         now: u64,
     ) -> (usize, usize, Slot) {
@@ -475,8 +475,8 @@ impl Conntrack {
         }
         self.stats.inserts += 1;
         let stored_key = match dir {
-            Direction::Original => *key,
-            Direction::Reply => key.reversed(),
+            FlowDirection::Original => *key,
+            FlowDirection::Reply => key.reversed(),
         };
         let mut entry = CtEntry::fresh(&info, now);
         entry.expires = now.saturating_add(self.timeouts.for_state(key.proto(), entry.state));
@@ -540,7 +540,7 @@ impl Conntrack {
     pub fn update(
         &mut self,
         h: CtHandle,
-        dir: Direction,
+        dir: FlowDirection,
         tcp_flags: u8,
         bytes: u32,
         now: u64,
@@ -649,7 +649,7 @@ mod tests {
             let client = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             let key = FlowKey::new(client, server, 40000, 80, IPPROTO_TCP);
             let hash = ct.hash_key(&key);
-            ct.create(&key, hash, Direction::Original, CtCreate::default(), 1);
+            ct.create(&key, hash, FlowDirection::Original, CtCreate::default(), 1);
         }
         // 20k flows in 64k slots (8-way buckets): a uniform hash evicts nothing or nearly so.
         assert!(ct.stats().evictions < 10, "{:?}", ct.stats());
@@ -665,7 +665,7 @@ mod tests {
             established in any::<bool>(),
             sport in any::<u16>(),
         ) {
-            let dir = if reply { Direction::Reply } else { Direction::Original };
+            let dir = if reply { FlowDirection::Reply } else { FlowDirection::Original };
             let info = CtCreate { established, ..CtCreate::default() };
             let key = FlowKey::new(v4(10, 0, 0, 1), v4(10, 0, 0, 2), sport, 80, proto);
             let mut a = table(64);
@@ -708,8 +708,11 @@ mod tests {
         let mut ct = table(1024);
         let key = client_key(IPPROTO_TCP);
         let h = create(&mut ct, &key, 0);
-        assert_eq!(look(&ct, &key, 1), Some((h, Direction::Original)));
-        assert_eq!(look(&ct, &key.reversed(), 1), Some((h, Direction::Reply)));
+        assert_eq!(look(&ct, &key, 1), Some((h, FlowDirection::Original)));
+        assert_eq!(
+            look(&ct, &key.reversed(), 1),
+            Some((h, FlowDirection::Reply))
+        );
         assert_eq!(ct.key(h).src(), key.src());
         assert_eq!(ct.len(), 1);
     }
@@ -719,9 +722,9 @@ mod tests {
         let mut ct = table(64);
         let reply = client_key(IPPROTO_TCP).reversed();
         let hash = ct.hash_key(&reply);
-        let h = ct.create(&reply, hash, Direction::Reply, CtCreate::default(), 0);
+        let h = ct.create(&reply, hash, FlowDirection::Reply, CtCreate::default(), 0);
         assert_eq!(ct.key(h).src(), (v4(10, 0, 0, 1), 40000));
-        assert_eq!(look(&ct, &reply, 0), Some((h, Direction::Reply)));
+        assert_eq!(look(&ct, &reply, 0), Some((h, FlowDirection::Reply)));
     }
 
     #[test]
@@ -731,7 +734,7 @@ mod tests {
         let request = FlowKey::new(v4(10, 0, 0, 1), v4(10, 0, 0, 2), id, id, IPPROTO_ICMP);
         let reply = FlowKey::new(v4(10, 0, 0, 2), v4(10, 0, 0, 1), id, id, IPPROTO_ICMP);
         let h = create(&mut ct, &request, 0);
-        assert_eq!(look(&ct, &reply, 0), Some((h, Direction::Reply)));
+        assert_eq!(look(&ct, &reply, 0), Some((h, FlowDirection::Reply)));
         let other_id = FlowKey::new(v4(10, 0, 0, 2), v4(10, 0, 0, 1), 9, 9, IPPROTO_ICMP);
         assert_eq!(look(&ct, &other_id, 0), None);
     }
@@ -741,7 +744,7 @@ mod tests {
         let mut ct = table(64);
         let key = client_key(IPPROTO_UDP);
         let h = create(&mut ct, &key, 0);
-        ct.update(h, Direction::Original, 0, 1, 0);
+        ct.update(h, FlowDirection::Original, 0, 1, 0);
         assert!(look(&ct, &key, 60 * SEC - 1).is_some());
         assert_eq!(look(&ct, &key, 60 * SEC), None);
         assert_eq!(ct.len(), 1);
@@ -762,7 +765,7 @@ mod tests {
         assert_eq!(h, h2);
         assert_eq!(ct.len(), 1);
         assert_eq!(ct.stats().replaced, 1);
-        assert_eq!(look(&ct, &key, 100 * SEC), Some((h, Direction::Reply)));
+        assert_eq!(look(&ct, &key, 100 * SEC), Some((h, FlowDirection::Reply)));
         ct.check_invariants();
     }
 
@@ -883,7 +886,7 @@ mod tests {
         let h = big.create(
             &key,
             big.hash_key(&key),
-            Direction::Original,
+            FlowDirection::Original,
             CtCreate::default(),
             0,
         );
@@ -891,7 +894,7 @@ mod tests {
         let mut small = table(8);
         small.entry(h);
         small.entry(far);
-        small.update(far, Direction::Reply, SYN, 1, 0);
+        small.update(far, FlowDirection::Reply, SYN, 1, 0);
         small.entry_mut(h).set_backend(3);
     }
 
@@ -1019,7 +1022,7 @@ mod tests {
                         if others_live >= WAYS {
                             continue;
                         }
-                        let dir = if reply { Direction::Reply } else { Direction::Original };
+                        let dir = if reply { FlowDirection::Reply } else { FlowDirection::Original };
                         let h = ct.create(&key, hash, dir, CtCreate::default(), now);
                         prop_assert_eq!(ct.key(h), &key);
                         let originator = if reply { key.reversed() } else { key };
@@ -1029,7 +1032,7 @@ mod tests {
                         let key = model_key(k, reversed);
                         let got = ct.lookup(&key, ct.hash_key(&key), now);
                         let want = model.live(&key, now).map(|(orig, _)| {
-                            if orig.src() == key.src() { Direction::Original } else { Direction::Reply }
+                            if orig.src() == key.src() { FlowDirection::Original } else { FlowDirection::Reply }
                         });
                         prop_assert_eq!(got.map(|(_, dir)| dir), want);
                         if let Some((h, _)) = got {

@@ -7,7 +7,7 @@
 
 use super::config::TimeoutsNs;
 use super::entry::{CtEntry, CtFlags, CtState};
-use super::key::{Direction, FlowKey};
+use super::key::{FlowDirection, FlowKey};
 use super::tcp::tcp_step;
 use super::{CtUpdate, IPPROTO_TCP, WAYS};
 
@@ -25,7 +25,7 @@ impl Slot {
     pub(super) fn account(
         &mut self,
         timeouts: &TimeoutsNs,
-        dir: Direction,
+        dir: FlowDirection,
         tcp_flags: u8,
         bytes: u32,
         now: u64,
@@ -37,22 +37,22 @@ impl Slot {
             let step = tcp_step(self.entry.state, self.entry.fin_seen(), dir, tcp_flags);
             if step.restart {
                 self.entry.flags.0 &= !CtFlags::SEEN_REPLY.0;
-                if dir == Direction::Reply {
+                if dir == FlowDirection::Reply {
                     // The reply side opens a new connection: it becomes the originator, and the
                     // counters follow their endpoints.
                     self.key = self.key.reversed();
                     self.entry.packets.swap(0, 1);
                     self.entry.bytes.swap(0, 1);
-                    dir = Direction::Original;
+                    dir = FlowDirection::Original;
                 }
             }
             self.entry.state = step.state;
             self.entry.set_fin_seen(step.fin_seen);
-        } else if dir == Direction::Reply {
+        } else if dir == FlowDirection::Reply {
             self.entry.state = CtState::Established;
         }
         let entry = &mut self.entry;
-        if dir == Direction::Reply {
+        if dir == FlowDirection::Reply {
             entry.flags.0 |= CtFlags::SEEN_REPLY.0;
         }
         entry.account(dir, bytes);

@@ -5,7 +5,7 @@
 //! are checked, so RST is believed as is (as Cilium does).
 
 use super::entry::CtState;
-use super::key::Direction;
+use super::key::FlowDirection;
 
 /// TCP flag bits as they sit in byte 13 of the TCP header (the `tcp_flags` argument of
 /// [`Conntrack::update`](super::Conntrack::update)).
@@ -37,7 +37,7 @@ pub(super) struct TcpStep {
 /// originator does not establish a flow before the reply side sent SYN+ACK, and a FIN before the
 /// handshake completes is ignored. We do not see sequence numbers, so RST is believed as is
 /// (as Cilium does); the entry then only lives `tcp_close` past the last packet.
-pub(super) fn tcp_step(state: CtState, fin_seen: u8, dir: Direction, flags: u8) -> TcpStep {
+pub(super) fn tcp_step(state: CtState, fin_seen: u8, dir: FlowDirection, flags: u8) -> TcpStep {
     let syn = flags & tcp_flag::SYN != 0;
     let ack = flags & tcp_flag::ACK != 0;
     let pure_syn = syn && !ack;
@@ -59,17 +59,17 @@ pub(super) fn tcp_step(state: CtState, fin_seen: u8, dir: Direction, flags: u8) 
     };
     let state = match (state, dir) {
         (CtState::Closing, _) if pure_syn => return restart,
-        (CtState::New, Direction::Reply) if pure_syn => return restart,
-        (CtState::New, Direction::Original) if pure_syn => CtState::SynSent,
-        (CtState::New | CtState::SynSent, Direction::Reply) if syn && ack => CtState::SynRecv,
-        (CtState::SynRecv, Direction::Original) if ack && !syn => CtState::Established,
+        (CtState::New, FlowDirection::Reply) if pure_syn => return restart,
+        (CtState::New, FlowDirection::Original) if pure_syn => CtState::SynSent,
+        (CtState::New | CtState::SynSent, FlowDirection::Reply) if syn && ack => CtState::SynRecv,
+        (CtState::SynRecv, FlowDirection::Original) if ack && !syn => CtState::Established,
         (other, _) => other,
     };
     if flags & tcp_flag::FIN != 0 && state.is_established() {
         let fin_seen = fin_seen
             | match dir {
-                Direction::Original => FIN_FROM_ORIGINAL,
-                Direction::Reply => FIN_FROM_REPLY,
+                FlowDirection::Original => FIN_FROM_ORIGINAL,
+                FlowDirection::Reply => FIN_FROM_REPLY,
             };
         let state = if fin_seen == FIN_FROM_BOTH {
             CtState::Closing
@@ -100,7 +100,7 @@ mod tests {
         assert_eq!(ct.entry(h).expires(), 60 * SEC);
         let up = packet(&mut ct, &key.reversed(), SYN | ACK, SEC);
         assert_eq!(up.state, CtState::SynRecv);
-        assert_eq!(up.dir, Direction::Reply);
+        assert_eq!(up.dir, FlowDirection::Reply);
         assert_eq!(ct.entry(h).expires(), 61 * SEC);
         assert_eq!(
             packet(&mut ct, &key, ACK, 2 * SEC).state,
@@ -141,7 +141,7 @@ mod tests {
             established: true,
             ..CtCreate::default()
         };
-        let h = ct.create(&key, hash, Direction::Original, info, 0);
+        let h = ct.create(&key, hash, FlowDirection::Original, info, 0);
         assert_eq!(ct.entry(h).state(), CtState::Established);
         assert_eq!(ct.entry(h).expires(), 21_600 * SEC);
         assert_eq!(packet(&mut ct, &key, ACK, 1).state, CtState::Established);
@@ -204,7 +204,7 @@ mod tests {
             up,
             CtUpdate {
                 state: CtState::SynSent,
-                dir: Direction::Original
+                dir: FlowDirection::Original
             }
         );
         assert!(!ct.entry(h).flags().contains(CtFlags::SEEN_REPLY));
@@ -215,18 +215,21 @@ mod tests {
         let mut ct = table(64);
         let h = established(&mut ct, &key);
         packet(&mut ct, &key, RST, SEC);
-        let server_sent = ct.entry(h).packets(Direction::Reply);
+        let server_sent = ct.entry(h).packets(FlowDirection::Reply);
         let up = packet(&mut ct, &key.reversed(), SYN, 2 * SEC);
         assert_eq!(
             up,
             CtUpdate {
                 state: CtState::SynSent,
-                dir: Direction::Original
+                dir: FlowDirection::Original
             }
         );
         assert_eq!(ct.key(h).src(), key.dst());
-        assert_eq!(ct.entry(h).packets(Direction::Original), server_sent + 1);
-        assert_eq!(look(&ct, &key, 2 * SEC), Some((h, Direction::Reply)));
+        assert_eq!(
+            ct.entry(h).packets(FlowDirection::Original),
+            server_sent + 1
+        );
+        assert_eq!(look(&ct, &key, 2 * SEC), Some((h, FlowDirection::Reply)));
         ct.check_invariants();
     }
 }

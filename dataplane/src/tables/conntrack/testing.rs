@@ -30,10 +30,10 @@ pub(super) fn client_key(proto: u8) -> FlowKey {
 
 pub(super) fn create(ct: &mut Conntrack, key: &FlowKey, now: u64) -> CtHandle {
     let h = ct.hash_key(key);
-    ct.create(key, h, Direction::Original, CtCreate::default(), now)
+    ct.create(key, h, FlowDirection::Original, CtCreate::default(), now)
 }
 
-pub(super) fn look(ct: &Conntrack, key: &FlowKey, now: u64) -> Option<(CtHandle, Direction)> {
+pub(super) fn look(ct: &Conntrack, key: &FlowKey, now: u64) -> Option<(CtHandle, FlowDirection)> {
     ct.lookup(key, ct.hash_key(key), now)
 }
 
