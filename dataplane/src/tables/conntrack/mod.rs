@@ -63,13 +63,14 @@
 //!
 //! # Garbage collection
 //! [`Conntrack::gc`] examines at most `budget` slots per call from a cursor that wraps around, so
-//! it never stalls the fast path. The pipeline calls `gc(now, 64)` once per batch: a full sweep
-//! of 128k slots then takes 2048 batches (about 0.1 s at 1 Mpps, longer when idle, so the
-//! pipeline should also call it when a poll returns nothing). The trade-off: a small budget keeps
-//! the per-batch cost flat (64 tag reads, plus a slot read for occupied slots), at the price of
-//! expired entries lingering until the cursor passes. Lingering is harmless for correctness —
-//! lookups ignore expired entries and inserts reuse them first — it only makes `len()` and dumps
-//! overstate the live count.
+//! it never stalls the fast path. The pipeline paces it by time, not by packets
+//! (`Pipeline::maintain`, after every batch and on a worker's idle passes): each call examines
+//! the slots due since the last one, at most 256, so the table is swept once per
+//! `PipelineConfig::ct_gc_sweep_ns` (10 s) whatever the rate. The trade-off: a small budget
+//! keeps the per-batch cost flat (a tag read per slot, plus a slot read for occupied ones), at
+//! the price of expired entries lingering until the cursor passes. Lingering is harmless for
+//! correctness — lookups ignore expired entries and inserts reuse them first — it only makes
+//! `len()` and dumps overstate the live count.
 
 mod config;
 mod entry;
