@@ -59,7 +59,9 @@ use criterion::{Criterion, Throughput};
 use dataplane::frame::Frame;
 use dataplane::pipeline::meta::CtMark;
 use dataplane::pipeline::{Pipeline, PipelineConfig, Stage, Verdict};
-use dataplane::tables::conntrack::{Conntrack, CtConfig, CtCreate, CtFlags, Direction, FlowKey};
+use dataplane::tables::conntrack::{
+    Conntrack, CtConfig, CtCreate, CtFlags, FlowDirection, FlowKey,
+};
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec, Endpoints};
 use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
 use dataplane::tables::maglev::DEFAULT_M;
@@ -693,7 +695,7 @@ fn fill_conntrack(ct: &mut Conntrack) {
         let h = ct.hash_key(&key);
         // Older than the scenarios' flows: when a bucket is full, eviction (the entry idle the
         // longest) takes filler, not a flow the scenarios send on.
-        ct.create(&key, h, Direction::Original, info, NOW - FILLER_AGE);
+        ct.create(&key, h, FlowDirection::Original, info, NOW - FILLER_AGE);
         i += 1;
     }
 }

@@ -39,7 +39,7 @@ use arc_swap::{ArcSwap, Guard};
 use serde::Serialize;
 
 use crate::pipeline::{Counters, Pipeline};
-use crate::tables::conntrack::{Conntrack, Direction};
+use crate::tables::conntrack::{Conntrack, FlowDirection};
 use crate::tables::Tables;
 
 /// The published [`Tables`]: cheap to clone, shared by the workers and the control thread.
@@ -341,10 +341,10 @@ fn snapshot_conntrack(ct: &Conntrack, now: u64, limit: usize, generation: u64) -
                 proto: k.proto(),
                 state: e.state().as_str(),
                 src_identity: e.src_identity.0,
-                packets_original: e.packets(Direction::Original),
-                packets_reply: e.packets(Direction::Reply),
-                bytes_original: e.bytes(Direction::Original),
-                bytes_reply: e.bytes(Direction::Reply),
+                packets_original: e.packets(FlowDirection::Original),
+                packets_reply: e.packets(FlowDirection::Reply),
+                bytes_original: e.bytes(FlowDirection::Original),
+                bytes_reply: e.bytes(FlowDirection::Reply),
                 expires_in_ms: e.expires().saturating_sub(now) / 1_000_000,
                 rev_nat: e
                     .rev_nat()

@@ -9,7 +9,7 @@
 use super::meta::{CtMark, Family, IcmpClass, PacketMeta, Verdict};
 use super::{Ctx, Stage};
 use crate::frame::Frame;
-use crate::tables::conntrack::{Direction, FlowKey};
+use crate::tables::conntrack::{FlowDirection, FlowKey};
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     frames: &mut [Frame<B>],
@@ -53,7 +53,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             ctx.c.ct_related += 1;
             // An error from the backend about a NATed flow: the client must see it come from
             // the frontend, about a packet it sent to the frontend.
-            if let (Direction::Original, Some(rev)) = (dir, ctx.ct.entry(h).rev_nat()) {
+            if let (FlowDirection::Original, Some(rev)) = (dir, ctx.ct.entry(h).rev_nat()) {
                 if m.inner.src != m.tuple.src
                     && super::service::reverse_nat_icmp_error(f, m, rev.addr(), rev.port())
                 {
@@ -71,8 +71,8 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         }
         ctx.c.ct_established += 1;
         match dir {
-            Direction::Original => m.ct = CtMark::Established,
-            Direction::Reply => {
+            FlowDirection::Original => m.ct = CtMark::Established,
+            FlowDirection::Reply => {
                 m.ct = CtMark::Reply;
                 if let Some(rev) = ctx.ct.entry(h).rev_nat() {
                     super::service::reverse_nat(f, m, rev.addr(), rev.port());

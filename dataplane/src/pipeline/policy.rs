@@ -11,7 +11,7 @@
 use super::meta::{CtMark, Family, PacketMeta, Verdict};
 use super::{Ctx, DropReason, Stage};
 use crate::frame::Frame;
-use crate::tables::conntrack::{CtCreate, CtFlags, Direction, RevNat};
+use crate::tables::conntrack::{CtCreate, CtFlags, FlowDirection, RevNat};
 use crate::tables::policy::Decision;
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -104,7 +104,7 @@ fn commit_flow(m: &mut PacketMeta, bytes: u32, ctx: &mut Ctx<'_>) {
     ctx.ct.create_counted(
         &key,
         m.ct_hash,
-        Direction::Original,
+        FlowDirection::Original,
         info,
         ctx.now,
         m.tcp_flags,
