@@ -5,7 +5,8 @@
 //!
 //! Pipeline:
 //! 1. [`parse::parse_policies`] reads YAML/JSON (single object, multi-document, `kind: List`)
-//!    into the [`model`] (Kubernetes in [`k8s`], Cilium in [`cilium`]), reporting unsupported
+//!    into the [`model`] (Kubernetes in [`k8s`], Cilium in [`cilium`], what both read in
+//!    [`policy_fields`]; neither imports the other), reporting unsupported
 //!    fields as [`error::Warning`]s and anything invalid as an [`error::Error`] with the
 //!    document, field path and reason;
 //! 2. [`cluster::parse_cluster`] reads the namespaces, pods and nodes;
@@ -27,6 +28,7 @@ pub mod k8s;
 pub mod labels;
 pub mod model;
 pub mod parse;
+pub mod policy_fields;
 pub mod repository;
 pub mod selector;
 pub mod selector_cache;
