@@ -35,6 +35,7 @@ use std::net::IpAddr;
 
 use hashbrown::HashMap;
 
+use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
 use dataplane::tables::policy::{
     Action, Direction, DirectionalPolicy, EndpointPolicy, PolicyEntry, PolicyKey, PortRange,
 };
@@ -142,55 +143,6 @@ impl CookieTable {
     }
 }
 
-/// An IP -> identity table with longest-prefix-match lookups (the ipcache the dataplane gets).
-#[derive(Clone, Debug, Default)]
-struct Ipcache {
-    map: HashMap<Prefix, Identity>,
-    /// How many prefixes of each (family is IPv4, length) exist, to skip empty lengths.
-    lengths: BTreeMap<(bool, u8), u32>,
-}
-
-impl Ipcache {
-    fn upsert(&mut self, prefix: Prefix, identity: Identity) {
-        if self.map.insert(prefix, identity).is_none() {
-            *self
-                .lengths
-                .entry((prefix.is_ipv4(), prefix.prefix_len()))
-                .or_default() += 1;
-        }
-    }
-
-    fn remove(&mut self, prefix: &Prefix) -> bool {
-        if self.map.remove(prefix).is_none() {
-            return false;
-        }
-        let k = (prefix.is_ipv4(), prefix.prefix_len());
-        if let Some(n) = self.lengths.get_mut(&k) {
-            *n -= 1;
-            if *n == 0 {
-                self.lengths.remove(&k);
-            }
-        }
-        true
-    }
-
-    /// Longest-prefix match; addresses in no prefix are `world`.
-    fn resolve(&self, addr: IpAddr) -> (Identity, Option<Prefix>) {
-        for &(v4, len) in self.lengths.keys().rev() {
-            if v4 != addr.is_ipv4() {
-                continue;
-            }
-            let Ok(p) = Prefix::new(addr, len) else {
-                continue;
-            };
-            if let Some(id) = self.map.get(&p) {
-                return (*id, Some(p));
-            }
-        }
-        (Identity::WORLD, None)
-    }
-}
-
 /// The whole compiler state. See the module doc.
 #[derive(Debug, Default)]
 pub struct PolicyEngine {
@@ -203,7 +155,9 @@ pub struct PolicyEngine {
     pods_by_identity: HashMap<Identity, BTreeSet<String>>,
     /// The compiled pods among `pods_by_identity` (what [`Self::mark_subject`] marks dirty).
     compiled_by_identity: HashMap<Identity, BTreeSet<String>>,
-    ipcache: Ipcache,
+    /// The dataplane's own ipcache type, holding what the dataplane is sent (no tunnel
+    /// endpoints: those are the agent's business).
+    ipcache: IpCache,
     repo: Repository,
     cache: SelectorCache,
     /// Subject selectors (as `Peer::Endpoints`, the selector cache's key) -> their sections.
@@ -441,14 +395,14 @@ impl PolicyEngine {
     }
 
     fn set_ipcache(&mut self, prefix: Prefix, identity: Identity) {
-        if self.ipcache.map.get(&prefix) != Some(&identity) {
-            self.ipcache.upsert(prefix, identity);
+        if self.ipcache.get(&prefix).map(|e| e.identity) != Some(identity) {
+            self.ipcache.upsert(prefix, IpCacheEntry::local(identity));
             self.pending.push(Delta::IpcacheUpsert { prefix, identity });
         }
     }
 
     fn remove_ipcache(&mut self, prefix: &Prefix) {
-        if self.ipcache.remove(prefix) {
+        if self.ipcache.remove(prefix).is_some() {
             self.pending.push(Delta::IpcacheRemove { prefix: *prefix });
         }
     }
@@ -835,14 +789,23 @@ impl PolicyEngine {
     }
 
     /// The identity the dataplane gives `addr` (ipcache longest-prefix match, else world),
-    /// with the prefix that matched.
+    /// with the prefix that matched: the dataplane's own lookup over [`Self::ipcache_table`].
     pub fn resolve(&self, addr: IpAddr) -> (Identity, Option<Prefix>) {
-        self.ipcache.resolve(addr)
+        match self.ipcache.lookup_with_prefix(addr) {
+            Some((prefix, entry)) => (entry.identity, Some(prefix)),
+            None => (Identity::WORLD, None),
+        }
+    }
+
+    /// The ipcache as the dataplane's table (`dataplane::tables::ipcache`), for lookups with
+    /// the dataplane's own functions (`policy trace`).
+    pub fn ipcache_table(&self) -> &IpCache {
+        &self.ipcache
     }
 
     /// Every ipcache entry, sorted.
     pub fn ipcache(&self) -> Vec<(Prefix, Identity)> {
-        let mut v: Vec<_> = self.ipcache.map.iter().map(|(p, i)| (*p, *i)).collect();
+        let mut v: Vec<_> = self.ipcache.iter().map(|(p, e)| (p, e.identity)).collect();
         v.sort();
         v
     }
