@@ -379,7 +379,7 @@ impl Agent {
         }
         // Local label sets that became local after their number was known need a reference.
         let local = self.state.local_label_sets();
-        let held: Vec<(u32, crate::identity::LabelSet)> =
+        let held: Vec<(u32, policy_compiler::labels::Labels)> =
             alloc.held().map(|(i, l)| (i, l.clone())).collect();
         for labels in &local {
             if !held.iter().any(|(_, l)| l == labels) {

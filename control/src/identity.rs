@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use policy_compiler::labels::Labels;
 
 use crate::schema::{IdentitySpec, ROOT};
 use crate::store::{Store, StoreError};
@@ -41,9 +42,6 @@ pub const FIRST_IDENTITY: u32 = dataplane::Identity::FIRST_CLUSTER_LOCAL;
 pub const END_IDENTITY: u32 = 1 << 24;
 /// Retries of one allocation before giving up (each retry means another node won a race).
 const MAX_ATTEMPTS: usize = 64;
-
-/// A sorted label set.
-pub type LabelSet = BTreeMap<String, String>;
 
 /// Why an identity could not be allocated, acquired or released.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +63,11 @@ fn prefix() -> String {
 }
 
 /// The canonical text of a label set (serde_json writes a BTreeMap in key order).
-pub fn canonical(labels: &LabelSet) -> String {
+pub fn canonical(labels: &Labels) -> String {
     serde_json::to_string(labels).unwrap_or_default()
 }
 
-pub fn labels_key(labels: &LabelSet) -> String {
+pub fn labels_key(labels: &Labels) -> String {
     format!("{}labels/{}", prefix(), canonical(labels))
 }
 
@@ -110,7 +108,7 @@ pub struct IdentityAllocator {
     lease_lost: Arc<AtomicBool>,
     keepalive: Option<tokio::task::JoinHandle<()>>,
     /// Identities this node holds a reference on.
-    held: HashMap<u32, LabelSet>,
+    held: HashMap<u32, Labels>,
     /// When each unreferenced identity was first seen unreferenced (garbage collection).
     unreferenced_since: HashMap<u32, Instant>,
 }
@@ -185,7 +183,7 @@ impl IdentityAllocator {
     }
 
     /// The number of `labels`, allocating one if the cluster has none. Takes no reference.
-    pub async fn lookup_or_allocate(&self, labels: &LabelSet) -> Result<u32, IdentityError> {
+    pub async fn lookup_or_allocate(&self, labels: &Labels) -> Result<u32, IdentityError> {
         let lkey = labels_key(labels);
         let nkey = next_key();
         let mut client = self.store.client();
@@ -208,7 +206,7 @@ impl IdentityAllocator {
                 return Err(IdentityError::Exhausted);
             }
             let spec = serde_json::to_vec(&IdentitySpec {
-                labels: labels.clone(),
+                labels: labels.clone().into(),
             })
             .unwrap_or_default();
             let txn = Txn::new()
@@ -251,7 +249,7 @@ impl IdentityAllocator {
     }
 
     /// The number of `labels`, with a reference held by this node (allocating when needed).
-    pub async fn acquire(&mut self, labels: &LabelSet) -> Result<u32, IdentityError> {
+    pub async fn acquire(&mut self, labels: &Labels) -> Result<u32, IdentityError> {
         let lkey = labels_key(labels);
         let mut client = self.store.client();
         for _ in 0..MAX_ATTEMPTS {
@@ -292,7 +290,7 @@ impl IdentityAllocator {
     }
 
     /// Identities this node holds a reference on.
-    pub fn held(&self) -> impl Iterator<Item = (u32, &LabelSet)> {
+    pub fn held(&self) -> impl Iterator<Item = (u32, &Labels)> {
         self.held.iter().map(|(id, l)| (*id, l))
     }
 
@@ -303,7 +301,7 @@ impl IdentityAllocator {
         if !self.lease_alive() {
             self.renew_lease().await?;
         }
-        let held: Vec<(u32, LabelSet)> = self.held.drain().collect();
+        let held: Vec<(u32, Labels)> = self.held.drain().collect();
         let mut changed = Vec::new();
         for (old, labels) in held {
             let new = self.acquire(&labels).await?;
@@ -315,14 +313,14 @@ impl IdentityAllocator {
     }
 
     /// Every identity in the cluster: number -> labels.
-    pub async fn list(&self) -> Result<BTreeMap<u32, LabelSet>, IdentityError> {
+    pub async fn list(&self) -> Result<BTreeMap<u32, Labels>, IdentityError> {
         let (kvs, _) = self.store.list(&format!("{}id/", prefix())).await?;
         Ok(kvs
             .into_iter()
             .filter_map(|kv| {
                 let n = kv.key.rsplit('/').next()?.parse().ok()?;
                 let spec: IdentitySpec = serde_json::from_slice(&kv.value).ok()?;
-                Some((n, spec.labels))
+                Some((n, spec.labels.into()))
             })
             .collect())
     }
@@ -343,7 +341,7 @@ impl IdentityAllocator {
             let key = String::from_utf8_lossy(kv.key());
             if let Some(n) = key.strip_prefix(&id_prefix).and_then(|n| n.parse().ok()) {
                 if let Ok(spec) = serde_json::from_slice::<IdentitySpec>(kv.value()) {
-                    labels_of.insert(n, labels_key(&spec.labels));
+                    labels_of.insert(n, labels_key(&spec.labels.into()));
                 }
             } else if let Some(rest) = key.strip_prefix(&ref_prefix) {
                 if let Some(n) = rest.split('/').next().and_then(|n| n.parse().ok()) {
@@ -393,7 +391,7 @@ mod tests {
 
     #[test]
     fn keys_are_canonical() {
-        let a: LabelSet = [("b", "2"), ("a", "1")]
+        let a: Labels = [("b", "2"), ("a", "1")]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();

@@ -40,7 +40,7 @@ use crate::dataplane_client::{
     PolicyUpdate, PrefixRef, Proto, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap,
     WireLbMode,
 };
-use crate::identity::{LabelSet, END_IDENTITY};
+use crate::identity::END_IDENTITY;
 use crate::schema::{
     self, EndpointSpec, NodeSpec, Object, ObjectKey, SchemaError, ServiceMode, ServiceSpec,
     TunnelMode,
@@ -70,10 +70,10 @@ pub struct ClusterState {
     deferred: BTreeMap<String, Vec<u8>>,
     malformed_total: u64,
     /// Cluster-wide numbers of label sets.
-    cluster_ids: HashMap<LabelSet, u32>,
+    cluster_ids: HashMap<Labels, u32>,
     /// Engine-local endpoint identity -> its label set (kept after the engine releases it, so
     /// that late removals still translate).
-    engine_labels: HashMap<u32, LabelSet>,
+    engine_labels: HashMap<u32, Labels>,
     /// Changes computed but not yet returned (nodes, services, endpoints).
     pending: Vec<Change>,
     /// Engine deltas that still wait for a cluster identity.
@@ -96,12 +96,6 @@ pub struct ClusterState {
     /// whose number was forgotten. [`Self::needed_identities`] looks at these only (a scan of
     /// every endpoint cost 6-11 ms per watch batch at 10k endpoints); commit prunes them.
     unresolved: BTreeSet<String>,
-}
-
-fn to_label_set(l: &Labels) -> LabelSet {
-    l.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn protocol_number(p: &str) -> u8 {
@@ -185,7 +179,7 @@ impl ClusterState {
     }
 
     /// Label sets of this node's endpoints (the identities it must hold references on).
-    pub fn local_label_sets(&self) -> BTreeSet<LabelSet> {
+    pub fn local_label_sets(&self) -> BTreeSet<Labels> {
         self.local_keys
             .iter()
             .filter_map(|k| self.engine.pod_identity(k))
@@ -195,9 +189,9 @@ impl ClusterState {
 
     /// Label sets in use without a cluster-wide number yet: `(labels, local)` where `local`
     /// says a local endpoint uses it (so a reference must be taken).
-    pub fn needed_identities(&self) -> Vec<(LabelSet, bool)> {
+    pub fn needed_identities(&self) -> Vec<(Labels, bool)> {
         let local = self.local_label_sets();
-        let mut out: BTreeMap<LabelSet, bool> = BTreeMap::new();
+        let mut out: BTreeMap<Labels, bool> = BTreeMap::new();
         for key in &self.unresolved {
             let Some(id) = self.engine.pod_identity(key) else {
                 continue;
@@ -213,7 +207,7 @@ impl ClusterState {
     }
 
     /// Supplies the cluster-wide number of a label set.
-    pub fn set_identity(&mut self, labels: LabelSet, id: u32) {
+    pub fn set_identity(&mut self, labels: Labels, id: u32) {
         if self.cluster_ids.insert(labels.clone(), id) != Some(id) {
             // Everything that carries this identity must be re-sent.
             for (key, ep) in &self.endpoints {
@@ -439,7 +433,7 @@ impl ClusterState {
                 }
                 self.services.insert(k, spec);
             }
-            Object::Identity(id, spec) => self.set_identity(spec.labels, id),
+            Object::Identity(id, spec) => self.set_identity(spec.labels.into(), id),
             Object::Ignored => {}
         }
         Ok(())
@@ -535,7 +529,7 @@ impl ClusterState {
                 .collect(),
         };
         let ns_labels = self.namespaces.get(&namespace).cloned().unwrap_or_default();
-        let identity_labels = to_label_set(&Labels::for_pod(&pod.labels, &namespace, &ns_labels));
+        let identity_labels = Labels::for_pod(&pod.labels, &namespace, &ns_labels);
         // A move to another node: the old local endpoint goes.
         if let Some(old) = self.endpoints.get(&pod_key) {
             if old.node == self.node && spec.node != self.node {

@@ -6,11 +6,12 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use control::identity::{IdentityAllocator, LabelSet, FIRST_IDENTITY};
+use control::identity::{IdentityAllocator, FIRST_IDENTITY};
 use control::ipam::Ipam;
 use control::store::Store;
+use policy_compiler::labels::Labels;
 
-fn labels(i: usize) -> LabelSet {
+fn labels(i: usize) -> Labels {
     [
         ("app".to_string(), format!("app-{i}")),
         (

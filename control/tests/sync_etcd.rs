@@ -171,7 +171,7 @@ fn agent_converges_skips_malformed_and_resyncs() {
         assert!(!dp.has(|r| r["op"] == "node.upsert" && r["name"] == "n9"));
         // The identity of b in the policy is the cluster-wide one.
         let ids = control::identity::IdentityAllocator::new(s.clone(), "probe", Duration::from_secs(10)).await.unwrap().list().await.unwrap();
-        let b_id = ids.iter().find(|(_, l)| l.get("app").map(String::as_str) == Some("b")).map(|(n, _)| *n).unwrap();
+        let b_id = ids.iter().find(|(_, l)| l.get("app") == Some("b")).map(|(n, _)| *n).unwrap();
         assert!(dp.has(|r| r["op"] == "policy.update" && r["add"].as_array().is_some_and(|a| a.iter().any(|e| e["identity"] == b_id))));
 
         // Dataplane restart: a new instance gets everything again.

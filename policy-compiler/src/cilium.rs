@@ -22,12 +22,12 @@
 
 use crate::doc::Node;
 use crate::error::{Error, Warning};
-use crate::k8s::{check_except, parse_cidr};
 use crate::labels::NAMESPACE_LABEL;
 use crate::model::{
     CidrPeer, DirectionRules, Entity, Peer, Peers, Policy, PolicyId, PolicyKind, PortSel, PortSpec,
     Protocol, Rule, Section, Verdict,
 };
+use crate::policy_fields::{check_except, metadata, parse_cidr, DEFAULT_NAMESPACE};
 use crate::selector::{strip_source, Selector};
 use dataplane::tables::policy::PortRange;
 
@@ -37,11 +37,11 @@ pub fn parse_cilium_policy(
     clusterwide: bool,
     warnings: &mut Vec<Warning>,
 ) -> Result<Policy, Error> {
-    let (namespace, name) = crate::parse::metadata(root, !clusterwide)?;
+    let (namespace, name) = metadata(root, !clusterwide)?;
     let namespace = if clusterwide {
         None
     } else {
-        Some(namespace.unwrap_or_else(|| crate::k8s::DEFAULT_NAMESPACE.to_string()))
+        Some(namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()))
     };
     let id = PolicyId {
         kind: if clusterwide {

@@ -1,9 +1,16 @@
 //! The policy engine: cluster state + rule repository + selector cache -> per-endpoint policy
 //! maps in the dataplane's own format ([`EndpointPolicy`]), changed by add/delete deltas.
 //!
-//! Layers (as Cilium's pkg/policy): the [`Repository`] holds policies; every subject and peer
-//! selector they use lives in the [`SelectorCache`] with the identities it selects; each
-//! endpoint's map state is computed from the sections whose subject selects its identity.
+//! A thin composition of the layers (as Cilium's pkg/policy), one file each:
+//! - `inputs`: namespaces, pods, nodes and their indexes;
+//! - [`crate::identity`]: identity numbers for label sets and CIDRs;
+//! - the ipcache: `dataplane::tables::ipcache::IpCache`, the dataplane's own table;
+//! - [`crate::repository`]: the policies, with a revision;
+//! - `rule_index`: which sections use which selector;
+//! - [`crate::selector_cache`]: selector -> the identities it selects;
+//! - `distillery`: an endpoint's map state computed from the above;
+//! - `mapstate`: merging rules into a map state and applying it to a map as deltas;
+//! - `cookie`: the rules behind each map entry.
 //!
 //! Incremental contract: mutators ([`PolicyEngine::upsert_policy`], [`PolicyEngine::upsert_pod`],
 //! ...) update identities, the ipcache and the selector cache at once and mark the endpoints
@@ -19,79 +26,30 @@
 //! never marked dirty and has no [`EndpointPolicy`], so a change costs O(this node's affected
 //! pods), not O(the cluster's).
 //!
-//! Map state of one endpoint in one direction:
-//! - no section selecting it applies in that direction: not enforced, empty map;
-//! - otherwise enforced; if none of those sections asks for default deny (Cilium
-//!   `enableDefaultDeny: false`), an allow-all `(ANY, ANY)` entry is added so that deny rules
-//!   still apply while everything else passes (what Cilium does);
-//! - each rule adds keys `peer identity x protocol x port range`: no ports gives an L3 key per
-//!   identity; `Peers::All` gives the identity wildcard; protocol ANY expands to TCP, UDP, SCTP;
-//!   a named port resolves against the destination pod (ingress: this endpoint; egress: every
-//!   pod of the peer identity). When an allow and a deny produce the same key, the deny wins.
-//!   The entry's cookie names every (policy, rule) that produced the key with that action.
+//! What an endpoint's map state is, rule by rule, is written in `distillery`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use hashbrown::HashMap;
-
-use dataplane::tables::policy::{
-    Action, Direction, DirectionalPolicy, EndpointPolicy, PolicyEntry, PolicyKey, PortRange,
-};
+use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
+use dataplane::tables::policy::{Direction, EndpointPolicy, PolicyEntry, PolicyKey};
 use dataplane::{Identity, Prefix};
 
 use crate::cluster::{Cluster, Pod};
+use crate::cookie::CookieTable;
+use crate::distillery::Distillery;
 use crate::identity::{IdentityError, IdentityTable};
+use crate::inputs::{Inputs, PodState};
 use crate::labels::{Labels, NAMESPACE_NAME_LABEL};
-use crate::model::{Peer, Peers, Policy, PolicyId, PortSel, Rule, Verdict};
+use crate::mapstate::apply;
+use crate::model::{Peer, Policy, PolicyId};
 use crate::repository::Repository;
+use crate::rule_index::{policy_prefixes, Released, RuleIndex, SectionRef};
 use crate::selector::Selector;
 use crate::selector_cache::{SelectionContext, SelectorCache};
 
-/// A section of a policy: (policy, index in `Policy::sections`).
-type SectionRef = (PolicyId, usize);
-
-/// The rule an entry came from: its policy and the rule's field path (`spec.ingress[0]`); for
-/// the allow-all entry of `enableDefaultDeny: false`, the path of that setting.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RuleOrigin {
-    pub policy: PolicyId,
-    pub rule: String,
-}
-
-/// One change to the dataplane's state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Delta {
-    /// The ipcache maps `prefix` to `identity` (new or changed).
-    IpcacheUpsert {
-        prefix: Prefix,
-        identity: Identity,
-    },
-    IpcacheRemove {
-        prefix: Prefix,
-    },
-    /// A direction of an endpoint became enforced (default deny) or not.
-    Enforce {
-        endpoint: String,
-        direction: Direction,
-        enforced: bool,
-    },
-    Upsert {
-        endpoint: String,
-        direction: Direction,
-        key: PolicyKey,
-        entry: PolicyEntry,
-    },
-    Remove {
-        endpoint: String,
-        direction: Direction,
-        key: PolicyKey,
-    },
-    /// The endpoint is gone with its maps.
-    EndpointRemoved {
-        endpoint: String,
-    },
-}
+pub use crate::cookie::RuleOrigin;
+pub use crate::delta::Delta;
 
 /// Why a change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,108 +66,17 @@ pub enum EngineError {
     Identity(#[from] IdentityError),
 }
 
-#[derive(Clone, Debug)]
-struct PodState {
-    pod: Pod,
-    identity: Identity,
-    /// Its maps are computed (false: an input only, see the module doc).
-    compiled: bool,
-}
-
-/// Interned sets of rule origins; the cookie is the index + 1 (0 means "no rule").
-#[derive(Clone, Debug, Default)]
-struct CookieTable {
-    by_set: HashMap<Vec<RuleOrigin>, u32>,
-    sets: Vec<Vec<RuleOrigin>>,
-}
-
-impl CookieTable {
-    fn intern(&mut self, origins: Vec<RuleOrigin>) -> u32 {
-        if let Some(c) = self.by_set.get(&origins) {
-            return *c;
-        }
-        self.sets.push(origins.clone());
-        let cookie = u32::try_from(self.sets.len()).unwrap_or(u32::MAX);
-        self.by_set.insert(origins, cookie);
-        cookie
-    }
-
-    fn get(&self, cookie: u32) -> &[RuleOrigin] {
-        cookie
-            .checked_sub(1)
-            .and_then(|i| self.sets.get(i as usize))
-            .map_or(&[], Vec::as_slice)
-    }
-}
-
-/// An IP -> identity table with longest-prefix-match lookups (the ipcache the dataplane gets).
-#[derive(Clone, Debug, Default)]
-struct Ipcache {
-    map: HashMap<Prefix, Identity>,
-    /// How many prefixes of each (family is IPv4, length) exist, to skip empty lengths.
-    lengths: BTreeMap<(bool, u8), u32>,
-}
-
-impl Ipcache {
-    fn upsert(&mut self, prefix: Prefix, identity: Identity) {
-        if self.map.insert(prefix, identity).is_none() {
-            *self
-                .lengths
-                .entry((prefix.is_ipv4(), prefix.prefix_len()))
-                .or_default() += 1;
-        }
-    }
-
-    fn remove(&mut self, prefix: &Prefix) -> bool {
-        if self.map.remove(prefix).is_none() {
-            return false;
-        }
-        let k = (prefix.is_ipv4(), prefix.prefix_len());
-        if let Some(n) = self.lengths.get_mut(&k) {
-            *n -= 1;
-            if *n == 0 {
-                self.lengths.remove(&k);
-            }
-        }
-        true
-    }
-
-    /// Longest-prefix match; addresses in no prefix are `world`.
-    fn resolve(&self, addr: IpAddr) -> (Identity, Option<Prefix>) {
-        for &(v4, len) in self.lengths.keys().rev() {
-            if v4 != addr.is_ipv4() {
-                continue;
-            }
-            let Ok(p) = Prefix::new(addr, len) else {
-                continue;
-            };
-            if let Some(id) = self.map.get(&p) {
-                return (*id, Some(p));
-            }
-        }
-        (Identity::WORLD, None)
-    }
-}
-
 /// The whole compiler state. See the module doc.
 #[derive(Debug, Default)]
 pub struct PolicyEngine {
-    namespaces: BTreeMap<String, Labels>,
-    pods: BTreeMap<String, PodState>,
-    pod_by_ip: HashMap<IpAddr, String>,
-    nodes: BTreeMap<String, IpAddr>,
+    inputs: Inputs,
     identities: IdentityTable,
-    addresses: HashMap<Identity, Vec<IpAddr>>,
-    pods_by_identity: HashMap<Identity, BTreeSet<String>>,
-    /// The compiled pods among `pods_by_identity` (what [`Self::mark_subject`] marks dirty).
-    compiled_by_identity: HashMap<Identity, BTreeSet<String>>,
-    ipcache: Ipcache,
+    /// The dataplane's own ipcache type, holding what the dataplane is sent (no tunnel
+    /// endpoints: those are the agent's business).
+    ipcache: IpCache,
     repo: Repository,
+    index: RuleIndex,
     cache: SelectorCache,
-    /// Subject selectors (as `Peer::Endpoints`, the selector cache's key) -> their sections.
-    subjects: HashMap<Peer, BTreeSet<SectionRef>>,
-    peer_users: HashMap<Peer, BTreeSet<SectionRef>>,
-    named_egress: BTreeSet<SectionRef>,
     cookies: CookieTable,
     endpoints: BTreeMap<String, EndpointPolicy>,
     dirty: BTreeSet<String>,
@@ -250,12 +117,13 @@ impl PolicyEngine {
         if !labels.contains_key(NAMESPACE_NAME_LABEL) {
             labels.insert(NAMESPACE_NAME_LABEL, name);
         }
-        if self.namespaces.get(name) == Some(&labels) {
+        if self.inputs.namespaces.get(name) == Some(&labels) {
             return Ok(());
         }
-        self.namespaces.insert(name.to_string(), labels);
+        self.inputs.namespaces.insert(name.to_string(), labels);
         let prefix = format!("{name}/");
         let in_ns: Vec<(Pod, bool)> = self
+            .inputs
             .pods
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
@@ -277,15 +145,14 @@ impl PolicyEngine {
     /// ([`Delta::EndpointRemoved`]).
     pub fn upsert_pod_with(&mut self, pod: Pod, compile: bool) -> Result<(), EngineError> {
         let key = pod.key();
-        let ns_labels =
-            self.namespaces
-                .get(&pod.namespace)
-                .ok_or_else(|| EngineError::UnknownNamespace {
-                    pod: key.clone(),
-                    namespace: pod.namespace.clone(),
-                })?;
+        let ns_labels = self.inputs.namespaces.get(&pod.namespace).ok_or_else(|| {
+            EngineError::UnknownNamespace {
+                pod: key.clone(),
+                namespace: pod.namespace.clone(),
+            }
+        })?;
         let me = format!("pod {key}");
-        if let Some(owner) = self.address_owner(pod.ip).filter(|o| *o != me) {
+        if let Some(owner) = self.inputs.address_owner(pod.ip).filter(|o| *o != me) {
             return Err(EngineError::AddressInUse {
                 what: format!("pod {key}"),
                 addr: pod.ip,
@@ -296,7 +163,7 @@ impl PolicyEngine {
         let (id, _) = self.identities.acquire_labels(&labels)?;
         let named = !pod.ports.iter().all(|p| p.name.is_none());
         let ip = pod.ip;
-        let old = self.pods.insert(
+        let old = self.inputs.pods.insert(
             key.clone(),
             PodState {
                 pod,
@@ -311,18 +178,7 @@ impl PolicyEngine {
             self.forget_pod_address(&key, old.identity, old.pod.ip);
             touched.push(old.identity);
         }
-        self.addresses.entry(id).or_default().push(ip);
-        self.pods_by_identity
-            .entry(id)
-            .or_default()
-            .insert(key.clone());
-        if compile {
-            self.compiled_by_identity
-                .entry(id)
-                .or_default()
-                .insert(key.clone());
-        }
-        self.pod_by_ip.insert(ip, key.clone());
+        self.inputs.add_pod_address(&key, id, ip, compile);
         self.set_ipcache(Prefix::host(ip), id);
         if let Some(old) = old {
             self.identities.release(old.identity);
@@ -348,7 +204,7 @@ impl PolicyEngine {
     /// Removes a pod; returns whether it existed.
     pub fn delete_pod(&mut self, namespace: &str, name: &str) -> bool {
         let key = format!("{namespace}/{name}");
-        let Some(old) = self.pods.remove(&key) else {
+        let Some(old) = self.inputs.pods.remove(&key) else {
             return false;
         };
         self.forget_pod_address(&key, old.identity, old.pod.ip);
@@ -365,24 +221,7 @@ impl PolicyEngine {
     }
 
     fn forget_pod_address(&mut self, key: &str, identity: Identity, ip: IpAddr) {
-        if let Some(addrs) = self.addresses.get_mut(&identity) {
-            if let Some(i) = addrs.iter().position(|a| *a == ip) {
-                addrs.swap_remove(i);
-            }
-            if addrs.is_empty() {
-                self.addresses.remove(&identity);
-            }
-        }
-        for index in [&mut self.pods_by_identity, &mut self.compiled_by_identity] {
-            if let Some(set) = index.get_mut(&identity) {
-                set.remove(key);
-                if set.is_empty() {
-                    index.remove(&identity);
-                }
-            }
-        }
-        if self.pod_by_ip.get(&ip).is_some_and(|k| k == key) {
-            self.pod_by_ip.remove(&ip);
+        if self.inputs.forget_pod_address(key, identity, ip) {
             self.remove_ipcache(&Prefix::host(ip));
         }
     }
@@ -390,6 +229,7 @@ impl PolicyEngine {
     /// Adds or moves a node (its address has the `remote-node` identity).
     pub fn upsert_node(&mut self, name: &str, ip: IpAddr) -> Result<(), EngineError> {
         if let Some(owner) = self
+            .inputs
             .address_owner(ip)
             .filter(|o| *o != format!("node {name}"))
         {
@@ -400,11 +240,7 @@ impl PolicyEngine {
             });
         }
         self.delete_node_address(name);
-        self.nodes.insert(name.to_string(), ip);
-        self.addresses
-            .entry(Identity::REMOTE_NODE)
-            .or_default()
-            .push(ip);
+        self.inputs.add_node(name, ip);
         self.set_ipcache(Prefix::host(ip), Identity::REMOTE_NODE);
         self.identity_changed(Identity::REMOTE_NODE);
         Ok(())
@@ -413,42 +249,29 @@ impl PolicyEngine {
     pub fn delete_node(&mut self, name: &str) -> bool {
         let existed = self.delete_node_address(name);
         if existed {
-            self.nodes.remove(name);
+            self.inputs.nodes.remove(name);
             self.identity_changed(Identity::REMOTE_NODE);
         }
         existed
     }
 
     fn delete_node_address(&mut self, name: &str) -> bool {
-        let Some(ip) = self.nodes.get(name).copied() else {
+        let Some(ip) = self.inputs.forget_node_address(name) else {
             return false;
         };
-        if let Some(addrs) = self.addresses.get_mut(&Identity::REMOTE_NODE) {
-            addrs.retain(|a| *a != ip);
-        }
         self.remove_ipcache(&Prefix::host(ip));
         true
     }
 
-    fn address_owner(&self, ip: IpAddr) -> Option<String> {
-        if let Some(k) = self.pod_by_ip.get(&ip) {
-            return Some(format!("pod {k}"));
-        }
-        self.nodes
-            .iter()
-            .find(|(_, a)| **a == ip)
-            .map(|(n, _)| format!("node {n}"))
-    }
-
     fn set_ipcache(&mut self, prefix: Prefix, identity: Identity) {
-        if self.ipcache.map.get(&prefix) != Some(&identity) {
-            self.ipcache.upsert(prefix, identity);
+        if self.ipcache.get(&prefix).map(|e| e.identity) != Some(identity) {
+            self.ipcache.upsert(prefix, IpCacheEntry::local(identity));
             self.pending.push(Delta::IpcacheUpsert { prefix, identity });
         }
     }
 
     fn remove_ipcache(&mut self, prefix: &Prefix) {
-        if self.ipcache.remove(prefix) {
+        if self.ipcache.remove(prefix).is_some() {
             self.pending.push(Delta::IpcacheRemove { prefix: *prefix });
         }
     }
@@ -493,33 +316,14 @@ impl PolicyEngine {
         }
         for (i, section) in policy.sections.iter().enumerate() {
             let sref = (policy.id.clone(), i);
-            let subject = Peer::Endpoints(section.subject.clone());
-            self.cache.add_user(
-                &subject,
-                SelectionContext {
-                    identities: &self.identities,
-                    addresses: &self.addresses,
-                },
-            );
-            self.subjects
-                .entry(subject)
-                .or_default()
-                .insert(sref.clone());
-            for peer in section_peers(section) {
+            for selector in self.index.add(&sref, section) {
                 self.cache.add_user(
-                    &peer,
+                    &selector,
                     SelectionContext {
                         identities: &self.identities,
-                        addresses: &self.addresses,
+                        addresses: &self.inputs.addresses,
                     },
                 );
-                self.peer_users
-                    .entry(peer)
-                    .or_default()
-                    .insert(sref.clone());
-            }
-            if section.egress.rules.iter().any(rule_has_named_port) {
-                self.named_egress.insert(sref.clone());
             }
             self.mark_subject(&section.subject);
         }
@@ -533,24 +337,7 @@ impl PolicyEngine {
         for (i, section) in policy.sections.iter().enumerate() {
             let sref = (policy.id.clone(), i);
             self.mark_subject(&section.subject);
-            let subject = Peer::Endpoints(section.subject.clone());
-            if let Some(set) = self.subjects.get_mut(&subject) {
-                set.remove(&sref);
-                if set.is_empty() {
-                    self.subjects.remove(&subject);
-                }
-            }
-            released.peers.push(subject);
-            for peer in section_peers(section) {
-                if let Some(set) = self.peer_users.get_mut(&peer) {
-                    set.remove(&sref);
-                    if set.is_empty() {
-                        self.peer_users.remove(&peer);
-                    }
-                }
-                released.peers.push(peer);
-            }
-            self.named_egress.remove(&sref);
+            released.peers.extend(self.index.remove(&sref, section));
         }
         released.prefixes = policy_prefixes(policy);
         released
@@ -577,16 +364,11 @@ impl PolicyEngine {
     fn identity_changed(&mut self, id: Identity) {
         let cx = SelectionContext {
             identities: &self.identities,
-            addresses: &self.addresses,
+            addresses: &self.inputs.addresses,
         };
         let changed = self.cache.identity_changed(id, cx);
         for peer in changed {
-            let users: Vec<SectionRef> = self
-                .peer_users
-                .get(&peer)
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default();
-            for sref in users {
+            for sref in self.index.peer_users(&peer) {
                 self.mark_section(&sref);
             }
         }
@@ -603,18 +385,18 @@ impl PolicyEngine {
         }
     }
 
+    /// Marks the compiled pods `subject` selects dirty.
     fn mark_subject(&mut self, subject: &Selector) {
         let selection = self.cache.selection(&Peer::Endpoints(subject.clone()));
         for id in selection {
-            if let Some(pods) = self.compiled_by_identity.get(id) {
+            if let Some(pods) = self.inputs.compiled_by_identity.get(id) {
                 self.dirty.extend(pods.iter().cloned());
             }
         }
     }
 
     fn mark_named_egress_users(&mut self) {
-        let users: Vec<SectionRef> = self.named_egress.iter().cloned().collect();
-        for sref in users {
+        for sref in self.index.named_egress() {
             self.mark_section(&sref);
         }
     }
@@ -626,12 +408,18 @@ impl PolicyEngine {
     pub fn commit(&mut self) -> Vec<Delta> {
         let mut deltas = std::mem::take(&mut self.pending);
         let dirty = std::mem::take(&mut self.dirty);
+        let distillery = Distillery {
+            repo: &self.repo,
+            index: &self.index,
+            cache: &self.cache,
+            inputs: &self.inputs,
+        };
         for key in dirty {
-            let Some(state) = self.pods.get(&key).filter(|s| s.compiled) else {
+            let Some(state) = self.inputs.pods.get(&key).filter(|s| s.compiled) else {
                 continue;
             };
             let desired = [Direction::Egress, Direction::Ingress]
-                .map(|d| (d, self.desired(&state.pod, state.identity, d)));
+                .map(|d| (d, distillery.map_state(&state.pod, state.identity, d)));
             let mut desired_entries = Vec::with_capacity(2);
             for (d, (enforced, map)) in desired {
                 let entries: Vec<(PolicyKey, PolicyEntry)> = map
@@ -651,157 +439,6 @@ impl PolicyEngine {
         deltas
     }
 
-    /// The map state endpoint `pod` (identity `id`) should have in direction `d`.
-    fn desired(&self, pod: &Pod, id: Identity, d: Direction) -> (bool, DesiredMap) {
-        let mut map = DesiredMap::new();
-        let mut applies = false;
-        let mut default_deny = false;
-        let mut default_allow_origins = BTreeSet::new();
-        for (subject, refs) in &self.subjects {
-            if !self.cache.selection(subject).contains(&id) {
-                continue;
-            }
-            for (pid, idx) in refs {
-                let Some(policy) = self.repo.get(pid) else {
-                    continue;
-                };
-                let Some(section) = policy.sections.get(*idx) else {
-                    continue;
-                };
-                let rules = section.direction(d);
-                if !rules.applies {
-                    continue;
-                }
-                applies = true;
-                default_deny |= rules.default_deny;
-                if !rules.default_deny {
-                    default_allow_origins.insert(RuleOrigin {
-                        policy: pid.clone(),
-                        rule: default_deny_path(&section.path, d),
-                    });
-                }
-                for rule in &rules.rules {
-                    let origin = RuleOrigin {
-                        policy: pid.clone(),
-                        rule: rule.path.clone(),
-                    };
-                    self.expand_rule(pod, d, rule, &origin, &mut map);
-                }
-            }
-        }
-        if !applies {
-            return (false, DesiredMap::new());
-        }
-        if !default_deny {
-            for o in default_allow_origins {
-                merge(&mut map, PolicyKey::l3(Identity::ANY), Action::Allow, o);
-            }
-        }
-        (true, map)
-    }
-
-    fn expand_rule(
-        &self,
-        pod: &Pod,
-        d: Direction,
-        rule: &Rule,
-        origin: &RuleOrigin,
-        map: &mut DesiredMap,
-    ) {
-        let action = match rule.verdict {
-            Verdict::Allow => Action::Allow,
-            Verdict::Deny => Action::Deny,
-        };
-        let mut peers: BTreeSet<Identity> = BTreeSet::new();
-        match &rule.peers {
-            Peers::All => {
-                peers.insert(Identity::ANY);
-            }
-            Peers::Only(list) => {
-                for p in list {
-                    peers.extend(self.cache.selection(p).iter().copied());
-                }
-            }
-        }
-        if peers.is_empty() {
-            return;
-        }
-        if rule.ports.is_empty() {
-            for id in &peers {
-                merge(map, PolicyKey::l3(*id), action, origin.clone());
-            }
-            return;
-        }
-        for spec in &rule.ports {
-            for &proto in spec.protocol.numbers() {
-                match &spec.port {
-                    PortSel::All => {
-                        for id in &peers {
-                            merge(
-                                map,
-                                PolicyKey::l4(*id, proto, PortRange::ANY),
-                                action,
-                                origin.clone(),
-                            );
-                        }
-                    }
-                    PortSel::Range(r) => {
-                        for id in &peers {
-                            merge(map, PolicyKey::l4(*id, proto, *r), action, origin.clone());
-                        }
-                    }
-                    PortSel::Named(name) => match d {
-                        Direction::Ingress => {
-                            for port in named_ports(pod, name, proto) {
-                                for id in &peers {
-                                    let key = PolicyKey::l4(*id, proto, PortRange::single(port));
-                                    merge(map, key, action, origin.clone());
-                                }
-                            }
-                        }
-                        Direction::Egress => {
-                            self.expand_named_egress(&peers, name, proto, action, origin, map)
-                        }
-                    },
-                }
-            }
-        }
-    }
-
-    /// Egress to a named port: the port of each destination pod, per destination identity (the
-    /// wildcard expands to every pod identity that has such a port).
-    fn expand_named_egress(
-        &self,
-        peers: &BTreeSet<Identity>,
-        name: &str,
-        proto: u8,
-        action: Action,
-        origin: &RuleOrigin,
-        map: &mut DesiredMap,
-    ) {
-        let mut add = |id: Identity, pods: &BTreeSet<String>| {
-            for key in pods {
-                if let Some(state) = self.pods.get(key) {
-                    for port in named_ports(&state.pod, name, proto) {
-                        let k = PolicyKey::l4(id, proto, PortRange::single(port));
-                        merge(map, k, action, origin.clone());
-                    }
-                }
-            }
-        };
-        if peers.contains(&Identity::ANY) {
-            for (id, pods) in &self.pods_by_identity {
-                add(*id, pods);
-            }
-        } else {
-            for id in peers {
-                if let Some(pods) = self.pods_by_identity.get(id) {
-                    add(*id, pods);
-                }
-            }
-        }
-    }
-
     // ---- queries -----------------------------------------------------------------------
 
     /// The compiled maps of endpoint `namespace/name` (as of the last commit).
@@ -814,35 +451,41 @@ impl PolicyEngine {
     }
 
     pub fn pod(&self, key: &str) -> Option<&Pod> {
-        self.pods.get(key).map(|s| &s.pod)
+        self.inputs.pods.get(key).map(|s| &s.pod)
     }
 
     pub fn pod_identity(&self, key: &str) -> Option<Identity> {
-        self.pods.get(key).map(|s| s.identity)
+        self.inputs.pods.get(key).map(|s| s.identity)
     }
 
     /// The pod that owns `addr`, if any.
     pub fn pod_by_ip(&self, addr: IpAddr) -> Option<&str> {
-        self.pod_by_ip.get(&addr).map(String::as_str)
+        self.inputs.pod_by_ip.get(&addr).map(String::as_str)
     }
 
     /// The node that owns `addr`, if any.
     pub fn node_by_ip(&self, addr: IpAddr) -> Option<&str> {
-        self.nodes
-            .iter()
-            .find(|(_, a)| **a == addr)
-            .map(|(n, _)| n.as_str())
+        self.inputs.node_by_ip(addr)
     }
 
     /// The identity the dataplane gives `addr` (ipcache longest-prefix match, else world),
-    /// with the prefix that matched.
+    /// with the prefix that matched: the dataplane's own lookup over [`Self::ipcache_table`].
     pub fn resolve(&self, addr: IpAddr) -> (Identity, Option<Prefix>) {
-        self.ipcache.resolve(addr)
+        match self.ipcache.lookup_with_prefix(addr) {
+            Some((prefix, entry)) => (entry.identity, Some(prefix)),
+            None => (Identity::WORLD, None),
+        }
+    }
+
+    /// The ipcache as the dataplane's table (`dataplane::tables::ipcache`), for lookups with
+    /// the dataplane's own functions (`policy trace`).
+    pub fn ipcache_table(&self) -> &IpCache {
+        &self.ipcache
     }
 
     /// Every ipcache entry, sorted.
     pub fn ipcache(&self) -> Vec<(Prefix, Identity)> {
-        let mut v: Vec<_> = self.ipcache.map.iter().map(|(p, i)| (*p, *i)).collect();
+        let mut v: Vec<_> = self.ipcache.iter().map(|(p, e)| (p, e.identity)).collect();
         v.sort();
         v
     }
@@ -861,140 +504,11 @@ impl PolicyEngine {
     }
 }
 
-/// What to release after a policy is replaced or removed.
-#[derive(Debug, Default)]
-struct Released {
-    peers: Vec<Peer>,
-    prefixes: Vec<Prefix>,
-}
-
-type DesiredMap = BTreeMap<PolicyKey, (Action, BTreeSet<RuleOrigin>)>;
-
-/// Adds `origin`'s `action` for `key`: a deny replaces allows, an allow never replaces a deny.
-fn merge(map: &mut DesiredMap, key: PolicyKey, action: Action, origin: RuleOrigin) {
-    match map.get_mut(&key) {
-        None => {
-            map.insert(key, (action, [origin].into_iter().collect()));
-        }
-        Some((existing, origins)) if *existing == action => {
-            origins.insert(origin);
-        }
-        Some((existing, origins)) if action == Action::Deny => {
-            *existing = Action::Deny;
-            origins.clear();
-            origins.insert(origin);
-        }
-        Some(_) => {}
-    }
-}
-
-/// Makes `current` equal to (`enforced`, `entries`), recording every change.
-fn apply(
-    endpoint: &str,
-    d: Direction,
-    current: &mut DirectionalPolicy,
-    enforced: bool,
-    entries: Vec<(PolicyKey, PolicyEntry)>,
-    deltas: &mut Vec<Delta>,
-) {
-    if current.enforced != enforced {
-        current.enforced = enforced;
-        deltas.push(Delta::Enforce {
-            endpoint: endpoint.to_string(),
-            direction: d,
-            enforced,
-        });
-    }
-    let wanted: BTreeMap<PolicyKey, PolicyEntry> = entries.into_iter().collect();
-    let mut stale: Vec<PolicyKey> = current
-        .map
-        .iter()
-        .map(|(k, _)| k)
-        .filter(|k| !wanted.contains_key(k))
-        .collect();
-    stale.sort();
-    for key in stale {
-        current.map.remove(&key);
-        deltas.push(Delta::Remove {
-            endpoint: endpoint.to_string(),
-            direction: d,
-            key,
-        });
-    }
-    for (key, entry) in wanted {
-        if current.map.get(&key) == Some(entry) {
-            continue;
-        }
-        // Keys are built by `PolicyKey::l3`/`l4` with a protocol whenever ports are narrowed,
-        // so the map cannot refuse them; a refusal would be a compiler bug, reported by the
-        // map's entry staying absent (and the trace showing it).
-        if current.map.insert(key, entry).is_ok() {
-            deltas.push(Delta::Upsert {
-                endpoint: endpoint.to_string(),
-                direction: d,
-                key,
-                entry,
-            });
-        }
-    }
-}
-
-fn named_ports<'a>(pod: &'a Pod, name: &'a str, proto: u8) -> impl Iterator<Item = u16> + 'a {
-    pod.ports
-        .iter()
-        .filter(move |p| p.protocol == proto && p.name.as_deref() == Some(name))
-        .map(|p| p.port)
-}
-
-fn rule_has_named_port(rule: &Rule) -> bool {
-    rule.ports
-        .iter()
-        .any(|p| matches!(p.port, PortSel::Named(_)))
-}
-
-/// Every peer selector a section's rules use.
-fn section_peers(section: &crate::model::Section) -> Vec<Peer> {
-    let mut out = Vec::new();
-    for rules in [&section.ingress, &section.egress] {
-        for rule in &rules.rules {
-            if let Peers::Only(list) = &rule.peers {
-                out.extend(list.iter().cloned());
-            }
-        }
-    }
-    out
-}
-
-/// Every prefix a policy needs a CIDR identity for: CIDRs and excepts, but not /0 (the whole
-/// address space beyond the known prefixes is `world`).
-fn policy_prefixes(policy: &Policy) -> Vec<Prefix> {
-    let mut out = Vec::new();
-    for section in &policy.sections {
-        for peer in section_peers(section) {
-            if let Peer::Cidr(c) = peer {
-                out.extend(
-                    std::iter::once(c.cidr)
-                        .chain(c.except.iter().copied())
-                        .filter(|p| !p.is_default()),
-                );
-            }
-        }
-    }
-    out
-}
-
-/// Where the "no default deny" of a section is written, for the trace.
-fn default_deny_path(section: &str, d: Direction) -> String {
-    let dir = match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    };
-    format!("{section}.enableDefaultDeny.{dir}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataplane::tables::policy::{Action, PortRange};
+
     use crate::cluster::{parse_cluster, ContainerPort};
     use crate::parse::parse_policies;
     use crate::trace::{parse_port_proto, trace, Probe};

@@ -12,8 +12,6 @@
 //! - A port: `protocol` TCP (default), UDP or SCTP; `port` a number or a container port name;
 //!   `endPort` (needs a numeric `port`) makes a range; no `port` means every port.
 
-use dataplane::Prefix;
-
 use crate::doc::Node;
 use crate::error::{Error, Warning};
 use crate::labels::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
@@ -21,16 +19,15 @@ use crate::model::{
     CidrPeer, DirectionRules, Peer, Peers, Policy, PolicyId, PolicyKind, PortSel, PortSpec,
     Protocol, Rule, Section, Verdict,
 };
+use crate::policy_fields::{check_except, metadata, parse_cidr};
 use crate::selector::Selector;
 use dataplane::tables::policy::PortRange;
 
-/// Namespace assumed for namespaced objects that name none (what `kubectl apply` would do in
-/// the default context).
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub use crate::policy_fields::DEFAULT_NAMESPACE;
 
 /// Parses one NetworkPolicy document (already known to be of that kind).
 pub fn parse_network_policy(root: Node<'_>, _warnings: &mut Vec<Warning>) -> Result<Policy, Error> {
-    let (namespace, name) = crate::parse::metadata(root, true)?;
+    let (namespace, name) = metadata(root, true)?;
     let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     let id = PolicyId {
         kind: PolicyKind::NetworkPolicy,
@@ -139,29 +136,6 @@ fn parse_ip_block(block: Node<'_>) -> Result<CidrPeer, Error> {
         except,
         match_pods: true,
     })
-}
-
-/// Parses a CIDR; a bare address is refused (the APIs require the `/len`).
-pub(crate) fn parse_cidr(n: Node<'_>) -> Result<Prefix, Error> {
-    let s = n.str()?;
-    if !s.contains('/') {
-        return Err(n.error(format!(
-            "`{s}` has no prefix length; write it as a CIDR, e.g. {s}/32"
-        )));
-    }
-    s.parse::<Prefix>().map_err(|e| n.error(e.to_string()))
-}
-
-/// Every `except` must lie inside `cidr`, as the API requires.
-pub(crate) fn check_except(n: Node<'_>, cidr: &Prefix, except: &[Prefix]) -> Result<(), Error> {
-    for e in except {
-        if !cidr.covers(e) {
-            return Err(n.error(format!(
-                "except {e} is not inside cidr {cidr}; every except block must be a sub-range of the cidr"
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn parse_port(port: Node<'_>) -> Result<PortSpec, Error> {

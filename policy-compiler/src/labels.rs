@@ -9,9 +9,15 @@
 //! changing a namespace's labels changes the identity of the pods in it. Keys are stored without
 //! Cilium's source prefix (`k8s:`): all pod labels come from Kubernetes. Pod labels that would
 //! collide with these reserved keys are refused when the cluster is read.
+//!
+//! [`Labels`] is the workspace's one label-set type: the compiler's identity table and the node
+//! agent's cluster-wide identity allocator (`control::identity`) both key on it. Its JSON form
+//! is an object in key order (the canonical text the agent puts in etcd keys).
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// The label holding a pod's namespace (Cilium: `k8s:io.kubernetes.pod.namespace`).
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
@@ -22,7 +28,8 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// A sorted set of `key=value` labels. Sorted so that equal sets hash and compare equal, which
 /// is what makes identities deterministic.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Labels(BTreeMap<String, String>);
 
 impl Labels {
@@ -76,6 +83,18 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
     }
 }
 
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Labels(map)
+    }
+}
+
+impl From<Labels> for BTreeMap<String, String> {
+    fn from(labels: Labels) -> Self {
+        labels.0
+    }
+}
+
 impl fmt::Display for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
@@ -116,6 +135,7 @@ mod tests {
         let b: Labels = [("b", "2"), ("a", "1")].into_iter().collect();
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "a=1,b=2");
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"a":"1","b":"2"}"#);
     }
 
     #[test]

@@ -95,32 +95,3 @@ fn parse_object(
         )),
     }
 }
-
-/// Reads `metadata.namespace` and `metadata.name`. Other metadata (labels, annotations, uid,
-/// ...) describes the object, not the policy, and is accepted as is.
-pub(crate) fn metadata(
-    root: Node<'_>,
-    namespaced: bool,
-) -> Result<(Option<String>, String), Error> {
-    root.required("metadata", "metadata with a name", |m| {
-        if !m.value.is_object() {
-            return Err(m.error("expected an object with `name`"));
-        }
-        let name = m.required("name", "the policy name", |n| {
-            let s = n.str()?;
-            if s.is_empty() {
-                return Err(n.error("the policy name is empty"));
-            }
-            Ok(s.to_string())
-        })?;
-        let namespace = m.with_field("namespace", |n| n.str().map(str::to_string))?;
-        if !namespaced && namespace.is_some() {
-            return Err(Error::field(
-                m.doc,
-                &m.child_path("namespace"),
-                "a cluster-wide policy has no namespace; remove it",
-            ));
-        }
-        Ok((namespace, name))
-    })
-}

@@ -1,7 +1,9 @@
 //! `policy trace`: is a flow allowed, and which policies and rules decided.
 //!
 //! The trace resolves both ends to identities the way the dataplane does (a pod is its
-//! endpoint; any other address goes through the ipcache, longest prefix first, else `world`),
+//! endpoint; any other address goes through the ipcache, longest prefix first, else `world`,
+//! with [`IpCache::identity_of`](dataplane::tables::ipcache::IpCache::identity_of), the
+//! dataplane's own lookup over the compiler's ipcache, which is a `dataplane::tables::ipcache`),
 //! then asks the sender's egress map and the receiver's ingress map through
 //! [`DirectionalPolicy::lookup`](dataplane::tables::policy::DirectionalPolicy::lookup) — the
 //! dataplane's own function, over the compiled maps — so the answer is what the dataplane does.
@@ -157,7 +159,8 @@ fn resolve(engine: &PolicyEngine, who: &str) -> Result<Side, TraceError> {
         if let Some(pod) = engine.pod_by_ip(addr) {
             return resolve(engine, pod);
         }
-        let (identity, _) = engine.resolve(addr);
+        // The dataplane's identity stage: `IpCache::identity_of` over the compiled ipcache.
+        let identity = engine.ipcache_table().identity_of(addr);
         return Ok(Side {
             pod: None,
             identity,
