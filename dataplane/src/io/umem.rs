@@ -29,7 +29,8 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use super::worker::{BindMode, IoCounters, SocketStats, XskConfig};
+use super::config::{BindMode, XskConfig};
+use super::counters::{IoCounters, SocketStats};
 use super::{sys, IoError, PortSpec};
 use crate::frame::Frame;
 use crate::pipeline::{Verdict, Verdicts};

@@ -19,10 +19,13 @@
 //! - A frame's fate is held in one place, `PacketMeta::verdict`, from the parse stage until the
 //!   I/O layer disposes of the frame: [`Pipeline::process`] returns a [`Verdicts`] view of it,
 //!   not a copy.
+//! - [`publisher`]: what a worker hands to whoever publishes its counters (the control socket
+//!   implements it; the I/O layer calls it), so that `io` and `api` need not know each other.
 
 pub mod counters;
 pub mod drop;
 pub mod meta;
+pub mod publisher;
 
 mod batch;
 mod conntrack;
@@ -43,6 +46,7 @@ mod service;
 pub use counters::{Counters, Stage};
 pub use drop::DropReason;
 pub use meta::{PacketMeta, Verdict};
+pub use publisher::{IoSummary, Publisher};
 
 use batch::{Batch, Ctx, Ingress};
 
