@@ -10,7 +10,7 @@
 //! # Structure
 //! - Stages (one file each): `parse`, `decap`, `identity`, `service`, `conntrack`, `policy`,
 //!   `route`. A stage never calls another stage: stages communicate only through
-//!   [`PacketMeta`].
+//!   [`PacketMeta`] (`tests/layering.rs` checks that no stage file names another).
 //! - Helpers several stages need, each in its own module: `headers` (header parsing: parse,
 //!   decap), `nat` (DNAT, reverse NAT, undoing them: service, conntrack, `icmp_error`),
 //!   `resolve` (destination resolution: identity, service), `l4_checksum` (completion: identity),
