@@ -13,7 +13,13 @@
 //! - [`api`]: the control socket, and how tables and counters are published between threads;
 //! - [`daemon`]: the daemon's configuration and preflight checks;
 //! - [`nexthop`]: the underlay next hops, resolved from the kernel's routes and neighbours;
-//! - `io` (feature `afxdp`): AF_XDP sockets, UMEM and busy-polling workers.
+//! - `io` (feature `afxdp`): AF_XDP sockets, UMEM and busy-polling workers;
+//! - `testutil` (feature `testutil`, and in this crate's tests): frame builders for tests, fuzz
+//!   seeds and benchmarks.
+//!
+//! Dependencies go one way (`tests/layering.rs` checks it): `types` <- `wire`, `frame` <-
+//! `tables` (with the published snapshot handle, `tables::TablesHandle`) <- `pipeline` <- `io`,
+//! `api` and `nexthop` side by side (none imports another) <- `daemon` and the binary.
 
 pub mod api;
 pub mod daemon;
@@ -23,6 +29,7 @@ pub mod io;
 pub mod nexthop;
 pub mod pipeline;
 pub mod tables;
+#[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod types;
 pub mod wire;

@@ -3,9 +3,10 @@
 //! The daemon runs [`server::ControlServer`] on its own control thread. Clients (the node agent,
 //! the `flagella` CLI) send newline-delimited JSON requests ([`protocol`]); each change is
 //! applied atomically to a copy of the tables ([`apply`]) and published to the workers by
-//! read-copy-update ([`publish::TablesHandle`]), so workers never stop and no packet sees half
-//! of a request. Workers publish their counters back off the packet path
-//! ([`publish::WorkerStats`]). [`control::Control`] ties these together without any I/O.
+//! read-copy-update ([`TablesHandle`], defined with the tables and re-exported here), so workers
+//! never stop and no packet sees half of a request. Workers publish their counters back off the
+//! packet path ([`publish::WorkerStats`], which implements the pipeline's
+//! [`Publisher`](crate::pipeline::Publisher) that the I/O layer calls). [`control::Control`] ties these together without any I/O.
 //!
 //! Wiring in a daemon:
 //! ```no_run

@@ -1,19 +1,9 @@
-//! Publication: how the control thread hands new [`Tables`] to the workers, and how workers
+//! Publication: how the control thread hands new tables to the workers, and how workers
 //! hand their counters (and, on request, a conntrack snapshot) back.
 //!
 //! # Tables: read-copy-update
-//! A [`TablesHandle`] holds the current snapshot in an [`ArcSwap`]. The contract:
-//! - **Workers** call [`TablesHandle::load`] once per batch and use that guard for the whole
-//!   batch. A load is a few atomic operations: no lock, no allocation, and it never waits for
-//!   the control thread. A batch therefore sees exactly one snapshot, old or new, never a mix.
-//! - **Writers** go through [`TablesHandle::update`]: it takes a writer mutex (workers never
-//!   touch it), clones the current `Tables` (one `Arc` clone per table), lets the caller change
-//!   the clone — `Arc::make_mut` copies only the tables the request touches — and stores the
-//!   result only if the caller returned `Ok`. So one request is applied atomically: either every
-//!   change of it is visible to the next batch, or (on error) none is and the last good state
-//!   stays in force. Writers are serialized, so no update is lost to a concurrent one.
-//! - An old snapshot lives as long as some batch still holds its guard; it is freed by the last
-//!   holder, on whichever thread that is.
+//! [`TablesHandle`] lives with the tables (`crate::tables::handle`, where its contract is
+//! written) and is re-exported here: the control thread writes through it, workers read it.
 //!
 //! # Counters and conntrack: worker-owned, published off the packet path
 //! Each worker owns its [`Pipeline`](crate::pipeline::Pipeline) (counters and conntrack are
@@ -35,58 +25,12 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use arc_swap::{ArcSwap, Guard};
 use serde::Serialize;
 
-use crate::pipeline::{Counters, Pipeline};
+pub use crate::pipeline::IoSummary;
+use crate::pipeline::{Counters, Pipeline, Publisher};
 use crate::tables::conntrack::{Conntrack, FlowDirection};
-use crate::tables::Tables;
-
-/// The published [`Tables`]: cheap to clone, shared by the workers and the control thread.
-#[derive(Clone, Debug)]
-pub struct TablesHandle {
-    current: Arc<ArcSwap<Tables>>,
-    /// Serializes writers (read-modify-write of the snapshot). Never taken by workers.
-    writer: Arc<Mutex<()>>,
-}
-
-impl TablesHandle {
-    /// Publishes `initial` as the first snapshot.
-    pub fn new(initial: Tables) -> Self {
-        TablesHandle {
-            current: Arc::new(ArcSwap::from_pointee(initial)),
-            writer: Arc::new(Mutex::new(())),
-        }
-    }
-
-    /// The current snapshot, for one batch. Lock-free; hold it no longer than a batch, or the
-    /// old tables stay alive.
-    #[inline]
-    pub fn load(&self) -> Guard<Arc<Tables>> {
-        self.current.load()
-    }
-
-    /// The current snapshot as an owned `Arc` (control path, tests).
-    pub fn snapshot(&self) -> Arc<Tables> {
-        self.current.load_full()
-    }
-
-    /// Applies `change` to a copy of the current tables and publishes the copy if `change`
-    /// returns `Ok`; on `Err` nothing is published. Writers are serialized.
-    pub fn update<R, E>(&self, change: impl FnOnce(&mut Tables) -> Result<R, E>) -> Result<R, E> {
-        let _writer = lock(&self.writer);
-        let mut next = Tables::clone(&self.current.load());
-        let result = change(&mut next)?;
-        self.current.store(Arc::new(next));
-        Ok(result)
-    }
-
-    /// Replaces the snapshot wholesale (startup, tests).
-    pub fn store(&self, tables: Tables) {
-        let _writer = lock(&self.writer);
-        self.current.store(Arc::new(tables));
-    }
-}
+pub use crate::tables::TablesHandle;
 
 /// Locks `m`, recovering from poisoning: the guarded data are plain values that a panicking
 /// holder cannot leave half-written in a way that matters to a reader of counters.
@@ -125,28 +69,6 @@ pub struct CtSnapshot {
     pub occupied: usize,
     /// True when live entries were left out to respect the limit.
     pub truncated: bool,
-}
-
-/// What a worker's AF_XDP layer did, as `status` reports it per worker: the I/O counters
-/// that explain a throughput figure (how full the batches are, how often the kernel is woken,
-/// where frames were lost). The worker sets it about every 100 ms (reading the sockets'
-/// counters costs a system call, so never per pass); all zero for a worker without sockets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct IoSummary {
-    /// Passes over the ports, and those that received something (batches).
-    pub polls: u64,
-    pub rx_batches: u64,
-    /// `sendto` kicks of the TX rings and `poll` wakeups of the fill rings.
-    pub tx_wakeups: u64,
-    pub fill_wakeups: u64,
-    /// Refills that found no free frame; frames recycled because a TX ring was full.
-    pub fill_starved: u64,
-    pub tx_ring_full: u64,
-    /// The kernel's socket counters (`XDP_STATISTICS`), summed over the worker's sockets:
-    /// frames it dropped, of which for a full RX ring and for an empty fill ring.
-    pub sock_rx_dropped: u64,
-    pub sock_rx_ring_full: u64,
-    pub sock_fill_ring_empty: u64,
 }
 
 /// What one worker publishes.
@@ -326,6 +248,27 @@ impl WorkerStats {
     }
 }
 
+/// The I/O layer's view of this publisher (`io::Worker::publish_to`).
+impl Publisher for WorkerStats {
+    #[inline]
+    fn set_busy_ns(&mut self, busy_ns: u64) {
+        WorkerStats::set_busy_ns(self, busy_ns);
+    }
+
+    fn set_io(&mut self, io: IoSummary) {
+        WorkerStats::set_io(self, io);
+    }
+
+    #[inline]
+    fn tick(&mut self, pipeline: &Pipeline, now: u64) {
+        WorkerStats::tick(self, pipeline, now);
+    }
+
+    fn publish(&mut self, pipeline: &Pipeline, now: u64) {
+        WorkerStats::publish(self, pipeline, now);
+    }
+}
+
 /// At most `limit` live entries of `ct`, for dump request `generation`.
 fn snapshot_conntrack(ct: &Conntrack, now: u64, limit: usize, generation: u64) -> CtSnapshot {
     let mut live = ct.iter().filter(|(_, e)| !e.is_expired(now));
@@ -364,53 +307,11 @@ fn snapshot_conntrack(ct: &Conntrack, now: u64, limit: usize, generation: u64) -
 mod tests {
     use super::*;
     use crate::pipeline::PipelineConfig;
-    use crate::tables::endpoints::{EndpointId, EndpointSpec};
     use crate::tables::services::Services;
-    use crate::tables::LocalNode;
-    use crate::types::{Identity, MacAddr};
+    use crate::tables::{LocalNode, Tables};
 
     fn empty() -> Tables {
         Tables::empty(LocalNode::default(), Services::new(251, 1).unwrap())
-    }
-
-    fn spec(id: u32) -> EndpointSpec {
-        EndpointSpec {
-            id: EndpointId(id),
-            ifindex: 10 + id,
-            mac: MacAddr([2, 0, 0, 0, 0, id as u8]),
-            ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, id as u8)),
-            ipv6: None,
-            identity: Identity(1000 + id),
-        }
-    }
-
-    #[test]
-    fn reader_keeps_its_snapshot_while_a_new_one_is_stored() {
-        let handle = TablesHandle::new(empty());
-        let held = handle.load();
-        handle
-            .update(|t| std::sync::Arc::make_mut(&mut t.endpoints).upsert(spec(1)))
-            .unwrap();
-        assert_eq!(held.endpoints.len(), 0, "the old snapshot must not change");
-        assert_eq!(handle.load().endpoints.len(), 1);
-        // Untouched tables are shared, not copied.
-        assert!(Arc::ptr_eq(&held.ipcache, &handle.load().ipcache));
-        assert!(!Arc::ptr_eq(&held.endpoints, &handle.load().endpoints));
-    }
-
-    #[test]
-    fn failed_update_publishes_nothing() {
-        let handle = TablesHandle::new(empty());
-        let before = handle.snapshot();
-        let r: Result<(), &str> = handle.update(|t| {
-            std::sync::Arc::make_mut(&mut t.endpoints)
-                .upsert(spec(1))
-                .unwrap();
-            Err("second half failed")
-        });
-        assert!(r.is_err());
-        assert!(Arc::ptr_eq(&before, &handle.snapshot()));
-        assert_eq!(handle.load().endpoints.len(), 0);
     }
 
     #[test]

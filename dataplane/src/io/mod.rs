@@ -37,16 +37,26 @@
 //!   non-IP), so a Pass here is counted as [`IoCounters::pass_dropped`] and recycled.
 //! - The fill ring is refilled early and in batches from the free list, and `need_wakeup` is
 //!   honoured on both the fill and TX rings; each wakeup is counted.
+//! - **A frame's fate is the pipeline's verdict, read once**: after the batch, each frame goes
+//!   where its `PacketMeta::verdict` says (through the [`Verdicts`](crate::pipeline::Verdicts)
+//!   view `Pipeline::process` returns); the I/O layer keeps only where each frame's bytes are,
+//!   never a copy of its fate.
+//!
+//! Files, in dependency order (none imports a later one): `sys` (system calls), `config` (ring
+//! geometry), `counters`, `umem` (the owner of the frames), `worker` (the loop). This layer
+//! depends on `pipeline` and `tables` only: the counters go out through the pipeline's
+//! [`Publisher`](crate::pipeline::Publisher) trait, which the control socket (`api`) implements.
 
+mod config;
+mod counters;
 mod sys;
 mod umem;
 mod worker;
 
+pub use config::{BindMode, XskConfig};
+pub use counters::{IoCounters, SocketStats};
 pub use umem::SocketInfo;
-pub use worker::{
-    BindMode, IoCounters, SocketStats, StatsHandle, TablesSource, Worker, WorkerConfig,
-    WorkerSnapshot, XskConfig,
-};
+pub use worker::{TablesSource, Worker, WorkerConfig};
 
 use crate::pipeline::PipelineError;
 

@@ -15,7 +15,7 @@
 //! contract and says which part.
 //!
 //! Fast path (everything called per poll iteration) allocates nothing: all vectors are sized
-//! at construction (`free` holds every frame; `rx`, `views`, `plans` and each `staged` hold a
+//! at construction (`free` holds every frame; `rx`, `views`, `placements` and each `staged` hold a
 //! batch).
 
 use std::ffi::CString;
@@ -29,10 +29,11 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use super::worker::{BindMode, IoCounters, SocketStats, XskConfig};
+use super::config::{BindMode, XskConfig};
+use super::counters::{IoCounters, SocketStats};
 use super::{sys, IoError, PortSpec};
 use crate::frame::Frame;
-use crate::pipeline::Verdict;
+use crate::pipeline::{Verdict, Verdicts};
 
 /// A window onto one whole UMEM chunk (headroom included), lent to the pipeline for one batch.
 ///
@@ -129,25 +130,12 @@ impl Region {
     }
 }
 
-/// What happens to a frame of the batch once the pipeline has decided.
+/// Where a frame of the batch lies once the pipeline is done with it: at `head..head + len` of
+/// its chunk. Geometry only: the frame's fate is its verdict, read from the pipeline at disposal.
 #[derive(Clone, Copy, Debug)]
-enum Plan {
-    /// Out of port `port`'s TX ring; the packet is at `head..head + len` of its chunk.
-    Tx {
-        port: usize,
-        head: usize,
-        len: usize,
-    },
-    /// Back to the free list, counted under the reason.
-    Recycle(Recycle),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Recycle {
-    Dropped,
-    Pass,
-    NoTxPort,
-    ViewMismatch,
+struct Placement {
+    head: usize,
+    len: usize,
 }
 
 /// One socket: an (interface, queue) with its RX/TX rings and its own fill/completion rings.
@@ -191,7 +179,9 @@ pub(crate) struct Xsk {
     /// The batch being processed.
     rx: Vec<FrameDesc>,
     views: Vec<Frame<UmemBuf>>,
-    plans: Vec<Plan>,
+    /// Per frame of the batch: where its bytes are (`None`: its view no longer matched its
+    /// descriptor, a pipeline bug; the frame is dropped).
+    placements: Vec<Option<Placement>>,
     /// Per port: descriptors of this batch bound for its TX ring.
     staged: Vec<Vec<FrameDesc>>,
     refill_batch: usize,
@@ -256,7 +246,7 @@ impl Xsk {
             by_ifindex: HashMap::new(),
             rx: vec![FrameDesc::default(); batch],
             views: Vec::with_capacity(batch),
-            plans: Vec::with_capacity(batch),
+            placements: Vec::with_capacity(batch),
             staged: Vec::new(),
             refill_batch: cfg.refill_batch.max(1) as usize,
         };
@@ -392,7 +382,7 @@ impl Xsk {
         process: F,
     ) -> usize
     where
-        F: FnOnce(u32, &mut [Frame<UmemBuf>]) -> &'v [Verdict],
+        F: FnOnce(u32, &mut [Frame<UmemBuf>]) -> Verdicts<'v>,
     {
         let Some(port) = self.ports.get_mut(p) else {
             return 0;
@@ -417,14 +407,14 @@ impl Xsk {
 
         let kept = self.make_views(received, c);
         let verdicts = process(ifindex, &mut self.views);
-        self.plan(verdicts);
+        self.place();
         // From here on no view of any chunk of the batch exists.
         self.views.clear();
         for i in 0..kept {
-            let (Some(&desc), Some(&plan)) = (self.rx.get(i), self.plans.get(i)) else {
+            let (Some(&desc), Some(&placement)) = (self.rx.get(i), self.placements.get(i)) else {
                 break;
             };
-            self.dispose(desc, plan, c);
+            self.dispose(desc, placement, verdicts.get(i), c);
         }
         for q in 0..self.ports.len() {
             self.flush_tx(q, c);
@@ -451,9 +441,9 @@ impl Xsk {
         kept
     }
 
-    /// Decides each viewed frame's fate from its verdict, while the views still exist.
-    fn plan(&mut self, verdicts: &[Verdict]) {
-        self.plans.clear();
+    /// Records where each viewed frame's bytes are, while the views still exist.
+    fn place(&mut self) {
+        self.placements.clear();
         for (i, frame) in self.views.iter().enumerate() {
             let chunk_matches = self
                 .rx
@@ -467,36 +457,45 @@ impl Xsk {
                             .as_ptr()
                             .wrapping_add(chunk * self.region.frame_size)
                 });
-            let plan = match verdicts.get(i) {
-                _ if !chunk_matches => Plan::Recycle(Recycle::ViewMismatch),
-                Some(Verdict::Tx { ifindex }) => match self.by_ifindex.get(ifindex) {
-                    Some(&port) => Plan::Tx {
-                        port,
-                        head: frame.offset(),
-                        len: frame.len(),
-                    },
-                    None => Plan::Recycle(Recycle::NoTxPort),
-                },
-                Some(Verdict::Pass) => Plan::Recycle(Recycle::Pass),
-                Some(Verdict::Drop(_) | Verdict::Pending) | None => Plan::Recycle(Recycle::Dropped),
-            };
-            self.plans.push(plan);
+            self.placements.push(chunk_matches.then(|| Placement {
+                head: frame.offset(),
+                len: frame.len(),
+            }));
         }
     }
 
-    /// Stages `desc` for TX (moving the packet back to the receive offset if it moved, and
-    /// setting the descriptor's length) or returns it to the free list.
+    /// Disposes of `desc` by its `verdict`: staged for the TX ring of the verdict's interface
+    /// (moving the packet back to the receive offset if it moved, and setting the descriptor's
+    /// length), or returned to the free list, counted under the reason.
     #[inline]
-    fn dispose(&mut self, mut desc: FrameDesc, plan: Plan, c: &mut IoCounters) {
-        let (port, head, len) = match plan {
-            Plan::Tx { port, head, len } => (port, head, len),
-            Plan::Recycle(why) => {
-                match why {
-                    Recycle::Dropped => c.dropped += 1,
-                    Recycle::Pass => c.pass_dropped += 1,
-                    Recycle::NoTxPort => c.tx_no_port += 1,
-                    Recycle::ViewMismatch => c.view_mismatch += 1,
+    fn dispose(
+        &mut self,
+        mut desc: FrameDesc,
+        placement: Option<Placement>,
+        verdict: Option<Verdict>,
+        c: &mut IoCounters,
+    ) {
+        let Some(Placement { head, len }) = placement else {
+            c.view_mismatch += 1;
+            self.free.push(desc);
+            return;
+        };
+        let port = match verdict {
+            Some(Verdict::Tx { ifindex }) => match self.by_ifindex.get(&ifindex) {
+                Some(&port) => port,
+                None => {
+                    c.tx_no_port += 1;
+                    self.free.push(desc);
+                    return;
                 }
+            },
+            Some(Verdict::Pass) => {
+                c.pass_dropped += 1;
+                self.free.push(desc);
+                return;
+            }
+            Some(Verdict::Drop(_) | Verdict::Pending) | None => {
+                c.dropped += 1;
                 self.free.push(desc);
                 return;
             }

@@ -11,24 +11,25 @@
 //!
 //! The tables are loaded from the [`TablesSource`] at most once per pass, and only when a batch
 //! arrived; a new snapshot published by the control path is therefore seen by the next batch.
-//! The control socket's [`TablesHandle`] is a source; so is any `Fn() -> Arc<Tables>`.
-//! Counters are published two ways, both off the packet path and without waiting: a
-//! [`StatsHandle`] (I/O, pipeline and socket counters, about every 100 ms) and, when
-//! [`Worker::publish_to`] was called, the control socket's registry (ticked once per pass).
+//! The published [`TablesHandle`] is a source; so is any `Fn() -> Arc<Tables>`.
+//! Counters are published, off the packet path and without waiting, through the
+//! [`Publisher`] given to [`Worker::publish_to`] (the control socket's registry, in the
+//! daemon): ticked once per pass, handed the I/O and socket counters about every 100 ms. This
+//! module knows the trait only, not who implements it.
 //!
-//! Invariants: the loop allocates nothing, takes no lock (the stats snapshot uses `try_lock`
-//! about every 100 ms and skips when it is busy) and logs nothing.
+//! Invariants: the loop allocates nothing, takes no lock and logs nothing (the publisher's
+//! contract: it skips a round rather than wait).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::config::XskConfig;
+use super::counters::{IoCounters, SocketStats};
 use super::umem::{SocketInfo, Xsk};
 use super::{sys, IoError, PortSpec};
-use crate::api::{IoSummary, TablesHandle, WorkerStats as ApiPublisher};
-use crate::frame::DEFAULT_HEADROOM;
-use crate::pipeline::{Counters, Pipeline, PipelineConfig};
-use crate::tables::Tables;
+use crate::pipeline::{IoSummary, Pipeline, PipelineConfig, Publisher};
+use crate::tables::{Tables, TablesHandle};
 
 /// Where a worker gets the current tables: loaded once per pass that received frames.
 ///
@@ -45,62 +46,11 @@ impl<F: Fn() -> Arc<Tables>> TablesSource for F {
     }
 }
 
-/// The control socket's read-copy-update handle: one `Arc` clone per batch.
+/// The published tables' read-copy-update handle: one `Arc` clone per batch.
 impl TablesSource for TablesHandle {
     #[inline]
     fn load(&self) -> Arc<Tables> {
         self.snapshot()
-    }
-}
-
-/// How sockets bind: the kernel's choice, or forced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BindMode {
-    /// Zero-copy where the driver supports it, else copy (veth: copy).
-    #[default]
-    Auto,
-    /// `XDP_COPY`.
-    Copy,
-    /// `XDP_ZEROCOPY`: binding fails on drivers without it.
-    ZeroCopy,
-}
-
-/// UMEM and ring geometry. Ring sizes are powers of two; the defaults keep the fill ring deep
-/// (frames lost to an empty fill ring were ~8% with 2048 frames per direction).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct XskConfig {
-    /// Bytes per UMEM chunk (power of two, >= 2048).
-    pub frame_size: u32,
-    /// Headroom reserved in each chunk for the pipeline, on top of the kernel's 256 bytes.
-    pub frame_headroom: u32,
-    /// UMEM chunks per port; the UMEM has `ports * frames_per_port`.
-    pub frames_per_port: u32,
-    pub fill_size: u32,
-    pub comp_size: u32,
-    pub rx_size: u32,
-    pub tx_size: u32,
-    pub mode: BindMode,
-    /// Copy-mode descriptors per `sendto` (`XDP_MAX_TX_SKB_BUDGET`, kernel 6.17+; capped at
-    /// `tx_size`); `None` keeps the kernel's 32. Ignored where the kernel lacks the option.
-    pub tx_budget: Option<u32>,
-    /// Refill a fill ring once at least this many slots are free.
-    pub refill_batch: u32,
-}
-
-impl Default for XskConfig {
-    fn default() -> Self {
-        XskConfig {
-            frame_size: 4096,
-            frame_headroom: DEFAULT_HEADROOM as u32,
-            frames_per_port: 8192,
-            fill_size: 4096,
-            comp_size: 4096,
-            rx_size: 2048,
-            tx_size: 2048,
-            mode: BindMode::Auto,
-            tx_budget: Some(256),
-            refill_batch: 32,
-        }
     }
 }
 
@@ -115,83 +65,7 @@ pub struct WorkerConfig {
     pub xsk: XskConfig,
 }
 
-/// What the I/O layer of one worker did. Plain counters written by the worker thread only.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    /// Passes over the ports.
-    pub polls: u64,
-    /// Batches (non-empty receives) and the frames in them.
-    pub rx_batches: u64,
-    pub rx_frames: u64,
-    /// Descriptors the kernel returned outside the UMEM (never reused; a kernel bug).
-    pub rx_invalid: u64,
-    /// Frames placed on TX rings, and TX completions recycled.
-    pub tx_frames: u64,
-    pub tx_completed: u64,
-    /// Frames recycled because their TX ring was full.
-    pub tx_ring_full: u64,
-    /// `Verdict::Tx` to an interface this worker has no socket on.
-    pub tx_no_port: u64,
-    /// `Verdict::Drop` frames recycled.
-    pub dropped: u64,
-    /// `Verdict::Pass` frames: user space cannot hand a frame back to the kernel's stack
-    /// without a TAP device, so they are counted and recycled (the XDP program passes what
-    /// the kernel must see before it reaches AF_XDP).
-    pub pass_dropped: u64,
-    /// Frames moved back to their receive offset before TX because their start moved.
-    pub realigned: u64,
-    /// Frames that grew too much to move back inside their chunk (dropped).
-    pub realign_too_long: u64,
-    /// A frame view that no longer matched its descriptor (a pipeline bug; dropped).
-    pub view_mismatch: u64,
-    /// Descriptors given to fill rings, and refills that found the free list empty.
-    pub filled: u64,
-    pub fill_starved: u64,
-    /// Wakeups: `poll` for the fill ring, `sendto` for TX; and those that failed.
-    pub fill_wakeups: u64,
-    pub tx_wakeups: u64,
-    pub wakeup_errors: u64,
-    /// Nanoseconds spent in passes that received frames (busy-loop time): divided by
-    /// `rx_frames` it is the worker's cost per packet at saturation.
-    pub busy_ns: u64,
-}
-
-/// The kernel's counters of one socket (`XDP_STATISTICS`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SocketStats {
-    pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
-    pub tx_invalid_descs: u64,
-    pub rx_ring_full: u64,
-    /// Frames the kernel could not deliver because the fill ring was empty.
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_ring_empty_descs: u64,
-}
-
-/// A snapshot of a worker's counters.
-#[derive(Clone, Debug, Default)]
-pub struct WorkerSnapshot {
-    pub io: IoCounters,
-    pub pipeline: Counters,
-    /// Per socket, in port order.
-    pub sockets: Vec<SocketStats>,
-}
-
-/// Read side of a worker's published counters (refreshed about every 100 ms while it runs,
-/// and when it stops).
-#[derive(Clone, Debug, Default)]
-pub struct StatsHandle(Arc<Mutex<WorkerSnapshot>>);
-
-impl StatsHandle {
-    pub fn snapshot(&self) -> WorkerSnapshot {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// How often a running worker publishes its counters.
+/// How often a running worker hands its I/O and socket counters to its publisher.
 const PUBLISH_INTERVAL_NS: u64 = 100_000_000;
 /// Passes between two looks at the publication clock.
 const PUBLISH_CHECK_EVERY: u64 = 1024;
@@ -204,11 +78,10 @@ pub struct Worker {
     batch: usize,
     core: Option<usize>,
     io: IoCounters,
-    stats: StatsHandle,
     /// Reused by each publication, so publishing does not allocate.
     sockets_scratch: Vec<SocketStats>,
-    /// The control socket's per-worker slot (`status`, conntrack dumps), if registered.
-    api: Option<ApiPublisher>,
+    /// Where the counters go (`status`, conntrack dumps), if anywhere.
+    publisher: Option<Box<dyn Publisher>>,
     /// Sleep this long between passes once [`IDLE_PASSES`] passes in a row received nothing
     /// (`None`: spin, the default).
     idle_sleep: Option<Duration>,
@@ -232,9 +105,8 @@ impl Worker {
             batch,
             core: cfg.core,
             io: IoCounters::default(),
-            stats: StatsHandle::default(),
             sockets_scratch,
-            api: None,
+            publisher: None,
             idle_sleep: None,
         })
     }
@@ -248,10 +120,11 @@ impl Worker {
         self.idle_sleep = sleep.filter(|d| !d.is_zero());
     }
 
-    /// Also publish the pipeline counters (and answer conntrack dumps) through the control
-    /// socket's registry: [`Worker::run`] ticks it once per pass.
-    pub fn publish_to(&mut self, publisher: ApiPublisher) {
-        self.api = Some(publisher);
+    /// Publishes the pipeline counters (and answers conntrack dumps) through `publisher` (the
+    /// daemon passes the control socket's `api::WorkerStats`): [`Worker::run`] ticks it once
+    /// per pass.
+    pub fn publish_to(&mut self, publisher: impl Publisher + 'static) {
+        self.publisher = Some(Box::new(publisher));
     }
 
     /// The worker's sockets, in port order: register each fd under its queue in the XSKMAP of
@@ -282,21 +155,21 @@ impl Worker {
                     std::thread::sleep(sleep);
                 }
             }
-            if let Some(api) = self.api.as_mut() {
-                api.set_busy_ns(self.io.busy_ns);
-                api.tick(&self.pipeline, now);
+            if let Some(publisher) = self.publisher.as_mut() {
+                publisher.set_busy_ns(self.io.busy_ns);
+                publisher.tick(&self.pipeline, now);
             }
             if self.io.polls % PUBLISH_CHECK_EVERY == 0
                 && now.saturating_sub(last_publish) >= PUBLISH_INTERVAL_NS
             {
-                self.try_publish();
+                self.publish_io_summary();
                 last_publish = now;
             }
         }
-        self.publish();
-        if let Some(api) = self.api.as_mut() {
-            api.set_busy_ns(self.io.busy_ns);
-            api.publish(&self.pipeline, sys::monotonic_ns());
+        self.publish_io_summary();
+        if let Some(publisher) = self.publisher.as_mut() {
+            publisher.set_busy_ns(self.io.busy_ns);
+            publisher.publish(&self.pipeline, sys::monotonic_ns());
         }
         Ok(())
     }
@@ -342,41 +215,21 @@ impl Worker {
         self.xsk.free_frames()
     }
 
-    /// A handle other threads read the published counters through.
-    pub fn stats_handle(&self) -> StatsHandle {
-        self.stats.clone()
-    }
-
     /// The kernel's counters of each socket, in port order.
     pub fn socket_stats(&self) -> Vec<SocketStats> {
         let mut out = Vec::new();
         self.xsk.socket_stats(&mut out);
         out
     }
-
-    /// Publishes unless a reader holds the lock (the worker never waits).
-    fn try_publish(&mut self) {
-        self.xsk.socket_stats(&mut self.sockets_scratch);
-        self.publish_io_summary();
-        if let Ok(mut stats) = self.stats.0.try_lock() {
-            fill_stats(&mut stats, &self.io, &self.pipeline, &self.sockets_scratch);
-        }
-    }
-
-    fn publish(&mut self) {
-        self.xsk.socket_stats(&mut self.sockets_scratch);
-        self.publish_io_summary();
-        let mut stats = self.stats.0.lock().unwrap_or_else(PoisonError::into_inner);
-        fill_stats(&mut stats, &self.io, &self.pipeline, &self.sockets_scratch);
-    }
 }
 
 impl Worker {
-    /// Hands the I/O counters and the sockets' counters (just read into `sockets_scratch`)
-    /// to the control socket's publisher.
+    /// Reads the sockets' counters (a system call each) and hands them, with the I/O
+    /// counters, to the publisher.
     fn publish_io_summary(&mut self) {
-        if let Some(api) = self.api.as_mut() {
-            api.set_io(io_summary(&self.io, &self.sockets_scratch));
+        if let Some(publisher) = self.publisher.as_mut() {
+            self.xsk.socket_stats(&mut self.sockets_scratch);
+            publisher.set_io(io_summary(&self.io, &self.sockets_scratch));
         }
     }
 }
@@ -396,21 +249,10 @@ fn io_summary(io: &IoCounters, sockets: &[SocketStats]) -> IoSummary {
     }
 }
 
-fn fill_stats(
-    out: &mut WorkerSnapshot,
-    io: &IoCounters,
-    pipeline: &Pipeline,
-    sockets: &[SocketStats],
-) {
-    out.io.clone_from(io);
-    out.pipeline.clone_from(pipeline.counters());
-    out.sockets.clear();
-    out.sockets.extend_from_slice(sockets);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::DEFAULT_HEADROOM;
 
     #[test]
     fn the_io_summary_sums_the_sockets() {

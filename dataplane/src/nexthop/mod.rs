@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use hashbrown::{HashMap, HashSet};
 
-use crate::api::TablesHandle;
 use crate::tables::next_hops::NextHops;
 use crate::tables::Tables;
+use crate::tables::TablesHandle;
 use netlink::{Event, NeighFacts, Netlink, NetlinkError, RouteFacts};
 
 /// Everything is re-read this often, whatever the notifications said.

@@ -3,21 +3,20 @@
 //! and prefetch the matching slot; then look up and update.
 //!
 //! A hit advances the entry's state machine and counters. Replies of flows that carry reverse
-//! NAT information get their source rewritten back to the service frontend. An ICMP error whose
-//! quoted packet belongs to a tracked flow is "related" and follows that flow.
+//! NAT information get their source rewritten back to the service frontend (`nat`). An ICMP
+//! error whose quoted packet belongs to a tracked flow is "related" and follows that flow.
+//! A miss marks the packet `CtMark::New` for the policy stage, and starts loading the policy-map
+//! slots its lookups will read (`prefetch::policy_for_new_flow`); the entry of an allowed new
+//! flow is created by the policy stage's verdict (`ct_commit`).
 
+use super::batch::{Batch, Ctx};
 use super::meta::{CtMark, Family, IcmpClass, PacketMeta, Verdict};
-use super::{Ctx, Stage};
-use crate::frame::Frame;
+use super::{nat, prefetch, Stage};
 use crate::tables::conntrack::{FlowDirection, FlowKey};
 
-pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
-    frames: &mut [Frame<B>],
-    meta: &mut [PacketMeta],
-    ctx: &mut Ctx<'_>,
-) {
+pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
     // Phase 1: keys, hashes, prefetch.
-    for m in meta.iter_mut() {
+    for m in batch.meta_mut().iter_mut() {
         if m.verdict != Verdict::Pending || !matches!(m.family, Family::Ipv4 | Family::Ipv6) {
             m.ct_key = None;
             continue;
@@ -34,19 +33,19 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
     // Phase 2: with the tag lines on their way, start loading each packet's matching slot,
     // which phase 3 compares and updates.
-    for m in meta.iter() {
+    for m in batch.meta_mut().iter() {
         if m.ct_key.is_some() {
             ctx.ct.prefetch_match(m.ct_hash);
         }
     }
-    // Phase 3: lookups and state updates.
-    for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
-        let Some(key) = m.ct_key else { continue };
-        ctx.c.stage_in[Stage::Conntrack as usize] += 1;
+    // Phase 3: lookups and state updates (phase 1 gave a key to undecided IP frames only).
+    let has_key = |m: &PacketMeta| m.ct_key.is_some();
+    batch.for_each(ctx, Stage::Conntrack, has_key, |f, m, ctx| {
+        let Some(key) = m.ct_key else { return Ok(()) };
         let Some((h, dir)) = ctx.ct.lookup(&key, m.ct_hash, ctx.now) else {
             m.ct = CtMark::New;
-            super::policy::prefetch_for_new_flow(m, ctx);
-            continue;
+            prefetch::policy_for_new_flow(m, ctx.t);
+            return Ok(());
         };
         if m.icmp == IcmpClass::Error {
             m.ct = CtMark::Related;
@@ -55,19 +54,19 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             // the frontend, about a packet it sent to the frontend.
             if let (FlowDirection::Original, Some(rev)) = (dir, ctx.ct.entry(h).rev_nat()) {
                 if m.inner.src != m.tuple.src
-                    && super::service::reverse_nat_icmp_error(f, m, rev.addr(), rev.port())
+                    && nat::reverse_nat_icmp_error(f, m, rev.addr(), rev.port())
                 {
                     ctx.c.reverse_nat += 1;
                 }
             }
-            continue;
+            return Ok(());
         }
         let update = ctx.ct.update(h, dir, m.tcp_flags, f.len() as u32, ctx.now);
         if update.dir != dir {
             // A SYN from the reply side reopened a closed flow: it is a new connection, and
             // policy decides it like any other.
             m.ct = CtMark::New;
-            continue;
+            return Ok(());
         }
         ctx.c.ct_established += 1;
         match dir {
@@ -75,10 +74,11 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             FlowDirection::Reply => {
                 m.ct = CtMark::Reply;
                 if let Some(rev) = ctx.ct.entry(h).rev_nat() {
-                    super::service::reverse_nat(f, m, rev.addr(), rev.port());
+                    nat::rewrite_src(f, m, rev.addr(), rev.port());
                     ctx.c.reverse_nat += 1;
                 }
             }
         }
-    }
+        Ok(())
+    });
 }

@@ -3,13 +3,14 @@
 //! Only frames from the uplink, addressed to this node's underlay IPv4 address, from a known
 //! node, are decapsulated. The VNI carries the sender's security identity; a Geneve DSR option
 //! carries a service frontend (the frame is for a DSR backend on this node). The outer headers
-//! are pulled off the front of the frame and the inner frame is parsed from scratch.
+//! are pulled off the front of the frame and the inner frame is parsed from scratch
+//! (`headers::parse`, the parse stage's own header parsing).
 
 use std::net::IpAddr;
 
-use super::meta::{Family, FrontendAddr, PacketMeta, Verdict};
-use super::parse::parse_frame;
-use super::{Ctx, DropReason, Ingress, Stage};
+use super::batch::{Batch, Ctx, Ingress};
+use super::meta::{Family, FrontendAddr, PacketMeta};
+use super::{headers, DropReason, Stage};
 use crate::frame::Frame;
 use crate::types::Identity;
 use crate::wire::geneve::{self, GenevePacket};
@@ -17,33 +18,26 @@ use crate::wire::ipv4::Protocol;
 use crate::wire::udp;
 use crate::wire::vxlan::{self, VxlanPacket};
 
-pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
-    frames: &mut [Frame<B>],
-    meta: &mut [PacketMeta],
-    ctx: &mut Ctx<'_>,
-) {
+pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
     if ctx.ingress != Ingress::Uplink {
         return;
     }
     let Some(underlay) = ctx.t.node.underlay_ipv4 else {
         return;
     };
-    for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
+    let ports = ctx.t.node.tunnel_ports;
+    let is_tunnel = |m: &PacketMeta| {
         let t = m.tuple;
-        let is_tunnel = m.verdict == Verdict::Pending
-            && m.family == Family::Ipv4
+        m.family == Family::Ipv4
             && t.proto == u8::from(Protocol::Udp)
             && t.dst == IpAddr::V4(underlay)
-            && ctx.t.node.tunnel_ports.is_tunnel(t.dport);
-        if !is_tunnel {
-            continue;
-        }
-        ctx.c.stage_in[Stage::Decap as usize] += 1;
-        match decapsulate(f, m, ctx) {
-            Ok(()) => ctx.c.decapsulated += 1,
-            Err(reason) => ctx.drop(m, Stage::Decap, reason),
-        }
-    }
+            && ports.is_tunnel(t.dport)
+    };
+    batch.for_each(ctx, Stage::Decap, is_tunnel, |f, m, ctx| {
+        decapsulate(f, m, ctx)?;
+        ctx.c.decapsulated += 1;
+        Ok(())
+    });
 }
 
 /// What the tunnel header said.
@@ -75,7 +69,7 @@ fn decapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
         return Err(DropReason::TunnelMalformed);
     }
     let mut inner = PacketMeta::default();
-    parse_frame(f.data(), &mut inner)?;
+    headers::parse(f.data(), &mut inner)?;
     if !matches!(inner.family, Family::Ipv4 | Family::Ipv6) {
         return Err(DropReason::TunnelMalformed);
     }

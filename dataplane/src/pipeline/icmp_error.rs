@@ -23,8 +23,9 @@
 
 use std::net::IpAddr;
 
+use super::batch::{Ctx, Ingress};
 use super::meta::{CtMark, IcmpClass, PacketMeta, Verdict};
-use super::{service, Ctx, DropReason, Ingress};
+use super::{nat, DropReason};
 use crate::frame::Frame;
 use crate::types::MacAddr;
 use crate::wire::ethernet::{self, EtherType, EthernetFrame};
@@ -95,12 +96,12 @@ pub(crate) fn too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
 /// port as source of a reverse-NATed reply (the conntrack key holds them as the packet came).
 fn undo_nat<B: AsRef<[u8]> + AsMut<[u8]>>(f: &mut Frame<B>, m: &mut PacketMeta) {
     if let (Some(fe), false) = (m.frontend, m.dsr_in) {
-        service::rewrite_dst(f, m, fe.addr, fe.port);
+        nat::rewrite_dst(f, m, fe.addr, fe.port);
     }
     if let (CtMark::Reply, Some(key)) = (m.ct, m.ct_key) {
         let (addr, port) = key.src();
         if (addr, port) != (m.tuple.src, m.tuple.sport) {
-            service::reverse_nat(f, m, addr, port);
+            nat::rewrite_src(f, m, addr, port);
         }
     }
 }

@@ -1,31 +1,57 @@
 //! The batch pipeline: stages over a batch of frames, their counters and drop reasons.
 //!
 //! [`Pipeline::process`] runs every stage over the whole batch in turn (VPP-style): parse ->
-//! decap -> identity -> service -> conntrack -> policy -> route. A stage skips frames whose
-//! verdict is already decided; the verdicts come back in one slice, in frame order. Stages take
-//! no locks, allocate nothing, log nothing and return no `Result`: every exit is a counted
-//! verdict. See `docs/architecture.md` for the order and its reasons.
+//! decap -> identity -> service -> conntrack -> policy -> route. A stage is a function over a
+//! [`batch::Batch`], which skips frames whose verdict is already decided, counts the frames
+//! entering the stage and records its drops. Stages take no locks, allocate nothing, log nothing
+//! and return no `Result`: every exit is a counted verdict. See `docs/architecture.md` for the
+//! order and its reasons.
+//!
+//! # Structure
+//! - Stages (one file each): `parse`, `decap`, `identity`, `service`, `conntrack`, `policy`,
+//!   `route`. A stage never calls another stage: stages communicate only through
+//!   [`PacketMeta`] (`tests/layering.rs` checks that no stage file names another).
+//! - Helpers several stages need, each in its own module: `headers` (header parsing: parse,
+//!   decap), `nat` (DNAT, reverse NAT, undoing them: service, conntrack, `icmp_error`),
+//!   `resolve` (destination resolution: identity, service), `l4_checksum` (completion: identity),
+//!   `prefetch` (frame headers: the pipeline; policy-map slots: conntrack), `ct_commit`
+//!   (conntrack entry of an allowed new flow: policy), `icmp_error` ("too big" errors: route).
+//! - A frame's fate is held in one place, `PacketMeta::verdict`, from the parse stage until the
+//!   I/O layer disposes of the frame: [`Pipeline::process`] returns a [`Verdicts`] view of it,
+//!   not a copy.
+//! - [`publisher`]: what a worker hands to whoever publishes its counters (the control socket
+//!   implements it; the I/O layer calls it), so that `io` and `api` need not know each other.
 
 pub mod counters;
 pub mod drop;
 pub mod meta;
+pub mod publisher;
 
+mod batch;
 mod conntrack;
+mod ct_commit;
 mod decap;
+mod headers;
 mod icmp_error;
 mod identity;
+mod l4_checksum;
+mod nat;
 mod parse;
 mod policy;
+mod prefetch;
+mod resolve;
 mod route;
 mod service;
 
 pub use counters::{Counters, Stage};
 pub use drop::DropReason;
 pub use meta::{PacketMeta, Verdict};
+pub use publisher::{IoSummary, Publisher};
+
+use batch::{Batch, Ctx, Ingress};
 
 use crate::frame::Frame;
 use crate::tables::conntrack::{Conntrack, CtConfig};
-use crate::tables::endpoints::EndpointId;
 use crate::tables::Tables;
 
 /// Default frames per batch.
@@ -73,45 +99,17 @@ pub enum PipelineError {
     GcSweep,
 }
 
-/// Where a batch came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ingress {
-    /// A pod's interface.
-    Pod(EndpointId),
-    /// The node's uplink (underlay).
-    Uplink,
-    /// An interface nothing is configured for.
-    Unknown,
-}
-
-/// What every stage gets besides the frames and their metadata.
-pub(crate) struct Ctx<'a> {
-    pub t: &'a Tables,
-    pub c: &'a mut Counters,
-    pub ct: &'a mut Conntrack,
-    pub ingress: Ingress,
-    pub ingress_ifindex: u32,
-    pub now: u64,
-    pub complete_l4_checksums: bool,
-}
-
-impl Ctx<'_> {
-    /// Decides a drop: sets the verdict and counts it under `stage`.
-    #[inline]
-    pub fn drop(&mut self, m: &mut PacketMeta, stage: Stage, reason: DropReason) {
-        m.verdict = Verdict::Drop(reason);
-        self.c.drop(stage, reason);
-    }
-}
-
 /// One worker's pipeline: its conntrack table, counters and per-batch scratch space.
 #[derive(Debug)]
 pub struct Pipeline {
     batch_size: usize,
     gc: GcPacer,
     complete_l4_checksums: bool,
+    /// One entry per frame of the current (or last) `process` call: grown only when a call
+    /// passes more frames than `batch_size`.
     meta: Vec<PacketMeta>,
-    verdicts: Vec<Verdict>,
+    /// Frames of the last `process` call.
+    last_len: usize,
     ct: Conntrack,
     counters: Counters,
 }
@@ -129,8 +127,8 @@ impl Pipeline {
             batch_size: cfg.batch_size,
             gc: GcPacer::new(cfg.ct_gc_sweep_ns),
             complete_l4_checksums: cfg.complete_l4_checksums,
-            meta: vec![PacketMeta::default(); cfg.batch_size],
-            verdicts: Vec::with_capacity(MAX_BATCH),
+            meta: vec![PacketMeta::EMPTY; cfg.batch_size],
+            last_len: 0,
             ct: Conntrack::new(cfg.conntrack),
             counters: Counters::default(),
         })
@@ -139,15 +137,16 @@ impl Pipeline {
     /// Runs the stages over `frames`, all received on interface `ingress_ifindex`, at time `now`
     /// (nanoseconds of a monotonic clock, read once per batch by the caller). Frames may be
     /// rewritten, grown at the front (encapsulation) or shrunk (decapsulation). Returns one
-    /// verdict per frame, in order. Pass at most `batch_size` frames to stay allocation-free;
-    /// longer slices are processed in chunks.
+    /// verdict per frame, in order: a view of each frame's `PacketMeta::verdict`, valid until
+    /// the next call. Pass at most `batch_size` frames to stay allocation-free; longer slices
+    /// are processed in chunks (and the metadata array grows to hold them all).
     pub fn process<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         tables: &Tables,
         ingress_ifindex: u32,
         frames: &mut [Frame<B>],
         now: u64,
-    ) -> &[Verdict] {
+    ) -> Verdicts<'_> {
         self.process_until(tables, ingress_ifindex, frames, now, Stage::Route)
     }
 
@@ -162,11 +161,15 @@ impl Pipeline {
         frames: &mut [Frame<B>],
         now: u64,
         last: Stage,
-    ) -> &[Verdict] {
-        self.verdicts.clear();
+    ) -> Verdicts<'_> {
+        let n = frames.len();
+        if self.meta.len() < n {
+            self.meta.resize(n, PacketMeta::EMPTY);
+        }
         let ingress = classify_ingress(tables, ingress_ifindex);
-        for chunk in frames.chunks_mut(self.batch_size) {
-            let meta = &mut self.meta[..chunk.len()];
+        let metas = self.meta[..n].chunks_mut(self.batch_size);
+        for (chunk, meta) in frames.chunks_mut(self.batch_size).zip(metas) {
+            let mut batch = Batch::new(chunk, meta);
             let mut ctx = Ctx {
                 t: tables,
                 c: &mut self.counters,
@@ -176,12 +179,16 @@ impl Pipeline {
                 now,
                 complete_l4_checksums: self.complete_l4_checksums,
             };
-            run_stages(chunk, meta, &mut ctx, last);
-            count_verdicts(chunk, meta, ctx.c);
-            self.verdicts.extend(meta.iter().map(|m| m.verdict));
+            prefetch::headers(batch.frames());
+            batch.receive(ctx.c);
+            run_stages(&mut batch, &mut ctx, last);
+            batch.finish(ctx.c);
         }
+        self.last_len = n;
         self.maintain(now);
-        &self.verdicts
+        Verdicts {
+            meta: &self.meta[..n],
+        }
     }
 
     /// Runs the conntrack GC slots due at `now` (paced by time, see
@@ -196,9 +203,9 @@ impl Pipeline {
         }
     }
 
-    /// Metadata of the frames of the last chunk processed (tests and tracing).
+    /// Metadata of the frames of the last `process` call, in frame order (tests and tracing).
     pub fn last_meta(&self) -> &[PacketMeta] {
-        &self.meta
+        &self.meta[..self.last_len]
     }
 
     pub fn counters(&self) -> &Counters {
@@ -266,58 +273,93 @@ fn classify_ingress(t: &Tables, ifindex: u32) -> Ingress {
 
 /// Runs the stages in order, up to and including `last` (`Stage::Route`: all of them).
 fn run_stages<B: AsRef<[u8]> + AsMut<[u8]>>(
-    frames: &mut [Frame<B>],
-    meta: &mut [PacketMeta],
+    batch: &mut Batch<'_, B>,
     ctx: &mut Ctx<'_>,
     last: Stage,
 ) {
-    parse::run(frames, meta, ctx);
+    parse::run(batch, ctx);
     if last == Stage::Parse {
         return;
     }
-    decap::run(frames, meta, ctx);
+    decap::run(batch, ctx);
     if last == Stage::Decap {
         return;
     }
-    identity::run(frames, meta, ctx);
+    identity::run(batch, ctx);
     if last == Stage::Identity {
         return;
     }
-    service::run(frames, meta, ctx);
+    service::run(batch, ctx);
     if last == Stage::Service {
         return;
     }
-    conntrack::run(frames, meta, ctx);
+    conntrack::run(batch, ctx);
     if last == Stage::Conntrack {
         return;
     }
-    policy::run(frames, meta, ctx);
+    policy::run(batch, ctx);
     if last == Stage::Policy {
         return;
     }
-    route::run(frames, meta, ctx);
+    route::run(batch, ctx);
 }
 
-fn count_verdicts<B: AsRef<[u8]> + AsMut<[u8]>>(
-    frames: &[Frame<B>],
-    meta: &mut [PacketMeta],
-    c: &mut Counters,
-) {
-    for (f, m) in frames.iter().zip(meta.iter_mut()) {
-        match m.verdict {
-            Verdict::Tx { .. } => {
-                c.tx_packets += 1;
-                c.tx_bytes += f.len() as u64;
-            }
-            Verdict::Pass => c.pass_packets += 1,
-            Verdict::Drop(_) => c.drop_packets += 1,
-            Verdict::Pending => {
-                // A stage forgot to decide: a bug, but never a silent forward.
-                m.verdict = Verdict::Drop(DropReason::NoRoute);
-                c.drop(Stage::Route, DropReason::NoRoute);
-                c.drop_packets += 1;
-            }
-        }
+/// The verdicts of the frames of one [`Pipeline::process`] call, in frame order.
+///
+/// A view, not a copy: entry `i` is `PacketMeta::verdict` of frame `i`, the one place a frame's
+/// fate is held from the parse stage until the I/O layer disposes of the frame. Indexes and
+/// iterates like a slice of [`Verdict`]s.
+#[derive(Clone, Copy)]
+pub struct Verdicts<'a> {
+    meta: &'a [PacketMeta],
+}
+
+impl<'a> Verdicts<'a> {
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// The verdict of frame `i`, if there is such a frame.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<Verdict> {
+        self.meta.get(i).map(|m| m.verdict)
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a Verdict> + 'a {
+        self.meta.iter().map(|m| &m.verdict)
+    }
+
+    pub fn to_vec(&self) -> Vec<Verdict> {
+        self.iter().copied().collect()
+    }
+
+    /// The frames' whole metadata.
+    pub fn meta(&self) -> &'a [PacketMeta] {
+        self.meta
+    }
+}
+
+impl std::ops::Index<usize> for Verdicts<'_> {
+    type Output = Verdict;
+
+    fn index(&self, i: usize) -> &Verdict {
+        &self.meta[i].verdict
+    }
+}
+
+impl std::fmt::Debug for Verdicts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq<[Verdict]> for Verdicts<'_> {
+    fn eq(&self, other: &[Verdict]) -> bool {
+        self.len() == other.len() && self.iter().zip(other).all(|(a, b)| a == b)
     }
 }
 

@@ -22,8 +22,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::batch::{any, Batch, Ctx, Ingress};
 use super::meta::{FrontendAddr, PacketMeta, Verdict};
-use super::{icmp_error, Ctx, DropReason, Ingress, Stage};
+use super::{icmp_error, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::nodes::Encap;
 use crate::types::{Identity, MacAddr};
@@ -34,21 +35,11 @@ use crate::wire::ipv6::Ipv6Packet;
 use crate::wire::udp::{self, UdpPacket};
 use crate::wire::vxlan::{self, VxlanPacket};
 
-pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
-    frames: &mut [Frame<B>],
-    meta: &mut [PacketMeta],
-    ctx: &mut Ctx<'_>,
-) {
-    for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
-        if m.verdict != Verdict::Pending {
-            continue;
-        }
-        ctx.c.stage_in[Stage::Route as usize] += 1;
-        match route(f, m, ctx) {
-            Ok(v) => m.verdict = v,
-            Err(reason) => ctx.drop(m, Stage::Route, reason),
-        }
-    }
+pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
+    batch.for_each(ctx, Stage::Route, any, |f, m, ctx| {
+        m.verdict = route(f, m, ctx)?;
+        Ok(())
+    });
 }
 
 fn route<B: AsRef<[u8]> + AsMut<[u8]>>(

@@ -8,6 +8,7 @@
 
 pub mod conntrack;
 pub mod endpoints;
+pub mod handle;
 pub mod ipcache;
 pub mod lpm;
 pub mod maglev;
@@ -20,6 +21,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::types::MacAddr;
+
+pub use handle::TablesHandle;
 
 /// Starts loading the cache lines of `value` (all of them, for a value wider than one line)
 /// without reading it: for batch stages that know early what they will read late. A no-op off

@@ -9,7 +9,12 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::key::{mapped_octets, FlowDirection};
-use super::tcp::FIN_FROM_BOTH;
+
+/// `FIN_FROM_*` bits of an entry (kept in its flags): which side has sent a FIN (the TCP state
+/// machine, `tcp.rs`, sets them).
+pub(super) const FIN_FROM_ORIGINAL: u8 = 0b01;
+pub(super) const FIN_FROM_REPLY: u8 = 0b10;
+pub(super) const FIN_FROM_BOTH: u8 = FIN_FROM_ORIGINAL | FIN_FROM_REPLY;
 use crate::types::Identity;
 
 /// Connection state. TCP uses all of them; other protocols only `New` and `Established`.

@@ -4,7 +4,7 @@
 //! Contract: a pure function of (state, FIN bits seen, direction, flags); no sequence numbers
 //! are checked, so RST is believed as is (as Cilium does).
 
-use super::entry::CtState;
+use super::entry::{CtState, FIN_FROM_BOTH, FIN_FROM_ORIGINAL, FIN_FROM_REPLY};
 use super::key::FlowDirection;
 
 /// TCP flag bits as they sit in byte 13 of the TCP header (the `tcp_flags` argument of
@@ -15,11 +15,6 @@ pub(super) mod tcp_flag {
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
 }
-
-/// `FIN_FROM_*` bits of an entry (kept in its flags): which side has sent a FIN.
-const FIN_FROM_ORIGINAL: u8 = 0b01;
-const FIN_FROM_REPLY: u8 = 0b10;
-pub(super) const FIN_FROM_BOTH: u8 = FIN_FROM_ORIGINAL | FIN_FROM_REPLY;
 
 /// Result of one TCP packet on an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,57 @@
+//! What a worker's I/O layer counts: its own [`IoCounters`] and the kernel's [`SocketStats`].
+//!
+//! Plain counters, written by the worker thread only (the kernel's are read with a system call
+//! about every 100 ms, never per pass).
+
+/// What the I/O layer of one worker did. Plain counters written by the worker thread only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    /// Passes over the ports.
+    pub polls: u64,
+    /// Batches (non-empty receives) and the frames in them.
+    pub rx_batches: u64,
+    pub rx_frames: u64,
+    /// Descriptors the kernel returned outside the UMEM (never reused; a kernel bug).
+    pub rx_invalid: u64,
+    /// Frames placed on TX rings, and TX completions recycled.
+    pub tx_frames: u64,
+    pub tx_completed: u64,
+    /// Frames recycled because their TX ring was full.
+    pub tx_ring_full: u64,
+    /// `Verdict::Tx` to an interface this worker has no socket on.
+    pub tx_no_port: u64,
+    /// `Verdict::Drop` frames recycled.
+    pub dropped: u64,
+    /// `Verdict::Pass` frames: user space cannot hand a frame back to the kernel's stack
+    /// without a TAP device, so they are counted and recycled (the XDP program passes what
+    /// the kernel must see before it reaches AF_XDP).
+    pub pass_dropped: u64,
+    /// Frames moved back to their receive offset before TX because their start moved.
+    pub realigned: u64,
+    /// Frames that grew too much to move back inside their chunk (dropped).
+    pub realign_too_long: u64,
+    /// A frame view that no longer matched its descriptor (a pipeline bug; dropped).
+    pub view_mismatch: u64,
+    /// Descriptors given to fill rings, and refills that found the free list empty.
+    pub filled: u64,
+    pub fill_starved: u64,
+    /// Wakeups: `poll` for the fill ring, `sendto` for TX; and those that failed.
+    pub fill_wakeups: u64,
+    pub tx_wakeups: u64,
+    pub wakeup_errors: u64,
+    /// Nanoseconds spent in passes that received frames (busy-loop time): divided by
+    /// `rx_frames` it is the worker's cost per packet at saturation.
+    pub busy_ns: u64,
+}
+
+/// The kernel's counters of one socket (`XDP_STATISTICS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    /// Frames the kernel could not deliver because the fill ring was empty.
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
