@@ -21,6 +21,7 @@
 
 use std::net::Ipv4Addr;
 
+use super::bytes::{get_u16, get_u24, set_u16, set_u24};
 use super::{Error, Result};
 
 /// IANA-assigned UDP destination port.
@@ -74,16 +75,6 @@ pub const DSR_OPTION_CLASS: u16 = 0x014b;
 pub const DSR_OPTION_TYPE: u8 = 0x01;
 /// DSR option data: IPv4 address, port, 2 bytes of padding.
 pub const DSR_OPTION_DATA_LEN: usize = 8;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
 
 /// One TLV option. `data` excludes the 4-byte option header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,9 +230,7 @@ impl<T: AsRef<[u8]>> GenevePacket<T> {
     /// The 24-bit VNI.
     #[inline]
     pub fn vni(&self) -> u32 {
-        let d = self.buffer.as_ref();
-        let s = field::VNI.start;
-        u32::from_be_bytes([0, d[s], d[s + 1], d[s + 2]])
+        get_u24(self.buffer.as_ref(), field::VNI)
     }
 
     /// The raw options area.
@@ -324,8 +313,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GenevePacket<T> {
     #[inline]
     pub fn set_vni(&mut self, vni: u32) {
         debug_assert!(vni <= 0x00ff_ffff, "VNI {vni:#x} exceeds 24 bits");
-        let b = vni.to_be_bytes();
-        self.buffer.as_mut()[field::VNI].copy_from_slice(&b[1..]);
+        set_u24(self.buffer.as_mut(), field::VNI, vni);
     }
 
     /// The raw options area, writable.
@@ -380,7 +368,7 @@ pub fn write_option(
         .ok_or(Error::Truncated)?;
     let slot = options.get_mut(offset..end).ok_or(Error::Truncated)?;
     let (header, body) = slot.split_at_mut(OPTION_HEADER_LEN);
-    header[field::OPTION_CLASS].copy_from_slice(&class.to_be_bytes());
+    set_u16(header, field::OPTION_CLASS, class);
     header[field::OPTION_TYPE.start] = type_;
     header[field::OPTION_LEN.start] = (data.len() / 4) as u8; // <= 31, reserved bits zero
     body.copy_from_slice(data);

@@ -16,6 +16,7 @@
 //!   header of an error that follows a NATed flow, an echo identifier) patches the checksum
 //!   incrementally (RFC 1624) and gives the same field as a full recompute.
 
+use super::bytes::{get_u16, set_u16};
 use super::checksum;
 use super::{Error, Result};
 
@@ -157,16 +158,6 @@ pub const HEADER_LEN: usize = field::REST_OF_HEADER.end;
 /// Least an error must quote for the dataplane to match it to a flow: a minimal IPv4 header and
 /// the first 8 bytes of its payload (ports of TCP/UDP).
 pub const MIN_QUOTED_LEN: usize = 20 + 8;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
 
 /// Writes `bytes` into `message` at `offset` and returns the checksum field `check` patched for
 /// the change (RFC 1624). Works one window of 16-bit words aligned on the start of `message`

@@ -21,6 +21,7 @@
 use core::ops::BitOr;
 use std::net::Ipv6Addr;
 
+use super::bytes::{get_u16, get_u32, set_u16, set_u32};
 use super::checksum;
 use super::icmpv4::{u8_enum, write_with_checksum_update};
 use super::{Error, Result};
@@ -130,27 +131,6 @@ pub const NDISC_OPTION_SOURCE_LLADDR: u8 = 1;
 pub const NDISC_OPTION_TARGET_LLADDR: u8 = 2;
 /// Length of an Ethernet link-layer address option (one 8-byte unit).
 pub const LLADDR_OPTION_LEN: usize = 8;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn get_u32(data: &[u8], f: super::Field) -> u32 {
-    let s = f.start;
-    u32::from_be_bytes([data[s], data[s + 1], data[s + 2], data[s + 3]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
-
-#[inline]
-fn set_u32(data: &mut [u8], f: super::Field, value: u32) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
 
 /// Length as the pseudo-header wants it (saturating; frames are far below 4 GiB).
 #[inline]

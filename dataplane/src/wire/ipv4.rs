@@ -22,6 +22,7 @@ use std::fmt;
 use std::iter::FusedIterator;
 use std::net::Ipv4Addr;
 
+use crate::wire::bytes::{get_ipv4, get_u16, set_u16};
 use crate::wire::checksum;
 use crate::wire::{Error, Result};
 
@@ -183,34 +184,34 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Header plus payload, in bytes.
     #[inline]
     pub fn total_len(&self) -> u16 {
-        self.u16_at(field::LENGTH.start)
+        get_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
     #[inline]
     pub fn ident(&self) -> u16 {
-        self.u16_at(field::IDENT.start)
+        get_u16(self.buffer.as_ref(), field::IDENT)
     }
 
     #[inline]
     pub fn dont_frag(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & FLAG_DONT_FRAG != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_DONT_FRAG != 0
     }
 
     #[inline]
     pub fn more_frags(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & FLAG_MORE_FRAGS != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_MORE_FRAGS != 0
     }
 
     /// The fragment offset in bytes (the field counts 8-byte units).
     #[inline]
     pub fn frag_offset(&self) -> u16 {
-        (self.u16_at(field::FLG_OFF.start) & FRAG_OFFSET_MASK) << 3
+        (get_u16(self.buffer.as_ref(), field::FLG_OFF) & FRAG_OFFSET_MASK) << 3
     }
 
     /// True for any fragment: More Fragments set or a non-zero offset.
     #[inline]
     pub fn is_fragment(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & (FLAG_MORE_FRAGS | FRAG_OFFSET_MASK) != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF) & (FLAG_MORE_FRAGS | FRAG_OFFSET_MASK) != 0
     }
 
     /// True for the first fragment of a fragmented datagram (More Fragments set, offset 0).
@@ -233,17 +234,17 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// The header checksum field.
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM.start)
+        get_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     #[inline]
     pub fn src_addr(&self) -> Ipv4Addr {
-        self.addr_at(field::SRC_ADDR.start)
+        get_ipv4(self.buffer.as_ref(), field::SRC_ADDR)
     }
 
     #[inline]
     pub fn dst_addr(&self) -> Ipv4Addr {
-        self.addr_at(field::DST_ADDR.start)
+        get_ipv4(self.buffer.as_ref(), field::DST_ADDR)
     }
 
     /// True when the header (options included) sums to 0xffff.
@@ -275,18 +276,6 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         data.get(self.header_len()..usize::from(self.total_len()))
             .unwrap_or(&[])
     }
-
-    #[inline]
-    fn u16_at(&self, start: usize) -> u16 {
-        let data = self.buffer.as_ref();
-        u16::from_be_bytes([data[start], data[start + 1]])
-    }
-
-    #[inline]
-    fn addr_at(&self, start: usize) -> Ipv4Addr {
-        let d = self.buffer.as_ref();
-        Ipv4Addr::new(d[start], d[start + 1], d[start + 2], d[start + 3])
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
@@ -317,18 +306,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     #[inline]
     pub fn set_total_len(&mut self, len: u16) {
-        self.set_u16_at(field::LENGTH.start, len);
+        set_u16(self.buffer.as_mut(), field::LENGTH, len);
     }
 
     #[inline]
     pub fn set_ident(&mut self, ident: u16) {
-        self.set_u16_at(field::IDENT.start, ident);
+        set_u16(self.buffer.as_mut(), field::IDENT, ident);
     }
 
     /// Clears the flags and the fragment offset.
     #[inline]
     pub fn clear_flags(&mut self) {
-        self.set_u16_at(field::FLG_OFF.start, 0);
+        set_u16(self.buffer.as_mut(), field::FLG_OFF, 0);
     }
 
     #[inline]
@@ -345,9 +334,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// dropped).
     #[inline]
     pub fn set_frag_offset(&mut self, offset: u16) {
-        let raw = self.u16_at(field::FLG_OFF.start);
-        self.set_u16_at(
-            field::FLG_OFF.start,
+        let raw = get_u16(self.buffer.as_ref(), field::FLG_OFF);
+        set_u16(
+            self.buffer.as_mut(),
+            field::FLG_OFF,
             (raw & !FRAG_OFFSET_MASK) | (offset >> 3),
         );
     }
@@ -364,7 +354,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     #[inline]
     pub fn set_checksum(&mut self, value: u16) {
-        self.set_u16_at(field::CHECKSUM.start, value);
+        set_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 
     /// Writes the source address; the checksum is left stale (see
@@ -448,14 +438,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     #[inline]
     fn set_flag(&mut self, flag: u16, value: bool) {
-        let raw = self.u16_at(field::FLG_OFF.start);
+        let raw = get_u16(self.buffer.as_ref(), field::FLG_OFF);
         let raw = if value { raw | flag } else { raw & !flag };
-        self.set_u16_at(field::FLG_OFF.start, raw);
-    }
-
-    #[inline]
-    fn set_u16_at(&mut self, start: usize, value: u16) {
-        self.buffer.as_mut()[start..start + 2].copy_from_slice(&value.to_be_bytes());
+        set_u16(self.buffer.as_mut(), field::FLG_OFF, raw);
     }
 }
 

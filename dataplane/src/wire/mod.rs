@@ -9,6 +9,7 @@
 //! and all checksum arithmetic lives in [`checksum`].
 
 pub mod arp;
+mod bytes;
 pub mod checksum;
 pub mod ethernet;
 pub mod geneve;

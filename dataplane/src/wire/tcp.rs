@@ -18,6 +18,7 @@ use core::fmt;
 use core::ops::{BitAnd, BitOr, BitOrAssign};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::bytes::{get_u16, get_u32, set_u16, set_u32};
 use super::checksum;
 use super::{Error, Result};
 
@@ -47,27 +48,6 @@ pub const HEADER_LEN: usize = field::URGENT.end;
 pub const MAX_HEADER_LEN: usize = 15 * 4;
 /// Largest options area.
 pub const MAX_OPTIONS_LEN: usize = MAX_HEADER_LEN - HEADER_LEN;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn get_u32(data: &[u8], f: super::Field) -> u32 {
-    let s = f.start;
-    u32::from_be_bytes([data[s], data[s + 1], data[s + 2], data[s + 3]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
-
-#[inline]
-fn set_u32(data: &mut [u8], f: super::Field, value: u32) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
 
 /// Length as the pseudo-header wants it. Frames are far below 4 GiB; saturating keeps the
 /// function total anyway (the checksum would then simply not verify).

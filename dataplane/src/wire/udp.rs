@@ -16,6 +16,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::bytes::{get_u16, set_u16};
 use super::checksum;
 use super::{Error, Result};
 
@@ -37,16 +38,6 @@ pub mod field {
 pub const HEADER_LEN: usize = field::CHECKSUM.end;
 /// Largest payload the 16-bit length field can describe.
 pub const MAX_PAYLOAD_LEN: usize = u16::MAX as usize - HEADER_LEN;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
 
 /// A read/write view of a UDP datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

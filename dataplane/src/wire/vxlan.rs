@@ -9,6 +9,7 @@
 //! - The VNI is 24 bits; a larger value given to a setter or `Repr` is truncated to its low 24
 //!   bits (and trips a debug assertion).
 
+use super::bytes::{get_u24, set_u24};
 use super::{Error, Result};
 
 /// IANA-assigned UDP destination port.
@@ -82,9 +83,7 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     /// The 24-bit VNI.
     #[inline]
     pub fn vni(&self) -> u32 {
-        let d = self.buffer.as_ref();
-        let s = field::VNI.start;
-        u32::from_be_bytes([0, d[s], d[s + 1], d[s + 2]])
+        get_u24(self.buffer.as_ref(), field::VNI)
     }
 
     /// The inner Ethernet frame.
@@ -104,8 +103,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanPacket<T> {
     #[inline]
     pub fn set_vni(&mut self, vni: u32) {
         debug_assert!(vni <= MAX_VNI, "VNI {vni:#x} exceeds 24 bits");
-        let b = vni.to_be_bytes();
-        self.buffer.as_mut()[field::VNI].copy_from_slice(&b[1..]);
+        set_u24(self.buffer.as_mut(), field::VNI, vni);
     }
 
     /// The inner Ethernet frame, writable.
