@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use dataplane::testutil::{
     arp_request, PacketBuilder, TunnelBuilder, L4, TCP_ACK, TCP_FIN, TCP_SYN, TCP_SYN_ACK,
 };
-use dataplane::wire::icmpv6::{Icmpv6Packet, Icmpv6Repr};
+use dataplane::wire::icmpv6::{Icmpv6Packet, Repr as Icmpv6Repr};
 use dataplane::wire::{checksum, geneve, ipv4};
 use dataplane::MacAddr;
 use flagella_fuzz::pipeline::{

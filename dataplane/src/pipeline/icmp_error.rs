@@ -28,8 +28,8 @@ use super::{service, Ctx, DropReason, Ingress};
 use crate::frame::Frame;
 use crate::types::MacAddr;
 use crate::wire::ethernet::{self, EtherType, EthernetFrame};
-use crate::wire::icmpv4::{self, DstUnreachable, Icmpv4Packet, Icmpv4Repr};
-use crate::wire::icmpv6::{self, Icmpv6Packet, Icmpv6Repr};
+use crate::wire::icmpv4::{self, DstUnreachable, Icmpv4Packet, Repr as Icmpv4Repr};
+use crate::wire::icmpv6::{self, Icmpv6Packet, Repr as Icmpv6Repr};
 use crate::wire::ipv4::{self, Ipv4Packet, OptionBytes, Protocol};
 use crate::wire::ipv6::{self, Ipv6Packet};
 

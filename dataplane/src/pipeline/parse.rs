@@ -14,7 +14,9 @@ use crate::tables::LocalNode;
 use crate::wire::arp::{ArpPacket, Repr as ArpRepr};
 use crate::wire::ethernet::{EtherType, EthernetFrame};
 use crate::wire::icmpv4::Icmpv4Packet;
-use crate::wire::icmpv6::{Icmpv6Packet, Icmpv6Repr, Message as Icmpv6Message, NeighborFlags};
+use crate::wire::icmpv6::{
+    Icmpv6Packet, Message as Icmpv6Message, NeighborFlags, Repr as Icmpv6Repr,
+};
 use crate::wire::ipv4::{self, Ipv4Packet, Protocol};
 use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::tcp::TcpPacket;

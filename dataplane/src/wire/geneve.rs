@@ -8,13 +8,13 @@
 //!   announced by `opt_len` inside the buffer (`Truncated`). After
 //!   [`GenevePacket::new_checked`] succeeds no accessor panics.
 //! - Options are walked by [`GeneveOptions`], which yields `Err(Malformed)` (once, then stops)
-//!   for an option whose header or data runs past the options area. [`GeneveRepr::parse`]
+//!   for an option whose header or data runs past the options area. [`Repr::parse`]
 //!   walks them all, so a parsed header has a well-formed option list.
 //! - RFC 8926 section 3.5: a packet with a critical option (type high bit) that the receiver
 //!   does not understand must be dropped; [`GenevePacket::has_unknown_critical_option`] tells.
 //! - Reserved bits are ignored on receive and zero on emit. The VNI is 24 bits (larger values
 //!   are truncated and trip a debug assertion).
-//! - Emitting is two steps: [`GeneveRepr::emit`] writes the fixed header (with `opt_len`), then
+//! - Emitting is two steps: [`Repr::emit`] writes the fixed header (with `opt_len`), then
 //!   [`write_option`] (or [`GenevePacket::write_option`]) and [`DsrOption::emit`] fill the
 //!   options area in order, each returning the offset of the next option. They take the options
 //!   area as its own slice, so an encapsulation path may split the header buffer in two.
@@ -30,7 +30,7 @@ pub const UDP_PORT: u16 = 6081;
 pub const PROTOCOL_ETHERNET: u16 = 0x6558;
 
 /// Byte offsets of the fixed header fields.
-pub mod field {
+mod field {
     use crate::wire::Field;
 
     /// Version (2 high bits) and options length in 4-byte words (6 low bits).
@@ -378,7 +378,7 @@ pub fn write_option(
 /// A Geneve fixed header in plain fields. Options are written separately; the `Repr` knows
 /// the length of their area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GeneveRepr {
+pub struct Repr {
     /// 24 bits.
     pub vni: u32,
     /// EtherType of the payload.
@@ -389,15 +389,15 @@ pub struct GeneveRepr {
     pub critical: bool,
 }
 
-impl GeneveRepr {
+impl Repr {
     /// Reads the fixed header, checking it and walking the options (`Malformed` when one runs
     /// past the options area).
-    pub fn parse<T: AsRef<[u8]>>(packet: &GenevePacket<T>) -> Result<GeneveRepr> {
+    pub fn parse<T: AsRef<[u8]>>(packet: &GenevePacket<T>) -> Result<Repr> {
         packet.check_len()?;
         for option in packet.iter_options() {
             option?;
         }
-        Ok(GeneveRepr {
+        Ok(Repr {
             vni: packet.vni(),
             protocol: packet.protocol(),
             options_len: packet.options_len(),
@@ -503,9 +503,6 @@ pub fn find_dsr_option<T: AsRef<[u8]>>(packet: &GenevePacket<T>) -> Result<Optio
     Ok(found)
 }
 
-/// Short name, for `geneve::Repr` at call sites.
-pub type Repr = GeneveRepr;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,8 +520,8 @@ mod tests {
     ];
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
-    fn golden_repr() -> GeneveRepr {
-        GeneveRepr {
+    fn golden_repr() -> Repr {
+        Repr {
             vni: 0x12_3456,
             protocol: PROTOCOL_ETHERNET,
             options_len: 20,
@@ -563,7 +560,7 @@ mod tests {
         assert!(!options[0].is_critical());
         assert!(options[1].is_critical());
         assert_eq!(options[0].wire_len(), DsrOption::OPTION_LEN);
-        assert_eq!(GeneveRepr::parse(&p), Ok(golden_repr()));
+        assert_eq!(Repr::parse(&p), Ok(golden_repr()));
         assert_eq!(
             find_dsr_option(&p),
             Ok(Some(DsrOption {
@@ -576,7 +573,7 @@ mod tests {
     #[test]
     fn parse_emit_round_trip_is_byte_exact() {
         let p = GenevePacket::new_checked(&GENEVE_TWO_OPTIONS[..]).unwrap();
-        let repr = GeneveRepr::parse(&p).unwrap();
+        let repr = Repr::parse(&p).unwrap();
         let dsr = find_dsr_option(&p).unwrap().unwrap();
         let mut out = [0xa5u8; 32];
         out[28..].copy_from_slice(&GENEVE_TWO_OPTIONS[28..]);
@@ -601,7 +598,7 @@ mod tests {
                 "{n}"
             );
             let p = GenevePacket::new_unchecked(bytes);
-            assert!(GeneveRepr::parse(&p).is_err(), "{n}");
+            assert!(Repr::parse(&p).is_err(), "{n}");
         }
     }
 
@@ -614,7 +611,7 @@ mod tests {
             Some(Error::Unsupported)
         );
         assert_eq!(
-            GeneveRepr::parse(&GenevePacket::new_unchecked(&bytes[..])),
+            Repr::parse(&GenevePacket::new_unchecked(&bytes[..])),
             Err(Error::Unsupported)
         );
     }
@@ -629,7 +626,7 @@ mod tests {
         assert_eq!(results.len(), 2);
         assert!(results[0].is_ok());
         assert_eq!(results[1], Err(Error::Malformed));
-        assert_eq!(GeneveRepr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
         // The DSR option comes first, but the list is broken: no answer from a broken packet.
         assert_eq!(find_dsr_option(&p), Err(Error::Malformed));
         assert_eq!(
@@ -641,13 +638,13 @@ mod tests {
         let mut bytes = GENEVE_TWO_OPTIONS;
         bytes[0] = 0x04; // 16 bytes: DSR (12) + 4 bytes = the next option's header only...
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
-        assert!(GeneveRepr::parse(&p).is_err());
+        assert!(Repr::parse(&p).is_err());
         bytes[0] = 0x03; // ...12 bytes: DSR only, well-formed.
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
-        assert!(GeneveRepr::parse(&p).is_ok());
+        assert!(Repr::parse(&p).is_ok());
         bytes[11] = 0x03; // DSR option now claims 12 bytes of data.
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
-        assert_eq!(GeneveRepr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
     }
 
     #[test]
@@ -685,7 +682,7 @@ mod tests {
         bytes[11] = 0x01; // DSR option with 4 bytes of data; the rest reads as 1 more option
         bytes[16..20].copy_from_slice(&[0x01, 0x02, 0x00, 0x00]);
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
-        assert!(GeneveRepr::parse(&p).is_ok());
+        assert!(Repr::parse(&p).is_ok());
         assert_eq!(find_dsr_option(&p), Err(Error::Malformed));
     }
 
@@ -771,7 +768,7 @@ mod tests {
                            oam in any::<bool>(), critical in any::<bool>(),
                            options in arb_options(), fill in any::<u8>()) {
             let options_len: usize = options.iter().map(|(_, _, d)| OPTION_HEADER_LEN + d.len()).sum();
-            let repr = GeneveRepr { vni, protocol, options_len, oam, critical };
+            let repr = Repr { vni, protocol, options_len, oam, critical };
             let mut buf = vec![fill; repr.buffer_len() + 4];
             let mut p = GenevePacket::new_unchecked(&mut buf[..]);
             repr.emit(&mut p);
@@ -782,7 +779,7 @@ mod tests {
             prop_assert_eq!(offset, options_len);
 
             let p = GenevePacket::new_checked(&buf[..]).unwrap();
-            prop_assert_eq!(GeneveRepr::parse(&p), Ok(repr));
+            prop_assert_eq!(Repr::parse(&p), Ok(repr));
             let parsed: Vec<_> = p.iter_options().map(|o| o.map(|o| (o.class, o.type_, o.data.to_vec()))).collect::<Result<_>>().unwrap();
             prop_assert_eq!(parsed, options);
         }
@@ -790,7 +787,7 @@ mod tests {
         #[test]
         fn dsr_round_trip(addr in any::<[u8; 4]>(), port in any::<u16>(), vni in 0u32..=0x00ff_ffff) {
             let dsr = DsrOption { addr: Ipv4Addr::from(addr), port };
-            let repr = GeneveRepr {
+            let repr = Repr {
                 vni,
                 protocol: PROTOCOL_ETHERNET,
                 options_len: DsrOption::OPTION_LEN,
@@ -815,10 +812,10 @@ mod tests {
             if let Ok(p) = GenevePacket::new_checked(&bytes[..]) {
                 let _ = (p.version(), p.options_len(), p.oam(), p.critical(), p.protocol(), p.vni());
                 let _ = (p.options(), p.payload(), p.iter_options().count());
-                let _ = (GeneveRepr::parse(&p), find_dsr_option(&p));
+                let _ = (Repr::parse(&p), find_dsr_option(&p));
                 let _ = p.has_unknown_critical_option(|_, _| false);
             } else {
-                prop_assert!(GeneveRepr::parse(&GenevePacket::new_unchecked(&bytes[..])).is_err());
+                prop_assert!(Repr::parse(&GenevePacket::new_unchecked(&bytes[..])).is_err());
             }
         }
     }
