@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use crate::frame::{Frame, DEFAULT_HEADROOM};
 use crate::types::MacAddr;
 use crate::wire::checksum;
+use crate::wire::ip::Protocol;
 
 /// Transport part of a built packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,10 +129,10 @@ impl PacketBuilder {
 
     fn proto(&self) -> u8 {
         match (&self.l4, self.src) {
-            (L4::Tcp { .. }, _) => 6,
-            (L4::Udp { .. }, _) => 17,
-            (L4::Echo { .. }, IpAddr::V4(_)) => 1,
-            (L4::Echo { .. }, IpAddr::V6(_)) => 58,
+            (L4::Tcp { .. }, _) => Protocol::Tcp.number(),
+            (L4::Udp { .. }, _) => Protocol::Udp.number(),
+            (L4::Echo { .. }, IpAddr::V4(_)) => Protocol::Icmp.number(),
+            (L4::Echo { .. }, IpAddr::V6(_)) => Protocol::Icmpv6.number(),
             (L4::Raw { proto }, _) => *proto,
         }
     }
@@ -321,7 +322,7 @@ impl TunnelBuilder {
         b.extend_from_slice(&[0x08, 0x00]);
         let mut ip = vec![0x45, 0];
         ip.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, Protocol::Udp.number(), 0, 0]);
         ip.extend_from_slice(&self.src.octets());
         ip.extend_from_slice(&self.dst.octets());
         let c = checksum::checksum(&ip);

@@ -20,9 +20,6 @@ use super::bytes::{get_u16, set_u16};
 use super::checksum;
 use super::{Error, Result};
 
-/// IP protocol number of ICMP.
-pub const IP_PROTOCOL: u8 = 1;
-
 /// Declares a `u8`-valued enum with an `Unknown(u8)` variant and conversions both ways.
 /// `Unknown` only ever holds values that have no name (build values with `From<u8>`).
 macro_rules! u8_enum {

@@ -24,11 +24,9 @@ use std::net::Ipv6Addr;
 use super::bytes::{get_u16, get_u32, set_u16, set_u32};
 use super::checksum;
 use super::icmpv4::{u8_enum, write_with_checksum_update};
+use super::ip::Protocol;
 use super::{Error, Result};
 use crate::types::MacAddr;
-
-/// IPv6 next-header value of ICMPv6.
-pub const IP_PROTOCOL: u8 = 58;
 
 u8_enum! {
     /// ICMPv6 message type.
@@ -406,7 +404,8 @@ impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
 
     fn sum(&self, src: Ipv6Addr, dst: Ipv6Addr) -> u32 {
         let data = self.buffer.as_ref();
-        let pseudo = checksum::pseudo_header_v6(src, dst, IP_PROTOCOL, len_u32(data.len()));
+        let pseudo =
+            checksum::pseudo_header_v6(src, dst, Protocol::Icmpv6.number(), len_u32(data.len()));
         checksum::sum(data, pseudo)
     }
 

@@ -15,8 +15,8 @@
 //!   whose length is below 2 or runs past the header is [`Error::Malformed`]. The DSR option
 //!   ([`DsrOption`]: type 0x9a, length 8, port then address, like Cilium's) carries the service
 //!   frontend to the backend's node in native-routing DSR.
-//! - [`Protocol`] (the IP protocol number) is shared with IPv6 and re-exported by
-//!   [`crate::wire::ipv6`].
+//! - [`Protocol`] is [`crate::wire::ip::Protocol`], re-exported here and by
+//!   [`crate::wire::ipv6`] for the header's protocol field (as smoltcp does).
 
 use std::fmt;
 use std::iter::FusedIterator;
@@ -24,6 +24,7 @@ use std::net::Ipv4Addr;
 
 use crate::wire::bytes::{get_ipv4, get_u16, set_u16};
 use crate::wire::checksum;
+pub use crate::wire::ip::Protocol;
 use crate::wire::{Error, Result};
 
 mod field {
@@ -58,42 +59,6 @@ pub const OPTION_NOP: u8 = 1;
 const FLAG_DONT_FRAG: u16 = 0x4000;
 const FLAG_MORE_FRAGS: u16 = 0x2000;
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
-
-/// An IP protocol number (IPv4 "protocol", IPv6 "next header"). Unknown values are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Icmp,
-    Tcp,
-    Udp,
-    Icmpv6,
-    Unknown(u8),
-}
-
-impl From<u8> for Protocol {
-    #[inline]
-    fn from(value: u8) -> Self {
-        match value {
-            1 => Protocol::Icmp,
-            6 => Protocol::Tcp,
-            17 => Protocol::Udp,
-            58 => Protocol::Icmpv6,
-            other => Protocol::Unknown(other),
-        }
-    }
-}
-
-impl From<Protocol> for u8 {
-    #[inline]
-    fn from(value: Protocol) -> Self {
-        match value {
-            Protocol::Icmp => 1,
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Icmpv6 => 58,
-            Protocol::Unknown(other) => other,
-        }
-    }
-}
 
 /// A zero-copy view of an IPv4 packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -870,20 +835,6 @@ mod tests {
     ];
 
     const GOLDEN: [&[u8]; 4] = [&ICMP_ECHO, &IGMP_REPORT, &DSR_SYN, &FRAGMENT];
-
-    #[test]
-    fn protocol_numbers() {
-        for (raw, p) in [
-            (1, Protocol::Icmp),
-            (6, Protocol::Tcp),
-            (17, Protocol::Udp),
-            (58, Protocol::Icmpv6),
-            (132, Protocol::Unknown(132)),
-        ] {
-            assert_eq!(Protocol::from(raw), p);
-            assert_eq!(u8::from(p), raw);
-        }
-    }
 
     #[test]
     fn icmp_echo_golden() {

@@ -15,12 +15,12 @@
 //!   attacker can ask for), reports [`Error::Truncated`] when a header runs past the payload,
 //!   and stops right after the Fragment header of a non-first fragment, whose remaining bytes
 //!   are fragment data, not headers.
-//! - [`Protocol`] is the IPv4 module's, re-exported here.
+//! - [`Protocol`] is [`crate::wire::ip::Protocol`], re-exported here.
 
 use std::net::Ipv6Addr;
 
 use crate::wire::bytes::{get_ipv6, get_u16, get_u32, set_u16, set_u32};
-pub use crate::wire::ipv4::Protocol;
+pub use crate::wire::ip::Protocol;
 use crate::wire::{Error, Result};
 
 mod field {

@@ -15,6 +15,7 @@ pub mod ethernet;
 pub mod geneve;
 pub mod icmpv4;
 pub mod icmpv6;
+pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;

@@ -20,10 +20,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::bytes::{get_u16, get_u32, set_u16, set_u32};
 use super::checksum;
+use super::ip::Protocol;
 use super::{Error, Result};
-
-/// IP protocol number (IPv4) and next-header value (IPv6) of TCP.
-pub const IP_PROTOCOL: u8 = 6;
 
 /// Byte offsets of the fixed header fields.
 mod field {
@@ -278,13 +276,15 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     fn sum_v4(&self, src: Ipv4Addr, dst: Ipv4Addr) -> u32 {
         let data = self.buffer.as_ref();
-        let pseudo = checksum::pseudo_header_v4(src, dst, IP_PROTOCOL, len_u32(data.len()));
+        let pseudo =
+            checksum::pseudo_header_v4(src, dst, Protocol::Tcp.number(), len_u32(data.len()));
         checksum::sum(data, pseudo)
     }
 
     fn sum_v6(&self, src: Ipv6Addr, dst: Ipv6Addr) -> u32 {
         let data = self.buffer.as_ref();
-        let pseudo = checksum::pseudo_header_v6(src, dst, IP_PROTOCOL, len_u32(data.len()));
+        let pseudo =
+            checksum::pseudo_header_v6(src, dst, Protocol::Tcp.number(), len_u32(data.len()));
         checksum::sum(data, pseudo)
     }
 

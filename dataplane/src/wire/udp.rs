@@ -18,10 +18,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::bytes::{get_u16, set_u16};
 use super::checksum;
+use super::ip::Protocol;
 use super::{Error, Result};
-
-/// IP protocol number (IPv4) and next-header value (IPv6) of UDP.
-pub const IP_PROTOCOL: u8 = 17;
 
 /// Byte offsets of the header fields.
 mod field {
@@ -124,12 +122,14 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     fn sum_v4(&self, src: Ipv4Addr, dst: Ipv4Addr) -> u32 {
-        let pseudo = checksum::pseudo_header_v4(src, dst, IP_PROTOCOL, u32::from(self.len()));
+        let pseudo =
+            checksum::pseudo_header_v4(src, dst, Protocol::Udp.number(), u32::from(self.len()));
         checksum::sum(self.datagram(), pseudo)
     }
 
     fn sum_v6(&self, src: Ipv6Addr, dst: Ipv6Addr) -> u32 {
-        let pseudo = checksum::pseudo_header_v6(src, dst, IP_PROTOCOL, u32::from(self.len()));
+        let pseudo =
+            checksum::pseudo_header_v6(src, dst, Protocol::Udp.number(), u32::from(self.len()));
         checksum::sum(self.datagram(), pseudo)
     }
 
@@ -448,7 +448,7 @@ mod tests {
         // Choose the payload word so that the whole sum is 0xffff, i.e. the checksum is 0.
         let partial = checksum::sum(
             p.datagram(),
-            checksum::pseudo_header_v4(SRC4, DST4, IP_PROTOCOL, 10),
+            checksum::pseudo_header_v4(SRC4, DST4, Protocol::Udp.number(), 10),
         );
         let word = !checksum::fold(partial);
         p.payload_mut().copy_from_slice(&word.to_be_bytes());
@@ -566,7 +566,7 @@ mod tests {
                 let mut p = UdpPacket::new_unchecked(&mut buf[..]);
                 p.set_dst_port(new_dport);
                 p.set_checksum(0);
-                let partial = checksum::sum(p.datagram(), checksum::pseudo_header_v4(src, new_dst, IP_PROTOCOL, 10));
+                let partial = checksum::sum(p.datagram(), checksum::pseudo_header_v4(src, new_dst, Protocol::Udp.number(), 10));
                 let word = !checksum::fold(partial);
                 p.payload_mut().copy_from_slice(&word.to_be_bytes());
                 p.set_dst_port(dport);
