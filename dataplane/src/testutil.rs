@@ -10,6 +10,7 @@ use crate::frame::{Frame, DEFAULT_HEADROOM};
 use crate::types::MacAddr;
 use crate::wire::checksum;
 use crate::wire::ip::Protocol;
+use crate::wire::tcp::TcpFlags;
 
 /// Transport part of a built packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,10 +38,11 @@ pub enum L4 {
     },
 }
 
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_RST: u8 = 0x04;
+/// TCP flag bytes for [`L4::Tcp`]: the bits of [`TcpFlags`].
+pub const TCP_SYN: u8 = TcpFlags::SYN.bits();
+pub const TCP_ACK: u8 = TcpFlags::ACK.bits();
+pub const TCP_FIN: u8 = TcpFlags::FIN.bits();
+pub const TCP_RST: u8 = TcpFlags::RST.bits();
 pub const TCP_SYN_ACK: u8 = TCP_SYN | TCP_ACK;
 
 /// An Ethernet + IPv4/IPv6 + L4 packet description.

@@ -207,7 +207,7 @@ pub(crate) fn emit_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
 mod tests {
     use super::*;
     use crate::frame::DEFAULT_HEADROOM;
-    use crate::testutil::PacketBuilder;
+    use crate::testutil::{PacketBuilder, TCP_ACK};
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -229,7 +229,7 @@ mod tests {
         } else {
             (v4([10, 1, 0, 11]), v4([10, 2, 0, 21]))
         };
-        let bytes = PacketBuilder::tcp(src, 40000, dst, 80, 0x10)
+        let bytes = PacketBuilder::tcp(src, 40000, dst, 80, TCP_ACK)
             .macs(POD, ROUTER)
             .payload(&vec![0xab; payload])
             .build();

@@ -83,12 +83,14 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 
 /// TCP flag bits as they sit in byte 13 of the TCP header (the `tcp_flags` argument of
-/// [`Conntrack::update`]).
+/// [`Conntrack::update`]): the bits of [`crate::wire::tcp::TcpFlags`], as bytes.
 mod tcp_flag {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
+    use crate::wire::tcp::TcpFlags;
+
+    pub const FIN: u8 = TcpFlags::FIN.bits();
+    pub const SYN: u8 = TcpFlags::SYN.bits();
+    pub const RST: u8 = TcpFlags::RST.bits();
+    pub const ACK: u8 = TcpFlags::ACK.bits();
 }
 
 /// `FIN_FROM_*` bits of an entry (kept in its flags): which side has sent a FIN.
