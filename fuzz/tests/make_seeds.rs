@@ -153,13 +153,13 @@ fn ipv6_with_extensions(from: Pod, to: Pod) -> Vec<u8> {
 }
 
 fn dsr_ipv4_option(vip: Ipv4Addr, port: u16) -> Vec<u8> {
-    ipv4::DsrOption { addr: vip, port }.to_bytes().to_vec()
+    ipv4::DsrOption { addr: vip, port }.to_ipv4_bytes().to_vec()
 }
 
 fn dsr_geneve_options(vip: Ipv4Addr, port: u16) -> Vec<u8> {
-    let mut area = vec![0u8; geneve::DsrOption::OPTION_LEN];
+    let mut area = vec![0u8; geneve::DSR_OPTION_LEN];
     geneve::DsrOption { addr: vip, port }
-        .emit(&mut area, 0)
+        .emit_geneve(&mut area, 0)
         .unwrap();
     area
 }

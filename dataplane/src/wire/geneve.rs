@@ -15,7 +15,7 @@
 //! - Reserved bits are ignored on receive and zero on emit. The VNI is 24 bits (larger values
 //!   are truncated and trip a debug assertion).
 //! - Emitting is two steps: [`Repr::emit`] writes the fixed header (with `opt_len`), then
-//!   [`write_option`] (or [`GenevePacket::write_option`]) and [`DsrOption::emit`] fill the
+//!   [`write_option`] (or [`GenevePacket::write_option`]) and [`DsrOption::emit_geneve`] fill the
 //!   options area in order, each returning the offset of the next option. They take the options
 //!   area as its own slice, so an encapsulation path may split the header buffer in two.
 
@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 
 use super::bytes::{get_u16, get_u24, set_u16, set_u24};
 use super::{Error, Result};
+pub use crate::wire::dsr::DsrOption;
 
 /// IANA-assigned UDP destination port.
 pub const UDP_PORT: u16 = 6081;
@@ -68,13 +69,15 @@ const FLAG_CRITICAL: u8 = 0x40;
 /// `bpf/lib/tunnel.h`, `DSR_GENEVE_OPT_CLASS`).
 pub const DSR_OPTION_CLASS: u16 = 0x014b;
 /// Option type of the DSR option, without the critical bit. Flagella emits it as is
-/// (non-critical); Cilium sends it with the critical bit set (0x81). [`DsrOption::matches`]
+/// (non-critical); Cilium sends it with the critical bit set (0x81). [`DsrOption::matches_geneve`]
 /// recognises both, so a `known` filter for
 /// [`has_unknown_critical_option`](GenevePacket::has_unknown_critical_option) should compare
 /// `type_ & !OPTION_TYPE_CRITICAL` with this value.
 pub const DSR_OPTION_TYPE: u8 = 0x01;
 /// DSR option data: IPv4 address, port, 2 bytes of padding.
 pub const DSR_OPTION_DATA_LEN: usize = 8;
+/// Length of the DSR option on the wire: option header and 8 bytes of data (length field 2).
+pub const DSR_OPTION_LEN: usize = OPTION_HEADER_LEN + DSR_OPTION_DATA_LEN;
 
 /// One TLV option. `data` excludes the 4-byte option header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,28 +441,19 @@ impl Repr {
     }
 }
 
-/// The DSR option: the service frontend (VIP and port) the client addressed, so that the
-/// backend's node answers with it as source. Data: IPv4 address, port, 2 bytes of zero padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct DsrOption {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-}
-
+/// The Geneve encoding of the DSR frontend: an option of class [`DSR_OPTION_CLASS`], type
+/// [`DSR_OPTION_TYPE`], whose data is the IPv4 address, the port, and 2 bytes of zero padding.
 impl DsrOption {
-    /// Length on the wire: option header and 8 bytes of data (length field 2).
-    pub const OPTION_LEN: usize = OPTION_HEADER_LEN + DSR_OPTION_DATA_LEN;
-
     /// True when `option` is a DSR option by class and type, critical bit or not.
     #[inline]
-    pub fn matches(option: &GeneveOption<'_>) -> bool {
+    pub fn matches_geneve(option: &GeneveOption<'_>) -> bool {
         option.class == DSR_OPTION_CLASS && option.type_ & !OPTION_TYPE_CRITICAL == DSR_OPTION_TYPE
     }
 
     /// Reads a DSR option: `Unsupported` for another class/type, `Malformed` when the data is
     /// not 8 bytes. The padding is ignored.
-    pub fn parse(option: &GeneveOption<'_>) -> Result<DsrOption> {
-        if !Self::matches(option) {
+    pub fn parse_geneve(option: &GeneveOption<'_>) -> Result<DsrOption> {
+        if !Self::matches_geneve(option) {
             return Err(Error::Unsupported);
         }
         let [a, b, c, d, p0, p1, _, _]: [u8; DSR_OPTION_DATA_LEN] =
@@ -471,7 +465,7 @@ impl DsrOption {
     }
 
     /// The option data: address, port, zero padding.
-    pub fn data(&self) -> [u8; DSR_OPTION_DATA_LEN] {
+    pub fn geneve_data(&self) -> [u8; DSR_OPTION_DATA_LEN] {
         let [a, b, c, d] = self.addr.octets();
         let [p0, p1] = self.port.to_be_bytes();
         [a, b, c, d, p0, p1, 0, 0]
@@ -479,13 +473,13 @@ impl DsrOption {
 
     /// Writes the option at `offset` into an options area (for a view:
     /// [`GenevePacket::options_mut`]); returns the offset past it (see [`write_option`]).
-    pub fn emit(&self, options: &mut [u8], offset: usize) -> Result<usize> {
+    pub fn emit_geneve(&self, options: &mut [u8], offset: usize) -> Result<usize> {
         write_option(
             options,
             offset,
             DSR_OPTION_CLASS,
             DSR_OPTION_TYPE,
-            &self.data(),
+            &self.geneve_data(),
         )
     }
 }
@@ -496,8 +490,8 @@ pub fn find_dsr_option<T: AsRef<[u8]>>(packet: &GenevePacket<T>) -> Result<Optio
     let mut found = None;
     for option in packet.iter_options() {
         let option = option?;
-        if found.is_none() && DsrOption::matches(&option) {
-            found = Some(DsrOption::parse(&option)?);
+        if found.is_none() && DsrOption::matches_geneve(&option) {
+            found = Some(DsrOption::parse_geneve(&option)?);
         }
     }
     Ok(found)
@@ -559,7 +553,7 @@ mod tests {
         );
         assert!(!options[0].is_critical());
         assert!(options[1].is_critical());
-        assert_eq!(options[0].wire_len(), DsrOption::OPTION_LEN);
+        assert_eq!(options[0].wire_len(), DSR_OPTION_LEN);
         assert_eq!(Repr::parse(&p), Ok(golden_repr()));
         assert_eq!(
             find_dsr_option(&p),
@@ -579,7 +573,7 @@ mod tests {
         out[28..].copy_from_slice(&GENEVE_TWO_OPTIONS[28..]);
         let mut q = GenevePacket::new_unchecked(&mut out[..]);
         repr.emit(&mut q);
-        let next = dsr.emit(q.options_mut(), 0).unwrap();
+        let next = dsr.emit_geneve(q.options_mut(), 0).unwrap();
         assert_eq!(next, 12);
         let next = q
             .write_option(next, 0x0102, 0x80, &[0xde, 0xad, 0xbe, 0xef])
@@ -670,13 +664,16 @@ mod tests {
             type_: DSR_OPTION_TYPE,
             data: &[0; 8],
         };
-        assert_eq!(DsrOption::parse(&wrong_class), Err(Error::Unsupported));
+        assert_eq!(
+            DsrOption::parse_geneve(&wrong_class),
+            Err(Error::Unsupported)
+        );
         let short = GeneveOption {
             class: DSR_OPTION_CLASS,
             type_: DSR_OPTION_TYPE,
             data: &[0; 4],
         };
-        assert_eq!(DsrOption::parse(&short), Err(Error::Malformed));
+        assert_eq!(DsrOption::parse_geneve(&short), Err(Error::Malformed));
         // A DSR option with bad data inside a well-formed list.
         let mut bytes = GENEVE_TWO_OPTIONS;
         bytes[11] = 0x01; // DSR option with 4 bytes of data; the rest reads as 1 more option
@@ -717,7 +714,7 @@ mod tests {
             addr: VIP,
             port: 80,
         }
-        .emit(options, 0)
+        .emit_geneve(options, 0)
         .unwrap();
         let next = write_option(options, next, 0x0102, 0x80, &[0xde, 0xad, 0xbe, 0xef]).unwrap();
         assert_eq!(next, options.len());
@@ -790,14 +787,14 @@ mod tests {
             let repr = Repr {
                 vni,
                 protocol: PROTOCOL_ETHERNET,
-                options_len: DsrOption::OPTION_LEN,
+                options_len: DSR_OPTION_LEN,
                 oam: false,
                 critical: true,
             };
             let mut buf = vec![0; repr.buffer_len()];
             let mut p = GenevePacket::new_unchecked(&mut buf[..]);
             repr.emit(&mut p);
-            prop_assert_eq!(dsr.emit(p.options_mut(), 0), Ok(DsrOption::OPTION_LEN));
+            prop_assert_eq!(dsr.emit_geneve(p.options_mut(), 0), Ok(DSR_OPTION_LEN));
             let p = GenevePacket::new_checked(&buf[..]).unwrap();
             prop_assert_eq!(find_dsr_option(&p), Ok(Some(dsr)));
             prop_assert_eq!(p.has_unknown_critical_option(|_, _| false), Ok(false));

@@ -13,8 +13,9 @@
 //!   checksum: a TCP/UDP checksum covering the pseudo-header must be updated by the caller.
 //! - Options: [`Ipv4Options`] walks them (End of List, No Operation, type-length-value); a TLV
 //!   whose length is below 2 or runs past the header is [`Error::Malformed`]. The DSR option
-//!   ([`DsrOption`]: type 0x9a, length 8, port then address, like Cilium's) carries the service
-//!   frontend to the backend's node in native-routing DSR.
+//!   (type 0x9a, length 8, port then address, like Cilium's) carries the service frontend, a
+//!   [`DsrOption`] (defined once in [`crate::wire::dsr`]; its IPv4 encoding is here), to the
+//!   backend's node in native-routing DSR.
 //! - [`Protocol`] is [`crate::wire::ip::Protocol`], re-exported here and by
 //!   [`crate::wire::ipv6`] for the header's protocol field (as smoltcp does).
 
@@ -24,6 +25,7 @@ use std::net::Ipv4Addr;
 
 use crate::wire::bytes::{get_ipv4, get_u16, set_u16};
 use crate::wire::checksum;
+pub use crate::wire::dsr::DsrOption;
 pub use crate::wire::ip::Protocol;
 use crate::wire::{Error, Result};
 
@@ -514,31 +516,22 @@ impl<'a> Iterator for Ipv4Options<'a> {
 
 impl FusedIterator for Ipv4Options<'_> {}
 
-/// The DSR option: the service frontend (VIP and port) a load-balanced packet was sent to,
-/// carried to the backend's node so the reply can leave with the VIP as source.
-///
-/// Layout (8 bytes, as in Cilium's native-routing DSR): type 0x9a (copied, class 0, number
-/// 26), length 8, port (2 bytes, big-endian), IPv4 address (4 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct DsrOption {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-}
+/// Option type of the DSR option (copied, class 0, number 26; Cilium's native-routing DSR).
+pub const DSR_OPTION_KIND: u8 = 0x9a;
+/// Length of the DSR option, type and length bytes included.
+pub const DSR_OPTION_LEN: usize = 8;
 
+/// The IPv4 encoding of the DSR frontend (8 bytes, as in Cilium's native-routing DSR): type
+/// 0x9a, length 8, port (2 bytes, big-endian), IPv4 address (4 bytes).
 impl DsrOption {
-    /// The option type byte.
-    pub const KIND: u8 = 0x9a;
-    /// The option length, type and length bytes included.
-    pub const LEN: usize = 8;
-
     /// Parses the option from its bytes (type byte first). `Truncated` when shorter than
-    /// [`LEN`](Self::LEN), `Malformed` when the type or the length byte is not the DSR one.
+    /// [`DSR_OPTION_LEN`], `Malformed` when the type or the length byte is not the DSR one.
     /// Bytes after the first eight are ignored.
-    pub fn parse(option: &[u8]) -> Result<DsrOption> {
-        let Some(&[kind, len, p0, p1, a, b, c, d]) = option.first_chunk::<{ Self::LEN }>() else {
+    pub fn parse_ipv4(option: &[u8]) -> Result<DsrOption> {
+        let Some(&[kind, len, p0, p1, a, b, c, d]) = option.first_chunk::<DSR_OPTION_LEN>() else {
             return Err(Error::Truncated);
         };
-        if kind != Self::KIND || usize::from(len) != Self::LEN {
+        if kind != DSR_OPTION_KIND || usize::from(len) != DSR_OPTION_LEN {
             return Err(Error::Malformed);
         }
         Ok(DsrOption {
@@ -549,19 +542,19 @@ impl DsrOption {
 
     /// The option's eight bytes.
     #[inline]
-    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+    pub fn to_ipv4_bytes(&self) -> [u8; DSR_OPTION_LEN] {
         let [p0, p1] = self.port.to_be_bytes();
         let [a, b, c, d] = self.addr.octets();
-        [Self::KIND, Self::LEN as u8, p0, p1, a, b, c, d]
+        [DSR_OPTION_KIND, DSR_OPTION_LEN as u8, p0, p1, a, b, c, d]
     }
 
     /// Writes the option at the start of `buf`.
     ///
     /// # Panics
-    /// When `buf` is shorter than [`LEN`](Self::LEN).
+    /// When `buf` is shorter than [`DSR_OPTION_LEN`].
     #[inline]
-    pub fn emit(&self, buf: &mut [u8]) {
-        buf[..Self::LEN].copy_from_slice(&self.to_bytes());
+    pub fn emit_ipv4(&self, buf: &mut [u8]) {
+        buf[..DSR_OPTION_LEN].copy_from_slice(&self.to_ipv4_bytes());
     }
 }
 
@@ -578,10 +571,10 @@ pub fn find_dsr_option<T: AsRef<[u8]>>(
     }
     for option in packet.iter_options() {
         let option = option?;
-        if option.kind() == DsrOption::KIND {
+        if option.kind() == DSR_OPTION_KIND {
             // The iterator bounded the option by its own length byte: a short one is
             // malformed, not truncated.
-            return match DsrOption::parse(option.as_bytes()) {
+            return match DsrOption::parse_ipv4(option.as_bytes()) {
                 Ok(dsr) => Ok(Some((dsr, option.offset()))),
                 Err(_) => Err(Error::Malformed),
             };
@@ -626,8 +619,8 @@ impl OptionBytes {
     /// A list holding only the DSR option (8 bytes, already aligned).
     pub fn with_dsr(dsr: DsrOption) -> OptionBytes {
         let mut out = OptionBytes::EMPTY;
-        dsr.emit(&mut out.bytes);
-        out.len = DsrOption::LEN as u8;
+        dsr.emit_ipv4(&mut out.bytes);
+        out.len = DSR_OPTION_LEN as u8;
         out
     }
 
@@ -895,7 +888,7 @@ mod tests {
             }
         );
         assert_eq!(offset, 20);
-        assert_eq!(dsr.to_bytes(), DSR_SYN[20..28]);
+        assert_eq!(dsr.to_ipv4_bytes(), DSR_SYN[20..28]);
         assert_eq!(p.payload().len(), 20);
         let repr = Repr::parse(&p).unwrap();
         assert_eq!(repr.options, OptionBytes::with_dsr(dsr));
@@ -1106,18 +1099,18 @@ mod tests {
     #[test]
     fn dsr_option_parse_errors() {
         let good = DSR_SYN[20..28].to_vec();
-        assert!(DsrOption::parse(&good).is_ok());
-        for len in 0..DsrOption::LEN {
-            assert_eq!(DsrOption::parse(&good[..len]), Err(Error::Truncated));
+        assert!(DsrOption::parse_ipv4(&good).is_ok());
+        for len in 0..DSR_OPTION_LEN {
+            assert_eq!(DsrOption::parse_ipv4(&good[..len]), Err(Error::Truncated));
         }
         let mut wrong_kind = good.clone();
         wrong_kind[0] = 0x94;
-        assert_eq!(DsrOption::parse(&wrong_kind), Err(Error::Malformed));
+        assert_eq!(DsrOption::parse_ipv4(&wrong_kind), Err(Error::Malformed));
         let mut wrong_len = good.clone();
         wrong_len[1] = 12;
-        assert_eq!(DsrOption::parse(&wrong_len), Err(Error::Malformed));
+        assert_eq!(DsrOption::parse_ipv4(&wrong_len), Err(Error::Malformed));
         let mut out = [0u8; 8];
-        DsrOption::parse(&good).unwrap().emit(&mut out);
+        DsrOption::parse_ipv4(&good).unwrap().emit_ipv4(&mut out);
         assert_eq!(&out[..], &good[..]);
     }
 

@@ -11,6 +11,7 @@
 pub mod arp;
 mod bytes;
 pub mod checksum;
+pub mod dsr;
 pub mod ethernet;
 pub mod geneve;
 pub mod icmpv4;
