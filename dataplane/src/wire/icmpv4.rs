@@ -17,48 +17,8 @@
 //!   incrementally (RFC 1624) and gives the same field as a full recompute.
 
 use super::bytes::{get_u16, set_u16};
-use super::checksum;
-use super::{Error, Result};
-
-/// Declares a `u8`-valued enum with an `Unknown(u8)` variant and conversions both ways.
-/// `Unknown` only ever holds values that have no name (build values with `From<u8>`).
-macro_rules! u8_enum {
-    (
-        $(#[$attr:meta])*
-        pub enum $name:ident {
-            $( $(#[$vattr:meta])* $variant:ident = $value:literal, )+
-        }
-    ) => {
-        $(#[$attr])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $( $(#[$vattr])* $variant, )+
-            /// A value this implementation does not name.
-            Unknown(u8),
-        }
-
-        impl From<u8> for $name {
-            #[inline]
-            fn from(value: u8) -> $name {
-                match value {
-                    $( $value => $name::$variant, )+
-                    other => $name::Unknown(other),
-                }
-            }
-        }
-
-        impl From<$name> for u8 {
-            #[inline]
-            fn from(value: $name) -> u8 {
-                match value {
-                    $( $name::$variant => $value, )+
-                    $name::Unknown(other) => other,
-                }
-            }
-        }
-    };
-}
-pub(crate) use u8_enum;
+use super::checksum::{self, write_with_checksum_update};
+use super::{u8_enum, Error, Result};
 
 u8_enum! {
     /// ICMP message type.
@@ -155,32 +115,6 @@ pub const HEADER_LEN: usize = field::REST_OF_HEADER.end;
 /// Least an error must quote for the dataplane to match it to a flow: a minimal IPv4 header and
 /// the first 8 bytes of its payload (ports of TCP/UDP).
 pub const MIN_QUOTED_LEN: usize = 20 + 8;
-
-/// Writes `bytes` into `message` at `offset` and returns the checksum field `check` patched for
-/// the change (RFC 1624). Works one window of 16-bit words aligned on the start of `message`
-/// (the checksum's own alignment), so `offset` and the length may be odd; a last odd byte of
-/// the message is summed with a zero pad, as the full checksum does. The window must not
-/// include the checksum field itself. Errors: `Truncated` when the range leaves `message`.
-///
-/// Shared with the ICMPv6 module, whose pseudo-header is 40 bytes and keeps the alignment.
-pub(crate) fn write_with_checksum_update(
-    message: &mut [u8],
-    offset: usize,
-    bytes: &[u8],
-    check: u16,
-) -> Result<u16> {
-    let end = offset.checked_add(bytes.len()).ok_or(Error::Truncated)?;
-    if end > message.len() {
-        return Err(Error::Truncated);
-    }
-    let window_start = offset & !1;
-    // Round the end up to a word; an odd-length message's lone last byte is its own word.
-    let window_end = ((end + 1) & !1).min(message.len());
-    let old = checksum::fold(checksum::sum(&message[window_start..window_end], 0));
-    message[offset..end].copy_from_slice(bytes);
-    let new = checksum::fold(checksum::sum(&message[window_start..window_end], 0));
-    Ok(checksum::update16(check, old, new))
-}
 
 /// A read/write view of an ICMP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

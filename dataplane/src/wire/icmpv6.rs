@@ -23,8 +23,9 @@ use std::net::Ipv6Addr;
 
 use super::bytes::{get_u16, get_u32, set_u16, set_u32};
 use super::checksum;
-use super::icmpv4::{u8_enum, write_with_checksum_update};
+use super::checksum::write_with_checksum_update;
 use super::ip::Protocol;
+use super::u8_enum;
 use super::{Error, Result};
 use crate::types::MacAddr;
 

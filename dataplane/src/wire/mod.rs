@@ -47,3 +47,43 @@ pub enum Error {
 }
 
 pub type Result<T> = core::result::Result<T, Error>;
+
+/// Declares a `u8`-valued enum with an `Unknown(u8)` variant and conversions both ways.
+/// `Unknown` only ever holds values that have no name (build values with `From<u8>`).
+macro_rules! u8_enum {
+    (
+        $(#[$attr:meta])*
+        pub enum $name:ident {
+            $( $(#[$vattr:meta])* $variant:ident = $value:literal, )+
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vattr])* $variant, )+
+            /// A value this implementation does not name.
+            Unknown(u8),
+        }
+
+        impl From<u8> for $name {
+            #[inline]
+            fn from(value: u8) -> $name {
+                match value {
+                    $( $value => $name::$variant, )+
+                    other => $name::Unknown(other),
+                }
+            }
+        }
+
+        impl From<$name> for u8 {
+            #[inline]
+            fn from(value: $name) -> u8 {
+                match value {
+                    $( $name::$variant => $value, )+
+                    $name::Unknown(other) => other,
+                }
+            }
+        }
+    };
+}
+pub(crate) use u8_enum;
