@@ -5,8 +5,15 @@
 //!   (setters). `new_checked` validates lengths once; after it succeeds no accessor can panic.
 //! - a small `Repr` with `parse()` from a checked view and `emit()` into a view.
 //!
-//! Field offsets are data (`mod field`), unknown protocol numbers are values (`Unknown(u8)`),
-//! and all checksum arithmetic lives in [`checksum`].
+//! Every protocol module is laid out the same way: a private `mod field` of [`Field`] ranges
+//! (with `HEADER_LEN` derived from the last one), the view, and a type named `Repr` (used as
+//! `tcp::Repr`). Multi-byte fields go through the private `bytes` helpers (`get_u16`,
+//! `set_u16`...; no module keeps its own copy); unknown protocol numbers are values
+//! (`Unknown(u8)`), and all checksum arithmetic lives in [`checksum`].
+//!
+//! Things several protocols share are defined once: the IP protocol number in [`ip`]
+//! (re-exported by `ipv4` and `ipv6`), the TCP flags in [`tcp`], and the DSR frontend in [`dsr`]
+//! (its IPv4-option and Geneve-option encodings sit in `ipv4` and `geneve`).
 
 pub mod arp;
 mod bytes;
