@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use dataplane::wire::ip::Protocol;
 use serde_json::{json, Value};
 
 /// Pod A's and B's addresses (bench/src/topo.rs).
@@ -347,11 +348,10 @@ pub struct PeerRule {
 /// compiled policy maps with each peer identity expanded to its pods' addresses).
 pub type IngressRules = BTreeMap<Ipv4Addr, Vec<PeerRule>>;
 
+/// The iptables name of the protocols a port rule can name (TCP, UDP, SCTP); others by number.
 fn proto_name(p: u8) -> Option<&'static str> {
-    match p {
-        6 => Some("tcp"),
-        17 => Some("udp"),
-        132 => Some("sctp"),
+    match Protocol::from(p) {
+        p @ (Protocol::Tcp | Protocol::Udp | Protocol::SCTP) => p.name(),
         _ => None,
     }
 }

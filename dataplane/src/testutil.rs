@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use crate::frame::{Frame, DEFAULT_HEADROOM};
 use crate::types::MacAddr;
 use crate::wire::checksum;
+use crate::wire::ip::Protocol;
+use crate::wire::tcp::TcpFlags;
 
 /// Transport part of a built packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,10 +38,11 @@ pub enum L4 {
     },
 }
 
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_RST: u8 = 0x04;
+/// TCP flag bytes for [`L4::Tcp`]: the bits of [`TcpFlags`].
+pub const TCP_SYN: u8 = TcpFlags::SYN.bits();
+pub const TCP_ACK: u8 = TcpFlags::ACK.bits();
+pub const TCP_FIN: u8 = TcpFlags::FIN.bits();
+pub const TCP_RST: u8 = TcpFlags::RST.bits();
 pub const TCP_SYN_ACK: u8 = TCP_SYN | TCP_ACK;
 
 /// An Ethernet + IPv4/IPv6 + L4 packet description.
@@ -128,10 +131,10 @@ impl PacketBuilder {
 
     fn proto(&self) -> u8 {
         match (&self.l4, self.src) {
-            (L4::Tcp { .. }, _) => 6,
-            (L4::Udp { .. }, _) => 17,
-            (L4::Echo { .. }, IpAddr::V4(_)) => 1,
-            (L4::Echo { .. }, IpAddr::V6(_)) => 58,
+            (L4::Tcp { .. }, _) => Protocol::Tcp.number(),
+            (L4::Udp { .. }, _) => Protocol::Udp.number(),
+            (L4::Echo { .. }, IpAddr::V4(_)) => Protocol::Icmp.number(),
+            (L4::Echo { .. }, IpAddr::V6(_)) => Protocol::Icmpv6.number(),
             (L4::Raw { proto }, _) => *proto,
         }
     }
@@ -321,7 +324,7 @@ impl TunnelBuilder {
         b.extend_from_slice(&[0x08, 0x00]);
         let mut ip = vec![0x45, 0];
         ip.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, Protocol::Udp.number(), 0, 0]);
         ip.extend_from_slice(&self.src.octets());
         ip.extend_from_slice(&self.dst.octets());
         let c = checksum::checksum(&ip);

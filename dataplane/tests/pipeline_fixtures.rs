@@ -1200,7 +1200,7 @@ fn icmpv6_frame(
     src: Ipv6Addr,
     dst: Ipv6Addr,
     hop_limit: u8,
-    msg: dataplane::wire::icmpv6::Icmpv6Repr,
+    msg: dataplane::wire::icmpv6::Repr,
 ) -> Vec<u8> {
     use dataplane::wire::icmpv6::Icmpv6Packet;
     let mut b = Vec::new();
@@ -1219,7 +1219,7 @@ fn icmpv6_frame(
 
 #[test]
 fn neighbor_solicitation_for_gateway_answered_with_router_mac() {
-    use dataplane::wire::icmpv6::{Icmpv6Repr, NeighborFlags};
+    use dataplane::wire::icmpv6::{NeighborFlags, Repr as Icmpv6Repr};
     let t = node_a();
     let gateway: Ipv6Addr = "fe80::1".parse().unwrap();
     let solicited_node: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
@@ -1345,7 +1345,7 @@ fn sized_from_pod(src: &Pod, dst: IpAddr, sport: u16, dport: u16, ip_len: usize)
 
 #[test]
 fn full_size_ipv4_to_a_vxlan_node_gets_fragmentation_needed_back() {
-    use dataplane::wire::icmpv4::{DstUnreachable, Icmpv4Packet, Icmpv4Repr};
+    use dataplane::wire::icmpv4::{DstUnreachable, Icmpv4Packet, Repr as Icmpv4Repr};
     use dataplane::wire::ipv4::{Ipv4Packet, Repr as Ipv4Repr};
     let t = node_a();
     let mut p = pipeline();
@@ -1445,7 +1445,7 @@ fn the_worst_case_of_each_mode_fills_the_uplink_mtu_exactly() {
 
 #[test]
 fn full_size_ipv6_gets_packet_too_big_back() {
-    use dataplane::wire::icmpv6::{Icmpv6Packet, Icmpv6Repr};
+    use dataplane::wire::icmpv6::{Icmpv6Packet, Repr as Icmpv6Repr};
     let mut t = node_a();
     let input = sized_from_pod(&POD1, POD_B.ip6(), 40000, 80, 1500).build();
     check(

@@ -245,8 +245,11 @@ fn ipv4_options<T: AsRef<[u8]>>(packet: &Ipv4Packet<T>) {
             Ok(option) => {
                 black_box((option.kind(), option.data(), option.is_copied()));
                 assert!(option.offset() + option.as_bytes().len() <= packet.header_len());
-                if option.kind() == ipv4::DsrOption::KIND && first_dsr.is_none() {
-                    first_dsr = Some((ipv4::DsrOption::parse(option.as_bytes()), option.offset()));
+                if option.kind() == ipv4::DSR_OPTION_KIND && first_dsr.is_none() {
+                    first_dsr = Some((
+                        ipv4::DsrOption::parse_ipv4(option.as_bytes()),
+                        option.offset(),
+                    ));
                 }
             }
             Err(_) => malformed = true,
@@ -259,7 +262,7 @@ fn ipv4_options<T: AsRef<[u8]>>(packet: &Ipv4Packet<T>) {
                 Some((Ok(dsr), offset)),
                 "find_dsr_option disagrees"
             );
-            assert_eq!(ipv4::DsrOption::parse(&dsr.to_bytes()), Ok(dsr));
+            assert_eq!(ipv4::DsrOption::parse_ipv4(&dsr.to_ipv4_bytes()), Ok(dsr));
         }
         Ok(None) => assert!(first_dsr.is_none() && !malformed || packet.options().is_empty()),
         Err(_) => assert!(malformed || matches!(first_dsr, Some((Err(_), _)))),
@@ -704,8 +707,8 @@ fn geneve_layer(data: &[u8]) -> Option<&[u8]> {
             Ok(option) => {
                 black_box((option.is_critical(), option.class, option.type_));
                 assert_eq!(option.wire_len() % 4, 0);
-                if first_dsr.is_none() && geneve::DsrOption::matches(&option) {
-                    first_dsr = Some(geneve::DsrOption::parse(&option));
+                if first_dsr.is_none() && geneve::DsrOption::matches_geneve(&option) {
+                    first_dsr = Some(geneve::DsrOption::parse_geneve(&option));
                 }
             }
             Err(_) => options_ok = false,
@@ -746,8 +749,8 @@ fn geneve_layer(data: &[u8]) -> Option<&[u8]> {
         );
         assert_eq!(geneve::find_dsr_option(&rebuilt), found);
         if let Ok(Some(dsr)) = found {
-            let mut area = [0u8; geneve::DsrOption::OPTION_LEN];
-            assert_eq!(dsr.emit(&mut area, 0), Ok(area.len()));
+            let mut area = [0u8; geneve::DSR_OPTION_LEN];
+            assert_eq!(dsr.emit_geneve(&mut area, 0), Ok(area.len()));
         }
     }
     data.get(packet.header_len()..)

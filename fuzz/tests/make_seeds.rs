@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use dataplane::testutil::{
     arp_request, PacketBuilder, TunnelBuilder, L4, TCP_ACK, TCP_FIN, TCP_SYN, TCP_SYN_ACK,
 };
-use dataplane::wire::icmpv6::{Icmpv6Packet, Icmpv6Repr};
+use dataplane::wire::icmpv6::{Icmpv6Packet, Repr as Icmpv6Repr};
 use dataplane::wire::{checksum, geneve, ipv4};
 use dataplane::MacAddr;
 use flagella_fuzz::pipeline::{
@@ -153,13 +153,13 @@ fn ipv6_with_extensions(from: Pod, to: Pod) -> Vec<u8> {
 }
 
 fn dsr_ipv4_option(vip: Ipv4Addr, port: u16) -> Vec<u8> {
-    ipv4::DsrOption { addr: vip, port }.to_bytes().to_vec()
+    ipv4::DsrOption { addr: vip, port }.to_ipv4_bytes().to_vec()
 }
 
 fn dsr_geneve_options(vip: Ipv4Addr, port: u16) -> Vec<u8> {
-    let mut area = vec![0u8; geneve::DsrOption::OPTION_LEN];
+    let mut area = vec![0u8; geneve::DSR_OPTION_LEN];
     geneve::DsrOption { addr: vip, port }
-        .emit(&mut area, 0)
+        .emit_geneve(&mut area, 0)
         .unwrap();
     area
 }

@@ -15,6 +15,7 @@
 use std::fmt;
 
 use dataplane::tables::policy::{Direction, PortRange};
+use dataplane::wire::ip;
 use dataplane::Prefix;
 
 use crate::selector::Selector;
@@ -176,7 +177,8 @@ impl Entity {
     }
 }
 
-/// An L4 protocol of a port rule.
+/// An L4 protocol of a port rule: one IP protocol, or Cilium's `ANY`. The numbers and names are
+/// [`ip::Protocol`]'s; this type only adds which ones a port rule may name, and `ANY`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
@@ -187,9 +189,9 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const SCTP: u8 = 132;
+    pub const TCP: u8 = ip::Protocol::Tcp.number();
+    pub const UDP: u8 = ip::Protocol::Udp.number();
+    pub const SCTP: u8 = ip::Protocol::SCTP.number();
 
     /// The IP protocol numbers this stands for.
     pub fn numbers(self) -> &'static [u8] {
@@ -201,24 +203,31 @@ impl Protocol {
         }
     }
 
-    /// Parses `TCP`, `UDP`, `SCTP` (and `ANY` when `allow_any`), case-insensitively.
-    pub fn parse(s: &str, allow_any: bool) -> Option<Protocol> {
-        match s.to_ascii_uppercase().as_str() {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            "ANY" if allow_any => Some(Protocol::Any),
+    /// The port-rule protocol of one IP protocol: TCP, UDP or SCTP.
+    fn of(protocol: ip::Protocol) -> Option<Protocol> {
+        match protocol {
+            ip::Protocol::Tcp => Some(Protocol::Tcp),
+            ip::Protocol::Udp => Some(Protocol::Udp),
+            ip::Protocol::SCTP => Some(Protocol::Sctp),
             _ => None,
         }
     }
 
-    /// The name of an IP protocol number, for output.
+    /// Parses `TCP`, `UDP`, `SCTP` (and `ANY` when `allow_any`), case-insensitively.
+    pub fn parse(s: &str, allow_any: bool) -> Option<Protocol> {
+        if allow_any && s.eq_ignore_ascii_case("ANY") {
+            return Some(Protocol::Any);
+        }
+        ip::Protocol::from_name(s).and_then(Protocol::of)
+    }
+
+    /// The name of an IP protocol number, for output: `TCP`, `UDP`, `SCTP` (upper case, as
+    /// Kubernetes spells them), else the number.
     pub fn name_of(number: u8) -> String {
-        match number {
-            Self::TCP => "TCP".into(),
-            Self::UDP => "UDP".into(),
-            Self::SCTP => "SCTP".into(),
-            n => n.to_string(),
+        let protocol = ip::Protocol::from(number);
+        match (Protocol::of(protocol), protocol.name()) {
+            (Some(_), Some(name)) => name.to_ascii_uppercase(),
+            _ => number.to_string(),
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::tables::policy::{self, Action, PolicyEntry, PolicyKey, PortRange, PRO
 use crate::tables::services::{Backend, Frontend, LbMode, Service, ServiceSpec};
 use crate::tables::{LocalNode, TunnelPorts};
 use crate::types::{Identity, MacAddr, Prefix};
+use crate::wire::ip;
 
 /// Every op, as the `op` field spells it.
 pub const OPS: [&str; 16] = [
@@ -129,22 +130,35 @@ where
 }
 
 /// An IP protocol: a name (`tcp`, `udp`, `icmp`, `icmpv6`, `sctp`, `any`) or a number 0..=255.
+/// The names are [`ip::Protocol`]'s, plus `any` for the policy wildcard [`PROTO_ANY`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Proto(pub u8);
 
-const PROTO_NAMES: [(&str, u8); 6] = [
-    ("any", PROTO_ANY),
-    ("icmp", 1),
-    ("tcp", 6),
-    ("udp", 17),
-    ("icmpv6", 58),
-    ("sctp", 132),
-];
+/// The name of the policy wildcard [`PROTO_ANY`].
+const ANY_NAME: &str = "any";
+
+impl Proto {
+    fn name(self) -> Option<&'static str> {
+        if self.0 == PROTO_ANY {
+            Some(ANY_NAME)
+        } else {
+            ip::Protocol::from(self.0).name()
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Proto> {
+        if name.eq_ignore_ascii_case(ANY_NAME) {
+            Some(Proto(PROTO_ANY))
+        } else {
+            ip::Protocol::from_name(name).map(|p| Proto(p.number()))
+        }
+    }
+}
 
 impl Serialize for Proto {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match PROTO_NAMES.iter().find(|(_, n)| *n == self.0) {
-            Some((name, _)) => s.serialize_str(name),
+        match self.name() {
+            Some(name) => s.serialize_str(name),
             None => s.serialize_u8(self.0),
         }
     }
@@ -169,15 +183,11 @@ impl<'de> Deserialize<'de> for Proto {
                     .and_then(|v| self.visit_u64(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Proto, E> {
-                PROTO_NAMES
-                    .iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case(v))
-                    .map(|(_, n)| Proto(*n))
-                    .ok_or_else(|| {
-                        E::custom(format!(
-                            "unknown protocol `{v}`: use tcp, udp, icmp, icmpv6, sctp, any or a number"
-                        ))
-                    })
+                Proto::from_name(v).ok_or_else(|| {
+                    E::custom(format!(
+                        "unknown protocol `{v}`: use tcp, udp, icmp, icmpv6, sctp, any or a number"
+                    ))
+                })
             }
         }
         d.deserialize_any(ProtoVisitor)

@@ -29,8 +29,8 @@ use super::{nat, DropReason};
 use crate::frame::Frame;
 use crate::types::MacAddr;
 use crate::wire::ethernet::{self, EtherType, EthernetFrame};
-use crate::wire::icmpv4::{self, DstUnreachable, Icmpv4Packet, Icmpv4Repr};
-use crate::wire::icmpv6::{self, Icmpv6Packet, Icmpv6Repr};
+use crate::wire::icmpv4::{self, DstUnreachable, Icmpv4Packet, Repr as Icmpv4Repr};
+use crate::wire::icmpv6::{self, Icmpv6Packet, Repr as Icmpv6Repr};
 use crate::wire::ipv4::{self, Ipv4Packet, OptionBytes, Protocol};
 use crate::wire::ipv6::{self, Ipv6Packet};
 
@@ -208,7 +208,7 @@ pub(crate) fn emit_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
 mod tests {
     use super::*;
     use crate::frame::DEFAULT_HEADROOM;
-    use crate::testutil::PacketBuilder;
+    use crate::testutil::{PacketBuilder, TCP_ACK};
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -230,7 +230,7 @@ mod tests {
         } else {
             (v4([10, 1, 0, 11]), v4([10, 2, 0, 21]))
         };
-        let bytes = PacketBuilder::tcp(src, 40000, dst, 80, 0x10)
+        let bytes = PacketBuilder::tcp(src, 40000, dst, 80, TCP_ACK)
             .macs(POD, ROUTER)
             .payload(&vec![0xab; payload])
             .build();

@@ -16,7 +16,9 @@ use crate::frame::Frame;
 use crate::tables::LocalNode;
 use crate::wire::arp::{ArpPacket, Repr as ArpRepr};
 use crate::wire::ethernet::EthernetFrame;
-use crate::wire::icmpv6::{Icmpv6Packet, Icmpv6Repr, Message as Icmpv6Message, NeighborFlags};
+use crate::wire::icmpv6::{
+    Icmpv6Packet, Message as Icmpv6Message, NeighborFlags, Repr as Icmpv6Repr,
+};
 use crate::wire::ipv4::Protocol;
 use crate::wire::ipv6::{self, Ipv6Packet};
 

@@ -182,24 +182,24 @@ fn insert_dsr_option<B: AsRef<[u8]> + AsMut<[u8]>>(
     };
     let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
     let header_len = l4 - l3;
-    if header_len + DsrOption::LEN > ipv4::MAX_HEADER_LEN {
+    if header_len + ipv4::DSR_OPTION_LEN > ipv4::MAX_HEADER_LEN {
         return Err(DropReason::Ipv4BadOptions);
     }
     let ip_len = usize::from(m.l4_end) - l3;
     let gap = f
-        .insert_gap(l4, DsrOption::LEN)
+        .insert_gap(l4, ipv4::DSR_OPTION_LEN)
         .ok_or(DropReason::HeadroomExhausted)?;
-    DsrOption { addr, port }.emit(gap);
+    DsrOption { addr, port }.emit_ipv4(gap);
     let hdr = f
         .data_mut()
-        .get_mut(l3..l4 + DsrOption::LEN)
+        .get_mut(l3..l4 + ipv4::DSR_OPTION_LEN)
         .ok_or(DropReason::NoRoute)?;
     let mut ip = Ipv4Packet::new_unchecked(hdr);
-    ip.set_header_len(header_len + DsrOption::LEN);
-    ip.set_total_len((ip_len + DsrOption::LEN) as u16);
+    ip.set_header_len(header_len + ipv4::DSR_OPTION_LEN);
+    ip.set_total_len((ip_len + ipv4::DSR_OPTION_LEN) as u16);
     ip.fill_checksum();
-    m.l4 += DsrOption::LEN as u16;
-    m.l4_end += DsrOption::LEN as u16;
+    m.l4 += ipv4::DSR_OPTION_LEN as u16;
+    m.l4_end += ipv4::DSR_OPTION_LEN as u16;
     Ok(())
 }
 
@@ -217,9 +217,6 @@ struct OuterHeader {
     port: u16,
 }
 
-/// Bytes of a Geneve DSR option: option header + data.
-const GENEVE_DSR_OPTION_LEN: usize = geneve::OPTION_HEADER_LEN + geneve::DSR_OPTION_DATA_LEN;
-
 /// Prepends Ethernet + IPv4 + UDP + VXLAN/Geneve headers to the frame, without moving it.
 fn encapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
     f: &mut Frame<B>,
@@ -228,7 +225,7 @@ fn encapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
     dsr: Option<FrontendAddr>,
 ) -> Result<(), DropReason> {
     let tunnel_len = match encap {
-        Encap::Geneve if dsr.is_some() => geneve::HEADER_LEN + GENEVE_DSR_OPTION_LEN,
+        Encap::Geneve if dsr.is_some() => geneve::HEADER_LEN + geneve::DSR_OPTION_LEN,
         Encap::Geneve => geneve::HEADER_LEN,
         _ => vxlan::HEADER_LEN,
     };
@@ -291,7 +288,7 @@ fn write_vxlan(hdr: &mut [u8], vni: u32) {
 
 fn write_geneve(hdr: &mut [u8], vni: u32, dsr: Option<FrontendAddr>) -> Result<(), DropReason> {
     let options_len = if dsr.is_some() {
-        GENEVE_DSR_OPTION_LEN
+        geneve::DSR_OPTION_LEN
     } else {
         0
     };
@@ -311,7 +308,7 @@ fn write_geneve(hdr: &mut [u8], vni: u32, dsr: Option<FrontendAddr>) -> Result<(
     {
         // The option area was sized for exactly this option, so writing cannot fail.
         geneve::DsrOption { addr, port }
-            .emit(options, 0)
+            .emit_geneve(options, 0)
             .map_err(|_| DropReason::HeadroomExhausted)?;
     }
     Ok(())

@@ -21,7 +21,7 @@ use super::meta::{FrontendAddr, PacketMeta};
 use super::{nat, resolve, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::services::{flow_hash, LbMode};
-use crate::wire::ipv4::{Ipv4Packet, Protocol};
+use crate::wire::ipv4::{self, Ipv4Packet, Protocol};
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
     let has_l4 = |m: &PacketMeta| m.l4 != 0;
@@ -74,20 +74,20 @@ fn consume_dsr_option<B: AsRef<[u8]> + AsMut<[u8]>>(
     let at = l3 + usize::from(m.dsr_option_offset);
     let option = f
         .data()
-        .get(at..at + DsrOption::LEN)
-        .and_then(|b| DsrOption::parse(b).ok())
+        .get(at..at + ipv4::DSR_OPTION_LEN)
+        .and_then(|b| DsrOption::parse_ipv4(b).ok())
         .ok_or(DropReason::DsrOptionMalformed)?;
-    if !f.remove_range(at, DsrOption::LEN) {
+    if !f.remove_range(at, ipv4::DSR_OPTION_LEN) {
         return Err(DropReason::DsrOptionMalformed);
     }
     let mut ip = Ipv4Packet::new_unchecked(f.data_mut().get_mut(l3..).unwrap_or_default());
-    let ihl = ip.header_len() - DsrOption::LEN;
+    let ihl = ip.header_len() - ipv4::DSR_OPTION_LEN;
     ip.set_header_len(ihl);
-    let total = ip.total_len() - DsrOption::LEN as u16;
+    let total = ip.total_len() - ipv4::DSR_OPTION_LEN as u16;
     ip.set_total_len(total);
     ip.fill_checksum();
-    m.l4 -= DsrOption::LEN as u16;
-    m.l4_end -= DsrOption::LEN as u16;
+    m.l4 -= ipv4::DSR_OPTION_LEN as u16;
+    m.l4_end -= ipv4::DSR_OPTION_LEN as u16;
     m.dsr_option_offset = 0;
     m.frontend = Some(FrontendAddr {
         addr: IpAddr::V4(option.addr),

@@ -66,15 +66,15 @@ impl Encap {
         const TUNNEL_BASE: usize =
             ipv4::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN + ethernet::HEADER_LEN;
         let bytes = match self {
-            Encap::Vxlan => TUNNEL_BASE + ipv4::DsrOption::LEN,
+            Encap::Vxlan => TUNNEL_BASE + ipv4::DSR_OPTION_LEN,
             Encap::Geneve => {
                 ipv4::HEADER_LEN
                     + udp::HEADER_LEN
                     + geneve::HEADER_LEN
                     + ethernet::HEADER_LEN
-                    + geneve::DsrOption::OPTION_LEN
+                    + geneve::DSR_OPTION_LEN
             }
-            Encap::Native => ipv4::DsrOption::LEN,
+            Encap::Native => ipv4::DSR_OPTION_LEN,
         };
         bytes as u16
     }

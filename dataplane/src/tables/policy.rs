@@ -30,7 +30,8 @@ use hashbrown::HashMap;
 
 use crate::types::Identity;
 
-/// Protocol wildcard in a [`PolicyKey`].
+/// Protocol wildcard in a [`PolicyKey`]: not a protocol but "any"; the protocol numbers are
+/// [`crate::wire::ip::Protocol`]'s.
 pub const PROTO_ANY: u8 = 0;
 
 /// Traffic direction relative to the endpoint that owns the map.
@@ -674,9 +675,10 @@ impl EndpointPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ip::Protocol;
 
-    const TCP: u8 = 6;
-    const UDP: u8 = 17;
+    const TCP: u8 = Protocol::Tcp.number();
+    const UDP: u8 = Protocol::Udp.number();
     const A: Identity = Identity(1000);
     const B: Identity = Identity(1001);
 

@@ -24,11 +24,12 @@ use std::net::IpAddr;
 use hashbrown::HashMap;
 
 use super::maglev::{self, BackendKey, MaglevError, MaglevTable};
+use crate::wire::ip::Protocol;
 
-/// IP protocol number of TCP.
-pub const PROTO_TCP: u8 = 6;
-/// IP protocol number of UDP.
-pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of TCP (from [`Protocol`], for `u8` keys and patterns).
+pub const PROTO_TCP: u8 = Protocol::Tcp.number();
+/// IP protocol number of UDP (from [`Protocol`]).
+pub const PROTO_UDP: u8 = Protocol::Udp.number();
 
 /// What clients connect to: a virtual IP, a port and a protocol ([`PROTO_TCP`] or
 /// [`PROTO_UDP`]).

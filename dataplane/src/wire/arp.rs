@@ -15,6 +15,7 @@
 use std::net::Ipv4Addr;
 
 use crate::types::MacAddr;
+use crate::wire::bytes::{get_ipv4, get_mac, get_u16, set_u16};
 use crate::wire::ethernet::EtherType;
 use crate::wire::{Error, Result};
 
@@ -106,12 +107,12 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
     #[inline]
     pub fn hardware_type(&self) -> u16 {
-        u16_at(self.buffer.as_ref(), field::HTYPE.start)
+        get_u16(self.buffer.as_ref(), field::HTYPE)
     }
 
     #[inline]
     pub fn protocol_type(&self) -> EtherType {
-        EtherType::from(u16_at(self.buffer.as_ref(), field::PTYPE.start))
+        EtherType::from(get_u16(self.buffer.as_ref(), field::PTYPE))
     }
 
     #[inline]
@@ -126,39 +127,39 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
     #[inline]
     pub fn operation(&self) -> Operation {
-        Operation::from(u16_at(self.buffer.as_ref(), field::OPER.start))
+        Operation::from(get_u16(self.buffer.as_ref(), field::OPER))
     }
 
     #[inline]
     pub fn source_hardware_addr(&self) -> MacAddr {
-        mac_at(self.buffer.as_ref(), field::SHA.start)
+        get_mac(self.buffer.as_ref(), field::SHA)
     }
 
     #[inline]
     pub fn source_protocol_addr(&self) -> Ipv4Addr {
-        ipv4_at(self.buffer.as_ref(), field::SPA.start)
+        get_ipv4(self.buffer.as_ref(), field::SPA)
     }
 
     #[inline]
     pub fn target_hardware_addr(&self) -> MacAddr {
-        mac_at(self.buffer.as_ref(), field::THA.start)
+        get_mac(self.buffer.as_ref(), field::THA)
     }
 
     #[inline]
     pub fn target_protocol_addr(&self) -> Ipv4Addr {
-        ipv4_at(self.buffer.as_ref(), field::TPA.start)
+        get_ipv4(self.buffer.as_ref(), field::TPA)
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     #[inline]
     pub fn set_hardware_type(&mut self, value: u16) {
-        self.buffer.as_mut()[field::HTYPE].copy_from_slice(&value.to_be_bytes());
+        set_u16(self.buffer.as_mut(), field::HTYPE, value);
     }
 
     #[inline]
     pub fn set_protocol_type(&mut self, value: EtherType) {
-        self.buffer.as_mut()[field::PTYPE].copy_from_slice(&u16::from(value).to_be_bytes());
+        set_u16(self.buffer.as_mut(), field::PTYPE, value.into());
     }
 
     #[inline]
@@ -173,7 +174,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
 
     #[inline]
     pub fn set_operation(&mut self, value: Operation) {
-        self.buffer.as_mut()[field::OPER].copy_from_slice(&u16::from(value).to_be_bytes());
+        set_u16(self.buffer.as_mut(), field::OPER, value.into());
     }
 
     #[inline]
@@ -195,28 +196,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     pub fn set_target_protocol_addr(&mut self, addr: Ipv4Addr) {
         self.buffer.as_mut()[field::TPA].copy_from_slice(&addr.octets());
     }
-}
-
-#[inline]
-fn u16_at(data: &[u8], start: usize) -> u16 {
-    u16::from_be_bytes([data[start], data[start + 1]])
-}
-
-#[inline]
-fn mac_at(data: &[u8], start: usize) -> MacAddr {
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&data[start..start + 6]);
-    MacAddr(mac)
-}
-
-#[inline]
-fn ipv4_at(data: &[u8], start: usize) -> Ipv4Addr {
-    Ipv4Addr::new(
-        data[start],
-        data[start + 1],
-        data[start + 2],
-        data[start + 3],
-    )
 }
 
 /// A parsed ARP packet. Only Ethernet/IPv4 exists; the enum leaves room for nothing else on

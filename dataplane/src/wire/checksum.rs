@@ -6,6 +6,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::{Error, Result};
+
 /// Adds the big-endian 16-bit words of `data` to `acc` (an odd trailing byte is padded with a
 /// zero byte, as RFC 1071 says). The result is unfolded.
 #[inline]
@@ -131,6 +133,33 @@ pub fn udp_nonzero(check: u16) -> u16 {
     } else {
         check
     }
+}
+
+/// Writes `bytes` into `message` at `offset` and returns the checksum field `check` patched for
+/// the change (RFC 1624). Works one window of 16-bit words aligned on the start of `message`
+/// (the checksum's own alignment), so `offset` and the length may be odd; a last odd byte of
+/// the message is summed with a zero pad, as the full checksum does. The window must not
+/// include the checksum field itself. Errors: `Truncated` when the range leaves `message`.
+///
+/// Used by the ICMP and ICMPv6 views (ICMPv6's pseudo-header is 40 bytes and keeps the
+/// alignment).
+pub(crate) fn write_with_checksum_update(
+    message: &mut [u8],
+    offset: usize,
+    bytes: &[u8],
+    check: u16,
+) -> Result<u16> {
+    let end = offset.checked_add(bytes.len()).ok_or(Error::Truncated)?;
+    if end > message.len() {
+        return Err(Error::Truncated);
+    }
+    let window_start = offset & !1;
+    // Round the end up to a word; an odd-length message's lone last byte is its own word.
+    let window_end = ((end + 1) & !1).min(message.len());
+    let old = fold(sum(&message[window_start..window_end], 0));
+    message[offset..end].copy_from_slice(bytes);
+    let new = fold(sum(&message[window_start..window_end], 0));
+    Ok(update16(check, old, new))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //!   such edits.
 
 use crate::types::MacAddr;
+use crate::wire::bytes::{get_mac, get_u16, set_u16};
 use crate::wire::{Error, Result};
 
 mod field {
@@ -149,22 +150,18 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
     #[inline]
     pub fn dst_addr(&self) -> MacAddr {
-        mac_at(self.buffer.as_ref(), field::DESTINATION.start)
+        get_mac(self.buffer.as_ref(), field::DESTINATION)
     }
 
     #[inline]
     pub fn src_addr(&self) -> MacAddr {
-        mac_at(self.buffer.as_ref(), field::SOURCE.start)
+        get_mac(self.buffer.as_ref(), field::SOURCE)
     }
 
     /// The outer EtherType: [`EtherType::Vlan`] for a tagged frame.
     #[inline]
     pub fn ethertype(&self) -> EtherType {
-        let data = self.buffer.as_ref();
-        EtherType::from(u16::from_be_bytes([
-            data[field::ETHERTYPE.start],
-            data[field::ETHERTYPE.start + 1],
-        ]))
+        EtherType::from(get_u16(self.buffer.as_ref(), field::ETHERTYPE))
     }
 
     /// The 802.1Q tag, if the frame carries one.
@@ -229,8 +226,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     /// Writes the outer EtherType. Writing [`EtherType::Vlan`] turns bytes 14..18 into a tag.
     #[inline]
     pub fn set_ethertype(&mut self, ethertype: EtherType) {
-        let raw = u16::from(ethertype).to_be_bytes();
-        self.buffer.as_mut()[field::ETHERTYPE].copy_from_slice(&raw);
+        set_u16(self.buffer.as_mut(), field::ETHERTYPE, ethertype.into());
     }
 
     /// Writes the tag control information (bytes 14..16); meaningful once the outer EtherType
@@ -240,7 +236,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     /// When the buffer is shorter than [`VLAN_HEADER_LEN`].
     #[inline]
     pub fn set_vlan(&mut self, tag: VlanTag) {
-        self.buffer.as_mut()[field::VLAN_TCI].copy_from_slice(&tag.tci().to_be_bytes());
+        set_u16(self.buffer.as_mut(), field::VLAN_TCI, tag.tci());
     }
 
     /// Writes the EtherType after the tag (bytes 16..18).
@@ -249,8 +245,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     /// When the buffer is shorter than [`VLAN_HEADER_LEN`].
     #[inline]
     pub fn set_inner_ethertype(&mut self, ethertype: EtherType) {
-        let raw = u16::from(ethertype).to_be_bytes();
-        self.buffer.as_mut()[field::INNER_ETHERTYPE].copy_from_slice(&raw);
+        set_u16(
+            self.buffer.as_mut(),
+            field::INNER_ETHERTYPE,
+            ethertype.into(),
+        );
     }
 
     /// Everything after the header (and its tag), writable.
@@ -263,13 +262,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
         };
         self.buffer.as_mut().get_mut(payload).unwrap_or(&mut [])
     }
-}
-
-#[inline]
-fn mac_at(data: &[u8], start: usize) -> MacAddr {
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&data[start..start + 6]);
-    MacAddr(mac)
 }
 
 /// A parsed Ethernet header.

@@ -8,20 +8,22 @@
 //!   announced by `opt_len` inside the buffer (`Truncated`). After
 //!   [`GenevePacket::new_checked`] succeeds no accessor panics.
 //! - Options are walked by [`GeneveOptions`], which yields `Err(Malformed)` (once, then stops)
-//!   for an option whose header or data runs past the options area. [`GeneveRepr::parse`]
+//!   for an option whose header or data runs past the options area. [`Repr::parse`]
 //!   walks them all, so a parsed header has a well-formed option list.
 //! - RFC 8926 section 3.5: a packet with a critical option (type high bit) that the receiver
 //!   does not understand must be dropped; [`GenevePacket::has_unknown_critical_option`] tells.
 //! - Reserved bits are ignored on receive and zero on emit. The VNI is 24 bits (larger values
 //!   are truncated and trip a debug assertion).
-//! - Emitting is two steps: [`GeneveRepr::emit`] writes the fixed header (with `opt_len`), then
-//!   [`write_option`] (or [`GenevePacket::write_option`]) and [`DsrOption::emit`] fill the
+//! - Emitting is two steps: [`Repr::emit`] writes the fixed header (with `opt_len`), then
+//!   [`write_option`] (or [`GenevePacket::write_option`]) and [`DsrOption::emit_geneve`] fill the
 //!   options area in order, each returning the offset of the next option. They take the options
 //!   area as its own slice, so an encapsulation path may split the header buffer in two.
 
 use std::net::Ipv4Addr;
 
+use super::bytes::{get_u16, get_u24, set_u16, set_u24};
 use super::{Error, Result};
+pub use crate::wire::dsr::DsrOption;
 
 /// IANA-assigned UDP destination port.
 pub const UDP_PORT: u16 = 6081;
@@ -29,7 +31,7 @@ pub const UDP_PORT: u16 = 6081;
 pub const PROTOCOL_ETHERNET: u16 = 0x6558;
 
 /// Byte offsets of the fixed header fields.
-pub mod field {
+mod field {
     use crate::wire::Field;
 
     /// Version (2 high bits) and options length in 4-byte words (6 low bits).
@@ -67,23 +69,15 @@ const FLAG_CRITICAL: u8 = 0x40;
 /// `bpf/lib/tunnel.h`, `DSR_GENEVE_OPT_CLASS`).
 pub const DSR_OPTION_CLASS: u16 = 0x014b;
 /// Option type of the DSR option, without the critical bit. Flagella emits it as is
-/// (non-critical); Cilium sends it with the critical bit set (0x81). [`DsrOption::matches`]
+/// (non-critical); Cilium sends it with the critical bit set (0x81). [`DsrOption::matches_geneve`]
 /// recognises both, so a `known` filter for
 /// [`has_unknown_critical_option`](GenevePacket::has_unknown_critical_option) should compare
 /// `type_ & !OPTION_TYPE_CRITICAL` with this value.
 pub const DSR_OPTION_TYPE: u8 = 0x01;
 /// DSR option data: IPv4 address, port, 2 bytes of padding.
 pub const DSR_OPTION_DATA_LEN: usize = 8;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
+/// Length of the DSR option on the wire: option header and 8 bytes of data (length field 2).
+pub const DSR_OPTION_LEN: usize = OPTION_HEADER_LEN + DSR_OPTION_DATA_LEN;
 
 /// One TLV option. `data` excludes the 4-byte option header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,9 +233,7 @@ impl<T: AsRef<[u8]>> GenevePacket<T> {
     /// The 24-bit VNI.
     #[inline]
     pub fn vni(&self) -> u32 {
-        let d = self.buffer.as_ref();
-        let s = field::VNI.start;
-        u32::from_be_bytes([0, d[s], d[s + 1], d[s + 2]])
+        get_u24(self.buffer.as_ref(), field::VNI)
     }
 
     /// The raw options area.
@@ -324,8 +316,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GenevePacket<T> {
     #[inline]
     pub fn set_vni(&mut self, vni: u32) {
         debug_assert!(vni <= 0x00ff_ffff, "VNI {vni:#x} exceeds 24 bits");
-        let b = vni.to_be_bytes();
-        self.buffer.as_mut()[field::VNI].copy_from_slice(&b[1..]);
+        set_u24(self.buffer.as_mut(), field::VNI, vni);
     }
 
     /// The raw options area, writable.
@@ -380,7 +371,7 @@ pub fn write_option(
         .ok_or(Error::Truncated)?;
     let slot = options.get_mut(offset..end).ok_or(Error::Truncated)?;
     let (header, body) = slot.split_at_mut(OPTION_HEADER_LEN);
-    header[field::OPTION_CLASS].copy_from_slice(&class.to_be_bytes());
+    set_u16(header, field::OPTION_CLASS, class);
     header[field::OPTION_TYPE.start] = type_;
     header[field::OPTION_LEN.start] = (data.len() / 4) as u8; // <= 31, reserved bits zero
     body.copy_from_slice(data);
@@ -390,7 +381,7 @@ pub fn write_option(
 /// A Geneve fixed header in plain fields. Options are written separately; the `Repr` knows
 /// the length of their area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GeneveRepr {
+pub struct Repr {
     /// 24 bits.
     pub vni: u32,
     /// EtherType of the payload.
@@ -401,15 +392,15 @@ pub struct GeneveRepr {
     pub critical: bool,
 }
 
-impl GeneveRepr {
+impl Repr {
     /// Reads the fixed header, checking it and walking the options (`Malformed` when one runs
     /// past the options area).
-    pub fn parse<T: AsRef<[u8]>>(packet: &GenevePacket<T>) -> Result<GeneveRepr> {
+    pub fn parse<T: AsRef<[u8]>>(packet: &GenevePacket<T>) -> Result<Repr> {
         packet.check_len()?;
         for option in packet.iter_options() {
             option?;
         }
-        Ok(GeneveRepr {
+        Ok(Repr {
             vni: packet.vni(),
             protocol: packet.protocol(),
             options_len: packet.options_len(),
@@ -450,28 +441,19 @@ impl GeneveRepr {
     }
 }
 
-/// The DSR option: the service frontend (VIP and port) the client addressed, so that the
-/// backend's node answers with it as source. Data: IPv4 address, port, 2 bytes of zero padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct DsrOption {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-}
-
+/// The Geneve encoding of the DSR frontend: an option of class [`DSR_OPTION_CLASS`], type
+/// [`DSR_OPTION_TYPE`], whose data is the IPv4 address, the port, and 2 bytes of zero padding.
 impl DsrOption {
-    /// Length on the wire: option header and 8 bytes of data (length field 2).
-    pub const OPTION_LEN: usize = OPTION_HEADER_LEN + DSR_OPTION_DATA_LEN;
-
     /// True when `option` is a DSR option by class and type, critical bit or not.
     #[inline]
-    pub fn matches(option: &GeneveOption<'_>) -> bool {
+    pub fn matches_geneve(option: &GeneveOption<'_>) -> bool {
         option.class == DSR_OPTION_CLASS && option.type_ & !OPTION_TYPE_CRITICAL == DSR_OPTION_TYPE
     }
 
     /// Reads a DSR option: `Unsupported` for another class/type, `Malformed` when the data is
     /// not 8 bytes. The padding is ignored.
-    pub fn parse(option: &GeneveOption<'_>) -> Result<DsrOption> {
-        if !Self::matches(option) {
+    pub fn parse_geneve(option: &GeneveOption<'_>) -> Result<DsrOption> {
+        if !Self::matches_geneve(option) {
             return Err(Error::Unsupported);
         }
         let [a, b, c, d, p0, p1, _, _]: [u8; DSR_OPTION_DATA_LEN] =
@@ -483,7 +465,7 @@ impl DsrOption {
     }
 
     /// The option data: address, port, zero padding.
-    pub fn data(&self) -> [u8; DSR_OPTION_DATA_LEN] {
+    pub fn geneve_data(&self) -> [u8; DSR_OPTION_DATA_LEN] {
         let [a, b, c, d] = self.addr.octets();
         let [p0, p1] = self.port.to_be_bytes();
         [a, b, c, d, p0, p1, 0, 0]
@@ -491,13 +473,13 @@ impl DsrOption {
 
     /// Writes the option at `offset` into an options area (for a view:
     /// [`GenevePacket::options_mut`]); returns the offset past it (see [`write_option`]).
-    pub fn emit(&self, options: &mut [u8], offset: usize) -> Result<usize> {
+    pub fn emit_geneve(&self, options: &mut [u8], offset: usize) -> Result<usize> {
         write_option(
             options,
             offset,
             DSR_OPTION_CLASS,
             DSR_OPTION_TYPE,
-            &self.data(),
+            &self.geneve_data(),
         )
     }
 }
@@ -508,15 +490,12 @@ pub fn find_dsr_option<T: AsRef<[u8]>>(packet: &GenevePacket<T>) -> Result<Optio
     let mut found = None;
     for option in packet.iter_options() {
         let option = option?;
-        if found.is_none() && DsrOption::matches(&option) {
-            found = Some(DsrOption::parse(&option)?);
+        if found.is_none() && DsrOption::matches_geneve(&option) {
+            found = Some(DsrOption::parse_geneve(&option)?);
         }
     }
     Ok(found)
 }
-
-/// Short name, for `geneve::Repr` at call sites.
-pub type Repr = GeneveRepr;
 
 #[cfg(test)]
 mod tests {
@@ -535,8 +514,8 @@ mod tests {
     ];
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
-    fn golden_repr() -> GeneveRepr {
-        GeneveRepr {
+    fn golden_repr() -> Repr {
+        Repr {
             vni: 0x12_3456,
             protocol: PROTOCOL_ETHERNET,
             options_len: 20,
@@ -574,8 +553,8 @@ mod tests {
         );
         assert!(!options[0].is_critical());
         assert!(options[1].is_critical());
-        assert_eq!(options[0].wire_len(), DsrOption::OPTION_LEN);
-        assert_eq!(GeneveRepr::parse(&p), Ok(golden_repr()));
+        assert_eq!(options[0].wire_len(), DSR_OPTION_LEN);
+        assert_eq!(Repr::parse(&p), Ok(golden_repr()));
         assert_eq!(
             find_dsr_option(&p),
             Ok(Some(DsrOption {
@@ -588,13 +567,13 @@ mod tests {
     #[test]
     fn parse_emit_round_trip_is_byte_exact() {
         let p = GenevePacket::new_checked(&GENEVE_TWO_OPTIONS[..]).unwrap();
-        let repr = GeneveRepr::parse(&p).unwrap();
+        let repr = Repr::parse(&p).unwrap();
         let dsr = find_dsr_option(&p).unwrap().unwrap();
         let mut out = [0xa5u8; 32];
         out[28..].copy_from_slice(&GENEVE_TWO_OPTIONS[28..]);
         let mut q = GenevePacket::new_unchecked(&mut out[..]);
         repr.emit(&mut q);
-        let next = dsr.emit(q.options_mut(), 0).unwrap();
+        let next = dsr.emit_geneve(q.options_mut(), 0).unwrap();
         assert_eq!(next, 12);
         let next = q
             .write_option(next, 0x0102, 0x80, &[0xde, 0xad, 0xbe, 0xef])
@@ -613,7 +592,7 @@ mod tests {
                 "{n}"
             );
             let p = GenevePacket::new_unchecked(bytes);
-            assert!(GeneveRepr::parse(&p).is_err(), "{n}");
+            assert!(Repr::parse(&p).is_err(), "{n}");
         }
     }
 
@@ -626,7 +605,7 @@ mod tests {
             Some(Error::Unsupported)
         );
         assert_eq!(
-            GeneveRepr::parse(&GenevePacket::new_unchecked(&bytes[..])),
+            Repr::parse(&GenevePacket::new_unchecked(&bytes[..])),
             Err(Error::Unsupported)
         );
     }
@@ -641,7 +620,7 @@ mod tests {
         assert_eq!(results.len(), 2);
         assert!(results[0].is_ok());
         assert_eq!(results[1], Err(Error::Malformed));
-        assert_eq!(GeneveRepr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
         // The DSR option comes first, but the list is broken: no answer from a broken packet.
         assert_eq!(find_dsr_option(&p), Err(Error::Malformed));
         assert_eq!(
@@ -653,13 +632,13 @@ mod tests {
         let mut bytes = GENEVE_TWO_OPTIONS;
         bytes[0] = 0x04; // 16 bytes: DSR (12) + 4 bytes = the next option's header only...
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
-        assert!(GeneveRepr::parse(&p).is_err());
+        assert!(Repr::parse(&p).is_err());
         bytes[0] = 0x03; // ...12 bytes: DSR only, well-formed.
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
-        assert!(GeneveRepr::parse(&p).is_ok());
+        assert!(Repr::parse(&p).is_ok());
         bytes[11] = 0x03; // DSR option now claims 12 bytes of data.
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
-        assert_eq!(GeneveRepr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
     }
 
     #[test]
@@ -685,19 +664,22 @@ mod tests {
             type_: DSR_OPTION_TYPE,
             data: &[0; 8],
         };
-        assert_eq!(DsrOption::parse(&wrong_class), Err(Error::Unsupported));
+        assert_eq!(
+            DsrOption::parse_geneve(&wrong_class),
+            Err(Error::Unsupported)
+        );
         let short = GeneveOption {
             class: DSR_OPTION_CLASS,
             type_: DSR_OPTION_TYPE,
             data: &[0; 4],
         };
-        assert_eq!(DsrOption::parse(&short), Err(Error::Malformed));
+        assert_eq!(DsrOption::parse_geneve(&short), Err(Error::Malformed));
         // A DSR option with bad data inside a well-formed list.
         let mut bytes = GENEVE_TWO_OPTIONS;
         bytes[11] = 0x01; // DSR option with 4 bytes of data; the rest reads as 1 more option
         bytes[16..20].copy_from_slice(&[0x01, 0x02, 0x00, 0x00]);
         let p = GenevePacket::new_checked(&bytes[..]).unwrap();
-        assert!(GeneveRepr::parse(&p).is_ok());
+        assert!(Repr::parse(&p).is_ok());
         assert_eq!(find_dsr_option(&p), Err(Error::Malformed));
     }
 
@@ -732,7 +714,7 @@ mod tests {
             addr: VIP,
             port: 80,
         }
-        .emit(options, 0)
+        .emit_geneve(options, 0)
         .unwrap();
         let next = write_option(options, next, 0x0102, 0x80, &[0xde, 0xad, 0xbe, 0xef]).unwrap();
         assert_eq!(next, options.len());
@@ -783,7 +765,7 @@ mod tests {
                            oam in any::<bool>(), critical in any::<bool>(),
                            options in arb_options(), fill in any::<u8>()) {
             let options_len: usize = options.iter().map(|(_, _, d)| OPTION_HEADER_LEN + d.len()).sum();
-            let repr = GeneveRepr { vni, protocol, options_len, oam, critical };
+            let repr = Repr { vni, protocol, options_len, oam, critical };
             let mut buf = vec![fill; repr.buffer_len() + 4];
             let mut p = GenevePacket::new_unchecked(&mut buf[..]);
             repr.emit(&mut p);
@@ -794,7 +776,7 @@ mod tests {
             prop_assert_eq!(offset, options_len);
 
             let p = GenevePacket::new_checked(&buf[..]).unwrap();
-            prop_assert_eq!(GeneveRepr::parse(&p), Ok(repr));
+            prop_assert_eq!(Repr::parse(&p), Ok(repr));
             let parsed: Vec<_> = p.iter_options().map(|o| o.map(|o| (o.class, o.type_, o.data.to_vec()))).collect::<Result<_>>().unwrap();
             prop_assert_eq!(parsed, options);
         }
@@ -802,17 +784,17 @@ mod tests {
         #[test]
         fn dsr_round_trip(addr in any::<[u8; 4]>(), port in any::<u16>(), vni in 0u32..=0x00ff_ffff) {
             let dsr = DsrOption { addr: Ipv4Addr::from(addr), port };
-            let repr = GeneveRepr {
+            let repr = Repr {
                 vni,
                 protocol: PROTOCOL_ETHERNET,
-                options_len: DsrOption::OPTION_LEN,
+                options_len: DSR_OPTION_LEN,
                 oam: false,
                 critical: true,
             };
             let mut buf = vec![0; repr.buffer_len()];
             let mut p = GenevePacket::new_unchecked(&mut buf[..]);
             repr.emit(&mut p);
-            prop_assert_eq!(dsr.emit(p.options_mut(), 0), Ok(DsrOption::OPTION_LEN));
+            prop_assert_eq!(dsr.emit_geneve(p.options_mut(), 0), Ok(DSR_OPTION_LEN));
             let p = GenevePacket::new_checked(&buf[..]).unwrap();
             prop_assert_eq!(find_dsr_option(&p), Ok(Some(dsr)));
             prop_assert_eq!(p.has_unknown_critical_option(|_, _| false), Ok(false));
@@ -827,10 +809,10 @@ mod tests {
             if let Ok(p) = GenevePacket::new_checked(&bytes[..]) {
                 let _ = (p.version(), p.options_len(), p.oam(), p.critical(), p.protocol(), p.vni());
                 let _ = (p.options(), p.payload(), p.iter_options().count());
-                let _ = (GeneveRepr::parse(&p), find_dsr_option(&p));
+                let _ = (Repr::parse(&p), find_dsr_option(&p));
                 let _ = p.has_unknown_critical_option(|_, _| false);
             } else {
-                prop_assert!(GeneveRepr::parse(&GenevePacket::new_unchecked(&bytes[..])).is_err());
+                prop_assert!(Repr::parse(&GenevePacket::new_unchecked(&bytes[..])).is_err());
             }
         }
     }

@@ -8,59 +8,17 @@
 //!   it, so after [`Icmpv4Packet::new_checked`] succeeds no accessor panics.
 //! - Error messages (Destination Unreachable, Time Exceeded, Parameter Problem) quote the
 //!   offending datagram: its IP header and at least 8 bytes after it. [`Icmpv4Packet::quoted`]
-//!   returns those bytes for the caller to parse with the IPv4 module; [`Icmpv4Repr::parse`]
+//!   returns those bytes for the caller to parse with the IPv4 module; [`Repr::parse`]
 //!   rejects an error that quotes less than that (version 4, IHL >= 5, IHL*4 + 8 bytes).
 //! - Types and codes this module does not name are values (`Unknown(u8)`), and messages it does
-//!   not model parse to [`Icmpv4Repr::Other`], never to an error.
+//!   not model parse to [`Repr::Other`], never to an error.
 //! - Checksums are never verified implicitly. Rewriting bytes inside a message (the quoted
 //!   header of an error that follows a NATed flow, an echo identifier) patches the checksum
 //!   incrementally (RFC 1624) and gives the same field as a full recompute.
 
-use super::checksum;
-use super::{Error, Result};
-
-/// IP protocol number of ICMP.
-pub const IP_PROTOCOL: u8 = 1;
-
-/// Declares a `u8`-valued enum with an `Unknown(u8)` variant and conversions both ways.
-/// `Unknown` only ever holds values that have no name (build values with `From<u8>`).
-macro_rules! u8_enum {
-    (
-        $(#[$attr:meta])*
-        pub enum $name:ident {
-            $( $(#[$vattr:meta])* $variant:ident = $value:literal, )+
-        }
-    ) => {
-        $(#[$attr])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $( $(#[$vattr])* $variant, )+
-            /// A value this implementation does not name.
-            Unknown(u8),
-        }
-
-        impl From<u8> for $name {
-            #[inline]
-            fn from(value: u8) -> $name {
-                match value {
-                    $( $value => $name::$variant, )+
-                    other => $name::Unknown(other),
-                }
-            }
-        }
-
-        impl From<$name> for u8 {
-            #[inline]
-            fn from(value: $name) -> u8 {
-                match value {
-                    $( $name::$variant => $value, )+
-                    $name::Unknown(other) => other,
-                }
-            }
-        }
-    };
-}
-pub(crate) use u8_enum;
+use super::bytes::{get_u16, set_u16};
+use super::checksum::{self, write_with_checksum_update};
+use super::{u8_enum, Error, Result};
 
 u8_enum! {
     /// ICMP message type.
@@ -133,7 +91,7 @@ u8_enum! {
 }
 
 /// Byte offsets of the header fields. The four bytes after the checksum depend on the type.
-pub mod field {
+mod field {
     use crate::wire::{Field, Rest};
 
     pub const TYPE: Field = 0..1;
@@ -157,42 +115,6 @@ pub const HEADER_LEN: usize = field::REST_OF_HEADER.end;
 /// Least an error must quote for the dataplane to match it to a flow: a minimal IPv4 header and
 /// the first 8 bytes of its payload (ports of TCP/UDP).
 pub const MIN_QUOTED_LEN: usize = 20 + 8;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
-
-/// Writes `bytes` into `message` at `offset` and returns the checksum field `check` patched for
-/// the change (RFC 1624). Works one window of 16-bit words aligned on the start of `message`
-/// (the checksum's own alignment), so `offset` and the length may be odd; a last odd byte of
-/// the message is summed with a zero pad, as the full checksum does. The window must not
-/// include the checksum field itself. Errors: `Truncated` when the range leaves `message`.
-///
-/// Shared with the ICMPv6 module, whose pseudo-header is 40 bytes and keeps the alignment.
-pub(crate) fn write_with_checksum_update(
-    message: &mut [u8],
-    offset: usize,
-    bytes: &[u8],
-    check: u16,
-) -> Result<u16> {
-    let end = offset.checked_add(bytes.len()).ok_or(Error::Truncated)?;
-    if end > message.len() {
-        return Err(Error::Truncated);
-    }
-    let window_start = offset & !1;
-    // Round the end up to a word; an odd-length message's lone last byte is its own word.
-    let window_end = ((end + 1) & !1).min(message.len());
-    let old = checksum::fold(checksum::sum(&message[window_start..window_end], 0));
-    message[offset..end].copy_from_slice(bytes);
-    let new = checksum::fold(checksum::sum(&message[window_start..window_end], 0));
-    Ok(checksum::update16(check, old, new))
-}
 
 /// A read/write view of an ICMP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,7 +303,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
 /// knows their length, and the caller reads or writes them through the view's payload. `Copy`
 /// and allocation-free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Icmpv4Repr {
+pub enum Repr {
     EchoRequest {
         ident: u16,
         seq_no: u16,
@@ -433,12 +355,12 @@ fn check_quoted(quoted: &[u8]) -> Result<()> {
     Ok(())
 }
 
-impl Icmpv4Repr {
+impl Repr {
     /// Reads a message. Structural only (the checksum is the caller's, see
     /// [`Icmpv4Packet::verify_checksum`]). Echo with a non-zero code is `Malformed`; an error
     /// quoting less than an IPv4 header and 8 bytes is `Truncated` (`Malformed` when the quoted
     /// bytes are not IPv4).
-    pub fn parse<T: AsRef<[u8]>>(packet: &Icmpv4Packet<T>) -> Result<Icmpv4Repr> {
+    pub fn parse<T: AsRef<[u8]>>(packet: &Icmpv4Packet<T>) -> Result<Repr> {
         packet.check_len()?;
         let data_len = packet.payload().len();
         let code = packet.msg_code();
@@ -448,13 +370,13 @@ impl Icmpv4Repr {
             }
             let (ident, seq_no) = (packet.echo_ident(), packet.echo_seq_no());
             Ok(if reply {
-                Icmpv4Repr::EchoReply {
+                Repr::EchoReply {
                     ident,
                     seq_no,
                     data_len,
                 }
             } else {
-                Icmpv4Repr::EchoRequest {
+                Repr::EchoRequest {
                     ident,
                     seq_no,
                     data_len,
@@ -472,7 +394,7 @@ impl Icmpv4Repr {
                 } else {
                     0
                 };
-                Ok(Icmpv4Repr::DstUnreachable {
+                Ok(Repr::DstUnreachable {
                     reason,
                     next_hop_mtu,
                     quoted_len: data_len,
@@ -480,20 +402,20 @@ impl Icmpv4Repr {
             }
             Message::TimeExceeded => {
                 check_quoted(packet.quoted())?;
-                Ok(Icmpv4Repr::TimeExceeded {
+                Ok(Repr::TimeExceeded {
                     reason: TimeExceeded::from(code),
                     quoted_len: data_len,
                 })
             }
             Message::ParamProblem => {
                 check_quoted(packet.quoted())?;
-                Ok(Icmpv4Repr::ParamProblem {
+                Ok(Repr::ParamProblem {
                     reason: ParamProblem::from(code),
                     pointer: packet.pointer(),
                     quoted_len: data_len,
                 })
             }
-            message => Ok(Icmpv4Repr::Other {
+            message => Ok(Repr::Other {
                 message,
                 code,
                 rest_of_header: packet.rest_of_header(),
@@ -507,9 +429,7 @@ impl Icmpv4Repr {
     pub fn is_error(&self) -> bool {
         matches!(
             self,
-            Icmpv4Repr::DstUnreachable { .. }
-                | Icmpv4Repr::TimeExceeded { .. }
-                | Icmpv4Repr::ParamProblem { .. }
+            Repr::DstUnreachable { .. } | Repr::TimeExceeded { .. } | Repr::ParamProblem { .. }
         )
     }
 
@@ -523,12 +443,12 @@ impl Icmpv4Repr {
     #[inline]
     pub fn buffer_len(&self) -> usize {
         let data_len = match *self {
-            Icmpv4Repr::EchoRequest { data_len, .. }
-            | Icmpv4Repr::EchoReply { data_len, .. }
-            | Icmpv4Repr::Other { data_len, .. } => data_len,
-            Icmpv4Repr::DstUnreachable { quoted_len, .. }
-            | Icmpv4Repr::TimeExceeded { quoted_len, .. }
-            | Icmpv4Repr::ParamProblem { quoted_len, .. } => quoted_len,
+            Repr::EchoRequest { data_len, .. }
+            | Repr::EchoReply { data_len, .. }
+            | Repr::Other { data_len, .. } => data_len,
+            Repr::DstUnreachable { quoted_len, .. }
+            | Repr::TimeExceeded { quoted_len, .. }
+            | Repr::ParamProblem { quoted_len, .. } => quoted_len,
         };
         HEADER_LEN + data_len
     }
@@ -539,13 +459,13 @@ impl Icmpv4Repr {
             [i[0], i[1], s[0], s[1]]
         };
         match *self {
-            Icmpv4Repr::EchoRequest { ident, seq_no, .. } => {
+            Repr::EchoRequest { ident, seq_no, .. } => {
                 (Message::EchoRequest, 0, echo_rest(ident, seq_no))
             }
-            Icmpv4Repr::EchoReply { ident, seq_no, .. } => {
+            Repr::EchoReply { ident, seq_no, .. } => {
                 (Message::EchoReply, 0, echo_rest(ident, seq_no))
             }
-            Icmpv4Repr::DstUnreachable {
+            Repr::DstUnreachable {
                 reason,
                 next_hop_mtu,
                 ..
@@ -561,13 +481,11 @@ impl Icmpv4Repr {
                     [0, 0, mtu[0], mtu[1]],
                 )
             }
-            Icmpv4Repr::TimeExceeded { reason, .. } => {
-                (Message::TimeExceeded, reason.into(), [0; 4])
-            }
-            Icmpv4Repr::ParamProblem {
+            Repr::TimeExceeded { reason, .. } => (Message::TimeExceeded, reason.into(), [0; 4]),
+            Repr::ParamProblem {
                 reason, pointer, ..
             } => (Message::ParamProblem, reason.into(), [pointer, 0, 0, 0]),
-            Icmpv4Repr::Other {
+            Repr::Other {
                 message,
                 code,
                 rest_of_header,
@@ -591,9 +509,6 @@ impl Icmpv4Repr {
     }
 }
 
-/// Short name, for `icmpv4::Repr` at call sites.
-pub type Repr = Icmpv4Repr;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,12 +531,12 @@ mod tests {
         0x00, 0x35, 0x00, 0x25, 0x12, 0x34,
     ];
 
-    fn parse(bytes: &[u8]) -> Result<Icmpv4Repr> {
+    fn parse(bytes: &[u8]) -> Result<Repr> {
         let packet = Icmpv4Packet::new_checked(bytes)?;
         if !packet.verify_checksum() {
             return Err(Error::Checksum);
         }
-        Icmpv4Repr::parse(&packet)
+        Repr::parse(&packet)
     }
 
     #[test]
@@ -636,13 +551,13 @@ mod tests {
         assert!(p.verify_checksum());
         assert_eq!(
             parse(&ICMP_ECHO_REQUEST),
-            Ok(Icmpv4Repr::EchoRequest {
+            Ok(Repr::EchoRequest {
                 ident: 0x1c46,
                 seq_no: 1,
                 data_len: 32
             })
         );
-        assert!(!Icmpv4Repr::parse(&p).unwrap().is_error());
+        assert!(!Repr::parse(&p).unwrap().is_error());
     }
 
     #[test]
@@ -664,7 +579,7 @@ mod tests {
         let repr = parse(&ICMP_PORT_UNREACHABLE).unwrap();
         assert_eq!(
             repr,
-            Icmpv4Repr::DstUnreachable {
+            Repr::DstUnreachable {
                 reason: DstUnreachable::PortUnreachable,
                 next_hop_mtu: 0,
                 quoted_len: 28
@@ -695,7 +610,7 @@ mod tests {
         // Structurally (without the checksum) a truncated error is still caught.
         for n in 0..ICMP_PORT_UNREACHABLE.len() {
             let p = Icmpv4Packet::new_unchecked(&ICMP_PORT_UNREACHABLE[..n]);
-            assert!(Icmpv4Repr::parse(&p).is_err(), "{n}");
+            assert!(Repr::parse(&p).is_err(), "{n}");
         }
     }
 
@@ -704,13 +619,13 @@ mod tests {
         let mut bytes = ICMP_PORT_UNREACHABLE;
         bytes[8] = 0x65; // version 6
         let p = Icmpv4Packet::new_unchecked(&bytes[..]);
-        assert_eq!(Icmpv4Repr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
         bytes[8] = 0x44; // IHL 4
         let p = Icmpv4Packet::new_unchecked(&bytes[..]);
-        assert_eq!(Icmpv4Repr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
         bytes[8] = 0x46; // IHL 6: 24 bytes of header, 4 bytes after it
         let p = Icmpv4Packet::new_unchecked(&bytes[..]);
-        assert_eq!(Icmpv4Repr::parse(&p), Err(Error::Truncated));
+        assert_eq!(Repr::parse(&p), Err(Error::Truncated));
     }
 
     #[test]
@@ -718,7 +633,7 @@ mod tests {
         let mut bytes = ICMP_ECHO_REQUEST;
         bytes[1] = 1;
         let p = Icmpv4Packet::new_unchecked(&bytes[..]);
-        assert_eq!(Icmpv4Repr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
     }
 
     #[test]
@@ -727,10 +642,10 @@ mod tests {
         bytes[0] = 42;
         bytes[1] = 7;
         let p = Icmpv4Packet::new_unchecked(&bytes[..]);
-        let repr = Icmpv4Repr::parse(&p).unwrap();
+        let repr = Repr::parse(&p).unwrap();
         assert_eq!(
             repr,
-            Icmpv4Repr::Other {
+            Repr::Other {
                 message: Message::Unknown(42),
                 code: 7,
                 rest_of_header: [0x1c, 0x46, 0x00, 0x01],
@@ -744,7 +659,7 @@ mod tests {
 
     #[test]
     fn frag_needed_carries_mtu() {
-        let repr = Icmpv4Repr::DstUnreachable {
+        let repr = Repr::DstUnreachable {
             reason: DstUnreachable::FragRequired,
             next_hop_mtu: 1450,
             quoted_len: 28,
@@ -792,19 +707,19 @@ mod tests {
         assert!(p.verify_checksum());
     }
 
-    fn arb_repr() -> impl Strategy<Value = Icmpv4Repr> {
+    fn arb_repr() -> impl Strategy<Value = Repr> {
         let len = 0usize..64;
         let quoted = MIN_QUOTED_LEN..80;
         prop_oneof![
             (any::<u16>(), any::<u16>(), len.clone()).prop_map(|(ident, seq_no, data_len)| {
-                Icmpv4Repr::EchoRequest {
+                Repr::EchoRequest {
                     ident,
                     seq_no,
                     data_len,
                 }
             }),
             (any::<u16>(), any::<u16>(), len.clone()).prop_map(|(ident, seq_no, data_len)| {
-                Icmpv4Repr::EchoReply {
+                Repr::EchoReply {
                     ident,
                     seq_no,
                     data_len,
@@ -817,20 +732,20 @@ mod tests {
                 } else {
                     0
                 };
-                Icmpv4Repr::DstUnreachable {
+                Repr::DstUnreachable {
                     reason,
                     next_hop_mtu,
                     quoted_len,
                 }
             }),
             (any::<u8>(), quoted.clone()).prop_map(|(code, quoted_len)| {
-                Icmpv4Repr::TimeExceeded {
+                Repr::TimeExceeded {
                     reason: code.into(),
                     quoted_len,
                 }
             }),
             (any::<u8>(), any::<u8>(), quoted).prop_map(|(code, pointer, quoted_len)| {
-                Icmpv4Repr::ParamProblem {
+                Repr::ParamProblem {
                     reason: code.into(),
                     pointer,
                     quoted_len,
@@ -840,7 +755,7 @@ mod tests {
                 .prop_filter("modelled types are not Other", |(t, ..)| {
                     ![0, 3, 8, 11, 12].contains(t)
                 })
-                .prop_map(|(t, code, rest_of_header, data_len)| Icmpv4Repr::Other {
+                .prop_map(|(t, code, rest_of_header, data_len)| Repr::Other {
                     message: t.into(),
                     code,
                     rest_of_header,
@@ -850,7 +765,7 @@ mod tests {
     }
 
     /// A buffer for `repr` whose payload is `fill`, with a valid quoted IPv4 header for errors.
-    fn buffer_for(repr: &Icmpv4Repr, fill: u8) -> Vec<u8> {
+    fn buffer_for(repr: &Repr, fill: u8) -> Vec<u8> {
         let mut buf = vec![fill; repr.buffer_len()];
         if repr.is_error() {
             buf[HEADER_LEN] = 0x45;
@@ -871,9 +786,9 @@ mod tests {
             if let Ok(p) = Icmpv4Packet::new_checked(&bytes[..]) {
                 let _ = (p.msg_type(), p.msg_code(), p.checksum(), p.echo_ident(), p.echo_seq_no());
                 let _ = (p.next_hop_mtu(), p.pointer(), p.rest_of_header(), p.quoted());
-                let _ = (p.verify_checksum(), Icmpv4Repr::parse(&p));
+                let _ = (p.verify_checksum(), Repr::parse(&p));
             } else {
-                prop_assert!(Icmpv4Repr::parse(&Icmpv4Packet::new_unchecked(&bytes[..])).is_err());
+                prop_assert!(Repr::parse(&Icmpv4Packet::new_unchecked(&bytes[..])).is_err());
             }
         }
 

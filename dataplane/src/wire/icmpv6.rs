@@ -9,25 +9,25 @@
 //!   [`Icmpv6Packet::new_checked`] succeeds no accessor panics, even if a setter changes the
 //!   type afterwards.
 //! - Error messages (types 1 to 127: Destination Unreachable, Packet Too Big, Time Exceeded,
-//!   Parameter Problem) quote the offending packet; [`Icmpv6Repr::parse`] rejects one that
+//!   Parameter Problem) quote the offending packet; [`Repr::parse`] rejects one that
 //!   quotes less than an IPv6 header and 8 bytes.
 //! - NDP options are walked by [`NdiscOptions`]: an option of length 0 or running past the
 //!   message is `Malformed` (RFC 4861 section 4.6: such packets are discarded). The `Repr` keeps
 //!   only the link-layer address option; other options are dropped on a parse/emit round trip.
 //! - Unknown types and codes are values (`Unknown(u8)`); unmodelled messages are
-//!   [`Icmpv6Repr::Other`]. Checksums are never verified implicitly; rewrites patch them
+//!   [`Repr::Other`]. Checksums are never verified implicitly; rewrites patch them
 //!   incrementally (RFC 1624).
 
 use core::ops::BitOr;
 use std::net::Ipv6Addr;
 
+use super::bytes::{get_u16, get_u32, set_u16, set_u32};
 use super::checksum;
-use super::icmpv4::{u8_enum, write_with_checksum_update};
+use super::checksum::write_with_checksum_update;
+use super::ip::Protocol;
+use super::u8_enum;
 use super::{Error, Result};
 use crate::types::MacAddr;
-
-/// IPv6 next-header value of ICMPv6.
-pub const IP_PROTOCOL: u8 = 58;
 
 u8_enum! {
     /// ICMPv6 message type.
@@ -96,7 +96,7 @@ u8_enum! {
 }
 
 /// Byte offsets of the header fields. The word after the checksum depends on the type.
-pub mod field {
+mod field {
     use crate::wire::Field;
 
     pub const TYPE: Field = 0..1;
@@ -130,27 +130,6 @@ pub const NDISC_OPTION_SOURCE_LLADDR: u8 = 1;
 pub const NDISC_OPTION_TARGET_LLADDR: u8 = 2;
 /// Length of an Ethernet link-layer address option (one 8-byte unit).
 pub const LLADDR_OPTION_LEN: usize = 8;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn get_u32(data: &[u8], f: super::Field) -> u32 {
-    let s = f.start;
-    u32::from_be_bytes([data[s], data[s + 1], data[s + 2], data[s + 3]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
-
-#[inline]
-fn set_u32(data: &mut [u8], f: super::Field, value: u32) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
 
 /// Length as the pseudo-header wants it (saturating; frames are far below 4 GiB).
 #[inline]
@@ -426,7 +405,8 @@ impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
 
     fn sum(&self, src: Ipv6Addr, dst: Ipv6Addr) -> u32 {
         let data = self.buffer.as_ref();
-        let pseudo = checksum::pseudo_header_v6(src, dst, IP_PROTOCOL, len_u32(data.len()));
+        let pseudo =
+            checksum::pseudo_header_v6(src, dst, Protocol::Icmpv6.number(), len_u32(data.len()));
         checksum::sum(data, pseudo)
     }
 
@@ -542,7 +522,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
 /// An ICMPv6 message in plain fields. Echo data and quoted packets are not copied (the `Repr`
 /// knows their length; the caller uses the view's payload). `Copy` and allocation-free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Icmpv6Repr {
+pub enum Repr {
     EchoRequest {
         ident: u16,
         seq_no: u16,
@@ -603,12 +583,12 @@ fn check_quoted(quoted: &[u8]) -> Result<()> {
     Ok(())
 }
 
-impl Icmpv6Repr {
+impl Repr {
     /// Reads a message. Structural only (the checksum is the caller's, see
     /// [`Icmpv6Packet::verify_checksum`]; so are the IP-level NDP checks such as hop limit 255).
     /// Echo, NS and NA with a non-zero code are `Malformed`, as is a multicast NS/NA target or a
     /// bad option list; an error quoting less than an IPv6 header and 8 bytes is `Truncated`.
-    pub fn parse<T: AsRef<[u8]>>(packet: &Icmpv6Packet<T>) -> Result<Icmpv6Repr> {
+    pub fn parse<T: AsRef<[u8]>>(packet: &Icmpv6Packet<T>) -> Result<Repr> {
         packet.check_len()?;
         let message = packet.msg_type();
         let code = packet.msg_code();
@@ -632,7 +612,7 @@ impl Icmpv6Repr {
         Ok(match message {
             Message::EchoRequest => {
                 zero_code()?;
-                Icmpv6Repr::EchoRequest {
+                Repr::EchoRequest {
                     ident: packet.echo_ident(),
                     seq_no: packet.echo_seq_no(),
                     data_len,
@@ -640,45 +620,45 @@ impl Icmpv6Repr {
             }
             Message::EchoReply => {
                 zero_code()?;
-                Icmpv6Repr::EchoReply {
+                Repr::EchoReply {
                     ident: packet.echo_ident(),
                     seq_no: packet.echo_seq_no(),
                     data_len,
                 }
             }
-            Message::DstUnreachable => Icmpv6Repr::DstUnreachable {
+            Message::DstUnreachable => Repr::DstUnreachable {
                 reason: code.into(),
                 quoted_len: quoted_len()?,
             },
-            Message::PktTooBig => Icmpv6Repr::PktTooBig {
+            Message::PktTooBig => Repr::PktTooBig {
                 mtu: packet.mtu(),
                 quoted_len: quoted_len()?,
             },
-            Message::TimeExceeded => Icmpv6Repr::TimeExceeded {
+            Message::TimeExceeded => Repr::TimeExceeded {
                 reason: code.into(),
                 quoted_len: quoted_len()?,
             },
-            Message::ParamProblem => Icmpv6Repr::ParamProblem {
+            Message::ParamProblem => Repr::ParamProblem {
                 reason: code.into(),
                 pointer: packet.pointer(),
                 quoted_len: quoted_len()?,
             },
             Message::NeighborSolicit => {
                 zero_code()?;
-                Icmpv6Repr::NeighborSolicit {
+                Repr::NeighborSolicit {
                     target: target()?,
                     lladdr: packet.source_lladdr()?,
                 }
             }
             Message::NeighborAdvert => {
                 zero_code()?;
-                Icmpv6Repr::NeighborAdvert {
+                Repr::NeighborAdvert {
                     flags: packet.neighbor_flags(),
                     target: target()?,
                     lladdr: packet.target_lladdr()?,
                 }
             }
-            message => Icmpv6Repr::Other {
+            message => Repr::Other {
                 message,
                 code,
                 rest_of_header: packet.rest_of_header(),
@@ -696,15 +676,15 @@ impl Icmpv6Repr {
     /// The message type.
     pub fn message(&self) -> Message {
         match *self {
-            Icmpv6Repr::EchoRequest { .. } => Message::EchoRequest,
-            Icmpv6Repr::EchoReply { .. } => Message::EchoReply,
-            Icmpv6Repr::DstUnreachable { .. } => Message::DstUnreachable,
-            Icmpv6Repr::PktTooBig { .. } => Message::PktTooBig,
-            Icmpv6Repr::TimeExceeded { .. } => Message::TimeExceeded,
-            Icmpv6Repr::ParamProblem { .. } => Message::ParamProblem,
-            Icmpv6Repr::NeighborSolicit { .. } => Message::NeighborSolicit,
-            Icmpv6Repr::NeighborAdvert { .. } => Message::NeighborAdvert,
-            Icmpv6Repr::Other { message, .. } => message,
+            Repr::EchoRequest { .. } => Message::EchoRequest,
+            Repr::EchoReply { .. } => Message::EchoReply,
+            Repr::DstUnreachable { .. } => Message::DstUnreachable,
+            Repr::PktTooBig { .. } => Message::PktTooBig,
+            Repr::TimeExceeded { .. } => Message::TimeExceeded,
+            Repr::ParamProblem { .. } => Message::ParamProblem,
+            Repr::NeighborSolicit { .. } => Message::NeighborSolicit,
+            Repr::NeighborAdvert { .. } => Message::NeighborAdvert,
+            Repr::Other { message, .. } => message,
         }
     }
 
@@ -721,15 +701,16 @@ impl Icmpv6Repr {
     /// The whole message: header, then data, quoted packet or NDP option.
     pub fn buffer_len(&self) -> usize {
         let rest = match *self {
-            Icmpv6Repr::EchoRequest { data_len, .. }
-            | Icmpv6Repr::EchoReply { data_len, .. }
-            | Icmpv6Repr::Other { data_len, .. } => data_len,
-            Icmpv6Repr::DstUnreachable { quoted_len, .. }
-            | Icmpv6Repr::PktTooBig { quoted_len, .. }
-            | Icmpv6Repr::TimeExceeded { quoted_len, .. }
-            | Icmpv6Repr::ParamProblem { quoted_len, .. } => quoted_len,
-            Icmpv6Repr::NeighborSolicit { lladdr, .. }
-            | Icmpv6Repr::NeighborAdvert { lladdr, .. } => lladdr.map_or(0, |_| LLADDR_OPTION_LEN),
+            Repr::EchoRequest { data_len, .. }
+            | Repr::EchoReply { data_len, .. }
+            | Repr::Other { data_len, .. } => data_len,
+            Repr::DstUnreachable { quoted_len, .. }
+            | Repr::PktTooBig { quoted_len, .. }
+            | Repr::TimeExceeded { quoted_len, .. }
+            | Repr::ParamProblem { quoted_len, .. } => quoted_len,
+            Repr::NeighborSolicit { lladdr, .. } | Repr::NeighborAdvert { lladdr, .. } => {
+                lladdr.map_or(0, |_| LLADDR_OPTION_LEN)
+            }
         };
         self.header_len() + rest
     }
@@ -740,17 +721,18 @@ impl Icmpv6Repr {
             [i[0], i[1], s[0], s[1]]
         };
         match *self {
-            Icmpv6Repr::EchoRequest { ident, seq_no, .. }
-            | Icmpv6Repr::EchoReply { ident, seq_no, .. } => (0, echo_rest(ident, seq_no)),
-            Icmpv6Repr::DstUnreachable { reason, .. } => (reason.into(), [0; 4]),
-            Icmpv6Repr::PktTooBig { mtu, .. } => (0, mtu.to_be_bytes()),
-            Icmpv6Repr::TimeExceeded { reason, .. } => (reason.into(), [0; 4]),
-            Icmpv6Repr::ParamProblem {
+            Repr::EchoRequest { ident, seq_no, .. } | Repr::EchoReply { ident, seq_no, .. } => {
+                (0, echo_rest(ident, seq_no))
+            }
+            Repr::DstUnreachable { reason, .. } => (reason.into(), [0; 4]),
+            Repr::PktTooBig { mtu, .. } => (0, mtu.to_be_bytes()),
+            Repr::TimeExceeded { reason, .. } => (reason.into(), [0; 4]),
+            Repr::ParamProblem {
                 reason, pointer, ..
             } => (reason.into(), pointer.to_be_bytes()),
-            Icmpv6Repr::NeighborSolicit { .. } => (0, [0; 4]),
-            Icmpv6Repr::NeighborAdvert { flags, .. } => (0, [flags.bits(), 0, 0, 0]),
-            Icmpv6Repr::Other {
+            Repr::NeighborSolicit { .. } => (0, [0; 4]),
+            Repr::NeighborAdvert { flags, .. } => (0, [flags.bits(), 0, 0, 0]),
+            Repr::Other {
                 code,
                 rest_of_header,
                 ..
@@ -777,10 +759,10 @@ impl Icmpv6Repr {
         packet.set_msg_code(code);
         packet.set_rest_of_header(rest);
         let ndisc = match *self {
-            Icmpv6Repr::NeighborSolicit { target, lladdr } => {
+            Repr::NeighborSolicit { target, lladdr } => {
                 Some((target, lladdr, NDISC_OPTION_SOURCE_LLADDR))
             }
-            Icmpv6Repr::NeighborAdvert { target, lladdr, .. } => {
+            Repr::NeighborAdvert { target, lladdr, .. } => {
                 Some((target, lladdr, NDISC_OPTION_TARGET_LLADDR))
             }
             _ => None,
@@ -798,9 +780,6 @@ impl Icmpv6Repr {
         packet.fill_checksum(src, dst);
     }
 }
-
-/// Short name, for `icmpv6::Repr` at call sites.
-pub type Repr = Icmpv6Repr;
 
 #[cfg(test)]
 mod tests {
@@ -853,12 +832,12 @@ mod tests {
         ]
     }
 
-    fn parse(bytes: &[u8], src: Ipv6Addr, dst: Ipv6Addr) -> Result<Icmpv6Repr> {
+    fn parse(bytes: &[u8], src: Ipv6Addr, dst: Ipv6Addr) -> Result<Repr> {
         let packet = Icmpv6Packet::new_checked(bytes)?;
         if !packet.verify_checksum(src, dst) {
             return Err(Error::Checksum);
         }
-        Icmpv6Repr::parse(&packet)
+        Repr::parse(&packet)
     }
 
     #[test]
@@ -874,7 +853,7 @@ mod tests {
         assert!(!p.verify_checksum(HOST1, ROUTER));
         assert_eq!(
             parse(&ICMPV6_ECHO_REQUEST, HOST1, HOST2),
-            Ok(Icmpv6Repr::EchoRequest {
+            Ok(Repr::EchoRequest {
                 ident: 0x1c46,
                 seq_no: 1,
                 data_len: 32
@@ -892,7 +871,7 @@ mod tests {
         assert_eq!(ns.target_lladdr(), Ok(None));
         assert_eq!(
             parse(&ICMPV6_NS, HOST1, SOLICITED_NODE2),
-            Ok(Icmpv6Repr::NeighborSolicit {
+            Ok(Repr::NeighborSolicit {
                 target: HOST2,
                 lladdr: Some(MAC1)
             })
@@ -907,7 +886,7 @@ mod tests {
         assert_eq!(na.target_lladdr(), Ok(Some(MAC2)));
         assert_eq!(
             parse(&ICMPV6_NA, HOST2, HOST1),
-            Ok(Icmpv6Repr::NeighborAdvert {
+            Ok(Repr::NeighborAdvert {
                 flags: NeighborFlags::SOLICITED | NeighborFlags::OVERRIDE,
                 target: HOST2,
                 lladdr: Some(MAC2)
@@ -925,7 +904,7 @@ mod tests {
         let repr = parse(&ICMPV6_PACKET_TOO_BIG, ROUTER, HOST1).unwrap();
         assert_eq!(
             repr,
-            Icmpv6Repr::PktTooBig {
+            Repr::PktTooBig {
                 mtu: 1280,
                 quoted_len: 48
             }
@@ -936,12 +915,12 @@ mod tests {
     /// The gateway's answer to an NS, built the way the dataplane will build it.
     #[test]
     fn answer_neighbor_solicitation() {
-        let Icmpv6Repr::NeighborSolicit { target, .. } =
+        let Repr::NeighborSolicit { target, .. } =
             parse(&ICMPV6_NS, HOST1, SOLICITED_NODE2).unwrap()
         else {
             panic!("not an NS");
         };
-        let answer = Icmpv6Repr::NeighborAdvert {
+        let answer = Repr::NeighborAdvert {
             flags: NeighborFlags::SOLICITED | NeighborFlags::OVERRIDE,
             target,
             lladdr: Some(MAC2),
@@ -980,18 +959,14 @@ mod tests {
             for n in 0..golden.len() {
                 let p = Icmpv6Packet::new_unchecked(&golden[..n]);
                 let valid_without_options = golden[0] != 2 && n == NDISC_HEADER_LEN;
-                assert_eq!(
-                    Icmpv6Repr::parse(&p).is_err(),
-                    !valid_without_options,
-                    "{n}"
-                );
+                assert_eq!(Repr::parse(&p).is_err(), !valid_without_options, "{n}");
             }
         }
     }
 
     #[test]
     fn malformed_ndisc() {
-        let parse_ns = |bytes: &[u8]| Icmpv6Repr::parse(&Icmpv6Packet::new_unchecked(bytes));
+        let parse_ns = |bytes: &[u8]| Repr::parse(&Icmpv6Packet::new_unchecked(bytes));
         let mut bytes = ICMPV6_NS;
         bytes[25] = 0; // option length 0
         assert_eq!(parse_ns(&bytes), Err(Error::Malformed));
@@ -1008,14 +983,14 @@ mod tests {
         bytes[24] = 14; // nonce option (RFC 3971), ignored
         assert_eq!(
             parse_ns(&bytes),
-            Ok(Icmpv6Repr::NeighborSolicit {
+            Ok(Repr::NeighborSolicit {
                 target: HOST2,
                 lladdr: None
             })
         );
         assert_eq!(
             parse_ns(&ICMPV6_NS[..24]),
-            Ok(Icmpv6Repr::NeighborSolicit {
+            Ok(Repr::NeighborSolicit {
                 target: HOST2,
                 lladdr: None
             })
@@ -1027,7 +1002,7 @@ mod tests {
         let mut bytes = ICMPV6_PACKET_TOO_BIG;
         bytes[8] = 0x45;
         let p = Icmpv6Packet::new_unchecked(&bytes[..]);
-        assert_eq!(Icmpv6Repr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
     }
 
     #[test]
@@ -1056,7 +1031,7 @@ mod tests {
         assert!(p.payload().is_empty());
         assert!(p.payload_mut().is_empty());
         assert_eq!(p.set_target_addr(HOST1), Err(Error::Truncated));
-        assert!(Icmpv6Repr::parse(&p).is_err());
+        assert!(Repr::parse(&p).is_err());
     }
 
     fn arb_mac() -> impl Strategy<Value = Option<MacAddr>> {
@@ -1069,49 +1044,49 @@ mod tests {
             .prop_filter("NS/NA targets are unicast", |a| !a.is_multicast())
     }
 
-    fn arb_repr() -> impl Strategy<Value = Icmpv6Repr> {
+    fn arb_repr() -> impl Strategy<Value = Repr> {
         let len = 0usize..64;
         let quoted = MIN_QUOTED_LEN..96;
         prop_oneof![
             (any::<u16>(), any::<u16>(), len.clone()).prop_map(|(ident, seq_no, data_len)| {
-                Icmpv6Repr::EchoRequest {
+                Repr::EchoRequest {
                     ident,
                     seq_no,
                     data_len,
                 }
             }),
             (any::<u16>(), any::<u16>(), len.clone()).prop_map(|(ident, seq_no, data_len)| {
-                Icmpv6Repr::EchoReply {
+                Repr::EchoReply {
                     ident,
                     seq_no,
                     data_len,
                 }
             }),
             (any::<u8>(), quoted.clone()).prop_map(|(code, quoted_len)| {
-                Icmpv6Repr::DstUnreachable {
+                Repr::DstUnreachable {
                     reason: code.into(),
                     quoted_len,
                 }
             }),
             (any::<u32>(), quoted.clone())
-                .prop_map(|(mtu, quoted_len)| Icmpv6Repr::PktTooBig { mtu, quoted_len }),
+                .prop_map(|(mtu, quoted_len)| Repr::PktTooBig { mtu, quoted_len }),
             (any::<u8>(), quoted.clone()).prop_map(|(code, quoted_len)| {
-                Icmpv6Repr::TimeExceeded {
+                Repr::TimeExceeded {
                     reason: code.into(),
                     quoted_len,
                 }
             }),
             (any::<u8>(), any::<u32>(), quoted).prop_map(|(code, pointer, quoted_len)| {
-                Icmpv6Repr::ParamProblem {
+                Repr::ParamProblem {
                     reason: code.into(),
                     pointer,
                     quoted_len,
                 }
             }),
             (arb_unicast(), arb_mac())
-                .prop_map(|(target, lladdr)| Icmpv6Repr::NeighborSolicit { target, lladdr }),
+                .prop_map(|(target, lladdr)| Repr::NeighborSolicit { target, lladdr }),
             (any::<u8>(), arb_unicast(), arb_mac()).prop_map(|(flags, target, lladdr)| {
-                Icmpv6Repr::NeighborAdvert {
+                Repr::NeighborAdvert {
                     flags: NeighborFlags::from_bits_truncate(flags),
                     target,
                     lladdr,
@@ -1121,7 +1096,7 @@ mod tests {
                 .prop_filter("modelled types are not Other", |(t, ..)| {
                     ![1, 2, 3, 4, 128, 129, 135, 136].contains(t)
                 })
-                .prop_map(|(t, code, rest_of_header, data_len)| Icmpv6Repr::Other {
+                .prop_map(|(t, code, rest_of_header, data_len)| Repr::Other {
                     message: t.into(),
                     code,
                     rest_of_header,
@@ -1155,9 +1130,9 @@ mod tests {
                 let _ = (p.mtu(), p.pointer(), p.neighbor_flags(), p.rest_of_header());
                 let _ = (p.target_addr(), p.quoted(), p.source_lladdr(), p.target_lladdr());
                 let _ = p.ndisc_options().count();
-                let _ = (p.verify_checksum(HOST1, HOST2), Icmpv6Repr::parse(&p));
+                let _ = (p.verify_checksum(HOST1, HOST2), Repr::parse(&p));
             } else {
-                prop_assert!(Icmpv6Repr::parse(&Icmpv6Packet::new_unchecked(&bytes[..])).is_err());
+                prop_assert!(Repr::parse(&Icmpv6Packet::new_unchecked(&bytes[..])).is_err());
             }
         }
 

@@ -13,16 +13,20 @@
 //!   checksum: a TCP/UDP checksum covering the pseudo-header must be updated by the caller.
 //! - Options: [`Ipv4Options`] walks them (End of List, No Operation, type-length-value); a TLV
 //!   whose length is below 2 or runs past the header is [`Error::Malformed`]. The DSR option
-//!   ([`DsrOption`]: type 0x9a, length 8, port then address, like Cilium's) carries the service
-//!   frontend to the backend's node in native-routing DSR.
-//! - [`Protocol`] (the IP protocol number) is shared with IPv6 and re-exported by
-//!   [`crate::wire::ipv6`].
+//!   (type 0x9a, length 8, port then address, like Cilium's) carries the service frontend, a
+//!   [`DsrOption`] (defined once in [`crate::wire::dsr`]; its IPv4 encoding is here), to the
+//!   backend's node in native-routing DSR.
+//! - [`Protocol`] is [`crate::wire::ip::Protocol`], re-exported here and by
+//!   [`crate::wire::ipv6`] for the header's protocol field (as smoltcp does).
 
 use std::fmt;
 use std::iter::FusedIterator;
 use std::net::Ipv4Addr;
 
+use crate::wire::bytes::{get_ipv4, get_u16, set_u16};
 use crate::wire::checksum;
+pub use crate::wire::dsr::DsrOption;
+pub use crate::wire::ip::Protocol;
 use crate::wire::{Error, Result};
 
 mod field {
@@ -57,42 +61,6 @@ pub const OPTION_NOP: u8 = 1;
 const FLAG_DONT_FRAG: u16 = 0x4000;
 const FLAG_MORE_FRAGS: u16 = 0x2000;
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
-
-/// An IP protocol number (IPv4 "protocol", IPv6 "next header"). Unknown values are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Icmp,
-    Tcp,
-    Udp,
-    Icmpv6,
-    Unknown(u8),
-}
-
-impl From<u8> for Protocol {
-    #[inline]
-    fn from(value: u8) -> Self {
-        match value {
-            1 => Protocol::Icmp,
-            6 => Protocol::Tcp,
-            17 => Protocol::Udp,
-            58 => Protocol::Icmpv6,
-            other => Protocol::Unknown(other),
-        }
-    }
-}
-
-impl From<Protocol> for u8 {
-    #[inline]
-    fn from(value: Protocol) -> Self {
-        match value {
-            Protocol::Icmp => 1,
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Icmpv6 => 58,
-            Protocol::Unknown(other) => other,
-        }
-    }
-}
 
 /// A zero-copy view of an IPv4 packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,34 +151,34 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Header plus payload, in bytes.
     #[inline]
     pub fn total_len(&self) -> u16 {
-        self.u16_at(field::LENGTH.start)
+        get_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
     #[inline]
     pub fn ident(&self) -> u16 {
-        self.u16_at(field::IDENT.start)
+        get_u16(self.buffer.as_ref(), field::IDENT)
     }
 
     #[inline]
     pub fn dont_frag(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & FLAG_DONT_FRAG != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_DONT_FRAG != 0
     }
 
     #[inline]
     pub fn more_frags(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & FLAG_MORE_FRAGS != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_MORE_FRAGS != 0
     }
 
     /// The fragment offset in bytes (the field counts 8-byte units).
     #[inline]
     pub fn frag_offset(&self) -> u16 {
-        (self.u16_at(field::FLG_OFF.start) & FRAG_OFFSET_MASK) << 3
+        (get_u16(self.buffer.as_ref(), field::FLG_OFF) & FRAG_OFFSET_MASK) << 3
     }
 
     /// True for any fragment: More Fragments set or a non-zero offset.
     #[inline]
     pub fn is_fragment(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & (FLAG_MORE_FRAGS | FRAG_OFFSET_MASK) != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF) & (FLAG_MORE_FRAGS | FRAG_OFFSET_MASK) != 0
     }
 
     /// True for the first fragment of a fragmented datagram (More Fragments set, offset 0).
@@ -233,17 +201,17 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// The header checksum field.
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM.start)
+        get_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     #[inline]
     pub fn src_addr(&self) -> Ipv4Addr {
-        self.addr_at(field::SRC_ADDR.start)
+        get_ipv4(self.buffer.as_ref(), field::SRC_ADDR)
     }
 
     #[inline]
     pub fn dst_addr(&self) -> Ipv4Addr {
-        self.addr_at(field::DST_ADDR.start)
+        get_ipv4(self.buffer.as_ref(), field::DST_ADDR)
     }
 
     /// True when the header (options included) sums to 0xffff.
@@ -275,18 +243,6 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         data.get(self.header_len()..usize::from(self.total_len()))
             .unwrap_or(&[])
     }
-
-    #[inline]
-    fn u16_at(&self, start: usize) -> u16 {
-        let data = self.buffer.as_ref();
-        u16::from_be_bytes([data[start], data[start + 1]])
-    }
-
-    #[inline]
-    fn addr_at(&self, start: usize) -> Ipv4Addr {
-        let d = self.buffer.as_ref();
-        Ipv4Addr::new(d[start], d[start + 1], d[start + 2], d[start + 3])
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
@@ -317,18 +273,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     #[inline]
     pub fn set_total_len(&mut self, len: u16) {
-        self.set_u16_at(field::LENGTH.start, len);
+        set_u16(self.buffer.as_mut(), field::LENGTH, len);
     }
 
     #[inline]
     pub fn set_ident(&mut self, ident: u16) {
-        self.set_u16_at(field::IDENT.start, ident);
+        set_u16(self.buffer.as_mut(), field::IDENT, ident);
     }
 
     /// Clears the flags and the fragment offset.
     #[inline]
     pub fn clear_flags(&mut self) {
-        self.set_u16_at(field::FLG_OFF.start, 0);
+        set_u16(self.buffer.as_mut(), field::FLG_OFF, 0);
     }
 
     #[inline]
@@ -345,9 +301,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// dropped).
     #[inline]
     pub fn set_frag_offset(&mut self, offset: u16) {
-        let raw = self.u16_at(field::FLG_OFF.start);
-        self.set_u16_at(
-            field::FLG_OFF.start,
+        let raw = get_u16(self.buffer.as_ref(), field::FLG_OFF);
+        set_u16(
+            self.buffer.as_mut(),
+            field::FLG_OFF,
             (raw & !FRAG_OFFSET_MASK) | (offset >> 3),
         );
     }
@@ -364,7 +321,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     #[inline]
     pub fn set_checksum(&mut self, value: u16) {
-        self.set_u16_at(field::CHECKSUM.start, value);
+        set_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 
     /// Writes the source address; the checksum is left stale (see
@@ -448,14 +405,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     #[inline]
     fn set_flag(&mut self, flag: u16, value: bool) {
-        let raw = self.u16_at(field::FLG_OFF.start);
+        let raw = get_u16(self.buffer.as_ref(), field::FLG_OFF);
         let raw = if value { raw | flag } else { raw & !flag };
-        self.set_u16_at(field::FLG_OFF.start, raw);
-    }
-
-    #[inline]
-    fn set_u16_at(&mut self, start: usize, value: u16) {
-        self.buffer.as_mut()[start..start + 2].copy_from_slice(&value.to_be_bytes());
+        set_u16(self.buffer.as_mut(), field::FLG_OFF, raw);
     }
 }
 
@@ -564,31 +516,22 @@ impl<'a> Iterator for Ipv4Options<'a> {
 
 impl FusedIterator for Ipv4Options<'_> {}
 
-/// The DSR option: the service frontend (VIP and port) a load-balanced packet was sent to,
-/// carried to the backend's node so the reply can leave with the VIP as source.
-///
-/// Layout (8 bytes, as in Cilium's native-routing DSR): type 0x9a (copied, class 0, number
-/// 26), length 8, port (2 bytes, big-endian), IPv4 address (4 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct DsrOption {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-}
+/// Option type of the DSR option (copied, class 0, number 26; Cilium's native-routing DSR).
+pub const DSR_OPTION_KIND: u8 = 0x9a;
+/// Length of the DSR option, type and length bytes included.
+pub const DSR_OPTION_LEN: usize = 8;
 
+/// The IPv4 encoding of the DSR frontend (8 bytes, as in Cilium's native-routing DSR): type
+/// 0x9a, length 8, port (2 bytes, big-endian), IPv4 address (4 bytes).
 impl DsrOption {
-    /// The option type byte.
-    pub const KIND: u8 = 0x9a;
-    /// The option length, type and length bytes included.
-    pub const LEN: usize = 8;
-
     /// Parses the option from its bytes (type byte first). `Truncated` when shorter than
-    /// [`LEN`](Self::LEN), `Malformed` when the type or the length byte is not the DSR one.
+    /// [`DSR_OPTION_LEN`], `Malformed` when the type or the length byte is not the DSR one.
     /// Bytes after the first eight are ignored.
-    pub fn parse(option: &[u8]) -> Result<DsrOption> {
-        let Some(&[kind, len, p0, p1, a, b, c, d]) = option.first_chunk::<{ Self::LEN }>() else {
+    pub fn parse_ipv4(option: &[u8]) -> Result<DsrOption> {
+        let Some(&[kind, len, p0, p1, a, b, c, d]) = option.first_chunk::<DSR_OPTION_LEN>() else {
             return Err(Error::Truncated);
         };
-        if kind != Self::KIND || usize::from(len) != Self::LEN {
+        if kind != DSR_OPTION_KIND || usize::from(len) != DSR_OPTION_LEN {
             return Err(Error::Malformed);
         }
         Ok(DsrOption {
@@ -599,19 +542,19 @@ impl DsrOption {
 
     /// The option's eight bytes.
     #[inline]
-    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+    pub fn to_ipv4_bytes(&self) -> [u8; DSR_OPTION_LEN] {
         let [p0, p1] = self.port.to_be_bytes();
         let [a, b, c, d] = self.addr.octets();
-        [Self::KIND, Self::LEN as u8, p0, p1, a, b, c, d]
+        [DSR_OPTION_KIND, DSR_OPTION_LEN as u8, p0, p1, a, b, c, d]
     }
 
     /// Writes the option at the start of `buf`.
     ///
     /// # Panics
-    /// When `buf` is shorter than [`LEN`](Self::LEN).
+    /// When `buf` is shorter than [`DSR_OPTION_LEN`].
     #[inline]
-    pub fn emit(&self, buf: &mut [u8]) {
-        buf[..Self::LEN].copy_from_slice(&self.to_bytes());
+    pub fn emit_ipv4(&self, buf: &mut [u8]) {
+        buf[..DSR_OPTION_LEN].copy_from_slice(&self.to_ipv4_bytes());
     }
 }
 
@@ -628,10 +571,10 @@ pub fn find_dsr_option<T: AsRef<[u8]>>(
     }
     for option in packet.iter_options() {
         let option = option?;
-        if option.kind() == DsrOption::KIND {
+        if option.kind() == DSR_OPTION_KIND {
             // The iterator bounded the option by its own length byte: a short one is
             // malformed, not truncated.
-            return match DsrOption::parse(option.as_bytes()) {
+            return match DsrOption::parse_ipv4(option.as_bytes()) {
                 Ok(dsr) => Ok(Some((dsr, option.offset()))),
                 Err(_) => Err(Error::Malformed),
             };
@@ -676,8 +619,8 @@ impl OptionBytes {
     /// A list holding only the DSR option (8 bytes, already aligned).
     pub fn with_dsr(dsr: DsrOption) -> OptionBytes {
         let mut out = OptionBytes::EMPTY;
-        dsr.emit(&mut out.bytes);
-        out.len = DsrOption::LEN as u8;
+        dsr.emit_ipv4(&mut out.bytes);
+        out.len = DSR_OPTION_LEN as u8;
         out
     }
 
@@ -887,20 +830,6 @@ mod tests {
     const GOLDEN: [&[u8]; 4] = [&ICMP_ECHO, &IGMP_REPORT, &DSR_SYN, &FRAGMENT];
 
     #[test]
-    fn protocol_numbers() {
-        for (raw, p) in [
-            (1, Protocol::Icmp),
-            (6, Protocol::Tcp),
-            (17, Protocol::Udp),
-            (58, Protocol::Icmpv6),
-            (132, Protocol::Unknown(132)),
-        ] {
-            assert_eq!(Protocol::from(raw), p);
-            assert_eq!(u8::from(p), raw);
-        }
-    }
-
-    #[test]
     fn icmp_echo_golden() {
         let p = Ipv4Packet::new_checked(&ICMP_ECHO[..]).unwrap();
         assert_eq!(p.version(), 4);
@@ -959,7 +888,7 @@ mod tests {
             }
         );
         assert_eq!(offset, 20);
-        assert_eq!(dsr.to_bytes(), DSR_SYN[20..28]);
+        assert_eq!(dsr.to_ipv4_bytes(), DSR_SYN[20..28]);
         assert_eq!(p.payload().len(), 20);
         let repr = Repr::parse(&p).unwrap();
         assert_eq!(repr.options, OptionBytes::with_dsr(dsr));
@@ -1170,18 +1099,18 @@ mod tests {
     #[test]
     fn dsr_option_parse_errors() {
         let good = DSR_SYN[20..28].to_vec();
-        assert!(DsrOption::parse(&good).is_ok());
-        for len in 0..DsrOption::LEN {
-            assert_eq!(DsrOption::parse(&good[..len]), Err(Error::Truncated));
+        assert!(DsrOption::parse_ipv4(&good).is_ok());
+        for len in 0..DSR_OPTION_LEN {
+            assert_eq!(DsrOption::parse_ipv4(&good[..len]), Err(Error::Truncated));
         }
         let mut wrong_kind = good.clone();
         wrong_kind[0] = 0x94;
-        assert_eq!(DsrOption::parse(&wrong_kind), Err(Error::Malformed));
+        assert_eq!(DsrOption::parse_ipv4(&wrong_kind), Err(Error::Malformed));
         let mut wrong_len = good.clone();
         wrong_len[1] = 12;
-        assert_eq!(DsrOption::parse(&wrong_len), Err(Error::Malformed));
+        assert_eq!(DsrOption::parse_ipv4(&wrong_len), Err(Error::Malformed));
         let mut out = [0u8; 8];
-        DsrOption::parse(&good).unwrap().emit(&mut out);
+        DsrOption::parse_ipv4(&good).unwrap().emit_ipv4(&mut out);
         assert_eq!(&out[..], &good[..]);
     }
 

@@ -15,11 +15,12 @@
 //!   attacker can ask for), reports [`Error::Truncated`] when a header runs past the payload,
 //!   and stops right after the Fragment header of a non-first fragment, whose remaining bytes
 //!   are fragment data, not headers.
-//! - [`Protocol`] is the IPv4 module's, re-exported here.
+//! - [`Protocol`] is [`crate::wire::ip::Protocol`], re-exported here.
 
 use std::net::Ipv6Addr;
 
-pub use crate::wire::ipv4::Protocol;
+use crate::wire::bytes::{get_ipv6, get_u16, get_u32, set_u16, set_u32};
+pub use crate::wire::ip::Protocol;
 use crate::wire::{Error, Result};
 
 mod field {
@@ -113,8 +114,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// Bytes after the fixed header, extension headers included.
     #[inline]
     pub fn payload_len(&self) -> u16 {
-        let data = self.buffer.as_ref();
-        u16::from_be_bytes([data[field::LENGTH.start], data[field::LENGTH.start + 1]])
+        get_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
     /// The header after the fixed header: an extension header or the upper layer.
@@ -130,12 +130,12 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     #[inline]
     pub fn src_addr(&self) -> Ipv6Addr {
-        self.addr_at(field::SRC_ADDR.start)
+        get_ipv6(self.buffer.as_ref(), field::SRC_ADDR)
     }
 
     #[inline]
     pub fn dst_addr(&self) -> Ipv6Addr {
-        self.addr_at(field::DST_ADDR.start)
+        get_ipv6(self.buffer.as_ref(), field::DST_ADDR)
     }
 
     /// Bytes 40..40 + payload length (Ethernet padding excluded).
@@ -154,15 +154,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     #[inline]
     fn ver_tc_flow(&self) -> u32 {
-        let d = self.buffer.as_ref();
-        u32::from_be_bytes([d[0], d[1], d[2], d[3]])
-    }
-
-    #[inline]
-    fn addr_at(&self, start: usize) -> Ipv6Addr {
-        let mut octets = [0u8; 16];
-        octets.copy_from_slice(&self.buffer.as_ref()[start..start + 16]);
-        Ipv6Addr::from(octets)
+        get_u32(self.buffer.as_ref(), field::VER_TC_FLOW)
     }
 }
 
@@ -188,7 +180,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
 
     #[inline]
     pub fn set_payload_len(&mut self, len: u16) {
-        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&len.to_be_bytes());
+        set_u16(self.buffer.as_mut(), field::LENGTH, len);
     }
 
     #[inline]
@@ -237,7 +229,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
 
     #[inline]
     fn set_ver_tc_flow(&mut self, word: u32) {
-        self.buffer.as_mut()[field::VER_TC_FLOW].copy_from_slice(&word.to_be_bytes());
+        set_u32(self.buffer.as_mut(), field::VER_TC_FLOW, word);
     }
 }
 

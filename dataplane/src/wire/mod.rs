@@ -5,15 +5,25 @@
 //!   (setters). `new_checked` validates lengths once; after it succeeds no accessor can panic.
 //! - a small `Repr` with `parse()` from a checked view and `emit()` into a view.
 //!
-//! Field offsets are data (`mod field`), unknown protocol numbers are values (`Unknown(u8)`),
-//! and all checksum arithmetic lives in [`checksum`].
+//! Every protocol module is laid out the same way: a private `mod field` of [`Field`] ranges
+//! (with `HEADER_LEN` derived from the last one), the view, and a type named `Repr` (used as
+//! `tcp::Repr`). Multi-byte fields go through the private `bytes` helpers (`get_u16`,
+//! `set_u16`...; no module keeps its own copy); unknown protocol numbers are values
+//! (`Unknown(u8)`), and all checksum arithmetic lives in [`checksum`].
+//!
+//! Things several protocols share are defined once: the IP protocol number in [`ip`]
+//! (re-exported by `ipv4` and `ipv6`), the TCP flags in [`tcp`], and the DSR frontend in [`dsr`]
+//! (its IPv4-option and Geneve-option encodings sit in `ipv4` and `geneve`).
 
 pub mod arp;
+mod bytes;
 pub mod checksum;
+pub mod dsr;
 pub mod ethernet;
 pub mod geneve;
 pub mod icmpv4;
 pub mod icmpv6;
+pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;
@@ -44,3 +54,43 @@ pub enum Error {
 }
 
 pub type Result<T> = core::result::Result<T, Error>;
+
+/// Declares a `u8`-valued enum with an `Unknown(u8)` variant and conversions both ways.
+/// `Unknown` only ever holds values that have no name (build values with `From<u8>`).
+macro_rules! u8_enum {
+    (
+        $(#[$attr:meta])*
+        pub enum $name:ident {
+            $( $(#[$vattr:meta])* $variant:ident = $value:literal, )+
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vattr])* $variant, )+
+            /// A value this implementation does not name.
+            Unknown(u8),
+        }
+
+        impl From<u8> for $name {
+            #[inline]
+            fn from(value: u8) -> $name {
+                match value {
+                    $( $value => $name::$variant, )+
+                    other => $name::Unknown(other),
+                }
+            }
+        }
+
+        impl From<$name> for u8 {
+            #[inline]
+            fn from(value: $name) -> u8 {
+                match value {
+                    $( $name::$variant => $value, )+
+                    $name::Unknown(other) => other,
+                }
+            }
+        }
+    };
+}
+pub(crate) use u8_enum;

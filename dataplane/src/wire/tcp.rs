@@ -18,14 +18,13 @@ use core::fmt;
 use core::ops::{BitAnd, BitOr, BitOrAssign};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::bytes::{get_u16, get_u32, set_u16, set_u32};
 use super::checksum;
+use super::ip::Protocol;
 use super::{Error, Result};
 
-/// IP protocol number (IPv4) and next-header value (IPv6) of TCP.
-pub const IP_PROTOCOL: u8 = 6;
-
 /// Byte offsets of the fixed header fields.
-pub mod field {
+mod field {
     use crate::wire::Field;
 
     pub const SRC_PORT: Field = 0..2;
@@ -47,27 +46,6 @@ pub const HEADER_LEN: usize = field::URGENT.end;
 pub const MAX_HEADER_LEN: usize = 15 * 4;
 /// Largest options area.
 pub const MAX_OPTIONS_LEN: usize = MAX_HEADER_LEN - HEADER_LEN;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn get_u32(data: &[u8], f: super::Field) -> u32 {
-    let s = f.start;
-    u32::from_be_bytes([data[s], data[s + 1], data[s + 2], data[s + 3]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
-
-#[inline]
-fn set_u32(data: &mut [u8], f: super::Field, value: u32) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
 
 /// Length as the pseudo-header wants it. Frames are far below 4 GiB; saturating keeps the
 /// function total anyway (the checksum would then simply not verify).
@@ -298,13 +276,15 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     fn sum_v4(&self, src: Ipv4Addr, dst: Ipv4Addr) -> u32 {
         let data = self.buffer.as_ref();
-        let pseudo = checksum::pseudo_header_v4(src, dst, IP_PROTOCOL, len_u32(data.len()));
+        let pseudo =
+            checksum::pseudo_header_v4(src, dst, Protocol::Tcp.number(), len_u32(data.len()));
         checksum::sum(data, pseudo)
     }
 
     fn sum_v6(&self, src: Ipv6Addr, dst: Ipv6Addr) -> u32 {
         let data = self.buffer.as_ref();
-        let pseudo = checksum::pseudo_header_v6(src, dst, IP_PROTOCOL, len_u32(data.len()));
+        let pseudo =
+            checksum::pseudo_header_v6(src, dst, Protocol::Tcp.number(), len_u32(data.len()));
         checksum::sum(data, pseudo)
     }
 
@@ -428,7 +408,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     }
 }
 
-/// The options area of a header, kept inline (at most 40 bytes) so that [`TcpRepr`] stays
+/// The options area of a header, kept inline (at most 40 bytes) so that [`Repr`] stays
 /// `Copy` and allocation-free. Options are carried as raw bytes; nothing here interprets them.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TcpOptions {
@@ -489,7 +469,7 @@ impl fmt::Debug for TcpOptions {
 /// A TCP header in plain fields. The payload is not part of it: the caller writes it into
 /// [`TcpPacket::payload_mut`] and the `Repr` only knows its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TcpRepr {
+pub struct Repr {
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: u32,
@@ -502,12 +482,12 @@ pub struct TcpRepr {
     pub payload_len: usize,
 }
 
-impl TcpRepr {
+impl Repr {
     /// Reads a segment's header. Structural only: the checksum is the caller's
     /// (`verify_checksum_v4`/`_v6`), and so is any judgement of the flag combination.
-    pub fn parse<T: AsRef<[u8]>>(packet: &TcpPacket<T>) -> Result<TcpRepr> {
+    pub fn parse<T: AsRef<[u8]>>(packet: &TcpPacket<T>) -> Result<Repr> {
         packet.check_len()?;
-        Ok(TcpRepr {
+        Ok(Repr {
             src_port: packet.src_port(),
             dst_port: packet.dst_port(),
             seq: packet.seq_number(),
@@ -579,9 +559,6 @@ impl TcpRepr {
     }
 }
 
-/// Short name, for `tcp::Repr` at call sites.
-pub type Repr = TcpRepr;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,7 +628,7 @@ mod tests {
     #[test]
     fn parse_emit_round_trip_is_byte_exact() {
         for (golden, v6) in [(TCP_SYN_V4, false), (TCP_SYN_V6, true)] {
-            let repr = TcpRepr::parse(&TcpPacket::new_checked(&golden[..]).unwrap()).unwrap();
+            let repr = Repr::parse(&TcpPacket::new_checked(&golden[..]).unwrap()).unwrap();
             assert_eq!(repr.flags, TcpFlags::SYN);
             assert_eq!(repr.buffer_len(), golden.len());
             let mut out = [0xa5u8; 40];
@@ -674,7 +651,7 @@ mod tests {
                 Some(Error::Truncated),
                 "{n}"
             );
-            assert!(TcpRepr::parse(&TcpPacket::new_unchecked(bytes)).is_err());
+            assert!(Repr::parse(&TcpPacket::new_unchecked(bytes)).is_err());
         }
     }
 
@@ -743,7 +720,7 @@ mod tests {
         any::<u8>().prop_map(TcpFlags)
     }
 
-    fn arb_repr() -> impl Strategy<Value = TcpRepr> {
+    fn arb_repr() -> impl Strategy<Value = Repr> {
         (
             (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>()),
             (arb_flags(), any::<u16>(), any::<u16>()),
@@ -752,7 +729,7 @@ mod tests {
         )
             .prop_map(
                 |((src_port, dst_port, seq, ack), (flags, window, urgent), opts, payload_len)| {
-                    TcpRepr {
+                    Repr {
                         src_port,
                         dst_port,
                         seq,
@@ -777,7 +754,7 @@ mod tests {
             repr.emit_v4(&mut p, src, dst);
             let p = TcpPacket::new_checked(&buf[..]).unwrap();
             prop_assert!(p.verify_checksum_v4(src, dst));
-            prop_assert_eq!(TcpRepr::parse(&p).unwrap(), repr);
+            prop_assert_eq!(Repr::parse(&p).unwrap(), repr);
         }
 
         #[test]
@@ -786,9 +763,9 @@ mod tests {
                 let _ = (p.src_port(), p.dst_port(), p.seq_number(), p.ack_number(), p.flags());
                 let _ = (p.window_len(), p.checksum(), p.urgent_at(), p.options(), p.payload());
                 let _ = p.verify_checksum_v4(SRC4, DST4);
-                prop_assert!(TcpRepr::parse(&p).is_ok());
+                prop_assert!(Repr::parse(&p).is_ok());
             } else {
-                prop_assert!(TcpRepr::parse(&TcpPacket::new_unchecked(&bytes[..])).is_err());
+                prop_assert!(Repr::parse(&TcpPacket::new_unchecked(&bytes[..])).is_err());
             }
         }
 
@@ -800,7 +777,7 @@ mod tests {
             new_sport in any::<u16>(), new_dport in any::<u16>(),
             repr in arb_repr(),
         ) {
-            let repr = TcpRepr { payload_len: payload.len(), ..repr };
+            let repr = Repr { payload_len: payload.len(), ..repr };
             let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
             let (new_src, new_dst) = (Ipv4Addr::from(new_src), Ipv4Addr::from(new_dst));
             let mut buf = vec![0; repr.buffer_len()];
@@ -826,7 +803,7 @@ mod tests {
             new_sport in any::<u16>(), new_dport in any::<u16>(),
             repr in arb_repr(),
         ) {
-            let repr = TcpRepr { payload_len: payload.len(), ..repr };
+            let repr = Repr { payload_len: payload.len(), ..repr };
             let (src, dst) = (Ipv6Addr::from(src), Ipv6Addr::from(dst));
             let (new_src, new_dst) = (Ipv6Addr::from(new_src), Ipv6Addr::from(new_dst));
             let mut buf = vec![0; repr.buffer_len()];

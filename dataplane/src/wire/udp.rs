@@ -16,14 +16,13 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::bytes::{get_u16, set_u16};
 use super::checksum;
+use super::ip::Protocol;
 use super::{Error, Result};
 
-/// IP protocol number (IPv4) and next-header value (IPv6) of UDP.
-pub const IP_PROTOCOL: u8 = 17;
-
 /// Byte offsets of the header fields.
-pub mod field {
+mod field {
     use crate::wire::Field;
 
     pub const SRC_PORT: Field = 0..2;
@@ -37,16 +36,6 @@ pub mod field {
 pub const HEADER_LEN: usize = field::CHECKSUM.end;
 /// Largest payload the 16-bit length field can describe.
 pub const MAX_PAYLOAD_LEN: usize = u16::MAX as usize - HEADER_LEN;
-
-#[inline]
-fn get_u16(data: &[u8], f: super::Field) -> u16 {
-    u16::from_be_bytes([data[f.start], data[f.start + 1]])
-}
-
-#[inline]
-fn set_u16(data: &mut [u8], f: super::Field, value: u16) {
-    data[f].copy_from_slice(&value.to_be_bytes());
-}
 
 /// A read/write view of a UDP datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,12 +122,14 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     fn sum_v4(&self, src: Ipv4Addr, dst: Ipv4Addr) -> u32 {
-        let pseudo = checksum::pseudo_header_v4(src, dst, IP_PROTOCOL, u32::from(self.len()));
+        let pseudo =
+            checksum::pseudo_header_v4(src, dst, Protocol::Udp.number(), u32::from(self.len()));
         checksum::sum(self.datagram(), pseudo)
     }
 
     fn sum_v6(&self, src: Ipv6Addr, dst: Ipv6Addr) -> u32 {
-        let pseudo = checksum::pseudo_header_v6(src, dst, IP_PROTOCOL, u32::from(self.len()));
+        let pseudo =
+            checksum::pseudo_header_v6(src, dst, Protocol::Udp.number(), u32::from(self.len()));
         checksum::sum(self.datagram(), pseudo)
     }
 
@@ -242,18 +233,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
 
 /// A UDP header in plain fields; the payload is the caller's, only its length is here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UdpRepr {
+pub struct Repr {
     pub src_port: u16,
     pub dst_port: u16,
     /// At most [`MAX_PAYLOAD_LEN`].
     pub payload_len: usize,
 }
 
-impl UdpRepr {
+impl Repr {
     /// Reads a datagram's header. Structural only: the checksum is the caller's.
-    pub fn parse<T: AsRef<[u8]>>(packet: &UdpPacket<T>) -> Result<UdpRepr> {
+    pub fn parse<T: AsRef<[u8]>>(packet: &UdpPacket<T>) -> Result<Repr> {
         packet.check_len()?;
-        Ok(UdpRepr {
+        Ok(Repr {
             src_port: packet.src_port(),
             dst_port: packet.dst_port(),
             payload_len: packet.payload().len(),
@@ -311,9 +302,6 @@ impl UdpRepr {
     }
 }
 
-/// Short name, for `udp::Repr` at call sites.
-pub type Repr = UdpRepr;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,10 +347,10 @@ mod tests {
     #[test]
     fn parse_emit_round_trip_is_byte_exact() {
         for (golden, v6) in [(UDP_DNS_V4, false), (UDP_DNS_V6, true)] {
-            let repr = UdpRepr::parse(&UdpPacket::new_checked(&golden[..]).unwrap()).unwrap();
+            let repr = Repr::parse(&UdpPacket::new_checked(&golden[..]).unwrap()).unwrap();
             assert_eq!(
                 repr,
-                UdpRepr {
+                Repr {
                     src_port: 53000,
                     dst_port: 53,
                     payload_len: 29
@@ -399,7 +387,7 @@ mod tests {
                 Some(Error::Truncated),
                 "{n}"
             );
-            assert!(UdpRepr::parse(&UdpPacket::new_unchecked(bytes)).is_err());
+            assert!(Repr::parse(&UdpPacket::new_unchecked(bytes)).is_err());
         }
     }
 
@@ -451,7 +439,7 @@ mod tests {
     fn computed_zero_is_sent_as_ffff() {
         let mut bytes = [0u8; 10];
         let mut p = UdpPacket::new_unchecked(&mut bytes[..]);
-        UdpRepr {
+        Repr {
             src_port: 1,
             dst_port: 2,
             payload_len: 2,
@@ -460,7 +448,7 @@ mod tests {
         // Choose the payload word so that the whole sum is 0xffff, i.e. the checksum is 0.
         let partial = checksum::sum(
             p.datagram(),
-            checksum::pseudo_header_v4(SRC4, DST4, IP_PROTOCOL, 10),
+            checksum::pseudo_header_v4(SRC4, DST4, Protocol::Udp.number(), 10),
         );
         let word = !checksum::fold(partial);
         p.payload_mut().copy_from_slice(&word.to_be_bytes());
@@ -469,9 +457,9 @@ mod tests {
         assert!(p.verify_checksum_v4(SRC4, DST4));
     }
 
-    fn arb_repr() -> impl Strategy<Value = UdpRepr> {
+    fn arb_repr() -> impl Strategy<Value = Repr> {
         (any::<u16>(), any::<u16>(), 0usize..128).prop_map(|(src_port, dst_port, payload_len)| {
-            UdpRepr {
+            Repr {
                 src_port,
                 dst_port,
                 payload_len,
@@ -480,7 +468,7 @@ mod tests {
     }
 
     /// Builds a checksummed IPv4 datagram.
-    fn build_v4(repr: UdpRepr, payload: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    fn build_v4(repr: Repr, payload: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
         let mut buf = vec![0; repr.buffer_len()];
         let mut p = UdpPacket::new_unchecked(&mut buf[..]);
         repr.emit_header(&mut p);
@@ -499,7 +487,7 @@ mod tests {
             let p = UdpPacket::new_checked(&buf[..]).unwrap();
             prop_assert!(p.verify_checksum_v6(src, dst));
             prop_assert_ne!(p.checksum(), 0);
-            prop_assert_eq!(UdpRepr::parse(&p).unwrap(), repr);
+            prop_assert_eq!(Repr::parse(&p).unwrap(), repr);
         }
 
         #[test]
@@ -508,9 +496,9 @@ mod tests {
                 let _ = (p.src_port(), p.dst_port(), p.len(), p.checksum(), p.payload());
                 let _ = p.verify_checksum_v4(SRC4, DST4);
                 let _ = p.verify_checksum_v6(SRC6, DST6);
-                prop_assert!(UdpRepr::parse(&p).is_ok());
+                prop_assert!(Repr::parse(&p).is_ok());
             } else {
-                prop_assert!(UdpRepr::parse(&UdpPacket::new_unchecked(&bytes[..])).is_err());
+                prop_assert!(Repr::parse(&UdpPacket::new_unchecked(&bytes[..])).is_err());
             }
         }
 
@@ -522,7 +510,7 @@ mod tests {
             ports in any::<(u16, u16, u16, u16)>(),
         ) {
             let (sport, dport, new_sport, new_dport) = ports;
-            let repr = UdpRepr { src_port: sport, dst_port: dport, payload_len: payload.len() };
+            let repr = Repr { src_port: sport, dst_port: dport, payload_len: payload.len() };
             let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
             let (new_src, new_dst) = (Ipv4Addr::from(new_src), Ipv4Addr::from(new_dst));
             let mut buf = build_v4(repr, &payload, src, dst);
@@ -545,7 +533,7 @@ mod tests {
             ports in any::<(u16, u16, u16, u16)>(),
         ) {
             let (sport, dport, new_sport, new_dport) = ports;
-            let repr = UdpRepr { src_port: sport, dst_port: dport, payload_len: payload.len() };
+            let repr = Repr { src_port: sport, dst_port: dport, payload_len: payload.len() };
             let (src, dst) = (Ipv6Addr::from(src), Ipv6Addr::from(dst));
             let (new_src, new_dst) = (Ipv6Addr::from(new_src), Ipv6Addr::from(new_dst));
             let mut buf = vec![0; repr.buffer_len()];
@@ -571,14 +559,14 @@ mod tests {
             dport in any::<u16>(), new_dport in any::<u16>(),
         ) {
             let (src, dst, new_dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst), Ipv4Addr::from(new_dst));
-            let repr = UdpRepr { src_port: 1000, dst_port: dport, payload_len: 2 };
+            let repr = Repr { src_port: 1000, dst_port: dport, payload_len: 2 };
             // Pick the payload so that the checksum after NAT computes to 0.
             let mut buf = build_v4(repr, &[0, 0], src, new_dst);
             {
                 let mut p = UdpPacket::new_unchecked(&mut buf[..]);
                 p.set_dst_port(new_dport);
                 p.set_checksum(0);
-                let partial = checksum::sum(p.datagram(), checksum::pseudo_header_v4(src, new_dst, IP_PROTOCOL, 10));
+                let partial = checksum::sum(p.datagram(), checksum::pseudo_header_v4(src, new_dst, Protocol::Udp.number(), 10));
                 let word = !checksum::fold(partial);
                 p.payload_mut().copy_from_slice(&word.to_be_bytes());
                 p.set_dst_port(dport);

@@ -9,13 +9,14 @@
 //! - The VNI is 24 bits; a larger value given to a setter or `Repr` is truncated to its low 24
 //!   bits (and trips a debug assertion).
 
+use super::bytes::{get_u24, set_u24};
 use super::{Error, Result};
 
 /// IANA-assigned UDP destination port.
 pub const UDP_PORT: u16 = 4789;
 
 /// Byte offsets of the header fields.
-pub mod field {
+mod field {
     use crate::wire::{Field, Rest};
 
     /// R R R R I R R R: only the I flag (0x08) is defined.
@@ -82,9 +83,7 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     /// The 24-bit VNI.
     #[inline]
     pub fn vni(&self) -> u32 {
-        let d = self.buffer.as_ref();
-        let s = field::VNI.start;
-        u32::from_be_bytes([0, d[s], d[s + 1], d[s + 2]])
+        get_u24(self.buffer.as_ref(), field::VNI)
     }
 
     /// The inner Ethernet frame.
@@ -104,8 +103,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanPacket<T> {
     #[inline]
     pub fn set_vni(&mut self, vni: u32) {
         debug_assert!(vni <= MAX_VNI, "VNI {vni:#x} exceeds 24 bits");
-        let b = vni.to_be_bytes();
-        self.buffer.as_mut()[field::VNI].copy_from_slice(&b[1..]);
+        set_u24(self.buffer.as_mut(), field::VNI, vni);
     }
 
     /// The inner Ethernet frame, writable.
@@ -117,16 +115,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanPacket<T> {
 
 /// A VXLAN header in plain fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct VxlanRepr {
+pub struct Repr {
     /// 24 bits.
     pub vni: u32,
 }
 
-impl VxlanRepr {
+impl Repr {
     /// Reads a header (checking it first).
-    pub fn parse<T: AsRef<[u8]>>(packet: &VxlanPacket<T>) -> Result<VxlanRepr> {
+    pub fn parse<T: AsRef<[u8]>>(packet: &VxlanPacket<T>) -> Result<Repr> {
         packet.check_len()?;
-        Ok(VxlanRepr { vni: packet.vni() })
+        Ok(Repr { vni: packet.vni() })
     }
 
     #[inline]
@@ -152,9 +150,6 @@ impl VxlanRepr {
     }
 }
 
-/// Short name, for `vxlan::Repr` at call sites.
-pub type Repr = VxlanRepr;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,13 +166,12 @@ mod tests {
         assert_eq!(p.flags(), FLAG_VNI_VALID);
         assert_eq!(p.vni(), 0x12_3456);
         assert_eq!(p.payload(), &[0xff; 4]);
-        assert_eq!(VxlanRepr::parse(&p), Ok(VxlanRepr { vni: 0x12_3456 }));
+        assert_eq!(Repr::parse(&p), Ok(Repr { vni: 0x12_3456 }));
     }
 
     #[test]
     fn parse_emit_round_trip_is_byte_exact() {
-        let repr =
-            VxlanRepr::parse(&VxlanPacket::new_checked(&VXLAN_VNI_123456[..]).unwrap()).unwrap();
+        let repr = Repr::parse(&VxlanPacket::new_checked(&VXLAN_VNI_123456[..]).unwrap()).unwrap();
         let mut out = [0xa5u8; 12];
         out[HEADER_LEN..].copy_from_slice(&VXLAN_VNI_123456[HEADER_LEN..]);
         repr.emit(&mut VxlanPacket::new_unchecked(&mut out[..]));
@@ -192,7 +186,7 @@ mod tests {
                 Some(Error::Truncated)
             );
             let p = VxlanPacket::new_unchecked(&VXLAN_VNI_123456[..n]);
-            assert!(VxlanRepr::parse(&p).is_err());
+            assert!(Repr::parse(&p).is_err());
         }
         // The header alone is a valid (empty) encapsulation.
         assert!(VxlanPacket::new_checked(&VXLAN_VNI_123456[..HEADER_LEN]).is_ok());
@@ -208,7 +202,7 @@ mod tests {
         );
         bytes[0] = 0xf7; // every bit but I
         assert_eq!(
-            VxlanRepr::parse(&VxlanPacket::new_unchecked(&bytes[..])),
+            Repr::parse(&VxlanPacket::new_unchecked(&bytes[..])),
             Err(Error::Malformed)
         );
     }
@@ -217,28 +211,28 @@ mod tests {
     fn reserved_bits_ignored_on_receive() {
         let bytes = [0xff, 0xff, 0xff, 0xff, 0xab, 0xcd, 0xef, 0xff];
         let p = VxlanPacket::new_checked(&bytes[..]).unwrap();
-        assert_eq!(VxlanRepr::parse(&p), Ok(VxlanRepr { vni: 0xab_cdef }));
+        assert_eq!(Repr::parse(&p), Ok(Repr { vni: 0xab_cdef }));
     }
 
     proptest! {
         #[test]
         fn repr_round_trip(vni in 0..=MAX_VNI, fill in any::<u8>()) {
-            let repr = VxlanRepr { vni };
+            let repr = Repr { vni };
             let mut buf = [fill; HEADER_LEN];
             repr.emit(&mut VxlanPacket::new_unchecked(&mut buf[..]));
             prop_assert_eq!(buf[0], FLAG_VNI_VALID);
             prop_assert_eq!(&buf[1..4], &[0, 0, 0]);
             prop_assert_eq!(buf[7], 0);
-            prop_assert_eq!(VxlanRepr::parse(&VxlanPacket::new_checked(&buf[..]).unwrap()), Ok(repr));
+            prop_assert_eq!(Repr::parse(&VxlanPacket::new_checked(&buf[..]).unwrap()), Ok(repr));
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..16)) {
             if let Ok(p) = VxlanPacket::new_checked(&bytes[..]) {
                 let _ = (p.flags(), p.vni(), p.payload());
-                prop_assert!(VxlanRepr::parse(&p).is_ok());
+                prop_assert!(Repr::parse(&p).is_ok());
             } else {
-                prop_assert!(VxlanRepr::parse(&VxlanPacket::new_unchecked(&bytes[..])).is_err());
+                prop_assert!(Repr::parse(&VxlanPacket::new_unchecked(&bytes[..])).is_err());
             }
         }
     }

@@ -98,10 +98,11 @@ pub const WAYS: usize = 8;
 /// Slot indices must fit the `u32` of a [`CtHandle`]; 2^30 slots is already ~146 GB.
 pub const MAX_CAPACITY: usize = 1 << 30;
 
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
+// Protocol numbers of the key's `proto` byte, from `wire::ip::Protocol` (as `u8`, for patterns).
+const IPPROTO_ICMP: u8 = crate::wire::ip::Protocol::Icmp.number();
+const IPPROTO_TCP: u8 = crate::wire::ip::Protocol::Tcp.number();
+const IPPROTO_UDP: u8 = crate::wire::ip::Protocol::Udp.number();
+const IPPROTO_ICMPV6: u8 = crate::wire::ip::Protocol::Icmpv6.number();
 
 /// Why a table could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,12 +8,15 @@ use super::entry::{CtState, FIN_FROM_BOTH, FIN_FROM_ORIGINAL, FIN_FROM_REPLY};
 use super::key::FlowDirection;
 
 /// TCP flag bits as they sit in byte 13 of the TCP header (the `tcp_flags` argument of
-/// [`Conntrack::update`](super::Conntrack::update)).
+/// [`Conntrack::update`](super::Conntrack::update)): the bits of
+/// [`crate::wire::tcp::TcpFlags`], as bytes.
 pub(super) mod tcp_flag {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
+    use crate::wire::tcp::TcpFlags;
+
+    pub const FIN: u8 = TcpFlags::FIN.bits();
+    pub const SYN: u8 = TcpFlags::SYN.bits();
+    pub const RST: u8 = TcpFlags::RST.bits();
+    pub const ACK: u8 = TcpFlags::ACK.bits();
 }
 
 /// Result of one TCP packet on an entry.
