@@ -57,7 +57,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::net::{ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNs, Proc};
+use common::net::{
+    ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNsGuard, Proc,
+};
 use common::Etcd;
 use control::store::Store;
 use serde_json::{json, Value};
@@ -151,7 +153,7 @@ struct Cluster {
     servers: Vec<thread::JoinHandle<()>>,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
-    netns: NetNs,
+    netns: NetNsGuard,
     etcd: Etcd,
     dir: PathBuf,
     mode: Mode,
@@ -208,7 +210,7 @@ impl Cluster {
             servers: Vec::new(),
             nodes: Vec::new(),
             pods: Vec::new(),
-            netns: NetNs { names: Vec::new() },
+            netns: NetNsGuard::default(),
             etcd,
             dir,
             mode,
@@ -233,8 +235,7 @@ impl Cluster {
     }
 
     fn add_netns(&mut self, name: &str) {
-        run_ip(&["netns", "add", name]).unwrap_or_else(|e| panic!("{e}"));
-        self.netns.names.push(name.to_string());
+        self.netns.add(name).unwrap_or_else(|e| panic!("{e}"));
         ip_in(name, &["link", "set", "lo", "up"]);
     }
 
