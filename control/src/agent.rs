@@ -198,7 +198,7 @@ impl Agent {
     /// Pings the dataplane so that a restart is noticed even when nothing changes.
     async fn check_dataplane(&mut self) {
         if let Some(dp) = self.dataplane.as_mut() {
-            if let Err(e) = dp.request(serde_json::json!({"op": "ping"})).await {
+            if let Err(e) = dp.ping().await {
                 log(format!(
                     "dataplane connection lost ({e}); will resync on reconnection"
                 ));

@@ -2,8 +2,10 @@
 //! request per line, one reply (`{"ok":true,...}` or `{"ok":false,"error":...}`) per line.
 //!
 //! The request types are the dataplane's own ([`dataplane::api::protocol`], documented in
-//! `docs/control-socket.md`), re-exported here; [`policy_entry`] and [`policy_key`] build the
-//! policy-map items with a translated (cluster-wide) identity.
+//! `docs/control-socket.md`), re-exported here; every line is built by
+//! [`Request::to_json`], so the op names come from the protocol's one table ([`Op`]).
+//! [`policy_entry`] and [`policy_key`] build the policy-map items with a translated
+//! (cluster-wide) identity.
 //!
 //! Contract: [`DataplaneClient::send`] writes one request and reads its reply; an `ok:false`
 //! reply is [`ClientError::Refused`] (the request changed nothing); an I/O error means the
@@ -20,8 +22,8 @@ use dataplane::Identity;
 
 pub use dataplane::api::protocol::{
     BackendMsg, Change, DumpRequest, DumpTable, EndpointMsg, EndpointRef, FrontendMsg, IpcacheMsg,
-    LocalNodeMsg, NodeMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate,
-    PrefixRef, Proto, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap, WireLbMode,
+    LocalNodeMsg, NodeMsg, NodeRef, Op, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate,
+    PrefixRef, Proto, Request, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap, WireLbMode,
 };
 
 /// A dataplane client failure.
@@ -147,15 +149,29 @@ impl DataplaneClient {
         self.request(change_json(change)).await.map(|_| ())
     }
 
+    /// Sends one query or change (its line built by [`Request::to_json`]).
+    pub async fn send_request(&mut self, request: &Request) -> Result<Value, ClientError> {
+        self.request(Value::Object(request.to_json())).await
+    }
+
+    /// `ping`: is the dataplane still there.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.send_request(&Request::Ping).await.map(|_| ())
+    }
+
     /// `status`: the dataplane's own report.
     pub async fn status(&mut self) -> Result<Value, ClientError> {
-        self.request(serde_json::json!({"op": "status"})).await
+        self.send_request(&Request::Status).await
     }
 
     /// `dump` of one table.
     pub async fn dump(&mut self, table: DumpTable) -> Result<Value, ClientError> {
-        self.request(serde_json::json!({"op": "dump", "table": table}))
-            .await
+        self.send_request(&Request::Dump(DumpRequest {
+            table,
+            endpoint: None,
+            limit: None,
+        }))
+        .await
     }
 }
 
@@ -163,7 +179,7 @@ impl DataplaneClient {
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use dataplane::api::protocol::{parse_request, Request};
+    use dataplane::api::protocol::parse_request;
     use dataplane::tables::policy::PortRange;
 
     /// What the client writes is what the dataplane parses, field for field.

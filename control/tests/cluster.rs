@@ -57,7 +57,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::net::{ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNs, Proc};
+use common::net::{
+    ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNsGuard, Proc,
+};
 use common::traffic::{self, dataplane_request, echo, tcp_server};
 use common::Etcd;
 use control::store::Store;
@@ -152,7 +154,7 @@ struct Cluster {
     servers: Vec<thread::JoinHandle<()>>,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
-    netns: NetNs,
+    netns: NetNsGuard,
     etcd: Etcd,
     dir: PathBuf,
     mode: Mode,
@@ -209,7 +211,7 @@ impl Cluster {
             servers: Vec::new(),
             nodes: Vec::new(),
             pods: Vec::new(),
-            netns: NetNs { names: Vec::new() },
+            netns: NetNsGuard::default(),
             etcd,
             dir,
             mode,
@@ -234,8 +236,7 @@ impl Cluster {
     }
 
     fn add_netns(&mut self, name: &str) {
-        run_ip(&["netns", "add", name]).unwrap_or_else(|e| panic!("{e}"));
-        self.netns.names.push(name.to_string());
+        self.netns.add(name).unwrap_or_else(|e| panic!("{e}"));
         ip_in(name, &["link", "set", "lo", "up"]);
     }
 

@@ -59,7 +59,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::net::{ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNs, Proc};
+use common::net::{ip_in, link_facts, preflight, spawn_in, wait_for_within, NetNsGuard, Proc};
 use common::traffic::{dataplane_request, echo, tcp_echo, tcp_server};
 use common::Etcd;
 use control::store::Store;
@@ -93,7 +93,7 @@ struct Pod {
 struct Harness {
     control: Proc,
     dataplane: Proc,
-    _netns: NetNs,
+    _netns: NetNsGuard,
     etcd: Etcd,
     dir: PathBuf,
     node: String,
@@ -121,11 +121,10 @@ impl Drop for Harness {
     }
 }
 
-fn build_topology(node: &str, netns: &mut NetNs) -> (Vec<Pod>, Pod) {
+fn build_topology(node: &str, netns: &mut NetNsGuard) -> (Vec<Pod>, Pod) {
     let pid = std::process::id();
-    let add = |netns: &mut NetNs, name: &str| {
-        run_ip(&["netns", "add", name]).unwrap_or_else(|e| panic!("{e}"));
-        netns.names.push(name.to_string());
+    let add = |netns: &mut NetNsGuard, name: &str| {
+        netns.add(name).unwrap_or_else(|e| panic!("{e}"));
     };
     add(netns, node);
     ip_in(node, &["link", "set", "lo", "up"]);
@@ -196,7 +195,7 @@ impl Harness {
         let dir = std::env::temp_dir().join(format!("fe2e-{pid}"));
         std::fs::create_dir_all(&dir).unwrap();
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
-        let mut netns = NetNs { names: Vec::new() };
+        let mut netns = NetNsGuard::default();
         let (pods, cni_pod) = build_topology(&node, &mut netns);
         let rt = common::runtime();
         let store = rt

@@ -11,23 +11,22 @@
 //! Skips, saying why, when not root, when `ip` or network namespaces are unavailable, or when
 //! the kernel refuses BPF.
 
-use std::fs::File;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use nix::sched::{setns, CloneFlags};
+use testkit::NetNsGuard;
 use xdp_redirect::{AttachMode, RedirectConfig, XdpError, XdpProgram};
 
 /// The two ends of the veth pair inside each test namespace.
 const VETH_A: &str = "fxra";
 const VETH_B: &str = "fxrb";
 
-/// A network namespace that exists as long as this value does.
-struct NetNsGuard {
+/// A test's network namespace; it exists as long as this value does (the guard removes it).
+struct TestNs {
     name: String,
+    _guard: NetNsGuard,
 }
 
-impl NetNsGuard {
+impl TestNs {
     /// Creates `fxr-<pid>-<n>`, or says why it cannot (the caller skips).
     fn create() -> Result<Self, String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -36,35 +35,17 @@ impl NetNsGuard {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let output = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .map_err(|err| format!("cannot run `ip` (install iproute2): {err}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "`ip netns add {name}` failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(Self { name })
+        let mut guard = NetNsGuard::default();
+        guard.add(&name)?;
+        Ok(Self {
+            name,
+            _guard: guard,
+        })
     }
 
     /// Runs `ip -n <ns> <args>`; panics (failing the test) if it fails.
     fn ip(&self, args: &[&str]) -> String {
-        let output = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            output.status.success(),
-            "ip -n {} {}: {}",
-            self.name,
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        testkit::ip_in(&self.name, args)
     }
 
     /// Adds the veth pair, both ends up.
@@ -79,17 +60,7 @@ impl NetNsGuard {
     /// Runs `body` on a thread that has entered the namespace. A panic in `body` fails the
     /// test after the thread is joined; the guard still removes the namespace.
     fn run_inside<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = File::open(&path).expect("open the namespace file");
-                    setns(ns, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-                    body()
-                })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        testkit::run_in(&self.name, body)
     }
 
     /// The XDP state `ip link` reports for `dev`: "xdp" (native), "xdpgeneric", or "none".
@@ -107,23 +78,8 @@ impl NetNsGuard {
     }
 }
 
-impl Drop for NetNsGuard {
-    fn drop(&mut self) {
-        let deleted = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-            .is_ok_and(|status| status.success());
-        if !deleted {
-            eprintln!(
-                "WARNING: could not delete network namespace {}: remove it with `ip netns del {}`",
-                self.name, self.name
-            );
-        }
-    }
-}
-
 /// The namespace and a loaded program, or None after printing why the test is skipped.
-fn setup() -> Option<NetNsGuard> {
+fn setup() -> Option<TestNs> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: attaching XDP needs root (run `sudo cargo test -p xdp-redirect`)");
         return None;
@@ -137,7 +93,7 @@ fn setup() -> Option<NetNsGuard> {
             other => panic!("loading the XDP program failed: {other} ({other:?})"),
         }
     }
-    match NetNsGuard::create() {
+    match TestNs::create() {
         Ok(ns) => Some(ns),
         Err(why) => {
             eprintln!("SKIPPED: no network namespace: {why}");

@@ -1,6 +1,7 @@
 //! The commands of the `flagella` CLI, as library code: each reads or writes etcd (or asks the
-//! dataplane's socket) and returns a report that the binary prints as an aligned table for
-//! people or as JSON for scripts (`-o json`). Argument parsing lives in the binary.
+//! dataplane's socket) and prints its report as an aligned table for people or as JSON for
+//! scripts (`-o json`). Arguments are [`args`] (clap); the binary only starts the runtime and
+//! calls [`run`].
 //!
 //! Contract:
 //! - nothing here panics on etcd contents, files or flags; a value in etcd that does not decode
@@ -11,16 +12,29 @@
 //! - errors are [`CliError`], whose messages say what to do; the binary maps them to exit
 //!   status 1 (usage errors are clap's, status 2).
 //!
-//! Modules: [`table`] (aligned text tables), [`policy`] (`policy import|get|delete` and the live
-//! state `policy trace` reads), [`objects`] (`endpoint`, `identity`, `service`, `node`,
-//! `namespace`), [`status`].
+//! Modules: [`args`] (every noun, verb and flag), one module per noun with its command's
+//! `run` ([`policy`], [`trace`] for `policy trace`, [`endpoint`], [`identity`], [`service`],
+//! [`node`], [`namespace`], [`status`]), and the output: [`render`] (JSON or text, warnings)
+//! and [`table`] (aligned text tables).
 
-pub mod objects;
+pub mod args;
+pub mod endpoint;
+pub mod identity;
+pub mod namespace;
+pub mod node;
 pub mod policy;
+pub mod render;
+pub mod service;
 pub mod status;
 pub mod table;
+pub mod trace;
 
+use std::process::ExitCode;
 use std::time::Duration;
+
+use serde::Serialize;
+
+use self::args::{Cli, Noun};
 
 use crate::dataplane_client::ClientError;
 use crate::schema::{self, Object, SchemaError};
@@ -125,6 +139,35 @@ pub fn labels_text<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Writes `spec` under `key` (creating or replacing it) after validating it with the decoder
+/// the agents use, so the agents never see it as a malformed key.
+pub(crate) async fn put_validated<T: Serialize>(
+    store: &Store,
+    key: &str,
+    spec: &T,
+) -> Result<(), CliError> {
+    let value = serde_json::to_vec(spec).map_err(|e| CliError::Other(e.to_string()))?;
+    schema::decode(key, &value).map_err(|e| CliError::Input(e.to_string()))?;
+    store.put(key, value).await?;
+    Ok(())
+}
+
+/// Runs the command `cli` names; its exit status (1 for an unhealthy `status`).
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let out = cli.output;
+    let etcd = &cli.etcd;
+    match cli.noun {
+        Noun::Policy { verb } => policy::run(verb, etcd, out).await?,
+        Noun::Endpoint { verb } => endpoint::run(verb, etcd, out).await?,
+        Noun::Identity { verb } => identity::run(verb, etcd, out).await?,
+        Noun::Service { verb } => service::run(verb, etcd, out).await?,
+        Noun::Node { verb } => node::run(verb, etcd, out).await?,
+        Noun::Namespace { verb } => namespace::run(verb, etcd, out).await?,
+        Noun::Status(args) => return status::run(args, etcd, out).await,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

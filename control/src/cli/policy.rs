@@ -1,4 +1,5 @@
-//! `flagella policy import|get|delete`, and the live cluster state `policy trace` reads.
+//! `flagella policy import|get|delete|trace` (the trace itself is [`super::trace`]), and the
+//! live cluster state `policy trace` and the object reports read.
 //!
 //! Import contract: the input is exactly what `kubectl get networkpolicies -A -o yaml` (or
 //! `-o json`) prints, a CiliumNetworkPolicy/CiliumClusterwideNetworkPolicy manifest, or several
@@ -19,7 +20,14 @@ use policy_compiler::parse_policies;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{CliError, Skipped};
+use std::io::Read;
+
+use policy_compiler::trace::explain;
+
+use super::args::{Output, PolicyVerb};
+use super::render::{emit, warn};
+use super::table::Table;
+use super::{connect, trace, CliError, Skipped};
 use crate::schema::{self, ObjectKey, ROOT};
 use crate::store::{Kv, Store};
 use crate::sync::ClusterState;
@@ -249,6 +257,118 @@ pub async fn live_state(store: &Store) -> Result<(ClusterState, Vec<Skipped>), C
         })
         .collect();
     Ok((state, skipped))
+}
+
+// ---- the command ----------------------------------------------------------------------
+
+fn read_input(file: &str) -> Result<(String, String), CliError> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| CliError::Read {
+                path: "stdin".into(),
+                source,
+            })?;
+        return Ok(("stdin".into(), text));
+    }
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
+        path: file.to_string(),
+        source,
+    })?;
+    Ok((file.to_string(), text))
+}
+
+fn policy_table(refs: impl IntoIterator<Item = PolicyId>) -> String {
+    let mut t = Table::new(&["KIND", "NAMESPACE", "NAME"]);
+    for id in refs {
+        t.row(vec![
+            id.kind.as_str().to_string(),
+            id.namespace.unwrap_or_else(|| "-".into()),
+            id.name,
+        ]);
+    }
+    t.render()
+}
+
+pub async fn run(verb: PolicyVerb, etcd: &[String], out: Output) -> Result<(), CliError> {
+    match verb {
+        PolicyVerb::Import { file, dry_run } => {
+            let (source, text) = read_input(&file)?;
+            let mut prepared = prepare_import(&source, &text)?;
+            prepared.report.dry_run = dry_run;
+            if !dry_run {
+                let store = connect(etcd).await?;
+                write_all(&store, &prepared.writes).await?;
+            }
+            let report = &prepared.report;
+            if out == Output::Text {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            emit(out, report, || {
+                let mut t = Table::new(&["KIND", "NAMESPACE", "NAME", "KEY"]);
+                for p in &report.imported {
+                    t.row(vec![
+                        p.kind.clone(),
+                        p.namespace.clone().unwrap_or_else(|| "-".into()),
+                        p.name.clone(),
+                        p.key.clone(),
+                    ]);
+                }
+                let verb = if dry_run { "would import" } else { "imported" };
+                format!(
+                    "{}{verb} {} policies from {source}\n",
+                    t.render(),
+                    report.imported.len()
+                )
+            })
+        }
+        PolicyVerb::Get { selector, kind } => {
+            let store = connect(etcd).await?;
+            let (found, skipped) = get(&store, selector.as_deref(), kind.map(Into::into)).await?;
+            warn(&skipped);
+            match (&selector, found.as_slice()) {
+                (Some(_), [one]) => emit(out, &one.object, || {
+                    format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&one.object).unwrap_or_default()
+                    )
+                }),
+                (Some(_), several) if out == Output::Text && !several.is_empty() => {
+                    let text: Vec<String> = several
+                        .iter()
+                        .map(|p| serde_json::to_string_pretty(&p.object).unwrap_or_default())
+                        .collect();
+                    emit(out, &(), || format!("{}\n", text.join("\n---\n")))
+                }
+                _ => emit(out, &as_list(&found), || {
+                    policy_table(found.iter().map(|p| p.id.clone()))
+                }),
+            }
+        }
+        PolicyVerb::Delete { selector, kind } => {
+            let store = connect(etcd).await?;
+            let deleted = delete(&store, &selector, kind.map(Into::into)).await?;
+            emit(out, &deleted, || {
+                format!("deleted {} ({})\n", deleted.name, deleted.key)
+            })
+        }
+        PolicyVerb::Trace(args) => {
+            let results = if args.policies.is_empty() {
+                trace::trace_live(&args, etcd).await?
+            } else {
+                trace::trace_offline(&args)?
+            };
+            emit(out, &results, || {
+                results
+                    .iter()
+                    .map(|r| format!("{}\n", explain(r)))
+                    .collect::<String>()
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{connect, decode_all};
+use std::process::ExitCode;
+
+use super::args::{Output, StatusArgs};
+use super::render::emit;
+use super::{connect, decode_all, CliError};
 use crate::dataplane_client::DataplaneClient;
 use crate::schema::{Object, ROOT};
 
@@ -208,6 +212,17 @@ pub fn text(r: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// `flagella status`: the report, printed; exit status 1 when something asked about did not
+/// answer.
+pub async fn run(args: StatusArgs, etcd: &[String], out: Output) -> Result<ExitCode, CliError> {
+    let report = status(etcd, args.dataplane_socket.as_deref()).await;
+    emit(out, &report, || text(&report))?;
+    if !report.healthy() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

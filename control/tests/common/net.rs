@@ -7,10 +7,8 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helper: a failure is a failed test
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,42 +52,9 @@ impl Drop for Proc {
     }
 }
 
-/// The namespaces of this run; deleting them deletes the veth pairs.
-pub struct NetNs {
-    pub names: Vec<String>,
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        for name in self.names.iter().rev() {
-            if run_ip(&["netns", "del", name]).is_err() {
-                eprintln!("WARNING: could not delete namespace {name}: run `ip netns del {name}`");
-            }
-        }
-    }
-}
-
-pub fn run_ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-pub fn ip_in(ns: &str, args: &[&str]) -> String {
-    let mut all = vec!["-n", ns];
-    all.extend_from_slice(args);
-    run_ip(&all).unwrap_or_else(|e| panic!("{e}"))
-}
+// The namespace guard and `ip` helpers are the workspace's one definition (`testkit`).
+#[allow(unused_imports)] // each test file uses a subset
+pub use testkit::{ip_in, run_ip, spawn_in, NetNsGuard};
 
 /// `(ifindex, MAC)` of `dev` in namespace `ns`.
 pub fn link_facts(ns: &str, dev: &str) -> (u64, String) {
@@ -149,19 +114,4 @@ pub fn wait_for_within(what: &str, timeout: Duration, mut done: impl FnMut() -> 
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Runs `f` on a thread that entered network namespace `ns`.
-pub fn spawn_in<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).expect("open namespace");
-        // SAFETY: setns on this thread only, with a namespace file descriptor we own.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
 }

@@ -2,7 +2,8 @@
 //! `daemon.rs`; feature `afxdp`). A test file says `mod support;` to use them; Cargo does not
 //! build this directory as a test of its own.
 //!
-//! Contract: every namespace a test creates goes through a [`NetNsGuard`], which deletes them
+//! Contract: every namespace a test creates goes through a [`NetNsGuard`] (from the `testkit`
+//! dev-dependency), which deletes them
 //! all (newest first) when dropped, pass or fail, so veth pairs go with them. Nothing here
 //! touches the root namespace's interfaces. Setup failures panic: these are tests, and a broken
 //! topology should stop them loudly; [`preflight`] is the one place that turns a missing
@@ -10,67 +11,19 @@
 
 pub mod daemon;
 
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
 use dataplane::MacAddr;
-use nix::sched::{setns, CloneFlags};
 use xdp_redirect::{RedirectConfig, XdpError, XdpProgram};
 
-/// The namespaces of one run; deleting them deletes the veth pairs.
-#[derive(Debug, Default)]
-pub struct NetNsGuard {
-    names: Vec<String>,
-}
-
-impl NetNsGuard {
-    /// Creates namespace `name`; it is deleted when the guard drops.
-    pub fn add(&mut self, name: &str) -> Result<(), String> {
-        run_ip(&["netns", "add", name])?;
-        self.names.push(name.to_string());
-        Ok(())
-    }
-}
-
-impl Drop for NetNsGuard {
-    fn drop(&mut self) {
-        for name in self.names.iter().rev() {
-            if run_ip(&["netns", "del", name]).is_err() {
-                eprintln!("WARNING: could not delete namespace {name}: run `ip netns del {name}`");
-            }
-        }
-    }
-}
-
-/// Runs `ip args..`; its stdout, or an error naming the command and what `ip` said.
-pub fn run_ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Runs `ip -n ns args..`, which must succeed; its stdout.
-pub fn ip_in(ns: &str, args: &[&str]) -> String {
-    let mut all = vec!["-n", ns];
-    all.extend_from_slice(args);
-    run_ip(&all).unwrap_or_else(|e| panic!("{e}"))
-}
+// The namespace guard and `ip` helpers are the workspace's one definition (`testkit`).
+#[allow(unused_imports)] // each test file uses a subset
+pub use testkit::{ip_in, run_ip, spawn_in, NetNsGuard};
 
 /// `(ifindex, MAC)` of `dev` in namespace `ns`, from `ip -j link show`.
 pub fn link_facts(ns: &str, dev: &str) -> (u32, MacAddr) {
@@ -197,19 +150,6 @@ pub fn build_pods(
         });
     }
     Ok(PodNamespaces { node, pods, guard })
-}
-
-/// Runs `f` on a thread that entered network namespace `ns`.
-pub fn spawn_in<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).expect("open namespace");
-        setns(file, CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
 }
 
 /// A kernel-TCP echo between pods: the server reads each connection to EOF and sends the

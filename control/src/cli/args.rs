@@ -1,0 +1,396 @@
+//! The `flagella` command line: every noun, verb, flag and help text (clap derive). The
+//! binary parses [`Cli`] and hands it to [`super::run`]; the help clap prints from these
+//! definitions is the CLI's documentation, so wording changes here are user-visible.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use policy_compiler::model::PolicyKind;
+
+use super::endpoint::{parse_labels, parse_port};
+use super::service::{parse_backend, parse_frontend};
+use crate::schema::{BackendSpec, FrontendSpec, PortSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flagella",
+    version,
+    about = "Flagella command-line tool",
+    long_about = "Flagella command-line tool.\n\nCommands are `flagella <noun> <verb>`, e.g. \
+                  `flagella policy import -f policies.yaml`. Run `flagella <noun> --help` to see \
+                  the verbs.",
+    after_help = "EXIT STATUS: 0 ok; 1 the command failed (the message says what to do); \
+                  2 the command line is wrong."
+)]
+pub struct Cli {
+    /// etcd client URLs, comma-separated
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd: Vec<String>,
+
+    /// Output format: `text` (aligned tables) for people, `json` for scripts
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+
+    #[command(subcommand)]
+    pub noun: Noun,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Noun {
+    /// Network policies (Kubernetes NetworkPolicy, CiliumNetworkPolicy)
+    Policy {
+        #[command(subcommand)]
+        verb: PolicyVerb,
+    },
+    /// Endpoints (pod interfaces) known to the cluster
+    Endpoint {
+        #[command(subcommand)]
+        verb: EndpointVerb,
+    },
+    /// Security identities (reserved and allocated from label sets)
+    Identity {
+        #[command(subcommand)]
+        verb: IdentityVerb,
+    },
+    /// Load-balanced services (frontends, weighted backends, SNAT or DSR)
+    Service {
+        #[command(subcommand)]
+        verb: ServiceVerb,
+    },
+    /// Nodes of the cluster
+    Node {
+        #[command(subcommand)]
+        verb: NodeVerb,
+    },
+    /// Namespaces (their labels are part of their pods' identities)
+    Namespace {
+        #[command(subcommand)]
+        verb: NamespaceVerb,
+    },
+    /// Is etcd reachable, what it holds; with --dataplane-socket, the dataplane's status
+    Status(StatusArgs),
+}
+
+/// The policy kinds `--kind` accepts (Cilium's short names too). Named as the API kinds are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(clippy::enum_variant_names)]
+pub enum KindArg {
+    #[value(name = "NetworkPolicy", alias = "networkpolicy", alias = "np")]
+    NetworkPolicy,
+    #[value(
+        name = "CiliumNetworkPolicy",
+        alias = "ciliumnetworkpolicy",
+        alias = "cnp"
+    )]
+    CiliumNetworkPolicy,
+    #[value(
+        name = "CiliumClusterwideNetworkPolicy",
+        alias = "ciliumclusterwidenetworkpolicy",
+        alias = "ccnp"
+    )]
+    CiliumClusterwideNetworkPolicy,
+}
+
+impl From<KindArg> for PolicyKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::NetworkPolicy => PolicyKind::NetworkPolicy,
+            KindArg::CiliumNetworkPolicy => PolicyKind::CiliumNetworkPolicy,
+            KindArg::CiliumClusterwideNetworkPolicy => PolicyKind::CiliumClusterwideNetworkPolicy,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyVerb {
+    /// Store policies in etcd, from a file or stdin (what `kubectl get networkpolicies -A -o yaml` prints)
+    #[command(
+        long_about = "Store policies in etcd; every node's agent then enforces them.\n\n\
+Reads exactly what `kubectl get networkpolicies -A -o yaml` (or `-o json`) prints, a \
+CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy manifest, or several `---` documents. \
+Every policy is validated first; if any is invalid, nothing is written and the error names the \
+document and the field. An existing policy of the same kind, namespace and name is replaced.",
+        after_long_help = "EXAMPLES:\n  \
+kubectl get networkpolicies -A -o yaml | flagella policy import -f -\n  \
+kubectl get ciliumnetworkpolicies -A -o json | flagella policy import -f -\n  \
+flagella policy import -f allow-web.yaml --dry-run"
+    )]
+    Import {
+        /// The file to read, or `-` for stdin
+        #[arg(short = 'f', long = "file", value_name = "FILE|-")]
+        file: String,
+        /// Validate only; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show stored policies: all as a table, or one (NAMESPACE/NAME, or NAME for cluster-wide)
+    #[command(
+        long_about = "Show stored policies.\n\nWithout an argument, a table of every policy; \
+with NAMESPACE/NAME (or NAME for a cluster-wide policy), the object itself. `-o json` prints \
+the objects as a kubectl `List`, which `flagella policy import -f -` reads back."
+    )]
+    Get {
+        /// NAMESPACE/NAME, or NAME for a CiliumClusterwideNetworkPolicy
+        selector: Option<String>,
+        /// Only policies of this kind
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+    },
+    /// Delete a stored policy (NAMESPACE/NAME, or NAME for cluster-wide)
+    Delete {
+        /// NAMESPACE/NAME, or NAME for a CiliumClusterwideNetworkPolicy
+        selector: String,
+        /// Needed when several kinds have a policy of that name
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+    },
+    /// Explain whether a flow is allowed, and by which policy rules (live from etcd, or offline from files)
+    #[command(
+        long_about = "Explain whether flows are allowed, and which policies and rules decided.\n\n\
+Live (without --policies/--cluster): reads the policies, namespaces, endpoints and nodes from \
+etcd, builds the same model the node agents build, and traces against it. Offline (with \
+--policies and --cluster): reads the policies and a cluster description from files. Either way \
+the policies are compiled into the same per-pod policy maps the dataplane uses and each flow is \
+looked up in them with the dataplane's own lookup function. A flow is allowed when the \
+sender's egress policy and the receiver's ingress policy both allow it.",
+        after_long_help = "\
+CLUSTER FILE (YAML or JSON):
+  namespaces:                      # namespace name -> its labels
+    x: {team: blue}
+  pods:
+  - {namespace: x, name: a, labels: {app: web}, ip: 10.0.0.1,
+     ports: [{name: http, containerPort: 80, protocol: TCP}]}
+  nodes:
+  - {name: node-1, ip: 192.168.0.1}
+
+SRC and DST are `namespace/pod` or an IP address. An address that is neither a pod nor a node \
+is outside the cluster (identity `world`, or the CIDR identity of the longest matching policy CIDR).
+
+PROBES FILE (JSON): [{\"from\": \"x/a\", \"to\": \"y/b\", \"port\": 80, \"protocol\": \"TCP\"}, ...]
+
+EXAMPLES:
+  flagella policy trace --from x/a --to y/b --port 80/TCP          # live, from etcd
+  flagella policy trace --policies deny-all.yaml --policies allow-web.yaml \\
+      --cluster cluster.yaml --from x/a --to y/b --port 80/TCP
+  flagella policy trace --policies policies.yaml --cluster cluster.yaml --probes probes.json -o json
+
+EXIT STATUS:
+  0 the trace ran (whatever the verdicts); 1 an input is bad (the message names the file, the \
+field and what to fix) or etcd is unreachable; 2 the command line is wrong."
+    )]
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("flows").required(true).args(["from", "probes"])))]
+pub struct TraceArgs {
+    /// Offline: a file of policies (YAML or JSON; one object, several `---` documents or
+    /// `kind: List`). Repeat the flag for several files. Requires --cluster.
+    #[arg(long = "policies", value_name = "FILE", requires = "cluster")]
+    pub policies: Vec<PathBuf>,
+
+    /// Offline: the cluster description: namespaces with labels, pods, nodes (see below).
+    /// Requires --policies.
+    #[arg(long, value_name = "FILE", requires = "policies")]
+    pub cluster: Option<PathBuf>,
+
+    /// Source of the flow: `namespace/pod` or an IP address
+    #[arg(long, value_name = "SRC", requires_all = ["to", "port"], conflicts_with = "probes")]
+    pub from: Option<String>,
+
+    /// Destination of the flow: `namespace/pod` or an IP address
+    #[arg(long, value_name = "DST", requires = "from")]
+    pub to: Option<String>,
+
+    /// Destination port and protocol, e.g. 80/TCP, 53/UDP (protocol defaults to TCP)
+    #[arg(long, value_name = "PORT/PROTO", requires = "from")]
+    pub port: Option<String>,
+
+    /// A JSON list of flows to trace instead of --from/--to/--port
+    #[arg(long, value_name = "FILE")]
+    pub probes: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointVerb {
+    /// List endpoints: pod, node, identity, addresses, labels (an endpoint still waiting for its address shows `-`)
+    List {
+        /// Only the endpoints of this node
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+    },
+    /// Show one endpoint
+    Get {
+        /// NAMESPACE/POD
+        pod: String,
+    },
+    /// Create an endpoint without addresses; the agent of its node allocates them (as a CNI plugin does)
+    #[command(
+        long_about = "Create an endpoint (a pod interface) without addresses, as a CNI plugin \
+does.\n\nThe agent (flagella-control) of node --node allocates one address from the node's \
+first IPv4 pod CIDR (and one from its first IPv6 pod CIDR, if it has one), writes them into the \
+endpoint with the pod's MTU (the node's uplink MTU minus its tunnel's overhead; the pod's \
+interface must be given it), and then pushes the endpoint to its dataplane. With --wait the \
+command waits for the addresses and prints them with the MTU. Refused if the endpoint exists. The dataplane needs --ifindex (the \
+host-side interface's index) and --mac (the pod interface's MAC); the node's agent refuses an \
+endpoint of its own node without them.",
+        after_long_help = "EXAMPLES:\n  \
+flagella endpoint create --node node-1 --namespace default --name web-1 --labels app=web \\\n      \
+--interface lxc1 --ifindex 12 --mac 02:00:00:00:00:05 --port http=80/tcp --wait 10"
+    )]
+    Create {
+        /// The node hosting the pod (its agent allocates the addresses)
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        #[arg(long, value_name = "NS")]
+        namespace: String,
+        /// The pod's name
+        #[arg(long, value_name = "POD")]
+        name: String,
+        /// The pod's labels
+        #[arg(long, value_name = "K=V[,K=V...]", default_value = "", value_parser = parse_labels)]
+        labels: std::collections::BTreeMap<String, String>,
+        /// Host-side interface name of the pod's veth
+        #[arg(long, value_name = "IF")]
+        interface: String,
+        /// Host-side interface index
+        #[arg(long, value_name = "N")]
+        ifindex: Option<u32>,
+        /// The pod interface's MAC address
+        #[arg(long, value_name = "MAC")]
+        mac: Option<String>,
+        /// A named container port, [NAME=]PORT[/PROTO]. Repeat for several.
+        #[arg(long = "port", value_name = "[NAME=]PORT[/PROTO]", value_parser = parse_port)]
+        ports: Vec<PortSpec>,
+        /// Wait this many seconds for the addresses and print them, with the pod's MTU
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+    /// Delete an endpoint; the agent of its node releases its addresses
+    Delete {
+        /// NAMESPACE/POD
+        pod: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityVerb {
+    /// List identities: the reserved ones and those allocated for label sets
+    List,
+    /// Show one identity's labels
+    Get {
+        /// The identity number
+        id: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The frontend node translates both ways
+    Snat,
+    /// Direct server return: the backend answers the client directly
+    Dsr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceVerb {
+    /// Create or replace a service
+    #[command(after_long_help = "EXAMPLES:\n  \
+flagella service upsert default/dns --frontend 10.96.0.10:53/udp \\\n      \
+--backend 10.1.0.12:53 --backend 10.2.0.7:53,2\n  \
+flagella service upsert default/web --frontend 10.96.0.20:80/tcp --backend 10.1.0.5:8080 --mode dsr")]
+    Upsert {
+        /// NAMESPACE/NAME
+        name: String,
+        /// IP:PORT[/PROTO] (protocol tcp, udp or sctp; default tcp). Repeat for several.
+        #[arg(long, value_name = "IP:PORT[/PROTO]", required = true, value_parser = parse_frontend)]
+        frontend: Vec<FrontendSpec>,
+        /// IP:PORT[,WEIGHT] (weight default 1; 0 drains). Repeat for several.
+        #[arg(long, value_name = "IP:PORT[,WEIGHT]", value_parser = parse_backend)]
+        backend: Vec<BackendSpec>,
+        /// Forwarding mode
+        #[arg(long, value_enum, default_value_t = ModeArg::Snat)]
+        mode: ModeArg,
+    },
+    /// List services
+    List,
+    /// Delete a service
+    Delete {
+        /// NAMESPACE/NAME
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TunnelArg {
+    /// VXLAN to the other nodes (the source identity in the VNI)
+    Vxlan,
+    /// Geneve to the other nodes
+    Geneve,
+    /// No encapsulation: the underlay routes the pod CIDRs
+    Native,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeVerb {
+    /// List nodes: underlay address, pod CIDRs, tunnel mode, endpoints
+    List,
+    /// Create or replace a node: its underlay address and the pod CIDRs its agent allocates from
+    #[command(
+        long_about = "Create or replace a node (what registering a node with the cluster \
+writes).\n\nIts agent (flagella-control --node NAME) allocates its pods' addresses from the \
+first IPv4 (and first IPv6) --pod-cidr, and gives its dataplane the pods' gateway: the first \
+host address of that CIDR. Other nodes reach its pods through --underlay-ip.",
+        after_long_help = "EXAMPLES:\n  \
+flagella node upsert node-1 --underlay-ip 192.168.0.1 --pod-cidr 10.1.0.0/24\n  \
+flagella node upsert node-2 --underlay-ip 192.168.0.2 --pod-cidr 10.2.0.0/24 \\\n      \
+--pod-cidr fd00:2::/64 --tunnel geneve"
+    )]
+    Upsert {
+        /// The node's name (what its agent's --node says)
+        name: String,
+        /// The node's address on the underlay network
+        #[arg(long, value_name = "IP")]
+        underlay_ip: std::net::IpAddr,
+        /// A CIDR its pods take addresses from, without host bits. Repeat for several.
+        #[arg(long = "pod-cidr", value_name = "CIDR", required = true)]
+        pod_cidrs: Vec<String>,
+        /// How traffic reaches its pods from other nodes
+        #[arg(long, value_enum, default_value_t = TunnelArg::Vxlan)]
+        tunnel: TunnelArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceVerb {
+    /// List namespaces and their labels
+    List,
+    /// Create or replace a namespace (endpoints need theirs to exist)
+    #[command(after_long_help = "EXAMPLES:\n  flagella namespace upsert shop --labels team=web")]
+    Upsert {
+        /// The namespace's name
+        name: String,
+        /// Its labels (namespaceSelector matches them)
+        #[arg(long, value_name = "K=V[,K=V...]", default_value = "", value_parser = parse_labels)]
+        labels: std::collections::BTreeMap<String, String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also ask the dataplane at this control socket for its status
+    #[arg(long, value_name = "PATH")]
+    pub dataplane_socket: Option<PathBuf>,
+}

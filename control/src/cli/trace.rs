@@ -1,0 +1,127 @@
+//! `flagella policy trace`: which flows the policies allow, and which rules decided. Offline
+//! from files (policies and a cluster description) or live from etcd (the agents' own model,
+//! [`super::policy::live_state`], with cluster-wide identity numbers). Either way each probe is
+//! looked up in the compiled per-pod maps with the dataplane's own lookup
+//! ([`policy_compiler::trace`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use dataplane::Identity;
+use policy_compiler::model::PolicyId;
+use policy_compiler::trace::{parse_port_proto, parse_probes, trace, Probe, TraceResult};
+use policy_compiler::{parse_cluster, parse_policies, PolicyEngine};
+
+use super::args::TraceArgs;
+use super::render::warn;
+use super::{connect, CliError};
+
+fn read(path: &Path, flag: &str) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: format!("the {flag} file {}", path.display()),
+        source,
+    })
+}
+
+/// The flows asked for: --probes FILE, or --from/--to/--port.
+fn probes(args: &TraceArgs) -> Result<Vec<Probe>, CliError> {
+    match (&args.probes, &args.from, &args.to, &args.port) {
+        (Some(path), _, _, _) => {
+            parse_probes(&path.display().to_string(), &read(path, "--probes")?)
+                .map_err(|e| CliError::Other(e.to_string()))
+        }
+        (None, Some(from), Some(to), Some(port)) => {
+            let (port, protocol) =
+                parse_port_proto(port).map_err(|e| CliError::Other(format!("--port: {e}")))?;
+            Ok(vec![Probe {
+                from: from.clone(),
+                to: to.clone(),
+                port,
+                protocol,
+            }])
+        }
+        _ => Err(CliError::Other(
+            "give --from, --to and --port, or --probes FILE".into(),
+        )),
+    }
+}
+
+fn run_probes(engine: &PolicyEngine, args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
+    let probes = probes(args)?;
+    let mut results = Vec::with_capacity(probes.len());
+    for (i, probe) in probes.iter().enumerate() {
+        let r = trace(engine, probe).map_err(|e| {
+            CliError::Other(match &args.probes {
+                Some(path) => format!("{}, probe {}: {e}", path.display(), i + 1),
+                None => e.to_string(),
+            })
+        })?;
+        results.push(r);
+    }
+    Ok(results)
+}
+
+pub fn trace_offline(args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
+    let mut policies = Vec::new();
+    let mut seen: HashMap<PolicyId, String> = HashMap::new();
+    for path in &args.policies {
+        let name = path.display().to_string();
+        let parsed = parse_policies(&name, &read(path, "--policies")?)
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        for w in &parsed.warnings {
+            eprintln!("warning: {w}");
+        }
+        for p in parsed.policies {
+            if let Some(first) = seen.insert(p.id.clone(), name.clone()) {
+                return Err(CliError::Other(format!(
+                    "{name}: {} is also defined in {first}; remove one of them",
+                    p.id
+                )));
+            }
+            policies.push(p);
+        }
+    }
+    let Some(cluster_path) = &args.cluster else {
+        return Err(CliError::Other(
+            "--policies needs --cluster FILE (or give neither to trace against etcd)".into(),
+        ));
+    };
+    let cluster_name = cluster_path.display().to_string();
+    let cluster = parse_cluster(&cluster_name, &read(cluster_path, "--cluster")?)
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let engine = PolicyEngine::build(&cluster, &policies)
+        .map_err(|e| CliError::Other(format!("{cluster_name}: {e}")))?;
+    run_probes(&engine, args)
+}
+
+/// Traces against the state in etcd, reporting cluster-wide identity numbers.
+pub async fn trace_live(args: &TraceArgs, etcd: &[String]) -> Result<Vec<TraceResult>, CliError> {
+    let store = connect(etcd).await?;
+    let (state, skipped) = super::policy::live_state(&store).await?;
+    warn(&skipped);
+    // Name a pod missing from etcd in etcd's terms (the compiler speaks of a cluster file).
+    for probe in probes(args)? {
+        for side in [&probe.from, &probe.to] {
+            if side.contains('/') && !state.endpoints().contains_key(side.as_str()) {
+                return Err(CliError::NotFound {
+                    what: format!("endpoint {side}"),
+                    hint: "`flagella endpoint list` lists the endpoints in etcd (a refused one \
+                           is printed as a warning with its reason)"
+                        .into(),
+                });
+            }
+        }
+    }
+    let mut results = run_probes(state.engine(), args)?;
+    for r in &mut results {
+        for remote in [&mut r.egress.remote, &mut r.ingress.remote] {
+            match state.cluster_identity(Identity(remote.identity)) {
+                Some(id) => remote.identity = id,
+                None => remote
+                    .description
+                    .push_str(" (no cluster-wide identity allocated yet; number is local)"),
+            }
+        }
+    }
+    Ok(results)
+}

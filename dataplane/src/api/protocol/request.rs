@@ -1,0 +1,490 @@
+//! Requests: the one table of ops, the parsed [`Request`] and [`Change`], and
+//! [`parse_request`].
+//!
+//! Every op name is written once, in the `ops!` table below, which generates [`Op`] (with its
+//! name and its lookup by name) and [`OPS`]. The parser matches on [`Op`] exhaustively, the
+//! `changes!` list ties each [`Change`] variant to the [`Op`] of the same name, and clients
+//! build their lines with [`Request::to_json`]: a new op cannot be named in one place and
+//! forgotten in another.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    join, DumpRequest, EndpointMsg, EndpointRef, IpcacheMsg, LocalNodeMsg, NodeMsg, NodeRef,
+    PolicyReplace, PolicyUpdate, PrefixRef, RequestError, ServiceMsg, ServiceRef,
+};
+
+/// The table of ops: `Variant = "name"`, in the order error messages list them.
+macro_rules! ops {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, )*) => {
+        /// An op, as the `op` field names it ([`Op::name`]).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Op {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Op {
+            /// Every op, in the table's order.
+            pub const ALL: [Op; [$($name),*].len()] = [$(Op::$variant),*];
+
+            /// The `op` field's spelling.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( Op::$variant => $name, )*
+                }
+            }
+
+            /// The op of an `op` field; `None` for an unknown name.
+            pub fn from_name(name: &str) -> Option<Op> {
+                match name {
+                    $( $name => Some(Op::$variant), )*
+                    _ => None,
+                }
+            }
+        }
+
+        /// Every op, as the `op` field spells it.
+        pub const OPS: [&str; Op::ALL.len()] = [$($name),*];
+    };
+}
+
+ops! {
+    /// The dataplane's report (tables, workers, counters).
+    Status = "status",
+    EndpointUpsert = "endpoint.upsert",
+    EndpointDelete = "endpoint.delete",
+    IpcacheUpsert = "ipcache.upsert",
+    IpcacheDelete = "ipcache.delete",
+    PolicyUpdate = "policy.update",
+    PolicyReplace = "policy.replace",
+    ServiceUpsert = "service.upsert",
+    ServiceDelete = "service.delete",
+    NodeUpsert = "node.upsert",
+    NodeDelete = "node.delete",
+    LocalNodeSet = "local_node.set",
+    /// One table's contents.
+    Dump = "dump",
+    /// Change events on this connection from now on.
+    Subscribe = "subscribe",
+    /// A liveness check.
+    Ping = "ping",
+    Unsubscribe = "unsubscribe",
+}
+
+/// A request without parameters (`status`, `subscribe`, ...): any field is a mistake.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// The changes: `Variant(message)`, each variant named as its [`Op`].
+macro_rules! changes {
+    ($( $variant:ident($msg:ty), )*) => {
+        /// A change to the tables. Applied atomically by [`crate::api::apply::apply`].
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Change {
+            $( $variant($msg), )*
+        }
+
+        impl Change {
+            /// The op of this change.
+            pub fn kind(&self) -> Op {
+                match self {
+                    $( Change::$variant(_) => Op::$variant, )*
+                }
+            }
+
+            fn body(&self) -> serde_json::Result<Value> {
+                match self {
+                    $( Change::$variant(m) => serde_json::to_value(m), )*
+                }
+            }
+
+            /// Parses the fields of change op `op` (refused when `op` is not a change).
+            fn parse(op: Op, body: Map<String, Value>) -> Result<Change, RequestError> {
+                match op {
+                    $( Op::$variant => fields(op.name(), body).map(Change::$variant), )*
+                    _ => Err(RequestError::at(
+                        "op",
+                        format!("`{}` is not a change to the tables", op.name()),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+changes! {
+    EndpointUpsert(EndpointMsg),
+    EndpointDelete(EndpointRef),
+    IpcacheUpsert(IpcacheMsg),
+    IpcacheDelete(PrefixRef),
+    PolicyUpdate(PolicyUpdate),
+    PolicyReplace(PolicyReplace),
+    ServiceUpsert(ServiceMsg),
+    ServiceDelete(ServiceRef),
+    NodeUpsert(NodeMsg),
+    NodeDelete(NodeRef),
+    LocalNodeSet(LocalNodeMsg),
+}
+
+impl Change {
+    /// The `op` field of this change.
+    pub fn op(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The change as a JSON object with its `op`: the body of a change event.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut map = match self.body() {
+            Ok(Value::Object(map)) => map,
+            // Every message is a struct of plain values, which serializes to an object.
+            _ => Map::new(),
+        };
+        map.insert("op".into(), Value::from(self.op()));
+        map
+    }
+}
+
+/// A parsed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    /// Answers `{"ok":true}`: a liveness check.
+    Ping,
+    Dump(DumpRequest),
+    /// From now on the connection also receives one event line per applied change.
+    Subscribe,
+    Unsubscribe,
+    Change(Change),
+}
+
+impl Request {
+    /// The op of this request.
+    pub fn kind(&self) -> Op {
+        match self {
+            Request::Status => Op::Status,
+            Request::Ping => Op::Ping,
+            Request::Dump(_) => Op::Dump,
+            Request::Subscribe => Op::Subscribe,
+            Request::Unsubscribe => Op::Unsubscribe,
+            Request::Change(c) => c.kind(),
+        }
+    }
+
+    /// The request as the JSON object a client sends: its fields and its `op` (no `seq`).
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut map = match self {
+            Request::Change(c) => return c.to_json(),
+            Request::Dump(d) => match serde_json::to_value(d) {
+                Ok(Value::Object(map)) => map,
+                // A struct of plain values serializes to an object.
+                _ => Map::new(),
+            },
+            Request::Status | Request::Ping | Request::Subscribe | Request::Unsubscribe => {
+                Map::new()
+            }
+        };
+        map.insert("op".into(), Value::from(self.kind().name()));
+        map
+    }
+}
+
+/// A parsed request and the `seq` to echo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub seq: Option<Value>,
+    pub request: Request,
+}
+
+/// A refused request: the error and the `seq` to echo (when it could be read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub seq: Option<Value>,
+    pub error: RequestError,
+}
+
+/// Parses one request line (without its newline).
+pub fn parse_request(line: &[u8]) -> Result<Envelope, Refusal> {
+    let refuse = |seq: Option<Value>, error| Refusal { seq, error };
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        refuse(
+            None,
+            RequestError::whole(format!(
+                "not valid JSON ({e}): send one JSON object per line, e.g. {{\"op\":\"status\"}}"
+            )),
+        )
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(refuse(
+            None,
+            RequestError::whole(
+                "a request is a JSON object with an `op` field, e.g. {\"op\":\"status\"}",
+            ),
+        ));
+    };
+    let seq = match map.remove("seq") {
+        None => None,
+        Some(v @ (Value::Number(_) | Value::String(_))) => Some(v),
+        Some(_) => {
+            return Err(refuse(
+                None,
+                RequestError::at(
+                    "seq",
+                    "`seq` must be a number or a string: it is echoed back in the reply",
+                ),
+            ))
+        }
+    };
+    let op = match map.remove("op") {
+        Some(Value::String(op)) => op,
+        Some(_) => {
+            return Err(refuse(
+                seq,
+                RequestError::at(
+                    "op",
+                    format!(
+                        "`op` must be a string naming the request: one of {}",
+                        OPS.join(", ")
+                    ),
+                ),
+            ))
+        }
+        None => {
+            return Err(refuse(
+                seq,
+                RequestError::at(
+                    "op",
+                    format!("missing `op`: say what to do, one of {}", OPS.join(", ")),
+                ),
+            ))
+        }
+    };
+    match parse_op(&op, map) {
+        Ok(request) => Ok(Envelope { seq, request }),
+        Err(error) => Err(refuse(seq, error)),
+    }
+}
+
+fn parse_op(op: &str, body: Map<String, Value>) -> Result<Request, RequestError> {
+    let Some(kind) = Op::from_name(op) else {
+        return Err(RequestError::at(
+            "op",
+            format!("unknown op `{op}`: use one of {}", OPS.join(", ")),
+        ));
+    };
+    let request = match kind {
+        Op::Status => fields::<NoParams>(op, body).map(|_| Request::Status)?,
+        Op::Ping => fields::<NoParams>(op, body).map(|_| Request::Ping)?,
+        Op::Subscribe => fields::<NoParams>(op, body).map(|_| Request::Subscribe)?,
+        Op::Unsubscribe => fields::<NoParams>(op, body).map(|_| Request::Unsubscribe)?,
+        Op::Dump => Request::Dump(fields(op, body)?),
+        Op::EndpointUpsert
+        | Op::EndpointDelete
+        | Op::IpcacheUpsert
+        | Op::IpcacheDelete
+        | Op::PolicyUpdate
+        | Op::PolicyReplace
+        | Op::ServiceUpsert
+        | Op::ServiceDelete
+        | Op::NodeUpsert
+        | Op::NodeDelete
+        | Op::LocalNodeSet => Request::Change(Change::parse(kind, body)?),
+    };
+    Ok(request)
+}
+
+/// Deserializes the fields of an `op` request, naming the field at fault on error.
+fn fields<T: DeserializeOwned>(op: &str, body: Map<String, Value>) -> Result<T, RequestError> {
+    serde_path_to_error::deserialize(Value::Object(body)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde reports a missing field at the enclosing object: name the field itself. (An
+        // unknown field's path already ends with its name.)
+        let named = inner
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let field = match named {
+            Some(name) => join(&path, name),
+            None if path == "." => String::new(),
+            None => path,
+        };
+        let hint = if inner.starts_with("unknown field") {
+            "remove it or fix its spelling"
+        } else {
+            "fix this field and resend"
+        };
+        RequestError {
+            message: format!("{op}: {}: {inner}: {hint}", display_field(&field)),
+            field: (!field.is_empty()).then_some(field),
+        }
+    })
+}
+
+fn display_field(field: &str) -> &str {
+    if field.is_empty() {
+        "request"
+    } else {
+        field
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(line: &str) -> RequestError {
+        match parse_request(line.as_bytes()) {
+            Ok(e) => panic!("{line} parsed as {e:?}"),
+            Err(r) => r.error,
+        }
+    }
+
+    fn field_of(line: &str) -> Option<String> {
+        refused(line).field
+    }
+
+    #[test]
+    fn parses_every_op() {
+        let lines = [
+            r#"{"op":"status"}"#,
+            r#"{"op":"ping","seq":1}"#,
+            r#"{"op":"subscribe"}"#,
+            r#"{"op":"unsubscribe"}"#,
+            r#"{"op":"dump","table":"policy","endpoint":3}"#,
+            r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.1","identity":1000}"#,
+            r#"{"op":"endpoint.delete","id":1}"#,
+            r#"{"op":"ipcache.upsert","prefix":"10.0.0.0/24","identity":2000,"tunnel_endpoint":"192.168.0.2"}"#,
+            r#"{"op":"ipcache.delete","prefix":"10.0.0.0/24"}"#,
+            r#"{"op":"policy.update","endpoint":1,"direction":"ingress","enforced":true,"add":[{"identity":1001,"proto":"tcp","port":80,"action":"allow","cookie":7}],"delete":[{"identity":9}]}"#,
+            r#"{"op":"policy.replace","endpoint":1,"direction":"egress","entries":[]}"#,
+            r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"10.0.0.1","port":8080}],"mode":"dsr"}"#,
+            r#"{"op":"service.delete","frontend":{"addr":"10.96.0.10","port":80,"proto":6}}"#,
+            r#"{"op":"node.upsert","name":"b","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"encap":"geneve"}"#,
+            r#"{"op":"node.delete","name":"b"}"#,
+            r#"{"op":"local_node.set","name":"a","underlay_ipv4":"192.168.0.1","uplink_ifindex":2}"#,
+        ];
+        assert_eq!(lines.len(), OPS.len());
+        for line in lines {
+            let env = parse_request(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e:?}"));
+            if let Request::Change(c) = &env.request {
+                assert!(line.contains(c.op()));
+            }
+        }
+    }
+
+    #[test]
+    fn seq_is_echoed_even_on_error() {
+        let r = parse_request(br#"{"op":"endpoint.delete","seq":"abc"}"#).unwrap_err();
+        assert_eq!(r.seq, Some(Value::from("abc")));
+        assert_eq!(r.error.field.as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn each_error_names_its_field() {
+        let cases = [
+            (r#"{"seq":1}"#, "op"),
+            (r#"{"op":7}"#, "op"),
+            (r#"{"op":"endpoint.frobnicate"}"#, "op"),
+            (
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"zz","identity":1}"#,
+                "mac",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"identity":1}"#,
+                "mac",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":-1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1}"#,
+                "id",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1,"ipv4":"10.0.0.300"}"#,
+                "ipv4",
+            ),
+            (
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":5,"mac":"02:00:00:00:00:01","identity":1,"identiy":2}"#,
+                "identiy",
+            ),
+            (
+                r#"{"op":"ipcache.upsert","prefix":"10.0.0.0/33","identity":5}"#,
+                "prefix",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":1,"direction":"sideways"}"#,
+                "direction",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"action":"allow"},{"proto":"tcp","port":70000,"action":"allow"}]}"#,
+                "add[1].port",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"proto":"bogus","action":"allow"}]}"#,
+                "add[0].proto",
+            ),
+            (
+                r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"proto":"tcp"}]}"#,
+                "add[0].action",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80},"backends":[]}"#,
+                "frontend.proto",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"x","port":1}]}"#,
+                "backends[0].addr",
+            ),
+            (
+                r#"{"op":"node.upsert","name":"b","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24","nope"]}"#,
+                "pod_cidrs[1]",
+            ),
+            (r#"{"op":"dump","table":"everything"}"#, "table"),
+            (r#"{"op":"status","verbose":true}"#, "verbose"),
+            (
+                r#"{"op":"service.delete","frontend":{"addr":"10.96.0.10","port":80,"proto":6,"vip":1}}"#,
+                "frontend.vip",
+            ),
+            (
+                r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","proto":6}}"#,
+                "frontend.port",
+            ),
+            (r#"{"op":"ping","seq":[1]}"#, "seq"),
+        ];
+        for (line, field) in cases {
+            let e = refused(line);
+            assert_eq!(e.field.as_deref(), Some(field), "{line}: {}", e.message);
+            assert!(e.message.contains(':'), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn whole_request_errors_have_no_field() {
+        assert_eq!(field_of("not json"), None);
+        assert_eq!(field_of("[1,2]"), None);
+        assert!(refused("{\"op\":")
+            .message
+            .contains("one JSON object per line"));
+    }
+
+    /// The table is the one spelling: names and variants map both ways, and every request's
+    /// line carries its op's name.
+    #[test]
+    fn the_op_table_maps_both_ways() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_name(op.name()), Some(op));
+        }
+        assert_eq!(OPS.len(), Op::ALL.len());
+        assert_eq!(Op::from_name("frobnicate"), None);
+        let status = Request::Status.to_json();
+        assert_eq!(Value::Object(status).to_string(), r#"{"op":"status"}"#);
+        let dump = Request::Dump(DumpRequest {
+            table: super::super::DumpTable::Ipcache,
+            endpoint: None,
+            limit: None,
+        });
+        let line = Value::Object(dump.to_json()).to_string();
+        assert_eq!(line, r#"{"op":"dump","table":"ipcache"}"#);
+        assert_eq!(parse_request(line.as_bytes()).unwrap().request, dump);
+    }
+}

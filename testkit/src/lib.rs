@@ -1,0 +1,104 @@
+//! Test-only helpers for the integration tests that build network namespaces (as root): the
+//! dataplane's (`dataplane/tests/support`), the control crate's (`control/tests/common/net.rs`)
+//! and the XDP loader's (`xdp-redirect/tests/attach.rs`). A dev-dependency only: nothing here
+//! is compiled into a library or a binary.
+//!
+//! Contract: every namespace a test creates goes through a [`NetNsGuard`], which deletes them
+//! all (newest first) when dropped, pass or fail, so veth pairs and the processes' network go
+//! with them; a namespace it cannot delete is reported on stderr with the command that removes
+//! it. Nothing here touches the root namespace's interfaces. Helpers that must succeed panic
+//! (these are tests: a broken topology should stop them loudly); [`NetNsGuard::add`] and
+//! [`run_ip`] return the reason instead, for a caller that skips.
+
+use std::fs::File;
+use std::process::Command;
+use std::thread;
+
+use nix::sched::{setns, CloneFlags};
+
+/// The network namespaces of one test run; dropping the guard deletes them, newest first.
+#[derive(Debug, Default)]
+pub struct NetNsGuard {
+    names: Vec<String>,
+}
+
+impl NetNsGuard {
+    /// Creates namespace `name`; it is deleted when the guard drops.
+    pub fn add(&mut self, name: &str) -> Result<(), String> {
+        run_ip(&["netns", "add", name])?;
+        self.names.push(name.to_string());
+        Ok(())
+    }
+
+    /// The namespaces created so far, oldest first.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl Drop for NetNsGuard {
+    fn drop(&mut self) {
+        for name in self.names.iter().rev() {
+            if run_ip(&["netns", "del", name]).is_err() {
+                eprintln!("WARNING: could not delete namespace {name}: run `ip netns del {name}`");
+            }
+        }
+    }
+}
+
+/// Runs `ip args..`; its stdout, or an error naming the command and what `ip` said.
+pub fn run_ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip -n ns args..`, which must succeed; its stdout.
+pub fn ip_in(ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run_ip(&all).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Enters network namespace `ns` on the calling thread (only that thread).
+fn enter(ns: &str) {
+    let path = format!("/var/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open namespace {path}: {e}"));
+    setns(file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns into {ns}: {e}"));
+}
+
+/// Runs `f` on a new thread that entered network namespace `ns`.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let ns = ns.to_string();
+    thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+}
+
+/// Runs `body` on a scoped thread that entered network namespace `ns`, and returns its result;
+/// a panic in `body` is resumed here (failing the test) after the thread is joined.
+pub fn run_in<T: Send>(ns: &str, body: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(ns);
+                body()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
