@@ -46,7 +46,7 @@ use crate::forward::{default_dataplane, is_root, ScratchDir};
 use crate::probe::{now_ns, Probes};
 use crate::synth::{self, Cluster, ClusterSpec, IngressRules, PeerRule, RealPod};
 use crate::targets::{pod_interfaces, start_dataplane, tail, ChildGuard, DataplaneLaunch};
-use crate::topo::{ip_in, run, Topology, GATEWAY, POD_A_IP, POD_B_IP};
+use crate::topo::{ip_in, run, Namespaces, Topology, GATEWAY, POD_A_IP, POD_B_IP};
 use crate::BenchError;
 
 // ---- statistics ----------------------------------------------------------------------------
@@ -398,8 +398,8 @@ pub fn baselines(
     reps: usize,
     result: &mut SizeResult,
 ) -> Result<(), BenchError> {
-    run("ip", &["netns", "add", ns])?;
-    let _guard = NetnsGuard(ns.to_string());
+    let mut namespaces = Namespaces::default();
+    namespaces.add(ns)?;
     let full = synth::iptables_full(rules);
     let b_index = rules.keys().position(|ip| *ip == POD_B_IP).unwrap_or(0);
     let allow_a = [PeerRule {
@@ -441,20 +441,6 @@ pub fn baselines(
     result.push(format!("{NFT_FULL} ({} elements)", addrs.len()), &nft_full);
     result.push(NFT_ADD, &nft_add);
     Ok(())
-}
-
-/// Deletes a scratch namespace on drop.
-struct NetnsGuard(String);
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        if run("ip", &["netns", "del", &self.0]).is_err() {
-            eprintln!(
-                "WARNING: could not delete namespace {0}: run `ip netns del {0}`",
-                self.0
-            );
-        }
-    }
 }
 
 /// Where and when: UTC time, load average, CPUs, and the versions of the tools measured.

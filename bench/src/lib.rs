@@ -23,6 +23,7 @@ pub mod converge;
 pub mod cputime;
 pub mod etcd;
 pub mod forward;
+pub mod generator;
 pub mod machine;
 pub mod pktgen;
 pub mod probe;

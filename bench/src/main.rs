@@ -5,8 +5,9 @@
 use std::process::ExitCode;
 
 use bench::cli::{Cli, Command, ReportArgs, Target};
+use bench::generator::generate;
 use bench::report::{render, Row};
-use bench::traffic::{format_sent, generate, sink};
+use bench::traffic::{format_sent, sink};
 use bench::{converge, forward, signals, xnode, BenchError};
 use clap::Parser;
 

@@ -191,13 +191,9 @@ fn send_batch(fd: &OwnedFd, msgs: &mut [libc::mmsghdr], result: &mut GenResult) 
     }
 }
 
-pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
-    match args.generator {
-        crate::cli::Generator::Pktgen => return crate::pktgen::generate(args),
-        crate::cli::Generator::Packet => return generate_packets(args),
-        crate::cli::Generator::Xdp => return crate::xdpgen::generate(args),
-        crate::cli::Generator::Socket => {}
-    }
+/// The socket generator (`--generator socket`): UDP with `sendmmsg`, one connected socket per
+/// flow. [`crate::generator::generate`] picks the generator.
+pub fn generate_socket(args: &GenArgs) -> Result<GenResult, BenchError> {
     if let Some(core) = args.core {
         pin(core)?;
     }
@@ -291,7 +287,7 @@ pub(crate) fn frame_generator_args<'a>(
 
 /// `--generator packet`: prebuilt frames on an AF_PACKET socket bound to `--dev`, sendmmsg in
 /// batches, consecutive messages taking consecutive flows.
-fn generate_packets(args: &GenArgs) -> Result<GenResult, BenchError> {
+pub fn generate_packets(args: &GenArgs) -> Result<GenResult, BenchError> {
     let (dev, dst_mac, src) = frame_generator_args(args, "packet")?;
     let mac_path = format!("/sys/class/net/{dev}/address");
     let src_mac = std::fs::read_to_string(&mac_path)

@@ -73,7 +73,7 @@ fn xdp_generator_packets_reach_the_sink() {
             dst_mac: Some(ROUTER_MAC.into()),
             src: Some(src),
         };
-        bench::traffic::generate(&args)
+        bench::generator::generate(&args)
     });
     let sent = gen.join().unwrap().unwrap();
     let received = sink.join().unwrap();

@@ -143,7 +143,7 @@ fn frames_reach_the_sink(target: XnodeTarget, n: u32) {
             dst_mac: None,
             src: Some(a_ip),
         };
-        bench::traffic::generate(&args)
+        bench::generator::generate(&args)
     });
     let sent = gen.join().unwrap();
     let received = sink.join().unwrap();

@@ -40,8 +40,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 use dataplane::api::{ControlServer, ServerError, StatsRegistry, TablesHandle};
 use dataplane::daemon::config::{
-    ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerConfig as WorkerSection, XdpMode,
-    DEFAULT_CONFIG_PATH,
+    ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerSection, XdpMode, DEFAULT_CONFIG_PATH,
 };
 use dataplane::daemon::host_path::{self, OwnershipMaps};
 use dataplane::daemon::preflight::{self, PreflightError};

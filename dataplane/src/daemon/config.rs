@@ -67,9 +67,11 @@ pub struct InterfaceConfig {
     pub queues: u32,
 }
 
+/// A `[[worker]]` section of the file: which interfaces one worker serves, on which core. The
+/// daemon turns it into an `io::WorkerConfig` (the runtime one: ports, pipeline, socket geometry).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerConfig {
+pub struct WorkerSection {
     /// CPU to pin the busy-polling thread to.
     pub core: Option<usize>,
     /// Interfaces this worker serves (all of their queues).
@@ -109,7 +111,7 @@ pub struct DaemonConfig {
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "worker")]
-    pub workers: Vec<WorkerConfig>,
+    pub workers: Vec<WorkerSection>,
 }
 
 fn one() -> u32 {
@@ -266,9 +268,9 @@ impl DaemonConfig {
     }
 
     /// The workers to run: as configured, or one unpinned worker for every interface.
-    pub fn effective_workers(&self) -> Vec<WorkerConfig> {
+    pub fn effective_workers(&self) -> Vec<WorkerSection> {
         if self.workers.is_empty() {
-            vec![WorkerConfig {
+            vec![WorkerSection {
                 core: None,
                 interfaces: self.interfaces.iter().map(|i| i.name.clone()).collect(),
             }]
