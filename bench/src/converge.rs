@@ -42,9 +42,10 @@ use serde_json::{json, Value};
 
 use crate::cli::ConvergeArgs;
 use crate::etcd::{Etcd, EtcdServer};
-use crate::forward::{default_dataplane, is_root, ScratchDir};
+use crate::forward::{is_root, ScratchDir};
 use crate::probe::{now_ns, Probes};
 use crate::synth::{self, Cluster, ClusterSpec, IngressRules, PeerRule, RealPod};
+use crate::targets::default_dataplane;
 use crate::targets::{pod_interfaces, start_dataplane, tail, ChildGuard, DataplaneLaunch};
 use crate::topo::{ip_in, run, Namespaces, Topology, GATEWAY, POD_A_IP, POD_B_IP};
 use crate::BenchError;

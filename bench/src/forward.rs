@@ -112,14 +112,6 @@ struct Opened {
     cpu: Vec<CpuTime>,
 }
 
-/// The default flagella-dataplane: next to this binary.
-pub fn default_dataplane() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("flagella-dataplane")))
-        .unwrap_or_else(|| PathBuf::from("flagella-dataplane"))
-}
-
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -26,9 +26,16 @@ use serde_json::{json, Value};
 
 use crate::cli::RunArgs;
 use crate::cputime::{threads_cpu_time, CpuTime};
-use crate::forward::default_dataplane;
 use crate::topo::{exec_in, run, Topology, GATEWAY, ROUTER_MAC, SINK_PORT};
 use crate::BenchError;
+
+/// The default flagella-dataplane: next to this binary.
+pub fn default_dataplane() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("flagella-dataplane")))
+        .unwrap_or_else(|| PathBuf::from("flagella-dataplane"))
+}
 
 /// A child process stopped by PID when dropped.
 #[derive(Debug)]
