@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use testkit::modules::{assert_acyclic, first_segments, non_test_code, rust_files};
+
 /// Layer of each top-level module: a module may name only modules of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
     ("types", 0),
@@ -51,32 +53,20 @@ fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Every `.rs` file under `dir`, as paths relative to `src/`.
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path.strip_prefix(src_dir()).unwrap().to_path_buf());
-        }
-    }
-}
-
-/// The file's code with `//` comments (doc comments included) removed, up to its unit tests
-/// (the first `#[cfg(test)]` line: by convention the test module closes the file): tests may
-/// reach anywhere, they are not a dependency of the code.
-fn code(path: &Path) -> String {
-    fs::read_to_string(src_dir().join(path))
-        .unwrap()
-        .lines()
-        .take_while(|line| line.trim() != "#[cfg(test)]")
-        .map(|line| line.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// True for a file its parent declares under `#[cfg(test)]` (a test-only helper module).
+/// Every `.rs` file under `src/<sub>` (all of `src/` for ""), as paths relative to `src/`.
+fn src_files(sub: &str) -> Vec<PathBuf> {
+    rust_files(&src_dir().join(sub))
+        .into_iter()
+        .map(|p| Path::new(sub).join(p))
+        .collect()
+}
+
+/// A file's code before its unit tests, comments removed (`testkit::modules::non_test_code`).
+fn code(path: &Path) -> String {
+    non_test_code(&fs::read_to_string(src_dir().join(path)).unwrap())
+}
+
 fn is_test_only(path: &Path) -> bool {
     let (Some(parent), Some(stem)) = (path.parent(), path.file_stem()) else {
         return false;
@@ -89,69 +79,6 @@ fn is_test_only(path: &Path) -> bool {
     lines
         .windows(2)
         .any(|w| w[0] == "#[cfg(test)]" && w[1].ends_with(&decl))
-}
-
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
-}
-
-/// The first path segment of every path that follows `prefix` in `code`: `prefix::a::b` gives
-/// `a`; `prefix::{a::b, c}` gives `a` and `c`.
-fn first_segments(code: &str, prefix: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut rest = code;
-    while let Some(at) = rest.find(prefix) {
-        let before = rest[..at].chars().next_back();
-        rest = &rest[at + prefix.len()..];
-        if before.is_some_and(|c| is_ident(c) || c == ':') {
-            continue; // `xcrate::`, or `a::super::` (not a path from here).
-        }
-        if let Some(group) = rest.strip_prefix('{') {
-            let mut depth = 1;
-            let end = group
-                .char_indices()
-                .find(|&(_, c)| {
-                    depth += match c {
-                        '{' => 1,
-                        '}' => -1,
-                        _ => 0,
-                    };
-                    depth == 0
-                })
-                .map_or(group.len(), |(i, _)| i);
-            for item in split_top_level(&group[..end]) {
-                let name: String = item.trim().chars().take_while(|&c| is_ident(c)).collect();
-                if !name.is_empty() {
-                    out.insert(name);
-                }
-            }
-        } else {
-            let name: String = rest.chars().take_while(|&c| is_ident(c)).collect();
-            if !name.is_empty() {
-                out.insert(name);
-            }
-        }
-    }
-    out
-}
-
-/// Splits `s` at the commas outside braces.
-fn split_top_level(s: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts
 }
 
 /// `(top-level module, file stem)` of a file: `pipeline/parse.rs` -> `("pipeline", "parse")`,
@@ -176,8 +103,7 @@ fn layer(module: &str) -> Option<u8> {
 
 #[test]
 fn every_module_names_only_lower_layers() {
-    let mut files = Vec::new();
-    rust_files(&src_dir(), &mut files);
+    let files = src_files("");
     assert!(files.len() > 20, "found only {files:?}");
     let mut wrong = Vec::new();
     for path in &files {
@@ -223,8 +149,7 @@ fn every_module_names_only_lower_layers() {
 
 /// The sibling files each file of `dir` names (`super::x`, `crate::dir::x`).
 fn sibling_graph(dir: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut files = Vec::new();
-    rust_files(&src_dir().join(dir), &mut files);
+    let files = src_files(dir);
     let stems: BTreeSet<String> = files
         .iter()
         .filter_map(|p| module_of(p).map(|(_, stem)| stem))
@@ -247,46 +172,12 @@ fn sibling_graph(dir: &str) -> BTreeMap<String, BTreeSet<String>> {
     graph
 }
 
-/// A cycle in `graph`, as the path that closes it, if there is one.
-fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
-    fn visit(
-        node: &str,
-        graph: &BTreeMap<String, BTreeSet<String>>,
-        path: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-    ) -> Option<Vec<String>> {
-        if let Some(at) = path.iter().position(|n| n == node) {
-            let mut cycle = path[at..].to_vec();
-            cycle.push(node.to_string());
-            return Some(cycle);
-        }
-        if done.contains(node) {
-            return None;
-        }
-        path.push(node.to_string());
-        for next in graph.get(node).into_iter().flatten() {
-            if let Some(cycle) = visit(next, graph, path, done) {
-                return Some(cycle);
-            }
-        }
-        path.pop();
-        done.insert(node.to_string());
-        None
-    }
-    let mut done = BTreeSet::new();
-    graph
-        .keys()
-        .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
-}
-
 #[test]
 fn no_directory_has_an_import_cycle() {
     for dir in ACYCLIC_DIRS {
         let graph = sibling_graph(dir);
         assert!(!graph.is_empty(), "{dir}: no files found");
-        if let Some(cycle) = find_cycle(&graph) {
-            panic!("{dir}/: import cycle {}", cycle.join(" -> "));
-        }
+        assert_acyclic(&format!("the files of {dir}/"), &graph);
     }
 }
 
@@ -321,23 +212,4 @@ fn no_pipeline_stage_names_another() {
             "pipeline/{file}.rs (a helper) names the stage(s) {stages:?}"
         );
     }
-}
-
-#[test]
-fn the_import_scanner_reads_paths_and_groups() {
-    let code = "use crate::a::B;\nuse crate::{c::D, e, f::{g, h}};\nlet x = crate::i::j();\n\
-                use super::{k, l::M};\nfoo::super::n;";
-    let crate_paths: Vec<_> = first_segments(code, "crate::").into_iter().collect();
-    assert_eq!(crate_paths, ["a", "c", "e", "f", "i"]);
-    let super_paths: Vec<_> = first_segments(code, "super::").into_iter().collect();
-    assert_eq!(super_paths, ["k", "l"]);
-    let graph: BTreeMap<String, BTreeSet<String>> = [
-        ("a".to_string(), BTreeSet::from(["b".to_string()])),
-        ("b".to_string(), BTreeSet::from(["a".to_string()])),
-    ]
-    .into();
-    assert_eq!(
-        find_cycle(&graph),
-        Some(vec!["a".to_string(), "b".to_string(), "a".to_string()])
-    );
 }

@@ -1,4 +1,6 @@
-//! Test-only helpers for the integration tests that build network namespaces (as root): the
+//! Test-only helpers. [`modules`]: a crate's module graph read from its source, for the tests
+//! that keep dependencies going one way. The rest, for the integration tests that build network
+//! namespaces (as root): the
 //! dataplane's (`dataplane/tests/support`), the control crate's (`control/tests/common/net.rs`)
 //! and the XDP loader's (`xdp-redirect/tests/attach.rs`). A dev-dependency only: nothing here
 //! is compiled into a library or a binary.
@@ -9,6 +11,8 @@
 //! it. Nothing here touches the root namespace's interfaces. Helpers that must succeed panic
 //! (these are tests: a broken topology should stop them loudly); [`NetNsGuard::add`] and
 //! [`run_ip`] return the reason instead, for a caller that skips.
+
+pub mod modules;
 
 use std::fs::File;
 use std::process::Command;
