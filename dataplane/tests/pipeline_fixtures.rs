@@ -791,6 +791,45 @@ fn dsr_native_option_written_on_lb_node_and_consumed_on_backend_node() {
     );
 }
 
+/// A DSR option is a node's word: a pod's, or one on the uplink from a MAC that is no node's,
+/// would let its sender choose the source of another pod's replies. Dropped and counted.
+#[test]
+fn dsr_option_from_a_pod_or_a_stranger_is_not_trusted() {
+    let a = node_a();
+    let mut p = pipeline();
+    let spoof = dsr_ipv4_option(Ipv4Addr::new(10, 1, 0, 99), 443);
+    let from_pod1 = from_pod(&POD1, POD2.ip(), 40000, 8080, TCP_SYN).ipv4_options(&spoof);
+    check(
+        &mut p,
+        &a,
+        Fixture {
+            description: "pod 1 -> pod 2 with a DSR option naming another frontend",
+            ingress: POD1.ifindex,
+            input: from_pod1.build(),
+            expect: Expect::Drop(DropReason::DsrOptionUntrusted),
+        },
+    );
+    let d = node_tables(4, UPLINK_MAC_D, &[&POD_D]);
+    let mut pd = pipeline();
+    let stranger = PacketBuilder::tcp(IpAddr::V4(CLIENT_WORLD), 40000, POD_D.ip(), 8080, TCP_SYN)
+        .macs(MacAddr([0x02, 0, 0, 0, 0x77, 0x77]), UPLINK_MAC_D)
+        .ipv4_options(&dsr_ipv4_option(VIP_DSR_NATIVE, 80));
+    check(
+        &mut pd,
+        &d,
+        Fixture {
+            description: "the option on the uplink, from a MAC that is no node's next hop",
+            ingress: UPLINK,
+            input: stranger.build(),
+            expect: Expect::Drop(DropReason::DsrOptionUntrusted),
+        },
+    );
+    assert_eq!(
+        p.counters().dsr_option_consumed + pd.counters().dsr_option_consumed,
+        0
+    );
+}
+
 #[test]
 fn dsr_geneve_option_round_trip() {
     let a = node_a();

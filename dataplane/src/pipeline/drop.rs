@@ -89,11 +89,15 @@ pub enum DropReason {
     /// the node has no pod gateway address of the packet's family (`gateway_ipv4` /
     /// `gateway_ipv6` of `local_node`) to send it from.
     TooBigNoGateway = 65,
+    /// A DSR IPv4 option from a pod, or from the uplink but not from a known node (neither
+    /// through a tunnel nor from a peer node's MAC): a pod must not choose the source address
+    /// of another pod's replies.
+    DsrOptionUntrusted = 66,
 }
 
 impl DropReason {
     /// Every reason, in number order (for metrics registration and docs).
-    pub const ALL: [DropReason; 33] = [
+    pub const ALL: [DropReason; 34] = [
         DropReason::EthernetTruncated,
         DropReason::UnsupportedEtherType,
         DropReason::ArpMalformed,
@@ -127,6 +131,7 @@ impl DropReason {
         DropReason::FrameTooLong,
         DropReason::NoNextHop,
         DropReason::TooBigNoGateway,
+        DropReason::DsrOptionUntrusted,
     ];
 
     /// The stable number.
@@ -176,6 +181,7 @@ impl DropReason {
             FrameTooLong => "frame_too_long",
             NoNextHop => "no_next_hop",
             TooBigNoGateway => "too_big_no_gateway",
+            DsrOptionUntrusted => "dsr_option_untrusted",
         }
     }
 }
@@ -211,6 +217,7 @@ mod tests {
         assert_eq!(DropReason::FrameTooLong as u8, 63);
         assert_eq!(DropReason::NoNextHop as u8, 64);
         assert_eq!(DropReason::TooBigNoGateway as u8, 65);
+        assert_eq!(DropReason::DsrOptionUntrusted as u8, 66);
     }
 
     #[test]

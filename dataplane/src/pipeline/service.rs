@@ -16,17 +16,21 @@
 
 use std::net::IpAddr;
 
-use super::batch::{Batch, Ctx};
+use super::batch::{Batch, Ctx, Ingress};
 use super::meta::{FrontendAddr, PacketMeta};
 use super::{nat, resolve, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::services::{flow_hash, LbMode};
+use crate::types::MacAddr;
 use crate::wire::ipv4::{self, Ipv4Packet, Protocol};
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
     let has_l4 = |m: &PacketMeta| m.l4 != 0;
     batch.for_each(ctx, Stage::Service, has_l4, |f, m, ctx| {
         if m.dsr_option_offset != 0 {
+            if !dsr_option_trusted(f, m, ctx) {
+                return Err(DropReason::DsrOptionUntrusted);
+            }
             consume_dsr_option(f, m)?;
             ctx.c.dsr_option_consumed += 1;
         }
@@ -65,6 +69,27 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
 }
 
 /// Removes the DSR IPv4 option found by the parse stage and remembers its frontend.
+/// A DSR option is a node's word to a node: it is honoured only on a frame that came through a
+/// tunnel from a known node (decap checked it) or, natively routed, on the uplink from the MAC
+/// of a peer node's next hop. From a pod or the world it would let the sender choose the source
+/// address of another pod's replies.
+fn dsr_option_trusted<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &Frame<B>,
+    m: &PacketMeta,
+    ctx: &Ctx<'_>,
+) -> bool {
+    if m.from_tunnel {
+        return true;
+    }
+    if ctx.ingress != Ingress::Uplink {
+        return false;
+    }
+    f.data()
+        .get(6..12)
+        .and_then(|b| <[u8; 6]>::try_from(b).ok())
+        .is_some_and(|src| ctx.t.next_hops.is_peer_mac(MacAddr(src)))
+}
+
 fn consume_dsr_option<B: AsRef<[u8]> + AsMut<[u8]>>(
     f: &mut Frame<B>,
     m: &mut PacketMeta,

@@ -13,6 +13,10 @@
 //! - [`NextHops::default_v4`] / [`NextHops::default_v6`] are the MACs of the default routes'
 //!   gateways through the uplink, for traffic leaving the cluster.
 //!
+//! - [`NextHops::is_peer_mac`] answers "did this frame come straight from a node": true for the
+//!   MAC of an on-link peer (or of the router in front of routed ones). The service stage
+//!   trusts a DSR option only from such a frame (or from a tunnel).
+//!
 //! Lookups are one hash probe and allocate nothing.
 
 use std::net::IpAddr;
@@ -25,6 +29,8 @@ use crate::types::MacAddr;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NextHops {
     peers: HashMap<IpAddr, MacAddr>,
+    /// How many peers each MAC is the next hop of (several peers behind one router share it).
+    peer_macs: HashMap<MacAddr, u32>,
     default_v4: Option<MacAddr>,
     default_v6: Option<MacAddr>,
 }
@@ -61,15 +67,28 @@ impl NextHops {
         }
     }
 
+    /// True when `mac` is the next hop of some peer node.
+    #[inline]
+    pub fn is_peer_mac(&self, mac: MacAddr) -> bool {
+        self.peer_macs.contains_key(&mac)
+    }
+
     /// Sets (or, with `None`, forgets) the next hop of the peer at `underlay`.
     pub fn set_peer(&mut self, underlay: IpAddr, mac: Option<MacAddr>) {
-        match mac {
-            Some(mac) => {
-                self.peers.insert(underlay, mac);
+        let old = match mac {
+            Some(mac) => self.peers.insert(underlay, mac),
+            None => self.peers.remove(&underlay),
+        };
+        if let Some(old) = old {
+            if let Some(n) = self.peer_macs.get_mut(&old) {
+                *n -= 1;
+                if *n == 0 {
+                    self.peer_macs.remove(&old);
+                }
             }
-            None => {
-                self.peers.remove(&underlay);
-            }
+        }
+        if let Some(mac) = mac {
+            *self.peer_macs.entry(mac).or_insert(0) += 1;
         }
     }
 
@@ -115,6 +134,25 @@ mod tests {
         n.set_peer(peer, None);
         assert_eq!(n.peer(peer), None);
         assert!(n.is_empty());
+    }
+
+    #[test]
+    fn peer_macs_follow_the_peers_even_when_shared() {
+        let mut n = NextHops::new();
+        let (a, b): (IpAddr, IpAddr) = ("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap());
+        n.set_peer(a, Some(MAC));
+        n.set_peer(b, Some(MAC)); // both behind one router
+        assert!(n.is_peer_mac(MAC));
+        n.set_peer(a, None);
+        assert!(n.is_peer_mac(MAC), "still b's next hop");
+        n.set_peer(b, Some(MacAddr([0x02, 0, 0, 0, 0, 9])));
+        assert!(!n.is_peer_mac(MAC));
+        assert!(n.is_peer_mac(MacAddr([0x02, 0, 0, 0, 0, 9])));
+        assert_eq!(n, {
+            let mut m = NextHops::new();
+            m.set_peer(b, Some(MacAddr([0x02, 0, 0, 0, 0, 9])));
+            m
+        });
     }
 
     #[test]
