@@ -1184,12 +1184,26 @@ fn icmp_error_about_a_tracked_flow_follows_it() {
         &mut p,
         &t,
         Fixture {
-            description: "an error quoting a flow that never existed is policy-checked",
+            description: "an error quoting a flow that never existed: dropped, never related",
             ingress: POD2.ifindex,
             input: unrelated.build(),
-            expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+            expect: Expect::Drop(DropReason::IcmpErrorUnrelated),
         },
     );
+    // Issue 14's bypass: pod1 quotes its own tracked flow (pod1 -> pod2:53) to carry bytes to
+    // pod3, which is no party to that flow. The error must go back to the quoted sender.
+    let smuggled = icmp_error(&POD1, POD3.ip(), 3, 3, &query.build());
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "an error about pod1's own flow, sent to a third pod: dropped",
+            ingress: POD1.ifindex,
+            input: smuggled.build(),
+            expect: Expect::Drop(DropReason::IcmpErrorUnrelated),
+        },
+    );
+    assert_eq!(p.counters().ct_related, 1, "neither counted as related");
 }
 
 #[test]
@@ -1545,7 +1559,18 @@ fn too_big_without_an_error_back_is_dropped() {
         },
     );
 
-    // An ICMP error is never answered with an ICMP error (RFC 1122 section 3.2.2).
+    // An ICMP error is never answered with an ICMP error (RFC 1122 section 3.2.2). The flow it
+    // quotes is tracked (pod1 sent on it first), so the error is related and reaches routing.
+    let earlier = PacketBuilder::udp(POD1.ip(), 9, POD_B.ip(), 5000)
+        .macs(POD1.mac, ROUTER_MAC)
+        .build();
+    let mut frames = [testutil::frame(&earlier)];
+    let verdict = p.process(&t, POD1.ifindex, &mut frames, 1_000_000_000)[0];
+    assert_eq!(
+        verdict,
+        Verdict::Tx { ifindex: UPLINK },
+        "pod1 -> pod B, tracked"
+    );
     let quoted = PacketBuilder::udp(POD_B.ip(), 5000, POD1.ip(), 9)
         .macs(ROUTER_MAC, POD1.mac)
         .payload(&[0x62; 1444])

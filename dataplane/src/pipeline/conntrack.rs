@@ -4,14 +4,18 @@
 //!
 //! A hit advances the entry's state machine and counters. Replies of flows that carry reverse
 //! NAT information get their source rewritten back to the service frontend (`nat`). An ICMP
-//! error whose quoted packet belongs to a tracked flow is "related" and follows that flow.
+//! error whose quoted packet belongs to a tracked flow, and which goes back to the quoted
+//! packet's sender (outer destination = quoted source, as Linux conntrack checks), is "related"
+//! and follows that flow. Any other ICMP error is dropped (`icmp_error_unrelated`): it could only
+//! carry chosen bytes past policy (quoting a flow of its own sender's to reach anyone), or plant
+//! a conntrack entry for a tuple it made up.
 //! A miss marks the packet `CtMark::New` for the policy stage, and starts loading the policy-map
 //! slots its lookups will read (`prefetch::policy_for_new_flow`); the entry of an allowed new
 //! flow is created by the policy stage's verdict (`ct_commit`).
 
 use super::batch::{Batch, Ctx};
 use super::meta::{CtMark, Family, IcmpClass, PacketMeta, Verdict};
-use super::{nat, prefetch, Stage};
+use super::{nat, prefetch, DropReason, Stage};
 use crate::tables::conntrack::{FlowDirection, FlowKey};
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
@@ -43,11 +47,17 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
     batch.for_each(ctx, Stage::Conntrack, has_key, |f, m, ctx| {
         let Some(key) = m.ct_key else { return Ok(()) };
         let Some((h, dir)) = ctx.ct.lookup(&key, m.ct_hash, ctx.now) else {
+            if m.icmp == IcmpClass::Error {
+                return Err(DropReason::IcmpErrorUnrelated);
+            }
             m.ct = CtMark::New;
             prefetch::policy_for_new_flow(m, ctx.t);
             return Ok(());
         };
         if m.icmp == IcmpClass::Error {
+            if m.tuple.dst != m.inner.src {
+                return Err(DropReason::IcmpErrorUnrelated);
+            }
             m.ct = CtMark::Related;
             ctx.c.ct_related += 1;
             // An error from the backend about a NATed flow: the client must see it come from

@@ -93,11 +93,14 @@ pub enum DropReason {
     /// through a tunnel nor from a peer node's MAC): a pod must not choose the source address
     /// of another pod's replies.
     DsrOptionUntrusted = 66,
+    /// An ICMP error that quotes no tracked flow, or is not addressed to the quoted packet's
+    /// sender: never related, so never past policy.
+    IcmpErrorUnrelated = 67,
 }
 
 impl DropReason {
     /// Every reason, in number order (for metrics registration and docs).
-    pub const ALL: [DropReason; 34] = [
+    pub const ALL: [DropReason; 35] = [
         DropReason::EthernetTruncated,
         DropReason::UnsupportedEtherType,
         DropReason::ArpMalformed,
@@ -132,6 +135,7 @@ impl DropReason {
         DropReason::NoNextHop,
         DropReason::TooBigNoGateway,
         DropReason::DsrOptionUntrusted,
+        DropReason::IcmpErrorUnrelated,
     ];
 
     /// The stable number.
@@ -182,6 +186,7 @@ impl DropReason {
             NoNextHop => "no_next_hop",
             TooBigNoGateway => "too_big_no_gateway",
             DsrOptionUntrusted => "dsr_option_untrusted",
+            IcmpErrorUnrelated => "icmp_error_unrelated",
         }
     }
 }
@@ -218,6 +223,7 @@ mod tests {
         assert_eq!(DropReason::NoNextHop as u8, 64);
         assert_eq!(DropReason::TooBigNoGateway as u8, 65);
         assert_eq!(DropReason::DsrOptionUntrusted as u8, 66);
+        assert_eq!(DropReason::IcmpErrorUnrelated as u8, 67);
     }
 
     #[test]
