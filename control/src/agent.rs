@@ -24,6 +24,7 @@
 //!   which writes the pod MTU (uplink MTU minus the tunnel's overhead) with the addresses; when
 //!   it becomes known or changes, a pass runs at the next tick.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,6 +76,10 @@ pub struct Status {
     pub uplink_mtu: Option<u16>,
     /// The MTU this node's pods get (the uplink's minus the tunnel's overhead).
     pub pod_mtu: Option<u16>,
+    /// Label sets whose identity could not be resolved (a corrupt `identities/` value, a request
+    /// etcd refuses...): `labels -> reason`. Their endpoints stay out of the dataplane; nothing
+    /// else waits for them.
+    pub identity_errors: BTreeMap<String, String>,
 }
 
 /// The agent.
@@ -369,24 +374,38 @@ impl Agent {
         alloc: &mut IdentityAllocator,
         revision: i64,
     ) -> Result<(), SessionError> {
+        let mut failed = BTreeMap::new();
         for (labels, local) in self.state.needed_identities() {
             let id = if local {
-                alloc.acquire(&labels).await?
+                alloc.acquire(&labels).await
             } else {
-                alloc.lookup_or_allocate(&labels).await?
+                alloc.lookup_or_allocate(&labels).await
             };
-            self.state.set_identity(labels, id);
+            match id {
+                Ok(id) => self.state.set_identity(labels, id),
+                Err(e) if e.is_per_label_set() => {
+                    failed.insert(crate::identity::canonical(&labels), e.to_string());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         // Local label sets that became local after their number was known need a reference.
         let local = self.state.local_label_sets();
         let held: Vec<(u32, policy_compiler::labels::Labels)> =
             alloc.held().map(|(i, l)| (i, l.clone())).collect();
         for labels in &local {
-            if !held.iter().any(|(_, l)| l == labels) {
-                let id = alloc.acquire(labels).await?;
-                self.state.set_identity(labels.clone(), id);
+            let canonical = crate::identity::canonical(labels);
+            if !held.iter().any(|(_, l)| l == labels) && !failed.contains_key(&canonical) {
+                match alloc.acquire(labels).await {
+                    Ok(id) => self.state.set_identity(labels.clone(), id),
+                    Err(e) if e.is_per_label_set() => {
+                        failed.insert(canonical, e.to_string());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
+        self.note_identity_errors(failed);
         for (id, labels) in held {
             if !local.contains(&labels) {
                 alloc.release(id).await?;
@@ -401,6 +420,27 @@ impl Agent {
             s.last_error = None;
         });
         Ok(())
+    }
+}
+
+impl Agent {
+    /// Logs each label set whose identity failed (once per distinct reason) and publishes the
+    /// current set in the status; they are skipped, everything else converges.
+    fn note_identity_errors(&mut self, failed: BTreeMap<String, String>) {
+        let before = self
+            .status
+            .lock()
+            .map(|s| s.identity_errors.clone())
+            .unwrap_or_default();
+        for (labels, reason) in &failed {
+            if before.get(labels) != Some(reason) {
+                log(&format!(
+                    "identity of label set {labels}: {reason}; its endpoints stay out of the \
+                     dataplane until this is fixed, everything else goes on"
+                ));
+            }
+        }
+        self.set_status(|s| s.identity_errors = failed);
     }
 }
 

@@ -58,6 +58,29 @@ pub enum IdentityError {
     Exhausted,
 }
 
+impl IdentityError {
+    /// True for a failure that belongs to one label set (a corrupt value, lost races, an
+    /// exhausted range, a request etcd refuses as too large or invalid): the agent logs it and
+    /// skips that label set, and everything else keeps converging. False for etcd being
+    /// unreachable, which ends the session (fail static, then retry).
+    pub fn is_per_label_set(&self) -> bool {
+        match self {
+            IdentityError::Corrupt { .. }
+            | IdentityError::Contention { .. }
+            | IdentityError::Exhausted => true,
+            IdentityError::Store(StoreError::Etcd {
+                source: etcd_client::Error::GRpcStatus(status),
+                ..
+            }) => {
+                // gRPC codes: 3 invalid argument ("request is too large"), 8 resource
+                // exhausted, 9 failed precondition, 11 out of range.
+                matches!(i32::from(status.code()), 3 | 8 | 9 | 11)
+            }
+            IdentityError::Store(_) => false,
+        }
+    }
+}
+
 fn prefix() -> String {
     format!("{ROOT}identities/")
 }

@@ -24,7 +24,9 @@
 //! 4. etcd stopped for 10 s (killed, restarted on the same data and ports): the long-lived
 //!    connection and a new allowed connection work during the outage, the agent's status says
 //!    etcd is unreachable, and a policy written after etcd returns is enforced;
-//! 5. malformed keys (bad JSON over an existing endpoint, an unknown kind) are logged, counted
+//! 5. a corrupt identity counter fails only the new label set that needs it (logged, in the
+//!    status's `identity_errors`); the session goes on and a policy written after it is enforced;
+//!    malformed keys (bad JSON over an existing endpoint, an unknown kind) are logged, counted
 //!    in the status file and skipped: the endpoint keeps its last good value and a policy
 //!    change written after them converges;
 //! 6. a fourth pod, D, the CNI way: its veth is served from the start but has no address;
@@ -711,6 +713,43 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
         "the long-lived connection made only {trips} round trips"
     );
     eprintln!("etcd outage: ok ({:?})", started.elapsed());
+
+    // 5a. A poison pill for identities: a corrupt allocation counter makes the identity of a new
+    //     label set (pod "ghost") fail. That label set is logged and skipped; the etcd session
+    //     goes on, and a policy change written after it is enforced.
+    let next_key = format!("{ROOT}identities/next");
+    let next_before =
+        h.rt.block_on(h.store.get(&next_key))
+            .unwrap()
+            .map(|kv| kv.value)
+            .unwrap_or_else(|| b"256".to_vec());
+    h.rt.block_on(h.store.put(&next_key, "not-a-number"))
+        .unwrap();
+    let ghost_key = format!("endpoints/{}/ghost", h.namespace);
+    h.put(
+        &ghost_key,
+        json!({"node": h.node, "labels": {"app": "ghost"}, "interface": "ghost0",
+               "ifindex": 9999, "mac": "02:00:00:00:99:99"})
+        .to_string(),
+    );
+    wait_for("the agent reports the ghost's identity error", || {
+        h.status()["identity_errors"].as_object().is_some_and(|e| {
+            e.values()
+                .any(|r| r.as_str().is_some_and(|r| r.contains("identities/next")))
+        })
+    });
+    h.import_policy("poison-check", "a", "b");
+    h.wait_ingress_admits_only(&a, &b);
+    assert_eq!(h.status()["etcd_reachable"], true, "{}", h.status());
+    h.delete_policy("poison-check");
+    h.rt.block_on(h.store.delete(&format!("{ROOT}{ghost_key}")))
+        .unwrap();
+    h.rt.block_on(h.store.put(&next_key, next_before)).unwrap();
+    assert!(
+        h.control.log_text().contains("identities/next"),
+        "the log names the corrupt key"
+    );
+    eprintln!("identity poison pill: ok ({:?})", started.elapsed());
 
     // 5. Malformed keys: logged, counted, skipped; the rest converges.
     let malformed_before = h.status()["malformed_total"].as_u64().unwrap();
