@@ -434,7 +434,7 @@ impl Agent {
             .unwrap_or_default();
         for (labels, reason) in &failed {
             if before.get(labels) != Some(reason) {
-                log(&format!(
+                log(format!(
                     "identity of label set {labels}: {reason}; its endpoints stay out of the \
                      dataplane until this is fixed, everything else goes on"
                 ));
