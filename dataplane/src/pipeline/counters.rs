@@ -44,72 +44,76 @@ impl Stage {
     }
 }
 
-/// Counters of one worker.
-#[derive(Clone, Debug)]
-pub struct Counters {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Frames handed to the kernel's stack.
-    pub pass_packets: u64,
-    pub drop_packets: u64,
-    /// Indexed by `DropReason as u8`.
-    pub drops_by_reason: [u64; 256],
-    /// Indexed by `Stage as u8`: frames that entered the stage.
-    pub stage_in: [u64; Stage::COUNT],
-    /// Indexed by `Stage as u8`: frames the stage dropped.
-    pub stage_drops: [u64; Stage::COUNT],
-    pub arp_replies: u64,
-    /// IPv6 Neighbor Advertisements sent for the pods' gateway.
-    pub ndp_replies: u64,
-    pub decapsulated: u64,
-    pub encapsulated: u64,
-    pub dnat: u64,
-    pub reverse_nat: u64,
-    pub dsr_option_written: u64,
-    pub dsr_option_consumed: u64,
-    pub ct_created: u64,
-    /// Frames whose flow had a conntrack entry (policy skipped).
-    pub ct_established: u64,
-    /// ICMP errors matched to a tracked flow.
-    pub ct_related: u64,
-    pub policy_lookups: u64,
-    /// L4 checksums completed for frames from pods (AF_XDP carries no CHECKSUM_PARTIAL flag).
-    pub l4_checksum_completed: u64,
-    /// ICMP "fragmentation needed" / "packet too big" errors sent back to pods whose packet
-    /// did not fit its path.
-    pub icmp_too_big_sent: u64,
+/// The scalar counters, listed once: this list generates the [`Counters`] fields, their
+/// zeroing, [`Counters::merge`] and [`Counters::scalars`] (the `status` JSON and, later, the
+/// metric names), so a counter cannot be counted without being shown (VPP's
+/// `foreach_*_error` lists are the model).
+macro_rules! scalar_counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Counters of one worker.
+        #[derive(Clone, Debug)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $name: u64, )*
+            /// Indexed by `DropReason as u8`.
+            pub drops_by_reason: [u64; 256],
+            /// Indexed by `Stage as u8`: frames that entered the stage.
+            pub stage_in: [u64; Stage::COUNT],
+            /// Indexed by `Stage as u8`: frames the stage dropped.
+            pub stage_drops: [u64; Stage::COUNT],
+        }
+
+        impl Default for Counters {
+            fn default() -> Self {
+                Counters {
+                    $( $name: 0, )*
+                    drops_by_reason: [0; 256],
+                    stage_in: [0; Stage::COUNT],
+                    stage_drops: [0; Stage::COUNT],
+                }
+            }
+        }
+
+        impl Counters {
+            /// Every scalar counter with its name, in the list's order.
+            pub fn scalars(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$( (stringify!($name), self.$name) ),*].into_iter()
+            }
+
+            fn merge_scalars(&mut self, o: &Counters) {
+                $( self.$name += o.$name; )*
+            }
+        }
+    };
 }
 
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            rx_packets: 0,
-            rx_bytes: 0,
-            tx_packets: 0,
-            tx_bytes: 0,
-            pass_packets: 0,
-            drop_packets: 0,
-            drops_by_reason: [0; 256],
-            stage_in: [0; Stage::COUNT],
-            stage_drops: [0; Stage::COUNT],
-            arp_replies: 0,
-            ndp_replies: 0,
-            decapsulated: 0,
-            encapsulated: 0,
-            dnat: 0,
-            reverse_nat: 0,
-            dsr_option_written: 0,
-            dsr_option_consumed: 0,
-            ct_created: 0,
-            ct_established: 0,
-            ct_related: 0,
-            policy_lookups: 0,
-            l4_checksum_completed: 0,
-            icmp_too_big_sent: 0,
-        }
-    }
+scalar_counters! {
+    rx_packets,
+    rx_bytes,
+    tx_packets,
+    tx_bytes,
+    /// Frames handed to the kernel's stack.
+    pass_packets,
+    drop_packets,
+    arp_replies,
+    /// IPv6 Neighbor Advertisements sent for the pods' gateway.
+    ndp_replies,
+    decapsulated,
+    encapsulated,
+    dnat,
+    reverse_nat,
+    dsr_option_written,
+    dsr_option_consumed,
+    ct_created,
+    /// Frames whose flow had a conntrack entry (policy skipped).
+    ct_established,
+    /// ICMP errors matched to a tracked flow.
+    ct_related,
+    policy_lookups,
+    /// L4 checksums completed for frames from pods (AF_XDP carries no CHECKSUM_PARTIAL flag).
+    l4_checksum_completed,
+    /// ICMP "fragmentation needed" / "packet too big" errors sent back to pods whose packet
+    /// did not fit its path.
+    icmp_too_big_sent,
 }
 
 impl Counters {
@@ -127,12 +131,7 @@ impl Counters {
 
     /// Adds another worker's counters into these.
     pub fn merge(&mut self, o: &Counters) {
-        self.rx_packets += o.rx_packets;
-        self.rx_bytes += o.rx_bytes;
-        self.tx_packets += o.tx_packets;
-        self.tx_bytes += o.tx_bytes;
-        self.pass_packets += o.pass_packets;
-        self.drop_packets += o.drop_packets;
+        self.merge_scalars(o);
         for (a, b) in self
             .drops_by_reason
             .iter_mut()
@@ -146,20 +145,6 @@ impl Counters {
         for (a, b) in self.stage_drops.iter_mut().zip(o.stage_drops.iter()) {
             *a += b;
         }
-        self.arp_replies += o.arp_replies;
-        self.ndp_replies += o.ndp_replies;
-        self.decapsulated += o.decapsulated;
-        self.encapsulated += o.encapsulated;
-        self.dnat += o.dnat;
-        self.reverse_nat += o.reverse_nat;
-        self.dsr_option_written += o.dsr_option_written;
-        self.dsr_option_consumed += o.dsr_option_consumed;
-        self.ct_created += o.ct_created;
-        self.ct_established += o.ct_established;
-        self.ct_related += o.ct_related;
-        self.policy_lookups += o.policy_lookups;
-        self.l4_checksum_completed += o.l4_checksum_completed;
-        self.icmp_too_big_sent += o.icmp_too_big_sent;
     }
 
     /// Non-zero drop counters, for logs and tests.
@@ -168,5 +153,30 @@ impl Counters {
             .iter()
             .map(|r| (*r, self.drops(*r)))
             .filter(|(_, n)| *n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_every_scalar_and_array() {
+        let mut one = Counters {
+            dsr_option_written: 2,
+            icmp_too_big_sent: 1,
+            ..Counters::default()
+        };
+        one.drop(Stage::Route, DropReason::NoNextHop);
+        let mut sum = Counters::default();
+        sum.merge(&one);
+        sum.merge(&one);
+        let scalars: Vec<_> = sum.scalars().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(
+            scalars,
+            [("dsr_option_written", 4), ("icmp_too_big_sent", 2)]
+        );
+        assert_eq!(sum.drops(DropReason::NoNextHop), 2);
+        assert_eq!(sum.stage_drops[Stage::Route as usize], 2);
     }
 }

@@ -5,139 +5,123 @@
 //! retired reason keeps its number (comment it out, do not renumber). Numbers are grouped by the
 //! stage that usually raises them; the `name()` is the label used in metrics.
 
-/// Why a frame was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum DropReason {
+/// The drop reasons, listed once: this list generates the enum (numbers and docs),
+/// [`DropReason::ALL`] and [`DropReason::name`], so a reason cannot exist without its name in
+/// metrics and `status` (VPP's `foreach_ip4_error` is the model).
+macro_rules! drop_reasons {
+    ($( $(#[$doc:meta])* $variant:ident = $code:literal => $name:literal, )*) => {
+        /// Why a frame was dropped.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $( $(#[$doc])* $variant = $code, )*
+        }
+
+        impl DropReason {
+            /// Every reason, in number order (for metrics registration and docs).
+            pub const ALL: [DropReason; [$($code),*].len()] = [$(DropReason::$variant),*];
+
+            /// The snake_case name used as the `reason` label in metrics and in monitor output.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( DropReason::$variant => $name, )*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
     // --- parse (1..=19) ---
     /// Shorter than an Ethernet header (or its 802.1Q tag).
-    EthernetTruncated = 1,
+    EthernetTruncated = 1 => "ethernet_truncated",
     /// On a pod interface: neither IPv4, IPv6 nor ARP (Cilium's DROP_UNKNOWN_L3).
-    UnsupportedEtherType = 2,
+    UnsupportedEtherType = 2 => "unsupported_ethertype",
     /// ARP that is not Ethernet/IPv4 or is cut short.
-    ArpMalformed = 3,
+    ArpMalformed = 3 => "arp_malformed",
     /// ARP the dataplane does not answer (a reply, or a request for the pod's own address).
-    ArpIgnored = 4,
+    ArpIgnored = 4 => "arp_ignored",
     /// IPv4 header cut short.
-    Ipv4Truncated = 5,
+    Ipv4Truncated = 5 => "ipv4_truncated",
     /// IPv4 version, header length or total length invalid.
-    Ipv4Malformed = 6,
+    Ipv4Malformed = 6 => "ipv4_malformed",
     /// IPv4 header checksum does not verify.
-    Ipv4BadChecksum = 7,
+    Ipv4BadChecksum = 7 => "ipv4_bad_checksum",
     /// IPv4 options malformed (length < 2, running past the header).
-    Ipv4BadOptions = 8,
+    Ipv4BadOptions = 8 => "ipv4_bad_options",
     /// IPv6 header cut short or payload length past the frame.
-    Ipv6Truncated = 9,
+    Ipv6Truncated = 9 => "ipv6_truncated",
     /// IPv6 extension headers malformed, truncated or too many.
-    Ipv6BadExtensionHeaders = 10,
+    Ipv6BadExtensionHeaders = 10 => "ipv6_bad_extension_headers",
     /// IP fragments are not supported (Cilium's DROP_FRAG_NOSUPPORT).
-    FragmentUnsupported = 11,
+    FragmentUnsupported = 11 => "fragment_unsupported",
     /// TCP, UDP or ICMP header cut short.
-    L4Truncated = 12,
+    L4Truncated = 12 => "l4_truncated",
     /// TCP data offset, UDP length or ICMP message invalid.
-    L4Malformed = 13,
+    L4Malformed = 13 => "l4_malformed",
     /// IPv6 neighbor discovery the dataplane does not answer (duplicate address detection, a
     /// solicitation for the pod's own address, an advertisement, a hop limit other than 255).
-    NdpIgnored = 14,
+    NdpIgnored = 14 => "ndp_ignored",
     // --- decapsulation (20..=29) ---
     /// VXLAN or Geneve header (or the frame inside it) malformed.
-    TunnelMalformed = 20,
+    TunnelMalformed = 20 => "tunnel_malformed",
     /// Tunnel packet whose outer source is not a known node.
-    TunnelUnknownNode = 21,
+    TunnelUnknownNode = 21 => "tunnel_unknown_node",
     /// Geneve option marked critical that the dataplane does not know (RFC 8926 section 3.5).
-    TunnelCriticalOption = 22,
+    TunnelCriticalOption = 22 => "tunnel_critical_option",
     // --- source identity (30..=39) ---
     /// Source MAC is not the sending endpoint's (Cilium's DROP_INVALID_SMAC).
-    InvalidSourceMac = 30,
+    InvalidSourceMac = 30 => "invalid_source_mac",
     /// Source IP is not the sending endpoint's (Cilium's DROP_INVALID_SIP).
-    InvalidSourceIp = 31,
+    InvalidSourceIp = 31 => "invalid_source_ip",
     /// Frame from an interface no endpoint or uplink is configured for.
-    UnknownInterface = 32,
+    UnknownInterface = 32 => "unknown_interface",
     /// From a pod: IPv6 from the link-local or the unspecified address (router solicitation,
     /// MLD report, duplicate address detection). Link-scoped, so never forwarded; not spoofing
     /// either, hence not `InvalidSourceIp`. The dataplane answers no neighbor discovery.
-    Ipv6LinkScopedSource = 33,
+    Ipv6LinkScopedSource = 33 => "ipv6_link_scoped_source",
     // --- service load balancing (40..=49) ---
     /// Service frontend without a selectable backend (Cilium's DROP_NO_SERVICE).
-    NoServiceBackend = 40,
+    NoServiceBackend = 40 => "no_service_backend",
     /// DSR option malformed.
-    DsrOptionMalformed = 41,
+    DsrOptionMalformed = 41 => "dsr_option_malformed",
     // --- policy (50..=59) ---
     /// Egress policy of the sender: no entry allows (default deny).
-    PolicyDeniedEgress = 50,
+    PolicyDeniedEgress = 50 => "policy_denied_egress",
     /// Ingress policy of the receiver: no entry allows (default deny).
-    PolicyDeniedIngress = 51,
+    PolicyDeniedIngress = 51 => "policy_denied_ingress",
     /// Egress policy of the sender: a deny entry matched.
-    PolicyDenyRuleEgress = 52,
+    PolicyDenyRuleEgress = 52 => "policy_deny_rule_egress",
     /// Ingress policy of the receiver: a deny entry matched.
-    PolicyDenyRuleIngress = 53,
+    PolicyDenyRuleIngress = 53 => "policy_deny_rule_ingress",
     // --- routing and encapsulation (60..=69) ---
     /// TTL or hop limit would reach zero.
-    TtlExceeded = 60,
+    TtlExceeded = 60 => "ttl_exceeded",
     /// No endpoint, node or uplink to send the frame to.
-    NoRoute = 61,
+    NoRoute = 61 => "no_route",
     /// Not enough headroom to encapsulate or to insert the DSR option.
-    HeadroomExhausted = 62,
+    HeadroomExhausted = 62 => "headroom_exhausted",
     /// Longer than its path's MTU (the uplink's MTU minus the encapsulation overhead, see
     /// `Encap::overhead`) and not answered with an ICMP error: IPv4 without Don't Fragment
     /// (the dataplane does not fragment), an ICMP error itself, or a frame from the uplink.
-    FrameTooLong = 63,
+    FrameTooLong = 63 => "frame_too_long",
     /// The peer node's (or the default gateway's) MAC is not resolved yet, or the kernel
     /// routes it out of another interface: never sent to a guessed MAC.
-    NoNextHop = 64,
+    NoNextHop = 64 => "no_next_hop",
     /// Longer than its path's MTU, from a pod, but the ICMP "too big" error could not be sent:
     /// the node has no pod gateway address of the packet's family (`gateway_ipv4` /
     /// `gateway_ipv6` of `local_node`) to send it from.
-    TooBigNoGateway = 65,
+    TooBigNoGateway = 65 => "too_big_no_gateway",
     /// A DSR IPv4 option from a pod, or from the uplink but not from a known node (neither
     /// through a tunnel nor from a peer node's MAC): a pod must not choose the source address
     /// of another pod's replies.
-    DsrOptionUntrusted = 66,
+    DsrOptionUntrusted = 66 => "dsr_option_untrusted",
     /// An ICMP error that quotes no tracked flow, or is not addressed to the quoted packet's
     /// sender: never related, so never past policy.
-    IcmpErrorUnrelated = 67,
+    IcmpErrorUnrelated = 67 => "icmp_error_unrelated",
 }
 
 impl DropReason {
-    /// Every reason, in number order (for metrics registration and docs).
-    pub const ALL: [DropReason; 35] = [
-        DropReason::EthernetTruncated,
-        DropReason::UnsupportedEtherType,
-        DropReason::ArpMalformed,
-        DropReason::ArpIgnored,
-        DropReason::Ipv4Truncated,
-        DropReason::Ipv4Malformed,
-        DropReason::Ipv4BadChecksum,
-        DropReason::Ipv4BadOptions,
-        DropReason::Ipv6Truncated,
-        DropReason::Ipv6BadExtensionHeaders,
-        DropReason::FragmentUnsupported,
-        DropReason::L4Truncated,
-        DropReason::L4Malformed,
-        DropReason::NdpIgnored,
-        DropReason::TunnelMalformed,
-        DropReason::TunnelUnknownNode,
-        DropReason::TunnelCriticalOption,
-        DropReason::InvalidSourceMac,
-        DropReason::InvalidSourceIp,
-        DropReason::UnknownInterface,
-        DropReason::Ipv6LinkScopedSource,
-        DropReason::NoServiceBackend,
-        DropReason::DsrOptionMalformed,
-        DropReason::PolicyDeniedEgress,
-        DropReason::PolicyDeniedIngress,
-        DropReason::PolicyDenyRuleEgress,
-        DropReason::PolicyDenyRuleIngress,
-        DropReason::TtlExceeded,
-        DropReason::NoRoute,
-        DropReason::HeadroomExhausted,
-        DropReason::FrameTooLong,
-        DropReason::NoNextHop,
-        DropReason::TooBigNoGateway,
-        DropReason::DsrOptionUntrusted,
-        DropReason::IcmpErrorUnrelated,
-    ];
-
     /// The stable number.
     pub fn code(self) -> u8 {
         self as u8
@@ -146,48 +130,6 @@ impl DropReason {
     /// The reason with number `code`, if any.
     pub fn from_code(code: u8) -> Option<DropReason> {
         Self::ALL.iter().copied().find(|r| r.code() == code)
-    }
-
-    /// The snake_case name used as the `reason` label in metrics and in monitor output.
-    pub fn name(self) -> &'static str {
-        use DropReason::*;
-        match self {
-            EthernetTruncated => "ethernet_truncated",
-            UnsupportedEtherType => "unsupported_ethertype",
-            ArpMalformed => "arp_malformed",
-            ArpIgnored => "arp_ignored",
-            Ipv4Truncated => "ipv4_truncated",
-            Ipv4Malformed => "ipv4_malformed",
-            Ipv4BadChecksum => "ipv4_bad_checksum",
-            Ipv4BadOptions => "ipv4_bad_options",
-            Ipv6Truncated => "ipv6_truncated",
-            Ipv6BadExtensionHeaders => "ipv6_bad_extension_headers",
-            FragmentUnsupported => "fragment_unsupported",
-            L4Truncated => "l4_truncated",
-            L4Malformed => "l4_malformed",
-            NdpIgnored => "ndp_ignored",
-            TunnelMalformed => "tunnel_malformed",
-            TunnelUnknownNode => "tunnel_unknown_node",
-            TunnelCriticalOption => "tunnel_critical_option",
-            InvalidSourceMac => "invalid_source_mac",
-            InvalidSourceIp => "invalid_source_ip",
-            UnknownInterface => "unknown_interface",
-            Ipv6LinkScopedSource => "ipv6_link_scoped_source",
-            NoServiceBackend => "no_service_backend",
-            DsrOptionMalformed => "dsr_option_malformed",
-            PolicyDeniedEgress => "policy_denied_egress",
-            PolicyDeniedIngress => "policy_denied_ingress",
-            PolicyDenyRuleEgress => "policy_deny_rule_egress",
-            PolicyDenyRuleIngress => "policy_deny_rule_ingress",
-            TtlExceeded => "ttl_exceeded",
-            NoRoute => "no_route",
-            HeadroomExhausted => "headroom_exhausted",
-            FrameTooLong => "frame_too_long",
-            NoNextHop => "no_next_hop",
-            TooBigNoGateway => "too_big_no_gateway",
-            DsrOptionUntrusted => "dsr_option_untrusted",
-            IcmpErrorUnrelated => "icmp_error_unrelated",
-        }
     }
 }
 
