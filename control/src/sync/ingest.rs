@@ -230,23 +230,31 @@ impl ClusterState {
     }
 
     /// The dataplane endpoint id of a local endpoint: its address's offset in the node's pod
-    /// CIDR, stable across restarts and unique on the node (IPAM hands each address out once).
+    /// CIDR (low 24 bits) and the CIDR's index (top 8 bits), stable across restarts. IPAM hands
+    /// addresses out from the start of the CIDR, so its addresses never collide; an address
+    /// chosen by hand could (an offset past 2^24 in a large CIDR), and `upsert_endpoint` refuses
+    /// the second endpoint rather than let one pod run under another's policy. Only a node's
+    /// first 256 CIDRs can hold local endpoints.
     pub(super) fn endpoint_id(&self, spec: &EndpointSpec) -> Option<u32> {
         let node = self.nodes.get(&spec.node)?;
         let ip = spec.primary_ip()?;
-        node.prefixes().iter().enumerate().find_map(|(i, p)| {
-            if !p.contains(ip) {
-                return None;
-            }
-            let off = match (ip, p.addr()) {
-                (IpAddr::V4(a), IpAddr::V4(b)) => u128::from(u32::from(a) - u32::from(b)),
-                (IpAddr::V6(a), IpAddr::V6(b)) => u128::from(a) - u128::from(b),
-                _ => return None,
-            };
-            // Several CIDRs: the index goes into the top bits.
-            let off = u32::try_from(off & 0x00ff_ffff).ok()?;
-            Some(off | (u32::try_from(i).ok()? << 24))
-        })
+        node.prefixes()
+            .iter()
+            .enumerate()
+            .take(256)
+            .find_map(|(i, p)| {
+                if !p.contains(ip) {
+                    return None;
+                }
+                let off = match (ip, p.addr()) {
+                    (IpAddr::V4(a), IpAddr::V4(b)) => u128::from(u32::from(a) - u32::from(b)),
+                    (IpAddr::V6(a), IpAddr::V6(b)) => u128::from(a) - u128::from(b),
+                    _ => return None,
+                };
+                // Several CIDRs: the index goes into the top bits.
+                let off = u32::try_from(off & 0x00ff_ffff).ok()?;
+                Some(off | (u32::try_from(i).ok()? << 24))
+            })
     }
 
     fn upsert_endpoint(
@@ -273,11 +281,23 @@ impl ClusterState {
                         .into(),
                 ));
             }
-            if self.endpoint_id(&spec).is_none() {
+            let Some(id) = self.endpoint_id(&spec) else {
                 return Err(invalid(format!(
-                    "address {} is outside node {}'s pod CIDRs",
+                    "address {} is outside node {}'s (first 256) pod CIDRs",
                     spec.primary_ip().map_or(String::new(), |a| a.to_string()),
                     spec.node
+                )));
+            };
+            let own = format!("{namespace}/{name}");
+            let taken = self.local_keys.iter().find(|other| {
+                **other != own
+                    && self.endpoints.get(*other).and_then(|o| self.endpoint_id(o)) == Some(id)
+            });
+            if let Some(other) = taken {
+                return Err(invalid(format!(
+                    "its dataplane endpoint id {id:#x} (the address's offset in the pod CIDR, low \
+                     24 bits) is already endpoint {other}'s: give it an address from IPAM (leave \
+                     ipv4/ipv6 out) or one whose offset differs"
                 )));
             }
         }
@@ -361,6 +381,36 @@ mod tests {
     use super::super::test_support::{base, k};
     use super::super::ClusterState;
     use crate::schema::SchemaError;
+
+    /// Two local endpoints whose addresses share the low 24 bits of their offset would share a
+    /// dataplane endpoint id (one pod under the other's policy): the second is refused.
+    #[test]
+    fn colliding_endpoint_ids_are_refused() {
+        let mut s = ClusterState::new("n1");
+        s.put(
+            &k("nodes/n1"),
+            br#"{"underlay_ip":"192.168.0.1","pod_cidrs":["10.0.0.0/7"]}"#,
+        )
+        .unwrap();
+        s.put(&k("namespaces/default"), br#"{}"#).unwrap();
+        let ep = |ip: &str| {
+            format!(
+                r#"{{"node":"n1","ipv4":"{ip}","interface":"lxc","ifindex":3,"mac":"02:00:00:00:00:03"}}"#
+            )
+        };
+        s.put(&k("endpoints/default/a"), ep("10.0.0.5").as_bytes())
+            .unwrap();
+        // 11.0.0.5 is 2^24 past 10.0.0.5: the same low 24 bits.
+        let e = s
+            .put(&k("endpoints/default/b"), ep("11.0.0.5").as_bytes())
+            .unwrap_err();
+        assert!(e.to_string().contains("default/a"), "{e}");
+        // Rewriting a itself is no collision.
+        s.put(&k("endpoints/default/a"), ep("10.0.0.5").as_bytes())
+            .unwrap();
+        s.put(&k("endpoints/default/c"), ep("10.0.0.6").as_bytes())
+            .unwrap();
+    }
 
     #[test]
     fn malformed_is_counted_and_last_good_value_stays() {
