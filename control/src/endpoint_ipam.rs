@@ -70,6 +70,11 @@ pub struct EndpointIpam {
     revisions: BTreeMap<String, i64>,
     /// Failures already reported, by owner (reported again only when the reason changes).
     failing: BTreeMap<String, String>,
+    /// Owners whose endpoint key exists but whose current value does not decode: their
+    /// allocations are kept until the key is deleted (or decodes again), so a pod whose value
+    /// turned malformed never loses its address to a new pod, even across an agent restart
+    /// (when there is no last good view to go by).
+    unreadable: BTreeSet<String>,
 }
 
 /// What one pass must do, computed from the view alone ([`EndpointIpam::plan`]).
@@ -136,6 +141,7 @@ impl EndpointIpam {
             local: BTreeMap::new(),
             revisions: BTreeMap::new(),
             failing: BTreeMap::new(),
+            unreadable: BTreeSet::new(),
         }
     }
 
@@ -157,6 +163,7 @@ impl EndpointIpam {
         self.tunnel = None;
         self.local.clear();
         self.revisions.clear();
+        self.unreadable.clear();
         for kv in listing {
             self.observe_put(&kv.key, &kv.value, kv.mod_revision);
         }
@@ -184,13 +191,17 @@ impl EndpointIpam {
                 self.revisions.insert(owner.clone(), mod_revision);
                 // Malformed: the last good view stays (a pending one is not written back
                 // over it: its mod_revision no longer matches).
-                if let Ok(Object::Endpoint { spec, .. } | Object::PendingEndpoint { spec, .. }) =
-                    schema::decode(key, value)
-                {
-                    if spec.node == self.node {
-                        self.local.insert(owner, Local { spec, mod_revision });
-                    } else {
-                        self.local.remove(&owner);
+                match schema::decode(key, value) {
+                    Ok(Object::Endpoint { spec, .. } | Object::PendingEndpoint { spec, .. }) => {
+                        self.unreadable.remove(&owner);
+                        if spec.node == self.node {
+                            self.local.insert(owner, Local { spec, mod_revision });
+                        } else {
+                            self.local.remove(&owner);
+                        }
+                    }
+                    _ => {
+                        self.unreadable.insert(owner);
                     }
                 }
             }
@@ -209,6 +220,7 @@ impl EndpointIpam {
                 self.local.remove(&owner);
                 self.revisions.remove(&owner);
                 self.failing.remove(&owner);
+                self.unreadable.remove(&owner);
             }
             _ => {}
         }
@@ -234,9 +246,12 @@ impl EndpointIpam {
                 .map(|(owner, _)| owner.clone())
                 .collect()
         };
-        let keeps = |addr: IpAddr, owner: &str| match self.local.get(owner) {
-            Some(l) => l.spec.primary_ip().is_none() || l.spec.ips().any(|a| a == addr),
-            None => false,
+        let keeps = |addr: IpAddr, owner: &str| {
+            self.unreadable.contains(owner)
+                || match self.local.get(owner) {
+                    Some(l) => l.spec.primary_ip().is_none() || l.spec.ips().any(|a| a == addr),
+                    None => false,
+                }
         };
         let release = allocations
             .iter()
@@ -549,6 +564,31 @@ mod tests {
         assert!(plan
             .release
             .contains(&(ip("10.1.0.3"), "ns/holder".to_string(), 0)));
+    }
+
+    /// Issue 14: an endpoint whose value turned malformed keeps its address until its key is
+    /// deleted, also when the agent starts with no last good view of it.
+    #[test]
+    fn a_malformed_endpoint_keeps_its_allocation_until_deleted() {
+        let mut e = EndpointIpam::new(NODE);
+        e.reset(&[
+            node(r#""10.1.0.0/24""#),
+            kv("endpoints/ns/broken", "{oops", 9),
+        ]);
+        let allocations = [alloc("10.1.0.7", "ns/broken")];
+        assert!(
+            e.plan(&allocations).release.is_empty(),
+            "kept while unreadable"
+        );
+        e.observe(&Event::Delete {
+            key: format!("{ROOT}endpoints/ns/broken"),
+            mod_revision: 10,
+        });
+        assert_eq!(
+            e.plan(&allocations).release.len(),
+            1,
+            "released once deleted"
+        );
     }
 
     #[test]
