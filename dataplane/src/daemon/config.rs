@@ -264,6 +264,25 @@ impl DaemonConfig {
                 }
             }
         }
+        // With [[worker]] sections, every interface needs one: the XDP program of an interface
+        // no worker serves would pass its frames to the kernel, past the dataplane's policy.
+        if !self.workers.is_empty() {
+            for (i, iface) in self.interfaces.iter().enumerate() {
+                if !self
+                    .workers
+                    .iter()
+                    .any(|w| w.interfaces.contains(&iface.name))
+                {
+                    return Err(invalid(
+                        format!("interface[{i}]"),
+                        format!(
+                            "`{}` is served by no [[worker]]: add it to one worker's `interfaces`",
+                            iface.name
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -352,6 +371,11 @@ mod tests {
             ("[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"a\"\nrole = \"pod\"", "interface[1].name"),
             ("[[interface]]\nname = \"a\"\nrole = \"uplink\"\n[[interface]]\nname = \"b\"\nrole = \"uplink\"", "interface"),
             ("[[worker]]\ninterfaces = [\"nope\"]", "worker[0].interfaces"),
+            (
+                "[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"b\"\nrole = \"pod\"\n[[worker]]\ninterfaces = [\"a\"]",
+                "interface[1]",
+            ),
+            ("vxlan_port = 6081", "vxlan_port"),
         ];
         for (text, field) in cases {
             match parse(text) {

@@ -15,6 +15,12 @@ pub enum PreflightError {
     NoInterface(String),
     #[error("the locked-memory limit is {have} bytes and the dataplane needs {need}: raise it (systemd: LimitMEMLOCK=infinity; shell: ulimit -l unlimited)")]
     Memlock { have: u64, need: u64 },
+    #[error("interface `{name}` has {rx_queues} receive queues but the configuration serves {served}: frames on the other queues would reach the kernel past the dataplane's policy; set `queues = {rx_queues}` in its [[interface]] section (or reduce the queues: `ethtool -L {name} combined {served}`)")]
+    UnservedQueues {
+        name: String,
+        rx_queues: u32,
+        served: u32,
+    },
 }
 
 /// Runs every check against `cfg`; `need_memlock` is what the UMEMs and maps will pin.
@@ -23,8 +29,33 @@ pub fn check(cfg: &DaemonConfig, need_memlock: u64) -> Result<(), PreflightError
     check_af_xdp()?;
     for iface in &cfg.interfaces {
         ifindex(&iface.name)?;
+        check_queues(&iface.name, iface.queues)?;
     }
     ensure_memlock(need_memlock)
+}
+
+/// The interface's receive queues (`/sys/class/net/<name>/queues/rx-*`); `None` when sysfs does
+/// not say.
+pub fn rx_queues(name: &str) -> Option<u32> {
+    let dir = std::fs::read_dir(format!("/sys/class/net/{name}/queues")).ok()?;
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    u32::try_from(n).ok().filter(|n| *n > 0)
+}
+
+/// Every receive queue must have a socket: the XDP program passes a frame on a queue without
+/// one to the kernel (counted as `no_socket`), which would let it skip policy.
+pub fn check_queues(name: &str, served: u32) -> Result<(), PreflightError> {
+    match rx_queues(name) {
+        Some(rx_queues) if rx_queues > served => Err(PreflightError::UnservedQueues {
+            name: name.to_string(),
+            rx_queues,
+            served,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Effective user id 0.
@@ -146,6 +177,25 @@ mod tests {
         if check_root().is_err() {
             assert!(umem_counts_against_memlock());
         }
+    }
+
+    #[test]
+    fn loopback_queues_are_read_and_checked() {
+        // `lo` has one receive queue on Linux.
+        assert_eq!(rx_queues("lo"), Some(1));
+        assert!(check_queues("lo", 1).is_ok());
+        assert!(
+            check_queues("lo", 2).is_ok(),
+            "more sockets than queues is harmless"
+        );
+        assert_eq!(rx_queues("flagella-nonsense0"), None);
+        let e = PreflightError::UnservedQueues {
+            name: "eth1".into(),
+            rx_queues: 4,
+            served: 1,
+        }
+        .to_string();
+        assert!(e.contains("queues = 4"), "{e}");
     }
 
     #[test]
