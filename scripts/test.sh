@@ -13,9 +13,10 @@ step "install dependencies"
 # libxdp's configure script refuses to run without pcap headers; protobuf: etcd-client's build;
 # etcd-server: the real etcd the control tests start on loopback; iputils-ping: `ping` between
 # pods in dataplane/tests/daemon.rs; tshark (dumpcap) and ethtool: control/tests/cluster.rs decodes
-# the tunnel frames and sets up a Linux VXLAN/Geneve device as a fourth node.
+# the tunnel frames and sets up a Linux VXLAN/Geneve device as a fourth node; curl: scrapes
+# /metrics in dataplane/tests/daemon.rs.
 scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iputils-ping \
-  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool
+  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

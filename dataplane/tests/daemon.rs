@@ -185,6 +185,23 @@ impl Client {
     }
 }
 
+/// `curl http://127.0.0.1:9962/metrics` inside namespace `ns`.
+fn scrape_metrics(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "5"])
+        .arg("http://127.0.0.1:9962/metrics")
+        .output()
+        .expect("run curl (apt-get install curl)");
+    assert!(out.status.success(), "curl /metrics: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `name` (with its labels, as the text format spells it).
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
 /// The node's facts, the pods as endpoints, their addresses in the ipcache.
 fn configure(client: &mut Client, pods: &[Pod]) {
     client.ok(json!({
@@ -544,6 +561,27 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
         "C's connection is counted policy_denied_ingress",
         after > before,
         format!("{before} -> {after}"),
+    );
+    // The same counters through /metrics, scraped with a real HTTP client (curl) in the node's
+    // namespace, where the daemon serves 127.0.0.1:9962.
+    let metrics = scrape_metrics(&topo.node);
+    let denied = metric_value(
+        &metrics,
+        "flagella_drops_total{reason=\"policy_denied_ingress\"}",
+    );
+    checks.that(
+        "/metrics counts the denied connection",
+        denied.is_some_and(|n| n >= after as f64),
+        format!("{denied:?} (status says {after})"),
+    );
+    checks.that(
+        "/metrics counts forwarded packets",
+        metric_value(&metrics, "flagella_tx_packets_total").is_some_and(|n| n > 0.0),
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("flagella_tx"))
+            .collect::<Vec<_>>()
+            .join("; "),
     );
     checks.pass(
         "tcp A -> B under B's ingress policy",

@@ -29,6 +29,7 @@
 
 pub mod apply;
 pub mod control;
+pub mod metrics;
 pub mod protocol;
 pub mod publish;
 pub mod server;

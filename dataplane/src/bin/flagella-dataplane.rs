@@ -15,9 +15,10 @@
 //!    program's underlay address and owned prefixes in step with the published tables
 //!    (`dataplane::daemon::host_path`);
 //! 7. the control socket, served on its own thread;
-//! 8. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
+//! 8. the `/metrics` server (unless `--metrics-address off`);
+//! 9. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
 //!    peer nodes' and the default route's next hops, from the kernel's routes and neighbours;
-//! 9. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
+//! 10. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
 //!
 //! Stop order: the shared shutdown flag stops the workers, the uplink-sync thread and the
 //! control server; the threads are joined; the server removes its socket file; the XDP programs
@@ -38,6 +39,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
+use dataplane::api::metrics::{MetricsError, MetricsServer};
 use dataplane::api::{ControlServer, ServerError, StatsRegistry, TablesHandle};
 use dataplane::daemon::config::{
     ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerSection, XdpMode, DEFAULT_CONFIG_PATH,
@@ -174,6 +176,11 @@ struct Cli {
     #[arg(long, value_name = "PORT")]
     geneve_port: Option<u16>,
 
+    /// Serve Prometheus metrics (`GET /metrics`) on ADDRESS:PORT (default 127.0.0.1:9962, as
+    /// Cilium's agent), or `off`. Bound in the dataplane's network namespace.
+    #[arg(long, value_name = "ADDRESS:PORT|off")]
+    metrics_address: Option<String>,
+
     /// On the uplink, hand the dataplane only what it owns (tunnel traffic to the node's
     /// underlay address, local pod addresses) and leave everything else — the host's SSH, etcd,
     /// pings — to the kernel. On by default; `false` sends every IP frame of the uplink to the
@@ -244,6 +251,8 @@ enum DaemonError {
     },
     #[error("control socket: {0}")]
     Server(#[from] ServerError),
+    #[error("{0}")]
+    Metrics(#[from] MetricsError),
     #[error("cannot start the {name} thread: {source}: the system is out of threads or memory")]
     Spawn {
         name: String,
@@ -396,6 +405,23 @@ fn start(
         })?;
     running.server = Some(handle);
 
+    if let Ok(Some(address)) = cfg.metrics() {
+        let server = MetricsServer::bind(address, Arc::clone(stats))?;
+        log(&format!("metrics: http://{address}/metrics"));
+        let name = "metrics".to_string();
+        let handle = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                server.run(&SHUTDOWN);
+                Ok(())
+            })
+            .map_err(|source| DaemonError::Spawn {
+                name: name.clone(),
+                source,
+            })?;
+        running.aux.push((name, handle));
+    }
+
     if let Some(uplink) = tables.snapshot().node.uplink_ifindex {
         let source = tables.clone();
         let name = "next-hops".to_string();
@@ -444,6 +470,9 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     }
     if let Some(port) = cli.geneve_port {
         cfg.geneve_port = port;
+    }
+    if let Some(address) = &cli.metrics_address {
+        cfg.metrics_address = address.clone();
     }
     if let Some(mode) = cli.xdp_mode {
         cfg.xdp_mode = match mode {

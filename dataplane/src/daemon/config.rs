@@ -108,6 +108,9 @@ pub struct DaemonConfig {
     pub vxlan_port: u16,
     #[serde(default = "default_geneve_port")]
     pub geneve_port: u16,
+    /// Where `/metrics` (Prometheus text) is served: `address:port`, or `off`.
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: String,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "worker")]
@@ -129,6 +132,9 @@ fn default_batch() -> usize {
 fn default_conntrack() -> usize {
     1 << 17
 }
+fn default_metrics_address() -> String {
+    crate::api::metrics::DEFAULT_ADDRESS.to_string()
+}
 fn default_vxlan_port() -> u16 {
     crate::wire::vxlan::UDP_PORT
 }
@@ -147,6 +153,7 @@ impl Default for DaemonConfig {
             uplink_filter: true,
             vxlan_port: default_vxlan_port(),
             geneve_port: default_geneve_port(),
+            metrics_address: default_metrics_address(),
             interfaces: Vec::new(),
             workers: Vec::new(),
         }
@@ -228,6 +235,15 @@ impl DaemonConfig {
                 ),
             ));
         }
+        if self.metrics().is_err() {
+            return Err(invalid(
+                "metrics_address",
+                format!(
+                    "`{}` is neither ADDRESS:PORT nor `off`: e.g. 127.0.0.1:9962",
+                    self.metrics_address
+                ),
+            ));
+        }
         let mut uplinks = 0;
         for (i, iface) in self.interfaces.iter().enumerate() {
             let field = format!("interface[{i}]");
@@ -284,6 +300,14 @@ impl DaemonConfig {
             }
         }
         Ok(())
+    }
+
+    /// Where to serve `/metrics`: `None` for `off`.
+    pub fn metrics(&self) -> Result<Option<std::net::SocketAddr>, std::net::AddrParseError> {
+        if self.metrics_address.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        self.metrics_address.parse().map(Some)
     }
 
     /// The workers to run: as configured, or one unpinned worker for every interface.
@@ -376,6 +400,7 @@ mod tests {
                 "interface[1]",
             ),
             ("vxlan_port = 6081", "vxlan_port"),
+            ("metrics_address = \"nowhere\"", "metrics_address"),
         ];
         for (text, field) in cases {
             match parse(text) {

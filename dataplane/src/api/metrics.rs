@@ -1,0 +1,299 @@
+//! `/metrics`: the dataplane's counters in Prometheus text format, over HTTP on a loopback
+//! address (default 127.0.0.1:9962, as Cilium's agent).
+//!
+//! # Contract
+//! - Counting never slows the fast path: workers keep plain per-worker counters and publish
+//!   copies off the packet path ([`StatsRegistry`]); a scrape sums the copies, builds a fresh
+//!   registry and encodes it. Nothing here runs per packet.
+//! - Names follow Prometheus conventions: `flagella_` prefix, `_total` counters with HELP and
+//!   TYPE. Every scalar pipeline counter becomes `flagella_<name>_total` (one list,
+//!   `Counters::scalars`), every drop reason a `reason` label of `flagella_drops_total`, every
+//!   stage a `stage` label of `flagella_stage_packets_total` / `flagella_stage_drops_total`, and
+//!   each worker's AF_XDP ring statistics a `worker` label: no counter can exist without a metric.
+//! - The server answers `GET /metrics` and nothing else (404), one request per connection, with
+//!   a read timeout so an idle client cannot hold it; it never panics on input.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+
+use super::publish::{StatsRegistry, WorkerCounters};
+use crate::pipeline::{Counters, DropReason, Stage};
+
+/// The default listen address (Cilium's agent uses 9962).
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9962";
+
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Prometheus text for these totals and workers.
+pub fn render(total: &Counters, workers: &[WorkerCounters]) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    for (name, value) in total.scalars() {
+        let help = format!("Pipeline counter `{name}` (summed over workers).");
+        let c = counter(&registry, &format!("flagella_{name}_total"), &help, &[])?;
+        c.with_label_values::<&str>(&[]).inc_by(value);
+    }
+    let drops = counter(
+        &registry,
+        "flagella_drops_total",
+        "Frames dropped, by reason (numbers and meanings: dataplane/src/pipeline/drop.rs).",
+        &["reason"],
+    )?;
+    for reason in DropReason::ALL {
+        drops
+            .with_label_values(&[reason.name()])
+            .inc_by(total.drops(reason));
+    }
+    let stage_in = counter(
+        &registry,
+        "flagella_stage_packets_total",
+        "Frames that entered each pipeline stage.",
+        &["stage"],
+    )?;
+    let stage_drops = counter(
+        &registry,
+        "flagella_stage_drops_total",
+        "Frames each pipeline stage dropped.",
+        &["stage"],
+    )?;
+    for stage in Stage::ALL {
+        let i = stage as usize;
+        stage_in
+            .with_label_values(&[stage.name()])
+            .inc_by(total.stage_in.get(i).copied().unwrap_or(0));
+        stage_drops
+            .with_label_values(&[stage.name()])
+            .inc_by(total.stage_drops.get(i).copied().unwrap_or(0));
+    }
+    render_workers(&registry, workers)?;
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Per-worker I/O: busy time and the AF_XDP rings' statistics, so that no drop is invisible.
+fn render_workers(registry: &Registry, workers: &[WorkerCounters]) -> prometheus::Result<()> {
+    let busy = counter(
+        registry,
+        "flagella_worker_busy_seconds_total",
+        "Time each worker spent in passes that received frames.",
+        &["worker"],
+    )?;
+    let io = [
+        ("polls", "Passes over the worker's sockets."),
+        ("rx_batches", "Passes that received frames."),
+        ("tx_wakeups", "sendto kicks of the TX rings."),
+        ("fill_wakeups", "poll wakeups of the fill rings."),
+        (
+            "fill_starved",
+            "Fill-ring refills that found no free frame.",
+        ),
+        (
+            "tx_ring_full",
+            "Frames recycled because a TX ring was full.",
+        ),
+        (
+            "sock_rx_dropped",
+            "Frames the kernel dropped on the worker's sockets.",
+        ),
+        (
+            "sock_rx_ring_full",
+            "Frames the kernel dropped for a full RX ring.",
+        ),
+        (
+            "sock_fill_ring_empty",
+            "Frames the kernel dropped for an empty fill ring.",
+        ),
+    ];
+    for w in workers {
+        busy.with_label_values(&[w.name.as_str()])
+            .inc_by(w.busy_ns / 1_000_000_000);
+    }
+    for (name, help) in io {
+        let c = counter(
+            registry,
+            &format!("flagella_worker_{name}_total"),
+            help,
+            &["worker"],
+        )?;
+        for w in workers {
+            c.with_label_values(&[w.name.as_str()])
+                .inc_by(io_value(w, name));
+        }
+    }
+    Ok(())
+}
+
+fn io_value(w: &WorkerCounters, name: &str) -> u64 {
+    let io = &w.io;
+    match name {
+        "polls" => io.polls,
+        "rx_batches" => io.rx_batches,
+        "tx_wakeups" => io.tx_wakeups,
+        "fill_wakeups" => io.fill_wakeups,
+        "fill_starved" => io.fill_starved,
+        "tx_ring_full" => io.tx_ring_full,
+        "sock_rx_dropped" => io.sock_rx_dropped,
+        "sock_rx_ring_full" => io.sock_rx_ring_full,
+        "sock_fill_ring_empty" => io.sock_fill_ring_empty,
+        _ => 0,
+    }
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// Why the metrics server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen for /metrics on {address}: {source}: choose another --metrics-address, or `off`"
+)]
+pub struct MetricsError {
+    pub address: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The `/metrics` listener.
+#[derive(Debug)]
+pub struct MetricsServer {
+    listener: TcpListener,
+    stats: Arc<StatsRegistry>,
+}
+
+impl MetricsServer {
+    pub fn bind(address: SocketAddr, stats: Arc<StatsRegistry>) -> Result<Self, MetricsError> {
+        let listener = TcpListener::bind(address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| MetricsError { address, source })?;
+        Ok(MetricsServer { listener, stats })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves scrapes until `shutdown` is set (polling the listener every 50 ms).
+    pub fn run(&self, shutdown: &AtomicBool) {
+        while !shutdown.load(Ordering::Relaxed) {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = self.serve(stream) {
+                        eprintln!("flagella-dataplane: /metrics: a scrape failed: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    eprintln!("flagella-dataplane: /metrics: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn serve(&self, stream: TcpStream) -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_write_timeout(Some(READ_TIMEOUT))?;
+        let mut request_line = String::new();
+        BufReader::new(stream.try_clone()?)
+            .take(8192)
+            .read_line(&mut request_line)?;
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (parts.next(), parts.next());
+        let path = path.map(|p| p.split('?').next().unwrap_or(p));
+        let (status, body) = match (method, path) {
+            (Some("GET"), Some("/metrics")) => {
+                match render(&self.stats.total(), &self.stats.per_worker()) {
+                    Ok(text) => ("200 OK", text),
+                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                }
+            }
+            _ => ("404 Not Found", "try GET /metrics\n".to_string()),
+        };
+        let mut w = stream;
+        write!(
+            w,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        w.flush()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_and_drop_reason_is_a_metric() {
+        let mut c = Counters {
+            dsr_option_written: 3,
+            ..Counters::default()
+        };
+        c.drop(Stage::Policy, DropReason::PolicyDeniedIngress);
+        let text = render(&c, &[]).unwrap();
+        for (name, _) in Counters::default().scalars() {
+            assert!(
+                text.contains(&format!("# TYPE flagella_{name}_total counter")),
+                "flagella_{name}_total missing"
+            );
+        }
+        for reason in DropReason::ALL {
+            assert!(
+                text.contains(&format!(
+                    "flagella_drops_total{{reason=\"{}\"}}",
+                    reason.name()
+                )),
+                "{} missing",
+                reason.name()
+            );
+        }
+        assert!(
+            text.contains("flagella_dsr_option_written_total 3"),
+            "{text}"
+        );
+        assert!(text.contains("flagella_drops_total{reason=\"policy_denied_ingress\"} 1"));
+        assert!(text.contains("flagella_stage_drops_total{stage=\"policy\"} 1"));
+    }
+
+    #[test]
+    fn the_server_answers_metrics_and_404_on_loopback() {
+        let stats = StatsRegistry::new();
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), stats).unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&shutdown);
+        let handle = std::thread::spawn(move || server.run(&stop));
+        let get = |path: &str| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let ok = get("/metrics");
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.contains("flagella_rx_packets_total 0"), "{ok}");
+        assert!(get("/").starts_with("HTTP/1.1 404"));
+        shutdown.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+    }
+}
