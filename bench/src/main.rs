@@ -86,20 +86,8 @@ fn report(args: &ReportArgs) -> Result<(), BenchError> {
                 target.name(),
                 args.run.duration
             );
-            let result = match forward::forward(target, flows, &args.run, index) {
-                Err(BenchError::Interrupted) => return Err(BenchError::Interrupted),
-                Err(e @ BenchError::NotRoot { .. }) => return Err(e),
-                r => r.map_err(|e| e.to_string()),
-            };
-            match &result {
-                Ok(m) => eprintln!("   {:.3} Mpps at the sink", m.sink_pps / 1e6),
-                Err(e) => eprintln!("   failed: {e}"),
-            }
-            rows.push(Row {
-                target: target.name(),
-                flows,
-                result,
-            });
+            let result = forward::forward(target, flows, &args.run, index);
+            rows.push(Row::measured(target.name(), flows, result)?);
         }
     }
     print!("{}", render(&rows, args.markdown));

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use crate::cli::Target;
 use crate::forward::Measurement;
+use crate::BenchError;
 
 /// One cell of the report: a target over a flow count, measured or failed.
 #[derive(Clone, Debug)]
@@ -17,6 +18,32 @@ pub struct Row {
     pub target: &'static str,
     pub flows: u32,
     pub result: Result<Measurement, String>,
+}
+
+impl Row {
+    /// The row of one measurement of a report: an interrupt or a missing privilege stops the
+    /// whole report (returned as the error); any other failure is recorded in the row. Prints
+    /// the outcome as it comes.
+    pub fn measured(
+        target: &'static str,
+        flows: u32,
+        result: Result<Measurement, BenchError>,
+    ) -> Result<Row, BenchError> {
+        let result = match result {
+            Err(BenchError::Interrupted) => return Err(BenchError::Interrupted),
+            Err(e @ BenchError::NotRoot { .. }) => return Err(e),
+            r => r.map_err(|e| e.to_string()),
+        };
+        match &result {
+            Ok(m) => eprintln!("   {:.3} Mpps at the sink", m.sink_pps / 1e6),
+            Err(e) => eprintln!("   failed: {e}"),
+        }
+        Ok(Row {
+            target,
+            flows,
+            result,
+        })
+    }
 }
 
 /// `x / base` when both are measured and `base` is positive.

@@ -444,20 +444,8 @@ pub fn report(args: &XnodeArgs) -> Result<String, BenchError> {
                     target.name(),
                     args.run.duration
                 );
-                let result = match xnode(target, flows, &args.run, node2_core, index) {
-                    Err(BenchError::Interrupted) => return Err(BenchError::Interrupted),
-                    Err(e @ BenchError::NotRoot { .. }) => return Err(e),
-                    r => r.map_err(|e| e.to_string()),
-                };
-                match &result {
-                    Ok(m) => eprintln!("   {:.3} Mpps at the sink", m.sink_pps / 1e6),
-                    Err(e) => eprintln!("   failed: {e}"),
-                }
-                rows.push(Row {
-                    target: target.name(),
-                    flows,
-                    result,
-                });
+                let result = xnode(target, flows, &args.run, node2_core, index);
+                rows.push(Row::measured(target.name(), flows, result)?);
             }
         }
         if args.rounds > 1 {

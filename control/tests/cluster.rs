@@ -58,7 +58,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::net::{
-    ip_in, link_facts, preflight, run_ip, spawn_in, wait_for_within, NetNsGuard, Proc,
+    ip_in, link_facts, preflight, run_ip, spawn_agent, spawn_in, wait_for_within, NetNsGuard, Proc,
 };
 use common::traffic::{self, dataplane_request, echo, tcp_server};
 use common::Etcd;
@@ -66,7 +66,6 @@ use control::store::Store;
 use serde_json::{json, Value};
 
 const FLAGELLA: &str = env!("CARGO_BIN_EXE_flagella");
-const CONTROL: &str = env!("CARGO_BIN_EXE_flagella-control");
 const ROOT: &str = "/flagella/v1/";
 const NAMESPACE: &str = "cl";
 const ECHO_PORT: u16 = 7001;
@@ -384,25 +383,13 @@ impl Cluster {
     fn start_control(&mut self, n: u8) {
         let url = self.etcd.url.clone();
         let node = &mut self.nodes[usize::from(n - 1)];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.control.log)
-            .unwrap();
-        let child = Command::new(CONTROL)
-            .arg("--etcd")
-            .arg(&url)
-            .args(["--node", &node.name])
-            .arg("--dataplane-socket")
-            .arg(&node.socket)
-            .arg("--status-file")
-            .arg(&node.status_file)
-            .args(["--etcd-timeout", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn flagella-control");
+        let child = spawn_agent(
+            &url,
+            &node.name,
+            &node.socket,
+            &node.status_file,
+            &node.control.log,
+        );
         node.control.child = Some(child);
     }
 

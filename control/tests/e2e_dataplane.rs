@@ -61,14 +61,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::net::{ip_in, link_facts, preflight, spawn_in, wait_for_within, NetNsGuard, Proc};
+use common::net::{
+    ip_in, link_facts, preflight, spawn_agent, spawn_in, wait_for_within, NetNsGuard, Proc,
+};
 use common::traffic::{dataplane_request, echo, tcp_echo, tcp_server};
 use common::Etcd;
 use control::store::Store;
 use serde_json::{json, Value};
 
 const FLAGELLA: &str = env!("CARGO_BIN_EXE_flagella");
-const CONTROL: &str = env!("CARGO_BIN_EXE_flagella-control");
 const ROOT: &str = "/flagella/v1/";
 const POD_CIDR: &str = "10.78.0.0/24";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
@@ -269,26 +270,14 @@ impl Harness {
     }
 
     fn start_control(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.control.log)
-            .unwrap();
         let _ = std::fs::remove_file(&self.status_file);
-        let child = Command::new(CONTROL)
-            .arg("--etcd")
-            .arg(&self.etcd.url)
-            .args(["--node", &self.node])
-            .arg("--dataplane-socket")
-            .arg(&self.socket)
-            .arg("--status-file")
-            .arg(&self.status_file)
-            .args(["--etcd-timeout", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn flagella-control");
+        let child = spawn_agent(
+            &self.etcd.url,
+            &self.node,
+            &self.socket,
+            &self.status_file,
+            &self.control.log,
+        );
         self.control.child = Some(child);
     }
 

@@ -7,8 +7,9 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helper: a failure is a failed test
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -114,4 +115,31 @@ pub fn wait_for_within(what: &str, timeout: Duration, mut done: impl FnMut() -> 
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `flagella-control` for `node`, on etcd at `etcd_url` and the dataplane's `socket`, writing its
+/// status to `status_file` and appending its stderr to `log` (what every test's agent runs
+/// with: a short etcd timeout, so outages show quickly).
+pub fn spawn_agent(
+    etcd_url: &str,
+    node: &str,
+    socket: &Path,
+    status_file: &Path,
+    log: &Path,
+) -> Child {
+    let log = File::options().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_flagella-control"))
+        .arg("--etcd")
+        .arg(etcd_url)
+        .args(["--node", node])
+        .arg("--dataplane-socket")
+        .arg(socket)
+        .arg("--status-file")
+        .arg(status_file)
+        .args(["--etcd-timeout", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn flagella-control")
 }
