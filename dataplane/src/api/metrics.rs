@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
 use super::publish::{StatsRegistry, WorkerCounters};
 use crate::pipeline::{Counters, DropReason, Stage};
@@ -78,71 +78,46 @@ pub fn render(total: &Counters, workers: &[WorkerCounters]) -> Result<String, pr
 
 /// Per-worker I/O: busy time and the AF_XDP rings' statistics, so that no drop is invisible.
 fn render_workers(registry: &Registry, workers: &[WorkerCounters]) -> prometheus::Result<()> {
-    let busy = counter(
-        registry,
-        "flagella_worker_busy_seconds_total",
-        "Time each worker spent in passes that received frames.",
+    let busy = CounterVec::new(
+        Opts::new(
+            "flagella_worker_busy_seconds_total",
+            "Time each worker spent in passes that received frames.",
+        ),
         &["worker"],
     )?;
-    let io = [
-        ("polls", "Passes over the worker's sockets."),
-        ("rx_batches", "Passes that received frames."),
-        ("tx_wakeups", "sendto kicks of the TX rings."),
-        ("fill_wakeups", "poll wakeups of the fill rings."),
-        (
-            "fill_starved",
-            "Fill-ring refills that found no free frame.",
-        ),
-        (
-            "tx_ring_full",
-            "Frames recycled because a TX ring was full.",
-        ),
-        (
-            "sock_rx_dropped",
-            "Frames the kernel dropped on the worker's sockets.",
-        ),
-        (
-            "sock_rx_ring_full",
-            "Frames the kernel dropped for a full RX ring.",
-        ),
-        (
-            "sock_fill_ring_empty",
-            "Frames the kernel dropped for an empty fill ring.",
-        ),
-    ];
+    registry.register(Box::new(busy.clone()))?;
     for w in workers {
         busy.with_label_values(&[w.name.as_str()])
-            .inc_by(w.busy_ns / 1_000_000_000);
+            .inc_by(w.busy_ns as f64 / 1e9);
     }
-    for (name, help) in io {
+    // Every field of `IoSummary`, by its own name (the struct is the list: a field added there
+    // becomes a metric here).
+    let mut io: Vec<(String, Vec<(&str, u64)>)> = Vec::new();
+    for w in workers {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(w.io) else {
+            continue;
+        };
+        for (field, value) in fields {
+            let n = value.as_u64().unwrap_or(0);
+            match io.iter_mut().find(|(f, _)| *f == field) {
+                Some((_, samples)) => samples.push((w.name.as_str(), n)),
+                None => io.push((field, vec![(w.name.as_str(), n)])),
+            }
+        }
+    }
+    for (field, samples) in io {
+        let help = format!("AF_XDP I/O counter `{field}` of each worker (see `IoSummary`).");
         let c = counter(
             registry,
-            &format!("flagella_worker_{name}_total"),
-            help,
+            &format!("flagella_worker_{field}_total"),
+            &help,
             &["worker"],
         )?;
-        for w in workers {
-            c.with_label_values(&[w.name.as_str()])
-                .inc_by(io_value(w, name));
+        for (worker, n) in samples {
+            c.with_label_values(&[worker]).inc_by(n);
         }
     }
     Ok(())
-}
-
-fn io_value(w: &WorkerCounters, name: &str) -> u64 {
-    let io = &w.io;
-    match name {
-        "polls" => io.polls,
-        "rx_batches" => io.rx_batches,
-        "tx_wakeups" => io.tx_wakeups,
-        "fill_wakeups" => io.fill_wakeups,
-        "fill_starved" => io.fill_starved,
-        "tx_ring_full" => io.tx_ring_full,
-        "sock_rx_dropped" => io.sock_rx_dropped,
-        "sock_rx_ring_full" => io.sock_rx_ring_full,
-        "sock_fill_ring_empty" => io.sock_fill_ring_empty,
-        _ => 0,
-    }
 }
 
 fn counter(
@@ -272,6 +247,19 @@ mod tests {
         );
         assert!(text.contains("flagella_drops_total{reason=\"policy_denied_ingress\"} 1"));
         assert!(text.contains("flagella_stage_drops_total{stage=\"policy\"} 1"));
+        let worker = WorkerCounters {
+            name: "worker-0".into(),
+            publications: 1,
+            busy_ns: 1_500_000_000,
+            io: crate::pipeline::IoSummary {
+                sock_rx_ring_full: 7,
+                ..Default::default()
+            },
+            counters: Counters::default(),
+        };
+        let text = render(&c, &[worker]).unwrap();
+        assert!(text.contains("flagella_worker_sock_rx_ring_full_total{worker=\"worker-0\"} 7"));
+        assert!(text.contains("flagella_worker_busy_seconds_total{worker=\"worker-0\"} 1.5"));
     }
 
     #[test]

@@ -39,15 +39,6 @@ pub enum Encap {
 }
 
 impl Encap {
-    /// The IANA UDP destination port of the tunnel, if any.
-    pub fn udp_port(self) -> Option<u16> {
-        match self {
-            Encap::Vxlan => Some(4789),
-            Encap::Geneve => Some(6081),
-            Encap::Native => None,
-        }
-    }
-
     /// Bytes the route stage may add, in the worst case, to a pod's IP packet sent to a node
     /// reached this way; the outer Ethernet header is not counted, as no MTU counts its own
     /// link header. The one definition of the tunnel overhead: the route stage's fit check
@@ -358,9 +349,11 @@ mod tests {
             err.to_string(),
             "unknown encapsulation `gre`: expected vxlan, geneve or native"
         );
-        assert_eq!(Encap::Vxlan.udp_port(), Some(4789));
-        assert_eq!(Encap::Geneve.udp_port(), Some(6081));
-        assert_eq!(Encap::Native.udp_port(), None);
+        // The tunnels' ports are the node's configuration, defaulting to IANA's.
+        let ports = crate::tables::TunnelPorts::default();
+        assert_eq!(ports.of(Encap::Vxlan), Some(4789));
+        assert_eq!(ports.of(Encap::Geneve), Some(6081));
+        assert_eq!(ports.of(Encap::Native), None);
     }
 
     #[test]
