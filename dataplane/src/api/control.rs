@@ -24,7 +24,7 @@ use super::protocol::{
     NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, Text, CT_DUMP_DEFAULT_LIMIT,
     CT_DUMP_MAX_LIMIT,
 };
-use super::publish::{StatsRegistry, TablesHandle};
+use super::publish::{StatsRegistry, TablesHandle, MAX_CT_DUMPS_IN_FLIGHT};
 use crate::pipeline::{Counters, Stage};
 use crate::tables::endpoints::EndpointId;
 use crate::tables::Tables;
@@ -260,8 +260,15 @@ impl Control {
             );
             return Outcome::reply(error_reply(seq.as_ref(), &e));
         }
+        let Some(generation) = self.stats.request_ct_dump(limit) else {
+            let e = RequestError::whole(format!(
+                "{MAX_CT_DUMPS_IN_FLIGHT} conntrack dumps are in progress already: retry in a \
+                 moment"
+            ));
+            return Outcome::reply(error_reply(seq.as_ref(), &e));
+        };
         let pending = PendingCtDump {
-            generation: self.stats.request_ct_dump(limit),
+            generation,
             seq,
             deadline: Instant::now() + CT_DUMP_TIMEOUT,
         };
@@ -295,16 +302,27 @@ impl Control {
                 body.insert("workers".into(), Value::Array(workers));
                 Some(ok_reply(p.seq.as_ref(), body))
             }
-            None if now >= p.deadline => Some(error_reply(
-                p.seq.as_ref(),
-                &RequestError::whole(format!(
-                    "the workers did not answer the conntrack dump within {} s: check that \
-                     they are running (status shows their publication counts rising), then retry",
-                    CT_DUMP_TIMEOUT.as_secs()
-                )),
-            )),
+            None if now >= p.deadline => Some(self.give_up_ct_dump(p)),
             None => None,
         }
+    }
+
+    /// Abandons a pending dump whose client went away.
+    pub fn cancel_ct_dump(&self, p: &PendingCtDump) {
+        self.stats.cancel_ct_dump(p.generation);
+    }
+
+    /// The timeout reply of a dump past its deadline (the request is closed).
+    fn give_up_ct_dump(&self, p: &PendingCtDump) -> Value {
+        self.stats.cancel_ct_dump(p.generation);
+        error_reply(
+            p.seq.as_ref(),
+            &RequestError::whole(format!(
+                "the workers did not answer the conntrack dump within {} s: check that \
+                     they are running (status shows their publication counts rising), then retry",
+                CT_DUMP_TIMEOUT.as_secs()
+            )),
+        )
     }
 }
 
@@ -506,6 +524,10 @@ mod tests {
             .finish_ct_dump(&pending, pending.deadline + Duration::from_millis(1))
             .unwrap();
         assert_eq!(late["ok"], false);
+        // The late request is closed; a new one is answered by the next publication.
+        assert_eq!(c.stats.ct_dumps_in_flight(), 0);
+        let out = c.handle_line(br#"{"op":"dump","table":"conntrack","limit":5,"seq":3}"#);
+        let pending = out.pending_ct.unwrap();
         let p = Pipeline::new(PipelineConfig::default()).unwrap();
         w.tick(&p, 0);
         let r = c.finish_ct_dump(&pending, Instant::now()).unwrap();
