@@ -45,8 +45,9 @@ pub struct PendingCtDump {
 pub struct Outcome {
     /// The reply line (absent only while a conntrack dump is pending).
     pub reply: Option<Value>,
-    /// An event for every subscriber.
-    pub event: Option<Value>,
+    /// An event line (without its newline) for every subscriber; built only while events are
+    /// wanted ([`Control::set_events_wanted`]).
+    pub event: Option<Vec<u8>>,
     /// `Some(true)` after `subscribe`, `Some(false)` after `unsubscribe`.
     pub subscribe: Option<bool>,
     pub pending_ct: Option<PendingCtDump>,
@@ -68,6 +69,19 @@ pub struct Control {
     stats: Arc<StatsRegistry>,
     revision: u64,
     started: Instant,
+    /// Whether change events are built (the server turns this off while nobody subscribes:
+    /// an event copies the whole change, which can be megabytes).
+    events_wanted: bool,
+}
+
+/// A change event, serialized straight from the change (no `Value` tree of a large policy).
+#[derive(Serialize)]
+struct ChangeEvent<'a> {
+    event: &'static str,
+    revision: u64,
+    op: &'static str,
+    #[serde(flatten)]
+    change: &'a Change,
 }
 
 impl Control {
@@ -77,7 +91,13 @@ impl Control {
             stats,
             revision: 0,
             started: Instant::now(),
+            events_wanted: true,
         }
+    }
+
+    /// Whether [`Outcome::event`] is built for changes (on by default).
+    pub fn set_events_wanted(&mut self, wanted: bool) {
+        self.events_wanted = wanted;
     }
 
     /// Number of changes applied since start.
@@ -132,11 +152,16 @@ impl Control {
         let mut event = None;
         if applied.changed {
             self.revision += 1;
-            let mut e = Map::new();
-            e.insert("event".into(), Value::from("change"));
-            e.insert("revision".into(), Value::from(self.revision));
-            e.extend(change.to_json());
-            event = Some(Value::Object(e));
+            if self.events_wanted {
+                let e = ChangeEvent {
+                    event: "change",
+                    revision: self.revision,
+                    op: change.op(),
+                    change,
+                };
+                // Plain data with string keys: serializing cannot fail.
+                event = serde_json::to_vec(&e).ok();
+            }
         }
         body.insert("revision".into(), Value::from(self.revision));
         Outcome {
@@ -437,7 +462,7 @@ mod tests {
         assert_eq!(r["ok"], true);
         assert_eq!(r["seq"], 1);
         assert_eq!(r["revision"], 1);
-        let e = out.event.unwrap();
+        let e: Value = serde_json::from_slice(&out.event.unwrap()).unwrap();
         assert_eq!(e["event"], "change");
         assert_eq!(e["op"], "endpoint.upsert");
         assert_eq!(e["mac"], "02:00:00:00:00:01");
@@ -445,6 +470,11 @@ mod tests {
         let out = c.handle_line(br#"{"op":"endpoint.delete","id":9}"#);
         assert!(out.event.is_none());
         assert_eq!(out.reply.unwrap()["revision"], 1);
+        // Nobody listening: no event is built.
+        c.set_events_wanted(false);
+        let out = c.handle_line(br#"{"op":"endpoint.delete","id":1}"#);
+        assert_eq!(out.reply.unwrap()["revision"], 2);
+        assert!(out.event.is_none());
     }
 
     #[test]

@@ -90,6 +90,15 @@ macro_rules! changes {
             $( $variant($msg), )*
         }
 
+        /// A change serializes as its message's fields (no `op`; [`Change::to_json`] adds it).
+        impl Serialize for Change {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $( Change::$variant(m) => m.serialize(s), )*
+                }
+            }
+        }
+
         impl Change {
             /// The op of this change.
             pub fn kind(&self) -> Op {
@@ -99,9 +108,7 @@ macro_rules! changes {
             }
 
             fn body(&self) -> serde_json::Result<Value> {
-                match self {
-                    $( Change::$variant(m) => serde_json::to_value(m), )*
-                }
+                serde_json::to_value(self)
             }
 
             /// Parses the fields of change op `op` (refused when `op` is not a change).
