@@ -19,7 +19,8 @@
 //! - Memory: a client buffers at most one line of input ([`MAX_LINE`]) and is paused (its
 //!   requests wait) once [`MAX_PENDING_OUTPUT`] bytes of replies are queued for it; buffers
 //!   shrink back once drained. Above [`BUFFER_BUDGET`] bytes buffered by all clients together,
-//!   only clients within their [`CLIENT_ALLOWANCE`] read or get answers until memory is freed.
+//!   only clients within their [`CLIENT_ALLOWANCE`] read or get answers until memory is freed,
+//!   and a client above its allowance that moved no byte for [`EVICT_AFTER`] is closed.
 //!   A subscriber that falls [`MAX_PENDING_OUTPUT`] behind on events is disconnected (it must
 //!   resubscribe and re-dump); at most [`MAX_SUBSCRIBERS`] subscribe at once.
 //! - Idle clients: a client that moved no byte either way for the idle timeout ([`IDLE_TIMEOUT`]
@@ -65,8 +66,10 @@ pub const MAX_CLIENTS: usize = 256;
 pub const MAX_SUBSCRIBERS: usize = 64;
 /// A client that moved no byte for this long is closed (see the module doc).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The least idle time of a client replaced by a new one when the server is full.
-pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+/// The least idle time of a client replaced by a new one when the server is full, or closed for
+/// holding more than its allowance while all buffers are over budget. Longer than the agent's
+/// ping interval (1 s), so a live agent is never the one picked.
+pub const EVICT_AFTER: Duration = Duration::from_secs(5);
 /// Requests served per client per turn.
 pub const REQUESTS_PER_TURN: usize = 64;
 /// Socket reads (of up to 64 KiB each) per client per turn.
@@ -128,6 +131,8 @@ pub struct ServerStats {
     pub evicted: u64,
     /// Connections closed at once because the server was full of busy clients.
     pub refused: u64,
+    /// Stalled clients closed for holding more than their allowance over the budget.
+    pub shed: u64,
 }
 
 /// One client.
@@ -424,8 +429,33 @@ impl ControlServer {
         for token in ready {
             self.drive(token, limits);
         }
-        self.close_idle(Instant::now());
+        let now = Instant::now();
+        self.close_idle(now);
+        if over_budget {
+            self.shed_stalled(now);
+        }
         Ok(())
+    }
+
+    /// Over the budget: closes the clients that hold more than their allowance and moved no
+    /// byte for [`EVICT_AFTER`] (replies nobody reads, a line that never ends), so that the
+    /// memory goes back to the clients that use it.
+    fn shed_stalled(&mut self, now: Instant) {
+        let stalled: Vec<Token> = self
+            .conns
+            .iter()
+            // A client waiting for its next turn (`more`) is stalled by the server, not by
+            // its peer: it is not the one to close.
+            .filter(|(_, c)| {
+                c.queued() > CLIENT_ALLOWANCE || (c.inbuf.len() > CLIENT_ALLOWANCE && !c.more)
+            })
+            .filter(|(_, c)| now.duration_since(c.last_progress) >= EVICT_AFTER)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in stalled {
+            self.stats.shed += 1;
+            self.close(token);
+        }
     }
 
     /// How long the next poll may wait.
