@@ -15,6 +15,7 @@
 
 use super::counters::{Counters, Stage};
 use super::drop::DropReason;
+use super::masquerade::Masquerade;
 use super::meta::{PacketMeta, Verdict};
 use crate::frame::Frame;
 use crate::tables::conntrack::Conntrack;
@@ -41,6 +42,8 @@ pub(crate) struct Ctx<'a> {
     pub ingress_ifindex: u32,
     pub now: u64,
     pub complete_l4_checksums: bool,
+    /// The worker's masquerade state, when it masquerades.
+    pub masq: Option<&'a mut Masquerade>,
 }
 
 impl Ctx<'_> {
