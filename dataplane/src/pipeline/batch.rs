@@ -15,11 +15,11 @@
 
 use super::counters::{Counters, Stage};
 use super::drop::DropReason;
-use super::masquerade::Masquerade;
 use super::meta::{PacketMeta, Verdict};
 use crate::frame::Frame;
 use crate::tables::conntrack::Conntrack;
 use crate::tables::endpoints::EndpointId;
+use crate::tables::snat::Masquerade;
 use crate::tables::Tables;
 
 /// Where a batch came from.

@@ -29,44 +29,8 @@ use super::batch::Ctx;
 use super::meta::{CtMark, PacketMeta};
 use super::{nat, DropReason};
 use crate::frame::Frame;
-use crate::tables::snat::{self, PortAllocator, PortRange, SnatFlow};
+use crate::tables::snat::{self, SnatFlow};
 use crate::wire::ip::Protocol;
-
-/// How a pipeline masquerades.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MasqueradeConfig {
-    /// The node's whole range: replies to any of its ports are recognised (and dropped when no
-    /// flow of this worker's owns the port).
-    pub ports: PortRange,
-    /// This worker's share, which it allocates from (`PortRange::share`).
-    pub worker_ports: PortRange,
-}
-
-impl MasqueradeConfig {
-    /// A single worker's configuration: it allocates from the whole range.
-    pub fn single_worker(ports: PortRange) -> MasqueradeConfig {
-        MasqueradeConfig {
-            ports,
-            worker_ports: ports,
-        }
-    }
-}
-
-/// A worker's masquerade state: the configuration and its port allocator.
-#[derive(Clone, Debug)]
-pub(crate) struct Masquerade {
-    ports: PortRange,
-    alloc: PortAllocator,
-}
-
-impl Masquerade {
-    pub(crate) fn new(cfg: MasqueradeConfig) -> Masquerade {
-        Masquerade {
-            ports: cfg.ports,
-            alloc: PortAllocator::new(cfg.worker_ports),
-        }
-    }
-}
 
 /// Translates a pod's packet to the world (see the module doc); a no-op for anything else.
 pub(crate) fn egress<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -102,7 +66,7 @@ pub(crate) fn egress<B: AsRef<[u8]> + AsMut<[u8]>>(
         Some(port) => port,
         None => {
             let port = masq
-                .alloc
+                .allocator()
                 .allocate(ctx.ct, &flow, m.tcp_flags, bytes, ctx.now)
                 .ok_or(DropReason::MasqueradePortsExhausted)?;
             record_port(m, ctx, port);
@@ -143,7 +107,7 @@ pub(crate) fn reverse<B: AsRef<[u8]> + AsMut<[u8]>>(
     let t = m.tuple;
     let to_masquerade_port = t.dst == IpAddr::V4(node)
         && matches!(Protocol::from(t.proto), Protocol::Tcp | Protocol::Udp)
-        && masq.ports.contains(t.dport);
+        && masq.ports().contains(t.dport);
     if !to_masquerade_port {
         return Ok(());
     }

@@ -46,9 +46,9 @@ mod resolve;
 mod route;
 mod service;
 
+pub use crate::tables::snat::MasqueradeConfig;
 pub use counters::{Counters, Stage};
 pub use drop::DropReason;
-pub use masquerade::MasqueradeConfig;
 pub use meta::{PacketMeta, Verdict};
 pub use publisher::{IoSummary, Publisher};
 
@@ -56,6 +56,7 @@ use batch::{Batch, Ctx, Ingress};
 
 use crate::frame::Frame;
 use crate::tables::conntrack::{Conntrack, CtConfig};
+use crate::tables::snat::Masquerade;
 use crate::tables::Tables;
 
 /// Default frames per batch.
@@ -112,7 +113,7 @@ pub struct Pipeline {
     batch_size: usize,
     gc: GcPacer,
     complete_l4_checksums: bool,
-    masq: Option<masquerade::Masquerade>,
+    masq: Option<Masquerade>,
     /// One entry per frame of the current (or last) `process` call: grown only when a call
     /// passes more frames than `batch_size`.
     meta: Vec<PacketMeta>,
@@ -135,7 +136,7 @@ impl Pipeline {
             batch_size: cfg.batch_size,
             gc: GcPacer::new(cfg.ct_gc_sweep_ns),
             complete_l4_checksums: cfg.complete_l4_checksums,
-            masq: cfg.masquerade.map(masquerade::Masquerade::new),
+            masq: cfg.masquerade.map(Masquerade::new),
             meta: vec![PacketMeta::EMPTY; cfg.batch_size],
             last_len: 0,
             ct: Conntrack::new(cfg.conntrack),

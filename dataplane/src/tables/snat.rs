@@ -173,6 +173,52 @@ impl SnatFlow {
     }
 }
 
+/// How a pipeline masquerades.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MasqueradeConfig {
+    /// The node's whole range: replies to any of its ports are recognised (and dropped when no
+    /// flow of this worker's owns the port).
+    pub ports: PortRange,
+    /// This worker's share, which it allocates from (`PortRange::share`).
+    pub worker_ports: PortRange,
+}
+
+impl MasqueradeConfig {
+    /// A single worker's configuration: it allocates from the whole range.
+    pub fn single_worker(ports: PortRange) -> MasqueradeConfig {
+        MasqueradeConfig {
+            ports,
+            worker_ports: ports,
+        }
+    }
+}
+
+/// A worker's masquerade state: the configuration and its port allocator.
+#[derive(Clone, Debug)]
+pub struct Masquerade {
+    ports: PortRange,
+    alloc: PortAllocator,
+}
+
+impl Masquerade {
+    pub fn new(cfg: MasqueradeConfig) -> Masquerade {
+        Masquerade {
+            ports: cfg.ports,
+            alloc: PortAllocator::new(cfg.worker_ports),
+        }
+    }
+
+    /// The node's whole range.
+    pub fn ports(&self) -> PortRange {
+        self.ports
+    }
+
+    /// The worker's allocator, over its share.
+    pub fn allocator(&mut self) -> &mut PortAllocator {
+        &mut self.alloc
+    }
+}
+
 /// One worker's source-port allocator over its slice of the range (see the module doc).
 #[derive(Clone, Debug)]
 pub struct PortAllocator {
