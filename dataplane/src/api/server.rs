@@ -1,11 +1,13 @@
 //! The control socket: a Unix stream socket, driven by mio on the daemon's control thread.
 //!
 //! Contract:
-//! - [`ControlServer::bind`] creates the socket with mode 0600 (owner: the process, root in
-//!   production). The mode is set right after `bind`; until then the socket carries the mode the
-//!   umask gives it, which with the usual umask (022) already refuses other users' connects
-//!   (connecting needs write permission). Put the socket in a root-only directory
-//!   (`/run/flagella`, 0700) to close even that window.
+//! - [`ControlServer::bind`] creates the socket with mode 0600 (owner: the process's user and
+//!   group); [`ControlServer::bind_with_access`] with [`SocketAccess::Group`] makes it 0660, so
+//!   that members of the process's group may connect too (the agent running as another user).
+//!   The mode is set right after `bind`; until then the socket carries the mode the umask gives
+//!   it, which with the usual umask (022) already refuses other users' connects (connecting
+//!   needs write permission). Put the socket in a directory only those users may enter
+//!   (`/run/flagella`, 0700 or 0750) to close even that window.
 //! - A socket file left by a dead dataplane is removed; a socket somebody still listens on, or a
 //!   path that is not a socket, is never touched: `bind` refuses with an error saying what to do.
 //! - Many clients at once. Each sends newline-delimited requests and receives one reply line per
@@ -107,9 +109,10 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot set mode 0600 on the control socket {path}: {source}: check the file system allows chmod")]
+    #[error("cannot set mode {mode:04o} on the control socket {path}: {source}: check the file system allows chmod")]
     Permissions {
         path: PathBuf,
+        mode: u32,
         #[source]
         source: io::Error,
     },
@@ -118,6 +121,25 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Who may connect to the control socket (its file mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// Mode 0600: the process's user only.
+    #[default]
+    Owner,
+    /// Mode 0660: the process's user and group.
+    Group,
+}
+
+impl SocketAccess {
+    pub fn mode(self) -> u32 {
+        match self {
+            SocketAccess::Owner => 0o600,
+            SocketAccess::Group => 0o660,
+        }
+    }
 }
 
 /// What the server closed or refused, for tests and `status`.
@@ -325,15 +347,26 @@ impl ControlServer {
         tables: TablesHandle,
         stats: Arc<StatsRegistry>,
     ) -> Result<Self, ServerError> {
+        Self::bind_with_access(path, SocketAccess::Owner, tables, stats)
+    }
+
+    /// [`ControlServer::bind`] with the socket's mode chosen by `access`.
+    pub fn bind_with_access(
+        path: impl AsRef<Path>,
+        access: SocketAccess,
+        tables: TablesHandle,
+        stats: Arc<StatsRegistry>,
+    ) -> Result<Self, ServerError> {
         let path = path.as_ref().to_path_buf();
         remove_stale_socket(&path)?;
         let mut listener = UnixListener::bind(&path).map_err(|source| ServerError::Bind {
             path: path.clone(),
             source,
         })?;
-        if let Err(source) = fs::set_permissions(&path, fs::Permissions::from_mode(0o600)) {
+        let mode = access.mode();
+        if let Err(source) = fs::set_permissions(&path, fs::Permissions::from_mode(mode)) {
             let _ = fs::remove_file(&path);
-            return Err(ServerError::Permissions { path, source });
+            return Err(ServerError::Permissions { path, mode, source });
         }
         let poll = Poll::new().map_err(|source| ServerError::Poll { source })?;
         poll.registry()
