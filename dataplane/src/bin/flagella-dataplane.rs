@@ -998,15 +998,18 @@ mod tests {
             .unwrap()
     }
 
-    /// A configuration file for one test, removed when dropped.
+    /// A configuration file for one test, removed when dropped (`mkstemp`: a name nobody can
+    /// predict and plant first).
     struct TempConfig(PathBuf);
 
     impl TempConfig {
         fn new(name: &str, text: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "flagella-dataplane-{}-{name}.toml",
-                std::process::id()
-            ));
+            let file = tempfile::Builder::new()
+                .prefix(&format!("flagella-dataplane-{name}-"))
+                .suffix(".toml")
+                .tempfile()
+                .unwrap();
+            let (_, path) = file.keep().unwrap();
             fs::write(&path, text).unwrap();
             TempConfig(path)
         }
