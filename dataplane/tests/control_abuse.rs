@@ -131,12 +131,16 @@ struct Pinger {
 }
 
 impl Pinger {
+    /// Returns once the pinger is connected (so that it is a client before any abuse starts).
     fn start(socket: PathBuf) -> Pinger {
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         let (st, an) = (Arc::clone(&stop), Arc::clone(&answered));
+        let (connected_tx, connected_rx) = std::sync::mpsc::channel();
         let thread = thread::spawn(move || {
-            let mut c = Client::connect(&socket).map_err(|e| format!("connect: {e}"))?;
+            let connected = Client::connect(&socket).map_err(|e| format!("connect: {e}"));
+            let _ = connected_tx.send(());
+            let mut c = connected?;
             let mut seq = 0u64;
             while !st.load(Ordering::Relaxed) {
                 seq += 1;
@@ -149,6 +153,7 @@ impl Pinger {
             }
             Ok(())
         });
+        let _ = connected_rx.recv();
         Pinger {
             stop,
             answered,
