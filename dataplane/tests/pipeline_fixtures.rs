@@ -190,6 +190,7 @@ fn node_tables(n: u8, uplink_mac: MacAddr, pods: &[&Pod]) -> Tables {
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
+            host_link: None,
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),

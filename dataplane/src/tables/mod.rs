@@ -91,6 +91,22 @@ pub struct LocalNode {
     pub default_encap: nodes::Encap,
     /// The UDP ports of the tunnels, the same on every node of a cluster.
     pub tunnel_ports: TunnelPorts,
+    /// The host interface (Cilium's `cilium_host`/`cilium_net`), when the daemon has one:
+    /// frames for the node's own addresses go out of it. The daemon's own fact, kept across
+    /// `local_node.set` as the tunnel ports are.
+    pub host_link: Option<HostLink>,
+}
+
+/// The veth pair between the dataplane and the node's own network stack: the dataplane sends
+/// into `ifindex` (its side, e.g. `flg_net`) frames addressed to `kernel_mac` (the kernel's
+/// side, e.g. `flg_host`, which holds the pods' gateway addresses and routes to the pods).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostLink {
+    /// The dataplane's side: where frames for the host are transmitted, and where the host's
+    /// frames to pods arrive.
+    pub ifindex: u32,
+    /// The kernel side's MAC: the destination MAC of frames for the host.
+    pub kernel_mac: MacAddr,
 }
 
 /// The UDP destination ports of VXLAN and Geneve: what the node sends to and decapsulates.
@@ -151,6 +167,7 @@ impl Default for LocalNode {
             uplink_mtu: 1500,
             default_encap: nodes::Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
+            host_link: None,
         }
     }
 }
