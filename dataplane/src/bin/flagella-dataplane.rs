@@ -846,8 +846,9 @@ impl host_link::HostStack for KernelHostStack {
         self.nl.set_address(add, prefix, self.host.kernel_ifindex)
     }
 
-    fn set_route(&mut self, add: bool, prefix: Prefix) -> Result<(), NetlinkError> {
-        self.nl.set_route(add, prefix, self.host.kernel_ifindex)
+    fn set_route(&mut self, add: bool, route: host_link::HostRoute) -> Result<(), NetlinkError> {
+        self.nl
+            .set_route(add, route.dst, route.src, self.host.kernel_ifindex)
     }
 
     fn set_mtu(&mut self, mtu: u16) -> Result<(), NetlinkError> {
@@ -883,6 +884,7 @@ fn start_host_link_sync(
             .own_routes_of(host.kernel_ifindex)
             .map_err(fail)?
             .into_iter()
+            .map(|(dst, src)| host_link::HostRoute { dst, src })
             .collect(),
         mtu: None,
     };

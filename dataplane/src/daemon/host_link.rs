@@ -9,7 +9,10 @@
 //! - a route for every local pod address and every other node's pod CIDRs out of that
 //!   interface (scope link, protocol [`RTPROT_FLAGELLA`](crate::nexthop::netlink_host)), so
 //!   the host's traffic to any pod enters the dataplane, which answers the host's ARP and
-//!   neighbour solicitations for them with the router MAC;
+//!   neighbour solicitations for them with the router MAC. Local pods see the host come from
+//!   the gateway address (`host` to their policy); other nodes' IPv4 pods see it come from
+//!   the node's underlay address (preferred source of those routes), which every other node's
+//!   ipcache knows as `remote-node`, in native routing as in tunnels;
 //! - the MTU pods get (`Encap::pod_mtu` of the node's mode), so the host's packets fit the
 //!   tunnel as the pods' do.
 //!
@@ -51,7 +54,7 @@ pub struct HostStackState {
     /// The pods' gateway addresses, as host prefixes.
     pub addresses: BTreeSet<Prefix>,
     /// Destinations routed out of the host interface: local pods, other nodes' pod CIDRs.
-    pub routes: BTreeSet<Prefix>,
+    pub routes: BTreeSet<HostRoute>,
     /// The interface's MTU (`None`: not known to be set).
     pub mtu: Option<u16>,
 }
@@ -65,15 +68,43 @@ impl HostStackState {
             node.gateway_ipv6.map(IpAddr::V6),
         ];
         let local_pods = tables.endpoints.iter().flat_map(|ep| ep.spec.ips());
-        let remote_pods = tables
+        let local_routes = local_pods.map(|a| HostRoute {
+            dst: Prefix::host(a),
+            src: None,
+        });
+        let remote_routes = tables
             .nodes
             .iter()
             .filter(|n| n.name != node.name)
-            .flat_map(|n| n.pod_cidrs.iter().copied());
+            .flat_map(|n| n.pod_cidrs.iter().copied())
+            .map(|dst| HostRoute {
+                dst,
+                src: match dst.addr() {
+                    IpAddr::V4(_) => node.underlay_ipv4.map(IpAddr::V4),
+                    IpAddr::V6(_) => None,
+                },
+            });
         HostStackState {
             addresses: gateways.into_iter().flatten().map(Prefix::host).collect(),
-            routes: local_pods.map(Prefix::host).chain(remote_pods).collect(),
+            routes: local_routes.chain(remote_routes).collect(),
             mtu: Some(node.default_encap.pod_mtu(node.uplink_mtu)),
+        }
+    }
+}
+
+/// A route out of the host interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostRoute {
+    pub dst: Prefix,
+    /// The preferred source address (`None`: the kernel's choice, the interface's address).
+    pub src: Option<IpAddr>,
+}
+
+impl fmt::Display for HostRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.src {
+            Some(src) => write!(f, "{} src {src}", self.dst),
+            None => write!(f, "{}", self.dst),
         }
     }
 }
@@ -84,7 +115,7 @@ pub trait HostStack {
     /// Adds (`add`) or removes an address; adding one present or removing one absent succeeds.
     fn set_address(&mut self, add: bool, prefix: Prefix) -> Result<(), Self::Error>;
     /// Adds or removes a route out of the interface, with the same idempotence.
-    fn set_route(&mut self, add: bool, prefix: Prefix) -> Result<(), Self::Error>;
+    fn set_route(&mut self, add: bool, route: HostRoute) -> Result<(), Self::Error>;
     /// Sets the MTU of both sides of the pair.
     fn set_mtu(&mut self, mtu: u16) -> Result<(), Self::Error>;
 }
@@ -114,22 +145,6 @@ pub struct Reconciler {
     applied: HostStackState,
 }
 
-/// Addresses or routes: the two sets are reconciled the same way.
-#[derive(Clone, Copy)]
-enum Kind {
-    Address,
-    Route,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Address => "address",
-            Kind::Route => "route",
-        }
-    }
-}
-
 impl Reconciler {
     /// A reconciler for an interface that holds `applied` now (what a restarted dataplane finds
     /// there: its addresses and the dataplane's own routes, from a dump).
@@ -149,14 +164,39 @@ impl Reconciler {
         stack: &mut S,
     ) -> ReconcileReport {
         let mut report = ReconcileReport::default();
-        self.remove_stale(Kind::Route, &want.routes, stack, &mut report);
-        self.remove_stale(Kind::Address, &want.addresses, stack, &mut report);
-        self.add_missing(Kind::Address, &want.addresses, stack, &mut report);
-        self.add_missing(Kind::Route, &want.routes, stack, &mut report);
-        if let Some(mtu) = want.mtu.filter(|m| self.applied.mtu != Some(*m)) {
+        let applied = &mut self.applied;
+        converge(
+            &mut applied.routes,
+            &want.routes,
+            false,
+            &mut report,
+            |add, r| stack.set_route(add, r).map_err(|e| e.to_string()),
+        );
+        converge(
+            &mut applied.addresses,
+            &want.addresses,
+            false,
+            &mut report,
+            |add, p| stack.set_address(add, p).map_err(|e| e.to_string()),
+        );
+        converge(
+            &mut applied.addresses,
+            &want.addresses,
+            true,
+            &mut report,
+            |add, p| stack.set_address(add, p).map_err(|e| e.to_string()),
+        );
+        converge(
+            &mut applied.routes,
+            &want.routes,
+            true,
+            &mut report,
+            |add, r| stack.set_route(add, r).map_err(|e| e.to_string()),
+        );
+        if let Some(mtu) = want.mtu.filter(|m| applied.mtu != Some(*m)) {
             match stack.set_mtu(mtu) {
                 Ok(()) => {
-                    self.applied.mtu = Some(mtu);
+                    applied.mtu = Some(mtu);
                     report.mtu_changed = Some(mtu);
                 }
                 Err(e) => report
@@ -166,65 +206,37 @@ impl Reconciler {
         }
         report
     }
+}
 
-    fn set_of(&mut self, kind: Kind) -> &mut BTreeSet<Prefix> {
-        match kind {
-            Kind::Address => &mut self.applied.addresses,
-            Kind::Route => &mut self.applied.routes,
-        }
-    }
-
-    fn apply<S: HostStack>(
-        stack: &mut S,
-        kind: Kind,
-        add: bool,
-        p: Prefix,
-    ) -> Result<(), S::Error> {
-        match kind {
-            Kind::Address => stack.set_address(add, p),
-            Kind::Route => stack.set_route(add, p),
-        }
-    }
-
-    fn remove_stale<S: HostStack>(
-        &mut self,
-        kind: Kind,
-        want: &BTreeSet<Prefix>,
-        stack: &mut S,
-        report: &mut ReconcileReport,
-    ) {
-        let stale: Vec<Prefix> = self.set_of(kind).difference(want).copied().collect();
-        for p in stale {
-            match Self::apply(stack, kind, false, p) {
-                Ok(()) => {
-                    self.set_of(kind).remove(&p);
-                    report.removed += 1;
-                }
-                Err(e) => report
-                    .failures
-                    .push(format!("removing {} {p}: {e}", kind.name())),
+/// One half of a reconciliation of a set: with `add`, what `want` has and `applied` lacks is
+/// added; without, what `applied` has and `want` lacks is removed. `applied` follows every
+/// operation that succeeded; each failure is reported by name.
+fn converge<T: Ord + Copy + fmt::Display>(
+    applied: &mut BTreeSet<T>,
+    want: &BTreeSet<T>,
+    add: bool,
+    report: &mut ReconcileReport,
+    mut op: impl FnMut(bool, T) -> Result<(), String>,
+) {
+    let todo: Vec<T> = if add {
+        want.difference(applied).copied().collect()
+    } else {
+        applied.difference(want).copied().collect()
+    };
+    for item in todo {
+        match op(add, item) {
+            Ok(()) if add => {
+                applied.insert(item);
+                report.added += 1;
             }
-        }
-    }
-
-    fn add_missing<S: HostStack>(
-        &mut self,
-        kind: Kind,
-        want: &BTreeSet<Prefix>,
-        stack: &mut S,
-        report: &mut ReconcileReport,
-    ) {
-        let missing: Vec<Prefix> = want.difference(self.set_of(kind)).copied().collect();
-        for p in missing {
-            match Self::apply(stack, kind, true, p) {
-                Ok(()) => {
-                    self.set_of(kind).insert(p);
-                    report.added += 1;
-                }
-                Err(e) => report
-                    .failures
-                    .push(format!("adding {} {p}: {e}", kind.name())),
+            Ok(()) => {
+                applied.remove(&item);
+                report.removed += 1;
             }
+            Err(e) => report.failures.push(format!(
+                "{} {item}: {e}",
+                if add { "adding" } else { "removing" }
+            )),
         }
     }
 }
@@ -327,9 +339,24 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn local(s: &str) -> HostRoute {
+        HostRoute {
+            dst: p(s),
+            src: None,
+        }
+    }
+
+    fn remote(s: &str, src: &str) -> HostRoute {
+        HostRoute {
+            dst: p(s),
+            src: Some(src.parse().unwrap()),
+        }
+    }
+
     fn tables() -> Tables {
         let node = LocalNode {
             name: "n1".into(),
+            underlay_ipv4: Some("192.0.2.1".parse().unwrap()),
             gateway_ipv4: Some("10.1.0.1".parse().unwrap()),
             gateway_ipv6: Some("fd00:1::1".parse().unwrap()),
             uplink_mtu: 1500,
@@ -363,7 +390,7 @@ mod tests {
     #[derive(Debug, Default)]
     struct FakeStack {
         addresses: BTreeSet<Prefix>,
-        routes: BTreeSet<Prefix>,
+        routes: BTreeSet<HostRoute>,
         mtu: Option<u16>,
         calls: usize,
         fail: BTreeSet<Prefix>,
@@ -385,15 +412,15 @@ mod tests {
             Ok(())
         }
 
-        fn set_route(&mut self, add: bool, prefix: Prefix) -> Result<(), String> {
+        fn set_route(&mut self, add: bool, route: HostRoute) -> Result<(), String> {
             self.calls += 1;
-            if self.fail.contains(&prefix) {
+            if self.fail.contains(&route.dst) {
                 return Err("refused".into());
             }
             if add {
-                self.routes.insert(prefix);
+                self.routes.insert(route);
             } else {
-                self.routes.remove(&prefix);
+                self.routes.remove(&route);
             }
             Ok(())
         }
@@ -427,9 +454,14 @@ mod tests {
         );
         assert_eq!(
             want.routes,
-            [p("10.1.0.7/32"), p("10.2.0.0/24"), p("fd00:2::/64")]
-                .into_iter()
-                .collect()
+            [
+                local("10.1.0.7/32"),
+                remote("10.2.0.0/24", "192.0.2.1"),
+                local("fd00:2::/64"),
+            ]
+            .into_iter()
+            .collect(),
+            "other nodes see the host come from its underlay address (IPv4)"
         );
         assert_eq!(want.mtu, Some(Encap::Vxlan.pod_mtu(1500)));
     }
@@ -440,7 +472,9 @@ mod tests {
         let mut r = Reconciler::default();
         let mut want = HostStackState {
             addresses: [p("10.1.0.1/32")].into_iter().collect(),
-            routes: [p("10.1.0.7/32"), p("10.2.0.0/24")].into_iter().collect(),
+            routes: [local("10.1.0.7/32"), local("10.2.0.0/24")]
+                .into_iter()
+                .collect(),
             mtu: Some(1450),
         };
         let report = r.reconcile(&want, &mut stack);
@@ -449,8 +483,8 @@ mod tests {
         assert!(r.reconcile(&want, &mut stack).is_empty());
         assert_eq!(stack.calls, 4, "nothing twice");
 
-        want.routes.remove(&p("10.1.0.7/32"));
-        want.routes.insert(p("10.1.0.8/32"));
+        want.routes.remove(&local("10.1.0.7/32"));
+        want.routes.insert(local("10.1.0.8/32"));
         stack.fail.insert(p("10.1.0.8/32"));
         let report = r.reconcile(&want, &mut stack);
         assert_eq!((report.added, report.removed), (0, 1));
@@ -467,7 +501,7 @@ mod tests {
     fn a_restart_removes_what_a_previous_run_left_and_is_no_longer_wanted() {
         let left = HostStackState {
             addresses: [p("10.9.0.1/32")].into_iter().collect(),
-            routes: [p("10.9.0.0/24")].into_iter().collect(),
+            routes: [local("10.9.0.0/24")].into_iter().collect(),
             mtu: None,
         };
         let mut stack = FakeStack {
@@ -517,7 +551,9 @@ mod tests {
         let stack = out.lock().unwrap();
         assert_eq!(
             stack.routes,
-            [p("10.1.0.7/32"), p("10.2.0.0/24")].into_iter().collect()
+            [local("10.1.0.7/32"), remote("10.2.0.0/24", "192.0.2.1")]
+                .into_iter()
+                .collect()
         );
         assert_eq!(stack.addresses.len(), 2);
     }

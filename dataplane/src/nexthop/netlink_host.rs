@@ -40,6 +40,8 @@ const IFA_LOCAL: u16 = 2;
 const IFA_F_NODAD: u8 = 0x02;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
+const RTA_PREFSRC: u16 = 7;
+const RTA_TABLE: u16 = 15;
 
 /// The protocol number of the routes the dataplane installs (unassigned in iproute2's
 /// `rt_protos`).
@@ -132,8 +134,14 @@ pub(crate) fn address_request(add: bool, prefix: Prefix, ifindex: u32, seq: u32)
         .finish()
 }
 
-/// `ip route replace|del PREFIX dev IFINDEX scope link proto 241` in the main table.
-pub(crate) fn route_request(add: bool, prefix: Prefix, ifindex: u32, seq: u32) -> Vec<u8> {
+/// `ip route replace|del PREFIX dev IFINDEX scope link proto 241 [src SRC]` in the main table.
+pub(crate) fn route_request(
+    add: bool,
+    prefix: Prefix,
+    src: Option<IpAddr>,
+    ifindex: u32,
+    seq: u32,
+) -> Vec<u8> {
     let (kind, flags) = if add {
         (
             RTM_NEWROUTE,
@@ -149,11 +157,15 @@ pub(crate) fn route_request(add: bool, prefix: Prefix, ifindex: u32, seq: u32) -
     m[5] = RTPROT_FLAGELLA;
     m[6] = RT_SCOPE_LINK;
     m[7] = RTN_UNICAST;
-    MsgBuilder::new(kind, flags, seq)
+    let b = MsgBuilder::new(kind, flags, seq)
         .bytes(&m)
         .attr(RTA_DST, &addr_bytes(&prefix.addr()))
-        .attr(RTA_OIF, &ifindex.to_ne_bytes())
-        .finish()
+        .attr(RTA_OIF, &ifindex.to_ne_bytes());
+    match src {
+        Some(src) => b.attr(RTA_PREFSRC, &addr_bytes(&src)),
+        None => b,
+    }
+    .finish()
 }
 
 fn dump_request(kind: u16, header_len: usize, seq: u32) -> Vec<u8> {
@@ -188,25 +200,27 @@ pub(crate) fn parse_address(payload: &[u8], ifindex: u32) -> Option<Prefix> {
 }
 
 /// A route of the dataplane's own (protocol [`RTPROT_FLAGELLA`], main table) out of `ifindex`
-/// from a route dump entry.
-pub(crate) fn parse_own_route(payload: &[u8], ifindex: u32) -> Option<Prefix> {
+/// from a route dump entry: its destination and preferred source.
+pub(crate) fn parse_own_route(payload: &[u8], ifindex: u32) -> Option<(Prefix, Option<IpAddr>)> {
     let hdr = payload.get(..RTMSG_LEN)?;
     let (family, len, protocol) = (hdr[0], hdr[1], hdr[5]);
     if protocol != RTPROT_FLAGELLA {
         return None;
     }
-    let (mut dst, mut oif, mut table) = (None, None, u32::from(hdr[4]));
+    let (mut dst, mut src, mut oif, mut table) = (None, None, None, u32::from(hdr[4]));
     for (kind, data) in attrs(payload, RTMSG_LEN) {
         match kind {
             RTA_DST => dst = ip_from(family, data),
+            RTA_PREFSRC => src = ip_from(family, data),
             RTA_OIF => oif = u32_at(data, 0),
-            15 => table = u32_at(data, 0).unwrap_or(table), // RTA_TABLE
+            RTA_TABLE => table = u32_at(data, 0).unwrap_or(table),
             _ => {}
         }
     }
-    (oif? == ifindex && table == RT_TABLE_MAIN)
-        .then(|| Prefix::new(dst?, len).ok())
-        .flatten()
+    if oif? != ifindex || table != RT_TABLE_MAIN {
+        return None;
+    }
+    Some((Prefix::new(dst?, len).ok()?, src))
 }
 
 impl Netlink {
@@ -261,12 +275,13 @@ impl Netlink {
         )
     }
 
-    /// Adds (replaces) or removes a route to `prefix` out of `ifindex`. Removing an absent
-    /// one succeeds.
+    /// Adds (replaces) or removes a route to `prefix` out of `ifindex`, preferring source
+    /// `src`. Removing an absent one succeeds.
     pub fn set_route(
         &mut self,
         add: bool,
         prefix: Prefix,
+        src: Option<IpAddr>,
         ifindex: u32,
     ) -> Result<(), NetlinkError> {
         let what = if add {
@@ -278,7 +293,7 @@ impl Netlink {
             add,
             self.exchange(
                 what,
-                |seq| route_request(add, prefix, ifindex, seq),
+                |seq| route_request(add, prefix, src, ifindex, seq),
                 false,
                 |_| {},
             ),
@@ -301,8 +316,11 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The dataplane's own routes out of `ifindex`.
-    pub fn own_routes_of(&mut self, ifindex: u32) -> Result<Vec<Prefix>, NetlinkError> {
+    /// The dataplane's own routes out of `ifindex`: destination, preferred source.
+    pub fn own_routes_of(
+        &mut self,
+        ifindex: u32,
+    ) -> Result<Vec<(Prefix, Option<IpAddr>)>, NetlinkError> {
         let mut out = Vec::new();
         self.exchange(
             "a route dump",
@@ -368,10 +386,11 @@ mod tests {
             assert_eq!(parse_address(m.payload, 9), Some(prefix));
             assert_eq!(parse_address(m.payload, 8), None, "another interface");
         }
-        for prefix in [p("10.2.0.0/24"), p("fd00:2::/64")] {
-            let msg = route_request(true, prefix, 9, 1);
+        let src: IpAddr = "192.0.2.1".parse().unwrap();
+        for (prefix, src) in [(p("10.2.0.0/24"), Some(src)), (p("fd00:2::/64"), None)] {
+            let msg = route_request(true, prefix, src, 9, 1);
             let m = messages(&msg).next().unwrap();
-            assert_eq!(parse_own_route(m.payload, 9), Some(prefix));
+            assert_eq!(parse_own_route(m.payload, 9), Some((prefix, src)));
             assert_eq!(parse_own_route(m.payload, 8), None, "another interface");
         }
         let link_local = address_request(true, p("fe80::1/64"), 9, 1);
