@@ -8,7 +8,7 @@
 //!   anything else the kernel sends there is something it forwards from elsewhere, which the
 //!   dataplane cannot vouch for: `world` (never a pod's identity, which an address alone must
 //!   not earn). Link-scoped IPv6 sources (the kernel's own neighbor discovery, MLD) are dropped
-//!   as from a pod.
+//!   as from a pod. The host's side is a veth: its L4 checksums are completed as pods' are.
 //! - From a tunnel: the VNI already gave the source identity (decap stage).
 //! - From the uplink otherwise: the ipcache gives it (`world` when no prefix matches).
 //!
@@ -46,6 +46,10 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
             }
         } else if ctx.ingress == Ingress::Host {
             m.src_identity = host_source_identity(&ctx.t.node, m.tuple.src)?;
+            // The host's side is a veth too: its frames carry partial checksums as pods' do.
+            if ctx.complete_l4_checksums && l4_checksum::complete(f, m) {
+                ctx.c.l4_checksum_completed += 1;
+            }
         } else if !m.from_tunnel {
             m.src_identity = ctx.t.ipcache.identity_of(m.tuple.src);
         }
