@@ -32,6 +32,15 @@
 //! Linux VXLAN / Geneve device in external (collect-metadata) mode, as a fourth node from etcd,
 //! exchanges ICMP and TCP with a Flagella pod.
 //!
+//! Pods and their nodes (`pods_and_their_nodes_*`, VXLAN and native routing): through each
+//! node's host interface (`flg_host`, created by its dataplane), a pod talks TCP to a server in
+//! its node's namespace (underlay and gateway addresses), the node to its pods, the node to
+//! another node's pod, a pod to another node's address; an egress `toEntities: remote-node`
+//! policy refuses the pod's own node and `toEntities: host` the other node; an ingress
+//! `fromEntities: host` policy admits the node and refuses pods and the other node (which is
+//! `remote-node`), `fromEntities: remote-node` admits the other node while the local host stays
+//! admitted (allow-localhost), and an `ingressDeny` of `host` refuses it.
+//!
 //! VXLAN also checks next-hop recovery: node 3's uplink is recreated with a new MAC (its
 //! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
 //! again.

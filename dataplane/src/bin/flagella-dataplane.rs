@@ -4,21 +4,27 @@
 //! done, in reverse, by dropping it):
 //! 1. configuration: the TOML file (optional when flags name the interfaces), then the flags;
 //! 2. preflight: root, AF_XDP, the interfaces, the memlock limit;
-//! 3. tables: empty, with the uplink's index, MAC and MTU read from the interface;
-//! 4. one XDP program per interface, attached through a `bpf_link` this process owns, so the
+//! 3. the host interface (unless `--host-interface off`): its veth pair created when absent and
+//!    brought up; its dataplane side is then served like a pod interface
+//!    (`dataplane::daemon::host_link`);
+//! 4. tables: empty, with the uplink's index, MAC and MTU read from the interface, and the
+//!    host interface's;
+//! 5. one XDP program per interface, attached through a `bpf_link` this process owns, so the
 //!    kernel detaches it when the process dies, even on `kill -9`. The uplink's program
 //!    starts with the uplink filter on (unless configured off): it hands the dataplane only
 //!    tunnel traffic to the node and the destinations it owns, none yet;
-//! 5. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
+//! 6. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
 //!    interface's program, then one busy-polling thread per worker;
-//! 6. the uplink-sync thread (with an uplink and its filter on), which keeps the uplink
+//! 7. the uplink-sync thread (with an uplink and its filter on), which keeps the uplink
 //!    program's underlay address and owned prefixes in step with the published tables
 //!    (`dataplane::daemon::host_path`);
-//! 7. the control socket, served on its own thread;
-//! 8. the `/metrics` server (unless `--metrics-address off`);
-//! 9. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
+//! 8. the control socket, served on its own thread;
+//! 9. the `/metrics` server (unless `--metrics-address off`);
+//! 10. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
 //!    peer nodes' and the default route's next hops, from the kernel's routes and neighbours;
-//! 10. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
+//! 11. with a host interface, the host-link-sync thread: the kernel side's gateway addresses,
+//!    routes to pods and MTU, in step with the tables;
+//! 12. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
 //!
 //! Stop order: the shared shutdown flag stops the workers, the uplink-sync thread and the
 //! control server; the threads are joined; the server removes its socket file; the XDP programs
@@ -99,6 +105,10 @@ Example /etc/flagella/dataplane.toml:
     [[worker]]
     core = 1
     interfaces = [\"eth1\", \"lxc-pod1\"]
+
+Pods reach their node, and the node its pods, through a veth pair the dataplane creates in its
+network namespace (flg_host, the host's side, with the pods' gateway addresses and routes to the
+pods; flg_net, the dataplane's): see --host-interface.
 
 Runs as root. Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
 process is killed (the kernel owns their links through this process's file descriptors).";
