@@ -21,9 +21,9 @@
 //! 8. the control socket, served on its own thread;
 //! 9. the `/metrics` server (unless `--metrics-address off`);
 //! 10. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
-//!    peer nodes' and the default route's next hops, from the kernel's routes and neighbours;
+//!     peer nodes' and the default route's next hops, from the kernel's routes and neighbours;
 //! 11. with a host interface, the host-link-sync thread: the kernel side's gateway addresses,
-//!    routes to pods and MTU, in step with the tables;
+//!     routes to pods and MTU, in step with the tables;
 //! 12. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
 //!
 //! Stop order: the shared shutdown flag stops the workers, the uplink-sync thread and the
