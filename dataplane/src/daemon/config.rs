@@ -11,6 +11,9 @@
 //! geneve_port = 6081
 //! host_interface = "flg_host"                # the host's side of the host veth, or "off"
 //! host_interface_peer = "flg_net"            # the dataplane's side
+//! masquerade = true                          # pods' flows to the world leave as the node
+//! masquerade_ports = "61000-65535"           # their source ports; must not overlap the
+//!                                            # node's net.ipv4.ip_local_port_range
 //!
 //! [[interface]]
 //! name = "eth1"
@@ -121,6 +124,14 @@ pub struct DaemonConfig {
     /// The dataplane's side of that veth pair.
     #[serde(default = "default_host_interface_peer")]
     pub host_interface_peer: String,
+    /// `true` (default): with an uplink, pods' flows to the world leave masqueraded to the
+    /// node's underlay address (`daemon::masquerade`, `pipeline::masquerade`).
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    /// Masquerade source ports, `FIRST-LAST`: outside the node's `ip_local_port_range`
+    /// (checked at start) and the NodePort range (30000-32767).
+    #[serde(default = "default_masquerade_ports")]
+    pub masquerade_ports: String,
     /// Where `/metrics` (Prometheus text) is served: `address:port`, or `off`.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: String,
@@ -154,6 +165,9 @@ fn default_host_interface() -> String {
 fn default_host_interface_peer() -> String {
     crate::daemon::host_link::DEFAULT_DATAPLANE_SIDE.to_string()
 }
+fn default_masquerade_ports() -> String {
+    crate::tables::snat::DEFAULT_PORTS.to_string()
+}
 fn default_vxlan_port() -> u16 {
     crate::wire::vxlan::UDP_PORT
 }
@@ -174,6 +188,8 @@ impl Default for DaemonConfig {
             geneve_port: default_geneve_port(),
             host_interface: default_host_interface(),
             host_interface_peer: default_host_interface_peer(),
+            masquerade: true,
+            masquerade_ports: default_masquerade_ports(),
             metrics_address: default_metrics_address(),
             interfaces: Vec::new(),
             workers: Vec::new(),
@@ -255,6 +271,12 @@ impl DaemonConfig {
                     self.vxlan_port, self.geneve_port
                 ),
             ));
+        }
+        if let Err(e) = self
+            .masquerade_ports
+            .parse::<crate::tables::snat::PortRange>()
+        {
+            return Err(invalid("masquerade_ports", e.to_string()));
         }
         if self.metrics().is_err() {
             return Err(invalid(
@@ -490,6 +512,8 @@ mod tests {
             ("[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"a\"\nrole = \"pod\"", "interface[1].name"),
             ("[[interface]]\nname = \"a\"\nrole = \"uplink\"\n[[interface]]\nname = \"b\"\nrole = \"uplink\"", "interface"),
             ("[[worker]]\ninterfaces = [\"nope\"]", "worker[0].interfaces"),
+            ("masquerade_ports = \"65535-61000\"", "masquerade_ports"),
+            ("masquerade_ports = \"61000\"", "masquerade_ports"),
             (
                 "[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"b\"\nrole = \"pod\"\n[[worker]]\ninterfaces = [\"a\"]",
                 "interface[1]",
