@@ -156,8 +156,11 @@ impl Reconciler {
         &self.applied
     }
 
-    /// Brings the interface from what was applied to `want`: stale routes and addresses
-    /// removed, then missing addresses and routes added, then the MTU.
+    /// Brings the interface from what was applied to `want`: stale routes removed, missing
+    /// addresses added, stale addresses removed, missing routes added, then the MTU. Addresses
+    /// are added before others are removed because the kernel flushes every IPv4 route of a
+    /// device whose last IPv4 address goes: a changed gateway must not take the routes with it.
+    /// When the last one does go, the IPv4 routes are known to be gone and are added again.
     pub fn reconcile<S: HostStack>(
         &mut self,
         want: &HostStackState,
@@ -175,17 +178,21 @@ impl Reconciler {
         converge(
             &mut applied.addresses,
             &want.addresses,
-            false,
-            &mut report,
-            |add, p| stack.set_address(add, p).map_err(|e| e.to_string()),
-        );
-        converge(
-            &mut applied.addresses,
-            &want.addresses,
             true,
             &mut report,
             |add, p| stack.set_address(add, p).map_err(|e| e.to_string()),
         );
+        let had_ipv4 = applied.addresses.iter().any(|a| a.addr().is_ipv4());
+        converge(
+            &mut applied.addresses,
+            &want.addresses,
+            false,
+            &mut report,
+            |add, p| stack.set_address(add, p).map_err(|e| e.to_string()),
+        );
+        if had_ipv4 && !applied.addresses.iter().any(|a| a.addr().is_ipv4()) {
+            applied.routes.retain(|r| !r.dst.addr().is_ipv4()); // Flushed by the kernel.
+        }
         converge(
             &mut applied.routes,
             &want.routes,
@@ -494,6 +501,35 @@ mod tests {
         let calls = stack.calls;
         assert_eq!(r.reconcile(&want, &mut stack).added, 1);
         assert_eq!(stack.calls - calls, 1, "only the failed operation again");
+        assert_eq!(stack.routes, want.routes);
+    }
+
+    #[test]
+    fn a_changed_gateway_keeps_the_routes_and_a_lost_one_readds_them() {
+        let mut stack = FakeStack::default();
+        let mut r = Reconciler::default();
+        let mut want = HostStackState {
+            addresses: [p("10.1.0.1/32")].into_iter().collect(),
+            routes: [local("10.1.0.7/32")].into_iter().collect(),
+            mtu: None,
+        };
+        r.reconcile(&want, &mut stack);
+        // The new gateway is added before the old one goes: the device always has an IPv4
+        // address, so the kernel keeps its routes and nothing is redone.
+        want.addresses = [p("10.1.0.2/32")].into_iter().collect();
+        let calls = stack.calls;
+        let report = r.reconcile(&want, &mut stack);
+        assert_eq!((report.added, report.removed), (1, 1));
+        assert_eq!(stack.calls - calls, 2);
+        // No IPv4 address at all: the kernel flushes the IPv4 routes, so the ones still
+        // wanted are added again at once.
+        want.addresses.clear();
+        let report = r.reconcile(&want, &mut stack);
+        assert_eq!(
+            (report.added, report.removed),
+            (1, 1),
+            "the address removed, the flushed route added again"
+        );
         assert_eq!(stack.routes, want.routes);
     }
 
