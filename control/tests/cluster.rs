@@ -34,7 +34,8 @@
 //!
 //! Pods and their nodes (`pods_and_their_nodes_*`, VXLAN and native routing): through each
 //! node's host interface (`flg_host`, created by its dataplane), a pod talks TCP to a server in
-//! its node's namespace (underlay and gateway addresses), the node to its pods, the node to
+//! its node's namespace (underlay, gateway and another address of the node, learnt from its
+//! kernel), the node to its pods, the node to
 //! another node's pod, a pod to another node's address; an egress `toEntities: remote-node`
 //! policy refuses the pod's own node and `toEntities: host` the other node; an ingress
 //! `fromEntities: host` policy admits the node and refuses pods and the other node (which is
@@ -1616,9 +1617,17 @@ fn start_host_servers(c: &mut Cluster) {
 fn pods_and_their_node(c: &Cluster) {
     let (n1, n2) = (c.node(1), c.node(2));
     let (n1a, n2a) = (c.pod("n1a"), c.pod("n2a"));
+    // An address of node 1 that no table names (as a second NIC's would be): the dataplane
+    // learns it from the kernel.
+    let other = IpAddr::V4(Ipv4Addr::new(10, 99, c.mode.index(), 1));
+    ip_in(
+        &n1.netns,
+        &["addr", "add", &format!("{other}/32"), "dev", "lo"],
+    );
     let mut to_node1 = vec![
         node_addr(n1, HOST_PORT),
         SocketAddr::new(gateway_v4(c, 1), HOST_PORT),
+        SocketAddr::new(other, HOST_PORT),
     ];
     if c.mode.ipv6() {
         to_node1.push(SocketAddr::new(gateway_v6(c, 1), HOST_PORT));

@@ -188,6 +188,7 @@ fn tables() -> Tables {
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
             host_link: None,
+            host_addresses: Vec::new(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),

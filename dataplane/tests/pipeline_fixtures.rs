@@ -191,6 +191,7 @@ fn node_tables(n: u8, uplink_mac: MacAddr, pods: &[&Pod]) -> Tables {
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
             host_link: None,
+            host_addresses: Vec::new(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),

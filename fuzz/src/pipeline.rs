@@ -194,6 +194,7 @@ fn build_tables() -> Tables {
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
             host_link: None,
+            host_addresses: Vec::new(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),

@@ -35,7 +35,7 @@
 
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -915,6 +915,10 @@ impl host_link::HostStack for KernelHostStack {
     fn set_route(&mut self, add: bool, route: host_link::HostRoute) -> Result<(), NetlinkError> {
         self.nl
             .set_route(add, route.dst, route.src, self.host.kernel_ifindex)
+    }
+
+    fn node_addresses(&mut self) -> Result<Vec<IpAddr>, NetlinkError> {
+        self.nl.all_addresses()
     }
 
     fn set_mtu(&mut self, mtu: u16) -> Result<(), NetlinkError> {

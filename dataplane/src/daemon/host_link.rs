@@ -24,7 +24,10 @@
 //! - [`sync_host_link`] follows a [`TablesHandle`] as the uplink-sync thread does
 //!   (`host_path::sync_uplink`): a lock-free snapshot load per interval, a reconciliation when
 //!   the node facts, the endpoints or the nodes changed (or a retry is due), and it returns once
-//!   `shutdown` is set.
+//!   `shutdown` is set. Every [`ADDRESS_REFRESH`] it also reads every address of the node's
+//!   stack from the kernel and, when they changed, publishes them as
+//!   `LocalNode::host_addresses` (what `LocalNode::is_local_addr` adds to the underlay and
+//!   gateway addresses: "any address on the node" is the host's).
 //!
 //! Kept free of netlink: the kernel is reached through [`HostStack`], which the daemon binary
 //! implements over `nexthop::netlink` and the tests over a fake.
@@ -42,6 +45,9 @@ use crate::tables::endpoints::Endpoints;
 use crate::tables::nodes::Nodes;
 use crate::tables::{LocalNode, Tables};
 use crate::types::Prefix;
+
+/// How often the node's own addresses are read again from the kernel.
+pub const ADDRESS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Default name of the kernel's side of the host interface.
 pub const DEFAULT_KERNEL_SIDE: &str = "flg_host";
@@ -118,6 +124,8 @@ pub trait HostStack {
     fn set_route(&mut self, add: bool, route: HostRoute) -> Result<(), Self::Error>;
     /// Sets the MTU of both sides of the pair.
     fn set_mtu(&mut self, mtu: u16) -> Result<(), Self::Error>;
+    /// Every address of the node's own stack, on any interface.
+    fn node_addresses(&mut self) -> Result<Vec<IpAddr>, Self::Error>;
 }
 
 /// What one reconciliation did.
@@ -284,7 +292,18 @@ pub fn sync_host_link<S: HostStack>(
 ) {
     let mut seen: Option<Seen> = None;
     let mut retry: Option<(Instant, Duration)> = None;
+    let mut addresses_read: Option<Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
+        if addresses_read.is_none_or(|at| at.elapsed() >= ADDRESS_REFRESH) {
+            addresses_read = Some(Instant::now());
+            if let Err(e) = learn_node_addresses(tables, stack) {
+                let failed = ReconcileReport {
+                    failures: vec![format!("reading the node's addresses: {e}")],
+                    ..ReconcileReport::default()
+                };
+                report(&failed, reconciler.applied());
+            }
+        }
         let snapshot = tables.load();
         let changed = seen.as_ref().is_none_or(|s| s.differs(&snapshot));
         let retry_due = retry.is_some_and(|(at, _)| Instant::now() >= at);
@@ -307,6 +326,25 @@ pub fn sync_host_link<S: HostStack>(
         }
         std::thread::sleep(interval);
     }
+}
+
+/// Reads the node's addresses from `stack` and publishes them as `LocalNode::host_addresses`
+/// when they differ from the published ones (sorted, without duplicates).
+fn learn_node_addresses<S: HostStack>(
+    tables: &TablesHandle,
+    stack: &mut S,
+) -> Result<(), S::Error> {
+    let mut addresses = stack.node_addresses()?;
+    addresses.sort_unstable();
+    addresses.dedup();
+    if tables.load().node.host_addresses == addresses {
+        return Ok(());
+    }
+    let _ = tables.update(|t| {
+        Arc::make_mut(&mut t.node).host_addresses = addresses;
+        Ok::<_, ()>(())
+    });
+    Ok(())
 }
 
 /// One line for the daemon's log describing `report`.
@@ -401,6 +439,7 @@ mod tests {
         mtu: Option<u16>,
         calls: usize,
         fail: BTreeSet<Prefix>,
+        node_addresses: Vec<IpAddr>,
     }
 
     impl HostStack for FakeStack {
@@ -436,6 +475,10 @@ mod tests {
             self.calls += 1;
             self.mtu = Some(mtu);
             Ok(())
+        }
+
+        fn node_addresses(&mut self) -> Result<Vec<IpAddr>, String> {
+            Ok(self.node_addresses.clone())
         }
     }
 
@@ -561,7 +604,14 @@ mod tests {
         let watcher = {
             let (handle, shutdown, out) = (handle.clone(), Arc::clone(&shutdown), Arc::clone(&out));
             std::thread::spawn(move || {
-                let mut stack = FakeStack::default();
+                let mut stack = FakeStack {
+                    node_addresses: vec![
+                        "192.0.2.9".parse().unwrap(),
+                        "10.1.0.1".parse().unwrap(),
+                        "192.0.2.9".parse().unwrap(),
+                    ],
+                    ..FakeStack::default()
+                };
                 sync_host_link(
                     &handle,
                     &mut stack,
@@ -592,5 +642,15 @@ mod tests {
                 .collect()
         );
         assert_eq!(stack.addresses.len(), 2);
+        let node = &handle.load().node;
+        assert_eq!(
+            node.host_addresses,
+            [
+                "10.1.0.1".parse::<IpAddr>().unwrap(),
+                "192.0.2.9".parse().unwrap()
+            ],
+            "the kernel's addresses, published sorted"
+        );
+        assert!(node.is_local_addr("192.0.2.9".parse().unwrap()));
     }
 }

@@ -177,10 +177,17 @@ fn dump_request(kind: u16, header_len: usize, seq: u32) -> Vec<u8> {
 /// An address of `ifindex` from an address dump entry (link-local IPv6 addresses, which the
 /// kernel gives every interface, are not the dataplane's and are left out).
 pub(crate) fn parse_address(payload: &[u8], ifindex: u32) -> Option<Prefix> {
+    let (i, addr, len) = parse_any_address(payload)?;
+    (i == ifindex)
+        .then(|| Prefix::new(addr, len).ok())
+        .flatten()
+}
+
+/// The interface, address and prefix length of an address dump entry (link-local IPv6 left
+/// out).
+pub(crate) fn parse_any_address(payload: &[u8]) -> Option<(u32, IpAddr, u8)> {
     let hdr = payload.get(..IFADDRMSG_LEN)?;
-    if u32_at(hdr, 4)? != ifindex {
-        return None;
-    }
+    let ifindex = u32_at(hdr, 4)?;
     let (family, len) = (hdr[0], hdr[1]);
     let mut addr = None;
     for (kind, data) in attrs(payload, IFADDRMSG_LEN) {
@@ -196,7 +203,7 @@ pub(crate) fn parse_address(payload: &[u8], ifindex: u32) -> Option<Prefix> {
             return None;
         }
     }
-    Prefix::new(addr, len).ok()
+    Some((ifindex, addr, len))
 }
 
 /// A route of the dataplane's own (protocol [`RTPROT_FLAGELLA`], main table) out of `ifindex`
@@ -316,6 +323,23 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every address of every interface of the namespace (link-local IPv6 left out): what the
+    /// node's own stack answers to.
+    pub fn all_addresses(&mut self) -> Result<Vec<IpAddr>, NetlinkError> {
+        let mut out = Vec::new();
+        self.exchange(
+            "an address dump",
+            |seq| dump_request(RTM_GETADDR, IFADDRMSG_LEN, seq),
+            true,
+            |m| {
+                if m.kind == RTM_NEWADDR {
+                    out.extend(parse_any_address(m.payload).map(|(_, addr, _)| addr));
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
     /// The dataplane's own routes out of `ifindex`: destination, preferred source.
     pub fn own_routes_of(
         &mut self,
@@ -393,6 +417,13 @@ mod tests {
             assert_eq!(parse_own_route(m.payload, 9), Some((prefix, src)));
             assert_eq!(parse_own_route(m.payload, 8), None, "another interface");
         }
+        // The address itself, not its prefix: what the node answers to.
+        let on_eth0 = address_request(true, p("10.77.0.0/24"), 3, 1);
+        let m = messages(&on_eth0).next().unwrap();
+        assert_eq!(
+            parse_any_address(m.payload),
+            Some((3, "10.77.0.0".parse().unwrap(), 24))
+        );
         let link_local = address_request(true, p("fe80::1/64"), 9, 1);
         let m = messages(&link_local).next().unwrap();
         assert_eq!(parse_address(m.payload, 9), None);

@@ -76,6 +76,7 @@ impl LocalNodeMsg {
             // The daemon's own: `apply` keeps the current ones (see `kept_tunnel_ports`).
             tunnel_ports: TunnelPorts::default(),
             host_link: None, // The daemon's too: `apply` keeps the current one.
+            host_addresses: Vec::new(),
         })
     }
 
