@@ -150,7 +150,7 @@ fn agent_converges_skips_malformed_and_resyncs() {
             identity_grace: Duration::from_secs(60),
             gc_interval: Duration::from_secs(60),
             status_file: Some(status_file.clone()),
-        });
+        }, std::sync::Arc::new(control::metrics::AgentMetrics::new().unwrap()));
         let status = agent.status.clone();
         let task = tokio::spawn(async move { agent.run().await });
 

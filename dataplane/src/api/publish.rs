@@ -24,6 +24,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -82,6 +83,8 @@ struct WorkerSlot {
     busy_ns: AtomicU64,
     io: Mutex<IoSummary>,
     ct_answer: Mutex<CtSnapshot>,
+    /// When the worker registered: its running time, of which `busy_ns` was busy.
+    started: Instant,
 }
 
 /// The workers' publication slots and the conntrack dump request, shared by the control thread
@@ -103,6 +106,8 @@ pub struct WorkerCounters {
     /// Nanoseconds the worker spent in passes that received frames (see
     /// [`WorkerStats::set_busy_ns`]); divided by `counters.rx_packets` it is the cost per packet.
     pub busy_ns: u64,
+    /// Nanoseconds since the worker registered; minus `busy_ns`, the time it was idle.
+    pub running_ns: u64,
     pub io: IoSummary,
     pub counters: Counters,
 }
@@ -122,6 +127,7 @@ impl StatsRegistry {
             busy_ns: AtomicU64::new(0),
             io: Mutex::new(IoSummary::default()),
             ct_answer: Mutex::new(CtSnapshot::default()),
+            started: Instant::now(),
         });
         lock(&self.slots).push(Arc::clone(&slot));
         WorkerStats {
@@ -148,6 +154,7 @@ impl StatsRegistry {
                 name: s.name.clone(),
                 publications: s.publications.load(Ordering::Relaxed),
                 busy_ns: s.busy_ns.load(Ordering::Relaxed),
+                running_ns: u64::try_from(s.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
                 io: *lock(&s.io),
                 counters: lock(&s.counters).clone(),
             })
