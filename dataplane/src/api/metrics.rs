@@ -383,6 +383,42 @@ mod tests {
         assert!(text.contains("flagella_worker_idle_seconds_total{worker=\"worker-0\"} 2.5"));
     }
 
+    /// Every scalar counter and every drop reason, each made non-zero, shows up both in the
+    /// control socket's `status` and in `/metrics` with its value.
+    #[test]
+    fn no_counter_or_drop_reason_is_missing_from_status_or_metrics() {
+        let mut c = Counters::default();
+        for (n, reason) in DropReason::ALL.iter().enumerate() {
+            for _ in 0..=n {
+                c.drop(Stage::Policy, *reason);
+            }
+        }
+        let status = crate::api::control::counters_json(&c);
+        let text = render(&c, &[], &KernelCounters::default()).unwrap();
+        for (name, value) in c.scalars() {
+            assert_eq!(status[name], value, "`{name}` missing from status");
+            assert!(
+                text.contains(&format!("\nflagella_{name}_total {value}\n")),
+                "flagella_{name}_total missing from /metrics"
+            );
+        }
+        for (n, reason) in DropReason::ALL.iter().enumerate() {
+            let name = reason.name();
+            assert_eq!(
+                status["drops"][name],
+                n + 1,
+                "drop reason `{name}` missing from status"
+            );
+            assert!(
+                text.contains(&format!(
+                    "flagella_drops_total{{reason=\"{name}\"}} {}\n",
+                    n + 1
+                )),
+                "drop reason `{name}` missing from /metrics"
+            );
+        }
+    }
+
     #[test]
     fn kernel_counters_are_labelled_by_interface_and_queue() {
         let kernel = KernelCounters {
