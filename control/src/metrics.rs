@@ -91,6 +91,10 @@ impl AgentMetrics {
             &["type"],
         )?;
         registry.register(Box::new(etcd_events.clone()))?;
+        // Both series exist from the start (at 0), so that rate() and dashboards see them.
+        for kind in ["put", "delete"] {
+            etcd_events.with_label_values(&[kind]);
+        }
         Ok(AgentMetrics {
             etcd_events,
             etcd_errors: counter(

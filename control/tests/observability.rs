@@ -16,7 +16,9 @@
 //!    `flagella_tx_packets_total`, and shows the XDP program's and the sockets' kernel counters;
 //! 3. `promtool check metrics` passes on both endpoints' output; the agent's metrics show the
 //!    model (2 endpoints, 1 policy), etcd events, and non-empty histograms of control requests,
-//!    etcd -> dataplane and identity allocation.
+//!    etcd -> dataplane and identity allocation;
+//! 4. every metric `scripts/grafana/flagella-dashboard.json` names is exported by one of the
+//!    two endpoints, and the real Prometheus accepts every one of its queries.
 //!
 //! Skips, with the reason, when not root or when etcd, `ip netns`, AF_XDP, the dataplane
 //! binary or Prometheus are missing. Stops only the processes it started (by PID, on drop too)
@@ -39,7 +41,9 @@ use std::time::{Duration, Instant};
 use common::net::{
     ip_in, link_facts, preflight, spawn_agent_with_metrics, wait_for_within, NetNsGuard, Proc,
 };
-use common::prometheus::{http_get, http_get_in, promtool_check, Prometheus};
+use common::prometheus::{
+    dashboard_queries, families, http_get, http_get_in, metric_names, promtool_check, Prometheus,
+};
 use common::traffic::{dataplane_request, echo, tcp_echo, tcp_server};
 use common::Etcd;
 use control::store::Store;
@@ -400,6 +404,22 @@ fn prometheus_scrapes_the_dataplane_and_both_endpoints_pass_promtool() {
             sample(&cm, name).is_some_and(|n| n > 0.0),
             "{name} > 0 in the agent's /metrics:\n{cm}"
         );
+    }
+
+    // 4. The Grafana dashboard: every metric it names is exported by one of the two endpoints
+    //    (the kernel-side families included), and Prometheus runs every one of its queries.
+    let mut exported = families(&dp);
+    exported.extend(families(&cm));
+    for query in dashboard_queries() {
+        for name in metric_names(&query) {
+            assert!(
+                exported.contains(&name),
+                "the dashboard queries `{name}`, which neither /metrics exports"
+            );
+        }
+        prometheus
+            .check_query(&query)
+            .unwrap_or_else(|e| panic!("the dashboard's query fails in Prometheus: {e}"));
     }
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();

@@ -171,6 +171,19 @@ impl Prometheus {
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
 
+    /// Runs `query` through the query API: `Err` with Prometheus's error when it refuses it.
+    pub fn check_query(&self, query: &str) -> Result<(), String> {
+        let body = http_get_in(
+            &self.ns,
+            self.address,
+            &format!("/api/v1/query?query={}", url_encode(query)),
+        )?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        (v["status"] == "success")
+            .then_some(())
+            .ok_or_else(|| format!("`{query}`: {body}"))
+    }
+
     /// Whether every target's last scrape succeeded (`up == 1`).
     pub fn targets_up(&self) -> bool {
         self.query("min(up)") == Some(1.0)
@@ -186,4 +199,46 @@ impl Drop for Prometheus {
         self.proc.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `scripts/grafana/flagella-dashboard.json`'s queries, with Grafana's `$__rate_interval` made
+/// a plain range so that Prometheus itself can run them.
+pub fn dashboard_queries() -> Vec<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/grafana/flagella-dashboard.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("every target has an expr");
+            queries.push(expr.replace("$__rate_interval", "1m"));
+        }
+    }
+    queries
+}
+
+/// The `flagella_*` metric families `query` names (a histogram's `_bucket` series named by its
+/// family).
+pub fn metric_names(query: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find("flagella_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        names.push(name.strip_suffix("_bucket").unwrap_or(name).to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The metric families (`# TYPE` lines) of a text exposition.
+pub fn families(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .map(str::to_string)
+        .collect()
 }
