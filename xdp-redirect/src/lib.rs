@@ -746,6 +746,22 @@ mod tests {
     }
 
     #[test]
+    fn every_counter_is_listed_once_with_its_value() {
+        let c = RedirectCounters {
+            redirected: 1,
+            no_socket: 2,
+            not_owned: 3,
+            truncated: 4,
+        };
+        let fields = c.fields();
+        let names: Vec<&str> = fields.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(names, ["redirected", "no_socket", "not_owned", "truncated"]);
+        let values: Vec<u64> = fields.iter().map(|(_, _, v)| *v).collect();
+        assert_eq!(values, [1, 2, 3, 4]);
+        assert!(fields.iter().all(|(_, help, _)| !help.is_empty()));
+    }
+
+    #[test]
     fn counters_sum_the_per_cpu_copies() {
         let cpu =
             |values: [u64; 4]| -> Vec<u8> { values.iter().flat_map(|v| v.to_ne_bytes()).collect() };

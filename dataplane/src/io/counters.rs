@@ -104,3 +104,27 @@ impl SocketStats {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_socket_statistic_is_listed_once_with_its_value() {
+        let s = SocketStats {
+            rx_dropped: 1,
+            rx_invalid_descs: 2,
+            tx_invalid_descs: 3,
+            rx_ring_full: 4,
+            rx_fill_ring_empty_descs: 5,
+            tx_ring_empty_descs: 6,
+        };
+        let fields = s.fields();
+        let values: Vec<u64> = fields.iter().map(|(_, _, v)| *v).collect();
+        assert_eq!(values, [1, 2, 3, 4, 5, 6]);
+        let mut names: Vec<&str> = fields.iter().map(|(n, _, _)| *n).collect();
+        names.dedup();
+        assert_eq!(names.len(), 6);
+        assert!(names.contains(&"rx_fill_ring_empty_descs"));
+    }
+}
