@@ -25,6 +25,7 @@ fn the_dashboard_queries_only_metrics_that_exist() {
         busy_ns: 0,
         running_ns: 0,
         io: Default::default(),
+        conntrack: Default::default(),
         counters: Counters::default(),
     };
     let mut known =

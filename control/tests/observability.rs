@@ -13,7 +13,8 @@
 //!    is read;
 //! 2. a NetworkPolicy that admits nobody into B: A -> B is refused; Prometheus's query API then
 //!    returns a non-zero `flagella_drops_total{reason="policy_denied_ingress"}` and a larger
-//!    `flagella_tx_packets_total`, and shows the XDP program's and the sockets' kernel counters;
+//!    `flagella_tx_packets_total`, conntrack's inserts, and the XDP program's and the sockets'
+//!    kernel counters;
 //! 3. `promtool check metrics` passes on both endpoints' output; the agent's metrics show the
 //!    model (2 endpoints, 1 policy), etcd events, and non-empty histograms of control requests,
 //!    etcd -> dataplane and identity allocation;
@@ -367,6 +368,13 @@ fn prometheus_scrapes_the_dataplane_and_both_endpoints_pass_promtool() {
             eprintln!("Prometheus: {denied} = {drops:?}, forwarded {forwarded:?} (before: {forwarded_before})");
             drops.is_some_and(|n| n > 0.0) && forwarded.is_some_and(|n| n > forwarded_before)
         },
+    );
+    // The allowed flow made a conntrack entry.
+    assert!(
+        prometheus
+            .query("sum(flagella_conntrack_inserts_total)")
+            .is_some_and(|n| n > 0.0),
+        "conntrack inserts in Prometheus"
     );
     // The kernel's own counters are there too, per interface (and queue).
     let a_if = &h.pod("a").host_if;

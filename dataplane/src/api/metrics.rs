@@ -15,7 +15,9 @@
 //!   stage a `stage` label of `flagella_stage_packets_total` / `flagella_stage_drops_total`,
 //!   each worker's AF_XDP ring statistics a `worker` label, each XDP program counter
 //!   `flagella_xdp_<field>_total{interface}` and each socket statistic
-//!   `flagella_xsk_<field>_total{interface,queue}`: no counter can exist without a metric.
+//!   `flagella_xsk_<field>_total{interface,queue}`, each worker's conntrack table
+//!   `flagella_conntrack_{entries,capacity}` and `flagella_conntrack_<field>_total{worker}`: no
+//!   counter can exist without a metric.
 //! - The server answers `GET /metrics` and nothing else (404), one request per connection, with
 //!   a read timeout so an idle client cannot hold it; it never panics on input.
 
@@ -24,10 +26,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use prometheus::{CounterVec, Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use super::publish::WorkerCounters;
+use super::publish::{CtSummary, WorkerCounters};
 use crate::pipeline::{Counters, DropReason, Stage};
+use crate::tables::conntrack::CtStats;
 
 /// The default listen address (Cilium's agent uses 9962).
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9962";
@@ -95,6 +98,7 @@ pub fn render(
             .inc_by(total.stage_drops.get(i).copied().unwrap_or(0));
     }
     render_workers(&registry, workers)?;
+    render_conntrack(&registry, workers)?;
     render_kernel(&registry, kernel)?;
     encode(&registry)
 }
@@ -104,6 +108,88 @@ pub fn encode(registry: &Registry) -> Result<String, prometheus::Error> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Each worker's conntrack table: occupancy, capacity and the table's own counters.
+fn render_conntrack(registry: &Registry, workers: &[WorkerCounters]) -> prometheus::Result<()> {
+    let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), &["worker"])?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let entries = gauge(
+        "flagella_conntrack_entries",
+        "Occupied conntrack slots of each worker (expired entries not yet collected included).",
+    )?;
+    let capacity = gauge(
+        "flagella_conntrack_capacity",
+        "Conntrack slots of each worker's table.",
+    )?;
+    let mut families: Vec<Family> = Vec::new();
+    for w in workers {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        entries
+            .with_label_values(&[w.name.as_str()])
+            .set(n(w.conntrack.entries));
+        capacity
+            .with_label_values(&[w.name.as_str()])
+            .set(n(w.conntrack.capacity));
+        for &(name, help, value) in &conntrack_fields(&w.conntrack) {
+            let sample = (vec![w.name.as_str()], value);
+            match families.iter_mut().find(|(f, _, _)| *f == name) {
+                Some((_, _, samples)) => samples.push(sample),
+                None => families.push((name, help, vec![sample])),
+            }
+        }
+    }
+    emit(
+        registry,
+        "flagella_conntrack",
+        "Conntrack",
+        &["worker"],
+        families,
+    )
+}
+
+/// The conntrack table's counters by name (the destructuring fails to compile when `CtStats`
+/// gains a field this list does not show).
+fn conntrack_fields(ct: &CtSummary) -> [KernelField; 6] {
+    let CtStats {
+        inserts,
+        replaced,
+        expired_reused,
+        evictions,
+        gc_freed,
+        removed,
+    } = ct.stats;
+    [
+        (
+            "inserts",
+            "entries created (replacements and evictions included)",
+            inserts,
+        ),
+        (
+            "replaced",
+            "creates that overwrote an entry of the same flow",
+            replaced,
+        ),
+        (
+            "expired_reused",
+            "creates that reused an expired entry's slot",
+            expired_reused,
+        ),
+        (
+            "evictions",
+            "live entries displaced because their bucket was full",
+            evictions,
+        ),
+        (
+            "gc_freed",
+            "expired entries freed by the incremental GC",
+            gc_freed,
+        ),
+        ("removed", "entries removed on request", removed),
+    ]
 }
 
 /// One counter family being built: its field name, help, and samples (label values, value).
@@ -371,6 +457,14 @@ mod tests {
             publications: 1,
             busy_ns: 1_500_000_000,
             running_ns: 4_000_000_000,
+            conntrack: CtSummary {
+                entries: 3,
+                capacity: 1024,
+                stats: CtStats {
+                    evictions: 2,
+                    ..CtStats::default()
+                },
+            },
             io: crate::pipeline::IoSummary {
                 sock_rx_ring_full: 7,
                 ..Default::default()
@@ -381,6 +475,10 @@ mod tests {
         assert!(text.contains("flagella_worker_sock_rx_ring_full_total{worker=\"worker-0\"} 7"));
         assert!(text.contains("flagella_worker_busy_seconds_total{worker=\"worker-0\"} 1.5"));
         assert!(text.contains("flagella_worker_idle_seconds_total{worker=\"worker-0\"} 2.5"));
+        assert!(text.contains("flagella_conntrack_entries{worker=\"worker-0\"} 3"));
+        assert!(text.contains("flagella_conntrack_capacity{worker=\"worker-0\"} 1024"));
+        assert!(text.contains("flagella_conntrack_evictions_total{worker=\"worker-0\"} 2"));
+        assert!(text.contains("# TYPE flagella_conntrack_gc_freed_total counter"));
     }
 
     /// Every scalar counter and every drop reason, each made non-zero, shows up both in the

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use crate::pipeline::IoSummary;
 use crate::pipeline::{Counters, Pipeline, Publisher};
-use crate::tables::conntrack::{Conntrack, FlowDirection};
+use crate::tables::conntrack::{Conntrack, CtStats, FlowDirection};
 pub use crate::tables::TablesHandle;
 
 /// Locks `m`, recovering from poisoning: the guarded data are plain values that a panicking
@@ -83,6 +83,7 @@ struct WorkerSlot {
     busy_ns: AtomicU64,
     io: Mutex<IoSummary>,
     ct_answer: Mutex<CtSnapshot>,
+    conntrack: Mutex<CtSummary>,
     /// When the worker registered: its running time, of which `busy_ns` was busy.
     started: Instant,
 }
@@ -98,6 +99,25 @@ pub struct StatsRegistry {
     ct_limit: AtomicUsize,
 }
 
+/// A worker's conntrack table at its last publication (occupancy and the table's counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtSummary {
+    /// Occupied slots, expired entries not yet collected included.
+    pub entries: u64,
+    pub capacity: u64,
+    pub stats: CtStats,
+}
+
+impl CtSummary {
+    fn of(ct: &Conntrack) -> Self {
+        CtSummary {
+            entries: ct.len() as u64,
+            capacity: ct.capacity() as u64,
+            stats: ct.stats(),
+        }
+    }
+}
+
 /// The per-worker counters `status` reports.
 #[derive(Clone, Debug)]
 pub struct WorkerCounters {
@@ -109,6 +129,7 @@ pub struct WorkerCounters {
     /// Nanoseconds since the worker registered; minus `busy_ns`, the time it was idle.
     pub running_ns: u64,
     pub io: IoSummary,
+    pub conntrack: CtSummary,
     pub counters: Counters,
 }
 
@@ -127,6 +148,7 @@ impl StatsRegistry {
             busy_ns: AtomicU64::new(0),
             io: Mutex::new(IoSummary::default()),
             ct_answer: Mutex::new(CtSnapshot::default()),
+            conntrack: Mutex::new(CtSummary::default()),
             started: Instant::now(),
         });
         lock(&self.slots).push(Arc::clone(&slot));
@@ -156,6 +178,7 @@ impl StatsRegistry {
                 busy_ns: s.busy_ns.load(Ordering::Relaxed),
                 running_ns: u64::try_from(s.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
                 io: *lock(&s.io),
+                conntrack: *lock(&s.conntrack),
                 counters: lock(&s.counters).clone(),
             })
             .collect()
@@ -243,6 +266,9 @@ impl WorkerStats {
         }
         if let Ok(mut io) = self.slot.io.try_lock() {
             *io = self.io;
+        }
+        if let Ok(mut ct) = self.slot.conntrack.try_lock() {
+            *ct = CtSummary::of(pipeline.conntrack());
         }
         let wanted = self.registry.ct_request.load(Ordering::Acquire);
         if wanted != self.answered {
