@@ -193,6 +193,8 @@ fn build_tables() -> Tables {
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
+            host_link: None,
+            host_addresses: Vec::new(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),
