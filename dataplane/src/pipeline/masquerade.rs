@@ -10,7 +10,9 @@
 //! - [`reverse`] (identity stage, before the destination is resolved): TCP/UDP from the uplink
 //!   to the node's address on a port of the range is a reply to a masqueraded flow; its
 //!   destination is turned back into the pod's address and port, so every later stage (and
-//!   the flow's own conntrack entry) sees the packet as the pod's flow's reply.
+//!   the flow's own conntrack entry) sees the packet as the pod's flow's reply. An ICMPv4
+//!   error about a packet that left masqueraded (a router's "fragmentation needed" on the way)
+//!   goes on to the pod the same way, its quote turned back into the packet the pod sent.
 //!
 //! # Decisions
 //! - IPv4 only (the node's underlay address is IPv4); IPv6 leaves untranslated.
@@ -26,7 +28,7 @@
 use std::net::IpAddr;
 
 use super::batch::Ctx;
-use super::meta::{CtMark, PacketMeta};
+use super::meta::{CtMark, IcmpClass, PacketMeta};
 use super::{nat, DropReason};
 use crate::frame::Frame;
 use crate::tables::snat::{self, SnatFlow};
@@ -104,6 +106,9 @@ pub(crate) fn reverse<B: AsRef<[u8]> + AsMut<[u8]>>(
     let Some(node) = ctx.t.node.underlay_ipv4 else {
         return Ok(());
     };
+    if m.icmp == IcmpClass::Error {
+        return reverse_icmp_error(f, m, ctx, IpAddr::V4(node));
+    }
     let t = m.tuple;
     let to_masquerade_port = t.dst == IpAddr::V4(node)
         && matches!(Protocol::from(t.proto), Protocol::Tcp | Protocol::Udp)
@@ -122,6 +127,36 @@ pub(crate) fn reverse<B: AsRef<[u8]> + AsMut<[u8]>>(
     )
     .ok_or(DropReason::MasqueradeNoMapping)?;
     if !nat::rewrite_dst(f, m, addr, port) {
+        return Err(DropReason::L4Malformed);
+    }
+    ctx.c.masquerade_reversed += 1;
+    Ok(())
+}
+
+/// An ICMPv4 error to the node's address about a packet that left masqueraded (a router's
+/// "fragmentation needed", "TTL exceeded" on the way): sent on to the pod, about the packet as
+/// the pod sent it. An error quoting a masquerade port that no live flow holds is dropped
+/// (`masquerade_no_mapping`); any other error is left alone (the conntrack stage judges it).
+fn reverse_icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+    node: IpAddr,
+) -> Result<(), DropReason> {
+    let (Some(masq), q) = (ctx.masq.as_deref(), m.inner) else {
+        return Ok(());
+    };
+    let about_masquerade_port = m.tuple.dst == node
+        && q.src == node
+        && matches!(Protocol::from(q.proto), Protocol::Tcp | Protocol::Udp)
+        && masq.ports().contains(q.sport);
+    if !about_masquerade_port {
+        return Ok(());
+    }
+    let (addr, port) =
+        snat::original_of_quoted(ctx.ct, (q.src, q.sport), (q.dst, q.dport), q.proto, ctx.now)
+            .ok_or(DropReason::MasqueradeNoMapping)?;
+    if !nat::unsnat_icmp_error(f, m, addr, port) {
         return Err(DropReason::L4Malformed);
     }
     ctx.c.masquerade_reversed += 1;
