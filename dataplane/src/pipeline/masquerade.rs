@@ -31,6 +31,7 @@ use super::batch::Ctx;
 use super::meta::{CtMark, IcmpClass, PacketMeta};
 use super::{nat, DropReason};
 use crate::frame::Frame;
+use crate::tables::conntrack::Conntrack;
 use crate::tables::snat::{self, SnatFlow};
 use crate::wire::ip::Protocol;
 
@@ -61,9 +62,9 @@ pub(crate) fn egress<B: AsRef<[u8]> + AsMut<[u8]>>(
         identity: m.src_identity,
     };
     let bytes = f.len() as u32;
-    let kept = m
-        .snat_port
-        .filter(|&p| snat::refresh(ctx.ct, &flow, p, m.tcp_flags, bytes, ctx.now));
+    // A new flow's later packets in the same batch find the port its first one recorded.
+    let recorded = m.snat_port.or_else(|| recorded_port(m, ctx.ct, ctx.now));
+    let kept = recorded.filter(|&p| snat::refresh(ctx.ct, &flow, p, m.tcp_flags, bytes, ctx.now));
     let port = match kept {
         Some(port) => port,
         None => {
@@ -80,6 +81,16 @@ pub(crate) fn egress<B: AsRef<[u8]> + AsMut<[u8]>>(
     m.snat_port = Some(port);
     ctx.c.masquerade_translated += 1;
     Ok(())
+}
+
+/// The port already recorded in a new flow's own entry (by an earlier packet of the batch).
+fn recorded_port(m: &PacketMeta, ct: &Conntrack, now: u64) -> Option<u16> {
+    if m.ct != CtMark::New {
+        return None;
+    }
+    let key = m.ct_key?;
+    let (h, _) = ct.lookup(&key, m.ct_hash, now)?;
+    ct.entry(h).snat_port()
 }
 
 /// Remembers the port in the flow's own entry, for its later packets. The entry may be gone
