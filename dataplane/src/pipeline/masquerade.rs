@@ -41,18 +41,33 @@ pub(crate) fn egress<B: AsRef<[u8]> + AsMut<[u8]>>(
     m: &mut PacketMeta,
     ctx: &mut Ctx<'_>,
 ) -> Result<(), DropReason> {
-    let Some(masq) = ctx.masq.as_deref_mut() else {
-        return Ok(());
-    };
     let opened_by_pod = matches!(m.ct, CtMark::New | CtMark::Established);
-    if m.src_ep.is_none() || !opened_by_pod || !m.tuple.src.is_ipv4() {
+    if ctx.masq.is_none() || m.src_ep.is_none() || !opened_by_pod || !m.tuple.src.is_ipv4() {
         return Ok(());
     }
     if !matches!(Protocol::from(m.tuple.proto), Protocol::Tcp | Protocol::Udp) {
         return Err(DropReason::MasqueradeUnsupportedProtocol);
     }
+    snat_to_node(f, m, ctx)
+}
+
+/// SNAT of a TCP/UDP IPv4 packet in the original direction of its flow (`m.ct` `New` or
+/// `Established`, with its conntrack key): the source becomes the node's underlay address and
+/// the flow's port from the worker's share of the masquerade range, allocated and recorded in
+/// the flow's entry on its first packet. Its replies are reversed by [`reverse`]. Masquerade's
+/// egress step; any other SNAT that must bring replies back through this node (NodePort's SNAT
+/// mode) calls it the same way. The caller checked the protocol; a pipeline that does not
+/// masquerade (no range configured) leaves the packet as it is.
+pub(crate) fn snat_to_node<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+) -> Result<(), DropReason> {
+    let Some(masq) = ctx.masq.as_deref_mut() else {
+        return Ok(());
+    };
     // No address to leave with yet (the agent has not told the dataplane its node's address):
-    // the pod's own address would leak to the world, which could not answer it.
+    // the original address would leak, and nobody could answer it.
     let nat_addr = IpAddr::V4(ctx.t.node.underlay_ipv4.ok_or(DropReason::NoRoute)?);
     let flow = SnatFlow {
         original: (m.tuple.src, m.tuple.sport),
