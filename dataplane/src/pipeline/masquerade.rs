@@ -28,8 +28,8 @@
 use std::net::IpAddr;
 
 use super::batch::Ctx;
-use super::meta::{CtMark, IcmpClass, PacketMeta};
-use super::{nat, DropReason};
+use super::meta::{CtMark, IcmpClass, PacketMeta, Verdict};
+use super::{nat, DropReason, MAX_BATCH};
 use crate::frame::Frame;
 use crate::tables::conntrack::Conntrack;
 use crate::tables::snat::{self, SnatFlow};
@@ -69,13 +69,7 @@ pub(crate) fn snat_to_node<B: AsRef<[u8]> + AsMut<[u8]>>(
     // No address to leave with yet (the agent has not told the dataplane its node's address):
     // the original address would leak, and nobody could answer it.
     let nat_addr = IpAddr::V4(ctx.t.node.underlay_ipv4.ok_or(DropReason::NoRoute)?);
-    let flow = SnatFlow {
-        original: (m.tuple.src, m.tuple.sport),
-        remote: (m.tuple.dst, m.tuple.dport),
-        nat_addr,
-        proto: m.tuple.proto,
-        identity: m.src_identity,
-    };
+    let flow = flow_of(m, nat_addr);
     let bytes = f.len() as u32;
     // A new flow's later packets in the same batch find the port its first one recorded.
     let recorded = m.snat_port.or_else(|| recorded_port(m, ctx.ct, ctx.now));
@@ -96,6 +90,43 @@ pub(crate) fn snat_to_node<B: AsRef<[u8]> + AsMut<[u8]>>(
     m.snat_port = Some(port);
     ctx.c.masquerade_translated += 1;
     Ok(())
+}
+
+/// Starts loading the translated entries [`egress`] will read and step for the batch's
+/// established masqueraded flows (`m.snat_port` known), in the conntrack stage's two phases:
+/// every bucket's tags, then the slots whose tag matches. Without it each such packet waits
+/// for a cache miss of its own; with it the batch's misses overlap.
+pub(crate) fn prefetch_translated(metas: &[PacketMeta], ctx: &Ctx<'_>) {
+    let (Some(_), Some(node)) = (ctx.masq.as_deref(), ctx.t.node.underlay_ipv4) else {
+        return;
+    };
+    let mut hashes = [0u64; MAX_BATCH];
+    let mut n = 0;
+    let pending = metas.iter().filter(|m| m.verdict == Verdict::Pending);
+    for (m, port) in pending
+        .filter_map(|m| Some((m, m.snat_port?)))
+        .take(MAX_BATCH)
+    {
+        let key = flow_of(m, IpAddr::V4(node)).translated_key(port);
+        let hash = ctx.ct.hash_key(&key);
+        ctx.ct.prefetch(hash);
+        hashes[n] = hash;
+        n += 1;
+    }
+    for &hash in &hashes[..n] {
+        ctx.ct.prefetch_match(hash);
+    }
+}
+
+/// The packet's flow as SNAT sees it, leaving with `nat_addr`.
+fn flow_of(m: &PacketMeta, nat_addr: IpAddr) -> SnatFlow {
+    SnatFlow {
+        original: (m.tuple.src, m.tuple.sport),
+        remote: (m.tuple.dst, m.tuple.dport),
+        nat_addr,
+        proto: m.tuple.proto,
+        identity: m.src_identity,
+    }
 }
 
 /// The port already recorded in a new flow's own entry (by an earlier packet of the batch).
