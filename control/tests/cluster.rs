@@ -41,6 +41,10 @@
 //! `fromEntities: host` policy admits the node and refuses pods and the other node (which is
 //! `remote-node`), `fromEntities: remote-node` admits the other node while the local host stays
 //! admitted (allow-localhost), and an `ingressDeny` of `host` refuses it.
+//! `pods_reach_the_world_masqueraded` (VXLAN) adds a router and a server that is no node
+//! behind the nodes' default route: pods reach it masqueraded to their node's address (1,000
+//! concurrent connections, 1,000 distinct ports), the router's "fragmentation needed" reaches
+//! the pod, an egress policy refusing the world stops it, the node's own traffic is untouched.
 //!
 //! VXLAN also checks next-hop recovery: node 3's uplink is recreated with a new MAC (its
 //! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
@@ -1335,6 +1339,9 @@ struct World {
 }
 
 const WORLD_PORT: u16 = 9000;
+/// The MTU between the router and the world: smaller than the pods' path, so the router
+/// answers a full-size datagram with "fragmentation needed".
+const WORLD_MTU: i32 = 1300;
 
 fn build_world(c: &mut Cluster) -> World {
     let m = c.mode.index();
@@ -1365,7 +1372,10 @@ fn build_world(c: &mut Cluster) -> World {
         &["addr", "add", &format!("198.51.{m}.1/24"), "dev", "eth1"],
     );
     ip_in(&router, &["link", "set", "eth0", "up"]);
-    ip_in(&router, &["link", "set", "eth1", "up"]);
+    ip_in(
+        &router,
+        &["link", "set", "eth1", "mtu", &WORLD_MTU.to_string(), "up"],
+    );
     in_netns(&router, || {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("forwarding in the router")
     });
@@ -1373,7 +1383,10 @@ fn build_world(c: &mut Cluster) -> World {
         &world,
         &["addr", "add", &format!("198.51.{m}.7/24"), "dev", "eth0"],
     );
-    ip_in(&world, &["link", "set", "eth0", "up"]);
+    ip_in(
+        &world,
+        &["link", "set", "eth0", "mtu", &WORLD_MTU.to_string(), "up"],
+    );
     // A veth hands on "checksum partial" frames (only the pseudo-header sum filled in), and so
     // does the router's forwarding; AF_XDP does not say so. A real upstream sends complete
     // checksums: so does the world's server here.
@@ -1451,6 +1464,20 @@ fn pods_reach_the_world(c: &mut Cluster) {
     });
     assert_eq!(first[0].ip(), node1, "the server sees node 1's address");
     assert!(masquerade_ports.contains(&first[0].port()), "{first:?}");
+
+    // The router's "fragmentation needed" about a masqueraded datagram reaches the pod, about
+    // the datagram as the pod sent it: its kernel learns the path MTU.
+    let reversed = c.counters(1)["counters"]["masquerade_reversed"].as_u64();
+    let pod = c.pod("n1a").clone();
+    let (second, mtu) = udp_df_twice(&pod, world.server.ip(), 1400);
+    assert_eq!(
+        second,
+        Some(libc::EMSGSIZE),
+        "the second oversized send fails once the router's error lowered the path MTU \
+         (socket MTU now {mtu})"
+    );
+    assert_eq!(mtu, WORLD_MTU, "the path MTU n1a learnt from the router");
+    assert!(c.counters(1)["counters"]["masquerade_reversed"].as_u64() > reversed);
 
     // The node's own connection to the same server: the kernel's, with a kernel port.
     let own = world_sources(&c.node(1).netns, world.server, 1).expect("node 1's own connection");

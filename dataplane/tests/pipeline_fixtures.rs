@@ -2160,3 +2160,63 @@ fn masquerade_comes_after_egress_policy_on_the_pods_address() {
         },
     );
 }
+
+#[test]
+fn masquerade_translates_a_routers_icmp_error_back_to_the_pod() {
+    let t = node_a();
+    let mut p = masquerading_pipeline();
+    let syn = from_pod(&POD1, IpAddr::V4(WORLD_SERVER), 40000, 80, TCP_SYN);
+    let mut frames = [syn.frame()];
+    p.process(&t, POD1.ifindex, &mut frames, 1_000_000_000);
+    let left = frames[0].data().to_vec();
+    let port = l4_sport(&left);
+    // A router on the way: "fragmentation needed", about the packet as it left.
+    let router = Ipv4Addr::new(192, 0, 2, 254);
+    let error = |to: IpAddr, quoted: &[u8], dst_mac| {
+        let mut msg = vec![3, 4, 0, 0, 0, 0, 0x05, 0x00];
+        msg.extend_from_slice(&quoted[14..14 + 28]);
+        let c = dataplane::wire::checksum::checksum(&msg);
+        msg[2..4].copy_from_slice(&c.to_be_bytes());
+        PacketBuilder::new(
+            WORLD_GW_MAC,
+            dst_mac,
+            IpAddr::V4(router),
+            to,
+            testutil::L4::Raw { proto: 1 },
+        )
+        .payload(&msg)
+    };
+    let incoming = error(IpAddr::V4(underlay(1)), &left, UPLINK_MAC_A);
+    // What the pod must get: the error to its own address, quoting the packet it sent (TTL
+    // one lower: the quote is what left, only the translation undone).
+    let as_sent = syn.clone().ttl(63).build();
+    let expected = error(POD1.ip(), &as_sent, POD1.mac)
+        .macs(ROUTER_MAC, POD1.mac)
+        .ttl(63);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "a router's ICMP error about the masqueraded SYN reaches the pod",
+            ingress: UPLINK,
+            input: incoming.build(),
+            expect: Expect::Tx(POD1.ifindex, expected.build()),
+        },
+    );
+    assert_eq!(p.counters().ct_related, 1);
+    let stale = error(
+        IpAddr::V4(underlay(1)),
+        &masqueraded(&syn, if port == 65535 { 61000 } else { port + 1 }).build(),
+        UPLINK_MAC_A,
+    );
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "an error about a masquerade port no flow holds",
+            ingress: UPLINK,
+            input: stale.build(),
+            expect: Expect::Drop(DropReason::MasqueradeNoMapping),
+        },
+    );
+}

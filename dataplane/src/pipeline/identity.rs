@@ -54,9 +54,10 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
             }
         } else if !m.from_tunnel {
             m.src_identity = ctx.t.ipcache.identity_of(m.tuple.src);
-            if ctx.ingress == Ingress::Uplink {
-                masquerade::reverse(f, m, ctx)?; // A reply to a masqueraded flow: to the pod.
-            }
+        }
+        if ctx.ingress == Ingress::Uplink {
+            // A reply to a SNATed flow (natively or out of a tunnel): to its original source.
+            masquerade::reverse(f, m, ctx)?;
         }
         resolve::destination(m, ctx.t);
         Ok(())

@@ -40,6 +40,7 @@ use crate::wire::udp::{self, UdpPacket};
 use crate::wire::vxlan::{self, VxlanPacket};
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
+    masquerade::prefetch_translated(batch.meta_mut(), ctx);
     batch.for_each(ctx, Stage::Route, any, |f, m, ctx| {
         m.verdict = route(f, m, ctx)?;
         Ok(())
