@@ -382,6 +382,7 @@ fn build_tables() -> Tables {
                 },
                 backends,
                 mode: LbMode::Snat,
+                kind: Default::default(),
             })
             .unwrap();
     }

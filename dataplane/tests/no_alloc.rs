@@ -172,6 +172,7 @@ fn tables() -> Tables {
                     })
                     .collect(),
                 mode: LbMode::Snat,
+                kind: Default::default(),
             })
             .unwrap();
     }

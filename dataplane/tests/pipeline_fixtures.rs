@@ -145,6 +145,7 @@ fn services() -> Services {
             })
             .collect(),
         mode,
+        kind: Default::default(),
     };
     s.upsert(svc(VIP_SNAT, vec![(POD2.ip(), 8080)], LbMode::Snat))
         .unwrap();

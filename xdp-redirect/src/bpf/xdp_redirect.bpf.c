@@ -10,8 +10,12 @@
  *                              (a) IPv4 to config.underlay_ipv4, UDP, destination port
  *                                  config.vxlan_port or config.geneve_port, not a non-first
  *                                  fragment (tunnel traffic from other nodes), or
- *                              (b) the destination is in owned_v4 / owned_v6 (destinations the
- *                                  dataplane owns: local pods today);
+ *                              (b) IPv4, TCP or UDP, not a non-first fragment, and
+ *                                  (destination, protocol, destination port) is in
+ *                                  owned_ports (NodePort frontends: the node's address, but
+ *                                  only those ports), or
+ *                              (c) the destination is in owned_v4 / owned_v6 (destinations the
+ *                                  dataplane owns: local pods, external IPs);
  *                            everything else (the host's own SSH, etcd, pings, ...) is the
  *                            kernel's, so the host's network never depends on the dataplane
  *   ARP                   -> owned only if config.redirect_arp
@@ -24,14 +28,16 @@
  * XDP_PASS, so a queue without a socket keeps working through the kernel.
  *
  * Rust twins of the shared structs and constants: xdp-redirect/src/lib.rs (RawRedirectConfig,
- * RedirectCounters, OWNED_MAX_ENTRIES, XSKMAP_MAX_ENTRIES); a test there checks the structs'
- * sizes and field offsets against the generated skeleton types.
+ * RedirectCounters, OWNED_MAX_ENTRIES, XSKMAP_MAX_ENTRIES) and src/owned_port.rs (OwnedPort,
+ * OWNED_PORTS_MAX_ENTRIES); tests there check the structs' sizes and field offsets against the
+ * generated skeleton types.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -41,6 +47,10 @@
 
 /* Prefixes per family in owned_v4 / owned_v6. Rust twin: OWNED_MAX_ENTRIES in lib.rs. */
 #define OWNED_MAX_ENTRIES 65536
+
+/* (address, protocol, port) entries in owned_ports. Rust twin: OWNED_PORTS_MAX_ENTRIES in
+ * owned_port.rs. */
+#define OWNED_PORTS_MAX_ENTRIES 16384
 
 /* The fragment offset bits of iphdr.frag_off (linux/ip.h has them only in the kernel's copy). */
 #define IP_FRAG_OFFSET 0x1fff
@@ -75,6 +85,15 @@ struct owned_v6_key {
 	__u8 addr[16];
 };
 
+/* Key of owned_ports: an exact IPv4 destination, IP protocol and destination port. Rust twin:
+ * OwnedPort::key in owned_port.rs. */
+struct owned_port_key {
+	__be32 addr;    /* network byte order */
+	__u8 protocol;  /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;       /* always 0 */
+	__be16 port;    /* network byte order */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__uint(max_entries, XSKMAP_MAX_ENTRIES);
@@ -98,7 +117,7 @@ struct {
 
 /*
  * Destinations the dataplane owns on the uplink (only read when uplink_filter is 1): local pod
- * addresses today; service frontends, NodePort addresses and masquerade replies later. The
+ * addresses and external IPs of services today; masquerade replies later. The
  * value is 1 (reserved: it may say why the destination is owned one day). LPM tries must be
  * created without preallocation.
  */
@@ -117,6 +136,18 @@ struct {
 	__type(key, struct owned_v6_key);
 	__type(value, __u32);
 } owned_v6 SEC(".maps");
+
+/*
+ * Transport ports the dataplane owns on an address that otherwise stays the host's: NodePort
+ * frontends on the node's own address (only read when uplink_filter is 1). An exact hash, not
+ * a trie: a port is never a prefix. The value is 1 (reserved, as in owned_v4).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, OWNED_PORTS_MAX_ENTRIES);
+	__type(key, struct owned_port_key);
+	__type(value, __u32);
+} owned_ports SEC(".maps");
 
 enum decision {
 	NOT_OWNED,
@@ -186,22 +217,32 @@ static __always_inline const void *after_options(const struct iphdr *ip)
 	return end;
 }
 
-/* Tunnel traffic for this node: UDP to one of the tunnel ports, the UDP header complete. */
-static __always_inline enum decision tunnel_to_underlay(const struct iphdr *ip,
-							 const void *data_end,
-							 const struct config_regs *c)
+/*
+ * TCP or UDP by destination port: tunnel traffic to the node's underlay address (UDP to a
+ * tunnel port) or an owned (address, protocol, port). Both TCP and UDP keep the destination
+ * port in bytes 2..4 of their header, so the UDP header view serves both.
+ */
+static __always_inline enum decision by_port(const struct iphdr *ip, const void *data_end,
+					     const struct config_regs *c)
 {
-	if (ip->protocol != IPPROTO_UDP)
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return NOT_OWNED;
 	if (ip->frag_off & bpf_htons(IP_FRAG_OFFSET))
-		return NOT_OWNED; /* a non-first fragment carries no UDP header */
-	const struct udphdr *udp = after_options(ip);
-	if ((const void *)(udp + 1) > data_end)
+		return NOT_OWNED; /* a non-first fragment carries no transport header */
+	const struct udphdr *l4 = after_options(ip);
+	if ((const void *)(l4 + 1) > data_end)
 		return TRUNCATED;
-	__u16 port = udp->dest;
-	if (port != 0 && (port == c->vxlan_port || port == c->geneve_port))
+	__u16 port = l4->dest;
+	if (ip->protocol == IPPROTO_UDP && c->underlay_ipv4 != 0 && ip->daddr == c->underlay_ipv4 &&
+	    port != 0 && (port == c->vxlan_port || port == c->geneve_port))
 		return OWNED;
-	return NOT_OWNED;
+	struct owned_port_key key = {
+		.addr = ip->daddr,
+		.protocol = ip->protocol,
+		.pad = 0,
+		.port = port,
+	};
+	return bpf_map_lookup_elem(&owned_ports, &key) ? OWNED : NOT_OWNED;
 }
 
 static __always_inline enum decision uplink_ipv4(const void *l3, const void *data_end,
@@ -210,11 +251,9 @@ static __always_inline enum decision uplink_ipv4(const void *l3, const void *dat
 	const struct iphdr *ip = l3;
 	if ((const void *)(ip + 1) > data_end || ip->ihl < 5)
 		return TRUNCATED;
-	if (c->underlay_ipv4 != 0 && ip->daddr == c->underlay_ipv4) {
-		enum decision tunnel = tunnel_to_underlay(ip, data_end, c);
-		if (tunnel != NOT_OWNED)
-			return tunnel;
-	}
+	enum decision port = by_port(ip, data_end, c);
+	if (port != NOT_OWNED)
+		return port;
 
 	struct owned_v4_key key = { .prefixlen = 32 };
 	__builtin_memcpy(key.addr, &ip->daddr, sizeof(key.addr));
