@@ -8,3 +8,4 @@
 pub mod config;
 pub mod host_path;
 pub mod preflight;
+pub mod uplink_frontends;
