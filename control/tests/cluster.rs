@@ -43,6 +43,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
 
 mod common;
+#[path = "cluster/nodeport.rs"]
+mod nodeport;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -1337,4 +1339,14 @@ fn cluster_over_geneve() {
 #[test]
 fn cluster_natively_routed() {
     run(Mode::Native);
+}
+
+#[test]
+fn nodeport_from_outside_natively_routed() {
+    nodeport::run(Mode::Native);
+}
+
+#[test]
+fn nodeport_from_outside_over_vxlan() {
+    nodeport::run(Mode::Vxlan);
 }
