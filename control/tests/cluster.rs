@@ -1350,3 +1350,8 @@ fn nodeport_from_outside_natively_routed() {
 fn nodeport_from_outside_over_vxlan() {
     nodeport::run(Mode::Vxlan);
 }
+
+#[test]
+fn nodeport_from_outside_over_geneve() {
+    nodeport::run(Mode::Geneve);
+}

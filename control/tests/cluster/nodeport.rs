@@ -16,7 +16,8 @@
 //! ports shows the replies (source port 30080) leaving nodes 2 and 3 towards the client and
 //! none leaving node 1, whose port only sees the requests; a pod that sends a datagram
 //! carrying a DSR option has it dropped and counted (`dsr_option_untrusted`) while the same
-//! datagram without the option is answered; removing backend n3b leaves the connections
+//! datagram without the option is answered, and so has the external client's connection with
+//! one; removing backend n3b leaves the connections
 //! established to n2b intact. Everything comes from etcd (the service with its `node_port`);
 //! the nodes' default route and the client's are the only things set by hand, as an
 //! operator's network would have them.
@@ -68,6 +69,9 @@ pub fn run(mode: Mode) {
         ask_name(&client, frontend).is_ok()
     });
 
+    let dsr_counter =
+        |c: &Cluster, n: u8, name: &str| c.counters(n)["counters"][name].as_u64().unwrap_or(0);
+    let written_before = dsr_counter(&c, 1, "dsr_option_written");
     let capture = PortCapture::start(&c);
     let names = many_connections(&client, frontend, CONNECTIONS);
     let (n2b, n3b) = (count(&names, "n2b"), count(&names, "n3b"));
@@ -81,10 +85,25 @@ pub fn run(mode: Mode) {
         "both backends used: n2b {n2b}, n3b {n3b}"
     );
     eprintln!("{CONNECTIONS} connections through node 1's NodePort: n2b {n2b}, n3b {n3b}");
+    // Every request packet (at least a SYN and an ACK per connection) carried the frontend
+    // (the IPv4 option natively and in VXLAN's inner header, the Geneve option in Geneve),
+    // and the backends' nodes took it off.
+    let written = dsr_counter(&c, 1, "dsr_option_written") - written_before;
+    let consumed =
+        dsr_counter(&c, 2, "dsr_option_consumed") + dsr_counter(&c, 3, "dsr_option_consumed");
+    assert!(
+        written >= 2 * CONNECTIONS as u64,
+        "node 1 wrote {written} DSR options"
+    );
+    assert!(
+        consumed >= written,
+        "nodes 2 and 3 consumed {consumed} of {written} DSR options"
+    );
     if let Some(capture) = capture {
         check_replies_leave_the_backends_nodes(&c, capture.stop());
     }
     dsr_option_from_a_pod_is_not_trusted(&mut c);
+    dsr_option_from_the_world_is_not_trusted(&c, &client, frontend);
     removing_a_backend_keeps_the_others_connections(&c, &client, frontend);
 
     let pids: Vec<u32> = c
@@ -387,13 +406,90 @@ fn dsr_option_from_a_pod_is_not_trusted(c: &mut Cluster) {
     });
 }
 
+/// Nor may the world: the external client's connection to the NodePort with a DSR option
+/// (claiming another frontend) is dropped on node 1 as `dsr_option_untrusted` (its MAC is the
+/// router's, no peer node's).
+fn dsr_option_from_the_world_is_not_trusted(c: &Cluster, client: &str, to: SocketAddr) {
+    let untrusted = |c: &Cluster| {
+        c.counters(1)["counters"]["drops"]["dsr_option_untrusted"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = untrusted(c);
+    let claimed = c.node(2).underlay;
+    let connected = spawn_in(client, move || {
+        let s = socket2_tcp();
+        let [p0, p1] = NODE_PORT.to_be_bytes();
+        let [a, b, cc, d] = claimed.octets();
+        set_ip_options_fd(s.as_raw_fd(), &[0x9a, 8, p0, p1, a, b, cc, d]);
+        connect_fd(&s, to)
+    })
+    .join()
+    .unwrap();
+    assert!(
+        !connected,
+        "a connection carrying a forged DSR option must not be served"
+    );
+    wait_for("node 1 counts the world's DSR option as untrusted", || {
+        untrusted(c) > before
+    });
+}
+
+/// A blocking TCP socket not connected yet (std has no such constructor).
+fn socket2_tcp() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// `connect(2)` with a 2 s send timeout (SYN retries end there); true when it connected.
+fn connect_fd(s: &std::os::fd::OwnedFd, to: SocketAddr) -> bool {
+    let SocketAddr::V4(to) = to else {
+        return false;
+    };
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the pointers are to live values of the sizes passed; the fd is the socket's own.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            std::ptr::from_ref(&timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        libc::connect(
+            s.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
 /// `setsockopt(IP_OPTIONS)`: Linux sends unknown option types only for CAP_NET_RAW (we are
 /// root); an empty list removes them.
 fn set_ip_options(s: &UdpSocket, options: &[u8]) {
-    // SAFETY: `options` is valid for its length; the fd is the socket's own.
+    set_ip_options_fd(s.as_raw_fd(), options);
+}
+
+fn set_ip_options_fd(fd: std::os::fd::RawFd, options: &[u8]) {
+    // SAFETY: `options` is valid for its length; the fd is the caller's socket.
     let rc = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
+            fd,
             libc::IPPROTO_IP,
             libc::IP_OPTIONS,
             options.as_ptr().cast(),
