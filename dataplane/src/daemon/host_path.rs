@@ -96,8 +96,12 @@ pub trait OwnershipMaps {
 pub struct ReconcileReport {
     /// The underlay address now applied, when it changed.
     pub underlay_changed: Option<Option<Ipv4Addr>>,
+    /// Owned prefixes added and removed.
     pub added: usize,
     pub removed: usize,
+    /// Owned ports added and removed.
+    pub ports_added: usize,
+    pub ports_removed: usize,
     /// One message per failed operation, naming it (retried by the next reconciliation).
     pub failures: Vec<String>,
 }
@@ -108,6 +112,8 @@ impl ReconcileReport {
         self.underlay_changed.is_none()
             && self.added == 0
             && self.removed == 0
+            && self.ports_added == 0
+            && self.ports_removed == 0
             && self.failures.is_empty()
     }
 }
@@ -210,7 +216,7 @@ impl Reconciler {
             match maps.remove_port(port) {
                 Ok(()) => {
                     self.applied.ports.remove(&port);
-                    report.removed += 1;
+                    report.ports_removed += 1;
                 }
                 Err(e) => report
                     .failures
@@ -226,7 +232,7 @@ impl Reconciler {
             match maps.add_port(port) {
                 Ok(()) => {
                     self.applied.ports.insert(port);
-                    report.added += 1;
+                    report.ports_added += 1;
                 }
                 Err(e) => report
                     .failures
@@ -315,11 +321,13 @@ pub fn describe(report: &ReconcileReport, applied: &UplinkOwnership) -> String {
         ));
     }
     line.push_str(&format!(
-        " {} owned prefixes, {} owned ports (+{} -{})",
+        " {} owned prefixes (+{} -{}), {} owned ports (+{} -{})",
         applied.prefixes.len(),
-        applied.ports.len(),
         report.added,
-        report.removed
+        report.removed,
+        applied.ports.len(),
+        report.ports_added,
+        report.ports_removed
     ));
     if !report.failures.is_empty() {
         line.push_str(&format!(
@@ -520,10 +528,11 @@ mod tests {
             [host(Ipv4Addr::new(203, 0, 113, 9))].into_iter().collect()
         );
         let (mut maps, mut r) = (FakeMaps::default(), Reconciler::default());
-        assert_eq!(r.reconcile(&want, &mut maps).added, 2);
+        let report = r.reconcile(&want, &mut maps);
+        assert_eq!((report.added, report.ports_added), (1, 1));
         assert_eq!(maps.ports, want.ports);
         let report = r.reconcile(&UplinkOwnership::default(), &mut maps);
-        assert_eq!(report.removed, 2);
+        assert_eq!((report.removed, report.ports_removed), (1, 1));
         assert!(maps.ports.is_empty() && maps.prefixes.is_empty());
     }
 
@@ -605,14 +614,14 @@ mod tests {
             underlay_changed: Some(applied.underlay_ipv4),
             added: 1,
             removed: 0,
+            ports_added: 2,
+            ports_removed: 0,
             failures: vec!["adding owned prefix 10.1.0.2/32: map full".into()],
         };
         let line = describe(&report, &applied);
         assert!(line.contains("192.0.2.1"), "{line}");
-        assert!(
-            line.contains("1 owned prefixes, 0 owned ports (+1 -0)"),
-            "{line}"
-        );
+        assert!(line.contains("1 owned prefixes (+1 -0)"), "{line}");
+        assert!(line.contains("0 owned ports (+2 -0)"), "{line}");
         assert!(line.contains("retried"), "{line}");
         assert!(line.contains("map full"), "{line}");
     }
