@@ -10,6 +10,9 @@
  *                              (a) IPv4 to config.underlay_ipv4, UDP, destination port
  *                                  config.vxlan_port or config.geneve_port, not a non-first
  *                                  fragment (tunnel traffic from other nodes), or
+ *                              (a') IPv4 to config.underlay_ipv4, TCP or UDP, destination
+ *                                  port in config.masq_port_first..=masq_port_last, not a
+ *                                  non-first fragment (replies to masqueraded pod flows), or
  *                              (b) IPv4, TCP or UDP, not a non-first fragment, and
  *                                  (destination, protocol, destination port) is in
  *                                  owned_ports (NodePort frontends: the node's address, but
@@ -63,6 +66,8 @@ struct xdp_redirect_config {
 	__be32 underlay_ipv4;  /* network byte order; 0: none (no tunnel traffic is owned) */
 	__be16 vxlan_port;     /* UDP destination ports of tunnel traffic, network byte order; */
 	__be16 geneve_port;    /* 0: that encapsulation is not owned */
+	__u16 masq_port_first; /* masquerade source ports, host byte order, inclusive; */
+	__u16 masq_port_last;  /* first 0: no masquerade (no reply is owned) */
 };
 
 /* Where frames went, per CPU. Rust twin: RedirectCounters in lib.rs. */
@@ -117,7 +122,8 @@ struct {
 
 /*
  * Destinations the dataplane owns on the uplink (only read when uplink_filter is 1): local pod
- * addresses and external IPs of services today; masquerade replies later. The
+ * addresses and external IPs of services (masquerade replies are owned by port, through the
+ * config; NodePorts by port, through owned_ports). The
  * value is 1 (reserved: it may say why the destination is owned one day). LPM tries must be
  * created without preallocation.
  */
@@ -170,6 +176,8 @@ struct config_regs {
 	__u32 underlay_ipv4;
 	__u32 vxlan_port;
 	__u32 geneve_port;
+	__u32 masq_port_first;
+	__u32 masq_port_last;
 };
 
 static __always_inline struct config_regs read_config(const struct xdp_redirect_config *cfg)
@@ -181,9 +189,12 @@ static __always_inline struct config_regs read_config(const struct xdp_redirect_
 		.underlay_ipv4 = cfg->underlay_ipv4,
 		.vxlan_port = cfg->vxlan_port,
 		.geneve_port = cfg->geneve_port,
+		.masq_port_first = cfg->masq_port_first,
+		.masq_port_last = cfg->masq_port_last,
 	};
 	asm volatile("" : "+r"(c.redirect_arp), "+r"(c.redirect_non_ip), "+r"(c.uplink_filter));
 	asm volatile("" : "+r"(c.underlay_ipv4), "+r"(c.vxlan_port), "+r"(c.geneve_port));
+	asm volatile("" : "+r"(c.masq_port_first), "+r"(c.masq_port_last));
 	return c;
 }
 
@@ -218,29 +229,51 @@ static __always_inline const void *after_options(const struct iphdr *ip)
 }
 
 /*
- * TCP or UDP by destination port: tunnel traffic to the node's underlay address (UDP to a
- * tunnel port) or an owned (address, protocol, port). Both TCP and UDP keep the destination
- * port in bytes 2..4 of their header, so the UDP header view serves both.
+ * Traffic for this node's address that the dataplane owns: UDP to one of the tunnel ports
+ * (tunnel traffic), or TCP/UDP to a masquerade port (replies to pods' flows to the world).
+ * TCP and UDP both keep the destination port at offset 2, so one bounds check serves both.
  */
-static __always_inline enum decision by_port(const struct iphdr *ip, const void *data_end,
-					     const struct config_regs *c)
+static __always_inline enum decision owned_on_underlay(const struct iphdr *ip,
+							const void *data_end,
+							const struct config_regs *c)
 {
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return NOT_OWNED;
 	if (ip->frag_off & bpf_htons(IP_FRAG_OFFSET))
-		return NOT_OWNED; /* a non-first fragment carries no transport header */
-	const struct udphdr *l4 = after_options(ip);
-	if ((const void *)(l4 + 1) > data_end)
+		return NOT_OWNED; /* a non-first fragment carries no ports */
+	const __be16 *ports = after_options(ip);
+	if ((const void *)(ports + 2) > data_end)
 		return TRUNCATED;
-	__u16 port = l4->dest;
-	if (ip->protocol == IPPROTO_UDP && c->underlay_ipv4 != 0 && ip->daddr == c->underlay_ipv4 &&
-	    port != 0 && (port == c->vxlan_port || port == c->geneve_port))
+	__u16 port = ports[1];
+	if (ip->protocol == IPPROTO_UDP && port != 0 &&
+	    (port == c->vxlan_port || port == c->geneve_port))
 		return OWNED;
+	__u32 host_port = bpf_ntohs(port);
+	if (c->masq_port_first != 0 && host_port >= c->masq_port_first &&
+	    host_port <= c->masq_port_last)
+		return OWNED;
+	return NOT_OWNED;
+}
+
+/*
+ * TCP or UDP to an owned (address, protocol, destination port): NodePort frontends, on any
+ * address (the node's own, usually). Kept apart from owned_on_underlay, which only looks at
+ * frames to the underlay address.
+ */
+static __always_inline enum decision owned_port(const struct iphdr *ip, const void *data_end)
+{
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+		return NOT_OWNED;
+	if (ip->frag_off & bpf_htons(IP_FRAG_OFFSET))
+		return NOT_OWNED; /* a non-first fragment carries no ports */
+	const __be16 *ports = after_options(ip);
+	if ((const void *)(ports + 2) > data_end)
+		return TRUNCATED;
 	struct owned_port_key key = {
 		.addr = ip->daddr,
 		.protocol = ip->protocol,
 		.pad = 0,
-		.port = port,
+		.port = ports[1],
 	};
 	return bpf_map_lookup_elem(&owned_ports, &key) ? OWNED : NOT_OWNED;
 }
@@ -251,7 +284,12 @@ static __always_inline enum decision uplink_ipv4(const void *l3, const void *dat
 	const struct iphdr *ip = l3;
 	if ((const void *)(ip + 1) > data_end || ip->ihl < 5)
 		return TRUNCATED;
-	enum decision port = by_port(ip, data_end, c);
+	if (c->underlay_ipv4 != 0 && ip->daddr == c->underlay_ipv4) {
+		enum decision mine = owned_on_underlay(ip, data_end, c);
+		if (mine != NOT_OWNED)
+			return mine;
+	}
+	enum decision port = owned_port(ip, data_end);
 	if (port != NOT_OWNED)
 		return port;
 
