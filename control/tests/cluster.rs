@@ -1573,15 +1573,25 @@ fn cluster_natively_routed() {
 
 #[test]
 fn nodeport_from_outside_natively_routed() {
-    nodeport::run(Mode::Native);
+    nodeport::run(Mode::Native, nodeport::Lb::Dsr);
 }
 
 #[test]
 fn nodeport_from_outside_over_vxlan() {
-    nodeport::run(Mode::Vxlan);
+    nodeport::run(Mode::Vxlan, nodeport::Lb::Dsr);
 }
 
 #[test]
 fn nodeport_from_outside_over_geneve() {
-    nodeport::run(Mode::Geneve);
+    nodeport::run(Mode::Geneve, nodeport::Lb::Dsr);
+}
+
+#[test]
+fn nodeport_snat_from_outside_natively_routed() {
+    nodeport::run(Mode::Native, nodeport::Lb::Snat);
+}
+
+#[test]
+fn nodeport_snat_from_outside_over_vxlan() {
+    nodeport::run(Mode::Vxlan, nodeport::Lb::Snat);
 }

@@ -51,7 +51,25 @@ fn client_v4(mode: Mode) -> Ipv4Addr {
     Ipv4Addr::new(10, 78, mode.index(), 2)
 }
 
-pub fn run(mode: Mode) {
+/// How the service answers external clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lb {
+    /// The backend's node answers the client directly.
+    Dsr,
+    /// Node 1 translates the client's source; replies come back through it.
+    Snat,
+}
+
+impl Lb {
+    fn name(self) -> &'static str {
+        match self {
+            Lb::Dsr => "dsr",
+            Lb::Snat => "snat",
+        }
+    }
+}
+
+pub fn run(mode: Mode, lb: Lb) {
     let bin = match preflight() {
         Ok(bin) => bin,
         Err(reason) if std::env::var_os("CI").is_some() => panic!("cannot run under CI: {reason}"),
@@ -63,15 +81,16 @@ pub fn run(mode: Mode) {
     c.wait_next_hops();
     let client = build_outside(&mut c);
     start_named_echo(&mut c, &["n2b", "n3b"]);
-    put_service(&c, &["n2b", "n3b"]);
+    put_service(&c, lb, &["n2b", "n3b"]);
     let frontend = SocketAddr::new(IpAddr::V4(c.node(1).underlay), NODE_PORT);
     wait_for("the NodePort answers the external client", || {
         ask_name(&client, frontend).is_ok()
     });
 
-    let dsr_counter =
+    let counter =
         |c: &Cluster, n: u8, name: &str| c.counters(n)["counters"][name].as_u64().unwrap_or(0);
-    let written_before = dsr_counter(&c, 1, "dsr_option_written");
+    let written_before = counter(&c, 1, "dsr_option_written");
+    let allocated_before = counter(&c, 1, "masquerade_ports_allocated");
     let capture = PortCapture::start(&c);
     let names = many_connections(&client, frontend, CONNECTIONS);
     let (n2b, n3b) = (count(&names, "n2b"), count(&names, "n3b"));
@@ -84,27 +103,46 @@ pub fn run(mode: Mode) {
         n2b > 0 && n3b > 0,
         "both backends used: n2b {n2b}, n3b {n3b}"
     );
-    eprintln!("{CONNECTIONS} connections through node 1's NodePort: n2b {n2b}, n3b {n3b}");
-    // Every request packet (at least a SYN and an ACK per connection) carried the frontend
-    // (the IPv4 option natively and in VXLAN's inner header, the Geneve option in Geneve),
-    // and the backends' nodes took it off.
-    let written = dsr_counter(&c, 1, "dsr_option_written") - written_before;
-    let consumed =
-        dsr_counter(&c, 2, "dsr_option_consumed") + dsr_counter(&c, 3, "dsr_option_consumed");
-    assert!(
-        written >= 2 * CONNECTIONS as u64,
-        "node 1 wrote {written} DSR options"
+    eprintln!(
+        "{CONNECTIONS} connections through node 1's NodePort ({}): n2b {n2b}, n3b {n3b}",
+        lb.name()
     );
-    assert!(
-        consumed >= written,
-        "nodes 2 and 3 consumed {consumed} of {written} DSR options"
-    );
-    if let Some(capture) = capture {
-        check_replies_leave_the_backends_nodes(&c, capture.stop());
+    let written = counter(&c, 1, "dsr_option_written") - written_before;
+    let allocated = counter(&c, 1, "masquerade_ports_allocated") - allocated_before;
+    match lb {
+        Lb::Dsr => {
+            // Every request packet (at least a SYN and an ACK per connection) carried the
+            // frontend (the IPv4 option natively and in VXLAN's inner header, the Geneve
+            // option in Geneve), and the backends' nodes took it off.
+            let consumed =
+                counter(&c, 2, "dsr_option_consumed") + counter(&c, 3, "dsr_option_consumed");
+            assert!(
+                written >= 2 * CONNECTIONS as u64,
+                "node 1 wrote {written} DSR options"
+            );
+            assert!(
+                consumed >= written,
+                "nodes 2 and 3 consumed {consumed} of {written} DSR options"
+            );
+            assert_eq!(allocated, 0, "DSR translates no source");
+        }
+        Lb::Snat => {
+            // One source port of the masquerade range per connection, from its allocator.
+            assert_eq!(written, 0, "SNAT mode writes no DSR option");
+            assert!(
+                allocated >= CONNECTIONS as u64,
+                "node 1 allocated {allocated} source ports for {CONNECTIONS} connections"
+            );
+        }
     }
-    dsr_option_from_a_pod_is_not_trusted(&mut c);
-    dsr_option_from_the_world_is_not_trusted(&c, &client, frontend);
-    removing_a_backend_keeps_the_others_connections(&c, &client, frontend);
+    if let Some(capture) = capture {
+        check_where_replies_leave(&c, lb, capture.stop());
+    }
+    if lb == Lb::Dsr {
+        dsr_option_from_a_pod_is_not_trusted(&mut c);
+        dsr_option_from_the_world_is_not_trusted(&c, &client, frontend);
+    }
+    removing_a_backend_keeps_the_others_connections(&c, lb, &client, frontend);
 
     let pids: Vec<u32> = c
         .nodes
@@ -193,9 +231,9 @@ fn start_named_echo(c: &mut Cluster, pods: &[&str]) {
     }
 }
 
-/// `services/<ns>/shop`: DSR, cluster IP 10.96.<m>.20:80 with node port 30080, backends
-/// `pods` on the named-echo port.
-fn put_service(c: &Cluster, pods: &[&str]) {
+/// `services/<ns>/shop` in mode `lb`: cluster IP 10.96.<m>.20:80 with node port 30080,
+/// backends `pods` on the named-echo port.
+fn put_service(c: &Cluster, lb: Lb, pods: &[&str]) {
     let backends: Vec<_> = pods
         .iter()
         .map(|p| json!({"ip": c.pod(p).v4.to_string(), "port": NAMED_ECHO_PORT}))
@@ -205,7 +243,7 @@ fn put_service(c: &Cluster, pods: &[&str]) {
         &format!("services/{NAMESPACE}/shop"),
         json!({"frontends": [{"ip": vip.to_string(), "port": 80, "protocol": "TCP",
                               "node_port": NODE_PORT}],
-               "backends": backends, "mode": "dsr"}),
+               "backends": backends, "mode": lb.name()}),
     );
 }
 
@@ -332,9 +370,10 @@ fn frames(file: &Path, filter: &str) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-/// Replies (node 1's address and port 30080 -> the client) leave nodes 2 and 3 on their own
-/// ports; node 1's port carries the requests and no reply.
-fn check_replies_leave_the_backends_nodes(c: &Cluster, files: Vec<PathBuf>) {
+/// Where the replies (node 1's address and port 30080 -> the client) leave: with DSR from
+/// nodes 2 and 3 on their own ports, none from node 1, whose port carries the requests; in SNAT
+/// mode all from node 1, none from nodes 2 and 3.
+fn check_where_replies_leave(c: &Cluster, lb: Lb, files: Vec<PathBuf>) {
     let (node1, client) = (c.node(1).underlay, client_v4(c.mode));
     let replies = format!("ip.src == {node1} && tcp.srcport == {NODE_PORT} && ip.dst == {client}");
     let requests = format!("ip.src == {client} && tcp.dstport == {NODE_PORT}");
@@ -346,12 +385,25 @@ fn check_replies_leave_the_backends_nodes(c: &Cluster, files: Vec<PathBuf>) {
         on(3, &replies),
     );
     eprintln!(
-        "capture: node 1's port: {req1} requests, {rep1} replies; replies leaving node 2: \
-         {rep2}, node 3: {rep3}"
+        "capture ({}): node 1's port: {req1} requests, {rep1} replies; replies leaving \
+         node 2: {rep2}, node 3: {rep3}",
+        lb.name()
     );
     assert!(req1 >= CONNECTIONS, "the requests reach node 1: {req1}");
-    assert_eq!(rep1, 0, "no reply passes node 1 (DSR)");
-    assert!(rep2 > 0 && rep3 > 0, "replies leave both backends' nodes");
+    match lb {
+        Lb::Dsr => {
+            assert_eq!(rep1, 0, "no reply passes node 1 (DSR)");
+            assert!(rep2 > 0 && rep3 > 0, "replies leave both backends' nodes");
+        }
+        Lb::Snat => {
+            assert!(rep1 >= CONNECTIONS, "replies leave node 1: {rep1}");
+            assert_eq!(
+                (rep2, rep3),
+                (0, 0),
+                "no reply leaves a backend's node directly"
+            );
+        }
+    }
 }
 
 /// A pod must not choose the source of another pod's replies: n2a's datagram to n2c with a DSR
@@ -501,7 +553,12 @@ fn set_ip_options_fd(fd: std::os::fd::RawFd, options: &[u8]) {
 
 /// Connections held open to both backends; n3b is removed from the service; each connection
 /// to n2b still echoes (node 1 keeps choosing n2b for them, node 2 keeps their DSR state).
-fn removing_a_backend_keeps_the_others_connections(c: &Cluster, client: &str, to: SocketAddr) {
+fn removing_a_backend_keeps_the_others_connections(
+    c: &Cluster,
+    lb: Lb,
+    client: &str,
+    to: SocketAddr,
+) {
     let (tx_ready, rx_ready) = std::sync::mpsc::channel::<Vec<String>>();
     let (tx_go, rx_go) = std::sync::mpsc::channel::<()>();
     let held = spawn_in(client, move || {
@@ -534,7 +591,7 @@ fn removing_a_backend_keeps_the_others_connections(c: &Cluster, client: &str, to
         names.iter().any(|n| n == "n2b") && names.iter().any(|n| n == "n3b"),
         "held connections reach both backends: {names:?}"
     );
-    put_service(c, &["n2b"]);
+    put_service(c, lb, &["n2b"]);
     // Node 1 has the new backend set once new connections all go to n2b.
     wait_for("new connections go to n2b only", || {
         let recent = many_connections(client, to, 8);

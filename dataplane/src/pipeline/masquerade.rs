@@ -38,9 +38,9 @@ pub(crate) fn egress<B: AsRef<[u8]> + AsMut<[u8]>>(
     m: &mut PacketMeta,
     ctx: &mut Ctx<'_>,
 ) -> Result<(), DropReason> {
-    let Some(masq) = ctx.masq.as_deref_mut() else {
+    if ctx.masq.is_none() {
         return Ok(());
-    };
+    }
     let opened_by_pod = matches!(m.ct, CtMark::New | CtMark::Established);
     if m.src_ep.is_none() || !opened_by_pod || !m.tuple.src.is_ipv4() {
         return Ok(());
@@ -51,6 +51,23 @@ pub(crate) fn egress<B: AsRef<[u8]> + AsMut<[u8]>>(
     // No address to leave with yet (the agent has not told the dataplane its node's address):
     // the pod's own address would leak to the world, which could not answer it.
     let nat_addr = IpAddr::V4(ctx.t.node.underlay_ipv4.ok_or(DropReason::NoRoute)?);
+    translate_source(f, m, ctx, nat_addr)
+}
+
+/// Rewrites the packet's source to `nat_addr` and a port of the worker's share: the port the
+/// flow's conntrack entry records (`m.snat_port`), or a newly allocated one, then recorded
+/// there. Masquerading and services' SNAT mode (`service_snat`) both translate through here,
+/// so one allocator hands out every port of the range. `Ok` and no rewrite when the pipeline
+/// has no masquerade state.
+pub(super) fn translate_source<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+    nat_addr: IpAddr,
+) -> Result<(), DropReason> {
+    let Some(masq) = ctx.masq.as_deref_mut() else {
+        return Ok(());
+    };
     let flow = SnatFlow {
         original: (m.tuple.src, m.tuple.sport),
         remote: (m.tuple.dst, m.tuple.dport),

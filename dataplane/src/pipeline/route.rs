@@ -5,7 +5,9 @@
 //! ipcache's tunnel endpoint or the nodes' pod CIDRs (VXLAN or Geneve with the source identity
 //! in the VNI, or native routing through the uplink); anything else leaves through the uplink
 //! when the kernel has a default route there (masqueraded to the node's address when it comes
-//! from a pod, `masquerade::egress`), else goes to the kernel.
+//! from a pod, `masquerade::egress`), else goes to the kernel. A frame DNATed here to a backend
+//! on another node in SNAT mode leaves with the node's address (`service_snat`), and its reply,
+//! which then arrives on the uplink, goes back out to the client.
 //!
 //! Next hops on the underlay are the kernel's (`tables::next_hops`, resolved by the daemon from
 //! the node's routes and neighbour table): a peer without one is dropped as `no_next_hop`.
@@ -24,8 +26,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::batch::{any, Batch, Ctx, Ingress};
-use super::meta::{FrontendAddr, PacketMeta, Verdict};
-use super::{icmp_error, masquerade, DropReason, Stage};
+use super::meta::{CtMark, FrontendAddr, PacketMeta, Verdict};
+use super::{icmp_error, masquerade, service_snat, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::nodes::Encap;
 use crate::types::{Identity, MacAddr};
@@ -63,10 +65,13 @@ fn route<B: AsRef<[u8]> + AsMut<[u8]>>(
         .tunnel_endpoint
         .or_else(|| t.nodes.by_pod_ip(m.tuple.dst).map(|n| n.underlay));
     if let Some(peer) = peer {
+        service_snat::to_remote_backend(f, m, ctx)?;
         return to_remote_node(f, m, ctx, peer);
     }
-    if ctx.ingress == Ingress::Uplink {
-        return Ok(Verdict::Pass); // Not ours: the node's own traffic.
+    // From the uplink, only the reply of a flow this node forwarded (a service's SNAT mode)
+    // goes back out; anything else is not ours: the node's own traffic.
+    if ctx.ingress == Ingress::Uplink && m.ct != CtMark::Reply {
+        return Ok(Verdict::Pass);
     }
     match (t.node.uplink_ifindex, t.next_hops.default_for(m.tuple.dst)) {
         (Some(uplink), Some(gw)) => {
