@@ -36,8 +36,9 @@
 //! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
 //! again.
 //!
-//! `nodeport_from_outside_*` (one per mode, checks in `cluster/nodeport.rs`): a client outside
-//! the cluster, behind the underlay's router, through node 1's NodePort with DSR.
+//! `nodeport_from_outside_*` and `nodeport_snat_from_outside_*` (checks in
+//! `cluster/nodeport.rs`): a client outside the cluster, behind the underlay's router, through
+//! node 1's NodePort with DSR, and in SNAT mode.
 //!
 //! Skips, with the reason, when not root or when etcd, `ip netns`, AF_XDP or the dataplane binary
 //! are missing (a failure under CI). Stops only the processes it started and deletes its

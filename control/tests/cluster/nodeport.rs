@@ -12,15 +12,18 @@
 //!   node 1 (frontend 10.77.<m>.1:30080)  node 2 (backend n2b)           node 3 (backend n3b)
 //! ```
 //!
+//! The same in SNAT mode (`Lb::Snat`): node 1 also rewrites the client's source to its own
+//! address and a masquerade port, and the replies come back through it.
+//!
 //! Checks: 200 connections all complete and both backends answer; a capture on the bridge
 //! ports shows the replies (source port 30080) leaving nodes 2 and 3 towards the client and
-//! none leaving node 1, whose port only sees the requests; a pod that sends a datagram
-//! carrying a DSR option has it dropped and counted (`dsr_option_untrusted`) while the same
-//! datagram without the option is answered, and so has the external client's connection with
-//! one; removing backend n3b leaves the connections
-//! established to n2b intact. Everything comes from etcd (the service with its `node_port`);
-//! the nodes' default route and the client's are the only things set by hand, as an
-//! operator's network would have them.
+//! none leaving node 1, whose port only sees the requests (SNAT: all leaving node 1, none from
+//! nodes 2 and 3); in DSR runs, a pod that sends a datagram carrying a DSR option has it
+//! dropped and counted (`dsr_option_untrusted`) while the same datagram without the option is
+//! answered, and so has the external client's connection with one; removing backend n3b leaves
+//! the connections established to n2b intact. Everything comes from etcd (the service with its
+//! `node_port`); the nodes' default route and the client's are the only things set by hand, as
+//! an operator's network would have them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
