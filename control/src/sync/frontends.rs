@@ -102,6 +102,37 @@ impl ClusterState {
         }
     }
 
+    /// Refuses an external IP that is a node's address or lies in a node's pod CIDRs: the
+    /// uplink would hand the dataplane all of that node's own traffic, or a service would take
+    /// over a pod's address (Kubernetes' CVE-2020-8554 is a service claiming addresses it does
+    /// not own).
+    pub(super) fn check_external_ips(
+        &self,
+        etcd_key: &str,
+        spec: &ServiceSpec,
+    ) -> Result<(), SchemaError> {
+        for (i, ip) in spec.external_ips.iter().enumerate() {
+            let taken = self.nodes.iter().find_map(|(name, n)| {
+                if n.underlay_ip == *ip {
+                    Some(format!("node {name}'s address"))
+                } else if n.prefixes().iter().any(|p| p.contains(*ip)) {
+                    Some(format!("in node {name}'s pod CIDRs"))
+                } else {
+                    None
+                }
+            });
+            if let Some(what) = taken {
+                return Err(SchemaError::Invalid {
+                    key: etcd_key.to_string(),
+                    reason: format!(
+                        "external_ips[{i}]: {ip} is {what}; an external IP must be an address routed to the nodes for this service alone"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses `spec` (for service `key`) when another service already claims one of its node
     /// ports with the same protocol: node ports are cluster-wide, one service each.
     pub(super) fn check_node_ports(
@@ -251,6 +282,19 @@ mod tests {
             summary(&s.commit()).is_empty(),
             "nothing sent for a refused service"
         );
+
+        for (ip, why) in [
+            ("192.168.0.2", "node n2's address"),
+            ("10.1.0.9", "pod CIDRs"),
+        ] {
+            let v = format!(
+                r#"{{"frontends":[{{"ip":"10.96.0.23","port":80}}],"external_ips":["{ip}"]}}"#
+            );
+            let err = s
+                .put(&k("services/default/grab"), v.as_bytes())
+                .unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
 
         let range = br#"{"frontends":[{"ip":"10.96.0.22","port":80,"node_port":8080}]}"#;
         let err = s.put(&k("services/default/low"), range).unwrap_err();

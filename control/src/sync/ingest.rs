@@ -200,6 +200,7 @@ impl ClusterState {
             } => {
                 let k = format!("{namespace}/{name}");
                 self.check_node_ports(key, &k, &spec)?;
+                self.check_external_ips(key, &spec)?;
                 self.services.insert(k.clone(), spec);
                 self.sync_service_frontends(&k);
             }

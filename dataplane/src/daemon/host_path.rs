@@ -69,7 +69,10 @@ impl UplinkOwnership {
                 .iter()
                 .flat_map(|ep| ep.spec.ips())
                 .map(Prefix::host)
-                .chain(uplink_frontends::owned_external_ips(&tables.services))
+                .chain(uplink_frontends::owned_external_ips(
+                    &tables.services,
+                    tables.node.underlay_ipv4,
+                ))
                 .collect(),
             ports: uplink_frontends::owned_ports(&tables.services),
         }

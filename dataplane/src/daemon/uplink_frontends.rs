@@ -56,12 +56,19 @@ pub fn owned_ports(services: &Services) -> BTreeSet<UplinkPort> {
         .collect()
 }
 
-/// The external IPs, as host prefixes.
-pub fn owned_external_ips(services: &Services) -> impl Iterator<Item = Prefix> + '_ {
+/// The external IPs, as host prefixes; never the node's own address (`node`), which would
+/// hand the dataplane all of the host's traffic (the agent refuses such a service; this is the
+/// dataplane's own guard against a control request that says otherwise).
+pub fn owned_external_ips(
+    services: &Services,
+    node: Option<Ipv4Addr>,
+) -> impl Iterator<Item = Prefix> + '_ {
     services
         .iter()
         .filter(|s| s.kind() == FrontendKind::ExternalIp)
-        .map(|s| Prefix::host(s.frontend().addr))
+        .map(|s| s.frontend().addr)
+        .filter(move |a| node.is_none_or(|n| *a != IpAddr::V4(n)))
+        .map(Prefix::host)
 }
 
 #[cfg(test)]
@@ -113,15 +120,17 @@ mod tests {
             .unwrap();
         s.upsert(spec("2001:db8::7", 80, PROTO_TCP, FrontendKind::ExternalIp))
             .unwrap();
+        s.upsert(spec("192.168.0.1", 80, PROTO_TCP, FrontendKind::ExternalIp))
+            .unwrap();
         let node: Ipv4Addr = "192.168.0.1".parse().unwrap();
         let ports: Vec<String> = owned_ports(&s).iter().map(|p| p.to_string()).collect();
         assert_eq!(ports, ["192.168.0.1:30080/tcp", "192.168.0.1:30053/udp"]);
         assert!(owned_ports(&s).iter().all(|p| p.addr == node));
-        let ips: BTreeSet<Prefix> = owned_external_ips(&s).collect();
+        let ips: BTreeSet<Prefix> = owned_external_ips(&s, Some(node)).collect();
         let expected: BTreeSet<Prefix> = ["203.0.113.7", "2001:db8::7"]
             .iter()
             .map(|a| Prefix::host(a.parse().unwrap()))
             .collect();
-        assert_eq!(ips, expected);
+        assert_eq!(ips, expected, "never the node's own address");
     }
 }
