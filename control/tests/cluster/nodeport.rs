@@ -18,7 +18,8 @@
 //! Checks: 200 connections all complete and both backends answer; a capture on the bridge
 //! ports shows the replies (source port 30080) leaving nodes 2 and 3 towards the client and
 //! none leaving node 1, whose port only sees the requests (SNAT: all leaving node 1, none from
-//! nodes 2 and 3); in DSR runs, a pod that sends a datagram carrying a DSR option has it
+//! nodes 2 and 3); the service's external IP, which the router routes to node 1, answers 20
+//! connections too; in DSR runs, a pod that sends a datagram carrying a DSR option has it
 //! dropped and counted (`dsr_option_untrusted`) while the same datagram without the option is
 //! answered, and so has the external client's connection with one; removing backend n3b leaves
 //! the connections established to n2b intact. Everything comes from etcd (the service with its
@@ -48,6 +49,11 @@ const HELD: usize = 24;
 
 fn router_v4(mode: Mode) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, mode.index(), 254)
+}
+
+/// The service's external IP, which the router routes to node 1.
+fn external_v4(mode: Mode) -> Ipv4Addr {
+    Ipv4Addr::new(10, 79, mode.index(), 10)
 }
 
 fn client_v4(mode: Mode) -> Ipv4Addr {
@@ -141,6 +147,7 @@ pub fn run(mode: Mode, lb: Lb) {
     if let Some(capture) = capture {
         check_where_replies_leave(&c, lb, capture.stop());
     }
+    external_ip_answers(&c, &client);
     if lb == Lb::Dsr {
         dsr_option_from_a_pod_is_not_trusted(&mut c);
         dsr_option_from_the_world_is_not_trusted(&c, &client, frontend);
@@ -188,6 +195,10 @@ fn build_outside(c: &mut Cluster) -> String {
         &x,
         &["route", "add", "default", "via", &router_x.to_string()],
     );
+    // The network routes the service's external IP to node 1.
+    let external = format!("{}/32", external_v4(c.mode));
+    let node1 = c.node(1).underlay.to_string();
+    ip_in(&u, &["route", "add", &external, "via", &node1]);
     for node in &c.nodes {
         ip_in(
             &node.netns,
@@ -246,7 +257,8 @@ fn put_service(c: &Cluster, lb: Lb, pods: &[&str]) {
         &format!("services/{NAMESPACE}/shop"),
         json!({"frontends": [{"ip": vip.to_string(), "port": 80, "protocol": "TCP",
                               "node_port": NODE_PORT}],
-               "backends": backends, "mode": lb.name()}),
+               "backends": backends, "mode": lb.name(),
+               "external_ips": [external_v4(c.mode).to_string()]}),
     );
 }
 
@@ -291,6 +303,15 @@ fn many_connections(netns: &str, to: SocketAddr, n: usize) -> Vec<Result<String,
 
 fn count(names: &[Result<String, String>], name: &str) -> usize {
     names.iter().filter(|r| r.as_deref() == Ok(name)).count()
+}
+
+/// The external IP (routed to node 1 by the router) serves the frontend's port: 20
+/// connections, all answered by a backend.
+fn external_ip_answers(c: &Cluster, client: &str) {
+    let to = SocketAddr::new(IpAddr::V4(external_v4(c.mode)), 80);
+    let names = many_connections(client, to, 20);
+    let answered = count(&names, "n2b") + count(&names, "n3b");
+    assert_eq!(answered, 20, "external IP {to}: {names:?}");
 }
 
 /// `dumpcap` on the three nodes' ports of the underlay bridge, for the NodePort's frames.
