@@ -137,6 +137,11 @@ impl ClusterState {
 
     // ---- queries ---------------------------------------------------------------------------
 
+    /// Label sets with a cluster-wide identity number known to the model.
+    pub fn identities_known(&self) -> usize {
+        self.cluster_ids.len()
+    }
+
     pub fn malformed_total(&self) -> u64 {
         self.malformed_total
     }

@@ -39,7 +39,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
-use dataplane::api::metrics::{MetricsError, MetricsServer};
+use dataplane::api::metrics::{self, KernelCounters, MetricsError, MetricsServer, Render};
 use dataplane::api::{ControlServer, ServerError, StatsRegistry, TablesHandle};
 use dataplane::daemon::config::{
     ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerSection, XdpMode, DEFAULT_CONFIG_PATH,
@@ -48,7 +48,7 @@ use dataplane::daemon::host_path::{self, OwnershipMaps};
 use dataplane::daemon::masquerade::{self, MasqueradeError};
 use dataplane::daemon::preflight::{self, PreflightError};
 use dataplane::daemon::uplink_frontends::UplinkPort;
-use dataplane::io::{IoError, PortSpec, Worker, WorkerConfig, XskConfig};
+use dataplane::io::{IoError, PortSpec, SocketStatsReader, Worker, WorkerConfig, XskConfig};
 use dataplane::nexthop;
 use dataplane::pipeline::{MasqueradeConfig, PipelineConfig};
 use dataplane::tables::conntrack::CtConfig;
@@ -404,6 +404,7 @@ fn start(
     stats: &Arc<StatsRegistry>,
     running: &mut Running,
 ) -> Result<(), DaemonError> {
+    let mut socket_readers = Vec::new();
     for (index, section) in workers.iter().enumerate() {
         let masq = masquerade::range(cfg)
             .map(|ports| masquerade::worker_config(ports, index, workers.len()))
@@ -411,6 +412,7 @@ fn start(
         let mut worker = build_worker(cfg, cli, section, masq)
             .map_err(|source| DaemonError::Worker { index, source })?;
         register_sockets(&worker, &running.xdp)?;
+        socket_readers.extend(stats_readers(&worker));
         worker.set_idle_sleep(Some(Duration::from_micros(cfg.idle_sleep_us)));
         let name = format!("worker-{index}");
         worker.publish_to(stats.register(&name, PUBLISH_EVERY));
@@ -448,7 +450,7 @@ fn start(
     running.server = Some(handle);
 
     if let Ok(Some(address)) = cfg.metrics() {
-        let server = MetricsServer::bind(address, Arc::clone(stats))?;
+        let server = MetricsServer::bind(address, scrape(stats, &running.xdp, socket_readers))?;
         log(&format!("metrics: http://{address}/metrics"));
         let name = "metrics".to_string();
         let handle = thread::Builder::new()
@@ -815,6 +817,52 @@ fn start_uplink_sync(
         })
         .map_err(|source| DaemonError::Spawn { name, source })?;
     Ok(Some(handle))
+}
+
+/// A reader of each socket's `XDP_STATISTICS` for `/metrics` (a socket whose descriptor cannot
+/// be duplicated is logged and left out of the metrics; forwarding does not depend on it).
+fn stats_readers(worker: &Worker) -> Vec<(String, u32, SocketStatsReader)> {
+    let mut readers = Vec::new();
+    for socket in worker.sockets() {
+        match SocketStatsReader::new(socket.fd) {
+            Ok(r) => readers.push((socket.spec.ifname.clone(), socket.spec.queue, r)),
+            Err(e) => log(&format!(
+                "{} queue {}: no XDP_STATISTICS in /metrics ({e}); raise the open-files limit",
+                socket.spec.ifname, socket.spec.queue
+            )),
+        }
+    }
+    readers
+}
+
+/// What one scrape of `/metrics` shows: the workers' published counters, and the kernel's
+/// (every XDP program's counters, every socket's statistics) read now, on the metrics thread.
+fn scrape(
+    stats: &Arc<StatsRegistry>,
+    xdp: &[InterfaceXdp],
+    sockets: Vec<(String, u32, SocketStatsReader)>,
+) -> Render {
+    let stats = Arc::clone(stats);
+    let programs: Vec<(String, Arc<XdpProgram>)> = xdp
+        .iter()
+        .map(|x| (x.ifname.clone(), Arc::clone(&x.program)))
+        .collect();
+    Box::new(move || {
+        let mut kernel = KernelCounters::default();
+        for (ifname, program) in &programs {
+            if let Ok(c) = program.counters() {
+                kernel.programs.push((ifname.clone(), c.fields().to_vec()));
+            }
+        }
+        for (ifname, queue, reader) in &sockets {
+            if let Ok(s) = reader.read() {
+                kernel
+                    .sockets
+                    .push((ifname.clone(), *queue, s.fields().to_vec()));
+            }
+        }
+        metrics::render(&stats.total(), &stats.per_worker(), &kernel)
+    })
 }
 
 /// Each socket under its queue, in the XSKMAP of its own interface's program.
