@@ -18,7 +18,9 @@ use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
 use dataplane::tables::{LocalNode, Tables, TunnelPorts};
-use dataplane::testutil::{self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_SYN, TCP_SYN_ACK};
+use dataplane::testutil::{
+    self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_RST, TCP_SYN, TCP_SYN_ACK,
+};
 use dataplane::{Identity, MacAddr, Prefix};
 
 // ---- the test cluster ----------------------------------------------------------------------
@@ -2021,4 +2023,52 @@ fn node_port_dsr_mode_keeps_the_client_and_writes_the_option() {
     );
     let c = p.counters();
     assert_eq!((c.dsr_option_written, c.masquerade_translated), (1, 0));
+}
+
+/// On the backend's node: a client that reuses its source port towards the same backend
+/// through another frontend (a NodePort, then an external IP) while the first flow's entry is
+/// closing gets its replies from the new frontend, not the old one.
+#[test]
+fn dsr_reply_comes_from_the_frontend_of_the_current_flow() {
+    let d = node_tables(4, UPLINK_MAC_D, &[&POD_D]);
+    let mut p = pipeline();
+    let from_a = |frontend: Ipv4Addr, port: u16, flags: u8| {
+        let mut b = PacketBuilder::tcp(IpAddr::V4(CLIENT_WORLD), 40000, POD_D.ip(), 8080, flags)
+            .macs(UPLINK_MAC_A, UPLINK_MAC_D)
+            .ipv4_options(&dsr_ipv4_option(frontend, port));
+        b.ttl = 63;
+        b.build()
+    };
+    let reply_source = |p: &mut Pipeline| {
+        let reply = from_pod(&POD_D, IpAddr::V4(CLIENT_WORLD), 8080, 40000, TCP_SYN_ACK);
+        let mut frames = [reply.frame()];
+        assert_eq!(
+            p.process(&d, POD_D.ifindex, &mut frames, 1_000_000_000)[0],
+            Verdict::Tx { ifindex: UPLINK }
+        );
+        let out = frames[0].data();
+        let src = Ipv4Addr::new(out[26], out[27], out[28], out[29]);
+        (src, u16::from_be_bytes([out[34], out[35]]))
+    };
+    let (first, second) = (underlay(1), Ipv4Addr::new(203, 0, 113, 7));
+    for (frame, what) in [
+        (from_a(first, 30080, TCP_SYN), "SYN through the NodePort"),
+        (from_a(first, 30080, TCP_RST), "the first flow is reset"),
+        (from_a(second, 80, TCP_SYN), "SYN through the external IP"),
+    ] {
+        let mut frames = [testutil::frame(&frame)];
+        let verdict = p.process(&d, UPLINK, &mut frames, 1_000_000_000)[0];
+        assert_eq!(
+            verdict,
+            Verdict::Tx {
+                ifindex: POD_D.ifindex
+            },
+            "{what}"
+        );
+    }
+    assert_eq!(
+        reply_source(&mut p),
+        (second, 80),
+        "from the external IP, port 80"
+    );
 }
