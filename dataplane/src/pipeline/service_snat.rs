@@ -8,8 +8,8 @@
 //!   a flow the client opened (`CtMark::New` / `Established`), from anything but a local pod
 //!   (a local pod's replies come back through this node anyway), IPv4 TCP/UDP: its source
 //!   becomes (the node's underlay address, a port from the worker's share of the masquerade
-//!   range), through `masquerade::translate_source`, so the one allocator hands out every
-//!   port and the translated conntrack entry reserves it.
+//!   range), through `masquerade::snat_to_node`, so the one allocator hands out every port
+//!   and the translated conntrack entry reserves it.
 //! - The reply comes back to the node's address on that port: the uplink program owns the
 //!   masquerade range, `masquerade::reverse` (identity stage) restores the client's address
 //!   and port, conntrack's reverse NAT restores the frontend as the source, and the route stage
@@ -17,8 +17,6 @@
 //!
 //! The backend sees the node's address, not the client's (the known cost of SNAT mode; DSR
 //! keeps it). Without masquerade state (`--masquerade off`) nothing is translated.
-
-use std::net::IpAddr;
 
 use super::batch::Ctx;
 use super::meta::{CtMark, PacketMeta};
@@ -39,8 +37,8 @@ pub(crate) fn to_remote_backend<B: AsRef<[u8]> + AsMut<[u8]>>(
     if !dnated_here || !opened_by_client || m.src_ep.is_some() || !tcp_or_udp {
         return Ok(());
     }
-    let (IpAddr::V4(_), Some(node)) = (m.tuple.src, ctx.t.node.underlay_ipv4) else {
+    if !m.tuple.src.is_ipv4() {
         return Ok(());
-    };
-    masquerade::translate_source(f, m, ctx, IpAddr::V4(node))
+    }
+    masquerade::snat_to_node(f, m, ctx)
 }
