@@ -90,6 +90,8 @@ pub struct Agent {
     dataplane: Option<DataplaneClient>,
     /// The uplink's MTU from the dataplane's `local_node`, once read.
     uplink_mtu: Option<u16>,
+    /// Label sets whose identity failed recently: not asked again on every watch batch.
+    identity_failures: IdentityFailures,
     pub status: Arc<Mutex<Status>>,
 }
 
@@ -110,6 +112,7 @@ impl Agent {
             cfg,
             dataplane: None,
             uplink_mtu: None,
+            identity_failures: IdentityFailures::default(),
             status: Arc::new(Mutex::new(status)),
         }
     }
@@ -376,6 +379,10 @@ impl Agent {
     ) -> Result<(), SessionError> {
         let mut failed = BTreeMap::new();
         for (labels, local) in self.state.needed_identities() {
+            if let Some(reason) = self.identity_failures.waiting(&labels) {
+                failed.insert(crate::identity::canonical(&labels), reason);
+                continue;
+            }
             let id = if local {
                 alloc.acquire(&labels).await
             } else {
@@ -384,11 +391,13 @@ impl Agent {
             match id {
                 Ok(id) => self.state.set_identity(labels, id),
                 Err(e) if e.is_per_label_set() => {
+                    self.identity_failures.failed(&labels, e.to_string());
                     failed.insert(crate::identity::canonical(&labels), e.to_string());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        self.identity_failures.forget_all_but(&failed);
         // Local label sets that became local after their number was known need a reference.
         let local = self.state.local_label_sets();
         let held: Vec<(u32, policy_compiler::labels::Labels)> =
@@ -441,6 +450,38 @@ impl Agent {
             }
         }
         self.set_status(|s| s.identity_errors = failed);
+    }
+}
+
+/// How long a label set whose identity failed waits before it is asked again. A failure is
+/// rarely fixed within seconds (a corrupt value, a label set too large for etcd), and asking on
+/// every watch batch costs a round trip each (an oversized request is sent whole before etcd
+/// refuses it): a cluster's worth of changes would queue behind it.
+const IDENTITY_RETRY: Duration = Duration::from_secs(10);
+
+/// Label sets whose identity failed, with when and why.
+#[derive(Debug, Default)]
+struct IdentityFailures {
+    by_labels: BTreeMap<String, (Instant, String)>,
+}
+
+impl IdentityFailures {
+    /// The last reason of `labels`' failure while it waits for its retry; `None` when it may
+    /// be asked.
+    fn waiting(&self, labels: &policy_compiler::labels::Labels) -> Option<String> {
+        let (when, reason) = self.by_labels.get(&crate::identity::canonical(labels))?;
+        (when.elapsed() < IDENTITY_RETRY).then(|| reason.clone())
+    }
+
+    fn failed(&mut self, labels: &policy_compiler::labels::Labels, reason: String) {
+        let canonical = crate::identity::canonical(labels);
+        self.by_labels.insert(canonical, (Instant::now(), reason));
+    }
+
+    /// Drops label sets that no longer fail (resolved, or no longer needed).
+    fn forget_all_but(&mut self, failing: &BTreeMap<String, String>) {
+        self.by_labels
+            .retain(|labels, _| failing.contains_key(labels));
     }
 }
 
