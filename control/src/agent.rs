@@ -8,7 +8,9 @@
 //!   logging each attempt and showing `etcd_reachable: false` in its status;
 //! - dataplane: connected on start and re-tried every second while down; on every
 //!   (re)connection the whole state is pushed ([`ClusterState::snapshot`]) so a restarted
-//!   dataplane converges; while it is down, changes accumulate in the model only;
+//!   dataplane converges; while it is down, changes accumulate in the model only. Every
+//!   endpoint goes in one atomic request with its policy ([`crate::sync::requests`]), so a
+//!   restarted dataplane never forwards for an endpoint whose policy is not in force yet;
 //! - this node's own facts: whenever its `nodes/<name>` entry changes, and after every
 //!   (re)connection, the agent reads the dataplane's `local_node`, writes the etcd facts over
 //!   it ([`crate::sync::local_node_facts`]: name, underlay, the pods' gateways, encapsulation)
@@ -37,7 +39,7 @@ use crate::endpoint_ipam::EndpointIpam;
 use crate::identity::IdentityAllocator;
 use crate::schema::ROOT;
 use crate::store::{Event, Store, StoreError, WatchBatch};
-use crate::sync::{local_node_facts, log, ClusterState};
+use crate::sync::{local_node_facts, log, requests, ClusterState};
 
 /// The agent's settings.
 #[derive(Clone, Debug)]
@@ -215,15 +217,16 @@ impl Agent {
         }
     }
 
-    /// Sends changes; a lost connection drops them (the snapshot at reconnection covers them).
+    /// Sends changes, each endpoint in one request with its policy ([`requests`]); a lost
+    /// connection drops them (the snapshot at reconnection covers them).
     async fn push(&mut self, changes: Vec<Change>) {
         let mut refusals = 0;
-        for c in changes {
+        for request in requests(changes) {
             let Some(dp) = self.dataplane.as_mut() else {
                 break;
             };
-            match dp.send(&c).await {
-                Ok(()) => {}
+            match dp.send_request(&request).await {
+                Ok(_) => {}
                 Err(ClientError::Refused { op, message }) => {
                     refusals += 1;
                     log(format!("dataplane refused {op}: {message}"));
