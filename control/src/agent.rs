@@ -316,7 +316,13 @@ impl Agent {
         loop {
             tokio::select! {
                 batch = watch.next() => match batch? {
-                    WatchBatch::Events { events, revision: r } => {
+                    WatchBatch::Events { mut events, revision: mut r } => {
+                        // Every batch already received converges at once (a catch-up after a
+                        // pause delivers hundreds of small batches).
+                        while let Some((more, more_revision)) = watch.ready_events() {
+                            events.extend(more);
+                            r = r.max(more_revision);
+                        }
                         for e in events {
                             ipam.observe(&e);
                             match e {
@@ -439,6 +445,12 @@ impl Agent {
     /// Logs each label set whose identity failed (once per distinct reason) and publishes the
     /// current set in the status; they are skipped, everything else converges.
     fn note_identity_errors(&mut self, failed: BTreeMap<String, String>) {
+        // Shortened: a label set (or a reason quoting its key) may be as large as etcd allows,
+        // and the status is rewritten on every batch.
+        let failed: BTreeMap<String, String> = failed
+            .iter()
+            .map(|(labels, reason)| (shortened(labels), shortened(reason)))
+            .collect();
         let before = self
             .status
             .lock()
@@ -452,8 +464,25 @@ impl Agent {
                 ));
             }
         }
-        self.set_status(|s| s.identity_errors = failed);
+        if before != failed {
+            self.set_status(|s| s.identity_errors = failed);
+        }
     }
+}
+
+/// Texts longer than this are shortened in the status and the log.
+const SHOWN_BYTES: usize = 512;
+
+/// `text`, or its first [`SHOWN_BYTES`] bytes (at a character boundary) and its length.
+fn shortened(text: &str) -> String {
+    if text.len() <= SHOWN_BYTES {
+        return text.to_string();
+    }
+    let mut end = SHOWN_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 /// How long a label set whose identity failed waits before it is asked again. A failure is
@@ -497,4 +526,18 @@ pub enum SessionError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("the identity lease could not be renewed")]
     LeaseLost,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_shortened_at_a_character_boundary() {
+        assert_eq!(shortened("short"), "short");
+        let long = "é".repeat(SHOWN_BYTES);
+        let s = shortened(&long);
+        assert!(s.len() < SHOWN_BYTES + 32, "{}", s.len());
+        assert!(s.ends_with(&format!("... ({} bytes)", long.len())), "{s}");
+    }
 }

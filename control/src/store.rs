@@ -108,8 +108,22 @@ impl std::fmt::Debug for Store {
 
 /// A watch on a prefix.
 pub struct Watch {
-    stream: WatchStream,
+    /// Batches read by a task of their own, so that the caller can take every batch already
+    /// received at once ([`Watch::ready_events`]) without cancelling a read halfway.
+    batches: tokio::sync::mpsc::Receiver<Result<WatchBatch, StoreError>>,
+    reader: tokio::task::JoinHandle<()>,
+    /// A batch taken by [`Watch::ready_events`] that was not events: [`Watch::next`]'s next.
+    peeked: Option<Result<WatchBatch, StoreError>>,
 }
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Batches read ahead of the caller (each up to etcd's request limit, as fragments are).
+const WATCH_READ_AHEAD: usize = 16;
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -298,7 +312,7 @@ impl Store {
             .watch(prefix, Some(options))
             .await
             .map_err(StoreError::etcd("watch"))?;
-        Ok(Watch { stream })
+        Ok(Watch::spawn(stream))
     }
 }
 
@@ -342,45 +356,91 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 }
 
 impl Watch {
+    fn spawn(stream: WatchStream) -> Watch {
+        let (tx, batches) = tokio::sync::mpsc::channel(WATCH_READ_AHEAD);
+        let reader = tokio::spawn(async move {
+            let mut stream = stream;
+            loop {
+                let batch = read_batch(&mut stream).await;
+                let end = batch.is_err();
+                if tx.send(batch).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Watch {
+            batches,
+            reader,
+            peeked: None,
+        }
+    }
+
     /// The next batch of events (skipping the creation acknowledgement).
     pub async fn next(&mut self) -> Result<WatchBatch, StoreError> {
-        loop {
-            let msg = self
-                .stream
-                .message()
-                .await
-                .map_err(StoreError::etcd("watch"))?
-                .ok_or(StoreError::WatchClosed)?;
-            if msg.compact_revision() > 0 {
-                return Ok(WatchBatch::Compacted {
-                    compact_revision: msg.compact_revision(),
-                });
-            }
-            if msg.canceled() {
-                return Err(StoreError::WatchCanceled {
-                    reason: msg.cancel_reason().to_string(),
-                });
-            }
-            let revision = msg.header().map_or(0, |h| h.revision());
-            if msg.created() && msg.events().is_empty() {
-                continue;
-            }
-            let events = msg
-                .events()
-                .iter()
-                .filter_map(|e| {
-                    let k = e.kv()?;
-                    Some(match e.event_type() {
-                        EventType::Put => Event::Put(kv(k)),
-                        EventType::Delete => Event::Delete {
-                            key: String::from_utf8_lossy(k.key()).into_owned(),
-                            mod_revision: k.mod_revision(),
-                        },
-                    })
-                })
-                .collect();
-            return Ok(WatchBatch::Events { events, revision });
+        if let Some(batch) = self.peeked.take() {
+            return batch;
         }
+        self.batches
+            .recv()
+            .await
+            .unwrap_or(Err(StoreError::WatchClosed))
+    }
+
+    /// The events of the next batch if it has already arrived (`None` otherwise, or when the
+    /// next is not events: [`Watch::next`] returns it). A caller catching up after a pause
+    /// applies many batches at once instead of converging after each.
+    pub fn ready_events(&mut self) -> Option<(Vec<Event>, i64)> {
+        if self.peeked.is_some() {
+            return None;
+        }
+        match self.batches.try_recv() {
+            Ok(Ok(WatchBatch::Events { events, revision })) => Some((events, revision)),
+            Ok(other) => {
+                self.peeked = Some(other);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Reads the next batch of events from `stream` (skipping the creation acknowledgement).
+async fn read_batch(stream: &mut WatchStream) -> Result<WatchBatch, StoreError> {
+    loop {
+        let msg = stream
+            .message()
+            .await
+            .map_err(StoreError::etcd("watch"))?
+            .ok_or(StoreError::WatchClosed)?;
+        if msg.compact_revision() > 0 {
+            return Ok(WatchBatch::Compacted {
+                compact_revision: msg.compact_revision(),
+            });
+        }
+        if msg.canceled() {
+            return Err(StoreError::WatchCanceled {
+                reason: msg.cancel_reason().to_string(),
+            });
+        }
+        let revision = msg.header().map_or(0, |h| h.revision());
+        if msg.created() && msg.events().is_empty() {
+            continue;
+        }
+        let events = msg
+            .events()
+            .iter()
+            .filter_map(|e| {
+                let k = e.kv()?;
+                Some(match e.event_type() {
+                    EventType::Put => Event::Put(kv(k)),
+                    EventType::Delete => Event::Delete {
+                        key: String::from_utf8_lossy(k.key()).into_owned(),
+                        mod_revision: k.mod_revision(),
+                    },
+                })
+            })
+            .collect();
+        return Ok(WatchBatch::Events { events, revision });
     }
 }
 
