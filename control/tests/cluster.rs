@@ -1310,6 +1310,233 @@ fn run(mode: Mode) {
     assert_torn_down(&prefix, &pids);
 }
 
+// ---- masquerade: pods reach the world --------------------------------------------------------
+
+/// The world: a server that is no node, behind a router on the underlay.
+///
+/// ```text
+///   underlay bridge ── <prefix>-r (router: 10.77.<m>.254 | 198.51.<m>.1) ── <prefix>-w (198.51.<m>.7)
+/// ```
+/// Every node's namespace gets a default route via the router; the router knows no pod CIDR,
+/// so a pod's packet reaches the world, and an answer reaches the pod, only masqueraded.
+struct World {
+    server: SocketAddr,
+    /// The source address and port of every connection the server accepted.
+    seen: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+const WORLD_PORT: u16 = 9000;
+
+fn build_world(c: &mut Cluster) -> World {
+    let m = c.mode.index();
+    let (router, world) = (format!("{}-r", c.prefix), format!("{}-w", c.prefix));
+    c.add_netns(&router);
+    c.add_netns(&world);
+    let u = c.underlay_ns();
+    ip_in(
+        &u,
+        &[
+            "link", "add", "ur", "type", "veth", "peer", "name", "eth0", "netns", &router,
+        ],
+    );
+    ip_in(&u, &["link", "set", "ur", "master", "br0"]);
+    ip_in(&u, &["link", "set", "ur", "up"]);
+    ip_in(
+        &router,
+        &[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &world,
+        ],
+    );
+    ip_in(
+        &router,
+        &["addr", "add", &format!("10.77.{m}.254/24"), "dev", "eth0"],
+    );
+    ip_in(
+        &router,
+        &["addr", "add", &format!("198.51.{m}.1/24"), "dev", "eth1"],
+    );
+    ip_in(&router, &["link", "set", "eth0", "up"]);
+    ip_in(&router, &["link", "set", "eth1", "up"]);
+    in_netns(&router, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("forwarding in the router")
+    });
+    ip_in(
+        &world,
+        &["addr", "add", &format!("198.51.{m}.7/24"), "dev", "eth0"],
+    );
+    ip_in(&world, &["link", "set", "eth0", "up"]);
+    // A veth hands on "checksum partial" frames (only the pseudo-header sum filled in), and so
+    // does the router's forwarding; AF_XDP does not say so. A real upstream sends complete
+    // checksums: so does the world's server here.
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &world, "ethtool", "-K", "eth0", "tx", "off",
+        ])
+        .output()
+        .expect("ethtool (install ethtool)");
+    assert!(
+        out.status.success(),
+        "ethtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ip_in(
+        &world,
+        &["route", "add", "default", "via", &format!("198.51.{m}.1")],
+    );
+    for node in &c.nodes {
+        ip_in(
+            &node.netns,
+            &["route", "add", "default", "via", &format!("10.77.{m}.254")],
+        );
+    }
+    let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, m, 7)), WORLD_PORT);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    // Answers the source it sees, then holds the connection until the client closes it.
+    c.servers
+        .push(tcp_server(&world, server, &c.stop_servers, move |mut s| {
+            let Ok(peer) = s.peer_addr() else { return };
+            record.lock().unwrap().push(peer);
+            if s.write_all(peer.to_string().as_bytes()).is_ok() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                let _ = s.read(&mut [0u8; 1]);
+            }
+        }));
+    World { server, seen }
+}
+
+/// From `netns`: `n` connections to the world server, all open at once; what the server says
+/// each one came from.
+fn world_sources(netns: &str, server: SocketAddr, n: usize) -> Result<Vec<SocketAddr>, String> {
+    in_netns(netns, move || {
+        let mut open = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(2))
+                .map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 64];
+            let len = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+            sources.push(text.parse().map_err(|e| format!("`{text}`: {e}"))?);
+            open.push(s);
+        }
+        drop(open);
+        Ok(sources)
+    })
+}
+
+/// Pods reach a server outside the cluster through their node's default route, masqueraded
+/// to the node's address; 1,000 concurrent connections from one node's pods all get distinct
+/// ports; an egress policy refusing the world stops it; the node's own connections still work.
+fn pods_reach_the_world(c: &mut Cluster) {
+    let world = build_world(c);
+    let node1 = IpAddr::V4(c.node(1).underlay);
+    let n1a = c.pod("n1a").netns.clone();
+    let masquerade_ports = 61000..=65535;
+    let mut first = Vec::new();
+    must("n1a -> the world server", || {
+        first = world_sources(&n1a, world.server, 1)?;
+        Ok(())
+    });
+    assert_eq!(first[0].ip(), node1, "the server sees node 1's address");
+    assert!(masquerade_ports.contains(&first[0].port()), "{first:?}");
+
+    // The node's own connection to the same server: the kernel's, with a kernel port.
+    let own = world_sources(&c.node(1).netns, world.server, 1).expect("node 1's own connection");
+    assert_eq!(own[0].ip(), node1);
+    assert!(!masquerade_ports.contains(&own[0].port()), "{own:?}");
+
+    // 1,000 connections from node 1's three pods, all open at once.
+    world.seen.lock().unwrap().clear();
+    let per_pod = [334, 333, 333];
+    let clients: Vec<_> = PODS
+        .iter()
+        .zip(per_pod)
+        .map(|(p, n)| {
+            let netns = c.pod(&format!("n1{p}")).netns.clone();
+            let server = world.server;
+            thread::spawn(move || world_sources(&netns, server, n))
+        })
+        .collect();
+    let mut ports = std::collections::HashSet::new();
+    for client in clients {
+        for source in client
+            .join()
+            .unwrap()
+            .expect("a pod's connections to the world")
+        {
+            assert_eq!(source.ip(), node1);
+            assert!(masquerade_ports.contains(&source.port()), "{source}");
+            ports.insert(source.port());
+        }
+    }
+    let seen = world.seen.lock().unwrap().clone();
+    let server_ports: std::collections::HashSet<u16> = seen.iter().map(|s| s.port()).collect();
+    assert_eq!(seen.len(), 1000, "the server accepted every connection");
+    assert_eq!(server_ports.len(), 1000, "1,000 distinct masquerade ports");
+    assert_eq!(ports, server_ports);
+    let status = c.counters(1);
+    assert!(
+        status["counters"]["masquerade_ports_allocated"].as_u64() >= Some(1001),
+        "{status}"
+    );
+
+    // An egress policy that allows only pods: n1a no longer reaches the world, n1b does.
+    let policy = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "n1a-no-world", "namespace": NAMESPACE},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "n1a"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {}}]}],
+        },
+    });
+    let file = c.dir.join("n1a-no-world.json");
+    std::fs::write(&file, policy.to_string()).unwrap();
+    c.flagella(&["policy", "import", "-f", file.to_str().unwrap()]);
+    let server = world.server;
+    wait_for("n1a's egress policy refuses the world", || {
+        in_netns(&n1a, move || {
+            TcpStream::connect_timeout(&server, Duration::from_millis(700))
+        })
+        .is_err()
+    });
+    let n1b = c.pod("n1b").netns.clone();
+    must("n1b -> the world under n1a's policy", || {
+        world_sources(&n1b, server, 1).map(drop)
+    });
+    c.flagella(&["policy", "delete", &format!("{NAMESPACE}/n1a-no-world")]);
+    must("n1a -> the world after the policy is deleted", || {
+        world_sources(&n1a, server, 1).map(drop)
+    });
+    check_host_traffic(c, "after masqueraded traffic");
+}
+
+#[test]
+fn pods_reach_the_world_masqueraded() {
+    let bin = match preflight() {
+        Ok(bin) => bin,
+        Err(reason) if std::env::var_os("CI").is_some() => panic!("cannot run under CI: {reason}"),
+        Err(reason) => return eprintln!("SKIPPED: {reason}"),
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mode = Mode::Vxlan;
+    let prefix = format!("fcl-{}-{}", std::process::id(), mode.index());
+    let mut c = Cluster::start(mode, &bin);
+    c.wait_next_hops();
+    pods_reach_the_world(&mut c);
+    let pids: Vec<u32> = c
+        .nodes
+        .iter()
+        .flat_map(|n| [n.dataplane.pid(), n.control.pid()])
+        .flatten()
+        .collect();
+    drop(c);
+    assert_torn_down(&prefix, &pids);
+}
+
 /// Nothing of the run is left: no namespace with its prefix, no process it started.
 fn assert_torn_down(prefix: &str, pids: &[u32]) {
     let left = run_ip(&["netns", "list"]).unwrap_or_default();

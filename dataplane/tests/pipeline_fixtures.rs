@@ -1658,3 +1658,232 @@ fn too_big_for_the_uplink_quotes_a_backend_reply_as_the_backend_sent_it() {
     assert_eq!(p.counters().reverse_nat, 1);
     assert_eq!(p.counters().icmp_too_big_sent, 1);
 }
+
+// ---- masquerade: pods reach the world with the node's address --------------------------------
+
+const WORLD_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+fn masquerading_pipeline() -> Pipeline {
+    use dataplane::pipeline::MasqueradeConfig;
+    use dataplane::tables::snat::DEFAULT_PORTS;
+    Pipeline::new(PipelineConfig {
+        masquerade: Some(MasqueradeConfig::single_worker(DEFAULT_PORTS)),
+        ..PipelineConfig::default()
+    })
+    .unwrap()
+}
+
+/// The TCP/UDP source port of an IPv4 frame without options.
+fn l4_sport(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[34], frame[35]])
+}
+
+/// What leaves the uplink for a pod's packet: the node's address and `port` as the source,
+/// uplink MAC -> the default gateway's, TTL one lower.
+fn masqueraded(b: &PacketBuilder, port: u16) -> PacketBuilder {
+    let mut out = b.clone().macs(UPLINK_MAC_A, WORLD_GW_MAC).ttl(b.ttl - 1);
+    out.src = IpAddr::V4(underlay(1));
+    set_l4_ports(&mut out, Some(port), None);
+    out
+}
+
+fn set_l4_ports(b: &mut PacketBuilder, sport: Option<u16>, dport: Option<u16>) {
+    match &mut b.l4 {
+        testutil::L4::Tcp {
+            sport: s, dport: d, ..
+        }
+        | testutil::L4::Udp { sport: s, dport: d } => {
+            *s = sport.unwrap_or(*s);
+            *d = dport.unwrap_or(*d);
+        }
+        _ => unreachable!("TCP or UDP only"),
+    }
+}
+
+/// The world's answer to the node's address and `port`, arriving on the uplink.
+fn world_reply(flags: u8, port: u16) -> PacketBuilder {
+    PacketBuilder::tcp(
+        IpAddr::V4(WORLD_SERVER),
+        80,
+        IpAddr::V4(underlay(1)),
+        port,
+        flags,
+    )
+    .macs(WORLD_GW_MAC, UPLINK_MAC_A)
+}
+
+#[test]
+fn masquerade_pod_to_world_and_the_reply_back() {
+    let t = node_a();
+    let mut p = masquerading_pipeline();
+    let syn = from_pod(&POD1, IpAddr::V4(WORLD_SERVER), 40000, 80, TCP_SYN);
+    let mut frames = [syn.frame()];
+    assert_eq!(
+        p.process(&t, POD1.ifindex, &mut frames, 1_000_000_000)[0],
+        Verdict::Tx { ifindex: UPLINK }
+    );
+    let port = l4_sport(frames[0].data());
+    assert!((61000..=65535).contains(&port), "port {port}");
+    assert_eq!(
+        hex(frames[0].data()),
+        hex(&masqueraded(&syn, port).build()),
+        "SYN leaves with the node's address"
+    );
+    // The SYN-ACK comes back to the node's address and that port: the pod gets it as the
+    // answer to its own address and port.
+    let syn_ack = world_reply(TCP_SYN_ACK, port);
+    let mut to_pod = syn_ack
+        .clone()
+        .macs(ROUTER_MAC, POD1.mac)
+        .ttl(syn_ack.ttl - 1);
+    to_pod.dst = POD1.ip();
+    set_l4_ports(&mut to_pod, None, Some(40000));
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "SYN-ACK from the world, un-NATed to the pod",
+            ingress: UPLINK,
+            input: syn_ack.build(),
+            expect: Expect::Tx(POD1.ifindex, to_pod.build()),
+        },
+    );
+    // The flow's next packet keeps its port.
+    let ack = from_pod(&POD1, IpAddr::V4(WORLD_SERVER), 40000, 80, TCP_ACK);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "ACK keeps the port",
+            ingress: POD1.ifindex,
+            input: ack.build(),
+            expect: Expect::Tx(UPLINK, masqueraded(&ack, port).build()),
+        },
+    );
+    let c = p.counters();
+    assert_eq!(c.masquerade_ports_allocated, 1);
+    assert_eq!(c.masquerade_translated, 2);
+    assert_eq!(c.masquerade_reversed, 1);
+    assert_eq!(
+        c.ct_established, 2,
+        "the reply and the ACK found the pod's flow"
+    );
+}
+
+#[test]
+fn masquerade_gives_each_flow_its_own_port_and_handles_udp() {
+    let t = node_a();
+    let mut p = masquerading_pipeline();
+    let mut ports = std::collections::HashSet::new();
+    for (pod, sport) in [(&POD1, 40000), (&POD2, 40000), (&POD1, 40001)] {
+        let syn = from_pod(pod, IpAddr::V4(WORLD_SERVER), sport, 80, TCP_SYN);
+        let mut frames = [syn.frame()];
+        assert_eq!(
+            p.process(&t, pod.ifindex, &mut frames, 1_000_000_000)[0],
+            Verdict::Tx { ifindex: UPLINK }
+        );
+        assert!(ports.insert(l4_sport(frames[0].data())));
+    }
+    let dns = PacketBuilder::udp(POD3.ip(), 5353, IpAddr::V4(WORLD_SERVER), 53)
+        .macs(POD3.mac, ROUTER_MAC);
+    let mut frames = [dns.frame()];
+    assert_eq!(
+        p.process(&t, POD3.ifindex, &mut frames, 1_000_000_000)[0],
+        Verdict::Tx { ifindex: UPLINK }
+    );
+    let port = l4_sport(frames[0].data());
+    let mut expected = dns
+        .clone()
+        .macs(UPLINK_MAC_A, WORLD_GW_MAC)
+        .ttl(dns.ttl - 1);
+    expected.src = IpAddr::V4(underlay(1));
+    set_l4_ports(&mut expected, Some(port), None);
+    assert_eq!(hex(frames[0].data()), hex(&expected.build()));
+    let answer = PacketBuilder::udp(IpAddr::V4(WORLD_SERVER), 53, IpAddr::V4(underlay(1)), port)
+        .macs(WORLD_GW_MAC, UPLINK_MAC_A);
+    let mut to_pod = answer
+        .clone()
+        .macs(ROUTER_MAC, POD3.mac)
+        .ttl(answer.ttl - 1);
+    to_pod.dst = POD3.ip();
+    set_l4_ports(&mut to_pod, None, Some(5353));
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "DNS answer back to the pod",
+            ingress: UPLINK,
+            input: answer.build(),
+            expect: Expect::Tx(POD3.ifindex, to_pod.build()),
+        },
+    );
+}
+
+#[test]
+fn masquerade_refuses_what_it_cannot_translate_and_leaves_the_host_alone() {
+    let t = node_a();
+    let mut p = masquerading_pipeline();
+    let cases = [
+        Fixture {
+            description: "no flow left with this port: nothing on the node listens there",
+            ingress: UPLINK,
+            input: world_reply(TCP_SYN, 61234).build(),
+            expect: Expect::Drop(DropReason::MasqueradeNoMapping),
+        },
+        Fixture {
+            description: "a pod's ping to the world is not masqueraded",
+            ingress: POD1.ifindex,
+            input: PacketBuilder::echo(POD1.ip(), IpAddr::V4(WORLD_SERVER), true, 9)
+                .macs(POD1.mac, ROUTER_MAC)
+                .build(),
+            expect: Expect::Drop(DropReason::MasqueradeUnsupportedProtocol),
+        },
+        Fixture {
+            description: "the node's own traffic below the range stays the kernel's",
+            ingress: UPLINK,
+            input: world_reply(TCP_SYN_ACK, 45000).build(),
+            expect: Expect::Pass,
+        },
+    ];
+    for fx in cases {
+        check(&mut p, &t, fx);
+    }
+    assert_eq!(p.counters().masquerade_ports_allocated, 0);
+}
+
+#[test]
+fn masquerade_comes_after_egress_policy_on_the_pods_address() {
+    let mut t = node_a();
+    Arc::make_mut(&mut t.endpoints)
+        .policy_mut(EndpointId(POD1.id))
+        .unwrap()
+        .egress
+        .enforced = true; // Nothing allowed, `world` included.
+    let mut p = masquerading_pipeline();
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "egress policy refusing world",
+            ingress: POD1.ifindex,
+            input: from_pod(&POD1, IpAddr::V4(WORLD_SERVER), 40000, 80, TCP_SYN).build(),
+            expect: Expect::Drop(DropReason::PolicyDeniedEgress),
+        },
+    );
+    assert_eq!(p.counters().masquerade_ports_allocated, 0);
+    // Without masquerading the pod's packet leaves with its own address, as before.
+    let syn = from_pod(&POD2, IpAddr::V4(WORLD_SERVER), 40000, 80, TCP_SYN);
+    check(
+        &mut pipeline(),
+        &t,
+        Fixture {
+            description: "masquerade off",
+            ingress: POD2.ifindex,
+            input: syn.build(),
+            expect: Expect::Tx(
+                UPLINK,
+                syn.clone().macs(UPLINK_MAC_A, WORLD_GW_MAC).ttl(63).build(),
+            ),
+        },
+    );
+}

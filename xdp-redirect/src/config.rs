@@ -44,6 +44,12 @@ pub struct RedirectConfig {
     pub vxlan_port: u16,
     /// UDP destination port of Geneve to the underlay address (default 6081); 0: not owned.
     pub geneve_port: u16,
+    /// The masquerade source ports, `(first, last)` inclusive: TCP and UDP to the underlay
+    /// address on one of them are replies to pods' masqueraded flows, owned. `None` (default,
+    /// also when `first` is 0): none owned. The range must not overlap the kernel's
+    /// `ip_local_port_range`, or the host's own connections' replies would be taken (the
+    /// daemon refuses to start then). Read only with `uplink_filter`.
+    pub masquerade_ports: Option<(u16, u16)>,
 }
 
 impl Default for RedirectConfig {
@@ -55,6 +61,7 @@ impl Default for RedirectConfig {
             underlay_ipv4: None,
             vxlan_port: VXLAN_PORT,
             geneve_port: GENEVE_PORT,
+            masquerade_ports: None,
         }
     }
 }
@@ -85,6 +92,9 @@ pub(crate) struct RawRedirectConfig {
     pub(crate) vxlan_port: [u8; 2],
     /// Network byte order.
     pub(crate) geneve_port: [u8; 2],
+    /// Host byte order, inclusive; first 0: none.
+    pub(crate) masq_port_first: u16,
+    pub(crate) masq_port_last: u16,
 }
 
 /// Size of the map value in bytes.
@@ -99,6 +109,8 @@ impl RawRedirectConfig {
             underlay_ipv4: config.underlay_ipv4.map_or([0; 4], |a| a.octets()),
             vxlan_port: config.vxlan_port.to_be_bytes(),
             geneve_port: config.geneve_port.to_be_bytes(),
+            masq_port_first: config.masquerade_ports.map_or(0, |(first, _)| first),
+            masq_port_last: config.masquerade_ports.map_or(0, |(_, last)| last),
         }
     }
 
@@ -113,6 +125,8 @@ impl RawRedirectConfig {
             underlay_ipv4: (!underlay.is_unspecified()).then_some(underlay),
             vxlan_port: u16::from_be_bytes(self.vxlan_port),
             geneve_port: u16::from_be_bytes(self.geneve_port),
+            masquerade_ports: (self.masq_port_first != 0)
+                .then_some((self.masq_port_first, self.masq_port_last)),
         }
     }
 
@@ -124,6 +138,8 @@ impl RawRedirectConfig {
         bytes[12..16].copy_from_slice(&self.underlay_ipv4);
         bytes[16..18].copy_from_slice(&self.vxlan_port);
         bytes[18..20].copy_from_slice(&self.geneve_port);
+        bytes[20..22].copy_from_slice(&self.masq_port_first.to_ne_bytes());
+        bytes[22..24].copy_from_slice(&self.masq_port_last.to_ne_bytes());
         bytes
     }
 
@@ -140,6 +156,8 @@ impl RawRedirectConfig {
             underlay_ipv4: [bytes[12], bytes[13], bytes[14], bytes[15]],
             vxlan_port: [bytes[16], bytes[17]],
             geneve_port: [bytes[18], bytes[19]],
+            masq_port_first: u16::from_ne_bytes([bytes[20], bytes[21]]),
+            masq_port_last: u16::from_ne_bytes([bytes[22], bytes[23]]),
         })
     }
 }
@@ -178,6 +196,14 @@ mod tests {
             (
                 offset_of!(RawRedirectConfig, geneve_port),
                 offset_of!(C, geneve_port),
+            ),
+            (
+                offset_of!(RawRedirectConfig, masq_port_first),
+                offset_of!(C, masq_port_first),
+            ),
+            (
+                offset_of!(RawRedirectConfig, masq_port_last),
+                offset_of!(C, masq_port_last),
             ),
         ];
         for (rust, c) in pairs {
@@ -233,6 +259,7 @@ mod tests {
                 underlay_ipv4: None,
                 vxlan_port: 0,
                 geneve_port: 65535,
+                masquerade_ports: Some((61000, 65535)),
             },
         ];
         for config in cases {
@@ -240,7 +267,7 @@ mod tests {
             let back = RawRedirectConfig::from_ne_bytes(&bytes).map(RawRedirectConfig::to_config);
             assert_eq!(back, Some(config));
         }
-        assert_eq!(RawRedirectConfig::from_ne_bytes(&[0; 19]), None);
-        assert_eq!(RawRedirectConfig::from_ne_bytes(&[0; 21]), None);
+        assert_eq!(RawRedirectConfig::from_ne_bytes(&[0; 23]), None);
+        assert_eq!(RawRedirectConfig::from_ne_bytes(&[0; 25]), None);
     }
 }

@@ -446,6 +446,51 @@ mod uplink {
     }
 
     #[test]
+    fn masquerade_replies_are_owned_by_port_and_the_hosts_ports_are_not() {
+        let Some(p) = load_or_skip(RedirectConfig {
+            masquerade_ports: Some((61000, 65535)),
+            ..RedirectConfig::uplink(Some(UNDERLAY))
+        }) else {
+            return;
+        };
+        for port in [61000, 63000, 65535] {
+            for (name, frame) in [
+                ("tcp", ipv4(UNDERLAY, TCP, &tcp_syn(port))),
+                ("udp", ipv4(UNDERLAY, UDP, &udp(port))),
+            ] {
+                assert_eq!(decide(&p, &frame), Decision::NoSocket, "{name} {port}");
+            }
+        }
+        // With IP options in front of the ports too.
+        let packet = ipv4_packet(UNDERLAY, TCP, &[1u8; 40], 0, &tcp_syn(62000));
+        assert_eq!(decide(&p, &ethernet(ETH_P_IP, &packet)), Decision::NoSocket);
+        let kernels = [
+            ("below the range", ipv4(UNDERLAY, TCP, &tcp_syn(60999))),
+            ("ssh", ipv4(UNDERLAY, TCP, &tcp_syn(22))),
+            ("ping", ipv4(UNDERLAY, ICMP, &icmp_echo())),
+            ("another address", ipv4(PEER, TCP, &tcp_syn(62000))),
+            (
+                "a later fragment",
+                ethernet(
+                    ETH_P_IP,
+                    &ipv4_packet(UNDERLAY, TCP, &[], 185, &tcp_syn(62000)),
+                ),
+            ),
+        ];
+        for (name, frame) in kernels {
+            assert_eq!(decide(&p, &frame), Decision::NotOwned, "{name}");
+        }
+        // Without a range (the default), no reply is owned.
+        let Some(plain) = uplink_or_skip() else {
+            return;
+        };
+        assert_eq!(
+            decide(&plain, &ipv4(UNDERLAY, TCP, &tcp_syn(62000))),
+            Decision::NotOwned
+        );
+    }
+
+    #[test]
     fn only_the_first_fragment_has_a_port() {
         let Some(p) = uplink_or_skip() else { return };
         let first = ipv4_packet(UNDERLAY, UDP, &[], MORE_FRAGMENTS, &udp(VXLAN_PORT));

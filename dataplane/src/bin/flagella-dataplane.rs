@@ -45,10 +45,11 @@ use dataplane::daemon::config::{
     ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerSection, XdpMode, DEFAULT_CONFIG_PATH,
 };
 use dataplane::daemon::host_path::{self, OwnershipMaps};
+use dataplane::daemon::masquerade::{self, MasqueradeError};
 use dataplane::daemon::preflight::{self, PreflightError};
 use dataplane::io::{IoError, PortSpec, Worker, WorkerConfig, XskConfig};
 use dataplane::nexthop;
-use dataplane::pipeline::PipelineConfig;
+use dataplane::pipeline::{MasqueradeConfig, PipelineConfig};
 use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::maglev::DEFAULT_M;
 use dataplane::tables::services::{ServiceError, Services};
@@ -188,6 +189,31 @@ struct Cli {
     /// `uplink_filter` in the file.
     #[arg(long, value_name = "BOOL", action = ArgAction::Set)]
     uplink_filter: Option<bool>,
+
+    /// `on` (the default when there is an uplink): pods' TCP and UDP flows to the world (what
+    /// leaves through the uplink towards the default gateway) leave with the node's underlay
+    /// address and a source port from --masquerade-ports, after egress policy decided on the
+    /// pod's own address; replies come back to the pod. A pod's ICMP echo to the world is
+    /// dropped (counted): its replies could not be told from the host's own. `off`: pods'
+    /// packets leave with their own address. Overrides `masquerade` in the file.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    masquerade: Option<bool>,
+
+    /// Source ports of masqueraded flows, FIRST-LAST (default 61000-65535), shared out among
+    /// the workers. Must not overlap the node's net.ipv4.ip_local_port_range (checked at start:
+    /// the uplink takes TCP/UDP to these ports from the kernel) nor the NodePort range
+    /// (30000-32767). Overrides `masquerade_ports` in the file.
+    #[arg(long, value_name = "FIRST-LAST")]
+    masquerade_ports: Option<String>,
+}
+
+/// `on` or `off` (also `true`/`false`).
+fn parse_on_off(arg: &str) -> Result<bool, String> {
+    match arg {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("`{arg}`: write on or off")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -221,6 +247,8 @@ enum DaemonError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Preflight(#[from] PreflightError),
+    #[error("masquerade: {0}")]
+    Masquerade(#[from] MasqueradeError),
     #[error("cannot read {what} of interface `{ifname}` from {path}: {source}: check the interface still exists")]
     InterfaceFacts {
         ifname: String,
@@ -271,7 +299,10 @@ impl DaemonError {
     /// 2 when the operator must change something before starting again, 1 otherwise.
     fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Usage(_) | DaemonError::Config(_) | DaemonError::Preflight(_) => 2,
+            DaemonError::Usage(_)
+            | DaemonError::Config(_)
+            | DaemonError::Preflight(_)
+            | DaemonError::Masquerade(_) => 2,
             _ => 1,
         }
     }
@@ -328,6 +359,12 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     };
     let workers = cfg.effective_workers();
     preflight::check(&cfg, memlock_needed(&cfg, &workers))?;
+    if let Some(ports) = masquerade::range(&cfg) {
+        masquerade::check_node(ports)?;
+        log(&format!(
+            "masquerade on: pods' flows to the world leave as the node, source ports {ports}"
+        ));
+    }
     install_signal_handlers().map_err(DaemonError::Signal)?;
 
     let tables = TablesHandle::new(initial_tables(&cfg)?);
@@ -366,7 +403,10 @@ fn start(
     running: &mut Running,
 ) -> Result<(), DaemonError> {
     for (index, section) in workers.iter().enumerate() {
-        let mut worker = build_worker(cfg, cli, section)
+        let masq = masquerade::range(cfg)
+            .map(|ports| masquerade::worker_config(ports, index, workers.len()))
+            .transpose()?;
+        let mut worker = build_worker(cfg, cli, section, masq)
             .map_err(|source| DaemonError::Worker { index, source })?;
         register_sockets(&worker, &running.xdp)?;
         worker.set_idle_sleep(Some(Duration::from_micros(cfg.idle_sleep_us)));
@@ -482,6 +522,12 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     }
     if let Some(filter) = cli.uplink_filter {
         cfg.uplink_filter = filter;
+    }
+    if let Some(on) = cli.masquerade {
+        cfg.masquerade = on;
+    }
+    if let Some(ports) = &cli.masquerade_ports {
+        cfg.masquerade_ports = ports.clone();
     }
     if let Some(core) = cli.core {
         match cfg.workers.len() {
@@ -619,7 +665,11 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
             vxlan: cfg.vxlan_port,
             geneve: cfg.geneve_port,
         };
-        let redirect = redirect_config(iface.role, cfg.uplink_filter, ports);
+        let mut redirect = redirect_config(iface.role, cfg.uplink_filter, ports);
+        if redirect.uplink_filter {
+            // Replies to masqueraded flows: the uplink takes them by port.
+            redirect.masquerade_ports = masquerade::range(cfg).map(|r| (r.first(), r.last()));
+        }
         let ifindex = preflight::ifindex(&iface.name)?;
         let program = XdpProgram::load(redirect).map_err(xdp_err)?;
         let attachment = program.attach(ifindex, mode).map_err(xdp_err)?;
@@ -646,7 +696,12 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
     Ok(out)
 }
 
-fn build_worker(cfg: &DaemonConfig, cli: &Cli, section: &WorkerSection) -> Result<Worker, IoError> {
+fn build_worker(
+    cfg: &DaemonConfig,
+    cli: &Cli,
+    section: &WorkerSection,
+    masquerade: Option<MasqueradeConfig>,
+) -> Result<Worker, IoError> {
     let ports = section
         .interfaces
         .iter()
@@ -664,6 +719,7 @@ fn build_worker(cfg: &DaemonConfig, cli: &Cli, section: &WorkerSection) -> Resul
                 ..CtConfig::default()
             },
             complete_l4_checksums: cli.complete_l4_checksums,
+            masquerade,
             ..PipelineConfig::default()
         },
         xsk: XskConfig::default(),

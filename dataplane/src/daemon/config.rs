@@ -9,6 +9,9 @@
 //! uplink_filter = true                       # the uplink hands the dataplane only what it owns
 //! vxlan_port = 4789                          # tunnel ports, the same on every node
 //! geneve_port = 6081
+//! masquerade = true                          # pods' flows to the world leave as the node
+//! masquerade_ports = "61000-65535"           # their source ports; must not overlap the
+//!                                            # node's net.ipv4.ip_local_port_range
 //!
 //! [[interface]]
 //! name = "eth1"
@@ -108,6 +111,14 @@ pub struct DaemonConfig {
     pub vxlan_port: u16,
     #[serde(default = "default_geneve_port")]
     pub geneve_port: u16,
+    /// `true` (default): with an uplink, pods' flows to the world leave masqueraded to the
+    /// node's underlay address (`daemon::masquerade`, `pipeline::masquerade`).
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    /// Masquerade source ports, `FIRST-LAST`: outside the node's `ip_local_port_range`
+    /// (checked at start) and the NodePort range (30000-32767).
+    #[serde(default = "default_masquerade_ports")]
+    pub masquerade_ports: String,
     /// Where `/metrics` (Prometheus text) is served: `address:port`, or `off`.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: String,
@@ -135,6 +146,9 @@ fn default_conntrack() -> usize {
 fn default_metrics_address() -> String {
     crate::api::metrics::DEFAULT_ADDRESS.to_string()
 }
+fn default_masquerade_ports() -> String {
+    crate::tables::snat::DEFAULT_PORTS.to_string()
+}
 fn default_vxlan_port() -> u16 {
     crate::wire::vxlan::UDP_PORT
 }
@@ -153,6 +167,8 @@ impl Default for DaemonConfig {
             uplink_filter: true,
             vxlan_port: default_vxlan_port(),
             geneve_port: default_geneve_port(),
+            masquerade: true,
+            masquerade_ports: default_masquerade_ports(),
             metrics_address: default_metrics_address(),
             interfaces: Vec::new(),
             workers: Vec::new(),
@@ -234,6 +250,12 @@ impl DaemonConfig {
                     self.vxlan_port, self.geneve_port
                 ),
             ));
+        }
+        if let Err(e) = self
+            .masquerade_ports
+            .parse::<crate::tables::snat::PortRange>()
+        {
+            return Err(invalid("masquerade_ports", e.to_string()));
         }
         if self.metrics().is_err() {
             return Err(invalid(
@@ -395,6 +417,8 @@ mod tests {
             ("[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"a\"\nrole = \"pod\"", "interface[1].name"),
             ("[[interface]]\nname = \"a\"\nrole = \"uplink\"\n[[interface]]\nname = \"b\"\nrole = \"uplink\"", "interface"),
             ("[[worker]]\ninterfaces = [\"nope\"]", "worker[0].interfaces"),
+            ("masquerade_ports = \"65535-61000\"", "masquerade_ports"),
+            ("masquerade_ports = \"61000\"", "masquerade_ports"),
             (
                 "[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"b\"\nrole = \"pod\"\n[[worker]]\ninterfaces = [\"a\"]",
                 "interface[1]",

@@ -19,6 +19,7 @@ use super::meta::{PacketMeta, Verdict};
 use crate::frame::Frame;
 use crate::tables::conntrack::Conntrack;
 use crate::tables::endpoints::EndpointId;
+use crate::tables::snat::Masquerade;
 use crate::tables::Tables;
 
 /// Where a batch came from.
@@ -41,6 +42,8 @@ pub(crate) struct Ctx<'a> {
     pub ingress_ifindex: u32,
     pub now: u64,
     pub complete_l4_checksums: bool,
+    /// The worker's masquerade state, when it masquerades.
+    pub masq: Option<&'a mut Masquerade>,
 }
 
 impl Ctx<'_> {

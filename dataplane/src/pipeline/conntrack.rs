@@ -80,7 +80,10 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
         }
         ctx.c.ct_established += 1;
         match dir {
-            FlowDirection::Original => m.ct = CtMark::Established,
+            FlowDirection::Original => {
+                m.ct = CtMark::Established;
+                m.snat_port = ctx.ct.entry(h).snat_port();
+            }
             FlowDirection::Reply => {
                 m.ct = CtMark::Reply;
                 if let Some(rev) = ctx.ct.entry(h).rev_nat() {

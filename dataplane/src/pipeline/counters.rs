@@ -114,6 +114,12 @@ scalar_counters! {
     /// ICMP "fragmentation needed" / "packet too big" errors sent back to pods whose packet
     /// did not fit its path.
     icmp_too_big_sent,
+    /// Masquerade source ports allocated (new flows from pods to the world).
+    masquerade_ports_allocated,
+    /// Packets from pods to the world whose source was masqueraded to the node's address.
+    masquerade_translated,
+    /// Replies to masqueraded flows turned back to the pod's address and port.
+    masquerade_reversed,
 }
 
 impl Counters {

@@ -119,6 +119,18 @@ drop_reasons! {
     /// An ICMP error that quotes no tracked flow, or is not addressed to the quoted packet's
     /// sender: never related, so never past policy.
     IcmpErrorUnrelated = 67 => "icmp_error_unrelated",
+    // --- masquerade (70..=79) ---
+    /// A pod's new flow to the world found no free source port in its probes of the worker's
+    /// share of the masquerade range (`tables::snat`): widen `masquerade_ports`, or the flows
+    /// to that one destination exceed the range.
+    MasqueradePortsExhausted = 70 => "masquerade_ports_exhausted",
+    /// TCP/UDP to the node's address on a masquerade port, but no live masqueraded flow left
+    /// with that port towards the sender (expired, or never ours).
+    MasqueradeNoMapping = 71 => "masquerade_no_mapping",
+    /// A pod's new flow to the world that masquerading cannot translate: neither TCP nor UDP
+    /// (ICMP echo included: its replies could not be told from the host's own, see
+    /// docs/architecture.md, "Masquerade").
+    MasqueradeUnsupportedProtocol = 72 => "masquerade_unsupported_protocol",
 }
 
 impl DropReason {
@@ -166,6 +178,9 @@ mod tests {
         assert_eq!(DropReason::TooBigNoGateway as u8, 65);
         assert_eq!(DropReason::DsrOptionUntrusted as u8, 66);
         assert_eq!(DropReason::IcmpErrorUnrelated as u8, 67);
+        assert_eq!(DropReason::MasqueradePortsExhausted as u8, 70);
+        assert_eq!(DropReason::MasqueradeNoMapping as u8, 71);
+        assert_eq!(DropReason::MasqueradeUnsupportedProtocol as u8, 72);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!   the pod's link-local or unspecified address (neighbor discovery, MLD) is dropped under its
 //!   own reason, not counted as spoofing.
 //! - From a tunnel: the VNI already gave the source identity (decap stage).
-//! - From the uplink otherwise: the ipcache gives it (`world` when no prefix matches).
+//! - From the uplink otherwise: the ipcache gives it (`world` when no prefix matches). A reply
+//!   to a masqueraded flow gets the pod's address back first (`masquerade::reverse`), so that
+//!   the destination resolved below is the pod.
 //!
 //! The destination is a local endpoint (by IP) or resolved through the ipcache, which also
 //! names the tunnel endpoint of a remote pod (`resolve::destination`). Frames from pods get
@@ -17,7 +19,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use super::batch::{Batch, Ctx, Ingress};
 use super::meta::{Family, PacketMeta};
-use super::{l4_checksum, resolve, DropReason, Stage};
+use super::{l4_checksum, masquerade, resolve, DropReason, Stage};
 use crate::tables::endpoints::Endpoint;
 use crate::wire::ethernet::EthernetFrame;
 
@@ -39,6 +41,9 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
             }
         } else if !m.from_tunnel {
             m.src_identity = ctx.t.ipcache.identity_of(m.tuple.src);
+            if ctx.ingress == Ingress::Uplink {
+                masquerade::reverse(f, m, ctx)?; // A reply to a masqueraded flow: to the pod.
+            }
         }
         resolve::destination(m, ctx.t);
         Ok(())

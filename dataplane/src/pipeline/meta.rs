@@ -137,6 +137,9 @@ pub struct PacketMeta {
     /// The frontend came from a DSR option: replies are answered directly from this node.
     pub dsr_in: bool,
     pub ct: CtMark,
+    /// The source port on the node's address this flow leaves with (masquerade): from its
+    /// conntrack entry, for packets in the original direction (conntrack stage).
+    pub snat_port: Option<u16>,
     pub ct_key: Option<FlowKey>,
     pub ct_hash: u64,
 }
@@ -168,6 +171,7 @@ impl PacketMeta {
         dsr_out: false,
         dsr_in: false,
         ct: CtMark::None,
+        snat_port: None,
         ct_key: None,
         ct_hash: 0,
     };

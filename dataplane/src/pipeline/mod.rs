@@ -15,7 +15,9 @@
 //!   decap), `nat` (DNAT, reverse NAT, undoing them: service, conntrack, `icmp_error`),
 //!   `resolve` (destination resolution: identity, service), `l4_checksum` (completion: identity),
 //!   `prefetch` (frame headers: the pipeline; policy-map slots: conntrack), `ct_commit`
-//!   (conntrack entry of an allowed new flow: policy), `icmp_error` ("too big" errors: route).
+//!   (conntrack entry of an allowed new flow: policy), `icmp_error` ("too big" errors: route),
+//!   `masquerade` (pods' flows to the world leave with the node's address: route; their
+//!   replies come back to the pod: identity).
 //! - A frame's fate is held in one place, `PacketMeta::verdict`, from the parse stage until the
 //!   I/O layer disposes of the frame: [`Pipeline::process`] returns a [`Verdicts`] view of it,
 //!   not a copy.
@@ -35,6 +37,7 @@ mod headers;
 mod icmp_error;
 mod identity;
 mod l4_checksum;
+mod masquerade;
 mod nat;
 mod parse;
 mod policy;
@@ -43,6 +46,7 @@ mod resolve;
 mod route;
 mod service;
 
+pub use crate::tables::snat::MasqueradeConfig;
 pub use counters::{Counters, Stage};
 pub use drop::DropReason;
 pub use meta::{PacketMeta, Verdict};
@@ -52,6 +56,7 @@ use batch::{Batch, Ctx, Ingress};
 
 use crate::frame::Frame;
 use crate::tables::conntrack::{Conntrack, CtConfig};
+use crate::tables::snat::Masquerade;
 use crate::tables::Tables;
 
 /// Default frames per batch.
@@ -77,6 +82,8 @@ pub struct PipelineConfig {
     /// Recompute TCP/UDP checksums of frames from pods: AF_XDP frames carry no
     /// CHECKSUM_PARTIAL flag, so a veth pod's frame holds only the pseudo-header sum.
     pub complete_l4_checksums: bool,
+    /// Masquerade pods' flows to the world to the node's address (`None`: never).
+    pub masquerade: Option<MasqueradeConfig>,
 }
 
 impl Default for PipelineConfig {
@@ -86,6 +93,7 @@ impl Default for PipelineConfig {
             conntrack: CtConfig::default(),
             ct_gc_sweep_ns: DEFAULT_GC_SWEEP_NS,
             complete_l4_checksums: false,
+            masquerade: None,
         }
     }
 }
@@ -105,6 +113,7 @@ pub struct Pipeline {
     batch_size: usize,
     gc: GcPacer,
     complete_l4_checksums: bool,
+    masq: Option<Masquerade>,
     /// One entry per frame of the current (or last) `process` call: grown only when a call
     /// passes more frames than `batch_size`.
     meta: Vec<PacketMeta>,
@@ -127,6 +136,7 @@ impl Pipeline {
             batch_size: cfg.batch_size,
             gc: GcPacer::new(cfg.ct_gc_sweep_ns),
             complete_l4_checksums: cfg.complete_l4_checksums,
+            masq: cfg.masquerade.map(Masquerade::new),
             meta: vec![PacketMeta::EMPTY; cfg.batch_size],
             last_len: 0,
             ct: Conntrack::new(cfg.conntrack),
@@ -178,6 +188,7 @@ impl Pipeline {
                 ingress_ifindex,
                 now,
                 complete_l4_checksums: self.complete_l4_checksums,
+                masq: self.masq.as_mut(),
             };
             prefetch::headers(batch.frames());
             batch.receive(ctx.c);

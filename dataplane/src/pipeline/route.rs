@@ -4,7 +4,8 @@
 //! interface); this node itself (to the kernel); a pod on another node, found through the
 //! ipcache's tunnel endpoint or the nodes' pod CIDRs (VXLAN or Geneve with the source identity
 //! in the VNI, or native routing through the uplink); anything else leaves through the uplink
-//! when the kernel has a default route there, else goes to the kernel.
+//! when the kernel has a default route there (masqueraded to the node's address when it comes
+//! from a pod, `masquerade::egress`), else goes to the kernel.
 //!
 //! Next hops on the underlay are the kernel's (`tables::next_hops`, resolved by the daemon from
 //! the node's routes and neighbour table): a peer without one is dropped as `no_next_hop`.
@@ -24,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::batch::{any, Batch, Ctx, Ingress};
 use super::meta::{FrontendAddr, PacketMeta, Verdict};
-use super::{icmp_error, DropReason, Stage};
+use super::{icmp_error, masquerade, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::nodes::Encap;
 use crate::types::{Identity, MacAddr};
@@ -73,6 +74,7 @@ fn route<B: AsRef<[u8]> + AsMut<[u8]>>(
                 return icmp_error::too_big(f, m, ctx, t.node.uplink_mtu);
             }
             decrement_ttl(f, m)?;
+            masquerade::egress(f, m, ctx)?;
             set_macs(f, t.node.uplink_mac, gw);
             Ok(Verdict::Tx { ifindex: uplink })
         }

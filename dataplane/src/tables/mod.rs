@@ -16,6 +16,7 @@ pub mod next_hops;
 pub mod nodes;
 pub mod policy;
 pub mod services;
+pub mod snat;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;

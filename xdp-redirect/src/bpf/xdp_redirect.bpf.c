@@ -10,6 +10,9 @@
  *                              (a) IPv4 to config.underlay_ipv4, UDP, destination port
  *                                  config.vxlan_port or config.geneve_port, not a non-first
  *                                  fragment (tunnel traffic from other nodes), or
+ *                              (a') IPv4 to config.underlay_ipv4, TCP or UDP, destination
+ *                                  port in config.masq_port_first..=masq_port_last, not a
+ *                                  non-first fragment (replies to masqueraded pod flows), or
  *                              (b) the destination is in owned_v4 / owned_v6 (destinations the
  *                                  dataplane owns: local pods today);
  *                            everything else (the host's own SSH, etcd, pings, ...) is the
@@ -53,6 +56,8 @@ struct xdp_redirect_config {
 	__be32 underlay_ipv4;  /* network byte order; 0: none (no tunnel traffic is owned) */
 	__be16 vxlan_port;     /* UDP destination ports of tunnel traffic, network byte order; */
 	__be16 geneve_port;    /* 0: that encapsulation is not owned */
+	__u16 masq_port_first; /* masquerade source ports, host byte order, inclusive; */
+	__u16 masq_port_last;  /* first 0: no masquerade (no reply is owned) */
 };
 
 /* Where frames went, per CPU. Rust twin: RedirectCounters in lib.rs. */
@@ -98,7 +103,8 @@ struct {
 
 /*
  * Destinations the dataplane owns on the uplink (only read when uplink_filter is 1): local pod
- * addresses today; service frontends, NodePort addresses and masquerade replies later. The
+ * addresses today; service frontends and NodePort addresses later (masquerade replies are
+ * owned by port, through the config). The
  * value is 1 (reserved: it may say why the destination is owned one day). LPM tries must be
  * created without preallocation.
  */
@@ -139,6 +145,8 @@ struct config_regs {
 	__u32 underlay_ipv4;
 	__u32 vxlan_port;
 	__u32 geneve_port;
+	__u32 masq_port_first;
+	__u32 masq_port_last;
 };
 
 static __always_inline struct config_regs read_config(const struct xdp_redirect_config *cfg)
@@ -150,9 +158,12 @@ static __always_inline struct config_regs read_config(const struct xdp_redirect_
 		.underlay_ipv4 = cfg->underlay_ipv4,
 		.vxlan_port = cfg->vxlan_port,
 		.geneve_port = cfg->geneve_port,
+		.masq_port_first = cfg->masq_port_first,
+		.masq_port_last = cfg->masq_port_last,
 	};
 	asm volatile("" : "+r"(c.redirect_arp), "+r"(c.redirect_non_ip), "+r"(c.uplink_filter));
 	asm volatile("" : "+r"(c.underlay_ipv4), "+r"(c.vxlan_port), "+r"(c.geneve_port));
+	asm volatile("" : "+r"(c.masq_port_first), "+r"(c.masq_port_last));
 	return c;
 }
 
@@ -186,20 +197,29 @@ static __always_inline const void *after_options(const struct iphdr *ip)
 	return end;
 }
 
-/* Tunnel traffic for this node: UDP to one of the tunnel ports, the UDP header complete. */
-static __always_inline enum decision tunnel_to_underlay(const struct iphdr *ip,
-							 const void *data_end,
-							 const struct config_regs *c)
+/*
+ * Traffic for this node's address that the dataplane owns: UDP to one of the tunnel ports
+ * (tunnel traffic), or TCP/UDP to a masquerade port (replies to pods' flows to the world).
+ * TCP and UDP both keep the destination port at offset 2, so one bounds check serves both.
+ */
+static __always_inline enum decision owned_on_underlay(const struct iphdr *ip,
+							const void *data_end,
+							const struct config_regs *c)
 {
-	if (ip->protocol != IPPROTO_UDP)
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return NOT_OWNED;
 	if (ip->frag_off & bpf_htons(IP_FRAG_OFFSET))
-		return NOT_OWNED; /* a non-first fragment carries no UDP header */
-	const struct udphdr *udp = after_options(ip);
-	if ((const void *)(udp + 1) > data_end)
+		return NOT_OWNED; /* a non-first fragment carries no ports */
+	const __be16 *ports = after_options(ip);
+	if ((const void *)(ports + 2) > data_end)
 		return TRUNCATED;
-	__u16 port = udp->dest;
-	if (port != 0 && (port == c->vxlan_port || port == c->geneve_port))
+	__u16 port = ports[1];
+	if (ip->protocol == IPPROTO_UDP && port != 0 &&
+	    (port == c->vxlan_port || port == c->geneve_port))
+		return OWNED;
+	__u32 host_port = bpf_ntohs(port);
+	if (c->masq_port_first != 0 && host_port >= c->masq_port_first &&
+	    host_port <= c->masq_port_last)
 		return OWNED;
 	return NOT_OWNED;
 }
@@ -211,9 +231,9 @@ static __always_inline enum decision uplink_ipv4(const void *l3, const void *dat
 	if ((const void *)(ip + 1) > data_end || ip->ihl < 5)
 		return TRUNCATED;
 	if (c->underlay_ipv4 != 0 && ip->daddr == c->underlay_ipv4) {
-		enum decision tunnel = tunnel_to_underlay(ip, data_end, c);
-		if (tunnel != NOT_OWNED)
-			return tunnel;
+		enum decision mine = owned_on_underlay(ip, data_end, c);
+		if (mine != NOT_OWNED)
+			return mine;
 	}
 
 	struct owned_v4_key key = { .prefixlen = 32 };

@@ -165,6 +165,7 @@ pub struct CtCreate {
 /// information, and the counters hold at most the creating packet. Such an entry is stored
 /// *compact*: the tail is not written (it holds whatever an earlier occupant left) and its
 /// values are implied by the head: `created = last_seen`, `backend = 0`, `rev_nat = None`,
+/// no SNAT port,
 /// counters zero except one packet of `first_bytes` bytes in the direction a `FIRST_*` bit
 /// names. [`CtFlags::TAIL`] says the tail is written; the getters honour both forms, and
 /// anything that writes the tail (an update, a setter) first *expands* a compact entry.
@@ -176,7 +177,10 @@ pub struct CtEntry {
     pub(super) state: CtState,
     /// Caller flags, `SEEN_REPLY`, and the table's private bits (FIN, tail form).
     pub(super) flags: CtFlags,
-    /// A compact entry's creating packet's length (see "The tail").
+    /// Two meanings, by form (see "The tail"): compact, the creating packet's length; expanded
+    /// (`CtFlags::TAIL`), the source port the flow is SNATed to (0: none, see
+    /// [`CtEntry::snat_port`]). Sharing the field keeps the SNAT port in the first cache line,
+    /// which every lookup reads anyway, at no cost in size.
     pub(super) first_bytes: u16,
     /// Security identity of the originator.
     pub src_identity: Identity,
@@ -205,6 +209,7 @@ impl PartialEq for CtEntry {
                 .all(|&d| self.packets(d) == other.packets(d) && self.bytes(d) == other.bytes(d))
             && self.backend() == other.backend()
             && self.rev_nat() == other.rev_nat()
+            && self.snat_port() == other.snat_port()
     }
 }
 
@@ -230,6 +235,7 @@ impl fmt::Debug for CtEntry {
             .field("bytes", &both(CtEntry::bytes))
             .field("backend", &self.backend())
             .field("rev_nat", &self.rev_nat())
+            .field("snat_port", &self.snat_port())
             .field("compact", &!self.flags.contains(CtFlags::TAIL))
             .finish()
     }
@@ -299,7 +305,7 @@ impl CtEntry {
         self.backend = 0;
         self.rev_nat = None;
         self.flags.0 = (self.flags.0 & !CtFlags::FIRST_BITS) | CtFlags::TAIL.0;
-        self.first_bytes = 0;
+        self.first_bytes = 0; // Now the SNAT port: none.
     }
 
     /// Stores an expanded entry compact when its tail holds nothing the head cannot imply (see
@@ -311,6 +317,7 @@ impl CtEntry {
             || self.created != self.last_seen
             || self.backend != 0
             || self.rev_nat.is_some()
+            || self.first_bytes != 0
         {
             return;
         }
@@ -359,6 +366,23 @@ impl CtEntry {
     pub fn set_rev_nat(&mut self, rev_nat: Option<RevNat>) {
         self.expand();
         self.rev_nat = rev_nat;
+    }
+
+    /// The source port this flow's packets are SNATed to (masquerade, `tables::snat`), on the
+    /// node's own address; `None` when the flow is not SNATed. Only an expanded entry has one
+    /// (a compact entry's field holds its first packet's length).
+    #[inline]
+    pub fn snat_port(&self) -> Option<u16> {
+        match self.first_bytes {
+            port @ 1.. if self.has_tail() => Some(port),
+            _ => None,
+        }
+    }
+
+    /// Records (or, with `None`, clears) the SNAT port; expands a compact entry first.
+    pub fn set_snat_port(&mut self, port: Option<u16>) {
+        self.expand();
+        self.first_bytes = port.unwrap_or(0);
     }
 
     /// Sets or clears caller flags ([`CtFlags::DSR`], [`CtFlags::PROXY`]); other bits are left
@@ -579,5 +603,38 @@ mod tests {
         assert_eq!(e.flags(), CtFlags::PROXY);
         let v6 = RevNat::new("fd00::10".parse().unwrap(), 80);
         assert_eq!(v6.addr(), "fd00::10".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn snat_port_shares_the_head_with_a_compact_entrys_first_length() {
+        let mut ct = table(64);
+        let key = client_key(IPPROTO_TCP);
+        let hash = ct.hash_key(&key);
+        let (h, _) = ct.create_counted(
+            &key,
+            hash,
+            FlowDirection::Original,
+            CtCreate::default(),
+            0,
+            SYN,
+            74,
+        );
+        // Compact: the field is the first packet's length, not a port.
+        assert_eq!(ct.entry(h).snat_port(), None);
+        assert_eq!(ct.entry(h).bytes(FlowDirection::Original), 74);
+        ct.entry_mut(h).set_snat_port(Some(61000));
+        let e = ct.entry(h);
+        assert_eq!(e.snat_port(), Some(61000));
+        assert_eq!(
+            e.bytes(FlowDirection::Original),
+            74,
+            "expanding kept the count"
+        );
+        // Updates keep it; clearing it leaves an expanded entry without a port.
+        let (h2, dir) = look(&ct, &key.reversed(), 0).unwrap();
+        ct.update(h2, dir, SYN | ACK, 60, SEC);
+        assert_eq!(ct.entry(h).snat_port(), Some(61000));
+        ct.entry_mut(h).set_snat_port(None);
+        assert_eq!(ct.entry(h).snat_port(), None);
     }
 }

@@ -1,0 +1,129 @@
+//! Masquerade: pods' flows to the world leave with the node's address, and their replies come
+//! back to the pod (Cilium's BPF masquerading). The state is SNAT state in the worker's
+//! conntrack table (`tables::snat`); this module applies it to packets.
+//!
+//! - [`egress`] (route stage, on the path to the default gateway): a frame from a local pod in
+//!   a flow it opened (`CtMark::New` or `Established`) gets the node's underlay IPv4 address
+//!   and a source port from the worker's share of the range: the port its conntrack entry
+//!   records (`m.snat_port`, set by the conntrack stage), or a newly allocated one, which is
+//!   then recorded there. Policy has already decided on the pod's own address.
+//! - [`reverse`] (identity stage, before the destination is resolved): TCP/UDP from the uplink
+//!   to the node's address on a port of the range is a reply to a masqueraded flow; its
+//!   destination is turned back into the pod's address and port, so every later stage (and
+//!   the flow's own conntrack entry) sees the packet as the pod's flow's reply.
+//!
+//! # Decisions
+//! - IPv4 only (the node's underlay address is IPv4); IPv6 leaves untranslated.
+//! - TCP and UDP only. ICMP echo is not masqueraded: its replies carry only the identifier,
+//!   which the host's own `ping` chooses freely, so the uplink program could not redirect them
+//!   without stealing the host's pings. A pod's new non-TCP/UDP flow to the world is dropped
+//!   (`masquerade_unsupported_protocol`) rather than sent with an address the world cannot
+//!   answer.
+//! - Replies and related ICMP errors of flows the world opened are never translated.
+//!
+//! Allocation-free; every rewrite is `nat`'s (checksums patched incrementally).
+
+use std::net::IpAddr;
+
+use super::batch::Ctx;
+use super::meta::{CtMark, PacketMeta};
+use super::{nat, DropReason};
+use crate::frame::Frame;
+use crate::tables::snat::{self, SnatFlow};
+use crate::wire::ip::Protocol;
+
+/// Translates a pod's packet to the world (see the module doc); a no-op for anything else.
+pub(crate) fn egress<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+) -> Result<(), DropReason> {
+    let Some(masq) = ctx.masq.as_deref_mut() else {
+        return Ok(());
+    };
+    let opened_by_pod = matches!(m.ct, CtMark::New | CtMark::Established);
+    if m.src_ep.is_none() || !opened_by_pod || !m.tuple.src.is_ipv4() {
+        return Ok(());
+    }
+    if !matches!(Protocol::from(m.tuple.proto), Protocol::Tcp | Protocol::Udp) {
+        return Err(DropReason::MasqueradeUnsupportedProtocol);
+    }
+    // No address to leave with yet (the agent has not told the dataplane its node's address):
+    // the pod's own address would leak to the world, which could not answer it.
+    let nat_addr = IpAddr::V4(ctx.t.node.underlay_ipv4.ok_or(DropReason::NoRoute)?);
+    let flow = SnatFlow {
+        original: (m.tuple.src, m.tuple.sport),
+        remote: (m.tuple.dst, m.tuple.dport),
+        nat_addr,
+        proto: m.tuple.proto,
+        identity: m.src_identity,
+    };
+    let bytes = f.len() as u32;
+    let kept = m
+        .snat_port
+        .filter(|&p| snat::refresh(ctx.ct, &flow, p, m.tcp_flags, bytes, ctx.now));
+    let port = match kept {
+        Some(port) => port,
+        None => {
+            let port = masq
+                .allocator()
+                .allocate(ctx.ct, &flow, m.tcp_flags, bytes, ctx.now)
+                .ok_or(DropReason::MasqueradePortsExhausted)?;
+            record_port(m, ctx, port);
+            ctx.c.masquerade_ports_allocated += 1;
+            port
+        }
+    };
+    nat::rewrite_src(f, m, nat_addr, port);
+    m.snat_port = Some(port);
+    ctx.c.masquerade_translated += 1;
+    Ok(())
+}
+
+/// Remembers the port in the flow's own entry, for its later packets. The entry may be gone
+/// (evicted by the translated entry's creation in a full bucket): the next packet is then a
+/// new flow again, and policy decides it again.
+fn record_port(m: &PacketMeta, ctx: &mut Ctx<'_>, port: u16) {
+    let Some(key) = m.ct_key else { return };
+    if let Some((h, _)) = ctx.ct.lookup(&key, m.ct_hash, ctx.now) {
+        ctx.ct.entry_mut(h).set_snat_port(Some(port));
+    }
+}
+
+/// Turns a reply to a masqueraded flow back into a packet to the pod (see the module doc); a
+/// no-op for anything else. A packet to a masquerade port that no live flow of this worker's
+/// left with is dropped (`masquerade_no_mapping`): nothing on the node listens there.
+pub(crate) fn reverse<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+) -> Result<(), DropReason> {
+    let Some(masq) = ctx.masq.as_deref() else {
+        return Ok(());
+    };
+    let Some(node) = ctx.t.node.underlay_ipv4 else {
+        return Ok(());
+    };
+    let t = m.tuple;
+    let to_masquerade_port = t.dst == IpAddr::V4(node)
+        && matches!(Protocol::from(t.proto), Protocol::Tcp | Protocol::Udp)
+        && masq.ports().contains(t.dport);
+    if !to_masquerade_port {
+        return Ok(());
+    }
+    let (addr, port) = snat::original_of(
+        ctx.ct,
+        (t.src, t.sport),
+        (t.dst, t.dport),
+        t.proto,
+        m.tcp_flags,
+        f.len() as u32,
+        ctx.now,
+    )
+    .ok_or(DropReason::MasqueradeNoMapping)?;
+    if !nat::rewrite_dst(f, m, addr, port) {
+        return Err(DropReason::L4Malformed);
+    }
+    ctx.c.masquerade_reversed += 1;
+    Ok(())
+}

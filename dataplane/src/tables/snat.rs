@@ -1,0 +1,549 @@
+//! Source NAT state: which source port on the node's own address a flow leaves with, kept in
+//! the worker's conntrack table. Masquerading (pods -> the world) uses it; so can any SNAT that
+//! must bring replies back through this node (NodePort's SNAT mode).
+//!
+//! # Model (Cilium's BPF SNAT, with the state in conntrack)
+//! A translated flow has two conntrack entries in the same per-worker table:
+//! - the flow's own entry, on its original tuple (`pod:port <-> remote:port`), which policy
+//!   created; it records the chosen port ([`CtEntry::snat_port`](super::conntrack::CtEntry)),
+//!   so that every later packet of the flow is translated the same way;
+//! - the *translated* entry, on the tuple as it appears on the wire
+//!   (`node:nat_port <-> remote:port`), created here; its `rev_nat` holds the original source
+//!   address and port, so that a reply (`remote -> node:nat_port`) is turned back into a packet
+//!   to the original source before anything else looks at it ([`original_of`]). Both directions
+//!   step its state machine, so it lives exactly as long as the flow does.
+//!
+//! The translated entry is also the port's reservation: a port is free for a new flow towards
+//! `remote:port` when no live entry has the translated tuple. Mapping is endpoint-dependent
+//! (RFC 4787 terms): the same port may serve flows to different remotes at once, as Linux's
+//! and Cilium's SNAT do, so a range of N ports holds N flows *per remote address and port*.
+//!
+//! # Allocation
+//! [`PortAllocator::allocate`] tries at most [`MAX_PROBES`] candidates: the first at an offset
+//! from the flow's hash plus a per-allocator counter (RFC 6056's algorithm 3: flows to one
+//! remote take consecutive ports, so they rarely collide), the next ones after it. A probe is
+//! one conntrack lookup; no allocation ever scans the range, and one that finds no free port in
+//! its probes fails (the caller drops the packet, counted). Each worker allocates from its own
+//! slice of the configured range ([`PortRange::share`]), so workers never share allocation
+//! state, and a reply's port says which worker's table holds its flow.
+//!
+//! Allocation-free; uses the conntrack table only through its public API.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use super::conntrack::{Conntrack, CtCreate, FlowDirection, FlowKey, RevNat};
+use crate::types::Identity;
+
+/// The default masquerade source ports: above Linux's default `ip_local_port_range`
+/// (32768-60999), so the node's own connections never pick one, and above the NodePort range
+/// (30000-32767).
+pub const DEFAULT_PORTS: PortRange = PortRange {
+    first: 61000,
+    last: 65535,
+};
+
+/// Candidates an allocation tries before it fails.
+pub const MAX_PROBES: u32 = 32;
+
+/// An inclusive range of ports, never empty and never containing port 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+/// Why a port range was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortRangeError {
+    #[error("port range {0:?} is not FIRST-LAST (for example 61000-65535)")]
+    Syntax(String),
+    #[error("port range {first}-{last} is empty or starts at 0: give FIRST-LAST with 1 <= FIRST <= LAST <= 65535")]
+    Empty { first: u16, last: u16 },
+}
+
+impl PortRange {
+    /// `first..=last`; refused when empty or when it contains port 0.
+    pub fn new(first: u16, last: u16) -> Result<PortRange, PortRangeError> {
+        if first == 0 || first > last {
+            return Err(PortRangeError::Empty { first, last });
+        }
+        Ok(PortRange { first, last })
+    }
+
+    pub fn first(self) -> u16 {
+        self.first
+    }
+
+    pub fn last(self) -> u16 {
+        self.last
+    }
+
+    /// Number of ports (1..=65535).
+    pub fn len(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    /// Never true (a range holds at least one port); for clippy's `len` convention.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    #[inline]
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    pub fn overlaps(self, other: PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+
+    /// The `index`-th of `parts` disjoint, consecutive slices that together cover the range
+    /// (the first `len % parts` slices one port longer); `None` when `index >= parts` or the
+    /// range has fewer ports than `parts`. Each worker allocates from its own slice.
+    pub fn share(self, index: usize, parts: usize) -> Option<PortRange> {
+        let (len, parts64) = (u64::from(self.len()), parts as u64);
+        if index >= parts || parts64 > len {
+            return None;
+        }
+        let (base, extra, i) = (len / parts64, len % parts64, index as u64);
+        let start = u64::from(self.first) + i * base + i.min(extra);
+        let size = base + u64::from(i < extra);
+        let first = u16::try_from(start).ok()?;
+        let last = u16::try_from(start + size - 1).ok()?;
+        Some(PortRange { first, last })
+    }
+
+    /// The `n`-th port of the range, wrapping around.
+    #[inline]
+    fn nth(self, n: u32) -> u16 {
+        // `n % len < len <= 65535 - first + 1`, so the sum fits a u16.
+        (u32::from(self.first) + n % self.len()) as u16
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = PortRangeError;
+
+    /// `FIRST-LAST` (also as Linux writes `ip_local_port_range`: `FIRST<whitespace>LAST`).
+    fn from_str(s: &str) -> Result<PortRange, PortRangeError> {
+        let syntax = || PortRangeError::Syntax(s.to_string());
+        let mut parts = s.trim().splitn(2, |c: char| c == '-' || c.is_whitespace());
+        let first = parts.next().and_then(|p| p.trim().parse().ok());
+        let last = parts.next().and_then(|p| p.trim().parse().ok());
+        match (first, last) {
+            (Some(first), Some(last)) => PortRange::new(first, last),
+            _ => Err(syntax()),
+        }
+    }
+}
+
+/// A flow to translate: its original source, the remote end, and the address it leaves with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnatFlow {
+    /// The source as the sender wrote it (a pod's address and port).
+    pub original: (IpAddr, u16),
+    /// The destination (the same before and after translation).
+    pub remote: (IpAddr, u16),
+    /// The node's address the flow leaves with.
+    pub nat_addr: IpAddr,
+    /// `wire::ip::Protocol` number: TCP or UDP.
+    pub proto: u8,
+    /// The original sender's identity, recorded in the translated entry.
+    pub identity: Identity,
+}
+
+impl SnatFlow {
+    /// The flow's tuple after translation to `port`, oriented as it leaves.
+    pub fn translated_key(&self, port: u16) -> FlowKey {
+        let (remote, rport) = self.remote;
+        FlowKey::new(self.nat_addr, remote, port, rport, self.proto)
+    }
+
+    fn original_key(&self) -> FlowKey {
+        let ((src, sport), (dst, dport)) = (self.original, self.remote);
+        FlowKey::new(src, dst, sport, dport, self.proto)
+    }
+}
+
+/// How a pipeline masquerades.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MasqueradeConfig {
+    /// The node's whole range: replies to any of its ports are recognised (and dropped when no
+    /// flow of this worker's owns the port).
+    pub ports: PortRange,
+    /// This worker's share, which it allocates from (`PortRange::share`).
+    pub worker_ports: PortRange,
+}
+
+impl MasqueradeConfig {
+    /// A single worker's configuration: it allocates from the whole range.
+    pub fn single_worker(ports: PortRange) -> MasqueradeConfig {
+        MasqueradeConfig {
+            ports,
+            worker_ports: ports,
+        }
+    }
+}
+
+/// A worker's masquerade state: the configuration and its port allocator.
+#[derive(Clone, Debug)]
+pub struct Masquerade {
+    ports: PortRange,
+    alloc: PortAllocator,
+}
+
+impl Masquerade {
+    pub fn new(cfg: MasqueradeConfig) -> Masquerade {
+        Masquerade {
+            ports: cfg.ports,
+            alloc: PortAllocator::new(cfg.worker_ports),
+        }
+    }
+
+    /// The node's whole range.
+    pub fn ports(&self) -> PortRange {
+        self.ports
+    }
+
+    /// The worker's allocator, over its share.
+    pub fn allocator(&mut self) -> &mut PortAllocator {
+        &mut self.alloc
+    }
+}
+
+/// One worker's source-port allocator over its slice of the range (see the module doc).
+#[derive(Clone, Debug)]
+pub struct PortAllocator {
+    ports: PortRange,
+    /// Allocations so far: moves each flow's first candidate one port on.
+    next: u32,
+}
+
+impl PortAllocator {
+    pub fn new(ports: PortRange) -> PortAllocator {
+        PortAllocator { ports, next: 0 }
+    }
+
+    /// The ports this allocator hands out.
+    pub fn ports(&self) -> PortRange {
+        self.ports
+    }
+
+    /// Picks a free port for `flow` and reserves it: creates the translated entry, with the
+    /// leaving packet (`tcp_flags`, `bytes`) already counted in it. `None` when the
+    /// [`MAX_PROBES`] candidates are all taken. The caller records the port in the flow's own
+    /// entry ([`CtEntry::set_snat_port`](super::conntrack::CtEntry::set_snat_port)), after this
+    /// call: creating an entry invalidates handles.
+    pub fn allocate(
+        &mut self,
+        ct: &mut Conntrack,
+        flow: &SnatFlow,
+        tcp_flags: u8,
+        bytes: u32,
+        now: u64,
+    ) -> Option<u16> {
+        let offset = (ct.hash_key(&flow.original_key()) as u32).wrapping_add(self.next);
+        self.next = self.next.wrapping_add(1);
+        for probe in 0..MAX_PROBES.min(self.ports.len()) {
+            let port = self.ports.nth(offset.wrapping_add(probe));
+            let key = flow.translated_key(port);
+            let hash = ct.hash_key(&key);
+            if ct.lookup(&key, hash, now).is_none() {
+                create_translated(ct, flow, &key, hash, tcp_flags, bytes, now);
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+/// Accounts a leaving packet of an already translated flow in its translated entry (keeping
+/// the reservation alive as long as the flow). An entry that expired or was evicted is
+/// created again on the same port when that port is still free. Returns false when the port
+/// now belongs to another flow: the caller allocates a new one.
+pub fn refresh(
+    ct: &mut Conntrack,
+    flow: &SnatFlow,
+    port: u16,
+    tcp_flags: u8,
+    bytes: u32,
+    now: u64,
+) -> bool {
+    let key = flow.translated_key(port);
+    let hash = ct.hash_key(&key);
+    match ct.lookup(&key, hash, now) {
+        Some((h, dir)) => {
+            let ours = ct.entry(h).rev_nat() == Some(original_rev_nat(flow));
+            if ours {
+                ct.update(h, dir, tcp_flags, bytes, now);
+            }
+            ours
+        }
+        None => {
+            create_translated(ct, flow, &key, hash, tcp_flags, bytes, now);
+            true
+        }
+    }
+}
+
+/// The original source of a reply `remote -> nat_addr:nat_port` of a translated flow, its
+/// packet (`tcp_flags`, `bytes`) accounted in the translated entry; `None` when no live flow
+/// left with that port towards `remote`.
+#[allow(clippy::too_many_arguments)] // The reply's tuple and the packet.
+pub fn original_of(
+    ct: &mut Conntrack,
+    remote: (IpAddr, u16),
+    nat: (IpAddr, u16),
+    proto: u8,
+    tcp_flags: u8,
+    bytes: u32,
+    now: u64,
+) -> Option<(IpAddr, u16)> {
+    let key = FlowKey::new(remote.0, nat.0, remote.1, nat.1, proto);
+    let hash = ct.hash_key(&key);
+    let (h, dir) = ct.lookup(&key, hash, now)?;
+    // The translated entry was created leaving: a reply travels the other way. An entry of
+    // the same tuple created by a packet *to* the node is no translation.
+    if dir != FlowDirection::Reply {
+        return None;
+    }
+    let original = ct.entry(h).rev_nat()?;
+    ct.update(h, dir, tcp_flags, bytes, now);
+    Some((original.addr(), original.port()))
+}
+
+fn original_rev_nat(flow: &SnatFlow) -> RevNat {
+    RevNat::new(flow.original.0, flow.original.1)
+}
+
+fn create_translated(
+    ct: &mut Conntrack,
+    flow: &SnatFlow,
+    key: &FlowKey,
+    hash: u64,
+    tcp_flags: u8,
+    bytes: u32,
+    now: u64,
+) {
+    let info = CtCreate {
+        src_identity: flow.identity,
+        rev_nat: Some(original_rev_nat(flow)),
+        ..CtCreate::default()
+    };
+    ct.create_counted(
+        key,
+        hash,
+        FlowDirection::Original,
+        info,
+        now,
+        tcp_flags,
+        bytes,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::tables::conntrack::CtConfig;
+
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    const SYN: u8 = 0x02;
+    const SEC: u64 = 1_000_000_000;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn table() -> Conntrack {
+        Conntrack::new(CtConfig {
+            capacity: 1 << 14,
+            ..CtConfig::default()
+        })
+    }
+
+    /// Pod 10.1.0.`pod`:`sport` -> 198.51.100.7:80, leaving as 192.168.50.1.
+    fn flow(pod: u8, sport: u16) -> SnatFlow {
+        SnatFlow {
+            original: (v4(10, 1, 0, pod), sport),
+            remote: (v4(198, 51, 100, 7), 80),
+            nat_addr: v4(192, 168, 50, 1),
+            proto: TCP,
+            identity: Identity(300),
+        }
+    }
+
+    #[test]
+    fn parses_shares_and_checks_ranges() {
+        assert_eq!("61000-65535".parse(), Ok(DEFAULT_PORTS));
+        assert_eq!("32768\t60999".parse(), PortRange::new(32768, 60999));
+        assert!(matches!(
+            "65535-61000".parse::<PortRange>(),
+            Err(PortRangeError::Empty { .. })
+        ));
+        assert!(matches!(
+            "0-10".parse::<PortRange>(),
+            Err(PortRangeError::Empty { .. })
+        ));
+        assert!(matches!(
+            "x".parse::<PortRange>(),
+            Err(PortRangeError::Syntax(_))
+        ));
+        let linux = PortRange::new(32768, 60999).unwrap();
+        let nodeport = PortRange::new(30000, 32767).unwrap();
+        assert!(!DEFAULT_PORTS.overlaps(linux) && !DEFAULT_PORTS.overlaps(nodeport));
+        assert!(linux.overlaps(PortRange::new(60999, 61000).unwrap()));
+        assert_eq!(DEFAULT_PORTS.len(), 4536);
+        assert_eq!(DEFAULT_PORTS.to_string(), "61000-65535");
+    }
+
+    #[test]
+    fn worker_shares_are_disjoint_and_cover_the_range() {
+        for parts in [1usize, 2, 3, 7, 64] {
+            let shares: Vec<_> = (0..parts)
+                .map(|i| DEFAULT_PORTS.share(i, parts).unwrap())
+                .collect();
+            assert_eq!(shares[0].first(), DEFAULT_PORTS.first());
+            assert_eq!(shares[parts - 1].last(), DEFAULT_PORTS.last());
+            for pair in shares.windows(2) {
+                assert_eq!(pair[0].last() + 1, pair[1].first(), "{parts} parts");
+            }
+            let total: u32 = shares.iter().map(|s| s.len()).sum();
+            assert_eq!(total, DEFAULT_PORTS.len());
+        }
+        assert_eq!(DEFAULT_PORTS.share(2, 2), None);
+        assert_eq!(PortRange::new(10, 11).unwrap().share(0, 3), None);
+    }
+
+    #[test]
+    fn allocation_reserves_a_port_and_replies_find_the_original_source() {
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(DEFAULT_PORTS);
+        let f = flow(5, 40000);
+        let port = alloc.allocate(&mut ct, &f, SYN, 60, 0).unwrap();
+        assert!(DEFAULT_PORTS.contains(port));
+        let got = original_of(&mut ct, f.remote, (f.nat_addr, port), TCP, 0x12, 60, SEC);
+        assert_eq!(got, Some(f.original));
+        // Another port, another remote or another protocol: no translation.
+        let other = if port == 65535 { 61000 } else { port + 1 };
+        assert_eq!(
+            original_of(&mut ct, f.remote, (f.nat_addr, other), TCP, 0, 60, SEC),
+            None
+        );
+        let stranger = (v4(198, 51, 100, 8), 80);
+        assert_eq!(
+            original_of(&mut ct, stranger, (f.nat_addr, port), TCP, 0, 60, SEC),
+            None
+        );
+        assert_eq!(
+            original_of(&mut ct, f.remote, (f.nat_addr, port), UDP, 0, 60, SEC),
+            None
+        );
+        // The reservation lives as the flow does: a handshake that never completes expires
+        // with the SYN timeout (60 s).
+        assert_eq!(
+            original_of(
+                &mut ct,
+                f.remote,
+                (f.nat_addr, port),
+                TCP,
+                0x10,
+                60,
+                120 * SEC
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn concurrent_flows_to_one_remote_get_distinct_ports() {
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(DEFAULT_PORTS);
+        let mut ports = HashSet::new();
+        for i in 0..1000u16 {
+            let f = flow((i % 200) as u8 + 1, 30000 + i);
+            let port = alloc.allocate(&mut ct, &f, SYN, 60, 0).unwrap();
+            assert!(ports.insert(port), "port {port} handed out twice");
+        }
+        assert_eq!(ports.len(), 1000);
+    }
+
+    #[test]
+    fn exhaustion_fails_after_bounded_probes_and_frees_with_expiry() {
+        let mut ct = table();
+        let range = PortRange::new(61000, 61009).unwrap();
+        let mut alloc = PortAllocator::new(range);
+        for i in 0..10 {
+            assert!(alloc
+                .allocate(&mut ct, &flow(1, 1000 + i), SYN, 60, 0)
+                .is_some());
+        }
+        assert_eq!(alloc.allocate(&mut ct, &flow(1, 2000), SYN, 60, 0), None);
+        // The same ports still serve another remote (endpoint-dependent mapping).
+        let mut elsewhere = flow(1, 2000);
+        elsewhere.remote = (v4(203, 0, 113, 9), 443);
+        assert!(alloc.allocate(&mut ct, &elsewhere, SYN, 60, 0).is_some());
+        // Unanswered SYNs expire (60 s): their ports are free again.
+        assert!(alloc
+            .allocate(&mut ct, &flow(1, 2000), SYN, 60, 61 * SEC)
+            .is_some());
+    }
+
+    #[test]
+    fn refresh_keeps_recreates_or_gives_up_a_port() {
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(PortRange::new(61000, 61000).unwrap());
+        let a = flow(1, 1000);
+        let port = alloc.allocate(&mut ct, &a, SYN, 60, 0).unwrap();
+        assert!(refresh(&mut ct, &a, port, 0x10, 60, SEC));
+        // Lost (evicted, say): created again on the same port.
+        assert!(ct.remove(&a.translated_key(port)));
+        assert!(refresh(&mut ct, &a, port, 0x10, 60, 2 * SEC));
+        assert_eq!(
+            original_of(
+                &mut ct,
+                a.remote,
+                (a.nat_addr, port),
+                TCP,
+                0x10,
+                60,
+                2 * SEC
+            ),
+            Some(a.original)
+        );
+        // Taken by another flow meanwhile: refused, the caller allocates anew.
+        assert!(ct.remove(&a.translated_key(port)));
+        let b = flow(2, 1000);
+        assert_eq!(alloc.allocate(&mut ct, &b, SYN, 60, 3 * SEC), Some(port));
+        assert!(!refresh(&mut ct, &a, port, 0x10, 60, 3 * SEC));
+    }
+
+    #[test]
+    fn workers_with_their_own_shares_never_hand_out_the_same_port() {
+        let parts = 4;
+        let mut seen = HashSet::new();
+        for w in 0..parts {
+            let mut ct = table();
+            let share = DEFAULT_PORTS.share(w, parts).unwrap();
+            let mut alloc = PortAllocator::new(share);
+            for i in 0..500u16 {
+                let port = alloc
+                    .allocate(&mut ct, &flow(1, i + 1), SYN, 60, 0)
+                    .unwrap();
+                assert!(share.contains(port));
+                assert!(seen.insert(port), "worker {w} reused port {port}");
+            }
+        }
+    }
+}
