@@ -14,9 +14,11 @@ step "install dependencies"
 # etcd-server: the real etcd the control tests start on loopback; iputils-ping: `ping` between
 # pods in dataplane/tests/daemon.rs; tshark (dumpcap) and ethtool: control/tests/cluster.rs decodes
 # the tunnel frames and sets up a Linux VXLAN/Geneve device as a fourth node; curl: scrapes
-# /metrics in dataplane/tests/daemon.rs.
+# /metrics in dataplane/tests/daemon.rs; prometheus (promtool too): control/tests/observability.rs
+# checks both /metrics endpoints with `promtool check metrics` and scrapes the dataplane with a
+# real Prometheus server.
 scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iputils-ping \
-  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl
+  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl prometheus
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -759,6 +759,8 @@ fn with_etcd(ctx: &SizeContext, etcd: &mut Etcd, r: &mut SizeResult) -> Result<(
             .arg(&socket)
             .arg("--status-file")
             .arg(&status_file)
+            // Not measured here, and the default port may be another agent's on this host.
+            .args(["--metrics-address", "off"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf),

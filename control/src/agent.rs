@@ -24,7 +24,10 @@
 //!   releases allocations no endpoint holds (`crate::endpoint_ipam`);
 //! - pod MTU: the uplink MTU read with the dataplane's `local_node` is handed to the IPAM,
 //!   which writes the pod MTU (uplink MTU minus the tunnel's overhead) with the addresses; when
-//!   it becomes known or changes, a pass runs at the next tick.
+//!   it becomes known or changes, a pass runs at the next tick;
+//! - metrics: [`AgentMetrics`] counts etcd events, errors, reconnections and compactions, the
+//!   model's sizes (from the status snapshot), and times watch batch -> dataplane, each control
+//!   request and each identity resolution (`crate::metrics`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,6 +40,7 @@ use crate::dataplane_client::{Change, ClientError, DataplaneClient};
 use crate::dataplane_client::{DumpTable, LocalNodeMsg};
 use crate::endpoint_ipam::EndpointIpam;
 use crate::identity::IdentityAllocator;
+use crate::metrics::AgentMetrics;
 use crate::schema::ROOT;
 use crate::store::{Event, Store, StoreError, WatchBatch};
 use crate::sync::{local_node_facts, log, requests, ClusterState};
@@ -95,13 +99,15 @@ pub struct Agent {
     /// Label sets whose identity failed recently: not asked again on every watch batch.
     identity_failures: IdentityFailures,
     pub status: Arc<Mutex<Status>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Agent {
-    pub fn new(cfg: AgentConfig) -> Agent {
+    /// An agent that reports to `metrics` (shared with the `/metrics` server, if any).
+    pub fn new(cfg: AgentConfig, metrics: Arc<AgentMetrics>) -> Agent {
         let status = Status {
             node: cfg.node.clone(),
             ..Status::default()
@@ -116,6 +122,7 @@ impl Agent {
             uplink_mtu: None,
             identity_failures: IdentityFailures::default(),
             status: Arc::new(Mutex::new(status)),
+            metrics,
         }
     }
 
@@ -140,6 +147,8 @@ impl Agent {
                 .map(|(n, mtu)| n.tunnel.pod_mtu(mtu));
             s.clone()
         };
+        self.metrics
+            .set_status(&snapshot, self.state.identities_known());
         if let Some(path) = &self.cfg.status_file {
             if let Ok(text) = serde_json::to_vec_pretty(&snapshot) {
                 let tmp = path.with_extension("tmp");
@@ -159,6 +168,7 @@ impl Agent {
             match self.session(&mut allocator).await {
                 Ok(()) => backoff = BACKOFF_MIN,
                 Err(e) => {
+                    self.metrics.etcd_errors.inc();
                     self.set_status(|s| {
                         s.etcd_reachable = false;
                         s.last_error = Some(e.to_string());
@@ -225,7 +235,12 @@ impl Agent {
             let Some(dp) = self.dataplane.as_mut() else {
                 break;
             };
-            match dp.send_request(&request).await {
+            let sent = Instant::now();
+            let result = dp.send_request(&request).await;
+            if matches!(result, Ok(_) | Err(ClientError::Refused { .. })) {
+                AgentMetrics::observe(&self.metrics.dataplane_request, sent.elapsed());
+            }
+            match result {
                 Ok(_) => {}
                 Err(ClientError::Refused { op, message }) => {
                     refusals += 1;
@@ -310,6 +325,7 @@ impl Agent {
         log(format!(
             "etcd connected; state listed at revision {revision}"
         ));
+        self.metrics.note_session();
         let mut watch = store.watch(ROOT, revision + 1).await?;
         let mut last_gc = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -317,12 +333,15 @@ impl Agent {
             tokio::select! {
                 batch = watch.next() => match batch? {
                     WatchBatch::Events { mut events, revision: mut r } => {
+                        let received = Instant::now();
+                        let timed_before = self.metrics.requests_timed();
                         // Every batch already received converges at once (a catch-up after a
                         // pause delivers hundreds of small batches).
                         while let Some((more, more_revision)) = watch.ready_events() {
                             events.extend(more);
                             r = r.max(more_revision);
                         }
+                        self.metrics.note_events(&events);
                         for e in events {
                             ipam.observe(&e);
                             match e {
@@ -332,10 +351,14 @@ impl Agent {
                         }
                         revision = revision.max(r);
                         self.converge(alloc, revision).await?;
+                        if self.metrics.requests_timed() > timed_before {
+                            AgentMetrics::observe(&self.metrics.etcd_to_dataplane, received.elapsed());
+                        }
                         ipam.set_uplink_mtu(self.uplink_mtu);
                         ipam.converge_and_log(&store).await?;
                     }
                     WatchBatch::Compacted { compact_revision } => {
+                        self.metrics.etcd_compactions.inc();
                         log(format!("watch history compacted at {compact_revision}; listing again"));
                         revision = self.list_and_reconcile(&store, alloc, &mut ipam).await?;
                         watch = store.watch(ROOT, revision + 1).await?;
@@ -392,11 +415,13 @@ impl Agent {
                 failed.insert(crate::identity::canonical(&labels), reason);
                 continue;
             }
+            let started = Instant::now();
             let id = if local {
                 alloc.acquire(&labels).await
             } else {
                 alloc.lookup_or_allocate(&labels).await
             };
+            AgentMetrics::observe(&self.metrics.identity_allocation, started.elapsed());
             match id {
                 Ok(id) => self.state.set_identity(labels, id),
                 Err(e) if e.is_per_label_set() => {
@@ -414,7 +439,10 @@ impl Agent {
         for labels in &local {
             let canonical = crate::identity::canonical(labels);
             if !held.iter().any(|(_, l)| l == labels) && !failed.contains_key(&canonical) {
-                match alloc.acquire(labels).await {
+                let started = Instant::now();
+                let id = alloc.acquire(labels).await;
+                AgentMetrics::observe(&self.metrics.identity_allocation, started.elapsed());
+                match id {
                     Ok(id) => self.state.set_identity(labels.clone(), id),
                     Err(e) if e.is_per_label_set() => {
                         failed.insert(canonical, e.to_string());

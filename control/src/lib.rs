@@ -10,6 +10,7 @@
 //!   the dataplane changes it implies;
 //! - [`dataplane_client`]: the dataplane control-socket client;
 //! - [`agent`]: the `flagella-control` main loop (sync, push, resync, fail static);
+//! - [`metrics`]: the agent's `/metrics` (etcd, the model, the dataplane, latencies);
 //! - [`cli`]: the commands of the `flagella` CLI (the binary parses the flags and prints).
 //!
 //! `docs/etcd-schema.md` documents the keys and the allocation protocols.
@@ -20,6 +21,7 @@ pub mod dataplane_client;
 pub mod endpoint_ipam;
 pub mod identity;
 pub mod ipam;
+pub mod metrics;
 pub mod schema;
 pub mod store;
 pub mod sync;

@@ -147,6 +147,7 @@ fn agent_converges_skips_malformed_and_resyncs() {
         let dp = FakeDataplane::default();
         let server = dp.serve(sock.clone());
         let status_file = etcd.dir.with_extension("status.json");
+        let metrics = std::sync::Arc::new(control::metrics::AgentMetrics::new().unwrap());
         let mut agent = Agent::new(AgentConfig {
             etcd: etcd.urls(),
             node: "n1".into(),
@@ -156,7 +157,7 @@ fn agent_converges_skips_malformed_and_resyncs() {
             identity_grace: Duration::from_secs(60),
             gc_interval: Duration::from_secs(60),
             status_file: Some(status_file.clone()),
-        });
+        }, metrics.clone());
         let status = agent.status.clone();
         let task = tokio::spawn(async move { agent.run().await });
 
@@ -204,6 +205,20 @@ fn agent_converges_skips_malformed_and_resyncs() {
         s.delete(&k("policies/NetworkPolicy/default/only-b")).await.unwrap();
         eventually("policy deletion after etcd returns", || dp2.has(|r| r["op"] == "policy.update" && r["endpoint"] == 5 && r["enforced"] == false)).await;
         task.abort();
+
+        // The agent's metrics saw all of it: the outage, the reconnection, the refused keys,
+        // the watched puts, and timed requests, convergences and allocations.
+        let m = &metrics;
+        assert!(m.etcd_errors.get() >= 1 && m.etcd_reconnects.get() >= 1);
+        // Each refusal counts, the re-listing's after the reconnection too (as in the status).
+        assert_eq!(m.malformed_keys.get(), status.lock().unwrap().malformed_total);
+        assert!(m.malformed_keys.get() >= 3);
+        assert_eq!(m.rejected_keys.get(), 3);
+        assert!(m.etcd_events.with_label_values(&["put"]).get() >= 2);
+        assert_eq!(m.endpoints.get(), 2);
+        assert!(m.dataplane_request.get_sample_count() > 0);
+        assert!(m.etcd_to_dataplane.get_sample_count() > 0);
+        assert!(m.identity_allocation.get_sample_count() > 0);
     });
 }
 

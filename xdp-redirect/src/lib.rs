@@ -85,6 +85,24 @@ pub struct RedirectCounters {
 impl RedirectCounters {
     const FIELDS: usize = size_of::<Self>() / size_of::<u64>();
 
+    /// Every counter with its field name and meaning (what the dataplane's `/metrics` shows as
+    /// `flagella_xdp_<name>_total`). The destructuring fails to compile when a field is added
+    /// without being listed.
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); Self::FIELDS] {
+        let RedirectCounters {
+            redirected,
+            no_socket,
+            not_owned,
+            truncated,
+        } = *self;
+        [
+            ("redirected", "frames the dataplane owns, taken by the AF_XDP socket of their queue", redirected),
+            ("no_socket", "frames the dataplane owns but no socket serves their queue: passed to the kernel", no_socket),
+            ("not_owned", "frames left to the kernel: not the dataplane's (on the uplink, the host's own traffic)", not_owned),
+            ("truncated", "frames too short for the redirect decision: passed to the kernel, which drops them", truncated),
+        ]
+    }
+
     /// Adds one CPU's copy, as the kernel returned it. A short copy (never produced by the
     /// kernel) contributes only its complete fields.
     fn add_ne_bytes(&mut self, bytes: &[u8]) {
@@ -725,6 +743,22 @@ mod tests {
         let data_end = offset_of!(types::xdp_md, data_end);
         assert_eq!(ctx[data..data + 4], 8u32.to_ne_bytes());
         assert_eq!(ctx[data_end..data_end + 4], 14u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn every_counter_is_listed_once_with_its_value() {
+        let c = RedirectCounters {
+            redirected: 1,
+            no_socket: 2,
+            not_owned: 3,
+            truncated: 4,
+        };
+        let fields = c.fields();
+        let names: Vec<&str> = fields.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(names, ["redirected", "no_socket", "not_owned", "truncated"]);
+        let values: Vec<u64> = fields.iter().map(|(_, _, v)| *v).collect();
+        assert_eq!(values, [1, 2, 3, 4]);
+        assert!(fields.iter().all(|(_, help, _)| !help.is_empty()));
     }
 
     #[test]

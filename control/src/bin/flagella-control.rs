@@ -3,11 +3,13 @@
 //! (clap), 1 start-up failure.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 
 use control::agent::{Agent, AgentConfig};
+use control::metrics::{self, AgentMetrics};
 
 /// Flagella node agent: watches etcd (/flagella/v1/), allocates identities cluster-wide,
 /// compiles network policies and pushes the changes to this node's dataplane.
@@ -47,6 +49,18 @@ struct Args {
     /// How long an unreferenced identity lives before it is deleted.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     identity_grace: u64,
+    /// Serve Prometheus metrics (`GET /metrics`: etcd events, errors, reconnections and
+    /// compactions; endpoints, identities, policies, services, nodes, malformed keys; latency
+    /// histograms) on ADDRESS:PORT, or `off`. The dataplane's own metrics are on 9962.
+    #[arg(
+        long,
+        value_name = "ADDRESS:PORT|off",
+        default_value = metrics::DEFAULT_ADDRESS,
+        value_parser = metrics::parse_address
+    )]
+    // Spelled out so that clap takes the parser's `Option` (`off` = None) as the value, not as
+    // "the flag is optional".
+    metrics_address: std::option::Option<std::net::SocketAddr>,
 }
 
 fn main() {
@@ -71,8 +85,22 @@ fn main() {
         gc_interval: Duration::from_secs(args.identity_grace.clamp(1, 60)),
         status_file: args.status_file,
     };
+    let metrics = match AgentMetrics::new() {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("flagella-control: cannot set up the metrics ({e}); this is a bug, please report it");
+            std::process::exit(1);
+        }
+    };
+    if let Some(address) = args.metrics_address {
+        if let Err(e) = metrics::serve(address, Arc::clone(&metrics)) {
+            eprintln!("flagella-control: {e}");
+            std::process::exit(1);
+        }
+        eprintln!("flagella-control: metrics: http://{address}/metrics");
+    }
     runtime.block_on(async move {
-        let mut agent = Agent::new(cfg);
+        let mut agent = Agent::new(cfg, metrics);
         agent.run().await;
     });
 }

@@ -99,7 +99,11 @@ impl ClusterState {
     pub fn new(node: &str) -> ClusterState {
         ClusterState {
             node: node.to_string(),
-            engine: PolicyEngine::new(),
+            engine: {
+                let mut engine = PolicyEngine::new();
+                engine.set_local_node(node); // Its own address is `host`, not `remote-node`.
+                engine
+            },
             namespaces: BTreeMap::new(),
             nodes: BTreeMap::new(),
             endpoints: BTreeMap::new(),
@@ -135,6 +139,11 @@ impl ClusterState {
     }
 
     // ---- queries ---------------------------------------------------------------------------
+
+    /// Label sets with a cluster-wide identity number known to the model.
+    pub fn identities_known(&self) -> usize {
+        self.cluster_ids.len()
+    }
 
     pub fn malformed_total(&self) -> u64 {
         self.malformed_total

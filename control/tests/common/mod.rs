@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helper: a failure is a failed test
 
 pub mod net;
+pub mod prometheus;
 pub mod traffic;
 
 use std::net::TcpListener;

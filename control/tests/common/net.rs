@@ -55,7 +55,7 @@ impl Drop for Proc {
 
 // The namespace guard and `ip` helpers are the workspace's one definition (`testkit`).
 #[allow(unused_imports)] // each test file uses a subset
-pub use testkit::{ip_in, run_ip, spawn_in, NetNsGuard};
+pub use testkit::{ip_in, run_in, run_ip, spawn_in, NetNsGuard};
 
 /// `(ifindex, MAC)` of `dev` in namespace `ns`.
 pub fn link_facts(ns: &str, dev: &str) -> (u64, String) {
@@ -119,13 +119,26 @@ pub fn wait_for_within(what: &str, timeout: Duration, mut done: impl FnMut() -> 
 
 /// `flagella-control` for `node`, on etcd at `etcd_url` and the dataplane's `socket`, writing its
 /// status to `status_file` and appending its stderr to `log` (what every test's agent runs
-/// with: a short etcd timeout, so outages show quickly).
+/// with: a short etcd timeout, so outages show quickly). Its `/metrics` is off: several agents
+/// share the root namespace, where only one could have the default port.
 pub fn spawn_agent(
     etcd_url: &str,
     node: &str,
     socket: &Path,
     status_file: &Path,
     log: &Path,
+) -> Child {
+    spawn_agent_with_metrics(etcd_url, node, socket, status_file, log, "off")
+}
+
+/// [`spawn_agent`], serving `/metrics` on `metrics` (`ADDRESS:PORT` or `off`).
+pub fn spawn_agent_with_metrics(
+    etcd_url: &str,
+    node: &str,
+    socket: &Path,
+    status_file: &Path,
+    log: &Path,
+    metrics: &str,
 ) -> Child {
     let log = File::options().create(true).append(true).open(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_flagella-control"))
@@ -137,6 +150,7 @@ pub fn spawn_agent(
         .arg("--status-file")
         .arg(status_file)
         .args(["--etcd-timeout", "1"])
+        .args(["--metrics-address", metrics])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)

@@ -1,28 +1,36 @@
 //! `/metrics`: the dataplane's counters in Prometheus text format, over HTTP on a loopback
-//! address (default 127.0.0.1:9962, as Cilium's agent).
+//! address (default 127.0.0.1:9962, as Cilium's agent). The HTTP side ([`MetricsServer`]) serves
+//! whatever text its render function builds, so `flagella-control` serves its own metrics
+//! (127.0.0.1:9963) through the same server.
 //!
 //! # Contract
 //! - Counting never slows the fast path: workers keep plain per-worker counters and publish
-//!   copies off the packet path ([`StatsRegistry`]); a scrape sums the copies, builds a fresh
-//!   registry and encodes it. Nothing here runs per packet.
+//!   copies off the packet path (`api::publish::StatsRegistry`); a scrape sums the copies, builds a fresh
+//!   registry and encodes it. Nothing here runs per packet. What the kernel counts (the XDP
+//!   programs' counters, the AF_XDP sockets' `XDP_STATISTICS`) the daemon reads at scrape time
+//!   on the metrics thread ([`KernelCounters`]), with system calls the workers never wait for.
 //! - Names follow Prometheus conventions: `flagella_` prefix, `_total` counters with HELP and
 //!   TYPE. Every scalar pipeline counter becomes `flagella_<name>_total` (one list,
 //!   `Counters::scalars`), every drop reason a `reason` label of `flagella_drops_total`, every
-//!   stage a `stage` label of `flagella_stage_packets_total` / `flagella_stage_drops_total`, and
-//!   each worker's AF_XDP ring statistics a `worker` label: no counter can exist without a metric.
+//!   stage a `stage` label of `flagella_stage_packets_total` / `flagella_stage_drops_total`,
+//!   each worker's AF_XDP ring statistics a `worker` label, each XDP program counter
+//!   `flagella_xdp_<field>_total{interface}` and each socket statistic
+//!   `flagella_xsk_<field>_total{interface,queue}`, each worker's conntrack table
+//!   `flagella_conntrack_{entries,capacity}` and `flagella_conntrack_<field>_total{worker}`: no
+//!   counter can exist without a metric.
 //! - The server answers `GET /metrics` and nothing else (404), one request per connection, with
 //!   a read timeout so an idle client cannot hold it; it never panics on input.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{CounterVec, Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use super::publish::{StatsRegistry, WorkerCounters};
+use super::publish::{CtSummary, WorkerCounters};
 use crate::pipeline::{Counters, DropReason, Stage};
+use crate::tables::conntrack::CtStats;
 
 /// The default listen address (Cilium's agent uses 9962).
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9962";
@@ -30,8 +38,27 @@ pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9962";
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The Prometheus text for these totals and workers.
-pub fn render(total: &Counters, workers: &[WorkerCounters]) -> Result<String, prometheus::Error> {
+/// Builds the text of one scrape (called on the metrics thread, once per request).
+pub type Render = Box<dyn Fn() -> Result<String, prometheus::Error> + Send>;
+
+/// One counter of a kernel structure: its field name, what it counts, its value.
+pub type KernelField = (&'static str, &'static str, u64);
+
+/// What the kernel counted outside the pipeline, read at scrape time by the daemon.
+#[derive(Clone, Debug, Default)]
+pub struct KernelCounters {
+    /// Per interface, its XDP program's counters (summed over CPUs).
+    pub programs: Vec<(String, Vec<KernelField>)>,
+    /// Per (interface, queue), its AF_XDP socket's `XDP_STATISTICS`.
+    pub sockets: Vec<(String, u32, Vec<KernelField>)>,
+}
+
+/// The Prometheus text for these totals, workers and kernel counters.
+pub fn render(
+    total: &Counters,
+    workers: &[WorkerCounters],
+    kernel: &KernelCounters,
+) -> Result<String, prometheus::Error> {
     let registry = Registry::new();
     for (name, value) in total.scalars() {
         let help = format!("Pipeline counter `{name}` (summed over workers).");
@@ -71,9 +98,168 @@ pub fn render(total: &Counters, workers: &[WorkerCounters]) -> Result<String, pr
             .inc_by(total.stage_drops.get(i).copied().unwrap_or(0));
     }
     render_workers(&registry, workers)?;
+    render_conntrack(&registry, workers)?;
+    render_kernel(&registry, kernel)?;
+    encode(&registry)
+}
+
+/// `registry` in the Prometheus text format.
+pub fn encode(registry: &Registry) -> Result<String, prometheus::Error> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Each worker's conntrack table: occupancy, capacity and the table's own counters.
+fn render_conntrack(registry: &Registry, workers: &[WorkerCounters]) -> prometheus::Result<()> {
+    let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), &["worker"])?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let entries = gauge(
+        "flagella_conntrack_entries",
+        "Occupied conntrack slots of each worker (expired entries not yet collected included).",
+    )?;
+    let capacity = gauge(
+        "flagella_conntrack_capacity",
+        "Conntrack slots of each worker's table.",
+    )?;
+    let mut families: Vec<Family> = Vec::new();
+    for w in workers {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        entries
+            .with_label_values(&[w.name.as_str()])
+            .set(n(w.conntrack.entries));
+        capacity
+            .with_label_values(&[w.name.as_str()])
+            .set(n(w.conntrack.capacity));
+        for &(name, help, value) in &conntrack_fields(&w.conntrack) {
+            let sample = (vec![w.name.as_str()], value);
+            match families.iter_mut().find(|(f, _, _)| *f == name) {
+                Some((_, _, samples)) => samples.push(sample),
+                None => families.push((name, help, vec![sample])),
+            }
+        }
+    }
+    emit(
+        registry,
+        "flagella_conntrack",
+        "Conntrack",
+        &["worker"],
+        families,
+    )
+}
+
+/// The conntrack table's counters by name (the destructuring fails to compile when `CtStats`
+/// gains a field this list does not show).
+fn conntrack_fields(ct: &CtSummary) -> [KernelField; 6] {
+    let CtStats {
+        inserts,
+        replaced,
+        expired_reused,
+        evictions,
+        gc_freed,
+        removed,
+    } = ct.stats;
+    [
+        (
+            "inserts",
+            "entries created (replacements and evictions included)",
+            inserts,
+        ),
+        (
+            "replaced",
+            "creates that overwrote an entry of the same flow",
+            replaced,
+        ),
+        (
+            "expired_reused",
+            "creates that reused an expired entry's slot",
+            expired_reused,
+        ),
+        (
+            "evictions",
+            "live entries displaced because their bucket was full",
+            evictions,
+        ),
+        (
+            "gc_freed",
+            "expired entries freed by the incremental GC",
+            gc_freed,
+        ),
+        ("removed", "entries removed on request", removed),
+    ]
+}
+
+/// One counter family being built: its field name, help, and samples (label values, value).
+type Family<'a> = (&'a str, &'a str, Vec<(Vec<&'a str>, u64)>);
+
+/// The XDP programs' counters by interface, the sockets' statistics by interface and queue.
+fn render_kernel(registry: &Registry, kernel: &KernelCounters) -> prometheus::Result<()> {
+    let mut programs: Vec<Family> = Vec::new();
+    for (interface, fields) in &kernel.programs {
+        collect(&mut programs, fields, vec![interface.as_str()]);
+    }
+    emit(
+        registry,
+        "flagella_xdp",
+        "XDP program",
+        &["interface"],
+        programs,
+    )?;
+    let queues: Vec<String> = kernel
+        .sockets
+        .iter()
+        .map(|(_, q, _)| q.to_string())
+        .collect();
+    let mut sockets: Vec<Family> = Vec::new();
+    for ((interface, _, fields), queue) in kernel.sockets.iter().zip(&queues) {
+        collect(
+            &mut sockets,
+            fields,
+            vec![interface.as_str(), queue.as_str()],
+        );
+    }
+    emit(
+        registry,
+        "flagella_xsk",
+        "AF_XDP socket (XDP_STATISTICS)",
+        &["interface", "queue"],
+        sockets,
+    )
+}
+
+/// Groups one source's fields by field name: `(name, help, [(label values, value)])`.
+fn collect<'a>(into: &mut Vec<Family<'a>>, fields: &'a [KernelField], labels: Vec<&'a str>) {
+    for &(name, help, value) in fields {
+        match into.iter_mut().find(|(n, _, _)| *n == name) {
+            Some((_, _, samples)) => samples.push((labels.clone(), value)),
+            None => into.push((name, help, vec![(labels.clone(), value)])),
+        }
+    }
+}
+
+/// One counter family `<prefix>_<field>_total` per field.
+fn emit(
+    registry: &Registry,
+    prefix: &str,
+    source: &str,
+    labels: &[&str],
+    fields: Vec<Family>,
+) -> prometheus::Result<()> {
+    for (name, help, samples) in fields {
+        let c = counter(
+            registry,
+            &format!("{prefix}_{name}_total"),
+            &format!("{source} counter `{name}`: {help}"),
+            labels,
+        )?;
+        for (values, n) in samples {
+            c.with_label_values(&values).inc_by(n);
+        }
+    }
+    Ok(())
 }
 
 /// Per-worker I/O: busy time and the AF_XDP rings' statistics, so that no drop is invisible.
@@ -86,9 +272,19 @@ fn render_workers(registry: &Registry, workers: &[WorkerCounters]) -> prometheus
         &["worker"],
     )?;
     registry.register(Box::new(busy.clone()))?;
+    let idle = CounterVec::new(
+        Opts::new(
+            "flagella_worker_idle_seconds_total",
+            "Time each worker has been running minus its busy time (polls that found nothing).",
+        ),
+        &["worker"],
+    )?;
+    registry.register(Box::new(idle.clone()))?;
     for w in workers {
         busy.with_label_values(&[w.name.as_str()])
             .inc_by(w.busy_ns as f64 / 1e9);
+        idle.with_label_values(&[w.name.as_str()])
+            .inc_by(w.running_ns.saturating_sub(w.busy_ns) as f64 / 1e9);
     }
     // Every field of `IoSummary`, by its own name (the struct is the list: a field added there
     // becomes a metric here).
@@ -143,18 +339,26 @@ pub struct MetricsError {
 }
 
 /// The `/metrics` listener.
-#[derive(Debug)]
 pub struct MetricsServer {
     listener: TcpListener,
-    stats: Arc<StatsRegistry>,
+    render: Render,
+}
+
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MetricsServer {
-    pub fn bind(address: SocketAddr, stats: Arc<StatsRegistry>) -> Result<Self, MetricsError> {
+    /// Listens on `address`; each `GET /metrics` answers what `render` builds then.
+    pub fn bind(address: SocketAddr, render: Render) -> Result<Self, MetricsError> {
         let listener = TcpListener::bind(address)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| MetricsError { address, source })?;
-        Ok(MetricsServer { listener, stats })
+        Ok(MetricsServer { listener, render })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -167,14 +371,14 @@ impl MetricsServer {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if let Err(e) = self.serve(stream) {
-                        eprintln!("flagella-dataplane: /metrics: a scrape failed: {e}");
+                        eprintln!("/metrics: a scrape failed: {e}");
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => {
-                    eprintln!("flagella-dataplane: /metrics: accept: {e}");
+                    eprintln!("/metrics: accept failed: {e}; retrying");
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -193,12 +397,10 @@ impl MetricsServer {
         let (method, path) = (parts.next(), parts.next());
         let path = path.map(|p| p.split('?').next().unwrap_or(p));
         let (status, body) = match (method, path) {
-            (Some("GET"), Some("/metrics")) => {
-                match render(&self.stats.total(), &self.stats.per_worker()) {
-                    Ok(text) => ("200 OK", text),
-                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-                }
-            }
+            (Some("GET"), Some("/metrics")) => match (self.render)() {
+                Ok(text) => ("200 OK", text),
+                Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+            },
             _ => ("404 Not Found", "try GET /metrics\n".to_string()),
         };
         let mut w = stream;
@@ -215,7 +417,10 @@ impl MetricsServer {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::api::publish::StatsRegistry;
 
     #[test]
     fn every_counter_and_drop_reason_is_a_metric() {
@@ -224,7 +429,7 @@ mod tests {
             ..Counters::default()
         };
         c.drop(Stage::Policy, DropReason::PolicyDeniedIngress);
-        let text = render(&c, &[]).unwrap();
+        let text = render(&c, &[], &KernelCounters::default()).unwrap();
         for (name, _) in Counters::default().scalars() {
             assert!(
                 text.contains(&format!("# TYPE flagella_{name}_total counter")),
@@ -251,21 +456,106 @@ mod tests {
             name: "worker-0".into(),
             publications: 1,
             busy_ns: 1_500_000_000,
+            running_ns: 4_000_000_000,
+            conntrack: CtSummary {
+                entries: 3,
+                capacity: 1024,
+                stats: CtStats {
+                    evictions: 2,
+                    ..CtStats::default()
+                },
+            },
             io: crate::pipeline::IoSummary {
                 sock_rx_ring_full: 7,
                 ..Default::default()
             },
             counters: Counters::default(),
         };
-        let text = render(&c, &[worker]).unwrap();
+        let text = render(&c, &[worker], &KernelCounters::default()).unwrap();
         assert!(text.contains("flagella_worker_sock_rx_ring_full_total{worker=\"worker-0\"} 7"));
         assert!(text.contains("flagella_worker_busy_seconds_total{worker=\"worker-0\"} 1.5"));
+        assert!(text.contains("flagella_worker_idle_seconds_total{worker=\"worker-0\"} 2.5"));
+        assert!(text.contains("flagella_conntrack_entries{worker=\"worker-0\"} 3"));
+        assert!(text.contains("flagella_conntrack_capacity{worker=\"worker-0\"} 1024"));
+        assert!(text.contains("flagella_conntrack_evictions_total{worker=\"worker-0\"} 2"));
+        assert!(text.contains("# TYPE flagella_conntrack_gc_freed_total counter"));
+    }
+
+    /// Every scalar counter and every drop reason, each made non-zero, shows up both in the
+    /// control socket's `status` and in `/metrics` with its value.
+    #[test]
+    fn no_counter_or_drop_reason_is_missing_from_status_or_metrics() {
+        let mut c = Counters::default();
+        for (n, reason) in DropReason::ALL.iter().enumerate() {
+            for _ in 0..=n {
+                c.drop(Stage::Policy, *reason);
+            }
+        }
+        let status = crate::api::control::counters_json(&c);
+        let text = render(&c, &[], &KernelCounters::default()).unwrap();
+        for (name, value) in c.scalars() {
+            assert_eq!(status[name], value, "`{name}` missing from status");
+            assert!(
+                text.contains(&format!("\nflagella_{name}_total {value}\n")),
+                "flagella_{name}_total missing from /metrics"
+            );
+        }
+        for (n, reason) in DropReason::ALL.iter().enumerate() {
+            let name = reason.name();
+            assert_eq!(
+                status["drops"][name],
+                n + 1,
+                "drop reason `{name}` missing from status"
+            );
+            assert!(
+                text.contains(&format!(
+                    "flagella_drops_total{{reason=\"{name}\"}} {}\n",
+                    n + 1
+                )),
+                "drop reason `{name}` missing from /metrics"
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_counters_are_labelled_by_interface_and_queue() {
+        let kernel = KernelCounters {
+            programs: vec![
+                (
+                    "eth0".into(),
+                    vec![("redirected", "owned and redirected", 5)],
+                ),
+                (
+                    "eth1".into(),
+                    vec![("redirected", "owned and redirected", 6)],
+                ),
+            ],
+            sockets: vec![
+                ("eth0".into(), 0, vec![("rx_dropped", "dropped", 1)]),
+                ("eth0".into(), 1, vec![("rx_dropped", "dropped", 2)]),
+            ],
+        };
+        let text = render(&Counters::default(), &[], &kernel).unwrap();
+        assert!(
+            text.contains("# TYPE flagella_xdp_redirected_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("flagella_xdp_redirected_total{interface=\"eth0\"} 5"));
+        assert!(text.contains("flagella_xdp_redirected_total{interface=\"eth1\"} 6"));
+        assert!(text.contains("flagella_xsk_rx_dropped_total{interface=\"eth0\",queue=\"1\"} 2"));
     }
 
     #[test]
     fn the_server_answers_metrics_and_404_on_loopback() {
         let stats = StatsRegistry::new();
-        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), stats).unwrap();
+        let render: Render = Box::new(move || {
+            render(
+                &stats.total(),
+                &stats.per_worker(),
+                &KernelCounters::default(),
+            )
+        });
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), render).unwrap();
         let addr = server.local_addr().unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&shutdown);

@@ -24,12 +24,13 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use serde::Serialize;
 
 pub use crate::pipeline::IoSummary;
 use crate::pipeline::{Counters, Pipeline, Publisher};
-use crate::tables::conntrack::{Conntrack, FlowDirection};
+use crate::tables::conntrack::{Conntrack, CtStats, FlowDirection};
 pub use crate::tables::TablesHandle;
 
 /// Locks `m`, recovering from poisoning: the guarded data are plain values that a panicking
@@ -82,6 +83,9 @@ struct WorkerSlot {
     busy_ns: AtomicU64,
     io: Mutex<IoSummary>,
     ct_answer: Mutex<CtSnapshot>,
+    conntrack: Mutex<CtSummary>,
+    /// When the worker registered: its running time, of which `busy_ns` was busy.
+    started: Instant,
 }
 
 /// The workers' publication slots and the conntrack dump request, shared by the control thread
@@ -95,6 +99,25 @@ pub struct StatsRegistry {
     ct_limit: AtomicUsize,
 }
 
+/// A worker's conntrack table at its last publication (occupancy and the table's counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtSummary {
+    /// Occupied slots, expired entries not yet collected included.
+    pub entries: u64,
+    pub capacity: u64,
+    pub stats: CtStats,
+}
+
+impl CtSummary {
+    fn of(ct: &Conntrack) -> Self {
+        CtSummary {
+            entries: ct.len() as u64,
+            capacity: ct.capacity() as u64,
+            stats: ct.stats(),
+        }
+    }
+}
+
 /// The per-worker counters `status` reports.
 #[derive(Clone, Debug)]
 pub struct WorkerCounters {
@@ -103,7 +126,10 @@ pub struct WorkerCounters {
     /// Nanoseconds the worker spent in passes that received frames (see
     /// [`WorkerStats::set_busy_ns`]); divided by `counters.rx_packets` it is the cost per packet.
     pub busy_ns: u64,
+    /// Nanoseconds since the worker registered; minus `busy_ns`, the time it was idle.
+    pub running_ns: u64,
     pub io: IoSummary,
+    pub conntrack: CtSummary,
     pub counters: Counters,
 }
 
@@ -122,6 +148,8 @@ impl StatsRegistry {
             busy_ns: AtomicU64::new(0),
             io: Mutex::new(IoSummary::default()),
             ct_answer: Mutex::new(CtSnapshot::default()),
+            conntrack: Mutex::new(CtSummary::default()),
+            started: Instant::now(),
         });
         lock(&self.slots).push(Arc::clone(&slot));
         WorkerStats {
@@ -148,7 +176,9 @@ impl StatsRegistry {
                 name: s.name.clone(),
                 publications: s.publications.load(Ordering::Relaxed),
                 busy_ns: s.busy_ns.load(Ordering::Relaxed),
+                running_ns: u64::try_from(s.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
                 io: *lock(&s.io),
+                conntrack: *lock(&s.conntrack),
                 counters: lock(&s.counters).clone(),
             })
             .collect()
@@ -236,6 +266,9 @@ impl WorkerStats {
         }
         if let Ok(mut io) = self.slot.io.try_lock() {
             *io = self.io;
+        }
+        if let Ok(mut ct) = self.slot.conntrack.try_lock() {
+            *ct = CtSummary::of(pipeline.conntrack());
         }
         let wanted = self.registry.ct_request.load(Ordering::Acquire);
         if wanted != self.answered {

@@ -1,7 +1,8 @@
 //! What a worker's I/O layer counts: its own [`IoCounters`] and the kernel's [`SocketStats`].
 //!
 //! Plain counters, written by the worker thread only (the kernel's are read with a system call
-//! about every 100 ms, never per pass).
+//! about every 100 ms, never per pass). `SocketStatsReader` (in `sys`) reads one socket's
+//! statistics from another thread (the daemon's `/metrics`, at scrape time).
 
 /// What the I/O layer of one worker did. Plain counters written by the worker thread only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,4 +55,76 @@ pub struct SocketStats {
     /// Frames the kernel could not deliver because the fill ring was empty.
     pub rx_fill_ring_empty_descs: u64,
     pub tx_ring_empty_descs: u64,
+}
+
+impl SocketStats {
+    /// Every counter with its field name and meaning: the one list `/metrics` shows
+    /// (`flagella_xsk_<name>_total`). The destructuring fails to compile when a field is added
+    /// without being listed.
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 6] {
+        let SocketStats {
+            rx_dropped,
+            rx_invalid_descs,
+            tx_invalid_descs,
+            rx_ring_full,
+            rx_fill_ring_empty_descs,
+            tx_ring_empty_descs,
+        } = *self;
+        [
+            (
+                "rx_dropped",
+                "frames the kernel dropped for this socket (e.g. too long for a UMEM chunk)",
+                rx_dropped,
+            ),
+            (
+                "rx_invalid_descs",
+                "invalid descriptors on the RX side",
+                rx_invalid_descs,
+            ),
+            (
+                "tx_invalid_descs",
+                "invalid descriptors the socket put on its TX ring",
+                tx_invalid_descs,
+            ),
+            (
+                "rx_ring_full",
+                "frames dropped because the RX ring was full",
+                rx_ring_full,
+            ),
+            (
+                "rx_fill_ring_empty_descs",
+                "frames dropped because the fill ring was empty",
+                rx_fill_ring_empty_descs,
+            ),
+            (
+                "tx_ring_empty_descs",
+                "TX wakeups that found the TX ring empty",
+                tx_ring_empty_descs,
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_socket_statistic_is_listed_once_with_its_value() {
+        let s = SocketStats {
+            rx_dropped: 1,
+            rx_invalid_descs: 2,
+            tx_invalid_descs: 3,
+            rx_ring_full: 4,
+            rx_fill_ring_empty_descs: 5,
+            tx_ring_empty_descs: 6,
+        };
+        let fields = s.fields();
+        let values: Vec<u64> = fields.iter().map(|(_, _, v)| *v).collect();
+        assert_eq!(values, [1, 2, 3, 4, 5, 6]);
+        let mut names: Vec<&str> = fields.iter().map(|(n, _, _)| *n).collect();
+        names.dedup();
+        assert_eq!(names.len(), 6);
+        assert!(names.contains(&"rx_fill_ring_empty_descs"));
+    }
 }

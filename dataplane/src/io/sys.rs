@@ -1,12 +1,15 @@
 //! The few system calls the I/O layer makes besides xsk-rs's: interface lookup, CPU pinning, the
-//! copy-mode TX budget socket option, and the monotonic clock.
+//! copy-mode TX budget socket option, a socket's `XDP_STATISTICS` (read off the worker by
+//! [`SocketStatsReader`], through its own duplicate of the descriptor), and the monotonic clock.
 //!
 //! Each wrapper is safe: it validates its inputs, owns every buffer it passes to the kernel for
 //! the duration of the call, and turns a failure into an `io::Error`.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use super::counters::SocketStats;
 
 /// `SOL_XDP` option that raises how many TX descriptors one `sendto` turns into socket buffers
 /// in copy mode (default 32; allowed 32..=TX ring size). Linux 6.17 and later; the libc crate
@@ -62,6 +65,71 @@ pub(crate) fn set_tx_budget(fd: RawFd, budget: u32) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// `struct xdp_statistics` of `include/uapi/linux/if_xdp.h` (Linux 5.9 and later: six counters).
+#[repr(C)]
+#[derive(Default)]
+struct XdpStatistics {
+    rx_dropped: u64,
+    rx_invalid_descs: u64,
+    tx_invalid_descs: u64,
+    rx_ring_full: u64,
+    rx_fill_ring_empty_descs: u64,
+    tx_ring_empty_descs: u64,
+}
+
+/// The `XDP_STATISTICS` of AF_XDP socket `fd`. Fields an older kernel does not fill stay 0.
+pub(crate) fn xdp_statistics(fd: BorrowedFd<'_>) -> io::Result<SocketStats> {
+    let mut raw = XdpStatistics::default();
+    let mut len = std::mem::size_of::<XdpStatistics>() as libc::socklen_t;
+    // SAFETY: `raw` is a live, writable struct of `len` bytes and `len` a live socklen_t; the
+    // kernel writes at most `len` bytes and stores the length it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            libc::XDP_STATISTICS,
+            (&mut raw as *mut XdpStatistics).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(SocketStats {
+        rx_dropped: raw.rx_dropped,
+        rx_invalid_descs: raw.rx_invalid_descs,
+        tx_invalid_descs: raw.tx_invalid_descs,
+        rx_ring_full: raw.rx_ring_full,
+        rx_fill_ring_empty_descs: raw.rx_fill_ring_empty_descs,
+        tx_ring_empty_descs: raw.tx_ring_empty_descs,
+    })
+}
+
+/// Reads one AF_XDP socket's `XDP_STATISTICS` off the worker, through a duplicate descriptor
+/// (the socket stays open while the reader lives, even after its worker closed its own).
+#[derive(Debug)]
+pub struct SocketStatsReader {
+    fd: OwnedFd,
+}
+
+impl SocketStatsReader {
+    /// Duplicates `fd` (a socket of [`SocketInfo`](super::SocketInfo)); the caller's descriptor
+    /// must be open now.
+    pub fn new(fd: RawFd) -> io::Result<Self> {
+        // SAFETY: the caller passes the descriptor of a socket its worker holds open during this
+        // call; the borrow ends before `new` returns (we keep only our duplicate).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        Ok(SocketStatsReader {
+            fd: borrowed.try_clone_to_owned()?,
+        })
+    }
+
+    /// The socket's statistics now (one `getsockopt`).
+    pub fn read(&self) -> io::Result<SocketStats> {
+        xdp_statistics(self.fd.as_fd())
     }
 }
 
@@ -125,6 +193,13 @@ mod tests {
         })
         .join()
         .expect("pinned thread");
+    }
+
+    #[test]
+    fn statistics_of_a_non_xdp_socket_fail() {
+        use std::os::fd::AsFd;
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+        assert!(xdp_statistics(udp.as_fd()).is_err());
     }
 
     #[test]
