@@ -198,8 +198,7 @@ impl Harness {
     fn start(dataplane_bin: &Path, tag: &str) -> Harness {
         let pid = std::process::id();
         let node = format!("fe2e-{pid}{tag}");
-        let dir = std::env::temp_dir().join(format!("fe2e-{pid}{tag}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::private_dir("fe2e-");
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
         let mut netns = NetNsGuard::default();
         let (pods, cni_pod) = build_topology(&node, tag, &mut netns);

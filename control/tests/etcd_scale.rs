@@ -152,8 +152,7 @@ fn agent_converges_past_one_message_and_after_a_pause() {
     let Some(etcd) = common::Etcd::start() else {
         return;
     };
-    let dir = etcd.dir.with_extension("scale");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = testkit::private_dir("fetcdscale-");
     let _cleanup = RemoveDirOnDrop(dir.clone());
     let (socket, status_file) = (dir.join("dataplane.sock"), dir.join("status.json"));
     let rt = common::runtime();

@@ -144,8 +144,7 @@ impl Harness {
     fn start(dataplane_bin: &Path) -> Harness {
         let pid = std::process::id();
         let node = format!("fobs-{pid}");
-        let dir = std::env::temp_dir().join(format!("fobs-{pid}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::private_dir("fobs-");
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
         let mut netns = NetNsGuard::default();
         let pods = build_pods(&node, &mut netns);

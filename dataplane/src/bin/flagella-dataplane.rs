@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use dataplane::api::metrics::{self, KernelCounters, MetricsError, MetricsServer, Render};
-use dataplane::api::{ControlServer, ServerError, StatsRegistry, TablesHandle};
+use dataplane::api::{ControlServer, ServerError, SocketAccess, StatsRegistry, TablesHandle};
 use dataplane::daemon::config::{
     ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerSection, XdpMode, DEFAULT_CONFIG_PATH,
 };
@@ -149,6 +149,13 @@ struct Cli {
     /// Control socket path (mode 0600); default from the file, else /run/flagella/dataplane.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+
+    /// `true`: the control socket is mode 0660, so members of the daemon's group may connect
+    /// (run flagella-control as another user in that group: it then cannot signal the
+    /// dataplane). `false`: mode 0600, the daemon's user only. Overrides `socket_group_access`
+    /// in the file (default false).
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set)]
+    socket_group_access: Option<bool>,
 
     /// Frames per batch, 1 to 256 (default 64): larger batches cost less per packet and add
     /// latency under load.
@@ -298,7 +305,7 @@ enum DaemonError {
         #[source]
         source: IoError,
     },
-    #[error("cannot create the control socket's directory {path}: {source}: create it (mode 0700) or choose another --socket")]
+    #[error("cannot create the control socket's directory {path}: {source}: create it (mode 0700, or 0750 with socket_group_access) or choose another --socket")]
     SocketDir {
         path: PathBuf,
         #[source]
@@ -469,8 +476,14 @@ fn start(
 
     running.uplink_sync = start_uplink_sync(tables, &running.xdp)?;
 
-    create_socket_dir(&cfg.socket)?;
-    let mut server = ControlServer::bind(&cfg.socket, tables.clone(), Arc::clone(stats))?;
+    let access = if cfg.socket_group_access {
+        SocketAccess::Group
+    } else {
+        SocketAccess::Owner
+    };
+    create_socket_dir(&cfg.socket, access)?;
+    let mut server =
+        ControlServer::bind_with_access(&cfg.socket, access, tables.clone(), Arc::clone(stats))?;
     running.socket = Some(cfg.socket.clone());
     let handle = thread::Builder::new()
         .name("control".into())
@@ -534,6 +547,9 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     }
     if let Some(socket) = &cli.socket {
         cfg.socket = socket.clone();
+    }
+    if let Some(group) = cli.socket_group_access {
+        cfg.socket_group_access = group;
     }
     if let Some(batch) = cli.batch_size {
         cfg.batch_size = batch;
@@ -1047,8 +1063,9 @@ fn register_sockets(worker: &Worker, xdp: &[InterfaceXdp]) -> Result<(), DaemonE
     Ok(())
 }
 
-/// The socket's directory, root-only, when it does not exist yet.
-fn create_socket_dir(socket: &Path) -> Result<(), DaemonError> {
+/// The socket's directory, when it does not exist yet: only the daemon's user may enter it
+/// (0700), or its group too (0750) when the socket is open to the group.
+fn create_socket_dir(socket: &Path, access: SocketAccess) -> Result<(), DaemonError> {
     let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
@@ -1057,7 +1074,10 @@ fn create_socket_dir(socket: &Path) -> Result<(), DaemonError> {
     }
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(match access {
+            SocketAccess::Owner => 0o700,
+            SocketAccess::Group => 0o750,
+        })
         .create(dir)
         .map_err(|source| DaemonError::SocketDir {
             path: dir.to_path_buf(),
@@ -1207,15 +1227,18 @@ mod tests {
             .unwrap()
     }
 
-    /// A configuration file for one test, removed when dropped.
+    /// A configuration file for one test, removed when dropped (`mkstemp`: a name nobody can
+    /// predict and plant first).
     struct TempConfig(PathBuf);
 
     impl TempConfig {
         fn new(name: &str, text: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "flagella-dataplane-{}-{name}.toml",
-                std::process::id()
-            ));
+            let file = tempfile::Builder::new()
+                .prefix(&format!("flagella-dataplane-{name}-"))
+                .suffix(".toml")
+                .tempfile()
+                .unwrap();
+            let (_, path) = file.keep().unwrap();
             fs::write(&path, text).unwrap();
             TempConfig(path)
         }
