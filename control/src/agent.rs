@@ -8,7 +8,9 @@
 //!   logging each attempt and showing `etcd_reachable: false` in its status;
 //! - dataplane: connected on start and re-tried every second while down; on every
 //!   (re)connection the whole state is pushed ([`ClusterState::snapshot`]) so a restarted
-//!   dataplane converges; while it is down, changes accumulate in the model only;
+//!   dataplane converges; while it is down, changes accumulate in the model only. Every
+//!   endpoint goes in one atomic request with its policy ([`crate::sync::requests`]), so a
+//!   restarted dataplane never forwards for an endpoint whose policy is not in force yet;
 //! - this node's own facts: whenever its `nodes/<name>` entry changes, and after every
 //!   (re)connection, the agent reads the dataplane's `local_node`, writes the etcd facts over
 //!   it ([`crate::sync::local_node_facts`]: name, underlay, the pods' gateways, encapsulation)
@@ -40,7 +42,7 @@ use crate::metrics::AgentMetrics;
 use crate::schema::ROOT;
 pub use crate::status::Status;
 use crate::store::{Event, Store, StoreError, WatchBatch};
-use crate::sync::{local_node_facts, log, ClusterState};
+use crate::sync::{local_node_facts, log, requests, ClusterState};
 
 /// The agent's settings.
 #[derive(Clone, Debug)]
@@ -67,6 +69,8 @@ pub struct Agent {
     dataplane: Option<DataplaneClient>,
     /// The uplink's MTU from the dataplane's `local_node`, once read.
     uplink_mtu: Option<u16>,
+    /// Label sets whose identity failed recently: not asked again on every watch batch.
+    identity_failures: IdentityFailures,
     pub status: Arc<Mutex<Status>>,
     metrics: Arc<AgentMetrics>,
 }
@@ -89,6 +93,7 @@ impl Agent {
             cfg,
             dataplane: None,
             uplink_mtu: None,
+            identity_failures: IdentityFailures::default(),
             status: Arc::new(Mutex::new(status)),
             metrics,
         }
@@ -195,20 +200,21 @@ impl Agent {
         }
     }
 
-    /// Sends changes; a lost connection drops them (the snapshot at reconnection covers them).
+    /// Sends changes, each endpoint in one request with its policy ([`requests`]); a lost
+    /// connection drops them (the snapshot at reconnection covers them).
     async fn push(&mut self, changes: Vec<Change>) {
         let mut refusals = 0;
-        for c in changes {
+        for request in requests(changes) {
             let Some(dp) = self.dataplane.as_mut() else {
                 break;
             };
             let sent = Instant::now();
-            let result = dp.send(&c).await;
-            if matches!(result, Ok(()) | Err(ClientError::Refused { .. })) {
+            let result = dp.send_request(&request).await;
+            if matches!(result, Ok(_) | Err(ClientError::Refused { .. })) {
                 AgentMetrics::observe(&self.metrics.dataplane_request, sent.elapsed());
             }
             match result {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(ClientError::Refused { op, message }) => {
                     refusals += 1;
                     log(format!("dataplane refused {op}: {message}"));
@@ -299,9 +305,15 @@ impl Agent {
         loop {
             tokio::select! {
                 batch = watch.next() => match batch? {
-                    WatchBatch::Events { events, revision: r } => {
+                    WatchBatch::Events { mut events, revision: mut r } => {
                         let received = Instant::now();
                         let timed_before = self.metrics.requests_timed();
+                        // Every batch already received converges at once (a catch-up after a
+                        // pause delivers hundreds of small batches).
+                        while let Some((more, more_revision)) = watch.ready_events() {
+                            events.extend(more);
+                            r = r.max(more_revision);
+                        }
                         self.metrics.note_events(&events);
                         for e in events {
                             ipam.observe(&e);
@@ -372,6 +384,10 @@ impl Agent {
     ) -> Result<(), SessionError> {
         let mut failed = BTreeMap::new();
         for (labels, local) in self.state.needed_identities() {
+            if let Some(reason) = self.identity_failures.waiting(&labels) {
+                failed.insert(crate::identity::canonical(&labels), reason);
+                continue;
+            }
             let started = Instant::now();
             let id = if local {
                 alloc.acquire(&labels).await
@@ -382,11 +398,13 @@ impl Agent {
             match id {
                 Ok(id) => self.state.set_identity(labels, id),
                 Err(e) if e.is_per_label_set() => {
+                    self.identity_failures.failed(&labels, e.to_string());
                     failed.insert(crate::identity::canonical(&labels), e.to_string());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        self.identity_failures.forget_all_but(&failed);
         // Local label sets that became local after their number was known need a reference.
         let local = self.state.local_label_sets();
         let held: Vec<(u32, policy_compiler::labels::Labels)> =
@@ -428,6 +446,12 @@ impl Agent {
     /// Logs each label set whose identity failed (once per distinct reason) and publishes the
     /// current set in the status; they are skipped, everything else converges.
     fn note_identity_errors(&mut self, failed: BTreeMap<String, String>) {
+        // Shortened: a label set (or a reason quoting its key) may be as large as etcd allows,
+        // and the status is rewritten on every batch.
+        let failed: BTreeMap<String, String> = failed
+            .iter()
+            .map(|(labels, reason)| (shortened(labels), shortened(reason)))
+            .collect();
         let before = self
             .status
             .lock()
@@ -441,7 +465,56 @@ impl Agent {
                 ));
             }
         }
-        self.set_status(|s| s.identity_errors = failed);
+        if before != failed {
+            self.set_status(|s| s.identity_errors = failed);
+        }
+    }
+}
+
+/// Texts longer than this are shortened in the status and the log.
+const SHOWN_BYTES: usize = 512;
+
+/// `text`, or its first [`SHOWN_BYTES`] bytes (at a character boundary) and its length.
+fn shortened(text: &str) -> String {
+    if text.len() <= SHOWN_BYTES {
+        return text.to_string();
+    }
+    let mut end = SHOWN_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
+/// How long a label set whose identity failed waits before it is asked again. A failure is
+/// rarely fixed within seconds (a corrupt value, a label set too large for etcd), and asking on
+/// every watch batch costs a round trip each (an oversized request is sent whole before etcd
+/// refuses it): a cluster's worth of changes would queue behind it.
+const IDENTITY_RETRY: Duration = Duration::from_secs(10);
+
+/// Label sets whose identity failed, with when and why.
+#[derive(Debug, Default)]
+struct IdentityFailures {
+    by_labels: BTreeMap<String, (Instant, String)>,
+}
+
+impl IdentityFailures {
+    /// The last reason of `labels`' failure while it waits for its retry; `None` when it may
+    /// be asked.
+    fn waiting(&self, labels: &policy_compiler::labels::Labels) -> Option<String> {
+        let (when, reason) = self.by_labels.get(&crate::identity::canonical(labels))?;
+        (when.elapsed() < IDENTITY_RETRY).then(|| reason.clone())
+    }
+
+    fn failed(&mut self, labels: &policy_compiler::labels::Labels, reason: String) {
+        let canonical = crate::identity::canonical(labels);
+        self.by_labels.insert(canonical, (Instant::now(), reason));
+    }
+
+    /// Drops label sets that no longer fail (resolved, or no longer needed).
+    fn forget_all_but(&mut self, failing: &BTreeMap<String, String>) {
+        self.by_labels
+            .retain(|labels, _| failing.contains_key(labels));
     }
 }
 
@@ -454,4 +527,18 @@ pub enum SessionError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("the identity lease could not be renewed")]
     LeaseLost,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_shortened_at_a_character_boundary() {
+        assert_eq!(shortened("short"), "short");
+        let long = "é".repeat(SHOWN_BYTES);
+        let s = shortened(&long);
+        assert!(s.len() < SHOWN_BYTES + 32, "{}", s.len());
+        assert!(s.ends_with(&format!("... ({} bytes)", long.len())), "{s}");
+    }
 }

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use policy_compiler::labels::Labels;
 
 use crate::schema::{IdentitySpec, ROOT};
@@ -352,18 +352,16 @@ impl IdentityAllocator {
     /// (as seen by this node's earlier passes). Returns the numbers deleted.
     pub async fn collect_garbage(&mut self, grace: Duration) -> Result<Vec<u32>, IdentityError> {
         let mut client = self.store.client();
-        let resp = client
-            .get(prefix(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(StoreError::etcd("identity listing"))?;
+        // Paged (the identities of a large cluster, or a few large label sets, exceed one reply).
+        let (kvs, _) = self.store.list(&prefix()).await?;
         let mut labels_of: HashMap<u32, String> = HashMap::new();
         let mut referenced: std::collections::HashSet<u32> = Default::default();
         let id_prefix = format!("{}id/", prefix());
         let ref_prefix = format!("{}refs/", prefix());
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
+        for kv in &kvs {
+            let key = kv.key.as_str();
             if let Some(n) = key.strip_prefix(&id_prefix).and_then(|n| n.parse().ok()) {
-                if let Ok(spec) = serde_json::from_slice::<IdentitySpec>(kv.value()) {
+                if let Ok(spec) = serde_json::from_slice::<IdentitySpec>(&kv.value) {
                     labels_of.insert(n, labels_key(&spec.labels.into()));
                 }
             } else if let Some(rest) = key.strip_prefix(&ref_prefix) {

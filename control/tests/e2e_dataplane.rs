@@ -124,7 +124,8 @@ impl Drop for Harness {
     }
 }
 
-fn build_topology(node: &str, netns: &mut NetNsGuard) -> (Vec<Pod>, Pod) {
+/// `tag` tells apart the runs of the tests of this file, which share a PID.
+fn build_topology(node: &str, tag: &str, netns: &mut NetNsGuard) -> (Vec<Pod>, Pod) {
     let pid = std::process::id();
     let add = |netns: &mut NetNsGuard, name: &str| {
         netns.add(name).unwrap_or_else(|e| panic!("{e}"));
@@ -135,7 +136,7 @@ fn build_topology(node: &str, netns: &mut NetNsGuard) -> (Vec<Pod>, Pod) {
     for (i, letter) in ["a", "b", "c"].into_iter().enumerate() {
         let ns = format!("{node}-{letter}");
         add(netns, &ns);
-        let host_if = format!("fe2e{pid}{letter}");
+        let host_if = format!("fe2e{pid}{tag}{letter}");
         let ip = Ipv4Addr::new(10, 78, 0, 11 + i as u8);
         ip_in(
             node,
@@ -168,7 +169,7 @@ fn build_topology(node: &str, netns: &mut NetNsGuard) -> (Vec<Pod>, Pod) {
     // Pod D: a veth the dataplane serves from the start, without an address yet.
     let ns = format!("{node}-d");
     add(netns, &ns);
-    let host_if = format!("fe2e{pid}d");
+    let host_if = format!("fe2e{pid}{tag}d");
     ip_in(
         node,
         &[
@@ -192,13 +193,15 @@ fn build_topology(node: &str, netns: &mut NetNsGuard) -> (Vec<Pod>, Pod) {
 }
 
 impl Harness {
-    fn start(dataplane_bin: &Path) -> Harness {
+    /// `tag` (a letter or empty) makes the names of this run unique among the tests of this
+    /// file, which run at once in one process.
+    fn start(dataplane_bin: &Path, tag: &str) -> Harness {
         let pid = std::process::id();
-        let node = format!("fe2e-{pid}");
+        let node = format!("fe2e-{pid}{tag}");
         let dir = testkit::private_dir("fe2e-");
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
         let mut netns = NetNsGuard::default();
-        let (pods, cni_pod) = build_topology(&node, &mut netns);
+        let (pods, cni_pod) = build_topology(&node, tag, &mut netns);
         let rt = common::runtime();
         let store = rt
             .block_on(Store::connect(&etcd.urls(), Duration::from_secs(2)))
@@ -232,6 +235,13 @@ impl Harness {
         h
     }
 
+    /// kill -9 of the dataplane, and the same binary started again on the same interfaces.
+    fn restart_dataplane(&mut self, bin: &Path) {
+        self.dataplane.kill9();
+        let _ = std::fs::remove_file(&self.socket);
+        self.start_dataplane(bin);
+    }
+
     fn start_dataplane(&mut self, bin: &Path) {
         let config = self.dir.join("dataplane.toml");
         std::fs::write(&config, "").unwrap(); // the flags say everything
@@ -248,7 +258,13 @@ impl Harness {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(&self.dataplane.log).unwrap())
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&self.dataplane.log)
+                    .unwrap(),
+            )
             .spawn()
             .expect("spawn ip netns exec flagella-dataplane");
         self.dataplane.child = Some(child);
@@ -602,7 +618,7 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
         }
     };
     let started = Instant::now();
-    let mut h = Harness::start(&dataplane_bin);
+    let mut h = Harness::start(&dataplane_bin, "");
     let (a, b, c) = (h.pod("a").clone(), h.pod("b").clone(), h.pod("c").clone());
 
     // 0. The agent alone fills the dataplane: three endpoints with cluster identities, and
@@ -863,4 +879,161 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
     }
     assert!(h.control.running(), "the agent is still running");
     assert!(h.dataplane.running(), "the dataplane is still running");
+}
+
+// ---- restart of the dataplane: enforced from the first packet --------------------------------
+
+/// Remote pods written for the restart test: enough that the resync's ipcache takes a while.
+const REMOTE_PODS: u32 = 3000;
+
+/// A refused client that keeps trying: from `from`, new connections to `to` one after another
+/// on `threads` threads (each attempt waits `attempt` for the handshake), until `stop`;
+/// counts the attempts and the connections that were accepted.
+struct Hammer {
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+    handles: Vec<thread::JoinHandle<()>>,
+}
+
+impl Hammer {
+    fn start(from: &Pod, to: &Pod, threads: usize, attempt: Duration) -> Hammer {
+        let addr = SocketAddr::new(IpAddr::V4(to.ip), PORT);
+        let stop = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let handles = (0..threads)
+            .map(|_| {
+                let (s, n, ok) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&attempts),
+                    Arc::clone(&accepted),
+                );
+                spawn_in(&from.netns, move || {
+                    while !s.load(Ordering::Relaxed) {
+                        n.fetch_add(1, Ordering::Relaxed);
+                        match TcpStream::connect_timeout(&addr, attempt) {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Refused outright (no route yet): do not spin.
+                            Err(_) => thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Hammer {
+            stop,
+            attempts,
+            accepted,
+            handles,
+        }
+    }
+
+    /// Stops the threads; `(attempts, accepted)`.
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            h.join().unwrap();
+        }
+        (
+            self.attempts.load(Ordering::Relaxed),
+            self.accepted.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Issue 14, finding 5: after a dataplane restart the agent used to send the endpoints (not
+/// enforced), then the whole ipcache one request at a time, then the policies; a client the
+/// policy refuses could connect in that window, and its connection stayed established. Here
+/// pod C keeps trying to connect to pod B, whose policy admits only A, while the dataplane is
+/// killed (-9) and started again, with 3000 remote pods in the ipcache: not one connection may
+/// be accepted, and A -> B works again afterwards.
+#[test]
+fn dataplane_restart_never_forwards_unenforced() {
+    let dataplane_bin = match preflight() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let mut h = Harness::start(&dataplane_bin, "r");
+    let (a, b, c) = (h.pod("a").clone(), h.pod("b").clone(), h.pod("c").clone());
+    h.put(
+        "nodes/far",
+        json!({"underlay_ip": "192.168.78.2", "pod_cidrs": ["10.79.0.0/16"], "tunnel": "vxlan"})
+            .to_string(),
+    );
+    for i in 0..REMOTE_PODS {
+        let ip = Ipv4Addr::new(10, 79, (i / 250) as u8, (1 + i % 250) as u8);
+        h.put(
+            &format!("endpoints/{}/far-{i}", h.namespace),
+            json!({"node": "far", "labels": {"app": "far"}, "ipv4": ip.to_string(),
+                   "interface": format!("far{i}")})
+            .to_string(),
+        );
+    }
+    h.wait_agent_synced_within(h.etcd_revision(), Duration::from_secs(60));
+    let ipcache_len = |h: &Harness| {
+        h.dataplane(json!({"op": "dump", "table": "ipcache"}))["entries"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    wait_for("the remote pods in the ipcache", || {
+        ipcache_len(&h) >= REMOTE_PODS as usize
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers: Vec<_> = h
+        .pods
+        .iter()
+        .map(|p| start_server(p, Arc::clone(&stop)))
+        .collect();
+    h.import_policy("b-from-a", "b", "a");
+    h.wait_ingress_admits_only(&b, &a);
+    must_connect(&a, &b);
+    let before = Hammer::start(&c, &b, 1, Duration::from_millis(500));
+    thread::sleep(Duration::from_secs(1));
+    let (tries, accepted) = before.finish();
+    assert_eq!(
+        accepted, 0,
+        "C -> B accepted before the restart ({tries} tries)"
+    );
+    eprintln!("setup: ok ({:?})", started.elapsed());
+
+    // The refused client keeps trying across kill -9 and the restart.
+    let hammer = Hammer::start(&c, &b, 4, Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(500));
+    h.restart_dataplane(&dataplane_bin);
+    let restarted = Instant::now();
+    wait_for_within(
+        "B's policy back in the restarted dataplane",
+        CONVERGE,
+        || {
+            h.dp_endpoints().len() == 3
+                && h.dp_ingress(&b)["enforced"] == true
+                && ipcache_len(&h) >= REMOTE_PODS as usize
+        },
+    );
+    eprintln!("resync done {:?} after the restart", restarted.elapsed());
+    must_connect(&a, &b);
+    thread::sleep(Duration::from_secs(2));
+    let (tries, accepted) = hammer.finish();
+    eprintln!("C -> B: {tries} attempts across the restart, {accepted} accepted");
+    assert!(tries > 20, "the refused client tried only {tries} times");
+    assert_eq!(
+        accepted, 0,
+        "C -> B was accepted {accepted} times across the dataplane's restart: B carried \
+         traffic before its policy was in force"
+    );
+    let status = h.status();
+    assert_eq!(status["dataplane_refusals"], 0, "{status}");
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().unwrap();
+    }
+    assert!(h.control.running(), "the agent is still running");
+    eprintln!("dataplane restart: ok ({:?})", started.elapsed());
 }

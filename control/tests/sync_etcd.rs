@@ -82,7 +82,13 @@ impl FakeDataplane {
                         }
                         let v: Value = serde_json::from_str(&line).unwrap();
                         let seq = v["seq"].clone();
-                        requests.lock().unwrap().push(v);
+                        // A batch is recorded as its changes (an endpoint with its policy).
+                        match v["changes"].as_array() {
+                            Some(changes) if v["op"] == "batch" => {
+                                requests.lock().unwrap().extend(changes.iter().cloned())
+                            }
+                            _ => requests.lock().unwrap().push(v),
+                        }
                         let reply = serde_json::json!({"ok": true, "seq": seq});
                         if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                             return;

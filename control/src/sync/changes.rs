@@ -3,7 +3,8 @@
 //! after a dataplane restart ([`ClusterState::snapshot`]).
 //!
 //! Order within a commit: endpoints first (policy changes refer to them), then the ipcache,
-//! then one `policy.update` per endpoint and direction. A change that needs a cluster-wide
+//! then one `policy.update` per endpoint and direction. (On the wire, `requests.rs` regroups
+//! them: each endpoint travels in one atomic batch with its policy.) A change that needs a cluster-wide
 //! identity not known yet is held back until [`ClusterState::set_identity`] supplies it.
 
 use std::collections::BTreeMap;

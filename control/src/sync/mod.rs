@@ -27,7 +27,8 @@
 //! Files, one concern each: `ingest.rs` (etcd keys into the model), `identities.rs` (engine
 //! numbers to cluster-wide numbers), `changes.rs` (what the dataplane must be told since the
 //! last commit, or after its restart), `wire.rs` (model objects as the dataplane's wire
-//! messages), `log.rs` (the agent's log line).
+//! messages), `requests.rs` (changes into the requests that carry them: each endpoint in one
+//! batch with its policy, the ipcache in batches), `log.rs` (the agent's log line).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -44,9 +45,11 @@ mod frontends;
 mod identities;
 mod ingest;
 mod log;
+mod requests;
 mod wire;
 
 pub use log::log;
+pub use requests::{requests, IPCACHE_BATCH};
 pub use wire::local_node_facts;
 
 /// The model. See the module doc.

@@ -142,6 +142,17 @@ pub fn apply(t: &mut Tables, change: &Change) -> Result<Applied, RequestError> {
     }
 }
 
+/// Applies `changes` in order to `t` (one copy: an ipcache written a thousand times in one
+/// batch is copied once). The first refusal refuses them all, with its field placed as
+/// `changes[i].field`; as with [`apply`], the caller discards `t` then.
+pub fn apply_batch(t: &mut Tables, changes: &[Change]) -> Result<Vec<Applied>, RequestError> {
+    changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| apply(t, c).map_err(|e| e.in_batch(i)))
+        .collect()
+}
+
 fn endpoint_upsert(t: &mut Tables, m: &EndpointMsg) -> Result<Applied, RequestError> {
     let spec = m.to_spec()?;
     Arc::make_mut(&mut t.endpoints)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::apply::{apply, sorted_entries};
+use super::apply::{apply, apply_batch, sorted_entries};
 use super::protocol::{
     parse_request, Change, DumpRequest, DumpTable, EndpointMsg, IpcacheMsg, LocalNodeMsg,
     NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, Text, CT_DUMP_DEFAULT_LIMIT,
@@ -84,6 +84,23 @@ struct ChangeEvent<'a> {
     change: &'a Change,
 }
 
+/// A batch's event: the changes that did something, each with its `op`.
+#[derive(Serialize)]
+struct BatchEvent<'a> {
+    event: &'static str,
+    revision: u64,
+    op: &'static str,
+    changes: Vec<BatchItem<'a>>,
+}
+
+/// One change of a [`BatchEvent`].
+#[derive(Serialize)]
+struct BatchItem<'a> {
+    op: &'static str,
+    #[serde(flatten)]
+    change: &'a Change,
+}
+
 impl Control {
     pub fn new(tables: TablesHandle, stats: Arc<StatsRegistry>) -> Self {
         Control {
@@ -139,6 +156,48 @@ impl Control {
                 Err(e) => error_reply(seq_ref, &e),
             }),
             Request::Change(change) => self.change(&change, seq_ref),
+            Request::Batch(changes) => self.batch(&changes, seq_ref),
+        }
+    }
+
+    /// A `batch`: every change applied to one copy and published once, or none. One revision
+    /// and one event (`op: batch` with the changes that did something) for the whole batch.
+    fn batch(&mut self, changes: &[Change], seq: Option<&Value>) -> Outcome {
+        let applied = match self.tables.update(|t| apply_batch(t, changes)) {
+            Ok(a) => a,
+            Err(e) => return Outcome::reply(error_reply(seq, &e)),
+        };
+        let changed: Vec<BatchItem<'_>> = changes
+            .iter()
+            .zip(&applied)
+            .filter(|(_, a)| a.changed)
+            .map(|(change, _)| BatchItem {
+                op: change.op(),
+                change,
+            })
+            .collect();
+        let mut body = Map::new();
+        body.insert("changed".into(), Value::from(!changed.is_empty()));
+        body.insert("applied".into(), Value::from(changes.len()));
+        let mut event = None;
+        if !changed.is_empty() {
+            self.revision += 1;
+            if self.events_wanted {
+                let e = BatchEvent {
+                    event: "change",
+                    revision: self.revision,
+                    op: "batch",
+                    changes: changed,
+                };
+                // Plain data with string keys: serializing cannot fail.
+                event = serde_json::to_vec(&e).ok();
+            }
+        }
+        body.insert("revision".into(), Value::from(self.revision));
+        Outcome {
+            reply: Some(ok_reply(seq, body)),
+            event,
+            ..Outcome::default()
         }
     }
 
@@ -475,6 +534,50 @@ mod tests {
         let out = c.handle_line(br#"{"op":"endpoint.delete","id":1}"#);
         assert_eq!(out.reply.unwrap()["revision"], 2);
         assert!(out.event.is_none());
+    }
+
+    /// A new endpoint and its policy in one batch: one revision, one event, and never
+    /// visible without its policy; a batch with one bad change publishes nothing of it.
+    #[test]
+    fn batch_is_all_or_nothing() {
+        let mut c = control();
+        let batch = r#"{"op":"batch","seq":5,"changes":[
+            {"op":"ipcache.upsert","prefix":"10.0.0.2/32","identity":1002},
+            {"op":"endpoint.upsert","id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.1","identity":1001},
+            {"op":"policy.replace","endpoint":1,"direction":"ingress","enforced":true,"entries":[{"identity":1002,"action":"allow"}]}]}"#;
+        let before = c.tables().snapshot();
+        let out = c.handle_line(batch.replace('\n', "").as_bytes());
+        let r = out.reply.unwrap();
+        assert_eq!(
+            (r["ok"].clone(), r["seq"].clone(), r["revision"].clone()),
+            (Value::from(true), Value::from(5), Value::from(1)),
+            "{r}"
+        );
+        assert_eq!(r["applied"], 3);
+        let e: Value = serde_json::from_slice(&out.event.unwrap()).unwrap();
+        assert_eq!(e["op"], "batch");
+        assert_eq!(e["changes"].as_array().map(Vec::len), Some(3));
+        assert_eq!(e["changes"][1]["op"], "endpoint.upsert", "{e}");
+        assert_eq!(e["changes"][2]["entries"][0]["identity"], 1002, "{e}");
+        assert_eq!(
+            before.endpoints.len(),
+            0,
+            "the old snapshot never saw the endpoint"
+        );
+        let t = c.tables().snapshot();
+        let ep = t.endpoints.get(EndpointId(1)).unwrap();
+        assert!(ep.policy.ingress.enforced);
+        assert_eq!(t.ipcache.len(), 1);
+
+        let bad = r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"policy.replace","endpoint":1,"direction":"egress","entries":[]}]}"#;
+        let r = reply(&mut c, bad);
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["field"], "changes[1].endpoint", "{r}");
+        assert!(
+            std::sync::Arc::ptr_eq(&t, &c.tables().snapshot()),
+            "nothing published"
+        );
+        assert_eq!(c.revision(), 1);
     }
 
     #[test]

@@ -67,6 +67,15 @@ impl RequestError {
             message: message.into(),
         }
     }
+
+    /// This error of the `i`th change of a `batch`: its field as `changes[i].field`.
+    pub fn in_batch(self, i: usize) -> Self {
+        let place = format!("changes[{i}]");
+        RequestError {
+            field: Some(join(&place, self.field.as_deref().unwrap_or(""))),
+            message: format!("batch: {place}: {}", self.message),
+        }
+    }
 }
 
 /// `base.name`, or `name` when `base` is the root, or `base` when `name` is empty.

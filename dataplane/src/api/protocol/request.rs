@@ -74,6 +74,8 @@ ops! {
     /// A liveness check.
     Ping = "ping",
     Unsubscribe = "unsubscribe",
+    /// Several changes applied as one: all or none, in one publication.
+    Batch = "batch",
 }
 
 /// A request without parameters (`status`, `subscribe`, ...): any field is a mistake.
@@ -168,6 +170,9 @@ pub enum Request {
     Subscribe,
     Unsubscribe,
     Change(Change),
+    /// Changes applied in order to one copy of the tables and published together, or refused
+    /// together (a new endpoint with its policy, so it never carries traffic unenforced).
+    Batch(Vec<Change>),
 }
 
 impl Request {
@@ -180,6 +185,7 @@ impl Request {
             Request::Subscribe => Op::Subscribe,
             Request::Unsubscribe => Op::Unsubscribe,
             Request::Change(c) => c.kind(),
+            Request::Batch(_) => Op::Batch,
         }
     }
 
@@ -187,6 +193,10 @@ impl Request {
     pub fn to_json(&self) -> Map<String, Value> {
         let mut map = match self {
             Request::Change(c) => return c.to_json(),
+            Request::Batch(changes) => {
+                let list = changes.iter().map(|c| Value::Object(c.to_json())).collect();
+                Map::from_iter([("changes".to_string(), Value::Array(list))])
+            }
             Request::Dump(d) => match serde_json::to_value(d) {
                 Ok(Value::Object(map)) => map,
                 // A struct of plain values serializes to an object.
@@ -396,8 +406,52 @@ fn parse_op(op: &str, body: Body<'_>) -> Result<Request, RequestError> {
         | Op::NodeUpsert
         | Op::NodeDelete
         | Op::LocalNodeSet => Request::Change(Change::parse(kind, body)?),
+        Op::Batch => Request::Batch(parse_batch(body)?),
     };
     Ok(request)
+}
+
+/// The `changes` of a `batch`: each an object with the `op` of a change (a batch holds no
+/// batch, query or subscription). An error names its place, `changes[i].field`.
+fn parse_batch(body: Body<'_>) -> Result<Vec<Change>, RequestError> {
+    let mut list = None;
+    for (key, raw) in body {
+        if key != "changes" {
+            return Err(RequestError::at(
+                key.clone(),
+                format!("batch: unknown field `{key}`: a batch has only `changes`; remove it"),
+            ));
+        }
+        list = Some(raw);
+    }
+    let must = "batch: `changes` must be a list of change requests, each with its `op`";
+    let list = list.ok_or_else(|| RequestError::at("changes", must))?;
+    // Each item stays unparsed text borrowed from the line until its own op parses it.
+    let items: Vec<&RawValue> =
+        serde_json::from_str(list.get()).map_err(|_| RequestError::at("changes", must))?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| parse_batch_item(item).map_err(|e| e.in_batch(i)))
+        .collect()
+}
+
+fn parse_batch_item(item: &RawValue) -> Result<Change, RequestError> {
+    let TopLevel(fields) = serde_json::from_str(item.get())
+        .map_err(|_| RequestError::at("", "a change is a JSON object with an `op`"))?;
+    let mut op = None;
+    let mut body = Vec::with_capacity(fields.len());
+    for (key, raw) in fields {
+        if key == "op" {
+            op = serde_json::from_str::<String>(raw.get()).ok();
+        } else {
+            body.push((key, raw));
+        }
+    }
+    let op = op.ok_or_else(|| RequestError::at("op", "a change needs its `op` (a string)"))?;
+    let kind = Op::from_name(&op)
+        .ok_or_else(|| RequestError::at("op", format!("unknown op `{op}` in a batch")))?;
+    Change::parse(kind, body)
 }
 
 /// Deserializes the fields of an `op` request, naming the field at fault on error.
@@ -470,6 +524,7 @@ mod tests {
             r#"{"op":"node.upsert","name":"b","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"encap":"geneve"}"#,
             r#"{"op":"node.delete","name":"b"}"#,
             r#"{"op":"local_node.set","name":"a","underlay_ipv4":"192.168.0.1","uplink_ifindex":2}"#,
+            r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"ipcache.delete","prefix":"10.0.0.0/24"}]}"#,
         ];
         assert_eq!(lines.len(), OPS.len());
         for line in lines {
@@ -556,6 +611,21 @@ mod tests {
                 "frontend.port",
             ),
             (r#"{"op":"ping","seq":[1]}"#, "seq"),
+            (r#"{"op":"batch"}"#, "changes"),
+            (r#"{"op":"batch","changes":[],"atomic":true}"#, "atomic"),
+            (
+                r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"ipcache.delete","prefix":"10.0.0.0/33"}]}"#,
+                "changes[1].prefix",
+            ),
+            (
+                r#"{"op":"batch","changes":[{"op":"status"}]}"#,
+                "changes[0].op",
+            ),
+            (
+                r#"{"op":"batch","changes":[{"op":"batch","changes":[]}]}"#,
+                "changes[0].op",
+            ),
+            (r#"{"op":"batch","changes":[7]}"#, "changes[0]"),
         ];
         for (line, field) in cases {
             let e = refused(line);
@@ -625,5 +695,18 @@ mod tests {
         let line = Value::Object(dump.to_json()).to_string();
         assert_eq!(line, r#"{"op":"dump","table":"ipcache"}"#);
         assert_eq!(parse_request(line.as_bytes()).unwrap().request, dump);
+    }
+
+    /// A batch's line, as `to_json` writes it, parses back to the same changes.
+    #[test]
+    fn batch_round_trips() {
+        let line = r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"node.delete","name":"b"}]}"#;
+        let request = parse_request(line.as_bytes()).unwrap().request;
+        let Request::Batch(changes) = &request else {
+            panic!("{request:?}");
+        };
+        assert_eq!(changes.len(), 2);
+        let again = Value::Object(request.to_json()).to_string();
+        assert_eq!(parse_request(again.as_bytes()).unwrap().request, request);
     }
 }
