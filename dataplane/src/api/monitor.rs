@@ -96,6 +96,14 @@ pub enum MonitorError {
     NotASocket { path: PathBuf },
 }
 
+/// What a broadcast line stands for, in events.
+#[derive(Clone, Copy, Debug)]
+enum Carries {
+    OneEvent,
+    /// A report of this many events a worker's ring lost.
+    RingLoss(u64),
+}
+
 /// One connected reader.
 struct Subscriber {
     queue: SyncSender<Arc<str>>,
@@ -170,6 +178,7 @@ impl MonitorServer {
             self.accept_all();
             let drained = self.drain_rings();
             self.report_ring_losses();
+            self.tell_subscriber_losses();
             self.subscribers.retain(|s| !is_gone(s));
             self.set_listening();
             if drained == 0 {
@@ -209,7 +218,7 @@ impl MonitorServer {
                     continue; // Left over from the last subscriber: nobody to tell.
                 }
                 let line = flow_json(&event, worker, &self.clock).to_string();
-                self.broadcast(&line);
+                self.broadcast(&line, Carries::OneEvent);
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
                 if Instant::now() > deadline {
                     break; // Let the other rings, accepts and loss reports have a turn.
@@ -229,26 +238,35 @@ impl MonitorServer {
             self.ring_lost_told[worker] = lost;
             self.stats.ring_lost.fetch_add(new, Ordering::Relaxed);
             let line = lost_json("worker_ring", Some(worker), new).to_string();
-            self.broadcast(&line);
+            self.broadcast(&line, Carries::RingLoss(new));
         }
     }
 
-    /// Offers `line` to every subscriber, first telling one that lost lines how many.
-    fn broadcast(&mut self, line: &str) {
+    /// Tells each subscriber that lost lines how many, as soon as its queue has room (also
+    /// when no further event comes).
+    fn tell_subscriber_losses(&mut self) {
+        for s in &mut self.subscribers {
+            tell_losses(s);
+        }
+    }
+
+    /// Offers `line` to every subscriber, first telling one that lost lines how many. A
+    /// subscriber whose queue is full loses what `line` carries: one event, or the report of
+    /// events a ring lost (which then count as lost for it).
+    fn broadcast(&mut self, line: &str, carries: Carries) {
         let line: Arc<str> = Arc::from(line);
         for s in &mut self.subscribers {
-            if s.untold_lost > 0 {
-                let told = lost_json("subscriber_queue", None, s.untold_lost).to_string();
-                if s.queue.try_send(Arc::from(told)).is_ok() {
-                    s.untold_lost = 0;
-                }
-            }
+            tell_losses(s);
             match s.queue.try_send(Arc::clone(&line)) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    s.untold_lost += 1;
-                    self.stats.subscriber_lost.fetch_add(1, Ordering::Relaxed);
-                }
+                Err(TrySendError::Full(_)) => match carries {
+                    Carries::OneEvent => {
+                        s.untold_lost += 1;
+                        self.stats.subscriber_lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Already counted in `ring_lost`: told to this subscriber, not counted twice.
+                    Carries::RingLoss(n) => s.untold_lost += n,
+                },
                 Err(TrySendError::Disconnected(_)) => {}
             }
         }
@@ -261,6 +279,17 @@ impl MonitorServer {
         self.hub
             .listening
             .store(!self.subscribers.is_empty(), Ordering::Relaxed);
+    }
+}
+
+/// Queues the lost-events record of a subscriber that lost lines, if its queue has room.
+fn tell_losses(s: &mut Subscriber) {
+    if s.untold_lost == 0 {
+        return;
+    }
+    let told = lost_json("subscriber_queue", None, s.untold_lost).to_string();
+    if s.queue.try_send(Arc::from(told)).is_ok() {
+        s.untold_lost = 0;
     }
 }
 
