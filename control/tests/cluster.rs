@@ -32,6 +32,20 @@
 //! Linux VXLAN / Geneve device in external (collect-metadata) mode, as a fourth node from etcd,
 //! exchanges ICMP and TCP with a Flagella pod.
 //!
+//! Pods and their nodes (`pods_and_their_nodes_*`, VXLAN and native routing): through each
+//! node's host interface (`flg_host`, created by its dataplane), a pod talks TCP to a server in
+//! its node's namespace (underlay, gateway and another address of the node, learnt from its
+//! kernel), the node to its pods, the node to
+//! another node's pod, a pod to another node's address; an egress `toEntities: remote-node`
+//! policy refuses the pod's own node and `toEntities: host` the other node; an ingress
+//! `fromEntities: host` policy admits the node and refuses pods and the other node (which is
+//! `remote-node`), `fromEntities: remote-node` admits the other node while the local host stays
+//! admitted (allow-localhost), and an `ingressDeny` of `host` refuses it.
+//! `pods_reach_the_world_masqueraded` (VXLAN) adds a router and a server that is no node
+//! behind the nodes' default route: pods reach it masqueraded to their node's address (1,000
+//! concurrent connections, 1,000 distinct ports), the router's "fragmentation needed" reaches
+//! the pod, an egress policy refusing the world stops it, the node's own traffic is untouched.
+//!
 //! VXLAN also checks next-hop recovery: node 3's uplink is recreated with a new MAC (its
 //! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
 //! again.
@@ -1326,6 +1340,9 @@ struct World {
 }
 
 const WORLD_PORT: u16 = 9000;
+/// The MTU between the router and the world: smaller than the pods' path, so the router
+/// answers a full-size datagram with "fragmentation needed".
+const WORLD_MTU: i32 = 1300;
 
 fn build_world(c: &mut Cluster) -> World {
     let m = c.mode.index();
@@ -1356,7 +1373,10 @@ fn build_world(c: &mut Cluster) -> World {
         &["addr", "add", &format!("198.51.{m}.1/24"), "dev", "eth1"],
     );
     ip_in(&router, &["link", "set", "eth0", "up"]);
-    ip_in(&router, &["link", "set", "eth1", "up"]);
+    ip_in(
+        &router,
+        &["link", "set", "eth1", "mtu", &WORLD_MTU.to_string(), "up"],
+    );
     in_netns(&router, || {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("forwarding in the router")
     });
@@ -1364,7 +1384,10 @@ fn build_world(c: &mut Cluster) -> World {
         &world,
         &["addr", "add", &format!("198.51.{m}.7/24"), "dev", "eth0"],
     );
-    ip_in(&world, &["link", "set", "eth0", "up"]);
+    ip_in(
+        &world,
+        &["link", "set", "eth0", "mtu", &WORLD_MTU.to_string(), "up"],
+    );
     // A veth hands on "checksum partial" frames (only the pseudo-header sum filled in), and so
     // does the router's forwarding; AF_XDP does not say so. A real upstream sends complete
     // checksums: so does the world's server here.
@@ -1442,6 +1465,20 @@ fn pods_reach_the_world(c: &mut Cluster) {
     });
     assert_eq!(first[0].ip(), node1, "the server sees node 1's address");
     assert!(masquerade_ports.contains(&first[0].port()), "{first:?}");
+
+    // The router's "fragmentation needed" about a masqueraded datagram reaches the pod, about
+    // the datagram as the pod sent it: its kernel learns the path MTU.
+    let reversed = c.counters(1)["counters"]["masquerade_reversed"].as_u64();
+    let pod = c.pod("n1a").clone();
+    let (second, mtu) = udp_df_twice(&pod, world.server.ip(), 1400);
+    assert_eq!(
+        second,
+        Some(libc::EMSGSIZE),
+        "the second oversized send fails once the router's error lowered the path MTU \
+         (socket MTU now {mtu})"
+    );
+    assert_eq!(mtu, WORLD_MTU, "the path MTU n1a learnt from the router");
+    assert!(c.counters(1)["counters"]["masquerade_reversed"].as_u64() > reversed);
 
     // The node's own connection to the same server: the kernel's, with a kernel port.
     let own = world_sources(&c.node(1).netns, world.server, 1).expect("node 1's own connection");
@@ -1549,6 +1586,221 @@ fn assert_torn_down(prefix: &str, pids: &[u32]) {
                 .contains(") Z ");
         assert!(!alive, "process {pid} is still running");
     }
+}
+
+// ---- pods and their nodes: the host interface (issue 12, deliverable 1) ------------------------
+
+/// The port of the TCP echo servers in the nodes' own namespaces (every address, both families).
+const HOST_PORT: u16 = 7101;
+
+fn node_addr(node: &Node, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(node.underlay), port)
+}
+
+/// Node `n`'s pods' gateway: the first host of its pod CIDR, which the node's kernel holds on
+/// its host interface.
+fn gateway_v4(c: &Cluster, n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 80 + n, c.mode.index(), 1))
+}
+
+fn gateway_v6(c: &Cluster, n: u8) -> IpAddr {
+    format!("fd{}:{}::1", 80 + n, c.mode.index())
+        .parse()
+        .unwrap()
+}
+
+fn echo_from(netns: &str, to: SocketAddr) -> Result<(), String> {
+    traffic::tcp_echo(netns, to, Duration::from_millis(1500))
+}
+
+/// Imports one CiliumNetworkPolicy in the test namespace.
+fn import_cnp(c: &Cluster, name: &str, spec: Value) {
+    let policy = json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    });
+    let file = c.dir.join(format!("{name}.json"));
+    std::fs::write(&file, policy.to_string()).unwrap();
+    c.flagella(&["policy", "import", "-f", file.to_str().unwrap()]);
+}
+
+fn delete_cnp(c: &Cluster, name: &str) {
+    c.flagella(&["policy", "delete", &format!("{NAMESPACE}/{name}")]);
+}
+
+/// Echo servers in node 1's and node 2's own namespaces, on every address.
+fn start_host_servers(c: &mut Cluster) {
+    let stop = Arc::clone(&c.stop_servers);
+    for n in [1, 2] {
+        let netns = c.node(n).netns.clone();
+        let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), HOST_PORT);
+        c.servers.push(tcp_server(&netns, any, &stop, echo));
+    }
+}
+
+/// Real kernel TCP between pods and their node, both ways, and between pods and another node:
+/// through each node's host interface (`flg_host`), which the dataplanes created and keep.
+fn pods_and_their_node(c: &Cluster) {
+    let (n1, n2) = (c.node(1), c.node(2));
+    let (n1a, n2a) = (c.pod("n1a"), c.pod("n2a"));
+    // An address of node 1 that no table names (as a second NIC's would be): the dataplane
+    // learns it from the kernel.
+    let other = IpAddr::V4(Ipv4Addr::new(10, 99, c.mode.index(), 1));
+    ip_in(
+        &n1.netns,
+        &["addr", "add", &format!("{other}/32"), "dev", "lo"],
+    );
+    let mut to_node1 = vec![
+        node_addr(n1, HOST_PORT),
+        SocketAddr::new(gateway_v4(c, 1), HOST_PORT),
+        SocketAddr::new(other, HOST_PORT),
+    ];
+    if c.mode.ipv6() {
+        to_node1.push(SocketAddr::new(gateway_v6(c, 1), HOST_PORT));
+    }
+    for to in to_node1 {
+        must(&format!("n1a -> its node ({to})"), || {
+            echo_from(&n1a.netns, to)
+        });
+    }
+    for addr in n1a.addrs(c.mode.ipv6()) {
+        let to = SocketAddr::new(addr, ECHO_PORT);
+        must(&format!("node-1 -> n1a ({to})"), || {
+            echo_from(&n1.netns, to)
+        });
+    }
+    let to = SocketAddr::new(IpAddr::V4(n2a.v4), ECHO_PORT);
+    must("node-1 -> n2a (a pod of node 2)", || {
+        echo_from(&n1.netns, to)
+    });
+    must("n1a -> node-2's address", || {
+        echo_from(&n1a.netns, node_addr(n2, HOST_PORT))
+    });
+    let counters = c.counters(1)["counters"].clone();
+    assert_eq!(
+        counters["pass_dropped"].as_u64().unwrap_or(0),
+        0,
+        "node 1 dropped frames for the host that it should have sent to flg_host: {counters}"
+    );
+}
+
+/// Egress `toEntities`: `host` is the pod's own node, `remote-node` the others.
+fn egress_host_and_remote_node(c: &Cluster) {
+    let (n1, n2, n1a) = (c.node(1), c.node(2), c.pod("n1a"));
+    let (own, other) = (node_addr(n1, HOST_PORT), node_addr(n2, HOST_PORT));
+    let only = |entity: &str| {
+        json!({"endpointSelector": {"matchLabels": {"app": "n1a"}},
+               "egress": [{"toEntities": [entity]}]})
+    };
+    import_cnp(c, "n1a-to-remote-node", only("remote-node"));
+    wait_for(
+        "n1a's egress policy (remote-node only) refuses its own node",
+        || echo_from(&n1a.netns, own).is_err(),
+    );
+    must("n1a -> node-2 (remote-node) under that policy", || {
+        echo_from(&n1a.netns, other)
+    });
+    delete_cnp(c, "n1a-to-remote-node");
+    import_cnp(c, "n1a-to-host", only("host"));
+    wait_for("n1a's egress policy (host only) refuses node-2", || {
+        echo_from(&n1a.netns, other).is_err()
+    });
+    must("n1a -> its node (host) under that policy", || {
+        echo_from(&n1a.netns, own)
+    });
+    delete_cnp(c, "n1a-to-host");
+    must("n1a -> node-2 after the policies are deleted", || {
+        echo_from(&n1a.netns, other)
+    });
+}
+
+/// Ingress: the local host always reaches its pods (Cilium's default `allow-localhost`), unless
+/// a deny names it; another node's host is `remote-node`, admitted only when a rule says so.
+fn ingress_from_host(c: &Cluster) {
+    let (n1, n2) = (c.node(1), c.node(2));
+    let (n1b, n1c) = (c.pod("n1b"), c.pod("n1c"));
+    let to = SocketAddr::new(IpAddr::V4(n1b.v4), ECHO_PORT);
+    let selector = json!({"matchLabels": {"app": "n1b"}});
+    import_cnp(
+        c,
+        "n1b-from-host",
+        json!({"endpointSelector": selector, "ingress": [{"fromEntities": ["host"]}]}),
+    );
+    wait_for("n1c is refused by n1b's ingress policy (host only)", || {
+        echo_from(&n1c.netns, to).is_err()
+    });
+    must("node-1 -> n1b (host)", || echo_from(&n1.netns, to));
+    wait_for("node-2 -> n1b is refused: another node is not host", || {
+        echo_from(&n2.netns, to).is_err()
+    });
+    delete_cnp(c, "n1b-from-host");
+    import_cnp(
+        c,
+        "n1b-from-remote-node",
+        json!({"endpointSelector": selector, "ingress": [{"fromEntities": ["remote-node"]}]}),
+    );
+    must("node-2 -> n1b (remote-node admitted)", || {
+        echo_from(&n2.netns, to)
+    });
+    must("node-1 -> n1b: its own host is always admitted", || {
+        echo_from(&n1.netns, to)
+    });
+    wait_for("n1c is still refused", || {
+        echo_from(&n1c.netns, to).is_err()
+    });
+    import_cnp(
+        c,
+        "n1b-deny-host",
+        json!({"endpointSelector": selector, "ingressDeny": [{"fromEntities": ["host"]}]}),
+    );
+    wait_for("node-1 -> n1b refused by a deny of host", || {
+        echo_from(&n1.netns, to).is_err()
+    });
+    delete_cnp(c, "n1b-deny-host");
+    delete_cnp(c, "n1b-from-remote-node");
+    must("node-1 -> n1b after the policies are deleted", || {
+        echo_from(&n1.netns, to)
+    });
+    must("n1c -> n1b after the policies are deleted", || {
+        echo_from(&n1c.netns, to)
+    });
+}
+
+fn run_host_path(mode: Mode) {
+    let bin = match preflight() {
+        Ok(bin) => bin,
+        Err(reason) if std::env::var_os("CI").is_some() => panic!("cannot run under CI: {reason}"),
+        Err(reason) => return eprintln!("SKIPPED: {reason}"),
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let prefix = format!("fcl-{}-{}", std::process::id(), mode.index());
+    let mut c = Cluster::start(mode, &bin);
+    c.wait_next_hops();
+    c.start_servers();
+    start_host_servers(&mut c);
+    pods_and_their_node(&c);
+    egress_host_and_remote_node(&c);
+    ingress_from_host(&c);
+    check_host_traffic(&c, "after pod <-> node traffic");
+    let pids: Vec<u32> = c
+        .nodes
+        .iter()
+        .flat_map(|n| [n.dataplane.pid(), n.control.pid()])
+        .flatten()
+        .collect();
+    drop(c);
+    assert_torn_down(&prefix, &pids);
+}
+
+#[test]
+fn pods_and_their_nodes_over_vxlan() {
+    run_host_path(Mode::Vxlan);
+}
+
+#[test]
+fn pods_and_their_nodes_natively_routed() {
+    run_host_path(Mode::Native);
 }
 
 #[test]

@@ -401,18 +401,20 @@ impl Harness {
         self.flagella(&["policy", "delete", &format!("{}/{name}", self.namespace)]);
     }
 
-    /// Waits until `pod`'s ingress is enforced and admits exactly `from`'s identity.
+    /// Waits until `pod`'s ingress is enforced and admits exactly `from`'s identity, besides the
+    /// node's own stack (`host`, identity 1: allow-localhost, docs/policy-semantics.md).
     fn wait_ingress_admits_only(&self, pod: &Pod, from: &Pod) {
         let from_id = self.identity_of(from);
         wait_for(
             &format!("pod {}'s ingress admits only pod {}", pod.name, from.name),
             || {
                 let ing = self.dp_ingress(pod);
-                let ids: Vec<u64> = ing["entries"]
+                let mut ids: Vec<u64> = ing["entries"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|e| e["identity"].as_u64()).collect())
                     .unwrap_or_default();
-                ing["enforced"] == true && ids == [from_id]
+                ids.sort_unstable();
+                ing["enforced"] == true && ids == [1, from_id]
             },
         );
     }

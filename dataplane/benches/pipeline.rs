@@ -21,10 +21,19 @@
 //!    every batch sees flows conntrack has never seen, and the table stays at 100k entries;
 //! c. established traffic to service VIPs (Maglev + DNAT);
 //! d. established traffic to remote pods (VXLAN encapsulation);
-//! e. established VXLAN traffic from remote pods, decapsulated on this node.
+//! e. established VXLAN traffic from remote pods, decapsulated on this node;
+//! f. new pod -> world flows, masqueraded: a source port allocated (a conntrack lookup per
+//!    candidate, the translated entry created) and recorded in the flow's entry; the flows'
+//!    entries and their translated entries are removed after each timed chunk (untimed);
+//! g. established pod -> world traffic, masqueraded (the translated entry stepped, the source
+//!    rewritten).
+//!
+//! f and g's clients are 100 of the endpoints with small maps (their wildcard-identity allows
+//! admit `world`; the full maps name pod identities only), towards 203.0.113.0/24 through the
+//! default gateway; the pipeline masquerades with the default range 61000-65535.
 //!
 //! A batch holds the frames of one ingress interface (one AF_XDP socket), as in the daemon:
-//! a client pod's veth for a, b, c, d; the uplink for e.
+//! a client pod's veth for a, b, c, d, f, g; the uplink for e.
 //!
 //! # Measurement
 //! The pipeline rewrites frames (TTL, MACs, encapsulation), so every batch starts from a fresh
@@ -58,7 +67,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use dataplane::frame::Frame;
 use dataplane::pipeline::meta::CtMark;
-use dataplane::pipeline::{Pipeline, PipelineConfig, Stage, Verdict};
+use dataplane::pipeline::{MasqueradeConfig, Pipeline, PipelineConfig, Stage, Verdict};
 use dataplane::tables::conntrack::{
     Conntrack, CtConfig, CtCreate, CtFlags, FlowDirection, FlowKey,
 };
@@ -69,6 +78,7 @@ use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{EndpointPolicy, PolicyEntry, PolicyKey, PolicyMap, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
+use dataplane::tables::snat::DEFAULT_PORTS;
 use dataplane::tables::{LocalNode, Tables, TunnelPorts};
 use dataplane::testutil::{self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_SYN, TCP_SYN_ACK};
 use dataplane::{Identity, MacAddr, Prefix};
@@ -108,6 +118,9 @@ const POD_FLOWS_PER_CLIENT: u32 = 100;
 const SERVICE_FLOWS_PER_CLIENT: u32 = 20;
 const REMOTE_FLOWS_PER_CLIENT: u32 = 20;
 const DECAP_FLOWS: u32 = 2_000;
+/// Flows per masquerading client (scenario g), towards `WORLD_SERVERS` addresses.
+const WORLD_FLOWS_PER_CLIENT: u32 = 20;
+const WORLD_SERVERS: u32 = 200;
 const NEW_FLOW_BATCHES: u32 = 1_000;
 /// Conntrack slots per step of the `part_ct_gc` measurement (the GC's cost per slot examined).
 const GC_SLOTS_PER_BATCH: usize = 64;
@@ -397,6 +410,8 @@ fn build_tables() -> Tables {
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
+            host_link: None,
+            host_addresses: Vec::new(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),
@@ -618,6 +633,109 @@ fn remote_scenario(p: &mut Pipeline, t: &Tables) -> Scenario {
     }
 }
 
+/// Masquerading client `c` (0..CLIENTS): one of the endpoints with small maps.
+fn masq_client(c: u32) -> u32 {
+    ACTIVE + c
+}
+
+fn world_ip(j: u32) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, 1 + (j % WORLD_SERVERS) as u8)
+}
+
+/// The source port of an IPv4 frame without options (what masquerading chose).
+fn sport_of(frame: &Frame<Vec<u8>>) -> u16 {
+    let d = frame.data();
+    u16::from_be_bytes([d[34], d[35]])
+}
+
+fn new_world_flow_scenario() -> Scenario {
+    let mut pool = Vec::new();
+    for b in 0..NEW_FLOW_BATCHES {
+        let c = masq_client(b % CLIENTS);
+        let mut batch = Batch::new(local_ifindex(c));
+        for i in 0..BATCH as u32 {
+            let (udp, dport) = l4_of(i);
+            let sport = 50_000 + ((b / CLIENTS) * BATCH as u32 + i) as u16;
+            let pb = packet(local_ip(c), sport, world_ip(b * 7 + i), dport, udp, TCP_SYN)
+                .macs(local_mac(c), ROUTER_MAC);
+            batch.push(&pb, &pb.build());
+        }
+        pool.push(batch);
+    }
+    Scenario {
+        name: "f_new_flow_masquerade",
+        pool,
+        flows: Flows::New,
+    }
+}
+
+fn established_world_scenario(p: &mut Pipeline, t: &Tables) -> Scenario {
+    let mut pool = Vec::new();
+    for k in 0..CLIENTS {
+        let c = masq_client(k);
+        let flow = |j: u32, flags: u8| {
+            let (udp, dport) = l4_of(j);
+            let b = packet(
+                local_ip(c),
+                45_000 + j as u16,
+                world_ip(k + j),
+                dport,
+                udp,
+                flags,
+            );
+            (udp, b.macs(local_mac(c), ROUTER_MAC))
+        };
+        for j in 0..WORLD_FLOWS_PER_CLIENT {
+            let (udp, syn) = flow(j, TCP_SYN);
+            let ack = flow(j, TCP_ACK).1.build();
+            open_flow(
+                p,
+                t,
+                (local_ifindex(c), &syn.build()),
+                (local_ifindex(c), &ack),
+                |out| {
+                    let ans = packet(
+                        world_ip(k + j),
+                        l4_of(j).1,
+                        UNDERLAY,
+                        sport_of(out),
+                        udp,
+                        answer_flags(udp),
+                    )
+                    .macs(WORLD_GW_MAC, UPLINK_MAC);
+                    (UPLINK, ans.build())
+                },
+            );
+        }
+        let mut batch = Batch::new(local_ifindex(c));
+        for i in 0..BATCH as u32 {
+            let (_, b) = flow(i % WORLD_FLOWS_PER_CLIENT, TCP_ACK);
+            batch.push(&b, &b.build());
+        }
+        pool.push(batch);
+    }
+    Scenario {
+        name: "g_established_masquerade",
+        pool,
+        flows: Flows::Established,
+    }
+}
+
+/// Removes the translated entries of frames that left masqueraded (source = the node), so a
+/// new-flow scenario's next pass allocates again.
+fn remove_translated(p: &mut Pipeline, frames: &[Frame<Vec<u8>>]) {
+    for f in frames {
+        let d = f.data();
+        if d.len() < 38 || d[26..30] != UNDERLAY.octets() {
+            continue;
+        }
+        let ip = |at: usize| IpAddr::V4(Ipv4Addr::new(d[at], d[at + 1], d[at + 2], d[at + 3]));
+        let port = |at: usize| u16::from_be_bytes([d[at], d[at + 1]]);
+        let key = FlowKey::new(ip(26), ip(30), port(34), port(36), d[23]);
+        p.conntrack_mut().remove(&key);
+    }
+}
+
 fn decap_scenario(p: &mut Pipeline, t: &Tables) -> Scenario {
     let flow = |x: u32, flags: u8| {
         let pod = RemotePod {
@@ -713,6 +831,7 @@ impl World {
                 hash_seed: BENCH_CT_SEED,
                 ..CtConfig::default()
             },
+            masquerade: Some(MasqueradeConfig::single_worker(DEFAULT_PORTS)),
             ..PipelineConfig::default()
         })
         .unwrap();
@@ -723,6 +842,8 @@ impl World {
             service_scenario(p, &tables),
             remote_scenario(p, &tables),
             decap_scenario(p, &tables),
+            new_world_flow_scenario(),
+            established_world_scenario(p, &tables),
         ];
         let through_pipeline = p.conntrack().len();
         fill_conntrack(p.conntrack_mut());
@@ -832,6 +953,7 @@ impl World {
                 );
                 if s.flows == Flows::New {
                     remove_flows(&mut self.pipeline, batch);
+                    remove_translated(&mut self.pipeline, &frames);
                 }
             }
         }
@@ -922,6 +1044,9 @@ fn run(
         if scenario.flows == Flows::New {
             for k in 0..n {
                 remove_flows(p, &pool[(first + k) % pool.len()]);
+            }
+            for (_, frames) in &copies {
+                remove_translated(p, frames);
             }
         }
         at.cursor = (first + n) % pool.len();

@@ -476,8 +476,8 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     let mut daemon = start_daemon(&topo, "first");
     assert_eq!(
         veths_with_xdp(&topo).len(),
-        pods.len(),
-        "one XDP program per pod interface"
+        pods.len() + 1,
+        "one XDP program per pod interface, and one on the host interface's flg_net"
     );
     let mut client = Client::connect(&daemon.socket);
     configure(&mut client, pods);
@@ -698,7 +698,11 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     // Second instance: SIGKILL. The kernel detaches the programs when the links' last fd
     // closes with the process.
     let mut daemon = start_daemon(&topo, "second");
-    assert_eq!(veths_with_xdp(&topo).len(), pods.len());
+    assert_eq!(
+        veths_with_xdp(&topo).len(),
+        pods.len() + 1,
+        "the host interface, found from the first instance, is served again"
+    );
     daemon.signal(libc::SIGKILL);
     let status = daemon.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), None, "killed by a signal");

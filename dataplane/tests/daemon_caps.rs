@@ -348,8 +348,9 @@ fn the_daemon_runs_with_exactly_the_units_capabilities() {
     assert_eq!(socket_mode & 0o777, 0o600, "the control socket is 0600");
     assert_eq!(
         veths_with_xdp(&topo).len(),
-        topo.pods.len(),
-        "one XDP program per pod interface:\n{}",
+        topo.pods.len() + 1,
+        "one XDP program per pod interface and one on the host interface (created with the \
+         unit's capabilities):\n{}",
         daemon.log_text()
     );
 

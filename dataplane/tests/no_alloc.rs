@@ -1,7 +1,8 @@
 //! The fast path allocates nothing: a counting global allocator watches `Pipeline::process` on
 //! batches of established flows, new flows (policy lookups and conntrack creates), service
 //! traffic (DNAT and reverse NAT), VXLAN encapsulation and decapsulation, and frames too big
-//! for the tunnel, answered with ICMP errors built in place.
+//! for the tunnel, answered with ICMP errors built in place, and pods' flows to the world,
+//! masqueraded (port allocation, translated entries, the rewrite).
 //!
 //! The counter is per thread, so the test harness's own threads do not disturb it; frames are
 //! copied before the counted region, and each kind of traffic is run once beforehand (warm-up),
@@ -15,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use dataplane::frame::Frame;
-use dataplane::pipeline::{Pipeline, PipelineConfig, Verdict};
+use dataplane::pipeline::{MasqueradeConfig, Pipeline, PipelineConfig, Verdict};
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec, Endpoints};
 use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
 use dataplane::tables::maglev::DEFAULT_M;
@@ -23,6 +24,7 @@ use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{EndpointPolicy, PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
+use dataplane::tables::snat::DEFAULT_PORTS;
 use dataplane::tables::{LocalNode, Tables, TunnelPorts};
 use dataplane::testutil::{self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_SYN, TCP_SYN_ACK};
 use dataplane::{Identity, MacAddr, Prefix};
@@ -115,7 +117,10 @@ fn tables() -> Tables {
     let mut policy = EndpointPolicy::default();
     for dir in [&mut policy.ingress, &mut policy.egress] {
         dir.enforced = true;
-        for id in (0..PODS).map(pod_identity).chain([Identity(2000)]) {
+        for id in (0..PODS)
+            .map(pod_identity)
+            .chain([Identity(2000), Identity::WORLD])
+        {
             for (proto, port) in [(6, 80), (17, 53)] {
                 let key = PolicyKey::l4(id, proto, PortRange::single(port));
                 dir.map.insert(key, PolicyEntry::allow(1)).unwrap();
@@ -155,6 +160,7 @@ fn tables() -> Tables {
         .unwrap();
     let mut next_hops = NextHops::new();
     next_hops.set_peer(IpAddr::V4(REMOTE_NODE), Some(REMOTE_MAC));
+    next_hops.set_default_v4(Some(REMOTE_MAC)); // the world's gateway
     let mut services = Services::new(DEFAULT_M, 42).unwrap();
     for (proto, port) in [(6, 80), (17, 53)] {
         services
@@ -187,6 +193,8 @@ fn tables() -> Tables {
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
+            host_link: None,
+            host_addresses: Vec::new(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),
@@ -288,7 +296,12 @@ fn counting_allocator_sees_allocations() {
 #[test]
 fn process_allocates_nothing_after_warm_up() {
     let t = tables();
-    let mut p = Pipeline::new(PipelineConfig::default()).unwrap();
+    let mut p = Pipeline::new(PipelineConfig {
+        masquerade: Some(MasqueradeConfig::single_worker(DEFAULT_PORTS)),
+        ..PipelineConfig::default()
+    })
+    .unwrap();
+    let to_world = |j: u32| Ipv4Addr::new(203, 0, 113, 1 + j as u8);
     let to_pods = |j: u32| pod_ip(4 + j % 4);
     let to_remote = |j: u32| remote_pod(j % PODS);
     // The first packets of each flow (new: policy lookups, conntrack creates), then the
@@ -321,6 +334,14 @@ fn process_allocates_nothing_after_warm_up() {
                 "too big for the tunnel: ICMP errors back",
                 sized_batch_from_pod(3, to_remote, base + 400, TCP_ACK, 1460),
             ),
+            (
+                "new pod -> world, masqueraded",
+                batch_from_pod(3, to_world, base + 500, TCP_SYN),
+            ),
+            (
+                "established pod -> world, masqueraded",
+                batch_from_pod(3, to_world, base + 500, TCP_ACK),
+            ),
             ("new from tunnel", batch_from_tunnel(base + 300, TCP_SYN)),
             ("established decap", batch_from_tunnel(base + 300, TCP_ACK)),
         ]
@@ -332,6 +353,9 @@ fn process_allocates_nothing_after_warm_up() {
     for (name, batch) in &cases(40_000) {
         assert_eq!(allocations_during_process(&mut p, &t, batch), 0, "{name}");
     }
+    // 16 flows per batch, warm-up and counted: one port each, every frame translated.
+    assert_eq!(p.counters().masquerade_ports_allocated, 2 * 16);
+    assert_eq!(p.counters().masquerade_translated, 2 * 2 * 64);
     assert_eq!(
         p.counters().icmp_too_big_sent,
         2 * 64,

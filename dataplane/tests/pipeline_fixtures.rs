@@ -17,7 +17,7 @@ use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
-use dataplane::tables::{LocalNode, Tables, TunnelPorts};
+use dataplane::tables::{HostLink, LocalNode, Tables, TunnelPorts};
 use dataplane::testutil::{self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_SYN, TCP_SYN_ACK};
 use dataplane::{Identity, MacAddr, Prefix};
 
@@ -190,6 +190,8 @@ fn node_tables(n: u8, uplink_mac: MacAddr, pods: &[&Pod]) -> Tables {
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
+            host_link: None,
+            host_addresses: Vec::new(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),
@@ -1046,6 +1048,277 @@ fn traffic_from_uplink_not_for_us_goes_to_kernel() {
     );
 }
 
+// ---- the host interface (Cilium's cilium_host): pods <-> their node --------------------------
+
+/// The dataplane's side of the host veth, and the kernel side's MAC.
+const HOST_NET: u32 = 90;
+const HOST_KERNEL_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x90, 0x01]);
+
+fn with_host_link(mut t: Tables) -> Tables {
+    Arc::make_mut(&mut t.node).host_link = Some(HostLink {
+        ifindex: HOST_NET,
+        kernel_mac: HOST_KERNEL_MAC,
+    });
+    t
+}
+
+/// A TCP packet the node's own stack sends out of the host interface.
+fn from_host(src: Ipv4Addr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> PacketBuilder {
+    PacketBuilder::tcp(IpAddr::V4(src), sport, dst, dport, flags).macs(HOST_KERNEL_MAC, ROUTER_MAC)
+}
+
+/// What the host's side receives: router MAC -> its MAC, TTL one lower.
+fn to_kernel(b: &PacketBuilder) -> PacketBuilder {
+    b.clone().macs(ROUTER_MAC, HOST_KERNEL_MAC).ttl(b.ttl - 1)
+}
+
+#[test]
+fn a_pod_reaches_its_node_through_the_host_interface_and_back() {
+    let t = with_host_link(node_a());
+    let mut p = pipeline();
+    for (description, node_addr) in [
+        ("pod1 -> the node's underlay address", underlay(1)),
+        ("pod1 -> its gateway address", Ipv4Addr::new(10, 1, 0, 1)),
+    ] {
+        let syn = from_pod(&POD1, IpAddr::V4(node_addr), 40000, 22, TCP_SYN);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description,
+                ingress: POD1.ifindex,
+                input: syn.build(),
+                expect: Expect::Tx(HOST_NET, to_kernel(&syn).build()),
+            },
+        );
+        assert_eq!(
+            p.last_meta()[0].dst_identity,
+            Identity::HOST,
+            "{description}"
+        );
+    }
+    let reply = from_host(underlay(1), POD1.ip(), 22, 40000, TCP_SYN_ACK);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the node's SYN-ACK comes back from the host interface to the pod",
+            ingress: HOST_NET,
+            input: reply.build(),
+            expect: Expect::Tx(POD1.ifindex, delivered(&reply, &POD1).build()),
+        },
+    );
+    assert_eq!(p.last_meta()[0].src_identity, Identity::HOST);
+    assert_eq!(
+        p.counters().ct_established,
+        1,
+        "the reply hit the pod's flow"
+    );
+
+    let syn = from_pod(&POD1, IpAddr::V4(underlay(1)), 40001, 22, TCP_SYN);
+    check(
+        &mut pipeline(),
+        &node_a(),
+        Fixture {
+            description: "without a host interface the frame can only go to the kernel",
+            ingress: POD1.ifindex,
+            input: syn.build(),
+            expect: Expect::Pass,
+        },
+    );
+}
+
+#[test]
+fn the_node_reaches_its_pods_as_host_and_policy_sees_it() {
+    let mut t = with_host_link(node_a());
+    allow_ingress(&mut t, &POD2, Identity::HOST, 80);
+    let mut p = pipeline();
+    let gateway = Ipv4Addr::new(10, 1, 0, 1);
+    let syn = from_host(gateway, POD2.ip(), 50000, 80, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "host -> pod2:80, admitted for `host`",
+            ingress: HOST_NET,
+            input: syn.build(),
+            expect: Expect::Tx(POD2.ifindex, delivered(&syn, &POD2).build()),
+        },
+    );
+    assert_eq!(p.last_meta()[0].src_identity, Identity::HOST);
+    let reply = from_pod(&POD2, IpAddr::V4(gateway), 80, 50000, TCP_SYN_ACK);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "pod2's reply goes back out of the host interface",
+            ingress: POD2.ifindex,
+            input: reply.build(),
+            expect: Expect::Tx(HOST_NET, to_kernel(&reply).build()),
+        },
+    );
+    let other_port = from_host(gateway, POD2.ip(), 50001, 81, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "host -> pod2:81 is not admitted",
+            ingress: HOST_NET,
+            input: other_port.build(),
+            expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+        },
+    );
+    let forwarded = from_host(CLIENT_WORLD, POD2.ip(), 50002, 80, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "a source that is not the node's is world, not host",
+            ingress: HOST_NET,
+            input: forwarded.build(),
+            expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+        },
+    );
+    assert_eq!(p.last_meta()[0].src_identity, Identity::WORLD);
+}
+
+#[test]
+fn the_host_resolves_every_pod_to_the_router_mac() {
+    let t = with_host_link(node_a());
+    let gw = Ipv4Addr::new(10, 1, 0, 1);
+    check(
+        &mut pipeline(),
+        &t,
+        Fixture {
+            description: "the host's who-has 10.1.0.11 on the host interface",
+            ingress: HOST_NET,
+            input: testutil::arp_request(HOST_KERNEL_MAC, gw, POD1.v4),
+            expect: Expect::Tx(
+                HOST_NET,
+                testutil::arp_reply(ROUTER_MAC, POD1.v4, HOST_KERNEL_MAC, gw),
+            ),
+        },
+    );
+}
+
+#[test]
+fn the_host_interface_carries_only_pod_traffic() {
+    let t = with_host_link(node_a());
+    for (description, dst) in [
+        ("host -> the world through the dataplane", CLIENT_WORLD),
+        ("host -> itself, back into the host interface", underlay(1)),
+    ] {
+        let syn = from_host(underlay(1), IpAddr::V4(dst), 50000, 80, TCP_SYN);
+        check(
+            &mut pipeline(),
+            &t,
+            Fixture {
+                description,
+                ingress: HOST_NET,
+                input: syn.build(),
+                expect: Expect::Drop(DropReason::NoRoute),
+            },
+        );
+    }
+}
+
+#[test]
+fn the_host_reaches_remote_pods_and_arrives_there_as_remote_node() {
+    let a = with_host_link(node_a());
+    let mut b = node_tables(2, UPLINK_MAC_B, &[&POD_B]);
+    allow_ingress(&mut b, &POD_B, Identity::REMOTE_NODE, 80);
+    let (mut pa, mut pb) = (pipeline(), pipeline());
+    let gateway = Ipv4Addr::new(10, 1, 0, 1);
+    let syn = from_host(gateway, POD_B.ip(), 50000, 80, TCP_SYN);
+    let inner = syn.clone().ttl(63);
+    let outer = TunnelBuilder {
+        src_mac: UPLINK_MAC_A,
+        dst_mac: UPLINK_MAC_B,
+        src: underlay(1),
+        dst: underlay(2),
+        sport: tunnel_sport(&pa, IpAddr::V4(gateway), 50000, POD_B.ip(), 80),
+        vni: Identity::HOST.0,
+        geneve_options: None,
+    };
+    let wire = check(
+        &mut pa,
+        &a,
+        Fixture {
+            description: "node A's host -> pod on node B: VXLAN, VNI = host",
+            ingress: HOST_NET,
+            input: syn.build(),
+            expect: Expect::Tx(UPLINK, outer.wrap(&inner.build())),
+        },
+    );
+    check(
+        &mut pb,
+        &b,
+        Fixture {
+            description: "node B sees node A's host as remote-node, which its policy admits",
+            ingress: UPLINK,
+            input: wire,
+            expect: Expect::Tx(POD_B.ifindex, delivered(&inner, &POD_B).build()),
+        },
+    );
+    assert_eq!(pb.last_meta()[0].src_identity, Identity::REMOTE_NODE);
+}
+
+#[test]
+fn a_pod_reaches_another_nodes_address_through_the_tunnel_or_natively() {
+    let a = node_a();
+    let b = with_host_link(node_tables(2, UPLINK_MAC_B, &[&POD_B]));
+    let mut pa = pipeline();
+    let syn = from_pod(&POD1, IpAddr::V4(underlay(2)), 40000, 22, TCP_SYN);
+    let inner = syn.clone().ttl(63);
+    let outer = TunnelBuilder {
+        src_mac: UPLINK_MAC_A,
+        dst_mac: UPLINK_MAC_B,
+        src: underlay(1),
+        dst: underlay(2),
+        sport: tunnel_sport(&pa, POD1.ip(), 40000, IpAddr::V4(underlay(2)), 22),
+        vni: ID_CLIENT.0,
+        geneve_options: None,
+    };
+    let wire = check(
+        &mut pa,
+        &a,
+        Fixture {
+            description: "pod1 -> node B's address: VXLAN to node B",
+            ingress: POD1.ifindex,
+            input: syn.build(),
+            expect: Expect::Tx(UPLINK, outer.wrap(&inner.build())),
+        },
+    );
+    check(
+        &mut pipeline(),
+        &b,
+        Fixture {
+            description: "node B decapsulates and hands it to its host interface",
+            ingress: UPLINK,
+            input: wire,
+            expect: Expect::Tx(HOST_NET, to_kernel(&inner).build()),
+        },
+    );
+    let native = from_pod(&POD1, IpAddr::V4(underlay(4)), 40001, 22, TCP_SYN);
+    check(
+        &mut pa,
+        &a,
+        Fixture {
+            description: "pod1 -> node D's address: natively, to node D's MAC",
+            ingress: POD1.ifindex,
+            input: native.build(),
+            expect: Expect::Tx(
+                UPLINK,
+                native
+                    .clone()
+                    .macs(UPLINK_MAC_A, UPLINK_MAC_D)
+                    .ttl(63)
+                    .build(),
+            ),
+        },
+    );
+}
+
 /// Every prefix of valid frames is dropped with a reason (or answered, for ARP), never a
 /// panic, and the reason names the header that was cut.
 #[test]
@@ -1884,6 +2157,66 @@ fn masquerade_comes_after_egress_policy_on_the_pods_address() {
                 UPLINK,
                 syn.clone().macs(UPLINK_MAC_A, WORLD_GW_MAC).ttl(63).build(),
             ),
+        },
+    );
+}
+
+#[test]
+fn masquerade_translates_a_routers_icmp_error_back_to_the_pod() {
+    let t = node_a();
+    let mut p = masquerading_pipeline();
+    let syn = from_pod(&POD1, IpAddr::V4(WORLD_SERVER), 40000, 80, TCP_SYN);
+    let mut frames = [syn.frame()];
+    p.process(&t, POD1.ifindex, &mut frames, 1_000_000_000);
+    let left = frames[0].data().to_vec();
+    let port = l4_sport(&left);
+    // A router on the way: "fragmentation needed", about the packet as it left.
+    let router = Ipv4Addr::new(192, 0, 2, 254);
+    let error = |to: IpAddr, quoted: &[u8], dst_mac| {
+        let mut msg = vec![3, 4, 0, 0, 0, 0, 0x05, 0x00];
+        msg.extend_from_slice(&quoted[14..14 + 28]);
+        let c = dataplane::wire::checksum::checksum(&msg);
+        msg[2..4].copy_from_slice(&c.to_be_bytes());
+        PacketBuilder::new(
+            WORLD_GW_MAC,
+            dst_mac,
+            IpAddr::V4(router),
+            to,
+            testutil::L4::Raw { proto: 1 },
+        )
+        .payload(&msg)
+    };
+    let incoming = error(IpAddr::V4(underlay(1)), &left, UPLINK_MAC_A);
+    // What the pod must get: the error to its own address, quoting the packet it sent (TTL
+    // one lower: the quote is what left, only the translation undone).
+    let as_sent = syn.clone().ttl(63).build();
+    let expected = error(POD1.ip(), &as_sent, POD1.mac)
+        .macs(ROUTER_MAC, POD1.mac)
+        .ttl(63);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "a router's ICMP error about the masqueraded SYN reaches the pod",
+            ingress: UPLINK,
+            input: incoming.build(),
+            expect: Expect::Tx(POD1.ifindex, expected.build()),
+        },
+    );
+    assert_eq!(p.counters().ct_related, 1);
+    let stale = error(
+        IpAddr::V4(underlay(1)),
+        &masqueraded(&syn, if port == 65535 { 61000 } else { port + 1 }).build(),
+        UPLINK_MAC_A,
+    );
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "an error about a masquerade port no flow holds",
+            ingress: UPLINK,
+            input: stale.build(),
+            expect: Expect::Drop(DropReason::MasqueradeNoMapping),
         },
     );
 }

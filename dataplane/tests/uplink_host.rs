@@ -115,6 +115,9 @@ fn start_daemon(topo: &Topology, run: &str, extra: &[&str]) -> Daemon {
         .arg("--socket")
         .arg(&socket)
         .args(["--interface", &format!("{}=uplink", topo.uplink)])
+        // What the uplink hands the dataplane is counted here in `rx_packets`: the host
+        // interface's own chatter (the kernel's IPv6 router solicitations) would be counted too.
+        .args(["--host-interface", "off"])
         .args(extra);
     Daemon::start(cmd, socket, log)
 }

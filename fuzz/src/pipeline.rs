@@ -32,7 +32,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use dataplane::frame::{Frame, DEFAULT_HEADROOM};
-use dataplane::pipeline::{Counters, Pipeline, PipelineConfig, Stage, Verdict};
+use dataplane::pipeline::{Counters, MasqueradeConfig, Pipeline, PipelineConfig, Stage, Verdict};
 use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::endpoints::{EndpointId, EndpointSpec, Endpoints};
 use dataplane::tables::ipcache::{IpCache, IpCacheEntry};
@@ -40,6 +40,7 @@ use dataplane::tables::next_hops::NextHops;
 use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
+use dataplane::tables::snat::DEFAULT_PORTS;
 use dataplane::tables::{LocalNode, Tables, TunnelPorts};
 use dataplane::wire::ethernet::{EtherType, EthernetFrame};
 use dataplane::wire::ipv4::{Ipv4Packet, Protocol};
@@ -193,6 +194,8 @@ fn build_tables() -> Tables {
             uplink_mtu: 1500,
             default_encap: Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
+            host_link: None,
+            host_addresses: Vec::new(),
         }),
         ipcache: Arc::new(ipcache),
         endpoints: Arc::new(endpoints),
@@ -405,6 +408,8 @@ pub fn pipeline(data: &[u8]) {
             capacity: CT_CAPACITY,
             ..CtConfig::default()
         },
+        // Pods' flows to the world are masqueraded, and the uplink's replies un-NATed.
+        masquerade: Some(MasqueradeConfig::single_worker(DEFAULT_PORTS)),
         ..PipelineConfig::default()
     };
     let mut pipeline = Pipeline::new(config).expect("the default batch size is valid");

@@ -182,6 +182,23 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
         .build();
     let to_world = udp_from(POD1, IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)), 40001, 53);
     let quoted = &to_world.build()[14..];
+    // Masquerade: a reply to the node's address on a masquerade port, and a router's error
+    // about a packet that left from one.
+    let masquerade_reply = PacketBuilder::tcp(
+        IpAddr::V4(WORLD_ROUTER),
+        443,
+        IpAddr::V4(underlay(1)),
+        61000,
+        TCP_SYN_ACK,
+    )
+    .macs(MacAddr([0x02, 0, 0, 0, 0xee, 0x01]), UPLINK_MAC);
+    let masquerade_quoted = PacketBuilder::tcp(
+        IpAddr::V4(underlay(1)),
+        61000,
+        IpAddr::V4(WORLD_ROUTER),
+        443,
+        TCP_SYN,
+    );
     vec![
         ("tcp4-pod-to-pod-syn", FROM_POD1, vec![syn.build()]),
         (
@@ -277,6 +294,20 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
             "icmp4-unreachable-from-world",
             FROM_UPLINK,
             vec![icmp_unreachable(WORLD_ROUTER, v4(POD1), quoted)],
+        ),
+        (
+            "tcp4-world-to-masquerade-port",
+            FROM_UPLINK,
+            vec![masquerade_reply.build()],
+        ),
+        (
+            "icmp4-unreachable-about-masquerade-port",
+            FROM_UPLINK,
+            vec![icmp_unreachable(
+                WORLD_ROUTER,
+                IpAddr::V4(underlay(1)),
+                &masquerade_quoted.build()[14..],
+            )],
         ),
         (
             "arp-request-gateway",

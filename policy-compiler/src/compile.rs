@@ -79,6 +79,8 @@ pub struct PolicyEngine {
     cache: SelectorCache,
     cookies: CookieTable,
     endpoints: BTreeMap<String, EndpointPolicy>,
+    /// The node this engine compiles for (its address is `host`), when known.
+    local_node: Option<String>,
     dirty: BTreeSet<String>,
     pending: Vec<Delta>,
 }
@@ -226,7 +228,33 @@ impl PolicyEngine {
         }
     }
 
-    /// Adds or moves a node (its address has the `remote-node` identity).
+    /// Names the node this engine compiles for: its address has the `host` identity, every
+    /// other node's `remote-node` (as Cilium's ipcache has it). A node already known is
+    /// re-identified.
+    pub fn set_local_node(&mut self, name: &str) {
+        if self.local_node.as_deref() == Some(name) {
+            return;
+        }
+        let before = self.local_node.replace(name.to_string());
+        for node in before.iter().map(String::as_str).chain([name]) {
+            if let Some(&(ip, _)) = self.inputs.nodes.get(node) {
+                // Same address, so no owner conflict: cannot fail.
+                let _ = self.upsert_node(node, ip);
+            }
+        }
+    }
+
+    /// The identity of node `name`'s address.
+    fn node_identity(&self, name: &str) -> Identity {
+        if self.local_node.as_deref() == Some(name) {
+            Identity::HOST
+        } else {
+            Identity::REMOTE_NODE
+        }
+    }
+
+    /// Adds or moves a node (its address has the `remote-node` identity, or `host` for the
+    /// local node: [`Self::set_local_node`]).
     pub fn upsert_node(&mut self, name: &str, ip: IpAddr) -> Result<(), EngineError> {
         if let Some(owner) = self
             .inputs
@@ -239,28 +267,30 @@ impl PolicyEngine {
                 owner,
             });
         }
-        self.delete_node_address(name);
-        self.inputs.add_node(name, ip);
-        self.set_ipcache(Prefix::host(ip), Identity::REMOTE_NODE);
-        self.identity_changed(Identity::REMOTE_NODE);
+        let identity = self.node_identity(name);
+        if let Some(before) = self.delete_node_address(name).filter(|b| *b != identity) {
+            self.identity_changed(before);
+        }
+        self.inputs.add_node(name, ip, identity);
+        self.set_ipcache(Prefix::host(ip), identity);
+        self.identity_changed(identity);
         Ok(())
     }
 
     pub fn delete_node(&mut self, name: &str) -> bool {
-        let existed = self.delete_node_address(name);
-        if existed {
-            self.inputs.nodes.remove(name);
-            self.identity_changed(Identity::REMOTE_NODE);
-        }
-        existed
-    }
-
-    fn delete_node_address(&mut self, name: &str) -> bool {
-        let Some(ip) = self.inputs.forget_node_address(name) else {
+        let Some(identity) = self.delete_node_address(name) else {
             return false;
         };
-        self.remove_ipcache(&Prefix::host(ip));
+        self.inputs.nodes.remove(name);
+        self.identity_changed(identity);
         true
+    }
+
+    /// Forgets node `name`'s address; returns the identity it had.
+    fn delete_node_address(&mut self, name: &str) -> Option<Identity> {
+        let (ip, identity) = self.inputs.forget_node_address(name)?;
+        self.remove_ipcache(&Prefix::host(ip));
+        Some(identity)
     }
 
     fn set_ipcache(&mut self, prefix: Prefix, identity: Identity) {
@@ -546,6 +576,73 @@ nodes: [{name: n1, ip: 192.168.0.1}]
 
     fn cnp(ns: &str, name: &str, spec: &str) -> String {
         format!("---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+    }
+
+    /// The engine of node n1's agent: n1's address is `host`, n2's `remote-node`.
+    fn engine_on_n1(policies: &str) -> PolicyEngine {
+        let mut e = engine(policies);
+        e.upsert_node("n2", "192.168.0.2".parse().unwrap()).unwrap();
+        e.set_local_node("n1");
+        e.commit();
+        e
+    }
+
+    #[test]
+    fn the_local_node_is_host_and_the_others_remote_node() {
+        let e = engine_on_n1("");
+        let id = |a: &str| e.ipcache_table().identity_of(a.parse().unwrap());
+        assert_eq!(id("192.168.0.1"), Identity::HOST);
+        assert_eq!(id("192.168.0.2"), Identity::REMOTE_NODE);
+        // Without a local node (the CLI's whole-cluster view), every node is remote.
+        let e = engine("");
+        assert_eq!(
+            e.ipcache_table()
+                .identity_of("192.168.0.1".parse().unwrap()),
+            Identity::REMOTE_NODE
+        );
+    }
+
+    #[test]
+    fn to_entities_host_and_remote_node_select_each_node_apart() {
+        let e = engine_on_n1(&cnp(
+            "x",
+            "p",
+            "  endpointSelector: {}\n  egress:\n  - toEntities: [host]\n",
+        ));
+        assert!(allowed(&e, "x/a", "192.168.0.1", "22/TCP"));
+        assert!(!allowed(&e, "x/a", "192.168.0.2", "22/TCP"));
+        let e = engine_on_n1(&cnp(
+            "x",
+            "p",
+            "  endpointSelector: {}\n  egress:\n  - toEntities: [remote-node]\n",
+        ));
+        assert!(!allowed(&e, "x/a", "192.168.0.1", "22/TCP"));
+        assert!(allowed(&e, "x/a", "192.168.0.2", "22/TCP"));
+    }
+
+    #[test]
+    fn the_local_host_always_reaches_pods_unless_denied() {
+        // allow-localhost (Cilium's default): an ingress policy that names only pods still
+        // admits the node's own stack, not the other nodes.
+        let e = engine_on_n1(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: nobody}}]\n",
+        ));
+        assert!(allowed(&e, "192.168.0.1", "y/a", "8080/TCP"));
+        assert!(!allowed(&e, "192.168.0.2", "y/a", "8080/TCP"));
+        assert!(!allowed(&e, "x/a", "y/a", "8080/TCP"));
+        // An explicit deny of `host` wins, as every deny does.
+        let e = engine_on_n1(&cnp(
+            "y",
+            "p",
+            "  endpointSelector: {}\n  ingress:\n  - fromEntities: [all]\n  ingressDeny:\n  - fromEntities: [host]\n",
+        ));
+        assert!(!allowed(&e, "192.168.0.1", "y/a", "8080/TCP"));
+        assert!(allowed(&e, "x/a", "y/a", "8080/TCP"));
+        // No ingress policy: nothing is enforced, nothing added.
+        let e = engine_on_n1("");
+        assert!(e.endpoint("y/a").unwrap().ingress.map.is_empty());
     }
 
     #[test]

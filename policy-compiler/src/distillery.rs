@@ -5,6 +5,10 @@
 //! - otherwise enforced; if none of those sections asks for default deny (Cilium
 //!   `enableDefaultDeny: false`), an allow-all `(ANY, ANY)` entry is added so that deny rules
 //!   still apply while everything else passes (what Cilium does);
+//! - an enforced ingress direction always admits the node's own stack: an L3 allow for `host`
+//!   (Cilium's default `allow-localhost`, which a Kubernetes user gets: the kubelet's probes
+//!   must reach every pod whatever its policy), its origin the first section that enforces
+//!   ingress. A deny that covers `host` still wins, as every deny does;
 //! - each rule adds keys `peer identity x protocol x port range`: no ports gives an L3 key per
 //!   identity; `Peers::All` gives the identity wildcard; protocol ANY expands to TCP, UDP, SCTP;
 //!   a named port resolves against the destination pod (ingress: this endpoint; egress: every
@@ -45,6 +49,7 @@ impl Distillery<'_> {
         let mut applies = false;
         let mut default_deny = false;
         let mut default_allow_origins = BTreeSet::new();
+        let mut localhost_origin: Option<RuleOrigin> = None;
         for (subject, refs) in self.index.subjects() {
             if !self.cache.selection(subject).contains(&id) {
                 continue;
@@ -62,6 +67,12 @@ impl Distillery<'_> {
                 }
                 applies = true;
                 default_deny |= rules.default_deny;
+                if d == Direction::Ingress && localhost_origin.is_none() {
+                    localhost_origin = Some(RuleOrigin {
+                        policy: pid.clone(),
+                        rule: format!("{} (allow-localhost)", section.path),
+                    });
+                }
                 if !rules.default_deny {
                     default_allow_origins.insert(RuleOrigin {
                         policy: pid.clone(),
@@ -84,6 +95,9 @@ impl Distillery<'_> {
             for o in default_allow_origins {
                 merge(&mut map, PolicyKey::l3(Identity::ANY), Action::Allow, o);
             }
+        }
+        if let Some(o) = localhost_origin {
+            merge(&mut map, PolicyKey::l3(Identity::HOST), Action::Allow, o);
         }
         (true, map)
     }

@@ -34,8 +34,9 @@ pub(crate) struct Inputs {
     /// `namespace/name` -> pod.
     pub(crate) pods: BTreeMap<String, PodState>,
     pub(crate) pod_by_ip: HashMap<IpAddr, String>,
-    /// Node name -> its address (identity `remote-node`).
-    pub(crate) nodes: BTreeMap<String, IpAddr>,
+    /// Node name -> its address and identity (`host` for the engine's own node, else
+    /// `remote-node`).
+    pub(crate) nodes: BTreeMap<String, (IpAddr, Identity)>,
     /// Identity -> the addresses that carry it (pods and nodes; what CIDR selectors test).
     pub(crate) addresses: HashMap<Identity, Vec<IpAddr>>,
     pub(crate) pods_by_identity: HashMap<Identity, BTreeSet<String>>,
@@ -87,21 +88,19 @@ impl Inputs {
     }
 
     /// Records node `name` at `ip` (after [`Self::forget_node_address`] of its old address).
-    pub(crate) fn add_node(&mut self, name: &str, ip: IpAddr) {
-        self.nodes.insert(name.to_string(), ip);
-        self.addresses
-            .entry(Identity::REMOTE_NODE)
-            .or_default()
-            .push(ip);
+    pub(crate) fn add_node(&mut self, name: &str, ip: IpAddr, identity: Identity) {
+        self.nodes.insert(name.to_string(), (ip, identity));
+        self.addresses.entry(identity).or_default().push(ip);
     }
 
-    /// Unindexes node `name`'s address (the node stays named); returns the address.
-    pub(crate) fn forget_node_address(&mut self, name: &str) -> Option<IpAddr> {
-        let ip = self.nodes.get(name).copied()?;
-        if let Some(addrs) = self.addresses.get_mut(&Identity::REMOTE_NODE) {
+    /// Unindexes node `name`'s address (the node stays named); returns the address and the
+    /// identity it had.
+    pub(crate) fn forget_node_address(&mut self, name: &str) -> Option<(IpAddr, Identity)> {
+        let (ip, identity) = self.nodes.get(name).copied()?;
+        if let Some(addrs) = self.addresses.get_mut(&identity) {
             addrs.retain(|a| *a != ip);
         }
-        Some(ip)
+        Some((ip, identity))
     }
 
     /// Who holds `ip`: `pod <namespace/name>` or `node <name>`.
@@ -116,7 +115,7 @@ impl Inputs {
     pub(crate) fn node_by_ip(&self, addr: IpAddr) -> Option<&str> {
         self.nodes
             .iter()
-            .find(|(_, a)| **a == addr)
+            .find(|(_, (a, _))| *a == addr)
             .map(|(n, _)| n.as_str())
     }
 }

@@ -357,6 +357,19 @@ mod uplink {
         l4
     }
 
+    /// An ICMP error (`ty` 3 or 11) quoting a TCP packet `src:sport -> PEER:80`.
+    fn icmp_error_about(ty: u8, src: Ipv4Addr, sport: u16) -> Vec<u8> {
+        let mut msg = vec![ty, 4, 0, 0, 0, 0, 0x05, 0x00];
+        let mut quoted = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 63, TCP, 0, 0];
+        quoted.extend_from_slice(&src.octets());
+        quoted.extend_from_slice(&PEER.octets());
+        msg.extend_from_slice(&quoted);
+        msg.extend_from_slice(&sport.to_be_bytes());
+        msg.extend_from_slice(&80u16.to_be_bytes());
+        msg.extend_from_slice(&[0, 0, 0, 1]);
+        msg
+    }
+
     fn icmp_echo() -> Vec<u8> {
         vec![8, 0, 0xf7, 0xfe, 0, 1, 0, 1]
     }
@@ -461,6 +474,11 @@ mod uplink {
                 assert_eq!(decide(&p, &frame), Decision::NoSocket, "{name} {port}");
             }
         }
+        // A router's errors about a masqueraded packet.
+        for ty in [3, 11] {
+            let error = ipv4(UNDERLAY, ICMP, &icmp_error_about(ty, UNDERLAY, 62000));
+            assert_eq!(decide(&p, &error), Decision::NoSocket, "ICMP type {ty}");
+        }
         // With IP options in front of the ports too.
         let packet = ipv4_packet(UNDERLAY, TCP, &[1u8; 40], 0, &tcp_syn(62000));
         assert_eq!(decide(&p, &ethernet(ETH_P_IP, &packet)), Decision::NoSocket);
@@ -468,6 +486,22 @@ mod uplink {
             ("below the range", ipv4(UNDERLAY, TCP, &tcp_syn(60999))),
             ("ssh", ipv4(UNDERLAY, TCP, &tcp_syn(22))),
             ("ping", ipv4(UNDERLAY, ICMP, &icmp_echo())),
+            (
+                "an error about the host's own connection",
+                ipv4(UNDERLAY, ICMP, &icmp_error_about(3, UNDERLAY, 40000)),
+            ),
+            (
+                "an error quoting another source",
+                ipv4(UNDERLAY, ICMP, &icmp_error_about(3, PEER, 62000)),
+            ),
+            (
+                "a parameter problem",
+                ipv4(UNDERLAY, ICMP, &icmp_error_about(12, UNDERLAY, 62000)),
+            ),
+            (
+                "an error cut short",
+                ipv4(UNDERLAY, ICMP, &icmp_error_about(3, UNDERLAY, 62000)[..30]),
+            ),
             ("another address", ipv4(PEER, TCP, &tcp_syn(62000))),
             (
                 "a later fragment",
@@ -486,6 +520,13 @@ mod uplink {
         };
         assert_eq!(
             decide(&plain, &ipv4(UNDERLAY, TCP, &tcp_syn(62000))),
+            Decision::NotOwned
+        );
+        assert_eq!(
+            decide(
+                &plain,
+                &ipv4(UNDERLAY, ICMP, &icmp_error_about(3, UNDERLAY, 62000))
+            ),
             Decision::NotOwned
         );
     }

@@ -96,7 +96,11 @@ impl ClusterState {
     pub fn new(node: &str) -> ClusterState {
         ClusterState {
             node: node.to_string(),
-            engine: PolicyEngine::new(),
+            engine: {
+                let mut engine = PolicyEngine::new();
+                engine.set_local_node(node); // Its own address is `host`, not `remote-node`.
+                engine
+            },
             namespaces: BTreeMap::new(),
             nodes: BTreeMap::new(),
             endpoints: BTreeMap::new(),

@@ -136,6 +136,8 @@ pub fn apply(t: &mut Tables, change: &Change) -> Result<Applied, RequestError> {
         Change::LocalNodeSet(m) => {
             let mut node = m.to_local_node()?;
             node.tunnel_ports = m.kept_tunnel_ports(t.node.tunnel_ports)?;
+            node.host_link = t.node.host_link; // The daemon's, as the tunnel ports.
+            node.host_addresses = t.node.host_addresses.clone();
             t.node = Arc::new(node);
             Ok(Applied::changed())
         }

@@ -4,21 +4,27 @@
 //! done, in reverse, by dropping it):
 //! 1. configuration: the TOML file (optional when flags name the interfaces), then the flags;
 //! 2. preflight: root, AF_XDP, the interfaces, the memlock limit;
-//! 3. tables: empty, with the uplink's index, MAC and MTU read from the interface;
-//! 4. one XDP program per interface, attached through a `bpf_link` this process owns, so the
+//! 3. the host interface (unless `--host-interface off`): its veth pair created when absent and
+//!    brought up; its dataplane side is then served like a pod interface
+//!    (`dataplane::daemon::host_link`);
+//! 4. tables: empty, with the uplink's index, MAC and MTU read from the interface, and the
+//!    host interface's;
+//! 5. one XDP program per interface, attached through a `bpf_link` this process owns, so the
 //!    kernel detaches it when the process dies, even on `kill -9`. The uplink's program
 //!    starts with the uplink filter on (unless configured off): it hands the dataplane only
 //!    tunnel traffic to the node and the destinations it owns, none yet;
-//! 5. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
+//! 6. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
 //!    interface's program, then one busy-polling thread per worker;
-//! 6. the uplink-sync thread (with an uplink and its filter on), which keeps the uplink
+//! 7. the uplink-sync thread (with an uplink and its filter on), which keeps the uplink
 //!    program's underlay address and owned prefixes in step with the published tables
 //!    (`dataplane::daemon::host_path`);
-//! 7. the control socket, served on its own thread;
-//! 8. the `/metrics` server (unless `--metrics-address off`);
-//! 9. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
-//!    peer nodes' and the default route's next hops, from the kernel's routes and neighbours;
-//! 10. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
+//! 8. the control socket, served on its own thread;
+//! 9. the `/metrics` server (unless `--metrics-address off`);
+//! 10. with an uplink, the next-hop resolver thread (`dataplane::nexthop`): the MACs of the
+//!     peer nodes' and the default route's next hops, from the kernel's routes and neighbours;
+//! 11. with a host interface, the host-link-sync thread: the kernel side's gateway addresses,
+//!     routes to pods and MTU, in step with the tables;
+//! 12. wait for SIGTERM or SIGINT (or a thread that stopped on an error).
 //!
 //! Stop order: the shared shutdown flag stops the workers, the uplink-sync thread and the
 //! control server; the threads are joined; the server removes its socket file; the XDP programs
@@ -29,7 +35,7 @@
 
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,17 +51,19 @@ use dataplane::api::{ControlServer, ServerError, StatsRegistry, TablesHandle};
 use dataplane::daemon::config::{
     ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerSection, XdpMode, DEFAULT_CONFIG_PATH,
 };
+use dataplane::daemon::host_link;
 use dataplane::daemon::host_path::{self, OwnershipMaps};
 use dataplane::daemon::masquerade::{self, MasqueradeError};
 use dataplane::daemon::preflight::{self, PreflightError};
 use dataplane::io::{IoError, PortSpec, SocketStatsReader, Worker, WorkerConfig, XskConfig};
 use dataplane::nexthop;
+use dataplane::nexthop::netlink::{Netlink, NetlinkError};
 use dataplane::pipeline::event_ring::EventConfig;
 use dataplane::pipeline::{MasqueradeConfig, PipelineConfig};
 use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::maglev::DEFAULT_M;
 use dataplane::tables::services::{ServiceError, Services};
-use dataplane::tables::{LocalNode, Tables, TunnelPorts};
+use dataplane::tables::{HostLink, LocalNode, Tables, TunnelPorts};
 use dataplane::{MacAddr, Prefix};
 use xdp_redirect::{
     AttachMode, OwnedPrefix, PrefixLengthError, RedirectConfig, XdpAttachment, XdpError, XdpProgram,
@@ -100,6 +108,10 @@ Example /etc/flagella/dataplane.toml:
     [[worker]]
     core = 1
     interfaces = [\"eth1\", \"lxc-pod1\"]
+
+Pods reach their node, and the node its pods, through a veth pair the dataplane creates in its
+network namespace (flg_host, the host's side, with the pods' gateway addresses and routes to the
+pods; flg_net, the dataplane's): see --host-interface.
 
 Runs as root. Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
 process is killed (the kernel owns their links through this process's file descriptors).";
@@ -208,6 +220,21 @@ struct Cli {
     #[arg(long, value_name = "BOOL", action = ArgAction::Set)]
     uplink_filter: Option<bool>,
 
+    /// The host interface, as Cilium's `cilium_host`: the kernel's side of a veth pair that
+    /// the dataplane creates in its network namespace when absent (default `flg_host`), which
+    /// gets the pods' gateway addresses and routes to every pod, so that pods reach their node
+    /// and the node its pods. `off`: none (a pod's frames for the node are then dropped,
+    /// counted `pass_dropped`). Overrides `host_interface` in the file. The pair stays after
+    /// the dataplane exits (a restart finds it and corrects its addresses and routes); remove
+    /// it with `ip link del flg_host`.
+    #[arg(long, value_name = "NAME|off")]
+    host_interface: Option<String>,
+
+    /// The dataplane's side of the host interface's veth pair (default `flg_net`), served like a
+    /// pod interface. Overrides `host_interface_peer` in the file.
+    #[arg(long, value_name = "NAME")]
+    host_interface_peer: Option<String>,
+
     /// `on` (the default when there is an uplink): pods' TCP and UDP flows to the world (what
     /// leaves through the uplink towards the default gateway) leave with the node's underlay
     /// address and a source port from --masquerade-ports, after egress policy decided on the
@@ -307,6 +334,8 @@ enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error("host interface `{ifname}`: {reason}; the dataplane needs CAP_NET_ADMIN in the node's network namespace (or pass --host-interface off)")]
+    HostInterface { ifname: String, reason: String },
     #[error("installing the SIGTERM/SIGINT handler failed: {0}")]
     Signal(io::Error),
     #[error(
@@ -372,13 +401,16 @@ struct InterfaceXdp {
 }
 
 fn run(cli: Cli) -> Result<(), DaemonError> {
-    let cfg = effective_config(&cli)?;
+    let configured = effective_config(&cli)?;
+    // The host interface's dataplane side is served as any interface, but may not exist yet:
+    // preflight checks the configured ones and counts the memory of all.
+    let cfg = configured.with_host_interface();
     let mode = match cfg.xdp_mode {
         XdpMode::Native => AttachMode::Native,
         XdpMode::Generic => AttachMode::Generic,
     };
     let workers = cfg.effective_workers();
-    preflight::check(&cfg, memlock_needed(&cfg, &workers))?;
+    preflight::check(&configured, memlock_needed(&cfg, &workers))?;
     if let Some(ports) = masquerade::range(&cfg) {
         masquerade::check_node(ports)?;
         log(&format!(
@@ -386,8 +418,9 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
         ));
     }
     install_signal_handlers().map_err(DaemonError::Signal)?;
+    let host = set_up_host_interface(&cfg)?;
 
-    let tables = TablesHandle::new(initial_tables(&cfg)?);
+    let tables = TablesHandle::new(initial_tables(&cfg, host.map(|h| h.link))?);
     let stats = StatsRegistry::new();
 
     let xdp = attach_all(&cfg, mode)?;
@@ -399,7 +432,8 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
         xdp,
         uplink_sync: None,
     };
-    let started = start(&cfg, &cli, &workers, &tables, &stats, &mut running);
+    let started = start(&cfg, &cli, &workers, &tables, &stats, &mut running)
+        .and_then(|()| start_host_link_sync(&tables, host, &mut running));
     let result = started.and_then(|()| {
         log(&format!(
             "ready: {} interface(s), {} worker(s), control socket {}",
@@ -600,6 +634,12 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     if let Some(filter) = cli.uplink_filter {
         cfg.uplink_filter = filter;
     }
+    if let Some(name) = &cli.host_interface {
+        cfg.host_interface = name.clone();
+    }
+    if let Some(name) = &cli.host_interface_peer {
+        cfg.host_interface_peer = name.clone();
+    }
     if let Some(on) = cli.masquerade {
         cfg.masquerade = on;
     }
@@ -654,14 +694,16 @@ fn memlock_needed(cfg: &DaemonConfig, workers: &[WorkerSection]) -> u64 {
     ports * per_port + maps
 }
 
-/// Empty tables; the uplink's index, MAC and MTU come from the interface itself.
-fn initial_tables(cfg: &DaemonConfig) -> Result<Tables, DaemonError> {
+/// Empty tables; the uplink's index, MAC and MTU come from the interface itself, the host
+/// interface's from [`set_up_host_interface`].
+fn initial_tables(cfg: &DaemonConfig, host_link: Option<HostLink>) -> Result<Tables, DaemonError> {
     let mut node = LocalNode {
         name: hostname(),
         tunnel_ports: TunnelPorts {
             vxlan: cfg.vxlan_port,
             geneve: cfg.geneve_port,
         },
+        host_link,
         ..LocalNode::default()
     };
     if let Some(uplink) = cfg.uplink() {
@@ -713,7 +755,7 @@ fn interface_mtu(ifname: &str) -> Result<Option<u16>, DaemonError> {
 /// learns them; ARP and everything else stay with the kernel.
 fn redirect_config(role: Role, uplink_filter: bool, ports: TunnelPorts) -> RedirectConfig {
     match role {
-        Role::Pod => RedirectConfig {
+        Role::Pod | Role::Host => RedirectConfig {
             redirect_arp: true,
             ..RedirectConfig::default()
         },
@@ -876,6 +918,145 @@ fn start_uplink_sync(
         })
         .map_err(|source| DaemonError::Spawn { name, source })?;
     Ok(Some(handle))
+}
+
+/// The host interface, once set up: its two sides.
+#[derive(Clone, Copy, Debug)]
+struct HostInterface {
+    kernel_ifindex: u32,
+    link: HostLink,
+}
+
+/// Creates the host interface's veth pair when absent, brings both sides up and prepares the
+/// kernel's side to take pod-sourced frames (see `dataplane::daemon::host_link`). `None` when
+/// the host interface is off.
+fn set_up_host_interface(cfg: &DaemonConfig) -> Result<Option<HostInterface>, DaemonError> {
+    let Some((kernel, peer)) = cfg.host_interface() else {
+        return Ok(None);
+    };
+    let fail = |reason: String| DaemonError::HostInterface {
+        ifname: kernel.to_string(),
+        reason,
+    };
+    let mut nl = Netlink::requests().map_err(|e| fail(e.to_string()))?;
+    let created = nl
+        .create_veth(kernel, peer)
+        .map_err(|e| fail(e.to_string()))?;
+    let kernel_ifindex = preflight::ifindex(kernel)?;
+    let peer_ifindex = preflight::ifindex(peer)?;
+    // The dataplane's side has no address and speaks no IPv6 of its own; the kernel's side
+    // receives frames from pod addresses, which strict reverse-path filtering would refuse
+    // whenever the kernel routes the pod elsewhere (e.g. a remote pod's reply, natively).
+    for (path, value) in [
+        (format!("/proc/sys/net/ipv6/conf/{peer}/disable_ipv6"), "1"),
+        (format!("/proc/sys/net/ipv4/conf/{kernel}/rp_filter"), "0"),
+    ] {
+        if let Err(e) = fs::write(&path, value) {
+            log(&format!(
+                "WARNING: could not write {value} to {path}: {e}; the host path may refuse some \
+                 pod traffic"
+            ));
+        }
+    }
+    for ifindex in [peer_ifindex, kernel_ifindex] {
+        nl.set_link_up(ifindex, None)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let kernel_mac = interface_mac(kernel)?;
+    log(&format!(
+        "host interface: {kernel} (the host's side, {kernel_mac}) / {peer} (the dataplane's){}",
+        if created { ", created" } else { ", found" }
+    ));
+    Ok(Some(HostInterface {
+        kernel_ifindex,
+        link: HostLink {
+            ifindex: peer_ifindex,
+            kernel_mac,
+        },
+    }))
+}
+
+/// The kernel side of the host interface as [`host_link::sync_host_link`] drives it.
+struct KernelHostStack {
+    nl: Netlink,
+    host: HostInterface,
+}
+
+impl host_link::HostStack for KernelHostStack {
+    type Error = NetlinkError;
+
+    fn set_address(&mut self, add: bool, prefix: Prefix) -> Result<(), NetlinkError> {
+        self.nl.set_address(add, prefix, self.host.kernel_ifindex)
+    }
+
+    fn set_route(&mut self, add: bool, route: host_link::HostRoute) -> Result<(), NetlinkError> {
+        self.nl
+            .set_route(add, route.dst, route.src, self.host.kernel_ifindex)
+    }
+
+    fn node_addresses(&mut self) -> Result<Vec<IpAddr>, NetlinkError> {
+        self.nl.all_addresses()
+    }
+
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), NetlinkError> {
+        for ifindex in [self.host.link.ifindex, self.host.kernel_ifindex] {
+            self.nl.set_link_up(ifindex, Some(u32::from(mtu)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the thread that keeps the host interface's kernel side in step with the tables,
+/// from what the interface holds now (a previous run's addresses and routes).
+fn start_host_link_sync(
+    tables: &TablesHandle,
+    host: Option<HostInterface>,
+    running: &mut Running,
+) -> Result<(), DaemonError> {
+    let Some(host) = host else {
+        return Ok(());
+    };
+    let fail = |e: NetlinkError| DaemonError::HostInterface {
+        ifname: format!("ifindex {}", host.kernel_ifindex),
+        reason: e.to_string(),
+    };
+    let mut nl = Netlink::requests().map_err(fail)?;
+    let found = host_link::HostStackState {
+        addresses: nl
+            .addresses_of(host.kernel_ifindex)
+            .map_err(fail)?
+            .into_iter()
+            .collect(),
+        routes: nl
+            .own_routes_of(host.kernel_ifindex)
+            .map_err(fail)?
+            .into_iter()
+            .map(|(dst, src)| host_link::HostRoute { dst, src })
+            .collect(),
+        mtu: None,
+    };
+    let mut stack = KernelHostStack { nl, host };
+    let tables = tables.clone();
+    let name = "host-link-sync".to_string();
+    let handle = thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            host_link::sync_host_link(
+                &tables,
+                &mut stack,
+                host_link::Reconciler::new(found),
+                &SHUTDOWN,
+                host_path::SYNC_INTERVAL,
+                |report, applied| log(&host_link::describe(report, applied)),
+            );
+            Ok(())
+        })
+        .map_err(|source| DaemonError::Spawn {
+            name: name.clone(),
+            source,
+        })?;
+    running.aux.push((name, handle));
+    Ok(())
 }
 
 /// A reader of each socket's `XDP_STATISTICS` for `/metrics` (a socket whose descriptor cannot

@@ -9,6 +9,8 @@
 //! uplink_filter = true                       # the uplink hands the dataplane only what it owns
 //! vxlan_port = 4789                          # tunnel ports, the same on every node
 //! geneve_port = 6081
+//! host_interface = "flg_host"                # the host's side of the host veth, or "off"
+//! host_interface_peer = "flg_net"            # the dataplane's side
 //! masquerade = true                          # pods' flows to the world leave as the node
 //! masquerade_ports = "61000-65535"           # their source ports; must not overlap the
 //!                                            # node's net.ipv4.ip_local_port_range
@@ -47,6 +49,9 @@ pub enum Role {
     Pod,
     /// The node's link to the underlay (other nodes, the world).
     Uplink,
+    /// The dataplane's side of the host interface (`host_interface_peer`): the daemon adds it
+    /// itself; treated as a pod interface by its XDP program (all IP and ARP to the dataplane).
+    Host,
 }
 
 /// How the XDP program is attached.
@@ -111,6 +116,14 @@ pub struct DaemonConfig {
     pub vxlan_port: u16,
     #[serde(default = "default_geneve_port")]
     pub geneve_port: u16,
+    /// The kernel's side of the host interface (Cilium's `cilium_host`): a veth the daemon
+    /// creates when absent, whose peer it serves; `off` for none (pods then cannot reach their
+    /// node, nor the node its pods). See `daemon::host_link`.
+    #[serde(default = "default_host_interface")]
+    pub host_interface: String,
+    /// The dataplane's side of that veth pair.
+    #[serde(default = "default_host_interface_peer")]
+    pub host_interface_peer: String,
     /// `true` (default): with an uplink, pods' flows to the world leave masqueraded to the
     /// node's underlay address (`daemon::masquerade`, `pipeline::masquerade`).
     #[serde(default = "yes")]
@@ -146,6 +159,12 @@ fn default_conntrack() -> usize {
 fn default_metrics_address() -> String {
     crate::api::metrics::DEFAULT_ADDRESS.to_string()
 }
+fn default_host_interface() -> String {
+    crate::daemon::host_link::DEFAULT_KERNEL_SIDE.to_string()
+}
+fn default_host_interface_peer() -> String {
+    crate::daemon::host_link::DEFAULT_DATAPLANE_SIDE.to_string()
+}
 fn default_masquerade_ports() -> String {
     crate::tables::snat::DEFAULT_PORTS.to_string()
 }
@@ -167,6 +186,8 @@ impl Default for DaemonConfig {
             uplink_filter: true,
             vxlan_port: default_vxlan_port(),
             geneve_port: default_geneve_port(),
+            host_interface: default_host_interface(),
+            host_interface_peer: default_host_interface_peer(),
             masquerade: true,
             masquerade_ports: default_masquerade_ports(),
             metrics_address: default_metrics_address(),
@@ -266,6 +287,32 @@ impl DaemonConfig {
                 ),
             ));
         }
+        if let Some((kernel, peer)) = self.host_interface() {
+            for (field, name) in [("host_interface", kernel), ("host_interface_peer", peer)] {
+                if name.is_empty() || name.len() > 15 {
+                    return Err(invalid(
+                        field,
+                        "an interface name has 1 to 15 characters (or host_interface = \"off\")",
+                    ));
+                }
+                if self
+                    .interfaces
+                    .iter()
+                    .any(|i| i.name == name && i.role != Role::Host)
+                {
+                    return Err(invalid(
+                        field,
+                        format!("`{name}` is also an [[interface]]: name the host veth otherwise"),
+                    ));
+                }
+            }
+            if kernel == peer {
+                return Err(invalid(
+                    "host_interface_peer",
+                    "the two sides of the host veth need different names (default flg_host / flg_net)",
+                ));
+            }
+        }
         let mut uplinks = 0;
         for (i, iface) in self.interfaces.iter().enumerate() {
             let field = format!("interface[{i}]");
@@ -344,6 +391,36 @@ impl DaemonConfig {
         }
     }
 
+    /// The host interface's (kernel side, dataplane side) names, unless it is `off`.
+    pub fn host_interface(&self) -> Option<(&str, &str)> {
+        (!self.host_interface.eq_ignore_ascii_case("off")).then_some((
+            self.host_interface.as_str(),
+            self.host_interface_peer.as_str(),
+        ))
+    }
+
+    /// This configuration with the host interface's dataplane side as an interface (role
+    /// `host`, one queue), served by the first worker when workers are listed; unchanged when
+    /// the host interface is off or already there.
+    pub fn with_host_interface(&self) -> DaemonConfig {
+        let mut cfg = self.clone();
+        let Some((_, peer)) = self.host_interface() else {
+            return cfg;
+        };
+        if cfg.interfaces.iter().any(|i| i.name == peer) {
+            return cfg;
+        }
+        cfg.interfaces.push(InterfaceConfig {
+            name: peer.to_string(),
+            role: Role::Host,
+            queues: 1,
+        });
+        if let Some(first) = cfg.workers.first_mut() {
+            first.interfaces.push(peer.to_string());
+        }
+        cfg
+    }
+
     /// The uplink, if one is configured.
     pub fn uplink(&self) -> Option<&InterfaceConfig> {
         self.interfaces.iter().find(|i| i.role == Role::Uplink)
@@ -399,6 +476,24 @@ mod tests {
     }
 
     #[test]
+    fn the_host_interface_is_on_by_default_and_served_by_the_first_worker() {
+        let cfg = parse("[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[worker]]\ninterfaces = [\"a\"]\n[[worker]]\ninterfaces = []\n").unwrap();
+        assert_eq!(cfg.host_interface(), Some(("flg_host", "flg_net")));
+        let full = cfg.with_host_interface();
+        assert_eq!(full.interfaces.len(), 2);
+        assert_eq!(full.interfaces[1].role, Role::Host);
+        assert_eq!(full.workers[0].interfaces, vec!["a", "flg_net"]);
+        full.validate().unwrap();
+        assert_eq!(full.with_host_interface(), full, "added once");
+
+        let off = parse("host_interface = \"off\"").unwrap();
+        assert_eq!(off.host_interface(), None);
+        assert_eq!(off.with_host_interface(), off);
+        let renamed = parse("host_interface = \"hst0\"\nhost_interface_peer = \"hst1\"").unwrap();
+        assert_eq!(renamed.host_interface(), Some(("hst0", "hst1")));
+    }
+
+    #[test]
     fn one_default_worker_serves_every_interface() {
         let cfg = parse("[[interface]]\nname = \"a\"\nrole = \"pod\"\n[[interface]]\nname = \"b\"\nrole = \"pod\"\n").unwrap();
         let w = cfg.effective_workers();
@@ -425,6 +520,9 @@ mod tests {
             ),
             ("vxlan_port = 6081", "vxlan_port"),
             ("metrics_address = \"nowhere\"", "metrics_address"),
+            ("host_interface_peer = \"flg_host\"", "host_interface_peer"),
+            ("host_interface = \"a-very-long-interface-name\"", "host_interface"),
+            ("[[interface]]\nname = \"flg_net\"\nrole = \"pod\"", "host_interface_peer"),
         ];
         for (text, field) in cases {
             match parse(text) {

@@ -8,8 +8,11 @@
 //! - tunnel traffic to the node's underlay address (`tables.node.underlay_ipv4`; the program
 //!   matches the VXLAN and Geneve UDP ports itself);
 //! - destinations it owns: today the local endpoints' addresses, as /32 and /128 (native routing
-//!   delivers pod traffic from other nodes on the uplink). Service frontends, NodePort addresses
-//!   and masquerade replies will join this set.
+//!   delivers pod traffic from other nodes on the uplink) and, with a host interface, the pods'
+//!   gateway addresses, which the kernel holds on that interface (natively routed replies to
+//!   the host's connections to remote pods must reach the kernel through it, where the routes
+//!   to pods are, not on the uplink, where reverse-path filtering would refuse them). Service
+//!   frontends, NodePort addresses and masquerade replies will join this set.
 //!
 //! Contract:
 //! - [`UplinkOwnership::from_tables`] is a pure function of one snapshot.
@@ -26,7 +29,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,9 +43,9 @@ use crate::types::Prefix;
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
 /// First wait before retrying failed operations; doubled after each failed attempt.
-const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between retries.
-const RETRY_MAX: Duration = Duration::from_secs(60);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What the uplink's program must own.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,15 +57,24 @@ pub struct UplinkOwnership {
 }
 
 impl UplinkOwnership {
-    /// What `tables` says the uplink must hand the dataplane: the underlay address, and every
-    /// local endpoint's addresses as host prefixes.
+    /// What `tables` says the uplink must hand the dataplane: the underlay address, every
+    /// local endpoint's addresses as host prefixes, and the gateways with a host interface.
     pub fn from_tables(tables: &Tables) -> Self {
+        let node = &tables.node;
+        let gateways = [
+            node.gateway_ipv4.map(IpAddr::V4),
+            node.gateway_ipv6.map(IpAddr::V6),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|_| node.host_link.is_some());
         UplinkOwnership {
-            underlay_ipv4: tables.node.underlay_ipv4,
+            underlay_ipv4: node.underlay_ipv4,
             prefixes: tables
                 .endpoints
                 .iter()
                 .flat_map(|ep| ep.spec.ips())
+                .chain(gateways)
                 .map(Prefix::host)
                 .collect(),
         }
@@ -277,7 +289,7 @@ mod tests {
     use crate::tables::endpoints::{EndpointId, EndpointSpec};
     use crate::tables::services::Services;
     use crate::types::{Identity, MacAddr};
-    use std::net::{IpAddr, Ipv6Addr};
+    use std::net::Ipv6Addr;
     use std::sync::Mutex;
 
     fn tables() -> Tables {
@@ -369,6 +381,21 @@ mod tests {
             .prefixes
             .iter()
             .all(|p| p.prefix_len() == 32 || p.prefix_len() == 128));
+    }
+
+    #[test]
+    fn with_a_host_interface_the_gateways_are_owned_too() {
+        let mut t = tables();
+        let node = Arc::make_mut(&mut t.node);
+        node.gateway_ipv4 = Some(v4(1));
+        node.gateway_ipv6 = Some(v6(1));
+        assert!(UplinkOwnership::from_tables(&t).prefixes.is_empty());
+        Arc::make_mut(&mut t.node).host_link = Some(crate::tables::HostLink {
+            ifindex: 7,
+            kernel_mac: MacAddr([2, 0, 0, 0, 0, 7]),
+        });
+        let expected: BTreeSet<Prefix> = [host(v4(1)), host(v6(1))].into_iter().collect();
+        assert_eq!(UplinkOwnership::from_tables(&t).prefixes, expected);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! writer of that table.
 
 pub mod netlink;
+pub mod netlink_host;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -15,14 +15,14 @@ use crate::types::MacAddr;
 
 // ---- UAPI constants --------------------------------------------------------------------------
 
-const NLMSG_HDR_LEN: usize = 16;
+pub(super) const NLMSG_HDR_LEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_ACK: u16 = 0x4;
+pub(super) const NLM_F_DUMP: u16 = 0x300;
+pub(super) const NLM_F_REPLACE: u16 = 0x100;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
 
 pub(crate) const RTM_NEWROUTE: u16 = 24;
 pub(crate) const RTM_DELROUTE: u16 = 25;
@@ -31,14 +31,14 @@ pub(crate) const RTM_NEWNEIGH: u16 = 28;
 pub(crate) const RTM_DELNEIGH: u16 = 29;
 const RTM_GETNEIGH: u16 = 30;
 
-const RTMSG_LEN: usize = 12;
+pub(super) const RTMSG_LEN: usize = 12;
 const NDMSG_LEN: usize = 12;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
+pub(super) const RTA_DST: u16 = 1;
+pub(super) const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_TABLE: u16 = 15;
-const RT_TABLE_MAIN: u32 = 254;
-const RTN_UNICAST: u8 = 1;
+pub(super) const RT_TABLE_MAIN: u32 = 254;
+pub(super) const RTN_UNICAST: u8 = 1;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const NDA_FLAGS_EXT: u16 = 15;
@@ -97,12 +97,12 @@ pub enum Event {
 
 // ---- building requests --------------------------------------------------------------------
 
-struct MsgBuilder {
+pub(super) struct MsgBuilder {
     buf: Vec<u8>,
 }
 
 impl MsgBuilder {
-    fn new(kind: u16, flags: u16, seq: u32) -> Self {
+    pub(super) fn new(kind: u16, flags: u16, seq: u32) -> Self {
         let mut buf = Vec::with_capacity(64);
         buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `finish`
         buf.extend_from_slice(&kind.to_ne_bytes());
@@ -112,12 +112,12 @@ impl MsgBuilder {
         MsgBuilder { buf }
     }
 
-    fn bytes(mut self, b: &[u8]) -> Self {
+    pub(super) fn bytes(mut self, b: &[u8]) -> Self {
         self.buf.extend_from_slice(b);
         self
     }
 
-    fn attr(mut self, kind: u16, data: &[u8]) -> Self {
+    pub(super) fn attr(mut self, kind: u16, data: &[u8]) -> Self {
         let len = 4 + data.len();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
@@ -126,25 +126,25 @@ impl MsgBuilder {
         self
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub(super) fn finish(mut self) -> Vec<u8> {
         let len = self.buf.len() as u32;
         self.buf[..4].copy_from_slice(&len.to_ne_bytes());
         self.buf
     }
 }
 
-fn align4(n: usize) -> usize {
+pub(super) fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-fn family_of(addr: IpAddr) -> u8 {
+pub(super) fn family_of(addr: IpAddr) -> u8 {
     match addr {
         IpAddr::V4(_) => libc::AF_INET as u8,
         IpAddr::V6(_) => libc::AF_INET6 as u8,
     }
 }
 
-fn addr_bytes(addr: &IpAddr) -> Vec<u8> {
+pub(super) fn addr_bytes(addr: &IpAddr) -> Vec<u8> {
     match addr {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
@@ -218,7 +218,7 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
@@ -241,7 +241,7 @@ pub(crate) fn messages(buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
 }
 
 /// The attributes after a fixed header of `skip` bytes; stops at the first malformed one.
-fn attrs(payload: &[u8], skip: usize) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attrs(payload: &[u8], skip: usize) -> impl Iterator<Item = (u16, &[u8])> {
     let mut rest = payload.get(skip..).unwrap_or(&[]);
     std::iter::from_fn(move || {
         let len = usize::from(u16_at(rest, 0)?);
@@ -254,7 +254,7 @@ fn attrs(payload: &[u8], skip: usize) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn ip_from(family: u8, b: &[u8]) -> Option<IpAddr> {
+pub(super) fn ip_from(family: u8, b: &[u8]) -> Option<IpAddr> {
     match family as i32 {
         libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?))),
         libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
@@ -497,7 +497,7 @@ impl Netlink {
 
     /// Sends `build(seq)` and hands every answer message to `each` until the kernel says done
     /// (a dump), answers once (a get), or acknowledges (a change).
-    fn exchange(
+    pub(super) fn exchange(
         &mut self,
         what: &'static str,
         build: impl FnOnce(u32) -> Vec<u8>,

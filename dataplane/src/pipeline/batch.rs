@@ -31,6 +31,8 @@ pub(crate) enum Ingress {
     Pod(EndpointId),
     /// The node's uplink (underlay).
     Uplink,
+    /// The host interface: the node's own network stack (`tables::HostLink`).
+    Host,
     /// An interface nothing is configured for.
     Unknown,
 }

@@ -75,13 +75,23 @@ fn decapsulate<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
     *m = inner;
     m.from_tunnel = true;
-    m.src_identity = info.identity;
+    m.src_identity = peer_identity(info.identity);
     if let Some(fe) = info.frontend {
         m.frontend = Some(fe);
         m.dsr_in = true;
         ctx.c.dsr_option_consumed += 1;
     }
     Ok(())
+}
+
+/// The sender's `host` is not ours: another node's host arrives as `remote-node`, as Cilium's
+/// `bpf_overlay` presents it (a peer sends its host's traffic with its own `host` identity).
+fn peer_identity(vni_identity: Identity) -> Identity {
+    if vni_identity == Identity::HOST {
+        Identity::REMOTE_NODE
+    } else {
+        vni_identity
+    }
 }
 
 fn read_vxlan(hdr: &[u8]) -> Result<TunnelInfo, DropReason> {

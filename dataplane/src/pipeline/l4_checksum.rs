@@ -1,4 +1,4 @@
-//! L4 checksum completion for frames from pods.
+//! L4 checksum completion for frames from pods (and from the host interface, a veth as well).
 //!
 //! A veth pod's kernel leaves TCP and UDP checksums to the device (CHECKSUM_PARTIAL): the field
 //! holds only the pseudo-header sum. AF_XDP hands user space the bytes without that flag, so when

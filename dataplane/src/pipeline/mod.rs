@@ -297,6 +297,8 @@ fn classify_ingress(t: &Tables, ifindex: u32) -> Ingress {
         Ingress::Pod(ep.id())
     } else if t.node.uplink_ifindex == Some(ifindex) {
         Ingress::Uplink
+    } else if t.node.host_link.is_some_and(|h| h.ifindex == ifindex) {
+        Ingress::Host
     } else {
         Ingress::Unknown
     }

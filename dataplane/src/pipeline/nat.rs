@@ -105,6 +105,56 @@ pub(crate) fn reverse_nat_icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
     true
 }
 
+/// The reverse of a masquerade (SNAT) in an ICMPv4 error about a translated flow: a router on
+/// the way answered the node's address about a packet that left as `node:nat_port`; the outer
+/// destination becomes the original source `addr`, and so do the quoted packet's source address
+/// and port (with the quoted IP header's checksum). As [`reverse_nat_icmp_error`]: the ICMP
+/// checksum is patched for every quoted byte changed, the quoted transport checksum is left
+/// alone. Returns false (nothing changed) for IPv6 or a quote too short to rewrite.
+pub(crate) fn unsnat_icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    addr: IpAddr,
+    port: u16,
+) -> bool {
+    use crate::wire::icmpv4::Icmpv4Packet;
+    let (IpAddr::V4(original), IpAddr::V4(nat)) = (addr, m.inner.src) else {
+        return false;
+    };
+    let (l3, l4, end) = (usize::from(m.l3), usize::from(m.l4), usize::from(m.l4_end));
+    let data = f.data_mut();
+    let Some(msg) = data.get_mut(l4..end) else {
+        return false;
+    };
+    let mut icmp = Icmpv4Packet::new_unchecked(msg);
+    let quoted = icmp.quoted();
+    let ihl = usize::from(quoted.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if ihl < ipv4::HEADER_LEN || quoted.len() < ihl + 4 {
+        return false;
+    }
+    let inner_check = u16::from_be_bytes([quoted[10], quoted[11]]);
+    let inner_check =
+        crate::wire::checksum::update32(inner_check, u32::from(nat), u32::from(original));
+    let rewrites: [(usize, &[u8]); 3] = [
+        (12, &original.octets()),
+        (10, &inner_check.to_be_bytes()),
+        (ihl, &port.to_be_bytes()),
+    ];
+    for (offset, bytes) in rewrites {
+        if icmp.rewrite_payload_incremental(offset, bytes).is_err() {
+            return false;
+        }
+    }
+    let Some(hdr) = data.get_mut(l3..l4) else {
+        return false;
+    };
+    Ipv4Packet::new_unchecked(hdr).set_dst_addr_incremental(original);
+    m.tuple.dst = addr;
+    m.inner.src = addr;
+    m.inner.sport = port;
+    true
+}
+
 /// Rewrites the source (`src = true`) or destination IP address, fixing the IPv4 header
 /// checksum and the TCP/UDP pseudo-header checksum.
 fn rewrite_addr<B: AsRef<[u8]> + AsMut<[u8]>>(

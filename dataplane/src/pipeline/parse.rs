@@ -4,8 +4,9 @@
 //! or malformed at any boundary is dropped with the reason naming that header. Frames from an
 //! interface nothing is configured for are dropped here. ARP requests and IPv6 neighbor
 //! solicitations from pods are answered here (the dataplane is the pods' gateway): the frame is
-//! rewritten in place into the reply and sent back out of the interface it came from. On the
-//! uplink, ARP and anything that is not IP go to the kernel.
+//! rewritten in place into the reply and sent back out of the interface it came from; so are
+//! the host's, on the host interface, for the pods it routes there. On the uplink, ARP and
+//! anything that is not IP go to the kernel.
 
 use std::net::IpAddr;
 
@@ -29,11 +30,15 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
         }
         headers::parse(f.data(), m)?;
         match (m.family, ctx.ingress) {
-            (Family::Arp, Ingress::Pod(_)) => answer_arp(f, m, ctx),
-            (Family::Ipv6, Ingress::Pod(_)) if is_neighbor_solicitation(m) => {
+            // The host resolves the pods it routes to the host interface as pods resolve their
+            // gateway: every address gets the router MAC.
+            (Family::Arp, Ingress::Pod(_) | Ingress::Host) => answer_arp(f, m, ctx),
+            (Family::Ipv6, Ingress::Pod(_) | Ingress::Host) if is_neighbor_solicitation(m) => {
                 answer_neighbor_solicitation(f, m, ctx)
             }
-            (Family::Other, Ingress::Pod(_)) => Err(DropReason::UnsupportedEtherType),
+            (Family::Other, Ingress::Pod(_) | Ingress::Host) => {
+                Err(DropReason::UnsupportedEtherType)
+            }
             // The kernel owns the uplink's ARP and anything that is not IP.
             (Family::Arp | Family::Other, _) => {
                 m.verdict = Verdict::Pass;

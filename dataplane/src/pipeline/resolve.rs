@@ -4,8 +4,10 @@
 //!
 //! # Contract
 //! Writes `dst_ep`, `dst_slot`, `dst_identity` and `tunnel_endpoint` from `m.tuple.dst` alone,
-//! in this precedence: a local endpoint (exact address), then the ipcache's longest prefix
-//! (which names the node of a remote pod), then `world`. Reads the batch's tables snapshot, never
+//! in this precedence: a local endpoint (exact address), then one of this node's own addresses
+//! (`host`, whatever the ipcache says: `LocalNode::is_local_addr`, the route stage's own test
+//! for frames to the host), then the ipcache's longest prefix (which names the node of a remote
+//! pod), then `world`. Reads the batch's tables snapshot, never
 //! the frame; allocation-free.
 
 use super::meta::PacketMeta;
@@ -23,6 +25,11 @@ pub(crate) fn destination(m: &mut PacketMeta, t: &Tables) {
     }
     m.dst_ep = None;
     m.dst_slot = None;
+    if t.node.is_local_addr(m.tuple.dst) {
+        m.dst_identity = Identity::HOST;
+        m.tunnel_endpoint = None;
+        return;
+    }
     match t.ipcache.lookup(m.tuple.dst) {
         Some(e) => {
             m.dst_identity = e.identity;

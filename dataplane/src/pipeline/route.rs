@@ -1,11 +1,14 @@
 //! Route stage: where the frame goes, and the header work that takes it there.
 //!
 //! In order: a local endpoint (MACs rewritten, TTL/hop limit decremented, sent on the pod's
-//! interface); this node itself (to the kernel); a pod on another node, found through the
-//! ipcache's tunnel endpoint or the nodes' pod CIDRs (VXLAN or Geneve with the source identity
-//! in the VNI, or native routing through the uplink); anything else leaves through the uplink
-//! when the kernel has a default route there (masqueraded to the node's address when it comes
-//! from a pod, `masquerade::egress`), else goes to the kernel.
+//! interface); this node itself (out of the host interface to the kernel's side, as Cilium
+//! hands it to `cilium_host`; without one, `Pass`); a pod on another node, found through the
+//! ipcache's tunnel endpoint or the nodes' pod CIDRs, or, from a pod, another node's own
+//! address (VXLAN or Geneve with the source identity in the VNI, or native routing through the
+//! uplink); anything else from a pod leaves through the uplink when the kernel has a default
+//! route there (masqueraded to the node's address, `masquerade::egress`), else goes to the
+//! kernel. The host interface carries only pod traffic: the host's frames to anything but a pod
+//! are dropped (`no_route`), never sent to the world.
 //!
 //! Next hops on the underlay are the kernel's (`tables::next_hops`, resolved by the daemon from
 //! the node's routes and neighbour table): a peer without one is dropped as `no_next_hop`.
@@ -37,6 +40,7 @@ use crate::wire::udp::{self, UdpPacket};
 use crate::wire::vxlan::{self, VxlanPacket};
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
+    masquerade::prefetch_translated(batch.meta_mut(), ctx);
     batch.for_each(ctx, Stage::Route, any, |f, m, ctx| {
         m.verdict = route(f, m, ctx)?;
         Ok(())
@@ -57,16 +61,19 @@ fn route<B: AsRef<[u8]> + AsMut<[u8]>>(
         });
     }
     if t.node.is_local_addr(m.tuple.dst) {
-        return Ok(Verdict::Pass);
+        return to_host(f, m, ctx);
     }
     let peer = m
         .tunnel_endpoint
-        .or_else(|| t.nodes.by_pod_ip(m.tuple.dst).map(|n| n.underlay));
+        .or_else(|| t.nodes.by_pod_ip(m.tuple.dst).map(|n| n.underlay))
+        .or_else(|| remote_node_address(m, ctx));
     if let Some(peer) = peer {
         return to_remote_node(f, m, ctx, peer);
     }
-    if ctx.ingress == Ingress::Uplink {
-        return Ok(Verdict::Pass); // Not ours: the node's own traffic.
+    match ctx.ingress {
+        Ingress::Uplink => return Ok(Verdict::Pass), // Not ours: the node's own traffic.
+        Ingress::Host => return Err(DropReason::NoRoute),
+        _ => {}
     }
     match (t.node.uplink_ifindex, t.next_hops.default_for(m.tuple.dst)) {
         (Some(uplink), Some(gw)) => {
@@ -130,6 +137,37 @@ fn to_remote_node<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
     ctx.c.encapsulated += 1;
     Ok(Verdict::Tx { ifindex: uplink })
+}
+
+/// This node's own addresses: out of the host interface, to the kernel's side (the host's
+/// stack answers from there, back through the same interface). Without a host interface, a
+/// `Pass` (which AF_XDP cannot honour: counted `pass_dropped`). A frame that came from the host
+/// never goes back to it.
+fn to_host<B: AsRef<[u8]> + AsMut<[u8]>>(
+    f: &mut Frame<B>,
+    m: &mut PacketMeta,
+    ctx: &mut Ctx<'_>,
+) -> Result<Verdict, DropReason> {
+    let Some(host) = ctx.t.node.host_link else {
+        return Ok(Verdict::Pass);
+    };
+    if ctx.ingress == Ingress::Host {
+        return Err(DropReason::NoRoute);
+    }
+    decrement_ttl(f, m)?;
+    set_macs(f, ctx.t.node.router_mac, host.kernel_mac);
+    Ok(Verdict::Tx {
+        ifindex: host.ifindex,
+    })
+}
+
+/// A pod's frame for another node's own address goes to that node, as pod traffic to it does
+/// (its `remote-node` identity came from the ipcache).
+fn remote_node_address(m: &PacketMeta, ctx: &Ctx<'_>) -> Option<IpAddr> {
+    if !matches!(ctx.ingress, Ingress::Pod(_)) {
+        return None;
+    }
+    ctx.t.nodes.by_underlay(m.tuple.dst).map(|n| n.underlay)
 }
 
 /// Length of the frame's IP packet (what an MTU limits).

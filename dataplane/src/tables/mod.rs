@@ -92,6 +92,27 @@ pub struct LocalNode {
     pub default_encap: nodes::Encap,
     /// The UDP ports of the tunnels, the same on every node of a cluster.
     pub tunnel_ports: TunnelPorts,
+    /// The host interface (Cilium's `cilium_host`/`cilium_net`), when the daemon has one:
+    /// frames for the node's own addresses go out of it. The daemon's own fact, kept across
+    /// `local_node.set` as the tunnel ports are.
+    pub host_link: Option<HostLink>,
+    /// Every other address of the node's own stack (its other interfaces, the host
+    /// interface's), learnt from the kernel by the daemon (`daemon::host_link`): frames for them
+    /// are the host's too. Kept across `local_node.set`, as `host_link`. A handful of addresses:
+    /// the fast path scans them.
+    pub host_addresses: Vec<IpAddr>,
+}
+
+/// The veth pair between the dataplane and the node's own network stack: the dataplane sends
+/// into `ifindex` (its side, e.g. `flg_net`) frames addressed to `kernel_mac` (the kernel's
+/// side, e.g. `flg_host`, which holds the pods' gateway addresses and routes to the pods).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostLink {
+    /// The dataplane's side: where frames for the host are transmitted, and where the host's
+    /// frames to pods arrive.
+    pub ifindex: u32,
+    /// The kernel side's MAC: the destination MAC of frames for the host.
+    pub kernel_mac: MacAddr,
 }
 
 /// The UDP destination ports of VXLAN and Geneve: what the node sends to and decapsulates.
@@ -130,12 +151,14 @@ impl TunnelPorts {
 }
 
 impl LocalNode {
-    /// True when `addr` is one of this node's own addresses (traffic to the host).
+    /// True when `addr` is one of this node's own addresses (traffic to the host): the
+    /// underlay address, the pods' gateways, any address the kernel holds.
     pub fn is_local_addr(&self, addr: IpAddr) -> bool {
-        match addr {
+        let known = match addr {
             IpAddr::V4(a) => self.underlay_ipv4 == Some(a) || self.gateway_ipv4 == Some(a),
             IpAddr::V6(a) => self.gateway_ipv6 == Some(a),
-        }
+        };
+        known || self.host_addresses.contains(&addr)
     }
 }
 
@@ -152,6 +175,8 @@ impl Default for LocalNode {
             uplink_mtu: 1500,
             default_encap: nodes::Encap::Vxlan,
             tunnel_ports: TunnelPorts::default(),
+            host_link: None,
+            host_addresses: Vec::new(),
         }
     }
 }

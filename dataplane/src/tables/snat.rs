@@ -320,6 +320,26 @@ pub fn original_of(
     Some((original.addr(), original.port()))
 }
 
+/// The original source of the translated packet `nat_addr:nat_port -> remote` quoted in an
+/// ICMP error (a router's answer about a packet that left translated); `None` when no live
+/// flow left with that port towards `remote`. Nothing is accounted: the error belongs to the
+/// flow, it is not one of its packets.
+pub fn original_of_quoted(
+    ct: &Conntrack,
+    nat: (IpAddr, u16),
+    remote: (IpAddr, u16),
+    proto: u8,
+    now: u64,
+) -> Option<(IpAddr, u16)> {
+    let key = FlowKey::new(nat.0, remote.0, nat.1, remote.1, proto);
+    let (h, dir) = ct.lookup(&key, ct.hash_key(&key), now)?;
+    if dir != FlowDirection::Original {
+        return None;
+    }
+    let original = ct.entry(h).rev_nat()?;
+    Some((original.addr(), original.port()))
+}
+
 fn original_rev_nat(flow: &SnatFlow) -> RevNat {
     RevNat::new(flow.original.0, flow.original.1)
 }
@@ -435,6 +455,15 @@ mod tests {
         assert!(DEFAULT_PORTS.contains(port));
         let got = original_of(&mut ct, f.remote, (f.nat_addr, port), TCP, 0x12, 60, SEC);
         assert_eq!(got, Some(f.original));
+        // The packet as it left, quoted in a router's ICMP error, names the same flow.
+        assert_eq!(
+            original_of_quoted(&ct, (f.nat_addr, port), f.remote, TCP, SEC),
+            Some(f.original)
+        );
+        assert_eq!(
+            original_of_quoted(&ct, f.remote, (f.nat_addr, port), TCP, SEC),
+            None
+        );
         // Another port, another remote or another protocol: no translation.
         let other = if port == 65535 { 61000 } else { port + 1 };
         assert_eq!(

@@ -154,6 +154,7 @@ pub fn build_pods(
 
 /// A kernel-TCP echo between pods: the server reads each connection to EOF and sends the
 /// bytes back; the client sends `payload` pseudo-random bytes and checks it gets them back.
+#[allow(dead_code)] // Each test file uses a subset of these helpers.
 #[derive(Clone, Copy, Debug)]
 pub struct Echo {
     pub port: u16,
@@ -163,6 +164,7 @@ pub struct Echo {
     pub read_timeout: Duration,
 }
 
+#[allow(dead_code)] // Each test file uses a subset of these helpers.
 impl Echo {
     /// Starts the server in namespace `ns` on `ip:port`; returns once it listens. The thread
     /// returns how many exchanges it completed once `stop` is set.

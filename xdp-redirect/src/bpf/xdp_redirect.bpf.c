@@ -13,6 +13,10 @@
  *                              (a') IPv4 to config.underlay_ipv4, TCP or UDP, destination
  *                                  port in config.masq_port_first..=masq_port_last, not a
  *                                  non-first fragment (replies to masqueraded pod flows), or
+ *                              (a'') IPv4 to config.underlay_ipv4, an ICMP destination
+ *                                  unreachable / time exceeded quoting TCP or UDP from
+ *                                  config.underlay_ipv4 and a masquerade source port (a
+ *                                  router's error about a masqueraded flow), or
  *                              (b) the destination is in owned_v4 / owned_v6 (destinations the
  *                                  dataplane owns: local pods today);
  *                            everything else (the host's own SSH, etcd, pings, ...) is the
@@ -197,31 +201,62 @@ static __always_inline const void *after_options(const struct iphdr *ip)
 	return end;
 }
 
+static __always_inline int is_masquerade_port(__be16 port, const struct config_regs *c)
+{
+	__u32 host_port = bpf_ntohs(port);
+	return c->masq_port_first != 0 && host_port >= c->masq_port_first &&
+	       host_port <= c->masq_port_last;
+}
+
+/*
+ * An ICMPv4 error (destination unreachable, time exceeded) quoting a TCP/UDP packet that left
+ * from this node's address on a masquerade port: a router's answer about a masqueraded flow.
+ * The quote must start with a 20-byte IPv4 header (no options: a packet the dataplane sent).
+ */
+static __always_inline enum decision icmp_about_masquerade(const __u8 *icmp,
+							    const void *data_end,
+							    const struct config_regs *c)
+{
+	/* ICMP header (8) + quoted IPv4 header (20) + quoted ports (4). */
+	if ((const void *)(icmp + 32) > data_end)
+		return NOT_OWNED; /* too short to quote anything we sent: the kernel's */
+	if (icmp[0] != 3 && icmp[0] != 11)
+		return NOT_OWNED;
+	const struct iphdr *quoted = (const void *)(icmp + 8);
+	if (quoted->version != 4 || quoted->ihl != 5 || quoted->saddr != c->underlay_ipv4)
+		return NOT_OWNED;
+	if (quoted->protocol != IPPROTO_TCP && quoted->protocol != IPPROTO_UDP)
+		return NOT_OWNED;
+	const __be16 *ports = (const void *)(quoted + 1);
+	return is_masquerade_port(ports[0], c) ? OWNED : NOT_OWNED;
+}
+
 /*
  * Traffic for this node's address that the dataplane owns: UDP to one of the tunnel ports
- * (tunnel traffic), or TCP/UDP to a masquerade port (replies to pods' flows to the world).
- * TCP and UDP both keep the destination port at offset 2, so one bounds check serves both.
+ * (tunnel traffic), TCP/UDP to a masquerade port (replies to pods' flows to the world), or an
+ * ICMP error about a packet that left from a masquerade port. TCP and UDP both keep the
+ * destination port at offset 2, so one bounds check serves both.
  */
 static __always_inline enum decision owned_on_underlay(const struct iphdr *ip,
 							const void *data_end,
 							const struct config_regs *c)
 {
-	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP &&
+	    ip->protocol != IPPROTO_ICMP)
 		return NOT_OWNED;
 	if (ip->frag_off & bpf_htons(IP_FRAG_OFFSET))
 		return NOT_OWNED; /* a non-first fragment carries no ports */
 	const __be16 *ports = after_options(ip);
+	if (ip->protocol == IPPROTO_ICMP)
+		return c->masq_port_first ? icmp_about_masquerade((const void *)ports, data_end, c)
+					  : NOT_OWNED;
 	if ((const void *)(ports + 2) > data_end)
 		return TRUNCATED;
 	__u16 port = ports[1];
 	if (ip->protocol == IPPROTO_UDP && port != 0 &&
 	    (port == c->vxlan_port || port == c->geneve_port))
 		return OWNED;
-	__u32 host_port = bpf_ntohs(port);
-	if (c->masq_port_first != 0 && host_port >= c->masq_port_first &&
-	    host_port <= c->masq_port_last)
-		return OWNED;
-	return NOT_OWNED;
+	return is_masquerade_port(port, c) ? OWNED : NOT_OWNED;
 }
 
 static __always_inline enum decision uplink_ipv4(const void *l3, const void *data_end,

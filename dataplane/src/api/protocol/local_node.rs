@@ -75,6 +75,8 @@ impl LocalNodeMsg {
             default_encap: self.default_encap.into(),
             // The daemon's own: `apply` keeps the current ones (see `kept_tunnel_ports`).
             tunnel_ports: TunnelPorts::default(),
+            host_link: None, // The daemon's too: `apply` keeps the current one.
+            host_addresses: Vec::new(),
         })
     }
 
