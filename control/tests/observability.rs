@@ -438,7 +438,7 @@ fn prometheus_scrapes_the_dataplane_and_both_endpoints_pass_promtool() {
 
 /// The monitor socket the dataplane serves beside its control socket (its default).
 fn monitor_socket(h: &Harness) -> PathBuf {
-    h.dir.join("monitor.sock")
+    h.dir.join("dataplane-monitor.sock")
 }
 
 /// A sample of the dataplane's `/metrics`, 0 when absent (or not served yet: the metrics

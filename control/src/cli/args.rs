@@ -411,7 +411,7 @@ pub struct MonitorArgs {
     #[arg(
         long,
         value_name = "PATH",
-        default_value = "/run/flagella/monitor.sock"
+        default_value = "/run/flagella/dataplane-monitor.sock"
     )]
     pub socket: PathBuf,
 

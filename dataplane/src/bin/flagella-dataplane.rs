@@ -154,7 +154,7 @@ struct Cli {
 
     /// The monitor socket (mode 0600), which streams drop, policy-verdict and trace events as
     /// JSON lines to `flagella monitor` (docs/monitor.md); `off` to serve none. Default: beside
-    /// the control socket, `monitor.sock` in its directory.
+    /// the control socket, named after it (`dataplane.sock` -> `dataplane-monitor.sock`).
     #[arg(long, value_name = "PATH|off")]
     monitor_socket: Option<String>,
 
@@ -548,18 +548,21 @@ fn start(
     Ok(())
 }
 
-/// The monitor socket's path: `--monitor-socket`, else `monitor.sock` beside the control
-/// socket; `None` for `off`.
+/// The monitor socket's path: `--monitor-socket`, else `<control socket's name>-monitor.sock`
+/// beside the control socket (`/run/flagella/dataplane-monitor.sock`), so that dataplanes
+/// whose control sockets share a directory do not share a monitor socket; `None` for `off`.
 fn monitor_socket(cfg: &DaemonConfig, cli: &Cli) -> Option<PathBuf> {
     match cli.monitor_socket.as_deref() {
         Some("off") => None,
         Some(path) => Some(PathBuf::from(path)),
-        None => Some(
-            cfg.socket
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("monitor.sock"),
-        ),
+        None => {
+            let stem = cfg
+                .socket
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "dataplane".into());
+            Some(cfg.socket.with_file_name(format!("{stem}-monitor.sock")))
+        }
     }
 }
 
