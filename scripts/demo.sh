@@ -12,8 +12,10 @@
 #      way again; then remove everything;
 #   4. two nodes from etcd on an underlay bridge, each with its dataplane and agent: next hops
 #      from each node's kernel, pods created the CNI way on both, a cross-node connection over
-#      VXLAN, a policy on node 2 that refuses one node-1 pod (decided from the VNI's identity)
-#      while another connects, and the hosts' own ping between the nodes working throughout.
+#      VXLAN, a pod reaching its own node and a node its pods (the host interface), a pod
+#      reaching a server outside the cluster masqueraded to its node's address, a policy on
+#      node 2 that refuses one node-1 pod (decided from the VNI's identity) while another
+#      connects, and the hosts' own ping between the nodes working throughout.
 # Runs as root (namespaces, XDP, AF_XDP). Leaves nothing behind, even when interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -508,6 +510,24 @@ for n in 1 2; do
   ip -n "$ns" addr add "10.84.0.$n/24" dev eth0
   ip -n "$ns" link set eth0 up
 done
+header "the world: a router (10.84.0.254 on the underlay) is each node's default gateway; behind it, 198.51.100.10 runs no Flagella"
+ip netns add "$C4-r"; NAMESPACES+=("$C4-r")
+ip netns add "$C4-w"; NAMESPACES+=("$C4-w")
+ip -n "$C4-u" link add ur type veth peer name eth0 netns "$C4-r"
+ip -n "$C4-u" link set ur master br0
+ip -n "$C4-u" link set ur up
+ip -n "$C4-r" link add eth1 type veth peer name eth0 netns "$C4-w"
+ip -n "$C4-r" addr add 10.84.0.254/24 dev eth0
+ip -n "$C4-r" addr add 198.51.100.1/24 dev eth1
+for ns in "$C4-r" "$C4-w"; do
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set eth0 up
+done
+ip -n "$C4-r" link set eth1 up
+ip netns exec "$C4-r" sysctl -qw net.ipv4.ip_forward=1
+ip -n "$C4-w" addr add 198.51.100.10/24 dev eth0
+ip -n "$C4-w" route add default via 198.51.100.1
+for n in 1 2; do ip -n "$C4-n$n" route add default via 10.84.0.254; done
 flagella node upsert node-1 --underlay-ip 10.84.0.1 --pod-cidr 10.85.1.0/24 --tunnel vxlan
 flagella node upsert node-2 --underlay-ip 10.84.0.2 --pod-cidr 10.85.2.0/24 --tunnel vxlan
 flagella namespace upsert "$K8S_NS4" --labels team=shop
@@ -539,7 +559,7 @@ for n in 1 2; do
   wait_until 300 test -S "${SOCK4[$n]}" || fail "node-$n's dataplane socket did not appear"
   target/release/flagella-control --etcd "$ETCD_URL" --node "node-$n" \
     --dataplane-socket "${SOCK4[$n]}" --status-file "$TMP/control-$n.json" \
-    2>"$TMP/control-$n.log" &
+    --metrics-address off 2>"$TMP/control-$n.log" &
   PIDS+=($!)
   WHAT[$!]="node-$n flagella-control"
   say "node-$n: flagella-dataplane on eth0 (uplink) and its pods' veths; flagella-control"
@@ -609,6 +629,26 @@ connect4() { # [--retry] FROM-POD TO-POD
 header "cross-node TCP: frontend and reports (node-1) -> backend (node-2), over VXLAN"
 connect4 --retry frontend backend || fail "frontend -> backend across nodes should connect"
 connect4 --retry reports backend || fail "reports -> backend across nodes should connect"
+
+header "pods and their node: through each node's host interface (flg_host), with the host identity"
+tcp_hello_server "$C4-n1" 10.84.0.1 9000 "node-1 itself"
+PIDS+=($!)
+WHAT[$!]="node-1's TCP server"
+sleep 0.5
+tcp_connect --retry "$C4-n1-frontend" "frontend -> its node (10.84.0.1:9000)" 10.84.0.1 9000 \
+  || fail "a pod should reach its own node"
+tcp_connect --retry "$C4-n2" "node-2 (host) -> backend pod" "${PODIP4[backend]}" "$PORT4" \
+  || fail "a node should reach its pods"
+
+header "pods reach the world, masqueraded to their node's address (61000-65535)"
+tcp_hello_server "$C4-w" 198.51.100.10 80 "a server outside the cluster"
+PIDS+=($!)
+WHAT[$!]="the world's TCP server"
+sleep 0.5
+tcp_connect --retry "$C4-n1-frontend" "frontend -> 198.51.100.10:80" 198.51.100.10 80 \
+  || fail "a pod should reach the world through masquerade"
+say "(the server saw node-1's address, not the pod's ${PODIP4[frontend]})"
+host_ping "after the host path and masquerade"
 
 header "policy: backend admits only app=frontend; node-2 decides, from the VNI's identity"
 cat >"$TMP/policy4.yaml" <<YAML

@@ -16,9 +16,9 @@ step "install dependencies"
 # the tunnel frames and sets up a Linux VXLAN/Geneve device as a fourth node; curl: scrapes
 # /metrics in dataplane/tests/daemon.rs; prometheus (promtool too): control/tests/observability.rs
 # checks both /metrics endpoints with `promtool check metrics` and scrapes the dataplane with a
-# real Prometheus server.
+# real Prometheus server; strace and python3: scripts/systemd/check-syscalls.sh.
 scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iputils-ping \
-  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl prometheus
+  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl prometheus strace python3
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -32,6 +32,10 @@ scripts/systemd/verify.sh
 
 step "cargo test"
 cargo test --workspace --all-features --locked
+
+step "systemd: the dataplane's system calls stay within its unit's SystemCallFilter="
+# Uses target/debug/flagella-dataplane, built by the tests above.
+scripts/systemd/check-syscalls.sh
 
 # fuzz/ is its own workspace (see fuzz/README.md). On stable, without cargo-fuzz: the targets
 # compile as replay tools and tests/seeds.rs runs every seed plus pseudo-random inputs through

@@ -9,9 +9,14 @@
 //!
 //! Contract: [`DataplaneClient::send`] writes one request and reads its reply; an `ok:false`
 //! reply is [`ClientError::Refused`] (the request changed nothing); an I/O error means the
-//! dataplane went away (the agent reconnects and resyncs everything).
+//! dataplane went away (the agent reconnects and resyncs everything). Every request has a
+//! deadline ([`REQUEST_TIMEOUT`] unless [`DataplaneClient::set_timeout`] says otherwise): a
+//! dataplane that does not answer in time is [`ClientError::Timeout`], after which the
+//! connection is unusable (a late reply would be taken for the next one's) and the agent treats
+//! it as lost: it reconnects and resyncs.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -41,7 +46,15 @@ pub enum ClientError {
     Refused { op: String, message: String },
     #[error("dataplane sent a reply that is not JSON: {0}")]
     BadReply(String),
+    #[error("dataplane did not answer {op} within {} s: reconnecting and resyncing; if this repeats, check that flagella-dataplane runs and `flagella status` answers", .after.as_secs_f64())]
+    Timeout { op: String, after: Duration },
+    #[error("the connection to the dataplane is unusable after an unanswered request: reconnect")]
+    Poisoned,
 }
+
+/// How long a request may wait for its reply. Generous: with incremental policy updates the
+/// largest request takes well under a second; a dataplane this slow is stuck.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The policy-map key `k` with its identity replaced by `identity` (the cluster-wide number).
 pub fn policy_key(k: &PolicyKey, identity: u32) -> PolicyKeyMsg {
@@ -74,6 +87,9 @@ pub struct DataplaneClient {
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: tokio::net::unix::OwnedWriteHalf,
     seq: u64,
+    timeout: Duration,
+    /// A request timed out: its reply may still come, so no other request may be sent.
+    poisoned: bool,
 }
 
 impl DataplaneClient {
@@ -90,7 +106,14 @@ impl DataplaneClient {
             reader: BufReader::new(r),
             writer: w,
             seq: 0,
+            timeout: REQUEST_TIMEOUT,
+            poisoned: false,
         })
+    }
+
+    /// Replaces [`REQUEST_TIMEOUT`] for the requests that follow.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     fn io(&self) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
@@ -100,8 +123,12 @@ impl DataplaneClient {
         }
     }
 
-    /// Sends one request object (its `op` included) and returns the reply.
+    /// Sends one request object (its `op` included) and returns the reply, or
+    /// [`ClientError::Timeout`] when none came within the deadline.
     pub async fn request(&mut self, mut body: Value) -> Result<Value, ClientError> {
+        if self.poisoned {
+            return Err(ClientError::Poisoned);
+        }
         self.seq += 1;
         let op = body
             .get("op")
@@ -113,6 +140,18 @@ impl DataplaneClient {
         }
         let mut line = body.to_string();
         line.push('\n');
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.exchange(line, op.clone())).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.poisoned = true;
+                Err(ClientError::Timeout { op, after: timeout })
+            }
+        }
+    }
+
+    /// Writes `line` and reads until the reply to it.
+    async fn exchange(&mut self, line: String, op: String) -> Result<Value, ClientError> {
         self.writer
             .write_all(line.as_bytes())
             .await
@@ -188,6 +227,26 @@ mod tests {
         let env = parse_request(line.as_bytes()).unwrap_or_else(|r| panic!("{line}: {r:?}"));
         assert_eq!(env.request, Request::Change(c), "{line}");
         line
+    }
+
+    /// Finding 9 of issue 14: a dataplane that never answers held the agent forever.
+    #[tokio::test]
+    async fn a_request_without_reply_times_out_and_poisons_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // Accepts, reads nothing, answers nothing (kept alive until the test ends).
+        let silent = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        let mut client = DataplaneClient::connect(&path).await.unwrap();
+        client.set_timeout(Duration::from_millis(200));
+        let err = client.ping().await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Timeout { ref op, .. } if op == "ping"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("resyncing"), "{err}");
+        assert!(matches!(client.ping().await, Err(ClientError::Poisoned)));
+        drop(silent);
     }
 
     #[test]

@@ -212,8 +212,7 @@ impl Cluster {
     fn start(mode: Mode, bin: &Path) -> Cluster {
         let pid = std::process::id();
         let prefix = format!("fcl-{pid}-{}", mode.index());
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::private_dir(&format!("{prefix}-"));
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
         let rt = common::runtime();
         let store = rt

@@ -195,8 +195,7 @@ impl Harness {
     fn start(dataplane_bin: &Path) -> Harness {
         let pid = std::process::id();
         let node = format!("fe2e-{pid}");
-        let dir = std::env::temp_dir().join(format!("fe2e-{pid}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::private_dir("fe2e-");
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
         let mut netns = NetNsGuard::default();
         let (pods, cni_pod) = build_topology(&node, &mut netns);

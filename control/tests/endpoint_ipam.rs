@@ -324,8 +324,7 @@ fn agents_killed_and_restarted_never_hand_out_an_address_twice() {
     let store = rt
         .block_on(Store::connect(&etcd.urls(), Duration::from_secs(5)))
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("flagella-ipam-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = testkit::private_dir("flagella-ipam-");
     let mut h = Harness {
         agents: NODES
             .iter()

@@ -190,8 +190,7 @@ fn import_get_delete_round_trip() {
     );
 
     // The JSON List and a CiliumNetworkPolicy from files; -o json reports what was imported.
-    let dir = std::env::temp_dir().join(format!("flagella-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = testkit::private_dir("flagella-cli-");
     let jf = dir.join("np.json");
     std::fs::write(&jf, NP_LIST_JSON).unwrap();
     let report = json(&flagella(

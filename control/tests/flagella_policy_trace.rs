@@ -48,8 +48,7 @@ struct Dir(PathBuf);
 
 impl Dir {
     fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("flagella-trace-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = testkit::private_dir(&format!("flagella-trace-{name}-"));
         Dir(d)
     }
 

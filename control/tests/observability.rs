@@ -146,8 +146,7 @@ impl Harness {
     fn start(dataplane_bin: &Path, tag: &str) -> Harness {
         let pid = std::process::id();
         let node = format!("fobs-{pid}{tag}");
-        let dir = std::env::temp_dir().join(format!("fobs-{pid}{tag}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::private_dir(&format!("fobs-{tag}-"));
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
         let mut netns = NetNsGuard::default();
         let pods = build_pods(&node, tag, &mut netns);

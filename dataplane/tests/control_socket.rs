@@ -15,7 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use dataplane::api::publish::{StatsRegistry, TablesHandle};
-use dataplane::api::server::{ControlServer, ServerError};
+use dataplane::api::server::{ControlServer, ServerError, SocketAccess};
 use dataplane::pipeline::{DropReason, Pipeline, PipelineConfig, Verdict};
 use dataplane::tables::endpoints::EndpointId;
 use dataplane::tables::services::Services;
@@ -24,25 +24,20 @@ use dataplane::testutil::{PacketBuilder, TCP_SYN};
 use dataplane::{Identity, MacAddr};
 use serde_json::Value;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+/// A private directory (`mkdtemp`: an unpredictable name, mode 0700), removed on drop.
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("flagella-api-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("flagella-api-{name}-"))
+            .tempdir()
+            .unwrap();
         TempDir(dir)
     }
 
     fn socket(&self) -> PathBuf {
-        self.0.join("dataplane.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join("dataplane.sock")
     }
 }
 
@@ -265,6 +260,67 @@ fn bind_refuses_a_live_socket_and_replaces_a_stale_one() {
     let err = ControlServer::bind(&path, tables(), StatsRegistry::new()).unwrap_err();
     assert!(matches!(err, ServerError::NotASocket { .. }), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+}
+
+/// Connects to `path` from a thread that runs as user `nobody` with `groups` as its only
+/// groups, and returns the outcome. Linux credentials belong to a thread: the raw syscalls
+/// below (unlike libc's wrappers, which change every thread) leave the test's other threads
+/// root.
+fn connect_as_nobody(path: PathBuf, groups: Vec<libc::gid_t>) -> std::io::Result<()> {
+    thread::spawn(move || {
+        const NOBODY: libc::uid_t = 65534;
+        // SAFETY: plain syscalls on integers and on `groups`, which outlives the call; they
+        // change this thread's credentials only, and the thread ends right after.
+        let failed = unsafe {
+            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setresgid, NOBODY, NOBODY, NOBODY) != 0
+                || libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY) != 0
+        };
+        assert!(
+            !failed,
+            "dropping privileges: {}",
+            std::io::Error::last_os_error()
+        );
+        UnixStream::connect(&path).map(drop)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Issue 14, finding 11: the agent may run as another user than the dataplane when the socket
+/// is open to the dataplane's group (mode 0660); nobody else may connect, and by default only
+/// the owner may.
+#[test]
+fn socket_access_decides_who_may_connect() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to connect as another user");
+        return;
+    }
+    let dir = TempDir::new("access");
+    // Let `nobody` reach the socket; the socket's own mode decides the rest.
+    std::fs::set_permissions(dir.0.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tables = || {
+        TablesHandle::new(Tables::empty(
+            LocalNode::default(),
+            Services::new(maglev::DEFAULT_M, 1).unwrap(),
+        ))
+    };
+    // SAFETY: getegid has no preconditions.
+    let group = unsafe { libc::getegid() };
+    let path = dir.socket();
+    let server =
+        ControlServer::bind_with_access(&path, SocketAccess::Group, tables(), StatsRegistry::new())
+            .unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660);
+    connect_as_nobody(path.clone(), vec![group]).expect("a member of the group connects");
+    let outsider = connect_as_nobody(path.clone(), vec![65534]).unwrap_err();
+    assert_eq!(outsider.kind(), std::io::ErrorKind::PermissionDenied);
+    drop(server);
+    let _owner_only = ControlServer::bind(&path, tables(), StatsRegistry::new()).unwrap();
+    let member = connect_as_nobody(path.clone(), vec![group]).unwrap_err();
+    assert_eq!(member.kind(), std::io::ErrorKind::PermissionDenied);
 }
 
 // ---- a worker running the pipeline on the published tables ----------------------------------

@@ -90,10 +90,8 @@ impl Drop for Topology {
 }
 
 fn build_topology() -> Result<Topology, String> {
-    let pid = std::process::id();
     let PodNamespaces { node, pods, guard } = build_pods("fdm", [10, 79, 0], GATEWAY, 3)?;
-    let dir = std::env::temp_dir().join(format!("fdm-{pid}"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = testkit::private_dir("fdm-");
     // An empty configuration: the flags say everything, and a file in /etc cannot interfere.
     std::fs::write(dir.join("dataplane.toml"), "").map_err(|e| e.to_string())?;
     Ok(Topology {

@@ -2,9 +2,9 @@
 //! (`scripts/systemd/flagella-dataplane.service`): an unprivileged user (`nobody` here, for the
 //! unit's `flagella`) with ambient `CAP_BPF CAP_NET_ADMIN CAP_NET_RAW`, a bounding set of
 //! those three only, `NoNewPrivileges=yes`, and `LimitMEMLOCK=infinity` (raised here as root
-//! before the switch, as systemd does); its control socket in a directory owned by that user
-//! with mode 0700 (`RuntimeDirectory=flagella`, `RuntimeDirectoryMode=0700`). Feature `afxdp`,
-//! root.
+//! before the switch, as systemd does); its control socket open to its group
+//! (`--socket-group-access true`, mode 0660) in a directory owned by that user with mode 0750
+//! (`RuntimeDirectory=flagella`, `RuntimeDirectoryMode=0750`). Feature `afxdp`, root.
 //!
 //! ```text
 //!  fdc-<pid>-p1  eth0 10.81.0.11/32 <-veth-> fdc<pid>h1 ┐ fdc-<pid> ("node"):
@@ -132,36 +132,35 @@ struct Topology {
     pods: Vec<Pod>,
     /// Mode 0755, owned by root: the (empty) configuration, the log.
     dir: PathBuf,
-    /// Mode 0700, owned by the daemon's user: its control socket (`/run/flagella`).
+    /// Mode 0750, owned by the daemon's user: its control socket (`/run/flagella`).
     run_dir: PathBuf,
+    /// Removes `dir` on drop (`mkdtemp`: a name nobody can predict).
+    _scratch: tempfile::TempDir,
     _guard: NetNsGuard,
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn build_topology(uid: u32, gid: u32) -> Result<Topology, String> {
-    let pid = std::process::id();
     let PodNamespaces { node, pods, guard } = build_pods("fdc", [10, 81, 0], GATEWAY, 2)?;
-    let dir = std::env::temp_dir().join(format!("fdc-{pid}"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("fdc-")
+        .tempdir()
+        .map_err(|e| format!("a temporary directory: {e}"))?;
+    let dir = scratch.path().to_path_buf();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
     std::fs::write(dir.join("dataplane.toml"), "").map_err(|e| e.to_string())?;
-    // What RuntimeDirectory=flagella with RuntimeDirectoryMode=0700 gives the service.
+    // What RuntimeDirectory=flagella with RuntimeDirectoryMode=0750 gives the service.
     let run_dir = dir.join("run-flagella");
     std::fs::create_dir(&run_dir).map_err(|e| e.to_string())?;
     chown(&run_dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o750))
         .map_err(|e| e.to_string())?;
     Ok(Topology {
         node,
         pods,
         dir,
         run_dir,
+        _scratch: scratch,
         _guard: guard,
     })
 }
@@ -209,7 +208,12 @@ fn spawn_daemon(topo: &Topology, uid: u32, gid: u32, caps: &[String], run: &str)
         .arg("--config")
         .arg(topo.dir.join("dataplane.toml"))
         .arg("--socket")
-        .arg(&socket);
+        .arg(&socket)
+        .args(["--socket-group-access", "true"]);
+    assert!(
+        UNIT.contains("--socket-group-access true"),
+        "the unit no longer opens the socket to its group: update this test"
+    );
     for pod in &topo.pods {
         cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
     }
@@ -345,7 +349,7 @@ fn the_daemon_runs_with_exactly_the_units_capabilities() {
         .unwrap()
         .permissions()
         .mode();
-    assert_eq!(socket_mode & 0o777, 0o600, "the control socket is 0600");
+    assert_eq!(socket_mode & 0o777, 0o660, "the control socket is 0660");
     assert_eq!(
         veths_with_xdp(&topo).len(),
         topo.pods.len() + 1,

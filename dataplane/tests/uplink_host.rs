@@ -91,8 +91,7 @@ fn build_topology() -> Result<Topology, String> {
         &peer,
         &["route", "add", "10.84.1.0/24", "via", &NODE_IP.to_string()],
     );
-    let dir = std::env::temp_dir().join(format!("fuh-{pid}"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = testkit::private_dir("fuh-");
     // An empty configuration: the flags say everything, and a file in /etc cannot interfere.
     std::fs::write(dir.join("dataplane.toml"), "").map_err(|e| e.to_string())?;
     Ok(Topology {

@@ -14,6 +14,17 @@
 
 pub mod modules;
 
+/// A new private directory under the system's temporary directory, named `prefix` and random
+/// characters (`mkdtemp`: mode 0700, a name no other user can predict and plant first); the
+/// caller removes it (the tests remove theirs in a `Drop`). Panics when it cannot be created.
+pub fn private_dir(prefix: &str) -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}: check $TMPDIR"))
+        .keep()
+}
+
 use std::fs::File;
 use std::process::Command;
 use std::thread;

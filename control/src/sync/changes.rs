@@ -56,6 +56,7 @@ impl ClusterState {
                 delete: batch.delete,
             }));
         }
+        self.prune_engine_labels();
         out
     }
 

@@ -77,11 +77,76 @@ impl ClusterState {
         self.translate(local)
     }
 
+    /// Forgets the label sets of engine identities the engine released, once no held-back
+    /// delta needs them to translate (called at the end of each commit, whose deltas were the
+    /// last to name them): without this the map grows with every label set ever seen.
+    pub(super) fn prune_engine_labels(&mut self) {
+        let identities = self.engine.identities();
+        let held: BTreeSet<u32> = self.held_back.iter().filter_map(delta_identity).collect();
+        self.engine_labels
+            .retain(|id, _| identities.kind(Identity(*id)).is_some() || held.contains(id));
+    }
+
+    /// Engine-local label sets remembered (for tests).
+    #[cfg(test)]
+    pub(super) fn engine_label_count(&self) -> usize {
+        self.engine_labels.len()
+    }
+
     pub(super) fn translate(&self, local: Identity) -> Option<u32> {
         if local.0 < Identity::FIRST_CLUSTER_LOCAL || local.0 >= END_IDENTITY {
             return Some(local.0); // wildcard, reserved, CIDR: node-local, same numbers
         }
         let labels = self.engine_labels.get(&local.0)?;
         self.cluster_ids.get(labels).copied()
+    }
+}
+
+/// The identity a delta names, if any.
+fn delta_identity(d: &policy_compiler::Delta) -> Option<u32> {
+    use policy_compiler::Delta;
+    match d {
+        Delta::IpcacheUpsert { identity, .. } => Some(identity.0),
+        Delta::Upsert { key, .. } | Delta::Remove { key, .. } => Some(key.identity.0),
+        Delta::IpcacheRemove { .. } | Delta::Enforce { .. } | Delta::EndpointRemoved { .. } => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::super::test_support::{base, k, resolve_all};
+    use super::ClusterState;
+
+    /// Issue 14, finding 11: pods with ever-new label sets, created and deleted, left one
+    /// `engine_labels` entry each behind.
+    #[test]
+    fn released_label_sets_are_forgotten_at_commit() {
+        let mut s = ClusterState::new("n1");
+        base(&mut s);
+        let mut next = 1000;
+        for i in 0..50 {
+            let key = k(&format!("endpoints/default/p{i}"));
+            let value = format!(
+                r#"{{"node":"n2","labels":{{"app":"a{i}"}},"ipv4":"10.2.0.{}","interface":"lxc"}}"#,
+                i + 2
+            );
+            s.put(&key, value.as_bytes()).unwrap();
+            resolve_all(&mut s, &mut next);
+            s.commit();
+            s.delete(&key);
+            s.commit();
+        }
+        assert_eq!(s.engine_label_count(), 0);
+        // A live pod keeps its label set.
+        s.put(
+            &k("endpoints/default/live"),
+            br#"{"node":"n2","labels":{"app":"live"},"ipv4":"10.2.0.100","interface":"lxc"}"#,
+        )
+        .unwrap();
+        resolve_all(&mut s, &mut next);
+        s.commit();
+        assert_eq!(s.engine_label_count(), 1);
+        assert!(s.pod_identity("default/live").is_some());
     }
 }

@@ -49,11 +49,7 @@ impl Etcd {
         if skip() {
             return None;
         }
-        let dir = std::env::temp_dir().join(format!(
-            "flagella-etcd-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = testkit::private_dir("flagella-etcd-");
         let mut e = Etcd {
             child: None,
             url: String::new(),

@@ -24,7 +24,7 @@ use super::protocol::{
     NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, Text, CT_DUMP_DEFAULT_LIMIT,
     CT_DUMP_MAX_LIMIT,
 };
-use super::publish::{StatsRegistry, TablesHandle};
+use super::publish::{StatsRegistry, TablesHandle, MAX_CT_DUMPS_IN_FLIGHT};
 use crate::pipeline::{Counters, Stage};
 use crate::tables::endpoints::EndpointId;
 use crate::tables::Tables;
@@ -45,8 +45,9 @@ pub struct PendingCtDump {
 pub struct Outcome {
     /// The reply line (absent only while a conntrack dump is pending).
     pub reply: Option<Value>,
-    /// An event for every subscriber.
-    pub event: Option<Value>,
+    /// An event line (without its newline) for every subscriber; built only while events are
+    /// wanted ([`Control::set_events_wanted`]).
+    pub event: Option<Vec<u8>>,
     /// `Some(true)` after `subscribe`, `Some(false)` after `unsubscribe`.
     pub subscribe: Option<bool>,
     pub pending_ct: Option<PendingCtDump>,
@@ -68,6 +69,19 @@ pub struct Control {
     stats: Arc<StatsRegistry>,
     revision: u64,
     started: Instant,
+    /// Whether change events are built (the server turns this off while nobody subscribes:
+    /// an event copies the whole change, which can be megabytes).
+    events_wanted: bool,
+}
+
+/// A change event, serialized straight from the change (no `Value` tree of a large policy).
+#[derive(Serialize)]
+struct ChangeEvent<'a> {
+    event: &'static str,
+    revision: u64,
+    op: &'static str,
+    #[serde(flatten)]
+    change: &'a Change,
 }
 
 impl Control {
@@ -77,7 +91,13 @@ impl Control {
             stats,
             revision: 0,
             started: Instant::now(),
+            events_wanted: true,
         }
+    }
+
+    /// Whether [`Outcome::event`] is built for changes (on by default).
+    pub fn set_events_wanted(&mut self, wanted: bool) {
+        self.events_wanted = wanted;
     }
 
     /// Number of changes applied since start.
@@ -132,11 +152,16 @@ impl Control {
         let mut event = None;
         if applied.changed {
             self.revision += 1;
-            let mut e = Map::new();
-            e.insert("event".into(), Value::from("change"));
-            e.insert("revision".into(), Value::from(self.revision));
-            e.extend(change.to_json());
-            event = Some(Value::Object(e));
+            if self.events_wanted {
+                let e = ChangeEvent {
+                    event: "change",
+                    revision: self.revision,
+                    op: change.op(),
+                    change,
+                };
+                // Plain data with string keys: serializing cannot fail.
+                event = serde_json::to_vec(&e).ok();
+            }
         }
         body.insert("revision".into(), Value::from(self.revision));
         Outcome {
@@ -260,8 +285,15 @@ impl Control {
             );
             return Outcome::reply(error_reply(seq.as_ref(), &e));
         }
+        let Some(generation) = self.stats.request_ct_dump(limit) else {
+            let e = RequestError::whole(format!(
+                "{MAX_CT_DUMPS_IN_FLIGHT} conntrack dumps are in progress already: retry in a \
+                 moment"
+            ));
+            return Outcome::reply(error_reply(seq.as_ref(), &e));
+        };
         let pending = PendingCtDump {
-            generation: self.stats.request_ct_dump(limit),
+            generation,
             seq,
             deadline: Instant::now() + CT_DUMP_TIMEOUT,
         };
@@ -295,16 +327,27 @@ impl Control {
                 body.insert("workers".into(), Value::Array(workers));
                 Some(ok_reply(p.seq.as_ref(), body))
             }
-            None if now >= p.deadline => Some(error_reply(
-                p.seq.as_ref(),
-                &RequestError::whole(format!(
-                    "the workers did not answer the conntrack dump within {} s: check that \
-                     they are running (status shows their publication counts rising), then retry",
-                    CT_DUMP_TIMEOUT.as_secs()
-                )),
-            )),
+            None if now >= p.deadline => Some(self.give_up_ct_dump(p)),
             None => None,
         }
+    }
+
+    /// Abandons a pending dump whose client went away.
+    pub fn cancel_ct_dump(&self, p: &PendingCtDump) {
+        self.stats.cancel_ct_dump(p.generation);
+    }
+
+    /// The timeout reply of a dump past its deadline (the request is closed).
+    fn give_up_ct_dump(&self, p: &PendingCtDump) -> Value {
+        self.stats.cancel_ct_dump(p.generation);
+        error_reply(
+            p.seq.as_ref(),
+            &RequestError::whole(format!(
+                "the workers did not answer the conntrack dump within {} s: check that \
+                     they are running (status shows their publication counts rising), then retry",
+                CT_DUMP_TIMEOUT.as_secs()
+            )),
+        )
     }
 }
 
@@ -419,7 +462,7 @@ mod tests {
         assert_eq!(r["ok"], true);
         assert_eq!(r["seq"], 1);
         assert_eq!(r["revision"], 1);
-        let e = out.event.unwrap();
+        let e: Value = serde_json::from_slice(&out.event.unwrap()).unwrap();
         assert_eq!(e["event"], "change");
         assert_eq!(e["op"], "endpoint.upsert");
         assert_eq!(e["mac"], "02:00:00:00:00:01");
@@ -427,6 +470,11 @@ mod tests {
         let out = c.handle_line(br#"{"op":"endpoint.delete","id":9}"#);
         assert!(out.event.is_none());
         assert_eq!(out.reply.unwrap()["revision"], 1);
+        // Nobody listening: no event is built.
+        c.set_events_wanted(false);
+        let out = c.handle_line(br#"{"op":"endpoint.delete","id":1}"#);
+        assert_eq!(out.reply.unwrap()["revision"], 2);
+        assert!(out.event.is_none());
     }
 
     #[test]
@@ -506,6 +554,10 @@ mod tests {
             .finish_ct_dump(&pending, pending.deadline + Duration::from_millis(1))
             .unwrap();
         assert_eq!(late["ok"], false);
+        // The late request is closed; a new one is answered by the next publication.
+        assert_eq!(c.stats.ct_dumps_in_flight(), 0);
+        let out = c.handle_line(br#"{"op":"dump","table":"conntrack","limit":5,"seq":3}"#);
+        let pending = out.pending_ct.unwrap();
         let p = Pipeline::new(PipelineConfig::default()).unwrap();
         w.tick(&p, 0);
         let r = c.finish_ct_dump(&pending, Instant::now()).unwrap();

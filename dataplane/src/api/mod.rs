@@ -39,4 +39,4 @@ pub mod server;
 pub use control::Control;
 pub use protocol::{Request, RequestError};
 pub use publish::{IoSummary, StatsRegistry, TablesHandle, WorkerStats};
-pub use server::{ControlServer, ServerError};
+pub use server::{ControlServer, ServerError, SocketAccess};

@@ -86,7 +86,7 @@ pub enum MonitorError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot make the monitor socket {path} owner-only: {source}")]
+    #[error("cannot set the monitor socket {path}'s permissions: {source}; check the filesystem allows chmod")]
     Permissions {
         path: PathBuf,
         #[source]
@@ -132,10 +132,12 @@ impl std::fmt::Debug for MonitorServer {
 }
 
 impl MonitorServer {
-    /// Binds `path` (owner-only, like the control socket; a stale socket file is replaced).
-    /// `monotonic_now_ns` is the workers' clock now (to date events).
+    /// Binds `path` with permissions `mode` (the control socket's: 0600, or 0660 with group
+    /// access; a stale socket file is replaced). `monotonic_now_ns` is the workers' clock now
+    /// (to date events).
     pub fn bind(
         path: impl AsRef<Path>,
+        mode: u32,
         hub: EventHub,
         monotonic_now_ns: u64,
     ) -> Result<MonitorServer, MonitorError> {
@@ -146,7 +148,7 @@ impl MonitorServer {
             source,
         })?;
         let nonblocking = listener.set_nonblocking(true);
-        let permissions = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+        let permissions = fs::set_permissions(&path, fs::Permissions::from_mode(mode));
         if let Err(source) = nonblocking.and(permissions) {
             let _ = fs::remove_file(&path);
             return Err(MonitorError::Permissions { path, source });

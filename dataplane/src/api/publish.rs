@@ -15,14 +15,18 @@
 //! at most `publish_every` ticks per worker.
 //!
 //! Conntrack cannot be read from the control thread (it is written by the fast path without
-//! synchronization), so a dump is a request/answer: the control thread bumps a generation number
-//! ([`StatsRegistry::request_ct_dump`]); at its next publication each worker sees it (one atomic
-//! load) and copies at most `limit` live entries into its slot; the control thread collects the
-//! answers ([`StatsRegistry::collect_ct_dump`]) once every worker has answered, or gives up after
-//! a deadline. Building that copy allocates, on the worker, once per dump request — never on the
-//! per-packet path.
+//! synchronization), so a dump is a request/answer: the control thread opens a request with its
+//! own generation number and limit ([`StatsRegistry::request_ct_dump`]); at its next publication
+//! each worker sees that a newer generation exists (one atomic load), and copies at most `limit`
+//! live entries for every open request it has not answered into its slot, tagged with the
+//! request's generation; the control thread collects a request's answers
+//! ([`StatsRegistry::collect_ct_dump`]) once every worker has answered it, or gives up after a
+//! deadline ([`StatsRegistry::cancel_ct_dump`]). Requests are independent: two clients dumping
+//! at once each get their own answer (at most [`MAX_CT_DUMPS_IN_FLIGHT`] open at a time, which
+//! bounds the memory the copies take). Building a copy allocates, on the worker, once per dump
+//! request — never on the per-packet path.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -59,6 +63,16 @@ pub struct CtDumpEntry {
     pub rev_nat: Option<String>,
 }
 
+/// Conntrack dump requests open at once; more are refused until one is answered or abandoned.
+pub const MAX_CT_DUMPS_IN_FLIGHT: usize = 4;
+
+/// An open conntrack dump request.
+#[derive(Clone, Copy, Debug)]
+struct CtRequest {
+    generation: u64,
+    limit: usize,
+}
+
 /// A worker's answer to a conntrack dump request.
 #[derive(Clone, Debug, Default)]
 pub struct CtSnapshot {
@@ -82,7 +96,8 @@ struct WorkerSlot {
     /// The worker's busy-loop nanoseconds at its last publication (0 when it does not say).
     busy_ns: AtomicU64,
     io: Mutex<IoSummary>,
-    ct_answer: Mutex<CtSnapshot>,
+    /// Answers to open requests, one per generation, until the control thread collects them.
+    ct_answers: Mutex<Vec<CtSnapshot>>,
     conntrack: Mutex<CtSummary>,
     /// When the worker registered: its running time, of which `busy_ns` was busy.
     started: Instant,
@@ -93,10 +108,10 @@ struct WorkerSlot {
 #[derive(Debug, Default)]
 pub struct StatsRegistry {
     slots: Mutex<Vec<Arc<WorkerSlot>>>,
-    /// Generation of the latest conntrack dump request (0: none ever).
-    ct_request: AtomicU64,
-    /// Entries per worker the latest request asks for.
-    ct_limit: AtomicUsize,
+    /// Generation of the latest conntrack dump request (0: none ever): what a worker checks.
+    ct_latest: AtomicU64,
+    /// The open requests (at most [`MAX_CT_DUMPS_IN_FLIGHT`]).
+    ct_requests: Mutex<Vec<CtRequest>>,
 }
 
 /// A worker's conntrack table at its last publication (occupancy and the table's counters).
@@ -147,7 +162,7 @@ impl StatsRegistry {
             publications: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             io: Mutex::new(IoSummary::default()),
-            ct_answer: Mutex::new(CtSnapshot::default()),
+            ct_answers: Mutex::new(Vec::new()),
             conntrack: Mutex::new(CtSummary::default()),
             started: Instant::now(),
         });
@@ -194,26 +209,60 @@ impl StatsRegistry {
     }
 
     /// Asks every worker for at most `limit` conntrack entries; returns the request's
-    /// generation, to pass to [`StatsRegistry::collect_ct_dump`].
-    pub fn request_ct_dump(&self, limit: usize) -> u64 {
-        self.ct_limit.store(limit, Ordering::Relaxed);
-        // Release: a worker that sees the new generation also sees the limit.
-        self.ct_request.fetch_add(1, Ordering::Release) + 1
+    /// generation, to pass to [`StatsRegistry::collect_ct_dump`] (and to
+    /// [`StatsRegistry::cancel_ct_dump`] when giving up). `None` when
+    /// [`MAX_CT_DUMPS_IN_FLIGHT`] requests are open already.
+    pub fn request_ct_dump(&self, limit: usize) -> Option<u64> {
+        let mut requests = lock(&self.ct_requests);
+        if requests.len() >= MAX_CT_DUMPS_IN_FLIGHT {
+            return None;
+        }
+        // Under the lock, so that generations enter the list in order. Release: a worker that
+        // sees the new generation and then locks the list finds the request.
+        let generation = self.ct_latest.fetch_add(1, Ordering::Release) + 1;
+        requests.push(CtRequest { generation, limit });
+        Some(generation)
     }
 
-    /// Every worker's answer to request `generation`, by worker name, once all have answered;
-    /// `None` while some worker has not yet (or has already answered a newer request).
+    /// Every worker's answer to request `generation`, by worker name, once all have answered
+    /// (the request is then closed); `None` while some worker has not yet.
     pub fn collect_ct_dump(&self, generation: u64) -> Option<Vec<(String, CtSnapshot)>> {
+        let mut requests = lock(&self.ct_requests);
         let slots = lock(&self.slots);
-        let mut out = Vec::with_capacity(slots.len());
-        for s in slots.iter() {
-            let answer = lock(&s.ct_answer);
-            if answer.generation != generation {
-                return None;
-            }
-            out.push((s.name.clone(), answer.clone()));
+        let answered = |s: &Arc<WorkerSlot>| {
+            lock(&s.ct_answers)
+                .iter()
+                .any(|a| a.generation == generation)
+        };
+        if !slots.iter().all(answered) {
+            return None;
         }
+        let out = slots
+            .iter()
+            .map(|s| {
+                let mut answers = lock(&s.ct_answers);
+                let i = answers.iter().position(|a| a.generation == generation);
+                let answer = i.map(|i| answers.swap_remove(i)).unwrap_or_default();
+                (s.name.clone(), answer)
+            })
+            .collect();
+        requests.retain(|r| r.generation != generation);
         Some(out)
+    }
+
+    /// Abandons request `generation` (its deadline passed, or its client left): closes it and
+    /// drops whatever answers arrived, and any answer to a request no longer open.
+    pub fn cancel_ct_dump(&self, generation: u64) {
+        let mut requests = lock(&self.ct_requests);
+        requests.retain(|r| r.generation != generation);
+        for s in lock(&self.slots).iter() {
+            lock(&s.ct_answers).retain(|a| requests.iter().any(|r| r.generation == a.generation));
+        }
+    }
+
+    /// Open conntrack dump requests.
+    pub fn ct_dumps_in_flight(&self) -> usize {
+        lock(&self.ct_requests).len()
     }
 }
 
@@ -270,14 +319,33 @@ impl WorkerStats {
         if let Ok(mut ct) = self.slot.conntrack.try_lock() {
             *ct = CtSummary::of(pipeline.conntrack());
         }
-        let wanted = self.registry.ct_request.load(Ordering::Acquire);
-        if wanted != self.answered {
-            let limit = self.registry.ct_limit.load(Ordering::Relaxed);
-            if let Ok(mut answer) = self.slot.ct_answer.try_lock() {
-                *answer = snapshot_conntrack(pipeline.conntrack(), now, limit, wanted);
-                self.answered = wanted;
-            }
+        let latest = self.registry.ct_latest.load(Ordering::Acquire);
+        if latest != self.answered {
+            self.answer_ct_dumps(pipeline, now, latest);
         }
+    }
+
+    /// Answers every open conntrack request newer than the last one answered. Skipped (and
+    /// retried at the next publication) when the control thread holds a lock.
+    fn answer_ct_dumps(&mut self, pipeline: &Pipeline, now: u64, latest: u64) {
+        let open: Vec<CtRequest> = match self.registry.ct_requests.try_lock() {
+            Ok(requests) => requests
+                .iter()
+                .filter(|r| r.generation > self.answered)
+                .copied()
+                .collect(),
+            Err(_) => return,
+        };
+        let Ok(mut answers) = self.slot.ct_answers.try_lock() else {
+            return;
+        };
+        for r in &open {
+            let snapshot = snapshot_conntrack(pipeline.conntrack(), now, r.limit, r.generation);
+            answers.push(snapshot);
+        }
+        // Requests closed meanwhile are not in `open`: they need no answer.
+        let newest = open.iter().map(|r| r.generation).max().unwrap_or(0);
+        self.answered = newest.max(latest);
     }
 }
 
@@ -394,7 +462,7 @@ mod tests {
         let mut w0 = registry.register("worker-0", 1);
         let mut w1 = registry.register("worker-1", 1);
         let p = Pipeline::new(PipelineConfig::default()).unwrap();
-        let generation = registry.request_ct_dump(10);
+        let generation = registry.request_ct_dump(10).unwrap();
         assert!(registry.collect_ct_dump(generation).is_none());
         w0.tick(&p, 0);
         assert!(registry.collect_ct_dump(generation).is_none());
@@ -402,5 +470,46 @@ mod tests {
         let answers = registry.collect_ct_dump(generation).unwrap();
         assert_eq!(answers.len(), 2);
         assert!(answers.iter().all(|(_, s)| s.entries.is_empty()));
+        assert_eq!(registry.ct_dumps_in_flight(), 0);
+    }
+
+    #[test]
+    fn concurrent_ct_dumps_each_get_their_answer() {
+        // Finding 10 of issue 14: one shared generation made the older of two dumps wait for
+        // an answer that never came.
+        let registry = StatsRegistry::new();
+        let mut w = registry.register("worker-0", 1);
+        let p = Pipeline::new(PipelineConfig::default()).unwrap();
+        let first = registry.request_ct_dump(10).unwrap();
+        w.tick(&p, 0);
+        let second = registry.request_ct_dump(5).unwrap();
+        w.tick(&p, 0);
+        let b = registry.collect_ct_dump(second).unwrap();
+        assert_eq!(b[0].1.generation, second);
+        let a = registry.collect_ct_dump(first).unwrap();
+        assert_eq!(a[0].1.generation, first);
+        assert_eq!(registry.ct_dumps_in_flight(), 0);
+    }
+
+    #[test]
+    fn ct_dumps_in_flight_are_bounded_and_cancelling_frees_them() {
+        let registry = StatsRegistry::new();
+        let mut w = registry.register("worker-0", 1);
+        let p = Pipeline::new(PipelineConfig::default()).unwrap();
+        let open: Vec<u64> = (0..MAX_CT_DUMPS_IN_FLIGHT)
+            .map(|_| registry.request_ct_dump(1).unwrap())
+            .collect();
+        assert!(registry.request_ct_dump(1).is_none());
+        w.tick(&p, 0);
+        for g in &open {
+            registry.cancel_ct_dump(*g);
+        }
+        assert_eq!(registry.ct_dumps_in_flight(), 0);
+        assert!(lock(&registry.slots)[0]
+            .ct_answers
+            .lock()
+            .unwrap()
+            .is_empty());
+        assert!(registry.request_ct_dump(1).is_some());
     }
 }

@@ -47,7 +47,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 use dataplane::api::metrics::{self, KernelCounters, MetricsError, MetricsServer, Render};
 use dataplane::api::monitor::{EventHub, MonitorError, MonitorServer, MonitorStats};
-use dataplane::api::{ControlServer, ServerError, StatsRegistry, TablesHandle};
+use dataplane::api::{ControlServer, ServerError, SocketAccess, StatsRegistry, TablesHandle};
 use dataplane::daemon::config::{
     ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerSection, XdpMode, DEFAULT_CONFIG_PATH,
 };
@@ -152,7 +152,7 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// The monitor socket (mode 0600), which streams drop, policy-verdict and trace events as
+    /// The monitor socket (the control socket's mode), which streams drop, policy-verdict and trace events as
     /// JSON lines to `flagella monitor` (docs/monitor.md); `off` to serve none. Default: beside
     /// the control socket, named after it (`dataplane.sock` -> `dataplane-monitor.sock`).
     #[arg(long, value_name = "PATH|off")]
@@ -167,6 +167,13 @@ struct Cli {
     /// for debugging).
     #[arg(long)]
     monitor_trace: bool,
+
+    /// `true`: the control socket is mode 0660, so members of the daemon's group may connect
+    /// (run flagella-control as another user in that group: it then cannot signal the
+    /// dataplane). `false`: mode 0600, the daemon's user only. Overrides `socket_group_access`
+    /// in the file (default false).
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set)]
+    socket_group_access: Option<bool>,
 
     /// Frames per batch, 1 to 256 (default 64): larger batches cost less per packet and add
     /// latency under load.
@@ -318,7 +325,7 @@ enum DaemonError {
         #[source]
         source: IoError,
     },
-    #[error("cannot create the control socket's directory {path}: {source}: create it (mode 0700) or choose another --socket")]
+    #[error("cannot create the control socket's directory {path}: {source}: create it (mode 0700, or 0750 with socket_group_access) or choose another --socket")]
     SocketDir {
         path: PathBuf,
         #[source]
@@ -498,8 +505,14 @@ fn start(
 
     running.uplink_sync = start_uplink_sync(tables, &running.xdp)?;
 
-    create_socket_dir(&cfg.socket)?;
-    let mut server = ControlServer::bind(&cfg.socket, tables.clone(), Arc::clone(stats))?;
+    let access = if cfg.socket_group_access {
+        SocketAccess::Group
+    } else {
+        SocketAccess::Owner
+    };
+    create_socket_dir(&cfg.socket, access)?;
+    let mut server =
+        ControlServer::bind_with_access(&cfg.socket, access, tables.clone(), Arc::clone(stats))?;
     running.socket = Some(cfg.socket.clone());
     let handle = thread::Builder::new()
         .name("control".into())
@@ -511,7 +524,7 @@ fn start(
     running.server = Some(handle);
 
     let monitor_stats = match (hub, monitor_socket(cfg, cli)) {
-        (Some(hub), Some(path)) => Some(start_monitor(hub, &path, running)?),
+        (Some(hub), Some(path)) => Some(start_monitor(hub, &path, access, running)?),
         _ => None,
     };
 
@@ -567,13 +580,15 @@ fn monitor_socket(cfg: &DaemonConfig, cli: &Cli) -> Option<PathBuf> {
 }
 
 /// Binds the monitor socket and serves it on its own thread; returns its loss totals.
+/// `access`: the control socket's, so whoever may use one may use the other.
 fn start_monitor(
     hub: EventHub,
     path: &Path,
+    access: SocketAccess,
     running: &mut Running,
 ) -> Result<Arc<MonitorStats>, DaemonError> {
-    create_socket_dir(path)?;
-    let mut server = MonitorServer::bind(path, hub, dataplane::io::monotonic_ns())?;
+    create_socket_dir(path, access)?;
+    let mut server = MonitorServer::bind(path, access.mode(), hub, dataplane::io::monotonic_ns())?;
     let stats = server.stats();
     log(&format!("monitor socket {}", path.display()));
     let name = "monitor".to_string();
@@ -612,6 +627,9 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     }
     if let Some(socket) = &cli.socket {
         cfg.socket = socket.clone();
+    }
+    if let Some(group) = cli.socket_group_access {
+        cfg.socket_group_access = group;
     }
     if let Some(batch) = cli.batch_size {
         cfg.batch_size = batch;
@@ -1130,8 +1148,9 @@ fn register_sockets(worker: &Worker, xdp: &[InterfaceXdp]) -> Result<(), DaemonE
     Ok(())
 }
 
-/// The socket's directory, root-only, when it does not exist yet.
-fn create_socket_dir(socket: &Path) -> Result<(), DaemonError> {
+/// The socket's directory, when it does not exist yet: only the daemon's user may enter it
+/// (0700), or its group too (0750) when the socket is open to the group.
+fn create_socket_dir(socket: &Path, access: SocketAccess) -> Result<(), DaemonError> {
     let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
@@ -1140,7 +1159,10 @@ fn create_socket_dir(socket: &Path) -> Result<(), DaemonError> {
     }
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(match access {
+            SocketAccess::Owner => 0o700,
+            SocketAccess::Group => 0o750,
+        })
         .create(dir)
         .map_err(|source| DaemonError::SocketDir {
             path: dir.to_path_buf(),
@@ -1290,15 +1312,18 @@ mod tests {
             .unwrap()
     }
 
-    /// A configuration file for one test, removed when dropped.
+    /// A configuration file for one test, removed when dropped (`mkstemp`: a name nobody can
+    /// predict and plant first).
     struct TempConfig(PathBuf);
 
     impl TempConfig {
         fn new(name: &str, text: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "flagella-dataplane-{}-{name}.toml",
-                std::process::id()
-            ));
+            let file = tempfile::Builder::new()
+                .prefix(&format!("flagella-dataplane-{name}-"))
+                .suffix(".toml")
+                .tempfile()
+                .unwrap();
+            let (_, path) = file.keep().unwrap();
             fs::write(&path, text).unwrap();
             TempConfig(path)
         }

@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! socket = "/run/flagella/dataplane.sock"   # control socket (mode 0600)
+//! socket_group_access = false                # true: mode 0660, the daemon's group may connect
+//!                                            # (the agent as another user in that group)
 //! batch_size = 64                            # frames per batch, 1..=256
 //! conntrack_entries = 131072                 # per worker
 //! xdp_mode = "native"                        # or "generic" (slow; for drivers without XDP)
@@ -95,6 +97,11 @@ pub const MAX_IDLE_SLEEP_US: u64 = 10_000;
 pub struct DaemonConfig {
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    /// `false` (default): the control socket is mode 0600, only the daemon's user may connect.
+    /// `true`: mode 0660, members of the daemon's group may too, so the agent can run as
+    /// another user (which cannot signal or ptrace the dataplane).
+    #[serde(default)]
+    pub socket_group_access: bool,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     #[serde(default = "default_conntrack")]
@@ -179,6 +186,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             socket: default_socket(),
+            socket_group_access: false,
             batch_size: default_batch(),
             conntrack_entries: default_conntrack(),
             xdp_mode: XdpMode::Native,

@@ -24,9 +24,12 @@
 //! segments are disjoint, a class's answer is its exact-port entry if there is one, else its
 //! wide segment covering the port: a lookup is at most four classes of one hash probe each
 //! (two where the class has wide segments: the group probe and its binary search), and
-//! allocates nothing. Inserts and removals rebuild only the affected group.
+//! allocates nothing. Inserts and removals rebuild only the affected group, once per batch
+//! ([`PolicyMap::apply_batch`]), with a sweep over its boundaries (O(R log R) for R ranges).
 
-use hashbrown::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use hashbrown::{HashMap, HashSet};
 
 use crate::types::Identity;
 
@@ -144,6 +147,23 @@ pub enum PolicyMapError {
     PortsWithoutProtocol { key: PolicyKey },
 }
 
+/// A key the map can hold: a port range needs a protocol.
+fn check_key(key: &PolicyKey) -> Result<(), PolicyMapError> {
+    if key.proto == PROTO_ANY && !key.ports.is_any() {
+        return Err(PolicyMapError::PortsWithoutProtocol { key: *key });
+    }
+    Ok(())
+}
+
+/// What [`PolicyMap::apply_batch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Keys that existed and were removed.
+    pub removed: usize,
+    /// Adds that created a key (the others replaced an entry).
+    pub added: usize,
+}
+
 /// Which of the four lookup classes matched (most specific first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatchKind {
@@ -185,13 +205,25 @@ struct Segment {
 }
 
 /// All entries of one (identity, protocol) pair: the ranges as inserted (the truth, for dumps and
-/// deletes) and the segments of their flattening wider than one port (what lookups read after
-/// the map's exact-port entries, which hold the single-port segments).
+/// deletes, keyed by range so that finding one is a tree lookup) and the segments of their
+/// flattening (what lookups read: the single-port ones live in the map's exact-port table, the
+/// wider ones here).
 #[derive(Clone, Debug, Default)]
 struct Group {
-    ranges: Vec<(PortRange, PolicyEntry)>,
+    ranges: BTreeMap<PortRange, PolicyEntry>,
     /// The flattening's segments with `lo < hi`, sorted and disjoint.
     wide: Vec<Segment>,
+    /// The ports of the flattening's single-port segments, i.e. this group's keys in the map's
+    /// exact-port table (so a rebuild removes exactly those without flattening twice).
+    singles: Vec<u16>,
+}
+
+/// How a range ranks among the ranges covering a port: deny first, then the narrowest, then
+/// (for a deterministic answer between equals) the lowest range.
+type Rank = (bool, u16, PortRange);
+
+fn rank(range: PortRange, entry: PolicyEntry) -> Rank {
+    (entry.action == Action::Allow, range.hi - range.lo, range)
 }
 
 impl Group {
@@ -203,37 +235,50 @@ impl Group {
 
     /// The disjoint segments of the ranges, sorted: every boundary splits, and a segment's
     /// entry is a deny if any covering range denies, else the narrowest covering allow (the
-    /// most specific rule is the one reported). Control path: allocates.
+    /// most specific rule is the one reported). A sweep over the boundaries with the covering
+    /// ranges in an ordered set: O(R log R) for R ranges. Control path: allocates.
     fn flatten(&self) -> Vec<Segment> {
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut cuts: Vec<u32> = Vec::with_capacity(self.ranges.len() * 2);
-        for (r, _) in &self.ranges {
+        // Ranges by first port (the map's order) and by the boundary after their last port.
+        let starts: Vec<(PortRange, PolicyEntry)> =
+            self.ranges.iter().map(|(r, e)| (*r, *e)).collect();
+        let mut ends = starts.clone();
+        ends.sort_unstable_by_key(|(r, _)| r.hi);
+        let mut cuts: Vec<u32> = Vec::with_capacity(starts.len() * 2);
+        for (r, _) in &starts {
             cuts.push(u32::from(r.lo));
             cuts.push(u32::from(r.hi) + 1);
         }
         cuts.sort_unstable();
         cuts.dedup();
+        let mut covering: BTreeSet<Rank> = BTreeSet::new();
+        let (mut next_start, mut next_end) = (0, 0);
+        let mut segments: Vec<Segment> = Vec::new();
         for w in cuts.windows(2) {
             let (lo, hi) = (w[0], w[1] - 1);
-            let best = self
-                .ranges
-                .iter()
-                .filter(|(r, _)| u32::from(r.lo) <= lo && hi <= u32::from(r.hi))
-                .min_by_key(|(r, e)| (e.action == Action::Allow, r.hi - r.lo));
-            if let Some((_, entry)) = best {
-                let (lo, hi) = (lo as u16, hi as u16);
-                match segments.last_mut() {
-                    Some(last)
-                        if last.entry == *entry && u32::from(last.hi) + 1 == u32::from(lo) =>
-                    {
-                        last.hi = hi
-                    }
-                    _ => segments.push(Segment {
-                        lo,
-                        hi,
-                        entry: *entry,
-                    }),
+            while let Some((r, e)) = ends.get(next_end).filter(|(r, _)| u32::from(r.hi) < lo) {
+                covering.remove(&rank(*r, *e));
+                next_end += 1;
+            }
+            while let Some((r, e)) = starts
+                .get(next_start)
+                .filter(|(r, _)| u32::from(r.lo) <= lo)
+            {
+                covering.insert(rank(*r, *e));
+                next_start += 1;
+            }
+            let Some(best) = covering.first() else {
+                continue;
+            };
+            let Some(entry) = self.ranges.get(&best.2).copied() else {
+                continue;
+            };
+            // Cuts are at most 65536, so both ends fit in a port.
+            let (lo, hi) = (lo as u16, hi as u16);
+            match segments.last_mut() {
+                Some(last) if last.entry == entry && u32::from(last.hi) + 1 == u32::from(lo) => {
+                    last.hi = hi
                 }
+                _ => segments.push(Segment { lo, hi, entry }),
             }
         }
         segments
@@ -425,59 +470,95 @@ impl PolicyMap {
         }
     }
 
-    /// Inserts or replaces the entry for `key`; returns the previous entry.
+    /// Inserts or replaces the entry for `key`; returns the previous entry. Re-flattens the
+    /// key's group once: O(R log R) for a group of R ranges. To change many entries, use
+    /// [`apply_batch`](Self::apply_batch), which flattens each touched group once in all.
     pub fn insert(
         &mut self,
         key: PolicyKey,
         entry: PolicyEntry,
     ) -> Result<Option<PolicyEntry>, PolicyMapError> {
-        if key.proto == PROTO_ANY && !key.ports.is_any() {
-            return Err(PolicyMapError::PortsWithoutProtocol { key });
-        }
-        let group = self.groups.entry((key.identity, key.proto)).or_default();
-        let before = group.flatten();
-        let previous = match group.ranges.iter_mut().find(|(r, _)| *r == key.ports) {
-            Some((_, e)) => Some(std::mem::replace(e, entry)),
-            None => {
-                group.ranges.push((key.ports, entry));
-                None
-            }
-        };
-        self.rebuild_group(key.identity, key.proto, &before);
-        if previous.is_none() {
-            self.entries += 1;
-            self.class_counts[Self::class_of(&key)] += 1;
-        }
+        check_key(&key)?;
+        let previous = self.insert_unflattened(key, entry);
+        self.rebuild_group(key.identity, key.proto);
         Ok(previous)
     }
 
     /// Removes the entry for exactly `key`; returns it.
     pub fn remove(&mut self, key: &PolicyKey) -> Option<PolicyEntry> {
+        let removed = self.remove_unflattened(key)?;
+        self.rebuild_group(key.identity, key.proto);
+        Some(removed)
+    }
+
+    /// Removes `removes` (absent keys are ignored), then inserts or replaces `adds`, and
+    /// re-flattens every touched group once: a request of R ranges costs O(R log R), not one
+    /// flattening per range. Every key is checked before anything changes: on `Err` (the index
+    /// of the first refused add) the map is untouched.
+    pub fn apply_batch(
+        &mut self,
+        removes: &[PolicyKey],
+        adds: &[(PolicyKey, PolicyEntry)],
+    ) -> Result<BatchOutcome, (usize, PolicyMapError)> {
+        for (i, (key, _)) in adds.iter().enumerate() {
+            check_key(key).map_err(|e| (i, e))?;
+        }
+        let mut touched: HashSet<(Identity, u8)> = HashSet::new();
+        let mut outcome = BatchOutcome::default();
+        for key in removes {
+            if self.remove_unflattened(key).is_some() {
+                outcome.removed += 1;
+                touched.insert((key.identity, key.proto));
+            }
+        }
+        for (key, entry) in adds {
+            if self.insert_unflattened(*key, *entry).is_none() {
+                outcome.added += 1;
+            }
+            touched.insert((key.identity, key.proto));
+        }
+        for (identity, proto) in touched {
+            self.rebuild_group(identity, proto);
+        }
+        Ok(outcome)
+    }
+
+    /// Stores the range without touching the flattening (the caller rebuilds the group).
+    fn insert_unflattened(&mut self, key: PolicyKey, entry: PolicyEntry) -> Option<PolicyEntry> {
+        let group = self.groups.entry((key.identity, key.proto)).or_default();
+        let previous = group.ranges.insert(key.ports, entry);
+        if previous.is_none() {
+            self.entries += 1;
+            self.class_counts[Self::class_of(&key)] += 1;
+        }
+        previous
+    }
+
+    /// Drops the range without touching the flattening (the caller rebuilds the group).
+    fn remove_unflattened(&mut self, key: &PolicyKey) -> Option<PolicyEntry> {
         let group = self.groups.get_mut(&(key.identity, key.proto))?;
-        let pos = group.ranges.iter().position(|(r, _)| *r == key.ports)?;
-        let before = group.flatten();
-        let (_, removed) = group.ranges.swap_remove(pos);
-        self.rebuild_group(key.identity, key.proto, &before);
+        let removed = group.ranges.remove(&key.ports)?;
         self.entries -= 1;
         self.class_counts[Self::class_of(key)] -= 1;
         Some(removed)
     }
 
-    /// Re-flattens the group of `(identity, proto)` after its ranges changed (`before`: the
-    /// flattening of its ranges before the change), and brings the exact-port map and the
-    /// wide-group counts in line; drops the group once it has no range.
-    fn rebuild_group(&mut self, identity: Identity, proto: u8, before: &[Segment]) {
+    /// Re-flattens the group of `(identity, proto)` after its ranges changed, and brings the
+    /// exact-port table and the wide-group counts in line; drops the group once it has no
+    /// range.
+    fn rebuild_group(&mut self, identity: Identity, proto: u8) {
         let class = Self::class_of_group(identity, proto);
         let Some(group) = self.groups.get_mut(&(identity, proto)) else {
             return;
         };
         let had_wide = !group.wide.is_empty();
-        for s in before.iter().filter(|s| s.lo == s.hi) {
-            self.exact.remove(exact_key(identity, proto, s.lo));
+        for port in group.singles.drain(..) {
+            self.exact.remove(exact_key(identity, proto, port));
         }
         let after = group.flatten();
         for s in after.iter().filter(|s| s.lo == s.hi) {
             self.exact.insert(exact_key(identity, proto, s.lo), s.entry);
+            group.singles.push(s.lo);
         }
         group.wide = after.into_iter().filter(|s| s.lo < s.hi).collect();
         let has_wide = !group.wide.is_empty();
@@ -494,11 +575,7 @@ impl PolicyMap {
     /// The entry stored under exactly `key`.
     pub fn get(&self, key: &PolicyKey) -> Option<PolicyEntry> {
         let group = self.groups.get(&(key.identity, key.proto))?;
-        group
-            .ranges
-            .iter()
-            .find(|(r, _)| *r == key.ports)
-            .map(|(_, e)| *e)
+        group.ranges.get(&key.ports).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -604,8 +681,9 @@ impl PolicyMap {
             .groups
             .values()
             .map(|g| {
-                g.ranges.capacity() * std::mem::size_of::<(PortRange, PolicyEntry)>()
+                g.ranges.len() * std::mem::size_of::<(PortRange, PolicyEntry)>()
                     + g.wide.capacity() * std::mem::size_of::<Segment>()
+                    + g.singles.capacity() * std::mem::size_of::<u16>()
             })
             .sum();
         group_bytes + exact_bytes + vec_bytes
@@ -934,6 +1012,77 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// The flattening by its definition, one port at a time: deny first, then the narrowest
+    /// covering range, then the lowest.
+    fn naive_entry_at(g: &Group, port: u16) -> Option<PolicyEntry> {
+        g.ranges
+            .iter()
+            .filter(|(r, _)| r.contains(port))
+            .min_by_key(|(r, e)| rank(**r, **e))
+            .map(|(_, e)| *e)
+    }
+
+    #[test]
+    fn batch_of_five_thousand_overlapping_ranges_flattens_once_and_right() {
+        // Finding 9 of issue 14: one flattening per insert made this O(R^3) (minutes).
+        let adds: Vec<(PolicyKey, PolicyEntry)> = (0..5000u32)
+            .map(|i| {
+                let lo = (i * 13 % 60_000) as u16;
+                let hi = lo + (i % 97) as u16;
+                let e = if i % 7 == 0 {
+                    PolicyEntry::deny(i)
+                } else {
+                    PolicyEntry::allow(i)
+                };
+                (PolicyKey::l4(A, TCP, PortRange { lo, hi }), e)
+            })
+            .collect();
+        let mut m = PolicyMap::new();
+        let outcome = m.apply_batch(&[], &adds).unwrap();
+        assert_eq!(outcome.added, 5000);
+        assert_eq!(m.len(), 5000);
+        let g = m.groups.get(&(A, TCP)).unwrap();
+        for port in (0..=u16::MAX).step_by(7) {
+            let want = naive_entry_at(g, port);
+            assert_eq!(m.lookup(A, TCP, port).map(|(e, _)| e), want, "port {port}");
+        }
+        // Removing them all in one batch leaves nothing behind.
+        let keys: Vec<PolicyKey> = adds.iter().map(|(k, _)| *k).collect();
+        assert_eq!(m.apply_batch(&keys, &[]).unwrap().removed, 5000);
+        assert!(m.is_empty());
+        assert!(m.exact.is_empty());
+        assert!(m.groups.is_empty());
+        assert_eq!(m.wide_counts, [0; 4]);
+    }
+
+    #[test]
+    fn batch_with_a_refused_key_changes_nothing() {
+        let mut m = PolicyMap::new();
+        m.insert(
+            PolicyKey::l4(A, TCP, PortRange::single(80)),
+            PolicyEntry::allow(1),
+        )
+        .unwrap();
+        let bad = PolicyKey {
+            identity: A,
+            proto: PROTO_ANY,
+            ports: PortRange::single(1),
+        };
+        let err = m
+            .apply_batch(
+                &[PolicyKey::l4(A, TCP, PortRange::single(80))],
+                &[
+                    (PolicyKey::l3(B), PolicyEntry::allow(2)),
+                    (bad, PolicyEntry::allow(3)),
+                ],
+            )
+            .unwrap_err();
+        assert_eq!(err.0, 1);
+        assert_eq!(m.len(), 1);
+        assert!(m.lookup(A, TCP, 80).is_some());
+        assert!(m.lookup(B, TCP, 80).is_none());
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
@@ -979,6 +1128,42 @@ mod tests {
         }
 
         proptest! {
+            /// One batch and the same changes one by one give the same map, segment for
+            /// segment, and every segment is what the definition says.
+            #[test]
+            fn batch_equals_one_by_one_and_the_definition(
+                ops in proptest::collection::vec((arb_key(), any::<bool>(), any::<bool>()), 0..40),
+            ) {
+                let mut one_by_one = PolicyMap::new();
+                let mut batched = PolicyMap::new();
+                let (mut removes, mut adds) = (Vec::new(), Vec::new());
+                for (i, (k, deny, remove)) in ops.into_iter().enumerate() {
+                    if remove {
+                        one_by_one.remove(&k);
+                        removes.push(k);
+                        adds.retain(|(a, _): &(PolicyKey, PolicyEntry)| *a != k);
+                    } else {
+                        let e = if deny { PolicyEntry::deny(i as u32) } else { PolicyEntry::allow(i as u32) };
+                        one_by_one.insert(k, e).unwrap();
+                        adds.retain(|(a, _)| *a != k);
+                        adds.push((k, e));
+                    }
+                }
+                // Removes first, then adds: the same end state as the sequence.
+                removes.retain(|k| !adds.iter().any(|(a, _)| a == k));
+                batched.apply_batch(&removes, &adds).unwrap();
+                prop_assert_eq!(batched.len(), one_by_one.len());
+                for (key, g) in &one_by_one.groups {
+                    let b = batched.groups.get(key).unwrap();
+                    prop_assert_eq!(&b.wide, &g.wide);
+                    for port in 0u16..80 {
+                        let want = naive_entry_at(g, port);
+                        prop_assert_eq!(one_by_one.class_lookup(PolicyMap::class_of_group(key.0, key.1), key.0, key.1, port), want);
+                        prop_assert_eq!(batched.class_lookup(PolicyMap::class_of_group(key.0, key.1), key.0, key.1, port), want);
+                    }
+                }
+            }
+
             #[test]
             fn lookup_agrees_with_reference(
                 ops in proptest::collection::vec((arb_key(), any::<bool>(), any::<bool>()), 0..30),

@@ -7,8 +7,11 @@
 //! build their lines with [`Request::to_json`]: a new op cannot be named in one place and
 //! forgotten in another.
 
-use serde::de::DeserializeOwned;
+use serde::de::value::MapDeserializer;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::error::Category;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
@@ -87,6 +90,15 @@ macro_rules! changes {
             $( $variant($msg), )*
         }
 
+        /// A change serializes as its message's fields (no `op`; [`Change::to_json`] adds it).
+        impl Serialize for Change {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $( Change::$variant(m) => m.serialize(s), )*
+                }
+            }
+        }
+
         impl Change {
             /// The op of this change.
             pub fn kind(&self) -> Op {
@@ -96,13 +108,11 @@ macro_rules! changes {
             }
 
             fn body(&self) -> serde_json::Result<Value> {
-                match self {
-                    $( Change::$variant(m) => serde_json::to_value(m), )*
-                }
+                serde_json::to_value(self)
             }
 
             /// Parses the fields of change op `op` (refused when `op` is not a change).
-            fn parse(op: Op, body: Map<String, Value>) -> Result<Change, RequestError> {
+            fn parse(op: Op, body: Body<'_>) -> Result<Change, RequestError> {
                 match op {
                     $( Op::$variant => fields(op.name(), body).map(Change::$variant), )*
                     _ => Err(RequestError::at(
@@ -205,41 +215,120 @@ pub struct Refusal {
     pub error: RequestError,
 }
 
-/// Parses one request line (without its newline).
+/// Most top-level fields a request may carry (every op has fewer than ten).
+pub const MAX_FIELDS: usize = 32;
+
+/// Most JSON objects and arrays in one request line. A 16 MiB `policy.replace` of real entries
+/// holds about 280 000; the limit keeps a line of empty objects (`[{},{},...]`) from turning
+/// into millions of parsed messages.
+pub const MAX_CONTAINERS: usize = 1 << 19;
+
+/// A request's top-level fields, each still unparsed JSON text borrowed from the line: memory
+/// stays proportional to the number of fields, whatever the values hold.
+struct TopLevel<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = TopLevel<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a request object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if fields.len() == MAX_FIELDS {
+                        return Err(de::Error::custom(format!(
+                            "more than {MAX_FIELDS} fields: a request has `op`, `seq` and its \
+                             op's fields only"
+                        )));
+                    }
+                    fields.push((key, map.next_value::<&RawValue>()?));
+                }
+                Ok(TopLevel(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// The number of JSON objects and arrays in `line` (brackets outside strings), counted up to
+/// `MAX_CONTAINERS + 1`. Cheap: one pass, no allocation.
+fn containers(line: &[u8]) -> usize {
+    let (mut count, mut in_string, mut escaped) = (0, false, false);
+    for b in line {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[') => {
+                count += 1;
+                if count > MAX_CONTAINERS {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    count
+}
+
+/// Parses one request line (without its newline), straight into its typed message: no
+/// intermediate `Value` tree, so memory stays a small multiple of the line's length.
 pub fn parse_request(line: &[u8]) -> Result<Envelope, Refusal> {
     let refuse = |seq: Option<Value>, error| Refusal { seq, error };
-    let value: Value = serde_json::from_slice(line).map_err(|e| {
-        refuse(
-            None,
-            RequestError::whole(format!(
-                "not valid JSON ({e}): send one JSON object per line, e.g. {{\"op\":\"status\"}}"
-            )),
-        )
-    })?;
-    let Value::Object(mut map) = value else {
+    if containers(line) > MAX_CONTAINERS {
         return Err(refuse(
             None,
-            RequestError::whole(
-                "a request is a JSON object with an `op` field, e.g. {\"op\":\"status\"}",
-            ),
+            RequestError::whole(format!(
+                "more than {MAX_CONTAINERS} JSON objects and arrays in one request: split it \
+                 into several requests"
+            )),
         ));
-    };
-    let seq = match map.remove("seq") {
+    }
+    let TopLevel(fields) = serde_json::from_slice(line).map_err(|e| {
+        let starts_as_object = line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let message = match e.classify() {
+            Category::Data if !starts_as_object => {
+                "a request is a JSON object with an `op` field, e.g. {\"op\":\"status\"}"
+                    .to_string()
+            }
+            Category::Data => format!("{e}"),
+            _ => format!(
+                "not valid JSON ({e}): send one JSON object per line, e.g. {{\"op\":\"status\"}}"
+            ),
+        };
+        refuse(None, RequestError::whole(message))
+    })?;
+    let mut seq = None;
+    let mut op = None;
+    let mut body = Vec::with_capacity(fields.len());
+    for (key, raw) in fields {
+        match key.as_str() {
+            "seq" => seq = Some(raw),
+            "op" => op = Some(raw),
+            _ => body.push((key, raw)),
+        }
+    }
+    let seq = match seq {
         None => None,
-        Some(v @ (Value::Number(_) | Value::String(_))) => Some(v),
-        Some(_) => {
-            return Err(refuse(
+        Some(raw) => Some(parse_seq(raw).ok_or_else(|| {
+            refuse(
                 None,
                 RequestError::at(
                     "seq",
                     "`seq` must be a number or a string: it is echoed back in the reply",
                 ),
-            ))
-        }
+            )
+        })?),
     };
-    let op = match map.remove("op") {
-        Some(Value::String(op)) => op,
-        Some(_) => {
+    let op = match op.map(|raw| serde_json::from_str::<String>(raw.get())) {
+        Some(Ok(op)) => op,
+        Some(Err(_)) => {
             return Err(refuse(
                 seq,
                 RequestError::at(
@@ -261,13 +350,29 @@ pub fn parse_request(line: &[u8]) -> Result<Envelope, Refusal> {
             ))
         }
     };
-    match parse_op(&op, map) {
+    match parse_op(&op, body) {
         Ok(request) => Ok(Envelope { seq, request }),
         Err(error) => Err(refuse(seq, error)),
     }
 }
 
-fn parse_op(op: &str, body: Map<String, Value>) -> Result<Request, RequestError> {
+/// A `seq` field: a number or a string (anything else, a container above all, is refused
+/// before it is parsed).
+fn parse_seq(raw: &RawValue) -> Option<Value> {
+    let text = raw.get();
+    let scalar = text.starts_with('"')
+        || text.starts_with('-')
+        || text.starts_with(|c: char| c.is_ascii_digit());
+    if !scalar {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// A request's fields other than `op` and `seq`, unparsed.
+type Body<'a> = Vec<(String, &'a RawValue)>;
+
+fn parse_op(op: &str, body: Body<'_>) -> Result<Request, RequestError> {
     let Some(kind) = Op::from_name(op) else {
         return Err(RequestError::at(
             "op",
@@ -296,8 +401,9 @@ fn parse_op(op: &str, body: Map<String, Value>) -> Result<Request, RequestError>
 }
 
 /// Deserializes the fields of an `op` request, naming the field at fault on error.
-fn fields<T: DeserializeOwned>(op: &str, body: Map<String, Value>) -> Result<T, RequestError> {
-    serde_path_to_error::deserialize(Value::Object(body)).map_err(|e| {
+fn fields<T: DeserializeOwned>(op: &str, body: Body<'_>) -> Result<T, RequestError> {
+    let map = MapDeserializer::<_, serde_json::Error>::new(body.into_iter());
+    serde_path_to_error::deserialize(map).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         // serde reports a missing field at the enclosing object: name the field itself. (An
@@ -465,6 +571,39 @@ mod tests {
         assert!(refused("{\"op\":")
             .message
             .contains("one JSON object per line"));
+    }
+
+    #[test]
+    fn too_many_containers_or_fields_are_refused_before_parsing() {
+        let mut line =
+            String::from(r#"{"op":"policy.update","endpoint":1,"direction":"ingress","delete":["#);
+        line.push_str(&vec!["{}"; MAX_CONTAINERS].join(","));
+        line.push_str("]}");
+        let e = refused(&line);
+        assert_eq!(e.field, None);
+        assert!(e.message.contains("split it"), "{}", e.message);
+        // Brackets inside strings are not containers.
+        assert_eq!(containers(br#"{"a":"[[[{{{\"[","b":[1]}"#), 2);
+        let many: Vec<String> = (0..=MAX_FIELDS).map(|i| format!(r#""f{i}":0"#)).collect();
+        let e = refused(&format!(r#"{{"op":"ping",{}}}"#, many.join(",")));
+        assert!(e.message.contains("fields"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_line_of_tiny_values_is_refused_at_its_first_wrong_value() {
+        // Finding 10 of issue 14: a `Value` tree of this line took ~60 bytes per input byte;
+        // parsed into the typed message, the first `[0]` is refused.
+        let mut line =
+            String::from(r#"{"op":"policy.update","endpoint":1,"direction":"ingress","add":["#);
+        line.push_str(&vec!["[0]"; 100_000].join(","));
+        line.push_str("]}");
+        assert_eq!(refused(&line).field.as_deref(), Some("add[0]"));
+        let mut line = String::from(r#"{"op":"ping","seq":1,"pad":["#);
+        line.push_str(&vec!["0"; 100_000].join(","));
+        line.push_str("]}");
+        let r = parse_request(line.as_bytes()).unwrap_err();
+        assert_eq!(r.error.field.as_deref(), Some("pad"));
+        assert_eq!(r.seq, Some(Value::from(1)));
     }
 
     /// The table is the one spelling: names and variants map both ways, and every request's
