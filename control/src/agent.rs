@@ -32,14 +32,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::dataplane_client::{Change, ClientError, DataplaneClient};
 use crate::dataplane_client::{DumpTable, LocalNodeMsg};
 use crate::endpoint_ipam::EndpointIpam;
 use crate::identity::IdentityAllocator;
 use crate::metrics::AgentMetrics;
 use crate::schema::ROOT;
+pub use crate::status::Status;
 use crate::store::{Event, Store, StoreError, WatchBatch};
 use crate::sync::{local_node_facts, log, ClusterState};
 
@@ -58,32 +57,6 @@ pub struct AgentConfig {
     pub gc_interval: Duration,
     /// Where the status is written as JSON (optional).
     pub status_file: Option<PathBuf>,
-}
-
-/// What `flagella status` and the log report.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
-    pub node: String,
-    pub etcd_reachable: bool,
-    pub dataplane_connected: bool,
-    /// Last etcd revision applied.
-    pub revision: i64,
-    pub endpoints: usize,
-    pub policies: usize,
-    pub services: usize,
-    pub nodes: usize,
-    pub malformed_total: u64,
-    pub rejected_keys: Vec<String>,
-    pub dataplane_refusals: u64,
-    pub last_error: Option<String>,
-    /// The uplink's MTU, as the dataplane last reported it.
-    pub uplink_mtu: Option<u16>,
-    /// The MTU this node's pods get (the uplink's minus the tunnel's overhead).
-    pub pod_mtu: Option<u16>,
-    /// Label sets whose identity could not be resolved (a corrupt `identities/` value, a request
-    /// etcd refuses...): `labels -> reason`. Their endpoints stay out of the dataplane; nothing
-    /// else waits for them.
-    pub identity_errors: BTreeMap<String, String>,
 }
 
 /// The agent.

@@ -28,7 +28,8 @@ use dataplane::Identity;
 pub use dataplane::api::protocol::{
     BackendMsg, Change, DumpRequest, DumpTable, EndpointMsg, EndpointRef, FrontendMsg, IpcacheMsg,
     LocalNodeMsg, NodeMsg, NodeRef, Op, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate,
-    PrefixRef, Proto, Request, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap, WireLbMode,
+    PrefixRef, Proto, Request, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap,
+    WireFrontendKind, WireLbMode,
 };
 
 /// A dataplane client failure.
@@ -292,6 +293,7 @@ mod tests {
                 weight: 2,
             }],
             mode: WireLbMode::Dsr,
+            kind: WireFrontendKind::NodePort,
             id: None,
         }));
         round_trip(Change::NodeUpsert(NodeMsg {

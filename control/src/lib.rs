@@ -23,5 +23,6 @@ pub mod identity;
 pub mod ipam;
 pub mod metrics;
 pub mod schema;
+pub mod status;
 pub mod store;
 pub mod sync;

@@ -24,7 +24,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::agent::Status;
+use crate::status::Status;
 use crate::store::Event;
 
 /// The default listen address of the agent's `/metrics`.

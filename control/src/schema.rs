@@ -149,7 +149,8 @@ pub enum ServiceMode {
     Dsr,
 }
 
-/// A service frontend (virtual IP, port, protocol).
+/// A service frontend (virtual IP, port, protocol), and the node port that opens it on every
+/// node's own address (Kubernetes' `nodePort`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrontendSpec {
@@ -158,7 +159,14 @@ pub struct FrontendSpec {
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default = "tcp")]
     pub protocol: String,
+    /// The service is also reached at (every node's underlay address, this port, protocol):
+    /// within [`NODE_PORT_RANGE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
 }
+
+/// Node ports a service may claim (Kubernetes' default `--service-node-port-range`).
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 
 /// A service backend.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +192,17 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     #[serde(default)]
     pub mode: ServiceMode,
+    /// Addresses routed to the nodes for this service (Kubernetes' `externalIPs`): each is a
+    /// frontend with every frontend's port and protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<IpAddr>,
+}
+
+impl ServiceSpec {
+    /// True when the service is reached from outside the cluster (node ports, external IPs).
+    pub fn is_external(&self) -> bool {
+        !self.external_ips.is_empty() || self.frontends.iter().any(|f| f.node_port.is_some())
+    }
 }
 
 /// How traffic to a node's pods travels.
@@ -562,6 +581,33 @@ fn check_service(key: &str, spec: &ServiceSpec) -> Result<(), SchemaError> {
             return Err(invalid(
                 key,
                 format!("frontends[{i}].port: port 0 is not a port"),
+            ));
+        }
+        if let Some(np) = f.node_port.filter(|p| !NODE_PORT_RANGE.contains(p)) {
+            return Err(invalid(
+                key,
+                format!(
+                    "frontends[{i}].node_port: {np} is outside the node port range {}-{}; pick a port in it or leave node_port out",
+                    NODE_PORT_RANGE.start(),
+                    NODE_PORT_RANGE.end()
+                ),
+            ));
+        }
+        let same_node_port = |g: &FrontendSpec| {
+            g.node_port.is_some() && g.node_port == f.node_port && g.protocol == f.protocol
+        };
+        if spec.frontends[..i].iter().any(same_node_port) {
+            return Err(invalid(
+                key,
+                format!("frontends[{i}].node_port: the service already uses this node port and protocol; give each frontend its own"),
+            ));
+        }
+    }
+    for (i, a) in spec.external_ips.iter().enumerate() {
+        if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+            return Err(invalid(
+                key,
+                format!("external_ips[{i}]: {a} is not a unicast address a client can reach"),
             ));
         }
     }

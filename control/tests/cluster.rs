@@ -50,6 +50,10 @@
 //! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
 //! again.
 //!
+//! `nodeport_from_outside_*` and `nodeport_snat_from_outside_*` (checks in
+//! `cluster/nodeport.rs`): a client outside the cluster, behind the underlay's router, through
+//! node 1's NodePort with DSR, and in SNAT mode.
+//!
 //! Skips, with the reason, when not root or when etcd, `ip netns`, AF_XDP or the dataplane binary
 //! are missing (a failure under CI). Stops only the processes it started and deletes its
 //! namespaces and files, pass or fail.
@@ -57,6 +61,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
 
 mod common;
+#[path = "cluster/nodeport.rs"]
+mod nodeport;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -1815,4 +1821,29 @@ fn cluster_over_geneve() {
 #[test]
 fn cluster_natively_routed() {
     run(Mode::Native);
+}
+
+#[test]
+fn nodeport_from_outside_natively_routed() {
+    nodeport::run(Mode::Native, nodeport::Lb::Dsr);
+}
+
+#[test]
+fn nodeport_from_outside_over_vxlan() {
+    nodeport::run(Mode::Vxlan, nodeport::Lb::Dsr);
+}
+
+#[test]
+fn nodeport_from_outside_over_geneve() {
+    nodeport::run(Mode::Geneve, nodeport::Lb::Dsr);
+}
+
+#[test]
+fn nodeport_snat_from_outside_natively_routed() {
+    nodeport::run(Mode::Native, nodeport::Lb::Snat);
+}
+
+#[test]
+fn nodeport_snat_from_outside_over_vxlan() {
+    nodeport::run(Mode::Vxlan, nodeport::Lb::Snat);
 }

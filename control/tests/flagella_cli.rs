@@ -385,9 +385,53 @@ fn services_upsert_list_delete() {
     assert_eq!(list[1]["mode"], "dsr");
     let table = ok(&flagella(url, &["service", "list"], None));
     assert!(
-        table.contains("default/dns   snat   10.96.0.10:53/udp   10.1.0.12:53 10.2.0.7:53,2"),
+        table.contains(
+            "default/dns   snat   10.96.0.10:53/udp   -              10.1.0.12:53 10.2.0.7:53,2"
+        ),
         "{table}"
     );
+
+    // NodePort and externalIPs: shown, and a node port outside 30000-32767 is refused (1).
+    ok(&flagella(
+        url,
+        &[
+            "service",
+            "upsert",
+            "default/shop",
+            "--frontend",
+            "10.96.0.30:80/tcp,nodeport=30080",
+            "--external-ip",
+            "203.0.113.7",
+            "--backend",
+            "10.2.0.5:8080",
+            "--mode",
+            "dsr",
+        ],
+        None,
+    ));
+    let list = json(&flagella(url, &["service", "list", "-o", "json"], None));
+    assert_eq!(list[1]["name"], "shop");
+    assert_eq!(list[1]["frontends"][0]["node_port"], 30080);
+    assert_eq!(list[1]["external_ips"][0], "203.0.113.7");
+    let table = ok(&flagella(url, &["service", "list"], None));
+    assert!(
+        table.contains("10.96.0.30:80/tcp,nodeport=30080   203.0.113.7"),
+        "{table}"
+    );
+    let o = flagella(
+        url,
+        &[
+            "service",
+            "upsert",
+            "default/low",
+            "--frontend",
+            "10.96.0.31:80/tcp,nodeport=8080",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("30000-32767"), "{}", stderr(&o));
+    ok(&flagella(url, &["service", "delete", "default/shop"], None));
 
     // Upsert replaces.
     ok(&flagella(

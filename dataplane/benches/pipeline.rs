@@ -395,6 +395,7 @@ fn build_tables() -> Tables {
                 },
                 backends,
                 mode: LbMode::Snat,
+                kind: Default::default(),
             })
             .unwrap();
     }

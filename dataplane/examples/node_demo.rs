@@ -205,6 +205,7 @@ fn node_tables() -> Result<Tables, Box<dyn std::error::Error>> {
             weight: 1,
         }],
         mode: LbMode::Snat,
+        kind: Default::default(),
     })?;
     let mut t = Tables::empty(node, services);
     let (endpoints, ipcache) = (

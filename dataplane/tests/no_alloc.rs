@@ -178,6 +178,7 @@ fn tables() -> Tables {
                     })
                     .collect(),
                 mode: LbMode::Snat,
+                kind: Default::default(),
             })
             .unwrap();
     }

@@ -18,7 +18,9 @@ use dataplane::tables::nodes::{Encap, Node, Nodes};
 use dataplane::tables::policy::{PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
 use dataplane::tables::{HostLink, LocalNode, Tables, TunnelPorts};
-use dataplane::testutil::{self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_SYN, TCP_SYN_ACK};
+use dataplane::testutil::{
+    self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_RST, TCP_SYN, TCP_SYN_ACK,
+};
 use dataplane::{Identity, MacAddr, Prefix};
 
 // ---- the test cluster ----------------------------------------------------------------------
@@ -145,6 +147,7 @@ fn services() -> Services {
             })
             .collect(),
         mode,
+        kind: Default::default(),
     };
     s.upsert(svc(VIP_SNAT, vec![(POD2.ip(), 8080)], LbMode::Snat))
         .unwrap();
@@ -2218,5 +2221,187 @@ fn masquerade_translates_a_routers_icmp_error_back_to_the_pod() {
             input: stale.build(),
             expect: Expect::Drop(DropReason::MasqueradeNoMapping),
         },
+    );
+}
+
+// ---- services from outside: NodePort in SNAT and DSR mode ---------------------------------
+
+const NODE_PORT: u16 = 30080;
+
+/// Node A's tables with a NodePort frontend (node A's address, 30080/tcp) in `mode`, its one
+/// backend POD_D on node D (natively routed, so the frames stay plain on the underlay).
+fn node_a_with_node_port(mode: LbMode) -> Tables {
+    use dataplane::tables::services::FrontendKind;
+    let mut t = node_a();
+    Arc::make_mut(&mut t.services)
+        .upsert(ServiceSpec {
+            frontend: Frontend {
+                addr: IpAddr::V4(underlay(1)),
+                port: NODE_PORT,
+                proto: 6,
+            },
+            backends: vec![Backend {
+                addr: POD_D.ip(),
+                port: 8080,
+                weight: 1,
+            }],
+            mode,
+            kind: FrontendKind::NodePort,
+        })
+        .unwrap();
+    t
+}
+
+/// An external client's packet to node A's NodePort, arriving on the uplink from the gateway.
+fn to_node_port(flags: u8) -> PacketBuilder {
+    PacketBuilder::tcp(
+        IpAddr::V4(WORLD_SERVER),
+        45000,
+        IpAddr::V4(underlay(1)),
+        NODE_PORT,
+        flags,
+    )
+    .macs(WORLD_GW_MAC, UPLINK_MAC_A)
+}
+
+#[test]
+fn node_port_snat_mode_translates_the_client_and_brings_the_reply_back() {
+    let t = node_a_with_node_port(LbMode::Snat);
+    let mut p = masquerading_pipeline();
+    let syn = to_node_port(TCP_SYN);
+    let mut frames = [syn.frame()];
+    assert_eq!(
+        p.process(&t, UPLINK, &mut frames, 1_000_000_000)[0],
+        Verdict::Tx { ifindex: UPLINK }
+    );
+    let port = l4_sport(frames[0].data());
+    assert!((61000..=65535).contains(&port), "port {port}");
+    let mut to_backend = syn
+        .clone()
+        .macs(UPLINK_MAC_A, UPLINK_MAC_D)
+        .ttl(syn.ttl - 1);
+    to_backend.src = IpAddr::V4(underlay(1));
+    to_backend.dst = POD_D.ip();
+    set_l4_ports(&mut to_backend, Some(port), Some(8080));
+    assert_eq!(
+        hex(frames[0].data()),
+        hex(&to_backend.build()),
+        "the SYN leaves for node D from node A's address and a masquerade port"
+    );
+    // The backend answers node A; the reply leaves for the client from the NodePort.
+    let syn_ack = PacketBuilder::tcp(POD_D.ip(), 8080, IpAddr::V4(underlay(1)), port, TCP_SYN_ACK)
+        .macs(UPLINK_MAC_D, UPLINK_MAC_A);
+    let mut to_client = syn_ack
+        .clone()
+        .macs(UPLINK_MAC_A, WORLD_GW_MAC)
+        .ttl(syn_ack.ttl - 1);
+    to_client.src = IpAddr::V4(underlay(1));
+    to_client.dst = IpAddr::V4(WORLD_SERVER);
+    set_l4_ports(&mut to_client, Some(NODE_PORT), Some(45000));
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the backend's SYN-ACK goes back out to the client from the NodePort",
+            ingress: UPLINK,
+            input: syn_ack.build(),
+            expect: Expect::Tx(UPLINK, to_client.build()),
+        },
+    );
+    let ack = to_node_port(TCP_ACK);
+    let mut ack_out = ack
+        .clone()
+        .macs(UPLINK_MAC_A, UPLINK_MAC_D)
+        .ttl(ack.ttl - 1);
+    ack_out.src = IpAddr::V4(underlay(1));
+    ack_out.dst = POD_D.ip();
+    set_l4_ports(&mut ack_out, Some(port), Some(8080));
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the client's ACK keeps the flow's port",
+            ingress: UPLINK,
+            input: ack.build(),
+            expect: Expect::Tx(UPLINK, ack_out.build()),
+        },
+    );
+    let c = p.counters();
+    assert_eq!(c.masquerade_ports_allocated, 1);
+    assert_eq!((c.masquerade_translated, c.masquerade_reversed), (2, 1));
+    assert_eq!((c.dnat, c.reverse_nat, c.dsr_option_written), (2, 1, 0));
+}
+
+#[test]
+fn node_port_dsr_mode_keeps_the_client_and_writes_the_option() {
+    let t = node_a_with_node_port(LbMode::Dsr);
+    let mut p = masquerading_pipeline();
+    let syn = to_node_port(TCP_SYN);
+    let mut frames = [syn.frame()];
+    assert_eq!(
+        p.process(&t, UPLINK, &mut frames, 1_000_000_000)[0],
+        Verdict::Tx { ifindex: UPLINK }
+    );
+    let mut to_backend = syn
+        .clone()
+        .macs(UPLINK_MAC_A, UPLINK_MAC_D)
+        .ttl(syn.ttl - 1)
+        .ipv4_options(&dsr_ipv4_option(underlay(1), NODE_PORT));
+    to_backend.dst = POD_D.ip();
+    set_l4_ports(&mut to_backend, None, Some(8080));
+    assert_eq!(
+        hex(frames[0].data()),
+        hex(&to_backend.build()),
+        "the client's own address, the frontend in the DSR option"
+    );
+    let c = p.counters();
+    assert_eq!((c.dsr_option_written, c.masquerade_translated), (1, 0));
+}
+
+/// On the backend's node: a client that reuses its source port towards the same backend
+/// through another frontend (a NodePort, then an external IP) while the first flow's entry is
+/// closing gets its replies from the new frontend, not the old one.
+#[test]
+fn dsr_reply_comes_from_the_frontend_of_the_current_flow() {
+    let d = node_tables(4, UPLINK_MAC_D, &[&POD_D]);
+    let mut p = pipeline();
+    let from_a = |frontend: Ipv4Addr, port: u16, flags: u8| {
+        let mut b = PacketBuilder::tcp(IpAddr::V4(CLIENT_WORLD), 40000, POD_D.ip(), 8080, flags)
+            .macs(UPLINK_MAC_A, UPLINK_MAC_D)
+            .ipv4_options(&dsr_ipv4_option(frontend, port));
+        b.ttl = 63;
+        b.build()
+    };
+    let reply_source = |p: &mut Pipeline| {
+        let reply = from_pod(&POD_D, IpAddr::V4(CLIENT_WORLD), 8080, 40000, TCP_SYN_ACK);
+        let mut frames = [reply.frame()];
+        assert_eq!(
+            p.process(&d, POD_D.ifindex, &mut frames, 1_000_000_000)[0],
+            Verdict::Tx { ifindex: UPLINK }
+        );
+        let out = frames[0].data();
+        let src = Ipv4Addr::new(out[26], out[27], out[28], out[29]);
+        (src, u16::from_be_bytes([out[34], out[35]]))
+    };
+    let (first, second) = (underlay(1), Ipv4Addr::new(203, 0, 113, 7));
+    for (frame, what) in [
+        (from_a(first, 30080, TCP_SYN), "SYN through the NodePort"),
+        (from_a(first, 30080, TCP_RST), "the first flow is reset"),
+        (from_a(second, 80, TCP_SYN), "SYN through the external IP"),
+    ] {
+        let mut frames = [testutil::frame(&frame)];
+        let verdict = p.process(&d, UPLINK, &mut frames, 1_000_000_000)[0];
+        assert_eq!(
+            verdict,
+            Verdict::Tx {
+                ifindex: POD_D.ifindex
+            },
+            "{what}"
+        );
+    }
+    assert_eq!(
+        reply_source(&mut p),
+        (second, 80),
+        "from the external IP, port 80"
     );
 }

@@ -261,6 +261,7 @@ fn services() -> Services {
             .map(|&(addr, port, weight)| Backend { addr, port, weight })
             .collect(),
         mode,
+        kind: Default::default(),
     };
     let v4 = |pod: Pod| IpAddr::V4(pod.v4);
     let specs = [

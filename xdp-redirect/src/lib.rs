@@ -4,7 +4,8 @@
 //! the dataplane owns it ([`RedirectConfig`]). On a pod interface every IPv4 and IPv6 frame is
 //! the dataplane's. On the uplink (the uplink filter on) only what the dataplane owns is: tunnel
 //! traffic to the node's underlay address (UDP to the VXLAN or Geneve port) and destinations in
-//! the owned prefixes ([`XdpProgram::add_owned_prefix`]); the host's own traffic stays with the
+//! the owned prefixes ([`XdpProgram::add_owned_prefix`]), and exact owned (address, protocol,
+//! port)s ([`XdpProgram::add_owned_port`], NodePorts); the host's own traffic stays with the
 //! kernel. ARP and other EtherTypes belong to the dataplane only when the configuration says
 //! so. A frame the dataplane owns is redirected to the AF_XDP socket registered for its receive
 //! queue (`xsks_map[rx_queue_index]`); a queue without a socket falls back to `XDP_PASS`, so the
@@ -27,9 +28,11 @@
 
 mod config;
 mod owned;
+mod owned_port;
 
 pub use config::{RedirectConfig, GENEVE_PORT, VXLAN_PORT};
 pub use owned::{OwnedPrefix, PrefixLengthError, OWNED_MAX_ENTRIES};
+pub use owned_port::{OwnedPort, PortProtocolError, OWNED_PORTS_MAX_ENTRIES};
 
 use std::fmt;
 use std::io;
@@ -58,6 +61,7 @@ const CONFIG_MAP: &str = "config_map";
 const COUNTERS_MAP: &str = "counters_map";
 const OWNED_V4_MAP: &str = "owned_v4";
 const OWNED_V6_MAP: &str = "owned_v6";
+const OWNED_PORTS_MAP: &str = "owned_ports";
 
 /// The single key of the one-entry config and counters arrays.
 const ONLY_KEY: [u8; 4] = 0u32.to_ne_bytes();
@@ -282,6 +286,21 @@ pub enum XdpError {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("cannot {operation} owned port {port}: the map holds at most {max} ports; remove stale ones, or raise OWNED_PORTS_MAX_ENTRIES in both xdp_redirect.bpf.c and owned_port.rs")]
+    OwnedPortsFull {
+        operation: &'static str,
+        port: OwnedPort,
+        max: u32,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("cannot {operation} owned port {port}: check the program is still loaded and the process still has CAP_BPF")]
+    OwnedPort {
+        operation: &'static str,
+        port: OwnedPort,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("reading the redirect counters failed: check the program is still loaded and the process still has CAP_BPF")]
     Counters {
         #[source]
@@ -382,6 +401,37 @@ impl XdpProgram {
             }
         }
         Ok(out)
+    }
+
+    /// Makes exactly `port` (address, protocol, destination port) owned by the dataplane on an
+    /// uplink; the address's other ports stay the kernel's. Adding one already there is not an
+    /// error.
+    pub fn add_owned_port(&self, port: OwnedPort) -> Result<(), XdpError> {
+        self.map(OWNED_PORTS_MAP)?
+            .update(&port.key(), &owned_port::OWNED_PORT_VALUE, MapFlags::ANY)
+            .map_err(|source| owned_port_error(port, "add", source))
+    }
+
+    /// Gives `port` back to the kernel. Removing one that is not there is not an error.
+    pub fn remove_owned_port(&self, port: OwnedPort) -> Result<(), XdpError> {
+        match self.map(OWNED_PORTS_MAP)?.delete(&port.key()) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(owned_port_error(port, "remove", source)),
+        }
+    }
+
+    /// Every owned port, in the hash map's iteration order.
+    pub fn owned_ports(&self) -> Result<Vec<OwnedPort>, XdpError> {
+        self.map(OWNED_PORTS_MAP)?
+            .keys()
+            .map(|key| {
+                OwnedPort::from_key(&key).ok_or(XdpError::ObjectMismatch {
+                    kind: "owned-port key layout",
+                    name: OWNED_PORTS_MAP,
+                })
+            })
+            .collect()
     }
 
     /// Attaches the program to interface `ifindex` (resolved in the calling thread's network
@@ -508,6 +558,7 @@ impl XdpProgram {
             COUNTERS_MAP,
             OWNED_V4_MAP,
             OWNED_V6_MAP,
+            OWNED_PORTS_MAP,
         ] {
             self.map(name)?;
         }
@@ -654,6 +705,28 @@ fn owned_prefix_error(
         XdpError::OwnedPrefix {
             operation,
             prefix,
+            source,
+        }
+    }
+}
+
+/// Names a failed update of the owned-ports hash; a full map (E2BIG for a hash) says so.
+fn owned_port_error(
+    port: OwnedPort,
+    operation: &'static str,
+    source: libbpf_rs::Error,
+) -> XdpError {
+    if has_errno(&source, libc::E2BIG) || has_errno(&source, libc::ENOSPC) {
+        XdpError::OwnedPortsFull {
+            operation,
+            port,
+            max: OWNED_PORTS_MAX_ENTRIES,
+            source,
+        }
+    } else {
+        XdpError::OwnedPort {
+            operation,
+            port,
             source,
         }
     }

@@ -216,7 +216,7 @@ mod uplink {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     use xdp_redirect::{
-        OwnedPrefix, RedirectConfig, RedirectCounters, XdpAction, XdpError, XdpProgram,
+        OwnedPort, OwnedPrefix, RedirectConfig, RedirectCounters, XdpAction, XdpError, XdpProgram,
         GENEVE_PORT, VXLAN_PORT,
     };
 
@@ -577,6 +577,53 @@ mod uplink {
         assert_eq!(decide(&p, &to_pod_v4), Decision::NotOwned);
         assert_eq!(decide(&p, &to_pod_v6), Decision::NotOwned);
         assert_eq!(p.owned_prefixes().expect("list"), vec![]);
+    }
+
+    /// NodePort: exactly (address, protocol, port) is owned, behind IP options too; the
+    /// address's other ports, the other protocol and non-first fragments stay the kernel's.
+    #[test]
+    fn owned_ports_take_exactly_their_port_and_can_be_removed() {
+        let Some(p) = uplink_or_skip() else { return };
+        let node_port = OwnedPort::new(UNDERLAY, TCP, 30080).expect("TCP");
+        let udp_port = OwnedPort::new(UNDERLAY, UDP, 30053).expect("UDP");
+        let syn = ipv4(UNDERLAY, TCP, &tcp_syn(30080));
+        assert_eq!(decide(&p, &syn), Decision::NotOwned, "before it is added");
+        p.add_owned_port(node_port).expect("add");
+        p.add_owned_port(node_port).expect("adding twice is fine");
+        p.add_owned_port(udp_port).expect("add");
+        assert_eq!(decide(&p, &syn), Decision::NoSocket);
+        let behind_options = ethernet(
+            ETH_P_IP,
+            &ipv4_packet(UNDERLAY, TCP, &[1, 1, 1, 1, 1, 1, 1, 1], 0, &tcp_syn(30080)),
+        );
+        assert_eq!(decide(&p, &behind_options), Decision::NoSocket);
+        assert_eq!(
+            decide(&p, &ipv4(UNDERLAY, UDP, &udp(30053))),
+            Decision::NoSocket
+        );
+        for (what, frame) in [
+            ("ssh on the same address", ipv4(UNDERLAY, TCP, &tcp_syn(22))),
+            ("the next port", ipv4(UNDERLAY, TCP, &tcp_syn(30081))),
+            ("UDP to the TCP node port", ipv4(UNDERLAY, UDP, &udp(30080))),
+            ("another address", ipv4(PEER, TCP, &tcp_syn(30080))),
+            (
+                "a non-first fragment",
+                ethernet(
+                    ETH_P_IP,
+                    &ipv4_packet(UNDERLAY, TCP, &[], 1, &tcp_syn(30080)),
+                ),
+            ),
+        ] {
+            assert_eq!(decide(&p, &frame), Decision::NotOwned, "{what}");
+        }
+        let mut owned = p.owned_ports().expect("list");
+        owned.sort();
+        assert_eq!(owned, vec![node_port, udp_port]);
+        p.remove_owned_port(node_port).expect("remove");
+        p.remove_owned_port(node_port)
+            .expect("removing twice is fine");
+        assert_eq!(decide(&p, &syn), Decision::NotOwned, "after removal");
+        assert_eq!(p.owned_ports().expect("list"), vec![udp_port]);
     }
 
     #[test]

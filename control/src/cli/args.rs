@@ -327,12 +327,16 @@ pub enum ServiceVerb {
     #[command(after_long_help = "EXAMPLES:\n  \
 flagella service upsert default/dns --frontend 10.96.0.10:53/udp \\\n      \
 --backend 10.1.0.12:53 --backend 10.2.0.7:53,2\n  \
-flagella service upsert default/web --frontend 10.96.0.20:80/tcp --backend 10.1.0.5:8080 --mode dsr")]
+flagella service upsert default/web --frontend 10.96.0.20:80/tcp --backend 10.1.0.5:8080 --mode dsr\n  \
+flagella service upsert default/shop --frontend 10.96.0.30:80/tcp,nodeport=30080 \\\n      \
+--external-ip 203.0.113.7 --backend 10.2.0.5:8080 --backend 10.3.0.5:8080 --mode dsr")]
     Upsert {
         /// NAMESPACE/NAME
         name: String,
-        /// IP:PORT[/PROTO] (protocol tcp, udp or sctp; default tcp). Repeat for several.
-        #[arg(long, value_name = "IP:PORT[/PROTO]", required = true, value_parser = parse_frontend)]
+        /// IP:PORT[/PROTO][,nodeport=N] (protocol tcp, udp or sctp; default tcp). With a node
+        /// port (30000-32767), every node also serves it at its own address and port N, for
+        /// clients outside the cluster. Repeat for several.
+        #[arg(long, value_name = "IP:PORT[/PROTO][,nodeport=N]", required = true, value_parser = parse_frontend)]
         frontend: Vec<FrontendSpec>,
         /// IP:PORT[,WEIGHT] (weight default 1; 0 drains). Repeat for several.
         #[arg(long, value_name = "IP:PORT[,WEIGHT]", value_parser = parse_backend)]
@@ -340,6 +344,10 @@ flagella service upsert default/web --frontend 10.96.0.20:80/tcp --backend 10.1.
         /// Forwarding mode
         #[arg(long, value_enum, default_value_t = ModeArg::Snat)]
         mode: ModeArg,
+        /// An address routed to the nodes for this service (Kubernetes' externalIPs): served
+        /// with every frontend's port and protocol. Repeat for several.
+        #[arg(long, value_name = "IP")]
+        external_ip: Vec<std::net::IpAddr>,
     },
     /// List services
     List,

@@ -23,8 +23,12 @@ pub struct ServiceInfo {
     pub spec: ServiceSpec,
 }
 
-/// Parses `IP:PORT[/PROTO]`.
+/// Parses `IP:PORT[/PROTO][,nodeport=N]`.
 pub fn parse_frontend(s: &str) -> Result<FrontendSpec, String> {
+    let (s, node_port) = match s.split_once(',') {
+        Some((f, extra)) => (f, Some(parse_node_port(s, extra)?)),
+        None => (s, None),
+    };
     let (addr, protocol) = match s.rsplit_once('/') {
         Some((addr, proto)) => (addr, protocol_name(proto)?),
         None => (s, "TCP"),
@@ -36,7 +40,20 @@ pub fn parse_frontend(s: &str) -> Result<FrontendSpec, String> {
         ip: sa.ip(),
         port: sa.port(),
         protocol: protocol.to_string(),
+        node_port,
     })
+}
+
+/// The `nodeport=N` after a frontend's comma.
+fn parse_node_port(frontend: &str, extra: &str) -> Result<u16, String> {
+    extra
+        .strip_prefix("nodeport=")
+        .and_then(|n| n.parse::<u16>().ok())
+        .ok_or_else(|| {
+            format!(
+                "`{extra}` in `{frontend}` is not nodeport=PORT; e.g. 10.96.0.10:80/tcp,nodeport=30080"
+            )
+        })
 }
 
 pub(super) fn protocol_name(p: &str) -> Result<&'static str, String> {
@@ -130,13 +147,18 @@ pub async fn delete_service(
     Ok(key)
 }
 
-/// `IP:PORT/PROTO` of a frontend (`[v6]:port/proto` for IPv6).
+/// `IP:PORT/PROTO` of a frontend (`[v6]:port/proto` for IPv6), `,nodeport=N` when it has one:
+/// the syntax `--frontend` reads.
 pub fn frontend_text(f: &FrontendSpec) -> String {
-    format!(
+    let text = format!(
         "{}/{}",
         SocketAddr::new(f.ip, f.port),
         f.protocol.to_ascii_lowercase()
-    )
+    );
+    match f.node_port {
+        Some(n) => format!("{text},nodeport={n}"),
+        None => text,
+    }
 }
 
 /// `IP:PORT` of a backend, `,WEIGHT` when not 1.
@@ -157,6 +179,7 @@ pub async fn run(verb: ServiceVerb, etcd: &[String], out: Output) -> Result<(), 
             frontend,
             backend,
             mode,
+            external_ip,
         } => {
             let (ns, n) = split_namespaced("service", &name)?;
             let spec = ServiceSpec {
@@ -166,6 +189,7 @@ pub async fn run(verb: ServiceVerb, etcd: &[String], out: Output) -> Result<(), 
                     ModeArg::Snat => ServiceMode::Snat,
                     ModeArg::Dsr => ServiceMode::Dsr,
                 },
+                external_ips: external_ip,
             };
             let s = upsert_service(&store, ns, n, spec).await?;
             emit(out, &s, || format!("service {ns}/{n} written\n"))
@@ -174,9 +198,12 @@ pub async fn run(verb: ServiceVerb, etcd: &[String], out: Output) -> Result<(), 
             let (services, skipped) = services(&store).await?;
             warn(&skipped);
             emit(out, &services, || {
-                let mut t = Table::new(&["SERVICE", "MODE", "FRONTENDS", "BACKENDS"]);
+                let mut t =
+                    Table::new(&["SERVICE", "MODE", "FRONTENDS", "EXTERNAL IPS", "BACKENDS"]);
                 for s in &services {
                     let f: Vec<String> = s.spec.frontends.iter().map(frontend_text).collect();
+                    let e: Vec<String> =
+                        s.spec.external_ips.iter().map(|a| a.to_string()).collect();
                     let b: Vec<String> = s.spec.backends.iter().map(backend_text).collect();
                     t.row(vec![
                         format!("{}/{}", s.namespace, s.name),
@@ -184,7 +211,12 @@ pub async fn run(verb: ServiceVerb, etcd: &[String], out: Output) -> Result<(), 
                             ServiceMode::Snat => "snat".into(),
                             ServiceMode::Dsr => "dsr".into(),
                         },
-                        f.join(","),
+                        f.join(" "),
+                        if e.is_empty() {
+                            "-".into()
+                        } else {
+                            e.join(",")
+                        },
                         if b.is_empty() {
                             "-".into()
                         } else {
@@ -241,5 +273,18 @@ mod tests {
         let e = parse_backend("10.1.0.12:8080,heavy").unwrap_err();
         assert!(e.contains("weight"), "{e}");
         assert!(parse_backend("10.1.0.12").is_err());
+    }
+
+    #[test]
+    fn node_ports_in_the_frontend_flag() {
+        let f = parse_frontend("10.96.0.10:80/tcp,nodeport=30080").unwrap();
+        assert_eq!((f.port, f.node_port), (80, Some(30080)));
+        assert_eq!(frontend_text(&f), "10.96.0.10:80/tcp,nodeport=30080");
+        assert_eq!(parse_frontend(&frontend_text(&f)).unwrap(), f);
+        assert_eq!(parse_frontend("10.96.0.10:80").unwrap().node_port, None);
+        for bad in ["10.96.0.10:80/tcp,30080", "10.96.0.10:80,nodeport=x"] {
+            let e = parse_frontend(bad).unwrap_err();
+            assert!(e.contains("nodeport=PORT"), "{e}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use dataplane::tables::policy::Direction;
 use dataplane::Prefix;
 use policy_compiler::Delta;
 
-use super::wire::{node_upsert, service_upsert, wire_direction};
+use super::wire::{node_upsert, wire_direction};
 use super::ClusterState;
 use crate::dataplane_client::{
     policy_entry, policy_key, Change, EndpointMsg, IpcacheMsg, PolicyEntryMsg, PolicyKeyMsg,
@@ -215,11 +215,16 @@ impl ClusterState {
                 out.push(node_upsert(name, n));
             }
         }
-        for s in self.services.values() {
-            for f in &s.frontends {
-                out.push(service_upsert(f, s));
-            }
+        // Every service's frontends anew, through the same code as a watch event (the
+        // dataplane restarted empty); changes already pending stay pending.
+        let earlier = std::mem::take(&mut self.pending);
+        self.sent_frontends.clear();
+        let services: Vec<String> = self.services.keys().cloned().collect();
+        for k in services {
+            self.sync_service_frontends(&k);
         }
+        out.append(&mut self.pending);
+        self.pending = earlier;
         self.sent_secondary.clear();
         let keys: Vec<String> = self.endpoints.keys().cloned().collect();
         for k in keys {

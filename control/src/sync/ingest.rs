@@ -16,9 +16,9 @@ use policy_compiler::labels::Labels;
 use policy_compiler::EngineError;
 
 use super::log::log;
-use super::wire::{frontend_msg, node_upsert, protocol_number, service_upsert};
+use super::wire::{node_upsert, protocol_number};
 use super::ClusterState;
-use crate::dataplane_client::{Change, EndpointRef, NodeRef, PrefixRef, ServiceRef, Text};
+use crate::dataplane_client::{Change, EndpointRef, NodeRef, PrefixRef, Text};
 use crate::schema::{self, EndpointSpec, Object, ObjectKey, SchemaError};
 
 impl ClusterState {
@@ -71,12 +71,9 @@ impl ClusterState {
                 self.policies.remove(&id);
             }
             ObjectKey::Service { namespace, name } => {
-                if let Some(old) = self.services.remove(&format!("{namespace}/{name}")) {
-                    for f in &old.frontends {
-                        self.pending.push(Change::ServiceDelete(ServiceRef {
-                            frontend: frontend_msg(f),
-                        }));
-                    }
+                let k = format!("{namespace}/{name}");
+                if self.services.remove(&k).is_some() {
+                    self.sync_service_frontends(&k);
                 }
             }
             ObjectKey::Node(n) => {
@@ -169,12 +166,17 @@ impl ClusterState {
                 self.engine
                     .upsert_node(&name, spec.underlay_ip)
                     .map_err(invalid)?;
+                let own_underlay_changed = name == self.node
+                    && self.nodes.get(&name).map(|n| n.underlay_ip) != Some(spec.underlay_ip);
                 if name != self.node {
                     self.pending.push(node_upsert(&name, &spec));
                 } else if self.nodes.get(&name) != Some(&spec) {
                     self.local_node_dirty = true;
                 }
                 self.nodes.insert(name, spec);
+                if own_underlay_changed {
+                    self.sync_node_port_frontends();
+                }
                 self.retry_deferred();
             }
             Object::Endpoint {
@@ -197,17 +199,10 @@ impl ClusterState {
                 spec,
             } => {
                 let k = format!("{namespace}/{name}");
-                if let Some(old) = self.services.get(&k) {
-                    for f in old.frontends.iter().filter(|f| !spec.frontends.contains(f)) {
-                        self.pending.push(Change::ServiceDelete(ServiceRef {
-                            frontend: frontend_msg(f),
-                        }));
-                    }
-                }
-                for f in &spec.frontends {
-                    self.pending.push(service_upsert(f, &spec));
-                }
-                self.services.insert(k, spec);
+                self.check_node_ports(key, &k, &spec)?;
+                self.check_external_ips(key, &spec)?;
+                self.services.insert(k.clone(), spec);
+                self.sync_service_frontends(&k);
             }
             Object::Identity(id, spec) => self.set_identity(spec.labels.into(), id),
             Object::Ignored => {}

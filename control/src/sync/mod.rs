@@ -40,6 +40,7 @@ use crate::dataplane_client::Change;
 use crate::schema::{EndpointSpec, NodeSpec, ServiceSpec};
 
 mod changes;
+mod frontends;
 mod identities;
 mod ingest;
 mod log;
@@ -57,6 +58,8 @@ pub struct ClusterState {
     nodes: BTreeMap<String, NodeSpec>,
     endpoints: BTreeMap<String, EndpointSpec>,
     services: BTreeMap<String, ServiceSpec>,
+    /// The frontends this node's dataplane holds, by service key (`frontends.rs`).
+    sent_frontends: BTreeMap<String, Vec<frontends::NodeFrontend>>,
     policies: BTreeSet<PolicyId>,
     /// Keys whose last value was refused, with the reason.
     rejected: BTreeMap<String, String>,
@@ -105,6 +108,7 @@ impl ClusterState {
             nodes: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             services: BTreeMap::new(),
+            sent_frontends: BTreeMap::new(),
             policies: BTreeSet::new(),
             rejected: BTreeMap::new(),
             deferred: BTreeMap::new(),

@@ -9,7 +9,7 @@ use policy_compiler::model::Protocol;
 
 use crate::dataplane_client::{
     BackendMsg, Change, FrontendMsg, LocalNodeMsg, NodeMsg, Proto, ServiceMsg, Text, WireDirection,
-    WireEncap, WireLbMode,
+    WireEncap, WireFrontendKind, WireLbMode,
 };
 use crate::schema::{self, NodeSpec, ServiceMode, ServiceSpec, TunnelMode};
 
@@ -84,9 +84,14 @@ pub(super) fn frontend_msg(f: &schema::FrontendSpec) -> FrontendMsg {
     }
 }
 
-pub(super) fn service_upsert(f: &schema::FrontendSpec, s: &ServiceSpec) -> Change {
+/// `service.upsert` of one of the service's frontends on this node (`sync::frontends`).
+pub(super) fn service_upsert(
+    frontend: FrontendMsg,
+    kind: WireFrontendKind,
+    s: &ServiceSpec,
+) -> Change {
     Change::ServiceUpsert(ServiceMsg {
-        frontend: frontend_msg(f),
+        frontend,
         backends: s
             .backends
             .iter()
@@ -100,6 +105,7 @@ pub(super) fn service_upsert(f: &schema::FrontendSpec, s: &ServiceSpec) -> Chang
             ServiceMode::Snat => WireLbMode::Snat,
             ServiceMode::Dsr => WireLbMode::Dsr,
         },
+        kind,
         id: None,
     })
 }

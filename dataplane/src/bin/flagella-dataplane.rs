@@ -55,6 +55,7 @@ use dataplane::daemon::host_link;
 use dataplane::daemon::host_path::{self, OwnershipMaps};
 use dataplane::daemon::masquerade::{self, MasqueradeError};
 use dataplane::daemon::preflight::{self, PreflightError};
+use dataplane::daemon::uplink_frontends::UplinkPort;
 use dataplane::io::{IoError, PortSpec, SocketStatsReader, Worker, WorkerConfig, XskConfig};
 use dataplane::nexthop;
 use dataplane::nexthop::netlink::{Netlink, NetlinkError};
@@ -66,7 +67,8 @@ use dataplane::tables::services::{ServiceError, Services};
 use dataplane::tables::{HostLink, LocalNode, Tables, TunnelPorts};
 use dataplane::{MacAddr, Prefix};
 use xdp_redirect::{
-    AttachMode, OwnedPrefix, PrefixLengthError, RedirectConfig, XdpAttachment, XdpError, XdpProgram,
+    AttachMode, OwnedPort, OwnedPrefix, PortProtocolError, PrefixLengthError, RedirectConfig,
+    XdpAttachment, XdpError, XdpProgram,
 };
 
 /// Set by SIGTERM/SIGINT (and by the main thread when a thread fails); every thread polls it.
@@ -880,6 +882,8 @@ enum UplinkMapError {
     Xdp(#[from] XdpError),
     #[error(transparent)]
     Prefix(#[from] PrefixLengthError),
+    #[error(transparent)]
+    Port(#[from] PortProtocolError),
 }
 
 impl OwnershipMaps for UplinkMaps {
@@ -902,6 +906,18 @@ impl OwnershipMaps for UplinkMaps {
     fn remove_prefix(&mut self, prefix: Prefix) -> Result<(), UplinkMapError> {
         Ok(self.program.remove_owned_prefix(owned_prefix(prefix)?)?)
     }
+
+    fn add_port(&mut self, port: UplinkPort) -> Result<(), UplinkMapError> {
+        Ok(self.program.add_owned_port(owned_port(port)?)?)
+    }
+
+    fn remove_port(&mut self, port: UplinkPort) -> Result<(), UplinkMapError> {
+        Ok(self.program.remove_owned_port(owned_port(port)?)?)
+    }
+}
+
+fn owned_port(port: UplinkPort) -> Result<OwnedPort, PortProtocolError> {
+    OwnedPort::new(port.addr, port.proto, port.port)
 }
 
 fn owned_prefix(prefix: Prefix) -> Result<OwnedPrefix, PrefixLengthError> {

@@ -7,12 +7,14 @@
 //! is dropped). What the dataplane owns ([`UplinkOwnership`]):
 //! - tunnel traffic to the node's underlay address (`tables.node.underlay_ipv4`; the program
 //!   matches the VXLAN and Geneve UDP ports itself);
-//! - destinations it owns: today the local endpoints' addresses, as /32 and /128 (native routing
-//!   delivers pod traffic from other nodes on the uplink) and, with a host interface, the pods'
-//!   gateway addresses, which the kernel holds on that interface (natively routed replies to
-//!   the host's connections to remote pods must reach the kernel through it, where the routes
-//!   to pods are, not on the uplink, where reverse-path filtering would refuse them). Service
-//!   frontends, NodePort addresses and masquerade replies will join this set.
+//! - destinations it owns: the local endpoints' addresses, as /32 and /128 (native routing
+//!   delivers pod traffic from other nodes on the uplink), services' external IPs and, with a
+//!   host interface, the pods' gateway addresses, which the kernel holds on that interface
+//!   (natively routed replies to the host's connections to remote pods must reach the kernel
+//!   through it, where the routes to pods are, not on the uplink, where reverse-path filtering
+//!   would refuse them). Masquerade replies are owned by port, through the program's config;
+//! - exact (address, protocol, port)s: NodePort frontends on the node's own address
+//!   (`uplink_frontends` says which frontends are reached from outside).
 //!
 //! Contract:
 //! - [`UplinkOwnership::from_tables`] is a pure function of one snapshot.
@@ -34,8 +36,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::uplink_frontends::{self, UplinkPort};
 use crate::api::TablesHandle;
 use crate::tables::endpoints::Endpoints;
+use crate::tables::services::Services;
 use crate::tables::{LocalNode, Tables};
 use crate::types::Prefix;
 
@@ -54,11 +58,14 @@ pub struct UplinkOwnership {
     pub underlay_ipv4: Option<Ipv4Addr>,
     /// Destinations the dataplane owns.
     pub prefixes: BTreeSet<Prefix>,
+    /// Exact ports the dataplane owns on addresses that otherwise stay the host's.
+    pub ports: BTreeSet<UplinkPort>,
 }
 
 impl UplinkOwnership {
     /// What `tables` says the uplink must hand the dataplane: the underlay address, every
-    /// local endpoint's addresses as host prefixes, and the gateways with a host interface.
+    /// local endpoint's addresses, every external IP and the gateways with a host interface as
+    /// host prefixes, the NodePorts.
     pub fn from_tables(tables: &Tables) -> Self {
         let node = &tables.node;
         let gateways = [
@@ -76,7 +83,12 @@ impl UplinkOwnership {
                 .flat_map(|ep| ep.spec.ips())
                 .chain(gateways)
                 .map(Prefix::host)
+                .chain(uplink_frontends::owned_external_ips(
+                    &tables.services,
+                    tables.node.underlay_ipv4,
+                ))
                 .collect(),
+            ports: uplink_frontends::owned_ports(&tables.services),
         }
     }
 }
@@ -90,6 +102,10 @@ pub trait OwnershipMaps {
     fn add_prefix(&mut self, prefix: Prefix) -> Result<(), Self::Error>;
     /// Gives `prefix` back to the kernel; removing one that is absent must succeed.
     fn remove_prefix(&mut self, prefix: Prefix) -> Result<(), Self::Error>;
+    /// Owns exactly `port`; adding one already there must succeed.
+    fn add_port(&mut self, port: UplinkPort) -> Result<(), Self::Error>;
+    /// Gives `port` back to the kernel; removing one that is absent must succeed.
+    fn remove_port(&mut self, port: UplinkPort) -> Result<(), Self::Error>;
 }
 
 /// What one reconciliation did.
@@ -97,8 +113,12 @@ pub trait OwnershipMaps {
 pub struct ReconcileReport {
     /// The underlay address now applied, when it changed.
     pub underlay_changed: Option<Option<Ipv4Addr>>,
+    /// Owned prefixes added and removed.
     pub added: usize,
     pub removed: usize,
+    /// Owned ports added and removed.
+    pub ports_added: usize,
+    pub ports_removed: usize,
     /// One message per failed operation, naming it (retried by the next reconciliation).
     pub failures: Vec<String>,
 }
@@ -109,6 +129,8 @@ impl ReconcileReport {
         self.underlay_changed.is_none()
             && self.added == 0
             && self.removed == 0
+            && self.ports_added == 0
+            && self.ports_removed == 0
             && self.failures.is_empty()
     }
 }
@@ -176,6 +198,7 @@ impl Reconciler {
                     .push(format!("adding owned prefix {prefix}: {e}")),
             }
         }
+        self.reconcile_ports(want, maps, &mut report);
         if want.underlay_ipv4 != self.applied.underlay_ipv4 {
             match maps.set_underlay(want.underlay_ipv4) {
                 Ok(()) => {
@@ -192,6 +215,50 @@ impl Reconciler {
     }
 }
 
+impl Reconciler {
+    /// The owned ports' share of [`Reconciler::reconcile`]: removals first, then additions.
+    fn reconcile_ports<M: OwnershipMaps>(
+        &mut self,
+        want: &UplinkOwnership,
+        maps: &mut M,
+        report: &mut ReconcileReport,
+    ) {
+        let stale: Vec<UplinkPort> = self
+            .applied
+            .ports
+            .difference(&want.ports)
+            .copied()
+            .collect();
+        for port in stale {
+            match maps.remove_port(port) {
+                Ok(()) => {
+                    self.applied.ports.remove(&port);
+                    report.ports_removed += 1;
+                }
+                Err(e) => report
+                    .failures
+                    .push(format!("removing owned port {port}: {e}")),
+            }
+        }
+        let missing: Vec<UplinkPort> = want
+            .ports
+            .difference(&self.applied.ports)
+            .copied()
+            .collect();
+        for port in missing {
+            match maps.add_port(port) {
+                Ok(()) => {
+                    self.applied.ports.insert(port);
+                    report.ports_added += 1;
+                }
+                Err(e) => report
+                    .failures
+                    .push(format!("adding owned port {port}: {e}")),
+            }
+        }
+    }
+}
+
 fn display_underlay(addr: Option<Ipv4Addr>) -> String {
     addr.map_or_else(|| "none".to_string(), |a| a.to_string())
 }
@@ -200,6 +267,7 @@ fn display_underlay(addr: Option<Ipv4Addr>) -> String {
 struct Seen {
     node: Arc<LocalNode>,
     endpoints: Arc<Endpoints>,
+    services: Arc<Services>,
 }
 
 impl Seen {
@@ -207,19 +275,22 @@ impl Seen {
         Seen {
             node: Arc::clone(&tables.node),
             endpoints: Arc::clone(&tables.endpoints),
+            services: Arc::clone(&tables.services),
         }
     }
 
-    /// True when `tables` holds other node facts or another endpoints table. A request that
-    /// touched neither (ipcache, services, nodes) shares both `Arc`s with the last snapshot.
+    /// True when `tables` holds other node facts, endpoints or services. A request that touched
+    /// none of them (ipcache, nodes) shares all three `Arc`s with the last snapshot.
     fn differs(&self, tables: &Tables) -> bool {
-        !Arc::ptr_eq(&self.node, &tables.node) || !Arc::ptr_eq(&self.endpoints, &tables.endpoints)
+        !Arc::ptr_eq(&self.node, &tables.node)
+            || !Arc::ptr_eq(&self.endpoints, &tables.endpoints)
+            || !Arc::ptr_eq(&self.services, &tables.services)
     }
 }
 
 /// Keeps `maps` (of a freshly loaded program: no underlay address, no prefixes) in step with the
 /// tables published in `tables` until `shutdown` is set: every `interval`, reconciles when the
-/// node facts or the endpoints changed, or when a retry of failed operations is due (after 1 s,
+/// node facts, the endpoints or the services changed, or when a retry of failed operations is due (after 1 s,
 /// doubling up to 60 s). `report` receives every non-empty reconciliation, failures included,
 /// with what the maps hold afterwards.
 pub fn sync_uplink<M: OwnershipMaps>(
@@ -267,10 +338,13 @@ pub fn describe(report: &ReconcileReport, applied: &UplinkOwnership) -> String {
         ));
     }
     line.push_str(&format!(
-        " {} owned prefixes (+{} -{})",
+        " {} owned prefixes (+{} -{}), {} owned ports (+{} -{})",
         applied.prefixes.len(),
         report.added,
-        report.removed
+        report.removed,
+        applied.ports.len(),
+        report.ports_added,
+        report.ports_removed
     ));
     if !report.failures.is_empty() {
         line.push_str(&format!(
@@ -325,6 +399,7 @@ mod tests {
     struct FakeMaps {
         underlay: Option<Ipv4Addr>,
         prefixes: BTreeSet<Prefix>,
+        ports: BTreeSet<UplinkPort>,
         calls: usize,
         fail: BTreeSet<Prefix>,
         fail_underlay: bool,
@@ -357,6 +432,18 @@ mod tests {
                 return Err("refused".into());
             }
             self.prefixes.remove(&prefix);
+            Ok(())
+        }
+
+        fn add_port(&mut self, port: UplinkPort) -> Result<(), String> {
+            self.calls += 1;
+            self.ports.insert(port);
+            Ok(())
+        }
+
+        fn remove_port(&mut self, port: UplinkPort) -> Result<(), String> {
+            self.calls += 1;
+            self.ports.remove(&port);
             Ok(())
         }
     }
@@ -407,6 +494,7 @@ mod tests {
             prefixes: [host(v4(1)), host(v4(2)), host(v6(1))]
                 .into_iter()
                 .collect(),
+            ports: BTreeSet::new(),
         };
         let report = r.reconcile(&want, &mut maps);
         assert_eq!(report.added, 3);
@@ -436,6 +524,51 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_and_external_ips_are_owned_and_follow_the_services() {
+        use crate::tables::services::{Backend, Frontend, FrontendKind, LbMode, ServiceSpec};
+        let spec = |addr: &str, port, kind| ServiceSpec {
+            frontend: Frontend {
+                addr: addr.parse().unwrap(),
+                port,
+                proto: 6,
+            },
+            backends: vec![Backend {
+                addr: IpAddr::V4(v4(5)),
+                port: 8080,
+                weight: 1,
+            }],
+            mode: LbMode::Dsr,
+            kind,
+        };
+        let mut t = tables();
+        let svcs = Arc::make_mut(&mut t.services);
+        svcs.upsert(spec("10.96.0.1", 80, FrontendKind::ClusterIp))
+            .unwrap();
+        svcs.upsert(spec("192.0.2.1", 30080, FrontendKind::NodePort))
+            .unwrap();
+        svcs.upsert(spec("203.0.113.9", 80, FrontendKind::ExternalIp))
+            .unwrap();
+        let want = UplinkOwnership::from_tables(&t);
+        let port = UplinkPort {
+            addr: Ipv4Addr::new(192, 0, 2, 1),
+            proto: 6,
+            port: 30080,
+        };
+        assert_eq!(want.ports, [port].into_iter().collect());
+        assert_eq!(
+            want.prefixes,
+            [host(Ipv4Addr::new(203, 0, 113, 9))].into_iter().collect()
+        );
+        let (mut maps, mut r) = (FakeMaps::default(), Reconciler::default());
+        let report = r.reconcile(&want, &mut maps);
+        assert_eq!((report.added, report.ports_added), (1, 1));
+        assert_eq!(maps.ports, want.ports);
+        let report = r.reconcile(&UplinkOwnership::default(), &mut maps);
+        assert_eq!((report.removed, report.ports_removed), (1, 1));
+        assert!(maps.ports.is_empty() && maps.prefixes.is_empty());
+    }
+
+    #[test]
     fn failed_operations_are_retried_and_nothing_else() {
         let mut maps = FakeMaps {
             fail: [host(v4(2))].into_iter().collect(),
@@ -446,6 +579,7 @@ mod tests {
         let want = UplinkOwnership {
             underlay_ipv4: Some(Ipv4Addr::new(192, 0, 2, 1)),
             prefixes: [host(v4(1)), host(v4(2))].into_iter().collect(),
+            ports: BTreeSet::new(),
         };
         let report = r.reconcile(&want, &mut maps);
         assert_eq!(report.added, 1);
@@ -485,6 +619,7 @@ mod tests {
         let one = UplinkOwnership {
             underlay_ipv4: None,
             prefixes: [host(v4(1))].into_iter().collect(),
+            ports: BTreeSet::new(),
         };
         r.reconcile(&one, &mut maps);
         maps.fail.insert(host(v4(1)));
@@ -505,16 +640,20 @@ mod tests {
         let applied = UplinkOwnership {
             underlay_ipv4: Some(Ipv4Addr::new(192, 0, 2, 1)),
             prefixes: [host(v4(1))].into_iter().collect(),
+            ports: BTreeSet::new(),
         };
         let report = ReconcileReport {
             underlay_changed: Some(applied.underlay_ipv4),
             added: 1,
             removed: 0,
+            ports_added: 2,
+            ports_removed: 0,
             failures: vec!["adding owned prefix 10.1.0.2/32: map full".into()],
         };
         let line = describe(&report, &applied);
         assert!(line.contains("192.0.2.1"), "{line}");
         assert!(line.contains("1 owned prefixes (+1 -0)"), "{line}");
+        assert!(line.contains("0 owned ports (+2 -0)"), "{line}");
         assert!(line.contains("retried"), "{line}");
         assert!(line.contains("map full"), "{line}");
     }

@@ -11,3 +11,4 @@ pub mod host_link;
 pub mod host_path;
 pub mod masquerade;
 pub mod preflight;
+pub mod uplink_frontends;

@@ -16,7 +16,7 @@
 use super::batch::{Batch, Ctx};
 use super::meta::{CtMark, Family, IcmpClass, PacketMeta, Verdict};
 use super::{nat, prefetch, DropReason, Stage};
-use crate::tables::conntrack::{FlowDirection, FlowKey};
+use crate::tables::conntrack::{CtEntry, CtFlags, FlowDirection, FlowKey, RevNat};
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
     // Phase 1: keys, hashes, prefetch.
@@ -83,6 +83,7 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
             FlowDirection::Original => {
                 m.ct = CtMark::Established;
                 m.snat_port = ctx.ct.entry(h).snat_port();
+                keep_frontend_current(m, ctx.ct.entry_mut(h));
             }
             FlowDirection::Reply => {
                 m.ct = CtMark::Reply;
@@ -94,4 +95,20 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
         }
         Ok(())
     });
+}
+
+/// The frontend this packet was translated for (a DNAT here in SNAT mode, or the DSR option it
+/// brought) is the one its replies must come from. An entry can hold another one when a client
+/// reused its source port towards the same backend through another frontend (a NodePort, then
+/// an external IP) while the old flow's entry was closing: its SYN restarts that entry, and
+/// without this the replies would leave from the old frontend, which the client drops.
+fn keep_frontend_current(m: &PacketMeta, entry: &mut CtEntry) {
+    let Some(fe) = m.frontend.filter(|_| !m.dsr_out) else {
+        return;
+    };
+    let current = Some(RevNat::new(fe.addr, fe.port));
+    if entry.rev_nat() != current {
+        entry.set_rev_nat(current);
+        entry.set_flag(CtFlags::DSR, m.dsr_in);
+    }
 }

@@ -47,6 +47,7 @@ mod prefetch;
 mod resolve;
 mod route;
 mod service;
+mod service_snat;
 
 pub use crate::tables::snat::MasqueradeConfig;
 pub use counters::{Counters, Stage};

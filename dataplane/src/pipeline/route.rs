@@ -8,7 +8,9 @@
 //! uplink); anything else from a pod leaves through the uplink when the kernel has a default
 //! route there (masqueraded to the node's address, `masquerade::egress`), else goes to the
 //! kernel. The host interface carries only pod traffic: the host's frames to anything but a pod
-//! are dropped (`no_route`), never sent to the world.
+//! are dropped (`no_route`), never sent to the world. A frame DNATed here to a backend on
+//! another node in SNAT mode leaves with the node's address (`service_snat`), and its reply,
+//! which then arrives on the uplink, goes back out to the client.
 //!
 //! Next hops on the underlay are the kernel's (`tables::next_hops`, resolved by the daemon from
 //! the node's routes and neighbour table): a peer without one is dropped as `no_next_hop`.
@@ -27,8 +29,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::batch::{any, Batch, Ctx, Ingress};
-use super::meta::{FrontendAddr, PacketMeta, Verdict};
-use super::{icmp_error, masquerade, DropReason, Stage};
+use super::meta::{CtMark, FrontendAddr, PacketMeta, Verdict};
+use super::{icmp_error, masquerade, service_snat, DropReason, Stage};
 use crate::frame::Frame;
 use crate::tables::nodes::Encap;
 use crate::types::{Identity, MacAddr};
@@ -68,10 +70,13 @@ fn route<B: AsRef<[u8]> + AsMut<[u8]>>(
         .or_else(|| t.nodes.by_pod_ip(m.tuple.dst).map(|n| n.underlay))
         .or_else(|| remote_node_address(m, ctx));
     if let Some(peer) = peer {
+        service_snat::to_remote_backend(f, m, ctx)?;
         return to_remote_node(f, m, ctx, peer);
     }
     match ctx.ingress {
-        Ingress::Uplink => return Ok(Verdict::Pass), // Not ours: the node's own traffic.
+        // From the uplink, only the reply of a flow this node forwarded (a service's SNAT
+        // mode) goes back out; anything else is not ours: the node's own traffic.
+        Ingress::Uplink if m.ct != CtMark::Reply => return Ok(Verdict::Pass),
         Ingress::Host => return Err(DropReason::NoRoute),
         _ => {}
     }

@@ -80,6 +80,20 @@ pub enum LbMode {
     Dsr,
 }
 
+/// Who reaches a frontend, as Kubernetes names the ways (Cilium's `SVC_FLAG_*`): only the
+/// uplink's XDP program cares (`daemon::host_path`); the pipeline balances them all alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FrontendKind {
+    /// A cluster IP: reached from pods only, never owned on the uplink.
+    #[default]
+    ClusterIp,
+    /// The node's own address and a node port: reached from outside; the uplink owns exactly
+    /// (address, protocol, port), the node's other ports stay the host's.
+    NodePort,
+    /// An external IP routed to the node: reached from outside; the uplink owns the address.
+    ExternalIp,
+}
+
 /// A service as the control plane describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -87,6 +101,7 @@ pub struct ServiceSpec {
     /// In the caller's order; [`Service::select`] returns references into this list.
     pub backends: Vec<Backend>,
     pub mode: LbMode,
+    pub kind: FrontendKind,
 }
 
 /// A service's number, carried in conntrack for reverse NAT. Never 0 (free for "no service").
@@ -177,6 +192,10 @@ impl Service {
 
     pub fn mode(&self) -> LbMode {
         self.spec.mode
+    }
+
+    pub fn kind(&self) -> FrontendKind {
+        self.spec.kind
     }
 
     /// The backend for a flow ([`flow_hash`]): `table[hash % M]`. `None` when no backend is
@@ -487,6 +506,7 @@ mod tests {
             frontend,
             backends,
             mode: LbMode::Snat,
+            kind: FrontendKind::ClusterIp,
         }
     }
 
@@ -540,6 +560,7 @@ mod tests {
                 frontend: fe,
                 backends: vec![backend(1, 1), backend(2, 1)],
                 mode: LbMode::Dsr,
+                kind: FrontendKind::ClusterIp,
             })
             .unwrap();
         assert_eq!(again, id);

@@ -17,8 +17,12 @@
  *                                  unreachable / time exceeded quoting TCP or UDP from
  *                                  config.underlay_ipv4 and a masquerade source port (a
  *                                  router's error about a masqueraded flow), or
- *                              (b) the destination is in owned_v4 / owned_v6 (destinations the
- *                                  dataplane owns: local pods today);
+ *                              (b) IPv4, TCP or UDP, not a non-first fragment, and
+ *                                  (destination, protocol, destination port) is in
+ *                                  owned_ports (NodePort frontends: the node's address, but
+ *                                  only those ports), or
+ *                              (c) the destination is in owned_v4 / owned_v6 (destinations the
+ *                                  dataplane owns: local pods, external IPs);
  *                            everything else (the host's own SSH, etcd, pings, ...) is the
  *                            kernel's, so the host's network never depends on the dataplane
  *   ARP                   -> owned only if config.redirect_arp
@@ -31,14 +35,16 @@
  * XDP_PASS, so a queue without a socket keeps working through the kernel.
  *
  * Rust twins of the shared structs and constants: xdp-redirect/src/lib.rs (RawRedirectConfig,
- * RedirectCounters, OWNED_MAX_ENTRIES, XSKMAP_MAX_ENTRIES); a test there checks the structs'
- * sizes and field offsets against the generated skeleton types.
+ * RedirectCounters, OWNED_MAX_ENTRIES, XSKMAP_MAX_ENTRIES) and src/owned_port.rs (OwnedPort,
+ * OWNED_PORTS_MAX_ENTRIES); tests there check the structs' sizes and field offsets against the
+ * generated skeleton types.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -48,6 +54,10 @@
 
 /* Prefixes per family in owned_v4 / owned_v6. Rust twin: OWNED_MAX_ENTRIES in lib.rs. */
 #define OWNED_MAX_ENTRIES 65536
+
+/* (address, protocol, port) entries in owned_ports. Rust twin: OWNED_PORTS_MAX_ENTRIES in
+ * owned_port.rs. */
+#define OWNED_PORTS_MAX_ENTRIES 16384
 
 /* The fragment offset bits of iphdr.frag_off (linux/ip.h has them only in the kernel's copy). */
 #define IP_FRAG_OFFSET 0x1fff
@@ -84,6 +94,15 @@ struct owned_v6_key {
 	__u8 addr[16];
 };
 
+/* Key of owned_ports: an exact IPv4 destination, IP protocol and destination port. Rust twin:
+ * OwnedPort::key in owned_port.rs. */
+struct owned_port_key {
+	__be32 addr;    /* network byte order */
+	__u8 protocol;  /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;       /* always 0 */
+	__be16 port;    /* network byte order */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__uint(max_entries, XSKMAP_MAX_ENTRIES);
@@ -107,8 +126,8 @@ struct {
 
 /*
  * Destinations the dataplane owns on the uplink (only read when uplink_filter is 1): local pod
- * addresses today; service frontends and NodePort addresses later (masquerade replies are
- * owned by port, through the config). The
+ * addresses and external IPs of services (masquerade replies are owned by port, through the
+ * config; NodePorts by port, through owned_ports). The
  * value is 1 (reserved: it may say why the destination is owned one day). LPM tries must be
  * created without preallocation.
  */
@@ -127,6 +146,18 @@ struct {
 	__type(key, struct owned_v6_key);
 	__type(value, __u32);
 } owned_v6 SEC(".maps");
+
+/*
+ * Transport ports the dataplane owns on an address that otherwise stays the host's: NodePort
+ * frontends on the node's own address (only read when uplink_filter is 1). An exact hash, not
+ * a trie: a port is never a prefix. The value is 1 (reserved, as in owned_v4).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, OWNED_PORTS_MAX_ENTRIES);
+	__type(key, struct owned_port_key);
+	__type(value, __u32);
+} owned_ports SEC(".maps");
 
 enum decision {
 	NOT_OWNED,
@@ -259,6 +290,29 @@ static __always_inline enum decision owned_on_underlay(const struct iphdr *ip,
 	return is_masquerade_port(port, c) ? OWNED : NOT_OWNED;
 }
 
+/*
+ * TCP or UDP to an owned (address, protocol, destination port): NodePort frontends, on any
+ * address (the node's own, usually). Kept apart from owned_on_underlay, which only looks at
+ * frames to the underlay address.
+ */
+static __always_inline enum decision owned_port(const struct iphdr *ip, const void *data_end)
+{
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+		return NOT_OWNED;
+	if (ip->frag_off & bpf_htons(IP_FRAG_OFFSET))
+		return NOT_OWNED; /* a non-first fragment carries no ports */
+	const __be16 *ports = after_options(ip);
+	if ((const void *)(ports + 2) > data_end)
+		return TRUNCATED;
+	struct owned_port_key key = {
+		.addr = ip->daddr,
+		.protocol = ip->protocol,
+		.pad = 0,
+		.port = ports[1],
+	};
+	return bpf_map_lookup_elem(&owned_ports, &key) ? OWNED : NOT_OWNED;
+}
+
 static __always_inline enum decision uplink_ipv4(const void *l3, const void *data_end,
 						 const struct config_regs *c)
 {
@@ -270,6 +324,9 @@ static __always_inline enum decision uplink_ipv4(const void *l3, const void *dat
 		if (mine != NOT_OWNED)
 			return mine;
 	}
+	enum decision port = owned_port(ip, data_end);
+	if (port != NOT_OWNED)
+		return port;
 
 	struct owned_v4_key key = { .prefixlen = 32 };
 	__builtin_memcpy(key.addr, &ip->daddr, sizeof(key.addr));

@@ -40,7 +40,7 @@ pub use nodes::{NodeMsg, NodeRef};
 pub use policy::{PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate};
 pub use request::{parse_request, Change, Envelope, NoParams, Op, Refusal, Request, OPS};
 pub use services::{BackendMsg, FrontendMsg, ServiceMsg, ServiceRef};
-pub use values::{Proto, Text, WireAction, WireDirection, WireEncap, WireLbMode};
+pub use values::{Proto, Text, WireAction, WireDirection, WireEncap, WireFrontendKind, WireLbMode};
 
 /// A request that was refused: what is wrong, where, and what to do. Nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Proto, WireLbMode};
-use crate::tables::services::{Backend, Frontend, LbMode, Service, ServiceSpec};
+use super::{Proto, WireFrontendKind, WireLbMode};
+use crate::tables::services::{Backend, Frontend, FrontendKind, LbMode, Service, ServiceSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +36,10 @@ impl From<&Frontend> for FrontendMsg {
     }
 }
 
+fn is_cluster_ip(kind: &WireFrontendKind) -> bool {
+    *kind == WireFrontendKind::ClusterIp
+}
+
 fn one() -> u16 {
     1
 }
@@ -59,6 +63,9 @@ pub struct ServiceMsg {
     pub backends: Vec<BackendMsg>,
     #[serde(default)]
     pub mode: WireLbMode,
+    /// Who reaches the frontend: decides what the uplink's XDP program hands the dataplane.
+    #[serde(default, skip_serializing_if = "is_cluster_ip")]
+    pub kind: WireFrontendKind,
     /// Output only: the service id conntrack carries. Ignored on input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u32>,
@@ -81,6 +88,11 @@ impl ServiceMsg {
                 WireLbMode::Snat => LbMode::Snat,
                 WireLbMode::Dsr => LbMode::Dsr,
             },
+            kind: match self.kind {
+                WireFrontendKind::ClusterIp => FrontendKind::ClusterIp,
+                WireFrontendKind::NodePort => FrontendKind::NodePort,
+                WireFrontendKind::ExternalIp => FrontendKind::ExternalIp,
+            },
         }
     }
 }
@@ -101,6 +113,11 @@ impl From<&Service> for ServiceMsg {
             mode: match s.mode() {
                 LbMode::Snat => WireLbMode::Snat,
                 LbMode::Dsr => WireLbMode::Dsr,
+            },
+            kind: match s.kind() {
+                FrontendKind::ClusterIp => WireFrontendKind::ClusterIp,
+                FrontendKind::NodePort => WireFrontendKind::NodePort,
+                FrontendKind::ExternalIp => WireFrontendKind::ExternalIp,
             },
             id: Some(s.id().0),
         }

@@ -145,6 +145,17 @@ pub enum WireLbMode {
     Dsr,
 }
 
+/// Who reaches a frontend (`tables::services::FrontendKind`): `cluster_ip` (default),
+/// `node_port`, `external_ip`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireFrontendKind {
+    #[default]
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WireEncap {
