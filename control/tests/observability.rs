@@ -99,7 +99,7 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-fn build_pods(node: &str, netns: &mut NetNsGuard) -> Vec<Pod> {
+fn build_pods(node: &str, tag: &str, netns: &mut NetNsGuard) -> Vec<Pod> {
     let pid = std::process::id();
     netns.add(node).unwrap_or_else(|e| panic!("{e}"));
     ip_in(node, &["link", "set", "lo", "up"]);
@@ -107,7 +107,7 @@ fn build_pods(node: &str, netns: &mut NetNsGuard) -> Vec<Pod> {
     for (i, name) in ["a", "b"].into_iter().enumerate() {
         let ns = format!("{node}-{name}");
         netns.add(&ns).unwrap_or_else(|e| panic!("{e}"));
-        let host_if = format!("fobs{pid}{name}");
+        let host_if = format!("fobs{pid}{tag}{name}");
         let ip = Ipv4Addr::new(10, 79, 0, 11 + i as u8);
         ip_in(
             node,
@@ -141,13 +141,15 @@ fn build_pods(node: &str, netns: &mut NetNsGuard) -> Vec<Pod> {
 }
 
 impl Harness {
-    fn start(dataplane_bin: &Path) -> Harness {
+    /// The harness of one test: `tag` (one letter) tells its namespaces, interfaces and files
+    /// from those of the other tests running in parallel.
+    fn start(dataplane_bin: &Path, tag: &str) -> Harness {
         let pid = std::process::id();
-        let node = format!("fobs-{pid}");
-        let dir = testkit::private_dir("fobs-");
+        let node = format!("fobs-{pid}{tag}");
+        let dir = testkit::private_dir(&format!("fobs-{tag}-"));
         let etcd = Etcd::start().expect("etcd (checked by preflight)");
         let mut netns = NetNsGuard::default();
-        let pods = build_pods(&node, &mut netns);
+        let pods = build_pods(&node, tag, &mut netns);
         let mut h = Harness {
             control: Proc {
                 child: None,
@@ -322,7 +324,7 @@ fn prometheus_scrapes_the_dataplane_and_both_endpoints_pass_promtool() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let h = Harness::start(&bin);
+    let h = Harness::start(&bin, "p");
     let stop = Arc::new(AtomicBool::new(false));
     let b = h.pod("b");
     let server = tcp_server(
@@ -431,4 +433,382 @@ fn prometheus_scrapes_the_dataplane_and_both_endpoints_pass_promtool() {
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
     drop(prometheus);
+}
+
+/// The monitor socket the dataplane serves beside its control socket (its default).
+fn monitor_socket(h: &Harness) -> PathBuf {
+    h.dir.join("dataplane-monitor.sock")
+}
+
+/// A sample of the dataplane's `/metrics`, 0 when absent (or not served yet: the metrics
+/// server starts after the control socket the harness waits for).
+fn dataplane_sample(h: &Harness, name: &str) -> f64 {
+    http_get_in(&h.node, DATAPLANE_METRICS.parse().unwrap(), "/metrics")
+        .ok()
+        .and_then(|text| sample(&text, name))
+        .unwrap_or(0.0)
+}
+
+/// The dataplane's endpoint id and identity of pod `name`.
+fn endpoint_of(h: &Harness, name: &str) -> (u64, u64) {
+    let eps = dataplane_request(&h.socket, &json!({"op": "dump", "table": "endpoints"}));
+    let ip = h.pod(name).ip.to_string();
+    let ep = eps["entries"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["ipv4"] == ip))
+        .unwrap_or_else(|| panic!("endpoint {name} in the dataplane: {eps}"));
+    (ep["id"].as_u64().unwrap(), ep["identity"].as_u64().unwrap())
+}
+
+/// A, B with a server on B, A reaching B, then nobody admitted into B (enforced).
+fn deny_into_b_after_a_reached_it(h: &Harness, stop: &Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let b = h.pod("b");
+    let server = tcp_server(
+        &b.netns,
+        SocketAddr::new(IpAddr::V4(b.ip), PORT),
+        stop,
+        echo,
+    );
+    wait_for_within("A reaches B (no policy yet)", CONVERGE, || {
+        h.connect_a_to_b(Duration::from_secs(1)).is_ok()
+    });
+    h.deny_all_into_b();
+    wait_for_within("B's ingress is enforced", CONVERGE, || {
+        h.ingress_of_b().is_some_and(|i| i["enforced"] == true)
+    });
+    server
+}
+
+/// `flagella monitor` with these arguments, its stdout to `stdout`.
+fn spawn_monitor(h: &Harness, args: &[&str], stdout: Stdio) -> std::process::Child {
+    Command::new(FLAGELLA)
+        .arg("--etcd")
+        .arg(&h.etcd_url)
+        .args(["-o", "json", "monitor", "--socket"])
+        .arg(monitor_socket(h))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run flagella monitor")
+}
+
+fn wait_for_subscribers(h: &Harness, n: f64) {
+    wait_for_within(&format!("{n} monitor subscriber(s)"), CONVERGE, || {
+        dataplane_sample(h, "flagella_monitor_subscribers") == n
+    });
+}
+
+#[test]
+fn monitor_shows_the_denied_syn_with_identities_and_labels_and_its_pcap_opens_in_tshark() {
+    let bin = match preflight() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    if Command::new("tshark").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: tshark is not installed (apt-get install tshark)");
+        return;
+    }
+    let h = Harness::start(&bin, "m");
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = deny_into_b_after_a_reached_it(&h, &stop);
+    let (a_ep, a_id) = endpoint_of(&h, "a");
+    let (b_ep, b_id) = endpoint_of(&h, "b");
+
+    let pcap = h.dir.join("denied.pcap");
+    let b_ep_arg = b_ep.to_string();
+    let mut monitor = spawn_monitor(
+        &h,
+        &[
+            "--type",
+            "drop",
+            "--reason",
+            "policy_denied_ingress",
+            "--endpoint",
+            &b_ep_arg,
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--count",
+            "1",
+        ],
+        Stdio::piped(),
+    );
+    wait_for_subscribers(&h, 1.0);
+    wait_for_within("flagella monitor showed a denied SYN", CONVERGE, || {
+        let _ = h.connect_a_to_b(Duration::from_millis(500));
+        monitor.try_wait().unwrap().is_some()
+    });
+    let out = monitor.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "flagella monitor: {out:?}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"flow\""))
+        .unwrap_or_else(|| panic!("no flow in the monitor's output:\n{stdout}"));
+    let record: Value = serde_json::from_str(line).unwrap();
+    let flow = &record["flow"];
+    eprintln!("flagella monitor: {flow}");
+    assert_eq!(flow["verdict"], "DROPPED");
+    assert_eq!(flow["drop_reason_desc"], "policy_denied_ingress");
+    assert_eq!(flow["stage"], "policy");
+    assert_eq!(flow["event_type"]["type"], "drop");
+    assert_eq!(flow["traffic_direction"], "ingress");
+    assert_eq!(flow["interface"]["index"], h.pod("a").ifindex);
+    assert_eq!(flow["source"]["identity"], a_id);
+    assert_eq!(flow["source"]["ID"], a_ep);
+    assert_eq!(flow["destination"]["identity"], b_id);
+    assert_eq!(flow["destination"]["ID"], b_ep);
+    let has_label = |side: &str, label: &str| {
+        flow[side]["labels"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|s| s.as_str().is_some_and(|s| s.ends_with(label)))
+        })
+    };
+    assert!(has_label("source", "app=a"), "A's labels from etcd: {flow}");
+    assert!(
+        has_label("destination", "app=b"),
+        "B's labels from etcd: {flow}"
+    );
+    assert_eq!(flow["IP"]["source"], h.pod("a").ip.to_string());
+    assert_eq!(flow["IP"]["destination"], h.pod("b").ip.to_string());
+    assert_eq!(flow["l4"]["TCP"]["destination_port"], PORT);
+    assert!(flow["l4"]["TCP"]["source_port"]
+        .as_u64()
+        .is_some_and(|p| p > 0));
+    assert_eq!(flow["l4"]["TCP"]["flags"], json!({"SYN": true}));
+
+    // The pcap: tshark reads it and shows that SYN.
+    let tshark = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "tcp.dstport",
+        ])
+        .args([
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.flags.syn",
+            "-e",
+            "tcp.flags.ack",
+        ])
+        .output()
+        .expect("run tshark");
+    let shown = String::from_utf8_lossy(&tshark.stdout);
+    assert!(tshark.status.success(), "tshark -r: {tshark:?}");
+    let fields: Vec<&str> = shown.trim().split('\t').collect();
+    let sport = flow["l4"]["TCP"]["source_port"].to_string();
+    let a_ip = h.pod("a").ip.to_string();
+    let b_ip = h.pod("b").ip.to_string();
+    let port = PORT.to_string();
+    assert_eq!(fields.len(), 6, "one frame in the pcap: {shown}");
+    assert_eq!(
+        &fields[..4],
+        [&a_ip, &b_ip, &port, &sport],
+        "tshark: {shown}"
+    );
+    assert!(["1", "True"].contains(&fields[4]), "SYN set: {shown}");
+    assert!(["0", "False"].contains(&fields[5]), "ACK clear: {shown}");
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+}
+
+/// From namespace `netns`: `bytes` sent to the echo server at `addr` and all read back.
+fn transfer(netns: &str, addr: SocketAddr, bytes: usize) -> Result<usize, String> {
+    common::net::spawn_in(netns, move || {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut writer = s.try_clone().map_err(|e| e.to_string())?;
+        let sender = thread::spawn(move || {
+            use std::io::Write;
+            let chunk = vec![0x5au8; 64 << 10];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                writer.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
+                left -= n;
+            }
+            writer
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(|e| e.to_string())
+        });
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut &s, &mut got).map_err(|e| format!("read: {e}"))?;
+        sender.join().map_err(|_| "sender panicked".to_string())??;
+        if got.iter().any(|b| *b != 0x5a) {
+            return Err("corrupted bytes".into());
+        }
+        Ok(got.len())
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Events produced while someone listened: sent to the subscribers, or lost in a ring.
+fn produced_events(h: &Harness) -> f64 {
+    let metrics = h.dataplane_metrics();
+    sample(&metrics, "flagella_monitor_events_total").unwrap_or(0.0)
+        + sample(
+            &metrics,
+            "flagella_monitor_events_lost_total{source=\"worker_ring\"}",
+        )
+        .unwrap_or(0.0)
+}
+
+/// Every `{"flow"...}` and the lost counts in a monitor's JSON lines.
+fn tally(lines: &str) -> (u64, u64) {
+    let mut flows = 0;
+    let mut lost = 0;
+    for l in lines.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            continue;
+        };
+        if v.get("flow").is_some() {
+            flows += 1;
+        } else if let Some(n) = v["lost_events"]["num_events_lost"].as_u64() {
+            lost += n;
+        }
+    }
+    (flows, lost)
+}
+
+#[test]
+fn a_flood_of_denied_packets_loses_monitor_events_visibly_while_forwarding_and_control_go_on() {
+    const FLOOD: usize = 200_000;
+    const TRANSFER: usize = 8 << 20;
+    let bin = match preflight() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let h = Harness::start(&bin, "f");
+    let stop = Arc::new(AtomicBool::new(false));
+    let server_b = deny_into_b_after_a_reached_it(&h, &stop);
+    let a = h.pod("a");
+    let a_addr = SocketAddr::new(IpAddr::V4(a.ip), PORT);
+    let server_a = tcp_server(&a.netns, a_addr, &stop, echo);
+
+    // The CLI subscribes first (so it hears every event produced while anyone listens), then a
+    // subscriber that reads nothing until the flood is over: its queue must overflow.
+    let cli_out = h.dir.join("monitor.jsonl");
+    let mut cli = spawn_monitor(
+        &h,
+        &["--no-labels"],
+        Stdio::from(File::create(&cli_out).unwrap()),
+    );
+    wait_for_subscribers(&h, 1.0);
+    let slow = UnixStream::connect(monitor_socket(&h)).unwrap();
+    wait_for_subscribers(&h, 2.0);
+    // Events produced before this (a pod's stray IPv6 neighbour discovery, say) reached the
+    // CLI only; the slow subscriber may or may not have seen those of the last instants.
+    let produced_before_slow = produced_events(&h);
+
+    // The flood: real kernel UDP from A to a port of B nobody is admitted to.
+    let b_ip = h.pod("b").ip;
+    let flood = common::net::spawn_in(&a.netns, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        (0..FLOOD)
+            .filter(|i| socket.send_to(&i.to_le_bytes(), (b_ip, PORT + 1)).is_ok())
+            .count()
+    });
+    // Beside it: B -> A, allowed, and the control socket, asked until the flood is over.
+    let b_netns = h.pod("b").netns.clone();
+    let transfer = thread::spawn(move || transfer(&b_netns, a_addr, TRANSFER));
+    let mut answers = 0;
+    loop {
+        dataplane_request(&h.socket, &json!({"op": "status"}));
+        answers += 1;
+        if flood.is_finished() {
+            break;
+        }
+    }
+    let moved = transfer.join().unwrap();
+    let sent = flood.join().unwrap();
+    eprintln!("flood: {sent} datagrams sent; control answered {answers} time(s) during it");
+    assert_eq!(
+        moved,
+        Ok(TRANSFER),
+        "the allowed transfer completes beside the flood"
+    );
+    assert!(sent > FLOOD / 2, "the flood was sent: {sent}");
+
+    // The slow subscriber: what it missed (the rings', and its own queue's overflow: the flood
+    // produced far more events than its queue and socket hold, so it lost some) is reported
+    // to it, and what it read plus what it was told it lost is everything produced since it
+    // subscribed.
+    slow.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut reader = std::io::BufReader::new(&slow);
+    let mut slow_lines = String::new();
+    wait_for_within(
+        "the slow subscriber's events and losses add up",
+        CONVERGE,
+        || {
+            loop {
+                match std::io::BufRead::read_line(&mut reader, &mut slow_lines) {
+                    Ok(0) => panic!("the monitor socket closed"),
+                    Ok(_) => continue,
+                    Err(_) => break, // Nothing more for now.
+                }
+            }
+            let (flows, lost) = tally(&slow_lines);
+            let produced = produced_events(&h);
+            eprintln!(
+                "slow subscriber: {flows} flows + {lost} lost; dataplane: {produced} produced, \
+                 {produced_before_slow} before it subscribed"
+            );
+            let accounted = (flows + lost) as f64;
+            produced - produced_before_slow <= accounted && accounted <= produced && lost > 0
+        },
+    );
+    drop(reader);
+    drop(slow);
+    let lost_total = dataplane_sample(
+        &h,
+        "flagella_monitor_events_lost_total{source=\"subscriber_queue\"}",
+    ) + dataplane_sample(
+        &h,
+        "flagella_monitor_events_lost_total{source=\"worker_ring\"}",
+    );
+    assert!(lost_total > 0.0, "/metrics counts the lost events");
+
+    // Accounting: every event produced while someone listened reached the CLI or was reported
+    // to it as lost (once the stragglers are in).
+    wait_for_within(
+        "the CLI's events and losses add up to the dataplane's",
+        CONVERGE,
+        || {
+            let metrics = h.dataplane_metrics();
+            let produced = sample(&metrics, "flagella_monitor_events_total").unwrap_or(0.0)
+                + sample(
+                    &metrics,
+                    "flagella_monitor_events_lost_total{source=\"worker_ring\"}",
+                )
+                .unwrap_or(0.0);
+            let (flows, lost) = tally(&std::fs::read_to_string(&cli_out).unwrap());
+            eprintln!("CLI: {flows} flows + {lost} lost; dataplane: {produced} produced");
+            (flows + lost) as f64 == produced && flows > 0
+        },
+    );
+    let denied = dataplane_sample(&h, "flagella_drops_total{reason=\"policy_denied_ingress\"}");
+    assert!(denied > 0.0);
+    let _ = cli.kill();
+    let _ = cli.wait();
+    stop.store(true, Ordering::Relaxed);
+    server_b.join().unwrap();
+    server_a.join().unwrap();
 }

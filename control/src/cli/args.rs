@@ -81,6 +81,23 @@ pub enum Noun {
     },
     /// Is etcd reachable, what it holds; with --dataplane-socket, the dataplane's status
     Status(StatusArgs),
+    /// Watch the dataplane's drops, policy verdicts and traces live (and capture them to pcap)
+    #[command(
+        long_about = "Watch the dataplane's events live: every drop (reason, the stage that \
+dropped it, direction, interface, both identities with their labels and endpoints, addresses, \
+ports, protocol, TCP flags), policy verdicts of admitted new flows (sampled: the dataplane's \
+--monitor-policy-sample) and traces (the dataplane's --monitor-trace).\n\n\
+Reads the dataplane's monitor socket (run as root on the node). Identity labels come from the \
+agent's view, the identities in etcd (--etcd); without etcd, numbers only. Events the \
+dataplane could not deliver (a flood filled a worker's ring, or this reader was too slow) are \
+reported as LOST lines (`lost_events` in JSON), never silently. Stops when the dataplane \
+stops, after --count events, or on ^C.",
+        after_long_help = "EXAMPLES:\n  \
+flagella monitor --type drop\n  \
+flagella monitor -o json --endpoint 12 --reason policy_denied_ingress\n  \
+flagella monitor --type drop --pcap drops.pcap   # then: tshark -r drops.pcap"
+    )]
+    Monitor(MonitorArgs),
 }
 
 /// The policy kinds `--kind` accepts (Cilium's short names too). Named as the API kinds are.
@@ -394,6 +411,54 @@ pub enum NamespaceVerb {
         #[arg(long, value_name = "K=V[,K=V...]", default_value = "", value_parser = parse_labels)]
         labels: std::collections::BTreeMap<String, String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// The dataplane's monitor socket
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/flagella/dataplane-monitor.sock"
+    )]
+    pub socket: PathBuf,
+
+    /// Only events of this type (repeat for several); `policy-verdict` includes policy drops
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub types: Vec<EventTypeArg>,
+
+    /// Only events from or to this endpoint id (repeatable)
+    #[arg(long, value_name = "ID")]
+    pub endpoint: Vec<u32>,
+
+    /// Only events from or to this security identity (repeatable)
+    #[arg(long, value_name = "N")]
+    pub identity: Vec<u32>,
+
+    /// Only drops for this reason, by name (policy_denied_ingress) or number (repeatable)
+    #[arg(long, value_name = "REASON")]
+    pub reason: Vec<String>,
+
+    /// Also write the frames of the shown events (their first 128 bytes) to FILE as a pcap
+    /// (tshark, tcpdump and Wireshark open it)
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
+    /// Stop after N events shown (lost-event lines not counted)
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Do not read identity labels from etcd
+    #[arg(long)]
+    pub no_labels: bool,
+}
+
+/// Event types of `flagella monitor --type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventTypeArg {
+    Drop,
+    PolicyVerdict,
+    Trace,
 }
 
 #[derive(Debug, Args)]

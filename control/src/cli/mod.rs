@@ -20,8 +20,10 @@
 pub mod args;
 pub mod endpoint;
 pub mod identity;
+pub mod monitor;
 pub mod namespace;
 pub mod node;
+pub mod pcap;
 pub mod policy;
 pub mod render;
 pub mod service;
@@ -166,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Noun::Node { verb } => node::run(verb, etcd, out).await?,
         Noun::Namespace { verb } => namespace::run(verb, etcd, out).await?,
         Noun::Status(args) => return status::run(args, etcd, out).await,
+        Noun::Monitor(args) => monitor::run(args, etcd, out).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

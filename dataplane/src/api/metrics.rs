@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use prometheus::{CounterVec, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use super::monitor::MonitorStats;
 use super::publish::{CtSummary, WorkerCounters};
 use crate::pipeline::{Counters, DropReason, Stage};
 use crate::tables::conntrack::CtStats;
@@ -108,6 +109,48 @@ pub fn encode(registry: &Registry) -> Result<String, prometheus::Error> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The monitor's event accounting (`flagella monitor`, docs/monitor.md): appended to
+/// [`render`]'s text by a daemon that serves the monitor socket.
+pub fn render_monitor(stats: &MonitorStats) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    let lost = IntCounterVec::new(
+        Opts::new(
+            "flagella_monitor_events_lost_total",
+            "Monitor events lost: `worker_ring` (a worker's ring was full), `subscriber_queue` \
+             (a subscriber read too slowly).",
+        ),
+        &["source"],
+    )?;
+    registry.register(Box::new(lost.clone()))?;
+    lost.with_label_values(&["worker_ring"])
+        .inc_by(stats.ring_lost.load(Ordering::Relaxed));
+    lost.with_label_values(&["subscriber_queue"])
+        .inc_by(stats.subscriber_lost.load(Ordering::Relaxed));
+    let events = IntCounterVec::new(
+        Opts::new(
+            "flagella_monitor_events_total",
+            "Monitor events sent to subscribers.",
+        ),
+        &[],
+    )?;
+    registry.register(Box::new(events.clone()))?;
+    events
+        .with_label_values::<&str>(&[])
+        .inc_by(stats.events.load(Ordering::Relaxed));
+    let subscribers = IntGaugeVec::new(
+        Opts::new(
+            "flagella_monitor_subscribers",
+            "Clients connected to the monitor socket.",
+        ),
+        &[],
+    )?;
+    registry.register(Box::new(subscribers.clone()))?;
+    subscribers
+        .with_label_values::<&str>(&[])
+        .set(i64::try_from(stats.subscribers.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    encode(&registry)
 }
 
 /// Each worker's conntrack table: occupancy, capacity and the table's own counters.

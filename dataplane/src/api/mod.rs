@@ -29,7 +29,9 @@
 
 pub mod apply;
 pub mod control;
+pub mod flow;
 pub mod metrics;
+pub mod monitor;
 pub mod protocol;
 pub mod publish;
 pub mod server;

@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use dataplane::api::metrics::{self, KernelCounters, MetricsError, MetricsServer, Render};
+use dataplane::api::monitor::{EventHub, MonitorError, MonitorServer, MonitorStats};
 use dataplane::api::{ControlServer, ServerError, SocketAccess, StatsRegistry, TablesHandle};
 use dataplane::daemon::config::{
     ConfigError, DaemonConfig, InterfaceConfig, Role, WorkerSection, XdpMode, DEFAULT_CONFIG_PATH,
@@ -58,6 +59,7 @@ use dataplane::daemon::uplink_frontends::UplinkPort;
 use dataplane::io::{IoError, PortSpec, SocketStatsReader, Worker, WorkerConfig, XskConfig};
 use dataplane::nexthop;
 use dataplane::nexthop::netlink::{Netlink, NetlinkError};
+use dataplane::pipeline::event_ring::EventConfig;
 use dataplane::pipeline::{MasqueradeConfig, PipelineConfig};
 use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::maglev::DEFAULT_M;
@@ -151,6 +153,22 @@ struct Cli {
     /// Control socket path (mode 0600); default from the file, else /run/flagella/dataplane.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+
+    /// The monitor socket (the control socket's mode), which streams drop, policy-verdict and trace events as
+    /// JSON lines to `flagella monitor` (docs/monitor.md); `off` to serve none. Default: beside
+    /// the control socket, named after it (`dataplane.sock` -> `dataplane-monitor.sock`).
+    #[arg(long, value_name = "PATH|off")]
+    monitor_socket: Option<String>,
+
+    /// One policy-verdict event per N flows policy admitted (while someone monitors); 0: none.
+    /// Drops are always reported.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    monitor_policy_sample: u32,
+
+    /// Also report a trace event for every forwarded frame while someone monitors (costly:
+    /// for debugging).
+    #[arg(long)]
+    monitor_trace: bool,
 
     /// `true`: the control socket is mode 0660, so members of the daemon's group may connect
     /// (run flagella-control as another user in that group: it then cannot signal the
@@ -285,6 +303,8 @@ enum DaemonError {
     Preflight(#[from] PreflightError),
     #[error("masquerade: {0}")]
     Masquerade(#[from] MasqueradeError),
+    #[error("monitor: {0}")]
+    Monitor(#[from] MonitorError),
     #[error("cannot read {what} of interface `{ifname}` from {path}: {source}: check the interface still exists")]
     InterfaceFacts {
         ifname: String,
@@ -446,6 +466,12 @@ fn start(
     running: &mut Running,
 ) -> Result<(), DaemonError> {
     let mut socket_readers = Vec::new();
+    let mut hub = monitor_socket(cfg, cli).map(|_| {
+        EventHub::new(EventConfig {
+            policy_sample: cli.monitor_policy_sample,
+            trace: cli.monitor_trace,
+        })
+    });
     for (index, section) in workers.iter().enumerate() {
         let masq = masquerade::range(cfg)
             .map(|ports| masquerade::worker_config(ports, index, workers.len()))
@@ -457,6 +483,9 @@ fn start(
         worker.set_idle_sleep(Some(Duration::from_micros(cfg.idle_sleep_us)));
         let name = format!("worker-{index}");
         worker.publish_to(stats.register(&name, PUBLISH_EVERY));
+        if let Some(hub) = hub.as_mut() {
+            worker.report_events(hub.sink());
+        }
         let source = tables.clone();
         let handle = thread::Builder::new()
             .name(name.clone())
@@ -496,8 +525,14 @@ fn start(
         })?;
     running.server = Some(handle);
 
+    let monitor_stats = match (hub, monitor_socket(cfg, cli)) {
+        (Some(hub), Some(path)) => Some(start_monitor(hub, &path, access, running)?),
+        _ => None,
+    };
+
     if let Ok(Some(address)) = cfg.metrics() {
-        let server = MetricsServer::bind(address, scrape(stats, &running.xdp, socket_readers))?;
+        let render = scrape(stats, &running.xdp, socket_readers, monitor_stats);
+        let server = MetricsServer::bind(address, render)?;
         log(&format!("metrics: http://{address}/metrics"));
         let name = "metrics".to_string();
         let handle = thread::Builder::new()
@@ -526,6 +561,51 @@ fn start(
         running.aux.push((name, handle));
     }
     Ok(())
+}
+
+/// The monitor socket's path: `--monitor-socket`, else `<control socket's name>-monitor.sock`
+/// beside the control socket (`/run/flagella/dataplane-monitor.sock`), so that dataplanes
+/// whose control sockets share a directory do not share a monitor socket; `None` for `off`.
+fn monitor_socket(cfg: &DaemonConfig, cli: &Cli) -> Option<PathBuf> {
+    match cli.monitor_socket.as_deref() {
+        Some("off") => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => {
+            let stem = cfg
+                .socket
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "dataplane".into());
+            Some(cfg.socket.with_file_name(format!("{stem}-monitor.sock")))
+        }
+    }
+}
+
+/// Binds the monitor socket and serves it on its own thread; returns its loss totals.
+/// `access`: the control socket's, so whoever may use one may use the other.
+fn start_monitor(
+    hub: EventHub,
+    path: &Path,
+    access: SocketAccess,
+    running: &mut Running,
+) -> Result<Arc<MonitorStats>, DaemonError> {
+    create_socket_dir(path, access)?;
+    let mut server = MonitorServer::bind(path, access.mode(), hub, dataplane::io::monotonic_ns())?;
+    let stats = server.stats();
+    log(&format!("monitor socket {}", path.display()));
+    let name = "monitor".to_string();
+    let handle = thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            server.run(&SHUTDOWN);
+            Ok(())
+        })
+        .map_err(|source| DaemonError::Spawn {
+            name: name.clone(),
+            source,
+        })?;
+    running.aux.push((name, handle));
+    Ok(stats)
 }
 
 /// The file (when there is one), then the flags on top; validated once more after merging.
@@ -1038,6 +1118,7 @@ fn scrape(
     stats: &Arc<StatsRegistry>,
     xdp: &[InterfaceXdp],
     sockets: Vec<(String, u32, SocketStatsReader)>,
+    monitor: Option<Arc<MonitorStats>>,
 ) -> Render {
     let stats = Arc::clone(stats);
     let programs: Vec<(String, Arc<XdpProgram>)> = xdp
@@ -1058,7 +1139,11 @@ fn scrape(
                     .push((ifname.clone(), *queue, s.fields().to_vec()));
             }
         }
-        metrics::render(&stats.total(), &stats.per_worker(), &kernel)
+        let mut text = metrics::render(&stats.total(), &stats.per_worker(), &kernel)?;
+        if let Some(monitor) = &monitor {
+            text.push_str(&metrics::render_monitor(monitor)?);
+        }
+        Ok(text)
     })
 }
 

@@ -55,7 +55,7 @@ mod worker;
 
 pub use config::{BindMode, XskConfig};
 pub use counters::{IoCounters, SocketStats};
-pub use sys::SocketStatsReader;
+pub use sys::{monotonic_ns, SocketStatsReader};
 pub use umem::SocketInfo;
 pub use worker::{TablesSource, Worker, WorkerConfig};
 

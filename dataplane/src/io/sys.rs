@@ -135,7 +135,7 @@ impl SocketStatsReader {
 
 /// Nanoseconds of `CLOCK_MONOTONIC` (the clock conntrack ages entries with).
 #[inline]
-pub(crate) fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

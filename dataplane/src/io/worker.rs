@@ -28,6 +28,7 @@ use super::config::XskConfig;
 use super::counters::{IoCounters, SocketStats};
 use super::umem::{SocketInfo, Xsk};
 use super::{sys, IoError, PortSpec};
+use crate::pipeline::event_ring::EventSink;
 use crate::pipeline::{IoSummary, Pipeline, PipelineConfig, Publisher};
 use crate::tables::{Tables, TablesHandle};
 
@@ -125,6 +126,12 @@ impl Worker {
     /// per pass.
     pub fn publish_to(&mut self, publisher: impl Publisher + 'static) {
         self.publisher = Some(Box::new(publisher));
+    }
+
+    /// Reports the pipeline's drops (sampled policy verdicts, traces) to the monitor through
+    /// `sink`, this worker's own ring, while someone listens.
+    pub fn report_events(&mut self, sink: EventSink) {
+        self.pipeline.report_events(sink);
     }
 
     /// The worker's sockets, in port order: register each fd under its queue in the XSKMAP of

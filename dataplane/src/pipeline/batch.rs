@@ -15,6 +15,8 @@
 
 use super::counters::{Counters, Stage};
 use super::drop::DropReason;
+use super::event::Origin;
+use super::event_ring::EventSink;
 use super::meta::{PacketMeta, Verdict};
 use crate::frame::Frame;
 use crate::tables::conntrack::Conntrack;
@@ -53,6 +55,7 @@ impl Ctx<'_> {
     #[inline]
     pub fn drop(&mut self, m: &mut PacketMeta, stage: Stage, reason: DropReason) {
         m.verdict = Verdict::Drop(reason);
+        m.drop_stage = stage as u8;
         self.c.drop(stage, reason);
     }
 }
@@ -119,9 +122,11 @@ impl<'a, B: AsRef<[u8]> + AsMut<[u8]>> Batch<'a, B> {
 
     /// Ends the batch: counts every frame's verdict (and transmitted bytes). A frame no stage
     /// decided is a bug, but never a silent forward: it becomes `Drop(NoRoute)`, counted under
-    /// the route stage.
+    /// the route stage. With `events` (someone listens to the monitor), every frame whose fate
+    /// calls for an event (every drop; sampled policy verdicts; traces) is reported there: the
+    /// one place every drop passes, so no drop escapes the monitor.
     #[inline]
-    pub fn finish(&mut self, c: &mut Counters) {
+    pub fn finish(&mut self, c: &mut Counters, events: Option<(&mut EventSink, &Origin)>) {
         for (f, m) in self.frames.iter().zip(self.meta.iter_mut()) {
             match m.verdict {
                 Verdict::Tx { .. } => {
@@ -132,10 +137,14 @@ impl<'a, B: AsRef<[u8]> + AsMut<[u8]>> Batch<'a, B> {
                 Verdict::Drop(_) => c.drop_packets += 1,
                 Verdict::Pending => {
                     m.verdict = Verdict::Drop(DropReason::NoRoute);
+                    m.drop_stage = Stage::Route as u8;
                     c.drop(Stage::Route, DropReason::NoRoute);
                     c.drop_packets += 1;
                 }
             }
+        }
+        if let Some((sink, origin)) = events {
+            sink.record(self.frames, self.meta, origin);
         }
     }
 }

@@ -101,6 +101,9 @@ pub struct FrontendAddr {
 #[derive(Clone, Copy, Debug)]
 pub struct PacketMeta {
     pub verdict: Verdict,
+    /// The stage that dropped the frame (`Stage as u8`), for the monitor's drop events: set
+    /// with a `Drop` verdict by `Batch`, never read by a stage.
+    pub drop_stage: u8,
     pub family: Family,
     /// Offset of the IP (or ARP) header in the frame.
     pub l3: u16,
@@ -150,6 +153,7 @@ impl PacketMeta {
     /// store-forwarding stall per packet).
     pub const EMPTY: PacketMeta = PacketMeta {
         verdict: Verdict::Pending,
+        drop_stage: 0,
         family: Family::Other,
         l3: 0,
         l4: 0,

@@ -26,6 +26,8 @@
 
 pub mod counters;
 pub mod drop;
+pub mod event;
+pub mod event_ring;
 pub mod meta;
 pub mod publisher;
 
@@ -54,6 +56,8 @@ pub use meta::{PacketMeta, Verdict};
 pub use publisher::{IoSummary, Publisher};
 
 use batch::{Batch, Ctx, Ingress};
+use event::Origin;
+use event_ring::EventSink;
 
 use crate::frame::Frame;
 use crate::tables::conntrack::{Conntrack, CtConfig};
@@ -122,6 +126,8 @@ pub struct Pipeline {
     last_len: usize,
     ct: Conntrack,
     counters: Counters,
+    /// Where the monitor's events go, if the daemon set it up ([`Pipeline::report_events`]).
+    events: Option<EventSink>,
 }
 
 impl Pipeline {
@@ -142,6 +148,7 @@ impl Pipeline {
             last_len: 0,
             ct: Conntrack::new(cfg.conntrack),
             counters: Counters::default(),
+            events: None,
         })
     }
 
@@ -178,6 +185,13 @@ impl Pipeline {
             self.meta.resize(n, PacketMeta::EMPTY);
         }
         let ingress = classify_ingress(tables, ingress_ifindex);
+        // One relaxed load per call: nothing more is paid while no one listens.
+        let mut events = self.events.as_mut().filter(|sink| sink.listening());
+        let origin = Origin {
+            ifindex: ingress_ifindex,
+            from_pod: matches!(ingress, Ingress::Pod(_)),
+            now,
+        };
         let metas = self.meta[..n].chunks_mut(self.batch_size);
         for (chunk, meta) in frames.chunks_mut(self.batch_size).zip(metas) {
             let mut batch = Batch::new(chunk, meta);
@@ -194,7 +208,7 @@ impl Pipeline {
             prefetch::headers(batch.frames());
             batch.receive(ctx.c);
             run_stages(&mut batch, &mut ctx, last);
-            batch.finish(ctx.c);
+            batch.finish(ctx.c, events.as_deref_mut().map(|sink| (sink, &origin)));
         }
         self.last_len = n;
         self.maintain(now);
@@ -218,6 +232,12 @@ impl Pipeline {
     /// Metadata of the frames of the last `process` call, in frame order (tests and tracing).
     pub fn last_meta(&self) -> &[PacketMeta] {
         &self.meta[..self.last_len]
+    }
+
+    /// Reports drops (and sampled policy verdicts, traces) to `sink` while someone listens to
+    /// it: the monitor's per-worker ring.
+    pub fn report_events(&mut self, sink: EventSink) {
+        self.events = Some(sink);
     }
 
     pub fn counters(&self) -> &Counters {
