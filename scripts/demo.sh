@@ -8,7 +8,8 @@
 #   3. run the node from etcd as a cluster would: its own etcd, flagella-dataplane and the node
 #      agent flagella-control; pods created with the `flagella` CLI get their addresses from the
 #      agent's IPAM; a Kubernetes NetworkPolicy imported with the CLI refuses one pod live while
-#      another still connects, `policy trace` explains the verdict, deleting the policy opens the
+#      another still connects, `flagella monitor` shows the drop live with both identities'
+#      labels, `policy trace` explains the verdict, deleting the policy opens the
 #      way again; then remove everything;
 #   4. two nodes from etcd on an underlay bridge, each with its dataplane and agent: next hops
 #      from each node's kernel, pods created the CNI way on both, a cross-node connection over
@@ -449,8 +450,19 @@ printf '    EOF\n'
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "policy import failed"
 wait_until 100 dp enforced "${PODIP[backend]}" || fail "the policy never reached the dataplane"
 say "the agent compiled it and pushed backend's ingress policy to the dataplane"
+# The drop, live: flagella monitor on the dataplane's monitor socket, until it has shown one.
+"$FLAGELLA_BIN" --etcd "$ETCD_URL" monitor --socket "$TMP/dataplane-monitor.sock" \
+  --reason policy_denied_ingress --count 1 >"$TMP/monitor.txt" 2>&1 &
+MONITOR_PID=$!
+PIDS+=("$MONITOR_PID")
+WHAT[$MONITOR_PID]="flagella monitor"
+sleep 0.5
 drops_before=$(dp drops policy_denied_ingress)
 if connect3 reports backend; then fail "reports -> backend should be refused by $POLICY"; fi
+for _ in $(seq 50); do kill -0 "$MONITOR_PID" 2>/dev/null || break; sleep 0.1; done
+printf '  $ flagella monitor --reason policy_denied_ingress --count 1\n'
+sed 's/^/    /' "$TMP/monitor.txt"
+kill -0 "$MONITOR_PID" 2>/dev/null && fail "flagella monitor showed no policy_denied_ingress drop"
 connect3 --retry frontend backend || fail "frontend -> backend should be admitted by $POLICY"
 sleep 0.3 # status lags the workers by one counter publication
 drops_after=$(dp drops policy_denied_ingress)
