@@ -67,6 +67,8 @@ impl Agent {
             .arg("--dataplane-socket")
             .arg(dir.join(format!("{}-no-dataplane.sock", self.node)))
             .args(["--etcd-timeout", "2", "--lease-ttl", "10"])
+            // Two agents share this loopback: neither serves /metrics.
+            .args(["--metrics-address", "off"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
