@@ -231,6 +231,20 @@ impl Streamer {
         }
     }
 
+    /// Waits (up to `deadline`, only as "did not hang") until the stream is flowing: the
+    /// pings that follow must compete with a client that is being answered, not one whose
+    /// reader thread has not run yet.
+    fn wait_until_answered(&self, deadline: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while self.replies.load(Ordering::Relaxed) == 0 {
+            if start.elapsed() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     fn stop(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
@@ -413,6 +427,10 @@ fn a_streaming_client_does_not_starve_the_others() {
         return;
     };
     let streamer = Streamer::start(&setup.socket);
+    assert!(
+        streamer.wait_until_answered(REPLY_DEADLINE),
+        "the streaming client got no reply at all"
+    );
     for i in 0..5 {
         fresh_ping(&setup.socket).unwrap_or_else(|e| panic!("ping {i} while streaming: {e}"));
     }
