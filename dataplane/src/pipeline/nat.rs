@@ -13,7 +13,7 @@
 //!
 //! No stage owns this module: it holds no state and reads no table.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::meta::PacketMeta;
 use crate::frame::Frame;
@@ -67,35 +67,20 @@ pub(crate) fn reverse_nat_icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
     addr: IpAddr,
     port: u16,
 ) -> bool {
-    use crate::wire::icmpv4::Icmpv4Packet;
     let (IpAddr::V4(frontend), IpAddr::V4(backend)) = (addr, m.inner.dst) else {
         return false;
     };
-    let (l3, l4, end) = (usize::from(m.l3), usize::from(m.l4), usize::from(m.l4_end));
-    let data = f.data_mut();
-    let Some(msg) = data.get_mut(l4..end) else {
-        return false;
+    let quoted = QuotedRewrite {
+        end: QuotedEnd::Destination,
+        old: backend,
+        new: frontend,
+        port,
     };
-    let mut icmp = Icmpv4Packet::new_unchecked(msg);
-    let quoted = icmp.quoted();
-    let ihl = usize::from(quoted.first().copied().unwrap_or(0) & 0x0f) * 4;
-    if ihl < ipv4::HEADER_LEN || quoted.len() < ihl + 4 {
+    if !quoted.apply(f.data_mut(), m) {
         return false;
     }
-    let inner_check = u16::from_be_bytes([quoted[10], quoted[11]]);
-    let inner_check =
-        crate::wire::checksum::update32(inner_check, u32::from(backend), u32::from(frontend));
-    let rewrites: [(usize, &[u8]); 3] = [
-        (16, &frontend.octets()),
-        (10, &inner_check.to_be_bytes()),
-        (ihl + 2, &port.to_be_bytes()),
-    ];
-    for (offset, bytes) in rewrites {
-        if icmp.rewrite_payload_incremental(offset, bytes).is_err() {
-            return false;
-        }
-    }
-    let Some(hdr) = data.get_mut(l3..l4) else {
+    let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+    let Some(hdr) = f.data_mut().get_mut(l3..l4) else {
         return false;
     };
     Ipv4Packet::new_unchecked(hdr).set_src_addr_incremental(frontend);
@@ -117,35 +102,20 @@ pub(crate) fn unsnat_icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
     addr: IpAddr,
     port: u16,
 ) -> bool {
-    use crate::wire::icmpv4::Icmpv4Packet;
     let (IpAddr::V4(original), IpAddr::V4(nat)) = (addr, m.inner.src) else {
         return false;
     };
-    let (l3, l4, end) = (usize::from(m.l3), usize::from(m.l4), usize::from(m.l4_end));
-    let data = f.data_mut();
-    let Some(msg) = data.get_mut(l4..end) else {
-        return false;
+    let quoted = QuotedRewrite {
+        end: QuotedEnd::Source,
+        old: nat,
+        new: original,
+        port,
     };
-    let mut icmp = Icmpv4Packet::new_unchecked(msg);
-    let quoted = icmp.quoted();
-    let ihl = usize::from(quoted.first().copied().unwrap_or(0) & 0x0f) * 4;
-    if ihl < ipv4::HEADER_LEN || quoted.len() < ihl + 4 {
+    if !quoted.apply(f.data_mut(), m) {
         return false;
     }
-    let inner_check = u16::from_be_bytes([quoted[10], quoted[11]]);
-    let inner_check =
-        crate::wire::checksum::update32(inner_check, u32::from(nat), u32::from(original));
-    let rewrites: [(usize, &[u8]); 3] = [
-        (12, &original.octets()),
-        (10, &inner_check.to_be_bytes()),
-        (ihl, &port.to_be_bytes()),
-    ];
-    for (offset, bytes) in rewrites {
-        if icmp.rewrite_payload_incremental(offset, bytes).is_err() {
-            return false;
-        }
-    }
-    let Some(hdr) = data.get_mut(l3..l4) else {
+    let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+    let Some(hdr) = f.data_mut().get_mut(l3..l4) else {
         return false;
     };
     Ipv4Packet::new_unchecked(hdr).set_dst_addr_incremental(original);
@@ -153,6 +123,59 @@ pub(crate) fn unsnat_icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
     m.inner.src = addr;
     m.inner.sport = port;
     true
+}
+
+/// Which end of the packet quoted in an ICMPv4 error a rewrite changes.
+#[derive(Clone, Copy)]
+enum QuotedEnd {
+    Source,
+    Destination,
+}
+
+/// One end of a quoted packet, rewritten from `old` to `new:port`: the one definition of the
+/// quote's offsets and checksums for both ICMP error translations above.
+struct QuotedRewrite {
+    end: QuotedEnd,
+    old: Ipv4Addr,
+    new: Ipv4Addr,
+    port: u16,
+}
+
+impl QuotedRewrite {
+    /// Rewrites the address, the quoted IP header's checksum and the port in the ICMPv4
+    /// message at `m`'s L4, patching the ICMP checksum for every byte changed; false when the
+    /// quote is too short to rewrite.
+    fn apply(&self, data: &mut [u8], m: &PacketMeta) -> bool {
+        use crate::wire::icmpv4::Icmpv4Packet;
+        let (l4, end) = (usize::from(m.l4), usize::from(m.l4_end));
+        let Some(msg) = data.get_mut(l4..end) else {
+            return false;
+        };
+        let mut icmp = Icmpv4Packet::new_unchecked(msg);
+        let quoted = icmp.quoted();
+        let ihl = usize::from(quoted.first().copied().unwrap_or(0) & 0x0f) * 4;
+        if ihl < ipv4::HEADER_LEN || quoted.len() < ihl + 4 {
+            return false;
+        }
+        let (addr_at, port_at) = match self.end {
+            QuotedEnd::Source => (12, ihl),
+            QuotedEnd::Destination => (16, ihl + 2),
+        };
+        let inner_check = u16::from_be_bytes([quoted[10], quoted[11]]);
+        let inner_check =
+            crate::wire::checksum::update32(inner_check, u32::from(self.old), u32::from(self.new));
+        let rewrites: [(usize, &[u8]); 3] = [
+            (addr_at, &self.new.octets()),
+            (10, &inner_check.to_be_bytes()),
+            (port_at, &self.port.to_be_bytes()),
+        ];
+        for (offset, bytes) in rewrites {
+            if icmp.rewrite_payload_incremental(offset, bytes).is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Rewrites the source (`src = true`) or destination IP address, fixing the IPv4 header
