@@ -74,7 +74,8 @@ ops! {
     /// A liveness check.
     Ping = "ping",
     Unsubscribe = "unsubscribe",
-    /// Several changes applied as one: all or none, in one publication.
+    /// Several changes applied as one: all or none, in one publication. With `txn`, one part
+    /// of a staged batch too large for one line ([`StagedPart`]).
     Batch = "batch",
 }
 
@@ -173,6 +174,23 @@ pub enum Request {
     /// Changes applied in order to one copy of the tables and published together, or refused
     /// together (a new endpoint with its policy, so it never carries traffic unenforced).
     Batch(Vec<Change>),
+    /// A `batch` with a `txn`: one part of a batch too large for one line.
+    Staged(StagedPart),
+}
+
+/// One part of a staged batch: a change set larger than a line travels as parts 0, 1, ... of
+/// one transaction (`txn`, chosen by the client, scoped to its connection). The control thread
+/// keeps the parts unpublished; the part without `more` applies all of them, in order, as one
+/// batch (all or none, one publication). A part out of order, or any refused part, discards
+/// the transaction; so does the client's disconnection or its silence (see `api::staging`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedPart {
+    pub txn: u64,
+    /// 0 for the first part (which begins the transaction), then 1, 2, ...
+    pub part: u32,
+    /// More parts follow; false on the last part, which commits.
+    pub more: bool,
+    pub changes: Vec<Change>,
 }
 
 impl Request {
@@ -185,7 +203,7 @@ impl Request {
             Request::Subscribe => Op::Subscribe,
             Request::Unsubscribe => Op::Unsubscribe,
             Request::Change(c) => c.kind(),
-            Request::Batch(_) => Op::Batch,
+            Request::Batch(_) | Request::Staged(_) => Op::Batch,
         }
     }
 
@@ -193,9 +211,15 @@ impl Request {
     pub fn to_json(&self) -> Map<String, Value> {
         let mut map = match self {
             Request::Change(c) => return c.to_json(),
-            Request::Batch(changes) => {
-                let list = changes.iter().map(|c| Value::Object(c.to_json())).collect();
-                Map::from_iter([("changes".to_string(), Value::Array(list))])
+            Request::Batch(changes) => changes_json(changes),
+            Request::Staged(p) => {
+                let mut map = changes_json(&p.changes);
+                map.insert("txn".into(), Value::from(p.txn));
+                map.insert("part".into(), Value::from(p.part));
+                if p.more {
+                    map.insert("more".into(), Value::from(true));
+                }
+                map
             }
             Request::Dump(d) => match serde_json::to_value(d) {
                 Ok(Value::Object(map)) => map,
@@ -209,6 +233,12 @@ impl Request {
         map.insert("op".into(), Value::from(self.kind().name()));
         map
     }
+}
+
+/// `{"changes":[...]}`, each change with its `op`.
+fn changes_json(changes: &[Change]) -> Map<String, Value> {
+    let list = changes.iter().map(|c| Value::Object(c.to_json())).collect();
+    Map::from_iter([("changes".to_string(), Value::Array(list))])
 }
 
 /// A parsed request and the `seq` to echo.
@@ -406,34 +436,75 @@ fn parse_op(op: &str, body: Body<'_>) -> Result<Request, RequestError> {
         | Op::NodeUpsert
         | Op::NodeDelete
         | Op::LocalNodeSet => Request::Change(Change::parse(kind, body)?),
-        Op::Batch => Request::Batch(parse_batch(body)?),
+        Op::Batch => parse_batch(body)?,
     };
     Ok(request)
 }
 
-/// The `changes` of a `batch`: each an object with the `op` of a change (a batch holds no
-/// batch, query or subscription). An error names its place, `changes[i].field`.
-fn parse_batch(body: Body<'_>) -> Result<Vec<Change>, RequestError> {
+/// A `batch`: its `changes`, each an object with the `op` of a change (a batch holds no
+/// batch, query or subscription), and, for a part of a staged batch, `txn`, `part` and `more`.
+/// An error names its place, `changes[i].field`.
+fn parse_batch(body: Body<'_>) -> Result<Request, RequestError> {
     let mut list = None;
+    let (mut txn, mut part, mut more) = (None, None, None);
     for (key, raw) in body {
-        if key != "changes" {
-            return Err(RequestError::at(
-                key.clone(),
-                format!("batch: unknown field `{key}`: a batch has only `changes`; remove it"),
-            ));
+        match key.as_str() {
+            "changes" => list = Some(raw),
+            "txn" => txn = Some(number::<u64>("txn", raw)?),
+            "part" => part = Some(number::<u32>("part", raw)?),
+            "more" => {
+                more = Some(serde_json::from_str::<bool>(raw.get()).map_err(|_| {
+                    RequestError::at("more", "batch: `more` must be true or false")
+                })?)
+            }
+            _ => {
+                return Err(RequestError::at(
+                    key.clone(),
+                    format!(
+                        "batch: unknown field `{key}`: a batch has `changes`, and `txn`, `part` \
+                         and `more` when staged; remove it"
+                    ),
+                ))
+            }
         }
-        list = Some(raw);
     }
     let must = "batch: `changes` must be a list of change requests, each with its `op`";
     let list = list.ok_or_else(|| RequestError::at("changes", must))?;
     // Each item stays unparsed text borrowed from the line until its own op parses it.
     let items: Vec<&RawValue> =
         serde_json::from_str(list.get()).map_err(|_| RequestError::at("changes", must))?;
-    items
+    let changes = items
         .into_iter()
         .enumerate()
         .map(|(i, item)| parse_batch_item(item).map_err(|e| e.in_batch(i)))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    match (txn, part) {
+        (None, None) if more.is_none() => Ok(Request::Batch(changes)),
+        (Some(txn), Some(part)) => Ok(Request::Staged(StagedPart {
+            txn,
+            part,
+            more: more.unwrap_or(false),
+            changes,
+        })),
+        (Some(_), None) => Err(RequestError::at(
+            "part",
+            "batch: a staged batch (`txn`) needs `part`: 0 for the first part, then 1, 2, ...",
+        )),
+        (None, _) => Err(RequestError::at(
+            "txn",
+            "batch: `part` and `more` need `txn`: give the transaction's number, or remove them",
+        )),
+    }
+}
+
+/// A non-negative integer field of a `batch`.
+fn number<T: DeserializeOwned>(name: &str, raw: &RawValue) -> Result<T, RequestError> {
+    serde_json::from_str(raw.get()).map_err(|_| {
+        RequestError::at(
+            name,
+            format!("batch: `{name}` must be a non-negative integer"),
+        )
+    })
 }
 
 fn parse_batch_item(item: &RawValue) -> Result<Change, RequestError> {
@@ -613,6 +684,11 @@ mod tests {
             (r#"{"op":"ping","seq":[1]}"#, "seq"),
             (r#"{"op":"batch"}"#, "changes"),
             (r#"{"op":"batch","changes":[],"atomic":true}"#, "atomic"),
+            (r#"{"op":"batch","changes":[],"txn":1}"#, "part"),
+            (r#"{"op":"batch","changes":[],"part":1}"#, "txn"),
+            (r#"{"op":"batch","changes":[],"more":true}"#, "txn"),
+            (r#"{"op":"batch","changes":[],"txn":-1,"part":0}"#, "txn"),
+            (r#"{"op":"batch","changes":[],"txn":1,"part":0,"more":1}"#, "more"),
             (
                 r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"ipcache.delete","prefix":"10.0.0.0/33"}]}"#,
                 "changes[1].prefix",
@@ -708,5 +784,20 @@ mod tests {
         assert_eq!(changes.len(), 2);
         let again = Value::Object(request.to_json()).to_string();
         assert_eq!(parse_request(again.as_bytes()).unwrap().request, request);
+    }
+
+    /// A staged part's line, as `to_json` writes it, parses back to the same part.
+    #[test]
+    fn staged_part_round_trips() {
+        let line = r#"{"op":"batch","txn":7,"part":2,"more":true,"changes":[{"op":"endpoint.delete","id":1}]}"#;
+        let request = parse_request(line.as_bytes()).unwrap().request;
+        let Request::Staged(p) = &request else {
+            panic!("{request:?}");
+        };
+        assert_eq!((p.txn, p.part, p.more, p.changes.len()), (7, 2, true, 1));
+        let again = Value::Object(request.to_json()).to_string();
+        assert_eq!(parse_request(again.as_bytes()).unwrap().request, request);
+        let last = parse_request(br#"{"op":"batch","txn":7,"part":3,"changes":[]}"#).unwrap();
+        assert!(matches!(last.request, Request::Staged(StagedPart { more: false, .. })));
     }
 }
