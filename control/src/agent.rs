@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::dataplane_client::{Change, ClientError, DataplaneClient};
+use crate::dataplane_client::{Change, ClientError, DataplaneClient, Request};
 use crate::dataplane_client::{DumpTable, LocalNodeMsg};
 use crate::endpoint_ipam::EndpointIpam;
 use crate::identity::IdentityAllocator;
@@ -42,7 +42,7 @@ use crate::metrics::AgentMetrics;
 use crate::schema::ROOT;
 pub use crate::status::Status;
 use crate::store::{Event, Store, StoreError, WatchBatch};
-use crate::sync::{local_node_facts, log, requests, ClusterState};
+use crate::sync::{fail_closed, local_node_facts, log, requests, ClusterState};
 
 /// The agent's settings.
 #[derive(Clone, Debug)]
@@ -200,11 +200,20 @@ impl Agent {
         }
     }
 
-    /// Sends changes, each endpoint in one request with its policy ([`requests`]); a lost
-    /// connection drops them (the snapshot at reconnection covers them).
+    /// Sends changes, each endpoint in one request with its policy ([`requests`]; one too large
+    /// for a line as the parts of a staged batch); a lost connection drops them (the snapshot
+    /// at reconnection covers them). A refused request's endpoints get their policy shut
+    /// ([`fail_closed`]): never less enforced than their policy says.
     async fn push(&mut self, changes: Vec<Change>) {
         let mut refusals = 0;
+        let mut refused_txn = None;
+        let mut shut = Vec::new();
         for request in requests(changes) {
+            if let Request::Staged(p) = &request {
+                if refused_txn == Some(p.txn) {
+                    continue; // an earlier part was refused: the dataplane discarded it all
+                }
+            }
             let Some(dp) = self.dataplane.as_mut() else {
                 break;
             };
@@ -218,6 +227,10 @@ impl Agent {
                 Err(ClientError::Refused { op, message }) => {
                     refusals += 1;
                     log(format!("dataplane refused {op}: {message}"));
+                    if let Request::Staged(p) = &request {
+                        refused_txn = Some(p.txn);
+                    }
+                    shut.extend(fail_closed(&request));
                 }
                 Err(e) => {
                     log(format!(
@@ -227,7 +240,35 @@ impl Agent {
                 }
             }
         }
+        self.shut_policies(shut).await;
         self.set_status(|s| s.dataplane_refusals += refusals);
+    }
+
+    /// Shuts the policies of endpoints whose push was refused (see [`fail_closed`]).
+    async fn shut_policies(&mut self, shut: Vec<Change>) {
+        for change in shut {
+            let Some(dp) = self.dataplane.as_mut() else {
+                return;
+            };
+            let what = match &change {
+                Change::PolicyReplace(m) => format!("endpoint {} ({:?})", m.endpoint, m.direction),
+                other => other.op().to_string(),
+            };
+            match dp.send(&change).await {
+                Ok(()) => log(format!(
+                    "shut the policy of {what} (nothing admitted) until its policy can be \
+                     pushed whole: fix what the dataplane refused, then restart flagella-control"
+                )),
+                // The endpoint itself was refused (it is not in the dataplane: no traffic).
+                Err(ClientError::Refused { .. }) => {}
+                Err(e) => {
+                    log(format!(
+                        "dataplane connection lost ({e}); will resync on reconnection"
+                    ));
+                    self.dataplane = None;
+                }
+            }
+        }
     }
 
     /// Sends `local_node.set` when this node's facts are due (see the module doc). A lost

@@ -28,7 +28,7 @@ use dataplane::Identity;
 pub use dataplane::api::protocol::{
     BackendMsg, Change, DumpRequest, DumpTable, EndpointMsg, EndpointRef, FrontendMsg, IpcacheMsg,
     LocalNodeMsg, NodeMsg, NodeRef, Op, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate,
-    PrefixRef, Proto, Request, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap,
+    PrefixRef, Proto, Request, ServiceMsg, ServiceRef, StagedPart, Text, WireDirection, WireEncap,
     WireFrontendKind, WireLbMode,
 };
 

@@ -49,7 +49,7 @@ mod requests;
 mod wire;
 
 pub use log::log;
-pub use requests::{requests, IPCACHE_BATCH};
+pub use requests::{fail_closed, requests, weight, IPCACHE_BATCH, PART_WEIGHT};
 pub use wire::local_node_facts;
 
 /// The model. See the module doc.
