@@ -328,6 +328,10 @@ impl Control {
             }),
         );
         body.insert("workers".into(), Value::Array(workers));
+        body.insert(
+            "staged".into(),
+            json!({ "transactions": self.staging.open(), "bytes": self.staging.bytes() }),
+        );
         body.insert("counters".into(), counters_json(&self.stats.total()));
         body
     }
