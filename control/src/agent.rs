@@ -473,6 +473,11 @@ impl Agent {
         }
         let changes = self.state.commit();
         self.push(changes).await;
+        if self.state.commit_due() {
+            // A renumbered identity's second step (see `sync::renumber`).
+            let changes = self.state.commit();
+            self.push(changes).await;
+        }
         self.push_local_node().await;
         self.set_status(|s| {
             s.etcd_reachable = true;

@@ -49,24 +49,39 @@ impl ClusterState {
 
     /// Supplies the cluster-wide number of a label set.
     pub fn set_identity(&mut self, labels: Labels, id: u32) {
-        if self.cluster_ids.insert(labels.clone(), id) != Some(id) {
-            // Everything that carries this identity must be re-sent.
-            for (key, ep) in &self.endpoints {
-                let same = self
-                    .engine
-                    .pod_identity(key)
-                    .and_then(|l| self.engine_labels.get(&l.0))
-                    == Some(&labels);
-                if same && ep.node == self.node {
-                    self.dirty_endpoints.insert(key.clone());
-                }
+        let previous = self.cluster_ids.insert(labels.clone(), id);
+        if previous == Some(id) {
+            return;
+        }
+        if let Some(old) = previous {
+            self.note_renumbering(&labels, old);
+        }
+        // The local endpoints carrying it are re-sent (the ipcache moves in `renumber.rs`).
+        for (key, ep) in &self.endpoints {
+            let same = self
+                .engine
+                .pod_identity(key)
+                .and_then(|l| self.engine_labels.get(&l.0))
+                == Some(&labels);
+            if same && ep.node == self.node {
+                self.dirty_endpoints.insert(key.clone());
             }
         }
     }
 
-    /// An identity was deleted from etcd (collected): forget the number.
+    /// An identity was deleted from etcd (collected): forget the number. What the dataplane
+    /// holds under it stays until the label set has a number again (`renumber.rs`).
     pub fn forget_identity(&mut self, id: u32) {
-        self.cluster_ids.retain(|_, v| *v != id);
+        let forgotten: Vec<Labels> = self
+            .cluster_ids
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .map(|(l, _)| l.clone())
+            .collect();
+        for labels in forgotten {
+            self.cluster_ids.remove(&labels);
+            self.note_renumbering(&labels, id);
+        }
         // Rare (a collected identity): every endpoint is looked at again.
         self.unresolved.extend(self.endpoints.keys().cloned());
     }

@@ -28,7 +28,8 @@
 //! numbers to cluster-wide numbers), `changes.rs` (what the dataplane must be told since the
 //! last commit, or after its restart), `wire.rs` (model objects as the dataplane's wire
 //! messages), `requests.rs` (changes into the requests that carry them: each endpoint in one
-//! batch with its policy, the ipcache in batches), `log.rs` (the agent's log line).
+//! batch with its policy, the ipcache in batches), `renumber.rs` (a label set allocated again
+//! under a new number: its ipcache and policy entries move), `log.rs` (the agent's log line).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -45,6 +46,7 @@ mod frontends;
 mod identities;
 mod ingest;
 mod log;
+mod renumber;
 mod requests;
 mod wire;
 
@@ -78,6 +80,11 @@ pub struct ClusterState {
     pending: Vec<Change>,
     /// Engine deltas that still wait for a cluster identity.
     held_back: Vec<Delta>,
+    /// Label sets whose number was collected or changed, with the number the dataplane holds:
+    /// their entries move once the new number is known (`renumber.rs`).
+    renumbering: BTreeMap<Labels, u32>,
+    /// Label sets moved in the last commit's first step, finished by the next commit.
+    renumber_finish: BTreeMap<Labels, renumber::Move>,
     /// Local endpoints whose `endpoint.upsert` must be (re)sent at the next commit.
     dirty_endpoints: BTreeSet<String>,
     /// Endpoint ids sent to the dataplane, by pod key.
@@ -120,6 +127,8 @@ impl ClusterState {
             engine_labels: HashMap::new(),
             pending: Vec::new(),
             held_back: Vec::new(),
+            renumbering: BTreeMap::new(),
+            renumber_finish: BTreeMap::new(),
             dirty_endpoints: BTreeSet::new(),
             sent_endpoints: BTreeMap::new(),
             sent_secondary: BTreeMap::new(),

@@ -168,8 +168,11 @@ fn pieces(change: Change) -> Vec<Change> {
                 })
             };
             // Deletions first, as the dataplane applies one update.
-            let mut out: Vec<Change> =
-                m.delete.chunks(chunk).map(|d| piece(Vec::new(), d.to_vec())).collect();
+            let mut out: Vec<Change> = m
+                .delete
+                .chunks(chunk)
+                .map(|d| piece(Vec::new(), d.to_vec()))
+                .collect();
             out.extend(m.add.chunks(chunk).map(|a| piece(a.to_vec(), Vec::new())));
             out
         }
@@ -247,8 +250,8 @@ fn one_or_batch(mut group: Vec<Change>) -> Request {
 mod tests {
     use super::*;
     use crate::dataplane_client::{
-        EndpointMsg, EndpointRef, IpcacheMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg,
-        PolicyReplace, PolicyUpdate, Proto, Text, WireDirection,
+        EndpointMsg, EndpointRef, IpcacheMsg, NodeRef, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace,
+        PolicyUpdate, Proto, Text, WireDirection,
     };
     use dataplane::api::apply::{apply_batch, sorted_entries};
     use dataplane::api::protocol::WireAction;
@@ -410,14 +413,21 @@ mod tests {
             let text = line(r);
             assert!(text.len() <= MAX_LINE, "request {i}: {} bytes", text.len());
             assert!(matches!(r, Request::Staged(p) if p.more == (i + 1 < out.len())));
-            assert_eq!(control.tables().load().endpoints.len(), 0, "published early");
+            assert_eq!(
+                control.tables().load().endpoints.len(),
+                0,
+                "published early"
+            );
             let reply = control.handle_line(text.as_bytes()).reply.unwrap();
             assert_eq!(reply["ok"], true, "{reply}");
         }
         assert_eq!(control.revision(), 1, "one publication");
         let policy = |t: &Tables| {
             let ep = t.endpoints.get(EndpointId(5)).unwrap();
-            (ep.policy.ingress.enforced, sorted_entries(&ep.policy.ingress))
+            (
+                ep.policy.ingress.enforced,
+                sorted_entries(&ep.policy.ingress),
+            )
         };
         let got = policy(&control.tables().load());
         assert_eq!(got.1.len(), 12_000 * 22);
