@@ -63,6 +63,8 @@
 mod common;
 #[path = "cluster/nodeport.rs"]
 mod nodeport;
+#[path = "cluster/renumber.rs"]
+mod renumber;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -78,7 +80,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::net::{
-    ip_in, link_facts, preflight, run_ip, spawn_agent, spawn_in, wait_for_within, NetNsGuard, Proc,
+    ip_in, link_facts, preflight, run_ip, spawn_agent_with_args, spawn_in, wait_for_within,
+    NetNsGuard, Proc,
 };
 use common::traffic::{self, dataplane_request, echo, tcp_server};
 use common::Etcd;
@@ -181,6 +184,8 @@ struct Cluster {
     bin: PathBuf,
     rt: tokio::runtime::Runtime,
     store: Store,
+    /// More arguments for every `flagella-control`.
+    agent_args: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -216,6 +221,11 @@ fn pod_cidr_v6(mode: Mode, n: u8) -> String {
 
 impl Cluster {
     fn start(mode: Mode, bin: &Path) -> Cluster {
+        Cluster::start_with(mode, bin, &[])
+    }
+
+    /// [`Cluster::start`] with `agent_args` given to every agent.
+    fn start_with(mode: Mode, bin: &Path, agent_args: &[&str]) -> Cluster {
         let pid = std::process::id();
         let prefix = format!("fcl-{pid}-{}", mode.index());
         let dir = testkit::private_dir(&format!("{prefix}-"));
@@ -237,6 +247,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             rt,
             store,
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         c.build_underlay();
         for n in 1..=NODES {
@@ -402,12 +413,14 @@ impl Cluster {
     fn start_control(&mut self, n: u8) {
         let url = self.etcd.url.clone();
         let node = &mut self.nodes[usize::from(n - 1)];
-        let child = spawn_agent(
+        let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+        let child = spawn_agent_with_args(
             &url,
             &node.name,
             &node.socket,
             &node.status_file,
             &node.control.log,
+            &args,
         );
         node.control.child = Some(child);
     }
@@ -1846,4 +1859,9 @@ fn nodeport_snat_from_outside_natively_routed() {
 #[test]
 fn nodeport_snat_from_outside_over_vxlan() {
     nodeport::run(Mode::Vxlan, nodeport::Lb::Snat);
+}
+
+#[test]
+fn renumbered_identities_keep_cross_node_policy() {
+    renumber::run();
 }

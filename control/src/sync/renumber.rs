@@ -88,6 +88,12 @@ impl ClusterState {
     ) {
         let finishing = std::mem::take(&mut self.renumber_finish);
         for (labels, m) in &finishing {
+            if self.cluster_ids.get(labels) != Some(&m.new) {
+                // Renumbered again before this step: the addresses still carry `old`; start
+                // over from it (entries under `new` are left behind: never reused, harmless).
+                self.renumbering.insert(labels.clone(), m.old);
+                continue;
+            }
             for (prefix, identity) in self.engine.ipcache() {
                 if self.engine_labels.get(&identity.0) == Some(labels) {
                     let mut unused = BTreeMap::new();
