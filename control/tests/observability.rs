@@ -316,7 +316,7 @@ fn prometheus_scrapes_the_dataplane_and_both_endpoints_pass_promtool() {
     let bin = match preflight() {
         Ok(bin) => bin,
         Err(why) => {
-            eprintln!("SKIPPED: {why}");
+            testkit::skip(&why);
             return;
         }
     };
@@ -505,7 +505,7 @@ fn monitor_shows_the_denied_syn_with_identities_and_labels_and_its_pcap_opens_in
     let bin = match preflight() {
         Ok(bin) => bin,
         Err(why) => {
-            eprintln!("SKIPPED: {why}");
+            testkit::skip(&why);
             return;
         }
     };
@@ -692,7 +692,7 @@ fn a_flood_of_denied_packets_loses_monitor_events_visibly_while_forwarding_and_c
     let bin = match preflight() {
         Ok(bin) => bin,
         Err(why) => {
-            eprintln!("SKIPPED: {why}");
+            testkit::skip(&why);
             return;
         }
     };

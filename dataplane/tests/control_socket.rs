@@ -294,7 +294,7 @@ fn connect_as_nobody(path: PathBuf, groups: Vec<libc::gid_t>) -> std::io::Result
 fn socket_access_decides_who_may_connect() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to connect as another user");
+        testkit::skip("needs root to connect as another user");
         return;
     }
     let dir = TempDir::new("access");
@@ -430,7 +430,11 @@ fn staged_batch_over_the_socket_and_its_abandonment() {
     let mut a = running.client();
     let r = a.ok(&part(1, 0, true, EP1));
     assert_eq!(r["staged"], 0);
-    assert_eq!(running.tables.load().endpoints.len(), 0, "half-sent: not published");
+    assert_eq!(
+        running.tables.load().endpoints.len(),
+        0,
+        "half-sent: not published"
+    );
     let r = a.ok(r#"{"op":"status"}"#);
     assert_eq!(r["staged"]["transactions"], 1, "{r}");
     let r = a.ok(&part(1, 1, false, EP2));
@@ -448,10 +452,5 @@ fn staged_batch_over_the_socket_and_its_abandonment() {
         a.ok(r#"{"op":"status"}"#)["staged"]["transactions"] == 0
     });
     assert!(freed, "the departed client's transaction is still staged");
-    assert!(running
-        .tables
-        .load()
-        .endpoints
-        .get(EndpointId(1))
-        .is_some());
+    assert!(running.tables.load().endpoints.get(EndpointId(1)).is_some());
 }

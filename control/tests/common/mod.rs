@@ -37,9 +37,9 @@ pub fn skip() -> bool {
     if std::path::Path::new(ETCD).exists() {
         return false;
     }
-    eprintln!(
-        "SKIPPED: {ETCD} is missing; install Debian's etcd-server (apt-get install etcd-server)"
-    );
+    testkit::skip(&format!(
+        "{ETCD} is missing; install Debian's etcd-server (apt-get install etcd-server)"
+    ));
     true
 }
 
