@@ -24,8 +24,8 @@ use serde_json::{json, Map, Value};
 use super::apply::{apply, apply_batch, sorted_entries};
 use super::protocol::{
     parse_request, Change, DumpRequest, DumpTable, EndpointMsg, IpcacheMsg, LocalNodeMsg,
-    NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, StagedPart, Text, CT_DUMP_DEFAULT_LIMIT,
-    CT_DUMP_MAX_LIMIT,
+    NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, StagedPart, Text,
+    CT_DUMP_DEFAULT_LIMIT, CT_DUMP_MAX_LIMIT,
 };
 use super::publish::{StatsRegistry, TablesHandle, MAX_CT_DUMPS_IN_FLIGHT};
 use super::staging::{ClientId, Staging};
@@ -606,16 +606,29 @@ mod tests {
         let part0 = r#"{"op":"batch","txn":3,"part":0,"more":true,"changes":[{"op":"endpoint.upsert","id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.1","identity":1001},{"op":"policy.replace","endpoint":1,"direction":"ingress","enforced":true,"entries":[{"identity":1002,"action":"allow"}]}]}"#;
         let part1 = r#"{"op":"batch","txn":3,"part":1,"seq":9,"changes":[{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"identity":1003,"action":"allow"}]}]}"#;
         let r = c.handle_client_line(1, part0.as_bytes()).reply.unwrap();
-        assert_eq!((r["ok"].clone(), r["staged"].clone()), (Value::from(true), Value::from(0)));
-        assert_eq!(c.tables().load().endpoints.len(), 0, "half-sent: nothing published");
+        assert_eq!(
+            (r["ok"].clone(), r["staged"].clone()),
+            (Value::from(true), Value::from(0))
+        );
+        assert_eq!(
+            c.tables().load().endpoints.len(),
+            0,
+            "half-sent: nothing published"
+        );
         assert_eq!(c.revision(), 0);
         assert_eq!(c.staged_open().0, 1);
         // The same transaction number from another client is another transaction.
         let r = c.handle_client_line(2, part1.as_bytes()).reply.unwrap();
         assert_eq!(r["ok"], false, "{r}");
         let r = c.handle_client_line(1, part1.as_bytes()).reply.unwrap();
-        assert_eq!((r["ok"].clone(), r["seq"].clone()), (Value::from(true), Value::from(9)));
-        assert_eq!((r["applied"].clone(), r["revision"].clone()), (Value::from(3), Value::from(1)));
+        assert_eq!(
+            (r["ok"].clone(), r["seq"].clone()),
+            (Value::from(true), Value::from(9))
+        );
+        assert_eq!(
+            (r["applied"].clone(), r["revision"].clone()),
+            (Value::from(3), Value::from(1))
+        );
         let t = c.tables().load();
         let ep = t.endpoints.get(EndpointId(1)).unwrap();
         assert!(ep.policy.ingress.enforced);
@@ -627,14 +640,27 @@ mod tests {
         let begin = r#"{"op":"batch","txn":4,"part":0,"more":true,"changes":[{"op":"endpoint.delete","id":1}]}"#;
         let bad = r#"{"op":"batch","txn":4,"part":1,"more":true,"changes":[{"op":"ipcache.delete","prefix":"10.0.0.0/33"}]}"#;
         let last = r#"{"op":"batch","txn":4,"part":2,"changes":[]}"#;
-        assert_eq!(c.handle_client_line(1, begin.as_bytes()).reply.unwrap()["ok"], true);
-        assert_eq!(c.handle_client_line(1, bad.as_bytes()).reply.unwrap()["ok"], false);
+        assert_eq!(
+            c.handle_client_line(1, begin.as_bytes()).reply.unwrap()["ok"],
+            true
+        );
+        assert_eq!(
+            c.handle_client_line(1, bad.as_bytes()).reply.unwrap()["ok"],
+            false
+        );
         let r = c.handle_client_line(1, last.as_bytes()).reply.unwrap();
         assert_eq!(r["ok"], false, "{r}");
-        assert_eq!(c.tables().load().endpoints.len(), 1, "the delete was never published");
+        assert_eq!(
+            c.tables().load().endpoints.len(),
+            1,
+            "the delete was never published"
+        );
         assert_eq!(c.staged_open(), (0, 0));
         // A client that goes away leaves nothing staged.
-        assert_eq!(c.handle_client_line(5, begin.as_bytes()).reply.unwrap()["ok"], true);
+        assert_eq!(
+            c.handle_client_line(5, begin.as_bytes()).reply.unwrap()["ok"],
+            true
+        );
         c.abandon_staged(5);
         assert_eq!(c.staged_open(), (0, 0));
     }

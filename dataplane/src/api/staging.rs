@@ -126,7 +126,12 @@ impl Staging {
 
     /// Discards every transaction of `client` (it disconnected).
     pub fn abandon(&mut self, client: ClientId) {
-        let keys: Vec<_> = self.open.keys().filter(|k| k.0 == client).copied().collect();
+        let keys: Vec<_> = self
+            .open
+            .keys()
+            .filter(|k| k.0 == client)
+            .copied()
+            .collect();
         for key in keys {
             self.discard(key);
         }
@@ -194,7 +199,10 @@ mod tests {
         assert_eq!(s.stage(1, part(7, 0, true, &[1, 2]), 10, now), Ok(None));
         assert_eq!(s.stage(1, part(7, 1, true, &[3]), 10, now), Ok(None));
         assert_eq!((s.open(), s.bytes()), (1, 20));
-        let all = s.stage(1, part(7, 2, false, &[4]), 10, now).unwrap().unwrap();
+        let all = s
+            .stage(1, part(7, 2, false, &[4]), 10, now)
+            .unwrap()
+            .unwrap();
         assert_eq!(all, part(0, 0, false, &[1, 2, 3, 4]).changes);
         assert_eq!((s.open(), s.bytes()), (0, 0));
     }
@@ -230,7 +238,8 @@ mod tests {
     fn abandoned_transactions_expire() {
         let (mut s, now) = (Staging::default(), Instant::now());
         s.stage(1, part(7, 0, true, &[1]), 10, now).unwrap();
-        s.stage(1, part(8, 0, true, &[1]), 10, now + STAGED_TIMEOUT).unwrap();
+        s.stage(1, part(8, 0, true, &[1]), 10, now + STAGED_TIMEOUT)
+            .unwrap();
         assert_eq!(s.expire(now + STAGED_TIMEOUT), 1);
         assert_eq!((s.open(), s.bytes()), (1, 10));
         assert!(s.stage(1, part(7, 1, false, &[]), 1, now).is_err());
@@ -247,6 +256,10 @@ mod tests {
         s.stage(1, part(0, 0, true, &[]), 1, now).unwrap();
         let e = s.stage(1, part(1, 1, true, &[]), MAX_STAGED_BYTES, now);
         assert!(e.is_err());
-        assert_eq!(s.open(), MAX_STAGED_TXNS - 1, "the refused one is discarded");
+        assert_eq!(
+            s.open(),
+            MAX_STAGED_TXNS - 1,
+            "the refused one is discarded"
+        );
     }
 }

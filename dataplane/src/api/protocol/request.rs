@@ -453,9 +453,10 @@ fn parse_batch(body: Body<'_>) -> Result<Request, RequestError> {
             "txn" => txn = Some(number::<u64>("txn", raw)?),
             "part" => part = Some(number::<u32>("part", raw)?),
             "more" => {
-                more = Some(serde_json::from_str::<bool>(raw.get()).map_err(|_| {
-                    RequestError::at("more", "batch: `more` must be true or false")
-                })?)
+                more =
+                    Some(serde_json::from_str::<bool>(raw.get()).map_err(|_| {
+                        RequestError::at("more", "batch: `more` must be true or false")
+                    })?)
             }
             _ => {
                 return Err(RequestError::at(
@@ -688,7 +689,10 @@ mod tests {
             (r#"{"op":"batch","changes":[],"part":1}"#, "txn"),
             (r#"{"op":"batch","changes":[],"more":true}"#, "txn"),
             (r#"{"op":"batch","changes":[],"txn":-1,"part":0}"#, "txn"),
-            (r#"{"op":"batch","changes":[],"txn":1,"part":0,"more":1}"#, "more"),
+            (
+                r#"{"op":"batch","changes":[],"txn":1,"part":0,"more":1}"#,
+                "more",
+            ),
             (
                 r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"ipcache.delete","prefix":"10.0.0.0/33"}]}"#,
                 "changes[1].prefix",
@@ -798,6 +802,9 @@ mod tests {
         let again = Value::Object(request.to_json()).to_string();
         assert_eq!(parse_request(again.as_bytes()).unwrap().request, request);
         let last = parse_request(br#"{"op":"batch","txn":7,"part":3,"changes":[]}"#).unwrap();
-        assert!(matches!(last.request, Request::Staged(StagedPart { more: false, .. })));
+        assert!(matches!(
+            last.request,
+            Request::Staged(StagedPart { more: false, .. })
+        ));
     }
 }
