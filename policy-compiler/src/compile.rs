@@ -161,7 +161,7 @@ impl PolicyEngine {
                 owner,
             });
         }
-        let labels = Labels::for_pod(&pod.labels, &pod.namespace, ns_labels);
+        let labels = pod.identity_labels(ns_labels);
         let (id, _) = self.identities.acquire_labels(&labels)?;
         let named = !pod.ports.iter().all(|p| p.name.is_none());
         let ip = pod.ip;
@@ -910,6 +910,8 @@ spec:
                 port: 7000,
                 protocol: 6,
             }],
+            node: None,
+            service_account: None,
         };
         e.upsert_pod(pod.clone()).unwrap();
         let deltas = e.commit();
@@ -989,6 +991,8 @@ spec:
                 port: 7070,
                 protocol: 6,
             }],
+            node: None,
+            service_account: None,
         })
         .unwrap();
         let deltas = e.commit();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use policy_compiler::model::PolicyKind;
 
-use super::endpoint::{parse_labels, parse_port};
+use super::endpoint::{parse_labels, parse_port, parse_service_account};
 use super::service::{parse_backend, parse_frontend};
 use crate::schema::{BackendSpec, FrontendSpec, PortSpec};
 
@@ -265,7 +265,8 @@ host-side interface's index) and --mac (the pod interface's MAC); the node's age
 endpoint of its own node without them.",
         after_long_help = "EXAMPLES:\n  \
 flagella endpoint create --node node-1 --namespace default --name web-1 --labels app=web \\\n      \
---interface lxc1 --ifindex 12 --mac 02:00:00:00:00:05 --port http=80/tcp --wait 10"
+--interface lxc1 --ifindex 12 --mac 02:00:00:00:00:05 --port http=80/tcp \\\n      \
+--service-account web --wait 10"
     )]
     Create {
         /// The node hosting the pod (its agent allocates the addresses)
@@ -291,6 +292,10 @@ flagella endpoint create --node node-1 --namespace default --name web-1 --labels
         /// A named container port, [NAME=]PORT[/PROTO]. Repeat for several.
         #[arg(long = "port", value_name = "[NAME=]PORT[/PROTO]", value_parser = parse_port)]
         ports: Vec<PortSpec>,
+        /// The pod's service account: its identity gets the label
+        /// io.cilium.k8s.policy.serviceaccount=NAME, which policies select on
+        #[arg(long, value_name = "NAME", value_parser = parse_service_account)]
+        service_account: Option<String>,
         /// Wait this many seconds for the addresses and print them, with the pod's MTU
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
