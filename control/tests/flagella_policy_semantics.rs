@@ -54,7 +54,31 @@ pods:
 - {namespace: prod, name: luke, labels: {app: jedi}, ip: 10.1.0.5, nodeName: n1, serviceAccountName: luke}
 - {namespace: prod, name: imposter, labels: {app: jedi}, ip: 10.1.0.6, nodeName: n1, serviceAccountName: default}
 - {namespace: prod, name: leia, labels: {app: rebel}, ip: 10.2.0.9, nodeName: n2, serviceAccountName: leia}
+- {namespace: prod, name: luke2, labels: {app: jedi}, ip: 10.2.0.15, nodeName: n2, serviceAccountName: luke}
 "#;
+
+/// An ipBlock holding prod/luke but not prod/luke2, which share an identity (it selects no
+/// pod: only the warning matters).
+const SPLITTING: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: splits-luke, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: nobody}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.1.0.0/24}}]
+"#;
+
+/// The warning both modes give for [`SPLITTING`].
+fn assert_split_warning(stderr: &str) {
+    assert!(
+        stderr.contains("warning: NetworkPolicy prod/splits-luke spec.egress[0]: ipBlock 10.1.0.0/24 splits identity (")
+            && stderr.contains("io.cilium.k8s.policy.serviceaccount=luke")
+            && stderr.contains("prod/luke inside, prod/luke2 outside"),
+        "{stderr}"
+    );
+}
 
 struct Dir(PathBuf);
 
@@ -174,6 +198,26 @@ fn offline_trace_knows_nodes_service_accounts_and_loopback() {
         ),
         "{text}"
     );
+    // An ipBlock that splits an identity: trace warns.
+    let q = d.file("q.yaml", SPLITTING);
+    let o = flagella(&[
+        "policy",
+        "trace",
+        "--policies",
+        &p,
+        "--policies",
+        &q,
+        "--cluster",
+        &c,
+        "--from",
+        "prod/luke",
+        "--to",
+        "prod/leia",
+        "--port",
+        "80",
+    ]);
+    ok(&o);
+    assert_split_warning(&stderr(&o));
     // A pod on an undeclared node, a bad service account: refused with the field.
     for (from, to, field) in [
         ("nodeName: n2", "nodeName: n9", "pods[2].nodeName"),
@@ -201,6 +245,25 @@ fn offline_trace_knows_nodes_service_accounts_and_loopback() {
         assert_eq!(o.status.code(), Some(1));
         assert!(stderr(&o).contains(field), "{}", stderr(&o));
     }
+}
+
+/// `flagella policy import -f -` with `text` on stdin.
+fn import(url: &str, text: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flagella"))
+        .args(["--etcd", url, "policy", "import", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 async fn put(url: &str, key: &str, value: &str) {
@@ -233,32 +296,20 @@ fn live_trace_and_endpoint_create_carry_the_service_account() {
         put(url, &k("endpoints/prod/luke"), r#"{"node":"n1","labels":{"app":"jedi"},"service_account":"luke","ipv4":"10.1.0.5","interface":"lxc5"}"#).await;
         put(url, &k("endpoints/prod/imposter"), r#"{"node":"n1","labels":{"app":"jedi"},"service_account":"default","ipv4":"10.1.0.6","interface":"lxc6"}"#).await;
         put(url, &k("endpoints/prod/leia"), r#"{"node":"n2","labels":{"app":"rebel"},"service_account":"leia","ipv4":"10.2.0.9","interface":"lxc9"}"#).await;
+        put(url, &k("endpoints/prod/luke2"), r#"{"node":"n2","labels":{"app":"jedi"},"service_account":"luke","ipv4":"10.2.0.15","interface":"lxc15"}"#).await;
         // Hostile records: skipped with key and reason, the rest still traced.
         put(url, &k("endpoints/prod/bad-sa"), r#"{"node":"n2","service_account":"Not/A/Name","ipv4":"10.2.0.20","interface":"lxc20"}"#).await;
         put(url, &k("endpoints/prod/spoof"), r#"{"node":"n2","labels":{"io.cilium.k8s.policy.serviceaccount":"luke"},"ipv4":"10.2.0.21","interface":"lxc21"}"#).await;
     });
-    let imported = Command::new(env!("CARGO_BIN_EXE_flagella"))
-        .args(["--etcd", url, "policy", "import", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin is piped")
-                .write_all(POLICIES.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    ok(&imported);
-
+    ok(&import(url, POLICIES));
     check_semantics(&Source {
         global: &["--etcd", url],
         trace: &[],
     });
+    // Importing a policy whose ipBlock splits an identity warns, and so does the trace.
+    let o = import(url, SPLITTING);
+    ok(&o);
+    assert_split_warning(&stderr(&o));
     let o = flagella(&[
         "--etcd",
         url,
@@ -271,6 +322,8 @@ fn live_trace_and_endpoint_create_carry_the_service_account() {
         "--port",
         "80",
     ]);
+    ok(&o);
+    assert_split_warning(&stderr(&o));
     let warnings = stderr(&o);
     assert!(
         warnings.contains("endpoints/prod/bad-sa")

@@ -47,6 +47,7 @@ use crate::repository::Repository;
 use crate::rule_index::{policy_prefixes, Released, RuleIndex, SectionRef};
 use crate::selector::Selector;
 use crate::selector_cache::{SelectionContext, SelectorCache};
+use crate::splits::{self, SplitWarning};
 
 pub use crate::cookie::RuleOrigin;
 pub use crate::delta::Delta;
@@ -511,6 +512,12 @@ impl PolicyEngine {
     /// the dataplane's own functions (`policy trace`).
     pub fn ipcache_table(&self) -> &IpCache {
         &self.ipcache
+    }
+
+    /// The CIDR peers of every policy that split an identity (some of the addresses carrying
+    /// it inside the block, some outside): see [`crate::splits`].
+    pub fn split_warnings(&self) -> Vec<SplitWarning> {
+        splits::find(self.repo.iter(), &self.inputs, &self.identities)
     }
 
     /// Every ipcache entry, sorted.
