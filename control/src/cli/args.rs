@@ -181,14 +181,19 @@ etcd, builds the same model the node agents build, and traces against it. Offlin
 --policies and --cluster): reads the policies and a cluster description from files. Either way \
 the policies are compiled into the same per-pod policy maps the dataplane uses and each flow is \
 looked up in them with the dataplane's own lookup function. A flow is allowed when the \
-sender's egress policy and the receiver's ingress policy both allow it.",
+sender's egress policy and the receiver's ingress policy both allow it. A pod's traffic to its \
+own address is allowed whatever the policies (\"loopback: never reaches the network\"). A \
+node's address is `host` to the pods on that node and `remote-node` to the others. Warnings \
+name CIDR peers that split an identity (some of its pods inside the block, some outside).",
         after_long_help = "\
 CLUSTER FILE (YAML or JSON):
   namespaces:                      # namespace name -> its labels
     x: {team: blue}
   pods:
   - {namespace: x, name: a, labels: {app: web}, ip: 10.0.0.1,
-     ports: [{name: http, containerPort: 80, protocol: TCP}]}
+     ports: [{name: http, containerPort: 80, protocol: TCP}],
+     nodeName: node-1,               # optional: its node (`host` to it)
+     serviceAccountName: web}        # optional: io.cilium.k8s.policy.serviceaccount=web
   nodes:
   - {name: node-1, ip: 192.168.0.1}
 
