@@ -48,7 +48,10 @@ pub fn policy_parse(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let first = parse_policies(SOURCE, &text);
     let Ok(documents) = split_documents(SOURCE, &text) else {
-        assert!(first.is_err(), "documents that do not split parsed as policies");
+        assert!(
+            first.is_err(),
+            "documents that do not split parsed as policies"
+        );
         return;
     };
     let values: Vec<&serde_json::Value> = documents.iter().map(|d| &d.value).collect();
@@ -56,9 +59,15 @@ pub fn policy_parse(data: &[u8]) {
     let second = parse_policies(SOURCE, &json);
     match (&first, &second) {
         (Ok(a), Ok(b)) => {
-            assert_eq!(a.policies, b.policies, "the JSON re-encoding parsed differently:\n{json}");
+            assert_eq!(
+                a.policies, b.policies,
+                "the JSON re-encoding parsed differently:\n{json}"
+            );
             let warnings = |p: &policy_compiler::ParsedPolicies| {
-                p.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()
+                p.warnings
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
             };
             assert_eq!(warnings(a), warnings(b), "warnings differ for\n{json}");
         }

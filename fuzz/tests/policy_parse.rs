@@ -18,7 +18,11 @@ const ALPHABET: &[u8] = b"{}[]:,-'\"# \n0123456789./*ax";
 fn seeds() -> Vec<String> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/seed-policy_parse");
     let files = inputs(&dir).unwrap();
-    assert!(files.len() >= 5, "the seed corpus is missing: {}", dir.display());
+    assert!(
+        files.len() >= 5,
+        "the seed corpus is missing: {}",
+        dir.display()
+    );
     files
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap())
