@@ -860,6 +860,36 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_service_account_is_optional_and_checked() {
+        let key = k("endpoints/default/a");
+        let with = br#"{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2","service_account":"web"}"#;
+        let Ok(Object::Endpoint { spec, .. }) = decode(&key, with) else {
+            panic!("not an endpoint");
+        };
+        assert_eq!(spec.service_account.as_deref(), Some("web"));
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains(r#""service_account":"web""#), "{text}");
+        let without = br#"{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2"}"#;
+        let Ok(Object::Endpoint { spec, .. }) = decode(&key, without) else {
+            panic!("not an endpoint");
+        };
+        assert_eq!(spec.service_account, None);
+        assert!(!serde_json::to_string(&spec)
+            .unwrap()
+            .contains("service_account"));
+        for bad in [
+            r#""service_account":"Web""#,
+            r#""service_account":"""#,
+            r#""service_account":7"#,
+            r#""labels":{"io.cilium.k8s.policy.serviceaccount":"admin"}"#,
+        ] {
+            let value = format!(r#"{{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2",{bad}}}"#);
+            let e = decode(&key, value.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("endpoints/default/a"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn pod_mtu_per_tunnel_mode_is_the_dataplanes() {
         assert_eq!(TunnelMode::Vxlan.pod_mtu(1500), 1442);
         assert_eq!(TunnelMode::Geneve.pod_mtu(1500), 1438);
