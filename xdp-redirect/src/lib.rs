@@ -1150,10 +1150,10 @@ mod tests {
         // SAFETY: plain syscall with constant arguments; the result is checked below.
         let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            eprintln!(
-                "SKIPPED: no AF_XDP socket here: {}",
+            testkit::skip(&format!(
+                "no AF_XDP socket here: {}",
                 io::Error::last_os_error()
-            );
+            ));
             return None;
         }
         // SAFETY: `socket` returned a new fd that nothing else owns.
