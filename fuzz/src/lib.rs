@@ -13,6 +13,7 @@
 //! counter), which is what the fuzzer reports.
 
 pub mod pipeline;
+pub mod policy_oracle;
 pub mod replay;
 pub mod wire;
 

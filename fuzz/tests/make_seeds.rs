@@ -20,6 +20,7 @@ use flagella_fuzz::pipeline::{
     encode_batch, gateway_v4, underlay, Pod, POD1, POD2, POD3, POD_B, POD_C, POD_D, ROUTER_MAC,
     UPLINK_MAC, VIP6_SNAT, VIP_DSR_GENEVE, VIP_DSR_NATIVE, VIP_DSR_VXLAN, VIP_EMPTY, VIP_SNAT,
 };
+use flagella_fuzz::policy_oracle::WORLD_DNS;
 
 /// Selector values (see `flagella_fuzz::pipeline::decode_batch`).
 const FROM_POD1: u8 = 0;
@@ -85,6 +86,36 @@ fn icmp_unreachable(from: Ipv4Addr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
     )
     .payload(&icmp)
     .build()
+}
+
+/// An ICMPv4 Destination Unreachable (port) that the local pod `from` sends to `to`, quoting
+/// `quoted` (an Ethernet frame; its IP header and 8 transport bytes).
+fn icmp_unreachable_from_pod(from: Pod, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    let c = checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    PacketBuilder::new(from.mac, ROUTER_MAC, v4(from), to, L4::Raw { proto: 1 })
+        .payload(&icmp)
+        .build()
+}
+
+/// Issue 14, finding 1: `pod` queries the world's DNS server (allowed: POD1 has no policy,
+/// POD3 may send DNS to the world prefix), then quotes the server's reply in ICMP errors
+/// toward the server (related: the error goes back to the quoted sender), toward POD2 (a
+/// neighbour whose ingress refuses it) and toward 8.8.8.8 (the world, which POD3's egress
+/// refuses). The batch runs twice, so the second time the query's flow is tracked.
+fn icmp_errors_quoting_own_dns(pod: Pod) -> Vec<Vec<u8>> {
+    let dns = IpAddr::V4(WORLD_DNS);
+    let query = udp_from(pod, dns, 40053, 53);
+    let reply = PacketBuilder::udp(dns, 53, v4(pod), 40053).build();
+    let world = IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8));
+    vec![
+        query.build(),
+        icmp_unreachable_from_pod(pod, dns, &reply),
+        icmp_unreachable_from_pod(pod, v4(POD2), &reply),
+        icmp_unreachable_from_pod(pod, world, &reply),
+    ]
 }
 
 /// An ICMPv6 Neighbor Solicitation from `from` for `target`.
@@ -376,6 +407,28 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
             .build()],
         ),
         ("unknown-interface", FROM_UNKNOWN, vec![syn.build()]),
+        (
+            "icmp-error-pod1-quotes-own-dns-to-neighbour-and-world",
+            FROM_POD1,
+            icmp_errors_quoting_own_dns(POD1),
+        ),
+        (
+            "icmp-error-pod3-quotes-own-dns-to-neighbour-and-world",
+            FROM_POD3,
+            icmp_errors_quoting_own_dns(POD3),
+        ),
+        (
+            "icmp-error-pod3-about-its-flow-to-server",
+            FROM_POD3,
+            vec![
+                tcp_from(POD3, v4(POD2), 40080, 80, TCP_SYN).build(),
+                icmp_unreachable_from_pod(
+                    POD3,
+                    v4(POD2),
+                    &tcp_from(POD2, v4(POD3), 80, 40080, TCP_SYN_ACK).build(),
+                ),
+            ],
+        ),
     ]
 }
 
