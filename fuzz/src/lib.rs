@@ -12,10 +12,12 @@
 //! a property of the dataplane is broken (a crash, a failed round trip, an inconsistent
 //! counter), which is what the fuzzer reports.
 
+pub mod control_requests;
 pub mod pipeline;
 pub mod policy_oracle;
 pub mod replay;
 pub mod wire;
 
+pub use control_requests::control_requests;
 pub use pipeline::pipeline;
 pub use wire::wire_parsers;

@@ -432,6 +432,75 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
     ]
 }
 
+/// Request lines for `control_requests`: each documented op (docs/control-socket.md), a
+/// state built up and torn down, and refusals (a bad field, a batch failing at its last item).
+fn control_seeds() -> Vec<(&'static str, Vec<&'static str>)> {
+    const LOCAL: &str = r#"{"op":"local_node.set","name":"node-1","underlay_ipv4":"192.168.0.1","router_mac":"02:00:00:00:ff:01","gateway_ipv4":"10.1.0.1","gateway_ipv6":null,"uplink_ifindex":2,"uplink_mac":"02:00:00:00:aa:01","uplink_mtu":1500,"default_encap":"vxlan"}"#;
+    const NODE: &str = r#"{"op":"node.upsert","name":"node-2","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"encap":"vxlan"}"#;
+    const EP1: &str = r#"{"op":"endpoint.upsert","id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.1.0.11","ipv6":"fd00::1:11","identity":1001}"#;
+    const EP2: &str = r#"{"op":"endpoint.upsert","id":2,"ifindex":12,"mac":"02:00:00:00:00:02","ipv4":"10.1.0.12","identity":1002}"#;
+    const IPC: &str = r#"{"op":"ipcache.upsert","prefix":"10.2.0.21/32","identity":2001,"tunnel_endpoint":"192.168.0.2"}"#;
+    const UPDATE: &str = r#"{"op":"policy.update","endpoint":2,"direction":"ingress","enforced":true,"add":[{"identity":1003,"proto":"tcp","port":80,"action":"allow","cookie":7},{"identity":0,"proto":"tcp","port":8000,"end_port":8080,"action":"allow"},{"identity":1005,"action":"deny"}],"delete":[{"identity":1001,"proto":"tcp","port":80}]}"#;
+    const REPLACE: &str = r#"{"op":"policy.replace","endpoint":2,"direction":"egress","enforced":true,"entries":[{"identity":1002,"proto":"udp","port":53,"action":"allow"}]}"#;
+    const SVC: &str = r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"10.1.0.12","port":8080,"weight":1},{"addr":"10.2.0.21","port":8080}],"mode":"snat"}"#;
+    const SVC_DSR: &str = r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.20","port":443,"proto":"tcp"},"backends":[{"addr":"10.2.0.21","port":8443}],"mode":"dsr","kind":"external_ip"}"#;
+    const BATCH: &str = r#"{"op":"batch","changes":[{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:03","ipv4":"10.1.0.13","identity":1003},{"op":"policy.replace","endpoint":3,"direction":"ingress","enforced":true,"entries":[{"identity":1001,"proto":"tcp","port":80,"action":"allow"}]},{"op":"policy.replace","endpoint":3,"direction":"egress","enforced":false,"entries":[]}]}"#;
+    const BAD_BATCH: &str = r#"{"op":"batch","seq":9,"changes":[{"op":"endpoint.upsert","id":4,"ifindex":14,"mac":"02:00:00:00:00:04","ipv4":"10.1.0.14","identity":1004},{"op":"policy.update","endpoint":4,"direction":"ingress","add":[{"identity":1001,"proto":"tcp","port":70000,"action":"allow"}]}]}"#;
+    // Parses, then fails to apply at its last change, after the others were applied to the copy.
+    const LATE_BATCH: &str = r#"{"op":"batch","changes":[{"op":"endpoint.upsert","id":4,"ifindex":14,"mac":"02:00:00:00:00:04","ipv4":"10.1.0.14","identity":1004},{"op":"ipcache.upsert","prefix":"10.2.0.0/24","identity":2002},{"op":"policy.update","endpoint":7,"direction":"ingress","add":[]}]}"#;
+    vec![
+        (
+            "control-every-op",
+            vec![
+                LOCAL, NODE, EP1, EP2, IPC, UPDATE, REPLACE, SVC, SVC_DSR, BATCH,
+            ],
+        ),
+        (
+            "control-build-and-tear-down",
+            vec![
+                EP1,
+                EP2,
+                UPDATE,
+                IPC,
+                SVC,
+                r#"{"op":"service.delete","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"}}"#,
+                r#"{"op":"ipcache.delete","prefix":"10.2.0.21/32"}"#,
+                r#"{"op":"endpoint.delete","id":2}"#,
+                r#"{"op":"node.delete","name":"node-2"}"#,
+                r#"{"op":"endpoint.delete","id":9}"#,
+            ],
+        ),
+        (
+            "control-refusals",
+            vec![
+                EP1,
+                BAD_BATCH,
+                LATE_BATCH,
+                r#"{"op":"endpoint.upsert","id":5,"ifindex":15,"mac":"02:00:00:00:00:05","ipv4":"10.1.0.11","identity":1005}"#,
+                r#"{"op":"policy.update","endpoint":7,"direction":"ingress","add":[]}"#,
+                r#"{"op":"node.upsert","name":"node-3","underlay":"192.168.0.3","pod_cidrs":["10.1.0.0/16"]}"#,
+                r#"{"op":"ipcache.upsert","prefix":"10.9.0.0/33","identity":1}"#,
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":11,"mac":"02:00:00:00:00:01","identity":0}"#,
+                r#"{"op":"local_node.set","name":"n","vxlan_port":1}"#,
+                "not json",
+            ],
+        ),
+        (
+            "control-queries",
+            vec![
+                r#"{"op":"ping","seq":1}"#,
+                r#"{"op":"status"}"#,
+                r#"{"op":"subscribe"}"#,
+                EP2,
+                r#"{"op":"dump","table":"policy","endpoint":2}"#,
+                r#"{"op":"dump","table":"next_hops"}"#,
+                r#"{"op":"dump","table":"policy"}"#,
+                r#"{"op":"unsubscribe","seq":"x"}"#,
+            ],
+        ),
+    ]
+}
+
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("corpus/seed-{target}"))
 }
@@ -470,6 +539,14 @@ fn write_seeds() {
     }
     write_dir(&corpus_dir("wire_parsers"), &wire);
     write_dir(&corpus_dir("pipeline"), &batches);
+    let control: Vec<(String, Vec<u8>)> = control_seeds()
+        .into_iter()
+        .map(|(name, lines)| (name.to_string(), lines.join("\n").into_bytes()))
+        .collect();
+    write_dir(&corpus_dir("control_requests"), &control);
+    for (_, input) in &control {
+        flagella_fuzz::control_requests(input);
+    }
     // The seeds must run clean through their targets.
     for (_, input) in &wire {
         flagella_fuzz::wire_parsers(input);
