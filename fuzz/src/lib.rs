@@ -13,11 +13,13 @@
 //! counter), which is what the fuzzer reports.
 
 pub mod control_requests;
+pub mod etcd_events;
 pub mod pipeline;
 pub mod policy_oracle;
 pub mod replay;
 pub mod wire;
 
 pub use control_requests::control_requests;
+pub use etcd_events::etcd_events;
 pub use pipeline::pipeline;
 pub use wire::wire_parsers;

@@ -19,7 +19,8 @@
 //! deliberately a little generous where it cannot know what the pipeline knows (a flow a
 //! frame committed and a later stage dropped); it is never generous about policy itself.
 //!
-//! Limits: frames that are not IP, IP fragments (the pipeline drops them) and frames whose
+//! Limits: frames that are not IP, the router's own answers to a pod (a Neighbor
+//! Advertisement for the gateway, back on the pod's interface), IP fragments (the pipeline drops them) and frames whose
 //! transport header the oracle cannot read are not judged. `Pass` verdicts (to the kernel)
 //! are not judged either: only what the dataplane itself delivers.
 
@@ -123,6 +124,9 @@ impl PolicyOracle {
             return;
         }
         let output = transmitted_packet(ifindex, output);
+        if ifindex == ingress && output.is_some_and(is_neighbor_advert) {
+            return; // The router answering a pod's neighbor solicitation: no delivery.
+        }
         let admitted = match (input, output) {
             (Packet::Error { .. }, _) | (_, Some(Packet::Error { .. })) => {
                 self.error_is_related(input) || output.is_some_and(|o| self.error_is_related(o))
@@ -163,6 +167,11 @@ impl PolicyOracle {
             Packet::Plain(_) => false,
         }
     }
+}
+
+/// An ICMPv6 Neighbor Advertisement, which the pipeline sends for the gateway.
+fn is_neighbor_advert(packet: Packet) -> bool {
+    matches!(packet, Packet::Plain(f) if f.proto == ICMPV6 && f.dport == 136)
 }
 
 /// Whether the fixture's policy admits `flow` as a new flow from `sender` received on

@@ -501,6 +501,68 @@ fn control_seeds() -> Vec<(&'static str, Vec<&'static str>)> {
     ]
 }
 
+/// Key/value sequences for `etcd_events` (`put <key> <value>`, `del <key>`, `commit`,
+/// `restart`): a small cluster with both policy kinds and a service, churn, and malformed keys
+/// and values between good ones.
+fn etcd_seeds() -> Vec<(&'static str, Vec<&'static str>)> {
+    const N1: &str =
+        r#"put nodes/n1 {"underlay_ip":"192.168.0.1","pod_cidrs":["10.1.0.0/24","fd00:1::/64"]}"#;
+    const N2: &str = r#"put nodes/n2 {"underlay_ip":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"tunnel":"geneve"}"#;
+    const NS: &str = r#"put namespaces/default {"labels":{"team":"a"}}"#;
+    const EP_A: &str = r#"put endpoints/default/a {"node":"n1","labels":{"app":"a"},"ipv4":"10.1.0.5","ipv6":"fd00:1::5","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:05"}"#;
+    const EP_B: &str = r#"put endpoints/default/b {"node":"n2","labels":{"app":"b"},"ipv4":"10.2.0.9","interface":"lxc9"}"#;
+    const EP_C: &str = r#"put endpoints/default/c {"node":"n1","labels":{"app":"c","tier":"db"},"ipv4":"10.1.0.6","interface":"lxc2","ifindex":8,"mac":"02:00:00:00:00:06"}"#;
+    const NP: &str = r#"put policies/NetworkPolicy/default/p {"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p","namespace":"default"},"spec":{"podSelector":{"matchLabels":{"app":"a"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"b"}}}],"ports":[{"port":80,"protocol":"TCP"}]}]}}"#;
+    const CNP: &str = r#"put policies/CiliumNetworkPolicy/default/web {"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"web","namespace":"default"},"spec":{"endpointSelector":{"matchLabels":{"app":"c"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"a"}}],"toPorts":[{"ports":[{"port":"5432","protocol":"TCP"}]}]}],"egress":[{"toCIDR":["172.16.0.0/16"]},{"toEndpoints":[{"matchLabels":{"app":"b"}}]}]}}"#;
+    const SVC: &str = r#"put services/default/web {"frontends":[{"ip":"10.96.0.20","port":80,"node_port":30080}],"backends":[{"ip":"10.2.0.9","port":8080},{"ip":"10.1.0.5","port":8080}],"mode":"dsr","external_ips":["203.0.113.7"]}"#;
+    vec![
+        (
+            "etcd-cluster",
+            vec![N1, N2, NS, EP_A, EP_B, EP_C, NP, CNP, SVC, "commit"],
+        ),
+        (
+            "etcd-churn",
+            vec![
+                N1,
+                NS,
+                EP_A,
+                EP_B, // its node comes later: kept aside, then retried
+                NP,
+                "commit",
+                N2,
+                "commit",
+                r#"put endpoints/default/a {"node":"n1","labels":{"app":"b"},"ipv4":"10.1.0.5","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:05"}"#,
+                "commit",
+                "del policies/NetworkPolicy/default/p",
+                "del endpoints/default/b",
+                "restart",
+                "del nodes/n2",
+                "del endpoints/default/a",
+                "commit",
+            ],
+        ),
+        (
+            "etcd-malformed",
+            vec![
+                N1,
+                NS,
+                "put identities/labels/app=a not-a-number",
+                "put identities/id/99999999 {\"labels\":{}}",
+                "put endpoints/default/x {\"node\":\"n1\",\"labels\":{",
+                r#"put endpoints/default/dup {"node":"n1","labels":{"app":"d"},"ipv4":"10.1.0.5","interface":"lxc3","ifindex":9,"mac":"02:00:00:00:00:09"}"#,
+                "put nodes/bad/key {}",
+                r#"put nodes/n3 {"underlay_ip":"192.168.0.3","pod_cidrs":["10.1.0.0/16"]}"#,
+                r#"put services/default/low {"frontends":[{"ip":"10.96.0.30","port":80,"node_port":80}],"backends":[]}"#,
+                "put policies/Unknown/default/p {}",
+                EP_A,
+                "commit",
+                "del endpoints/default/nothing",
+                "restart",
+            ],
+        ),
+    ]
+}
+
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("corpus/seed-{target}"))
 }
@@ -544,6 +606,14 @@ fn write_seeds() {
         .map(|(name, lines)| (name.to_string(), lines.join("\n").into_bytes()))
         .collect();
     write_dir(&corpus_dir("control_requests"), &control);
+    let etcd: Vec<(String, Vec<u8>)> = etcd_seeds()
+        .into_iter()
+        .map(|(name, lines)| (name.to_string(), lines.join("\n").into_bytes()))
+        .collect();
+    write_dir(&corpus_dir("etcd_events"), &etcd);
+    for (_, input) in &etcd {
+        flagella_fuzz::etcd_events(input);
+    }
     for (_, input) in &control {
         flagella_fuzz::control_requests(input);
     }

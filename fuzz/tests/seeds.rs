@@ -148,3 +148,19 @@ fn control_requests_random() {
         flagella_fuzz::control_requests(&input);
     }
 }
+
+#[test]
+fn etcd_events_seeds() {
+    for input in seeds("etcd_events") {
+        flagella_fuzz::etcd_events(&input);
+    }
+}
+
+/// Fewer than the frame targets: each input compiles policy and commits several times.
+#[test]
+fn etcd_events_random() {
+    let seeds = seeds("etcd_events");
+    for input in random_inputs(&seeds, 0x5eed_0004).take(RANDOM_INPUTS / 8) {
+        flagella_fuzz::etcd_events(&input);
+    }
+}
