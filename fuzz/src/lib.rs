@@ -1,4 +1,4 @@
-//! Fuzz bodies for Flagella's dataplane, as plain functions.
+//! Fuzz bodies for Flagella's dataplane and policy compiler, as plain functions.
 //!
 //! The libFuzzer targets in `fuzz_targets/` are one-line wrappers around these functions, so the
 //! same code runs three ways:
@@ -15,6 +15,7 @@
 pub mod control_requests;
 pub mod etcd_events;
 pub mod pipeline;
+pub mod policy;
 pub mod policy_oracle;
 pub mod replay;
 pub mod wire;
@@ -22,4 +23,5 @@ pub mod wire;
 pub use control_requests::control_requests;
 pub use etcd_events::etcd_events;
 pub use pipeline::pipeline;
+pub use policy::policy_parse;
 pub use wire::wire_parsers;
