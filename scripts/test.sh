@@ -39,7 +39,7 @@ scripts/systemd/check-syscalls.sh
 
 # fuzz/ is its own workspace (see fuzz/README.md). On stable, without cargo-fuzz: the targets
 # compile as replay tools and tests/seeds.rs runs every seed plus pseudo-random inputs through
-# both fuzz bodies.
+# every fuzz body.
 step "fuzz targets: fmt, clippy, seeds and random inputs"
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings

@@ -1482,6 +1482,64 @@ fn icmp_error_about_a_tracked_flow_follows_it() {
     assert_eq!(p.counters().ct_related, 1, "neither counted as related");
 }
 
+/// The verdict of one frame from `ingress` (for steps whose output bytes are not the point).
+fn verdict_of(p: &mut Pipeline, t: &Tables, ingress: u32, input: &[u8]) -> Verdict {
+    let mut frames = [testutil::frame(input)];
+    p.process(t, ingress, &mut frames, 1_000_000_000)[0]
+}
+
+/// Issue 14, finding 1, as the fuzz target's policy oracle checks it: a pod quotes the reply of
+/// its own allowed DNS flow to the world in ICMP errors. Only the error that goes back to the
+/// quoted sender (the DNS server) is related; toward a neighbour whose ingress refuses the pod,
+/// or toward another world address its egress refuses, it is dropped, whether or not the pod
+/// has a policy of its own.
+#[test]
+fn icmp_error_quoting_own_dns_flow_reaches_only_the_quoted_sender() {
+    let mut t = node_a();
+    enforce_ingress(&mut t, &POD2); // the server admits nothing new
+    let db = Arc::make_mut(&mut t.endpoints)
+        .policy_mut(EndpointId(POD3.id))
+        .unwrap();
+    db.egress.enforced = true; // the db may only query DNS in the world
+    db.egress
+        .map
+        .insert(
+            PolicyKey::l4(Identity::WORLD, 17, PortRange::single(53)),
+            PolicyEntry::allow(9),
+        )
+        .unwrap();
+    let dns = IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8));
+    let elsewhere = IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1));
+    for pod in [&POD3, &POD1] {
+        let mut p = pipeline();
+        let query = PacketBuilder::udp(pod.ip(), 40053, dns, 53).macs(pod.mac, ROUTER_MAC);
+        assert_eq!(
+            verdict_of(&mut p, &t, pod.ifindex, &query.build()),
+            Verdict::Tx { ifindex: UPLINK },
+            "pod {}: its DNS query leaves",
+            pod.id
+        );
+        let reply = PacketBuilder::udp(dns, 53, pod.ip(), 40053).build();
+        for (to, what) in [(POD2.ip(), "a refused neighbour"), (elsewhere, "the world")] {
+            let smuggled = icmp_error(pod, to, 3, 3, &reply);
+            assert_eq!(
+                verdict_of(&mut p, &t, pod.ifindex, &smuggled.build()),
+                Verdict::Drop(DropReason::IcmpErrorUnrelated),
+                "pod {}: an error about its own DNS flow, sent to {what}",
+                pod.id
+            );
+        }
+        let related = icmp_error(pod, dns, 3, 3, &reply);
+        assert_eq!(
+            verdict_of(&mut p, &t, pod.ifindex, &related.build()),
+            Verdict::Tx { ifindex: UPLINK },
+            "pod {}: the same error to the DNS server is related",
+            pod.id
+        );
+        assert_eq!(p.counters().ct_related, 1, "pod {}", pod.id);
+    }
+}
+
 #[test]
 fn icmp_error_from_a_service_backend_is_reverse_nated() {
     let t = node_a();
