@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use prometheus::{CounterVec, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use super::flow_export::ExportStats;
 use super::monitor::MonitorStats;
 use super::publish::{CtSummary, WorkerCounters};
 use crate::pipeline::{Counters, DropReason, Stage};
@@ -150,6 +151,54 @@ pub fn render_monitor(stats: &MonitorStats) -> Result<String, prometheus::Error>
     subscribers
         .with_label_values::<&str>(&[])
         .set(i64::try_from(stats.subscribers.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    encode(&registry)
+}
+
+/// The flow export's totals (`flagella_flow_export_*`). The rings' losses, which the export
+/// shares with the monitor, are `flagella_monitor_events_lost_total{source="worker_ring"}`.
+pub fn render_flow_export(stats: &ExportStats) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, value: u64| -> prometheus::Result<()> {
+        let c = IntCounterVec::new(Opts::new(name, help), &[])?;
+        registry.register(Box::new(c.clone()))?;
+        c.with_label_values::<&str>(&[]).inc_by(value);
+        Ok(())
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter(
+        "flagella_flow_export_flows_total",
+        "Flows queued for the flow export's file or collector.",
+        load(&stats.flows),
+    )?;
+    counter(
+        "flagella_flow_export_written_total",
+        "Lines (flows and loss reports) the flow export wrote.",
+        load(&stats.written),
+    )?;
+    counter(
+        "flagella_flow_export_write_errors_total",
+        "Failed writes, opens or connects of the flow export (each retried every second).",
+        load(&stats.write_errors),
+    )?;
+    counter(
+        "flagella_flow_export_reopens_total",
+        "Times the flow export opened its file (start, rotation, SIGHUP) or connected to its \
+         collector.",
+        load(&stats.reopens),
+    )?;
+    let lost = IntCounterVec::new(
+        Opts::new(
+            "flagella_flow_export_lost_total",
+            "Flows the flow export did not write: `rate_limited` (over the configured rate), \
+             `export_queue` (the file or collector was slow or away).",
+        ),
+        &["source"],
+    )?;
+    registry.register(Box::new(lost.clone()))?;
+    lost.with_label_values(&["rate_limited"])
+        .inc_by(load(&stats.rate_limited));
+    lost.with_label_values(&["export_queue"])
+        .inc_by(load(&stats.queue_lost));
     encode(&registry)
 }
 
