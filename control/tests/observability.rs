@@ -144,6 +144,16 @@ impl Harness {
     /// The harness of one test: `tag` (one letter) tells its namespaces, interfaces and files
     /// from those of the other tests running in parallel.
     fn start(dataplane_bin: &Path, tag: &str) -> Harness {
+        Harness::start_with(dataplane_bin, tag, |_| Vec::new())
+    }
+
+    /// As [`Harness::start`], with more flags for the dataplane, made from the test's
+    /// directory (for files and sockets of the test's own).
+    fn start_with(
+        dataplane_bin: &Path,
+        tag: &str,
+        flags: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Harness {
         let pid = std::process::id();
         let node = format!("fobs-{pid}{tag}");
         let dir = testkit::private_dir(&format!("fobs-{tag}-"));
@@ -170,7 +180,8 @@ impl Harness {
             node,
             pods,
         };
-        h.start_dataplane(dataplane_bin);
+        let flags = flags(&h.dir);
+        h.start_dataplane(dataplane_bin, &flags);
         h.write_cluster();
         let child = spawn_agent_with_metrics(
             &h.etcd_url,
@@ -184,7 +195,7 @@ impl Harness {
         h
     }
 
-    fn start_dataplane(&mut self, bin: &Path) {
+    fn start_dataplane(&mut self, bin: &Path, flags: &[String]) {
         let config = self.dir.join("dataplane.toml");
         std::fs::write(&config, "").unwrap();
         let mut cmd = Command::new("ip");
@@ -194,7 +205,8 @@ impl Harness {
             .arg(&config)
             .arg("--socket")
             .arg(&self.socket)
-            .args(["--metrics-address", DATAPLANE_METRICS]);
+            .args(["--metrics-address", DATAPLANE_METRICS])
+            .args(flags);
         for pod in &self.pods {
             cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
         }
@@ -811,4 +823,161 @@ fn a_flood_of_denied_packets_loses_monitor_events_visibly_while_forwarding_and_c
     stop.store(true, Ordering::Relaxed);
     server_b.join().unwrap();
     server_a.join().unwrap();
+}
+
+/// The exported flow of a denied SYN from A to B, checked against the dataplane's endpoints.
+fn assert_denied_syn_from_a_to_b(h: &Harness, flow: &Value) {
+    let (a_ep, a_id) = endpoint_of(h, "a");
+    let (b_ep, b_id) = endpoint_of(h, "b");
+    assert_eq!(flow["verdict"], "DROPPED", "{flow}");
+    assert_eq!(flow["drop_reason_desc"], "policy_denied_ingress", "{flow}");
+    assert_eq!(flow["event_type"]["type"], "drop");
+    assert_eq!(flow["interface"]["index"], h.pod("a").ifindex);
+    assert_eq!(flow["source"]["identity"], a_id);
+    assert_eq!(flow["source"]["ID"], a_ep);
+    assert_eq!(flow["destination"]["identity"], b_id);
+    assert_eq!(flow["destination"]["ID"], b_ep);
+    assert_eq!(flow["IP"]["source"], h.pod("a").ip.to_string());
+    assert_eq!(flow["IP"]["destination"], h.pod("b").ip.to_string());
+    assert_eq!(flow["l4"]["TCP"]["destination_port"], PORT);
+    assert!(flow["l4"]["TCP"]["source_port"]
+        .as_u64()
+        .is_some_and(|p| p > 0));
+    assert_eq!(flow["l4"]["TCP"]["flags"], json!({"SYN": true}));
+}
+
+/// The first denied SYN from A to B among JSON lines, if any.
+fn denied_syn(lines: &str, h: &Harness) -> Option<Value> {
+    let b = h.pod("b").ip.to_string();
+    lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["flow"].clone())
+        .find(|f| {
+            f["drop_reason_desc"] == "policy_denied_ingress"
+                && f["IP"]["destination"] == b.as_str()
+                && f["l4"]["TCP"]["destination_port"] == PORT
+        })
+}
+
+#[test]
+fn flow_export_appends_the_denied_syn_to_a_file_and_accounts_for_rate_limited_flows() {
+    let bin = match preflight() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    // Two flows a second: the burst of denied SYNs below is mostly rate-limited.
+    let h = Harness::start_with(&bin, "e", |dir| {
+        vec![
+            "--monitor-socket".into(),
+            "off".into(),
+            "--flow-export".into(),
+            format!("file:{}", dir.join("flows.json").display()),
+            "--flow-export-rate".into(),
+            "2".into(),
+            "--flow-export-type".into(),
+            "drop".into(),
+        ]
+    });
+    let file = h.dir.join("flows.json");
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = deny_into_b_after_a_reached_it(&h, &stop);
+    wait_for_within("the exported file shows a denied SYN", CONVERGE, || {
+        let _ = h.connect_a_to_b(Duration::from_millis(300));
+        denied_syn(&std::fs::read_to_string(&file).unwrap_or_default(), &h).is_some()
+    });
+    let text = std::fs::read_to_string(&file).unwrap();
+    let flow = denied_syn(&text, &h).unwrap();
+    eprintln!("exported: {flow}");
+    assert_denied_syn_from_a_to_b(&h, &flow);
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "one JSON object a line:\n{text}"
+    );
+
+    // Twenty SYNs in about two seconds at two a second: some are rate-limited, and the file's
+    // flows and rate-limit reports add up to the dataplane's counts.
+    for _ in 0..20 {
+        let _ = h.connect_a_to_b(Duration::from_millis(100));
+    }
+    wait_for_within(
+        "the file's flows and losses add up to /metrics",
+        CONVERGE,
+        || {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let (flows, _) = tally(&text);
+            let limited: u64 = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["lost_events"]["source"] == "rate_limited")
+                .filter_map(|v| v["lost_events"]["num_events_lost"].as_u64())
+                .sum();
+            let metrics = h.dataplane_metrics();
+            let exported = sample(&metrics, "flagella_flow_export_flows_total").unwrap_or(0.0);
+            let limited_metric = sample(
+                &metrics,
+                "flagella_flow_export_lost_total{source=\"rate_limited\"}",
+            )
+            .unwrap_or(0.0);
+            eprintln!(
+                "file: {flows} flows, {limited} rate-limited; /metrics: {exported} flows, \
+                 {limited_metric} rate-limited"
+            );
+            limited > 0 && flows as f64 == exported && limited as f64 == limited_metric
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+}
+
+#[test]
+fn flow_export_streams_the_denied_syn_to_a_unix_socket_collector() {
+    let bin = match preflight() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    // The dataplane starts before the collector listens: the export connects once it does.
+    let h = Harness::start_with(&bin, "u", |dir| {
+        vec![
+            "--flow-export".into(),
+            format!("unix:{}", dir.join("collector.sock").display()),
+        ]
+    });
+    let listener = std::os::unix::net::UnixListener::bind(h.dir.join("collector.sock")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = deny_into_b_after_a_reached_it(&h, &stop);
+    // The export connects when it has a line to write: accept while denied SYNs are made.
+    listener.set_nonblocking(true).unwrap();
+    let mut collector = None;
+    let mut lines = String::new();
+    wait_for_within("the collector receives a denied SYN", CONVERGE, || {
+        let _ = h.connect_a_to_b(Duration::from_millis(300));
+        if collector.is_none() {
+            if let Ok((stream, _)) = listener.accept() {
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                collector = Some(std::io::BufReader::new(stream));
+            }
+        }
+        if let Some(reader) = collector.as_mut() {
+            while std::io::BufRead::read_line(reader, &mut lines).is_ok_and(|n| n > 0) {}
+        }
+        denied_syn(&lines, &h).is_some()
+    });
+    let flow = denied_syn(&lines, &h).unwrap();
+    eprintln!("collected: {flow}");
+    assert_denied_syn_from_a_to_b(&h, &flow);
+    assert!(dataplane_sample(&h, "flagella_flow_export_flows_total") > 0.0);
+    assert!(dataplane_sample(&h, "flagella_flow_export_reopens_total") >= 1.0);
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
 }
