@@ -816,7 +816,10 @@ fn a_flood_of_denied_packets_loses_monitor_events_visibly_while_forwarding_and_c
             (flows + lost) as f64 == produced && flows > 0
         },
     );
-    let denied = dataplane_sample(&h, "flagella_drops_total{reason=\"policy_denied_ingress\"}");
+    let denied = dataplane_sample(
+        &h,
+        "flagella_drops_total{direction=\"ingress\",reason=\"policy_denied_ingress\"}",
+    );
     assert!(denied > 0.0);
     let _ = cli.kill();
     let _ = cli.wait();

@@ -1202,7 +1202,13 @@ fn scrape(
                     .push((ifname.clone(), *queue, s.fields().to_vec()));
             }
         }
-        let mut text = metrics::render(&stats.total(), &stats.per_worker(), &kernel)?;
+        let total = stats.total();
+        kernel.interface_names = total
+            .interfaces
+            .iter()
+            .filter_map(|t| Some((t.ifindex, interface_name(t.ifindex)?)))
+            .collect();
+        let mut text = metrics::render(&total, &stats.per_worker(), &kernel)?;
         if let Some(monitor) = &observed.monitor {
             text.push_str(&metrics::render_monitor(monitor)?);
         }
@@ -1211,6 +1217,21 @@ fn scrape(
         }
         Ok(text)
     })
+}
+
+/// The kernel's name of interface `ifindex` in the dataplane's namespace (read at scrape time,
+/// so a renamed interface shows its new name); `None` when it no longer exists.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires; it writes a
+    // NUL-terminated name there or returns null.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: non-null: `buf` now holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Each socket under its queue, in the XSKMAP of its own interface's program.
