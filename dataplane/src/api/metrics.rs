@@ -34,6 +34,7 @@ use super::monitor::MonitorStats;
 use super::publish::{CtSummary, WorkerCounters};
 use crate::pipeline::{Counters, Direction, DropReason, Stage};
 use crate::tables::conntrack::CtStats;
+use crate::tables::Tables;
 
 /// The default listen address (Cilium's agent uses 9962).
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9962";
@@ -197,6 +198,45 @@ fn render_interfaces(
         }
     }
     Ok(())
+}
+
+/// What the published tables hold: policy-map entries per direction (summed over endpoints)
+/// and the endpoints whose policy is enforced, read from the snapshot at scrape time.
+pub fn render_tables(tables: &Tables) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    let entries = IntGaugeVec::new(
+        Opts::new(
+            "flagella_policy_map_entries",
+            "Entries of the endpoints' policy maps, by direction (summed over endpoints).",
+        ),
+        &["direction"],
+    )?;
+    registry.register(Box::new(entries.clone()))?;
+    let enforced = IntGaugeVec::new(
+        Opts::new(
+            "flagella_policy_enforced_endpoints",
+            "Endpoints whose policy is enforced (default deny), by direction.",
+        ),
+        &["direction"],
+    )?;
+    registry.register(Box::new(enforced.clone()))?;
+    for direction in Direction::ALL {
+        let policies = || {
+            tables
+                .endpoints
+                .iter()
+                .map(|e| e.policy.direction(direction))
+        };
+        let count = policies().map(|p| p.map.len()).sum::<usize>();
+        let on = policies().filter(|p| p.enforced).count();
+        entries
+            .with_label_values(&[direction.name()])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        enforced
+            .with_label_values(&[direction.name()])
+            .set(i64::try_from(on).unwrap_or(i64::MAX));
+    }
+    encode(&registry)
 }
 
 /// The flow export's totals (`flagella_flow_export_*`). The rings' losses, which the export
@@ -558,6 +598,49 @@ mod tests {
 
     use super::*;
     use crate::api::publish::StatsRegistry;
+
+    #[test]
+    fn policy_map_entries_are_counted_per_direction() {
+        use crate::tables::endpoints::{EndpointId, EndpointSpec};
+        use crate::tables::policy::{PolicyEntry, PolicyKey};
+        use crate::tables::{maglev, services::Services, LocalNode};
+        use crate::types::Identity;
+        let mut tables = Tables::empty(
+            LocalNode::default(),
+            Services::new(maglev::DEFAULT_M, 1).unwrap(),
+        );
+        let endpoints = Arc::make_mut(&mut tables.endpoints);
+        for id in [1u8, 2] {
+            endpoints
+                .upsert(EndpointSpec {
+                    id: EndpointId(u32::from(id)),
+                    ifindex: 10 + u32::from(id),
+                    mac: crate::MacAddr([2, 0, 0, 0, 0, id]),
+                    ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, id)),
+                    ipv6: None,
+                    identity: Identity(1000),
+                })
+                .unwrap();
+            let policy = endpoints.policy_mut(EndpointId(u32::from(id))).unwrap();
+            policy.ingress.enforced = true;
+            for peer in 0..u32::from(id) {
+                policy
+                    .ingress
+                    .map
+                    .insert(PolicyKey::l3(Identity(2000 + peer)), PolicyEntry::allow(1))
+                    .unwrap();
+            }
+        }
+        let text = render_tables(&tables).unwrap();
+        for series in [
+            "flagella_policy_map_entries{direction=\"ingress\"} 3",
+            "flagella_policy_map_entries{direction=\"egress\"} 0",
+            "flagella_policy_enforced_endpoints{direction=\"ingress\"} 2",
+            "flagella_policy_enforced_endpoints{direction=\"egress\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn every_counter_and_drop_reason_is_a_metric() {

@@ -557,7 +557,7 @@ fn start(
     };
 
     if let Ok(Some(address)) = cfg.metrics() {
-        let render = scrape(stats, &running.xdp, socket_readers, observed);
+        let render = scrape(stats, tables, &running.xdp, socket_readers, observed);
         let server = MetricsServer::bind(address, render)?;
         log(&format!("metrics: http://{address}/metrics"));
         let name = "metrics".to_string();
@@ -1179,11 +1179,13 @@ fn stats_readers(worker: &Worker) -> Vec<(String, u32, SocketStatsReader)> {
 /// (every XDP program's counters, every socket's statistics) read now, on the metrics thread.
 fn scrape(
     stats: &Arc<StatsRegistry>,
+    tables: &TablesHandle,
     xdp: &[InterfaceXdp],
     sockets: Vec<(String, u32, SocketStatsReader)>,
     observed: Observed,
 ) -> Render {
     let stats = Arc::clone(stats);
+    let tables = tables.clone();
     let programs: Vec<(String, Arc<XdpProgram>)> = xdp
         .iter()
         .map(|x| (x.ifname.clone(), Arc::clone(&x.program)))
@@ -1209,6 +1211,7 @@ fn scrape(
             .filter_map(|t| Some((t.ifindex, interface_name(t.ifindex)?)))
             .collect();
         let mut text = metrics::render(&total, &stats.per_worker(), &kernel)?;
+        text.push_str(&metrics::render_tables(&tables.snapshot())?);
         if let Some(monitor) = &observed.monitor {
             text.push_str(&metrics::render_monitor(monitor)?);
         }

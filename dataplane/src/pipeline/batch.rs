@@ -13,7 +13,7 @@
 //! parsing, NAT rewrites, checksum completion, destination resolution, prefetching, conntrack
 //! entry creation) lives in helper modules of its own, never inside a stage.
 
-use super::counters::{Counters, Direction, Stage};
+use super::counters::{drop_direction, Counters, Stage};
 use super::drop::DropReason;
 use super::event::Origin;
 use super::event_ring::EventSink;
@@ -57,8 +57,7 @@ impl Ctx<'_> {
         m.verdict = Verdict::Drop(reason);
         m.drop_stage = stage as u8;
         let from_pod = matches!(self.ingress, Ingress::Pod(_));
-        self.c
-            .drop(stage, reason, Direction::of_drop(reason, from_pod));
+        self.c.drop(stage, reason, drop_direction(reason, from_pod));
     }
 }
 
@@ -155,7 +154,7 @@ impl<'a, B: AsRef<[u8]> + AsMut<[u8]>> Batch<'a, B> {
                 Verdict::Pending => {
                     m.verdict = Verdict::Drop(DropReason::NoRoute);
                     m.drop_stage = Stage::Route as u8;
-                    let direction = Direction::of_drop(DropReason::NoRoute, from_pod);
+                    let direction = drop_direction(DropReason::NoRoute, from_pod);
                     c.drop(Stage::Route, DropReason::NoRoute, direction);
                     c.drop_packets += 1;
                 }

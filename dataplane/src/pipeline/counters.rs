@@ -4,6 +4,7 @@
 //! publishes snapshots to the metrics endpoint; [`Counters::merge`] sums workers.
 
 use super::drop::DropReason;
+pub use crate::tables::policy::Direction;
 
 /// The pipeline stages, in order. A frame is counted as it enters a stage and, if the stage
 /// drops it, in that stage's drop counter.
@@ -124,35 +125,14 @@ impl InterfaceCounters {
 /// Which way a dropped frame was going, from the endpoint's side as Cilium counts it: a frame a
 /// pod sent is `Egress`, any other (to a pod, from the uplink or the host) `Ingress`, except
 /// that a policy drop goes the way of the map that refused it. One definition: the counters
-/// and the monitor's events both use [`Direction::of_drop`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl Direction {
-    pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    /// The direction of a frame dropped for `reason`, which came from a pod or not.
-    #[inline]
-    pub fn of_drop(reason: DropReason, from_pod: bool) -> Direction {
-        match reason {
-            DropReason::PolicyDeniedIngress | DropReason::PolicyDenyRuleIngress => {
-                Direction::Ingress
-            }
-            DropReason::PolicyDeniedEgress | DropReason::PolicyDenyRuleEgress => Direction::Egress,
-            _ if from_pod => Direction::Egress,
-            _ => Direction::Ingress,
-        }
-    }
-
-    /// The `direction` label and the monitor's `traffic_direction`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
+/// and the monitor's events both use it.
+#[inline]
+pub fn drop_direction(reason: DropReason, from_pod: bool) -> Direction {
+    match reason {
+        DropReason::PolicyDeniedIngress | DropReason::PolicyDenyRuleIngress => Direction::Ingress,
+        DropReason::PolicyDeniedEgress | DropReason::PolicyDenyRuleEgress => Direction::Egress,
+        _ if from_pod => Direction::Egress,
+        _ => Direction::Ingress,
     }
 }
 

@@ -5,7 +5,7 @@
 //! included), so that capturing one is a copy into a preallocated ring slot: no allocation, no
 //! syscall. Encoding (JSON) happens on the monitor thread, never on the worker.
 
-use super::counters::{Direction, Stage};
+use super::counters::{drop_direction, Direction, Stage};
 use super::drop::DropReason;
 use super::meta::{PacketMeta, Tuple, Verdict};
 use crate::tables::endpoints::EndpointId;
@@ -129,7 +129,7 @@ impl Event {
     /// frame from a pod is that pod's egress.
     pub fn direction(&self) -> &'static str {
         let direction = match self.reason() {
-            Some(reason) => Direction::of_drop(reason, self.from_pod),
+            Some(reason) => drop_direction(reason, self.from_pod),
             None if self.from_pod => Direction::Egress,
             None => Direction::Ingress,
         };
