@@ -255,11 +255,19 @@ impl MonitorServer {
                     .exporter
                     .as_mut()
                     .is_some_and(|x| x.wants(event.kind) && x.admit(now));
-                if self.subscribers.is_empty() && !export {
+                let listened = !self.subscribers.is_empty();
+                let to_subscribers = listened && !self.every_queue_full();
+                if listened && !to_subscribers {
+                    // Every subscriber would lose it: lost without the cost of encoding it
+                    // (under a flood this keeps the monitor thread's CPU for what is read).
+                    self.lose_for_every_subscriber();
+                    self.stats.events.fetch_add(1, Ordering::Relaxed);
+                }
+                if !to_subscribers && !export {
                     continue; // Nobody to tell (left over from the last subscriber, or not exported).
                 }
                 let line: Arc<str> = Arc::from(flow_json(&event, worker, &self.clock).to_string());
-                if !self.subscribers.is_empty() {
+                if to_subscribers {
                     self.broadcast(&line, Carries::OneEvent);
                     self.stats.events.fetch_add(1, Ordering::Relaxed);
                 }
@@ -272,6 +280,25 @@ impl MonitorServer {
             }
         }
         drained
+    }
+
+    /// Whether every subscriber's queue is full: each that lost lines is offered its loss
+    /// report first, and one whose report still does not fit has no room.
+    fn every_queue_full(&mut self) -> bool {
+        self.subscribers.iter_mut().all(|s| {
+            tell_losses(s);
+            s.untold_lost > 0
+        })
+    }
+
+    /// One event lost by every subscriber (their queues are full), counted as `broadcast`
+    /// counts a line a full queue refuses.
+    fn lose_for_every_subscriber(&mut self) {
+        for s in &mut self.subscribers {
+            s.untold_lost += 1;
+        }
+        let n = self.subscribers.len() as u64;
+        self.stats.subscriber_lost.fetch_add(n, Ordering::Relaxed);
     }
 
     fn report_ring_losses(&mut self) {
@@ -373,6 +400,11 @@ fn write_lines(stream: UnixStream, lines: Receiver<Arc<str>>) {
     while let Ok(first) = lines.recv() {
         let mut next = Some(first);
         while let Some(line) = next {
+            // The probe: a subscriber that hung up while no event came would otherwise stay
+            // counted (and listening) until the next event's write failed.
+            if line.is_empty() && hung_up(out.get_ref()) {
+                return;
+            }
             if !line.is_empty() && write_line(&mut out, &line).is_err() {
                 return;
             }
@@ -382,6 +414,24 @@ fn write_lines(stream: UnixStream, lines: Receiver<Arc<str>>) {
             return;
         }
     }
+}
+
+/// Whether the subscriber closed its end: it never sends, so a non-blocking peek that reads
+/// end-of-file means it is gone (nothing to read means it is still there).
+fn hung_up(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: `byte` is a valid 1-byte buffer for the call; the descriptor is the stream's,
+    // open for the call's duration; MSG_PEEK leaves any data queued, MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 fn write_line(out: &mut impl Write, line: &str) -> io::Result<()> {
