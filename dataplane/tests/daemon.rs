@@ -565,7 +565,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     let metrics = scrape_metrics(&topo.node);
     let denied = metric_value(
         &metrics,
-        "flagella_drops_total{reason=\"policy_denied_ingress\"}",
+        "flagella_drops_total{direction=\"ingress\",reason=\"policy_denied_ingress\"}",
     );
     checks.that(
         "/metrics counts the denied connection",

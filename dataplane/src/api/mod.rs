@@ -31,6 +31,7 @@
 pub mod apply;
 pub mod control;
 pub mod flow;
+pub mod flow_export;
 pub mod metrics;
 pub mod monitor;
 pub mod protocol;

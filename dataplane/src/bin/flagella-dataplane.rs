@@ -45,6 +45,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
+use dataplane::api::flow_export::{ExportConfig, ExportError, ExportStats, FlowExporter};
 use dataplane::api::metrics::{self, KernelCounters, MetricsError, MetricsServer, Render};
 use dataplane::api::monitor::{EventHub, MonitorError, MonitorServer, MonitorStats};
 use dataplane::api::{ControlServer, ServerError, SocketAccess, StatsRegistry, TablesHandle};
@@ -73,6 +74,9 @@ use xdp_redirect::{
 
 /// Set by SIGTERM/SIGINT (and by the main thread when a thread fails); every thread polls it.
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+/// Set by SIGHUP: the flow export reopens its file (after logrotate) or reconnects.
+static REOPEN_FLOW_EXPORT: AtomicBool = AtomicBool::new(false);
 
 /// The Maglev seed: it must be the same on every node so that a flow picks the same backend
 /// wherever it lands. A constant until the control process distributes one.
@@ -115,7 +119,7 @@ Pods reach their node, and the node its pods, through a veth pair the dataplane 
 network namespace (flg_host, the host's side, with the pods' gateway addresses and routes to the
 pods; flg_net, the dataplane's): see --host-interface.
 
-Runs as root. Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
+Runs as root. SIGHUP reopens the flow export's file (after logrotate). Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
 process is killed (the kernel owns their links through this process's file descriptors).";
 
 const AFTER_HELP: &str = "\
@@ -169,6 +173,24 @@ struct Cli {
     /// for debugging).
     #[arg(long)]
     monitor_trace: bool,
+
+    /// Flow export: append the monitor's JSON flows (one a line, as `flagella monitor -o json`)
+    /// to `file:PATH` (reopened on SIGHUP or when the path's inode changes, for logrotate), or
+    /// write them to a collector's Unix stream socket `unix:PATH` (reconnected every second
+    /// while it is away); `off` for none. Lost and rate-limited flows are reported in the
+    /// stream and in /metrics. Overrides `flow_export` in the file (default off).
+    #[arg(long, value_name = "file:PATH|unix:PATH|off")]
+    flow_export: Option<String>,
+
+    /// Flows exported per second at most (default 10000); the rest are counted as
+    /// rate-limited. Overrides `flow_export_rate` in the file.
+    #[arg(long, value_name = "N")]
+    flow_export_rate: Option<u32>,
+
+    /// Export only this event type (repeatable): drop, policy-verdict or trace. Default: all.
+    /// Overrides `flow_export_types` in the file.
+    #[arg(long = "flow-export-type", value_name = "TYPE")]
+    flow_export_types: Vec<String>,
 
     /// `true`: the control socket is mode 0660, so members of the daemon's group may connect
     /// (run flagella-control as another user in that group: it then cannot signal the
@@ -305,6 +327,8 @@ enum DaemonError {
     Masquerade(#[from] MasqueradeError),
     #[error("monitor: {0}")]
     Monitor(#[from] MonitorError),
+    #[error("flow export: {0}")]
+    FlowExport(#[from] ExportError),
     #[error("cannot read {what} of interface `{ifname}` from {path}: {source}: check the interface still exists")]
     InterfaceFacts {
         ifname: String,
@@ -345,7 +369,7 @@ enum DaemonError {
     },
     #[error("host interface `{ifname}`: {reason}; the dataplane needs CAP_NET_ADMIN in the node's network namespace (or pass --host-interface off)")]
     HostInterface { ifname: String, reason: String },
-    #[error("installing the SIGTERM/SIGINT handler failed: {0}")]
+    #[error("installing the SIGTERM/SIGINT/SIGHUP handler failed: {0}")]
     Signal(io::Error),
     #[error(
         "the {name} thread stopped: {reason}; see the messages above, then restart the dataplane"
@@ -466,7 +490,9 @@ fn start(
     running: &mut Running,
 ) -> Result<(), DaemonError> {
     let mut socket_readers = Vec::new();
-    let mut hub = monitor_socket(cfg, cli).map(|_| {
+    let export = cfg.flow_export().map_err(DaemonError::Usage)?;
+    let events_wanted = monitor_socket(cfg, cli).is_some() || export.is_some();
+    let mut hub = events_wanted.then(|| {
         EventHub::new(EventConfig {
             policy_sample: cli.monitor_policy_sample,
             trace: cli.monitor_trace,
@@ -525,13 +551,13 @@ fn start(
         })?;
     running.server = Some(handle);
 
-    let monitor_stats = match (hub, monitor_socket(cfg, cli)) {
-        (Some(hub), Some(path)) => Some(start_monitor(hub, &path, access, running)?),
-        _ => None,
+    let observed = match hub {
+        Some(hub) => start_monitor(hub, monitor_socket(cfg, cli), export, access, running)?,
+        None => Observed::default(),
     };
 
     if let Ok(Some(address)) = cfg.metrics() {
-        let render = scrape(stats, &running.xdp, socket_readers, monitor_stats);
+        let render = scrape(stats, tables, &running.xdp, socket_readers, observed);
         let server = MetricsServer::bind(address, render)?;
         log(&format!("metrics: http://{address}/metrics"));
         let name = "metrics".to_string();
@@ -581,18 +607,46 @@ fn monitor_socket(cfg: &DaemonConfig, cli: &Cli) -> Option<PathBuf> {
     }
 }
 
-/// Binds the monitor socket and serves it on its own thread; returns its loss totals.
-/// `access`: the control socket's, so whoever may use one may use the other.
+/// The monitor's and the flow export's totals, for `/metrics`.
+#[derive(Default)]
+struct Observed {
+    monitor: Option<Arc<MonitorStats>>,
+    export: Option<Arc<ExportStats>>,
+}
+
+/// Binds the monitor socket (when `path` is given) and starts the flow export (when
+/// configured), both fed by one thread that drains the workers' event rings; returns their
+/// totals. `access`: the control socket's, so whoever may use one may use the other.
 fn start_monitor(
     hub: EventHub,
-    path: &Path,
+    path: Option<PathBuf>,
+    export: Option<ExportConfig>,
     access: SocketAccess,
     running: &mut Running,
-) -> Result<Arc<MonitorStats>, DaemonError> {
-    create_socket_dir(path, access)?;
-    let mut server = MonitorServer::bind(path, access.mode(), hub, dataplane::io::monotonic_ns())?;
-    let stats = server.stats();
-    log(&format!("monitor socket {}", path.display()));
+) -> Result<Observed, DaemonError> {
+    let now = dataplane::io::monotonic_ns();
+    let mut server = match &path {
+        Some(path) => {
+            create_socket_dir(path, access)?;
+            let server = MonitorServer::bind(path, access.mode(), hub, now)?;
+            log(&format!("monitor socket {}", path.display()));
+            server
+        }
+        None => MonitorServer::without_socket(hub, now),
+    };
+    let mut observed = Observed {
+        monitor: Some(server.stats()),
+        export: None,
+    };
+    if let Some(export) = export {
+        let exporter = FlowExporter::start(&export, &REOPEN_FLOW_EXPORT)?;
+        observed.export = Some(exporter.stats());
+        log(&format!(
+            "flow export to {} ({} flows/s at most; SIGHUP reopens)",
+            export.target, export.rate
+        ));
+        server.export_to(exporter);
+    }
     let name = "monitor".to_string();
     let handle = thread::Builder::new()
         .name(name.clone())
@@ -605,7 +659,7 @@ fn start_monitor(
             source,
         })?;
     running.aux.push((name, handle));
-    Ok(stats)
+    Ok(observed)
 }
 
 /// The file (when there is one), then the flags on top; validated once more after merging.
@@ -647,6 +701,15 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     }
     if let Some(address) = &cli.metrics_address {
         cfg.metrics_address = address.clone();
+    }
+    if let Some(export) = &cli.flow_export {
+        cfg.flow_export = export.clone();
+    }
+    if let Some(rate) = cli.flow_export_rate {
+        cfg.flow_export_rate = rate;
+    }
+    if !cli.flow_export_types.is_empty() {
+        cfg.flow_export_types = cli.flow_export_types.clone();
     }
     if let Some(mode) = cli.xdp_mode {
         cfg.xdp_mode = match mode {
@@ -1116,11 +1179,13 @@ fn stats_readers(worker: &Worker) -> Vec<(String, u32, SocketStatsReader)> {
 /// (every XDP program's counters, every socket's statistics) read now, on the metrics thread.
 fn scrape(
     stats: &Arc<StatsRegistry>,
+    tables: &TablesHandle,
     xdp: &[InterfaceXdp],
     sockets: Vec<(String, u32, SocketStatsReader)>,
-    monitor: Option<Arc<MonitorStats>>,
+    observed: Observed,
 ) -> Render {
     let stats = Arc::clone(stats);
+    let tables = tables.clone();
     let programs: Vec<(String, Arc<XdpProgram>)> = xdp
         .iter()
         .map(|x| (x.ifname.clone(), Arc::clone(&x.program)))
@@ -1139,12 +1204,37 @@ fn scrape(
                     .push((ifname.clone(), *queue, s.fields().to_vec()));
             }
         }
-        let mut text = metrics::render(&stats.total(), &stats.per_worker(), &kernel)?;
-        if let Some(monitor) = &monitor {
+        let total = stats.total();
+        kernel.interface_names = total
+            .interfaces
+            .iter()
+            .filter_map(|t| Some((t.ifindex, interface_name(t.ifindex)?)))
+            .collect();
+        let mut text = metrics::render(&total, &stats.per_worker(), &kernel)?;
+        text.push_str(&metrics::render_tables(&tables.snapshot())?);
+        if let Some(monitor) = &observed.monitor {
             text.push_str(&metrics::render_monitor(monitor)?);
+        }
+        if let Some(export) = &observed.export {
+            text.push_str(&metrics::render_flow_export(export)?);
         }
         Ok(text)
     })
+}
+
+/// The kernel's name of interface `ifindex` in the dataplane's namespace (read at scrape time,
+/// so a renamed interface shows its new name); `None` when it no longer exists.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires; it writes a
+    // NUL-terminated name there or returns null.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: non-null: `buf` now holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Each socket under its queue, in the XSKMAP of its own interface's program.
@@ -1186,13 +1276,17 @@ fn create_socket_dir(socket: &Path, access: SocketAccess) -> Result<(), DaemonEr
         })
 }
 
-extern "C" fn on_signal(_signal: libc::c_int) {
+extern "C" fn on_signal(signal: libc::c_int) {
     // An atomic store is async-signal-safe; everything else happens on the threads.
-    SHUTDOWN.store(true, Ordering::Relaxed);
+    if signal == libc::SIGHUP {
+        REOPEN_FLOW_EXPORT.store(true, Ordering::Relaxed);
+    } else {
+        SHUTDOWN.store(true, Ordering::Relaxed);
+    }
 }
 
 fn install_signal_handlers() -> io::Result<()> {
-    for signal in [libc::SIGTERM, libc::SIGINT] {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags) that is then
         // filled in; the handler only performs an atomic store, which is async-signal-safe.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
