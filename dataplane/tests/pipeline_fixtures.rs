@@ -222,15 +222,15 @@ enum Expect {
     Drop(DropReason),
 }
 
-struct Fixture {
-    description: &'static str,
+struct Fixture<'a> {
+    description: &'a str,
     ingress: u32,
     input: Vec<u8>,
     expect: Expect,
 }
 
 /// Runs one fixture through `p` and returns the output bytes.
-fn check(p: &mut Pipeline, t: &Tables, fx: Fixture) -> Vec<u8> {
+fn check(p: &mut Pipeline, t: &Tables, fx: Fixture<'_>) -> Vec<u8> {
     let mut frames = [testutil::frame(&fx.input)];
     let verdict = p.process(t, fx.ingress, &mut frames, 1_000_000_000)[0];
     let out = frames[0].data().to_vec();
@@ -981,6 +981,105 @@ fn icmp_echo_and_reply() {
         },
     );
     assert_eq!(p.counters().ct_established, 1);
+}
+
+/// An ICMP message other than echo (`ty`: e.g. 13, timestamp request; ICMPv6 139, node
+/// information query) with an 8-byte body and a full checksum.
+fn icmp_query(from: &Pod, to: IpAddr, ty: u8) -> PacketBuilder {
+    use dataplane::wire::checksum;
+    let (src, proto) = match to {
+        IpAddr::V4(_) => (from.ip(), 1),
+        IpAddr::V6(_) => (from.ip6(), 58),
+    };
+    let mut msg = vec![ty, 0, 0, 0, 0x12, 0x34, 0, 1, 0, 0, 0, 0];
+    let pseudo = match (src, to) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, 58, msg.len() as u32),
+        _ => 0,
+    };
+    let c = checksum::finish(checksum::sum(&msg, pseudo));
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    PacketBuilder::new(from.mac, ROUTER_MAC, src, to, testutil::L4::Raw { proto }).payload(&msg)
+}
+
+/// Cilium's `icmps` rules: the policy key's port is the ICMP type (8 / 128 for echo requests),
+/// whatever the echo's identifier; other types find no entry and are refused; the reply follows
+/// conntrack although the map has no entry for type 0 / 129.
+#[test]
+fn icmp_type_rules_admit_echo_and_refuse_other_types() {
+    let mut t = node_a();
+    let pol = Arc::make_mut(&mut t.endpoints)
+        .policy_mut(EndpointId(POD2.id))
+        .unwrap();
+    pol.ingress.enforced = true;
+    for (proto, ty) in [(1, 8), (58, 128)] {
+        pol.ingress
+            .map
+            .insert(
+                PolicyKey::l4(ID_CLIENT, proto, PortRange::single(ty)),
+                PolicyEntry::allow(1),
+            )
+            .unwrap();
+    }
+    let mut p = pipeline();
+    for (family, to_server, to_client) in [
+        ("IPv4", POD2.ip(), POD1.ip()),
+        ("IPv6", POD2.ip6(), POD1.ip6()),
+    ] {
+        let src = |pod: &Pod| {
+            if to_server.is_ipv4() {
+                pod.ip()
+            } else {
+                pod.ip6()
+            }
+        };
+        let req = PacketBuilder::echo(src(&POD1), to_server, true, 4242).macs(POD1.mac, ROUTER_MAC);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: &format!("{family} echo request (type allowed) passes"),
+                ingress: POD1.ifindex,
+                input: req.build(),
+                expect: Expect::Tx(POD2.ifindex, delivered(&req, &POD2).build()),
+            },
+        );
+        let rep =
+            PacketBuilder::echo(src(&POD2), to_client, false, 4242).macs(POD2.mac, ROUTER_MAC);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: &format!("{family} echo reply follows conntrack"),
+                ingress: POD2.ifindex,
+                input: rep.build(),
+                expect: Expect::Tx(POD1.ifindex, delivered(&rep, &POD1).build()),
+            },
+        );
+        let other_type = if to_server.is_ipv4() { 13 } else { 139 };
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: &format!("{family} ICMP type {other_type} refused"),
+                ingress: POD1.ifindex,
+                input: icmp_query(&POD1, to_server, other_type).build(),
+                expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+            },
+        );
+        let from_db =
+            PacketBuilder::echo(src(&POD3), to_server, true, 8).macs(POD3.mac, ROUTER_MAC);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: &format!("{family} echo request from an identity not allowed refused"),
+                ingress: POD3.ifindex,
+                input: from_db.build(),
+                expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+            },
+        );
+    }
+    assert_eq!(p.counters().drops(DropReason::PolicyDeniedIngress), 4);
 }
 
 #[test]

@@ -8,6 +8,9 @@
 //!
 //! Established flows, replies and related ICMP errors skip the lookup (conntrack decided them).
 //! Traffic that neither starts nor ends at a local endpoint is not subject to policy here.
+//!
+//! The key's port is `PacketMeta::policy_port`: the destination port, or the ICMP type (Cilium's
+//! `icmps` rules), so ICMP costs the same one probe per class as a TCP port.
 
 use super::batch::{Batch, Ctx};
 use super::meta::{CtMark, PacketMeta};
@@ -33,7 +36,7 @@ fn is_new_flow(m: &PacketMeta) -> bool {
 /// The drop reason if either direction's policy refuses the flow.
 fn check(m: &PacketMeta, ctx: &mut Ctx<'_>) -> Option<DropReason> {
     let t = &m.tuple;
-    let port = t.dport;
+    let port = m.policy_port();
     if let Some(ep) = m.src_slot.and_then(|s| ctx.t.endpoints.by_slot(s)) {
         ctx.c.policy_lookups += 1;
         match ep.policy.egress.lookup(m.dst_identity, t.proto, port) {
