@@ -18,6 +18,9 @@
 //!   an ICMP or ICMPv6 port spec whose port is the type; a rule has `toPorts` or `icmps`, not
 //!   both (Cilium refuses that too); `icmps` that list no type match nothing.
 //!
+//! - `nodeSelector` (cluster-wide policies only) instead of `endpointSelector`: a host policy,
+//!   whose subjects are nodes selected by their labels ([`crate::model::Section::hosts`]).
+//!
 //! Fields Cilium has but Flagella does not enforce (L7 `rules`, `toFQDNs`, `toServices`,
 //! `fromRequires`, ...) are reported as warnings. An *allow* rule that contains one is
 //! dropped entirely (fail closed: it allows nothing, rather than more than it says); a *deny*
@@ -101,6 +104,7 @@ fn parse_section(spec: Node<'_>, cx: &mut Cx<'_>) -> Result<Section, Error> {
     let unsupported = spec.fields(
         &[
             "endpointSelector",
+            "nodeSelector",
             "ingress",
             "ingressDeny",
             "egress",
@@ -109,27 +113,16 @@ fn parse_section(spec: Node<'_>, cx: &mut Cx<'_>) -> Result<Section, Error> {
             "labels",
             "description",
         ],
-        &["nodeSelector", "log"],
+        &["log"],
     )?;
     if let Some(path) = unsupported.first() {
-        // A section for nodes (host policy) cannot be enforced by a pod dataplane: an error,
-        // since silently skipping it would leave the nodes open.
         return Err(crate::error::Error::field(
             spec.doc,
             path,
-            "not supported by Flagella (host policies and policy logging are not implemented); \
-             remove the field or the section",
+            "not supported by Flagella (policy logging is not implemented); remove the field",
         ));
     }
-    let selector = spec.required(
-        "endpointSelector",
-        "endpointSelector ({} selects every endpoint)",
-        |n| Selector::parse(n, &strip_source),
-    )?;
-    let subject = match cx.namespace {
-        Some(ns) => selector.and_equals(NAMESPACE_LABEL, ns),
-        None => selector,
-    };
+    let (subject, hosts) = parse_subject(spec, cx)?;
     let (dd_ingress, dd_egress) = spec
         .with_field("enableDefaultDeny", |n| {
             n.fields(&["ingress", "egress"], &[])?;
@@ -144,9 +137,37 @@ fn parse_section(spec: Node<'_>, cx: &mut Cx<'_>) -> Result<Section, Error> {
     Ok(Section {
         path: spec.path().to_string(),
         subject,
+        hosts,
         ingress,
         egress,
     })
+}
+
+/// The section's subject: `endpointSelector` (pods; scoped to the policy's namespace) or, in a
+/// cluster-wide policy, `nodeSelector` (nodes, by their labels: a host policy), exactly one.
+fn parse_subject(spec: Node<'_>, cx: &Cx<'_>) -> Result<(Selector, bool), Error> {
+    let endpoints = spec.with_field("endpointSelector", |n| Selector::parse(n, &strip_source))?;
+    let nodes = spec.with_field("nodeSelector", |n| Selector::parse(n, &strip_source))?;
+    match (endpoints, nodes, cx.namespace) {
+        (Some(selector), None, Some(ns)) => Ok((selector.and_equals(NAMESPACE_LABEL, ns), false)),
+        (Some(selector), None, None) => Ok((selector, false)),
+        (None, Some(_), Some(_)) => Err(Error::field(
+            spec.doc,
+            &spec.child_path("nodeSelector"),
+            "a host policy (nodeSelector) must be a CiliumClusterwideNetworkPolicy, as in \
+             Cilium; change the kind or use endpointSelector",
+        )),
+        (None, Some(selector), None) => Ok((selector, true)),
+        (Some(_), Some(_), _) => Err(Error::field(
+            spec.doc,
+            &spec.child_path("nodeSelector"),
+            "give endpointSelector (pods) or nodeSelector (nodes), not both",
+        )),
+        (None, None, _) => Err(spec.error(
+            "a section needs endpointSelector ({} selects every endpoint) or, cluster-wide, \
+             nodeSelector (a host policy)",
+        )),
+    }
 }
 
 fn direction(

@@ -75,6 +75,9 @@ pub struct Section {
     /// Field path of the section (`spec`, `specs[1]`), for traces.
     pub path: String,
     pub subject: Selector,
+    /// A host policy (Cilium's `nodeSelector`): `subject` selects nodes by their labels, and
+    /// the rules apply to the nodes' own traffic through the dataplane, not to pods.
+    pub hosts: bool,
     pub ingress: DirectionRules,
     pub egress: DirectionRules,
 }
