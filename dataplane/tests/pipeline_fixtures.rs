@@ -1284,6 +1284,120 @@ fn the_node_reaches_its_pods_as_host_and_policy_sees_it() {
     assert_eq!(p.last_meta()[0].src_identity, Identity::WORLD);
 }
 
+/// Host policies (Cilium's host firewall): once the host's ingress is enforced, a pod reaches
+/// the node's addresses only on the ports its map allows; the node's replies follow
+/// conntrack; without enforcement everything passes (the default); the host's egress map
+/// decides what the node itself starts towards pods.
+#[test]
+fn host_policy_admits_pods_to_the_node_only_on_allowed_ports() {
+    let mut t = with_host_link(node_a());
+    let host = Arc::make_mut(&mut t.endpoints).host_policy_mut();
+    host.ingress.enforced = true;
+    for port in [22, 8080] {
+        host.ingress
+            .map
+            .insert(
+                PolicyKey::l4(Identity::ANY, 6, PortRange::single(port)),
+                PolicyEntry::allow(1),
+            )
+            .unwrap();
+    }
+    let mut p = pipeline();
+    let allowed = from_pod(&POD1, IpAddr::V4(underlay(1)), 40000, 8080, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "pod1 -> node:8080, allowed by the host policy",
+            ingress: POD1.ifindex,
+            input: allowed.build(),
+            expect: Expect::Tx(HOST_NET, to_kernel(&allowed).build()),
+        },
+    );
+    let reply = from_host(underlay(1), POD1.ip(), 8080, 40000, TCP_SYN_ACK);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the node's reply follows conntrack",
+            ingress: HOST_NET,
+            input: reply.build(),
+            expect: Expect::Tx(POD1.ifindex, delivered(&reply, &POD1).build()),
+        },
+    );
+    let gateway = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
+    for (description, dst, port) in [
+        ("pod1 -> node:9090 refused", IpAddr::V4(underlay(1)), 9090),
+        (
+            "pod1 -> gateway:9090 refused (every own address is the host)",
+            gateway,
+            9090,
+        ),
+    ] {
+        let syn = from_pod(&POD1, dst, 40001, port, TCP_SYN);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description,
+                ingress: POD1.ifindex,
+                input: syn.build(),
+                expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+            },
+        );
+    }
+    let ping =
+        PacketBuilder::echo(POD1.ip(), IpAddr::V4(underlay(1)), true, 9).macs(POD1.mac, ROUTER_MAC);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "ICMP to the node is refused too: it is not in the map",
+            ingress: POD1.ifindex,
+            input: ping.build(),
+            expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+        },
+    );
+    let to_pod = from_host(underlay(1), POD2.ip(), 50000, 80, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the host's egress is not enforced: host -> pod2 passes",
+            ingress: HOST_NET,
+            input: to_pod.build(),
+            expect: Expect::Tx(POD2.ifindex, delivered(&to_pod, &POD2).build()),
+        },
+    );
+    Arc::make_mut(&mut t.endpoints)
+        .host_policy_mut()
+        .egress
+        .enforced = true;
+    let to_pod = from_host(underlay(1), POD2.ip(), 50001, 80, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "an enforced host egress with nothing allowed refuses host -> pod2",
+            ingress: HOST_NET,
+            input: to_pod.build(),
+            expect: Expect::Drop(DropReason::PolicyDeniedEgress),
+        },
+    );
+    let t = with_host_link(node_a());
+    let syn = from_pod(&POD1, IpAddr::V4(underlay(1)), 40002, 9090, TCP_SYN);
+    check(
+        &mut pipeline(),
+        &t,
+        Fixture {
+            description: "no host policy: pod1 -> node:9090 passes",
+            ingress: POD1.ifindex,
+            input: syn.build(),
+            expect: Expect::Tx(HOST_NET, to_kernel(&syn).build()),
+        },
+    );
+}
+
 #[test]
 fn the_host_resolves_every_pod_to_the_router_mac() {
     let t = with_host_link(node_a());

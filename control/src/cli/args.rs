@@ -400,7 +400,7 @@ host address of that CIDR. Other nodes reach its pods through --underlay-ip.",
         after_long_help = "EXAMPLES:\n  \
 flagella node upsert node-1 --underlay-ip 192.168.0.1 --pod-cidr 10.1.0.0/24\n  \
 flagella node upsert node-2 --underlay-ip 192.168.0.2 --pod-cidr 10.2.0.0/24 \\\n      \
---pod-cidr fd00:2::/64 --tunnel geneve"
+--pod-cidr fd00:2::/64 --tunnel geneve --labels role=worker"
     )]
     Upsert {
         /// The node's name (what its agent's --node says)
@@ -414,6 +414,9 @@ flagella node upsert node-2 --underlay-ip 192.168.0.2 --pod-cidr 10.2.0.0/24 \\\
         /// How traffic reaches its pods from other nodes
         #[arg(long, value_enum, default_value_t = TunnelArg::Vxlan)]
         tunnel: TunnelArg,
+        /// The node's labels (host policies' nodeSelector matches them)
+        #[arg(long, value_name = "K=V[,K=V...]", default_value = "", value_parser = parse_labels)]
+        labels: std::collections::BTreeMap<String, String>,
     },
 }
 

@@ -28,7 +28,8 @@
 //! numbers to cluster-wide numbers), `changes.rs` (what the dataplane must be told since the
 //! last commit, or after its restart), `wire.rs` (model objects as the dataplane's wire
 //! messages), `requests.rs` (changes into the requests that carry them: each endpoint in one
-//! batch with its policy, the ipcache in batches), `log.rs` (the agent's log line).
+//! batch with its policy, the ipcache in batches), `host_policy.rs` (this node's own policy,
+//! from host policies selecting its labels), `log.rs` (the agent's log line).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -42,6 +43,7 @@ use crate::schema::{EndpointSpec, NodeSpec, ServiceSpec};
 
 mod changes;
 mod frontends;
+mod host_policy;
 mod identities;
 mod ingest;
 mod log;
@@ -96,6 +98,9 @@ pub struct ClusterState {
     /// whose number was forgotten. [`Self::needed_identities`] looks at these only (a scan of
     /// every endpoint cost 6-11 ms per watch batch at 10k endpoints); commit prunes them.
     unresolved: BTreeSet<String>,
+    /// The host policy last sent (`host_policy.replace`, ingress then egress); `None` before
+    /// the first and after a dataplane restart.
+    sent_host_policy: Option<Vec<crate::dataplane_client::HostPolicyReplace>>,
 }
 
 impl ClusterState {
@@ -128,6 +133,7 @@ impl ClusterState {
             local_only: false,
             local_keys: BTreeSet::new(),
             unresolved: BTreeSet::new(),
+            sent_host_policy: None,
         }
     }
 

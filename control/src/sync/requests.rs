@@ -31,6 +31,7 @@ pub fn requests(changes: Vec<Change>) -> Vec<Request> {
     let mut by_endpoint: BTreeMap<u32, Vec<Change>> = BTreeMap::new();
     let mut order = Vec::new();
     let mut policy = Vec::new();
+    let mut host = Vec::new();
     for change in changes {
         match &change {
             Change::IpcacheUpsert(_) | Change::IpcacheDelete(_) => ipcache.push(change),
@@ -42,6 +43,8 @@ pub fn requests(changes: Vec<Change>) -> Vec<Request> {
                 group.push(change);
             }
             Change::PolicyUpdate(_) | Change::PolicyReplace(_) => policy.push(change),
+            // After the ipcache, whose CIDR identities its entries may name.
+            Change::HostPolicyReplace(_) => host.push(change),
             _ => first.push(change),
         }
     }
@@ -60,6 +63,7 @@ pub fn requests(changes: Vec<Change>) -> Vec<Request> {
         }
     }
     out.extend(loose.into_iter().map(Request::Change));
+    out.extend(host.into_iter().map(Request::Change));
     out
 }
 
