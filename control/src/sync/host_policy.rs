@@ -79,7 +79,7 @@ mod tests {
             .collect()
     }
 
-    fn ingress<'a>(out: &'a [Change]) -> Option<&'a HostPolicyReplace> {
+    fn ingress(out: &[Change]) -> Option<&HostPolicyReplace> {
         host_changes(out)
             .into_iter()
             .find(|m| m.direction == WireDirection::Ingress)
