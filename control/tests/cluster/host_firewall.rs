@@ -141,11 +141,19 @@ fn icmp_types(c: &Cluster) {
                             "icmps": [{"fields": [{"type": 8, "family": "IPv4"},
                                                   {"type": "EchoRequest", "family": "IPv6"}]}]}]}),
     );
+    // The policy is in force once TCP (which it does not admit) is refused: only then may n1a
+    // send its timestamp request, which, answered a moment too early, would leave a conntrack
+    // entry that lets the next ones through for 60 s.
+    wait_for(
+        "n2a's policy refuses TCP: only ICMP echo is admitted",
+        || tcp_echo(n1a, IpAddr::V4(n2a.v4), Duration::from_millis(700)).is_err(),
+    );
     let before = policy_drops(c, 2);
-    wait_for("n2a's policy refuses the timestamp request", || {
-        icmp_timestamp(n1a, n2a.v4).is_err()
-    });
-    wait_for("node 2 counts the refused timestamp requests", || {
+    assert!(
+        icmp_timestamp(n1a, n2a.v4).is_err(),
+        "n2a's policy admits only echo requests, not a timestamp request"
+    );
+    wait_for("node 2 counts the refused timestamp request", || {
         policy_drops(c, 2) > before
     });
     must("ping n1a -> n2a (echo request allowed)", || {
@@ -155,10 +163,6 @@ fn icmp_types(c: &Cluster) {
     must("ping -6 n1a -> n2a (EchoRequest allowed)", || {
         ping_pod(n1a, IpAddr::V6(v6))
     });
-    assert!(
-        tcp_echo(n1a, IpAddr::V4(n2a.v4), Duration::from_millis(700)).is_err(),
-        "only ICMP echo is admitted into n2a, not TCP"
-    );
     delete_cnp(c, "n2a-echo-only");
     must("the timestamp request is answered again", || {
         icmp_timestamp(n1a, n2a.v4)
