@@ -254,6 +254,9 @@ pub struct NodeSpec {
     pub pod_cidrs: Vec<String>,
     #[serde(default)]
     pub tunnel: TunnelMode,
+    /// The node's labels (Kubernetes node labels): what host policies' `nodeSelector` selects.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeSpec {
@@ -706,6 +709,7 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Object, SchemaError> {
         ObjectKey::Node(name) => {
             let spec: NodeSpec = json(key, value)?;
             check_node(key, &spec)?;
+            check_labels(key, &spec.labels)?;
             Ok(Object::Node(name, spec))
         }
         ObjectKey::Identity(n) => Ok(Object::Identity(n, json(key, value)?)),

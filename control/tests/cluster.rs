@@ -54,6 +54,11 @@
 //! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
 //! again.
 //!
+//! `icmp_types_and_host_policies_over_vxlan` (checks in `cluster/host_firewall.rs`): an
+//! `icmps` rule admits ping in both families and refuses an ICMP timestamp request (counted);
+//! a host policy (`nodeSelector` on node 1's etcd labels) admits pods to node 1 on TCP 8080 and
+//! refuses 9090, leaves node 2 alone, and its deletion restores 9090.
+//!
 //! `nodeport_from_outside_*` and `nodeport_snat_from_outside_*` (checks in
 //! `cluster/nodeport.rs`): a client outside the cluster, behind the underlay's router, through
 //! node 1's NodePort with DSR, and in SNAT mode.
@@ -65,6 +70,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
 
 mod common;
+#[path = "cluster/host_firewall.rs"]
+mod host_firewall;
 #[path = "cluster/nodeport.rs"]
 mod nodeport;
 #[path = "cluster/renumber.rs"]
@@ -1825,6 +1832,12 @@ fn pods_and_their_nodes_over_vxlan() {
 #[test]
 fn pods_and_their_nodes_natively_routed() {
     run_host_path(Mode::Native);
+}
+
+/// ICMP type rules and host policies (`cluster/host_firewall.rs`).
+#[test]
+fn icmp_types_and_host_policies_over_vxlan() {
+    host_firewall::run();
 }
 
 #[test]

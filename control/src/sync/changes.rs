@@ -3,7 +3,8 @@
 //! after a dataplane restart ([`ClusterState::snapshot`]).
 //!
 //! Order within a commit: endpoints first (policy changes refer to them), then the ipcache,
-//! then one `policy.update` per endpoint and direction. (On the wire, `requests.rs` regroups
+//! then one `policy.update` per endpoint and direction, then this node's host policy when it
+//! changed (`host_policy.rs`). (On the wire, `requests.rs` regroups
 //! them: each endpoint travels in one atomic batch with its policy.) A change that needs a cluster-wide
 //! identity not known yet is held back until [`ClusterState::set_identity`] supplies it.
 
@@ -60,6 +61,7 @@ impl ClusterState {
                 delete: batch.delete,
             }));
         }
+        self.host_policy_changes(&mut out);
         self.prune_engine_labels();
         out
     }
@@ -263,6 +265,8 @@ impl ClusterState {
                 }));
             }
         }
+        self.forget_host_policy();
+        self.host_policy_changes(&mut out);
         out
     }
 }

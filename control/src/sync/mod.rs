@@ -29,7 +29,8 @@
 //! last commit, or after its restart), `wire.rs` (model objects as the dataplane's wire
 //! messages), `requests.rs` (changes into the requests that carry them: each endpoint in one
 //! batch with its policy, the ipcache in batches), `renumber.rs` (a label set allocated again
-//! under a new number: its ipcache and policy entries move), `log.rs` (the agent's log line).
+//! under a new number: its ipcache and policy entries move), `host_policy.rs` (this node's own
+//! policy, from host policies selecting its labels), `log.rs` (the agent's log line).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -43,6 +44,7 @@ use crate::schema::{EndpointSpec, NodeSpec, ServiceSpec};
 
 mod changes;
 mod frontends;
+mod host_policy;
 mod identities;
 mod ingest;
 mod log;
@@ -103,6 +105,9 @@ pub struct ClusterState {
     /// whose number was forgotten. [`Self::needed_identities`] looks at these only (a scan of
     /// every endpoint cost 6-11 ms per watch batch at 10k endpoints); commit prunes them.
     unresolved: BTreeSet<String>,
+    /// The host policy last sent (`host_policy.replace`, ingress then egress); `None` before
+    /// the first and after a dataplane restart.
+    sent_host_policy: Option<Vec<crate::dataplane_client::HostPolicyReplace>>,
 }
 
 impl ClusterState {
@@ -137,6 +142,7 @@ impl ClusterState {
             local_only: false,
             local_keys: BTreeSet::new(),
             unresolved: BTreeSet::new(),
+            sent_host_policy: None,
         }
     }
 

@@ -52,6 +52,7 @@ pub fn requests(changes: Vec<Change>) -> Vec<Request> {
     let mut by_endpoint: BTreeMap<u32, Vec<Change>> = BTreeMap::new();
     let mut order = Vec::new();
     let mut policy = Vec::new();
+    let mut host = Vec::new();
     for change in changes {
         match &change {
             Change::IpcacheUpsert(_) | Change::IpcacheDelete(_) => ipcache.push(change),
@@ -63,6 +64,8 @@ pub fn requests(changes: Vec<Change>) -> Vec<Request> {
                 group.push(change);
             }
             Change::PolicyUpdate(_) | Change::PolicyReplace(_) => policy.push(change),
+            // After the ipcache, whose CIDR identities its entries may name.
+            Change::HostPolicyReplace(_) => host.push(change),
             _ => first.push(change),
         }
     }
@@ -81,6 +84,7 @@ pub fn requests(changes: Vec<Change>) -> Vec<Request> {
         }
     }
     out.extend(loose.into_iter().map(Request::Change));
+    out.extend(host.into_iter().map(Request::Change));
     out.into_iter().flat_map(fitted).collect()
 }
 
@@ -89,6 +93,7 @@ pub fn weight(change: &Change) -> usize {
     1 + match change {
         Change::PolicyUpdate(m) => m.add.len() + m.delete.len(),
         Change::PolicyReplace(m) => m.entries.len(),
+        Change::HostPolicyReplace(m) => m.entries.len(),
         Change::ServiceUpsert(m) => m.backends.len(),
         _ => 0,
     }

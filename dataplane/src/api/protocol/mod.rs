@@ -37,7 +37,7 @@ pub use endpoints::{EndpointMsg, EndpointRef};
 pub use ipcache::{IpcacheMsg, PrefixRef};
 pub use local_node::{LocalNodeMsg, NextHopMsg, NextHopsMsg, MIN_UPLINK_MTU};
 pub use nodes::{NodeMsg, NodeRef};
-pub use policy::{PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate};
+pub use policy::{HostPolicyReplace, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate};
 pub use request::{
     parse_request, Change, Envelope, NoParams, Op, Refusal, Request, StagedPart, OPS,
 };

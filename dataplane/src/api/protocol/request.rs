@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
-    join, DumpRequest, EndpointMsg, EndpointRef, IpcacheMsg, LocalNodeMsg, NodeMsg, NodeRef,
-    PolicyReplace, PolicyUpdate, PrefixRef, RequestError, ServiceMsg, ServiceRef,
+    join, DumpRequest, EndpointMsg, EndpointRef, HostPolicyReplace, IpcacheMsg, LocalNodeMsg,
+    NodeMsg, NodeRef, PolicyReplace, PolicyUpdate, PrefixRef, RequestError, ServiceMsg, ServiceRef,
 };
 
 /// The table of ops: `Variant = "name"`, in the order error messages list them.
@@ -62,6 +62,8 @@ ops! {
     IpcacheDelete = "ipcache.delete",
     PolicyUpdate = "policy.update",
     PolicyReplace = "policy.replace",
+    /// The node's own policy (host firewall), one direction, whole.
+    HostPolicyReplace = "host_policy.replace",
     ServiceUpsert = "service.upsert",
     ServiceDelete = "service.delete",
     NodeUpsert = "node.upsert",
@@ -135,6 +137,7 @@ changes! {
     IpcacheDelete(PrefixRef),
     PolicyUpdate(PolicyUpdate),
     PolicyReplace(PolicyReplace),
+    HostPolicyReplace(HostPolicyReplace),
     ServiceUpsert(ServiceMsg),
     ServiceDelete(ServiceRef),
     NodeUpsert(NodeMsg),
@@ -431,6 +434,7 @@ fn parse_op(op: &str, body: Body<'_>) -> Result<Request, RequestError> {
         | Op::IpcacheDelete
         | Op::PolicyUpdate
         | Op::PolicyReplace
+        | Op::HostPolicyReplace
         | Op::ServiceUpsert
         | Op::ServiceDelete
         | Op::NodeUpsert
@@ -591,6 +595,7 @@ mod tests {
             r#"{"op":"ipcache.delete","prefix":"10.0.0.0/24"}"#,
             r#"{"op":"policy.update","endpoint":1,"direction":"ingress","enforced":true,"add":[{"identity":1001,"proto":"tcp","port":80,"action":"allow","cookie":7}],"delete":[{"identity":9}]}"#,
             r#"{"op":"policy.replace","endpoint":1,"direction":"egress","entries":[]}"#,
+            r#"{"op":"host_policy.replace","direction":"ingress","enforced":true,"entries":[{"proto":"tcp","port":22,"action":"allow"}]}"#,
             r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"10.0.0.1","port":8080}],"mode":"dsr"}"#,
             r#"{"op":"service.delete","frontend":{"addr":"10.96.0.10","port":80,"proto":6}}"#,
             r#"{"op":"node.upsert","name":"b","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"encap":"geneve"}"#,
