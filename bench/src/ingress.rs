@@ -221,6 +221,7 @@ impl IngressTopology {
         target: IngressTarget,
         scenario: Option<Scenario>,
         args: &RunArgs,
+        masquerade_ports: Option<&str>,
         dir: &Path,
     ) -> Result<Running, BenchError> {
         match (target, scenario) {
@@ -230,7 +231,8 @@ impl IngressTopology {
                 Ok(Running::Kernel)
             }
             (IngressTarget::Flagella, Some(s)) => {
-                let launch = DataplaneLaunch::from_run(args)?;
+                let mut launch = DataplaneLaunch::from_run(args)?;
+                launch.masquerade_ports = masquerade_ports.map(str::to_string);
                 Ok(Running::Flagella(self.start_flagella(s, &launch, dir)?))
             }
         }

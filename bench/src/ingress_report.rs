@@ -80,7 +80,13 @@ pub fn measure_row(
             return Ok(row);
         }
     };
-    let started = keep(topo.start(target, scenario, &args.run, &names.dir.0))?;
+    let started = keep(topo.start(
+        target,
+        scenario,
+        &args.run,
+        args.masquerade_ports.as_deref(),
+        &names.dir.0,
+    ))?;
     let mut running = match started {
         Ok(r) => r,
         Err(e) => {
@@ -170,6 +176,15 @@ pub fn report(args: &IngressArgs) -> Result<String, BenchError> {
         rounds.push(rows);
     }
     out.push_str(&summarize(&rounds, &args.scenarios));
+    let _ = writeln!(
+        out,
+        "\nflagella's masquerade ports: {} (SNAT and masquerade hold one per flow to a server, \
+         closed TCP flows for 10 s); a \"bound by\" flag: at least {CEILING_SHARE} of the \
+         ceiling of the same round",
+        args.masquerade_ports
+            .as_deref()
+            .unwrap_or("61000-65535, the daemon's default")
+    );
     let _ = writeln!(
         out,
         "\nstart: {start}\nend:   {}\ncommand: {command}",
