@@ -8,7 +8,7 @@ use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::generator::generate;
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, sink};
-use bench::{converge, forward, signals, xnode, BenchError};
+use bench::{converge, forward, ingress_report, signals, xnode, BenchError};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -48,6 +48,11 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         Command::Report(args) => report(&args),
         Command::Xnode(args) => {
             let text = xnode::report(&args)?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Ingress(args) => {
+            let text = ingress_report::report(&args)?;
             print!("{text}");
             Ok(())
         }
