@@ -279,6 +279,7 @@ async fn endpoint_write(
                 mac,
                 ports,
                 mtu: None,
+                container_id: None,
             };
             let mut e = create_endpoint(&store, &namespace, &name, spec).await?;
             if let Some(secs) = wait {
