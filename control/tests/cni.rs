@@ -19,12 +19,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::net::{ip_in, wait_for_within, NetNsGuard};
+use common::traffic::{dataplane_request, echo, tcp_echo, tcp_server};
 use common::Etcd;
 use control::store::Store;
 use serde_json::{json, Value};
@@ -93,6 +96,9 @@ fn cni_env<'a>(
 
 struct Harness {
     node: String,
+    /// The node's dataplane (serving no pod interface at start), when the test runs one.
+    dataplane: Option<Child>,
+    socket: PathBuf,
     etcd: Etcd,
     rt: tokio::runtime::Runtime,
     store: Store,
@@ -105,16 +111,21 @@ struct Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = a.kill();
-            let _ = a.wait();
+        for mut child in [self.agent.take(), self.dataplane.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Harness {
-    fn start(tag: &str) -> Harness {
+    /// Etcd, the node's entry, its agent, and with `dataplane` the node's dataplane (no pod
+    /// interface at start: the agent adds them as endpoints appear).
+    fn start(tag: &str, dataplane: Option<&Path>) -> Harness {
         let pid = std::process::id();
         let node = format!("fcni{pid}{tag}");
         let mut netns = NetNsGuard::default();
@@ -129,6 +140,8 @@ impl Harness {
             .expect("etcd");
         let dir = testkit::private_dir("fcni-");
         let mut h = Harness {
+            socket: dir.join("dataplane.sock"),
+            dataplane: None,
             node,
             etcd,
             rt,
@@ -143,15 +156,56 @@ impl Harness {
             &json!({"underlay_ip": "192.0.2.1", "pod_cidrs": [POD_CIDR], "tunnel": "vxlan"})
                 .to_string(),
         );
+        h.put("namespaces/shop", "{}");
+        if let Some(bin) = dataplane {
+            h.start_dataplane(bin);
+        }
         let log = h.dir.join("control.log");
         h.agent = Some(common::net::spawn_agent(
             &h.etcd.url,
             &h.node,
-            &h.dir.join("no-dataplane.sock"),
+            &h.socket,
             &h.dir.join("status.json"),
             &log,
         ));
         h
+    }
+
+    fn start_dataplane(&mut self, bin: &Path) {
+        let config = self.dir.join("dataplane.toml");
+        std::fs::write(&config, "").expect("config");
+        let log = std::fs::File::create(self.dir.join("dataplane.log")).expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node])
+            .arg(bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--idle-sleep-us", "100", "--metrics-address", "off"])
+            .args(["--monitor-socket", "off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the dataplane");
+        self.dataplane = Some(child);
+        let dataplane = &mut self.dataplane;
+        let socket = &self.socket;
+        let log_path = self.dir.join("dataplane.log");
+        wait_for_within("the dataplane's socket", Duration::from_secs(30), || {
+            let running = matches!(dataplane.as_mut().map(Child::try_wait), Some(Ok(None)));
+            assert!(
+                running,
+                "the dataplane exited:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        });
+    }
+
+    fn dataplane_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dataplane.log")).unwrap_or_default()
     }
 
     fn put(&self, key: &str, value: &str) {
@@ -257,7 +311,14 @@ fn the_plugin_as_a_runtime_drives_it() {
     if skip() {
         return;
     }
-    let mut h = Harness::start("a");
+    let bin = match common::net::preflight() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let mut h = Harness::start("a", Some(&bin));
     let pods = ["web-1", "web-2", "db-1"];
     let mut added = Vec::new();
     for (i, pod) in pods.iter().enumerate() {
@@ -298,6 +359,38 @@ fn the_plugin_as_a_runtime_drives_it() {
         added.push((ns, path, id, args, r.out, host_if));
     }
 
+    // The pods talk TCP through the dataplane, which took their interfaces on while running
+    // (no restart): the node's kernel does not forward, and only the dataplane answers for the
+    // gateway.
+    let stop = Arc::new(AtomicBool::new(false));
+    let server_ip = |i: usize| -> Ipv4Addr {
+        let a = added[i].4["ips"][0]["address"].as_str().expect("address");
+        a.trim_end_matches("/32").parse().expect("IPv4")
+    };
+    let server = SocketAddr::new(server_ip(0).into(), 7000);
+    let _server = tcp_server(&added[0].0, server, &stop, echo);
+    for (ns, ..) in &added[1..] {
+        wait_for_within(
+            "TCP between pods through the dataplane",
+            Duration::from_secs(30),
+            || tcp_echo(ns, server, Duration::from_secs(1)).is_ok(),
+        );
+    }
+    for (.., host_if) in &added {
+        assert!(
+            h.dataplane_log()
+                .contains(&format!("{host_if}: added at run time")),
+            "{host_if} added without a restart:\n{}",
+            h.dataplane_log()
+        );
+    }
+    let status = dataplane_request(&h.socket, &json!({"op": "status"}));
+    assert!(
+        status["workers"][0]["tx_packets"].as_u64() > Some(0),
+        "{status}"
+    );
+    stop.store(true, Ordering::Relaxed);
+
     // CHECK passes with the ADD's result, and fails once the pod lost its address.
     for (_, path, id, args, result, _) in &added {
         let mut conf = h.conf("1.1.0");
@@ -332,6 +425,11 @@ fn the_plugin_as_a_runtime_drives_it() {
     assert!(
         h.keys("endpoints/shop/web-1").is_empty(),
         "endpoint removed"
+    );
+    wait_for_within(
+        "the dataplane stops serving it",
+        Duration::from_secs(20),
+        || h.dataplane_log().contains(&format!("{host_if}: removed")),
     );
     let ip = result["ips"][0]["address"]
         .as_str()
@@ -453,7 +551,7 @@ fn ptp_and_host_local_compared_where_they_overlap() {
         eprintln!("SKIPPED: {PTP} is missing; install Debian's containernetworking-plugins");
         return;
     }
-    let mut h = Harness::start("p");
+    let mut h = Harness::start("p", None);
     let dir = h.dir.join("host-local");
     let network = format!("ptp-{}", h.node);
     let conf = |version: &str| {

@@ -28,7 +28,8 @@
 //! numbers to cluster-wide numbers), `changes.rs` (what the dataplane must be told since the
 //! last commit, or after its restart), `wire.rs` (model objects as the dataplane's wire
 //! messages), `requests.rs` (changes into the requests that carry them: each endpoint in one
-//! batch with its policy, the ipcache in batches), `log.rs` (the agent's log line).
+//! batch with its policy, the ipcache in batches), `log.rs` (the agent's log line),
+//! `interfaces.rs` (the pod interfaces the dataplane must serve).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -44,6 +45,7 @@ mod changes;
 mod frontends;
 mod identities;
 mod ingest;
+pub mod interfaces;
 mod log;
 mod requests;
 mod wire;

@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::apply::{apply, apply_batch, sorted_entries};
+use super::interfaces::Interfaces;
 use super::protocol::{
     parse_request, Change, DumpRequest, DumpTable, EndpointMsg, IpcacheMsg, LocalNodeMsg,
     NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, Text, CT_DUMP_DEFAULT_LIMIT,
@@ -72,6 +73,14 @@ pub struct Control {
     /// Whether change events are built (the server turns this off while nobody subscribes:
     /// an event copies the whole change, which can be megabytes).
     events_wanted: bool,
+    /// Adds and removes interfaces at run time (the daemon's); `None` refuses those requests.
+    interfaces: Option<Box<dyn Interfaces>>,
+}
+
+impl std::fmt::Debug for dyn Interfaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interfaces")
+    }
 }
 
 /// A change event, serialized straight from the change (no `Value` tree of a large policy).
@@ -109,7 +118,13 @@ impl Control {
             revision: 0,
             started: Instant::now(),
             events_wanted: true,
+            interfaces: None,
         }
+    }
+
+    /// Serves `interface.add`/`interface.remove` through `interfaces`.
+    pub fn set_interfaces(&mut self, interfaces: Box<dyn Interfaces>) {
+        self.interfaces = Some(interfaces);
     }
 
     /// Whether [`Outcome::event`] is built for changes (on by default).
@@ -157,7 +172,33 @@ impl Control {
             }),
             Request::Change(change) => self.change(&change, seq_ref),
             Request::Batch(changes) => self.batch(&changes, seq_ref),
+            Request::InterfaceAdd(i) => self.interface(&i.ifname, true, seq_ref),
+            Request::InterfaceRemove(i) => self.interface(&i.ifname, false, seq_ref),
         }
+    }
+
+    /// `interface.add` (`add`) or `interface.remove`: `{"ok":true,"changed":bool}`.
+    fn interface(&mut self, ifname: &str, add: bool, seq: Option<&Value>) -> Outcome {
+        let Some(interfaces) = self.interfaces.as_mut() else {
+            let e = RequestError::whole(
+                "this dataplane does not add interfaces at run time (it runs without AF_XDP \
+                 workers); list the interface in its configuration and restart it",
+            );
+            return Outcome::reply(error_reply(seq, &e));
+        };
+        let done = if add {
+            interfaces.add(ifname)
+        } else {
+            interfaces.remove(ifname)
+        };
+        Outcome::reply(match done {
+            Ok(changed) => {
+                let mut body = Map::new();
+                body.insert("changed".into(), Value::from(changed));
+                ok_reply(seq, body)
+            }
+            Err(message) => error_reply(seq, &RequestError::at("ifname", message)),
+        })
     }
 
     /// A `batch`: every change applied to one copy and published once, or none. One revision

@@ -30,6 +30,7 @@
 pub mod apply;
 pub mod control;
 pub mod flow;
+pub mod interfaces;
 pub mod metrics;
 pub mod monitor;
 pub mod protocol;
@@ -37,6 +38,7 @@ pub mod publish;
 pub mod server;
 
 pub use control::Control;
+pub use interfaces::Interfaces;
 pub use protocol::{Request, RequestError};
 pub use publish::{IoSummary, StatsRegistry, TablesHandle, WorkerStats};
 pub use server::{ControlServer, ServerError, SocketAccess};

@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
-    join, DumpRequest, EndpointMsg, EndpointRef, IpcacheMsg, LocalNodeMsg, NodeMsg, NodeRef,
-    PolicyReplace, PolicyUpdate, PrefixRef, RequestError, ServiceMsg, ServiceRef,
+    join, DumpRequest, EndpointMsg, EndpointRef, InterfaceMsg, IpcacheMsg, LocalNodeMsg, NodeMsg,
+    NodeRef, PolicyReplace, PolicyUpdate, PrefixRef, RequestError, ServiceMsg, ServiceRef,
 };
 
 /// The table of ops: `Variant = "name"`, in the order error messages list them.
@@ -76,6 +76,10 @@ ops! {
     Unsubscribe = "unsubscribe",
     /// Several changes applied as one: all or none, in one publication.
     Batch = "batch",
+    /// Serve a pod interface from now on (idempotent).
+    InterfaceAdd = "interface.add",
+    /// Stop serving an interface added with `interface.add` (idempotent).
+    InterfaceRemove = "interface.remove",
 }
 
 /// A request without parameters (`status`, `subscribe`, ...): any field is a mistake.
@@ -173,6 +177,8 @@ pub enum Request {
     /// Changes applied in order to one copy of the tables and published together, or refused
     /// together (a new endpoint with its policy, so it never carries traffic unenforced).
     Batch(Vec<Change>),
+    InterfaceAdd(InterfaceMsg),
+    InterfaceRemove(InterfaceMsg),
 }
 
 impl Request {
@@ -186,6 +192,8 @@ impl Request {
             Request::Unsubscribe => Op::Unsubscribe,
             Request::Change(c) => c.kind(),
             Request::Batch(_) => Op::Batch,
+            Request::InterfaceAdd(_) => Op::InterfaceAdd,
+            Request::InterfaceRemove(_) => Op::InterfaceRemove,
         }
     }
 
@@ -202,6 +210,9 @@ impl Request {
                 // A struct of plain values serializes to an object.
                 _ => Map::new(),
             },
+            Request::InterfaceAdd(i) | Request::InterfaceRemove(i) => {
+                Map::from_iter([("ifname".to_string(), Value::from(i.ifname.clone()))])
+            }
             Request::Status | Request::Ping | Request::Subscribe | Request::Unsubscribe => {
                 Map::new()
             }
@@ -407,6 +418,15 @@ fn parse_op(op: &str, body: Body<'_>) -> Result<Request, RequestError> {
         | Op::NodeDelete
         | Op::LocalNodeSet => Request::Change(Change::parse(kind, body)?),
         Op::Batch => Request::Batch(parse_batch(body)?),
+        Op::InterfaceAdd | Op::InterfaceRemove => {
+            let msg: InterfaceMsg = fields(op, body)?;
+            msg.check()?;
+            if kind == Op::InterfaceAdd {
+                Request::InterfaceAdd(msg)
+            } else {
+                Request::InterfaceRemove(msg)
+            }
+        }
     };
     Ok(request)
 }
