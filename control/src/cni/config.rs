@@ -197,6 +197,21 @@ mod tests {
         assert_eq!(parse(&huge).expect_err("7").code, code::INVALID_CONFIG);
     }
 
+    /// The conflist shipped for /etc/cni/net.d: a runtime hands each plugin its entry with the
+    /// list's `cniVersion` and `name` added (libcni does this).
+    #[test]
+    fn the_shipped_conflist_parses_as_the_runtime_passes_it() {
+        let list: serde_json::Value =
+            serde_json::from_str(include_str!("../../../scripts/cni/10-flagella.conflist"))
+                .expect("conflist JSON");
+        let mut plugin = list["plugins"][0].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        plugin["name"] = list["name"].clone();
+        let c = parse(plugin.to_string().as_bytes()).expect("valid");
+        assert!(c.version.is_1_1());
+        assert_eq!(c.etcd_endpoints, vec!["http://127.0.0.1:2379".to_string()]);
+    }
+
     #[test]
     fn gc_attachments_are_read() {
         let gc = r#"{"cniVersion":"1.1.0","name":"f","type":"flagella-cni","etcdEndpoints":["x"],

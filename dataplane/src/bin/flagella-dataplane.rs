@@ -1459,12 +1459,15 @@ mod tests {
     fn usage_and_configuration_errors_exit_with_2() {
         let empty = TempConfig::new("empty", "");
         let path = empty.0.to_str().unwrap();
-        let none = effective_config(&cli(&["--config", path, "--hot-interfaces", "0"]))
-            .unwrap_err();
+        let none =
+            effective_config(&cli(&["--config", path, "--hot-interfaces", "0"])).unwrap_err();
         assert!(none.to_string().contains("--interface"), "{none}");
         assert_eq!(none.exit_code(), 2);
         let hosted = effective_config(&cli(&["--config", path, "--host-interface", "off"]));
-        assert!(hosted.is_err(), "nothing to serve without the host interface");
+        assert!(
+            hosted.is_err(),
+            "nothing to serve without the host interface"
+        );
         let pods_later = effective_config(&cli(&["--config", path])).expect("pods added later");
         assert_eq!(pods_later.hot_interfaces, 16);
 

@@ -711,11 +711,10 @@ impl NewPort {
 /// What a running worker is asked to change, sent to it through [`PortChanges`].
 #[derive(Debug)]
 pub enum PortChange {
-    Add(NewPort),
+    /// Boxed: the message is a pointer's size, whatever a socket holds.
+    Add(Box<NewPort>),
     /// Stop serving every socket of this interface index.
-    Remove {
-        ifindex: u32,
-    },
+    Remove { ifindex: u32 },
 }
 
 /// The sending end the worker's owner keeps ([`crate::io::Worker::port_changes`]).

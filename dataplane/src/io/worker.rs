@@ -162,7 +162,7 @@ impl Worker {
         while let Ok(change) = changes.try_recv() {
             match change {
                 PortChange::Add(port) => {
-                    self.xsk.add_port(port, &mut self.io);
+                    self.xsk.add_port(*port, &mut self.io);
                 }
                 PortChange::Remove { ifindex } => {
                     self.xsk.remove_ports(ifindex, &mut self.io);

@@ -70,7 +70,7 @@ impl HotInterfaces {
             .register_socket(0, port.info().fd)
             .map_err(|e| format!("{ifname}: registering the AF_XDP socket failed: {e}"))?;
         self.changes
-            .send(PortChange::Add(port))
+            .send(PortChange::Add(Box::new(port)))
             .map_err(|_| "the first worker has stopped: restart flagella-dataplane".to_string())?;
         Ok(Added {
             ifindex,
