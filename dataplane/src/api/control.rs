@@ -554,6 +554,50 @@ mod tests {
 
     const EP1: &str = r#"{"op":"endpoint.upsert","seq":1,"id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.1","identity":1001}"#;
 
+    /// Interfaces served by name; `lxc-missing` does not exist.
+    #[derive(Default)]
+    struct FakeInterfaces(std::collections::BTreeSet<String>);
+
+    impl Interfaces for FakeInterfaces {
+        fn add(&mut self, ifname: &str) -> Result<bool, String> {
+            if ifname == "lxc-missing" {
+                return Err(format!("interface `{ifname}` does not exist"));
+            }
+            Ok(self.0.insert(ifname.to_string()))
+        }
+
+        fn remove(&mut self, ifname: &str) -> Result<bool, String> {
+            Ok(self.0.remove(ifname))
+        }
+    }
+
+    #[test]
+    fn interfaces_are_added_and_removed_idempotently_without_a_revision() {
+        let mut c = control();
+        let refused = reply(&mut c, r#"{"op":"interface.add","ifname":"lxc1"}"#);
+        assert_eq!(refused["ok"], false, "no interfaces: {refused}");
+        c.set_interfaces(Box::new(FakeInterfaces::default()));
+        let add = r#"{"op":"interface.add","seq":7,"ifname":"lxc1"}"#;
+        let r = reply(&mut c, add);
+        assert_eq!(
+            (r["ok"].clone(), r["changed"].clone(), r["seq"].clone()),
+            (json!(true), json!(true), json!(7))
+        );
+        assert_eq!(reply(&mut c, add)["changed"], false, "already served");
+        let r = reply(&mut c, r#"{"op":"interface.add","ifname":"lxc-missing"}"#);
+        assert_eq!(
+            (r["ok"].clone(), r["field"].clone()),
+            (json!(false), json!("ifname")),
+            "{r}"
+        );
+        let bad = reply(&mut c, r#"{"op":"interface.add","ifname":"a/b"}"#);
+        assert_eq!(bad["ok"], false, "{bad}");
+        let remove = r#"{"op":"interface.remove","ifname":"lxc1"}"#;
+        assert_eq!(reply(&mut c, remove)["changed"], true);
+        assert_eq!(reply(&mut c, remove)["changed"], false);
+        assert_eq!(c.revision(), 0, "the tables did not change");
+    }
+
     #[test]
     fn change_bumps_revision_and_emits_an_event() {
         let mut c = control();

@@ -545,6 +545,8 @@ mod tests {
             r#"{"op":"node.delete","name":"b"}"#,
             r#"{"op":"local_node.set","name":"a","underlay_ipv4":"192.168.0.1","uplink_ifindex":2}"#,
             r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"ipcache.delete","prefix":"10.0.0.0/24"}]}"#,
+            r#"{"op":"interface.add","ifname":"flg0123456789ab"}"#,
+            r#"{"op":"interface.remove","ifname":"lxc1"}"#,
         ];
         assert_eq!(lines.len(), OPS.len());
         for line in lines {
@@ -552,6 +554,23 @@ mod tests {
             if let Request::Change(c) = &env.request {
                 assert!(line.contains(c.op()));
             }
+        }
+    }
+
+    #[test]
+    fn interface_requests_round_trip_and_bad_names_are_refused() {
+        let add = Request::InterfaceAdd(InterfaceMsg {
+            ifname: "flg0123456789ab".into(),
+        });
+        let line = Value::Object(add.to_json()).to_string();
+        assert_eq!(parse_request(line.as_bytes()).expect("parses").request, add);
+        for bad in [
+            r#"{"op":"interface.add","ifname":""}"#,
+            r#"{"op":"interface.add","ifname":"sixteen-chars-xx"}"#,
+            r#"{"op":"interface.remove","ifname":"a b"}"#,
+            r#"{"op":"interface.add","ifname":"x","extra":1}"#,
+        ] {
+            assert!(parse_request(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 
