@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::host_path::{RETRY_FIRST, RETRY_MAX};
+use super::follow::{Follower, Watched};
 use crate::api::TablesHandle;
 use crate::tables::endpoints::Endpoints;
 use crate::tables::nodes::Nodes;
@@ -263,7 +263,7 @@ struct Seen {
     nodes: Arc<Nodes>,
 }
 
-impl Seen {
+impl Watched for Seen {
     fn of(t: &Tables) -> Self {
         Seen {
             node: Arc::clone(&t.node),
@@ -290,8 +290,7 @@ pub fn sync_host_link<S: HostStack>(
     interval: Duration,
     mut report: impl FnMut(&ReconcileReport, &HostStackState),
 ) {
-    let mut seen: Option<Seen> = None;
-    let mut retry: Option<(Instant, Duration)> = None;
+    let mut follower = Follower::<Seen>::new();
     let mut addresses_read: Option<Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
         if addresses_read.is_none_or(|at| at.elapsed() >= ADDRESS_REFRESH) {
@@ -305,19 +304,11 @@ pub fn sync_host_link<S: HostStack>(
             }
         }
         let snapshot = tables.load();
-        let changed = seen.as_ref().is_none_or(|s| s.differs(&snapshot));
-        let retry_due = retry.is_some_and(|(at, _)| Instant::now() >= at);
-        if changed || retry_due {
-            seen = Some(Seen::of(&snapshot));
+        if follower.due(&snapshot) {
             let want = HostStackState::from_tables(&snapshot);
             drop(snapshot); // Do not hold the tables across the syscalls.
             let done = reconciler.reconcile(&want, stack);
-            retry = if done.failures.is_empty() {
-                None
-            } else {
-                let wait = retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
-                Some((Instant::now() + wait, wait))
-            };
+            follower.reconciled(!done.failures.is_empty());
             if !done.is_empty() {
                 report(&done, reconciler.applied());
             }

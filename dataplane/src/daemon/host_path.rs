@@ -34,8 +34,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::follow::{Follower, Watched};
 use super::uplink_frontends::{self, UplinkPort};
 use crate::api::TablesHandle;
 use crate::tables::endpoints::Endpoints;
@@ -45,11 +46,6 @@ use crate::types::Prefix;
 
 /// How often [`sync_uplink`] looks at the published tables.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(10);
-
-/// First wait before retrying failed operations; doubled after each failed attempt.
-pub(crate) const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// Longest wait between retries.
-pub(crate) const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What the uplink's program must own.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -270,7 +266,7 @@ struct Seen {
     services: Arc<Services>,
 }
 
-impl Seen {
+impl Watched for Seen {
     fn of(tables: &Tables) -> Self {
         Seen {
             node: Arc::clone(&tables.node),
@@ -290,8 +286,8 @@ impl Seen {
 
 /// Keeps `maps` (of a freshly loaded program: no underlay address, no prefixes) in step with the
 /// tables published in `tables` until `shutdown` is set: every `interval`, reconciles when the
-/// node facts, the endpoints or the services changed, or when a retry of failed operations is due (after 1 s,
-/// doubling up to 60 s). `report` receives every non-empty reconciliation, failures included,
+/// node facts, the endpoints or the services changed, or when a retry of failed operations is
+/// due (see [`super::follow`]). `report` receives every non-empty reconciliation, failures included,
 /// with what the maps hold afterwards.
 pub fn sync_uplink<M: OwnershipMaps>(
     tables: &TablesHandle,
@@ -301,23 +297,14 @@ pub fn sync_uplink<M: OwnershipMaps>(
     mut report: impl FnMut(&ReconcileReport, &UplinkOwnership),
 ) {
     let mut reconciler = Reconciler::default();
-    let mut seen: Option<Seen> = None;
-    let mut retry: Option<(Instant, Duration)> = None;
+    let mut follower = Follower::<Seen>::new();
     while !shutdown.load(Ordering::Relaxed) {
         let snapshot = tables.load();
-        let changed = seen.as_ref().is_none_or(|s| s.differs(&snapshot));
-        let retry_due = retry.is_some_and(|(at, _)| Instant::now() >= at);
-        if changed || retry_due {
-            seen = Some(Seen::of(&snapshot));
+        if follower.due(&snapshot) {
             let want = UplinkOwnership::from_tables(&snapshot);
             drop(snapshot); // Do not hold the tables across the syscalls.
             let done = reconciler.reconcile(&want, maps);
-            retry = if done.failures.is_empty() {
-                None
-            } else {
-                let wait = retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
-                Some((Instant::now() + wait, wait))
-            };
+            follower.reconciled(!done.failures.is_empty());
             if !done.is_empty() {
                 report(&done, reconciler.applied());
             }

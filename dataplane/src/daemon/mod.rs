@@ -7,6 +7,7 @@
 //! `io` (sockets and workers), `xdp-redirect` (the XDP program) and `api` (the control socket).
 
 pub mod config;
+mod follow;
 pub mod host_link;
 pub mod host_path;
 pub mod masquerade;
