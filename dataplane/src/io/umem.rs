@@ -385,6 +385,16 @@ impl Xsk {
         self.free.len()
     }
 
+    /// Frames given to the ports' fill rings and not yet received back (tests and
+    /// diagnostics): with [`Xsk::free_frames`] and nothing in flight, every frame.
+    pub(crate) fn filled_frames(&self) -> usize {
+        self.ports
+            .iter()
+            .flatten()
+            .map(|p| p.in_fill as usize)
+            .sum()
+    }
+
     /// The kernel's drop counters of each socket (`XDP_STATISTICS`), in port order, written
     /// into `out` (resized only if its length differs).
     pub(crate) fn socket_stats(&self, out: &mut Vec<SocketStats>) {

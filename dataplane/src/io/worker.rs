@@ -262,6 +262,12 @@ impl Worker {
         self.xsk.free_frames()
     }
 
+    /// Frames in the sockets' fill and RX rings (given to the kernel to receive into, not
+    /// consumed yet).
+    pub fn filled_frames(&self) -> usize {
+        self.xsk.filled_frames()
+    }
+
     /// The kernel's counters of each socket, in port order.
     pub fn socket_stats(&self) -> Vec<SocketStats> {
         let mut out = Vec::new();
