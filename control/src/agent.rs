@@ -232,8 +232,11 @@ impl Agent {
                 }
             }
         }
-        refusals += self.push_interfaces().await;
-        self.set_status(|s| s.dataplane_refusals += refusals);
+        let interface_refusals = self.push_interfaces().await;
+        self.set_status(|s| {
+            s.dataplane_refusals += refusals;
+            s.interface_refusals += interface_refusals;
+        });
     }
 
     /// Asks the dataplane to serve the interfaces of new local endpoints and to stop serving
