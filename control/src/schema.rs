@@ -118,6 +118,10 @@ pub struct EndpointSpec {
     /// the endpoints whose container the runtime still lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The pod's service account (Kubernetes' `spec.serviceAccountName`): its identity gets
+    /// the label `io.cilium.k8s.policy.serviceaccount=<name>`, which policies select on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// The smallest MTU an endpoint may have: IPv4's minimum (RFC 791).
@@ -543,7 +547,7 @@ fn check_labels(key: &str, labels: &BTreeMap<String, String>) -> Result<(), Sche
         if policy_compiler::labels::is_reserved_key(k) {
             return Err(invalid(
                 key,
-                format!("labels.{k}: this key is reserved for labels Flagella derives from the namespace; rename it"),
+                format!("labels.{k}: {}", policy_compiler::labels::RESERVED_KEY_HINT),
             ));
         }
     }
@@ -555,6 +559,10 @@ fn check_endpoint(key: &str, spec: &EndpointSpec) -> Result<(), SchemaError> {
     check_labels(key, &spec.labels)?;
     if let Some(id) = &spec.container_id {
         check_name(key, "container_id", id)?;
+    }
+    if let Some(sa) = &spec.service_account {
+        policy_compiler::labels::check_service_account(sa)
+            .map_err(|e| invalid(key, format!("service_account: {e}")))?;
     }
     if spec
         .ips()
@@ -869,6 +877,36 @@ mod tests {
             decode(&key, pending),
             Ok(Object::PendingEndpoint { .. })
         ));
+    }
+
+    #[test]
+    fn endpoint_service_account_is_optional_and_checked() {
+        let key = k("endpoints/default/a");
+        let with = br#"{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2","service_account":"web"}"#;
+        let Ok(Object::Endpoint { spec, .. }) = decode(&key, with) else {
+            panic!("not an endpoint");
+        };
+        assert_eq!(spec.service_account.as_deref(), Some("web"));
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains(r#""service_account":"web""#), "{text}");
+        let without = br#"{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2"}"#;
+        let Ok(Object::Endpoint { spec, .. }) = decode(&key, without) else {
+            panic!("not an endpoint");
+        };
+        assert_eq!(spec.service_account, None);
+        assert!(!serde_json::to_string(&spec)
+            .unwrap()
+            .contains("service_account"));
+        for bad in [
+            r#""service_account":"Web""#,
+            r#""service_account":"""#,
+            r#""service_account":7"#,
+            r#""labels":{"io.cilium.k8s.policy.serviceaccount":"admin"}"#,
+        ] {
+            let value = format!(r#"{{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2",{bad}}}"#);
+            let e = decode(&key, value.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("endpoints/default/a"), "{bad}: {e}");
+        }
     }
 
     #[test]

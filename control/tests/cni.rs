@@ -324,7 +324,9 @@ fn the_plugin_as_a_runtime_drives_it() {
     for (i, pod) in pods.iter().enumerate() {
         let (ns, path) = h.container(pod);
         let id = format!("c0ffee{i}{}", std::process::id());
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod}");
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod};K8S_POD_SERVICE_ACCOUNT=sa-{i}"
+        );
         let r = invoke(
             &h.node,
             PLUGIN,
@@ -352,6 +354,7 @@ fn the_plugin_as_a_runtime_drives_it() {
         assert_eq!(ep["container_id"], id.as_str());
         assert_eq!(ep["interface"], host_if.as_str());
         assert_eq!(ep["labels"]["app"], "shop");
+        assert_eq!(ep["service_account"], format!("sa-{i}").as_str());
         assert_eq!(
             format!("{}/32", ep["ipv4"].as_str().expect("ipv4")),
             address
@@ -493,6 +496,24 @@ fn the_plugin_as_a_runtime_drives_it() {
     );
     assert_eq!(r.out["code"].as_u64(), Some(1), "version: {}", r.raw);
     assert!(!h.node_has_link(&control::cni::host_ifname("bad1")));
+    let r = invoke(
+        &h.node,
+        PLUGIN,
+        &cni_env(
+            "ADD",
+            "bad4",
+            &path4,
+            "K8S_POD_NAME=x;K8S_POD_SERVICE_ACCOUNT=Not_Valid",
+        ),
+        &h.conf("1.1.0"),
+    );
+    assert_eq!(
+        r.out["code"].as_u64(),
+        Some(7),
+        "service account: {}",
+        r.raw
+    );
+    assert!(!h.node_has_link(&control::cni::host_ifname("bad4")));
 
     // VERSION and STATUS.
     let r = invoke(

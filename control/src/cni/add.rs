@@ -62,6 +62,27 @@ pub async fn add(inv: &Invocation, conf: &NetConf, node: &str) -> Result<Value, 
     Ok(add_result(&result, conf.version))
 }
 
+/// The pod's service account: `K8S_POD_SERVICE_ACCOUNT`, else `runtimeConfig.serviceAccount`;
+/// checked as the agents check it (error 7), so the endpoint written is never refused.
+fn service_account(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
+    let Some(sa) = inv
+        .pod
+        .service_account
+        .clone()
+        .or_else(|| conf.service_account.clone())
+    else {
+        return Ok(None);
+    };
+    policy_compiler::labels::check_service_account(&sa).map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("service account `{sa}` is invalid: {e}"),
+            "pass a Kubernetes service account name (lower-case DNS subdomain)",
+        )
+    })?;
+    Ok(Some(sa))
+}
+
 fn missing_netns(path: &str) -> CniError {
     CniError::new(
         code::UNKNOWN_CONTAINER,
@@ -100,6 +121,7 @@ async fn attach(
         ports: Vec::new(),
         mtu: None,
         container_id: Some(inv.container_id.clone()),
+        service_account: service_account(inv, conf)?,
     };
     let written = NodeEndpoint {
         namespace: inv

@@ -32,6 +32,8 @@ pub struct Attachment {
 struct RuntimeConfig {
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default, rename = "serviceAccount")]
+    service_account: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -79,6 +81,8 @@ pub struct NetConf {
     pub address_timeout: Duration,
     /// `runtimeConfig.labels` over `args.cni.labels`.
     pub labels: BTreeMap<String, String>,
+    /// `runtimeConfig.serviceAccount` (`K8S_POD_SERVICE_ACCOUNT` in `CNI_ARGS` wins).
+    pub service_account: Option<String>,
     pub prev_result: Option<serde_json::Value>,
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -146,6 +150,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         node: wire.node,
         address_timeout: timeout,
         labels,
+        service_account: wire.runtime_config.service_account,
         prev_result: wire.prev_result,
         valid_attachments: wire.valid_attachments,
     })
