@@ -11,12 +11,14 @@
 //! - [`dataplane_client`]: the dataplane control-socket client;
 //! - [`agent`]: the `flagella-control` main loop (sync, push, resync, fail static);
 //! - [`metrics`]: the agent's `/metrics` (etcd, the model, the dataplane, latencies);
+//! - [`cni`]: `flagella-cni`, the CNI plugin (ADD/DEL/CHECK/VERSION/STATUS/GC);
 //! - [`cli`]: the commands of the `flagella` CLI (the binary parses the flags and prints).
 //!
 //! `docs/etcd-schema.md` documents the keys and the allocation protocols.
 
 pub mod agent;
 pub mod cli;
+pub mod cni;
 pub mod dataplane_client;
 pub mod endpoint_ipam;
 pub mod identity;

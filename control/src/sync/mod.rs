@@ -30,7 +30,8 @@
 //! messages), `requests.rs` (changes into the requests that carry them: each endpoint in one
 //! batch with its policy, the ipcache in batches), `renumber.rs` (a label set allocated again
 //! under a new number: its ipcache and policy entries move), `host_policy.rs` (this node's own
-//! policy, from host policies selecting its labels), `log.rs` (the agent's log line).
+//! policy, from host policies selecting its labels), `interfaces.rs` (the pod interfaces the
+//! dataplane must serve), `log.rs` (the agent's log line).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -47,6 +48,7 @@ mod frontends;
 mod host_policy;
 mod identities;
 mod ingest;
+pub mod interfaces;
 mod log;
 mod renumber;
 mod requests;

@@ -9,6 +9,7 @@
 
 pub mod net;
 pub mod prometheus;
+pub mod proxy;
 pub mod traffic;
 
 use std::net::TcpListener;

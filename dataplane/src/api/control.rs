@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::apply::{apply, apply_batch, sorted_entries};
+use super::interfaces::Interfaces;
 use super::protocol::{
     parse_request, Change, DumpRequest, DumpTable, EndpointMsg, IpcacheMsg, LocalNodeMsg,
     NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, StagedPart, Text,
@@ -78,6 +79,14 @@ pub struct Control {
     events_wanted: bool,
     /// Parts of staged batches not yet committed.
     staging: Staging,
+    /// Adds and removes interfaces at run time (the daemon's); `None` refuses those requests.
+    interfaces: Option<Box<dyn Interfaces>>,
+}
+
+impl std::fmt::Debug for dyn Interfaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interfaces")
+    }
 }
 
 /// A change event, serialized straight from the change (no `Value` tree of a large policy).
@@ -116,7 +125,13 @@ impl Control {
             started: Instant::now(),
             events_wanted: true,
             staging: Staging::default(),
+            interfaces: None,
         }
+    }
+
+    /// Serves `interface.add`/`interface.remove` through `interfaces`.
+    pub fn set_interfaces(&mut self, interfaces: Box<dyn Interfaces>) {
+        self.interfaces = Some(interfaces);
     }
 
     /// Whether [`Outcome::event`] is built for changes (on by default).
@@ -214,7 +229,33 @@ impl Control {
             Request::Change(change) => self.change(&change, seq_ref),
             Request::Batch(changes) => self.batch(&changes, seq_ref),
             Request::Staged(part) => self.stage_part(client, part, line_len, seq),
+            Request::InterfaceAdd(i) => self.interface(&i.ifname, true, seq_ref),
+            Request::InterfaceRemove(i) => self.interface(&i.ifname, false, seq_ref),
         }
+    }
+
+    /// `interface.add` (`add`) or `interface.remove`: `{"ok":true,"changed":bool}`.
+    fn interface(&mut self, ifname: &str, add: bool, seq: Option<&Value>) -> Outcome {
+        let Some(interfaces) = self.interfaces.as_mut() else {
+            let e = RequestError::whole(
+                "this dataplane does not add interfaces at run time (it runs without AF_XDP \
+                 workers); list the interface in its configuration and restart it",
+            );
+            return Outcome::reply(error_reply(seq, &e));
+        };
+        let done = if add {
+            interfaces.add(ifname)
+        } else {
+            interfaces.remove(ifname)
+        };
+        Outcome::reply(match done {
+            Ok(changed) => {
+                let mut body = Map::new();
+                body.insert("changed".into(), Value::from(changed));
+                ok_reply(seq, body)
+            }
+            Err(message) => error_reply(seq, &RequestError::at("ifname", message)),
+        })
     }
 
     /// A `batch`: every change applied to one copy and published once, or none. One revision
@@ -573,6 +614,50 @@ mod tests {
     }
 
     const EP1: &str = r#"{"op":"endpoint.upsert","seq":1,"id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.1","identity":1001}"#;
+
+    /// Interfaces served by name; `lxc-missing` does not exist.
+    #[derive(Default)]
+    struct FakeInterfaces(std::collections::BTreeSet<String>);
+
+    impl Interfaces for FakeInterfaces {
+        fn add(&mut self, ifname: &str) -> Result<bool, String> {
+            if ifname == "lxc-missing" {
+                return Err(format!("interface `{ifname}` does not exist"));
+            }
+            Ok(self.0.insert(ifname.to_string()))
+        }
+
+        fn remove(&mut self, ifname: &str) -> Result<bool, String> {
+            Ok(self.0.remove(ifname))
+        }
+    }
+
+    #[test]
+    fn interfaces_are_added_and_removed_idempotently_without_a_revision() {
+        let mut c = control();
+        let refused = reply(&mut c, r#"{"op":"interface.add","ifname":"lxc1"}"#);
+        assert_eq!(refused["ok"], false, "no interfaces: {refused}");
+        c.set_interfaces(Box::new(FakeInterfaces::default()));
+        let add = r#"{"op":"interface.add","seq":7,"ifname":"lxc1"}"#;
+        let r = reply(&mut c, add);
+        assert_eq!(
+            (r["ok"].clone(), r["changed"].clone(), r["seq"].clone()),
+            (json!(true), json!(true), json!(7))
+        );
+        assert_eq!(reply(&mut c, add)["changed"], false, "already served");
+        let r = reply(&mut c, r#"{"op":"interface.add","ifname":"lxc-missing"}"#);
+        assert_eq!(
+            (r["ok"].clone(), r["field"].clone()),
+            (json!(false), json!("ifname")),
+            "{r}"
+        );
+        let bad = reply(&mut c, r#"{"op":"interface.add","ifname":"a/b"}"#);
+        assert_eq!(bad["ok"], false, "{bad}");
+        let remove = r#"{"op":"interface.remove","ifname":"lxc1"}"#;
+        assert_eq!(reply(&mut c, remove)["changed"], true);
+        assert_eq!(reply(&mut c, remove)["changed"], false);
+        assert_eq!(c.revision(), 0, "the tables did not change");
+    }
 
     #[test]
     fn change_bumps_revision_and_emits_an_event() {

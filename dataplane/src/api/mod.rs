@@ -32,6 +32,7 @@ pub mod apply;
 pub mod control;
 pub mod flow;
 pub mod flow_export;
+pub mod interfaces;
 pub mod metrics;
 pub mod monitor;
 pub mod protocol;
@@ -40,6 +41,7 @@ pub mod server;
 pub mod staging;
 
 pub use control::Control;
+pub use interfaces::Interfaces;
 pub use protocol::{Request, RequestError};
 pub use publish::{IoSummary, StatsRegistry, TablesHandle, WorkerStats};
 pub use server::{ControlServer, ServerError, SocketAccess};

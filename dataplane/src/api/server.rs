@@ -358,6 +358,12 @@ impl ControlServer {
     }
 
     /// [`ControlServer::bind`] with the socket's mode chosen by `access`.
+    /// Serves `interface.add`/`interface.remove` through `interfaces` (the daemon's workers and
+    /// XDP programs).
+    pub fn set_interfaces(&mut self, interfaces: Box<dyn super::Interfaces>) {
+        self.control.set_interfaces(interfaces);
+    }
+
     pub fn bind_with_access(
         path: impl AsRef<Path>,
         access: SocketAccess,

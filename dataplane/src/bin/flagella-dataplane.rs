@@ -229,6 +229,13 @@ struct Cli {
     #[arg(long, value_name = "MICROSECONDS")]
     idle_sleep_us: Option<u64>,
 
+    /// Pod interfaces the dataplane can take on while running, through `interface.add` on the
+    /// control socket (the agent sends it for each new local endpoint: a pod needs no
+    /// restart). Each reserves 1024 frames (4 MiB) of the first worker's UMEM at start.
+    /// Default 16; 0 fixes the interfaces at start.
+    #[arg(long, value_name = "COUNT")]
+    hot_interfaces: Option<u32>,
+
     /// UDP port of VXLAN (default 4789), the same on every node of the cluster: what this node
     /// sends tunnel traffic to, decapsulates, and its uplink hands the dataplane.
     #[arg(long, value_name = "PORT")]
@@ -404,6 +411,10 @@ fn main() -> ExitCode {
     }
 }
 
+#[path = "flagella-dataplane/hot_interfaces.rs"]
+mod hot_interfaces;
+use hot_interfaces::HotInterfaces;
+
 fn log(message: &str) {
     eprintln!("flagella-dataplane: {message}");
 }
@@ -438,10 +449,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     // The host interface's dataplane side is served as any interface, but may not exist yet:
     // preflight checks the configured ones and counts the memory of all.
     let cfg = configured.with_host_interface();
-    let mode = match cfg.xdp_mode {
-        XdpMode::Native => AttachMode::Native,
-        XdpMode::Generic => AttachMode::Generic,
-    };
+    let mode = xdp_mode(&cfg);
     let workers = cfg.effective_workers();
     preflight::check(&configured, memlock_needed(&cfg, &workers))?;
     if let Some(ports) = masquerade::range(&cfg) {
@@ -490,6 +498,7 @@ fn start(
     running: &mut Running,
 ) -> Result<(), DaemonError> {
     let mut socket_readers = Vec::new();
+    let mut hot = None;
     let export = cfg.flow_export().map_err(DaemonError::Usage)?;
     let events_wanted = monitor_socket(cfg, cli).is_some() || export.is_some();
     let mut hub = events_wanted.then(|| {
@@ -502,8 +511,11 @@ fn start(
         let masq = masquerade::range(cfg)
             .map(|ports| masquerade::worker_config(ports, index, workers.len()))
             .transpose()?;
-        let mut worker = build_worker(cfg, cli, section, masq)
+        let mut worker = build_worker(cfg, cli, section, masq, index == 0)
             .map_err(|source| DaemonError::Worker { index, source })?;
+        if index == 0 && cfg.hot_interfaces > 0 {
+            hot = Some((worker.port_opener(), worker.port_changes()));
+        }
         register_sockets(&worker, &running.xdp)?;
         socket_readers.extend(stats_readers(&worker));
         worker.set_idle_sleep(Some(Duration::from_micros(cfg.idle_sleep_us)));
@@ -541,6 +553,17 @@ fn start(
     create_socket_dir(&cfg.socket, access)?;
     let mut server =
         ControlServer::bind_with_access(&cfg.socket, access, tables.clone(), Arc::clone(stats))?;
+    if let Some((opener, changes)) = hot {
+        let configured = running.xdp.iter().map(|x| x.ifname.clone()).collect();
+        server.set_interfaces(Box::new(HotInterfaces::new(
+            xdp_mode(cfg),
+            redirect_config(Role::Pod, false, tunnel_ports(cfg)),
+            opener,
+            changes,
+            configured,
+            cfg.hot_interfaces,
+        )));
+    }
     running.socket = Some(cfg.socket.clone());
     let handle = thread::Builder::new()
         .name("control".into())
@@ -693,6 +716,9 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     if let Some(us) = cli.idle_sleep_us {
         cfg.idle_sleep_us = us;
     }
+    if let Some(n) = cli.hot_interfaces {
+        cfg.hot_interfaces = n;
+    }
     if let Some(port) = cli.vxlan_port {
         cfg.vxlan_port = port;
     }
@@ -753,9 +779,12 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
         }
     }
     cfg.validate()?;
-    if cfg.interfaces.is_empty() {
+    // Without configured interfaces the host interface is served alone and pods come at run
+    // time (`interface.add`), which needs both.
+    let pods_at_run_time = cfg.hot_interfaces > 0 && cfg.host_interface().is_some();
+    if cfg.interfaces.is_empty() && !pods_at_run_time {
         return Err(DaemonError::Usage(format!(
-            "no interfaces to serve: pass --interface NAME=pod|uplink, or list [[interface]] sections in {} (or the file given with --config)",
+            "no interfaces to serve: pass --interface NAME=pod|uplink, or list [[interface]] sections in {} (or the file given with --config), or keep the host interface and --hot-interfaces above 0 so that pods are added at run time",
             DEFAULT_CONFIG_PATH
         )));
     }
@@ -769,26 +798,38 @@ fn memlock_needed(cfg: &DaemonConfig, workers: &[WorkerSection]) -> u64 {
     if !preflight::umem_counts_against_memlock() {
         return maps;
     }
-    let xsk = XskConfig::default();
+    let xsk = hot_xsk_config(cfg);
     let per_port = u64::from(xsk.frames_per_port) * u64::from(xsk.frame_size);
+    let hot =
+        u64::from(xsk.hot_ports) * u64::from(xsk.hot_frames_per_port) * u64::from(xsk.frame_size);
     let ports: u64 = workers
         .iter()
         .flat_map(|w| &w.interfaces)
         .filter_map(|name| cfg.interfaces.iter().find(|i| &i.name == name))
         .map(|i| u64::from(i.queues))
         .sum();
-    ports * per_port + maps
+    ports * per_port + hot + maps
 }
+
+/// The first worker's socket geometry: room for `hot_interfaces` interfaces added at run time.
+fn hot_xsk_config(cfg: &DaemonConfig) -> XskConfig {
+    XskConfig {
+        hot_ports: cfg.hot_interfaces,
+        hot_frames_per_port: HOT_FRAMES_PER_INTERFACE,
+        ..XskConfig::default()
+    }
+}
+
+/// UMEM frames reserved per interface added at run time (half of them in its fill ring): a
+/// pod's veth in copy mode needs far fewer than an uplink.
+const HOT_FRAMES_PER_INTERFACE: u32 = 1024;
 
 /// Empty tables; the uplink's index, MAC and MTU come from the interface itself, the host
 /// interface's from [`set_up_host_interface`].
 fn initial_tables(cfg: &DaemonConfig, host_link: Option<HostLink>) -> Result<Tables, DaemonError> {
     let mut node = LocalNode {
         name: hostname(),
-        tunnel_ports: TunnelPorts {
-            vxlan: cfg.vxlan_port,
-            geneve: cfg.geneve_port,
-        },
+        tunnel_ports: tunnel_ports(cfg),
         host_link,
         ..LocalNode::default()
     };
@@ -835,6 +876,20 @@ fn interface_mtu(ifname: &str) -> Result<Option<u16>, DaemonError> {
     Ok(sysfs(ifname, "the MTU", "mtu")?.parse().ok())
 }
 
+fn xdp_mode(cfg: &DaemonConfig) -> AttachMode {
+    match cfg.xdp_mode {
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Generic => AttachMode::Generic,
+    }
+}
+
+fn tunnel_ports(cfg: &DaemonConfig) -> TunnelPorts {
+    TunnelPorts {
+        vxlan: cfg.vxlan_port,
+        geneve: cfg.geneve_port,
+    }
+}
+
 /// What an interface's program hands the dataplane. Pods: all IP, and ARP (the dataplane answers
 /// for their gateway). The uplink: with the filter on, tunnel traffic to the node (on the ports
 /// the pipeline decapsulates) and the owned destinations, none until the uplink-sync thread
@@ -866,11 +921,7 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
             ifname: iface.name.clone(),
             source,
         };
-        let ports = TunnelPorts {
-            vxlan: cfg.vxlan_port,
-            geneve: cfg.geneve_port,
-        };
-        let mut redirect = redirect_config(iface.role, cfg.uplink_filter, ports);
+        let mut redirect = redirect_config(iface.role, cfg.uplink_filter, tunnel_ports(cfg));
         if redirect.uplink_filter {
             // Replies to masqueraded flows: the uplink takes them by port.
             redirect.masquerade_ports = masquerade::range(cfg).map(|r| (r.first(), r.last()));
@@ -906,6 +957,7 @@ fn build_worker(
     cli: &Cli,
     section: &WorkerSection,
     masquerade: Option<MasqueradeConfig>,
+    first: bool,
 ) -> Result<Worker, IoError> {
     let ports = section
         .interfaces
@@ -927,7 +979,12 @@ fn build_worker(
             masquerade,
             ..PipelineConfig::default()
         },
-        xsk: XskConfig::default(),
+        // Interfaces added at run time go to the first worker.
+        xsk: if first {
+            hot_xsk_config(cfg)
+        } else {
+            XskConfig::default()
+        },
     })
 }
 
@@ -1496,9 +1553,17 @@ mod tests {
     fn usage_and_configuration_errors_exit_with_2() {
         let empty = TempConfig::new("empty", "");
         let path = empty.0.to_str().unwrap();
-        let none = effective_config(&cli(&["--config", path])).unwrap_err();
+        let none =
+            effective_config(&cli(&["--config", path, "--hot-interfaces", "0"])).unwrap_err();
         assert!(none.to_string().contains("--interface"), "{none}");
         assert_eq!(none.exit_code(), 2);
+        let hosted = effective_config(&cli(&["--config", path, "--host-interface", "off"]));
+        assert!(
+            hosted.is_err(),
+            "nothing to serve without the host interface"
+        );
+        let pods_later = effective_config(&cli(&["--config", path])).expect("pods added later");
+        assert_eq!(pods_later.hot_interfaces, 16);
 
         let bad = effective_config(&cli(&[
             "--config",

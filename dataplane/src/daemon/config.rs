@@ -117,6 +117,11 @@ pub struct DaemonConfig {
     /// Microseconds an idle worker sleeps between passes (0: spin; see `Worker::set_idle_sleep`).
     #[serde(default)]
     pub idle_sleep_us: u64,
+    /// Pod interfaces the first worker can take on while running (`interface.add` on the
+    /// control socket: a CNI ADD needs no restart); their frames are reserved in its UMEM at
+    /// start. 0: interfaces are fixed at start.
+    #[serde(default = "default_hot_interfaces")]
+    pub hot_interfaces: u32,
     /// `true` (default): the uplink's XDP program hands the dataplane only what it owns (tunnel
     /// traffic to the node, local pod addresses) and leaves the host's own traffic to the
     /// kernel (`daemon::host_path`). `false`: every IP frame of the uplink goes to the
@@ -174,6 +179,11 @@ fn yes() -> bool {
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET_PATH)
 }
+fn default_hot_interfaces() -> u32 {
+    16
+}
+/// Most interfaces a worker takes on at run time.
+pub const MAX_HOT_INTERFACES: u32 = 1024;
 fn default_batch() -> usize {
     crate::pipeline::DEFAULT_BATCH
 }
@@ -214,6 +224,7 @@ impl Default for DaemonConfig {
             conntrack_entries: default_conntrack(),
             xdp_mode: XdpMode::Native,
             idle_sleep_us: 0,
+            hot_interfaces: default_hot_interfaces(),
             uplink_filter: true,
             vxlan_port: default_vxlan_port(),
             geneve_port: default_geneve_port(),
@@ -288,6 +299,12 @@ impl DaemonConfig {
             return Err(invalid(
                 "conntrack_entries",
                 "use at least 1024 (131072 is the default)",
+            ));
+        }
+        if self.hot_interfaces > MAX_HOT_INTERFACES {
+            return Err(invalid(
+                "hot_interfaces",
+                format!("use 0 (interfaces fixed at start) to {MAX_HOT_INTERFACES}"),
             ));
         }
         if self.idle_sleep_us > MAX_IDLE_SLEEP_US {

@@ -15,8 +15,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
-    join, DumpRequest, EndpointMsg, EndpointRef, HostPolicyReplace, IpcacheMsg, LocalNodeMsg,
-    NodeMsg, NodeRef, PolicyReplace, PolicyUpdate, PrefixRef, RequestError, ServiceMsg, ServiceRef,
+    join, DumpRequest, EndpointMsg, EndpointRef, HostPolicyReplace, InterfaceMsg, IpcacheMsg,
+    LocalNodeMsg, NodeMsg, NodeRef, PolicyReplace, PolicyUpdate, PrefixRef, RequestError,
+    ServiceMsg, ServiceRef,
 };
 
 /// The table of ops: `Variant = "name"`, in the order error messages list them.
@@ -79,6 +80,10 @@ ops! {
     /// Several changes applied as one: all or none, in one publication. With `txn`, one part
     /// of a staged batch too large for one line ([`StagedPart`]).
     Batch = "batch",
+    /// Serve a pod interface from now on (idempotent).
+    InterfaceAdd = "interface.add",
+    /// Stop serving an interface added with `interface.add` (idempotent).
+    InterfaceRemove = "interface.remove",
 }
 
 /// A request without parameters (`status`, `subscribe`, ...): any field is a mistake.
@@ -179,6 +184,8 @@ pub enum Request {
     Batch(Vec<Change>),
     /// A `batch` with a `txn`: one part of a batch too large for one line.
     Staged(StagedPart),
+    InterfaceAdd(InterfaceMsg),
+    InterfaceRemove(InterfaceMsg),
 }
 
 /// One part of a staged batch: a change set larger than a line travels as parts 0, 1, ... of
@@ -207,6 +214,8 @@ impl Request {
             Request::Unsubscribe => Op::Unsubscribe,
             Request::Change(c) => c.kind(),
             Request::Batch(_) | Request::Staged(_) => Op::Batch,
+            Request::InterfaceAdd(_) => Op::InterfaceAdd,
+            Request::InterfaceRemove(_) => Op::InterfaceRemove,
         }
     }
 
@@ -229,6 +238,9 @@ impl Request {
                 // A struct of plain values serializes to an object.
                 _ => Map::new(),
             },
+            Request::InterfaceAdd(i) | Request::InterfaceRemove(i) => {
+                Map::from_iter([("ifname".to_string(), Value::from(i.ifname.clone()))])
+            }
             Request::Status | Request::Ping | Request::Subscribe | Request::Unsubscribe => {
                 Map::new()
             }
@@ -441,6 +453,15 @@ fn parse_op(op: &str, body: Body<'_>) -> Result<Request, RequestError> {
         | Op::NodeDelete
         | Op::LocalNodeSet => Request::Change(Change::parse(kind, body)?),
         Op::Batch => parse_batch(body)?,
+        Op::InterfaceAdd | Op::InterfaceRemove => {
+            let msg: InterfaceMsg = fields(op, body)?;
+            msg.check()?;
+            if kind == Op::InterfaceAdd {
+                Request::InterfaceAdd(msg)
+            } else {
+                Request::InterfaceRemove(msg)
+            }
+        }
     };
     Ok(request)
 }
@@ -602,6 +623,8 @@ mod tests {
             r#"{"op":"node.delete","name":"b"}"#,
             r#"{"op":"local_node.set","name":"a","underlay_ipv4":"192.168.0.1","uplink_ifindex":2}"#,
             r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"ipcache.delete","prefix":"10.0.0.0/24"}]}"#,
+            r#"{"op":"interface.add","ifname":"flg0123456789ab"}"#,
+            r#"{"op":"interface.remove","ifname":"lxc1"}"#,
         ];
         assert_eq!(lines.len(), OPS.len());
         for line in lines {
@@ -609,6 +632,23 @@ mod tests {
             if let Request::Change(c) = &env.request {
                 assert!(line.contains(c.op()));
             }
+        }
+    }
+
+    #[test]
+    fn interface_requests_round_trip_and_bad_names_are_refused() {
+        let add = Request::InterfaceAdd(InterfaceMsg {
+            ifname: "flg0123456789ab".into(),
+        });
+        let line = Value::Object(add.to_json()).to_string();
+        assert_eq!(parse_request(line.as_bytes()).expect("parses").request, add);
+        for bad in [
+            r#"{"op":"interface.add","ifname":""}"#,
+            r#"{"op":"interface.add","ifname":"sixteen-chars-xx"}"#,
+            r#"{"op":"interface.remove","ifname":"a b"}"#,
+            r#"{"op":"interface.add","ifname":"x","extra":1}"#,
+        ] {
+            assert!(parse_request(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 
