@@ -17,10 +17,11 @@ step "install dependencies"
 # /metrics in dataplane/tests/daemon.rs; prometheus (promtool too): control/tests/observability.rs
 # checks both /metrics endpoints with `promtool check metrics` and scrapes the dataplane with a
 # real Prometheus server; strace and python3: scripts/systemd/check-syscalls.sh;
-# containernetworking-plugins: control/tests/cni.rs compares flagella-cni with Debian's ptp.
+# containernetworking-plugins: control/tests/cni.rs compares flagella-cni with Debian's ptp;
+# iptables: bench/tests/ingress.rs loads kube-proxy's rules as the baseline.
 scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iputils-ping \
   protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl prometheus strace python3 \
-  containernetworking-plugins
+  containernetworking-plugins iptables
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
