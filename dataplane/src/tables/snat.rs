@@ -14,7 +14,11 @@
 //!   step its state machine, so it lives exactly as long as the flow does.
 //!
 //! The translated entry is also the port's reservation: a port is free for a new flow towards
-//! `remote:port` when no live entry has the translated tuple. Mapping is endpoint-dependent
+//! `remote:port` when no live entry has the translated tuple, or when the entry's TCP flow has
+//! closed (RST seen, or FIN both ways: `Closing`), as Linux's NAT lets a new connection take a
+//! tuple whose conntrack entry is in CLOSE/TIME_WAIT and Cilium's SNAT recycles closed
+//! mappings. Without that, a closed flow would hold its port for the close timeout (10 s) and
+//! the default range (4,536 ports) would cap new connections to one server at ~450/s. Mapping is endpoint-dependent
 //! (RFC 4787 terms): the same port may serve flows to different remotes at once, as Linux's
 //! and Cilium's SNAT do, so a range of N ports holds N flows *per remote address and port*.
 //!
@@ -22,8 +26,13 @@
 //! [`PortAllocator::allocate`] tries at most [`MAX_PROBES`] candidates: the first at an offset
 //! from the flow's hash plus a per-allocator counter (RFC 6056's algorithm 3: flows to one
 //! remote take consecutive ports, so they rarely collide), the next ones after it. A probe is
-//! one conntrack lookup; no allocation ever scans the range, and one that finds no free port in
-//! its probes fails (the caller drops the packet, counted). Each worker allocates from its own
+//! one conntrack lookup; no allocation ever scans the range. A free (never used or expired)
+//! candidate wins; only when none of the probes is free does the first candidate held by a
+//! closed TCP flow get recycled: its translated entry is overwritten in place by the new
+//! flow's, so the closed flow's late replies no longer reach its pod and its own entry's
+//! recorded port fails [`refresh`]'s ownership test (the `rev_nat` differs), so a late packet
+//! of it leaves with another port. Recycling thus happens only under pressure. An allocation
+//! that finds neither fails (the caller drops the packet, counted). Each worker allocates from its own
 //! slice of the configured range ([`PortRange::share`]), so workers never share allocation
 //! state, and a reply's port says which worker's table holds its flow.
 //!
@@ -33,7 +42,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use super::conntrack::{Conntrack, CtCreate, FlowDirection, FlowKey, RevNat};
+use super::conntrack::{Conntrack, CtCreate, CtEntry, CtState, FlowDirection, FlowKey, RevNat};
 use crate::types::Identity;
 
 /// The default masquerade source ports: above Linux's default `ip_local_port_range`
@@ -252,17 +261,37 @@ impl PortAllocator {
     ) -> Option<u16> {
         let offset = (ct.hash_key(&flow.original_key()) as u32).wrapping_add(self.next);
         self.next = self.next.wrapping_add(1);
+        // The first candidate held by a closed TCP flow: taken only when no candidate is free,
+        // so a closed flow's late packets keep their way back unless the range is short.
+        let mut closed: Option<(u16, FlowKey, u64)> = None;
         for probe in 0..MAX_PROBES.min(self.ports.len()) {
             let port = self.ports.nth(offset.wrapping_add(probe));
             let key = flow.translated_key(port);
             let hash = ct.hash_key(&key);
-            if ct.lookup(&key, hash, now).is_none() {
-                create_translated(ct, flow, &key, hash, tcp_flags, bytes, now);
-                return Some(port);
+            match ct.lookup(&key, hash, now) {
+                None => {
+                    create_translated(ct, flow, &key, hash, tcp_flags, bytes, now);
+                    return Some(port);
+                }
+                Some((h, _)) if closed.is_none() && is_closed_tcp(ct.entry(h)) => {
+                    closed = Some((port, key, hash));
+                }
+                Some(_) => {}
             }
         }
-        None
+        let (port, key, hash) = closed?;
+        // Overwrites the closed flow's translated entry in place: its replies stop reaching
+        // its pod, and its own entry's recorded port fails `refresh`'s ownership test.
+        create_translated(ct, flow, &key, hash, tcp_flags, bytes, now);
+        Some(port)
     }
+}
+
+/// A translated entry whose TCP flow has ended (RST seen, or FIN both ways): its port may
+/// serve a new flow to the same remote, as Linux's NAT reuses a tuple in CLOSE/TIME_WAIT.
+/// The TCP state machine puts only TCP entries in `Closing`.
+fn is_closed_tcp(entry: &CtEntry) -> bool {
+    entry.state() == CtState::Closing
 }
 
 /// Accounts a leaving packet of an already translated flow in its translated entry (keeping
@@ -556,6 +585,169 @@ mod tests {
         let b = flow(2, 1000);
         assert_eq!(alloc.allocate(&mut ct, &b, SYN, 60, 3 * SEC), Some(port));
         assert!(!refresh(&mut ct, &a, port, 0x10, 60, 3 * SEC));
+    }
+
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+
+    /// Allocates a port for `f` and completes the handshake through the translation (SYN out,
+    /// SYN+ACK back, ACK out): the translated entry is established.
+    fn connect(alloc: &mut PortAllocator, ct: &mut Conntrack, f: &SnatFlow, now: u64) -> u16 {
+        let port = alloc.allocate(ct, f, SYN, 60, now).expect("a free port");
+        let back = original_of(ct, f.remote, (f.nat_addr, port), TCP, SYN | ACK, 60, now);
+        assert_eq!(back, Some(f.original));
+        assert!(refresh(ct, f, port, ACK, 60, now));
+        port
+    }
+
+    /// The pod's FIN, the remote's FIN, the pod's last ACK.
+    fn close_by_fins(ct: &mut Conntrack, f: &SnatFlow, port: u16, now: u64) {
+        assert!(refresh(ct, f, port, FIN | ACK, 60, now));
+        let back = original_of(ct, f.remote, (f.nat_addr, port), TCP, FIN | ACK, 60, now);
+        assert_eq!(back, Some(f.original));
+        assert!(refresh(ct, f, port, ACK, 60, now));
+    }
+
+    /// A RST, from the pod (`from_pod`) or from the remote.
+    fn reset(ct: &mut Conntrack, f: &SnatFlow, port: u16, from_pod: bool, now: u64) {
+        if from_pod {
+            assert!(refresh(ct, f, port, RST, 60, now));
+        } else {
+            let back = original_of(ct, f.remote, (f.nat_addr, port), TCP, RST, 60, now);
+            assert_eq!(back, Some(f.original));
+        }
+    }
+
+    fn four_ports() -> PortRange {
+        PortRange::new(61000, 61003).unwrap()
+    }
+
+    #[test]
+    fn ports_of_closed_tcp_flows_are_recycled() {
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(four_ports());
+        let flows: Vec<_> = (0..4).map(|i| flow(1, 1000 + i)).collect();
+        let ports: Vec<_> = flows
+            .iter()
+            .map(|f| connect(&mut alloc, &mut ct, f, 0))
+            .collect();
+        assert_eq!(ports.iter().collect::<HashSet<_>>().len(), 4);
+        assert_eq!(alloc.allocate(&mut ct, &flow(1, 2000), SYN, 60, SEC), None);
+        close_by_fins(&mut ct, &flows[0], ports[0], SEC);
+        close_by_fins(&mut ct, &flows[1], ports[1], SEC);
+        reset(&mut ct, &flows[2], ports[2], true, SEC);
+        reset(&mut ct, &flows[3], ports[3], false, SEC);
+        // Well within the close timeout (10 s), every port is taken again by a new flow.
+        let mut recycled = HashSet::new();
+        for i in 0..4 {
+            let newcomer = flow(2, 3000 + i);
+            let port = connect(&mut alloc, &mut ct, &newcomer, 2 * SEC);
+            assert!(recycled.insert(port), "port {port} handed out twice");
+        }
+        assert_eq!(recycled, ports.iter().copied().collect());
+        // The new flows are open: nothing is left.
+        assert_eq!(
+            alloc.allocate(&mut ct, &flow(2, 4000), SYN, 60, 3 * SEC),
+            None
+        );
+    }
+
+    #[test]
+    fn a_recycled_port_no_longer_translates_for_its_closed_flow() {
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(PortRange::new(61000, 61000).unwrap());
+        let old = flow(1, 1000);
+        let port = connect(&mut alloc, &mut ct, &old, 0);
+        close_by_fins(&mut ct, &old, port, SEC);
+        let new = flow(2, 1000);
+        assert_eq!(alloc.allocate(&mut ct, &new, SYN, 60, 2 * SEC), Some(port));
+        // The old flow's late packet (a retransmitted last ACK, say): the port is not its own
+        // any more, so the caller must allocate anew; the new flow's entry is untouched.
+        assert!(!refresh(&mut ct, &old, port, ACK, 60, 3 * SEC));
+        // Replies on the port reach the new flow's pod, and its handshake proceeds.
+        let back = original_of(
+            &mut ct,
+            new.remote,
+            (new.nat_addr, port),
+            TCP,
+            SYN | ACK,
+            60,
+            3 * SEC,
+        );
+        assert_eq!(back, Some(new.original));
+        assert!(refresh(&mut ct, &new, port, ACK, 60, 3 * SEC));
+        let key = new.translated_key(port);
+        let (h, _) = ct.lookup(&key, ct.hash_key(&key), 3 * SEC).unwrap();
+        assert_eq!(ct.entry(h).state(), CtState::Established);
+    }
+
+    #[test]
+    fn ports_of_open_or_half_closed_flows_are_never_taken() {
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(four_ports());
+        let flows: Vec<_> = (0..4).map(|i| flow(1, 1000 + i)).collect();
+        let ports: Vec<_> = flows
+            .iter()
+            .map(|f| connect(&mut alloc, &mut ct, f, 0))
+            .collect();
+        // One FIN only (the pod's, then the remote's): the flows still carry data one way.
+        assert!(refresh(&mut ct, &flows[0], ports[0], FIN | ACK, 60, SEC));
+        let back = original_of(
+            &mut ct,
+            flows[1].remote,
+            (flows[1].nat_addr, ports[1]),
+            TCP,
+            FIN | ACK,
+            60,
+            SEC,
+        );
+        assert_eq!(back, Some(flows[1].original));
+        for i in 0..8 {
+            let got = alloc.allocate(&mut ct, &flow(2, 2000 + i), SYN, 60, 2 * SEC);
+            assert_eq!(got, None, "an open flow's port was taken");
+        }
+        // A handshake in progress is open as well: the fresh SYN of the port's only flow.
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(PortRange::new(61000, 61000).unwrap());
+        assert!(alloc
+            .allocate(&mut ct, &flow(1, 1000), SYN, 60, 0)
+            .is_some());
+        assert_eq!(alloc.allocate(&mut ct, &flow(1, 1001), SYN, 60, SEC), None);
+        // A UDP flow never closes by flags: its port waits for its timeout.
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(PortRange::new(61000, 61000).unwrap());
+        let mut udp = flow(1, 1000);
+        udp.proto = UDP;
+        assert!(alloc.allocate(&mut ct, &udp, 0, 60, 0).is_some());
+        udp.original.1 = 1001;
+        assert_eq!(alloc.allocate(&mut ct, &udp, 0, 60, SEC), None);
+    }
+
+    #[test]
+    fn free_ports_are_preferred_to_recycling() {
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(four_ports());
+        let a = flow(1, 1000);
+        let b = flow(1, 1001);
+        let pa = connect(&mut alloc, &mut ct, &a, 0);
+        let pb = connect(&mut alloc, &mut ct, &b, 0);
+        close_by_fins(&mut ct, &a, pa, SEC);
+        reset(&mut ct, &b, pb, false, SEC);
+        // Two ports were never used: they go first, whatever the probes' order.
+        let closed: HashSet<u16> = [pa, pb].into();
+        let p1 = connect(&mut alloc, &mut ct, &flow(2, 2000), 2 * SEC);
+        let p2 = connect(&mut alloc, &mut ct, &flow(2, 2001), 2 * SEC);
+        assert!(!closed.contains(&p1) && !closed.contains(&p2) && p1 != p2);
+        // The closed flows still translate their late replies meanwhile.
+        assert_eq!(
+            original_of(&mut ct, a.remote, (a.nat_addr, pa), TCP, ACK, 60, 2 * SEC),
+            Some(a.original)
+        );
+        // Then, under pressure, the closed ones are recycled.
+        let p3 = connect(&mut alloc, &mut ct, &flow(2, 2002), 3 * SEC);
+        let p4 = connect(&mut alloc, &mut ct, &flow(2, 2003), 3 * SEC);
+        assert_eq!(HashSet::from([p3, p4]), closed);
     }
 
     #[test]
