@@ -19,7 +19,7 @@ use dataplane::tables::policy::{PolicyEntry, PolicyKey, PortRange};
 use dataplane::tables::services::{Backend, Frontend, LbMode, ServiceSpec, Services};
 use dataplane::tables::{HostLink, LocalNode, Tables, TunnelPorts};
 use dataplane::testutil::{
-    self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_RST, TCP_SYN, TCP_SYN_ACK,
+    self, PacketBuilder, TunnelBuilder, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCP_SYN_ACK,
 };
 use dataplane::{Identity, MacAddr, Prefix};
 
@@ -2364,6 +2364,110 @@ fn masquerade_gives_each_flow_its_own_port_and_handles_udp() {
             expect: Expect::Tx(POD3.ifindex, to_pod.build()),
         },
     );
+}
+
+/// What the pod receives for the world's `reply` to the masqueraded flow from `pod:sport`.
+fn unmasqueraded(reply: &PacketBuilder, pod: &Pod, sport: u16) -> PacketBuilder {
+    let mut to_pod = reply.clone().macs(ROUTER_MAC, pod.mac).ttl(reply.ttl - 1);
+    to_pod.dst = pod.ip();
+    set_l4_ports(&mut to_pod, None, Some(sport));
+    to_pod
+}
+
+#[test]
+fn masquerade_recycles_the_port_of_a_closed_flow_for_the_next_one() {
+    use dataplane::pipeline::MasqueradeConfig;
+    use dataplane::tables::snat::PortRange;
+    let t = node_a();
+    let only = PortRange::new(61000, 61000).unwrap();
+    let mut p = Pipeline::new(PipelineConfig {
+        masquerade: Some(MasqueradeConfig::single_worker(only)),
+        ..PipelineConfig::default()
+    })
+    .unwrap();
+    let world = IpAddr::V4(WORLD_SERVER);
+    let pod1 = |flags| from_pod(&POD1, world, 40000, 80, flags);
+    let pod2 = |flags| from_pod(&POD2, world, 40000, 80, flags);
+    // SYN out, SYN-ACK back, ACK out, FIN out, FIN back: the flow has closed both ways.
+    let closing = [
+        (false, TCP_SYN, "pod 1's SYN takes the only port"),
+        (true, TCP_SYN_ACK, "the SYN-ACK reaches pod 1"),
+        (false, TCP_ACK, "pod 1's handshake ACK"),
+        (false, TCP_FIN | TCP_ACK, "pod 1 closes"),
+        (
+            true,
+            TCP_FIN | TCP_ACK,
+            "the server closes too: the flow is closed",
+        ),
+    ];
+    for (from_world, flags, description) in closing {
+        let fx = if from_world {
+            let reply = world_reply(flags, 61000);
+            Fixture {
+                description,
+                ingress: UPLINK,
+                input: reply.build(),
+                expect: Expect::Tx(POD1.ifindex, unmasqueraded(&reply, &POD1, 40000).build()),
+            }
+        } else {
+            let out = pod1(flags);
+            Fixture {
+                description,
+                ingress: POD1.ifindex,
+                input: out.build(),
+                expect: Expect::Tx(UPLINK, masqueraded(&out, 61000).build()),
+            }
+        };
+        check(&mut p, &t, fx);
+    }
+    // Within the close timeout, pod 2's flow to the same server gets the closed flow's port
+    // (before, it was dropped: masquerade_ports_exhausted).
+    let syn = pod2(TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "pod 2's SYN recycles the port",
+            ingress: POD2.ifindex,
+            input: syn.build(),
+            expect: Expect::Tx(UPLINK, masqueraded(&syn, 61000).build()),
+        },
+    );
+    let reply = world_reply(TCP_SYN_ACK, 61000);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the port's replies now reach pod 2",
+            ingress: UPLINK,
+            input: reply.build(),
+            expect: Expect::Tx(POD2.ifindex, unmasqueraded(&reply, &POD2, 40000).build()),
+        },
+    );
+    // Pod 1's late packet (its last ACK retransmitted) no longer leaves with that port; the
+    // port is pod 2's open flow's, and the range has no other.
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the closed flow's late packet cannot use the recycled port",
+            ingress: POD1.ifindex,
+            input: pod1(TCP_ACK).build(),
+            expect: Expect::Drop(DropReason::MasqueradePortsExhausted),
+        },
+    );
+    // An open flow's port is never taken.
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "pod 3's SYN finds no closed port",
+            ingress: POD3.ifindex,
+            input: from_pod(&POD3, world, 40000, 80, TCP_SYN).build(),
+            expect: Expect::Drop(DropReason::MasqueradePortsExhausted),
+        },
+    );
+    assert_eq!(p.counters().masquerade_ports_allocated, 2);
 }
 
 #[test]
