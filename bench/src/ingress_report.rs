@@ -178,8 +178,8 @@ pub fn report(args: &IngressArgs) -> Result<String, BenchError> {
     out.push_str(&summarize(&rounds, &args.scenarios));
     let _ = writeln!(
         out,
-        "\nflagella's masquerade ports: {} (SNAT and masquerade hold one per flow to a server, \
-         closed TCP flows for 10 s); a \"bound by\" flag: at least {CEILING_SHARE} of the \
+        "\nflagella's masquerade ports: {} (SNAT and masquerade hold one per open flow to a server; \
+         a closed TCP flow's port is recycled when no other is free); a \"bound by\" flag: at least {CEILING_SHARE} of the \
          ceiling of the same round",
         args.masquerade_ports
             .as_deref()
