@@ -262,6 +262,25 @@ impl ScaleCluster {
         }
     }
 
+    /// The first app-to-app policy with subjects on `node`, and how many endpoints there it
+    /// selects (the policy a per-change measurement rewrites).
+    pub fn app_policy_on(&self, node: usize) -> Option<(usize, usize)> {
+        let n_ns = self.spec.namespaces;
+        (n_ns..self.spec.policies)
+            .filter(|i| i % 3 == 0)
+            .map(|i| {
+                let app = (i / n_ns) % self.apps();
+                let subjects = self
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.node == node)
+                    .filter(|e| e.deployment % n_ns == i % n_ns && e.deployment / n_ns == app)
+                    .count();
+                (i, subjects)
+            })
+            .find(|(_, subjects)| *subjects > 0)
+    }
+
     /// Distinct label sets among the endpoints.
     pub fn label_sets(&self) -> usize {
         self.endpoints.iter().map(|e| e.deployment).collect::<BTreeSet<_>>().len()

@@ -9,12 +9,16 @@
 //! - [`mirror`]: what a dataplane holds after a stream of changes, so an incrementally fed
 //!   model can be compared with a from-scratch compile of the same state.
 //!
-//! Pure: no I/O, no etcd. Used by `flagella-bench scale` and `control/tests/scale.rs`.
+//! - [`standin`]: a stand-in dataplane socket that applies what it receives to a mirror.
+//!
+//! Pure but for `standin`: no etcd. Used by `flagella-bench scale` and `control/tests/scale.rs`.
 
 pub mod cluster;
 pub mod mirror;
 pub mod mutations;
+pub mod standin;
 
 pub use cluster::{ScaleCluster, ScaleSpec};
 pub use mirror::{DataplaneMirror, Differential};
 pub use mutations::{Mutation, Mutations};
+pub use standin::StandIn;
