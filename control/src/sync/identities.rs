@@ -50,14 +50,15 @@ impl ClusterState {
     /// Supplies the cluster-wide number of a label set.
     pub fn set_identity(&mut self, labels: Labels, id: u32) {
         if self.cluster_ids.insert(labels.clone(), id) != Some(id) {
-            // Everything that carries this identity must be re-sent.
-            for (key, ep) in &self.endpoints {
+            // Every local endpoint that carries this identity must be re-sent (only local ones
+            // are: a scan of every endpoint per label set was the initial sync's hotspot).
+            for key in &self.local_keys {
                 let same = self
                     .engine
                     .pod_identity(key)
                     .and_then(|l| self.engine_labels.get(&l.0))
                     == Some(&labels);
-                if same && ep.node == self.node {
+                if same {
                     self.dirty_endpoints.insert(key.clone());
                 }
             }
