@@ -93,15 +93,26 @@ pub fn scale(args: &ScaleArgs) -> Result<Vec<SizeResult>, BenchError> {
     Ok(results)
 }
 
-fn one_size(args: &ScaleArgs, prefix: &str, n: usize, r: &mut SizeResult) -> Result<(), BenchError> {
+fn one_size(
+    args: &ScaleArgs,
+    prefix: &str,
+    n: usize,
+    r: &mut SizeResult,
+) -> Result<(), BenchError> {
     let cluster = ScaleCluster::generate(&spec(args, prefix, n)).map_err(BenchError::Failed)?;
     let objects = cluster.objects();
     r.label_sets = cluster.label_sets();
     r.remote_nodes = args.nodes - args.agents.max(1);
     r.background_policies = args.policies;
     r.local_endpoints = cluster.endpoints.iter().filter(|e| e.node == 0).count();
-    let bytes: usize = objects.iter().map(|(k, v)| ROOT.len() + k.len() + v.len()).sum();
-    r.notes.push(format!("{:.1} MiB under {ROOT}", bytes as f64 / (1 << 20) as f64));
+    let bytes: usize = objects
+        .iter()
+        .map(|(k, v)| ROOT.len() + k.len() + v.len())
+        .sum();
+    r.notes.push(format!(
+        "{:.1} MiB under {ROOT}",
+        bytes as f64 / (1 << 20) as f64
+    ));
     let node = cluster.node_name(0);
     let st = model(args, &cluster, &objects, r);
     if !args.skip_agents {
@@ -111,9 +122,16 @@ fn one_size(args: &ScaleArgs, prefix: &str, n: usize, r: &mut SizeResult) -> Res
         if is_root() {
             let rules = converge::ingress_rules(&st, &node);
             let addrs: Vec<Ipv4Addr> = cluster.endpoints.iter().map(|e| e.ip).collect();
-            converge::baselines(&format!("{prefix}-nf"), &rules, &addrs, args.baseline_reps, r)?;
+            converge::baselines(
+                &format!("{prefix}-nf"),
+                &rules,
+                &addrs,
+                args.baseline_reps,
+                r,
+            )?;
         } else {
-            r.notes.push("baselines skipped: iptables/nft need root".into());
+            r.notes
+                .push("baselines skipped: iptables/nft need root".into());
         }
     }
     Ok(())
@@ -157,7 +175,9 @@ fn model(
     let reps = args.reps;
     let mut times = Vec::new();
     let (policy, subjects) = cluster.app_policy_on(0).unwrap_or((args.namespaces, 0));
-    r.notes.push(format!("the changed policy selects {subjects} endpoints of this node"));
+    r.notes.push(format!(
+        "the changed policy selects {subjects} endpoints of this node"
+    ));
     for i in 0..reps {
         let (k, v) = cluster.policy_object(policy, 1 + (i % 2) as u16);
         let t = Instant::now();
@@ -166,12 +186,18 @@ fn model(
         let changes = st.commit();
         times.push(ms_since(t));
         if i == 0 {
-            r.notes.push(format!("a policy change: {} dataplane changes", changes.len()));
+            r.notes.push(format!(
+                "a policy change: {} dataplane changes",
+                changes.len()
+            ));
         }
     }
     r.push(MODEL_POLICY, &times);
     let mut pods = cluster.clone();
-    for (what, node_index) in [(MODEL_POD_REMOTE, pods.spec.nodes - 1), (MODEL_POD_LOCAL, 0)] {
+    for (what, node_index) in [
+        (MODEL_POD_REMOTE, pods.spec.nodes - 1),
+        (MODEL_POD_LOCAL, 0),
+    ] {
         let mut times = Vec::new();
         for i in 0..reps.min(100) {
             let Some(room) = pods.node_with_room(node_index) else {
@@ -212,12 +238,20 @@ fn start_agent(
         .map_err(|e| BenchError::io(format!("stand-in socket {}", socket.display()), e))?;
     let status = dir.join(format!("{node}.status"));
     let log = dir.join(format!("{node}.log"));
-    let logf = std::fs::File::create(&log).map_err(|e| BenchError::io(log.display().to_string(), e))?;
+    let logf =
+        std::fs::File::create(&log).map_err(|e| BenchError::io(log.display().to_string(), e))?;
     let started = Instant::now();
     let child = ChildGuard::spawn(
         "flagella-control",
         Command::new(control)
-            .args(["--etcd", etcd_url, "--node", node, "--metrics-address", "off"])
+            .args([
+                "--etcd",
+                etcd_url,
+                "--node",
+                node,
+                "--metrics-address",
+                "off",
+            ])
             .arg("--dataplane-socket")
             .arg(&socket)
             .arg("--status-file")
@@ -252,7 +286,9 @@ impl RealAgent {
             self.child.check_alive(&self.log)?;
             let endpoints = self.standin.with_mirror(|m| m.endpoints.len());
             let revision = etcd.revision()?;
-            let caught_up = self.status()["revision"].as_i64().is_some_and(|r| r >= revision);
+            let caught_up = self.status()["revision"]
+                .as_i64()
+                .is_some_and(|r| r >= revision);
             if endpoints >= local && caught_up {
                 let done = ms_since(self.started);
                 let diff = self.differential(etcd)?;
@@ -277,7 +313,11 @@ impl RealAgent {
             let raw = state.get(&control::identity::labels_key(labels))?;
             std::str::from_utf8(raw).ok()?.parse().ok()
         });
-        Ok(self.standin.mirror().without_cookies().diff(&expected.without_cookies(), 10))
+        Ok(self
+            .standin
+            .mirror()
+            .without_cookies()
+            .diff(&expected.without_cookies(), 10))
     }
 }
 
@@ -288,7 +328,10 @@ fn with_agents(
     objects: &[(String, String)],
     r: &mut SizeResult,
 ) -> Result<(), BenchError> {
-    let control = args.control.clone().unwrap_or_else(converge::default_control);
+    let control = args
+        .control
+        .clone()
+        .unwrap_or_else(converge::default_control);
     let path = std::env::temp_dir().join(prefix);
     std::fs::create_dir_all(&path).map_err(|e| BenchError::io(path.display().to_string(), e))?;
     let dir = ScratchDir(path);
@@ -351,7 +394,8 @@ fn measure_agents(
                 }
             }
             if Instant::now() > deadline {
-                r.notes.push(format!("policy put {i}: no request within 30 s"));
+                r.notes
+                    .push(format!("policy put {i}: no request within 30 s"));
                 break;
             }
             std::thread::yield_now();
@@ -360,7 +404,8 @@ fn measure_agents(
     r.push(AGENT_PUT, &puts);
     for a in &agents {
         if let Some(rss) = rss_mib(&a.child.pid().to_string()) {
-            r.notes.push(format!("agent {}: {rss:.0} MiB resident", a.node));
+            r.notes
+                .push(format!("agent {}: {rss:.0} MiB resident", a.node));
         }
     }
     Ok(())

@@ -235,7 +235,11 @@ impl ClusterState {
         let Some(local) = self.engine.pod_identity(key) else {
             return;
         };
-        let pod: Labels = spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let pod: Labels = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let ns_labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
         self.engine_labels
             .insert(local.0, Labels::for_pod(&pod, namespace, &ns_labels));

@@ -68,7 +68,8 @@ impl ScaleSpec {
 
     /// The most endpoints these nodes can hold.
     pub fn capacity(&self) -> usize {
-        self.agents * self.local_pods + (self.nodes - self.agents.min(self.nodes)) * REMOTE_NODE_PODS
+        self.agents * self.local_pods
+            + (self.nodes - self.agents.min(self.nodes)) * REMOTE_NODE_PODS
     }
 
     fn check(&self) -> Result<(), String> {
@@ -156,7 +157,12 @@ impl ScaleCluster {
         let host = slot + 2; // .0 network, .1 gateway
         let local = (node < self.spec.agents).then(|| {
             let n = u32::try_from(node * 256 + slot).unwrap_or(0);
-            let mac = format!("02:16:{:02x}:{:02x}:00:{:02x}", node >> 8, node & 0xff, slot);
+            let mac = format!(
+                "02:16:{:02x}:{:02x}:00:{:02x}",
+                node >> 8,
+                node & 0xff,
+                slot
+            );
             (FIRST_IFINDEX + n, mac)
         });
         SynthEndpoint {
@@ -218,7 +224,10 @@ impl ScaleCluster {
 
     /// The endpoints, as the CNI plugin writes them.
     pub fn endpoint_objects(&self) -> Vec<(String, String)> {
-        self.endpoints.iter().map(|e| self.endpoint_object(e)).collect()
+        self.endpoints
+            .iter()
+            .map(|e| self.endpoint_object(e))
+            .collect()
     }
 
     /// One endpoint's key and value.
@@ -227,7 +236,11 @@ impl ScaleCluster {
     }
 
     /// [`Self::endpoint_object`] with the `version` label replaced.
-    pub fn endpoint_object_with(&self, e: &SynthEndpoint, version: Option<&str>) -> (String, String) {
+    pub fn endpoint_object_with(
+        &self,
+        e: &SynthEndpoint,
+        version: Option<&str>,
+    ) -> (String, String) {
         let mut labels = pod_labels(e.deployment, self.spec.namespaces, self.apps());
         if let Some(v) = version {
             labels["version"] = json!(v);
@@ -238,12 +251,17 @@ impl ScaleCluster {
             v["ifindex"] = json!(ifindex);
             v["mac"] = json!(mac);
         }
-        (format!("endpoints/{}/{}", e.namespace, e.name), v.to_string())
+        (
+            format!("endpoints/{}/{}", e.namespace, e.name),
+            v.to_string(),
+        )
     }
 
     /// The policies, `spec.policies` of them.
     pub fn policy_objects(&self) -> Vec<(String, String)> {
-        (0..self.spec.policies).map(|i| self.policy_object(i, 0)).collect()
+        (0..self.spec.policies)
+            .map(|i| self.policy_object(i, 0))
+            .collect()
     }
 
     /// Policy `i`; `variant` changes its ports (a policy update keeping its name).
@@ -257,7 +275,11 @@ impl ScaleCluster {
         let app = |d: usize| format!("app{}", (i / n_ns + d) % apps);
         match i % 3 {
             0 => network_policy(&ns, &format!("app-{i}"), app_to_app(&app, variant)),
-            1 => network_policy(&ns, &format!("egress-{i}"), cidr_egress(&app(0), i, variant)),
+            1 => network_policy(
+                &ns,
+                &format!("egress-{i}"),
+                cidr_egress(&app(0), i, variant),
+            ),
             _ => cilium_policy(&ns, &format!("deny-{i}"), deny(&app(0), variant)),
         }
     }
@@ -283,7 +305,11 @@ impl ScaleCluster {
 
     /// Distinct label sets among the endpoints.
     pub fn label_sets(&self) -> usize {
-        self.endpoints.iter().map(|e| e.deployment).collect::<BTreeSet<_>>().len()
+        self.endpoints
+            .iter()
+            .map(|e| e.deployment)
+            .collect::<BTreeSet<_>>()
+            .len()
     }
 
     /// Every object, in the order to write them (nodes and namespaces, endpoints, policies).
@@ -306,7 +332,10 @@ fn pod_labels(d: usize, namespaces: usize, apps: usize) -> Value {
     let app = format!("app{a}");
     let version = format!("v{}", d % 3);
     let tier = ["frontend", "backend", "db"][a % 3];
-    let hash = format!("{:010x}", (d as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24);
+    let hash = format!(
+        "{:010x}",
+        (d as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24
+    );
     json!({
         "app": app,
         "version": version,

@@ -65,8 +65,10 @@ impl DataplaneMirror {
                 for e in v[field].as_array_mut().into_iter().flatten() {
                     let cookie = e["cookie"].as_u64().and_then(|c| u32::try_from(c).ok());
                     let origins = engine.cookie_origins(cookie.unwrap_or(0));
-                    let names: Vec<String> =
-                        origins.iter().map(|o| format!("{}:{}", o.policy, o.rule)).collect();
+                    let names: Vec<String> = origins
+                        .iter()
+                        .map(|o| format!("{}:{}", o.policy, o.rule))
+                        .collect();
                     e["cookie"] = Value::from(names.join(","));
                 }
             }
@@ -128,7 +130,8 @@ impl DataplaneMirror {
     fn apply_policy(&mut self, op: &str, v: &Value) {
         let id = v["endpoint"].as_u64().unwrap_or(0);
         if !self.endpoints.contains_key(&id) {
-            self.refused.push(format!("{op} for endpoint {id}, which the dataplane lacks"));
+            self.refused
+                .push(format!("{op} for endpoint {id}, which the dataplane lacks"));
             return;
         }
         let dir = v["direction"].as_str().unwrap_or("").to_string();
@@ -210,14 +213,27 @@ impl DataplaneMirror {
                 other.policy.get(k).unwrap_or(&empty),
             );
             if a.enforced != b.enforced {
-                out.push(format!("policy {k:?}: enforced {} vs {}", a.enforced, b.enforced));
+                out.push(format!(
+                    "policy {k:?}: enforced {} vs {}",
+                    a.enforced, b.enforced
+                ));
             }
             let mut d = Vec::new();
-            diff_maps(&format!("policy {k:?} entry"), &a.entries, &b.entries, &mut d);
+            diff_maps(
+                &format!("policy {k:?} entry"),
+                &a.entries,
+                &b.entries,
+                &mut d,
+            );
             out.extend(d);
         }
         out.extend(self.refused.iter().map(|r| format!("refused (left): {r}")));
-        out.extend(other.refused.iter().map(|r| format!("refused (right): {r}")));
+        out.extend(
+            other
+                .refused
+                .iter()
+                .map(|r| format!("refused (right): {r}")),
+        );
         out.truncate(limit);
         out
     }
@@ -299,8 +315,11 @@ impl Differential {
         for (k, v) in objects {
             d.state.insert(format!("{ROOT}{k}"), v.clone().into_bytes());
         }
-        let listing: Vec<(String, Vec<u8>)> =
-            d.state.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let listing: Vec<(String, Vec<u8>)> = d
+            .state
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         d.model.put_all(&listing);
         d.converge();
         d
@@ -331,7 +350,9 @@ impl Differential {
 
     /// The dataplane a fresh model compiles from the current state, with the same numbers.
     pub fn from_scratch(&mut self) -> DataplaneMirror {
-        from_scratch(&self.node, &self.state, |labels| Some(self.ids.number(labels)))
+        from_scratch(&self.node, &self.state, |labels| {
+            Some(self.ids.number(labels))
+        })
     }
 
     /// Differences between the incremental dataplane and a from-scratch compile (at most
@@ -395,8 +416,16 @@ mod tests {
     fn initial_listing_equals_from_scratch() {
         let c = small();
         let mut d = Differential::start(&c.node_name(0), &c.objects());
-        assert!(d.mirror.endpoints.len() >= 40, "{}", d.mirror.endpoints.len());
-        assert!(d.mirror.policy_entries() > 100, "{}", d.mirror.policy_entries());
+        assert!(
+            d.mirror.endpoints.len() >= 40,
+            "{}",
+            d.mirror.endpoints.len()
+        );
+        assert!(
+            d.mirror.policy_entries() > 100,
+            "{}",
+            d.mirror.policy_entries()
+        );
         let diff = d.check(20);
         assert!(diff.is_empty(), "{diff:#?}");
     }
@@ -405,7 +434,12 @@ mod tests {
     fn the_mirror_sees_a_difference() {
         let c = small();
         let mut d = Differential::start(&c.node_name(0), &c.objects());
-        let ((id, dir), p) = d.mirror.policy.iter_mut().find(|(_, p)| !p.entries.is_empty()).unwrap();
+        let ((id, dir), p) = d
+            .mirror
+            .policy
+            .iter_mut()
+            .find(|(_, p)| !p.entries.is_empty())
+            .unwrap();
         let (id, dir) = (*id, dir.clone());
         p.entries.pop_first();
         let diff = d.check(20);

@@ -64,7 +64,9 @@ impl StandIn {
 }
 
 fn serve_one(stream: UnixStream, shared: &Mutex<Shared>) {
-    let Ok(mut w) = stream.try_clone() else { return };
+    let Ok(mut w) = stream.try_clone() else {
+        return;
+    };
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { return };
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
