@@ -113,6 +113,10 @@ pub struct EndpointSpec {
     /// while the agent has not yet read the uplink's MTU from its dataplane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// The pod's service account (Kubernetes' `spec.serviceAccountName`): its identity gets
+    /// the label `io.cilium.k8s.policy.serviceaccount=<name>`, which policies select on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// The smallest MTU an endpoint may have: IPv4's minimum (RFC 791).
@@ -526,7 +530,7 @@ fn check_labels(key: &str, labels: &BTreeMap<String, String>) -> Result<(), Sche
         if policy_compiler::labels::is_reserved_key(k) {
             return Err(invalid(
                 key,
-                format!("labels.{k}: this key is reserved for labels Flagella derives from the namespace; rename it"),
+                format!("labels.{k}: {}", policy_compiler::labels::RESERVED_KEY_HINT),
             ));
         }
     }
@@ -536,6 +540,10 @@ fn check_labels(key: &str, labels: &BTreeMap<String, String>) -> Result<(), Sche
 fn check_endpoint(key: &str, spec: &EndpointSpec) -> Result<(), SchemaError> {
     check_name(key, "node", &spec.node)?;
     check_labels(key, &spec.labels)?;
+    if let Some(sa) = &spec.service_account {
+        policy_compiler::labels::check_service_account(sa)
+            .map_err(|e| invalid(key, format!("service_account: {e}")))?;
+    }
     if spec
         .ips()
         .any(|ip| ip.is_unspecified() || ip.is_multicast())
@@ -849,6 +857,36 @@ mod tests {
             decode(&key, pending),
             Ok(Object::PendingEndpoint { .. })
         ));
+    }
+
+    #[test]
+    fn endpoint_service_account_is_optional_and_checked() {
+        let key = k("endpoints/default/a");
+        let with = br#"{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2","service_account":"web"}"#;
+        let Ok(Object::Endpoint { spec, .. }) = decode(&key, with) else {
+            panic!("not an endpoint");
+        };
+        assert_eq!(spec.service_account.as_deref(), Some("web"));
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains(r#""service_account":"web""#), "{text}");
+        let without = br#"{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2"}"#;
+        let Ok(Object::Endpoint { spec, .. }) = decode(&key, without) else {
+            panic!("not an endpoint");
+        };
+        assert_eq!(spec.service_account, None);
+        assert!(!serde_json::to_string(&spec)
+            .unwrap()
+            .contains("service_account"));
+        for bad in [
+            r#""service_account":"Web""#,
+            r#""service_account":"""#,
+            r#""service_account":7"#,
+            r#""labels":{"io.cilium.k8s.policy.serviceaccount":"admin"}"#,
+        ] {
+            let value = format!(r#"{{"node":"n1","interface":"lxc1","ipv4":"10.1.0.2",{bad}}}"#);
+            let e = decode(&key, value.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("endpoints/default/a"), "{bad}: {e}");
+        }
     }
 
     #[test]

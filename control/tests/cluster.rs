@@ -40,7 +40,11 @@
 //! policy refuses the pod's own node and `toEntities: host` the other node; an ingress
 //! `fromEntities: host` policy admits the node and refuses pods and the other node (which is
 //! `remote-node`), `fromEntities: remote-node` admits the other node while the local host stays
-//! admitted (allow-localhost), and an `ingressDeny` of `host` refuses it.
+//! admitted (allow-localhost), and an `ingressDeny` of `host` refuses it. `flagella policy
+//! trace` (live, from etcd) agrees with each verdict on `host` / `remote-node`; policies
+//! selecting on service accounts (every pod's record carries one) admit and reach exactly
+//! their pods, and a pod reaches its own address whatever its policy (checks in
+//! `cluster/semantics.rs`).
 //! `pods_reach_the_world_masqueraded` (VXLAN) adds a router and a server that is no node
 //! behind the nodes' default route: pods reach it masqueraded to their node's address (1,000
 //! concurrent connections, 1,000 distinct ports), the router's "fragmentation needed" reaches
@@ -63,6 +67,8 @@
 mod common;
 #[path = "cluster/nodeport.rs"]
 mod nodeport;
+#[path = "cluster/semantics.rs"]
+mod semantics;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -452,6 +458,7 @@ impl Cluster {
             self.put(
                 &format!("endpoints/{NAMESPACE}/{}", pod.name),
                 json!({"node": format!("node-{}", pod.node), "labels": {"app": pod.name},
+                       "service_account": semantics::service_account_of(&pod.name),
                        "interface": pod.host_if, "ifindex": pod.ifindex, "mac": pod.mac}),
             );
         }
@@ -1786,7 +1793,9 @@ fn run_host_path(mode: Mode) {
     start_host_servers(&mut c);
     pods_and_their_node(&c);
     egress_host_and_remote_node(&c);
+    semantics::trace_knows_each_pods_host(&c);
     ingress_from_host(&c);
+    semantics::service_accounts(&c);
     check_host_traffic(&c, "after pod <-> node traffic");
     let pids: Vec<u32> = c
         .nodes

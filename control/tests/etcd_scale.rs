@@ -117,7 +117,7 @@ fn endpoint(node: &str, labels: Value, ip: &str, ifindex: u32) -> String {
 /// The etcd key of a pod's label set in namespace `default` (no namespace labels).
 fn identity_key(app: &str) -> String {
     let pod: Labels = [("app".to_string(), app.to_string())].into_iter().collect();
-    labels_key(&Labels::for_pod(&pod, NS, &Labels::default()))
+    labels_key(&Labels::for_pod(&pod, NS, &Labels::default(), None))
 }
 
 fn status(path: &Path) -> Value {

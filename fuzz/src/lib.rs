@@ -1,4 +1,4 @@
-//! Fuzz bodies for Flagella's dataplane, as plain functions.
+//! Fuzz bodies for Flagella's dataplane and policy compiler, as plain functions.
 //!
 //! The libFuzzer targets in `fuzz_targets/` are one-line wrappers around these functions, so the
 //! same code runs three ways:
@@ -13,8 +13,10 @@
 //! counter), which is what the fuzzer reports.
 
 pub mod pipeline;
+pub mod policy;
 pub mod replay;
 pub mod wire;
 
 pub use pipeline::pipeline;
+pub use policy::policy_parse;
 pub use wire::wire_parsers;

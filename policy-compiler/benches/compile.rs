@@ -28,6 +28,8 @@ fn pod(i: usize) -> Pod {
         labels: [("app", format!("app{}", i % APPS))].into_iter().collect(),
         ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i as u32 + 1)),
         ports: Vec::new(),
+        node: None,
+        service_account: None,
     }
 }
 

@@ -9,12 +9,14 @@
 //!   labels: {pod: a}
 //!   ip: 10.0.0.1
 //!   ports: [{name: http, containerPort: 80, protocol: TCP}]   # protocol defaults to TCP
+//!   nodeName: node-1               # optional: the node it runs on (its `host`)
+//!   serviceAccountName: frontend   # optional: io.cilium.k8s.policy.serviceaccount
 //! nodes:
 //! - {name: node-1, ip: 192.168.0.1}
 //! ```
 //!
 //! Invariants after [`parse_cluster`]: every pod's namespace is declared; `(namespace, name)`
-//! and every IP address are unique; every namespace carries `kubernetes.io/metadata.name`
+//! and every IP address are unique; a pod's `nodeName` is a declared node; every namespace carries `kubernetes.io/metadata.name`
 //! (added when absent, as Kubernetes does); no pod label uses a key reserved for identity
 //! labels ([`crate::labels::is_reserved_key`]).
 
@@ -23,7 +25,9 @@ use std::net::IpAddr;
 
 use crate::doc::{split_documents, Node};
 use crate::error::Error;
-use crate::labels::{is_reserved_key, Labels, NAMESPACE_NAME_LABEL};
+use crate::labels::{
+    check_service_account, is_reserved_key, Labels, NAMESPACE_NAME_LABEL, RESERVED_KEY_HINT,
+};
 use crate::model::Protocol;
 
 /// A container port a named port can resolve to.
@@ -43,12 +47,29 @@ pub struct Pod {
     pub labels: Labels,
     pub ip: IpAddr,
     pub ports: Vec<ContainerPort>,
+    /// The node it runs on (Kubernetes' `spec.nodeName`): that node is its `host`, every other
+    /// node `remote-node`. `None`: unknown (every node is `remote-node` to it).
+    pub node: Option<String>,
+    /// Its service account (Kubernetes' `spec.serviceAccountName`), an identity label
+    /// ([`crate::labels::SERVICE_ACCOUNT_LABEL`]). `None`: no such label (Kubernetes' API server
+    /// would have defaulted it to `default`; write that to mirror a real pod).
+    pub service_account: Option<String>,
 }
 
 impl Pod {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Its identity labels, given its namespace's labels.
+    pub fn identity_labels(&self, namespace_labels: &Labels) -> Labels {
+        Labels::for_pod(
+            &self.labels,
+            &self.namespace,
+            namespace_labels,
+            self.service_account.as_deref(),
+        )
     }
 }
 
@@ -123,7 +144,18 @@ fn parse_ip(n: Node<'_>) -> Result<IpAddr, Error> {
 }
 
 fn parse_pod(n: Node<'_>) -> Result<Pod, Error> {
-    n.fields(&["namespace", "name", "labels", "ip", "ports"], &[])?;
+    n.fields(
+        &[
+            "namespace",
+            "name",
+            "labels",
+            "ip",
+            "ports",
+            "nodeName",
+            "serviceAccountName",
+        ],
+        &[],
+    )?;
     let namespace = n.required("namespace", "the pod's namespace", |v| {
         v.str().map(str::to_string)
     })?;
@@ -132,11 +164,7 @@ fn parse_pod(n: Node<'_>) -> Result<Pod, Error> {
         .with_field("labels", |l| {
             let pairs = l.string_map()?;
             if let Some((k, _)) = pairs.iter().find(|(k, _)| is_reserved_key(k)) {
-                return Err(Error::field(
-                    l.doc,
-                    &l.child_path(k),
-                    "this key is reserved for labels Flagella derives from the namespace; rename it",
-                ));
+                return Err(Error::field(l.doc, &l.child_path(k), RESERVED_KEY_HINT));
             }
             Ok(pairs)
         })?
@@ -147,12 +175,20 @@ fn parse_pod(n: Node<'_>) -> Result<Pod, Error> {
     let ports = n
         .with_field("ports", |p| p.items(parse_container_port))?
         .unwrap_or_default();
+    let node = n.with_field("nodeName", |v| v.str().map(str::to_string))?;
+    let service_account = n.with_field("serviceAccountName", |v| {
+        let s = v.str()?;
+        check_service_account(s).map_err(|e| v.error(e))?;
+        Ok(s.to_string())
+    })?;
     Ok(Pod {
         namespace,
         name,
         labels,
         ip,
         ports,
+        node,
+        service_account,
     })
 }
 
@@ -199,6 +235,17 @@ fn validate(root: Node<'_>, c: &Cluster) -> Result<(), Error> {
                 ),
             ));
         }
+        if let Some(node) = pod
+            .node
+            .as_deref()
+            .filter(|n| !c.nodes.iter().any(|d| d.name == *n))
+        {
+            return Err(Error::field(
+                root.doc,
+                &format!("{path}.nodeName"),
+                format!("node `{node}` is not declared; add it under `nodes` with its address"),
+            ));
+        }
         if let Some(first) = names.insert((&pod.namespace, &pod.name), i) {
             return Err(Error::field(
                 root.doc,
@@ -236,7 +283,7 @@ namespaces:
   x: {team: blue}
   y: {}
 pods:
-- {namespace: x, name: a, labels: {pod: a}, ip: 10.0.0.1, ports: [{name: http, containerPort: 80}]}
+- {namespace: x, name: a, labels: {pod: a}, ip: 10.0.0.1, ports: [{name: http, containerPort: 80}], nodeName: n1, serviceAccountName: web}
 - {namespace: y, name: b, ip: 10.0.0.2, ports: [{containerPort: 53, protocol: UDP}]}
 nodes:
 - {name: n1, ip: 192.168.0.1}
@@ -250,6 +297,37 @@ nodes:
         assert_eq!(c.pods[0].ports[0].protocol, 6);
         assert_eq!(c.pods[1].ports[0].protocol, 17);
         assert_eq!(c.nodes[0].name, "n1");
+        assert_eq!(c.pods[0].node.as_deref(), Some("n1"));
+        assert_eq!(c.pods[0].service_account.as_deref(), Some("web"));
+        assert_eq!(c.pods[1].node, None);
+        assert_eq!(c.pods[1].service_account, None);
+        let labels = c.pods[0].identity_labels(&c.namespaces["x"]);
+        assert_eq!(
+            labels.get("io.cilium.k8s.policy.serviceaccount"),
+            Some("web")
+        );
+    }
+
+    #[test]
+    fn node_and_service_account_are_checked() {
+        let bad = CLUSTER.replace("nodeName: n1", "nodeName: n9");
+        let e = parse_cluster("c.yaml", &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("pods[0].nodeName") && e.contains("not declared"),
+            "{e}"
+        );
+        let bad = CLUSTER.replace("serviceAccountName: web", "serviceAccountName: Web_1");
+        let e = parse_cluster("c.yaml", &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("serviceAccountName") && e.contains("not a service account name"),
+            "{e}"
+        );
+        let bad = CLUSTER.replace(
+            "labels: {pod: a}",
+            "labels: {io.cilium.k8s.policy.serviceaccount: admin}",
+        );
+        let e = parse_cluster("c.yaml", &bad).unwrap_err().to_string();
+        assert!(e.contains("reserved"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ use crate::repository::Repository;
 use crate::rule_index::{policy_prefixes, Released, RuleIndex, SectionRef};
 use crate::selector::Selector;
 use crate::selector_cache::{SelectionContext, SelectorCache};
+use crate::splits::{self, SplitWarning};
 
 pub use crate::cookie::RuleOrigin;
 pub use crate::delta::Delta;
@@ -161,7 +162,7 @@ impl PolicyEngine {
                 owner,
             });
         }
-        let labels = Labels::for_pod(&pod.labels, &pod.namespace, ns_labels);
+        let labels = pod.identity_labels(ns_labels);
         let (id, _) = self.identities.acquire_labels(&labels)?;
         let named = !pod.ports.iter().all(|p| p.name.is_none());
         let ip = pod.ip;
@@ -511,6 +512,12 @@ impl PolicyEngine {
     /// the dataplane's own functions (`policy trace`).
     pub fn ipcache_table(&self) -> &IpCache {
         &self.ipcache
+    }
+
+    /// The CIDR peers of every policy that split an identity (some of the addresses carrying
+    /// it inside the block, some outside): see [`crate::splits`].
+    pub fn split_warnings(&self) -> Vec<SplitWarning> {
+        splits::find(self.repo.iter(), &self.inputs, &self.identities)
     }
 
     /// Every ipcache entry, sorted.
@@ -910,6 +917,8 @@ spec:
                 port: 7000,
                 protocol: 6,
             }],
+            node: None,
+            service_account: None,
         };
         e.upsert_pod(pod.clone()).unwrap();
         let deltas = e.commit();
@@ -989,6 +998,8 @@ spec:
                 port: 7070,
                 protocol: 6,
             }],
+            node: None,
+            service_account: None,
         })
         .unwrap();
         let deltas = e.commit();

@@ -18,6 +18,8 @@
 //!    (rules -> an endpoint's map state), `mapstate` (deny-wins merge, diff into the map as
 //!    deltas), `cookie` (the rules behind an entry), `delta` (the output); its ipcache is the
 //!    dataplane's `tables::ipcache::IpCache`;
+//!    [`splits`] warns of CIDR peers that split an identity (some of its pods inside, some
+//!    outside), from the same state;
 //! 4. [`trace`] answers "is this flow allowed, and why" by looking up those same maps and that
 //!    ipcache with the dataplane's own lookup functions.
 //!
@@ -45,6 +47,7 @@ pub mod repository;
 mod rule_index;
 pub mod selector;
 pub mod selector_cache;
+pub mod splits;
 pub mod trace;
 
 pub use cluster::{parse_cluster, Cluster};

@@ -11,6 +11,17 @@
 //! has no map: that direction is not enforced.
 //!
 //! The flow is allowed when both directions allow it.
+//!
+//! Two cases are decided before any map, as the cluster decides them:
+//! - **Loopback.** A pod's traffic to its own address (pod A -> A's IP) is carried by the pod's
+//!   own loopback and never reaches the network, so no policy can refuse it (the Kubernetes e2e
+//!   suite expects it allowed under every policy): the verdict is allowed with the distinct
+//!   detail [`LOOPBACK`], and neither map is consulted.
+//! - **Whose host.** A node's address is `host` to the pods that run on that node and
+//!   `remote-node` to every other pod (Cilium's entities; the dataplane of the pod's node gives
+//!   every address of its own node `host` whatever the ipcache says). A map is asked with the
+//!   remote identity as the local pod's node sees it; a pod whose node is unknown sees what the
+//!   ipcache says (`remote-node`, or `host` for the agent's own node).
 
 use std::net::IpAddr;
 
@@ -23,6 +34,9 @@ use crate::compile::PolicyEngine;
 use crate::doc::{split_documents, Node};
 use crate::error::Error;
 use crate::model::Protocol;
+
+/// The verdict detail of a pod's traffic to its own address.
+pub const LOOPBACK: &str = "loopback: never reaches the network";
 
 /// One flow to explain, as written by the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,7 +131,7 @@ pub struct DirectionTrace {
     pub enforced: bool,
     /// `allowed` or `denied`.
     pub decision: &'static str,
-    /// `not-enforced`, `allow-rule`, `deny-rule` or `default-deny`.
+    /// `not-enforced`, `allow-rule`, `deny-rule`, `default-deny` or `loopback`.
     pub reason: &'static str,
     /// Which lookup class matched: `l3-l4`, `l4-only`, `l3-only`, `allow-all`.
     #[serde(rename = "match")]
@@ -137,6 +151,9 @@ pub struct TraceResult {
     pub protocol: String,
     /// `allowed` or `denied`.
     pub verdict: &'static str,
+    /// Why the verdict needed no map, when it did not ([`LOOPBACK`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'static str>,
     pub egress: DirectionTrace,
     pub ingress: DirectionTrace,
 }
@@ -151,6 +168,11 @@ impl TraceResult {
 struct Side {
     /// The pod, when the end is a pod of the cluster.
     pod: Option<String>,
+    /// The node the pod runs on, when known.
+    pod_node: Option<String>,
+    /// The node whose address this end is, when it is one.
+    node_address_of: Option<String>,
+    /// As the ipcache resolves it.
     identity: Identity,
 }
 
@@ -163,22 +185,47 @@ fn resolve(engine: &PolicyEngine, who: &str) -> Result<Side, TraceError> {
         let identity = engine.ipcache_table().identity_of(addr);
         return Ok(Side {
             pod: None,
+            pod_node: None,
+            node_address_of: engine.node_by_ip(addr).map(str::to_string),
             identity,
         });
     }
+    let pod = engine
+        .pod(who)
+        .ok_or_else(|| TraceError::UnknownEndpoint(who.to_string()))?;
     let identity = engine
         .pod_identity(who)
         .ok_or_else(|| TraceError::UnknownEndpoint(who.to_string()))?;
     Ok(Side {
         pod: Some(who.to_string()),
+        pod_node: pod.node.clone(),
+        node_address_of: None,
         identity,
     })
+}
+
+/// `remote`'s identity as `local`'s node sees it: a node's address is `host` on that node
+/// and `remote-node` on the others (see the module doc).
+fn seen_from(local: &Side, remote: &Side) -> Identity {
+    match (&local.pod_node, &remote.node_address_of) {
+        (Some(here), Some(there)) if here == there => Identity::HOST,
+        (Some(_), Some(_)) => Identity::REMOTE_NODE,
+        _ => remote.identity,
+    }
+}
+
+/// True when the flow is a pod's traffic to its own address.
+fn is_loopback(src: &Side, dst: &Side) -> bool {
+    src.pod.is_some() && src.pod == dst.pod
 }
 
 /// Traces one probe through the compiled maps.
 pub fn trace(engine: &PolicyEngine, probe: &Probe) -> Result<TraceResult, TraceError> {
     let src = resolve(engine, &probe.from)?;
     let dst = resolve(engine, &probe.to)?;
+    if is_loopback(&src, &dst) {
+        return Ok(loopback(engine, probe, &src));
+    }
     let egress = direction(engine, &src, &dst, Direction::Egress, probe);
     let ingress = direction(engine, &dst, &src, Direction::Ingress, probe);
     let allowed = egress.decision == "allowed" && ingress.decision == "allowed";
@@ -188,9 +235,42 @@ pub fn trace(engine: &PolicyEngine, probe: &Probe) -> Result<TraceResult, TraceE
         port: probe.port,
         protocol: Protocol::name_of(probe.protocol),
         verdict: if allowed { "allowed" } else { "denied" },
+        detail: None,
         egress,
         ingress,
     })
+}
+
+/// The answer for a pod's traffic to itself: allowed, no map consulted.
+fn loopback(engine: &PolicyEngine, probe: &Probe, pod: &Side) -> TraceResult {
+    let enforced = |d| {
+        pod.pod
+            .as_deref()
+            .and_then(|p| engine.endpoint(p))
+            .is_some_and(|ep| ep.direction(d).enforced)
+    };
+    let side = |d| DirectionTrace {
+        endpoint: pod.pod.clone(),
+        enforced: enforced(d),
+        decision: "allowed",
+        reason: "loopback",
+        match_kind: None,
+        remote: Remote {
+            identity: pod.identity.0,
+            description: engine.identities().describe(pod.identity),
+        },
+        rules: Vec::new(),
+    };
+    TraceResult {
+        from: probe.from.clone(),
+        to: probe.to.clone(),
+        port: probe.port,
+        protocol: Protocol::name_of(probe.protocol),
+        verdict: "allowed",
+        detail: Some(LOOPBACK),
+        egress: side(Direction::Egress),
+        ingress: side(Direction::Ingress),
+    }
 }
 
 /// Looks up `local`'s map in direction `d` for traffic with `remote`.
@@ -206,8 +286,9 @@ fn direction(
         .as_deref()
         .and_then(|p| engine.endpoint(p))
         .map(|ep| ep.direction(d));
+    let remote_identity = seen_from(local, remote);
     let decision = match policy {
-        Some(p) => p.lookup(remote.identity, probe.protocol, probe.port),
+        Some(p) => p.lookup(remote_identity, probe.protocol, probe.port),
         None => Decision::NotEnforced,
     };
     let (verdict, reason, match_kind, cookie) = match decision {
@@ -236,8 +317,8 @@ fn direction(
         reason,
         match_kind: match_kind.map(match_name),
         remote: Remote {
-            identity: remote.identity.0,
-            description: engine.identities().describe(remote.identity),
+            identity: remote_identity.0,
+            description: engine.identities().describe(remote_identity),
         },
         rules,
     }
@@ -262,6 +343,9 @@ pub fn explain(r: &TraceResult) -> String {
         r.protocol,
         r.verdict.to_uppercase()
     );
+    if let Some(detail) = r.detail {
+        out.push_str(&format!(" ({detail})"));
+    }
     for (name, d) in [("egress ", &r.egress), ("ingress", &r.ingress)] {
         out.push_str(&format!("\n  {name} {}", explain_direction(name.trim(), d)));
     }
@@ -288,6 +372,7 @@ fn explain_direction(dir: &str, d: &DirectionTrace) -> String {
         ("not-enforced", Some(_)) => {
             format!("allowed at {at}: no policy selects {at} for {dir}")
         }
+        ("loopback", _) => format!("allowed at {at}: {LOOPBACK}, no {dir} policy is consulted"),
         ("allow-rule", _) => format!("allowed at {at} by {rules} [{how} entry, {remote}]"),
         ("deny-rule", _) => format!("DENIED at {at} by {rules} [{how} entry, {remote}]"),
         _ => format!(

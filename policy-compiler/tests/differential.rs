@@ -257,6 +257,10 @@ impl Cluster {
     }
 
     fn allowed(&self, policies: &[Policy], src: &End, dst: &End, port: u16, udp: bool) -> bool {
+        // A pod's traffic to its own address goes over its loopback: no policy sees it.
+        if matches!((src, dst), (End::Pod(a), End::Pod(b)) if a == b) {
+            return true;
+        }
         self.direction_allows(policies, src, dst, false, dst, (port, udp))
             && self.direction_allows(policies, dst, src, true, dst, (port, udp))
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use policy_compiler::model::PolicyKind;
 
-use super::endpoint::{parse_labels, parse_port};
+use super::endpoint::{parse_labels, parse_port, parse_service_account};
 use super::service::{parse_backend, parse_frontend};
 use crate::schema::{BackendSpec, FrontendSpec, PortSpec};
 
@@ -181,14 +181,19 @@ etcd, builds the same model the node agents build, and traces against it. Offlin
 --policies and --cluster): reads the policies and a cluster description from files. Either way \
 the policies are compiled into the same per-pod policy maps the dataplane uses and each flow is \
 looked up in them with the dataplane's own lookup function. A flow is allowed when the \
-sender's egress policy and the receiver's ingress policy both allow it.",
+sender's egress policy and the receiver's ingress policy both allow it. A pod's traffic to its \
+own address is allowed whatever the policies (\"loopback: never reaches the network\"). A \
+node's address is `host` to the pods on that node and `remote-node` to the others. Warnings \
+name CIDR peers that split an identity (some of its pods inside the block, some outside).",
         after_long_help = "\
 CLUSTER FILE (YAML or JSON):
   namespaces:                      # namespace name -> its labels
     x: {team: blue}
   pods:
   - {namespace: x, name: a, labels: {app: web}, ip: 10.0.0.1,
-     ports: [{name: http, containerPort: 80, protocol: TCP}]}
+     ports: [{name: http, containerPort: 80, protocol: TCP}],
+     nodeName: node-1,               # optional: its node (`host` to it)
+     serviceAccountName: web}        # optional: io.cilium.k8s.policy.serviceaccount=web
   nodes:
   - {name: node-1, ip: 192.168.0.1}
 
@@ -265,7 +270,8 @@ host-side interface's index) and --mac (the pod interface's MAC); the node's age
 endpoint of its own node without them.",
         after_long_help = "EXAMPLES:\n  \
 flagella endpoint create --node node-1 --namespace default --name web-1 --labels app=web \\\n      \
---interface lxc1 --ifindex 12 --mac 02:00:00:00:00:05 --port http=80/tcp --wait 10"
+--interface lxc1 --ifindex 12 --mac 02:00:00:00:00:05 --port http=80/tcp \\\n      \
+--service-account web --wait 10"
     )]
     Create {
         /// The node hosting the pod (its agent allocates the addresses)
@@ -291,6 +297,10 @@ flagella endpoint create --node node-1 --namespace default --name web-1 --labels
         /// A named container port, [NAME=]PORT[/PROTO]. Repeat for several.
         #[arg(long = "port", value_name = "[NAME=]PORT[/PROTO]", value_parser = parse_port)]
         ports: Vec<PortSpec>,
+        /// The pod's service account: its identity gets the label
+        /// io.cilium.k8s.policy.serviceaccount=NAME, which policies select on
+        #[arg(long, value_name = "NAME", value_parser = parse_service_account)]
+        service_account: Option<String>,
         /// Wait this many seconds for the addresses and print them, with the pod's MTU
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,

@@ -99,6 +99,12 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
+/// Checks a `--service-account` name as Kubernetes does (a DNS subdomain).
+pub fn parse_service_account(s: &str) -> Result<String, String> {
+    policy_compiler::labels::check_service_account(s)?;
+    Ok(s.to_string())
+}
+
 /// Parses `[NAME=]PORT[/PROTO]` (`http=80/tcp`, `53/udp`, `8080`; protocol TCP by default).
 pub fn parse_port(s: &str) -> Result<PortSpec, String> {
     let (name, rest) = match s.split_once('=') {
@@ -266,6 +272,7 @@ async fn endpoint_write(
             ifindex,
             mac,
             ports,
+            service_account,
             wait,
         } => {
             let store = connect(etcd).await?;
@@ -279,6 +286,7 @@ async fn endpoint_write(
                 mac,
                 ports,
                 mtu: None,
+                service_account,
             };
             let mut e = create_endpoint(&store, &namespace, &name, spec).await?;
             if let Some(secs) = wait {

@@ -106,6 +106,20 @@ pub fn prepare_import(source: &str, text: &str) -> Result<PreparedImport, CliErr
     })
 }
 
+/// The imported policies' CIDR peers that split an identity of the cluster now in etcd
+/// (`policy_compiler::splits`): computed after the write, from the agents' own model.
+async fn split_warnings(store: &Store, imported: &[PolicyRef]) -> Result<Vec<String>, CliError> {
+    let (state, _) = live_state(store).await?;
+    let imported_key = |id: &PolicyId| imported.iter().any(|p| p.key == schema::policy_key(id));
+    Ok(state
+        .engine()
+        .split_warnings()
+        .iter()
+        .filter(|w| imported_key(&w.policy))
+        .map(ToString::to_string)
+        .collect())
+}
+
 /// Writes `writes` in transactions of at most [`MAX_TXN_OPS`] puts.
 pub async fn write_all(store: &Store, writes: &[(String, Vec<u8>)]) -> Result<(), CliError> {
     for chunk in writes.chunks(MAX_TXN_OPS) {
@@ -300,6 +314,8 @@ pub async fn run(verb: PolicyVerb, etcd: &[String], out: Output) -> Result<(), C
             if !dry_run {
                 let store = connect(etcd).await?;
                 write_all(&store, &prepared.writes).await?;
+                let splits = split_warnings(&store, &prepared.report.imported).await?;
+                prepared.report.warnings.extend(splits);
             }
             let report = &prepared.report;
             if out == Output::Text {

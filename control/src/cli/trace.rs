@@ -48,6 +48,10 @@ fn probes(args: &TraceArgs) -> Result<Vec<Probe>, CliError> {
 
 fn run_probes(engine: &PolicyEngine, args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
     let probes = probes(args)?;
+    // A block that splits an identity explains verdicts that look wrong by address.
+    for w in engine.split_warnings() {
+        eprintln!("warning: {w}");
+    }
     let mut results = Vec::with_capacity(probes.len());
     for (i, probe) in probes.iter().enumerate() {
         let r = trace(engine, probe).map_err(|e| {

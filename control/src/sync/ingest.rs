@@ -343,9 +343,11 @@ impl ClusterState {
                     protocol: protocol_number(&p.protocol),
                 })
                 .collect(),
+            node: Some(spec.node.clone()),
+            service_account: spec.service_account.clone(),
         };
         let ns_labels = self.namespaces.get(&namespace).cloned().unwrap_or_default();
-        let identity_labels = Labels::for_pod(&pod.labels, &namespace, &ns_labels);
+        let identity_labels = pod.identity_labels(&ns_labels);
         // A move to another node: the old local endpoint goes.
         if let Some(old) = self.endpoints.get(&pod_key) {
             if old.node == self.node && spec.node != self.node {
