@@ -241,8 +241,9 @@ impl ClusterState {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let ns_labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
+        let sa = spec.service_account.as_deref();
         self.engine_labels
-            .insert(local.0, Labels::for_pod(&pod, namespace, &ns_labels));
+            .insert(local.0, Labels::for_pod(&pod, namespace, &ns_labels, sa));
     }
 
     fn refresh_local_endpoints(&mut self) {
