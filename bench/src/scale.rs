@@ -343,7 +343,7 @@ fn with_agents(
             server.url.clone()
         }
     };
-    let mut etcd = Etcd::connect(&[url.clone()])?;
+    let mut etcd = Etcd::connect(std::slice::from_ref(&url))?;
     let t = Instant::now();
     etcd.put_many(objects)?;
     r.notes.push(format!(

@@ -165,7 +165,7 @@ impl Etcd<'_> {
 
     /// The dataplane a fresh model of `node` compiles from etcd's contents now, with the
     /// cluster-wide identity numbers etcd holds.
-    fn from_scratch(&self, node: &str) -> DataplaneMirror {
+    fn compiled_from_scratch(&self, node: &str) -> DataplaneMirror {
         let (state, _) = self.state();
         from_scratch(node, &state, |labels| {
             let raw = state.get(&labels_key(labels))?;
@@ -183,7 +183,7 @@ fn wait_equal(etcd: &Etcd<'_>, agent: &Agent, what: &str) {
         let s = agent.status();
         let caught_up = s["revision"].as_i64().unwrap_or(0) >= revision;
         let diff = if caught_up {
-            let expected = etcd.from_scratch(&agent.node);
+            let expected = etcd.compiled_from_scratch(&agent.node);
             agent.socket.mirror().diff(&expected, 20)
         } else {
             vec![format!("agent at revision {} of {revision}", s["revision"])]
