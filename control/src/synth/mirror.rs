@@ -62,7 +62,9 @@ impl DataplaneMirror {
         for c in changes {
             let mut v = change_json(c);
             for field in ["entries", "add"] {
-                for e in v[field].as_array_mut().into_iter().flatten() {
+                // `get_mut`, not indexing: `v[field]` would insert a null field.
+                let entries = v.get_mut(field).and_then(Value::as_array_mut);
+                for e in entries.into_iter().flatten() {
                     let cookie = e["cookie"].as_u64().and_then(|c| u32::try_from(c).ok());
                     let origins = engine.cookie_origins(cookie.unwrap_or(0));
                     let names: Vec<String> = origins
