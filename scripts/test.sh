@@ -16,9 +16,12 @@ step "install dependencies"
 # the tunnel frames and sets up a Linux VXLAN/Geneve device as a fourth node; curl: scrapes
 # /metrics in dataplane/tests/daemon.rs; prometheus (promtool too): control/tests/observability.rs
 # checks both /metrics endpoints with `promtool check metrics` and scrapes the dataplane with a
-# real Prometheus server; strace and python3: scripts/systemd/check-syscalls.sh.
+# real Prometheus server; strace and python3: scripts/systemd/check-syscalls.sh;
+# containernetworking-plugins: control/tests/cni.rs compares flagella-cni with Debian's ptp;
+# iptables: bench/tests/ingress.rs loads kube-proxy's rules as the baseline.
 scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iputils-ping \
-  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl prometheus strace python3
+  protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl prometheus strace python3 \
+  containernetworking-plugins iptables
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -39,7 +42,7 @@ scripts/systemd/check-syscalls.sh
 
 # fuzz/ is its own workspace (see fuzz/README.md). On stable, without cargo-fuzz: the targets
 # compile as replay tools and tests/seeds.rs runs every seed plus pseudo-random inputs through
-# both fuzz bodies.
+# every fuzz body.
 step "fuzz targets: fmt, clippy, seeds and random inputs"
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings

@@ -1,4 +1,4 @@
-//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`, `xnode`. Parsing
+//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`, `xnode`, `ingress`. Parsing
 //! only; the subcommands live in their modules. Every value a user types is validated here
 //! (sizes, flow counts, durations), so the rest of the crate can rely on the ranges stated
 //! below.
@@ -68,6 +68,95 @@ pub enum Command {
     /// nft loading the same rules (root) in the same run.
     #[command(after_help = SCALE_HELP)]
     Scale(ScaleArgs),
+    /// Into and out of the cluster: an external client -> node 1's NodePort (DSR, SNAT) and
+    /// pod -> world through masquerade; UDP Mpps and TCP connections per second through
+    /// flagella-dataplane in each node and through kernel forwarding with kube-proxy's
+    /// iptables rules, in the same run; ratios to iptables, generator ceiling flagged.
+    #[command(after_help = INGRESS_HELP)]
+    Ingress(IngressArgs),
+}
+
+const INGRESS_HELP: &str = "\
+Topology (everything carries the prefix fin-<pid>-<n> and is removed on exit, pass or fail):
+  fin-..-x  client / world server 10.78.0.2 <-veth-> xr 10.78.0.1  fin-..-u: the router,
+                                                     br0 10.80.0.254  and the underlay bridge
+  node 1 (fin-..-n1) eth0 10.80.0.1, pod A 10.81.0.11 | node 2 (fin-..-n2) eth0 10.80.0.2,
+  pod B 10.82.0.12 (the service's backend); the nodes' default route is the router.
+Scenarios:
+  nodeport-dsr    the client sends to 10.80.0.1:30080; node 1 forwards to pod B, node 2
+                  answers the client directly (flagella: mode dsr; iptables: DNAT only)
+  nodeport-snat   the same, node 1 also translates the client's source (flagella: mode snat;
+                  iptables: DNAT and kube-proxy's mark + MASQUERADE)
+  masquerade      pod A sends to the world server 10.78.0.2 (flagella: masquerade, the
+                  default; iptables: MASQUERADE of the pod CIDR leaving eth0)
+Per scenario and target: (a) UDP from the built-in generator over --flows flows into the
+sink (Mpps), (b) --clients TCP clients in a loop of connect, 32-byte request, 64-byte
+response, close (connections per second). `ceiling` is the generator and the clients one
+veth from the router, nothing forwarding: what they can do alone, measured in the same round.
+
+Typical use (as root, from the workspace):
+  scripts/install-deps.sh iptables
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p bench
+  sudo target/release/flagella-bench ingress --duration 3 --rounds 2 --markdown";
+
+/// What `ingress` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Scenario {
+    /// External client -> node 1's NodePort, backend on node 2 answering the client directly.
+    NodeportDsr,
+    /// External client -> node 1's NodePort, client source translated, replies via node 1.
+    NodeportSnat,
+    /// Pod A -> a server outside the cluster, masqueraded to node 1's address.
+    Masquerade,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 3] = [
+        Scenario::NodeportDsr,
+        Scenario::NodeportSnat,
+        Scenario::Masquerade,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::NodeportDsr => "nodeport-dsr",
+            Scenario::NodeportSnat => "nodeport-snat",
+            Scenario::Masquerade => "masquerade",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct IngressArgs {
+    /// Scenarios, comma-separated.
+    #[arg(
+        long,
+        alias = "scenario",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "nodeport-dsr,nodeport-snat,masquerade"
+    )]
+    pub scenarios: Vec<Scenario>,
+    /// UDP flows of the generator (one source port each).
+    #[arg(long, default_value_t = 64, value_parser = parse_flows)]
+    pub flows: u32,
+    /// Concurrent TCP clients (threads) of the connection-rate measurement.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub clients: u64,
+    /// flagella-dataplane's --masquerade-ports (FIRST-LAST) for SNAT and masquerade; absent:
+    /// its default, 61000-65535. A range of N ports holds N flows to one server (closed TCP
+    /// flows keep their port 10 s), so it caps the connection rate to one server at N / 10 s.
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub masquerade_ports: Option<String>,
+    /// Rounds: the ceiling and every (scenario, target) once per round, in the same order.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Print the tables as Markdown.
+    #[arg(long)]
+    pub markdown: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 const SCALE_HELP: &str = "\

@@ -9,6 +9,7 @@
 //! keeps sending for [`TAIL`] after the window so the window never sees it stop.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
@@ -92,13 +93,31 @@ pub enum Running {
     Ovs(Box<Ovs>),
 }
 
-/// The measured path: the generator's pod, the sink's pod, and the namespaces whose links a
-/// run that delivered almost nothing describes in its notes.
+/// The measured path: the generator's pod, the sink's pod, where the generator sends, and the
+/// namespaces whose links a run that delivered almost nothing describes in its notes.
 #[derive(Debug)]
 pub struct Ends<'a> {
     pub src: &'a Pod,
     pub dst: &'a Pod,
+    /// The generator's destination: `dst`'s address and [`SINK_PORT`] ([`Ends::direct`]), or
+    /// an address that leads there (a NodePort, `crate::ingress`).
+    pub aim: SocketAddrV4,
+    /// The interface in `dst.ns` whose receive counter is "pod B eth0 Mpps" (`eth0`).
+    pub sink_dev: &'a str,
     pub nodes: Vec<&'a str>,
+}
+
+impl<'a> Ends<'a> {
+    /// `src` sends to `dst`'s own address and the sink's port; `dst` receives on `eth0`.
+    pub fn direct(src: &'a Pod, dst: &'a Pod, nodes: Vec<&'a str>) -> Ends<'a> {
+        Ends {
+            src,
+            dst,
+            aim: SocketAddrV4::new(dst.ip, SINK_PORT),
+            sink_dev: "eth0",
+            nodes,
+        }
+    }
 }
 
 /// The window's start: whatever each target needs to compare against at the end.
@@ -167,11 +186,7 @@ pub fn forward(
     let names = prepare("forward", "fbn", args, run_index)?;
     let topo = Topology::build(&names.prefix, &names.short)?;
     let mut running = start_target(target, &topo, args, &names.dir.0)?;
-    let ends = Ends {
-        src: &topo.a,
-        dst: &topo.b,
-        nodes: vec![&topo.node],
-    };
+    let ends = Ends::direct(&topo.a, &topo.b, vec![&topo.node]);
     let result = measure(&ends, &mut running, flows, args);
     drop(running);
     drop(topo);
@@ -262,7 +277,7 @@ pub(crate) fn measure(
     let mut gen_args: Vec<String> = vec![
         "gen".into(),
         "--dst".into(),
-        format!("{}:{SINK_PORT}", ends.dst.ip),
+        ends.aim.to_string(),
         "--size".into(),
         args.size.to_string(),
         "--flows".into(),
@@ -294,10 +309,10 @@ pub(crate) fn measure(
     gen.renice(args.nice)?;
 
     crate::signals::sleep(WARMUP)?;
-    let opened = open_window(&ends.dst.ns, running)?;
+    let opened = open_window(&ends.dst.ns, ends.sink_dev, running)?;
     crate::signals::sleep(window)?;
     let t1 = monotonic_ns();
-    let iface_rx1 = rx_packets(&ends.dst.ns, "eth0")?;
+    let iface_rx1 = rx_packets(&ends.dst.ns, ends.sink_dev)?;
     let mut m = Measurement {
         flows,
         iface_pps: iface_rx1.saturating_sub(opened.iface_rx) as f64
@@ -338,7 +353,7 @@ pub(crate) fn measure(
     Ok(m)
 }
 
-fn open_window(sink_ns: &str, running: &mut Running) -> Result<Opened, BenchError> {
+fn open_window(sink_ns: &str, sink_dev: &str, running: &mut Running) -> Result<Opened, BenchError> {
     let mut opened = Opened::default();
     match running {
         Running::Kernel => {}
@@ -354,7 +369,7 @@ fn open_window(sink_ns: &str, running: &mut Running) -> Result<Opened, BenchErro
         }
     }
     opened.t = monotonic_ns();
-    opened.iface_rx = rx_packets(sink_ns, "eth0")?;
+    opened.iface_rx = rx_packets(sink_ns, sink_dev)?;
     Ok(opened)
 }
 

@@ -10,6 +10,10 @@
 //! - [`forward`]: one measurement; [`report`]: the arithmetic and the table.
 //! - [`xnode`]: pod -> pod across two nodes (flagella-dataplane over VXLAN, Geneve, native
 //!   routing, against the kernel's VXLAN device), measured as `forward` measures.
+//! - [`ingress`]: into and out of the cluster (an external client -> a NodePort with DSR and
+//!   SNAT, pod -> world masqueraded) through flagella-dataplane and through kernel forwarding
+//!   with kube-proxy's iptables rules; [`ingress_report`] its measurements and table,
+//!   [`connrate`] the TCP connection setup rate.
 //! - [`machine`]: when and on what a result was measured.
 //! - [`converge`]: policy convergence (etcd write -> first packet decided by it) against
 //!   iptables-restore and nftables; [`synth`] the synthetic cluster and the baselines' rule
@@ -19,11 +23,14 @@
 //! The pipeline's own micro-benchmarks live in `dataplane/benches/`.
 
 pub mod cli;
+pub mod connrate;
 pub mod converge;
 pub mod cputime;
 pub mod etcd;
 pub mod forward;
 pub mod generator;
+pub mod ingress;
+pub mod ingress_report;
 pub mod machine;
 pub mod pktgen;
 pub mod probe;

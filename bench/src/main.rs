@@ -8,7 +8,7 @@ use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::generator::generate;
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, sink};
-use bench::{converge, forward, scale, signals, xnode, BenchError};
+use bench::{converge, forward, ingress_report, scale, signals, xnode, BenchError};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -52,6 +52,11 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             Ok(())
         }
         Command::Scale(args) => scale_command(&args),
+        Command::Ingress(args) => {
+            let text = ingress_report::report(&args)?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Converge(args) => {
             let before = converge::machine_notes();
             eprintln!("start: {before}");

@@ -170,6 +170,8 @@ pub struct DataplaneLaunch {
     pub nice: i32,
     /// `--idle-sleep-us` (0: the worker spins, the daemon's default and what measurements use).
     pub idle_sleep_us: u64,
+    /// `--masquerade-ports FIRST-LAST` (absent: the daemon's default range).
+    pub masquerade_ports: Option<String>,
 }
 
 impl DataplaneLaunch {
@@ -188,6 +190,7 @@ impl DataplaneLaunch {
             core: args.worker_core,
             nice: args.nice,
             idle_sleep_us: args.idle_sleep_us,
+            masquerade_ports: None,
         })
     }
 }
@@ -219,6 +222,9 @@ pub fn start_dataplane(
     cmd.args(["--core", &launch.core.to_string()]);
     if launch.idle_sleep_us > 0 {
         cmd.args(["--idle-sleep-us", &launch.idle_sleep_us.to_string()]);
+    }
+    if let Some(ports) = &launch.masquerade_ports {
+        cmd.args(["--masquerade-ports", ports]);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
     let mut daemon = ChildGuard::spawn("flagella-dataplane", &mut cmd)?;

@@ -62,7 +62,7 @@ pub const VNI: u32 = 42;
 /// The MACs of the kernel's `vxlan0` devices (node 1, node 2).
 const VXLAN_MACS: [&str; 2] = ["02:80:00:00:00:01", "02:80:00:00:00:02"];
 /// The security identities of pods A and B, the same on both nodes.
-const IDENTITIES: [u32; 2] = [1001, 1002];
+pub(crate) const IDENTITIES: [u32; 2] = [1001, 1002];
 
 /// One node: its namespace, underlay address, pod and that pod's gateway.
 #[derive(Debug)]
@@ -146,11 +146,11 @@ impl XnodeTopology {
 
     /// The measured path: pod A (node 1) -> pod B (node 2).
     pub fn ends(&self) -> Ends<'_> {
-        Ends {
-            src: &self.nodes[0].pod,
-            dst: &self.nodes[1].pod,
-            nodes: self.nodes.iter().map(|n| n.ns.as_str()).collect(),
-        }
+        Ends::direct(
+            &self.nodes[0].pod,
+            &self.nodes[1].pod,
+            self.nodes.iter().map(|n| n.ns.as_str()).collect(),
+        )
     }
 
     /// The `kernel-vxlan` target (see the module doc).
@@ -283,17 +283,15 @@ impl XnodeTopology {
     }
 }
 
-/// Node `me`'s dataplane (see the module doc): this node's facts, its pod, both pods in the
-/// ipcache, the peer node, and the policy of its pod (egress on A, ingress on B).
-fn configure_node(
+/// Node `me`'s own facts: the record the daemon read from its uplink at start (`local_node.set`
+/// replaces the whole record, so they are kept), plus the node's name, underlay address, the
+/// pods' gateway and router MAC, and the encapsulation (`vxlan`, `geneve`, `native`).
+pub(crate) fn set_local_node(
     f: &mut Flagella,
     me: usize,
     node: &Node,
-    peer: &Node,
     encap: &str,
 ) -> Result<(), BenchError> {
-    // `local_node.set` replaces the whole record: keep the uplink facts the daemon read from
-    // its interface at start.
     let current = f.call(json!({"op": "dump", "table": "local_node"}))?;
     let Value::Object(mut local) = current["local_node"].clone() else {
         return Err(BenchError::Failed(format!(
@@ -312,6 +310,19 @@ fn configure_node(
         local.insert(key.into(), value);
     }
     f.call(Value::Object(local))?;
+    Ok(())
+}
+
+/// Node `me`'s dataplane (see the module doc): this node's facts, its pod, both pods in the
+/// ipcache, the peer node, and the policy of its pod (egress on A, ingress on B).
+fn configure_node(
+    f: &mut Flagella,
+    me: usize,
+    node: &Node,
+    peer: &Node,
+    encap: &str,
+) -> Result<(), BenchError> {
+    set_local_node(f, me, node, encap)?;
     f.call(json!({"op": "node.upsert", "name": peer.ns,
         "underlay": peer.underlay.to_string(),
         "pod_cidrs": [format!("{}/24", peer.pod_net)], "encap": encap}))?;

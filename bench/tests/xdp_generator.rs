@@ -34,7 +34,7 @@ fn skip_reason() -> Option<String> {
 #[test]
 fn xdp_generator_packets_reach_the_sink() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why} (this test needs root and AF_XDP)");
+        testkit::skip(&format!("{why} (this test needs root and AF_XDP)"));
         return;
     }
     let prefix = format!("fbx-{}", std::process::id());

@@ -29,12 +29,12 @@
 //!   model's sizes (from the status snapshot), and times watch batch -> dataplane, each control
 //!   request and each identity resolution (`crate::metrics`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::dataplane_client::{Change, ClientError, DataplaneClient};
+use crate::dataplane_client::{Change, ClientError, DataplaneClient, Request};
 use crate::dataplane_client::{DumpTable, LocalNodeMsg};
 use crate::endpoint_ipam::EndpointIpam;
 use crate::identity::IdentityAllocator;
@@ -42,7 +42,8 @@ use crate::metrics::AgentMetrics;
 use crate::schema::ROOT;
 pub use crate::status::Status;
 use crate::store::{Event, Store, StoreError, WatchBatch};
-use crate::sync::{local_node_facts, log, requests, ClusterState};
+use crate::sync::{fail_closed, interfaces, local_node_facts, log, requests, ClusterState};
+use dataplane::api::protocol::InterfaceMsg;
 
 /// The agent's settings.
 #[derive(Clone, Debug)]
@@ -69,6 +70,8 @@ pub struct Agent {
     dataplane: Option<DataplaneClient>,
     /// The uplink's MTU from the dataplane's `local_node`, once read.
     uplink_mtu: Option<u16>,
+    /// Interfaces the connected dataplane was asked to serve (`interface.add`).
+    interfaces_asked: BTreeSet<String>,
     /// Label sets whose identity failed recently: not asked again on every watch batch.
     identity_failures: IdentityFailures,
     pub status: Arc<Mutex<Status>>,
@@ -93,6 +96,7 @@ impl Agent {
             cfg,
             dataplane: None,
             uplink_mtu: None,
+            interfaces_asked: BTreeSet::new(),
             identity_failures: IdentityFailures::default(),
             status: Arc::new(Mutex::new(status)),
             metrics,
@@ -178,6 +182,7 @@ impl Agent {
                     self.cfg.dataplane_socket.display()
                 ));
                 self.dataplane = Some(c);
+                self.interfaces_asked.clear();
                 let snapshot = self.state.snapshot();
                 self.push(snapshot).await;
                 self.push_local_node().await;
@@ -200,11 +205,20 @@ impl Agent {
         }
     }
 
-    /// Sends changes, each endpoint in one request with its policy ([`requests`]); a lost
-    /// connection drops them (the snapshot at reconnection covers them).
+    /// Sends changes, each endpoint in one request with its policy ([`requests`]; one too large
+    /// for a line as the parts of a staged batch); a lost connection drops them (the snapshot
+    /// at reconnection covers them). A refused request's endpoints get their policy shut
+    /// ([`fail_closed`]): never less enforced than their policy says.
     async fn push(&mut self, changes: Vec<Change>) {
         let mut refusals = 0;
+        let mut refused_txn = None;
+        let mut shut = Vec::new();
         for request in requests(changes) {
+            if let Request::Staged(p) = &request {
+                if refused_txn == Some(p.txn) {
+                    continue; // an earlier part was refused: the dataplane discarded it all
+                }
+            }
             let Some(dp) = self.dataplane.as_mut() else {
                 break;
             };
@@ -218,6 +232,10 @@ impl Agent {
                 Err(ClientError::Refused { op, message }) => {
                     refusals += 1;
                     log(format!("dataplane refused {op}: {message}"));
+                    if let Request::Staged(p) = &request {
+                        refused_txn = Some(p.txn);
+                    }
+                    shut.extend(fail_closed(&request));
                 }
                 Err(e) => {
                     log(format!(
@@ -227,7 +245,90 @@ impl Agent {
                 }
             }
         }
-        self.set_status(|s| s.dataplane_refusals += refusals);
+        self.shut_policies(shut).await;
+        let interface_refusals = self.push_interfaces().await;
+        self.set_status(|s| {
+            s.dataplane_refusals += refusals;
+            s.interface_refusals += interface_refusals;
+        });
+    }
+
+    /// Asks the dataplane to serve the interfaces of new local endpoints and to stop serving
+    /// those of deleted ones ([`crate::sync::interfaces`]); returns the refusals.
+    async fn push_interfaces(&mut self) -> u64 {
+        let plan = interfaces::plan(&self.state.local_interfaces(), &self.interfaces_asked);
+        let mut refusals = 0;
+        let asks = plan
+            .add
+            .into_iter()
+            .map(|i| (true, i))
+            .chain(plan.remove.into_iter().map(|i| (false, i)));
+        for (add, ifname) in asks {
+            let Some(dp) = self.dataplane.as_mut() else {
+                break;
+            };
+            let msg = InterfaceMsg {
+                ifname: ifname.clone(),
+            };
+            let request = if add {
+                Request::InterfaceAdd(msg)
+            } else {
+                Request::InterfaceRemove(msg)
+            };
+            match dp.send_request(&request).await {
+                Ok(_) if add => {
+                    self.interfaces_asked.insert(ifname);
+                }
+                Ok(_) => {
+                    self.interfaces_asked.remove(&ifname);
+                }
+                Err(ClientError::Refused { op, message }) => {
+                    // Counted and logged once: asked again only after a reconnection (a
+                    // dataplane that cannot add interfaces would refuse every push).
+                    refusals += 1;
+                    log(format!("dataplane refused {op} {ifname}: {message}"));
+                    if add {
+                        self.interfaces_asked.insert(ifname);
+                    } else {
+                        self.interfaces_asked.remove(&ifname);
+                    }
+                }
+                Err(e) => {
+                    log(format!(
+                        "dataplane connection lost ({e}); will resync on reconnection"
+                    ));
+                    self.dataplane = None;
+                }
+            }
+        }
+        refusals
+    }
+
+    /// Shuts the policies of endpoints whose push was refused (see [`fail_closed`]).
+    async fn shut_policies(&mut self, shut: Vec<Change>) {
+        for change in shut {
+            let Some(dp) = self.dataplane.as_mut() else {
+                return;
+            };
+            let what = match &change {
+                Change::PolicyReplace(m) => format!("endpoint {} ({:?})", m.endpoint, m.direction),
+                other => other.op().to_string(),
+            };
+            match dp.send(&change).await {
+                Ok(()) => log(format!(
+                    "shut the policy of {what} (nothing admitted) until its policy can be \
+                     pushed whole: fix what the dataplane refused, then restart flagella-control"
+                )),
+                // The endpoint itself was refused (it is not in the dataplane: no traffic).
+                Err(ClientError::Refused { .. }) => {}
+                Err(e) => {
+                    log(format!(
+                        "dataplane connection lost ({e}); will resync on reconnection"
+                    ));
+                    self.dataplane = None;
+                }
+            }
+        }
     }
 
     /// Sends `local_node.set` when this node's facts are due (see the module doc). A lost
@@ -432,6 +533,11 @@ impl Agent {
         }
         let changes = self.state.commit();
         self.push(changes).await;
+        if self.state.commit_due() {
+            // A renumbered identity's second step (see `sync::renumber`).
+            let changes = self.state.commit();
+            self.push(changes).await;
+        }
         self.push_local_node().await;
         self.set_status(|s| {
             s.etcd_reachable = true;

@@ -26,10 +26,10 @@ use dataplane::tables::policy::{PolicyEntry, PolicyKey};
 use dataplane::Identity;
 
 pub use dataplane::api::protocol::{
-    BackendMsg, Change, DumpRequest, DumpTable, EndpointMsg, EndpointRef, FrontendMsg, IpcacheMsg,
-    LocalNodeMsg, NodeMsg, NodeRef, Op, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate,
-    PrefixRef, Proto, Request, ServiceMsg, ServiceRef, Text, WireDirection, WireEncap,
-    WireFrontendKind, WireLbMode,
+    BackendMsg, Change, DumpRequest, DumpTable, EndpointMsg, EndpointRef, FrontendMsg,
+    HostPolicyReplace, IpcacheMsg, LocalNodeMsg, NodeMsg, NodeRef, Op, PolicyEntryMsg,
+    PolicyKeyMsg, PolicyReplace, PolicyUpdate, PrefixRef, Proto, Request, ServiceMsg, ServiceRef,
+    StagedPart, Text, WireDirection, WireEncap, WireFrontendKind, WireLbMode,
 };
 
 /// A dataplane client failure.

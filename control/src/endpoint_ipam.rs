@@ -502,6 +502,7 @@ mod tests {
                 "fd00:2::/64".into(),
             ],
             tunnel: schema::TunnelMode::Vxlan,
+            labels: Default::default(),
         };
         let pools: Vec<String> = pools_of(&spec).iter().map(|p| p.to_string()).collect();
         assert_eq!(pools, ["10.1.0.0/24", "fd00:1::/64"]);

@@ -13,12 +13,14 @@
 //! - [`metrics`]: the agent's `/metrics` (etcd, the model, the dataplane, latencies);
 //! - `synth` (feature `synth`): synthetic clusters and the differential check of the scale
 //!   benchmark and tests;
+//! - [`cni`]: `flagella-cni`, the CNI plugin (ADD/DEL/CHECK/VERSION/STATUS/GC);
 //! - [`cli`]: the commands of the `flagella` CLI (the binary parses the flags and prints).
 //!
 //! `docs/etcd-schema.md` documents the keys and the allocation protocols.
 
 pub mod agent;
 pub mod cli;
+pub mod cni;
 pub mod dataplane_client;
 pub mod endpoint_ipam;
 pub mod identity;

@@ -113,6 +113,11 @@ pub struct EndpointSpec {
     /// while the agent has not yet read the uplink's MTU from its dataplane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// The container runtime's id of the pod's sandbox (`CNI_CONTAINERID`), written by the CNI
+    /// plugin: its DEL releases only the endpoint of the same container, and its GC keeps only
+    /// the endpoints whose container the runtime still lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     /// The pod's service account (Kubernetes' `spec.serviceAccountName`): its identity gets
     /// the label `io.cilium.k8s.policy.serviceaccount=<name>`, which policies select on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,9 +259,24 @@ pub struct NodeSpec {
     pub pod_cidrs: Vec<String>,
     #[serde(default)]
     pub tunnel: TunnelMode,
+    /// The node's labels (Kubernetes node labels): what host policies' `nodeSelector` selects.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeSpec {
+    /// The pods' gateway of one family: the first host address of the node's first pod CIDR of
+    /// that family (the address IPAM never hands out; the dataplane answers for it).
+    pub fn pod_gateway(&self, ipv4: bool) -> Option<IpAddr> {
+        self.prefixes()
+            .into_iter()
+            .find(|p| p.is_ipv4() == ipv4 && p.prefix_len() < if ipv4 { 32 } else { 128 })
+            .map(|p| match p.addr() {
+                IpAddr::V4(a) => IpAddr::V4(u32::from(a).wrapping_add(1).into()),
+                IpAddr::V6(a) => IpAddr::V6(u128::from(a).wrapping_add(1).into()),
+            })
+    }
+
     /// The pod CIDRs, parsed (validated by [`decode`]).
     pub fn prefixes(&self) -> Vec<Prefix> {
         self.pod_cidrs
@@ -540,6 +560,9 @@ fn check_labels(key: &str, labels: &BTreeMap<String, String>) -> Result<(), Sche
 fn check_endpoint(key: &str, spec: &EndpointSpec) -> Result<(), SchemaError> {
     check_name(key, "node", &spec.node)?;
     check_labels(key, &spec.labels)?;
+    if let Some(id) = &spec.container_id {
+        check_name(key, "container_id", id)?;
+    }
     if let Some(sa) = &spec.service_account {
         policy_compiler::labels::check_service_account(sa)
             .map_err(|e| invalid(key, format!("service_account: {e}")))?;
@@ -706,6 +729,7 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Object, SchemaError> {
         ObjectKey::Node(name) => {
             let spec: NodeSpec = json(key, value)?;
             check_node(key, &spec)?;
+            check_labels(key, &spec.labels)?;
             Ok(Object::Node(name, spec))
         }
         ObjectKey::Identity(n) => Ok(Object::Identity(n, json(key, value)?)),

@@ -21,6 +21,9 @@ pub struct Status {
     pub malformed_total: u64,
     pub rejected_keys: Vec<String>,
     pub dataplane_refusals: u64,
+    /// `interface.add`/`interface.remove` the dataplane refused (an endpoint whose interface
+    /// does not exist on the node, a dataplane without room for more): logged with the reason.
+    pub interface_refusals: u64,
     pub last_error: Option<String>,
     /// The uplink's MTU, as the dataplane last reported it.
     pub uplink_mtu: Option<u16>,

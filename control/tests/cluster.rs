@@ -54,6 +54,11 @@
 //! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
 //! again.
 //!
+//! `icmp_types_and_host_policies_over_vxlan` (checks in `cluster/host_firewall.rs`): an
+//! `icmps` rule admits ping in both families and refuses an ICMP timestamp request (counted);
+//! a host policy (`nodeSelector` on node 1's etcd labels) admits pods to node 1 on TCP 8080 and
+//! refuses 9090, leaves node 2 alone, and its deletion restores 9090.
+//!
 //! `nodeport_from_outside_*` and `nodeport_snat_from_outside_*` (checks in
 //! `cluster/nodeport.rs`): a client outside the cluster, behind the underlay's router, through
 //! node 1's NodePort with DSR, and in SNAT mode.
@@ -65,8 +70,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
 
 mod common;
+#[path = "cluster/host_firewall.rs"]
+mod host_firewall;
 #[path = "cluster/nodeport.rs"]
 mod nodeport;
+#[path = "cluster/renumber.rs"]
+mod renumber;
 #[path = "cluster/semantics.rs"]
 mod semantics;
 
@@ -84,7 +93,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::net::{
-    ip_in, link_facts, preflight, run_ip, spawn_agent, spawn_in, wait_for_within, NetNsGuard, Proc,
+    ip_in, link_facts, preflight, run_ip, spawn_agent_with_args, spawn_in, wait_for_within,
+    NetNsGuard, Proc,
 };
 use common::traffic::{self, dataplane_request, echo, tcp_server};
 use common::Etcd;
@@ -187,6 +197,8 @@ struct Cluster {
     bin: PathBuf,
     rt: tokio::runtime::Runtime,
     store: Store,
+    /// More arguments for every `flagella-control`.
+    agent_args: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -222,6 +234,11 @@ fn pod_cidr_v6(mode: Mode, n: u8) -> String {
 
 impl Cluster {
     fn start(mode: Mode, bin: &Path) -> Cluster {
+        Cluster::start_with(mode, bin, &[])
+    }
+
+    /// [`Cluster::start`] with `agent_args` given to every agent.
+    fn start_with(mode: Mode, bin: &Path, agent_args: &[&str]) -> Cluster {
         let pid = std::process::id();
         let prefix = format!("fcl-{pid}-{}", mode.index());
         let dir = testkit::private_dir(&format!("{prefix}-"));
@@ -243,6 +260,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             rt,
             store,
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         c.build_underlay();
         for n in 1..=NODES {
@@ -408,12 +426,14 @@ impl Cluster {
     fn start_control(&mut self, n: u8) {
         let url = self.etcd.url.clone();
         let node = &mut self.nodes[usize::from(n - 1)];
-        let child = spawn_agent(
+        let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+        let child = spawn_agent_with_args(
             &url,
             &node.name,
             &node.socket,
             &node.status_file,
             &node.control.log,
+            &args,
         );
         node.control.child = Some(child);
     }
@@ -1300,8 +1320,7 @@ fn kernel_tunnel_interop(c: &mut Cluster) {
 fn run(mode: Mode) {
     let bin = match preflight() {
         Ok(bin) => bin,
-        Err(reason) if std::env::var_os("CI").is_some() => panic!("cannot run under CI: {reason}"),
-        Err(reason) => return eprintln!("SKIPPED: {reason}"),
+        Err(reason) => return testkit::skip(&reason),
     };
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let prefix = format!("fcl-{}-{}", std::process::id(), mode.index());
@@ -1567,8 +1586,7 @@ fn pods_reach_the_world(c: &mut Cluster) {
 fn pods_reach_the_world_masqueraded() {
     let bin = match preflight() {
         Ok(bin) => bin,
-        Err(reason) if std::env::var_os("CI").is_some() => panic!("cannot run under CI: {reason}"),
-        Err(reason) => return eprintln!("SKIPPED: {reason}"),
+        Err(reason) => return testkit::skip(&reason),
     };
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mode = Mode::Vxlan;
@@ -1782,8 +1800,7 @@ fn ingress_from_host(c: &Cluster) {
 fn run_host_path(mode: Mode) {
     let bin = match preflight() {
         Ok(bin) => bin,
-        Err(reason) if std::env::var_os("CI").is_some() => panic!("cannot run under CI: {reason}"),
-        Err(reason) => return eprintln!("SKIPPED: {reason}"),
+        Err(reason) => return testkit::skip(&reason),
     };
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let prefix = format!("fcl-{}-{}", std::process::id(), mode.index());
@@ -1815,6 +1832,12 @@ fn pods_and_their_nodes_over_vxlan() {
 #[test]
 fn pods_and_their_nodes_natively_routed() {
     run_host_path(Mode::Native);
+}
+
+/// ICMP type rules and host policies (`cluster/host_firewall.rs`).
+#[test]
+fn icmp_types_and_host_policies_over_vxlan() {
+    host_firewall::run();
 }
 
 #[test]
@@ -1855,4 +1878,9 @@ fn nodeport_snat_from_outside_natively_routed() {
 #[test]
 fn nodeport_snat_from_outside_over_vxlan() {
     nodeport::run(Mode::Vxlan, nodeport::Lb::Snat);
+}
+
+#[test]
+fn renumbered_identities_keep_cross_node_policy() {
+    renumber::run();
 }

@@ -613,7 +613,7 @@ fn policy_restarts_etcd_outage_and_bad_keys_end_to_end() {
     let dataplane_bin = match preflight() {
         Ok(bin) => bin,
         Err(why) => {
-            eprintln!("SKIPPED: {why}");
+            testkit::skip(&why);
             return;
         }
     };
@@ -955,7 +955,7 @@ fn dataplane_restart_never_forwards_unenforced() {
     let dataplane_bin = match preflight() {
         Ok(bin) => bin,
         Err(why) => {
-            eprintln!("SKIPPED: {why}");
+            testkit::skip(&why);
             return;
         }
     };

@@ -135,6 +135,70 @@ fn single_flow_text_and_json() {
     assert_eq!(r["egress"]["decision"], "allowed");
 }
 
+const ICMP_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ping-only, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: b}}
+  ingress:
+  - fromEndpoints: [{}]
+    icmps: [{fields: [{type: 8}, {type: EchoRequest, family: IPv6}]}]
+"#;
+
+#[test]
+fn icmp_types_with_protocol_and_icmp_type() {
+    let d = Dir::new("icmp");
+    let (c, p) = (d.file("c.yaml", CLUSTER), d.file("p.yaml", ICMP_POLICY));
+    let trace = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "trace",
+            "--policies",
+            &p,
+            "--cluster",
+            &c,
+            "--from",
+            "x/a",
+            "--to",
+            "x/b",
+        ];
+        args.extend_from_slice(extra);
+        flagella(&args)
+    };
+    for (extra, verdict) in [
+        (
+            &["--protocol", "icmp", "--icmp-type", "8"][..],
+            "8/ICMP: ALLOWED",
+        ),
+        (&["--icmp-type", "EchoRequest"][..], "8/ICMP: ALLOWED"),
+        (
+            &["--protocol", "icmpv6", "--icmp-type", "EchoRequest"][..],
+            "128/ICMPv6: ALLOWED",
+        ),
+        (
+            &["--protocol", "icmp", "--icmp-type", "13"][..],
+            "13/ICMP: DENIED",
+        ),
+        (&["--port", "Timestamp/ICMP"][..], "13/ICMP: DENIED"),
+        (&["--port", "8/TCP"][..], "8/TCP: DENIED"),
+    ] {
+        let o = trace(extra);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        let text = stdout(&o);
+        assert!(
+            text.starts_with(&format!("x/a -> x/b {verdict}")),
+            "{extra:?}: {text}"
+        );
+    }
+    let o = trace(&["--protocol", "tcp", "--icmp-type", "8"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("icmp or icmpv6"), "{}", stderr(&o));
+    let o = trace(&["--icmp-type", "Bogus"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not an ICMP type"), "{}", stderr(&o));
+}
+
 #[test]
 fn several_policy_files_and_warnings() {
     let d = Dir::new("multi");
@@ -256,9 +320,9 @@ fn bad_input_exits_non_zero_with_a_useful_message() {
         "--to",
         "x/a",
         "--port",
-        "80/ICMP",
+        "300/ICMP",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(1), "an ICMP type is at most 255");
 
     // Usage errors are clap's exit code 2.
     let o = flagella(&["policy", "trace", "--policies", &p, "--cluster", &c]);

@@ -347,7 +347,7 @@ fn udp_to_remote_pod(pod: &Pod, uplink: &Uplink) -> Result<(), String> {
 #[test]
 fn pods_talk_through_the_dataplane_and_policy_drops_are_counted() {
     if let Err(why) = preflight() {
-        eprintln!("SKIPPED: {why}");
+        testkit::skip(&why);
         return;
     }
     let topo = build_topology().unwrap_or_else(|e| panic!("topology: {e}"));

@@ -51,10 +51,7 @@ const PEAK_BOUND_MIB: u64 = 384;
 const RANGES: u32 = 5000;
 
 fn skip_or_fail(reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("control_abuse cannot run under CI: {reason}");
-    }
-    eprintln!("skipping control_abuse: {reason}");
+    testkit::skip(&format!("control_abuse: {reason}"));
 }
 
 /// A client with a read deadline: one request line, one reply line.

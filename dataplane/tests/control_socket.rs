@@ -294,7 +294,7 @@ fn connect_as_nobody(path: PathBuf, groups: Vec<libc::gid_t>) -> std::io::Result
 fn socket_access_decides_who_may_connect() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to connect as another user");
+        testkit::skip("needs root to connect as another user");
         return;
     }
     let dir = TempDir::new("access");
@@ -416,4 +416,41 @@ fn policy_update_through_the_socket_drops_a_flow() {
 
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
+}
+
+/// Issue 14, finding 4: a staged batch over the socket is published only by its last part; a
+/// client that disconnects in the middle of one leaves nothing published and nothing staged.
+#[test]
+fn staged_batch_over_the_socket_and_its_abandonment() {
+    let dir = TempDir::new("staged");
+    let running = Running::start(dir.socket());
+    let part = |txn: u32, part: u32, more: bool, change: &str| {
+        format!(r#"{{"op":"batch","txn":{txn},"part":{part},"more":{more},"changes":[{change}]}}"#)
+    };
+    let mut a = running.client();
+    let r = a.ok(&part(1, 0, true, EP1));
+    assert_eq!(r["staged"], 0);
+    assert_eq!(
+        running.tables.load().endpoints.len(),
+        0,
+        "half-sent: not published"
+    );
+    let r = a.ok(r#"{"op":"status"}"#);
+    assert_eq!(r["staged"]["transactions"], 1, "{r}");
+    let r = a.ok(&part(1, 1, false, EP2));
+    assert_eq!(r["applied"], 2);
+    assert_eq!(running.tables.load().endpoints.len(), 2);
+
+    // Begun, then the client goes away: its part is never published and is freed.
+    let mut b = running.client();
+    b.ok(&part(1, 0, true, r#"{"op":"endpoint.delete","id":1}"#));
+    assert_eq!(a.ok(r#"{"op":"status"}"#)["staged"]["transactions"], 1);
+    drop(b);
+    // The server notices the hang-up on its next turn; every status is answered after it.
+    let freed = (0..1000).any(|_| {
+        thread::sleep(Duration::from_millis(10));
+        a.ok(r#"{"op":"status"}"#)["staged"]["transactions"] == 0
+    });
+    assert!(freed, "the departed client's transaction is still staged");
+    assert!(running.tables.load().endpoints.get(EndpointId(1)).is_some());
 }

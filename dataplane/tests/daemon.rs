@@ -461,7 +461,7 @@ fn veths_with_xdp(topo: &Topology) -> Vec<String> {
 #[test]
 fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     if let Err(why) = preflight() {
-        eprintln!("SKIPPED: {why}");
+        testkit::skip(&why);
         return;
     }
     let topo = build_topology().unwrap_or_else(|e| panic!("topology: {e}"));
@@ -565,7 +565,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     let metrics = scrape_metrics(&topo.node);
     let denied = metric_value(
         &metrics,
-        "flagella_drops_total{reason=\"policy_denied_ingress\"}",
+        "flagella_drops_total{direction=\"ingress\",reason=\"policy_denied_ingress\"}",
     );
     checks.that(
         "/metrics counts the denied connection",

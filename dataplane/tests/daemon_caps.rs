@@ -275,15 +275,15 @@ fn veths_with_xdp(topo: &Topology) -> Vec<String> {
 #[test]
 fn the_daemon_runs_with_exactly_the_units_capabilities() {
     if let Err(why) = preflight() {
-        eprintln!("SKIPPED: {why}");
+        testkit::skip(&why);
         return;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: setpriv is missing (Debian's util-linux)");
+        testkit::skip("setpriv is missing (Debian's util-linux)");
         return;
     }
     let Some((uid, gid)) = ids_of(USER) else {
-        eprintln!("SKIPPED: no user `{USER}` to run the daemon as");
+        testkit::skip(&format!("no user `{USER}` to run the daemon as"));
         return;
     };
     let mut caps = unit_capabilities();

@@ -22,12 +22,12 @@ fn p(s: &str) -> Prefix {
 fn the_host_interface_is_created_addressed_routed_and_read_back() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return eprintln!("SKIPPED: needs root (a network namespace, a veth pair)");
+        return testkit::skip("needs root (a network namespace, a veth pair)");
     }
     let ns = format!("fhl-{}", std::process::id());
     let mut guard = NetNsGuard::default();
     if let Err(e) = guard.add(&ns) {
-        return eprintln!("SKIPPED: cannot create a network namespace: {e}");
+        return testkit::skip(&format!("cannot create a network namespace: {e}"));
     }
     let (kernel_ifindex, dump) = run_in(&ns, || {
         let mut nl = Netlink::requests().unwrap();

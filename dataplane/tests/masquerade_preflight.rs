@@ -85,7 +85,7 @@ fn daemon_command(node: &Node, run: &str, extra: &[&str]) -> (Command, PathBuf, 
 #[test]
 fn an_overlapping_local_port_range_is_refused_with_what_to_do() {
     if let Err(why) = preflight() {
-        eprintln!("SKIPPED: {why}");
+        testkit::skip(&why);
         return;
     }
     let node = build_node();

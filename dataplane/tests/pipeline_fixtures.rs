@@ -222,15 +222,15 @@ enum Expect {
     Drop(DropReason),
 }
 
-struct Fixture {
-    description: &'static str,
+struct Fixture<'a> {
+    description: &'a str,
     ingress: u32,
     input: Vec<u8>,
     expect: Expect,
 }
 
 /// Runs one fixture through `p` and returns the output bytes.
-fn check(p: &mut Pipeline, t: &Tables, fx: Fixture) -> Vec<u8> {
+fn check(p: &mut Pipeline, t: &Tables, fx: Fixture<'_>) -> Vec<u8> {
     let mut frames = [testutil::frame(&fx.input)];
     let verdict = p.process(t, fx.ingress, &mut frames, 1_000_000_000)[0];
     let out = frames[0].data().to_vec();
@@ -983,6 +983,105 @@ fn icmp_echo_and_reply() {
     assert_eq!(p.counters().ct_established, 1);
 }
 
+/// An ICMP message other than echo (`ty`: e.g. 13, timestamp request; ICMPv6 139, node
+/// information query) with an 8-byte body and a full checksum.
+fn icmp_query(from: &Pod, to: IpAddr, ty: u8) -> PacketBuilder {
+    use dataplane::wire::checksum;
+    let (src, proto) = match to {
+        IpAddr::V4(_) => (from.ip(), 1),
+        IpAddr::V6(_) => (from.ip6(), 58),
+    };
+    let mut msg = vec![ty, 0, 0, 0, 0x12, 0x34, 0, 1, 0, 0, 0, 0];
+    let pseudo = match (src, to) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, 58, msg.len() as u32),
+        _ => 0,
+    };
+    let c = checksum::finish(checksum::sum(&msg, pseudo));
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    PacketBuilder::new(from.mac, ROUTER_MAC, src, to, testutil::L4::Raw { proto }).payload(&msg)
+}
+
+/// Cilium's `icmps` rules: the policy key's port is the ICMP type (8 / 128 for echo requests),
+/// whatever the echo's identifier; other types find no entry and are refused; the reply follows
+/// conntrack although the map has no entry for type 0 / 129.
+#[test]
+fn icmp_type_rules_admit_echo_and_refuse_other_types() {
+    let mut t = node_a();
+    let pol = Arc::make_mut(&mut t.endpoints)
+        .policy_mut(EndpointId(POD2.id))
+        .unwrap();
+    pol.ingress.enforced = true;
+    for (proto, ty) in [(1, 8), (58, 128)] {
+        pol.ingress
+            .map
+            .insert(
+                PolicyKey::l4(ID_CLIENT, proto, PortRange::single(ty)),
+                PolicyEntry::allow(1),
+            )
+            .unwrap();
+    }
+    let mut p = pipeline();
+    for (family, to_server, to_client) in [
+        ("IPv4", POD2.ip(), POD1.ip()),
+        ("IPv6", POD2.ip6(), POD1.ip6()),
+    ] {
+        let src = |pod: &Pod| {
+            if to_server.is_ipv4() {
+                pod.ip()
+            } else {
+                pod.ip6()
+            }
+        };
+        let req = PacketBuilder::echo(src(&POD1), to_server, true, 4242).macs(POD1.mac, ROUTER_MAC);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: &format!("{family} echo request (type allowed) passes"),
+                ingress: POD1.ifindex,
+                input: req.build(),
+                expect: Expect::Tx(POD2.ifindex, delivered(&req, &POD2).build()),
+            },
+        );
+        let rep =
+            PacketBuilder::echo(src(&POD2), to_client, false, 4242).macs(POD2.mac, ROUTER_MAC);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: &format!("{family} echo reply follows conntrack"),
+                ingress: POD2.ifindex,
+                input: rep.build(),
+                expect: Expect::Tx(POD1.ifindex, delivered(&rep, &POD1).build()),
+            },
+        );
+        let other_type = if to_server.is_ipv4() { 13 } else { 139 };
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: &format!("{family} ICMP type {other_type} refused"),
+                ingress: POD1.ifindex,
+                input: icmp_query(&POD1, to_server, other_type).build(),
+                expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+            },
+        );
+        let from_db =
+            PacketBuilder::echo(src(&POD3), to_server, true, 8).macs(POD3.mac, ROUTER_MAC);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description: &format!("{family} echo request from an identity not allowed refused"),
+                ingress: POD3.ifindex,
+                input: from_db.build(),
+                expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+            },
+        );
+    }
+    assert_eq!(p.counters().drops(DropReason::PolicyDeniedIngress), 4);
+}
+
 #[test]
 fn arp_for_gateway_answered_with_router_mac() {
     let t = node_a();
@@ -1183,6 +1282,120 @@ fn the_node_reaches_its_pods_as_host_and_policy_sees_it() {
         },
     );
     assert_eq!(p.last_meta()[0].src_identity, Identity::WORLD);
+}
+
+/// Host policies (Cilium's host firewall): once the host's ingress is enforced, a pod reaches
+/// the node's addresses only on the ports its map allows; the node's replies follow
+/// conntrack; without enforcement everything passes (the default); the host's egress map
+/// decides what the node itself starts towards pods.
+#[test]
+fn host_policy_admits_pods_to_the_node_only_on_allowed_ports() {
+    let mut t = with_host_link(node_a());
+    let host = Arc::make_mut(&mut t.endpoints).host_policy_mut();
+    host.ingress.enforced = true;
+    for port in [22, 8080] {
+        host.ingress
+            .map
+            .insert(
+                PolicyKey::l4(Identity::ANY, 6, PortRange::single(port)),
+                PolicyEntry::allow(1),
+            )
+            .unwrap();
+    }
+    let mut p = pipeline();
+    let allowed = from_pod(&POD1, IpAddr::V4(underlay(1)), 40000, 8080, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "pod1 -> node:8080, allowed by the host policy",
+            ingress: POD1.ifindex,
+            input: allowed.build(),
+            expect: Expect::Tx(HOST_NET, to_kernel(&allowed).build()),
+        },
+    );
+    let reply = from_host(underlay(1), POD1.ip(), 8080, 40000, TCP_SYN_ACK);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the node's reply follows conntrack",
+            ingress: HOST_NET,
+            input: reply.build(),
+            expect: Expect::Tx(POD1.ifindex, delivered(&reply, &POD1).build()),
+        },
+    );
+    let gateway = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
+    for (description, dst, port) in [
+        ("pod1 -> node:9090 refused", IpAddr::V4(underlay(1)), 9090),
+        (
+            "pod1 -> gateway:9090 refused (every own address is the host)",
+            gateway,
+            9090,
+        ),
+    ] {
+        let syn = from_pod(&POD1, dst, 40001, port, TCP_SYN);
+        check(
+            &mut p,
+            &t,
+            Fixture {
+                description,
+                ingress: POD1.ifindex,
+                input: syn.build(),
+                expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+            },
+        );
+    }
+    let ping =
+        PacketBuilder::echo(POD1.ip(), IpAddr::V4(underlay(1)), true, 9).macs(POD1.mac, ROUTER_MAC);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "ICMP to the node is refused too: it is not in the map",
+            ingress: POD1.ifindex,
+            input: ping.build(),
+            expect: Expect::Drop(DropReason::PolicyDeniedIngress),
+        },
+    );
+    let to_pod = from_host(underlay(1), POD2.ip(), 50000, 80, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "the host's egress is not enforced: host -> pod2 passes",
+            ingress: HOST_NET,
+            input: to_pod.build(),
+            expect: Expect::Tx(POD2.ifindex, delivered(&to_pod, &POD2).build()),
+        },
+    );
+    Arc::make_mut(&mut t.endpoints)
+        .host_policy_mut()
+        .egress
+        .enforced = true;
+    let to_pod = from_host(underlay(1), POD2.ip(), 50001, 80, TCP_SYN);
+    check(
+        &mut p,
+        &t,
+        Fixture {
+            description: "an enforced host egress with nothing allowed refuses host -> pod2",
+            ingress: HOST_NET,
+            input: to_pod.build(),
+            expect: Expect::Drop(DropReason::PolicyDeniedEgress),
+        },
+    );
+    let t = with_host_link(node_a());
+    let syn = from_pod(&POD1, IpAddr::V4(underlay(1)), 40002, 9090, TCP_SYN);
+    check(
+        &mut pipeline(),
+        &t,
+        Fixture {
+            description: "no host policy: pod1 -> node:9090 passes",
+            ingress: POD1.ifindex,
+            input: syn.build(),
+            expect: Expect::Tx(HOST_NET, to_kernel(&syn).build()),
+        },
+    );
 }
 
 #[test]
@@ -1480,6 +1693,64 @@ fn icmp_error_about_a_tracked_flow_follows_it() {
         },
     );
     assert_eq!(p.counters().ct_related, 1, "neither counted as related");
+}
+
+/// The verdict of one frame from `ingress` (for steps whose output bytes are not the point).
+fn verdict_of(p: &mut Pipeline, t: &Tables, ingress: u32, input: &[u8]) -> Verdict {
+    let mut frames = [testutil::frame(input)];
+    p.process(t, ingress, &mut frames, 1_000_000_000)[0]
+}
+
+/// Issue 14, finding 1, as the fuzz target's policy oracle checks it: a pod quotes the reply of
+/// its own allowed DNS flow to the world in ICMP errors. Only the error that goes back to the
+/// quoted sender (the DNS server) is related; toward a neighbour whose ingress refuses the pod,
+/// or toward another world address its egress refuses, it is dropped, whether or not the pod
+/// has a policy of its own.
+#[test]
+fn icmp_error_quoting_own_dns_flow_reaches_only_the_quoted_sender() {
+    let mut t = node_a();
+    enforce_ingress(&mut t, &POD2); // the server admits nothing new
+    let db = Arc::make_mut(&mut t.endpoints)
+        .policy_mut(EndpointId(POD3.id))
+        .unwrap();
+    db.egress.enforced = true; // the db may only query DNS in the world
+    db.egress
+        .map
+        .insert(
+            PolicyKey::l4(Identity::WORLD, 17, PortRange::single(53)),
+            PolicyEntry::allow(9),
+        )
+        .unwrap();
+    let dns = IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8));
+    let elsewhere = IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1));
+    for pod in [&POD3, &POD1] {
+        let mut p = pipeline();
+        let query = PacketBuilder::udp(pod.ip(), 40053, dns, 53).macs(pod.mac, ROUTER_MAC);
+        assert_eq!(
+            verdict_of(&mut p, &t, pod.ifindex, &query.build()),
+            Verdict::Tx { ifindex: UPLINK },
+            "pod {}: its DNS query leaves",
+            pod.id
+        );
+        let reply = PacketBuilder::udp(dns, 53, pod.ip(), 40053).build();
+        for (to, what) in [(POD2.ip(), "a refused neighbour"), (elsewhere, "the world")] {
+            let smuggled = icmp_error(pod, to, 3, 3, &reply);
+            assert_eq!(
+                verdict_of(&mut p, &t, pod.ifindex, &smuggled.build()),
+                Verdict::Drop(DropReason::IcmpErrorUnrelated),
+                "pod {}: an error about its own DNS flow, sent to {what}",
+                pod.id
+            );
+        }
+        let related = icmp_error(pod, dns, 3, 3, &reply);
+        assert_eq!(
+            verdict_of(&mut p, &t, pod.ifindex, &related.build()),
+            Verdict::Tx { ifindex: UPLINK },
+            "pod {}: the same error to the DNS server is related",
+            pod.id
+        );
+        assert_eq!(p.counters().ct_related, 1, "pod {}", pod.id);
+    }
 }
 
 #[test]

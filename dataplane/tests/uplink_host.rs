@@ -263,7 +263,7 @@ fn filter_off(topo: &Topology) {
 #[test]
 fn the_host_keeps_its_uplink() {
     if let Err(why) = preflight() {
-        eprintln!("SKIPPED: {why}");
+        testkit::skip(&why);
         return;
     }
     let topo = build_topology().unwrap_or_else(|e| panic!("building the topology: {e}"));

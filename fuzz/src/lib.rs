@@ -12,11 +12,16 @@
 //! a property of the dataplane is broken (a crash, a failed round trip, an inconsistent
 //! counter), which is what the fuzzer reports.
 
+pub mod control_requests;
+pub mod etcd_events;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_oracle;
 pub mod replay;
 pub mod wire;
 
+pub use control_requests::control_requests;
+pub use etcd_events::etcd_events;
 pub use pipeline::pipeline;
 pub use policy::policy_parse;
 pub use wire::wire_parsers;

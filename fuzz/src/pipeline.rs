@@ -24,6 +24,9 @@
 //! - a transmitted frame goes out on a configured interface (a pod's or the uplink) and is a
 //!   valid Ethernet frame whose IPv4 headers (outer, and inner when tunnelled) carry a
 //!   checksum that verifies;
+//! - policy holds ([`crate::policy_oracle`]): every frame transmitted to or from an enforced
+//!   endpoint is an allowed new flow, a flow admitted in the first round (or its reply), or an
+//!   ICMP error that goes back to the sender of the packet it quotes, of an admitted flow;
 //! - counters are consistent: `rx == tx + pass + drop`, per batch and in total; the verdicts
 //!   of the batch match the counter deltas; the drops by reason and by stage both add up to
 //!   the drop count; the parse stage saw every received frame.
@@ -47,6 +50,8 @@ use dataplane::wire::ipv4::{Ipv4Packet, Protocol};
 use dataplane::wire::udp::UdpPacket;
 use dataplane::wire::{geneve, vxlan};
 use dataplane::{Identity, MacAddr, Prefix};
+
+use crate::policy_oracle::PolicyOracle;
 
 /// Frames per input at most.
 pub const MAX_FRAMES: usize = 8;
@@ -206,7 +211,9 @@ fn build_tables() -> Tables {
 }
 
 /// POD2 (server) admits only the db on 80 and the client on 8080 (the service's backend port)
-/// and denies port 22 to everyone; POD3 (db) may send only to the server. POD1 has no policy.
+/// and 53/udp, and denies port 22 to everyone; POD3 (db) may send only to the server and DNS
+/// queries (53/udp) to the world prefix. POD1 has no policy. `policy_oracle` holds a
+/// hand-written copy of these rules: change both together.
 fn install_policies(endpoints: &mut Endpoints) {
     let server = endpoints
         .policy_mut(EndpointId(POD2.id))
@@ -244,6 +251,13 @@ fn install_policies(endpoints: &mut Endpoints) {
     db.egress
         .map
         .insert(PolicyKey::l3(ID_SERVER), PolicyEntry::allow(5))
+        .expect("valid policy entry");
+    db.egress
+        .map
+        .insert(
+            PolicyKey::l4(ID_WORLD_CIDR, 17, PortRange::single(53)),
+            PolicyEntry::allow(6),
+        )
         .expect("valid policy entry");
 }
 
@@ -414,6 +428,7 @@ pub fn pipeline(data: &[u8]) {
         ..PipelineConfig::default()
     };
     let mut pipeline = Pipeline::new(config).expect("the default batch size is valid");
+    let mut oracle = PolicyOracle::default();
     for round in 0..2u64 {
         let mut frames: Vec<Frame<Vec<u8>>> = batch
             .frames
@@ -425,6 +440,7 @@ pub fn pipeline(data: &[u8]) {
                 .iter_mut()
                 .for_each(|f| repair_ipv4_checksums(f.data_mut()));
         }
+        let inputs: Vec<Vec<u8>> = frames.iter().map(|f| f.data().to_vec()).collect();
         let before = pipeline.counters().clone();
         let verdicts = pipeline
             .process(
@@ -436,6 +452,9 @@ pub fn pipeline(data: &[u8]) {
             .to_vec();
         check_batch(&frames, &verdicts);
         check_counters(&before, pipeline.counters(), &verdicts);
+        let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        let outputs: Vec<&[u8]> = frames.iter().map(Frame::data).collect();
+        oracle.check_round(batch.ingress_ifindex, &inputs, &outputs, &verdicts);
     }
 }
 

@@ -20,6 +20,7 @@ use flagella_fuzz::pipeline::{
     encode_batch, gateway_v4, underlay, Pod, POD1, POD2, POD3, POD_B, POD_C, POD_D, ROUTER_MAC,
     UPLINK_MAC, VIP6_SNAT, VIP_DSR_GENEVE, VIP_DSR_NATIVE, VIP_DSR_VXLAN, VIP_EMPTY, VIP_SNAT,
 };
+use flagella_fuzz::policy_oracle::WORLD_DNS;
 
 /// Selector values (see `flagella_fuzz::pipeline::decode_batch`).
 const FROM_POD1: u8 = 0;
@@ -85,6 +86,36 @@ fn icmp_unreachable(from: Ipv4Addr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
     )
     .payload(&icmp)
     .build()
+}
+
+/// An ICMPv4 Destination Unreachable (port) that the local pod `from` sends to `to`, quoting
+/// `quoted` (an Ethernet frame; its IP header and 8 transport bytes).
+fn icmp_unreachable_from_pod(from: Pod, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    let c = checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    PacketBuilder::new(from.mac, ROUTER_MAC, v4(from), to, L4::Raw { proto: 1 })
+        .payload(&icmp)
+        .build()
+}
+
+/// Issue 14, finding 1: `pod` queries the world's DNS server (allowed: POD1 has no policy,
+/// POD3 may send DNS to the world prefix), then quotes the server's reply in ICMP errors
+/// toward the server (related: the error goes back to the quoted sender), toward POD2 (a
+/// neighbour whose ingress refuses it) and toward 8.8.8.8 (the world, which POD3's egress
+/// refuses). The batch runs twice, so the second time the query's flow is tracked.
+fn icmp_errors_quoting_own_dns(pod: Pod) -> Vec<Vec<u8>> {
+    let dns = IpAddr::V4(WORLD_DNS);
+    let query = udp_from(pod, dns, 40053, 53);
+    let reply = PacketBuilder::udp(dns, 53, v4(pod), 40053).build();
+    let world = IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8));
+    vec![
+        query.build(),
+        icmp_unreachable_from_pod(pod, dns, &reply),
+        icmp_unreachable_from_pod(pod, v4(POD2), &reply),
+        icmp_unreachable_from_pod(pod, world, &reply),
+    ]
 }
 
 /// An ICMPv6 Neighbor Solicitation from `from` for `target`.
@@ -376,6 +407,159 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
             .build()],
         ),
         ("unknown-interface", FROM_UNKNOWN, vec![syn.build()]),
+        (
+            "icmp-error-pod1-quotes-own-dns-to-neighbour-and-world",
+            FROM_POD1,
+            icmp_errors_quoting_own_dns(POD1),
+        ),
+        (
+            "icmp-error-pod3-quotes-own-dns-to-neighbour-and-world",
+            FROM_POD3,
+            icmp_errors_quoting_own_dns(POD3),
+        ),
+        (
+            "icmp-error-pod3-about-its-flow-to-server",
+            FROM_POD3,
+            vec![
+                tcp_from(POD3, v4(POD2), 40080, 80, TCP_SYN).build(),
+                icmp_unreachable_from_pod(
+                    POD3,
+                    v4(POD2),
+                    &tcp_from(POD2, v4(POD3), 80, 40080, TCP_SYN_ACK).build(),
+                ),
+            ],
+        ),
+    ]
+}
+
+/// Request lines for `control_requests`: each documented op (docs/control-socket.md), a
+/// state built up and torn down, and refusals (a bad field, a batch failing at its last item).
+fn control_seeds() -> Vec<(&'static str, Vec<&'static str>)> {
+    const LOCAL: &str = r#"{"op":"local_node.set","name":"node-1","underlay_ipv4":"192.168.0.1","router_mac":"02:00:00:00:ff:01","gateway_ipv4":"10.1.0.1","gateway_ipv6":null,"uplink_ifindex":2,"uplink_mac":"02:00:00:00:aa:01","uplink_mtu":1500,"default_encap":"vxlan"}"#;
+    const NODE: &str = r#"{"op":"node.upsert","name":"node-2","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"encap":"vxlan"}"#;
+    const EP1: &str = r#"{"op":"endpoint.upsert","id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.1.0.11","ipv6":"fd00::1:11","identity":1001}"#;
+    const EP2: &str = r#"{"op":"endpoint.upsert","id":2,"ifindex":12,"mac":"02:00:00:00:00:02","ipv4":"10.1.0.12","identity":1002}"#;
+    const IPC: &str = r#"{"op":"ipcache.upsert","prefix":"10.2.0.21/32","identity":2001,"tunnel_endpoint":"192.168.0.2"}"#;
+    const UPDATE: &str = r#"{"op":"policy.update","endpoint":2,"direction":"ingress","enforced":true,"add":[{"identity":1003,"proto":"tcp","port":80,"action":"allow","cookie":7},{"identity":0,"proto":"tcp","port":8000,"end_port":8080,"action":"allow"},{"identity":1005,"action":"deny"}],"delete":[{"identity":1001,"proto":"tcp","port":80}]}"#;
+    const REPLACE: &str = r#"{"op":"policy.replace","endpoint":2,"direction":"egress","enforced":true,"entries":[{"identity":1002,"proto":"udp","port":53,"action":"allow"}]}"#;
+    const SVC: &str = r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"10.1.0.12","port":8080,"weight":1},{"addr":"10.2.0.21","port":8080}],"mode":"snat"}"#;
+    const SVC_DSR: &str = r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.20","port":443,"proto":"tcp"},"backends":[{"addr":"10.2.0.21","port":8443}],"mode":"dsr","kind":"external_ip"}"#;
+    const BATCH: &str = r#"{"op":"batch","changes":[{"op":"endpoint.upsert","id":3,"ifindex":13,"mac":"02:00:00:00:00:03","ipv4":"10.1.0.13","identity":1003},{"op":"policy.replace","endpoint":3,"direction":"ingress","enforced":true,"entries":[{"identity":1001,"proto":"tcp","port":80,"action":"allow"}]},{"op":"policy.replace","endpoint":3,"direction":"egress","enforced":false,"entries":[]}]}"#;
+    const BAD_BATCH: &str = r#"{"op":"batch","seq":9,"changes":[{"op":"endpoint.upsert","id":4,"ifindex":14,"mac":"02:00:00:00:00:04","ipv4":"10.1.0.14","identity":1004},{"op":"policy.update","endpoint":4,"direction":"ingress","add":[{"identity":1001,"proto":"tcp","port":70000,"action":"allow"}]}]}"#;
+    // Parses, then fails to apply at its last change, after the others were applied to the copy.
+    const LATE_BATCH: &str = r#"{"op":"batch","changes":[{"op":"endpoint.upsert","id":4,"ifindex":14,"mac":"02:00:00:00:00:04","ipv4":"10.1.0.14","identity":1004},{"op":"ipcache.upsert","prefix":"10.2.0.0/24","identity":2002},{"op":"policy.update","endpoint":7,"direction":"ingress","add":[]}]}"#;
+    vec![
+        (
+            "control-every-op",
+            vec![
+                LOCAL, NODE, EP1, EP2, IPC, UPDATE, REPLACE, SVC, SVC_DSR, BATCH,
+            ],
+        ),
+        (
+            "control-build-and-tear-down",
+            vec![
+                EP1,
+                EP2,
+                UPDATE,
+                IPC,
+                SVC,
+                r#"{"op":"service.delete","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"}}"#,
+                r#"{"op":"ipcache.delete","prefix":"10.2.0.21/32"}"#,
+                r#"{"op":"endpoint.delete","id":2}"#,
+                r#"{"op":"node.delete","name":"node-2"}"#,
+                r#"{"op":"endpoint.delete","id":9}"#,
+            ],
+        ),
+        (
+            "control-refusals",
+            vec![
+                EP1,
+                BAD_BATCH,
+                LATE_BATCH,
+                r#"{"op":"endpoint.upsert","id":5,"ifindex":15,"mac":"02:00:00:00:00:05","ipv4":"10.1.0.11","identity":1005}"#,
+                r#"{"op":"policy.update","endpoint":7,"direction":"ingress","add":[]}"#,
+                r#"{"op":"node.upsert","name":"node-3","underlay":"192.168.0.3","pod_cidrs":["10.1.0.0/16"]}"#,
+                r#"{"op":"ipcache.upsert","prefix":"10.9.0.0/33","identity":1}"#,
+                r#"{"op":"endpoint.upsert","id":1,"ifindex":11,"mac":"02:00:00:00:00:01","identity":0}"#,
+                r#"{"op":"local_node.set","name":"n","vxlan_port":1}"#,
+                "not json",
+            ],
+        ),
+        (
+            "control-queries",
+            vec![
+                r#"{"op":"ping","seq":1}"#,
+                r#"{"op":"status"}"#,
+                r#"{"op":"subscribe"}"#,
+                EP2,
+                r#"{"op":"dump","table":"policy","endpoint":2}"#,
+                r#"{"op":"dump","table":"next_hops"}"#,
+                r#"{"op":"dump","table":"policy"}"#,
+                r#"{"op":"unsubscribe","seq":"x"}"#,
+            ],
+        ),
+    ]
+}
+
+/// Key/value sequences for `etcd_events` (`put <key> <value>`, `del <key>`, `commit`,
+/// `restart`): a small cluster with both policy kinds and a service, churn, and malformed keys
+/// and values between good ones.
+fn etcd_seeds() -> Vec<(&'static str, Vec<&'static str>)> {
+    const N1: &str =
+        r#"put nodes/n1 {"underlay_ip":"192.168.0.1","pod_cidrs":["10.1.0.0/24","fd00:1::/64"]}"#;
+    const N2: &str = r#"put nodes/n2 {"underlay_ip":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"tunnel":"geneve"}"#;
+    const NS: &str = r#"put namespaces/default {"labels":{"team":"a"}}"#;
+    const EP_A: &str = r#"put endpoints/default/a {"node":"n1","labels":{"app":"a"},"ipv4":"10.1.0.5","ipv6":"fd00:1::5","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:05"}"#;
+    const EP_B: &str = r#"put endpoints/default/b {"node":"n2","labels":{"app":"b"},"ipv4":"10.2.0.9","interface":"lxc9"}"#;
+    const EP_C: &str = r#"put endpoints/default/c {"node":"n1","labels":{"app":"c","tier":"db"},"ipv4":"10.1.0.6","interface":"lxc2","ifindex":8,"mac":"02:00:00:00:00:06"}"#;
+    const NP: &str = r#"put policies/NetworkPolicy/default/p {"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p","namespace":"default"},"spec":{"podSelector":{"matchLabels":{"app":"a"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"b"}}}],"ports":[{"port":80,"protocol":"TCP"}]}]}}"#;
+    const CNP: &str = r#"put policies/CiliumNetworkPolicy/default/web {"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"web","namespace":"default"},"spec":{"endpointSelector":{"matchLabels":{"app":"c"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"a"}}],"toPorts":[{"ports":[{"port":"5432","protocol":"TCP"}]}]}],"egress":[{"toCIDR":["172.16.0.0/16"]},{"toEndpoints":[{"matchLabels":{"app":"b"}}]}]}}"#;
+    const SVC: &str = r#"put services/default/web {"frontends":[{"ip":"10.96.0.20","port":80,"node_port":30080}],"backends":[{"ip":"10.2.0.9","port":8080},{"ip":"10.1.0.5","port":8080}],"mode":"dsr","external_ips":["203.0.113.7"]}"#;
+    vec![
+        (
+            "etcd-cluster",
+            vec![N1, N2, NS, EP_A, EP_B, EP_C, NP, CNP, SVC, "commit"],
+        ),
+        (
+            "etcd-churn",
+            vec![
+                N1,
+                NS,
+                EP_A,
+                EP_B, // its node comes later: kept aside, then retried
+                NP,
+                "commit",
+                N2,
+                "commit",
+                r#"put endpoints/default/a {"node":"n1","labels":{"app":"b"},"ipv4":"10.1.0.5","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:05"}"#,
+                "commit",
+                "del policies/NetworkPolicy/default/p",
+                "del endpoints/default/b",
+                "restart",
+                "del nodes/n2",
+                "del endpoints/default/a",
+                "commit",
+            ],
+        ),
+        (
+            "etcd-malformed",
+            vec![
+                N1,
+                NS,
+                "put identities/labels/app=a not-a-number",
+                "put identities/id/99999999 {\"labels\":{}}",
+                "put endpoints/default/x {\"node\":\"n1\",\"labels\":{",
+                r#"put endpoints/default/dup {"node":"n1","labels":{"app":"d"},"ipv4":"10.1.0.5","interface":"lxc3","ifindex":9,"mac":"02:00:00:00:00:09"}"#,
+                "put nodes/bad/key {}",
+                r#"put nodes/n3 {"underlay_ip":"192.168.0.3","pod_cidrs":["10.1.0.0/16"]}"#,
+                r#"put services/default/low {"frontends":[{"ip":"10.96.0.30","port":80,"node_port":80}],"backends":[]}"#,
+                "put policies/Unknown/default/p {}",
+                EP_A,
+                "commit",
+                "del endpoints/default/nothing",
+                "restart",
+            ],
+        ),
     ]
 }
 
@@ -417,6 +601,22 @@ fn write_seeds() {
     }
     write_dir(&corpus_dir("wire_parsers"), &wire);
     write_dir(&corpus_dir("pipeline"), &batches);
+    let control: Vec<(String, Vec<u8>)> = control_seeds()
+        .into_iter()
+        .map(|(name, lines)| (name.to_string(), lines.join("\n").into_bytes()))
+        .collect();
+    write_dir(&corpus_dir("control_requests"), &control);
+    let etcd: Vec<(String, Vec<u8>)> = etcd_seeds()
+        .into_iter()
+        .map(|(name, lines)| (name.to_string(), lines.join("\n").into_bytes()))
+        .collect();
+    write_dir(&corpus_dir("etcd_events"), &etcd);
+    for (_, input) in &etcd {
+        flagella_fuzz::etcd_events(input);
+    }
+    for (_, input) in &control {
+        flagella_fuzz::control_requests(input);
+    }
     // The seeds must run clean through their targets.
     for (_, input) in &wire {
         flagella_fuzz::wire_parsers(input);

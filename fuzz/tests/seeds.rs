@@ -131,3 +131,36 @@ fn repair_fixes_outer_and_inner_ipv4_checksums() {
     assert_eq!(broken, tunnel);
     assert!(EthernetFrame::new_checked(&broken[..]).is_ok());
 }
+
+#[test]
+fn control_requests_seeds() {
+    for input in seeds("control_requests") {
+        flagella_fuzz::control_requests(&input);
+    }
+}
+
+/// Fewer than the frame targets: each input is up to 16 requests, each checked against dumps
+/// of every table.
+#[test]
+fn control_requests_random() {
+    let seeds = seeds("control_requests");
+    for input in random_inputs(&seeds, 0x5eed_0003).take(RANDOM_INPUTS / 8) {
+        flagella_fuzz::control_requests(&input);
+    }
+}
+
+#[test]
+fn etcd_events_seeds() {
+    for input in seeds("etcd_events") {
+        flagella_fuzz::etcd_events(&input);
+    }
+}
+
+/// Fewer than the frame targets: each input compiles policy and commits several times.
+#[test]
+fn etcd_events_random() {
+    let seeds = seeds("etcd_events");
+    for input in random_inputs(&seeds, 0x5eed_0004).take(RANDOM_INPUTS / 8) {
+        flagella_fuzz::etcd_events(&input);
+    }
+}

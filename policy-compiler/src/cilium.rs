@@ -14,14 +14,21 @@
 //!   `ingress: [{}]` is "default deny, allow nothing").
 //! - `toPorts[].ports[]`: `port` a number or a named port, `0`/absent meaning every port;
 //!   `endPort`; `protocol` TCP, UDP, SCTP or ANY (the default).
+//! - `icmps[].fields[]`: `{family: IPv4 | IPv6, type: number or name}` ([`crate::icmp`]), each
+//!   an ICMP or ICMPv6 port spec whose port is the type; a rule has `toPorts` or `icmps`, not
+//!   both (Cilium refuses that too); `icmps` that list no type match nothing.
+//!
+//! - `nodeSelector` (cluster-wide policies only) instead of `endpointSelector`: a host policy,
+//!   whose subjects are nodes selected by their labels ([`crate::model::Section::hosts`]).
 //!
 //! Fields Cilium has but Flagella does not enforce (L7 `rules`, `toFQDNs`, `toServices`,
-//! `icmps`, `fromRequires`, ...) are reported as warnings. An *allow* rule that contains one is
+//! `fromRequires`, ...) are reported as warnings. An *allow* rule that contains one is
 //! dropped entirely (fail closed: it allows nothing, rather than more than it says); a *deny*
 //! rule that contains one is an error (dropping it would allow what it denies).
 
 use crate::doc::Node;
 use crate::error::{Error, Warning};
+use crate::icmp::IcmpFamily;
 use crate::labels::NAMESPACE_LABEL;
 use crate::model::{
     CidrPeer, DirectionRules, Entity, Peer, Peers, Policy, PolicyId, PolicyKind, PortSel, PortSpec,
@@ -97,6 +104,7 @@ fn parse_section(spec: Node<'_>, cx: &mut Cx<'_>) -> Result<Section, Error> {
     let unsupported = spec.fields(
         &[
             "endpointSelector",
+            "nodeSelector",
             "ingress",
             "ingressDeny",
             "egress",
@@ -105,27 +113,16 @@ fn parse_section(spec: Node<'_>, cx: &mut Cx<'_>) -> Result<Section, Error> {
             "labels",
             "description",
         ],
-        &["nodeSelector", "log"],
+        &["log"],
     )?;
     if let Some(path) = unsupported.first() {
-        // A section for nodes (host policy) cannot be enforced by a pod dataplane: an error,
-        // since silently skipping it would leave the nodes open.
         return Err(crate::error::Error::field(
             spec.doc,
             path,
-            "not supported by Flagella (host policies and policy logging are not implemented); \
-             remove the field or the section",
+            "not supported by Flagella (policy logging is not implemented); remove the field",
         ));
     }
-    let selector = spec.required(
-        "endpointSelector",
-        "endpointSelector ({} selects every endpoint)",
-        |n| Selector::parse(n, &strip_source),
-    )?;
-    let subject = match cx.namespace {
-        Some(ns) => selector.and_equals(NAMESPACE_LABEL, ns),
-        None => selector,
-    };
+    let (subject, hosts) = parse_subject(spec, cx)?;
     let (dd_ingress, dd_egress) = spec
         .with_field("enableDefaultDeny", |n| {
             n.fields(&["ingress", "egress"], &[])?;
@@ -140,9 +137,37 @@ fn parse_section(spec: Node<'_>, cx: &mut Cx<'_>) -> Result<Section, Error> {
     Ok(Section {
         path: spec.path().to_string(),
         subject,
+        hosts,
         ingress,
         egress,
     })
+}
+
+/// The section's subject: `endpointSelector` (pods; scoped to the policy's namespace) or, in a
+/// cluster-wide policy, `nodeSelector` (nodes, by their labels: a host policy), exactly one.
+fn parse_subject(spec: Node<'_>, cx: &Cx<'_>) -> Result<(Selector, bool), Error> {
+    let endpoints = spec.with_field("endpointSelector", |n| Selector::parse(n, &strip_source))?;
+    let nodes = spec.with_field("nodeSelector", |n| Selector::parse(n, &strip_source))?;
+    match (endpoints, nodes, cx.namespace) {
+        (Some(selector), None, Some(ns)) => Ok((selector.and_equals(NAMESPACE_LABEL, ns), false)),
+        (Some(selector), None, None) => Ok((selector, false)),
+        (None, Some(_), Some(_)) => Err(Error::field(
+            spec.doc,
+            &spec.child_path("nodeSelector"),
+            "a host policy (nodeSelector) must be a CiliumClusterwideNetworkPolicy, as in \
+             Cilium; change the kind or use endpointSelector",
+        )),
+        (None, Some(selector), None) => Ok((selector, true)),
+        (Some(_), Some(_), _) => Err(Error::field(
+            spec.doc,
+            &spec.child_path("nodeSelector"),
+            "give endpointSelector (pods) or nodeSelector (nodes), not both",
+        )),
+        (None, None, _) => Err(spec.error(
+            "a section needs endpointSelector ({} selects every endpoint) or, cluster-wide, \
+             nodeSelector (a host policy)",
+        )),
+    }
 }
 
 fn direction(
@@ -187,14 +212,13 @@ fn parse_rule(
         requires.as_str(),
         groups.as_str(),
         nodes.as_str(),
-        "icmps",
         "authentication",
     ];
     if prefix == "to" {
         unsupported_fields.extend(["toFQDNs", "toServices"]);
     }
     let mut unsupported = rule.fields(
-        &[&endpoints, &cidr, &cidr_set, &entities, "toPorts"],
+        &[&endpoints, &cidr, &cidr_set, &entities, "toPorts", "icmps"],
         &unsupported_fields,
     )?;
 
@@ -246,8 +270,20 @@ fn parse_rule(
             n.items(|p| parse_port_rule(p, &mut unsupported))
         })?
         .unwrap_or_default();
-    let has_ports = !ports.is_empty();
-    let ports: Vec<PortSpec> = ports.into_iter().flatten().collect();
+    let icmp_blocks = rule
+        .with_field("icmps", |n| n.items(parse_icmp_rule))?
+        .unwrap_or_default();
+    if !ports.is_empty() && !icmp_blocks.is_empty() {
+        // Cilium refuses the combination too: which one would a packet have to match?
+        return Err(Error::field(
+            rule.doc,
+            &rule.child_path("icmps"),
+            "icmps may only be given without toPorts (as in Cilium); put the toPorts in a \
+             separate rule",
+        ));
+    }
+    let has_ports = !ports.is_empty() || !icmp_blocks.is_empty();
+    let ports: Vec<PortSpec> = ports.into_iter().chain(icmp_blocks).flatten().collect();
 
     if !unsupported.is_empty() {
         if verdict == Verdict::Deny {
@@ -265,6 +301,11 @@ fn parse_rule(
                 "not supported by Flagella: the whole rule is ignored (it allows nothing)",
             );
         }
+        return Ok(None);
+    }
+    if has_ports && ports.is_empty() {
+        // `icmps` whose blocks list no type: an L4 part that matches nothing (Cilium adds no
+        // entry either), not the "every port" of a rule without one.
         return Ok(None);
     }
     let peers = if any_peer_field {
@@ -326,6 +367,47 @@ fn parse_port_rule(n: Node<'_>, unsupported: &mut Vec<String>) -> Result<Vec<Por
     Ok(ports)
 }
 
+/// One `icmps` item: `fields`, a list of `{family: IPv4 | IPv6 (default IPv4), type: number or
+/// Cilium's name}`; each is the message type in the port of an ICMP or ICMPv6 key.
+fn parse_icmp_rule(n: Node<'_>) -> Result<Vec<PortSpec>, Error> {
+    n.fields(&["fields"], &[])?;
+    Ok(n.with_field("fields", |f| f.items(parse_icmp_field))?
+        .unwrap_or_default())
+}
+
+fn parse_icmp_field(n: Node<'_>) -> Result<PortSpec, Error> {
+    n.fields(&["family", "type"], &[])?;
+    let family = n
+        .with_field("family", |f| {
+            let s = f.str()?;
+            IcmpFamily::parse(s)
+                .ok_or_else(|| f.error(format!("unknown family `{s}`; use IPv4 or IPv6")))
+        })?
+        .unwrap_or(IcmpFamily::V4);
+    let ty = n.required(
+        "type",
+        "the ICMP type (a number 0-255 or a name such as EchoRequest)",
+        |t| {
+            let text = match t.value {
+                serde_json::Value::Number(num) => num.to_string(),
+                _ => t.str()?.to_string(),
+            };
+            family.type_of(&text).ok_or_else(|| {
+                t.error(format!(
+                    "unknown ICMP type `{text}` for {}; use a number 0-255 or one of \
+                     {}",
+                    family.name(),
+                    family.name_list()
+                ))
+            })
+        },
+    )?;
+    Ok(PortSpec {
+        protocol: family.protocol(),
+        port: PortSel::Range(PortRange::single(u16::from(ty))),
+    })
+}
+
 fn parse_port_protocol(n: Node<'_>) -> Result<PortSpec, Error> {
     n.fields(&["port", "endPort", "protocol"], &[])?;
     let protocol = n
@@ -368,6 +450,7 @@ mod tests {
     use crate::labels::NAMESPACE_LABEL;
     use crate::model::{Entity, Peer, Peers, PortSel, Protocol, Verdict};
     use crate::parse::{parse_policies, ParsedPolicies};
+    use dataplane::tables::policy::PortRange;
 
     fn cnp(spec: &str) -> Result<ParsedPolicies, crate::Error> {
         let text = format!(
@@ -462,6 +545,70 @@ mod tests {
         assert_eq!(p.warnings[0].path, "spec.ingress[0].toPorts[0].rules");
         assert!(p.policies[0].sections[0].ingress.applies);
         assert!(p.policies[0].sections[0].ingress.rules.is_empty());
+    }
+
+    #[test]
+    fn icmp_rules_by_number_and_name_in_both_families() {
+        let p = cnp(
+            "  ingress:\n  - fromEndpoints: [{}]\n    icmps:\n    - fields:\n      - {type: 8, family: IPv4}\n      - {type: EchoRequest, family: IPv6}\n      - {type: '13'}\n",
+        )
+        .unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let r = &p.policies[0].sections[0].ingress.rules[0];
+        let specs: Vec<(Protocol, PortSel)> = r
+            .ports
+            .iter()
+            .map(|s| (s.protocol, s.port.clone()))
+            .collect();
+        let one = |t| PortSel::Range(PortRange::single(t));
+        assert_eq!(
+            specs,
+            vec![
+                (Protocol::Icmp, one(8)),
+                (Protocol::Icmpv6, one(128)),
+                (Protocol::Icmp, one(13)),
+            ]
+        );
+        // Without a peer field, like toPorts alone: every remote.
+        let p = cnp("  egressDeny:\n  - icmps: [{fields: [{type: TimeExceeded}]}]\n").unwrap();
+        let r = &p.policies[0].sections[0].egress.rules[0];
+        assert_eq!((r.verdict, &r.peers), (Verdict::Deny, &Peers::All));
+        assert_eq!(r.ports[0].port, one(11));
+    }
+
+    #[test]
+    fn icmp_rules_that_list_no_type_allow_nothing() {
+        let p = cnp("  ingress:\n  - fromEndpoints: [{}]\n    icmps: [{fields: []}]\n").unwrap();
+        let s = &p.policies[0].sections[0];
+        assert!(s.ingress.applies && s.ingress.default_deny);
+        assert!(s.ingress.rules.is_empty(), "not an L3 allow of every port");
+    }
+
+    #[test]
+    fn bad_icmp_rules_are_errors() {
+        for (spec, expect) in [
+            (
+                "icmps: [{fields: [{type: 256}]}]",
+                "unknown ICMP type `256`",
+            ),
+            (
+                "icmps: [{fields: [{type: NeighborSolicitation}]}]",
+                "for IPv4",
+            ),
+            (
+                "icmps: [{fields: [{type: 8, family: ipv4}]}]",
+                "unknown family",
+            ),
+            ("icmps: [{fields: [{family: IPv4}]}]", "fields[0].type"),
+            ("icmps: [{fields: [{type: 8, code: 0}]}]", "code"),
+            (
+                "icmps: [{fields: [{type: 8}]}]\n    toPorts: [{ports: [{port: '80'}]}]",
+                "without toPorts",
+            ),
+        ] {
+            let e = cnp(&format!("  ingress:\n  - {spec}\n")).unwrap_err();
+            assert!(e.to_string().contains(expect), "{spec}: {e}");
+        }
     }
 
     #[test]

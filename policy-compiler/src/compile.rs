@@ -42,7 +42,7 @@ use crate::identity::{IdentityError, IdentityTable};
 use crate::inputs::{Inputs, PodState};
 use crate::labels::{Labels, NAMESPACE_NAME_LABEL};
 use crate::mapstate::apply;
-use crate::model::{Peer, Policy, PolicyId};
+use crate::model::{Peer, Policy, PolicyId, Section};
 use crate::repository::Repository;
 use crate::rule_index::{policy_prefixes, Released, RuleIndex, SectionRef};
 use crate::selector::Selector;
@@ -356,7 +356,7 @@ impl PolicyEngine {
                     },
                 );
             }
-            self.mark_subject(&section.subject);
+            self.mark_section_subject(section);
         }
         Ok(())
     }
@@ -367,7 +367,7 @@ impl PolicyEngine {
         let mut released = Released::default();
         for (i, section) in policy.sections.iter().enumerate() {
             let sref = (policy.id.clone(), i);
-            self.mark_subject(&section.subject);
+            self.mark_section_subject(section);
             released.peers.extend(self.index.remove(&sref, section));
         }
         released.prefixes = policy_prefixes(policy);
@@ -410,9 +410,18 @@ impl PolicyEngine {
             .repo
             .get(&sref.0)
             .and_then(|p| p.sections.get(sref.1))
+            .filter(|s| !s.hosts)
             .map(|s| s.subject.clone());
         if let Some(subject) = subject {
             self.mark_subject(&subject);
+        }
+    }
+
+    /// Marks the pods a section applies to dirty; a host policy applies to no pod (the host's
+    /// map is computed whole by [`Self::host_policy`]).
+    fn mark_section_subject(&mut self, section: &Section) {
+        if !section.hosts {
+            self.mark_subject(&section.subject);
         }
     }
 
@@ -468,6 +477,32 @@ impl PolicyEngine {
             }
         }
         deltas
+    }
+
+    /// The host policy of a node with labels `node_labels` (Cilium's host firewall): every
+    /// cluster-wide section whose `nodeSelector` matches them, compiled as a pod's map is
+    /// (without named ports, and without allow-localhost: the host is the subject). A direction
+    /// no host policy selects is not enforced. Computed whole on each call (host policies are
+    /// few); the cookies are the engine's, so `cookie_origins` names the rules.
+    pub fn host_policy(&mut self, node_labels: &Labels) -> EndpointPolicy {
+        let distillery = Distillery {
+            repo: &self.repo,
+            index: &self.index,
+            cache: &self.cache,
+            inputs: &self.inputs,
+        };
+        let mut policy = EndpointPolicy::default();
+        for d in [Direction::Ingress, Direction::Egress] {
+            let (enforced, map) = distillery.host_map_state(node_labels, d);
+            let out = policy.direction_mut(d);
+            out.enforced = enforced;
+            for (key, (action, origins)) in map {
+                let cookie = self.cookies.intern(origins.into_iter().collect());
+                // Keys come from the compiler's own rules (a port always with a protocol).
+                let _ = out.map.insert(key, PolicyEntry { action, cookie });
+            }
+        }
+        policy
     }
 
     // ---- queries -----------------------------------------------------------------------

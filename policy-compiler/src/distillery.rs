@@ -15,6 +15,9 @@
 //!   pod of the peer identity). When an allow and a deny produce the same key, the deny wins
 //!   ([`crate::mapstate::merge`]).
 //!
+//! A host policy (`nodeSelector`) has its own entry point, [`Distillery::host_map_state`]: the
+//! node's labels select its sections, which no pod's map state includes.
+//!
 //! Read-only over the repository, the rule index, the selector cache and the inputs: it
 //! computes, the engine ([`crate::compile`]) applies.
 
@@ -23,9 +26,10 @@ use std::collections::BTreeSet;
 use dataplane::tables::policy::{Action, Direction, PolicyKey, PortRange};
 use dataplane::Identity;
 
-use crate::cluster::Pod;
+use crate::cluster::{ContainerPort, Pod};
 use crate::cookie::RuleOrigin;
 use crate::inputs::Inputs;
+use crate::labels::Labels;
 use crate::mapstate::{merge, MapState};
 use crate::model::{Peers, PortSel, Rule, Verdict};
 use crate::repository::Repository;
@@ -90,7 +94,7 @@ impl Distillery<'_> {
                         policy: pid.clone(),
                         rule: rule.path.clone(),
                     };
-                    self.expand_rule(pod, d, rule, &origin, &mut map);
+                    self.expand_rule(&pod.ports, d, rule, &origin, &mut map);
                 }
             }
         }
@@ -108,9 +112,55 @@ impl Distillery<'_> {
         (true, map)
     }
 
+    /// The map state of the host of a node labelled `node_labels` in direction `d`: the
+    /// sections of host policies (`Section::hosts`) whose node selector matches, with the same
+    /// contract as [`Self::map_state`] except that there is no allow-localhost entry (the host
+    /// is the subject) and no named port (a node has no container ports).
+    pub(crate) fn host_map_state(&self, node_labels: &Labels, d: Direction) -> (bool, MapState) {
+        let mut map = MapState::new();
+        let (mut applies, mut default_deny) = (false, false);
+        let mut default_allow_origins = BTreeSet::new();
+        for policy in self.repo.iter() {
+            for section in &policy.sections {
+                if !section.hosts || !section.subject.matches(node_labels) {
+                    continue;
+                }
+                let rules = section.direction(d);
+                if !rules.applies {
+                    continue;
+                }
+                applies = true;
+                default_deny |= rules.default_deny;
+                if !rules.default_deny {
+                    default_allow_origins.insert(RuleOrigin {
+                        policy: policy.id.clone(),
+                        rule: default_deny_path(&section.path, d),
+                    });
+                }
+                for rule in &rules.rules {
+                    let origin = RuleOrigin {
+                        policy: policy.id.clone(),
+                        rule: rule.path.clone(),
+                    };
+                    self.expand_rule(&[], d, rule, &origin, &mut map);
+                }
+            }
+        }
+        if !applies {
+            return (false, MapState::new());
+        }
+        if !default_deny {
+            for o in default_allow_origins {
+                merge(&mut map, PolicyKey::l3(Identity::ANY), Action::Allow, o);
+            }
+        }
+        (true, map)
+    }
+
+    /// One rule's keys; `local_ports` are the subject's container ports (ingress named ports).
     fn expand_rule(
         &self,
-        pod: &Pod,
+        local_ports: &[ContainerPort],
         d: Direction,
         rule: &Rule,
         origin: &RuleOrigin,
@@ -160,7 +210,7 @@ impl Distillery<'_> {
                     }
                     PortSel::Named(name) => match d {
                         Direction::Ingress => {
-                            for port in named_ports(pod, name, proto) {
+                            for port in named_ports(local_ports, name, proto) {
                                 for id in &peers {
                                     let key = PolicyKey::l4(*id, proto, PortRange::single(port));
                                     merge(map, key, action, origin.clone());
@@ -190,7 +240,7 @@ impl Distillery<'_> {
         let mut add = |id: Identity, pods: &BTreeSet<String>| {
             for key in pods {
                 if let Some(state) = self.inputs.pods.get(key) {
-                    for port in named_ports(&state.pod, name, proto) {
+                    for port in named_ports(&state.pod.ports, name, proto) {
                         let k = PolicyKey::l4(id, proto, PortRange::single(port));
                         merge(map, k, action, origin.clone());
                     }
@@ -211,8 +261,12 @@ impl Distillery<'_> {
     }
 }
 
-fn named_ports<'a>(pod: &'a Pod, name: &'a str, proto: u8) -> impl Iterator<Item = u16> + 'a {
-    pod.ports
+fn named_ports<'a>(
+    ports: &'a [ContainerPort],
+    name: &'a str,
+    proto: u8,
+) -> impl Iterator<Item = u16> + 'a {
+    ports
         .iter()
         .filter(move |p| p.protocol == proto && p.name.as_deref() == Some(name))
         .map(|p| p.port)

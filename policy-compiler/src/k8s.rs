@@ -78,6 +78,7 @@ fn parse_spec(spec: Node<'_>, namespace: &str) -> Result<Section, Error> {
     Ok(Section {
         path: spec.path().to_string(),
         subject,
+        hosts: false,
         ingress: direction(has_ingress, ingress),
         egress: direction(has_egress, egress),
     })

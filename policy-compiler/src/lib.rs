@@ -35,6 +35,7 @@ mod delta;
 mod distillery;
 pub mod doc;
 pub mod error;
+pub mod icmp;
 pub mod identity;
 mod inputs;
 pub mod k8s;

@@ -75,6 +75,9 @@ pub struct Section {
     /// Field path of the section (`spec`, `specs[1]`), for traces.
     pub path: String,
     pub subject: Selector,
+    /// A host policy (Cilium's `nodeSelector`): `subject` selects nodes by their labels, and
+    /// the rules apply to the nodes' own traffic through the dataplane, not to pods.
+    pub hosts: bool,
     pub ingress: DirectionRules,
     pub egress: DirectionRules,
 }
@@ -186,12 +189,18 @@ pub enum Protocol {
     Sctp,
     /// Cilium's `ANY`: TCP, UDP and SCTP.
     Any,
+    /// ICMP (IPv4) of an `icmps` rule: the port is the message type, as the dataplane keys it.
+    Icmp,
+    /// ICMPv6 of an `icmps` rule (`family: IPv6`): the port is the message type.
+    Icmpv6,
 }
 
 impl Protocol {
     pub const TCP: u8 = ip::Protocol::Tcp.number();
     pub const UDP: u8 = ip::Protocol::Udp.number();
     pub const SCTP: u8 = ip::Protocol::SCTP.number();
+    pub const ICMP: u8 = ip::Protocol::Icmp.number();
+    pub const ICMPV6: u8 = ip::Protocol::Icmpv6.number();
 
     /// The IP protocol numbers this stands for.
     pub fn numbers(self) -> &'static [u8] {
@@ -200,6 +209,8 @@ impl Protocol {
             Protocol::Udp => &[Self::UDP],
             Protocol::Sctp => &[Self::SCTP],
             Protocol::Any => &[Self::TCP, Self::UDP, Self::SCTP],
+            Protocol::Icmp => &[Self::ICMP],
+            Protocol::Icmpv6 => &[Self::ICMPV6],
         }
     }
 
@@ -222,9 +233,14 @@ impl Protocol {
     }
 
     /// The name of an IP protocol number, for output: `TCP`, `UDP`, `SCTP` (upper case, as
-    /// Kubernetes spells them), else the number.
+    /// Kubernetes spells them), `ICMP`, `ICMPv6`, else the number.
     pub fn name_of(number: u8) -> String {
         let protocol = ip::Protocol::from(number);
+        match protocol {
+            ip::Protocol::Icmp => return "ICMP".to_string(),
+            ip::Protocol::Icmpv6 => return "ICMPv6".to_string(),
+            _ => {}
+        }
         match (Protocol::of(protocol), protocol.name()) {
             (Some(_), Some(name)) => name.to_ascii_uppercase(),
             _ => number.to_string(),

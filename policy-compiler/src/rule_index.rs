@@ -4,7 +4,8 @@
 //! Contract:
 //! - a section is named by a [`SectionRef`] (policy id, index in `Policy::sections`);
 //! - [`RuleIndex::add`] indexes every selector a section uses (its subject, as
-//!   `Peer::Endpoints`, and the peers of its rules) and returns them, subject first, for the
+//!   `Peer::Endpoints`, unless it is a host policy's node selector, and the peers of its rules)
+//!   and returns them, subject first, for the
 //!   selector cache to count as users; [`RuleIndex::remove`] undoes it and returns the same
 //!   list, so each `add_user` has its `remove_user`;
 //! - sections with an egress rule on a named port are listed apart ([`RuleIndex::named_egress`]):
@@ -33,12 +34,17 @@ pub(crate) struct RuleIndex {
 impl RuleIndex {
     /// Indexes section `sref`; returns the selectors it uses (subject first).
     pub(crate) fn add(&mut self, sref: &SectionRef, section: &Section) -> Vec<Peer> {
-        let subject = Peer::Endpoints(section.subject.clone());
-        self.subjects
-            .entry(subject.clone())
-            .or_default()
-            .insert(sref.clone());
-        let mut used = vec![subject];
+        let mut used = Vec::new();
+        // A host policy's subject selects nodes, not pod identities: it is no subject here
+        // (`Distillery::host_map_state` matches it against the node's labels).
+        if !section.hosts {
+            let subject = Peer::Endpoints(section.subject.clone());
+            self.subjects
+                .entry(subject.clone())
+                .or_default()
+                .insert(sref.clone());
+            used.push(subject);
+        }
         for peer in section_peers(section) {
             self.peer_users
                 .entry(peer.clone())
@@ -54,14 +60,17 @@ impl RuleIndex {
 
     /// Removes section `sref` from the index; returns the selectors it used (subject first).
     pub(crate) fn remove(&mut self, sref: &SectionRef, section: &Section) -> Vec<Peer> {
-        let subject = Peer::Endpoints(section.subject.clone());
-        if let Some(set) = self.subjects.get_mut(&subject) {
-            set.remove(sref);
-            if set.is_empty() {
-                self.subjects.remove(&subject);
+        let mut used = Vec::new();
+        if !section.hosts {
+            let subject = Peer::Endpoints(section.subject.clone());
+            if let Some(set) = self.subjects.get_mut(&subject) {
+                set.remove(sref);
+                if set.is_empty() {
+                    self.subjects.remove(&subject);
+                }
             }
+            used.push(subject);
         }
-        let mut used = vec![subject];
         for peer in section_peers(section) {
             if let Some(set) = self.peer_users.get_mut(&peer) {
                 set.remove(sref);

@@ -33,6 +33,7 @@ use dataplane::Identity;
 use crate::compile::PolicyEngine;
 use crate::doc::{split_documents, Node};
 use crate::error::Error;
+use crate::icmp::IcmpFamily;
 use crate::model::Protocol;
 
 /// The verdict detail of a pod's traffic to its own address.
@@ -44,8 +45,9 @@ pub struct Probe {
     /// `namespace/pod` or an IP address.
     pub from: String,
     pub to: String,
+    /// The destination port; for ICMP and ICMPv6 the message type (what the policy key holds).
     pub port: u16,
-    /// IP protocol number (6, 17, 132).
+    /// IP protocol number (6, 17, 132; 1 and 58 for ICMP and ICMPv6).
     pub protocol: u8,
 }
 
@@ -54,24 +56,31 @@ pub struct Probe {
 pub enum TraceError {
     #[error("`{0}` is neither a pod of the cluster file (namespace/name) nor an IP address; check the spelling or add the pod to the cluster file")]
     UnknownEndpoint(String),
-    #[error("`{0}` is not PORT/PROTO; write e.g. 80/TCP, 53/UDP or 3868/SCTP")]
+    #[error("`{0}` is not PORT/PROTO; write e.g. 80/TCP, 53/UDP or 3868/SCTP, or an ICMP type as 8/ICMP, EchoRequest/ICMPv6")]
     BadPort(String),
 }
 
-/// Parses `80/TCP` (protocol TCP, UDP or SCTP, any case; `80` alone means TCP).
+/// Parses `80/TCP` (protocol TCP, UDP or SCTP, any case; `80` alone means TCP), or an ICMP
+/// message type as `8/ICMP`, `EchoRequest/ICMPv6` (a number or Cilium's name of the type).
 pub fn parse_port_proto(s: &str) -> Result<(u16, u8), TraceError> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-    let port = port
-        .trim()
-        .parse::<u16>()
-        .map_err(|_| TraceError::BadPort(s.to_string()))?;
-    let proto =
-        Protocol::parse(proto.trim(), false).ok_or_else(|| TraceError::BadPort(s.to_string()))?;
-    Ok((port, proto.numbers()[0]))
+    parse_probe_port(port, proto).ok_or_else(|| TraceError::BadPort(s.to_string()))
+}
+
+/// A probe's port and protocol number from their spellings: a port of TCP, UDP or SCTP, or
+/// the type (number or Cilium's name) of ICMP / ICMPv6.
+pub fn parse_probe_port(port: &str, protocol: &str) -> Option<(u16, u8)> {
+    let (port, protocol) = (port.trim(), protocol.trim());
+    if let Some(family) = IcmpFamily::of_protocol_name(protocol) {
+        let ty = family.type_of(port)?;
+        return Some((u16::from(ty), family.protocol().numbers()[0]));
+    }
+    let port = port.parse::<u16>().ok()?;
+    Some((port, Protocol::parse(protocol, false)?.numbers()[0]))
 }
 
 /// Parses a probes file: a list of `{"from", "to", "port", "protocol"}` (protocol defaults to
-/// TCP).
+/// TCP; for `ICMP` / `ICMPv6` the port is the message type).
 pub fn parse_probes(source: &str, text: &str) -> Result<Vec<Probe>, Error> {
     let docs = split_documents(source, text)?;
     let mut out = Vec::with_capacity(docs.len());
@@ -84,15 +93,26 @@ pub fn parse_probes(source: &str, text: &str) -> Result<Vec<Probe>, Error> {
         let to = n.required("to", "the destination (namespace/pod or IP)", |v| {
             v.str().map(str::to_string)
         })?;
-        let port = n.required("port", "the destination port", |v| v.u16())?;
+        let port = n.required("port", "the destination port (ICMP: the type)", |v| v.u16())?;
         let protocol = n
             .with_field("protocol", |v| {
                 let s = v.str()?;
                 Protocol::parse(s, false)
                     .map(|p| p.numbers()[0])
-                    .ok_or_else(|| v.error(format!("unknown protocol `{s}`; use TCP, UDP or SCTP")))
+                    .or_else(|| IcmpFamily::of_protocol_name(s).map(|f| f.protocol().numbers()[0]))
+                    .ok_or_else(|| {
+                        v.error(format!(
+                            "unknown protocol `{s}`; use TCP, UDP, SCTP, ICMP or ICMPv6"
+                        ))
+                    })
             })?
             .unwrap_or(Protocol::TCP);
+        if port > u16::from(u8::MAX) && (protocol == Protocol::ICMP || protocol == Protocol::ICMPV6)
+        {
+            return Err(n.error(format!(
+                "port {port} is not an ICMP type; for ICMP the port is the type (0-255)"
+            )));
+        }
         out.push(Probe {
             from,
             to,
@@ -391,7 +411,10 @@ mod tests {
         assert_eq!(parse_port_proto("53/udp").unwrap(), (53, 17));
         assert_eq!(parse_port_proto("81").unwrap(), (81, 6));
         assert_eq!(parse_port_proto("3868/SCTP").unwrap(), (3868, 132));
-        assert!(parse_port_proto("80/ICMP").is_err());
+        assert_eq!(parse_port_proto("8/ICMP").unwrap(), (8, 1));
+        assert_eq!(parse_port_proto("EchoRequest/icmpv6").unwrap(), (128, 58));
+        assert_eq!(parse_port_proto("Timestamp/ICMP").unwrap(), (13, 1));
+        assert!(parse_port_proto("300/ICMP").is_err());
         assert!(parse_port_proto("http/TCP").is_err());
     }
 

@@ -10,9 +10,29 @@
 //! with them; a namespace it cannot delete is reported on stderr with the command that removes
 //! it. Nothing here touches the root namespace's interfaces. Helpers that must succeed panic
 //! (these are tests: a broken topology should stop them loudly); [`NetNsGuard::add`] and
-//! [`run_ip`] return the reason instead, for a caller that skips.
+//! [`run_ip`] return the reason instead, for a caller that skips through [`skip`] (a failure
+//! under CI).
 
 pub mod modules;
+
+/// True under CI: `CI` set to anything but empty, `false` or `0` (CI systems set `CI=true`).
+pub fn under_ci() -> bool {
+    means_ci(std::env::var("CI").ok().as_deref())
+}
+
+fn means_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Skips a test that cannot run here (no root, no network namespaces, no BPF or AF_XDP, no
+/// etcd), saying why: prints `SKIPPED: <reason>`. Under CI ([`under_ci`]) it panics with the
+/// reason instead, so a broken environment cannot turn the suite green by skipping.
+pub fn skip(reason: &str) {
+    if under_ci() {
+        panic!("CI: this test must run here, but it would be skipped: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
 
 /// A new private directory under the system's temporary directory, named `prefix` and random
 /// characters (`mkdtemp`: mode 0700, a name no other user can predict and plant first); the
@@ -116,4 +136,53 @@ pub fn run_in<T: Send>(ns: &str, body: impl FnOnce() -> T + Send) -> T {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+#[cfg(test)]
+mod ci_tests {
+    use super::means_ci;
+
+    #[test]
+    fn ci_is_any_value_but_empty_false_or_zero() {
+        assert!(means_ci(Some("true")) && means_ci(Some("1")) && means_ci(Some("yes")));
+        assert!(!means_ci(None) && !means_ci(Some("")) && !means_ci(Some("false")));
+        assert!(!means_ci(Some("0")));
+    }
+
+    /// Under CI a skip is a failure that says why (run in a child process with `CI=true`).
+    #[test]
+    fn a_skip_under_ci_fails_and_says_why() {
+        if std::env::var_os("TESTKIT_SKIP_CHILD").is_some() {
+            super::skip("no etcd here");
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "ci_tests::a_skip_under_ci_fails_and_says_why",
+                "--nocapture",
+            ])
+            .env("TESTKIT_SKIP_CHILD", "1")
+            .env("CI", "true")
+            .output()
+            .expect("run the test binary");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains("would be skipped: no etcd here"), "{text}");
+        let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+            .args([
+                "--exact",
+                "ci_tests::a_skip_under_ci_fails_and_says_why",
+                "--nocapture",
+            ])
+            .env("TESTKIT_SKIP_CHILD", "1")
+            .env_remove("CI")
+            .output()
+            .expect("run the test binary");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("SKIPPED: no etcd here"), "{text}");
+    }
 }

@@ -957,13 +957,13 @@ mod tests {
     /// test: not root, or a kernel/sandbox that refuses BPF. Any other failure fails the test.
     fn load_or_skip(config: RedirectConfig) -> Option<XdpProgram> {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: BPF tests need root (run `sudo cargo test -p xdp-redirect`)");
+            testkit::skip("BPF tests need root (run `sudo cargo test -p xdp-redirect`)");
             return None;
         }
         match XdpProgram::load(config) {
             Ok(program) => Some(program),
             Err(err @ (XdpError::PermissionDenied { .. } | XdpError::BpfUnavailable { .. })) => {
-                eprintln!("SKIPPED: BPF unavailable here: {err}");
+                testkit::skip(&format!("BPF unavailable here: {err}"));
                 None
             }
             Err(err) => panic!("loading the XDP program failed: {err} ({err:?})"),
@@ -1150,10 +1150,10 @@ mod tests {
         // SAFETY: plain syscall with constant arguments; the result is checked below.
         let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            eprintln!(
-                "SKIPPED: no AF_XDP socket here: {}",
+            testkit::skip(&format!(
+                "no AF_XDP socket here: {}",
                 io::Error::last_os_error()
-            );
+            ));
             return None;
         }
         // SAFETY: `socket` returned a new fd that nothing else owns.

@@ -81,13 +81,13 @@ impl TestNs {
 /// The namespace and a loaded program, or None after printing why the test is skipped.
 fn setup() -> Option<TestNs> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: attaching XDP needs root (run `sudo cargo test -p xdp-redirect`)");
+        testkit::skip("attaching XDP needs root (run `sudo cargo test -p xdp-redirect`)");
         return None;
     }
     if let Err(err) = XdpProgram::load(RedirectConfig::default()) {
         match err {
             XdpError::PermissionDenied { .. } | XdpError::BpfUnavailable { .. } => {
-                eprintln!("SKIPPED: BPF unavailable here: {err}");
+                testkit::skip(&format!("BPF unavailable here: {err}"));
                 return None;
             }
             other => panic!("loading the XDP program failed: {other} ({other:?})"),
@@ -96,7 +96,7 @@ fn setup() -> Option<TestNs> {
     match TestNs::create() {
         Ok(ns) => Some(ns),
         Err(why) => {
-            eprintln!("SKIPPED: no network namespace: {why}");
+            testkit::skip(&format!("no network namespace: {why}"));
             None
         }
     }
@@ -248,13 +248,13 @@ mod uplink {
 
     fn load_or_skip(config: RedirectConfig) -> Option<XdpProgram> {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: BPF tests need root (run `sudo cargo test -p xdp-redirect`)");
+            testkit::skip("BPF tests need root (run `sudo cargo test -p xdp-redirect`)");
             return None;
         }
         match XdpProgram::load(config) {
             Ok(program) => Some(program),
             Err(err @ (XdpError::PermissionDenied { .. } | XdpError::BpfUnavailable { .. })) => {
-                eprintln!("SKIPPED: BPF unavailable here: {err}");
+                testkit::skip(&format!("BPF unavailable here: {err}"));
                 None
             }
             Err(err) => panic!("loading the XDP program failed: {err} ({err:?})"),
@@ -768,7 +768,7 @@ mod uplink {
         // SAFETY: plain syscall with constant arguments; the result is checked below.
         let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            eprintln!("SKIPPED: no AF_XDP socket here");
+            testkit::skip("no AF_XDP socket here");
             return;
         }
         // SAFETY: `socket` returned a new fd that nothing else owns.

@@ -201,12 +201,15 @@ SRC and DST are `namespace/pod` or an IP address. An address that is neither a p
 is outside the cluster (identity `world`, or the CIDR identity of the longest matching policy CIDR).
 
 PROBES FILE (JSON): [{\"from\": \"x/a\", \"to\": \"y/b\", \"port\": 80, \"protocol\": \"TCP\"}, ...]
+(for \"protocol\": \"ICMP\" or \"ICMPv6\", \"port\" is the ICMP type, as the policy maps key it)
 
 EXAMPLES:
   flagella policy trace --from x/a --to y/b --port 80/TCP          # live, from etcd
   flagella policy trace --policies deny-all.yaml --policies allow-web.yaml \\
       --cluster cluster.yaml --from x/a --to y/b --port 80/TCP
   flagella policy trace --policies policies.yaml --cluster cluster.yaml --probes probes.json -o json
+  flagella policy trace --from x/a --to y/b --protocol icmp --icmp-type 8     # ping (IPv4)
+  flagella policy trace --from x/a --to y/b --protocol icmpv6 --icmp-type EchoRequest
 
 EXIT STATUS:
   0 the trace ran (whatever the verdicts); 1 an input is bad (the message names the file, the \
@@ -229,16 +232,32 @@ pub struct TraceArgs {
     pub cluster: Option<PathBuf>,
 
     /// Source of the flow: `namespace/pod` or an IP address
-    #[arg(long, value_name = "SRC", requires_all = ["to", "port"], conflicts_with = "probes")]
+    #[arg(long, value_name = "SRC", requires = "to", conflicts_with = "probes")]
     pub from: Option<String>,
 
     /// Destination of the flow: `namespace/pod` or an IP address
     #[arg(long, value_name = "DST", requires = "from")]
     pub to: Option<String>,
 
-    /// Destination port and protocol, e.g. 80/TCP, 53/UDP (protocol defaults to TCP)
-    #[arg(long, value_name = "PORT/PROTO", requires = "from")]
+    /// Destination port and protocol, e.g. 80/TCP, 53/UDP (protocol defaults to TCP); an ICMP
+    /// type as 8/ICMP or EchoRequest/ICMPv6 (or use --icmp-type)
+    #[arg(
+        long,
+        value_name = "PORT/PROTO",
+        requires = "from",
+        conflicts_with = "icmp_type"
+    )]
     pub port: Option<String>,
+
+    /// The protocol of --port or --icmp-type: tcp, udp, sctp, icmp, icmpv6 (with --icmp-type the
+    /// default is icmp)
+    #[arg(long, value_name = "PROTO", requires = "from")]
+    pub protocol: Option<String>,
+
+    /// An ICMP message type instead of a port: a number (8: echo request) or Cilium's name
+    /// (EchoRequest, TimeExceeded, ...); the family is --protocol's (icmp or icmpv6)
+    #[arg(long, value_name = "TYPE", requires = "from")]
+    pub icmp_type: Option<String>,
 
     /// A JSON list of flows to trace instead of --from/--to/--port
     #[arg(long, value_name = "FILE")]
@@ -391,7 +410,7 @@ host address of that CIDR. Other nodes reach its pods through --underlay-ip.",
         after_long_help = "EXAMPLES:\n  \
 flagella node upsert node-1 --underlay-ip 192.168.0.1 --pod-cidr 10.1.0.0/24\n  \
 flagella node upsert node-2 --underlay-ip 192.168.0.2 --pod-cidr 10.2.0.0/24 \\\n      \
---pod-cidr fd00:2::/64 --tunnel geneve"
+--pod-cidr fd00:2::/64 --tunnel geneve --labels role=worker"
     )]
     Upsert {
         /// The node's name (what its agent's --node says)
@@ -405,6 +424,9 @@ flagella node upsert node-2 --underlay-ip 192.168.0.2 --pod-cidr 10.2.0.0/24 \\\
         /// How traffic reaches its pods from other nodes
         #[arg(long, value_enum, default_value_t = TunnelArg::Vxlan)]
         tunnel: TunnelArg,
+        /// The node's labels (host policies' nodeSelector matches them)
+        #[arg(long, value_name = "K=V[,K=V...]", default_value = "", value_parser = parse_labels)]
+        labels: std::collections::BTreeMap<String, String>,
     },
 }
 

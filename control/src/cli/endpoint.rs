@@ -286,6 +286,7 @@ async fn endpoint_write(
                 mac,
                 ports,
                 mtu: None,
+                container_id: None,
                 service_account,
             };
             let mut e = create_endpoint(&store, &namespace, &name, spec).await?;

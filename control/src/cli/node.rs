@@ -82,11 +82,13 @@ pub async fn run(verb: NodeVerb, etcd: &[String], out: Output) -> Result<(), Cli
             underlay_ip,
             pod_cidrs,
             tunnel,
+            labels,
         } => {
             let store = connect(etcd).await?;
             let spec = NodeSpec {
                 underlay_ip,
                 pod_cidrs,
+                labels,
                 tunnel: match tunnel {
                     TunnelArg::Vxlan => TunnelMode::Vxlan,
                     TunnelArg::Geneve => TunnelMode::Geneve,

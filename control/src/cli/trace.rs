@@ -8,8 +8,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use dataplane::Identity;
+use policy_compiler::icmp::IcmpFamily;
 use policy_compiler::model::PolicyId;
-use policy_compiler::trace::{parse_port_proto, parse_probes, trace, Probe, TraceResult};
+use policy_compiler::trace::{
+    parse_port_proto, parse_probe_port, parse_probes, trace, Probe, TraceResult,
+};
 use policy_compiler::{parse_cluster, parse_policies, PolicyEngine};
 
 use super::args::TraceArgs;
@@ -23,16 +26,13 @@ fn read(path: &Path, flag: &str) -> Result<String, CliError> {
     })
 }
 
-/// The flows asked for: --probes FILE, or --from/--to/--port.
+/// The flows asked for: --probes FILE, or --from/--to with --port or --icmp-type.
 fn probes(args: &TraceArgs) -> Result<Vec<Probe>, CliError> {
-    match (&args.probes, &args.from, &args.to, &args.port) {
-        (Some(path), _, _, _) => {
-            parse_probes(&path.display().to_string(), &read(path, "--probes")?)
-                .map_err(|e| CliError::Other(e.to_string()))
-        }
-        (None, Some(from), Some(to), Some(port)) => {
-            let (port, protocol) =
-                parse_port_proto(port).map_err(|e| CliError::Other(format!("--port: {e}")))?;
+    match (&args.probes, &args.from, &args.to) {
+        (Some(path), _, _) => parse_probes(&path.display().to_string(), &read(path, "--probes")?)
+            .map_err(|e| CliError::Other(e.to_string())),
+        (None, Some(from), Some(to)) => {
+            let (port, protocol) = probe_port(args)?;
             Ok(vec![Probe {
                 from: from.clone(),
                 to: to.clone(),
@@ -41,7 +41,40 @@ fn probes(args: &TraceArgs) -> Result<Vec<Probe>, CliError> {
             }])
         }
         _ => Err(CliError::Other(
-            "give --from, --to and --port, or --probes FILE".into(),
+            "give --from, --to and --port (or --icmp-type), or --probes FILE".into(),
+        )),
+    }
+}
+
+/// The probe's port (ICMP: type) and protocol number from --port, --protocol, --icmp-type.
+fn probe_port(args: &TraceArgs) -> Result<(u16, u8), CliError> {
+    let protocol = args.protocol.as_deref();
+    match (&args.port, &args.icmp_type) {
+        (Some(port), None) => match protocol {
+            None => parse_port_proto(port).map_err(|e| CliError::Other(format!("--port: {e}"))),
+            Some(proto) => parse_probe_port(port, proto).ok_or_else(|| {
+                CliError::Other(format!(
+                    "--port {port} --protocol {proto}: give a port 0-65535 and tcp, udp or sctp \
+                     (or an ICMP type with icmp / icmpv6)"
+                ))
+            }),
+        },
+        (None, Some(ty)) => {
+            let proto = protocol.unwrap_or("icmp");
+            if IcmpFamily::of_protocol_name(proto).is_none() {
+                return Err(CliError::Other(format!(
+                    "--icmp-type needs --protocol icmp or icmpv6, not `{proto}`"
+                )));
+            }
+            parse_probe_port(ty, proto).ok_or_else(|| {
+                CliError::Other(format!(
+                    "--icmp-type {ty}: not an ICMP type of {proto}; give a number 0-255 or a \
+                     name such as EchoRequest, TimeExceeded, DestinationUnreachable"
+                ))
+            })
+        }
+        _ => Err(CliError::Other(
+            "give --port PORT/PROTO or --icmp-type TYPE with --from and --to".into(),
         )),
     }
 }

@@ -3,7 +3,8 @@
 //! after a dataplane restart ([`ClusterState::snapshot`]).
 //!
 //! Order within a commit: endpoints first (policy changes refer to them), then the ipcache,
-//! then one `policy.update` per endpoint and direction. (On the wire, `requests.rs` regroups
+//! then one `policy.update` per endpoint and direction, then this node's host policy when it
+//! changed (`host_policy.rs`). (On the wire, `requests.rs` regroups
 //! them: each endpoint travels in one atomic batch with its policy.) A change that needs a cluster-wide
 //! identity not known yet is held back until [`ClusterState::set_identity`] supplies it.
 
@@ -43,11 +44,14 @@ impl ClusterState {
             }
         }
         let mut policy: BTreeMap<(u32, DirKey), PolicyBatch> = BTreeMap::new();
+        // A renumbering begun at the last commit moves the ipcache and drops the old entries.
+        self.finish_renumbering(&mut out, &mut policy);
         for d in deltas {
             if !self.translate_delta(&d, &mut out, &mut policy) {
                 self.held_back.push(d);
             }
         }
+        self.begin_renumbering(&mut policy);
         for ((endpoint, dir), batch) in policy {
             out.push(Change::PolicyUpdate(PolicyUpdate {
                 endpoint,
@@ -57,13 +61,14 @@ impl ClusterState {
                 delete: batch.delete,
             }));
         }
+        self.host_policy_changes(&mut out);
         self.prune_engine_labels();
         out
     }
 
     /// `endpoint.upsert` and the secondary ipcache entry of `key`; false when its identity has
     /// no cluster number yet.
-    fn endpoint_changes(&mut self, key: &str, out: &mut Vec<Change>) -> bool {
+    pub(super) fn endpoint_changes(&mut self, key: &str, out: &mut Vec<Change>) -> bool {
         let Some(spec) = self.endpoints.get(key) else {
             return true;
         };
@@ -112,7 +117,7 @@ impl ClusterState {
     /// Where a policy delta of `key` goes: `Ok(Some(id))` a local endpoint already sent to the
     /// dataplane; `Ok(None)` not a local endpoint (ignored); `Err(())` a local endpoint not sent
     /// yet (its identity is unknown): hold the delta back.
-    fn local_endpoint_id(&self, key: &str) -> Result<Option<u32>, ()> {
+    pub(super) fn local_endpoint_id(&self, key: &str) -> Result<Option<u32>, ()> {
         match self.endpoints.get(key) {
             Some(spec) if spec.node == self.node => {
                 self.sent_endpoints.get(key).copied().map(Some).ok_or(())
@@ -122,7 +127,7 @@ impl ClusterState {
     }
 
     /// Translates one engine delta; false when it must wait for an identity.
-    fn translate_delta(
+    pub(super) fn translate_delta(
         &self,
         d: &Delta,
         out: &mut Vec<Change>,
@@ -260,13 +265,15 @@ impl ClusterState {
                 }));
             }
         }
+        self.forget_host_policy();
+        self.host_policy_changes(&mut out);
         out
     }
 }
 
 /// `Direction` ordered, as a map key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DirKey(Direction);
+pub(super) struct DirKey(pub(super) Direction);
 
 impl PartialOrd for DirKey {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
@@ -281,11 +288,12 @@ impl Ord for DirKey {
     }
 }
 
+/// One endpoint's and direction's `policy.update` being built.
 #[derive(Debug, Default)]
-struct PolicyBatch {
-    enforced: Option<bool>,
-    add: Vec<PolicyEntryMsg>,
-    delete: Vec<PolicyKeyMsg>,
+pub(super) struct PolicyBatch {
+    pub(super) enforced: Option<bool>,
+    pub(super) add: Vec<PolicyEntryMsg>,
+    pub(super) delete: Vec<PolicyKeyMsg>,
 }
 
 #[cfg(test)]

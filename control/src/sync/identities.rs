@@ -49,25 +49,41 @@ impl ClusterState {
 
     /// Supplies the cluster-wide number of a label set.
     pub fn set_identity(&mut self, labels: Labels, id: u32) {
-        if self.cluster_ids.insert(labels.clone(), id) != Some(id) {
-            // Every local endpoint that carries this identity must be re-sent (only local ones
-            // are: a scan of every endpoint per label set was the initial sync's hotspot).
-            for key in &self.local_keys {
-                let same = self
-                    .engine
-                    .pod_identity(key)
-                    .and_then(|l| self.engine_labels.get(&l.0))
-                    == Some(&labels);
-                if same {
-                    self.dirty_endpoints.insert(key.clone());
-                }
+        let previous = self.cluster_ids.insert(labels.clone(), id);
+        if previous == Some(id) {
+            return;
+        }
+        if let Some(old) = previous {
+            self.note_renumbering(&labels, old);
+        }
+        // The local endpoints carrying it are re-sent (the ipcache moves in `renumber.rs`);
+        // only local ones: a scan of every endpoint per label set was the initial sync's
+        // hotspot (flagella-bench scale).
+        for key in &self.local_keys {
+            let same = self
+                .engine
+                .pod_identity(key)
+                .and_then(|l| self.engine_labels.get(&l.0))
+                == Some(&labels);
+            if same {
+                self.dirty_endpoints.insert(key.clone());
             }
         }
     }
 
-    /// An identity was deleted from etcd (collected): forget the number.
+    /// An identity was deleted from etcd (collected): forget the number. What the dataplane
+    /// holds under it stays until the label set has a number again (`renumber.rs`).
     pub fn forget_identity(&mut self, id: u32) {
-        self.cluster_ids.retain(|_, v| *v != id);
+        let forgotten: Vec<Labels> = self
+            .cluster_ids
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .map(|(l, _)| l.clone())
+            .collect();
+        for labels in forgotten {
+            self.cluster_ids.remove(&labels);
+            self.note_renumbering(&labels, id);
+        }
         // Rare (a collected identity): every endpoint is looked at again.
         self.unresolved.extend(self.endpoints.keys().cloned());
     }

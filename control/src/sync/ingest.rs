@@ -435,6 +435,46 @@ mod tests {
             .unwrap();
     }
 
+    /// Issue 14, finding 8, as its test list words it: two IPv6 endpoints 2^24 apart in one
+    /// /64 (addresses chosen outside IPAM) never share a dataplane id: the second is refused,
+    /// naming the first, and only the first reaches the dataplane.
+    #[test]
+    fn ipv6_endpoints_2_pow_24_apart_never_share_a_dataplane_id() {
+        let mut s = ClusterState::new("n1");
+        s.put(
+            &k("nodes/n1"),
+            br#"{"underlay_ip":"192.168.0.1","pod_cidrs":["fd00:1::/64"]}"#,
+        )
+        .unwrap();
+        s.put(&k("namespaces/default"), br#"{}"#).unwrap();
+        let ep = |ip: &str, mac: u8| {
+            format!(
+                r#"{{"node":"n1","ipv6":"{ip}","interface":"lxc","ifindex":{mac},"mac":"02:00:00:00:00:{mac:02x}"}}"#
+            )
+        };
+        s.put(&k("endpoints/default/a"), ep("fd00:1::5", 3).as_bytes())
+            .unwrap();
+        // fd00:1::100:5 is 2^24 past fd00:1::5.
+        let e = s
+            .put(&k("endpoints/default/b"), ep("fd00:1::100:5", 4).as_bytes())
+            .unwrap_err();
+        assert!(e.to_string().contains("default/a"), "{e}");
+        s.put(&k("endpoints/default/c"), ep("fd00:1::6", 5).as_bytes())
+            .unwrap();
+        let mut next = 1000;
+        super::super::test_support::resolve_all(&mut s, &mut next);
+        let ids: Vec<u32> = s
+            .commit()
+            .iter()
+            .filter_map(|c| match c {
+                crate::dataplane_client::Change::EndpointUpsert(m) => Some(m.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids.len(), 2, "a and c only: {ids:?}");
+        assert_ne!(ids[0], ids[1]);
+    }
+
     #[test]
     fn malformed_is_counted_and_last_good_value_stays() {
         let mut s = ClusterState::new("n1");

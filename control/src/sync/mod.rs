@@ -28,7 +28,10 @@
 //! numbers to cluster-wide numbers), `changes.rs` (what the dataplane must be told since the
 //! last commit, or after its restart), `wire.rs` (model objects as the dataplane's wire
 //! messages), `requests.rs` (changes into the requests that carry them: each endpoint in one
-//! batch with its policy, the ipcache in batches), `log.rs` (the agent's log line).
+//! batch with its policy, the ipcache in batches), `renumber.rs` (a label set allocated again
+//! under a new number: its ipcache and policy entries move), `host_policy.rs` (this node's own
+//! policy, from host policies selecting its labels), `interfaces.rs` (the pod interfaces the
+//! dataplane must serve), `log.rs` (the agent's log line).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -42,14 +45,17 @@ use crate::schema::{EndpointSpec, NodeSpec, ServiceSpec};
 
 mod changes;
 mod frontends;
+mod host_policy;
 mod identities;
 mod ingest;
+pub mod interfaces;
 mod log;
+mod renumber;
 mod requests;
 mod wire;
 
 pub use log::log;
-pub use requests::{requests, IPCACHE_BATCH};
+pub use requests::{fail_closed, requests, weight, IPCACHE_BATCH, PART_WEIGHT};
 pub use wire::local_node_facts;
 
 /// The model. See the module doc.
@@ -78,6 +84,11 @@ pub struct ClusterState {
     pending: Vec<Change>,
     /// Engine deltas that still wait for a cluster identity.
     held_back: Vec<Delta>,
+    /// Label sets whose number was collected or changed, with the number the dataplane holds:
+    /// their entries move once the new number is known (`renumber.rs`).
+    renumbering: BTreeMap<Labels, u32>,
+    /// Label sets moved in the last commit's first step, finished by the next commit.
+    renumber_finish: BTreeMap<Labels, renumber::Move>,
     /// Local endpoints whose `endpoint.upsert` must be (re)sent at the next commit.
     dirty_endpoints: BTreeSet<String>,
     /// Endpoint ids sent to the dataplane, by pod key.
@@ -96,6 +107,9 @@ pub struct ClusterState {
     /// whose number was forgotten. [`Self::needed_identities`] looks at these only (a scan of
     /// every endpoint cost 6-11 ms per watch batch at 10k endpoints); commit prunes them.
     unresolved: BTreeSet<String>,
+    /// The host policy last sent (`host_policy.replace`, ingress then egress); `None` before
+    /// the first and after a dataplane restart.
+    sent_host_policy: Option<Vec<crate::dataplane_client::HostPolicyReplace>>,
 }
 
 impl ClusterState {
@@ -120,6 +134,8 @@ impl ClusterState {
             engine_labels: HashMap::new(),
             pending: Vec::new(),
             held_back: Vec::new(),
+            renumbering: BTreeMap::new(),
+            renumber_finish: BTreeMap::new(),
             dirty_endpoints: BTreeSet::new(),
             sent_endpoints: BTreeMap::new(),
             sent_secondary: BTreeMap::new(),
@@ -128,6 +144,7 @@ impl ClusterState {
             local_only: false,
             local_keys: BTreeSet::new(),
             unresolved: BTreeSet::new(),
+            sent_host_policy: None,
         }
     }
 

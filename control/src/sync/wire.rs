@@ -24,15 +24,7 @@ pub(super) fn protocol_number(p: &str) -> u8 {
 /// from its interfaces at start) is kept from `current`, because `local_node.set` replaces the
 /// whole record.
 pub fn local_node_facts(current: &LocalNodeMsg, name: &str, spec: &NodeSpec) -> LocalNodeMsg {
-    let first_host = |v4: bool| {
-        spec.prefixes()
-            .into_iter()
-            .find(|p| p.is_ipv4() == v4 && p.prefix_len() < if v4 { 32 } else { 128 })
-            .map(|p| match p.addr() {
-                IpAddr::V4(a) => IpAddr::V4(u32::from(a).wrapping_add(1).into()),
-                IpAddr::V6(a) => IpAddr::V6(u128::from(a).wrapping_add(1).into()),
-            })
-    };
+    let first_host = |v4: bool| spec.pod_gateway(v4);
     LocalNodeMsg {
         name: name.to_string(),
         underlay_ipv4: match spec.underlay_ip {

@@ -9,6 +9,7 @@
 
 pub mod net;
 pub mod prometheus;
+pub mod proxy;
 pub mod traffic;
 
 use std::net::TcpListener;
@@ -37,9 +38,9 @@ pub fn skip() -> bool {
     if std::path::Path::new(ETCD).exists() {
         return false;
     }
-    eprintln!(
-        "SKIPPED: {ETCD} is missing; install Debian's etcd-server (apt-get install etcd-server)"
-    );
+    testkit::skip(&format!(
+        "{ETCD} is missing; install Debian's etcd-server (apt-get install etcd-server)"
+    ));
     true
 }
 

@@ -140,7 +140,32 @@ pub fn spawn_agent_with_metrics(
     log: &Path,
     metrics: &str,
 ) -> Child {
+    spawn_agent_with_args(
+        etcd_url,
+        node,
+        socket,
+        status_file,
+        log,
+        &["--metrics-address", metrics],
+    )
+}
+
+/// [`spawn_agent`] with more arguments (`--metrics-address off` unless they say otherwise;
+/// e.g. a short `--lease-ttl` and `--identity-grace`).
+pub fn spawn_agent_with_args(
+    etcd_url: &str,
+    node: &str,
+    socket: &Path,
+    status_file: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Child {
     let log = File::options().create(true).append(true).open(log).unwrap();
+    let metrics = if extra.contains(&"--metrics-address") {
+        &[][..]
+    } else {
+        &["--metrics-address", "off"][..]
+    };
     Command::new(env!("CARGO_BIN_EXE_flagella-control"))
         .arg("--etcd")
         .arg(etcd_url)
@@ -150,7 +175,8 @@ pub fn spawn_agent_with_metrics(
         .arg("--status-file")
         .arg(status_file)
         .args(["--etcd-timeout", "1"])
-        .args(["--metrics-address", metrics])
+        .args(metrics)
+        .args(extra)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)

@@ -105,3 +105,67 @@ pub fn dataplane_request(socket: &Path, request: &Value) -> Value {
     assert_eq!(v["ok"], true, "{request} -> {v}");
     v
 }
+
+/// Datagrams per `sendmmsg` call of [`udp_flood`].
+const FLOOD_BATCH: usize = 64;
+
+/// From namespace `netns`: UDP datagrams to `dst` with `sendmmsg`, 64 a call (the bench's
+/// socket generator's method; bench depends on this crate, so it cannot be called from here),
+/// until at least `at_least` were sent and `stop` is set. Returns how many the kernel took.
+pub fn udp_flood(
+    netns: &str,
+    dst: SocketAddr,
+    at_least: usize,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<usize> {
+    spawn_in(netns, move || {
+        let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+            return 0;
+        };
+        if socket.connect(dst).is_err() {
+            return 0;
+        }
+        let mut sent = 0;
+        while sent < at_least || !stop.load(Ordering::Relaxed) {
+            match send_batch(&socket) {
+                Some(n) => sent += n,
+                None => thread::yield_now(), // ENOBUFS and the like: the flood goes on.
+            }
+        }
+        sent
+    })
+}
+
+/// One `sendmmsg` of [`FLOOD_BATCH`] 8-byte datagrams on the connected `socket`.
+fn send_batch(socket: &std::net::UdpSocket) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut payload = [[0x46u8; 8]; FLOOD_BATCH];
+    let mut iov: Vec<libc::iovec> = payload
+        .iter_mut()
+        .map(|p| libc::iovec {
+            iov_base: p.as_mut_ptr().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .map(|v| {
+            // SAFETY: an all-zero msghdr is valid (no name, no control data); the iovec is set.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    // SAFETY: `msgs` holds FLOOD_BATCH headers whose iovecs point into `payload`, all alive
+    // for the call; the socket is connected, so no address is needed.
+    let n = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            FLOOD_BATCH as libc::c_uint,
+            0,
+        )
+    };
+    usize::try_from(n).ok()
+}

@@ -105,6 +105,16 @@ pub fn apply(t: &mut Tables, change: &Change) -> Result<Applied, RequestError> {
             policy.enforced = m.enforced;
             Ok(Applied::changed().with("entries", new.len()))
         }
+        Change::HostPolicyReplace(m) => {
+            let new = entries(&m.entries, "entries")?;
+            let policy = Arc::make_mut(&mut t.endpoints)
+                .host_policy_mut()
+                .direction_mut(m.direction.into());
+            policy.map.clear();
+            apply_entries(policy, &[], &new, "entries")?;
+            policy.enforced = m.enforced;
+            Ok(Applied::changed().with("entries", new.len()))
+        }
         Change::ServiceUpsert(m) => {
             let id = Arc::make_mut(&mut t.services)
                 .upsert(m.to_spec())
@@ -361,6 +371,25 @@ mod tests {
             .direction(Direction::Egress);
         assert_eq!(p.map.len(), 1);
         assert!(!p.lookup(Identity(1002), 6, 1).is_allowed());
+    }
+
+    #[test]
+    fn host_policy_replace_sets_the_hosts_map_not_an_endpoints() {
+        let h = handle();
+        run(&h, r#"{"op":"host_policy.replace","direction":"ingress","enforced":true,"entries":[{"proto":"tcp","port":8080,"action":"allow"}]}"#).unwrap();
+        let t = h.snapshot();
+        let p = &t.endpoints.host_policy().ingress;
+        assert!(p.enforced && !t.endpoints.host_policy().egress.enforced);
+        assert!(p.lookup(Identity(1002), 6, 8080).is_allowed());
+        assert!(!p.lookup(Identity(1002), 6, 9090).is_allowed());
+        let ep = &t.endpoints.get(EndpointId(1)).unwrap().policy;
+        assert!(!ep.ingress.enforced, "no endpoint's policy changed");
+        run(&h, r#"{"op":"host_policy.replace","direction":"ingress"}"#).unwrap();
+        let t = h.snapshot();
+        assert!(!t.endpoints.host_policy().ingress.enforced);
+        assert!(t.endpoints.host_policy().ingress.map.is_empty());
+        let e = run(&h, r#"{"op":"host_policy.replace","direction":"ingress","entries":[{"port":80,"action":"allow"}]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("entries[0].port"), "{e:?}");
     }
 
     #[test]

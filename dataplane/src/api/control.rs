@@ -8,6 +8,9 @@
 //!   tables are untouched. Each change that did something bumps the `revision` and produces an
 //!   event `{"event":"change","revision":N,"op":...,<the request's fields>}` for subscribers.
 //! - Replies are JSON objects with `ok`; the request's `seq`, if any, is echoed.
+//! - A staged batch (`batch` with `txn`) is kept by [`Staging`] until its last part, which is
+//!   applied as one batch; a half-sent one is never published. The server tells which client
+//!   sent a line ([`Control::handle_client_line`]) and frees a departed client's parts.
 //! - A conntrack dump cannot be answered at once (the workers own conntrack): the handler
 //!   returns [`Outcome::pending_ct`] and the server polls [`Control::finish_ct_dump`] until the
 //!   workers answered or the deadline passed.
@@ -19,12 +22,14 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::apply::{apply, apply_batch, sorted_entries};
+use super::interfaces::Interfaces;
 use super::protocol::{
     parse_request, Change, DumpRequest, DumpTable, EndpointMsg, IpcacheMsg, LocalNodeMsg,
-    NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, Text, CT_DUMP_DEFAULT_LIMIT,
-    CT_DUMP_MAX_LIMIT,
+    NextHopsMsg, NodeMsg, Refusal, Request, RequestError, ServiceMsg, StagedPart, Text,
+    CT_DUMP_DEFAULT_LIMIT, CT_DUMP_MAX_LIMIT,
 };
 use super::publish::{StatsRegistry, TablesHandle, MAX_CT_DUMPS_IN_FLIGHT};
+use super::staging::{ClientId, Staging};
 use crate::pipeline::{Counters, Stage};
 use crate::tables::endpoints::EndpointId;
 use crate::tables::Tables;
@@ -72,6 +77,16 @@ pub struct Control {
     /// Whether change events are built (the server turns this off while nobody subscribes:
     /// an event copies the whole change, which can be megabytes).
     events_wanted: bool,
+    /// Parts of staged batches not yet committed.
+    staging: Staging,
+    /// Adds and removes interfaces at run time (the daemon's); `None` refuses those requests.
+    interfaces: Option<Box<dyn Interfaces>>,
+}
+
+impl std::fmt::Debug for dyn Interfaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interfaces")
+    }
 }
 
 /// A change event, serialized straight from the change (no `Value` tree of a large policy).
@@ -109,7 +124,14 @@ impl Control {
             revision: 0,
             started: Instant::now(),
             events_wanted: true,
+            staging: Staging::default(),
+            interfaces: None,
         }
+    }
+
+    /// Serves `interface.add`/`interface.remove` through `interfaces`.
+    pub fn set_interfaces(&mut self, interfaces: Box<dyn Interfaces>) {
+        self.interfaces = Some(interfaces);
     }
 
     /// Whether [`Outcome::event`] is built for changes (on by default).
@@ -126,15 +148,64 @@ impl Control {
         &self.tables
     }
 
-    /// Handles one request line (without its newline).
+    /// Handles one request line (without its newline) from client 0.
     pub fn handle_line(&mut self, line: &[u8]) -> Outcome {
+        self.handle_client_line(0, line)
+    }
+
+    /// Handles one request line (without its newline) from `client` (whose staged batches are
+    /// its own).
+    pub fn handle_client_line(&mut self, client: ClientId, line: &[u8]) -> Outcome {
         match parse_request(line) {
             Err(Refusal { seq, error }) => Outcome::reply(error_reply(seq.as_ref(), &error)),
-            Ok(env) => self.handle(env.request, env.seq),
+            Ok(env) => self.handle(env.request, env.seq, client, line.len()),
         }
     }
 
-    fn handle(&mut self, request: Request, seq: Option<Value>) -> Outcome {
+    /// Frees the staged batches of a client that went away.
+    pub fn abandon_staged(&mut self, client: ClientId) {
+        self.staging.abandon(client);
+    }
+
+    /// Frees the staged batches whose next part is overdue; returns how many.
+    pub fn expire_staged(&mut self, now: Instant) -> usize {
+        self.staging.expire(now)
+    }
+
+    /// Staged batches open, and the bytes their parts hold.
+    pub fn staged_open(&self) -> (usize, usize) {
+        (self.staging.open(), self.staging.bytes())
+    }
+
+    /// One part of a staged batch: kept (reply `staged`), or, the last part, the whole
+    /// transaction applied as one [`Self::batch`].
+    fn stage_part(
+        &mut self,
+        client: ClientId,
+        part: StagedPart,
+        line_len: usize,
+        seq: Option<Value>,
+    ) -> Outcome {
+        let (txn, number) = (part.txn, part.part);
+        match self.staging.stage(client, part, line_len, Instant::now()) {
+            Err(e) => Outcome::reply(error_reply(seq.as_ref(), &e)),
+            Ok(Some(changes)) => self.batch(&changes, seq.as_ref()),
+            Ok(None) => {
+                let mut body = Map::new();
+                body.insert("txn".into(), Value::from(txn));
+                body.insert("staged".into(), Value::from(number));
+                Outcome::reply(ok_reply(seq.as_ref(), body))
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        request: Request,
+        seq: Option<Value>,
+        client: ClientId,
+        line_len: usize,
+    ) -> Outcome {
         let seq_ref = seq.as_ref();
         match request {
             Request::Ping => Outcome::reply(ok_reply(seq_ref, Map::new())),
@@ -157,7 +228,34 @@ impl Control {
             }),
             Request::Change(change) => self.change(&change, seq_ref),
             Request::Batch(changes) => self.batch(&changes, seq_ref),
+            Request::Staged(part) => self.stage_part(client, part, line_len, seq),
+            Request::InterfaceAdd(i) => self.interface(&i.ifname, true, seq_ref),
+            Request::InterfaceRemove(i) => self.interface(&i.ifname, false, seq_ref),
         }
+    }
+
+    /// `interface.add` (`add`) or `interface.remove`: `{"ok":true,"changed":bool}`.
+    fn interface(&mut self, ifname: &str, add: bool, seq: Option<&Value>) -> Outcome {
+        let Some(interfaces) = self.interfaces.as_mut() else {
+            let e = RequestError::whole(
+                "this dataplane does not add interfaces at run time (it runs without AF_XDP \
+                 workers); list the interface in its configuration and restart it",
+            );
+            return Outcome::reply(error_reply(seq, &e));
+        };
+        let done = if add {
+            interfaces.add(ifname)
+        } else {
+            interfaces.remove(ifname)
+        };
+        Outcome::reply(match done {
+            Ok(changed) => {
+                let mut body = Map::new();
+                body.insert("changed".into(), Value::from(changed));
+                ok_reply(seq, body)
+            }
+            Err(message) => error_reply(seq, &RequestError::at("ifname", message)),
+        })
     }
 
     /// A `batch`: every change applied to one copy and published once, or none. One revision
@@ -271,6 +369,10 @@ impl Control {
             }),
         );
         body.insert("workers".into(), Value::Array(workers));
+        body.insert(
+            "staged".into(),
+            json!({ "transactions": self.staging.open(), "bytes": self.staging.bytes() }),
+        );
         body.insert("counters".into(), counters_json(&self.stats.total()));
         body
     }
@@ -513,6 +615,50 @@ mod tests {
 
     const EP1: &str = r#"{"op":"endpoint.upsert","seq":1,"id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.1","identity":1001}"#;
 
+    /// Interfaces served by name; `lxc-missing` does not exist.
+    #[derive(Default)]
+    struct FakeInterfaces(std::collections::BTreeSet<String>);
+
+    impl Interfaces for FakeInterfaces {
+        fn add(&mut self, ifname: &str) -> Result<bool, String> {
+            if ifname == "lxc-missing" {
+                return Err(format!("interface `{ifname}` does not exist"));
+            }
+            Ok(self.0.insert(ifname.to_string()))
+        }
+
+        fn remove(&mut self, ifname: &str) -> Result<bool, String> {
+            Ok(self.0.remove(ifname))
+        }
+    }
+
+    #[test]
+    fn interfaces_are_added_and_removed_idempotently_without_a_revision() {
+        let mut c = control();
+        let refused = reply(&mut c, r#"{"op":"interface.add","ifname":"lxc1"}"#);
+        assert_eq!(refused["ok"], false, "no interfaces: {refused}");
+        c.set_interfaces(Box::new(FakeInterfaces::default()));
+        let add = r#"{"op":"interface.add","seq":7,"ifname":"lxc1"}"#;
+        let r = reply(&mut c, add);
+        assert_eq!(
+            (r["ok"].clone(), r["changed"].clone(), r["seq"].clone()),
+            (json!(true), json!(true), json!(7))
+        );
+        assert_eq!(reply(&mut c, add)["changed"], false, "already served");
+        let r = reply(&mut c, r#"{"op":"interface.add","ifname":"lxc-missing"}"#);
+        assert_eq!(
+            (r["ok"].clone(), r["field"].clone()),
+            (json!(false), json!("ifname")),
+            "{r}"
+        );
+        let bad = reply(&mut c, r#"{"op":"interface.add","ifname":"a/b"}"#);
+        assert_eq!(bad["ok"], false, "{bad}");
+        let remove = r#"{"op":"interface.remove","ifname":"lxc1"}"#;
+        assert_eq!(reply(&mut c, remove)["changed"], true);
+        assert_eq!(reply(&mut c, remove)["changed"], false);
+        assert_eq!(c.revision(), 0, "the tables did not change");
+    }
+
     #[test]
     fn change_bumps_revision_and_emits_an_event() {
         let mut c = control();
@@ -534,6 +680,74 @@ mod tests {
         let out = c.handle_line(br#"{"op":"endpoint.delete","id":1}"#);
         assert_eq!(out.reply.unwrap()["revision"], 2);
         assert!(out.event.is_none());
+    }
+
+    /// Issue 14, finding 4: a staged batch's parts are never published before its last part;
+    /// the last applies them all in one revision; another client's parts stay apart; a
+    /// refused part discards the transaction so its last part cannot publish the rest.
+    #[test]
+    fn staged_batch_publishes_only_whole() {
+        let mut c = control();
+        let part0 = r#"{"op":"batch","txn":3,"part":0,"more":true,"changes":[{"op":"endpoint.upsert","id":1,"ifindex":11,"mac":"02:00:00:00:00:01","ipv4":"10.0.0.1","identity":1001},{"op":"policy.replace","endpoint":1,"direction":"ingress","enforced":true,"entries":[{"identity":1002,"action":"allow"}]}]}"#;
+        let part1 = r#"{"op":"batch","txn":3,"part":1,"seq":9,"changes":[{"op":"policy.update","endpoint":1,"direction":"ingress","add":[{"identity":1003,"action":"allow"}]}]}"#;
+        let r = c.handle_client_line(1, part0.as_bytes()).reply.unwrap();
+        assert_eq!(
+            (r["ok"].clone(), r["staged"].clone()),
+            (Value::from(true), Value::from(0))
+        );
+        assert_eq!(
+            c.tables().load().endpoints.len(),
+            0,
+            "half-sent: nothing published"
+        );
+        assert_eq!(c.revision(), 0);
+        assert_eq!(c.staged_open().0, 1);
+        // The same transaction number from another client is another transaction.
+        let r = c.handle_client_line(2, part1.as_bytes()).reply.unwrap();
+        assert_eq!(r["ok"], false, "{r}");
+        let r = c.handle_client_line(1, part1.as_bytes()).reply.unwrap();
+        assert_eq!(
+            (r["ok"].clone(), r["seq"].clone()),
+            (Value::from(true), Value::from(9))
+        );
+        assert_eq!(
+            (r["applied"].clone(), r["revision"].clone()),
+            (Value::from(3), Value::from(1))
+        );
+        let t = c.tables().load();
+        let ep = t.endpoints.get(EndpointId(1)).unwrap();
+        assert!(ep.policy.ingress.enforced);
+        assert_eq!(ep.policy.ingress.map.len(), 2);
+        assert_eq!(c.staged_open(), (0, 0));
+
+        // A part refused (unknown endpoint in part 1 is only found at commit; a bad field is
+        // found at once): the transaction is gone, its last part publishes nothing.
+        let begin = r#"{"op":"batch","txn":4,"part":0,"more":true,"changes":[{"op":"endpoint.delete","id":1}]}"#;
+        let bad = r#"{"op":"batch","txn":4,"part":1,"more":true,"changes":[{"op":"ipcache.delete","prefix":"10.0.0.0/33"}]}"#;
+        let last = r#"{"op":"batch","txn":4,"part":2,"changes":[]}"#;
+        assert_eq!(
+            c.handle_client_line(1, begin.as_bytes()).reply.unwrap()["ok"],
+            true
+        );
+        assert_eq!(
+            c.handle_client_line(1, bad.as_bytes()).reply.unwrap()["ok"],
+            false
+        );
+        let r = c.handle_client_line(1, last.as_bytes()).reply.unwrap();
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(
+            c.tables().load().endpoints.len(),
+            1,
+            "the delete was never published"
+        );
+        assert_eq!(c.staged_open(), (0, 0));
+        // A client that goes away leaves nothing staged.
+        assert_eq!(
+            c.handle_client_line(5, begin.as_bytes()).reply.unwrap()["ok"],
+            true
+        );
+        c.abandon_staged(5);
+        assert_eq!(c.staged_open(), (0, 0));
     }
 
     /// A new endpoint and its policy in one batch: one revision, one event, and never

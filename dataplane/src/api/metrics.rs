@@ -11,7 +11,8 @@
 //!   on the metrics thread ([`KernelCounters`]), with system calls the workers never wait for.
 //! - Names follow Prometheus conventions: `flagella_` prefix, `_total` counters with HELP and
 //!   TYPE. Every scalar pipeline counter becomes `flagella_<name>_total` (one list,
-//!   `Counters::scalars`), every drop reason a `reason` label of `flagella_drops_total`, every
+//!   `Counters::scalars`), every drop reason a `reason` label of `flagella_drops_total` (with its `direction`),
+//!   the per-interface traffic `flagella_interface_{packets,bytes}_total{interface,direction}`, every
 //!   stage a `stage` label of `flagella_stage_packets_total` / `flagella_stage_drops_total`,
 //!   each worker's AF_XDP ring statistics a `worker` label, each XDP program counter
 //!   `flagella_xdp_<field>_total{interface}` and each socket statistic
@@ -28,10 +29,12 @@ use std::time::Duration;
 
 use prometheus::{CounterVec, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use super::flow_export::ExportStats;
 use super::monitor::MonitorStats;
 use super::publish::{CtSummary, WorkerCounters};
-use crate::pipeline::{Counters, DropReason, Stage};
+use crate::pipeline::{Counters, Direction, DropReason, Stage};
 use crate::tables::conntrack::CtStats;
+use crate::tables::Tables;
 
 /// The default listen address (Cilium's agent uses 9962).
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9962";
@@ -52,6 +55,9 @@ pub struct KernelCounters {
     pub programs: Vec<(String, Vec<KernelField>)>,
     /// Per (interface, queue), its AF_XDP socket's `XDP_STATISTICS`.
     pub sockets: Vec<(String, u32, Vec<KernelField>)>,
+    /// Interface names by index, to label the pipeline's per-interface counters (an index
+    /// not here is labelled with its number).
+    pub interface_names: Vec<(u32, String)>,
 }
 
 /// The Prometheus text for these totals, workers and kernel counters.
@@ -69,13 +75,16 @@ pub fn render(
     let drops = counter(
         &registry,
         "flagella_drops_total",
-        "Frames dropped, by reason (numbers and meanings: dataplane/src/pipeline/drop.rs).",
-        &["reason"],
+        "Frames dropped, by reason (numbers and meanings: dataplane/src/pipeline/drop.rs) and \
+         direction (`egress`: sent by a pod or refused by its egress policy; `ingress`: the rest).",
+        &["reason", "direction"],
     )?;
     for reason in DropReason::ALL {
-        drops
-            .with_label_values(&[reason.name()])
-            .inc_by(total.drops(reason));
+        for direction in Direction::ALL {
+            drops
+                .with_label_values(&[reason.name(), direction.name()])
+                .inc_by(total.drops_going(reason, direction));
+        }
     }
     let stage_in = counter(
         &registry,
@@ -98,6 +107,7 @@ pub fn render(
             .with_label_values(&[stage.name()])
             .inc_by(total.stage_drops.get(i).copied().unwrap_or(0));
     }
+    render_interfaces(&registry, total, &kernel.interface_names)?;
     render_workers(&registry, workers)?;
     render_conntrack(&registry, workers)?;
     render_kernel(&registry, kernel)?;
@@ -150,6 +160,130 @@ pub fn render_monitor(stats: &MonitorStats) -> Result<String, prometheus::Error>
     subscribers
         .with_label_values::<&str>(&[])
         .set(i64::try_from(stats.subscribers.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    encode(&registry)
+}
+
+/// Packets and bytes per interface and direction (`rx`: received from the interface, `tx`:
+/// sent on it), summed over workers; `interface="other"` counts the interfaces beyond a
+/// worker's table.
+fn render_interfaces(
+    registry: &Registry,
+    total: &Counters,
+    names: &[(u32, String)],
+) -> prometheus::Result<()> {
+    let packets = counter(
+        registry,
+        "flagella_interface_packets_total",
+        "Frames the pipeline received (rx) from or sent (tx) on each interface.",
+        &["interface", "direction"],
+    )?;
+    let bytes = counter(
+        registry,
+        "flagella_interface_bytes_total",
+        "Bytes of the frames the pipeline received (rx) from or sent (tx) on each interface.",
+        &["interface", "direction"],
+    )?;
+    for t in total.interfaces.iter() {
+        let name = match (t.ifindex, names.iter().find(|(i, _)| *i == t.ifindex)) {
+            (0, _) => "other".to_string(),
+            (_, Some((_, name))) => name.clone(),
+            (ifindex, None) => ifindex.to_string(),
+        };
+        for (direction, p, b) in [
+            ("rx", t.rx_packets, t.rx_bytes),
+            ("tx", t.tx_packets, t.tx_bytes),
+        ] {
+            packets.with_label_values(&[&name, direction]).inc_by(p);
+            bytes.with_label_values(&[&name, direction]).inc_by(b);
+        }
+    }
+    Ok(())
+}
+
+/// What the published tables hold: policy-map entries per direction (summed over endpoints)
+/// and the endpoints whose policy is enforced, read from the snapshot at scrape time.
+pub fn render_tables(tables: &Tables) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    let entries = IntGaugeVec::new(
+        Opts::new(
+            "flagella_policy_map_entries",
+            "Entries of the endpoints' policy maps, by direction (summed over endpoints).",
+        ),
+        &["direction"],
+    )?;
+    registry.register(Box::new(entries.clone()))?;
+    let enforced = IntGaugeVec::new(
+        Opts::new(
+            "flagella_policy_enforced_endpoints",
+            "Endpoints whose policy is enforced (default deny), by direction.",
+        ),
+        &["direction"],
+    )?;
+    registry.register(Box::new(enforced.clone()))?;
+    for direction in Direction::ALL {
+        let policies = || {
+            tables
+                .endpoints
+                .iter()
+                .map(|e| e.policy.direction(direction))
+        };
+        let count = policies().map(|p| p.map.len()).sum::<usize>();
+        let on = policies().filter(|p| p.enforced).count();
+        entries
+            .with_label_values(&[direction.name()])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        enforced
+            .with_label_values(&[direction.name()])
+            .set(i64::try_from(on).unwrap_or(i64::MAX));
+    }
+    encode(&registry)
+}
+
+/// The flow export's totals (`flagella_flow_export_*`). The rings' losses, which the export
+/// shares with the monitor, are `flagella_monitor_events_lost_total{source="worker_ring"}`.
+pub fn render_flow_export(stats: &ExportStats) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, value: u64| -> prometheus::Result<()> {
+        let c = IntCounterVec::new(Opts::new(name, help), &[])?;
+        registry.register(Box::new(c.clone()))?;
+        c.with_label_values::<&str>(&[]).inc_by(value);
+        Ok(())
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter(
+        "flagella_flow_export_flows_total",
+        "Flows queued for the flow export's file or collector.",
+        load(&stats.flows),
+    )?;
+    counter(
+        "flagella_flow_export_written_total",
+        "Lines (flows and loss reports) the flow export wrote.",
+        load(&stats.written),
+    )?;
+    counter(
+        "flagella_flow_export_write_errors_total",
+        "Failed writes, opens or connects of the flow export (each retried every second).",
+        load(&stats.write_errors),
+    )?;
+    counter(
+        "flagella_flow_export_reopens_total",
+        "Times the flow export opened its file (start, rotation, SIGHUP) or connected to its \
+         collector.",
+        load(&stats.reopens),
+    )?;
+    let lost = IntCounterVec::new(
+        Opts::new(
+            "flagella_flow_export_lost_total",
+            "Flows the flow export did not write: `rate_limited` (over the configured rate), \
+             `export_queue` (the file or collector was slow or away).",
+        ),
+        &["source"],
+    )?;
+    registry.register(Box::new(lost.clone()))?;
+    lost.with_label_values(&["rate_limited"])
+        .inc_by(load(&stats.rate_limited));
+    lost.with_label_values(&["export_queue"])
+        .inc_by(load(&stats.queue_lost));
     encode(&registry)
 }
 
@@ -466,12 +600,59 @@ mod tests {
     use crate::api::publish::StatsRegistry;
 
     #[test]
+    fn policy_map_entries_are_counted_per_direction() {
+        use crate::tables::endpoints::{EndpointId, EndpointSpec};
+        use crate::tables::policy::{PolicyEntry, PolicyKey};
+        use crate::tables::{maglev, services::Services, LocalNode};
+        use crate::types::Identity;
+        let mut tables = Tables::empty(
+            LocalNode::default(),
+            Services::new(maglev::DEFAULT_M, 1).unwrap(),
+        );
+        let endpoints = Arc::make_mut(&mut tables.endpoints);
+        for id in [1u8, 2] {
+            endpoints
+                .upsert(EndpointSpec {
+                    id: EndpointId(u32::from(id)),
+                    ifindex: 10 + u32::from(id),
+                    mac: crate::MacAddr([2, 0, 0, 0, 0, id]),
+                    ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, id)),
+                    ipv6: None,
+                    identity: Identity(1000),
+                })
+                .unwrap();
+            let policy = endpoints.policy_mut(EndpointId(u32::from(id))).unwrap();
+            policy.ingress.enforced = true;
+            for peer in 0..u32::from(id) {
+                policy
+                    .ingress
+                    .map
+                    .insert(PolicyKey::l3(Identity(2000 + peer)), PolicyEntry::allow(1))
+                    .unwrap();
+            }
+        }
+        let text = render_tables(&tables).unwrap();
+        for series in [
+            "flagella_policy_map_entries{direction=\"ingress\"} 3",
+            "flagella_policy_map_entries{direction=\"egress\"} 0",
+            "flagella_policy_enforced_endpoints{direction=\"ingress\"} 2",
+            "flagella_policy_enforced_endpoints{direction=\"egress\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
+
+    #[test]
     fn every_counter_and_drop_reason_is_a_metric() {
         let mut c = Counters {
             dsr_option_written: 3,
             ..Counters::default()
         };
-        c.drop(Stage::Policy, DropReason::PolicyDeniedIngress);
+        c.drop(
+            Stage::Policy,
+            DropReason::PolicyDeniedIngress,
+            Direction::Ingress,
+        );
         let text = render(&c, &[], &KernelCounters::default()).unwrap();
         for (name, _) in Counters::default().scalars() {
             assert!(
@@ -482,7 +663,7 @@ mod tests {
         for reason in DropReason::ALL {
             assert!(
                 text.contains(&format!(
-                    "flagella_drops_total{{reason=\"{}\"}}",
+                    "flagella_drops_total{{direction=\"egress\",reason=\"{}\"}}",
                     reason.name()
                 )),
                 "{} missing",
@@ -493,8 +674,28 @@ mod tests {
             text.contains("flagella_dsr_option_written_total 3"),
             "{text}"
         );
-        assert!(text.contains("flagella_drops_total{reason=\"policy_denied_ingress\"} 1"));
+        assert!(text.contains(
+            "flagella_drops_total{direction=\"ingress\",reason=\"policy_denied_ingress\"} 1"
+        ));
+        assert!(text.contains(
+            "flagella_drops_total{direction=\"egress\",reason=\"policy_denied_ingress\"} 0"
+        ));
         assert!(text.contains("flagella_stage_drops_total{stage=\"policy\"} 1"));
+        c.interfaces.of(4).rx_packets = 5;
+        c.interfaces.of(4).tx_bytes = 60;
+        c.interfaces.of(6).tx_packets = 1;
+        let kernel = KernelCounters {
+            interface_names: vec![(4, "lxc-a".into())],
+            ..KernelCounters::default()
+        };
+        let text = render(&c, &[], &kernel).unwrap();
+        for series in [
+            "flagella_interface_packets_total{direction=\"rx\",interface=\"lxc-a\"} 5",
+            "flagella_interface_bytes_total{direction=\"tx\",interface=\"lxc-a\"} 60",
+            "flagella_interface_packets_total{direction=\"tx\",interface=\"6\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
         let worker = WorkerCounters {
             name: "worker-0".into(),
             publications: 1,
@@ -530,8 +731,14 @@ mod tests {
     fn no_counter_or_drop_reason_is_missing_from_status_or_metrics() {
         let mut c = Counters::default();
         for (n, reason) in DropReason::ALL.iter().enumerate() {
-            for _ in 0..=n {
-                c.drop(Stage::Policy, *reason);
+            for i in 0..=n {
+                // One of them egress, the rest ingress: both labels are checked.
+                let direction = if i == 0 {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                };
+                c.drop(Stage::Policy, *reason, direction);
             }
         }
         let status = crate::api::control::counters_json(&c);
@@ -550,13 +757,14 @@ mod tests {
                 n + 1,
                 "drop reason `{name}` missing from status"
             );
-            assert!(
-                text.contains(&format!(
-                    "flagella_drops_total{{reason=\"{name}\"}} {}\n",
-                    n + 1
-                )),
-                "drop reason `{name}` missing from /metrics"
-            );
+            for (direction, count) in [("egress", 1), ("ingress", n)] {
+                assert!(
+                    text.contains(&format!(
+                        "flagella_drops_total{{direction=\"{direction}\",reason=\"{name}\"}} {count}\n",
+                    )),
+                    "drop reason `{name}` ({direction}) missing from /metrics"
+                );
+            }
         }
     }
 
@@ -577,6 +785,7 @@ mod tests {
                 ("eth0".into(), 0, vec![("rx_dropped", "dropped", 1)]),
                 ("eth0".into(), 1, vec![("rx_dropped", "dropped", 2)]),
             ],
+            interface_names: Vec::new(),
         };
         let text = render(&Counters::default(), &[], &kernel).unwrap();
         assert!(

@@ -25,18 +25,23 @@
 //! A worker loop: `let t = tables.load(); pipeline.process(&t, ifindex, &mut frames, now);
 //! worker_stats.tick(&pipeline, now);`.
 //!
-//! See `docs/control-socket.md` for the protocol.
+//! See `docs/control-socket.md` for the protocol. A change set larger than one line travels as
+//! the parts of a staged batch, kept unpublished by [`staging`] until its last part commits.
 
 pub mod apply;
 pub mod control;
 pub mod flow;
+pub mod flow_export;
+pub mod interfaces;
 pub mod metrics;
 pub mod monitor;
 pub mod protocol;
 pub mod publish;
 pub mod server;
+pub mod staging;
 
 pub use control::Control;
+pub use interfaces::Interfaces;
 pub use protocol::{Request, RequestError};
 pub use publish::{IoSummary, StatsRegistry, TablesHandle, WorkerStats};
 pub use server::{ControlServer, ServerError, SocketAccess};

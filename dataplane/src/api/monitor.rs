@@ -12,6 +12,10 @@
 //!   (`{"lost_events": ...}`), as is what the rings lost.
 //! - [`MonitorStats`] holds the loss totals for `/metrics`.
 //!
+//! - A [`FlowExporter`] (flow export to a file or a collector, [`super::flow_export`]) is fed
+//!   by the same drain, as one more subscriber with its own type filter and rate limit; the
+//!   server then runs even without a socket ([`MonitorServer::without_socket`]).
+//!
 //! A subscriber sends nothing; it only reads. Filtering is the client's (`flagella monitor`).
 
 use std::fs;
@@ -26,6 +30,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::flow::{flow_json, lost_json, Clock};
+use super::flow_export::FlowExporter;
 use crate::pipeline::event_ring::{
     event_ring, EventConfig, EventSink, RingConsumer, DEFAULT_RING_EVENTS,
 };
@@ -113,10 +118,11 @@ struct Subscriber {
 
 /// The monitor socket and its drain loop.
 pub struct MonitorServer {
-    path: PathBuf,
-    listener: UnixListener,
+    /// The socket and its path; `None` when the server only feeds the flow export.
+    listener: Option<(PathBuf, UnixListener)>,
     hub: EventHub,
     subscribers: Vec<Subscriber>,
+    exporter: Option<FlowExporter>,
     /// Per ring, its loss count already reported.
     ring_lost_told: Vec<u64>,
     clock: Clock,
@@ -126,7 +132,8 @@ pub struct MonitorServer {
 impl std::fmt::Debug for MonitorServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MonitorServer")
-            .field("path", &self.path)
+            .field("path", &self.path())
+            .field("exporter", &self.exporter)
             .finish()
     }
 }
@@ -153,16 +160,29 @@ impl MonitorServer {
             let _ = fs::remove_file(&path);
             return Err(MonitorError::Permissions { path, source });
         }
+        let mut server = MonitorServer::without_socket(hub, monotonic_now_ns);
+        server.listener = Some((path, listener));
+        Ok(server)
+    }
+
+    /// A server with no socket, draining the rings for the flow export only (`--monitor-socket
+    /// off` with an export configured).
+    pub fn without_socket(hub: EventHub, monotonic_now_ns: u64) -> MonitorServer {
         let ring_lost_told = vec![0; hub.rings.len()];
-        Ok(MonitorServer {
-            path,
-            listener,
+        MonitorServer {
+            listener: None,
             hub,
             subscribers: Vec::new(),
+            exporter: None,
             ring_lost_told,
             clock: Clock::new(monotonic_now_ns),
             stats: Arc::new(MonitorStats::default()),
-        })
+        }
+    }
+
+    /// Feeds `exporter` too: the rings are then drained (and events captured) all the time.
+    pub fn export_to(&mut self, exporter: FlowExporter) {
+        self.exporter = Some(exporter);
     }
 
     /// The loss totals (for `/metrics`), shared with the running server.
@@ -170,8 +190,9 @@ impl MonitorServer {
         Arc::clone(&self.stats)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The socket's path (`None` without a socket).
+    pub fn path(&self) -> Option<&Path> {
+        self.listener.as_ref().map(|(path, _)| path.as_path())
     }
 
     /// Serves until `shutdown` is set, then removes the socket file.
@@ -181,10 +202,13 @@ impl MonitorServer {
             let drained = self.drain_rings();
             self.report_ring_losses();
             self.tell_subscriber_losses();
+            if let Some(exporter) = self.exporter.as_mut() {
+                exporter.report_losses(Instant::now());
+            }
             self.subscribers.retain(|s| !is_gone(s));
             self.set_listening();
             if drained == 0 {
-                thread::sleep(if self.subscribers.is_empty() {
+                thread::sleep(if !self.anyone_listens() {
                     NO_LISTENER_SLEEP
                 } else {
                     IDLE_SLEEP
@@ -192,12 +216,22 @@ impl MonitorServer {
             }
         }
         self.hub.listening.store(false, Ordering::Relaxed);
-        let _ = fs::remove_file(&self.path);
+        if let Some((path, _)) = &self.listener {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    /// Subscribers, or the flow export.
+    fn anyone_listens(&self) -> bool {
+        !self.subscribers.is_empty() || self.exporter.is_some()
     }
 
     fn accept_all(&mut self) {
+        let Some((_, listener)) = &self.listener else {
+            return;
+        };
         loop {
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((stream, _)) => {
                     if let Some(s) = spawn_writer(stream) {
                         self.subscribers.push(s);
@@ -216,18 +250,55 @@ impl MonitorServer {
         for worker in 0..self.hub.rings.len() {
             while let Some(event) = self.hub.rings[worker].pop() {
                 drained += 1;
-                if self.subscribers.is_empty() {
-                    continue; // Left over from the last subscriber: nobody to tell.
+                let now = Instant::now();
+                let export = self
+                    .exporter
+                    .as_mut()
+                    .is_some_and(|x| x.wants(event.kind) && x.admit(now));
+                let listened = !self.subscribers.is_empty();
+                let to_subscribers = listened && !self.every_queue_full();
+                if listened && !to_subscribers {
+                    // Every subscriber would lose it: lost without the cost of encoding it
+                    // (under a flood this keeps the monitor thread's CPU for what is read).
+                    self.lose_for_every_subscriber();
+                    self.stats.events.fetch_add(1, Ordering::Relaxed);
                 }
-                let line = flow_json(&event, worker, &self.clock).to_string();
-                self.broadcast(&line, Carries::OneEvent);
-                self.stats.events.fetch_add(1, Ordering::Relaxed);
-                if Instant::now() > deadline {
+                if !to_subscribers && !export {
+                    continue; // Nobody to tell (left over from the last subscriber, or not exported).
+                }
+                let line: Arc<str> = Arc::from(flow_json(&event, worker, &self.clock).to_string());
+                if to_subscribers {
+                    self.broadcast(&line, Carries::OneEvent);
+                    self.stats.events.fetch_add(1, Ordering::Relaxed);
+                }
+                if let (true, Some(exporter)) = (export, self.exporter.as_mut()) {
+                    exporter.offer(line);
+                }
+                if now > deadline {
                     break; // Let the other rings, accepts and loss reports have a turn.
                 }
             }
         }
         drained
+    }
+
+    /// Whether every subscriber's queue is full: each that lost lines is offered its loss
+    /// report first, and one whose report still does not fit has no room.
+    fn every_queue_full(&mut self) -> bool {
+        self.subscribers.iter_mut().all(|s| {
+            tell_losses(s);
+            s.untold_lost > 0
+        })
+    }
+
+    /// One event lost by every subscriber (their queues are full), counted as `broadcast`
+    /// counts a line a full queue refuses.
+    fn lose_for_every_subscriber(&mut self) {
+        for s in &mut self.subscribers {
+            s.untold_lost += 1;
+        }
+        let n = self.subscribers.len() as u64;
+        self.stats.subscriber_lost.fetch_add(n, Ordering::Relaxed);
     }
 
     fn report_ring_losses(&mut self) {
@@ -239,7 +310,10 @@ impl MonitorServer {
             }
             self.ring_lost_told[worker] = lost;
             self.stats.ring_lost.fetch_add(new, Ordering::Relaxed);
-            let line = lost_json("worker_ring", Some(worker), new).to_string();
+            if let Some(exporter) = self.exporter.as_mut() {
+                exporter.ring_lost(worker, new);
+            }
+            let line: Arc<str> = Arc::from(lost_json("worker_ring", Some(worker), new).to_string());
             self.broadcast(&line, Carries::RingLoss(new));
         }
     }
@@ -255,11 +329,10 @@ impl MonitorServer {
     /// Offers `line` to every subscriber, first telling one that lost lines how many. A
     /// subscriber whose queue is full loses what `line` carries: one event, or the report of
     /// events a ring lost (which then count as lost for it).
-    fn broadcast(&mut self, line: &str, carries: Carries) {
-        let line: Arc<str> = Arc::from(line);
+    fn broadcast(&mut self, line: &Arc<str>, carries: Carries) {
         for s in &mut self.subscribers {
             tell_losses(s);
-            match s.queue.try_send(Arc::clone(&line)) {
+            match s.queue.try_send(Arc::clone(line)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => match carries {
                     Carries::OneEvent => {
@@ -280,7 +353,7 @@ impl MonitorServer {
             .store(self.subscribers.len(), Ordering::Relaxed);
         self.hub
             .listening
-            .store(!self.subscribers.is_empty(), Ordering::Relaxed);
+            .store(self.anyone_listens(), Ordering::Relaxed);
     }
 }
 
@@ -327,6 +400,11 @@ fn write_lines(stream: UnixStream, lines: Receiver<Arc<str>>) {
     while let Ok(first) = lines.recv() {
         let mut next = Some(first);
         while let Some(line) = next {
+            // The probe: a subscriber that hung up while no event came would otherwise stay
+            // counted (and listening) until the next event's write failed.
+            if line.is_empty() && hung_up(out.get_ref()) {
+                return;
+            }
             if !line.is_empty() && write_line(&mut out, &line).is_err() {
                 return;
             }
@@ -336,6 +414,24 @@ fn write_lines(stream: UnixStream, lines: Receiver<Arc<str>>) {
             return;
         }
     }
+}
+
+/// Whether the subscriber closed its end: it never sends, so a non-blocking peek that reads
+/// end-of-file means it is gone (nothing to read means it is still there).
+fn hung_up(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: `byte` is a valid 1-byte buffer for the call; the descriptor is the stream's,
+    // open for the call's duration; MSG_PEEK leaves any data queued, MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 fn write_line(out: &mut impl Write, line: &str) -> io::Result<()> {

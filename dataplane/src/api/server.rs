@@ -30,6 +30,9 @@
 //!   its job) or waits for a conntrack dump. At [`MAX_CLIENTS`] connections, a new client
 //!   replaces the longest-idle one (idle at least [`EVICT_AFTER`], not a subscriber), else it
 //!   is closed at once: idle connections cannot lock the agent out.
+//! - Staged batches (a change set larger than [`MAX_LINE`] sent as parts): a client's unfinished
+//!   ones are freed when it disconnects, and any is freed once its next part is overdue
+//!   (`api::staging`).
 //! - [`ControlServer::run`] returns when the shutdown flag is set (checked at least every
 //!   [`POLL_INTERVAL`]); dropping the server removes the socket file.
 //! - Writes to a client that went away fail with `EPIPE`, which closes that client: this relies
@@ -51,6 +54,7 @@ use serde_json::Value;
 use super::control::{error_reply, Control, PendingCtDump};
 use super::protocol::RequestError;
 use super::publish::{StatsRegistry, TablesHandle};
+use super::staging::ClientId;
 
 /// Longest request line accepted (16 MiB): a large `policy.replace` fits.
 pub const MAX_LINE: usize = 16 << 20;
@@ -161,6 +165,8 @@ pub struct ServerStats {
 #[derive(Debug)]
 struct Conn {
     stream: UnixStream,
+    /// Its number (its token's), which keys its staged batches.
+    client: ClientId,
     /// Received bytes not yet consumed as lines.
     inbuf: Vec<u8>,
     /// Leading bytes of `inbuf` known to hold no newline (so a long line is scanned once).
@@ -207,9 +213,10 @@ impl Limits {
 }
 
 impl Conn {
-    fn new(stream: UnixStream, now: Instant) -> Self {
+    fn new(stream: UnixStream, client: ClientId, now: Instant) -> Self {
         Conn {
             stream,
+            client,
             inbuf: Vec::new(),
             scanned: 0,
             discarding: false,
@@ -351,6 +358,12 @@ impl ControlServer {
     }
 
     /// [`ControlServer::bind`] with the socket's mode chosen by `access`.
+    /// Serves `interface.add`/`interface.remove` through `interfaces` (the daemon's workers and
+    /// XDP programs).
+    pub fn set_interfaces(&mut self, interfaces: Box<dyn super::Interfaces>) {
+        self.control.set_interfaces(interfaces);
+    }
+
     pub fn bind_with_access(
         path: impl AsRef<Path>,
         access: SocketAccess,
@@ -464,6 +477,7 @@ impl ControlServer {
         }
         let now = Instant::now();
         self.close_idle(now);
+        self.control.expire_staged(now);
         if over_budget {
             self.shed_stalled(now);
         }
@@ -546,7 +560,8 @@ impl ControlServer {
         {
             return;
         }
-        self.conns.insert(token, Conn::new(stream, now));
+        self.conns
+            .insert(token, Conn::new(stream, token.0 as ClientId, now));
     }
 
     /// The client idle longest, if any has been idle for [`EVICT_AFTER`] and may be closed.
@@ -620,6 +635,7 @@ impl ControlServer {
             if let Some(p) = &conn.pending_ct {
                 self.control.cancel_ct_dump(p);
             }
+            self.control.abandon_staged(conn.client);
             if conn.subscribed {
                 self.subscribers = self.subscribers.saturating_sub(1);
                 self.control.set_events_wanted(self.subscribers > 0);
@@ -739,7 +755,7 @@ fn handle_lines(turn: &mut Turn<'_>, conn: &mut Conn, max: usize) -> usize {
 
 /// One request: its reply queued on `conn`, its event (if any) added to the turn's.
 fn handle_line(turn: &mut Turn<'_>, conn: &mut Conn, line: &[u8]) {
-    let outcome = turn.control.handle_line(line);
+    let outcome = turn.control.handle_client_line(conn.client, line);
     match outcome.subscribe {
         Some(true) if !conn.subscribed && *turn.subscribers >= MAX_SUBSCRIBERS => {
             conn.push_line(&too_many_subscribers(line));
@@ -781,8 +797,8 @@ fn too_long() -> Value {
     error_reply(
         None,
         &RequestError::whole(format!(
-            "request line longer than {MAX_LINE} bytes: split it (e.g. several policy.update \
-             batches, or policy.replace per direction)"
+            "request line longer than {MAX_LINE} bytes: split it into the parts of a staged \
+             batch (`batch` with `txn`, `part`, `more`; see docs/control-socket.md)"
         )),
     )
 }

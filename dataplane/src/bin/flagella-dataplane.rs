@@ -45,6 +45,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
+use dataplane::api::flow_export::{ExportConfig, ExportError, ExportStats, FlowExporter};
 use dataplane::api::metrics::{self, KernelCounters, MetricsError, MetricsServer, Render};
 use dataplane::api::monitor::{EventHub, MonitorError, MonitorServer, MonitorStats};
 use dataplane::api::{ControlServer, ServerError, SocketAccess, StatsRegistry, TablesHandle};
@@ -73,6 +74,9 @@ use xdp_redirect::{
 
 /// Set by SIGTERM/SIGINT (and by the main thread when a thread fails); every thread polls it.
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+/// Set by SIGHUP: the flow export reopens its file (after logrotate) or reconnects.
+static REOPEN_FLOW_EXPORT: AtomicBool = AtomicBool::new(false);
 
 /// The Maglev seed: it must be the same on every node so that a flow picks the same backend
 /// wherever it lands. A constant until the control process distributes one.
@@ -115,7 +119,7 @@ Pods reach their node, and the node its pods, through a veth pair the dataplane 
 network namespace (flg_host, the host's side, with the pods' gateway addresses and routes to the
 pods; flg_net, the dataplane's): see --host-interface.
 
-Runs as root. Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
+Runs as root. SIGHUP reopens the flow export's file (after logrotate). Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
 process is killed (the kernel owns their links through this process's file descriptors).";
 
 const AFTER_HELP: &str = "\
@@ -170,6 +174,24 @@ struct Cli {
     #[arg(long)]
     monitor_trace: bool,
 
+    /// Flow export: append the monitor's JSON flows (one a line, as `flagella monitor -o json`)
+    /// to `file:PATH` (reopened on SIGHUP or when the path's inode changes, for logrotate), or
+    /// write them to a collector's Unix stream socket `unix:PATH` (reconnected every second
+    /// while it is away); `off` for none. Lost and rate-limited flows are reported in the
+    /// stream and in /metrics. Overrides `flow_export` in the file (default off).
+    #[arg(long, value_name = "file:PATH|unix:PATH|off")]
+    flow_export: Option<String>,
+
+    /// Flows exported per second at most (default 10000); the rest are counted as
+    /// rate-limited. Overrides `flow_export_rate` in the file.
+    #[arg(long, value_name = "N")]
+    flow_export_rate: Option<u32>,
+
+    /// Export only this event type (repeatable): drop, policy-verdict or trace. Default: all.
+    /// Overrides `flow_export_types` in the file.
+    #[arg(long = "flow-export-type", value_name = "TYPE")]
+    flow_export_types: Vec<String>,
+
     /// `true`: the control socket is mode 0660, so members of the daemon's group may connect
     /// (run flagella-control as another user in that group: it then cannot signal the
     /// dataplane). `false`: mode 0600, the daemon's user only. Overrides `socket_group_access`
@@ -206,6 +228,13 @@ struct Cli {
     /// the first frame after an idle spell waits up to this long.
     #[arg(long, value_name = "MICROSECONDS")]
     idle_sleep_us: Option<u64>,
+
+    /// Pod interfaces the dataplane can take on while running, through `interface.add` on the
+    /// control socket (the agent sends it for each new local endpoint: a pod needs no
+    /// restart). Each reserves 1024 frames (4 MiB) of the first worker's UMEM at start.
+    /// Default 16; 0 fixes the interfaces at start.
+    #[arg(long, value_name = "COUNT")]
+    hot_interfaces: Option<u32>,
 
     /// UDP port of VXLAN (default 4789), the same on every node of the cluster: what this node
     /// sends tunnel traffic to, decapsulates, and its uplink hands the dataplane.
@@ -305,6 +334,8 @@ enum DaemonError {
     Masquerade(#[from] MasqueradeError),
     #[error("monitor: {0}")]
     Monitor(#[from] MonitorError),
+    #[error("flow export: {0}")]
+    FlowExport(#[from] ExportError),
     #[error("cannot read {what} of interface `{ifname}` from {path}: {source}: check the interface still exists")]
     InterfaceFacts {
         ifname: String,
@@ -345,7 +376,7 @@ enum DaemonError {
     },
     #[error("host interface `{ifname}`: {reason}; the dataplane needs CAP_NET_ADMIN in the node's network namespace (or pass --host-interface off)")]
     HostInterface { ifname: String, reason: String },
-    #[error("installing the SIGTERM/SIGINT handler failed: {0}")]
+    #[error("installing the SIGTERM/SIGINT/SIGHUP handler failed: {0}")]
     Signal(io::Error),
     #[error(
         "the {name} thread stopped: {reason}; see the messages above, then restart the dataplane"
@@ -379,6 +410,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[path = "flagella-dataplane/hot_interfaces.rs"]
+mod hot_interfaces;
+use hot_interfaces::HotInterfaces;
 
 fn log(message: &str) {
     eprintln!("flagella-dataplane: {message}");
@@ -414,10 +449,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     // The host interface's dataplane side is served as any interface, but may not exist yet:
     // preflight checks the configured ones and counts the memory of all.
     let cfg = configured.with_host_interface();
-    let mode = match cfg.xdp_mode {
-        XdpMode::Native => AttachMode::Native,
-        XdpMode::Generic => AttachMode::Generic,
-    };
+    let mode = xdp_mode(&cfg);
     let workers = cfg.effective_workers();
     preflight::check(&configured, memlock_needed(&cfg, &workers))?;
     if let Some(ports) = masquerade::range(&cfg) {
@@ -466,7 +498,10 @@ fn start(
     running: &mut Running,
 ) -> Result<(), DaemonError> {
     let mut socket_readers = Vec::new();
-    let mut hub = monitor_socket(cfg, cli).map(|_| {
+    let mut hot = None;
+    let export = cfg.flow_export().map_err(DaemonError::Usage)?;
+    let events_wanted = monitor_socket(cfg, cli).is_some() || export.is_some();
+    let mut hub = events_wanted.then(|| {
         EventHub::new(EventConfig {
             policy_sample: cli.monitor_policy_sample,
             trace: cli.monitor_trace,
@@ -476,8 +511,11 @@ fn start(
         let masq = masquerade::range(cfg)
             .map(|ports| masquerade::worker_config(ports, index, workers.len()))
             .transpose()?;
-        let mut worker = build_worker(cfg, cli, section, masq)
+        let mut worker = build_worker(cfg, cli, section, masq, index == 0)
             .map_err(|source| DaemonError::Worker { index, source })?;
+        if index == 0 && cfg.hot_interfaces > 0 {
+            hot = Some((worker.port_opener(), worker.port_changes()));
+        }
         register_sockets(&worker, &running.xdp)?;
         socket_readers.extend(stats_readers(&worker));
         worker.set_idle_sleep(Some(Duration::from_micros(cfg.idle_sleep_us)));
@@ -515,6 +553,17 @@ fn start(
     create_socket_dir(&cfg.socket, access)?;
     let mut server =
         ControlServer::bind_with_access(&cfg.socket, access, tables.clone(), Arc::clone(stats))?;
+    if let Some((opener, changes)) = hot {
+        let configured = running.xdp.iter().map(|x| x.ifname.clone()).collect();
+        server.set_interfaces(Box::new(HotInterfaces::new(
+            xdp_mode(cfg),
+            redirect_config(Role::Pod, false, tunnel_ports(cfg)),
+            opener,
+            changes,
+            configured,
+            cfg.hot_interfaces,
+        )));
+    }
     running.socket = Some(cfg.socket.clone());
     let handle = thread::Builder::new()
         .name("control".into())
@@ -525,13 +574,13 @@ fn start(
         })?;
     running.server = Some(handle);
 
-    let monitor_stats = match (hub, monitor_socket(cfg, cli)) {
-        (Some(hub), Some(path)) => Some(start_monitor(hub, &path, access, running)?),
-        _ => None,
+    let observed = match hub {
+        Some(hub) => start_monitor(hub, monitor_socket(cfg, cli), export, access, running)?,
+        None => Observed::default(),
     };
 
     if let Ok(Some(address)) = cfg.metrics() {
-        let render = scrape(stats, &running.xdp, socket_readers, monitor_stats);
+        let render = scrape(stats, tables, &running.xdp, socket_readers, observed);
         let server = MetricsServer::bind(address, render)?;
         log(&format!("metrics: http://{address}/metrics"));
         let name = "metrics".to_string();
@@ -581,18 +630,46 @@ fn monitor_socket(cfg: &DaemonConfig, cli: &Cli) -> Option<PathBuf> {
     }
 }
 
-/// Binds the monitor socket and serves it on its own thread; returns its loss totals.
-/// `access`: the control socket's, so whoever may use one may use the other.
+/// The monitor's and the flow export's totals, for `/metrics`.
+#[derive(Default)]
+struct Observed {
+    monitor: Option<Arc<MonitorStats>>,
+    export: Option<Arc<ExportStats>>,
+}
+
+/// Binds the monitor socket (when `path` is given) and starts the flow export (when
+/// configured), both fed by one thread that drains the workers' event rings; returns their
+/// totals. `access`: the control socket's, so whoever may use one may use the other.
 fn start_monitor(
     hub: EventHub,
-    path: &Path,
+    path: Option<PathBuf>,
+    export: Option<ExportConfig>,
     access: SocketAccess,
     running: &mut Running,
-) -> Result<Arc<MonitorStats>, DaemonError> {
-    create_socket_dir(path, access)?;
-    let mut server = MonitorServer::bind(path, access.mode(), hub, dataplane::io::monotonic_ns())?;
-    let stats = server.stats();
-    log(&format!("monitor socket {}", path.display()));
+) -> Result<Observed, DaemonError> {
+    let now = dataplane::io::monotonic_ns();
+    let mut server = match &path {
+        Some(path) => {
+            create_socket_dir(path, access)?;
+            let server = MonitorServer::bind(path, access.mode(), hub, now)?;
+            log(&format!("monitor socket {}", path.display()));
+            server
+        }
+        None => MonitorServer::without_socket(hub, now),
+    };
+    let mut observed = Observed {
+        monitor: Some(server.stats()),
+        export: None,
+    };
+    if let Some(export) = export {
+        let exporter = FlowExporter::start(&export, &REOPEN_FLOW_EXPORT)?;
+        observed.export = Some(exporter.stats());
+        log(&format!(
+            "flow export to {} ({} flows/s at most; SIGHUP reopens)",
+            export.target, export.rate
+        ));
+        server.export_to(exporter);
+    }
     let name = "monitor".to_string();
     let handle = thread::Builder::new()
         .name(name.clone())
@@ -605,7 +682,7 @@ fn start_monitor(
             source,
         })?;
     running.aux.push((name, handle));
-    Ok(stats)
+    Ok(observed)
 }
 
 /// The file (when there is one), then the flags on top; validated once more after merging.
@@ -639,6 +716,9 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     if let Some(us) = cli.idle_sleep_us {
         cfg.idle_sleep_us = us;
     }
+    if let Some(n) = cli.hot_interfaces {
+        cfg.hot_interfaces = n;
+    }
     if let Some(port) = cli.vxlan_port {
         cfg.vxlan_port = port;
     }
@@ -647,6 +727,15 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     }
     if let Some(address) = &cli.metrics_address {
         cfg.metrics_address = address.clone();
+    }
+    if let Some(export) = &cli.flow_export {
+        cfg.flow_export = export.clone();
+    }
+    if let Some(rate) = cli.flow_export_rate {
+        cfg.flow_export_rate = rate;
+    }
+    if !cli.flow_export_types.is_empty() {
+        cfg.flow_export_types = cli.flow_export_types.clone();
     }
     if let Some(mode) = cli.xdp_mode {
         cfg.xdp_mode = match mode {
@@ -690,9 +779,12 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
         }
     }
     cfg.validate()?;
-    if cfg.interfaces.is_empty() {
+    // Without configured interfaces the host interface is served alone and pods come at run
+    // time (`interface.add`), which needs both.
+    let pods_at_run_time = cfg.hot_interfaces > 0 && cfg.host_interface().is_some();
+    if cfg.interfaces.is_empty() && !pods_at_run_time {
         return Err(DaemonError::Usage(format!(
-            "no interfaces to serve: pass --interface NAME=pod|uplink, or list [[interface]] sections in {} (or the file given with --config)",
+            "no interfaces to serve: pass --interface NAME=pod|uplink, or list [[interface]] sections in {} (or the file given with --config), or keep the host interface and --hot-interfaces above 0 so that pods are added at run time",
             DEFAULT_CONFIG_PATH
         )));
     }
@@ -706,26 +798,38 @@ fn memlock_needed(cfg: &DaemonConfig, workers: &[WorkerSection]) -> u64 {
     if !preflight::umem_counts_against_memlock() {
         return maps;
     }
-    let xsk = XskConfig::default();
+    let xsk = hot_xsk_config(cfg);
     let per_port = u64::from(xsk.frames_per_port) * u64::from(xsk.frame_size);
+    let hot =
+        u64::from(xsk.hot_ports) * u64::from(xsk.hot_frames_per_port) * u64::from(xsk.frame_size);
     let ports: u64 = workers
         .iter()
         .flat_map(|w| &w.interfaces)
         .filter_map(|name| cfg.interfaces.iter().find(|i| &i.name == name))
         .map(|i| u64::from(i.queues))
         .sum();
-    ports * per_port + maps
+    ports * per_port + hot + maps
 }
+
+/// The first worker's socket geometry: room for `hot_interfaces` interfaces added at run time.
+fn hot_xsk_config(cfg: &DaemonConfig) -> XskConfig {
+    XskConfig {
+        hot_ports: cfg.hot_interfaces,
+        hot_frames_per_port: HOT_FRAMES_PER_INTERFACE,
+        ..XskConfig::default()
+    }
+}
+
+/// UMEM frames reserved per interface added at run time (half of them in its fill ring): a
+/// pod's veth in copy mode needs far fewer than an uplink.
+const HOT_FRAMES_PER_INTERFACE: u32 = 1024;
 
 /// Empty tables; the uplink's index, MAC and MTU come from the interface itself, the host
 /// interface's from [`set_up_host_interface`].
 fn initial_tables(cfg: &DaemonConfig, host_link: Option<HostLink>) -> Result<Tables, DaemonError> {
     let mut node = LocalNode {
         name: hostname(),
-        tunnel_ports: TunnelPorts {
-            vxlan: cfg.vxlan_port,
-            geneve: cfg.geneve_port,
-        },
+        tunnel_ports: tunnel_ports(cfg),
         host_link,
         ..LocalNode::default()
     };
@@ -772,6 +876,20 @@ fn interface_mtu(ifname: &str) -> Result<Option<u16>, DaemonError> {
     Ok(sysfs(ifname, "the MTU", "mtu")?.parse().ok())
 }
 
+fn xdp_mode(cfg: &DaemonConfig) -> AttachMode {
+    match cfg.xdp_mode {
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Generic => AttachMode::Generic,
+    }
+}
+
+fn tunnel_ports(cfg: &DaemonConfig) -> TunnelPorts {
+    TunnelPorts {
+        vxlan: cfg.vxlan_port,
+        geneve: cfg.geneve_port,
+    }
+}
+
 /// What an interface's program hands the dataplane. Pods: all IP, and ARP (the dataplane answers
 /// for their gateway). The uplink: with the filter on, tunnel traffic to the node (on the ports
 /// the pipeline decapsulates) and the owned destinations, none until the uplink-sync thread
@@ -803,11 +921,7 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
             ifname: iface.name.clone(),
             source,
         };
-        let ports = TunnelPorts {
-            vxlan: cfg.vxlan_port,
-            geneve: cfg.geneve_port,
-        };
-        let mut redirect = redirect_config(iface.role, cfg.uplink_filter, ports);
+        let mut redirect = redirect_config(iface.role, cfg.uplink_filter, tunnel_ports(cfg));
         if redirect.uplink_filter {
             // Replies to masqueraded flows: the uplink takes them by port.
             redirect.masquerade_ports = masquerade::range(cfg).map(|r| (r.first(), r.last()));
@@ -843,6 +957,7 @@ fn build_worker(
     cli: &Cli,
     section: &WorkerSection,
     masquerade: Option<MasqueradeConfig>,
+    first: bool,
 ) -> Result<Worker, IoError> {
     let ports = section
         .interfaces
@@ -864,7 +979,12 @@ fn build_worker(
             masquerade,
             ..PipelineConfig::default()
         },
-        xsk: XskConfig::default(),
+        // Interfaces added at run time go to the first worker.
+        xsk: if first {
+            hot_xsk_config(cfg)
+        } else {
+            XskConfig::default()
+        },
     })
 }
 
@@ -1116,11 +1236,13 @@ fn stats_readers(worker: &Worker) -> Vec<(String, u32, SocketStatsReader)> {
 /// (every XDP program's counters, every socket's statistics) read now, on the metrics thread.
 fn scrape(
     stats: &Arc<StatsRegistry>,
+    tables: &TablesHandle,
     xdp: &[InterfaceXdp],
     sockets: Vec<(String, u32, SocketStatsReader)>,
-    monitor: Option<Arc<MonitorStats>>,
+    observed: Observed,
 ) -> Render {
     let stats = Arc::clone(stats);
+    let tables = tables.clone();
     let programs: Vec<(String, Arc<XdpProgram>)> = xdp
         .iter()
         .map(|x| (x.ifname.clone(), Arc::clone(&x.program)))
@@ -1139,12 +1261,37 @@ fn scrape(
                     .push((ifname.clone(), *queue, s.fields().to_vec()));
             }
         }
-        let mut text = metrics::render(&stats.total(), &stats.per_worker(), &kernel)?;
-        if let Some(monitor) = &monitor {
+        let total = stats.total();
+        kernel.interface_names = total
+            .interfaces
+            .iter()
+            .filter_map(|t| Some((t.ifindex, interface_name(t.ifindex)?)))
+            .collect();
+        let mut text = metrics::render(&total, &stats.per_worker(), &kernel)?;
+        text.push_str(&metrics::render_tables(&tables.snapshot())?);
+        if let Some(monitor) = &observed.monitor {
             text.push_str(&metrics::render_monitor(monitor)?);
+        }
+        if let Some(export) = &observed.export {
+            text.push_str(&metrics::render_flow_export(export)?);
         }
         Ok(text)
     })
+}
+
+/// The kernel's name of interface `ifindex` in the dataplane's namespace (read at scrape time,
+/// so a renamed interface shows its new name); `None` when it no longer exists.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires; it writes a
+    // NUL-terminated name there or returns null.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: non-null: `buf` now holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Each socket under its queue, in the XSKMAP of its own interface's program.
@@ -1186,13 +1333,17 @@ fn create_socket_dir(socket: &Path, access: SocketAccess) -> Result<(), DaemonEr
         })
 }
 
-extern "C" fn on_signal(_signal: libc::c_int) {
+extern "C" fn on_signal(signal: libc::c_int) {
     // An atomic store is async-signal-safe; everything else happens on the threads.
-    SHUTDOWN.store(true, Ordering::Relaxed);
+    if signal == libc::SIGHUP {
+        REOPEN_FLOW_EXPORT.store(true, Ordering::Relaxed);
+    } else {
+        SHUTDOWN.store(true, Ordering::Relaxed);
+    }
 }
 
 fn install_signal_handlers() -> io::Result<()> {
-    for signal in [libc::SIGTERM, libc::SIGINT] {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags) that is then
         // filled in; the handler only performs an atomic store, which is async-signal-safe.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -1402,9 +1553,17 @@ mod tests {
     fn usage_and_configuration_errors_exit_with_2() {
         let empty = TempConfig::new("empty", "");
         let path = empty.0.to_str().unwrap();
-        let none = effective_config(&cli(&["--config", path])).unwrap_err();
+        let none =
+            effective_config(&cli(&["--config", path, "--hot-interfaces", "0"])).unwrap_err();
         assert!(none.to_string().contains("--interface"), "{none}");
         assert_eq!(none.exit_code(), 2);
+        let hosted = effective_config(&cli(&["--config", path, "--host-interface", "off"]));
+        assert!(
+            hosted.is_err(),
+            "nothing to serve without the host interface"
+        );
+        let pods_later = effective_config(&cli(&["--config", path])).expect("pods added later");
+        assert_eq!(pods_later.hot_interfaces, 16);
 
         let bad = effective_config(&cli(&[
             "--config",

@@ -16,6 +16,11 @@
 //! masquerade = true                          # pods' flows to the world leave as the node
 //! masquerade_ports = "61000-65535"           # their source ports; must not overlap the
 //!                                            # node's net.ipv4.ip_local_port_range
+//! metrics_address = "127.0.0.1:9962"         # /metrics, or "off"
+//! flow_export = "off"                        # or "file:/var/log/flagella/flows.json",
+//!                                            # "unix:/run/collector.sock" (docs/monitor.md)
+//! flow_export_rate = 10000                   # flows per second at most
+//! flow_export_types = ["drop"]               # default []: all (drop, policy-verdict, trace)
 //!
 //! [[interface]]
 //! name = "eth1"
@@ -36,6 +41,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::api::flow_export::{parse_kinds, ExportConfig, ExportTarget};
 use crate::pipeline::MAX_BATCH;
 
 /// Where the configuration file lives unless `--config` says otherwise.
@@ -111,6 +117,11 @@ pub struct DaemonConfig {
     /// Microseconds an idle worker sleeps between passes (0: spin; see `Worker::set_idle_sleep`).
     #[serde(default)]
     pub idle_sleep_us: u64,
+    /// Pod interfaces the first worker can take on while running (`interface.add` on the
+    /// control socket: a CNI ADD needs no restart); their frames are reserved in its UMEM at
+    /// start. 0: interfaces are fixed at start.
+    #[serde(default = "default_hot_interfaces")]
+    pub hot_interfaces: u32,
     /// `true` (default): the uplink's XDP program hands the dataplane only what it owns (tunnel
     /// traffic to the node, local pod addresses) and leaves the host's own traffic to the
     /// kernel (`daemon::host_path`). `false`: every IP frame of the uplink goes to the
@@ -142,6 +153,17 @@ pub struct DaemonConfig {
     /// Where `/metrics` (Prometheus text) is served: `address:port`, or `off`.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: String,
+    /// Flow export (docs/monitor.md): `file:PATH` (appended, one JSON flow a line; reopened on
+    /// SIGHUP or when the path's inode changes), `unix:PATH` (a collector's Unix stream socket,
+    /// reconnected when it comes back), or `off` (default).
+    #[serde(default = "off")]
+    pub flow_export: String,
+    /// Flows exported per second at most (the rest are counted and reported as rate-limited).
+    #[serde(default = "default_flow_export_rate")]
+    pub flow_export_rate: u32,
+    /// The event types exported (`drop`, `policy-verdict`, `trace`); empty (default): all.
+    #[serde(default)]
+    pub flow_export_types: Vec<String>,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "worker")]
@@ -157,11 +179,22 @@ fn yes() -> bool {
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET_PATH)
 }
+fn default_hot_interfaces() -> u32 {
+    16
+}
+/// Most interfaces a worker takes on at run time.
+pub const MAX_HOT_INTERFACES: u32 = 1024;
 fn default_batch() -> usize {
     crate::pipeline::DEFAULT_BATCH
 }
 fn default_conntrack() -> usize {
     1 << 17
+}
+fn off() -> String {
+    "off".to_string()
+}
+fn default_flow_export_rate() -> u32 {
+    crate::api::flow_export::DEFAULT_RATE
 }
 fn default_metrics_address() -> String {
     crate::api::metrics::DEFAULT_ADDRESS.to_string()
@@ -191,6 +224,7 @@ impl Default for DaemonConfig {
             conntrack_entries: default_conntrack(),
             xdp_mode: XdpMode::Native,
             idle_sleep_us: 0,
+            hot_interfaces: default_hot_interfaces(),
             uplink_filter: true,
             vxlan_port: default_vxlan_port(),
             geneve_port: default_geneve_port(),
@@ -199,6 +233,9 @@ impl Default for DaemonConfig {
             masquerade: true,
             masquerade_ports: default_masquerade_ports(),
             metrics_address: default_metrics_address(),
+            flow_export: off(),
+            flow_export_rate: default_flow_export_rate(),
+            flow_export_types: Vec::new(),
             interfaces: Vec::new(),
             workers: Vec::new(),
         }
@@ -264,6 +301,12 @@ impl DaemonConfig {
                 "use at least 1024 (131072 is the default)",
             ));
         }
+        if self.hot_interfaces > MAX_HOT_INTERFACES {
+            return Err(invalid(
+                "hot_interfaces",
+                format!("use 0 (interfaces fixed at start) to {MAX_HOT_INTERFACES}"),
+            ));
+        }
         if self.idle_sleep_us > MAX_IDLE_SLEEP_US {
             return Err(invalid(
                 "idle_sleep_us",
@@ -294,6 +337,9 @@ impl DaemonConfig {
                     self.metrics_address
                 ),
             ));
+        }
+        if let Err(e) = self.flow_export() {
+            return Err(invalid("flow_export", e));
         }
         if let Some((kernel, peer)) = self.host_interface() {
             for (field, name) in [("host_interface", kernel), ("host_interface_peer", peer)] {
@@ -385,6 +431,18 @@ impl DaemonConfig {
             return Ok(None);
         }
         self.metrics_address.parse().map(Some)
+    }
+
+    /// The flow export: `None` for `off`; an error (what to write) for a bad target or type.
+    pub fn flow_export(&self) -> Result<Option<ExportConfig>, String> {
+        if self.flow_export.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        Ok(Some(ExportConfig {
+            target: self.flow_export.parse::<ExportTarget>()?,
+            rate: self.flow_export_rate,
+            kinds: parse_kinds(&self.flow_export_types)?,
+        }))
     }
 
     /// The workers to run: as configured, or one unpinned worker for every interface.
@@ -528,6 +586,8 @@ mod tests {
             ),
             ("vxlan_port = 6081", "vxlan_port"),
             ("metrics_address = \"nowhere\"", "metrics_address"),
+            ("flow_export = \"/tmp/flows\"", "flow_export"),
+            ("flow_export = \"file:/f\"\nflow_export_types = [\"drops\"]", "flow_export"),
             ("host_interface_peer = \"flg_host\"", "host_interface_peer"),
             ("host_interface = \"a-very-long-interface-name\"", "host_interface"),
             ("[[interface]]\nname = \"flg_net\"\nrole = \"pod\"", "host_interface_peer"),

@@ -37,6 +37,12 @@ pub struct XskConfig {
     pub tx_budget: Option<u32>,
     /// Refill a fill ring once at least this many slots are free.
     pub refill_batch: u32,
+    /// Interfaces that may be added to a running worker ([`crate::io::Worker::port_opener`]):
+    /// the UMEM holds `hot_frames_per_port` more frames for each, allocated at start.
+    pub hot_ports: u32,
+    /// UMEM chunks reserved per hot-added port; such a port keeps at most half of them in its
+    /// fill ring, so the others' share is never taken.
+    pub hot_frames_per_port: u32,
 }
 
 impl Default for XskConfig {
@@ -52,6 +58,8 @@ impl Default for XskConfig {
             mode: BindMode::Auto,
             tx_budget: Some(256),
             refill_batch: 32,
+            hot_ports: 0,
+            hot_frames_per_port: 2048,
         }
     }
 }

@@ -56,7 +56,7 @@ mod worker;
 pub use config::{BindMode, XskConfig};
 pub use counters::{IoCounters, SocketStats};
 pub use sys::{monotonic_ns, SocketStatsReader};
-pub use umem::SocketInfo;
+pub use umem::{NewPort, PortChange, PortChanges, PortOpener, SocketInfo};
 pub use worker::{TablesSource, Worker, WorkerConfig};
 
 use crate::pipeline::PipelineError;

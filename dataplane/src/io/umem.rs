@@ -22,6 +22,7 @@ use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::mpsc;
 
 use hashbrown::HashMap;
 use xsk_rs::config::{
@@ -152,6 +153,10 @@ struct Port {
     comp_size: u32,
     /// The copy-mode TX budget the kernel accepted, if any.
     tx_budget: Option<u32>,
+    /// Most frames this port's fill ring may hold (a hot-added port's share of the UMEM).
+    fill_cap: u32,
+    /// Frames in its fill ring now (given by refill, taken back by receive).
+    in_fill: u32,
 }
 
 /// A socket as the caller sees it: enough to register it in the XDP program's XSKMAP.
@@ -173,7 +178,18 @@ pub(crate) struct Xsk {
     region: Region,
     /// Frames owned by no ring and no batch. Capacity: every frame of the UMEM.
     free: Vec<FrameDesc>,
-    ports: Vec<Port>,
+    /// Port slots: a removed port leaves `None` (reused by the next one), so a slot's index,
+    /// which `owner` records, stays valid.
+    ports: Vec<Option<Port>>,
+    /// Per chunk: `slot + 1` of the port whose fill or TX ring holds it, 0 otherwise. What a
+    /// removed port's rings held comes back to the free list from this.
+    owner: Vec<u16>,
+    /// Per chunk: a descriptor of it as the UMEM first handed it out (to recycle a chunk that
+    /// a removed port's ring held).
+    templates: Vec<FrameDesc>,
+    /// Opens sockets on this UMEM from another thread ([`PortOpener`]).
+    socket_config: SocketConfig,
+    cfg: XskConfig,
     /// TX port by interface index (the first socket of that interface in this worker).
     by_ifindex: HashMap<u32, usize>,
     /// The batch being processed.
@@ -217,6 +233,12 @@ impl Xsk {
             .collect::<Result<Vec<u32>, IoError>>()?;
         let umem_config = umem_config(cfg)?;
         let frame_count = frame_count(cfg, ports.len())?;
+        if ports.len() + cfg.hot_ports as usize >= usize::from(u16::MAX) {
+            return Err(IoError::Config {
+                field: "hot_ports",
+                reason: "more than 65534 ports in one worker: use fewer".into(),
+            });
+        }
         let socket_config = socket_config(cfg)?;
         let (umem, mut descs) =
             Umem::new(umem_config, frame_count, false).map_err(|source| IoError::Umem {
@@ -237,12 +259,22 @@ impl Xsk {
         )?;
 
         let mut free = Vec::with_capacity(descs.len());
+        let mut templates = vec![FrameDesc::default(); count];
+        for d in &descs {
+            if let Some((chunk, _)) = region.locate_desc(d) {
+                templates[chunk] = *d;
+            }
+        }
         free.extend(descs);
         let mut xsk = Xsk {
             umem,
             region,
             free,
-            ports: Vec::with_capacity(ports.len()),
+            ports: Vec::with_capacity(ports.len() + cfg.hot_ports as usize),
+            owner: vec![0; count],
+            templates,
+            socket_config,
+            cfg: cfg.clone(),
             by_ifindex: HashMap::new(),
             rx: vec![FrameDesc::default(); batch],
             views: Vec::with_capacity(batch),
@@ -251,11 +283,11 @@ impl Xsk {
             refill_batch: cfg.refill_batch.max(1) as usize,
         };
         for (spec, &ifindex) in ports.iter().zip(&ifindexes) {
-            let port = open_port(&xsk.umem, socket_config, cfg, spec, ifindex)?;
+            let port = open_port(&xsk.umem, socket_config, cfg, spec, ifindex, cfg.fill_size)?;
             xsk.by_ifindex
                 .entry(port.ifindex)
                 .or_insert(xsk.ports.len());
-            xsk.ports.push(port);
+            xsk.ports.push(Some(port));
             xsk.staged.push(Vec::with_capacity(batch));
         }
         let mut counters = IoCounters::default();
@@ -270,12 +302,82 @@ impl Xsk {
     }
 
     pub(crate) fn sockets(&self) -> impl Iterator<Item = SocketInfo> + '_ {
-        self.ports.iter().map(|p| SocketInfo {
-            spec: p.spec.clone(),
-            ifindex: p.ifindex,
-            fd: p.rx.fd().as_raw_fd(),
-            tx_budget: p.tx_budget,
-        })
+        self.ports.iter().flatten().map(Port::info)
+    }
+
+    /// A port's slot, if it holds a port.
+    #[inline]
+    fn port_mut(&mut self, p: usize) -> Option<&mut Port> {
+        self.ports.get_mut(p).and_then(Option::as_mut)
+    }
+
+    /// Something that opens sockets on this UMEM from another thread.
+    pub(crate) fn opener(&self) -> PortOpener {
+        PortOpener {
+            umem: self.umem.clone(),
+            socket_config: self.socket_config,
+            cfg: self.cfg.clone(),
+            batch: self.rx.len(),
+        }
+    }
+
+    /// Serves a port opened by [`PortOpener::open`]: it takes a free slot, becomes the TX port
+    /// of its interface, and its fill ring gets its share of frames. Returns its slot.
+    pub(crate) fn add_port(&mut self, new: NewPort, c: &mut IoCounters) -> usize {
+        let NewPort { port, staged } = new;
+        let ifindex = port.ifindex;
+        let slot = match self.ports.iter().position(Option::is_none) {
+            Some(slot) => {
+                self.ports[slot] = Some(port);
+                self.staged[slot] = staged;
+                slot
+            }
+            None => {
+                self.ports.push(Some(port));
+                self.staged.push(staged);
+                self.ports.len() - 1
+            }
+        };
+        self.by_ifindex.entry(ifindex).or_insert(slot);
+        self.refill(slot, 1, c);
+        slot
+    }
+
+    /// Stops serving every port of `ifindex`: what their rings held returns to the free list
+    /// (from `owner`) once the sockets are closed. Returns how many ports were removed.
+    pub(crate) fn remove_ports(&mut self, ifindex: u32, c: &mut IoCounters) -> usize {
+        let slots: Vec<usize> = (0..self.ports.len())
+            .filter(|&p| {
+                self.ports[p]
+                    .as_ref()
+                    .is_some_and(|port| port.ifindex == ifindex)
+            })
+            .collect();
+        self.by_ifindex.remove(&ifindex);
+        for &slot in &slots {
+            self.reap_completions(slot, c);
+            // Closing the socket ends the kernel's use of its rings and their frames.
+            drop(self.ports[slot].take());
+            let tag = slot_tag(slot);
+            for chunk in 0..self.owner.len() {
+                if self.owner[chunk] == tag {
+                    self.owner[chunk] = 0;
+                    self.free.push(self.templates[chunk]);
+                }
+            }
+            if let Some(staged) = self.staged.get_mut(slot) {
+                self.free.append(staged);
+            }
+        }
+        // Another socket of the same interface index (a re-created one) keeps TX working.
+        if let Some(p) = self
+            .ports
+            .iter()
+            .position(|port| port.as_ref().is_some_and(|port| port.ifindex == ifindex))
+        {
+            self.by_ifindex.insert(ifindex, p);
+        }
+        slots.len()
     }
 
     /// Frames on the free list (tests and diagnostics).
@@ -283,11 +385,21 @@ impl Xsk {
         self.free.len()
     }
 
+    /// Frames given to the ports' fill rings and not yet received back (tests and
+    /// diagnostics): with [`Xsk::free_frames`] and nothing in flight, every frame.
+    pub(crate) fn filled_frames(&self) -> usize {
+        self.ports
+            .iter()
+            .flatten()
+            .map(|p| p.in_fill as usize)
+            .sum()
+    }
+
     /// The kernel's drop counters of each socket (`XDP_STATISTICS`), in port order, written
     /// into `out` (resized only if its length differs).
     pub(crate) fn socket_stats(&self, out: &mut Vec<SocketStats>) {
-        out.resize(self.ports.len(), SocketStats::default());
-        for (port, slot) in self.ports.iter().zip(out.iter_mut()) {
+        out.resize(self.ports.iter().flatten().count(), SocketStats::default());
+        for (port, slot) in self.ports.iter().flatten().zip(out.iter_mut()) {
             if let Ok(s) = port.rx.fd().xdp_statistics() {
                 *slot = SocketStats {
                     rx_dropped: s.rx_dropped(),
@@ -308,7 +420,7 @@ impl Xsk {
     pub(crate) fn service(&mut self, p: usize, c: &mut IoCounters) {
         self.reap_completions(p, c);
         self.refill(p, self.refill_batch, c);
-        if let Some(port) = self.ports.get_mut(p) {
+        if let Some(port) = self.port_mut(p) {
             if port.tx.needs_wakeup() && port.tx.nb_free_exact() < port.tx_size {
                 kick_tx(port, c);
             }
@@ -318,7 +430,7 @@ impl Xsk {
     /// Moves completed TX frames of port `p` to the free list.
     #[inline]
     fn reap_completions(&mut self, p: usize, c: &mut IoCounters) {
-        let Some(port) = self.ports.get_mut(p) else {
+        let Some(port) = self.ports.get_mut(p).and_then(Option::as_mut) else {
             return;
         };
         let room = self.free.capacity() - self.free.len();
@@ -335,6 +447,11 @@ impl Xsk {
         // list is their only owner.
         let got = unsafe { port.comp.consume(&mut self.free[old..]) };
         self.free.truncate(old + got);
+        for d in &self.free[old..] {
+            if let Some((chunk, _)) = self.region.locate_desc(d) {
+                self.owner[chunk] = 0;
+            }
+        }
         c.tx_completed += got as u64;
     }
 
@@ -342,10 +459,11 @@ impl Xsk {
     /// free, as far as the free list allows.
     #[inline]
     fn refill(&mut self, p: usize, min_batch: usize, c: &mut IoCounters) {
-        let Some(port) = self.ports.get_mut(p) else {
+        let Some(port) = self.ports.get_mut(p).and_then(Option::as_mut) else {
             return;
         };
-        let slots = port.fill.nb_free(port.fill_size) as usize;
+        let room = port.fill_cap.saturating_sub(port.in_fill) as usize;
+        let slots = (port.fill.nb_free(port.fill_size) as usize).min(room);
         if slots < min_batch {
             return;
         }
@@ -359,6 +477,13 @@ impl Xsk {
         // and no view. The ring takes the first `got` of them and they are removed from the
         // free list right below, so nothing touches them until the RX ring returns them.
         let got = unsafe { port.fill.produce(&self.free[start..]) };
+        port.in_fill += got as u32;
+        let tag = slot_tag(p);
+        for d in &self.free[start..start + got] {
+            if let Some((chunk, _)) = self.region.locate_desc(d) {
+                self.owner[chunk] = tag;
+            }
+        }
         self.free.drain(start..start + got);
         c.filled += got as u64;
         if port.fill.needs_wakeup() {
@@ -384,7 +509,7 @@ impl Xsk {
     where
         F: FnOnce(u32, &mut [Frame<UmemBuf>]) -> Verdicts<'v>,
     {
-        let Some(port) = self.ports.get_mut(p) else {
+        let Some(port) = self.ports.get_mut(p).and_then(Option::as_mut) else {
             return 0;
         };
         let max = max.min(self.rx.len());
@@ -402,6 +527,7 @@ impl Xsk {
             return 0;
         }
         let ifindex = port.ifindex;
+        port.in_fill = port.in_fill.saturating_sub(received as u32);
         c.rx_frames += received as u64;
         c.rx_batches += 1;
 
@@ -429,6 +555,9 @@ impl Xsk {
         let mut kept = 0;
         for i in 0..received {
             let Some(&desc) = self.rx.get(i) else { break };
+            if let Some((chunk, _)) = self.region.locate_desc(&desc) {
+                self.owner[chunk] = 0;
+            }
             match self.region.view(&desc) {
                 Some(frame) => {
                     self.rx[kept] = desc;
@@ -528,7 +657,8 @@ impl Xsk {
     /// recycled and counted) and wakes the kernel if it asks to be.
     #[inline]
     fn flush_tx(&mut self, q: usize, c: &mut IoCounters) {
-        let (Some(port), Some(staged)) = (self.ports.get_mut(q), self.staged.get_mut(q)) else {
+        let (Some(Some(port)), Some(staged)) = (self.ports.get_mut(q), self.staged.get_mut(q))
+        else {
             return;
         };
         if staged.is_empty() {
@@ -540,12 +670,99 @@ impl Xsk {
         // descriptors leave `staged` below (the rest to the free list), so the sent ones are
         // not touched until the completion ring returns them.
         let sent = unsafe { port.tx.produce(&staged[..fits]) };
+        let tag = slot_tag(q);
+        for d in &staged[..sent] {
+            if let Some((chunk, _)) = self.region.locate_desc(d) {
+                self.owner[chunk] = tag;
+            }
+        }
         c.tx_frames += sent as u64;
         c.tx_ring_full += (staged.len() - sent) as u64;
         self.free.extend(staged.drain(..).skip(sent));
         if sent > 0 && port.tx.needs_wakeup() {
             kick_tx(port, c);
         }
+    }
+}
+
+/// The `owner` tag of port slot `p` (slots are fewer than `u16::MAX`: checked at start).
+#[inline]
+fn slot_tag(p: usize) -> u16 {
+    u16::try_from(p + 1).unwrap_or(u16::MAX)
+}
+
+impl Port {
+    fn info(&self) -> SocketInfo {
+        SocketInfo {
+            spec: self.spec.clone(),
+            ifindex: self.ifindex,
+            fd: self.rx.fd().as_raw_fd(),
+            tx_budget: self.tx_budget,
+        }
+    }
+}
+
+/// A socket opened on a worker's UMEM by another thread (the control thread), on its way to
+/// the worker ([`Xsk::add_port`]) with the TX staging space it needs, so the worker allocates
+/// nothing for it.
+#[derive(Debug)]
+pub struct NewPort {
+    port: Port,
+    staged: Vec<FrameDesc>,
+}
+
+impl NewPort {
+    /// What to register in the interface's XSKMAP.
+    pub fn info(&self) -> SocketInfo {
+        self.port.info()
+    }
+}
+
+/// What a running worker is asked to change, sent to it through [`PortChanges`].
+#[derive(Debug)]
+pub enum PortChange {
+    /// Boxed: the message is a pointer's size, whatever a socket holds.
+    Add(Box<NewPort>),
+    /// Stop serving every socket of this interface index.
+    Remove { ifindex: u32 },
+}
+
+/// The sending end the worker's owner keeps ([`crate::io::Worker::port_changes`]).
+pub type PortChanges = mpsc::Sender<PortChange>;
+
+/// Opens sockets on a worker's UMEM, from any thread; the worker keeps running meanwhile.
+#[derive(Clone, Debug)]
+pub struct PortOpener {
+    umem: Umem,
+    socket_config: SocketConfig,
+    cfg: XskConfig,
+    batch: usize,
+}
+
+// SAFETY: `Umem` is an `Arc<Mutex<..>>` over the mapping plus the region handle (both `Send`
+// and `Sync` in xsk-rs); socket creation takes that mutex. The other fields are plain data.
+unsafe impl Send for PortOpener {}
+
+impl PortOpener {
+    /// Opens the socket of `spec` (the interface must exist in this thread's namespace) with a
+    /// hot-added port's share of frames.
+    pub fn open(&self, spec: &PortSpec) -> Result<NewPort, IoError> {
+        let ifindex = sys::ifindex(&spec.ifname).ok_or_else(|| IoError::NoSuchInterface {
+            ifname: spec.ifname.clone(),
+        })?;
+        let cap = (self.cfg.hot_frames_per_port / 2).clamp(1, self.cfg.fill_size);
+        let port = open_port(
+            &self.umem,
+            self.socket_config,
+            &self.cfg,
+            spec,
+            ifindex,
+            cap,
+        )?;
+        Ok(NewPort {
+            port,
+            staged: Vec::with_capacity(self.batch),
+        })
     }
 }
 
@@ -592,9 +809,11 @@ fn queue_size(field: &'static str, size: u32) -> Result<QueueSize, IoError> {
 }
 
 fn frame_count(cfg: &XskConfig, ports: usize) -> Result<NonZeroU32, IoError> {
+    let hot = cfg.hot_frames_per_port.checked_mul(cfg.hot_ports);
     u32::try_from(ports)
         .ok()
         .and_then(|p| cfg.frames_per_port.checked_mul(p))
+        .and_then(|f| f.checked_add(hot?))
         .and_then(NonZeroU32::new)
         .ok_or(IoError::Config {
             field: "frames_per_port",
@@ -629,6 +848,7 @@ fn open_port(
     cfg: &XskConfig,
     spec: &PortSpec,
     ifindex: u32,
+    fill_cap: u32,
 ) -> Result<Port, IoError> {
     let name = CString::new(spec.ifname.as_str()).map_err(|_| IoError::NoSuchInterface {
         ifname: spec.ifname.clone(),
@@ -662,5 +882,7 @@ fn open_port(
         fill_size: cfg.fill_size,
         comp_size: cfg.comp_size,
         tx_budget,
+        fill_cap,
+        in_fill: 0,
     })
 }

@@ -21,12 +21,12 @@
 //! contract: it skips a round rather than wait).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use super::config::XskConfig;
 use super::counters::{IoCounters, SocketStats};
-use super::umem::{SocketInfo, Xsk};
+use super::umem::{PortChange, PortChanges, PortOpener, SocketInfo, Xsk};
 use super::{sys, IoError, PortSpec};
 use crate::pipeline::event_ring::EventSink;
 use crate::pipeline::{IoSummary, Pipeline, PipelineConfig, Publisher};
@@ -86,6 +86,9 @@ pub struct Worker {
     /// Sleep this long between passes once [`IDLE_PASSES`] passes in a row received nothing
     /// (`None`: spin, the default).
     idle_sleep: Option<Duration>,
+    /// Sockets to start or stop serving ([`Worker::port_changes`]), looked at every
+    /// [`PUBLISH_CHECK_EVERY`] passes: a lock-free `try_recv`, off the per-packet path.
+    changes: Option<mpsc::Receiver<PortChange>>,
 }
 
 /// Empty passes in a row before an idle worker starts sleeping between passes (when
@@ -109,6 +112,7 @@ impl Worker {
             sockets_scratch,
             publisher: None,
             idle_sleep: None,
+            changes: None,
         })
     }
 
@@ -132,6 +136,41 @@ impl Worker {
     /// `sink`, this worker's own ring, while someone listens.
     pub fn report_events(&mut self, sink: EventSink) {
         self.pipeline.report_events(sink);
+    }
+
+    /// Opens sockets on this worker's UMEM from another thread (the control thread), for
+    /// interfaces added while the worker runs; send them with [`Worker::port_changes`].
+    pub fn port_opener(&self) -> PortOpener {
+        self.xsk.opener()
+    }
+
+    /// The channel through which a running worker is handed new sockets and told to drop
+    /// others ([`PortChange`]). The worker applies them between passes, without stopping; the
+    /// caller registers a new socket in its interface's XSKMAP after sending it.
+    pub fn port_changes(&mut self) -> PortChanges {
+        let (tx, rx) = mpsc::channel();
+        self.changes = Some(rx);
+        tx
+    }
+
+    /// Applies the port changes sent so far; returns how many.
+    pub fn apply_port_changes(&mut self) -> usize {
+        let Some(changes) = self.changes.as_ref() else {
+            return 0;
+        };
+        let mut applied = 0;
+        while let Ok(change) = changes.try_recv() {
+            match change {
+                PortChange::Add(port) => {
+                    self.xsk.add_port(*port, &mut self.io);
+                }
+                PortChange::Remove { ifindex } => {
+                    self.xsk.remove_ports(ifindex, &mut self.io);
+                }
+            }
+            applied += 1;
+        }
+        applied
     }
 
     /// The worker's sockets, in port order: register each fd under its queue in the XSKMAP of
@@ -166,11 +205,12 @@ impl Worker {
                 publisher.set_busy_ns(self.io.busy_ns);
                 publisher.tick(&self.pipeline, now);
             }
-            if self.io.polls % PUBLISH_CHECK_EVERY == 0
-                && now.saturating_sub(last_publish) >= PUBLISH_INTERVAL_NS
-            {
-                self.publish_io_summary();
-                last_publish = now;
+            if self.io.polls % PUBLISH_CHECK_EVERY == 0 {
+                self.apply_port_changes();
+                if now.saturating_sub(last_publish) >= PUBLISH_INTERVAL_NS {
+                    self.publish_io_summary();
+                    last_publish = now;
+                }
             }
         }
         self.publish_io_summary();
@@ -220,6 +260,12 @@ impl Worker {
     /// Frames currently on the free list (neither in a ring nor in a batch).
     pub fn free_frames(&self) -> usize {
         self.xsk.free_frames()
+    }
+
+    /// Frames in the sockets' fill and RX rings (given to the kernel to receive into, not
+    /// consumed yet).
+    pub fn filled_frames(&self) -> usize {
+        self.xsk.filled_frames()
     }
 
     /// The kernel's counters of each socket, in port order.

@@ -13,7 +13,7 @@
 //! parsing, NAT rewrites, checksum completion, destination resolution, prefetching, conntrack
 //! entry creation) lives in helper modules of its own, never inside a stage.
 
-use super::counters::{Counters, Stage};
+use super::counters::{drop_direction, Counters, Stage};
 use super::drop::DropReason;
 use super::event::Origin;
 use super::event_ring::EventSink;
@@ -56,7 +56,8 @@ impl Ctx<'_> {
     pub fn drop(&mut self, m: &mut PacketMeta, stage: Stage, reason: DropReason) {
         m.verdict = Verdict::Drop(reason);
         m.drop_stage = stage as u8;
-        self.c.drop(stage, reason);
+        let from_pod = matches!(self.ingress, Ingress::Pod(_));
+        self.c.drop(stage, reason, drop_direction(reason, from_pod));
     }
 }
 
@@ -81,12 +82,19 @@ impl<'a, B: AsRef<[u8]> + AsMut<[u8]>> Batch<'a, B> {
     /// Starts the batch: every frame's metadata back to [`PacketMeta::EMPTY`] (a copy from
     /// read-only data) and counted as received.
     #[inline]
-    pub fn receive(&mut self, c: &mut Counters) {
+    pub fn receive(&mut self, c: &mut Counters, ingress_ifindex: u32) {
+        let mut bytes = 0;
         for (f, m) in self.frames.iter().zip(self.meta.iter_mut()) {
             *m = PacketMeta::EMPTY;
-            c.rx_packets += 1;
-            c.rx_bytes += f.len() as u64;
+            bytes += f.len() as u64;
         }
+        let packets = self.frames.len() as u64;
+        c.rx_packets += packets;
+        c.rx_bytes += bytes;
+        // One lookup a batch: every frame of a batch came in on one interface.
+        let interface = c.interfaces.of(ingress_ifindex);
+        interface.rx_packets += packets;
+        interface.rx_bytes += bytes;
     }
 
     pub fn frames(&self) -> &[Frame<B>] {
@@ -126,19 +134,28 @@ impl<'a, B: AsRef<[u8]> + AsMut<[u8]>> Batch<'a, B> {
     /// calls for an event (every drop; sampled policy verdicts; traces) is reported there: the
     /// one place every drop passes, so no drop escapes the monitor.
     #[inline]
-    pub fn finish(&mut self, c: &mut Counters, events: Option<(&mut EventSink, &Origin)>) {
+    pub fn finish(
+        &mut self,
+        c: &mut Counters,
+        from_pod: bool,
+        events: Option<(&mut EventSink, &Origin)>,
+    ) {
         for (f, m) in self.frames.iter().zip(self.meta.iter_mut()) {
             match m.verdict {
-                Verdict::Tx { .. } => {
+                Verdict::Tx { ifindex } => {
                     c.tx_packets += 1;
                     c.tx_bytes += f.len() as u64;
+                    let interface = c.interfaces.of(ifindex);
+                    interface.tx_packets += 1;
+                    interface.tx_bytes += f.len() as u64;
                 }
                 Verdict::Pass => c.pass_packets += 1,
                 Verdict::Drop(_) => c.drop_packets += 1,
                 Verdict::Pending => {
                     m.verdict = Verdict::Drop(DropReason::NoRoute);
                     m.drop_stage = Stage::Route as u8;
-                    c.drop(Stage::Route, DropReason::NoRoute);
+                    let direction = drop_direction(DropReason::NoRoute, from_pod);
+                    c.drop(Stage::Route, DropReason::NoRoute, direction);
                     c.drop_packets += 1;
                 }
             }

@@ -5,7 +5,7 @@
 //! included), so that capturing one is a copy into a preallocated ring slot: no allocation, no
 //! syscall. Encoding (JSON) happens on the monitor thread, never on the worker.
 
-use super::counters::Stage;
+use super::counters::{drop_direction, Direction, Stage};
 use super::drop::DropReason;
 use super::meta::{PacketMeta, Tuple, Verdict};
 use crate::tables::endpoints::EndpointId;
@@ -128,12 +128,12 @@ impl Event {
     /// `traffic_direction`: a policy drop says which side's policy refused it; otherwise a
     /// frame from a pod is that pod's egress.
     pub fn direction(&self) -> &'static str {
-        match self.reason() {
-            Some(DropReason::PolicyDeniedIngress | DropReason::PolicyDenyRuleIngress) => "ingress",
-            Some(DropReason::PolicyDeniedEgress | DropReason::PolicyDenyRuleEgress) => "egress",
-            _ if self.from_pod => "egress",
-            _ => "ingress",
-        }
+        let direction = match self.reason() {
+            Some(reason) => drop_direction(reason, self.from_pod),
+            None if self.from_pod => Direction::Egress,
+            None => Direction::Ingress,
+        };
+        direction.name()
     }
 }
 

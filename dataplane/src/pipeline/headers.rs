@@ -153,9 +153,11 @@ fn icmp_echo_ident(seg: &[u8]) -> u16 {
 }
 
 /// Echo: identifier in both ports (so the reply matches the request in conntrack). Other
-/// messages: the type in `dport`, which is what a policy on ICMP types keys on.
+/// messages: the type in `dport`. Every message's type in `icmp_type`, which is what a policy on
+/// ICMP types keys on (`PacketMeta::policy_port`).
 fn classify_icmp(msg_type: u8, ident: u16, is_error: bool, m: &mut PacketMeta, t: &mut Tuple) {
     const ECHO_TYPES: [u8; 4] = [0, 8, 128, 129];
+    m.icmp_type = msg_type;
     if is_error {
         m.icmp = IcmpClass::Error;
         t.dport = u16::from(msg_type);

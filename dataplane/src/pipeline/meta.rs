@@ -116,6 +116,9 @@ pub struct PacketMeta {
     pub tuple: Tuple,
     pub tcp_flags: u8,
     pub icmp: IcmpClass,
+    /// The ICMP message type (ICMP and ICMPv6 only): what an ICMP policy rule keys on, kept
+    /// apart because an echo's ports hold its identifier.
+    pub icmp_type: u8,
     /// For ICMP errors: the quoted packet's tuple (a packet that went the other way).
     pub inner: Tuple,
     /// Offset of a DSR IPv4 option in the IP header (0: none).
@@ -161,6 +164,7 @@ impl PacketMeta {
         tuple: Tuple::EMPTY,
         tcp_flags: 0,
         icmp: IcmpClass::NotIcmp,
+        icmp_type: 0,
         inner: Tuple::EMPTY,
         dsr_option_offset: 0,
         from_tunnel: false,
@@ -179,6 +183,19 @@ impl PacketMeta {
         ct_key: None,
         ct_hash: 0,
     };
+}
+
+impl PacketMeta {
+    /// The "port" of a policy-map key for this packet: the destination port, or for ICMP the
+    /// message type (as Cilium keys ICMP rules), so an echo request is looked up as type 8
+    /// (128) whatever its identifier.
+    #[inline]
+    pub fn policy_port(&self) -> u16 {
+        match self.icmp {
+            IcmpClass::NotIcmp => self.tuple.dport,
+            _ => u16::from(self.icmp_type),
+        }
+    }
 }
 
 impl Default for PacketMeta {

@@ -50,7 +50,7 @@ mod service;
 mod service_snat;
 
 pub use crate::tables::snat::MasqueradeConfig;
-pub use counters::{Counters, Stage};
+pub use counters::{Counters, Direction, InterfaceTraffic, Stage};
 pub use drop::DropReason;
 pub use meta::{PacketMeta, Verdict};
 pub use publisher::{IoSummary, Publisher};
@@ -206,9 +206,10 @@ impl Pipeline {
                 masq: self.masq.as_mut(),
             };
             prefetch::headers(batch.frames());
-            batch.receive(ctx.c);
+            batch.receive(ctx.c, ingress_ifindex);
             run_stages(&mut batch, &mut ctx, last);
-            batch.finish(ctx.c, events.as_deref_mut().map(|sink| (sink, &origin)));
+            let events = events.as_deref_mut().map(|sink| (sink, &origin));
+            batch.finish(ctx.c, origin.from_pod, events);
         }
         self.last_len = n;
         self.maintain(now);

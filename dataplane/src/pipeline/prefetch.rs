@@ -36,11 +36,11 @@ pub(crate) fn policy_for_new_flow(m: &PacketMeta, t: &Tables) {
     if let Some(ep) = m.src_slot.and_then(|s| endpoints.by_slot(s)) {
         ep.policy
             .egress
-            .prefetch(m.dst_identity, tuple.proto, tuple.dport);
+            .prefetch(m.dst_identity, tuple.proto, m.policy_port());
     }
     if let Some(ep) = m.dst_slot.and_then(|s| endpoints.by_slot(s)) {
         ep.policy
             .ingress
-            .prefetch(m.src_identity, tuple.proto, tuple.dport);
+            .prefetch(m.src_identity, tuple.proto, m.policy_port());
     }
 }

@@ -140,11 +140,26 @@ pub struct Endpoints {
     by_ipv4: HashMap<u32, usize>,
     by_ipv6: HashMap<u128, usize>,
     by_mac: HashMap<u64, usize>,
+    /// The node's own policy (Cilium's host firewall, from host policies): traffic to and from
+    /// the node's own addresses through the dataplane. Kept beside the pods' policies because
+    /// it is edited the same way and read by the same stage.
+    host_policy: Arc<EndpointPolicy>,
 }
 
 impl Endpoints {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The host's policy (not enforced in either direction until a host policy selects it).
+    #[inline]
+    pub fn host_policy(&self) -> &EndpointPolicy {
+        &self.host_policy
+    }
+
+    /// The host's policy, for the control path to edit in place.
+    pub fn host_policy_mut(&mut self) -> &mut EndpointPolicy {
+        Arc::make_mut(&mut self.host_policy)
     }
 
     /// Adds an endpoint, or updates the one with the same id: its addresses, interface and

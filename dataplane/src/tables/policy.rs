@@ -46,6 +46,18 @@ pub enum Direction {
     Egress,
 }
 
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    /// The `direction` label of metrics and the monitor's `traffic_direction`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
 /// An inclusive destination port range; `PortRange::ANY` is 0..=65535.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortRange {

@@ -20,10 +20,12 @@
 //! `request.rs` (the table of ops, [`Request`], [`Change`], [`parse_request`]), `values.rs`
 //! (strings, protocols, directions, modes), and one file per table's messages: `endpoints.rs`,
 //! `ipcache.rs`, `policy.rs`, `services.rs`, `nodes.rs`, `local_node.rs` (this node's facts and
-//! its next hops), `dump.rs` (the `dump` request).
+//! its next hops), `dump.rs` (the `dump` request), and `interfaces.rs` (interfaces added and
+//! removed at run time).
 
 mod dump;
 mod endpoints;
+mod interfaces;
 mod ipcache;
 mod local_node;
 mod nodes;
@@ -34,11 +36,14 @@ mod values;
 
 pub use dump::{DumpRequest, DumpTable, CT_DUMP_DEFAULT_LIMIT, CT_DUMP_MAX_LIMIT};
 pub use endpoints::{EndpointMsg, EndpointRef};
+pub use interfaces::InterfaceMsg;
 pub use ipcache::{IpcacheMsg, PrefixRef};
 pub use local_node::{LocalNodeMsg, NextHopMsg, NextHopsMsg, MIN_UPLINK_MTU};
 pub use nodes::{NodeMsg, NodeRef};
-pub use policy::{PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate};
-pub use request::{parse_request, Change, Envelope, NoParams, Op, Refusal, Request, OPS};
+pub use policy::{HostPolicyReplace, PolicyEntryMsg, PolicyKeyMsg, PolicyReplace, PolicyUpdate};
+pub use request::{
+    parse_request, Change, Envelope, NoParams, Op, Refusal, Request, StagedPart, OPS,
+};
 pub use services::{BackendMsg, FrontendMsg, ServiceMsg, ServiceRef};
 pub use values::{Proto, Text, WireAction, WireDirection, WireEncap, WireFrontendKind, WireLbMode};
 

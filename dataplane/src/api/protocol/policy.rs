@@ -1,5 +1,5 @@
-//! `policy.update` / `policy.replace`: policy-map keys and entries, and a policy's shape in
-//! `dump`. The rules JSON cannot express (a port needs a protocol, `end_port >= port`) are
+//! `policy.update` / `policy.replace` (an endpoint's maps), `host_policy.replace` (the node's
+//! own): policy-map keys and entries, and a policy's shape in `dump`. The rules JSON cannot express (a port needs a protocol, `end_port >= port`) are
 //! checked by [`PolicyKeyMsg::to_key`].
 
 use serde::{Deserialize, Serialize};
@@ -165,6 +165,18 @@ pub struct PolicyReplace {
     pub direction: WireDirection,
     /// Default true: a direction some policy selects is default-deny.
     #[serde(default = "yes")]
+    pub enforced: bool,
+    #[serde(default)]
+    pub entries: Vec<PolicyEntryMsg>,
+}
+
+/// `host_policy.replace`: the whole map of the node's own policy (host firewall) in one
+/// direction; `enforced` false (the default) when no host policy selects the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostPolicyReplace {
+    pub direction: WireDirection,
+    #[serde(default)]
     pub enforced: bool,
     #[serde(default)]
     pub entries: Vec<PolicyEntryMsg>,

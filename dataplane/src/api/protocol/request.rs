@@ -15,8 +15,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
-    join, DumpRequest, EndpointMsg, EndpointRef, IpcacheMsg, LocalNodeMsg, NodeMsg, NodeRef,
-    PolicyReplace, PolicyUpdate, PrefixRef, RequestError, ServiceMsg, ServiceRef,
+    join, DumpRequest, EndpointMsg, EndpointRef, HostPolicyReplace, InterfaceMsg, IpcacheMsg,
+    LocalNodeMsg, NodeMsg, NodeRef, PolicyReplace, PolicyUpdate, PrefixRef, RequestError,
+    ServiceMsg, ServiceRef,
 };
 
 /// The table of ops: `Variant = "name"`, in the order error messages list them.
@@ -62,6 +63,8 @@ ops! {
     IpcacheDelete = "ipcache.delete",
     PolicyUpdate = "policy.update",
     PolicyReplace = "policy.replace",
+    /// The node's own policy (host firewall), one direction, whole.
+    HostPolicyReplace = "host_policy.replace",
     ServiceUpsert = "service.upsert",
     ServiceDelete = "service.delete",
     NodeUpsert = "node.upsert",
@@ -74,8 +77,13 @@ ops! {
     /// A liveness check.
     Ping = "ping",
     Unsubscribe = "unsubscribe",
-    /// Several changes applied as one: all or none, in one publication.
+    /// Several changes applied as one: all or none, in one publication. With `txn`, one part
+    /// of a staged batch too large for one line ([`StagedPart`]).
     Batch = "batch",
+    /// Serve a pod interface from now on (idempotent).
+    InterfaceAdd = "interface.add",
+    /// Stop serving an interface added with `interface.add` (idempotent).
+    InterfaceRemove = "interface.remove",
 }
 
 /// A request without parameters (`status`, `subscribe`, ...): any field is a mistake.
@@ -134,6 +142,7 @@ changes! {
     IpcacheDelete(PrefixRef),
     PolicyUpdate(PolicyUpdate),
     PolicyReplace(PolicyReplace),
+    HostPolicyReplace(HostPolicyReplace),
     ServiceUpsert(ServiceMsg),
     ServiceDelete(ServiceRef),
     NodeUpsert(NodeMsg),
@@ -173,6 +182,25 @@ pub enum Request {
     /// Changes applied in order to one copy of the tables and published together, or refused
     /// together (a new endpoint with its policy, so it never carries traffic unenforced).
     Batch(Vec<Change>),
+    /// A `batch` with a `txn`: one part of a batch too large for one line.
+    Staged(StagedPart),
+    InterfaceAdd(InterfaceMsg),
+    InterfaceRemove(InterfaceMsg),
+}
+
+/// One part of a staged batch: a change set larger than a line travels as parts 0, 1, ... of
+/// one transaction (`txn`, chosen by the client, scoped to its connection). The control thread
+/// keeps the parts unpublished; the part without `more` applies all of them, in order, as one
+/// batch (all or none, one publication). A part out of order, or any refused part, discards
+/// the transaction; so does the client's disconnection or its silence (see `api::staging`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedPart {
+    pub txn: u64,
+    /// 0 for the first part (which begins the transaction), then 1, 2, ...
+    pub part: u32,
+    /// More parts follow; false on the last part, which commits.
+    pub more: bool,
+    pub changes: Vec<Change>,
 }
 
 impl Request {
@@ -185,7 +213,9 @@ impl Request {
             Request::Subscribe => Op::Subscribe,
             Request::Unsubscribe => Op::Unsubscribe,
             Request::Change(c) => c.kind(),
-            Request::Batch(_) => Op::Batch,
+            Request::Batch(_) | Request::Staged(_) => Op::Batch,
+            Request::InterfaceAdd(_) => Op::InterfaceAdd,
+            Request::InterfaceRemove(_) => Op::InterfaceRemove,
         }
     }
 
@@ -193,15 +223,24 @@ impl Request {
     pub fn to_json(&self) -> Map<String, Value> {
         let mut map = match self {
             Request::Change(c) => return c.to_json(),
-            Request::Batch(changes) => {
-                let list = changes.iter().map(|c| Value::Object(c.to_json())).collect();
-                Map::from_iter([("changes".to_string(), Value::Array(list))])
+            Request::Batch(changes) => changes_json(changes),
+            Request::Staged(p) => {
+                let mut map = changes_json(&p.changes);
+                map.insert("txn".into(), Value::from(p.txn));
+                map.insert("part".into(), Value::from(p.part));
+                if p.more {
+                    map.insert("more".into(), Value::from(true));
+                }
+                map
             }
             Request::Dump(d) => match serde_json::to_value(d) {
                 Ok(Value::Object(map)) => map,
                 // A struct of plain values serializes to an object.
                 _ => Map::new(),
             },
+            Request::InterfaceAdd(i) | Request::InterfaceRemove(i) => {
+                Map::from_iter([("ifname".to_string(), Value::from(i.ifname.clone()))])
+            }
             Request::Status | Request::Ping | Request::Subscribe | Request::Unsubscribe => {
                 Map::new()
             }
@@ -209,6 +248,12 @@ impl Request {
         map.insert("op".into(), Value::from(self.kind().name()));
         map
     }
+}
+
+/// `{"changes":[...]}`, each change with its `op`.
+fn changes_json(changes: &[Change]) -> Map<String, Value> {
+    let list = changes.iter().map(|c| Value::Object(c.to_json())).collect();
+    Map::from_iter([("changes".to_string(), Value::Array(list))])
 }
 
 /// A parsed request and the `seq` to echo.
@@ -401,39 +446,91 @@ fn parse_op(op: &str, body: Body<'_>) -> Result<Request, RequestError> {
         | Op::IpcacheDelete
         | Op::PolicyUpdate
         | Op::PolicyReplace
+        | Op::HostPolicyReplace
         | Op::ServiceUpsert
         | Op::ServiceDelete
         | Op::NodeUpsert
         | Op::NodeDelete
         | Op::LocalNodeSet => Request::Change(Change::parse(kind, body)?),
-        Op::Batch => Request::Batch(parse_batch(body)?),
+        Op::Batch => parse_batch(body)?,
+        Op::InterfaceAdd | Op::InterfaceRemove => {
+            let msg: InterfaceMsg = fields(op, body)?;
+            msg.check()?;
+            if kind == Op::InterfaceAdd {
+                Request::InterfaceAdd(msg)
+            } else {
+                Request::InterfaceRemove(msg)
+            }
+        }
     };
     Ok(request)
 }
 
-/// The `changes` of a `batch`: each an object with the `op` of a change (a batch holds no
-/// batch, query or subscription). An error names its place, `changes[i].field`.
-fn parse_batch(body: Body<'_>) -> Result<Vec<Change>, RequestError> {
+/// A `batch`: its `changes`, each an object with the `op` of a change (a batch holds no
+/// batch, query or subscription), and, for a part of a staged batch, `txn`, `part` and `more`.
+/// An error names its place, `changes[i].field`.
+fn parse_batch(body: Body<'_>) -> Result<Request, RequestError> {
     let mut list = None;
+    let (mut txn, mut part, mut more) = (None, None, None);
     for (key, raw) in body {
-        if key != "changes" {
-            return Err(RequestError::at(
-                key.clone(),
-                format!("batch: unknown field `{key}`: a batch has only `changes`; remove it"),
-            ));
+        match key.as_str() {
+            "changes" => list = Some(raw),
+            "txn" => txn = Some(number::<u64>("txn", raw)?),
+            "part" => part = Some(number::<u32>("part", raw)?),
+            "more" => {
+                more =
+                    Some(serde_json::from_str::<bool>(raw.get()).map_err(|_| {
+                        RequestError::at("more", "batch: `more` must be true or false")
+                    })?)
+            }
+            _ => {
+                return Err(RequestError::at(
+                    key.clone(),
+                    format!(
+                        "batch: unknown field `{key}`: a batch has `changes`, and `txn`, `part` \
+                         and `more` when staged; remove it"
+                    ),
+                ))
+            }
         }
-        list = Some(raw);
     }
     let must = "batch: `changes` must be a list of change requests, each with its `op`";
     let list = list.ok_or_else(|| RequestError::at("changes", must))?;
     // Each item stays unparsed text borrowed from the line until its own op parses it.
     let items: Vec<&RawValue> =
         serde_json::from_str(list.get()).map_err(|_| RequestError::at("changes", must))?;
-    items
+    let changes = items
         .into_iter()
         .enumerate()
         .map(|(i, item)| parse_batch_item(item).map_err(|e| e.in_batch(i)))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    match (txn, part) {
+        (None, None) if more.is_none() => Ok(Request::Batch(changes)),
+        (Some(txn), Some(part)) => Ok(Request::Staged(StagedPart {
+            txn,
+            part,
+            more: more.unwrap_or(false),
+            changes,
+        })),
+        (Some(_), None) => Err(RequestError::at(
+            "part",
+            "batch: a staged batch (`txn`) needs `part`: 0 for the first part, then 1, 2, ...",
+        )),
+        (None, _) => Err(RequestError::at(
+            "txn",
+            "batch: `part` and `more` need `txn`: give the transaction's number, or remove them",
+        )),
+    }
+}
+
+/// A non-negative integer field of a `batch`.
+fn number<T: DeserializeOwned>(name: &str, raw: &RawValue) -> Result<T, RequestError> {
+    serde_json::from_str(raw.get()).map_err(|_| {
+        RequestError::at(
+            name,
+            format!("batch: `{name}` must be a non-negative integer"),
+        )
+    })
 }
 
 fn parse_batch_item(item: &RawValue) -> Result<Change, RequestError> {
@@ -519,12 +616,15 @@ mod tests {
             r#"{"op":"ipcache.delete","prefix":"10.0.0.0/24"}"#,
             r#"{"op":"policy.update","endpoint":1,"direction":"ingress","enforced":true,"add":[{"identity":1001,"proto":"tcp","port":80,"action":"allow","cookie":7}],"delete":[{"identity":9}]}"#,
             r#"{"op":"policy.replace","endpoint":1,"direction":"egress","entries":[]}"#,
+            r#"{"op":"host_policy.replace","direction":"ingress","enforced":true,"entries":[{"proto":"tcp","port":22,"action":"allow"}]}"#,
             r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"10.0.0.1","port":8080}],"mode":"dsr"}"#,
             r#"{"op":"service.delete","frontend":{"addr":"10.96.0.10","port":80,"proto":6}}"#,
             r#"{"op":"node.upsert","name":"b","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"encap":"geneve"}"#,
             r#"{"op":"node.delete","name":"b"}"#,
             r#"{"op":"local_node.set","name":"a","underlay_ipv4":"192.168.0.1","uplink_ifindex":2}"#,
             r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"ipcache.delete","prefix":"10.0.0.0/24"}]}"#,
+            r#"{"op":"interface.add","ifname":"flg0123456789ab"}"#,
+            r#"{"op":"interface.remove","ifname":"lxc1"}"#,
         ];
         assert_eq!(lines.len(), OPS.len());
         for line in lines {
@@ -532,6 +632,23 @@ mod tests {
             if let Request::Change(c) = &env.request {
                 assert!(line.contains(c.op()));
             }
+        }
+    }
+
+    #[test]
+    fn interface_requests_round_trip_and_bad_names_are_refused() {
+        let add = Request::InterfaceAdd(InterfaceMsg {
+            ifname: "flg0123456789ab".into(),
+        });
+        let line = Value::Object(add.to_json()).to_string();
+        assert_eq!(parse_request(line.as_bytes()).expect("parses").request, add);
+        for bad in [
+            r#"{"op":"interface.add","ifname":""}"#,
+            r#"{"op":"interface.add","ifname":"sixteen-chars-xx"}"#,
+            r#"{"op":"interface.remove","ifname":"a b"}"#,
+            r#"{"op":"interface.add","ifname":"x","extra":1}"#,
+        ] {
+            assert!(parse_request(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 
@@ -613,6 +730,14 @@ mod tests {
             (r#"{"op":"ping","seq":[1]}"#, "seq"),
             (r#"{"op":"batch"}"#, "changes"),
             (r#"{"op":"batch","changes":[],"atomic":true}"#, "atomic"),
+            (r#"{"op":"batch","changes":[],"txn":1}"#, "part"),
+            (r#"{"op":"batch","changes":[],"part":1}"#, "txn"),
+            (r#"{"op":"batch","changes":[],"more":true}"#, "txn"),
+            (r#"{"op":"batch","changes":[],"txn":-1,"part":0}"#, "txn"),
+            (
+                r#"{"op":"batch","changes":[],"txn":1,"part":0,"more":1}"#,
+                "more",
+            ),
             (
                 r#"{"op":"batch","changes":[{"op":"endpoint.delete","id":1},{"op":"ipcache.delete","prefix":"10.0.0.0/33"}]}"#,
                 "changes[1].prefix",
@@ -708,5 +833,23 @@ mod tests {
         assert_eq!(changes.len(), 2);
         let again = Value::Object(request.to_json()).to_string();
         assert_eq!(parse_request(again.as_bytes()).unwrap().request, request);
+    }
+
+    /// A staged part's line, as `to_json` writes it, parses back to the same part.
+    #[test]
+    fn staged_part_round_trips() {
+        let line = r#"{"op":"batch","txn":7,"part":2,"more":true,"changes":[{"op":"endpoint.delete","id":1}]}"#;
+        let request = parse_request(line.as_bytes()).unwrap().request;
+        let Request::Staged(p) = &request else {
+            panic!("{request:?}");
+        };
+        assert_eq!((p.txn, p.part, p.more, p.changes.len()), (7, 2, true, 1));
+        let again = Value::Object(request.to_json()).to_string();
+        assert_eq!(parse_request(again.as_bytes()).unwrap().request, request);
+        let last = parse_request(br#"{"op":"batch","txn":7,"part":3,"changes":[]}"#).unwrap();
+        assert!(matches!(
+            last.request,
+            Request::Staged(StagedPart { more: false, .. })
+        ));
     }
 }
