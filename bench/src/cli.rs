@@ -62,6 +62,12 @@ pub enum Command {
     /// kernel-vxlan.
     #[command(after_help = XNODE_HELP)]
     Xnode(XnodeArgs),
+    /// Control-plane scale: a synthetic cluster (N endpoints with ~20 labels each, M nodes,
+    /// --identities label sets, 1,000 policies of the common shapes) in a real etcd; the
+    /// agent's model in process, real agents on stand-in dataplane sockets, and iptables /
+    /// nft loading the same rules (root) in the same run.
+    #[command(after_help = SCALE_HELP)]
+    Scale(ScaleArgs),
     /// Into and out of the cluster: an external client -> node 1's NodePort (DSR, SNAT) and
     /// pod -> world through masquerade; UDP Mpps and TCP connections per second through
     /// flagella-dataplane in each node and through kernel forwarding with kube-proxy's
@@ -152,6 +158,24 @@ pub struct IngressArgs {
     #[command(flatten)]
     pub run: RunArgs,
 }
+
+const SCALE_HELP: &str = "\
+Measured per --endpoints value (everything carries the prefix fsc-<pid>-<n> and is removed on
+exit):
+  model:  the agent's ClusterState for node 0 in this process: initial sync (listing -> local
+          maps), memory it added, one policy change, one pod added (remote, local);
+  agent:  flagella-control for the first --agents nodes, each on a stand-in dataplane socket
+          (it applies every request to a mirror): start -> its node's policy in the dataplane
+          (checked equal to a from-scratch compile of etcd's contents), policy put
+          acknowledged -> first request to the dataplane, resident memory;
+  iptables-restore / nft -f: the equivalent rules for node 0 (root only; --skip-baselines).
+
+Typical use (from the workspace):
+  cargo build --release -p control --bin flagella-control
+  cargo build --release -p bench
+  target/release/flagella-bench scale --endpoints 10000,100000 --nodes 1000 --markdown
+
+flagella-control is taken from next to this binary unless --control says otherwise.";
 
 const XNODE_HELP: &str = "\
 Topology (everything carries the prefix fxn-<pid>-<n> and is removed on exit, pass or fail):
@@ -465,6 +489,52 @@ pub struct ConvergeArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ScaleArgs {
+    /// Endpoint counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub endpoints: Vec<usize>,
+    /// Nodes in all (the agents' included); at most 250 endpoints on each other node.
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub nodes: usize,
+    /// Nodes run by a real flagella-control (the first ones).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
+    pub agents: usize,
+    /// Endpoints on each agent's node.
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=250))]
+    pub local_pods: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub namespaces: usize,
+    /// Distinct label sets (deployments).
+    #[arg(long, default_value_t = 2000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub identities: usize,
+    /// Policies: one namespace isolation per namespace, then app-to-app on ports, CIDR egress
+    /// and deny rules in turn.
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
+    pub policies: usize,
+    /// Repetitions of each per-change measurement.
+    #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub reps: usize,
+    /// Repetitions of each iptables / nft measurement.
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub baseline_reps: usize,
+    /// Use this etcd URL instead of starting one (the keys the run writes are deleted after).
+    #[arg(long, value_name = "URL")]
+    pub etcd: Option<String>,
+    /// The flagella-control binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Only the in-process model (no etcd, no agents).
+    #[arg(long)]
+    pub skip_agents: bool,
+    /// Skip the iptables and nftables baselines.
+    #[arg(long)]
+    pub skip_baselines: bool,
+    /// Print the table as Markdown.
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 fn parse_endpoints(s: &str) -> Result<usize, String> {

@@ -113,7 +113,7 @@ pub struct SizeResult {
 }
 
 impl SizeResult {
-    fn push(&mut self, what: impl Into<String>, values: &[f64]) {
+    pub(crate) fn push(&mut self, what: impl Into<String>, values: &[f64]) {
         self.lines.push(Line {
             what: what.into(),
             summary: Summary::of(values),

@@ -137,6 +137,15 @@ impl Etcd {
         Ok(kvs.len())
     }
 
+    /// Every key under [`ROOT`] (full keys) with its value (a paged listing).
+    pub fn list_root(&self) -> Result<Vec<(String, Vec<u8>)>, BenchError> {
+        let (kvs, _) = self
+            .rt
+            .block_on(self.store.list(ROOT))
+            .map_err(etcd_err("list"))?;
+        Ok(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
+    }
+
     /// The current revision.
     pub fn revision(&self) -> Result<i64, BenchError> {
         self.rt

@@ -8,7 +8,7 @@ use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::generator::generate;
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, sink};
-use bench::{converge, forward, ingress_report, signals, xnode, BenchError};
+use bench::{converge, forward, ingress_report, scale, signals, xnode, BenchError};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -51,6 +51,7 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             print!("{text}");
             Ok(())
         }
+        Command::Scale(args) => scale_command(&args),
         Command::Ingress(args) => {
             let text = ingress_report::report(&args)?;
             print!("{text}");
@@ -76,6 +77,16 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             Ok(())
         }
     }
+}
+
+/// `scale`: the table, then the machine before and after.
+fn scale_command(args: &bench::cli::ScaleArgs) -> Result<(), BenchError> {
+    let before = converge::machine_notes();
+    eprintln!("start: {before}");
+    let results = scale::scale(args)?;
+    print!("{}", converge::render(&results, args.markdown));
+    println!("\nstart: {before}\nend:   {}", converge::machine_notes());
+    Ok(())
 }
 
 fn report(args: &ReportArgs) -> Result<(), BenchError> {

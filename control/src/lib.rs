@@ -11,6 +11,8 @@
 //! - [`dataplane_client`]: the dataplane control-socket client;
 //! - [`agent`]: the `flagella-control` main loop (sync, push, resync, fail static);
 //! - [`metrics`]: the agent's `/metrics` (etcd, the model, the dataplane, latencies);
+//! - `synth` (feature `synth`): synthetic clusters and the differential check of the scale
+//!   benchmark and tests;
 //! - [`cni`]: `flagella-cni`, the CNI plugin (ADD/DEL/CHECK/VERSION/STATUS/GC);
 //! - [`cli`]: the commands of the `flagella` CLI (the binary parses the flags and prints).
 //!
@@ -28,3 +30,5 @@ pub mod schema;
 pub mod status;
 pub mod store;
 pub mod sync;
+#[cfg(feature = "synth")]
+pub mod synth;

@@ -71,11 +71,17 @@ impl Distillery<'_> {
                 }
                 applies = true;
                 default_deny |= rules.default_deny;
-                if d == Direction::Ingress && localhost_origin.is_none() {
-                    localhost_origin = Some(RuleOrigin {
+                if d == Direction::Ingress {
+                    // The least origin, not the first seen: the subject index iterates in
+                    // hash order, which differs between an incremental and a full compile of
+                    // the same state (the differential check of control/tests/scale.rs).
+                    let origin = RuleOrigin {
                         policy: pid.clone(),
                         rule: format!("{} (allow-localhost)", section.path),
-                    });
+                    };
+                    if localhost_origin.as_ref().is_none_or(|o| origin < *o) {
+                        localhost_origin = Some(origin);
+                    }
                 }
                 if !rules.default_deny {
                     default_allow_origins.insert(RuleOrigin {

@@ -65,7 +65,12 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Two worker threads: the spawned tasks (the identity lease's keep-alive, the watch
+    // readers) keep running while the main task does a long stretch of model work (an initial
+    // sync of 20k endpoints took over the lease's 30 s on a loaded machine, the lease expired and
+    // the agent listed again forever: control/tests/scale.rs).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

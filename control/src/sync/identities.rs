@@ -56,14 +56,16 @@ impl ClusterState {
         if let Some(old) = previous {
             self.note_renumbering(&labels, old);
         }
-        // The local endpoints carrying it are re-sent (the ipcache moves in `renumber.rs`).
-        for (key, ep) in &self.endpoints {
+        // The local endpoints carrying it are re-sent (the ipcache moves in `renumber.rs`);
+        // only local ones: a scan of every endpoint per label set was the initial sync's
+        // hotspot (flagella-bench scale).
+        for key in &self.local_keys {
             let same = self
                 .engine
                 .pod_identity(key)
                 .and_then(|l| self.engine_labels.get(&l.0))
                 == Some(&labels);
-            if same && ep.node == self.node {
+            if same {
                 self.dirty_endpoints.insert(key.clone());
             }
         }

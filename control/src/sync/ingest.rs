@@ -149,7 +149,11 @@ impl ClusterState {
                 self.engine
                     .upsert_namespace(&name, labels.clone())
                     .map_err(invalid)?;
-                // The engine renumbered the namespace's pods: look at their label sets again.
+                // The engine renumbered the namespace's pods: look at their label sets again,
+                // and remember the new numbers' label sets (without them the new identities
+                // never got a cluster number and the pods kept their old ones: found by the
+                // differential check of control/tests/scale.rs).
+                self.namespaces.insert(name.clone(), labels);
                 let prefix = format!("{name}/");
                 let in_ns: Vec<String> = self
                     .endpoints
@@ -157,8 +161,10 @@ impl ClusterState {
                     .take_while(|(k, _)| k.starts_with(&prefix))
                     .map(|(k, _)| k.clone())
                     .collect();
+                for key in &in_ns {
+                    self.remember_identity_labels(key);
+                }
                 self.unresolved.extend(in_ns);
-                self.namespaces.insert(name, labels);
                 self.refresh_local_endpoints();
                 self.retry_deferred();
             }
@@ -218,6 +224,26 @@ impl ClusterState {
                 self.malformed_total = self.malformed_total.saturating_sub(1);
             }
         }
+    }
+
+    /// Records the label set (namespace labels folded in) behind pod `key`'s engine identity.
+    fn remember_identity_labels(&mut self, key: &str) {
+        let (Some(spec), Some((namespace, _))) = (self.endpoints.get(key), key.split_once('/'))
+        else {
+            return;
+        };
+        let Some(local) = self.engine.pod_identity(key) else {
+            return;
+        };
+        let pod: Labels = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let ns_labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
+        let sa = spec.service_account.as_deref();
+        self.engine_labels
+            .insert(local.0, Labels::for_pod(&pod, namespace, &ns_labels, sa));
     }
 
     fn refresh_local_endpoints(&mut self) {
