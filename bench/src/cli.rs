@@ -145,8 +145,8 @@ pub struct IngressArgs {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub clients: u64,
     /// flagella-dataplane's --masquerade-ports (FIRST-LAST) for SNAT and masquerade; absent:
-    /// its default, 61000-65535. A range of N ports holds N flows to one server (closed TCP
-    /// flows keep their port 10 s), so it caps the connection rate to one server at N / 10 s.
+    /// its default, 61000-65535. A range of N ports holds N open flows to one server (a closed
+    /// TCP flow's port is recycled when no other is free).
     #[arg(long, value_name = "FIRST-LAST")]
     pub masquerade_ports: Option<String>,
     /// Rounds: the ceiling and every (scenario, target) once per round, in the same order.
