@@ -14,6 +14,8 @@ use std::time::Duration;
 use control::store::Store;
 use serde_json::Value;
 
+use common::cli::{json, ok, stderr};
+
 const NP_LIST_YAML: &str = r#"apiVersion: v1
 items:
 - apiVersion: networking.k8s.io/v1
@@ -126,26 +128,6 @@ fn flagella(etcd: &str, args: &[&str], stdin: Option<&str>) -> Output {
     }
     drop(input);
     child.wait_with_output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    let text = ok(o);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 async fn keys(url: &str, prefix: &str) -> Vec<String> {

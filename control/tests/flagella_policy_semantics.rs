@@ -9,12 +9,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use control::store::Store;
 use serde_json::Value;
+
+use common::cli::{flagella, json, ok, stderr, Dir};
 
 /// Cilium's service-account example (L4 part): `luke` may reach `leia` on 80/TCP; `luke` may
 /// also reach its own node (`host`) and nothing else.
@@ -80,53 +81,6 @@ fn assert_split_warning(stderr: &str) {
     );
 }
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        Dir(testkit::private_dir(&format!("flagella-sem-{name}-")))
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn flagella(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flagella"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    let text = ok(o);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Where a trace reads its state: global options (`--etcd URL`) and `policy trace` options
 /// (`--policies P --cluster C`).
 struct Source<'a> {
@@ -172,7 +126,7 @@ fn check_semantics(source: &Source<'_>) {
 
 #[test]
 fn offline_trace_knows_nodes_service_accounts_and_loopback() {
-    let d = Dir::new("offline");
+    let d = Dir::new("flagella-sem-offline-");
     let (c, p) = (d.file("c.yaml", CLUSTER), d.file("p.yaml", POLICIES));
     check_semantics(&Source {
         global: &[],

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helper: a failure is a failed test
 
+pub mod cli;
 pub mod net;
 pub mod prometheus;
 pub mod proxy;
