@@ -62,7 +62,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::net::{
-    ip_in, link_facts, preflight, spawn_agent, spawn_in, wait_for_within, NetNsGuard, Proc,
+    ip_in, pod_address, pod_veth, preflight, spawn_agent, spawn_in, wait_for_within, NetNsGuard,
+    Proc,
 };
 use common::traffic::{dataplane_request, echo, tcp_echo, tcp_server};
 use common::Etcd;
@@ -138,25 +139,8 @@ fn build_topology(node: &str, tag: &str, netns: &mut NetNsGuard) -> (Vec<Pod>, P
         add(netns, &ns);
         let host_if = format!("fe2e{pid}{tag}{letter}");
         let ip = Ipv4Addr::new(10, 78, 0, 11 + i as u8);
-        ip_in(
-            node,
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        );
-        ip_in(node, &["link", "set", &host_if, "up"]);
-        ip_in(&ns, &["link", "set", "lo", "up"]);
-        ip_in(&ns, &["link", "set", "eth0", "up"]);
-        ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        let gw = GATEWAY.to_string();
-        ip_in(
-            &ns,
-            &[
-                "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
-            ],
-        );
-        let (ifindex, _) = link_facts(node, &host_if);
-        let (_, mac) = link_facts(&ns, "eth0");
+        let (ifindex, mac) = pod_veth(node, &ns, &host_if);
+        pod_address(&ns, ip, GATEWAY);
         pods.push(Pod {
             name: letter.to_string(),
             netns: ns,
@@ -170,17 +154,7 @@ fn build_topology(node: &str, tag: &str, netns: &mut NetNsGuard) -> (Vec<Pod>, P
     let ns = format!("{node}-d");
     add(netns, &ns);
     let host_if = format!("fe2e{pid}{tag}d");
-    ip_in(
-        node,
-        &[
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ],
-    );
-    ip_in(node, &["link", "set", &host_if, "up"]);
-    ip_in(&ns, &["link", "set", "lo", "up"]);
-    ip_in(&ns, &["link", "set", "eth0", "up"]);
-    let (ifindex, _) = link_facts(node, &host_if);
-    let (_, mac) = link_facts(&ns, "eth0");
+    let (ifindex, mac) = pod_veth(node, &ns, &host_if);
     let cni_pod = Pod {
         name: "d".into(),
         netns: ns,

@@ -40,7 +40,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::net::{
-    ip_in, link_facts, preflight, spawn_agent_with_metrics, wait_for_within, NetNsGuard, Proc,
+    ip_in, pod_address, pod_veth, preflight, spawn_agent_with_metrics, wait_for_within, NetNsGuard,
+    Proc,
 };
 use common::prometheus::{
     dashboard_queries, families, http_get, http_get_in, metric_names, promtool_check, Prometheus,
@@ -109,25 +110,8 @@ fn build_pods(node: &str, tag: &str, netns: &mut NetNsGuard) -> Vec<Pod> {
         netns.add(&ns).unwrap_or_else(|e| panic!("{e}"));
         let host_if = format!("fobs{pid}{tag}{name}");
         let ip = Ipv4Addr::new(10, 79, 0, 11 + i as u8);
-        ip_in(
-            node,
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        );
-        ip_in(node, &["link", "set", &host_if, "up"]);
-        ip_in(&ns, &["link", "set", "lo", "up"]);
-        ip_in(&ns, &["link", "set", "eth0", "up"]);
-        ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        let gw = GATEWAY.to_string();
-        ip_in(
-            &ns,
-            &[
-                "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
-            ],
-        );
-        let (ifindex, _) = link_facts(node, &host_if);
-        let (_, mac) = link_facts(&ns, "eth0");
+        let (ifindex, mac) = pod_veth(node, &ns, &host_if);
+        pod_address(&ns, ip, GATEWAY);
         pods.push(Pod {
             name,
             netns: ns,

@@ -67,6 +67,36 @@ pub fn link_facts(ns: &str, dev: &str) -> (u64, String) {
     )
 }
 
+/// A pod's veth: `host_if` in namespace `node`, its peer `eth0` in namespace `pod`, both up (and
+/// the pod's loopback); returns the host side's ifindex and the pod side's MAC.
+pub fn pod_veth(node: &str, pod: &str, host_if: &str) -> (u64, String) {
+    ip_in(
+        node,
+        &[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", pod,
+        ],
+    );
+    ip_in(node, &["link", "set", host_if, "up"]);
+    ip_in(pod, &["link", "set", "lo", "up"]);
+    ip_in(pod, &["link", "set", "eth0", "up"]);
+    let (ifindex, _) = link_facts(node, host_if);
+    let (_, mac) = link_facts(pod, "eth0");
+    (ifindex, mac)
+}
+
+/// Gives the pod in namespace `pod` the address `ip`/32 on `eth0` and a default route via
+/// `gateway` (onlink), as the CNI plugin does.
+pub fn pod_address(pod: &str, ip: std::net::Ipv4Addr, gateway: std::net::Ipv4Addr) {
+    ip_in(pod, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    let gw = gateway.to_string();
+    ip_in(
+        pod,
+        &[
+            "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
+        ],
+    );
+}
+
 /// The dataplane binary, next to this test's profile directory or from the environment.
 pub fn dataplane_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("FLAGELLA_DATAPLANE_BIN") {
