@@ -1,4 +1,5 @@
-//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`, `xnode`, `ingress`. Parsing
+//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`, `xnode`, `ingress`,
+//! `scale`, `monitor-cost`. Parsing
 //! only; the subcommands live in their modules. Every value a user types is validated here
 //! (sizes, flow counts, durations), so the rest of the crate can rely on the ranges stated
 //! below.
@@ -74,6 +75,84 @@ pub enum Command {
     /// iptables rules, in the same run; ratios to iptables, generator ceiling flagged.
     #[command(after_help = INGRESS_HELP)]
     Ingress(IngressArgs),
+    /// What a `flagella monitor` client costs forwarding: a TCP transfer beside a flood of
+    /// denied UDP (every datagram a monitor event), with and without the client in
+    /// alternated rounds; medians and their ratio. Needs root.
+    #[command(after_help = MONITOR_COST_HELP)]
+    MonitorCost(MonitorCostArgs),
+    /// CNI ADD latency: for --pods pods, the plugin's run and the time until the pod can send
+    /// (its first datagram reaches another pod), p50/p99, flagella-cni (with etcd, the agent
+    /// and the dataplane) against Debian's ptp + host-local in the same run. Needs root.
+    #[command(after_help = CNI_ADD_HELP)]
+    CniAdd(CniAddArgs),
+}
+
+const CNI_ADD_HELP: &str = "\
+Everything runs in a node namespace fca-<pid> (removed on exit, pass or fail, with every pod
+namespace): etcd, flagella-control, flagella-dataplane (--hot-interfaces, --idle-sleep-us
+100) and the plugins, called as a runtime calls them (CNI_* variables, the configuration on
+stdin, a fresh namespace per pod). flagella-cni's addresses come from the agent's IPAM
+(10.93.0.0/24), ptp's from host-local (10.94.0.0/24). Per plugin a receiver pod is added first
+(untimed); each measured pod sends a datagram to it every millisecond from the end of ADD
+until one arrives.
+
+Typical use (as root, from the workspace; etcd-server and containernetworking-plugins
+installed):
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p bench -p control
+  sudo target/release/flagella-bench cni-add --pods 100";
+
+#[derive(Clone, Debug, Args)]
+pub struct CniAddArgs {
+    /// Pods added per plugin.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=200))]
+    pub pods: u64,
+    /// The flagella-cni binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub cni: Option<PathBuf>,
+    /// The flagella-control binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// The flagella-dataplane binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub dataplane: Option<PathBuf>,
+}
+
+const MONITOR_COST_HELP: &str = "\
+Topology: forward's (node namespace fmc-<pid>, pods A 10.81.0.11 and B 10.81.0.12), removed on
+exit, pass or fail; flagella-dataplane on the pods' veths, configured over its control socket;
+A -> B TCP 5201 allowed, A -> B UDP 9001 denied by A's egress policy.
+A round: the flood (sendmmsg from A to B:9001) starts, then A sends --mib MiB to a sink in B,
+which acknowledges the last byte; the figure is the transfer's rate. With the client, the real
+CLI (`flagella -o json monitor --no-labels`) is subscribed first and its output tallied.
+Rounds alternate: without, with, with, without, ... (--rounds pairs).
+
+Typical use (as root, from the workspace):
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p bench -p control --bin flagella-bench --bin flagella
+  sudo target/release/flagella-bench monitor-cost --rounds 5 --mib 64";
+
+#[derive(Clone, Debug, Args)]
+pub struct MonitorCostArgs {
+    /// Pairs of rounds (one without the client, one with it).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
+    /// MiB the transfer sends per round.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=16384))]
+    pub mib: u64,
+    /// flagella-dataplane's --monitor-rate (events a second to subscribers; 0: no limit).
+    /// Default: the dataplane's default.
+    #[arg(long, value_name = "N")]
+    pub monitor_rate: Option<u32>,
+    /// The `flagella` CLI (default: next to this binary).
+    #[arg(long, value_name = "PATH")]
+    pub flagella: Option<PathBuf>,
+    /// The flagella-dataplane binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub dataplane: Option<PathBuf>,
+    /// CPU of the dataplane's worker.
+    #[arg(long, default_value_t = 1)]
+    pub worker_core: usize,
 }
 
 const INGRESS_HELP: &str = "\

@@ -18,11 +18,16 @@
 //! - [`converge`]: policy convergence (etcd write -> first packet decided by it) against
 //!   iptables-restore and nftables; [`synth`] the synthetic cluster and the baselines' rule
 //!   text, [`etcd`] the etcd server and client, [`probe`] the probe sender and receiver.
+//! - [`cni_add`]: CNI ADD latency, flagella-cni (etcd, agent, dataplane) against Debian's
+//!   ptp + host-local in one node namespace.
+//! - [`monitor_cost`]: what a `flagella monitor` client costs an allowed transfer beside a
+//!   flood of denied packets (with and without it, alternated rounds).
 //! - [`signals`]: SIGINT/SIGTERM become a flag the waits poll, so the guards' `Drop` runs.
 //!
 //! The pipeline's own micro-benchmarks live in `dataplane/benches/`.
 
 pub mod cli;
+pub mod cni_add;
 pub mod connrate;
 pub mod converge;
 pub mod cputime;
@@ -32,6 +37,7 @@ pub mod generator;
 pub mod ingress;
 pub mod ingress_report;
 pub mod machine;
+pub mod monitor_cost;
 pub mod pktgen;
 pub mod probe;
 pub mod report;

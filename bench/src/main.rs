@@ -8,7 +8,9 @@ use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::generator::generate;
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, sink};
-use bench::{converge, forward, ingress_report, scale, signals, xnode, BenchError};
+use bench::{
+    cni_add, converge, forward, ingress_report, monitor_cost, scale, signals, xnode, BenchError,
+};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -55,6 +57,22 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         Command::Ingress(args) => {
             let text = ingress_report::report(&args)?;
             print!("{text}");
+            Ok(())
+        }
+        Command::CniAdd(args) => {
+            let before = converge::machine_notes();
+            eprintln!("start: {before}");
+            let text = cni_add::cni_add(&args)?;
+            print!("{text}");
+            println!("\nstart: {before}\nend:   {}", converge::machine_notes());
+            Ok(())
+        }
+        Command::MonitorCost(args) => {
+            let before = converge::machine_notes();
+            eprintln!("start: {before}");
+            let text = monitor_cost::monitor_cost(&args)?;
+            print!("{text}");
+            println!("\nstart: {before}\nend:   {}", converge::machine_notes());
             Ok(())
         }
         Command::Converge(args) => {
