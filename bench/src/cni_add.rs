@@ -200,7 +200,9 @@ impl Run {
             .map_err(|e| BenchError::io(log.display().to_string(), e))?;
         let agent = ChildGuard::spawn(
             "flagella-control",
-            Command::new(&bins.control)
+            Command::new("ip")
+                .args(["netns", "exec", node])
+                .arg(&bins.control)
                 .arg("--etcd")
                 .arg(&etcd_server.url)
                 .args(["--node", node])
@@ -316,6 +318,7 @@ impl Run {
         };
         let id = format!("{}{}", self.node, ns.rsplit('-').next().unwrap_or(name));
         let out = invoke(
+            &self.node,
             binary,
             &[
                 ("CNI_COMMAND", "ADD"),
@@ -338,11 +341,19 @@ impl Run {
     }
 }
 
-/// Runs a CNI plugin as a runtime does (environment and stdin, in this thread's namespace);
-/// its stdout, or its error.
-fn invoke(binary: &Path, env: &[(&str, &str)], config: &Value) -> Result<Value, BenchError> {
-    let mut cmd = Command::new(binary);
-    cmd.env_clear()
+/// Runs a CNI plugin as a runtime does (environment and stdin) in namespace `node`; its
+/// stdout, or its error. Through `ip netns exec`, which also mounts the namespace's own
+/// `/sys` (plugins read `/sys/class/net`), for both plugins alike.
+fn invoke(
+    node: &str,
+    binary: &Path,
+    env: &[(&str, &str)],
+    config: &Value,
+) -> Result<Value, BenchError> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node])
+        .arg(binary)
+        .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_PATH", CNI_BIN_DIR)
         .envs(env.iter().copied())

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::cli::MonitorCostArgs;
-use crate::converge::percentile;
 use crate::forward::{is_root, ScratchDir};
 use crate::probe::enter_netns;
 use crate::targets::{default_dataplane, wait_for, ChildGuard, DataplaneLaunch, Flagella};
@@ -234,19 +233,29 @@ fn describe(r: &Round) -> String {
     s
 }
 
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => v.get(mid).copied(),
+        _ => Some((v[mid - 1] + v[mid]) / 2.0),
+    }
+}
+
 /// The table: medians, their ratio, the per-pair ratios.
 pub fn render(rounds: &[Round], counters: &str, args: &MonitorCostArgs) -> String {
     let rates = |with: bool| -> Vec<f64> {
-        let mut v: Vec<f64> = rounds
+        rounds
             .iter()
             .filter(|r| r.with_client == with)
             .map(|r| r.rate)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v
+            .collect()
     };
     let (without, with) = (rates(false), rates(true));
-    let median = |v: &[f64]| percentile(v, 50.0).unwrap_or(f64::NAN);
+    let med = |v: &[f64]| median(v).unwrap_or(f64::NAN);
     let pairs: Vec<String> = rounds
         .chunks(2)
         .filter_map(|p| {
@@ -269,15 +278,11 @@ pub fn render(rounds: &[Round], counters: &str, args: &MonitorCostArgs) -> Strin
         "| without client MB/s (median) | with client MB/s (median) | with / without | per pair | client flows/s (median) |\n\
          |---|---|---|---|---|\n\
          | {:.1} | {:.1} | {:.0}% | {} | {:.0} |\n",
-        median(&without),
-        median(&with),
-        100.0 * median(&with) / median(&without),
+        med(&without),
+        med(&with),
+        100.0 * med(&with) / med(&without),
         pairs.join(" "),
-        median(&{
-            let mut v = flows_per_s;
-            v.sort_by(f64::total_cmp);
-            v
-        }),
+        med(&flows_per_s),
     ));
     out.push_str(&format!("dataplane monitor counters: {counters}\n"));
     out
@@ -585,6 +590,13 @@ mod tests {
                 queue: 2
             }
         );
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
     }
 
     #[test]
