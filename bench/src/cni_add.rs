@@ -327,7 +327,7 @@ impl Run {
                 ("CNI_IFNAME", "eth0"),
                 (
                     "CNI_ARGS",
-                    &format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME={name}"),
+                    &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={name}"),
                 ),
             ],
             &config,
