@@ -128,14 +128,14 @@ pub fn diff(before: &PolicyEngine, after: &PolicyEngine) -> Vec<ImpactChange> {
     }
     let mut out = merge(found, &classes, &ends);
     out.sort_by(|a, b| {
-        b.blast_radius()
-            .cmp(&a.blast_radius())
-            .then_with(|| (&a.source, &a.destination, &a.protocol, a.port_from).cmp(&(
+        b.blast_radius().cmp(&a.blast_radius()).then_with(|| {
+            (&a.source, &a.destination, &a.protocol, a.port_from).cmp(&(
                 &b.source,
                 &b.destination,
                 &b.protocol,
                 b.port_from,
-            )))
+            ))
+        })
     });
     out
 }
@@ -301,7 +301,11 @@ fn merge(
             .and_then(|(_, c)| c.get(class).copied())
             .unwrap_or((0, 0))
     };
-    let pods: BTreeSet<&str> = ends.iter().filter(|e| e.pod).map(|e| e.name.as_str()).collect();
+    let pods: BTreeSet<&str> = ends
+        .iter()
+        .filter(|e| e.pod)
+        .map(|e| e.name.as_str())
+        .collect();
     let mut out: Vec<ImpactChange> = Vec::new();
     // `found` is ordered by protocol then class, so a mergeable row is among the earlier
     // ones of the same protocol whose range ends right before this class.
@@ -390,7 +394,10 @@ spec:
     #[test]
     fn isolating_the_web_pods_denies_all_but_port_80_from_x() {
         let changes = diff(&engine(""), &engine(ALLOW_WEB_80));
-        assert!(changes.iter().all(|c| c.change == "newly-denied"), "{changes:#?}");
+        assert!(
+            changes.iter().all(|c| c.change == "newly-denied"),
+            "{changes:#?}"
+        );
         // x/a may still reach the web pods on 80/TCP and only there.
         let mut from_a_tcp: Vec<_> = changes
             .iter()
@@ -401,9 +408,14 @@ spec:
         assert_eq!(from_a_tcp, [(1, 79), (81, 65535)], "{changes:#?}");
         let big = &changes[0];
         assert_eq!(big.destination_pods, 2);
-        assert!(big.because.iter().any(|b| b.starts_with("default-deny at y/web")));
+        assert!(big
+            .because
+            .iter()
+            .any(|b| b.starts_with("default-deny at y/web")));
         // Egress is not enforced: the web pods still reach anything.
-        assert!(changes.iter().all(|c| c.flows.iter().all(|f| f[1].starts_with("y/"))));
+        assert!(changes
+            .iter()
+            .all(|c| c.flows.iter().all(|f| f[1].starts_with("y/"))));
     }
 
     #[test]
@@ -428,6 +440,9 @@ spec:
             [(1, 79), (80, 80), (81, 7999), (8000, 8080), (8081, 65535)]
         );
         let icmp: BTreeSet<u32> = [8, 9].into_iter().collect();
-        assert_eq!(classes_of(Protocol::ICMP, &icmp), [(0, 7), (8, 8), (9, 255)]);
+        assert_eq!(
+            classes_of(Protocol::ICMP, &icmp),
+            [(0, 7), (8, 8), (9, 255)]
+        );
     }
 }

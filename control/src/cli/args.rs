@@ -138,7 +138,11 @@ pub enum PolicyVerb {
 Reads exactly what `kubectl get networkpolicies -A -o yaml` (or `-o json`) prints, a \
 CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy manifest, or several `---` documents. \
 Every policy is validated first; if any is invalid, nothing is written and the error names the \
-document and the field. An existing policy of the same kind, namespace and name is replaced.",
+document and the field. An existing policy of the same kind, namespace and name is replaced.\n\n\
+With --dry-run nothing is written: the command validates the file and prints what importing it \
+would change, as `flagella policy diff -f FILE` does (the flows that would be newly allowed or \
+newly denied, against the cluster in etcd), with the CIDR peers that would split an identity \
+as warnings.",
         after_long_help = "EXAMPLES:\n  \
 kubectl get networkpolicies -A -o yaml | flagella policy import -f -\n  \
 kubectl get ciliumnetworkpolicies -A -o json | flagella policy import -f -\n  \
@@ -148,7 +152,7 @@ flagella policy import -f allow-web.yaml --dry-run"
         /// The file to read, or `-` for stdin
         #[arg(short = 'f', long = "file", value_name = "FILE|-")]
         file: String,
-        /// Validate only; write nothing
+        /// Validate and show what would change (as `policy diff`); write nothing
         #[arg(long)]
         dry_run: bool,
     },
@@ -216,6 +220,46 @@ EXIT STATUS:
 field and what to fix) or etcd is unreachable; 2 the command line is wrong."
     )]
     Trace(TraceArgs),
+    /// Preview a policy file: which flows it would newly allow or deny (live from etcd, or offline from files)
+    #[command(
+        long_about = "Preview a new or changed policy file before applying it: which flows \
+(source identity, destination identity, port) would change verdict, with the pods on each side, \
+largest blast radius (pairs x ports) first. Nothing is written.\n\n\
+Live (without --cluster): the cluster and policies in etcd, as the agents model them, against \
+the same with the file imported (a policy of the same kind, namespace and name is replaced). \
+Offline (with --cluster, and --policies for the policies in force): the same from files. \
+Both sides are traced with `flagella policy trace`'s lookup (the dataplane's own, over the \
+compiled maps) for every pair of ends (pods, nodes, one address per policy CIDR, and a `world` \
+address; at least one end a pod) and every port class the maps distinguish, so the list is \
+exact: applying the file changes these verdicts and no others. Host policies are not compared.",
+        after_long_help = "\
+EXAMPLES:
+  flagella policy diff -f allow-web.yaml                       # against etcd
+  flagella policy diff -f allow-web.yaml -o json | jq '.changes[].flows'
+  flagella policy diff -f new.yaml --policies current.yaml --cluster cluster.yaml
+
+The cluster file is `flagella policy trace`'s (see `flagella policy trace --help`).
+
+EXIT STATUS:
+  0 the preview ran (whatever it found); 1 an input is bad (the message names the file, the \
+field and what to fix) or etcd is unreachable; 2 the command line is wrong."
+    )]
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The new or changed policies (YAML or JSON, as `policy import` reads), or `-` for stdin
+    #[arg(short = 'f', long = "file", value_name = "FILE|-")]
+    pub file: String,
+
+    /// Offline: a file of the policies in force (repeat for several). Requires --cluster.
+    #[arg(long = "policies", value_name = "FILE", requires = "cluster")]
+    pub policies: Vec<PathBuf>,
+
+    /// Offline: the cluster description (namespaces, pods, nodes), as `policy trace` reads it
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -13,11 +13,13 @@
 //!   status 1 (usage errors are clap's, status 2).
 //!
 //! Modules: [`args`] (every noun, verb and flag), one module per noun with its command's
-//! `run` ([`policy`], [`trace`] for `policy trace`, [`endpoint`], [`identity`], [`service`],
+//! `run` ([`policy`], [`trace`] for `policy trace`, [`diff`] for `policy diff` and the
+//! preview of `policy import --dry-run`, [`endpoint`], [`identity`], [`service`],
 //! [`node`], [`namespace`], [`status`]), and the output: [`render`] (JSON or text, warnings)
 //! and [`table`] (aligned text tables).
 
 pub mod args;
+pub mod diff;
 pub mod endpoint;
 pub mod identity;
 pub mod monitor;

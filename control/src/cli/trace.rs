@@ -5,21 +5,21 @@
 //! ([`policy_compiler::trace`]).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dataplane::Identity;
 use policy_compiler::icmp::IcmpFamily;
-use policy_compiler::model::PolicyId;
+use policy_compiler::model::{Policy, PolicyId};
 use policy_compiler::trace::{
     parse_port_proto, parse_probe_port, parse_probes, trace, Probe, TraceResult,
 };
-use policy_compiler::{parse_cluster, parse_policies, PolicyEngine};
+use policy_compiler::{parse_cluster, parse_policies, Cluster, PolicyEngine};
 
 use super::args::TraceArgs;
 use super::render::warn;
 use super::{connect, CliError};
 
-fn read(path: &Path, flag: &str) -> Result<String, CliError> {
+pub(super) fn read(path: &Path, flag: &str) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|source| CliError::Read {
         path: format!("the {flag} file {}", path.display()),
         source,
@@ -98,10 +98,12 @@ fn run_probes(engine: &PolicyEngine, args: &TraceArgs) -> Result<Vec<TraceResult
     Ok(results)
 }
 
-pub fn trace_offline(args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
+/// The policies of --policies files, each file's warnings printed (a policy defined in two
+/// files is refused).
+pub(super) fn read_policy_files(paths: &[PathBuf]) -> Result<Vec<Policy>, CliError> {
     let mut policies = Vec::new();
     let mut seen: HashMap<PolicyId, String> = HashMap::new();
-    for path in &args.policies {
+    for path in paths {
         let name = path.display().to_string();
         let parsed = parse_policies(&name, &read(path, "--policies")?)
             .map_err(|e| CliError::Other(e.to_string()))?;
@@ -118,16 +120,25 @@ pub fn trace_offline(args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
             policies.push(p);
         }
     }
+    Ok(policies)
+}
+
+/// The --cluster file.
+pub(super) fn read_cluster(path: &Path) -> Result<Cluster, CliError> {
+    parse_cluster(&path.display().to_string(), &read(path, "--cluster")?)
+        .map_err(|e| CliError::Other(e.to_string()))
+}
+
+pub fn trace_offline(args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
+    let policies = read_policy_files(&args.policies)?;
     let Some(cluster_path) = &args.cluster else {
         return Err(CliError::Other(
             "--policies needs --cluster FILE (or give neither to trace against etcd)".into(),
         ));
     };
-    let cluster_name = cluster_path.display().to_string();
-    let cluster = parse_cluster(&cluster_name, &read(cluster_path, "--cluster")?)
-        .map_err(|e| CliError::Other(e.to_string()))?;
+    let cluster = read_cluster(cluster_path)?;
     let engine = PolicyEngine::build(&cluster, &policies)
-        .map_err(|e| CliError::Other(format!("{cluster_name}: {e}")))?;
+        .map_err(|e| CliError::Other(format!("{}: {e}", cluster_path.display())))?;
     run_probes(&engine, args)
 }
 
