@@ -98,6 +98,64 @@ flagella monitor -o json --endpoint 12 --reason policy_denied_ingress\n  \
 flagella monitor --type drop --pcap drops.pcap   # then: tshark -r drops.pcap"
     )]
     Monitor(MonitorArgs),
+    /// Run a capture through the dataplane's pipeline offline: each frame's verdict, stage and drop reason
+    #[command(
+        long_about = "Run every frame of a capture through the dataplane's own pipeline \
+(the code its workers run, with its own conntrack), offline, over the tables of a state \
+snapshot, and print each frame's verdict as `flagella monitor` shows it: forwarded (and where), \
+passed to the kernel, or dropped with the stage and the reason.\n\n\
+The state is --state FILE: one JSON object a line, each a control-socket request (what the \
+agent sends: endpoint.upsert, ipcache.upsert, policy.update, service.upsert, local_node.set, \
+batch, ...) or a `dump` reply of the dataplane (endpoints, ipcache, services, nodes, local_node, \
+policy; each entry becomes its upsert); or --node NAME: what that node's agent would send, \
+read from etcd now.\n\n\
+Frames are replayed in file order at their capture times. Frames captured shorter than they \
+were (the monitor's pcap keeps 128 bytes) are padded with zeros: headers are judged, payloads \
+are not. A frame's ingress interface is --ingress, else the pod interface whose MAC sent it, \
+else the state's uplink. The host interface and the kernel's next hops are not part of a \
+snapshot; masquerade is off.",
+        after_long_help = "\
+EXAMPLES:
+  flagella monitor --type drop --pcap drops.pcap            # on the node: capture
+  flagella replay --pcap drops.pcap --node node-1            # what the dataplane does now
+  flagella replay --pcap capture.pcap --state state.jsonl -o json
+  flagella replay --pcap capture.pcap --state state.jsonl --drops dropped.pcap
+
+STATE FILE (one JSON object a line; `#` comments):
+  {\"op\":\"endpoint.upsert\",\"id\":1,\"ifindex\":12,\"mac\":\"02:00:00:00:00:01\",\"ipv4\":\"10.1.0.5\",\"identity\":1001}
+  {\"op\":\"policy.update\",\"endpoint\":1,\"direction\":\"ingress\",\"enforced\":true,\"add\":[...]}
+  {\"ok\":true,\"table\":\"ipcache\",\"entries\":[...]}      # a dump reply
+
+EXIT STATUS:
+  0 the replay ran (whatever the verdicts); 1 an input is bad (the message names the file and \
+line) or etcd is unreachable; 2 the command line is wrong."
+    )]
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("snapshot").required(true).args(["state", "node"])))]
+pub struct ReplayArgs {
+    /// The capture (classic pcap, Ethernet; what tcpdump and `flagella monitor --pcap` write)
+    #[arg(long, value_name = "FILE")]
+    pub pcap: PathBuf,
+
+    /// The state snapshot: control-socket requests and dump replies, one a line
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Instead of --state: the state node NAME's agent would give its dataplane, from etcd
+    #[arg(long, value_name = "NAME", conflicts_with = "state")]
+    pub node: Option<String>,
+
+    /// Every frame arrived on this interface index (default: the pod interface whose MAC sent
+    /// it, else the uplink)
+    #[arg(long, value_name = "IFINDEX")]
+    pub ingress: Option<u32>,
+
+    /// Also write the dropped frames (as captured) to FILE as a pcap
+    #[arg(long, value_name = "FILE")]
+    pub drops: Option<PathBuf>,
 }
 
 /// The policy kinds `--kind` accepts (Cilium's short names too). Named as the API kinds are.
