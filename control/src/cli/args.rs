@@ -218,7 +218,15 @@ flagella policy import -f allow-web.yaml --dry-run"
     #[command(
         long_about = "Show stored policies.\n\nWithout an argument, a table of every policy; \
 with NAMESPACE/NAME (or NAME for a cluster-wide policy), the object itself. `-o json` prints \
-the objects as a kubectl `List`, which `flagella policy import -f -` reads back."
+the objects as a kubectl `List`, which `flagella policy import -f -` reads back.\n\n\
+With --host NODE, the node's host policy (Cilium's host firewall) as its agent compiles it: \
+the host policies (CiliumClusterwideNetworkPolicy with a nodeSelector) that select the node's \
+labels, per direction whether it is enforced, and every entry with its remote identity, \
+protocol, ports, action and rules. `flagella policy trace --to node:NODE` explains one flow.",
+        after_long_help = "EXAMPLES:\n  \
+flagella policy get\n  \
+flagella policy get prod/allow-web -o json\n  \
+flagella policy get --host node-1"
     )]
     Get {
         /// NAMESPACE/NAME, or NAME for a CiliumClusterwideNetworkPolicy
@@ -226,6 +234,9 @@ the objects as a kubectl `List`, which `flagella policy import -f -` reads back.
         /// Only policies of this kind
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
+        /// Instead: the host policy of node NODE, as compiled from etcd
+        #[arg(long, value_name = "NODE", conflicts_with_all = ["selector", "kind"])]
+        host: Option<String>,
     },
     /// Delete a stored policy (NAMESPACE/NAME, or NAME for cluster-wide)
     Delete {
@@ -257,10 +268,13 @@ CLUSTER FILE (YAML or JSON):
      nodeName: node-1,               # optional: its node (`host` to it)
      serviceAccountName: web}        # optional: io.cilium.k8s.policy.serviceaccount=web
   nodes:
-  - {name: node-1, ip: 192.168.0.1}
+  - {name: node-1, ip: 192.168.0.1, labels: {role: worker}}   # labels: optional
 
-SRC and DST are `namespace/pod` or an IP address. An address that is neither a pod nor a node \
-is outside the cluster (identity `world`, or the CIDR identity of the longest matching policy CIDR).
+SRC and DST are `namespace/pod`, `node:NAME` or an IP address. An address that is neither a pod \
+nor a node is outside the cluster (identity `world`, or the CIDR identity of the longest matching \
+policy CIDR). A node's address meets its host policy (host policies whose nodeSelector selects \
+the node's labels; `flagella policy get --host NAME` shows it): ingress for traffic to it, \
+egress for traffic from it.
 
 PROBES FILE (JSON): [{\"from\": \"x/a\", \"to\": \"y/b\", \"port\": 80, \"protocol\": \"TCP\"}, ...]
 (for \"protocol\": \"ICMP\" or \"ICMPv6\", \"port\" is the ICMP type, as the policy maps key it)
@@ -333,11 +347,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE", requires = "policies")]
     pub cluster: Option<PathBuf>,
 
-    /// Source of the flow: `namespace/pod` or an IP address
+    /// Source of the flow: `namespace/pod`, `node:NAME` or an IP address
     #[arg(long, value_name = "SRC", requires = "to", conflicts_with = "probes")]
     pub from: Option<String>,
 
-    /// Destination of the flow: `namespace/pod` or an IP address
+    /// Destination of the flow: `namespace/pod`, `node:NAME` or an IP address
     #[arg(long, value_name = "DST", requires = "from")]
     pub to: Option<String>,
 

@@ -21,6 +21,7 @@
 pub mod args;
 pub mod diff;
 pub mod endpoint;
+pub mod host;
 pub mod identity;
 pub mod monitor;
 pub mod namespace;

@@ -1,4 +1,5 @@
-//! `flagella policy import|get|delete|trace` (the trace itself is [`super::trace`]), and the
+//! `flagella policy import|get|delete|trace|diff` (the trace itself is [`super::trace`], the
+//! diff [`super::diff`], a node's host policy [`super::host`]), and the
 //! live cluster state `policy trace` and the object reports read.
 //!
 //! Import contract: the input is exactly what `kubectl get networkpolicies -A -o yaml` (or
@@ -28,7 +29,7 @@ use policy_compiler::trace::explain;
 use super::args::{Output, PolicyVerb};
 use super::render::{emit, warn};
 use super::table::Table;
-use super::{connect, diff, trace, CliError, Skipped};
+use super::{connect, diff, host, trace, CliError, Skipped};
 use crate::schema::{self, ObjectKey, ROOT};
 use crate::store::{Kv, Store};
 use crate::sync::ClusterState;
@@ -395,7 +396,19 @@ pub async fn run(verb: PolicyVerb, etcd: &[String], out: Output) -> Result<(), C
             }
             emit(out, &report, || diff::diff_text(&report, &source))
         }
-        PolicyVerb::Get { selector, kind } => {
+        PolicyVerb::Get {
+            host: Some(node), ..
+        } => {
+            let store = connect(etcd).await?;
+            let (view, skipped) = host::get(&store, &node).await?;
+            warn(&skipped);
+            emit(out, &view, || host::text(&view))
+        }
+        PolicyVerb::Get {
+            selector,
+            kind,
+            host: None,
+        } => {
             let store = connect(etcd).await?;
             let (found, skipped) = get(&store, selector.as_deref(), kind.map(Into::into)).await?;
             warn(&skipped);
