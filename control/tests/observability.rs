@@ -631,7 +631,10 @@ fn monitor_shows_the_denied_syn_with_identities_and_labels_and_its_pcap_opens_in
 fn replay_gives_the_live_verdict(h: &Harness, pcap: &Path, live: &Value) {
     let mut dumps = Vec::new();
     for table in ["local_node", "endpoints", "ipcache"] {
-        dumps.push(dataplane_request(&h.socket, &json!({"op": "dump", "table": table})));
+        dumps.push(dataplane_request(
+            &h.socket,
+            &json!({"op": "dump", "table": table}),
+        ));
     }
     let ids: Vec<u64> = dumps[1]["entries"]
         .as_array()
@@ -659,12 +662,22 @@ fn replay_gives_the_live_verdict(h: &Harness, pcap: &Path, live: &Value) {
         let record: Value = serde_json::from_str(stdout.lines().next().unwrap_or("")).unwrap();
         let flow = &record["flow"];
         eprintln!("flagella replay {source:?}: {flow}");
-        for field in ["verdict", "drop_reason_desc", "stage", "interface", "IP", "l4"] {
+        for field in [
+            "verdict",
+            "drop_reason_desc",
+            "stage",
+            "interface",
+            "IP",
+            "l4",
+        ] {
             assert_eq!(flow[field], live[field], "{field} ({source:?}): {flow}");
         }
         for side in ["source", "destination"] {
             for field in ["identity", "ID"] {
-                assert_eq!(flow[side][field], live[side][field], "{side}.{field}: {flow}");
+                assert_eq!(
+                    flow[side][field], live[side][field],
+                    "{side}.{field}: {flow}"
+                );
             }
         }
     }

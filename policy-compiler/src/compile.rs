@@ -536,7 +536,10 @@ impl PolicyEngine {
 
     /// Every node and its address, by name.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, IpAddr)> {
-        self.inputs.nodes.iter().map(|(n, (ip, _))| (n.as_str(), *ip))
+        self.inputs
+            .nodes
+            .iter()
+            .map(|(n, (ip, _))| (n.as_str(), *ip))
     }
 
     /// The identity the dataplane gives `addr` (ipcache longest-prefix match, else world),
