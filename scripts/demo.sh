@@ -903,9 +903,6 @@ print(f"  {label} ICMP timestamp request (type 13): no reply within 1 s")
 sys.exit(1)
 PY
 }
-# reports asks now: its request leaves a conntrack entry (60 s) that would let its later ones
-# through whatever a policy says; frontend's first request comes under the policy.
-icmp_timestamp reports backend || fail "backend's kernel should answer a timestamp request before any policy"
 
 # `monitor5 REASON`: flagella monitor in the background until it has shown one such drop.
 monitor5() {
@@ -925,6 +922,10 @@ monitor5_show() {
 }
 
 header "a CiliumNetworkPolicy with icmps: backend admits ping from the namespace, frontend on tcp/$PORT5"
+say "before it, backend's kernel answers any ICMP, a timestamp request too:"
+# reports asks now: its request leaves a conntrack entry (60 s) that would let its later ones
+# through whatever a policy says; frontend's first request comes under the policy.
+icmp_timestamp reports backend || fail "backend's kernel should answer a timestamp request before any policy"
 cat >"$TMP/icmp.yaml" <<YAML
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
