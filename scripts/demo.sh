@@ -246,7 +246,7 @@ cleanup3() {
   local status=$?
   set +e
   if [ "$status" -eq 130 ]; then
-    echo "interrupted: stopping what part 3 started and removing its namespaces" >&2
+    echo "interrupted: stopping what this part started and removing its namespaces" >&2
   elif [ "$status" -ne 0 ]; then
     for pid in "${PIDS[@]}"; do
       kill -0 "$pid" 2>/dev/null || echo "${WHAT[$pid]} (PID $pid) is not running any more" >&2
