@@ -1,5 +1,5 @@
 //! `flagella replay` through the binary: a capture of allowed, policy-denied, spoofed and reply
-//! frames, replayed offline over a state file of control-socket lines (what the agent sends)
+//! frames and a service's, replayed offline over a state file of control-socket lines (what the agent sends)
 //! and of `dump` replies, reports each frame's verdict, stage and drop reason as the monitor
 //! does, with the pipeline's own conntrack (the reply of an allowed flow passes a policy that
 //! would refuse it as a new flow), and writes the dropped frames to a pcap.
@@ -29,6 +29,7 @@ const STATE: &str = r#"# pods A and B, as the agent sends them
 {"op":"batch","changes":[{"op":"ipcache.upsert","prefix":"10.1.0.1/32","identity":1001},{"op":"ipcache.upsert","prefix":"10.1.0.2/32","identity":1002}]}
 {"op":"policy.update","endpoint":2,"direction":"ingress","enforced":true,"add":[{"identity":1001,"proto":"tcp","port":80,"action":"allow","cookie":1}]}
 {"op":"policy.update","endpoint":1,"direction":"ingress","enforced":true,"add":[]}
+{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"10.1.0.2","port":80}]}
 "#;
 
 /// The same state as `dump` replies of the dataplane.
@@ -36,6 +37,7 @@ const DUMPS: &str = r#"{"ok":true,"table":"endpoints","revision":4,"entries":[{"
 {"ok":true,"table":"ipcache","revision":4,"entries":[{"prefix":"10.1.0.1/32","identity":1001},{"prefix":"10.1.0.2/32","identity":1002}]}
 {"ok":true,"table":"policy","revision":4,"endpoint":2,"ingress":{"enforced":true,"entries":[{"identity":1001,"proto":"tcp","port":80,"action":"allow","cookie":1}]},"egress":{"enforced":false,"entries":[]}}
 {"ok":true,"table":"policy","revision":4,"endpoint":1,"ingress":{"enforced":true,"entries":[]},"egress":{"enforced":false,"entries":[]}}
+{"ok":true,"table":"services","revision":4,"entries":[{"id":1,"frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"10.1.0.2","port":80,"weight":1}],"mode":"snat"}]}
 "#;
 
 fn ip(s: &str) -> IpAddr {
@@ -76,6 +78,14 @@ fn capture() -> Vec<(Vec<u8>, &'static str, Option<&'static str>)> {
                 .build(),
             "DROPPED",
             Some("policy_denied_ingress"),
+        ),
+        (
+            // A to the service's VIP: DNATed to B, whose policy admits A on 80.
+            PacketBuilder::tcp(a, 40004, ip("10.96.0.10"), 80, TCP_SYN)
+                .macs(MAC_A, ROUTER)
+                .build(),
+            "FORWARDED",
+            None,
         ),
         (
             // A spoofing another address.
@@ -122,7 +132,11 @@ fn check_json(out: &str) {
     assert_eq!(lines[2]["flow"]["stage"], "policy");
     assert_eq!(lines[2]["flow"]["source"]["identity"], 1001);
     assert_eq!(lines[2]["flow"]["destination"]["ID"], 2);
-    assert_eq!(lines[4]["flow"]["stage"], "identity");
+    assert_eq!(
+        lines[4]["flow"]["egress_interface"]["index"], 12,
+        "the VIP's backend is B"
+    );
+    assert_eq!(lines[5]["flow"]["stage"], "identity");
 }
 
 #[test]
@@ -144,7 +158,7 @@ fn replay_over_agent_lines_reports_verdicts_as_the_monitor_does() {
         "{text}"
     );
     assert!(
-        text.contains("5 frames: 2 forwarded, 0 passed to the kernel, 3 dropped"),
+        text.contains("6 frames: 3 forwarded, 0 passed to the kernel, 3 dropped"),
         "{text}"
     );
 }
