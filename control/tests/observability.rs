@@ -626,8 +626,10 @@ fn monitor_shows_the_denied_syn_with_identities_and_labels_and_its_pcap_opens_in
 }
 
 /// `flagella replay` of the monitor's pcap, offline over the dataplane's tables (its `dump`
-/// replies) and over what the node's agent would give it (`--node`, from etcd), gives the
-/// captured frame the verdict, stage, reason and ends the live dataplane gave it.
+/// replies written by the test; dumped by replay itself, `--dataplane-socket`, and kept with
+/// `--save-state`; then that kept file) and over what the node's agent would give it (`--node`,
+/// from etcd), gives the captured frame the verdict, stage, reason and ends the live dataplane
+/// gave it.
 fn replay_gives_the_live_verdict(h: &Harness, pcap: &Path, live: &Value) {
     let mut dumps = Vec::new();
     for table in ["local_node", "endpoints", "ipcache"] {
@@ -651,7 +653,15 @@ fn replay_gives_the_live_verdict(h: &Harness, pcap: &Path, live: &Value) {
     std::fs::write(&state, lines.join("\n")).unwrap();
     let snapshot = ["--state", state.to_str().unwrap()];
     let from_etcd = ["--etcd", h.etcd_url.as_str(), "--node", h.node.as_str()];
-    for source in [&snapshot[..], &from_etcd[..]] {
+    let saved = h.dir.join("saved.jsonl");
+    let live_tables = [
+        "--dataplane-socket",
+        h.socket.to_str().unwrap(),
+        "--save-state",
+        saved.to_str().unwrap(),
+    ];
+    let kept = ["--state", saved.to_str().unwrap()];
+    for source in [&snapshot[..], &from_etcd[..], &live_tables[..], &kept[..]] {
         let out = Command::new(FLAGELLA)
             .args(["replay", "--pcap", pcap.to_str().unwrap(), "-o", "json"])
             .args(source)

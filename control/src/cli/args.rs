@@ -107,8 +107,9 @@ passed to the kernel, or dropped with the stage and the reason.\n\n\
 The state is --state FILE: one JSON object a line, each a control-socket request (what the \
 agent sends: endpoint.upsert, ipcache.upsert, policy.update, service.upsert, local_node.set, \
 batch, ...) or a `dump` reply of the dataplane (endpoints, ipcache, services, nodes, local_node, \
-policy; each entry becomes its upsert); or --node NAME: what that node's agent would send, \
-read from etcd now.\n\n\
+policy; each entry becomes its upsert); or --dataplane-socket PATH: the running dataplane's \
+tables, dumped now; or --node NAME: what that node's agent would send, read from etcd now. \
+--save-state FILE keeps the state used as a --state file.\n\n\
 Frames are replayed in file order at their capture times. Frames captured shorter than they \
 were (the monitor's pcap keeps 128 bytes) are padded with zeros: headers are judged, payloads \
 are not. A frame's ingress interface is --ingress, else the pod interface whose MAC sent it, \
@@ -117,7 +118,9 @@ snapshot; masquerade is off.",
         after_long_help = "\
 EXAMPLES:
   flagella monitor --type drop --pcap drops.pcap            # on the node: capture
-  flagella replay --pcap drops.pcap --node node-1            # what the dataplane does now
+  flagella replay --pcap drops.pcap --node node-1            # what the agent would set up now
+  flagella replay --pcap drops.pcap --dataplane-socket /run/flagella/dataplane.sock \\
+      --save-state node-1.state                                # the live tables, kept
   flagella replay --pcap capture.pcap --state state.jsonl -o json
   flagella replay --pcap capture.pcap --state state.jsonl --drops dropped.pcap
 
@@ -134,7 +137,7 @@ line) or etcd is unreachable; 2 the command line is wrong."
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("snapshot").required(true).args(["state", "node"])))]
+#[command(group(ArgGroup::new("snapshot").required(true).args(["state", "dataplane_socket", "node"])))]
 pub struct ReplayArgs {
     /// The capture (classic pcap, Ethernet; what tcpdump and `flagella monitor --pcap` write)
     #[arg(long, value_name = "FILE")]
@@ -144,9 +147,18 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
 
+    /// Instead of --state: the tables of the running dataplane at this control socket (its
+    /// dumps)
+    #[arg(long, value_name = "PATH")]
+    pub dataplane_socket: Option<PathBuf>,
+
     /// Instead of --state: the state node NAME's agent would give its dataplane, from etcd
-    #[arg(long, value_name = "NAME", conflicts_with = "state")]
+    #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+
+    /// Also write the state used to FILE (a --state file: replay the same state later, elsewhere)
+    #[arg(long, value_name = "FILE")]
+    pub save_state: Option<PathBuf>,
 
     /// Every frame arrived on this interface index (default: the pod interface whose MAC sent
     /// it, else the uplink)

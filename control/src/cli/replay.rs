@@ -4,11 +4,13 @@
 //! `flagella monitor` shows it (the monitor's own event path: `EventSink` and
 //! `api::flow::flow_json`, with traces on, so every frame has its line).
 //!
-//! The state is built with the dataplane's own request handling: control-socket request
-//! lines (`endpoint.upsert`, `policy.update`, `batch`, ..., what the agent sends; parsed with
-//! `api::protocol::parse_request`) and `dump` replies (each entry turned into its upsert), applied
-//! with `api::apply` to empty tables of the daemon's Maglev size and seed; or, with --node, the
-//! changes the agent of that node would send, from etcd (its own model, `sync::ClusterState`).
+//! The state is a snapshot: lines of control-socket requests (`endpoint.upsert`,
+//! `policy.update`, `batch`, ..., what the agent sends; parsed with
+//! `api::protocol::parse_request`) and `dump` replies (each entry turned into its upsert),
+//! applied with `api::apply` to empty tables of the daemon's Maglev size and seed. The lines
+//! come from a file (--state), from a running dataplane's dumps (--dataplane-socket), or are the
+//! changes the agent of a node would send, from etcd (--node: its own model,
+//! `sync::ClusterState`); --save-state writes them, to replay the same state later.
 //!
 //! Frames are replayed one at a time, in file order, at their capture time (conntrack ages
 //! flows by it). A frame captured shorter than it was (the monitor keeps 128 bytes) is padded
@@ -23,7 +25,7 @@ use std::sync::Arc;
 
 use dataplane::api::apply::apply;
 use dataplane::api::flow::{flow_json, Clock};
-use dataplane::api::protocol::{parse_request, Change, Request};
+use dataplane::api::protocol::{parse_request, Change, DumpRequest, DumpTable, Request};
 use dataplane::frame::{Frame, DEFAULT_HEADROOM};
 use dataplane::pipeline::event_ring::{event_ring, EventConfig, EventSink, RingConsumer};
 use dataplane::pipeline::{Pipeline, PipelineConfig, Verdict};
@@ -38,6 +40,7 @@ use super::monitor::flow_text;
 use super::pcap::{read_pcap, PcapWriter, Record};
 use super::render::warn;
 use super::{connect, CliError, Skipped};
+use crate::dataplane_client::DataplaneClient;
 use crate::schema::ROOT;
 use crate::sync::ClusterState;
 
@@ -53,16 +56,11 @@ pub struct Summary {
 }
 
 pub async fn run(args: ReplayArgs, etcd: &[String], out: Output) -> Result<(), CliError> {
-    let tables = match (&args.state, &args.node) {
-        (Some(path), _) => state_from_file(path)?,
-        (None, Some(node)) => state_from_etcd(node, etcd).await?,
-        (None, None) => {
-            return Err(CliError::Other(
-                "give --state FILE (control-socket lines or dumps) or --node NAME (from etcd)"
-                    .into(),
-            ))
-        }
-    };
+    let (source, lines) = snapshot(&args, etcd).await?;
+    if let Some(path) = &args.save_state {
+        save_state(path, &lines)?;
+    }
+    let tables = state_from_lines(&source, &lines)?;
     let bytes = std::fs::read(&args.pcap).map_err(|source| CliError::Read {
         path: format!("the --pcap file {}", args.pcap.display()),
         source,
@@ -201,36 +199,128 @@ fn empty_tables() -> Result<Tables, CliError> {
     Ok(Tables::empty(LocalNode::default(), services))
 }
 
-/// Tables from a state file: control-socket request lines and `dump` replies.
-pub fn state_from_file(path: &Path) -> Result<Tables, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
-        path: format!("the --state file {}", path.display()),
-        source,
-    })?;
-    state_from_text(&path.display().to_string(), &text)
+/// The snapshot's lines, and what to call them in errors: --state, --dataplane-socket or
+/// --node.
+async fn snapshot(args: &ReplayArgs, etcd: &[String]) -> Result<(String, Vec<Line>), CliError> {
+    if let Some(path) = &args.state {
+        let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+            path: format!("the --state file {}", path.display()),
+            source,
+        })?;
+        let source = path.display().to_string();
+        let lines = lines_of_text(&source, &text)?;
+        return Ok((source, lines));
+    }
+    if let Some(socket) = &args.dataplane_socket {
+        let source = format!("the dumps of {}", socket.display());
+        return Ok((source, dumps_of(socket).await?));
+    }
+    if let Some(node) = &args.node {
+        let source = format!("node {node}'s state from etcd");
+        return Ok((source, agent_lines(node, etcd).await?));
+    }
+    Err(CliError::Other(
+        "give --state FILE, --dataplane-socket PATH or --node NAME".into(),
+    ))
 }
 
-/// Tables from the lines of a state file (`source` names it in errors).
-pub fn state_from_text(source: &str, text: &str) -> Result<Tables, CliError> {
-    let mut t = empty_tables()?;
+/// One line of a snapshot, with its line number in the source.
+pub type Line = (usize, Value);
+
+/// The JSON lines of a state file (blank lines and `#` comments skipped).
+pub fn lines_of_text(source: &str, text: &str) -> Result<Vec<Line>, CliError> {
+    let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let at = |e: String| CliError::Input(format!("{source}, line {}: {e}", i + 1));
         let value: Value = serde_json::from_str(line).map_err(|e| {
-            at(format!(
-                "not JSON ({e}); each line is one request or dump reply"
+            CliError::Input(format!(
+                "{source}, line {}: not JSON ({e}); each line is one request or dump reply",
+                i + 1
             ))
         })?;
-        for request in requests_of(&value).map_err(at)? {
+        out.push((i + 1, value));
+    }
+    Ok(out)
+}
+
+/// Writes a snapshot's lines as a state file.
+fn save_state(path: &Path, lines: &[Line]) -> Result<(), CliError> {
+    let text: String = lines.iter().map(|(_, v)| format!("{v}\n")).collect();
+    std::fs::write(path, text).map_err(|source| CliError::Read {
+        path: format!("the --save-state file {}", path.display()),
+        source,
+    })
+}
+
+/// Tables from a snapshot's lines (`source` names them in errors).
+pub fn state_from_lines(source: &str, lines: &[Line]) -> Result<Tables, CliError> {
+    let mut t = empty_tables()?;
+    for (n, value) in lines {
+        let at = |e: String| CliError::Input(format!("{source}, line {n}: {e}"));
+        for request in requests_of(value).map_err(at)? {
             for change in changes_of(&request).map_err(at)? {
                 apply(&mut t, &change).map_err(|e| at(format!("{}: {e}", change_op(&change))))?;
             }
         }
     }
     Ok(t)
+}
+
+/// Tables from the text of a state file.
+pub fn state_from_text(source: &str, text: &str) -> Result<Tables, CliError> {
+    state_from_lines(source, &lines_of_text(source, text)?)
+}
+
+/// A running dataplane's tables as its dump replies: the local node, endpoints, ipcache,
+/// services, nodes, and each endpoint's policy.
+async fn dumps_of(socket: &Path) -> Result<Vec<Line>, CliError> {
+    let mut client = DataplaneClient::connect(socket).await?;
+    let mut out = Vec::new();
+    let tables = [
+        DumpTable::LocalNode,
+        DumpTable::Endpoints,
+        DumpTable::Ipcache,
+        DumpTable::Services,
+        DumpTable::Nodes,
+    ];
+    for table in tables {
+        out.push(checked(client.dump(table).await?)?);
+    }
+    let ids: Vec<u32> = out[1]["entries"]
+        .as_array()
+        .map(|eps| {
+            eps.iter()
+                .filter_map(|e| e["id"].as_u64().and_then(|id| u32::try_from(id).ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in ids {
+        let request = Request::Dump(DumpRequest {
+            table: DumpTable::Policy,
+            endpoint: Some(id),
+            limit: None,
+        });
+        out.push(checked(client.send_request(&request).await?)?);
+    }
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (i + 1, v))
+        .collect())
+}
+
+/// A dump reply, or its refusal as an error.
+fn checked(reply: Value) -> Result<Value, CliError> {
+    if reply["ok"] == Value::Bool(true) {
+        return Ok(reply);
+    }
+    Err(CliError::Other(format!(
+        "the dataplane refused a dump: {}; check its version and log",
+        reply["error"]
+    )))
 }
 
 /// A line's requests: itself when it has `op`, else the upserts of a `dump` reply.
@@ -304,8 +394,8 @@ fn change_op(c: &Change) -> String {
         .to_string()
 }
 
-/// Tables as the agent of `node` would fill its dataplane from etcd now.
-async fn state_from_etcd(node: &str, etcd: &[String]) -> Result<Tables, CliError> {
+/// The changes the agent of `node` would send its dataplane from etcd now, as request lines.
+async fn agent_lines(node: &str, etcd: &[String]) -> Result<Vec<Line>, CliError> {
     let store = connect(etcd).await?;
     let (kvs, _) = store.list(ROOT).await?;
     let listing: Vec<(String, Vec<u8>)> = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
@@ -329,14 +419,11 @@ async fn state_from_etcd(node: &str, etcd: &[String]) -> Result<Tables, CliError
         })
         .collect();
     warn(&skipped);
-    let mut t = empty_tables()?;
-    for change in &changes {
-        if let Err(e) = apply(&mut t, change) {
-            // The agent's dataplane would refuse it too; the rest still applies.
-            eprintln!("warning: {} refused: {e}", change_op(change));
-        }
-    }
-    Ok(t)
+    Ok(changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (i + 1, Value::Object(Request::Change(c).to_json())))
+        .collect())
 }
 
 #[cfg(test)]
