@@ -4,8 +4,8 @@
 //! synthetic cluster (pods on two nodes, named ports, a CIDR with an exception) is traced with
 //! `flagella policy trace --probes` over every pair of its ends and a set of ports around every
 //! rule's edges, once with the policies in force and once with the file applied; the probes
-//! whose verdict differs must be exactly the (pair, port) the diff's groups cover. Offline from
-//! files, and live against a real etcd (skipped with a message when /usr/bin/etcd is missing),
+//! whose verdict differs must be exactly the (pair, port) the diff's groups cover; so must a
+//! host firewall's (nodes' addresses as ends). Offline from files, and live against a real etcd (skipped with a message when /usr/bin/etcd is missing),
 //! where `--dry-run` must leave etcd's revision where it was.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
@@ -90,17 +90,16 @@ const ENDS: &[&str] = &[
 ];
 const PORTS: &[u16] = &[1, 52, 53, 54, 79, 80, 81, 8079, 8080, 8081, 65535];
 
-/// Every probe (pair with a pod end, not a pod to itself; TCP and UDP; PORTS).
-fn probes() -> Vec<Value> {
+/// Every probe between two different `ends`, TCP and UDP, on `ports`.
+fn probes(ends: &[&str], ports: &[u16]) -> Vec<Value> {
     let mut out = Vec::new();
-    for from in ENDS {
-        for to in ENDS {
-            let pod = |e: &str| e.contains('/');
-            if from == to || !(pod(from) || pod(to)) {
+    for from in ends {
+        for to in ends {
+            if from == to {
                 continue;
             }
             for proto in ["TCP", "UDP"] {
-                for port in PORTS {
+                for port in ports {
                     out.push(json!({"from": from, "to": to, "port": port, "protocol": proto}));
                 }
             }
@@ -131,8 +130,8 @@ fn changed(before: &Value, after: &Value) -> BTreeSet<Flow> {
         .collect()
 }
 
-/// The probes of `probes()` a diff report's groups cover.
-fn covered(report: &Value) -> BTreeSet<Flow> {
+/// The probes on `ports` a diff report's groups cover.
+fn covered(report: &Value, ports: &[u16]) -> BTreeSet<Flow> {
     let mut out = BTreeSet::new();
     for c in report["changes"].as_array().unwrap() {
         let (lo, hi) = (
@@ -141,7 +140,7 @@ fn covered(report: &Value) -> BTreeSet<Flow> {
         );
         let proto = c["protocol"].as_str().unwrap();
         for f in c["flows"].as_array().unwrap() {
-            for port in PORTS {
+            for port in ports {
                 if (lo..=hi).contains(&u64::from(*port)) {
                     out.insert((
                         f[0].as_str().unwrap().to_string(),
@@ -156,12 +155,11 @@ fn covered(report: &Value) -> BTreeSet<Flow> {
     out
 }
 
-/// Keeps only the flows between ENDS (the diff also samples no other addresses here, but a
-/// cluster change could add some: the test compares what both enumerate).
-fn between_ends(flows: BTreeSet<Flow>) -> BTreeSet<Flow> {
+/// Keeps only the flows between `ends` (what both the test and the diff enumerate).
+fn between(flows: BTreeSet<Flow>, ends: &[&str]) -> BTreeSet<Flow> {
     flows
         .into_iter()
-        .filter(|(f, t, _, _)| ENDS.contains(&f.as_str()) && ENDS.contains(&t.as_str()))
+        .filter(|(f, t, _, _)| ends.contains(&f.as_str()) && ends.contains(&t.as_str()))
         .collect()
 }
 
@@ -172,7 +170,10 @@ fn offline_diff_lists_exactly_the_verdicts_that_change() {
     let current = dir.file("current.yaml", &format!("{DENY_Y}---{WEB_80}"));
     let after = dir.file("after.yaml", &after_policies());
     let new = dir.file("new.yaml", NEW);
-    let probes = dir.file("probes.json", &Value::Array(probes()).to_string());
+    let probes = dir.file(
+        "probes.json",
+        &Value::Array(probes(ENDS, PORTS)).to_string(),
+    );
     let trace = |policies: &str| {
         json(&flagella(&[
             "policy",
@@ -201,7 +202,11 @@ fn offline_diff_lists_exactly_the_verdicts_that_change() {
         "json",
     ]));
     assert!(!expected.is_empty());
-    assert_eq!(between_ends(covered(&report)), expected, "{report:#}");
+    assert_eq!(
+        between(covered(&report, PORTS), ENDS),
+        expected,
+        "{report:#}"
+    );
     // The groups are sorted by blast radius and say why.
     let radius: Vec<u64> = report["changes"]
         .as_array()
@@ -329,7 +334,10 @@ fn live_diff_and_dry_run_write_nothing_and_match_the_import() {
     let dir = Dir::new("flagella-diff-");
     let current = dir.file("current.yaml", &format!("{DENY_Y}---{WEB_80}"));
     let new = dir.file("new.yaml", NEW);
-    let probes = dir.file("probes.json", &Value::Array(probes()).to_string());
+    let probes = dir.file(
+        "probes.json",
+        &Value::Array(probes(ENDS, PORTS)).to_string(),
+    );
     ok(&flagella(&[
         "--etcd", url, "policy", "import", "-f", &current,
     ]));
@@ -379,5 +387,92 @@ fn live_diff_and_dry_run_write_nothing_and_match_the_import() {
     ok(&flagella(&["--etcd", url, "policy", "import", "-f", &new]));
     let expected = changed(&before, &trace());
     assert!(!expected.is_empty());
-    assert_eq!(between_ends(covered(&diff)), expected, "{diff:#}");
+    assert_eq!(between(covered(&diff, PORTS), ENDS), expected, "{diff:#}");
+}
+
+/// A host firewall for the nodes labelled `role: worker` (n1 only): SSH from app=a, and the
+/// node's own connections only to app=web on 8080.
+const FIREWALL: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: workers}
+spec:
+  nodeSelector: {matchLabels: {role: worker}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "22", protocol: TCP}]}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"#;
+
+#[test]
+fn offline_diff_of_a_host_firewall_lists_exactly_the_verdicts_that_change() {
+    let dir = Dir::new("flagella-diff-");
+    let cluster = dir.file(
+        "cluster.yaml",
+        &CLUSTER.replace(
+            "{name: n1, ip: 192.168.0.1}",
+            "{name: n1, ip: 192.168.0.1, labels: {role: worker}}",
+        ),
+    );
+    let current = dir.file("current.yaml", DENY_Y);
+    let after = dir.file("after.yaml", &format!("{DENY_Y}---{FIREWALL}"));
+    let new = dir.file("fw.yaml", FIREWALL);
+    let ends = [
+        "x/a",
+        "x/b",
+        "y/web1",
+        "192.168.0.1",
+        "192.168.0.2",
+        "192.0.2.1",
+    ];
+    let ports = [1, 21, 22, 23, 8079, 8080, 8081, 65535];
+    let probes = dir.file(
+        "probes.json",
+        &Value::Array(probes(&ends, &ports)).to_string(),
+    );
+    let trace = |policies: &str| {
+        json(&flagella(&[
+            "policy",
+            "trace",
+            "--policies",
+            policies,
+            "--cluster",
+            &cluster,
+            "--probes",
+            &probes,
+            "-o",
+            "json",
+        ]))
+    };
+    let expected = changed(&trace(&current), &trace(&after));
+    let report = json(&flagella(&[
+        "policy",
+        "diff",
+        "-f",
+        &new,
+        "--policies",
+        &current,
+        "--cluster",
+        &cluster,
+        "-o",
+        "json",
+    ]));
+    assert!(expected.contains(&("x/b".into(), "192.168.0.1".into(), 22, "TCP".into())));
+    assert!(expected.contains(&("192.168.0.2".into(), "192.168.0.1".into(), 22, "TCP".into())));
+    assert_eq!(
+        between(covered(&report, &ports), &ends),
+        expected,
+        "{report:#}"
+    );
+    assert!(report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["because"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b == "default-deny at node:n1 (ingress)")));
 }

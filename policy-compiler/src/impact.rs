@@ -1,14 +1,15 @@
 //! `policy diff`: which flows change verdict between two compiled policy sets (the cluster
 //! as it is, and as it would be with a new or changed policy file).
 //!
-//! Both sides are asked with [`crate::trace::trace`], the same lookup `policy trace` does (the
-//! dataplane's own functions over the compiled maps), so a listed change is exactly what the
-//! dataplane would do differently. What is enumerated:
+//! Both sides are asked with [`crate::trace::trace_with_hosts`], the same lookup `policy
+//! trace` does (the dataplane's own functions over the compiled maps), so a listed change is
+//! exactly what the dataplane would do differently. What is enumerated:
 //! - **ends**: every pod of the cluster, every node's address (`host` / `remote-node` as the
 //!   pod at the other end sees it) and one address per policy CIDR of either side (the block's
 //!   first address: what a peer in that block is), plus one address outside every block of
-//!   each family in use (`world`); a flow has a pod on at least one end, both ends of one
-//!   address family, and never one pod to itself (loopback is never refused);
+//!   each family in use (`world`); a flow has a pod or a node with a host policy (on either
+//!   side) on at least one end, both ends of one address family, and never one end to itself
+//!   (loopback is never refused);
 //! - **ports**: every protocol's ports are cut into classes at each boundary of a map entry of
 //!   either side (a range's first port and the port after its last), so every port of a class
 //!   has the same verdict on both sides and one probe per class is exact. TCP and UDP are
@@ -16,7 +17,8 @@
 //!
 //! Changes are grouped by (change, source identity, destination identity, protocol, the exact
 //! flows), adjacent port classes with the same flows merged into one range, and sorted by
-//! blast radius (flows x ports, largest first). Host policies are not part of the diff.
+//! blast radius (flows x ports, largest first). With [`diff_with_hosts`], the nodes' host
+//! policies of each side are asked too (`trace_with_hosts`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -27,7 +29,7 @@ use dataplane::tables::policy::Direction;
 
 use crate::compile::PolicyEngine;
 use crate::model::Protocol;
-use crate::trace::{trace, DirectionTrace, Probe, TraceResult};
+use crate::trace::{trace_with_hosts, DirectionTrace, HostPolicies, Probe, TraceResult};
 
 /// Addresses of the documentation ranges (RFC 5737, RFC 3849), taken as `world` when no
 /// policy CIDR holds them.
@@ -73,19 +75,32 @@ impl ImpactChange {
     }
 }
 
-/// One end of the enumerated flows: how `trace` names it, and whether it is a pod.
+/// One end of the enumerated flows: how `trace` names it, whether it is a pod, and whether it
+/// is a node with a host policy.
 #[derive(Clone, Debug)]
 struct End {
     name: String,
     addr: IpAddr,
     pod: bool,
+    host: bool,
 }
 
-/// Every flow whose verdict differs between `before` and `after`, grouped and sorted (see the
-/// module doc).
+/// Every flow whose verdict differs between `before` and `after` (pods' maps only), grouped
+/// and sorted (see the module doc).
 pub fn diff(before: &PolicyEngine, after: &PolicyEngine) -> Vec<ImpactChange> {
-    let ends = ends(before, after);
-    let classes = port_classes(&[before, after]);
+    let none = HostPolicies::new();
+    diff_with_hosts(before, &none, after, &none)
+}
+
+/// [`diff`], with each side's host policies of the nodes (`trace::host_policies`).
+pub fn diff_with_hosts(
+    before: &PolicyEngine,
+    before_hosts: &HostPolicies,
+    after: &PolicyEngine,
+    after_hosts: &HostPolicies,
+) -> Vec<ImpactChange> {
+    let ends = ends(before, after, [before_hosts, after_hosts]);
+    let classes = port_classes(&[before, after], &[before_hosts, after_hosts]);
     // (protocol, class, change, source identity, destination identity) -> flows, and the
     // explanation of the first flow.
     let mut found: BTreeMap<Found, (BTreeSet<[String; 2]>, Vec<String>)> = BTreeMap::new();
@@ -105,7 +120,10 @@ pub fn diff(before: &PolicyEngine, after: &PolicyEngine) -> Vec<ImpactChange> {
                         port: lo,
                         protocol: *proto,
                     };
-                    let (Ok(was), Ok(now)) = (trace(before, &probe), trace(after, &probe)) else {
+                    let (Ok(was), Ok(now)) = (
+                        trace_with_hosts(before, before_hosts, &probe),
+                        trace_with_hosts(after, after_hosts, &probe),
+                    ) else {
                         continue; // Both engines hold every end listed; nothing to report.
                     };
                     if was.allowed() == now.allowed() {
@@ -150,7 +168,7 @@ struct Found {
 }
 
 /// Pods, nodes, a sample address per policy CIDR of either side, and `world`.
-fn ends(before: &PolicyEngine, after: &PolicyEngine) -> Vec<End> {
+fn ends(before: &PolicyEngine, after: &PolicyEngine, hosts: [&HostPolicies; 2]) -> Vec<End> {
     let mut ends: BTreeMap<IpAddr, End> = BTreeMap::new();
     for (key, _) in after.endpoints() {
         if let Some(pod) = after.pod(key) {
@@ -160,13 +178,24 @@ fn ends(before: &PolicyEngine, after: &PolicyEngine) -> Vec<End> {
                     name: key.to_string(),
                     addr: pod.ip,
                     pod: true,
+                    host: false,
                 },
             );
         }
     }
     let mut others: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut hosts_enforcing: BTreeSet<IpAddr> = BTreeSet::new();
     for engine in [before, after] {
         others.extend(engine.nodes().map(|(_, ip)| ip));
+        for (name, ip) in engine.nodes() {
+            let enforced = |h: &HostPolicies| {
+                h.get(name)
+                    .is_some_and(|p| p.ingress.enforced || p.egress.enforced)
+            };
+            if hosts.iter().any(|h| enforced(h)) {
+                hosts_enforcing.insert(ip);
+            }
+        }
         others.extend(engine.ipcache().into_iter().map(|(p, _)| p.addr()));
     }
     if ends.keys().chain(&others).any(IpAddr::is_ipv4) {
@@ -180,13 +209,17 @@ fn ends(before: &PolicyEngine, after: &PolicyEngine) -> Vec<End> {
             name: addr.to_string(),
             addr,
             pod: false,
+            host: hosts_enforcing.contains(&addr),
         });
     }
     ends.into_values().collect()
 }
 
 fn is_probed(src: &End, dst: &End) -> bool {
-    (src.pod || dst.pod) && src.addr != dst.addr && src.addr.is_ipv4() == dst.addr.is_ipv4()
+    let has_map = |e: &End| e.pod || e.host;
+    (has_map(src) || has_map(dst))
+        && src.addr != dst.addr
+        && src.addr.is_ipv4() == dst.addr.is_ipv4()
 }
 
 fn protocol_fits(proto: u8, addr: IpAddr) -> bool {
@@ -197,23 +230,24 @@ fn protocol_fits(proto: u8, addr: IpAddr) -> bool {
     }
 }
 
-/// Per protocol, the port classes `(first, last)` over which both sides' maps are constant.
-fn port_classes(engines: &[&PolicyEngine]) -> Vec<(u8, Vec<(u16, u16)>)> {
+/// Per protocol, the port classes `(first, last)` over which both sides' maps (pods' and
+/// hosts') are constant.
+fn port_classes(engines: &[&PolicyEngine], hosts: &[&HostPolicies]) -> Vec<(u8, Vec<(u16, u16)>)> {
     let mut cuts: BTreeMap<u8, BTreeSet<u32>> = BTreeMap::new();
     for proto in [Protocol::TCP, Protocol::UDP] {
         cuts.entry(proto).or_default();
     }
-    for engine in engines {
-        for (_, ep) in engine.endpoints() {
-            for d in [Direction::Ingress, Direction::Egress] {
-                for (key, _) in ep.direction(d).map.iter() {
-                    if key.proto == 0 {
-                        continue; // Every port of every protocol: no boundary.
-                    }
-                    let set = cuts.entry(key.proto).or_default();
-                    set.insert(u32::from(key.ports.lo));
-                    set.insert(u32::from(key.ports.hi) + 1);
+    let pods = engines.iter().flat_map(|e| e.endpoints().map(|(_, ep)| ep));
+    let nodes = hosts.iter().flat_map(|h| h.values());
+    for ep in pods.chain(nodes) {
+        for d in [Direction::Ingress, Direction::Egress] {
+            for (key, _) in ep.direction(d).map.iter() {
+                if key.proto == 0 {
+                    continue; // Every port of every protocol: no boundary.
                 }
+                let set = cuts.entry(key.proto).or_default();
+                set.insert(u32::from(key.ports.lo));
+                set.insert(u32::from(key.ports.hi) + 1);
             }
         }
     }

@@ -314,8 +314,9 @@ the same with the file imported (a policy of the same kind, namespace and name i
 Offline (with --cluster, and --policies for the policies in force): the same from files. \
 Both sides are traced with `flagella policy trace`'s lookup (the dataplane's own, over the \
 compiled maps) for every pair of ends (pods, nodes, one address per policy CIDR, and a `world` \
-address; at least one end a pod) and every port class the maps distinguish, so the list is \
-exact: applying the file changes these verdicts and no others. Host policies are not compared.",
+address; at least one end a pod or a node with a host policy) and every port class the maps distinguish, so the list is \
+exact: applying the file changes these verdicts and no others. Nodes' host policies are \
+compared too (node labels from etcd, or the cluster file's `labels`).",
         after_long_help = "\
 EXAMPLES:
   flagella policy diff -f allow-web.yaml                       # against etcd

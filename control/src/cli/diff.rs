@@ -6,13 +6,15 @@
 //! `policy import` would write, [`super::policy::prepare_import`]), so the preview is the
 //! import's effect. Offline, "before" is --policies with --cluster, and "after" the same with
 //! the file's policies replacing those of the same kind, namespace and name. Nothing is
-//! written either way.
+//! written either way. The nodes' host policies are compared too (node labels from etcd's node
+//! records, or the cluster file's).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use policy_compiler::impact::{diff, ImpactChange};
+use policy_compiler::impact::{diff_with_hosts, ImpactChange};
 use policy_compiler::model::{Policy, PolicyId};
+use policy_compiler::trace::host_policies;
 use policy_compiler::PolicyEngine;
 use serde::Serialize;
 
@@ -48,12 +50,14 @@ pub async fn diff_live(
         listing.insert(k.clone(), v.clone());
     }
     let then: Vec<(String, Vec<u8>)> = listing.into_iter().collect();
-    let (before, skipped) = state_of(&now);
-    let (after, _) = state_of(&then);
+    let (mut before, skipped) = state_of(&now);
+    let (mut after, _) = state_of(&then);
+    let (before_hosts, after_hosts) = (before.host_policies(), after.host_policies());
     let imported = &prepared.report.imported;
+    let changes = diff_with_hosts(before.engine(), &before_hosts, after.engine(), &after_hosts);
     let report = DiffReport {
         policies: imported.clone(),
-        changes: diff(before.engine(), after.engine()),
+        changes,
         warnings: warnings(after.engine(), imported, &prepared.report.warnings),
     };
     Ok((report, skipped))
@@ -79,11 +83,16 @@ pub fn diff_offline(
         PolicyEngine::build(&cluster, set)
             .map_err(|e| CliError::Other(format!("{cluster_name}: {e}")))
     };
-    let (before, after) = (build(&current)?, build(&next)?);
+    let (mut before, mut after) = (build(&current)?, build(&next)?);
+    let nodes = || cluster.nodes.iter().map(|n| (n.name.as_str(), &n.labels));
+    let (before_hosts, after_hosts) = (
+        host_policies(&mut before, nodes()),
+        host_policies(&mut after, nodes()),
+    );
     let imported = &prepared.report.imported;
     Ok(DiffReport {
         policies: imported.clone(),
-        changes: diff(&before, &after),
+        changes: diff_with_hosts(&before, &before_hosts, &after, &after_hosts),
         warnings: warnings(&after, imported, &prepared.report.warnings),
     })
 }
