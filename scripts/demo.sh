@@ -782,13 +782,13 @@ header "the runtime's view: flagella-cni in CNI_PATH and its conflist (scripts/c
 mkdir -p "$TMP/cni-bin"
 ln -s "$PWD/target/release/flagella-cni" "$TMP/cni-bin/flagella-cni"
 # The shipped conflist with this cluster's etcd and node name (what scripts/cni/install.sh
-# writes to /etc/cni/net.d, kept in $TMP here), declaring the `labels` capability so the runtime
-# passes the pod's labels as runtimeConfig.
+# writes to /etc/cni/net.d, kept in $TMP here); it declares the `labels` capability, so the
+# runtime passes the pod's labels as runtimeConfig.
 python3 - "$ETCD_URL" scripts/cni/10-flagella.conflist >"$TMP/10-flagella.conflist" <<'PY'
 import json, sys
 conf = json.load(open(sys.argv[2]))
 plugin = conf["plugins"][0]
-plugin.update({"etcdEndpoints": [sys.argv[1]], "node": "node-1", "capabilities": {"labels": True}})
+plugin.update({"etcdEndpoints": [sys.argv[1]], "node": "node-1"})
 json.dump(conf, sys.stdout, indent=2)
 PY
 sed 's/^/    /' "$TMP/10-flagella.conflist"
