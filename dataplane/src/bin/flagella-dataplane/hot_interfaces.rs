@@ -22,11 +22,14 @@ use xdp_redirect::{AttachMode, RedirectConfig, XdpAttachment, XdpProgram};
 /// The programs of the interfaces added at run time, by interface name: written here (on the
 /// control thread) as interfaces come and go, read at scrape time by the metrics thread.
 #[derive(Clone, Default)]
-pub struct HotPrograms(Arc<Mutex<Vec<(String, Arc<XdpProgram>)>>>);
+pub struct HotPrograms(Arc<Mutex<Vec<NamedProgram>>>);
+
+/// An interface's name and its program.
+pub type NamedProgram = (String, Arc<XdpProgram>);
 
 impl HotPrograms {
     /// The programs now (a copy: the lock is not held while the kernel is asked).
-    pub fn snapshot(&self) -> Vec<(String, Arc<XdpProgram>)> {
+    pub fn snapshot(&self) -> Vec<NamedProgram> {
         self.0.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
