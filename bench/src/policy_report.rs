@@ -35,9 +35,13 @@ pub struct Point {
     /// What flat out delivered (packets per second) over the searches.
     pub flat_out: Option<Spread>,
     pub latency: Vec<LatencyPoint>,
-    /// Flat out passed in some search, or the median rate is at least
-    /// [`GENERATOR_BOUND_SHARE`] of the ceiling: the forwarder was not shown to be the limit.
+    /// The median rate is at least [`GENERATOR_BOUND_SHARE`] of the ceiling: the generator,
+    /// not the forwarder, was the limit.
     pub generator_bound: bool,
+    /// Flat out lost nothing in some search (below the ceiling: the first hop's receive work,
+    /// kernel forwarding or the XDP redirect into flagella's socket, ran in the generator's
+    /// own transmit path and slowed it instead of dropping; the rate is what both reach).
+    pub lossless_flat_out: bool,
     /// Why the point has no numbers (a target that could not start, a failed trial).
     pub error: Option<String>,
 }
@@ -53,22 +57,28 @@ impl Point {
             .collect();
         self.rate = Spread::of(&rates);
         self.flat_out = Spread::of(&flat);
-        self.generator_bound = is_generator_bound(&self.searches, self.rate.as_ref(), ceiling);
+        self.generator_bound = is_generator_bound(self.rate.as_ref(), ceiling);
+        self.lossless_flat_out = self.searches.iter().any(|s| s.flat_out_passed);
+    }
+
+    /// The table's "bound" cell.
+    fn bound(&self) -> &'static str {
+        if self.generator_bound {
+            "generator"
+        } else if self.lossless_flat_out {
+            "backpressure"
+        } else {
+            ""
+        }
     }
 }
 
 /// See [`Point::generator_bound`].
-pub fn is_generator_bound(
-    searches: &[SearchResult],
-    rate: Option<&Spread>,
-    ceiling: Option<&Spread>,
-) -> bool {
-    let flat_out_passed = searches.iter().any(|s| s.flat_out_passed);
-    let near_ceiling = match (rate, ceiling) {
+pub fn is_generator_bound(rate: Option<&Spread>, ceiling: Option<&Spread>) -> bool {
+    match (rate, ceiling) {
         (Some(r), Some(c)) => c.median > 0.0 && r.median >= GENERATOR_BOUND_SHARE * c.median,
         _ => false,
-    };
-    flat_out_passed || near_ceiling
+    }
 }
 
 /// Everything one `policy` run measured.
@@ -149,8 +159,12 @@ pub fn markdown(r: &PolicyReport) -> String {
         "\nrate: the highest offered rate whose loss stayed under the threshold (median of the \
          searches); flat-out: what arrived with the generator unpaced; latency: one-way, from \
          the generator's payload timestamps to the UDP sink's receive, at the stated fraction \
-         of the rate; bound `generator`: flat out passed or the rate is at least 90% of the \
-         ceiling, so the forwarder was not shown to be the limit.\n",
+         of the rate; bound `generator`: the rate is at least 90% of the ceiling, so the \
+         forwarder was not shown to be the limit; `backpressure`: flat out lost nothing below \
+         the ceiling: the receive work on the first hop (kernel forwarding, or the XDP \
+         redirect into flagella's socket) runs in the generator's own transmit path and \
+         slowed it instead of dropping, so the rate is what generator and forwarder reach \
+         together.\n",
     );
     for n in &r.notes {
         out.push_str(&format!("\nnote: {n}\n"));
@@ -185,7 +199,7 @@ fn row(p: &Point) -> String {
         cell(&|l| l.p50_ns),
         cell(&|l| l.p99_ns),
         cell(&|l| l.p999_ns),
-        if p.generator_bound { "generator" } else { "" },
+        p.bound(),
     )
 }
 
@@ -313,16 +327,13 @@ mod tests {
         let f = &r.points[0];
         assert_eq!(f.rate.unwrap().median, 450_000.0);
         assert_eq!(f.flat_out.unwrap().median, 465_000.0);
-        assert!(!f.generator_bound);
-        assert!(r.points[1].generator_bound, "flat out passed");
-        let near = [search(950_000.0, 0, false)];
+        assert!(!f.generator_bound && !f.lossless_flat_out);
+        assert!(r.points[1].generator_bound, "95% of the ceiling");
+        assert!(r.points[1].lossless_flat_out, "flat out passed");
         let rate = Spread::of(&[950_000.0]);
-        assert!(is_generator_bound(
-            &near,
-            rate.as_ref(),
-            Some(&ceiling(1e6))
-        ));
-        assert!(!is_generator_bound(&near, rate.as_ref(), None));
+        assert!(is_generator_bound(rate.as_ref(), Some(&ceiling(1e6))));
+        assert!(!is_generator_bound(rate.as_ref(), Some(&ceiling(2e6))));
+        assert!(!is_generator_bound(rate.as_ref(), None));
     }
 
     #[test]

@@ -376,6 +376,8 @@ fn summary_line(p: &Point) -> String {
         mpps(p.flat_out),
         if p.generator_bound {
             " (generator-bound)"
+        } else if p.lossless_flat_out {
+            " (flat out lossless: backpressure)"
         } else {
             ""
         }

@@ -22,6 +22,13 @@ use crate::topo::exec_in;
 use crate::BenchError;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// The program's name as loaded (`bpf_prog_info.name` shows it).
+pub const PROGRAM_NAME: &str = "fbn_drop";
+/// Where `name` sits in `struct bpf_prog_info`.
+const PROG_INFO_NAME_AT: usize = 64;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `enum bpf_attach_type`'s BPF_XDP.
@@ -76,7 +83,8 @@ struct LinkCreateAttr {
     flags: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, std::io::Error> {
+/// `bpf(cmd, attr)`'s plain return value (0 for commands that return no descriptor).
+fn bpf_raw<T>(cmd: libc::c_long, attr: &mut T) -> Result<libc::c_long, std::io::Error> {
     // SAFETY: `attr` is a live, fully initialised #[repr(C)] prefix of `union bpf_attr` and
     // its size is passed; the kernel reads (and may write) at most that many bytes.
     let rc = unsafe {
@@ -88,8 +96,67 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, std::io::Error> {
         )
     };
     if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
+}
+
+/// How many XDP_DROP programs of this benchmark ([`PROGRAM_NAME`]) the kernel holds, in every
+/// namespace: 0 once every `xdp-sink` has exited. Needs root (CAP_SYS_ADMIN).
+pub fn loaded_drop_programs() -> Result<usize, BenchError> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct IdAttr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut count = 0;
+    let mut id = 0u32;
+    loop {
+        let mut next = IdAttr {
+            id,
+            ..IdAttr::default()
+        };
+        match bpf_raw(BPF_PROG_GET_NEXT_ID, &mut next) {
+            Ok(_) => id = next.next_id,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(count),
+            Err(e) => return Err(BenchError::io("listing BPF programs (needs root)", e)),
+        }
+        let mut by_id = IdAttr {
+            id,
+            ..IdAttr::default()
+        };
+        // A program can vanish between the two calls: skip it.
+        let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut by_id) else {
+            continue;
+        };
+        let mut info = [0u8; 256];
+        let mut attr = InfoAttr {
+            bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+            info_len: info.len() as u32,
+            info: info.as_mut_ptr() as u64,
+        };
+        if bpf_raw(BPF_OBJ_GET_INFO_BY_FD, &mut attr).is_err() {
+            continue;
+        }
+        let name = &info[PROG_INFO_NAME_AT..PROG_INFO_NAME_AT + 16];
+        if name.starts_with(PROGRAM_NAME.as_bytes()) && name[PROGRAM_NAME.len()] == 0 {
+            count += 1;
+        }
+    }
+}
+
+/// `bpf(cmd, attr)` for commands that return a new file descriptor.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, std::io::Error> {
+    let rc = bpf_raw(cmd, attr)?;
     let fd = i32::try_from(rc).map_err(|_| std::io::Error::other("bpf() fd out of range"))?;
     // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -116,7 +183,7 @@ pub fn attach_drop(dev: &str) -> Result<XdpDrop, BenchError> {
     }
     let license = c"GPL";
     let mut prog_name = [0u8; 16];
-    prog_name[..8].copy_from_slice(b"fbn_drop");
+    prog_name[..PROGRAM_NAME.len()].copy_from_slice(PROGRAM_NAME.as_bytes());
     let mut load = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: DROP_PROGRAM.len() as u32,
