@@ -181,7 +181,7 @@ pub fn throughput(report: &PolicyReport, path: &Path) -> Result<(), String> {
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(err)?;
     root.present().map_err(err)
