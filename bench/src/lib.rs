@@ -21,8 +21,8 @@
 //! - [`policybench`]: policy size on the data path (`policy`): flagella with N policy entries
 //!   against iptables (nft, legacy) and an nftables set, by [`ratesearch`] (RFC 2544-style
 //!   loss-rate search) over [`trial`]s counted at an [`xdpsink`] (XDP_DROP) or a UDP socket;
-//!   [`stats`] medians and latency percentiles, [`policy_report`] JSON and Markdown, [`plot`]
-//!   the PNGs.
+//!   [`stats`] medians and latency percentiles, [`policy_report`] the results and their table,
+//!   [`policy_output`] the files (JSON, Markdown, [`plot`]'s PNGs).
 //! - [`signals`]: SIGINT/SIGTERM become a flag the waits poll, so the guards' `Drop` runs.
 //!
 //! The pipeline's own micro-benchmarks live in `dataplane/benches/`.
@@ -39,6 +39,7 @@ pub mod ingress_report;
 pub mod machine;
 pub mod pktgen;
 pub mod plot;
+pub mod policy_output;
 pub mod policy_report;
 pub mod policybench;
 pub mod probe;

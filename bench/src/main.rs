@@ -86,7 +86,7 @@ fn policy_command(args: &bench::cli::PolicyArgs) -> Result<(), BenchError> {
     let args = args.effective();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut report = bench::policybench::policy(&args, command)?;
-    let files = bench::policy_report::write(&mut report, &args.out)?;
+    let files = bench::policy_output::write(&mut report, &args.out)?;
     print!("{}", bench::policy_report::markdown(&report));
     println!(
         "\nwritten: {}, {}, {}, {}",
