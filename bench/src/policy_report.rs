@@ -7,7 +7,6 @@ use serde::Serialize;
 use crate::cli::SinkKind;
 use crate::ratesearch::{SearchResult, Trial};
 use crate::stats::{Latency, Spread};
-use crate::BenchError;
 
 /// A point at or above this share of the generator's ceiling measured the generator.
 pub const GENERATOR_BOUND_SHARE: f64 = 0.9;
