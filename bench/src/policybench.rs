@@ -288,7 +288,7 @@ fn point(
 /// Seconds the run takes at most (every search using all its steps), for the plan line.
 pub fn estimate_secs(args: &PolicyArgs) -> f64 {
     const SETUP: f64 = 3.0;
-    const PER_TRIAL: f64 = 0.6;
+    const PER_TRIAL: f64 = 1.0;
     let searches =
         f64::from(args.trials) * f64::from(args.max_steps + 1) * (args.trial_secs + PER_TRIAL);
     let latency = args.latency_fractions.len() as f64 * (args.latency_secs + PER_TRIAL + 0.3);
