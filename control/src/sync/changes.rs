@@ -6,7 +6,8 @@
 //! then one `policy.update` per endpoint and direction, then this node's host policy when it
 //! changed (`host_policy.rs`). (On the wire, `requests.rs` regroups
 //! them: each endpoint travels in one atomic batch with its policy.) A change that needs a cluster-wide
-//! identity not known yet is held back until [`ClusterState::set_identity`] supplies it.
+//! identity not known yet is held back until [`ClusterState::set_identity`] supplies it; a later
+//! change of the same target supersedes it (`supersede.rs`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,6 +16,7 @@ use dataplane::tables::policy::Direction;
 use dataplane::Prefix;
 use policy_compiler::Delta;
 
+use super::supersede::latest_per_target;
 use super::wire::{node_upsert, wire_direction};
 use super::ClusterState;
 use crate::dataplane_client::{
@@ -36,6 +38,8 @@ impl ClusterState {
         let mut out = std::mem::take(&mut self.pending);
         let mut deltas = std::mem::take(&mut self.held_back);
         deltas.extend(self.engine.commit());
+        // A held-back delta must not go out after a newer one for the same target.
+        let deltas = latest_per_target(deltas);
         // Endpoints first (policy changes refer to them), then ipcache, then policy.
         let dirty = std::mem::take(&mut self.dirty_endpoints);
         for key in dirty {

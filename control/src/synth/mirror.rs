@@ -282,6 +282,32 @@ impl IdentityBook {
         *self.ids.entry(labels.clone()).or_insert(next)
     }
 
+    /// Every number given so far, as the identity keys (`identities/id/<n>`, relative to
+    /// [`ROOT`]) etcd would hold, from number `from` on (numbers are given from 256 up).
+    pub fn identity_keys_from(&self, from: u32) -> Vec<(String, String)> {
+        let mut out: Vec<(u32, &Labels)> = self
+            .ids
+            .iter()
+            .filter(|(_, n)| **n >= from)
+            .map(|(l, n)| (*n, l))
+            .collect();
+        out.sort_unstable();
+        out.into_iter()
+            .map(|(n, labels)| {
+                let spec = crate::schema::IdentitySpec {
+                    labels: labels.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                };
+                let value = serde_json::to_string(&spec).unwrap_or_default();
+                (format!("identities/id/{n}"), value)
+            })
+            .collect()
+    }
+
+    /// One past the last number given.
+    pub fn next_number(&self) -> u32 {
+        256 + u32::try_from(self.ids.len()).unwrap_or(u32::MAX - 256)
+    }
+
     /// Supplies every number `st` still needs (what the agent's `converge` does through etcd).
     pub fn resolve(&mut self, st: &mut ClusterState) {
         for (labels, _) in st.needed_identities() {
@@ -330,15 +356,23 @@ impl Differential {
     /// One watch event (key relative to [`ROOT`]; `None` deletes), then what the agent does
     /// after a watch batch: identities, commit, push.
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
-        let full = format!("{ROOT}{key}");
-        match value {
-            Some(v) => {
-                self.state.insert(full.clone(), v.as_bytes().to_vec());
-                let _ = self.model.put(&full, v.as_bytes());
-            }
-            None => {
-                self.state.remove(&full);
-                self.model.delete(&full);
+        self.apply_batch(&[(key.to_string(), value.map(str::to_string))]);
+    }
+
+    /// Several watch events (keys relative to [`ROOT`]; `None` deletes), then one converge:
+    /// a watch batch, as an agent's catch-up after a restart delivers them.
+    pub fn apply_batch(&mut self, events: &[(String, Option<String>)]) {
+        for (key, value) in events {
+            let full = format!("{ROOT}{key}");
+            match value {
+                Some(v) => {
+                    self.state.insert(full.clone(), v.as_bytes().to_vec());
+                    let _ = self.model.put(&full, v.as_bytes());
+                }
+                None => {
+                    self.state.remove(&full);
+                    self.model.delete(&full);
+                }
             }
         }
         self.converge();
