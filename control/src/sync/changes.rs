@@ -48,13 +48,14 @@ impl ClusterState {
             }
         }
         let mut policy: BTreeMap<(u32, DirKey), PolicyBatch> = BTreeMap::new();
-        // A renumbering begun at the last commit moves the ipcache and drops the old entries.
-        self.finish_renumbering(&mut out, &mut policy);
         for d in deltas {
             if !self.translate_delta(&d, &mut out, &mut policy) {
                 self.held_back.push(d);
             }
         }
+        // A renumbering begun at the last commit moves the ipcache and drops the old entries
+        // (after the deltas: a removal among them deletes the old number's entry too).
+        self.finish_renumbering(&mut out, &mut policy);
         self.begin_renumbering(&mut policy);
         for ((endpoint, dir), batch) in policy {
             out.push(Change::PolicyUpdate(PolicyUpdate {
@@ -197,14 +198,17 @@ impl ClusterState {
                     return false;
                 };
                 if let Some(ep) = target {
-                    let Some(id) = self.translate(key.identity) else {
+                    // Every number the dataplane may hold the entry under: during a renumbering
+                    // the old one (the entry leaves the engine's map, so the renumbering's
+                    // second step, which moves the map's entries, would not delete it).
+                    let numbers = self.numbers_held(key.identity);
+                    if numbers.is_empty() {
                         return false;
-                    };
-                    policy
-                        .entry((ep, DirKey(*direction)))
-                        .or_default()
-                        .delete
-                        .push(policy_key(key, id));
+                    }
+                    let batch = policy.entry((ep, DirKey(*direction))).or_default();
+                    for id in numbers {
+                        batch.delete.push(policy_key(key, id));
+                    }
                 }
             }
             // The endpoint.delete was sent by delete_endpoint (policy goes with it).

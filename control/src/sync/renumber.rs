@@ -12,7 +12,9 @@
 //!    entries to the new number and deletes the old policy entries.
 //!
 //! A label set that lost its number waits (the old number stays in force) until it has a new
-//! one; one that got its old number back needs nothing.
+//! one; one that got its old number back needs nothing. A policy entry the engine removes
+//! meanwhile is deleted under every number the dataplane may hold it under
+//! ([`ClusterState::numbers_held`]): step 2 moves only the entries still in the engine's maps.
 
 use std::collections::BTreeMap;
 
@@ -125,6 +127,21 @@ impl ClusterState {
                 batch.delete.push(policy_key(key, m.old));
             });
         }
+    }
+
+    /// The cluster numbers the dataplane may hold entries of engine identity `local` under: its
+    /// current number and, while its label set is being renumbered, the old one.
+    pub(super) fn numbers_held(&self, local: Identity) -> Vec<u32> {
+        let mut out: Vec<u32> = self.translate(local).into_iter().collect();
+        if let Some(labels) = self.engine_labels.get(&local.0) {
+            let old = self
+                .renumbering
+                .get(labels)
+                .copied()
+                .or_else(|| self.renumber_finish.get(labels).map(|m| m.old));
+            out.extend(old.filter(|o| !out.contains(o)));
+        }
+        out
     }
 
     /// Calls `f` for every policy entry of this node's endpoints (sent to the dataplane) whose
