@@ -2,7 +2,9 @@
 //! phases over the batch: hash every packet and prefetch its bucket's tags; match the tags
 //! and prefetch the matching slot; then look up and update.
 //!
-//! A hit advances the entry's state machine and counters. Replies of flows that carry reverse
+//! A hit advances the entry's state machine and counters. A TCP RST outside its receiver's
+//! window is dropped (`tcp_rst_out_of_window`) and changes nothing: someone off the path
+//! guessed the 5-tuple (see `tables::conntrack`'s `tcp_window`). Replies of flows that carry reverse
 //! NAT information get their source rewritten back to the service frontend (`nat`). An ICMP
 //! error whose quoted packet belongs to a tracked flow, and which goes back to the quoted
 //! packet's sender (outer destination = quoted source, as Linux conntrack checks), is "related"
@@ -71,7 +73,10 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
             }
             return Ok(());
         }
-        let update = ctx.ct.update(h, dir, m.tcp_flags, f.len() as u32, ctx.now);
+        let update = ctx.ct.update(h, dir, m.tcp, f.len() as u32, ctx.now);
+        if update.out_of_window {
+            return Err(DropReason::TcpRstOutOfWindow);
+        }
         if update.dir != dir {
             // A SYN from the reply side reopened a closed flow: it is a new connection, and
             // policy decides it like any other.
