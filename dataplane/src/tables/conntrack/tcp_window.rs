@@ -206,7 +206,7 @@ impl TcpWindow {
     /// what `r` lets its peer send, behind as far (retransmissions of data `r` acknowledged).
     #[inline]
     fn in_window(&self, seq: u32, next: u32, r: usize) -> bool {
-        let log2 = self.window_log2[r].max(MIN_WINDOW_LOG2).min(31);
+        let log2 = self.window_log2[r].clamp(MIN_WINDOW_LOG2, 31);
         let distance = seq.wrapping_sub(next);
         distance.min(distance.wrapping_neg()) <= 1u32 << log2
     }
