@@ -19,6 +19,9 @@ use super::batch::{Batch, Ctx};
 use super::meta::{CtMark, Family, IcmpClass, PacketMeta, Verdict};
 use super::{nat, prefetch, DropReason, Stage};
 use crate::tables::conntrack::{CtEntry, CtFlags, FlowDirection, FlowKey, RevNat};
+use crate::wire::ip::Protocol;
+
+const TCP: u8 = Protocol::Tcp.number();
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
     // Phase 1: keys, hashes, prefetch.
@@ -39,9 +42,11 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
     }
     // Phase 2: with the tag lines on their way, start loading each packet's matching slot,
     // which phase 3 compares and updates.
+    // A TCP flow's new entry is stored whole (its first segment teaches the sequence
+    // tracking): both lines of the slot it would take are loaded.
     for m in batch.meta_mut().iter() {
-        if m.ct_key.is_some() {
-            ctx.ct.prefetch_match(m.ct_hash);
+        if let Some(key) = &m.ct_key {
+            ctx.ct.prefetch_match(m.ct_hash, key.proto() == TCP);
         }
     }
     // Phase 3: lookups and state updates (phase 1 gave a key to undecided IP frames only).

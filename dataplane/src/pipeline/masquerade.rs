@@ -113,8 +113,9 @@ pub(crate) fn prefetch_translated(metas: &[PacketMeta], ctx: &Ctx<'_>) {
         hashes[n] = hash;
         n += 1;
     }
+    // A translated entry holds the original source (NAT information): stored whole.
     for &hash in &hashes[..n] {
-        ctx.ct.prefetch_match(hash);
+        ctx.ct.prefetch_match(hash, true);
     }
 }
 

@@ -351,10 +351,12 @@ impl Conntrack {
     /// packet: reads the (by now loading) tags of `hash` and starts loading both cache lines
     /// of the first slot whose tag matches, the one [`lookup`](Self::lookup) and
     /// [`update`](Self::update) will most likely read and write; on a tag miss, of the free slot
-    /// a [`create`](Self::create) would take.
+    /// a [`create`](Self::create) would take: its first line, and its second too with
+    /// `whole_entry` (the entry a create would store is whole: a TCP flow's, whose first segment
+    /// teaches the sequence tracking, or one with NAT information).
     /// A no-op off x86_64.
     #[inline]
-    pub fn prefetch_match(&self, hash: u64) {
+    pub fn prefetch_match(&self, hash: u64, whole_entry: bool) {
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -363,13 +365,19 @@ impl Conntrack {
             let candidates = tags.matching(tag_of(hash));
             // No tag matches: most likely a new flow, which `create` will store in the
             // bucket's first free slot if it is allowed. Start that slot's first line too, so
-            // the store does not wait for it (a full bucket evicts: no guess then); a new
-            // entry is usually compact and leaves the second line alone.
+            // the store does not wait for it (a full bucket evicts: no guess then); a compact
+            // new entry leaves the second line alone, a whole one writes it as well.
             if candidates == 0 {
                 if let Some(way) = tags.free_way() {
                     let slot: *const Slot = &self.buckets[b].slots[way];
-                    // SAFETY: as in `prefetch`: a hint that never faults, on a live slot.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>()) };
+                    // SAFETY: as in `prefetch`: hints that never fault, on a live slot (128
+                    // bytes, so `slot + 64` is its second line).
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>());
+                        if whole_entry {
+                            _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>().add(64));
+                        }
+                    }
                 }
                 return;
             }
@@ -383,7 +391,7 @@ impl Conntrack {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
+        let _ = (hash, whole_entry);
     }
 
     /// Bucket index and way of the slot holding `key`, expired or not.
@@ -922,7 +930,8 @@ mod tests {
         create(&mut ct, &key, SEC);
         for hash in [0, 1, u64::MAX, 0xdead_beef, h] {
             ct.prefetch(hash);
-            ct.prefetch_match(hash);
+            ct.prefetch_match(hash, false);
+            ct.prefetch_match(hash, true);
         }
         assert!(look(&ct, &key, SEC).is_some());
     }
