@@ -94,6 +94,11 @@ impl Handoff {
         self.links.index
     }
 
+    /// How many workers hand frames to this one.
+    pub fn inboxes(&self) -> usize {
+        self.links.inboxes.len()
+    }
+
     /// Keeps `frame` (received on `ifindex`) or copies it to its owner's inbox.
     #[inline]
     pub fn dispatch(&mut self, t: &Tables, ifindex: u32, frame: &[u8]) -> Dispatch {
