@@ -336,12 +336,17 @@ impl Worker {
     fn publish_io_summary(&mut self) {
         if let Some(publisher) = self.publisher.as_mut() {
             self.xsk.socket_stats(&mut self.sockets_scratch);
-            publisher.set_io(io_summary(&self.io, &self.sockets_scratch));
+            let handoff = self
+                .handoff
+                .as_ref()
+                .map(|h| h.counters)
+                .unwrap_or_default();
+            publisher.set_io(io_summary(&self.io, &self.sockets_scratch, &handoff));
         }
     }
 }
 
-fn io_summary(io: &IoCounters, sockets: &[SocketStats]) -> IoSummary {
+fn io_summary(io: &IoCounters, sockets: &[SocketStats], handoff: &HandoffCounters) -> IoSummary {
     let sum = |f: fn(&SocketStats) -> u64| sockets.iter().map(f).sum::<u64>();
     IoSummary {
         polls: io.polls,
@@ -353,6 +358,9 @@ fn io_summary(io: &IoCounters, sockets: &[SocketStats]) -> IoSummary {
         sock_rx_dropped: sum(|s| s.rx_dropped),
         sock_rx_ring_full: sum(|s| s.rx_ring_full),
         sock_fill_ring_empty: sum(|s| s.rx_fill_ring_empty_descs),
+        handed_off: handoff.handed_off,
+        taken_over: io.handoff_frames,
+        handoff_dropped: handoff.ring_full + handoff.too_long + io.handoff_no_frame,
     }
 }
 
@@ -375,7 +383,14 @@ mod tests {
             rx_fill_ring_empty_descs: empty,
             ..SocketStats::default()
         };
-        let s = io_summary(&io, &[socket(5, 1), socket(2, 0)]);
+        let handoff = HandoffCounters {
+            handed_off: 6,
+            ring_full: 2,
+            too_long: 1,
+            ..HandoffCounters::default()
+        };
+        let s = io_summary(&io, &[socket(5, 1), socket(2, 0)], &handoff);
+        assert_eq!((s.handed_off, s.handoff_dropped), (6, 3));
         assert_eq!((s.polls, s.rx_batches, s.tx_wakeups), (10, 4, 3));
         assert_eq!(s.sock_rx_ring_full, 7);
         assert_eq!(s.sock_fill_ring_empty, 1);
