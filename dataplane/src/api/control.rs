@@ -874,6 +874,26 @@ mod tests {
     }
 
     #[test]
+    fn status_sums_the_workers_io_and_handoff() {
+        let mut c = control();
+        for (name, handed_off) in [("worker-0", 5), ("worker-1", 7)] {
+            let mut w = c.stats.register(name, 1);
+            w.set_io(crate::pipeline::IoSummary {
+                polls: 10,
+                handed_off,
+                taken_over: 12 - handed_off,
+                ..Default::default()
+            });
+            w.publish(&Pipeline::new(PipelineConfig::default()).unwrap(), 0);
+        }
+        let s = reply(&mut c, r#"{"op":"status"}"#);
+        assert_eq!(s["workers"][1]["io"]["handed_off"], 7);
+        assert_eq!(s["io_total"]["handed_off"], 12);
+        assert_eq!(s["io_total"]["taken_over"], 12);
+        assert_eq!(s["io_total"]["polls"], 20);
+    }
+
+    #[test]
     fn conntrack_dump_waits_for_workers_and_times_out() {
         let mut c = control();
         // No worker: answered at once.

@@ -68,11 +68,37 @@ pub fn preflight() -> Result<(), String> {
 
 /// A veth pair `host_if` (in `node`, up, no address) <-> `eth0` (in `peer_ns`, up, `addr`),
 /// with `lo` up in `peer_ns`.
+#[allow(dead_code)] // Each test file uses a subset of these helpers.
 pub fn add_veth(node: &str, host_if: &str, peer_ns: &str, addr: &str) {
+    add_veth_with_queues(node, host_if, peer_ns, addr, 1);
+}
+
+/// [`add_veth`] with `queues` receive and transmit queues on both sides: the pod spreads its
+/// flows over its transmit queues, and each arrives on the same-numbered receive queue of
+/// `host_if`.
+pub fn add_veth_with_queues(node: &str, host_if: &str, peer_ns: &str, addr: &str, queues: u32) {
+    let q = queues.to_string();
     ip_in(
         node,
         &[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", peer_ns,
+            "link",
+            "add",
+            host_if,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "netns",
+            peer_ns,
         ],
     );
     ip_in(node, &["link", "set", host_if, "up"]);
