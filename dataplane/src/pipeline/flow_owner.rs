@@ -39,7 +39,7 @@ use crate::wire::vxlan;
 
 /// The seed of the ownership hash: any fixed value works (it never leaves the node, and the
 /// flow key's hash resists chosen collisions for any seed); fixed so that every worker agrees.
-const OWNER_SEED: u64 = 0x5eed_0f_f10e_0a11;
+const OWNER_SEED: u64 = 0x5eed_0ff1_0e0a_11f1;
 
 /// Maps frames to the index of the worker that owns their flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

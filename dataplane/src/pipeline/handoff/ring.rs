@@ -180,8 +180,8 @@ impl Consumer {
             return None;
         }
         let cell = &self.shared.slots[self.head & self.shared.mask];
-        // SAFETY: as in `peek_ifindex`; the reference ends before the slot is released.
         let out = {
+            // SAFETY: as in `peek_ifindex`; the reference ends before the slot is released.
             let slot = unsafe { &*cell.get() };
             read(slot.ifindex, slot.bytes.get(..slot.len).unwrap_or(&[]))
         };
