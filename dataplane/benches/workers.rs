@@ -8,8 +8,11 @@
 //!
 //! # Runs
 //! - `1 thread`: one pipeline, no handoff (what a single worker does today);
-//! - `2 threads, 0% handoff`: every frame arrives on its owner's queue (ideal steering);
-//! - `2 threads, ~50% handoff`: each frame arrives on a queue picked by a hash of its flow
+//! - `2 threads, independent`: two pipelines with no ownership lookup: what this machine's
+//!   two cores give (memory, caches, other processes), the ceiling of the runs below;
+//! - `2 threads, 0% handed off`: every frame arrives on its owner's queue (ideal steering),
+//!   but each is looked up (the cost of `FlowOwner`);
+//! - `2 threads, ~50% handed off`: each frame arrives on a queue picked by a hash of its flow
 //!   and direction that knows nothing of owners (a veth pod's transmit queue, RSS on a NIC):
 //!   about half the frames arrive on the other worker and are copied to it.
 //!
@@ -216,11 +219,13 @@ struct ThreadResult {
     ns_per_packet: Vec<f64>,
     packets: u64,
     handed_off: u64,
+    ring_full: u64,
     not_forwarded: u64,
 }
 
-/// Runs `threads` threads for `secs`; `spread` as in `batches_for`.
-fn run(threads: usize, spread: bool, secs: f64) -> Vec<ThreadResult> {
+/// Runs `threads` threads for `secs`; `spread` as in `batches_for`; without `dispatch` the
+/// threads run independent pipelines (no ownership lookup, no handoff).
+fn run(threads: usize, spread: bool, dispatch: bool, secs: f64) -> Vec<ThreadResult> {
     let t = Arc::new(tables());
     let mut ps = pipelines(threads, &t);
     let owner = FlowOwner::new(threads, None);
@@ -230,7 +235,8 @@ fn run(threads: usize, spread: bool, secs: f64) -> Vec<ThreadResult> {
     let handles: Vec<_> = (0..threads)
         .map(|w| {
             let mut p = ps.remove(0);
-            let handoff = (threads > 1).then(|| Handoff::new(owner, links.next().unwrap()));
+            let handoff =
+                (threads > 1 && dispatch).then(|| Handoff::new(owner, links.next().unwrap()));
             let batches = batches_for(w, threads, spread, &t);
             let (t, stop, start) = (t.clone(), stop.clone(), start.clone());
             std::thread::spawn(move || worker_loop(&mut p, handoff, &batches, &t, &stop, &start))
@@ -258,6 +264,7 @@ fn worker_loop(
         ns_per_packet: Vec::new(),
         packets: 0,
         handed_off: 0,
+        ring_full: 0,
         not_forwarded: 0,
     };
     let mut next = 0usize;
@@ -290,12 +297,17 @@ fn worker_loop(
                 .count() as u64;
             packets += kept as u64;
             if let Some(h) = handoff.as_mut() {
-                let mut from = 0;
-                h.take_over(BATCH, |i, bytes| {
-                    from = i;
-                    taken.push(pool.frame(bytes));
-                });
-                if !taken.is_empty() {
+                // As `io::Worker` does: batches of one interface until the inbox is empty, at
+                // most 8 per batch of its own.
+                for _ in 0..8 {
+                    let mut from = 0;
+                    h.take_over(BATCH, |i, bytes| {
+                        from = i;
+                        taken.push(pool.frame(bytes));
+                    });
+                    if taken.is_empty() {
+                        break;
+                    }
                     let v = p.process(t, from, &mut taken, NOW);
                     result.not_forwarded += v
                         .iter()
@@ -312,7 +324,10 @@ fn worker_loop(
         }
         result.packets += packets;
     }
-    result.handed_off = handoff.map(|h| h.counters.handed_off).unwrap_or(0);
+    if let Some(h) = handoff {
+        result.handed_off = h.counters.handed_off;
+        result.ring_full = h.counters.ring_full;
+    }
     result
 }
 
@@ -326,6 +341,30 @@ fn keep_only(h: &mut Handoff, t: &Tables, ingress: u32, frames: &mut [Frame<Vec<
         }
     }
     stay
+}
+
+/// The cost of the ownership lookup alone, per frame (median over rounds of 64 frames).
+fn owner_cost() {
+    let t = tables();
+    let owner = FlowOwner::new(2, None);
+    let frames: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|f| frame_of(f, f % 2 == 1, TCP_ACK).1)
+        .collect();
+    let mut samples = Vec::new();
+    let mut sink = 0usize;
+    for _ in 0..200 {
+        for round in frames.chunks(BATCH) {
+            let started = Instant::now();
+            for bytes in round {
+                sink += owner.owner(&t, std::hint::black_box(bytes)).unwrap_or(0);
+            }
+            samples.push(started.elapsed().as_nanos() as f64 / round.len() as f64);
+        }
+    }
+    println!(
+        "  ownership lookup (FlowOwner::owner): {:.1} ns/frame ({sink})",
+        median(&mut samples)
+    );
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -342,22 +381,36 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let secs = if quick { 0.2 } else { secs };
     println!("workers bench: {FLOWS} established flows between {PODS} pods, batch {BATCH}, {secs} s per run");
+    owner_cost();
     let mut one = f64::NAN;
-    for (threads, spread, name) in [
-        (1, false, "1 thread (no handoff)"),
-        (2, false, "2 threads, 0% handoff (ideal steering)"),
-        (2, true, "2 threads, ~50% handoff"),
+    for (threads, spread, dispatch, name) in [
+        (1, false, false, "1 thread (no handoff)"),
+        (
+            2,
+            false,
+            false,
+            "2 threads, independent (no ownership lookup)",
+        ),
+        (
+            2,
+            false,
+            true,
+            "2 threads, 0% handed off (ownership looked up)",
+        ),
+        (2, true, true, "2 threads, ~50% handed off"),
     ] {
-        let results = run(threads, spread, secs);
+        let results = run(threads, spread, dispatch, secs);
         let mut per_thread = Vec::new();
         for (w, mut r) in results.into_iter().enumerate() {
             let ns = median(&mut r.ns_per_packet);
             per_thread.push(ns);
             println!(
-                "  {name}: thread {w}: {ns:.1} ns/packet ({:.2} Mpps), {} packets, {} handed off, {} not forwarded",
+                "  {name}: thread {w}: {ns:.1} ns/packet ({:.2} Mpps), {} packets, {} handed off, \
+                 {} dropped (ring full), {} not forwarded",
                 1e3 / ns,
                 r.packets,
                 r.handed_off,
+                r.ring_full,
                 r.not_forwarded
             );
             assert_eq!(

@@ -96,6 +96,9 @@ pub struct Worker {
     handoff: Option<Handoff>,
 }
 
+/// Most batches of handed-off frames a worker takes over per inbox and pass.
+const HANDOFF_BATCHES_PER_PASS: usize = 8;
+
 /// Empty passes in a row before an idle worker starts sleeping between passes (when
 /// configured): about a millisecond of spinning, so a busy worker never sleeps.
 pub const IDLE_PASSES: u32 = 4096;
@@ -279,15 +282,17 @@ impl Worker {
         received
     }
 
-    /// Processes the frames other workers handed to this one: a batch from each inbox at
-    /// most, each batch of one interface.
+    /// Processes the frames other workers handed to this one, in batches of one interface,
+    /// until the inboxes are empty or [`HANDOFF_BATCHES_PER_PASS`] batches per inbox were taken
+    /// (a batch per pass would fall behind a worker that hands off runs of several interfaces
+    /// per pass, and its ring would overflow).
     #[inline]
     fn take_over_handed_off<'t>(&mut self, load: &dyn Fn() -> &'t Arc<Tables>, now: u64) -> usize {
         let Some(handoff) = self.handoff.as_mut() else {
             return 0;
         };
         let mut taken = 0;
-        for _ in 0..handoff.inboxes() {
+        for _ in 0..handoff.inboxes() * HANDOFF_BATCHES_PER_PASS {
             let pipeline = &mut self.pipeline;
             let n = self.xsk.rx_handed_off(
                 self.batch,

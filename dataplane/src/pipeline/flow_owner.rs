@@ -10,7 +10,7 @@
 //! - **Both directions of a flow have one owner**, before and after every translation the
 //!   pipeline makes:
 //!   - plain flows (pod <-> pod, through tunnels, DSR on the backend's node): a seeded hash of
-//!     the canonical 5-tuple (`conntrack::FlowKey`, the same for both directions) of the
+//!     the 5-tuple that is the same for both directions (`symmetric_hash`) of the
 //!     innermost packet (VXLAN and Geneve are looked through, as the decap stage does);
 //!   - a service frontend (VIP, NodePort): the tuple after DNAT, the backend chosen exactly as
 //!     the service stage chooses it (the same Maglev table and flow hash), so the backend's
@@ -28,17 +28,19 @@ use std::net::IpAddr;
 
 use super::headers;
 use super::meta::{Family, IcmpClass, PacketMeta, Tuple};
-use crate::tables::conntrack::FlowKey;
 use crate::tables::services::flow_hash;
 use crate::tables::snat::PortRange;
 use crate::tables::Tables;
+use crate::wire::ethernet::{EtherType, EthernetFrame};
 use crate::wire::geneve::GenevePacket;
 use crate::wire::ip::Protocol;
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::udp;
 use crate::wire::vxlan;
 
-/// The seed of the ownership hash: any fixed value works (it never leaves the node, and the
-/// flow key's hash resists chosen collisions for any seed); fixed so that every worker agrees.
+/// The seed of the ownership hash: any fixed value works (it never leaves the node); fixed so
+/// that every worker agrees.
 const OWNER_SEED: u64 = 0x5eed_0ff1_0e0a_11f1;
 
 /// Maps frames to the index of the worker that owns their flow.
@@ -79,9 +81,7 @@ impl FlowOwner {
         if let Some(worker) = self.nat_share_owner(t, tuple) {
             return worker;
         }
-        let tuple = after_dnat(t, tuple);
-        let key = FlowKey::new(tuple.src, tuple.dst, tuple.sport, tuple.dport, tuple.proto);
-        self.reduce(key.hash(OWNER_SEED))
+        self.reduce(symmetric_hash(&after_dnat(t, tuple)))
     }
 
     /// A reply to the node's address on a masquerade port: the worker whose share holds it.
@@ -106,21 +106,70 @@ impl FlowOwner {
     }
 }
 
+/// A hash of the flow that is the same for both directions: the endpoints combined by xor
+/// (which does not care which is the source), then mixed by two multiply-folds.
+///
+/// Cheaper than conntrack's `FlowKey` hash (which must resist chosen collisions in a table);
+/// here a sender who makes flows collide only puts them on one worker, as it could by sending
+/// them from one address, so the spread, not collision resistance, is what matters.
+#[inline]
+fn symmetric_hash(t: &Tuple) -> u64 {
+    let bits = |a: IpAddr| match a {
+        IpAddr::V4(v4) => u128::from(v4.to_bits()),
+        IpAddr::V6(v6) => v6.to_bits(),
+    };
+    let addrs = bits(t.src) ^ bits(t.dst);
+    let ports = u64::from(t.sport ^ t.dport) | u64::from(t.proto) << 16;
+    let h = fold_mul((addrs as u64) ^ OWNER_SEED, MIX_A ^ ports);
+    fold_mul(h ^ ((addrs >> 64) as u64), MIX_B)
+}
+
+/// Odd constants with well-spread bits (wyhash's).
+const MIX_A: u64 = 0xa076_1d64_78bd_642f;
+const MIX_B: u64 = 0xe703_7ed1_a0b4_28db;
+
+/// Multiplies to 128 bits and xors the halves.
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
 /// The tuple ownership is decided on: the innermost IP packet's (through one VXLAN or Geneve
 /// header), an ICMP error's quoted flow turned around; `None` for frames of no flow.
+///
+/// TCP and UDP, nearly every frame, are read by [`transport_tuple`]: just the headers, no
+/// checksum (a corrupt frame is dropped by its owner's parse stage, wherever it goes). The rest
+/// (ICMP, other protocols) goes through the pipeline's own parser.
 fn flow_tuple(t: &Tables, frame: &[u8]) -> Option<Tuple> {
+    let tuple = match transport_tuple(frame) {
+        Some((tuple, l4)) => tuple_or_inner(t, frame, tuple, l4),
+        None => return parsed_tuple(frame),
+    };
+    Some(tuple)
+}
+
+/// A tunnelled packet's inner tuple (when it has one), else `tuple`.
+fn tuple_or_inner(t: &Tables, frame: &[u8], tuple: Tuple, l4: usize) -> Tuple {
+    if Protocol::from(tuple.proto) != Protocol::Udp {
+        return tuple;
+    }
+    let Some(inner) = tunnel_payload(t, frame, &tuple, l4) else {
+        return tuple;
+    };
+    match transport_tuple(inner) {
+        Some((inner_tuple, _)) => inner_tuple,
+        None => parsed_tuple(inner).unwrap_or(tuple),
+    }
+}
+
+/// The tuple as the pipeline's parse stage reads it (ICMP errors: the quoted flow, turned
+/// around); `None` for frames of no flow or that the parse stage refuses.
+fn parsed_tuple(frame: &[u8]) -> Option<Tuple> {
     let mut m = PacketMeta::default();
     headers::parse(frame, &mut m).ok()?;
     if !matches!(m.family, Family::Ipv4 | Family::Ipv6) {
         return None;
-    }
-    if let Some(inner) = tunnel_payload(t, frame, &m) {
-        let mut im = PacketMeta::default();
-        if headers::parse(inner, &mut im).is_ok()
-            && matches!(im.family, Family::Ipv4 | Family::Ipv6)
-        {
-            m = im;
-        }
     }
     Some(if m.icmp == IcmpClass::Error {
         turned_around(&m.inner)
@@ -129,20 +178,59 @@ fn flow_tuple(t: &Tables, frame: &[u8]) -> Option<Tuple> {
     })
 }
 
-/// The inner Ethernet frame of a VXLAN or Geneve packet to the tunnel ports, if it is one.
-fn tunnel_payload<'a>(t: &Tables, frame: &'a [u8], m: &PacketMeta) -> Option<&'a [u8]> {
-    if Protocol::from(m.tuple.proto) != Protocol::Udp {
+/// The 5-tuple of an unfragmented TCP or UDP packet (IPv4, or IPv6 after its extension
+/// headers) and the offset of its transport header; `None` for anything else.
+#[inline]
+fn transport_tuple(frame: &[u8]) -> Option<(Tuple, usize)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let l3 = eth.header_len();
+    let ip = frame.get(l3..)?;
+    let (src, dst, proto, l4) = match eth.inner_ethertype() {
+        EtherType::Ipv4 => {
+            let p = Ipv4Packet::new_checked(ip).ok()?;
+            if p.is_fragment() {
+                return None;
+            }
+            let (src, dst) = (IpAddr::V4(p.src_addr()), IpAddr::V4(p.dst_addr()));
+            (src, dst, p.protocol(), l3 + p.header_len())
+        }
+        EtherType::Ipv6 => {
+            let p = Ipv6Packet::new_checked(ip).ok()?;
+            let walk = ipv6::walk_extension_headers(p.next_header(), p.payload()).ok()?;
+            if walk.fragment.is_some() {
+                return None;
+            }
+            let (src, dst) = (IpAddr::V6(p.src_addr()), IpAddr::V6(p.dst_addr()));
+            (src, dst, walk.protocol, l3 + ipv6::HEADER_LEN + walk.offset)
+        }
+        _ => return None,
+    };
+    if !matches!(proto, Protocol::Tcp | Protocol::Udp) {
         return None;
     }
+    // Both transport headers start with the two ports.
+    let ports = frame.get(l4..l4 + 4)?;
+    let tuple = Tuple {
+        src,
+        dst,
+        sport: u16::from_be_bytes([ports[0], ports[1]]),
+        dport: u16::from_be_bytes([ports[2], ports[3]]),
+        proto: proto.into(),
+    };
+    Some((tuple, l4))
+}
+
+/// The inner Ethernet frame of a VXLAN or Geneve packet to the tunnel ports, if it is one.
+fn tunnel_payload<'a>(t: &Tables, frame: &'a [u8], tuple: &Tuple, l4: usize) -> Option<&'a [u8]> {
     let ports = t.node.tunnel_ports;
-    let start = usize::from(m.l4) + udp::HEADER_LEN;
-    let hdr = frame.get(start..)?;
-    let header_len = if m.tuple.dport == ports.vxlan {
-        vxlan::HEADER_LEN
-    } else if m.tuple.dport == ports.geneve {
-        GenevePacket::new_checked(hdr).ok()?.header_len()
-    } else {
+    if tuple.dport != ports.vxlan && tuple.dport != ports.geneve {
         return None;
+    }
+    let hdr = frame.get(l4 + udp::HEADER_LEN..)?;
+    let header_len = if tuple.dport == ports.vxlan {
+        vxlan::HEADER_LEN
+    } else {
+        GenevePacket::new_checked(hdr).ok()?.header_len()
     };
     hdr.get(header_len..)
 }
@@ -161,6 +249,10 @@ fn turned_around(q: &Tuple) -> Tuple {
 /// The tuple after the service stage's DNAT: a frontend's backend as Maglev picks it.
 fn after_dnat(t: &Tables, tuple: &Tuple) -> Tuple {
     if !matches!(Protocol::from(tuple.proto), Protocol::Tcp | Protocol::Udp) {
+        return *tuple;
+    }
+    // The VIP set first: most frames are not for a service, and it is a smaller table.
+    if !t.services.is_frontend_addr(tuple.dst) {
         return *tuple;
     }
     let Some(svc) = t.services.lookup(tuple.dst, tuple.dport, tuple.proto) else {
