@@ -24,7 +24,7 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -42,8 +42,8 @@ use dataplane::tables::services::Services;
 use dataplane::tables::{LocalNode, Tables};
 use dataplane::{Identity, MacAddr, Prefix};
 use support::{
-    add_default_route, add_veth_with_queues, ip_in, link_facts, preflight, spawn_in, Echo,
-    NetNsGuard,
+    add_default_route, add_veth_with_queues, ip_in, link_facts, preflight, spawn_in, udp_echo,
+    udp_flows, Echo, NetNsGuard,
 };
 use xdp_redirect::{AttachMode, RedirectConfig, XdpProgram};
 
@@ -256,67 +256,6 @@ fn start_workers(
     handles
 }
 
-/// A UDP echo server in `ns` on `ip:UDP_PORT` until `stop`.
-fn udp_echo(ns: &str, ip: Ipv4Addr, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let handle = spawn_in(ns, move || {
-        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(ip), UDP_PORT)).expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("timeout");
-        ready_tx.send(()).expect("ready");
-        let mut echoed = 0;
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                if socket.send_to(&buf[..n], from).is_ok() {
-                    echoed += 1;
-                }
-            }
-        }
-        echoed
-    });
-    ready_rx.recv().expect("UDP server ready");
-    handle
-}
-
-/// From `ns`: `FLOWS` UDP flows (one socket, so one source port, each) to `dst`, each a few
-/// datagrams that must come back intact (a lost datagram is sent again, up to 5 times).
-fn udp_flows(ns: &str, dst: Ipv4Addr) -> Result<(), String> {
-    spawn_in(ns, move || {
-        for flow in 0..FLOWS {
-            let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-            socket
-                .set_read_timeout(Some(Duration::from_secs(1)))
-                .map_err(|e| e.to_string())?;
-            for n in 0..4u8 {
-                let msg = [flow as u8, n, 0xa5, 0x5a];
-                let mut answered = false;
-                for _ in 0..5 {
-                    socket
-                        .send_to(&msg, SocketAddr::new(IpAddr::V4(dst), UDP_PORT))
-                        .map_err(|e| e.to_string())?;
-                    let mut buf = [0u8; 16];
-                    if let Ok((len, _)) = socket.recv_from(&mut buf) {
-                        if buf[..len] == msg {
-                            answered = true;
-                            break;
-                        }
-                    }
-                }
-                if !answered {
-                    return Err(format!(
-                        "UDP flow {flow} to {dst}: datagram {n} never echoed"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    })
-    .join()
-    .map_err(|_| "UDP client panicked".to_string())?
-}
-
 /// `FLOWS` TCP connections from `from` to `to`, each carrying the echo payload both ways.
 fn tcp_connections(from: &Pod, to: &Pod) -> Result<(), String> {
     for c in 0..FLOWS {
@@ -345,14 +284,14 @@ fn two_workers_share_multi_queue_veths_and_keep_flows_consistent() {
         ECHO.serve(&p2.ns, p2.ip, Arc::clone(&stop)),
     ];
     let udp_servers = [
-        udp_echo(&p1.ns, p1.ip, Arc::clone(&stop)),
-        udp_echo(&p2.ns, p2.ip, Arc::clone(&stop)),
+        udp_echo(&p1.ns, p1.ip, UDP_PORT, Arc::clone(&stop)),
+        udp_echo(&p2.ns, p2.ip, UDP_PORT, Arc::clone(&stop)),
     ];
 
     let tcp_1_to_2 = tcp_connections(&p1, &p2);
     let tcp_2_to_1 = tcp_connections(&p2, &p1);
-    let udp_1_to_2 = udp_flows(&p1.ns, p2.ip);
-    let udp_2_to_1 = udp_flows(&p2.ns, p1.ip);
+    let udp_1_to_2 = udp_flows(&p1.ns, p2.ip, UDP_PORT, FLOWS);
+    let udp_2_to_1 = udp_flows(&p2.ns, p1.ip, UDP_PORT, FLOWS);
 
     // Pod 1 admits no new flow: its own connections must still work (replies established),
     // a new one towards it must not.
