@@ -288,6 +288,25 @@ struct Cli {
     /// (30000-32767). Overrides `masquerade_ports` in the file.
     #[arg(long, value_name = "FIRST-LAST")]
     masquerade_ports: Option<String>,
+
+    /// Where the interfaces' XDP programs and maps are pinned (on bpffs; default
+    /// /sys/fs/bpf/flagella), or `off`. Pinned, a program outlives the process: while no
+    /// dataplane runs it drops the pods' frames (counted) instead of passing them to the node's
+    /// kernel, and the next process takes it over in place (docs/systemd.md, "Upgrades").
+    /// Overrides `bpf_pin_dir` in the file.
+    #[arg(long, value_name = "DIR|off")]
+    bpf_pin_dir: Option<String>,
+
+    /// Where connection tracking is kept across restarts (tmpfs; default /run/flagella), used
+    /// while programs are pinned. Overrides `state_dir` in the file.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Remove everything a stopped dataplane leaves on purpose, then exit: the pinned XDP
+    /// programs (the pods' interfaces then reach the node's kernel directly) and the
+    /// connection-tracking state. Run it only with the dataplane stopped.
+    #[arg(long)]
+    uninstall: bool,
 }
 
 /// `on` or `off` (also `true`/`false`).
@@ -376,6 +395,8 @@ enum DaemonError {
     },
     #[error("host interface `{ifname}`: {reason}; the dataplane needs CAP_NET_ADMIN in the node's network namespace (or pass --host-interface off)")]
     HostInterface { ifname: String, reason: String },
+    #[error("uninstall: {0}")]
+    Uninstall(String),
     #[error("installing the SIGTERM/SIGINT/SIGHUP handler failed: {0}")]
     Signal(io::Error),
     #[error(
@@ -414,6 +435,8 @@ fn main() -> ExitCode {
 #[path = "flagella-dataplane/hot_interfaces.rs"]
 mod hot_interfaces;
 use hot_interfaces::HotInterfaces;
+#[path = "flagella-dataplane/restart.rs"]
+mod restart;
 
 fn log(message: &str) {
     eprintln!("flagella-dataplane: {message}");
@@ -432,6 +455,8 @@ struct Running {
     xdp: Vec<InterfaceXdp>,
     /// Keeps the uplink program's ownership in step with the tables (uplink filter on).
     uplink_sync: Option<JoinHandle<()>>,
+    /// Where the programs are pinned (`restart::pin_root`), if they are.
+    pins: Option<PathBuf>,
 }
 
 struct InterfaceXdp {
@@ -446,6 +471,9 @@ struct InterfaceXdp {
 
 fn run(cli: Cli) -> Result<(), DaemonError> {
     let configured = effective_config(&cli)?;
+    if cli.uninstall {
+        return restart::uninstall(&configured).map_err(DaemonError::Uninstall);
+    }
     // The host interface's dataplane side is served as any interface, but may not exist yet:
     // preflight checks the configured ones and counts the memory of all.
     let cfg = configured.with_host_interface();
@@ -464,7 +492,8 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     let tables = TablesHandle::new(initial_tables(&cfg, host.map(|h| h.link))?);
     let stats = StatsRegistry::new();
 
-    let xdp = attach_all(&cfg, mode)?;
+    let pins = restart::pin_root(&cfg).map_err(DaemonError::Usage)?;
+    let xdp = attach_all(&cfg, mode, pins.as_deref())?;
     let mut running = Running {
         workers: Vec::new(),
         server: None,
@@ -472,6 +501,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
         socket: None,
         xdp,
         uplink_sync: None,
+        pins,
     };
     let started = start(&cfg, &cli, &workers, &tables, &stats, &mut running)
         .and_then(|()| start_host_link_sync(&tables, host, &mut running));
@@ -511,8 +541,10 @@ fn start(
         let masq = masquerade::range(cfg)
             .map(|ports| masquerade::worker_config(ports, index, workers.len()))
             .transpose()?;
-        let mut worker = build_worker(cfg, cli, section, masq, index == 0)
+        let state = restart::conntrack_state_file(cfg, running.pins.is_some(), index);
+        let mut worker = build_worker(cfg, cli, section, masq, index == 0, state)
             .map_err(|source| DaemonError::Worker { index, source })?;
+        restart::log_conntrack(index, worker.pipeline().conntrack_restored());
         if index == 0 && cfg.hot_interfaces > 0 {
             hot = Some((worker.port_opener(), worker.port_changes()));
         }
@@ -562,6 +594,7 @@ fn start(
             changes,
             configured,
             cfg.hot_interfaces,
+            running.pins.clone(),
         )));
     }
     running.socket = Some(cfg.socket.clone());
@@ -758,6 +791,12 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     if let Some(ports) = &cli.masquerade_ports {
         cfg.masquerade_ports = ports.clone();
     }
+    if let Some(dir) = &cli.bpf_pin_dir {
+        cfg.bpf_pin_dir = dir.clone();
+    }
+    if let Some(dir) = &cli.state_dir {
+        cfg.state_dir = dir.clone();
+    }
     if let Some(core) = cli.core {
         match cfg.workers.len() {
             0 => {
@@ -911,7 +950,11 @@ fn redirect_config(role: Role, uplink_filter: bool, ports: TunnelPorts) -> Redir
 
 /// One program per interface: the XSKMAP is keyed by receive queue, so two interfaces sharing
 /// a program would fight over its slots; each also has its own [`redirect_config`].
-fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>, DaemonError> {
+fn attach_all(
+    cfg: &DaemonConfig,
+    mode: AttachMode,
+    pins: Option<&Path>,
+) -> Result<Vec<InterfaceXdp>, DaemonError> {
     if let Some(warning) = mode.warning() {
         log(&format!("WARNING: {warning}"));
     }
@@ -927,12 +970,18 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
             redirect.masquerade_ports = masquerade::range(cfg).map(|r| (r.first(), r.last()));
         }
         let ifindex = preflight::ifindex(&iface.name)?;
-        let program = XdpProgram::load(redirect).map_err(xdp_err)?;
-        let attachment = program.attach(ifindex, mode).map_err(xdp_err)?;
+        let (program, attachment) =
+            restart::load_and_attach(&iface.name, ifindex, redirect, mode, pins)
+                .map_err(xdp_err)?;
         log(&format!(
-            "{}: XDP attached ({mode} mode, {:?} role, ifindex {ifindex}{})",
+            "{}: XDP attached ({mode} mode, {:?} role, ifindex {ifindex}{}{})",
             iface.name,
             iface.role,
+            if attachment.is_pinned() {
+                ", pinned: stays and drops while no dataplane runs"
+            } else {
+                ""
+            },
             if redirect.uplink_filter {
                 ", uplink filter on: the host keeps its own traffic"
             } else if iface.role == Role::Uplink {
@@ -958,6 +1007,7 @@ fn build_worker(
     section: &WorkerSection,
     masquerade: Option<MasqueradeConfig>,
     first: bool,
+    conntrack_state: Option<PathBuf>,
 ) -> Result<Worker, IoError> {
     let ports = section
         .interfaces
@@ -977,6 +1027,7 @@ fn build_worker(
             },
             complete_l4_checksums: cli.complete_l4_checksums,
             masquerade,
+            conntrack_state,
             ..PipelineConfig::default()
         },
         // Interfaces added at run time go to the first worker.

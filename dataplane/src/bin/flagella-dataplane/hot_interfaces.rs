@@ -10,6 +10,7 @@
 //! frames. Interfaces of the configuration are never removed here.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use dataplane::daemon::preflight;
 use dataplane::io::{PortChange, PortChanges, PortOpener, PortSpec};
@@ -33,6 +34,8 @@ pub struct HotInterfaces {
     configured: Vec<String>,
     added: HashMap<String, Added>,
     capacity: u32,
+    /// Where programs are pinned (they outlive the process), if they are.
+    pins: Option<PathBuf>,
 }
 
 impl HotInterfaces {
@@ -43,6 +46,7 @@ impl HotInterfaces {
         changes: PortChanges,
         configured: Vec<String>,
         capacity: u32,
+        pins: Option<PathBuf>,
     ) -> HotInterfaces {
         HotInterfaces {
             mode,
@@ -52,16 +56,20 @@ impl HotInterfaces {
             configured,
             added: HashMap::new(),
             capacity,
+            pins,
         }
     }
 
     fn attach(&self, ifname: &str) -> Result<Added, String> {
         let ifindex = preflight::ifindex(ifname).map_err(|e| e.to_string())?;
-        let program = XdpProgram::load(self.redirect)
-            .map_err(|e| format!("{ifname}: loading the XDP program failed: {e}"))?;
-        let attachment = program
-            .attach(ifindex, self.mode)
-            .map_err(|e| format!("{ifname}: attaching XDP failed: {e}"))?;
+        let (program, attachment) = super::restart::load_and_attach(
+            ifname,
+            ifindex,
+            self.redirect,
+            self.mode,
+            self.pins.as_deref(),
+        )
+        .map_err(|e| format!("{ifname}: loading and attaching XDP failed: {e}"))?;
         let port = self
             .opener
             .open(&PortSpec::new(ifname, 0))
@@ -85,6 +93,10 @@ impl HotInterfaces {
         };
         // The interface may be gone already (its pod deleted): the kernel detached then.
         let _ = added.attachment.detach();
+        // Its pod is gone: nothing of it may stay pinned.
+        if let Err(err) = super::restart::unpin(self.pins.as_deref(), ifname) {
+            eprintln!("flagella-dataplane: {ifname}: {err}");
+        }
         let _ = self.changes.send(PortChange::Remove {
             ifindex: added.ifindex,
         });

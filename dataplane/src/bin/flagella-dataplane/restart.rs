@@ -1,0 +1,150 @@
+//! What outlives one dataplane process on purpose, so that a restart (an upgrade, a crash)
+//! keeps the pods' flows and never lets a pod's frame reach the node's kernel unpoliced:
+//! the interfaces' XDP programs, pinned in bpffs (`bpf_pin_dir`), which drop what the dataplane
+//! owns while no socket serves it; and the workers' connection tracking, in files under
+//! `state_dir` (`dataplane::tables::conntrack`'s state file). `--uninstall` removes both.
+
+use std::path::{Path, PathBuf};
+
+use dataplane::daemon::config::{DaemonConfig, DEFAULT_BPF_PIN_DIR};
+use dataplane::tables::conntrack::state_file::worker_state_file;
+use dataplane::tables::conntrack::Restored;
+use xdp_redirect::{
+    check_bpffs, pinned_interfaces, AttachMode, LinkOrigin, MapsOrigin, PinDir, RedirectConfig,
+    XdpAttachment, XdpError, XdpProgram,
+};
+
+use super::log;
+
+/// The directory programs are pinned in, or `None` (not pinned). The default directory when
+/// it is not on bpffs (a test under `ip netns exec`, a node without bpffs mounted) means off,
+/// with a warning; a directory the operator configured must be on bpffs.
+pub fn pin_root(cfg: &DaemonConfig) -> Result<Option<PathBuf>, String> {
+    if cfg.bpf_pin_dir == "off" {
+        return Ok(None);
+    }
+    let root = PathBuf::from(&cfg.bpf_pin_dir);
+    match check_bpffs(&root) {
+        Ok(()) => Ok(Some(root)),
+        Err(err) if cfg.bpf_pin_dir == DEFAULT_BPF_PIN_DIR => {
+            log(&format!(
+                "WARNING: XDP programs are not pinned ({err}); a restart of this dataplane lets \
+                 the pods' frames reach the node's kernel until it is back, and loses its \
+                 connection tracking"
+            ));
+            Ok(None)
+        }
+        Err(err) => Err(format!("bpf_pin_dir: {err}")),
+    }
+}
+
+/// Where a worker's connection tracking is kept across restarts (programs pinned only: without
+/// them the interfaces are not held between two processes, so neither are their flows).
+pub fn conntrack_state_file(cfg: &DaemonConfig, pinned: bool, worker: usize) -> Option<PathBuf> {
+    pinned.then(|| worker_state_file(&cfg.state_dir, worker))
+}
+
+/// Says what became of worker `index`'s connection tracking.
+pub fn log_conntrack(index: usize, restored: Option<&Restored>) {
+    match restored {
+        None => {}
+        Some(Restored::Created) => log(&format!("worker-{index}: conntrack state created")),
+        Some(Restored::Kept { entries }) => log(&format!(
+            "worker-{index}: conntrack kept from the previous process ({entries} entries)"
+        )),
+        Some(Restored::Rebuilt { reason }) => log(&format!(
+            "worker-{index}: the conntrack state file could not be taken over ({reason}): \
+             rebuilt empty; established flows are re-learnt as new ones where policy allows"
+        )),
+    }
+}
+
+/// Loads `ifname`'s program and attaches it, pinned under `root` when given: a program the
+/// previous process pinned is taken over in place (one atomic link update: no frame meets an
+/// interface without a program). A pinned program drops owned frames while no socket serves
+/// their queue.
+pub fn load_and_attach(
+    ifname: &str,
+    ifindex: u32,
+    redirect: RedirectConfig,
+    mode: AttachMode,
+    root: Option<&Path>,
+) -> Result<(XdpProgram, XdpAttachment), XdpError> {
+    let Some(root) = root else {
+        let program = XdpProgram::load(redirect)?;
+        let attachment = program.attach(ifindex, mode)?;
+        return Ok((program, attachment));
+    };
+    let pins = PinDir::new(root, ifname)?;
+    let redirect = RedirectConfig {
+        drop_without_socket: true,
+        ..redirect
+    };
+    let (program, maps) = XdpProgram::load_pinned(redirect, &pins)?;
+    if let MapsOrigin::Rebuilt { reason } = &maps {
+        log(&format!(
+            "{ifname}: the pinned XDP maps in {} have another layout ({reason}): rebuilt from \
+             scratch (the uplink's owned destinations are re-learnt from the tables)",
+            pins.path().display()
+        ));
+    }
+    let (attachment, link) = program.attach_pinned(ifindex, mode, &pins)?;
+    if link == LinkOrigin::Updated {
+        log(&format!(
+            "{ifname}: took over the pinned XDP program of the previous process (maps {})",
+            if maps == MapsOrigin::Reused {
+                "kept"
+            } else {
+                "new"
+            }
+        ));
+    }
+    Ok((program, attachment))
+}
+
+/// Removes `ifname`'s pins (its pod is gone, or the operator uninstalls): the program leaves
+/// the interface.
+pub fn unpin(root: Option<&Path>, ifname: &str) -> Result<(), XdpError> {
+    let Some(root) = root else { return Ok(()) };
+    PinDir::new(root, ifname)?.remove()?;
+    Ok(())
+}
+
+/// `--uninstall`: every pinned program detached and unpinned, every state file removed.
+pub fn uninstall(cfg: &DaemonConfig) -> Result<(), String> {
+    if cfg.bpf_pin_dir != "off" {
+        let root = PathBuf::from(&cfg.bpf_pin_dir);
+        let names = pinned_interfaces(&root).map_err(|e| e.to_string())?;
+        for name in &names {
+            unpin(Some(&root), name).map_err(|e| format!("{name}: {e}"))?;
+            log(&format!("{name}: XDP program detached and unpinned"));
+        }
+        if root.exists() {
+            std::fs::remove_dir(&root).map_err(|e| {
+                format!(
+                    "removing {}: {e}: remove what is left in it by hand",
+                    root.display()
+                )
+            })?;
+        }
+    }
+    remove_state_files(&cfg.state_dir)?;
+    log("uninstalled: nothing of the dataplane is left on the interfaces");
+    Ok(())
+}
+
+fn remove_state_files(dir: &Path) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // no state directory: nothing kept
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("conntrack-") && name.ends_with(".state") {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| format!("removing {}: {e}", entry.path().display()))?;
+            log(&format!("removed {}", entry.path().display()));
+        }
+    }
+    Ok(())
+}
