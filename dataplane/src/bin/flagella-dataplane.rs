@@ -10,7 +10,9 @@
 //! 4. tables: empty, with the uplink's index, MAC and MTU read from the interface, and the
 //!    host interface's;
 //! 5. one XDP program per interface, attached through a `bpf_link` this process owns, so the
-//!    kernel detaches it when the process dies, even on `kill -9`. The uplink's program
+//!    kernel detaches it when the process dies, even on `kill -9`; or, with `bpf_pin_dir`
+//!    (`restart.rs`), pinned in bpffs: it stays when the process goes, drops what no socket
+//!    serves, and the next process takes it over in place. The uplink's program
 //!    starts with the uplink filter on (unless configured off): it hands the dataplane only
 //!    tunnel traffic to the node and the destinations it owns, none yet;
 //! 6. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
@@ -28,7 +30,7 @@
 //!
 //! Stop order: the shared shutdown flag stops the workers, the uplink-sync thread and the
 //! control server; the threads are joined; the server removes its socket file; the XDP programs
-//! are detached.
+//! are detached, unless pinned (they stay, dropping, for the next process).
 //!
 //! Exit codes (systemd reads them): 0 clean stop, 1 runtime error, 2 usage, configuration or
 //! preflight error (restarting will not help until something is changed).
@@ -119,8 +121,12 @@ Pods reach their node, and the node its pods, through a veth pair the dataplane 
 network namespace (flg_host, the host's side, with the pods' gateway addresses and routes to the
 pods; flg_net, the dataplane's): see --host-interface.
 
-Runs as root. SIGHUP reopens the flow export's file (after logrotate). Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
-process is killed (the kernel owns their links through this process's file descriptors).";
+Runs as root. SIGHUP reopens the flow export's file (after logrotate). Stops cleanly on SIGTERM or SIGINT.
+With the programs pinned (--bpf-pin-dir, on by default where /sys/fs/bpf is bpffs) they stay on
+the interfaces when the process stops or is killed, dropping the pods' frames (counted) until the
+next process takes them over with the connection tracking kept in --state-dir; --uninstall
+removes them. Unpinned, the programs are detached even when the process is killed (the kernel
+owns their links through this process's file descriptors).";
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -1507,6 +1513,11 @@ fn stop(running: Running) -> Result<(), DaemonError> {
         }
     }
     for iface in running.xdp {
+        if iface.attachment.is_pinned() {
+            // The safe state between two processes: the pinned program stays and drops what
+            // no socket serves now (`--uninstall` removes it).
+            continue;
+        }
         if let Err(source) = iface.attachment.detach() {
             note(DaemonError::Xdp {
                 ifname: iface.ifname.clone(),
