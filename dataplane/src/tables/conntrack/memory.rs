@@ -28,7 +28,7 @@ enum Owner {
     /// Allocated by [`HugeArray::new`] with this layout, freed on drop.
     Heap(std::alloc::Layout),
     /// Part of a shared file mapping, unmapped when the last of its arrays drops.
-    Mapping(#[allow(dead_code)] std::sync::Arc<super::state_file::Mapping>),
+    Mapping(#[allow(dead_code)] std::sync::Arc<Mapping>),
 }
 
 // SAFETY: `HugeArray` owns its allocation exclusively (like a `Box<[T]>`, and `T: Copy` is
@@ -77,7 +77,7 @@ impl<T: Copy> HugeArray<T> {
     pub(super) unsafe fn in_mapping(
         ptr: std::ptr::NonNull<T>,
         len: usize,
-        mapping: std::sync::Arc<super::state_file::Mapping>,
+        mapping: std::sync::Arc<Mapping>,
     ) -> HugeArray<T> {
         HugeArray {
             ptr,
@@ -111,6 +111,64 @@ impl<T: Copy> Drop for HugeArray<T> {
             unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
         }
         // A mapping's array: the `Arc` it holds unmaps with the last one.
+    }
+}
+
+/// A shared mapping of a state file, unmapped when the last array in it drops; it holds the
+/// file (and its lock) as long.
+pub(super) struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    _file: std::fs::File,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; the arrays in it (which hold the
+// `Arc`) give out access with the borrow rules of `HugeArray`, as for heap memory.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` gives no access to the memory by itself.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr..ptr + len` is the mapping `open` made, unmapped only here; no array
+        // into it is left (they hold the `Arc` this drop ends).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` shared, read and write, populated; the mapping holds the file
+    /// (and so its lock).
+    pub(super) fn map_shared(file: std::fs::File, len: usize) -> Result<Mapping, String> {
+        // SAFETY: a new shared mapping of `len` bytes of a file at least that long (sized by the
+        // caller or checked), owned by the returned `Mapping` until its drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "mapping {len} bytes: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or("mapping returned null")?;
+        Ok(Mapping {
+            ptr,
+            len,
+            _file: file,
+        })
+    }
+
+    /// The first byte of the mapping.
+    pub(super) fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
 }
 

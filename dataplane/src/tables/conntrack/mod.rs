@@ -10,7 +10,9 @@
 //! its flow), `entry.rs` ([`CtEntry`]: layout, compact form, state, flags, NAT/DSR
 //! information), `tcp.rs` (the TCP state machine), `slot.rs` (slots, buckets and tags: the
 //! layout in memory, and a slot's update by one packet), `config.rs` ([`CtConfig`],
-//! [`CtTimeouts`]) and `memory.rs` (the once-allocated, huge-page-aligned arrays).
+//! [`CtTimeouts`]), `memory.rs` (the once-allocated, huge-page-aligned arrays) and
+//! `state_file.rs` (the same arrays in a shared file mapping the next process takes over:
+//! [`Conntrack::with_state_file`]).
 //!
 //! # Layout
 //! All memory is allocated once, in [`Conntrack::new`], and never again; a table of 2 MiB or

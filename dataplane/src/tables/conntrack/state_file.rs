@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use super::entry::{CtEntry, RevNat};
 use super::key::FlowKey;
-use super::memory::HugeArray;
+use super::memory::{HugeArray, Mapping};
 use super::slot::{Bucket, Slot, Tags};
 use super::{CtError, WAYS};
 
@@ -71,28 +71,6 @@ pub enum Restored {
     Kept { entries: usize },
     /// A file that could not be taken over (the reason): rebuilt empty.
     Rebuilt { reason: String },
-}
-
-/// A shared mapping of a state file, unmapped when the last array in it drops; it holds the
-/// file (and its lock) as long.
-pub(super) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    _file: File,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; the arrays in it (which hold the
-// `Arc`) give out access with the borrow rules of `HugeArray`, as for heap memory.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` gives no access to the memory by itself.
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr..ptr + len` is the mapping `open` made, unmapped only here; no array
-        // into it is left (they hold the `Arc` this drop ends).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
 }
 
 /// The arrays of a table in a state file.
@@ -160,8 +138,8 @@ pub(super) fn open(path: &Path, buckets: usize, seed: u64) -> Result<Opened, CtE
             .and_then(|()| file.set_len(len as u64))
             .map_err(|e| fail(format!("sizing it to {len} bytes: {e}")))?;
     }
-    let mapping = Arc::new(map_shared(file, len).map_err(fail)?);
-    let base = mapping.ptr.as_ptr();
+    let mapping = Arc::new(Mapping::map_shared(file, len).map_err(fail)?);
+    let base = mapping.base();
     // SAFETY: both offsets lie inside the mapping of `len` bytes (`placement`), are page
     // aligned (so aligned for `Tags` and `Bucket`), and the two ranges do not overlap.
     let (tags_ptr, buckets_ptr) = unsafe {
@@ -372,33 +350,6 @@ fn open_locked(path: &Path) -> Result<File, String> {
         ));
     }
     Ok(file)
-}
-
-fn map_shared(file: File, len: usize) -> Result<Mapping, String> {
-    // SAFETY: a new shared mapping of `len` bytes of a file at least that long (sized by the
-    // caller or checked), owned by the returned `Mapping` until its drop.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(format!(
-            "mapping {len} bytes: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let ptr = NonNull::new(ptr.cast::<u8>()).ok_or("mapping returned null")?;
-    Ok(Mapping {
-        ptr,
-        len,
-        _file: file,
-    })
 }
 
 /// The state file of worker `index` in `dir`.
