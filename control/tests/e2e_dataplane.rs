@@ -1262,7 +1262,7 @@ fn dataplane_restarts_keep_a_transfer_and_its_conntrack() {
     assert!(dropped > 0.0, "nothing counted as dropped without a socket");
     let (tries, accepted) = hammer.finish();
     eprintln!("C -> B: {tries} attempts across the restarts, {accepted} accepted");
-    assert!(tries > 20, "the refused client tried only {tries} times");
+    assert!(tries > 500, "the refused client tried only {tries} times");
     assert_eq!(accepted, 0, "C -> B was accepted across a restart");
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();

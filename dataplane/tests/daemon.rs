@@ -764,10 +764,14 @@ fn pinned_programs_outlive_the_process_until_uninstall() {
     );
     assert!(state.join("conntrack-worker-0.state").exists());
 
+    // The pins of an interface deleted while no dataplane ran: the next start removes them.
+    std::fs::create_dir(pins.join("gone0")).expect("a stale pin directory");
     let (cmd, socket, log) = restartable("second");
     let mut second = Daemon::start(cmd, socket, log);
     second.wait_log("took over the pinned XDP program");
     second.wait_log("conntrack kept from the previous process");
+    second.wait_log("gone0: gone");
+    assert!(!pins.join("gone0").exists(), "stale pins removed");
     second.signal(libc::SIGKILL);
     second.wait_exit(Duration::from_secs(10));
     assert_eq!(

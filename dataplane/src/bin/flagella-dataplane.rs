@@ -499,6 +499,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     let stats = StatsRegistry::new();
 
     let pins = restart::pin_root(&cfg).map_err(DaemonError::Usage)?;
+    restart::prune_gone(pins.as_deref());
     let xdp = attach_all(&cfg, mode, pins.as_deref())?;
     let mut running = Running {
         workers: Vec::new(),

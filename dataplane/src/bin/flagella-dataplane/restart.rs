@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use dataplane::daemon::config::{DaemonConfig, DEFAULT_BPF_PIN_DIR};
+use dataplane::daemon::preflight;
 use dataplane::tables::conntrack::state_file::worker_state_file;
 use dataplane::tables::conntrack::Restored;
 use xdp_redirect::{
@@ -108,6 +109,27 @@ pub fn unpin(root: Option<&Path>, ifname: &str) -> Result<(), XdpError> {
     let Some(root) = root else { return Ok(()) };
     PinDir::new(root, ifname)?.remove()?;
     Ok(())
+}
+
+/// Removes the pins of interfaces that no longer exist (a pod deleted while no dataplane ran:
+/// the agent will never send its `interface.remove`). Pins of existing interfaces stay: their
+/// programs keep dropping until this process serves them (at start, or the agent's
+/// `interface.add`).
+pub fn prune_gone(root: Option<&Path>) {
+    let Some(root) = root else { return };
+    let names = match pinned_interfaces(root) {
+        Ok(names) => names,
+        Err(err) => return log(&format!("WARNING: {err}")),
+    };
+    for name in names {
+        if preflight::ifindex(&name).is_ok() {
+            continue;
+        }
+        match unpin(Some(root), &name) {
+            Ok(()) => log(&format!("{name}: gone; its pinned XDP program removed")),
+            Err(err) => log(&format!("WARNING: {name}: {err}")),
+        }
+    }
 }
 
 /// `--uninstall`: every pinned program detached and unpinned, every state file removed.
