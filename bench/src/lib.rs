@@ -35,6 +35,7 @@ pub mod machine;
 pub mod pktgen;
 pub mod probe;
 pub mod report;
+pub mod restart;
 pub mod scale;
 pub mod signals;
 pub mod synth;

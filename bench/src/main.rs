@@ -8,7 +8,7 @@ use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::generator::generate;
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, sink};
-use bench::{converge, forward, ingress_report, scale, signals, xnode, BenchError};
+use bench::{converge, forward, ingress_report, restart, scale, signals, xnode, BenchError};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -52,6 +52,10 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             Ok(())
         }
         Command::Scale(args) => scale_command(&args),
+        Command::Restart(args) => {
+            print!("{}", restart::restart(&args)?);
+            Ok(())
+        }
         Command::Ingress(args) => {
             let text = ingress_report::report(&args)?;
             print!("{text}");

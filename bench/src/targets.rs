@@ -172,6 +172,8 @@ pub struct DataplaneLaunch {
     pub idle_sleep_us: u64,
     /// `--masquerade-ports FIRST-LAST` (absent: the daemon's default range).
     pub masquerade_ports: Option<String>,
+    /// More flags, as given (`restart`: `--bpf-pin-dir`, `--state-dir`).
+    pub extra_args: Vec<String>,
 }
 
 impl DataplaneLaunch {
@@ -191,6 +193,7 @@ impl DataplaneLaunch {
             nice: args.nice,
             idle_sleep_us: args.idle_sleep_us,
             masquerade_ports: None,
+            extra_args: Vec::new(),
         })
     }
 }
@@ -226,6 +229,7 @@ pub fn start_dataplane(
     if let Some(ports) = &launch.masquerade_ports {
         cmd.args(["--masquerade-ports", ports]);
     }
+    cmd.args(&launch.extra_args);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
     let mut daemon = ChildGuard::spawn("flagella-dataplane", &mut cmd)?;
     wait_for(
@@ -288,6 +292,13 @@ impl Flagella {
     /// The daemon's PID.
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
+    }
+
+    /// kill -9 of the daemon (a crash), reaped. Dropping a `Flagella` stops it gracefully
+    /// (SIGTERM) instead.
+    pub fn kill9(mut self) {
+        let _ = self.daemon.child.kill();
+        let _ = self.daemon.child.wait();
     }
 
     /// One request; `Err` unless the reply says `ok`.
