@@ -52,6 +52,9 @@ impl Drop for Bpffs {
     }
 }
 
+/// `(sequence number, arrival ns)` of each datagram B received, in arrival order.
+type Arrivals = Vec<(u64, u64)>;
+
 /// One restart: its kind, when the old process was told to stop, when the new one answered.
 #[derive(Clone, Copy, Debug)]
 struct Restart {
@@ -145,7 +148,7 @@ fn start_receiver(
     ns: &str,
     addr: SocketAddr,
     stop: &Arc<AtomicBool>,
-) -> Result<thread::JoinHandle<Result<Vec<(u64, u64)>, BenchError>>, BenchError> {
+) -> Result<thread::JoinHandle<Result<Arrivals, BenchError>>, BenchError> {
     let (ns, stop) = (ns.to_string(), Arc::clone(stop));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = thread::spawn(move || {
