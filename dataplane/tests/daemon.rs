@@ -772,6 +772,15 @@ fn pinned_programs_outlive_the_process_until_uninstall() {
     second.wait_log("conntrack kept from the previous process");
     second.wait_log("gone0: gone");
     assert!(!pins.join("gone0").exists(), "stale pins removed");
+    // Not under a running dataplane.
+    let (mut cmd, _, _) = restartable("too-early");
+    let out = cmd.arg("--uninstall").output().expect("run --uninstall");
+    assert!(
+        !out.status.success(),
+        "--uninstall under a running dataplane"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    assert_eq!(veths_with_xdp(&topo).len(), served, "nothing removed");
     second.signal(libc::SIGKILL);
     second.wait_exit(Duration::from_secs(10));
     assert_eq!(

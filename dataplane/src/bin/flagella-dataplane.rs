@@ -310,7 +310,7 @@ struct Cli {
 
     /// Remove everything a stopped dataplane leaves on purpose, then exit: the pinned XDP
     /// programs (the pods' interfaces then reach the node's kernel directly) and the
-    /// connection-tracking state. Run it only with the dataplane stopped.
+    /// connection-tracking state. Refused while a dataplane runs on the same state directory.
     #[arg(long)]
     uninstall: bool,
 }

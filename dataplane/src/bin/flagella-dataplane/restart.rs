@@ -134,6 +134,7 @@ pub fn prune_gone(root: Option<&Path>) {
 
 /// `--uninstall`: every pinned program detached and unpinned, every state file removed.
 pub fn uninstall(cfg: &DaemonConfig) -> Result<(), String> {
+    refuse_if_running(&cfg.state_dir)?;
     if cfg.bpf_pin_dir != "off" {
         let root = PathBuf::from(&cfg.bpf_pin_dir);
         let names = pinned_interfaces(&root).map_err(|e| e.to_string())?;
@@ -155,18 +156,48 @@ pub fn uninstall(cfg: &DaemonConfig) -> Result<(), String> {
     Ok(())
 }
 
-fn remove_state_files(dir: &Path) -> Result<(), String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(()); // no state directory: nothing kept
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("conntrack-") && name.ends_with(".state") {
-            std::fs::remove_file(entry.path())
-                .map_err(|e| format!("removing {}: {e}", entry.path().display()))?;
-            log(&format!("removed {}", entry.path().display()));
+/// A running dataplane holds its state files locked: uninstalling under it would take its
+/// programs away while it serves them.
+fn refuse_if_running(dir: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    for path in state_files(dir) {
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        // SAFETY: plain syscall on an fd `file` keeps open; the lock goes with `file`.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(format!(
+                "a flagella-dataplane is running on {} (it holds {}): stop it first \
+                 (systemctl stop flagella-dataplane), then uninstall",
+                dir.display(),
+                path.display()
+            ));
         }
+    }
+    Ok(())
+}
+
+/// The conntrack state files in `dir` (none when it does not exist).
+fn state_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("conntrack-") && n.ends_with(".state"))
+        })
+        .collect()
+}
+
+fn remove_state_files(dir: &Path) -> Result<(), String> {
+    for path in state_files(dir) {
+        std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        log(&format!("removed {}", path.display()));
     }
     Ok(())
 }
