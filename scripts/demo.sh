@@ -17,7 +17,13 @@
 #      reaching a server outside the cluster masqueraded to its node's address, a client
 #      outside the cluster reaching a pod through a NodePort with DSR and then SNAT, a policy on
 #      node 2 that refuses one node-1 pod (decided from the VNI's identity) while another
-#      connects, and the hosts' own ping between the nodes working throughout.
+#      connects, and the hosts' own ping between the nodes working throughout;
+#   5. pods from the CNI plugin: flagella-cni run as a container runtime runs it (CNI_* variables,
+#      the conflist's configuration on stdin, a fresh namespace per container) on a node whose
+#      dataplane started with no pod interface; the pods talk through it; a CiliumNetworkPolicy
+#      with `icmps` admits ping and refuses an ICMP timestamp request (`flagella monitor`,
+#      `policy trace`); a host policy (`nodeSelector`) refuses pods on one of the node's ports
+#      once the node carries the label (`flagella monitor`); CNI DEL removes every trace.
 # Runs as root (namespaces, XDP, AF_XDP). Leaves nothing behind, even when interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,18 +41,20 @@ fail() { echo "demo.sh: $*" >&2; exit 1; }
 header "installing what the build needs"
 # As scripts/test.sh: the XDP program (clang, llvm, libelf, zlib) and libxdp (m4, pkg-config,
 # pcap headers) for AF_XDP; protobuf for etcd-client's build (flagella-control, flagella);
-# etcd-server for part 3.
+# etcd-server for parts 3 to 5; ping for parts 4 and 5.
 scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev \
-  protobuf-compiler libprotobuf-dev etcd-server ethtool
-for tool in ip python3; do
-  command -v "$tool" >/dev/null || { echo "demo.sh needs \`$tool\` (apt-get install iproute2 python3)" >&2; exit 1; }
+  protobuf-compiler libprotobuf-dev etcd-server ethtool iputils-ping
+# flagella-cni (part 5) runs `ip` and `nsenter` itself, as docs/cni.md says.
+for tool in ip nsenter python3; do
+  command -v "$tool" >/dev/null || { echo "demo.sh needs \`$tool\` (apt-get install iproute2 util-linux python3)" >&2; exit 1; }
 done
 
 header "building (release)"
-# Everything the demo runs: node_demo (part 1), flagella-dataplane (parts 2 and 3), the node
-# agent flagella-control and the flagella CLI (part 3).
+# Everything the demo runs: node_demo (part 1), flagella-dataplane (parts 2 to 5), the node
+# agent flagella-control and the flagella CLI (parts 3 to 5), the CNI plugin flagella-cni (part 5).
 cargo build --release --locked -p dataplane --features dataplane/afxdp -p control \
-  --example node_demo --bin flagella-dataplane --bin flagella-control --bin flagella
+  --example node_demo --bin flagella-dataplane --bin flagella-control --bin flagella \
+  --bin flagella-cni
 
 # A TCP client in namespace NS: one line saying what happened. `--retry`: a connection that must
 # work (its first SYN may wait for ARP or the agent's last push) is retried for up to 10 s.
@@ -224,6 +232,7 @@ declare -A WHAT=()           # PID -> what it is, for messages
 NAMESPACES=()
 FLAGELLA_BIN="$PWD/target/release/flagella"
 ETCD_URL=""
+IN_NODE=()                   # part 5 runs etcd, the daemons and the CLI in its node's namespace
 
 stop_pid() { # PID: SIGTERM, SIGKILL after 5 s; only that process
   kill -0 "$1" 2>/dev/null || return 0
@@ -237,7 +246,7 @@ cleanup3() {
   local status=$?
   set +e
   if [ "$status" -eq 130 ]; then
-    echo "interrupted: stopping what part 3 started and removing its namespaces" >&2
+    echo "interrupted: stopping what this part started and removing its namespaces" >&2
   elif [ "$status" -ne 0 ]; then
     for pid in "${PIDS[@]}"; do
       kill -0 "$pid" 2>/dev/null || echo "${WHAT[$pid]} (PID $pid) is not running any more" >&2
@@ -259,7 +268,7 @@ SOCK="$TMP/dataplane.sock"
 # `flagella ARGS`: shows the command as a user types it, then its output, indented.
 flagella() {
   printf '  $ flagella %s\n' "$*"
-  "$FLAGELLA_BIN" --etcd "$ETCD_URL" "$@" 2>&1 | sed 's/^/    /'
+  "${IN_NODE[@]}" "$FLAGELLA_BIN" --etcd "$ETCD_URL" "$@" 2>&1 | sed 's/^/    /'
   return "${PIPESTATUS[0]}"
 }
 
@@ -275,23 +284,24 @@ wait_until() { # TENTHS ARGS...
 }
 
 etcd_healthy() {
-  python3 -c '
+  "${IN_NODE[@]}" python3 -c '
 import sys, urllib.request
 body = urllib.request.urlopen(sys.argv[1] + "/health", timeout=1).read()
 sys.exit(0 if b"\"health\":\"true\"" in body else 1)' "$ETCD_URL"
 }
 
-# A private etcd (parts 3 and 4): free loopback ports, data in $TMP/etcd; sets ETCD_URL.
+# A private etcd (parts 3 to 5): free loopback ports (in the namespace IN_NODE enters, if any),
+# data in $TMP/etcd; sets ETCD_URL.
 start_etcd() { # NAME
   local client_port peer_port peer_url
-  read -r client_port peer_port < <(python3 -c '
+  read -r client_port peer_port < <("${IN_NODE[@]}" python3 -c '
 import socket
 socks = [socket.socket() for _ in range(2)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
   ETCD_URL="http://127.0.0.1:$client_port"
   peer_url="http://127.0.0.1:$peer_port"
-  /usr/bin/etcd --name="$1" --data-dir="$TMP/etcd" \
+  "${IN_NODE[@]}" /usr/bin/etcd --name="$1" --data-dir="$TMP/etcd" \
     --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
     --listen-peer-urls="$peer_url" --initial-advertise-peer-urls="$peer_url" \
     --initial-cluster="$1=$peer_url" --logger=zap --log-level=warn >"$TMP/etcd.log" 2>&1 &
@@ -722,4 +732,325 @@ left_ns=$(ip netns list | grep -c "^$C4" || true)
 left_pids=0
 for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left_pids=$((left_pids + 1)); done
 say "left behind: $left_ns namespaces, $left_pids processes, temp dir removed"
+
+# ---------------------------------------------------------------------------------------------
+header "part 5: pods from the CNI plugin, ICMP type rules and a host policy"
+say "flagella-cni is run exactly as a container runtime runs it: the CNI_* variables, the"
+say "conflist's configuration on stdin, a fresh network namespace per container. It asks the"
+say "node's agent (through etcd) for the pod's address; the agent has the running dataplane"
+say "serve the new interface. The policies come from etcd too; nothing is pushed by hand."
+
+N5="flg-cni-$$"              # the node's namespace (its etcd, daemons, CLI); containers: $N5-<pod>
+K8S_NS5=shop
+POD_CIDR5=10.86.0.0/24
+UNDERLAY5=192.168.86.1       # node-1's own address (on its loopback: no other node here)
+PORT5=8080                   # backend's server
+HOST_OPEN=10250              # the node's port the host policy admits (a kubelet's)
+HOST_CLOSED=9090             # the node's port it refuses
+declare -A CID5 PODIP5       # pod -> its container id, its address
+
+trap cleanup3 EXIT
+PIDS=()
+NAMESPACES=()
+TMP="$(mktemp -d /tmp/flg-demo.XXXXXX)"
+SOCK5="$TMP/dataplane.sock"
+
+header "the node: namespace $N5 runs etcd, flagella-dataplane (no interface yet), flagella-control"
+ip netns add "$N5"; NAMESPACES+=("$N5")
+ip -n "$N5" link set lo up
+ip -n "$N5" addr add "$UNDERLAY5/32" dev lo
+IN_NODE=(ip netns exec "$N5") # etcd, the daemons and the CLI run on the node, as on a real one
+start_etcd flg-demo5
+say "etcd answers on $ETCD_URL inside $N5 (PID ${PIDS[-1]})"
+flagella namespace upsert "$K8S_NS5" --labels team=shop
+flagella node upsert node-1 --underlay-ip "$UNDERLAY5" --pod-cidr "$POD_CIDR5"
+echo "" >"$TMP/empty.toml"
+# No --interface: the pods' interfaces are added while it runs (--hot-interfaces, default 16).
+"${IN_NODE[@]}" target/release/flagella-dataplane --config "$TMP/empty.toml" --socket "$SOCK5" \
+  --idle-sleep-us 200 2>"$TMP/dataplane.log" &
+PIDS+=($!)
+WHAT[$!]=flagella-dataplane
+wait_until 300 test -S "$SOCK5" || fail "the dataplane's control socket did not appear"
+"${IN_NODE[@]}" target/release/flagella-control --etcd "$ETCD_URL" --node node-1 \
+  --dataplane-socket "$SOCK5" --status-file "$TMP/control-status.json" 2>"$TMP/control.log" &
+PIDS+=($!)
+WHAT[$!]=flagella-control
+wait_until 200 agent_synced || fail "flagella-control did not connect to etcd and the dataplane"
+say "flagella-dataplane serves no pod interface yet; flagella-control is synced"
+
+header "the runtime's view: flagella-cni in CNI_PATH and its conflist (scripts/cni/10-flagella.conflist)"
+mkdir -p "$TMP/cni-bin"
+ln -s "$PWD/target/release/flagella-cni" "$TMP/cni-bin/flagella-cni"
+# The shipped conflist with this cluster's etcd and node name (what scripts/cni/install.sh
+# writes to /etc/cni/net.d, kept in $TMP here); it declares the `labels` capability, so the
+# runtime passes the pod's labels as runtimeConfig.
+python3 - "$ETCD_URL" scripts/cni/10-flagella.conflist >"$TMP/10-flagella.conflist" <<'PY'
+import json, sys
+conf = json.load(open(sys.argv[2]))
+plugin = conf["plugins"][0]
+plugin.update({"etcdEndpoints": [sys.argv[1]], "node": "node-1"})
+json.dump(conf, sys.stdout, indent=2)
+PY
+sed 's/^/    /' "$TMP/10-flagella.conflist"
+echo
+
+# What a runtime (containerd's libcni) does for one CNI call: the plugin named by the list's
+# `type`, found in CNI_PATH, run with the CNI_* variables and its configuration on stdin (the
+# list's name and cniVersion added, runtimeConfig for its declared capabilities, prevResult for
+# CHECK and DEL: the ADD's result, which the runtime keeps). Prints the call and the plugin's
+# answer; exits with the plugin's status.
+cat >"$TMP/runtime.py" <<'PY'
+import json, os, shlex, subprocess, sys
+conflist, cni_path, state, command, cid, netns, pod_ns, pod, labels = sys.argv[1:10]
+conf = json.load(open(conflist))
+plugin = dict(conf["plugins"][0], cniVersion=conf["cniVersion"], name=conf["name"])
+if plugin.get("capabilities", {}).get("labels") and labels:
+    plugin["runtimeConfig"] = {"labels": dict(kv.split("=", 1) for kv in labels.split(","))}
+saved = os.path.join(state, cid + ".json")
+if command in ("CHECK", "DEL") and os.path.exists(saved):
+    plugin["prevResult"] = json.load(open(saved))
+env = {
+    "PATH": os.environ["PATH"], "CNI_PATH": cni_path, "CNI_COMMAND": command,
+    "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": "eth0",
+    "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod_ns};K8S_POD_NAME={pod}",
+}
+binary = next((os.path.join(d, plugin["type"]) for d in cni_path.split(":")
+               if os.access(os.path.join(d, plugin["type"]), os.X_OK)), None)
+if binary is None:
+    sys.exit(f"runtime: no {plugin['type']} in CNI_PATH {cni_path}")
+shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k.startswith("CNI_") and k != "CNI_PATH")
+print(f"  $ {shown} {plugin['type']} <config", flush=True)
+run = subprocess.run([binary], input=json.dumps(plugin), env=env, capture_output=True, text=True)
+for line in run.stderr.splitlines():
+    print(f"    (stderr) {line}")
+if run.stdout.strip():
+    out = json.loads(run.stdout)
+    if command == "ADD" and run.returncode == 0:
+        json.dump(out, open(saved, "w"))
+        ips = ", ".join(f"{i['address']} via {i.get('gateway')}" for i in out.get("ips", []))
+        ifaces = ", ".join(f"{i['name']}" + (f" in {i['sandbox']}" if i.get("sandbox") else " (host side)")
+                           for i in out.get("interfaces", []))
+        print(f"    result: interfaces {ifaces}; ips {ips}; mtu {out['interfaces'][-1].get('mtu')}")
+    else:
+        print("    " + json.dumps(out))
+print(f"    exit {run.returncode}")
+sys.exit(run.returncode)
+PY
+cni() { # COMMAND POD [LABELS]
+  "${IN_NODE[@]}" python3 "$TMP/runtime.py" "$TMP/10-flagella.conflist" "$TMP/cni-bin" "$TMP" \
+    "$1" "${CID5[$2]}" "/run/netns/$N5-$2" "$K8S_NS5" "$2" "${3:-}"
+}
+
+header "CNI ADD: three containers, each in a fresh network namespace"
+for pod in frontend backend reports; do
+  ip netns add "$N5-$pod"; NAMESPACES+=("$N5-$pod")
+  CID5[$pod]=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  cni ADD "$pod" "app=$pod" || fail "CNI ADD of $pod failed"
+  PODIP5[$pod]=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["ips"][0]["address"].split("/")[0])' \
+    "$TMP/${CID5[$pod]}.json")
+done
+say "inside backend's namespace, as the plugin left it:"
+ip -n "$N5-backend" -br addr show dev eth0 | sed 's/^/    /'
+ip -n "$N5-backend" route | sed 's/^/    /'
+printf '%s\n' "$DP_PY_TEXT" >"$TMP/dp.py"
+dp5() { python3 "$TMP/dp.py" "$SOCK5" "$@"; }
+for pod in frontend backend reports; do
+  wait_until 100 dp5 present "${PODIP5[$pod]}" || fail "pod $pod never reached the dataplane"
+done
+say "the dataplane took the three interfaces on while running (its log):"
+grep 'added at run time' "$TMP/dataplane.log" | sed 's/^/    /'
+flagella endpoint list
+
+header "pod to pod through the dataplane: frontend -> backend TCP, frontend pings reports"
+tcp_hello_server "$N5-backend" "${PODIP5[backend]}" "$PORT5" backend
+PIDS+=($!)
+WHAT[$!]="backend's TCP server"
+sleep 0.5
+tcp_connect --retry "$N5-frontend" "frontend -> backend:$PORT5" "${PODIP5[backend]}" "$PORT5" \
+  || fail "frontend -> backend should connect"
+pod_ping() { # FROM TO: two echo requests; prints ping's summary
+  local out
+  out=$(ip netns exec "$N5-$1" ping -c 2 -i 0.2 -W 2 "${PODIP5[$2]}" 2>&1) || { echo "$out"; return 1; }
+  say "$1 -> $2 ping: $(echo "$out" | grep 'packets transmitted')"
+}
+pod_ping frontend reports || fail "frontend should ping reports"
+
+# An ICMP timestamp request (type 13) from a pod, with a raw socket: one line saying whether the
+# timestamp reply (type 14) came within 1 s.
+icmp_timestamp() { # FROM TO
+  ip netns exec "$N5-$1" python3 - "$1 -> $2" "${PODIP5[$2]}" <<'PY'
+import socket, struct, sys, time
+label, dst = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(0.2)
+msg = bytearray(struct.pack("!BBHHH12x", 13, 0, 0, 0x1717, 1))
+total = sum(struct.unpack("!10H", msg))
+while total > 0xFFFF:
+    total = (total & 0xFFFF) + (total >> 16)
+msg[2:4] = struct.pack("!H", ~total & 0xFFFF)
+s.sendto(msg, (dst, 0))
+deadline = time.time() + 1
+while time.time() < deadline:
+    try:
+        packet, (src, _) = s.recvfrom(1500)
+    except socket.timeout:
+        continue
+    ihl = (packet[0] & 0x0F) * 4
+    if src == dst and len(packet) > ihl and packet[ihl] == 14:
+        print(f"  {label} ICMP timestamp request (type 13): answered with a timestamp reply")
+        sys.exit(0)
+print(f"  {label} ICMP timestamp request (type 13): no reply within 1 s")
+sys.exit(1)
+PY
+}
+
+# `monitor5 REASON`: flagella monitor in the background until it has shown one such drop.
+monitor5() {
+  "${IN_NODE[@]}" "$FLAGELLA_BIN" --etcd "$ETCD_URL" monitor --socket "$TMP/dataplane-monitor.sock" \
+    --reason "$1" --count 1 >"$TMP/monitor.txt" 2>&1 &
+  MONITOR_PID=$!
+  PIDS+=("$MONITOR_PID")
+  WHAT[$MONITOR_PID]="flagella monitor"
+  sleep 0.5
+}
+# `monitor5_show`: waits up to 5 s for the monitor to finish, prints what it showed.
+monitor5_show() {
+  for _ in $(seq 50); do kill -0 "$MONITOR_PID" 2>/dev/null || break; sleep 0.1; done
+  printf '  $ flagella monitor --reason %s --count 1\n' "$1"
+  sed 's/^/    /' "$TMP/monitor.txt"
+  ! kill -0 "$MONITOR_PID" 2>/dev/null || fail "flagella monitor showed no $1 drop"
+}
+
+header "a CiliumNetworkPolicy with icmps: backend admits ping from the namespace, frontend on tcp/$PORT5"
+say "before it, backend's kernel answers any ICMP, a timestamp request too:"
+# reports asks now: its request leaves a conntrack entry (60 s) that would let its later ones
+# through whatever a policy says; frontend's first request comes under the policy.
+icmp_timestamp reports backend || fail "backend's kernel should answer a timestamp request before any policy"
+cat >"$TMP/icmp.yaml" <<YAML
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: backend-ping-only
+  namespace: $K8S_NS5
+spec:
+  endpointSelector:
+    matchLabels:
+      app: backend
+  ingress:
+  - fromEndpoints:
+    - {}
+    icmps:
+    - fields:
+      - type: EchoRequest
+        family: IPv4
+  - fromEndpoints:
+    - matchLabels:
+        app: frontend
+    toPorts:
+    - ports:
+      - port: "$PORT5"
+        protocol: TCP
+YAML
+printf '  $ flagella policy import -f - <<EOF\n'
+sed 's/^/    /' "$TMP/icmp.yaml"
+printf '    EOF\n'
+"${IN_NODE[@]}" "$FLAGELLA_BIN" --etcd "$ETCD_URL" policy import -f - <"$TMP/icmp.yaml" 2>&1 | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "policy import failed"
+wait_until 100 dp5 enforced "${PODIP5[backend]}" || fail "the policy never reached the dataplane"
+say "the agent compiled it and pushed backend's ingress policy to the dataplane"
+pod_ping frontend backend || fail "frontend's ping (echo request) should be admitted"
+monitor5 policy_denied_ingress
+drops_before=$(dp5 drops policy_denied_ingress)
+if icmp_timestamp frontend backend; then fail "the policy should refuse a timestamp request"; fi
+monitor5_show policy_denied_ingress
+tcp_connect --retry "$N5-frontend" "frontend -> backend:$PORT5" "${PODIP5[backend]}" "$PORT5" \
+  || fail "frontend -> backend should still connect"
+sleep 0.3 # status lags the workers by one counter publication
+say "the dataplane counted $(( $(dp5 drops policy_denied_ingress) - drops_before )) drop(s) as policy_denied_ingress"
+flagella policy trace --from "$K8S_NS5/frontend" --to "$K8S_NS5/backend" --protocol icmp --icmp-type EchoRequest
+flagella policy trace --from "$K8S_NS5/frontend" --to "$K8S_NS5/backend" --protocol icmp --icmp-type 13
+
+header "a host policy: nodes labelled role=fw admit pods on tcp/$HOST_OPEN only"
+for port in "$HOST_OPEN" "$HOST_CLOSED"; do
+  tcp_hello_server "$N5" 0.0.0.0 "$port" "node-1 itself, port $port"
+  PIDS+=($!)
+  WHAT[$!]="node-1's TCP server on $port"
+done
+sleep 0.5
+host_connect() { # PORT [--retry]
+  tcp_connect ${2:+"$2"} "$N5-reports" "reports -> node-1 $UNDERLAY5:$1" "$UNDERLAY5" "$1"
+}
+host_connect "$HOST_CLOSED" --retry || fail "a pod should reach its node before any host policy"
+cat >"$TMP/host.yaml" <<YAML
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: fw-nodes
+spec:
+  nodeSelector:
+    matchLabels:
+      role: fw
+  ingress:
+  - fromEntities:
+    - cluster
+    toPorts:
+    - ports:
+      - port: "$HOST_OPEN"
+        protocol: TCP
+YAML
+printf '  $ flagella policy import -f - <<EOF\n'
+sed 's/^/    /' "$TMP/host.yaml"
+printf '    EOF\n'
+"${IN_NODE[@]}" "$FLAGELLA_BIN" --etcd "$ETCD_URL" policy import -f - <"$TMP/host.yaml" 2>&1 | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "policy import failed"
+say "node-1 has no label role=fw: the policy selects no node, port $HOST_CLOSED stays open"
+sleep 1 # give the agent the time it would need to (wrongly) enforce it
+host_connect "$HOST_CLOSED" || fail "the host policy must not apply to a node without role=fw"
+say "labelling node-1 role=fw in etcd"
+flagella node upsert node-1 --underlay-ip "$UNDERLAY5" --pod-cidr "$POD_CIDR5" --labels role=fw
+monitor5 policy_denied_ingress
+drops_before=$(dp5 drops policy_denied_ingress)
+refused=0
+for _ in $(seq 50); do
+  if ! host_connect "$HOST_CLOSED" >/dev/null; then refused=1; break; fi
+  sleep 0.2
+done
+[ "$refused" = 1 ] || fail "node-1's host policy should refuse tcp/$HOST_CLOSED from pods"
+host_connect "$HOST_CLOSED" && fail "node-1's host policy should refuse tcp/$HOST_CLOSED from pods"
+monitor5_show policy_denied_ingress
+host_connect "$HOST_OPEN" --retry || fail "node-1's host policy should admit tcp/$HOST_OPEN"
+sleep 0.3 # status lags the workers by one counter publication
+say "node-1's dataplane counted $(( $(dp5 drops policy_denied_ingress) - drops_before )) more policy_denied_ingress drop(s): SYNs to"
+say "the node itself (identity host), refused by the host policy's ingress map"
+
+header "CNI DEL: the runtime removes the three containers"
+for pod in frontend backend reports; do
+  cni DEL "$pod" || fail "CNI DEL of $pod failed"
+  ip netns del "$N5-$pod"
+done
+say "DEL again after the container's namespace is gone (a runtime retries): still success"
+cni DEL reports || fail "a second CNI DEL of reports should succeed"
+for pod in frontend backend reports; do
+  wait_until 100 bash -c "! python3 '$TMP/dp.py' '$SOCK5' present '${PODIP5[$pod]}'" \
+    || fail "the dataplane still has pod $pod"
+done
+flagella endpoint list
+left_endpoints=$("${IN_NODE[@]}" "$FLAGELLA_BIN" --etcd "$ETCD_URL" endpoint list -o json \
+  | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))')
+[ "$left_endpoints" = 0 ] || fail "$left_endpoints endpoint(s) left in etcd after CNI DEL"
+left_veths=$(ip -n "$N5" -o link show | grep -c ': flg[0-9a-f]\{12\}@' || true)
+[ "$left_veths" = 0 ] || fail "$left_veths pod veth(s) left on the node"
+say "the dataplane stopped serving their interfaces (its log):"
+grep ': removed$' "$TMP/dataplane.log" | sed 's/^/    /'
+say "left on the node: $left_endpoints endpoints in etcd, $left_veths pod veths, no pod in the dataplane"
+
+header "stopping everything part 5 started (by PID) and removing its namespaces"
+trap - EXIT
+cleanup3
+IN_NODE=()
+left_ns=$(ip netns list | grep -c "^$N5" || true)
+left_pids=0
+for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left_pids=$((left_pids + 1)); done
+say "left behind: $left_ns namespaces, $left_pids processes, temp dir removed"
+
 header "done"

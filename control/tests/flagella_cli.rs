@@ -714,12 +714,15 @@ fn node_and_namespace_upsert() {
             "fd00:9::/64",
             "--tunnel",
             "geneve",
+            "--labels",
+            "role=fw,zone=a",
             "-o",
             "json",
         ],
         None,
     ));
     assert_eq!(written["underlay_ip"], "192.168.0.9");
+    assert_eq!(written["labels"]["role"], "fw");
     let nodes = json(&flagella(url, &["node", "list", "-o", "json"], None));
     assert_eq!(nodes.as_array().unwrap().len(), 1);
     assert_eq!(nodes[0]["underlay_ip"], "192.168.0.9");
@@ -728,6 +731,15 @@ fn node_and_namespace_upsert() {
         serde_json::json!(["10.9.0.0/24", "fd00:9::/64"])
     );
     assert_eq!(nodes[0]["tunnel"], "geneve");
+    assert_eq!(
+        nodes[0]["labels"],
+        serde_json::json!({"role": "fw", "zone": "a"})
+    );
+    let table = ok(&flagella(url, &["node", "list"], None));
+    assert!(
+        table.contains("LABELS") && table.contains("role=fw,zone=a"),
+        "{table}"
+    );
 
     // Refused as the agents would refuse them (exit 1), nothing written.
     for (args, says) in [

@@ -19,7 +19,10 @@
 //!    model (2 endpoints, 1 policy), etcd events, and non-empty histograms of control requests,
 //!    etcd -> dataplane and identity allocation;
 //! 4. every metric `scripts/grafana/flagella-dashboard.json` names is exported by one of the
-//!    two endpoints, and the real Prometheus accepts every one of its queries.
+//!    two endpoints, and the real Prometheus accepts every one of its queries;
+//! 5. `flagella monitor` shows a denied SYN and writes it to a pcap, which `flagella replay`
+//!    replays offline (over the dataplane's dumps, and over the agent's view from etcd) to the
+//!    verdict the live dataplane gave it.
 //!
 //! Skips, with the reason, when not root or when etcd, `ip netns`, AF_XDP, the dataplane
 //! binary or Prometheus are missing. Stops only the processes it started (by PID, on drop too)
@@ -617,8 +620,77 @@ fn monitor_shows_the_denied_syn_with_identities_and_labels_and_its_pcap_opens_in
     );
     assert!(["1", "True"].contains(&fields[4]), "SYN set: {shown}");
     assert!(["0", "False"].contains(&fields[5]), "ACK clear: {shown}");
+    replay_gives_the_live_verdict(&h, &pcap, flow);
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
+}
+
+/// `flagella replay` of the monitor's pcap, offline over the dataplane's tables (its `dump`
+/// replies written by the test; dumped by replay itself, `--dataplane-socket`, and kept with
+/// `--save-state`; then that kept file) and over what the node's agent would give it (`--node`,
+/// from etcd), gives the captured frame the verdict, stage, reason and ends the live dataplane
+/// gave it.
+fn replay_gives_the_live_verdict(h: &Harness, pcap: &Path, live: &Value) {
+    let mut dumps = Vec::new();
+    for table in ["local_node", "endpoints", "ipcache"] {
+        dumps.push(dataplane_request(
+            &h.socket,
+            &json!({"op": "dump", "table": table}),
+        ));
+    }
+    let ids: Vec<u64> = dumps[1]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .collect();
+    for id in ids {
+        let policy = json!({"op": "dump", "table": "policy", "endpoint": id});
+        dumps.push(dataplane_request(&h.socket, &policy));
+    }
+    let state = h.dir.join("state.jsonl");
+    let lines: Vec<String> = dumps.iter().map(Value::to_string).collect();
+    std::fs::write(&state, lines.join("\n")).unwrap();
+    let snapshot = ["--state", state.to_str().unwrap()];
+    let from_etcd = ["--etcd", h.etcd_url.as_str(), "--node", h.node.as_str()];
+    let saved = h.dir.join("saved.jsonl");
+    let live_tables = [
+        "--dataplane-socket",
+        h.socket.to_str().unwrap(),
+        "--save-state",
+        saved.to_str().unwrap(),
+    ];
+    let kept = ["--state", saved.to_str().unwrap()];
+    for source in [&snapshot[..], &from_etcd[..], &live_tables[..], &kept[..]] {
+        let out = Command::new(FLAGELLA)
+            .args(["replay", "--pcap", pcap.to_str().unwrap(), "-o", "json"])
+            .args(source)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "flagella replay {source:?}: {out:?}");
+        let record: Value = serde_json::from_str(stdout.lines().next().unwrap_or("")).unwrap();
+        let flow = &record["flow"];
+        eprintln!("flagella replay {source:?}: {flow}");
+        for field in [
+            "verdict",
+            "drop_reason_desc",
+            "stage",
+            "interface",
+            "IP",
+            "l4",
+        ] {
+            assert_eq!(flow[field], live[field], "{field} ({source:?}): {flow}");
+        }
+        for side in ["source", "destination"] {
+            for field in ["identity", "ID"] {
+                assert_eq!(
+                    flow[side][field], live[side][field],
+                    "{side}.{field}: {flow}"
+                );
+            }
+        }
+    }
 }
 
 /// From namespace `netns`: `bytes` sent to the echo server at `addr` and all read back.

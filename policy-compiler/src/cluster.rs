@@ -12,7 +12,7 @@
 //!   nodeName: node-1               # optional: the node it runs on (its `host`)
 //!   serviceAccountName: frontend   # optional: io.cilium.k8s.policy.serviceaccount
 //! nodes:
-//! - {name: node-1, ip: 192.168.0.1}
+//! - {name: node-1, ip: 192.168.0.1, labels: {role: worker}}   # labels: optional (nodeSelector)
 //! ```
 //!
 //! Invariants after [`parse_cluster`]: every pod's namespace is declared; `(namespace, name)`
@@ -78,6 +78,8 @@ impl Pod {
 pub struct ClusterNode {
     pub name: String,
     pub ip: IpAddr,
+    /// What host policies' `nodeSelector` matches.
+    pub labels: Labels,
 }
 
 /// A whole cluster description.
@@ -213,10 +215,15 @@ fn parse_container_port(n: Node<'_>) -> Result<ContainerPort, Error> {
 }
 
 fn parse_node(n: Node<'_>) -> Result<ClusterNode, Error> {
-    n.fields(&["name", "ip"], &[])?;
+    n.fields(&["name", "ip", "labels"], &[])?;
     Ok(ClusterNode {
         name: n.required("name", "the node's name", |v| v.str().map(str::to_string))?,
         ip: n.required("ip", "the node's IP address", parse_ip)?,
+        labels: n
+            .with_field("labels", |l| l.string_map())?
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     })
 }
 

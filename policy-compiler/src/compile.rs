@@ -534,6 +534,14 @@ impl PolicyEngine {
         self.inputs.node_by_ip(addr)
     }
 
+    /// Every node and its address, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, IpAddr)> {
+        self.inputs
+            .nodes
+            .iter()
+            .map(|(n, (ip, _))| (n.as_str(), *ip))
+    }
+
     /// The identity the dataplane gives `addr` (ipcache longest-prefix match, else world),
     /// with the prefix that matched: the dataplane's own lookup over [`Self::ipcache_table`].
     pub fn resolve(&self, addr: IpAddr) -> (Identity, Option<Prefix>) {

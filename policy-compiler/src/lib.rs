@@ -21,7 +21,8 @@
 //!    [`splits`] warns of CIDR peers that split an identity (some of its pods inside, some
 //!    outside), from the same state;
 //! 4. [`trace`] answers "is this flow allowed, and why" by looking up those same maps and that
-//!    ipcache with the dataplane's own lookup functions.
+//!    ipcache with the dataplane's own lookup functions; [`impact`] (`policy diff`) lists the
+//!    flows whose trace changes between two policy sets.
 //!
 //! Dependencies between modules go one way (`tests/module_graph.rs` fails on a cycle).
 //!
@@ -37,6 +38,7 @@ pub mod doc;
 pub mod error;
 pub mod icmp;
 pub mod identity;
+pub mod impact;
 mod inputs;
 pub mod k8s;
 pub mod labels;

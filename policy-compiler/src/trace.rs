@@ -22,18 +22,26 @@
 //!   every address of its own node `host` whatever the ipcache says). A map is asked with the
 //!   remote identity as the local pod's node sees it; a pod whose node is unknown sees what the
 //!   ipcache says (`remote-node`, or `host` for the agent's own node).
+//!
+//! **Host policies.** With [`trace_with_hosts`], a node's address is an end with a map too: its
+//! host policy ([`host_policies`], Cilium's host firewall, from the host policies whose
+//! `nodeSelector` selects the node's labels), asked as that node's dataplane asks it: ingress
+//! for traffic to the node's address, egress for traffic from it, the other end seen from that
+//! node. A node no host policy selects enforces nothing, as before.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use dataplane::tables::policy::{Decision, Direction, MatchKind};
+use dataplane::tables::policy::{Decision, Direction, EndpointPolicy, MatchKind};
 use dataplane::Identity;
 
 use crate::compile::PolicyEngine;
 use crate::doc::{split_documents, Node};
 use crate::error::Error;
 use crate::icmp::IcmpFamily;
+use crate::labels::Labels;
 use crate::model::Protocol;
 
 /// The verdict detail of a pod's traffic to its own address.
@@ -42,7 +50,7 @@ pub const LOOPBACK: &str = "loopback: never reaches the network";
 /// One flow to explain, as written by the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
-    /// `namespace/pod` or an IP address.
+    /// `namespace/pod`, `node:NAME` or an IP address.
     pub from: String,
     pub to: String,
     /// The destination port; for ICMP and ICMPv6 the message type (what the policy key holds).
@@ -54,7 +62,7 @@ pub struct Probe {
 /// Why a probe could not be traced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TraceError {
-    #[error("`{0}` is neither a pod of the cluster file (namespace/name) nor an IP address; check the spelling or add the pod to the cluster file")]
+    #[error("`{0}` is neither a pod of the cluster (namespace/name), a node (node:NAME) nor an IP address; check the spelling or add it to the cluster file")]
     UnknownEndpoint(String),
     #[error("`{0}` is not PORT/PROTO; write e.g. 80/TCP, 53/UDP or 3868/SCTP, or an ICMP type as 8/ICMP, EchoRequest/ICMPv6")]
     BadPort(String),
@@ -145,8 +153,8 @@ pub struct Remote {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DirectionTrace {
-    /// The endpoint whose map was consulted (`namespace/pod`); `None` when that side is not a
-    /// pod of the cluster.
+    /// The endpoint whose map was consulted (`namespace/pod`, or `node:NAME` for a node's host
+    /// policy); `None` when that side has no map.
     pub endpoint: Option<String>,
     pub enforced: bool,
     /// `allowed` or `denied`.
@@ -197,6 +205,14 @@ struct Side {
 }
 
 fn resolve(engine: &PolicyEngine, who: &str) -> Result<Side, TraceError> {
+    if let Some(node) = who.strip_prefix("node:") {
+        let ip = engine
+            .nodes()
+            .find(|(n, _)| *n == node)
+            .map(|(_, ip)| ip)
+            .ok_or_else(|| TraceError::UnknownEndpoint(who.to_string()))?;
+        return resolve(engine, &ip.to_string());
+    }
     if let Ok(addr) = who.parse::<IpAddr>() {
         if let Some(pod) = engine.pod_by_ip(addr) {
             return resolve(engine, pod);
@@ -227,7 +243,8 @@ fn resolve(engine: &PolicyEngine, who: &str) -> Result<Side, TraceError> {
 /// `remote`'s identity as `local`'s node sees it: a node's address is `host` on that node
 /// and `remote-node` on the others (see the module doc).
 fn seen_from(local: &Side, remote: &Side) -> Identity {
-    match (&local.pod_node, &remote.node_address_of) {
+    let here = local.pod_node.as_ref().or(local.node_address_of.as_ref());
+    match (here, &remote.node_address_of) {
         (Some(here), Some(there)) if here == there => Identity::HOST,
         (Some(_), Some(_)) => Identity::REMOTE_NODE,
         _ => remote.identity,
@@ -239,15 +256,43 @@ fn is_loopback(src: &Side, dst: &Side) -> bool {
     src.pod.is_some() && src.pod == dst.pod
 }
 
-/// Traces one probe through the compiled maps.
+/// The host policies of nodes, by node name (see the module doc).
+pub type HostPolicies = BTreeMap<String, EndpointPolicy>;
+
+/// Every node's host policy, from its name and labels.
+pub fn host_policies<'a>(
+    engine: &mut PolicyEngine,
+    nodes: impl IntoIterator<Item = (&'a str, &'a Labels)>,
+) -> HostPolicies {
+    nodes
+        .into_iter()
+        .map(|(name, labels)| (name.to_string(), engine.host_policy(labels)))
+        .collect()
+}
+
+/// How a node's host policy is named where a pod's name would be: `node:NAME`.
+pub fn host_endpoint_name(node: &str) -> String {
+    format!("node:{node}")
+}
+
+/// Traces one probe through the compiled maps (nodes' addresses enforce nothing).
 pub fn trace(engine: &PolicyEngine, probe: &Probe) -> Result<TraceResult, TraceError> {
+    trace_with_hosts(engine, &HostPolicies::new(), probe)
+}
+
+/// Traces one probe through the compiled maps and the nodes' host policies `hosts`.
+pub fn trace_with_hosts(
+    engine: &PolicyEngine,
+    hosts: &HostPolicies,
+    probe: &Probe,
+) -> Result<TraceResult, TraceError> {
     let src = resolve(engine, &probe.from)?;
     let dst = resolve(engine, &probe.to)?;
     if is_loopback(&src, &dst) {
         return Ok(loopback(engine, probe, &src));
     }
-    let egress = direction(engine, &src, &dst, Direction::Egress, probe);
-    let ingress = direction(engine, &dst, &src, Direction::Ingress, probe);
+    let egress = direction(engine, hosts, &src, &dst, Direction::Egress, probe);
+    let ingress = direction(engine, hosts, &dst, &src, Direction::Ingress, probe);
     let allowed = egress.decision == "allowed" && ingress.decision == "allowed";
     Ok(TraceResult {
         from: probe.from.clone(),
@@ -293,19 +338,31 @@ fn loopback(engine: &PolicyEngine, probe: &Probe, pod: &Side) -> TraceResult {
     }
 }
 
-/// Looks up `local`'s map in direction `d` for traffic with `remote`.
+/// Looks up `local`'s map (a pod's, or a node's host policy) in direction `d` for traffic
+/// with `remote`.
 fn direction(
     engine: &PolicyEngine,
+    hosts: &HostPolicies,
     local: &Side,
     remote: &Side,
     d: Direction,
     probe: &Probe,
 ) -> DirectionTrace {
-    let policy = local
-        .pod
+    let host = local
+        .node_address_of
         .as_deref()
-        .and_then(|p| engine.endpoint(p))
-        .map(|ep| ep.direction(d));
+        .filter(|_| local.pod.is_none())
+        .and_then(|n| hosts.get(n).map(|p| (n, p)));
+    let policy = match (&local.pod, host) {
+        (Some(pod), _) => engine.endpoint(pod),
+        (None, Some((_, p))) => Some(p),
+        (None, None) => None,
+    }
+    .map(|ep| ep.direction(d));
+    let endpoint = local
+        .pod
+        .clone()
+        .or_else(|| host.map(|(n, _)| host_endpoint_name(n)));
     let remote_identity = seen_from(local, remote);
     let decision = match policy {
         Some(p) => p.lookup(remote_identity, probe.protocol, probe.port),
@@ -331,7 +388,7 @@ fn direction(
         })
         .unwrap_or_default();
     DirectionTrace {
-        endpoint: local.pod.clone(),
+        endpoint,
         enforced: policy.is_some_and(|p| p.enforced),
         decision: verdict,
         reason,

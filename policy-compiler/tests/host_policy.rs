@@ -141,3 +141,36 @@ fn node_selectors_only_in_cluster_wide_policies_and_never_with_endpoint_selector
     let e = parse_policies("p.yaml", neither).unwrap_err();
     assert!(e.to_string().contains("nodeSelector"), "{e}");
 }
+
+/// `policy trace` with the nodes' host policies: a node's address has a map (ingress for
+/// traffic to it, egress from it), other nodes' addresses are `remote-node` to it, and a node
+/// no host policy selects enforces nothing.
+#[test]
+fn trace_asks_the_host_policy_of_the_node_addressed() {
+    use policy_compiler::trace::{host_policies, trace, trace_with_hosts, Probe};
+    let mut e = engine(HOST_FIREWALL);
+    let (worker, plain) = (labels(&[("role", "worker")]), labels(&[]));
+    let hosts = host_policies(&mut e, [("n1", &worker), ("n2", &plain)]);
+    let probe = |from: &str, to: &str, port| Probe {
+        from: from.into(),
+        to: to.into(),
+        port,
+        protocol: 6,
+    };
+    let t = |p: &Probe| trace_with_hosts(&e, &hosts, p).unwrap();
+    let ssh = t(&probe("x/b", "node:n1", 22));
+    assert!(ssh.allowed());
+    assert_eq!(ssh.ingress.endpoint.as_deref(), Some("node:n1"));
+    assert_eq!(ssh.ingress.rules[0].policy, "workers-ssh-and-web");
+    let web = t(&probe("x/b", "192.168.0.1", 9090));
+    assert!(!web.allowed());
+    assert_eq!(web.ingress.reason, "default-deny");
+    // Node n2 to n1: `remote-node`, which `cluster` includes.
+    let peer = t(&probe("node:n2", "node:n1", 22));
+    assert!(peer.allowed());
+    assert_eq!(peer.ingress.remote.identity, Identity::REMOTE_NODE.0);
+    // n2 is selected by nothing; without host policies, no node enforces anything.
+    let open = t(&probe("x/b", "node:n2", 9090));
+    assert!(open.allowed() && !open.ingress.enforced);
+    assert!(trace(&e, &probe("x/b", "node:n1", 9090)).unwrap().allowed());
+}

@@ -98,6 +98,76 @@ flagella monitor -o json --endpoint 12 --reason policy_denied_ingress\n  \
 flagella monitor --type drop --pcap drops.pcap   # then: tshark -r drops.pcap"
     )]
     Monitor(MonitorArgs),
+    /// Run a capture through the dataplane's pipeline offline: each frame's verdict, stage and drop reason
+    #[command(
+        long_about = "Run every frame of a capture through the dataplane's own pipeline \
+(the code its workers run, with its own conntrack), offline, over the tables of a state \
+snapshot, and print each frame's verdict as `flagella monitor` shows it: forwarded (and where), \
+passed to the kernel, or dropped with the stage and the reason.\n\n\
+The state is --state FILE: one JSON object a line, each a control-socket request (what the \
+agent sends: endpoint.upsert, ipcache.upsert, policy.update, service.upsert, local_node.set, \
+batch, ...) or a `dump` reply of the dataplane (endpoints, ipcache, services, nodes, local_node, \
+policy; each entry becomes its upsert); or --dataplane-socket PATH: the running dataplane's \
+tables, dumped now; or --node NAME: what that node's agent would send, read from etcd now. \
+--save-state FILE keeps the state used as a --state file.\n\n\
+Frames are replayed in file order at their capture times. Frames captured shorter than they \
+were (the monitor's pcap keeps 128 bytes) are padded with zeros: headers are judged, payloads \
+are not. A frame's ingress interface is --ingress, else the pod interface whose MAC sent it, \
+else the state's uplink. The host interface and the kernel's next hops are not part of a \
+snapshot; masquerade is off.",
+        after_long_help = "\
+EXAMPLES:
+  flagella monitor --type drop --pcap drops.pcap            # on the node: capture
+  flagella replay --pcap drops.pcap --node node-1            # what the agent would set up now
+  flagella replay --pcap drops.pcap --dataplane-socket /run/flagella/dataplane.sock \\
+      --save-state node-1.state                                # the live tables, kept
+  flagella replay --pcap capture.pcap --state state.jsonl -o json
+  flagella replay --pcap capture.pcap --state state.jsonl --drops dropped.pcap
+
+STATE FILE (one JSON object a line; `#` comments):
+  {\"op\":\"endpoint.upsert\",\"id\":1,\"ifindex\":12,\"mac\":\"02:00:00:00:00:01\",\"ipv4\":\"10.1.0.5\",\"identity\":1001}
+  {\"op\":\"policy.update\",\"endpoint\":1,\"direction\":\"ingress\",\"enforced\":true,\"add\":[...]}
+  {\"ok\":true,\"table\":\"ipcache\",\"entries\":[...]}      # a dump reply
+
+EXIT STATUS:
+  0 the replay ran (whatever the verdicts); 1 an input is bad (the message names the file and \
+line) or etcd is unreachable; 2 the command line is wrong."
+    )]
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("snapshot").required(true).args(["state", "dataplane_socket", "node"])))]
+pub struct ReplayArgs {
+    /// The capture (classic pcap, Ethernet; what tcpdump and `flagella monitor --pcap` write)
+    #[arg(long, value_name = "FILE")]
+    pub pcap: PathBuf,
+
+    /// The state snapshot: control-socket requests and dump replies, one a line
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Instead of --state: the tables of the running dataplane at this control socket (its
+    /// dumps)
+    #[arg(long, value_name = "PATH")]
+    pub dataplane_socket: Option<PathBuf>,
+
+    /// Instead of --state: the state node NAME's agent would give its dataplane, from etcd
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+
+    /// Also write the state used to FILE (a --state file: replay the same state later, elsewhere)
+    #[arg(long, value_name = "FILE")]
+    pub save_state: Option<PathBuf>,
+
+    /// Every frame arrived on this interface index (default: the pod interface whose MAC sent
+    /// it, else the uplink)
+    #[arg(long, value_name = "IFINDEX")]
+    pub ingress: Option<u32>,
+
+    /// Also write the dropped frames (as captured) to FILE as a pcap
+    #[arg(long, value_name = "FILE")]
+    pub drops: Option<PathBuf>,
 }
 
 /// The policy kinds `--kind` accepts (Cilium's short names too). Named as the API kinds are.
@@ -138,7 +208,11 @@ pub enum PolicyVerb {
 Reads exactly what `kubectl get networkpolicies -A -o yaml` (or `-o json`) prints, a \
 CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy manifest, or several `---` documents. \
 Every policy is validated first; if any is invalid, nothing is written and the error names the \
-document and the field. An existing policy of the same kind, namespace and name is replaced.",
+document and the field. An existing policy of the same kind, namespace and name is replaced.\n\n\
+With --dry-run nothing is written: the command validates the file and prints what importing it \
+would change, as `flagella policy diff -f FILE` does (the flows that would be newly allowed or \
+newly denied, against the cluster in etcd), with the CIDR peers that would split an identity \
+as warnings.",
         after_long_help = "EXAMPLES:\n  \
 kubectl get networkpolicies -A -o yaml | flagella policy import -f -\n  \
 kubectl get ciliumnetworkpolicies -A -o json | flagella policy import -f -\n  \
@@ -148,7 +222,7 @@ flagella policy import -f allow-web.yaml --dry-run"
         /// The file to read, or `-` for stdin
         #[arg(short = 'f', long = "file", value_name = "FILE|-")]
         file: String,
-        /// Validate only; write nothing
+        /// Validate and show what would change (as `policy diff`); write nothing
         #[arg(long)]
         dry_run: bool,
     },
@@ -156,7 +230,15 @@ flagella policy import -f allow-web.yaml --dry-run"
     #[command(
         long_about = "Show stored policies.\n\nWithout an argument, a table of every policy; \
 with NAMESPACE/NAME (or NAME for a cluster-wide policy), the object itself. `-o json` prints \
-the objects as a kubectl `List`, which `flagella policy import -f -` reads back."
+the objects as a kubectl `List`, which `flagella policy import -f -` reads back.\n\n\
+With --host NODE, the node's host policy (Cilium's host firewall) as its agent compiles it: \
+the host policies (CiliumClusterwideNetworkPolicy with a nodeSelector) that select the node's \
+labels, per direction whether it is enforced, and every entry with its remote identity, \
+protocol, ports, action and rules. `flagella policy trace --to node:NODE` explains one flow.",
+        after_long_help = "EXAMPLES:\n  \
+flagella policy get\n  \
+flagella policy get prod/allow-web -o json\n  \
+flagella policy get --host node-1"
     )]
     Get {
         /// NAMESPACE/NAME, or NAME for a CiliumClusterwideNetworkPolicy
@@ -164,6 +246,9 @@ the objects as a kubectl `List`, which `flagella policy import -f -` reads back.
         /// Only policies of this kind
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
+        /// Instead: the host policy of node NODE, as compiled from etcd
+        #[arg(long, value_name = "NODE", conflicts_with_all = ["selector", "kind"])]
+        host: Option<String>,
     },
     /// Delete a stored policy (NAMESPACE/NAME, or NAME for cluster-wide)
     Delete {
@@ -195,10 +280,13 @@ CLUSTER FILE (YAML or JSON):
      nodeName: node-1,               # optional: its node (`host` to it)
      serviceAccountName: web}        # optional: io.cilium.k8s.policy.serviceaccount=web
   nodes:
-  - {name: node-1, ip: 192.168.0.1}
+  - {name: node-1, ip: 192.168.0.1, labels: {role: worker}}   # labels: optional
 
-SRC and DST are `namespace/pod` or an IP address. An address that is neither a pod nor a node \
-is outside the cluster (identity `world`, or the CIDR identity of the longest matching policy CIDR).
+SRC and DST are `namespace/pod`, `node:NAME` or an IP address. An address that is neither a pod \
+nor a node is outside the cluster (identity `world`, or the CIDR identity of the longest matching \
+policy CIDR). A node's address meets its host policy (host policies whose nodeSelector selects \
+the node's labels; `flagella policy get --host NAME` shows it): ingress for traffic to it, \
+egress for traffic from it.
 
 PROBES FILE (JSON): [{\"from\": \"x/a\", \"to\": \"y/b\", \"port\": 80, \"protocol\": \"TCP\"}, ...]
 (for \"protocol\": \"ICMP\" or \"ICMPv6\", \"port\" is the ICMP type, as the policy maps key it)
@@ -216,6 +304,47 @@ EXIT STATUS:
 field and what to fix) or etcd is unreachable; 2 the command line is wrong."
     )]
     Trace(TraceArgs),
+    /// Preview a policy file: which flows it would newly allow or deny (live from etcd, or offline from files)
+    #[command(
+        long_about = "Preview a new or changed policy file before applying it: which flows \
+(source identity, destination identity, port) would change verdict, with the pods on each side, \
+largest blast radius (pairs x ports) first. Nothing is written.\n\n\
+Live (without --cluster): the cluster and policies in etcd, as the agents model them, against \
+the same with the file imported (a policy of the same kind, namespace and name is replaced). \
+Offline (with --cluster, and --policies for the policies in force): the same from files. \
+Both sides are traced with `flagella policy trace`'s lookup (the dataplane's own, over the \
+compiled maps) for every pair of ends (pods, nodes, one address per policy CIDR, and a `world` \
+address; at least one end a pod or a node with a host policy) and every port class the maps distinguish, so the list is \
+exact: applying the file changes these verdicts and no others. Nodes' host policies are \
+compared too (node labels from etcd, or the cluster file's `labels`).",
+        after_long_help = "\
+EXAMPLES:
+  flagella policy diff -f allow-web.yaml                       # against etcd
+  flagella policy diff -f allow-web.yaml -o json | jq '.changes[].flows'
+  flagella policy diff -f new.yaml --policies current.yaml --cluster cluster.yaml
+
+The cluster file is `flagella policy trace`'s (see `flagella policy trace --help`).
+
+EXIT STATUS:
+  0 the preview ran (whatever it found); 1 an input is bad (the message names the file, the \
+field and what to fix) or etcd is unreachable; 2 the command line is wrong."
+    )]
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The new or changed policies (YAML or JSON, as `policy import` reads), or `-` for stdin
+    #[arg(short = 'f', long = "file", value_name = "FILE|-")]
+    pub file: String,
+
+    /// Offline: a file of the policies in force (repeat for several). Requires --cluster.
+    #[arg(long = "policies", value_name = "FILE", requires = "cluster")]
+    pub policies: Vec<PathBuf>,
+
+    /// Offline: the cluster description (namespaces, pods, nodes), as `policy trace` reads it
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -231,11 +360,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE", requires = "policies")]
     pub cluster: Option<PathBuf>,
 
-    /// Source of the flow: `namespace/pod` or an IP address
+    /// Source of the flow: `namespace/pod`, `node:NAME` or an IP address
     #[arg(long, value_name = "SRC", requires = "to", conflicts_with = "probes")]
     pub from: Option<String>,
 
-    /// Destination of the flow: `namespace/pod` or an IP address
+    /// Destination of the flow: `namespace/pod`, `node:NAME` or an IP address
     #[arg(long, value_name = "DST", requires = "from")]
     pub to: Option<String>,
 

@@ -13,12 +13,15 @@
 //!   status 1 (usage errors are clap's, status 2).
 //!
 //! Modules: [`args`] (every noun, verb and flag), one module per noun with its command's
-//! `run` ([`policy`], [`trace`] for `policy trace`, [`endpoint`], [`identity`], [`service`],
-//! [`node`], [`namespace`], [`status`]), and the output: [`render`] (JSON or text, warnings)
+//! `run` ([`policy`], [`trace`] for `policy trace`, [`diff`] for `policy diff` and the
+//! preview of `policy import --dry-run`, [`endpoint`], [`identity`], [`service`],
+//! [`node`], [`namespace`], [`status`], [`monitor`], [`replay`] with [`pcap`]), and the output: [`render`] (JSON or text, warnings)
 //! and [`table`] (aligned text tables).
 
 pub mod args;
+pub mod diff;
 pub mod endpoint;
+pub mod host;
 pub mod identity;
 pub mod monitor;
 pub mod namespace;
@@ -26,6 +29,7 @@ pub mod node;
 pub mod pcap;
 pub mod policy;
 pub mod render;
+pub mod replay;
 pub mod service;
 pub mod status;
 pub mod table;
@@ -169,6 +173,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Noun::Namespace { verb } => namespace::run(verb, etcd, out).await?,
         Noun::Status(args) => return status::run(args, etcd, out).await,
         Noun::Monitor(args) => monitor::run(args, etcd, out).await?,
+        Noun::Replay(args) => replay::run(args, etcd, out).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

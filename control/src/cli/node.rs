@@ -1,6 +1,7 @@
-//! `flagella node list|upsert`: the cluster's nodes (underlay address, pod CIDRs, tunnel mode),
-//! listed through the agents' model ([`super::policy::live_state`]) with their endpoint counts.
+//! `flagella node list|upsert`: the cluster's nodes (underlay address, pod CIDRs, tunnel mode,
+//! labels), listed through the agents' model ([`super::policy::live_state`]) with their endpoint counts.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -31,6 +32,8 @@ pub struct NodeInfo {
     pub underlay_ip: IpAddr,
     pub pod_cidrs: Vec<String>,
     pub tunnel: TunnelMode,
+    /// The node's labels: what host policies' `nodeSelector` matches.
+    pub labels: BTreeMap<String, String>,
     /// Endpoints the agents accept on this node.
     pub endpoints: usize,
 }
@@ -45,6 +48,7 @@ pub fn nodes(state: &ClusterState) -> Vec<NodeInfo> {
             underlay_ip: n.underlay_ip,
             pod_cidrs: n.pod_cidrs.clone(),
             tunnel: n.tunnel,
+            labels: n.labels.clone(),
             endpoints: state
                 .endpoints()
                 .values()
@@ -52,6 +56,15 @@ pub fn nodes(state: &ClusterState) -> Vec<NodeInfo> {
                 .count(),
         })
         .collect()
+}
+
+/// `role=fw,zone=a`, or `-` for none.
+fn label_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_string();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
 }
 
 // ---- the command ----------------------------------------------------------------------
@@ -64,7 +77,14 @@ pub async fn run(verb: NodeVerb, etcd: &[String], out: Output) -> Result<(), Cli
             warn(&skipped);
             let nodes = nodes(&state);
             emit(out, &nodes, || {
-                let mut t = Table::new(&["NAME", "UNDERLAY", "POD CIDRS", "TUNNEL", "ENDPOINTS"]);
+                let mut t = Table::new(&[
+                    "NAME",
+                    "UNDERLAY",
+                    "POD CIDRS",
+                    "TUNNEL",
+                    "ENDPOINTS",
+                    "LABELS",
+                ]);
                 for n in &nodes {
                     t.row(vec![
                         n.name.clone(),
@@ -72,6 +92,7 @@ pub async fn run(verb: NodeVerb, etcd: &[String], out: Output) -> Result<(), Cli
                         n.pod_cidrs.join(","),
                         n.tunnel.as_str().to_string(),
                         n.endpoints.to_string(),
+                        label_text(&n.labels),
                     ]);
                 }
                 t.render()
@@ -99,13 +120,15 @@ pub async fn run(verb: NodeVerb, etcd: &[String], out: Output) -> Result<(), Cli
             emit(
                 out,
                 &serde_json::json!({"name": name, "underlay_ip": spec.underlay_ip,
-                                    "pod_cidrs": spec.pod_cidrs, "tunnel": spec.tunnel}),
+                                    "pod_cidrs": spec.pod_cidrs, "tunnel": spec.tunnel,
+                                    "labels": spec.labels}),
                 || {
                     format!(
-                        "node {name} written: underlay {}, pod CIDRs {}, {}\n",
+                        "node {name} written: underlay {}, pod CIDRs {}, {}, labels {}\n",
                         spec.underlay_ip,
                         spec.pod_cidrs.join(","),
-                        spec.tunnel.as_str()
+                        spec.tunnel.as_str(),
+                        label_text(&spec.labels)
                     )
                 },
             )

@@ -1,4 +1,5 @@
-//! `flagella policy import|get|delete|trace` (the trace itself is [`super::trace`]), and the
+//! `flagella policy import|get|delete|trace|diff` (the trace itself is [`super::trace`], the
+//! diff [`super::diff`], a node's host policy [`super::host`]), and the
 //! live cluster state `policy trace` and the object reports read.
 //!
 //! Import contract: the input is exactly what `kubectl get networkpolicies -A -o yaml` (or
@@ -15,7 +16,8 @@
 
 use etcd_client::{Txn, TxnOp};
 use policy_compiler::doc::split_documents;
-use policy_compiler::model::{PolicyId, PolicyKind};
+use policy_compiler::impact::ImpactChange;
+use policy_compiler::model::{Policy, PolicyId, PolicyKind};
 use policy_compiler::parse_policies;
 use serde::Serialize;
 use serde_json::Value;
@@ -27,7 +29,7 @@ use policy_compiler::trace::explain;
 use super::args::{Output, PolicyVerb};
 use super::render::{emit, warn};
 use super::table::Table;
-use super::{connect, trace, CliError, Skipped};
+use super::{connect, diff, host, trace, CliError, Skipped};
 use crate::schema::{self, ObjectKey, ROOT};
 use crate::store::{Kv, Store};
 use crate::sync::ClusterState;
@@ -60,15 +62,21 @@ impl From<&PolicyId> for PolicyRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ImportReport {
     pub imported: Vec<PolicyRef>,
-    /// What the policies contain but the dataplane does not enforce (L7 rules, FQDNs, ...).
+    /// What the policies contain but the dataplane does not enforce (L7 rules, FQDNs, ...),
+    /// and the CIDR peers that split an identity.
     pub warnings: Vec<String>,
     pub dry_run: bool,
+    /// `--dry-run`: the flows whose verdict would change ([`super::diff`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<ImpactChange>>,
 }
 
 /// A validated import: the keys and values to write, and the report.
 #[derive(Clone, Debug)]
 pub struct PreparedImport {
     pub writes: Vec<(String, Vec<u8>)>,
+    /// The policies the writes hold, as the compiler reads them.
+    pub policies: Vec<Policy>,
     pub report: ImportReport,
 }
 
@@ -98,10 +106,12 @@ pub fn prepare_import(source: &str, text: &str) -> Result<PreparedImport, CliErr
     }
     Ok(PreparedImport {
         writes,
+        policies: parsed.policies,
         report: ImportReport {
             imported,
             warnings: parsed.warnings.iter().map(|w| w.to_string()).collect(),
             dry_run: false,
+            changes: None,
         },
     })
 }
@@ -255,10 +265,16 @@ pub fn as_list(policies: &[StoredPolicy]) -> Value {
 /// agent's model) for no node in particular. Keys it refuses are returned as skipped.
 pub async fn live_state(store: &Store) -> Result<(ClusterState, Vec<Skipped>), CliError> {
     let (kvs, _) = store.list(ROOT).await?;
+    let listing: Vec<(String, Vec<u8>)> = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    Ok(state_of(&listing))
+}
+
+/// The agents' model of a listing of keys under [`ROOT`], for no node in particular, with the
+/// keys it refused.
+pub fn state_of(listing: &[(String, Vec<u8>)]) -> (ClusterState, Vec<Skipped>) {
     let mut state = ClusterState::new("");
     state.set_quiet(true);
-    let listing: Vec<(String, Vec<u8>)> = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
-    state.put_all(&listing);
+    state.put_all(listing);
     // The engine computes the per-endpoint maps at commit; the changes meant for a dataplane
     // are not needed here.
     let _ = state.commit();
@@ -270,7 +286,7 @@ pub async fn live_state(store: &Store) -> Result<(ClusterState, Vec<Skipped>), C
             reason: reason.clone(),
         })
         .collect();
-    Ok((state, skipped))
+    (state, skipped)
 }
 
 // ---- the command ----------------------------------------------------------------------
@@ -311,8 +327,13 @@ pub async fn run(verb: PolicyVerb, etcd: &[String], out: Output) -> Result<(), C
             let (source, text) = read_input(&file)?;
             let mut prepared = prepare_import(&source, &text)?;
             prepared.report.dry_run = dry_run;
-            if !dry_run {
-                let store = connect(etcd).await?;
+            let store = connect(etcd).await?;
+            if dry_run {
+                let (preview, skipped) = diff::diff_live(&store, &prepared).await?;
+                warn(&skipped);
+                prepared.report.warnings = preview.warnings;
+                prepared.report.changes = Some(preview.changes);
+            } else {
                 write_all(&store, &prepared.writes).await?;
                 let splits = split_warnings(&store, &prepared.report.imported).await?;
                 prepared.report.warnings.extend(splits);
@@ -334,14 +355,60 @@ pub async fn run(verb: PolicyVerb, etcd: &[String], out: Output) -> Result<(), C
                     ]);
                 }
                 let verb = if dry_run { "would import" } else { "imported" };
+                let preview = report
+                    .changes
+                    .as_ref()
+                    .map(|changes| {
+                        let r = diff::DiffReport {
+                            policies: report.imported.clone(),
+                            changes: changes.clone(),
+                            warnings: Vec::new(),
+                        };
+                        format!("\n{}", diff::diff_text(&r, &source))
+                    })
+                    .unwrap_or_default();
                 format!(
-                    "{}{verb} {} policies from {source}\n",
+                    "{}{verb} {} policies from {source}\n{preview}",
                     t.render(),
                     report.imported.len()
                 )
             })
         }
-        PolicyVerb::Get { selector, kind } => {
+        PolicyVerb::Diff(args) => {
+            let (source, text) = read_input(&args.file)?;
+            let prepared = prepare_import(&source, &text)?;
+            let report = match &args.cluster {
+                None => {
+                    let store = connect(etcd).await?;
+                    let (report, skipped) = diff::diff_live(&store, &prepared).await?;
+                    warn(&skipped);
+                    report
+                }
+                Some(cluster) => {
+                    let policies = prepared.policies.clone();
+                    diff::diff_offline(&args.policies, cluster, &prepared, policies)?
+                }
+            };
+            if out == Output::Text {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            emit(out, &report, || diff::diff_text(&report, &source))
+        }
+        PolicyVerb::Get {
+            host: Some(node), ..
+        } => {
+            let store = connect(etcd).await?;
+            let (view, skipped) = host::get(&store, &node).await?;
+            warn(&skipped);
+            emit(out, &view, || host::text(&view))
+        }
+        PolicyVerb::Get {
+            selector,
+            kind,
+            host: None,
+        } => {
             let store = connect(etcd).await?;
             let (found, skipped) = get(&store, selector.as_deref(), kind.map(Into::into)).await?;
             warn(&skipped);

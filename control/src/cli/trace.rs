@@ -5,21 +5,22 @@
 //! ([`policy_compiler::trace`]).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dataplane::Identity;
 use policy_compiler::icmp::IcmpFamily;
-use policy_compiler::model::PolicyId;
+use policy_compiler::model::{Policy, PolicyId};
 use policy_compiler::trace::{
-    parse_port_proto, parse_probe_port, parse_probes, trace, Probe, TraceResult,
+    host_policies, parse_port_proto, parse_probe_port, parse_probes, trace_with_hosts,
+    HostPolicies, Probe, TraceResult,
 };
-use policy_compiler::{parse_cluster, parse_policies, PolicyEngine};
+use policy_compiler::{parse_cluster, parse_policies, Cluster, PolicyEngine};
 
 use super::args::TraceArgs;
 use super::render::warn;
 use super::{connect, CliError};
 
-fn read(path: &Path, flag: &str) -> Result<String, CliError> {
+pub(super) fn read(path: &Path, flag: &str) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|source| CliError::Read {
         path: format!("the {flag} file {}", path.display()),
         source,
@@ -79,7 +80,11 @@ fn probe_port(args: &TraceArgs) -> Result<(u16, u8), CliError> {
     }
 }
 
-fn run_probes(engine: &PolicyEngine, args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
+fn run_probes(
+    engine: &PolicyEngine,
+    hosts: &HostPolicies,
+    args: &TraceArgs,
+) -> Result<Vec<TraceResult>, CliError> {
     let probes = probes(args)?;
     // A block that splits an identity explains verdicts that look wrong by address.
     for w in engine.split_warnings() {
@@ -87,7 +92,7 @@ fn run_probes(engine: &PolicyEngine, args: &TraceArgs) -> Result<Vec<TraceResult
     }
     let mut results = Vec::with_capacity(probes.len());
     for (i, probe) in probes.iter().enumerate() {
-        let r = trace(engine, probe).map_err(|e| {
+        let r = trace_with_hosts(engine, hosts, probe).map_err(|e| {
             CliError::Other(match &args.probes {
                 Some(path) => format!("{}, probe {}: {e}", path.display(), i + 1),
                 None => e.to_string(),
@@ -98,10 +103,12 @@ fn run_probes(engine: &PolicyEngine, args: &TraceArgs) -> Result<Vec<TraceResult
     Ok(results)
 }
 
-pub fn trace_offline(args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
+/// The policies of --policies files, each file's warnings printed (a policy defined in two
+/// files is refused).
+pub(super) fn read_policy_files(paths: &[PathBuf]) -> Result<Vec<Policy>, CliError> {
     let mut policies = Vec::new();
     let mut seen: HashMap<PolicyId, String> = HashMap::new();
-    for path in &args.policies {
+    for path in paths {
         let name = path.display().to_string();
         let parsed = parse_policies(&name, &read(path, "--policies")?)
             .map_err(|e| CliError::Other(e.to_string()))?;
@@ -118,23 +125,35 @@ pub fn trace_offline(args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
             policies.push(p);
         }
     }
+    Ok(policies)
+}
+
+/// The --cluster file.
+pub(super) fn read_cluster(path: &Path) -> Result<Cluster, CliError> {
+    parse_cluster(&path.display().to_string(), &read(path, "--cluster")?)
+        .map_err(|e| CliError::Other(e.to_string()))
+}
+
+pub fn trace_offline(args: &TraceArgs) -> Result<Vec<TraceResult>, CliError> {
+    let policies = read_policy_files(&args.policies)?;
     let Some(cluster_path) = &args.cluster else {
         return Err(CliError::Other(
             "--policies needs --cluster FILE (or give neither to trace against etcd)".into(),
         ));
     };
-    let cluster_name = cluster_path.display().to_string();
-    let cluster = parse_cluster(&cluster_name, &read(cluster_path, "--cluster")?)
-        .map_err(|e| CliError::Other(e.to_string()))?;
-    let engine = PolicyEngine::build(&cluster, &policies)
-        .map_err(|e| CliError::Other(format!("{cluster_name}: {e}")))?;
-    run_probes(&engine, args)
+    let cluster = read_cluster(cluster_path)?;
+    let mut engine = PolicyEngine::build(&cluster, &policies)
+        .map_err(|e| CliError::Other(format!("{}: {e}", cluster_path.display())))?;
+    let nodes = cluster.nodes.iter().map(|n| (n.name.as_str(), &n.labels));
+    let hosts = host_policies(&mut engine, nodes);
+    run_probes(&engine, &hosts, args)
 }
 
 /// Traces against the state in etcd, reporting cluster-wide identity numbers.
 pub async fn trace_live(args: &TraceArgs, etcd: &[String]) -> Result<Vec<TraceResult>, CliError> {
     let store = connect(etcd).await?;
-    let (state, skipped) = super::policy::live_state(&store).await?;
+    let (mut state, skipped) = super::policy::live_state(&store).await?;
+    let hosts = state.host_policies();
     warn(&skipped);
     // Name a pod missing from etcd in etcd's terms (the compiler speaks of a cluster file).
     for probe in probes(args)? {
@@ -149,7 +168,7 @@ pub async fn trace_live(args: &TraceArgs, etcd: &[String]) -> Result<Vec<TraceRe
             }
         }
     }
-    let mut results = run_probes(state.engine(), args)?;
+    let mut results = run_probes(state.engine(), &hosts, args)?;
     for r in &mut results {
         for remote in [&mut r.egress.remote, &mut r.ingress.remote] {
             match state.cluster_identity(Identity(remote.identity)) {

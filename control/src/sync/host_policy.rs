@@ -9,6 +9,7 @@
 
 use dataplane::tables::policy::Direction;
 use policy_compiler::labels::Labels;
+use policy_compiler::trace::{host_policies, HostPolicies};
 
 use super::wire::wire_direction;
 use super::ClusterState;
@@ -44,6 +45,17 @@ impl ClusterState {
             out.extend(wanted.iter().cloned().map(Change::HostPolicyReplace));
             self.sent_host_policy = Some(wanted);
         }
+    }
+
+    /// Every known node's host policy, as its agent would compute it (for `policy trace` and
+    /// `policy get --host`; identities are this model's local numbers).
+    pub fn host_policies(&mut self) -> HostPolicies {
+        let nodes: Vec<(String, Labels)> = self
+            .nodes
+            .iter()
+            .map(|(name, spec)| (name.clone(), node_labels(spec)))
+            .collect();
+        host_policies(&mut self.engine, nodes.iter().map(|(n, l)| (n.as_str(), l)))
     }
 
     /// Forgets what was sent (the dataplane restarted empty).

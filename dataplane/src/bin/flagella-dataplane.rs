@@ -65,7 +65,7 @@ use dataplane::nexthop::netlink::{Netlink, NetlinkError};
 use dataplane::pipeline::event_ring::EventConfig;
 use dataplane::pipeline::{MasqueradeConfig, PipelineConfig};
 use dataplane::tables::conntrack::CtConfig;
-use dataplane::tables::maglev::DEFAULT_M;
+use dataplane::tables::maglev::{DAEMON_SEED, DEFAULT_M};
 use dataplane::tables::services::{ServiceError, Services};
 use dataplane::tables::{HostLink, LocalNode, Tables, TunnelPorts};
 use dataplane::{MacAddr, Prefix};
@@ -79,10 +79,6 @@ static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
 /// Set by SIGHUP: the flow export reopens its file (after logrotate) or reconnects.
 static REOPEN_FLOW_EXPORT: AtomicBool = AtomicBool::new(false);
-
-/// The Maglev seed: it must be the same on every node so that a flow picks the same backend
-/// wherever it lands. A constant until the control process distributes one.
-const MAGLEV_SEED: u64 = 0x666c_6167_656c_6c61; // "flagella"
 
 /// How often the main thread looks at the flag and at its threads.
 const WAIT_INTERVAL: Duration = Duration::from_millis(100);
@@ -886,7 +882,7 @@ fn initial_tables(cfg: &DaemonConfig, host_link: Option<HostLink>) -> Result<Tab
             node.uplink_mtu = mtu;
         }
     }
-    Ok(Tables::empty(node, Services::new(DEFAULT_M, MAGLEV_SEED)?))
+    Ok(Tables::empty(node, Services::new(DEFAULT_M, DAEMON_SEED)?))
 }
 
 fn hostname() -> String {

@@ -60,6 +60,11 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::net::IpAddr;
 
+/// The seed of the daemon's table (`flagella-dataplane`). It must be the same on every node so
+/// that a flow picks the same backend wherever it lands (a constant until the control process
+/// distributes one); with it, an offline replay (`flagella replay`) picks what the daemon does.
+pub const DAEMON_SEED: u64 = 0x666c_6167_656c_6c61; // "flagella"
+
 /// The table size Cilium uses by default (`--bpf-lb-maglev-table-size`); prime.
 pub const DEFAULT_M: usize = 16381;
 
