@@ -98,6 +98,10 @@ pub enum Command {
     /// forwarder-level sink), counted by the kernel's per-queue xdp_drops; run it inside a
     /// namespace you made (`ip netns exec NS flagella-bench xdp-sink --dev eth0`).
     XdpSink(XdpSinkArgs),
+    /// Dataplane restarts: the delivery gap and the datagrams lost of a UDP stream between two
+    /// pods while flagella-dataplane (programs pinned, conntrack kept) is restarted gracefully
+    /// and by kill -9, p50/p99 per kind. Needs root.
+    Restart(RestartArgs),
 }
 
 const CNI_ADD_HELP: &str = "\
@@ -166,6 +170,18 @@ pub struct MonitorCostArgs {
     /// CPU of the dataplane's worker.
     #[arg(long, default_value_t = 1)]
     pub worker_core: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RestartArgs {
+    /// Restarts of each kind (graceful, kill -9), alternately.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub restarts: u32,
+    /// Datagrams per second from pod A to pod B (the gap's resolution is its inverse).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: u32,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 const INGRESS_HELP: &str = "\

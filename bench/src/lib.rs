@@ -51,6 +51,7 @@ pub mod policybench;
 pub mod probe;
 pub mod ratesearch;
 pub mod report;
+pub mod restart;
 pub mod scale;
 pub mod signals;
 pub mod stats;

@@ -9,7 +9,8 @@ use bench::generator::generate;
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, sink};
 use bench::{
-    cni_add, converge, forward, ingress_report, monitor_cost, scale, signals, xnode, BenchError,
+    cni_add, converge, forward, ingress_report, monitor_cost, restart, scale, signals, xnode,
+    BenchError,
 };
 use clap::Parser;
 
@@ -56,6 +57,10 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         Command::Scale(args) => scale_command(&args),
         Command::Policy(args) => policy_command(&args),
         Command::XdpSink(args) => bench::xdpsink::run(&args.dev, args.duration),
+        Command::Restart(args) => {
+            print!("{}", restart::restart(&args)?);
+            Ok(())
+        }
         Command::Ingress(args) => {
             let text = ingress_report::report(&args)?;
             print!("{text}");

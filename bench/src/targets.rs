@@ -172,7 +172,8 @@ pub struct DataplaneLaunch {
     pub idle_sleep_us: u64,
     /// `--masquerade-ports FIRST-LAST` (absent: the daemon's default range).
     pub masquerade_ports: Option<String>,
-    /// Further flags, as given (`monitor-cost`'s `--monitor-rate N`).
+    /// Further flags, as given (`monitor-cost`'s `--monitor-rate N`; `restart`'s
+    /// `--bpf-pin-dir`, `--state-dir`).
     pub extra_args: Vec<String>,
 }
 
@@ -308,6 +309,13 @@ impl Flagella {
     /// The daemon's PID.
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
+    }
+
+    /// kill -9 of the daemon (a crash), reaped. Dropping a `Flagella` stops it gracefully
+    /// (SIGTERM) instead.
+    pub fn kill9(mut self) {
+        let _ = self.daemon.child.kill();
+        let _ = self.daemon.child.wait();
     }
 
     /// One request; `Err` unless the reply says `ok`.

@@ -751,3 +751,89 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
         "no XDP program left after SIGKILL"
     );
 }
+
+/// Issue 15: with `--bpf-pin-dir` (a private bpffs here), a stopped dataplane leaves its
+/// programs on the interfaces (the safe state: they drop what no socket serves) and its
+/// conntrack state file; the next process takes both over; `--uninstall` removes everything.
+#[test]
+fn pinned_programs_outlive_the_process_until_uninstall() {
+    if let Err(why) = preflight() {
+        testkit::skip(&why);
+        return;
+    }
+    let bpffs = match testkit::BpffsGuard::mount("fdm-bpffs-") {
+        Ok(fs) => fs,
+        Err(why) => {
+            testkit::skip(&format!("no bpffs: {why}"));
+            return;
+        }
+    };
+    let topo = build_topology().unwrap_or_else(|e| panic!("topology: {e}"));
+    let pins = bpffs.path().join("flagella");
+    let state = topo.dir.join("state");
+    let restartable = |run: &str| {
+        let socket = topo.dir.join(format!("{run}.sock"));
+        let log = topo.dir.join(format!("{run}.log"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &topo.node, DAEMON, "--config"])
+            .arg(topo.dir.join("dataplane.toml"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--bpf-pin-dir")
+            .arg(&pins)
+            .arg("--state-dir")
+            .arg(&state);
+        for pod in &topo.pods {
+            cmd.args(["--interface", &format!("{}=pod", pod.host_if)]);
+        }
+        (cmd, socket, log)
+    };
+    let served = topo.pods.len() + 1; // and the host interface's flg_net
+
+    let (cmd, socket, log) = restartable("first");
+    let mut first = Daemon::start(cmd, socket, log);
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(
+        veths_with_xdp(&topo).len(),
+        served,
+        "the pinned programs stay after SIGTERM"
+    );
+    assert!(state.join("conntrack-worker-0.state").exists());
+
+    // The pins of an interface deleted while no dataplane ran: the next start removes them.
+    std::fs::create_dir(pins.join("gone0")).expect("a stale pin directory");
+    let (cmd, socket, log) = restartable("second");
+    let mut second = Daemon::start(cmd, socket, log);
+    second.wait_log("took over the pinned XDP program");
+    second.wait_log("conntrack kept from the previous process");
+    second.wait_log("gone0: gone");
+    assert!(!pins.join("gone0").exists(), "stale pins removed");
+    // Not under a running dataplane.
+    let (mut cmd, _, _) = restartable("too-early");
+    let out = cmd.arg("--uninstall").output().expect("run --uninstall");
+    assert!(
+        !out.status.success(),
+        "--uninstall under a running dataplane"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    assert_eq!(veths_with_xdp(&topo).len(), served, "nothing removed");
+    second.signal(libc::SIGKILL);
+    second.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        veths_with_xdp(&topo).len(),
+        served,
+        "the pinned programs stay after SIGKILL"
+    );
+
+    let (mut cmd, _, _) = restartable("uninstall");
+    let out = cmd.arg("--uninstall").output().expect("run --uninstall");
+    assert!(
+        out.status.success(),
+        "--uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(veths_with_xdp(&topo), Vec::<String>::new(), "uninstalled");
+    assert!(!pins.exists(), "no pin left");
+    assert!(!state.join("conntrack-worker-0.state").exists());
+}

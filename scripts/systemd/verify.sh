@@ -11,8 +11,9 @@ if ! command -v systemd-analyze >/dev/null; then
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-for unit in flagella-dataplane.service flagella-control.service; do
+for unit in flagella-dataplane.service flagella-control.service flagella-dataplane-uninstall.service; do
   sed 's#/usr/local/bin/flagella-[a-z]*#/usr/bin/env#' "$here/$unit" >"$tmp/$unit"
 done
-(cd "$tmp" && systemd-analyze verify --man=no ./flagella-dataplane.service ./flagella-control.service)
+(cd "$tmp" && systemd-analyze verify --man=no ./flagella-dataplane.service ./flagella-control.service \
+  ./flagella-dataplane-uninstall.service)
 echo "systemd units: ok"

@@ -13,7 +13,10 @@
 //! [`run_ip`] return the reason instead, for a caller that skips through [`skip`] (a failure
 //! under CI).
 
+pub mod bpffs;
 pub mod modules;
+
+pub use bpffs::BpffsGuard;
 
 /// True under CI: `CI` set to anything but empty, `false` or `0` (CI systems set `CI=true`).
 pub fn under_ci() -> bool {

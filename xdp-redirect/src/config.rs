@@ -50,6 +50,11 @@ pub struct RedirectConfig {
     /// `ip_local_port_range`, or the host's own connections' replies would be taken (the
     /// daemon refuses to start then). Read only with `uplink_filter`.
     pub masquerade_ports: Option<(u16, u16)>,
+    /// `false` (default): an owned frame whose queue has no AF_XDP socket is passed to the
+    /// kernel. `true`: it is dropped and counted (`no_socket_dropped`): the setting of a program
+    /// pinned in bpffs ([`crate::XdpProgram::load_pinned`]), which stays attached while no
+    /// dataplane process runs, so that a pod's frame never reaches the node's kernel unpoliced.
+    pub drop_without_socket: bool,
 }
 
 impl Default for RedirectConfig {
@@ -62,6 +67,7 @@ impl Default for RedirectConfig {
             vxlan_port: VXLAN_PORT,
             geneve_port: GENEVE_PORT,
             masquerade_ports: None,
+            drop_without_socket: false,
         }
     }
 }
@@ -95,6 +101,7 @@ pub(crate) struct RawRedirectConfig {
     /// Host byte order, inclusive; first 0: none.
     pub(crate) masq_port_first: u16,
     pub(crate) masq_port_last: u16,
+    pub(crate) drop_no_socket: u32,
 }
 
 /// Size of the map value in bytes.
@@ -111,6 +118,7 @@ impl RawRedirectConfig {
             geneve_port: config.geneve_port.to_be_bytes(),
             masq_port_first: config.masquerade_ports.map_or(0, |(first, _)| first),
             masq_port_last: config.masquerade_ports.map_or(0, |(_, last)| last),
+            drop_no_socket: u32::from(config.drop_without_socket),
         }
     }
 
@@ -127,6 +135,7 @@ impl RawRedirectConfig {
             geneve_port: u16::from_be_bytes(self.geneve_port),
             masquerade_ports: (self.masq_port_first != 0)
                 .then_some((self.masq_port_first, self.masq_port_last)),
+            drop_without_socket: self.drop_no_socket != 0,
         }
     }
 
@@ -140,6 +149,7 @@ impl RawRedirectConfig {
         bytes[18..20].copy_from_slice(&self.geneve_port);
         bytes[20..22].copy_from_slice(&self.masq_port_first.to_ne_bytes());
         bytes[22..24].copy_from_slice(&self.masq_port_last.to_ne_bytes());
+        bytes[24..28].copy_from_slice(&self.drop_no_socket.to_ne_bytes());
         bytes
     }
 
@@ -158,6 +168,7 @@ impl RawRedirectConfig {
             geneve_port: [bytes[18], bytes[19]],
             masq_port_first: u16::from_ne_bytes([bytes[20], bytes[21]]),
             masq_port_last: u16::from_ne_bytes([bytes[22], bytes[23]]),
+            drop_no_socket: u32_at(24),
         })
     }
 }
@@ -204,6 +215,10 @@ mod tests {
             (
                 offset_of!(RawRedirectConfig, masq_port_last),
                 offset_of!(C, masq_port_last),
+            ),
+            (
+                offset_of!(RawRedirectConfig, drop_no_socket),
+                offset_of!(C, drop_no_socket),
             ),
         ];
         for (rust, c) in pairs {
@@ -260,6 +275,7 @@ mod tests {
                 vxlan_port: 0,
                 geneve_port: 65535,
                 masquerade_ports: Some((61000, 65535)),
+                drop_without_socket: true,
             },
         ];
         for config in cases {
@@ -267,7 +283,7 @@ mod tests {
             let back = RawRedirectConfig::from_ne_bytes(&bytes).map(RawRedirectConfig::to_config);
             assert_eq!(back, Some(config));
         }
-        assert_eq!(RawRedirectConfig::from_ne_bytes(&[0; 23]), None);
-        assert_eq!(RawRedirectConfig::from_ne_bytes(&[0; 25]), None);
+        assert_eq!(RawRedirectConfig::from_ne_bytes(&[0; 27]), None);
+        assert_eq!(RawRedirectConfig::from_ne_bytes(&[0; 29]), None);
     }
 }

@@ -18,6 +18,11 @@
 //!   returned [`XdpAttachment`] (or the process) lives. Nothing is left behind when the process
 //!   is killed. Native mode is the default; generic mode is used only when asked for, and
 //!   [`AttachMode::warning`] gives the text the caller must show then.
+//! - [`XdpProgram::load_pinned`] and [`XdpProgram::attach_pinned`] are the restartable variant
+//!   (`pin.rs`): maps and link pinned in bpffs, so the program outlives the process (set
+//!   [`RedirectConfig::drop_without_socket`] so that it drops, not passes, while no process
+//!   serves the interface); the next process takes over the maps and updates the link in place;
+//!   [`PinDir::remove`] uninstalls.
 //! - The `#[repr(C)]` twins of the C structs (here and in `config.rs`, `owned.rs`) name their C
 //!   counterparts; tests check their sizes and field offsets against the types libbpf-cargo
 //!   generates from the object.
@@ -29,10 +34,12 @@
 mod config;
 mod owned;
 mod owned_port;
+mod pin;
 
 pub use config::{RedirectConfig, GENEVE_PORT, VXLAN_PORT};
 pub use owned::{OwnedPrefix, PrefixLengthError, OWNED_MAX_ENTRIES};
 pub use owned_port::{OwnedPort, PortProtocolError, OWNED_PORTS_MAX_ENTRIES};
+pub use pin::{check_bpffs, pinned_interfaces, LinkOrigin, MapsOrigin, PinDir, PinError};
 
 use std::fmt;
 use std::io;
@@ -63,6 +70,16 @@ const OWNED_V4_MAP: &str = "owned_v4";
 const OWNED_V6_MAP: &str = "owned_v6";
 const OWNED_PORTS_MAP: &str = "owned_ports";
 
+/// Every map of the object (all pinned by [`XdpProgram::load_pinned`]).
+const MAP_NAMES: [&str; 6] = [
+    XSKS_MAP,
+    CONFIG_MAP,
+    COUNTERS_MAP,
+    OWNED_V4_MAP,
+    OWNED_V6_MAP,
+    OWNED_PORTS_MAP,
+];
+
 /// The single key of the one-entry config and counters arrays.
 const ONLY_KEY: [u8; 4] = 0u32.to_ne_bytes();
 
@@ -84,6 +101,9 @@ pub struct RedirectCounters {
     /// Shorter than an Ethernet header, or (uplink filter on) an IP frame too short or with an
     /// IHL too small for the headers the decision needs: passed to the kernel (which drops it).
     pub truncated: u64,
+    /// Owned by the dataplane, no socket registered for its queue, and the program drops such
+    /// frames ([`RedirectConfig::drop_without_socket`]: pinned, between two dataplane processes).
+    pub no_socket_dropped: u64,
 }
 
 impl RedirectCounters {
@@ -98,12 +118,14 @@ impl RedirectCounters {
             no_socket,
             not_owned,
             truncated,
+            no_socket_dropped,
         } = *self;
         [
             ("redirected", "frames the dataplane owns, taken by the AF_XDP socket of their queue", redirected),
             ("no_socket", "frames the dataplane owns but no socket serves their queue: passed to the kernel", no_socket),
             ("not_owned", "frames left to the kernel: not the dataplane's (on the uplink, the host's own traffic)", not_owned),
             ("truncated", "frames too short for the redirect decision: passed to the kernel, which drops them", truncated),
+            ("no_socket_dropped", "frames the dataplane owns that arrived while no socket served their queue (between two dataplane processes): dropped", no_socket_dropped),
         ]
     }
 
@@ -116,11 +138,12 @@ impl RedirectCounters {
             word.copy_from_slice(chunk);
             *field = u64::from_ne_bytes(word);
         }
-        let [redirected, no_socket, not_owned, truncated] = fields;
+        let [redirected, no_socket, not_owned, truncated, no_socket_dropped] = fields;
         self.redirected += redirected;
         self.no_socket += no_socket;
         self.not_owned += not_owned;
         self.truncated += truncated;
+        self.no_socket_dropped += no_socket_dropped;
     }
 }
 
@@ -301,6 +324,8 @@ pub enum XdpError {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error(transparent)]
+    Pin(#[from] PinError),
     #[error("reading the redirect counters failed: check the program is still loaded and the process still has CAP_BPF")]
     Counters {
         #[source]
@@ -328,21 +353,41 @@ impl XdpProgram {
     /// Loads the program into the kernel and writes `config` into its config map. The owned
     /// prefixes start empty.
     pub fn load(config: RedirectConfig) -> Result<Self, XdpError> {
-        let open = ObjectBuilder::default()
-            .open_memory(BPF_OBJECT)
-            .map_err(|source| XdpError::Open { source })?;
-        let object = open.load().map_err(|source| match source.kind() {
-            ErrorKind::PermissionDenied => XdpError::PermissionDenied {
-                operation: "load the XDP program",
-                source,
-            },
-            ErrorKind::Unsupported => XdpError::BpfUnavailable { source },
-            _ => XdpError::Load { source },
-        })?;
-        let program = Self { object };
+        let program = Self {
+            object: open_and_load(None)?,
+        };
         program.check_object()?;
         program.set_config(config)?;
         Ok(program)
+    }
+
+    /// Like [`load`](Self::load), with the maps pinned in `pins`: the maps a previous process
+    /// pinned there are taken over when compatible (its counters go on counting, the uplink's
+    /// owned destinations stay owned), rebuilt when not (the reason is returned, for the log),
+    /// created and pinned when absent. `config` is written either way.
+    pub fn load_pinned(
+        config: RedirectConfig,
+        pins: &PinDir,
+    ) -> Result<(Self, MapsOrigin), XdpError> {
+        pins.create()?;
+        let had_pins = MAP_NAMES.iter().any(|n| pins.map_path(n).exists());
+        let (object, origin) = match open_and_load(Some(pins)) {
+            Ok(object) if had_pins => (object, MapsOrigin::Reused),
+            Ok(object) => (object, MapsOrigin::Created),
+            Err(XdpError::Load { source }) if had_pins => {
+                // libbpf refuses a pinned map whose type, sizes or flags differ from the
+                // object's: another layout. Start over rather than misread it.
+                pins.remove_map_pins(&MAP_NAMES)?;
+                let object = open_and_load(Some(pins))?;
+                let reason = source.to_string();
+                (object, MapsOrigin::Rebuilt { reason })
+            }
+            Err(other) => return Err(other),
+        };
+        let program = Self { object };
+        program.check_object()?;
+        program.set_config(config)?;
+        Ok((program, origin))
     }
 
     /// The configuration the program currently applies, read back from its config map.
@@ -473,7 +518,48 @@ impl XdpProgram {
             link: Some(link),
             ifindex,
             mode,
+            pinned: false,
         })
+    }
+
+    /// Like [`attach`](Self::attach), with the link pinned in `pins`: when a link of an earlier
+    /// process is pinned there and still attached to `ifindex`, it is switched to this program
+    /// in one atomic update (the interface is never without a program); otherwise (none, or a
+    /// stale link whose interface is gone) a new link is created and pinned. The returned
+    /// attachment does not detach when dropped: the program stays until [`PinDir::remove`].
+    pub fn attach_pinned(
+        &self,
+        ifindex: u32,
+        mode: AttachMode,
+        pins: &PinDir,
+    ) -> Result<(XdpAttachment, LinkOrigin), XdpError> {
+        let link_path = pins.link_path();
+        if let Some(link) = pin::open_pinned(&link_path)? {
+            let program_fd = self.program()?.as_fd().as_raw_fd();
+            let current = pin::link_ifindex(&link).is_ok_and(|i| i == ifindex);
+            if current && pin::update_link(&link, program_fd).is_ok() {
+                let attachment = XdpAttachment {
+                    link: Some(link),
+                    ifindex,
+                    mode,
+                    pinned: true,
+                };
+                return Ok((attachment, LinkOrigin::Updated));
+            }
+            // Defunct (its interface was deleted and maybe recreated) or not ours to update.
+            drop(link);
+            std::fs::remove_file(&link_path).map_err(|source| PinError::Io {
+                operation: "removing the stale link",
+                path: link_path.clone(),
+                source,
+            })?;
+        }
+        let mut attachment = self.attach(ifindex, mode)?;
+        if let Some(link) = attachment.link.as_ref() {
+            pin::pin_fd(link, &link_path)?;
+        }
+        attachment.pinned = true;
+        Ok((attachment, LinkOrigin::Created))
     }
 
     /// Makes `xsk_fd`, an AF_XDP socket, the receiver of the owned frames arriving on `queue`
@@ -552,14 +638,7 @@ impl XdpProgram {
 
     fn check_object(&self) -> Result<(), XdpError> {
         self.program()?;
-        for name in [
-            XSKS_MAP,
-            CONFIG_MAP,
-            COUNTERS_MAP,
-            OWNED_V4_MAP,
-            OWNED_V6_MAP,
-            OWNED_PORTS_MAP,
-        ] {
+        for name in MAP_NAMES {
             self.map(name)?;
         }
         Ok(())
@@ -604,13 +683,16 @@ impl XdpProgram {
     }
 }
 
-/// A live attachment of the program to one interface. Dropping it detaches the program.
+/// A live attachment of the program to one interface. Dropping it detaches the program, unless
+/// it is pinned ([`XdpProgram::attach_pinned`]): then the program stays, for the next process.
 #[derive(Debug)]
 pub struct XdpAttachment {
     /// `None` only after a successful explicit detach.
     link: Option<OwnedFd>,
     ifindex: u32,
     mode: AttachMode,
+    /// Pinned in bpffs: dropping only closes this process's fd.
+    pinned: bool,
 }
 
 impl XdpAttachment {
@@ -622,6 +704,11 @@ impl XdpAttachment {
     /// The mode it was attached in.
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// Whether the program outlives this process (pinned).
+    pub fn is_pinned(&self) -> bool {
+        self.pinned
     }
 
     /// Detaches now and reports failure (dropping also detaches, silently).
@@ -638,12 +725,44 @@ impl XdpAttachment {
 
 impl Drop for XdpAttachment {
     fn drop(&mut self) {
+        if self.pinned {
+            return; // the pin keeps the link, and the program, on the interface
+        }
         if let Some(link) = self.link.take() {
             // Closing the last fd of the link detaches too; the explicit detach also covers a
             // link fd duplicated elsewhere. Nothing useful can be done with an error here.
             let _ = detach_link(&link);
         }
     }
+}
+
+/// Opens the embedded object and loads it, its maps pinned in `pins` when given (libbpf reuses
+/// a compatible pinned map and pins the ones it creates).
+fn open_and_load(pins: Option<&PinDir>) -> Result<Object, XdpError> {
+    let mut open = ObjectBuilder::default()
+        .open_memory(BPF_OBJECT)
+        .map_err(|source| XdpError::Open { source })?;
+    if let Some(pins) = pins {
+        for mut map in open.maps_mut() {
+            let Some(name) = map
+                .name()
+                .to_str()
+                .and_then(|n| MAP_NAMES.iter().find(|m| **m == n))
+            else {
+                continue; // libbpf's internal maps (none today) stay unpinned
+            };
+            map.set_pin_path(pins.map_path(name))
+                .map_err(|source| XdpError::Open { source })?;
+        }
+    }
+    open.load().map_err(|source| match source.kind() {
+        ErrorKind::PermissionDenied => XdpError::PermissionDenied {
+            operation: "load the XDP program",
+            source,
+        },
+        ErrorKind::Unsupported => XdpError::BpfUnavailable { source },
+        _ => XdpError::Load { source },
+    })
 }
 
 /// BPF_LINK_DETACH: the program leaves the interface now, even if other fds of the link exist.
@@ -802,6 +921,10 @@ mod tests {
             offset_of!(RedirectCounters, truncated),
             offset_of!(types::xdp_redirect_counters, truncated)
         );
+        assert_eq!(
+            offset_of!(RedirectCounters, no_socket_dropped),
+            offset_of!(types::xdp_redirect_counters, no_socket_dropped)
+        );
     }
 
     #[test]
@@ -825,22 +948,32 @@ mod tests {
             no_socket: 2,
             not_owned: 3,
             truncated: 4,
+            no_socket_dropped: 5,
         };
         let fields = c.fields();
         let names: Vec<&str> = fields.iter().map(|(n, _, _)| *n).collect();
-        assert_eq!(names, ["redirected", "no_socket", "not_owned", "truncated"]);
+        assert_eq!(
+            names,
+            [
+                "redirected",
+                "no_socket",
+                "not_owned",
+                "truncated",
+                "no_socket_dropped"
+            ]
+        );
         let values: Vec<u64> = fields.iter().map(|(_, _, v)| *v).collect();
-        assert_eq!(values, [1, 2, 3, 4]);
+        assert_eq!(values, [1, 2, 3, 4, 5]);
         assert!(fields.iter().all(|(_, help, _)| !help.is_empty()));
     }
 
     #[test]
     fn counters_sum_the_per_cpu_copies() {
         let cpu =
-            |values: [u64; 4]| -> Vec<u8> { values.iter().flat_map(|v| v.to_ne_bytes()).collect() };
+            |values: [u64; 5]| -> Vec<u8> { values.iter().flat_map(|v| v.to_ne_bytes()).collect() };
         let mut sum = RedirectCounters::default();
-        sum.add_ne_bytes(&cpu([1, 2, 3, 4]));
-        sum.add_ne_bytes(&cpu([10, 20, 30, 40]));
+        sum.add_ne_bytes(&cpu([1, 2, 3, 4, 5]));
+        sum.add_ne_bytes(&cpu([10, 20, 30, 40, 50]));
         sum.add_ne_bytes(&[0xff; 5]); // short copy: no complete field, adds nothing
         assert_eq!(
             sum,
@@ -849,6 +982,7 @@ mod tests {
                 no_socket: 22,
                 not_owned: 33,
                 truncated: 44,
+                no_socket_dropped: 55,
             }
         );
     }

@@ -14,7 +14,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use testkit::NetNsGuard;
-use xdp_redirect::{AttachMode, RedirectConfig, XdpError, XdpProgram};
+use xdp_redirect::{
+    AttachMode, LinkOrigin, MapsOrigin, PinDir, RedirectConfig, XdpAction, XdpError, XdpProgram,
+};
 
 /// The two ends of the veth pair inside each test namespace.
 const VETH_A: &str = "fxra";
@@ -210,6 +212,121 @@ fn a_missing_interface_is_named_as_such() {
 // queue 0, no interface). Which counter moved tells the decision apart, since a frame the
 // dataplane owns also ends as XDP_PASS when no AF_XDP socket is registered: `no_socket` is
 // "owned", `not_owned` is "the kernel's", `truncated` is "too short or malformed to decide".
+
+/// A private bpffs for pins, or None after saying why the test is skipped.
+fn bpffs() -> Option<testkit::BpffsGuard> {
+    match testkit::BpffsGuard::mount("fxr-bpffs-") {
+        Ok(guard) => Some(guard),
+        Err(why) => {
+            testkit::skip(&format!("no bpffs: {why}"));
+            None
+        }
+    }
+}
+
+/// A pod interface's program as the restartable dataplane loads it.
+fn dropping() -> RedirectConfig {
+    RedirectConfig {
+        drop_without_socket: true,
+        ..RedirectConfig::default()
+    }
+}
+
+/// 10.0.0.1 -> 10.0.0.2, UDP, no data: a frame the pod interface's program owns.
+fn ipv4_frame() -> Vec<u8> {
+    let mut bytes = vec![0xff; 6];
+    bytes.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    #[rustfmt::skip]
+    bytes.extend_from_slice(&[
+        0x45, 0x00, 0x00, 0x1c, 0x00, 0x01, 0x00, 0x00, 0x40, 0x11, 0x66, 0xcd,
+        10, 0, 0, 1, 10, 0, 0, 2,
+        0x30, 0x39, 0x00, 0x35, 0x00, 0x08, 0x00, 0x00,
+    ]);
+    bytes
+}
+
+#[test]
+fn a_pinned_program_outlives_its_process_and_the_next_one_takes_it_over() {
+    let Some(ns) = setup() else { return };
+    let Some(fs) = bpffs() else { return };
+    ns.add_veth_pair();
+    let pins = PinDir::new(fs.path(), VETH_A).expect("pin directory");
+    ns.run_inside(|| {
+        let index = ifindex(VETH_A);
+        let (first, maps) = XdpProgram::load_pinned(dropping(), &pins).expect("load pinned");
+        assert_eq!(maps, MapsOrigin::Created);
+        let (attachment, link) = first
+            .attach_pinned(index, AttachMode::Native, &pins)
+            .expect("attach pinned");
+        assert_eq!(link, LinkOrigin::Created);
+        assert!(attachment.is_pinned());
+        // No socket: the frame is dropped and counted, never passed to the kernel.
+        assert_eq!(
+            first.test_run(&ipv4_frame()).expect("test run"),
+            XdpAction::Drop
+        );
+        // At least the test frame (the veth's own IPv6 chatter may add more).
+        let dropped = first.counters().expect("counters").no_socket_dropped;
+        assert!(dropped >= 1, "{dropped}");
+
+        // The process goes away: the program stays on the interface.
+        drop(attachment);
+        drop(first);
+        assert_eq!(ns.xdp_state(VETH_A), "xdp", "pinned: still attached");
+
+        // The next process takes over the maps (its counters go on) and the link, in place.
+        let (second, maps) = XdpProgram::load_pinned(dropping(), &pins).expect("load again");
+        assert_eq!(maps, MapsOrigin::Reused);
+        let carried = second.counters().expect("counters").no_socket_dropped;
+        assert!(
+            carried >= dropped,
+            "counters carried over: {carried} < {dropped}"
+        );
+        let (_attachment, link) = second
+            .attach_pinned(index, AttachMode::Native, &pins)
+            .expect("take over the link");
+        assert_eq!(link, LinkOrigin::Updated);
+        assert_eq!(ns.xdp_state(VETH_A), "xdp");
+
+        // The explicit uninstall detaches and removes every pin.
+        pins.remove().expect("uninstall");
+        assert_eq!(ns.xdp_state(VETH_A), "none");
+        assert!(!pins.path().exists(), "pins removed");
+        assert!(xdp_redirect::pinned_interfaces(fs.path())
+            .expect("list")
+            .is_empty());
+    });
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_rebuilt_not_misread() {
+    let Some(_ns) = setup() else { return };
+    let Some(fs) = bpffs() else { return };
+    let pins = PinDir::new(fs.path(), "fxr-old").expect("pin directory");
+    std::fs::create_dir_all(pins.path()).expect("pin dir");
+    // An older program's counters: one u64 per CPU where this one has five.
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let mut old = libbpf_rs::MapHandle::create(
+        libbpf_rs::MapType::PercpuArray,
+        Some("counters_map"),
+        4,
+        8,
+        1,
+        &opts,
+    )
+    .expect("create an old-layout map");
+    old.pin(pins.map_path("counters_map")).expect("pin it");
+    let (program, maps) = XdpProgram::load_pinned(dropping(), &pins).expect("load");
+    assert!(
+        matches!(&maps, MapsOrigin::Rebuilt { reason } if !reason.is_empty()),
+        "{maps:?}"
+    );
+    assert_eq!(program.counters().expect("counters"), Default::default());
+    pins.remove().expect("remove pins");
+}
 
 mod uplink {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

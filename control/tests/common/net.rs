@@ -39,6 +39,15 @@ impl Proc {
         }
     }
 
+    /// SIGTERM (only this child, by its PID) and waits for it to exit: a graceful stop.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = libc::pid_t::try_from(c.id()).ok()?;
+        // SAFETY: plain syscall; `pid` is our own unreaped child, so it cannot be recycled.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        c.wait().ok()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -262,7 +262,7 @@ mod tests {
         m.tuple.sport = 1234;
         m.tuple.dport = 53;
         m.tuple.proto = proto;
-        m.tcp_flags = flags;
+        m.tcp.flags = flags;
         let mut e = Event::EMPTY;
         let origin = Origin {
             ifindex: 3,

@@ -10,7 +10,9 @@
 //! 4. tables: empty, with the uplink's index, MAC and MTU read from the interface, and the
 //!    host interface's;
 //! 5. one XDP program per interface, attached through a `bpf_link` this process owns, so the
-//!    kernel detaches it when the process dies, even on `kill -9`. The uplink's program
+//!    kernel detaches it when the process dies, even on `kill -9`; or, with `bpf_pin_dir`
+//!    (`restart.rs`), pinned in bpffs: it stays when the process goes, drops what no socket
+//!    serves, and the next process takes it over in place. The uplink's program
 //!    starts with the uplink filter on (unless configured off): it hands the dataplane only
 //!    tunnel traffic to the node and the destinations it owns, none yet;
 //! 6. workers (their UMEMs and sockets), each socket registered in the XSKMAP of its
@@ -28,7 +30,7 @@
 //!
 //! Stop order: the shared shutdown flag stops the workers, the uplink-sync thread and the
 //! control server; the threads are joined; the server removes its socket file; the XDP programs
-//! are detached.
+//! are detached, unless pinned (they stay, dropping, for the next process).
 //!
 //! Exit codes (systemd reads them): 0 clean stop, 1 runtime error, 2 usage, configuration or
 //! preflight error (restarting will not help until something is changed).
@@ -117,8 +119,12 @@ Pods reach their node, and the node its pods, through a veth pair the dataplane 
 network namespace (flg_host, the host's side, with the pods' gateway addresses and routes to the
 pods; flg_net, the dataplane's): see --host-interface.
 
-Runs as root. SIGHUP reopens the flow export's file (after logrotate). Stops cleanly on SIGTERM or SIGINT; the XDP programs are detached even when the
-process is killed (the kernel owns their links through this process's file descriptors).";
+Runs as root. SIGHUP reopens the flow export's file (after logrotate). Stops cleanly on SIGTERM or SIGINT.
+With the programs pinned (--bpf-pin-dir, on by default where /sys/fs/bpf is bpffs) they stay on
+the interfaces when the process stops or is killed, dropping the pods' frames (counted) until the
+next process takes them over with the connection tracking kept in --state-dir; --uninstall
+removes them. Unpinned, the programs are detached even when the process is killed (the kernel
+owns their links through this process's file descriptors).";
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -305,6 +311,25 @@ struct Cli {
     /// (30000-32767). Overrides `masquerade_ports` in the file.
     #[arg(long, value_name = "FIRST-LAST")]
     masquerade_ports: Option<String>,
+
+    /// Where the interfaces' XDP programs and maps are pinned (on bpffs; default
+    /// /sys/fs/bpf/flagella), or `off`. Pinned, a program outlives the process: while no
+    /// dataplane runs it drops the pods' frames (counted) instead of passing them to the node's
+    /// kernel, and the next process takes it over in place (docs/systemd.md, "Upgrades").
+    /// Overrides `bpf_pin_dir` in the file.
+    #[arg(long, value_name = "DIR|off")]
+    bpf_pin_dir: Option<String>,
+
+    /// Where connection tracking is kept across restarts (tmpfs; default /run/flagella), used
+    /// while programs are pinned. Overrides `state_dir` in the file.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Remove everything a stopped dataplane leaves on purpose, then exit: the pinned XDP
+    /// programs (the pods' interfaces then reach the node's kernel directly) and the
+    /// connection-tracking state. Refused while a dataplane runs on the same state directory.
+    #[arg(long)]
+    uninstall: bool,
 }
 
 /// `on` or `off` (also `true`/`false`).
@@ -393,6 +418,8 @@ enum DaemonError {
     },
     #[error("host interface `{ifname}`: {reason}; the dataplane needs CAP_NET_ADMIN in the node's network namespace (or pass --host-interface off)")]
     HostInterface { ifname: String, reason: String },
+    #[error("uninstall: {0}")]
+    Uninstall(String),
     #[error("installing the SIGTERM/SIGINT/SIGHUP handler failed: {0}")]
     Signal(io::Error),
     #[error(
@@ -431,6 +458,8 @@ fn main() -> ExitCode {
 #[path = "flagella-dataplane/hot_interfaces.rs"]
 mod hot_interfaces;
 use hot_interfaces::{HotInterfaces, HotPrograms};
+#[path = "flagella-dataplane/restart.rs"]
+mod restart;
 
 fn log(message: &str) {
     eprintln!("flagella-dataplane: {message}");
@@ -449,6 +478,8 @@ struct Running {
     xdp: Vec<InterfaceXdp>,
     /// Keeps the uplink program's ownership in step with the tables (uplink filter on).
     uplink_sync: Option<JoinHandle<()>>,
+    /// Where the programs are pinned (`restart::pin_root`), if they are.
+    pins: Option<PathBuf>,
 }
 
 struct InterfaceXdp {
@@ -463,6 +494,9 @@ struct InterfaceXdp {
 
 fn run(cli: Cli) -> Result<(), DaemonError> {
     let configured = effective_config(&cli)?;
+    if cli.uninstall {
+        return restart::uninstall(&configured).map_err(DaemonError::Uninstall);
+    }
     // The host interface's dataplane side is served as any interface, but may not exist yet:
     // preflight checks the configured ones and counts the memory of all.
     let cfg = configured.with_host_interface();
@@ -481,7 +515,9 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     let tables = TablesHandle::new(initial_tables(&cfg, host.map(|h| h.link))?);
     let stats = StatsRegistry::new();
 
-    let xdp = attach_all(&cfg, mode)?;
+    let pins = restart::pin_root(&cfg).map_err(DaemonError::Usage)?;
+    restart::prune_gone(pins.as_deref());
+    let xdp = attach_all(&cfg, mode, pins.as_deref())?;
     let mut running = Running {
         workers: Vec::new(),
         server: None,
@@ -489,6 +525,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
         socket: None,
         xdp,
         uplink_sync: None,
+        pins,
     };
     let started = start(&cfg, &cli, &workers, &tables, &stats, &mut running)
         .and_then(|()| start_host_link_sync(&tables, host, &mut running));
@@ -552,8 +589,10 @@ fn start(
         let masq = masquerade::range(cfg)
             .map(|ports| masquerade::worker_config(ports, index, workers.len()))
             .transpose()?;
-        let mut worker = build_worker(cfg, cli, section, masq, index == 0)
+        let state = restart::conntrack_state_file(cfg, running.pins.is_some(), index);
+        let mut worker = build_worker(cfg, cli, section, masq, index == 0, state)
             .map_err(|source| DaemonError::Worker { index, source })?;
+        restart::log_conntrack(index, worker.pipeline().conntrack_restored());
         if index == 0 && cfg.hot_interfaces > 0 {
             hot = Some((worker.port_opener(), worker.port_changes()));
         }
@@ -612,6 +651,7 @@ fn start(
             configured,
             cfg.hot_interfaces,
             hot_programs.clone(),
+            running.pins.clone(),
         )));
     }
     running.socket = Some(cfg.socket.clone());
@@ -823,6 +863,12 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     if !cli.cores.is_empty() {
         cfg.cores = cli.cores.clone();
     }
+    if let Some(dir) = &cli.bpf_pin_dir {
+        cfg.bpf_pin_dir = dir.clone();
+    }
+    if let Some(dir) = &cli.state_dir {
+        cfg.state_dir = dir.clone();
+    }
     if let Some(core) = cli.core {
         if cfg.worker_count > 1 {
             return Err(DaemonError::Usage(
@@ -977,7 +1023,11 @@ fn redirect_config(role: Role, uplink_filter: bool, ports: TunnelPorts) -> Redir
 
 /// One program per interface: the XSKMAP is keyed by receive queue, so two interfaces sharing
 /// a program would fight over its slots; each also has its own [`redirect_config`].
-fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>, DaemonError> {
+fn attach_all(
+    cfg: &DaemonConfig,
+    mode: AttachMode,
+    pins: Option<&Path>,
+) -> Result<Vec<InterfaceXdp>, DaemonError> {
     if let Some(warning) = mode.warning() {
         log(&format!("WARNING: {warning}"));
     }
@@ -993,12 +1043,18 @@ fn attach_all(cfg: &DaemonConfig, mode: AttachMode) -> Result<Vec<InterfaceXdp>,
             redirect.masquerade_ports = masquerade::range(cfg).map(|r| (r.first(), r.last()));
         }
         let ifindex = preflight::ifindex(&iface.name)?;
-        let program = XdpProgram::load(redirect).map_err(xdp_err)?;
-        let attachment = program.attach(ifindex, mode).map_err(xdp_err)?;
+        let (program, attachment) =
+            restart::load_and_attach(&iface.name, ifindex, redirect, mode, pins)
+                .map_err(xdp_err)?;
         log(&format!(
-            "{}: XDP attached ({mode} mode, {:?} role, ifindex {ifindex}{})",
+            "{}: XDP attached ({mode} mode, {:?} role, ifindex {ifindex}{}{})",
             iface.name,
             iface.role,
+            if attachment.is_pinned() {
+                ", pinned: stays and drops while no dataplane runs"
+            } else {
+                ""
+            },
             if redirect.uplink_filter {
                 ", uplink filter on: the host keeps its own traffic"
             } else if iface.role == Role::Uplink {
@@ -1024,6 +1080,7 @@ fn build_worker(
     section: &WorkerSection,
     masquerade: Option<MasqueradeConfig>,
     first: bool,
+    conntrack_state: Option<PathBuf>,
 ) -> Result<Worker, IoError> {
     let ports = cfg
         .ports_of(section)
@@ -1042,6 +1099,7 @@ fn build_worker(
             },
             complete_l4_checksums: cli.complete_l4_checksums,
             masquerade,
+            conntrack_state,
             ..PipelineConfig::default()
         },
         // Interfaces added at run time go to the first worker.
@@ -1522,6 +1580,11 @@ fn stop(running: Running) -> Result<(), DaemonError> {
         }
     }
     for iface in running.xdp {
+        if iface.attachment.is_pinned() {
+            // The safe state between two processes: the pinned program stays and drops what
+            // no socket serves now (`--uninstall` removes it).
+            continue;
+        }
         if let Err(source) = iface.attachment.detach() {
             note(DaemonError::Xdp {
                 ifname: iface.ifname.clone(),

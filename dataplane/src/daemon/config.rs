@@ -21,6 +21,9 @@
 //!                                            # "unix:/run/collector.sock" (docs/monitor.md)
 //! flow_export_rate = 10000                   # flows per second at most
 //! flow_export_types = ["drop"]               # default []: all (drop, policy-verdict, trace)
+//! bpf_pin_dir = "/sys/fs/bpf/flagella"       # XDP programs pinned here outlive a restart
+//!                                            # (dropping while no dataplane runs), or "off"
+//! state_dir = "/run/flagella"                # conntrack kept here (tmpfs) across restarts
 //!
 //! [[interface]]
 //! name = "eth1"
@@ -200,6 +203,18 @@ pub struct DaemonConfig {
     /// The event types exported (`drop`, `policy-verdict`, `trace`); empty (default): all.
     #[serde(default)]
     pub flow_export_types: Vec<String>,
+    /// Where the interfaces' XDP programs and maps are pinned (a bpffs directory), so that
+    /// they outlive the process: between two dataplane processes a pod's frames are dropped
+    /// (counted), never passed to the node's kernel; the next process takes them over. `off`:
+    /// programs leave with the process. The default, when not on bpffs (a test's
+    /// `ip netns exec`), is off with a warning; a configured directory must be on bpffs.
+    /// `flagella-dataplane --uninstall` removes them.
+    #[serde(default = "default_bpf_pin_dir")]
+    pub bpf_pin_dir: String,
+    /// Where the workers' connection tracking lives (files on tmpfs, mapped shared), so that
+    /// the next process continues every flow. Used only while programs are pinned.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "worker")]
@@ -213,6 +228,17 @@ pub struct DaemonConfig {
     pub cores: Vec<usize>,
 }
 
+/// The default of [`DaemonConfig::bpf_pin_dir`].
+pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/flagella";
+/// The default of [`DaemonConfig::state_dir`].
+pub const DEFAULT_STATE_DIR: &str = "/run/flagella";
+
+fn default_bpf_pin_dir() -> String {
+    DEFAULT_BPF_PIN_DIR.to_string()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
 fn one() -> u32 {
     1
 }
@@ -282,6 +308,8 @@ impl Default for DaemonConfig {
             flow_export: off(),
             flow_export_rate: default_flow_export_rate(),
             flow_export_types: Vec::new(),
+            bpf_pin_dir: default_bpf_pin_dir(),
+            state_dir: default_state_dir(),
             interfaces: Vec::new(),
             workers: Vec::new(),
             worker_count: 1,

@@ -62,7 +62,7 @@ use event::Origin;
 use event_ring::EventSink;
 
 use crate::frame::Frame;
-use crate::tables::conntrack::{Conntrack, CtConfig};
+use crate::tables::conntrack::{Conntrack, CtConfig, Restored};
 use crate::tables::snat::Masquerade;
 use crate::tables::Tables;
 
@@ -91,6 +91,9 @@ pub struct PipelineConfig {
     pub complete_l4_checksums: bool,
     /// Masquerade pods' flows to the world to the node's address (`None`: never).
     pub masquerade: Option<MasqueradeConfig>,
+    /// Keep conntrack in this file, mapped shared, so that the next process continues its
+    /// flows (`tables::conntrack::state_file`); `None`: in this process's memory only.
+    pub conntrack_state: Option<std::path::PathBuf>,
 }
 
 impl Default for PipelineConfig {
@@ -101,6 +104,7 @@ impl Default for PipelineConfig {
             ct_gc_sweep_ns: DEFAULT_GC_SWEEP_NS,
             complete_l4_checksums: false,
             masquerade: None,
+            conntrack_state: None,
         }
     }
 }
@@ -112,6 +116,8 @@ pub enum PipelineError {
     BatchSize(usize),
     #[error("conntrack GC sweep period must be more than 0 ns (10 s is a good default)")]
     GcSweep,
+    #[error("{0}")]
+    Conntrack(#[from] crate::tables::conntrack::CtError),
 }
 
 /// One worker's pipeline: its conntrack table, counters and per-batch scratch space.
@@ -127,6 +133,8 @@ pub struct Pipeline {
     /// Frames of the last `process` call.
     last_len: usize,
     ct: Conntrack,
+    /// How the conntrack table of a state file came to be (`None`: not in a file).
+    ct_restored: Option<Restored>,
     counters: Counters,
     /// Where the monitor's events go, if the daemon set it up ([`Pipeline::report_events`]).
     events: Option<EventSink>,
@@ -141,6 +149,13 @@ impl Pipeline {
         if cfg.ct_gc_sweep_ns == 0 {
             return Err(PipelineError::GcSweep);
         }
+        let (ct, ct_restored) = match &cfg.conntrack_state {
+            Some(path) => {
+                let (ct, restored) = Conntrack::with_state_file(cfg.conntrack, path)?;
+                (ct, Some(restored))
+            }
+            None => (Conntrack::new(cfg.conntrack), None),
+        };
         Ok(Pipeline {
             batch_size: cfg.batch_size,
             gc: GcPacer::new(cfg.ct_gc_sweep_ns),
@@ -148,7 +163,8 @@ impl Pipeline {
             masq: cfg.masquerade.map(Masquerade::new),
             meta: vec![PacketMeta::EMPTY; cfg.batch_size],
             last_len: 0,
-            ct: Conntrack::new(cfg.conntrack),
+            ct,
+            ct_restored,
             counters: Counters::default(),
             events: None,
         })
@@ -249,6 +265,12 @@ impl Pipeline {
 
     pub fn conntrack(&self) -> &Conntrack {
         &self.ct
+    }
+
+    /// How the conntrack table came to be when it lives in a state file (kept from the
+    /// previous process, created, or rebuilt and why); `None` when it does not.
+    pub fn conntrack_restored(&self) -> Option<&Restored> {
+        self.ct_restored.as_ref()
     }
 
     pub fn conntrack_mut(&mut self) -> &mut Conntrack {

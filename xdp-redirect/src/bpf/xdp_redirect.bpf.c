@@ -31,8 +31,10 @@
  * needs is passed to the kernel and counted as truncated.
  *
  * An owned frame goes to the AF_XDP socket registered for its receive queue
- * (xsks_map[rx_queue_index]); when that slot is empty bpf_redirect_map returns its fallback,
- * XDP_PASS, so a queue without a socket keeps working through the kernel.
+ * (xsks_map[rx_queue_index]); when that slot is empty bpf_redirect_map returns its fallback:
+ * XDP_PASS (a queue without a socket keeps working through the kernel), or XDP_DROP when
+ * config.drop_no_socket is set (the program pinned in bpffs outlives the dataplane process, and
+ * a pod's frame must never reach the node's kernel unpoliced between two processes).
  *
  * Rust twins of the shared structs and constants: xdp-redirect/src/lib.rs (RawRedirectConfig,
  * RedirectCounters, OWNED_MAX_ENTRIES, XSKMAP_MAX_ENTRIES) and src/owned_port.rs (OwnedPort,
@@ -72,6 +74,8 @@ struct xdp_redirect_config {
 	__be16 geneve_port;    /* 0: that encapsulation is not owned */
 	__u16 masq_port_first; /* masquerade source ports, host byte order, inclusive; */
 	__u16 masq_port_last;  /* first 0: no masquerade (no reply is owned) */
+	__u32 drop_no_socket;  /* 0: an owned frame with no socket on its queue is passed to the
+				* kernel; 1: dropped (a pinned program while no dataplane runs) */
 };
 
 /* Where frames went, per CPU. Rust twin: RedirectCounters in lib.rs. */
@@ -80,6 +84,7 @@ struct xdp_redirect_counters {
 	__u64 no_socket;  /* owned, but no socket on this queue: passed to the kernel */
 	__u64 not_owned;  /* the configuration or the owned maps give it to the kernel */
 	__u64 truncated;  /* too short (or malformed) for the headers the decision needs: passed */
+	__u64 no_socket_dropped; /* owned, no socket on this queue, drop_no_socket set: dropped */
 };
 
 /* Keys of the owned-destination tries (BPF_MAP_TYPE_LPM_TRIE: prefix length, then the address
@@ -182,6 +187,7 @@ struct config_regs {
 	__u32 geneve_port;
 	__u32 masq_port_first;
 	__u32 masq_port_last;
+	__u32 drop_no_socket;
 };
 
 static __always_inline struct config_regs read_config(const struct xdp_redirect_config *cfg)
@@ -195,10 +201,11 @@ static __always_inline struct config_regs read_config(const struct xdp_redirect_
 		.geneve_port = cfg->geneve_port,
 		.masq_port_first = cfg->masq_port_first,
 		.masq_port_last = cfg->masq_port_last,
+		.drop_no_socket = cfg->drop_no_socket,
 	};
 	asm volatile("" : "+r"(c.redirect_arp), "+r"(c.redirect_non_ip), "+r"(c.uplink_filter));
 	asm volatile("" : "+r"(c.underlay_ipv4), "+r"(c.vxlan_port), "+r"(c.geneve_port));
-	asm volatile("" : "+r"(c.masq_port_first), "+r"(c.masq_port_last));
+	asm volatile("" : "+r"(c.masq_port_first), "+r"(c.masq_port_last), "+r"(c.drop_no_socket));
 	return c;
 }
 
@@ -386,9 +393,15 @@ int xdp_redirect_prog(struct xdp_md *ctx)
 		cnt->not_owned++;
 		return XDP_PASS;
 	}
-	int action = bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
+	/* The fallback when the queue has no socket: the kernel, or (drop_no_socket: a pinned
+	 * program between two dataplane processes) nowhere, so that no pod frame reaches the
+	 * node's kernel unpoliced. */
+	__u64 fallback = c.drop_no_socket ? XDP_DROP : XDP_PASS;
+	int action = bpf_redirect_map(&xsks_map, ctx->rx_queue_index, fallback);
 	if (action == XDP_REDIRECT)
 		cnt->redirected++;
+	else if (action == XDP_DROP)
+		cnt->no_socket_dropped++;
 	else
 		cnt->no_socket++;
 	return action;

@@ -13,6 +13,7 @@
 //! metrics thread, so `/metrics` shows their counters as it shows the configured interfaces'.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use dataplane::daemon::preflight;
@@ -66,6 +67,8 @@ pub struct HotInterfaces {
     added: HashMap<String, Added>,
     capacity: u32,
     programs: HotPrograms,
+    /// Where programs are pinned (they outlive the process), if they are.
+    pins: Option<PathBuf>,
 }
 
 impl HotInterfaces {
@@ -77,6 +80,7 @@ impl HotInterfaces {
         configured: Vec<String>,
         capacity: u32,
         programs: HotPrograms,
+        pins: Option<PathBuf>,
     ) -> HotInterfaces {
         HotInterfaces {
             mode,
@@ -87,16 +91,20 @@ impl HotInterfaces {
             added: HashMap::new(),
             capacity,
             programs,
+            pins,
         }
     }
 
     fn attach(&self, ifname: &str) -> Result<Added, String> {
         let ifindex = preflight::ifindex(ifname).map_err(|e| e.to_string())?;
-        let program = XdpProgram::load(self.redirect)
-            .map_err(|e| format!("{ifname}: loading the XDP program failed: {e}"))?;
-        let attachment = program
-            .attach(ifindex, self.mode)
-            .map_err(|e| format!("{ifname}: attaching XDP failed: {e}"))?;
+        let (program, attachment) = super::restart::load_and_attach(
+            ifname,
+            ifindex,
+            self.redirect,
+            self.mode,
+            self.pins.as_deref(),
+        )
+        .map_err(|e| format!("{ifname}: loading and attaching XDP failed: {e}"))?;
         let port = self
             .opener
             .open(&PortSpec::new(ifname, 0))
@@ -121,6 +129,10 @@ impl HotInterfaces {
         self.programs.remove(ifname);
         // The interface may be gone already (its pod deleted): the kernel detached then.
         let _ = added.attachment.detach();
+        // Its pod is gone: nothing of it may stay pinned.
+        if let Err(err) = super::restart::unpin(self.pins.as_deref(), ifname) {
+            eprintln!("flagella-dataplane: {ifname}: {err}");
+        }
         let _ = self.changes.send(PortChange::Remove {
             ifindex: added.ifindex,
         });

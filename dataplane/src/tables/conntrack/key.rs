@@ -33,6 +33,18 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// Where each field lies, for the state file's layout fingerprint (`state_file.rs`): a
+    /// reordered or resized field makes a kept table unreadable, and must be detected.
+    pub(super) const FIELD_OFFSETS: [usize; 7] = [
+        std::mem::offset_of!(FlowKey, lo_addr),
+        std::mem::offset_of!(FlowKey, hi_addr),
+        std::mem::offset_of!(FlowKey, lo_port),
+        std::mem::offset_of!(FlowKey, hi_port),
+        std::mem::offset_of!(FlowKey, proto),
+        std::mem::offset_of!(FlowKey, ipv6),
+        std::mem::offset_of!(FlowKey, src_is_hi),
+    ];
+
     /// The key of a free slot (never compared: a free slot's tag is 0).
     pub(super) const EMPTY: FlowKey = FlowKey {
         lo_addr: [0; 16],

@@ -2,7 +2,9 @@
 //! 2 MiB transparent huge pages when they are large enough.
 //!
 //! Contract: a `HugeArray` owns its allocation like a `Box<[T]>` and frees it on drop; the
-//! huge-page advice is a hint whose failure is ignored.
+//! huge-page advice is a hint whose failure is ignored. An array placed in a state file's
+//! mapping ([`HugeArray::in_mapping`], `state_file.rs`) instead keeps the mapping alive, which
+//! is unmapped when its last array goes.
 
 /// Tables at least this large are aligned to, and advised into, 2 MiB pages.
 pub(super) const HUGE_PAGE: usize = 2 << 20;
@@ -18,7 +20,15 @@ pub(super) const HUGE_PAGE: usize = 2 << 20;
 pub(super) struct HugeArray<T: Copy> {
     ptr: std::ptr::NonNull<T>,
     len: usize,
-    layout: std::alloc::Layout,
+    owner: Owner,
+}
+
+/// Who frees an array's memory.
+enum Owner {
+    /// Allocated by [`HugeArray::new`] with this layout, freed on drop.
+    Heap(std::alloc::Layout),
+    /// Part of a shared file mapping, unmapped when the last of its arrays drops.
+    Mapping(#[allow(dead_code)] std::sync::Arc<Mapping>),
 }
 
 // SAFETY: `HugeArray` owns its allocation exclusively (like a `Box<[T]>`, and `T: Copy` is
@@ -51,7 +61,29 @@ impl<T: Copy> HugeArray<T> {
             // which is aligned for `T`; the memory is uninitialised, so nothing is dropped.
             unsafe { ptr.as_ptr().add(i).write(fill) };
         }
-        Ok(HugeArray { ptr, len, layout })
+        Ok(HugeArray {
+            ptr,
+            len,
+            owner: Owner::Heap(layout),
+        })
+    }
+
+    /// `len` elements at `ptr`, inside `mapping`.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` lies inside `mapping`, is aligned for `T` and holds valid `T`s (the
+    /// state file checked their layout and initialised or validated them), and no other
+    /// `HugeArray` covers any of it.
+    pub(super) unsafe fn in_mapping(
+        ptr: std::ptr::NonNull<T>,
+        len: usize,
+        mapping: std::sync::Arc<Mapping>,
+    ) -> HugeArray<T> {
+        HugeArray {
+            ptr,
+            len,
+            owner: Owner::Mapping(mapping),
+        }
     }
 }
 
@@ -73,9 +105,70 @@ impl<T: Copy> std::ops::DerefMut for HugeArray<T> {
 
 impl<T: Copy> Drop for HugeArray<T> {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with exactly `self.layout`, and freed only here. `T: Copy`
-        // has no destructor, so there is nothing to drop in place first.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) };
+        if let Owner::Heap(layout) = self.owner {
+            // SAFETY: allocated in `new` with exactly `layout`, and freed only here. `T: Copy`
+            // has no destructor, so there is nothing to drop in place first.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+        }
+        // A mapping's array: the `Arc` it holds unmaps with the last one.
+    }
+}
+
+/// A shared mapping of a state file, unmapped when the last array in it drops; it holds the
+/// file (and its lock) as long.
+pub(super) struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    _file: std::fs::File,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; the arrays in it (which hold the
+// `Arc`) give out access with the borrow rules of `HugeArray`, as for heap memory.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` gives no access to the memory by itself.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr..ptr + len` is the mapping `open` made, unmapped only here; no array
+        // into it is left (they hold the `Arc` this drop ends).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` shared, read and write, populated; the mapping holds the file
+    /// (and so its lock).
+    pub(super) fn map_shared(file: std::fs::File, len: usize) -> Result<Mapping, String> {
+        // SAFETY: a new shared mapping of `len` bytes of a file at least that long (sized by the
+        // caller or checked), owned by the returned `Mapping` until its drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "mapping {len} bytes: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or("mapping returned null")?;
+        Ok(Mapping {
+            ptr,
+            len,
+            _file: file,
+        })
+    }
+
+    /// The first byte of the mapping.
+    pub(super) fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
 }
 

@@ -11,7 +11,9 @@
 //! information), `tcp.rs` (the TCP state machine and [`TcpSegment`]), `tcp_window.rs` (the
 //! sequence check that keeps a guessed RST from closing a flow), `slot.rs` (slots, buckets and tags: the
 //! layout in memory, and a slot's update by one packet), `config.rs` ([`CtConfig`],
-//! [`CtTimeouts`]) and `memory.rs` (the once-allocated, huge-page-aligned arrays).
+//! [`CtTimeouts`]), `memory.rs` (the once-allocated, huge-page-aligned arrays) and
+//! `state_file.rs` (the same arrays in a shared file mapping the next process takes over:
+//! [`Conntrack::with_state_file`]).
 //!
 //! # Layout
 //! All memory is allocated once, in [`Conntrack::new`], and never again; a table of 2 MiB or
@@ -78,6 +80,7 @@ mod entry;
 mod key;
 mod memory;
 mod slot;
+pub mod state_file;
 mod tcp;
 mod tcp_window;
 #[cfg(test)]
@@ -88,6 +91,7 @@ use std::fmt;
 pub use config::{CtConfig, CtTimeouts};
 pub use entry::{CtCreate, CtEntry, CtFlags, CtState, RevNat};
 pub use key::{FlowDirection, FlowKey};
+pub use state_file::Restored;
 pub use tcp::TcpSegment;
 
 use config::TimeoutsNs;
@@ -114,6 +118,11 @@ pub enum CtError {
     TooLarge { requested: usize, max: usize },
     #[error("cannot allocate {bytes} bytes for a conntrack table of {slots} entries; configure a smaller capacity or free memory")]
     OutOfMemory { slots: usize, bytes: usize },
+    #[error("conntrack state file {path}: {reason}")]
+    StateFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// Table counters (per worker; the metrics endpoint sums them).
@@ -269,6 +278,33 @@ impl Conntrack {
         let buckets = HugeArray::new(n, Bucket::EMPTY).map_err(out_of_memory)?;
         let tags = HugeArray::new(n, Tags::EMPTY).map_err(out_of_memory)?;
         Ok(Self::with_arrays(buckets, tags, &cfg))
+    }
+
+    /// Like [`Conntrack::try_new`], with the table in the state file at `path`, mapped shared
+    /// (`state_file.rs`): the table a previous process left there is taken over when its layout,
+    /// capacity and boot match (with its hash seed; `cfg.hash_seed` seeds a new table), else it
+    /// is rebuilt empty. The returned [`Restored`] says which, for the log.
+    pub fn with_state_file(
+        cfg: CtConfig,
+        path: &std::path::Path,
+    ) -> Result<(Self, Restored), CtError> {
+        if cfg.capacity > MAX_CAPACITY {
+            return Err(CtError::TooLarge {
+                requested: cfg.capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        let n = Self::slots_for(cfg.capacity) / WAYS;
+        let opened = state_file::open(path, n, cfg.hash_seed)?;
+        let cfg = CtConfig {
+            hash_seed: opened.seed,
+            ..cfg
+        };
+        let mut table = Self::with_arrays(opened.buckets, opened.tags, &cfg);
+        if let Restored::Kept { entries } = opened.restored {
+            table.used = entries;
+        }
+        Ok((table, opened.restored))
     }
 
     /// Slots for a requested capacity: a power of two, at least one bucket.
