@@ -129,10 +129,18 @@ fn l4_json(e: &Event) -> Option<Value> {
             "flags": tcp_flags_json(e.tcp_flags),
         }}),
         UDP => json!({ "UDP": { "source_port": t.sport, "destination_port": t.dport } }),
-        ICMPV4 => json!({ "ICMPv4": { "id_or_type": t.dport } }),
-        ICMPV6 => json!({ "ICMPv6": { "id_or_type": t.dport } }),
+        ICMPV4 => json!({ "ICMPv4": icmp_json(e) }),
+        ICMPV6 => json!({ "ICMPv6": icmp_json(e) }),
         _ => return None,
     })
+}
+
+/// `{"type": 8, "code": 0}`, as Hubble writes ICMP (no `code` when the event lost it).
+fn icmp_json(e: &Event) -> Value {
+    match e.icmp_code {
+        Some(code) => json!({ "type": e.icmp_type, "code": code }),
+        None => json!({ "type": e.icmp_type }),
+    }
 }
 
 /// `{"SYN": true, "ACK": true}` for the flags set, as Hubble writes them.
@@ -215,6 +223,33 @@ mod tests {
         assert_eq!(f["worker"], 2);
         assert_eq!(f["frame_len"], 2);
         assert_eq!(f["frame_hex"], "01ff");
+    }
+
+    /// ICMP as Hubble writes it: type and code (read from the frame at the parser's offset),
+    /// not the echo identifier the tuple's ports hold; no code once the header moved.
+    #[test]
+    fn icmp_encodes_type_and_code() {
+        let mut m = PacketMeta::EMPTY;
+        m.tuple.src = "10.0.0.1".parse().unwrap();
+        m.tuple.dst = "10.0.0.2".parse().unwrap();
+        m.tuple.proto = ICMPV4;
+        m.tuple.dport = 3;
+        m.icmp = crate::pipeline::meta::IcmpClass::Error;
+        m.icmp_type = 3;
+        m.l4 = 2;
+        let origin = Origin {
+            ifindex: 5,
+            from_pod: true,
+            now: 0,
+        };
+        let clock = Clock { offset_ns: 0 };
+        let mut e = Event::EMPTY;
+        e.capture(EventKind::Drop, &m, &[0, 0, 3, 10, 0, 0], &origin);
+        let v = flow_json(&e, 0, &clock);
+        assert_eq!(v["flow"]["l4"], json!({"ICMPv4": {"type": 3, "code": 10}}));
+        e.capture(EventKind::Trace, &m, &[0, 0, 0x45, 0], &origin);
+        let v = flow_json(&e, 0, &clock);
+        assert_eq!(v["flow"]["l4"], json!({"ICMPv4": {"type": 3}}));
     }
 
     #[test]
