@@ -18,10 +18,12 @@ step "install dependencies"
 # checks both /metrics endpoints with `promtool check metrics` and scrapes the dataplane with a
 # real Prometheus server; strace and python3: scripts/systemd/check-syscalls.sh;
 # containernetworking-plugins: control/tests/cni.rs compares flagella-cni with Debian's ptp;
-# iptables: bench/tests/ingress.rs loads kube-proxy's rules as the baseline.
+# iptables: bench/tests/ingress.rs loads kube-proxy's rules as the baseline; nftables and
+# fonts-dejavu-core: `flagella-bench policy` (bench/tests/policy.rs) loads an nftables set and
+# draws its PNG plots' text with DejaVu Sans.
 scripts/install-deps.sh clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iputils-ping \
   protobuf-compiler libprotobuf-dev etcd-server tshark ethtool curl prometheus strace python3 \
-  containernetworking-plugins iptables
+  containernetworking-plugins iptables nftables fonts-dejavu-core
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,4 +1,9 @@
-//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`, `xnode`, `ingress`. Parsing
+//! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`, `xnode`, `ingress`,
+<<<<<<< HEAD
+//! `scale`, `monitor-cost`. Parsing
+=======
+//! `policy`, `xdp-sink`. Parsing
+>>>>>>> 18bench
 //! only; the subcommands live in their modules. Every value a user types is validated here
 //! (sizes, flow counts, durations), so the rest of the crate can rely on the ranges stated
 //! below.
@@ -7,6 +12,7 @@ use std::net::SocketAddrV4;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
 /// Ethernet (14) + IPv4 (20) + UDP (8): the smallest frame `--size` may ask for.
 pub const MIN_FRAME: usize = 42;
@@ -26,7 +32,8 @@ Typical use (as root, from the workspace):
   sudo target/release/flagella-bench forward --target flagella --generator xdp
 
 `converge` measures policy convergence (etcd write -> first packet decided by it) against
-iptables-restore and nft: see `flagella-bench converge --help`.
+iptables-restore and nft: see `flagella-bench converge --help`. `policy` measures what policy
+size costs on the data path, against iptables and nftables: see `flagella-bench policy --help`.
 
 `gen` and `sink` are the traffic ends `forward` starts inside the pod namespaces
 (`ip netns exec POD flagella-bench sink --port 9000`); they also work on their own.
@@ -74,6 +81,98 @@ pub enum Command {
     /// iptables rules, in the same run; ratios to iptables, generator ceiling flagged.
     #[command(after_help = INGRESS_HELP)]
     Ingress(IngressArgs),
+<<<<<<< HEAD
+    /// What a `flagella monitor` client costs forwarding: a TCP transfer beside a flood of
+    /// denied UDP (every datagram a monitor event), with and without the client in
+    /// alternated rounds; medians and their ratio. Needs root.
+    #[command(after_help = MONITOR_COST_HELP)]
+    MonitorCost(MonitorCostArgs),
+    /// CNI ADD latency: for --pods pods, the plugin's run and the time until the pod can send
+    /// (its first datagram reaches another pod), p50/p99, flagella-cni (with etcd, the agent
+    /// and the dataplane) against Debian's ptp + host-local in the same run. Needs root.
+    #[command(after_help = CNI_ADD_HELP)]
+    CniAdd(CniAddArgs),
+}
+
+const CNI_ADD_HELP: &str = "\
+Everything runs in a node namespace fca-<pid> (removed on exit, pass or fail, with every pod
+namespace): etcd, flagella-control, flagella-dataplane (--hot-interfaces, --idle-sleep-us
+100) and the plugins, called as a runtime calls them (CNI_* variables, the configuration on
+stdin, a fresh namespace per pod). flagella-cni's addresses come from the agent's IPAM
+(10.93.0.0/24), ptp's from host-local (10.94.0.0/24). Per plugin a receiver pod is added first
+(untimed); each measured pod sends a datagram to it every millisecond from the end of ADD
+until one arrives.
+
+Typical use (as root, from the workspace; etcd-server and containernetworking-plugins
+installed):
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p bench -p control
+  sudo target/release/flagella-bench cni-add --pods 100";
+
+#[derive(Clone, Debug, Args)]
+pub struct CniAddArgs {
+    /// Pods added per plugin.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=200))]
+    pub pods: u64,
+    /// The flagella-cni binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub cni: Option<PathBuf>,
+    /// The flagella-control binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// The flagella-dataplane binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub dataplane: Option<PathBuf>,
+}
+
+const MONITOR_COST_HELP: &str = "\
+Topology: forward's (node namespace fmc-<pid>, pods A 10.81.0.11 and B 10.81.0.12), removed on
+exit, pass or fail; flagella-dataplane on the pods' veths, configured over its control socket;
+A -> B TCP 5201 allowed, A -> B UDP 9001 denied by A's egress policy.
+A round: the flood (sendmmsg from A to B:9001) starts, then A sends --mib MiB to a sink in B,
+which acknowledges the last byte; the figure is the transfer's rate. With the client, the real
+CLI (`flagella -o json monitor --no-labels`) is subscribed first and its output tallied.
+Rounds alternate: without, with, with, without, ... (--rounds pairs).
+
+Typical use (as root, from the workspace):
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p bench -p control --bin flagella-bench --bin flagella
+  sudo target/release/flagella-bench monitor-cost --rounds 5 --mib 64";
+
+#[derive(Clone, Debug, Args)]
+pub struct MonitorCostArgs {
+    /// Pairs of rounds (one without the client, one with it).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
+    /// MiB the transfer sends per round.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=16384))]
+    pub mib: u64,
+    /// flagella-dataplane's --monitor-rate (events a second to subscribers; 0: no limit).
+    /// Default: the dataplane's default.
+    #[arg(long, value_name = "N")]
+    pub monitor_rate: Option<u32>,
+    /// The `flagella` CLI (default: next to this binary).
+    #[arg(long, value_name = "PATH")]
+    pub flagella: Option<PathBuf>,
+    /// The flagella-dataplane binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub dataplane: Option<PathBuf>,
+    /// CPU of the dataplane's worker.
+    #[arg(long, default_value_t = 1)]
+    pub worker_core: usize,
+=======
+    /// Policy size on the data path: pod -> pod through flagella-dataplane with N policy
+    /// entries on the destination, against kernel forwarding with N iptables rules (nft and
+    /// legacy backends) and one nftables rule over a set of N; per point an RFC 2544-style
+    /// search for the highest rate with loss under a threshold, flat-out throughput, and
+    /// latency at fractions of that rate. Writes JSON, Markdown and PNG plots. Needs root.
+    #[command(after_help = POLICY_HELP)]
+    Policy(PolicyArgs),
+    /// Drop every frame on an interface with an XDP program (the `policy` benchmark's
+    /// forwarder-level sink), counted by the kernel's per-queue xdp_drops; run it inside a
+    /// namespace you made (`ip netns exec NS flagella-bench xdp-sink --dev eth0`).
+    XdpSink(XdpSinkArgs),
+>>>>>>> 18bench
 }
 
 const INGRESS_HELP: &str = "\
@@ -295,6 +394,15 @@ pub struct GenArgs {
     /// packet and xdp: the source IPv4 address (the pod's).
     #[arg(long)]
     pub src: Option<std::net::Ipv4Addr>,
+    /// xdp only: offer this many packets per second (paced, at most 64 frames at a time)
+    /// instead of sending flat out. `sent` then reports what actually went out.
+    #[arg(long, value_name = "PPS", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// xdp only: write the send time (CLOCK_MONOTONIC ns, little-endian) into the first 8
+    /// payload bytes of every frame, for `sink --latency`; the frames then carry no UDP
+    /// checksum (0). Needs --size 50 or more.
+    #[arg(long)]
+    pub stamp: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -315,6 +423,21 @@ pub struct SinkArgs {
     /// (what `forward` reads).
     #[arg(long)]
     pub samples: bool,
+    /// Read the send time `gen --stamp` wrote into each datagram and print one-way latency
+    /// (p50, p99, p99.9 and a CDF) at the end, as a `latency ...` line. Keeps at most
+    /// 4,000,000 samples (the first ones).
+    #[arg(long)]
+    pub latency: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct XdpSinkArgs {
+    /// The interface, in this namespace, to drop everything on.
+    #[arg(long, default_value = "eth0")]
+    pub dev: String,
+    /// Seconds to hold the program (it leaves the interface when this process exits).
+    #[arg(long, default_value_t = 3600.0, value_parser = parse_seconds)]
+    pub duration: f64,
 }
 
 /// Options shared by `forward` and `report`.
@@ -537,6 +660,177 @@ pub struct ScaleArgs {
     pub markdown: bool,
 }
 
+const POLICY_HELP: &str = "\
+Topology (prefix fbp-<pid>-<n>, removed on exit, pass or fail): a node namespace and two pods
+(A 10.81.0.11, B 10.81.0.12) on veths, as `forward` builds it; pod A sends UDP from the
+built-in AF_XDP generator (--generator xdp) to B:9000, every target in its own topology.
+Targets, each with N entries (--entries) besides the one that admits A -> B:
+  flagella         flagella-dataplane; N more entries (other identities, udp/9000, allow) in
+                   B's ingress policy map, conntrack on as always
+  iptables-nft     kernel forwarding; FORWARD policy DROP, N non-matching ACCEPT rules
+  iptables-legacy  (other sources), then A's rule last: the chain is walked per packet
+  nft-set          kernel forwarding; one nftables rule `ip saddr @allowed accept` over a set of
+                   N + 1 addresses
+  ceiling          (always) the generator into an XDP_DROP on its own first hop: what it can
+                   send at all; a point at 90% of it or more is flagged generator-bound
+Sinks: --sink xdp (default) counts at pod B's eth0 with an XDP_DROP program (the kernel's
+xdp_drops: what the forwarder delivered); --sink udp counts datagrams delivered to a UDP socket
+in pod B (/proc/net/snmp InDatagrams: what an application gets). Latency always uses the UDP
+sink: the generator stamps each frame (CLOCK_MONOTONIC), the sink reads the stamps.
+Method: per point, --trials searches; each runs flat out, then bisects the offered rate until
+the loss is at most --loss (fraction) within --resolution; median, minimum and maximum of the
+found rates; then one latency trial per --latency-fractions of the median rate.
+Output in --out: report.json, report.md, throughput.png (found rate vs entries per target),
+latency.png (latency CDF per target at the largest entry count).
+
+Typical use (as root, from the workspace):
+  scripts/install-deps.sh iptables nftables ethtool
+  cargo build --release -p dataplane --features afxdp --bin flagella-dataplane
+  cargo build --release -p bench
+  sudo target/release/flagella-bench policy --quick              # under 2 minutes
+  sudo target/release/flagella-bench policy --entries 0,1000,10000,100000";
+
+/// What forwards in the `policy` benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyTarget {
+    /// flagella-dataplane with N extra entries in the destination's ingress policy map.
+    Flagella,
+    /// Kernel forwarding with N iptables rules before the matching one (nft backend).
+    IptablesNft,
+    /// The same with the legacy (x_tables) backend.
+    IptablesLegacy,
+    /// Kernel forwarding with one nftables rule over a set of N + 1 source addresses.
+    NftSet,
+}
+
+impl PolicyTarget {
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyTarget::Flagella => "flagella",
+            PolicyTarget::IptablesNft => "iptables-nft",
+            PolicyTarget::IptablesLegacy => "iptables-legacy",
+            PolicyTarget::NftSet => "nft-set",
+        }
+    }
+}
+
+/// Where the `policy` benchmark counts what arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    /// XDP_DROP on pod B's eth0, counted by the kernel (forwarder-level truth).
+    Xdp,
+    /// A UDP socket in pod B, counted by the namespace's InDatagrams (application-level truth).
+    Udp,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct PolicyArgs {
+    /// Policy entries on the destination, comma-separated (0..=100000).
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,10000", value_parser = parse_entries)]
+    pub entries: Vec<u32>,
+    /// Targets, comma-separated (the generator's ceiling is always measured).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "flagella,iptables-nft,iptables-legacy,nft-set"
+    )]
+    pub targets: Vec<PolicyTarget>,
+    /// Where arrivals are counted during the rate search.
+    #[arg(long, value_enum, default_value_t = SinkKind::Xdp)]
+    pub sink: SinkKind,
+    /// Highest loss that passes, as a fraction (0.001 = 0.1%).
+    #[arg(long, default_value_t = 0.001, value_parser = parse_fraction)]
+    pub loss: f64,
+    /// Searches per point (median and spread are over these).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub trials: u32,
+    /// Seconds of each trial (one offered rate).
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
+    pub trial_secs: f64,
+    /// The search stops when its bracket is narrower than this fraction of its top.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_fraction)]
+    pub resolution: f64,
+    /// Paced trials per search at most (after the flat-out one).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub max_steps: u32,
+    /// Fractions of the found rate at which latency is measured, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9", value_parser = parse_fraction)]
+    pub latency_fractions: Vec<f64>,
+    /// Seconds of each latency trial.
+    #[arg(long, default_value_t = 3.0, value_parser = parse_seconds)]
+    pub latency_secs: f64,
+    /// Flows (source ports) of the generator.
+    #[arg(long, default_value_t = 64, value_parser = parse_flows)]
+    pub flows: u32,
+    /// Frame size (50 or more: the latency stamp needs 8 payload bytes).
+    #[arg(long, default_value_t = 64, value_parser = parse_frame_size)]
+    pub size: usize,
+    /// Directory for report.json, report.md, throughput.png and latency.png.
+    #[arg(long, default_value = "flagella-bench-policy")]
+    pub out: PathBuf,
+    /// Under 2 minutes: entries 0,1000, one search per point of 0.5 s trials and at most 4
+    /// steps, one latency trial (0.5 of the rate, 1 s). Explicit options given with it are
+    /// overridden.
+    #[arg(long)]
+    pub quick: bool,
+    /// CPU of the generator.
+    #[arg(long, default_value_t = 0)]
+    pub gen_core: usize,
+    /// CPU of flagella's worker.
+    #[arg(long, default_value_t = 1)]
+    pub worker_core: usize,
+    /// Nice value (-20..=19) for the generator, the sinks and flagella-dataplane.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
+    /// The flagella-dataplane binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub dataplane: Option<PathBuf>,
+    /// flagella-dataplane's --idle-sleep-us (0, the default: the worker spins).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub idle_sleep_us: u64,
+}
+
+impl PolicyArgs {
+    /// `--quick`'s settings applied.
+    pub fn effective(&self) -> PolicyArgs {
+        let mut a = self.clone();
+        if a.quick {
+            a.entries = vec![0, 1000];
+            a.trials = 1;
+            a.trial_secs = 0.5;
+            a.max_steps = 4;
+            a.resolution = a.resolution.max(0.1);
+            a.latency_fractions = vec![0.5];
+            a.latency_secs = 1.0;
+        }
+        a
+    }
+}
+
+fn parse_entries(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if n <= 100_000 {
+        Ok(n)
+    } else {
+        Err(format!("{n} entries: use 0..=100000"))
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if x.is_finite() && x > 0.0 && x <= 1.0 {
+        Ok(x)
+    } else {
+        Err(format!(
+            "{s}: use a fraction in (0, 1], e.g. 0.001 for 0.1%"
+        ))
+    }
+}
+
 fn parse_endpoints(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
     if (2..=25_100).contains(&n) {
@@ -575,6 +869,15 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         Ok(x)
     } else {
         Err(format!("{s} seconds: use a number in (0, 86400]"))
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if x.is_finite() && (1.0..=100e6).contains(&x) {
+        Ok(x)
+    } else {
+        Err(format!("{s} packets per second: use 1..=100000000"))
     }
 }
 

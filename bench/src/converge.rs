@@ -735,6 +735,7 @@ fn with_etcd(ctx: &SizeContext, etcd: &mut Etcd, r: &mut SizeResult) -> Result<(
         nice: 0,
         idle_sleep_us: 0,
         masquerade_ports: None,
+        extra_args: Vec::new(),
     };
     let (_dp, socket) = start_dataplane(&topo.node, &pod_interfaces(topo), &launch, dir)?;
     let t = Instant::now();

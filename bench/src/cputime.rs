@@ -110,17 +110,25 @@ mod tests {
 
     #[test]
     fn this_test_threads_time_is_readable() {
-        // Burn a little CPU in a named thread and find it by its name.
+        // Burn CPU in a named thread, found by its name, until the kernel has charged it a
+        // tick: on a loaded machine a fixed wall-clock spin may never get the CPU for one.
+        // The bound only keeps a broken reader from hanging the suite.
         let handle = std::thread::Builder::new()
             .name("cputime-probe".into())
             .spawn(|| {
-                let start = std::time::Instant::now();
+                let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
                 let mut x = 0u64;
-                while start.elapsed() < std::time::Duration::from_millis(50) {
-                    x = x.wrapping_mul(31).wrapping_add(7);
+                loop {
+                    for _ in 0..1_000_000 {
+                        x = x.wrapping_mul(31).wrapping_add(7);
+                    }
+                    std::hint::black_box(x);
+                    let t = threads_cpu_time(std::process::id(), "cputime-probe");
+                    let charged = matches!(&t, Ok(t) if t.user_ns + t.kernel_ns > 0);
+                    if charged || std::time::Instant::now() > give_up {
+                        return t;
+                    }
                 }
-                std::hint::black_box(x);
-                threads_cpu_time(std::process::id(), "cputime-probe")
             })
             .expect("spawn");
         let t = handle.join().expect("join").expect("readable");

@@ -220,7 +220,7 @@ fn start_target(
 }
 
 /// Spawns `flagella-bench <args>` in `ns` with stdout collected by a thread.
-fn spawn_self(
+pub(crate) fn spawn_self(
     name: &str,
     ns: &str,
     args: &[String],
@@ -470,7 +470,7 @@ fn cpu_per_packet(start: Option<&CpuTime>, end: CpuTime, packets: u64) -> Option
 }
 
 /// Waits for a child up to `timeout`; true when it exited successfully.
-fn wait_child(c: &mut ChildGuard, timeout: Duration) -> Result<bool, BenchError> {
+pub(crate) fn wait_child(c: &mut ChildGuard, timeout: Duration) -> Result<bool, BenchError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(status) = c

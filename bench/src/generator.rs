@@ -8,6 +8,11 @@ use crate::{pktgen, xdpgen, BenchError};
 
 /// Runs the generator `args` names until its duration is over.
 pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
+    if (args.rate.is_some() || args.stamp) && args.generator != Generator::Xdp {
+        return Err(BenchError::Failed(
+            "--rate and --stamp need --generator xdp (the only paced, stamping generator)".into(),
+        ));
+    }
     match args.generator {
         Generator::Socket => generate_socket(args),
         Generator::Packet => generate_packets(args),

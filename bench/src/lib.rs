@@ -18,11 +18,24 @@
 //! - [`converge`]: policy convergence (etcd write -> first packet decided by it) against
 //!   iptables-restore and nftables; [`synth`] the synthetic cluster and the baselines' rule
 //!   text, [`etcd`] the etcd server and client, [`probe`] the probe sender and receiver.
+<<<<<<< HEAD
+//! - [`cni_add`]: CNI ADD latency, flagella-cni (etcd, agent, dataplane) against Debian's
+//!   ptp + host-local in one node namespace.
+//! - [`monitor_cost`]: what a `flagella monitor` client costs an allowed transfer beside a
+//!   flood of denied packets (with and without it, alternated rounds).
+=======
+//! - [`policybench`]: policy size on the data path (`policy`): flagella with N policy entries
+//!   against iptables (nft, legacy) and an nftables set, by [`ratesearch`] (RFC 2544-style
+//!   loss-rate search) over [`trial`]s counted at an [`xdpsink`] (XDP_DROP) or a UDP socket;
+//!   [`stats`] medians and latency percentiles, [`policy_report`] the results and their table,
+//!   [`policy_output`] the files (JSON, Markdown, [`plot`]'s PNGs).
+>>>>>>> 18bench
 //! - [`signals`]: SIGINT/SIGTERM become a flag the waits poll, so the guards' `Drop` runs.
 //!
 //! The pipeline's own micro-benchmarks live in `dataplane/benches/`.
 
 pub mod cli;
+pub mod cni_add;
 pub mod connrate;
 pub mod converge;
 pub mod cputime;
@@ -32,16 +45,25 @@ pub mod generator;
 pub mod ingress;
 pub mod ingress_report;
 pub mod machine;
+pub mod monitor_cost;
 pub mod pktgen;
+pub mod plot;
+pub mod policy_output;
+pub mod policy_report;
+pub mod policybench;
 pub mod probe;
+pub mod ratesearch;
 pub mod report;
 pub mod scale;
 pub mod signals;
+pub mod stats;
 pub mod synth;
 pub mod targets;
 pub mod topo;
 pub mod traffic;
+pub mod trial;
 pub mod xdpgen;
+pub mod xdpsink;
 pub mod xnode;
 
 /// Why a benchmark step failed; each message says what to do.

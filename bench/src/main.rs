@@ -8,7 +8,9 @@ use bench::cli::{Cli, Command, ReportArgs, Target};
 use bench::generator::generate;
 use bench::report::{render, Row};
 use bench::traffic::{format_sent, sink};
-use bench::{converge, forward, ingress_report, scale, signals, xnode, BenchError};
+use bench::{
+    cni_add, converge, forward, ingress_report, monitor_cost, scale, signals, xnode, BenchError,
+};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -52,9 +54,27 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             Ok(())
         }
         Command::Scale(args) => scale_command(&args),
+        Command::Policy(args) => policy_command(&args),
+        Command::XdpSink(args) => bench::xdpsink::run(&args.dev, args.duration),
         Command::Ingress(args) => {
             let text = ingress_report::report(&args)?;
             print!("{text}");
+            Ok(())
+        }
+        Command::CniAdd(args) => {
+            let before = converge::machine_notes();
+            eprintln!("start: {before}");
+            let text = cni_add::cni_add(&args)?;
+            print!("{text}");
+            println!("\nstart: {before}\nend:   {}", converge::machine_notes());
+            Ok(())
+        }
+        Command::MonitorCost(args) => {
+            let before = converge::machine_notes();
+            eprintln!("start: {before}");
+            let text = monitor_cost::monitor_cost(&args)?;
+            print!("{text}");
+            println!("\nstart: {before}\nend:   {}", converge::machine_notes());
             Ok(())
         }
         Command::Converge(args) => {
@@ -77,6 +97,28 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             Ok(())
         }
     }
+}
+
+/// `policy`: run, write the report files, print the Markdown and where the files are.
+fn policy_command(args: &bench::cli::PolicyArgs) -> Result<(), BenchError> {
+    let args = args.effective();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut report = bench::policybench::policy(&args, command)?;
+    let files = bench::policy_output::write(&mut report, &args.out)?;
+    print!("{}", bench::policy_report::markdown(&report));
+    println!(
+        "\nwritten: {}, {}, {}, {}",
+        files.json.display(),
+        files.markdown.display(),
+        files.throughput_png.display(),
+        files.latency_png.display()
+    );
+    if report.points.iter().all(|p| p.error.is_some()) {
+        return Err(BenchError::Failed(
+            "no point was measured (each one's error is in the table above)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `scale`: the table, then the machine before and after.

@@ -172,6 +172,8 @@ pub struct DataplaneLaunch {
     pub idle_sleep_us: u64,
     /// `--masquerade-ports FIRST-LAST` (absent: the daemon's default range).
     pub masquerade_ports: Option<String>,
+    /// Further flags, as given (`monitor-cost`'s `--monitor-rate N`).
+    pub extra_args: Vec<String>,
 }
 
 impl DataplaneLaunch {
@@ -191,6 +193,7 @@ impl DataplaneLaunch {
             nice: args.nice,
             idle_sleep_us: args.idle_sleep_us,
             masquerade_ports: None,
+            extra_args: Vec::new(),
         })
     }
 }
@@ -226,6 +229,7 @@ pub fn start_dataplane(
     if let Some(ports) = &launch.masquerade_ports {
         cmd.args(["--masquerade-ports", ports]);
     }
+    cmd.args(&launch.extra_args);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
     let mut daemon = ChildGuard::spawn("flagella-dataplane", &mut cmd)?;
     wait_for(

@@ -84,6 +84,11 @@ impl Namespaces {
         Ok(())
     }
 
+    /// Takes namespace `name`, created elsewhere (`ip netns add`), to delete it with the others.
+    pub fn adopt(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+
     /// The namespaces created so far, in order.
     pub fn names(&self) -> &[String] {
         &self.0

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use crate::cli::{GenArgs, SinkArgs, MIN_FRAME};
 use crate::BenchError;
 
+/// At most this many latency samples are kept by `sink --latency` (32 MiB).
+const MAX_LATENCY_SAMPLES: usize = 4_000_000;
+
 /// Receive buffer the sink asks for (SO_RCVBUFFORCE as root, else capped by rmem_max).
 const SINK_RCVBUF: libc::c_int = 64 << 20;
 
@@ -445,6 +448,11 @@ pub fn sink(args: &SinkArgs, out: &mut impl Write) -> Result<SinkResult, BenchEr
     };
     let mut next_report = start + period;
     let (mut packets, mut at_last_report) = (0u64, 0u64);
+    let mut latencies: Vec<u64> = if args.latency {
+        Vec::with_capacity(MAX_LATENCY_SAMPLES)
+    } else {
+        Vec::new()
+    };
     let report_err = |e| BenchError::io("writing the sink's output", e);
     while !crate::signals::stopping() {
         // SAFETY: `msgs` holds `msgs.len()` headers pointing at live buffers of the stated
@@ -460,6 +468,9 @@ pub fn sink(args: &SinkArgs, out: &mut impl Write) -> Result<SinkResult, BenchEr
         };
         if n > 0 {
             packets += n as u64;
+            if args.latency {
+                record_latencies(&bufs, &msgs[..n as usize], &mut latencies);
+            }
         }
         let now = Instant::now();
         if now >= next_report {
@@ -485,6 +496,14 @@ pub fn sink(args: &SinkArgs, out: &mut impl Write) -> Result<SinkResult, BenchEr
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    if args.latency {
+        match crate::stats::Latency::of(&mut latencies) {
+            Some(l) => writeln!(out, "{}", l.to_line()).map_err(report_err)?,
+            None => {
+                writeln!(out, "latency none (no stamped datagram arrived)").map_err(report_err)?
+            }
+        }
+    }
     writeln!(
         out,
         "total {packets} {seconds:.3} {:.0}",
@@ -492,6 +511,27 @@ pub fn sink(args: &SinkArgs, out: &mut impl Write) -> Result<SinkResult, BenchEr
     )
     .map_err(report_err)?;
     Ok(SinkResult { packets, seconds })
+}
+
+/// The one-way latency of each received datagram: now minus the send time `gen --stamp`
+/// wrote into its first 8 payload bytes (CLOCK_MONOTONIC, one clock for every namespace).
+/// Datagrams without a plausible stamp (short, zero, in the future) are skipped.
+fn record_latencies(bufs: &[[u8; 2048]], msgs: &[libc::mmsghdr], out: &mut Vec<u64>) {
+    let now = monotonic_ns();
+    for (buf, m) in bufs.iter().zip(msgs) {
+        if out.len() >= MAX_LATENCY_SAMPLES {
+            return;
+        }
+        if (m.msg_len as usize) < 8 {
+            continue;
+        }
+        let mut stamp = [0u8; 8];
+        stamp.copy_from_slice(&buf[..8]);
+        let sent = u64::from_le_bytes(stamp);
+        if sent != 0 && sent <= now {
+            out.push(now - sent);
+        }
+    }
 }
 
 /// One `sample` line of the sink: (monotonic ns, packets so far).
@@ -561,6 +601,8 @@ mod tests {
             dev: None,
             dst_mac: None,
             src: None,
+            rate: None,
+            stamp: false,
         };
         let frames = flow_frames(&args, "10.81.0.11".parse().unwrap(), [2; 6], [4; 6]);
         assert_eq!(frames.len(), 3);

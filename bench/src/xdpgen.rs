@@ -11,7 +11,12 @@
 //! - The UMEM holds `max(flows, MIN_FRAMES)` frames (capped at [`MAX_FRAMES`]); frame `i`
 //!   carries flow `i % flows`, built by [`crate::traffic::flow_frames`] exactly as for
 //!   `--generator packet`. Frames are written once, before the socket exists, and never again,
-//!   so the kernel reading a frame while it is also queued a second time is harmless.
+//!   so the kernel reading a frame while it is also queued a second time is harmless. With
+//!   `--stamp`, the 8 timestamp bytes at the payload's start are written while the frame is
+//!   on the free queue (ours), just before it is produced, and never while the kernel owns it.
+//! - `--rate`: a frame may go once `rate x elapsed` frames are due; the loop produces at most
+//!   the frames due (and at most [`BATCH`]) per iteration, so the offered load is smooth on
+//!   the scale of a batch.
 //! - Ownership of frames (xsk-rs's safety contract): every frame index is at any time either
 //!   on the free queue (ours) or on the TX/completion rings (the kernel's); it moves to the
 //!   kernel only through `TxQueue::produce` (the unproduced tail goes back to the free queue)
@@ -70,8 +75,8 @@ pub fn frame_count(flows: u32) -> u32 {
 
 /// The TX side of one AF_XDP socket and the frames it sends.
 struct Sender {
-    /// Keeps the mapping alive (the socket holds a clone as well).
-    _umem: Umem,
+    /// Keeps the mapping alive (the socket holds a clone as well); `--stamp` writes through it.
+    umem: Umem,
     tx: TxQueue,
     comp: CompQueue,
     /// Frame `i`'s descriptor with its length set; sent as copies, never modified.
@@ -83,7 +88,14 @@ struct Sender {
     /// Completion ring output.
     done: Vec<FrameDesc>,
     tx_budget: Option<libc::c_uint>,
+    /// Write the send time into each frame before it is produced.
+    stamp: bool,
 }
+
+/// Where `--stamp` writes: the first payload byte (Ethernet 14 + IPv4 20 + UDP 8).
+pub const STAMP_AT: usize = 42;
+/// The UDP checksum's offset in the frame (zeroed with `--stamp`: IPv4 UDP may carry none).
+const UDP_CHECKSUM_AT: usize = 40;
 
 /// The source MAC of `dev` in this thread's namespace (`/sys` may belong to another one).
 fn interface_mac(dev: &str) -> Result<[u8; 6], BenchError> {
@@ -142,7 +154,7 @@ fn queue_size(n: u32) -> Result<QueueSize, BenchError> {
 impl Sender {
     /// Creates the UMEM, writes `frames` into it (frame `i` holds `frames[i % len]`) and opens
     /// a TX socket on `dev` queue 0.
-    fn open(dev: &str, frames: &[Vec<u8>], count: u32) -> Result<Sender, BenchError> {
+    fn open(dev: &str, frames: &[Vec<u8>], count: u32, stamp: bool) -> Result<Sender, BenchError> {
         let umem_err = |e: String| {
             BenchError::Failed(format!(
                 "AF_XDP UMEM of {count} x {FRAME_SIZE} bytes: {e} (root, and `ulimit -l unlimited` \
@@ -196,7 +208,7 @@ impl Sender {
         })?;
         let tx_budget = set_tx_budget(&tx, TX_BUDGET).then_some(TX_BUDGET);
         Ok(Sender {
-            _umem: umem,
+            umem,
             tx,
             comp,
             free: (0..count).collect(),
@@ -204,14 +216,17 @@ impl Sender {
             batch: Vec::with_capacity(BATCH),
             done: vec![FrameDesc::default(); COMP_SIZE as usize],
             tx_budget,
+            stamp,
         })
     }
 
-    /// Puts up to [`BATCH`] free frames on the TX ring; returns how many it took.
+    /// Puts up to `limit` (at most [`BATCH`]) free frames on the TX ring; returns how many it
+    /// took.
     #[inline]
-    fn produce(&mut self) -> usize {
+    fn produce(&mut self, limit: usize) -> usize {
         self.batch.clear();
-        while self.batch.len() < BATCH {
+        let limit = limit.min(BATCH);
+        while self.batch.len() < limit {
             let Some(i) = self.free.pop_front() else {
                 break;
             };
@@ -223,6 +238,9 @@ impl Sender {
         if self.batch.is_empty() {
             return 0;
         }
+        if self.stamp {
+            self.stamp_batch();
+        }
         // SAFETY: every descriptor is a frame of this socket's UMEM taken off the free queue
         // (owned by no ring) with its length set; the ones the ring does not take go back to
         // the free queue below, the rest are not touched until the completion ring returns
@@ -233,6 +251,21 @@ impl Sender {
                 .push_front((d.addr() / FRAME_SIZE as usize) as u32);
         }
         taken
+    }
+
+    /// Writes the current CLOCK_MONOTONIC time into every frame of the batch.
+    fn stamp_batch(&mut self) {
+        let now = crate::traffic::monotonic_ns().to_le_bytes();
+        for d in &self.batch {
+            let mut desc = *d;
+            // SAFETY: the frame was just taken off the free queue, so no ring holds it and
+            // the kernel does not read it until it is produced below; the view ends with the
+            // statement.
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            if let Some(slot) = data.contents_mut().get_mut(STAMP_AT..STAMP_AT + 8) {
+                slot.copy_from_slice(&now);
+            }
+        }
     }
 
     /// Kicks the kernel when it asks to be (copy mode: every `sendto` transmits up to the
@@ -282,8 +315,21 @@ fn set_tx_budget(tx: &TxQueue, budget: libc::c_uint) -> bool {
 pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
     let (dev, dst_mac, src) = frame_generator_args(args, "xdp")?;
     let src_mac = interface_mac(dev)?;
-    let frames = flow_frames(args, src, src_mac, dst_mac);
-    let mut sender = Sender::open(dev, &frames, frame_count(args.flows))?;
+    if args.stamp && args.size < STAMP_AT + 8 {
+        return Err(BenchError::Failed(format!(
+            "--stamp needs --size {} or more (8 payload bytes for the time)",
+            STAMP_AT + 8
+        )));
+    }
+    let mut frames = flow_frames(args, src, src_mac, dst_mac);
+    if args.stamp {
+        for f in &mut frames {
+            if let Some(sum) = f.get_mut(UDP_CHECKSUM_AT..UDP_CHECKSUM_AT + 2) {
+                sum.fill(0);
+            }
+        }
+    }
+    let mut sender = Sender::open(dev, &frames, frame_count(args.flows), args.stamp)?;
     if sender.tx_budget.is_none() {
         eprintln!(
             "gen: this kernel lacks XDP_MAX_TX_SKB_BUDGET; copy mode sends 32 frames per sendto"
@@ -296,12 +342,17 @@ pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
     let end = start + Duration::from_secs_f64(args.duration);
     let mut result = GenResult::default();
     let mut rounds = 0u32;
+    let mut produced = 0u64;
     loop {
         rounds = rounds.wrapping_add(1);
         if rounds % 64 == 0 && (Instant::now() >= end || crate::signals::stopping()) {
             break;
         }
-        sender.produce();
+        let limit = match args.rate {
+            Some(rate) => frames_due(rate, start.elapsed(), produced),
+            None => BATCH,
+        };
+        produced += sender.produce(limit) as u64;
         if !sender.kick() {
             result.send_errors += 1;
         }
@@ -318,9 +369,25 @@ pub fn generate(args: &GenArgs) -> Result<GenResult, BenchError> {
     Ok(result)
 }
 
+/// Frames that may go now at `rate` per second, `elapsed` after the start, `produced` having
+/// gone (capped at [`BATCH`]).
+pub fn frames_due(rate: f64, elapsed: Duration, produced: u64) -> usize {
+    let due = (rate * elapsed.as_secs_f64()) as u64;
+    due.saturating_sub(produced).min(BATCH as u64) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacing_lets_out_what_is_due_and_no_more_than_a_batch() {
+        let ms = Duration::from_millis;
+        assert_eq!(frames_due(1000.0, ms(10), 0), 10);
+        assert_eq!(frames_due(1000.0, ms(10), 10), 0);
+        assert_eq!(frames_due(1000.0, ms(10), 20), 0);
+        assert_eq!(frames_due(1e6, ms(10), 0), BATCH);
+    }
 
     #[test]
     fn frame_count_is_bounded() {

@@ -51,6 +51,7 @@ fn xdp_generator_packets_reach_the_sink() {
             batch: 64,
             core: None,
             samples: false,
+            latency: false,
         };
         bench::traffic::sink(&args, &mut Vec::new()).unwrap()
     });
@@ -72,6 +73,8 @@ fn xdp_generator_packets_reach_the_sink() {
             dev: Some("eth0".into()),
             dst_mac: Some(ROUTER_MAC.into()),
             src: Some(src),
+            rate: None,
+            stamp: false,
         };
         bench::generator::generate(&args)
     });

@@ -123,6 +123,7 @@ fn frames_reach_the_sink(target: XnodeTarget, n: u32) {
             batch: 64,
             core: None,
             samples: false,
+            latency: false,
         };
         bench::traffic::sink(&args, &mut Vec::new()).unwrap()
     });
@@ -141,6 +142,8 @@ fn frames_reach_the_sink(target: XnodeTarget, n: u32) {
             dev: None,
             dst_mac: None,
             src: Some(a_ip),
+            rate: None,
+            stamp: false,
         };
         bench::generator::generate(&args)
     });

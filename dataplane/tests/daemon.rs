@@ -458,6 +458,42 @@ fn veths_with_xdp(topo: &Topology) -> Vec<String> {
     with_xdp
 }
 
+/// An interface added at run time (`interface.add`) shows its XDP program's counters in
+/// `/metrics` as the configured ones do, and no longer once removed.
+fn check_hot_interface_metrics(topo: &Topology, client: &mut Client, checks: &mut Checks) {
+    let ifname = format!("fdm{}x", std::process::id());
+    let peer = format!("fdm{}y", std::process::id());
+    ip_in(
+        &topo.node,
+        &[
+            "link", "add", &ifname, "type", "veth", "peer", "name", &peer,
+        ],
+    );
+    for dev in [&ifname, &peer] {
+        ip_in(&topo.node, &["link", "set", dev, "up"]);
+    }
+    let sample = format!("flagella_xdp_redirected_total{{interface=\"{ifname}\"}}");
+    client.ok(json!({"op": "interface.add", "ifname": ifname}));
+    let metrics = scrape_metrics(&topo.node);
+    checks.that(
+        "/metrics shows the XDP program counters of an interface added at run time",
+        metric_value(&metrics, &sample).is_some(),
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("flagella_xdp_redirected"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    client.ok(json!({"op": "interface.remove", "ifname": ifname}));
+    let metrics = scrape_metrics(&topo.node);
+    checks.that(
+        "... and no longer once it is removed",
+        metric_value(&metrics, &sample).is_none(),
+        format!("{sample} still there"),
+    );
+    ip_in(&topo.node, &["link", "del", &ifname]);
+}
+
 #[test]
 fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
     if let Err(why) = preflight() {
@@ -585,6 +621,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
         "tcp A -> B under B's ingress policy",
         ECHO.exchange(&a.ns, b.ip, long),
     );
+    check_hot_interface_metrics(&topo, &mut client, &mut checks);
 
     // Egress of B: nothing new may leave B. The replies of A's connection pass (conntrack),
     // B's own new connection to A does not.

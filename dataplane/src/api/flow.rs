@@ -4,10 +4,11 @@
 //! One definition of the wire shape: the monitor socket writes it, `flagella monitor` reads it
 //! (see docs/monitor.md). Runs on the monitor thread, never on a worker.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::pipeline::event::Event;
 use crate::pipeline::Verdict;
@@ -43,42 +44,66 @@ impl Clock {
     }
 }
 
-/// The flow record of one event (`{"flow": {...}, "time_ns": ...}`), one JSON line.
-pub fn flow_json(e: &Event, worker: usize, clock: &Clock) -> Value {
-    let mut flow = Map::new();
-    flow.insert("time_ns".into(), json!(clock.wall_ns(e.time_ns)));
-    flow.insert("verdict".into(), json!(verdict_name(e.verdict)));
+/// Appends the flow record of one event (`{"flow": {...}}`, one JSON object, no newline) to
+/// `out`.
+///
+/// Written straight into `out` rather than built as a `serde_json::Value`: the monitor thread
+/// encodes up to its rate limit's worth of events a second beside the workers, and a `Value`
+/// costs a dozen allocations an event (a map, its keys, nested objects, the address strings);
+/// into a reused `out`, this costs none. Every string written is a fixed name or a number, so
+/// nothing needs escaping. The unit tests parse the result with serde_json.
+pub fn write_flow(out: &mut String, e: &Event, worker: usize, clock: &Clock) {
+    // `fmt::Write` for `String` never fails: the results are ignored on purpose.
+    let _ = write!(
+        out,
+        r#"{{"flow":{{"time_ns":{},"verdict":"{}""#,
+        clock.wall_ns(e.time_ns),
+        verdict_name(e.verdict)
+    );
     if let Some(reason) = e.reason() {
-        flow.insert("drop_reason".into(), json!(reason.code()));
-        flow.insert("drop_reason_desc".into(), json!(reason.name()));
+        let _ = write!(
+            out,
+            r#","drop_reason":{},"drop_reason_desc":"{}""#,
+            reason.code(),
+            reason.name()
+        );
     }
     if let Some(stage) = e.stage {
-        flow.insert("stage".into(), json!(stage.name()));
+        let _ = write!(out, r#","stage":"{}""#, stage.name());
     }
-    flow.insert("event_type".into(), json!({ "type": e.kind.name() }));
-    flow.insert("traffic_direction".into(), json!(e.direction()));
-    flow.insert("interface".into(), json!({ "index": e.ingress_ifindex }));
+    let _ = write!(
+        out,
+        r#","event_type":{{"type":"{}"}},"traffic_direction":"{}","interface":{{"index":{}}}"#,
+        e.kind.name(),
+        e.direction(),
+        e.ingress_ifindex
+    );
     if let Verdict::Tx { ifindex } = e.verdict {
-        flow.insert("egress_interface".into(), json!({ "index": ifindex }));
+        let _ = write!(out, r#","egress_interface":{{"index":{ifindex}}}"#);
     }
-    flow.insert(
-        "source".into(),
-        endpoint_json(e.src_identity.0, e.src_ep.map(|ep| ep.0)),
-    );
-    flow.insert(
-        "destination".into(),
-        endpoint_json(e.dst_identity.0, e.dst_ep.map(|ep| ep.0)),
-    );
+    out.push_str(r#","source":"#);
+    write_endpoint(out, e.src_identity.0, e.src_ep.map(|ep| ep.0));
+    out.push_str(r#","destination":"#);
+    write_endpoint(out, e.dst_identity.0, e.dst_ep.map(|ep| ep.0));
     if e.tuple.proto != 0 {
-        flow.insert("IP".into(), ip_json(e));
-        if let Some(l4) = l4_json(e) {
-            flow.insert("l4".into(), l4);
-        }
+        write_ip(out, e);
+        write_l4(out, e);
     }
-    flow.insert("worker".into(), json!(worker));
-    flow.insert("frame_len".into(), json!(e.frame_len));
-    flow.insert("frame_hex".into(), json!(hex(e.frame())));
-    json!({ "flow": Value::Object(flow) })
+    let _ = write!(
+        out,
+        r#","worker":{worker},"frame_len":{},"frame_hex":""#,
+        e.frame_len
+    );
+    write_hex(out, e.frame());
+    out.push_str("\"}}");
+}
+
+/// The flow record of one event as a `Value` (tests and callers that inspect it; the monitor
+/// writes [`write_flow`]'s text, which this parses: one definition).
+pub fn flow_json(e: &Event, worker: usize, clock: &Clock) -> Value {
+    let mut line = String::new();
+    write_flow(&mut line, e, worker, clock);
+    serde_json::from_str(&line).unwrap_or(Value::Null)
 }
 
 /// `{"lost_events": {...}}`: `lost` events dropped at `source` (`worker_ring` with its worker,
@@ -100,51 +125,65 @@ fn verdict_name(v: Verdict) -> &'static str {
     }
 }
 
-fn endpoint_json(identity: u32, endpoint: Option<u32>) -> Value {
-    let mut v = json!({ "identity": identity });
-    if let (Some(id), Some(map)) = (endpoint, v.as_object_mut()) {
-        map.insert("ID".into(), json!(id));
+fn write_endpoint(out: &mut String, identity: u32, endpoint: Option<u32>) {
+    let _ = write!(out, r#"{{"identity":{identity}"#);
+    if let Some(id) = endpoint {
+        let _ = write!(out, r#","ID":{id}"#);
     }
-    v
+    out.push('}');
 }
 
-fn ip_json(e: &Event) -> Value {
+fn write_ip(out: &mut String, e: &Event) {
     let version = match e.tuple.src {
         IpAddr::V4(_) => "IPv4",
         IpAddr::V6(_) => "IPv6",
     };
-    json!({
-        "source": e.tuple.src.to_string(),
-        "destination": e.tuple.dst.to_string(),
-        "ipVersion": version,
-    })
+    let _ = write!(
+        out,
+        r#","IP":{{"source":"{}","destination":"{}","ipVersion":"{version}"}}"#,
+        e.tuple.src, e.tuple.dst
+    );
 }
 
-fn l4_json(e: &Event) -> Option<Value> {
+fn write_l4(out: &mut String, e: &Event) {
     let t = &e.tuple;
-    Some(match t.proto {
-        TCP => json!({ "TCP": {
-            "source_port": t.sport,
-            "destination_port": t.dport,
-            "flags": tcp_flags_json(e.tcp_flags),
-        }}),
-        UDP => json!({ "UDP": { "source_port": t.sport, "destination_port": t.dport } }),
-        ICMPV4 => json!({ "ICMPv4": icmp_json(e) }),
-        ICMPV6 => json!({ "ICMPv6": icmp_json(e) }),
-        _ => return None,
-    })
+    let _ = match t.proto {
+        TCP => {
+            let _ = write!(
+                out,
+                r#","l4":{{"TCP":{{"source_port":{},"destination_port":{},"flags":"#,
+                t.sport, t.dport
+            );
+            write_tcp_flags(out, e.tcp_flags);
+            out.push_str("}}");
+            Ok(())
+        }
+        UDP => write!(
+            out,
+            r#","l4":{{"UDP":{{"source_port":{},"destination_port":{}}}}}"#,
+            t.sport, t.dport
+        ),
+        ICMPV4 => write_icmp(out, "ICMPv4", e),
+        ICMPV6 => write_icmp(out, "ICMPv6", e),
+        _ => Ok(()),
+    };
 }
 
-/// `{"type": 8, "code": 0}`, as Hubble writes ICMP (no `code` when the event lost it).
-fn icmp_json(e: &Event) -> Value {
+/// `,"l4":{"ICMPv4":{"type":8,"code":0}}`, as Hubble writes ICMP (no `code` when the event
+/// lost it).
+fn write_icmp(out: &mut String, family: &str, e: &Event) -> std::fmt::Result {
     match e.icmp_code {
-        Some(code) => json!({ "type": e.icmp_type, "code": code }),
-        None => json!({ "type": e.icmp_type }),
+        Some(code) => write!(
+            out,
+            r#","l4":{{"{family}":{{"type":{},"code":{code}}}}}"#,
+            e.icmp_type
+        ),
+        None => write!(out, r#","l4":{{"{family}":{{"type":{}}}}}"#, e.icmp_type),
     }
 }
 
-/// `{"SYN": true, "ACK": true}` for the flags set, as Hubble writes them.
-fn tcp_flags_json(flags: u8) -> Value {
+/// `{"SYN":true,"ACK":true}` for the flags set, as Hubble writes them.
+fn write_tcp_flags(out: &mut String, flags: u8) {
     const NAMES: [(u8, &str); 8] = [
         (0x01, "FIN"),
         (0x02, "SYN"),
@@ -155,21 +194,24 @@ fn tcp_flags_json(flags: u8) -> Value {
         (0x40, "ECE"),
         (0x80, "CWR"),
     ];
-    let set: Map<String, Value> = NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, name)| ((*name).to_string(), Value::Bool(true)))
-        .collect();
-    Value::Object(set)
+    out.push('{');
+    let mut first = true;
+    for (_, name) in NAMES.iter().filter(|(bit, _)| flags & bit != 0) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, r#""{name}":true"#);
+    }
+    out.push('}');
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
+fn write_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
-    s
 }
 
 #[cfg(test)]
@@ -250,6 +292,90 @@ mod tests {
         e.capture(EventKind::Trace, &m, &[0, 0, 0x45, 0], &origin);
         let v = flow_json(&e, 0, &clock);
         assert_eq!(v["flow"]["l4"], json!({"ICMPv4": {"type": 3}}));
+    }
+
+    fn event_with(proto: u8, verdict: Verdict, src: &str, dst: &str, flags: u8) -> Event {
+        let mut m = PacketMeta::EMPTY;
+        m.verdict = verdict;
+        m.tuple.src = src.parse().unwrap();
+        m.tuple.dst = dst.parse().unwrap();
+        m.tuple.sport = 1234;
+        m.tuple.dport = 53;
+        m.tuple.proto = proto;
+        m.tcp_flags = flags;
+        let mut e = Event::EMPTY;
+        let origin = Origin {
+            ifindex: 3,
+            from_pod: false,
+            now: 7,
+        };
+        e.capture(EventKind::Trace, &m, &[0xab; 200], &origin);
+        e
+    }
+
+    #[test]
+    fn every_protocol_and_verdict_encodes_as_valid_json() {
+        let clock = Clock { offset_ns: 0 };
+        let tx = Verdict::Tx { ifindex: 9 };
+        let v = flow_json(&event_with(UDP, tx, "fd00::1", "fd00::2", 0), 0, &clock);
+        let f = &v["flow"];
+        assert_eq!(f["verdict"], "FORWARDED");
+        assert_eq!(f["egress_interface"]["index"], 9);
+        assert_eq!(f["IP"]["ipVersion"], "IPv6");
+        assert_eq!(f["IP"]["source"], "fd00::1");
+        assert_eq!(f["l4"]["UDP"]["destination_port"], 53);
+        assert_eq!(f["source"], json!({"identity": 0}), "no endpoint, no ID");
+        assert_eq!(f["frame_len"], 200);
+        assert_eq!(f["frame_hex"], "ab".repeat(128));
+        let v = flow_json(
+            &event_with(ICMPV4, Verdict::Pass, "1.2.3.4", "5.6.7.8", 0),
+            0,
+            &clock,
+        );
+        assert_eq!(v["flow"]["verdict"], "PASSED_TO_KERNEL");
+        assert_eq!(v["flow"]["l4"]["ICMPv4"]["type"], 0);
+        let v = flow_json(
+            &event_with(ICMPV6, Verdict::Pass, "::1", "::2", 0),
+            0,
+            &clock,
+        );
+        assert_eq!(v["flow"]["l4"]["ICMPv6"]["type"], 0);
+        let v = flow_json(
+            &event_with(47, Verdict::Pass, "1.2.3.4", "5.6.7.8", 0),
+            0,
+            &clock,
+        );
+        assert!(v["flow"].get("l4").is_none(), "GRE has no l4: {v}");
+        let v = flow_json(
+            &event_with(TCP, Verdict::Pass, "1.2.3.4", "5.6.7.8", 0xff),
+            0,
+            &clock,
+        );
+        let flags = v["flow"]["l4"]["TCP"]["flags"].as_object().unwrap();
+        assert_eq!(flags.len(), 8, "every flag: {v}");
+        let v = flow_json(
+            &event_with(TCP, Verdict::Pass, "1.2.3.4", "5.6.7.8", 0x12),
+            0,
+            &clock,
+        );
+        assert_eq!(
+            v["flow"]["l4"]["TCP"]["flags"],
+            json!({"SYN": true, "ACK": true})
+        );
+    }
+
+    #[test]
+    fn encoding_into_a_reused_buffer_allocates_nothing_after_the_first_event() {
+        let clock = Clock { offset_ns: 0 };
+        let e = event_with(TCP, Verdict::Pass, "fd00::1:2:3:4", "fd00::5:6:7:8", 0xff);
+        let mut line = String::new();
+        write_flow(&mut line, &e, 0, &clock);
+        let (capacity, address) = (line.capacity(), line.as_ptr());
+        for _ in 0..100 {
+            line.clear();
+            write_flow(&mut line, &e, 0, &clock);
+        }
+        assert_eq!((line.capacity(), line.as_ptr()), (capacity, address));
     }
 
     #[test]

@@ -128,8 +128,9 @@ pub fn render_monitor(stats: &MonitorStats) -> Result<String, prometheus::Error>
     let lost = IntCounterVec::new(
         Opts::new(
             "flagella_monitor_events_lost_total",
-            "Monitor events lost: `worker_ring` (a worker's ring was full), `subscriber_queue` \
-             (a subscriber read too slowly).",
+            "Monitor events lost: `worker_ring` (a worker's ring was full), `rate_limited` \
+             (over the monitor's rate, --monitor-rate), `subscriber_queue` (a subscriber read \
+             too slowly).",
         ),
         &["source"],
     )?;
@@ -138,10 +139,13 @@ pub fn render_monitor(stats: &MonitorStats) -> Result<String, prometheus::Error>
         .inc_by(stats.ring_lost.load(Ordering::Relaxed));
     lost.with_label_values(&["subscriber_queue"])
         .inc_by(stats.subscriber_lost.load(Ordering::Relaxed));
+    lost.with_label_values(&["rate_limited"])
+        .inc_by(stats.rate_limited.load(Ordering::Relaxed));
     let events = IntCounterVec::new(
         Opts::new(
             "flagella_monitor_events_total",
-            "Monitor events sent to subscribers.",
+            "Monitor events that reached the monitor while subscribers listened: sent to \
+             them, or lost for all of them (rate_limited, or every queue full).",
         ),
         &[],
     )?;

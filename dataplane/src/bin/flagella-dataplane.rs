@@ -170,6 +170,12 @@ struct Cli {
     #[arg(long)]
     monitor_trace: bool,
 
+    /// Events a second sent to monitor subscribers at most (each gets the same ones); the
+    /// rest are reported to them as lost (`rate_limited`) and counted in /metrics. Bounds the
+    /// CPU the monitor takes from forwarding under a flood of drops. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = dataplane::api::monitor::DEFAULT_RATE)]
+    monitor_rate: u32,
+
     /// Flow export: append the monitor's JSON flows (one a line, as `flagella monitor -o json`)
     /// to `file:PATH` (reopened on SIGHUP or when the path's inode changes, for logrotate), or
     /// write them to a collector's Unix stream socket `unix:PATH` (reconnected every second
@@ -409,7 +415,7 @@ fn main() -> ExitCode {
 
 #[path = "flagella-dataplane/hot_interfaces.rs"]
 mod hot_interfaces;
-use hot_interfaces::HotInterfaces;
+use hot_interfaces::{HotInterfaces, HotPrograms};
 
 fn log(message: &str) {
     eprintln!("flagella-dataplane: {message}");
@@ -549,6 +555,7 @@ fn start(
     create_socket_dir(&cfg.socket, access)?;
     let mut server =
         ControlServer::bind_with_access(&cfg.socket, access, tables.clone(), Arc::clone(stats))?;
+    let hot_programs = HotPrograms::default();
     if let Some((opener, changes)) = hot {
         let configured = running.xdp.iter().map(|x| x.ifname.clone()).collect();
         server.set_interfaces(Box::new(HotInterfaces::new(
@@ -558,6 +565,7 @@ fn start(
             changes,
             configured,
             cfg.hot_interfaces,
+            hot_programs.clone(),
         )));
     }
     running.socket = Some(cfg.socket.clone());
@@ -571,12 +579,19 @@ fn start(
     running.server = Some(handle);
 
     let observed = match hub {
-        Some(hub) => start_monitor(hub, monitor_socket(cfg, cli), export, access, running)?,
+        Some(hub) => start_monitor(
+            hub,
+            (monitor_socket(cfg, cli), cli.monitor_rate),
+            export,
+            access,
+            running,
+        )?,
         None => Observed::default(),
     };
 
     if let Ok(Some(address)) = cfg.metrics() {
-        let render = scrape(stats, tables, &running.xdp, socket_readers, observed);
+        let xdp = (running.xdp.as_slice(), hot_programs);
+        let render = scrape(stats, tables, xdp, socket_readers, observed);
         let server = MetricsServer::bind(address, render)?;
         log(&format!("metrics: http://{address}/metrics"));
         let name = "metrics".to_string();
@@ -633,12 +648,13 @@ struct Observed {
     export: Option<Arc<ExportStats>>,
 }
 
-/// Binds the monitor socket (when `path` is given) and starts the flow export (when
-/// configured), both fed by one thread that drains the workers' event rings; returns their
-/// totals. `access`: the control socket's, so whoever may use one may use the other.
+/// Binds the monitor socket (when `path` is given; its subscribers get at most `rate` events a
+/// second) and starts the flow export (when configured), both fed by one thread that drains
+/// the workers' event rings; returns their totals. `access`: the control socket's, so whoever
+/// may use one may use the other.
 fn start_monitor(
     hub: EventHub,
-    path: Option<PathBuf>,
+    (path, rate): (Option<PathBuf>, u32),
     export: Option<ExportConfig>,
     access: SocketAccess,
     running: &mut Running,
@@ -653,6 +669,7 @@ fn start_monitor(
         }
         None => MonitorServer::without_socket(hub, now),
     };
+    server.limit_rate(rate);
     let mut observed = Observed {
         monitor: Some(server.stats()),
         export: None,
@@ -1229,11 +1246,12 @@ fn stats_readers(worker: &Worker) -> Vec<(String, u32, SocketStatsReader)> {
 }
 
 /// What one scrape of `/metrics` shows: the workers' published counters, and the kernel's
-/// (every XDP program's counters, every socket's statistics) read now, on the metrics thread.
+/// (every XDP program's counters, the configured interfaces' and those added at run time,
+/// every socket's statistics) read now, on the metrics thread.
 fn scrape(
     stats: &Arc<StatsRegistry>,
     tables: &TablesHandle,
-    xdp: &[InterfaceXdp],
+    (xdp, hot): (&[InterfaceXdp], HotPrograms),
     sockets: Vec<(String, u32, SocketStatsReader)>,
     observed: Observed,
 ) -> Render {
@@ -1245,7 +1263,7 @@ fn scrape(
         .collect();
     Box::new(move || {
         let mut kernel = KernelCounters::default();
-        for (ifname, program) in &programs {
+        for (ifname, program) in programs.iter().chain(&hot.snapshot()) {
             if let Ok(c) = program.counters() {
                 kernel.programs.push((ifname.clone(), c.fields().to_vec()));
             }

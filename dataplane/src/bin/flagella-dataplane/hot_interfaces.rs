@@ -8,18 +8,50 @@
 //! passes: no lock on the packet path, no restart. Removing does the reverse: the program is
 //! detached (the kernel stops redirecting), then the worker drops the socket and takes back its
 //! frames. Interfaces of the configuration are never removed here.
+//!
+//! The programs of the interfaces added are listed in [`HotPrograms`], shared with the
+//! metrics thread, so `/metrics` shows their counters as it shows the configured interfaces'.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use dataplane::daemon::preflight;
 use dataplane::io::{PortChange, PortChanges, PortOpener, PortSpec};
 use xdp_redirect::{AttachMode, RedirectConfig, XdpAttachment, XdpProgram};
 
+/// The programs of the interfaces added at run time, by interface name: written here (on the
+/// control thread) as interfaces come and go, read at scrape time by the metrics thread.
+#[derive(Clone, Default)]
+pub struct HotPrograms(Arc<Mutex<Vec<NamedProgram>>>);
+
+/// An interface's name and its program.
+pub type NamedProgram = (String, Arc<XdpProgram>);
+
+impl HotPrograms {
+    /// The programs now (a copy: the lock is not held while the kernel is asked).
+    pub fn snapshot(&self) -> Vec<NamedProgram> {
+        self.0.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn insert(&self, ifname: &str, program: Arc<XdpProgram>) {
+        if let Ok(mut programs) = self.0.lock() {
+            programs.retain(|(name, _)| name != ifname);
+            programs.push((ifname.to_string(), program));
+        }
+    }
+
+    fn remove(&self, ifname: &str) {
+        if let Ok(mut programs) = self.0.lock() {
+            programs.retain(|(name, _)| name != ifname);
+        }
+    }
+}
+
 /// One interface added at run time.
 struct Added {
     ifindex: u32,
-    /// Kept alive with the attachment (its maps hold the socket).
-    _program: XdpProgram,
+    /// Kept alive with the attachment (its maps hold the socket); shared with `/metrics`.
+    program: Arc<XdpProgram>,
     attachment: XdpAttachment,
 }
 
@@ -33,6 +65,7 @@ pub struct HotInterfaces {
     configured: Vec<String>,
     added: HashMap<String, Added>,
     capacity: u32,
+    programs: HotPrograms,
 }
 
 impl HotInterfaces {
@@ -43,6 +76,7 @@ impl HotInterfaces {
         changes: PortChanges,
         configured: Vec<String>,
         capacity: u32,
+        programs: HotPrograms,
     ) -> HotInterfaces {
         HotInterfaces {
             mode,
@@ -52,6 +86,7 @@ impl HotInterfaces {
             configured,
             added: HashMap::new(),
             capacity,
+            programs,
         }
     }
 
@@ -74,7 +109,7 @@ impl HotInterfaces {
             .map_err(|_| "the first worker has stopped: restart flagella-dataplane".to_string())?;
         Ok(Added {
             ifindex,
-            _program: program,
+            program: Arc::new(program),
             attachment,
         })
     }
@@ -83,6 +118,7 @@ impl HotInterfaces {
         let Some(added) = self.added.remove(ifname) else {
             return false;
         };
+        self.programs.remove(ifname);
         // The interface may be gone already (its pod deleted): the kernel detached then.
         let _ = added.attachment.detach();
         let _ = self.changes.send(PortChange::Remove {
@@ -118,6 +154,7 @@ impl dataplane::api::Interfaces for HotInterfaces {
             "flagella-dataplane: {ifname}: added at run time (ifindex {}, XDP {})",
             added.ifindex, self.mode
         );
+        self.programs.insert(ifname, Arc::clone(&added.program));
         self.added.insert(ifname.to_string(), added);
         Ok(true)
     }
