@@ -232,7 +232,7 @@ mod tests {
         m.tuple.sport = 40000;
         m.tuple.dport = 80;
         m.tuple.proto = TCP;
-        m.tcp_flags = 0x02;
+        m.tcp.flags = 0x02;
         m.src_identity = Identity(1001);
         m.dst_identity = Identity(1002);
         m.src_ep = Some(EndpointId(7));
@@ -302,7 +302,7 @@ mod tests {
         m.tuple.sport = 1234;
         m.tuple.dport = 53;
         m.tuple.proto = proto;
-        m.tcp_flags = flags;
+        m.tcp.flags = flags;
         let mut e = Event::EMPTY;
         let origin = Origin {
             ifindex: 3,

@@ -111,7 +111,7 @@ impl Event {
         self.src_ep = m.src_ep;
         self.dst_ep = m.dst_ep;
         self.tuple = m.tuple;
-        self.tcp_flags = m.tcp_flags;
+        self.tcp_flags = m.tcp.flags;
         self.icmp_type = m.icmp_type;
         self.icmp_code = icmp_code(m, frame);
         self.time_ns = origin.now;
