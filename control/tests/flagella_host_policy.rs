@@ -1,8 +1,8 @@
 //! Host policies (Cilium's host firewall) in the CLI, through the binary: `flagella policy
 //! trace` to and from a node's address asks that node's host policy (offline, from the cluster
 //! file's node labels; live, from the etcd node record's labels), and `flagella policy get
-//! --host NODE` shows the compiled map with its rules (against a real etcd; skipped with a
-//! message when /usr/bin/etcd is missing).
+//! --host NODE` shows the compiled map with its rules, live (against a real etcd; skipped with a
+//! message when /usr/bin/etcd is missing) and offline (`--policies/--cluster`), the two alike.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
 
@@ -130,6 +130,76 @@ fn offline_trace_meets_the_host_policy_of_the_nodes_labels() {
     assert!(stderr(&o).contains("node:NAME"), "{}", stderr(&o));
 }
 
+/// n1's host policy: SSH in from app=a, port 80 out to app=b, each from the `workers` rule.
+fn check_n1_view(view: &Value) {
+    assert_eq!(view["labels"]["role"], "worker");
+    for (dir, port) in [("ingress", "22"), ("egress", "80")] {
+        let d = &view[dir];
+        assert_eq!(d["enforced"], true, "{view:#}");
+        let e = &d["entries"][0];
+        assert_eq!(
+            (e["protocol"].as_str(), e["ports"].as_str()),
+            (Some("TCP"), Some(port))
+        );
+        assert_eq!(e["action"], "allow");
+        assert_eq!(e["rules"][0]["policy"], "workers");
+        assert_eq!(e["rules"][0]["rule"], format!("spec.{dir}[0]"));
+    }
+}
+
+/// The view without identity numbers and the note that none is allocated yet (the offline
+/// model numbers identities itself; here no agent allocates them in etcd).
+fn without_identities(mut view: Value) -> Value {
+    for dir in ["ingress", "egress"] {
+        for e in view[dir]["entries"].as_array_mut().unwrap() {
+            let e = e.as_object_mut().unwrap();
+            e.remove("identity");
+            let remote = e["remote"].as_str().unwrap();
+            let labels = remote
+                .split(" (no cluster-wide")
+                .next()
+                .unwrap()
+                .to_string();
+            e.insert("remote".into(), Value::from(labels));
+        }
+    }
+    view
+}
+
+#[test]
+fn offline_get_host_shows_the_host_policy_of_the_nodes_labels() {
+    let dir = Dir::new("flagella-host-");
+    let policies = dir.file("fw.yaml", FIREWALL);
+    let cluster = dir.file("cluster.yaml", CLUSTER);
+    let get = |node: &str, format: &str| {
+        flagella(&[
+            "policy",
+            "get",
+            "--host",
+            node,
+            "--policies",
+            &policies,
+            "--cluster",
+            &cluster,
+            "-o",
+            format,
+        ])
+    };
+    check_n1_view(&json(&get("n1", "json")));
+    let text = ok(&get("n2", "text"));
+    assert!(text.contains("ingress: not enforced"), "{text}");
+    let text = ok(&get("n1", "text"));
+    assert!(
+        text.contains("CiliumClusterwideNetworkPolicy workers spec.ingress[0]"),
+        "{text}"
+    );
+    let o = get("n9", "text");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cluster file"), "{}", stderr(&o));
+    let o = flagella(&["policy", "get", "--host", "n1", "--cluster", &cluster]);
+    assert_eq!(o.status.code(), Some(2), "--cluster alone is refused");
+}
+
 #[test]
 fn live_trace_and_get_host_show_the_nodes_host_policy() {
     let Some(etcd) = common::Etcd::start() else {
@@ -163,19 +233,25 @@ fn live_trace_and_get_host_show_the_nodes_host_policy() {
     let view = json(&flagella(&[
         "--etcd", url, "policy", "get", "--host", "n1", "-o", "json",
     ]));
-    assert_eq!(view["labels"]["role"], "worker");
-    for (dir, port) in [("ingress", "22"), ("egress", "80")] {
-        let d = &view[dir];
-        assert_eq!(d["enforced"], true, "{view:#}");
-        let e = &d["entries"][0];
-        assert_eq!(
-            (e["protocol"].as_str(), e["ports"].as_str()),
-            (Some("TCP"), Some(port))
-        );
-        assert_eq!(e["action"], "allow");
-        assert_eq!(e["rules"][0]["policy"], "workers");
-        assert_eq!(e["rules"][0]["rule"], format!("spec.{dir}[0]"));
-    }
+    check_n1_view(&view);
+    let cluster = dir.file("cluster.yaml", CLUSTER);
+    let offline = json(&flagella(&[
+        "policy",
+        "get",
+        "--host",
+        "n1",
+        "--policies",
+        &policies,
+        "--cluster",
+        &cluster,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        without_identities(offline),
+        without_identities(view),
+        "offline and live views of the same cluster differ"
+    );
     let text = ok(&flagella(&["--etcd", url, "policy", "get", "--host", "n2"]));
     assert!(text.contains("ingress: not enforced"), "{text}");
     let text = ok(&flagella(&["--etcd", url, "policy", "get", "--host", "n1"]));

@@ -632,7 +632,14 @@ fn monitor_shows_the_denied_syn_with_identities_and_labels_and_its_pcap_opens_in
 /// gave it.
 fn replay_gives_the_live_verdict(h: &Harness, pcap: &Path, live: &Value) {
     let mut dumps = Vec::new();
-    for table in ["local_node", "endpoints", "ipcache"] {
+    for table in [
+        "local_node",
+        "endpoints",
+        "ipcache",
+        "services",
+        "nodes",
+        "host_policy",
+    ] {
         dumps.push(dataplane_request(
             &h.socket,
             &json!({"op": "dump", "table": table}),

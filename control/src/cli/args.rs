@@ -238,7 +238,8 @@ protocol, ports, action and rules. `flagella policy trace --to node:NODE` explai
         after_long_help = "EXAMPLES:\n  \
 flagella policy get\n  \
 flagella policy get prod/allow-web -o json\n  \
-flagella policy get --host node-1"
+flagella policy get --host node-1\n  \
+flagella policy get --host node-1 --policies policies.yaml --cluster cluster.yaml"
     )]
     Get {
         /// NAMESPACE/NAME, or NAME for a CiliumClusterwideNetworkPolicy
@@ -246,9 +247,18 @@ flagella policy get --host node-1"
         /// Only policies of this kind
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
-        /// Instead: the host policy of node NODE, as compiled from etcd
+        /// Instead: the host policy of node NODE, as compiled from etcd (or from files, with
+        /// --policies and --cluster)
         #[arg(long, value_name = "NODE", conflicts_with_all = ["selector", "kind"])]
         host: Option<String>,
+        /// With --host, offline: a file of the policies in force (repeat for several).
+        /// Requires --cluster.
+        #[arg(long = "policies", value_name = "FILE", requires_all = ["host", "cluster"])]
+        policies: Vec<PathBuf>,
+        /// With --host, offline: the cluster description (its `nodes` give NODE's labels), as
+        /// `policy trace` reads it. Requires --policies.
+        #[arg(long, value_name = "FILE", requires_all = ["host", "policies"])]
+        cluster: Option<PathBuf>,
     },
     /// Delete a stored policy (NAMESPACE/NAME, or NAME for cluster-wide)
     Delete {

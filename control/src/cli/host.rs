@@ -1,9 +1,11 @@
 //! `flagella policy get --host NODE`: a node's host policy (Cilium's host firewall) as its
 //! agent compiles it from etcd (the host policies whose `nodeSelector` selects the node's
 //! labels): per direction, whether it is enforced, and every map entry with its remote identity,
-//! protocol, ports, action and the rules behind it.
+//! protocol, ports, action and the rules behind it. Offline (`--policies F --cluster C`), the
+//! same from files: the cluster file's nodes with their labels, and the policies in force.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use dataplane::tables::policy::{Action, DirectionalPolicy, PortRange, PROTO_ANY};
 use dataplane::Identity;
@@ -13,6 +15,7 @@ use policy_compiler::PolicyEngine;
 use serde::Serialize;
 
 use super::table::Table;
+use super::trace::{read_cluster, read_policy_files};
 use super::{CliError, Skipped};
 use crate::store::Store;
 
@@ -74,6 +77,35 @@ pub async fn get(store: &Store, node: &str) -> Result<(HostPolicyView, Vec<Skipp
         egress: view(&policy.egress),
     };
     Ok((out, skipped))
+}
+
+/// The host policy of `node` from files: the policies in force (`policies`) over the cluster
+/// file `cluster`. Identity numbers are the offline model's own, as `policy trace` prints them.
+pub fn get_offline(
+    policies: &[PathBuf],
+    cluster: &Path,
+    node: &str,
+) -> Result<HostPolicyView, CliError> {
+    let in_force = read_policy_files(policies)?;
+    let cluster_name = cluster.display().to_string();
+    let cluster = read_cluster(cluster)?;
+    let Some(spec) = cluster.nodes.iter().find(|n| n.name == node) else {
+        return Err(CliError::NotFound {
+            what: format!("node {node} in {cluster_name}"),
+            hint: "the cluster file's `nodes` list names them; add the node there".into(),
+        });
+    };
+    let mut engine = PolicyEngine::build(&cluster, &in_force)
+        .map_err(|e| CliError::Other(format!("{cluster_name}: {e}")))?;
+    let policy = engine.host_policy(&spec.labels);
+    let own_number = |id: Identity| Some(id.0);
+    let view = |d: &DirectionalPolicy| direction_view(&engine, d, &own_number);
+    Ok(HostPolicyView {
+        node: node.to_string(),
+        labels: spec.labels.clone().into(),
+        ingress: view(&policy.ingress),
+        egress: view(&policy.egress),
+    })
 }
 
 fn direction_view(

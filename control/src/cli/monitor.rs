@@ -356,11 +356,19 @@ fn end_text(end: &Value, ip: &Value, port: Option<u64>) -> String {
     format!("{addr} (identity {}{labels}{endpoint})", end["identity"])
 }
 
-/// Protocol name, ports, and TCP flags (` SYN,ACK`).
+/// Protocol name, ports, and TCP flags (` SYN,ACK`); for ICMP the type and code in the
+/// protocol (`ICMPv4 type 3 code 10`).
 fn l4_parts(l4: &Value) -> (String, Option<u64>, Option<u64>, String) {
     let Some((proto, v)) = l4.as_object().and_then(|m| m.iter().next()) else {
         return ("-".into(), None, None, String::new());
     };
+    if let Some(t) = v["type"].as_u64() {
+        let code = v["code"]
+            .as_u64()
+            .map(|c| format!(" code {c}"))
+            .unwrap_or_default();
+        return (format!("{proto} type {t}{code}"), None, None, String::new());
+    }
     let flags = v["flags"]
         .as_object()
         .map(|f| format!(" {}", f.keys().cloned().collect::<Vec<_>>().join(",")))
@@ -387,6 +395,19 @@ mod tests {
             "IP": {"source": "10.0.0.1", "destination": "10.0.0.2", "ipVersion": "IPv4"},
             "l4": {"TCP": {"source_port": 40000, "destination_port": 80, "flags": {"SYN": true}}}
         })
+    }
+
+    #[test]
+    fn icmp_shows_its_type_and_code() {
+        let mut f = denied_syn();
+        f["l4"] = json!({"ICMPv4": {"type": 3, "code": 10}});
+        let t = flow_text(&f);
+        assert!(
+            t.contains("10.0.0.2 (identity 1002, endpoint 8) ICMPv4 type 3 code 10 ingress"),
+            "{t}"
+        );
+        f["l4"] = json!({"ICMPv6": {"type": 128}});
+        assert!(flow_text(&f).contains(" ICMPv6 type 128 ingress"));
     }
 
     fn filter(types: &[&'static str], endpoints: &[u32], ids: &[u32], reasons: &[u8]) -> Filter {

@@ -397,17 +397,27 @@ pub async fn run(verb: PolicyVerb, etcd: &[String], out: Output) -> Result<(), C
             emit(out, &report, || diff::diff_text(&report, &source))
         }
         PolicyVerb::Get {
-            host: Some(node), ..
+            host: Some(node),
+            policies,
+            cluster,
+            ..
         } => {
-            let store = connect(etcd).await?;
-            let (view, skipped) = host::get(&store, &node).await?;
-            warn(&skipped);
+            let view = match cluster {
+                Some(cluster) => host::get_offline(&policies, &cluster, &node)?,
+                None => {
+                    let store = connect(etcd).await?;
+                    let (view, skipped) = host::get(&store, &node).await?;
+                    warn(&skipped);
+                    view
+                }
+            };
             emit(out, &view, || host::text(&view))
         }
         PolicyVerb::Get {
             selector,
             kind,
             host: None,
+            ..
         } => {
             let store = connect(etcd).await?;
             let (found, skipped) = get(&store, selector.as_deref(), kind.map(Into::into)).await?;

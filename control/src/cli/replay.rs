@@ -275,7 +275,7 @@ pub fn state_from_text(source: &str, text: &str) -> Result<Tables, CliError> {
 }
 
 /// A running dataplane's tables as its dump replies: the local node, endpoints, ipcache,
-/// services, nodes, and each endpoint's policy.
+/// services, nodes, the host's policy, and each endpoint's policy.
 async fn dumps_of(socket: &Path) -> Result<Vec<Line>, CliError> {
     let mut client = DataplaneClient::connect(socket).await?;
     let mut out = Vec::new();
@@ -285,6 +285,7 @@ async fn dumps_of(socket: &Path) -> Result<Vec<Line>, CliError> {
         DumpTable::Ipcache,
         DumpTable::Services,
         DumpTable::Nodes,
+        DumpTable::HostPolicy,
     ];
     for table in tables {
         out.push(checked(client.dump(table).await?)?);
@@ -354,22 +355,32 @@ fn requests_of(v: &Value) -> Result<Vec<Value>, String> {
         "services" => entries("service.upsert"),
         "nodes" => entries("node.upsert"),
         "local_node" => Ok(vec![with_op("local_node.set", &v["local_node"])?]),
-        "policy" => ["ingress", "egress"]
-            .iter()
-            .map(|d| {
-                Ok(json!({
-                    "op": "policy.replace",
-                    "endpoint": v["endpoint"],
-                    "direction": d,
-                    "enforced": v[*d]["enforced"],
-                    "entries": v[*d]["entries"],
-                }))
-            })
-            .collect(),
+        "policy" => Ok(directions_of(v, "policy.replace", Some(&v["endpoint"]))),
+        "host_policy" => Ok(directions_of(v, "host_policy.replace", None)),
         // Not state the pipeline reads from a snapshot (learnt from the kernel, or per worker).
         "next_hops" | "conntrack" => Ok(Vec::new()),
         other => Err(format!("unknown dump table `{other}`")),
     }
+}
+
+/// The two `op` requests (one per direction) that set a dumped policy back; `endpoint` names
+/// whose (none for the host's).
+fn directions_of(dump: &Value, op: &str, endpoint: Option<&Value>) -> Vec<Value> {
+    ["ingress", "egress"]
+        .iter()
+        .map(|d| {
+            let mut r = json!({
+                "op": op,
+                "direction": d,
+                "enforced": dump[*d]["enforced"],
+                "entries": dump[*d]["entries"],
+            });
+            if let (Some(id), Some(m)) = (endpoint, r.as_object_mut()) {
+                m.insert("endpoint".into(), id.clone());
+            }
+            r
+        })
+        .collect()
 }
 
 /// The changes a request line holds (requests that change nothing are refused: a snapshot is
@@ -461,19 +472,27 @@ mod tests {
             r#"{"op":"policy.update","endpoint":1,"direction":"ingress","enforced":true,"add":[{"identity":1002,"proto":"tcp","port":80,"action":"allow","cookie":3}]}"#,
             r#"{"op":"service.upsert","frontend":{"addr":"10.96.0.10","port":80,"proto":"tcp"},"backends":[{"addr":"10.1.0.5","port":8080,"weight":2}],"mode":"dsr"}"#,
             r#"{"op":"node.upsert","name":"n2","underlay":"192.168.0.2","pod_cidrs":["10.2.0.0/24"],"encap":"geneve"}"#,
+            r#"{"op":"host_policy.replace","direction":"ingress","enforced":true,"entries":[{"identity":1002,"proto":"tcp","port":22,"action":"allow"}]}"#,
         ];
         let tables = || TablesHandle::new(empty_tables().unwrap());
         let dumps = |c: &mut Control| -> Vec<Value> {
-            ["local_node", "endpoints", "ipcache", "services", "nodes"]
-                .iter()
-                .map(|t| json!({"op": "dump", "table": t}))
-                .chain([json!({"op": "dump", "table": "policy", "endpoint": 1})])
-                .map(|d| {
-                    let mut r = c.handle_line(d.to_string().as_bytes()).reply.unwrap();
-                    r.as_object_mut().unwrap().remove("revision");
-                    r
-                })
-                .collect()
+            [
+                "local_node",
+                "endpoints",
+                "ipcache",
+                "services",
+                "nodes",
+                "host_policy",
+            ]
+            .iter()
+            .map(|t| json!({"op": "dump", "table": t}))
+            .chain([json!({"op": "dump", "table": "policy", "endpoint": 1})])
+            .map(|d| {
+                let mut r = c.handle_line(d.to_string().as_bytes()).reply.unwrap();
+                r.as_object_mut().unwrap().remove("revision");
+                r
+            })
+            .collect()
         };
         let mut live = Control::new(tables(), StatsRegistry::new());
         for l in lines {
@@ -483,6 +502,7 @@ mod tests {
         let snapshot = dumps(&mut live);
         let text: Vec<String> = snapshot.iter().map(Value::to_string).collect();
         let rebuilt = state_from_text("dumps", &text.join("\n")).unwrap();
+        assert!(rebuilt.endpoints.host_policy().ingress.enforced);
         let mut again = Control::new(TablesHandle::new(rebuilt), StatsRegistry::new());
         assert_eq!(dumps(&mut again), snapshot);
     }

@@ -32,6 +32,7 @@ use super::publish::{StatsRegistry, TablesHandle, MAX_CT_DUMPS_IN_FLIGHT};
 use super::staging::{ClientId, Staging};
 use crate::pipeline::{Counters, Stage};
 use crate::tables::endpoints::EndpointId;
+use crate::tables::policy::EndpointPolicy;
 use crate::tables::Tables;
 
 /// How long the workers have to answer a conntrack dump.
@@ -404,6 +405,10 @@ impl Control {
                 to_value(&v)
             }
             DumpTable::Policy => return dump_policy(&t, d.endpoint, body),
+            DumpTable::HostPolicy => {
+                insert_directions(&mut body, t.endpoints.host_policy());
+                return Ok(body);
+            }
             DumpTable::Services => {
                 let mut v: Vec<ServiceMsg> = t.services.iter().map(ServiceMsg::from).collect();
                 v.sort_by_key(|s| s.id);
@@ -532,16 +537,19 @@ fn dump_policy(
         )
     })?;
     body.insert("endpoint".into(), Value::from(id));
-    for (name, p) in [
-        ("ingress", &ep.policy.ingress),
-        ("egress", &ep.policy.egress),
-    ] {
+    insert_directions(&mut body, &ep.policy);
+    Ok(body)
+}
+
+/// `ingress` and `egress` of a policy (an endpoint's or the host's), as `policy.replace` and
+/// `host_policy.replace` take them back.
+fn insert_directions(body: &mut Map<String, Value>, policy: &EndpointPolicy) {
+    for (name, p) in [("ingress", &policy.ingress), ("egress", &policy.egress)] {
         body.insert(
             name.into(),
             json!({ "enforced": p.enforced, "entries": sorted_entries(p) }),
         );
     }
-    Ok(body)
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {
@@ -843,7 +851,7 @@ mod tests {
         );
         let missing = reply(&mut c, r#"{"op":"dump","table":"policy"}"#);
         assert_eq!(missing["field"], "endpoint");
-        for table in ["ipcache", "services", "nodes", "local_node"] {
+        for table in ["ipcache", "services", "nodes", "local_node", "host_policy"] {
             let r = reply(&mut c, &format!(r#"{{"op":"dump","table":"{table}"}}"#));
             assert_eq!(r["ok"], true, "{r}");
         }

@@ -163,10 +163,23 @@ fn write_l4(out: &mut String, e: &Event) {
             r#","l4":{{"UDP":{{"source_port":{},"destination_port":{}}}}}"#,
             t.sport, t.dport
         ),
-        ICMPV4 => write!(out, r#","l4":{{"ICMPv4":{{"id_or_type":{}}}}}"#, t.dport),
-        ICMPV6 => write!(out, r#","l4":{{"ICMPv6":{{"id_or_type":{}}}}}"#, t.dport),
+        ICMPV4 => write_icmp(out, "ICMPv4", e),
+        ICMPV6 => write_icmp(out, "ICMPv6", e),
         _ => Ok(()),
     };
+}
+
+/// `,"l4":{"ICMPv4":{"type":8,"code":0}}`, as Hubble writes ICMP (no `code` when the event
+/// lost it).
+fn write_icmp(out: &mut String, family: &str, e: &Event) -> std::fmt::Result {
+    match e.icmp_code {
+        Some(code) => write!(
+            out,
+            r#","l4":{{"{family}":{{"type":{},"code":{code}}}}}"#,
+            e.icmp_type
+        ),
+        None => write!(out, r#","l4":{{"{family}":{{"type":{}}}}}"#, e.icmp_type),
+    }
 }
 
 /// `{"SYN":true,"ACK":true}` for the flags set, as Hubble writes them.
@@ -254,6 +267,33 @@ mod tests {
         assert_eq!(f["frame_hex"], "01ff");
     }
 
+    /// ICMP as Hubble writes it: type and code (read from the frame at the parser's offset),
+    /// not the echo identifier the tuple's ports hold; no code once the header moved.
+    #[test]
+    fn icmp_encodes_type_and_code() {
+        let mut m = PacketMeta::EMPTY;
+        m.tuple.src = "10.0.0.1".parse().unwrap();
+        m.tuple.dst = "10.0.0.2".parse().unwrap();
+        m.tuple.proto = ICMPV4;
+        m.tuple.dport = 3;
+        m.icmp = crate::pipeline::meta::IcmpClass::Error;
+        m.icmp_type = 3;
+        m.l4 = 2;
+        let origin = Origin {
+            ifindex: 5,
+            from_pod: true,
+            now: 0,
+        };
+        let clock = Clock { offset_ns: 0 };
+        let mut e = Event::EMPTY;
+        e.capture(EventKind::Drop, &m, &[0, 0, 3, 10, 0, 0], &origin);
+        let v = flow_json(&e, 0, &clock);
+        assert_eq!(v["flow"]["l4"], json!({"ICMPv4": {"type": 3, "code": 10}}));
+        e.capture(EventKind::Trace, &m, &[0, 0, 0x45, 0], &origin);
+        let v = flow_json(&e, 0, &clock);
+        assert_eq!(v["flow"]["l4"], json!({"ICMPv4": {"type": 3}}));
+    }
+
     fn event_with(proto: u8, verdict: Verdict, src: &str, dst: &str, flags: u8) -> Event {
         let mut m = PacketMeta::EMPTY;
         m.verdict = verdict;
@@ -293,13 +333,13 @@ mod tests {
             &clock,
         );
         assert_eq!(v["flow"]["verdict"], "PASSED_TO_KERNEL");
-        assert_eq!(v["flow"]["l4"]["ICMPv4"]["id_or_type"], 53);
+        assert_eq!(v["flow"]["l4"]["ICMPv4"]["type"], 0);
         let v = flow_json(
             &event_with(ICMPV6, Verdict::Pass, "::1", "::2", 0),
             0,
             &clock,
         );
-        assert_eq!(v["flow"]["l4"]["ICMPv6"]["id_or_type"], 53);
+        assert_eq!(v["flow"]["l4"]["ICMPv6"]["type"], 0);
         let v = flow_json(
             &event_with(47, Verdict::Pass, "1.2.3.4", "5.6.7.8", 0),
             0,

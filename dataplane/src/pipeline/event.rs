@@ -7,7 +7,7 @@
 
 use super::counters::{drop_direction, Direction, Stage};
 use super::drop::DropReason;
-use super::meta::{PacketMeta, Tuple, Verdict};
+use super::meta::{IcmpClass, PacketMeta, Tuple, Verdict};
 use crate::tables::endpoints::EndpointId;
 use crate::types::Identity;
 
@@ -53,6 +53,11 @@ pub struct Event {
     pub dst_ep: Option<EndpointId>,
     pub tuple: Tuple,
     pub tcp_flags: u8,
+    /// ICMP and ICMPv6: the message type (the pipeline's `PacketMeta::icmp_type`).
+    pub icmp_type: u8,
+    /// ICMP and ICMPv6: the message code, when the frame still has the ICMP header where the
+    /// parser found it (a frame encapsulated since has not: then `None`).
+    pub icmp_code: Option<u8>,
     /// Monotonic nanoseconds of the batch (the monitor thread turns it into wall-clock time).
     pub time_ns: u64,
     /// The whole frame's length; `captured` of its bytes are in `bytes`.
@@ -81,6 +86,8 @@ impl Event {
             proto: 0,
         },
         tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: None,
         time_ns: 0,
         frame_len: 0,
         captured: 0,
@@ -105,6 +112,8 @@ impl Event {
         self.dst_ep = m.dst_ep;
         self.tuple = m.tuple;
         self.tcp_flags = m.tcp.flags;
+        self.icmp_type = m.icmp_type;
+        self.icmp_code = icmp_code(m, frame);
         self.time_ns = origin.now;
         self.frame_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
         self.captured = captured as u16;
@@ -134,6 +143,20 @@ impl Event {
             None => Direction::Ingress,
         };
         direction.name()
+    }
+}
+
+/// The ICMP code of a frame: the byte after the type, if the type is still at the offset the
+/// parser found (two byte reads, only for frames the monitor captures).
+#[inline]
+fn icmp_code(m: &PacketMeta, frame: &[u8]) -> Option<u8> {
+    if m.icmp == IcmpClass::NotIcmp {
+        return None;
+    }
+    let l4 = usize::from(m.l4);
+    match frame.get(l4..l4 + 2) {
+        Some(&[t, code]) if t == m.icmp_type => Some(code),
+        _ => None,
     }
 }
 

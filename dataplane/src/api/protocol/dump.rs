@@ -8,6 +8,8 @@ pub enum DumpTable {
     Endpoints,
     Ipcache,
     Policy,
+    /// The node's own policy (host firewall), as `host_policy.replace` sets it.
+    HostPolicy,
     Services,
     Nodes,
     LocalNode,
