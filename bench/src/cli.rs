@@ -1,9 +1,5 @@
 //! Command-line interface: `gen`, `sink`, `forward`, `report`, `converge`, `xnode`, `ingress`,
-<<<<<<< HEAD
-//! `scale`, `monitor-cost`. Parsing
-=======
-//! `policy`, `xdp-sink`. Parsing
->>>>>>> 18bench
+//! `scale`, `monitor-cost`, `cni-add`, `policy`, `xdp-sink`. Parsing
 //! only; the subcommands live in their modules. Every value a user types is validated here
 //! (sizes, flow counts, durations), so the rest of the crate can rely on the ranges stated
 //! below.
@@ -81,7 +77,6 @@ pub enum Command {
     /// iptables rules, in the same run; ratios to iptables, generator ceiling flagged.
     #[command(after_help = INGRESS_HELP)]
     Ingress(IngressArgs),
-<<<<<<< HEAD
     /// What a `flagella monitor` client costs forwarding: a TCP transfer beside a flood of
     /// denied UDP (every datagram a monitor event), with and without the client in
     /// alternated rounds; medians and their ratio. Needs root.
@@ -92,6 +87,17 @@ pub enum Command {
     /// and the dataplane) against Debian's ptp + host-local in the same run. Needs root.
     #[command(after_help = CNI_ADD_HELP)]
     CniAdd(CniAddArgs),
+    /// Policy size on the data path: pod -> pod through flagella-dataplane with N policy
+    /// entries on the destination, against kernel forwarding with N iptables rules (nft and
+    /// legacy backends) and one nftables rule over a set of N; per point an RFC 2544-style
+    /// search for the highest rate with loss under a threshold, flat-out throughput, and
+    /// latency at fractions of that rate. Writes JSON, Markdown and PNG plots. Needs root.
+    #[command(after_help = POLICY_HELP)]
+    Policy(PolicyArgs),
+    /// Drop every frame on an interface with an XDP program (the `policy` benchmark's
+    /// forwarder-level sink), counted by the kernel's per-queue xdp_drops; run it inside a
+    /// namespace you made (`ip netns exec NS flagella-bench xdp-sink --dev eth0`).
+    XdpSink(XdpSinkArgs),
 }
 
 const CNI_ADD_HELP: &str = "\
@@ -160,19 +166,6 @@ pub struct MonitorCostArgs {
     /// CPU of the dataplane's worker.
     #[arg(long, default_value_t = 1)]
     pub worker_core: usize,
-=======
-    /// Policy size on the data path: pod -> pod through flagella-dataplane with N policy
-    /// entries on the destination, against kernel forwarding with N iptables rules (nft and
-    /// legacy backends) and one nftables rule over a set of N; per point an RFC 2544-style
-    /// search for the highest rate with loss under a threshold, flat-out throughput, and
-    /// latency at fractions of that rate. Writes JSON, Markdown and PNG plots. Needs root.
-    #[command(after_help = POLICY_HELP)]
-    Policy(PolicyArgs),
-    /// Drop every frame on an interface with an XDP program (the `policy` benchmark's
-    /// forwarder-level sink), counted by the kernel's per-queue xdp_drops; run it inside a
-    /// namespace you made (`ip netns exec NS flagella-bench xdp-sink --dev eth0`).
-    XdpSink(XdpSinkArgs),
->>>>>>> 18bench
 }
 
 const INGRESS_HELP: &str = "\

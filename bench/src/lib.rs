@@ -18,18 +18,15 @@
 //! - [`converge`]: policy convergence (etcd write -> first packet decided by it) against
 //!   iptables-restore and nftables; [`synth`] the synthetic cluster and the baselines' rule
 //!   text, [`etcd`] the etcd server and client, [`probe`] the probe sender and receiver.
-<<<<<<< HEAD
 //! - [`cni_add`]: CNI ADD latency, flagella-cni (etcd, agent, dataplane) against Debian's
 //!   ptp + host-local in one node namespace.
 //! - [`monitor_cost`]: what a `flagella monitor` client costs an allowed transfer beside a
 //!   flood of denied packets (with and without it, alternated rounds).
-=======
 //! - [`policybench`]: policy size on the data path (`policy`): flagella with N policy entries
 //!   against iptables (nft, legacy) and an nftables set, by [`ratesearch`] (RFC 2544-style
 //!   loss-rate search) over [`trial`]s counted at an [`xdpsink`] (XDP_DROP) or a UDP socket;
 //!   [`stats`] medians and latency percentiles, [`policy_report`] the results and their table,
 //!   [`policy_output`] the files (JSON, Markdown, [`plot`]'s PNGs).
->>>>>>> 18bench
 //! - [`signals`]: SIGINT/SIGTERM become a flag the waits poll, so the guards' `Drop` runs.
 //!
 //! The pipeline's own micro-benchmarks live in `dataplane/benches/`.

@@ -96,21 +96,12 @@ fn available(target: PolicyTarget, args: &PolicyArgs) -> Result<(), BenchError> 
 }
 
 fn launch(args: &PolicyArgs) -> Result<DataplaneLaunch, BenchError> {
-    let binary = args.dataplane.clone().unwrap_or_else(default_dataplane);
-    if !binary.exists() {
-        return Err(BenchError::Unavailable(format!(
-            "{} not found: cargo build --release -p dataplane --features afxdp --bin \
-             flagella-dataplane (or pass --dataplane)",
-            binary.display()
-        )));
-    }
-    Ok(DataplaneLaunch {
-        binary,
-        core: args.worker_core,
-        nice: args.nice,
-        idle_sleep_us: args.idle_sleep_us,
-        masquerade_ports: None,
-    })
+    DataplaneLaunch::new(
+        args.dataplane.clone(),
+        args.worker_core,
+        args.nice,
+        args.idle_sleep_us,
+    )
 }
 
 /// What forwards during a point (kept alive until the point ends; dropping it stops it).

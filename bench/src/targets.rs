@@ -180,7 +180,23 @@ impl DataplaneLaunch {
     /// From `forward`'s options: `--dataplane` (default: next to this binary), `--worker-core`,
     /// `--nice`, `--idle-sleep-us`; fails with what to build when the binary is missing.
     pub fn from_run(args: &RunArgs) -> Result<DataplaneLaunch, BenchError> {
-        let binary = args.dataplane.clone().unwrap_or_else(default_dataplane);
+        DataplaneLaunch::new(
+            args.dataplane.clone(),
+            args.worker_core,
+            args.nice,
+            args.idle_sleep_us,
+        )
+    }
+
+    /// The daemon at `binary` (default: next to this binary) with the daemon's defaults
+    /// otherwise; fails with what to build when the binary is missing.
+    pub fn new(
+        binary: Option<PathBuf>,
+        core: usize,
+        nice: i32,
+        idle_sleep_us: u64,
+    ) -> Result<DataplaneLaunch, BenchError> {
+        let binary = binary.unwrap_or_else(default_dataplane);
         if !binary.exists() {
             return Err(BenchError::Unavailable(format!(
                 "{} not found: cargo build --release -p dataplane --features afxdp --bin flagella-dataplane (or pass --dataplane)",
@@ -189,9 +205,9 @@ impl DataplaneLaunch {
         }
         Ok(DataplaneLaunch {
             binary,
-            core: args.worker_core,
-            nice: args.nice,
-            idle_sleep_us: args.idle_sleep_us,
+            core,
+            nice,
+            idle_sleep_us,
             masquerade_ports: None,
             extra_args: Vec::new(),
         })
