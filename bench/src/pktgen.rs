@@ -260,7 +260,10 @@ mod tests {
         assert_eq!(args, expected);
         let mut no_dev = gen_args();
         no_dev.dev = None;
-        assert!(script_args(&no_dev).unwrap_err().to_string().contains("--dev"));
+        assert!(script_args(&no_dev)
+            .unwrap_err()
+            .to_string()
+            .contains("--dev"));
         let mut no_mac = gen_args();
         no_mac.dst_mac = None;
         assert!(script_args(&no_mac)
@@ -305,7 +308,10 @@ mod tests {
             run_script(&args, &[("PKTGEN_PROC_DIR", "/nonexistent/pktgen")]);
         assert_eq!(code, Some(SCRIPT_UNAVAILABLE));
         assert!(stdout.is_empty(), "{stdout}");
-        assert!(stderr.contains("/nonexistent/pktgen/pgctrl is missing"), "{stderr}");
+        assert!(
+            stderr.contains("/nonexistent/pktgen/pgctrl is missing"),
+            "{stderr}"
+        );
         assert!(stderr.contains("modprobe pktgen"), "{stderr}");
     }
 
@@ -332,7 +338,10 @@ mod tests {
         assert_eq!(dirs[1], PathBuf::from("/ws/scripts/pktgen"));
         assert_eq!(find_script(&dirs).unwrap(), dirs[2].join(SCRIPT));
         let err = find_script(&dirs[..2]).unwrap_err().to_string();
-        assert!(err.contains(SCRIPTS_ENV) && err.contains("/ws/scripts/pktgen"), "{err}");
+        assert!(
+            err.contains(SCRIPTS_ENV) && err.contains("/ws/scripts/pktgen"),
+            "{err}"
+        );
     }
 
     #[test]
