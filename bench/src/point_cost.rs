@@ -65,7 +65,8 @@ pub struct PointCost {
 }
 
 impl PointCost {
-    /// Frames sent and never counted at the sink.
+    /// Frames sent and never counted at the sink (0 when the sink counted more: the XDP sink
+    /// also counts the kernel's strays on the pod's link, IPv6 router solicitations).
     pub fn lost(&self) -> u64 {
         self.sent.saturating_sub(self.delivered)
     }
