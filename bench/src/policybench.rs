@@ -26,7 +26,7 @@ use crate::point_cost;
 use crate::policy_report::{LatencyPoint, Point, PolicyReport};
 use crate::ratesearch::{search, SearchConfig};
 use crate::stats::Spread;
-use crate::targets::{default_dataplane, DataplaneLaunch, Flagella};
+use crate::targets::{DataplaneLaunch, Flagella};
 use crate::topo::{exec_in, run, Topology, SINK_PORT};
 use crate::trial::{Counter, Path as TrialPath, XdpSink};
 use crate::BenchError;

@@ -49,6 +49,9 @@
 //! behind the nodes' default route: pods reach it masqueraded to their node's address (1,000
 //! concurrent connections, 1,000 distinct ports), the router's "fragmentation needed" reaches
 //! the pod, an egress policy refusing the world stops it, the node's own traffic is untouched.
+//! An off-path sender in the world guessing a masqueraded flow's tuple sends RSTs at made-up
+//! sequence numbers during a 4 MB transfer: dropped, the transfer completes and the flow stays
+//! open; the pod's own RST closes it (checks in `cluster/tcp_rst.rs`).
 //!
 //! VXLAN also checks next-hop recovery: node 3's uplink is recreated with a new MAC (its
 //! dataplane restarted, since its interface is new), and node 1, untouched, reaches node 3's pods
@@ -78,6 +81,8 @@ mod nodeport;
 mod renumber;
 #[path = "cluster/semantics.rs"]
 mod semantics;
+#[path = "cluster/tcp_rst.rs"]
+mod tcp_rst;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -1550,6 +1555,9 @@ fn pods_reach_the_world(c: &mut Cluster) {
         status["counters"]["masquerade_ports_allocated"].as_u64() >= Some(1001),
         "{status}"
     );
+
+    let world_ns = format!("{}-w", c.prefix);
+    tcp_rst::guessed_rsts_do_not_break_a_masqueraded_flow(c, &world_ns);
 
     // An egress policy that allows only pods: n1a no longer reaches the world, n1b does.
     let policy = json!({

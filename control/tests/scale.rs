@@ -6,14 +6,17 @@
 //!    fed a cluster, then 1,000 seeded random endpoint, namespace-label and policy changes one
 //!    watch event at a time; at checkpoints its dataplane (every change it emitted, applied in
 //!    order) equals a fresh model's snapshot of the current state.
+//!    `batched_catch_up_with_late_identity_keys_equals_full_recompile`: the same changes in
+//!    watch batches of up to 40, with the numbers another agent allocated arriving a batch late
+//!    (a restarted agent's catch-up, without etcd).
 //! 2. `agents_converge_at_20k_endpoints_and_across_a_restart` (real etcd, the real
 //!    `flagella-control` binary, stand-in dataplane sockets that apply every request to a
 //!    mirror, `control::synth::StandIn`): 20k endpoints with ~20 labels each, 1,000 identities,
 //!    300 policies (more than 4 MiB under the prefix) and two agents; each agent's
 //!    dataplane converges to the from-scratch compile of etcd's contents (identity numbers read
 //!    from etcd). Then one agent is killed and restarted (a fresh dataplane) and converges
-//!    again. `agents_converge_after_changes_during_a_restart` (ignored: it fails, see there)
-//!    writes 400 random changes while that agent is down and restarting.
+//!    again. `agents_converge_after_changes_during_a_restart` writes 400 random changes while
+//!    that agent is down and restarting (its catch-up arrives as large watch batches).
 //!
 //! Skips the etcd test when etcd is not installed. Stops only the processes it started, by PID.
 
@@ -31,6 +34,7 @@ use common::net::{spawn_agent, Proc};
 use control::identity::labels_key;
 use control::schema::ROOT;
 use control::store::Store;
+use control::sync::ClusterState;
 use control::synth::mirror::from_scratch;
 use control::synth::{
     DataplaneMirror, Differential, Mutation, Mutations, ScaleCluster, ScaleSpec, StandIn,
@@ -73,6 +77,124 @@ fn incremental_equals_full_recompile_after_1000_random_changes() {
         "{}",
         d.mirror.policy_entries()
     );
+}
+
+/// Batch sizes of the catch-up test: single events, as the live watch delivers them, up to
+/// the large batches of an agent's catch-up after a restart.
+const BATCH_SIZES: [usize; 6] = [1, 7, 23, 40, 3, 15];
+
+/// The restart's catch-up (the etcd test below), in process and fast: the changes arrive in
+/// watch batches of up to 40 events, and the identity numbers another agent allocated while
+/// it processed them one by one (`identities/id/<n>` keys) arrive a batch later; every batch
+/// one identity no agent references is collected (as the etcd test's agents collect the
+/// remote-only label sets after the grace period) and numbered anew. It failed on two bugs:
+/// a pod relabelled twice in one batch kept its address under the transient label set's
+/// number once that number arrived (`control::sync::supersede`), and a policy entry removed
+/// while its identity was being renumbered stayed under the old number
+/// (`ClusterState::numbers_held` in `control::sync::renumber`).
+#[test]
+fn batched_catch_up_with_late_identity_keys_equals_full_recompile() {
+    let mut spec = ScaleSpec::new("fbatch", 1_000);
+    spec.nodes = 10;
+    spec.agents = 2;
+    spec.namespaces = 10;
+    spec.identities = 150;
+    spec.policies = 200;
+    let cluster = ScaleCluster::generate(&spec).unwrap();
+    let mut d = Differential::start(&cluster.node_name(0), &cluster.objects());
+    let mut other = other_agent(&cluster.node_name(1), &mut d);
+    let mut changes = Mutations::new(cluster, 16);
+    // Every number given so far travels as an identity key, one batch late.
+    let mut told = 256;
+    let mut late: Vec<(String, Option<String>)> = Vec::new();
+    let mut done = 0;
+    for size in BATCH_SIZES.iter().cycle() {
+        if done >= 1_000 {
+            break;
+        }
+        let mut events = std::mem::take(&mut late);
+        for _ in 0..*size {
+            let event = match changes.next_mutation() {
+                Mutation::Put(k, v) => (k, Some(v)),
+                Mutation::Delete(k) => (k, None),
+            };
+            feed(&mut other, &event, &mut d);
+            events.push(event);
+            done += 1;
+        }
+        if let Some(event) = collect_one(&mut d, &other, done) {
+            feed(&mut other, &event, &mut d);
+            events.push(event);
+        }
+        d.apply_batch(&events);
+        late = d
+            .ids
+            .identity_keys_from(told)
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        told = d.ids.next_number();
+        if done % 250 < *size {
+            assert_equal(&mut d, done);
+        }
+    }
+    d.apply_batch(&late);
+    assert_equal(&mut d, done);
+}
+
+/// The agents' garbage collection: an identity no agent references (the label set of no local
+/// endpoint of either model: remote-only label sets, as the etcd test's cluster has hundreds)
+/// is deleted; its label set is numbered anew when next resolved. Picks the `pick`-th such
+/// identity key `d` holds; returns its deletion.
+fn collect_one(
+    d: &mut Differential,
+    other: &ClusterState,
+    pick: usize,
+) -> Option<(String, Option<String>)> {
+    let referenced = d.model.local_label_sets();
+    let referenced_too = other.local_label_sets();
+    let prefix = format!("{ROOT}identities/id/");
+    let candidates: Vec<u32> = d
+        .state
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    let n = *candidates.get(pick % candidates.len().max(1))?;
+    let labels = d.ids.collect(n)?;
+    if referenced.contains(&labels) || referenced_too.contains(&labels) {
+        d.ids.restore(labels, n);
+        return None;
+    }
+    Some((format!("identities/id/{n}"), None))
+}
+
+/// Another node's agent model over the same listing, numbered from `d`'s book.
+fn other_agent(node: &str, d: &mut Differential) -> ClusterState {
+    let mut other = ClusterState::new(node);
+    other.set_quiet(true);
+    other.set_local_only(true);
+    let listing: Vec<(String, Vec<u8>)> = d
+        .state
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    other.put_all(&listing);
+    d.ids.resolve(&mut other);
+    other.commit();
+    other
+}
+
+/// One watch event into the other agent, which resolves its identities at once.
+fn feed(other: &mut ClusterState, (key, value): &(String, Option<String>), d: &mut Differential) {
+    let full = format!("{ROOT}{key}");
+    match value {
+        Some(v) => {
+            let _ = other.put(&full, v.as_bytes());
+        }
+        None => other.delete(&full),
+    }
+    d.ids.resolve(other);
+    other.commit();
 }
 
 fn assert_equal(d: &mut Differential, after: usize) {
@@ -208,34 +330,72 @@ fn wait_equal(etcd: &Etcd<'_>, agent: &Agent, what: &str) {
         assert!(
             Instant::now() < deadline,
             "{what}: the agent's dataplane does not equal a full recompile:\n{}\nstatus: {s}\n\
-             ---- flagella-control log ----\n{}",
+             identities named, as etcd holds them:\n{}\n---- flagella-control log ----\n{}",
             diff.join("\n"),
+            identities_named(&diff, &etcd.state().0),
             agent.proc.log_text()
         );
         thread::sleep(Duration::from_millis(500));
     }
 }
 
-#[test]
-fn agents_converge_at_20k_endpoints_and_across_a_restart() {
-    agents_at_20k(0);
+/// The identities the first lines of `diff` name (`"identity":N`), with etcd's `id/N` value:
+/// which labels differ between the agent's number and the expected one.
+fn identities_named(diff: &[String], state: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut numbers: Vec<u32> = Vec::new();
+    for line in diff.iter().take(4) {
+        for part in line.split("\"identity\":").skip(1) {
+            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(n) = digits.parse() {
+                if !numbers.contains(&n) {
+                    numbers.push(n);
+                }
+            }
+        }
+    }
+    numbers
+        .iter()
+        .map(|n| {
+            let value = state
+                .get(&control::identity::id_key(*n))
+                .map_or("(absent)".into(), |v| {
+                    String::from_utf8_lossy(v).into_owned()
+                });
+            format!("{n}: {value}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-/// FOUND, NOT FIXED (2026-12-07): after 400 random changes with the agent of node 0 killed and
-/// restarted half way, that agent's ipcache gives some remote pods newer identity numbers
-/// (2187..2299) than etcd holds for their label sets (271..1995); the in-process check with
-/// the same kinds of changes passes, so the suspect is a watch batch holding several changes
-/// of one namespace's labels (the engine reusing a local number for a different label set
-/// without a new ipcache delta). Run it with `--ignored`.
 #[test]
-#[ignore = "finds a divergence after changes during an agent restart: see the comment"]
+fn agents_converge_at_20k_endpoints_and_across_a_restart() {
+    agents_at(spec_20k(), 0);
+}
+
+/// Found a divergence (2026-12-07; fixed 2026-12-08, see
+/// `batched_catch_up_with_late_identity_keys_equals_full_recompile`, which reproduces it in
+/// process): deltas held back for want of an identity number were sent after newer ones, and
+/// entries removed during a renumbering (this test runs past the 300 s identity grace, so the
+/// agents collect and renumber the label sets only remote pods carry) stayed under the old
+/// number.
+#[test]
 fn agents_converge_after_changes_during_a_restart() {
-    agents_at_20k(400);
+    agents_at(spec_20k(), 400);
+}
+
+/// 20k endpoints as in the issue; fewer identities and policies than the benchmark's 2,000
+/// and 1,000, so a debug agent lists and compiles within the time on a loaded machine.
+fn spec_20k() -> ScaleSpec {
+    let mut spec = ScaleSpec::new("fscale", 20_000);
+    spec.agents = 2;
+    spec.identities = 1_000;
+    spec.policies = 300;
+    spec
 }
 
 /// 20k endpoints, two agents; then agent 0 killed, `changes` random changes written, the agent
 /// restarted half way through them; both agents must equal a full recompile.
-fn agents_at_20k(changes: usize) {
+fn agents_at(spec: ScaleSpec, changes: usize) {
     let Some(etcd_server) = common::Etcd::start() else {
         return;
     };
@@ -246,12 +406,6 @@ fn agents_at_20k(changes: usize) {
         .block_on(Store::connect(&etcd_server.urls(), Duration::from_secs(10)))
         .unwrap();
     let etcd = Etcd { rt: &rt, store };
-    // 20k endpoints as in the issue; fewer identities and policies than the benchmark's 2,000
-    // and 1,000, so a debug agent lists and compiles within the time on a loaded machine.
-    let mut spec = ScaleSpec::new("fscale", 20_000);
-    spec.agents = 2;
-    spec.identities = 1_000;
-    spec.policies = 300;
     let cluster = ScaleCluster::generate(&spec).unwrap();
     let started = Instant::now();
     let bytes = etcd.put_many(&cluster.objects());

@@ -809,7 +809,6 @@ fn fill_conntrack(ct: &mut Conntrack) {
             established: true,
             flags: CtFlags::EMPTY,
             rev_nat: None,
-            backend: 0,
         };
         let h = ct.hash_key(&key);
         // Older than the scenarios' flows: when a bucket is full, eviction (the entry idle the

@@ -114,6 +114,14 @@ impl PacketBuilder {
         self
     }
 
+    /// Sets a TCP packet's sequence and acknowledgement numbers (a no-op for other packets).
+    pub fn seq_ack(mut self, seq: u32, ack: u32) -> Self {
+        if let L4::Tcp { seq: s, ack: a, .. } = &mut self.l4 {
+            (*s, *a) = (seq, ack);
+        }
+        self
+    }
+
     pub fn ttl(mut self, ttl: u8) -> Self {
         self.ttl = ttl;
         self

@@ -31,8 +31,8 @@ fn the_host_interface_is_created_addressed_routed_and_read_back() {
     }
     let (kernel_ifindex, dump) = run_in(&ns, || {
         let mut nl = Netlink::requests().unwrap();
-        assert!(nl.create_veth("hl_host", "hl_net").unwrap(), "created");
-        assert!(!nl.create_veth("hl_host", "hl_net").unwrap(), "found");
+        assert!(nl.create_veth("hl_host", "hl_net", 1).unwrap(), "created");
+        assert!(!nl.create_veth("hl_host", "hl_net", 1).unwrap(), "found");
         // Not /sys/class/net: sysfs shows the namespace it was mounted in, not this thread's.
         let index = |name: &str| -> u32 {
             let name = std::ffi::CString::new(name).unwrap();

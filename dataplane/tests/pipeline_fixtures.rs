@@ -2317,6 +2317,59 @@ fn masquerade_pod_to_world_and_the_reply_back() {
     );
 }
 
+/// Conntrack's sequence check: a RST from the world at a number the pod does not expect (an
+/// off-path guess of the masqueraded flow's tuple) is dropped and leaves the flow, and so its
+/// masquerade port, alone; the server's RST at the expected number closes it.
+#[test]
+fn masquerade_a_guessed_rst_from_the_world_is_dropped_and_the_servers_own_closes() {
+    let t = node_a();
+    let mut p = masquerading_pipeline();
+    let world = IpAddr::V4(WORLD_SERVER);
+    let (pod_isn, server_isn) = (1_000, 50_000);
+    let syn = from_pod(&POD1, world, 40000, 80, TCP_SYN).seq_ack(pod_isn, 0);
+    let mut frames = [syn.frame()];
+    let now = 1_000_000_000;
+    assert_eq!(
+        p.process(&t, POD1.ifindex, &mut frames, now)[0],
+        Verdict::Tx { ifindex: UPLINK }
+    );
+    let port = l4_sport(frames[0].data());
+    let mut verdict = |ingress: u32, b: PacketBuilder| {
+        let mut frames = [b.frame()];
+        p.process(&t, ingress, &mut frames, now)[0]
+    };
+    let to_pod1 = Verdict::Tx {
+        ifindex: POD1.ifindex,
+    };
+    let syn_ack = world_reply(TCP_SYN_ACK, port).seq_ack(server_isn, pod_isn + 1);
+    assert_eq!(verdict(UPLINK, syn_ack), to_pod1);
+    let ack = from_pod(&POD1, world, 40000, 80, TCP_ACK).seq_ack(pod_isn + 1, server_isn + 1);
+    assert_eq!(verdict(POD1.ifindex, ack), Verdict::Tx { ifindex: UPLINK });
+    for guess in [0x8000_0000, server_isn + 1 + (1 << 20), 0xdead_beef] {
+        let rst = world_reply(TCP_RST, port).seq_ack(guess, 0);
+        assert_eq!(
+            verdict(UPLINK, rst),
+            Verdict::Drop(DropReason::TcpRstOutOfWindow),
+            "RST at {guess:#x}"
+        );
+    }
+    // The flow carries on, on its port: the server's data reaches the pod.
+    let data = world_reply(TCP_ACK, port)
+        .seq_ack(server_isn + 1, pod_isn + 1)
+        .payload(b"hello");
+    assert_eq!(verdict(UPLINK, data), to_pod1);
+    let rst = world_reply(TCP_RST, port).seq_ack(server_isn + 6, 0);
+    assert_eq!(verdict(UPLINK, rst), to_pod1, "the server's own RST");
+    // Closed now (its port recyclable, `tables::snat`'s tests): a guess after the close is
+    // judged against the same numbers.
+    let late_guess = world_reply(TCP_RST, port).seq_ack(0xdead_beef, 0);
+    assert_eq!(
+        verdict(UPLINK, late_guess),
+        Verdict::Drop(DropReason::TcpRstOutOfWindow)
+    );
+    assert_eq!(p.counters().drops(DropReason::TcpRstOutOfWindow), 4);
+}
+
 #[test]
 fn masquerade_gives_each_flow_its_own_port_and_handles_udp() {
     let t = node_a();
@@ -2779,4 +2832,266 @@ fn dsr_reply_comes_from_the_frontend_of_the_current_flow() {
         (second, 80),
         "from the external IP, port 80"
     );
+}
+
+// ---- many workers: a flow is processed by its owner, whichever worker's queue received it ----
+//
+// Each worker is what `io::Worker` is around its pipeline: a `Pipeline` (its own conntrack and
+// masquerade share) and a `Handoff`. A frame "arrives on worker w's queue": w dispatches it,
+// and a frame w does not own is taken over by its owner from the ring and processed there.
+
+mod many_workers {
+    use super::*;
+    use dataplane::pipeline::flow_owner::FlowOwner;
+    use dataplane::pipeline::handoff::{mesh, Dispatch, Handoff};
+    use dataplane::pipeline::MasqueradeConfig;
+    use dataplane::tables::snat::DEFAULT_PORTS;
+
+    pub(super) struct Workers {
+        pub pipelines: Vec<Pipeline>,
+        pub handoffs: Vec<Handoff>,
+    }
+
+    /// `n` workers; with `masquerade`, each allocates from its own share of the default range.
+    pub(super) fn workers(n: usize, masquerade: bool) -> Workers {
+        let nat = masquerade.then_some(DEFAULT_PORTS);
+        let owner = FlowOwner::new(n, nat);
+        let pipelines = (0..n)
+            .map(|i| {
+                let masquerade = nat.map(|ports| MasqueradeConfig {
+                    ports,
+                    worker_ports: ports.share(i, n).unwrap(),
+                });
+                Pipeline::new(PipelineConfig {
+                    masquerade,
+                    ..PipelineConfig::default()
+                })
+                .unwrap()
+            })
+            .collect();
+        let handoffs = mesh(n, 64, 2048)
+            .into_iter()
+            .map(|links| Handoff::new(owner, links))
+            .collect();
+        Workers {
+            pipelines,
+            handoffs,
+        }
+    }
+
+    impl Workers {
+        /// `frame` arrives on worker `w`'s queue of `ingress`: the worker that processed it,
+        /// its verdict and its bytes after the pipeline.
+        pub fn receive(
+            &mut self,
+            t: &Tables,
+            w: usize,
+            ingress: u32,
+            frame: &[u8],
+        ) -> (usize, Verdict, Vec<u8>) {
+            match self.handoffs[w].dispatch(t, ingress, frame) {
+                Dispatch::Keep => self.run(t, w, ingress, frame),
+                Dispatch::HandedOff => {
+                    for o in (0..self.handoffs.len()).filter(|&o| o != w) {
+                        let mut got = None;
+                        self.handoffs[o].take_over(1, |i, b| got = Some((i, b.to_vec())));
+                        if let Some((i, bytes)) = got {
+                            assert_eq!(i, ingress, "the ring keeps the ingress interface");
+                            return self.run(t, o, i, &bytes);
+                        }
+                    }
+                    panic!("a handed-off frame reached no worker");
+                }
+                Dispatch::Dropped => panic!("a 64-slot ring cannot be full here"),
+            }
+        }
+
+        fn run(
+            &mut self,
+            t: &Tables,
+            w: usize,
+            ingress: u32,
+            frame: &[u8],
+        ) -> (usize, Verdict, Vec<u8>) {
+            let mut frames = [testutil::frame(frame)];
+            let verdict = self.pipelines[w].process(t, ingress, &mut frames, 1_000_000_000)[0];
+            (w, verdict, frames[0].data().to_vec())
+        }
+
+        pub fn sum(&self, f: impl Fn(&dataplane::pipeline::Counters) -> u64) -> u64 {
+            self.pipelines.iter().map(|p| f(p.counters())).sum()
+        }
+
+        pub fn handed_off(&self) -> u64 {
+            self.handoffs.iter().map(|h| h.counters.handed_off).sum()
+        }
+    }
+}
+
+use many_workers::workers;
+
+/// 64 flows, each SYN on one worker's queue and its SYN-ACK on the other's: every reply passes
+/// as established on the flow's owner; a new flow the other way is still denied.
+#[test]
+fn two_workers_a_reply_on_the_other_workers_queue_passes_as_established() {
+    let mut t = node_a();
+    allow_ingress(&mut t, &POD2, ID_CLIENT, 80);
+    enforce_ingress(&mut t, &POD1); // pod1 admits no new flow at all
+    let mut w = workers(2, false);
+    for sport in 40000..40064u16 {
+        let first = usize::from(sport % 2);
+        let syn = from_pod(&POD1, POD2.ip(), sport, 80, TCP_SYN);
+        let (owner, verdict, out) = w.receive(&t, first, POD1.ifindex, &syn.build());
+        assert_eq!(
+            verdict,
+            Verdict::Tx {
+                ifindex: POD2.ifindex
+            },
+            "SYN {sport}"
+        );
+        assert_eq!(hex(&out), hex(&delivered(&syn, &POD2).build()));
+        let syn_ack = from_pod(&POD2, POD1.ip(), 80, sport, TCP_SYN_ACK);
+        let (replier, verdict, out) = w.receive(&t, 1 - first, POD2.ifindex, &syn_ack.build());
+        assert_eq!(
+            replier, owner,
+            "both directions on the flow's owner ({sport})"
+        );
+        assert_eq!(
+            verdict,
+            Verdict::Tx {
+                ifindex: POD1.ifindex
+            },
+            "SYN-ACK {sport}"
+        );
+        assert_eq!(hex(&out), hex(&delivered(&syn_ack, &POD1).build()));
+        let denied = from_pod(&POD2, POD1.ip(), sport, 80, TCP_SYN);
+        let (_, verdict, _) = w.receive(&t, first, POD2.ifindex, &denied.build());
+        assert_eq!(
+            verdict,
+            Verdict::Drop(DropReason::PolicyDeniedIngress),
+            "{sport}"
+        );
+    }
+    assert_eq!(
+        w.sum(|c| c.ct_established),
+        64,
+        "every reply found its flow"
+    );
+    assert!(
+        w.handed_off() >= 32,
+        "half the frames arrived on the other worker"
+    );
+    assert!(
+        w.pipelines.iter().all(|p| p.conntrack().len() >= 10),
+        "both workers own flows"
+    );
+}
+
+/// Masquerade with two workers: each allocates from its share; the world's reply, arriving on
+/// either worker's uplink queue, is reverse-translated by the flow's owner.
+#[test]
+fn two_workers_a_masqueraded_reply_is_reverse_translated_whichever_worker_receives_it() {
+    let t = node_a();
+    let mut w = workers(2, true);
+    for sport in 40000..40032u16 {
+        let first = usize::from(sport % 2);
+        let syn = from_pod(&POD1, IpAddr::V4(WORLD_SERVER), sport, 80, TCP_SYN);
+        let (owner, verdict, out) = w.receive(&t, first, POD1.ifindex, &syn.build());
+        assert_eq!(verdict, Verdict::Tx { ifindex: UPLINK });
+        let port = l4_sport(&out);
+        assert!(
+            DEFAULT_PORTS_SHARE(owner).contains(port),
+            "port {port} from worker {owner}'s share"
+        );
+        let syn_ack = world_reply(TCP_SYN_ACK, port);
+        let mut to_pod = syn_ack
+            .clone()
+            .macs(ROUTER_MAC, POD1.mac)
+            .ttl(syn_ack.ttl - 1);
+        to_pod.dst = POD1.ip();
+        set_l4_ports(&mut to_pod, None, Some(sport));
+        let (replier, verdict, out) = w.receive(&t, 1 - first, UPLINK, &syn_ack.build());
+        assert_eq!(replier, owner, "the port's share names the owner");
+        assert_eq!(
+            verdict,
+            Verdict::Tx {
+                ifindex: POD1.ifindex
+            }
+        );
+        assert_eq!(hex(&out), hex(&to_pod.build()), "un-NATed to the pod");
+    }
+    assert_eq!(w.sum(|c| c.masquerade_reversed), 32);
+    assert!(w.handed_off() >= 16);
+}
+
+#[allow(non_snake_case)]
+fn DEFAULT_PORTS_SHARE(worker: usize) -> dataplane::tables::snat::PortRange {
+    dataplane::tables::snat::DEFAULT_PORTS
+        .share(worker, 2)
+        .unwrap()
+}
+
+/// A service flow with two workers: the client's packets to the VIP on one worker, the
+/// backend's replies on the other: the owner DNATs and reverse-NATs both.
+#[test]
+fn two_workers_a_service_reply_is_reverse_natted_whichever_worker_receives_it() {
+    let t = node_a();
+    let mut w = workers(2, false);
+    for sport in 40000..40032u16 {
+        let first = usize::from(sport % 2);
+        let to_vip = from_pod(&POD1, IpAddr::V4(VIP_SNAT), sport, 80, TCP_SYN);
+        let (owner, verdict, _) = w.receive(&t, first, POD1.ifindex, &to_vip.build());
+        assert_eq!(
+            verdict,
+            Verdict::Tx {
+                ifindex: POD2.ifindex
+            }
+        );
+        let reply = from_pod(&POD2, POD1.ip(), 8080, sport, TCP_SYN_ACK);
+        let mut from_vip = delivered(&reply, &POD1);
+        from_vip.src = IpAddr::V4(VIP_SNAT);
+        set_l4_ports(&mut from_vip, Some(80), None);
+        let (replier, verdict, out) = w.receive(&t, 1 - first, POD2.ifindex, &reply.build());
+        assert_eq!(replier, owner);
+        assert_eq!(
+            verdict,
+            Verdict::Tx {
+                ifindex: POD1.ifindex
+            }
+        );
+        assert_eq!(hex(&out), hex(&from_vip.build()), "from VIP:80");
+    }
+    assert_eq!(w.sum(|c| c.reverse_nat), 32);
+}
+
+/// DSR on the backend's node with two workers: the request (option consumed) on one worker, the
+/// backend's replies on the other: they leave from the VIP, straight to the client.
+#[test]
+fn two_workers_a_dsr_reply_leaves_from_the_vip_whichever_worker_receives_it() {
+    let d = node_tables(4, UPLINK_MAC_D, &[&POD_D]);
+    let mut w = workers(2, false);
+    for sport in 40000..40032u16 {
+        let first = usize::from(sport % 2);
+        let mut to_d =
+            PacketBuilder::tcp(IpAddr::V4(CLIENT_WORLD), sport, POD_D.ip(), 8080, TCP_SYN)
+                .macs(UPLINK_MAC_A, UPLINK_MAC_D)
+                .ttl(63);
+        to_d.ipv4_options = dsr_ipv4_option(VIP_DSR_NATIVE, 80);
+        let (owner, verdict, _) = w.receive(&d, first, UPLINK, &to_d.build());
+        assert_eq!(
+            verdict,
+            Verdict::Tx {
+                ifindex: POD_D.ifindex
+            }
+        );
+        let reply = from_pod(&POD_D, IpAddr::V4(CLIENT_WORLD), 8080, sport, TCP_SYN_ACK);
+        let mut direct = reply.clone().macs(UPLINK_MAC_D, WORLD_GW_MAC).ttl(63);
+        direct.src = IpAddr::V4(VIP_DSR_NATIVE);
+        set_l4_ports(&mut direct, Some(80), None);
+        let (replier, verdict, out) = w.receive(&d, 1 - first, POD_D.ifindex, &reply.build());
+        assert_eq!(replier, owner);
+        assert_eq!(verdict, Verdict::Tx { ifindex: UPLINK });
+        assert_eq!(hex(&out), hex(&direct.build()), "from VIP:80");
+    }
+    assert_eq!(w.sum(|c| c.dsr_option_consumed), 32);
 }

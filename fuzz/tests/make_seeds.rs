@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use dataplane::testutil::{
-    arp_request, PacketBuilder, TunnelBuilder, L4, TCP_ACK, TCP_FIN, TCP_SYN, TCP_SYN_ACK,
+    arp_request, PacketBuilder, TunnelBuilder, L4, TCP_ACK, TCP_RST, TCP_FIN, TCP_SYN, TCP_SYN_ACK,
 };
 use dataplane::wire::icmpv6::{Icmpv6Packet, Repr as Icmpv6Repr};
 use dataplane::wire::{checksum, geneve, ipv4};
@@ -427,6 +427,26 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Vec<u8>>)> {
                     v4(POD2),
                     &tcp_from(POD2, v4(POD3), 80, 40080, TCP_SYN_ACK).build(),
                 ),
+            ],
+        ),
+        // Conntrack's sequence check: POD3's SYN (sequence 1000) opens a flow in the first
+        // round; in the second, a RST far from the expected number is dropped
+        // (`tcp_rst_out_of_window`), one in the window but not exact passes and closes
+        // nothing, and one at 1001 closes the flow.
+        (
+            "tcp-rst-out-of-window-in-window-and-exact",
+            FROM_POD3,
+            vec![
+                tcp_from(POD3, v4(POD2), 40081, 80, TCP_SYN).build(),
+                tcp_from(POD3, v4(POD2), 40081, 80, TCP_RST)
+                    .seq_ack(0x8000_0000, 0)
+                    .build(),
+                tcp_from(POD3, v4(POD2), 40081, 80, TCP_RST)
+                    .seq_ack(1_500, 0)
+                    .build(),
+                tcp_from(POD3, v4(POD2), 40081, 80, TCP_RST)
+                    .seq_ack(1_001, 0)
+                    .build(),
             ],
         ),
     ]

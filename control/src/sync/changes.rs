@@ -6,7 +6,8 @@
 //! then one `policy.update` per endpoint and direction, then this node's host policy when it
 //! changed (`host_policy.rs`). (On the wire, `requests.rs` regroups
 //! them: each endpoint travels in one atomic batch with its policy.) A change that needs a cluster-wide
-//! identity not known yet is held back until [`ClusterState::set_identity`] supplies it.
+//! identity not known yet is held back until [`ClusterState::set_identity`] supplies it; a later
+//! change of the same target supersedes it (`supersede.rs`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,6 +16,7 @@ use dataplane::tables::policy::Direction;
 use dataplane::Prefix;
 use policy_compiler::Delta;
 
+use super::supersede::latest_per_target;
 use super::wire::{node_upsert, wire_direction};
 use super::ClusterState;
 use crate::dataplane_client::{
@@ -36,6 +38,8 @@ impl ClusterState {
         let mut out = std::mem::take(&mut self.pending);
         let mut deltas = std::mem::take(&mut self.held_back);
         deltas.extend(self.engine.commit());
+        // A held-back delta must not go out after a newer one for the same target.
+        let deltas = latest_per_target(deltas);
         // Endpoints first (policy changes refer to them), then ipcache, then policy.
         let dirty = std::mem::take(&mut self.dirty_endpoints);
         for key in dirty {
@@ -44,13 +48,14 @@ impl ClusterState {
             }
         }
         let mut policy: BTreeMap<(u32, DirKey), PolicyBatch> = BTreeMap::new();
-        // A renumbering begun at the last commit moves the ipcache and drops the old entries.
-        self.finish_renumbering(&mut out, &mut policy);
         for d in deltas {
             if !self.translate_delta(&d, &mut out, &mut policy) {
                 self.held_back.push(d);
             }
         }
+        // A renumbering begun at the last commit moves the ipcache and drops the old entries
+        // (after the deltas: a removal among them deletes the old number's entry too).
+        self.finish_renumbering(&mut out, &mut policy);
         self.begin_renumbering(&mut policy);
         for ((endpoint, dir), batch) in policy {
             out.push(Change::PolicyUpdate(PolicyUpdate {
@@ -193,14 +198,17 @@ impl ClusterState {
                     return false;
                 };
                 if let Some(ep) = target {
-                    let Some(id) = self.translate(key.identity) else {
+                    // Every number the dataplane may hold the entry under: during a renumbering
+                    // the old one (the entry leaves the engine's map, so the renumbering's
+                    // second step, which moves the map's entries, would not delete it).
+                    let numbers = self.numbers_held(key.identity);
+                    if numbers.is_empty() {
                         return false;
-                    };
-                    policy
-                        .entry((ep, DirKey(*direction)))
-                        .or_default()
-                        .delete
-                        .push(policy_key(key, id));
+                    }
+                    let batch = policy.entry((ep, DirKey(*direction))).or_default();
+                    for id in numbers {
+                        batch.delete.push(policy_key(key, id));
+                    }
                 }
             }
             // The endpoint.delete was sent by delete_endpoint (policy goes with it).

@@ -31,7 +31,8 @@
 //! batch with its policy, the ipcache in batches), `renumber.rs` (a label set allocated again
 //! under a new number: its ipcache and policy entries move), `host_policy.rs` (this node's own
 //! policy, from host policies selecting its labels), `interfaces.rs` (the pod interfaces the
-//! dataplane must serve), `log.rs` (the agent's log line).
+//! dataplane must serve), `supersede.rs` (of several engine deltas for one target, only the
+//! last is sent: a held-back one never overwrites newer state), `log.rs` (the agent's log line).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -52,6 +53,7 @@ pub mod interfaces;
 mod log;
 mod renumber;
 mod requests;
+mod supersede;
 mod wire;
 
 pub use log::log;

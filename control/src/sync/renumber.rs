@@ -12,7 +12,9 @@
 //!    entries to the new number and deletes the old policy entries.
 //!
 //! A label set that lost its number waits (the old number stays in force) until it has a new
-//! one; one that got its old number back needs nothing.
+//! one; one that got its old number back needs nothing. A policy entry the engine removes
+//! meanwhile is deleted under every number the dataplane may hold it under
+//! ([`ClusterState::numbers_held`]): step 2 moves only the entries still in the engine's maps.
 
 use std::collections::BTreeMap;
 
@@ -127,6 +129,21 @@ impl ClusterState {
         }
     }
 
+    /// The cluster numbers the dataplane may hold entries of engine identity `local` under: its
+    /// current number and, while its label set is being renumbered, the old one.
+    pub(super) fn numbers_held(&self, local: Identity) -> Vec<u32> {
+        let mut out: Vec<u32> = self.translate(local).into_iter().collect();
+        if let Some(labels) = self.engine_labels.get(&local.0) {
+            let old = self
+                .renumbering
+                .get(labels)
+                .copied()
+                .or_else(|| self.renumber_finish.get(labels).map(|m| m.old));
+            out.extend(old.filter(|o| !out.contains(o)));
+        }
+        out
+    }
+
     /// Calls `f` for every policy entry of this node's endpoints (sent to the dataplane) whose
     /// remote identity has the label set `labels`.
     fn for_each_local_entry(
@@ -228,6 +245,42 @@ mod tests {
         assert!(ipcache(&snap)
             .iter()
             .any(|(p, i)| p == "10.2.0.9/32" && *i == new));
+    }
+
+    /// Found by the scale test: b's number is collected, then the policy admitting b goes
+    /// before b has a new number. The removal must delete the entries under the old number
+    /// (the dataplane's), which the renumbering no longer moves (they left the engine's map).
+    #[test]
+    fn an_entry_removed_during_a_renumbering_goes_under_the_old_number() {
+        let mut s = ClusterState::new("n1");
+        s.set_local_only(true);
+        base(&mut s);
+        s.put(&k("endpoints/default/a"), br#"{"node":"n1","labels":{"app":"a"},"ipv4":"10.1.0.5","interface":"lxc1","ifindex":7,"mac":"02:00:00:00:00:05"}"#).unwrap();
+        s.put(
+            &k("endpoints/default/b"),
+            br#"{"node":"n2","labels":{"app":"b"},"ipv4":"10.2.0.9","interface":"lxc9"}"#,
+        )
+        .unwrap();
+        let np = br#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p","namespace":"default"},"spec":{"podSelector":{"matchLabels":{"app":"a"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"b"}}}],"ports":[{"port":80}]}]}}"#;
+        s.put(&k("policies/NetworkPolicy/default/p"), np).unwrap();
+        let mut next = 1000;
+        resolve_all(&mut s, &mut next);
+        s.commit();
+        let old = s.pod_identity("default/b").unwrap();
+
+        s.forget_identity(old);
+        s.put(&k("policies/NetworkPolicy/default/p"), br#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p","namespace":"default"},"spec":{"podSelector":{"matchLabels":{"app":"a"}},"ingress":[]}}"#).unwrap();
+        let out = s.commit();
+        let deletes: Vec<u32> = updates(&out)
+            .flat_map(|u| u.delete.iter().map(|d| d.identity))
+            .collect();
+        assert_eq!(deletes, [old], "{out:?}");
+        // The new number changes nothing more in the policy.
+        let labels = s.needed_identities();
+        s.set_identity(labels[0].0.clone(), 5000);
+        let mut out = s.commit();
+        out.extend(s.commit());
+        assert!(updates(&out).all(|u| u.add.is_empty()), "{out:?}");
     }
 
     fn updates(out: &[Change]) -> impl Iterator<Item = &PolicyUpdate> {

@@ -274,12 +274,58 @@ fn diff_maps<K: Ord + std::fmt::Debug>(
 #[derive(Clone, Debug, Default)]
 pub struct IdentityBook {
     ids: HashMap<Labels, u32>,
+    /// Numbers given so far (a collected number is never given again, as in etcd).
+    given: u32,
 }
 
 impl IdentityBook {
     pub fn number(&mut self, labels: &Labels) -> u32 {
-        let next = 256 + u32::try_from(self.ids.len()).unwrap_or(u32::MAX - 256);
-        *self.ids.entry(labels.clone()).or_insert(next)
+        if let Some(n) = self.ids.get(labels) {
+            return *n;
+        }
+        let n = 256 + self.given;
+        self.given += 1;
+        self.ids.insert(labels.clone(), n);
+        n
+    }
+
+    /// Garbage collection of number `n`: its label set gets a new number when next asked
+    /// (the agents' collection of an identity no node references). Returns its label set.
+    pub fn collect(&mut self, n: u32) -> Option<Labels> {
+        let labels = self.ids.iter().find(|(_, v)| **v == n)?.0.clone();
+        self.ids.remove(&labels);
+        Some(labels)
+    }
+
+    /// Every number given so far, as the identity keys (`identities/id/<n>`, relative to
+    /// [`ROOT`]) etcd would hold, from number `from` on (numbers are given from 256 up).
+    pub fn identity_keys_from(&self, from: u32) -> Vec<(String, String)> {
+        let mut out: Vec<(u32, &Labels)> = self
+            .ids
+            .iter()
+            .filter(|(_, n)| **n >= from)
+            .map(|(l, n)| (*n, l))
+            .collect();
+        out.sort_unstable();
+        out.into_iter()
+            .map(|(n, labels)| {
+                let spec = crate::schema::IdentitySpec {
+                    labels: labels.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                };
+                let value = serde_json::to_string(&spec).unwrap_or_default();
+                (format!("identities/id/{n}"), value)
+            })
+            .collect()
+    }
+
+    /// Undoes [`Self::collect`] (a collection that did not happen).
+    pub fn restore(&mut self, labels: Labels, n: u32) {
+        self.ids.insert(labels, n);
+    }
+
+    /// One past the last number given.
+    pub fn next_number(&self) -> u32 {
+        256 + self.given
     }
 
     /// Supplies every number `st` still needs (what the agent's `converge` does through etcd).
@@ -330,15 +376,23 @@ impl Differential {
     /// One watch event (key relative to [`ROOT`]; `None` deletes), then what the agent does
     /// after a watch batch: identities, commit, push.
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
-        let full = format!("{ROOT}{key}");
-        match value {
-            Some(v) => {
-                self.state.insert(full.clone(), v.as_bytes().to_vec());
-                let _ = self.model.put(&full, v.as_bytes());
-            }
-            None => {
-                self.state.remove(&full);
-                self.model.delete(&full);
+        self.apply_batch(&[(key.to_string(), value.map(str::to_string))]);
+    }
+
+    /// Several watch events (keys relative to [`ROOT`]; `None` deletes), then one converge:
+    /// a watch batch, as an agent's catch-up after a restart delivers them.
+    pub fn apply_batch(&mut self, events: &[(String, Option<String>)]) {
+        for (key, value) in events {
+            let full = format!("{ROOT}{key}");
+            match value {
+                Some(v) => {
+                    self.state.insert(full.clone(), v.as_bytes().to_vec());
+                    let _ = self.model.put(&full, v.as_bytes());
+                }
+                None => {
+                    self.state.remove(&full);
+                    self.model.delete(&full);
+                }
             }
         }
         self.converge();
@@ -348,6 +402,11 @@ impl Differential {
         self.ids.resolve(&mut self.model);
         let changes = self.model.commit();
         self.mirror.apply_changes(&changes, self.model.engine());
+        if self.model.commit_due() {
+            // A renumbered identity's second step, as the agent's `converge` runs it.
+            let changes = self.model.commit();
+            self.mirror.apply_changes(&changes, self.model.engine());
+        }
     }
 
     /// The dataplane a fresh model compiles from the current state, with the same numbers.

@@ -368,6 +368,7 @@ impl Control {
                 "nodes": t.nodes.len(),
             }),
         );
+        body.insert("io_total".into(), io_total(&self.stats.per_worker()));
         body.insert("workers".into(), Value::Array(workers));
         body.insert(
             "staged".into(),
@@ -485,6 +486,7 @@ impl Control {
                     .collect();
                 let mut body = Map::new();
                 body.insert("table".into(), Value::from("conntrack"));
+                body.insert("io_total".into(), io_total(&self.stats.per_worker()));
                 body.insert("workers".into(), Value::Array(workers));
                 Some(ok_reply(p.seq.as_ref(), body))
             }
@@ -573,6 +575,22 @@ pub fn error_reply(seq: Option<&Value>, e: &RequestError) -> Value {
 }
 
 /// Counters as `status` reports them: totals, non-zero drops by reason name, per-stage counts.
+/// The workers' I/O summaries added field by field (`status`'s `io_total`): what the node's
+/// sockets and the handoff between workers did, whatever the number of workers.
+fn io_total(workers: &[super::publish::WorkerCounters]) -> Value {
+    let mut total = Map::new();
+    for w in workers {
+        let Ok(Value::Object(fields)) = serde_json::to_value(w.io) else {
+            continue;
+        };
+        for (name, value) in fields {
+            let sum = total.get(&name).and_then(Value::as_u64).unwrap_or(0);
+            total.insert(name, Value::from(sum + value.as_u64().unwrap_or(0)));
+        }
+    }
+    Value::Object(total)
+}
+
 pub fn counters_json(c: &Counters) -> Value {
     let drops: Map<String, Value> = c
         .nonzero_drops()
@@ -853,6 +871,26 @@ mod tests {
             );
         }
         assert!(s["counters"]["dsr_option_written"].is_u64());
+    }
+
+    #[test]
+    fn status_sums_the_workers_io_and_handoff() {
+        let mut c = control();
+        for (name, handed_off) in [("worker-0", 5), ("worker-1", 7)] {
+            let mut w = c.stats.register(name, 1);
+            w.set_io(crate::pipeline::IoSummary {
+                polls: 10,
+                handed_off,
+                taken_over: 12 - handed_off,
+                ..Default::default()
+            });
+            w.publish(&Pipeline::new(PipelineConfig::default()).unwrap(), 0);
+        }
+        let s = reply(&mut c, r#"{"op":"status"}"#);
+        assert_eq!(s["workers"][1]["io"]["handed_off"], 7);
+        assert_eq!(s["io_total"]["handed_off"], 12);
+        assert_eq!(s["io_total"]["taken_over"], 12);
+        assert_eq!(s["io_total"]["polls"], 20);
     }
 
     #[test]

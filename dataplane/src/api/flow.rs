@@ -219,7 +219,7 @@ mod tests {
         m.tuple.sport = 40000;
         m.tuple.dport = 80;
         m.tuple.proto = TCP;
-        m.tcp_flags = 0x02;
+        m.tcp.flags = 0x02;
         m.src_identity = Identity(1001);
         m.dst_identity = Identity(1002);
         m.src_ep = Some(EndpointId(7));

@@ -61,6 +61,8 @@ use dataplane::io::{IoError, PortSpec, SocketStatsReader, Worker, WorkerConfig, 
 use dataplane::nexthop;
 use dataplane::nexthop::netlink::{Netlink, NetlinkError};
 use dataplane::pipeline::event_ring::EventConfig;
+use dataplane::pipeline::flow_owner::FlowOwner;
+use dataplane::pipeline::handoff::{mesh, Handoff};
 use dataplane::pipeline::{MasqueradeConfig, PipelineConfig};
 use dataplane::tables::conntrack::CtConfig;
 use dataplane::tables::maglev::{DAEMON_SEED, DEFAULT_M};
@@ -210,6 +212,19 @@ struct Cli {
     /// set `core` in each instead). Default: not pinned.
     #[arg(long, value_name = "N")]
     core: Option<usize>,
+
+    /// Run N workers that share every interface's receive queues (queue q to worker q mod N):
+    /// each flow, both directions, is processed by the worker that owns it, whichever queue
+    /// its frames arrive on (frames are handed between workers). Every interface needs at least
+    /// N queues (`[[interface]] queues`; veth: `ip link add ... numrxqueues N numtxqueues N`),
+    /// and --hot-interfaces must be 0. Overrides `workers` in the file (default 1).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// CPUs to pin the --workers to, comma-separated, one per worker (e.g. `2,3`). Overrides
+    /// `cores` in the file. Default: not pinned.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cores: Vec<usize>,
 
     /// How XDP is attached: `native` (in the driver, fast; the default) or `generic` (works on
     /// any interface, much slower; prints a warning).
@@ -490,6 +505,29 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     result.and(stopped)
 }
 
+/// Slots of each handoff ring (one per ordered pair of workers sharing queues): 512 frames of
+/// up to a UMEM chunk's data area, ~1.9 MB a ring.
+const HANDOFF_RING_SLOTS: usize = 512;
+
+/// Each worker's handoff when workers share the interfaces' queues (`workers = N`), in worker
+/// order; empty otherwise (each worker then owns its interfaces' flows alone).
+fn handoffs(cfg: &DaemonConfig, workers: &[WorkerSection]) -> Vec<Handoff> {
+    if workers.len() < 2 || workers.iter().any(|w| w.share.is_none()) {
+        return Vec::new();
+    }
+    let xsk = XskConfig::default();
+    // A ring slot holds what a UMEM chunk holds after the kernel's and the pipeline's headroom.
+    let slot_bytes = (xsk.frame_size - XDP_PACKET_HEADROOM - xsk.frame_headroom) as usize;
+    let owner = FlowOwner::new(workers.len(), masquerade::range(cfg));
+    mesh(workers.len(), HANDOFF_RING_SLOTS, slot_bytes)
+        .into_iter()
+        .map(|links| Handoff::new(owner, links))
+        .collect()
+}
+
+/// The kernel's headroom in front of every AF_XDP frame (`XDP_PACKET_HEADROOM`).
+const XDP_PACKET_HEADROOM: u32 = 256;
+
 /// The workers and the control server, in that order.
 fn start(
     cfg: &DaemonConfig,
@@ -509,6 +547,7 @@ fn start(
             trace: cli.monitor_trace,
         })
     });
+    let mut handoffs = handoffs(cfg, workers).into_iter();
     for (index, section) in workers.iter().enumerate() {
         let masq = masquerade::range(cfg)
             .map(|ports| masquerade::worker_config(ports, index, workers.len()))
@@ -517,6 +556,9 @@ fn start(
             .map_err(|source| DaemonError::Worker { index, source })?;
         if index == 0 && cfg.hot_interfaces > 0 {
             hot = Some((worker.port_opener(), worker.port_changes()));
+        }
+        if let Some(handoff) = handoffs.next() {
+            worker.hand_off(handoff);
         }
         register_sockets(&worker, &running.xdp)?;
         socket_readers.extend(stats_readers(&worker));
@@ -535,8 +577,12 @@ fn start(
                 source,
             })?;
         log(&format!(
-            "{name}: interfaces {}{}",
+            "{name}: interfaces {}{}{}",
             section.interfaces.join(", "),
+            section
+                .share
+                .map(|s| format!(" (queues q with q mod {} = {})", s.of, s.index))
+                .unwrap_or_default(),
             section
                 .core
                 .map(|c| format!(", pinned to CPU {c}"))
@@ -771,12 +817,24 @@ fn effective_config(cli: &Cli) -> Result<DaemonConfig, DaemonError> {
     if let Some(ports) = &cli.masquerade_ports {
         cfg.masquerade_ports = ports.clone();
     }
+    if let Some(n) = cli.workers {
+        cfg.worker_count = n;
+    }
+    if !cli.cores.is_empty() {
+        cfg.cores = cli.cores.clone();
+    }
     if let Some(core) = cli.core {
+        if cfg.worker_count > 1 {
+            return Err(DaemonError::Usage(
+                "--core pins the only worker; with --workers N, list N cores with --cores".into(),
+            ));
+        }
         match cfg.workers.len() {
             0 => {
                 cfg.workers.push(WorkerSection {
                     core: Some(core),
                     interfaces: cfg.interfaces.iter().map(|i| i.name.clone()).collect(),
+                    share: None,
                 });
             }
             1 => {
@@ -815,12 +873,7 @@ fn memlock_needed(cfg: &DaemonConfig, workers: &[WorkerSection]) -> u64 {
     let per_port = u64::from(xsk.frames_per_port) * u64::from(xsk.frame_size);
     let hot =
         u64::from(xsk.hot_ports) * u64::from(xsk.hot_frames_per_port) * u64::from(xsk.frame_size);
-    let ports: u64 = workers
-        .iter()
-        .flat_map(|w| &w.interfaces)
-        .filter_map(|name| cfg.interfaces.iter().find(|i| &i.name == name))
-        .map(|i| u64::from(i.queues))
-        .sum();
+    let ports: u64 = workers.iter().map(|w| cfg.ports_of(w).len() as u64).sum();
     ports * per_port + hot + maps
 }
 
@@ -972,11 +1025,10 @@ fn build_worker(
     masquerade: Option<MasqueradeConfig>,
     first: bool,
 ) -> Result<Worker, IoError> {
-    let ports = section
-        .interfaces
-        .iter()
-        .filter_map(|name| cfg.interfaces.iter().find(|i| &i.name == name))
-        .flat_map(|i| (0..i.queues).map(|q| PortSpec::new(&i.name, q)))
+    let ports = cfg
+        .ports_of(section)
+        .into_iter()
+        .map(|(ifname, queue)| PortSpec::new(ifname, queue))
         .collect();
     Worker::new(WorkerConfig {
         ports,
@@ -1110,7 +1162,7 @@ fn set_up_host_interface(cfg: &DaemonConfig) -> Result<Option<HostInterface>, Da
     };
     let mut nl = Netlink::requests().map_err(|e| fail(e.to_string()))?;
     let created = nl
-        .create_veth(kernel, peer)
+        .create_veth(kernel, peer, cfg.host_queues())
         .map_err(|e| fail(e.to_string()))?;
     let kernel_ifindex = preflight::ifindex(kernel)?;
     let peer_ifindex = preflight::ifindex(peer)?;

@@ -35,6 +35,20 @@
 //! interfaces = ["eth1", "lxc-pod1"]           # default: one worker for every interface
 //! ```
 //!
+//! Or, instead of `[[worker]]` sections, several workers sharing every interface's queues
+//! (queue q of each interface to worker q mod N; each flow is processed by the worker that owns
+//! it, `pipeline::flow_owner`, whichever queue its frames arrive on):
+//!
+//! ```toml
+//! workers = 2                                # every interface needs queues >= 2
+//! cores = [2, 3]                             # optional: worker i pinned to cores[i]
+//! hot_interfaces = 0                         # run-time interfaces need one worker
+//! [[interface]]
+//! name = "lxc-pod1"
+//! role = "pod"
+//! queues = 2                                 # ip link add ... numrxqueues 2 numtxqueues 2
+//! ```
+//!
 //! Validation happens once, here: every error names the field and says what to write instead.
 
 use std::path::{Path, PathBuf};
@@ -90,9 +104,31 @@ pub struct InterfaceConfig {
 pub struct WorkerSection {
     /// CPU to pin the busy-polling thread to.
     pub core: Option<usize>,
-    /// Interfaces this worker serves (all of their queues).
+    /// Interfaces this worker serves (all of their queues, or its share of them).
     pub interfaces: Vec<String>,
+    /// With `workers = N`: this worker serves queue q of each interface when
+    /// `q % share.of == share.index`. Not written in the file (derived from `workers`).
+    #[serde(skip)]
+    pub share: Option<QueueShare>,
 }
+
+/// Worker `index` of `of` workers sharing every interface's queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueShare {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl WorkerSection {
+    /// Whether this worker serves queue `queue` of its interfaces.
+    pub fn serves_queue(&self, queue: u32) -> bool {
+        self.share
+            .is_none_or(|s| queue as usize % s.of.max(1) == s.index)
+    }
+}
+
+/// Most workers `workers = N` accepts.
+pub const MAX_WORKERS: usize = 64;
 
 /// The longest idle sleep accepted: beyond it, the first frame after a pause waits too long.
 pub const MAX_IDLE_SLEEP_US: u64 = 10_000;
@@ -168,9 +204,19 @@ pub struct DaemonConfig {
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "worker")]
     pub workers: Vec<WorkerSection>,
+    /// Workers sharing every interface's queues (default 1); see the module doc. Not with
+    /// `[[worker]]` sections.
+    #[serde(default = "one_worker", rename = "workers")]
+    pub worker_count: usize,
+    /// CPUs to pin the `worker_count` workers to, in order (empty: not pinned).
+    #[serde(default)]
+    pub cores: Vec<usize>,
 }
 
 fn one() -> u32 {
+    1
+}
+fn one_worker() -> usize {
     1
 }
 fn yes() -> bool {
@@ -238,6 +284,8 @@ impl Default for DaemonConfig {
             flow_export_types: Vec::new(),
             interfaces: Vec::new(),
             workers: Vec::new(),
+            worker_count: 1,
+            cores: Vec::new(),
         }
     }
 }
@@ -422,7 +470,107 @@ impl DaemonConfig {
                 }
             }
         }
+        self.validate_shared_workers()?;
+        self.validate_every_queue_served_once()
+    }
+
+    /// `workers = N`: no `[[worker]]` sections beside it, a core for each worker if any,
+    /// enough queues on every interface for each worker to receive and transmit on it.
+    fn validate_shared_workers(&self) -> Result<(), ConfigError> {
+        let n = self.worker_count;
+        if n == 0 || n > MAX_WORKERS {
+            return Err(invalid(
+                "workers",
+                format!(
+                    "{n} is out of range: use 1 to {MAX_WORKERS} (one per core you give the dataplane)"
+                ),
+            ));
+        }
+        if !self.cores.is_empty() && self.cores.len() != n {
+            return Err(invalid(
+                "cores",
+                format!(
+                    "{} core(s) for {n} worker(s): list one core per worker, or none",
+                    self.cores.len()
+                ),
+            ));
+        }
+        if n == 1 {
+            return Ok(());
+        }
+        if !self.workers.is_empty() {
+            return Err(invalid(
+                "workers",
+                "`workers = N` shares every interface's queues among N workers and [[worker]] \
+                 sections give interfaces to workers: use one or the other",
+            ));
+        }
+        if self.hot_interfaces > 0 {
+            return Err(invalid(
+                "hot_interfaces",
+                format!(
+                    "interfaces added at run time are served by the first worker only, so the \
+                     other {} worker(s) could not transmit to them: with workers = {n}, set \
+                     hot_interfaces = 0 (--hot-interfaces 0) and list the interfaces",
+                    n - 1
+                ),
+            ));
+        }
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            if (iface.queues as usize) < n {
+                return Err(invalid(
+                    format!("interface[{i}].queues"),
+                    format!(
+                        "`{}` has {} queue(s) for {n} workers: every worker needs a queue of \
+                         every interface to receive and transmit on; give it at least {n} \
+                         (veth: `ip link add ... numrxqueues {n} numtxqueues {n}`; a NIC: \
+                         `ethtool -L`) and set queues = {n}, or use fewer workers",
+                        iface.name, iface.queues
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Every queue of every interface is served by exactly one worker: a queue nobody serves
+    /// would leave its frames to the XDP program's fallback (the kernel), past the policy; one
+    /// served twice cannot be bound twice.
+    fn validate_every_queue_served_once(&self) -> Result<(), ConfigError> {
+        let workers = self.effective_workers();
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            for queue in 0..iface.queues {
+                let serving = workers
+                    .iter()
+                    .filter(|w| w.interfaces.contains(&iface.name) && w.serves_queue(queue))
+                    .count();
+                if serving != 1 {
+                    return Err(invalid(
+                        format!("interface[{i}]"),
+                        format!(
+                            "queue {queue} of `{}` is served by {serving} workers: list each \
+                             interface in exactly one [[worker]] section (or use `workers = N`)",
+                            iface.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The (interface, queue) pairs worker `section` opens a socket on, in order.
+    pub fn ports_of(&self, section: &WorkerSection) -> Vec<(String, u32)> {
+        section
+            .interfaces
+            .iter()
+            .filter_map(|name| self.interfaces.iter().find(|i| &i.name == name))
+            .flat_map(|i| {
+                (0..i.queues)
+                    .filter(|&q| section.serves_queue(q))
+                    .map(|q| (i.name.clone(), q))
+            })
+            .collect()
     }
 
     /// Where to serve `/metrics`: `None` for `off`.
@@ -445,12 +593,25 @@ impl DaemonConfig {
         }))
     }
 
-    /// The workers to run: as configured, or one unpinned worker for every interface.
+    /// The workers to run: as configured; `workers = N` workers sharing every interface's
+    /// queues; or one worker for every interface (pinned to the one core of `cores`, if any).
     pub fn effective_workers(&self) -> Vec<WorkerSection> {
+        let all: Vec<String> = self.interfaces.iter().map(|i| i.name.clone()).collect();
+        if self.worker_count > 1 {
+            let of = self.worker_count;
+            return (0..of)
+                .map(|index| WorkerSection {
+                    core: self.cores.get(index).copied(),
+                    interfaces: all.clone(),
+                    share: Some(QueueShare { index, of }),
+                })
+                .collect();
+        }
         if self.workers.is_empty() {
             vec![WorkerSection {
-                core: None,
-                interfaces: self.interfaces.iter().map(|i| i.name.clone()).collect(),
+                core: self.cores.first().copied(),
+                interfaces: all,
+                share: None,
             }]
         } else {
             self.workers.clone()
@@ -479,12 +640,18 @@ impl DaemonConfig {
         cfg.interfaces.push(InterfaceConfig {
             name: peer.to_string(),
             role: Role::Host,
-            queues: 1,
+            // The daemon creates the host veth with a queue per worker (`host_queues`).
+            queues: self.host_queues(),
         });
         if let Some(first) = cfg.workers.first_mut() {
             first.interfaces.push(peer.to_string());
         }
         cfg
+    }
+
+    /// Queues of the host veth the daemon creates: one per worker sharing the queues.
+    pub fn host_queues(&self) -> u32 {
+        u32::try_from(self.worker_count.max(1)).unwrap_or(1)
     }
 
     /// The uplink, if one is configured.
@@ -595,6 +762,61 @@ mod tests {
         for (text, field) in cases {
             match parse(text) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected an error on {field}, got {other:?}"),
+            }
+        }
+    }
+
+    const TWO_QUEUES: &str = "[[interface]]\nname = \"a\"\nrole = \"pod\"\nqueues = 2\n\
+                              [[interface]]\nname = \"up\"\nrole = \"uplink\"\nqueues = 3\n";
+
+    #[test]
+    fn shared_workers_serve_every_queue_of_every_interface_once() {
+        let text = format!("workers = 2\ncores = [4, 5]\nhot_interfaces = 0\n{TWO_QUEUES}");
+        let cfg = parse(&text).unwrap();
+        let workers = cfg.effective_workers();
+        assert_eq!(workers.len(), 2);
+        assert_eq!((workers[0].core, workers[1].core), (Some(4), Some(5)));
+        let ports = |w: &WorkerSection| cfg.ports_of(w);
+        let name = |n: &str, q| (n.to_string(), q);
+        assert_eq!(
+            ports(&workers[0]),
+            vec![name("a", 0), name("up", 0), name("up", 2)]
+        );
+        assert_eq!(ports(&workers[1]), vec![name("a", 1), name("up", 1)]);
+        // The host veth the daemon adds gets a queue per worker, shared like the others.
+        let with_host = cfg.with_host_interface();
+        let host = with_host.interfaces.last().unwrap();
+        assert_eq!((host.role, host.queues), (Role::Host, 2));
+        assert!(with_host.validate().is_ok());
+        // One worker (the default) serves every queue.
+        let one = parse(TWO_QUEUES).unwrap();
+        assert_eq!(one.ports_of(&one.effective_workers()[0]).len(), 5);
+    }
+
+    #[test]
+    fn shared_workers_refuse_what_they_cannot_serve() {
+        let cases = [
+            (format!("workers = 0\n{TWO_QUEUES}"), "workers"),
+            (format!("workers = 65\nhot_interfaces = 0\n{TWO_QUEUES}"), "workers"),
+            (format!("workers = 3\nhot_interfaces = 0\n{TWO_QUEUES}"), "interface[0].queues"),
+            (format!("workers = 2\n{TWO_QUEUES}"), "hot_interfaces"),
+            (format!("workers = 2\nhot_interfaces = 0\ncores = [1]\n{TWO_QUEUES}"), "cores"),
+            (
+                format!("workers = 2\nhot_interfaces = 0\n{TWO_QUEUES}[[worker]]\ninterfaces = [\"a\", \"up\"]\n"),
+                "workers",
+            ),
+            (
+                format!("{TWO_QUEUES}[[worker]]\ninterfaces = [\"a\", \"up\"]\n[[worker]]\ninterfaces = [\"a\"]\n"),
+                "interface[0]",
+            ),
+        ];
+        for (text, field) in cases {
+            match parse(&text) {
+                Err(ConfigError::Invalid { field: f, reason }) => {
+                    assert_eq!(f, field, "{text}: {reason}");
+                    assert!(reason.len() > 30, "the message says what to do: {reason}");
+                }
                 other => panic!("{text}: expected an error on {field}, got {other:?}"),
             }
         }

@@ -40,6 +40,10 @@ pub struct IoCounters {
     pub fill_wakeups: u64,
     pub tx_wakeups: u64,
     pub wakeup_errors: u64,
+    /// Frames other workers handed to this one (copied into this worker's UMEM) and those
+    /// that found no free frame here (dropped).
+    pub handoff_frames: u64,
+    pub handoff_no_frame: u64,
     /// Nanoseconds spent in passes that received frames (busy-loop time): divided by
     /// `rx_frames` it is the worker's cost per packet at saturation.
     pub busy_ns: u64,

@@ -497,17 +497,21 @@ impl Xsk {
     /// Receives up to `max` frames on port `p`, hands them to `process` as frame views (with
     /// the port's interface index) and disposes of each by its verdict: to the TX ring of the
     /// socket on the verdict's interface (same UMEM: no copy), or back to the free list.
-    /// Returns the number of frames received.
+    /// With `keep`, each received frame is first offered to it (the handoff to its flow's
+    /// owner): a frame it does not keep (it copied it elsewhere, or dropped it) is freed
+    /// before `process` runs. Returns the number of frames received.
     #[inline]
-    pub(crate) fn rx_batch<'v, F>(
+    pub(crate) fn rx_batch<'v, F, K>(
         &mut self,
         p: usize,
         max: usize,
         c: &mut IoCounters,
+        keep: Option<K>,
         process: F,
     ) -> usize
     where
         F: FnOnce(u32, &mut [Frame<UmemBuf>]) -> Verdicts<'v>,
+        K: FnMut(u32, &[u8]) -> bool,
     {
         let Some(port) = self.ports.get_mut(p).and_then(Option::as_mut) else {
             return 0;
@@ -531,7 +535,104 @@ impl Xsk {
         c.rx_frames += received as u64;
         c.rx_batches += 1;
 
-        let kept = self.make_views(received, c);
+        let mut kept = self.make_views(received, c);
+        if let Some(keep) = keep {
+            kept = self.keep_only(ifindex, kept, keep);
+        }
+        self.run_batch(ifindex, kept, c, process);
+        received
+    }
+
+    /// Copies up to `max` frames that `take` hands out (another worker's frames, from its
+    /// handoff ring, all of one interface) into free frames of this UMEM, at the offset the
+    /// kernel receives at, then processes and disposes of them as [`Xsk::rx_batch`] does.
+    /// `take` is given a sink to call with (interface, bytes) per frame; a frame that does not
+    /// fit a chunk, or finds no free frame, is counted and skipped. Returns the frames taken.
+    #[inline]
+    pub(crate) fn rx_handed_off<'v, T, F>(
+        &mut self,
+        max: usize,
+        c: &mut IoCounters,
+        take: T,
+        process: F,
+    ) -> usize
+    where
+        T: FnOnce(usize, &mut dyn FnMut(u32, &[u8])) -> usize,
+        F: FnOnce(u32, &mut [Frame<UmemBuf>]) -> Verdicts<'v>,
+    {
+        let max = max.min(self.rx.len());
+        let mut n = 0;
+        let mut ifindex = 0;
+        let taken = take(max, &mut |i, bytes| {
+            ifindex = i;
+            match self.copy_in(bytes) {
+                Some(desc) => {
+                    if let Some(slot) = self.rx.get_mut(n) {
+                        *slot = desc;
+                        n += 1;
+                    }
+                }
+                None => c.handoff_no_frame += 1,
+            }
+        });
+        if n == 0 {
+            return taken;
+        }
+        c.handoff_frames += n as u64;
+        let kept = self.make_views(n, c);
+        self.run_batch(ifindex, kept, c, process);
+        taken
+    }
+
+    /// A free frame holding `bytes` at its receive offset, with its length set; `None` (the
+    /// frame back on the free list, if one was taken) when none is free or `bytes` do not fit.
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<FrameDesc> {
+        let mut desc = self.free.pop()?;
+        // SAFETY: `desc` came off the free list: no ring and no view holds its chunk.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let mut cursor = data.cursor();
+        cursor.set_pos(0);
+        if std::io::Write::write_all(&mut cursor, bytes).is_err() {
+            self.free.push(desc);
+            return None;
+        }
+        Some(desc)
+    }
+
+    /// Keeps the first `kept` frames of the batch that `keep` keeps, in order, at the front of
+    /// the batch; frees the others (after their views are gone). Returns how many stay.
+    fn keep_only<K: FnMut(u32, &[u8]) -> bool>(
+        &mut self,
+        ifindex: u32,
+        kept: usize,
+        mut keep: K,
+    ) -> usize {
+        let mut stay = 0;
+        for i in 0..kept {
+            let keeps = self.views.get(i).is_some_and(|f| keep(ifindex, f.data()));
+            if keeps {
+                self.views.swap(stay, i);
+                self.rx.swap(stay, i);
+                stay += 1;
+            }
+        }
+        // The handed-off frames' views end here, before their descriptors are freed.
+        self.views.truncate(stay);
+        for i in stay..kept {
+            if let Some(&desc) = self.rx.get(i) {
+                self.free.push(desc);
+            }
+        }
+        stay
+    }
+
+    /// Processes the `kept` viewed frames of the batch (received on `ifindex`), then disposes
+    /// of each by its verdict and flushes the TX rings.
+    #[inline]
+    fn run_batch<'v, F>(&mut self, ifindex: u32, kept: usize, c: &mut IoCounters, process: F)
+    where
+        F: FnOnce(u32, &mut [Frame<UmemBuf>]) -> Verdicts<'v>,
+    {
         let verdicts = process(ifindex, &mut self.views);
         self.place();
         // From here on no view of any chunk of the batch exists.
@@ -545,7 +646,6 @@ impl Xsk {
         for q in 0..self.ports.len() {
             self.flush_tx(q, c);
         }
-        received
     }
 
     /// Builds the views of the first `received` descriptors of `rx`, compacting away any the

@@ -20,6 +20,7 @@
 //! Invariants: the loop allocates nothing, takes no lock and logs nothing (the publisher's
 //! contract: it skips a round rather than wait).
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use super::counters::{IoCounters, SocketStats};
 use super::umem::{PortChange, PortChanges, PortOpener, SocketInfo, Xsk};
 use super::{sys, IoError, PortSpec};
 use crate::pipeline::event_ring::EventSink;
+use crate::pipeline::handoff::{Dispatch, Handoff, HandoffCounters};
 use crate::pipeline::{IoSummary, Pipeline, PipelineConfig, Publisher};
 use crate::tables::{Tables, TablesHandle};
 
@@ -89,7 +91,13 @@ pub struct Worker {
     /// Sockets to start or stop serving ([`Worker::port_changes`]), looked at every
     /// [`PUBLISH_CHECK_EVERY`] passes: a lock-free `try_recv`, off the per-packet path.
     changes: Option<mpsc::Receiver<PortChange>>,
+    /// With several workers sharing the interfaces' queues: the handoff of frames to their
+    /// flow's owner, and from the other workers ([`Worker::hand_off`]).
+    handoff: Option<Handoff>,
 }
+
+/// Most batches of handed-off frames a worker takes over per inbox and pass.
+const HANDOFF_BATCHES_PER_PASS: usize = 8;
 
 /// Empty passes in a row before an idle worker starts sleeping between passes (when
 /// configured): about a millisecond of spinning, so a busy worker never sleeps.
@@ -113,6 +121,7 @@ impl Worker {
             publisher: None,
             idle_sleep: None,
             changes: None,
+            handoff: None,
         })
     }
 
@@ -130,6 +139,23 @@ impl Worker {
     /// per pass.
     pub fn publish_to(&mut self, publisher: impl Publisher + 'static) {
         self.publisher = Some(Box::new(publisher));
+    }
+
+    /// Shares the interfaces' queues with other workers: each received frame whose flow
+    /// another worker owns is copied to that worker's ring (`pipeline::handoff`), and the
+    /// frames the others hand to this one are processed here. `handoff` is this worker's
+    /// place in a [`mesh`](crate::pipeline::handoff::mesh) of all of them; its masquerade
+    /// share must be the one its `FlowOwner` expects (`PortRange::share` of its index).
+    pub fn hand_off(&mut self, handoff: Handoff) {
+        self.handoff = Some(handoff);
+    }
+
+    /// What this worker's handoff did (zero without one).
+    pub fn handoff_counters(&self) -> HandoffCounters {
+        self.handoff
+            .as_ref()
+            .map(|h| h.counters)
+            .unwrap_or_default()
     }
 
     /// Reports the pipeline's drops (sampled policy verdicts, traces) to the monitor through
@@ -226,19 +252,26 @@ impl Worker {
     #[inline]
     pub fn poll_once<S: TablesSource + ?Sized>(&mut self, tables: &S, now: u64) -> usize {
         self.io.polls += 1;
-        let mut snapshot: Option<Arc<Tables>> = None;
+        // Loaded at most once per pass, by whichever needs it first (the handoff's owner
+        // lookup or the pipeline), and only when a frame arrived.
+        let snapshot: OnceCell<Arc<Tables>> = OnceCell::new();
+        let load = || snapshot.get_or_init(|| tables.load());
         let mut received = 0;
         for p in 0..self.xsk.port_count() {
             self.xsk.service(p, &mut self.io);
             let pipeline = &mut self.pipeline;
-            let snapshot = &mut snapshot;
-            received += self
-                .xsk
-                .rx_batch(p, self.batch, &mut self.io, move |ifindex, frames| {
-                    let t = snapshot.get_or_insert_with(|| tables.load());
-                    pipeline.process(t, ifindex, frames, now)
-                });
+            let keep = self.handoff.as_mut().map(|h| {
+                move |ifindex: u32, frame: &[u8]| {
+                    h.dispatch(load(), ifindex, frame) == Dispatch::Keep
+                }
+            });
+            received +=
+                self.xsk
+                    .rx_batch(p, self.batch, &mut self.io, keep, move |ifindex, frames| {
+                        pipeline.process(load(), ifindex, frames, now)
+                    });
         }
+        received += self.take_over_handed_off(&load, now);
         if received > 0 {
             // Busy time: from this pass's clock reading to the end of its work.
             self.io.busy_ns += sys::monotonic_ns().saturating_sub(now);
@@ -247,6 +280,32 @@ impl Worker {
             self.pipeline.maintain(now);
         }
         received
+    }
+
+    /// Processes the frames other workers handed to this one, in batches of one interface,
+    /// until the inboxes are empty or [`HANDOFF_BATCHES_PER_PASS`] batches per inbox were taken
+    /// (a batch per pass would fall behind a worker that hands off runs of several interfaces
+    /// per pass, and its ring would overflow).
+    #[inline]
+    fn take_over_handed_off<'t>(&mut self, load: &dyn Fn() -> &'t Arc<Tables>, now: u64) -> usize {
+        let Some(handoff) = self.handoff.as_mut() else {
+            return 0;
+        };
+        let mut taken = 0;
+        for _ in 0..handoff.inboxes() * HANDOFF_BATCHES_PER_PASS {
+            let pipeline = &mut self.pipeline;
+            let n = self.xsk.rx_handed_off(
+                self.batch,
+                &mut self.io,
+                |max, sink| handoff.take_over(max, |ifindex, bytes| sink(ifindex, bytes)),
+                move |ifindex, frames| pipeline.process(load(), ifindex, frames, now),
+            );
+            if n == 0 {
+                break;
+            }
+            taken += n;
+        }
+        taken
     }
 
     pub fn io_counters(&self) -> &IoCounters {
@@ -282,12 +341,17 @@ impl Worker {
     fn publish_io_summary(&mut self) {
         if let Some(publisher) = self.publisher.as_mut() {
             self.xsk.socket_stats(&mut self.sockets_scratch);
-            publisher.set_io(io_summary(&self.io, &self.sockets_scratch));
+            let handoff = self
+                .handoff
+                .as_ref()
+                .map(|h| h.counters)
+                .unwrap_or_default();
+            publisher.set_io(io_summary(&self.io, &self.sockets_scratch, &handoff));
         }
     }
 }
 
-fn io_summary(io: &IoCounters, sockets: &[SocketStats]) -> IoSummary {
+fn io_summary(io: &IoCounters, sockets: &[SocketStats], handoff: &HandoffCounters) -> IoSummary {
     let sum = |f: fn(&SocketStats) -> u64| sockets.iter().map(f).sum::<u64>();
     IoSummary {
         polls: io.polls,
@@ -299,6 +363,9 @@ fn io_summary(io: &IoCounters, sockets: &[SocketStats]) -> IoSummary {
         sock_rx_dropped: sum(|s| s.rx_dropped),
         sock_rx_ring_full: sum(|s| s.rx_ring_full),
         sock_fill_ring_empty: sum(|s| s.rx_fill_ring_empty_descs),
+        handed_off: handoff.handed_off,
+        taken_over: io.handoff_frames,
+        handoff_dropped: handoff.ring_full + handoff.too_long + io.handoff_no_frame,
     }
 }
 
@@ -321,7 +388,14 @@ mod tests {
             rx_fill_ring_empty_descs: empty,
             ..SocketStats::default()
         };
-        let s = io_summary(&io, &[socket(5, 1), socket(2, 0)]);
+        let handoff = HandoffCounters {
+            handed_off: 6,
+            ring_full: 2,
+            too_long: 1,
+            ..HandoffCounters::default()
+        };
+        let s = io_summary(&io, &[socket(5, 1), socket(2, 0)], &handoff);
+        assert_eq!((s.handed_off, s.handoff_dropped), (6, 3));
         assert_eq!((s.polls, s.rx_batches, s.tx_wakeups), (10, 4, 3));
         assert_eq!(s.sock_rx_ring_full, 7);
         assert_eq!(s.sock_fill_ring_empty, 1);

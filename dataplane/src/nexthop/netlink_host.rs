@@ -30,6 +30,8 @@ const IFADDRMSG_LEN: usize = 8;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINKINFO: u16 = 18;
+const IFLA_NUM_TX_QUEUES: u16 = 31;
+const IFLA_NUM_RX_QUEUES: u16 = 32;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
@@ -85,9 +87,17 @@ fn ifaddrmsg(prefix: Prefix, ifindex: u32) -> [u8; IFADDRMSG_LEN] {
     m
 }
 
-/// `ip link add NAME type veth peer name PEER` (fails with EEXIST when NAME exists).
-pub(crate) fn veth_create_request(name: &str, peer: &str, seq: u32) -> Vec<u8> {
-    let peer_info = [&ifinfomsg(0, 0, 0)[..], &nla(IFLA_IFNAME, &ifname(peer))].concat();
+/// `ip link add NAME numtxqueues Q numrxqueues Q type veth peer name PEER numtxqueues Q
+/// numrxqueues Q` (fails with EEXIST when NAME exists).
+pub(crate) fn veth_create_request(name: &str, peer: &str, queues: u32, seq: u32) -> Vec<u8> {
+    let q = queues.max(1).to_ne_bytes();
+    let peer_info = [
+        &ifinfomsg(0, 0, 0)[..],
+        &nla(IFLA_IFNAME, &ifname(peer)),
+        &nla(IFLA_NUM_TX_QUEUES, &q),
+        &nla(IFLA_NUM_RX_QUEUES, &q),
+    ]
+    .concat();
     let data = nla(VETH_INFO_PEER | NLA_F_NESTED, &peer_info);
     let linkinfo = [
         nla(IFLA_INFO_KIND, b"veth"),
@@ -101,6 +111,8 @@ pub(crate) fn veth_create_request(name: &str, peer: &str, seq: u32) -> Vec<u8> {
     )
     .bytes(&ifinfomsg(0, 0, 0))
     .attr(IFLA_IFNAME, &ifname(name))
+    .attr(IFLA_NUM_TX_QUEUES, &q)
+    .attr(IFLA_NUM_RX_QUEUES, &q)
     .attr(IFLA_LINKINFO | NLA_F_NESTED, &linkinfo)
     .finish()
 }
@@ -231,11 +243,17 @@ pub(crate) fn parse_own_route(payload: &[u8], ifindex: u32) -> Option<(Prefix, O
 }
 
 impl Netlink {
-    /// Creates the veth pair `name` / `peer`; `Ok(false)` when `name` already exists.
-    pub fn create_veth(&mut self, name: &str, peer: &str) -> Result<bool, NetlinkError> {
+    /// Creates the veth pair `name` / `peer` with `queues` receive and transmit queues on
+    /// each side; `Ok(false)` when `name` already exists.
+    pub fn create_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        queues: u32,
+    ) -> Result<bool, NetlinkError> {
         match self.exchange(
             "creating a veth pair",
-            |seq| veth_create_request(name, peer, seq),
+            |seq| veth_create_request(name, peer, queues, seq),
             false,
             |_| {},
         ) {
@@ -388,18 +406,21 @@ mod tests {
 
     #[test]
     fn veth_request_nests_the_peer_name() {
-        let msg = veth_create_request("flg_host", "flg_net", 7);
+        let msg = veth_create_request("flg_host", "flg_net", 2, 7);
         let m = messages(&msg).next().unwrap();
         assert_eq!((m.kind, m.seq), (RTM_NEWLINK, 7));
         let top: Vec<(u16, &[u8])> = attrs(m.payload, IFINFOMSG_LEN).collect();
         assert_eq!(top[0], (IFLA_IFNAME, &b"flg_host\0"[..]));
-        assert_eq!(top[1].0, IFLA_LINKINFO);
-        let info: Vec<(u16, &[u8])> = attrs(top[1].1, 0).collect();
+        assert_eq!(top[1], (IFLA_NUM_TX_QUEUES, &2u32.to_ne_bytes()[..]));
+        assert_eq!(top[2], (IFLA_NUM_RX_QUEUES, &2u32.to_ne_bytes()[..]));
+        assert_eq!(top[3].0, IFLA_LINKINFO);
+        let info: Vec<(u16, &[u8])> = attrs(top[3].1, 0).collect();
         assert_eq!(info[0], (IFLA_INFO_KIND, &b"veth"[..]));
         let data: Vec<(u16, &[u8])> = attrs(info[1].1, 0).collect();
         assert_eq!(data[0].0, VETH_INFO_PEER);
         let peer: Vec<(u16, &[u8])> = attrs(data[0].1, IFINFOMSG_LEN).collect();
         assert_eq!(peer[0], (IFLA_IFNAME, &b"flg_net\0"[..]));
+        assert_eq!(peer[2], (IFLA_NUM_RX_QUEUES, &2u32.to_ne_bytes()[..]));
     }
 
     #[test]

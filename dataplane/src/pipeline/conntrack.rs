@@ -2,7 +2,9 @@
 //! phases over the batch: hash every packet and prefetch its bucket's tags; match the tags
 //! and prefetch the matching slot; then look up and update.
 //!
-//! A hit advances the entry's state machine and counters. Replies of flows that carry reverse
+//! A hit advances the entry's state machine and counters. A TCP RST outside its receiver's
+//! window is dropped (`tcp_rst_out_of_window`) and changes nothing: someone off the path
+//! guessed the 5-tuple (see `tables::conntrack`'s `tcp_window`). Replies of flows that carry reverse
 //! NAT information get their source rewritten back to the service frontend (`nat`). An ICMP
 //! error whose quoted packet belongs to a tracked flow, and which goes back to the quoted
 //! packet's sender (outer destination = quoted source, as Linux conntrack checks), is "related"
@@ -17,6 +19,9 @@ use super::batch::{Batch, Ctx};
 use super::meta::{CtMark, Family, IcmpClass, PacketMeta, Verdict};
 use super::{nat, prefetch, DropReason, Stage};
 use crate::tables::conntrack::{CtEntry, CtFlags, FlowDirection, FlowKey, RevNat};
+use crate::wire::ip::Protocol;
+
+const TCP: u8 = Protocol::Tcp.number();
 
 pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &mut Ctx<'_>) {
     // Phase 1: keys, hashes, prefetch.
@@ -37,9 +42,11 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
     }
     // Phase 2: with the tag lines on their way, start loading each packet's matching slot,
     // which phase 3 compares and updates.
+    // A TCP flow's new entry is stored whole (its first segment teaches the sequence
+    // tracking): both lines of the slot it would take are loaded.
     for m in batch.meta_mut().iter() {
-        if m.ct_key.is_some() {
-            ctx.ct.prefetch_match(m.ct_hash);
+        if let Some(key) = &m.ct_key {
+            ctx.ct.prefetch_match(m.ct_hash, key.proto() == TCP);
         }
     }
     // Phase 3: lookups and state updates (phase 1 gave a key to undecided IP frames only).
@@ -71,7 +78,10 @@ pub(crate) fn run<B: AsRef<[u8]> + AsMut<[u8]>>(batch: &mut Batch<'_, B>, ctx: &
             }
             return Ok(());
         }
-        let update = ctx.ct.update(h, dir, m.tcp_flags, f.len() as u32, ctx.now);
+        let update = ctx.ct.update(h, dir, m.tcp, f.len() as u32, ctx.now);
+        if update.out_of_window {
+            return Err(DropReason::TcpRstOutOfWindow);
+        }
         if update.dir != dir {
             // A SYN from the reply side reopened a closed flow: it is a new connection, and
             // policy decides it like any other.

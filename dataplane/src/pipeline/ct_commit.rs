@@ -41,7 +41,6 @@ pub(crate) fn commit_new_flow(m: &PacketMeta, bytes: u32, ctx: &mut Ctx<'_>) {
             CtFlags::EMPTY
         },
         rev_nat,
-        backend: 0,
     };
     ctx.ct.create_counted(
         &key,
@@ -49,7 +48,7 @@ pub(crate) fn commit_new_flow(m: &PacketMeta, bytes: u32, ctx: &mut Ctx<'_>) {
         FlowDirection::Original,
         info,
         ctx.now,
-        m.tcp_flags,
+        m.tcp,
         bytes,
     );
     ctx.c.ct_created += 1;

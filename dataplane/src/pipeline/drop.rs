@@ -119,6 +119,10 @@ drop_reasons! {
     /// An ICMP error that quotes no tracked flow, or is not addressed to the quoted packet's
     /// sender: never related, so never past policy.
     IcmpErrorUnrelated = 67 => "icmp_error_unrelated",
+    /// A TCP RST of a tracked flow whose sequence number is outside its receiver's window
+    /// (conntrack's sequence check): a guess by someone off the path, which must not close the
+    /// flow (nor free its masquerade port). A RST in the window but not exact is passed.
+    TcpRstOutOfWindow = 68 => "tcp_rst_out_of_window",
     // --- masquerade (70..=79) ---
     /// A pod's new flow to the world found no free source port in its probes of the worker's
     /// share of the masquerade range (`tables::snat`): widen `masquerade_ports`, or the flows
@@ -178,6 +182,7 @@ mod tests {
         assert_eq!(DropReason::TooBigNoGateway as u8, 65);
         assert_eq!(DropReason::DsrOptionUntrusted as u8, 66);
         assert_eq!(DropReason::IcmpErrorUnrelated as u8, 67);
+        assert_eq!(DropReason::TcpRstOutOfWindow as u8, 68);
         assert_eq!(DropReason::MasqueradePortsExhausted as u8, 70);
         assert_eq!(DropReason::MasqueradeNoMapping as u8, 71);
         assert_eq!(DropReason::MasqueradeUnsupportedProtocol as u8, 72);

@@ -104,7 +104,7 @@ impl Event {
         self.src_ep = m.src_ep;
         self.dst_ep = m.dst_ep;
         self.tuple = m.tuple;
-        self.tcp_flags = m.tcp_flags;
+        self.tcp_flags = m.tcp.flags;
         self.time_ns = origin.now;
         self.frame_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
         self.captured = captured as u16;

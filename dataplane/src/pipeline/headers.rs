@@ -13,12 +13,13 @@ use std::net::IpAddr;
 
 use super::meta::{Family, IcmpClass, PacketMeta, Tuple};
 use super::DropReason;
+use crate::tables::conntrack::TcpSegment;
 use crate::wire::ethernet::{EtherType, EthernetFrame};
 use crate::wire::icmpv4::Icmpv4Packet;
 use crate::wire::icmpv6::Icmpv6Packet;
 use crate::wire::ipv4::{self, Ipv4Packet, Protocol};
 use crate::wire::ipv6::{self, Ipv6Packet};
-use crate::wire::tcp::TcpPacket;
+use crate::wire::tcp::{self, TcpPacket};
 use crate::wire::udp::UdpPacket;
 use crate::wire::Error;
 
@@ -107,7 +108,7 @@ fn parse_l4(
         Protocol::Tcp => {
             let tcp = TcpPacket::new_checked(seg).map_err(l4_err)?;
             (t.sport, t.dport) = (tcp.src_port(), tcp.dst_port());
-            m.tcp_flags = tcp.flags().bits();
+            m.tcp = tcp_segment(&tcp);
         }
         Protocol::Udp => {
             let udp = UdpPacket::new_checked(seg).map_err(l4_err)?;
@@ -146,6 +147,26 @@ fn parse_l4(
 }
 
 /// The identifier of an ICMP echo (bytes 4..6 of the message; checked by the caller's view).
+/// What conntrack reads of a TCP header: flags, numbers, window, payload length, and the
+/// window scale option of a SYN (the options are walked only then: a SYN is a flow's first
+/// packet, or its answer).
+fn tcp_segment(tcp: &TcpPacket<&[u8]>) -> TcpSegment {
+    let flags = tcp.flags();
+    let wscale = if flags.contains(tcp::TcpFlags::SYN) {
+        tcp::window_scale(tcp.options())
+    } else {
+        None
+    };
+    TcpSegment {
+        flags: flags.bits(),
+        wscale,
+        window: tcp.window_len(),
+        seq: tcp.seq_number(),
+        ack: tcp.ack_number(),
+        len: u16::try_from(tcp.payload().len()).unwrap_or(u16::MAX),
+    }
+}
+
 fn icmp_echo_ident(seg: &[u8]) -> u16 {
     seg.get(4..6)
         .map(|b| u16::from_be_bytes([b[0], b[1]]))

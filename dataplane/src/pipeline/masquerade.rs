@@ -32,7 +32,7 @@ use super::meta::{CtMark, IcmpClass, PacketMeta, Verdict};
 use super::{nat, DropReason, MAX_BATCH};
 use crate::frame::Frame;
 use crate::tables::conntrack::Conntrack;
-use crate::tables::snat::{self, SnatFlow};
+use crate::tables::snat::{self, ReplyRefused, SnatFlow};
 use crate::wire::ip::Protocol;
 
 /// Translates a pod's packet to the world (see the module doc); a no-op for anything else.
@@ -73,13 +73,13 @@ pub(crate) fn snat_to_node<B: AsRef<[u8]> + AsMut<[u8]>>(
     let bytes = f.len() as u32;
     // A new flow's later packets in the same batch find the port its first one recorded.
     let recorded = m.snat_port.or_else(|| recorded_port(m, ctx.ct, ctx.now));
-    let kept = recorded.filter(|&p| snat::refresh(ctx.ct, &flow, p, m.tcp_flags, bytes, ctx.now));
+    let kept = recorded.filter(|&p| snat::refresh(ctx.ct, &flow, p, m.tcp, bytes, ctx.now));
     let port = match kept {
         Some(port) => port,
         None => {
             let port = masq
                 .allocator()
-                .allocate(ctx.ct, &flow, m.tcp_flags, bytes, ctx.now)
+                .allocate(ctx.ct, &flow, m.tcp, bytes, ctx.now)
                 .ok_or(DropReason::MasqueradePortsExhausted)?;
             record_port(m, ctx, port);
             ctx.c.masquerade_ports_allocated += 1;
@@ -113,8 +113,9 @@ pub(crate) fn prefetch_translated(metas: &[PacketMeta], ctx: &Ctx<'_>) {
         hashes[n] = hash;
         n += 1;
     }
+    // A translated entry holds the original source (NAT information): stored whole.
     for &hash in &hashes[..n] {
-        ctx.ct.prefetch_match(hash);
+        ctx.ct.prefetch_match(hash, true);
     }
 }
 
@@ -178,11 +179,14 @@ pub(crate) fn reverse<B: AsRef<[u8]> + AsMut<[u8]>>(
         (t.src, t.sport),
         (t.dst, t.dport),
         t.proto,
-        m.tcp_flags,
+        m.tcp,
         f.len() as u32,
         ctx.now,
     )
-    .ok_or(DropReason::MasqueradeNoMapping)?;
+    .map_err(|refused| match refused {
+        ReplyRefused::NoMapping => DropReason::MasqueradeNoMapping,
+        ReplyRefused::RstOutOfWindow => DropReason::TcpRstOutOfWindow,
+    })?;
     if !nat::rewrite_dst(f, m, addr, port) {
         return Err(DropReason::L4Malformed);
     }

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::pipeline::DropReason;
-use crate::tables::conntrack::FlowKey;
+use crate::tables::conntrack::{FlowKey, TcpSegment};
 use crate::tables::endpoints::{EndpointId, EndpointSlot};
 use crate::types::Identity;
 
@@ -114,7 +114,8 @@ pub struct PacketMeta {
     /// The packet's 5-tuple (for ICMP echo, the identifier in both ports; for other ICMP the
     /// type in `dport`, which is what policy keys on).
     pub tuple: Tuple,
-    pub tcp_flags: u8,
+    /// TCP only: the segment's flags, and the numbers conntrack's sequence check reads.
+    pub tcp: TcpSegment,
     pub icmp: IcmpClass,
     /// The ICMP message type (ICMP and ICMPv6 only): what an ICMP policy rule keys on, kept
     /// apart because an echo's ports hold its identifier.
@@ -162,7 +163,7 @@ impl PacketMeta {
         l4: 0,
         l4_end: 0,
         tuple: Tuple::EMPTY,
-        tcp_flags: 0,
+        tcp: TcpSegment::NONE,
         icmp: IcmpClass::NotIcmp,
         icmp_type: 0,
         inner: Tuple::EMPTY,

@@ -28,6 +28,8 @@ pub mod counters;
 pub mod drop;
 pub mod event;
 pub mod event_ring;
+pub mod flow_owner;
+pub mod handoff;
 pub mod meta;
 pub mod publisher;
 

@@ -53,4 +53,10 @@ pub struct IoSummary {
     pub sock_rx_dropped: u64,
     pub sock_rx_ring_full: u64,
     pub sock_fill_ring_empty: u64,
+    /// Workers sharing queues (`pipeline::handoff`): frames this worker received for a flow
+    /// another worker owns and copied to it; frames handed to this worker and processed here;
+    /// frames lost on the way (the owner's ring full, too long for a slot, no free frame).
+    pub handed_off: u64,
+    pub taken_over: u64,
+    pub handoff_dropped: u64,
 }

@@ -42,7 +42,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use super::conntrack::{Conntrack, CtCreate, CtEntry, CtState, FlowDirection, FlowKey, RevNat};
+use super::conntrack::{
+    Conntrack, CtCreate, CtEntry, CtState, FlowDirection, FlowKey, RevNat, TcpSegment,
+};
 use crate::types::Identity;
 
 /// The default masquerade source ports: above Linux's default `ip_local_port_range`
@@ -247,7 +249,7 @@ impl PortAllocator {
     }
 
     /// Picks a free port for `flow` and reserves it: creates the translated entry, with the
-    /// leaving packet (`tcp_flags`, `bytes`) already counted in it. `None` when the
+    /// leaving packet (`tcp`, `bytes`) already counted in it. `None` when the
     /// [`MAX_PROBES`] candidates are all taken. The caller records the port in the flow's own
     /// entry ([`CtEntry::set_snat_port`](super::conntrack::CtEntry::set_snat_port)), after this
     /// call: creating an entry invalidates handles.
@@ -255,7 +257,7 @@ impl PortAllocator {
         &mut self,
         ct: &mut Conntrack,
         flow: &SnatFlow,
-        tcp_flags: u8,
+        tcp: TcpSegment,
         bytes: u32,
         now: u64,
     ) -> Option<u16> {
@@ -270,7 +272,7 @@ impl PortAllocator {
             let hash = ct.hash_key(&key);
             match ct.lookup(&key, hash, now) {
                 None => {
-                    create_translated(ct, flow, &key, hash, tcp_flags, bytes, now);
+                    create_translated(ct, flow, &key, hash, tcp, bytes, now);
                     return Some(port);
                 }
                 Some((h, _)) if closed.is_none() && is_closed_tcp(ct.entry(h)) => {
@@ -282,7 +284,7 @@ impl PortAllocator {
         let (port, key, hash) = closed?;
         // Overwrites the closed flow's translated entry in place: its replies stop reaching
         // its pod, and its own entry's recorded port fails `refresh`'s ownership test.
-        create_translated(ct, flow, &key, hash, tcp_flags, bytes, now);
+        create_translated(ct, flow, &key, hash, tcp, bytes, now);
         Some(port)
     }
 }
@@ -302,7 +304,7 @@ pub fn refresh(
     ct: &mut Conntrack,
     flow: &SnatFlow,
     port: u16,
-    tcp_flags: u8,
+    tcp: TcpSegment,
     bytes: u32,
     now: u64,
 ) -> bool {
@@ -312,41 +314,53 @@ pub fn refresh(
         Some((h, dir)) => {
             let ours = ct.entry(h).rev_nat() == Some(original_rev_nat(flow));
             if ours {
-                ct.update(h, dir, tcp_flags, bytes, now);
+                ct.update(h, dir, tcp, bytes, now);
             }
             ours
         }
         None => {
-            create_translated(ct, flow, &key, hash, tcp_flags, bytes, now);
+            create_translated(ct, flow, &key, hash, tcp, bytes, now);
             true
         }
     }
 }
 
+/// Why a packet to a masquerade port was not turned back into a reply to its pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyRefused {
+    /// No live flow left with that port towards the sender.
+    NoMapping,
+    /// A TCP RST outside its receiver's window (conntrack's sequence check): it must not close
+    /// the translated entry, which would free the port for another flow.
+    RstOutOfWindow,
+}
+
 /// The original source of a reply `remote -> nat_addr:nat_port` of a translated flow, its
-/// packet (`tcp_flags`, `bytes`) accounted in the translated entry; `None` when no live flow
-/// left with that port towards `remote`.
+/// packet (`tcp`, `bytes`) accounted in the translated entry; refused when no live flow left
+/// with that port towards `remote`, or when the packet is a RST out of window.
 #[allow(clippy::too_many_arguments)] // The reply's tuple and the packet.
 pub fn original_of(
     ct: &mut Conntrack,
     remote: (IpAddr, u16),
     nat: (IpAddr, u16),
     proto: u8,
-    tcp_flags: u8,
+    tcp: TcpSegment,
     bytes: u32,
     now: u64,
-) -> Option<(IpAddr, u16)> {
+) -> Result<(IpAddr, u16), ReplyRefused> {
     let key = FlowKey::new(remote.0, nat.0, remote.1, nat.1, proto);
     let hash = ct.hash_key(&key);
-    let (h, dir) = ct.lookup(&key, hash, now)?;
+    let (h, dir) = ct.lookup(&key, hash, now).ok_or(ReplyRefused::NoMapping)?;
     // The translated entry was created leaving: a reply travels the other way. An entry of
     // the same tuple created by a packet *to* the node is no translation.
     if dir != FlowDirection::Reply {
-        return None;
+        return Err(ReplyRefused::NoMapping);
     }
-    let original = ct.entry(h).rev_nat()?;
-    ct.update(h, dir, tcp_flags, bytes, now);
-    Some((original.addr(), original.port()))
+    let original = ct.entry(h).rev_nat().ok_or(ReplyRefused::NoMapping)?;
+    if ct.update(h, dir, tcp, bytes, now).out_of_window {
+        return Err(ReplyRefused::RstOutOfWindow);
+    }
+    Ok((original.addr(), original.port()))
 }
 
 /// The original source of the translated packet `nat_addr:nat_port -> remote` quoted in an
@@ -378,7 +392,7 @@ fn create_translated(
     flow: &SnatFlow,
     key: &FlowKey,
     hash: u64,
-    tcp_flags: u8,
+    tcp: TcpSegment,
     bytes: u32,
     now: u64,
 ) {
@@ -387,15 +401,7 @@ fn create_translated(
         rev_nat: Some(original_rev_nat(flow)),
         ..CtCreate::default()
     };
-    ct.create_counted(
-        key,
-        hash,
-        FlowDirection::Original,
-        info,
-        now,
-        tcp_flags,
-        bytes,
-    );
+    ct.create_counted(key, hash, FlowDirection::Original, info, now, tcp, bytes);
 }
 
 #[cfg(test)]
@@ -410,6 +416,27 @@ mod tests {
     const UDP: u8 = 17;
     const SYN: u8 = 0x02;
     const SEC: u64 = 1_000_000_000;
+
+    /// The pod's segments in these tests' flows (initial number 100, no data): its SYN at 100,
+    /// everything else at 101, acknowledging the remote's SYN (901).
+    fn pod(flags: u8) -> TcpSegment {
+        segment(flags, 100, 901)
+    }
+
+    /// The remote's segments (initial number 900), acknowledging the pod's SYN (101).
+    fn remote(flags: u8) -> TcpSegment {
+        segment(flags, 900, 101)
+    }
+
+    fn segment(flags: u8, isn: u32, peer_next: u32) -> TcpSegment {
+        TcpSegment {
+            flags,
+            seq: if flags & SYN != 0 { isn } else { isn + 1 },
+            ack: if flags & 0x10 != 0 { peer_next } else { 0 },
+            window: 64_000,
+            ..TcpSegment::NONE
+        }
+    }
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -480,10 +507,18 @@ mod tests {
         let mut ct = table();
         let mut alloc = PortAllocator::new(DEFAULT_PORTS);
         let f = flow(5, 40000);
-        let port = alloc.allocate(&mut ct, &f, SYN, 60, 0).unwrap();
+        let port = alloc.allocate(&mut ct, &f, pod(SYN), 60, 0).unwrap();
         assert!(DEFAULT_PORTS.contains(port));
-        let got = original_of(&mut ct, f.remote, (f.nat_addr, port), TCP, 0x12, 60, SEC);
-        assert_eq!(got, Some(f.original));
+        let got = original_of(
+            &mut ct,
+            f.remote,
+            (f.nat_addr, port),
+            TCP,
+            remote(0x12),
+            60,
+            SEC,
+        );
+        assert_eq!(got, Ok(f.original));
         // The packet as it left, quoted in a router's ICMP error, names the same flow.
         assert_eq!(
             original_of_quoted(&ct, (f.nat_addr, port), f.remote, TCP, SEC),
@@ -496,17 +531,41 @@ mod tests {
         // Another port, another remote or another protocol: no translation.
         let other = if port == 65535 { 61000 } else { port + 1 };
         assert_eq!(
-            original_of(&mut ct, f.remote, (f.nat_addr, other), TCP, 0, 60, SEC),
-            None
+            original_of(
+                &mut ct,
+                f.remote,
+                (f.nat_addr, other),
+                TCP,
+                remote(0),
+                60,
+                SEC
+            ),
+            Err(ReplyRefused::NoMapping)
         );
         let stranger = (v4(198, 51, 100, 8), 80);
         assert_eq!(
-            original_of(&mut ct, stranger, (f.nat_addr, port), TCP, 0, 60, SEC),
-            None
+            original_of(
+                &mut ct,
+                stranger,
+                (f.nat_addr, port),
+                TCP,
+                remote(0),
+                60,
+                SEC
+            ),
+            Err(ReplyRefused::NoMapping)
         );
         assert_eq!(
-            original_of(&mut ct, f.remote, (f.nat_addr, port), UDP, 0, 60, SEC),
-            None
+            original_of(
+                &mut ct,
+                f.remote,
+                (f.nat_addr, port),
+                UDP,
+                TcpSegment::NONE,
+                60,
+                SEC
+            ),
+            Err(ReplyRefused::NoMapping)
         );
         // The reservation lives as the flow does: a handshake that never completes expires
         // with the SYN timeout (60 s).
@@ -516,11 +575,11 @@ mod tests {
                 f.remote,
                 (f.nat_addr, port),
                 TCP,
-                0x10,
+                remote(0x10),
                 60,
                 120 * SEC
             ),
-            None
+            Err(ReplyRefused::NoMapping)
         );
     }
 
@@ -531,7 +590,7 @@ mod tests {
         let mut ports = HashSet::new();
         for i in 0..1000u16 {
             let f = flow((i % 200) as u8 + 1, 30000 + i);
-            let port = alloc.allocate(&mut ct, &f, SYN, 60, 0).unwrap();
+            let port = alloc.allocate(&mut ct, &f, pod(SYN), 60, 0).unwrap();
             assert!(ports.insert(port), "port {port} handed out twice");
         }
         assert_eq!(ports.len(), 1000);
@@ -544,17 +603,22 @@ mod tests {
         let mut alloc = PortAllocator::new(range);
         for i in 0..10 {
             assert!(alloc
-                .allocate(&mut ct, &flow(1, 1000 + i), SYN, 60, 0)
+                .allocate(&mut ct, &flow(1, 1000 + i), pod(SYN), 60, 0)
                 .is_some());
         }
-        assert_eq!(alloc.allocate(&mut ct, &flow(1, 2000), SYN, 60, 0), None);
+        assert_eq!(
+            alloc.allocate(&mut ct, &flow(1, 2000), pod(SYN), 60, 0),
+            None
+        );
         // The same ports still serve another remote (endpoint-dependent mapping).
         let mut elsewhere = flow(1, 2000);
         elsewhere.remote = (v4(203, 0, 113, 9), 443);
-        assert!(alloc.allocate(&mut ct, &elsewhere, SYN, 60, 0).is_some());
+        assert!(alloc
+            .allocate(&mut ct, &elsewhere, pod(SYN), 60, 0)
+            .is_some());
         // Unanswered SYNs expire (60 s): their ports are free again.
         assert!(alloc
-            .allocate(&mut ct, &flow(1, 2000), SYN, 60, 61 * SEC)
+            .allocate(&mut ct, &flow(1, 2000), pod(SYN), 60, 61 * SEC)
             .is_some());
     }
 
@@ -563,28 +627,31 @@ mod tests {
         let mut ct = table();
         let mut alloc = PortAllocator::new(PortRange::new(61000, 61000).unwrap());
         let a = flow(1, 1000);
-        let port = alloc.allocate(&mut ct, &a, SYN, 60, 0).unwrap();
-        assert!(refresh(&mut ct, &a, port, 0x10, 60, SEC));
+        let port = alloc.allocate(&mut ct, &a, pod(SYN), 60, 0).unwrap();
+        assert!(refresh(&mut ct, &a, port, pod(0x10), 60, SEC));
         // Lost (evicted, say): created again on the same port.
         assert!(ct.remove(&a.translated_key(port)));
-        assert!(refresh(&mut ct, &a, port, 0x10, 60, 2 * SEC));
+        assert!(refresh(&mut ct, &a, port, pod(0x10), 60, 2 * SEC));
         assert_eq!(
             original_of(
                 &mut ct,
                 a.remote,
                 (a.nat_addr, port),
                 TCP,
-                0x10,
+                remote(0x10),
                 60,
                 2 * SEC
             ),
-            Some(a.original)
+            Ok(a.original)
         );
         // Taken by another flow meanwhile: refused, the caller allocates anew.
         assert!(ct.remove(&a.translated_key(port)));
         let b = flow(2, 1000);
-        assert_eq!(alloc.allocate(&mut ct, &b, SYN, 60, 3 * SEC), Some(port));
-        assert!(!refresh(&mut ct, &a, port, 0x10, 60, 3 * SEC));
+        assert_eq!(
+            alloc.allocate(&mut ct, &b, pod(SYN), 60, 3 * SEC),
+            Some(port)
+        );
+        assert!(!refresh(&mut ct, &a, port, pod(0x10), 60, 3 * SEC));
     }
 
     const FIN: u8 = 0x01;
@@ -594,28 +661,46 @@ mod tests {
     /// Allocates a port for `f` and completes the handshake through the translation (SYN out,
     /// SYN+ACK back, ACK out): the translated entry is established.
     fn connect(alloc: &mut PortAllocator, ct: &mut Conntrack, f: &SnatFlow, now: u64) -> u16 {
-        let port = alloc.allocate(ct, f, SYN, 60, now).expect("a free port");
-        let back = original_of(ct, f.remote, (f.nat_addr, port), TCP, SYN | ACK, 60, now);
-        assert_eq!(back, Some(f.original));
-        assert!(refresh(ct, f, port, ACK, 60, now));
+        let port = alloc
+            .allocate(ct, f, pod(SYN), 60, now)
+            .expect("a free port");
+        let back = original_of(
+            ct,
+            f.remote,
+            (f.nat_addr, port),
+            TCP,
+            remote(SYN | ACK),
+            60,
+            now,
+        );
+        assert_eq!(back, Ok(f.original));
+        assert!(refresh(ct, f, port, pod(ACK), 60, now));
         port
     }
 
     /// The pod's FIN, the remote's FIN, the pod's last ACK.
     fn close_by_fins(ct: &mut Conntrack, f: &SnatFlow, port: u16, now: u64) {
-        assert!(refresh(ct, f, port, FIN | ACK, 60, now));
-        let back = original_of(ct, f.remote, (f.nat_addr, port), TCP, FIN | ACK, 60, now);
-        assert_eq!(back, Some(f.original));
-        assert!(refresh(ct, f, port, ACK, 60, now));
+        assert!(refresh(ct, f, port, pod(FIN | ACK), 60, now));
+        let back = original_of(
+            ct,
+            f.remote,
+            (f.nat_addr, port),
+            TCP,
+            remote(FIN | ACK),
+            60,
+            now,
+        );
+        assert_eq!(back, Ok(f.original));
+        assert!(refresh(ct, f, port, pod(ACK), 60, now));
     }
 
     /// A RST, from the pod (`from_pod`) or from the remote.
     fn reset(ct: &mut Conntrack, f: &SnatFlow, port: u16, from_pod: bool, now: u64) {
         if from_pod {
-            assert!(refresh(ct, f, port, RST, 60, now));
+            assert!(refresh(ct, f, port, pod(RST), 60, now));
         } else {
-            let back = original_of(ct, f.remote, (f.nat_addr, port), TCP, RST, 60, now);
-            assert_eq!(back, Some(f.original));
+            let back = original_of(ct, f.remote, (f.nat_addr, port), TCP, remote(RST), 60, now);
+            assert_eq!(back, Ok(f.original));
         }
     }
 
@@ -633,7 +718,10 @@ mod tests {
             .map(|f| connect(&mut alloc, &mut ct, f, 0))
             .collect();
         assert_eq!(ports.iter().collect::<HashSet<_>>().len(), 4);
-        assert_eq!(alloc.allocate(&mut ct, &flow(1, 2000), SYN, 60, SEC), None);
+        assert_eq!(
+            alloc.allocate(&mut ct, &flow(1, 2000), pod(SYN), 60, SEC),
+            None
+        );
         close_by_fins(&mut ct, &flows[0], ports[0], SEC);
         close_by_fins(&mut ct, &flows[1], ports[1], SEC);
         reset(&mut ct, &flows[2], ports[2], true, SEC);
@@ -648,7 +736,7 @@ mod tests {
         assert_eq!(recycled, ports.iter().copied().collect());
         // The new flows are open: nothing is left.
         assert_eq!(
-            alloc.allocate(&mut ct, &flow(2, 4000), SYN, 60, 3 * SEC),
+            alloc.allocate(&mut ct, &flow(2, 4000), pod(SYN), 60, 3 * SEC),
             None
         );
     }
@@ -661,22 +749,25 @@ mod tests {
         let port = connect(&mut alloc, &mut ct, &old, 0);
         close_by_fins(&mut ct, &old, port, SEC);
         let new = flow(2, 1000);
-        assert_eq!(alloc.allocate(&mut ct, &new, SYN, 60, 2 * SEC), Some(port));
+        assert_eq!(
+            alloc.allocate(&mut ct, &new, pod(SYN), 60, 2 * SEC),
+            Some(port)
+        );
         // The old flow's late packet (a retransmitted last ACK, say): the port is not its own
         // any more, so the caller must allocate anew; the new flow's entry is untouched.
-        assert!(!refresh(&mut ct, &old, port, ACK, 60, 3 * SEC));
+        assert!(!refresh(&mut ct, &old, port, pod(ACK), 60, 3 * SEC));
         // Replies on the port reach the new flow's pod, and its handshake proceeds.
         let back = original_of(
             &mut ct,
             new.remote,
             (new.nat_addr, port),
             TCP,
-            SYN | ACK,
+            remote(SYN | ACK),
             60,
             3 * SEC,
         );
-        assert_eq!(back, Some(new.original));
-        assert!(refresh(&mut ct, &new, port, ACK, 60, 3 * SEC));
+        assert_eq!(back, Ok(new.original));
+        assert!(refresh(&mut ct, &new, port, pod(ACK), 60, 3 * SEC));
         let key = new.translated_key(port);
         let (h, _) = ct.lookup(&key, ct.hash_key(&key), 3 * SEC).unwrap();
         assert_eq!(ct.entry(h).state(), CtState::Established);
@@ -692,36 +783,51 @@ mod tests {
             .map(|f| connect(&mut alloc, &mut ct, f, 0))
             .collect();
         // One FIN only (the pod's, then the remote's): the flows still carry data one way.
-        assert!(refresh(&mut ct, &flows[0], ports[0], FIN | ACK, 60, SEC));
+        assert!(refresh(
+            &mut ct,
+            &flows[0],
+            ports[0],
+            pod(FIN | ACK),
+            60,
+            SEC
+        ));
         let back = original_of(
             &mut ct,
             flows[1].remote,
             (flows[1].nat_addr, ports[1]),
             TCP,
-            FIN | ACK,
+            remote(FIN | ACK),
             60,
             SEC,
         );
-        assert_eq!(back, Some(flows[1].original));
+        assert_eq!(back, Ok(flows[1].original));
         for i in 0..8 {
-            let got = alloc.allocate(&mut ct, &flow(2, 2000 + i), SYN, 60, 2 * SEC);
+            let got = alloc.allocate(&mut ct, &flow(2, 2000 + i), pod(SYN), 60, 2 * SEC);
             assert_eq!(got, None, "an open flow's port was taken");
         }
         // A handshake in progress is open as well: the fresh SYN of the port's only flow.
         let mut ct = table();
         let mut alloc = PortAllocator::new(PortRange::new(61000, 61000).unwrap());
         assert!(alloc
-            .allocate(&mut ct, &flow(1, 1000), SYN, 60, 0)
+            .allocate(&mut ct, &flow(1, 1000), pod(SYN), 60, 0)
             .is_some());
-        assert_eq!(alloc.allocate(&mut ct, &flow(1, 1001), SYN, 60, SEC), None);
+        assert_eq!(
+            alloc.allocate(&mut ct, &flow(1, 1001), pod(SYN), 60, SEC),
+            None
+        );
         // A UDP flow never closes by flags: its port waits for its timeout.
         let mut ct = table();
         let mut alloc = PortAllocator::new(PortRange::new(61000, 61000).unwrap());
         let mut udp = flow(1, 1000);
         udp.proto = UDP;
-        assert!(alloc.allocate(&mut ct, &udp, 0, 60, 0).is_some());
+        assert!(alloc
+            .allocate(&mut ct, &udp, TcpSegment::NONE, 60, 0)
+            .is_some());
         udp.original.1 = 1001;
-        assert_eq!(alloc.allocate(&mut ct, &udp, 0, 60, SEC), None);
+        assert_eq!(
+            alloc.allocate(&mut ct, &udp, TcpSegment::NONE, 60, SEC),
+            None
+        );
     }
 
     #[test]
@@ -741,13 +847,45 @@ mod tests {
         assert!(!closed.contains(&p1) && !closed.contains(&p2) && p1 != p2);
         // The closed flows still translate their late replies meanwhile.
         assert_eq!(
-            original_of(&mut ct, a.remote, (a.nat_addr, pa), TCP, ACK, 60, 2 * SEC),
-            Some(a.original)
+            original_of(
+                &mut ct,
+                a.remote,
+                (a.nat_addr, pa),
+                TCP,
+                remote(ACK),
+                60,
+                2 * SEC
+            ),
+            Ok(a.original)
         );
         // Then, under pressure, the closed ones are recycled.
         let p3 = connect(&mut alloc, &mut ct, &flow(2, 2002), 3 * SEC);
         let p4 = connect(&mut alloc, &mut ct, &flow(2, 2003), 3 * SEC);
         assert_eq!(HashSet::from([p3, p4]), closed);
+    }
+
+    #[test]
+    fn a_guessed_rst_neither_closes_a_flow_nor_frees_its_port() {
+        let mut ct = table();
+        let mut alloc = PortAllocator::new(PortRange::new(61000, 61000).unwrap());
+        let f = flow(1, 1000);
+        let port = connect(&mut alloc, &mut ct, &f, 0);
+        // Off-path RSTs "from the remote" at numbers it guessed: refused, the flow stays open.
+        for seq in [1 << 20, 0x8000_0000, 0xffff_0000, 0x1234_5678] {
+            let guess = TcpSegment { seq, ..remote(RST) };
+            let back = original_of(&mut ct, f.remote, (f.nat_addr, port), TCP, guess, 60, SEC);
+            assert_eq!(back, Err(ReplyRefused::RstOutOfWindow), "seq {seq:#x}");
+        }
+        assert_eq!(
+            alloc.allocate(&mut ct, &flow(2, 1000), pod(SYN), 60, SEC),
+            None
+        );
+        // The remote's own RST, at the number the pod expects, closes it: the port is free.
+        reset(&mut ct, &f, port, false, 2 * SEC);
+        assert_eq!(
+            alloc.allocate(&mut ct, &flow(2, 1000), pod(SYN), 60, 2 * SEC),
+            Some(port)
+        );
     }
 
     #[test]
@@ -760,7 +898,7 @@ mod tests {
             let mut alloc = PortAllocator::new(share);
             for i in 0..500u16 {
                 let port = alloc
-                    .allocate(&mut ct, &flow(1, i + 1), SYN, 60, 0)
+                    .allocate(&mut ct, &flow(1, i + 1), pod(SYN), 60, 0)
                     .unwrap();
                 assert!(share.contains(port));
                 assert!(seen.insert(port), "worker {w} reused port {port}");

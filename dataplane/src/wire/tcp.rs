@@ -408,6 +408,36 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     }
 }
 
+/// The window scale option's shift count (RFC 7323, kind 3, length 3) in an options area, or
+/// `None` when the area has none. Walks the options without copying; a malformed area (an
+/// option running past the end, a length below 2) ends the walk as if nothing followed, since
+/// this is only a hint for conntrack's window, never a reason to refuse the segment. A shift
+/// above 14 is read as 14, as RFC 7323 section 2.3 says a receiver must.
+pub fn window_scale(options: &[u8]) -> Option<u8> {
+    const END: u8 = 0;
+    const NOP: u8 = 1;
+    const WINDOW_SCALE: u8 = 3;
+    const MAX_SHIFT: u8 = 14;
+    let mut rest = options;
+    while let Some((&kind, tail)) = rest.split_first() {
+        match kind {
+            END => return None,
+            NOP => rest = tail,
+            _ => {
+                let len = usize::from(*tail.first()?);
+                if len < 2 || len > rest.len() {
+                    return None;
+                }
+                if kind == WINDOW_SCALE && len == 3 {
+                    return Some(rest[2].min(MAX_SHIFT));
+                }
+                rest = &rest[len..];
+            }
+        }
+    }
+    None
+}
+
 /// The options area of a header, kept inline (at most 40 bytes) so that [`Repr`] stays
 /// `Copy` and allocation-free. Options are carried as raw bytes; nothing here interprets them.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -561,6 +591,28 @@ impl Repr {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn window_scale_is_found_among_options() {
+        // MSS 1460, SACK permitted, timestamps, NOP, window scale 7: Linux's SYN.
+        let syn = [
+            2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        assert_eq!(window_scale(&syn), Some(7));
+        assert_eq!(window_scale(&[1, 1, 3, 3, 15, 0]), Some(14), "clamped");
+        assert_eq!(window_scale(&[2, 4, 5, 0xb4]), None);
+        assert_eq!(
+            window_scale(&[0, 3, 3, 7]),
+            None,
+            "after the end of the list"
+        );
+        assert_eq!(window_scale(&[]), None);
+        // Malformed lengths end the walk without panicking.
+        assert_eq!(window_scale(&[2, 0, 3, 3, 7]), None);
+        assert_eq!(window_scale(&[2, 40, 3, 3, 7]), None);
+        assert_eq!(window_scale(&[3]), None);
+        assert_eq!(window_scale(&[3, 3]), None);
+    }
     use super::*;
     use proptest::prelude::*;
 

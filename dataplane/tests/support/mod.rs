@@ -12,7 +12,7 @@
 pub mod daemon;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -68,11 +68,37 @@ pub fn preflight() -> Result<(), String> {
 
 /// A veth pair `host_if` (in `node`, up, no address) <-> `eth0` (in `peer_ns`, up, `addr`),
 /// with `lo` up in `peer_ns`.
+#[allow(dead_code)] // Each test file uses a subset of these helpers.
 pub fn add_veth(node: &str, host_if: &str, peer_ns: &str, addr: &str) {
+    add_veth_with_queues(node, host_if, peer_ns, addr, 1);
+}
+
+/// [`add_veth`] with `queues` receive and transmit queues on both sides: the pod spreads its
+/// flows over its transmit queues, and each arrives on the same-numbered receive queue of
+/// `host_if`.
+pub fn add_veth_with_queues(node: &str, host_if: &str, peer_ns: &str, addr: &str, queues: u32) {
+    let q = queues.to_string();
     ip_in(
         node,
         &[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", peer_ns,
+            "link",
+            "add",
+            host_if,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "netns",
+            peer_ns,
         ],
     );
     ip_in(node, &["link", "set", host_if, "up"]);
@@ -125,6 +151,18 @@ pub fn build_pods(
     gateway: Ipv4Addr,
     count: u8,
 ) -> Result<PodNamespaces, String> {
+    build_pods_with_queues(prefix, net, gateway, count, 1)
+}
+
+/// [`build_pods`] with veths of `queues` receive and transmit queues on both sides.
+#[allow(dead_code)]
+pub fn build_pods_with_queues(
+    prefix: &str,
+    net: [u8; 3],
+    gateway: Ipv4Addr,
+    count: u8,
+    queues: u32,
+) -> Result<PodNamespaces, String> {
     let pid = std::process::id();
     let mut guard = NetNsGuard::default();
     let node = format!("{prefix}-{pid}");
@@ -136,7 +174,7 @@ pub fn build_pods(
         guard.add(&ns)?;
         let host_if = format!("{prefix}{pid}h{i}");
         let ip = Ipv4Addr::new(net[0], net[1], net[2], 10 + i);
-        add_veth(&node, &host_if, &ns, &format!("{ip}/32"));
+        add_veth_with_queues(&node, &host_if, &ns, &format!("{ip}/32"), queues);
         add_default_route(&ns, gateway);
         let (ifindex, _) = link_facts(&node, &host_if);
         let (_, mac) = link_facts(&ns, "eth0");
@@ -243,4 +281,73 @@ impl Echo {
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
+}
+
+/// A UDP echo server in `ns` on `ip:port` until `stop`; the thread returns how many datagrams
+/// it echoed.
+#[allow(dead_code)] // Each test file uses a subset of these helpers.
+pub fn udp_echo(
+    ns: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<usize> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = spawn_in(ns, move || {
+        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(ip), port)).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut echoed = 0;
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                if socket.send_to(&buf[..n], from).is_ok() {
+                    echoed += 1;
+                }
+            }
+        }
+        echoed
+    });
+    ready_rx.recv().expect("UDP server ready");
+    handle
+}
+
+/// From `ns`: `flows` UDP flows (one socket, so one source port, each) to `dst:port`, each a
+/// few datagrams that must come back intact (a lost datagram is sent again, up to 5 times).
+#[allow(dead_code)] // Each test file uses a subset of these helpers.
+pub fn udp_flows(ns: &str, dst: Ipv4Addr, port: u16, flows: usize) -> Result<(), String> {
+    spawn_in(ns, move || {
+        for flow in 0..flows {
+            let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+            socket
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .map_err(|e| e.to_string())?;
+            for n in 0..4u8 {
+                let msg = [flow as u8, n, 0xa5, 0x5a];
+                let mut answered = false;
+                for _ in 0..5 {
+                    socket
+                        .send_to(&msg, SocketAddr::new(IpAddr::V4(dst), port))
+                        .map_err(|e| e.to_string())?;
+                    let mut buf = [0u8; 16];
+                    if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                        if buf[..len] == msg {
+                            answered = true;
+                            break;
+                        }
+                    }
+                }
+                if !answered {
+                    return Err(format!(
+                        "UDP flow {flow} to {dst}: datagram {n} never echoed"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "UDP client panicked".to_string())?
 }

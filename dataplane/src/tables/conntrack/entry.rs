@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::key::{mapped_octets, FlowDirection};
+use super::tcp_window::TcpWindow;
 
 /// `FIN_FROM_*` bits of an entry (kept in its flags): which side has sent a FIN (the TCP state
 /// machine, `tcp.rs`, sets them).
@@ -148,8 +149,6 @@ pub struct CtCreate {
     pub flags: CtFlags,
     /// Service frontend to restore on replies, for flows that went through service NAT.
     pub rev_nat: Option<RevNat>,
-    /// Backend (service-scope entries) or service id; 0 when none.
-    pub backend: u32,
 }
 
 /// One tracked flow. Fields the table maintains are read through getters; the identity (a
@@ -164,10 +163,14 @@ pub struct CtCreate {
 /// entry usually has nothing there worth a memory write: `created` equals `last_seen`, no NAT
 /// information, and the counters hold at most the creating packet. Such an entry is stored
 /// *compact*: the tail is not written (it holds whatever an earlier occupant left) and its
-/// values are implied by the head: `created = last_seen`, `backend = 0`, `rev_nat = None`,
-/// no SNAT port,
-/// counters zero except one packet of `first_bytes` bytes in the direction a `FIRST_*` bit
-/// names. [`CtFlags::TAIL`] says the tail is written; the getters honour both forms, and
+/// values are implied by the head: `created = last_seen`, `rev_nat = None`, no SNAT port, no
+/// TCP sequence known, counters zero except one packet of `first_bytes` bytes in the direction
+/// a `FIRST_*` bit names. (A TCP flow's first segment teaches the sequence tracking, so a TCP
+/// entry is stored whole.)
+///
+/// The tail is full: its 64 bytes hold `created`, the counters, `rev_nat` and the TCP
+/// sequence tracking (`tcp_window`). To make room for the latter, packet counters are 32 bits
+/// per direction (they wrap, as Linux's 32-bit counters did; byte counters are 64 bits). [`CtFlags::TAIL`] says the tail is written; the getters honour both forms, and
 /// anything that writes the tail (an update, a setter) first *expands* a compact entry.
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -186,12 +189,12 @@ pub struct CtEntry {
     pub src_identity: Identity,
     // ---- the tail: valid only with `CtFlags::TAIL` ----
     pub(super) created: u64,
-    pub(super) packets: [u64; 2],
+    pub(super) packets: [u32; 2],
     pub(super) bytes: [u64; 2],
-    /// Backend (service-scope entries) or service id; 0 when none.
-    pub(super) backend: u32,
     /// Service frontend to restore as the source of replies.
     pub(super) rev_nat: Option<RevNat>,
+    /// TCP: what each side is expected to send next, and its window (`tcp_window`).
+    pub(super) tcp: TcpWindow,
 }
 
 impl PartialEq for CtEntry {
@@ -207,7 +210,7 @@ impl PartialEq for CtEntry {
             && [FlowDirection::Original, FlowDirection::Reply]
                 .iter()
                 .all(|&d| self.packets(d) == other.packets(d) && self.bytes(d) == other.bytes(d))
-            && self.backend() == other.backend()
+            && self.tcp_window() == other.tcp_window()
             && self.rev_nat() == other.rev_nat()
             && self.snat_port() == other.snat_port()
     }
@@ -233,7 +236,7 @@ impl fmt::Debug for CtEntry {
             .field("created", &self.created())
             .field("packets", &both(CtEntry::packets))
             .field("bytes", &both(CtEntry::bytes))
-            .field("backend", &self.backend())
+            .field("tcp", &self.tcp_window())
             .field("rev_nat", &self.rev_nat())
             .field("snat_port", &self.snat_port())
             .field("compact", &!self.flags.contains(CtFlags::TAIL))
@@ -253,8 +256,8 @@ impl CtEntry {
         created: 0,
         packets: [0; 2],
         bytes: [0; 2],
-        backend: 0,
         rev_nat: None,
+        tcp: TcpWindow::UNKNOWN,
     };
 
     pub fn state(&self) -> CtState {
@@ -302,8 +305,8 @@ impl CtEntry {
         self.created = self.last_seen;
         self.packets = packets;
         self.bytes = bytes;
-        self.backend = 0;
         self.rev_nat = None;
+        self.tcp = TcpWindow::UNKNOWN;
         self.flags.0 = (self.flags.0 & !CtFlags::FIRST_BITS) | CtFlags::TAIL.0;
         self.first_bytes = 0; // Now the SNAT port: none.
     }
@@ -315,8 +318,8 @@ impl CtEntry {
     pub(super) fn compact(&mut self) {
         if !self.has_tail()
             || self.created != self.last_seen
-            || self.backend != 0
             || self.rev_nat.is_some()
+            || self.tcp != TcpWindow::UNKNOWN
             || self.first_bytes != 0
         {
             return;
@@ -339,18 +342,14 @@ impl CtEntry {
         self.first_bytes = first_bytes;
     }
 
-    /// Backend (service-scope entries) or service id; 0 when none.
-    pub fn backend(&self) -> u32 {
+    /// The TCP sequence tracking (unknown in a compact entry).
+    #[inline]
+    pub(super) fn tcp_window(&self) -> TcpWindow {
         if self.has_tail() {
-            self.backend
+            self.tcp
         } else {
-            0
+            TcpWindow::UNKNOWN
         }
-    }
-
-    pub fn set_backend(&mut self, backend: u32) {
-        self.expand();
-        self.backend = backend;
     }
 
     /// Service frontend to restore as the source of replies.
@@ -421,7 +420,7 @@ impl CtEntry {
 
     pub fn packets(&self, dir: FlowDirection) -> u64 {
         if self.has_tail() {
-            self.packets[dir.index()]
+            u64::from(self.packets[dir.index()])
         } else {
             u64::from(self.flags.contains(CtFlags::first(dir)))
         }
@@ -449,7 +448,6 @@ impl CtEntry {
             src_identity: info.src_identity,
             created: now,
             last_seen: now,
-            backend: info.backend,
             rev_nat: info.rev_nat,
             ..CtEntry::EMPTY
         }
@@ -482,10 +480,10 @@ mod tests {
     use super::*;
 
     /// The tail of the slot `h` names, as stored (not as the getters imply it).
-    fn raw_tail(ct: &Conntrack, h: CtHandle) -> (u64, [u64; 2], u32, Option<RevNat>) {
+    fn raw_tail(ct: &Conntrack, h: CtHandle) -> (u64, [u32; 2], Option<RevNat>) {
         let (b, way) = ct.locate(h);
         let e = &ct.buckets[b].slots[way].entry;
-        (e.created, e.packets, e.backend, e.rev_nat)
+        (e.created, e.packets, e.rev_nat)
     }
 
     #[test]
@@ -495,25 +493,34 @@ mod tests {
         let old = FlowKey::new(v4(10, 0, 0, 9), v4(10, 0, 0, 2), 1, 80, IPPROTO_TCP);
         let info = CtCreate {
             rev_nat: Some(RevNat::new(v4(172, 20, 0, 1), 80)),
-            backend: 9,
             ..CtCreate::default()
         };
         let hash = ct.hash_key(&old);
-        let (h_old, _) =
-            ct.create_counted(&old, hash, FlowDirection::Original, info, SEC, SYN, 2000);
+        let (h_old, _) = ct.create_counted(
+            &old,
+            hash,
+            FlowDirection::Original,
+            info,
+            SEC,
+            seg(SYN),
+            2000,
+        );
         let stale = raw_tail(&ct, h_old);
-        assert_eq!(stale.2, 9, "a flow with NAT information writes its tail");
+        assert!(
+            stale.2.is_some(),
+            "a flow with NAT information writes its tail"
+        );
         assert!(ct.remove(&old));
         // A plain flow takes the same (first free) slot and leaves that tail alone...
         let key = FlowKey::new(v4(10, 0, 0, 9), v4(10, 0, 0, 2), 1, 80, IPPROTO_UDP);
         let hash = ct.hash_key(&key);
         let info = CtCreate::default();
-        let (h, _) = ct.create_counted(&key, hash, FlowDirection::Reply, info, 2 * SEC, 0, 74);
+        let (h, _) = ct.create_counted(&key, hash, FlowDirection::Reply, info, 2 * SEC, seg(0), 74);
         assert_eq!(h, h_old);
         assert_eq!(raw_tail(&ct, h), stale);
         // ...yet reads as if it were written.
         let e = *ct.entry(h);
-        assert_eq!((e.created(), e.backend(), e.rev_nat()), (2 * SEC, 0, None));
+        assert_eq!((e.created(), e.rev_nat()), (2 * SEC, None));
         assert_eq!(
             (
                 e.packets(FlowDirection::Reply),
@@ -529,9 +536,8 @@ mod tests {
             (0, 0)
         );
         // The next packet writes the whole tail, then counts.
-        ct.update(h, FlowDirection::Original, 0, 60, 3 * SEC);
-        let tail = raw_tail(&ct, h);
-        assert_eq!((tail.0, tail.1, tail.2, tail.3), (2 * SEC, [1, 1], 0, None));
+        ct.update(h, FlowDirection::Original, seg(0), 60, 3 * SEC);
+        assert_eq!(raw_tail(&ct, h), (2 * SEC, [1, 1], None));
         assert_eq!(ct.entry(h).bytes(FlowDirection::Reply), 74);
         assert_eq!(ct.entry(h).bytes(FlowDirection::Original), 60);
         assert_eq!(ct.entry(h).created(), 2 * SEC);
@@ -541,8 +547,9 @@ mod tests {
             &FlowKey::new(v4(1, 1, 1, 1), v4(2, 2, 2, 2), 5, 6, 17),
             4,
         );
-        ct.entry_mut(h2).set_backend(5);
-        assert_eq!(raw_tail(&ct, h2), (4, [0, 0], 5, None));
+        let frontend = RevNat::new(v4(172, 20, 0, 2), 53);
+        ct.entry_mut(h2).set_rev_nat(Some(frontend));
+        assert_eq!(raw_tail(&ct, h2), (4, [0, 0], Some(frontend)));
     }
 
     #[test]
@@ -551,8 +558,16 @@ mod tests {
         let key = client_key(IPPROTO_UDP);
         let hash = ct.hash_key(&key);
         let info = CtCreate::default();
-        let (h, _) = ct.create_counted(&key, hash, FlowDirection::Original, info, SEC, 0, 70_000);
-        assert_eq!(raw_tail(&ct, h), (SEC, [1, 0], 0, None));
+        let (h, _) = ct.create_counted(
+            &key,
+            hash,
+            FlowDirection::Original,
+            info,
+            SEC,
+            seg(0),
+            70_000,
+        );
+        assert_eq!(raw_tail(&ct, h), (SEC, [1, 0], None));
         assert_eq!(ct.entry(h).bytes(FlowDirection::Original), 70_000);
     }
 
@@ -563,10 +578,10 @@ mod tests {
         let h = create(&mut ct, &key, 0);
         for _ in 0..3 {
             let (h, dir) = look(&ct, &key, 0).unwrap();
-            ct.update(h, dir, 0, 100, 0);
+            ct.update(h, dir, seg(0), 100, 0);
         }
         let (h2, dir) = look(&ct, &key.reversed(), 0).unwrap();
-        ct.update(h2, dir, 0, 1500, 0);
+        ct.update(h2, dir, seg(0), 1500, 0);
         let e = ct.entry(h);
         assert_eq!(e.packets(FlowDirection::Original), 3);
         assert_eq!(e.bytes(FlowDirection::Original), 300);
@@ -584,13 +599,11 @@ mod tests {
             src_identity: Identity(1234),
             flags: CtFlags::DSR | CtFlags::SEEN_REPLY,
             rev_nat: Some(frontend),
-            backend: 7,
             ..CtCreate::default()
         };
         let h = ct.create(&key, hash, FlowDirection::Original, info, 0);
         let e = ct.entry(h);
         assert_eq!(e.src_identity, Identity(1234));
-        assert_eq!(e.backend(), 7);
         assert_eq!(e.rev_nat(), Some(frontend));
         assert_eq!(frontend.addr(), v4(172, 20, 0, 10));
         assert_eq!(frontend.port(), 443);
@@ -616,7 +629,7 @@ mod tests {
             FlowDirection::Original,
             CtCreate::default(),
             0,
-            SYN,
+            seg(SYN),
             74,
         );
         // Compact: the field is the first packet's length, not a port.
@@ -632,7 +645,7 @@ mod tests {
         );
         // Updates keep it; clearing it leaves an expanded entry without a port.
         let (h2, dir) = look(&ct, &key.reversed(), 0).unwrap();
-        ct.update(h2, dir, SYN | ACK, 60, SEC);
+        ct.update(h2, dir, seg(SYN | ACK), 60, SEC);
         assert_eq!(ct.entry(h).snat_port(), Some(61000));
         ct.entry_mut(h).set_snat_port(None);
         assert_eq!(ct.entry(h).snat_port(), None);

@@ -8,7 +8,8 @@
 //! This file holds the table and its API (lookup, create, update, remove, GC); the rest is split
 //! by concern: `key.rs` (the canonical [`FlowKey`], its hash, a packet's [`FlowDirection`] in
 //! its flow), `entry.rs` ([`CtEntry`]: layout, compact form, state, flags, NAT/DSR
-//! information), `tcp.rs` (the TCP state machine), `slot.rs` (slots, buckets and tags: the
+//! information), `tcp.rs` (the TCP state machine and [`TcpSegment`]), `tcp_window.rs` (the
+//! sequence check that keeps a guessed RST from closing a flow), `slot.rs` (slots, buckets and tags: the
 //! layout in memory, and a slot's update by one packet), `config.rs` ([`CtConfig`],
 //! [`CtTimeouts`]) and `memory.rs` (the once-allocated, huge-page-aligned arrays).
 //!
@@ -78,6 +79,7 @@ mod key;
 mod memory;
 mod slot;
 mod tcp;
+mod tcp_window;
 #[cfg(test)]
 mod testing;
 
@@ -86,6 +88,7 @@ use std::fmt;
 pub use config::{CtConfig, CtTimeouts};
 pub use entry::{CtCreate, CtEntry, CtFlags, CtState, RevNat};
 pub use key::{FlowDirection, FlowKey};
+pub use tcp::TcpSegment;
 
 use config::TimeoutsNs;
 use memory::HugeArray;
@@ -156,6 +159,9 @@ pub struct CtUpdate {
     /// the originator, and the packet must be treated as a new connection's first packet (not a
     /// reply that skips policy).
     pub dir: FlowDirection,
+    /// The packet is a TCP RST outside its receiver's window (`tcp_window`): nothing was
+    /// counted or changed, and the caller drops it (`tcp_rst_out_of_window`).
+    pub out_of_window: bool,
 }
 
 /// How `create` got its slot.
@@ -171,7 +177,9 @@ enum Claim {
 /// How the pipeline uses it:
 /// ```
 /// use std::net::IpAddr;
-/// use dataplane::tables::conntrack::{Conntrack, CtConfig, CtCreate, CtState, FlowDirection, FlowKey};
+/// use dataplane::tables::conntrack::{
+///     Conntrack, CtConfig, CtCreate, CtState, FlowDirection, FlowKey, TcpSegment,
+/// };
 ///
 /// let mut ct = Conntrack::new(CtConfig { hash_seed: CtConfig::random_seed(), ..CtConfig::default() });
 /// let client: IpAddr = "10.0.0.1".parse().unwrap();
@@ -191,7 +199,8 @@ enum Claim {
 ///         (h, FlowDirection::Original)
 ///     }
 /// };
-/// let up = ct.update(h, dir, 0x02 /* SYN */, 74, now);
+/// let syn = TcpSegment { flags: 0x02 /* SYN */, seq: 1_000, window: 64_240, ..TcpSegment::NONE };
+/// let up = ct.update(h, dir, syn, 74, now);
 /// assert_eq!(up.state, CtState::SynSent);
 ///
 /// // The server's answer finds the same entry, as a reply.
@@ -342,10 +351,12 @@ impl Conntrack {
     /// packet: reads the (by now loading) tags of `hash` and starts loading both cache lines
     /// of the first slot whose tag matches, the one [`lookup`](Self::lookup) and
     /// [`update`](Self::update) will most likely read and write; on a tag miss, of the free slot
-    /// a [`create`](Self::create) would take.
+    /// a [`create`](Self::create) would take: its first line, and its second too with
+    /// `whole_entry` (the entry a create would store is whole: a TCP flow's, whose first segment
+    /// teaches the sequence tracking, or one with NAT information).
     /// A no-op off x86_64.
     #[inline]
-    pub fn prefetch_match(&self, hash: u64) {
+    pub fn prefetch_match(&self, hash: u64, whole_entry: bool) {
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -354,13 +365,19 @@ impl Conntrack {
             let candidates = tags.matching(tag_of(hash));
             // No tag matches: most likely a new flow, which `create` will store in the
             // bucket's first free slot if it is allowed. Start that slot's first line too, so
-            // the store does not wait for it (a full bucket evicts: no guess then); a new
-            // entry is usually compact and leaves the second line alone.
+            // the store does not wait for it (a full bucket evicts: no guess then); a compact
+            // new entry leaves the second line alone, a whole one writes it as well.
             if candidates == 0 {
                 if let Some(way) = tags.free_way() {
                     let slot: *const Slot = &self.buckets[b].slots[way];
-                    // SAFETY: as in `prefetch`: a hint that never faults, on a live slot.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>()) };
+                    // SAFETY: as in `prefetch`: hints that never fault, on a live slot (128
+                    // bytes, so `slot + 64` is its second line).
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>());
+                        if whole_entry {
+                            _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>().add(64));
+                        }
+                    }
                 }
                 return;
             }
@@ -374,7 +391,7 @@ impl Conntrack {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
+        let _ = (hash, whole_entry);
     }
 
     /// Bucket index and way of the slot holding `key`, expired or not.
@@ -437,7 +454,7 @@ impl Conntrack {
     }
 
     /// [`create`](Self::create), then [`update`](Self::update) with the creating packet (its
-    /// TCP flags and length, travelling in `dir`), in a single write of the slot. The fast path
+    /// TCP segment and length, travelling in `dir`), in a single write of the slot. The fast path
     /// uses this: the entry is built and stepped before it is stored, so nothing reads back a
     /// slot just written, a read that waited for the write's cache miss and was most of a new
     /// flow's cost.
@@ -449,11 +466,11 @@ impl Conntrack {
         dir: FlowDirection,
         info: CtCreate,
         now: u64,
-        tcp_flags: u8,
+        tcp: TcpSegment,
         bytes: u32,
     ) -> (CtHandle, CtUpdate) {
         let (b, way, mut slot) = self.prepare(key, hash, dir, info, now);
-        let update = slot.account(&self.timeouts, dir, tcp_flags, bytes, now);
+        let update = slot.account(&self.timeouts, dir, &tcp, bytes, now);
         (self.store(b, way, hash, slot), update)
     }
 
@@ -536,21 +553,24 @@ impl Conntrack {
     }
 
     /// Accounts one packet of `bytes` travelling in `dir` and advances the state: TCP by its
-    /// `tcp_flags` (byte 13 of the TCP header; pass 0 for other protocols), other protocols
-    /// become `Established` on their first reply. Refreshes last-seen and expiry.
+    /// segment (`tcp`; pass [`TcpSegment::NONE`] for other protocols), other protocols
+    /// become `Established` on their first reply. Refreshes last-seen and expiry. A TCP RST
+    /// outside its receiver's window changes nothing and comes back
+    /// [`out_of_window`](CtUpdate::out_of_window); one in the window but not exact is counted
+    /// and leaves the state as it is.
     #[inline]
     pub fn update(
         &mut self,
         h: CtHandle,
         dir: FlowDirection,
-        tcp_flags: u8,
+        tcp: TcpSegment,
         bytes: u32,
         now: u64,
     ) -> CtUpdate {
         let (b, way) = self.locate(h);
         let timeouts = self.timeouts;
         let slot = &mut self.buckets[b].slots[way];
-        slot.account(&timeouts, dir, tcp_flags, bytes, now)
+        slot.account(&timeouts, dir, &tcp, bytes, now)
     }
 
     /// Bucket and way of a handle; masked so a stale or foreign handle stays in bounds.
@@ -662,6 +682,7 @@ mod tests {
         fn create_counted_is_create_then_update(
             proto in prop_oneof![Just(6u8), Just(17u8), Just(1u8)],
             flags in any::<u8>(),
+            (seq, ack, window) in (any::<u32>(), any::<u32>(), any::<u16>()),
             bytes in any::<u32>(),
             reply in any::<bool>(),
             established in any::<bool>(),
@@ -669,13 +690,14 @@ mod tests {
         ) {
             let dir = if reply { FlowDirection::Reply } else { FlowDirection::Original };
             let info = CtCreate { established, ..CtCreate::default() };
+            let tcp = TcpSegment { flags, seq, ack, window, len: 10, wscale: Some(7) };
             let key = FlowKey::new(v4(10, 0, 0, 1), v4(10, 0, 0, 2), sport, 80, proto);
             let mut a = table(64);
             let hash = a.hash_key(&key);
             let ha = a.create(&key, hash, dir, info, SEC);
-            let ua = a.update(ha, dir, flags, bytes, SEC);
+            let ua = a.update(ha, dir, tcp, bytes, SEC);
             let mut b = table(64);
-            let (hb, ub) = b.create_counted(&key, hash, dir, info, SEC, flags, bytes);
+            let (hb, ub) = b.create_counted(&key, hash, dir, info, SEC, tcp, bytes);
             prop_assert_eq!(ha, hb);
             prop_assert_eq!(ua, ub);
             prop_assert_eq!(a.key(ha), b.key(hb));
@@ -746,7 +768,7 @@ mod tests {
         let mut ct = table(64);
         let key = client_key(IPPROTO_UDP);
         let h = create(&mut ct, &key, 0);
-        ct.update(h, FlowDirection::Original, 0, 1, 0);
+        ct.update(h, FlowDirection::Original, seg(0), 1, 0);
         assert!(look(&ct, &key, 60 * SEC - 1).is_some());
         assert_eq!(look(&ct, &key, 60 * SEC), None);
         assert_eq!(ct.len(), 1);
@@ -896,8 +918,8 @@ mod tests {
         let mut small = table(8);
         small.entry(h);
         small.entry(far);
-        small.update(far, FlowDirection::Reply, SYN, 1, 0);
-        small.entry_mut(h).set_backend(3);
+        small.update(far, FlowDirection::Reply, seg(SYN), 1, 0);
+        small.entry_mut(h).set_snat_port(Some(3));
     }
 
     #[test]
@@ -908,7 +930,8 @@ mod tests {
         create(&mut ct, &key, SEC);
         for hash in [0, 1, u64::MAX, 0xdead_beef, h] {
             ct.prefetch(hash);
-            ct.prefetch_match(hash);
+            ct.prefetch_match(hash, false);
+            ct.prefetch_match(hash, true);
         }
         assert!(look(&ct, &key, SEC).is_some());
     }
@@ -1044,7 +1067,7 @@ mod tests {
                     Op::Touch { k, reversed } => {
                         let key = model_key(k, reversed);
                         if let Some((h, dir)) = ct.lookup(&key, ct.hash_key(&key), now) {
-                            ct.update(h, dir, 0, 64, now);
+                            ct.update(h, dir, seg(0), 64, now);
                             if let Some(flow) = model.flows.get_mut(&key) {
                                 flow.1 = now + timeout;
                             }

@@ -8,7 +8,8 @@
 use super::config::TimeoutsNs;
 use super::entry::{CtEntry, CtFlags, CtState};
 use super::key::{FlowDirection, FlowKey};
-use super::tcp::tcp_step;
+use super::tcp::{tcp_flag, tcp_step, TcpSegment};
+use super::tcp_window::RstVerdict;
 use super::{CtUpdate, IPPROTO_TCP, WAYS};
 
 #[derive(Clone, Copy)]
@@ -20,36 +21,34 @@ pub(super) struct Slot {
 
 impl Slot {
     /// [`Conntrack::update`](super::Conntrack::update) on this slot: one packet of `bytes` in
-    /// `dir`, with its TCP flags.
+    /// `dir`, with its TCP segment.
     #[inline]
     pub(super) fn account(
         &mut self,
         timeouts: &TimeoutsNs,
         dir: FlowDirection,
-        tcp_flags: u8,
+        tcp: &TcpSegment,
         bytes: u32,
         now: u64,
     ) -> CtUpdate {
         let proto = self.key.proto();
         let mut dir = dir;
-        self.entry.expand();
         if proto == IPPROTO_TCP {
-            let step = tcp_step(self.entry.state, self.entry.fin_seen(), dir, tcp_flags);
-            if step.restart {
-                self.entry.flags.0 &= !CtFlags::SEEN_REPLY.0;
-                if dir == FlowDirection::Reply {
-                    // The reply side opens a new connection: it becomes the originator, and the
-                    // counters follow their endpoints.
-                    self.key = self.key.reversed();
-                    self.entry.packets.swap(0, 1);
-                    self.entry.bytes.swap(0, 1);
-                    dir = FlowDirection::Original;
+            match self.tcp_packet(dir, tcp) {
+                Some(d) => dir = d,
+                None => {
+                    return CtUpdate {
+                        state: self.entry.state,
+                        dir,
+                        out_of_window: true,
+                    }
                 }
             }
-            self.entry.state = step.state;
-            self.entry.set_fin_seen(step.fin_seen);
-        } else if dir == FlowDirection::Reply {
-            self.entry.state = CtState::Established;
+        } else {
+            self.entry.expand();
+            if dir == FlowDirection::Reply {
+                self.entry.state = CtState::Established;
+            }
         }
         let entry = &mut self.entry;
         if dir == FlowDirection::Reply {
@@ -61,7 +60,47 @@ impl Slot {
         CtUpdate {
             state: entry.state,
             dir,
+            out_of_window: false,
         }
+    }
+
+    /// A TCP segment's effect on the state and the sequence tracking; the packet's direction
+    /// after it (a restart may swap the sides), or `None` for a RST out of its receiver's
+    /// window, which changes nothing.
+    #[inline]
+    fn tcp_packet(&mut self, dir: FlowDirection, tcp: &TcpSegment) -> Option<FlowDirection> {
+        let rst = tcp.flags & tcp_flag::RST != 0;
+        if rst {
+            match self.entry.tcp_window().judge_rst(dir, tcp) {
+                RstVerdict::OutOfWindow => return None,
+                // RFC 5961's challenge ACK: passed, the flow left as it is.
+                RstVerdict::InWindow => {
+                    self.entry.expand();
+                    return Some(dir);
+                }
+                RstVerdict::Exact => {}
+            }
+        }
+        self.entry.expand();
+        let step = tcp_step(self.entry.state, self.entry.fin_seen(), dir, tcp.flags);
+        let mut dir = dir;
+        if step.restart {
+            self.entry.flags.0 &= !CtFlags::SEEN_REPLY.0;
+            if dir == FlowDirection::Reply {
+                // The reply side opens a new connection: it becomes the originator, and the
+                // counters follow their endpoints.
+                self.key = self.key.reversed();
+                self.entry.packets.swap(0, 1);
+                self.entry.bytes.swap(0, 1);
+                dir = FlowDirection::Original;
+            }
+        }
+        self.entry.state = step.state;
+        self.entry.set_fin_seen(step.fin_seen);
+        if !rst {
+            self.entry.tcp.learn(dir, tcp, step.restart);
+        }
+        Some(dir)
     }
 
     pub(super) const EMPTY: Slot = Slot {

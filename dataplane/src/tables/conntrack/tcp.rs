@@ -1,8 +1,9 @@
 //! The TCP state machine: how a packet's flags, travelling in a direction, advance an entry's
 //! state.
 //!
-//! Contract: a pure function of (state, FIN bits seen, direction, flags); no sequence numbers
-//! are checked, so RST is believed as is (as Cilium does).
+//! Contract: a pure function of (state, FIN bits seen, direction, flags). Sequence numbers are
+//! not its concern: a RST reaches it only after `tcp_window` judged it exact (a RST in window
+//! but not exact leaves the state alone, one out of window is refused before).
 
 use super::entry::{CtState, FIN_FROM_BOTH, FIN_FROM_ORIGINAL, FIN_FROM_REPLY};
 use super::key::FlowDirection;
@@ -19,6 +20,35 @@ pub(super) mod tcp_flag {
     pub const ACK: u8 = TcpFlags::ACK.bits();
 }
 
+/// What conntrack reads of a TCP segment: its flags, and the numbers the sequence check
+/// (`tcp_window`) needs. The pipeline fills it from the header; a non-TCP packet passes
+/// [`TcpSegment::NONE`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpSegment {
+    /// Byte 13 of the header (the bits of [`crate::wire::tcp::TcpFlags`]).
+    pub flags: u8,
+    /// The window scale option's shift (read from SYNs only).
+    pub wscale: Option<u8>,
+    /// The advertised window, unscaled, as on the wire.
+    pub window: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// Payload bytes (the segment after its header).
+    pub len: u16,
+}
+
+impl TcpSegment {
+    /// No TCP segment (other protocols), or nothing known about it.
+    pub const NONE: TcpSegment = TcpSegment {
+        flags: 0,
+        wscale: None,
+        window: 0,
+        seq: 0,
+        ack: 0,
+        len: 0,
+    };
+}
+
 /// Result of one TCP packet on an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct TcpStep {
@@ -31,10 +61,10 @@ pub(super) struct TcpStep {
 
 /// Advances the TCP state for a packet with `flags` travelling in `dir`.
 ///
-/// Follows Linux's conntrack where it matters for a stateless-sequence tracker: an ACK from the
-/// originator does not establish a flow before the reply side sent SYN+ACK, and a FIN before the
-/// handshake completes is ignored. We do not see sequence numbers, so RST is believed as is
-/// (as Cilium does); the entry then only lives `tcp_close` past the last packet.
+/// Follows Linux's conntrack: an ACK from the originator does not establish a flow before the
+/// reply side sent SYN+ACK, and a FIN before the handshake completes is ignored. A RST that
+/// gets here was judged exact (`tcp_window`) and closes; the entry then only lives `tcp_close`
+/// past the last packet.
 pub(super) fn tcp_step(state: CtState, fin_seen: u8, dir: FlowDirection, flags: u8) -> TcpStep {
     let syn = flags & tcp_flag::SYN != 0;
     let ack = flags & tcp_flag::ACK != 0;
@@ -189,6 +219,68 @@ mod tests {
     }
 
     #[test]
+    fn a_rst_out_of_window_changes_nothing_and_one_in_window_keeps_the_state() {
+        let key = client_key(IPPROTO_TCP);
+        let mut ct = table(64);
+        let h = established(&mut ct, &key);
+        let before = *ct.entry(h);
+        let (h2, dir) = look(&ct, &key.reversed(), SEC).unwrap();
+        let exact = in_sequence(ct.entry(h), dir, RST);
+        // A guess far from the number the client expects: refused, nothing counted or changed.
+        let guess = TcpSegment {
+            seq: exact.seq.wrapping_add(0x4000_0000),
+            ..exact
+        };
+        let up = ct.update(h2, dir, guess, 40, SEC);
+        assert!(up.out_of_window);
+        assert_eq!(up.state, CtState::Established);
+        assert_eq!(*ct.entry(h), before);
+        // In the window but not exact (RFC 5961's challenge ACK case): counted, still open.
+        let near = TcpSegment {
+            seq: exact.seq.wrapping_add(1_000),
+            ..exact
+        };
+        let up = ct.update(h2, dir, near, 40, SEC);
+        assert_eq!((up.state, up.out_of_window), (CtState::Established, false));
+        assert_eq!(ct.entry(h).packets(FlowDirection::Reply), 2);
+        assert_eq!(ct.entry(h).expires(), SEC + 21_600 * SEC);
+        // Exactly at the expected number: closes.
+        let up = ct.update(h2, dir, exact, 40, 2 * SEC);
+        assert_eq!((up.state, up.out_of_window), (CtState::Closing, false));
+        // Non-TCP protocols never see the check.
+        let udp = client_key(IPPROTO_UDP);
+        let hu = create(&mut ct, &udp, 0);
+        let up = ct.update(hu, FlowDirection::Reply, seg(RST), 40, 0);
+        assert_eq!((up.state, up.out_of_window), (CtState::Established, false));
+    }
+
+    #[test]
+    fn a_tcp_entry_is_stored_whole_from_its_first_segment() {
+        let mut ct = table(64);
+        let key = client_key(IPPROTO_TCP);
+        let hash = ct.hash_key(&key);
+        let syn = TcpSegment {
+            flags: SYN,
+            seq: 77,
+            window: 1_000,
+            ..TcpSegment::NONE
+        };
+        let info = CtCreate::default();
+        let (h, _) = ct.create_counted(&key, hash, FlowDirection::Original, info, 0, syn, 74);
+        assert!(ct.entry(h).has_tail());
+        // The server's "connection refused" must acknowledge that SYN.
+        let (h2, dir) = look(&ct, &key.reversed(), 0).unwrap();
+        let wrong = TcpSegment {
+            flags: RST | ACK,
+            ack: 79,
+            ..TcpSegment::NONE
+        };
+        assert!(ct.update(h2, dir, wrong, 54, 0).out_of_window);
+        let refused = TcpSegment { ack: 78, ..wrong };
+        assert_eq!(ct.update(h2, dir, refused, 54, 0).state, CtState::Closing);
+    }
+
+    #[test]
     fn syn_restarts_a_closed_flow() {
         let key = client_key(IPPROTO_TCP);
         let mut ct = table(64);
@@ -202,7 +294,8 @@ mod tests {
             up,
             CtUpdate {
                 state: CtState::SynSent,
-                dir: FlowDirection::Original
+                dir: FlowDirection::Original,
+                out_of_window: false,
             }
         );
         assert!(!ct.entry(h).flags().contains(CtFlags::SEEN_REPLY));
@@ -219,7 +312,8 @@ mod tests {
             up,
             CtUpdate {
                 state: CtState::SynSent,
-                dir: FlowDirection::Original
+                dir: FlowDirection::Original,
+                out_of_window: false,
             }
         );
         assert_eq!(ct.key(h).src(), key.dst());

@@ -37,10 +37,42 @@ pub(super) fn look(ct: &Conntrack, key: &FlowKey, now: u64) -> Option<(CtHandle,
     ct.lookup(key, ct.hash_key(key), now)
 }
 
-/// Looks `key` up and feeds it one packet, as the pipeline does.
+/// A segment with `flags` and no numbers (what a non-TCP packet passes, with 0).
+pub(super) fn seg(flags: u8) -> TcpSegment {
+    TcpSegment {
+        flags,
+        ..TcpSegment::NONE
+    }
+}
+
+/// The initial sequence numbers of the test flows' two sides.
+pub(super) const ISN: [u32; 2] = [1_000, 5_000];
+
+/// A segment with `flags` from `dir` at the numbers its flow expects (what a genuine sender
+/// sends): its SYN at its initial number, anything else at the number it is expected to send
+/// next, acknowledging what its peer is expected to send next.
+pub(super) fn in_sequence(e: &CtEntry, dir: FlowDirection, flags: u8) -> TcpSegment {
+    let w = e.tcp_window();
+    let isn = ISN[dir.index()];
+    let seq = match w.next(dir) {
+        Some(next) if flags & SYN == 0 => next,
+        _ => isn,
+    };
+    TcpSegment {
+        flags,
+        seq,
+        ack: w.next(dir.reverse()).unwrap_or(0),
+        window: 64_000,
+        ..TcpSegment::NONE
+    }
+}
+
+/// Looks `key` up and feeds it one packet, as the pipeline does; a TCP packet is in sequence
+/// ([`in_sequence`]).
 pub(super) fn packet(ct: &mut Conntrack, key: &FlowKey, flags: u8, now: u64) -> CtUpdate {
     let (h, dir) = look(ct, key, now).expect("flow is tracked");
-    ct.update(h, dir, flags, 100, now)
+    let tcp = in_sequence(ct.entry(h), dir, flags);
+    ct.update(h, dir, tcp, 100, now)
 }
 
 impl Conntrack {
