@@ -331,7 +331,9 @@ flagella-dataplane and flagella-control are taken from next to this binary unles
 pub enum Generator {
     /// UDP sockets and sendmmsg (works everywhere).
     Socket,
-    /// The kernel's pktgen (/proc/net/pktgen); refused with a message where it is absent.
+    /// The kernel's pktgen (/proc/net/pktgen), driven by scripts/pktgen/pktgen_udp_flows.sh
+    /// (found through FLAGELLA_PKTGEN_SCRIPTS, else the workspace this binary was built in);
+    /// refused with what to do where /proc/net/pktgen is absent.
     Pktgen,
     /// Prebuilt Ethernet frames on an AF_PACKET socket (sendmmsg, qdisc bypassed): no UDP/IP
     /// stack per packet, so a cheaper generator than `socket`; needs --dev, --dst-mac, --src.

@@ -26,7 +26,8 @@
 //!   against iptables (nft, legacy) and an nftables set, by [`ratesearch`] (RFC 2544-style
 //!   loss-rate search) over [`trial`]s counted at an [`xdpsink`] (XDP_DROP) or a UDP socket;
 //!   [`stats`] medians and latency percentiles, [`policy_report`] the results and their table,
-//!   [`policy_output`] the files (JSON, Markdown, [`plot`]'s PNGs).
+//!   [`policy_output`] the files (JSON, Markdown, [`plot`]'s PNGs), [`point_cost`] each
+//!   point's loss by cause and CPU time per packet of the forwarding threads.
 //! - [`signals`]: SIGINT/SIGTERM become a flag the waits poll, so the guards' `Drop` runs.
 //!
 //! The pipeline's own micro-benchmarks live in `dataplane/benches/`.
@@ -45,6 +46,7 @@ pub mod machine;
 pub mod monitor_cost;
 pub mod pktgen;
 pub mod plot;
+pub mod point_cost;
 pub mod policy_output;
 pub mod policy_report;
 pub mod policybench;

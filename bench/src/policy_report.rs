@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::cli::SinkKind;
+use crate::point_cost::PointCost;
 use crate::ratesearch::{SearchResult, Trial};
 use crate::stats::{Latency, Spread};
 
@@ -39,6 +40,8 @@ pub struct Point {
     /// kernel forwarding or the XDP redirect into flagella's socket, ran in the generator's
     /// own transmit path and slowed it instead of dropping; the rate is what both reach).
     pub lossless_flat_out: bool,
+    /// Loss by cause and CPU time per packet over the searches' trials.
+    pub cost: Option<PointCost>,
     /// Why the point has no numbers (a target that could not start, a failed trial).
     pub error: Option<String>,
 }
@@ -163,9 +166,65 @@ pub fn markdown(r: &PolicyReport) -> String {
          slowed it instead of dropping, so the rate is what generator and forwarder reach \
          together.\n",
     );
+    out.push_str(&cost_table(&r.points));
     for n in &r.notes {
         out.push_str(&format!("\nnote: {n}\n"));
     }
+    out
+}
+
+/// The second table: per point, what was lost and where, and what each forwarding thread
+/// spent per delivered packet.
+fn cost_table(points: &[Point]) -> String {
+    let mut out = String::from(
+        "\n## Loss and CPU per point (all the searches' trials)\n\n\
+         | target | entries | sent | delivered | lost | flagella RX ring full | fill ring empty | flagella drops | CPU ns per delivered packet (user + kernel) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for p in points {
+        let Some(c) = &p.cost else { continue };
+        let loss = |f: fn(&crate::point_cost::FlagellaLoss) -> u64| {
+            c.flagella
+                .as_ref()
+                .map_or_else(|| "-".into(), |l| f(l).to_string())
+        };
+        let threads: Vec<String> = c
+            .threads
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {:.0} + {:.0}",
+                    t.thread, t.user_ns_per_packet, t.kernel_ns_per_packet
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            p.target,
+            p.entries,
+            c.sent,
+            c.delivered,
+            c.lost(),
+            loss(|l| l.sock_rx_ring_full),
+            loss(|l| l.sock_fill_ring_empty),
+            loss(|l| l.drops),
+            if threads.is_empty() {
+                "-".into()
+            } else {
+                threads.join("; ")
+            },
+        ));
+    }
+    out.push_str(
+        "\nlost = sent - delivered over every trial of the point's searches (flat out and each \
+         paced step); flagella's columns say how much of it its AF_XDP sockets dropped (RX ring \
+         full: the worker fell behind; fill ring empty: no free frame) and its pipeline \
+         dropped; the rest was lost before flagella (the veth, the generator's first hop) or \
+         after it. CPU: each thread's user and kernel time (/proc, whole ticks) divided by the \
+         delivered packets; ksoftirqd/N is the kernel's deferred receive work on CPU N (the \
+         generator's and the worker's cores); receive work done inline in the generator's \
+         transmit path is charged to the generator and not shown.\n",
+    );
     out
 }
 
@@ -243,6 +302,21 @@ pub(crate) mod tests {
             trial: Trial::default(),
             latency: Latency::of(&mut samples),
         });
+        flagella.cost = Some(PointCost {
+            sent: 2_000_000,
+            delivered: 930_000,
+            flagella: Some(crate::point_cost::FlagellaLoss {
+                rx_packets: 1_000_000,
+                sock_rx_ring_full: 1_000_000,
+                sock_fill_ring_empty: 0,
+                drops: 70_000,
+            }),
+            threads: vec![crate::point_cost::ThreadCost {
+                thread: "flagella worker-*".into(),
+                user_ns_per_packet: 120.4,
+                kernel_ns_per_packet: 300.6,
+            }],
+        });
         flagella.summarise(Some(&ceiling(1_000_000.0)));
         let mut iptables = Point {
             target: "iptables-nft".into(),
@@ -309,5 +383,16 @@ pub(crate) mod tests {
             md.contains("generator ceiling (flat out into XDP_DROP on its first hop): 1.000 Mpps")
         );
         assert!(md.contains("p50 µs @50%"));
+        assert!(
+            md.contains(
+                "| flagella | 1000 | 2000000 | 930000 | 1070000 | 1000000 | 0 | 70000 | flagella worker-* 120 + 301 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("## Loss and CPU per point"), "{md}");
+        assert!(
+            !md.contains("| iptables-nft | 1000 | 0 |"),
+            "no cost, no row: {md}"
+        );
     }
 }

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{PolicyArgs, PolicyTarget, SinkKind};
 use crate::forward::{is_root, ScratchDir};
+use crate::point_cost;
 use crate::policy_report::{LatencyPoint, Point, PolicyReport};
 use crate::ratesearch::{search, SearchConfig};
 use crate::stats::Spread;
@@ -106,8 +107,18 @@ fn launch(args: &PolicyArgs) -> Result<DataplaneLaunch, BenchError> {
 
 /// What forwards during a point (kept alive until the point ends; dropping it stops it).
 enum Forwarder {
-    Flagella { _daemon: Box<Flagella> },
+    Flagella { daemon: Box<Flagella> },
     Kernel,
+}
+
+impl Forwarder {
+    /// The dataplane, for its counters and threads (none for kernel forwarding).
+    fn flagella(&mut self) -> Option<&mut Flagella> {
+        match self {
+            Forwarder::Flagella { daemon } => Some(daemon),
+            Forwarder::Kernel => None,
+        }
+    }
 }
 
 /// Starts `target` on `topo` with `n` filler entries.
@@ -122,7 +133,7 @@ fn start(
         let mut f = Flagella::start(topo, &launch(args)?, dir)?;
         add_filler_entries(&mut f, n)?;
         return Ok(Forwarder::Flagella {
-            _daemon: Box::new(f),
+            daemon: Box::new(f),
         });
     }
     topo.enable_kernel_forwarding()?;
@@ -226,8 +237,10 @@ fn point(
     };
     let (prefix, short, dir) = names(index)?;
     let topo = Topology::build(&prefix, &short)?;
-    let _forwarder = start(target, &topo, n, args, &dir.0)?;
+    let mut forwarder = start(target, &topo, n, args, &dir.0)?;
     let cfg = search_config(args);
+    let cpus = [args.gen_core, args.worker_core];
+    let before = point_cost::snapshot(forwarder.flagella(), &cpus)?;
     {
         let (_xdp, counter) = match args.sink {
             SinkKind::Xdp => (
@@ -252,6 +265,8 @@ fn point(
             p.searches.push(s);
         }
     }
+    let after = point_cost::snapshot(forwarder.flagella(), &cpus)?;
+    p.cost = Some(point_cost::cost_between(&before, &after, &p.searches));
     p.summarise(ceiling);
     let udp = trial_path(
         &topo,

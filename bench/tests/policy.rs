@@ -156,11 +156,33 @@ fn quick_run_reports_flagella_and_a_baseline_and_leaves_nothing_behind() {
                 "{target}/{entries}: {point}"
             );
             assert!(number(&latency["p999_ns"]) >= number(&latency["p50_ns"]));
+            let cost = &point["cost"];
+            assert!(
+                number(&cost["delivered"]) > 0.0,
+                "{target}/{entries}: {cost}"
+            );
+            // Not `sent >= delivered`: the XDP sink also counts the kernel's own strays
+            // (IPv6 router solicitations), as the loss arithmetic does.
+            assert!(number(&cost["sent"]) > 0.0, "{target}/{entries}: {cost}");
+            if target == "flagella" {
+                assert!(number(&cost["flagella"]["rx_packets"]) > 0.0, "{cost}");
+                let worker = cost["threads"]
+                    .as_array()
+                    .and_then(|ts| ts.iter().find(|t| t["thread"] == "flagella worker-*"))
+                    .unwrap_or_else(|| panic!("no worker CPU figure: {cost}"));
+                // The worker spins: it is charged ticks in some mode during the trials.
+                assert!(
+                    number(&worker["user_ns_per_packet"]) + number(&worker["kernel_ns_per_packet"])
+                        > 0.0,
+                    "{cost}"
+                );
+            }
         }
     }
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     assert!(md.contains("| flagella | 1000 |"), "{md}");
     assert!(md.contains("| iptables-nft | 1000 |"), "{md}");
+    assert!(md.contains("## Loss and CPU per point"), "{md}");
     for png in ["throughput.png", "latency.png"] {
         let bytes = std::fs::read(out.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
         assert!(
