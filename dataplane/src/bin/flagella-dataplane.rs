@@ -457,7 +457,7 @@ fn main() -> ExitCode {
 
 #[path = "flagella-dataplane/hot_interfaces.rs"]
 mod hot_interfaces;
-use hot_interfaces::{HotInterfaces, HotPrograms};
+use hot_interfaces::{HotInterfaces, HotPrograms, ProgramSetup};
 #[path = "flagella-dataplane/restart.rs"]
 mod restart;
 
@@ -643,15 +643,18 @@ fn start(
     let hot_programs = HotPrograms::default();
     if let Some((opener, changes)) = hot {
         let configured = running.xdp.iter().map(|x| x.ifname.clone()).collect();
+        let setup = ProgramSetup {
+            mode: xdp_mode(cfg),
+            redirect: redirect_config(Role::Pod, false, tunnel_ports(cfg)),
+            pins: running.pins.clone(),
+        };
         server.set_interfaces(Box::new(HotInterfaces::new(
-            xdp_mode(cfg),
-            redirect_config(Role::Pod, false, tunnel_ports(cfg)),
+            setup,
             opener,
             changes,
             configured,
             cfg.hot_interfaces,
             hot_programs.clone(),
-            running.pins.clone(),
         )));
     }
     running.socket = Some(cfg.socket.clone());

@@ -56,10 +56,17 @@ struct Added {
     attachment: XdpAttachment,
 }
 
+/// How an added interface's XDP program is loaded and attached.
+pub struct ProgramSetup {
+    pub mode: AttachMode,
+    pub redirect: RedirectConfig,
+    /// Where programs are pinned (they outlive the process), if they are.
+    pub pins: Option<PathBuf>,
+}
+
 /// The daemon's [`dataplane::api::Interfaces`].
 pub struct HotInterfaces {
-    mode: AttachMode,
-    redirect: RedirectConfig,
+    setup: ProgramSetup,
     opener: PortOpener,
     changes: PortChanges,
     /// Served since start: `add` says so, `remove` leaves them.
@@ -67,31 +74,25 @@ pub struct HotInterfaces {
     added: HashMap<String, Added>,
     capacity: u32,
     programs: HotPrograms,
-    /// Where programs are pinned (they outlive the process), if they are.
-    pins: Option<PathBuf>,
 }
 
 impl HotInterfaces {
     pub fn new(
-        mode: AttachMode,
-        redirect: RedirectConfig,
+        setup: ProgramSetup,
         opener: PortOpener,
         changes: PortChanges,
         configured: Vec<String>,
         capacity: u32,
         programs: HotPrograms,
-        pins: Option<PathBuf>,
     ) -> HotInterfaces {
         HotInterfaces {
-            mode,
-            redirect,
+            setup,
             opener,
             changes,
             configured,
             added: HashMap::new(),
             capacity,
             programs,
-            pins,
         }
     }
 
@@ -100,9 +101,9 @@ impl HotInterfaces {
         let (program, attachment) = super::restart::load_and_attach(
             ifname,
             ifindex,
-            self.redirect,
-            self.mode,
-            self.pins.as_deref(),
+            self.setup.redirect,
+            self.setup.mode,
+            self.setup.pins.as_deref(),
         )
         .map_err(|e| format!("{ifname}: loading and attaching XDP failed: {e}"))?;
         let port = self
@@ -130,7 +131,7 @@ impl HotInterfaces {
         // The interface may be gone already (its pod deleted): the kernel detached then.
         let _ = added.attachment.detach();
         // Its pod is gone: nothing of it may stay pinned.
-        if let Err(err) = super::restart::unpin(self.pins.as_deref(), ifname) {
+        if let Err(err) = super::restart::unpin(self.setup.pins.as_deref(), ifname) {
             eprintln!("flagella-dataplane: {ifname}: {err}");
         }
         let _ = self.changes.send(PortChange::Remove {
@@ -164,7 +165,7 @@ impl dataplane::api::Interfaces for HotInterfaces {
         let added = self.attach(ifname)?;
         eprintln!(
             "flagella-dataplane: {ifname}: added at run time (ifindex {}, XDP {})",
-            added.ifindex, self.mode
+            added.ifindex, self.setup.mode
         );
         self.programs.insert(ifname, Arc::clone(&added.program));
         self.added.insert(ifname.to_string(), added);
