@@ -119,6 +119,45 @@ fn flow_of(v: &Value) -> Flow {
     )
 }
 
+/// Offline, over the probe file: the flows whose `policy trace` verdict changes from the
+/// `current` policies to the `after` ones, and `policy diff -f new` against `current` (JSON).
+fn offline_trace_and_diff(
+    current: &str,
+    after: &str,
+    new: &str,
+    cluster: &str,
+    probes: &str,
+) -> (BTreeSet<Flow>, Value) {
+    let trace = |policies: &str| {
+        json(&flagella(&[
+            "policy",
+            "trace",
+            "--policies",
+            policies,
+            "--cluster",
+            cluster,
+            "--probes",
+            probes,
+            "-o",
+            "json",
+        ]))
+    };
+    let expected = changed(&trace(current), &trace(after));
+    let report = json(&flagella(&[
+        "policy",
+        "diff",
+        "-f",
+        new,
+        "--policies",
+        current,
+        "--cluster",
+        cluster,
+        "-o",
+        "json",
+    ]));
+    (expected, report)
+}
+
 /// The probes whose verdict differs between two `policy trace -o json` answers.
 fn changed(before: &Value, after: &Value) -> BTreeSet<Flow> {
     let (b, a) = (before.as_array().unwrap(), after.as_array().unwrap());
@@ -174,33 +213,7 @@ fn offline_diff_lists_exactly_the_verdicts_that_change() {
         "probes.json",
         &Value::Array(probes(ENDS, PORTS)).to_string(),
     );
-    let trace = |policies: &str| {
-        json(&flagella(&[
-            "policy",
-            "trace",
-            "--policies",
-            policies,
-            "--cluster",
-            &cluster,
-            "--probes",
-            &probes,
-            "-o",
-            "json",
-        ]))
-    };
-    let expected = changed(&trace(&current), &trace(&after));
-    let report = json(&flagella(&[
-        "policy",
-        "diff",
-        "-f",
-        &new,
-        "--policies",
-        &current,
-        "--cluster",
-        &cluster,
-        "-o",
-        "json",
-    ]));
+    let (expected, report) = offline_trace_and_diff(&current, &after, &new, &cluster, &probes);
     assert!(!expected.is_empty());
     assert_eq!(
         between(covered(&report, PORTS), ENDS),
@@ -432,33 +445,7 @@ fn offline_diff_of_a_host_firewall_lists_exactly_the_verdicts_that_change() {
         "probes.json",
         &Value::Array(probes(&ends, &ports)).to_string(),
     );
-    let trace = |policies: &str| {
-        json(&flagella(&[
-            "policy",
-            "trace",
-            "--policies",
-            policies,
-            "--cluster",
-            &cluster,
-            "--probes",
-            &probes,
-            "-o",
-            "json",
-        ]))
-    };
-    let expected = changed(&trace(&current), &trace(&after));
-    let report = json(&flagella(&[
-        "policy",
-        "diff",
-        "-f",
-        &new,
-        "--policies",
-        &current,
-        "--cluster",
-        &cluster,
-        "-o",
-        "json",
-    ]));
+    let (expected, report) = offline_trace_and_diff(&current, &after, &new, &cluster, &probes);
     assert!(expected.contains(&("x/b".into(), "192.168.0.1".into(), 22, "TCP".into())));
     assert!(expected.contains(&("192.168.0.2".into(), "192.168.0.1".into(), 22, "TCP".into())));
     assert_eq!(
