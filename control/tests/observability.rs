@@ -22,7 +22,10 @@
 //!    two endpoints, and the real Prometheus accepts every one of its queries;
 //! 5. `flagella monitor` shows a denied SYN and writes it to a pcap, which `flagella replay`
 //!    replays offline (over the dataplane's dumps, and over the agent's view from etcd) to the
-//!    verdict the live dataplane gave it.
+//!    verdict the live dataplane gave it;
+//! 6. a monitor capture (traces, policy verdicts and drops) of allowed TCP and UDP, a denied
+//!    SYN, a spoofed datagram and a service request replays (`flagella replay`) frame by frame
+//!    to the live events, and in total to the deltas of the dataplane's `status` counters.
 //!
 //! Skips, with the reason, when not root or when etcd, `ip netns`, AF_XDP, the dataplane
 //! binary or Prometheus are missing. Stops only the processes it started (by PID, on drop too)

@@ -367,4 +367,44 @@ mod tests {
             &[0xab; crate::pipeline::event::CAPTURE_BYTES][..]
         );
     }
+
+    #[test]
+    fn an_event_carries_the_frame_as_received_not_as_the_stages_rewrote_it() {
+        let (tx, mut rx) = event_ring(8);
+        let cfg = EventConfig {
+            policy_sample: 0,
+            trace: true,
+        };
+        let mut sink = EventSink::new(tx, Arc::new(AtomicBool::new(true)), cfg);
+        let mut frames = vec![
+            Frame::from_packet(&[0xab; 200], 0, 0),
+            Frame::from_packet(&[0x11; 60], 0, 0),
+        ];
+        let mut meta = vec![PacketMeta::EMPTY; 2];
+        for m in &mut meta {
+            m.verdict = Verdict::Tx { ifindex: 3 };
+        }
+        let origin = Origin {
+            ifindex: 7,
+            from_pod: true,
+            now: 1,
+        };
+        sink.keep_received(&frames);
+        // The stages rewrite the headers (MACs, NAT) of what they forward.
+        for f in &mut frames {
+            f.data_mut()[..12].fill(0xcd);
+        }
+        sink.record(&frames, &meta, &origin);
+        let events: Vec<Event> = std::iter::from_fn(|| rx.pop()).collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].frame(), &[0xab; CAPTURE_BYTES][..]);
+        assert_eq!(events[0].frame_len, 200);
+        assert_eq!(events[1].frame(), &[0x11; 60][..]);
+        assert_eq!(events[1].frame_len, 60);
+
+        // A batch nothing was kept for: its frames as they are (what was kept is not reused).
+        sink.record(&frames[..1], &meta[..1], &origin);
+        let event = rx.pop().unwrap();
+        assert_eq!(&event.frame()[..12], &[0xcd; 12]);
+    }
 }
