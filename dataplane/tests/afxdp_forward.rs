@@ -33,15 +33,14 @@ use std::time::{Duration, Instant};
 use dataplane::api::{StatsRegistry, TablesHandle};
 use dataplane::io::{IoCounters, PortSpec, SocketStats, Worker, WorkerConfig, XskConfig};
 use dataplane::pipeline::{Counters, DropReason, PipelineConfig};
-use dataplane::tables::endpoints::{EndpointId, EndpointSpec};
+use dataplane::tables::endpoints::EndpointId;
 use dataplane::tables::ipcache::IpCacheEntry;
-use dataplane::tables::maglev::DEFAULT_M;
 use dataplane::tables::nodes::{Encap, Node};
-use dataplane::tables::services::Services;
 use dataplane::tables::{LocalNode, Tables};
 use dataplane::{Identity, MacAddr, Prefix};
 use support::{
-    add_default_route, add_veth, ip_in, link_facts, preflight, spawn_in, Echo, NetNsGuard,
+    add_default_route, add_veth, ip_in, link_facts, preflight, spawn_in, tables_with_local_pods,
+    Echo, LocalPod, NetNsGuard,
 };
 use xdp_redirect::{AttachMode, RedirectConfig, XdpProgram};
 
@@ -149,28 +148,17 @@ fn tables(topo: &Topology, deny_into_pod2: bool) -> Tables {
         uplink_mac: topo.uplink.mac,
         ..LocalNode::default()
     };
-    let mut t = Tables::empty(node, Services::new(DEFAULT_M, 7).expect("services"));
-    let (endpoints, ipcache) = (
-        Arc::make_mut(&mut t.endpoints),
-        Arc::make_mut(&mut t.ipcache),
-    );
-    for (i, pod) in pods.iter().enumerate() {
-        endpoints
-            .upsert(EndpointSpec {
-                id: EndpointId(i as u32 + 1),
-                ifindex: pod.ifindex,
-                mac: pod.mac,
-                ipv4: Some(pod.ip),
-                ipv6: None,
-                identity: pod.identity,
-            })
-            .expect("endpoint");
-        ipcache.upsert(
-            Prefix::host(IpAddr::V4(pod.ip)),
-            IpCacheEntry::local(pod.identity),
-        );
-    }
-    ipcache.upsert(
+    let local: Vec<LocalPod> = pods
+        .iter()
+        .map(|p| LocalPod {
+            ifindex: p.ifindex,
+            mac: p.mac,
+            ip: p.ip,
+            identity: p.identity,
+        })
+        .collect();
+    let mut t = tables_with_local_pods(node, &local);
+    Arc::make_mut(&mut t.ipcache).upsert(
         Prefix::host(IpAddr::V4(REMOTE_POD)),
         IpCacheEntry::remote(Identity(2001), IpAddr::V4(NODE_B_UNDERLAY)),
     );
@@ -187,6 +175,7 @@ fn tables(topo: &Topology, deny_into_pod2: bool) -> Tables {
         .set_peer(IpAddr::V4(NODE_B_UNDERLAY), Some(topo.uplink.peer_mac));
     if deny_into_pod2 {
         // Selected by a policy that admits nobody: default deny on ingress.
+        let endpoints = Arc::make_mut(&mut t.endpoints);
         let policy = endpoints.policy_mut(EndpointId(2)).expect("pod 2");
         policy.ingress.enforced = true;
     }

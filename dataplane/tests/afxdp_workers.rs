@@ -24,7 +24,7 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -35,15 +35,12 @@ use dataplane::io::{PortSpec, Worker, WorkerConfig, XskConfig};
 use dataplane::pipeline::flow_owner::FlowOwner;
 use dataplane::pipeline::handoff::{mesh, Handoff, HandoffCounters};
 use dataplane::pipeline::{Counters, DropReason, PipelineConfig};
-use dataplane::tables::endpoints::{EndpointId, EndpointSpec};
-use dataplane::tables::ipcache::IpCacheEntry;
-use dataplane::tables::maglev::DEFAULT_M;
-use dataplane::tables::services::Services;
+use dataplane::tables::endpoints::EndpointId;
 use dataplane::tables::{LocalNode, Tables};
-use dataplane::{Identity, MacAddr, Prefix};
+use dataplane::{Identity, MacAddr};
 use support::{
-    add_default_route, add_veth_with_queues, ip_in, link_facts, preflight, spawn_in, udp_echo,
-    udp_flows, Echo, NetNsGuard,
+    add_default_route, add_veth_with_queues, ip_in, link_facts, preflight, spawn_in,
+    tables_with_local_pods, udp_echo, udp_flows, Echo, LocalPod, NetNsGuard,
 };
 use xdp_redirect::{AttachMode, RedirectConfig, XdpProgram};
 
@@ -115,30 +112,20 @@ fn tables(topo: &Topology, close_pod1: bool) -> Tables {
         gateway_ipv4: Some(GATEWAY),
         ..LocalNode::default()
     };
-    let mut t = Tables::empty(node, Services::new(DEFAULT_M, 7).expect("services"));
-    let (endpoints, ipcache) = (
-        Arc::make_mut(&mut t.endpoints),
-        Arc::make_mut(&mut t.ipcache),
-    );
-    for (i, pod) in topo.pods.iter().enumerate() {
-        endpoints
-            .upsert(EndpointSpec {
-                id: EndpointId(i as u32 + 1),
-                ifindex: pod.ifindex,
-                mac: pod.mac,
-                ipv4: Some(pod.ip),
-                ipv6: None,
-                identity: pod.identity,
-            })
-            .expect("endpoint");
-        ipcache.upsert(
-            Prefix::host(IpAddr::V4(pod.ip)),
-            IpCacheEntry::local(pod.identity),
-        );
-    }
+    let local: Vec<LocalPod> = topo
+        .pods
+        .iter()
+        .map(|p| LocalPod {
+            ifindex: p.ifindex,
+            mac: p.mac,
+            ip: p.ip,
+            identity: p.identity,
+        })
+        .collect();
+    let mut t = tables_with_local_pods(node, &local);
     if close_pod1 {
         // Selected by a policy that admits nobody: default deny on ingress.
-        endpoints
+        Arc::make_mut(&mut t.endpoints)
             .policy_mut(EndpointId(1))
             .expect("pod 1")
             .ingress

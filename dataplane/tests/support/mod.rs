@@ -18,7 +18,12 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use dataplane::MacAddr;
+use dataplane::tables::endpoints::{EndpointId, EndpointSpec};
+use dataplane::tables::ipcache::IpCacheEntry;
+use dataplane::tables::maglev::DEFAULT_M;
+use dataplane::tables::services::Services;
+use dataplane::tables::{LocalNode, Tables};
+use dataplane::{Identity, MacAddr, Prefix};
 use xdp_redirect::{RedirectConfig, XdpError, XdpProgram};
 
 // The namespace guard and `ip` helpers are the workspace's one definition (`testkit`).
@@ -188,6 +193,45 @@ pub fn build_pods_with_queues(
         });
     }
     Ok(PodNamespaces { node, pods, guard })
+}
+
+/// A pod as the agent tells the dataplane about it: host-side ifindex, the pod's MAC, its
+/// address and identity.
+#[allow(dead_code)]
+#[derive(Clone, Copy, Debug)]
+pub struct LocalPod {
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub identity: Identity,
+}
+
+/// `node`'s tables with `pods` as its endpoints (ids 1, 2, ... in order) and their addresses
+/// in the ipcache as local: what every forwarding test starts from.
+#[allow(dead_code)]
+pub fn tables_with_local_pods(node: LocalNode, pods: &[LocalPod]) -> Tables {
+    let mut t = Tables::empty(node, Services::new(DEFAULT_M, 7).expect("services"));
+    let (endpoints, ipcache) = (
+        Arc::make_mut(&mut t.endpoints),
+        Arc::make_mut(&mut t.ipcache),
+    );
+    for (id, pod) in (1..).zip(pods) {
+        endpoints
+            .upsert(EndpointSpec {
+                id: EndpointId(id),
+                ifindex: pod.ifindex,
+                mac: pod.mac,
+                ipv4: Some(pod.ip),
+                ipv6: None,
+                identity: pod.identity,
+            })
+            .expect("endpoint");
+        ipcache.upsert(
+            Prefix::host(IpAddr::V4(pod.ip)),
+            IpCacheEntry::local(pod.identity),
+        );
+    }
+    t
 }
 
 /// A kernel-TCP echo between pods: the server reads each connection to EOF and sends the
