@@ -120,6 +120,16 @@ impl Event {
         self.bytes[..captured].copy_from_slice(&frame[..captured]);
     }
 
+    /// Replaces the captured bytes with `bytes` (at most [`CAPTURE_BYTES`] kept) of a frame
+    /// `len` bytes long: the frame as it was received, before the stages rewrote it.
+    #[inline]
+    pub fn replace_frame(&mut self, bytes: &[u8], len: u32) {
+        let captured = bytes.len().min(CAPTURE_BYTES);
+        self.frame_len = len;
+        self.captured = captured as u16;
+        self.bytes[..captured].copy_from_slice(&bytes[..captured]);
+    }
+
     /// The drop reason, for drops.
     pub fn reason(&self) -> Option<DropReason> {
         match self.verdict {

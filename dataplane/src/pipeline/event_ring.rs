@@ -8,13 +8,16 @@
 //!
 //! [`EventSink`] decides what to push: every drop, one in `policy_sample` admitted new flows,
 //! every forwarded frame when traces are on; and nothing at all unless someone listens (one
-//! relaxed atomic load per batch, [`EventSink::listening`]).
+//! relaxed atomic load per batch, [`EventSink::listening`]). While someone listens, it keeps
+//! the first bytes of each frame of the batch as received ([`EventSink::keep_received`]),
+//! before the stages rewrite them (MACs, NAT, encapsulation): an event carries the frame as it
+//! arrived, so a capture of forwarded frames replays (`flagella replay`) as it was seen.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::event::{Event, EventKind, Origin};
+use super::event::{Event, EventKind, Origin, CAPTURE_BYTES};
 use super::meta::{CtMark, PacketMeta, Verdict};
 use crate::frame::Frame;
 
@@ -139,6 +142,33 @@ pub struct EventSink {
     cfg: EventConfig,
     /// Admitted new flows since the last policy-verdict event.
     since_sample: u32,
+    /// The current batch's frames as received (the first `kept`), allocated once.
+    received: Box<[Received]>,
+    kept: usize,
+}
+
+/// The first bytes of one frame as it was received, and its whole length.
+#[derive(Clone, Copy)]
+struct Received {
+    len: u32,
+    captured: u16,
+    bytes: [u8; CAPTURE_BYTES],
+}
+
+impl Received {
+    const EMPTY: Received = Received {
+        len: 0,
+        captured: 0,
+        bytes: [0; CAPTURE_BYTES],
+    };
+
+    #[inline]
+    fn keep(&mut self, frame: &[u8]) {
+        let captured = frame.len().min(CAPTURE_BYTES);
+        self.len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        self.captured = captured as u16;
+        self.bytes[..captured].copy_from_slice(&frame[..captured]);
+    }
 }
 
 impl std::fmt::Debug for EventSink {
@@ -154,6 +184,20 @@ impl EventSink {
             listening,
             cfg,
             since_sample: 0,
+            received: vec![Received::EMPTY; super::MAX_BATCH].into_boxed_slice(),
+            kept: 0,
+        }
+    }
+
+    /// Keeps the first bytes of each of `frames` (one batch, before any stage ran) for the
+    /// events [`record`](Self::record) pushes for them. A copy per frame, paid only while
+    /// someone listens.
+    #[inline]
+    pub fn keep_received<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, frames: &[Frame<B>]) {
+        self.kept = 0;
+        for (slot, f) in self.received.iter_mut().zip(frames) {
+            slot.keep(f.data());
+            self.kept += 1;
         }
     }
 
@@ -171,12 +215,20 @@ impl EventSink {
         meta: &[PacketMeta],
         origin: &Origin,
     ) {
-        for (f, m) in frames.iter().zip(meta) {
+        for (i, (f, m)) in frames.iter().zip(meta).enumerate() {
             if let Some(kind) = self.kind_of(m) {
-                self.ring
-                    .push_with(|e| e.capture(kind, m, f.data(), origin));
+                // The frame as received when it was kept, else (a caller that kept none) as
+                // it is now.
+                let received = self.received[..self.kept].get(i);
+                self.ring.push_with(|e| {
+                    e.capture(kind, m, f.data(), origin);
+                    if let Some(r) = received {
+                        e.replace_frame(&r.bytes[..usize::from(r.captured)], r.len);
+                    }
+                });
             }
         }
+        self.kept = 0;
     }
 
     /// The event a frame's fate calls for, if any.
@@ -314,5 +366,45 @@ mod tests {
             drop.frame(),
             &[0xab; crate::pipeline::event::CAPTURE_BYTES][..]
         );
+    }
+
+    #[test]
+    fn an_event_carries_the_frame_as_received_not_as_the_stages_rewrote_it() {
+        let (tx, mut rx) = event_ring(8);
+        let cfg = EventConfig {
+            policy_sample: 0,
+            trace: true,
+        };
+        let mut sink = EventSink::new(tx, Arc::new(AtomicBool::new(true)), cfg);
+        let mut frames = vec![
+            Frame::from_packet(&[0xab; 200], 0, 0),
+            Frame::from_packet(&[0x11; 60], 0, 0),
+        ];
+        let mut meta = vec![PacketMeta::EMPTY; 2];
+        for m in &mut meta {
+            m.verdict = Verdict::Tx { ifindex: 3 };
+        }
+        let origin = Origin {
+            ifindex: 7,
+            from_pod: true,
+            now: 1,
+        };
+        sink.keep_received(&frames);
+        // The stages rewrite the headers (MACs, NAT) of what they forward.
+        for f in &mut frames {
+            f.data_mut()[..12].fill(0xcd);
+        }
+        sink.record(&frames, &meta, &origin);
+        let events: Vec<Event> = std::iter::from_fn(|| rx.pop()).collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].frame(), &[0xab; CAPTURE_BYTES][..]);
+        assert_eq!(events[0].frame_len, 200);
+        assert_eq!(events[1].frame(), &[0x11; 60][..]);
+        assert_eq!(events[1].frame_len, 60);
+
+        // A batch nothing was kept for: its frames as they are (what was kept is not reused).
+        sink.record(&frames[..1], &meta[..1], &origin);
+        let event = rx.pop().unwrap();
+        assert_eq!(&event.frame()[..12], &[0xcd; 12]);
     }
 }

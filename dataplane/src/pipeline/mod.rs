@@ -225,6 +225,9 @@ impl Pipeline {
             };
             prefetch::headers(batch.frames());
             batch.receive(ctx.c, ingress_ifindex);
+            if let Some(sink) = events.as_deref_mut() {
+                sink.keep_received(batch.frames());
+            }
             run_stages(&mut batch, &mut ctx, last);
             let events = events.as_deref_mut().map(|sink| (sink, &origin));
             batch.finish(ctx.c, origin.from_pod, events);
