@@ -89,9 +89,11 @@ impl Drop for Topology {
     }
 }
 
-fn build_topology() -> Result<Topology, String> {
-    let PodNamespaces { node, pods, guard } = build_pods("fdm", [10, 79, 0], GATEWAY, 3)?;
-    let dir = testkit::private_dir("fdm-");
+/// The topology above under `prefix` (`fdm`, or another for a test that runs beside it: the
+/// namespaces are named by prefix and process id, and the tests of this file run in parallel).
+fn build_topology(prefix: &str) -> Result<Topology, String> {
+    let PodNamespaces { node, pods, guard } = build_pods(prefix, [10, 79, 0], GATEWAY, 3)?;
+    let dir = testkit::private_dir(&format!("{prefix}-"));
     // An empty configuration: the flags say everything, and a file in /etc cannot interfere.
     std::fs::write(dir.join("dataplane.toml"), "").map_err(|e| e.to_string())?;
     Ok(Topology {
@@ -500,7 +502,7 @@ fn the_daemon_forwards_enforces_policy_and_leaves_nothing_behind() {
         testkit::skip(&why);
         return;
     }
-    let topo = build_topology().unwrap_or_else(|e| panic!("topology: {e}"));
+    let topo = build_topology("fdm").unwrap_or_else(|e| panic!("topology: {e}"));
     let pods = &topo.pods;
     let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
     let long = Duration::from_secs(5);
@@ -768,7 +770,7 @@ fn pinned_programs_outlive_the_process_until_uninstall() {
             return;
         }
     };
-    let topo = build_topology().unwrap_or_else(|e| panic!("topology: {e}"));
+    let topo = build_topology("fdq").unwrap_or_else(|e| panic!("topology: {e}"));
     let pins = bpffs.path().join("flagella");
     let state = topo.dir.join("state");
     let restartable = |run: &str| {
