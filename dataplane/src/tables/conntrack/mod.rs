@@ -8,8 +8,8 @@
 //! This file holds the table and its API (lookup, create, update, remove, GC); the rest is split
 //! by concern: `key.rs` (the canonical [`FlowKey`], its hash, a packet's [`FlowDirection`] in
 //! its flow), `entry.rs` ([`CtEntry`]: layout, compact form, state, flags, NAT/DSR
-//! information), `tcp.rs` (the TCP state machine and [`TcpSegment`]), `tcp_window.rs` (the
-//! sequence check that keeps a guessed RST from closing a flow), `slot.rs` (slots, buckets and tags: the
+//! information), `tcp.rs` (the TCP state machine), `segment.rs` ([`TcpSegment`], what it
+//! reads of a header), `tcp_window.rs` (the sequence check that keeps a guessed RST from closing a flow), `slot.rs` (slots, buckets and tags: the
 //! layout in memory, and a slot's update by one packet), `config.rs` ([`CtConfig`],
 //! [`CtTimeouts`]), `memory.rs` (the once-allocated, huge-page-aligned arrays) and
 //! `state_file.rs` (the same arrays in a shared file mapping the next process takes over:
@@ -79,6 +79,7 @@ mod config;
 mod entry;
 mod key;
 mod memory;
+mod segment;
 mod slot;
 pub mod state_file;
 mod tcp;
@@ -91,8 +92,8 @@ use std::fmt;
 pub use config::{CtConfig, CtTimeouts};
 pub use entry::{CtCreate, CtEntry, CtFlags, CtState, RevNat};
 pub use key::{FlowDirection, FlowKey};
+pub use segment::TcpSegment;
 pub use state_file::Restored;
-pub use tcp::TcpSegment;
 
 use config::TimeoutsNs;
 use memory::HugeArray;

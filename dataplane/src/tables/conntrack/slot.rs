@@ -8,7 +8,8 @@
 use super::config::TimeoutsNs;
 use super::entry::{CtEntry, CtFlags, CtState};
 use super::key::{FlowDirection, FlowKey};
-use super::tcp::{tcp_flag, tcp_step, TcpSegment};
+use super::segment::{tcp_flag, TcpSegment};
+use super::tcp::tcp_step;
 use super::tcp_window::RstVerdict;
 use super::{CtUpdate, IPPROTO_TCP, WAYS};
 

@@ -30,7 +30,7 @@
 //! Contract: 12 bytes, `Copy`, pure functions of the segment; no allocation, no clock.
 
 use super::key::FlowDirection;
-use super::tcp::{tcp_flag, TcpSegment};
+use super::segment::{tcp_flag, TcpSegment};
 
 /// The smallest tolerance around `next` (64 KiB, the largest unscaled window): a window not yet
 /// seen, or one that shrank, must not turn a genuine retransmission's RST into a drop.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::tcp::tcp_flag;
+use super::segment::tcp_flag;
 use super::*;
 
 pub(super) const SEC: u64 = 1_000_000_000;
