@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use dataplane::testutil::{
-    arp_request, PacketBuilder, TunnelBuilder, L4, TCP_ACK, TCP_RST, TCP_FIN, TCP_SYN, TCP_SYN_ACK,
+    arp_request, PacketBuilder, TunnelBuilder, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCP_SYN_ACK,
 };
 use dataplane::wire::icmpv6::{Icmpv6Packet, Repr as Icmpv6Repr};
 use dataplane::wire::{checksum, geneve, ipv4};
