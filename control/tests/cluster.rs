@@ -1093,11 +1093,9 @@ struct Capture {
 impl Capture {
     fn start(c: &Cluster) -> Option<Capture> {
         if Command::new("dumpcap").arg("-v").output().is_err() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "dumpcap is missing under CI: scripts/test.sh installs tshark"
+            testkit::skip(
+                "the tshark check: dumpcap is missing; install tshark (scripts/test.sh does)",
             );
-            eprintln!("SKIPPED the tshark check: install tshark");
             return None;
         }
         let file = c.dir.join("underlay.pcap");

@@ -322,11 +322,9 @@ struct PortCapture {
 impl PortCapture {
     fn start(c: &Cluster) -> Option<PortCapture> {
         if Command::new("dumpcap").arg("-v").output().is_err() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "dumpcap is missing under CI: scripts/test.sh installs tshark"
+            testkit::skip(
+                "the capture check: dumpcap is missing; install tshark (scripts/test.sh does)",
             );
-            eprintln!("SKIPPED the capture check: install tshark");
             return None;
         }
         let filter = format!("tcp port {NODE_PORT}");
