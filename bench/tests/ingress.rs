@@ -4,36 +4,14 @@
 //! assertion: any non-zero rate passes. Needs root, AF_XDP, iptables-restore and
 //! flagella-dataplane (skipped with the reason otherwise; a failure under `CI=true`).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The dataplane binary: `FLAGELLA_DATAPLANE_BIN`, else next to this test's profile directory
-/// (target/<profile>/deps/ingress-<hash> -> target/<profile>/flagella-dataplane).
-fn dataplane_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FLAGELLA_DATAPLANE_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("flagella-dataplane");
-    bin.exists().then_some(bin)
-}
-
 /// The dataplane binary, or why this test cannot run here.
 fn preflight() -> Result<PathBuf, String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not root".into());
-    }
-    // SAFETY: plain syscall with constant arguments; the result is checked below.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "no AF_XDP sockets here ({})",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just returned by socket() and is not used again.
-    unsafe { libc::close(fd) };
+    common::root_with_afxdp()?;
     let restore = Command::new("sh")
         .args(["-c", "command -v iptables-restore"])
         .output()
@@ -41,11 +19,7 @@ fn preflight() -> Result<PathBuf, String> {
     if !restore.status.success() {
         return Err("iptables-restore is missing: scripts/install-deps.sh iptables".into());
     }
-    dataplane_binary().ok_or_else(|| {
-        "flagella-dataplane is not built next to this test: run `cargo build -p dataplane \
-         --features afxdp --bin flagella-dataplane` (or set FLAGELLA_DATAPLANE_BIN)"
-            .to_string()
-    })
+    common::dataplane_binary()
 }
 
 /// The rows of the Markdown table: (scenario, target, sink Mpps, conn/s).

@@ -5,18 +5,10 @@
 //! Needs root, AF_XDP, iptables-nft-restore, ethtool and flagella-dataplane (skipped with the
 //! reason otherwise; a failure under `CI=true`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The dataplane binary: `FLAGELLA_DATAPLANE_BIN`, else next to this test's profile directory.
-fn dataplane_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FLAGELLA_DATAPLANE_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("flagella-dataplane");
-    bin.exists().then_some(bin)
-}
 
 fn have(program: &str) -> bool {
     Command::new("sh")
@@ -27,20 +19,7 @@ fn have(program: &str) -> bool {
 
 /// The dataplane binary, or why this test cannot run here.
 fn preflight() -> Result<PathBuf, String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not root".into());
-    }
-    // SAFETY: plain syscall with constant arguments; the result is checked below.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "no AF_XDP sockets here ({})",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just returned by socket() and is not used again.
-    unsafe { libc::close(fd) };
+    common::root_with_afxdp()?;
     for (program, package) in [("iptables-nft-restore", "iptables"), ("ethtool", "ethtool")] {
         if !have(program) {
             return Err(format!(
@@ -48,11 +27,7 @@ fn preflight() -> Result<PathBuf, String> {
             ));
         }
     }
-    dataplane_binary().ok_or_else(|| {
-        "flagella-dataplane is not built next to this test: run `cargo build -p dataplane \
-         --features afxdp --bin flagella-dataplane` (or set FLAGELLA_DATAPLANE_BIN)"
-            .to_string()
-    })
+    common::dataplane_binary()
 }
 
 /// Namespaces whose names start with `prefix`.

@@ -8,27 +8,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use bench::cli::{GenArgs, Generator, SinkArgs};
 use bench::topo::{Topology, POD_B_IP, ROUTER_MAC, SINK_PORT};
 
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    // SAFETY: plain syscall; a valid fd is closed right below.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Some(format!(
-            "no AF_XDP sockets here ({})",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just returned by socket() and is not used again.
-    unsafe { libc::close(fd) };
-    None
+    common::root_with_afxdp().err()
 }
 
 #[test]

@@ -16,6 +16,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a failed test
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,38 +29,10 @@ use bench::xnode::XnodeTopology;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The dataplane binary: `FLAGELLA_DATAPLANE_BIN`, else next to this test's profile directory
-/// (target/<profile>/deps/xnode-<hash> -> target/<profile>/flagella-dataplane).
-fn dataplane_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FLAGELLA_DATAPLANE_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("flagella-dataplane");
-    bin.exists().then_some(bin)
-}
-
 /// The dataplane binary, or why this test cannot run here.
 fn preflight() -> Result<PathBuf, String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not root".into());
-    }
-    // SAFETY: plain syscall with constant arguments; the result is checked below.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "no AF_XDP sockets here ({})",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just returned by socket() and is not used again.
-    unsafe { libc::close(fd) };
-    dataplane_binary().ok_or_else(|| {
-        "flagella-dataplane is not built next to this test: run `cargo build -p dataplane \
-         --features afxdp --bin flagella-dataplane` (or set FLAGELLA_DATAPLANE_BIN)"
-            .to_string()
-    })
+    common::root_with_afxdp()?;
+    common::dataplane_binary()
 }
 
 /// The binary, or `None` after saying why the test is skipped (a panic under `CI=true`).
