@@ -220,10 +220,15 @@ fn transport_tuple(frame: &[u8]) -> Option<(Tuple, usize)> {
     Some((tuple, l4))
 }
 
-/// The inner Ethernet frame of a VXLAN or Geneve packet to the tunnel ports, if it is one.
+/// The inner Ethernet frame of a VXLAN or Geneve packet to the tunnel ports of this node's
+/// underlay address, if it is one: only those are decapsulated (`decap`). A pod's own UDP to
+/// port 4789 of another pod is a plain flow, owned by its outer tuple like its replies.
 fn tunnel_payload<'a>(t: &Tables, frame: &'a [u8], tuple: &Tuple, l4: usize) -> Option<&'a [u8]> {
     let ports = t.node.tunnel_ports;
     if tuple.dport != ports.vxlan && tuple.dport != ports.geneve {
+        return None;
+    }
+    if t.node.underlay_ipv4.map(IpAddr::V4) != Some(tuple.dst) {
         return None;
     }
     let hdr = frame.get(l4 + udp::HEADER_LEN..)?;
@@ -415,6 +420,25 @@ mod tests {
             let gn = tunnel(sport.wrapping_mul(13), true).wrap(&inner);
             assert_eq!(owner.owner(&t, &out), owner.owner(&t, &vx), "port {sport}");
             assert_eq!(owner.owner(&t, &out), owner.owner(&t, &gn), "port {sport}");
+        }
+    }
+
+    #[test]
+    fn udp_to_a_tunnel_port_of_a_pod_is_a_plain_flow_owned_with_its_replies() {
+        let t = tables();
+        let owner = FlowOwner::new(4, None);
+        for sport in 1000..1200u16 {
+            // A pod's own VXLAN-looking datagram to another pod, quoting a chosen inner flow.
+            let inner = PacketBuilder::tcp(ip(130), 80, ip(2), sport, TCP_ACK).build();
+            let mut sent = PacketBuilder::udp(ip(2), sport, ip(3), 4789).build();
+            sent.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 0x01, 0]);
+            sent.extend_from_slice(&inner);
+            let reply = PacketBuilder::udp(ip(3), 4789, ip(2), sport).build();
+            assert_eq!(
+                owner.owner(&t, &sent),
+                owner.owner(&t, &reply),
+                "port {sport}"
+            );
         }
     }
 
